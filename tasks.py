@@ -1,0 +1,57 @@
+"""warmstart's command line: thin invoke tasks over the `warmstart` package.
+
+    invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
+                     [--allow-no-gpu] [--dry-run] [--json]
+    invoke lock --recipe hyperlpr [--upgrade]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from invoke import Exit, task
+
+from warmstart import bootstrap as bootstrapping
+from warmstart import lock as locking
+from warmstart import target
+from warmstart.cli import run_plain, run_reported
+from warmstart.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+@task(
+    help={
+        "recipe": "recipe name (recipes/NAME.toml) or path to a recipe .toml",
+        "drive": "Drive root (default: WARMSTART_DRIVE, else the platform profile's folder)",
+        "python": "interpreter whose environment receives the packages (default: this one)",
+        "offline": "never contact a package index; install from the Drive cache only",
+        "allow-no-gpu": "go on with a warning when the recipe's GPU is not there",
+        "dry-run": "run the checks that change nothing and print the plan",
+        "json": "print the final report as one JSON object on stdout",
+    }
+)
+def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=False,
+              dry_run=False, json=False):
+    """Install a recipe's locked environment, restoring wheels from the Drive cache."""
+    options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu, dry_run)
+    _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
+                       recipe, as_json=json))
+
+
+@task(help={"recipe": "recipe name or path", "upgrade": "re-resolve every pin to the newest version"})
+def lock(c, recipe, upgrade=False):
+    """Compile the recipe's requirements into a hashed lock for this Python with pip-tools."""
+
+    def compile_it() -> None:
+        loaded = load_recipe(recipe, ROOT)
+        here = target.probe(None)
+        path = locking.compile_lock(loaded, here.tag, target.platform_tag(), upgrade=upgrade)
+        print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
+
+    _exit(run_plain(compile_it))

@@ -1,0 +1,146 @@
+"""`bootstrap`: gather facts (read-only), make the plan, then carry it out.
+
+Everything up to the plan touches nothing, which is all `--dry-run` does.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import installer, target as target_python
+from .cache import WheelCache
+from .errors import PreconditionUnmet, WarmstartError
+from .gpu import probe_gpus
+from .lock import Pin, check_fresh, lock_path, parse_lock
+from .plan import Plan, make_plan
+from .profiles import require_drive, resolve_drive, select_profile
+from .recipe import load_recipe
+from .report import Report
+
+
+@dataclass(frozen=True)
+class Options:
+    recipe: str
+    drive: str | None = None
+    python: str | None = None
+    offline: bool = False
+    allow_no_gpu: bool = False
+    dry_run: bool = False
+
+
+def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
+    path.write_text("".join(pin.requirement_line() + "\n" for pin in pins))
+    return path
+
+
+def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCache]:
+    """Every check that changes nothing, ending in the plan."""
+    with report.step("recipe") as step:
+        recipe = load_recipe(options.recipe, root)
+        report.recipe = recipe.name
+        step.detail = str(recipe.path)
+    with report.step("python") as step:
+        target = target_python.probe(options.python)
+        step.detail = f"{target.executable} (Python {target.version})"
+    with report.step("gpu") as step:
+        gpu = probe_gpus()
+        step.detail = gpu.describe()
+        if recipe.gpu.required and not gpu.gpus:
+            step.status = "warning"
+    with report.step("drive") as step:
+        profile = select_profile(root)
+        drive = resolve_drive(options.drive, profile, os.environ)
+        require_drive(drive, profile, create=not options.dry_run)
+        step.detail = f"{drive} ({profile.name} profile)"
+    with report.step("lock") as step:
+        platform = target_python.platform_tag()
+        lock = parse_lock(lock_path(recipe, target.tag, platform))
+        check_fresh(lock, recipe, target.tag, platform)
+        step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
+    with report.step("cache") as step:
+        cache = WheelCache(drive)
+        supported = target.supported_tags()
+        cached = {p.name: path for p in lock.pins if (path := cache.lookup(p, supported))}
+        step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {cache.wheels}"
+    plan = make_plan(recipe, target, lock, drive, gpu, cached,
+                     offline=options.offline, allow_no_gpu=options.allow_no_gpu)
+    for warning in plan.warnings:
+        report.say(f"warning: {warning}")
+    report.extra.update(drive=str(drive), workdir=str(plan.workdir), lock=str(lock.path),
+                        python=str(target.executable), dry_run=options.dry_run)
+    return plan, cache
+
+
+def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
+    """Fetch and verify wheels from Drive, download the rest, install, then check the result."""
+    report.cache = cache.stats
+    with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
+        stage = Path(tmp)
+        to_download = list(plan.to_download)
+        with report.step("fetch") as step:
+            for pin in plan.to_install:
+                if pin.name not in plan.cached:
+                    continue
+                if cache.fetch(plan.cached[pin.name], pin, stage) is None:
+                    if plan.offline:
+                        raise PreconditionUnmet(
+                            f"{plan.cached[pin.name]}: cached wheel for {pin.name}=={pin.version} "
+                            "does not match the lock's sha256; run once without --offline to replace it"
+                        )
+                    to_download.append(pin)
+            step.detail = f"{cache.stats.hits} wheels, {cache.stats.bytes_read / 2**20:.1f} MiB from Drive"
+        with report.step("download") as step:
+            if to_download:
+                downloads = stage / "downloads"
+                downloads.mkdir()
+                installer.download(plan.target.executable,
+                                   _requirements_file(to_download, stage / "download.txt"), downloads)
+                for wheel in sorted(downloads.iterdir()):
+                    cache.store(wheel)
+                    os.replace(wheel, stage / wheel.name)
+                cache.stats.misses += len(to_download)
+                step.detail = (f"{len(to_download)} wheels, "
+                               f"{cache.stats.bytes_written / 2**20:.1f} MiB written to Drive")
+            else:
+                step.status = "skipped"
+        with report.step("install") as step:
+            if plan.to_install:
+                installer.install_offline(plan.target.executable,
+                                          _requirements_file(plan.to_install, stage / "install.txt"), stage)
+                step.detail = f"{len(plan.to_install)} packages"
+            else:
+                step.status = "skipped"
+
+
+def verify(plan: Plan, report: Report) -> None:
+    with report.step("verify") as step:
+        after = target_python.probe(plan.target.executable)
+        report.installed = {p.name: after.installed.get(p.name, "") for p in plan.lock.pins}
+        wrong = [f"{p.name} (wanted {p.version}, found {after.installed.get(p.name) or 'nothing'})"
+                 for p in plan.lock.pins if after.installed.get(p.name) != p.version]
+        if wrong:
+            raise WarmstartError(f"after installing, these do not match {plan.lock.path}: "
+                                 + ", ".join(wrong))
+        step.detail = f"{len(plan.lock.pins)} packages match the lock"
+
+
+def bootstrap(options: Options, root: Path, report: Report) -> None:
+    plan, cache = prepare(options, root, report)
+    for line in plan.describe():
+        report.say(line)
+    if options.dry_run:
+        report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
+        return
+    if plan.nothing_to_do:
+        report.installed = {p.name: p.version for p in plan.lock.pins}
+        report.extra["changed"] = False
+    else:
+        execute(plan, cache, report)
+        verify(plan, report)
+        report.extra["changed"] = True
+    with report.step("workdir") as step:
+        plan.workdir.mkdir(parents=True, exist_ok=True)
+        step.detail = str(plan.workdir)

@@ -1,0 +1,90 @@
+"""Reading warmstart's TOML data files (recipes, platform profiles) against a small schema.
+
+A schema is a dict of key -> `Field` or nested schema (a TOML table). Validation fills in
+defaults and reports the first problem with the file and the dotted key, plus a suggestion
+when an unknown key looks like a typo of a known one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "str", "bool", "number", "str-list"
+    required: bool = False
+    default: Any = None
+
+
+Schema = dict[str, Union[Field, "Schema"]]
+
+_KIND_NAMES = {
+    "str": "a string",
+    "bool": "true or false",
+    "number": "a number",
+    "str-list": "a list of strings",
+}
+
+
+def _fits(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "number":  # bool is an int in Python, but `true` is no amount of memory
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "str-list":
+        return isinstance(value, list) and all(isinstance(item, str) for item in value)
+    raise AssertionError(f"unknown field kind {kind!r}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"{path}: not valid TOML: {exc}") from None
+
+
+def validate(data: dict[str, Any], schema: Schema, path: Path, prefix: str = "") -> dict[str, Any]:
+    """Return `data` with defaults filled in, or raise BadInput naming `path` and the key."""
+    for key in data:
+        if key not in schema:
+            dotted = prefix + key
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            known = ", ".join(prefix + k for k in schema)
+            raise BadInput(f"{path}: unknown key '{dotted}'{hint}; known keys: {known}")
+    result: dict[str, Any] = {}
+    for key, spec in schema.items():
+        dotted = prefix + key
+        if isinstance(spec, dict):
+            table = data.get(key, {})
+            if not isinstance(table, dict):
+                raise BadInput(f"{path}: '{dotted}' must be a table ([{dotted}])")
+            result[key] = validate(table, spec, path, dotted + ".")
+        elif key in data:
+            if not _fits(spec.kind, data[key]):
+                raise BadInput(
+                    f"{path}: '{dotted}' must be {_KIND_NAMES[spec.kind]}, got {data[key]!r}"
+                )
+            result[key] = data[key]
+        elif spec.required:
+            raise BadInput(f"{path}: missing required key '{dotted}'")
+        else:
+            result[key] = spec.default
+    return result

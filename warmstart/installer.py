@@ -1,0 +1,64 @@
+"""Running pip against the target interpreter, hermetically.
+
+The lock is the whole truth, so pip must not add to it: the user's pip.conf, constraint
+files and find-links are ignored. The package index still comes from PIP_INDEX_URL /
+PIP_EXTRA_INDEX_URL (mirrors), and TLS settings are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import WarmstartError
+
+_KEPT_PIP_SETTINGS = {
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT",
+    "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES",
+}
+
+
+def pip_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    env = {
+        k: v for k, v in (os.environ if environ is None else environ).items()
+        if not k.startswith("PIP_") or k in _KEPT_PIP_SETTINGS
+    }
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1",
+               PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
+    return env
+
+
+def pip_command(target: Path) -> list[str]:
+    """This interpreter's pip, pointed at the target's environment (pip >= 22.3 `--python`),
+    so a target without pip of its own works too."""
+    if Path(target) == Path(sys.executable):
+        return [sys.executable, "-m", "pip"]
+    return [sys.executable, "-m", "pip", "--python", str(target)]
+
+
+def run_pip(target: Path, args: Iterable[str], what: str) -> None:
+    cmd = [*pip_command(target), *args]
+    done = subprocess.run(cmd, env=pip_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise WarmstartError(f"pip failed to {what} (exit {done.returncode}):\n{tail}")
+
+
+def download(target: Path, requirements: Path, dest: Path) -> None:
+    """Fetch the wheels the target needs for `requirements` into `dest`, hashes checked."""
+    run_pip(target, ["download", "--quiet", "--no-deps", "--only-binary=:all:",
+                     "--require-hashes", "--dest", str(dest), "-r", str(requirements)],
+            "download wheels")
+
+
+def install_offline(target: Path, requirements: Path, wheels: Path) -> None:
+    """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
+
+    --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
+    (which a dependency may still declare, like hyperlpr3 -> onnxruntime)."""
+    run_pip(target, ["install", "--quiet", "--no-index", "--find-links", str(wheels),
+                     "--no-deps", "--require-hashes", "-r", str(requirements)],
+            "install the locked packages")

@@ -1,0 +1,100 @@
+"""The bootstrap plan: what to install and where each wheel comes from, decided without side
+effects from facts gathered beforehand (recipe, lock, target Python, GPU, cache listing)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import NormalizedName
+
+from .errors import PreconditionUnmet
+from .gpu import GpuReport, gpu_problems
+from .lock import Lock, Pin
+from .recipe import Recipe
+from .target import TargetPython
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: Recipe
+    target: TargetPython
+    lock: Lock
+    drive: Path
+    offline: bool
+    to_install: tuple[Pin, ...]  # locked pins not installed at their locked version
+    cached: dict[NormalizedName, Path]  # wheels the Drive cache holds for this target
+    to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def workdir(self) -> Path:
+        return self.drive / self.recipe.workdir
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not self.to_install and not self.to_download
+
+    def describe(self) -> list[str]:
+        from_cache = [p for p in self.to_install if p.name in self.cached]
+        lines = [
+            f"recipe {self.recipe.name} ({self.recipe.path})",
+            f"target {self.target.executable} (Python {self.target.version})",
+            f"lock {self.lock.path} ({len(self.lock.pins)} pins)",
+            f"drive {self.drive}, workdir {self.workdir}",
+        ]
+        if self.nothing_to_do:
+            lines.append("the environment already matches the lock: nothing to do")
+            return lines
+        lines.append(f"install {len(self.to_install)}: {_names(self.to_install, 6)}")
+        lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
+        lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
+        return lines
+
+
+def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
+    shown = [f"{p.name}=={p.version}" for p in pins[:limit]]
+    more = len(pins) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "") if shown else "-"
+
+
+def make_plan(
+    recipe: Recipe,
+    target: TargetPython,
+    lock: Lock,
+    drive: Path,
+    gpu: GpuReport,
+    cached: dict[NormalizedName, Path],
+    *,
+    offline: bool,
+    allow_no_gpu: bool,
+) -> Plan:
+    """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
+    if target.version not in recipe.python:
+        raise PreconditionUnmet(
+            f"{recipe.path}: the recipe needs Python {recipe.python}, but {target.executable} is "
+            f"{target.version}; pass --python with a matching interpreter"
+        )
+
+    warnings = []
+    for problem in gpu_problems(recipe.gpu, gpu):
+        if not allow_no_gpu:
+            raise PreconditionUnmet(f"{problem} (or pass --allow-no-gpu to go on without it)")
+        warnings.append(problem)
+
+    to_install = tuple(p for p in lock.pins if target.installed.get(p.name) != p.version)
+    if offline:
+        missing = [p for p in to_install if p.name not in cached]
+        if missing:
+            raise PreconditionUnmet(
+                f"--offline, but the Drive cache {drive} lacks wheels for {_names(missing)}; "
+                "run once without --offline to fill it"
+            )
+        to_download: tuple[Pin, ...] = ()
+    else:
+        # Fill the cache with the whole lock, not just what this VM lacks: the next VM's image
+        # may not ship the packages this one had preinstalled.
+        to_download = tuple(p for p in lock.pins if p.name not in cached)
+
+    return Plan(recipe, target, lock, drive, offline, to_install, cached, to_download,
+                tuple(warnings))

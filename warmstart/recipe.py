@@ -1,0 +1,137 @@
+"""Recipes: the declarative TOML description of one project's environment.
+
+Paths inside a recipe are relative to its project root: the folder that holds `recipes/`
+(for `X/recipes/NAME.toml` that is `X`), or the recipe's own folder when it lies elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .config import Field, Schema, read_toml, validate
+from .errors import BadInput
+
+RECIPE_SCHEMA: Schema = {
+    "name": Field("str", required=True),
+    "description": Field("str", default=""),
+    "python": Field("str", default=""),
+    "gpu": {
+        "required": Field("bool", default=False),
+        "min_memory_gib": Field("number"),
+        "min_compute_capability": Field("str"),
+        "min_cuda": Field("str"),
+    },
+    "requirements": {
+        "in": Field("str", required=True),
+        "exclude": Field("str-list", default=[]),
+    },
+    "drive": {
+        "workdir": Field("str", default=""),
+    },
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class GpuNeeds:
+    required: bool
+    min_memory_gib: float | None = None
+    min_compute_capability: Version | None = None
+    min_cuda: Version | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    python: SpecifierSet
+    gpu: GpuNeeds
+    requirements_in: Path
+    exclude: tuple[NormalizedName, ...]
+    workdir: PurePosixPath
+    path: Path
+    project_root: Path
+
+
+def recipe_path(name_or_path: str, root: Path) -> Path:
+    """A recipe given as a file path is used as is; a bare name is looked up in `root/recipes`."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".toml" or len(candidate.parts) > 1:
+        return candidate.resolve()
+    found = root / "recipes" / f"{name_or_path}.toml"
+    if not found.is_file():
+        known = sorted(p.stem for p in (root / "recipes").glob("*.toml"))
+        raise BadInput(
+            f"no recipe named '{name_or_path}' in {root / 'recipes'}; "
+            f"known recipes: {', '.join(known) or 'none'} (or pass a path to a .toml file)"
+        )
+    return found
+
+
+def _version(raw: str | None, path: Path, key: str) -> Version | None:
+    if raw is None:
+        return None
+    try:
+        return Version(raw)
+    except InvalidVersion:
+        raise BadInput(f"{path}: '{key}' must be a version like \"6.0\", got {raw!r}") from None
+
+
+def load_recipe(name_or_path: str, root: Path) -> Recipe:
+    path = recipe_path(name_or_path, root)
+    data = validate(read_toml(path), RECIPE_SCHEMA, path)
+
+    if not _NAME.match(data["name"]):
+        raise BadInput(
+            f"{path}: 'name' must be lower-case letters, digits, '-' or '_', got {data['name']!r}"
+        )
+    try:
+        python = SpecifierSet(data["python"])
+    except InvalidSpecifier:
+        raise BadInput(
+            f"{path}: 'python' must be a PEP 440 specifier like \">=3.10\", got {data['python']!r}"
+        ) from None
+
+    gpu = data["gpu"]
+    needs = GpuNeeds(
+        required=gpu["required"],
+        min_memory_gib=gpu["min_memory_gib"],
+        min_compute_capability=_version(
+            gpu["min_compute_capability"], path, "gpu.min_compute_capability"
+        ),
+        min_cuda=_version(gpu["min_cuda"], path, "gpu.min_cuda"),
+    )
+
+    project_root = path.parent.parent if path.parent.name == "recipes" else path.parent
+    requirements_in = (project_root / data["requirements"]["in"]).resolve()
+    if not requirements_in.is_file():
+        raise BadInput(
+            f"{path}: 'requirements.in' names {requirements_in}, which does not exist; "
+            "create it or fix the path (relative to the folder that holds recipes/)"
+        )
+
+    workdir = PurePosixPath(data["drive"]["workdir"])
+    if workdir.is_absolute() or ".." in workdir.parts:
+        raise BadInput(
+            f"{path}: 'drive.workdir' must be a folder relative to the Drive root, "
+            f"got {str(workdir)!r}"
+        )
+
+    return Recipe(
+        name=data["name"],
+        description=data["description"],
+        python=python,
+        gpu=needs,
+        requirements_in=requirements_in,
+        exclude=tuple(sorted({canonicalize_name(n) for n in data["requirements"]["exclude"]})),
+        workdir=workdir,
+        path=path,
+        project_root=project_root,
+    )

@@ -1,0 +1,94 @@
+"""The interpreter whose environment receives the packages (`--python`), seen from outside.
+
+One subprocess asks it for its version and its installed distributions; wheel tags are
+computed here with `packaging`, since the target runs on this same machine but need not have
+`packaging` installed.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging import tags
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import Version
+
+from .errors import PreconditionUnmet
+
+_PROBE = """
+import json, sys
+from importlib import metadata
+installed = {}
+for dist in metadata.distributions():
+    name = dist.metadata["Name"]
+    if name:
+        installed.setdefault(name, dist.version)
+print(json.dumps({
+    "version": list(sys.version_info[:3]),
+    "implementation": sys.implementation.name,
+    "executable": sys.executable,
+    "prefix": sys.prefix,
+    "installed": installed,
+}))
+"""
+
+
+@dataclass(frozen=True)
+class TargetPython:
+    executable: Path
+    version: Version
+    implementation: str
+    prefix: Path
+    installed: dict[NormalizedName, str]
+
+    @property
+    def tag(self) -> str:
+        """`py311`: names the lock made for this interpreter."""
+        return f"py{self.version.major}{self.version.minor}"
+
+    @property
+    def is_running_interpreter(self) -> bool:
+        return Path(sys.prefix) == self.prefix and self.version == Version(platform.python_version())
+
+    def supported_tags(self) -> list[tags.Tag]:
+        """Wheel tags this interpreter accepts, most specific first."""
+        if self.is_running_interpreter:
+            return list(tags.sys_tags())
+        if self.implementation != "cpython":
+            raise PreconditionUnmet(
+                f"{self.executable} is {self.implementation}; warmstart supports CPython targets"
+            )
+        version = (self.version.major, self.version.minor)
+        return [*tags.cpython_tags(version), *tags.compatible_tags(version, f"cp{version[0]}{version[1]}")]
+
+
+def platform_tag() -> str:
+    """`manylinux_x86_64`: the platform part of a lock's name (the lock holds hashes for all
+    wheels of a version, so one lock serves every glibc of an architecture)."""
+    system = {"linux": "manylinux", "darwin": "macos", "win32": "win"}.get(sys.platform, sys.platform)
+    return f"{system}_{platform.machine().lower()}"
+
+
+def probe(executable: str | Path | None) -> TargetPython:
+    exe = Path(executable).expanduser() if executable else Path(sys.executable)
+    try:
+        out = subprocess.run(
+            [str(exe), "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise PreconditionUnmet(
+            f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
+        ) from None
+    facts = json.loads(out)
+    return TargetPython(
+        executable=exe,
+        version=Version(".".join(map(str, facts["version"]))),
+        implementation=facts["implementation"],
+        prefix=Path(facts["prefix"]),
+        installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
+    )
