@@ -81,13 +81,15 @@ def parse_lock(path: Path) -> Lock:
     found = _DIGEST_LINE.search(text)
     pins = []
     for block in _blocks(text):
-        requirement_text = block.split("\\", 1)[0].split("\n", 1)[0].strip()
+        # The requirement is what precedes the first option (`--hash`) or line continuation.
+        requirement_text = re.split(r"\s--|\\|\n", block, maxsplit=1)[0].strip()
         if not requirement_text or requirement_text.startswith("#"):
             continue
         try:
             req = Requirement(requirement_text)
         except InvalidRequirement as exc:
-            raise BadInput(f"{path}: cannot read requirement {requirement_text!r}: {exc}") from None
+            reason = str(exc).splitlines()[0]
+            raise BadInput(f"{path}: cannot read requirement {requirement_text!r}: {reason}") from None
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator != "==":
             raise BadInput(f"{path}: '{requirement_text}' is not pinned with =="

@@ -8,6 +8,7 @@ computed here with `packaging`, since the target runs on this same machine but n
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def platform_tag() -> str:
 
 
 def probe(executable: str | Path | None) -> TargetPython:
-    exe = Path(executable).expanduser() if executable else Path(sys.executable)
+    # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
+    exe = Path(os.path.abspath(Path(executable).expanduser())) if executable else Path(sys.executable)
     try:
         out = subprocess.run(
             [str(exe), "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60

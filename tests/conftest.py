@@ -1,0 +1,193 @@
+"""Shared test fixtures: real wheels, a real PEP 503 index on 127.0.0.1, real virtualenvs, and
+the warmstart CLI run as a user runs it (`invoke bootstrap ...` in a subprocess)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_HYPERLPR = REPO.parent / "shared" / "hyperlpr"
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
+    """Write a real, installable pure-Python wheel (PEP 427) with a correct RECORD."""
+    dist = name.replace("-", "_")
+    info = f"{dist}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    files = {
+        f"{dist}/__init__.py": f"__version__ = {version!r}\n".encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: warmstart-tests\n"
+        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
+    files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
+    wheel = dest / f"{dist}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path, data in files.items():
+            zf.writestr(path, data)
+    return wheel
+
+
+# The demo world: `alpha` needs `beta` and the CPU-only `cpu-only`, which the demo recipe
+# excludes in favour of `gpu-build` (the shape of hyperlpr3 -> onnxruntime).
+DEMO_WHEELS = [
+    ("alpha", "1.0", ("beta>=1.5", "cpu-only")),
+    ("beta", "1.0", ()),
+    ("beta", "2.0", ()),
+    ("cpu-only", "1.0", ()),
+    ("gpu-build", "1.0", ()),
+]
+
+
+@dataclass
+class Index:
+    url: str
+    files: Path
+
+
+def _write_simple_index(root: Path) -> None:
+    simple = root / "simple"
+    projects: dict[str, list[Path]] = {}
+    for wheel in sorted((root / "files").glob("*.whl")):
+        projects.setdefault(wheel.name.split("-")[0].replace("_", "-"), []).append(wheel)
+    for project, wheels in projects.items():
+        links = "".join(
+            f'<a href="../../files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">'
+            f"{w.name}</a>\n" for w in wheels
+        )
+        (simple / project).mkdir(parents=True, exist_ok=True)
+        (simple / project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
+
+
+@pytest.fixture(scope="session")
+def index(tmp_path_factory) -> Index:
+    """A PEP 503 "simple" index of test-built wheels, served over HTTP on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("index")
+    (root / "files").mkdir()
+    for name, version, requires in DEMO_WHEELS:
+        build_wheel(root / "files", name, version, requires)
+    _write_simple_index(root)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield Index(f"http://127.0.0.1:{server.server_address[1]}/simple", root / "files")
+    server.shutdown()
+
+
+def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "WARMSTART_"))}
+    env.update({"WARMSTART_PROFILE": "local", "PIP_CONFIG_FILE": os.devnull, **extra})
+    if index_url:
+        env["PIP_INDEX_URL"] = index_url
+    return env
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def report(self) -> dict:
+        return json.loads(self.stdout)
+
+
+def run_cli(*args: str, env: dict[str, str], offline_net: bool = False, cwd: Path | None = None) -> Result:
+    """Run `invoke <args>` with this repository's tasks.py; `offline_net` cuts the network."""
+    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
+    if offline_net:
+        cmd = ["unshare", "--net", "--", *cmd]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd or REPO, timeout=900)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def can_cut_network() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+needs_netns = pytest.mark.skipif(
+    not can_cut_network(), reason="needs `unshare --net` (root or user namespaces)"
+)
+
+
+def make_venv(path: Path) -> Path:
+    """A bare virtualenv (no pip of its own: warmstart drives pip from outside)."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return path / "bin" / "python"
+
+
+def installed(python: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [str(python), "-c", "import json; from importlib import metadata as m; "
+         "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return json.loads(out)
+
+
+DEMO_RECIPE = """\
+name = "demo"
+description = "alpha on the GPU build, never the CPU-only one"
+python = ">=3.8"
+
+[gpu]
+required = false
+
+[requirements]
+in = "requirements/demo.in"
+exclude = ["cpu-only"]
+
+[drive]
+workdir = "Demo"
+"""
+
+
+@pytest.fixture(scope="session")
+def locked_demo(tmp_path_factory, index) -> Path:
+    """A project holding the demo recipe, locked once with the real `invoke lock`."""
+    root = tmp_path_factory.mktemp("demo-project")
+    (root / "recipes").mkdir()
+    (root / "requirements").mkdir()
+    (root / "recipes" / "demo.toml").write_text(DEMO_RECIPE)
+    (root / "requirements" / "demo.in").write_text("alpha\ngpu-build\n")
+    result = run_cli("lock", "--recipe", str(root / "recipes" / "demo.toml"), env=cli_env(index.url))
+    assert result.code == 0, result.stderr
+    return root
+
+
+@pytest.fixture
+def demo(tmp_path, locked_demo) -> Path:
+    """A fresh copy of the locked demo project, free to edit; returns its recipe path."""
+    root = tmp_path / "project"
+    shutil.copytree(locked_demo, root)
+    return root / "recipes" / "demo.toml"

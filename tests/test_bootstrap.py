@@ -1,0 +1,215 @@
+"""`invoke bootstrap` end to end: real pip, real wheels, a real index on 127.0.0.1, a real
+network cut for offline restores. Only Drive itself is stood in for, by a local folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, installed, make_venv, needs_netns, run_cli
+
+LOCKED = {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+
+
+@pytest.fixture
+def drive(tmp_path) -> Path:
+    path = tmp_path / "drive"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def env(index):
+    return cli_env(index.url)
+
+
+def bootstrap(recipe: Path, drive: Path, python: Path, *flags: str, env, offline_net=False):
+    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive),
+                   "--python", str(python), "--json", *flags, env=env, offline_net=offline_net)
+
+
+def cached_wheels(drive: Path) -> list[str]:
+    return sorted(p.name for p in (drive / ".warmstart" / "v1" / "wheels").iterdir())
+
+
+def test_cold_install_fills_cache_and_leaves_excluded_out(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(demo, drive, python, env=env)
+
+    assert result.code == 0, result.stderr
+    report = result.report
+    assert report["ok"] is True and report["recipe"] == "demo"
+    assert report["installed"] == LOCKED
+    assert report["cache"]["misses"] == 3 and report["cache"]["hits"] == 0
+    assert report["cache"]["bytes_written"] > 0
+    assert {s["name"] for s in report["steps"]} >= {"gpu", "lock", "download", "install"}
+    assert all({"name", "status", "seconds"} <= set(s) for s in report["steps"])
+    assert report["total_seconds"] > 0
+    have = installed(python)
+    assert {k: have[k] for k in LOCKED} == LOCKED
+    assert "cpu-only" not in have, "an excluded package was installed"
+    assert cached_wheels(drive) == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl",
+                                    "gpu_build-1.0-py3-none-any.whl"]
+    assert (drive / "Demo").is_dir()
+
+
+def test_rerun_when_environment_matches_does_nothing(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+
+    again = bootstrap(demo, drive, python, env=env)
+
+    assert again.code == 0, again.stderr
+    assert again.report["changed"] is False
+    assert "nothing to do" in again.stderr
+    assert not {"download", "install"} & {s["name"] for s in again.report["steps"]}
+    assert again.report["installed"] == LOCKED
+
+
+@needs_netns
+def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+    shutil.rmtree(tmp_path / "venv")  # the VM is wiped; Drive survives
+    python = make_venv(tmp_path / "venv")
+
+    restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert restored.report["cache"]["hits"] == 3 and restored.report["cache"]["misses"] == 0
+    assert restored.report["cache"]["bytes_read"] > 0
+    have = installed(python)
+    assert {k: have[k] for k in LOCKED} == LOCKED
+
+
+@needs_netns
+def test_offline_names_the_wheel_missing_from_cache(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+    (drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl").unlink()
+    python = make_venv(tmp_path / "wiped")
+
+    result = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
+
+    assert result.code == 3
+    assert "beta==2.0" in result.stderr and "alpha" not in result.report["error"]
+    assert result.report["ok"] is False
+    assert "beta" not in installed(python)
+
+
+@needs_netns
+def test_corrupt_cached_wheel_is_refused_offline_and_replaced_online(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+    cached = drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl"
+    good = cached.read_bytes()
+    cached.write_bytes(good[:-10] + b"0123456789")
+    python = make_venv(tmp_path / "wiped")
+
+    offline = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
+    assert offline.code == 3
+    assert "sha256" in offline.stderr and "beta" in offline.stderr
+    assert "beta" not in installed(python)
+
+    online = bootstrap(demo, drive, python, env=env)
+    assert online.code == 0, online.stderr
+    assert online.report["cache"]["misses"] == 1
+    assert cached.read_bytes() == good
+
+
+def test_typo_in_recipe_key_is_bad_input(demo, drive, env, tmp_path):
+    demo.write_text(demo.read_text().replace("required = false", "requird = false"))
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 2
+    assert "gpu.requird" in result.stderr and str(demo) in result.stderr
+    assert "did you mean 'gpu.required'" in result.stderr
+    assert result.report["ok"] is False and result.report["exit_code"] == 2
+
+
+def test_target_python_outside_recipe_specifier(demo, drive, env, tmp_path):
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', 'python = "<3.8"'))
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 3
+    assert "needs Python <3.8" in result.stderr
+
+
+def test_stale_lock_is_reported_not_used(demo, drive, env, tmp_path):
+    requirements_in = demo.parent.parent / "requirements" / "demo.in"
+    requirements_in.write_text("alpha\n")  # gpu-build removed since the lock was compiled
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 2
+    assert "stale" in result.stderr and "invoke lock --recipe demo" in result.stderr
+
+
+def test_missing_lock_names_file_and_next_step(demo, drive, env, tmp_path):
+    for lock in (demo.parent.parent / "requirements").glob("demo-py*.txt"):
+        lock.unlink()
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 2
+    assert "lock not found" in result.stderr
+
+
+def test_dry_run_changes_nothing(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    before = installed(python)
+
+    result = bootstrap(demo, drive, python, "--dry-run", env=env)
+
+    assert result.code == 0, result.stderr
+    assert "download into the cache 3" in result.stderr
+    assert installed(python) == before
+    assert list(drive.iterdir()) == []
+
+
+def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path):
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        pass
+    else:
+        pytest.skip("this machine has a working NVIDIA driver")
+    demo.write_text(demo.read_text().replace("required = false", "required = true"))
+    python = make_venv(tmp_path / "venv")
+
+    refused = bootstrap(demo, drive, python, env=env)
+    assert refused.code == 3
+    assert "Runtime > Change runtime type" in refused.stderr and "--allow-no-gpu" in refused.stderr
+
+    allowed = bootstrap(demo, drive, python, "--allow-no-gpu", env=env)
+    assert allowed.code == 0, allowed.stderr
+    assert "warning" in allowed.stderr
+    assert [s["status"] for s in allowed.report["steps"] if s["name"] == "gpu"] == ["warning"]
+
+
+def test_missing_drive_on_colab_says_how_to_mount(demo, tmp_path, index):
+    env = cli_env(index.url, WARMSTART_PROFILE="colab")
+
+    result = bootstrap(demo, tmp_path / "not-mounted", make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 3
+    assert "drive.mount" in result.stderr
+    assert not (tmp_path / "not-mounted").exists()
+
+
+def test_drive_from_environment_variable(demo, tmp_path, index):
+    env = cli_env(index.url, WARMSTART_DRIVE=str(tmp_path / "from-env"))
+    (tmp_path / "from-env").mkdir()
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--python", str(make_venv(tmp_path / "v")),
+                     "--json", env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["drive"] == str(tmp_path / "from-env")
+    assert cached_wheels(tmp_path / "from-env")

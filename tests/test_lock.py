@@ -1,0 +1,66 @@
+"""Lock files: parsing, stripping excluded packages, and detecting stale inputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmstart import PROJECT_ROOT
+from warmstart.errors import BadInput
+from warmstart.lock import _without_excluded, check_fresh, lock_path, parse_lock
+from warmstart.recipe import load_recipe
+
+COMPILED = """\
+alpha==1.0 \\
+    --hash=sha256:{a}
+    # via -r requirements/demo.in
+cpu-only==1.0 \\
+    --hash=sha256:{c} \\
+    --hash=sha256:{d}
+    # via
+    #   alpha
+    #   other
+beta==2.0 \\
+    --hash=sha256:{b}
+    # via alpha
+""".format(a="a" * 64, b="b" * 64, c="c" * 64, d="d" * 64)
+
+
+def test_excluded_block_removed_with_its_hashes_and_annotations():
+    text = _without_excluded(COMPILED, ("cpu-only",))
+    assert "cpu-only" not in text and "c" * 64 not in text and "#   other" not in text
+    assert "alpha==1.0" in text and "beta==2.0" in text and "# via alpha" in text
+
+
+def test_parse_lock_reads_pins_and_hashes(tmp_path):
+    path = tmp_path / "demo-py311-manylinux_x86_64.txt"
+    path.write_text("# inputs-sha256: " + "e" * 64 + "\n" + COMPILED)
+    lock = parse_lock(path)
+    assert lock.inputs_sha256 == "e" * 64
+    assert [(p.name, p.version) for p in lock.pins] == [("alpha", "1.0"), ("cpu-only", "1.0"), ("beta", "2.0")]
+    assert lock.pins[1].hashes == {"c" * 64, "d" * 64}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("alpha>=1.0 --hash=sha256:" + "a" * 64 + "\n", "'alpha>=1.0' is not pinned"),
+        ("alpha==1.0\n", "'alpha' has no --hash"),
+        ("al pha==1.0 --hash=sha256:" + "a" * 64 + "\n", "cannot read requirement"),
+    ],
+)
+def test_bad_lock_lines_name_the_package(tmp_path, body, message):
+    path = tmp_path / "lock.txt"
+    path.write_text(body)
+    with pytest.raises(BadInput, match=message) as caught:
+        parse_lock(path)
+    assert str(path) in str(caught.value)
+
+
+def test_committed_hyperlpr_lock_is_fresh_and_complete():
+    recipe = load_recipe("hyperlpr", PROJECT_ROOT)
+    lock = parse_lock(lock_path(recipe, "py311", "manylinux_x86_64"))
+    check_fresh(lock, recipe, "py311", "manylinux_x86_64")
+    names = {p.name for p in lock.pins}
+    assert {"hyperlpr3", "onnxruntime-gpu", "opencv-python-headless"} <= names
+    assert not {"onnxruntime", "opencv-python"} & names
+    assert all(p.hashes for p in lock.pins)

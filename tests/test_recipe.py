@@ -1,0 +1,87 @@
+"""Recipe loading and validation: every problem names the file and the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmstart import PROJECT_ROOT
+from warmstart.errors import BadInput
+from warmstart.recipe import load_recipe
+
+GOOD = """\
+name = "demo"
+python = ">=3.10"
+[gpu]
+required = true
+min_memory_gib = 2
+min_compute_capability = "6.0"
+min_cuda = "12.0"
+[requirements]
+in = "requirements/demo.in"
+exclude = ["OnnxRuntime", "opencv_python"]
+[drive]
+workdir = "Demo/run"
+"""
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "demo.in").write_text("alpha\n")
+    return tmp_path
+
+
+def write(project, text):
+    path = project / "recipes" / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_recipe_loads_with_normalised_names(project):
+    recipe = load_recipe(str(write(project, GOOD)), project)
+    assert recipe.name == "demo"
+    assert recipe.exclude == ("onnxruntime", "opencv-python")
+    assert recipe.requirements_in == project / "requirements" / "demo.in"
+    assert recipe.gpu.min_memory_gib == 2 and str(recipe.gpu.min_compute_capability) == "6.0"
+    assert "3.11" in recipe.python and "3.9" not in recipe.python
+
+
+def test_recipe_found_by_name(project):
+    write(project, GOOD)
+    assert load_recipe("demo", project).path == project / "recipes" / "demo.toml"
+
+
+def test_unknown_recipe_name_lists_known_ones(project):
+    write(project, GOOD)
+    with pytest.raises(BadInput, match="no recipe named 'demi'.*known recipes: demo"):
+        load_recipe("demi", project)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("min_memory_gib = 2", "min_memory_gib = true"), "'gpu.min_memory_gib' must be a number"),
+        (("min_memory_gib = 2", "min_memory_gb = 2"), "unknown key 'gpu.min_memory_gb'.*did you mean 'gpu.min_memory_gib'"),
+        (('exclude = ["OnnxRuntime", "opencv_python"]', 'exclude = "onnxruntime"'), "'requirements.exclude' must be a list of strings"),
+        (('python = ">=3.10"', 'python = "three"'), "'python' must be a PEP 440 specifier"),
+        (('min_cuda = "12.0"', 'min_cuda = "twelve"'), "'gpu.min_cuda' must be a version"),
+        (('in = "requirements/demo.in"', 'in = "requirements/nope.in"'), "'requirements.in' names .*nope.in, which does not exist"),
+        (('name = "demo"', 'name = "Demo Recipe"'), "'name' must be lower-case"),
+        (('workdir = "Demo/run"', 'workdir = "../elsewhere"'), "'drive.workdir' must be a folder relative"),
+        (('name = "demo"\n', ""), "missing required key 'name'"),
+        (("[drive]", "drive = 1\n[other]"), "unknown key 'other'"),
+        (("required = true", "required = "), "not valid TOML"),
+    ],
+)
+def test_bad_recipe_names_file_and_key(project, change, message):
+    path = write(project, GOOD.replace(*change, 1))
+    with pytest.raises(BadInput, match=message) as caught:
+        load_recipe(str(path), project)
+    assert str(path) in str(caught.value)
+
+
+def test_shipped_recipes_load():
+    recipe = load_recipe("hyperlpr", PROJECT_ROOT)
+    assert set(recipe.exclude) == {"onnxruntime", "opencv-python"}
+    assert recipe.gpu.required
