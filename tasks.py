@@ -1,12 +1,15 @@
 """warmstart's command line: thin invoke tasks over the `warmstart` package.
 
     invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
-                     [--allow-no-gpu] [--dry-run] [--json]
+                     [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
     invoke lock --recipe hyperlpr [--upgrade]
+    invoke gpu [--json]
 """
 
 from __future__ import annotations
 
+import sys
+from json import dumps
 from pathlib import Path
 
 from invoke import Exit, task
@@ -15,6 +18,8 @@ from warmstart import bootstrap as bootstrapping
 from warmstart import lock as locking
 from warmstart import target
 from warmstart.cli import run_plain, run_reported
+from warmstart.errors import PreconditionUnmet
+from warmstart.gpu import probe_gpus
 from warmstart.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent
@@ -31,17 +36,32 @@ def _exit(code: int) -> None:
         "drive": "Drive root (default: WARMSTART_DRIVE, else the platform profile's folder)",
         "python": "interpreter whose environment receives the packages (default: this one)",
         "offline": "never contact a package index; install from the Drive cache only",
-        "allow-no-gpu": "go on with a warning when the recipe's GPU is not there",
+        "allow-no-gpu": "go on with a warning when the recipe needs a GPU and there is none",
+        "allow-unfit-gpu": "go on with a warning when the GPU is below the recipe's limits",
         "dry-run": "run the checks that change nothing and print the plan",
         "json": "print the final report as one JSON object on stdout",
     }
 )
 def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=False,
-              dry_run=False, json=False):
+              allow_unfit_gpu=False, dry_run=False, json=False):
     """Install a recipe's locked environment, restoring wheels from the Drive cache."""
-    options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu, dry_run)
+    options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu,
+                                    allow_unfit_gpu, dry_run)
     _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
                        recipe, as_json=json))
+
+
+@task(help={"json": "print one JSON object instead of a table"})
+def gpu(c, json=False):
+    """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
+    report = probe_gpus()
+    if json:
+        print(dumps(report.as_json()))
+    elif report.available:
+        print(report.table())
+    else:
+        print(f"warmstart: {report.describe()}", file=sys.stderr)
+    _exit(0 if report.available else PreconditionUnmet.exit_code)
 
 
 @task(help={"recipe": "recipe name or path", "upgrade": "re-resolve every pin to the newest version"})

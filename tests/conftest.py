@@ -191,3 +191,36 @@ def demo(tmp_path, locked_demo) -> Path:
     root = tmp_path / "project"
     shutil.copytree(locked_demo, root)
     return root / "recipes" / "demo.toml"
+
+
+@pytest.fixture
+def no_real_nvml():
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return
+    pynvml.nvmlShutdown()
+    pytest.skip("this machine has a working NVIDIA driver, so 'no library' cannot be staged")
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_dir(tmp_path_factory) -> Path:
+    """A folder holding the fake `libnvidia-ml.so.1`, compiled from tests/fake_nvml with gcc."""
+    if not shutil.which("gcc"):
+        pytest.skip("gcc is needed to build the fake NVML library")
+    out = tmp_path_factory.mktemp("fake-nvml")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o",
+                    str(out / "libnvidia-ml.so.1"), str(REPO / "tests" / "fake_nvml" / "fake_nvml.c")],
+                   check=True)
+    return out
+
+
+T4 = "Tesla T4|15360|7.5|none"
+
+
+def nvml_env(base: dict[str, str], lib_dir: Path, devices: str = T4, **settings: str) -> dict[str, str]:
+    """`base` with the fake NVML library first on the loader path and its answers set."""
+    env = dict(base, LD_LIBRARY_PATH=str(lib_dir), FAKE_NVML_DEVICES=devices)
+    env.update({f"FAKE_NVML_{k.upper()}": v for k, v in settings.items()})
+    return env

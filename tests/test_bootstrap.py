@@ -172,14 +172,7 @@ def test_dry_run_changes_nothing(demo, drive, env, tmp_path):
     assert list(drive.iterdir()) == []
 
 
-def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path):
-    pynvml = pytest.importorskip("pynvml")
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        pass
-    else:
-        pytest.skip("this machine has a working NVIDIA driver")
+def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path, no_real_nvml):
     demo.write_text(demo.read_text().replace("required = false", "required = true"))
     python = make_venv(tmp_path / "venv")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import installer, target as target_python
 from .cache import WheelCache
 from .errors import PreconditionUnmet, WarmstartError
-from .gpu import probe_gpus
+from .gpu import GpuVerdict, judge, probe_gpus
 from .lock import Pin, check_fresh, lock_path, parse_lock
 from .plan import Plan, make_plan
 from .profiles import require_drive, resolve_drive, select_profile
@@ -28,6 +28,7 @@ class Options:
     python: str | None = None
     offline: bool = False
     allow_no_gpu: bool = False
+    allow_unfit_gpu: bool = False
     dry_run: bool = False
 
 
@@ -47,8 +48,9 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         step.detail = f"{target.executable} (Python {target.version})"
     with report.step("gpu") as step:
         gpu = probe_gpus()
+        report.extra["gpu"] = gpu.as_json()
         step.detail = gpu.describe()
-        if recipe.gpu.required and not gpu.gpus:
+        if judge(recipe.gpu, gpu) != GpuVerdict():
             step.status = "warning"
     with report.step("drive") as step:
         profile = select_profile(root)
@@ -66,7 +68,8 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         cached = {p.name: path for p in lock.pins if (path := cache.lookup(p, supported))}
         step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {cache.wheels}"
     plan = make_plan(recipe, target, lock, drive, gpu, cached,
-                     offline=options.offline, allow_no_gpu=options.allow_no_gpu)
+                     offline=options.offline, allow_no_gpu=options.allow_no_gpu,
+                     allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
         report.say(f"warning: {warning}")
     report.extra.update(drive=str(drive), workdir=str(plan.workdir), lock=str(lock.path),

@@ -1,109 +1,187 @@
 """What GPUs this machine has, through NVML (`nvidia-ml-py`), and whether they fit a recipe.
 
 pynvml loads `libnvidia-ml.so.1` by bare name, so the library search path at process start
-decides which library is used; no NVIDIA driver at all is the usual case on a CPU runtime.
+decides which library is used. It is imported inside `probe_gpus` only: `invoke --list` and
+every other task stay fast and work on machines without a driver.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from packaging.version import Version
 
 from .recipe import GpuNeeds
 
-COLAB_HINT = (
-    "on Colab choose Runtime > Change runtime type > a GPU accelerator (e.g. T4), "
-    "then run the notebook again"
+COLAB_GPU_HINT = "on Colab choose Runtime > Change runtime type > a GPU accelerator (e.g. T4) and run again"
+COLAB_BIGGER_HINT = "on Colab choose a larger GPU under Runtime > Change runtime type (L4, A100)"
+COLAB_CUDA_HINT = (
+    "use a newer runtime version (Runtime > Change runtime type > Runtime version) or a newer driver"
 )
 
 
 @dataclass(frozen=True)
-class Gpu:
+class Device:
     index: int
     name: str
-    memory_gib: float
-    compute_capability: Version
+    uuid: str
+    memory_total_mib: int
+    memory_free_mib: int
+    compute_capability: str
+    mig: bool
+
+    def describe(self) -> str:
+        return f"GPU {self.index} {self.name} ({self.memory_total_mib / 1024:.1f} GiB, sm {self.compute_capability})"
 
 
 @dataclass(frozen=True)
 class GpuReport:
-    gpus: tuple[Gpu, ...] = ()
-    driver: str | None = None
-    cuda: Version | None = None
-    problem: str | None = None  # why NVML could not be used, when it could not
+    """The shape of `invoke gpu --json` and of the bootstrap report's `gpu` key."""
+
+    devices: tuple[Device, ...] = ()
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    error: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return bool(self.devices)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "available": self.available,
+            "driver_version": self.driver_version,
+            "cuda_driver_version": self.cuda_driver_version,
+            "devices": [asdict(d) for d in self.devices],
+            "error": self.error,
+        }
 
     def describe(self) -> str:
-        if not self.gpus:
-            return self.problem or "no NVIDIA GPU"
-        names = ", ".join(f"{g.name} {g.memory_gib:.0f} GiB sm{g.compute_capability}" for g in self.gpus)
-        return f"{names}; driver {self.driver}, CUDA {self.cuda}"
+        if not self.devices:
+            return f"no usable GPU: {self.error}"
+        found = ", ".join(d.describe() for d in self.devices)
+        return f"{found}; driver {self.driver_version}, CUDA {self.cuda_driver_version}"
+
+    def table(self) -> str:
+        if not self.devices:
+            return self.describe()
+        rows = [("GPU", "NAME", "MEMORY MiB", "FREE MiB", "CC", "MIG")] + [
+            (str(d.index), d.name, str(d.memory_total_mib), str(d.memory_free_mib),
+             d.compute_capability, "yes" if d.mig else "no")
+            for d in self.devices
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines.append(f"driver {self.driver_version}, CUDA {self.cuda_driver_version}")
+        return "\n".join(lines)
 
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _init_error(pynvml: Any, exc: Exception) -> str:
+    reasons = [
+        ("NVMLError_LibraryNotFound",
+         "no NVIDIA driver library (libnvidia-ml.so.1): this is a CPU-only machine or runtime"),
+        ("NVMLError_DriverNotLoaded", "the NVIDIA driver is installed but not loaded"),
+        ("NVMLError_LibRmVersionMismatch",
+         "the NVIDIA driver library and kernel module differ (driver updated without a reboot)"),
+        ("NVMLError_NoPermission",
+         "no permission to use the NVIDIA devices (in Docker: run with --gpus all)"),
+    ]
+    for name, reason in reasons:
+        if isinstance(exc, getattr(pynvml, name)):
+            return reason
+    return f"NVML failed: {exc}"
+
+
+def _mig_enabled(pynvml: Any, handle: Any) -> bool:
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+    except pynvml.NVMLError_NotSupported:
+        return False
+    return current == pynvml.NVML_DEVICE_MIG_ENABLE
+
+
+def _device(pynvml: Any, index: int) -> Device:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+    major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+    return Device(
+        index=index,
+        name=_text(pynvml.nvmlDeviceGetName(handle)),
+        uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+        memory_total_mib=memory.total >> 20,
+        memory_free_mib=memory.free >> 20,
+        compute_capability=f"{major}.{minor}",
+        mig=_mig_enabled(pynvml, handle),
+    )
+
+
 def probe_gpus() -> GpuReport:
-    import pynvml  # imported here: only bootstrap needs NVML
+    import pynvml
 
     try:
         pynvml.nvmlInit()
-    except pynvml.NVMLError_LibraryNotFound:
-        return GpuReport(problem="no NVIDIA driver library (libnvidia-ml.so.1) on this machine")
-    except pynvml.NVMLError_DriverNotLoaded:
-        return GpuReport(problem="the NVIDIA driver is not loaded")
     except pynvml.NVMLError as exc:
-        return GpuReport(problem=f"NVML could not start: {exc}")
+        return GpuReport(error=_init_error(pynvml, exc))
     try:
-        gpus = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            gpus.append(Gpu(
-                index=index,
-                name=_text(pynvml.nvmlDeviceGetName(handle)),
-                memory_gib=pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**30,
-                compute_capability=Version(f"{major}.{minor}"),
-            ))
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
-        return GpuReport(
-            gpus=tuple(gpus),
-            driver=_text(pynvml.nvmlSystemGetDriverVersion()),
-            # NVML encodes CUDA 12.4 as 12040
-            cuda=Version(f"{cuda // 1000}.{(cuda % 1000) // 10}"),
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()  # 12080 means CUDA 12.8
+        report = GpuReport(
+            devices=tuple(_device(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())),
+            driver_version=_text(pynvml.nvmlSystemGetDriverVersion()),
+            cuda_driver_version=f"{cuda // 1000}.{(cuda % 1000) // 10}",
         )
     except pynvml.NVMLError as exc:
-        return GpuReport(problem=f"NVML query failed: {exc}")
+        return GpuReport(error=f"NVML query failed: {exc}")
     finally:
         pynvml.nvmlShutdown()
+    if not report.devices:
+        return GpuReport(driver_version=report.driver_version,
+                         cuda_driver_version=report.cuda_driver_version,
+                         error="the NVIDIA driver is loaded but reports no GPUs")
+    return report
 
 
-def gpu_problems(needs: GpuNeeds, report: GpuReport) -> list[str]:
-    """Why no GPU on this machine fits the recipe (empty when one does, or none is needed)."""
+@dataclass(frozen=True)
+class GpuVerdict:
+    missing: str | None = None  # no GPU at all, while the recipe needs one
+    unfit: tuple[str, ...] = ()  # GPUs are there, but none meets the recipe's limits
+
+
+def judge(needs: GpuNeeds, report: GpuReport) -> GpuVerdict:
+    """Compare what NVML found with the recipe's [gpu] table; every reason says what to do."""
     if not needs.required:
-        return []
-    if not report.gpus:
-        return [f"the recipe needs an NVIDIA GPU, but {report.problem or 'none was found'}; {COLAB_HINT}"]
-    problems = []
-    if needs.min_cuda and report.cuda and report.cuda < needs.min_cuda:
-        problems.append(
-            f"the driver supports CUDA {report.cuda}, the recipe needs {needs.min_cuda}; "
-            "use a newer runtime or driver"
-        )
-    fitting = [
-        g for g in report.gpus
-        if (needs.min_memory_gib is None or g.memory_gib >= needs.min_memory_gib)
-        and (needs.min_compute_capability is None or g.compute_capability >= needs.min_compute_capability)
-    ]
-    if not fitting:
-        wants = []
-        if needs.min_memory_gib is not None:
-            wants.append(f"{needs.min_memory_gib} GiB")
-        if needs.min_compute_capability is not None:
-            wants.append(f"compute capability {needs.min_compute_capability}")
-        problems.append(
-            f"no GPU has {' and '.join(wants)} ({report.describe()}); "
-            "on Colab pick a larger accelerator under Runtime > Change runtime type"
-        )
-    return problems
+        return GpuVerdict()
+    if not report.available:
+        return GpuVerdict(missing=f"the recipe needs an NVIDIA GPU, but found {report.describe()}; "
+                                  f"{COLAB_GPU_HINT}")
+    unfit = []
+    if needs.min_cuda and Version(report.cuda_driver_version or "0") < needs.min_cuda:
+        unfit.append(f"the driver supports CUDA {report.cuda_driver_version} (driver "
+                     f"{report.driver_version}), the recipe needs CUDA {needs.min_cuda}; {COLAB_CUDA_HINT}")
+    too_small = needs.min_memory_gib is not None and all(
+        d.memory_total_mib / 1024 < needs.min_memory_gib for d in report.devices
+    )
+    too_old = needs.min_compute_capability is not None and all(
+        Version(d.compute_capability) < needs.min_compute_capability for d in report.devices
+    )
+    fits_both = any(
+        (needs.min_memory_gib is None or d.memory_total_mib / 1024 >= needs.min_memory_gib)
+        and (needs.min_compute_capability is None
+             or Version(d.compute_capability) >= needs.min_compute_capability)
+        for d in report.devices
+    )
+    found = "; ".join(d.describe() for d in report.devices)
+    if too_small:
+        unfit.append(f"the recipe needs a GPU with {needs.min_memory_gib} GiB, found {found}; "
+                     f"{COLAB_BIGGER_HINT}")
+    if too_old:
+        unfit.append(f"the recipe needs compute capability {needs.min_compute_capability}, found "
+                     f"{found}; {COLAB_BIGGER_HINT}")
+    if not fits_both and not (too_small or too_old):
+        unfit.append(f"no single GPU has both {needs.min_memory_gib} GiB and compute capability "
+                     f"{needs.min_compute_capability}, found {found}; {COLAB_BIGGER_HINT}")
+    return GpuVerdict(unfit=tuple(unfit))

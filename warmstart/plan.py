@@ -9,7 +9,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 
 from .errors import PreconditionUnmet
-from .gpu import GpuReport, gpu_problems
+from .gpu import GpuReport, judge
 from .lock import Lock, Pin
 from .recipe import Recipe
 from .target import TargetPython
@@ -68,6 +68,7 @@ def make_plan(
     *,
     offline: bool,
     allow_no_gpu: bool,
+    allow_unfit_gpu: bool = False,
 ) -> Plan:
     """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
     if target.version not in recipe.python:
@@ -77,10 +78,17 @@ def make_plan(
         )
 
     warnings = []
-    for problem in gpu_problems(recipe.gpu, gpu):
+    verdict = judge(recipe.gpu, gpu)
+    if verdict.missing:
         if not allow_no_gpu:
-            raise PreconditionUnmet(f"{problem} (or pass --allow-no-gpu to go on without it)")
-        warnings.append(problem)
+            raise PreconditionUnmet(f"{verdict.missing} (or pass --allow-no-gpu to go on without one)")
+        warnings.append(verdict.missing)
+    if verdict.unfit:
+        if not allow_unfit_gpu:
+            raise PreconditionUnmet(
+                "; and ".join(verdict.unfit) + " (or pass --allow-unfit-gpu to go on anyway)"
+            )
+        warnings.extend(verdict.unfit)
 
     to_install = tuple(p for p in lock.pins if target.installed.get(p.name) != p.version)
     if offline:
