@@ -4,10 +4,12 @@
                      [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
     invoke lock --recipe hyperlpr [--upgrade]
     invoke gpu [--json]
+    invoke assets --recipe hyperlpr [--drive DIR]
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from json import dumps
 from pathlib import Path
@@ -17,9 +19,11 @@ from invoke import Exit, task
 from warmstart import bootstrap as bootstrapping
 from warmstart import lock as locking
 from warmstart import target
+from warmstart.assets import asset_table
 from warmstart.cli import run_plain, run_reported
 from warmstart.errors import PreconditionUnmet
 from warmstart.gpu import probe_gpus
+from warmstart.profiles import resolve_drive, select_profile
 from warmstart.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent
@@ -49,6 +53,22 @@ def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=Fa
                                     allow_unfit_gpu, dry_run)
     _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
                        recipe, as_json=json))
+
+
+@task(help={"recipe": "recipe name or path", "drive": "Drive root (as for bootstrap)"})
+def assets(c, recipe, drive=None):
+    """List a recipe's assets: in place, cached on Drive, or missing."""
+
+    def show() -> None:
+        loaded = load_recipe(recipe, ROOT)
+        drive_root = resolve_drive(drive, select_profile(ROOT), os.environ)
+        rows = asset_table(loaded.assets, drive_root, drive_root / loaded.workdir)
+        for state, name, dest in rows:
+            print(f"{state:<9} {name}  ->  {dest}")
+        if not rows:
+            print(f"{loaded.path} declares no assets")
+
+    _exit(run_plain(show))
 
 
 @task(help={"json": "print one JSON object instead of a table"})

@@ -4,6 +4,7 @@ the warmstart CLI run as a user runs it (`invoke bootstrap ...` in a subprocess)
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import http.server
 import json
@@ -79,6 +80,19 @@ def _write_simple_index(root: Path) -> None:
         (simple / project / "index.html").write_text(f"<!DOCTYPE html><html><body>\n{links}</body></html>\n")
 
 
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_folder(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
+    """Serve a folder over HTTP on 127.0.0.1 from a daemon thread; returns its URL and server."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
 @pytest.fixture(scope="session")
 def index(tmp_path_factory) -> Index:
     """A PEP 503 "simple" index of test-built wheels, served over HTTP on 127.0.0.1."""
@@ -88,16 +102,8 @@ def index(tmp_path_factory) -> Index:
         build_wheel(root / "files", name, version, requires)
     _write_simple_index(root)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield Index(f"http://127.0.0.1:{server.server_address[1]}/simple", root / "files")
+    url, server = serve_folder(root)
+    yield Index(f"{url}/simple", root / "files")
     server.shutdown()
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import installer, target as target_python
+from . import assets, installer, target as target_python
+from .assets import AssetStore
 from .cache import WheelCache
+from .checks import run_check
 from .errors import PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
 from .lock import Pin, check_fresh, lock_path, parse_lock
@@ -64,10 +67,20 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
     with report.step("cache") as step:
         cache = WheelCache(drive)
+        report.cache = cache.stats
         supported = target.supported_tags()
         cached = {p.name: path for p in lock.pins if (path := cache.lookup(p, supported))}
+        store = AssetStore(drive, cache.stats)
+        workdir = drive / recipe.workdir
+        asset_states = {}
+        for asset in recipe.assets:
+            dest = asset.destination(workdir)
+            asset_states[asset] = (dest, store.state(asset, dest))
         step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {cache.wheels}"
-    plan = make_plan(recipe, target, lock, drive, gpu, cached,
+        if recipe.assets:
+            in_cache = sum(state != "missing" for _dest, state in asset_states.values())
+            step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
+    plan = make_plan(recipe, target, lock, drive, gpu, cached, asset_states,
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
@@ -79,7 +92,6 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
 
 def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
     """Fetch and verify wheels from Drive, download the rest, install, then check the result."""
-    report.cache = cache.stats
     with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
         stage = Path(tmp)
         to_download = list(plan.to_download)
@@ -118,6 +130,29 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
                 step.status = "skipped"
 
 
+def restore_assets(plan: Plan, report: Report) -> None:
+    store = AssetStore(plan.drive, report.cache)
+    with report.step("assets") as step, tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
+        came = [assets.ensure(a, plan.assets[a][0], store, offline=plan.offline, scratch=Path(tmp))
+                for a in plan.assets_to_place]
+        step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
+
+
+def run_checks(plan: Plan, report: Report) -> None:
+    with report.step("checks") as step:
+        results = [run_check(check, plan.target.executable, plan.workdir)
+                   for check in plan.recipe.checks]
+        report.extra["checks"] = [r.as_json() for r in results]
+        for result in results:
+            last = result.output.splitlines()[-1] if result.output else ""
+            report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {last}")
+        failed = [r.name for r in results if not r.ok]
+        step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
+        if failed:
+            raise WarmstartError(f"{plan.recipe.path}: checks failed: {', '.join(failed)} "
+                                 "(their output is above and in the report)")
+
+
 def verify(plan: Plan, report: Report) -> None:
     with report.step("verify") as step:
         after = target_python.probe(plan.target.executable)
@@ -137,13 +172,17 @@ def bootstrap(options: Options, root: Path, report: Report) -> None:
     if options.dry_run:
         report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
         return
-    if plan.nothing_to_do:
-        report.installed = {p.name: p.version for p in plan.lock.pins}
-        report.extra["changed"] = False
-    else:
-        execute(plan, cache, report)
-        verify(plan, report)
-        report.extra["changed"] = True
     with report.step("workdir") as step:
         plan.workdir.mkdir(parents=True, exist_ok=True)
         step.detail = str(plan.workdir)
+    report.extra["changed"] = not plan.nothing_to_do
+    if plan.nothing_to_do:
+        report.installed = {p.name: p.version for p in plan.lock.pins}
+        return
+    if plan.to_install or plan.to_download:
+        execute(plan, cache, report)
+    verify(plan, report)
+    if plan.assets_to_place:
+        restore_assets(plan, report)
+    if plan.recipe.checks:
+        run_checks(plan, report)

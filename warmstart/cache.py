@@ -10,10 +10,7 @@ or a second VM writing the same wheel, never leaves a half-written file under a 
 
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,9 +19,9 @@ from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_fi
 from packaging.version import Version
 
 from .lock import Pin
+from .transfer import atomic_copy, copy_hashed
 
 CACHE_DIR = Path(".warmstart") / "v1"
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -33,33 +30,6 @@ class CacheStats:
     misses: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
-
-
-def copy_hashed(src: Path, dest: Path) -> tuple[str, int]:
-    """Copy src to dest, returning the sha256 and size of what was read: one pass over Drive."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            digest.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def atomic_copy(src: Path, dest: Path) -> int:
-    """Place a copy of src at dest: written under a temporary name, flushed, then renamed."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest.stat().st_size
 
 
 class WheelCache:

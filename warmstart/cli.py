@@ -11,12 +11,14 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from . import transfer
 from .errors import WarmstartError
 from .report import Report
 
 
 def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool) -> int:
     report = Report(recipe)
+    transfer.SHOW_PROGRESS = not as_json  # stdout carries the JSON; keep stderr to step lines
     try:
         action(report)
     except WarmstartError as exc:

@@ -28,7 +28,14 @@ class Field:
     default: Any = None
 
 
-Schema = dict[str, Union[Field, "Schema"]]
+@dataclass(frozen=True)
+class TableList:
+    """An array of tables (`[[assets]]`), each checked against `item`."""
+
+    item: "Schema"
+
+
+Schema = dict[str, Union[Field, TableList, "Schema"]]
 
 _KIND_NAMES = {
     "str": "a string",
@@ -77,6 +84,12 @@ def validate(data: dict[str, Any], schema: Schema, path: Path, prefix: str = "")
             if not isinstance(table, dict):
                 raise BadInput(f"{path}: '{dotted}' must be a table ([{dotted}])")
             result[key] = validate(table, spec, path, dotted + ".")
+        elif isinstance(spec, TableList):
+            items = data.get(key, [])
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise BadInput(f"{path}: '{dotted}' must be an array of tables ([[{dotted}]])")
+            result[key] = [validate(item, spec.item, path, f"{dotted}[{n}].")
+                           for n, item in enumerate(items)]
         elif key in data:
             if not _fits(spec.kind, data[key]):
                 raise BadInput(

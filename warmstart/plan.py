@@ -11,7 +11,7 @@ from packaging.utils import NormalizedName
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, judge
 from .lock import Lock, Pin
-from .recipe import Recipe
+from .recipe import Asset, Recipe
 from .target import TargetPython
 
 
@@ -25,7 +25,12 @@ class Plan:
     to_install: tuple[Pin, ...]  # locked pins not installed at their locked version
     cached: dict[NormalizedName, Path]  # wheels the Drive cache holds for this target
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
+    assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
     warnings: tuple[str, ...] = ()
+
+    @property
+    def assets_to_place(self) -> list[Asset]:
+        return [a for a, (_dest, state) in self.assets.items() if state != "in place"]
 
     @property
     def workdir(self) -> Path:
@@ -33,7 +38,7 @@ class Plan:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not self.to_install and not self.to_download
+        return not self.to_install and not self.to_download and not self.assets_to_place
 
     def describe(self) -> list[str]:
         from_cache = [p for p in self.to_install if p.name in self.cached]
@@ -49,6 +54,8 @@ class Plan:
         lines.append(f"install {len(self.to_install)}: {_names(self.to_install, 6)}")
         lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
+        for asset, (dest, state) in self.assets.items():
+            lines.append(f"asset {asset.name} -> {dest}: {state}")
         return lines
 
 
@@ -65,6 +72,7 @@ def make_plan(
     drive: Path,
     gpu: GpuReport,
     cached: dict[NormalizedName, Path],
+    assets: dict[Asset, tuple[Path, str]],
     *,
     offline: bool,
     allow_no_gpu: bool,
@@ -98,11 +106,17 @@ def make_plan(
                 f"--offline, but the Drive cache {drive} lacks wheels for {_names(missing)}; "
                 "run once without --offline to fill it"
             )
+        absent = [f"{a.name} ({dest})" for a, (dest, state) in assets.items() if state == "missing"]
+        if absent:
+            raise PreconditionUnmet(
+                f"--offline, but the Drive cache {drive} lacks the assets {', '.join(absent)}; "
+                "run once without --offline to fill it"
+            )
         to_download: tuple[Pin, ...] = ()
     else:
         # Fill the cache with the whole lock, not just what this VM lacks: the next VM's image
         # may not ship the packages this one had preinstalled.
         to_download = tuple(p for p in lock.pins if p.name not in cached)
 
-    return Plan(recipe, target, lock, drive, offline, to_install, cached, to_download,
+    return Plan(recipe, target, lock, drive, offline, to_install, cached, to_download, assets,
                 tuple(warnings))

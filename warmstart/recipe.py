@@ -14,7 +14,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .config import Field, Schema, read_toml, validate
+from .config import Field, Schema, TableList, read_toml, validate
 from .errors import BadInput
 
 RECIPE_SCHEMA: Schema = {
@@ -34,9 +34,22 @@ RECIPE_SCHEMA: Schema = {
     "drive": {
         "workdir": Field("str", default=""),
     },
+    "assets": TableList({
+        "url": Field("str", required=True),
+        "sha256": Field("str", required=True),
+        "dest": Field("str", required=True),
+        "unpack": Field("bool", default=False),
+    }),
+    "checks": TableList({
+        "name": Field("str", required=True),
+        "python": Field("str"),
+        "run": Field("str"),
+    }),
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst")
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,32 @@ class GpuNeeds:
     min_memory_gib: float | None = None
     min_compute_capability: Version | None = None
     min_cuda: Version | None = None
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A file the project needs besides packages (model weights, data), kept on Drive by sha256."""
+
+    url: str
+    sha256: str
+    dest: str  # `~` is the user's home; a relative path is under the recipe's Drive workdir
+    unpack: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    def destination(self, workdir: Path) -> Path:
+        return workdir / Path(self.dest).expanduser()  # an absolute right side wins
+
+
+@dataclass(frozen=True)
+class Check:
+    """A smoke test run after install: Python code in the target interpreter, or a shell command."""
+
+    name: str
+    python: str | None = None
+    run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +97,8 @@ class Recipe:
     workdir: PurePosixPath
     path: Path
     project_root: Path
+    assets: tuple[Asset, ...] = ()
+    checks: tuple[Check, ...] = ()
 
 
 def recipe_path(name_or_path: str, root: Path) -> Path:
@@ -124,6 +165,21 @@ def load_recipe(name_or_path: str, root: Path) -> Recipe:
             f"got {str(workdir)!r}"
         )
 
+    assets = []
+    for n, raw in enumerate(data["assets"]):
+        if not _SHA256.match(raw["sha256"]):
+            raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
+        asset = Asset(**raw)
+        if asset.unpack and not asset.name.endswith(ARCHIVE_SUFFIXES):
+            raise BadInput(f"{path}: 'assets[{n}].unpack' is true but {asset.name!r} is not one of "
+                           f"{', '.join(ARCHIVE_SUFFIXES)}")
+        assets.append(asset)
+    checks = []
+    for n, raw in enumerate(data["checks"]):
+        if (raw["python"] is None) == (raw["run"] is None):
+            raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python' or 'run'")
+        checks.append(Check(**raw))
+
     return Recipe(
         name=data["name"],
         description=data["description"],
@@ -134,4 +190,6 @@ def load_recipe(name_or_path: str, root: Path) -> Recipe:
         workdir=workdir,
         path=path,
         project_root=project_root,
+        assets=tuple(assets),
+        checks=tuple(checks),
     )

@@ -1,0 +1,268 @@
+"""Recipe assets and checks: real downloads from a real HTTP server on 127.0.0.1 (including one
+that drops the connection mid-file and one that serves wrong bytes), real archives, and an
+offline restore with the network cut."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import shutil
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, make_venv, needs_netns, run_cli
+
+MODEL = bytes(range(256)) * 4096  # 1 MiB
+DATA_TXT = b"label,plate\n1,AB-123\n"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tf.addfile(info)
+    return buffer.getvalue()
+
+
+def zip_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+class AssetServer:
+    """Serves `files` with Range support; `/drop/NAME` breaks off halfway on its first request,
+    `/wrong/NAME` serves other bytes than NAME. Records every request it answers."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.dropped: set[str] = set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                server.requests.append((self.path, self.headers.get("Range")))
+                kind, _, name = self.path.lstrip("/").partition("/")
+                data = server.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                if kind == "wrong":
+                    data = data[::-1]
+                start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+                body = data[start:]
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(body)))
+                if start:
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                self.end_headers()
+                if kind == "drop" and name not in server.dropped:
+                    server.dropped.add(name)
+                    self.wfile.write(body[: len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    srv = AssetServer()
+    srv.files.update({"model.onnx": MODEL, "data.tar.gz": tar_gz({"data/plates.csv": DATA_TXT})})
+    yield srv
+    srv.httpd.shutdown()
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def drive(tmp_path) -> Path:
+    path = tmp_path / "drive"
+    path.mkdir()
+    return path
+
+
+def asset_block(url: str, data: bytes, dest: str, unpack: bool = False) -> str:
+    return (f'\n[[assets]]\nurl = "{url}"\nsha256 = "{sha256(data)}"\ndest = "{dest}"\n'
+            f"unpack = {'true' if unpack else 'false'}\n")
+
+
+def with_assets(recipe: Path, *blocks: str) -> Path:
+    recipe.write_text(recipe.read_text() + "".join(blocks))
+    return recipe
+
+
+def bootstrap(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv"):
+    env = cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    python = tmp_path / venv / "bin" / "python"
+    if not python.exists():
+        make_venv(tmp_path / venv)
+    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
+                   "--json", *flags, env=env, offline_net=offline_net)
+
+
+def drive_assets(drive: Path) -> list[str]:
+    root = drive / ".warmstart" / "v1" / "assets"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_path, index, server):
+    recipe = with_assets(
+        demo,
+        asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"),
+        asset_block(f"{server.url}/files/data.tar.gz", server.files["data.tar.gz"], "dataset", unpack=True),
+    )
+
+    result = bootstrap(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 0, result.stderr
+    assert (home / "models" / "model.onnx").read_bytes() == MODEL
+    assert (drive / "Demo" / "dataset" / "data" / "plates.csv").read_bytes() == DATA_TXT
+    assert drive_assets(drive) == sorted([sha256(MODEL), sha256(server.files["data.tar.gz"])])
+    assert [s["detail"] for s in result.report["steps"] if s["name"] == "assets"] == ["2 downloaded"]
+
+    listing = run_cli("assets", "--recipe", str(recipe), "--drive", str(drive),
+                      env=cli_env(HOME=str(home)))
+    assert listing.code == 0
+    assert listing.stdout.count("in place") == 2
+
+
+def test_a_file_shared_by_two_recipes_is_stored_once(demo, drive, home, tmp_path, index, server):
+    url = f"{server.url}/files/model.onnx"
+    first = with_assets(demo, asset_block(url, MODEL, "~/a/model.onnx"))
+    second = demo.with_name("other.toml")
+    second.write_text(first.read_text().replace('name = "demo"', 'name = "other"')
+                      .replace("~/a/model.onnx", "~/b/model.onnx"))
+    assert bootstrap(first, drive, home, tmp_path, index).code == 0
+    served = len(server.requests)
+
+    result = bootstrap(second, drive, home, tmp_path, index)
+
+    assert result.code == 0, result.stderr
+    assert len(server.requests) == served, "the second recipe must take the file from Drive"
+    assert (home / "b" / "model.onnx").read_bytes() == MODEL
+    assert drive_assets(drive) == [sha256(MODEL)]
+
+
+def test_dropped_connection_is_resumed(demo, drive, home, tmp_path, index, server):
+    recipe = with_assets(demo, asset_block(f"{server.url}/drop/model.onnx", MODEL, "~/m/model.onnx"))
+
+    result = bootstrap(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 0, result.stderr
+    ranges = [r for path, r in server.requests if path == "/drop/model.onnx"]
+    assert len(ranges) == 2 and ranges[0] is None
+    resumed_at = int(ranges[1].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= len(MODEL) // 2, "the retry must resume, not restart"
+    assert (home / "m" / "model.onnx").read_bytes() == MODEL
+
+
+def test_wrong_bytes_are_refused_naming_the_asset(demo, drive, home, tmp_path, index, server):
+    recipe = with_assets(demo, asset_block(f"{server.url}/wrong/model.onnx", MODEL, "~/m/model.onnx"))
+
+    result = bootstrap(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 1
+    assert "asset model.onnx" in result.stderr and sha256(MODEL) in result.stderr
+    assert not (home / "m").exists()
+    assert drive_assets(drive) == []
+
+
+@pytest.mark.parametrize(
+    ("archive_name", "archive"),
+    [
+        ("escape.tar.gz", tar_gz({"ok.txt": b"ok", "../../evil.txt": b"evil"})),
+        ("escape.zip", zip_bytes({"ok.txt": b"ok", "../../evil.txt": b"evil"})),
+        ("link.tar.gz", tar_gz({"ok.txt": b"ok"}, links={"link": "/etc/passwd"})),
+    ],
+)
+def test_archive_member_escaping_dest_is_refused(demo, drive, home, tmp_path, index, server,
+                                                 archive_name, archive):
+    server.files[archive_name] = archive
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/{archive_name}", archive,
+                                           "~/data/unpacked", unpack=True))
+
+    result = bootstrap(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 1
+    assert f"asset {archive_name}" in result.stderr and "refusing to extract" in result.stderr
+    assert not (home / "data" / "unpacked").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert [p.name for p in (home / "data").iterdir()] == [], "no temporary folder may stay behind"
+
+
+@needs_netns
+def test_offline_restore_puts_assets_back_from_drive(demo, drive, home, tmp_path, index, server):
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
+    assert bootstrap(recipe, drive, home, tmp_path, index).code == 0
+    shutil.rmtree(home)  # a wiped VM: new home, new environment, same Drive
+    home.mkdir()
+    shutil.rmtree(tmp_path / "venv")
+
+    result = bootstrap(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
+
+    assert result.code == 0, result.stderr
+    assert (home / "models" / "model.onnx").read_bytes() == MODEL
+    assert [s["detail"] for s in result.report["steps"] if s["name"] == "assets"] == ["1 from Drive"]
+
+
+@needs_netns
+def test_damaged_cached_asset_offline_is_an_error_naming_it(demo, drive, home, tmp_path, index, server):
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
+    assert bootstrap(recipe, drive, home, tmp_path, index).code == 0
+    cached = drive / ".warmstart" / "v1" / "assets" / sha256(MODEL)
+    cached.write_bytes(b"X" + MODEL[1:])
+    (home / "models" / "model.onnx").unlink()
+
+    result = bootstrap(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
+
+    assert result.code == 3
+    assert "asset model.onnx" in result.stderr and "does not match" in result.stderr
+    assert not (home / "models" / "model.onnx").exists()
+
+
+def test_checks_report_pass_and_fail(demo, drive, home, tmp_path, index):
+    demo.write_text(demo.read_text() + (
+        '\n[[checks]]\nname = "alpha imports"\npython = "import alpha; print(alpha.__version__)"\n'
+        '\n[[checks]]\nname = "shell sees the target python"\n'
+        'run = "python -c \'import beta; print(beta.__version__)\'; echo no GPU here >&2; exit 4"\n'
+    ))
+
+    result = bootstrap(demo, drive, home, tmp_path, index)
+
+    assert result.code == 1
+    checks = result.report["checks"]
+    assert [(c["name"], c["ok"]) for c in checks] == [("alpha imports", True),
+                                                      ("shell sees the target python", False)]
+    assert checks[0]["output"] == "1.0" and checks[1]["output"] == "2.0\nno GPU here"
+    assert "checks failed: shell sees the target python" in result.stderr

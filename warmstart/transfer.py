@@ -1,0 +1,117 @@
+"""Moving bytes: off Drive while hashing, onto Drive atomically, and down from the web.
+
+Every copy is a single pass with a progress bar (bytes and rate, on stderr) that is silent
+when the run reports JSON or stderr is not a terminal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+from tqdm import tqdm
+
+from .errors import WarmstartError
+
+CHUNK = 1 << 20
+SHOW_PROGRESS = True  # turned off for --json runs
+
+
+@contextmanager
+def progress(total: int | None, desc: str) -> Iterator[tqdm]:
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+              disable=None if SHOW_PROGRESS else True, dynamic_ncols=True) as bar:
+        yield bar
+
+
+def copy_hashed(src: Path, dest: Path) -> tuple[str, int]:
+    """Copy src to dest, returning the sha256 and size of what was read: one pass over Drive."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fin, open(dest, "wb") as fout, \
+            progress(os.fstat(fin.fileno()).st_size, f"from Drive {src.name[:30]}") as bar:
+        while chunk := fin.read(CHUNK):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return digest.hexdigest(), size
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_copy(src: Path, dest: Path) -> int:
+    """Place a copy of src at dest: written under a temporary name in the same folder, flushed
+    to disk, then renamed, so dest is either absent or whole (also on a network file system)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout, \
+                progress(os.fstat(fin.fileno()).st_size, f"to Drive {dest.name[:30]}") as bar:
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                bar.update(len(chunk))
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest.stat().st_size
+
+
+class DownloadFailed(WarmstartError):
+    pass
+
+
+def download(url: str, part: Path, *, attempts: int = 4, backoff: float = 0.5,
+             timeout: tuple[float, float] = (10, 60)) -> Path:
+    """Fetch url into `part`, resuming what an earlier attempt (or killed run) left there.
+
+    Retries connection errors and 5xx answers with exponential back-off; the caller verifies
+    the checksum before the file is used anywhere."""
+    part.parent.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={have}-"} if have else {}
+        try:
+            with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+                if response.status_code == 416:  # nothing left to fetch: the part is complete
+                    return part
+                if response.status_code >= 500:
+                    last_error = f"HTTP {response.status_code}"
+                    continue
+                response.raise_for_status()
+                resumed = response.status_code == 206
+                total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
+                with open(part, "ab" if resumed else "wb") as fh, \
+                        progress(total or None, f"download {url.rsplit('/', 1)[-1][:30]}") as bar:
+                    bar.update(have if resumed else 0)
+                    # Small reads: what arrived before a dropped connection is kept for resuming.
+                    for chunk in response.iter_content(64 * 1024):
+                        fh.write(chunk)
+                        bar.update(len(chunk))
+                if total and part.stat().st_size < total:
+                    last_error = f"connection closed after {part.stat().st_size} of {total} bytes"
+                    continue
+                return part
+        except requests.HTTPError as exc:
+            raise DownloadFailed(f"cannot download {url}: {exc}") from None
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            last_error = type(exc).__name__
+    raise DownloadFailed(f"cannot download {url} after {attempts} attempts ({last_error})")
