@@ -52,7 +52,7 @@ def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=Fa
     options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu,
                                     allow_unfit_gpu, dry_run)
     _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
-                       recipe, as_json=json))
+                       recipe, as_json=json).exit_code)
 
 
 @task(help={"recipe": "recipe name or path", "drive": "Drive root (as for bootstrap)"})

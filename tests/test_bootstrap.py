@@ -187,7 +187,7 @@ def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path, no_real
 
 
 def test_missing_drive_on_colab_says_how_to_mount(demo, tmp_path, index):
-    env = cli_env(index.url, WARMSTART_PROFILE="colab")
+    env = cli_env(index.url, WARMSTART_PLATFORM="colab")
 
     result = bootstrap(demo, tmp_path / "not-mounted", make_venv(tmp_path / "venv"), env=env)
 

@@ -6,39 +6,20 @@ machine lacks, so these runs pass --allow-no-gpu."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from conftest import (REPO, SHARED_HYPERLPR, cli_env, installed, make_venv, needs_netns, run_cli,
-                      serve_folder)
+from conftest import (HAVE_MODELS, SHARED_HYPERLPR, cli_env, hyperlpr_variant, installed, make_venv,
+                      needs_netns, run_cli, serve_folder)
 
 pytestmark = [pytest.mark.registry, needs_netns]
-HAVE_MODELS = (SHARED_HYPERLPR / "models" / "20230229" / "onnx").is_dir()
-MISSING_MODEL = "rpv3_mdict_160_r3.onnx"  # not in ../shared/hyperlpr (see its README)
-
-
-def recipe_variant(project: Path) -> Path:
-    """The shipped hyperlpr recipe in a copy of the project, minus what this machine cannot get:
-    the recognition model (absent from ../shared), or all models and the checks that need them
-    when ../shared/hyperlpr is absent."""
-    shutil.copytree(REPO / "recipes", project / "recipes")
-    shutil.copytree(REPO / "requirements", project / "requirements")
-    recipe = project / "recipes" / "hyperlpr.toml"
-    head, *blocks = re.split(r"\n(?=\[\[)", recipe.read_text())
-    keep = [b for b in blocks if MISSING_MODEL not in b] if HAVE_MODELS else []
-    recipe.write_text("\n".join([head, *keep]))
-    return recipe
-
-
 @pytest.fixture(scope="module")
 def restored(tmp_path_factory):
     """Cold bootstrap, re-run, wipe (environment and home), offline restore."""
     tmp = tmp_path_factory.mktemp("hyperlpr")
-    recipe = recipe_variant(tmp / "project")
+    recipe = hyperlpr_variant(tmp / "project")
     drive, home = tmp / "drive", tmp / "home"
     drive.mkdir()
     home.mkdir()

@@ -33,6 +33,9 @@ class Options:
     allow_no_gpu: bool = False
     allow_unfit_gpu: bool = False
     dry_run: bool = False
+    # Set by the in-kernel API: distributions whose modules the running kernel has imported.
+    # A `!invoke` subprocess cannot know them and uses the platform's preloaded list instead.
+    kernel_imported: frozenset[str] | None = None
 
 
 def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
@@ -58,8 +61,9 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
     with report.step("drive") as step:
         profile = select_profile(root)
         drive = resolve_drive(options.drive, profile, os.environ)
+        report.extra["platform"] = profile.name
         require_drive(drive, profile, create=not options.dry_run)
-        step.detail = f"{drive} ({profile.name} profile)"
+        step.detail = f"{drive} ({profile.name} platform)"
     with report.step("lock") as step:
         platform = target_python.platform_tag()
         lock = parse_lock(lock_path(recipe, target.tag, platform))
@@ -80,7 +84,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         if recipe.assets:
             in_cache = sum(state != "missing" for _dest, state in asset_states.values())
             step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
-    plan = make_plan(recipe, target, lock, drive, gpu, cached, asset_states,
+    plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
@@ -112,7 +116,8 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
                 downloads = stage / "downloads"
                 downloads.mkdir()
                 installer.download(plan.target.executable,
-                                   _requirements_file(to_download, stage / "download.txt"), downloads)
+                                   _requirements_file(to_download, stage / "download.txt"), downloads,
+                                   plan.profile.unset_env)
                 for wheel in sorted(downloads.iterdir()):
                     cache.store(wheel)
                     os.replace(wheel, stage / wheel.name)
@@ -124,7 +129,8 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
         with report.step("install") as step:
             if plan.to_install:
                 installer.install_offline(plan.target.executable,
-                                          _requirements_file(plan.to_install, stage / "install.txt"), stage)
+                                          _requirements_file(plan.to_install, stage / "install.txt"), stage,
+                                          plan.profile.unset_env)
                 step.detail = f"{len(plan.to_install)} packages"
             else:
                 step.status = "skipped"
@@ -165,24 +171,42 @@ def verify(plan: Plan, report: Report) -> None:
         step.detail = f"{len(plan.lock.pins)} packages match the lock"
 
 
-def bootstrap(options: Options, root: Path, report: Report) -> None:
+def bootstrap(options: Options, root: Path, report: Report) -> Plan:
     plan, cache = prepare(options, root, report)
     for line in plan.describe():
         report.say(line)
     if options.dry_run:
         report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
-        return
+        return plan
     with report.step("workdir") as step:
         plan.workdir.mkdir(parents=True, exist_ok=True)
         step.detail = str(plan.workdir)
     report.extra["changed"] = not plan.nothing_to_do
     if plan.nothing_to_do:
         report.installed = {p.name: p.version for p in plan.lock.pins}
-        return
-    if plan.to_install or plan.to_download:
-        execute(plan, cache, report)
-    verify(plan, report)
-    if plan.assets_to_place:
-        restore_assets(plan, report)
-    if plan.recipe.checks:
-        run_checks(plan, report)
+    else:
+        if plan.to_install or plan.to_download:
+            execute(plan, cache, report)
+        verify(plan, report)
+        if plan.assets_to_place:
+            restore_assets(plan, report)
+        if plan.recipe.checks:
+            run_checks(plan, report)
+    report_restart(plan, options, report)
+    if plan.profile.notebook and options.kernel_imported is None:
+        report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
+    return plan
+
+
+def report_restart(plan: Plan, options: Options, report: Report) -> None:
+    """Say once, at the end, when a replaced distribution is one the kernel has imported."""
+    imported = (options.kernel_imported if options.kernel_imported is not None
+                else frozenset(plan.profile.preloaded))
+    replaced = plan.replaced
+    report.extra["replaced"] = {name: list(versions) for name, versions in replaced.items()}
+    stale = sorted(name for name in replaced if name in imported)
+    report.extra["restart_needed"] = stale
+    if stale:
+        changes = ", ".join(f"{n} {replaced[n][0]} -> {replaced[n][1]}" for n in stale)
+        report.say(f"restart the runtime before using them (Runtime > Restart session): the "
+                   f"running kernel imported the old versions of {changes}")

@@ -16,7 +16,8 @@ from .errors import WarmstartError
 from .report import Report
 
 
-def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool) -> int:
+def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool) -> Report:
+    """Run action with a fresh report; errors become its `error` and `exit_code`."""
     report = Report(recipe)
     transfer.SHOW_PROGRESS = not as_json  # stdout carries the JSON; keep stderr to step lines
     try:
@@ -32,9 +33,9 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
         print(f"warmstart: error: {report.error}", file=sys.stderr, flush=True)
     if as_json:
         print(json.dumps(report.as_json(), indent=None), flush=True)
-    return report.exit_code
+    return report
 
 
 def run_plain(action: Callable[[], None]) -> int:
     """For tasks without a report: one-line errors and the same exit codes."""
-    return run_reported(lambda _report: action(), "", as_json=False)
+    return run_reported(lambda _report: action(), "", as_json=False).exit_code

@@ -21,10 +21,13 @@ _KEPT_PIP_SETTINGS = {
 }
 
 
-def pip_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+def pip_env(unset: Iterable[str] = ()) -> dict[str, str]:
+    """The environment for pip: ours, minus what would add to the lock, minus the platform's
+    known-bad variables (`unset`, from the profile)."""
+    drop = set(unset)
     env = {
-        k: v for k, v in (os.environ if environ is None else environ).items()
-        if not k.startswith("PIP_") or k in _KEPT_PIP_SETTINGS
+        k: v for k, v in os.environ.items()
+        if (not k.startswith("PIP_") or k in _KEPT_PIP_SETTINGS) and k not in drop
     }
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1",
                PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
@@ -39,26 +42,26 @@ def pip_command(target: Path) -> list[str]:
     return [sys.executable, "-m", "pip", "--python", str(target)]
 
 
-def run_pip(target: Path, args: Iterable[str], what: str) -> None:
+def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = ()) -> None:
     cmd = [*pip_command(target), *args]
-    done = subprocess.run(cmd, env=pip_env(), capture_output=True, text=True)
+    done = subprocess.run(cmd, env=pip_env(unset), capture_output=True, text=True)
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-15:])
         raise WarmstartError(f"pip failed to {what} (exit {done.returncode}):\n{tail}")
 
 
-def download(target: Path, requirements: Path, dest: Path) -> None:
+def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] = ()) -> None:
     """Fetch the wheels the target needs for `requirements` into `dest`, hashes checked."""
     run_pip(target, ["download", "--quiet", "--no-deps", "--only-binary=:all:",
                      "--require-hashes", "--dest", str(dest), "-r", str(requirements)],
-            "download wheels")
+            "download wheels", unset)
 
 
-def install_offline(target: Path, requirements: Path, wheels: Path) -> None:
+def install_offline(target: Path, requirements: Path, wheels: Path, unset: Iterable[str] = ()) -> None:
     """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
 
     --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
     (which a dependency may still declare, like hyperlpr3 -> onnxruntime)."""
     run_pip(target, ["install", "--quiet", "--no-index", "--find-links", str(wheels),
                      "--no-deps", "--require-hashes", "-r", str(requirements)],
-            "install the locked packages")
+            "install the locked packages", unset)

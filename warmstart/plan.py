@@ -11,6 +11,7 @@ from packaging.utils import NormalizedName
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, judge
 from .lock import Lock, Pin
+from .profiles import Profile
 from .recipe import Asset, Recipe
 from .target import TargetPython
 
@@ -18,6 +19,7 @@ from .target import TargetPython
 @dataclass(frozen=True)
 class Plan:
     recipe: Recipe
+    profile: Profile
     target: TargetPython
     lock: Lock
     drive: Path
@@ -31,6 +33,12 @@ class Plan:
     @property
     def assets_to_place(self) -> list[Asset]:
         return [a for a, (_dest, state) in self.assets.items() if state != "in place"]
+
+    @property
+    def replaced(self) -> dict[NormalizedName, tuple[str, str]]:
+        """Distributions the install changes from one version to another: (old, new)."""
+        return {p.name: (self.target.installed[p.name], p.version)
+                for p in self.to_install if p.name in self.target.installed}
 
     @property
     def workdir(self) -> Path:
@@ -67,6 +75,7 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
 
 def make_plan(
     recipe: Recipe,
+    profile: Profile,
     target: TargetPython,
     lock: Lock,
     drive: Path,
@@ -118,5 +127,5 @@ def make_plan(
         # may not ship the packages this one had preinstalled.
         to_download = tuple(p for p in lock.pins if p.name not in cached)
 
-    return Plan(recipe, target, lock, drive, offline, to_install, cached, to_download, assets,
+    return Plan(recipe, profile, target, lock, drive, offline, to_install, cached, to_download, assets,
                 tuple(warnings))

@@ -1,6 +1,6 @@
-"""Platform profiles (`envs/*.toml`): where Drive lives on each kind of machine.
+"""Platform profiles (`envs/*.toml`): where Drive lives on each kind of machine, and its quirks.
 
-The profile is picked by `WARMSTART_PROFILE`, else by the first profile whose `[detect]`
+The profile is picked by `WARMSTART_PLATFORM`, else by the first profile whose `[detect]`
 rules match this machine (in name order), else `local`.
 """
 
@@ -18,11 +18,18 @@ PROFILE_SCHEMA: Schema = {
     "name": Field("str", required=True),
     "description": Field("str", default=""),
     "drive": Field("str", required=True),
+    "mount_point": Field("str"),
     "create_drive": Field("bool", default=False),
+    "notebook": Field("bool", default=False),
+    "workspace": Field("str", default="~"),
     "missing_drive_hint": Field("str", default="create the folder or pass --drive DIR"),
+    "preloaded": Field("str-list", default=[]),
     "detect": {
         "env": Field("str-list", default=[]),
         "files": Field("str-list", default=[]),
+    },
+    "env": {
+        "unset": Field("str-list", default=[]),
     },
 }
 
@@ -33,18 +40,31 @@ FALLBACK = "local"
 class Profile:
     name: str
     description: str
-    drive: Path
-    create_drive: bool
+    drive: str  # relative to the mount point when there is one
+    mount_point: Path | None  # Drive counts as present only while this is mounted
+    create_drive: bool  # a local stand-in folder may be created
+    notebook: bool  # commands run from notebook cells (`!invoke ...`)
+    workspace: Path
     missing_drive_hint: str
+    preloaded: tuple[str, ...]  # distributions a fresh kernel has already imported
+    unset_env: tuple[str, ...]  # variables that break installers on this platform
     detect_env: tuple[str, ...]
     detect_files: tuple[str, ...]
 
     def matches(self, environ: Mapping[str, str]) -> bool:
-        if not (self.detect_env or self.detect_files):
-            return False
         return any(var in environ for var in self.detect_env) or any(
             os.path.exists(f) for f in self.detect_files
         )
+
+    def mount(self, environ: Mapping[str, str] = os.environ) -> Path | None:
+        """Where Drive is mounted: WARMSTART_MOUNT_POINT (Colab lets you pick), else the profile's."""
+        if self.mount_point is None:
+            return None
+        return Path(environ.get("WARMSTART_MOUNT_POINT") or self.mount_point)
+
+    def default_drive(self, environ: Mapping[str, str] = os.environ) -> Path:
+        mount = self.mount(environ)
+        return (mount / self.drive) if mount else Path(self.drive).expanduser()
 
 
 def load_profile(path: Path) -> Profile:
@@ -52,9 +72,14 @@ def load_profile(path: Path) -> Profile:
     return Profile(
         name=data["name"],
         description=data["description"],
-        drive=Path(data["drive"]).expanduser(),
+        drive=data["drive"],
+        mount_point=Path(data["mount_point"]) if data["mount_point"] else None,
         create_drive=data["create_drive"],
+        notebook=data["notebook"],
+        workspace=Path(data["workspace"]).expanduser(),
         missing_drive_hint=data["missing_drive_hint"],
+        preloaded=tuple(data["preloaded"]),
+        unset_env=tuple(data["env"]["unset"]),
         detect_env=tuple(data["detect"]["env"]),
         detect_files=tuple(data["detect"]["files"]),
     )
@@ -62,12 +87,12 @@ def load_profile(path: Path) -> Profile:
 
 def select_profile(root: Path, environ: Mapping[str, str] = os.environ) -> Profile:
     profiles = {p.stem: p for p in sorted((root / "envs").glob("*.toml"))}
-    wanted = environ.get("WARMSTART_PROFILE")
+    wanted = environ.get("WARMSTART_PLATFORM")
     if wanted:
         if wanted not in profiles:
             raise BadInput(
-                f"WARMSTART_PROFILE={wanted!r} names no file in {root / 'envs'}; "
-                f"known profiles: {', '.join(profiles)}"
+                f"WARMSTART_PLATFORM={wanted!r} names no file in {root / 'envs'}; "
+                f"known platforms: {', '.join(profiles)}"
             )
         return load_profile(profiles[wanted])
     for path in profiles.values():
@@ -85,20 +110,30 @@ def resolve_drive(option: str | None, profile: Profile, environ: Mapping[str, st
         return Path(option).expanduser().resolve()
     if environ.get("WARMSTART_DRIVE"):
         return Path(environ["WARMSTART_DRIVE"]).expanduser().resolve()
-    return profile.drive
+    return profile.default_drive(environ)
 
 
-def require_drive(drive: Path, profile: Profile, *, create: bool) -> None:
-    """Exit 3 when Drive is not there; a profile may create its stand-in folder instead."""
+def mount_hint(mount: Path) -> str:
+    return (f"run this in a notebook cell first: from google.colab import drive; "
+            f"drive.mount('{mount}')  (or do it all from the notebook: "
+            "import warmstart.colab; warmstart.colab.bootstrap('RECIPE'))")
+
+
+def require_drive(drive: Path, profile: Profile, *, create: bool,
+                  environ: Mapping[str, str] = os.environ) -> None:
+    """Exit 3 when Drive is not there. Nothing is ever written under an unmounted mount point:
+    that would make the later mount fail ("Mountpoint must not already contain files")."""
+    mount = profile.mount(environ)
+    if mount and drive.is_relative_to(mount) and not os.path.ismount(mount):
+        raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount)}")
     if drive.is_dir():
         return
     if drive.exists():
         raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")
-    if profile.create_drive and create:
-        drive.mkdir(parents=True, exist_ok=True)
-        return
-    if profile.create_drive:  # a dry run: it would be created
+    if profile.create_drive:
+        if create:  # not on a dry run
+            drive.mkdir(parents=True, exist_ok=True)
         return
     raise PreconditionUnmet(
-        f"Drive root {drive} does not exist ({profile.name} profile): {profile.missing_drive_hint}"
+        f"Drive root {drive} does not exist ({profile.name} platform): {profile.missing_drive_hint}"
     )

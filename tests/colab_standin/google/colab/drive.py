@@ -1,0 +1,20 @@
+"""Stand-in for `google.colab.drive` (the Colab frontend and Drive cannot exist here).
+
+`mount()` behaves like Colab's where warmstart can tell: it refuses a mount point that already
+holds files, then makes the mount point a real mount (a tmpfs; the test runs it in its own
+mount namespace) holding `MyDrive`. Every call is appended to $FAKE_COLAB_LOG.
+"""
+
+import json
+import os
+import subprocess
+
+
+def mount(mountpoint, force_remount=False, timeout_ms=120000, readonly=False):
+    with open(os.environ["FAKE_COLAB_LOG"], "a") as log:
+        log.write(json.dumps({"mount": mountpoint}) + "\n")
+    os.makedirs(mountpoint, exist_ok=True)
+    if os.listdir(mountpoint):
+        raise ValueError("Mountpoint must not already contain files")
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
+    os.makedirs(os.path.join(mountpoint, "MyDrive"))

@@ -1,0 +1,168 @@
+"""The Colab paths: in the kernel (`warmstart.colab.bootstrap`, the `%warmstart` magic through a
+real IPython shell) and from a `!invoke` subprocess.
+
+The Colab frontend cannot run here, so `google.colab` is a stand-in (tests/colab_standin)
+whose `drive.mount` records its calls and mounts a real tmpfs. Each "kernel" is a Python
+process in its own mount namespace (`unshare -m`), so those mounts never touch this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import site
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env, make_venv, run_cli
+
+STANDIN = Path(__file__).parent / "colab_standin"
+
+
+def can_mount() -> bool:
+    probe = subprocess.run(["unshare", "-m", "--", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not can_mount(), reason="needs `unshare -m` and mount (root)")
+
+
+@pytest.fixture
+def kernel_env(tmp_path, index):
+    home = tmp_path / "home"
+    home.mkdir()
+    return cli_env(index.url, WARMSTART_PLATFORM="colab", HOME=str(home),
+                   WARMSTART_MOUNT_POINT=str(tmp_path / "content" / "drive"),
+                   FAKE_COLAB_LOG=str(tmp_path / "colab.log"))
+
+
+@pytest.fixture
+def kernel_python(tmp_path) -> Path:
+    """A virtualenv for the notebook kernel that also sees warmstart's own dependencies."""
+    python = make_venv(tmp_path / "kernel")
+    venv_site = next((tmp_path / "kernel" / "lib").glob("python3*/site-packages"))
+    (venv_site / "tooling.pth").write_text("\n".join([str(STANDIN), str(REPO), *site.getsitepackages()]))
+    return python
+
+
+def run_kernel(python: Path, code: str, env: dict[str, str], prelude: str = "") -> dict:
+    """Run `code` as a notebook cell would, in a fresh kernel process; it prints one JSON line."""
+    script = textwrap.dedent(prelude) + textwrap.dedent(code)
+    done = subprocess.run(["unshare", "-m", "--", str(python), "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
+
+
+def mount_calls(tmp_path: Path) -> list[str]:
+    log = tmp_path / "colab.log"
+    return [json.loads(line)["mount"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+CELL = """
+import json, os, warmstart.colab
+try:
+    report = warmstart.colab.bootstrap({recipe!r})
+    print(json.dumps({{"cwd": os.getcwd(), "report": report}}))
+except warmstart.colab.BootstrapFailed as exc:
+    print(json.dumps({{"cwd": os.getcwd(), "failed": str(exc), "exit_code": exc.exit_code}}))
+"""
+
+
+def test_in_kernel_mounts_drive_bootstraps_and_moves_the_notebook(demo, tmp_path, kernel_env, kernel_python):
+    out = run_kernel(kernel_python, CELL.format(recipe=str(demo)), kernel_env)
+
+    mount = tmp_path / "content" / "drive"
+    assert mount_calls(tmp_path) == [str(mount)]
+    assert out["report"]["ok"] is True and out["report"]["platform"] == "colab"
+    assert out["cwd"] == str(mount / "MyDrive" / "Demo")
+    assert out["report"]["installed"] == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+    assert "%cd" not in out["stderr"], "the kernel moved itself; no %cd hint needed"
+
+
+def test_in_kernel_does_not_mount_again_when_mounted(demo, tmp_path, kernel_env, kernel_python):
+    mount = tmp_path / "content" / "drive"
+    mount.mkdir(parents=True)
+    already = f"""
+        import subprocess, os
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", {str(mount)!r}], check=True)
+        os.makedirs({str(mount / "MyDrive")!r})
+    """
+    out = run_kernel(kernel_python, CELL.format(recipe=str(demo)), kernel_env, prelude=already)
+
+    assert mount_calls(tmp_path) == []
+    assert out["report"]["ok"] is True
+
+
+def test_mount_point_holding_files_is_a_clear_error(demo, tmp_path, kernel_env, kernel_python):
+    mount = tmp_path / "content" / "drive"
+    mount.mkdir(parents=True)
+    (mount / "notes.txt").write_text("written before the mount\n")
+
+    out = run_kernel(kernel_python, CELL.format(recipe=str(demo)), kernel_env)
+
+    assert out["exit_code"] == 3 and "already holds files" in out["failed"]
+    assert mount_calls(tmp_path) == []
+    assert sorted(p.name for p in mount.iterdir()) == ["notes.txt"], "nothing may be written there"
+
+
+def test_restart_warning_after_replacing_an_imported_module(demo, tmp_path, kernel_env, kernel_python, index):
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(kernel_python), "install", "--quiet",
+                    "--index-url", index.url, "beta==1.0"], check=True, env=kernel_env)
+    cell = "import beta\n" + CELL.format(recipe=str(demo))
+
+    out = run_kernel(kernel_python, cell, kernel_env)
+
+    assert out["report"]["replaced"] == {"beta": ["1.0", "2.0"]}
+    assert out["report"]["restart_needed"] == ["beta"]
+    assert out["stderr"].count("restart the runtime") == 1
+    assert "warmstart.colab.restart_runtime()" in out["stderr"]
+
+
+def test_magic_through_a_real_ipython_shell(demo, tmp_path, kernel_env, kernel_python):
+    cell = f"""
+        import json, os
+        from IPython.core.interactiveshell import InteractiveShell
+        import warmstart.colab
+        shell = InteractiveShell.instance()
+        shell.run_line_magic("load_ext", "warmstart")
+        shell.run_line_magic("warmstart", "bootstrap --recipe {demo}")
+        print(json.dumps({{"cwd": os.getcwd(), "report": warmstart.colab.last_report}}))
+    """
+    out = run_kernel(kernel_python, cell, kernel_env)
+
+    assert mount_calls(tmp_path) == [str(tmp_path / "content" / "drive")]
+    assert out["report"]["ok"] is True
+    assert out["cwd"] == str(tmp_path / "content" / "drive" / "MyDrive" / "Demo")
+
+
+# --- the `!invoke` subprocess path ---------------------------------------------------------
+
+def test_subprocess_without_mount_exits_3_with_the_cell_line(demo, tmp_path, kernel_env):
+    result = run_cli("bootstrap", "--recipe", str(demo), "--python", str(make_venv(tmp_path / "v")),
+                     env=kernel_env)
+
+    mount = tmp_path / "content" / "drive"
+    assert result.code == 3
+    assert f"from google.colab import drive; drive.mount('{mount}')" in result.stderr
+    assert "warmstart.colab.bootstrap" in result.stderr
+    assert not mount.exists(), "nothing may be written under an unmounted mount point"
+
+
+def test_subprocess_with_mount_uses_it_and_prints_the_cd_line(demo, tmp_path, kernel_env):
+    mount = tmp_path / "content" / "drive"
+    mount.mkdir(parents=True)
+    python = make_venv(tmp_path / "v")
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap",
+              "--recipe", str(demo), "--python", str(python)]
+    script = f'mount -t tmpfs tmpfs "{mount}" && mkdir "{mount}/MyDrive" && exec "$@"'
+
+    done = subprocess.run(["unshare", "-m", "--", "sh", "-c", script, "sh", *invoke], env=kernel_env,
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert f"%cd {mount}/MyDrive/Demo" in done.stderr

@@ -1,0 +1,84 @@
+"""A wiped Colab VM, as closely as this machine can show it.
+
+Drive holds a copy of the warmstart checkout (as MyDrive/warmstart would). VM 1 is a new
+virtualenv made from the bare interpreter, with an empty HOME and no pip cache; it runs
+`warmstart.sh hyperlpr` online, which installs warmstart's own dependencies and the recipe and
+fills the Drive cache. VM 2 is another such machine, with the network cut (`unshare -n`): the
+same script restores warmstart's dependencies, then the recipe, from Drive alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import HAVE_MODELS, REPO, SHARED_HYPERLPR, hyperlpr_variant, needs_netns, serve_folder
+
+pytestmark = [pytest.mark.registry, needs_netns]
+
+
+def copy_checkout(dest: Path) -> None:
+    """The files a `git clone` would have (tracked and new, not ignored ones like .venv)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+
+
+def new_vm(root: Path) -> tuple[Path, dict[str, str]]:
+    """A virtualenv from the bare interpreter (pip only) and an empty home: a wiped VM."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(root / "venv")], check=True)
+    (root / "home").mkdir()
+    # Only this machine's network settings (proxy, CA bundle) carry over from the test's own.
+    network = {k: v for k, v in os.environ.items()
+               if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
+    env = network | {"PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
+           "WARMSTART_PYTHON": str(root / "venv" / "bin" / "python"), "WARMSTART_PLATFORM": "local"}
+    return root / "venv" / "bin" / "python", env
+
+
+def run_script(checkout: Path, env: dict[str, str], *args: str, offline_net: bool = False):
+    cmd = ["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--allow-no-gpu", "--json", *args]
+    if offline_net:
+        cmd = ["unshare", "--net", "--", *cmd]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path):
+    drive = tmp_path / "drive"
+    checkout = drive / "warmstart"
+    copy_checkout(checkout)
+    hyperlpr_variant(checkout)  # the models this machine has, served below in place of upstream
+
+    python1, env1 = new_vm(tmp_path / "vm1")
+    assert subprocess.run([str(python1), "-c", "import invoke"], capture_output=True).returncode != 0
+    mirror, models = serve_folder(SHARED_HYPERLPR / "models" / "20230229" / "onnx") if HAVE_MODELS \
+        else ("http://127.0.0.1:9", None)
+    cold = run_script(checkout, env1 | {"WARMSTART_ASSET_MIRROR": mirror})
+    if models:
+        models.shutdown()
+    assert cold.returncode == 0, cold.stderr
+    assert "cached them in" in cold.stderr
+
+    python2, env2 = new_vm(tmp_path / "vm2")
+    warm = run_script(checkout, env2, "--offline", offline_net=True)
+
+    assert warm.returncode == 0, warm.stderr
+    assert "restored warmstart's dependencies from" in warm.stderr
+    report = json.loads(warm.stdout)
+    assert report["installed"] == json.loads(cold.stdout)["installed"]
+    assert report["cache"]["misses"] == 0
+    assert report["drive"] == str(drive)
+    imports = subprocess.run([str(python2), "-c", "import invoke, pynvml, tqdm, hyperlpr3, onnxruntime"],
+                             env=env2, capture_output=True, text=True)
+    assert imports.returncode == 0, imports.stderr
+    assert not list(checkout.rglob("__pycache__")), "no bytecode may be written to Drive"

@@ -1,0 +1,98 @@
+"""The in-kernel path: one notebook cell that mounts Drive, bootstraps, and moves the notebook.
+
+    import warmstart.colab
+    warmstart.colab.bootstrap("hyperlpr")
+
+Only code running in the notebook kernel can mount Drive (google.colab asks the browser for
+consent through the kernel) and change the notebook's working directory; a `!invoke`
+subprocess can do neither. This module does both around the same bootstrap.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import PROJECT_ROOT
+from .bootstrap import Options
+from .bootstrap import bootstrap as run_bootstrap
+from .cli import run_reported
+from .errors import PreconditionUnmet
+from .profiles import select_profile
+from .report import Report
+
+
+last_report: dict[str, Any] | None = None  # the most recent bootstrap's report
+
+
+class BootstrapFailed(RuntimeError):
+    """Raised in the notebook when a bootstrap fails; carries the exit code and the report."""
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        super().__init__(report.get("error", "bootstrap failed"))
+        self.exit_code = report.get("exit_code", 1)
+        self.report = report
+
+
+def imported_distributions() -> frozenset[str]:
+    """Distributions that own a module this kernel has imported."""
+    owners = metadata.packages_distributions()
+    names = {dist.lower().replace("_", "-")
+             for module in list(sys.modules) for dist in owners.get(module.partition(".")[0], ())}
+    return frozenset(names)
+
+
+def mount_drive(mount_point: Path) -> None:
+    """Mount Drive at mount_point unless it is mounted already; never write into it first."""
+    if os.path.ismount(mount_point):
+        return
+    if mount_point.is_dir() and any(mount_point.iterdir()):
+        raise PreconditionUnmet(
+            f"{mount_point} is not mounted but already holds files, so Drive cannot be mounted "
+            "there; move them away (they were written before the mount) and run again"
+        )
+    from google.colab import drive  # only inside a Colab notebook kernel
+
+    drive.mount(str(mount_point))
+
+
+def restart_runtime() -> None:
+    """Restart the Colab runtime (the kernel process ends and Colab starts a fresh one)."""
+    os.kill(os.getpid(), 9)
+
+
+def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
+              allow_no_gpu: bool = False, allow_unfit_gpu: bool = False, dry_run: bool = False,
+              restart: bool = False, mount_point: str | None = None, root: Path = PROJECT_ROOT
+              ) -> dict[str, Any]:
+    """Mount Drive if needed, bootstrap `recipe` into this kernel's Python, `cd` to its workdir.
+
+    Returns the report. With restart=True, restarts the runtime when the install replaced a
+    package the kernel had already imported (otherwise it says so and leaves it to you)."""
+    if mount_point:  # later `!invoke` calls in this notebook then find Drive there too
+        os.environ["WARMSTART_MOUNT_POINT"] = mount_point
+    options = Options(recipe, drive, sys.executable, offline, allow_no_gpu, allow_unfit_gpu,
+                      dry_run, kernel_imported=imported_distributions())
+
+    def act(report: Report) -> None:
+        mount = select_profile(root).mount()
+        if mount and not drive and not dry_run:
+            mount_drive(mount)
+        plan = run_bootstrap(options, root, report)
+        if not dry_run:
+            os.chdir(plan.workdir)
+            report.say(f"working directory: {plan.workdir}")
+
+    global last_report
+    report = run_reported(act, recipe, as_json=False)
+    outcome = last_report = report.as_json()
+    if report.exit_code:
+        raise BootstrapFailed(outcome)
+    if outcome.get("restart_needed"):
+        if restart:
+            restart_runtime()
+        report.say("or call warmstart.colab.restart_runtime() to restart it now")
+    return outcome
