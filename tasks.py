@@ -2,31 +2,35 @@
 
     invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
                      [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
-    invoke lock --recipe hyperlpr [--upgrade]
-    invoke gpu [--json]
+    invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--json]
+    invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG] [--upgrade]
+    invoke lock --check
+    invoke recipes [--drive DIR]
     invoke assets --recipe hyperlpr [--drive DIR]
+    invoke gpu [--json]
 """
 
 from __future__ import annotations
 
+import json as jsonlib
 import os
 import sys
-from json import dumps
 from pathlib import Path
 
 from invoke import Exit, task
 
 from warmstart import bootstrap as bootstrapping
 from warmstart import lock as locking
-from warmstart import target
 from warmstart.assets import asset_table
 from warmstart.cli import run_plain, run_reported
-from warmstart.errors import PreconditionUnmet
-from warmstart.gpu import probe_gpus
+from warmstart.errors import PreconditionUnmet, WarmstartError
 from warmstart.profiles import resolve_drive, select_profile
-from warmstart.recipe import load_recipe
+from warmstart.recipe import known_recipes, load_recipe
 
 ROOT = Path(__file__).resolve().parent
+
+DRIVE_HELP = "Drive root (default: WARMSTART_DRIVE, else the platform profile's folder)"
+PYTHON_HELP = "interpreter whose environment receives the packages (default: this one)"
 
 
 def _exit(code: int) -> None:
@@ -34,11 +38,15 @@ def _exit(code: int) -> None:
         raise Exit(code=code)
 
 
+def _drive(option: str | None) -> Path:
+    return resolve_drive(option, select_profile(ROOT), os.environ)
+
+
 @task(
     help={
-        "recipe": "recipe name (recipes/NAME.toml) or path to a recipe .toml",
-        "drive": "Drive root (default: WARMSTART_DRIVE, else the platform profile's folder)",
-        "python": "interpreter whose environment receives the packages (default: this one)",
+        "recipe": "recipe name (recipes/NAME.toml, or the Drive recipe folder) or a .toml path",
+        "drive": DRIVE_HELP,
+        "python": PYTHON_HELP,
         "offline": "never contact a package index; install from the Drive cache only",
         "allow-no-gpu": "go on with a warning when the recipe needs a GPU and there is none",
         "allow-unfit-gpu": "go on with a warning when the GPU is below the recipe's limits",
@@ -48,20 +56,97 @@ def _exit(code: int) -> None:
 )
 def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=False,
               allow_unfit_gpu=False, dry_run=False, json=False):
-    """Install a recipe's locked environment, restoring wheels from the Drive cache."""
+    """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
     options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu,
                                     allow_unfit_gpu, dry_run)
     _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
                        recipe, as_json=json).exit_code)
 
 
-@task(help={"recipe": "recipe name or path", "drive": "Drive root (as for bootstrap)"})
+@task(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "python": PYTHON_HELP,
+            "json": "print one JSON object on stdout"})
+def status(c, recipe, drive=None, python=None, json=False):
+    """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act)."""
+    from warmstart.status import status as gather, status_lines
+
+    facts = {}
+
+    def show(report) -> None:
+        facts.update(gather(bootstrapping.Options(recipe, drive, python), ROOT, report))
+        report.extra["status"] = facts
+        if not json:
+            print("\n".join(status_lines(facts)))
+
+    report = run_reported(show, recipe, as_json=False)
+    if json:
+        print(jsonlib.dumps(facts or report.as_json()))
+    _exit(report.exit_code or (0 if facts.get("matches") else 1))
+
+
+@task(
+    iterable=["python_version", "upgrade_package"],
+    help={
+        "recipe": "recipe name or path (all recipes with --check)",
+        "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter",
+        "platform": "platform tag of the locks, e.g. manylinux_x86_64 (default: this machine's)",
+        "upgrade": "re-resolve every pin to the newest version",
+        "upgrade-package": "re-resolve only this package (repeat for more)",
+        "check": "exit 1 when any lock's inputs changed since it was compiled",
+    },
+)
+def lock(c, recipe=None, python_version=None, platform=None, upgrade=False, upgrade_package=None,
+         check=False):
+    """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
+
+    def check_all() -> None:
+        names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
+        stale = [path for name in names for path in locking.stale_locks(load_recipe(name, ROOT))]
+        if stale:
+            raise WarmstartError("stale locks (inputs changed since compiled): "
+                                 + ", ".join(str(p) for p in stale)
+                                 + "; run `invoke lock --recipe NAME --python-version X.Y` for each")
+        print(f"warmstart: every lock of {', '.join(names)} matches its inputs")
+
+    def compile_all() -> None:
+        if not recipe:
+            raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
+        loaded = load_recipe(recipe, ROOT)
+        current = locking.LockTarget.current()
+        for version in python_version or [current.python_version]:
+            target = locking.LockTarget(version, platform or current.platform)
+            path = locking.compile_lock(loaded, target, upgrade=upgrade,
+                                        upgrade_packages=tuple(upgrade_package or ()),
+                                        say=lambda m: print(f"warmstart: {m}", file=sys.stderr))
+            print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
+
+    _exit(run_plain(check_all if check else compile_all))
+
+
+@task(help={"drive": DRIVE_HELP})
+def recipes(c, drive=None):
+    """List the known recipes: the project's and those in the Drive recipe folder."""
+
+    def show() -> None:
+        for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
+            loaded = load_recipe(str(path), ROOT)
+            gpu = loaded.gpu
+            needs = "GPU" + "".join(f" {v}" for v in (
+                f"{gpu.min_memory_gib} GiB" if gpu.min_memory_gib else "",
+                f"sm {gpu.min_compute_capability}" if gpu.min_compute_capability else "",
+                f"CUDA {gpu.min_cuda}" if gpu.min_cuda else "") if v) if gpu.required else "no GPU needed"
+            print(f"{name:<16} Python {loaded.python or 'any'}; {needs}\n"
+                  f"{'':<16} {loaded.description}  ({path})")
+
+    _exit(run_plain(show))
+
+
+@task(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
 def assets(c, recipe, drive=None):
     """List a recipe's assets: in place, cached on Drive, or missing."""
 
     def show() -> None:
-        loaded = load_recipe(recipe, ROOT)
-        drive_root = resolve_drive(drive, select_profile(ROOT), os.environ)
+        drive_root = _drive(drive)
+        loaded = load_recipe(recipe, ROOT, drive_root)
         rows = asset_table(loaded.assets, drive_root, drive_root / loaded.workdir)
         for state, name, dest in rows:
             print(f"{state:<9} {name}  ->  {dest}")
@@ -74,24 +159,13 @@ def assets(c, recipe, drive=None):
 @task(help={"json": "print one JSON object instead of a table"})
 def gpu(c, json=False):
     """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
+    from warmstart.gpu import probe_gpus
+
     report = probe_gpus()
     if json:
-        print(dumps(report.as_json()))
+        print(jsonlib.dumps(report.as_json()))
     elif report.available:
         print(report.table())
     else:
         print(f"warmstart: {report.describe()}", file=sys.stderr)
     _exit(0 if report.available else PreconditionUnmet.exit_code)
-
-
-@task(help={"recipe": "recipe name or path", "upgrade": "re-resolve every pin to the newest version"})
-def lock(c, recipe, upgrade=False):
-    """Compile the recipe's requirements into a hashed lock for this Python with pip-tools."""
-
-    def compile_it() -> None:
-        loaded = load_recipe(recipe, ROOT)
-        here = target.probe(None)
-        path = locking.compile_lock(loaded, here.tag, target.platform_tag(), upgrade=upgrade)
-        print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
-
-    _exit(run_plain(compile_it))

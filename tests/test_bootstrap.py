@@ -156,8 +156,9 @@ def test_missing_lock_names_file_and_next_step(demo, drive, env, tmp_path):
 
     result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
 
-    assert result.code == 2
-    assert "lock not found" in result.stderr
+    assert result.code == 3
+    assert "demo has no lock for Python 3." in result.stderr and "locks exist for: none" in result.stderr
+    assert "invoke lock --recipe demo --python-version 3." in result.stderr
 
 
 def test_dry_run_changes_nothing(demo, drive, env, tmp_path):

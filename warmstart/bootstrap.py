@@ -17,7 +17,7 @@ from .cache import WheelCache
 from .checks import run_check
 from .errors import PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
-from .lock import Pin, check_fresh, lock_path, parse_lock
+from .lock import Pin, check_fresh, existing_locks, lock_path, parse_lock
 from .plan import Plan, make_plan
 from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import load_recipe
@@ -43,10 +43,23 @@ def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
     return path
 
 
+def _no_lock(recipe, target, platform: str) -> str:
+    have = sorted(f"{tag} on {plat}" for tag, plat in existing_locks(recipe).values())
+    version = f"{target.version.major}.{target.version.minor}"
+    return (f"{recipe.name} has no lock for Python {version} on {platform} "
+            f"({lock_path(recipe, target.tag, platform).name}); locks exist for: "
+            f"{', '.join(have) or 'none'}; make one with "
+            f"`invoke lock --recipe {recipe.name} --python-version {version}`, or pass --python "
+            "with an interpreter that has one")
+
+
 def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCache]:
     """Every check that changes nothing, ending in the plan."""
+    profile = select_profile(root)
+    drive = resolve_drive(options.drive, profile, os.environ)
+    report.extra["platform"] = profile.name
     with report.step("recipe") as step:
-        recipe = load_recipe(options.recipe, root)
+        recipe = load_recipe(options.recipe, root, drive)
         report.recipe = recipe.name
         step.detail = str(recipe.path)
     with report.step("python") as step:
@@ -59,14 +72,14 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         if judge(recipe.gpu, gpu) != GpuVerdict():
             step.status = "warning"
     with report.step("drive") as step:
-        profile = select_profile(root)
-        drive = resolve_drive(options.drive, profile, os.environ)
-        report.extra["platform"] = profile.name
         require_drive(drive, profile, create=not options.dry_run)
         step.detail = f"{drive} ({profile.name} platform)"
     with report.step("lock") as step:
         platform = target_python.platform_tag()
-        lock = parse_lock(lock_path(recipe, target.tag, platform))
+        path = lock_path(recipe, target.tag, platform)
+        if not path.exists():
+            raise PreconditionUnmet(_no_lock(recipe, target, platform))
+        lock = parse_lock(path)
         check_fresh(lock, recipe, target.tag, platform)
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
     with report.step("cache") as step:

@@ -6,7 +6,10 @@ Paths inside a recipe are relative to its project root: the folder that holds `r
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -101,19 +104,42 @@ class Recipe:
     checks: tuple[Check, ...] = ()
 
 
-def recipe_path(name_or_path: str, root: Path) -> Path:
-    """A recipe given as a file path is used as is; a bare name is looked up in `root/recipes`."""
+def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
+    """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
+    else <drive>/.warmstart/recipes) so recipes can live next to the data on Drive."""
+    dirs = [root / "recipes"]
+    if environ.get("WARMSTART_RECIPES"):
+        dirs.append(Path(environ["WARMSTART_RECIPES"]).expanduser())
+    elif drive is not None:
+        dirs.append(drive / ".warmstart" / "recipes")
+    return dirs
+
+
+def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
+    """Recipe name -> file, over every recipe folder; one name in two files is an error."""
+    found: dict[str, Path] = {}
+    for folder in recipe_dirs(root, drive):
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+            if path.stem in found:
+                raise BadInput(f"recipe '{path.stem}' is defined twice: {found[path.stem]} and {path}; "
+                               "rename or remove one of them")
+            found[path.stem] = path
+    return found
+
+
+def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Path:
+    """A recipe given as a file path is used as is; a bare name is looked up by name."""
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" or len(candidate.parts) > 1:
         return candidate.resolve()
-    found = root / "recipes" / f"{name_or_path}.toml"
-    if not found.is_file():
-        known = sorted(p.stem for p in (root / "recipes").glob("*.toml"))
-        raise BadInput(
-            f"no recipe named '{name_or_path}' in {root / 'recipes'}; "
-            f"known recipes: {', '.join(known) or 'none'} (or pass a path to a .toml file)"
-        )
-    return found
+    known = known_recipes(root, drive)
+    if name_or_path not in known:
+        close = difflib.get_close_matches(name_or_path, list(known), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        folders = ", ".join(str(d) for d in recipe_dirs(root, drive))
+        raise BadInput(f"no recipe named '{name_or_path}'{hint} in {folders}; known recipes: "
+                       f"{', '.join(sorted(known)) or 'none'} (or pass a path to a .toml file)")
+    return known[name_or_path]
 
 
 def _version(raw: str | None, path: Path, key: str) -> Version | None:
@@ -125,8 +151,8 @@ def _version(raw: str | None, path: Path, key: str) -> Version | None:
         raise BadInput(f"{path}: '{key}' must be a version like \"6.0\", got {raw!r}") from None
 
 
-def load_recipe(name_or_path: str, root: Path) -> Recipe:
-    path = recipe_path(name_or_path, root)
+def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Recipe:
+    path = recipe_path(name_or_path, root, drive)
     data = validate(read_toml(path), RECIPE_SCHEMA, path)
 
     if not _NAME.match(data["name"]):

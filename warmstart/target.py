@@ -22,7 +22,9 @@ from packaging.version import Version
 from .errors import PreconditionUnmet
 
 _PROBE = """
-import json, sys
+import json, os, sys
+# `python -c` puts the working directory first on sys.path; what lies there is not installed.
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
 from importlib import metadata
 installed = {}
 for dist in metadata.distributions():

@@ -1,0 +1,153 @@
+"""Locks per Python (`invoke lock`, `--check`), lock selection, `invoke status`, `invoke recipes`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env, make_venv, run_cli
+from warmstart import PROJECT_ROOT
+from warmstart.installer import pip_env
+from warmstart.lock import existing_locks, parse_lock
+from warmstart.recipe import known_recipes, load_recipe
+
+SHIPPED = sorted(known_recipes(PROJECT_ROOT, None))
+COLAB_PYTHONS = ("3.11", "3.12", "3.13")
+
+
+@pytest.fixture
+def env(index):
+    return cli_env(index.url)
+
+
+def test_lock_check_reports_a_stale_lock_after_an_in_edit(demo, env):
+    assert run_cli("lock", "--check", "--recipe", str(demo), env=env).code == 0
+    requirements_in = demo.parent.parent / "requirements" / "demo.in"
+    requirements_in.write_text(requirements_in.read_text() + "beta<2\n")
+
+    result = run_cli("lock", "--check", "--recipe", str(demo), env=env)
+
+    assert result.code == 1
+    assert "stale locks" in result.stderr and "demo-py3" in result.stderr
+
+
+def test_lock_check_passes_for_the_shipped_recipes():
+    result = run_cli("lock", "--check", env=cli_env())
+    assert result.code == 0, result.stderr
+    assert all(name in result.stdout for name in SHIPPED)
+
+
+def test_a_lock_for_another_python_is_never_picked(demo, env, tmp_path):
+    requirements = demo.parent.parent / "requirements"
+    (mine,) = requirements.glob("demo-py3*-*.txt")
+    mine.rename(requirements / mine.name.replace(mine.name.split("-")[1], "py399"))
+    drive = tmp_path / "drive"
+    drive.mkdir()
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                     "--python", str(make_venv(tmp_path / "v")), env=env)
+
+    assert result.code == 3
+    assert "locks exist for: py399 on manylinux" in result.stderr
+    assert "invoke lock --recipe demo --python-version 3." in result.stderr
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_locks_agree_with_the_recipe(name):
+    recipe = load_recipe(name, PROJECT_ROOT)
+    locks = existing_locks(recipe)
+    versions = {tag.removeprefix("py")[0] + "." + tag.removeprefix("py")[1:] for tag, _ in locks.values()}
+    assert versions == {v for v in COLAB_PYTHONS if v in recipe.python}, "a lock per supported Python"
+    for path in locks:
+        names = {p.name for p in parse_lock(path).pins}
+        assert not names & set(recipe.exclude), f"{path} holds an excluded package"
+        assert all(p.hashes for p in parse_lock(path).pins)
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("path", [p for n in SHIPPED for p in existing_locks(load_recipe(n, PROJECT_ROOT))
+                                  if "py311" not in p.name], ids=lambda p: p.name)
+def test_cross_python_locks_resolve_against_the_index(path, tmp_path):
+    """Every pin of a 3.12 / 3.13 lock has a wheel for that Python on manylinux x86_64."""
+    tag = path.name.rsplit("-", 2)[1]
+    version = f"{tag[2]}.{tag[3:]}"
+    # Colab's Ubuntu 22.04 has glibc 2.35: every manylinux tag up to that one fits.
+    platforms = [arg for minor in range(17, 36) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
+         "--target", str(tmp_path / "t"), "--python-version", version, *platforms, "--platform",
+         "manylinux2014_x86_64", "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(path)],
+        env=pip_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+# --- status -------------------------------------------------------------------------------
+
+def status(recipe: Path, drive: Path, python: Path, env):
+    return run_cli("status", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
+                   "--json", env=env)
+
+
+def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, env, tmp_path, index):
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    python = make_venv(tmp_path / "v")
+
+    empty = status(demo, drive, python, env)
+    assert empty.code == 1
+    assert empty.report["missing"] == ["alpha", "beta", "gpu-build"]
+    assert empty.report["action"] == "download 3 wheels, then install"
+    assert empty.report["cache"]["wheels"] == 0
+    assert list(drive.iterdir()) == [], "status changes nothing"
+
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                   env=env).code == 0
+    matching = status(demo, drive, python, env)
+    assert matching.code == 0
+    assert matching.report["matches"] is True and matching.report["action"] == "no-op"
+    assert matching.report["cache"]["wheels"] == 3 and matching.report["cache"]["wheel_bytes"] > 0
+
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                    "--index-url", index.url, "beta==1.0", "cpu-only==1.0"], check=True, env=env)
+    drifted = status(demo, drive, python, env)
+    assert drifted.code == 1
+    assert drifted.report["different"] == {"beta": {"installed": "1.0", "locked": "2.0"}}
+    assert drifted.report["extra"] == ["cpu-only"]
+    assert drifted.report["action"] == "install from cached wheels"
+
+    human = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert human.code == 1 and "bootstrap would: install from cached wheels" in human.stdout
+
+
+# --- recipes ------------------------------------------------------------------------------
+
+def test_recipes_on_drive_are_listed_and_found_by_name(locked_demo, env, tmp_path):
+    drive = tmp_path / "drive"
+    user = drive / ".warmstart"
+    shutil.copytree(locked_demo / "recipes", user / "recipes")
+    shutil.copytree(locked_demo / "requirements", user / "requirements")
+
+    listed = run_cli("recipes", "--drive", str(drive), env=env)
+    assert listed.code == 0
+    assert "demo " in listed.stdout and str(user / "recipes" / "demo.toml") in listed.stdout
+    assert all(name in listed.stdout for name in SHIPPED)
+
+    result = run_cli("bootstrap", "--recipe", "demo", "--drive", str(drive),
+                     "--python", str(make_venv(tmp_path / "v")), env=env)
+    assert result.code == 0, result.stderr
+
+
+def test_a_recipe_name_in_two_folders_is_an_error_naming_both(tmp_path, env):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(REPO / "recipes" / "hyperlpr.toml", mine / "hyperlpr.toml")
+
+    result = run_cli("recipes", env=env | {"WARMSTART_RECIPES": str(mine)})
+
+    assert result.code == 2
+    assert str(REPO / "recipes" / "hyperlpr.toml") in result.stderr
+    assert str(mine / "hyperlpr.toml") in result.stderr

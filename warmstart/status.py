@@ -1,0 +1,76 @@
+"""`status`: what a bootstrap would find and do on this machine, changing nothing."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from .bootstrap import Options, prepare
+from .plan import Plan
+from .report import Report
+
+# Installers and build tools every environment has; not worth listing as "extra".
+_BASELINE = {"pip", "setuptools", "wheel", "distribute"}
+
+
+def describe_action(plan: Plan) -> str:
+    if plan.nothing_to_do:
+        return "no-op"
+    if not plan.to_install:
+        return "fill the Drive cache" + (" and place assets" if plan.assets_to_place else "")
+    missing = [p for p in plan.to_install if p.name not in plan.cached]
+    if not missing:
+        return "install from cached wheels"
+    return f"download {len(missing)} wheels, then install"
+
+
+def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
+    options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
+    plan, _cache = prepare(options, root, report)
+    locked = {p.name: p.version for p in plan.lock.pins}
+    have = plan.target.installed
+    wheel_bytes = sum(path.stat().st_size for path in plan.cached.values())
+    facts = {
+        "platform": report.extra["platform"],
+        "gpu": report.extra["gpu"],
+        "gpu_warnings": list(plan.warnings),
+        "python": str(plan.target.executable),
+        "python_version": str(plan.target.version),
+        "lock": str(plan.lock.path),
+        "missing": sorted(n for n in locked if n not in have),
+        "different": {n: {"installed": have[n], "locked": v}
+                      for n, v in sorted(locked.items()) if n in have and have[n] != v},
+        "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
+        "cache": {
+            "drive": str(plan.drive),
+            "wheels": len(plan.cached),
+            "wheels_locked": len(locked),
+            "wheel_bytes": wheel_bytes,
+            "assets": {asset.name: state for asset, (_dest, state) in plan.assets.items()},
+        },
+        "action": describe_action(plan),
+    }
+    facts["matches"] = not facts["missing"] and not facts["different"] and not plan.assets_to_place
+    return facts
+
+
+def status_lines(facts: dict[str, Any]) -> list[str]:
+    gpu = facts["gpu"]
+    gpus = ", ".join(d["name"] for d in gpu["devices"]) or f"none ({gpu['error']})"
+    cache = facts["cache"]
+    lines = [
+        f"platform  {facts['platform']}",
+        f"gpu       {gpus}" + "".join(f"\n          ! {w}" for w in facts["gpu_warnings"]),
+        f"python    {facts['python']} ({facts['python_version']})",
+        f"lock      {facts['lock']}",
+        f"missing   {', '.join(facts['missing']) or '-'}",
+        "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
+                                  for n, d in facts["different"].items()) or "-"),
+        f"extra     {', '.join(facts['extra']) or '-'}",
+        f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
+        f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
+    ]
+    lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
+    lines.append(f"bootstrap would: {facts['action']}")
+    return lines
