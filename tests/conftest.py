@@ -47,19 +47,23 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
-    """Write a real, installable pure-Python wheel (PEP 427) with a correct RECORD."""
+def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = (),
+                script: bool = False) -> Path:
+    """Write a real, installable pure-Python wheel (PEP 427) with a correct RECORD; `script`
+    adds a console script named after the project (the installer writes it into bin/)."""
     dist = name.replace("-", "_")
     info = f"{dist}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
         f"Requires-Dist: {r}\n" for r in requires
     )
     files = {
-        f"{dist}/__init__.py": f"__version__ = {version!r}\n".encode(),
+        f"{dist}/__init__.py": f"__version__ = {version!r}\n\ndef main():\n    print({name!r}, __version__)\n".encode(),
         f"{info}/METADATA": metadata.encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: warmstart-tests\n"
         b"Root-Is-Purelib: true\nTag: py3-none-any\n",
     }
+    if script:
+        files[f"{info}/entry_points.txt"] = f"[console_scripts]\n{name} = {dist}:main\n".encode()
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
     files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
     wheel = dest / f"{dist}-{version}-py3-none-any.whl"
@@ -78,6 +82,7 @@ DEMO_WHEELS = [
     ("cpu-only", "1.0", ()),
     ("gpu-build", "1.0", ()),
 ]
+SCRIPTED = {"gpu-build"}  # installs a console script
 
 
 @dataclass
@@ -119,7 +124,7 @@ def index(tmp_path_factory) -> Index:
     root = tmp_path_factory.mktemp("index")
     (root / "files").mkdir()
     for name, version, requires in DEMO_WHEELS:
-        build_wheel(root / "files", name, version, requires)
+        build_wheel(root / "files", name, version, requires, script=name in SCRIPTED)
     _write_simple_index(root)
 
     url, server = serve_folder(root)
@@ -176,7 +181,7 @@ def installed(python: Path) -> dict[str, str]:
     out = subprocess.run(
         [str(python), "-c", "import json; from importlib import metadata as m; "
          "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, cwd="/",  # no checkout on sys.path
     ).stdout
     return json.loads(out)
 

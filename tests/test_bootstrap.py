@@ -30,6 +30,11 @@ def bootstrap(recipe: Path, drive: Path, python: Path, *flags: str, env, offline
                    "--python", str(python), "--json", *flags, env=env, offline_net=offline_net)
 
 
+def drop_snapshots(drive: Path) -> None:
+    """Leave only the wheel cache, to exercise the wheel path on its own."""
+    shutil.rmtree(drive / ".warmstart" / "v1" / "snapshots")
+
+
 def cached_wheels(drive: Path) -> list[str]:
     return sorted(p.name for p in (drive / ".warmstart" / "v1" / "wheels").iterdir())
 
@@ -79,8 +84,24 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path):
     restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
 
     assert restored.code == 0, restored.stderr
-    assert restored.report["cache"]["hits"] == 3 and restored.report["cache"]["misses"] == 0
+    assert restored.report["snapshot"]["used"] is True
+    assert restored.report["cache"]["hits"] == 1 and restored.report["cache"]["misses"] == 0
     assert restored.report["cache"]["bytes_read"] > 0
+    have = installed(python)
+    assert {k: have[k] for k in LOCKED} == LOCKED
+
+
+@needs_netns
+def test_offline_restore_from_wheels_alone(demo, drive, env, tmp_path):
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+    drop_snapshots(drive)
+    python = make_venv(tmp_path / "wiped")
+
+    restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert restored.report["cache"]["hits"] == 3 and restored.report["cache"]["misses"] == 0
     have = installed(python)
     assert {k: have[k] for k in LOCKED} == LOCKED
 
@@ -90,6 +111,7 @@ def test_offline_names_the_wheel_missing_from_cache(demo, drive, env, tmp_path):
     python = make_venv(tmp_path / "venv")
     assert bootstrap(demo, drive, python, env=env).code == 0
     (drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl").unlink()
+    drop_snapshots(drive)
     python = make_venv(tmp_path / "wiped")
 
     result = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
@@ -107,6 +129,7 @@ def test_corrupt_cached_wheel_is_refused_offline_and_replaced_online(demo, drive
     cached = drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl"
     good = cached.read_bytes()
     cached.write_bytes(good[:-10] + b"0123456789")
+    drop_snapshots(drive)
     python = make_venv(tmp_path / "wiped")
 
     offline = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)

@@ -45,8 +45,9 @@ def restored(tmp_path_factory):
 def test_offline_restore_brings_back_the_same_versions(restored):
     python, _home, cold, offline = restored
     assert offline["installed"] == cold["installed"]
+    assert offline["snapshot"]["used"] is True, "a warm restore unpacks the snapshot"
     assets = 3 if HAVE_MODELS else 0
-    assert offline["cache"]["misses"] == 0 and offline["cache"]["hits"] == len(cold["installed"]) + assets
+    assert offline["cache"]["misses"] == 0 and offline["cache"]["hits"] == 1 + assets
     have = installed(python)
     assert have["hyperlpr3"] == "0.1.3"
     assert "onnxruntime-gpu" in have and "opencv-python-headless" in have

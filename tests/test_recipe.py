@@ -54,7 +54,7 @@ def test_recipe_found_by_name(project):
 
 def test_unknown_recipe_name_lists_known_ones(project):
     write(project, GOOD)
-    with pytest.raises(BadInput, match="no recipe named .demi. \(did you mean .demo.\?\).*known recipes: demo"):
+    with pytest.raises(BadInput, match=r"no recipe named .demi. \(did you mean .demo.\?\).*known recipes: demo"):
         load_recipe("demi", project)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .cache import CACHE_DIR, CacheStats
 from .errors import PreconditionUnmet, WarmstartError
 from .recipe import Asset
-from .transfer import atomic_copy, copy_hashed, download, sha256_of
+from .transfer import atomic_copy, copy_hashed, download, sha256_of, zstd_open
 
 MARKER = ".warmstart-asset"  # inside an unpacked folder: the sha256 of the archive it came from
 
@@ -63,18 +63,7 @@ def _escapes(root: Path, member: str) -> bool:
 
 def _open_tar(archive: Path, name: str) -> tarfile.TarFile:
     if name.endswith(".tar.zst"):
-        try:
-            from compression import zstd  # Python 3.14+
-
-            return tarfile.open(fileobj=zstd.open(archive, "rb"), mode="r|")
-        except ImportError:
-            try:
-                import zstandard
-            except ImportError:
-                raise WarmstartError(
-                    f"asset {name}: .tar.zst needs the `zstandard` package; pip install zstandard"
-                ) from None
-            return tarfile.open(fileobj=zstandard.open(archive, "rb"), mode="r|")
+        return tarfile.open(fileobj=zstd_open(archive, "rb"), mode="r|")
     return tarfile.open(archive, "r:*")
 
 

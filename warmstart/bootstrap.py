@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets, installer, target as target_python
+from . import assets, installer, snapshot, target as target_python
 from .assets import AssetStore
 from .cache import WheelCache
 from .checks import run_check
@@ -33,6 +33,7 @@ class Options:
     allow_no_gpu: bool = False
     allow_unfit_gpu: bool = False
     dry_run: bool = False
+    installer: str = "auto"
     # Set by the in-kernel API: distributions whose modules the running kernel has imported.
     # A `!invoke` subprocess cannot know them and uses the platform's preloaded list instead.
     kernel_imported: frozenset[str] | None = None
@@ -97,33 +98,59 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         if recipe.assets:
             in_cache = sum(state != "missing" for _dest, state in asset_states.values())
             step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
+        found = snapshot.Snapshot.locate(drive, recipe.name, lock, target)
+        if found.exists():
+            step.detail += "; a snapshot"
     plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
+                     found if found.exists() else None, installer.choose(options.installer),
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
         report.say(f"warning: {warning}")
     report.extra.update(drive=str(drive), workdir=str(plan.workdir), lock=str(lock.path),
-                        python=str(target.executable), dry_run=options.dry_run)
+                        python=str(target.executable), installer=plan.installer,
+                        dry_run=options.dry_run)
     return plan, cache
 
 
-def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
-    """Fetch and verify wheels from Drive, download the rest, install, then check the result."""
+def _restore_snapshot(plan: Plan, report: Report, stage: Path) -> bool:
+    """Unpack the snapshot; False (with the reason in the report) when it cannot be used."""
+    assert plan.snapshot is not None
+    replaced = sorted(plan.replaced)
+    with report.step("snapshot") as step:
+        try:
+            size = snapshot.restore(plan.snapshot, plan.target, stage, report.cache, lambda: installer.uninstall(
+                plan.installer, plan.target.executable, replaced, plan.profile.unset_env))
+        except snapshot.SnapshotUnusable as exc:
+            step.status, step.detail = "warning", str(exc)
+            report.extra["snapshot"] = {"used": False, "reason": str(exc)}
+            report.say(f"warning: {exc}; installing from the wheels instead")
+            return False
+        step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
+        report.extra["snapshot"] = {"used": True, "archive": str(plan.snapshot.archive)}
+        return True
+
+
+def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
+    """Restore from the snapshot, or fetch and verify wheels from Drive, download the rest and
+    install them. True when wheels were installed (so a snapshot is worth making)."""
     with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
         stage = Path(tmp)
+        from_snapshot = bool(plan.to_install and plan.snapshot and _restore_snapshot(plan, report, stage))
+        need = [] if from_snapshot else list(plan.to_install)
         to_download = list(plan.to_download)
         with report.step("fetch") as step:
-            for pin in plan.to_install:
-                if pin.name not in plan.cached:
+            for pin in need:
+                if pin.name in plan.cached and cache.fetch(plan.cached[pin.name], pin, stage):
                     continue
-                if cache.fetch(plan.cached[pin.name], pin, stage) is None:
-                    if plan.offline:
-                        raise PreconditionUnmet(
-                            f"{plan.cached[pin.name]}: cached wheel for {pin.name}=={pin.version} "
-                            "does not match the lock's sha256; run once without --offline to replace it"
-                        )
+                if plan.offline:
+                    why = ("does not match the lock's sha256" if pin.name in plan.cached
+                           else "is not in the Drive cache (and the snapshot could not be used)")
+                    raise PreconditionUnmet(f"--offline, but the wheel for {pin.name}=={pin.version} {why}; "
+                                            "run once without --offline to fetch it again")
+                if pin not in to_download:
                     to_download.append(pin)
-            step.detail = f"{cache.stats.hits} wheels, {cache.stats.bytes_read / 2**20:.1f} MiB from Drive"
+            step.detail = f"{cache.stats.hits} files, {cache.stats.bytes_read / 2**20:.1f} MiB from Drive"
         with report.step("download") as step:
             if to_download:
                 downloads = stage / "downloads"
@@ -140,13 +167,27 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> None:
             else:
                 step.status = "skipped"
         with report.step("install") as step:
-            if plan.to_install:
-                installer.install_offline(plan.target.executable,
-                                          _requirements_file(plan.to_install, stage / "install.txt"), stage,
+            if need:
+                installer.install_offline(plan.installer, plan.target.executable,
+                                          _requirements_file(need, stage / "install.txt"), stage,
                                           plan.profile.unset_env)
-                step.detail = f"{len(plan.to_install)} packages"
+                step.detail = f"{len(need)} packages with {plan.installer}"
             else:
                 step.status = "skipped"
+    return bool(need)
+
+
+def pack_snapshot(plan: Plan, report: Report) -> None:
+    """Snapshot what the lock installed, for the next VM; a failure here costs only speed."""
+    target = snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target)
+    with report.step("pack") as step:
+        try:
+            size = snapshot.pack(target, target_python.probe(plan.target.executable), plan.lock, report.cache)
+        except (snapshot.SnapshotUnusable, OSError) as exc:
+            step.status, step.detail = "warning", str(exc)
+            report.say(f"warning: no snapshot written: {exc}")
+            return
+        step.detail = f"{size / 2**20:.1f} MiB to {target.archive.name}"
 
 
 def restore_assets(plan: Plan, report: Report) -> None:
@@ -198,9 +239,10 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
     if plan.nothing_to_do:
         report.installed = {p.name: p.version for p in plan.lock.pins}
     else:
-        if plan.to_install or plan.to_download:
-            execute(plan, cache, report)
+        installed_wheels = (plan.to_install or plan.to_download) and execute(plan, cache, report)
         verify(plan, report)
+        if installed_wheels:
+            pack_snapshot(plan, report)
         if plan.assets_to_place:
             restore_assets(plan, report)
         if plan.recipe.checks:

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import WarmstartError
+from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .uv import find_uv, uv_env
 
 _KEPT_PIP_SETTINGS = {
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT",
@@ -57,11 +58,46 @@ def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] 
             "download wheels", unset)
 
 
-def install_offline(target: Path, requirements: Path, wheels: Path, unset: Iterable[str] = ()) -> None:
+def choose(option: str) -> str:
+    """`pip` or `uv`: uv when it is on the machine (Colab ships it), unless told otherwise."""
+    if option not in ("auto", "pip", "uv"):
+        raise BadInput(f"--installer must be auto, pip or uv, got {option!r}")
+    if option == "auto":
+        return "uv" if find_uv() else "pip"
+    if option == "uv" and not find_uv():
+        raise PreconditionUnmet("--installer uv, but uv is not installed; pip install uv, or use pip")
+    return option
+
+
+def _run_uv(args: list[str], what: str, unset: Iterable[str]) -> None:
+    uv = find_uv()
+    done = subprocess.run([str(uv), *args], env=uv_env(unset), capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise WarmstartError(f"uv failed to {what} (exit {done.returncode}):\n{tail}")
+
+
+def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
+                    unset: Iterable[str] = ()) -> None:
     """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
 
     --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
     (which a dependency may still declare, like hyperlpr3 -> onnxruntime)."""
-    run_pip(target, ["install", "--quiet", "--no-index", "--find-links", str(wheels),
-                     "--no-deps", "--require-hashes", "-r", str(requirements)],
-            "install the locked packages", unset)
+    args = ["--no-index", "--find-links", str(wheels), "--no-deps", "--require-hashes",
+            "-r", str(requirements)]
+    if tool == "uv":
+        _run_uv(["pip", "install", "--quiet", "--python", str(target), *args],
+                "install the locked packages", unset)
+    else:
+        run_pip(target, ["install", "--quiet", *args], "install the locked packages", unset)
+
+
+def uninstall(tool: str, target: Path, names: list[str], unset: Iterable[str] = ()) -> None:
+    """Remove distributions by their RECORD, as an upgrade would."""
+    if not names:
+        return
+    if tool == "uv":
+        _run_uv(["pip", "uninstall", "--quiet", "--python", str(target), *names],
+                "remove replaced packages", unset)
+    else:
+        run_pip(target, ["uninstall", "--quiet", "--yes", *names], "remove replaced packages", unset)

@@ -13,6 +13,7 @@ from .gpu import GpuReport, judge
 from .lock import Lock, Pin
 from .profiles import Profile
 from .recipe import Asset, Recipe
+from .snapshot import Snapshot
 from .target import TargetPython
 
 
@@ -28,6 +29,8 @@ class Plan:
     cached: dict[NormalizedName, Path]  # wheels the Drive cache holds for this target
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
     assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
+    snapshot: Snapshot | None  # a snapshot of this lock for this target, when Drive has one
+    installer: str  # "pip" or "uv"
     warnings: tuple[str, ...] = ()
 
     @property
@@ -59,7 +62,9 @@ class Plan:
         if self.nothing_to_do:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
-        lines.append(f"install {len(self.to_install)}: {_names(self.to_install, 6)}")
+        lines.append(f"install {len(self.to_install)} with {self.installer}: {_names(self.to_install, 6)}")
+        if self.to_install and self.snapshot:
+            lines.append(f"  from the snapshot {self.snapshot.archive.name}")
         lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
@@ -82,6 +87,8 @@ def make_plan(
     gpu: GpuReport,
     cached: dict[NormalizedName, Path],
     assets: dict[Asset, tuple[Path, str]],
+    snapshot: Snapshot | None,
+    installer: str,
     *,
     offline: bool,
     allow_no_gpu: bool,
@@ -110,7 +117,7 @@ def make_plan(
     to_install = tuple(p for p in lock.pins if target.installed.get(p.name) != p.version)
     if offline:
         missing = [p for p in to_install if p.name not in cached]
-        if missing:
+        if missing and snapshot is None:
             raise PreconditionUnmet(
                 f"--offline, but the Drive cache {drive} lacks wheels for {_names(missing)}; "
                 "run once without --offline to fill it"
@@ -128,4 +135,4 @@ def make_plan(
         to_download = tuple(p for p in lock.pins if p.name not in cached)
 
     return Plan(recipe, profile, target, lock, drive, offline, to_install, cached, to_download, assets,
-                tuple(warnings))
+                snapshot, installer, tuple(warnings))

@@ -22,7 +22,7 @@ from packaging.version import Version
 from .errors import PreconditionUnmet
 
 _PROBE = """
-import json, os, sys
+import json, os, sys, sysconfig
 # `python -c` puts the working directory first on sys.path; what lies there is not installed.
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
 from importlib import metadata
@@ -36,6 +36,8 @@ print(json.dumps({
     "implementation": sys.implementation.name,
     "executable": sys.executable,
     "prefix": sys.prefix,
+    "platform": sysconfig.get_platform(),
+    "soabi": sysconfig.get_config_var("SOABI") or "",
     "installed": installed,
 }))
 """
@@ -48,6 +50,8 @@ class TargetPython:
     implementation: str
     prefix: Path
     installed: dict[NormalizedName, str]
+    platform: str = ""  # sysconfig.get_platform(): linux-x86_64
+    soabi: str = ""  # cpython-311-x86_64-linux-gnu: the ABI compiled extensions are built for
 
     @property
     def tag(self) -> str:
@@ -94,5 +98,28 @@ def probe(executable: str | Path | None) -> TargetPython:
         version=Version(".".join(map(str, facts["version"]))),
         implementation=facts["implementation"],
         prefix=Path(facts["prefix"]),
+        platform=facts["platform"],
+        soabi=facts["soabi"],
         installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
     )
+
+
+_FILES = """
+import json, os, re, sys
+sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
+from importlib import metadata
+wanted = set(json.loads(sys.argv[1]))
+files = {}
+for dist in metadata.distributions():
+    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
+    if name in wanted and name not in files:
+        files[name] = [str(dist.locate_file(f)) for f in dist.files or []]
+print(json.dumps(files))
+"""
+
+
+def installed_files(target: TargetPython, names: list[str]) -> dict[str, list[Path]]:
+    """The files each named distribution installed, as its RECORD lists them (absolute)."""
+    out = subprocess.run([str(target.executable), "-c", _FILES, json.dumps(names)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return {name: [Path(os.path.normpath(p)) for p in paths] for name, paths in json.loads(out).items()}

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 from tqdm import tqdm
@@ -69,6 +70,21 @@ def atomic_copy(src: Path, dest: Path) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return dest.stat().st_size
+
+
+def zstd_open(file: Path | BinaryIO, mode: str) -> BinaryIO:
+    """A zstd stream over a file: `zstandard` (multi-threaded) where installed, else the
+    standard library's compression.zstd (Python 3.14+)."""
+    try:
+        import zstandard
+    except ImportError:
+        try:
+            from compression import zstd
+        except ImportError:
+            raise WarmstartError("zstd archives need the `zstandard` package: pip install zstandard") from None
+        return zstd.open(file, mode, level=3 if "w" in mode else None)
+    cctx = zstandard.ZstdCompressor(level=3, threads=-1) if "w" in mode else None
+    return zstandard.open(file, mode, cctx=cctx)
 
 
 class DownloadFailed(WarmstartError):

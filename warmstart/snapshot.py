@@ -1,0 +1,174 @@
+"""Environment snapshots: everything a lock installed, as one zstd-compressed tar on Drive.
+
+Drive reads one large file well and many small ones badly, and a restore that only unpacks
+files costs about what copying their bytes costs. After a successful install, the files each
+locked distribution lists in its RECORD (its metadata included) are packed, relative to the
+target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<key>.tar.zst`, with an index
+`<recipe>-<key>.json` (written last) that records the archive's sha256 and what it was made
+for. The key covers everything that makes the files valid: the lock's bytes, the Python
+version and ABI, the platform, the target's prefix (shebangs name it), the format.
+
+A restore copies the archive to local disk while hashing it, checks the hash, removes the
+distributions the lock replaces (with pip, by their RECORD), then unpacks with GNU tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .cache import CACHE_DIR, CacheStats
+from .errors import WarmstartError
+from .lock import Lock
+from .target import TargetPython, installed_files
+from .transfer import CHUNK, copy_hashed, progress, zstd_open
+
+SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
+
+
+class SnapshotUnusable(WarmstartError):
+    """The snapshot cannot be used; the message says why, and the wheels take over."""
+
+
+def snapshot_facts(lock: Lock, target: TargetPython) -> dict[str, str]:
+    return {
+        "format": SNAPSHOT_FORMAT,
+        "lock_sha256": hashlib.sha256(lock.path.read_bytes()).hexdigest(),
+        "python": str(target.version),
+        "soabi": target.soabi,
+        "platform": target.platform,
+        "prefix": str(target.prefix),
+    }
+
+
+def snapshot_key(facts: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    archive: Path
+    index: Path
+    facts: dict[str, str]
+
+    @classmethod
+    def locate(cls, drive: Path, recipe: str, lock: Lock, target: TargetPython) -> Snapshot:
+        facts = snapshot_facts(lock, target)
+        stem = f"{recipe}-{target.tag}-{snapshot_key(facts)[:16]}"
+        folder = drive / CACHE_DIR / "snapshots"
+        return cls(folder / f"{stem}.tar.zst", folder / f"{stem}.json", facts)
+
+    def exists(self) -> bool:
+        return self.index.is_file()
+
+    def read_index(self) -> dict[str, Any]:
+        try:
+            index = json.loads(self.index.read_text())
+        except (OSError, ValueError) as exc:
+            raise SnapshotUnusable(f"snapshot index {self.index.name} is unreadable ({exc})") from None
+        differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
+        if differs:
+            recorded = ", ".join(f"{k} {index.get('facts', {}).get(k)!r}" for k in differs)
+            raise SnapshotUnusable(f"snapshot {self.index.name} was made for another target ({recorded})")
+        return index
+
+    def set_aside(self) -> None:
+        """Keep a damaged snapshot for inspection, out of the way of the next one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        for path in (self.index, self.archive):
+            if path.exists():
+                os.replace(path, path.with_name(f"{path.name}.damaged-{stamp}"))
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats) -> int:
+    """Write the snapshot of what `lock` installed in `target`; returns its size in bytes."""
+    files = installed_files(target, [p.name for p in lock.pins])
+    missing = [p.name for p in lock.pins if p.name not in files]
+    if missing:
+        raise SnapshotUnusable(f"cannot snapshot: {', '.join(missing)} list no files (no RECORD)")
+    members = sorted({f for paths in files.values() for f in paths if f.exists() or f.is_symlink()})
+    outside = [f for f in members if not f.is_relative_to(target.prefix)]
+    if outside:
+        raise SnapshotUnusable(f"cannot snapshot: {outside[0]} lies outside {target.prefix}")
+
+    snapshot.archive.parent.mkdir(parents=True, exist_ok=True)
+    tmp = snapshot.archive.with_name(f".{snapshot.archive.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "wb") as raw:
+            hashing = _HashingWriter(raw)
+            with zstd_open(hashing, "wb") as compressed, \
+                    tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+                for path in members:
+                    tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, snapshot.archive)
+    finally:
+        tmp.unlink(missing_ok=True)
+    index = {"facts": snapshot.facts, "sha256": hashing.digest.hexdigest(), "size": hashing.size,
+             "files": len(members), "distributions": {p.name: p.version for p in lock.pins}}
+    index_tmp = snapshot.index.with_name(f".{snapshot.index.name}.{uuid.uuid4().hex}.part")
+    index_tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(index_tmp, snapshot.index)  # last: an index means a whole archive
+    stats.bytes_written += hashing.size
+    return hashing.size
+
+
+def restore(snapshot: Snapshot, target: TargetPython, scratch: Path, stats: CacheStats,
+            uninstall) -> int:
+    """Unpack a verified snapshot into the target; returns the archive size."""
+    index = snapshot.read_index()
+    local = scratch / snapshot.archive.name
+    try:
+        sha256, size = copy_hashed(snapshot.archive, local)
+    except OSError as exc:
+        raise SnapshotUnusable(f"snapshot {snapshot.archive.name} cannot be read ({exc})") from None
+    stats.bytes_read += size
+    if sha256 != index.get("sha256"):
+        snapshot.set_aside()
+        raise SnapshotUnusable(f"snapshot {snapshot.archive.name} is damaged (sha256 {sha256[:12]}..., "
+                               f"index says {str(index.get('sha256'))[:12]}...); set aside")
+    uninstall()
+    # GNU tar unpacks at disk speed; it refuses absolute names and `..` on its own.
+    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(target.prefix)],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tar.stdin is not None
+    try:
+        with zstd_open(local, "rb") as stream, progress(None, "unpacking snapshot") as bar:
+            while chunk := stream.read(CHUNK):
+                tar.stdin.write(chunk)
+                bar.update(len(chunk))
+    except BrokenPipeError:
+        pass  # tar stopped early; its exit status and message follow
+    finally:
+        tar.stdin.close()
+        error = tar.stderr.read().decode() if tar.stderr else ""
+        tar.wait()
+    if tar.returncode != 0:
+        raise WarmstartError(f"unpacking snapshot {snapshot.archive.name} failed: {error.strip()[-500:]}")
+    local.unlink()
+    stats.hits += 1
+    return size
