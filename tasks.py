@@ -2,7 +2,7 @@
 
     invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
                      [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
-                     [--installer pip|uv]
+                     [--installer pip|uv] [--packages-only]
     invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--json]
     invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG] [--upgrade]
     invoke lock --check
@@ -54,13 +54,14 @@ def _drive(option: str | None) -> Path:
         "dry-run": "run the checks that change nothing and print the plan",
         "json": "print the final report as one JSON object on stdout",
         "installer": "pip or uv (default: uv when it is installed, else pip)",
+        "packages-only": "install the lock only; leave the recipe's assets and checks alone",
     }
 )
 def bootstrap(c, recipe, drive=None, python=None, offline=False, allow_no_gpu=False,
-              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto"):
+              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
     options = bootstrapping.Options(recipe, drive, python, offline, allow_no_gpu,
-                                    allow_unfit_gpu, dry_run, installer)
+                                    allow_unfit_gpu, dry_run, installer, packages_only)
     _exit(run_reported(lambda report: bootstrapping.bootstrap(options, ROOT, report),
                        recipe, as_json=json).exit_code)
 

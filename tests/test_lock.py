@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from warmstart import PROJECT_ROOT
@@ -31,9 +33,13 @@ def test_excluded_block_removed_with_its_hashes_and_annotations():
     assert "alpha==1.0" in text and "beta==2.0" in text and "# via alpha" in text
 
 
+def signed(body: str) -> str:
+    return f"# inputs-sha256: {'e' * 64}\n# lock-sha256: {hashlib.sha256(body.encode()).hexdigest()}\n{body}"
+
+
 def test_parse_lock_reads_pins_and_hashes(tmp_path):
     path = tmp_path / "demo-py311-manylinux_x86_64.txt"
-    path.write_text("# inputs-sha256: " + "e" * 64 + "\n" + COMPILED)
+    path.write_text(signed(COMPILED))
     lock = parse_lock(path)
     assert lock.inputs_sha256 == "e" * 64
     assert [(p.name, p.version) for p in lock.pins] == [("alpha", "1.0"), ("cpu-only", "1.0"), ("beta", "2.0")]
@@ -50,10 +56,20 @@ def test_parse_lock_reads_pins_and_hashes(tmp_path):
 )
 def test_bad_lock_lines_name_the_package(tmp_path, body, message):
     path = tmp_path / "lock.txt"
-    path.write_text(body)
+    path.write_text(signed(body))
     with pytest.raises(BadInput, match=message) as caught:
         parse_lock(path)
     assert str(path) in str(caught.value)
+
+
+def test_a_lock_edited_by_hand_is_refused(tmp_path):
+    path = tmp_path / "lock.txt"
+    path.write_text(signed(COMPILED).replace("b" * 64, "f" * 64))
+    with pytest.raises(BadInput, match="edited by hand"):
+        parse_lock(path)
+    path.write_text(COMPILED)
+    with pytest.raises(BadInput, match="not written by `invoke lock`"):
+        parse_lock(path)
 
 
 def test_committed_hyperlpr_lock_is_fresh_and_complete():

@@ -34,6 +34,7 @@ class Options:
     allow_unfit_gpu: bool = False
     dry_run: bool = False
     installer: str = "auto"
+    packages_only: bool = False  # leave the recipe's assets and checks alone
     # Set by the in-kernel API: distributions whose modules the running kernel has imported.
     # A `!invoke` subprocess cannot know them and uses the platform's preloaded list instead.
     kernel_imported: frozenset[str] | None = None
@@ -91,7 +92,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         store = AssetStore(drive, cache.stats)
         workdir = drive / recipe.workdir
         asset_states = {}
-        for asset in recipe.assets:
+        for asset in () if options.packages_only else recipe.assets:
             dest = asset.destination(workdir)
             asset_states[asset] = (dest, store.state(asset, dest))
         step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {cache.wheels}"
@@ -113,13 +114,13 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
     return plan, cache
 
 
-def _restore_snapshot(plan: Plan, report: Report, stage: Path) -> bool:
+def _restore_snapshot(plan: Plan, report: Report) -> bool:
     """Unpack the snapshot; False (with the reason in the report) when it cannot be used."""
     assert plan.snapshot is not None
     replaced = sorted(plan.replaced)
     with report.step("snapshot") as step:
         try:
-            size = snapshot.restore(plan.snapshot, plan.target, stage, report.cache, lambda: installer.uninstall(
+            size = snapshot.restore(plan.snapshot, plan.target, report.cache, lambda: installer.uninstall(
                 plan.installer, plan.target.executable, replaced, plan.profile.unset_env))
         except snapshot.SnapshotUnusable as exc:
             step.status, step.detail = "warning", str(exc)
@@ -136,7 +137,7 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
     install them. True when wheels were installed (so a snapshot is worth making)."""
     with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
         stage = Path(tmp)
-        from_snapshot = bool(plan.to_install and plan.snapshot and _restore_snapshot(plan, report, stage))
+        from_snapshot = bool(plan.to_install and plan.snapshot and _restore_snapshot(plan, report))
         need = [] if from_snapshot else list(plan.to_install)
         to_download = list(plan.to_download)
         with report.step("fetch") as step:
@@ -245,7 +246,7 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
             pack_snapshot(plan, report)
         if plan.assets_to_place:
             restore_assets(plan, report)
-        if plan.recipe.checks:
+        if plan.recipe.checks and not options.packages_only:
             run_checks(plan, report)
     report_restart(plan, options, report)
     if plan.profile.notebook and options.kernel_imported is None:

@@ -8,8 +8,9 @@ target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<key>.tar.zst`, 
 for. The key covers everything that makes the files valid: the lock's bytes, the Python
 version and ABI, the platform, the target's prefix (shebangs name it), the format.
 
-A restore copies the archive to local disk while hashing it, checks the hash, removes the
-distributions the lock replaces (with pip, by their RECORD), then unpacks with GNU tar.
+A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder;
+only when the hash matches are the distributions the lock replaces removed (by pip or uv, by
+their RECORD) and the staged files moved into place.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -29,7 +31,7 @@ from .cache import CACHE_DIR, CacheStats
 from .errors import WarmstartError
 from .lock import Lock
 from .target import TargetPython, installed_files
-from .transfer import CHUNK, copy_hashed, progress, zstd_open
+from .transfer import CHUNK, progress, zstd_open
 
 SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
 
@@ -137,38 +139,83 @@ def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats
     return hashing.size
 
 
-def restore(snapshot: Snapshot, target: TargetPython, scratch: Path, stats: CacheStats,
-            uninstall) -> int:
-    """Unpack a verified snapshot into the target; returns the archive size."""
-    index = snapshot.read_index()
-    local = scratch / snapshot.archive.name
-    try:
-        sha256, size = copy_hashed(snapshot.archive, local)
-    except OSError as exc:
-        raise SnapshotUnusable(f"snapshot {snapshot.archive.name} cannot be read ({exc})") from None
-    stats.bytes_read += size
-    if sha256 != index.get("sha256"):
-        snapshot.set_aside()
-        raise SnapshotUnusable(f"snapshot {snapshot.archive.name} is damaged (sha256 {sha256[:12]}..., "
-                               f"index says {str(index.get('sha256'))[:12]}...); set aside")
-    uninstall()
+class _HashingReader:
+    """A read-only file wrapper that hashes and counts what is read through it."""
+
+    def __init__(self, fh: BinaryIO, bar) -> None:
+        self.fh, self.bar, self.digest, self.size = fh, bar, hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        self.bar.update(len(data))
+        return data
+
+
+def _merge(staged: Path, dest: Path) -> None:
+    """Move a staged tree into dest: whole new folders by one rename, shared ones file by file."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(staged):
+        target = dest / entry.name
+        if entry.is_dir(follow_symlinks=False) and target.is_dir() and not target.is_symlink():
+            _merge(Path(entry.path), target)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry.path, target)
+
+
+def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheStats) -> None:
+    """Read the archive once from Drive, hashing it while GNU tar unpacks it into `staging`;
+    raise SnapshotUnusable (staging removed) when the hash is not the index's."""
+    staging.mkdir(parents=True)
     # GNU tar unpacks at disk speed; it refuses absolute names and `..` on its own.
-    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(target.prefix)],
+    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(staging)],
                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert tar.stdin is not None
+    assert tar.stdin is not None and tar.stderr is not None
     try:
-        with zstd_open(local, "rb") as stream, progress(None, "unpacking snapshot") as bar:
-            while chunk := stream.read(CHUNK):
-                tar.stdin.write(chunk)
-                bar.update(len(chunk))
+        with open(archive, "rb") as raw, progress(archive.stat().st_size, "snapshot from Drive") as bar:
+            hashing = _HashingReader(raw, bar)
+            with zstd_open(hashing, "rb") as stream:
+                while chunk := stream.read(CHUNK):
+                    tar.stdin.write(chunk)
+            while hashing.read(CHUNK):  # a frame can end before the file does
+                pass
     except BrokenPipeError:
-        pass  # tar stopped early; its exit status and message follow
+        pass  # tar stopped early; its status and message follow
+    except (OSError, WarmstartError) as exc:
+        tar.kill()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SnapshotUnusable(f"snapshot {archive.name} cannot be read ({exc})") from None
     finally:
         tar.stdin.close()
-        error = tar.stderr.read().decode() if tar.stderr else ""
+        error = tar.stderr.read().decode()
         tar.wait()
-    if tar.returncode != 0:
-        raise WarmstartError(f"unpacking snapshot {snapshot.archive.name} failed: {error.strip()[-500:]}")
-    local.unlink()
+    stats.bytes_read += hashing.size
+    if hashing.digest.hexdigest() != expected or tar.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
+        raise SnapshotUnusable(f"snapshot {archive.name} is damaged ({why})")
+
+
+def restore(snapshot: Snapshot, target: TargetPython, stats: CacheStats, uninstall) -> int:
+    """Unpack a verified snapshot into the target; returns the archive size.
+
+    Files land in a staging folder inside the prefix first and move into place only after the
+    archive's sha256 matched, so a damaged archive never touches the environment."""
+    index = snapshot.read_index()
+    staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
+    try:
+        _unpack_verified(snapshot.archive, str(index.get("sha256")), staging, stats)
+    except SnapshotUnusable:
+        if snapshot.archive.exists():
+            snapshot.set_aside()
+        raise
+    try:
+        uninstall()
+        _merge(staging, target.prefix)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     stats.hits += 1
-    return size
+    return int(index.get("size", 0))

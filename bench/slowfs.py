@@ -1,0 +1,116 @@
+"""A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
+
+    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S
+
+Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
+throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. Needs /dev/fuse,
+libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until unmounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+
+from fuse import FUSE, FuseOSError, Operations
+
+
+class Throttle:
+    """One shared budget of bytes per second for every read and write."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        self.rate, self.lock, self.free_at = bytes_per_second, threading.Lock(), time.monotonic()
+
+    def spend(self, size: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            self.free_at = max(self.free_at, now) + size / self.rate
+            wait = self.free_at - now
+        time.sleep(wait)
+
+
+class SlowDrive(Operations):
+    def __init__(self, backing: str, open_delay: float, throttle: Throttle) -> None:
+        self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
+
+    def _path(self, path: str) -> str:
+        return os.path.join(self.backing, path.lstrip("/"))
+
+    def getattr(self, path, fh=None):
+        st = os.lstat(self._path(path))
+        return {key: getattr(st, key) for key in ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime",
+                                                  "st_nlink", "st_size", "st_uid")}
+
+    def readdir(self, path, fh):
+        return [".", "..", *os.listdir(self._path(path))]
+
+    def open(self, path, flags):
+        time.sleep(self.open_delay)
+        return os.open(self._path(path), flags)
+
+    def create(self, path, mode, fi=None):
+        time.sleep(self.open_delay)
+        return os.open(self._path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+
+    def read(self, path, size, offset, fh):
+        data = os.pread(fh, size, offset)
+        self.throttle.spend(len(data))
+        return data
+
+    def write(self, path, data, offset, fh):
+        self.throttle.spend(len(data))
+        return os.pwrite(fh, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        os.truncate(self._path(path), length)
+
+    def flush(self, path, fh):
+        return 0
+
+    def fsync(self, path, datasync, fh):
+        os.fsync(fh)
+
+    def release(self, path, fh):
+        os.close(fh)
+
+    def rename(self, old, new):
+        os.replace(self._path(old), self._path(new))
+
+    def unlink(self, path):
+        os.unlink(self._path(path))
+
+    def mkdir(self, path, mode):
+        os.mkdir(self._path(path), mode)
+
+    def rmdir(self, path):
+        os.rmdir(self._path(path))
+
+    def chmod(self, path, mode):
+        os.chmod(self._path(path), mode)
+
+    def utimens(self, path, times=None):
+        os.utime(self._path(path), times)
+
+    def statfs(self, path):
+        st = os.statvfs(self._path(path))
+        return {key: getattr(st, key) for key in ("f_bavail", "f_bfree", "f_blocks", "f_bsize", "f_favail",
+                                                  "f_ffree", "f_files", "f_flag", "f_frsize", "f_namemax")}
+
+    def symlink(self, target, source):
+        raise FuseOSError(errno.EOPNOTSUPP)  # as Drive: "Operation not supported"
+
+    def link(self, target, source):
+        raise FuseOSError(errno.EOPNOTSUPP)
+
+
+def main() -> None:
+    backing, mountpoint, delay_ms, mib_per_s = sys.argv[1:5]
+    drive = SlowDrive(os.path.abspath(backing), float(delay_ms) / 1000, Throttle(float(mib_per_s) * 2**20))
+    FUSE(drive, mountpoint, foreground=True, nothreads=False)
+
+
+if __name__ == "__main__":
+    main()
