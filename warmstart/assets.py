@@ -18,7 +18,8 @@ from pathlib import Path
 from .cache import CACHE_DIR, CacheStats
 from .errors import PreconditionUnmet, WarmstartError
 from .recipe import Asset
-from .transfer import atomic_copy, copy_hashed, download, sha256_of, zstd_open
+from . import faults
+from .transfer import atomic_copy, copy_hashed, download, explain, set_aside, sha256_of, zstd_open
 
 MARKER = ".warmstart-asset"  # inside an unpacked folder: the sha256 of the archive it came from
 
@@ -27,6 +28,7 @@ class AssetStore:
     def __init__(self, drive: Path, stats: CacheStats | None = None) -> None:
         self.root = drive / CACHE_DIR / "assets"
         self.stats = stats or CacheStats()
+        self.warnings: list[str] = []
 
     def path(self, asset: Asset) -> Path:
         return self.root / asset.sha256
@@ -117,27 +119,38 @@ def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratc
     cached = store.path(asset)
     if cached.is_file():
         local = scratch / asset.sha256
-        sha256, size = copy_hashed(cached, local)
+        try:
+            sha256, size = copy_hashed(cached, local)
+        except OSError as exc:
+            sha256, size, why = "", 0, f"cannot be read: {explain(exc)}"
+        else:
+            why = f"does not match its sha256 {asset.sha256}"
         store.stats.bytes_read += size
         if sha256 == asset.sha256:
             store.stats.hits += 1
             place(asset, local, dest)
             return "from Drive"
+        if sha256:
+            why += f" (set aside as {set_aside(cached).name})"
         if offline:
-            raise PreconditionUnmet(f"asset {asset.name}: {cached} does not match its sha256 "
-                                    f"{asset.sha256}; run once without --offline to fetch it again")
+            raise PreconditionUnmet(f"asset {asset.name}: {cached} {why}; run once without "
+                                    "--offline to fetch it again")
     elif offline:
         raise PreconditionUnmet(f"--offline, but asset {asset.name} ({dest}) is not in the Drive "
                                 f"cache {store.root}; run once without --offline to fetch it")
     url = source_url(asset)
     part = download(url, downloads_dir() / f"{asset.sha256}.part")
+    faults.point("asset-download")
     sha256 = sha256_of(part)
     if sha256 != asset.sha256:
         part.unlink()
         raise WarmstartError(f"asset {asset.name}: {url} served a file with sha256 {sha256}, but the "
                              f"recipe says {asset.sha256}; fix the recipe's sha256 or the URL")
     store.stats.misses += 1
-    store.stats.bytes_written += atomic_copy(part, cached)
+    try:
+        store.stats.bytes_written += atomic_copy(part, cached)
+    except OSError as exc:
+        store.warnings.append(f"asset {asset.name} not cached on Drive: {explain(exc)}")
     place(asset, part, dest)
     part.unlink()
     return "downloaded"

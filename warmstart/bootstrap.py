@@ -5,15 +5,20 @@ Everything up to the plan touches nothing, which is all `--dry-run` does.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import assets, installer, snapshot, target as target_python
+from filelock import FileLock, Timeout
+
+from . import assets, faults, installer, snapshot, target as target_python
 from .assets import AssetStore
-from .cache import WheelCache
+from .cache import CACHE_DIR, WheelCache
 from .checks import run_check
 from .errors import PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
@@ -22,6 +27,7 @@ from .plan import Plan, make_plan
 from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import load_recipe
 from .report import Report
+from .transfer import explain, remove_stale_parts
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,10 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         lock = parse_lock(path)
         check_fresh(lock, recipe, target.tag, platform)
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
+        broken = target_python.broken_distributions(
+            target, [p.name for p in lock.pins if target.installed.get(p.name) == p.version])
+        if broken:
+            step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
         cache = WheelCache(drive)
         report.cache = cache.stats
@@ -104,6 +114,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
             step.detail += "; a snapshot"
     plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
                      found if found.exists() else None, installer.choose(options.installer),
+                     frozenset(broken),
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
@@ -117,7 +128,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
 def _restore_snapshot(plan: Plan, report: Report) -> bool:
     """Unpack the snapshot; False (with the reason in the report) when it cannot be used."""
     assert plan.snapshot is not None
-    replaced = sorted(plan.replaced)
+    replaced = plan.present
     with report.step("snapshot") as step:
         try:
             size = snapshot.restore(plan.snapshot, plan.target, report.cache, lambda: installer.uninstall(
@@ -128,13 +139,33 @@ def _restore_snapshot(plan: Plan, report: Report) -> bool:
             report.say(f"warning: {exc}; installing from the wheels instead")
             return False
         step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
-        report.extra["snapshot"] = {"used": True, "archive": str(plan.snapshot.archive)}
+        report.extra["snapshot"] = {"used": True, "index": str(plan.snapshot.index)}
         return True
+
+
+def _first_install_seen(plan: Plan):
+    """For the `install` fault point only: true once the installer has written a dist-info."""
+    if not faults.armed("install"):
+        return None
+    before = set(plan.target.prefix.glob("lib/python*/site-packages/*.dist-info"))
+    return lambda: bool(set(plan.target.prefix.glob("lib/python*/site-packages/*.dist-info")) - before)
+
+
+def _clean_leftovers(plan: Plan) -> None:
+    """Remove what killed runs left: old temporary files on Drive, staging folders in the target."""
+    for folder in ("wheels", "assets", "snapshots"):
+        try:
+            remove_stale_parts(plan.drive / CACHE_DIR / folder)
+        except OSError:
+            pass  # cleaning is a courtesy; a failing Drive is reported where it matters
+    for staging in plan.target.prefix.glob(".warmstart-restore-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
     """Restore from the snapshot, or fetch and verify wheels from Drive, download the rest and
     install them. True when wheels were installed (so a snapshot is worth making)."""
+    _clean_leftovers(plan)
     with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
         stage = Path(tmp)
         from_snapshot = bool(plan.to_install and plan.snapshot and _restore_snapshot(plan, report))
@@ -159,9 +190,11 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
                 installer.download(plan.target.executable,
                                    _requirements_file(to_download, stage / "download.txt"), downloads,
                                    plan.profile.unset_env)
+                faults.point("download")
                 for wheel in sorted(downloads.iterdir()):
                     cache.store(wheel)
                     os.replace(wheel, stage / wheel.name)
+                warn(report, cache.warnings)
                 cache.stats.misses += len(to_download)
                 step.detail = (f"{len(to_download)} wheels, "
                                f"{cache.stats.bytes_written / 2**20:.1f} MiB written to Drive")
@@ -169,9 +202,11 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
                 step.status = "skipped"
         with report.step("install") as step:
             if need:
+                installer.uninstall(plan.installer, plan.target.executable, sorted(plan.broken),
+                                    plan.profile.unset_env)
                 installer.install_offline(plan.installer, plan.target.executable,
                                           _requirements_file(need, stage / "install.txt"), stage,
-                                          plan.profile.unset_env)
+                                          plan.profile.unset_env, _first_install_seen(plan))
                 step.detail = f"{len(need)} packages with {plan.installer}"
             else:
                 step.status = "skipped"
@@ -183,12 +218,16 @@ def pack_snapshot(plan: Plan, report: Report) -> None:
     target = snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target)
     with report.step("pack") as step:
         try:
-            size = snapshot.pack(target, target_python.probe(plan.target.executable), plan.lock, report.cache)
-        except (snapshot.SnapshotUnusable, OSError) as exc:
+            archive = snapshot.pack(target, target_python.probe(plan.target.executable), plan.lock, report.cache)
+        except snapshot.SnapshotUnusable as exc:
             step.status, step.detail = "warning", str(exc)
-            report.say(f"warning: no snapshot written: {exc}")
+            warn(report, [f"no snapshot written: {exc}"])
             return
-        step.detail = f"{size / 2**20:.1f} MiB to {target.archive.name}"
+        except OSError as exc:
+            step.status, step.detail = "warning", explain(exc)
+            warn(report, [f"no snapshot written: {explain(exc)}"])
+            return
+        step.detail = f"{archive.stat().st_size / 2**20:.1f} MiB to {archive.name}"
 
 
 def restore_assets(plan: Plan, report: Report) -> None:
@@ -197,6 +236,13 @@ def restore_assets(plan: Plan, report: Report) -> None:
         came = [assets.ensure(a, plan.assets[a][0], store, offline=plan.offline, scratch=Path(tmp))
                 for a in plan.assets_to_place]
         step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
+    warn(report, store.warnings)
+
+
+def warn(report: Report, warnings: list[str]) -> None:
+    for warning in warnings:
+        report.say(f"warning: {warning}")
+    report.extra.setdefault("warnings", []).extend(warnings)
 
 
 def run_checks(plan: Plan, report: Report) -> None:
@@ -226,7 +272,31 @@ def verify(plan: Plan, report: Report) -> None:
         step.detail = f"{len(plan.lock.pins)} packages match the lock"
 
 
+def target_lock(python: str | None) -> FileLock:
+    """One run at a time per target environment (local disk; flock dies with its process)."""
+    exe = os.path.abspath(python) if python else sys.executable
+    digest = hashlib.sha256(exe.encode()).hexdigest()[:16]
+    return FileLock(Path(tempfile.gettempdir()) / f"warmstart-{digest}.lock")
+
+
 def bootstrap(options: Options, root: Path, report: Report) -> Plan:
+    if options.dry_run:
+        return _bootstrap(options, root, report)
+    lock = target_lock(options.python)
+    try:
+        lock.acquire(timeout=float(os.environ.get("WARMSTART_LOCK_TIMEOUT", "600")))
+    except Timeout:
+        raise WarmstartError(
+            f"another warmstart run is installing into {options.python or sys.executable} and held "
+            f"{lock.lock_file} too long; wait for it, or set WARMSTART_LOCK_TIMEOUT"
+        ) from None
+    try:
+        return _bootstrap(options, root, report)
+    finally:
+        lock.release()
+
+
+def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     plan, cache = prepare(options, root, report)
     for line in plan.describe():
         report.say(line)

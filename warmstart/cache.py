@@ -19,7 +19,7 @@ from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_fi
 from packaging.version import Version
 
 from .lock import Pin
-from .transfer import atomic_copy, copy_hashed
+from .transfer import atomic_copy, copy_hashed, explain, set_aside
 
 CACHE_DIR = Path(".warmstart") / "v1"
 
@@ -36,7 +36,7 @@ class WheelCache:
     def __init__(self, drive: Path) -> None:
         self.wheels = drive / CACHE_DIR / "wheels"
         self.stats = CacheStats()
-        self._corrupt: set[Path] = set()  # cached files that failed verification
+        self.warnings: list[str] = []  # Drive writes that failed (the install still goes on)
         self._listing: dict[tuple[NormalizedName, str], list[tuple[Path, frozenset[tags.Tag]]]] | None = None
 
     def _index(self) -> dict[tuple[NormalizedName, str], list[tuple[Path, frozenset[tags.Tag]]]]:
@@ -66,7 +66,8 @@ class WheelCache:
         return best[1] if best else None
 
     def fetch(self, cached: Path, pin: Pin, dest_dir: Path) -> Path | None:
-        """Copy a cached wheel to local disk and verify it; None (and a miss) when it fails."""
+        """Copy a cached wheel to local disk and verify it; None when it cannot be read or is
+        damaged (then it is set aside)."""
         dest = dest_dir / cached.name
         try:
             sha256, size = copy_hashed(cached, dest)
@@ -76,14 +77,17 @@ class WheelCache:
         self.stats.bytes_read += size
         if sha256 not in pin.hashes:
             dest.unlink()
-            self._corrupt.add(cached)
+            set_aside(cached)  # a fresh download takes its name
             return None
         self.stats.hits += 1
         return dest
 
     def store(self, wheel: Path) -> None:
         dest = self.wheels / wheel.name
-        if dest.exists() and dest not in self._corrupt:
+        if dest.exists():
             return  # another VM put it there first; wheels with one name are the same file
-        self.stats.bytes_written += atomic_copy(wheel, dest)
+        try:
+            self.stats.bytes_written += atomic_copy(wheel, dest)
+        except OSError as exc:
+            self.warnings.append(f"wheel {wheel.name} not cached on Drive: {explain(exc)}")
         self._listing = None

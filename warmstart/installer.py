@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import faults
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .uv import find_uv, uv_env
 
@@ -43,12 +44,22 @@ def pip_command(target: Path) -> list[str]:
     return [sys.executable, "-m", "pip", "--python", str(target)]
 
 
-def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = ()) -> None:
-    cmd = [*pip_command(target), *args]
-    done = subprocess.run(cmd, env=pip_env(unset), capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise WarmstartError(f"pip failed to {what} (exit {done.returncode}):\n{tail}")
+def _run(cmd: list[str], env: dict[str, str], tool: str, what: str, started=None) -> None:
+    """Run an installer; `started` (a test hook) tells faults when it has begun changing things."""
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if started is not None:
+        faults.kill_when("install", child, started)
+    _out, err = child.communicate()
+    if child.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        if "THESE PACKAGES DO NOT MATCH THE HASHES" in err or "Hash mismatch" in err:
+            raise BadInput(f"{tool} found files whose sha256 the lock does not list; was the lock "
+                           f"edited, or is the index serving other files? Recompile with `invoke lock`.\n{tail}")
+        raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode}):\n{tail}")
+
+
+def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (), started=None) -> None:
+    _run([*pip_command(target), *args], pip_env(unset), "pip", what, started)
 
 
 def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] = ()) -> None:
@@ -69,16 +80,12 @@ def choose(option: str) -> str:
     return option
 
 
-def _run_uv(args: list[str], what: str, unset: Iterable[str]) -> None:
-    uv = find_uv()
-    done = subprocess.run([str(uv), *args], env=uv_env(unset), capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise WarmstartError(f"uv failed to {what} (exit {done.returncode}):\n{tail}")
+def _run_uv(args: list[str], what: str, unset: Iterable[str], started=None) -> None:
+    _run([str(find_uv()), *args], uv_env(unset), "uv", what, started)
 
 
 def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
-                    unset: Iterable[str] = ()) -> None:
+                    unset: Iterable[str] = (), started=None) -> None:
     """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
 
     --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
@@ -87,9 +94,9 @@ def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
             "-r", str(requirements)]
     if tool == "uv":
         _run_uv(["pip", "install", "--quiet", "--python", str(target), *args],
-                "install the locked packages", unset)
+                "install the locked packages", unset, started)
     else:
-        run_pip(target, ["install", "--quiet", *args], "install the locked packages", unset)
+        run_pip(target, ["install", "--quiet", *args], "install the locked packages", unset, started)
 
 
 def uninstall(tool: str, target: Path, names: list[str], unset: Iterable[str] = ()) -> None:

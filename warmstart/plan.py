@@ -30,6 +30,7 @@ class Plan:
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
     assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
     snapshot: Snapshot | None  # a snapshot of this lock for this target, when Drive has one
+    broken: frozenset[str]  # installed at the locked version, but with files missing
     installer: str  # "pip" or "uv"
     warnings: tuple[str, ...] = ()
 
@@ -42,6 +43,11 @@ class Plan:
         """Distributions the install changes from one version to another: (old, new)."""
         return {p.name: (self.target.installed[p.name], p.version)
                 for p in self.to_install if p.name in self.target.installed}
+
+    @property
+    def present(self) -> list[str]:
+        """Locked distributions to install that some version of is installed now."""
+        return sorted(p.name for p in self.to_install if p.name in self.target.installed)
 
     @property
     def workdir(self) -> Path:
@@ -64,7 +70,7 @@ class Plan:
             return lines
         lines.append(f"install {len(self.to_install)} with {self.installer}: {_names(self.to_install, 6)}")
         if self.to_install and self.snapshot:
-            lines.append(f"  from the snapshot {self.snapshot.archive.name}")
+            lines.append(f"  from the snapshot {self.snapshot.index.name}")
         lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
@@ -89,6 +95,7 @@ def make_plan(
     assets: dict[Asset, tuple[Path, str]],
     snapshot: Snapshot | None,
     installer: str,
+    broken: frozenset[str] = frozenset(),
     *,
     offline: bool,
     allow_no_gpu: bool,
@@ -114,7 +121,8 @@ def make_plan(
             )
         warnings.extend(verdict.unfit)
 
-    to_install = tuple(p for p in lock.pins if target.installed.get(p.name) != p.version)
+    to_install = tuple(p for p in lock.pins
+                       if target.installed.get(p.name) != p.version or p.name in broken)
     if offline:
         missing = [p for p in to_install if p.name not in cached]
         if missing and snapshot is None:
@@ -135,4 +143,4 @@ def make_plan(
         to_download = tuple(p for p in lock.pins if p.name not in cached)
 
     return Plan(recipe, profile, target, lock, drive, offline, to_install, cached, to_download, assets,
-                snapshot, installer, tuple(warnings))
+                snapshot, broken, installer, tuple(warnings))

@@ -3,9 +3,9 @@
 Drive reads one large file well and many small ones badly, and a restore that only unpacks
 files costs about what copying their bytes costs. After a successful install, the files each
 locked distribution lists in its RECORD (its metadata included) are packed, relative to the
-target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<key>.tar.zst`, with an index
-`<recipe>-<key>.json` (written last) that records the archive's sha256 and what it was made
-for. The key covers everything that makes the files valid: the lock's bytes, the Python
+target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<pyXY>-<key>-<sha>.tar.zst`,
+with an index `<recipe>-<pyXY>-<key>.json` (written last) that names the archive, records its
+sha256 and what it was made for. The key covers everything that makes the files valid: the lock's bytes, the Python
 version and ABI, the platform, the target's prefix (shebangs name it), the format.
 
 A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder;
@@ -21,17 +21,17 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import faults
 from .cache import CACHE_DIR, CacheStats
 from .errors import WarmstartError
 from .lock import Lock
 from .target import TargetPython, installed_files
-from .transfer import CHUNK, progress, zstd_open
+from .transfer import CHUNK, progress, set_aside, zstd_open
 
 SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
 
@@ -57,7 +57,9 @@ def snapshot_key(facts: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    archive: Path
+    """`<stem>.json` names the archive it describes. Archives are named by their own sha256,
+    so two VMs packing at once write two whole archives, and each index points at its own."""
+
     index: Path
     facts: dict[str, str]
 
@@ -65,11 +67,13 @@ class Snapshot:
     def locate(cls, drive: Path, recipe: str, lock: Lock, target: TargetPython) -> Snapshot:
         facts = snapshot_facts(lock, target)
         stem = f"{recipe}-{target.tag}-{snapshot_key(facts)[:16]}"
-        folder = drive / CACHE_DIR / "snapshots"
-        return cls(folder / f"{stem}.tar.zst", folder / f"{stem}.json", facts)
+        return cls(drive / CACHE_DIR / "snapshots" / f"{stem}.json", facts)
 
     def exists(self) -> bool:
         return self.index.is_file()
+
+    def archive(self, index: dict[str, Any]) -> Path:
+        return self.index.with_name(Path(str(index.get("archive", "missing"))).name)
 
     def read_index(self) -> dict[str, Any]:
         try:
@@ -82,12 +86,11 @@ class Snapshot:
             raise SnapshotUnusable(f"snapshot {self.index.name} was made for another target ({recorded})")
         return index
 
-    def set_aside(self) -> None:
+    def set_aside(self, index: dict[str, Any]) -> None:
         """Keep a damaged snapshot for inspection, out of the way of the next one."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        for path in (self.index, self.archive):
+        for path in (self.index, self.archive(index)):
             if path.exists():
-                os.replace(path, path.with_name(f"{path.name}.damaged-{stamp}"))
+                set_aside(path)
 
 
 class _HashingWriter:
@@ -105,8 +108,8 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats) -> int:
-    """Write the snapshot of what `lock` installed in `target`; returns its size in bytes."""
+def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats) -> Path:
+    """Write the snapshot of what `lock` installed in `target`; returns the archive."""
     files = installed_files(target, [p.name for p in lock.pins])
     missing = [p.name for p in lock.pins if p.name not in files]
     if missing:
@@ -116,8 +119,9 @@ def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats
     if outside:
         raise SnapshotUnusable(f"cannot snapshot: {outside[0]} lies outside {target.prefix}")
 
-    snapshot.archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = snapshot.archive.with_name(f".{snapshot.archive.name}.{uuid.uuid4().hex}.part")
+    folder = snapshot.index.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{snapshot.index.stem}.{uuid.uuid4().hex}.part"
     try:
         with open(tmp, "wb") as raw:
             hashing = _HashingWriter(raw)
@@ -127,16 +131,18 @@ def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats
                     tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
             raw.flush()
             os.fsync(raw.fileno())
-        os.replace(tmp, snapshot.archive)
+        sha256 = hashing.digest.hexdigest()
+        archive = folder / f"{snapshot.index.stem}-{sha256[:16]}.tar.zst"
+        os.replace(tmp, archive)
     finally:
         tmp.unlink(missing_ok=True)
-    index = {"facts": snapshot.facts, "sha256": hashing.digest.hexdigest(), "size": hashing.size,
+    index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
              "files": len(members), "distributions": {p.name: p.version for p in lock.pins}}
-    index_tmp = snapshot.index.with_name(f".{snapshot.index.name}.{uuid.uuid4().hex}.part")
+    index_tmp = folder / f".{snapshot.index.name}.{uuid.uuid4().hex}.part"
     index_tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(index_tmp, snapshot.index)  # last: an index means a whole archive
+    os.replace(index_tmp, snapshot.index)  # last: an index always names a whole archive
     stats.bytes_written += hashing.size
-    return hashing.size
+    return archive
 
 
 class _HashingReader:
@@ -180,6 +186,7 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
             with zstd_open(hashing, "rb") as stream:
                 while chunk := stream.read(CHUNK):
                     tar.stdin.write(chunk)
+                    faults.point("restore")
             while hashing.read(CHUNK):  # a frame can end before the file does
                 pass
     except BrokenPipeError:
@@ -205,12 +212,14 @@ def restore(snapshot: Snapshot, target: TargetPython, stats: CacheStats, uninsta
     Files land in a staging folder inside the prefix first and move into place only after the
     archive's sha256 matched, so a damaged archive never touches the environment."""
     index = snapshot.read_index()
+    archive = snapshot.archive(index)
+    if not archive.is_file():
+        raise SnapshotUnusable(f"snapshot {snapshot.index.name} names {archive.name}, which is missing")
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     try:
-        _unpack_verified(snapshot.archive, str(index.get("sha256")), staging, stats)
+        _unpack_verified(archive, str(index.get("sha256")), staging, stats)
     except SnapshotUnusable:
-        if snapshot.archive.exists():
-            snapshot.set_aside()
+        snapshot.set_aside(index)
         raise
     try:
         uninstall()

@@ -123,3 +123,12 @@ def installed_files(target: TargetPython, names: list[str]) -> dict[str, list[Pa
     out = subprocess.run([str(target.executable), "-c", _FILES, json.dumps(names)],
                          capture_output=True, text=True, check=True, timeout=120).stdout
     return {name: [Path(os.path.normpath(p)) for p in paths] for name, paths in json.loads(out).items()}
+
+
+def broken_distributions(target: TargetPython, names: list[str]) -> set[str]:
+    """Those of `names` whose RECORD lists files that are gone: a killed install, half done.
+    (Bytecode is left out: it is rebuilt on import and its loss breaks nothing.)"""
+    if not names:
+        return set()
+    return {name for name, files in installed_files(target, names).items()
+            if any(f.suffix != ".pyc" and not (f.exists() or f.is_symlink()) for f in files)}

@@ -6,6 +6,7 @@ when the run reports JSON or stderr is not a terminal.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -18,6 +19,7 @@ from typing import BinaryIO
 import requests
 from tqdm import tqdm
 
+from . import faults
 from .errors import WarmstartError
 
 CHUNK = 1 << 20
@@ -53,6 +55,44 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
+
+DRIVE_ERRORS = {
+    errno.ENOSPC: "Drive is full (on Colab: the Google Drive storage quota is used up)",
+    errno.EDQUOT: "Drive is over quota (on Colab: the Google Drive storage quota is used up)",
+    errno.EIO: "Drive returned an I/O error (on Colab this often means the storage quota is exceeded)",
+    errno.ENOTCONN: "Drive was disconnected (Transport endpoint is not connected): remount it "
+                    "with drive.mount('/content/drive', force_remount=True)",
+}
+
+
+def explain(exc: OSError) -> str:
+    """What a failed Drive operation means, in a line."""
+    return f"{DRIVE_ERRORS.get(exc.errno, exc.strerror or str(exc))} [{exc.__class__.__name__} {exc.errno}]"
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file out of the way (kept for inspection, never deleted, never used)."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    os.replace(path, aside)
+    return aside
+
+
+def remove_stale_parts(folder: Path, now: float | None = None) -> list[Path]:
+    """Delete temporary files (`.NAME.*.part`) that killed runs left behind in folder."""
+    now = time.time() if now is None else now
+    removed = []
+    for entry in os.scandir(folder) if folder.is_dir() else ():
+        if entry.name.startswith(".") and entry.name.endswith(".part"):
+            try:
+                if now - entry.stat().st_mtime > STALE_SECONDS:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass  # another run cleaned it first
+    return removed
+
+
 def atomic_copy(src: Path, dest: Path) -> int:
     """Place a copy of src at dest: written under a temporary name in the same folder, flushed
     to disk, then renamed, so dest is either absent or whole (also on a network file system)."""
@@ -66,6 +106,7 @@ def atomic_copy(src: Path, dest: Path) -> int:
                 bar.update(len(chunk))
             fout.flush()
             os.fsync(fout.fileno())
+        faults.point("cache-write")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

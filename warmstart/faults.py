@@ -1,0 +1,29 @@
+"""Fault injection for the tests: `WARMSTART_FAULT=<point>` kills this run (and its children)
+with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
+recovers. Points: download, cache-write, install, restore, asset-download."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def armed(name: str) -> bool:
+    return os.environ.get("WARMSTART_FAULT") == name
+
+
+def point(name: str) -> None:
+    if armed(name):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def kill_when(name: str, child: subprocess.Popen, started: Callable[[], bool]) -> None:
+    """Kill the run as soon as `started()` says the child has begun changing things."""
+    if not armed(name):
+        return
+    while child.poll() is None and not started():
+        time.sleep(0.005)
+    os.killpg(os.getpgrp(), signal.SIGKILL)
