@@ -8,6 +8,7 @@
     invoke lock --check
     invoke recipes [--drive DIR]
     invoke assets --recipe hyperlpr [--drive DIR]
+    invoke cache [--drive DIR] [--verify] [--prune [--dry-run]]
     invoke gpu [--json]
 """
 
@@ -141,6 +142,36 @@ def recipes(c, drive=None):
                   f"{'':<16} {loaded.description}  ({path})")
 
     _exit(run_plain(show))
+
+
+@task(help={"drive": DRIVE_HELP, "verify": "hash every cached file; set damaged ones aside (exit 1)",
+            "prune": "remove what no recipe's current lock or assets use", "dry-run": "with --prune: only list"})
+def cache(c, drive=None, verify=False, prune=False, dry_run=False):
+    """Show the Drive cache per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
+    from warmstart import maintenance
+
+    def run() -> None:
+        drive_root = _drive(drive)
+        entries = maintenance.inventory(drive_root, ROOT)
+        for owner, size in maintenance.sizes(entries).items():
+            print(f"{size / 2**20:10.1f} MiB  {owner}")
+        if verify:
+            maintenance.verify(entries)
+            for entry in entries:
+                if entry.status != "unchecked":
+                    print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
+            damaged = [e for e in entries if e.status.startswith("damaged")]
+            if damaged:
+                raise WarmstartError(f"{len(damaged)} damaged files in {drive_root} were set aside; "
+                                     "the next online bootstrap fetches them again")
+        if prune:
+            doomed = maintenance.prunable(entries)
+            for entry in doomed:
+                print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+            if not dry_run:
+                print(f"freed {maintenance.prune(doomed) / 2**20:.1f} MiB")
+
+    _exit(run_plain(run))
 
 
 @task(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})

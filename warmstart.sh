@@ -52,7 +52,7 @@ cache_wheel() {
     cp "$src" "$dest.$$.part" && sync "$dest.$$.part" && mv "$dest.$$.part" "$dest"
 }
 
-if "$python" -c "import invoke, requests, packaging, pynvml, tqdm, zstandard" 2>/dev/null; then
+if "$python" -c "import invoke, requests, packaging, pynvml, tqdm, zstandard, filelock" 2>/dev/null; then
     say "warmstart's dependencies are installed already"
 else
     [ -f "$lock" ] || { say "no lock for $tag at $lock; make one with: invoke lock --recipe warmstart"; exit 2; }

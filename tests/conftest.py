@@ -156,7 +156,9 @@ def run_cli(*args: str, env: dict[str, str], offline_net: bool = False, cwd: Pat
     cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
     if offline_net:
         cmd = ["unshare", "--net", "--", *cmd]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd or REPO, timeout=900)
+    # Its own session: a fault-injection test may SIGKILL the run's whole process group.
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd or REPO, timeout=900,
+                          start_new_session=True)
     return Result(done.returncode, done.stdout, done.stderr)
 
 

@@ -30,6 +30,7 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
         traceback.print_exc()
         report.error, report.exit_code = f"internal error: {exc!r}", 1
     if report.error:
+        report.error = transfer.redact(report.error)
         print(f"warmstart: error: {report.error}", file=sys.stderr, flush=True)
     if as_json:
         print(json.dumps(report.as_json(), indent=None), flush=True)

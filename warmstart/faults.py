@@ -15,9 +15,16 @@ def armed(name: str) -> bool:
     return os.environ.get("WARMSTART_FAULT") == name
 
 
+def _kill() -> None:
+    # The whole process group (pip, tar, uv with it) when this run leads one, else just itself.
+    if os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def point(name: str) -> None:
     if armed(name):
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        _kill()
 
 
 def kill_when(name: str, child: subprocess.Popen, started: Callable[[], bool]) -> None:
@@ -26,4 +33,4 @@ def kill_when(name: str, child: subprocess.Popen, started: Callable[[], bool]) -
         return
     while child.poll() is None and not started():
         time.sleep(0.005)
-    os.killpg(os.getpgrp(), signal.SIGKILL)
+    _kill()

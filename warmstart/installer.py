@@ -15,11 +15,12 @@ from pathlib import Path
 
 from . import faults
 from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .transfer import require_https
 from .uv import find_uv, uv_env
 
 _KEPT_PIP_SETTINGS = {
-    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT",
-    "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES",
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT",
+    "PIP_RETRIES",
 }
 
 
@@ -27,10 +28,14 @@ def pip_env(unset: Iterable[str] = ()) -> dict[str, str]:
     """The environment for pip: ours, minus what would add to the lock, minus the platform's
     known-bad variables (`unset`, from the profile)."""
     drop = set(unset)
+    kept = _KEPT_PIP_SETTINGS | ({"PIP_TRUSTED_HOST"} if os.environ.get("WARMSTART_ALLOW_HTTP") == "1" else set())
     env = {
         k: v for k, v in os.environ.items()
-        if (not k.startswith("PIP_") or k in _KEPT_PIP_SETTINGS) and k not in drop
+        if (not k.startswith("PIP_") or k in kept) and k not in drop
     }
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        for url in env.get(var, "").split():
+            require_https(url, var)
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1",
                PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
     return env

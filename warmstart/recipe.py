@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -42,6 +43,7 @@ RECIPE_SCHEMA: Schema = {
         "sha256": Field("str", required=True),
         "dest": Field("str", required=True),
         "unpack": Field("bool", default=False),
+        "allow_outside": Field("bool", default=False),
     }),
     "checks": TableList({
         "name": Field("str", required=True),
@@ -51,6 +53,7 @@ RECIPE_SCHEMA: Schema = {
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_PROJECT = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.I)  # PEP 508 names
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst")
 
@@ -71,6 +74,7 @@ class Asset:
     sha256: str
     dest: str  # `~` is the user's home; a relative path is under the recipe's Drive workdir
     unpack: bool = False
+    allow_outside: bool = False  # may land outside the home folder and the workdir
 
     @property
     def name(self) -> str:
@@ -151,6 +155,19 @@ def _version(raw: str | None, path: Path, key: str) -> Version | None:
         raise BadInput(f"{path}: '{key}' must be a version like \"6.0\", got {raw!r}") from None
 
 
+def _check_requirements_in(path: Path) -> None:
+    """Every requirement line of a `.in` must be a valid PEP 508 requirement (options aside)."""
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        text = line.split(" #", 1)[0].strip()
+        if not text or text.startswith(("#", "-")):
+            continue
+        try:
+            Requirement(text)
+        except InvalidRequirement as exc:
+            raise BadInput(f"{path}:{number}: {text!r} is not a valid requirement "
+                           f"({str(exc).splitlines()[0]})") from None
+
+
 def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Recipe:
     path = recipe_path(name_or_path, root, drive)
     data = validate(read_toml(path), RECIPE_SCHEMA, path)
@@ -191,11 +208,26 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
             f"got {str(workdir)!r}"
         )
 
+    for name in data["requirements"]["exclude"]:
+        if not _PROJECT.match(name):
+            raise BadInput(f"{path}: 'requirements.exclude' holds {name!r}, which is no package name")
+    _check_requirements_in(requirements_in)
+
     assets = []
     for n, raw in enumerate(data["assets"]):
         if not _SHA256.match(raw["sha256"]):
             raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
+        if not raw["url"].startswith(("https://", "http://")):
+            raise BadInput(f"{path}: 'assets[{n}].url' must be an https:// address, got {raw['url']!r}")
         asset = Asset(**raw)
+        dest = Path(os.path.expanduser(asset.dest))
+        if dest.is_absolute() and not asset.allow_outside and not (
+                dest.resolve().is_relative_to(Path.home().resolve())):
+            raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} is outside your home folder and "
+                           "the workdir; set allow_outside = true if that is meant")
+        if not dest.is_absolute() and ".." in Path(asset.dest).parts:
+            raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} leaves the workdir; "
+                           "set allow_outside = true if that is meant")
         if asset.unpack and not asset.name.endswith(ARCHIVE_SUFFIXES):
             raise BadInput(f"{path}: 'assets[{n}].unpack' is true but {asset.name!r} is not one of "
                            f"{', '.join(ARCHIVE_SUFFIXES)}")

@@ -42,6 +42,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "different": {n: {"installed": have[n], "locked": v}
                       for n, v in sorted(locked.items()) if n in have and have[n] != v},
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
+        "broken": sorted(plan.broken),  # the locked version, with files missing
         "cache": {
             "drive": str(plan.drive),
             "wheels": len(plan.cached),
@@ -51,7 +52,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         },
         "action": describe_action(plan),
     }
-    facts["matches"] = not facts["missing"] and not facts["different"] and not plan.assets_to_place
+    facts["matches"] = not (facts["missing"] or facts["different"] or facts["broken"]
+                            or plan.assets_to_place)
     return facts
 
 
@@ -68,6 +70,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["different"].items()) or "-"),
         f"extra     {', '.join(facts['extra']) or '-'}",
+        f"broken    {', '.join(facts['broken']) or '-'}",
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
     ]

@@ -9,18 +9,20 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
 
 from . import faults
-from .errors import WarmstartError
+from .errors import BadInput, WarmstartError
 
 CHUNK = 1 << 20
 SHOW_PROGRESS = True  # turned off for --json runs
@@ -113,6 +115,26 @@ def atomic_copy(src: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+_LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
+
+
+def redact(text: str) -> str:
+    """Hide user:password@ in URLs before anything is printed or reported."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+def require_https(url: str, what: str) -> None:
+    """Plain http only to this machine, or when the user asks for it (WARMSTART_ALLOW_HTTP=1)."""
+    if not url.startswith("http://") or os.environ.get("WARMSTART_ALLOW_HTTP") == "1":
+        return
+    host = urlsplit(url).hostname or ""
+    if host in _LOOPBACK or f"[{host}]" in _LOOPBACK:
+        return
+    raise BadInput(f"{what} {redact(url)} is plain http, which anyone on the way can change; "
+                   "use https, or set WARMSTART_ALLOW_HTTP=1 if you mean it")
+
+
 def zstd_open(file: Path | BinaryIO, mode: str) -> BinaryIO:
     """A zstd stream over a file: `zstandard` (multi-threaded) where installed, else the
     standard library's compression.zstd (Python 3.14+)."""
@@ -138,6 +160,7 @@ def download(url: str, part: Path, *, attempts: int = 4, backoff: float = 0.5,
 
     Retries connection errors and 5xx answers with exponential back-off; the caller verifies
     the checksum before the file is used anywhere."""
+    require_https(url, "asset URL")
     part.parent.mkdir(parents=True, exist_ok=True)
     last_error = ""
     for attempt in range(attempts):

@@ -1,0 +1,156 @@
+"""Bad input: each case gets a one-line error naming the file, key or package and the next step,
+exit 2, and changes nothing on disk. Plus property-based tests of the recipe loader."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import string
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import cli_env, installed, make_venv, run_cli
+from warmstart.errors import BadInput
+from warmstart.recipe import load_recipe
+
+
+def resign(lock: Path, body_edit) -> None:
+    """Edit a lock's body and keep its lock-sha256 line consistent (a forged but signed lock)."""
+    head, _, body = lock.read_text().partition("# lock-sha256: ")
+    body = body.split("\n", 1)[1]
+    body = body_edit(body)
+    lock.write_text(f"{head}# lock-sha256: {hashlib.sha256(body.encode()).hexdigest()}\n{body}")
+
+
+def lock_of(recipe: Path) -> Path:
+    return next((recipe.parent.parent / "requirements").glob("demo-py3*-*.txt"))
+
+
+def replace_in(path_of, old: str, new: str):
+    def edit(recipe: Path) -> None:
+        path = path_of(recipe)
+        path.write_text(path.read_text().replace(old, new, 1))
+    return edit
+
+
+CASES = {
+    "malformed TOML": (replace_in(lambda r: r, "required = false", "required = "),
+                       r"demo\.toml: not valid TOML: .*line \d+, column \d+"),
+    "unknown key": (replace_in(lambda r: r, "workdir =", "workdri ="),
+                    r"unknown key 'drive\.workdri' \(did you mean 'drive\.workdir'\?\)"),
+    "wrong type": (replace_in(lambda r: r, 'workdir = "Demo"', "workdir = 3"),
+                   r"'drive\.workdir' must be a string, got 3"),
+    "invalid exclude": (replace_in(lambda r: r, '"cpu-only"', '"cpu only!"'),
+                        r"'requirements\.exclude' holds 'cpu only!', which is no package name"),
+    "invalid requirement": (replace_in(lambda r: r.parent.parent / "requirements" / "demo.in", "alpha", "alpha beta"),
+                            r"demo\.in:1: 'alpha beta' is not a valid requirement"),
+    "stale lock": (replace_in(lambda r: r.parent.parent / "requirements" / "demo.in", "alpha", "alpha>=0.5"),
+                   r"lock is stale.*invoke lock --recipe demo"),
+    "lock edited by hand": (lambda r: lock_of(r).write_text(re.sub("sha256:[0-9a-f]{8}", "sha256:00000000",
+                                                                   lock_of(r).read_text(), count=1)),
+                            r"edited by hand since `invoke lock` wrote it"),
+    "lock without hashes": (lambda r: resign(lock_of(r), lambda b: re.sub(r" \\\n +--hash=sha256:[0-9a-f]+", "", b)),
+                            r"'alpha' has no --hash=sha256 lines; recompile with `invoke lock`"),
+    "asset outside home": (lambda r: r.write_text(r.read_text() + f'\n[[assets]]\nurl = "https://example.org/m.bin"\n'
+                                                  f'sha256 = "{"a" * 64}"\ndest = "/etc/m.bin"\n'),
+                           r"'assets\[0\]\.dest' '/etc/m\.bin' is outside your home folder .*allow_outside = true"),
+    "asset sha256 malformed": (lambda r: r.write_text(r.read_text() + '\n[[assets]]\nurl = "https://example.org/m"\n'
+                                                      'sha256 = "abc"\ndest = "m"\n'),
+                               r"'assets\[0\]\.sha256' must be 64 lower-case hex digits"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(demo, tmp_path, index, case):
+    edit, message = CASES[case]
+    edit(demo)
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    python = make_venv(tmp_path / "venv")
+    before = installed(python)
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     env=cli_env(index.url))
+
+    assert result.code == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("warmstart: error: ") and re.search(message, error), error
+    assert "Traceback" not in result.stderr
+    assert list(drive.iterdir()) == [] and installed(python) == before
+
+
+def test_unknown_recipe_name_suggests_the_closest(tmp_path):
+    result = run_cli("bootstrap", "--recipe", "hyperlpx", "--drive", str(tmp_path), env=cli_env())
+    assert result.code == 2
+    assert "no recipe named 'hyperlpx' (did you mean 'hyperlpr'?)" in result.stderr
+    assert "known recipes: hyperlpr, hyperlpr-train, warmstart" in result.stderr
+
+
+def test_plain_http_index_is_refused_unless_asked_for(demo, tmp_path):
+    env = cli_env("http://pypi.example.org/simple")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                     "--python", str(make_venv(tmp_path / "venv")), env=env)
+    assert result.code == 2
+    assert "PIP_INDEX_URL http://pypi.example.org/simple is plain http" in result.stderr
+
+
+def test_credentials_never_reach_the_report(demo, tmp_path):
+    env = cli_env("https://alice:s3cret@127.0.0.1:9/simple")  # nothing listens there
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "venv")), env=env)
+    assert result.code == 1
+    assert "s3cret" not in result.stdout and "s3cret" not in result.stderr.split("warmstart: error:")[-1]
+
+
+# --- property-based: the loader answers any TOML with a Recipe or a BadInput, never a crash ---
+
+KEYS = ["name", "description", "python", "gpu", "requirements", "drive", "assets", "checks",
+        "required", "min_memory_gib", "in", "exclude", "workdir", "url", "sha256", "dest", "unpack"]
+scalars = st.one_of(st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(string.ascii_letters + string.digits + " .<>=-/~", max_size=12),
+                    st.sampled_from(["demo", ">=3.8", "requirements/demo.in", "6.0", "a" * 64]))
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(KEYS), inner, max_size=4)), max_leaves=8)
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """A small TOML writer for generated documents (inline tables for anything nested)."""
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list):
+            return "[" + ", ".join(value(i) for i in v) + "]"
+        return "{" + ", ".join(f"{k} = {value(i)}" for k, i in v.items()) + "}"
+    return "".join(f"{k} = {value(v)}\n" for k, v in data.items())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=st.dictionaries(st.sampled_from(KEYS), values, max_size=6),
+       good_base=st.booleans())
+def test_recipe_loader_never_crashes(tmp_path, document, good_base):
+    project = tmp_path / "p"
+    (project / "recipes").mkdir(parents=True, exist_ok=True)
+    (project / "requirements").mkdir(exist_ok=True)
+    (project / "requirements" / "demo.in").write_text("alpha\n")
+    if good_base:  # mostly-valid recipes reach the deeper checks
+        document = {"name": "demo", "requirements": {"in": "requirements/demo.in"}} | document
+    path = project / "recipes" / "demo.toml"
+    path.write_text(to_toml(document))
+    try:
+        recipe = load_recipe(str(path), project)
+    except BadInput as exc:
+        assert str(path) in str(exc) or "demo.in" in str(exc)
+        assert "\n" not in str(exc)
+    else:
+        assert recipe.name == document["name"]

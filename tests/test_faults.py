@@ -1,0 +1,131 @@
+"""Nothing lost, nothing trusted blindly: runs killed with SIGKILL at each phase, two runs at
+once on one cache, a Drive that is full, damaged files. Real processes throughout; the kill
+points are set with WARMSTART_FAULT (warmstart/faults.py), not with sleeps."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, cli_env, installed, make_venv, needs_netns, run_cli
+
+LOCKED = {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+
+
+@pytest.fixture
+def drive(tmp_path) -> Path:
+    path = tmp_path / "drive"
+    path.mkdir()
+    return path
+
+
+def bootstrap(recipe, drive, python, env, *flags, fault=None, offline_net=False):
+    env = dict(env, WARMSTART_FAULT=fault) if fault else env
+    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
+                   "--json", *flags, env=env, offline_net=offline_net)
+
+
+def cache_is_sound(drive: Path, env) -> None:
+    result = run_cli("cache", "--drive", str(drive), "--verify", env=env)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "damaged" not in result.stdout
+
+
+def locked_part_of(python: Path) -> dict[str, str]:
+    have = installed(python)
+    return {k: have[k] for k in LOCKED if k in have}
+
+
+@pytest.mark.parametrize("phase", ["download", "cache-write", "install"])
+def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, drive, tmp_path, index, phase):
+    env = cli_env(index.url)
+    python = make_venv(tmp_path / "venv")
+
+    killed = bootstrap(demo, drive, python, env, fault=phase)
+
+    assert killed.code == -9, killed.stderr
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     "--json", env=env)
+    if status.code == 0:  # the kill came after the last package landed: then all of it is there
+        assert locked_part_of(python) == LOCKED
+    else:
+        assert status.report["missing"] or status.report["different"] or status.report["action"] != "no-op"
+    again = bootstrap(demo, drive, python, env)
+    assert again.code == 0, again.stderr
+    assert locked_part_of(python) == LOCKED
+    cache_is_sound(drive, env)
+
+
+def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, tmp_path, index):
+    env = cli_env(index.url)
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env).code == 0
+    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "beta" / "__init__.py").unlink()  # what a kill in the middle of pip leaves behind
+
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert status.code == 1 and "bootstrap would: install" in status.stdout
+
+    again = bootstrap(demo, drive, python, env)
+    assert again.code == 0, again.stderr
+    assert (site / "beta" / "__init__.py").is_file()
+
+
+@needs_netns
+def test_a_restore_killed_midway_leaves_nothing_behind(demo, drive, tmp_path, index):
+    env = cli_env(index.url)
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env).code == 0
+    shutil.rmtree(tmp_path / "venv")
+    python = make_venv(tmp_path / "venv")
+
+    killed = bootstrap(demo, drive, python, env, "--offline", fault="restore", offline_net=True)
+    assert killed.code == -9
+    restored = bootstrap(demo, drive, python, env, "--offline", offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert restored.report["snapshot"]["used"] is True
+    assert locked_part_of(python) == LOCKED
+    assert not list((tmp_path / "venv").glob(".warmstart-restore-*")), "staging must be cleaned up"
+
+
+def test_two_bootstraps_sharing_one_cache_both_succeed(demo, drive, tmp_path, index):
+    env = cli_env(index.url)
+    pythons = [make_venv(tmp_path / f"vm{n}") for n in (1, 2)]
+    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+           "--drive", str(drive)]
+    runs = [subprocess.Popen([*cmd, "--python", str(p)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for p in pythons]
+    # and a third run into the first VM's environment at the same time: it waits for the lock
+    runs.append(subprocess.Popen([*cmd, "--python", str(pythons[0])], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True))
+
+    results = [(run.wait(timeout=300), run.communicate()[1]) for run in runs]
+
+    assert [code for code, _ in results] == [0, 0, 0], results
+    assert all(locked_part_of(p) == LOCKED for p in pythons)
+    cache_is_sound(drive, env)
+    wheels = sorted(p.name for p in (drive / ".warmstart" / "v1" / "wheels").iterdir())
+    assert wheels == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl", "gpu_build-1.0-py3-none-any.whl"]
+
+
+def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_path, index):
+    """Drive is a 4 KiB tmpfs (mounted in a private mount namespace): the first cache write fills it."""
+    mount = tmp_path / "small-drive"
+    mount.mkdir()
+    python = make_venv(tmp_path / "venv")
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(mount), "--python", str(python)]
+    script = f'mount -t tmpfs -o size=4k tmpfs "{mount}" && exec "$@"'
+    done = subprocess.run(["unshare", "-m", "--", "sh", "-c", script, "sh", *invoke], env=cli_env(index.url),
+                          capture_output=True, text=True, timeout=300)
+    if "mount:" in done.stderr and done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+
+    assert done.returncode == 0, done.stderr
+    assert "Drive is full (on Colab: the Google Drive storage quota is used up)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert locked_part_of(python) == LOCKED
