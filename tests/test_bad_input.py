@@ -97,6 +97,7 @@ def test_plain_http_index_is_refused_unless_asked_for(demo, tmp_path):
                      "--python", str(make_venv(tmp_path / "venv")), env=env)
     assert result.code == 2
     assert "PIP_INDEX_URL http://pypi.example.org/simple is plain http" in result.stderr
+    assert list(drive.iterdir()) == []
 
 
 def test_credentials_never_reach_the_report(demo, tmp_path):

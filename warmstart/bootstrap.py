@@ -16,7 +16,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import assets, faults, installer, snapshot, target as target_python
+from . import assets, faults, fetch, installer, snapshot, target as target_python
 from .assets import AssetStore
 from .cache import CACHE_DIR, WheelCache
 from .checks import run_check
@@ -89,6 +89,8 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
             raise PreconditionUnmet(_no_lock(recipe, target, platform))
         lock = parse_lock(path)
         check_fresh(lock, recipe, target.tag, platform)
+        if not options.offline:
+            fetch.index_urls()  # a refused index is bad input: say so before anything changes
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
         broken = target_python.broken_distributions(
             target, [p.name for p in lock.pins if target.installed.get(p.name) == p.version])
@@ -187,9 +189,11 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
             if to_download:
                 downloads = stage / "downloads"
                 downloads.mkdir()
-                installer.download(plan.target.executable,
-                                   _requirements_file(to_download, stage / "download.txt"), downloads,
-                                   plan.profile.unset_env)
+                left = fetch.fetch_wheels(to_download, plan.target.supported_tags(), downloads)
+                if left:  # what the index page could not place: pip finds it its own way
+                    installer.download(plan.target.executable,
+                                       _requirements_file(left, stage / "download.txt"), downloads,
+                                       plan.profile.unset_env)
                 faults.point("download")
                 for wheel in sorted(downloads.iterdir()):
                     cache.store(wheel)
