@@ -92,8 +92,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         if not options.offline:
             fetch.index_urls()  # a refused index is bad input: say so before anything changes
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
-        broken = target_python.broken_distributions(
-            target, [p.name for p in lock.pins if target.installed.get(p.name) == p.version])
+        broken = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
@@ -116,7 +115,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
             step.detail += "; a snapshot"
     plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
                      found if found.exists() else None, installer.choose(options.installer),
-                     frozenset(broken),
+                     broken,
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
@@ -130,11 +129,15 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
 def _restore_snapshot(plan: Plan, report: Report) -> bool:
     """Unpack the snapshot; False (with the reason in the report) when it cannot be used."""
     assert plan.snapshot is not None
-    replaced = plan.present
+    replaced = [name for name in plan.present if name not in plan.broken]
+
+    def make_room() -> None:
+        target_python.remove_broken(list(plan.broken.values()))
+        installer.uninstall(plan.installer, plan.target.executable, replaced, plan.profile.unset_env)
+
     with report.step("snapshot") as step:
         try:
-            size = snapshot.restore(plan.snapshot, plan.target, report.cache, lambda: installer.uninstall(
-                plan.installer, plan.target.executable, replaced, plan.profile.unset_env))
+            size = snapshot.restore(plan.snapshot, plan.target, report.cache, make_room)
         except snapshot.SnapshotUnusable as exc:
             step.status, step.detail = "warning", str(exc)
             report.extra["snapshot"] = {"used": False, "reason": str(exc)}
@@ -206,8 +209,7 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
                 step.status = "skipped"
         with report.step("install") as step:
             if need:
-                installer.uninstall(plan.installer, plan.target.executable, sorted(plan.broken),
-                                    plan.profile.unset_env)
+                target_python.remove_broken(list(plan.broken.values()))
                 installer.install_offline(plan.installer, plan.target.executable,
                                           _requirements_file(need, stage / "install.txt"), stage,
                                           plan.profile.unset_env, _first_install_seen(plan))

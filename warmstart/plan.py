@@ -30,7 +30,7 @@ class Plan:
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
     assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
     snapshot: Snapshot | None  # a snapshot of this lock for this target, when Drive has one
-    broken: frozenset[str]  # installed at the locked version, but with files missing
+    broken: dict[str, Path]  # half-installed (a killed install): name -> its dist-info folder
     installer: str  # "pip" or "uv"
     warnings: tuple[str, ...] = ()
 
@@ -95,7 +95,7 @@ def make_plan(
     assets: dict[Asset, tuple[Path, str]],
     snapshot: Snapshot | None,
     installer: str,
-    broken: frozenset[str] = frozenset(),
+    broken: dict[str, Path] | None = None,
     *,
     offline: bool,
     allow_no_gpu: bool,
@@ -121,6 +121,7 @@ def make_plan(
             )
         warnings.extend(verdict.unfit)
 
+    broken = broken or {}
     to_install = tuple(p for p in lock.pins
                        if target.installed.get(p.name) != p.version or p.name in broken)
     if offline:

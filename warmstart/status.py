@@ -42,7 +42,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "different": {n: {"installed": have[n], "locked": v}
                       for n, v in sorted(locked.items()) if n in have and have[n] != v},
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
-        "broken": sorted(plan.broken),  # the locked version, with files missing
+        "broken": sorted(plan.broken),  # half-installed by a killed run
         "cache": {
             "drive": str(plan.drive),
             "wheels": len(plan.cached),

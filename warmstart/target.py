@@ -7,13 +7,17 @@ computed here with `packaging`, since the target runs on this same machine but n
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from importlib import metadata
 
 from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
@@ -38,6 +42,7 @@ print(json.dumps({
     "prefix": sys.prefix,
     "platform": sysconfig.get_platform(),
     "soabi": sysconfig.get_config_var("SOABI") or "",
+    "path": sys.path,
     "installed": installed,
 }))
 """
@@ -52,6 +57,7 @@ class TargetPython:
     installed: dict[NormalizedName, str]
     platform: str = ""  # sysconfig.get_platform(): linux-x86_64
     soabi: str = ""  # cpython-311-x86_64-linux-gnu: the ABI compiled extensions are built for
+    path: tuple[str, ...] = ()  # its sys.path: where its distributions' metadata lies
 
     @property
     def tag(self) -> str:
@@ -100,35 +106,49 @@ def probe(executable: str | Path | None) -> TargetPython:
         prefix=Path(facts["prefix"]),
         platform=facts["platform"],
         soabi=facts["soabi"],
+        path=tuple(facts["path"]),
         installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
     )
 
 
-_FILES = """
-import json, os, re, sys
-sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
-from importlib import metadata
-wanted = set(json.loads(sys.argv[1]))
-files = {}
-for dist in metadata.distributions():
-    name = re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower()
-    if name in wanted and name not in files:
-        files[name] = [str(dist.locate_file(f)) for f in dist.files or []]
-print(json.dumps(files))
-"""
-
-
 def installed_files(target: TargetPython, names: list[str]) -> dict[str, list[Path]]:
-    """The files each named distribution installed, as its RECORD lists them (absolute)."""
-    out = subprocess.run([str(target.executable), "-c", _FILES, json.dumps(names)],
-                         capture_output=True, text=True, check=True, timeout=120).stdout
-    return {name: [Path(os.path.normpath(p)) for p in paths] for name, paths in json.loads(out).items()}
+    """The files each named distribution installed, as its RECORD lists them (absolute).
+    Read here, from the target's sys.path: metadata is files, no need to run the target."""
+    wanted, files = set(names), {}
+    for dist in metadata.distributions(path=list(target.path)):
+        name = canonicalize_name(dist.metadata["Name"] or "")
+        if name in wanted and name not in files:
+            files[name] = [Path(os.path.normpath(dist.locate_file(f))) for f in dist.files or []]
+    return files
 
 
-def broken_distributions(target: TargetPython, names: list[str]) -> set[str]:
-    """Those of `names` whose RECORD lists files that are gone: a killed install, half done.
-    (Bytecode is left out: it is rebuilt on import and its loss breaks nothing.)"""
-    if not names:
-        return set()
-    return {name for name, files in installed_files(target, names).items()
-            if any(f.suffix != ".pyc" and not (f.exists() or f.is_symlink()) for f in files)}
+def _record_files(info: Path) -> list[Path]:
+    with open(info / "RECORD", newline="") as fh:
+        return [Path(os.path.normpath(info.parent / row[0])) for row in csv.reader(fh) if row]
+
+
+def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Path]:
+    """Those of `names` left half-installed (a killed install): a dist-info folder without its
+    METADATA or RECORD, or whose RECORD lists files that are gone. Bytecode is left out: it is
+    rebuilt on import. Returns name -> dist-info folder."""
+    wanted, broken = set(names), {}
+    for folder in map(Path, target.path):
+        for info in folder.glob("*.dist-info") if folder.is_dir() else ():
+            name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            if name not in wanted:
+                continue
+            if not ((info / "METADATA").is_file() and (info / "RECORD").is_file()) or any(
+                    f.suffix != ".pyc" and not (f.exists() or f.is_symlink()) for f in _record_files(info)):
+                broken[name] = info
+    return broken
+
+
+def remove_broken(infos: list[Path]) -> None:
+    """Remove half-installed distributions as an uninstall would: the files their RECORD lists
+    (what of it exists), then the dist-info folder itself."""
+    for info in infos:
+        if (info / "RECORD").is_file():
+            for path in _record_files(info):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+        shutil.rmtree(info, ignore_errors=True)
