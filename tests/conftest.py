@@ -83,6 +83,7 @@ DEMO_WHEELS = [
     ("gpu-build", "1.0", ()),
 ]
 SCRIPTED = {"gpu-build"}  # installs a console script
+LOCKED = {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}  # what the demo recipe's lock pins
 
 
 @dataclass
@@ -216,6 +217,14 @@ def locked_demo(tmp_path_factory, index) -> Path:
     result = run_cli("lock", "--recipe", str(root / "recipes" / "demo.toml"), env=cli_env(index.url))
     assert result.code == 0, result.stderr
     return root
+
+
+@pytest.fixture
+def drive(tmp_path) -> Path:
+    """An empty folder standing in for the Drive root."""
+    path = tmp_path / "drive"
+    path.mkdir()
+    return path
 
 
 @pytest.fixture

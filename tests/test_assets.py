@@ -105,13 +105,6 @@ def home(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture
-def drive(tmp_path) -> Path:
-    path = tmp_path / "drive"
-    path.mkdir()
-    return path
-
-
 def asset_block(url: str, data: bytes, dest: str, unpack: bool = False) -> str:
     return (f'\n[[assets]]\nurl = "{url}"\nsha256 = "{sha256(data)}"\ndest = "{dest}"\n'
             f"unpack = {'true' if unpack else 'false'}\n")

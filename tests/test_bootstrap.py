@@ -8,17 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, installed, make_venv, needs_netns, run_cli
-
-LOCKED = {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
-
-
-@pytest.fixture
-def drive(tmp_path) -> Path:
-    path = tmp_path / "drive"
-    path.mkdir()
-    return path
-
+from conftest import LOCKED, cli_env, installed, make_venv, needs_netns, run_cli
 
 @pytest.fixture
 def env(index):
