@@ -13,15 +13,18 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-import requests
 from packaging import tags
 from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 
 from .errors import WarmstartError
 from .lock import Pin
 from .transfer import CHUNK, require_https
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 PARALLEL = 8
@@ -82,6 +85,8 @@ def _best(files: list[tuple[str, str, str]], supported: list[tags.Tag]) -> tuple
 
 
 def _fetch_one(session: requests.Session, pin: Pin, supported: list[tags.Tag], dest: Path) -> Path | None:
+    import requests
+
     try:
         return _download_best(session, pin, supported, dest)
     except requests.RequestException:
@@ -110,6 +115,8 @@ def _download_best(session: requests.Session, pin: Pin, supported: list[tags.Tag
 
 def fetch_wheels(pins: list[Pin], supported: list[tags.Tag], dest: Path) -> list[Pin]:
     """Download the best wheel of each pin into dest; returns the pins left for pip."""
+    import requests  # imported on first use: restores and no-op runs never need it
+
     session = requests.Session()
     with ThreadPoolExecutor(PARALLEL) as pool:
         results = list(pool.map(lambda pin: _fetch_one(session, pin, supported, dest), pins))

@@ -15,11 +15,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
-
-import requests
-from tqdm import tqdm
 
 from . import faults
 from .errors import BadInput, WarmstartError
@@ -29,7 +26,9 @@ SHOW_PROGRESS = True  # turned off for --json runs
 
 
 @contextmanager
-def progress(total: int | None, desc: str) -> Iterator[tqdm]:
+def progress(total: int | None, desc: str) -> Iterator[Any]:
+    from tqdm import tqdm  # imported on first use: a no-op run never draws a bar
+
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
               disable=None if SHOW_PROGRESS else True, dynamic_ncols=True) as bar:
         yield bar
@@ -160,6 +159,8 @@ def download(url: str, part: Path, *, attempts: int = 4, backoff: float = 0.5,
 
     Retries connection errors and 5xx answers with exponential back-off; the caller verifies
     the checksum before the file is used anywhere."""
+    import requests  # imported on first use: most runs download nothing
+
     require_https(url, "asset URL")
     part.parent.mkdir(parents=True, exist_ok=True)
     last_error = ""
