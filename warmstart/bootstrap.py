@@ -129,7 +129,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
 def _restore_snapshot(plan: Plan, report: Report) -> bool:
     """Unpack the snapshot; False (with the reason in the report) when it cannot be used."""
     assert plan.snapshot is not None
-    replaced = [name for name in plan.present if name not in plan.broken]
+    replaced = [name for name in sorted(plan.replaced) if name not in plan.broken]
 
     def make_room() -> None:
         target_python.remove_broken(list(plan.broken.values()))

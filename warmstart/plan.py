@@ -41,13 +41,9 @@ class Plan:
     @property
     def replaced(self) -> dict[NormalizedName, tuple[str, str]]:
         """Distributions the install changes from one version to another: (old, new)."""
-        return {p.name: (self.target.installed[p.name], p.version)
-                for p in self.to_install if p.name in self.target.installed}
-
-    @property
-    def present(self) -> list[str]:
-        """Locked distributions to install that some version of is installed now."""
-        return sorted(p.name for p in self.to_install if p.name in self.target.installed)
+        installed = self.target.installed
+        return {p.name: (installed[p.name], p.version) for p in self.to_install
+                if p.name in installed and installed[p.name] != p.version}
 
     @property
     def workdir(self) -> Path:
