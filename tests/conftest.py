@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -133,9 +134,14 @@ def index(tmp_path_factory) -> Index:
     server.shutdown()
 
 
+# warmstart's local caches (partial downloads, uv, verified RECORDs) go here, not to ~/.cache.
+CACHE_HOME = tempfile.mkdtemp(prefix="warmstart-test-cache-")
+
+
 def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "WARMSTART_"))}
-    env.update({"WARMSTART_PLATFORM": "local", "PIP_CONFIG_FILE": os.devnull, **extra})
+    env.update({"WARMSTART_PLATFORM": "local", "PIP_CONFIG_FILE": os.devnull,
+                "XDG_CACHE_HOME": CACHE_HOME, **extra})
     if index_url:
         env["PIP_INDEX_URL"] = index_url
     return env

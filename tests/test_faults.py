@@ -50,19 +50,30 @@ def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, d
     cache_is_sound(drive, env)
 
 
-def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, tmp_path, index):
+@pytest.mark.parametrize("left_behind", ["no RECORD yet", "RECORD written, a file not"])
+def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, tmp_path, index, left_behind):
+    """What a kill in the middle of an install leaves: pip writes RECORD last; an installer that
+    wrote it first leaves it newer than the files it lists."""
     env = cli_env(index.url)
     python = make_venv(tmp_path / "venv")
     assert bootstrap(demo, drive, python, env).code == 0
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
-    (site / "beta" / "__init__.py").unlink()  # what a kill in the middle of pip leaves behind
+    assert run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                   env=env).code == 0
+    (site / "beta" / "__init__.py").unlink()
+    record = site / "beta-2.0.dist-info" / "RECORD"
+    if left_behind == "no RECORD yet":
+        record.unlink()
+    else:
+        record.write_text(record.read_text())  # rewritten: a new mtime
 
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
-    assert status.code == 1 and "bootstrap would: install" in status.stdout
+    assert status.code == 1 and "broken    beta" in status.stdout
 
     again = bootstrap(demo, drive, python, env)
     assert again.code == 0, again.stderr
     assert (site / "beta" / "__init__.py").is_file()
+    assert locked_part_of(python) == LOCKED
 
 
 @needs_netns

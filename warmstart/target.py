@@ -8,6 +8,7 @@ computed here with `packaging`, since the target runs on this same machine but n
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -127,19 +128,50 @@ def _record_files(info: Path) -> list[Path]:
         return [Path(os.path.normpath(info.parent / row[0])) for row in csv.reader(fh) if row]
 
 
+def _verified_file(target: TargetPython) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    digest = hashlib.sha256(str(target.prefix).encode()).hexdigest()[:16]
+    return Path(base) / "warmstart" / "verified" / f"{digest}.json"
+
+
 def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Path]:
     """Those of `names` left half-installed (a killed install): a dist-info folder without its
     METADATA or RECORD, or whose RECORD lists files that are gone. Bytecode is left out: it is
-    rebuilt on import. Returns name -> dist-info folder."""
-    wanted, broken = set(names), {}
+    rebuilt on import. Returns name -> dist-info folder.
+
+    Checking every file costs a stat each (tens of thousands for a big environment), so a
+    RECORD found whole is remembered by its mtime and size (in ~/.cache/warmstart/verified/);
+    any install that touches a distribution rewrites its RECORD, and it is checked again."""
+    state_file = _verified_file(target)
+    try:
+        verified = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        verified = {}
+    wanted, broken, still = set(names), {}, {}
     for folder in map(Path, target.path):
         for info in folder.glob("*.dist-info") if folder.is_dir() else ():
             name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
             if name not in wanted:
                 continue
-            if not ((info / "METADATA").is_file() and (info / "RECORD").is_file()) or any(
+            record = info / "RECORD"
+            if not ((info / "METADATA").is_file() and record.is_file()):
+                broken[name] = info
+                continue
+            stat = record.stat()
+            signature = [stat.st_mtime_ns, stat.st_size]
+            if verified.get(str(info)) != signature and any(
                     f.suffix != ".pyc" and not (f.exists() or f.is_symlink()) for f in _record_files(info)):
                 broken[name] = info
+            else:
+                still[str(info)] = signature
+    if still != verified:
+        try:
+            state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(still))
+            os.replace(tmp, state_file)
+        except OSError:
+            pass  # only a shortcut for the next run
     return broken
 
 
