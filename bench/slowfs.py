@@ -1,9 +1,11 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
-    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S
+    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
-throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. Needs /dev/fuse,
+throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
+name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as a Drive over
+quota or disconnected does; the tests use that. Needs /dev/fuse,
 libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until unmounted.
 """
 
@@ -33,8 +35,9 @@ class Throttle:
 
 
 class SlowDrive(Operations):
-    def __init__(self, backing: str, open_delay: float, throttle: Throttle) -> None:
+    def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
+        self.fail_writes = fail_writes
 
     def _path(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
@@ -61,6 +64,8 @@ class SlowDrive(Operations):
         return data
 
     def write(self, path, data, offset, fh):
+        if self.fail_writes:
+            raise FuseOSError(self.fail_writes)
         self.throttle.spend(len(data))
         return os.pwrite(fh, data, offset)
 
@@ -108,7 +113,8 @@ class SlowDrive(Operations):
 
 def main() -> None:
     backing, mountpoint, delay_ms, mib_per_s = sys.argv[1:5]
-    drive = SlowDrive(os.path.abspath(backing), float(delay_ms) / 1000, Throttle(float(mib_per_s) * 2**20))
+    fail = getattr(errno, sys.argv[5]) if len(sys.argv) > 5 else 0
+    drive = SlowDrive(os.path.abspath(backing), float(delay_ms) / 1000, Throttle(float(mib_per_s) * 2**20), fail)
     FUSE(drive, mountpoint, foreground=True, nothreads=False)
 
 

@@ -4,9 +4,11 @@ points are set with WARMSTART_FAULT (warmstart/faults.py), not with sleeps."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,42 @@ def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_p
     assert "Drive is full (on Colab: the Google Drive storage quota is used up)" in done.stderr
     assert "Traceback" not in done.stderr
     assert locked_part_of(python) == LOCKED
+
+
+def fuse_usable() -> bool:
+    try:
+        import fuse  # noqa: F401  (fusepy loads libfuse2 on import)
+    except (ImportError, OSError, EnvironmentError):
+        return False
+    return Path("/dev/fuse").exists()
+
+
+@pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse2 (apt install libfuse2) and /dev/fuse")
+@pytest.mark.parametrize("failure", ["EIO", "ENOTCONN"])
+def test_a_failing_drive_still_installs_and_says_what_it_means(demo, tmp_path, index, failure):
+    """Drive behind bench/slowfs.py with every write failing (EIO: over quota; ENOTCONN: the
+    FUSE mount dropped): the packages still install, the cache write is a warning."""
+    backing, mount = tmp_path / "backing", tmp_path / "drive"
+    backing.mkdir()
+    mount.mkdir()
+    fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
+                           "0", "1000", failure])
+    try:
+        for _ in range(200):
+            if os.path.ismount(mount):
+                break
+            time.sleep(0.05)
+        assert os.path.ismount(mount), "the FUSE layer did not mount"
+        python = make_venv(tmp_path / "venv")
+
+        result = bootstrap(demo, mount, python, cli_env(index.url))
+
+        assert result.code == 0, result.stderr
+        meaning = {"EIO": "Drive returned an I/O error (on Colab this often means the storage quota",
+                   "ENOTCONN": "Drive was disconnected (Transport endpoint is not connected)"}[failure]
+        assert meaning in result.stderr and "Traceback" not in result.stderr
+        assert any(meaning in w for w in result.report["warnings"])
+        assert locked_part_of(python) == LOCKED
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        fs.wait(timeout=10)
