@@ -176,18 +176,20 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
     """Read the archive once from Drive, hashing it while GNU tar unpacks it into `staging`;
     raise SnapshotUnusable (staging removed) when the hash is not the index's."""
     staging.mkdir(parents=True)
-    # GNU tar unpacks at disk speed; it refuses absolute names and `..` on its own.
-    tar = subprocess.Popen(["tar", "-x", "-f", "-", "-C", str(staging)],
-                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own. With the
+    # zstd program, tar decompresses too and this process only hashes the compressed bytes.
+    native = shutil.which("zstd") is not None
+    tar = subprocess.Popen(["tar", "-x", *(["-I", "zstd"] if native else []), "-f", "-",
+                            "-C", str(staging)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None
     try:
         with open(archive, "rb") as raw, progress(archive.stat().st_size, "snapshot from Drive") as bar:
             hashing = _HashingReader(raw, bar)
-            with zstd_open(hashing, "rb") as stream:
-                while chunk := stream.read(CHUNK):
-                    tar.stdin.write(chunk)
-                    faults.point("restore")
-            while hashing.read(CHUNK):  # a frame can end before the file does
+            stream = hashing if native else zstd_open(hashing, "rb")
+            while chunk := stream.read(CHUNK):
+                tar.stdin.write(chunk)
+                faults.point("restore")
+            while hashing.read(CHUNK):  # a zstd frame can end before the file does
                 pass
     except BrokenPipeError:
         pass  # tar stopped early; its status and message follow
