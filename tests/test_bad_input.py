@@ -64,11 +64,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(demo, tmp_path, index, case):
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(demo, drive, tmp_path, index, case):
     edit, message = CASES[case]
     edit(demo)
-    drive = tmp_path / "drive"
-    drive.mkdir()
     python = make_venv(tmp_path / "venv")
     before = installed(python)
 
@@ -89,10 +87,8 @@ def test_unknown_recipe_name_suggests_the_closest(tmp_path):
     assert "known recipes: hyperlpr, hyperlpr-train, warmstart" in result.stderr
 
 
-def test_plain_http_index_is_refused_unless_asked_for(demo, tmp_path):
+def test_plain_http_index_is_refused_unless_asked_for(demo, drive, tmp_path):
     env = cli_env("http://pypi.example.org/simple")
-    drive = tmp_path / "drive"
-    drive.mkdir()
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
                      "--python", str(make_venv(tmp_path / "venv")), env=env)
     assert result.code == 2
@@ -100,10 +96,8 @@ def test_plain_http_index_is_refused_unless_asked_for(demo, tmp_path):
     assert list(drive.iterdir()) == []
 
 
-def test_credentials_never_reach_the_report(demo, tmp_path):
+def test_credentials_never_reach_the_report(demo, drive, tmp_path):
     env = cli_env("https://alice:s3cret@127.0.0.1:9/simple")  # nothing listens there
-    drive = tmp_path / "drive"
-    drive.mkdir()
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
                      "--python", str(make_venv(tmp_path / "venv")), env=env)
     assert result.code == 1

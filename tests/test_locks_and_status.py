@@ -41,12 +41,10 @@ def test_lock_check_passes_for_the_shipped_recipes():
     assert all(name in result.stdout for name in SHIPPED)
 
 
-def test_a_lock_for_another_python_is_never_picked(demo, env, tmp_path):
+def test_a_lock_for_another_python_is_never_picked(demo, drive, env, tmp_path):
     requirements = demo.parent.parent / "requirements"
     (mine,) = requirements.glob("demo-py3*-*.txt")
     mine.rename(requirements / mine.name.replace(mine.name.split("-")[1], "py399"))
-    drive = tmp_path / "drive"
-    drive.mkdir()
 
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
                      "--python", str(make_venv(tmp_path / "v")), env=env)
@@ -92,9 +90,7 @@ def status(recipe: Path, drive: Path, python: Path, env):
                    "--json", env=env)
 
 
-def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, env, tmp_path, index):
-    drive = tmp_path / "drive"
-    drive.mkdir()
+def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, drive, env, tmp_path, index):
     python = make_venv(tmp_path / "v")
 
     empty = status(demo, drive, python, env)

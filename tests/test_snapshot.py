@@ -45,11 +45,9 @@ def snapshots(drive: Path) -> list[Path]:
 
 
 @pytest.fixture
-def packed(plain, tmp_path, env):
+def packed(plain, drive, tmp_path, env):
     """A Drive whose snapshot was made by a cold bootstrap into `venv`, which is then wiped
     (a snapshot is keyed by the target's prefix: a new VM has the same one, like /usr)."""
-    drive = tmp_path / "drive"
-    drive.mkdir()
     cold = bootstrap(plain, drive, make_venv(tmp_path / "venv"), env)
     assert cold.code == 0, cold.stderr
     assert [s["name"] for s in cold.report["steps"]].count("pack") == 1
@@ -113,9 +111,7 @@ def test_snapshot_made_for_another_python_is_not_used(plain, packed, tmp_path, e
 
 
 @pytest.mark.parametrize("tool", ["pip", "uv"])
-def test_installer_can_be_chosen(plain, tmp_path, env, tool):
-    drive = tmp_path / "drive"
-    drive.mkdir()
+def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
     python = make_venv(tmp_path / "venv")
 
     result = bootstrap(plain, drive, python, env, "--installer", tool)

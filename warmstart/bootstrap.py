@@ -111,10 +111,11 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
             in_cache = sum(state != "missing" for _dest, state in asset_states.values())
             step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
         found = snapshot.Snapshot.locate(drive, recipe.name, lock, target)
-        if found.exists():
+        found = found if found.exists() else None  # one stat on Drive
+        if found:
             step.detail += "; a snapshot"
     plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
-                     found if found.exists() else None, installer.choose(options.installer),
+                     found, installer.choose(options.installer),
                      broken,
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
@@ -224,7 +225,8 @@ def pack_snapshot(plan: Plan, report: Report) -> None:
     target = snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target)
     with report.step("pack") as step:
         try:
-            archive = snapshot.pack(target, target_python.probe(plan.target.executable), plan.lock, report.cache)
+            # plan.target's sys.path still finds every RECORD: the install changed files, not paths.
+            archive = snapshot.pack(target, plan.target, plan.lock, report.cache)
         except snapshot.SnapshotUnusable as exc:
             step.status, step.detail = "warning", str(exc)
             warn(report, [f"no snapshot written: {exc}"])
