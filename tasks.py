@@ -4,8 +4,10 @@
                      [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
                      [--installer pip|uv] [--packages-only]
     invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--json]
-    invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG] [--upgrade]
+    invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG]
+                [--platform-profile colab] [--upgrade]
     invoke lock --check
+    invoke image --name colab-latest --freeze FILE --python 3.13.15 --source REPO@COMMIT
     invoke recipes [--drive DIR]
     invoke assets --recipe hyperlpr [--drive DIR]
     invoke cache [--drive DIR] [--verify] [--prune [--dry-run]]
@@ -91,39 +93,74 @@ def status(c, recipe, drive=None, python=None, json=False):
     iterable=["python_version", "upgrade_package"],
     help={
         "recipe": "recipe name or path (all recipes with --check)",
-        "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter",
+        "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter, "
+                          "or with --platform-profile every Python the platform has an image for",
         "platform": "platform tag of the locks, e.g. manylinux_x86_64 (default: this machine's)",
-        "upgrade": "re-resolve every pin to the newest version",
+        "platform-profile": "compile against this platform's published image (envs/images/), e.g. colab",
+        "upgrade": "re-resolve every pin to the newest version (an image's versions stay preferred)",
         "upgrade-package": "re-resolve only this package (repeat for more)",
-        "check": "exit 1 when any lock's inputs changed since it was compiled",
+        "check": "exit 1 when any lock's inputs changed since it was compiled, or its platform "
+                 "cannot provide the CUDA libraries its wheels need",
     },
 )
-def lock(c, recipe=None, python_version=None, platform=None, upgrade=False, upgrade_package=None,
-         check=False):
+def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, upgrade=False,
+         upgrade_package=None, check=False):
     """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
 
     def check_all() -> None:
         names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
-        stale = [path for name in names for path in locking.stale_locks(load_recipe(name, ROOT))]
-        if stale:
-            raise WarmstartError("stale locks (inputs changed since compiled): "
-                                 + ", ".join(str(p) for p in stale)
-                                 + "; run `invoke lock --recipe NAME --python-version X.Y` for each")
-        print(f"warmstart: every lock of {', '.join(names)} matches its inputs")
+        found = []
+        for name in names:
+            loaded = load_recipe(name, ROOT)
+            locks = locking.existing_locks(loaded)
+            found += [(path, problem) for path, target in locks.items()
+                      for problem in locking.audit(loaded, path, target, ROOT)]
+        stale = [str(path) for path, problem in found if problem.startswith("stale")]
+        unfit = [f"{path}: {problem}" for path, problem in found if not problem.startswith("stale")]
+        if found:
+            raise WarmstartError("; ".join(
+                ([f"stale locks (inputs changed since compiled): {', '.join(stale)}; run "
+                  "`invoke lock --recipe NAME --python-version X.Y` for each"] if stale else []) + unfit))
+        print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
+              "provide the CUDA libraries its wheels need")
 
     def compile_all() -> None:
         if not recipe:
             raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
         loaded = load_recipe(recipe, ROOT)
         current = locking.LockTarget.current()
-        for version in python_version or [current.python_version]:
-            target = locking.LockTarget(version, platform or current.platform)
+        versions = python_version or (
+            sorted(select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images())
+            if platform_profile else [current.python_version])
+        for version in versions:
+            target = locking.LockTarget(version, platform or current.platform, platform_profile)
             path = locking.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),
-                                        say=lambda m: print(f"warmstart: {m}", file=sys.stderr))
+                                        say=lambda m: print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
             print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
 
     _exit(run_plain(check_all if check else compile_all))
+
+
+@task(help={
+    "name": "the image's name, e.g. colab-latest (its files: envs/images/NAME.toml and NAME.freeze.txt)",
+    "profile": "the platform profile it belongs to (default: colab)",
+    "freeze": "the image's published `pip freeze` (Colab: pip-freeze.gpu.txt of googlecolab/backend-info)",
+    "python": "the image's Python version, e.g. 3.13.15 (Colab: os-info-gpu.txt)",
+    "source": "where the freeze comes from: repository@commit (date)",
+    "cuda": "the CUDA library list in envs/images/ its system provides (default: cuda-12.8.txt)",
+})
+def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"):
+    """Add or refresh a platform image when the platform moves on; then re-lock for it."""
+    from warmstart.images import write_image
+
+    def run() -> None:
+        path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
+        minor = ".".join(python.split(".")[:2])
+        print(f"warmstart: wrote {path}; now run `invoke lock --recipe NAME --platform-profile {profile} "
+              f"--python-version {minor}` for each recipe, then `invoke lock --check`")
+
+    _exit(run_plain(run))
 
 
 @task(help={"drive": DRIVE_HELP})

@@ -30,6 +30,13 @@ done
 
 tag="$("$python" -c 'import sys; print("py%d%d" % sys.version_info[:2])')"
 lock="$here/requirements/warmstart-$tag-manylinux_$(uname -m).txt"
+# On Colab (detected as envs/colab.toml does, or forced), the lock compiled against its image:
+# warmstart's own tools then add to the notebook's packages and replace none of them.
+platform="${WARMSTART_PLATFORM:-}"
+[ -z "$platform" ] && [ -n "${COLAB_RELEASE_TAG:-}${COLAB_GPU:-}" ] && platform=colab
+if [ "$platform" = colab ] && [ -f "$here/requirements/colab/$(basename "$lock")" ]; then
+    lock="$here/requirements/colab/$(basename "$lock")"
+fi
 wheels="$drive/.warmstart/v1/wheels"
 
 # pip with only what we pass (as warmstart/installer.py does): no pip.conf, constraints or

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from warmstart import PROJECT_ROOT, target  # noqa: E402
 from warmstart.installer import pip_env  # noqa: E402
-from warmstart.lock import lock_path  # noqa: E402
+from warmstart.lock import LockTarget, lock_path  # noqa: E402
 from warmstart.recipe import load_recipe  # noqa: E402
 from warmstart.uv import find_uv, uv_env  # noqa: E402
 
@@ -71,7 +71,8 @@ class Bench:
         recipe = load_recipe(recipe_arg, PROJECT_ROOT)
         self.recipe_arg = recipe_arg
         self.name = recipe.name
-        self.lock = lock_path(recipe, target.probe(None).tag, target.platform_tag())
+        version = target.probe(None).version
+        self.lock = lock_path(recipe, LockTarget(f"{version.major}.{version.minor}", target.platform_tag()))
         self.work, self.drive = work, drive
         self.venv = work / "target"  # one prefix for every method, as on a VM
         self.uv = find_uv()

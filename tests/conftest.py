@@ -49,9 +49,11 @@ def _record_hash(data: bytes) -> str:
 
 
 def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] = (),
-                script: bool = False) -> Path:
-    """Write a real, installable pure-Python wheel (PEP 427) with a correct RECORD; `script`
-    adds a console script named after the project (the installer writes it into bin/)."""
+                script: bool = False, extra: dict[str, bytes] | None = None,
+                tag: str = "py3-none-any") -> Path:
+    """Write a real, installable wheel (PEP 427) with a correct RECORD; `script` adds a console
+    script named after the project (the installer writes it into bin/); `extra` adds files
+    (shared objects, say) under the given paths, and `tag` names the wheel's platform."""
     dist = name.replace("-", "_")
     info = f"{dist}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
@@ -59,15 +61,16 @@ def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] =
     )
     files = {
         f"{dist}/__init__.py": f"__version__ = {version!r}\n\ndef main():\n    print({name!r}, __version__)\n".encode(),
+        **(extra or {}),
         f"{info}/METADATA": metadata.encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: warmstart-tests\n"
-        b"Root-Is-Purelib: true\nTag: py3-none-any\n",
+        + f"Root-Is-Purelib: {'true' if tag.endswith('-any') else 'false'}\nTag: {tag}\n".encode(),
     }
     if script:
         files[f"{info}/entry_points.txt"] = f"[console_scripts]\n{name} = {dist}:main\n".encode()
     record = "".join(f"{path},{_record_hash(data)},{len(data)}\n" for path, data in files.items())
     files[f"{info}/RECORD"] = (record + f"{info}/RECORD,,\n").encode()
-    wheel = dest / f"{dist}-{version}-py3-none-any.whl"
+    wheel = dest / f"{dist}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as zf:
         for path, data in files.items():
             zf.writestr(path, data)
@@ -272,3 +275,21 @@ def nvml_env(base: dict[str, str], lib_dir: Path, devices: str = T4, **settings:
     env = dict(base, LD_LIBRARY_PATH=str(lib_dir), FAKE_NVML_DEVICES=devices)
     env.update({f"FAKE_NVML_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip where this machine lacks something; in CI (CI=true) fail instead, so a green build
+    never hides a core test that did not run."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
+
+
+def pyenv_python(minor: str) -> Path | None:
+    """The newest pyenv interpreter of Python `minor` (3.12, 3.13), as Colab's runtimes have."""
+    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+    if shutil.which("pyenv"):
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or root
+    found = sorted(Path(root).glob(f"versions/{minor}.*/bin/python{minor}"),
+                   key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
+    return found[-1] if found else None

@@ -8,7 +8,7 @@ import pytest
 
 from warmstart import PROJECT_ROOT
 from warmstart.errors import BadInput
-from warmstart.lock import _without_excluded, check_fresh, lock_path, parse_lock
+from warmstart.lock import LockTarget, _without_excluded, check_fresh, lock_path, parse_lock, target_image
 from warmstart.recipe import load_recipe
 
 COMPILED = """\
@@ -72,11 +72,15 @@ def test_a_lock_edited_by_hand_is_refused(tmp_path):
         parse_lock(path)
 
 
-def test_committed_hyperlpr_lock_is_fresh_and_complete():
+@pytest.mark.parametrize("target", [LockTarget("3.11", "manylinux_x86_64"),
+                                    LockTarget("3.13", "manylinux_x86_64", "colab")], ids=str)
+def test_committed_hyperlpr_lock_is_fresh_and_complete(target):
     recipe = load_recipe("hyperlpr", PROJECT_ROOT)
-    lock = parse_lock(lock_path(recipe, "py311", "manylinux_x86_64"))
-    check_fresh(lock, recipe, "py311", "manylinux_x86_64")
+    lock = parse_lock(lock_path(recipe, target))
+    check_fresh(lock, recipe, target, target_image(target))
     names = {p.name for p in lock.pins}
     assert {"hyperlpr3", "onnxruntime-gpu", "opencv-python-headless"} <= names
     assert not {"onnxruntime", "opencv-python"} & names
     assert all(p.hashes for p in lock.pins)
+    # onnxruntime-gpu's CUDA 12 build, as read from its wheel when the lock was made.
+    assert lock.wheels["onnxruntime-gpu"].needs >= {"libcudart.so.12", "libcudnn.so.9"}

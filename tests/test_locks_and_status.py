@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, cli_env, make_venv, run_cli
 from warmstart import PROJECT_ROOT
 from warmstart.installer import pip_env
+from warmstart.images import images_of
 from warmstart.lock import existing_locks, parse_lock
 from warmstart.recipe import known_recipes, load_recipe
 
@@ -58,8 +59,10 @@ def test_a_lock_for_another_python_is_never_picked(demo, drive, env, tmp_path):
 def test_shipped_locks_agree_with_the_recipe(name):
     recipe = load_recipe(name, PROJECT_ROOT)
     locks = existing_locks(recipe)
-    versions = {tag.removeprefix("py")[0] + "." + tag.removeprefix("py")[1:] for tag, _ in locks.values()}
-    assert versions == {v for v in COLAB_PYTHONS if v in recipe.python}, "a lock per supported Python"
+    bare = {t.python_version for t in locks.values() if t.flavour is None}
+    colab = {t.python_version for t in locks.values() if t.flavour == "colab"}
+    assert bare == {v for v in COLAB_PYTHONS if v in recipe.python}, "a lock per supported Python"
+    assert colab == set(images_of("colab", PROJECT_ROOT / "envs")), "a lock per Colab runtime"
     for path in locks:
         names = {p.name for p in parse_lock(path).pins}
         assert not names & set(recipe.exclude), f"{path} holds an excluded package"
@@ -68,17 +71,18 @@ def test_shipped_locks_agree_with_the_recipe(name):
 
 @pytest.mark.registry
 @pytest.mark.parametrize("path", [p for n in SHIPPED for p in existing_locks(load_recipe(n, PROJECT_ROOT))
-                                  if "py311" not in p.name], ids=lambda p: p.name)
+                                  if "py311" not in p.name], ids=lambda p: str(p.relative_to(REPO)))
 def test_cross_python_locks_resolve_against_the_index(path, tmp_path):
     """Every pin of a 3.12 / 3.13 lock has a wheel for that Python on manylinux x86_64."""
     tag = path.name.rsplit("-", 2)[1]
     version = f"{tag[2]}.{tag[3:]}"
     # Colab's Ubuntu 22.04 has glibc 2.35: every manylinux tag up to that one fits.
-    platforms = [arg for minor in range(17, 36) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")]
+    platforms = [arg for minor in range(5, 36) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")]
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
          "--target", str(tmp_path / "t"), "--python-version", version, *platforms, "--platform",
-         "manylinux2014_x86_64", "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(path)],
+         "manylinux2014_x86_64", "--platform", "manylinux2010_x86_64", "--platform", "manylinux1_x86_64",
+         "--only-binary=:all:", "--no-deps", "--require-hashes", "-r", str(path)],
         env=pip_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
 

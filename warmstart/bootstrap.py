@@ -22,8 +22,9 @@ from .cache import CACHE_DIR, WheelCache
 from .checks import run_check
 from .errors import PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
-from .lock import Pin, check_fresh, existing_locks, lock_path, parse_lock
-from .plan import Plan, make_plan
+from .lock import (LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock,
+                   select_lock)
+from .plan import Plan, make_plan, pins_to_install
 from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import load_recipe
 from .report import Report
@@ -51,14 +52,14 @@ def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
     return path
 
 
-def _no_lock(recipe, target, platform: str) -> str:
-    have = sorted(f"{tag} on {plat}" for tag, plat in existing_locks(recipe).values())
-    version = f"{target.version.major}.{target.version.minor}"
-    return (f"{recipe.name} has no lock for Python {version} on {platform} "
-            f"({lock_path(recipe, target.tag, platform).name}); locks exist for: "
-            f"{', '.join(have) or 'none'}; make one with "
-            f"`invoke lock --recipe {recipe.name} --python-version {version}`, or pass --python "
-            "with an interpreter that has one")
+def _no_lock(recipe, wanted: LockTarget) -> str:
+    have = sorted(f"{t.python_tag} on {t.platform}" + (f" ({t.flavour})" if t.flavour else "")
+                  for t in existing_locks(recipe).values())
+    flavour = f" --platform-profile {wanted.flavour}" if wanted.flavour else ""
+    return (f"{recipe.name} has no lock for {wanted.describe()} "
+            f"({lock_path(recipe, wanted).name}); locks exist for: "
+            f"{', '.join(have) or 'none'}; make one with `invoke lock --recipe {recipe.name}{flavour} "
+            f"--python-version {wanted.python_version}`, or pass --python with an interpreter that has one")
 
 
 def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCache]:
@@ -83,12 +84,17 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         require_drive(drive, profile, create=not options.dry_run)
         step.detail = f"{drive} ({profile.name} platform)"
     with report.step("lock") as step:
-        platform = target_python.platform_tag()
-        path = lock_path(recipe, target.tag, platform)
+        python_minor = f"{target.version.major}.{target.version.minor}"
+        image = profile.image_for(python_minor)
+        wanted, fallback = select_lock(recipe, image, python_minor, target_python.platform_tag())
+        if fallback:
+            report.say(f"warning: {fallback}")
+        image = image if wanted.flavour else None
+        path = lock_path(recipe, wanted)
         if not path.exists():
-            raise PreconditionUnmet(_no_lock(recipe, target, platform))
+            raise PreconditionUnmet(_no_lock(recipe, wanted))
         lock = parse_lock(path)
-        check_fresh(lock, recipe, target.tag, platform)
+        check_fresh(lock, recipe, wanted, image)
         if not options.offline:
             fetch.index_urls()  # a refused index is bad input: say so before anything changes
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
@@ -110,18 +116,22 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Plan, WheelCa
         if recipe.assets:
             in_cache = sum(state != "missing" for _dest, state in asset_states.values())
             step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
-        found = snapshot.Snapshot.locate(drive, recipe.name, lock, target)
-        found = found if found.exists() else None  # one stat on Drive
+        # A snapshot holds what a VM in this state installs; it is looked up by that set.
+        installing = pins_to_install(lock, target, broken)
+        found = snapshot.Snapshot.locate(drive, recipe.name, lock, target, installing)
+        found = found if installing and found.exists() else None  # one stat on Drive
         if found:
             step.detail += "; a snapshot"
     plan = make_plan(recipe, profile, target, lock, drive, gpu, cached, asset_states,
                      found, installer.choose(options.installer),
-                     broken,
+                     broken, image,
                      offline=options.offline, allow_no_gpu=options.allow_no_gpu,
                      allow_unfit_gpu=options.allow_unfit_gpu)
     for warning in plan.warnings:
         report.say(f"warning: {warning}")
     report.extra.update(drive=str(drive), workdir=str(plan.workdir), lock=str(lock.path),
+                        image=image.name if image else None,
+                        provided=dict(sorted(plan.needs.provided.items())),
                         python=str(target.executable), installer=plan.installer,
                         dry_run=options.dry_run)
     return plan, cache
@@ -221,12 +231,13 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
 
 
 def pack_snapshot(plan: Plan, report: Report) -> None:
-    """Snapshot what the lock installed, for the next VM; a failure here costs only speed."""
-    target = snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target)
+    """Snapshot what this run installed, for the next VM in the same state; a failure here
+    costs only speed."""
+    target = snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target, plan.to_install)
     with report.step("pack") as step:
         try:
             # plan.target's sys.path still finds every RECORD: the install changed files, not paths.
-            archive = snapshot.pack(target, plan.target, plan.lock, report.cache)
+            archive = snapshot.pack(target, plan.target, plan.to_install, report.cache)
         except snapshot.SnapshotUnusable as exc:
             step.status, step.detail = "warning", str(exc)
             warn(report, [f"no snapshot written: {exc}"])
@@ -273,11 +284,13 @@ def verify(plan: Plan, report: Report) -> None:
         after = target_python.probe(plan.target.executable)
         report.installed = {p.name: after.installed.get(p.name, "") for p in plan.lock.pins}
         wrong = [f"{p.name} (wanted {p.version}, found {after.installed.get(p.name) or 'nothing'})"
-                 for p in plan.lock.pins if after.installed.get(p.name) != p.version]
+                 for p in needs(plan.lock.pins, after.installed).install]
         if wrong:
             raise WarmstartError(f"after installing, these do not match {plan.lock.path}: "
                                  + ", ".join(wrong))
-        step.detail = f"{len(plan.lock.pins)} packages match the lock"
+        step.detail = f"{len(plan.needs.wanted)} packages match the lock"
+        if plan.needs.provided:
+            step.detail += f", {len(plan.needs.provided)} by the platform's own build"
 
 
 def target_lock(python: str | None) -> FileLock:
@@ -316,7 +329,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
         step.detail = str(plan.workdir)
     report.extra["changed"] = not plan.nothing_to_do
     if plan.nothing_to_do:
-        report.installed = {p.name: p.version for p in plan.lock.pins}
+        report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
     else:
         installed_wheels = (plan.to_install or plan.to_download) and execute(plan, cache, report)
         verify(plan, report)

@@ -50,7 +50,7 @@ def index_urls() -> list[str]:
     return urls
 
 
-def _candidates(session: requests.Session, pin: Pin) -> list[tuple[str, str, str]]:
+def wheel_candidates(session: requests.Session, pin: Pin) -> list[tuple[str, str, str]]:
     """(filename, url, sha256) of the wheels the index lists for pin whose hash the lock names."""
     found = []
     for index in index_urls():
@@ -70,7 +70,7 @@ def _candidates(session: requests.Session, pin: Pin) -> list[tuple[str, str, str
     return found
 
 
-def _best(files: list[tuple[str, str, str]], supported: list[tags.Tag]) -> tuple[str, str, str] | None:
+def best_wheel(files: list[tuple[str, str, str]], supported: list[tags.Tag]) -> tuple[str, str, str] | None:
     rank = {tag: n for n, tag in enumerate(supported)}
     scored = []
     for file in files:
@@ -94,11 +94,15 @@ def _fetch_one(session: requests.Session, pin: Pin, supported: list[tags.Tag], d
 
 
 def _download_best(session: requests.Session, pin: Pin, supported: list[tags.Tag], dest: Path) -> Path | None:
-    choice = _best(_candidates(session, pin), supported)
+    choice = best_wheel(wheel_candidates(session, pin), supported)
     if choice is None:
         return None
     filename, url, sha256 = choice
-    target = dest / filename
+    return download_verified(session, url, sha256, dest / filename, f"{pin.name}=={pin.version}")
+
+
+def download_verified(session: requests.Session, url: str, sha256: str, target: Path, what: str) -> Path:
+    """Stream url into target, hashing as it comes; a file whose sha256 differs is removed."""
     digest = hashlib.sha256()
     with session.get(url, stream=True, timeout=(10, 120)) as response:
         response.raise_for_status()
@@ -109,7 +113,7 @@ def _download_best(session: requests.Session, pin: Pin, supported: list[tags.Tag
     if digest.hexdigest() != sha256:
         target.unlink()
         raise WarmstartError(f"{url} served a file whose sha256 is not the one the index and the lock "
-                             f"name for {pin.name}=={pin.version}; try again, or check the mirror")
+                             f"name for {what}; try again, or check the mirror")
     return target
 
 

@@ -1,9 +1,15 @@
 """Locks: pip-tools output with a sha256 for every file of every pin, minus the excluded packages.
 
 A lock is named `requirements/<in-stem>-<pyXY>-<platform>.txt` so locks for several Pythons
-sit side by side. Its header records a digest of everything it was compiled from (the `.in`
-text, the excludes, the Python and platform); a lock whose inputs changed is refused rather
-than silently used, since file times mean nothing after a git clone.
+sit side by side. A platform that publishes its images (Colab) gets locks of its own,
+`requirements/<profile>/<in-stem>-<pyXY>-<platform>.txt`, compiled against the image of that
+Python: what the image ships stays at its version unless the recipe rules that out.
+
+Its header records a digest of everything it was compiled from (the `.in` text, the excludes,
+the Python and platform, the image); a lock whose inputs changed is refused rather than
+silently used, since file times mean nothing after a git clone. Its body ends with the CUDA
+libraries each wheel it installs needs and brings, read from the wheels' ELF files, so
+`invoke lock --check` can judge it against the platform without downloading anything.
 """
 
 from __future__ import annotations
@@ -11,26 +17,36 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
 
+from . import PROJECT_ROOT
 from .errors import BadInput, WarmstartError
+from .images import Image
 from .installer import pip_env
+from .profiles import load_profile, profile_paths
 from .recipe import Recipe
 from .target import platform_tag
+from .transfer import atomic_write_text
 from .uv import ensure_uv, uv_env
 
 LOCK_FORMAT = "warmstart-lock-v1"
 _DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
 _BODY_LINE = re.compile(r"^# lock-sha256: ([0-9a-f]{64})\n", re.M)
 _HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+# The section after the pins: the CUDA libraries of each wheel the lock installs on its platform.
+WHEELS_MARK = "# cuda-libraries: read from the wheels' ELF files by `invoke lock`; checked by `invoke lock --check`"
+_WHEEL_LINE = re.compile(r"^#   (\S+)==(\S+) sha256:([0-9a-f]{64}) needs=(\S+) provides=(\S+)$")
 
 
 @dataclass(frozen=True)
@@ -38,10 +54,56 @@ class Pin:
     name: NormalizedName
     version: str
     hashes: frozenset[str]
+    # Who asked for it, from the resolver's `# via` lines: locked distributions by name. A pin
+    # the recipe's own `.in` names (or one with no `via` lines) is a root.
+    via: frozenset[NormalizedName] = frozenset()
+    root: bool = True
 
     def requirement_line(self) -> str:
         hashes = " ".join(f"--hash=sha256:{h}" for h in sorted(self.hashes))
         return f"{self.name}=={self.version} {hashes}"
+
+    def satisfied_by(self, installed: str | None) -> bool:
+        """As pip decides (PEP 440): `==2.11.0` is met by 2.11.0 and by a local build 2.11.0+cu128."""
+        if installed is None:
+            return False
+        if installed == self.version:
+            return True
+        try:
+            return SpecifierSet(f"=={self.version}").contains(Version(installed), prereleases=True)
+        except (InvalidSpecifier, InvalidVersion):
+            return False
+
+
+@dataclass(frozen=True)
+class WheelLibs:
+    """The CUDA libraries one locked wheel needs (ELF DT_NEEDED, less what it brings itself)
+    and brings (DT_SONAME), as `invoke lock` read them from the wheel whose sha256 it names."""
+
+    name: NormalizedName
+    version: str
+    sha256: str
+    needs: frozenset[str] = frozenset()
+    provides: frozenset[str] = frozenset()
+
+    def line(self) -> str:
+        def listed(names: frozenset[str]) -> str:
+            return ",".join(sorted(names)) or "-"
+
+        return (f"#   {self.name}=={self.version} sha256:{self.sha256} "
+                f"needs={listed(self.needs)} provides={listed(self.provides)}")
+
+    @classmethod
+    def parse(cls, line: str) -> WheelLibs | None:
+        match = _WHEEL_LINE.match(line)
+        if not match:
+            return None
+        name, version, sha256, needs, provides = match.groups()
+
+        def unlisted(text: str) -> frozenset[str]:
+            return frozenset() if text == "-" else frozenset(text.split(","))
+
+        return cls(canonicalize_name(name), version, sha256, unlisted(needs), unlisted(provides))
 
 
 @dataclass(frozen=True)
@@ -49,6 +111,50 @@ class Lock:
     path: Path
     inputs_sha256: str | None
     pins: tuple[Pin, ...]
+    # What `invoke lock` read from the wheels this lock installs on its platform; None in a lock
+    # written before warmstart recorded it.
+    wheels: dict[NormalizedName, WheelLibs] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a lock asks of one environment, given what is installed there."""
+
+    install: tuple[Pin, ...]  # pins the environment lacks at their locked version
+    provided: dict[NormalizedName, str]  # pins met by another build (torch 2.11.0+cu128): name -> it
+    left: tuple[Pin, ...]  # pins only a provided build needs: its own dependencies are the platform's
+    wanted: tuple[Pin, ...]  # every pin that must be there: the lock less what is left
+
+
+
+def needs(pins: tuple[Pin, ...], installed: Mapping[str, str]) -> Needs:
+    """Walk the lock's dependency graph from its roots. A pin met by the same version is kept as
+    it is; one met by another build (a platform's torch+cu128 for the lock's torch) is the
+    platform's, and so are the dependencies only it asks for (the lock's CUDA 13 runtime wheels
+    for PyPI's torch): a bare VM installs them all, Colab none of them."""
+    by_name = {p.name: p for p in pins}
+    children: dict[str, list[Pin]] = defaultdict(list)
+    for pin in pins:
+        for parent in pin.via:
+            children[parent].append(pin)
+    # A pin whose every asker is excluded from the lock (onnxruntime's) is the recipe's own.
+    stack = [p for p in pins if p.root or not any(v in by_name for v in p.via)]
+    reached: set[str] = set()
+    provided: dict[NormalizedName, str] = {}
+    while stack:
+        pin = stack.pop()
+        if pin.name in reached:
+            continue
+        reached.add(pin.name)
+        have = installed.get(pin.name)
+        if pin.satisfied_by(have) and have != pin.version:
+            provided[pin.name] = str(have)
+            continue
+        stack.extend(children[pin.name])
+    install = tuple(p for p in pins if p.name in reached and p.name not in provided
+                    and not p.satisfied_by(installed.get(p.name)))
+    left = tuple(p for p in pins if p.name not in reached)
+    return Needs(install, provided, left, tuple(p for p in pins if p.name in reached))
 
 
 # Our platform tags, as uv's --python-platform names them (glibc 2.28: Colab's Ubuntu 22.04 has 2.35).
@@ -65,6 +171,7 @@ UV_PLATFORMS = {
 class LockTarget:
     python_version: str  # "3.12"
     platform: str  # "manylinux_x86_64"
+    flavour: str | None = None  # a platform profile whose image the lock is compiled against
 
     @property
     def python_tag(self) -> str:
@@ -74,31 +181,64 @@ class LockTarget:
     def current(cls) -> LockTarget:
         return cls(f"{sys.version_info.major}.{sys.version_info.minor}", platform_tag())
 
+    @classmethod
+    def from_tag(cls, python_tag: str, platform: str, flavour: str | None = None) -> LockTarget:
+        return cls(f"{python_tag[2]}.{python_tag[3:]}", platform, flavour)
 
-def lock_path(recipe: Recipe, python_tag: str, platform: str) -> Path:
+    def describe(self) -> str:
+        return f"Python {self.python_version} on {self.platform}" + (
+            f" for the {self.flavour} image" if self.flavour else "")
+
+
+def lock_path(recipe: Recipe, target: LockTarget) -> Path:
+    folder = recipe.requirements_in.parent
+    if target.flavour:
+        folder = folder / target.flavour
+    return folder / f"{recipe.requirements_in.stem}-{target.python_tag}-{target.platform}.txt"
+
+
+def existing_locks(recipe: Recipe) -> dict[Path, LockTarget]:
+    """Every lock of the recipe's `.in`: beside it, and in a subfolder per platform image."""
     stem = recipe.requirements_in.stem
-    return recipe.requirements_in.with_name(f"{stem}-{python_tag}-{platform}.txt")
-
-
-def existing_locks(recipe: Recipe) -> dict[Path, tuple[str, str]]:
-    """Every lock beside the recipe's `.in`, with the (python tag, platform) its name says."""
-    pattern = re.compile(rf"^{re.escape(recipe.requirements_in.stem)}-(py\d+)-(.+)\.txt$")
+    pattern = re.compile(rf"^{re.escape(stem)}-(py\d+)-(.+)\.txt$")
     found = {}
-    for path in sorted(recipe.requirements_in.parent.glob(f"{recipe.requirements_in.stem}-py*-*.txt")):
+    folder = recipe.requirements_in.parent
+    candidates = [*folder.glob(f"{stem}-py*-*.txt"), *folder.glob(f"*/{stem}-py*-*.txt")]
+    for path in sorted(candidates):
         if match := pattern.match(path.name):
-            found[path] = (match.group(1), match.group(2))
+            flavour = path.parent.name if path.parent != folder else None
+            found[path] = LockTarget.from_tag(match.group(1), match.group(2), flavour)
     return found
 
 
-def stale_locks(recipe: Recipe) -> list[Path]:
-    return [path for path, (tag, platform) in existing_locks(recipe).items()
-            if parse_lock(path).inputs_sha256 != inputs_digest(recipe, tag, platform)]
+def target_image(target: LockTarget, root: Path = PROJECT_ROOT) -> Image | None:
+    """The image a flavoured lock is compiled against (Colab's for that Python)."""
+    if not target.flavour:
+        return None
+    profiles = profile_paths(root)
+    if target.flavour not in profiles:
+        raise BadInput(f"no platform profile {target.flavour!r} in {root / 'envs'}; "
+                       f"known: {', '.join(profiles)}")
+    profile = load_profile(profiles[target.flavour])
+    image = profile.image_for(target.python_version)
+    if image is None:
+        have = ", ".join(f"Python {v}" for v in profile.images()) or "none"
+        raise BadInput(f"the {target.flavour} platform has no image for Python {target.python_version} "
+                       f"in {root / 'envs' / 'images'} (it has: {have}); add one with `invoke image`")
+    return image
 
 
-def inputs_digest(recipe: Recipe, python_tag: str, platform: str) -> str:
+def stale_locks(recipe: Recipe, root: Path = PROJECT_ROOT) -> list[Path]:
+    return [path for path, target in existing_locks(recipe).items()
+            if parse_lock(path).inputs_sha256 != inputs_digest(recipe, target, target_image(target, root))]
+
+
+def inputs_digest(recipe: Recipe, target: LockTarget, image: Image | None = None) -> str:
     digest = hashlib.sha256()
-    for part in (LOCK_FORMAT, python_tag, platform, ",".join(recipe.exclude)):
+    for part in (LOCK_FORMAT, target.python_tag, target.platform, ",".join(recipe.exclude)):
         digest.update(part.encode() + b"\0")
+    if image is not None:  # a refreshed image (Colab moved on) makes its locks stale
+        digest.update(image.digest.encode() + b"\0")
     # Normalise line endings so a checkout on Windows does not look stale.
     digest.update(recipe.requirements_in.read_bytes().replace(b"\r\n", b"\n"))
     return digest.hexdigest()
@@ -115,18 +255,23 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
-def parse_lock(path: Path) -> Lock:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: lock not found") from None
-    found = _DIGEST_LINE.search(text)
-    body = _BODY_LINE.search(text)
-    if not body:
-        raise BadInput(f"{path}: not written by `invoke lock` (no lock-sha256 line); recompile it")
-    if hashlib.sha256(text[body.end():].encode()).hexdigest() != body.group(1):
-        raise BadInput(f"{path}: edited by hand since `invoke lock` wrote it (its pins or hashes "
-                       "no longer match its lock-sha256); recompile it with `invoke lock`")
+def _via(block: str) -> tuple[frozenset[NormalizedName], bool]:
+    """The distributions a block's `# via` lines name, and whether a requirements file does."""
+    names, root, inside = set(), False, False
+    for line in block.splitlines()[1:]:
+        text = line.strip().removeprefix("#").strip()
+        if text.startswith("via"):
+            inside, text = True, text.removeprefix("via").strip()
+        elif not inside or not line.strip().startswith("#"):
+            continue
+        if text.startswith(("-r ", "-c ")):
+            root = True
+        elif text:
+            names.add(canonicalize_name(re.split(r"[\s\[(;]", text, maxsplit=1)[0]))
+    return frozenset(names), root or not names
+
+
+def _parse_pins(text: str, path: Path) -> tuple[Pin, ...]:
     pins = []
     for block in _blocks(text):
         # The requirement is what precedes the first option (`--hash`) or line continuation.
@@ -146,46 +291,94 @@ def parse_lock(path: Path) -> Lock:
         if not hashes:
             raise BadInput(f"{path}: '{req.name}' has no --hash=sha256 lines"
                            "; recompile with `invoke lock`")
-        pins.append(Pin(canonicalize_name(req.name), specs[0].version, hashes))
-    return Lock(path, found.group(1) if found else None, tuple(pins))
+        via, root = _via(block)
+        pins.append(Pin(canonicalize_name(req.name), specs[0].version, hashes, via, root))
+    return tuple(pins)
 
 
-def check_fresh(lock: Lock, recipe: Recipe, python_tag: str, platform: str) -> None:
-    expected = inputs_digest(recipe, python_tag, platform)
+def parse_lock(path: Path) -> Lock:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BadInput(f"{path}: lock not found") from None
+    found = _DIGEST_LINE.search(text)
+    body = _BODY_LINE.search(text)
+    if not body:
+        raise BadInput(f"{path}: not written by `invoke lock` (no lock-sha256 line); recompile it")
+    if hashlib.sha256(text[body.end():].encode()).hexdigest() != body.group(1):
+        raise BadInput(f"{path}: edited by hand since `invoke lock` wrote it (its pins or hashes "
+                       "no longer match its lock-sha256); recompile it with `invoke lock`")
+    pins_text, marked, wheels_text = text.partition(WHEELS_MARK)
+    wheels = None
+    if marked:
+        parsed = [WheelLibs.parse(line) for line in wheels_text.splitlines()[1:]]
+        wheels = {w.name: w for w in parsed if w is not None}
+    return Lock(path, found.group(1) if found else None, _parse_pins(pins_text, path), wheels)
+
+
+def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | None = None) -> None:
+    expected = inputs_digest(recipe, target, image)
     if lock.inputs_sha256 != expected:
+        changed = " or its platform image" if image else ""
+        flavour = f" --platform-profile {target.flavour}" if target.flavour else ""
         raise BadInput(
-            f"{lock.path}: lock is stale, {recipe.requirements_in.name} or the recipe's excludes "
-            f"changed since it was compiled; run `invoke lock --recipe {recipe.name}`"
+            f"{lock.path}: lock is stale, {recipe.requirements_in.name}, the recipe's excludes{changed} "
+            f"changed since it was compiled; run `invoke lock --recipe {recipe.name}{flavour} "
+            f"--python-version {target.python_version}`"
         )
 
 
+def _block_name(block: str) -> NormalizedName | None:
+    head = block.split("\n", 1)[0].split("==", 1)[0].split("[", 1)[0].strip()
+    return canonicalize_name(head) if head and not head.startswith("#") else None
+
+
 def _without_excluded(text: str, exclude: tuple[NormalizedName, ...]) -> str:
-    kept = []
-    for block in _blocks(text):
-        head = block.split("\n", 1)[0].split("==", 1)[0].split("[", 1)[0].strip()
-        if head and not head.startswith("#") and canonicalize_name(head) in exclude:
-            continue
-        kept.append(block)
+    kept = [block for block in _blocks(text) if _block_name(block) not in exclude]
     return "\n".join(kept).strip() + "\n"
 
 
-def render(recipe: Recipe, target: LockTarget, tool: str, body: str) -> str:
-    """The lock file: a header naming its inputs' digest and its own body's digest, then the body."""
-    python_tag, platform = target.python_tag, target.platform
+def image_notes(pins: tuple[Pin, ...], image: Image) -> list[str]:
+    """How a lock compiled against an image differs from it: what it installs there, and why."""
+    found = needs(pins, image.shipped)
+    by_name = {p.name: p for p in pins}
+    differ = [f"{p.name} {image.shipped[p.name]} -> {p.version} (asked for by "
+              f"{', '.join(sorted(p.via)) if not p.root else 'the recipe'})"
+              for p in found.install if p.name in image.shipped]
+    new = [f"{p.name}=={p.version}" for p in found.install if p.name not in image.shipped]
+    provided = [f"{name} {have} (lock: {by_name[name].version})" for name, have in found.provided.items()]
+    return [
+        f"image: {image.describe()}",
+        f"differs from the image: {'; '.join(differ) or 'none'}",
+        f"adds to the image: {', '.join(new) or 'nothing'}",
+        f"the image's own build serves: {', '.join(provided) or 'none'}"
+        + (f"; with it, {len(found.left)} pins only it needs stay the image's" if found.left else ""),
+    ]
+
+
+def render(recipe: Recipe, target: LockTarget, tool: str, pins_text: str,
+           wheels: list[WheelLibs], image: Image | None = None) -> str:
+    """The lock file: a header naming its inputs' digest and its own body's digest, then the body:
+    the pins, and the CUDA libraries of the wheels it installs."""
+    body = pins_text + "\n".join([WHEELS_MARK, *(w.line() for w in wheels)]) + "\n"
+    notes = image_notes(_parse_pins(pins_text, Path(recipe.name)), image) if image else []
     return (
         f"# {LOCK_FORMAT}: generated by `invoke lock --recipe {recipe.name}` with {tool}; do not edit.\n"
-        f"# recipe: {recipe.name}  python: {target.python_version}  platform: {platform}\n"
+        f"# recipe: {recipe.name}  python: {target.python_version}  platform: {target.platform}\n"
         f"# excluded: {', '.join(recipe.exclude) or 'none'}\n"
-        f"# inputs-sha256: {inputs_digest(recipe, python_tag, platform)}\n"
+        + "".join(f"# {note}\n" for note in notes)
+        + f"# inputs-sha256: {inputs_digest(recipe, target, image)}\n"
         f"# lock-sha256: {hashlib.sha256(body.encode()).hexdigest()}\n"
     ) + body
 
 
-def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: tuple[str, ...]) -> list[str]:
+def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: tuple[str, ...],
+                 constraints: Path) -> list[str]:
     cmd = [
         sys.executable, "-m", "piptools", "compile", "--quiet",
         "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
         "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links",
+        "--constraint", str(constraints),
         "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
     ]
     return cmd + (["--upgrade"] if upgrade else []) + [
@@ -193,40 +386,155 @@ def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: t
 
 
 def _uv_compile(recipe: Recipe, target: LockTarget, draft: Path, upgrade: bool,
-                upgrade_packages: tuple[str, ...], say) -> list[str]:
+                upgrade_packages: tuple[str, ...], constraints: Path, say) -> list[str]:
     if target.platform not in UV_PLATFORMS:
         raise BadInput(f"unknown platform {target.platform!r}; known: {', '.join(UV_PLATFORMS)}")
     cmd = [
         str(ensure_uv(say)), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
         "--python-version", target.python_version, "--python-platform", UV_PLATFORMS[target.platform],
+        "--constraint", str(constraints),
         "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
     ]
     return cmd + (["--upgrade"] if upgrade else []) + [
         arg for p in upgrade_packages for arg in ("--upgrade-package", p)]
 
 
+def _seed(existing: Path, image: Image | None, upgrade: bool) -> str:
+    """Both resolvers prefer the pins they find in the output file: the lock's own and, for an
+    image lock, the image's versions, which win where both name one (a local build, +cu128, is
+    asked for by its public version)."""
+    blocks = _blocks(existing.read_text().partition(WHEELS_MARK)[0]) if existing.exists() and not upgrade else []
+    if image is not None:
+        blocks = [b for b in blocks if _block_name(b) not in image.shipped]
+        for name, version in image.shipped.items():
+            try:
+                blocks.append(f"{name}=={Version(version).public}")
+            except InvalidVersion:
+                continue  # a version pip itself could not compare: no preference
+    return "\n".join(blocks) + "\n" if blocks else ""
+
+
+@dataclass(frozen=True)
+class _Resolver:
+    """One resolution of the recipe for a target: pip-tools for this interpreter, uv for others."""
+
+    recipe: Recipe
+    target: LockTarget
+    seed: str
+    upgrade: bool
+    upgrade_packages: tuple[str, ...]
+    say: Callable[[str], None]
+
+    @property
+    def tool(self) -> str:
+        return "pip-tools" if self.target == LockTarget.current() else "uv"
+
+    def run(self, constraints: Mapping[str, str]) -> tuple[str | None, str]:
+        """(the compiled pins less the excluded, or None when unsatisfiable; the resolver's words)"""
+        with tempfile.TemporaryDirectory() as tmp:
+            draft, pinned = Path(tmp) / "lock.txt", Path(tmp) / "constraints.txt"
+            if self.seed:
+                draft.write_text(self.seed)
+            pinned.write_text("".join(f"{name}=={version}\n" for name, version in constraints.items()))
+            if self.tool == "pip-tools":
+                cmd, env = _pip_compile(self.recipe, draft, self.upgrade, self.upgrade_packages, pinned), pip_env()
+            else:
+                cmd = _uv_compile(self.recipe, self.target, draft, self.upgrade, self.upgrade_packages,
+                                  pinned, self.say)
+                env = uv_env()
+            done = subprocess.run(cmd, cwd=self.recipe.project_root, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                return None, done.stderr.strip()
+            return _without_excluded(draft.read_text(), self.recipe.exclude), ""
+
+
+def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> str:
+    """Preferences give way to the newest release of whatever is new (onnx 1.23 asks for a newer
+    protobuf than Colab's). Hold every shipped package this lock would change at the image's
+    version, all at once or one by one, where the recipe's requirements still resolve."""
+    pins = _parse_pins(pins_text, Path(resolver.recipe.name))
+    changed = {p.name: Version(image.shipped[p.name]).public
+               for p in needs(pins, image.shipped).install if p.name in image.shipped}
+    if not changed:
+        return pins_text
+    held_text, _ = resolver.run(changed)
+    if held_text is not None:
+        resolver.say(f"held at the image's versions: {', '.join(f'{n}=={v}' for n, v in changed.items())}")
+        return held_text
+    held: dict[str, str] = {}
+    for name, version in changed.items():
+        attempt, why = resolver.run({**held, name: version})
+        if attempt is None:
+            resolver.say(f"{name} {version} (the image's) is ruled out by the recipe's requirements: "
+                         f"{why.splitlines()[-1] if why else 'no resolution'}")
+            continue
+        held[name], pins_text = version, attempt
+    return pins_text
+
+
 def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
-                 upgrade_packages: tuple[str, ...] = (), say=print) -> Path:
-    """Resolve the recipe for `target` and write its lock atomically.
+                 upgrade_packages: tuple[str, ...] = (), say: Callable[[str], None] = print,
+                 root: Path = PROJECT_ROOT) -> Path:
+    """Resolve the recipe for `target`, read the CUDA libraries of the wheels it installs, refuse
+    it when the platform cannot load them, else write it atomically.
 
     pip-tools resolves for the interpreter it runs in, so it serves the current Python; any
     other target goes through uv's cross-target `uv pip compile`."""
-    path = lock_path(recipe, target.python_tag, target.platform)
-    with tempfile.TemporaryDirectory() as tmp:
-        draft = Path(tmp) / path.name
-        if path.exists() and not upgrade:
-            shutil.copyfile(path, draft)  # both resolvers keep the pins they find there
-        if target == LockTarget.current():
-            cmd, env, tool = _pip_compile(recipe, draft, upgrade, upgrade_packages), pip_env(), "pip-tools"
-        else:
-            say(f"locking {recipe.name} for Python {target.python_version} on {target.platform} with uv")
-            cmd, env, tool = _uv_compile(recipe, target, draft, upgrade, upgrade_packages, say), uv_env(), "uv"
-        done = subprocess.run(cmd, cwd=recipe.project_root, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise WarmstartError(f"{tool} could not lock {recipe.requirements_in} for Python "
-                                 f"{target.python_version}:\n{done.stderr.strip()}")
-        body = _without_excluded(draft.read_text(), recipe.exclude)
-    tmp_path = path.with_name(f".{path.name}.tmp")
-    tmp_path.write_text(render(recipe, target, tool, body))
-    os.replace(tmp_path, path)
+    from . import cudalibs  # needs pyelftools, a lock-time dependency
+
+    path = lock_path(recipe, target)
+    image = target_image(target, root)
+    # With --upgrade uv ignores every preference: an image lock re-resolves from the image alone.
+    resolver = _Resolver(recipe, target, _seed(path, image, upgrade), upgrade and image is None,
+                         upgrade_packages, say)
+    say(f"locking {recipe.name} for {target.describe()} with {resolver.tool}")
+    pins_text, why = resolver.run({})
+    if pins_text is None:
+        raise WarmstartError(f"{resolver.tool} could not lock {recipe.requirements_in} for "
+                             f"{target.describe()}:\n{why}")
+    if image is not None:
+        pins_text = _hold_image_versions(resolver, pins_text, image)
+    pins = _parse_pins(pins_text, path)
+    installs = needs(pins, image.shipped if image else {}).install
+    say(f"reading the CUDA libraries of {len(installs)} wheels for {target.describe()}")
+    wheels = cudalibs.scan(installs, target, say)
+    problems = cudalibs.problems(recipe, target, installs, {w.name: w for w in wheels},
+                                 cudalibs.platforms_for(target, image, root))
+    if problems:
+        raise BadInput(f"{path.name} would not load on its platform: " + "; ".join(problems))
+    atomic_write_text(path, render(recipe, target, resolver.tool, pins_text, wheels, image))
+    for note in image_notes(pins, image) if image else []:
+        say(note)
     return path
+
+
+def select_lock(recipe: Recipe, image: Image | None, python_minor: str,
+                platform: str) -> tuple[LockTarget, str | None]:
+    """The lock a VM uses: its platform image's when the profile has one for its Python and the
+    recipe has that lock, else the bare lock (with a warning saying what that costs)."""
+    bare = LockTarget(python_minor, platform)
+    if image is None:
+        return bare, None
+    flavoured = LockTarget(python_minor, platform, image.profile)
+    if lock_path(recipe, flavoured).exists() or not lock_path(recipe, bare).exists():
+        return flavoured, None
+    return bare, (f"{recipe.name} has no {image.profile} lock for Python {python_minor} "
+                  f"({lock_path(recipe, flavoured).name}); using the bare lock, which may replace "
+                  f"packages the {image.name} image ships; make one with `invoke lock --recipe "
+                  f"{recipe.name} --platform-profile {image.profile} --python-version {python_minor}`")
+
+
+def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_ROOT) -> list[str]:
+    """What `invoke lock --check` finds wrong with one lock, without downloading anything: stale
+    inputs, or CUDA libraries its platform cannot provide (from what the lock recorded)."""
+    from . import cudalibs
+
+    image = target_image(target, root)
+    lock = parse_lock(path)
+    if lock.inputs_sha256 != inputs_digest(recipe, target, image):
+        return ["stale (its inputs changed since it was compiled)"]
+    if lock.wheels is None:
+        return ["records no CUDA libraries (written before `invoke lock` read them)"]
+    installs = needs(lock.pins, image.shipped if image else {}).install
+    return cudalibs.problems(recipe, target, installs, lock.wheels,
+                             cudalibs.platforms_for(target, image, root))

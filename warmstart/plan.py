@@ -10,7 +10,8 @@ from packaging.utils import NormalizedName
 
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, judge
-from .lock import Lock, Pin
+from .images import Image
+from .lock import Lock, Needs, Pin, needs
 from .profiles import Profile
 from .recipe import Asset, Recipe
 from .snapshot import Snapshot
@@ -32,6 +33,8 @@ class Plan:
     snapshot: Snapshot | None  # a snapshot of this lock for this target, when Drive has one
     broken: dict[str, Path]  # half-installed (a killed install): name -> its dist-info folder
     installer: str  # "pip" or "uv"
+    needs: Needs  # the lock against what the target has: to install, provided by the platform, left to it
+    image: Image | None = None  # the platform image the lock was compiled against
     warnings: tuple[str, ...] = ()
 
     @property
@@ -43,7 +46,7 @@ class Plan:
         """Distributions the install changes from one version to another: (old, new)."""
         installed = self.target.installed
         return {p.name: (installed[p.name], p.version) for p in self.to_install
-                if p.name in installed and installed[p.name] != p.version}
+                if p.name in installed and not p.satisfied_by(installed[p.name])}
 
     @property
     def workdir(self) -> Path:
@@ -65,6 +68,9 @@ class Plan:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
         lines.append(f"install {len(self.to_install)} with {self.installer}: {_names(self.to_install, 6)}")
+        if self.needs.provided:
+            lines.append("  provided by the platform: " + ", ".join(
+                f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
         if self.to_install and self.snapshot:
             lines.append(f"  from the snapshot {self.snapshot.index.name}")
         lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
@@ -80,6 +86,12 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
     return ", ".join(shown) + (f" and {more} more" if more else "") if shown else "-"
 
 
+def pins_to_install(lock: Lock, target: TargetPython, broken: dict[str, Path]) -> tuple[Pin, ...]:
+    """What this VM installs: what the lock needs that the target lacks, and the half-installed."""
+    found = needs(lock.pins, target.installed)
+    return tuple(p for p in found.wanted if p in found.install or p.name in broken)
+
+
 def make_plan(
     recipe: Recipe,
     profile: Profile,
@@ -92,6 +104,7 @@ def make_plan(
     snapshot: Snapshot | None,
     installer: str,
     broken: dict[str, Path] | None = None,
+    image: Image | None = None,
     *,
     offline: bool,
     allow_no_gpu: bool,
@@ -118,8 +131,8 @@ def make_plan(
         warnings.extend(verdict.unfit)
 
     broken = broken or {}
-    to_install = tuple(p for p in lock.pins
-                       if target.installed.get(p.name) != p.version or p.name in broken)
+    found = needs(lock.pins, target.installed)
+    to_install = pins_to_install(lock, target, broken)
     if offline:
         missing = [p for p in to_install if p.name not in cached]
         if missing and snapshot is None:
@@ -135,9 +148,11 @@ def make_plan(
             )
         to_download: tuple[Pin, ...] = ()
     else:
-        # Fill the cache with the whole lock, not just what this VM lacks: the next VM's image
-        # may not ship the packages this one had preinstalled.
-        to_download = tuple(p for p in lock.pins if p.name not in cached)
+        # Fill the cache with all this lock needs, not just what this VM lacks (the next VM may
+        # not have what this one had), less what every VM of the platform's image ships.
+        shipped = image.shipped if image else {}
+        to_download = tuple(p for p in found.wanted if p.name not in cached
+                            and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
     return Plan(recipe, profile, target, lock, drive, offline, to_install, cached, to_download, assets,
-                snapshot, broken, installer, tuple(warnings))
+                snapshot, broken, installer, found, image, tuple(warnings))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import Field, Schema, read_toml, validate
 from .errors import BadInput, PreconditionUnmet
+from .images import Image, images_of, read_cuda_list
 
 PROFILE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -24,6 +25,9 @@ PROFILE_SCHEMA: Schema = {
     "workspace": Field("str", default="~"),
     "missing_drive_hint": Field("str", default="create the folder or pass --drive DIR"),
     "preloaded": Field("str-list", default=[]),
+    # The CUDA libraries the platform's system provides (a list in envs/images/); images of the
+    # profile name their own. Absent: not known (a workstation), and locks are not checked for it.
+    "cuda": Field("str"),
     "detect": {
         "env": Field("str-list", default=[]),
         "files": Field("str-list", default=[]),
@@ -50,6 +54,21 @@ class Profile:
     unset_env: tuple[str, ...]  # variables that break installers on this platform
     detect_env: tuple[str, ...]
     detect_files: tuple[str, ...]
+    envs: Path = Path("envs")  # the folder the profile was read from; its images/ lie there
+    cuda_list: str | None = None  # envs/images/<cuda_list>: sonames the system provides
+
+    def images(self) -> dict[str, Image]:
+        """This platform's published images, by Python `X.Y` (Colab: 3.13 latest, 3.12 2026.07)."""
+        return images_of(self.name, self.envs)
+
+    def image_for(self, python_minor: str) -> Image | None:
+        return self.images().get(python_minor)
+
+    def cuda(self, image: Image | None) -> frozenset[str] | None:
+        """The CUDA sonames the system provides (the image's when it names them); None: unknown."""
+        if image is not None and image.cuda:
+            return image.cuda
+        return read_cuda_list(self.envs / "images" / self.cuda_list) if self.cuda_list else None
 
     def matches(self, environ: Mapping[str, str]) -> bool:
         return any(var in environ for var in self.detect_env) or any(
@@ -82,11 +101,17 @@ def load_profile(path: Path) -> Profile:
         unset_env=tuple(data["env"]["unset"]),
         detect_env=tuple(data["detect"]["env"]),
         detect_files=tuple(data["detect"]["files"]),
+        envs=path.parent,
+        cuda_list=data["cuda"],
     )
 
 
+def profile_paths(root: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted((root / "envs").glob("*.toml"))}
+
+
 def select_profile(root: Path, environ: Mapping[str, str] = os.environ) -> Profile:
-    profiles = {p.stem: p for p in sorted((root / "envs").glob("*.toml"))}
+    profiles = profile_paths(root)
     wanted = environ.get("WARMSTART_PLATFORM")
     if wanted:
         if wanted not in profiles:

@@ -5,8 +5,9 @@ files costs about what copying their bytes costs. After a successful install, th
 locked distribution lists in its RECORD (its metadata included) are packed, relative to the
 target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<pyXY>-<key>-<sha>.tar.zst`,
 with an index `<recipe>-<pyXY>-<key>.json` (written last) that names the archive, records its
-sha256 and what it was made for. The key covers everything that makes the files valid: the lock's bytes, the Python
-version and ABI, the platform, the target's prefix (shebangs name it), the format.
+sha256 and what it was made for. The key covers everything that makes the files valid: the lock's
+bytes, the distributions it holds, the Python version and ABI, the platform, the target's prefix
+(shebangs name it), the format.
 
 A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder;
 only when the hash matches are the distributions the lock replaces removed (by pip or uv, by
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO
 from . import faults
 from .cache import CACHE_DIR, CacheStats
 from .errors import WarmstartError
-from .lock import Lock
+from .lock import Lock, Pin
 from .target import TargetPython, installed_files
 from .transfer import CHUNK, progress, set_aside, zstd_open
 
@@ -40,10 +41,12 @@ class SnapshotUnusable(WarmstartError):
     """The snapshot cannot be used; the message says why, and the wheels take over."""
 
 
-def snapshot_facts(lock: Lock, target: TargetPython) -> dict[str, str]:
+def snapshot_facts(lock: Lock, target: TargetPython, pins: tuple[Pin, ...]) -> dict[str, str]:
     return {
         "format": SNAPSHOT_FORMAT,
         "lock_sha256": hashlib.sha256(lock.path.read_bytes()).hexdigest(),
+        # What it holds: on a platform image only what the image lacks, so the set is part of the key.
+        "distributions": ",".join(sorted(f"{p.name}=={p.version}" for p in pins)),
         "python": str(target.version),
         "soabi": target.soabi,
         "platform": target.platform,
@@ -64,8 +67,9 @@ class Snapshot:
     facts: dict[str, str]
 
     @classmethod
-    def locate(cls, drive: Path, recipe: str, lock: Lock, target: TargetPython) -> Snapshot:
-        facts = snapshot_facts(lock, target)
+    def locate(cls, drive: Path, recipe: str, lock: Lock, target: TargetPython,
+               pins: tuple[Pin, ...]) -> Snapshot:
+        facts = snapshot_facts(lock, target, pins)
         stem = f"{recipe}-{target.tag}-{snapshot_key(facts)[:16]}"
         return cls(drive / CACHE_DIR / "snapshots" / f"{stem}.json", facts)
 
@@ -108,10 +112,10 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats) -> Path:
-    """Write the snapshot of what `lock` installed in `target`; returns the archive."""
-    files = installed_files(target, [p.name for p in lock.pins])
-    missing = [p.name for p in lock.pins if p.name not in files]
+def pack(snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...], stats: CacheStats) -> Path:
+    """Write the snapshot of the distributions `pins` installed in `target`; returns the archive."""
+    files = installed_files(target, [p.name for p in pins])
+    missing = [p.name for p in pins if p.name not in files]
     if missing:
         raise SnapshotUnusable(f"cannot snapshot: {', '.join(missing)} list no files (no RECORD)")
     members = sorted({f for paths in files.values() for f in paths if f.exists() or f.is_symlink()})
@@ -137,7 +141,7 @@ def pack(snapshot: Snapshot, target: TargetPython, lock: Lock, stats: CacheStats
     finally:
         tmp.unlink(missing_ok=True)
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
-             "files": len(members), "distributions": {p.name: p.version for p in lock.pins}}
+             "files": len(members), "distributions": {p.name: p.version for p in pins}}
     index_tmp = folder / f".{snapshot.index.name}.{uuid.uuid4().hex}.part"
     index_tmp.write_text(json.dumps(index, indent=1) + "\n")
     os.replace(index_tmp, snapshot.index)  # last: an index always names a whole archive

@@ -28,6 +28,7 @@ def describe_action(plan: Plan) -> str:
 def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
     plan, _cache = prepare(options, root, report)
+    wanted = {p.name: p for p in plan.needs.wanted}
     locked = {p.name: p.version for p in plan.lock.pins}
     have = plan.target.installed
     wheel_bytes = sum(path.stat().st_size for path in plan.cached.values())
@@ -38,9 +39,14 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "python": str(plan.target.executable),
         "python_version": str(plan.target.version),
         "lock": str(plan.lock.path),
-        "missing": sorted(n for n in locked if n not in have),
-        "different": {n: {"installed": have[n], "locked": v}
-                      for n, v in sorted(locked.items()) if n in have and have[n] != v},
+        "image": plan.image.describe() if plan.image else None,
+        "missing": sorted(n for n in wanted if n not in have),
+        "different": {n: {"installed": have[n], "locked": pin.version}
+                      for n, pin in sorted(wanted.items())
+                      if n in have and not pin.satisfied_by(have[n])},
+        # met by the platform's own build of the locked version (Colab's torch 2.11.0+cu128)
+        "provided": {n: {"installed": v, "locked": locked[n]} for n, v in sorted(plan.needs.provided.items())},
+        "left_to_platform": sorted(p.name for p in plan.needs.left),
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
         "broken": sorted(plan.broken),  # half-installed by a killed run
         "cache": {
@@ -65,10 +71,13 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"platform  {facts['platform']}",
         f"gpu       {gpus}" + "".join(f"\n          ! {w}" for w in facts["gpu_warnings"]),
         f"python    {facts['python']} ({facts['python_version']})",
-        f"lock      {facts['lock']}",
+        f"lock      {facts['lock']}" + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
         f"missing   {', '.join(facts['missing']) or '-'}",
         "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["different"].items()) or "-"),
+        "provided  " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
+                                  for n, d in facts["provided"].items()) or "-")
+        + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
         f"extra     {', '.join(facts['extra']) or '-'}",
         f"broken    {', '.join(facts['broken']) or '-'}",
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "

@@ -114,6 +114,20 @@ def atomic_copy(src: Path, dest: Path) -> int:
     return dest.stat().st_size
 
 
+def atomic_write_text(dest: Path, text: str) -> None:
+    """Write text to dest the same way: a unique temporary name beside it, flushed, renamed."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(tmp, "x") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 _CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 

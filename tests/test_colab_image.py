@@ -1,0 +1,155 @@
+"""The shipped recipes on a Colab stand-in built from Colab's own published package lists.
+
+A stand-in VM, for each runtime users meet (3.13 latest, 3.12 the pinned 2026.07): the pyenv
+interpreter of that Python; a virtualenv holding the image's versions (envs/images/) of the
+recipe's dependency closure and of image packages that depend on them (pandas, google-api-core,
+requests-oauthlib, opencv-python), installed from PyPI; Google Drive as a tmpfs mounted in a
+private mount namespace at the colab profile's mount point. What cannot exist here is mocked
+and says so: the image's CUDA 12.8 torch builds (+cu128, from PyTorch's own index) are
+dist-info folders only, and there is no notebook kernel (this is the `!invoke` path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from packaging.utils import canonicalize_name
+
+from conftest import CACHE_HOME, REPO, Result, cli_env, installed, pyenv_python, skip_or_fail
+from warmstart import PROJECT_ROOT
+from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
+from warmstart.images import images_of
+from warmstart.lock import parse_lock
+from warmstart.uv import find_uv, uv_env
+
+IMAGES = images_of("colab", PROJECT_ROOT / "envs")
+DEPENDENTS = ("pandas", "google-api-core", "requests-oauthlib", "opencv-python")
+
+
+def can_mount() -> bool:
+    probe = ["unshare", "-m", "--", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def colab_vm(tmp_path: Path, minor: str) -> Path:
+    """A fresh stand-in VM's interpreter (a virtualenv of the pyenv Python `minor`)."""
+    base = pyenv_python(minor)
+    if base is None:
+        skip_or_fail(f"no pyenv Python {minor} (Colab's runtime Python) on this machine")
+    if not can_mount():
+        skip_or_fail("needs `unshare -m` and mount (root) to mount the Drive stand-in")
+    venv = tmp_path / f"colab-{minor}"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True)
+    return venv / "bin" / "python"
+
+
+def install_image_versions(python: Path, names: set[str], minor: str, tmp_path: Path) -> None:
+    """The image's versions of `names`, and what they need, at the image's versions too."""
+    shipped = IMAGES[minor].shipped
+    wanted = tmp_path / "image-wanted.txt"
+    wanted.write_text("".join(f"{n}=={shipped[n]}\n" for n in sorted(names)))
+    constraints = tmp_path / "image-constraints.txt"
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in shipped.items() if "+" not in v))
+    env = uv_env() | {"UV_CACHE_DIR": str(Path(CACHE_HOME) / "uv")}
+    env.pop("PIP_INDEX_URL", None)
+    subprocess.run([str(find_uv()), "pip", "install", "--quiet", "--python", str(python), "-r", str(wanted),
+                    "-c", str(constraints)], check=True, env=env)
+
+
+def pip_check(python: Path) -> set[str]:
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "check"],
+                          capture_output=True, text=True, env=cli_env())
+    return {line for line in done.stdout.splitlines() if line and "No broken requirements" not in line}
+
+
+def on_colab(tmp_path: Path, *args: str) -> Result:
+    """`!invoke ARGS` on the stand-in: Drive mounted (a tmpfs) at the colab mount point."""
+    mount = tmp_path / "content" / "drive"
+    mount.mkdir(parents=True, exist_ok=True)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    env = cli_env(WARMSTART_PLATFORM="colab", WARMSTART_MOUNT_POINT=str(mount), HOME=str(home))
+    script = 'mount -t tmpfs tmpfs "$0" && mkdir "$0/MyDrive" && cd /tmp && exec "$@"'
+    done = subprocess.run(["unshare", "-m", "--", "sh", "-c", script, str(mount), sys.executable, "-m",
+                           "invoke", "--search-root", str(REPO), *args],
+                          env=env, capture_output=True, text=True, timeout=900)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
+def canonical(dists: dict[str, str]) -> dict[str, str]:
+    return {canonicalize_name(k): v for k, v in dists.items()}
+
+
+def cuda_needs_and_provides(python: Path) -> tuple[set[str], set[str]]:
+    prefix = Path(subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"],
+                                 capture_output=True, text=True, check=True).stdout.strip())
+    needs, provides = set(), set()
+    for path in prefix.rglob("*"):
+        if path.is_file() and SHARED_OBJECT.search(path.name) and path.read_bytes()[:4] == b"\x7fELF":
+            found = cuda_of(*read_elf(path))
+            needs |= found[0]
+            provides |= found[1]
+    return needs, provides
+
+
+@pytest.mark.registry
+@pytest.mark.parametrize("minor", sorted(IMAGES))
+def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
+    python = colab_vm(tmp_path, minor)
+    lock = parse_lock(REPO / "requirements" / "colab" / f"hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
+    closure = {p.name for p in lock.pins if p.name in IMAGES[minor].shipped}
+    install_image_versions(python, closure | set(DEPENDENTS), minor, tmp_path)
+    before, broken_before = canonical(installed(python)), pip_check(python)
+
+    result = on_colab(tmp_path, "bootstrap", "--recipe", "hyperlpr", "--python", str(python),
+                      "--allow-no-gpu", "--packages-only", "--json")
+
+    assert result.code == 0, result.stderr
+    report = result.report
+    assert report["lock"].endswith(f"requirements/colab/hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
+    assert report["image"] == IMAGES[minor].name
+    after = canonical(installed(python))
+    assert {n: v for n, v in before.items() if after.get(n) != v} == {}, "the image's versions stay"
+    assert set(after) - set(before) == {"hyperlpr3", "loguru", "onnxruntime-gpu"}
+    assert report["replaced"] == {} and report["restart_needed"] == []
+    new_conflicts = pip_check(python) - broken_before
+    # hyperlpr3 declares the CPU onnxruntime, which the recipe excludes on purpose.
+    assert all("requires onnxruntime," in line for line in new_conflicts), new_conflicts
+    needs, provides = cuda_needs_and_provides(python)
+    assert "libcudart.so.12" in needs, "onnxruntime-gpu's CUDA provider was read"
+    assert needs - provides <= IMAGES[minor].cuda, "every CUDA library it needs is on the image"
+
+
+def fake_image_build(python: Path, name: str, version: str) -> None:
+    """A dist-info for one of the image's +cu128 builds (PyTorch's index is out of reach here)."""
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "RECORD").write_text(f"{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+
+
+@pytest.mark.parametrize("minor", sorted(IMAGES))
+def test_hyperlpr_train_on_colab_keeps_the_images_torch_and_its_cuda(minor, tmp_path):
+    python = colab_vm(tmp_path, minor)
+    shipped = IMAGES[minor].shipped
+    for name in ("torch", "torchvision"):
+        fake_image_build(python, name, shipped[name])
+
+    result = on_colab(tmp_path, "status", "--recipe", "hyperlpr-train", "--python", str(python), "--json")
+
+    facts = json.loads(result.stdout)
+    assert facts["image"].startswith(IMAGES[minor].name), result.stderr
+    assert set(facts["provided"]) == {"torch", "torchvision"}
+    assert facts["provided"]["torch"] == {"installed": shipped["torch"], "locked": shipped["torch"].split("+")[0]}
+    cuda13 = [n for n in facts["left_to_platform"] if n.startswith("nvidia-")]
+    assert cuda13, "PyPI torch's CUDA runtime wheels are left to the image's own build"
+    assert not {"torch", "torchvision", *cuda13} & set(facts["missing"])
+    assert "ultralytics" in facts["missing"]
+    assert os.path.basename(facts["lock"]).startswith("hyperlpr-train-py")

@@ -1,0 +1,219 @@
+"""Platform images and the locks compiled against them: pure parts, tested in milliseconds.
+
+The Colab stand-in and real ELF files are in test_colab_image.py and test_cuda_check.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from warmstart import PROJECT_ROOT
+from warmstart.cudalibs import lock_tags, platforms_for, problems
+from warmstart.errors import BadInput
+from warmstart.images import images_of, load_image, parse_freeze, write_image
+from warmstart.lock import LockTarget, Pin, WheelLibs, _parse_pins, needs, select_lock
+from warmstart.recipe import GpuNeeds, load_recipe
+
+
+def pin(name: str, version: str = "1.0", via: tuple[str, ...] = (), root: bool | None = None) -> Pin:
+    return Pin(name, version, frozenset({name[0] * 64}), frozenset(via), not via if root is None else root)
+
+
+@pytest.mark.parametrize(("installed", "locked", "expected"), [
+    ("2.11.0", "2.11.0", True),
+    ("2.11.0+cu128", "2.11.0", True),   # PEP 440: a local build meets a pin without a local part
+    ("2.11", "2.11.0", True),           # zero padding
+    ("2.11.1", "2.11.0", False),
+    ("2.11.0", "2.11.0+cu128", False),  # a pin with a local part wants that build
+    (None, "1.0", False),
+    ("not a version", "1.0", False),
+])
+def test_a_pin_is_met_as_pip_decides(installed, locked, expected):
+    assert pin("torch", locked).satisfied_by(installed) is expected
+
+
+# A lock of the hyperlpr-train shape: PyPI's torch (CUDA 13) with its runtime wheel, and a
+# package both torch and the recipe's own ultralytics need.
+TRAIN = (
+    pin("ultralytics"),
+    pin("torch", "2.11.0", via=("ultralytics",)),
+    pin("nvidia-cuda-runtime", "13.0.96", via=("torch",)),
+    pin("sympy", "1.14.0", via=("torch",)),
+    pin("numpy", "2.1.3", via=("torch", "ultralytics")),
+    pin("coloredlogs", "15.0", via=("onnxruntime",)),  # only an excluded package asks for it
+)
+
+
+def names(pins) -> list[str]:
+    return sorted(p.name for p in pins)
+
+
+def test_a_bare_vm_installs_the_whole_lock():
+    found = needs(TRAIN, {})
+    assert names(found.install) == names(TRAIN)
+    assert found.provided == {} and found.left == ()
+
+
+def test_the_platforms_own_build_serves_the_pin_and_keeps_its_dependencies():
+    found = needs(TRAIN, {"torch": "2.11.0+cu128", "sympy": "1.14.0", "numpy": "2.1.3"})
+
+    assert found.provided == {"torch": "2.11.0+cu128"}
+    assert names(found.left) == ["nvidia-cuda-runtime", "sympy"]  # only torch asks for them
+    assert names(found.install) == ["coloredlogs", "ultralytics"]  # numpy is there already
+    assert "numpy" in names(found.wanted) and "torch" in names(found.wanted)
+
+
+def test_a_dependency_another_root_needs_is_installed_even_below_a_provided_build():
+    found = needs(TRAIN, {"torch": "2.11.0+cu128"})
+    assert "numpy" in names(found.install)  # ultralytics asks for it too
+    assert "sympy" not in names(found.install)
+
+
+def test_the_same_version_installed_is_not_a_provided_build():
+    found = needs(TRAIN, {"torch": "2.11.0"})
+    assert found.provided == {}
+    assert "nvidia-cuda-runtime" in names(found.install)  # torch's deps are still the lock's
+
+
+def test_via_lines_of_both_resolvers_become_the_graph(tmp_path):
+    text = (
+        "anyio==4.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\n    # via httpx\n"
+        "certifi==2026.1 \\\n    --hash=sha256:" + "c" * 64 + "\n    # via\n    #   httpcore\n    #   requests\n"
+        "hyperlpr3==0.1.3 \\\n    --hash=sha256:" + "d" * 64 + "\n    # via -r requirements/hyperlpr.in\n"
+        "torch==2.11.0 \\\n    --hash=sha256:" + "e" * 64 + "\n    # via\n    #   -r requirements/x.in\n    #   ultralytics\n"
+        "plain==1.0 --hash=sha256:" + "f" * 64 + "\n"
+    )
+    pins = {p.name: p for p in _parse_pins(text, tmp_path / "lock.txt")}
+    assert pins["anyio"].via == {"httpx"} and not pins["anyio"].root
+    assert pins["certifi"].via == {"httpcore", "requests"}
+    assert pins["hyperlpr3"].root and pins["hyperlpr3"].via == set()
+    assert pins["torch"].root and pins["torch"].via == {"ultralytics"}
+    assert pins["plain"].root  # no via lines: kept, as before the graph existed
+
+
+def test_wheel_lines_round_trip():
+    libs = WheelLibs("onnxruntime-gpu", "1.26.0", "0" * 64, frozenset({"libcudart.so.12", "libcudnn.so.9"}))
+    assert WheelLibs.parse(libs.line()) == libs
+    assert WheelLibs.parse("#   numpy==2.1.3 sha256:" + "1" * 64 + " needs=- provides=-").needs == frozenset()
+
+
+class FakeRecipe:
+    path = Path("recipes/demo.toml")
+    name = "demo"
+
+    def __init__(self, min_cuda: str | None = "12.0") -> None:
+        self.gpu = GpuNeeds(True, min_cuda=Version(min_cuda) if min_cuda else None)
+
+
+CUDA12 = frozenset({"libcudart.so.12", "libcublas.so.12", "libcublasLt.so.12", "libcudnn.so.9"})
+TARGET = LockTarget("3.13", "manylinux_x86_64")
+
+
+def facts(*wheels: WheelLibs) -> tuple[tuple[Pin, ...], dict[str, WheelLibs]]:
+    return tuple(Pin(w.name, w.version, frozenset({w.sha256})) for w in wheels), {w.name: w for w in wheels}
+
+
+def test_a_cuda_13_wheel_on_a_cuda_12_platform_is_refused_naming_wheel_and_library():
+    pins, wheels = facts(WheelLibs("onnxruntime-gpu", "1.31.1", "a" * 64,
+                                   frozenset({"libcudart.so.13", "libcublas.so.13"})))
+    found = problems(FakeRecipe(), TARGET, pins, wheels, {"the colab image colab-latest": CUDA12})
+    assert any("onnxruntime-gpu==1.31.1 needs libcublas.so.13, libcudart.so.13" in p
+               and "the colab image colab-latest" in p for p in found)
+    assert any('min_cuda is 12.0' in p and 'set min_cuda = "13.0"' in p for p in found)
+
+
+def test_the_locks_own_runtime_wheels_satisfy_what_the_platform_lacks():
+    pins, wheels = facts(
+        WheelLibs("torch", "2.11.0", "a" * 64, frozenset({"libcudart.so.13"})),
+        WheelLibs("nvidia-cuda-runtime", "13.0.96", "b" * 64, provides=frozenset({"libcudart.so.13"})))
+    assert problems(FakeRecipe("13.0"), TARGET, pins, wheels, {"docker": CUDA12}) == []
+
+
+def test_a_platform_that_declares_no_cuda_is_not_judged_but_min_cuda_still_is():
+    pins, wheels = facts(WheelLibs("x", "1", "a" * 64, frozenset({"libcudart.so.12"})))
+    assert problems(FakeRecipe("12.0"), TARGET, pins, wheels, {"local": None}) == []
+    assert problems(FakeRecipe(None), TARGET, pins, wheels, {"local": None})  # min_cuda unset
+
+
+def test_a_wheel_without_recorded_facts_is_a_problem():
+    pins, _ = facts(WheelLibs("x", "1", "a" * 64))
+    assert "no CUDA facts for x==1" in problems(FakeRecipe(), TARGET, pins, {}, {})[0]
+
+
+def test_colab_images_are_the_published_ones_with_provenance():
+    images = images_of("colab", PROJECT_ROOT / "envs")
+    assert sorted(images) == ["3.12", "3.13"]
+    latest, pinned = images["3.13"], images["3.12"]
+    assert latest.python == Version("3.13.15") and pinned.python == Version("3.12.13")
+    assert latest.shipped["numpy"] == "2.1.3" and pinned.shipped["numpy"] == "2.0.2"
+    assert latest.shipped["torch"] == "2.11.0+cu128"
+    assert "a72407924822" in latest.source and "ec53f93fe44a" in pinned.source
+    assert "libcudart.so.12" in latest.cuda and "libcudart.so.13" not in latest.cuda
+
+
+def test_bare_locks_serve_every_profile_without_an_image_for_that_python():
+    served = platforms_for(LockTarget("3.13", "manylinux_x86_64"), None)
+    assert served["the docker platform"] and served["the local platform"] is None
+    assert "the colab platform" not in served  # colab has its own image for 3.13
+    assert "the colab platform" in platforms_for(LockTarget("3.11", "manylinux_x86_64"), None)
+
+
+def test_lock_tags_fit_colabs_glibc_and_python():
+    found = {str(t) for t in lock_tags(LockTarget("3.12", "manylinux_x86_64"))}
+    assert "cp312-cp312-manylinux_2_35_x86_64" in found and "py3-none-any" in found
+    assert {"py3-none-manylinux2014_x86_64", "py3-none-manylinux1_x86_64"} <= found  # legacy names
+    assert not any("cp313" in t for t in found) and "cp312-cp312-manylinux_2_36_x86_64" not in found
+
+
+def test_parse_freeze_keeps_pins_and_skips_direct_references():
+    shipped = parse_freeze("# header\nNumPy==2.1.3\ngoogle-colab @ file:///x.tar.gz\ntorch==2.11.0+cu128\n")
+    assert shipped == {"numpy": "2.1.3", "torch": "2.11.0+cu128"}
+
+
+def test_image_task_writes_an_image_and_refuses_a_second_for_one_python(tmp_path):
+    envs = tmp_path / "envs"
+    (envs / "images").mkdir(parents=True)
+    (envs / "images" / "cuda-12.8.txt").write_text("libcudart.so.12\n")
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("numpy==2.3.0\n")
+
+    path = write_image(envs, "colab-next", "colab", freeze, "3.14.1", 'repo@abc "quoted"', "cuda-12.8.txt")
+
+    image = load_image(path)
+    assert image.shipped == {"numpy": "2.3.0"} and image.cuda == {"libcudart.so.12"}
+    assert image.source == 'repo@abc "quoted"'
+    with pytest.raises(BadInput, match="both images of colab for Python 3.14"):
+        write_image(envs, "colab-other", "colab", freeze, "3.14.2", "x", None)
+    with pytest.raises(BadInput, match="no `name==version` lines"):
+        freeze.write_text("nothing here\n")
+        write_image(envs, "colab-x", "colab", freeze, "3.15.0", "x", None)
+
+
+def test_a_vm_without_its_platform_lock_falls_back_to_the_bare_one_and_says_so(tmp_path):
+    recipe = load_recipe("hyperlpr", PROJECT_ROOT)
+    image = images_of("colab", PROJECT_ROOT / "envs")["3.13"]
+    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_x86_64")
+    assert chosen.flavour == "colab" and warning is None
+    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_aarch64")  # no lock of either
+    assert chosen.flavour == "colab" and warning is None  # the message then names the colab lock
+    chosen, warning = select_lock(recipe, None, "3.13", "manylinux_x86_64")
+    assert chosen.flavour is None and warning is None
+
+
+def test_without_a_colab_lock_the_bare_one_is_used_with_the_command_to_make_it(tmp_path):
+    import shutil
+
+    shutil.copytree(PROJECT_ROOT / "recipes", tmp_path / "recipes")
+    shutil.copytree(PROJECT_ROOT / "requirements", tmp_path / "requirements",
+                    ignore=shutil.ignore_patterns("colab"))
+    recipe = load_recipe(str(tmp_path / "recipes" / "hyperlpr.toml"), PROJECT_ROOT)
+    image = images_of("colab", PROJECT_ROOT / "envs")["3.13"]
+
+    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_x86_64")
+
+    assert chosen.flavour is None
+    assert "hyperlpr has no colab lock for Python 3.13" in warning
+    assert "invoke lock --recipe hyperlpr --platform-profile colab --python-version 3.13" in warning

@@ -1,0 +1,145 @@
+"""Platform images (`envs/images/*.toml`): what a notebook runtime ships, as its provider publishes it.
+
+An image names its platform profile, its Python, its `pip freeze` and the CUDA libraries its
+system provides. Locks for that platform are compiled against the image (what it ships stays at
+its version unless the recipe rules that out) and their CUDA needs are checked against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from .config import Field, Schema, read_toml, validate
+from .errors import BadInput
+from .transfer import atomic_write_text
+
+IMAGE_SCHEMA: Schema = {
+    "name": Field("str", required=True),
+    "profile": Field("str", required=True),
+    "python": Field("str", required=True),
+    "freeze": Field("str", required=True),
+    "cuda": Field("str"),
+    "source": Field("str", default=""),
+}
+
+# Sonames of the CUDA toolkit, cuDNN and NCCL libraries: what a GPU wheel may need from the
+# system or from `nvidia-*` wheels. The driver's own (libcuda.so.1, libnvidia-ml.so.1) and
+# TensorRT's (libnvinfer, an optional onnxruntime provider) are not among them.
+CUDA_LIBRARY = re.compile(
+    r"^lib(cudart|cublas|cublasLt|cufft|cufftw|curand|cusolver|cusolverMg|cusparse|cusparseLt"
+    r"|nvrtc|nvJitLink|cupti|cudnn(_\w+)?|nccl|nvToolsExt|npp\w*|nvjpeg|cufile|nvfatbin)\.so\.\d+$"
+)
+# Libraries whose soname major is the CUDA major they belong to (libcufft.so.11 is CUDA 12).
+CUDA_MAJOR_LIBRARY = re.compile(r"^lib(cudart|cublas|cublasLt|nvrtc)\.so\.(\d+)$")
+
+_FREEZE_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class Image:
+    name: str
+    profile: str
+    python: Version  # 3.13.15
+    shipped: dict[NormalizedName, str]  # distribution -> version, local part included (+cu128)
+    cuda: frozenset[str]  # sonames the system provides
+    source: str
+    path: Path
+    digest: str  # sha256 of the image's files: a lock compiled against it records it
+
+    @property
+    def python_minor(self) -> str:
+        return f"{self.python.major}.{self.python.minor}"
+
+    def describe(self) -> str:
+        return f"{self.name} (Python {self.python}, {len(self.shipped)} distributions; {self.source})"
+
+
+def parse_freeze(text: str) -> dict[NormalizedName, str]:
+    """`name==version` lines of a pip freeze; direct references (`name @ url`) name no version."""
+    shipped = {}
+    for line in text.splitlines():
+        if match := _FREEZE_LINE.match(line.strip()):
+            shipped[canonicalize_name(match.group(1))] = match.group(2)
+    return shipped
+
+
+def read_cuda_list(path: Path) -> frozenset[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read the CUDA library list ({exc.strerror})") from None
+    sonames = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+    wrong = sorted(s for s in sonames if not CUDA_LIBRARY.match(s))
+    if wrong:
+        raise BadInput(f"{path}: {wrong[0]!r} is not a CUDA library soname like libcudart.so.12")
+    return frozenset(sonames)
+
+
+def load_image(path: Path) -> Image:
+    data = validate(read_toml(path), IMAGE_SCHEMA, path)
+    try:
+        python = Version(data["python"])
+    except InvalidVersion:
+        raise BadInput(f"{path}: 'python' must be a version like \"3.13.15\", got {data['python']!r}") from None
+    digest = hashlib.sha256(path.read_bytes())
+    freeze = path.parent / data["freeze"]
+    try:
+        text = freeze.read_text()
+    except OSError as exc:
+        raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({exc.strerror})") from None
+    digest.update(text.encode())
+    cuda: frozenset[str] = frozenset()
+    if data["cuda"]:
+        cuda = read_cuda_list(path.parent / data["cuda"])
+        digest.update("\n".join(sorted(cuda)).encode())
+    return Image(data["name"], data["profile"], python, parse_freeze(text), cuda, data["source"],
+                 path, digest.hexdigest())
+
+
+def images_of(profile: str, envs: Path) -> dict[str, Image]:
+    """The images of one platform profile, by Python `X.Y`; two for one Python is an error."""
+    found: dict[str, Image] = {}
+    for path in sorted((envs / "images").glob("*.toml")):
+        image = load_image(path)
+        if image.profile != profile:
+            continue
+        if image.python_minor in found:
+            raise BadInput(f"{path} and {found[image.python_minor].path} are both images of {profile} "
+                           f"for Python {image.python_minor}; remove one")
+        found[image.python_minor] = image
+    return found
+
+
+def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, source: str,
+                cuda: str | None) -> Path:
+    """Add or refresh an image from a published `pip freeze` (the `invoke image` task)."""
+    if not re.match(r"^[a-z0-9][a-z0-9._-]*$", name):
+        raise BadInput(f"image name {name!r}: use lower-case letters, digits, '.', '-' or '_'")
+    try:
+        Version(python)
+        text = freeze.read_text()
+    except InvalidVersion:
+        raise BadInput(f"--python must be the image's Python version like 3.13.15, got {python!r}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{freeze}: cannot read the freeze file ({exc})") from None
+    if not parse_freeze(text):
+        raise BadInput(f"{freeze}: no `name==version` lines; pass the output of `pip freeze`")
+    folder = envs / "images"
+    if cuda is not None:
+        read_cuda_list(folder / cuda)  # refuse a list that does not exist or is malformed
+    fields = {"name": name, "profile": profile, "python": python, "freeze": f"{name}.freeze.txt",
+              **({"cuda": cuda} if cuda else {}), "source": source}
+    # JSON strings are valid TOML basic strings.
+    toml = "# Written by `invoke image`; the freeze beside it is the provider's, verbatim.\n" + "".join(
+        f"{key} = {json.dumps(value)}\n" for key, value in fields.items())
+    atomic_write_text(folder / f"{name}.freeze.txt", text)
+    atomic_write_text(folder / f"{name}.toml", toml)
+    images_of(profile, envs)  # two images of one Python: say so now, not at the next lock
+    return folder / f"{name}.toml"
