@@ -31,7 +31,7 @@ docker run --rm "${gpu[@]}" --network none -v "$drive:/drive" "$image" "$recipe"
 echo "== GPU as NVML sees it"
 status=0
 docker run --rm "${gpu[@]}" --network none -v "$drive:/drive" --entrypoint bash "$image" \
-    -c 'bash warmstart.sh warmstart --offline >/dev/null && PYTHONPATH=/opt/warmstart python3 -m invoke gpu --json' \
+    -c 'bash warmstart.sh warmstart --offline >/dev/null && invoke gpu --json' \
     || status=$?
 # With a GPU, `invoke gpu` must find it (0); without one it must say so (3).
 expected=3

@@ -293,3 +293,46 @@ def pyenv_python(minor: str) -> Path | None:
     found = sorted(Path(root).glob(f"versions/{minor}.*/bin/python{minor}"),
                    key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
     return found[-1] if found else None
+
+
+# --- the Colab stand-in: Colab's published package lists, the pyenv interpreter of its Python ---
+
+from warmstart.images import images_of  # noqa: E402
+from warmstart.uv import find_uv, uv_env  # noqa: E402
+
+COLAB_IMAGES = images_of("colab", REPO / "envs")
+# Image packages that depend on the recipes' closures, installed at the image's versions too.
+DEPENDENTS = ("pandas", "google-api-core", "requests-oauthlib", "opencv-python")
+
+
+def can_mount() -> bool:
+    probe = ["unshare", "-m", "--", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def colab_vm(tmp_path: Path, minor: str, with_pip: bool = False) -> Path:
+    """A fresh stand-in VM's interpreter (a virtualenv of the pyenv Python `minor`; Colab's
+    python3 has pip, which `with_pip` gives it)."""
+    base = pyenv_python(minor)
+    if base is None:
+        skip_or_fail(f"no pyenv Python {minor} (Colab's runtime Python) on this machine")
+    if not can_mount():
+        skip_or_fail("needs `unshare -m` and mount (root) to mount the Drive stand-in")
+    venv = tmp_path / f"colab-{minor}"
+    subprocess.run([str(base), "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)], check=True)
+    return venv / "bin" / "python"
+
+
+def install_image_versions(python: Path, names: set[str], minor: str, tmp_path: Path) -> None:
+    """The image's versions of `names`, and what they need, at the image's versions too."""
+    shipped = COLAB_IMAGES[minor].shipped
+    wanted = tmp_path / "image-wanted.txt"
+    wanted.write_text("".join(f"{n}=={shipped[n]}\n" for n in sorted(names)))
+    constraints = tmp_path / "image-constraints.txt"
+    constraints.write_text("".join(f"{n}=={v}\n" for n, v in shipped.items() if "+" not in v))
+    env = uv_env() | {"UV_CACHE_DIR": str(Path(CACHE_HOME) / "uv")}
+    env.pop("PIP_INDEX_URL", None)
+    subprocess.run([str(find_uv()), "pip", "install", "--quiet", "--python", str(python), "-r", str(wanted),
+                    "-c", str(constraints)], check=True, env=env)
+
+

@@ -20,45 +20,10 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from conftest import CACHE_HOME, REPO, Result, cli_env, installed, pyenv_python, skip_or_fail
-from warmstart import PROJECT_ROOT
+from conftest import (COLAB_IMAGES as IMAGES, DEPENDENTS, REPO, Result, cli_env, colab_vm, installed,
+                      install_image_versions)
 from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
-from warmstart.images import images_of
 from warmstart.lock import parse_lock
-from warmstart.uv import find_uv, uv_env
-
-IMAGES = images_of("colab", PROJECT_ROOT / "envs")
-DEPENDENTS = ("pandas", "google-api-core", "requests-oauthlib", "opencv-python")
-
-
-def can_mount() -> bool:
-    probe = ["unshare", "-m", "--", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
-
-
-def colab_vm(tmp_path: Path, minor: str) -> Path:
-    """A fresh stand-in VM's interpreter (a virtualenv of the pyenv Python `minor`)."""
-    base = pyenv_python(minor)
-    if base is None:
-        skip_or_fail(f"no pyenv Python {minor} (Colab's runtime Python) on this machine")
-    if not can_mount():
-        skip_or_fail("needs `unshare -m` and mount (root) to mount the Drive stand-in")
-    venv = tmp_path / f"colab-{minor}"
-    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True)
-    return venv / "bin" / "python"
-
-
-def install_image_versions(python: Path, names: set[str], minor: str, tmp_path: Path) -> None:
-    """The image's versions of `names`, and what they need, at the image's versions too."""
-    shipped = IMAGES[minor].shipped
-    wanted = tmp_path / "image-wanted.txt"
-    wanted.write_text("".join(f"{n}=={shipped[n]}\n" for n in sorted(names)))
-    constraints = tmp_path / "image-constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in shipped.items() if "+" not in v))
-    env = uv_env() | {"UV_CACHE_DIR": str(Path(CACHE_HOME) / "uv")}
-    env.pop("PIP_INDEX_URL", None)
-    subprocess.run([str(find_uv()), "pip", "install", "--quiet", "--python", str(python), "-r", str(wanted),
-                    "-c", str(constraints)], check=True, env=env)
 
 
 def pip_check(python: Path) -> set[str]:

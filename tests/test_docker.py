@@ -72,7 +72,7 @@ def test_cold_then_offline_restore_in_fresh_containers(image, drive):
 @needs_docker
 @needs_gpu
 def test_nvml_sees_the_gpu_inside_the_container(image, drive):
-    script = "bash warmstart.sh warmstart --offline >/dev/null && PYTHONPATH=/opt/warmstart python3 -m invoke gpu --json"
+    script = "bash warmstart.sh warmstart --offline >/dev/null && invoke gpu --json"
     done = container(image, drive, "-c", script, network=False, entrypoint="bash")
     assert done.returncode == 0, done.stderr
     gpu = json.loads(done.stdout.strip().splitlines()[-1])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import assets, faults, fetch, installer, snapshot, target as target_python
+from . import assets, faults, fetch, installer, restart, snapshot, target as target_python
 from .assets import AssetStore
 from .cache import CACHE_DIR, WheelCache
 from .checks import run_check
@@ -295,7 +294,7 @@ def verify(plan: Plan, report: Report) -> None:
 
 def target_lock(python: str | None) -> FileLock:
     """One run at a time per target environment (local disk; flock dies with its process)."""
-    exe = os.path.abspath(python) if python else sys.executable
+    exe = str(target_python.target_executable(python))
     digest = hashlib.sha256(exe.encode()).hexdigest()[:16]
     return FileLock(Path(tempfile.gettempdir()) / f"warmstart-{digest}.lock")
 
@@ -308,7 +307,7 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
         lock.acquire(timeout=float(os.environ.get("WARMSTART_LOCK_TIMEOUT", "600")))
     except Timeout:
         raise WarmstartError(
-            f"another warmstart run is installing into {options.python or sys.executable} and held "
+            f"another warmstart run is installing into {target_python.target_executable(options.python)} and held "
             f"{lock.lock_file} too long; wait for it, or set WARMSTART_LOCK_TIMEOUT"
         ) from None
     try:
@@ -328,32 +327,44 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
         plan.workdir.mkdir(parents=True, exist_ok=True)
         step.detail = str(plan.workdir)
     report.extra["changed"] = not plan.nothing_to_do
-    if plan.nothing_to_do:
-        report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
-    else:
-        installed_wheels = (plan.to_install or plan.to_download) and execute(plan, cache, report)
-        verify(plan, report)
-        if installed_wheels:
-            pack_snapshot(plan, report)
-        if plan.assets_to_place:
-            restore_assets(plan, report)
-        if plan.recipe.checks and not options.packages_only:
-            run_checks(plan, report)
-    report_restart(plan, options, report)
+    stale = stale_imports(plan, options)
+    kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
+    if stale and kernel:  # before anything changes: a run that fails midway still says it
+        restart.remember(plan.target.prefix, stale, kernel)
+    try:
+        if plan.nothing_to_do:
+            report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
+        else:
+            installed_wheels = (plan.to_install or plan.to_download) and execute(plan, cache, report)
+            verify(plan, report)
+            if installed_wheels:
+                pack_snapshot(plan, report)
+            if plan.assets_to_place:
+                restore_assets(plan, report)
+            if plan.recipe.checks and not options.packages_only:
+                run_checks(plan, report)
+    finally:
+        report_restart(plan, stale, report)
     if plan.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
 
 
-def report_restart(plan: Plan, options: Options, report: Report) -> None:
-    """Say once, at the end, when a replaced distribution is one the kernel has imported."""
+def stale_imports(plan: Plan, options: Options) -> dict[str, tuple[str, str]]:
+    """What this run replaces that the kernel has imported (in the kernel: what it has in
+    sys.modules; from a `!` command: what the platform's kernel imports at start)."""
     imported = (options.kernel_imported if options.kernel_imported is not None
                 else frozenset(plan.profile.preloaded))
-    replaced = plan.replaced
-    report.extra["replaced"] = {name: list(versions) for name, versions in replaced.items()}
-    stale = sorted(name for name in replaced if name in imported)
-    report.extra["restart_needed"] = stale
-    if stale:
-        changes = ", ".join(f"{n} {replaced[n][0]} -> {replaced[n][1]}" for n in stale)
+    return {name: versions for name, versions in sorted(plan.replaced.items()) if name in imported}
+
+
+def report_restart(plan: Plan, stale: dict[str, tuple[str, str]], report: Report) -> None:
+    """Say once, at the end, what the running kernel holds old copies of: replaced by this run,
+    or by an earlier run since which the kernel has not restarted."""
+    report.extra["replaced"] = {name: list(versions) for name, versions in plan.replaced.items()}
+    needed = {**restart.pending(plan.target.prefix), **stale}
+    report.extra["restart_needed"] = sorted(needed)
+    if needed:
+        changes = ", ".join(f"{n} {needed[n][0]} -> {needed[n][1]}" for n in sorted(needed))
         report.say(f"restart the runtime before using them (Runtime > Restart session): the "
                    f"running kernel imported the old versions of {changes}")

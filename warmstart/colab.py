@@ -1,29 +1,27 @@
 """The in-kernel path: one notebook cell that mounts Drive, bootstraps, and moves the notebook.
 
-    import warmstart.colab
-    warmstart.colab.bootstrap("hyperlpr")
+    from google.colab import drive; drive.mount('/content/drive')
+    import sys; sys.path.append('/content/drive/MyDrive/warmstart')
+    import warmstart.colab; warmstart.colab.bootstrap('hyperlpr')
 
 Only code running in the notebook kernel can mount Drive (google.colab asks the browser for
 consent through the kernel) and change the notebook's working directory; a `!invoke`
-subprocess can do neither. This module does both around the same bootstrap.
+subprocess can do neither. This module does both around the same bootstrap. It imports only
+the standard library until warmstart's own tools are restored (warmstart.tools) and appended to
+sys.path after the kernel's own packages, so a fresh kernel needs nothing installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import PROJECT_ROOT
-from .bootstrap import Options
-from .bootstrap import bootstrap as run_bootstrap
-from .cli import run_reported
+from . import PROJECT_ROOT, tools
 from .errors import PreconditionUnmet
-from .profiles import select_profile
-from .report import Report
-
 
 last_report: dict[str, Any] | None = None  # the most recent bootstrap's report
 
@@ -47,7 +45,9 @@ def imported_distributions() -> frozenset[str]:
 
 def mount_drive(mount_point: Path) -> None:
     """Mount Drive at mount_point unless it is mounted already; never write into it first."""
-    if os.path.ismount(mount_point):
+    from .profiles import is_mount_point
+
+    if is_mount_point(mount_point):
         return
     if mount_point.is_dir() and any(mount_point.iterdir()):
         raise PreconditionUnmet(
@@ -64,29 +64,61 @@ def restart_runtime() -> None:
     os.kill(os.getpid(), 9)
 
 
+# What warmstart imports in the kernel (invoke only serves `!invoke`): Colab's image has them all.
+_RUNTIME_MODULES = ("packaging", "filelock", "requests", "tqdm", "pynvml", "zstandard")
+
+
+def _with_tools(drive: str | None, offline: bool) -> None:
+    """warmstart's own dependencies: the kernel's where it has them, else from warmstart's private
+    folder (restored from Drive), appended to sys.path so the kernel's own always win."""
+    if all(importlib.util.find_spec(name) for name in _RUNTIME_MODULES):
+        return
+    folder = tools.ensure(Path(drive or os.environ.get("WARMSTART_DRIVE") or tools.CHECKOUT.parent)
+                          .expanduser(), offline=offline)
+    site = str(tools.tools_site(folder))
+    if site not in sys.path:
+        sys.path.append(site)
+
+
 def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
               allow_no_gpu: bool = False, allow_unfit_gpu: bool = False, dry_run: bool = False,
-              restart: bool = False, mount_point: str | None = None, root: Path = PROJECT_ROOT
-              ) -> dict[str, Any]:
+              installer: str = "auto", packages_only: bool = False, restart: bool = False,
+              mount_point: str | None = None, root: Path = PROJECT_ROOT) -> dict[str, Any]:
     """Mount Drive if needed, bootstrap `recipe` into this kernel's Python, `cd` to its workdir.
 
+    Takes every option of `invoke bootstrap` (but --python: the kernel's own, and --json).
     Returns the report. With restart=True, restarts the runtime when the install replaced a
     package the kernel had already imported (otherwise it says so and leaves it to you)."""
+    global last_report
     if mount_point:  # later `!invoke` calls in this notebook then find Drive there too
         os.environ["WARMSTART_MOUNT_POINT"] = mount_point
-    options = Options(recipe, drive, sys.executable, offline, allow_no_gpu, allow_unfit_gpu,
-                      dry_run, kernel_imported=imported_distributions())
+    try:
+        from .profiles import select_profile  # packaging: every notebook image has it
 
-    def act(report: Report) -> None:
         mount = select_profile(root).mount()
         if mount and not drive and not dry_run:
             mount_drive(mount)
+        _with_tools(drive, offline)
+    except (PreconditionUnmet, tools.ToolsError) as exc:
+        code = exc.exit_code if isinstance(exc, PreconditionUnmet) else exc.code
+        print(f"warmstart: error: {exc}", file=sys.stderr)
+        last_report = {"ok": False, "recipe": recipe, "error": str(exc), "exit_code": code}
+        raise BootstrapFailed(last_report) from None
+
+    from .bootstrap import Options
+    from .bootstrap import bootstrap as run_bootstrap
+    from .cli import run_reported
+    from .report import Report
+
+    options = Options(recipe, drive, sys.executable, offline, allow_no_gpu, allow_unfit_gpu,
+                      dry_run, installer, packages_only, kernel_imported=imported_distributions())
+
+    def act(report: Report) -> None:
         plan = run_bootstrap(options, root, report)
         if not dry_run:
             os.chdir(plan.workdir)
             report.say(f"working directory: {plan.workdir}")
 
-    global last_report
     report = run_reported(act, recipe, as_json=False)
     outcome = last_report = report.as_json()
     if report.exit_code:

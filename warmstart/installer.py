@@ -7,6 +7,7 @@ PIP_EXTRA_INDEX_URL (mirrors), and TLS settings are kept.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -43,9 +44,10 @@ def pip_env(unset: Iterable[str] = ()) -> dict[str, str]:
 
 def pip_command(target: Path) -> list[str]:
     """This interpreter's pip, pointed at the target's environment (pip >= 22.3 `--python`),
-    so a target without pip of its own works too."""
-    if Path(target) == Path(sys.executable):
-        return [sys.executable, "-m", "pip"]
+    so a target without pip of its own works too; the target's own pip where this interpreter
+    has none (warmstart's private tools on a VM carry no pip)."""
+    if Path(target) == Path(sys.executable) or importlib.util.find_spec("pip") is None:
+        return [str(target), "-m", "pip"]
     return [sys.executable, "-m", "pip", "--python", str(target)]
 
 

@@ -20,7 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--recipe", required=True)
     boot.add_argument("--drive")
     boot.add_argument("--mount-point")
-    for flag in ("--offline", "--allow-no-gpu", "--allow-unfit-gpu", "--dry-run", "--restart"):
+    boot.add_argument("--installer", choices=("auto", "pip", "uv"), default="auto")
+    for flag in ("--offline", "--allow-no-gpu", "--allow-unfit-gpu", "--dry-run", "--packages-only",
+                 "--restart"):
         boot.add_argument(flag, action="store_true")
     return parser
 
@@ -28,14 +30,12 @@ def _parser() -> argparse.ArgumentParser:
 def warmstart_magic(line: str) -> None:
     """The report stays in `warmstart.colab.last_report` rather than flooding the cell output."""
     try:
-        args = _parser().parse_args(shlex.split(line))
+        args = vars(_parser().parse_args(shlex.split(line)))
     except SystemExit:  # argparse printed the usage or the error
         return
+    args.pop("command")
     try:
-        colab.bootstrap(args.recipe, drive=args.drive, offline=args.offline,
-                               allow_no_gpu=args.allow_no_gpu, allow_unfit_gpu=args.allow_unfit_gpu,
-                               dry_run=args.dry_run, restart=args.restart,
-                               mount_point=args.mount_point)
+        colab.bootstrap(args.pop("recipe"), **args)
     except colab.BootstrapFailed:
         pass  # the one-line error is already on stderr; no traceback in the notebook
 

@@ -138,6 +138,20 @@ def resolve_drive(option: str | None, profile: Profile, environ: Mapping[str, st
     return profile.default_drive(environ)
 
 
+def is_mount_point(path: Path) -> bool:
+    """A mount point, bind mounts of a folder on the same file system included (which
+    os.path.ismount cannot tell: it compares device numbers)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
+            points = {line.split()[4].encode().decode("unicode_escape") for line in fh if line.strip()}
+    except OSError:
+        return False
+    return os.path.abspath(path) in points
+
+
 def mount_hint(mount: Path) -> str:
     return (f"run this in a notebook cell first: from google.colab import drive; "
             f"drive.mount('{mount}')  (or do it all from the notebook: "
@@ -149,7 +163,7 @@ def require_drive(drive: Path, profile: Profile, *, create: bool,
     """Exit 3 when Drive is not there. Nothing is ever written under an unmounted mount point:
     that would make the later mount fail ("Mountpoint must not already contain files")."""
     mount = profile.mount(environ)
-    if mount and drive.is_relative_to(mount) and not os.path.ismount(mount):
+    if mount and drive.is_relative_to(mount) and not is_mount_point(mount):
         raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount)}")
     if drive.is_dir():
         return

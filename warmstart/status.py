@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import restart
 from .bootstrap import Options, prepare
 from .plan import Plan
 from .report import Report
@@ -57,6 +58,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             "assets": {asset.name: state for asset, (_dest, state) in plan.assets.items()},
         },
         "action": describe_action(plan),
+        # replaced by an earlier run while the notebook's kernel, still running, had them imported
+        "restart_needed": sorted(restart.pending(plan.target.prefix)),
     }
     facts["matches"] = not (facts["missing"] or facts["different"] or facts["broken"]
                             or plan.assets_to_place)
@@ -84,5 +87,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
     ]
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
+    if facts["restart_needed"]:
+        lines.append(f"restart   the runtime: the running kernel imported old versions of "
+                     f"{', '.join(facts['restart_needed'])}")
     lines.append(f"bootstrap would: {facts['action']}")
     return lines

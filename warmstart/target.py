@@ -88,9 +88,18 @@ def platform_tag() -> str:
     return f"{system}_{platform.machine().lower()}"
 
 
-def probe(executable: str | Path | None) -> TargetPython:
+def target_executable(executable: str | Path | None) -> Path:
+    """--python as given (a bare command name is looked up on PATH), else WARMSTART_PYTHON (the
+    notebook's interpreter, set by warmstart's launcher), else this interpreter."""
+    chosen = str(executable or os.environ.get("WARMSTART_PYTHON") or sys.executable)
+    if os.sep not in chosen:
+        chosen = shutil.which(chosen) or chosen
     # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
-    exe = Path(os.path.abspath(Path(executable).expanduser())) if executable else Path(sys.executable)
+    return Path(os.path.abspath(Path(chosen).expanduser()))
+
+
+def probe(executable: str | Path | None) -> TargetPython:
+    exe = target_executable(executable)
     try:
         out = subprocess.run(
             [str(exe), "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60

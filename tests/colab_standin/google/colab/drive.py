@@ -1,8 +1,10 @@
 """Stand-in for `google.colab.drive` (the Colab frontend and Drive cannot exist here).
 
 `mount()` behaves like Colab's where warmstart can tell: it refuses a mount point that already
-holds files, then makes the mount point a real mount (a tmpfs; the test runs it in its own
-mount namespace) holding `MyDrive`. Every call is appended to $FAKE_COLAB_LOG.
+holds files, then makes the mount point a real mount (the test runs it in its own mount
+namespace) holding `MyDrive`: a tmpfs, or with $FAKE_DRIVE_BACKING a bind mount of that folder,
+a Drive that already holds files (the warmstart checkout). Every call is appended to
+$FAKE_COLAB_LOG.
 """
 
 import json
@@ -16,5 +18,9 @@ def mount(mountpoint, force_remount=False, timeout_ms=120000, readonly=False):
     os.makedirs(mountpoint, exist_ok=True)
     if os.listdir(mountpoint):
         raise ValueError("Mountpoint must not already contain files")
-    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
-    os.makedirs(os.path.join(mountpoint, "MyDrive"))
+    backing = os.environ.get("FAKE_DRIVE_BACKING")
+    if backing:
+        subprocess.run(["mount", "--bind", backing, mountpoint], check=True)
+    else:
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", mountpoint], check=True)
+    os.makedirs(os.path.join(mountpoint, "MyDrive"), exist_ok=True)

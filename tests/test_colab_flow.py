@@ -1,0 +1,244 @@
+"""The Colab flow end to end, as a user types it, on a stand-in VM for each Colab Python.
+
+A VM here: the pyenv interpreter of the runtime's Python as the notebook's `python3` (a
+virtualenv with pip, holding the image's versions of what the recipes use, from Colab's
+published package list), an empty HOME, a `/content` folder the `!` cells run in, and uv on
+PATH (Colab ships it). Drive is a folder of this machine bind-mounted at the colab profile's
+mount point inside the VM's own mount namespace (`unshare -m`), so it outlives the VM, as Drive
+does; the warmstart checkout lies on it. There is no notebook frontend: the cells are run by a
+shell, and the kernel stand-in for the restart notice is a process named like Colab's.
+
+VM 1 runs `warmstart.sh hyperlpr`, then the literal `invoke bootstrap --recipe hyperlpr` from
+/content. VM 2 is wiped (a new interpreter and HOME) and has no network (`unshare -n`): the same
+two commands with --offline restore everything from Drive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from packaging.utils import canonicalize_name
+
+from conftest import (COLAB_IMAGES, HAVE_MODELS, REPO, SHARED_HYPERLPR, _write_simple_index, build_wheel,
+                      cli_env, colab_vm, hyperlpr_variant, install_image_versions, installed, needs_netns,
+                      serve_folder)
+from test_fresh_machine import copy_checkout
+from warmstart.lock import parse_lock
+from warmstart.uv import find_uv
+
+RECIPE_ADDS = {"hyperlpr3", "loguru", "onnxruntime-gpu"}
+
+
+def canonical(python: Path) -> dict[str, str]:
+    return {canonicalize_name(k): v for k, v in installed(python).items()}
+
+
+def make_vm(root: Path, minor: str) -> tuple[Path, dict[str, str]]:
+    """A wiped VM: the notebook's interpreter with the image's packages, HOME, /content, PATH."""
+    python = colab_vm(root, minor, with_pip=True)
+    tag = f"py{minor.replace('.', '')}"
+    names = set()
+    for recipe in ("hyperlpr", "warmstart"):
+        lock = parse_lock(REPO / "requirements" / "colab" / f"{recipe}-{tag}-manylinux_x86_64.txt")
+        names |= {p.name for p in lock.pins if p.name in COLAB_IMAGES[minor].shipped}
+    install_image_versions(python, names | {"opencv-python"}, minor, root)
+    for folder in ("home", "content", "bin"):
+        (root / folder).mkdir()
+    (root / "bin" / "uv").symlink_to(find_uv())
+    # The machine's own network settings (proxy, CA bundle) only; no pip configuration of ours.
+    network = {k: v for k, v in os.environ.items()
+               if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
+    env = network | {"PATH": f"{python.parent}:{root / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
+                     "COLAB_RELEASE_TAG": "release-colab-stand-in", "PIP_CONFIG_FILE": os.devnull}
+    return python, env
+
+
+def cells(root: Path, backing: Path, env: dict[str, str], lines: list[str], offline: bool = False):
+    """Run notebook `!` lines, one after the other, in /content of a VM with Drive mounted."""
+    mount = root / "content" / "drive"
+    script = "set -e\n" + "\n".join(
+        [f"mkdir -p {mount} && mount --bind {backing} {mount}", f"cd {root / 'content'}",
+         *(f"echo '>>> {line}' >&2; {line}" for line in lines)])
+    cmd = ["unshare", "-m", *(["-n"] if offline else []), "--", "bash", "-c", script]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, env=env | {"WARMSTART_MOUNT_POINT": str(mount)}, capture_output=True,
+                          text=True, timeout=900)
+    return done, time.perf_counter() - start
+
+
+@pytest.mark.registry
+@needs_netns
+@pytest.mark.parametrize("minor", sorted(COLAB_IMAGES))
+def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
+    backing = tmp_path / "drive-backing"
+    checkout = backing / "MyDrive" / "warmstart"
+    copy_checkout(checkout)
+    hyperlpr_variant(checkout)  # the models this machine has, served from 127.0.0.1 below
+    mount = tmp_path / "vm1" / "content" / "drive"
+    flags = "--allow-no-gpu" + ("" if HAVE_MODELS else " --packages-only")
+    script = f"bash {mount}/MyDrive/warmstart/warmstart.sh hyperlpr {flags}"
+    typed = f"invoke bootstrap --recipe hyperlpr {flags} --json > {tmp_path}/report-$VM.json"
+
+    python1, env1 = make_vm(tmp_path / "vm1", minor)
+    before = canonical(python1)
+    mirror, models = serve_folder(SHARED_HYPERLPR / "models" / "20230229" / "onnx") if HAVE_MODELS \
+        else ("http://127.0.0.1:9", None)
+    first, _ = cells(tmp_path / "vm1", backing, env1 | {"WARMSTART_ASSET_MIRROR": mirror, "VM": "1"},
+                     [script, typed])
+    if models:
+        models.shutdown()
+
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "cached them in" in first.stderr
+    script_cell = first.stderr.split(">>> invoke", 1)[0]
+    assert script_cell.rstrip().endswith(
+        "warmstart.sh: from now on, in any folder of this VM: !invoke bootstrap --recipe hyperlpr")
+    report = json.loads((tmp_path / "report-1.json").read_text())
+    assert report["ok"] and report["image"] == COLAB_IMAGES[minor].name and report["changed"] is False
+    after = canonical(python1)
+    assert set(after) - set(before) == RECIPE_ADDS, "the notebook gained the recipe's packages only"
+    assert {n: v for n, v in before.items() if after[n] != v} == {}, "and lost or replaced nothing"
+    assert "restart the runtime" not in first.stderr
+
+    # A wiped VM: a new interpreter and HOME; Drive is the same; no network at all.
+    mount2 = tmp_path / "vm2" / "content" / "drive"
+    python2, env2 = make_vm(tmp_path / "vm2", minor)
+    before2 = canonical(python2)
+    second, seconds = cells(tmp_path / "vm2", backing, env2 | {"VM": "2"},
+                            [script.replace(str(mount), str(mount2)) + " --offline", typed + " --offline"],
+                            offline=True)
+
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "restored warmstart's dependencies from" in second.stderr
+    print(f"wiped-VM restore on Python {minor}: {seconds:.1f} s (both commands, tools and recipe)")
+    assert set(canonical(python2)) - set(before2) == RECIPE_ADDS
+    assert json.loads((tmp_path / "report-2.json").read_text())["ok"]
+    code = "import onnxruntime, hyperlpr3" if HAVE_MODELS else "import onnxruntime, loguru"
+    works = subprocess.run(["unshare", "-n", "--", str(python2), "-c", code], env=env2, capture_output=True,
+                           text=True)
+    assert works.returncode == 0, works.stderr
+    assert subprocess.run([str(python2), "-c", "import invoke"], capture_output=True).returncode != 0, \
+        "warmstart's own tools stay out of the notebook's interpreter"
+    assert not list(checkout.rglob("__pycache__")), "no bytecode may be written to Drive"
+
+
+# --- the restart notice ----------------------------------------------------------------------
+
+KERNEL = '''
+"""A stand-in for Colab's kernel process (named like it): it imports numpy, then runs `!` lines."""
+import json, subprocess, sys
+import numpy
+for line in json.loads(sys.argv[1]):
+    done = subprocess.run(line, shell=True, capture_output=True, text=True)
+    print(json.dumps({"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}))
+'''
+
+
+@pytest.fixture
+def numpy_world(tmp_path):
+    """An index with a numpy 1.0 and 2.0 (test-built), a recipe locking numpy 2.0, and a
+    notebook interpreter that has numpy 1.0."""
+    root = tmp_path / "index"
+    (root / "files").mkdir(parents=True)
+    for version in ("1.0", "2.0"):
+        build_wheel(root / "files", "numpy", version)
+    _write_simple_index(root)
+    url, server = serve_folder(root)
+    project = tmp_path / "project"
+    (project / "recipes").mkdir(parents=True)
+    (project / "requirements").mkdir()
+    (project / "requirements" / "np.in").write_text("numpy==2.0\n")
+    recipe = project / "recipes" / "np.toml"
+    recipe.write_text('name = "np"\n[requirements]\nin = "requirements/np.in"\n'
+                      '[[checks]]\nname = "fails when asked"\nrun = "test ! -e $HOME/fail"\n')
+    env = cli_env(f"{url}/simple", WARMSTART_PLATFORM="colab", HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO)]
+    assert subprocess.run([*invoke, "lock", "--recipe", str(recipe)], env=env, capture_output=True).returncode == 0
+    python = tmp_path / "nb" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(python.parent.parent)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+                    "--index-url", f"{url}/simple", "numpy==1.0"], check=True, env=env)
+    (tmp_path / "colab_kernel_launcher.py").write_text(textwrap.dedent(KERNEL))
+    bang = " ".join(shlex.quote(a) for a in invoke)
+    line = f"{bang} {{}} --recipe {recipe} --drive {tmp_path / 'drive'} --python {python}"
+    yield tmp_path, python, env, line
+    server.shutdown()
+
+
+def kernel(tmp_path: Path, python: Path, env: dict[str, str], lines: list[str]) -> list[dict]:
+    """One kernel process (it imports numpy first), running `!` lines in order."""
+    done = subprocess.run([str(python), str(tmp_path / "colab_kernel_launcher.py"), json.dumps(lines)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(out) for out in done.stdout.splitlines()]
+
+
+def test_restart_notice_until_the_kernel_restarts_also_after_a_failed_run(numpy_world):
+    tmp_path, python, env, line = numpy_world
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "home" / "fail").touch()  # the recipe's check fails after numpy was replaced
+    NOTICE = "running kernel imported the old versions of numpy 1.0 -> 2.0"
+
+    failed, again, status = kernel(tmp_path, python, env, [
+        line.format("bootstrap"), line.format("bootstrap"), line.format("status")])
+
+    assert failed["code"] == 1 and "checks failed" in failed["stderr"]
+    assert failed["stderr"].count(NOTICE) == 1, "a run that replaced numpy and then failed says so"
+    assert "nothing to do" in again["stderr"] and again["stderr"].count(NOTICE) == 1, \
+        "the next run, with nothing to install, repeats it"
+    assert "restart   the runtime: the running kernel imported old versions of numpy" in status["stdout"]
+
+    (tmp_path / "home" / "fail").unlink()
+    (after_restart,) = kernel(tmp_path, python, env, [line.format("bootstrap")])  # a new kernel process
+
+    assert after_restart["code"] == 0, after_restart["stderr"]
+    assert "restart the runtime" not in after_restart["stderr"], "a restarted kernel has the new numpy"
+
+
+# --- the in-kernel path on a fresh VM ----------------------------------------------------------
+
+STANDIN = Path(__file__).parent / "colab_standin"
+
+
+@pytest.mark.registry
+def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
+    """The README's cell, verbatim but for the paths: Drive is not mounted and warmstart lives on
+    it. The kernel has Colab's packages but for zstandard, which warmstart's own folder supplies."""
+    minor = max(COLAB_IMAGES)
+    backing = tmp_path / "drive-backing"
+    copy_checkout(backing / "MyDrive" / "warmstart")
+    python, env = make_vm(tmp_path / "vm", minor)
+    subprocess.run([str(python), "-m", "pip", "uninstall", "--quiet", "--yes", "zstandard"], check=True)
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "google-colab-standin.pth").write_text(str(STANDIN))  # the frontend cannot exist here
+    before = canonical(python)
+    mount = tmp_path / "vm" / "content" / "drive"
+    mount.mkdir()
+    cell = textwrap.dedent(f"""
+        from google.colab import drive; drive.mount('{mount}')
+        import sys; sys.path.append('{mount}/MyDrive/warmstart')
+        import warmstart.colab; warmstart.colab.bootstrap('hyperlpr', allow_no_gpu=True, packages_only=True)
+        import json, os; print(json.dumps({{"cwd": os.getcwd(), "report": warmstart.colab.last_report}}))
+    """)
+
+    done = subprocess.run(["unshare", "-m", "--", str(python), "-c", cell], cwd=tmp_path / "vm" / "content",
+                          env=env | {"WARMSTART_MOUNT_POINT": str(mount), "FAKE_DRIVE_BACKING": str(backing),
+                                     "FAKE_COLAB_LOG": str(tmp_path / "colab.log")},
+                          capture_output=True, text=True, timeout=900)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["report"]["ok"] and out["report"]["image"] == COLAB_IMAGES[minor].name
+    assert out["cwd"] == str(mount / "MyDrive" / "HyperLPR")
+    assert "installed warmstart's dependencies and cached them in" in done.stderr, "zstandard came from there"
+    assert set(canonical(python)) - set(before) == RECIPE_ADDS, "the kernel's interpreter gained the recipe only"

@@ -1,0 +1,220 @@
+"""warmstart's own tools on a wiped VM, kept apart from the notebook's packages (stdlib only).
+
+    warmstart.sh RECIPE [bootstrap options]     (runs main() with the notebook's python3)
+
+warmstart needs invoke, requests, packaging, ... Installing them into the notebook's interpreter
+would replace what the kernel has imported, so they live in a private virtualenv under
+`~/.cache/warmstart/tools/<pyXY>/`, installed from the `warmstart` recipe's hashed lock (the
+Colab lock on Colab) out of the Drive wheel cache, or from the index the first time, filling the
+cache. They count as in place only when the virtualenv's marker names the sha256 of that lock.
+
+An `invoke` launcher beside the notebook's `python3` (never over a foreign one) runs invoke from
+there with this checkout as the tasks' search root, and the notebook's interpreter as the
+target, so `!invoke bootstrap --recipe NAME` works from any folder afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import uuid
+from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
+LAUNCHER_TAG = "# warmstart launcher"  # the line that marks an `invoke` launcher as warmstart's
+# pip settings that only point at an index or a certificate; the rest could add to the lock.
+_KEPT_PIP = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_TRUSTED_HOST",
+             "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES"}
+
+
+class ToolsError(Exception):
+    """One line for the user, with the exit code to leave with (2 bad input, 3 precondition, 1 other)."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def say(message: str) -> None:
+    print(f"warmstart.sh: {message}", file=sys.stderr, flush=True)
+
+
+def python_tag() -> str:
+    return f"py{sys.version_info.major}{sys.version_info.minor}"
+
+
+def on_colab(environ=os.environ) -> bool:
+    """As envs/colab.toml detects Colab, unless WARMSTART_PLATFORM names another platform."""
+    wanted = environ.get("WARMSTART_PLATFORM")
+    return wanted == "colab" if wanted else bool(environ.get("COLAB_RELEASE_TAG") or environ.get("COLAB_GPU"))
+
+
+def tools_lock(environ=os.environ) -> Path:
+    name = f"warmstart-{python_tag()}-manylinux_{platform.machine().lower()}.txt"
+    colab = CHECKOUT / "requirements" / "colab" / name
+    if on_colab(environ) and colab.is_file():
+        return colab  # warmstart's tools at Colab's own versions: the same bytes the kernel has
+    bare = CHECKOUT / "requirements" / name
+    if not bare.is_file():
+        raise ToolsError(f"no lock for warmstart's own tools at {bare} (Python {python_tag()}); "
+                         "make one with: invoke lock --recipe warmstart", code=2)
+    return bare
+
+
+def tools_dir(environ=os.environ) -> Path:
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "warmstart" / "tools" / python_tag()
+
+
+def tools_python(folder: Path) -> Path:
+    return folder / "bin" / "python"
+
+
+def tools_site(folder: Path) -> Path:
+    return folder / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+def lock_digest(lock: Path) -> str:
+    return hashlib.sha256(lock.read_bytes()).hexdigest()
+
+
+def in_place(folder: Path, lock: Path) -> bool:
+    try:
+        return (folder / MARKER).read_text().strip() == lock_digest(lock) and tools_python(folder).exists()
+    except OSError:
+        return False
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess:
+    """The notebook interpreter's pip with only what we pass: no pip.conf, constraints or find-links."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in _KEPT_PIP}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    return subprocess.run([sys.executable, "-m", "pip", *args], env=env, capture_output=True, text=True)
+
+
+def _atomic_copy(src: Path, dest: Path) -> None:
+    """Into the Drive cache whole or not at all; a different file of that name is set aside."""
+    if dest.exists():
+        if dest.read_bytes() == src.read_bytes():
+            return
+        os.replace(dest, dest.with_name(f"{dest.name}.damaged-{uuid.uuid4().hex[:8]}"))
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def restore(folder: Path, lock: Path, wheels: Path, offline: bool) -> str:
+    """Build the tools' virtualenv from the lock; returns where the wheels came from."""
+    if folder.exists():
+        shutil.rmtree(folder)  # ours (under warmstart's cache folder), and not whole
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+    install = ["--python", str(tools_python(folder)), "install", "--quiet", "--no-deps",
+               "--require-hashes", "--no-index", "-r", str(lock)]
+    if wheels.is_dir() and _pip(*install, "--find-links", str(wheels)).returncode == 0:
+        source = f"restored warmstart's dependencies from {wheels}"
+    elif offline:
+        raise ToolsError(f"--offline, but {wheels} lacks warmstart's own wheels for {python_tag()}; "
+                         "run once without --offline", code=3)
+    else:
+        with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as tmp:
+            got = _pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
+                       "-r", str(lock), "-d", tmp)
+            if got.returncode != 0:
+                raise ToolsError("could not download warmstart's own dependencies: "
+                                 + (got.stderr.strip().splitlines() or ["pip failed"])[-1])
+            done = _pip(*install, "--find-links", tmp)
+            if done.returncode != 0:
+                raise ToolsError("could not install warmstart's own dependencies: "
+                                 + (done.stderr.strip().splitlines() or ["pip failed"])[-1])
+            try:
+                wheels.mkdir(parents=True, exist_ok=True)
+                for wheel in Path(tmp).glob("*.whl"):
+                    _atomic_copy(wheel, wheels / wheel.name)
+                source = f"installed warmstart's dependencies and cached them in {wheels}"
+            except OSError as exc:  # a full or failing Drive costs the next VM a download, no more
+                source = f"installed warmstart's dependencies; caching them in {wheels} failed ({exc.strerror})"
+    marker = folder / f".{MARKER}.part"
+    marker.write_text(lock_digest(lock) + "\n")
+    os.replace(marker, folder / MARKER)
+    return source
+
+
+def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
+    """`invoke` beside the notebook's python3 when that place is free (or already ours); else
+    only the one inside the tools folder. Returns the command to type."""
+    text = (f"#!/bin/sh\n{LAUNCHER_TAG}: invoke from {folder}, tasks from {checkout}\n"
+            f"export WARMSTART_PYTHON=\"${{WARMSTART_PYTHON:-{sys.executable}}}\" PYTHONDONTWRITEBYTECODE=1\n"
+            f"exec \"{tools_python(folder)}\" -m invoke --search-root \"{checkout}\" \"$@\"\n")
+    own = folder / "invoke"
+    own.write_text(text)
+    own.chmod(0o755)
+    scripts = Path(sysconfig.get_path("scripts"))
+    public = scripts / "invoke"
+    try:
+        if public.exists() and LAUNCHER_TAG not in public.read_text(errors="replace"):
+            return own  # somebody else's invoke: leave it alone
+        tmp = scripts / f".invoke.{uuid.uuid4().hex}.part"
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+        os.replace(tmp, public)
+    except OSError:
+        return own
+    on_path = shutil.which("invoke") == str(public)
+    return Path("invoke") if on_path else public
+
+
+def ensure(drive: Path, offline: bool = False) -> Path:
+    """The tools' virtualenv, restored when missing or built from another lock; returns it."""
+    lock, folder = tools_lock(), tools_dir()
+    if in_place(folder, lock):
+        say(f"warmstart's dependencies are in place ({folder})")
+    else:
+        say(restore(folder, lock, drive / ".warmstart" / "v1" / "wheels", offline))
+    return folder
+
+
+def _drive_option(args: list[str]) -> Path:
+    for n, arg in enumerate(args):
+        if arg == "--drive" and n + 1 < len(args):
+            return Path(args[n + 1]).expanduser().resolve()
+        if arg.startswith("--drive="):
+            return Path(arg.split("=", 1)[1]).expanduser().resolve()
+    return Path(os.environ.get("WARMSTART_DRIVE") or CHECKOUT.parent).expanduser().resolve()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        say("usage: warmstart.sh RECIPE [bootstrap options]")
+        return 2
+    recipe, args = argv[0], argv[1:]
+    drive = _drive_option(args)
+    try:
+        folder = ensure(drive, offline="--offline" in args)
+    except ToolsError as exc:
+        say(str(exc))
+        return exc.code
+    command = write_launcher(folder)
+    env = dict(os.environ, WARMSTART_DRIVE=str(drive), WARMSTART_PYTHON=os.environ.get("WARMSTART_PYTHON")
+               or sys.executable, PYTHONDONTWRITEBYTECODE="1")
+    done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
+                           "bootstrap", "--recipe", recipe, *args], env=env)
+    say(f"from now on, in any folder of this VM: !{command} bootstrap --recipe {recipe}")
+    return done.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
