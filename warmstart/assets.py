@@ -3,10 +3,17 @@
 `<drive>/.warmstart/v1/assets/<sha256>` holds each file once, whichever recipes declare it.
 A restore copies it off Drive while hashing, and places it (or extracts it) at its destination
 under a temporary name first, so a destination is either whole and verified or untouched.
+
+warmstart replaces only what it placed. A file asset's destination is replaced only when the
+ledger of placed files (beside the destination: on Drive for the workdir, in warmstart's cache
+folder for the rest) names that very file; an archive is merged into its folder, whose marker
+lists the members warmstart put there: those alone are ever replaced or removed, and any other
+file in the way is refused (exit 2) rather than overwritten.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -16,16 +23,19 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .cache import CACHE_DIR, CacheStats
-from .errors import PreconditionUnmet, WarmstartError
+from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from . import faults
-from .transfer import atomic_copy, copy_hashed, download, explain, set_aside, sha256_of, zstd_open
+from .transfer import (atomic_copy, atomic_write_text, copy_hashed, download, explain, set_aside,
+                       sha256_of, zstd_open)
 
-MARKER = ".warmstart-asset"  # inside an unpacked folder: the sha256 of the archive it came from
+# Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
+MARKER = ".warmstart-asset"
 
 
 class AssetStore:
     def __init__(self, drive: Path, stats: CacheStats | None = None) -> None:
+        self.drive = drive
         self.root = drive / CACHE_DIR / "assets"
         self.stats = stats or CacheStats()
         self.warnings: list[str] = []
@@ -54,8 +64,40 @@ def source_url(asset: Asset, environ: Mapping[str, str] = os.environ) -> str:
 def in_place(asset: Asset, dest: Path) -> bool:
     if asset.unpack:
         marker = dest / MARKER
-        return marker.is_file() and marker.read_text().strip() == asset.sha256
-    return dest.is_file() and sha256_of(dest) == asset.sha256
+        return marker.is_file() and marker.read_text().split("\n", 1)[0].strip() == asset.sha256
+    return dest.is_file() and not dest.is_symlink() and sha256_of(dest) == asset.sha256
+
+
+class PlacedFiles:
+    """The files warmstart placed, with their sha256: on Drive for destinations under the Drive
+    root (they outlive the VM together), in warmstart's cache folder for the others."""
+
+    def __init__(self, drive: Path, environ: Mapping[str, str] = os.environ) -> None:
+        self.drive = drive
+        base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        self.local = Path(base) / "warmstart" / "placed.json"
+
+    def _ledger(self, dest: Path) -> Path:
+        return self.drive / CACHE_DIR / "placed.json" if dest.is_relative_to(self.drive) else self.local
+
+    def _read(self, ledger: Path) -> dict[str, str]:
+        try:
+            return dict(json.loads(ledger.read_text()))
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def owns(self, dest: Path) -> bool:
+        """dest is the file warmstart placed there, unchanged since."""
+        recorded = self._read(self._ledger(dest)).get(str(dest))
+        return recorded is not None and dest.is_file() and sha256_of(dest) == recorded
+
+    def record(self, dest: Path, sha256: str) -> None:
+        ledger = self._ledger(dest)
+        placed = self._read(ledger) | {str(dest): sha256}
+        try:
+            atomic_write_text(ledger, json.dumps(placed, indent=1, sort_keys=True) + "\n")
+        except OSError:
+            pass  # unrecorded, the file is left alone next time rather than replaced
 
 
 def _escapes(root: Path, member: str) -> bool:
@@ -88,28 +130,65 @@ def safe_extract(archive: Path, into: Path, name: str) -> None:
             raise WarmstartError(f"asset {name}: {exc}; refusing to extract it") from None
 
 
-def place(asset: Asset, verified: Path, dest: Path) -> None:
-    """Put a verified file (or its extracted contents) at dest, replacing what was there."""
+def _not_ours(asset: Asset, path: Path, what: str) -> BadInput:
+    return BadInput(f"asset {asset.name}: {path} {what}, which warmstart did not place; move it away "
+                    "(or point the asset's dest elsewhere) and run again")
+
+
+def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None:
+    """Put a verified file (or its extracted contents) at dest, replacing only what warmstart put
+    there before; anything else in the way is refused (BadInput) with nothing changed."""
+    if dest.is_symlink() or (dest.exists() and dest.is_dir() != asset.unpack):
+        raise _not_ours(asset, dest, "is a link" if dest.is_symlink() else
+                        "is a folder" if dest.is_dir() else "is a file")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
     try:
         if not asset.unpack:
+            if dest.exists() and not placed.owns(dest):
+                raise _not_ours(asset, dest, "holds another file")
             shutil.copyfile(verified, tmp)
             os.replace(tmp, dest)
+            placed.record(dest, asset.sha256)
             return
         tmp.mkdir()
         safe_extract(verified, tmp, asset.name)
-        (tmp / MARKER).write_text(asset.sha256 + "\n")
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.old")
-            os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(tmp, dest)
+        _merge_into(asset, tmp, dest)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def _members(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
+
+
+def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
+    """Move extracted members into dest, which may hold the user's files: those stay. Members of
+    the previous archive warmstart unpacked there (its marker lists them) are replaced or removed."""
+    marker = dest / MARKER
+    lines = marker.read_text().splitlines() if marker.is_file() else []
+    previous = set(lines[1:])
+    new = _members(staged)
+    for member in new:  # every clash first: refuse before anything moves
+        target = dest / member
+        for parent in target.relative_to(dest).parents:
+            if (dest / parent).is_symlink() or (dest / parent).is_file():
+                raise _not_ours(asset, dest / parent, "is in the way of an archive member")
+        if target.is_symlink() or target.is_dir():
+            raise _not_ours(asset, target, "is in the way of an archive member")
+        if target.exists() and member not in previous and sha256_of(target) != sha256_of(staged / member):
+            raise _not_ours(asset, target, "holds another file")
+    for member in sorted(previous - set(new)):
+        old = dest / member
+        if old.is_file() and not old.is_symlink():
+            old.unlink()
+    for member in new:
+        (dest / member).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged / member, dest / member)
+    atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
 
 
 def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratch: Path) -> str:
@@ -128,7 +207,7 @@ def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratc
         store.stats.bytes_read += size
         if sha256 == asset.sha256:
             store.stats.hits += 1
-            place(asset, local, dest)
+            place(asset, local, dest, PlacedFiles(store.drive))
             return "from Drive"
         if sha256:
             why += f" (set aside as {set_aside(cached).name})"
@@ -151,7 +230,7 @@ def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratc
         store.stats.bytes_written += atomic_copy(part, cached)
     except OSError as exc:
         store.warnings.append(f"asset {asset.name} not cached on Drive: {explain(exc)}")
-    place(asset, part, dest)
+    place(asset, part, dest, PlacedFiles(store.drive))
     part.unlink()
     return "downloaded"
 

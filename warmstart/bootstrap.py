@@ -15,11 +15,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from . import assets, faults, fetch, installer, restart, snapshot, target as target_python
+from . import assets, checks, faults, fetch, installer, restart, snapshot, target as target_python
 from .assets import AssetStore
 from .cache import CACHE_DIR, WheelCache
-from .checks import run_check
-from .errors import PreconditionUnmet, WarmstartError
+from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
 from .lock import (LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock,
                    select_lock)
@@ -142,7 +141,7 @@ def _restore_snapshot(plan: Plan, report: Report) -> bool:
     replaced = [name for name in sorted(plan.replaced) if name not in plan.broken]
 
     def make_room() -> None:
-        target_python.remove_broken(list(plan.broken.values()))
+        clear_broken(plan, report)
         installer.uninstall(plan.installer, plan.target.executable, replaced, plan.profile.unset_env)
 
     with report.step("snapshot") as step:
@@ -156,6 +155,14 @@ def _restore_snapshot(plan: Plan, report: Report) -> bool:
         step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
         report.extra["snapshot"] = {"used": True, "index": str(plan.snapshot.index)}
         return True
+
+
+def clear_broken(plan: Plan, report: Report) -> None:
+    """Remove half-installed distributions; what their RECORD names outside the prefix stays."""
+    refused = target_python.remove_broken(list(plan.broken.values()), plan.target.prefix)
+    if refused:
+        warn(report, [f"left alone {len(refused)} paths that half-installed distributions list outside "
+                      f"{plan.target.prefix}, e.g. {refused[0]}"])
 
 
 def _first_install_seen(plan: Plan):
@@ -219,7 +226,7 @@ def execute(plan: Plan, cache: WheelCache, report: Report) -> bool:
                 step.status = "skipped"
         with report.step("install") as step:
             if need:
-                target_python.remove_broken(list(plan.broken.values()))
+                clear_broken(plan, report)
                 installer.install_offline(plan.installer, plan.target.executable,
                                           _requirements_file(need, stage / "install.txt"), stage,
                                           plan.profile.unset_env, _first_install_seen(plan))
@@ -265,13 +272,14 @@ def warn(report: Report, warnings: list[str]) -> None:
 
 def run_checks(plan: Plan, report: Report) -> None:
     with report.step("checks") as step:
-        results = [run_check(check, plan.target.executable, plan.workdir)
+        results = [checks.run_check(check, plan.target.executable, plan.workdir)
                    for check in plan.recipe.checks]
         report.extra["checks"] = [r.as_json() for r in results]
         for result in results:
             last = result.output.splitlines()[-1] if result.output else ""
             report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {last}")
         failed = [r.name for r in results if not r.ok]
+        checks.remember(plan.target.prefix, plan.recipe.name, failed)
         step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
         if failed:
             raise WarmstartError(f"{plan.recipe.path}: checks failed: {', '.join(failed)} "
@@ -293,18 +301,28 @@ def verify(plan: Plan, report: Report) -> None:
 
 
 def target_lock(python: str | None) -> FileLock:
-    """One run at a time per target environment (local disk; flock dies with its process)."""
-    exe = str(target_python.target_executable(python))
-    digest = hashlib.sha256(exe.encode()).hexdigest()[:16]
-    return FileLock(Path(tempfile.gettempdir()) / f"warmstart-{digest}.lock")
+    """One run at a time per target environment, keyed by its real prefix (venv/bin/python and
+    venv/bin/python3 are one environment). The lock file lies in warmstart's own folder, which
+    only its user can write, not at a name anybody could plant in the shared /tmp; flock dies
+    with its process."""
+    prefix = target_python.real_prefix(python)
+    folder = target_python.state_file("locks", prefix).parent
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(folder, 0o700)
+    return FileLock(folder / f"{hashlib.sha256(str(prefix).encode()).hexdigest()[:16]}.lock")
 
 
 def bootstrap(options: Options, root: Path, report: Report) -> Plan:
     if options.dry_run:
         return _bootstrap(options, root, report)
+    raw = os.environ.get("WARMSTART_LOCK_TIMEOUT", "600")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise BadInput(f"WARMSTART_LOCK_TIMEOUT must be a number of seconds, got {raw!r}") from None
     lock = target_lock(options.python)
     try:
-        lock.acquire(timeout=float(os.environ.get("WARMSTART_LOCK_TIMEOUT", "600")))
+        lock.acquire(timeout=timeout)
     except Timeout:
         raise WarmstartError(
             f"another warmstart run is installing into {target_python.target_executable(options.python)} and held "
@@ -334,6 +352,10 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     try:
         if plan.nothing_to_do:
             report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
+            failed = checks.failed_before(plan.target.prefix, plan.recipe.name)
+            if failed and plan.recipe.checks and not options.packages_only:
+                report.say(f"checks failed here last time ({', '.join(failed)}): running them again")
+                run_checks(plan, report)
         else:
             installed_wheels = (plan.to_install or plan.to_download) and execute(plan, cache, report)
             verify(plan, report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from .recipe import Check
+from .target import state_file
+from .transfer import atomic_write_text
 
 TIMEOUT_SECONDS = 600
 
@@ -40,3 +43,29 @@ def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
     except subprocess.TimeoutExpired:
         ok, output = False, f"timed out after {TIMEOUT_SECONDS} s"
     return CheckResult(check.name, ok, output, round(time.perf_counter() - start, 3))
+
+
+def failed_before(prefix: Path, recipe: str) -> list[str]:
+    """The checks of `recipe` that failed in this environment and have not passed since."""
+    try:
+        return list(json.loads(state_file("checks", prefix).read_text()).get(recipe, []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def remember(prefix: Path, recipe: str, failed: list[str]) -> None:
+    """Record the failed checks (none: forget them), so a later run that installs nothing runs
+    them again instead of saying all is well."""
+    path = state_file("checks", prefix)
+    try:
+        known = dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        known = {}
+    if failed:
+        known[recipe] = failed
+    else:
+        known.pop(recipe, None)
+    try:
+        atomic_write_text(path, json.dumps(known))
+    except OSError:
+        pass  # without the record the next no-op run skips the checks, as before

@@ -12,11 +12,11 @@ ancestor whose command line is a Jupyter kernel's (Colab runs `colab_kernel_laun
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from .target import state_file
 from .transfer import atomic_write_text
 
 KERNEL_MARKS = (b"colab_kernel_launcher", b"ipykernel_launcher", b"ipykernel")
@@ -55,24 +55,19 @@ def kernel_process(in_kernel: bool = False) -> Kernel | None:
     return None
 
 
-def _record_file(prefix: Path) -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "warmstart" / "restart" / f"{hashlib.sha256(str(prefix).encode()).hexdigest()[:16]}.json"
-
-
 def remember(prefix: Path, replaced: dict[str, tuple[str, str]], kernel: Kernel) -> None:
     """Record, before installing, what the kernel will hold old copies of."""
     known = pending(prefix)
     merged = {**known, **{name: list(versions) for name, versions in replaced.items()}}
     try:
-        atomic_write_text(_record_file(prefix), json.dumps({"kernel": list(kernel), "replaced": merged}))
+        atomic_write_text(state_file("restart", prefix), json.dumps({"kernel": list(kernel), "replaced": merged}))
     except OSError:
         pass  # the notice is still said at the end of this run
 
 
 def pending(prefix: Path) -> dict[str, list[str]]:
     """What a still-running kernel imported before warmstart replaced it; {} once it restarted."""
-    path = _record_file(prefix)
+    path = state_file("restart", prefix)
     try:
         record = json.loads(path.read_text())
         pid, start = record["kernel"]

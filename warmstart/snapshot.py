@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import uuid
@@ -183,8 +184,11 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
     # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own. With the
     # zstd program, tar decompresses too and this process only hashes the compressed bytes.
     native = shutil.which("zstd") is not None
-    tar = subprocess.Popen(["tar", "-x", *(["-I", "zstd"] if native else []), "-f", "-",
-                            "-C", str(staging)], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    # As root, tar would keep the owners and modes stored in the archive: an archive from Drive
+    # is data, so files belong to whoever runs warmstart and keep no special bits (see _tame).
+    tar = subprocess.Popen(["tar", "-x", "--no-same-owner", "--no-same-permissions",
+                            *(["-I", "zstd"] if native else []), "-f", "-", "-C", str(staging)],
+                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None
     try:
         with open(archive, "rb") as raw, progress(archive.stat().st_size, "snapshot from Drive") as bar:
@@ -210,6 +214,21 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
         shutil.rmtree(staging, ignore_errors=True)
         why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
         raise SnapshotUnusable(f"snapshot {archive.name} is damaged ({why})")
+    _tame(staging)
+
+
+_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
+
+
+def _tame(folder: Path) -> None:
+    """No setuid, setgid or sticky bit and no world-writable file among what was unpacked, whatever
+    the umask (tar's --no-same-permissions only applies it, and containers may run with 0)."""
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            mode = os.lstat(path).st_mode
+            if mode & _SPECIAL_BITS and not stat.S_ISLNK(mode):
+                os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
 def restore(snapshot: Snapshot, target: TargetPython, stats: CacheStats, uninstall) -> int:

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import restart
+from . import checks, restart
 from .bootstrap import Options, prepare
 from .plan import Plan
 from .report import Report
@@ -60,9 +60,12 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "action": describe_action(plan),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
         "restart_needed": sorted(restart.pending(plan.target.prefix)),
+        "checks_failed": checks.failed_before(plan.target.prefix, plan.recipe.name),
     }
+    if facts["checks_failed"] and facts["action"] == "no-op":
+        facts["action"] = "run the checks that failed last time again"
     facts["matches"] = not (facts["missing"] or facts["different"] or facts["broken"]
-                            or plan.assets_to_place)
+                            or plan.assets_to_place or facts["checks_failed"])
     return facts
 
 
@@ -87,6 +90,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
     ]
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
+    if facts["checks_failed"]:
+        lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")
     if facts["restart_needed"]:
         lines.append(f"restart   the runtime: the running kernel imported old versions of "
                      f"{', '.join(facts['restart_needed'])}")

@@ -98,6 +98,19 @@ def target_executable(executable: str | Path | None) -> Path:
     return Path(os.path.abspath(Path(chosen).expanduser()))
 
 
+def real_prefix(executable: str | Path | None) -> Path:
+    """The target's sys.prefix with every link resolved: one name per environment."""
+    exe = target_executable(executable)
+    try:
+        out = subprocess.run([str(exe), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                             text=True, check=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        raise PreconditionUnmet(
+            f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
+        ) from None
+    return Path(os.path.realpath(out))
+
+
 def probe(executable: str | Path | None) -> TargetPython:
     exe = target_executable(executable)
     try:
@@ -137,10 +150,17 @@ def _record_files(info: Path) -> list[Path]:
         return [Path(os.path.normpath(info.parent / row[0])) for row in csv.reader(fh) if row]
 
 
-def _verified_file(target: TargetPython) -> Path:
+def state_file(kind: str, prefix: Path) -> Path:
+    """warmstart's own record of one kind about one target environment, on local disk:
+    `~/.cache/warmstart/<kind>/<sha256 of the prefix>.json` (verified RECORDs, a pending
+    restart notice, failed checks)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    digest = hashlib.sha256(str(target.prefix).encode()).hexdigest()[:16]
-    return Path(base) / "warmstart" / "verified" / f"{digest}.json"
+    digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
+    return Path(base) / "warmstart" / kind / f"{digest}.json"
+
+
+def _verified_file(target: TargetPython) -> Path:
+    return state_file("verified", target.prefix)
 
 
 def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Path]:
@@ -184,12 +204,23 @@ def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Pa
     return broken
 
 
-def remove_broken(infos: list[Path]) -> None:
+def remove_broken(infos: list[Path], prefix: Path) -> list[Path]:
     """Remove half-installed distributions as an uninstall would: the files their RECORD lists
-    (what of it exists), then the dist-info folder itself."""
+    (what of it exists), then the dist-info folder itself. A RECORD is data (one may come from
+    Drive): a path that resolves outside the target's prefix (absolute, `..`, through a link)
+    is never touched, as pip refuses it too. Returns those left alone."""
+    root = prefix.resolve()
+    refused = []
     for info in infos:
+        if not info.resolve().is_relative_to(root):
+            refused.append(info)
+            continue
         if (info / "RECORD").is_file():
             for path in _record_files(info):
-                if path.is_file() or path.is_symlink():
+                inside = Path(os.path.realpath(path.parent)) / path.name
+                if not inside.is_relative_to(root):
+                    refused.append(path)
+                elif path.is_file() or path.is_symlink():
                     path.unlink()
         shutil.rmtree(info, ignore_errors=True)
+    return refused

@@ -128,7 +128,8 @@ def atomic_write_text(dest: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-_CREDENTIALS = re.compile(r"(?<=://)[^/\s@]+@")
+# The userinfo ends at the last "@" before the host: a password may hold "@" itself.
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s?#]+@")
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
 

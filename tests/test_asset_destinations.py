@@ -1,0 +1,150 @@
+"""Every kind of asset destination: warmstart replaces only what it placed, keeps the user's files.
+
+These run `assets.ensure` on a real file system with the asset already in the Drive cache
+(offline), so each case is the placing step alone; test_assets.py has the downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from test_assets import tar_gz
+from warmstart.assets import MARKER, AssetStore, ensure
+from warmstart.errors import BadInput
+from warmstart.recipe import Asset
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A Drive with a store, a workdir on it, and a helper that caches bytes as an asset."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    drive = tmp_path / "drive"
+    store = AssetStore(drive)
+    store.root.mkdir(parents=True)
+    workdir = drive / "Work"
+    workdir.mkdir()
+
+    def asset(data: bytes, name: str, dest: str, unpack: bool = False) -> Asset:
+        sha = hashlib.sha256(data).hexdigest()
+        (store.root / sha).write_bytes(data)
+        return Asset(f"https://example.invalid/{name}", sha, dest, unpack)
+
+    def place(a: Asset) -> Path:
+        dest = a.destination(workdir)
+        scratch = tmp_path / "scratch"
+        scratch.mkdir(exist_ok=True)
+        ensure(a, dest, store, offline=True, scratch=scratch)
+        return dest
+
+    return asset, place, workdir
+
+
+def test_a_file_goes_where_nothing_was(world):
+    asset, place, workdir = world
+    dest = place(asset(b"model v1", "m.onnx", "models/m.onnx"))
+    assert dest.read_bytes() == b"model v1"
+
+
+def test_a_file_warmstart_placed_is_replaced_by_the_recipes_new_version(world):
+    asset, place, workdir = world
+    place(asset(b"model v1", "m.onnx", "models/m.onnx"))
+    dest = place(asset(b"model v2", "m.onnx", "models/m.onnx"))
+    assert dest.read_bytes() == b"model v2"
+
+
+def test_a_users_file_at_the_destination_is_kept_and_named(world):
+    asset, place, workdir = world
+    (workdir / "models").mkdir()
+    (workdir / "models" / "m.onnx").write_bytes(b"my own fine-tuned model")
+
+    with pytest.raises(BadInput, match=r"models/m.onnx holds another file, which warmstart did not place"):
+        place(asset(b"model v1", "m.onnx", "models/m.onnx"))
+    assert (workdir / "models" / "m.onnx").read_bytes() == b"my own fine-tuned model"
+
+
+def test_a_placed_file_the_user_changed_since_is_kept(world):
+    asset, place, workdir = world
+    dest = place(asset(b"model v1", "m.onnx", "m.onnx"))
+    dest.write_bytes(b"edited by the user")
+    with pytest.raises(BadInput, match="holds another file"):
+        place(asset(b"model v2", "m.onnx", "m.onnx"))
+    assert dest.read_bytes() == b"edited by the user"
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_a_folder_or_link_where_a_file_goes_is_refused(world, kind):
+    asset, place, workdir = world
+    target = workdir / "m.onnx"
+    if kind == "folder":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    else:
+        target.symlink_to(workdir.parent / "elsewhere")
+    with pytest.raises(BadInput, match=f"is a {kind}"):
+        place(asset(b"model", "m.onnx", "m.onnx"))
+    assert target.is_symlink() if kind == "link" else (target / "notes.txt").read_text() == "mine"
+
+
+def test_an_archive_goes_into_an_empty_place(world):
+    asset, place, workdir = world
+    dest = place(asset(tar_gz({"a.onnx": b"a", "sub/b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
+    assert (dest / "a.onnx").read_bytes() == b"a" and (dest / "sub" / "b.onnx").read_bytes() == b"b"
+    assert (dest / MARKER).read_text().splitlines()[1:] == ["a.onnx", "sub/b.onnx"]
+
+
+def test_an_archive_merges_into_a_folder_of_the_users_and_keeps_every_file_there(world):
+    """The data-loss case: unpacking into a folder that already holds the user's files."""
+    asset, place, workdir = world
+    (workdir / "models").mkdir()
+    (workdir / "models" / "my-notes.txt").write_text("results of three weeks")
+    (workdir / "models" / "runs").mkdir()
+    (workdir / "models" / "runs" / "best.pt").write_bytes(b"weights")
+
+    dest = place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
+
+    assert (dest / "my-notes.txt").read_text() == "results of three weeks"
+    assert (dest / "runs" / "best.pt").read_bytes() == b"weights"
+    assert (dest / "a.onnx").read_bytes() == b"a"
+
+
+def test_an_archive_member_clashing_with_a_users_file_is_refused_with_nothing_changed(world):
+    asset, place, workdir = world
+    (workdir / "models").mkdir()
+    (workdir / "models" / "a.onnx").write_bytes(b"the user's a.onnx")
+
+    with pytest.raises(BadInput, match="models/a.onnx holds another file"):
+        place(asset(tar_gz({"a.onnx": b"a", "b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
+    assert sorted(p.name for p in (workdir / "models").iterdir()) == ["a.onnx"]
+    assert (workdir / "models" / "a.onnx").read_bytes() == b"the user's a.onnx"
+
+
+def test_a_new_archive_version_replaces_only_the_members_warmstart_put_there(world):
+    asset, place, workdir = world
+    dest = place(asset(tar_gz({"a.onnx": b"a1", "old.onnx": b"o"}), "m.tar.gz", "models", unpack=True))
+    (dest / "mine.txt").write_text("added by the user since")
+
+    place(asset(tar_gz({"a.onnx": b"a2", "new.onnx": b"n"}), "m.tar.gz", "models", unpack=True))
+
+    assert (dest / "a.onnx").read_bytes() == b"a2" and (dest / "new.onnx").read_bytes() == b"n"
+    assert not (dest / "old.onnx").exists(), "warmstart's own member of the old version went"
+    assert (dest / "mine.txt").read_text() == "added by the user since"
+
+
+def test_an_archive_where_a_file_is_is_refused(world):
+    asset, place, workdir = world
+    (workdir / "models").write_text("a file of the user's")
+    with pytest.raises(BadInput, match="models is a file"):
+        place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
+    assert (workdir / "models").read_text() == "a file of the user's"
+
+
+def test_an_archive_member_below_a_users_file_or_link_is_refused(world):
+    asset, place, workdir = world
+    (workdir / "models").mkdir()
+    (workdir / "models" / "sub").write_text("a file where the archive has a folder")
+    with pytest.raises(BadInput, match="models/sub is in the way"):
+        place(asset(tar_gz({"sub/b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
+    assert (workdir / "models" / "sub").read_text() == "a file where the archive has a folder"
