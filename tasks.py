@@ -190,6 +190,11 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False):
     def run() -> None:
         drive_root = _drive(drive)
         entries = maintenance.inventory(drive_root, ROOT)
+        notes = {"not a file": "is not a regular file: never read",
+                 "unreadable index": "is an unreadable snapshot index: --prune removes it"}
+        for entry in entries:
+            if entry.kind in notes:
+                print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
         for owner, size in maintenance.sizes(entries).items():
             print(f"{size / 2**20:10.1f} MiB  {owner}")
         if verify:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -152,3 +153,159 @@ _USERINFO = st.text(st.characters(blacklist_characters="/?#", blacklist_categori
 def test_no_part_of_a_password_survives_redaction(user, password):
     text = f"error: cannot fetch https://{user}:{password}@index.example/simple/pkg/ (timed out)"
     assert redact(text) == "error: cannot fetch https://***@index.example/simple/pkg/ (timed out)"
+
+
+# --- one error model: input, machine or Drive problems are one line with 2, 3 or 1 -------------
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from warmstart import PROJECT_ROOT  # noqa: E402
+from warmstart.errors import BadInput, WarmstartError  # noqa: E402
+from warmstart.fetch import index_urls  # noqa: E402
+from warmstart.lock import LockTarget  # noqa: E402
+from warmstart.maintenance import inventory  # noqa: E402
+from warmstart.profiles import select_profile  # noqa: E402
+from warmstart.recipe import load_recipe  # noqa: E402
+from warmstart.snapshot import Snapshot, SnapshotUnusable  # noqa: E402
+from warmstart.target import TargetPython  # noqa: E402
+
+FUNCTION_FIXTURE = settings(max_examples=120, deadline=None,
+                            suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def one_line(exc: Exception) -> None:
+    assert "\n" not in str(exc) and str(exc), repr(exc)
+
+
+@FUNCTION_FIXTURE
+@given(raw=st.binary(max_size=400))
+def test_any_bytes_as_a_recipe_are_a_recipe_or_one_line(tmp_path, raw):
+    path = tmp_path / "recipes" / "x.toml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(raw)
+    try:
+        load_recipe(str(path), tmp_path)
+    except BadInput as exc:
+        one_line(exc)
+        assert str(path) in str(exc)
+
+
+@FUNCTION_FIXTURE
+@given(raw=st.binary(max_size=300))
+def test_any_bytes_as_a_requirements_file_are_read_or_one_line_naming_it(tmp_path, raw):
+    (tmp_path / "recipes").mkdir(exist_ok=True)
+    (tmp_path / "requirements").mkdir(exist_ok=True)
+    (tmp_path / "requirements" / "x.in").write_bytes(raw)
+    (tmp_path / "recipes" / "x.toml").write_text('name = "x"\n[requirements]\nin = "requirements/x.in"\n')
+    try:
+        load_recipe(str(tmp_path / "recipes" / "x.toml"), tmp_path)
+    except BadInput as exc:
+        one_line(exc)
+        assert "x.in" in str(exc)
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=12)
+
+
+@FUNCTION_FIXTURE
+@given(document=JSON | st.fixed_dictionaries({"facts": JSON, "archive": JSON, "sha256": JSON}))
+def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, document):
+    drive = tmp_path / "drive"
+    folder = drive / ".warmstart" / "v1" / "snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = folder / "demo-py311-0123456789abcdef.json"
+    index.write_text(json.dumps(document))
+    snapshot = Snapshot(index, {"format": "warmstart-snapshot-v1"})
+    try:
+        snapshot.read_index()
+    except SnapshotUnusable as exc:
+        one_line(exc)
+    entries = inventory(drive, PROJECT_ROOT)  # `invoke cache` over the same Drive
+    assert {e.kind for e in entries if e.path == index} <= {"index", "unreadable index"}
+
+
+@settings(max_examples=120, deadline=None)
+@given(platform=st.text(st.characters(blacklist_characters="\x00"), max_size=20),  # no NUL in environ
+       index=st.text(st.characters(blacklist_characters="\x00"), max_size=40))
+def test_any_settings_are_taken_or_refused_in_one_line(platform, index):
+    for action in (lambda: select_profile(PROJECT_ROOT, {"WARMSTART_PLATFORM": platform} if platform else {}),
+                   lambda: _with_env({"PIP_INDEX_URL": index}, index_urls)):
+        try:
+            action()
+        except (BadInput, WarmstartError) as exc:
+            one_line(exc)
+
+
+def _with_env(values: dict[str, str], action):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        return action()
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+HOSTILE_INPUTS = {
+    # name: (files to write, recipe argument, extra args, env, exit code, words in the one line)
+    "recipe is a folder": ({"adir/x": ""}, "{tmp}/adir", [], {}, 2, "is a folder"),
+    "recipe is binary": ({"recipes/bin.toml": b"\xff\xfe\x00\x01"}, "{tmp}/recipes/bin.toml", [], {}, 2, "not UTF-8"),
+    "recipe nested too deeply": ({"recipes/deep.toml": "a = " + "[" * 5000 + "]" * 5000},
+                                 "{tmp}/recipes/deep.toml", [], {}, 2, "nested too deeply"),
+    "requirements not UTF-8": ({"recipes/r.toml": 'name = "r"\n[requirements]\nin = "requirements/r.in"\n',
+                                "requirements/r.in": b"caf\xe9==1\n"}, "{tmp}/recipes/r.toml", [], {}, 2,
+                               "r.in: not UTF-8"),
+    "interpreter answers nonsense": ({"py.sh": "#!/bin/sh\necho hello\n"}, "{demo}", ["--python", "{tmp}/py.sh"],
+                                     {}, 3, "did not answer like a Python interpreter"),
+    "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3, "cannot run the target Python"),
+    "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),
+    "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
+    "plain-http index": ({}, "{demo}", [], {"PIP_INDEX_URL": "http://user:secret@index.example/simple"}, 2,
+                         "https"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_INPUTS))
+def test_hostile_inputs_end_in_one_line_with_the_documented_code(case, demo, drive, tmp_path, index):
+    files, recipe, extra, settings_, code, words = HOSTILE_INPUTS[case]
+    for name, content in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        if name.endswith(".sh"):
+            path.chmod(0o755)
+    fill = {"tmp": str(tmp_path), "demo": str(demo)}
+    env = cli_env(index.url) | {k: v.format(**fill) for k, v in settings_.items()}
+    if "PIP_INDEX_URL" in settings_:
+        env["PIP_INDEX_URL"] = settings_["PIP_INDEX_URL"]
+    args = [a.format(**fill) for a in extra]
+    if "--python" not in args:
+        args += ["--python", str(make_venv(tmp_path / "env"))]
+
+    result = run_cli("bootstrap", "--recipe", recipe.format(**fill), "--drive", str(drive), *args, env=env)
+
+    assert result.code == code, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("warmstart: error: ") and words in last, last
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
+
+
+def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):
+    """A bug, staged: a sitecustomize makes the planner raise what no input could."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import warmstart.bootstrap\n"
+        "def broken(*a, **k):\n    raise ZeroDivisionError('a bug, staged by the test')\n"
+        "warmstart.bootstrap.make_plan = broken\n")
+    env = cli_env(index.url, PYTHONPATH=str(tmp_path))
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                     "--python", str(make_venv(tmp_path / "env")), env=env)
+
+    assert result.code == 70
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "internal error: ZeroDivisionError('a bug, staged by the test')" in line
+    log = Path(line.rsplit("please report it with ", 1)[1])
+    assert "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()

@@ -26,8 +26,8 @@ from .cache import CACHE_DIR, CacheStats
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from . import faults
-from .transfer import (atomic_copy, atomic_write_text, copy_hashed, download, explain, set_aside,
-                       sha256_of, zstd_open)
+from .transfer import (atomic_copy, atomic_write_text, copy_hashed, download, explain, regular_file,
+                       set_aside, sha256_of, zstd_open)
 
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
 MARKER = ".warmstart-asset"
@@ -46,7 +46,7 @@ class AssetStore:
     def state(self, asset: Asset, dest: Path) -> str:
         if in_place(asset, dest):
             return "in place"
-        return "cached" if self.path(asset).is_file() else "missing"
+        return "cached" if regular_file(self.path(asset)) else "missing"
 
 
 def downloads_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -196,7 +196,7 @@ def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratc
     if in_place(asset, dest):
         return "in place"
     cached = store.path(asset)
-    if cached.is_file():
+    if regular_file(cached):
         local = scratch / asset.sha256
         try:
             sha256, size = copy_hashed(cached, local)

@@ -46,6 +46,8 @@ class WheelCache:
                 for entry in os.scandir(self.wheels):
                     if entry.name.startswith(".") or not entry.name.endswith(".whl"):
                         continue  # temporary files of an interrupted or concurrent write
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # only regular files are read off Drive
                     try:
                         name, version, _build, wheel_tags = parse_wheel_filename(entry.name)
                     except InvalidWheelFilename:

@@ -1,19 +1,41 @@
 """Turning a task's outcome into output and an exit code, in one place.
 
 Exit codes: 0 done; 2 bad input (recipe, lock, flags); 3 a precondition this machine does not
-meet; 1 anything else.
+meet; 1 anything else that went wrong; 70 a bug in warmstart (its traceback goes to a log file
+that the one line on stderr names; stderr never shows a traceback); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
+import time
 import traceback
+from pathlib import Path
 from collections.abc import Callable
 
-from . import transfer
+from . import __version__, transfer
 from .errors import WarmstartError
 from .report import Report
+
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
+
+
+def _log_bug() -> str:
+    """Write the current exception's traceback, with versions, to a log file; name it."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    log = Path(base) / "warmstart" / "logs" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    text = (f"warmstart {__version__}, Python {sys.version.split()[0]} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(transfer.redact(text))
+    except OSError as exc:
+        return f"this is a bug in warmstart (its log could not be written: {exc.strerror})"
+    return f"this is a bug in warmstart: please report it with {log}"
 
 
 def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool) -> Report:
@@ -26,9 +48,8 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
         report.error, report.exit_code = str(exc), exc.exit_code
     except KeyboardInterrupt:
         report.error, report.exit_code = "interrupted", 130
-    except Exception as exc:  # a bug: keep the traceback, still answer in JSON
-        traceback.print_exc()
-        report.error, report.exit_code = f"internal error: {exc!r}", 1
+    except Exception as exc:  # a bug: the traceback goes to a log, the user gets one line
+        report.error, report.exit_code = f"internal error: {exc!r}; {_log_bug()}", INTERNAL_ERROR
     if report.error:
         report.error = transfer.redact(report.error)
         print(f"warmstart: error: {report.error}", file=sys.stderr, flush=True)

@@ -63,8 +63,28 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise BadInput(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a folder, not a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text, so not a TOML file") from None
+    except (OSError, ValueError) as exc:  # unreadable; a NUL in the name
+        raise BadInput(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    except RecursionError:
+        raise BadInput(f"{path}: its tables or arrays are nested too deeply to read") from None
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text input file, or one BadInput line that names it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text, so not {what}") from None
+    except FileNotFoundError:
+        raise BadInput(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"{path}: cannot be read as {what} ({getattr(exc, 'strerror', None) or exc})") from None
 
 
 def validate(data: dict[str, Any], schema: Schema, path: Path, prefix: str = "") -> dict[str, Any]:

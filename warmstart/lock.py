@@ -31,6 +31,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT
+from .config import read_text
 from .errors import BadInput, WarmstartError
 from .images import Image
 from .installer import pip_env
@@ -297,10 +298,7 @@ def _parse_pins(text: str, path: Path) -> tuple[Pin, ...]:
 
 
 def parse_lock(path: Path) -> Lock:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise BadInput(f"{path}: lock not found") from None
+    text = read_text(path, "a lock")
     found = _DIGEST_LINE.search(text)
     body = _BODY_LINE.search(text)
     if not body:

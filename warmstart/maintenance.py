@@ -14,7 +14,7 @@ from packaging.utils import InvalidWheelFilename, parse_wheel_filename
 from .cache import CACHE_DIR
 from .lock import existing_locks, parse_lock
 from .recipe import known_recipes, load_recipe
-from .transfer import STALE_SECONDS, set_aside, sha256_of
+from .transfer import STALE_SECONDS, regular_file, set_aside, sha256_of
 
 
 @dataclass
@@ -46,11 +46,13 @@ def inventory(drive: Path, root: Path) -> list[Entry]:
     entries: list[Entry] = []
     for folder in ("wheels", "assets", "snapshots"):
         for item in sorted((base / folder).iterdir()) if (base / folder).is_dir() else ():
-            entries.append(Entry("?", item, item.stat().st_size))
+            entries.append(Entry("?", item, item.lstat().st_size))
     indexes = {}
     for entry in entries:
         name, folder = entry.path.name, entry.path.parent.name
-        if name.startswith(".") and name.endswith(".part"):
+        if not regular_file(entry.path):
+            entry.kind = "not a file"  # a pipe, a device, a link: never read, never pruned
+        elif name.startswith(".") and name.endswith(".part"):
             entry.kind = "temporary"
         elif ".damaged-" in name:
             entry.kind = "set aside"
@@ -65,9 +67,12 @@ def inventory(drive: Path, root: Path) -> list[Entry]:
             entry.kind, entry.owners, entry.hashes = "asset", asset_refs.get(name, set()), {name}
         elif name.endswith(".json"):
             entry.kind = "index"
-            index = json.loads(entry.path.read_text())
-            entry.owners = lock_refs.get(index.get("facts", {}).get("lock_sha256", ""), set())
-            indexes[index.get("archive")] = (entry.owners, index.get("sha256"))
+            try:
+                index = json.loads(entry.path.read_text())
+                entry.owners = lock_refs.get(index["facts"]["lock_sha256"], set())
+                indexes[index["archive"]] = (entry.owners, index["sha256"])
+            except (OSError, ValueError, KeyError, TypeError):
+                entry.kind = "unreadable index"  # written by no warmstart, or damaged: prunable
         else:
             entry.kind = "snapshot"
     for entry in entries:
@@ -95,6 +100,7 @@ def prunable(entries: list[Entry], now: float | None = None) -> list[Entry]:
     now = time.time() if now is None else now
     return [e for e in entries
             if (e.kind in ("wheel", "asset", "snapshot", "index") and not e.owners)
+            or e.kind == "unreadable index"
             or e.kind == "set aside"
             or (e.kind == "temporary" and now - e.path.stat().st_mtime > STALE_SECONDS)]
 

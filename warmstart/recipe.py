@@ -18,7 +18,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .config import Field, Schema, TableList, read_toml, validate
+from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
 
 RECIPE_SCHEMA: Schema = {
@@ -157,7 +157,7 @@ def _version(raw: str | None, path: Path, key: str) -> Version | None:
 
 def _check_requirements_in(path: Path) -> None:
     """Every requirement line of a `.in` must be a valid PEP 508 requirement (options aside)."""
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path, "a requirements file").splitlines(), 1):
         text = line.split(" #", 1)[0].strip()
         if not text or text.startswith(("#", "-")):
             continue

@@ -33,7 +33,7 @@ from .cache import CACHE_DIR, CacheStats
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .target import TargetPython, installed_files
-from .transfer import CHUNK, progress, set_aside, zstd_open
+from .transfer import CHUNK, progress, regular_file, set_aside, zstd_open
 
 SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
 
@@ -75,7 +75,7 @@ class Snapshot:
         return cls(drive / CACHE_DIR / "snapshots" / f"{stem}.json", facts)
 
     def exists(self) -> bool:
-        return self.index.is_file()
+        return regular_file(self.index)
 
     def archive(self, index: dict[str, Any]) -> Path:
         return self.index.with_name(Path(str(index.get("archive", "missing"))).name)
@@ -85,6 +85,8 @@ class Snapshot:
             index = json.loads(self.index.read_text())
         except (OSError, ValueError) as exc:
             raise SnapshotUnusable(f"snapshot index {self.index.name} is unreadable ({exc})") from None
+        if not isinstance(index, dict) or not isinstance(index.get("facts", {}), dict):
+            raise SnapshotUnusable(f"snapshot index {self.index.name} is not one warmstart wrote")
         differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
         if differs:
             recorded = ", ".join(f"{k} {index.get('facts', {}).get(k)!r}" for k in differs)
@@ -238,7 +240,7 @@ def restore(snapshot: Snapshot, target: TargetPython, stats: CacheStats, uninsta
     archive's sha256 matched, so a damaged archive never touches the environment."""
     index = snapshot.read_index()
     archive = snapshot.archive(index)
-    if not archive.is_file():
+    if not regular_file(archive):
         raise SnapshotUnusable(f"snapshot {snapshot.index.name} names {archive.name}, which is missing")
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     try:

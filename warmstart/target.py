@@ -121,7 +121,15 @@ def probe(executable: str | Path | None) -> TargetPython:
         raise PreconditionUnmet(
             f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
         ) from None
-    facts = json.loads(out)
+    try:
+        facts = json.loads(out)
+        return _facts_to_target(exe, facts)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise PreconditionUnmet(f"{exe} did not answer like a Python interpreter (it printed "
+                                f"{out.strip()[:60]!r}); pass --python with a CPython interpreter") from None
+
+
+def _facts_to_target(exe: Path, facts: dict) -> TargetPython:
     return TargetPython(
         executable=exe,
         version=Version(".".join(map(str, facts["version"]))),

@@ -204,10 +204,13 @@ def main(argv: list[str]) -> int:
     drive = _drive_option(args)
     try:
         folder = ensure(drive, offline="--offline" in args)
+        command = write_launcher(folder)
     except ToolsError as exc:
         say(str(exc))
         return exc.code
-    command = write_launcher(folder)
+    except (OSError, subprocess.CalledProcessError) as exc:  # a read-only HOME, a full disk
+        say(f"cannot set up warmstart's own tools in {tools_dir()}: {getattr(exc, 'strerror', None) or exc}")
+        return 1
     env = dict(os.environ, WARMSTART_DRIVE=str(drive), WARMSTART_PYTHON=os.environ.get("WARMSTART_PYTHON")
                or sys.executable, PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),

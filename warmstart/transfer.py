@@ -10,6 +10,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,15 @@ def progress(total: int | None, desc: str) -> Iterator[Any]:
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
               disable=None if SHOW_PROGRESS else True, dynamic_ncols=True) as bar:
         yield bar
+
+
+def regular_file(path: Path) -> bool:
+    """A regular file itself, not a link to one: the only thing warmstart reads off Drive (a named
+    pipe would hang a run, a link to a device fill the disk)."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def copy_hashed(src: Path, dest: Path) -> tuple[str, int]:
