@@ -309,3 +309,75 @@ def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stder
     assert "internal error: ZeroDivisionError('a bug, staged by the test')" in line
     log = Path(line.rsplit("please report it with ", 1)[1])
     assert "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
+
+
+# --- limits: archive expansion, check output and time; an interrupt stops the children --------
+
+import signal  # noqa: E402
+import time  # noqa: E402
+import zipfile  # noqa: E402
+
+from test_assets import tar_gz  # noqa: E402
+from warmstart.assets import safe_extract  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_that_expands_past_its_limit_is_refused(tmp_path, kind):
+    archive = tmp_path / f"bomb.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("zeros.bin", bytes(3 * 2**20))
+    else:
+        archive.write_bytes(tar_gz({"zeros.bin": bytes(3 * 2**20)}))
+    assert archive.stat().st_size < 2**16, "it compresses to almost nothing"
+    (tmp_path / "out").mkdir()
+
+    with pytest.raises(WarmstartError, match=r"expands to more than 2 MiB; if that is meant, set max_unpacked_mib"):
+        safe_extract(archive, tmp_path / "out", archive.name, limit=2 * 2**20)
+    safe_extract(archive, tmp_path / "out", archive.name, limit=4 * 2**20)  # within its limit: fine
+    assert (tmp_path / "out" / "zeros.bin").stat().st_size == 3 * 2**20
+
+
+def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive, tmp_path, index):
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "chatty"\n'
+                    'python = "print(\'x\' * 200000); print(\'the end\')"\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 0, result.stderr
+    (check,) = result.report["checks"]
+    assert len(check["output"]) < 5000 and check["output"].endswith("the end")
+    assert "x" * 200000 in Path(check["log"]).read_text()
+
+
+def test_a_checks_timeout_is_its_own(demo, drive, tmp_path, index):
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "slow"\nrun = "sleep 30"\ntimeout = 1\n')
+    start = time.monotonic()
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 1 and result.report["checks"][0]["output"].startswith("timed out after 1 s")
+    assert time.monotonic() - start < 25
+
+
+def test_sigterm_stops_the_run_and_its_check_and_leaves_no_temporary_folder(demo, drive, tmp_path, index):
+    pid_file = tmp_path / "check.pid"
+    demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "long"\nrun = "echo $$ > {pid_file}; exec sleep 120"\n')
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    cmd = [sys.executable, "-m", "invoke", "--search-root", str(Path(__file__).parent.parent), "bootstrap",
+           "--recipe", str(demo), "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
+    run = subprocess.Popen(cmd, env=cli_env(index.url, TMPDIR=str(scratch)), stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    check_pid = int(pid_file.read_text())
+
+    run.send_signal(signal.SIGTERM)
+    _out, err = run.communicate(timeout=30)
+
+    assert run.returncode == 130 and err.strip().endswith("warmstart: error: interrupted")
+    time.sleep(0.5)
+    assert not Path(f"/proc/{check_pid}").exists() or "zombie" in Path(f"/proc/{check_pid}/status").read_text().lower(), \
+        "the check was stopped with the run"
+    assert list(scratch.iterdir()) == [], "no temporary folder left behind"

@@ -111,8 +111,14 @@ def _open_tar(archive: Path, name: str) -> tarfile.TarFile:
     return tarfile.open(archive, "r:*")
 
 
-def safe_extract(archive: Path, into: Path, name: str) -> None:
-    """Extract a zip or tar archive, refusing any member that would land outside `into`."""
+def _too_big(name: str, limit: int) -> WarmstartError:
+    return WarmstartError(f"asset {name} expands to more than {limit / 2**20:.0f} MiB; if that is "
+                          "meant, set max_unpacked_mib for it in the recipe")
+
+
+def safe_extract(archive: Path, into: Path, name: str, limit: int) -> None:
+    """Extract a zip or tar archive, refusing any member that would land outside `into`, and an
+    archive whose members add up to more than `limit` bytes (counted before they are written)."""
     if name.endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -120,12 +126,25 @@ def safe_extract(archive: Path, into: Path, name: str) -> None:
                 if _escapes(into, info.filename) or is_link:
                     raise WarmstartError(f"asset {name}: member {info.filename!r} would land outside "
                                          "its destination; refusing to extract it")
+            # zipfile reads no member past its declared size, so the declared sizes are the bound.
+            if sum(info.file_size for info in zf.infolist()) > limit:
+                raise _too_big(name, limit)
             zf.extractall(into)
         return
+    total = 0
+
+    def bounded(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        nonlocal total
+        # The "data" filter refuses absolute paths, "..", links pointing out and devices.
+        member = tarfile.data_filter(member, path)
+        total += member.size
+        if total > limit:
+            raise _too_big(name, limit)
+        return member
+
     with _open_tar(archive, name) as tf:
         try:
-            # The "data" filter refuses absolute paths, "..", links pointing out and devices.
-            tf.extractall(into, filter="data")
+            tf.extractall(into, filter=bounded)
         except tarfile.FilterError as exc:
             raise WarmstartError(f"asset {name}: {exc}; refusing to extract it") from None
 
@@ -152,7 +171,7 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
             placed.record(dest, asset.sha256)
             return
         tmp.mkdir()
-        safe_extract(verified, tmp, asset.name)
+        safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
         _merge_into(asset, tmp, dest)
     finally:
         if tmp.is_dir():

@@ -14,18 +14,33 @@ from .recipe import Check
 from .target import state_file
 from .transfer import atomic_write_text
 
-TIMEOUT_SECONDS = 600
+OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
 
 @dataclass(frozen=True)
 class CheckResult:
     name: str
     ok: bool
-    output: str
+    output: str  # the end of it; the whole is in `log`
     seconds: float
+    log: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _keep(check: Check, output: str) -> tuple[str, str]:
+    """(what the report keeps, the log file holding all of it when that is more)."""
+    if len(output) <= OUTPUT_IN_REPORT:
+        return output, ""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    log = Path(base) / "warmstart" / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"check {check.name!r}\n\n{output}")
+    except OSError:
+        return "..." + output[-OUTPUT_IN_REPORT:], ""
+    return f"... (all of it in {log})\n" + output[-OUTPUT_IN_REPORT:], str(log)
 
 
 def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
@@ -37,12 +52,14 @@ def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
     env = dict(os.environ, PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     start = time.perf_counter()
     try:
-        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=TIMEOUT_SECONDS)
+        # On a timeout or an interrupt, subprocess.run kills the check before going on.
+        done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
+                              timeout=check.timeout)
         ok, output = done.returncode == 0, (done.stdout + done.stderr).strip()
     except subprocess.TimeoutExpired:
-        ok, output = False, f"timed out after {TIMEOUT_SECONDS} s"
-    return CheckResult(check.name, ok, output, round(time.perf_counter() - start, 3))
+        ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
+    kept, log = _keep(check, output)
+    return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log)
 
 
 def failed_before(prefix: Path, recipe: str) -> list[str]:

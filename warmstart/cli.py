@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -22,6 +24,10 @@ from .report import Report
 
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _log_bug() -> str:
@@ -42,6 +48,10 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
     """Run action with a fresh report; errors become its `error` and `exit_code`."""
     report = Report(recipe)
     transfer.SHOW_PROGRESS = not as_json  # stdout carries the JSON; keep stderr to step lines
+    # SIGTERM (a notebook interrupt, `kill`) ends a run as Ctrl-C does: children killed, temporary
+    # folders removed on the way out.
+    main = threading.current_thread() is threading.main_thread()  # only there can it be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
         action(report)
     except WarmstartError as exc:
@@ -50,6 +60,9 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
         report.error, report.exit_code = "interrupted", 130
     except Exception as exc:  # a bug: the traceback goes to a log, the user gets one line
         report.error, report.exit_code = f"internal error: {exc!r}; {_log_bug()}", INTERNAL_ERROR
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     if report.error:
         report.error = transfer.redact(report.error)
         print(f"warmstart: error: {report.error}", file=sys.stderr, flush=True)

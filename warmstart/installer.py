@@ -56,7 +56,12 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str, started=None
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if started is not None:
         faults.kill_when("install", child, started)
-    _out, err = child.communicate()
+    try:
+        _out, err = child.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM: the installer stops with us
+        child.kill()
+        child.wait()
+        raise
     if child.returncode != 0:
         tail = "\n".join(err.strip().splitlines()[-15:])
         if "THESE PACKAGES DO NOT MATCH THE HASHES" in err or "Hash mismatch" in err:

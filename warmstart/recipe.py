@@ -44,11 +44,13 @@ RECIPE_SCHEMA: Schema = {
         "dest": Field("str", required=True),
         "unpack": Field("bool", default=False),
         "allow_outside": Field("bool", default=False),
+        "max_unpacked_mib": Field("number"),  # default: 20 times the archive, at least 1 GiB
     }),
     "checks": TableList({
         "name": Field("str", required=True),
         "python": Field("str"),
         "run": Field("str"),
+        "timeout": Field("number", default=600),  # seconds
     }),
 }
 
@@ -75,6 +77,12 @@ class Asset:
     dest: str  # `~` is the user's home; a relative path is under the recipe's Drive workdir
     unpack: bool = False
     allow_outside: bool = False  # may land outside the home folder and the workdir
+    max_unpacked_mib: float | None = None  # how far the archive may expand (a zip bomb is not a model)
+
+    def unpack_limit(self, archive_bytes: int) -> int:
+        if self.max_unpacked_mib is not None:
+            return int(self.max_unpacked_mib * 2**20)
+        return max(20 * archive_bytes, 2**30)
 
     @property
     def name(self) -> str:
@@ -91,6 +99,7 @@ class Check:
     name: str
     python: str | None = None
     run: str | None = None
+    timeout: float = 600  # seconds
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,8 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         if not dest.is_absolute() and ".." in Path(asset.dest).parts:
             raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} leaves the workdir; "
                            "set allow_outside = true if that is meant")
+        if asset.max_unpacked_mib is not None and (not asset.unpack or asset.max_unpacked_mib <= 0):
+            raise BadInput(f"{path}: 'assets[{n}].max_unpacked_mib' needs unpack = true and a size above 0")
         if asset.unpack and not asset.name.endswith(ARCHIVE_SUFFIXES):
             raise BadInput(f"{path}: 'assets[{n}].unpack' is true but {asset.name!r} is not one of "
                            f"{', '.join(ARCHIVE_SUFFIXES)}")
@@ -236,6 +247,8 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
     for n, raw in enumerate(data["checks"]):
         if (raw["python"] is None) == (raw["run"] is None):
             raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python' or 'run'")
+        if raw["timeout"] <= 0:
+            raise BadInput(f"{path}: 'checks[{n}].timeout' must be a number of seconds above 0")
         checks.append(Check(**raw))
 
     return Recipe(
