@@ -17,18 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, cli_env, make_venv, run_cli
+from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
 
 STANDIN = Path(__file__).parent / "colab_standin"
 
 
-def can_mount() -> bool:
-    probe = subprocess.run(["unshare", "-m", "--", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                           capture_output=True)
-    return probe.returncode == 0
-
-
-pytestmark = pytest.mark.skipif(not can_mount(), reason="needs `unshare -m` and mount (root)")
+pytestmark = needs_mountns
 
 
 @pytest.fixture
@@ -52,7 +46,7 @@ def kernel_python(tmp_path) -> Path:
 def run_kernel(python: Path, code: str, env: dict[str, str], prelude: str = "") -> dict:
     """Run `code` as a notebook cell would, in a fresh kernel process; it prints one JSON line."""
     script = textwrap.dedent(prelude) + textwrap.dedent(code)
-    done = subprocess.run(["unshare", "-m", "--", str(python), "-c", script], env=env,
+    done = subprocess.run([*MOUNTNS, "--", str(python), "-c", script], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1]) | {"stderr": done.stderr}
@@ -161,7 +155,7 @@ def test_subprocess_with_mount_uses_it_and_prints_the_cd_line(demo, tmp_path, ke
               "--recipe", str(demo), "--python", str(python)]
     script = f'mount -t tmpfs tmpfs "{mount}" && mkdir "{mount}/MyDrive" && exec "$@"'
 
-    done = subprocess.run(["unshare", "-m", "--", "sh", "-c", script, "sh", *invoke], env=kernel_env,
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke], env=kernel_env,
                           capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 0, done.stderr

@@ -28,7 +28,8 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from conftest import (COLAB_IMAGES, HAVE_MODELS, REPO, SHARED_HYPERLPR, _write_simple_index, build_wheel,
-                      cli_env, colab_vm, hyperlpr_variant, install_image_versions, installed, needs_netns,
+                      MOUNT_NETNS, MOUNTNS, NETNS, cli_env, colab_vm, hyperlpr_variant, install_image_versions,
+                      installed, needs_netns,
                       serve_folder)
 from test_fresh_machine import copy_checkout
 from warmstart.lock import parse_lock
@@ -67,7 +68,7 @@ def cells(root: Path, backing: Path, env: dict[str, str], lines: list[str], offl
     script = "set -e\n" + "\n".join(
         [f"mkdir -p {mount} && mount --bind {backing} {mount}", f"cd {root / 'content'}",
          *(f"echo '>>> {line}' >&2; {line}" for line in lines)])
-    cmd = ["unshare", "-m", *(["-n"] if offline else []), "--", "bash", "-c", script]
+    cmd = [*(MOUNT_NETNS if offline else MOUNTNS), "--", "bash", "-c", script]
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env | {"WARMSTART_MOUNT_POINT": str(mount)}, capture_output=True,
                           text=True, timeout=900)
@@ -122,7 +123,7 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     assert set(canonical(python2)) - set(before2) == RECIPE_ADDS
     assert json.loads((tmp_path / "report-2.json").read_text())["ok"]
     code = "import onnxruntime, hyperlpr3" if HAVE_MODELS else "import onnxruntime, loguru"
-    works = subprocess.run(["unshare", "-n", "--", str(python2), "-c", code], env=env2, capture_output=True,
+    works = subprocess.run([*NETNS, "--", str(python2), "-c", code], env=env2, capture_output=True,
                            text=True)
     assert works.returncode == 0, works.stderr
     assert subprocess.run([str(python2), "-c", "import invoke"], capture_output=True).returncode != 0, \
@@ -231,7 +232,7 @@ def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
         import json, os; print(json.dumps({{"cwd": os.getcwd(), "report": warmstart.colab.last_report}}))
     """)
 
-    done = subprocess.run(["unshare", "-m", "--", str(python), "-c", cell], cwd=tmp_path / "vm" / "content",
+    done = subprocess.run([*MOUNTNS, "--", str(python), "-c", cell], cwd=tmp_path / "vm" / "content",
                           env=env | {"WARMSTART_MOUNT_POINT": str(mount), "FAKE_DRIVE_BACKING": str(backing),
                                      "FAKE_COLAB_LOG": str(tmp_path / "colab.log")},
                           capture_output=True, text=True, timeout=900)

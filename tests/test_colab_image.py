@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from packaging.utils import canonicalize_name
 
-from conftest import (COLAB_IMAGES as IMAGES, DEPENDENTS, REPO, Result, cli_env, colab_vm, installed,
+from conftest import (COLAB_IMAGES as IMAGES, DEPENDENTS, MOUNTNS, REPO, Result, cli_env, colab_vm, installed,
                       install_image_versions)
 from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
 from warmstart.lock import parse_lock
@@ -40,7 +40,7 @@ def on_colab(tmp_path: Path, *args: str) -> Result:
     home.mkdir(exist_ok=True)
     env = cli_env(WARMSTART_PLATFORM="colab", WARMSTART_MOUNT_POINT=str(mount), HOME=str(home))
     script = 'mount -t tmpfs tmpfs "$0" && mkdir "$0/MyDrive" && cd /tmp && exec "$@"'
-    done = subprocess.run(["unshare", "-m", "--", "sh", "-c", script, str(mount), sys.executable, "-m",
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, str(mount), sys.executable, "-m",
                            "invoke", "--search-root", str(REPO), *args],
                           env=env, capture_output=True, text=True, timeout=900)
     return Result(done.returncode, done.stdout, done.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HAVE_MODELS, REPO, SHARED_HYPERLPR, hyperlpr_variant, needs_netns, serve_folder
+from conftest import HAVE_MODELS, NETNS, REPO, SHARED_HYPERLPR, hyperlpr_variant, needs_netns, serve_folder
 
 pytestmark = [pytest.mark.registry, needs_netns]
 
@@ -50,7 +50,7 @@ def new_vm(root: Path) -> tuple[Path, dict[str, str]]:
 def run_script(checkout: Path, env: dict[str, str], *args: str, offline_net: bool = False):
     cmd = ["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--allow-no-gpu", "--json", *args]
     if offline_net:
-        cmd = ["unshare", "--net", "--", *cmd]
+        cmd = [*NETNS, "--", *cmd]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -81,7 +81,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     assert report["drive"] == str(drive)
     # `import hyperlpr3` fetches its models unless they are in place: only with ../shared's models.
     modules = "onnxruntime" + (", hyperlpr3" if HAVE_MODELS else "")
-    imports = subprocess.run(["unshare", "--net", "--", str(python2), "-c", f"import {modules}"],
+    imports = subprocess.run([*NETNS, "--", str(python2), "-c", f"import {modules}"],
                              env=env2, capture_output=True, text=True)
     assert imports.returncode == 0, imports.stderr
     # warmstart's own tools live in their own folder, not in the notebook's interpreter.

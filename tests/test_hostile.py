@@ -162,12 +162,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from warmstart import PROJECT_ROOT  # noqa: E402
 from warmstart.errors import BadInput, WarmstartError  # noqa: E402
 from warmstart.fetch import index_urls  # noqa: E402
-from warmstart.lock import LockTarget  # noqa: E402
 from warmstart.maintenance import inventory  # noqa: E402
 from warmstart.profiles import select_profile  # noqa: E402
 from warmstart.recipe import load_recipe  # noqa: E402
 from warmstart.snapshot import Snapshot, SnapshotUnusable  # noqa: E402
-from warmstart.target import TargetPython  # noqa: E402
 
 FUNCTION_FIXTURE = settings(max_examples=120, deadline=None,
                             suppress_health_check=[HealthCheck.function_scoped_fixture])

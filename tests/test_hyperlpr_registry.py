@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import (HAVE_MODELS, SHARED_HYPERLPR, cli_env, hyperlpr_variant, installed, make_venv,
+from conftest import (HAVE_MODELS, NETNS, SHARED_HYPERLPR, cli_env, hyperlpr_variant, installed, make_venv,
                       needs_netns, run_cli, serve_folder)
 
 pytestmark = [pytest.mark.registry, needs_netns]
@@ -77,7 +77,7 @@ def test_restored_vm_detects_a_plate_offline(restored):
         f"boxes = d(cv2.imread('{SHARED_HYPERLPR}/images/test_img.jpg'))\n"
         "print(len(boxes), *[round(float(v)) for v in boxes[0][:4]], float(boxes[0][4]))\n"
     )
-    out = subprocess.run(["unshare", "--net", "--", str(python), "-c", script],
+    out = subprocess.run([*NETNS, "--", str(python), "-c", script],
                          env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True).stdout.split()
     count, x1, y1, x2, y2, score = int(out[0]), *map(int, out[1:5]), float(out[5])
