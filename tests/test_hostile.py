@@ -379,3 +379,28 @@ def test_sigterm_stops_the_run_and_its_check_and_leaves_no_temporary_folder(demo
     assert not Path(f"/proc/{check_pid}").exists() or "zombie" in Path(f"/proc/{check_pid}/status").read_text().lower(), \
         "the check was stopped with the run"
     assert list(scratch.iterdir()) == [], "no temporary folder left behind"
+
+
+# --- a secret in a URL reaches no output, on any path ---------------------------------------
+
+SECRET = "s3cr3t-token"
+
+
+@pytest.mark.parametrize("case", ["index works", "index unreachable", "asset mirror unreachable"])
+def test_a_credential_in_a_url_reaches_no_output(case, demo, drive, tmp_path, index):
+    url = index.url.replace("http://", f"http://user:{SECRET}@")
+    env = cli_env(url if case == "index works" else f"http://user:{SECRET}@127.0.0.1:9/simple")
+    if case == "asset mirror unreachable":
+        env = cli_env(url, WARMSTART_ASSET_MIRROR=f"http://user:{SECRET}@127.0.0.1:9/mirror")
+        demo.write_text(demo.read_text() + '\n[[assets]]\nurl = "https://example.invalid/m.onnx"\n'
+                        f'sha256 = "{"0" * 64}"\ndest = "m.onnx"\n')
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=env)
+
+    assert (result.code == 0) == (case == "index works"), result.stderr
+    logs = Path(env["XDG_CACHE_HOME"]) / "warmstart" / "logs"
+    written = "".join(p.read_text(errors="replace") for p in logs.glob("*")) if logs.is_dir() else ""
+    assert SECRET not in result.stdout + result.stderr + written
+    if case == "asset mirror unreachable":  # the failing URL is named, its credential hidden
+        assert f"http://***@127.0.0.1:9/mirror/m.onnx" in result.stderr

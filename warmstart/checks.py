@@ -12,7 +12,7 @@ from typing import Any
 
 from .recipe import Check
 from .target import state_file
-from .transfer import atomic_write_text
+from .transfer import atomic_write_text, redact
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
@@ -55,7 +55,7 @@ def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
         # On a timeout or an interrupt, subprocess.run kills the check before going on.
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
                               timeout=check.timeout)
-        ok, output = done.returncode == 0, (done.stdout + done.stderr).strip()
+        ok, output = done.returncode == 0, redact((done.stdout + done.stderr).strip())
     except subprocess.TimeoutExpired:
         ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
     kept, log = _keep(check, output)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from .cache import CacheStats
+from .transfer import redact
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
 
     def say(self, message: str) -> None:
-        print(f"warmstart: {message}", file=self.stream, flush=True)
+        print(f"warmstart: {redact(message)}", file=self.stream, flush=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:
@@ -51,7 +52,8 @@ class Report:
             self.say(f"{name:<9} {step.status:<8} {step.seconds:6.2f}s{detail}")
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        """The report; no credential of any URL in any of its strings."""
+        return _redacted({
             "ok": self.error is None,
             "recipe": self.recipe,
             "steps": [{"name": s.name, "status": s.status, "seconds": s.seconds, "detail": s.detail}
@@ -61,4 +63,14 @@ class Report:
             "total_seconds": round(time.perf_counter() - self.started, 3),
             **self.extra,
             **({"error": self.error, "exit_code": self.exit_code} if self.error else {}),
-        }
+        })
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value

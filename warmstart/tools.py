@@ -43,7 +43,9 @@ class ToolsError(Exception):
 
 
 def say(message: str) -> None:
-    print(f"warmstart.sh: {message}", file=sys.stderr, flush=True)
+    from .transfer import redact  # standard library only, like this module
+
+    print(f"warmstart.sh: {redact(message)}", file=sys.stderr, flush=True)
 
 
 def python_tag() -> str:
