@@ -27,7 +27,7 @@ from warmstart import bootstrap as bootstrapping
 from warmstart import lock as locking
 from warmstart.assets import asset_table
 from warmstart.cli import run_plain, run_reported
-from warmstart.errors import PreconditionUnmet, WarmstartError
+from warmstart.errors import BadInput, PreconditionUnmet, WarmstartError
 from warmstart.profiles import resolve_drive, select_profile
 from warmstart.recipe import known_recipes, load_recipe
 
@@ -182,10 +182,13 @@ def recipes(c, drive=None):
 
 
 @task(help={"drive": DRIVE_HELP, "verify": "hash every cached file; set damaged ones aside (exit 1)",
-            "prune": "remove what no recipe's current lock or assets use", "dry-run": "with --prune: only list"})
-def cache(c, drive=None, verify=False, prune=False, dry_run=False):
+            "prune": "remove what no current lock here names and no run has used for --older-than days",
+            "older-than": "days without use before --prune removes a file (default 30)",
+            "dry-run": "with --prune: only list"})
+def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None):
     """Show the Drive cache per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
     from warmstart import maintenance
+    from warmstart.cache import compact_usage, last_used
 
     def run() -> None:
         drive_root = _drive(drive)
@@ -207,11 +210,18 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False):
                 raise WarmstartError(f"{len(damaged)} damaged files in {drive_root} were set aside; "
                                      "the next online bootstrap fetches them again")
         if prune:
-            doomed = maintenance.prunable(entries)
+            try:
+                days = float(older_than) if older_than is not None else maintenance.RETENTION_DAYS
+            except ValueError:
+                raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
+            when, records = last_used(drive_root)
+            doomed = maintenance.prunable(entries, when, days)
             for entry in doomed:
                 print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
             if not dry_run:
                 print(f"freed {maintenance.prune(doomed) / 2**20:.1f} MiB")
+                kept = {maintenance.relative_name(e) for e in entries if e not in doomed}
+                compact_usage(drive_root, when, records, kept)
 
     _exit(run_plain(run))
 

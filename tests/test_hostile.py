@@ -18,7 +18,7 @@ import pytest
 import zstandard
 from hypothesis import given, strategies as st
 
-from conftest import cli_env, installed, make_venv, run_cli
+from conftest import cli_env, installed, make_venv, needs_mountns, run_cli
 from warmstart.bootstrap import target_lock
 from warmstart.cache import CacheStats
 from warmstart.snapshot import _unpack_verified
@@ -404,3 +404,131 @@ def test_a_credential_in_a_url_reaches_no_output(case, demo, drive, tmp_path, in
     assert SECRET not in result.stdout + result.stderr + written
     if case == "asset mirror unreachable":  # the failing URL is named, its credential hidden
         assert f"http://***@127.0.0.1:9/mirror/m.onnx" in result.stderr
+
+
+# --- cache --prune: only what no lock has used for the retention period -----------------------
+
+DAY = 86400
+
+
+def age(drive: Path, days: float) -> None:
+    """Make every cache file and usage record `days` old, as if no run had used them since."""
+    then = time.time() - days * DAY
+    records = list((drive / ".warmstart" / "v1" / "usage").glob("*.json"))
+    for record in records:
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({"used": {name: then for name in data["used"]}}))
+    for path in (drive / ".warmstart" / "v1").rglob("*"):
+        if path.is_file():
+            os.utime(path, (then, then))
+
+
+def test_prune_keeps_what_another_checkout_used_until_the_retention_period_passes(demo, drive, tmp_path, index):
+    """The demo project is a second checkout sharing this Drive: this checkout's locks name none
+    of its wheels. Recently used, they stay; unused for longer than the retention, they go."""
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                   "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url)).code == 0
+    wheels = drive / ".warmstart" / "v1" / "wheels"
+    theirs = sorted(p.name for p in wheels.iterdir())
+    ours = wheels / "invoke-3.0.3-py3-none-any.whl"  # named by this checkout's warmstart lock
+    ours.write_bytes(b"stands in for the wheel")
+    env = cli_env()
+
+    recent = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=env)
+    age(drive, 40)
+    planned = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=env)
+    done = run_cli("cache", "--drive", str(drive), "--prune", env=env)
+
+    assert recent.code == 0 and "would remove" not in recent.stdout
+    listed = sorted(line.split()[-1] for line in planned.stdout.splitlines() if line.startswith("would remove"))
+    assert set(theirs) <= set(listed) and ours.name not in listed
+    removed = sorted(line.split()[-1] for line in done.stdout.splitlines() if line.startswith("remove "))
+    assert removed == listed, "--dry-run listed exactly what went"
+    assert sorted(p.name for p in wheels.iterdir()) == [ours.name]
+
+
+def test_prune_with_a_shorter_retention_and_bad_input(demo, drive, tmp_path, index):
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                   "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url)).code == 0
+    age(drive, 3)
+
+    kept = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=cli_env())
+    short = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", "--older-than", "2", env=cli_env())
+    bad = run_cli("cache", "--drive", str(drive), "--prune", "--older-than", "a week", env=cli_env())
+
+    assert "would remove" not in kept.stdout and "would remove wheel alpha-1.0" in short.stdout
+    assert bad.code == 2 and "--older-than must be a number of days" in bad.stderr
+
+
+def test_a_run_that_uses_old_cache_files_keeps_them_from_pruning(demo, drive, tmp_path, index):
+    python = make_venv(tmp_path / "env")
+    args = ("--recipe", str(demo), "--drive", str(drive), "--python", str(python))
+    assert run_cli("bootstrap", *args, env=cli_env(index.url)).code == 0
+    age(drive, 40)  # the files and their records: old
+
+    again = run_cli("bootstrap", *args, env=cli_env(index.url))  # a no-op run, using them today
+    planned = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=cli_env())
+
+    assert again.code == 0 and "nothing to do" in again.stderr
+    assert not [line for line in planned.stdout.splitlines() if line.startswith("would remove wheel")]
+
+
+def test_an_asset_url_that_redirects_in_a_loop_is_one_line(demo, drive, tmp_path, index):
+    import http.server
+    import threading
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    demo.write_text(demo.read_text() + '\n[[assets]]\nurl = "https://example.invalid/m.onnx"\n'
+                    f'sha256 = "{"0" * 64}"\ndest = "m.onnx"\n')
+    try:
+        result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                         "--python", str(make_venv(tmp_path / "env")),
+                         env=cli_env(index.url, WARMSTART_ASSET_MIRROR=f"http://127.0.0.1:{server.server_port}"))
+    finally:
+        server.shutdown()
+    assert result.code == 1 and "TooManyRedirects; check the URL" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_nul_in_a_recipe_name_is_bad_input():
+    with pytest.raises(BadInput, match="cannot hold a NUL"):
+        load_recipe("a\0b.toml", PROJECT_ROOT)
+
+
+@needs_mountns
+def test_a_read_only_home_is_one_line_exit_3(demo, drive, tmp_path, index):
+    from conftest import MOUNTNS, REPO
+    home = tmp_path / "home"
+    home.mkdir()
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
+    script = f'mount --bind "{home}" "{home}" && mount -o remount,bind,ro "{home}" && exec "$@"'
+    env = {k: v for k, v in cli_env(index.url, HOME=str(home)).items() if k != "XDG_CACHE_HOME"}
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "Read-only file system" in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+
+
+@needs_mountns
+def test_a_full_tmpdir_is_one_line_exit_3(demo, drive, tmp_path, index):
+    from conftest import MOUNTNS, REPO
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
+    script = f'mount -t tmpfs -o size=4k tmpfs "{scratch}" && exec "$@"'
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke],
+                          env=cli_env(index.url, TMPDIR=str(scratch)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr
+    assert "No space left on device" in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr

@@ -17,7 +17,7 @@ from filelock import FileLock, Timeout
 
 from . import assets, checks, faults, fetch, installer, restart, snapshot, target as target_python
 from .assets import AssetStore
-from .cache import CACHE_DIR, WheelCache
+from .cache import CACHE_DIR, WheelCache, record_use
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .gpu import GpuVerdict, judge, probe_gpus
 from .lock import (LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock,
@@ -367,9 +367,22 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
                 run_checks(plan, report)
     finally:
         report_restart(plan, stale, report)
+        record_use(plan.drive, cache_files_used(plan, cache))
     if plan.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
+
+
+def cache_files_used(plan: Plan, cache: WheelCache) -> list[str]:
+    """The Drive cache files this run's lock and recipe use (for `invoke cache --prune`)."""
+    supported = plan.target.supported_tags()
+    wheels = [f"wheels/{path.name}" for p in plan.needs.wanted if (path := cache.lookup(p, supported))]
+    assets = [f"assets/{a.sha256}" for a in plan.recipe.assets]
+    # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
+    fresh = needs(plan.lock.pins, plan.image.shipped if plan.image else {}).install
+    snapshots = {snapshot.Snapshot.locate(plan.drive, plan.recipe.name, plan.lock, plan.target, pins).index.name
+                 for pins in (fresh, plan.to_install) if pins}
+    return wheels + assets + [f"snapshots/{name}" for name in sorted(snapshots)]
 
 
 def stale_imports(plan: Plan, options: Options) -> dict[str, tuple[str, str]]:

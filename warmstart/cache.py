@@ -10,7 +10,11 @@ or a second VM writing the same wheel, never leaves a half-written file under a 
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_fi
 from packaging.version import Version
 
 from .lock import Pin
-from .transfer import atomic_copy, copy_hashed, explain, set_aside
+from .transfer import atomic_copy, atomic_write_text, copy_hashed, explain, regular_file, set_aside
 
 CACHE_DIR = Path(".warmstart") / "v1"
 
@@ -93,3 +97,50 @@ class WheelCache:
         except OSError as exc:
             self.warnings.append(f"wheel {wheel.name} not cached on Drive: {explain(exc)}")
         self._listing = None
+
+
+# Usage records: each run writes one small file naming the cache files its lock uses, so that
+# `invoke cache --prune` removes only what no lock, of any checkout sharing this Drive, has used
+# for its retention period. A record maps paths relative to the cache folder (wheels/x.whl,
+# assets/<sha>, snapshots/<index>.json) to when they were used.
+USAGE = "usage"
+
+
+def _write_record(drive: Path, used: dict[str, float]) -> None:
+    record = drive / CACHE_DIR / USAGE / f"{int(max(used.values()))}-{uuid.uuid4().hex[:12]}.json"
+    atomic_write_text(record, json.dumps({"used": used}, sort_keys=True))
+
+
+def record_use(drive: Path, used: Iterable[str], now: float | None = None) -> None:
+    now = time.time() if now is None else now
+    try:
+        if names := sorted(set(used)):
+            _write_record(drive, dict.fromkeys(names, now))
+    except OSError:
+        pass  # a record only protects files from pruning; the next run writes another
+
+
+def last_used(drive: Path) -> tuple[dict[str, float], list[Path]]:
+    """When a run last used each cache file, and the record files that say so."""
+    folder = drive / CACHE_DIR / USAGE
+    when: dict[str, float] = {}
+    records = sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else []
+    for record in records:
+        try:
+            used = {str(name): float(at) for name, at in json.loads(record.read_text())["used"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not one of ours, or damaged: it protects nothing
+        for name, at in used.items():
+            when[name] = max(when.get(name, 0.0), at)
+    return when, records
+
+
+def compact_usage(drive: Path, when: dict[str, float], records: list[Path], keep: set[str]) -> None:
+    """Fold the records read into one, for the files still there; then remove those read (a run
+    writing a record meanwhile adds a new file, which stays)."""
+    if len(records) < 2:
+        return
+    if merged := {name: at for name, at in when.items() if name in keep}:
+        _write_record(drive, merged)
+    for record in records:
+        record.unlink(missing_ok=True)

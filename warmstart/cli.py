@@ -1,7 +1,7 @@
 """Turning a task's outcome into output and an exit code, in one place.
 
 Exit codes: 0 done; 2 bad input (recipe, lock, flags); 3 a precondition this machine does not
-meet; 1 anything else that went wrong; 70 a bug in warmstart (its traceback goes to a log file
+meet (a read-only, full or failing disk or Drive included); 1 anything else that went wrong; 70 a bug in warmstart (its traceback goes to a log file
 that the one line on stderr names; stderr never shows a traceback); 130 interrupted.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from . import __version__, transfer
-from .errors import WarmstartError
+from .errors import PreconditionUnmet, WarmstartError
 from .report import Report
 
 
@@ -58,6 +58,12 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
         report.error, report.exit_code = str(exc), exc.exit_code
     except KeyboardInterrupt:
         report.error, report.exit_code = "interrupted", 130
+    except OSError as exc:  # the machine: a read-only or full disk, a folder gone
+        where = f"{exc.filename}: " if exc.filename else ""
+        report.error = (f"{where}{exc.strerror or exc} [errno {exc.errno}]; check that the folder is there, "
+                        "writable and not full (TMPDIR, HOME, the Drive folder: on Colab mounted and under "
+                        "its quota), then run again")
+        report.exit_code = PreconditionUnmet.exit_code
     except Exception as exc:  # a bug: the traceback goes to a log, the user gets one line
         report.error, report.exit_code = f"internal error: {exc!r}; {_log_bug()}", INTERNAL_ERROR
     finally:

@@ -25,6 +25,7 @@ class Entry:
     owners: set[str] = field(default_factory=set)  # recipes whose current locks or assets use it
     hashes: set[str] = field(default_factory=set)  # the sha256 it must have
     status: str = "unchecked"
+    archive: str | None = None  # for a snapshot index: the archive it names
 
 
 def inventory(drive: Path, root: Path) -> list[Entry]:
@@ -71,6 +72,7 @@ def inventory(drive: Path, root: Path) -> list[Entry]:
                 index = json.loads(entry.path.read_text())
                 entry.owners = lock_refs.get(index["facts"]["lock_sha256"], set())
                 indexes[index["archive"]] = (entry.owners, index["sha256"])
+                entry.archive = str(index["archive"])
             except (OSError, ValueError, KeyError, TypeError):
                 entry.kind = "unreadable index"  # written by no warmstart, or damaged: prunable
         else:
@@ -95,14 +97,34 @@ def verify(entries: list[Entry]) -> None:
             entry.status = f"damaged, set aside as {set_aside(entry.path).name}"
 
 
-def prunable(entries: list[Entry], now: float | None = None) -> list[Entry]:
-    """What no recipe's current lock or assets use, what was set aside, and stale temporaries."""
+RETENTION_DAYS = 30
+
+
+def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: float = RETENTION_DAYS,
+             now: float | None = None) -> list[Entry]:
+    """What was set aside, stale temporaries, and what no current lock or recipe here names and no
+    run (of any checkout sharing this Drive) has used for `retention_days`: a file's last use is
+    its latest usage record, or its own time when no record names it (a snapshot archive is used
+    with its index)."""
     now = time.time() if now is None else now
+    archives = {e.path.name: e for e in entries if e.kind == "snapshot"}
+
+    def idle(entry: Entry) -> bool:
+        used = [last_used.get(relative_name(entry), 0.0), entry.path.lstat().st_mtime]
+        if entry.kind == "snapshot":  # used whenever an index naming it was
+            used += [last_used.get(relative_name(i), 0.0) for i in entries
+                     if i.kind == "index" and archives.get(i.archive or "") is entry]
+        return now - max(used) > retention_days * 86400
+
     return [e for e in entries
-            if (e.kind in ("wheel", "asset", "snapshot", "index") and not e.owners)
-            or e.kind == "unreadable index"
+            if (e.kind in ("wheel", "asset", "snapshot", "index") and not e.owners and idle(e))
+            or (e.kind == "unreadable index" and idle(e))
             or e.kind == "set aside"
-            or (e.kind == "temporary" and now - e.path.stat().st_mtime > STALE_SECONDS)]
+            or (e.kind == "temporary" and now - e.path.lstat().st_mtime > STALE_SECONDS)]
+
+
+def relative_name(entry: Entry) -> str:
+    return f"{entry.path.parent.name}/{entry.path.name}"
 
 
 def prune(entries: list[Entry]) -> int:

@@ -142,6 +142,8 @@ def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
 
 def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Path:
     """A recipe given as a file path is used as is; a bare name is looked up by name."""
+    if "\0" in name_or_path:
+        raise BadInput(f"recipe {name_or_path!r}: a name or path cannot hold a NUL character")
     candidate = Path(name_or_path).expanduser()
     if candidate.suffix == ".toml" or len(candidate.parts) > 1:
         return candidate.resolve()

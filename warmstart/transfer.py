@@ -220,4 +220,6 @@ def download(url: str, part: Path, *, attempts: int = 4, backoff: float = 0.5,
         except (requests.ConnectionError, requests.Timeout,
                 requests.exceptions.ChunkedEncodingError) as exc:
             last_error = type(exc).__name__
+        except requests.RequestException as exc:  # a redirect loop, an address it cannot read
+            raise DownloadFailed(f"cannot download {url}: {type(exc).__name__}; check the URL") from None
     raise DownloadFailed(f"cannot download {url} after {attempts} attempts ({last_error})")
