@@ -506,29 +506,23 @@ def test_a_nul_in_a_recipe_name_is_bad_input():
 
 
 @needs_mountns
-def test_a_read_only_home_is_one_line_exit_3(demo, drive, tmp_path, index):
+@pytest.mark.parametrize("case", ["read-only HOME", "full TMPDIR"])
+def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path, index):
     from conftest import MOUNTNS, REPO
-    home = tmp_path / "home"
-    home.mkdir()
+    folder = tmp_path / "folder"
+    folder.mkdir()
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
               "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
-    script = f'mount --bind "{home}" "{home}" && mount -o remount,bind,ro "{home}" && exec "$@"'
-    env = {k: v for k, v in cli_env(index.url, HOME=str(home)).items() if k != "XDG_CACHE_HOME"}
-    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke], env=env,
+    if case == "read-only HOME":
+        mount = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}"'
+        env = {k: v for k, v in cli_env(index.url, HOME=str(folder)).items() if k != "XDG_CACHE_HOME"}
+        words = "Read-only file system"
+    else:
+        mount = f'mount -t tmpfs -o size=4k tmpfs "{folder}"'
+        env, words = cli_env(index.url, TMPDIR=str(folder)), "No space left on device"
+
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", f'{mount} && exec "$@"', "sh", *invoke], env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 3, done.stderr
-    assert "Read-only file system" in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
 
-
-@needs_mountns
-def test_a_full_tmpdir_is_one_line_exit_3(demo, drive, tmp_path, index):
-    from conftest import MOUNTNS, REPO
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
-              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
-    script = f'mount -t tmpfs -o size=4k tmpfs "{scratch}" && exec "$@"'
-    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke],
-                          env=cli_env(index.url, TMPDIR=str(scratch)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 3, done.stderr
-    assert "No space left on device" in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+    assert words in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
