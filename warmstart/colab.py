@@ -99,8 +99,8 @@ def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
         if mount and not drive and not dry_run:
             mount_drive(mount)
         _with_tools(drive, offline)
-    except (PreconditionUnmet, tools.ToolsError) as exc:
-        code = exc.exit_code if isinstance(exc, PreconditionUnmet) else exc.code
+    except (PreconditionUnmet, tools.ToolsError, OSError) as exc:
+        code = exc.exit_code if isinstance(exc, PreconditionUnmet) else getattr(exc, "code", 3)
         print(f"warmstart: error: {exc}", file=sys.stderr)
         last_report = {"ok": False, "recipe": recipe, "error": str(exc), "exit_code": code}
         raise BootstrapFailed(last_report) from None

@@ -221,5 +221,26 @@ def main(argv: list[str]) -> int:
     return done.returncode
 
 
+def run(argv: list[str]) -> int:
+    """main(), with a bug reported as the rest of warmstart does: exit 70 and a log, no traceback."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception as exc:  # a bug in warmstart
+        import traceback
+
+        log = tools_dir().parent / "logs" / f"warmstart-sh-{os.getpid()}.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            where = f"please report it with {log}"
+        except OSError:
+            where = "its log could not be written"
+        say(f"internal error: {exc!r}; this is a bug in warmstart: {where}")
+        return 70
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run(sys.argv[1:]))
