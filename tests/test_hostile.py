@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -465,12 +466,18 @@ def test_a_run_that_uses_old_cache_files_keeps_them_from_pruning(demo, drive, tm
     args = ("--recipe", str(demo), "--drive", str(drive), "--python", str(python))
     assert run_cli("bootstrap", *args, env=cli_env(index.url)).code == 0
     age(drive, 40)  # the files and their records: old
+    # ... and the VM that wrote the last record is gone (its local marker with it): a new day.
+    shutil.rmtree(Path(cli_env()["XDG_CACHE_HOME"]) / "warmstart" / "used", ignore_errors=True)
 
     again = run_cli("bootstrap", *args, env=cli_env(index.url))  # a no-op run, using them today
     planned = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=cli_env())
 
     assert again.code == 0 and "nothing to do" in again.stderr
     assert not [line for line in planned.stdout.splitlines() if line.startswith("would remove wheel")]
+    records = sorted((drive / ".warmstart" / "v1" / "usage").iterdir())
+    assert run_cli("bootstrap", *args, env=cli_env(index.url)).code == 0
+    assert sorted((drive / ".warmstart" / "v1" / "usage").iterdir()) == records, \
+        "another no-op run the same day writes nothing to Drive"
 
 
 def test_an_asset_url_that_redirects_in_a_loop_is_one_line(demo, drive, tmp_path, index):

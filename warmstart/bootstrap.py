@@ -9,6 +9,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,10 +368,30 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
                 run_checks(plan, report)
     finally:
         report_restart(plan, stale, report)
-        record_use(plan.drive, cache_files_used(plan, cache))
+        if _use_record_due(plan):
+            record_use(plan.drive, cache_files_used(plan, cache))
     if plan.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
+
+
+def _use_record_due(plan: Plan, every: float = 86400) -> bool:
+    """Each run that changes something records what it used; one that changes nothing refreshes
+    the record once a day, not each time: a Drive write per no-op run would cost more than the
+    run. A marker on local disk, per target, tells when the last record was written."""
+    marker = target_python.state_file("used", plan.target.prefix)
+    try:
+        recent = time.time() - marker.stat().st_mtime < every
+    except OSError:
+        recent = False
+    if recent and plan.nothing_to_do:
+        return False
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass  # without the marker the next no-op run records again: only slower
+    return True
 
 
 def cache_files_used(plan: Plan, cache: WheelCache) -> list[str]:
