@@ -31,6 +31,7 @@ from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
 from .lock import LockTarget, Pin, WheelLibs
 from .profiles import load_profile, profile_paths
+from .transfer import atomic_write_text
 
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 # Colab's Ubuntu 22.04 has glibc 2.35: every manylinux tag up to that one fits the lock's platform.
@@ -135,10 +136,7 @@ def _scan_one(session, pin: Pin, supported: list[tags.Tag], say: Callable[[str],
         wheel = download_verified(session, url, sha256, Path(tmp) / filename, f"{pin.name}=={pin.version}")
         say(f"  read {filename} ({wheel.stat().st_size / 2**20:.0f} MiB)")
         needs_, provides = read_wheel(wheel)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    part = cached.with_name(f".{cached.name}.{os.getpid()}.part")
-    part.write_text(json.dumps({"file": filename, "needs": sorted(needs_), "provides": sorted(provides)}))
-    os.replace(part, cached)
+    atomic_write_text(cached, json.dumps({"file": filename, "needs": sorted(needs_), "provides": sorted(provides)}))
     return WheelLibs(pin.name, pin.version, sha256, needs_, provides)
 
 

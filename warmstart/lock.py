@@ -127,7 +127,6 @@ class Needs:
     wanted: tuple[Pin, ...]  # every pin that must be there: the lock less what is left
 
 
-
 def needs(pins: tuple[Pin, ...], installed: Mapping[str, str]) -> Needs:
     """Walk the lock's dependency graph from its roots. A pin met by the same version is kept as
     it is; one met by another build (a platform's torch+cu128 for the lock's torch) is the
@@ -227,11 +226,6 @@ def target_image(target: LockTarget, root: Path = PROJECT_ROOT) -> Image | None:
         raise BadInput(f"the {target.flavour} platform has no image for Python {target.python_version} "
                        f"in {root / 'envs' / 'images'} (it has: {have}); add one with `invoke image`")
     return image
-
-
-def stale_locks(recipe: Recipe, root: Path = PROJECT_ROOT) -> list[Path]:
-    return [path for path, target in existing_locks(recipe).items()
-            if parse_lock(path).inputs_sha256 != inputs_digest(recipe, target, target_image(target, root))]
 
 
 def inputs_digest(recipe: Recipe, target: LockTarget, image: Image | None = None) -> str:

@@ -101,21 +101,15 @@ def _pip(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", *args], env=env, capture_output=True, text=True)
 
 
-def _atomic_copy(src: Path, dest: Path) -> None:
+def _cache_wheel(src: Path, dest: Path) -> None:
     """Into the Drive cache whole or not at all; a different file of that name is set aside."""
+    from .transfer import atomic_copy, set_aside  # standard library only, like this module
+
     if dest.exists():
         if dest.read_bytes() == src.read_bytes():
             return
-        os.replace(dest, dest.with_name(f"{dest.name}.damaged-{uuid.uuid4().hex[:8]}"))
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+        set_aside(dest)
+    atomic_copy(src, dest)
 
 
 def restore(folder: Path, lock: Path, wheels: Path, offline: bool) -> str:
@@ -145,13 +139,13 @@ def restore(folder: Path, lock: Path, wheels: Path, offline: bool) -> str:
             try:
                 wheels.mkdir(parents=True, exist_ok=True)
                 for wheel in Path(tmp).glob("*.whl"):
-                    _atomic_copy(wheel, wheels / wheel.name)
+                    _cache_wheel(wheel, wheels / wheel.name)
                 source = f"installed warmstart's dependencies and cached them in {wheels}"
             except OSError as exc:  # a full or failing Drive costs the next VM a download, no more
                 source = f"installed warmstart's dependencies; caching them in {wheels} failed ({exc.strerror})"
-    marker = folder / f".{MARKER}.part"
-    marker.write_text(lock_digest(lock) + "\n")
-    os.replace(marker, folder / MARKER)
+    from .transfer import atomic_write_text
+
+    atomic_write_text(folder / MARKER, lock_digest(lock) + "\n")  # last: the folder is whole
     return source
 
 

@@ -28,11 +28,19 @@ SHOW_PROGRESS = True  # turned off for --json runs
 
 @contextmanager
 def progress(total: int | None, desc: str) -> Iterator[Any]:
-    from tqdm import tqdm  # imported on first use: a no-op run never draws a bar
-
+    try:
+        from tqdm import tqdm  # imported on first use: a no-op run never draws a bar
+    except ImportError:  # warmstart.sh, before warmstart's own tools are in place
+        yield _NoBar()
+        return
     with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
               disable=None if SHOW_PROGRESS else True, dynamic_ncols=True) as bar:
         yield bar
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
 
 
 def regular_file(path: Path) -> bool:
