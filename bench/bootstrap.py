@@ -35,11 +35,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from warmstart import PROJECT_ROOT, target  # noqa: E402
-from warmstart.installer import pip_env  # noqa: E402
-from warmstart.lock import LockTarget, lock_path  # noqa: E402
-from warmstart.recipe import load_recipe  # noqa: E402
-from warmstart.uv import find_uv, uv_env  # noqa: E402
+from warmstart import PROJECT_ROOT, target
+from warmstart.lock import LockTarget, lock_path
+from warmstart.pipconfig import (
+    pip_env,
+    uv_env,
+)
+from warmstart.recipe import load_recipe
+from warmstart.uv import find_uv
 
 # Runs the warmstart command and reports its own peak RSS (children such as tar and uv excluded).
 RSS_WRAPPER = (

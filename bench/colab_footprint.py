@@ -14,33 +14,29 @@ import re
 import sys
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from warmstart import PROJECT_ROOT  # noqa: E402
-from warmstart.cudalibs import lock_tags  # noqa: E402
-from warmstart.fetch import best_wheel  # noqa: E402
-from warmstart.images import images_of  # noqa: E402
-from warmstart.lock import LockTarget, Pin, needs, parse_lock  # noqa: E402
-
-INDEX = "https://pypi.org/simple"
-
-
-def wheel_size(session: requests.Session, pin: Pin, target: LockTarget) -> int:
-    page = session.get(f"{INDEX}/{pin.name}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"},
-                       timeout=60).json()
-    sizes = {f["hashes"].get("sha256"): f.get("size", 0) for f in page["files"]}
-    files = [(f["filename"], f["url"], f["hashes"].get("sha256", "")) for f in page["files"]
-             if f["hashes"].get("sha256") in pin.hashes and f["filename"].endswith(".whl")]
-    choice = best_wheel(files, lock_tags(target))
-    return sizes[choice[2]] if choice else 0
+from warmstart import (
+    PROJECT_ROOT,
+    wheels,
+)
+from warmstart.cudalibs import lock_tags
+from warmstart.download import Downloader
+from warmstart.images import images_of
+from warmstart.lock import LockTarget, Pin, needs, parse_lock
+from warmstart.pipconfig import IndexSettings
 
 
-def footprint(session, lock_file: Path, shipped: dict[str, str], target: LockTarget) -> tuple[int, int, int]:
+def wheel_size(index: Downloader, pin: Pin, target: LockTarget) -> int:
+    files = [f for f in index.project_files(pin.name) if f.sha256 in pin.hashes]
+    choice = wheels.best(((f.filename, f) for f in files), lock_tags(target))
+    return choice.size or 0 if choice else 0
+
+
+def footprint(index: Downloader, lock_file: Path, shipped: dict[str, str], target: LockTarget) -> tuple[int, int, int]:
     lock = parse_lock(lock_file)
     found = needs(lock.pins, shipped)
-    return len(found.install), sum(wheel_size(session, p, target) for p in found.install), len(lock.pins)
+    return len(found.install), sum(wheel_size(index, p, target) for p in found.install), len(lock.pins)
 
 
 def main() -> None:
@@ -49,7 +45,7 @@ def main() -> None:
     parser.add_argument("--image", action="append", default=[], help="an image name, or none (bare VM)")
     args = parser.parse_args()
     images = {i.name: i for i in images_of("colab", PROJECT_ROOT / "envs").values()}
-    cases = list(zip(args.lock, args.image))
+    cases = list(zip(args.lock, args.image, strict=False))
     if not cases:
         for recipe in ("hyperlpr", "hyperlpr-train"):
             for image in sorted(images.values(), key=lambda i: i.python, reverse=True):
@@ -57,14 +53,14 @@ def main() -> None:
                 cases.append((PROJECT_ROOT / "requirements" / "colab" / f"{recipe}-{tag}-manylinux_x86_64.txt",
                               image.name))
             cases.append((PROJECT_ROOT / "requirements" / f"{recipe}-py313-manylinux_x86_64.txt", "none"))
-    session = requests.Session()
+    index = Downloader(IndexSettings.from_environ())
     print("| lock | platform | distributions installed (of the lock) | wheels downloaded, MB |")
     print("|---|---|---|---|")
     for lock_file, image_name in cases:
         image = images.get(image_name)
         major, minor = re.search(r"-py(\d)(\d+)", lock_file.name).groups()
         target = LockTarget(f"{major}.{minor}", "manylinux_x86_64")
-        count, size, total = footprint(session, lock_file, image.shipped if image else {}, target)
+        count, size, total = footprint(index, lock_file, image.shipped if image else {}, target)
         where = f"Colab {image.name} (Python {image.python})" if image else "bare VM"
         print(f"| {lock_file.relative_to(PROJECT_ROOT) if lock_file.is_relative_to(PROJECT_ROOT) else lock_file.name} "
               f"| {where} | {count} (of {total}) | {size / 1e6:.0f} |")

@@ -172,6 +172,15 @@ def run_cli(*args: str, env: dict[str, str], offline_net: bool = False, cwd: Pat
     return Result(done.returncode, done.stdout, done.stderr)
 
 
+def bootstrap(recipe: Path, drive: Path, python: Path, *flags: str, env: dict[str, str],
+              fault: str | None = None, offline_net: bool = False) -> Result:
+    """`invoke bootstrap --recipe R --drive D --python P --json FLAGS`: the one way tests run it.
+    `fault` kills the run at that point (warmstart.faults); `offline_net` cuts the network."""
+    env = dict(env, WARMSTART_FAULT=fault) if fault else env
+    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
+                   "--json", *flags, env=env, offline_net=offline_net)
+
+
 def _namespace(flag: str, probe: str) -> list[str] | None:
     """`unshare FLAG` as root, else with the user mapped to root in a user namespace (no root
     needed where the kernel allows user namespaces); None where neither works here."""
@@ -316,8 +325,9 @@ def pyenv_python(minor: str) -> Path | None:
 
 # --- the Colab stand-in: Colab's published package lists, the pyenv interpreter of its Python ---
 
-from warmstart.images import images_of  # noqa: E402
-from warmstart.uv import find_uv, uv_env  # noqa: E402
+from warmstart.images import images_of
+from warmstart.pipconfig import uv_env
+from warmstart.uv import find_uv
 
 COLAB_IMAGES = images_of("colab", REPO / "envs")
 # Image packages that depend on the recipes' closures, installed at the image's versions too.

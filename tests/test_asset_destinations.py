@@ -10,11 +10,14 @@ import hashlib
 from pathlib import Path
 
 import pytest
-
 from test_assets import tar_gz
-from warmstart.assets import MARKER, AssetStore, ensure
+
+from warmstart.assets import KIND, MARKER, ensure
+from warmstart.download import Downloader
 from warmstart.errors import BadInput
+from warmstart.pipconfig import IndexSettings
 from warmstart.recipe import Asset
+from warmstart.store import DriveStore
 
 
 @pytest.fixture
@@ -22,34 +25,37 @@ def world(tmp_path, monkeypatch):
     """A Drive with a store, a workdir on it, and a helper that caches bytes as an asset."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     drive = tmp_path / "drive"
-    store = AssetStore(drive)
-    store.root.mkdir(parents=True)
+    store = DriveStore(drive)
+    (store.root / KIND).mkdir(parents=True)
     workdir = drive / "Work"
     workdir.mkdir()
 
     def asset(data: bytes, name: str, dest: str, unpack: bool = False) -> Asset:
         sha = hashlib.sha256(data).hexdigest()
-        (store.root / sha).write_bytes(data)
+        store.path(KIND, sha).write_bytes(data)
+        store.names(KIND).append(sha)  # as the run's one listing would have found it
         return Asset(f"https://example.invalid/{name}", sha, dest, unpack)
 
     def place(a: Asset) -> Path:
         dest = a.destination(workdir)
         scratch = tmp_path / "scratch"
         scratch.mkdir(exist_ok=True)
-        ensure(a, dest, store, offline=True, scratch=scratch)
+        # Offline: the downloader is never asked (example.invalid would not answer).
+        ensure(a, dest, store, Downloader(IndexSettings(("https://example.invalid/simple",))), offline=True,
+               scratch=scratch)
         return dest
 
     return asset, place, workdir
 
 
 def test_a_file_goes_where_nothing_was(world):
-    asset, place, workdir = world
+    asset, place, _workdir = world
     dest = place(asset(b"model v1", "m.onnx", "models/m.onnx"))
     assert dest.read_bytes() == b"model v1"
 
 
 def test_a_file_warmstart_placed_is_replaced_by_the_recipes_new_version(world):
-    asset, place, workdir = world
+    asset, place, _workdir = world
     place(asset(b"model v1", "m.onnx", "models/m.onnx"))
     dest = place(asset(b"model v2", "m.onnx", "models/m.onnx"))
     assert dest.read_bytes() == b"model v2"
@@ -66,7 +72,7 @@ def test_a_users_file_at_the_destination_is_kept_and_named(world):
 
 
 def test_a_placed_file_the_user_changed_since_is_kept(world):
-    asset, place, workdir = world
+    asset, place, _workdir = world
     dest = place(asset(b"model v1", "m.onnx", "m.onnx"))
     dest.write_bytes(b"edited by the user")
     with pytest.raises(BadInput, match="holds another file"):
@@ -89,7 +95,7 @@ def test_a_folder_or_link_where_a_file_goes_is_refused(world, kind):
 
 
 def test_an_archive_goes_into_an_empty_place(world):
-    asset, place, workdir = world
+    asset, place, _workdir = world
     dest = place(asset(tar_gz({"a.onnx": b"a", "sub/b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
     assert (dest / "a.onnx").read_bytes() == b"a" and (dest / "sub" / "b.onnx").read_bytes() == b"b"
     assert (dest / MARKER).read_text().splitlines()[1:] == ["a.onnx", "sub/b.onnx"]
@@ -115,14 +121,14 @@ def test_an_archive_member_clashing_with_a_users_file_is_refused_with_nothing_ch
     (workdir / "models").mkdir()
     (workdir / "models" / "a.onnx").write_bytes(b"the user's a.onnx")
 
-    with pytest.raises(BadInput, match="models/a.onnx holds another file"):
+    with pytest.raises(BadInput, match=r"models/a.onnx holds another file"):
         place(asset(tar_gz({"a.onnx": b"a", "b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
     assert sorted(p.name for p in (workdir / "models").iterdir()) == ["a.onnx"]
     assert (workdir / "models" / "a.onnx").read_bytes() == b"the user's a.onnx"
 
 
 def test_a_new_archive_version_replaces_only_the_members_warmstart_put_there(world):
-    asset, place, workdir = world
+    asset, place, _workdir = world
     dest = place(asset(tar_gz({"a.onnx": b"a1", "old.onnx": b"o"}), "m.tar.gz", "models", unpack=True))
     (dest / "mine.txt").write_text("added by the user since")
 

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
+from conftest import bootstrap as run_bootstrap
 from conftest import cli_env, make_venv, needs_netns, run_cli
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
@@ -116,12 +116,12 @@ def with_assets(recipe: Path, *blocks: str) -> Path:
 
 
 def bootstrap(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv"):
+    """The shared helper, with HOME (where `~` assets land) and a venv kept across calls."""
     env = cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     python = tmp_path / venv / "bin" / "python"
     if not python.exists():
         make_venv(tmp_path / venv)
-    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
-                   "--json", *flags, env=env, offline_net=offline_net)
+    return run_bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net)
 
 
 def drive_assets(drive: Path) -> list[str]:

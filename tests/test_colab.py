@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
 
 STANDIN = Path(__file__).parent / "colab_standin"

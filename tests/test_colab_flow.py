@@ -25,13 +25,27 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import (
+    COLAB_IMAGES,
+    HAVE_MODELS,
+    MOUNT_NETNS,
+    MOUNTNS,
+    NETNS,
+    REPO,
+    SHARED_HYPERLPR,
+    _write_simple_index,
+    build_wheel,
+    cli_env,
+    colab_vm,
+    hyperlpr_variant,
+    install_image_versions,
+    installed,
+    needs_netns,
+    serve_folder,
+)
 from packaging.utils import canonicalize_name
-
-from conftest import (COLAB_IMAGES, HAVE_MODELS, REPO, SHARED_HYPERLPR, _write_simple_index, build_wheel,
-                      MOUNT_NETNS, MOUNTNS, NETNS, cli_env, colab_vm, hyperlpr_variant, install_image_versions,
-                      installed, needs_netns,
-                      serve_folder)
 from test_fresh_machine import copy_checkout
+
 from warmstart.lock import parse_lock
 from warmstart.uv import find_uv
 

@@ -18,10 +18,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import COLAB_IMAGES as IMAGES
+from conftest import DEPENDENTS, MOUNTNS, REPO, Result, cli_env, colab_vm, install_image_versions, installed
 from packaging.utils import canonicalize_name
 
-from conftest import (COLAB_IMAGES as IMAGES, DEPENDENTS, MOUNTNS, REPO, Result, cli_env, colab_vm, installed,
-                      install_image_versions)
 from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
 from warmstart.lock import parse_lock
 

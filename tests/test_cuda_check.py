@@ -10,8 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import _write_simple_index, build_wheel, cli_env, run_cli, serve_folder
+
 from warmstart.cudalibs import read_wheel
 from warmstart.lock import existing_locks, parse_lock
 from warmstart.recipe import load_recipe

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
+
 
 def docker_info() -> str | None:
     if not shutil.which("docker"):

@@ -12,13 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import LOCKED, MOUNTNS, REPO, cli_env, installed, make_venv, needs_mountns, needs_netns, run_cli
-
-def bootstrap(recipe, drive, python, env, *flags, fault=None, offline_net=False):
-    env = dict(env, WARMSTART_FAULT=fault) if fault else env
-    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
-                   "--json", *flags, env=env, offline_net=offline_net)
+from conftest import (
+    LOCKED,
+    MOUNTNS,
+    REPO,
+    bootstrap,
+    cli_env,
+    installed,
+    make_venv,
+    needs_mountns,
+    needs_netns,
+    run_cli,
+)
 
 
 def cache_is_sound(drive: Path, env) -> None:
@@ -37,7 +42,7 @@ def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, d
     env = cli_env(index.url)
     python = make_venv(tmp_path / "venv")
 
-    killed = bootstrap(demo, drive, python, env, fault=phase)
+    killed = bootstrap(demo, drive, python, env=env, fault=phase)
 
     assert killed.code == -9, killed.stderr
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
@@ -46,7 +51,7 @@ def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, d
         assert locked_part_of(python) == LOCKED
     else:
         assert status.report["missing"] or status.report["different"] or status.report["action"] != "no-op"
-    again = bootstrap(demo, drive, python, env)
+    again = bootstrap(demo, drive, python, env=env)
     assert again.code == 0, again.stderr
     assert locked_part_of(python) == LOCKED
     cache_is_sound(drive, env)
@@ -58,7 +63,7 @@ def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, t
     wrote it first leaves it newer than the files it lists."""
     env = cli_env(index.url)
     python = make_venv(tmp_path / "venv")
-    assert bootstrap(demo, drive, python, env).code == 0
+    assert bootstrap(demo, drive, python, env=env).code == 0
     site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
     assert run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
                    env=env).code == 0
@@ -72,7 +77,7 @@ def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, t
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
     assert status.code == 1 and "broken    beta" in status.stdout
 
-    again = bootstrap(demo, drive, python, env)
+    again = bootstrap(demo, drive, python, env=env)
     assert again.code == 0, again.stderr
     assert (site / "beta" / "__init__.py").is_file()
     assert locked_part_of(python) == LOCKED
@@ -81,13 +86,13 @@ def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, t
 @needs_netns
 def test_a_restore_killed_midway_leaves_nothing_behind(demo, drive, tmp_path, index):
     env = cli_env(index.url)
-    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env).code == 0
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env).code == 0
     shutil.rmtree(tmp_path / "venv")
     python = make_venv(tmp_path / "venv")
 
-    killed = bootstrap(demo, drive, python, env, "--offline", fault="restore", offline_net=True)
+    killed = bootstrap(demo, drive, python, "--offline", env=env, fault="restore", offline_net=True)
     assert killed.code == -9
-    restored = bootstrap(demo, drive, python, env, "--offline", offline_net=True)
+    restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
 
     assert restored.code == 0, restored.stderr
     assert restored.report["snapshot"]["used"] is True
@@ -136,7 +141,7 @@ def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_p
 def fuse_usable() -> bool:
     try:
         import fuse  # noqa: F401  (fusepy loads libfuse2 on import)
-    except (ImportError, OSError, EnvironmentError):
+    except (ImportError, OSError):
         return False
     return Path("/dev/fuse").exists()
 
@@ -159,7 +164,7 @@ def test_a_failing_drive_still_installs_and_says_what_it_means(demo, tmp_path, i
         assert os.path.ismount(mount), "the FUSE layer did not mount"
         python = make_venv(tmp_path / "venv")
 
-        result = bootstrap(demo, mount, python, cli_env(index.url))
+        result = bootstrap(demo, mount, python, env=cli_env(index.url))
 
         assert result.code == 0, result.stderr
         meaning = {"EIO": "Drive returned an I/O error (on Colab this often means the storage quota",

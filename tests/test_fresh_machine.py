@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import HAVE_MODELS, NETNS, REPO, SHARED_HYPERLPR, hyperlpr_variant, needs_netns, serve_folder
 
 pytestmark = [pytest.mark.registry, needs_netns]

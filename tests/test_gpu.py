@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from conftest import T4, cli_env, make_venv, nvml_env, run_cli
+from conftest import T4, bootstrap, cli_env, make_venv, nvml_env, run_cli
 
 A100_MIG = "NVIDIA A100-SXM4-40GB|40960|8.0|1"
 
@@ -85,8 +84,7 @@ def gpu_recipe(demo) -> Path:
 def preflight(recipe, tmp_path, env, *flags):
     drive = tmp_path / "drive"
     drive.mkdir(exist_ok=True)
-    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python",
-                   str(make_venv(tmp_path / "venv")), "--json", *flags, env=env)
+    return bootstrap(recipe, drive, make_venv(tmp_path / "venv"), *flags, env=env)
 
 
 @pytest.mark.parametrize(

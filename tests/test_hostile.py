@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from hypothesis import given, strategies as st
-
 from conftest import cli_env, installed, make_venv, needs_mountns, run_cli
+from hypothesis import given
+from hypothesis import strategies as st
+
 from warmstart.bootstrap import target_lock
-from warmstart.cache import CacheStats
 from warmstart.snapshot import _unpack_verified
+from warmstart.store import DriveStore
 from warmstart.target import remove_broken
 from warmstart.transfer import redact
 
@@ -89,7 +90,7 @@ def test_a_snapshot_archive_cannot_give_files_a_foreign_owner_or_special_bits(tm
 
     umask = os.umask(0)  # as in some containers: tar's --no-same-permissions then keeps o+w
     try:
-        _unpack_verified(archive, hashlib.sha256(archive.read_bytes()).hexdigest(), staging, CacheStats())
+        _unpack_verified(DriveStore(tmp_path), archive, hashlib.sha256(archive.read_bytes()).hexdigest(), staging)
     finally:
         os.umask(umask)
 
@@ -158,15 +159,15 @@ def test_no_part_of_a_password_survives_redaction(user, password):
 
 # --- one error model: input, machine or Drive problems are one line with 2, 3 or 1 -------------
 
-from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import HealthCheck, settings
 
-from warmstart import PROJECT_ROOT  # noqa: E402
-from warmstart.errors import BadInput, WarmstartError  # noqa: E402
-from warmstart.fetch import index_urls  # noqa: E402
-from warmstart.maintenance import inventory  # noqa: E402
-from warmstart.profiles import select_profile  # noqa: E402
-from warmstart.recipe import load_recipe  # noqa: E402
-from warmstart.snapshot import Snapshot, SnapshotUnusable  # noqa: E402
+from warmstart import PROJECT_ROOT
+from warmstart.errors import BadInput, WarmstartError
+from warmstart.maintenance import inventory
+from warmstart.pipconfig import IndexSettings
+from warmstart.profiles import select_profile
+from warmstart.recipe import load_recipe
+from warmstart.snapshot import Snapshot, SnapshotUnusable
 
 FUNCTION_FIXTURE = settings(max_examples=120, deadline=None,
                             suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -216,12 +217,13 @@ def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, docu
     folder.mkdir(parents=True, exist_ok=True)
     index = folder / "demo-py311-0123456789abcdef.json"
     index.write_text(json.dumps(document))
-    snapshot = Snapshot(index, {"format": "warmstart-snapshot-v1"})
+    snapshot = Snapshot(index.stem, {"format": "warmstart-snapshot-v1"})
+    store = DriveStore(drive)
     try:
-        snapshot.read_index()
+        snapshot.read_index(store)
     except SnapshotUnusable as exc:
         one_line(exc)
-    entries = inventory(drive, PROJECT_ROOT)  # `invoke cache` over the same Drive
+    entries = inventory(store, PROJECT_ROOT)  # `invoke cache` over the same Drive
     assert {e.kind for e in entries if e.path == index} <= {"index", "unreadable index"}
 
 
@@ -230,21 +232,11 @@ def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, docu
        index=st.text(st.characters(blacklist_characters="\x00"), max_size=40))
 def test_any_settings_are_taken_or_refused_in_one_line(platform, index):
     for action in (lambda: select_profile(PROJECT_ROOT, {"WARMSTART_PLATFORM": platform} if platform else {}),
-                   lambda: _with_env({"PIP_INDEX_URL": index}, index_urls)):
+                   lambda: IndexSettings.from_environ({"PIP_INDEX_URL": index})):
         try:
             action()
         except (BadInput, WarmstartError) as exc:
             one_line(exc)
-
-
-def _with_env(values: dict[str, str], action):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        return action()
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
 
 
 HOSTILE_INPUTS = {
@@ -312,12 +304,13 @@ def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stder
 
 # --- limits: archive expansion, check output and time; an interrupt stops the children --------
 
-import signal  # noqa: E402
-import time  # noqa: E402
-import zipfile  # noqa: E402
+import signal
+import time
+import zipfile
 
-from test_assets import tar_gz  # noqa: E402
-from warmstart.assets import safe_extract  # noqa: E402
+from test_assets import tar_gz
+
+from warmstart.assets import safe_extract
 
 
 @pytest.mark.parametrize("kind", ["tar.gz", "zip"])
@@ -404,7 +397,7 @@ def test_a_credential_in_a_url_reaches_no_output(case, demo, drive, tmp_path, in
     written = "".join(p.read_text(errors="replace") for p in logs.glob("*")) if logs.is_dir() else ""
     assert SECRET not in result.stdout + result.stderr + written
     if case == "asset mirror unreachable":  # the failing URL is named, its credential hidden
-        assert f"http://***@127.0.0.1:9/mirror/m.onnx" in result.stderr
+        assert "http://***@127.0.0.1:9/mirror/m.onnx" in result.stderr
 
 
 # --- cache --prune: only what no lock has used for the retention period -----------------------
@@ -418,7 +411,7 @@ def age(drive: Path, days: float) -> None:
     records = list((drive / ".warmstart" / "v1" / "usage").glob("*.json"))
     for record in records:
         data = json.loads(record.read_text())
-        record.write_text(json.dumps({"used": {name: then for name in data["used"]}}))
+        record.write_text(json.dumps({"used": dict.fromkeys(data["used"], then)}))
     for path in (drive / ".warmstart" / "v1").rglob("*"):
         if path.is_file():
             os.utime(path, (then, then))

@@ -10,9 +10,18 @@ import shutil
 import subprocess
 
 import pytest
-
-from conftest import (HAVE_MODELS, NETNS, SHARED_HYPERLPR, cli_env, hyperlpr_variant, installed, make_venv,
-                      needs_netns, run_cli, serve_folder)
+from conftest import (
+    HAVE_MODELS,
+    NETNS,
+    SHARED_HYPERLPR,
+    cli_env,
+    hyperlpr_variant,
+    installed,
+    make_venv,
+    needs_netns,
+    run_cli,
+    serve_folder,
+)
 
 pytestmark = [pytest.mark.registry, needs_netns]
 @pytest.fixture(scope="module")

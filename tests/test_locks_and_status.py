@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, cli_env, make_venv, run_cli
+
 from warmstart import PROJECT_ROOT
-from warmstart.installer import pip_env
 from warmstart.images import images_of
 from warmstart.lock import existing_locks, parse_lock
+from warmstart.pipconfig import pip_env
 from warmstart.recipe import known_recipes, load_recipe
 
 SHIPPED = sorted(known_recipes(PROJECT_ROOT, None))

@@ -185,7 +185,7 @@ def test_image_task_writes_an_image_and_refuses_a_second_for_one_python(tmp_path
     image = load_image(path)
     assert image.shipped == {"numpy": "2.3.0"} and image.cuda == {"libcudart.so.12"}
     assert image.source == 'repo@abc "quoted"'
-    with pytest.raises(BadInput, match="both images of colab for Python 3.14"):
+    with pytest.raises(BadInput, match=r"both images of colab for Python 3.14"):
         write_image(envs, "colab-other", "colab", freeze, "3.14.2", "x", None)
     with pytest.raises(BadInput, match="no `name==version` lines"):
         freeze.write_text("nothing here\n")

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import cli_env, installed, make_venv, run_cli
+from conftest import bootstrap, cli_env, installed, make_venv, run_cli
 
 PLAIN = {"beta": "2.0", "gpu-build": "1.0"}
 
@@ -30,10 +29,6 @@ def env(index):
     return cli_env(index.url)
 
 
-def bootstrap(recipe, drive, python, env, *flags):
-    return run_cli("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python", str(python),
-                   "--json", *flags, env=env)
-
 
 def pip(python: Path, *args: str, env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args], env=env,
@@ -48,7 +43,7 @@ def snapshots(drive: Path) -> list[Path]:
 def packed(plain, drive, tmp_path, env):
     """A Drive whose snapshot was made by a cold bootstrap into `venv`, which is then wiped
     (a snapshot is keyed by the target's prefix: a new VM has the same one, like /usr)."""
-    cold = bootstrap(plain, drive, make_venv(tmp_path / "venv"), env)
+    cold = bootstrap(plain, drive, make_venv(tmp_path / "venv"), env=env)
     assert cold.code == 0, cold.stderr
     assert [s["name"] for s in cold.report["steps"]].count("pack") == 1
     (tmp_path / "reference").write_text(json.dumps(installed(tmp_path / "venv" / "bin" / "python")))
@@ -60,7 +55,7 @@ def test_restore_replaces_an_older_version_and_is_indistinguishable_from_pip(pla
     python = make_venv(tmp_path / "venv")
     assert pip(python, "install", "--quiet", "--index-url", index.url, "beta==1.0", env=env).returncode == 0
 
-    result = bootstrap(plain, packed, python, env)
+    result = bootstrap(plain, packed, python, env=env)
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
@@ -85,7 +80,7 @@ def test_damaged_archive_falls_back_to_wheels_and_is_set_aside(plain, packed, tm
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
 
-    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env)
+    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env=env)
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is False
@@ -102,7 +97,7 @@ def test_snapshot_made_for_another_python_is_not_used(plain, packed, tmp_path, e
     index["facts"]["python"] = "3.12.0"
     index_file.write_text(json.dumps(index))
 
-    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env)
+    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env=env)
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is False
@@ -114,7 +109,7 @@ def test_snapshot_made_for_another_python_is_not_used(plain, packed, tmp_path, e
 def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
     python = make_venv(tmp_path / "venv")
 
-    result = bootstrap(plain, drive, python, env, "--installer", tool)
+    result = bootstrap(plain, drive, python, "--installer", tool, env=env)
 
     assert result.code == 0, result.stderr
     assert result.report["installer"] == tool
@@ -124,5 +119,5 @@ def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
 
 
 def test_unknown_installer_is_bad_input(plain, tmp_path, env):
-    result = bootstrap(plain, tmp_path, make_venv(tmp_path / "venv"), env, "--installer", "conda")
+    result = bootstrap(plain, tmp_path, make_venv(tmp_path / "venv"), "--installer", "conda", env=env)
     assert result.code == 2 and "--installer must be auto, pip or uv" in result.stderr

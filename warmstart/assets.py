@@ -1,6 +1,6 @@
 """Recipe assets (model files, data): kept on Drive by sha256, verified on every use.
 
-`<drive>/.warmstart/v1/assets/<sha256>` holds each file once, whichever recipes declare it.
+The store's `assets/<sha256>` holds each file once, whichever recipes declare it.
 A restore copies it off Drive while hashing, and places it (or extracts it) at its destination
 under a temporary name first, so a destination is either whole and verified or untouched.
 
@@ -17,42 +17,27 @@ import json
 import os
 import shutil
 import tarfile
-import uuid
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from .cache import CACHE_DIR, CacheStats
+from . import faults
+from .download import Downloader, Job, partial_dir
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
-from . import faults
-from .transfer import (atomic_copy, atomic_write_text, copy_hashed, download, explain, regular_file,
-                       set_aside, sha256_of, zstd_open)
+from .store import DriveStore
+from .transfer import atomic_write_text, part_name, regular_file, sha256_of, zstd_open
 
+KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
 MARKER = ".warmstart-asset"
 
 
-class AssetStore:
-    def __init__(self, drive: Path, stats: CacheStats | None = None) -> None:
-        self.drive = drive
-        self.root = drive / CACHE_DIR / "assets"
-        self.stats = stats or CacheStats()
-        self.warnings: list[str] = []
-
-    def path(self, asset: Asset) -> Path:
-        return self.root / asset.sha256
-
-    def state(self, asset: Asset, dest: Path) -> str:
-        if in_place(asset, dest):
-            return "in place"
-        return "cached" if regular_file(self.path(asset)) else "missing"
-
-
-def downloads_dir(environ: Mapping[str, str] = os.environ) -> Path:
-    """Local (never Drive) folder for partial downloads, so a killed run can resume."""
-    base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "warmstart" / "downloads"
+def state(store: DriveStore, asset: Asset, dest: Path) -> str:
+    """"in place" at dest, "cached" on Drive, or "missing"."""
+    if in_place(asset, dest):
+        return "in place"
+    return "cached" if asset.sha256 in store.names(KIND) else "missing"
 
 
 def source_url(asset: Asset, environ: Mapping[str, str] = os.environ) -> str:
@@ -72,13 +57,13 @@ class PlacedFiles:
     """The files warmstart placed, with their sha256: on Drive for destinations under the Drive
     root (they outlive the VM together), in warmstart's cache folder for the others."""
 
-    def __init__(self, drive: Path, environ: Mapping[str, str] = os.environ) -> None:
-        self.drive = drive
+    def __init__(self, store: DriveStore, environ: Mapping[str, str] = os.environ) -> None:
+        self.store = store
         base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         self.local = Path(base) / "warmstart" / "placed.json"
 
     def _ledger(self, dest: Path) -> Path:
-        return self.drive / CACHE_DIR / "placed.json" if dest.is_relative_to(self.drive) else self.local
+        return self.store.placed_ledger if dest.is_relative_to(self.store.drive) else self.local
 
     def _read(self, ledger: Path) -> dict[str, str]:
         try:
@@ -161,7 +146,7 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
         raise _not_ours(asset, dest, "is a link" if dest.is_symlink() else
                         "is a folder" if dest.is_dir() else "is a file")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    tmp = part_name(dest)
     try:
         if not asset.unpack:
             if dest.exists() and not placed.owns(dest):
@@ -210,51 +195,36 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
 
 
-def ensure(asset: Asset, dest: Path, store: AssetStore, *, offline: bool, scratch: Path) -> str:
+def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, *, offline: bool,
+           scratch: Path) -> str:
     """Make dest hold the asset; returns where it came from."""
     if in_place(asset, dest):
         return "in place"
-    cached = store.path(asset)
-    if regular_file(cached):
-        local = scratch / asset.sha256
-        try:
-            sha256, size = copy_hashed(cached, local)
-        except OSError as exc:
-            sha256, size, why = "", 0, f"cannot be read: {explain(exc)}"
-        else:
-            why = f"does not match its sha256 {asset.sha256}"
-        store.stats.bytes_read += size
-        if sha256 == asset.sha256:
-            store.stats.hits += 1
-            place(asset, local, dest, PlacedFiles(store.drive))
+    placed = PlacedFiles(store)
+    if asset.sha256 in store.names(KIND):
+        verified = store.get(KIND, asset.sha256, scratch / asset.sha256, {asset.sha256})
+        if verified:
+            place(asset, verified, dest, placed)
             return "from Drive"
-        if sha256:
-            why += f" (set aside as {set_aside(cached).name})"
         if offline:
-            raise PreconditionUnmet(f"asset {asset.name}: {cached} {why}; run once without "
+            raise PreconditionUnmet(f"asset {asset.name}: {store.warnings[-1]}; run once without "
                                     "--offline to fetch it again")
     elif offline:
         raise PreconditionUnmet(f"--offline, but asset {asset.name} ({dest}) is not in the Drive "
-                                f"cache {store.root}; run once without --offline to fetch it")
+                                f"cache {store.root / KIND}; run once without --offline to fetch it")
     url = source_url(asset)
-    part = download(url, downloads_dir() / f"{asset.sha256}.part")
+    # Kept on local disk until placed, so a run killed midway resumes the download.
+    local = partial_dir() / asset.sha256
+    if not (regular_file(local) and sha256_of(local) == asset.sha256):
+        downloader.fetch([Job(url, asset.sha256, local)], f"download {asset.name[:30]}")
     faults.point("asset-download")
-    sha256 = sha256_of(part)
-    if sha256 != asset.sha256:
-        part.unlink()
-        raise WarmstartError(f"asset {asset.name}: {url} served a file with sha256 {sha256}, but the "
-                             f"recipe says {asset.sha256}; fix the recipe's sha256 or the URL")
     store.stats.misses += 1
-    try:
-        store.stats.bytes_written += atomic_copy(part, cached)
-    except OSError as exc:
-        store.warnings.append(f"asset {asset.name} not cached on Drive: {explain(exc)}")
-    place(asset, part, dest, PlacedFiles(store.drive))
-    part.unlink()
+    store.put(KIND, asset.sha256, local)
+    place(asset, local, dest, placed)
+    local.unlink()
     return "downloaded"
 
 
-def asset_table(assets: tuple[Asset, ...], drive: Path, workdir: Path) -> list[tuple[str, str, Path]]:
-    """(state, name, destination) of each asset: "in place", "cached" on Drive, or "missing"."""
-    store = AssetStore(drive)
-    return [(store.state(a, a.destination(workdir)), a.name, a.destination(workdir)) for a in assets]
+def asset_table(assets: tuple[Asset, ...], store: DriveStore, workdir: Path) -> list[tuple[str, str, Path]]:
+    """(state, name, destination) of each asset."""
+    return [(state(store, a, a.destination(workdir)), a.name, a.destination(workdir)) for a in assets]

@@ -1,8 +1,9 @@
 """Turning a task's outcome into output and an exit code, in one place.
 
 Exit codes: 0 done; 2 bad input (recipe, lock, flags); 3 a precondition this machine does not
-meet (a read-only, full or failing disk or Drive included); 1 anything else that went wrong; 70 a bug in warmstart (its traceback goes to a log file
-that the one line on stderr names; stderr never shows a traceback); 130 interrupted.
+meet (a read-only, full or failing disk or Drive included); 1 anything else that went wrong;
+70 a bug in warmstart (its traceback goes to a log file that the one line on stderr names;
+stderr never shows a traceback); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import sys
 import threading
 import time
 import traceback
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 from . import __version__, transfer
 from .errors import PreconditionUnmet, WarmstartError
 from .report import Report
-
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
 
@@ -46,8 +46,8 @@ def _log_bug() -> str:
 
 def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool) -> Report:
     """Run action with a fresh report; errors become its `error` and `exit_code`."""
-    report = Report(recipe)
-    transfer.SHOW_PROGRESS = not as_json  # stdout carries the JSON; keep stderr to step lines
+    # stdout carries the JSON, so such a run keeps stderr to step lines: no bars.
+    report = Report(recipe, bars=transfer.Bars(enabled=not as_json))
     # SIGTERM (a notebook interrupt, `kill`) ends a run as Ctrl-C does: children killed, temporary
     # folders removed on the way out.
     main = threading.current_thread() is threading.main_thread()  # only there can it be set

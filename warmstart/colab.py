@@ -88,16 +88,20 @@ def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
 
     Takes every option of `invoke bootstrap` (but --python: the kernel's own, and --json).
     Returns the report. With restart=True, restarts the runtime when the install replaced a
-    package the kernel had already imported (otherwise it says so and leaves it to you)."""
+    package the kernel had already imported (otherwise it says so and leaves it to you).
+    mount_point: where to mount Drive when not at the platform's usual place (later `!invoke`
+    calls then need `--drive` or WARMSTART_DRIVE too)."""
     global last_report
-    if mount_point:  # later `!invoke` calls in this notebook then find Drive there too
-        os.environ["WARMSTART_MOUNT_POINT"] = mount_point
     try:
         from .profiles import select_profile  # packaging: every notebook image has it
 
-        mount = select_profile(root).mount()
+        profile = select_profile(root)
+        environ = {**os.environ, "WARMSTART_MOUNT_POINT": mount_point} if mount_point else os.environ
+        mount = profile.mount(environ)
         if mount and not drive and not dry_run:
             mount_drive(mount)
+        if mount_point and not drive:
+            drive = str(profile.default_drive(environ))
         _with_tools(drive, offline)
     except (PreconditionUnmet, tools.ToolsError, OSError) as exc:
         code = exc.exit_code if isinstance(exc, PreconditionUnmet) else getattr(exc, "code", 3)
@@ -105,9 +109,9 @@ def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
         last_report = {"ok": False, "recipe": recipe, "error": str(exc), "exit_code": code}
         raise BootstrapFailed(last_report) from None
 
-    from .bootstrap import Options
     from .bootstrap import bootstrap as run_bootstrap
     from .cli import run_reported
+    from .options import Options
     from .report import Report
 
     options = Options(recipe, drive, sys.executable, offline, allow_no_gpu, allow_unfit_gpu,

@@ -32,7 +32,7 @@ class Field:
 class TableList:
     """An array of tables (`[[assets]]`), each checked against `item`."""
 
-    item: "Schema"
+    item: Schema
 
 
 Schema = dict[str, Union[Field, TableList, "Schema"]]

@@ -19,18 +19,21 @@ import re
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 from pathlib import Path
 
 from packaging import tags
-from packaging.utils import parse_wheel_filename
+from packaging.utils import NormalizedName, parse_wheel_filename
 
-from . import PROJECT_ROOT
+from . import PROJECT_ROOT, wheels
+from .download import Downloader, Job
 from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
 from .lock import LockTarget, Pin, WheelLibs
+from .pipconfig import IndexSettings
 from .profiles import load_profile, profile_paths
+from .recipe import Recipe
 from .transfer import atomic_write_text
 
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
@@ -54,7 +57,7 @@ def read_elf(path: Path) -> tuple[set[str], set[str]]:
             for segment in ELFFile(fh).iter_segments():
                 if segment["p_type"] != "PT_DYNAMIC":
                     continue
-                for tag in segment.iter_tags():
+                for tag in segment.iter_tags():  # type: ignore[attr-defined]  # a DynamicSegment
                     if tag.entry.d_tag == "DT_NEEDED":
                         needed.add(tag.needed)
                     elif tag.entry.d_tag == "DT_SONAME":
@@ -116,38 +119,36 @@ def _cache_dir() -> Path:
     return Path(base) / "warmstart" / "elf"
 
 
-def _scan_one(session, pin: Pin, supported: list[tags.Tag], say: Callable[[str], None]) -> WheelLibs:
-    from .fetch import best_wheel, download_verified, wheel_candidates
-
-    choice = best_wheel(wheel_candidates(session, pin), supported)
+def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: Callable[[str], None]) -> WheelLibs:
+    files = [f for f in downloader.project_files(pin.name) if f.sha256 in pin.hashes]
+    choice = wheels.best(((f.filename, f) for f in files), supported)
     if choice is None:
         raise WarmstartError(f"the index lists no wheel of {pin.name}=={pin.version} with a hash the lock "
                              "names that fits its Python and platform; cannot read its CUDA libraries")
-    filename, url, sha256 = choice
-    if all(tag.platform == "any" for tag in parse_wheel_filename(filename)[3]):
-        return WheelLibs(pin.name, pin.version, sha256)  # pure Python: no shared objects to read
-    cached = _cache_dir() / f"{sha256}.json"
+    if all(tag.platform == "any" for tag in parse_wheel_filename(choice.filename)[3]):
+        return WheelLibs(pin.name, pin.version, choice.sha256)  # pure Python: no shared objects to read
+    cached = _cache_dir() / f"{choice.sha256}.json"
     try:
         facts = json.loads(cached.read_text())
-        return WheelLibs(pin.name, pin.version, sha256, frozenset(facts["needs"]), frozenset(facts["provides"]))
+        return WheelLibs(pin.name, pin.version, choice.sha256, frozenset(facts["needs"]), frozenset(facts["provides"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     with tempfile.TemporaryDirectory(prefix="warmstart-scan-") as tmp:
-        wheel = download_verified(session, url, sha256, Path(tmp) / filename, f"{pin.name}=={pin.version}")
-        say(f"  read {filename} ({wheel.stat().st_size / 2**20:.0f} MiB)")
+        wheel = Path(tmp) / choice.filename
+        downloader.fetch([Job(choice.url, choice.sha256, wheel, choice.size)], f"read {choice.filename[:30]}")
+        say(f"  read {choice.filename} ({wheel.stat().st_size / 2**20:.0f} MiB)")
         needs_, provides = read_wheel(wheel)
-    atomic_write_text(cached, json.dumps({"file": filename, "needs": sorted(needs_), "provides": sorted(provides)}))
-    return WheelLibs(pin.name, pin.version, sha256, needs_, provides)
+    atomic_write_text(cached, json.dumps({"file": choice.filename, "needs": sorted(needs_),
+                                          "provides": sorted(provides)}))
+    return WheelLibs(pin.name, pin.version, choice.sha256, needs_, provides)
 
 
 def scan(pins: tuple[Pin, ...], target: LockTarget, say: Callable[[str], None] = print) -> list[WheelLibs]:
     """The CUDA libraries of the wheel each pin installs on the lock's platform, in lock order."""
-    import requests
-
     supported = lock_tags(target)
-    session = requests.Session()
+    downloader = Downloader(IndexSettings.from_environ(), parallel=1)
     with ThreadPoolExecutor(4) as pool:  # big wheels: a few at a time, each read once
-        return list(pool.map(lambda pin: _scan_one(session, pin, supported, say), pins))
+        return list(pool.map(lambda pin: _scan_one(downloader, pin, supported, say), pins))
 
 
 def platforms_for(target: LockTarget, image: Image | None,
@@ -165,7 +166,7 @@ def platforms_for(target: LockTarget, image: Image | None,
     return served
 
 
-def problems(recipe, target: LockTarget, installs: tuple[Pin, ...], wheels: dict[str, WheelLibs],
+def problems(recipe: Recipe, target: LockTarget, installs: tuple[Pin, ...], wheels: Mapping[NormalizedName, WheelLibs],
              platforms: dict[str, frozenset[str] | None]) -> list[str]:
     """Why the lock cannot load on a platform it serves: one line per wheel and library."""
     found = []

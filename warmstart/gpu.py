@@ -72,7 +72,7 @@ class GpuReport:
             for d in self.devices
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
         lines.append(f"driver {self.driver_version}, CUDA {self.cuda_driver_version}")
         return "\n".join(lines)
 

@@ -1,45 +1,21 @@
-"""Running pip against the target interpreter, hermetically.
+"""Running pip and uv against the target interpreter, hermetically.
 
-The lock is the whole truth, so pip must not add to it: the user's pip.conf, constraint
-files and find-links are ignored. The package index still comes from PIP_INDEX_URL /
-PIP_EXTRA_INDEX_URL (mirrors), and TLS settings are kept.
+The lock is the whole truth, so neither may add to it; their environments (pipconfig) keep only
+pip's index settings, which apply to them as to warmstart's own downloader.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from . import faults
 from .errors import BadInput, PreconditionUnmet, WarmstartError
-from .transfer import require_https
-from .uv import find_uv, uv_env
-
-_KEPT_PIP_SETTINGS = {
-    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_DEFAULT_TIMEOUT",
-    "PIP_RETRIES",
-}
-
-
-def pip_env(unset: Iterable[str] = ()) -> dict[str, str]:
-    """The environment for pip: ours, minus what would add to the lock, minus the platform's
-    known-bad variables (`unset`, from the profile)."""
-    drop = set(unset)
-    kept = _KEPT_PIP_SETTINGS | ({"PIP_TRUSTED_HOST"} if os.environ.get("WARMSTART_ALLOW_HTTP") == "1" else set())
-    env = {
-        k: v for k, v in os.environ.items()
-        if (not k.startswith("PIP_") or k in kept) and k not in drop
-    }
-    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
-        for url in env.get(var, "").split():
-            require_https(url, var)
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1",
-               PIP_NO_INPUT="1", PYTHONNOUSERSITE="1")
-    return env
+from .pipconfig import pip_env, uv_env
+from .uv import find_uv
 
 
 def pip_command(target: Path) -> list[str]:
@@ -51,7 +27,8 @@ def pip_command(target: Path) -> list[str]:
     return [sys.executable, "-m", "pip", "--python", str(target)]
 
 
-def _run(cmd: list[str], env: dict[str, str], tool: str, what: str, started=None) -> None:
+def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
+         started: Callable[[], bool] | None = None) -> None:
     """Run an installer; `started` (a test hook) tells faults when it has begun changing things."""
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if started is not None:
@@ -70,8 +47,9 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str, started=None
         raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode}):\n{tail}")
 
 
-def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (), started=None) -> None:
-    _run([*pip_command(target), *args], pip_env(unset), "pip", what, started)
+def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (),
+            started: Callable[[], bool] | None = None) -> None:
+    _run([*pip_command(target), *args], pip_env(unset=unset), "pip", what, started)
 
 
 def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] = ()) -> None:
@@ -92,12 +70,12 @@ def choose(option: str) -> str:
     return option
 
 
-def _run_uv(args: list[str], what: str, unset: Iterable[str], started=None) -> None:
-    _run([str(find_uv()), *args], uv_env(unset), "uv", what, started)
+def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[[], bool] | None = None) -> None:
+    _run([str(find_uv()), *args], uv_env(unset=unset), "uv", what, started)
 
 
 def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
-                    unset: Iterable[str] = (), started=None) -> None:
+                    unset: Iterable[str] = (), started: Callable[[], bool] | None = None) -> None:
     """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
 
     --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
@@ -111,8 +89,9 @@ def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
         run_pip(target, ["install", "--quiet", *args], "install the locked packages", unset, started)
 
 
-def uninstall(tool: str, target: Path, names: list[str], unset: Iterable[str] = ()) -> None:
+def uninstall(tool: str, target: Path, names: Iterable[str], unset: Iterable[str] = ()) -> None:
     """Remove distributions by their RECORD, as an upgrade would."""
+    names = list(names)
     if not names:
         return
     if tool == "uv":

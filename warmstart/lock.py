@@ -34,12 +34,12 @@ from . import PROJECT_ROOT
 from .config import read_text
 from .errors import BadInput, WarmstartError
 from .images import Image
-from .installer import pip_env
+from .pipconfig import pip_env, uv_env
 from .profiles import load_profile, profile_paths
 from .recipe import Recipe
 from .target import platform_tag
 from .transfer import atomic_write_text
-from .uv import ensure_uv, uv_env
+from .uv import ensure_uv
 
 LOCK_FORMAT = "warmstart-lock-v1"
 _DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
@@ -127,7 +127,7 @@ class Needs:
     wanted: tuple[Pin, ...]  # every pin that must be there: the lock less what is left
 
 
-def needs(pins: tuple[Pin, ...], installed: Mapping[str, str]) -> Needs:
+def needs(pins: tuple[Pin, ...], installed: Mapping[NormalizedName, str]) -> Needs:
     """Walk the lock's dependency graph from its roots. A pin met by the same version is kept as
     it is; one met by another build (a platform's torch+cu128 for the lock's torch) is the
     platform's, and so are the dependencies only it asks for (the lock's CUDA 13 runtime wheels
@@ -421,7 +421,7 @@ class _Resolver:
     def tool(self) -> str:
         return "pip-tools" if self.target == LockTarget.current() else "uv"
 
-    def run(self, constraints: Mapping[str, str]) -> tuple[str | None, str]:
+    def run(self, constraints: Mapping[NormalizedName, str]) -> tuple[str | None, str]:
         """(the compiled pins less the excluded, or None when unsatisfiable; the resolver's words)"""
         with tempfile.TemporaryDirectory() as tmp:
             draft, pinned = Path(tmp) / "lock.txt", Path(tmp) / "constraints.txt"
@@ -453,7 +453,7 @@ def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> s
     if held_text is not None:
         resolver.say(f"held at the image's versions: {', '.join(f'{n}=={v}' for n, v in changed.items())}")
         return held_text
-    held: dict[str, str] = {}
+    held: dict[NormalizedName, str] = {}
     for name, version in changed.items():
         attempt, why = resolver.run({**held, name: version})
         if attempt is None:

@@ -11,19 +11,17 @@ import shlex
 from typing import Any
 
 from . import colab
+from .options import add_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="%warmstart", add_help=True)
     commands = parser.add_subparsers(dest="command", required=True)
     boot = commands.add_parser("bootstrap", help="mount Drive, install the recipe, cd to its workdir")
-    boot.add_argument("--recipe", required=True)
-    boot.add_argument("--drive")
-    boot.add_argument("--mount-point")
-    boot.add_argument("--installer", choices=("auto", "pip", "uv"), default="auto")
-    for flag in ("--offline", "--allow-no-gpu", "--allow-unfit-gpu", "--dry-run", "--packages-only",
-                 "--restart"):
-        boot.add_argument(flag, action="store_true")
+    add_arguments(boot, skip=("python",))  # the options of `invoke bootstrap`; the target is the kernel
+    boot.add_argument("--mount-point", help="where to mount Drive (default: the platform's place)")
+    boot.add_argument("--restart", action="store_true", help="restart the runtime when the kernel "
+                      "imported a package this run replaced")
     return parser
 
 

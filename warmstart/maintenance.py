@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packaging.utils import InvalidWheelFilename, parse_wheel_filename
-
-from .cache import CACHE_DIR
 from .lock import existing_locks, parse_lock
 from .recipe import known_recipes, load_recipe
-from .transfer import STALE_SECONDS, regular_file, set_aside, sha256_of
+from .store import STALE_SECONDS, DriveStore, StoredFile
+from .transfer import sha256_of
+from .wheels import parse
 
 
 @dataclass
 class Entry:
-    kind: str  # wheel, asset, snapshot, index, temporary, set aside
-    path: Path
-    size: int
+    file: StoredFile
+    kind: str  # wheel, asset, snapshot, index, unreadable index, temporary, set aside, not a file
     owners: set[str] = field(default_factory=set)  # recipes whose current locks or assets use it
     hashes: set[str] = field(default_factory=set)  # the sha256 it must have
     status: str = "unchecked"
     archive: str | None = None  # for a snapshot index: the archive it names
 
+    @property
+    def path(self) -> Path:
+        return self.file.path
 
-def inventory(drive: Path, root: Path) -> list[Entry]:
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+
+_KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot"}
+_STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
+
+
+def inventory(store: DriveStore, root: Path) -> list[Entry]:
+    """Every file of the store, with the recipes (of this checkout and the Drive's recipe folder)
+    whose current locks and assets name it."""
     wheel_refs: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     asset_refs: dict[str, set[str]] = defaultdict(set)
     lock_refs: dict[str, set[str]] = defaultdict(set)
-    for name, path in known_recipes(root, drive).items():
+    for name, path in known_recipes(root, store.drive).items():
         recipe = load_recipe(str(path), root)
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)
@@ -43,40 +53,25 @@ def inventory(drive: Path, root: Path) -> list[Entry]:
         for asset in recipe.assets:
             asset_refs[asset.sha256].add(name)
 
-    base = drive / CACHE_DIR
-    entries: list[Entry] = []
-    for folder in ("wheels", "assets", "snapshots"):
-        for item in sorted((base / folder).iterdir()) if (base / folder).is_dir() else ():
-            entries.append(Entry("?", item, item.lstat().st_size))
+    entries = []
     indexes = {}
-    for entry in entries:
-        name, folder = entry.path.name, entry.path.parent.name
-        if not regular_file(entry.path):
-            entry.kind = "not a file"  # a pipe, a device, a link: never read, never pruned
-        elif name.startswith(".") and name.endswith(".part"):
-            entry.kind = "temporary"
-        elif ".damaged-" in name:
-            entry.kind = "set aside"
-        elif folder == "wheels":
-            entry.kind = "wheel"
-            try:
-                project, version, _, _ = parse_wheel_filename(name)
-                entry.owners, entry.hashes = wheel_refs.get((project, str(version)), (set(), set()))
-            except InvalidWheelFilename:
-                pass
-        elif folder == "assets":
-            entry.kind, entry.owners, entry.hashes = "asset", asset_refs.get(name, set()), {name}
-        elif name.endswith(".json"):
+    for stored in store.entries():
+        entry = Entry(stored, _STATE.get(stored.state) or _KIND[stored.kind])
+        name = stored.path.name
+        if entry.kind == "wheel" and (parsed := parse(name)):
+            entry.owners, entry.hashes = wheel_refs.get((parsed[0], str(parsed[1])), (set(), set()))
+        elif entry.kind == "asset":
+            entry.owners, entry.hashes = asset_refs.get(name, set()), {name}
+        elif entry.kind == "snapshot" and name.endswith(".json"):
             entry.kind = "index"
             try:
-                index = json.loads(entry.path.read_text())
+                index = store.read_json(stored.kind, name)
                 entry.owners = lock_refs.get(index["facts"]["lock_sha256"], set())
-                indexes[index["archive"]] = (entry.owners, index["sha256"])
                 entry.archive = str(index["archive"])
+                indexes[entry.archive] = (entry.owners, index["sha256"])
             except (OSError, ValueError, KeyError, TypeError):
                 entry.kind = "unreadable index"  # written by no warmstart, or damaged: prunable
-        else:
-            entry.kind = "snapshot"
+        entries.append(entry)
     for entry in entries:
         if entry.kind == "snapshot" and entry.path.name in indexes:
             entry.owners, sha256 = indexes[entry.path.name]
@@ -84,7 +79,7 @@ def inventory(drive: Path, root: Path) -> list[Entry]:
     return entries
 
 
-def verify(entries: list[Entry]) -> None:
+def verify(store: DriveStore, entries: list[Entry]) -> None:
     """Hash every cached file; a file whose sha256 is not the one it must have is set aside."""
     for entry in entries:
         if entry.kind not in ("wheel", "asset", "snapshot"):
@@ -94,7 +89,7 @@ def verify(entries: list[Entry]) -> None:
         elif sha256_of(entry.path) in entry.hashes:
             entry.status = "ok"
         else:
-            entry.status = f"damaged, set aside as {set_aside(entry.path).name}"
+            entry.status = f"damaged, set aside as {store.set_aside(entry.path).name}"
 
 
 RETENTION_DAYS = 30
@@ -110,9 +105,9 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
     archives = {e.path.name: e for e in entries if e.kind == "snapshot"}
 
     def idle(entry: Entry) -> bool:
-        used = [last_used.get(relative_name(entry), 0.0), entry.path.lstat().st_mtime]
+        used = [last_used.get(entry.file.key, 0.0), entry.file.mtime]
         if entry.kind == "snapshot":  # used whenever an index naming it was
-            used += [last_used.get(relative_name(i), 0.0) for i in entries
+            used += [last_used.get(i.file.key, 0.0) for i in entries
                      if i.kind == "index" and archives.get(i.archive or "") is entry]
         return now - max(used) > retention_days * 86400
 
@@ -120,22 +115,7 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
             if (e.kind in ("wheel", "asset", "snapshot", "index") and not e.owners and idle(e))
             or (e.kind == "unreadable index" and idle(e))
             or e.kind == "set aside"
-            or (e.kind == "temporary" and now - e.path.lstat().st_mtime > STALE_SECONDS)]
-
-
-def relative_name(entry: Entry) -> str:
-    return f"{entry.path.parent.name}/{entry.path.name}"
-
-
-def prune(entries: list[Entry]) -> int:
-    freed = 0
-    for entry in entries:
-        try:
-            os.unlink(entry.path)
-            freed += entry.size
-        except FileNotFoundError:
-            pass  # another run removed it
-    return freed
+            or (e.kind == "temporary" and now - e.file.mtime > STALE_SECONDS)]
 
 
 def sizes(entries: list[Entry]) -> dict[str, int]:

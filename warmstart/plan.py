@@ -1,21 +1,53 @@
 """The bootstrap plan: what to install and where each wheel comes from, decided without side
-effects from facts gathered beforehand (recipe, lock, target Python, GPU, cache listing)."""
+effects from the facts `prepare` gathered (recipe, lock, target Python, GPU, cache listing).
+
+    Options --prepare--> Facts --make_plan--> Plan --Executor--> Outcome --> Report (lines, JSON)
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import NormalizedName
 
 from .errors import PreconditionUnmet
-from .gpu import GpuReport, judge
+from .gpu import GpuReport, GpuVerdict
 from .images import Image
-from .lock import Lock, Needs, Pin, needs
+from .lock import Lock, Needs, Pin
+from .options import Options
 from .profiles import Profile
 from .recipe import Asset, Recipe
 from .snapshot import Snapshot
-from .target import TargetPython
+from .target import Signatures, TargetPython
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What `prepare` found on this machine and on Drive, changing nothing."""
+
+    recipe: Recipe
+    profile: Profile
+    drive: Path
+    target: TargetPython
+    gpu: GpuReport
+    verdict: GpuVerdict  # the GPU against the recipe's [gpu] table
+    lock: Lock
+    image: Image | None  # the platform image the lock was compiled against
+    cached: dict[NormalizedName, str]  # the Drive cache's wheel (file name) per pin, for this target
+    assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
+    broken: dict[NormalizedName, Path]  # half-installed (a killed install): name -> its dist-info folder
+    needs: Needs  # the lock against what the target has
+    snapshot: Snapshot | None  # where the snapshot of what this VM installs lies (None: nothing to install)
+    snapshot_found: bool  # ... and whether Drive has it
+    installer: str  # "pip" or "uv"
+    warnings: tuple[str, ...] = ()  # said before the plan (a fallback lock)
+    whole_records: Signatures = field(default_factory=dict)  # RECORDs found whole: remembered by a real run
+
+    @property
+    def installing(self) -> tuple[Pin, ...]:
+        """What this VM installs: what the lock needs that the target lacks, and the half-installed."""
+        return tuple(p for p in self.needs.wanted if p in self.needs.install or p.name in self.broken)
 
 
 @dataclass(frozen=True)
@@ -27,11 +59,12 @@ class Plan:
     drive: Path
     offline: bool
     to_install: tuple[Pin, ...]  # locked pins not installed at their locked version
-    cached: dict[NormalizedName, Path]  # wheels the Drive cache holds for this target
+    cached: dict[NormalizedName, str]  # the Drive cache's wheel (file name) per pin, for this target
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
     assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
-    snapshot: Snapshot | None  # a snapshot of this lock for this target, when Drive has one
-    broken: dict[str, Path]  # half-installed (a killed install): name -> its dist-info folder
+    snapshot: Snapshot | None  # where the snapshot of to_install lies; restored when use_snapshot
+    use_snapshot: bool  # Drive has it: restore it rather than install wheel by wheel
+    broken: dict[NormalizedName, Path]  # half-installed (a killed install): name -> its dist-info folder
     installer: str  # "pip" or "uv"
     needs: Needs  # the lock against what the target has: to install, provided by the platform, left to it
     image: Image | None = None  # the platform image the lock was compiled against
@@ -71,8 +104,8 @@ class Plan:
         if self.needs.provided:
             lines.append("  provided by the platform: " + ", ".join(
                 f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
-        if self.to_install and self.snapshot:
-            lines.append(f"  from the snapshot {self.snapshot.index.name}")
+        if self.to_install and self.use_snapshot and self.snapshot:
+            lines.append(f"  from the snapshot {self.snapshot.index_name}")
         lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
@@ -86,61 +119,38 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
     return ", ".join(shown) + (f" and {more} more" if more else "") if shown else "-"
 
 
-def pins_to_install(lock: Lock, target: TargetPython, broken: dict[str, Path]) -> tuple[Pin, ...]:
-    """What this VM installs: what the lock needs that the target lacks, and the half-installed."""
-    found = needs(lock.pins, target.installed)
-    return tuple(p for p in found.wanted if p in found.install or p.name in broken)
-
-
-def make_plan(
-    recipe: Recipe,
-    profile: Profile,
-    target: TargetPython,
-    lock: Lock,
-    drive: Path,
-    gpu: GpuReport,
-    cached: dict[NormalizedName, Path],
-    assets: dict[Asset, tuple[Path, str]],
-    snapshot: Snapshot | None,
-    installer: str,
-    broken: dict[str, Path] | None = None,
-    image: Image | None = None,
-    *,
-    offline: bool,
-    allow_no_gpu: bool,
-    allow_unfit_gpu: bool = False,
-) -> Plan:
+def make_plan(facts: Facts, options: Options) -> Plan:
     """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
+    recipe, target, drive = facts.recipe, facts.target, facts.drive
     if target.version not in recipe.python:
         raise PreconditionUnmet(
             f"{recipe.path}: the recipe needs Python {recipe.python}, but {target.executable} is "
             f"{target.version}; pass --python with a matching interpreter"
         )
 
-    warnings = []
-    verdict = judge(recipe.gpu, gpu)
+    warnings = list(facts.warnings)
+    verdict = facts.verdict
     if verdict.missing:
-        if not allow_no_gpu:
+        if not options.allow_no_gpu:
             raise PreconditionUnmet(f"{verdict.missing} (or pass --allow-no-gpu to go on without one)")
         warnings.append(verdict.missing)
     if verdict.unfit:
-        if not allow_unfit_gpu:
+        if not options.allow_unfit_gpu:
             raise PreconditionUnmet(
                 "; and ".join(verdict.unfit) + " (or pass --allow-unfit-gpu to go on anyway)"
             )
         warnings.extend(verdict.unfit)
 
-    broken = broken or {}
-    found = needs(lock.pins, target.installed)
-    to_install = pins_to_install(lock, target, broken)
-    if offline:
+    to_install, found, cached = facts.installing, facts.needs, facts.cached
+    use_snapshot = bool(to_install) and facts.snapshot_found
+    if options.offline:
         missing = [p for p in to_install if p.name not in cached]
-        if missing and snapshot is None:
+        if missing and not use_snapshot:
             raise PreconditionUnmet(
                 f"--offline, but the Drive cache {drive} lacks wheels for {_names(missing)}; "
                 "run once without --offline to fill it"
             )
-        absent = [f"{a.name} ({dest})" for a, (dest, state) in assets.items() if state == "missing"]
+        absent = [f"{a.name} ({dest})" for a, (dest, state) in facts.assets.items() if state == "missing"]
         if absent:
             raise PreconditionUnmet(
                 f"--offline, but the Drive cache {drive} lacks the assets {', '.join(absent)}; "
@@ -150,9 +160,10 @@ def make_plan(
     else:
         # Fill the cache with all this lock needs, not just what this VM lacks (the next VM may
         # not have what this one had), less what every VM of the platform's image ships.
-        shipped = image.shipped if image else {}
+        shipped = facts.image.shipped if facts.image else {}
         to_download = tuple(p for p in found.wanted if p.name not in cached
                             and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
-    return Plan(recipe, profile, target, lock, drive, offline, to_install, cached, to_download, assets,
-                snapshot, broken, installer, found, image, tuple(warnings))
+    return Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
+                to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
+                found, facts.image, tuple(warnings))

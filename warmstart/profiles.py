@@ -158,10 +158,11 @@ def mount_hint(mount: Path) -> str:
             "import warmstart.colab; warmstart.colab.bootstrap('RECIPE'))")
 
 
-def require_drive(drive: Path, profile: Profile, *, create: bool,
-                  environ: Mapping[str, str] = os.environ) -> None:
-    """Exit 3 when Drive is not there. Nothing is ever written under an unmounted mount point:
-    that would make the later mount fail ("Mountpoint must not already contain files")."""
+def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ) -> None:
+    """Exit 3 when Drive is not there, or not yet where a profile that makes its folder (a local
+    stand-in for Drive) may make it: the run creates it with the workdir. Nothing is ever written
+    under an unmounted mount point: that would make the later mount fail ("Mountpoint must not
+    already contain files")."""
     mount = profile.mount(environ)
     if mount and drive.is_relative_to(mount) and not is_mount_point(mount):
         raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount)}")
@@ -170,8 +171,6 @@ def require_drive(drive: Path, profile: Profile, *, create: bool,
     if drive.exists():
         raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")
     if profile.create_drive:
-        if create:  # not on a dry run
-            drive.mkdir(parents=True, exist_ok=True)
         return
     raise PreconditionUnmet(
         f"Drive root {drive} does not exist ({profile.name} platform): {profile.missing_drive_hint}"

@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
+from .store import RECIPES
 
 RECIPE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -119,12 +120,12 @@ class Recipe:
 
 def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
     """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
-    else <drive>/.warmstart/recipes) so recipes can live next to the data on Drive."""
+    else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
     dirs = [root / "recipes"]
     if environ.get("WARMSTART_RECIPES"):
         dirs.append(Path(environ["WARMSTART_RECIPES"]).expanduser())
     elif drive is not None:
-        dirs.append(drive / ".warmstart" / "recipes")
+        dirs.append(drive / RECIPES)
     return dirs
 
 

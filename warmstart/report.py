@@ -1,4 +1,5 @@
-"""The run report: timed steps as they happen (human lines on stderr) and the final JSON."""
+"""The run report: timed steps as they happen (human lines on stderr), and the final JSON rendered
+from what the pipeline produced (its facts, plan and outcome), each set once by its producer."""
 
 from __future__ import annotations
 
@@ -7,10 +8,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .cache import CacheStats
-from .transfer import redact
+from .store import CacheStats
+from .transfer import Bars, redact
+
+if TYPE_CHECKING:
+    from .execute import Outcome
+    from .gpu import GpuReport
+    from .plan import Facts, Plan
+
+# The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
+REPORT_VERSION = 1
 
 
 @dataclass
@@ -25,10 +34,16 @@ class Step:
 class Report:
     recipe: str
     stream: TextIO = sys.stderr
+    bars: Bars = field(default_factory=Bars)
     steps: list[Step] = field(default_factory=list)
     installed: dict[str, str] = field(default_factory=dict)
     cache: CacheStats = field(default_factory=CacheStats)
-    extra: dict[str, Any] = field(default_factory=dict)
+    platform: str | None = None  # the profile, known first
+    gpu: GpuReport | None = None
+    facts: Facts | None = None  # set by prepare
+    plan: Plan | None = None  # set by bootstrap once the plan is made
+    outcome: Outcome | None = None  # set by bootstrap when the executor starts (None: a dry run)
+    status: dict[str, Any] | None = None  # set by `status`
     error: str | None = None
     exit_code: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -53,17 +68,32 @@ class Report:
 
     def as_json(self) -> dict[str, Any]:
         """The report; no credential of any URL in any of its strings."""
-        return _redacted({
+        out: dict[str, Any] = {
+            "version": REPORT_VERSION,
             "ok": self.error is None,
             "recipe": self.recipe,
-            "steps": [{"name": s.name, "status": s.status, "seconds": s.seconds, "detail": s.detail}
-                      for s in self.steps],
+            "steps": [asdict(s) for s in self.steps],
             "installed": self.installed,
             "cache": asdict(self.cache),
             "total_seconds": round(time.perf_counter() - self.started, 3),
-            **self.extra,
-            **({"error": self.error, "exit_code": self.exit_code} if self.error else {}),
-        })
+        }
+        if self.platform:
+            out["platform"] = self.platform
+        if self.gpu:
+            out["gpu"] = self.gpu.as_json()
+        if plan := self.plan:
+            out.update(drive=str(plan.drive), workdir=str(plan.workdir), lock=str(plan.lock.path),
+                       image=plan.image.name if plan.image else None,
+                       provided=dict(sorted(plan.needs.provided.items())),
+                       python=str(plan.target.executable), installer=plan.installer,
+                       dry_run=self.outcome is None)
+        if self.outcome:
+            out.update(self.outcome.as_json())
+        if self.status is not None:
+            out["status"] = self.status
+        if self.error:
+            out.update(error=self.error, exit_code=self.exit_code)
+        return _redacted(out)
 
 
 def _redacted(value: Any) -> Any:

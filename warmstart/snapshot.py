@@ -3,7 +3,7 @@
 Drive reads one large file well and many small ones badly, and a restore that only unpacks
 files costs about what copying their bytes costs. After a successful install, the files each
 locked distribution lists in its RECORD (its metadata included) are packed, relative to the
-target's prefix, into `<drive>/.warmstart/v1/snapshots/<recipe>-<pyXY>-<key>-<sha>.tar.zst`,
+target's prefix, into the store's `snapshots/<recipe>-<pyXY>-<key>-<sha>.tar.zst`,
 with an index `<recipe>-<pyXY>-<key>.json` (written last) that names the archive, records its
 sha256 and what it was made for. The key covers everything that makes the files valid: the lock's
 bytes, the distributions it holds, the Python version and ABI, the platform, the target's prefix
@@ -24,16 +24,19 @@ import stat
 import subprocess
 import tarfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from . import faults
-from .cache import CACHE_DIR, CacheStats
 from .errors import WarmstartError
 from .lock import Lock, Pin
+from .store import DriveStore
 from .target import TargetPython, installed_files
-from .transfer import CHUNK, progress, regular_file, set_aside, zstd_open
+from .transfer import CHUNK, Bar, regular_file, zstd_open
+
+KIND = "snapshots"
 
 SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
 
@@ -61,49 +64,49 @@ def snapshot_key(facts: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """`<stem>.json` names the archive it describes. Archives are named by their own sha256,
-    so two VMs packing at once write two whole archives, and each index points at its own."""
+    """`<stem>.json` in the store names the archive it describes. Archives are named by their own
+    sha256, so two VMs packing at once write two whole archives, and each index names its own."""
 
-    index: Path
+    stem: str
     facts: dict[str, str]
 
     @classmethod
-    def locate(cls, drive: Path, recipe: str, lock: Lock, target: TargetPython,
-               pins: tuple[Pin, ...]) -> Snapshot:
+    def locate(cls, recipe: str, lock: Lock, target: TargetPython, pins: tuple[Pin, ...]) -> Snapshot:
         facts = snapshot_facts(lock, target, pins)
-        stem = f"{recipe}-{target.tag}-{snapshot_key(facts)[:16]}"
-        return cls(drive / CACHE_DIR / "snapshots" / f"{stem}.json", facts)
+        return cls(f"{recipe}-{target.tag}-{snapshot_key(facts)[:16]}", facts)
 
-    def exists(self) -> bool:
-        return regular_file(self.index)
+    @property
+    def index_name(self) -> str:
+        return f"{self.stem}.json"
 
-    def archive(self, index: dict[str, Any]) -> Path:
-        return self.index.with_name(Path(str(index.get("archive", "missing"))).name)
-
-    def read_index(self) -> dict[str, Any]:
+    def read_index(self, store: DriveStore) -> dict[str, Any]:
         try:
-            index = json.loads(self.index.read_text())
+            index = store.read_json(KIND, self.index_name)
         except (OSError, ValueError) as exc:
-            raise SnapshotUnusable(f"snapshot index {self.index.name} is unreadable ({exc})") from None
+            raise SnapshotUnusable(f"snapshot index {self.index_name} is unreadable ({exc})") from None
         if not isinstance(index, dict) or not isinstance(index.get("facts", {}), dict):
-            raise SnapshotUnusable(f"snapshot index {self.index.name} is not one warmstart wrote")
+            raise SnapshotUnusable(f"snapshot index {self.index_name} is not one warmstart wrote")
         differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
         if differs:
             recorded = ", ".join(f"{k} {index.get('facts', {}).get(k)!r}" for k in differs)
-            raise SnapshotUnusable(f"snapshot {self.index.name} was made for another target ({recorded})")
+            raise SnapshotUnusable(f"snapshot {self.index_name} was made for another target ({recorded})")
         return index
 
-    def set_aside(self, index: dict[str, Any]) -> None:
+    def set_aside(self, store: DriveStore, index: dict[str, Any]) -> None:
         """Keep a damaged snapshot for inspection, out of the way of the next one."""
-        for path in (self.index, self.archive(index)):
-            if path.exists():
-                set_aside(path)
+        for name in (self.index_name, _archive_name(index)):
+            if store.has(KIND, name):
+                store.set_aside(store.path(KIND, name))
+
+
+def _archive_name(index: dict[str, Any]) -> str:
+    return Path(str(index.get("archive", "missing"))).name
 
 
 class _HashingWriter:
     """A write-only file wrapper that hashes and counts what passes through."""
 
-    def __init__(self, fh: BinaryIO) -> None:
+    def __init__(self, fh: IO[bytes]) -> None:
         self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
 
     def write(self, data: bytes) -> int:
@@ -115,7 +118,7 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def pack(snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...], stats: CacheStats) -> Path:
+def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...]) -> Path:
     """Write the snapshot of the distributions `pins` installed in `target`; returns the archive."""
     files = installed_files(target, [p.name for p in pins])
     missing = [p.name for p in pins if p.name not in files]
@@ -126,36 +129,25 @@ def pack(snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...], stats:
     if outside:
         raise SnapshotUnusable(f"cannot snapshot: {outside[0]} lies outside {target.prefix}")
 
-    folder = snapshot.index.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{snapshot.index.stem}.{uuid.uuid4().hex}.part"
-    try:
-        with open(tmp, "wb") as raw:
-            hashing = _HashingWriter(raw)
-            with zstd_open(hashing, "wb") as compressed, \
-                    tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                for path in members:
-                    tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
-            raw.flush()
-            os.fsync(raw.fileno())
+    with store.writer(KIND, snapshot.stem) as part:
+        hashing = _HashingWriter(part.fh)
+        with zstd_open(hashing, "wb") as compressed, \
+                tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for path in members:
+                tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
         sha256 = hashing.digest.hexdigest()
-        archive = folder / f"{snapshot.index.stem}-{sha256[:16]}.tar.zst"
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+        archive = part.commit(store.path(KIND, f"{snapshot.stem}-{sha256[:16]}.tar.zst"))
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
              "files": len(members), "distributions": {p.name: p.version for p in pins}}
-    index_tmp = folder / f".{snapshot.index.name}.{uuid.uuid4().hex}.part"
-    index_tmp.write_text(json.dumps(index, indent=1) + "\n")
-    os.replace(index_tmp, snapshot.index)  # last: an index always names a whole archive
-    stats.bytes_written += hashing.size
+    store.put_text(KIND, snapshot.index_name, json.dumps(index, indent=1) + "\n")  # last: it names a whole archive
+    store.stats.bytes_written += hashing.size
     return archive
 
 
 class _HashingReader:
     """A read-only file wrapper that hashes and counts what is read through it."""
 
-    def __init__(self, fh: BinaryIO, bar) -> None:
+    def __init__(self, fh: BinaryIO, bar: Bar) -> None:
         self.fh, self.bar, self.digest, self.size = fh, bar, hashlib.sha256(), 0
 
     def read(self, size: int = -1) -> bytes:
@@ -179,7 +171,7 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
-def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheStats) -> None:
+def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: Path) -> None:
     """Read the archive once from Drive, hashing it while GNU tar unpacks it into `staging`;
     raise SnapshotUnusable (staging removed) when the hash is not the index's."""
     staging.mkdir(parents=True)
@@ -193,7 +185,7 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None
     try:
-        with open(archive, "rb") as raw, progress(archive.stat().st_size, "snapshot from Drive") as bar:
+        with open(archive, "rb") as raw, store.bars.bar(archive.stat().st_size, "snapshot from Drive") as bar:
             hashing = _HashingReader(raw, bar)
             stream = hashing if native else zstd_open(hashing, "rb")
             while chunk := stream.read(CHUNK):
@@ -211,7 +203,7 @@ def _unpack_verified(archive: Path, expected: str, staging: Path, stats: CacheSt
         tar.stdin.close()
         error = tar.stderr.read().decode()
         tar.wait()
-    stats.bytes_read += hashing.size
+    store.stats.bytes_read += hashing.size
     if hashing.digest.hexdigest() != expected or tar.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
@@ -233,25 +225,25 @@ def _tame(folder: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
-def restore(snapshot: Snapshot, target: TargetPython, stats: CacheStats, uninstall) -> int:
+def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None]) -> int:
     """Unpack a verified snapshot into the target; returns the archive size.
 
     Files land in a staging folder inside the prefix first and move into place only after the
     archive's sha256 matched, so a damaged archive never touches the environment."""
-    index = snapshot.read_index()
-    archive = snapshot.archive(index)
+    index = snapshot.read_index(store)
+    archive = store.path(KIND, _archive_name(index))
     if not regular_file(archive):
-        raise SnapshotUnusable(f"snapshot {snapshot.index.name} names {archive.name}, which is missing")
+        raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive.name}, which is missing")
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     try:
-        _unpack_verified(archive, str(index.get("sha256")), staging, stats)
+        _unpack_verified(store, archive, str(index.get("sha256")), staging)
     except SnapshotUnusable:
-        snapshot.set_aside(index)
+        snapshot.set_aside(store, index)
         raise
     try:
         uninstall()
         _merge(staging, target.prefix)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    stats.hits += 1
+    store.stats.hits += 1
     return int(index.get("size", 0))

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, restart
-from .bootstrap import Options, prepare
-from .plan import Plan
+from .bootstrap import prepare
+from .options import Options
+from .plan import Plan, make_plan
 from .report import Report
 
 # Installers and build tools every environment has; not worth listing as "extra".
@@ -28,14 +29,15 @@ def describe_action(plan: Plan) -> str:
 
 def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
-    plan, _cache = prepare(options, root, report)
+    facts, store = prepare(options, root, report)
+    plan = report.plan = make_plan(facts, options)
     wanted = {p.name: p for p in plan.needs.wanted}
     locked = {p.name: p.version for p in plan.lock.pins}
     have = plan.target.installed
-    wheel_bytes = sum(path.stat().st_size for path in plan.cached.values())
-    facts = {
-        "platform": report.extra["platform"],
-        "gpu": report.extra["gpu"],
+    wheel_bytes = sum(store.path("wheels", name).stat().st_size for name in plan.cached.values())
+    found: dict[str, Any] = {
+        "platform": facts.profile.name,
+        "gpu": facts.gpu.as_json(),
         "gpu_warnings": list(plan.warnings),
         "python": str(plan.target.executable),
         "python_version": str(plan.target.version),
@@ -62,11 +64,12 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "restart_needed": sorted(restart.pending(plan.target.prefix)),
         "checks_failed": checks.failed_before(plan.target.prefix, plan.recipe.name),
     }
-    if facts["checks_failed"] and facts["action"] == "no-op":
-        facts["action"] = "run the checks that failed last time again"
-    facts["matches"] = not (facts["missing"] or facts["different"] or facts["broken"]
-                            or plan.assets_to_place or facts["checks_failed"])
-    return facts
+    if found["checks_failed"] and found["action"] == "no-op":
+        found["action"] = "run the checks that failed last time again"
+    found["matches"] = not (found["missing"] or found["different"] or found["broken"]
+                            or plan.assets_to_place or found["checks_failed"])
+    report.status = found
+    return found
 
 
 def status_lines(facts: dict[str, Any]) -> list[str]:

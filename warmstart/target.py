@@ -16,15 +16,15 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
-
 from importlib import metadata
+from pathlib import Path
 
 from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from .errors import PreconditionUnmet
+from .transfer import atomic_write_text
 
 _PROBE = """
 import json, os, sys, sysconfig
@@ -142,14 +142,14 @@ def _facts_to_target(exe: Path, facts: dict) -> TargetPython:
     )
 
 
-def installed_files(target: TargetPython, names: list[str]) -> dict[str, list[Path]]:
+def installed_files(target: TargetPython, names: list[str]) -> dict[NormalizedName, list[Path]]:
     """The files each named distribution installed, as its RECORD lists them (absolute).
     Read here, from the target's sys.path: metadata is files, no need to run the target."""
     wanted, files = set(names), {}
     for dist in metadata.distributions(path=list(target.path)):
         name = canonicalize_name(dist.metadata["Name"] or "")
         if name in wanted and name not in files:
-            files[name] = [Path(os.path.normpath(dist.locate_file(f))) for f in dist.files or []]
+            files[name] = [Path(os.path.normpath(str(dist.locate_file(f)))) for f in dist.files or []]
     return files
 
 
@@ -167,24 +167,27 @@ def state_file(kind: str, prefix: Path) -> Path:
     return Path(base) / "warmstart" / kind / f"{digest}.json"
 
 
-def _verified_file(target: TargetPython) -> Path:
-    return state_file("verified", target.prefix)
+def _verified_file(prefix: Path) -> Path:
+    return state_file("verified", prefix)
 
 
-def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Path]:
+Signatures = dict[str, list[int]]  # dist-info folder -> [mtime_ns, size] of a RECORD found whole
+
+
+def broken_distributions(target: TargetPython, names: list[str]) -> tuple[dict[NormalizedName, Path], Signatures]:
     """Those of `names` left half-installed (a killed install): a dist-info folder without its
     METADATA or RECORD, or whose RECORD lists files that are gone. Bytecode is left out: it is
-    rebuilt on import. Returns name -> dist-info folder.
+    rebuilt on import. Returns name -> dist-info folder, and the RECORDs found whole.
 
-    Checking every file costs a stat each (tens of thousands for a big environment), so a
-    RECORD found whole is remembered by its mtime and size (in ~/.cache/warmstart/verified/);
-    any install that touches a distribution rewrites its RECORD, and it is checked again."""
-    state_file = _verified_file(target)
+    Checking every file costs a stat each (tens of thousands for a big environment), so a RECORD
+    found whole is remembered by its mtime and size (`remember_whole`, in ~/.cache/warmstart/
+    verified/); any install that touches a distribution rewrites its RECORD, and it is checked
+    again. Reading only: `prepare` changes nothing."""
     try:
-        verified = json.loads(state_file.read_text())
+        verified = json.loads(_verified_file(target.prefix).read_text())
     except (OSError, ValueError):
         verified = {}
-    wanted, broken, still = set(names), {}, {}
+    wanted, broken, whole = set(names), {}, {}
     for folder in map(Path, target.path):
         for info in folder.glob("*.dist-info") if folder.is_dir() else ():
             name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
@@ -200,16 +203,22 @@ def broken_distributions(target: TargetPython, names: list[str]) -> dict[str, Pa
                     f.suffix != ".pyc" and not (f.exists() or f.is_symlink()) for f in _record_files(info)):
                 broken[name] = info
             else:
-                still[str(info)] = signature
-    if still != verified:
-        try:
-            state_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(still))
-            os.replace(tmp, state_file)
-        except OSError:
-            pass  # only a shortcut for the next run
-    return broken
+                whole[str(info)] = signature
+    return broken, whole
+
+
+def remember_whole(prefix: Path, whole: Signatures) -> None:
+    """Keep the RECORDs found whole for the next run's `broken_distributions`."""
+    path = _verified_file(prefix)
+    try:
+        if json.loads(path.read_text()) == whole:
+            return
+    except (OSError, ValueError):
+        pass
+    try:
+        atomic_write_text(path, json.dumps(whole))
+    except OSError:
+        pass  # only a shortcut for the next run
 
 
 def remove_broken(infos: list[Path], prefix: Path) -> list[Path]:

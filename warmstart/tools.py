@@ -15,7 +15,6 @@ target, so `!invoke bootstrap --recipe NAME` works from any folder afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
@@ -23,15 +22,17 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import uuid
 from pathlib import Path
+
+from .errors import BadInput
+from .options import value_of
+from .pipconfig import pip_env
+from .store import DriveStore
+from .transfer import atomic_write, atomic_write_text, redact, sha256_of
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
 LAUNCHER_TAG = "# warmstart launcher"  # the line that marks an `invoke` launcher as warmstart's
-# pip settings that only point at an index or a certificate; the rest could add to the lock.
-_KEPT_PIP = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_TRUSTED_HOST",
-             "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES"}
 
 
 class ToolsError(Exception):
@@ -43,8 +44,6 @@ class ToolsError(Exception):
 
 
 def say(message: str) -> None:
-    from .transfer import redact  # standard library only, like this module
-
     print(f"warmstart.sh: {redact(message)}", file=sys.stderr, flush=True)
 
 
@@ -84,7 +83,7 @@ def tools_site(folder: Path) -> Path:
 
 
 def lock_digest(lock: Path) -> str:
-    return hashlib.sha256(lock.read_bytes()).hexdigest()
+    return sha256_of(lock)
 
 
 def in_place(folder: Path, lock: Path) -> bool:
@@ -94,26 +93,28 @@ def in_place(folder: Path, lock: Path) -> bool:
         return False
 
 
-def _pip(*args: str) -> subprocess.CompletedProcess:
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     """The notebook interpreter's pip with only what we pass: no pip.conf, constraints or find-links."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") or k in _KEPT_PIP}
-    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+    try:
+        env = pip_env()
+    except BadInput as exc:
+        raise ToolsError(str(exc), code=2) from None
     return subprocess.run([sys.executable, "-m", "pip", *args], env=env, capture_output=True, text=True)
 
 
-def _cache_wheel(src: Path, dest: Path) -> None:
-    """Into the Drive cache whole or not at all; a different file of that name is set aside."""
-    from .transfer import atomic_copy, set_aside  # standard library only, like this module
+def _cache_wheels(store: DriveStore, downloaded: Path) -> None:
+    """Into the Drive cache, each whole or not at all. A file of the same name that differs is
+    damaged (pip just refused it against the lock's hashes): it is set aside."""
+    for wheel in sorted(downloaded.glob("*.whl")):
+        if store.has("wheels", wheel.name) and sha256_of(store.path("wheels", wheel.name)) != sha256_of(wheel):
+            store.set_aside(store.path("wheels", wheel.name))
+        if not store.put("wheels", wheel.name, wheel):
+            raise OSError(store.warnings[-1])
 
-    if dest.exists():
-        if dest.read_bytes() == src.read_bytes():
-            return
-        set_aside(dest)
-    atomic_copy(src, dest)
 
-
-def restore(folder: Path, lock: Path, wheels: Path, offline: bool) -> str:
+def restore(folder: Path, lock: Path, store: DriveStore, offline: bool) -> str:
     """Build the tools' virtualenv from the lock; returns where the wheels came from."""
+    wheels = store.root / "wheels"
     if folder.exists():
         shutil.rmtree(folder)  # ours (under warmstart's cache folder), and not whole
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -137,16 +138,18 @@ def restore(folder: Path, lock: Path, wheels: Path, offline: bool) -> str:
                 raise ToolsError("could not install warmstart's own dependencies: "
                                  + (done.stderr.strip().splitlines() or ["pip failed"])[-1])
             try:
-                wheels.mkdir(parents=True, exist_ok=True)
-                for wheel in Path(tmp).glob("*.whl"):
-                    _cache_wheel(wheel, wheels / wheel.name)
+                _cache_wheels(store, Path(tmp))
                 source = f"installed warmstart's dependencies and cached them in {wheels}"
             except OSError as exc:  # a full or failing Drive costs the next VM a download, no more
-                source = f"installed warmstart's dependencies; caching them in {wheels} failed ({exc.strerror})"
-    from .transfer import atomic_write_text
-
+                source = f"installed warmstart's dependencies; caching them in {wheels} failed ({exc.strerror or exc})"
     atomic_write_text(folder / MARKER, lock_digest(lock) + "\n")  # last: the folder is whole
     return source
+
+
+def _write_script(path: Path, text: str) -> None:
+    with atomic_write(path, "w") as fh:
+        fh.write(text)
+        os.chmod(fh.name, 0o755)
 
 
 def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
@@ -156,17 +159,12 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
             f"export WARMSTART_PYTHON=\"${{WARMSTART_PYTHON:-{sys.executable}}}\" PYTHONDONTWRITEBYTECODE=1\n"
             f"exec \"{tools_python(folder)}\" -m invoke --search-root \"{checkout}\" \"$@\"\n")
     own = folder / "invoke"
-    own.write_text(text)
-    own.chmod(0o755)
-    scripts = Path(sysconfig.get_path("scripts"))
-    public = scripts / "invoke"
+    _write_script(own, text)
+    public = Path(sysconfig.get_path("scripts")) / "invoke"
     try:
         if public.exists() and LAUNCHER_TAG not in public.read_text(errors="replace"):
             return own  # somebody else's invoke: leave it alone
-        tmp = scripts / f".invoke.{uuid.uuid4().hex}.part"
-        tmp.write_text(text)
-        tmp.chmod(0o755)
-        os.replace(tmp, public)
+        _write_script(public, text)
     except OSError:
         return own
     on_path = shutil.which("invoke") == str(public)
@@ -179,17 +177,13 @@ def ensure(drive: Path, offline: bool = False) -> Path:
     if in_place(folder, lock):
         say(f"warmstart's dependencies are in place ({folder})")
     else:
-        say(restore(folder, lock, drive / ".warmstart" / "v1" / "wheels", offline))
+        say(restore(folder, lock, DriveStore(drive), offline))
     return folder
 
 
 def _drive_option(args: list[str]) -> Path:
-    for n, arg in enumerate(args):
-        if arg == "--drive" and n + 1 < len(args):
-            return Path(args[n + 1]).expanduser().resolve()
-        if arg.startswith("--drive="):
-            return Path(arg.split("=", 1)[1]).expanduser().resolve()
-    return Path(os.environ.get("WARMSTART_DRIVE") or CHECKOUT.parent).expanduser().resolve()
+    chosen = value_of(args, "--drive") or os.environ.get("WARMSTART_DRIVE") or CHECKOUT.parent
+    return Path(chosen).expanduser().resolve()
 
 
 def main(argv: list[str]) -> int:

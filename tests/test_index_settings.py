@@ -1,0 +1,147 @@
+"""pip's index settings, honoured by warmstart's own downloader as pip honours them.
+
+A real HTTPS index on 127.0.0.1 with a private CA (made here with openssl), one that also asks
+for a client certificate, one that refuses (401), and a port nobody listens on; each through the
+real command line with a bare virtualenv as the target.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import LOCKED, Index, _QuietFiles, bootstrap, cli_env, installed, make_venv, serve_folder
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate (key and cert in one PEM,
+    as PIP_CLIENT_CERT wants it), all signed by the CA."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    # X.509 v3 both (extensions make it so): uv's TLS stack refuses v1 certificates.
+    (d / "server.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    (d / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    for who in ("server", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", f"{who}.key",
+                "-out", f"{who}.csr", cwd=d)
+        openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "2", "-out", f"{who}.crt", "-extfile", f"{who}.cnf", cwd=d)
+    (d / "client.pem").write_text((d / "client.key").read_text() + (d / "client.crt").read_text())
+    return d
+
+
+def serve_tls(folder: Path, pki: Path, *, client_cert: bool) -> tuple[str, http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / "server.crt", pki / "server.key")
+    if client_cert:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(pki / "ca.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"https://127.0.0.1:{server.server_address[1]}/simple", server
+
+
+@pytest.fixture(params=[False, True], ids=["server-cert", "client-cert-required"])
+def tls_index(request, index: Index, pki: Path):
+    url, server = serve_tls(index.files.parent, pki, client_cert=request.param)
+    yield url, request.param
+    server.shutdown()
+
+
+def test_an_index_signed_by_a_private_ca_is_trusted_through_pip_cert(demo, drive, tmp_path, tls_index, pki):
+    url, needs_client_cert = tls_index
+    settings = {"PIP_CERT": str(pki / "ca.pem")}
+    if needs_client_cert:
+        settings["PIP_CLIENT_CERT"] = str(pki / "client.pem")
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(demo, drive, python, env=cli_env(url, **settings))
+
+    assert result.code == 0, result.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+
+
+def test_without_the_ca_the_index_is_named_as_untrusted_not_as_a_missing_package(demo, drive, tmp_path, tls_index):
+    url, _ = tls_index
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=cli_env(url, PIP_RETRIES="0"))
+
+    assert result.code == 3, result.stderr
+    assert "cannot reach the package index https://127.0.0.1" in result.report["error"]
+    assert "No matching distribution" not in result.stderr
+
+
+def test_without_the_client_certificate_the_index_refuses_and_says_so(demo, drive, tmp_path, index, pki):
+    url, server = serve_tls(index.files.parent, pki, client_cert=True)
+    try:
+        result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
+                           env=cli_env(url, PIP_CERT=str(pki / "ca.pem"), PIP_RETRIES="0"))
+    finally:
+        server.shutdown()
+    assert result.code == 3 and "cannot reach the package index" in result.report["error"], result.stderr
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="private"')
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_index_that_refuses_is_reported_as_refusing_with_the_way_in(demo, drive, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://user:s3cret@127.0.0.1:{server.server_address[1]}/simple"
+    try:
+        result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=cli_env(url))
+    finally:
+        server.shutdown()
+    assert result.code == 3, result.stderr
+    assert "refused access (HTTP 401)" in result.report["error"] and "PIP_INDEX_URL" in result.report["error"]
+    assert "s3cret" not in result.stderr + result.stdout
+
+
+def test_an_unreachable_index_is_reported_as_unreachable(demo, drive, tmp_path):
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
+                       env=cli_env("http://127.0.0.1:9/simple", PIP_RETRIES="1"))
+
+    assert result.code == 3, result.stderr
+    error = result.report["error"]
+    assert "cannot reach the package index http://127.0.0.1:9/simple" in error and "--offline" in error
+    assert "2 attempts" in error
+
+
+def test_a_pin_the_index_lists_without_hashes_is_handed_to_pip_and_the_run_says_why(demo, drive, tmp_path, index):
+    root = tmp_path / "index"
+    shutil.copytree(index.files.parent, root)
+    page = root / "simple" / "beta" / "index.html"
+    page.write_text(re.sub(r"#sha256=[0-9a-f]+", "", page.read_text()))  # an index that hides hashes
+    url, server = serve_folder(root)
+    python = make_venv(tmp_path / "venv")
+    try:
+        result = bootstrap(demo, drive, python, env=cli_env(f"{url}/simple"))
+    finally:
+        server.shutdown()
+    assert result.code == 0, result.stderr
+    assert ("pip downloads 1 wheels itself: beta==2.0: the index lists no file with a sha256 the lock names"
+            in result.stderr)
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED

@@ -1,0 +1,68 @@
+"""warmstart as an installed tool: a real wheel built from this checkout, installed (not editable)
+into a fresh virtualenv from the package index, run as the `warmstart` console script from a
+folder that has no tasks.py. It must find its recipes, locks and platform profiles in the package.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import CACHE_HOME
+
+from warmstart import PROJECT_ROOT
+from warmstart.pipconfig import pip_env
+from warmstart.uv import find_uv
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """The `warmstart` command of a fresh virtualenv holding the wheel and its dependencies."""
+    root = tmp_path_factory.mktemp("installed")
+    env = pip_env() | {"XDG_CACHE_HOME": CACHE_HOME}
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"),
+                            str(PROJECT_ROOT)], env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (root / "dist").glob("warmstart-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for shipped in ("envs/colab.toml", "envs/images/colab-latest.toml", "recipes/hyperlpr.toml",
+                    "requirements/hyperlpr.in", "requirements/colab/hyperlpr-py313-manylinux_x86_64.txt"):
+        assert f"warmstart/_shipped/{shipped}" in names, shipped
+    uv = str(find_uv())
+    venv = root / "venv"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], env=env, check=True)
+    done = subprocess.run([uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), str(wheel)],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return venv / "bin" / "warmstart"
+
+
+def run(command: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(command), *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_the_console_script_lists_the_same_tasks_as_invoke(installed, tmp_path):
+    listed = run(installed, "--list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    for name in ("bootstrap", "status", "lock", "image", "recipes", "cache", "assets", "gpu"):
+        assert f"  {name} " in listed.stdout or listed.stdout.rstrip().endswith(f"  {name}"), name
+
+
+def test_the_installed_tool_finds_its_recipes_and_profiles_in_the_package(installed, tmp_path):
+    recipes = run(installed, "recipes", "--drive", str(tmp_path / "drive"), cwd=tmp_path)
+    assert recipes.returncode == 0, recipes.stderr
+    assert "hyperlpr " in recipes.stdout and "/warmstart/_shipped/recipes/hyperlpr.toml" in recipes.stdout
+    checked = run(installed, "lock", "--check", cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+def test_flags_have_no_automatic_short_forms(installed, tmp_path):
+    for task, flag in (("bootstrap", "--python"), ("cache", "--prune"), ("bootstrap", "--dry-run")):
+        shown = run(installed, task, "--help", cwd=tmp_path)
+        assert shown.returncode == 0 and flag in shown.stdout
+        assert "-p," not in shown.stdout and "-r," not in shown.stdout and "-d," not in shown.stdout, shown.stdout

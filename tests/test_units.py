@@ -1,0 +1,327 @@
+"""The pure parts, in milliseconds: the plan, wheel choice, redaction, prune selection, pip's
+settings, the store's rules and the one declaration of bootstrap's options. No subprocess, no
+network, no venv: each test builds its facts in memory (a few files in tmp_path for the store)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.tags import Tag
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from warmstart import PROJECT_ROOT, commands, wheels
+from warmstart.errors import BadInput, PreconditionUnmet
+from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
+from warmstart.images import Image
+from warmstart.lock import Lock, Pin, needs
+from warmstart.maintenance import Entry, prunable
+from warmstart.options import Options, value_of
+from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
+from warmstart.plan import Facts, make_plan
+from warmstart.profiles import load_profile
+from warmstart.recipe import Asset, GpuNeeds, Recipe
+from warmstart.snapshot import Snapshot
+from warmstart.store import DriveStore, StoredFile
+from warmstart.target import TargetPython
+from warmstart.transfer import redact
+
+H = {c: c * 64 for c in "abcdef"}
+A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))
+B = Pin(canonicalize_name("beta"), "2.0", frozenset({H["b"]}))
+TORCH = Pin(canonicalize_name("torch"), "2.11.0", frozenset({H["c"]}))
+CUDA_RT = Pin(canonicalize_name("nvidia-cuda-runtime"), "13.0", frozenset({H["d"]}),
+              via=frozenset({TORCH.name}), root=False)
+T4 = Device(0, "Tesla T4", "GPU-1", 15360, 15000, "7.5", False)
+
+
+def recipe(gpu: GpuNeeds = GpuNeeds(required=False), assets: tuple[Asset, ...] = ()) -> Recipe:
+    return Recipe("demo", "a demo", SpecifierSet(">=3.10"), gpu, Path("requirements/demo.in"), (),
+                  PurePosixPath("Work"), Path("recipes/demo.toml"), Path("."), assets)
+
+
+def facts(installed: dict[str, str] | None = None, pins: tuple[Pin, ...] = (A, B), *,
+          cached: dict[str, str] | None = None, gpu: GpuReport = GpuReport(), needs_gpu: bool = False,
+          snapshot_found: bool = False, image: Image | None = None,
+          assets: dict[Asset, tuple[Path, str]] | None = None, python: str = "3.11.7") -> Facts:
+    """The facts of a VM, as prepare would find them."""
+    have = {canonicalize_name(k): v for k, v in (installed or {}).items()}
+    target = TargetPython(Path("/venv/bin/python"), Version(python), "cpython", Path("/venv"), have)
+    the_recipe = recipe(GpuNeeds(required=needs_gpu), tuple(assets or ()))
+    found = needs(pins, have)
+    installing = tuple(p for p in found.wanted if p in found.install)
+    lock = Lock(Path("requirements/demo-py311-manylinux_x86_64.txt"), None, pins)
+    return Facts(the_recipe, load_profile(PROJECT_ROOT / "envs" / "local.toml"), Path("/drive"), target, gpu,
+                 judge(the_recipe.gpu, gpu), lock, image,
+                 {canonicalize_name(k): v for k, v in (cached or {}).items()}, dict(assets or {}), {}, found,
+                 Snapshot("demo-py311-0123", {}) if installing else None, snapshot_found, "uv")
+
+
+ONLINE = Options("demo")
+OFFLINE = Options("demo", offline=True)
+
+
+# -- the plan -------------------------------------------------------------------------------
+
+def test_a_fresh_vm_installs_every_pin_and_downloads_what_the_cache_lacks():
+    plan = make_plan(facts(cached={"beta": "beta-2.0-py3-none-any.whl"}), ONLINE)
+    assert [p.name for p in plan.to_install] == ["alpha", "beta"]
+    assert [p.name for p in plan.to_download] == ["alpha"]
+    assert not plan.nothing_to_do and not plan.use_snapshot
+
+
+def test_an_environment_matching_the_lock_with_a_full_cache_is_a_no_op():
+    cached = {"alpha": "alpha-1.0-py3-none-any.whl", "beta": "beta-2.0-py3-none-any.whl"}
+    plan = make_plan(facts({"alpha": "1.0", "beta": "2.0"}, cached=cached), ONLINE)
+    assert plan.nothing_to_do and plan.to_install == () and plan.to_download == ()
+
+
+def test_a_matching_environment_still_fills_an_empty_cache_for_the_next_vm():
+    plan = make_plan(facts({"alpha": "1.0", "beta": "2.0"}), ONLINE)
+    assert plan.to_install == () and {p.name for p in plan.to_download} == {"alpha", "beta"}
+
+
+def test_another_version_installed_is_replaced_and_named():
+    plan = make_plan(facts({"alpha": "0.9", "beta": "2.0"}), ONLINE)
+    assert [p.name for p in plan.to_install] == ["alpha"]
+    assert plan.replaced == {"alpha": ("0.9", "1.0")}
+
+
+def test_a_platform_build_of_the_locked_version_is_kept_with_what_only_it_needs():
+    """Colab's torch 2.11.0+cu128 meets the lock's torch==2.11.0; PyPI torch's CUDA runtime wheel,
+    which only that build asks for, is the platform's business."""
+    plan = make_plan(facts({"torch": "2.11.0+cu128"}, pins=(TORCH, CUDA_RT)), ONLINE)
+    assert plan.to_install == () and plan.to_download == ()
+    assert plan.needs.provided == {"torch": "2.11.0+cu128"}
+    assert [p.name for p in plan.needs.left] == ["nvidia-cuda-runtime"]
+
+
+def test_offline_without_the_wheels_or_a_snapshot_is_refused_naming_them():
+    with pytest.raises(PreconditionUnmet, match=r"--offline.*lacks wheels for alpha==1.0"):
+        make_plan(facts(cached={"beta": "beta-2.0-py3-none-any.whl"}), OFFLINE)
+
+
+def test_offline_with_a_snapshot_plans_a_restore_and_downloads_nothing():
+    plan = make_plan(facts(snapshot_found=True), OFFLINE)
+    assert plan.use_snapshot and plan.to_download == () and len(plan.to_install) == 2
+
+
+def test_offline_without_an_asset_is_refused_naming_it():
+    model = Asset("https://example.invalid/m.onnx", H["e"], "models/m.onnx")
+    cached = {"alpha": "alpha-1.0-py3-none-any.whl", "beta": "beta-2.0-py3-none-any.whl"}
+    with pytest.raises(PreconditionUnmet, match=r"lacks the assets m.onnx \(/drive/Work/models/m.onnx\)"):
+        make_plan(facts(cached=cached, assets={model: (Path("/drive/Work/models/m.onnx"), "missing")}), OFFLINE)
+
+
+def test_what_the_image_ships_is_not_downloaded_into_the_cache():
+    image = Image("colab-latest", "colab", Version("3.11.7"), {canonicalize_name("beta"): "2.0"}, frozenset(),
+                  "test", Path("envs/images/colab-latest.toml"), "0" * 64)
+    plan = make_plan(facts({"beta": "2.0"}, image=image), ONLINE)
+    assert [p.name for p in plan.to_download] == ["alpha"]
+
+
+def test_no_gpu_for_a_gpu_recipe_is_refused_with_the_way_out_or_a_warning_when_allowed():
+    with pytest.raises(PreconditionUnmet, match="--allow-no-gpu"):
+        make_plan(facts(needs_gpu=True), ONLINE)
+    plan = make_plan(facts(needs_gpu=True), replace(ONLINE, allow_no_gpu=True))
+    assert any("needs an NVIDIA GPU" in w for w in plan.warnings)
+
+
+def test_a_gpu_below_the_recipes_limits_is_refused_unless_allowed():
+    small = facts(needs_gpu=True, gpu=GpuReport((T4,), "580.1", "13.0"))
+    small = replace(small, verdict=judge(GpuNeeds(True, min_memory_gib=40), small.gpu))
+    with pytest.raises(PreconditionUnmet, match=r"40 GiB.*--allow-unfit-gpu"):
+        make_plan(small, ONLINE)
+    assert make_plan(small, replace(ONLINE, allow_unfit_gpu=True)).warnings
+
+
+def test_the_wrong_python_is_refused_naming_the_recipe():
+    with pytest.raises(PreconditionUnmet, match=r"recipes/demo.toml: the recipe needs Python >=3.10"):
+        make_plan(facts(python="3.9.18"), ONLINE)
+
+
+def test_a_fitting_gpu_gives_no_verdict():
+    assert judge(GpuNeeds(True, min_memory_gib=8), GpuReport((T4,), "580.1", "13.0")) == GpuVerdict()
+
+
+# -- wheel choice ---------------------------------------------------------------------------
+
+CP311 = [Tag("cp311", "cp311", "manylinux_2_28_x86_64"), Tag("cp311", "abi3", "manylinux_2_17_x86_64"),
+         Tag("py3", "none", "any")]
+
+
+def test_the_most_specific_wheel_the_target_accepts_wins():
+    files = ["onnx-1.0-py3-none-any.whl", "onnx-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
+             "onnx-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", "onnx-1.0.tar.gz"]
+    assert wheels.best(((f, f) for f in files), CP311) == "onnx-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+
+
+def test_a_wheel_no_tag_of_the_target_accepts_is_never_chosen():
+    assert wheels.best([("onnx-1.0-cp312-cp312-win_amd64.whl", 1), ("junk.whl", 2)], CP311) is None
+
+
+def test_wheels_group_by_name_and_version_from_one_listing():
+    groups = wheels.by_release(["a-1.0-py3-none-any.whl", "a-1.0.0-cp311-cp311-linux_x86_64.whl",
+                                "a-2.0-py3-none-any.whl", ".a-1.0-py3-none-any.whl.1234.part", "README"])
+    assert sorted(len(v) for v in groups.values()) == [1, 2]  # 1.0 and 1.0.0 are one version
+
+
+# -- redaction ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, shown", [
+    ("https://user:p%40ss@host/simple", "https://***@host/simple"),
+    ("index https://tok@a.b/x and http://u:p@w@c.d/y", "index https://***@a.b/x and http://***@c.d/y"),
+    ("https://pypi.org/simple", "https://pypi.org/simple"),
+])
+def test_credentials_in_urls_are_hidden(text, shown):
+    assert redact(text) == shown
+
+
+# -- prune selection ------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def entry(kind: str, name: str, age_days: float, owners: set[str] = frozenset(), now: float = 1e9,
+          archive: str | None = None) -> Entry:
+    folder = {"wheel": "wheels", "asset": "assets"}.get(kind, "snapshots")
+    state = kind if kind in ("temporary", "set aside") else "file"
+    stored = StoredFile(folder, Path(f"/d/.warmstart/v1/{folder}/{name}"), 10, now - age_days * DAY, state)
+    return Entry(stored, kind, set(owners), archive=archive)
+
+
+def test_prune_takes_old_unowned_unused_files_and_leaves_the_rest():
+    now = 1e9
+    old_unowned = entry("wheel", "old-1.0-py3-none-any.whl", 60)
+    old_owned = entry("wheel", "kept-1.0-py3-none-any.whl", 60, {"hyperlpr"})
+    young = entry("wheel", "young-1.0-py3-none-any.whl", 2)
+    used_lately = entry("asset", "f" * 64, 60)
+    aside = entry("set aside", "x.whl.damaged-1", 0)
+    stale_tmp = entry("temporary", ".x.whl.1.part", 1)
+    fresh_tmp = entry("temporary", ".y.whl.1.part", 0.001)
+    entries = [old_unowned, old_owned, young, used_lately, aside, stale_tmp, fresh_tmp]
+    doomed = prunable(entries, {used_lately.file.key: now - DAY}, retention_days=30, now=now)
+    assert doomed == [old_unowned, aside, stale_tmp]
+
+
+def test_a_snapshot_archive_lives_as_long_as_an_index_naming_it_is_used():
+    now = 1e9
+    archive = entry("snapshot", "demo-py311-k-0011.tar.zst", 90)
+    index = entry("index", "demo-py311-k.json", 90, archive="demo-py311-k-0011.tar.zst")
+    used = {index.file.key: now - DAY}
+    assert prunable([archive, index], used, 30, now) == []
+    assert prunable([archive, index], {}, 30, now) == [archive, index]
+
+
+# -- pip's settings -------------------------------------------------------------------------
+
+def test_index_settings_default_to_pypi_and_read_pips_variables(tmp_path):
+    assert IndexSettings.from_environ({}).index_urls == (DEFAULT_INDEX,)
+    ca = tmp_path / "ca.pem"
+    ca.write_text("x")
+    settings = IndexSettings.from_environ({
+        "PIP_INDEX_URL": "https://mirror.example/simple", "PIP_EXTRA_INDEX_URL": "https://a.example/s http://b.example/s",
+        "PIP_TRUSTED_HOST": "b.example:8080", "PIP_CERT": str(ca), "PIP_RETRIES": "2", "PIP_DEFAULT_TIMEOUT": "5"})
+    assert settings.index_urls == ("https://mirror.example/simple", "https://a.example/s", "http://b.example/s")
+    assert settings.trusted("http://b.example/s/x/") and not settings.trusted("https://a.example/s")
+    assert (settings.cert, settings.retries, settings.timeout) == (str(ca), 2, 5.0)
+
+
+@pytest.mark.parametrize("environ, words", [
+    ({"PIP_INDEX_URL": "http://mirror.example/simple"}, "plain http"),
+    ({"PIP_CERT": "/nonexistent/ca.pem"}, "PIP_CERT=/nonexistent/ca.pem is not a file"),
+    ({"PIP_RETRIES": "many"}, "PIP_RETRIES must be a number"),
+])
+def test_bad_index_settings_are_one_line_naming_the_variable(environ, words):
+    with pytest.raises(BadInput, match=words):
+        IndexSettings.from_environ(environ)
+
+
+def test_plain_http_is_fine_for_this_machine_or_when_asked_for():
+    IndexSettings.from_environ({"PIP_INDEX_URL": "http://127.0.0.1:8000/simple"})
+    IndexSettings.from_environ({"PIP_INDEX_URL": "http://m.example/simple", "WARMSTART_ALLOW_HTTP": "1"})
+
+
+def test_pip_and_uv_get_the_index_settings_and_nothing_that_adds_to_the_lock():
+    environ = {"PIP_INDEX_URL": "https://m.example/simple", "PIP_FIND_LINKS": "/opt/wheels",
+               "PIP_CONSTRAINT": "/c.txt", "PIP_TRUSTED_HOST": "m.example", "UV_CONSTRAINT": "/missing.txt",
+               "PIP_PROXY": "http://proxy:3128", "PATH": "/bin"}
+    pip = pip_env(environ)
+    assert pip["PIP_INDEX_URL"] == "https://m.example/simple" and pip["PIP_TRUSTED_HOST"] == "m.example"
+    assert "PIP_FIND_LINKS" not in pip and "PIP_CONSTRAINT" not in pip and pip["PIP_CONFIG_FILE"]
+    uv = uv_env(environ)
+    assert uv["UV_INDEX_URL"] == "https://m.example/simple" and uv["UV_INSECURE_HOST"] == "m.example"
+    assert uv["HTTPS_PROXY"] == "http://proxy:3128" and "UV_CONSTRAINT" not in uv and uv["UV_NO_CONFIG"] == "1"
+
+
+# -- the Drive store ------------------------------------------------------------------------
+
+def test_the_store_lists_whole_files_only_and_never_a_temporary_or_a_damaged_one(tmp_path):
+    store = DriveStore(tmp_path)
+    folder = store.root / "wheels"
+    folder.mkdir(parents=True)
+    for name in ("a-1.0-py3-none-any.whl", ".b-1.0-py3-none-any.whl.0a1b.part", "c-1.0-py3-none-any.whl.damaged-x"):
+        (folder / name).write_text(name)
+    (folder / "link.whl").symlink_to(folder / "a-1.0-py3-none-any.whl")
+    assert store.names("wheels") == ["a-1.0-py3-none-any.whl"]
+    states = {e.path.name: e.state for e in store.entries("wheels")}
+    assert states["link.whl"] == "not a file" and states[".b-1.0-py3-none-any.whl.0a1b.part"] == "temporary"
+
+
+def test_a_put_is_whole_or_absent_and_a_damaged_get_is_set_aside(tmp_path):
+    store = DriveStore(tmp_path / "drive")
+    src = tmp_path / "w.whl"
+    src.write_bytes(b"wheel bytes")
+    assert store.put("wheels", "w.whl", src)
+    assert [p.name for p in (store.root / "wheels").iterdir()] == ["w.whl"]  # no temporary left
+    good = hashlib.sha256(b"wheel bytes").hexdigest()
+    assert store.get("wheels", "w.whl", tmp_path / "copy.whl", {good}) == tmp_path / "copy.whl"
+    assert store.get("wheels", "w.whl", tmp_path / "copy2.whl", {"0" * 64}) is None
+    assert not store.has("wheels", "w.whl") and "does not match" in store.warnings[-1]
+    assert not (tmp_path / "copy2.whl").exists()
+
+
+def test_stale_temporaries_go_and_fresh_ones_stay(tmp_path):
+    store = DriveStore(tmp_path)
+    folder = store.root / "assets"
+    folder.mkdir(parents=True)
+    (folder / ".old.part").write_text("")
+    (folder / ".new.part").write_text("")
+    removed = store.clean_stale_parts(now=time.time() + 2 * 3600)
+    assert {p.name for p in removed} == {".old.part", ".new.part"}
+    (folder / ".new.part").write_text("")
+    assert store.clean_stale_parts() == []
+
+
+def test_usage_records_fold_into_one_keeping_the_latest_use(tmp_path):
+    store = DriveStore(tmp_path)
+    store.record_use(["wheels/a.whl", "assets/x"], now=100)
+    store.record_use(["wheels/a.whl"], now=200)
+    when, records = store.last_used()
+    assert when == {"wheels/a.whl": 200, "assets/x": 100} and len(records) == 2
+    store.compact_usage(when, records, keep={"wheels/a.whl"})
+    assert store.last_used()[0] == {"wheels/a.whl": 200}
+
+
+# -- one declaration of the command line ----------------------------------------------------
+
+def test_the_bootstrap_task_takes_exactly_the_declared_options():
+    params = list(inspect.signature(commands.bootstrap.body).parameters)[1:]
+    assert set(params) - {"json"} == {f.replace("-", "_") for f in Options.flags()}
+
+
+def test_no_task_has_automatic_short_flags():
+    for name, task in commands.namespace.tasks.items():
+        assert task.auto_shortflags is False, name
+
+
+def test_warmstart_sh_reads_drive_the_way_the_task_does():
+    assert value_of(["hyperlpr", "--drive", "/d", "--offline"], "--drive") == "/d"
+    assert value_of(["--drive=/e"], "--drive") == "/e"
+    assert value_of(["--drive"], "--drive") is None

@@ -1,0 +1,269 @@
+"""warmstart's command line: thin invoke tasks over the `warmstart` package. The same tasks are
+`invoke ...` in a checkout (tasks.py) and the `warmstart ...` console script of an install.
+
+    invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
+                     [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
+                     [--installer pip|uv] [--packages-only]
+    invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--json]
+    invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG]
+                [--platform-profile colab] [--upgrade]
+    invoke lock --check
+    invoke image --name colab-latest --freeze FILE --python 3.13.15 --source REPO@COMMIT
+    invoke recipes [--drive DIR]
+    invoke assets --recipe hyperlpr [--drive DIR]
+    invoke cache [--drive DIR] [--verify] [--prune [--dry-run]]
+    invoke gpu [--json]
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection, Exit, Program, Task, task
+
+from . import PROJECT_ROOT, __version__
+from . import bootstrap as bootstrapping
+from . import lock as locking
+from .assets import asset_table
+from .cli import run_plain, run_reported
+from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .options import Options, required_recipe
+from .profiles import resolve_drive, select_profile
+from .recipe import known_recipes, load_recipe
+from .report import Report
+from .store import DriveStore
+
+ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
+
+DRIVE_HELP = Options.flags()["drive"]
+PYTHON_HELP = Options.flags()["python"]
+
+
+def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
+    """@task with every flag spelled out: no automatic short flags (`-p` would be --python for one
+    task and --prune for another) and no positional arguments (`bootstrap --help` would be a
+    recipe named "--help")."""
+    return task(auto_shortflags=False, positional=[], **kwargs)
+
+
+def _exit(code: int) -> None:
+    if code:
+        raise Exit(code=code)
+
+
+def _drive(option: str | None) -> Path:
+    return resolve_drive(option, select_profile(ROOT), os.environ)
+
+
+@command(help={**Options.flags(), "json": "print the final report as one JSON object on stdout"})
+def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_gpu=False,
+              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False):
+    """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
+
+    def run(report: Report) -> None:
+        options = Options(recipe, drive, python, offline, allow_no_gpu, allow_unfit_gpu, dry_run, installer,
+                          packages_only)
+        bootstrapping.bootstrap(options, ROOT, report)
+
+    _exit(run_reported(run, recipe or "", as_json=json).exit_code)
+
+
+@command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "python": PYTHON_HELP,
+               "json": "print one JSON object on stdout"})
+def status(c, recipe=None, drive=None, python=None, json=False):
+    """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act)."""
+    from .status import status as gather
+    from .status import status_lines
+
+    facts: dict[str, Any] = {}
+
+    def show(report) -> None:
+        facts.update(gather(Options(recipe, drive, python), ROOT, report))
+        if not json:
+            print("\n".join(status_lines(facts)))
+
+    report = run_reported(show, recipe or "", as_json=False)
+    if json:
+        print(jsonlib.dumps(facts or report.as_json()))
+    _exit(report.exit_code or (0 if facts.get("matches") else 1))
+
+
+@command(
+    iterable=["python_version", "upgrade_package"],
+    help={
+        "recipe": "recipe name or path (all recipes with --check)",
+        "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter, "
+                          "or with --platform-profile every Python the platform has an image for",
+        "platform": "platform tag of the locks, e.g. manylinux_x86_64 (default: this machine's)",
+        "platform-profile": "compile against this platform's published image (envs/images/), e.g. colab",
+        "upgrade": "re-resolve every pin to the newest version (an image's versions stay preferred)",
+        "upgrade-package": "re-resolve only this package (repeat for more)",
+        "check": "exit 1 when any lock's inputs changed since it was compiled, or its platform "
+                 "cannot provide the CUDA libraries its wheels need",
+    },
+)
+def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, upgrade=False,
+         upgrade_package=None, check=False):
+    """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
+
+    def check_all() -> None:
+        names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
+        found = []
+        for name in names:
+            loaded = load_recipe(name, ROOT)
+            locks = locking.existing_locks(loaded)
+            found += [(path, problem) for path, target in locks.items()
+                      for problem in locking.audit(loaded, path, target, ROOT)]
+        stale = [str(path) for path, problem in found if problem.startswith("stale")]
+        unfit = [f"{path}: {problem}" for path, problem in found if not problem.startswith("stale")]
+        if found:
+            raise WarmstartError("; ".join(
+                ([f"stale locks (inputs changed since compiled): {', '.join(stale)}; run "
+                  "`invoke lock --recipe NAME --python-version X.Y` for each"] if stale else []) + unfit))
+        print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
+              "provide the CUDA libraries its wheels need")
+
+    def compile_all() -> None:
+        if not recipe:
+            raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
+        loaded = load_recipe(recipe, ROOT)
+        current = locking.LockTarget.current()
+        versions = python_version or (
+            sorted(select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images())
+            if platform_profile else [current.python_version])
+        for version in versions:
+            target = locking.LockTarget(version, platform or current.platform, platform_profile)
+            path = locking.compile_lock(loaded, target, upgrade=upgrade,
+                                        upgrade_packages=tuple(upgrade_package or ()),
+                                        say=lambda m: print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
+            print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
+
+    _exit(run_plain(check_all if check else compile_all))
+
+
+@command(help={
+    "name": "the image's name, e.g. colab-latest (its files: envs/images/NAME.toml and NAME.freeze.txt)",
+    "profile": "the platform profile it belongs to (default: colab)",
+    "freeze": "the image's published `pip freeze` (Colab: pip-freeze.gpu.txt of googlecolab/backend-info)",
+    "python": "the image's Python version, e.g. 3.13.15 (Colab: os-info-gpu.txt)",
+    "source": "where the freeze comes from: repository@commit (date)",
+    "cuda": "the CUDA library list in envs/images/ its system provides (default: cuda-12.8.txt)",
+})
+def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"):
+    """Add or refresh a platform image when the platform moves on; then re-lock for it."""
+    from .images import write_image
+
+    def run() -> None:
+        path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
+        minor = ".".join(python.split(".")[:2])
+        print(f"warmstart: wrote {path}; now run `invoke lock --recipe NAME --platform-profile {profile} "
+              f"--python-version {minor}` for each recipe, then `invoke lock --check`")
+
+    _exit(run_plain(run))
+
+
+@command(help={"drive": DRIVE_HELP})
+def recipes(c, drive=None):
+    """List the known recipes: the project's and those in the Drive recipe folder."""
+
+    def show() -> None:
+        for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
+            loaded = load_recipe(str(path), ROOT)
+            gpu = loaded.gpu
+            needs = "GPU" + "".join(f" {v}" for v in (
+                f"{gpu.min_memory_gib} GiB" if gpu.min_memory_gib else "",
+                f"sm {gpu.min_compute_capability}" if gpu.min_compute_capability else "",
+                f"CUDA {gpu.min_cuda}" if gpu.min_cuda else "") if v) if gpu.required else "no GPU needed"
+            print(f"{name:<16} Python {loaded.python or 'any'}; {needs}\n"
+                  f"{'':<16} {loaded.description}  ({path})")
+
+    _exit(run_plain(show))
+
+
+@command(help={"drive": DRIVE_HELP, "verify": "hash every cached file; set damaged ones aside (exit 1)",
+            "prune": "remove what no current lock here names and no run has used for --older-than days",
+            "older-than": "days without use before --prune removes a file (default 30)",
+            "dry-run": "with --prune: only list"})
+def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None):
+    """Show the Drive cache per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
+    from . import maintenance
+
+    def run() -> None:
+        store = DriveStore(_drive(drive))
+        entries = maintenance.inventory(store, ROOT)
+        notes = {"not a file": "is not a regular file: never read",
+                 "unreadable index": "is an unreadable snapshot index: --prune removes it"}
+        for entry in entries:
+            if entry.kind in notes:
+                print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
+        for owner, size in maintenance.sizes(entries).items():
+            print(f"{size / 2**20:10.1f} MiB  {owner}")
+        if verify:
+            maintenance.verify(store, entries)
+            for entry in entries:
+                if entry.status != "unchecked":
+                    print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
+            damaged = [e for e in entries if e.status.startswith("damaged")]
+            if damaged:
+                raise WarmstartError(f"{len(damaged)} damaged files in {store.root} were set aside; "
+                                     "the next online bootstrap fetches them again")
+        if prune:
+            try:
+                days = float(older_than) if older_than is not None else maintenance.RETENTION_DAYS
+            except ValueError:
+                raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
+            when, records = store.last_used()
+            doomed = maintenance.prunable(entries, when, days)
+            for entry in doomed:
+                print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+            if not dry_run:
+                print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
+                kept = {e.file.key for e in entries if e not in doomed}
+                store.compact_usage(when, records, kept)
+
+    _exit(run_plain(run))
+
+
+@command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
+def assets(c, recipe=None, drive=None):
+    """List a recipe's assets: in place, cached on Drive, or missing."""
+
+    def show() -> None:
+        drive_root = _drive(drive)
+        loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
+        rows = asset_table(loaded.assets, DriveStore(drive_root), drive_root / loaded.workdir)
+        for state, name, dest in rows:
+            print(f"{state:<9} {name}  ->  {dest}")
+        if not rows:
+            print(f"{loaded.path} declares no assets")
+
+    _exit(run_plain(show))
+
+
+@command(help={"json": "print one JSON object instead of a table"})
+def gpu(c, json=False):
+    """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
+    from .gpu import probe_gpus
+
+    report = probe_gpus()
+    if json:
+        print(jsonlib.dumps(report.as_json()))
+    elif report.available:
+        print(report.table())
+    else:
+        print(f"warmstart: {report.describe()}", file=sys.stderr)
+    _exit(0 if report.available else PreconditionUnmet.exit_code)
+
+
+namespace = Collection(bootstrap, status, lock, image, recipes, cache, assets, gpu)
+# The `warmstart` console script: the same tasks, without a tasks.py to look for.
+program = Program(namespace=namespace, version=__version__, name="warmstart", binary="warmstart")
+
+
+def main() -> None:
+    program.run()

@@ -1,0 +1,241 @@
+"""The executor: carries a Plan out on this machine and on Drive, and says what happened in an
+Outcome. It is the only part of `bootstrap` that changes anything."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packaging.utils import NormalizedName
+
+from . import assets, checks, faults, installer, restart, snapshot
+from . import target as target_python
+from .checks import CheckResult
+from .download import Downloader
+from .errors import PreconditionUnmet, WarmstartError
+from .lock import Pin, needs
+from .plan import Plan
+from .report import Report
+from .store import DriveStore
+from .transfer import explain
+
+
+@dataclass
+class Outcome:
+    """What the executor did, filled as it goes: a run that fails midway still reports it."""
+
+    changed: bool = False
+    installed: dict[str, str] = field(default_factory=dict)  # each locked name: its version after the run
+    snapshot: dict[str, Any] | None = None  # {"used": bool, "index" | "reason": str}, when one was tried
+    warnings: list[str] = field(default_factory=list)
+    checks: list[CheckResult] | None = None  # None: not run
+    replaced: dict[NormalizedName, tuple[str, str]] = field(default_factory=dict)  # name -> (old, new)
+    restart_needed: list[str] = field(default_factory=list)  # imported by the kernel, since replaced
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "changed": self.changed,
+            **({"snapshot": self.snapshot} if self.snapshot is not None else {}),
+            "warnings": self.warnings,
+            **({"checks": [c.as_json() for c in self.checks]} if self.checks is not None else {}),
+            "replaced": {name: list(versions) for name, versions in self.replaced.items()},
+            "restart_needed": self.restart_needed,
+        }
+
+
+def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
+    path.write_text("".join(pin.requirement_line() + "\n" for pin in pins))
+    return path
+
+
+class Executor:
+    def __init__(self, plan: Plan, store: DriveStore, downloader: Downloader, report: Report) -> None:
+        self.plan, self.store, self.downloader, self.report = plan, store, downloader, report
+        self.outcome = Outcome()
+
+    def warn(self, warnings: list[str]) -> None:
+        for warning in warnings:
+            self.report.say(f"warning: {warning}")
+        self.outcome.warnings.extend(warnings)
+        warnings.clear()  # each said once
+
+    # -- packages --------------------------------------------------------------------------
+
+    def install(self) -> bool:
+        """Restore from the snapshot, or fetch verified wheels from Drive, download the rest and
+        install them. True when wheels were installed (so a snapshot is worth making)."""
+        plan = self.plan
+        self.store.clean_stale_parts()
+        for staging in plan.target.prefix.glob(".warmstart-restore-*"):
+            shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
+        with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
+            stage = Path(tmp)
+            from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot())
+            need = [] if from_snapshot else list(plan.to_install)
+            to_download = list(plan.to_download)
+            with self.report.step("fetch") as step:
+                for pin in need:
+                    cached = plan.cached.get(pin.name)
+                    if cached and self.store.get("wheels", cached, stage / cached, pin.hashes):
+                        continue
+                    if plan.offline:
+                        why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
+                               else "is not in the Drive cache (and the snapshot could not be used)")
+                        raise PreconditionUnmet(f"--offline, but the wheel for {pin.name}=={pin.version} {why}; "
+                                                "run once without --offline to fetch it again")
+                    if pin not in to_download:
+                        to_download.append(pin)
+                self.warn(self.store.warnings)
+                stats = self.store.stats
+                step.detail = f"{stats.hits} files, {stats.bytes_read / 2**20:.1f} MiB from Drive"
+            with self.report.step("download") as step:
+                if to_download:
+                    self._download(to_download, stage)
+                    step.detail = (f"{len(to_download)} wheels, "
+                                   f"{self.store.stats.bytes_written / 2**20:.1f} MiB written to Drive")
+                else:
+                    step.status = "skipped"
+            with self.report.step("install") as step:
+                if need:
+                    self.clear_broken()
+                    installer.install_offline(plan.installer, plan.target.executable,
+                                              _requirements_file(need, stage / "install.txt"), stage,
+                                              plan.profile.unset_env, self._first_install_seen())
+                    step.detail = f"{len(need)} packages with {plan.installer}"
+                else:
+                    step.status = "skipped"
+        return bool(need)
+
+    def _download(self, pins: list[Pin], stage: Path) -> None:
+        """Download into a folder of its own, cache each wheel on Drive, move it to the stage."""
+        downloads = stage / "downloads"
+        downloads.mkdir()
+        plan = self.plan
+        jobs, left = self.downloader.wheel_jobs(pins, plan.target.supported_tags(), downloads)
+        self.downloader.fetch(jobs, f"download {len(jobs)} wheels")
+        if left:
+            self.report.say(f"pip downloads {len(left)} wheels itself: " + "; ".join(
+                f"{pin.name}=={pin.version}: {why}" for pin, why in left.items()))
+            installer.download(plan.target.executable, _requirements_file(list(left), stage / "download.txt"),
+                               downloads, plan.profile.unset_env)
+            faults.point("download")
+        for wheel in sorted(downloads.iterdir()):
+            self.store.put("wheels", wheel.name, wheel)
+            wheel.replace(stage / wheel.name)
+        self.warn(self.store.warnings)
+        self.store.stats.misses += len(pins)
+
+    def _restore_snapshot(self) -> bool:
+        """Unpack the snapshot; False (with the reason in the outcome) when it cannot be used."""
+        plan = self.plan
+        assert plan.snapshot is not None
+        replaced = [name for name in sorted(plan.replaced) if name not in plan.broken]
+
+        def make_room() -> None:
+            self.clear_broken()
+            installer.uninstall(plan.installer, plan.target.executable, replaced, plan.profile.unset_env)
+
+        with self.report.step("snapshot") as step:
+            try:
+                size = snapshot.restore(self.store, plan.snapshot, plan.target, make_room)
+            except snapshot.SnapshotUnusable as exc:
+                step.status, step.detail = "warning", str(exc)
+                self.outcome.snapshot = {"used": False, "reason": str(exc)}
+                self.report.say(f"warning: {exc}; installing from the wheels instead")
+                return False
+            step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
+            index = self.store.path(snapshot.KIND, plan.snapshot.index_name)
+            self.outcome.snapshot = {"used": True, "index": str(index)}
+            return True
+
+    def clear_broken(self) -> None:
+        """Remove half-installed distributions; what their RECORD names outside the prefix stays."""
+        refused = target_python.remove_broken(list(self.plan.broken.values()), self.plan.target.prefix)
+        if refused:
+            self.warn([f"left alone {len(refused)} paths that half-installed distributions list outside "
+                       f"{self.plan.target.prefix}, e.g. {refused[0]}"])
+
+    def _first_install_seen(self) -> Callable[[], bool] | None:
+        """For the `install` fault point only: true once the installer has written a dist-info."""
+        if not faults.armed("install"):
+            return None
+        prefix = self.plan.target.prefix
+        before = set(prefix.glob("lib/python*/site-packages/*.dist-info"))
+        return lambda: bool(set(prefix.glob("lib/python*/site-packages/*.dist-info")) - before)
+
+    def pack_snapshot(self) -> None:
+        """Snapshot what this run installed, for the next VM in the same state; a failure here
+        costs only speed."""
+        plan = self.plan
+        assert plan.snapshot is not None
+        with self.report.step("pack") as step:
+            try:
+                # plan.target's sys.path still finds every RECORD: the install changed files, not paths.
+                archive = snapshot.pack(self.store, plan.snapshot, plan.target, plan.to_install)
+            except snapshot.SnapshotUnusable as exc:
+                step.status, step.detail = "warning", str(exc)
+                self.warn([f"no snapshot written: {exc}"])
+                return
+            except OSError as exc:
+                step.status, step.detail = "warning", explain(exc)
+                self.warn([f"no snapshot written: {explain(exc)}"])
+                return
+            step.detail = f"{archive.stat().st_size / 2**20:.1f} MiB to {archive.name}"
+
+    def verify(self) -> None:
+        plan = self.plan
+        with self.report.step("verify") as step:
+            after = target_python.probe(plan.target.executable)
+            self.outcome.installed = {p.name: after.installed.get(p.name, "") for p in plan.lock.pins}
+            wrong = [f"{p.name} (wanted {p.version}, found {after.installed.get(p.name) or 'nothing'})"
+                     for p in needs(plan.lock.pins, after.installed).install]
+            if wrong:
+                raise WarmstartError(f"after installing, these do not match {plan.lock.path}: "
+                                     + ", ".join(wrong))
+            step.detail = f"{len(plan.needs.wanted)} packages match the lock"
+            if plan.needs.provided:
+                step.detail += f", {len(plan.needs.provided)} by the platform's own build"
+
+    # -- assets and checks -----------------------------------------------------------------
+
+    def place_assets(self) -> None:
+        plan = self.plan
+        with self.report.step("assets") as step, tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
+            came = [assets.ensure(a, plan.assets[a][0], self.store, self.downloader, offline=plan.offline,
+                                  scratch=Path(tmp))
+                    for a in plan.assets_to_place]
+            step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
+        self.warn(self.store.warnings)
+
+    def run_checks(self) -> None:
+        plan = self.plan
+        with self.report.step("checks") as step:
+            results = self.outcome.checks = [checks.run_check(check, plan.target.executable, plan.workdir)
+                                             for check in plan.recipe.checks]
+            for result in results:
+                last = result.output.splitlines()[-1] if result.output else ""
+                self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {last}")
+            failed = [r.name for r in results if not r.ok]
+            checks.remember(plan.target.prefix, plan.recipe.name, failed)
+            step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
+            if failed:
+                raise WarmstartError(f"{plan.recipe.path}: checks failed: {', '.join(failed)} "
+                                     "(their output is above and in the report)")
+
+    # -- the kernel ------------------------------------------------------------------------
+
+    def report_restart(self, stale: dict[str, tuple[str, str]]) -> None:
+        """Say once, at the end, what the running kernel holds old copies of: replaced by this
+        run, or by an earlier run since which the kernel has not restarted."""
+        self.outcome.replaced = dict(self.plan.replaced)
+        needed = {**restart.pending(self.plan.target.prefix), **stale}
+        self.outcome.restart_needed = sorted(needed)
+        if needed:
+            changes = ", ".join(f"{n} {needed[n][0]} -> {needed[n][1]}" for n in sorted(needed))
+            self.report.say(f"restart the runtime before using them (Runtime > Restart session): the "
+                            f"running kernel imported the old versions of {changes}")

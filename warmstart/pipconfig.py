@@ -1,0 +1,125 @@
+"""pip's index settings, read once, and the environments warmstart gives pip and uv.
+
+The lock is the whole truth, so nothing in the user's pip configuration may add to it (pip.conf,
+PIP_CONSTRAINT, PIP_FIND_LINKS, ...). What only says where the index is and how to reach it is
+honoured everywhere alike: by warmstart's own downloader, by pip, by uv (in its own words) and
+by warmstart.sh. Standard library only: warmstart.sh runs this before any dependency is there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import BadInput
+from .transfer import redact
+
+DEFAULT_INDEX = "https://pypi.org/simple"
+# Where the index is and how to reach it; every other PIP_* variable is dropped.
+INDEX_SETTINGS = frozenset({
+    "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_TRUSTED_HOST",
+    "PIP_PROXY", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES", "PIP_KEYRING_PROVIDER",
+})
+# uv settings that have broken it on Colab (constraint files that are not there) or would add
+# to the lock; cleared for every call.
+_UV_CLEARED = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE", "UV_REQUIRE_HASHES",
+               "UV_NO_BINARY", "UV_FIND_LINKS", "UV_CONFIG_FILE", "UV_SYSTEM_PYTHON")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _number(environ: Mapping[str, str], var: str, default: float) -> float:
+    raw = environ.get(var)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise BadInput(f"{var} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    index_urls: tuple[str, ...]  # PIP_INDEX_URL (else PyPI), then PIP_EXTRA_INDEX_URL
+    trusted_hosts: frozenset[str] = frozenset()  # plain http and no TLS check, as pip does
+    cert: str | None = None  # a CA bundle (PIP_CERT)
+    client_cert: str | None = None  # a PEM file with the client's key and certificate
+    proxy: str | None = None  # PIP_PROXY; HTTPS_PROXY and friends apply as well
+    timeout: float = 15.0
+    retries: int = 5
+    keyring: str = "auto"  # pip's --keyring-provider: auto, disabled, import, subprocess
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> IndexSettings:
+        """The settings, or BadInput naming the variable: plain http is refused unless the host
+        is this machine, is trusted (PIP_TRUSTED_HOST) or WARMSTART_ALLOW_HTTP=1 says so."""
+        trusted = frozenset(h.split(":")[0] for h in environ.get("PIP_TRUSTED_HOST", "").split())
+        given = {"PIP_INDEX_URL": (environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).split(),
+                 "PIP_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL", "").split()}
+        settings = cls(
+            index_urls=tuple(url for urls in given.values() for url in urls),
+            trusted_hosts=trusted,
+            cert=environ.get("PIP_CERT") or None,
+            client_cert=environ.get("PIP_CLIENT_CERT") or None,
+            proxy=environ.get("PIP_PROXY") or None,
+            timeout=_number(environ, "PIP_DEFAULT_TIMEOUT", 15.0),
+            retries=int(_number(environ, "PIP_RETRIES", 5)),
+            keyring=environ.get("PIP_KEYRING_PROVIDER") or "auto",
+        )
+        for var, urls in given.items():
+            for url in urls:
+                settings.require_secure(url, var, environ)
+        for var in ("cert", "client_cert"):
+            path = getattr(settings, var)
+            if path and not Path(path).is_file():
+                raise BadInput(f"PIP_{var.upper()}={path} is not a file; point it at a PEM file or unset it")
+        return settings
+
+    def trusted(self, url: str) -> bool:
+        return (urlsplit(url).hostname or "") in self.trusted_hosts
+
+    def require_secure(self, url: str, what: str, environ: Mapping[str, str] = os.environ) -> None:
+        if not url.startswith("http://") or environ.get("WARMSTART_ALLOW_HTTP") == "1":
+            return
+        host = urlsplit(url).hostname or ""
+        if host in _LOOPBACK or host in self.trusted_hosts:
+            return
+        raise BadInput(f"{what} {redact(url)} is plain http, which anyone on the way can change; "
+                       "use https, trust the host with PIP_TRUSTED_HOST, or set WARMSTART_ALLOW_HTTP=1")
+
+
+def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
+    """The environment for pip: the caller's, minus every PIP_* setting that could add to the
+    lock, minus the platform's known-bad variables (`unset`, from the profile)."""
+    IndexSettings.from_environ(environ)  # refuse what the downloader refuses
+    drop = set(unset)
+    env = {k: v for k, v in environ.items()
+           if (not k.startswith("PIP_") or k in INDEX_SETTINGS) and k not in drop}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+               PYTHONNOUSERSITE="1")
+    return env
+
+
+def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
+    """The environment for uv: the same index settings in uv's words, its cache on local disk
+    (Drive refuses the links uv makes), no user configuration."""
+    settings = IndexSettings.from_environ(environ)
+    drop = set(_UV_CLEARED) | set(unset)
+    env = {k: v for k, v in environ.items() if k not in drop}
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    env.update(UV_CACHE_DIR=os.path.join(base, "warmstart", "uv"), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
+    given = {
+        "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
+        "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),
+        "SSL_CERT_FILE": settings.cert,
+        "SSL_CLIENT_CERT": settings.client_cert,
+        "HTTPS_PROXY": settings.proxy,
+        "HTTP_PROXY": settings.proxy,
+        "UV_INSECURE_HOST": " ".join(sorted(settings.trusted_hosts)) or None,
+        "UV_HTTP_TIMEOUT": environ.get("PIP_DEFAULT_TIMEOUT"),
+        "UV_KEYRING_PROVIDER": "subprocess" if settings.keyring in ("import", "subprocess") else None,
+    }
+    for var, value in given.items():
+        if value and var not in environ:  # uv's own setting, when there is one, wins
+            env[var] = value
+    return env

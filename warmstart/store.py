@@ -1,0 +1,243 @@
+"""The Drive store: every byte warmstart keeps on Drive goes through here.
+
+    <drive>/.warmstart/recipes/             the user's own recipes (read, never written)
+    <drive>/.warmstart/v1/wheels/<file>.whl wheels, by their filename (name, version, tags)
+    <drive>/.warmstart/v1/assets/<sha256>   recipe assets (model files), by their content
+    <drive>/.warmstart/v1/snapshots/        environment archives and the indexes naming them
+    <drive>/.warmstart/v1/usage/            which run used which file when (for prune)
+    <drive>/.warmstart/v1/placed.json       files warmstart placed in the workdir
+
+Drive may be shared by two VMs at once and a VM may die at any moment, so: a file appears only
+whole (a unique temporary name, flushed, renamed); nothing read is used before its sha256 is
+checked while it is copied off; a damaged file is renamed aside (kept for inspection, never used
+again, never deleted by a run); temporaries a killed run left are removed after an hour. Drive
+answers per file slowly, so each folder is listed once per run. Standard library only:
+warmstart.sh fills the wheel folder before any dependency is there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .transfer import QUIET, AtomicFile, Bars, atomic_write_text, copy_hashed, explain, regular_file
+
+LAYOUT = Path(".warmstart") / "v1"
+RECIPES = Path(".warmstart") / "recipes"
+KINDS = ("wheels", "assets", "snapshots")
+USAGE = "usage"
+STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
+DAMAGED = ".damaged-"
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """One entry of a store folder, classified by its name only."""
+
+    kind: str  # wheels, assets, snapshots
+    path: Path
+    size: int
+    mtime: float
+    state: str  # "file", "temporary", "set aside", "not a file"
+
+    @property
+    def key(self) -> str:
+        """The name usage records use: `wheels/x.whl`."""
+        return f"{self.kind}/{self.path.name}"
+
+
+@dataclass
+class DriveStore:
+    drive: Path
+    stats: CacheStats = field(default_factory=CacheStats)
+    bars: Bars = QUIET
+    warnings: list[str] = field(default_factory=list)  # Drive writes that failed; the run goes on
+    _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.drive / LAYOUT
+
+    @property
+    def recipes(self) -> Path:
+        return self.drive / RECIPES
+
+    @property
+    def placed_ledger(self) -> Path:
+        return self.root / "placed.json"
+
+    def path(self, kind: str, name: str) -> Path:
+        return self.root / kind / name
+
+    # -- listing ---------------------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        """The whole regular files of a folder (no temporaries, nothing set aside); listed once."""
+        if kind not in self._listings:
+            self._listings[kind] = sorted(e.path.name for e in self.entries(kind) if e.state == "file")
+        return self._listings[kind]
+
+    def has(self, kind: str, name: str) -> bool:
+        return regular_file(self.path(kind, name))
+
+    def entries(self, *kinds: str) -> Iterator[StoredFile]:
+        for kind in kinds or KINDS:
+            folder = self.root / kind
+            for entry in sorted(os.scandir(folder), key=lambda e: e.name) if folder.is_dir() else ():
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed by another VM meanwhile
+                name = entry.name
+                if not entry.is_file(follow_symlinks=False):
+                    state = "not a file"  # a link, a pipe, a device: never read, never removed
+                elif name.startswith(".") and name.endswith(".part"):
+                    state = "temporary"
+                elif DAMAGED in name:
+                    state = "set aside"
+                else:
+                    state = "file"
+                yield StoredFile(kind, Path(entry.path), info.st_size, info.st_mtime, state)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
+        """Copy a stored file to local `dest` while hashing it; `dest` when its sha256 is one of
+        `sha256s`, else None: unreadable (a warning) or damaged (set aside, a warning)."""
+        src = self.path(kind, name)
+        if not regular_file(src):
+            return None
+        try:
+            with open(dest, "wb") as out, self.bars.bar(src.stat().st_size, f"from Drive {name[:30]}") as bar:
+                sha256, size = copy_hashed(src, out, bar)
+        except OSError as exc:
+            dest.unlink(missing_ok=True)
+            self.warnings.append(f"{src} cannot be read: {explain(exc)}")
+            return None
+        self.stats.bytes_read += size
+        if sha256 not in sha256s:
+            dest.unlink()
+            self.warnings.append(f"{src} does not match its sha256 (damaged); set aside as "
+                                 f"{self.set_aside(src).name}")
+            return None
+        self.stats.hits += 1
+        return dest
+
+    def read_json(self, kind: str, name: str, limit: int = 1 << 20) -> Any:
+        """A small JSON file (a snapshot index); ValueError or OSError when it is not one."""
+        path = self.path(kind, name)
+        if not regular_file(path) or path.stat().st_size > limit:
+            raise ValueError(f"{path} is not a small regular file")
+        return json.loads(path.read_text())
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, kind: str, name: str, src: Path) -> bool:
+        """Copy a local file in, atomically; names are content-addressed, so one that is there
+        is the same file (another VM put it first). False, with a warning, when Drive fails."""
+        dest = self.path(kind, name)
+        if regular_file(dest):
+            return True
+        try:
+            with AtomicFile(dest) as part, self.bars.bar(src.stat().st_size, f"to Drive {name[:30]}") as bar:
+                _sha256, size = copy_hashed(src, part.fh, bar)
+                part.commit(dest)
+        except OSError as exc:
+            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc)}")
+            return False
+        self.stats.bytes_written += size
+        self._listings.pop(kind, None)
+        return True
+
+    def writer(self, kind: str, stem: str) -> AtomicFile:
+        """A new file in `kind` named only on commit (snapshot archives, named by their sha256)."""
+        return AtomicFile(self.path(kind, stem))
+
+    def put_text(self, kind: str, name: str, text: str) -> None:
+        atomic_write_text(self.path(kind, name), text)
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a damaged file out of the way: kept for inspection, never deleted, never used."""
+        aside = path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        os.replace(path, aside)
+        self._listings.clear()
+        return aside
+
+    def clean_stale_parts(self, now: float | None = None) -> list[Path]:
+        """Remove the temporary files killed runs left; a failing Drive is reported elsewhere."""
+        now = time.time() if now is None else now
+        removed = []
+        try:
+            for entry in self.entries():
+                if entry.state == "temporary" and now - entry.mtime > STALE_SECONDS:
+                    entry.path.unlink(missing_ok=True)
+                    removed.append(entry.path)
+        except OSError:
+            pass  # cleaning is a courtesy
+        return removed
+
+    def remove(self, entries: Iterable[StoredFile]) -> int:
+        """Delete entries (prune); returns the bytes freed. Only ever called on what prune chose."""
+        freed = 0
+        for entry in entries:
+            try:
+                entry.path.unlink()
+                freed += entry.size
+            except FileNotFoundError:
+                pass  # another VM removed it
+        self._listings.clear()
+        return freed
+
+    # -- usage records ---------------------------------------------------------------------
+    # Each run writes one small file naming the store files it used, so that prune removes only
+    # what no checkout sharing this Drive used within its retention period.
+
+    def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        try:
+            if names := sorted(set(keys)):
+                self._write_record(dict.fromkeys(names, now))
+        except OSError:
+            pass  # a record only protects files from pruning; the next run writes another
+
+    def _write_record(self, used: dict[str, float]) -> None:
+        name = f"{int(max(used.values()))}-{uuid.uuid4().hex[:12]}.json"
+        self.put_text(USAGE, name, json.dumps({"used": used}, sort_keys=True))
+
+    def last_used(self) -> tuple[dict[str, float], list[Path]]:
+        """When a run last used each store file (by key), and the record files that say so."""
+        folder = self.root / USAGE
+        when: dict[str, float] = {}
+        records = sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else []
+        for record in records:
+            try:
+                used = {str(k): float(at) for k, at in json.loads(record.read_text())["used"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue  # not one of ours, or damaged: it protects nothing
+            for key, at in used.items():
+                when[key] = max(when.get(key, 0.0), at)
+        return when, records
+
+    def compact_usage(self, when: dict[str, float], records: list[Path], keep: set[str]) -> None:
+        """Fold the records read into one, for the files still there, then remove those read (a
+        record another run writes meanwhile is a new file, and stays)."""
+        if len(records) < 2:
+            return
+        if merged := {key: at for key, at in when.items() if key in keep}:
+            self._write_record(merged)
+        for record in records:
+            record.unlink(missing_ok=True)
