@@ -3,19 +3,22 @@
     python bench/bootstrap.py [--recipe hyperlpr ...] [--rounds 3] [--slow-drive 20,60] [--out F]
 
 For each recipe, on the same lock and machine, in one run, every round:
-  pip-index          pip install -r <lock> into a fresh virtualenv, from the index
-  uv-index           uv pip install -r <lock>, from the index, empty uv cache
-  pip-wheelhouse     pip from a local folder of the lock's wheels
-  uv-wheelhouse      uv from that folder, empty uv cache
-  tar-limit          tar -x of the installed tree, from the Drive folder: the limit
-  warmstart-cold     invoke bootstrap with an empty Drive folder (index -> Drive)
-  warmstart-no-op    the same command again
-  warmstart-offline  invoke bootstrap --offline after a wipe, network cut (unshare -n)
+  pip-index            pip install -r <lock> into a fresh virtualenv, from the index
+  uv-index             uv pip install -r <lock>, from the index, empty uv cache
+  pip-wheelhouse       pip from a local folder of the lock's wheels
+  uv-wheelhouse        uv from that folder, empty uv cache
+  tar-limit            tar -x of the installed tree, from the Drive folder: the limit
+  warmstart-cold       invoke bootstrap with an empty Drive folder, until it returns with the
+                       environment usable (the Drive cache then fills in the background)
+  warmstart-cold-wait  the same with --wait: until the Drive cache and snapshot are written
+  warmstart-no-op      the same command again
+  warmstart-offline    invoke bootstrap --offline after a wipe, network cut (unshare -n)
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
-has the same prefix). Prints medians with min-max and the ratios to the limit and to pip,
-the peak memory of the warmstart process during the offline restore, and writes JSON.
---slow-drive DELAY_MS,MIB_PER_S puts the Drive folder behind a FUSE layer (bench/slowfs.py)
-that delays every open and caps throughput, as a network file system would.
+has the same prefix). Prints medians with min-max and the ratios to the limit and to uv,
+the peak memory of the warmstart process during the offline restore, and writes JSON and a
+chart (PNG, with matplotlib: pip install -e '.[bench]') beside it.
+--slow-drive DELAY_MS,MIB_PER_S runs the Drive-bound methods a second time with the Drive folder
+behind a FUSE layer (bench/slowfs.py) that delays every open and caps throughput, as Drive does.
 """
 
 from __future__ import annotations
@@ -106,13 +109,16 @@ class Bench:
         return {"wheels": len(list(self.wheelhouse.iterdir())), "wheel_bytes": wheel_bytes,
                 "installed_bytes": installed}
 
-    def one_round(self) -> tuple[dict[str, float], int]:
+    def one_round(self, with_pip: bool = True) -> tuple[dict[str, float], int]:
         lock, times = str(self.lock), {}
         hashed = ["--no-deps", "--require-hashes", "-r", lock]
         pip_cmd = [sys.executable, "-m", "pip", "--python"]
-        times["pip-index"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q", *hashed], self.env())
-        times["pip-wheelhouse"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q", "--no-index",
-                                          "--find-links", str(self.wheelhouse), *hashed], self.env())
+        if with_pip:  # Drive plays no part: measured once, on the local drive
+            times["pip-index"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q", *hashed],
+                                        self.env())
+            times["pip-wheelhouse"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q",
+                                              "--no-index", "--find-links", str(self.wheelhouse), *hashed],
+                                             self.env())
         if self.uv:
             uv_cmd = [str(self.uv), "pip", "install", "-q", "--python"]
             times["uv-index"], _ = run([*uv_cmd, str(fresh_venv(self.venv)), *hashed], self.env())
@@ -133,13 +139,28 @@ class Bench:
                 "--packages-only",  # packages are what is measured; assets are their own matter
                 "--python", str(self.venv / "bin" / "python")]
         fresh_venv(self.venv)
+        waited = self.env()
+        times["warmstart-cold-wait"], _ = run([*boot, "--wait"], waited)
+        shutil.rmtree(cache, ignore_errors=True)
+        fresh_venv(self.venv)
         same_vm = self.env()  # the no-op re-run happens on the VM the cold run just set up
         times["warmstart-cold"], _ = run(boot, same_vm)
+        wait_for_drive_work(Path(same_vm["XDG_CACHE_HOME"]))  # untimed: the VM stays up meanwhile
         times["warmstart-no-op"], _ = run(boot, same_vm)
         fresh_venv(self.venv)
         times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env())
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
         return times, rss
+
+
+def wait_for_drive_work(cache_home: Path, limit: float = 600) -> None:
+    """Until the background Drive writes of a run are done (its job folder is gone)."""
+    folder = cache_home / "warmstart" / "drivework"
+    deadline = time.monotonic() + limit
+    while any(folder.glob("*/*")):
+        if time.monotonic() > deadline:
+            sys.exit(f"bench: the background Drive writes did not finish in {limit:.0f} s")
+        time.sleep(0.05)
 
 
 @contextmanager
@@ -170,44 +191,97 @@ def drive_folder(work: Path, slow: str | None):
         fuse.wait(timeout=10)
 
 
+def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) -> dict:
+    samples = {name: [r[0][name] for r in rounds] for name in rounds[0][0]}
+    median = {name: statistics.median(v) for name, v in samples.items()}
+    limit, uv = median["tar-limit"], median.get("uv-index")
+    return {
+        "size": size, "seconds": samples, "median": median,
+        "x_limit": {k: round(v / limit, 2) for k, v in median.items()},
+        "x_uv_index": {k: round(v / uv, 2) for k, v in median.items()} if uv else {},
+        "offline_restore_peak_rss_mib": round(max(r[1] for r in rounds) / 1024, 1),
+    }
+
+
+def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
+    size = result["size"]
+    print(f"\n{name}, {drive}: {size['wheels']} wheels, {size['wheel_bytes'] / 2**20:.0f} MiB of wheels, "
+          f"{size['installed_bytes'] / 2**20:.0f} MiB installed; {rounds} rounds")
+    print(f"{'method':<21}{'median s':>9}{'min-max':>15}{'x limit':>9}{'x uv':>7}")
+    for method, values in result["seconds"].items():
+        print(f"{method:<21}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
+              f"{result['x_limit'][method]:>9.2f}{result['x_uv_index'].get(method, float('nan')):>7.2f}")
+    print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
+
+
+def chart(results: dict, out: Path) -> Path | None:
+    """The methods side by side, one panel per recipe and Drive; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: no chart (pip install matplotlib)")
+        return None
+    panels = [(recipe, drive, result) for drive, recipes in results["runs"].items()
+              for recipe, result in recipes.items()]
+    columns = 2 if len(panels) > 1 else 1
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6.2 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (recipe, drive, result) in zip(axes.flat, panels, strict=False):
+        methods = list(result["median"])
+        seconds = [result["median"][m] for m in methods]
+        colours = ["#1f77b4" if m.startswith("warmstart") else "#b0b0b0" for m in methods]
+        bars = ax.barh(methods, seconds, color=colours)
+        ax.invert_yaxis()
+        for bar, method in zip(bars, methods, strict=True):
+            ratio = result["x_uv_index"].get(method) if "cold" in method else result["x_limit"][method]
+            label = f"{bar.get_width():.2f} s" + (f"  ({ratio:.2f}x {'uv' if 'cold' in method else 'limit'})"
+                                                 if method.startswith("warmstart") and ratio else "")
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + label, va="center", fontsize=7)
+        ax.set_title(f"{recipe}, {drive}", fontsize=9)
+        ax.set_xlabel("seconds (median)")
+        ax.set_xlim(0, max(seconds) * 1.45)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"warmstart against pip, uv and tar ({results['rounds']} rounds, {results['machine']['cpus']} CPUs)",
+                 fontsize=10)
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png, dpi=110)
+    return png
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", action="append", help="recipe name or path (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slow-drive", metavar="DELAY_MS,MIB_PER_S")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
+    parser.add_argument("--chart-only", action="store_true", help="draw the chart of --out again, measure nothing")
     args = parser.parse_args()
+    if args.chart_only:
+        print(f"wrote {chart(json.loads(args.out.read_text()), args.out)}")
+        return
     recipes = args.recipe or ["hyperlpr", str(REPO / "bench" / "recipes" / "hyperlpr-plus.toml")]
 
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-               "rounds": args.rounds, "recipes": {}}
-    for recipe_arg in recipes:
-        with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp, \
-                drive_folder(Path(tmp), args.slow_drive) as (drive, slow):
-            bench = Bench(recipe_arg, Path(tmp), drive)
-            size = bench.prepare()
-            rounds = [bench.one_round() for _ in range(args.rounds)]
-        samples = {name: [r[0][name] for r in rounds] for name in rounds[0][0]}
-        median = {name: statistics.median(v) for name, v in samples.items()}
-        limit, pip = median["tar-limit"], median["pip-index"]
-        results["slow_drive"] = slow
-        results["recipes"][bench.name] = {
-            "size": size, "seconds": samples, "median": median,
-            "x_limit": {k: round(v / limit, 2) for k, v in median.items()},
-            "x_pip_index": {k: round(v / pip, 3) for k, v in median.items()},
-            "offline_restore_peak_rss_mib": round(max(r[1] for r in rounds) / 1024, 1),
-        }
-        print(f"\n{bench.name}: {size['wheels']} wheels, {size['wheel_bytes'] / 2**20:.0f} MiB of wheels, "
-              f"{size['installed_bytes'] / 2**20:.0f} MiB installed; {args.rounds} rounds"
-              + (f"; slow drive {slow}" if slow else ""))
-        print(f"{'method':<19}{'median s':>9}{'min-max':>15}{'x limit':>9}{'x pip':>8}")
-        for name, values in samples.items():
-            print(f"{name:<19}{median[name]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
-                  f"{median[name] / limit:>9.2f}{median[name] / pip:>8.3f}")
-        print(f"peak RSS of warmstart during the offline restore: "
-              f"{results['recipes'][bench.name]['offline_restore_peak_rss_mib']} MiB")
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                     "rounds": args.rounds, "runs": {}}
+    for slow in [None, args.slow_drive] if args.slow_drive else [None]:
+        label = "local disk" if slow is None else "slow Drive {} ms/open, {} MiB/s".format(*slow.split(","))
+        for recipe_arg in recipes:
+            with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp, \
+                    drive_folder(Path(tmp), slow) as (drive, _slow):
+                bench = Bench(recipe_arg, Path(tmp), drive)
+                size = bench.prepare()
+                rounds = [bench.one_round(with_pip=slow is None) for _ in range(args.rounds)]
+            result = results["runs"].setdefault(label, {})[bench.name] = summarise(rounds, size)
+            print_table(bench.name, label, result, args.rounds)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    png = chart(results, args.out)
+    print(f"\nwrote {args.out}" + (f" and {png}" if png else ""))
 
 
 if __name__ == "__main__":

@@ -143,8 +143,10 @@ CACHE_HOME = tempfile.mkdtemp(prefix="warmstart-test-cache-")
 
 def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "WARMSTART_"))}
+    # WARMSTART_WAIT: most tests read Drive right after a run, so its Drive writes are done
+    # before it returns; test_drivework.py drops it to test them in the background.
     env.update({"WARMSTART_PLATFORM": "local", "PIP_CONFIG_FILE": os.devnull,
-                "XDG_CACHE_HOME": CACHE_HOME, **extra})
+                "XDG_CACHE_HOME": CACHE_HOME, "WARMSTART_WAIT": "1", **extra})
     if index_url:
         env["PIP_INDEX_URL"] = index_url
     return env

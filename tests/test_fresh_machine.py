@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,13 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
         models.shutdown()
     assert cold.returncode == 0, cold.stderr
     assert "cached them in" in cold.stderr
+    # The run returned with the environment usable; the user keeps the VM up while Drive fills.
+    assert json.loads(cold.stdout)["drive_writes"] == "being written to Drive in the background"
+    jobs = tmp_path / "vm1" / "home" / ".cache" / "warmstart" / "drivework"
+    deadline = time.monotonic() + 600
+    while any(jobs.glob("*/*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(jobs.glob("*/*")), "the background Drive writes finished"
 
     python2, env2 = new_vm(tmp_path / "vm2")
     warm = run_script(checkout, env2, "--offline", offline_net=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import faults
 from .download import Downloader, Job, partial_dir
+from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .store import DriveStore
@@ -195,9 +196,9 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
 
 
-def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, *, offline: bool,
-           scratch: Path) -> str:
-    """Make dest hold the asset; returns where it came from."""
+def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, work: DriveWork, *,
+           offline: bool, scratch: Path) -> str:
+    """Make dest hold the asset; returns where it came from. A download is queued for Drive."""
     if in_place(asset, dest):
         return "in place"
     placed = PlacedFiles(store)
@@ -219,9 +220,8 @@ def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, 
         downloader.fetch([Job(url, asset.sha256, local)], f"download {asset.name[:30]}")
     faults.point("asset-download")
     store.stats.misses += 1
-    store.put(KIND, asset.sha256, local)
     place(asset, local, dest, placed)
-    local.unlink()
+    work.add(KIND, local)
     return "downloaded"
 
 

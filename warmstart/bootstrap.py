@@ -9,6 +9,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -16,7 +17,7 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, installer, restart, snapshot
+from . import assets, checks, drivework, installer, restart, snapshot
 from . import target as target_python
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
@@ -30,6 +31,7 @@ from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .store import DriveStore
+from .transfer import explain
 from .wheels import best, by_release
 
 __all__ = ["Options", "bootstrap", "prepare"]
@@ -115,6 +117,14 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
     return report.facts, store
 
 
+def look_again(facts: Facts, store: DriveStore) -> Facts:
+    """The facts after the Drive cache changed under this run (an earlier run's writes finished)."""
+    assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
+    return replace(facts, cached=cached_wheels(store, facts.lock.pins, facts.target.supported_tags()),
+                   assets=assets_now,
+                   snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)))
+
+
 def target_lock(python: str | None) -> FileLock:
     """One run at a time per target environment, keyed by its real prefix (venv/bin/python and
     venv/bin/python3 are one environment). The lock file lies in warmstart's own folder, which
@@ -153,6 +163,12 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     # Read before anything: a refused index setting is bad input, said before anything changes.
     settings = IndexSettings.from_environ()
     facts, store = prepare(options, root, report)
+    prefix = facts.target.prefix
+    # Before the target changes (a snapshot must be of the environment it describes), and before
+    # an offline run looks for what an earlier run is still writing to Drive: finish that first.
+    settling = not options.dry_run and bool(facts.installing or options.wait or options.offline)
+    if settling and drivework.settle(prefix, store, report.say, offline=options.offline):
+        facts = look_again(facts, store)
     plan = report.plan = make_plan(facts, options)
     for warning in plan.warnings:
         report.say(f"warning: {warning}")
@@ -165,7 +181,9 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     with report.step("workdir") as step:
         plan.workdir.mkdir(parents=True, exist_ok=True)
         step.detail = str(plan.workdir)
-    run = Executor(plan, store, Downloader(settings, report.bars), report)
+    drivework.resume(prefix, report.say)  # a killed worker starts again; a no-op run stays one
+    work = drivework.start(prefix, plan.drive, plan.target.executable)
+    run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome
     run.outcome.changed = not plan.nothing_to_do
     stale = stale_imports(plan, options)
@@ -184,18 +202,42 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
             run.verify()
             report.installed = run.outcome.installed
             if installed_wheels:
-                run.pack_snapshot()
+                run.queue_snapshot()
             if plan.assets_to_place:
                 run.place_assets()
             if plan.recipe.checks and not options.packages_only:
                 run.run_checks()
     finally:
         run.report_restart(stale)
+        queued = run.work.keys()
+        hand_off(run, options.wait, store, report)
         if _use_record_due(plan):
-            store.record_use(store_files_used(plan, store))
+            store.record_use(store_files_used(plan, store) + queued)
     if plan.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
+
+
+def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report) -> None:
+    """What Drive gets from this run: written now (--wait), else by a worker in the background."""
+    if run.work.empty:
+        run.work.hand_off(wait=False, store=store)  # removes the empty job
+        return
+    with report.step("drive") as step:
+        try:
+            run.outcome.drive_writes = run.work.hand_off(wait=wait, store=store)
+        except OSError as exc:  # Drive full or gone: this costs the next VM a download, not this run
+            step.status = "warning"
+            run.warn([f"the Drive cache was not filled: {explain(exc)}; the next run tries again"])
+            return
+        step.detail = run.outcome.drive_writes
+    if not wait:
+        plan = run.plan
+        where = "!invoke" if plan.profile.notebook else "invoke"
+        report.say(f"the Drive cache and snapshot are being written in the background: `{where} status "
+                   f"--recipe {plan.recipe.name}` shows how far"
+                   + ("; keep this VM up until it no longer says \"cache filling\" (or run bootstrap "
+                      "with --wait)" if plan.profile.notebook else ""))
 
 
 def _use_record_due(plan: Plan, every: float = 86400) -> bool:

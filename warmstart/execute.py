@@ -17,12 +17,12 @@ from . import assets, checks, faults, installer, restart, snapshot
 from . import target as target_python
 from .checks import CheckResult
 from .download import Downloader
+from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
 from .lock import Pin, needs
 from .plan import Plan
 from .report import Report
 from .store import DriveStore
-from .transfer import explain
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Outcome:
     checks: list[CheckResult] | None = None  # None: not run
     replaced: dict[NormalizedName, tuple[str, str]] = field(default_factory=dict)  # name -> (old, new)
     restart_needed: list[str] = field(default_factory=list)  # imported by the kernel, since replaced
+    drive_writes: str = ""  # "being written to Drive in the background", "written to Drive", or ""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +46,7 @@ class Outcome:
             **({"checks": [c.as_json() for c in self.checks]} if self.checks is not None else {}),
             "replaced": {name: list(versions) for name, versions in self.replaced.items()},
             "restart_needed": self.restart_needed,
+            "drive_writes": self.drive_writes,
         }
 
 
@@ -54,8 +56,14 @@ def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
 
 
 class Executor:
-    def __init__(self, plan: Plan, store: DriveStore, downloader: Downloader, report: Report) -> None:
+    def __init__(self, plan: Plan, store: DriveStore, downloader: Downloader, report: Report,
+                 work: DriveWork, *, background: bool = False) -> None:
         self.plan, self.store, self.downloader, self.report = plan, store, downloader, report
+        self.work = work  # what Drive gets after the environment is usable
+        # The Drive work runs after this command: then uv may fetch what Drive lacks straight from
+        # the index while it installs (the environment first), and the Drive work fetches the
+        # wheels for the cache again, after. Otherwise the wheels are downloaded once, first.
+        self.direct = background and plan.installer == "uv" and not plan.offline
         self.outcome = Outcome()
 
     def warn(self, warnings: list[str]) -> None:
@@ -68,7 +76,8 @@ class Executor:
 
     def install(self) -> bool:
         """Restore from the snapshot, or fetch verified wheels from Drive, download the rest and
-        install them. True when wheels were installed (so a snapshot is worth making)."""
+        install them. True when wheels were installed (so a snapshot is worth making). What was
+        downloaded is queued for Drive, not written there now."""
         plan = self.plan
         self.store.clean_stale_parts()
         for staging in plan.target.prefix.glob(".warmstart-restore-*"):
@@ -93,42 +102,52 @@ class Executor:
                 self.warn(self.store.warnings)
                 stats = self.store.stats
                 step.detail = f"{stats.hits} files, {stats.bytes_read / 2**20:.1f} MiB from Drive"
+            downloads = self.work.area("wheels")
             with self.report.step("download") as step:
-                if to_download:
-                    self._download(to_download, stage)
-                    step.detail = (f"{len(to_download)} wheels, "
-                                   f"{self.store.stats.bytes_written / 2**20:.1f} MiB written to Drive")
+                if to_download and self.direct:
+                    self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in to_download]
+                    self.work.tags = [str(tag) for tag in plan.target.supported_tags()]
+                    self.store.stats.misses += len(to_download)
+                    step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
+                elif to_download:
+                    fetched = self._download(to_download, downloads, stage)
+                    step.detail = f"{len(to_download)} wheels, {fetched / 2**20:.1f} MiB"
                 else:
                     step.status = "skipped"
             with self.report.step("install") as step:
                 if need:
                     self.clear_broken()
-                    installer.install_offline(plan.installer, plan.target.executable,
-                                              _requirements_file(need, stage / "install.txt"), stage,
-                                              plan.profile.unset_env, self._first_install_seen())
+                    self._install(need, [stage, downloads], stage)
                     step.detail = f"{len(need)} packages with {plan.installer}"
                 else:
                     step.status = "skipped"
         return bool(need)
 
-    def _download(self, pins: list[Pin], stage: Path) -> None:
-        """Download into a folder of its own, cache each wheel on Drive, move it to the stage."""
-        downloads = stage / "downloads"
-        downloads.mkdir()
+    def _install(self, need: list[Pin], wheels: list[Path], stage: Path) -> None:
+        plan = self.plan
+        requirements = _requirements_file(need, stage / "install.txt")
+        try:
+            installer.install(plan.installer, plan.target.executable, requirements, wheels,
+                              plan.profile.unset_env, self._first_install_seen(), index=self.direct)
+        except WarmstartError:
+            if self.direct:  # an index that cannot be reached or refuses is said as such
+                self.downloader.project_files(need[0].name)
+            raise
+
+    def _download(self, pins: list[Pin], downloads: Path, stage: Path) -> int:
+        """Download into the Drive work's wheel folder (installed from there, put on Drive after);
+        returns the bytes fetched."""
         plan = self.plan
         jobs, left = self.downloader.wheel_jobs(pins, plan.target.supported_tags(), downloads)
-        self.downloader.fetch(jobs, f"download {len(jobs)} wheels")
+        fetched = self.downloader.fetch(jobs, f"download {len(jobs)} wheels")
         if left:
             self.report.say(f"pip downloads {len(left)} wheels itself: " + "; ".join(
                 f"{pin.name}=={pin.version}: {why}" for pin, why in left.items()))
             installer.download(plan.target.executable, _requirements_file(list(left), stage / "download.txt"),
                                downloads, plan.profile.unset_env)
             faults.point("download")
-        for wheel in sorted(downloads.iterdir()):
-            self.store.put("wheels", wheel.name, wheel)
-            wheel.replace(stage / wheel.name)
-        self.warn(self.store.warnings)
         self.store.stats.misses += len(pins)
+        return fetched
 
     def _restore_snapshot(self) -> bool:
         """Unpack the snapshot; False (with the reason in the outcome) when it cannot be used."""
@@ -168,32 +187,21 @@ class Executor:
         before = set(prefix.glob("lib/python*/site-packages/*.dist-info"))
         return lambda: bool(set(prefix.glob("lib/python*/site-packages/*.dist-info")) - before)
 
-    def pack_snapshot(self) -> None:
-        """Snapshot what this run installed, for the next VM in the same state; a failure here
-        costs only speed."""
+    def queue_snapshot(self) -> None:
+        """Have the Drive work pack what this run installed, for the next VM in the same state."""
         plan = self.plan
         assert plan.snapshot is not None
-        with self.report.step("pack") as step:
-            try:
-                # plan.target's sys.path still finds every RECORD: the install changed files, not paths.
-                archive = snapshot.pack(self.store, plan.snapshot, plan.target, plan.to_install)
-            except snapshot.SnapshotUnusable as exc:
-                step.status, step.detail = "warning", str(exc)
-                self.warn([f"no snapshot written: {exc}"])
-                return
-            except OSError as exc:
-                step.status, step.detail = "warning", explain(exc)
-                self.warn([f"no snapshot written: {explain(exc)}"])
-                return
-            step.detail = f"{archive.stat().st_size / 2**20:.1f} MiB to {archive.name}"
+        self.work.snapshot = {"stem": plan.snapshot.stem, "facts": plan.snapshot.facts,
+                              "pins": [[p.name, p.version] for p in plan.to_install],
+                              "python": str(plan.target.executable)}
 
     def verify(self) -> None:
         plan = self.plan
         with self.report.step("verify") as step:
-            after = target_python.probe(plan.target.executable)
-            self.outcome.installed = {p.name: after.installed.get(p.name, "") for p in plan.lock.pins}
-            wrong = [f"{p.name} (wanted {p.version}, found {after.installed.get(p.name) or 'nothing'})"
-                     for p in needs(plan.lock.pins, after.installed).install]
+            after = target_python.installed_now(plan.target)
+            self.outcome.installed = {p.name: after.get(p.name, "") for p in plan.lock.pins}
+            wrong = [f"{p.name} (wanted {p.version}, found {after.get(p.name) or 'nothing'})"
+                     for p in needs(plan.lock.pins, after).install]
             if wrong:
                 raise WarmstartError(f"after installing, these do not match {plan.lock.path}: "
                                      + ", ".join(wrong))
@@ -206,8 +214,8 @@ class Executor:
     def place_assets(self) -> None:
         plan = self.plan
         with self.report.step("assets") as step, tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
-            came = [assets.ensure(a, plan.assets[a][0], self.store, self.downloader, offline=plan.offline,
-                                  scratch=Path(tmp))
+            came = [assets.ensure(a, plan.assets[a][0], self.store, self.downloader, self.work,
+                                  offline=plan.offline, scratch=Path(tmp))
                     for a in plan.assets_to_place]
             step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
         self.warn(self.store.warnings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import faults
@@ -74,14 +74,15 @@ def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[
     _run([str(find_uv()), *args], uv_env(unset=unset), "uv", what, started)
 
 
-def install_offline(tool: str, target: Path, requirements: Path, wheels: Path,
-                    unset: Iterable[str] = (), started: Callable[[], bool] | None = None) -> None:
-    """Install exactly `requirements` from the local folder `wheels`, no index, hashes checked.
+def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
+            unset: Iterable[str] = (), started: Callable[[], bool] | None = None, *, index: bool = False) -> None:
+    """Install exactly `requirements` from the local folders `wheels` (and, with `index`, from the
+    package index what they lack), hashes checked.
 
     --no-deps: the lock already lists every dependency, minus the ones the recipe excludes
     (which a dependency may still declare, like hyperlpr3 -> onnxruntime)."""
-    args = ["--no-index", "--find-links", str(wheels), "--no-deps", "--require-hashes",
-            "-r", str(requirements)]
+    links = [arg for folder in wheels for arg in ("--find-links", str(folder))]
+    args = [*([] if index else ["--no-index"]), *links, "--no-deps", "--require-hashes", "-r", str(requirements)]
     if tool == "uv":
         _run_uv(["pip", "install", "--quiet", "--python", str(target), *args],
                 "install the locked packages", unset, started)

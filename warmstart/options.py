@@ -30,6 +30,8 @@ class Options:
     dry_run: bool = _opt("run the checks that change nothing and print the plan", False)
     installer: str = _opt("pip or uv (default: uv when it is installed, else pip)", "auto")
     packages_only: bool = _opt("install the lock only; leave the recipe's assets and checks alone", False)
+    wait: bool = _opt("write the Drive cache and the snapshot before returning, not in the background "
+                      "(WARMSTART_WAIT=1 does the same)", False)
     # Set by the in-kernel API, not a flag: the distributions whose modules the running kernel has
     # imported. A `!invoke` subprocess cannot know them and uses the platform's preloaded list.
     kernel_imported: frozenset[str] | None = None

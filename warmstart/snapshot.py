@@ -16,25 +16,28 @@ their RECORD) and the staged files moved into place.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import queue
 import shutil
 import stat
 import subprocess
 import tarfile
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from . import faults
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .store import DriveStore
 from .target import TargetPython, installed_files
-from .transfer import CHUNK, Bar, regular_file, zstd_open
+from .transfer import Bar, regular_file, zstd_open
 
 KIND = "snapshots"
 
@@ -144,18 +147,63 @@ def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tupl
     return archive
 
 
-class _HashingReader:
-    """A read-only file wrapper that hashes and counts what is read through it."""
+class _ReadAhead:
+    """Reads a file once, front to back in large blocks, on a thread of its own, hashing and
+    counting as it goes: Drive's latency then overlaps decompression and extraction instead of
+    alternating with them. `read(n)` hands the blocks on in order, as a file would."""
 
-    def __init__(self, fh: BinaryIO, bar: Bar) -> None:
-        self.fh, self.bar, self.digest, self.size = fh, bar, hashlib.sha256(), 0
+    BLOCK = 4 << 20
+    DEPTH = 8  # blocks read ahead at most: 32 MiB of memory
+
+    def __init__(self, path: Path, bar: Bar) -> None:
+        self.digest, self.size, self.bar = hashlib.sha256(), 0, bar
+        self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
+        self._left = b""
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read_all, args=(path,), daemon=True)
+        self._thread.start()
+
+    def _read_all(self, path: Path) -> None:
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                while not self._stop.is_set() and (block := fh.read(self.BLOCK)):
+                    self.digest.update(block)
+                    self.size += len(block)
+                    self.bar.update(len(block))
+                    self._put(block)
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+            return
+        self._put(None)
+
+    def _put(self, item: bytes | BaseException | None) -> None:
+        while not self._stop.is_set():
+            try:
+                self._blocks.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def read(self, size: int = -1) -> bytes:
-        data = self.fh.read(size)
-        self.digest.update(data)
-        self.size += len(data)
-        self.bar.update(len(data))
+        while not self._left and not self._done:
+            item = self._blocks.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                self._done = True
+            else:
+                self._left = item
+        if size < 0 or size >= len(self._left):
+            data, self._left = self._left, b""
+        else:
+            data, self._left = self._left[:size], self._left[size:]
         return data
+
+    def close(self) -> None:
+        """Stop reading (the consumer gave up) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
 
 
 def _merge(staged: Path, dest: Path) -> None:
@@ -184,14 +232,16 @@ def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: P
                             *(["-I", "zstd"] if native else []), "-f", "-", "-C", str(staging)],
                            stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None
+    _widen(tar.stdin)
+    hashing: _ReadAhead | None = None
     try:
-        with open(archive, "rb") as raw, store.bars.bar(archive.stat().st_size, "snapshot from Drive") as bar:
-            hashing = _HashingReader(raw, bar)
+        with store.bars.bar(archive.stat().st_size, "snapshot from Drive") as bar:
+            hashing = _ReadAhead(archive, bar)
             stream = hashing if native else zstd_open(hashing, "rb")
-            while chunk := stream.read(CHUNK):
+            while chunk := stream.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
                 faults.point("restore")
-            while hashing.read(CHUNK):  # a zstd frame can end before the file does
+            while hashing.read(_ReadAhead.BLOCK):  # a zstd frame can end before the file does
                 pass
     except BrokenPipeError:
         pass  # tar stopped early; its status and message follow
@@ -200,15 +250,26 @@ def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: P
         shutil.rmtree(staging, ignore_errors=True)
         raise SnapshotUnusable(f"snapshot {archive.name} cannot be read ({exc})") from None
     finally:
+        if hashing is not None:
+            hashing.close()
         tar.stdin.close()
         error = tar.stderr.read().decode()
         tar.wait()
+    assert hashing is not None  # else the error above was raised
     store.stats.bytes_read += hashing.size
     if hashing.digest.hexdigest() != expected or tar.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
         raise SnapshotUnusable(f"snapshot {archive.name} is damaged ({why})")
     _tame(staging)
+
+
+def _widen(pipe: IO[bytes]) -> None:
+    """A 1 MiB pipe to tar (Linux; 64 KiB by default), so reading and unpacking decouple."""
+    try:
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except OSError:
+        pass  # the kernel's limit is lower: the default pipe works, a little slower
 
 
 _SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH

@@ -6,7 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import checks, restart
+from . import checks, drivework, restart
 from .bootstrap import prepare
 from .options import Options
 from .plan import Plan, make_plan
@@ -63,6 +63,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
         "restart_needed": sorted(restart.pending(plan.target.prefix)),
         "checks_failed": checks.failed_before(plan.target.prefix, plan.recipe.name),
+        # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
+        "drive_writes": state.describe() if (state := drivework.pending(plan.target.prefix)) else None,
     }
     if found["checks_failed"] and found["action"] == "no-op":
         found["action"] = "run the checks that failed last time again"
@@ -95,6 +97,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
     if facts["checks_failed"]:
         lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")
+    if facts["drive_writes"]:
+        lines.append(f"drive     {facts['drive_writes']}")
     if facts["restart_needed"]:
         lines.append(f"restart   the runtime: the running kernel imported old versions of "
                      f"{', '.join(facts['restart_needed'])}")

@@ -22,11 +22,13 @@ import os
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .transfer import QUIET, AtomicFile, Bars, atomic_write_text, copy_hashed, explain, regular_file
+from . import faults
+from .transfer import QUIET, AtomicFile, Bar, Bars, atomic_write_text, copy_hashed, explain, regular_file
 
 LAYOUT = Path(".warmstart") / "v1"
 RECIPES = Path(".warmstart") / "recipes"
@@ -146,15 +148,19 @@ class DriveStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def put(self, kind: str, name: str, src: Path) -> bool:
+    def put(self, kind: str, name: str, src: Path, bar: Bar | None = None) -> bool:
         """Copy a local file in, atomically; names are content-addressed, so one that is there
-        is the same file (another VM put it first). False, with a warning, when Drive fails."""
+        is the same file (another VM put it first). False, with a warning, when Drive fails.
+        `bar`: the progress bar of a larger write to count on (else one of its own)."""
         dest = self.path(kind, name)
         if regular_file(dest):
+            if bar:
+                bar.update(src.stat().st_size)
             return True
         try:
-            with AtomicFile(dest) as part, self.bars.bar(src.stat().st_size, f"to Drive {name[:30]}") as bar:
-                _sha256, size = copy_hashed(src, part.fh, bar)
+            with AtomicFile(dest) as part, self._bar(bar, src.stat().st_size, f"to Drive {name[:30]}") as shown:
+                _sha256, size = copy_hashed(src, part.fh, shown)
+                faults.point("cache-write")
                 part.commit(dest)
         except OSError as exc:
             self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc)}")
@@ -162,6 +168,14 @@ class DriveStore:
         self.stats.bytes_written += size
         self._listings.pop(kind, None)
         return True
+
+    @contextmanager
+    def _bar(self, given: Bar | None, total: int, desc: str) -> Iterator[Bar]:
+        if given is not None:
+            yield given
+        else:
+            with self.bars.bar(total, desc) as own:
+                yield own
 
     def writer(self, kind: str, stem: str) -> AtomicFile:
         """A new file in `kind` named only on commit (snapshot archives, named by their sha256)."""

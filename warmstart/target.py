@@ -99,8 +99,13 @@ def target_executable(executable: str | Path | None) -> Path:
 
 
 def real_prefix(executable: str | Path | None) -> Path:
-    """The target's sys.prefix with every link resolved: one name per environment."""
+    """The target's sys.prefix with every link resolved: one name per environment. A virtualenv
+    says so without running it, as CPython finds its own prefix: a pyvenv.cfg beside the
+    interpreter's folder (bin/python, bin/python3 and a link to the folder are one prefix)."""
     exe = target_executable(executable)
+    venv = exe.parent.parent
+    if (venv / "pyvenv.cfg").is_file():
+        return Path(os.path.realpath(venv))
     try:
         out = subprocess.run([str(exe), "-c", "import sys; print(sys.prefix)"], capture_output=True,
                              text=True, check=True, timeout=60).stdout.strip()
@@ -140,6 +145,16 @@ def _facts_to_target(exe: Path, facts: dict) -> TargetPython:
         path=tuple(facts["path"]),
         installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
     )
+
+
+def installed_now(target: TargetPython) -> dict[NormalizedName, str]:
+    """The target's distributions as they are now, read from its sys.path here (metadata is
+    files): what the probe would answer, without starting the interpreter again."""
+    found: dict[NormalizedName, str] = {}
+    for dist in metadata.distributions(path=list(target.path)):
+        if name := dist.metadata["Name"]:
+            found.setdefault(canonicalize_name(name), dist.version)
+    return found
 
 
 def installed_files(target: TargetPython, names: list[str]) -> dict[NormalizedName, list[Path]]:

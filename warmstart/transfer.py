@@ -9,6 +9,7 @@ import errno
 import hashlib
 import os
 import re
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from . import faults
 from .errors import WarmstartError
 
 CHUNK = 1 << 20
@@ -46,8 +46,12 @@ class Bars:
         except ImportError:
             yield _NoBar()
             return
+        # A terminal that does not say its size (a pseudo-terminal such as a Colab `!` cell's may
+        # answer 0 by 0) gets 80 by 24, else tqdm draws nothing at all.
+        size = shutil.get_terminal_size((80, 24))
         with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-                  disable=None if self.enabled else True, dynamic_ncols=True) as shown:
+                  disable=None if self.enabled else True, ncols=min(size.columns or 80, 120),
+                  nrows=size.lines or 24, mininterval=0.2) as shown:
             yield shown
 
 
@@ -91,7 +95,6 @@ class AtomicFile:
         self.fh.flush()
         os.fsync(self.fh.fileno())
         self.fh.close()
-        faults.point("cache-write")
         os.replace(self.tmp, dest)
         return dest
 

@@ -1,0 +1,119 @@
+"""Drive writes in the background: the command returns once the environment is usable, a
+detached worker fills the Drive cache and packs the snapshot, and a wiped VM then restores from
+Drive alone. A worker killed midway is finished by the next run. Real processes throughout; the
+tests here drop the WARMSTART_WAIT=1 that the others run with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
+
+
+def background_env(index_url: str, home: Path, **extra: str) -> dict[str, str]:
+    env = cli_env(index_url, XDG_CACHE_HOME=str(home / ".cache"), **extra)
+    env.pop("WARMSTART_WAIT")
+    return env
+
+
+def jobs(home: Path) -> list[Path]:
+    """The job folders of every target: drivework/<prefix hash>/<run>."""
+    return sorted((home / ".cache" / "warmstart" / "drivework").glob("*/*"))
+
+
+def wait_for_workers(home: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while jobs(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not jobs(home), f"the Drive work did not finish in {seconds} s: {jobs(home)}"
+
+
+def on_drive(drive: Path, kind: str) -> list[str]:
+    folder = drive / ".warmstart" / "v1" / kind
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+
+
+def status(demo: Path, drive: Path, python: Path, env: dict[str, str]) -> dict:
+    return json.loads(run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                              "--json", env=env).stdout)
+
+
+@needs_netns
+def test_the_run_returns_before_the_drive_writes_and_a_wiped_vm_then_restores_offline(demo, drive, tmp_path, index):
+    home = tmp_path / "home"
+    env = background_env(index.url, home)
+    python = make_venv(tmp_path / "venv")
+
+    cold = bootstrap(demo, drive, python, env=env)
+
+    assert cold.code == 0, cold.stderr
+    assert cold.report["drive_writes"] == "being written to Drive in the background"
+    download = next(s for s in cold.report["steps"] if s["name"] == "download")
+    assert download["detail"] == "uv fetches what Drive lacks while it installs"  # the environment first
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED  # usable now
+    assert "shows how far" in cold.stderr
+    wait_for_workers(home)
+    assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
+    assert status(demo, drive, python, env)["drive_writes"] is None
+
+    wiped = make_venv(tmp_path / "wiped")
+    restored = bootstrap(demo, drive, wiped, "--offline", env=env, offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert {k: v for k, v in installed(wiped).items() if k in LOCKED} == LOCKED
+
+
+def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_work(demo, drive, tmp_path, index):
+    home = tmp_path / "home"
+    python = make_venv(tmp_path / "venv")
+
+    # The worker inherits the fault: it is killed at its first Drive write, as a wiped VM would be.
+    cold = bootstrap(demo, drive, python, env=background_env(index.url, home, WARMSTART_FAULT="cache-write"))
+    assert cold.code == 0, cold.stderr
+    deadline = time.monotonic() + 60
+    while (shown := status(demo, drive, python, background_env(index.url, home))["drive_writes"]) and \
+            "being written now" in shown and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+    assert shown and "cache filling: 0 of 3 files on Drive; snapshot pending" in shown, shown
+    assert "finished by the next run" in shown
+    assert on_drive(drive, "wheels") == []  # nothing half-written under a real name
+
+    again = bootstrap(demo, drive, python, "--wait", env=background_env(index.url, home))
+
+    assert again.code == 0, again.stderr
+    assert "Drive writes of the last run: cache filling: 0 of 3" in again.stderr
+    assert again.report["changed"] is False, "what the worker left is on Drive now: nothing to download"
+    assert not jobs(home) and len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
+    check = run_cli("cache", "--drive", str(drive), "--verify", env=background_env(index.url, home))
+    assert check.code == 0 and "damaged" not in check.stdout, check.stdout + check.stderr
+
+
+def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):
+    env = background_env("http://127.0.0.1:9/simple", tmp_path / "home", PIP_RETRIES="0")
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--installer", "uv", env=env)
+
+    assert result.code == 3, result.stderr
+    assert "cannot reach the package index http://127.0.0.1:9/simple" in result.report["error"]
+
+
+@needs_netns
+def test_an_offline_run_right_after_waits_for_the_drive_writes_it_needs(demo, drive, tmp_path, index):
+    """README's second run: the same prefix, wiped and made again at once, offline: whatever the
+    worker has not written yet is finished first, so the restore finds a whole cache."""
+    home = tmp_path / "home"
+    env = background_env(index.url, home)
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env).code == 0
+    shutil.rmtree(tmp_path / "venv")
+    python = make_venv(tmp_path / "venv")
+
+    restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    wait_for_workers(home)  # and what needed the index is done by the worker, which has it
+    assert len(on_drive(drive, "wheels")) == 3

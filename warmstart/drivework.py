@@ -1,0 +1,289 @@
+"""Drive writes off the critical path: the cache fill and the snapshot, after the environment is
+usable.
+
+Writing hundreds of megabytes to Drive costs more than installing them, and the user needs the
+environment, not the cache. So a run collects what Drive should get (the wheels and assets it
+downloaded, the snapshot to pack) in a job folder on local disk, `~/.cache/warmstart/drivework/
+<prefix hash>/<run>/`, and hands it to a detached worker (`python -m warmstart.drivework FOLDER`) as it
+returns. The worker puts each file through the Drive store (atomic: a wiped VM never sees half a
+file), packs the snapshot, and removes the folder; a file lock in the folder tells that a worker
+is at it. What a killed worker left is finished by the next run, or by `bootstrap --wait`, which
+also does it all before returning. `status` shows what is still pending.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from packaging.utils import canonicalize_name
+
+from .errors import PreconditionUnmet
+from .store import STALE_SECONDS, DriveStore
+from .target import state_file
+from .transfer import Bars, atomic_write_text, explain
+
+JOB = "job.json"  # written last: a folder without it is a job still being assembled
+FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
+FAILED = "failed.txt"  # why the last worker stopped short; the next run tries again
+
+
+def jobs_of(prefix: Path) -> Path:
+    """The folder of a target's jobs: one subfolder per run that left Drive work."""
+    return state_file("drivework", prefix).with_suffix("")
+
+
+def handed_off(prefix: Path) -> list[Path]:
+    """A target's jobs that were handed off (a folder without its job file is being assembled)."""
+    base = jobs_of(prefix)
+    return sorted(f for f in base.iterdir() if (f / JOB).is_file()) if base.is_dir() else []
+
+
+@dataclass
+class DriveWork:
+    """The Drive writes one run leaves for after it: assembled by the executor, then handed off."""
+
+    folder: Path
+    drive: Path
+    snapshot: dict[str, Any] | None = None  # stem, facts, pins [[name, version]], python
+    download: list[list[Any]] | None = None  # [name, version, [sha256...]]: wheels to fetch for the cache
+    python: str = ""  # the target's interpreter
+    tags: list[str] | None = None  # the wheel tags it takes, best first (for `download`: the
+    # worker must not need the target, which may be wiped and made again before it is done)
+
+    def area(self, kind: str) -> Path:
+        """Where the executor puts files of a kind that Drive should get (wheels: download here)."""
+        path = self.folder / FILES / kind
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, kind: str, local: Path) -> None:
+        """Queue a local file (moved into the job) for the store's `kind` folder."""
+        dest = self.area(kind) / local.name
+        if local != dest:
+            shutil.move(local, dest)
+
+    def keys(self) -> list[str]:
+        """The store keys (`wheels/x.whl`) of the files queued."""
+        return [f"{path.parent.name}/{path.name}" for path in sorted(self.folder.glob(f"{FILES}/*/*"))]
+
+    @property
+    def empty(self) -> bool:
+        return not self.snapshot and not self.download and not any(self.folder.glob(f"{FILES}/*/*"))
+
+    def hand_off(self, *, wait: bool, store: DriveStore) -> str:
+        """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
+        if self.empty:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            return ""
+        files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
+        atomic_write_text(self.folder / JOB, json.dumps({
+            "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
+            "python": self.python, "tags": self.tags, "files": files, "created": time.time()}))
+        if wait:
+            finish(self.folder, store)
+            return "written to Drive"
+        spawn(self.folder)
+        return "being written to Drive in the background"
+
+
+# The worker imports warmstart as this process does (its sys.path, given as an argument: in the
+# environment it would reach the target interpreter the worker runs, too).
+_WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
+           "from warmstart.drivework import main; sys.exit(main(sys.argv[1:]))")
+
+
+def spawn(folder: Path) -> None:
+    """Start the worker on a job, detached: its own session outlives this command (and a
+    notebook cell's interrupt)."""
+    with open(folder / "worker.log", "ab") as out:
+        subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]), str(folder)],
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+
+
+def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
+    """A new job for this run; folders a killed run left while assembling one are removed."""
+    base = jobs_of(prefix)
+    for old in base.iterdir() if base.is_dir() else ():
+        if not (old / JOB).is_file() and time.time() - old.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = base / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    return DriveWork(folder, drive, python=str(python))
+
+
+@dataclass(frozen=True)
+class Pending:
+    files_left: int
+    files_total: int
+    snapshot: bool
+    running: bool
+    failed: str | None
+
+    def describe(self) -> str:
+        parts = []
+        if self.files_left:
+            parts.append(f"cache filling: {self.files_total - self.files_left} of {self.files_total} files on Drive")
+        if self.snapshot:
+            parts.append("snapshot pending")
+        state = "being written now" if self.running else "to be finished by the next run (or --wait)"
+        if self.failed:
+            state = f"stopped ({self.failed}); the next run tries again"
+        return "; ".join(parts) + f" ({state})"
+
+
+def pending(prefix: Path) -> Pending | None:
+    """What a target's earlier runs still have to write to Drive; None when nothing."""
+    left = total = 0
+    snapshot = running = False
+    failed = None
+    for folder in handed_off(prefix):
+        try:
+            job = json.loads((folder / JOB).read_text())
+        except (OSError, ValueError):
+            continue  # finished and removed meanwhile
+        queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
+        if job.get("download"):  # the wheels are still to come from the index: count them as such
+            queued = [p for p in queued if p.parent.name != "wheels"] + job["download"]
+        left += len(queued)
+        total += max(int(job.get("files") or 0), len(queued))
+        snapshot = snapshot or bool(job.get("snapshot"))
+        running = running or _running(folder)
+        if (folder / FAILED).is_file():
+            failed = (folder / FAILED).read_text().strip()
+    if not (left or snapshot):
+        return None
+    return Pending(left, total, snapshot, running, failed)
+
+
+def _running(folder: Path) -> bool:
+    lock = FileLock(folder / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+def settle(prefix: Path, store: DriveStore, say: Any, *, offline: bool = False) -> bool:
+    """Before a run changes the target (or with --wait): let a worker still at it finish, or
+    finish what a killed one left (a snapshot must be of the environment it describes). True
+    when there was something: the Drive cache changed since the run looked."""
+    state = pending(prefix)
+    if state is None:
+        return False
+    say(f"Drive writes of the last run: {state.describe()}; finishing them first")
+    for folder in handed_off(prefix):
+        try:
+            finish(folder, store, offline=offline)
+        except OSError as exc:  # Drive full or gone: the job stays for a later run
+            say(f"warning: the Drive writes of the last run stopped again: {explain(exc)}")
+            (folder / FAILED).write_text(explain(exc))
+    return True
+
+
+def resume(prefix: Path, say: Any) -> None:
+    """On a run that changes nothing: restart a worker on what a killed one left, and go on."""
+    state = pending(prefix)
+    if state is None or state.running:
+        return
+    if state.failed:
+        say(f"warning: the Drive writes of an earlier run stopped: {state.failed}; trying again")
+    for folder in handed_off(prefix):
+        if not _running(folder):
+            spawn(folder)
+
+
+def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
+    """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
+    lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
+    come from the index stay queued, and so does the job."""
+    from . import snapshot as snapshots
+    from . import target as target_python
+    from .lock import Pin
+
+    with FileLock(folder / ".lock"):
+        try:
+            job = json.loads((folder / JOB).read_text())
+        except (OSError, ValueError):
+            return  # finished by another, or never handed off
+        (folder / FAILED).unlink(missing_ok=True)
+        wanted = job.get("download")
+        if wanted and not offline:
+            _download(folder, wanted, job["tags"], store)
+        files = sorted(folder.glob(f"{FILES}/*/*"))
+        total = sum(f.stat().st_size for f in files)
+        with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
+            for path in files:
+                if not store.put(path.parent.name, path.name, path, bar):
+                    raise OSError(store.warnings[-1])
+                path.unlink()
+        if spec := job.get("snapshot"):
+            pins = tuple(Pin(canonicalize_name(n), v, frozenset()) for n, v in spec["pins"])
+            try:  # only of the environment the run left: not one wiped, made again or changed since
+                target = target_python.probe(spec["python"])
+                if all(p.satisfied_by(target.installed.get(p.name)) for p in pins):
+                    snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins)
+            except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
+                print(f"no snapshot written: {exc}", file=sys.stderr)
+            if wanted and offline:
+                job["snapshot"] = None
+                atomic_write_text(folder / JOB, json.dumps(job))
+        if not (wanted and offline):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: DriveStore) -> None:
+    """Fetch the wheels the run let uv take straight from the index, for the cache."""
+    from packaging.tags import parse_tag
+
+    from .download import Downloader
+    from .lock import Pin
+    from .pipconfig import IndexSettings
+
+    area = folder / FILES / "wheels"
+    area.mkdir(parents=True, exist_ok=True)
+    have = {path.name for path in area.iterdir()}
+    pins = [Pin(canonicalize_name(n), v, frozenset(h)) for n, v, h in wanted]
+    supported = [tag for text in tags for tag in parse_tag(text)]
+    downloader = Downloader(IndexSettings.from_environ(), store.bars)
+    jobs, left = downloader.wheel_jobs(pins, supported, area)
+    downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {len(jobs)} wheels for Drive")
+    for pin, why in left.items():  # pip would need the target itself: a --wait run caches these
+        print(f"not cached: {pin.name}=={pin.version}: {why}", file=sys.stderr)
+    job = json.loads((folder / JOB).read_text())
+    job["download"] = None  # fetched: what is left is putting them on Drive
+    atomic_write_text(folder / JOB, json.dumps(job))
+
+
+def main(argv: list[str]) -> int:
+    """The detached worker: `python -m warmstart.drivework FOLDER`."""
+    folder = Path(argv[0])
+    try:
+        job = json.loads((folder / JOB).read_text())
+        finish(folder, DriveStore(Path(job["drive"]), bars=Bars(enabled=False)))
+    except FileNotFoundError:
+        return 0  # finished by a run that came first
+    except Exception as exc:  # the job stays; `status` says why, the next run tries again
+        try:
+            (folder / FAILED).write_text(f"{type(exc).__name__}: {exc}"[:300])
+            with open(folder / "worker.log", "a") as log:
+                log.write(traceback.format_exc())
+        except OSError:
+            pass
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
