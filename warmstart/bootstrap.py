@@ -221,7 +221,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
 def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report) -> None:
     """What Drive gets from this run: written now (--wait), else by a worker in the background."""
     if run.work.empty:
-        run.work.hand_off(wait=False, store=store)  # removes the empty job
+        run.work.discard()
         return
     with report.step("drive") as step:
         try:

@@ -132,7 +132,7 @@ class Downloader:
             return None
         return (found.username, found.password) if found else None
 
-    def _retrying(self, url: str, attempt_once: Any) -> Any:
+    def _retrying(self, attempt_once: Any) -> Any:
         """Call attempt_once() until it returns; connection errors and 5xx are retried with
         back-off (PIP_RETRIES times), anything else is the caller's."""
         import requests
@@ -167,7 +167,7 @@ class Downloader:
                 return response
 
             try:
-                response = self._retrying(page, read_page)
+                response = self._retrying(read_page)
             except _GaveUp as exc:
                 raise IndexUnavailable(f"cannot reach the package index {redact(index)} ({exc}); check the "
                                        "network, the proxy (HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS "
@@ -251,7 +251,7 @@ class Downloader:
         import requests
 
         try:
-            self._retrying(job.url, attempt)
+            self._retrying(attempt)
         except _GaveUp as exc:
             raise DownloadFailed(f"cannot download {redact(job.url)} ({exc})") from None
         except requests.RequestException as exc:  # a redirect loop, an address it cannot read

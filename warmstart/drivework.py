@@ -80,11 +80,12 @@ class DriveWork:
     def empty(self) -> bool:
         return not self.snapshot and not self.download and not any(self.folder.glob(f"{FILES}/*/*"))
 
+    def discard(self) -> None:
+        """Nothing for Drive: the job folder goes."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
     def hand_off(self, *, wait: bool, store: DriveStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
-        if self.empty:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            return ""
         files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
         atomic_write_text(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
