@@ -14,6 +14,7 @@ from test_assets import tar_gz
 
 from warmstart.assets import KIND, MARKER, ensure
 from warmstart.download import Downloader
+from warmstart.drivework import DriveWork
 from warmstart.errors import BadInput
 from warmstart.pipconfig import IndexSettings
 from warmstart.recipe import Asset
@@ -40,9 +41,10 @@ def world(tmp_path, monkeypatch):
         dest = a.destination(workdir)
         scratch = tmp_path / "scratch"
         scratch.mkdir(exist_ok=True)
-        # Offline: the downloader is never asked (example.invalid would not answer).
-        ensure(a, dest, store, Downloader(IndexSettings(("https://example.invalid/simple",))), offline=True,
-               scratch=scratch)
+        # Offline: the downloader is never asked (example.invalid would not answer), and nothing
+        # is downloaded for the Drive work to write.
+        ensure(a, dest, store, Downloader(IndexSettings(("https://example.invalid/simple",))),
+               DriveWork(tmp_path / "work", drive), offline=True, scratch=scratch)
         return dest
 
     return asset, place, workdir

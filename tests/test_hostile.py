@@ -506,7 +506,7 @@ def test_a_nul_in_a_recipe_name_is_bad_input():
 
 
 @needs_mountns
-@pytest.mark.parametrize("case", ["read-only HOME", "full TMPDIR"])
+@pytest.mark.parametrize("case", ["read-only HOME", "full cache folder"])
 def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path, index):
     from conftest import MOUNTNS, REPO
     folder = tmp_path / "folder"
@@ -517,9 +517,9 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
         mount = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}"'
         env = {k: v for k, v in cli_env(index.url, HOME=str(folder)).items() if k != "XDG_CACHE_HOME"}
         words = "Read-only file system"
-    else:
+    else:  # where the downloads land (TMPDIR holds only small files since they moved there)
         mount = f'mount -t tmpfs -o size=4k tmpfs "{folder}"'
-        env, words = cli_env(index.url, TMPDIR=str(folder)), "No space left on device"
+        env, words = cli_env(index.url, XDG_CACHE_HOME=str(folder)), "No space left on device"
 
     done = subprocess.run([*MOUNTNS, "--", "sh", "-c", f'{mount} && exec "$@"', "sh", *invoke], env=env,
                           capture_output=True, text=True, timeout=300)
