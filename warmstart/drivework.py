@@ -240,6 +240,7 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
             if wanted and offline:
                 job["snapshot"] = None
                 atomic_write_text(folder / JOB, json.dumps(job))
+        store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
         if not (wanted and offline):
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -79,7 +79,6 @@ class Executor:
         install them. True when wheels were installed (so a snapshot is worth making). What was
         downloaded is queued for Drive, not written there now."""
         plan = self.plan
-        self.store.clean_stale_parts()
         for staging in plan.target.prefix.glob(".warmstart-restore-*"):
             shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
         with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
