@@ -27,7 +27,7 @@ from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .store import DriveStore
-from .transfer import atomic_write_text, part_name, regular_file, sha256_of, zstd_open
+from .transfer import atomic_write_text, own_cache, part_name, regular_file, sha256_of, zstd_open
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
@@ -60,8 +60,7 @@ class PlacedFiles:
 
     def __init__(self, store: DriveStore, environ: Mapping[str, str] = os.environ) -> None:
         self.store = store
-        base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-        self.local = Path(base) / "warmstart" / "placed.json"
+        self.local = own_cache(environ) / "placed.json"
 
     def _ledger(self, dest: Path) -> Path:
         return self.store.placed_ledger if dest.is_relative_to(self.store.drive) else self.local

@@ -12,7 +12,7 @@ from typing import Any
 
 from .recipe import Check
 from .target import state_file
-from .transfer import atomic_write_text, redact
+from .transfer import atomic_write_text, own_cache, redact
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
@@ -33,8 +33,7 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
     """(what the report keeps, the log file holding all of it when that is more)."""
     if len(output) <= OUTPUT_IN_REPORT:
         return output, ""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    log = Path(base) / "warmstart" / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    log = own_cache() / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     try:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"check {check.name!r}\n\n{output}")

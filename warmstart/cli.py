@@ -17,7 +17,6 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 
 from . import __version__, transfer
 from .errors import PreconditionUnmet, WarmstartError
@@ -32,8 +31,7 @@ def _interrupt(signum, frame) -> None:
 
 def _log_bug() -> str:
     """Write the current exception's traceback, with versions, to a log file; name it."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    log = Path(base) / "warmstart" / "logs" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    log = transfer.own_cache() / "logs" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     text = (f"warmstart {__version__}, Python {sys.version.split()[0]} on {platform.platform()}\n"
             f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     try:

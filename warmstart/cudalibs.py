@@ -14,7 +14,6 @@ Results are cached by wheel sha256 in `~/.cache/warmstart/elf/`, so a re-lock re
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from .lock import LockTarget, Pin, WheelLibs
 from .pipconfig import IndexSettings
 from .profiles import load_profile, profile_paths
 from .recipe import Recipe
-from .transfer import atomic_write_text
+from .transfer import atomic_write_text, own_cache
 
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 # Colab's Ubuntu 22.04 has glibc 2.35: every manylinux tag up to that one fits the lock's platform.
@@ -115,8 +114,7 @@ def lock_tags(target: LockTarget) -> list[tags.Tag]:
 
 
 def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "warmstart" / "elf"
+    return own_cache() / "elf"
 
 
 def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: Callable[[str], None]) -> WheelLibs:

@@ -30,7 +30,7 @@ from . import faults, wheels
 from .errors import PreconditionUnmet, WarmstartError
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, redact, sha256_of
+from .transfer import QUIET, Bar, Bars, own_cache, redact, sha256_of
 
 if TYPE_CHECKING:
     import requests
@@ -65,8 +65,7 @@ class IndexFile:
 
 def partial_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """Local (never Drive) folder for partial downloads, so a killed run can resume."""
-    base = environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    return Path(base) / "warmstart" / "downloads"
+    return own_cache(environ) / "downloads"
 
 
 class _Links(HTMLParser):

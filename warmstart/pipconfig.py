@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .errors import BadInput
-from .transfer import redact
+from .transfer import own_cache, redact
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 # Where the index is and how to reach it; every other PIP_* variable is dropped.
@@ -106,8 +106,7 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     settings = IndexSettings.from_environ(environ)
     drop = set(_UV_CLEARED) | set(unset)
     env = {k: v for k, v in environ.items() if k not in drop}
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    env.update(UV_CACHE_DIR=os.path.join(base, "warmstart", "uv"), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
+    env.update(UV_CACHE_DIR=str(own_cache(environ) / "uv"), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
     given = {
         "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
         "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),

@@ -24,7 +24,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from .errors import PreconditionUnmet
-from .transfer import atomic_write_text
+from .transfer import atomic_write_text, own_cache
 
 _PROBE = """
 import json, os, sys, sysconfig
@@ -177,9 +177,8 @@ def state_file(kind: str, prefix: Path) -> Path:
     """warmstart's own record of one kind about one target environment, on local disk:
     `~/.cache/warmstart/<kind>/<sha256 of the prefix>.json` (verified RECORDs, a pending
     restart notice, failed checks)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
-    return Path(base) / "warmstart" / kind / f"{digest}.json"
+    return own_cache() / kind / f"{digest}.json"
 
 
 def _verified_file(prefix: Path) -> Path:

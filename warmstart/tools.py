@@ -28,7 +28,7 @@ from .errors import BadInput
 from .options import value_of
 from .pipconfig import pip_env
 from .store import DriveStore
-from .transfer import atomic_write, atomic_write_text, redact, sha256_of
+from .transfer import atomic_write, atomic_write_text, own_cache, redact, sha256_of
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
@@ -70,8 +70,7 @@ def tools_lock(environ=os.environ) -> Path:
 
 
 def tools_dir(environ=os.environ) -> Path:
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "warmstart" / "tools" / python_tag()
+    return own_cache(environ) / "tools" / python_tag()
 
 
 def tools_python(folder: Path) -> Path:

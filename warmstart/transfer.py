@@ -12,7 +12,7 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,11 @@ from typing import IO, Any, BinaryIO, Protocol
 from .errors import WarmstartError
 
 CHUNK = 1 << 20
+
+
+def own_cache(environ: Mapping[str, str] = os.environ) -> Path:
+    """warmstart's own folder on local disk: `$XDG_CACHE_HOME/warmstart`, else ~/.cache/warmstart."""
+    return Path(environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "warmstart"
 
 
 class Bar(Protocol):
