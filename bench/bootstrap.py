@@ -13,6 +13,10 @@ For each recipe, on the same lock and machine, in one run, every round:
   warmstart-cold-wait  the same with --wait: until the Drive cache and snapshot are written
   warmstart-no-op      the same command again
   warmstart-offline    invoke bootstrap --offline after a wipe, network cut (unshare -n)
+  warmstart-team       (--team) invoke bootstrap --cache s3://... after a wipe, with an empty
+                       Drive folder and the package index unreachable: everything comes from
+                       the team cache, a real S3 server (SeaweedFS) on 127.0.0.1, filled once
+                       beforehand; until it returns (Drive then fills in the background)
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
 has the same prefix). Prints medians with min-max and the ratios to the limit and to uv,
 the peak memory of the warmstart process during the offline restore, and writes JSON and a
@@ -73,7 +77,7 @@ def fresh_venv(path: Path) -> Path:
 
 
 class Bench:
-    def __init__(self, recipe_arg: str, work: Path, drive: Path) -> None:
+    def __init__(self, recipe_arg: str, work: Path, drive: Path, team: dict[str, str] | None = None) -> None:
         recipe = load_recipe(recipe_arg, PROJECT_ROOT)
         self.recipe_arg = recipe_arg
         self.name = recipe.name
@@ -82,6 +86,9 @@ class Bench:
         self.work, self.drive = work, drive
         self.venv = work / "target"  # one prefix for every method, as on a VM
         self.uv = find_uv()
+        # The team cache's environment (WARMSTART_CACHE and the AWS variables), with an index
+        # that cannot be reached: the team restore must not need it.
+        self.team = team and {**team, "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
 
     def env(self, **extra: str) -> dict[str, str]:
         caches = tempfile.mkdtemp(dir=self.work, prefix="cache-")
@@ -103,6 +110,10 @@ class Bench:
         if shutil.which("zstd"):
             self.tree_zst = self.drive / f"{self.name}-tree.tar.zst"
             subprocess.run(["zstd", "-q", "-3", "-T0", "-f", str(self.tree), "-o", str(self.tree_zst)], check=True)
+        if self.team:  # one run that fills the team cache: wheels and this prefix's snapshot
+            fresh_venv(self.venv)
+            run([*self.boot(), "--wait"], self.env(**{k: v for k, v in self.team.items() if k != "PIP_INDEX_URL"}))
+            shutil.rmtree(self.drive / ".warmstart", ignore_errors=True)
         wheel_bytes = sum(p.stat().st_size for p in self.wheelhouse.iterdir())
         installed = int(subprocess.run(["du", "-sb", str(self.venv)], capture_output=True, text=True)
                         .stdout.split()[0])
@@ -134,10 +145,7 @@ class Bench:
 
         cache = self.drive / ".warmstart"
         shutil.rmtree(cache, ignore_errors=True)
-        boot = [sys.executable, "-c", RSS_WRAPPER, "--search-root", str(REPO), "bootstrap",
-                "--recipe", self.recipe_arg, "--drive", str(self.drive), "--allow-no-gpu", "--json",
-                "--packages-only",  # packages are what is measured; assets are their own matter
-                "--python", str(self.venv / "bin" / "python")]
+        boot = self.boot()
         fresh_venv(self.venv)
         waited = self.env()
         times["warmstart-cold-wait"], _ = run([*boot, "--wait"], waited)
@@ -150,7 +158,19 @@ class Bench:
         fresh_venv(self.venv)
         times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env())
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
+        if self.team:
+            shutil.rmtree(cache, ignore_errors=True)
+            fresh_venv(self.venv)
+            wiped = self.env(**self.team)
+            times["warmstart-team"], _ = run(boot, wiped)
+            wait_for_drive_work(Path(wiped["XDG_CACHE_HOME"]))  # untimed: Drive fills from what came
         return times, rss
+
+    def boot(self) -> list[str]:
+        return [sys.executable, "-c", RSS_WRAPPER, "--search-root", str(REPO), "bootstrap",
+                "--recipe", self.recipe_arg, "--drive", str(self.drive), "--allow-no-gpu", "--json",
+                "--packages-only",  # packages are what is measured; assets are their own matter
+                "--python", str(self.venv / "bin" / "python")]
 
 
 def wait_for_drive_work(cache_home: Path, limit: float = 600) -> None:
@@ -189,6 +209,21 @@ def drive_folder(work: Path, slow: str | None):
     finally:
         subprocess.run(["umount", str(mount)], check=False)
         fuse.wait(timeout=10)
+
+
+@contextmanager
+def team_cache(work: Path, wanted: bool):
+    """A team cache on a real S3 server on 127.0.0.1 (SeaweedFS, tests/seaweed.py): the variables
+    a run needs to use it, or None."""
+    if not wanted:
+        yield None
+        return
+    sys.path.insert(0, str(REPO / "tests"))
+    from seaweed import SeaweedS3
+
+    (work / "s3").mkdir()
+    with SeaweedS3(work / "s3") as s3:
+        yield {**s3.credentials("writer"), "WARMSTART_CACHE": f"s3://{s3.bucket('bench')}/team"}
 
 
 def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) -> dict:
@@ -261,6 +296,8 @@ def main() -> None:
     parser.add_argument("--slow-drive", metavar="DELAY_MS,MIB_PER_S")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--chart-only", action="store_true", help="draw the chart of --out again, measure nothing")
+    parser.add_argument("--team", action="store_true",
+                        help="also restore from a team cache on a local S3 server (needs the test extra)")
     args = parser.parse_args()
     if args.chart_only:
         print(f"wrote {chart(json.loads(args.out.read_text()), args.out)}")
@@ -273,8 +310,8 @@ def main() -> None:
         label = "local disk" if slow is None else "slow Drive {} ms/open, {} MiB/s".format(*slow.split(","))
         for recipe_arg in recipes:
             with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp, \
-                    drive_folder(Path(tmp), slow) as (drive, _slow):
-                bench = Bench(recipe_arg, Path(tmp), drive)
+                    drive_folder(Path(tmp), slow) as (drive, _slow), team_cache(Path(tmp), args.team) as team:
+                bench = Bench(recipe_arg, Path(tmp), drive, team)
                 size = bench.prepare()
                 rounds = [bench.one_round(with_pip=slow is None) for _ in range(args.rounds)]
             result = results["runs"].setdefault(label, {})[bench.name] = summarise(rounds, size)

@@ -84,13 +84,15 @@ def test_a_snapshot_archive_cannot_give_files_a_foreign_owner_or_special_bits(tm
             info = tarfile.TarInfo(name)
             info.mode, info.uid, info.gid, info.size = mode, 4321, 4321, 4
             tf.addfile(info, io.BytesIO(b"data"))
-    archive = tmp_path / "snap.tar.zst"
+    store = DriveStore(tmp_path)
+    archive = store.path("snapshots", "snap.tar.zst")
+    archive.parent.mkdir(parents=True)
     archive.write_bytes(zstandard.ZstdCompressor().compress(raw.getvalue()))
     staging = tmp_path / "staging"
 
     umask = os.umask(0)  # as in some containers: tar's --no-same-permissions then keeps o+w
     try:
-        _unpack_verified(DriveStore(tmp_path), archive, hashlib.sha256(archive.read_bytes()).hexdigest(), staging)
+        _unpack_verified(store, archive.name, hashlib.sha256(archive.read_bytes()).hexdigest(), staging)
     finally:
         os.umask(umask)
 
@@ -223,7 +225,7 @@ def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, docu
         snapshot.read_index(store)
     except SnapshotUnusable as exc:
         one_line(exc)
-    entries = inventory(store, PROJECT_ROOT)  # `invoke cache` over the same Drive
+    entries = inventory(store, PROJECT_ROOT, drive)  # `invoke cache` over the same Drive
     assert {e.kind for e in entries if e.path == index} <= {"index", "unreadable index"}
 
 

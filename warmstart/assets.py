@@ -205,7 +205,10 @@ def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, 
         verified = store.get(KIND, asset.sha256, scratch / asset.sha256, {asset.sha256})
         if verified:
             place(asset, verified, dest, placed)
-            return "from Drive"
+            if verified not in store.from_team:
+                return "from Drive"
+            work.add(KIND, verified)  # Drive gets it too
+            return "from the team cache"
         if offline:
             raise PreconditionUnmet(f"asset {asset.name}: {store.warnings[-1]}; run once without "
                                     "--offline to fetch it again")

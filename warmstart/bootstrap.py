@@ -31,6 +31,7 @@ from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .store import DriveStore
+from .team import borrowable, open_team, team_location, team_read_only
 from .transfer import explain
 from .wheels import best, by_release
 
@@ -95,12 +96,20 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
         store = DriveStore(drive, report.cache, report.bars)
+        team = team_location(options.cache)
+        if team and not options.offline:  # offline runs use what Drive holds
+            store.team = report.team = open_team(team, drive=drive, read_only=team_read_only(options.cache_read_only),
+                                                 bars=report.bars, warnings=store.warnings, borrow=borrowable(target))
         cached = cached_wheels(store, lock.pins, target.supported_tags())
         asset_states = {}
         for asset in () if options.packages_only else recipe.assets:
             dest = asset.destination(drive / recipe.workdir)
             asset_states[asset] = (dest, assets.state(store, asset, dest))
         step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
+        if store.team:
+            step.detail += f" ({len(store.team_only('wheels'))} of them only in the team cache {store.team})"
+            if store.warnings:  # it cannot be used: said as a warning when the work starts
+                step.status = "warning"
         if recipe.assets:
             in_cache = sum(state != "missing" for _dest, state in asset_states.values())
             step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
@@ -185,6 +194,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     work = drivework.start(prefix, plan.drive, plan.target.executable)
     run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome
+    run.warn(store.warnings)  # the team cache down or refusing: said once, before the work
     run.outcome.changed = not plan.nothing_to_do
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
@@ -226,6 +236,7 @@ def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report) -> No
     with report.step("drive") as step:
         try:
             run.outcome.drive_writes = run.work.hand_off(wait=wait, store=store)
+            run.warn(store.warnings)
         except OSError as exc:  # Drive full or gone: this costs the next VM a download, not this run
             step.status = "warning"
             run.warn([f"the Drive cache was not filled: {explain(exc)}; the next run tries again"])

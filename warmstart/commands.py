@@ -3,15 +3,16 @@
 
     invoke bootstrap --recipe hyperlpr [--drive DIR] [--python PATH] [--offline]
                      [--allow-no-gpu] [--allow-unfit-gpu] [--dry-run] [--json]
-                     [--installer pip|uv] [--packages-only]
-    invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--json]
+                     [--installer pip|uv] [--packages-only] [--wait]
+                     [--cache URL [--cache-read-only]]
+    invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--cache URL] [--json]
     invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG]
                 [--platform-profile colab] [--upgrade]
     invoke lock --check
     invoke image --name colab-latest --freeze FILE --python 3.13.15 --source REPO@COMMIT
     invoke recipes [--drive DIR]
     invoke assets --recipe hyperlpr [--drive DIR]
-    invoke cache [--drive DIR] [--verify] [--prune [--dry-run]]
+    invoke cache [--drive DIR | --cache URL] [--verify] [--prune [--dry-run]]
     invoke gpu [--json]
 """
 
@@ -62,20 +63,21 @@ def _drive(option: str | None) -> Path:
 
 @command(help={**Options.flags(), "json": "print the final report as one JSON object on stdout"})
 def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_gpu=False,
-              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False, wait=False):
+              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False, wait=False,
+              cache=None, cache_read_only=False):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
 
     def run(report: Report) -> None:
         options = Options(recipe, drive, python, offline, allow_no_gpu, allow_unfit_gpu, dry_run, installer,
-                          packages_only, wait or os.environ.get("WARMSTART_WAIT") == "1")
+                          packages_only, wait or os.environ.get("WARMSTART_WAIT") == "1", cache, cache_read_only)
         bootstrapping.bootstrap(options, ROOT, report)
 
     _exit(run_reported(run, recipe or "", as_json=json).exit_code)
 
 
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "python": PYTHON_HELP,
-               "json": "print one JSON object on stdout"})
-def status(c, recipe=None, drive=None, python=None, json=False):
+               "json": "print one JSON object on stdout", "cache": Options.flags()["cache"]})
+def status(c, recipe=None, drive=None, python=None, json=False, cache=None):
     """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act)."""
     from .status import status as gather
     from .status import status_lines
@@ -83,7 +85,7 @@ def status(c, recipe=None, drive=None, python=None, json=False):
     facts: dict[str, Any] = {}
 
     def show(report) -> None:
-        facts.update(gather(Options(recipe, drive, python), ROOT, report))
+        facts.update(gather(Options(recipe, drive, python, cache=cache), ROOT, report))
         if not json:
             print("\n".join(status_lines(facts)))
 
@@ -188,14 +190,21 @@ def recipes(c, drive=None):
 @command(help={"drive": DRIVE_HELP, "verify": "hash every cached file; set damaged ones aside (exit 1)",
             "prune": "remove what no current lock here names and no run has used for --older-than days",
             "older-than": "days without use before --prune removes a file (default 30)",
-            "dry-run": "with --prune: only list"})
-def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None):
-    """Show the Drive cache per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
+            "dry-run": "with --prune: only list",
+            "cache": "show, verify or prune this team cache instead of Drive's (default: WARMSTART_CACHE)"})
+def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None, cache=None):
+    """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
     from . import maintenance
+    from .team import open_team, team_location
 
     def run() -> None:
-        store = DriveStore(_drive(drive))
-        entries = maintenance.inventory(store, ROOT)
+        drive_root = _drive(drive)
+        team = team_location(cache)
+        store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
+        print(f"warmstart: the cache at {store}", file=sys.stderr)
+        entries = maintenance.inventory(store, ROOT, drive_root)
+        if store.warnings:  # the team cache cannot be listed
+            raise PreconditionUnmet(store.warnings[0])
         notes = {"not a file": "is not a regular file: never read",
                  "unreadable index": "is an unreadable snapshot index: --prune removes it"}
         for entry in entries:
@@ -210,7 +219,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
                     print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
             damaged = [e for e in entries if e.status.startswith("damaged")]
             if damaged:
-                raise WarmstartError(f"{len(damaged)} damaged files in {store.root} were set aside; "
+                raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
                                      "the next online bootstrap fetches them again")
         if prune:
             try:

@@ -30,6 +30,7 @@ from packaging.utils import canonicalize_name
 from .errors import PreconditionUnmet
 from .store import STALE_SECONDS, DriveStore
 from .target import state_file
+from .team import open_team, team_spec
 from .transfer import Bars, atomic_write_text, explain
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
@@ -89,7 +90,8 @@ class DriveWork:
         files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
         atomic_write_text(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
-            "python": self.python, "tags": self.tags, "files": files, "created": time.time()}))
+            "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
+            "team": team_spec(store.team) if store.team else None}))
         if wait:
             finish(self.folder, store)
             return "written to Drive"
@@ -222,7 +224,7 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
         wanted = job.get("download")
         if wanted and not offline:
             _download(folder, wanted, job["tags"], store)
-        files = sorted(folder.glob(f"{FILES}/*/*"))
+        files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
         total = sum(f.stat().st_size for f in files)
         with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
             for path in files:
@@ -273,7 +275,13 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0])
     try:
         job = json.loads((folder / JOB).read_text())
-        finish(folder, DriveStore(Path(job["drive"]), bars=Bars(enabled=False)))
+        store = DriveStore(Path(job["drive"]), bars=Bars(enabled=False))
+        if team := job.get("team"):
+            store.team = open_team(team["location"], drive=store.drive, read_only=team["read_only"],
+                                   warnings=store.warnings)
+        finish(folder, store)
+        for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
+            print(f"warning: {warning}", file=sys.stderr)
     except FileNotFoundError:
         return 0  # finished by a run that came first
     except Exception as exc:  # the job stays; `status` says why, the next run tries again

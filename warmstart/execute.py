@@ -89,7 +89,9 @@ class Executor:
             with self.report.step("fetch") as step:
                 for pin in need:
                     cached = plan.cached.get(pin.name)
-                    if cached and self.store.get("wheels", cached, stage / cached, pin.hashes):
+                    if cached and (got := self.store.get("wheels", cached, stage / cached, pin.hashes)):
+                        if got in self.store.from_team:
+                            self.work.add("wheels", got)  # Drive gets it too (installed from there)
                         continue
                     if plan.offline:
                         why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
@@ -99,8 +101,7 @@ class Executor:
                     if pin not in to_download:
                         to_download.append(pin)
                 self.warn(self.store.warnings)
-                stats = self.store.stats
-                step.detail = f"{stats.hits} files, {stats.bytes_read / 2**20:.1f} MiB from Drive"
+                step.detail = self.store.describe_reads()
             downloads = self.work.area("wheels")
             with self.report.step("download") as step:
                 if to_download and self.direct:
@@ -160,15 +161,15 @@ class Executor:
 
         with self.report.step("snapshot") as step:
             try:
-                size = snapshot.restore(self.store, plan.snapshot, plan.target, make_room)
+                size = snapshot.restore(self.store, plan.snapshot, plan.target, make_room,
+                                        for_drive=self.work.area(snapshot.KIND))
             except snapshot.SnapshotUnusable as exc:
                 step.status, step.detail = "warning", str(exc)
                 self.outcome.snapshot = {"used": False, "reason": str(exc)}
                 self.report.say(f"warning: {exc}; installing from the wheels instead")
                 return False
             step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
-            index = self.store.path(snapshot.KIND, plan.snapshot.index_name)
-            self.outcome.snapshot = {"used": True, "index": str(index)}
+            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, plan.snapshot.index_name)}
             return True
 
     def clear_broken(self) -> None:

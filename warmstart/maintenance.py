@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .lock import existing_locks, parse_lock
 from .recipe import known_recipes, load_recipe
-from .store import STALE_SECONDS, DriveStore, StoredFile
+from .store import STALE_SECONDS, StoredFile
+from .team import Store
 from .transfer import sha256_of
 from .wheels import parse
 
@@ -24,7 +25,7 @@ class Entry:
     archive: str | None = None  # for a snapshot index: the archive it names
 
     @property
-    def path(self) -> Path:
+    def path(self) -> PurePath:
         return self.file.path
 
     @property
@@ -36,13 +37,13 @@ _KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot"}
 _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
 
 
-def inventory(store: DriveStore, root: Path) -> list[Entry]:
-    """Every file of the store, with the recipes (of this checkout and the Drive's recipe folder)
-    whose current locks and assets name it."""
+def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
+    """Every file of the store (Drive's, or a team store), with the recipes (of this checkout and
+    the Drive's recipe folder) whose current locks and assets name it."""
     wheel_refs: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     asset_refs: dict[str, set[str]] = defaultdict(set)
     lock_refs: dict[str, set[str]] = defaultdict(set)
-    for name, path in known_recipes(root, store.drive).items():
+    for name, path in known_recipes(root, drive).items():
         recipe = load_recipe(str(path), root)
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)
@@ -79,14 +80,14 @@ def inventory(store: DriveStore, root: Path) -> list[Entry]:
     return entries
 
 
-def verify(store: DriveStore, entries: list[Entry]) -> None:
+def verify(store: Store, entries: list[Entry]) -> None:
     """Hash every cached file; a file whose sha256 is not the one it must have is set aside."""
     for entry in entries:
         if entry.kind not in ("wheel", "asset", "snapshot"):
             continue
         if not entry.hashes:
             entry.status = "unreferenced (no current lock or recipe names it)"
-        elif sha256_of(entry.path) in entry.hashes:
+        elif store.sha256(entry.file) in entry.hashes:
             entry.status = "ok"
         else:
             entry.status = f"damaged, set aside as {store.set_aside(entry.path).name}"

@@ -32,6 +32,10 @@ class Options:
     packages_only: bool = _opt("install the lock only; leave the recipe's assets and checks alone", False)
     wait: bool = _opt("write the Drive cache and the snapshot before returning, not in the background "
                       "(WARMSTART_WAIT=1 does the same)", False)
+    cache: str | None = _opt("the team cache behind Drive: s3://bucket/prefix, gs://bucket/prefix, another "
+                             "fsspec URL, or a shared folder (default: WARMSTART_CACHE)")
+    cache_read_only: bool = _opt("read the team cache, never write it (WARMSTART_CACHE_READ_ONLY=1 does the same)",
+                                 False)
     # Set by the in-kernel API, not a flag: the distributions whose modules the running kernel has
     # imported. A `!invoke` subprocess cannot know them and uses the platform's preloaded list.
     kernel_imported: frozenset[str] | None = None

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .execute import Outcome
     from .gpu import GpuReport
     from .plan import Facts, Plan
+    from .store import DriveStore
+    from .team import ObjectStore
 
 # The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
 REPORT_VERSION = 1
@@ -44,6 +46,7 @@ class Report:
     plan: Plan | None = None  # set by bootstrap once the plan is made
     outcome: Outcome | None = None  # set by bootstrap when the executor starts (None: a dry run)
     status: dict[str, Any] | None = None  # set by `status`
+    team: DriveStore | ObjectStore | None = None  # the team cache, when one is configured
     error: str | None = None
     exit_code: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -87,6 +90,10 @@ class Report:
                        provided=dict(sorted(plan.needs.provided.items())),
                        python=str(plan.target.executable), installer=plan.installer,
                        dry_run=self.outcome is None)
+        if self.team:
+            from .team import describe
+
+            out["team_cache"] = describe(self.team)
         if self.outcome:
             out.update(self.outcome.as_json())
         if self.status is not None:

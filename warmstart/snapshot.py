@@ -28,6 +28,7 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -37,7 +38,7 @@ from .errors import WarmstartError
 from .lock import Lock, Pin
 from .store import DriveStore
 from .target import TargetPython, installed_files
-from .transfer import Bar, regular_file, zstd_open
+from .transfer import Bar, zstd_open
 
 KIND = "snapshots"
 
@@ -99,7 +100,7 @@ class Snapshot:
         """Keep a damaged snapshot for inspection, out of the way of the next one."""
         for name in (self.index_name, _archive_name(index)):
             if store.has(KIND, name):
-                store.set_aside(store.path(KIND, name))
+                store.set_aside_named(KIND, name)
 
 
 def _archive_name(index: dict[str, Any]) -> str:
@@ -142,6 +143,7 @@ def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tupl
         archive = part.commit(store.path(KIND, f"{snapshot.stem}-{sha256[:16]}.tar.zst"))
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
              "files": len(members), "distributions": {p.name: p.version for p in pins}}
+    store.share(KIND, archive)  # the team store's copy too, before its index
     store.put_text(KIND, snapshot.index_name, json.dumps(index, indent=1) + "\n")  # last: it names a whole archive
     store.stats.bytes_written += hashing.size
     return archive
@@ -155,22 +157,24 @@ class _ReadAhead:
     BLOCK = 4 << 20
     DEPTH = 8  # blocks read ahead at most: 32 MiB of memory
 
-    def __init__(self, path: Path, bar: Bar) -> None:
-        self.digest, self.size, self.bar = hashlib.sha256(), 0, bar
+    def __init__(self, source: IO[bytes], bar: Bar, copy: IO[bytes] | None = None) -> None:
+        self.digest, self.size, self.bar, self.copy = hashlib.sha256(), 0, bar, copy
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
         self._left = b""
         self._done = False
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read_all, args=(path,), daemon=True)
+        self._thread = threading.Thread(target=self._read_all, args=(source,), daemon=True)
         self._thread.start()
 
-    def _read_all(self, path: Path) -> None:
+    def _read_all(self, source: IO[bytes]) -> None:
         try:
-            with open(path, "rb", buffering=0) as fh:
-                while not self._stop.is_set() and (block := fh.read(self.BLOCK)):
+            with source:
+                while not self._stop.is_set() and (block := source.read(self.BLOCK)):
                     self.digest.update(block)
                     self.size += len(block)
                     self.bar.update(len(block))
+                    if self.copy:
+                        self.copy.write(block)
                     self._put(block)
         except BaseException as exc:  # handed to the reader, raised there
             self._put(exc)
@@ -219,9 +223,11 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
-def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: Path) -> None:
-    """Read the archive once from Drive, hashing it while GNU tar unpacks it into `staging`;
-    raise SnapshotUnusable (staging removed) when the hash is not the index's."""
+def _unpack_verified(store: DriveStore, archive: str, expected: str, staging: Path,
+                     copy: IO[bytes] | None = None) -> int:
+    """Read the archive once from Drive (or the team store), hashing it while GNU tar unpacks it
+    into `staging` (and writing it to `copy` too, when given); raise SnapshotUnusable (staging
+    removed) when the hash is not the index's. Returns the bytes read."""
     staging.mkdir(parents=True)
     # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own. With the
     # zstd program, tar decompresses too and this process only hashes the compressed bytes.
@@ -235,8 +241,9 @@ def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: P
     _widen(tar.stdin)
     hashing: _ReadAhead | None = None
     try:
-        with store.bars.bar(archive.stat().st_size, "snapshot from Drive") as bar:
-            hashing = _ReadAhead(archive, bar)
+        with store.bars.bar(store.size(KIND, archive), "snapshot from " + (
+                "Drive" if store.on_drive(KIND, archive) else "the team cache")) as bar:
+            hashing = _ReadAhead(store.open(KIND, archive), bar, copy)
             stream = hashing if native else zstd_open(hashing, "rb")
             while chunk := stream.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
@@ -248,7 +255,7 @@ def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: P
     except (OSError, WarmstartError) as exc:
         tar.kill()
         shutil.rmtree(staging, ignore_errors=True)
-        raise SnapshotUnusable(f"snapshot {archive.name} cannot be read ({exc})") from None
+        raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
     finally:
         if hashing is not None:
             hashing.close()
@@ -256,12 +263,12 @@ def _unpack_verified(store: DriveStore, archive: Path, expected: str, staging: P
         error = tar.stderr.read().decode()
         tar.wait()
     assert hashing is not None  # else the error above was raised
-    store.stats.bytes_read += hashing.size
     if hashing.digest.hexdigest() != expected or tar.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
-        raise SnapshotUnusable(f"snapshot {archive.name} is damaged ({why})")
+        raise SnapshotUnusable(f"snapshot {archive} is damaged ({why})")
     _tame(staging)
+    return hashing.size
 
 
 def _widen(pipe: IO[bytes]) -> None:
@@ -286,25 +293,37 @@ def _tame(folder: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
-def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None]) -> int:
+def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
+            for_drive: Path | None = None) -> int:
     """Unpack a verified snapshot into the target; returns the archive size.
 
     Files land in a staging folder inside the prefix first and move into place only after the
-    archive's sha256 matched, so a damaged archive never touches the environment."""
+    archive's sha256 matched, so a damaged archive never touches the environment. A snapshot
+    that comes from the team store is copied, archive and index, into `for_drive` as it is read
+    (the Drive work puts them on Drive, the index last)."""
     index = snapshot.read_index(store)
-    archive = store.path(KIND, _archive_name(index))
-    if not regular_file(archive):
-        raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive.name}, which is missing")
+    archive = _archive_name(index)
+    if not store.has(KIND, archive):
+        raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
+    from_team = not store.on_drive(KIND, archive)
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
+    copy = for_drive / archive if from_team and for_drive else None
     try:
-        _unpack_verified(store, archive, str(index.get("sha256")), staging)
+        with open(copy, "wb") if copy else nullcontext() as kept:
+            read = _unpack_verified(store, archive, str(index.get("sha256")), staging, kept)
     except SnapshotUnusable:
+        if copy:
+            copy.unlink(missing_ok=True)
         snapshot.set_aside(store, index)
         raise
+    stats = store.team.stats if from_team and store.team else store.stats
+    stats.bytes_read += read
+    stats.hits += 1
+    if copy:
+        (copy.parent / snapshot.index_name).write_text(json.dumps(index, indent=1) + "\n")
     try:
         uninstall()
         _merge(staging, target.prefix)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    store.stats.hits += 1
     return int(index.get("size", 0))

