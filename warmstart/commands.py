@@ -203,8 +203,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
         print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
-        if store.warnings:  # the team cache cannot be listed
-            raise PreconditionUnmet(store.warnings[0])
+        if down := getattr(store, "down", None):
+            raise PreconditionUnmet(f"the team cache {store} cannot be listed: {down}")
         notes = {"not a file": "is not a regular file: never read",
                  "unreadable index": "is an unreadable snapshot index: --prune removes it"}
         for entry in entries:

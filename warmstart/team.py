@@ -139,7 +139,10 @@ class ObjectStore:
     def _failed(self, doing: str, exc: BaseException, *, write: bool = False) -> None:
         """The first failure ends the team store's part in this run (every later call would wait
         on the same timeout); a write refused ends only the writes."""
-        why = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])[:300]
+        why = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
+        if userinfo := self.url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]:
+            why = why.replace(userinfo, "***")  # a backend may quote the whole bucket name back
+        why = why[:300]
         if write and isinstance(exc, PermissionError):
             if not self.refused:
                 self.warnings.append(f"the team cache {self} refused a write ({why}); this run writes no more "
