@@ -183,11 +183,11 @@ def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
 
 
 class CutOnFirstDownload:
-    """A TCP relay in front of the S3 server that stops the server itself as the first object
-    download starts: the listing answered, then the team store is gone mid-run."""
+    """A TCP relay in front of the S3 server that stops the server itself as the first download
+    of a matching object starts: the listing answered, then the team store is gone mid-run."""
 
-    def __init__(self, s3: SeaweedS3) -> None:
-        self.s3 = s3
+    def __init__(self, s3: SeaweedS3, path_part: bytes) -> None:
+        self.s3, self.path_part = s3, path_part
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
@@ -210,7 +210,7 @@ class CutOnFirstDownload:
     def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
         try:
             while data := src.recv(65536):
-                if requests and data.startswith(b"GET /") and b"/v1/wheels/" in data.split(b"\r\n", 1)[0]:
+                if requests and data.startswith(b"GET /") and self.path_part in data.split(b"\r\n", 1)[0]:
                     self.cut.set()
                     self.s3.stop()
                     self.listener.close()
@@ -222,13 +222,21 @@ class CutOnFirstDownload:
             sock.close()
 
 
-def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, tmp_path, tmp_path_factory, index):
+@pytest.mark.parametrize("cut_on", ["wheel", "snapshot"])
+def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, tmp_path, tmp_path_factory, index,
+                                                                          cut_on):
     with SeaweedS3(tmp_path_factory.mktemp("doomed")) as s3:
         bucket = s3.bucket("doomed")
         url = f"s3://{bucket}/team"
-        assert VM(tmp_path / "owner", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
-        relay = CutOnFirstDownload(s3)
-        vm = VM(tmp_path / "next", index.url, {**s3.credentials("writer"), "AWS_ENDPOINT_URL": relay.endpoint}, url)
+        owner = VM(tmp_path / "owner", index.url, s3.credentials("writer"), url)
+        assert owner.bootstrap(demo).code == 0
+        relay = CutOnFirstDownload(s3, b"/v1/wheels/" if cut_on == "wheel" else b".tar.zst")
+        creds = {**s3.credentials("writer"), "AWS_ENDPOINT_URL": relay.endpoint}
+        if cut_on == "snapshot":  # the owner's VM wiped: its snapshot is the one to restore
+            shutil.rmtree(owner.root)
+            vm = VM(tmp_path / "owner", index.url, creds, url)
+        else:  # another prefix: the wheels are what it reads
+            vm = VM(tmp_path / "next", index.url, creds, url)
 
         result = vm.bootstrap(demo)
 
@@ -237,6 +245,8 @@ def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, 
     down = [w for w in result.report["warnings"] if "cannot be used" in w]
     assert len(down) == 1 and "going on with Drive and the package index" in down[0]  # said once
     assert result.report["team_cache"]["problem"]
+    if cut_on == "snapshot":
+        assert result.report["snapshot"]["used"] is False  # not set aside: it is not damaged
     assert {k: v for k, v in installed(vm.python).items() if k in LOCKED} == LOCKED  # from the index
     assert len(vm.on_drive("wheels")) == 3
 

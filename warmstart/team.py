@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .errors import PreconditionUnmet
 from .store import DAMAGED, KINDS, USAGE, CacheStats, DriveStore, StoredFile, classify, parse_record, record_name
@@ -193,12 +193,20 @@ class ObjectStore:
     # -- reading ---------------------------------------------------------------------------
 
     def open(self, kind: str, name: str) -> IO[bytes]:
-        """A stream of a stored object (the snapshot restore reads it once, front to back)."""
-        # 32 MiB ranged GETs, each the next while the last is read: an eighth of the requests of
-        # fsspec's default, nearly the throughput of one GET (1.8 s for 290 MiB on 127.0.0.1,
-        # against 3.3 s with 4 MiB ranges).
-        opened: IO[bytes] = self.fs.open(self.key(kind, name), "rb", block_size=32 * CHUNK, cache_type="readahead")
-        return opened
+        """A stream of a stored object (the snapshot restore reads it once, front to back). Any
+        failure, opening or reading, is an OSError, and ends the team store's part in the run."""
+        try:
+            # 32 MiB ranged GETs, each the next while the last is read: an eighth of the requests
+            # of fsspec's default, nearly the throughput of one GET (1.8 s for 290 MiB on
+            # 127.0.0.1, against 3.3 s with 4 MiB ranges).
+            opened = self.fs.open(self.key(kind, name), "rb", block_size=32 * CHUNK, cache_type="readahead")
+        except Exception as exc:
+            raise self._unreadable(kind, name, exc) from None
+        return cast(IO[bytes], _Stream(opened, lambda exc: self._unreadable(kind, name, exc)))
+
+    def _unreadable(self, kind: str, name: str, exc: BaseException) -> OSError:
+        self._failed(f"reading {kind}/{name}", exc)
+        return exc if isinstance(exc, OSError) else OSError(f"the team cache stopped answering: {self.down}")
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Download an object to local `dest`, hashing it; `dest` when its sha256 is one of
@@ -276,7 +284,10 @@ class ObjectStore:
 
     def set_aside_named(self, kind: str, name: str) -> None:
         if self.writable:
-            self.set_aside(PurePosixPath(self.key(kind, name)))
+            try:
+                self.set_aside(PurePosixPath(self.key(kind, name)))
+            except Exception as exc:
+                self._failed(f"setting {kind}/{name} aside", exc, write=True)
 
     def set_aside(self, path: PurePath) -> PurePosixPath:
         """Copy a damaged object to a name no run reads, then remove it (no rename on S3)."""
@@ -350,6 +361,33 @@ def _mtime(info: dict[str, Any]) -> float:
         except ValueError:
             return 0.0
     return stamp.timestamp() if isinstance(stamp, datetime) else float(stamp or 0.0)
+
+
+class _Stream:
+    """A backend's file object whose read errors (botocore's, aiohttp's: not all OSErrors) come
+    out as OSError, as a file's would."""
+
+    def __init__(self, opened: Any, failed: Any) -> None:
+        self._opened, self._failed = opened, failed
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data: bytes = self._opened.read(size)
+        except Exception as exc:
+            raise self._failed(exc) from None
+        return data
+
+    def close(self) -> None:
+        try:
+            self._opened.close()
+        except Exception:
+            pass  # a stream of a store that stopped answering: nothing to keep
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Discard:
