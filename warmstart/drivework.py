@@ -174,6 +174,8 @@ def _running(folder: Path) -> bool:
         lock.acquire(timeout=0)
     except Timeout:
         return True
+    except FileNotFoundError:
+        return False  # finished and removed just now
     lock.release()
     return False
 
@@ -190,6 +192,8 @@ def settle(prefix: Path, store: DriveStore, say: Any, *, offline: bool = False) 
         try:
             finish(folder, store, offline=offline)
         except OSError as exc:  # Drive full or gone: the job stays for a later run
+            if not (folder / JOB).is_file():
+                continue  # finished meanwhile by the worker
             say(f"warning: the Drive writes of the last run stopped again: {explain(exc)}")
             (folder / FAILED).write_text(explain(exc))
     return True
@@ -215,7 +219,11 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
     from . import target as target_python
     from .lock import Pin
 
-    with FileLock(folder / ".lock"):
+    try:
+        held = FileLock(folder / ".lock").acquire()
+    except FileNotFoundError:
+        return  # the worker finished it and removed the folder while this waited
+    with held:  # released once, at the end
         try:
             job = json.loads((folder / JOB).read_text())
         except (OSError, ValueError):
