@@ -106,6 +106,13 @@ def test_two_vms_fill_one_bucket_at_once_and_a_wiped_vm_restores_from_it_alone(s
     new = set(objects(s3, bucket)) - set(stored)
     assert len(new) == 1 and new.pop().startswith("team/v1/usage/")  # only a usage record: it had it all
 
+    # Prune keeps what runs used within 30 days, and folds the usage records into one.
+    pruned = run_cli("cache", "--cache", url, "--drive", str(wiped.drive), "--prune", env=wiped.env)
+    assert pruned.code == 0, pruned.stderr
+    after = objects(s3, bucket)
+    assert len([k for k in after if k.startswith("team/v1/usage/")]) == 1
+    assert {k for k in after if not k.startswith("team/v1/usage/")} == {k for k in stored if "/usage/" not in k}
+
 
 def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive(s3, demo, tmp_path, index):
     bucket = s3.bucket("wheels")

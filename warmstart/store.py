@@ -22,7 +22,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -314,7 +314,7 @@ class DriveStore:
             pass  # a record only protects files from pruning; the next run writes another
 
     def _write_record(self, used: dict[str, float]) -> None:
-        atomic_write_text(self.path(USAGE, record_name(used)), json.dumps({"used": used}, sort_keys=True))
+        atomic_write_text(self.path(USAGE, record_name(used)), record_text(used))
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         """When a run last used each store file (by key), and the record files that say so."""
@@ -333,17 +333,28 @@ class DriveStore:
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         """Fold the records read into one, for the files still there, then remove those read (a
         record another run writes meanwhile is a new file, and stays)."""
-        if len(records) < 2:
-            return
-        if merged := {key: at for key, at in when.items() if key in keep}:
-            self._write_record(merged)
-        for record in records:
-            Path(record).unlink(missing_ok=True)
+        compact(when, records, keep, self._write_record, lambda record: Path(record).unlink(missing_ok=True))
 
 
 def record_name(used: dict[str, float]) -> str:
     """A usage record's file name: unique, so two runs never write the same one."""
     return f"{int(max(used.values()))}-{uuid.uuid4().hex[:12]}.json"
+
+
+def record_text(used: dict[str, float]) -> str:
+    return json.dumps({"used": used}, sort_keys=True)
+
+
+def compact(when: dict[str, float], records: Sequence[PurePath], keep: set[str],
+            write: Callable[[dict[str, float]], None], remove: Callable[[PurePath], None]) -> None:
+    """Fold the usage records read (`when`: the latest use of each key) into one record, for the
+    keys in `keep`, then remove the records read; nothing when there are fewer than two."""
+    if len(records) < 2:
+        return
+    if merged := {key: at for key, at in when.items() if key in keep}:
+        write(merged)
+    for record in records:
+        remove(record)
 
 
 def parse_record(data: bytes) -> dict[str, float] | None:

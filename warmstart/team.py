@@ -32,7 +32,19 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
 from .errors import PreconditionUnmet
-from .store import DAMAGED, KINDS, USAGE, CacheStats, DriveStore, StoredFile, classify, parse_record, record_name
+from .store import (
+    DAMAGED,
+    KINDS,
+    USAGE,
+    CacheStats,
+    DriveStore,
+    StoredFile,
+    classify,
+    compact,
+    parse_record,
+    record_name,
+    record_text,
+)
 from .target import TargetPython
 from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact
 
@@ -316,8 +328,16 @@ class ObjectStore:
     def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
         now = time.time() if now is None else now
         if names := sorted(set(keys)):
-            used = dict.fromkeys(names, now)
-            self.put_text(USAGE, record_name(used), json.dumps({"used": used}, sort_keys=True))
+            self._write_record(dict.fromkeys(names, now))
+
+    def _write_record(self, used: dict[str, float]) -> None:
+        self.put_text(USAGE, record_name(used), record_text(used))
+
+    def _remove_record(self, record: PurePath) -> None:
+        try:
+            self.fs.rm_file(str(record))
+        except FileNotFoundError:
+            pass  # another VM compacted it
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         when: dict[str, float] = {}
@@ -335,15 +355,7 @@ class ObjectStore:
         return when, records
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
-        if len(records) < 2:
-            return
-        if merged := {key: at for key, at in when.items() if key in keep}:
-            self.put_text(USAGE, record_name(merged), json.dumps({"used": merged}, sort_keys=True))
-        for record in records:
-            try:
-                self.fs.rm_file(str(record))
-            except FileNotFoundError:
-                pass
+        compact(when, records, keep, self._write_record, self._remove_record)
         self._listings.pop(USAGE, None)
 
 
