@@ -3,6 +3,7 @@ the warmstart CLI run as a user runs it (`invoke bootstrap ...` in a subprocess)
 
 from __future__ import annotations
 
+import atexit
 import base64
 import functools
 import hashlib
@@ -137,8 +138,14 @@ def index(tmp_path_factory) -> Index:
     server.shutdown()
 
 
-# warmstart's local caches (partial downloads, uv, verified RECORDs) go here, not to ~/.cache.
-CACHE_HOME = tempfile.mkdtemp(prefix="warmstart-test-cache-")
+# One scratch folder for the session, removed when it ends: warmstart's local caches (partial
+# downloads, uv, verified RECORDs) go there, not to ~/.cache, and so do the temporary folders of
+# the runs the tests start (TMPDIR), with whatever a run killed on purpose leaves behind.
+SCRATCH = Path(tempfile.mkdtemp(prefix="warmstart-tests-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
+CACHE_HOME = str(SCRATCH / "cache")
+RUN_TMP = SCRATCH / "tmp"
+RUN_TMP.mkdir()
 
 
 def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
@@ -146,7 +153,7 @@ def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
     # WARMSTART_WAIT: most tests read Drive right after a run, so its Drive writes are done
     # before it returns; test_drivework.py drops it to test them in the background.
     env.update({"WARMSTART_PLATFORM": "local", "PIP_CONFIG_FILE": os.devnull,
-                "XDG_CACHE_HOME": CACHE_HOME, "WARMSTART_WAIT": "1", **extra})
+                "XDG_CACHE_HOME": CACHE_HOME, "TMPDIR": str(RUN_TMP), "WARMSTART_WAIT": "1", **extra})
     if index_url:
         env["PIP_INDEX_URL"] = index_url
     return env

@@ -76,35 +76,44 @@ class SeaweedS3:
             [binary, "server", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1", "-dir", str(data),
              "-master.port", str(master), "-master.port.grpc", str(master_grpc),
              "-volume.port", str(volume), "-volume.port.grpc", str(volume_grpc), "-volume.max", "0",
+             # Its default keeps 1% of the disk free: 2.5 GB of a big shared disk, read-only below.
+             "-volume.minFreeSpace", "256MiB",
              "-master.volumeSizeLimitMB", "256", "-filer.port", str(filer), "-filer.port.grpc", str(filer_grpc),
              "-s3", "-s3.port", str(s3), "-s3.port.grpc", str(s3_grpc), "-s3.config", str(config),
              "-s3.port.iceberg", "0", "-s3.port.lance", "0"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
+        deadline, why = time.monotonic() + timeout, "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}; see {self.folder / 'weed.log'}")
+                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self._log_tail()}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
             except urllib.error.HTTPError:  # 403 to an anonymous request: it answers
-                if self._can_write():
+                why = self._cannot_write()
+                if not why:
                     return
             except OSError:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint} within {timeout:.0f}s")
+        raise RuntimeError(f"SeaweedFS on {self.endpoint} took no write within {timeout:.0f}s ({why}); "
+                           f"free disk: {shutil.disk_usage(self.folder).free >> 20} MiB; its log ends:\n"
+                           f"{self._log_tail()}")
 
-    def _can_write(self) -> bool:
-        """The S3 gateway answers before the filer and volume behind it take writes."""
+    def _cannot_write(self) -> str:
+        """Why a test write fails, or "": the S3 gateway answers before the filer and volume
+        behind it take writes."""
         try:
             fs = self.filesystem("writer")
             fs.pipe_file("warmstart-probe/ready", b"1")
             fs.rm("warmstart-probe", recursive=True)
-            return True
-        except Exception:
-            return False
+            return ""
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+
+    def _log_tail(self, lines: int = 15) -> str:
+        return "\n".join((self.folder / "weed.log").read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
         """Stop the server at once (SIGKILL: a server that dies, as a test of it stopping wants)."""
