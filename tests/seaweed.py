@@ -47,6 +47,7 @@ class SeaweedS3:
         self.folder = folder
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self._sockets: list[Path] = []
 
     def __enter__(self) -> SeaweedS3:
         self.start()
@@ -71,9 +72,14 @@ class SeaweedS3:
             for name, (key, secret, actions) in IDENTITIES.items()]}))
         master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
         self.port = s3
+        # Its gRPC services make unix sockets at fixed /tmp names; stop() removes those.
+        self._sockets = [Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock") for kind, port in
+                         (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc), ("s3", s3_grpc))]
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 (open while the server runs)
         self.process = subprocess.Popen(
-            [binary, "server", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1", "-dir", str(data),
+            [binary, "-logdir", str(self.folder), "server", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
+             "-dir", str(data), "-filer.localSocket", str(self.folder / "filer.sock"),
+             "-s3.localSocket", str(self.folder / "s3.sock"),
              "-master.port", str(master), "-master.port.grpc", str(master_grpc),
              "-volume.port", str(volume), "-volume.port.grpc", str(volume_grpc), "-volume.max", "0",
              # Its default keeps 1% of the disk free: 2.5 GB of a big shared disk, read-only below.
@@ -121,6 +127,8 @@ class SeaweedS3:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
         self.process = None
+        for socket_file in self._sockets:
+            socket_file.unlink(missing_ok=True)
 
     def credentials(self, identity: str) -> dict[str, str]:
         """The standard AWS variables for an identity (what a user exports, or a profile holds)."""
