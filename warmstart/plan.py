@@ -43,6 +43,7 @@ class Facts:
     installer: str  # "pip" or "uv"
     warnings: tuple[str, ...] = ()  # said before the plan (a fallback lock)
     whole_records: Signatures = field(default_factory=dict)  # RECORDs found whole: remembered by a real run
+    in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -69,6 +70,7 @@ class Plan:
     needs: Needs  # the lock against what the target has: to install, provided by the platform, left to it
     image: Image | None = None  # the platform image the lock was compiled against
     warnings: tuple[str, ...] = ()
+    in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
 
     @property
     def assets_to_place(self) -> list[Asset]:
@@ -91,6 +93,8 @@ class Plan:
 
     def describe(self) -> list[str]:
         from_cache = [p for p in self.to_install if p.name in self.cached]
+        from_team = [p for p in from_cache if self.cached[p.name] in self.in_team]
+        from_drive = [p for p in from_cache if p not in from_team]
         lines = [
             f"recipe {self.recipe.name} ({self.recipe.path})",
             f"target {self.target.executable} (Python {self.target.version})",
@@ -106,7 +110,9 @@ class Plan:
                 f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
         if self.to_install and self.use_snapshot and self.snapshot:
             lines.append(f"  from the snapshot {self.snapshot.index_name}")
-        lines.append(f"  from the Drive cache {len(from_cache)}: {_names(from_cache, 6)}")
+        lines.append(f"  from the Drive cache {len(from_drive)}: {_names(from_drive, 6)}")
+        if from_team:
+            lines.append(f"  from the team cache {len(from_team)}: {_names(from_team, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
             lines.append(f"asset {asset.name} -> {dest}: {state}")
@@ -166,4 +172,4 @@ def make_plan(facts: Facts, options: Options) -> Plan:
 
     return Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
                 to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
-                found, facts.image, tuple(warnings))
+                found, facts.image, tuple(warnings), facts.in_team)

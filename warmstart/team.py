@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
@@ -121,6 +122,10 @@ def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
         raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; {hint}") from None
 
 
+class TeamUnavailable(PreconditionUnmet):
+    """`invoke cache` on a team store that stopped answering, or refused, midway (exit 3)."""
+
+
 @dataclass
 class ObjectStore:
     """The team store on object storage: the part of the Drive store's interface a run uses."""
@@ -148,13 +153,17 @@ class ObjectStore:
     def where(self, kind: str, name: str) -> str:
         return f"{self}/v1/{kind}/{name}"
 
-    def _failed(self, doing: str, exc: BaseException, *, write: bool = False) -> None:
-        """The first failure ends the team store's part in this run (every later call would wait
-        on the same timeout); a write refused ends only the writes."""
+    def _why(self, exc: BaseException) -> str:
+        """A backend's error in one line, without the URL's credentials."""
         why = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
         if userinfo := self.url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]:
             why = why.replace(userinfo, "***")  # a backend may quote the whole bucket name back
-        why = why[:300]
+        return why[:300]
+
+    def _failed(self, doing: str, exc: BaseException, *, write: bool = False) -> None:
+        """The first failure ends the team store's part in this run (every later call would wait
+        on the same timeout); a write refused ends only the writes."""
+        why = self._why(exc)
         if write and isinstance(exc, PermissionError):
             if not self.refused:
                 self.warnings.append(f"the team cache {self} refused a write ({why}); this run writes no more "
@@ -169,6 +178,21 @@ class ObjectStore:
     @property
     def writable(self) -> bool:
         return not (self.read_only or self.refused or self.down)
+
+    @contextmanager
+    def _maintaining(self, doing: str) -> Iterator[None]:
+        """For `invoke cache`, which has no Drive or index to go on with: a backend failure stops
+        the command with one line. FileNotFoundError passes: another VM removed the object."""
+        try:
+            yield
+        except (FileNotFoundError, TeamUnavailable):
+            raise
+        except Exception as exc:
+            if isinstance(exc, PermissionError):
+                raise TeamUnavailable(f"the team cache {self} refused {doing} ({self._why(exc)}); "
+                                      "this needs credentials that may write to it") from None
+            raise TeamUnavailable(f"the team cache {self} stopped answering while {doing} ({self._why(exc)}); "
+                                  "what was done before stands: run the command again when it answers") from None
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -217,6 +241,9 @@ class ObjectStore:
         return cast(IO[bytes], _Stream(opened, lambda exc: self._unreadable(kind, name, exc)))
 
     def _unreadable(self, kind: str, name: str, exc: BaseException) -> OSError:
+        if isinstance(exc, FileNotFoundError):  # another VM pruned it since the listing: a miss
+            self._listing(kind).pop(name, None)
+            return exc
         self._failed(f"reading {kind}/{name}", exc)
         return exc if isinstance(exc, OSError) else OSError(f"the team cache stopped answering: {self.down}")
 
@@ -231,7 +258,8 @@ class ObjectStore:
                 sha256, size = copy_hashed(src, out, bar)
         except Exception as exc:
             dest.unlink(missing_ok=True)
-            self._failed(f"reading {kind}/{name}", exc)
+            if not isinstance(exc, FileNotFoundError):  # that one is a miss (see _unreadable)
+                self._failed(f"reading {kind}/{name}", exc)
             return None
         self.stats.bytes_read += size
         if sha256 not in sha256s:
@@ -255,7 +283,8 @@ class ObjectStore:
         return json.loads(data)
 
     def sha256(self, entry: StoredFile) -> str:
-        with self.open(entry.kind, entry.path.name) as src:
+        with self._maintaining(f"reading {entry.kind}/{entry.path.name}"), \
+                self.open(entry.kind, entry.path.name) as src:
             return copy_hashed(src, _Discard())[0]
 
     # -- writing ---------------------------------------------------------------------------
@@ -289,7 +318,7 @@ class ObjectStore:
         if not self.writable:
             return "left in place (this run may not write to the team cache)"
         try:
-            return f"set aside as {self.set_aside(PurePosixPath(self.key(kind, name))).name}"
+            return f"set aside as {self._move_aside(PurePosixPath(self.key(kind, name))).name}"
         except Exception as exc:
             self._failed(f"setting {kind}/{name} aside", exc, write=True)
             return "could not be set aside"
@@ -297,11 +326,15 @@ class ObjectStore:
     def set_aside_named(self, kind: str, name: str) -> None:
         if self.writable:
             try:
-                self.set_aside(PurePosixPath(self.key(kind, name)))
+                self._move_aside(PurePosixPath(self.key(kind, name)))
             except Exception as exc:
                 self._failed(f"setting {kind}/{name} aside", exc, write=True)
 
     def set_aside(self, path: PurePath) -> PurePosixPath:
+        with self._maintaining(f"setting {PurePath(path).name} aside"):
+            return self._move_aside(path)
+
+    def _move_aside(self, path: PurePath) -> PurePosixPath:
         """Copy a damaged object to a name no run reads, then remove it (no rename on S3)."""
         path = PurePosixPath(path)
         aside = path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
@@ -313,7 +346,8 @@ class ObjectStore:
         freed = 0
         for entry in entries:
             try:
-                self.fs.rm_file(str(entry.path))
+                with self._maintaining(f"removing {entry.kind}/{entry.path.name}"):
+                    self.fs.rm_file(str(entry.path))
                 freed += entry.size
             except FileNotFoundError:
                 pass  # another VM removed it
@@ -328,25 +362,18 @@ class ObjectStore:
     def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
         now = time.time() if now is None else now
         if names := sorted(set(keys)):
-            self._write_record(dict.fromkeys(names, now))
-
-    def _write_record(self, used: dict[str, float]) -> None:
-        self.put_text(USAGE, record_name(used), record_text(used))
-
-    def _remove_record(self, record: PurePath) -> None:
-        try:
-            self.fs.rm_file(str(record))
-        except FileNotFoundError:
-            pass  # another VM compacted it
+            used = dict.fromkeys(names, now)
+            self.put_text(USAGE, record_name(used), record_text(used))
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         when: dict[str, float] = {}
         records: list[PurePath] = []
         for info in sorted(self._listing(USAGE).values(), key=lambda i: i["name"]):
             try:
-                used = parse_record(self.fs.cat_file(info["name"]))
-            except OSError:
-                continue
+                with self._maintaining("reading the usage records"):
+                    used = parse_record(self.fs.cat_file(info["name"]))
+            except FileNotFoundError:
+                continue  # another VM compacted it
             if used is None:
                 continue
             records.append(PurePosixPath(info["name"]))
@@ -355,7 +382,18 @@ class ObjectStore:
         return when, records
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
-        compact(when, records, keep, self._write_record, self._remove_record)
+        def write(used: dict[str, float]) -> None:
+            with self._maintaining("writing the usage record"):
+                self.fs.pipe_file(self.key(USAGE, record_name(used)), record_text(used).encode())
+
+        def remove(record: PurePath) -> None:
+            try:
+                with self._maintaining("removing old usage records"):
+                    self.fs.rm_file(str(record))
+            except FileNotFoundError:
+                pass  # another VM compacted it
+
+        compact(when, records, keep, write, remove)
         self._listings.pop(USAGE, None)
 
 
