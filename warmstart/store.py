@@ -346,7 +346,7 @@ def record_text(used: dict[str, float]) -> str:
 
 
 def compact(when: dict[str, float], records: Sequence[PurePath], keep: set[str],
-            write: Callable[[dict[str, float]], None], remove: Callable[[PurePath], None]) -> None:
+            write: Callable[[dict[str, float]], None], remove: Callable[[PurePath], object]) -> None:
     """Fold the usage records read (`when`: the latest use of each key) into one record, for the
     keys in `keep`, then remove the records read; nothing when there are fewer than two."""
     if len(records) < 2:

@@ -345,14 +345,19 @@ class ObjectStore:
     def remove(self, entries: Iterable[StoredFile]) -> int:
         freed = 0
         for entry in entries:
-            try:
-                with self._maintaining(f"removing {entry.kind}/{entry.path.name}"):
-                    self.fs.rm_file(str(entry.path))
+            if self._delete(entry.path, f"removing {entry.kind}/{entry.path.name}"):
                 freed += entry.size
-            except FileNotFoundError:
-                pass  # another VM removed it
         self._listings.clear()
         return freed
+
+    def _delete(self, path: PurePath, doing: str) -> bool:
+        """Remove an object for `invoke cache`; False when another VM removed it first."""
+        try:
+            with self._maintaining(doing):
+                self.fs.rm_file(str(path))
+        except FileNotFoundError:
+            return False
+        return True
 
     def clean_stale_parts(self, now: float | None = None) -> list[Path]:
         return []  # an object store keeps no temporaries: an upload shows whole or not at all
@@ -386,14 +391,7 @@ class ObjectStore:
             with self._maintaining("writing the usage record"):
                 self.fs.pipe_file(self.key(USAGE, record_name(used)), record_text(used).encode())
 
-        def remove(record: PurePath) -> None:
-            try:
-                with self._maintaining("removing old usage records"):
-                    self.fs.rm_file(str(record))
-            except FileNotFoundError:
-                pass  # another VM compacted it
-
-        compact(when, records, keep, write, remove)
+        compact(when, records, keep, write, lambda record: self._delete(record, "removing old usage records"))
         self._listings.pop(USAGE, None)
 
 
