@@ -50,6 +50,11 @@ class CacheStats:
     bytes_written: int = 0
 
 
+def aside_name(name: str) -> str:
+    """The name a damaged file is set aside under: unique, dated, never read as a file."""
+    return f"{name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def classify(name: str) -> str:
     """A store entry's state by its name: "file", "temporary" (a write under way, or killed) or
     "set aside" (damaged)."""
@@ -269,7 +274,7 @@ class DriveStore:
     def set_aside(self, path: PurePath) -> Path:
         """Rename a damaged file out of the way: kept for inspection, never deleted, never used."""
         path = Path(path)
-        aside = path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        aside = path.with_name(aside_name(path.name))
         os.replace(path, aside)
         self._listings.clear()
         return aside

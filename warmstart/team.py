@@ -25,7 +25,6 @@ import json
 import os
 import sys
 import time
-import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,12 +33,12 @@ from typing import IO, Any, cast
 
 from .errors import PreconditionUnmet
 from .store import (
-    DAMAGED,
     KINDS,
     USAGE,
     CacheStats,
     DriveStore,
     StoredFile,
+    aside_name,
     classify,
     compact,
     parse_record,
@@ -47,7 +46,7 @@ from .store import (
     record_text,
 )
 from .target import TargetPython
-from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact
+from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact, sha256_of
 
 # fsspec protocol -> the extra that brings its implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -285,7 +284,7 @@ class ObjectStore:
     def sha256(self, entry: StoredFile) -> str:
         with self._maintaining(f"reading {entry.kind}/{entry.path.name}"), \
                 self.open(entry.kind, entry.path.name) as src:
-            return copy_hashed(src, _Discard())[0]
+            return sha256_of(src)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -337,7 +336,7 @@ class ObjectStore:
     def _move_aside(self, path: PurePath) -> PurePosixPath:
         """Copy a damaged object to a name no run reads, then remove it (no rename on S3)."""
         path = PurePosixPath(path)
-        aside = path.with_name(f"{path.name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}")
+        aside = path.with_name(aside_name(path.name))
         self.fs.mv(str(path), str(aside))
         self._listings.clear()
         return aside
@@ -436,8 +435,3 @@ class _Stream:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _Discard:
-    def write(self, data: bytes) -> int:
-        return len(data)

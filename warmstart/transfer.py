@@ -72,11 +72,14 @@ def regular_file(path: Path) -> bool:
         return False
 
 
-def sha256_of(path: Path) -> str:
+def sha256_of(source: str | os.PathLike[str] | IO[bytes]) -> str:
+    """The sha256 of a file, or of what a stream opened for reading holds (a team store's object)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as fh:
+            return sha256_of(fh)
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
+    while chunk := source.read(CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -124,7 +127,7 @@ def atomic_write_text(dest: Path, text: str) -> None:
         fh.write(text)
 
 
-def copy_hashed(src: Path | IO[bytes], dest: IO[bytes] | Any, bar: Bar = _NoBar()) -> tuple[str, int]:
+def copy_hashed(src: Path | IO[bytes], dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
     """Copy a file (a path, or a stream opened for reading) into an open file, returning the
     sha256 and size of what was read: one pass."""
     if isinstance(src, Path):
