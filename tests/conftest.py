@@ -29,20 +29,63 @@ HAVE_MODELS = (SHARED_HYPERLPR / "models" / "20230229" / "onnx").is_dir()
 MISSING_MODEL = "rpv3_mdict_160_r3.onnx"  # not in ../shared/hyperlpr (see its README)
 
 
+def standin_recognizer(path: Path) -> Path:
+    """An ONNX model in the place of HyperLPR3's recognizer (absent from ../shared): its input
+    and output are the real one's (1x3x48x160 in; 40 steps of 77 token scores out), and it reads
+    every plate as the same seven characters. Built with the `onnx` package, the same bytes each time."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    steps, tokens, plate = 40, 77, [12, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0, 7]  # "A" "0" .. "5", blanks between
+    scores = np.full((1, steps, tokens), 0.01, dtype=np.float32)
+    for step, token in enumerate(plate):
+        scores[0, step, token] = 0.9
+    scores[0, len(plate):, 0] = 0.9  # the rest: the CTC blank
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["mean"], keepdims=0),
+         helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+         helper.make_node("Add", ["scores", "nothing"], ["y"])],
+        "standin_recognizer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 48, 160])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, steps, tokens])],
+        [numpy_helper.from_array(scores, "scores"), numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], producer_name="warmstart-tests")
+    model.ir_version = 8  # onnxruntime 1.19 and later read it
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@functools.cache
+def hyperlpr_mirror() -> Path:
+    """What the hyperlpr recipe's assets fetch upstream, served in tests from 127.0.0.1
+    (WARMSTART_ASSET_MIRROR): ../shared's models and photo, and the stand-in recognizer."""
+    folder = SCRATCH / "hyperlpr-mirror"
+    folder.mkdir()
+    for model in (SHARED_HYPERLPR / "models" / "20230229" / "onnx").glob("*.onnx"):
+        shutil.copy(model, folder)
+    shutil.copy(SHARED_HYPERLPR / "images" / "test_img.jpg", folder)
+    standin_recognizer(folder / MISSING_MODEL)
+    return folder
+
+
 def hyperlpr_variant(project: Path) -> Path:
-    """The shipped hyperlpr recipe in a copy of the project, minus what this machine cannot get:
-    the recognition model (absent from ../shared), or all models and the checks that need them
-    when ../shared/hyperlpr is absent."""
+    """The shipped hyperlpr recipe in a copy of the project, with the stand-in recognizer's
+    sha256 in place of the real one's (see hyperlpr_mirror); where ../shared/hyperlpr is absent,
+    without the assets and the checks that need them (its patch stays)."""
     if not (project / "recipes").exists():
         shutil.copytree(REPO / "recipes", project / "recipes")
         shutil.copytree(REPO / "requirements", project / "requirements")
     recipe = project / "recipes" / "hyperlpr.toml"
-    head, *blocks = re.split(r"\n(?=\[\[)", recipe.read_text())
-    keep = [b for b in blocks if MISSING_MODEL not in b] if HAVE_MODELS else []
-    recipe.write_text("\n".join([head, *keep]))
+    head, *blocks = re.split(r"\n(?=(?:#[^\n]*\n)*\[\[)", recipe.read_text())
+    if HAVE_MODELS:
+        standin = hashlib.sha256((hyperlpr_mirror() / MISSING_MODEL).read_bytes()).hexdigest()
+        blocks = [re.sub(r'sha256 = "[0-9a-f]+"', f'sha256 = "{standin}"', b) if MISSING_MODEL in b else b
+                  for b in blocks]
+    else:
+        blocks = [b for b in blocks if "[[patches]]" in b]
+    recipe.write_text("\n".join([head, *blocks]))
     return recipe
-
-
 
 
 def _record_hash(data: bytes) -> str:

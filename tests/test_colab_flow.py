@@ -32,11 +32,11 @@ from conftest import (
     MOUNTNS,
     NETNS,
     REPO,
-    SHARED_HYPERLPR,
     _write_simple_index,
     build_wheel,
     cli_env,
     colab_vm,
+    hyperlpr_mirror,
     hyperlpr_variant,
     install_image_versions,
     installed,
@@ -107,7 +107,7 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
 
     python1, env1 = make_vm(tmp_path / "vm1", minor)
     before = canonical(python1)
-    mirror, models = serve_folder(SHARED_HYPERLPR / "models" / "20230229" / "onnx") if HAVE_MODELS \
+    mirror, models = serve_folder(hyperlpr_mirror()) if HAVE_MODELS \
         else ("http://127.0.0.1:9", None)
     first, _ = cells(tmp_path / "vm1", backing, env1 | {"WARMSTART_ASSET_MIRROR": mirror, "VM": "1"},
                      [script, typed])

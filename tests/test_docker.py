@@ -93,6 +93,6 @@ def test_dockerfile_passes_hadolint():
 
 
 def test_shell_scripts_pass_shellcheck():
-    scripts = ["warmstart.sh", ".ci/run", "docker/run.sh"]
+    scripts = ["warmstart.sh", ".ci/run", "docker/run.sh", "bench/hyperlpr_device.sh"]
     done = subprocess.run([tool("shellcheck"), *scripts], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_MODELS, NETNS, REPO, SHARED_HYPERLPR, hyperlpr_variant, needs_netns, serve_folder
+from conftest import HAVE_MODELS, NETNS, REPO, hyperlpr_mirror, hyperlpr_variant, needs_netns, serve_folder
 
 pytestmark = [pytest.mark.registry, needs_netns]
 
@@ -62,7 +62,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
 
     python1, env1 = new_vm(tmp_path / "vm1")
     assert subprocess.run([str(python1), "-c", "import invoke"], capture_output=True).returncode != 0
-    mirror, models = serve_folder(SHARED_HYPERLPR / "models" / "20230229" / "onnx") if HAVE_MODELS \
+    mirror, models = serve_folder(hyperlpr_mirror()) if HAVE_MODELS \
         else ("http://127.0.0.1:9", None)
     cold = run_script(checkout, env1 | {"WARMSTART_ASSET_MIRROR": mirror})
     if models:

@@ -81,7 +81,33 @@ def test_bad_recipe_names_file_and_key(project, change, message):
     assert str(path) in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("table", "files", "message"),
+    [
+        ('[[checks]]\nname = "c"\npython = "1"\nscript = "c.py"\n', {"c.py": ""}, "exactly one of 'python', 'script' or 'run'"),
+        ('[[checks]]\nname = "c"\nscript = "checks/c.py"\n', {}, "'checks\\[0\\].script' names .*c.py, which does not exist"),
+        ('[[patches]]\ndistribution = "alpha"\ndiff = "nope.diff"\n', {}, "'patches\\[0\\].diff' names .*nope.diff, which does not exist"),
+        ('[[patches]]\ndistribution = "OnnxRuntime"\ndiff = "p.diff"\n', {"p.diff": ""}, "'patches\\[0\\].distribution' 'OnnxRuntime' is no package"),
+        ('[[patches]]\ndistribution = "alpha"\n', {}, "missing required key 'patches\\[0\\].diff'"),
+        ('[[patches]]\ndistribution = "alpha"\ndiff = "p.diff"\n', {"p.diff": "just words\n"}, "p.diff: holds no file changes"),
+        ('[[patches]]\ndistribution = "alpha"\ndiff = "p.diff"\n', {"p.diff": "--- a/x\n+++ b/x\n@@ -1,2 +1,1 @@\n-a\n"},
+         "p.diff: not a unified diff"),
+        ('[[patches]]\ndistribution = "alpha"\ndiff = "p.diff"\n', {"p.diff": b"\xff\xfe"}, "p.diff: cannot be read as a UTF-8 diff"),
+    ],
+)
+def test_bad_checks_and_patches_name_the_file_and_key(project, table, files, message):
+    for name, content in files.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    path = write(project, GOOD + "\n" + table)
+    with pytest.raises(BadInput, match=message):
+        load_recipe(str(path), project)
+
+
 def test_shipped_recipes_load():
     recipe = load_recipe("hyperlpr", PROJECT_ROOT)
     assert set(recipe.exclude) == {"onnxruntime", "opencv-python"}
     assert recipe.gpu.required
+    assert [(p.distribution, [f.path for f in p.files][:1]) for p in recipe.patches] == [
+        ("hyperlpr3", ["hyperlpr3/inference/base/base.py"])]
+    assert [c.script.name for c in recipe.checks if c.script] == ["onnxruntime_cuda.py", "hyperlpr_gpu.py"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import subprocess
 import time
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
@@ -325,3 +326,35 @@ def test_warmstart_sh_reads_drive_the_way_the_task_does():
     assert value_of(["hyperlpr", "--drive", "/d", "--offline"], "--drive") == "/d"
     assert value_of(["--drive=/e"], "--drive") == "/e"
     assert value_of(["--drive"], "--drive") is None
+
+
+# --- patches: the strict applier (warmstart/patches.py) --------------------------------------
+
+def _patch(tmp_path, old: str, new: str, name: str = "pkg/m.py"):
+    """GNU diff's unified diff of two texts (it marks a last line without a newline; difflib does not)."""
+    from warmstart.patches import load_patch
+
+    (tmp_path / "old").write_text(old)
+    (tmp_path / "new").write_text(new)
+    made = subprocess.run(["diff", "-u", "--label", f"a/{name}", "--label", f"b/{name}", "old", "new"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    (tmp_path / "p.diff").write_text(made.stdout)
+    return load_patch("pkg", tmp_path / "p.diff", "p.diff").files[0]
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("a\nb\nc\n", "a\nB\nc\n"),
+    ("a\nb\nc", "a\nb\nc\nd"),  # no newline at the end, before and after
+    ("a\nb\n", "a\nb"),  # the newline at the end goes
+    ("", "first\n"),  # into an empty file
+    ("x\x0cy\nz\n", "x\x0cy\nZ\n"),  # a form feed is no line end
+    ("".join(f"{n}\n" for n in range(40)), "".join(f"{n}\n" for n in range(40)).replace("3\n", "three\n")
+     .replace("30\n", "thirty\n")),  # two hunks
+])
+def test_a_diff_applies_exactly_and_only_to_the_file_it_was_made_for(tmp_path, old, new):
+    from warmstart.patches import apply
+
+    diff = _patch(tmp_path, old, new)
+    assert apply(old, diff) == new
+    assert apply(new, diff) is None or old == new
+    assert apply("zero\n" + old, diff) is None, "no offset: a hunk applies at its own lines only"

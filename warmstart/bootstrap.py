@@ -17,7 +17,7 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, drivework, installer, restart, snapshot
+from . import assets, checks, drivework, installer, patches, restart, snapshot
 from . import target as target_python
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
@@ -125,9 +125,12 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
         snapshot_found = bool(located and store.has(snapshot.KIND, located.index_name))  # one stat on Drive
         if snapshot_found:
             step.detail += "; a snapshot"
+    # The recipe's patches against what is installed: a file a patch cannot take stops the run here.
+    patched = patches.survey(recipe.patches, target.path, target.prefix, {p.name: p.version for p in lock.pins},
+                             {p.name for p in installing})
     report.facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
                          broken, found, located, snapshot_found, installer.choose(options.installer),
-                         tuple(warnings), whole, in_team(store, cached))
+                         tuple(warnings), whole, in_team(store, cached), tuple(patched))
     return report.facts, store
 
 
@@ -216,6 +219,8 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
             installed_wheels = (plan.to_install or plan.to_download) and run.install()
             run.verify()
             report.installed = run.outcome.installed
+            if plan.patches:  # before the snapshot is packed: it carries the patched files
+                run.apply_patches()
             if installed_wheels:
                 run.queue_snapshot()
             if plan.assets_to_place:

@@ -45,6 +45,8 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
 def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
     if check.python is not None:
         cmd = [str(python), "-c", check.python]
+    elif check.script is not None:
+        cmd = [str(python), str(check.script)]
     else:
         cmd = ["bash", "-c", check.run or ""]
     # `python` in a shell check is the target interpreter.

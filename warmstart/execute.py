@@ -13,7 +13,7 @@ from typing import Any
 
 from packaging.utils import NormalizedName
 
-from . import assets, checks, faults, installer, restart, snapshot
+from . import assets, checks, faults, installer, patches, restart, snapshot
 from . import target as target_python
 from .checks import CheckResult
 from .download import Downloader
@@ -37,6 +37,7 @@ class Outcome:
     replaced: dict[NormalizedName, tuple[str, str]] = field(default_factory=dict)  # name -> (old, new)
     restart_needed: list[str] = field(default_factory=list)  # imported by the kernel, since replaced
     drive_writes: str = ""  # "being written to Drive in the background", "written to Drive", or ""
+    patches: list[dict[str, Any]] | None = None  # each patched distribution after the run (None: not run)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class Outcome:
             "replaced": {name: list(versions) for name, versions in self.replaced.items()},
             "restart_needed": self.restart_needed,
             "drive_writes": self.drive_writes,
+            **({"patches": self.patches} if self.patches is not None else {}),
         }
 
 
@@ -208,6 +210,19 @@ class Executor:
             step.detail = f"{len(plan.needs.wanted)} packages match the lock"
             if plan.needs.provided:
                 step.detail += f", {len(plan.needs.provided)} by the platform's own build"
+
+    def apply_patches(self) -> None:
+        """Make the patched distributions' files what the recipe asks for (apply, update, undo)."""
+        plan = self.plan
+        with self.report.step("patches") as step:
+            before = patches.sync(plan.recipe.patches, plan.target.path, plan.target.prefix,
+                                  {p.name for p in plan.lock.pins})
+            self.outcome.patches = [
+                {**s.as_json(), "state": patches.APPLIED if s.patches else "removed",
+                 "changed": s.state != patches.APPLIED} for s in before]
+            done = [f"{s.distribution} {'patched' if s.patches else 'restored'}" for s in before
+                    if s.state != patches.APPLIED]
+            step.detail = ", ".join(done) or "already as the recipe asks"
 
     # -- assets and checks -----------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Fault injection for the tests: `WARMSTART_FAULT=<point>` kills this run (and its children)
 with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
-recovers. Points: download, cache-write, install, restore, asset-download."""
+recovers. Points: download, cache-write, install, restore, asset-download, patch (after the first
+patched file)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from .gpu import GpuReport, GpuVerdict
 from .images import Image
 from .lock import Lock, Needs, Pin
 from .options import Options
+from .patches import APPLIED, PatchState
 from .profiles import Profile
 from .recipe import Asset, Recipe
 from .snapshot import Snapshot
@@ -44,6 +45,7 @@ class Facts:
     warnings: tuple[str, ...] = ()  # said before the plan (a fallback lock)
     whole_records: Signatures = field(default_factory=dict)  # RECORDs found whole: remembered by a real run
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
+    patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -71,6 +73,11 @@ class Plan:
     image: Image | None = None  # the platform image the lock was compiled against
     warnings: tuple[str, ...] = ()
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
+    patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
+
+    @property
+    def patches_pending(self) -> bool:
+        return any(p.state != APPLIED for p in self.patches)
 
     @property
     def assets_to_place(self) -> list[Asset]:
@@ -89,7 +96,7 @@ class Plan:
 
     @property
     def nothing_to_do(self) -> bool:
-        return not self.to_install and not self.to_download and not self.assets_to_place
+        return not self.to_install and not self.to_download and not self.assets_to_place and not self.patches_pending
 
     def describe(self) -> list[str]:
         from_cache = [p for p in self.to_install if p.name in self.cached]
@@ -116,6 +123,7 @@ class Plan:
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
             lines.append(f"asset {asset.name} -> {dest}: {state}")
+        lines += [f"patch {p.describe()}" for p in self.patches]
         return lines
 
 
@@ -172,4 +180,4 @@ def make_plan(facts: Facts, options: Options) -> Plan:
 
     return Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
                 to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
-                found, facts.image, tuple(warnings), facts.in_team)
+                found, facts.image, tuple(warnings), facts.in_team, facts.patches)

@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
+from .patches import Patch, load_patch
 from .store import RECIPES
 
 RECIPE_SCHEMA: Schema = {
@@ -50,8 +51,13 @@ RECIPE_SCHEMA: Schema = {
     "checks": TableList({
         "name": Field("str", required=True),
         "python": Field("str"),
+        "script": Field("str"),  # a Python file, relative to the project root
         "run": Field("str"),
         "timeout": Field("number", default=600),  # seconds
+    }),
+    "patches": TableList({
+        "distribution": Field("str", required=True),
+        "diff": Field("str", required=True),  # a unified diff, relative to the project root
     }),
 }
 
@@ -95,10 +101,12 @@ class Asset:
 
 @dataclass(frozen=True)
 class Check:
-    """A smoke test run after install: Python code in the target interpreter, or a shell command."""
+    """A smoke test run after install: Python code or a Python file in the target interpreter,
+    or a shell command."""
 
     name: str
     python: str | None = None
+    script: Path | None = None
     run: str | None = None
     timeout: float = 600  # seconds
 
@@ -116,6 +124,7 @@ class Recipe:
     project_root: Path
     assets: tuple[Asset, ...] = ()
     checks: tuple[Check, ...] = ()
+    patches: tuple[Patch, ...] = ()  # applied after every install, in order
 
 
 def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
@@ -206,12 +215,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
     )
 
     project_root = path.parent.parent if path.parent.name == "recipes" else path.parent
-    requirements_in = (project_root / data["requirements"]["in"]).resolve()
-    if not requirements_in.is_file():
-        raise BadInput(
-            f"{path}: 'requirements.in' names {requirements_in}, which does not exist; "
-            "create it or fix the path (relative to the folder that holds recipes/)"
-        )
+    requirements_in = _project_file(project_root, data["requirements"]["in"], path, "requirements.in")
 
     workdir = PurePosixPath(data["drive"]["workdir"])
     if workdir.is_absolute() or ".." in workdir.parts:
@@ -248,11 +252,22 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         assets.append(asset)
     checks = []
     for n, raw in enumerate(data["checks"]):
-        if (raw["python"] is None) == (raw["run"] is None):
-            raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python' or 'run'")
+        if sum(raw[key] is not None for key in ("python", "script", "run")) != 1:
+            raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python', 'script' or 'run'")
         if raw["timeout"] <= 0:
             raise BadInput(f"{path}: 'checks[{n}].timeout' must be a number of seconds above 0")
+        if raw["script"] is not None:
+            raw["script"] = _project_file(project_root, raw["script"], path, f"checks[{n}].script")
         checks.append(Check(**raw))
+
+    patches = []
+    for n, raw in enumerate(data["patches"]):
+        name = canonicalize_name(raw["distribution"])
+        if not _PROJECT.match(raw["distribution"]) or name in map(canonicalize_name, data["requirements"]["exclude"]):
+            raise BadInput(f"{path}: 'patches[{n}].distribution' {raw['distribution']!r} is no package this "
+                           "recipe installs")
+        diff = _project_file(project_root, raw["diff"], path, f"patches[{n}].diff")
+        patches.append(load_patch(name, diff, raw["diff"]))
 
     return Recipe(
         name=data["name"],
@@ -266,4 +281,14 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         project_root=project_root,
         assets=tuple(assets),
         checks=tuple(checks),
+        patches=tuple(patches),
     )
+
+
+def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Path:
+    """A file a recipe names relative to its project root, which must exist."""
+    file = (project_root / relative).resolve()
+    if not file.is_file():
+        raise BadInput(f"{path}: '{key}' names {file}, which does not exist; create it or fix the path "
+                       "(relative to the folder that holds recipes/)")
+    return file

@@ -89,7 +89,7 @@ class Report:
                        image=plan.image.name if plan.image else None,
                        provided=dict(sorted(plan.needs.provided.items())),
                        python=str(plan.target.executable), installer=plan.installer,
-                       dry_run=self.outcome is None)
+                       dry_run=self.outcome is None, patches=[p.as_json() for p in plan.patches])
         if self.team:
             from .team import describe
 

@@ -21,7 +21,9 @@ def describe_action(plan: Plan) -> str:
     if plan.nothing_to_do:
         return "no-op"
     if not plan.to_install:
-        return "fill the Drive cache" + (" and place assets" if plan.assets_to_place else "")
+        due = [("fill the Drive cache", plan.to_download), ("place assets", plan.assets_to_place),
+               ("apply the recipe's patches", plan.patches_pending)]
+        return " and ".join(what for what, pending in due if pending)
     missing = [p for p in plan.to_install if p.name not in plan.cached]
     if not missing:
         return "install from cached wheels"
@@ -53,6 +55,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "left_to_platform": sorted(p.name for p in plan.needs.left),
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
         "broken": sorted(plan.broken),  # half-installed by a killed run
+        "patches": [p.as_json() for p in plan.patches],
         "cache": {
             "drive": str(plan.drive),
             "wheels": len(plan.cached),
@@ -74,7 +77,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     if found["checks_failed"] and found["action"] == "no-op":
         found["action"] = "run the checks that failed last time again"
     found["matches"] = not (found["missing"] or found["different"] or found["broken"]
-                            or plan.assets_to_place or found["checks_failed"])
+                            or plan.assets_to_place or plan.patches_pending or found["checks_failed"])
     report.status = found
     return found
 
@@ -96,6 +99,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
         f"extra     {', '.join(facts['extra']) or '-'}",
         f"broken    {', '.join(facts['broken']) or '-'}",
+        *(f"patch     {p['distribution']} {p['version']}: {', '.join(p['patches']) or '(no longer in the recipe)'}: "
+          f"{p['state']}" for p in facts["patches"]),
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
     ]
