@@ -3,6 +3,7 @@ tell it from a pip install; damaged or foreign snapshots fall back to the wheels
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -122,3 +123,121 @@ def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
 def test_unknown_installer_is_bad_input(plain, tmp_path, env):
     result = bootstrap(plain, tmp_path, make_venv(tmp_path / "venv"), "--installer", "conda", env=env)
     assert result.code == 2 and "--installer must be auto, pip or uv" in result.stderr
+
+
+# --- a snapshot rewritten by someone with write access to the store ----------------------------
+
+def rewrite(drive: Path, change) -> None:
+    """Rewrite the snapshot as an attacker with write access to the store would: unpack the
+    archive, `change(folder)`, pack it again and make its index vouch for the new archive (its
+    sha256 and size), so that only the lock can tell."""
+    import hashlib
+    import tarfile
+
+    import zstandard
+
+    folder = snapshots(drive)[0].parent
+    index_file = next(p for p in folder.iterdir() if p.name.endswith(".json"))
+    index = json.loads(index_file.read_text())
+    tree = folder.parent / "unpacked"
+    with zstandard.open(folder / index["archive"], "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        tar.extractall(tree, filter="tar")
+    change(tree)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w|") as tar:
+        for path in sorted(tree.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(tree)), recursive=False)
+    data = zstandard.ZstdCompressor().compress(plain.getvalue())
+    (folder / index["archive"]).write_bytes(data)
+    index.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data), tar_bytes=len(plain.getvalue()))
+    index_file.write_text(json.dumps(index))
+    shutil.rmtree(tree)
+
+
+def site_of(tree: Path) -> Path:
+    return next(tree.glob("lib/python3*/site-packages"))
+
+
+def add_startup_code(tree: Path) -> None:  # a .pth file runs at every interpreter start
+    (site_of(tree) / "zz-evil.pth").write_text("import os; os.system('touch /tmp/pwned')\n")
+
+
+def add_startup_code_to_a_record(tree: Path) -> None:
+    add_startup_code(tree)
+    record = site_of(tree) / "beta-2.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "zz-evil.pth,,\n")
+
+
+def change_a_module(tree: Path) -> None:
+    (site_of(tree) / "beta" / "__init__.py").write_text("__version__ = '2.0'\nimport os\n")
+
+
+def add_bytecode(tree: Path) -> None:
+    cache = site_of(tree) / "beta" / "__pycache__"
+    cache.mkdir()
+    (cache / "__init__.cpython-311.pyc").write_bytes(b"\x00" * 16)
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    (add_startup_code, "/site-packages/zz-evil.pth, which no locked wheel installs"),
+    (add_startup_code_to_a_record, "the files of beta are not those of the wheel the lock names"),
+    (change_a_module, "the files of beta are not those of the wheel the lock names"),
+    (add_bytecode, "which no locked wheel installs"),
+])
+def test_a_rewritten_snapshot_is_refused_set_aside_and_the_wheels_install(plain, packed, tmp_path, env, change, why):
+    rewrite(packed, change)
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(plain, packed, python, env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is False
+    assert "does not match the lock" in result.report["snapshot"]["reason"]
+    assert why in result.report["snapshot"]["reason"]
+    assert sum("installing from the wheels instead" in w for w in result.stderr.splitlines()) == 1
+    assert result.report["installed"] == PLAIN
+    site = site_of(tmp_path / "venv")
+    assert not (site / "zz-evil.pth").exists() and "import os" not in (site / "beta" / "__init__.py").read_text()
+    assert any(".damaged-" in p.name for p in snapshots(packed)), "the rewritten snapshot is set aside"
+
+
+@pytest.mark.parametrize(("field", "why"), [
+    ("tar_bytes", "is damaged (tar: Unexpected EOF"),  # it would unpack more than its index says
+    ("size", "is longer than the"),  # it holds more bytes than its index says
+])
+def test_a_snapshot_bigger_than_its_index_says_is_cut_short_and_refused(plain, packed, tmp_path, env, field, why):
+    def grow(tree: Path) -> None:
+        (site_of(tree) / "beta" / "padding.bin").write_bytes(b"\0" * (8 << 20))
+
+    rewrite(packed, grow)
+    index_file = next(p for p in snapshots(packed) if p.name.endswith(".json"))
+    index = json.loads(index_file.read_text())
+    index[field] -= 4 << 20 if field == "tar_bytes" else 100
+    index_file.write_text(json.dumps(index))
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(plain, packed, python, env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is False and why in result.report["snapshot"]["reason"]
+    assert not list((tmp_path / "venv").glob(".warmstart-restore-*")), "the staging folder is gone"
+    assert result.report["installed"] == PLAIN
+
+
+def test_console_scripts_from_a_snapshot_are_written_anew(plain, packed, tmp_path, env):
+    """A console script is not in the wheel: it cannot be checked against the lock, so whatever
+    the snapshot holds is replaced by one written for this target from the checked entry points."""
+    def plant(tree: Path) -> None:
+        (tree / "bin" / "gpu-build").write_text("#!/bin/sh\necho pwned\n")
+
+    rewrite(packed, plant)
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(plain, packed, python, env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is True
+    script = tmp_path / "venv" / "bin" / "gpu-build"
+    assert "pwned" not in script.read_text() and script.read_text().startswith(f"#!{python}\n")
+    assert subprocess.run([str(script)], capture_output=True, text=True).stdout.strip() == "gpu-build 1.0"
+    assert pip(python, "check", env=env).returncode == 0

@@ -27,7 +27,7 @@ from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .store import DriveStore
-from .transfer import atomic_write_text, own_cache, part_name, regular_file, sha256_of, zstd_open
+from .transfer import atomic_write_text, own_cache, part_name, read_untrusted_json, regular_file, sha256_of, zstd_open
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
@@ -66,9 +66,9 @@ class PlacedFiles:
         return self.store.placed_ledger if dest.is_relative_to(self.store.drive) else self.local
 
     def _read(self, ledger: Path) -> dict[str, str]:
-        try:
-            return dict(json.loads(ledger.read_text()))
-        except (OSError, ValueError, TypeError):
+        try:  # the workdir's ledger lies on Drive
+            return {str(k): str(v) for k, v in read_untrusted_json(ledger, 16 << 20).items()}
+        except (OSError, ValueError):
             return {}
 
     def owns(self, dest: Path) -> bool:

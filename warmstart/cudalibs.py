@@ -8,7 +8,9 @@ shared object with pyelftools, and records the CUDA ones in the lock. A lock is 
 wheel needs a CUDA library that neither the platform's system nor the lock's own wheels
 (`nvidia-*`) provide, or when the recipe's `[gpu] min_cuda` is below what its wheels need.
 
-Results are cached by wheel sha256 in `~/.cache/warmstart/elf/`, so a re-lock reads only new wheels.
+The same pass records the digest of each wheel's files (warmstart.manifest), against which a
+snapshot of the environment is checked. Results are cached by wheel sha256 in
+`~/.cache/warmstart/elf/`, so a re-lock reads only new wheels.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from packaging import tags
 from packaging.utils import NormalizedName, parse_wheel_filename
 
-from . import PROJECT_ROOT, wheels
+from . import PROJECT_ROOT, manifest, wheels
 from .download import Downloader, Job
 from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
@@ -123,22 +125,23 @@ def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: 
     if choice is None:
         raise WarmstartError(f"the index lists no wheel of {pin.name}=={pin.version} with a hash the lock "
                              "names that fits its Python and platform; cannot read its CUDA libraries")
-    if all(tag.platform == "any" for tag in parse_wheel_filename(choice.filename)[3]):
-        return WheelLibs(pin.name, pin.version, choice.sha256)  # pure Python: no shared objects to read
     cached = _cache_dir() / f"{choice.sha256}.json"
     try:
         facts = json.loads(cached.read_text())
-        return WheelLibs(pin.name, pin.version, choice.sha256, frozenset(facts["needs"]), frozenset(facts["provides"]))
+        return WheelLibs(pin.name, pin.version, choice.sha256, frozenset(facts["needs"]),
+                         frozenset(facts["provides"]), str(facts["files"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    pure = all(tag.platform == "any" for tag in parse_wheel_filename(choice.filename)[3])
     with tempfile.TemporaryDirectory(prefix="warmstart-scan-") as tmp:
         wheel = Path(tmp) / choice.filename
         downloader.fetch([Job(choice.url, choice.sha256, wheel, choice.size)], f"read {choice.filename[:30]}")
         say(f"  read {choice.filename} ({wheel.stat().st_size / 2**20:.0f} MiB)")
-        needs_, provides = read_wheel(wheel)
+        needs_, provides = (frozenset[str](), frozenset[str]()) if pure else read_wheel(wheel)  # pure: no ELF
+        digest = manifest.wheel_digest(wheel)
     atomic_write_text(cached, json.dumps({"file": choice.filename, "needs": sorted(needs_),
-                                          "provides": sorted(provides)}))
-    return WheelLibs(pin.name, pin.version, choice.sha256, needs_, provides)
+                                          "provides": sorted(provides), "files": digest}))
+    return WheelLibs(pin.name, pin.version, choice.sha256, needs_, provides, digest)
 
 
 def scan(pins: tuple[Pin, ...], target: LockTarget, say: Callable[[str], None] = print) -> list[WheelLibs]:

@@ -244,7 +244,8 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
             try:  # only of the environment the run left: not one wiped, made again or changed since
                 target = target_python.probe(spec["python"])
                 if all(p.satisfied_by(target.installed.get(p.name)) for p in pins):
-                    snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins)
+                    snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins,
+                                   {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
             except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
                 print(f"no snapshot written: {exc}", file=sys.stderr)
             if wanted and offline:

@@ -164,6 +164,7 @@ class Executor:
         with self.report.step("snapshot") as step:
             try:
                 size = snapshot.restore(self.store, plan.snapshot, plan.target, make_room,
+                                        self.digests(plan.to_install), plan.recipe.patches,
                                         for_drive=self.work.area(snapshot.KIND))
             except snapshot.SnapshotUnusable as exc:
                 step.status, step.detail = "warning", str(exc)
@@ -189,13 +190,18 @@ class Executor:
         before = set(prefix.glob("lib/python*/site-packages/*.dist-info"))
         return lambda: bool(set(prefix.glob("lib/python*/site-packages/*.dist-info")) - before)
 
+    def digests(self, pins: tuple[Pin, ...]) -> dict[NormalizedName, str | None]:
+        """The lock's digest of the files of each pin's wheel: what a snapshot is checked against."""
+        recorded = self.plan.lock.wheels or {}
+        return {p.name: recorded[p.name].files if p.name in recorded else None for p in pins}
+
     def queue_snapshot(self) -> None:
         """Have the Drive work pack what this run installed, for the next VM in the same state."""
         plan = self.plan
         assert plan.snapshot is not None
         self.work.snapshot = {"stem": plan.snapshot.stem, "facts": plan.snapshot.facts,
                               "pins": [[p.name, p.version] for p in plan.to_install],
-                              "python": str(plan.target.executable)}
+                              "digests": self.digests(plan.to_install), "python": str(plan.target.executable)}
 
     def verify(self) -> None:
         plan = self.plan

@@ -47,7 +47,8 @@ _BODY_LINE = re.compile(r"^# lock-sha256: ([0-9a-f]{64})\n", re.M)
 _HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 # The section after the pins: the CUDA libraries of each wheel the lock installs on its platform.
 WHEELS_MARK = "# cuda-libraries: read from the wheels' ELF files by `invoke lock`; checked by `invoke lock --check`"
-_WHEEL_LINE = re.compile(r"^#   (\S+)==(\S+) sha256:([0-9a-f]{64}) needs=(\S+) provides=(\S+)$")
+_WHEEL_LINE = re.compile(
+    r"^#   (\S+)==(\S+) sha256:([0-9a-f]{64}) needs=(\S+) provides=(\S+)(?: files=([0-9a-f]{64}))?$")
 
 
 @dataclass(frozen=True)
@@ -78,33 +79,37 @@ class Pin:
 
 @dataclass(frozen=True)
 class WheelLibs:
-    """The CUDA libraries one locked wheel needs (ELF DT_NEEDED, less what it brings itself)
-    and brings (DT_SONAME), as `invoke lock` read them from the wheel whose sha256 it names."""
+    """What `invoke lock` read from the wheel (named by its sha256) one pin installs on the lock's
+    platform: the CUDA libraries it needs (ELF DT_NEEDED, less what it brings itself) and brings
+    (DT_SONAME), and the digest of the files it installs (warmstart.manifest), against which a
+    snapshot's files are checked."""
 
     name: NormalizedName
     version: str
     sha256: str
     needs: frozenset[str] = frozenset()
     provides: frozenset[str] = frozenset()
+    files: str | None = None  # None: a lock written before warmstart recorded it
 
     def line(self) -> str:
         def listed(names: frozenset[str]) -> str:
             return ",".join(sorted(names)) or "-"
 
         return (f"#   {self.name}=={self.version} sha256:{self.sha256} "
-                f"needs={listed(self.needs)} provides={listed(self.provides)}")
+                f"needs={listed(self.needs)} provides={listed(self.provides)}"
+                + (f" files={self.files}" if self.files else ""))
 
     @classmethod
     def parse(cls, line: str) -> WheelLibs | None:
         match = _WHEEL_LINE.match(line)
         if not match:
             return None
-        name, version, sha256, needs, provides = match.groups()
+        name, version, sha256, needs, provides, files = match.groups()
 
         def unlisted(text: str) -> frozenset[str]:
             return frozenset() if text == "-" else frozenset(text.split(","))
 
-        return cls(canonicalize_name(name), version, sha256, unlisted(needs), unlisted(provides))
+        return cls(canonicalize_name(name), version, sha256, unlisted(needs), unlisted(provides), files)
 
 
 @dataclass(frozen=True)
@@ -528,5 +533,8 @@ def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_R
     if lock.wheels is None:
         return ["records no CUDA libraries (written before `invoke lock` read them)"]
     installs = needs(lock.pins, image.shipped if image else {}).install
+    if any(lock.wheels[p.name].files is None for p in installs if p.name in lock.wheels):
+        return ["records no digests of its wheels' files (written before `invoke lock` read them), "
+                "so snapshots of it cannot be checked"]
     return cudalibs.problems(recipe, target, installs, lock.wheels,
                              cudalibs.platforms_for(target, image, root))

@@ -37,7 +37,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from . import faults
 from .errors import BadInput
-from .transfer import AtomicFile
+from .transfer import AtomicFile, read_untrusted_json
 
 MARKER = "WARMSTART-PATCHES.json"
 MARKER_FORMAT = 1
@@ -229,7 +229,7 @@ def _marker(info: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_untrusted_json(path, 16 << 20)  # a snapshot may have brought it
         files = data.get("files")
         if (data.get("format") != MARKER_FORMAT or not isinstance(data.get("patches"), list)
                 or not isinstance(files, dict) or not all(
@@ -237,7 +237,7 @@ def _marker(info: Path) -> dict[str, Any] | None:
                     and isinstance(f.get("record"), list) and len(f["record"]) == 2 for f in files.values())):
             raise ValueError("not in warmstart's format")
         return data
-    except (OSError, ValueError, AttributeError, RecursionError) as exc:
+    except (OSError, ValueError, AttributeError) as exc:
         name = info.name.removesuffix(".dist-info").rsplit("-", 1)[0]
         raise PatchRefused(f"{path}: warmstart's record of its patches is unreadable ({exc.__class__.__name__}); "
                            f"reinstall {name} (pip uninstall it, then run bootstrap again)") from None
@@ -296,7 +296,7 @@ def _plan(name: NormalizedName, info: Path, wanted: list[Patch], prefix: Path) -
         original_row = kept[path]["record"] if path in kept else recorded[path][1:]
         new_rows[path] = ([path, *original_row] if data == originals[path]
                           else [path, record_hash(data), str(len(data))])
-    work.record = [new_rows.get(row[0], row) for row in rows if row[0] != work.marker_row]
+    work.record = [new_rows.get(row[0], row) for row in rows if wanted or row[0] != work.marker_row]
     if wanted:
         work.marker = {
             "format": MARKER_FORMAT,
@@ -305,8 +305,9 @@ def _plan(name: NormalizedName, info: Path, wanted: list[Patch], prefix: Path) -
                              "record": kept[path]["record"] if path in kept else recorded[path][1:],
                              "written": [record_hash(work.files[path])]} for path in touched},
         }
-        at = next((n for n, row in enumerate(work.record) if row[0] == f"{info.name}/RECORD"), len(work.record))
-        work.record.insert(at, [work.marker_row, "", ""])  # its hash is filled in when written
+        if work.marker_row not in recorded:  # listed before RECORD's own row; its hash is filled in when written
+            at = next((n for n, row in enumerate(work.record) if row[0] == f"{info.name}/RECORD"), len(work.record))
+            work.record.insert(at, [work.marker_row, "", ""])
     work.changes = (marker != work.marker or now != work.files
                     or _rows_without_marker(rows, work) != _rows_without_marker(work.record, work))
     return work

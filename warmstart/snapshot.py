@@ -21,6 +21,8 @@ import hashlib
 import json
 import os
 import queue
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -30,12 +32,15 @@ import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from . import faults
+from packaging.utils import NormalizedName
+
+from . import faults, manifest
 from .errors import WarmstartError
 from .lock import Lock, Pin
+from .patches import Patch
 from .store import DriveStore
 from .target import TargetPython, installed_files
 from .transfer import Bar, zstd_open
@@ -88,7 +93,9 @@ class Snapshot:
             index = store.read_json(KIND, self.index_name)
         except (OSError, ValueError) as exc:
             raise SnapshotUnusable(f"snapshot index {self.index_name} is unreadable ({exc})") from None
-        if not isinstance(index, dict) or not isinstance(index.get("facts", {}), dict):
+        if not (isinstance(index.get("facts"), dict) and isinstance(index.get("archive"), str)
+                and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])
+                and all(isinstance(index.get(k), int) and index[k] >= 0 for k in ("size", "tar_bytes"))):
             raise SnapshotUnusable(f"snapshot index {self.index_name} is not one warmstart wrote")
         differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
         if differs:
@@ -107,14 +114,15 @@ def _archive_name(index: dict[str, Any]) -> str:
     return Path(str(index.get("archive", "missing"))).name
 
 
-class _HashingWriter:
-    """A write-only file wrapper that hashes and counts what passes through."""
+class _Counting:
+    """A write-only file wrapper that counts what passes through (and hashes it, with a digest)."""
 
-    def __init__(self, fh: IO[bytes]) -> None:
-        self.fh, self.digest, self.size = fh, hashlib.sha256(), 0
+    def __init__(self, fh: IO[bytes], digest: Any = None) -> None:
+        self.fh, self.digest, self.size = fh, digest, 0
 
     def write(self, data: bytes) -> int:
-        self.digest.update(data)
+        if self.digest is not None:
+            self.digest.update(data)
         self.size += len(data)
         return self.fh.write(data)
 
@@ -122,27 +130,41 @@ class _HashingWriter:
         self.fh.flush()
 
 
-def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...]) -> Path:
-    """Write the snapshot of the distributions `pins` installed in `target`; returns the archive."""
+def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...],
+         digests: dict[NormalizedName, str | None]) -> Path:
+    """Write the snapshot of the distributions `pins` installed in `target`, if their files are
+    those of the locked wheels (`digests`: the lock's, by name): a snapshot that no VM could
+    verify is not worth writing. Bytecode is left out. Returns the archive."""
     files = installed_files(target, [p.name for p in pins])
     missing = [p.name for p in pins if p.name not in files]
     if missing:
         raise SnapshotUnusable(f"cannot snapshot: {', '.join(missing)} list no files (no RECORD)")
-    members = sorted({f for paths in files.values() for f in paths if f.exists() or f.is_symlink()})
+    members = sorted({f for paths in files.values() for f in paths
+                      if (f.exists() or f.is_symlink()) and f.suffix != ".pyc"})
     outside = [f for f in members if not f.is_relative_to(target.prefix)]
     if outside:
         raise SnapshotUnusable(f"cannot snapshot: {outside[0]} lies outside {target.prefix}")
+    sites = {f.parent.parent for paths in files.values() for f in paths if f.parent.name.endswith(".dist-info")}
+    try:
+        if len(sites) != 1:
+            raise manifest.Untrusted("its distributions lie in more than one folder")
+        site = PurePosixPath(sites.pop().relative_to(target.prefix))
+        tree = manifest.Tree(target.prefix, target.prefix, site, target.executable)
+        tree.check(tree.read([p.name for p in pins], only=False), digests, None, complete=False)
+    except (manifest.Untrusted, OSError) as exc:
+        raise SnapshotUnusable(f"not packed: {exc}") from None
 
     with store.writer(KIND, snapshot.stem) as part:
-        hashing = _HashingWriter(part.fh)
-        with zstd_open(hashing, "wb") as compressed, \
-                tarfile.open(fileobj=compressed, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            for path in members:
-                tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
+        hashing = _Counting(part.fh, hashlib.sha256())
+        with zstd_open(hashing, "wb") as compressed:
+            stream = _Counting(compressed)  # the tar's own size: a restore unpacks no more than that
+            with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+                for path in members:
+                    tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
         sha256 = hashing.digest.hexdigest()
         archive = part.commit(store.path(KIND, f"{snapshot.stem}-{sha256[:16]}.tar.zst"))
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
-             "files": len(members), "distributions": {p.name: p.version for p in pins}}
+             "tar_bytes": stream.size, "files": len(members), "distributions": {p.name: p.version for p in pins}}
     store.share(KIND, archive)  # the team store's copy too, before its index
     store.put_text(KIND, snapshot.index_name, json.dumps(index, indent=1) + "\n")  # last: it names a whole archive
     store.stats.bytes_written += hashing.size
@@ -157,8 +179,8 @@ class _ReadAhead:
     BLOCK = 4 << 20
     DEPTH = 8  # blocks read ahead at most: 32 MiB of memory
 
-    def __init__(self, source: IO[bytes], bar: Bar, copy: IO[bytes] | None = None) -> None:
-        self.digest, self.size, self.bar, self.copy = hashlib.sha256(), 0, bar, copy
+    def __init__(self, source: IO[bytes], bar: Bar, copy: IO[bytes] | None = None, limit: int | None = None) -> None:
+        self.digest, self.size, self.bar, self.copy, self.limit = hashlib.sha256(), 0, bar, copy, limit
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
         self._left = b""
         self._done = False
@@ -172,6 +194,8 @@ class _ReadAhead:
                 while not self._stop.is_set() and (block := source.read(self.BLOCK)):
                     self.digest.update(block)
                     self.size += len(block)
+                    if self.limit is not None and self.size > self.limit:
+                        raise OSError(f"it is longer than the {self.limit} bytes its index says")
                     self.bar.update(len(block))
                     if self.copy:
                         self.copy.write(block)
@@ -223,27 +247,30 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
-def _unpack_verified(store: DriveStore, archive: str, expected: str, staging: Path,
+def _unpack_verified(store: DriveStore, archive: str, index: dict[str, Any], staging: Path,
                      copy: IO[bytes] | None = None) -> int:
     """Read the archive once from Drive (or the team store), hashing it while GNU tar unpacks it
     into `staging` (and writing it to `copy` too, when given); raise SnapshotUnusable (staging
-    removed) when the hash is not the index's. Returns the bytes read."""
+    removed) when the hash is not the index's. The sizes the index states bound what is read
+    and what is unpacked, so a hostile archive cannot fill the disk. Returns the bytes read."""
     staging.mkdir(parents=True)
     # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own. With the
-    # zstd program, tar decompresses too and this process only hashes the compressed bytes.
+    # zstd program decompressing, this process only reads and hashes the compressed bytes; `head`
+    # passes on no more of the tar stream than the index says it holds.
     native = shutil.which("zstd") is not None
     # As root, tar would keep the owners and modes stored in the archive: an archive from Drive
     # is data, so files belong to whoever runs warmstart and keep no special bits (see _tame).
-    tar = subprocess.Popen(["tar", "-x", "--no-same-owner", "--no-same-permissions",
-                            *(["-I", "zstd"] if native else []), "-f", "-", "-C", str(staging)],
-                           stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    untar = ["tar", "-x", "--no-same-owner", "--no-same-permissions", "-f", "-", "-C", str(staging)]
+    pipeline = ["zstd", "-dcq"] if native else ["cat"]
+    tar = subprocess.Popen(f"{' '.join(pipeline)} | head -c {int(index['tar_bytes'])} | {shlex.join(untar)}",
+                           shell=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None
     _widen(tar.stdin)
     hashing: _ReadAhead | None = None
     try:
         with store.bars.bar(store.size(KIND, archive), "snapshot from " + (
                 "Drive" if store.on_drive(KIND, archive) else "the team cache")) as bar:
-            hashing = _ReadAhead(store.open(KIND, archive), bar, copy)
+            hashing = _ReadAhead(store.open(KIND, archive), bar, copy, limit=int(index["size"]))
             stream = hashing if native else zstd_open(hashing, "rb")
             while chunk := stream.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
@@ -260,15 +287,28 @@ def _unpack_verified(store: DriveStore, archive: str, expected: str, staging: Pa
         if hashing is not None:
             hashing.close()
         tar.stdin.close()
-        error = tar.stderr.read().decode()
+        error = tar.stderr.read().decode(errors="replace")
         tar.wait()
     assert hashing is not None  # else the error above was raised
-    if hashing.digest.hexdigest() != expected or tar.returncode != 0:
+    if hashing.digest.hexdigest() != index["sha256"] or tar.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
         raise SnapshotUnusable(f"snapshot {archive} is damaged ({why})")
     _tame(staging)
     return hashing.size
+
+
+def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
+                   patches: tuple[Patch, ...], archive: str) -> None:
+    """Every unpacked file belongs to a locked wheel (or is the recipe's patch of one), and
+    nothing else came; then console scripts and RECORDs are written anew for this target."""
+    try:
+        tree = manifest.Tree.of_staging(staging, target.path, target.prefix, target.executable)
+        dists = tree.read(digests)
+        tree.check(dists, digests, patches)
+        tree.renew(dists)
+    except (manifest.Untrusted, OSError) as exc:
+        raise SnapshotUnusable(f"snapshot {archive} does not match the lock: {exc}") from None
 
 
 def _widen(pipe: IO[bytes]) -> None:
@@ -294,13 +334,16 @@ def _tame(folder: Path) -> None:
 
 
 def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
+            digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...] = (),
             for_drive: Path | None = None) -> int:
     """Unpack a verified snapshot into the target; returns the archive size.
 
     Files land in a staging folder inside the prefix first and move into place only after the
-    archive's sha256 matched, so a damaged archive never touches the environment. A snapshot
-    that comes from the team store is copied, archive and index, into `for_drive` as it is read
-    (the Drive work puts them on Drive, the index last)."""
+    archive's sha256 matched its index and every file it holds traced back to the lock
+    (`digests`, the lock's digest of each wheel's files; `patches`, the recipe's), so neither a
+    damaged archive nor a rewritten one touches the environment. Console scripts and RECORDs are
+    written anew. A snapshot that comes from the team store is copied, archive and index, into
+    `for_drive` as it is read (the Drive work puts them on Drive, the index last)."""
     index = snapshot.read_index(store)
     archive = _archive_name(index)
     if not store.has(KIND, archive):
@@ -310,8 +353,10 @@ def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninsta
     copy = for_drive / archive if from_team and for_drive else None
     try:
         with open(copy, "wb") if copy else nullcontext() as kept:
-            read = _unpack_verified(store, archive, str(index.get("sha256")), staging, kept)
+            read = _unpack_verified(store, archive, index, staging, kept)
+        _trace_to_lock(staging, target, digests, patches, archive)
     except SnapshotUnusable:
+        shutil.rmtree(staging, ignore_errors=True)
         if copy:
             copy.unlink(missing_ok=True)
         snapshot.set_aside(store, index)

@@ -29,7 +29,19 @@ from pathlib import Path, PurePath
 from typing import IO, TYPE_CHECKING, Any
 
 from . import faults
-from .transfer import QUIET, AtomicFile, Bar, Bars, atomic_write_text, copy_hashed, explain, regular_file, sha256_of
+from .transfer import (
+    QUIET,
+    AtomicFile,
+    Bar,
+    Bars,
+    atomic_write_text,
+    copy_hashed,
+    explain,
+    read_untrusted_json,
+    regular_file,
+    sha256_of,
+    untrusted_json,
+)
 
 if TYPE_CHECKING:
     from .team import ObjectStore
@@ -198,10 +210,7 @@ class DriveStore:
         """A small JSON file (a snapshot index); ValueError or OSError when it is not one."""
         if self.team and not self.on_drive(kind, name):
             return self.team.read_json(kind, name, limit)
-        path = self.path(kind, name)
-        if not regular_file(path) or path.stat().st_size > limit:
-            raise ValueError(f"{path} is not a small regular file")
-        return json.loads(path.read_text())
+        return read_untrusted_json(self.path(kind, name), limit)
 
     def describe_reads(self) -> str:
         stats = self.stats
@@ -365,6 +374,6 @@ def compact(when: dict[str, float], records: Sequence[PurePath], keep: set[str],
 def parse_record(data: bytes) -> dict[str, float] | None:
     """A usage record's {key: when}; None when it is not one warmstart wrote."""
     try:
-        return {str(k): float(at) for k, at in json.loads(data)["used"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        return {str(k): float(at) for k, at in untrusted_json(data, 1 << 20)["used"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):  # Unreadable is a ValueError
         return None

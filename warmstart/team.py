@@ -21,7 +21,6 @@ asking the team store again.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
 import time
@@ -46,7 +45,7 @@ from .store import (
     record_text,
 )
 from .target import TargetPython
-from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact, sha256_of
+from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact, sha256_of, untrusted_json
 
 # fsspec protocol -> the extra that brings its implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -279,7 +278,7 @@ class ObjectStore:
         except Exception as exc:
             self._failed(f"reading {kind}/{name}", exc)
             raise OSError(f"the team cache cannot be read: {self.down}") from None
-        return json.loads(data)
+        return untrusted_json(data, limit)
 
     def sha256(self, entry: StoredFile) -> str:
         with self._maintaining(f"reading {entry.kind}/{entry.path.name}"), \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -81,6 +82,37 @@ def sha256_of(source: str | os.PathLike[str] | IO[bytes]) -> str:
     while chunk := source.read(CHUNK):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+class Unreadable(ValueError):
+    """Data from Drive or a team store that is not what it should be: too big, not JSON, nested
+    too deeply, or of the wrong shape. Said as one line; never a traceback."""
+
+
+def untrusted_json(data: bytes | str, limit: int = 1 << 20, shape: type = dict) -> Any:
+    """JSON read from Drive, a team store or a snapshot: at most `limit` bytes, of the top-level
+    type `shape`; anything else (deep nesting included, which would otherwise end the run in a
+    RecursionError) raises Unreadable."""
+    if len(data) > limit:
+        raise Unreadable(f"larger than {limit} bytes")
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise Unreadable("nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Unreadable(f"not JSON ({exc.__class__.__name__})") from None
+    if not isinstance(value, shape):
+        raise Unreadable(f"a JSON {type(value).__name__}, not a {shape.__name__}")
+    return value
+
+
+def read_untrusted_json(path: Path, limit: int = 1 << 20, shape: type = dict) -> Any:
+    """untrusted_json of a regular file, read no further than `limit` bytes."""
+    if not regular_file(path):
+        raise Unreadable(f"{path} is not a regular file")
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    return untrusted_json(data, limit, shape)
 
 
 def part_name(dest: Path) -> Path:
