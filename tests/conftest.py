@@ -159,6 +159,15 @@ class _QuietFiles(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+def dead_url() -> str:
+    """An index that cannot be reached: a port nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/simple"
+
+
 def serve_folder(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
     """Serve a folder over HTTP on 127.0.0.1 from a daemon thread; returns its URL and server."""
     server = http.server.ThreadingHTTPServer(

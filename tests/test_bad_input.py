@@ -63,6 +63,47 @@ CASES = {
 }
 
 
+def demo_in(recipe: Path) -> Path:
+    return recipe.parent.parent / "requirements" / "demo.in"
+
+
+# Lock inputs are requirements only: what a hostile or careless `.in` tries, for `invoke lock`.
+HOSTILE_IN = {
+    "an extra index over plain http": ("--extra-index-url http://evil.example/simple\n--trusted-host evil.example\nalpha\n",
+                                       r"demo\.in:1: '--extra-index-url' is not allowed here"),
+    "an index url": ("--index-url=https://user:secret@mirror.example/simple\nalpha\n", r"demo\.in:1: '--index-url' is not allowed"),
+    "find-links": ("-f /tmp/wheels\nalpha\n", r"demo\.in:1: '-f' is not allowed"),
+    "an include outside the project": ("alpha\n-r /etc/hostname\n", r"demo\.in:2: '-r' is not allowed here"),
+    "an include of itself": ("-r demo.in\n", r"demo\.in:1: '-r' is not allowed here"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_IN))
+def test_a_in_file_holds_requirements_only(demo, index, case):
+    text, message = HOSTILE_IN[case]
+    demo_in(demo).write_text(text)
+    lock = lock_of(demo)
+    before = lock.read_bytes()
+
+    result = run_cli("lock", "--recipe", str(demo), env=cli_env(index.url))
+
+    assert result.code == 2, result.stderr
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and re.search(message, error[0]), result.stderr
+    assert "evil.example" not in result.stderr and "secret" not in result.stderr
+    assert "Traceback" not in result.stderr and lock.read_bytes() == before
+
+
+def test_a_in_file_may_include_another_file_of_the_project(demo, index):
+    (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
+    demo_in(demo).write_text("alpha\n-r more.in\n")
+
+    assert run_cli("lock", "--recipe", str(demo), env=cli_env(index.url)).code == 0
+    assert run_cli("lock", "--check", "--recipe", str(demo), env=cli_env()).code == 0
+    (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build>=1.0\n")
+    assert run_cli("lock", "--check", "--recipe", str(demo), env=cli_env()).code == 1, "an include is an input too"
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(demo, drive, tmp_path, index, case):
     edit, message = CASES[case]

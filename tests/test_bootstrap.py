@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
+from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, needs_netns, run_cli
 
 
 @pytest.fixture
@@ -209,3 +209,17 @@ def test_drive_from_environment_variable(demo, tmp_path, index):
     assert result.code == 0, result.stderr
     assert result.report["drive"] == str(tmp_path / "from-env")
     assert cached_wheels(tmp_path / "from-env")
+
+
+def test_with_every_wheel_on_drive_the_install_asks_no_index(demo, drive, env, tmp_path):
+    """uv in the background mode fetches what Drive lacks while it installs; when Drive has every
+    wheel (and the snapshot does not apply), it must not ask the index at all."""
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env).code == 0
+    drop_snapshots(drive)
+    shutil.rmtree(tmp_path / "venv")
+    background = {k: v for k, v in cli_env(dead_url()).items() if k != "WARMSTART_WAIT"}
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--installer", "uv", env=background)
+
+    assert result.code == 0, result.stderr
+    assert result.report["installed"] == LOCKED and result.report["cache"]["misses"] == 0

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, run_cli
+from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance
@@ -56,13 +56,6 @@ def objects(s3: SeaweedS3, bucket: str) -> dict[str, str]:
     """Every object in a bucket: key (below the bucket) -> its sha256."""
     fs = s3.filesystem()
     return {key.split("/", 1)[1]: hashlib.sha256(fs.cat_file(key)).hexdigest() for key in fs.find(bucket)}
-
-
-def dead_url() -> str:
-    """An index that cannot be reached: a port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{s.getsockname()[1]}/simple"
 
 
 def lock_hashes(demo: Path) -> set[str]:

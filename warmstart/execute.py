@@ -119,20 +119,21 @@ class Executor:
             with self.report.step("install") as step:
                 if need:
                     self.clear_broken()
-                    self._install(need, [stage, downloads], stage)
+                    # uv fetches only what is not here; with every wheel here, no index is asked at all
+                    self._install(need, [stage, downloads], stage, index=self.direct and bool(to_download))
                     step.detail = f"{len(need)} packages with {plan.installer}"
                 else:
                     step.status = "skipped"
         return bool(need)
 
-    def _install(self, need: list[Pin], wheels: list[Path], stage: Path) -> None:
+    def _install(self, need: list[Pin], wheels: list[Path], stage: Path, index: bool) -> None:
         plan = self.plan
         requirements = _requirements_file(need, stage / "install.txt")
         try:
             installer.install(plan.installer, plan.target.executable, requirements, wheels,
-                              plan.profile.unset_env, self._first_install_seen(), index=self.direct)
+                              plan.profile.unset_env, self._first_install_seen(), index=index)
         except WarmstartError:
-            if self.direct:  # an index that cannot be reached or refuses is said as such
+            if index:  # an index that cannot be reached or refuses is said as such
                 self.downloader.project_files(need[0].name)
             raise
 

@@ -240,7 +240,8 @@ def inputs_digest(recipe: Recipe, target: LockTarget, image: Image | None = None
     if image is not None:  # a refreshed image (Colab moved on) makes its locks stale
         digest.update(image.digest.encode() + b"\0")
     # Normalise line endings so a checkout on Windows does not look stale.
-    digest.update(recipe.requirements_in.read_bytes().replace(b"\r\n", b"\n"))
+    for path in (recipe.requirements_in, *recipe.includes):
+        digest.update(path.read_bytes().replace(b"\r\n", b"\n"))
     return digest.hexdigest()
 
 

@@ -16,6 +16,7 @@ recipe's own patch applied to them.
 
 from __future__ import annotations
 
+import base64
 import configparser
 import csv
 import hashlib
@@ -122,6 +123,7 @@ class Tree:
 
     def __init__(self, root: Path, prefix: Path, site: PurePosixPath, python: Path) -> None:
         self.root, self.prefix, self.python = root, prefix, python
+        self.hashes: dict[str, str] = {}  # prefix-relative path -> sha256 (hex) of the file, as checked
         self.site = site  # site-packages, relative to the prefix (lib/python3.12/site-packages)
         self.base = PurePosixPath(os.path.normpath(site / "../../.."))  # the install scheme's base
         self.bin = self.base / "bin"
@@ -211,6 +213,8 @@ class Tree:
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         with ThreadPoolExecutor(2) as pool:  # hashlib hashes big files without the GIL
             hashes = dict(zip([rel for rel, _key in jobs], pool.map(lambda job: self._hash(*job), jobs), strict=True))
+        # what RECORD will say of each file (a script's digest is of its normalised text: not that)
+        self.hashes = {rel: hashes[rel] for rel, key in jobs if not key.startswith("scripts/")}
         for name, dist in dists.items():
             self._originals(dist, hashes, None if patches is None else [p for p in patches if p.distribution == name])
             for rel in dist.metadata:
@@ -264,8 +268,13 @@ class Tree:
                 path.chmod(0o755)
             rows = []
             for rel in sorted([*dist.files, *dist.metadata, *(str(self.bin / s) for s in dist.scripts)]):
-                data = (self.root / rel).read_bytes()
-                rows.append([os.path.relpath(rel, self.site), record_hash(data), str(len(data))])
+                path = self.root / rel
+                if rel in self.hashes:  # hashed by check() already: not read twice
+                    sha = "sha256=" + base64.urlsafe_b64encode(bytes.fromhex(self.hashes[rel])).rstrip(b"=").decode()
+                    rows.append([os.path.relpath(rel, self.site), sha, str(path.stat().st_size)])
+                else:
+                    data = path.read_bytes()
+                    rows.append([os.path.relpath(rel, self.site), record_hash(data), str(len(data))])
             rows.append([os.path.relpath(str(dist.info / "RECORD"), self.site), "", ""])
             out = io.StringIO()
             csv.writer(out, lineterminator="\n").writerows(rows)

@@ -125,6 +125,7 @@ class Recipe:
     assets: tuple[Asset, ...] = ()
     checks: tuple[Check, ...] = ()
     patches: tuple[Patch, ...] = ()  # applied after every install, in order
+    includes: tuple[Path, ...] = ()  # the files requirements_in includes (-r, -c)
 
 
 def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
@@ -176,17 +177,35 @@ def _version(raw: str | None, path: Path, key: str) -> Version | None:
         raise BadInput(f"{path}: '{key}' must be a version like \"6.0\", got {raw!r}") from None
 
 
-def _check_requirements_in(path: Path) -> None:
-    """Every requirement line of a `.in` must be a valid PEP 508 requirement (options aside)."""
+_INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s*=\s*|\s+)(\S+)$")
+
+
+def _check_requirements_in(path: Path, project_root: Path, seen: tuple[Path, ...] = ()) -> tuple[Path, ...]:
+    """Every line of a `.in` is a valid PEP 508 requirement or a comment, or includes (-r, -c)
+    another such file of the project. Index options (--index-url, --extra-index-url,
+    --trusted-host, -f, ...) are refused: they would take the lock around pip's settings and the
+    plain-http rule. Returns the files included, for the lock's inputs digest."""
+    included: list[Path] = []
     for number, line in enumerate(read_text(path, "a requirements file").splitlines(), 1):
         text = line.split(" #", 1)[0].strip()
-        if not text or text.startswith(("#", "-")):
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("-"):
+            include = _INCLUDE.match(text)
+            other = (path.parent / include.group(2)).resolve() if include else None
+            if other is None or not other.is_relative_to(project_root.resolve()) or other in seen:
+                option = text.split()[0].split("=")[0]
+                raise BadInput(f"{path}:{number}: {option!r} is not allowed here: a .in file holds requirements "
+                               f"and comments, and may include (-r, -c) only other files of {project_root}; "
+                               "set an index with PIP_INDEX_URL instead")
+            included += [other, *_check_requirements_in(other, project_root, (*seen, path))]
             continue
         try:
             Requirement(text)
         except InvalidRequirement as exc:
             raise BadInput(f"{path}:{number}: {text!r} is not a valid requirement "
                            f"({str(exc).splitlines()[0]})") from None
+    return tuple(included)
 
 
 def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Recipe:
@@ -227,7 +246,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
     for name in data["requirements"]["exclude"]:
         if not _PROJECT.match(name):
             raise BadInput(f"{path}: 'requirements.exclude' holds {name!r}, which is no package name")
-    _check_requirements_in(requirements_in)
+    includes = _check_requirements_in(requirements_in, project_root)
 
     assets = []
     for n, raw in enumerate(data["assets"]):
@@ -282,6 +301,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         assets=tuple(assets),
         checks=tuple(checks),
         patches=tuple(patches),
+        includes=includes,
     )
 
 
