@@ -9,6 +9,7 @@ process in its own mount namespace (`unshare -m`), so those mounts never touch t
 from __future__ import annotations
 
 import json
+import os
 import site
 import subprocess
 import sys
@@ -159,3 +160,50 @@ def test_subprocess_with_mount_uses_it_and_prints_the_cd_line(demo, tmp_path, ke
 
     assert done.returncode == 0, done.stderr
     assert f"%cd {mount}/MyDrive/Demo" in done.stderr
+
+
+# --- the `invoke` launcher warmstart.sh writes beside the notebook's python3 --------------------
+
+PRINT_ARGS = '#!/bin/sh\nfor arg in "$@"; do printf "%s\\0" "$arg"; done\n'  # stands in for the tools' python
+WRITE = ("import sys; sys.path.insert(0, sys.argv[3]); from pathlib import Path; "
+         "from warmstart.tools import write_launcher; print(write_launcher(Path(sys.argv[1]), Path(sys.argv[2])))")
+
+
+def launcher_for(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
+    """A notebook interpreter, and warmstart's tools and checkout under a folder called `name`."""
+    notebook = make_venv(tmp_path / "notebook")
+    folder, checkout = tmp_path / name / "tools", tmp_path / name / "checkout"
+    (folder / "bin").mkdir(parents=True)
+    checkout.mkdir()
+    (folder / "bin" / "python").write_text(PRINT_ARGS)
+    (folder / "bin" / "python").chmod(0o755)
+    return notebook, folder, checkout
+
+
+@pytest.mark.parametrize("name", ["$(touch PWNED)", "it's `here`", "two\nlines", "a b; touch PWNED"])
+def test_the_launcher_takes_paths_as_data_never_as_shell_code(tmp_path, name):
+    notebook, folder, checkout = launcher_for(tmp_path, name)
+    written = subprocess.run([str(notebook), "-c", WRITE, str(folder), str(checkout), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    launcher = notebook.parent / "invoke"
+    assert written.stdout.strip() == str(launcher)
+
+    ran = subprocess.run([str(launcher), "status", "x y"], capture_output=True, cwd=tmp_path)
+
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split(b"\0")[:-1] == [b"-m", b"invoke", b"--search-root", str(checkout).encode(),
+                                             b"status", b"x y"]
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_link_named_invoke_is_somebody_elses_and_stays(tmp_path):
+    notebook, folder, checkout = launcher_for(tmp_path, "plain")
+    link = notebook.parent / "invoke"
+    link.symlink_to(tmp_path / "nowhere")  # dangling
+
+    written = subprocess.run([str(notebook), "-c", WRITE, str(folder), str(checkout), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path)
+
+    assert written.stdout.strip() == str(folder / "invoke"), written.stderr
+    assert link.is_symlink() and os.readlink(link) == str(tmp_path / "nowhere")

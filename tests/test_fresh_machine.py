@@ -69,6 +69,12 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
         models.shutdown()
     assert cold.returncode == 0, cold.stderr
     assert "cached them in" in cold.stderr
+    # The `!invoke` line is printed once a bootstrap worked, never after one that failed.
+    assert "from now on, in any folder of this VM: !" in cold.stderr
+    failed = subprocess.run(["bash", str(checkout / "warmstart.sh"), "no-such-recipe"], env=env1,
+                            capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and "no recipe named 'no-such-recipe'" in failed.stderr, failed.stderr
+    assert "from now on" not in failed.stderr
     # The run returned with the environment usable; the user keeps the VM up while Drive fills.
     assert json.loads(cold.stdout)["drive_writes"] == "being written to Drive in the background"
     jobs = tmp_path / "vm1" / "home" / ".cache" / "warmstart" / "drivework"

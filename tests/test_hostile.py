@@ -92,7 +92,9 @@ def test_a_snapshot_archive_cannot_give_files_a_foreign_owner_or_special_bits(tm
 
     umask = os.umask(0)  # as in some containers: tar's --no-same-permissions then keeps o+w
     try:
-        _unpack_verified(store, archive.name, hashlib.sha256(archive.read_bytes()).hexdigest(), staging)
+        _unpack_verified(store, archive.name, {"sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+                                               "size": archive.stat().st_size, "tar_bytes": len(raw.getvalue())},
+                         staging)
     finally:
         os.umask(umask)
 
@@ -528,3 +530,44 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
 
     assert done.returncode == 3, done.stderr
     assert words in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000  # a RecursionError for json.loads, were it not read with care
+
+
+def test_deeply_nested_json_on_drive_is_unreadable_data_never_an_internal_error(demo, drive, tmp_path, index):
+    env = cli_env(index.url)
+    python = make_venv(tmp_path / "venv")
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env).code == 0
+    store = drive / ".warmstart" / "v1"
+    for index_file in (store / "snapshots").glob("*.json"):
+        index_file.write_bytes(b'{"facts": ' + DEEP + b"}")
+    (store / "usage" / "9999999999-deep.json").write_bytes(DEEP)
+    (store / "placed.json").write_bytes(DEEP)
+    shutil.rmtree(tmp_path / "venv")
+    python = make_venv(tmp_path / "venv")
+
+    offline = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                      "--offline", "--json", env=env)
+    assert offline.code == 0, offline.stderr  # the wheels instead of the snapshot
+    assert offline.report["snapshot"]["used"] is False and "nested too deeply" in offline.report["snapshot"]["reason"]
+    for index_file in (store / "snapshots").glob("*.json"):  # the run set it aside and packed anew
+        index_file.write_bytes(DEEP)
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=env)
+    assert pruned.code == 0, pruned.stderr
+    assert "unreadable snapshot index" in pruned.stderr and "internal error" not in pruned.stderr
+
+
+def test_a_shared_recipe_cannot_write_escape_sequences_to_the_terminal(drive, tmp_path, index):
+    recipes = drive / ".warmstart" / "recipes"
+    recipes.mkdir(parents=True)
+    (drive / ".warmstart" / "requirements").mkdir()
+    (drive / ".warmstart" / "requirements" / "evil.in").write_text("alpha\n")
+    (recipes / "evil.toml").write_text('name = "evil"\ndescription = "\\u001b]0;pwned\\u0007\\u001b[2J\\rlooks fine"\n'
+                                       '[requirements]\nin = "requirements/evil.in"\n')
+
+    listed = run_cli("recipes", "--drive", str(drive), env=cli_env(index.url))
+
+    assert listed.code == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\r" not in listed.stdout and "\x07" not in listed.stdout
+    assert "\\x1b]0;pwned\\x07\\x1b[2J\\rlooks fine" in listed.stdout, listed.stdout

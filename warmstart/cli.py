@@ -69,7 +69,7 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
             signal.signal(signal.SIGTERM, previous)
     if report.error:
         report.error = transfer.redact(report.error)
-        print(f"warmstart: error: {report.error}", file=sys.stderr, flush=True)
+        print(f"warmstart: error: {transfer.shown(report.error)}", file=sys.stderr, flush=True)
     if as_json:
         print(json.dumps(report.as_json(), indent=None), flush=True)
     return report

@@ -38,6 +38,7 @@ from .profiles import resolve_drive, select_profile
 from .recipe import known_recipes, load_recipe
 from .report import Report
 from .store import DriveStore
+from .transfer import shown
 
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
 
@@ -50,6 +51,12 @@ def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
     task and --prune for another) and no positional arguments (`bootstrap --help` would be a
     recipe named "--help")."""
     return task(auto_shortflags=False, positional=[], **kwargs)
+
+
+def _print(text: str, keep_lines: bool = False, **kwargs: Any) -> None:
+    """print, with credentials hidden and control characters escaped (text from recipes, stores
+    and wheels: a description may hold terminal escape sequences)."""
+    print(shown(text, keep_lines), **kwargs)
 
 
 def _exit(code: int) -> None:
@@ -87,7 +94,7 @@ def status(c, recipe=None, drive=None, python=None, json=False, cache=None):
     def show(report) -> None:
         facts.update(gather(Options(recipe, drive, python, cache=cache), ROOT, report))
         if not json:
-            print("\n".join(status_lines(facts)))
+            _print("\n".join(status_lines(facts)), keep_lines=True)
 
     report = run_reported(show, recipe or "", as_json=False)
     if json:
@@ -127,7 +134,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
             raise WarmstartError("; ".join(
                 ([f"stale locks (inputs changed since compiled): {', '.join(stale)}; run "
                   "`invoke lock --recipe NAME --python-version X.Y` for each"] if stale else []) + unfit))
-        print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
+        _print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 
     def compile_all() -> None:
@@ -142,8 +149,8 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
             target = locking.LockTarget(version, platform or current.platform, platform_profile)
             path = locking.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),
-                                        say=lambda m: print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
-            print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
+                                        say=lambda m: _print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
+            _print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
 
     _exit(run_plain(check_all if check else compile_all))
 
@@ -163,7 +170,7 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
     def run() -> None:
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
         minor = ".".join(python.split(".")[:2])
-        print(f"warmstart: wrote {path}; now run `invoke lock --recipe NAME --platform-profile {profile} "
+        _print(f"warmstart: wrote {path}; now run `invoke lock --recipe NAME --platform-profile {profile} "
               f"--python-version {minor}` for each recipe, then `invoke lock --check`")
 
     _exit(run_plain(run))
@@ -181,8 +188,8 @@ def recipes(c, drive=None):
                 f"{gpu.min_memory_gib} GiB" if gpu.min_memory_gib else "",
                 f"sm {gpu.min_compute_capability}" if gpu.min_compute_capability else "",
                 f"CUDA {gpu.min_cuda}" if gpu.min_cuda else "") if v) if gpu.required else "no GPU needed"
-            print(f"{name:<16} Python {loaded.python or 'any'}; {needs}\n"
-                  f"{'':<16} {loaded.description}  ({path})")
+            _print(f"{name:<16} Python {loaded.python or 'any'}; {needs}")
+            _print(f"{'':<16} {loaded.description}  ({path})")
 
     _exit(run_plain(show))
 
@@ -201,7 +208,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         drive_root = _drive(drive)
         team = team_location(cache)
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
-        print(f"warmstart: the cache at {store}", file=sys.stderr)
+        _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
         if down := getattr(store, "down", None):
             raise PreconditionUnmet(f"the team cache {store} cannot be listed: {down}")
@@ -209,14 +216,14 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
                  "unreadable index": "is an unreadable snapshot index: --prune removes it"}
         for entry in entries:
             if entry.kind in notes:
-                print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
+                _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
         for owner, size in maintenance.sizes(entries).items():
-            print(f"{size / 2**20:10.1f} MiB  {owner}")
+            _print(f"{size / 2**20:10.1f} MiB  {owner}")
         if verify:
             maintenance.verify(store, entries)
             for entry in entries:
                 if entry.status != "unchecked":
-                    print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
+                    _print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
             damaged = [e for e in entries if e.status.startswith("damaged")]
             if damaged:
                 raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
@@ -229,9 +236,9 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
             when, records = store.last_used()
             doomed = maintenance.prunable(entries, when, days)
             for entry in doomed:
-                print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+                _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
             if not dry_run:
-                print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
+                _print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
                 kept = {e.file.key for e in entries if e not in doomed}
                 store.compact_usage(when, records, kept)
 
@@ -247,9 +254,9 @@ def assets(c, recipe=None, drive=None):
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
         rows = asset_table(loaded.assets, DriveStore(drive_root), drive_root / loaded.workdir)
         for state, name, dest in rows:
-            print(f"{state:<9} {name}  ->  {dest}")
+            _print(f"{state:<9} {name}  ->  {dest}")
         if not rows:
-            print(f"{loaded.path} declares no assets")
+            _print(f"{loaded.path} declares no assets")
 
     _exit(run_plain(show))
 
@@ -263,9 +270,9 @@ def gpu(c, json=False):
     if json:
         print(jsonlib.dumps(report.as_json()))
     elif report.available:
-        print(report.table())
+        _print(report.table(), keep_lines=True)
     else:
-        print(f"warmstart: {report.describe()}", file=sys.stderr)
+        _print(f"warmstart: {report.describe()}", file=sys.stderr)
     _exit(0 if report.available else PreconditionUnmet.exit_code)
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .store import CacheStats
-from .transfer import Bars, redact
+from .transfer import Bars, redact, shown
 
 if TYPE_CHECKING:
     from .execute import Outcome
@@ -52,7 +52,7 @@ class Report:
     started: float = field(default_factory=time.perf_counter)
 
     def say(self, message: str) -> None:
-        print(f"warmstart: {redact(message)}", file=self.stream, flush=True)
+        print(f"warmstart: {shown(message)}", file=self.stream, flush=True)
 
     @contextmanager
     def step(self, name: str) -> Iterator[Step]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from .errors import BadInput
 from .options import value_of
 from .pipconfig import pip_env
 from .store import DriveStore
-from .transfer import atomic_write, atomic_write_text, own_cache, redact, sha256_of
+from .transfer import atomic_write, atomic_write_text, own_cache, sha256_of, shown
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
@@ -44,7 +45,7 @@ class ToolsError(Exception):
 
 
 def say(message: str) -> None:
-    print(f"warmstart.sh: {redact(message)}", file=sys.stderr, flush=True)
+    print(f"warmstart.sh: {shown(message)}", file=sys.stderr, flush=True)
 
 
 def python_tag() -> str:
@@ -153,16 +154,23 @@ def _write_script(path: Path, text: str) -> None:
 
 def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
     """`invoke` beside the notebook's python3 when that place is free (or already ours); else
-    only the one inside the tools folder. Returns the command to type."""
-    text = (f"#!/bin/sh\n{LAUNCHER_TAG}: invoke from {folder}, tasks from {checkout}\n"
-            f"export WARMSTART_PYTHON=\"${{WARMSTART_PYTHON:-{sys.executable}}}\" PYTHONDONTWRITEBYTECODE=1\n"
-            f"exec \"{tools_python(folder)}\" -m invoke --search-root \"{checkout}\" \"$@\"\n")
+    only the one inside the tools folder. Returns the command to type.
+
+    Paths are data: each is single-quoted for the shell (a Drive folder may be named `$(...)`,
+    hold a quote or a newline), and no path is written into the script's comment line."""
+    text = (f"#!/bin/sh\n{LAUNCHER_TAG}: runs warmstart's invoke with the tasks of its checkout\n"
+            f"notebook_python={shlex.quote(sys.executable)}\n"
+            'export WARMSTART_PYTHON="${WARMSTART_PYTHON:-$notebook_python}" PYTHONDONTWRITEBYTECODE=1\n'
+            f"exec {shlex.quote(str(tools_python(folder)))} -m invoke --search-root {shlex.quote(str(checkout))} "
+            '"$@"\n')
     own = folder / "invoke"
     _write_script(own, text)
     public = Path(sysconfig.get_path("scripts")) / "invoke"
     try:
-        if public.exists() and LAUNCHER_TAG not in public.read_text(errors="replace"):
-            return own  # somebody else's invoke: leave it alone
+        # Only a file warmstart wrote is replaced: a link (dangling or not) or another invoke is
+        # somebody else's.
+        if public.is_symlink() or (public.exists() and LAUNCHER_TAG not in public.read_text(errors="replace")):
+            return own
         _write_script(public, text)
     except OSError:
         return own
@@ -204,7 +212,9 @@ def main(argv: list[str]) -> int:
                or sys.executable, PYTHONDONTWRITEBYTECODE="1")
     done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                            "bootstrap", "--recipe", recipe, *args], env=env)
-    say(f"from now on, in any folder of this VM: !{command} bootstrap --recipe {recipe}")
+    if done.returncode == 0:  # the line to use from now on, once it has worked
+        line = shlex.join([str(command), "bootstrap", "--recipe", recipe])
+        say(f"from now on, in any folder of this VM: !{line}")
     return done.returncode
 
 

@@ -198,6 +198,25 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub("***@", text)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, keep_lines: bool = False) -> str:
+    """Text safe to print on a terminal: control characters (an escape sequence in a recipe's
+    description, a carriage return from a store, a newline in a wheel's name) are shown escaped,
+    as \\x1b, \\r, \\n; `keep_lines` keeps the newlines of a text of several lines."""
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        return char if keep_lines and char == "\n" else char.encode("unicode_escape").decode()
+
+    return _CONTROL.sub(escape, text)
+
+
+def shown(text: str, keep_lines: bool = False) -> str:
+    """What warmstart prints of any text: credentials hidden, control characters escaped."""
+    return printable(redact(text), keep_lines)
+
+
 def zstd_open(file: Path | BinaryIO | Any, mode: str) -> BinaryIO:
     """A zstd stream over a file: `zstandard` (multi-threaded) where installed, else the
     standard library's compression.zstd (Python 3.14+)."""
