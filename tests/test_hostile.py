@@ -404,6 +404,38 @@ def test_a_credential_in_a_url_reaches_no_output(case, demo, drive, tmp_path, in
         assert "http://***@127.0.0.1:9/mirror/m.onnx" in result.stderr
 
 
+def test_no_secret_at_rest_and_warmstarts_folder_is_its_users_alone(demo, drive, tmp_path, index):
+    """A team cache URL with user:secret@, a run that hands its Drive work to the background
+    worker: the job file, the worker's log and failure text, and everything else warmstart
+    writes hold no secret; its folder is 0700, its job and log files 0600."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in cli_env(index.url, XDG_CACHE_HOME=str(cache), AWS_ENDPOINT_URL="http://127.0.0.1:9",
+                                     AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="v").items()
+           if k != "WARMSTART_WAIT"}
+    url = f"s3://writer:{SECRET}@bucket/team"
+    python = make_venv(tmp_path / "env")
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     "--cache", url, "--json", env=env)
+
+    assert result.code == 0, result.stderr
+    jobs = list((cache / "warmstart" / "drivework").glob("*/*/job.json"))
+    deadline = time.monotonic() + 120
+    while any(j.exists() for j in jobs) and time.monotonic() < deadline:
+        for job in jobs:  # read while the worker is at it
+            try:
+                assert SECRET not in job.read_text() and stat.S_IMODE(job.stat().st_mode) == 0o600
+            except FileNotFoundError:
+                pass
+        time.sleep(0.05)
+    assert jobs, "the run left its Drive work to the worker"
+    assert stat.S_IMODE((cache / "warmstart").stat().st_mode) == 0o700
+    for path in [*cache.rglob("*"), *drive.rglob("*")]:
+        if path.is_file() and not path.is_symlink():
+            assert SECRET.encode() not in path.read_bytes(), path
+    assert SECRET not in result.stdout + result.stderr
+
+
 # --- cache --prune: only what no lock has used for the retention period -----------------------
 
 DAY = 86400

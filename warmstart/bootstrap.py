@@ -198,7 +198,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     with report.step("workdir") as step:
         plan.workdir.mkdir(parents=True, exist_ok=True)
         step.detail = str(plan.workdir)
-    drivework.resume(prefix, report.say)  # a killed worker starts again; a no-op run stays one
+    drivework.resume(prefix, report.say, team_location(options.cache))  # a killed worker starts again
     work = drivework.start(prefix, plan.drive, plan.target.executable)
     run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome

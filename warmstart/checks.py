@@ -12,7 +12,7 @@ from typing import Any
 
 from .recipe import Check
 from .target import state_file
-from .transfer import atomic_write_text, own_cache, redact
+from .transfer import atomic_write_text, own_cache, private_cache, redact, write_private
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
@@ -35,8 +35,8 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
         return output, ""
     log = own_cache() / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"check {check.name!r}\n\n{output}")
+        private_cache()
+        write_private(log, f"check {check.name!r}\n\n{output}")
     except OSError:
         return "..." + output[-OUTPUT_IN_REPORT:], ""
     return f"... (all of it in {log})\n" + output[-OUTPUT_IN_REPORT:], str(log)

@@ -35,8 +35,8 @@ def _log_bug() -> str:
     text = (f"warmstart {__version__}, Python {sys.version.split()[0]} on {platform.platform()}\n"
             f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     try:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(transfer.redact(text))
+        transfer.private_cache()
+        transfer.write_private(log, text)
     except OSError as exc:
         return f"this is a bug in warmstart (its log could not be written: {exc.strerror})"
     return f"this is a bug in warmstart: please report it with {log}"
@@ -46,6 +46,10 @@ def run_reported(action: Callable[[Report], None], recipe: str, *, as_json: bool
     """Run action with a fresh report; errors become its `error` and `exit_code`."""
     # stdout carries the JSON, so such a run keeps stderr to step lines: no bars.
     report = Report(recipe, bars=transfer.Bars(enabled=not as_json))
+    try:
+        transfer.private_cache()  # warmstart's own folder: its user's alone
+    except OSError:
+        pass  # a read-only HOME: said where the run first needs to write there
     # SIGTERM (a notebook interrupt, `kill`) ends a run as Ctrl-C does: children killed, temporary
     # folders removed on the way out.
     main = threading.current_thread() is threading.main_thread()  # only there can it be set

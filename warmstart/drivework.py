@@ -14,6 +14,7 @@ also does it all before returning. `status` shows what is still pending.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -30,8 +31,8 @@ from packaging.utils import canonicalize_name
 from .errors import PreconditionUnmet
 from .store import STALE_SECONDS, DriveStore
 from .target import state_file
-from .team import open_team, team_spec
-from .transfer import Bars, atomic_write_text, explain
+from .team import open_team, team_spec, team_url
+from .transfer import Bars, explain, private_cache, redact, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
@@ -88,14 +89,14 @@ class DriveWork:
     def hand_off(self, *, wait: bool, store: DriveStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
         files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
-        atomic_write_text(self.folder / JOB, json.dumps({
+        write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
             "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
             "team": team_spec(store.team) if store.team else None}))
         if wait:
             finish(self.folder, store)
             return "written to Drive"
-        spawn(self.folder)
+        spawn(self.folder, team_url(store.team))
         return "being written to Drive in the background"
 
 
@@ -105,12 +106,17 @@ _WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
            "from warmstart.drivework import main; sys.exit(main(sys.argv[1:]))")
 
 
-def spawn(folder: Path) -> None:
+TEAM_URL = "WARMSTART_WORKER_TEAM"  # the team cache's URL, credentials and all, for the worker only
+
+
+def spawn(folder: Path, team: str | None = None) -> None:
     """Start the worker on a job, detached: its own session outlives this command (and a
-    notebook cell's interrupt)."""
-    with open(folder / "worker.log", "ab") as out:
+    notebook cell's interrupt). `team`: the team cache's URL as the run has it."""
+    env = dict(os.environ, **({TEAM_URL: team} if team else {}))
+    fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as out:
         subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]), str(folder)],
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
 
 
 def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
@@ -120,7 +126,8 @@ def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
         if not (old / JOB).is_file() and time.time() - old.stat().st_mtime > STALE_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
     folder = base / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    folder.mkdir(parents=True)
+    private_cache()
+    folder.mkdir(parents=True, mode=0o700)
     return DriveWork(folder, drive, python=str(python))
 
 
@@ -195,12 +202,13 @@ def settle(prefix: Path, store: DriveStore, say: Any, *, offline: bool = False) 
             if not (folder / JOB).is_file():
                 continue  # finished meanwhile by the worker
             say(f"warning: the Drive writes of the last run stopped again: {explain(exc)}")
-            (folder / FAILED).write_text(explain(exc))
+            write_private(folder / FAILED, explain(exc))
     return True
 
 
-def resume(prefix: Path, say: Any) -> None:
-    """On a run that changes nothing: restart a worker on what a killed one left, and go on."""
+def resume(prefix: Path, say: Any, team: str | None = None) -> None:
+    """On a run that changes nothing: restart a worker on what a killed one left, and go on
+    (`team`: this run's team cache URL, which the worker uses when the job names the same)."""
     state = pending(prefix)
     if state is None or state.running:
         return
@@ -208,7 +216,7 @@ def resume(prefix: Path, say: Any) -> None:
         say(f"warning: the Drive writes of an earlier run stopped: {state.failed}; trying again")
     for folder in handed_off(prefix):
         if not _running(folder):
-            spawn(folder)
+            spawn(folder, team)
 
 
 def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
@@ -247,10 +255,10 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
                     snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins,
                                    {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
             except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
-                print(f"no snapshot written: {exc}", file=sys.stderr)
+                print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
             if wanted and offline:
                 job["snapshot"] = None
-                atomic_write_text(folder / JOB, json.dumps(job))
+                write_private(folder / JOB, json.dumps(job))
         store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
         if not (wanted and offline):
             shutil.rmtree(folder, ignore_errors=True)
@@ -273,10 +281,10 @@ def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: Dri
     jobs, left = downloader.wheel_jobs(pins, supported, area)
     downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {len(jobs)} wheels for Drive")
     for pin, why in left.items():  # pip would need the target itself: a --wait run caches these
-        print(f"not cached: {pin.name}=={pin.version}: {why}", file=sys.stderr)
+        print(redact(f"not cached: {pin.name}=={pin.version}: {why}"), file=sys.stderr)
     job = json.loads((folder / JOB).read_text())
     job["download"] = None  # fetched: what is left is putting them on Drive
-    atomic_write_text(folder / JOB, json.dumps(job))
+    write_private(folder / JOB, json.dumps(job))
 
 
 def main(argv: list[str]) -> int:
@@ -286,18 +294,22 @@ def main(argv: list[str]) -> int:
         job = json.loads((folder / JOB).read_text())
         store = DriveStore(Path(job["drive"]), bars=Bars(enabled=False))
         if team := job.get("team"):
-            store.team = open_team(team["location"], drive=store.drive, read_only=team["read_only"],
+            # The job names the team cache without credentials; the run handed its URL over in
+            # the worker's environment (never on disk), when it held any.
+            given = os.environ.get(TEAM_URL, "")
+            location = given if given and redact(given) == team["location"] else team["location"]
+            store.team = open_team(location, drive=store.drive, read_only=team["read_only"],
                                    warnings=store.warnings)
         finish(folder, store)
         for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
-            print(f"warning: {warning}", file=sys.stderr)
+            print(redact(f"warning: {warning}"), file=sys.stderr)
     except FileNotFoundError:
         return 0  # finished by a run that came first
     except Exception as exc:  # the job stays; `status` says why, the next run tries again
         try:
-            (folder / FAILED).write_text(f"{type(exc).__name__}: {exc}"[:300])
+            write_private(folder / FAILED, f"{type(exc).__name__}: {exc}"[:300])
             with open(folder / "worker.log", "a") as log:
-                log.write(traceback.format_exc())
+                log.write(redact(traceback.format_exc()))
         except OSError:
             pass
         return 1

@@ -82,9 +82,18 @@ def team_read_only(option: bool, environ: Mapping[str, str] = os.environ) -> boo
     return option or environ.get("WARMSTART_CACHE_READ_ONLY") == "1"
 
 
+def team_url(team: ObjectStore | DriveStore | None) -> str | None:
+    """The team store's location as the run opened it (a URL may hold user:password@)."""
+    if team is None:
+        return None
+    return team.url if isinstance(team, ObjectStore) else str(team.drive)
+
+
 def team_spec(team: ObjectStore | DriveStore) -> dict[str, Any]:
-    """What the Drive worker needs to open the same team store (it reads the credentials itself)."""
-    return {"location": team.url if isinstance(team, ObjectStore) else str(team.drive), "read_only": team.read_only}
+    """What the Drive worker needs to open the same team store, for its job file: the location
+    without credentials (the worker reads them from the backends' chains, or from the URL the
+    run hands it in its environment)."""
+    return {"location": redact(team_url(team) or ""), "read_only": team.read_only}
 
 
 def describe(team: ObjectStore | DriveStore) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .errors import BadInput
 from .options import value_of
 from .pipconfig import pip_env
 from .store import DriveStore
-from .transfer import atomic_write, atomic_write_text, own_cache, sha256_of, shown
+from .transfer import atomic_write, atomic_write_text, own_cache, private_cache, sha256_of, shown, write_private
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
@@ -230,8 +230,8 @@ def run(argv: list[str]) -> int:
 
         log = tools_dir().parent / "logs" / f"warmstart-sh-{os.getpid()}.log"
         try:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            log.write_text(traceback.format_exc())
+            private_cache()
+            write_private(log, traceback.format_exc())
             where = f"please report it with {log}"
         except OSError:
             where = "its log could not be written"

@@ -29,6 +29,25 @@ def own_cache(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "warmstart"
 
 
+def private_cache(environ: Mapping[str, str] = os.environ) -> Path:
+    """own_cache(), made (or kept) readable by its user alone: it holds job files, logs and
+    state that name the user's folders and stores."""
+    root = own_cache(environ)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if root.stat().st_uid == os.getuid() and root.stat().st_mode & 0o077:
+        root.chmod(0o700)
+    return root
+
+
+def write_private(path: Path, text: str) -> None:
+    """A file of warmstart's own (a job, a failure, a log), written atomically, mode 0600, its
+    credentials hidden: nothing secret is ever at rest."""
+    with AtomicFile(path, "w") as part:
+        os.chmod(part.tmp, 0o600)
+        part.fh.write(redact(text))
+        part.commit(path)
+
+
 class Bar(Protocol):
     def update(self, n: int) -> Any: ...
 
