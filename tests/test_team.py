@@ -395,3 +395,54 @@ def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
     same = VM(tmp_path / "same", index.url, {}, "")  # --cache naming the Drive folder itself: no team
     result = same.bootstrap(demo, "--cache", str(same.drive))
     assert result.code == 0 and "team_cache" not in result.report
+
+
+class Silent:
+    """A server that accepts connections and never answers: a stalled proxy or load balancer."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.held: list[socket.socket] = []
+        self.stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                self.held.append(self.listener.accept()[0])
+            except OSError:
+                continue
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def close(self) -> None:
+        self.stop.set()
+        for conn in [*self.held, self.listener]:
+            conn.close()
+
+
+def test_a_team_store_that_never_answers_costs_seconds_and_one_warning(demo, tmp_path, index):
+    silent = Silent()
+    try:
+        creds = {"AWS_ENDPOINT_URL": silent.url, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "v",
+                 "WARMSTART_TEAM_TIMEOUT": "3"}
+        vm = VM(tmp_path / "vm", index.url, creds, "s3://stalled/team")
+
+        result = vm.bootstrap(demo)
+
+        assert result.code == 0, result.stderr
+        warnings = [w for w in result.report["warnings"] if "team cache" in w]
+        assert len(warnings) == 1 and "no answer in 3 s" in warnings[0], result.report["warnings"]
+        assert result.report["installed"] == LOCKED
+        cache_step = next(s for s in result.report["steps"] if s["name"] == "cache")
+        assert cache_step["status"] == "warning"
+
+        listed = run_cli("cache", "--drive", str(vm.drive), "--cache", "s3://stalled/team", env=vm.env)
+        assert listed.code == 3, listed.stderr
+        assert listed.stderr.strip().splitlines()[-1].startswith("warmstart: error: the team cache s3://stalled/team")
+        assert "no answer in 3 s" in listed.stderr
+    finally:
+        silent.close()

@@ -23,14 +23,15 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
-from .errors import PreconditionUnmet
+from .errors import BadInput, PreconditionUnmet
 from .store import (
     KINDS,
     USAGE,
@@ -50,7 +51,69 @@ from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact, sha256_of, untrus
 # fsspec protocol -> the extra that brings its implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 # Short timeouts and few retries on S3: a store that does not answer costs seconds, not minutes.
-_S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}}
+_S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
+# Whatever the backend's own timeouts and retries: no call to a team store may wait longer than
+# this without an answer; the first that does ends the store's part in the run (one warning).
+TIMEOUT_SETTING = "WARMSTART_TEAM_TIMEOUT"
+DEFAULT_TIMEOUT = 20.0
+
+
+def team_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    raw = environ.get(TIMEOUT_SETTING, "")
+    try:
+        seconds = float(raw) if raw else DEFAULT_TIMEOUT
+    except ValueError:
+        raise BadInput(f"{TIMEOUT_SETTING} must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise BadInput(f"{TIMEOUT_SETTING} must be above 0 seconds, got {raw!r}")
+    return seconds
+
+
+def _within(seconds: float, call: Callable[[], Any]) -> Any:
+    """call(), or TimeoutError once `seconds` pass without its answer. The call goes on in a
+    daemon thread that nothing waits for: a hung socket keeps no run (nor its exit) waiting."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed over to the caller
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    if not done.wait(seconds):
+        raise TimeoutError(f"no answer in {seconds:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+class _Bounded:
+    """A file system (fsspec) whose every call, and every read and write of the files it opens,
+    answers within `seconds` or raises TimeoutError."""
+
+    def __init__(self, target: Any, seconds: float) -> None:
+        self._target, self._seconds = target, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def bounded(*args: Any, **kwargs: Any) -> Any:
+            result = _within(self._seconds, lambda: attribute(*args, **kwargs))
+            return _Bounded(result, self._seconds) if name == "open" else result
+
+        return bounded
+
+    def __enter__(self) -> _Bounded:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def is_url(location: str) -> bool:
@@ -148,7 +211,8 @@ class ObjectStore:
     _listings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.fs, path = _filesystem(self.url, self.borrow)
+        fs, path = _filesystem(self.url, self.borrow)
+        self.fs = _Bounded(fs, team_timeout())
         self.base = PurePosixPath(path) / "v1"
 
     def __str__(self) -> str:
