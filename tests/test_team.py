@@ -365,7 +365,7 @@ def test_a_backend_only_the_notebook_has_is_borrowed_from_its_site_packages():
         except PreconditionUnmet as exc:
             print("refused:", exc)
         store = ObjectStore("s3://bucket/team", borrow=[site])
-        print("borrowed:", type(store.fs).__name__, sys.path[-1] == site)
+        print("borrowed:", type(store.fs.wrapped).__name__, sys.path[-1] == site)
     """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
 

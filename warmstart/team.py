@@ -96,10 +96,10 @@ class _Bounded:
     answers within `seconds` or raises TimeoutError."""
 
     def __init__(self, target: Any, seconds: float) -> None:
-        self._target, self._seconds = target, seconds
+        self.wrapped, self._seconds = target, seconds
 
     def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._target, name)
+        attribute = getattr(self.wrapped, name)
         if not callable(attribute):
             return attribute
 
