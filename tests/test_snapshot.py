@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,8 +146,10 @@ def rewrite(drive: Path, change) -> None:
     change(tree)
     plain = io.BytesIO()
     with tarfile.open(fileobj=plain, mode="w|") as tar:
-        for path in sorted(tree.rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(tree)), recursive=False)
+        for where, dirs, files in os.walk(tree):  # links are packed as links, never followed
+            for name in sorted([*dirs, *files]):
+                path = Path(where) / name
+                tar.add(path, arcname=str(path.relative_to(tree)), recursive=False)
     data = zstandard.ZstdCompressor().compress(plain.getvalue())
     (folder / index["archive"]).write_bytes(data)
     index.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data), tar_bytes=len(plain.getvalue()))
@@ -172,6 +175,10 @@ def change_a_module(tree: Path) -> None:
     (site_of(tree) / "beta" / "__init__.py").write_text("__version__ = '2.0'\nimport os\n")
 
 
+def add_a_link(tree: Path) -> None:  # a folder a wheel never holds, pointing anywhere
+    (site_of(tree) / "shadow").symlink_to("/tmp")
+
+
 def add_bytecode(tree: Path) -> None:
     cache = site_of(tree) / "beta" / "__pycache__"
     cache.mkdir()
@@ -183,6 +190,7 @@ def add_bytecode(tree: Path) -> None:
     (add_startup_code_to_a_record, "the files of beta are not those of the wheel the lock names"),
     (change_a_module, "the files of beta are not those of the wheel the lock names"),
     (add_bytecode, "which no locked wheel installs"),
+    (add_a_link, "it holds a link, lib/python3.11/site-packages/shadow"),
 ])
 def test_a_rewritten_snapshot_is_refused_set_aside_and_the_wheels_install(plain, packed, tmp_path, env, change, why):
     rewrite(packed, change)

@@ -132,7 +132,8 @@ class Tree:
     def of_staging(cls, root: Path, target_path: Iterable[str], prefix: Path, python: Path) -> Tree:
         """The tree a snapshot unpacked: its site-packages is the one folder holding .dist-info
         folders, and must be one of the target's."""
-        sites = {PurePosixPath(os.path.relpath(info.parent, root)) for info in root.glob("**/*.dist-info")}
+        sites = {PurePosixPath(os.path.relpath(folder, root)) for folder, dirs, _files in os.walk(root)
+                 if any(d.endswith(".dist-info") for d in dirs)}  # os.walk follows no link
         allowed = {PurePosixPath(os.path.relpath(p, prefix)) for p in target_path if Path(p).is_relative_to(prefix)}
         if len(sites) != 1 or not sites <= allowed:
             raise Untrusted(f"its distributions lie in {', '.join(map(str, sorted(sites))) or 'no folder'}, "
@@ -227,10 +228,12 @@ class Tree:
             return
         owned = {rel for dist in dists.values() for rel in [*dist.files, *dist.metadata, str(dist.info / "RECORD")]}
         owned |= {str(self.bin / script) for dist in dists.values() for script in dist.scripts}
-        for folder, _dirs, names in os.walk(self.root):
-            for file in names:
-                rel = os.path.relpath(os.path.join(folder, file), self.root)
-                if rel not in owned:
+        for folder, dirs, names in os.walk(self.root):
+            for entry in [*dirs, *names]:
+                rel = os.path.relpath(os.path.join(folder, entry), self.root)
+                if os.path.islink(os.path.join(folder, entry)):  # a wheel holds none
+                    raise Untrusted(f"it holds a link, {rel}, which no locked wheel installs")
+                if entry in names and rel not in owned:
                     raise Untrusted(f"it adds {rel}, which no locked wheel installs")
 
     def _originals(self, dist: Dist, hashes: dict[str, str], patches: list[Patch] | None) -> None:
