@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import zstandard
 from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
@@ -446,3 +447,42 @@ def test_a_team_store_that_never_answers_costs_seconds_and_one_warning(demo, tmp
         assert "no answer in 3 s" in listed.stderr
     finally:
         silent.close()
+
+
+def test_a_snapshot_a_teammate_rewrote_in_the_bucket_reaches_no_one(s3, demo, tmp_path, index):
+    """The blocker: a teammate with write access rewrites a snapshot and its index together
+    (one extra .pth file, which would run at every interpreter start), and plants deeply nested
+    JSON. A wiped VM restoring from the bucket refuses the snapshot (set aside), installs the
+    wheels, and copies nothing of it to its Drive."""
+    from test_snapshot import add_startup_code, rewrite
+
+    bucket = s3.bucket("poisoned")
+    url = f"s3://{bucket}/team"
+    owner = VM(tmp_path / "vm", index.url, s3.credentials("writer"), url)
+    assert owner.bootstrap(demo).code == 0
+    fs = s3.filesystem()
+    local = tmp_path / "attacker"
+    folder = local / ".warmstart" / "v1" / "snapshots"
+    folder.mkdir(parents=True)
+    for key in fs.ls(f"{bucket}/team/v1/snapshots"):
+        fs.get(key, str(folder / key.rsplit("/", 1)[1]))
+    rewrite(local, add_startup_code)
+    for path in folder.iterdir():
+        fs.put(str(path), f"{bucket}/team/v1/snapshots/{path.name}")
+    fs.pipe(f"{bucket}/team/v1/usage/9999999999-deep.json", b"[" * 100_000 + b"]" * 100_000)
+
+    shutil.rmtree(owner.root)  # the victim: a wiped VM (the same prefix), an empty Drive, no index
+    wiped = VM(tmp_path / "vm", dead_url(), s3.credentials("writer"), url)
+    result = wiped.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is False
+    assert "does not match the lock" in result.report["snapshot"]["reason"]
+    assert {k: v for k, v in installed(wiped.python).items() if k in LOCKED} == LOCKED
+    site = next((wiped.root / "venv" / "lib").glob("python3*/site-packages"))
+    assert not (site / "zz-evil.pth").exists()
+    assert any(".damaged-" in key for key in fs.ls(f"{bucket}/team/v1/snapshots")), "set aside in the bucket"
+    for archive in (wiped.drive / ".warmstart" / "v1" / "snapshots").glob("*.tar.zst"):
+        assert b"zz-evil.pth" not in zstandard.ZstdDecompressor().decompressobj().decompress(archive.read_bytes())
+    pruned = run_cli("cache", "--cache", url, "--drive", str(wiped.drive), "--prune", "--dry-run", env=wiped.env)
+    assert pruned.code == 0 and "internal error" not in pruned.stderr, pruned.stderr

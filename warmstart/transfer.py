@@ -40,12 +40,9 @@ def private_cache(environ: Mapping[str, str] = os.environ) -> Path:
 
 
 def write_private(path: Path, text: str) -> None:
-    """A file of warmstart's own (a job, a failure, a log), written atomically, mode 0600, its
-    credentials hidden: nothing secret is ever at rest."""
-    with AtomicFile(path, "w") as part:
-        os.chmod(part.tmp, 0o600)
-        part.fh.write(redact(text))
-        part.commit(path)
+    """A file of warmstart's own (a job, a failure, a log), in its own folder (so mode 0600),
+    written atomically, its credentials hidden: nothing secret is ever at rest."""
+    atomic_write_text(path, redact(text))
 
 
 class Bar(Protocol):
@@ -146,9 +143,14 @@ class AtomicFile:
     archive is named by its own sha256); leaving the block without a commit removes it."""
 
     def __init__(self, near: Path, mode: str = "wb") -> None:
-        near.parent.mkdir(parents=True, exist_ok=True)
+        # In warmstart's own folder, files are 0600 and folders 0700: they name the user's
+        # folders and stores (elsewhere, on Drive or in an environment, the umask decides).
+        private = os.path.abspath(near).startswith(os.path.abspath(own_cache()) + os.sep)
+        near.parent.mkdir(parents=True, exist_ok=True, **({"mode": 0o700} if private else {}))
         self.tmp = part_name(near)
-        self.fh: IO[Any] = open(self.tmp, mode.replace("w", "x"))  # noqa: SIM115 (closed by __exit__)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        fd = os.open(self.tmp, flags, 0o600 if private else 0o666)
+        self.fh: IO[Any] = open(fd, mode)  # noqa: SIM115 (closed by __exit__)
 
     def commit(self, dest: Path) -> Path:
         self.fh.flush()
