@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, needs_netns, run_cli
+from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, needs_netns, pyenv_python, run_cli
 
 
 @pytest.fixture
@@ -140,6 +140,21 @@ def test_target_python_outside_recipe_specifier(demo, drive, env, tmp_path):
 
     assert result.code == 3
     assert "needs Python <3.8" in result.stderr
+
+
+def test_a_python_the_recipe_does_not_support_is_refused_before_any_lock_is_looked_for(demo, drive, env, tmp_path):
+    """Python 3.10 for a recipe of >=3.11: no lock exists for 3.10, and making one is no answer."""
+    older = pyenv_python("3.10")
+    if older is None:
+        pytest.skip("no pyenv Python 3.10 on this machine")
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', 'python = ">=3.11"'))
+
+    result = bootstrap(demo, drive, older, env=env)
+
+    assert result.code == 3, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert "the recipe needs Python >=3.11, but" in error and error.endswith("pass --python with a matching interpreter")
+    assert "invoke lock" not in result.stderr
 
 
 def test_stale_lock_is_reported_not_used(demo, drive, env, tmp_path):

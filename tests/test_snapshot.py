@@ -58,8 +58,12 @@ def test_restore_replaces_an_older_version_and_is_indistinguishable_from_pip(pla
     python = make_venv(tmp_path / "venv")
     assert pip(python, "install", "--quiet", "--index-url", index.url, "beta==1.0", env=env).returncode == 0
 
+    planned = bootstrap(plain, packed, python, "--dry-run", env=env)
     result = bootstrap(plain, packed, python, env=env)
 
+    assert "replaces beta 1.0 with 2.0" in planned.stderr, "a version the environment had is never replaced silently"
+    said, changed = result.stderr.index("replaces beta 1.0 with 2.0"), result.stderr.index("warmstart: snapshot ")
+    assert said < changed, "said before anything changes"
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
     assert not [s for s in result.report["steps"] if s["name"] == "install" and s["status"] != "skipped"]

@@ -26,7 +26,7 @@ from .gpu import GpuVerdict, judge, probe_gpus
 from .lock import LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock, select_lock
 from .options import Options
 from .pipconfig import IndexSettings
-from .plan import Facts, Plan, make_plan
+from .plan import Facts, Plan, make_plan, require_python
 from .profiles import require_drive, resolve_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
@@ -73,6 +73,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
     with report.step("python") as step:
         target = target_python.probe(options.python)
         step.detail = f"{target.executable} (Python {target.version})"
+        require_python(recipe, target)
     with report.step("gpu") as step:
         gpu = report.gpu = probe_gpus()
         step.detail = gpu.describe()

@@ -112,6 +112,11 @@ class Plan:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
         lines.append(f"install {len(self.to_install)} with {self.installer}: {_names(self.to_install, 6)}")
+        # Said before anything changes: what the environment had, and loses.
+        for name, (old, new) in sorted(self.replaced.items()):
+            restart = ("; the notebook's kernel imports it at start: restart the runtime afterwards"
+                       if name in self.profile.preloaded else "")
+            lines.append(f"  replaces {name} {old} with {new}{restart}")
         if self.needs.provided:
             lines.append("  provided by the platform: " + ", ".join(
                 f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
@@ -133,14 +138,20 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
     return ", ".join(shown) + (f" and {more} more" if more else "") if shown else "-"
 
 
-def make_plan(facts: Facts, options: Options) -> Plan:
-    """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
-    recipe, target, drive = facts.recipe, facts.target, facts.drive
+def require_python(recipe: Recipe, target: TargetPython) -> None:
+    """The target's Python is one the recipe supports (said before any lock is looked for: no
+    lock is the answer to the wrong Python)."""
     if target.version not in recipe.python:
         raise PreconditionUnmet(
             f"{recipe.path}: the recipe needs Python {recipe.python}, but {target.executable} is "
             f"{target.version}; pass --python with a matching interpreter"
         )
+
+
+def make_plan(facts: Facts, options: Options) -> Plan:
+    """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
+    recipe, target, drive = facts.recipe, facts.target, facts.drive
+    require_python(recipe, target)
 
     warnings = list(facts.warnings)
     verdict = facts.verdict
