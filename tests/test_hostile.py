@@ -603,3 +603,35 @@ def test_a_shared_recipe_cannot_write_escape_sequences_to_the_terminal(drive, tm
     assert listed.code == 0, listed.stderr
     assert "\x1b" not in listed.stdout and "\r" not in listed.stdout and "\x07" not in listed.stdout
     assert "\\x1b]0;pwned\\x07\\x1b[2J\\rlooks fine" in listed.stdout, listed.stdout
+
+
+def test_invoke_cache_tells_the_truth(demo, drive, tmp_path, index):
+    """Two recipes sharing wheels: each recipe's share is marked as shared, and the total is the
+    folder's size, not their sum. A missing Drive is exit 3; bad input comes before any output;
+    a prune with nothing to remove says so."""
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                   "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url)).code == 0
+    twin = drive / ".warmstart" / "recipes"
+    twin.mkdir(parents=True)
+    shutil.copytree(demo.parent.parent / "requirements", drive / ".warmstart" / "requirements")
+    for name in ("one", "twin"):  # two recipes on Drive, over the same lock: they share every wheel
+        (twin / f"{name}.toml").write_text(demo.read_text().replace('name = "demo"', f'name = "{name}"'))
+    store = drive / ".warmstart" / "v1"
+    folder_size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+
+    listed = run_cli("cache", "--drive", str(drive), env=cli_env())
+
+    assert listed.code == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    total = next(line for line in lines if line.endswith("MiB  in all"))
+    assert float(total.split()[0]) == round(folder_size / 2**20, 1)
+    for name in ("one", "twin"):
+        line = next(line for line in lines if line.split("MiB  ")[1].startswith(f"{name} "))
+        assert "of it shared with other recipes" in line, listed.stdout
+
+    missing = run_cli("cache", "--drive", str(tmp_path / "no-drive"), env=cli_env())
+    assert missing.code == 3 and "does not exist" in missing.stderr and missing.stdout == ""
+    bad = run_cli("cache", "--drive", str(drive), "--prune", "--older-than", "abc", env=cli_env())
+    assert bad.code == 2 and bad.stdout == "" and "warmstart: the cache at" not in bad.stderr
+    nothing = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=cli_env())
+    assert nothing.code == 0 and "nothing to prune" in nothing.stdout

@@ -205,8 +205,17 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
     from .team import open_team, team_location
 
     def run() -> None:
+        days: float = maintenance.RETENTION_DAYS
+        if prune and older_than is not None:  # bad input before any output
+            try:
+                days = float(older_than)
+            except ValueError:
+                raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
         drive_root = _drive(drive)
         team = team_location(cache)
+        if not team and not drive_root.is_dir():
+            raise PreconditionUnmet(f"Drive root {drive_root} does not exist: no cache to show; pass --drive "
+                                    "with the folder bootstrap used (or mount Drive)")
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
@@ -217,8 +226,10 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         for entry in entries:
             if entry.kind in notes:
                 _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
-        for owner, size in maintenance.sizes(entries).items():
-            _print(f"{size / 2**20:10.1f} MiB  {owner}")
+        for owner, (size, shared) in maintenance.sizes(entries).items():
+            _print(f"{size / 2**20:10.1f} MiB  {owner}"
+                   + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
+        _print(f"{sum(e.size for e in entries) / 2**20:10.1f} MiB  in all")
         if verify:
             maintenance.verify(store, entries)
             for entry in entries:
@@ -229,16 +240,15 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
                 raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
                                      "the next online bootstrap fetches them again")
         if prune:
-            try:
-                days = float(older_than) if older_than is not None else maintenance.RETENTION_DAYS
-            except ValueError:
-                raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
             when, records = store.last_used()
             doomed = maintenance.prunable(entries, when, days)
             for entry in doomed:
                 _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
-            if not dry_run:
+            if not doomed:
+                _print(f"nothing to prune: every file was used within {days:g} days, or a lock here names it")
+            elif not dry_run:
                 _print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
+            if not dry_run:
                 kept = {e.file.key for e in entries if e not in doomed}
                 store.compact_usage(when, records, kept)
 

@@ -125,10 +125,13 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
             or (e.kind == "temporary" and now - e.file.mtime > STALE_SECONDS)]
 
 
-def sizes(entries: list[Entry]) -> dict[str, int]:
-    """Bytes per recipe (a file two recipes share counts for both), and the unowned rest."""
-    totals: dict[str, int] = defaultdict(int)
+def sizes(entries: list[Entry]) -> dict[str, tuple[int, int]]:
+    """Bytes per recipe, and how many of them it shares with other recipes (a wheel two recipes
+    use counts in each, as shared); "(no recipe)" for the rest."""
+    totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for entry in entries:
-        for owner in entry.owners or {"(no recipe)"}:
-            totals[owner] += entry.size
-    return dict(sorted(totals.items()))
+        owners = entry.owners or {"(no recipe)"}
+        for owner in owners:
+            totals[owner][0] += entry.size
+            totals[owner][1] += entry.size if len(owners) > 1 else 0
+    return {owner: (total, shared) for owner, (total, shared) in sorted(totals.items())}
