@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, cli_env, make_venv, run_cli
 
 from warmstart import PROJECT_ROOT
+from warmstart.config import tomllib  # the standard library's, or tomli before 3.11
 from warmstart.cudalibs import lock_tags
 from warmstart.download import Downloader
 from warmstart.images import images_of
@@ -35,7 +36,46 @@ def test_lock_check_reports_a_stale_lock_after_an_in_edit(demo, env):
     result = run_cli("lock", "--check", "--recipe", str(demo), env=env)
 
     assert result.code == 1
-    assert "stale locks" in result.stderr and "demo-py3" in result.stderr
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert "demo-py3" in result.stderr and "stale (its inputs changed since it was compiled)" in result.stderr
+    assert f"run `invoke lock --recipe {demo} --python-version {minor}`" in result.stderr
+
+
+def test_refreshing_an_image_from_the_same_freeze_changes_nothing_and_a_new_one_names_each_relock(tmp_path):
+    """`invoke image` run again on the identical freeze keeps the image file byte for byte (its
+    comments too), so no lock of it goes stale; a changed freeze makes the image's locks stale,
+    and `lock --check` names the exact command for each, Colab locks included. In a copy of the
+    checkout: `invoke image` writes into envs/."""
+    copy = tmp_path / "checkout"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "drive*", ".hyperlpr-env",
+                                                              ".device", "__pycache__", ".mypy_cache", ".ruff_cache"))
+    env = cli_env(PYTHONPATH=str(copy))  # warmstart imported from the copy: its envs/, its locks
+
+    def invoke(*args: str):
+        return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(copy), *args], env=env,
+                              capture_output=True, text=True, cwd=copy, timeout=300)
+
+    image = copy / "envs" / "images" / "colab-2026.07.toml"
+    before = image.read_bytes()
+    data = tomllib.loads(before.decode())
+    freeze = copy / "envs" / "images" / data["freeze"]
+    args = ["image", "--name", data["name"], "--freeze", str(freeze), "--python", data["python"],
+            "--source", data["source"]]
+
+    same = invoke(*args)
+    assert same.returncode == 0, same.stderr
+    assert image.read_bytes() == before, "comments and all"
+    assert invoke("lock", "--check").returncode == 0
+
+    changed = tmp_path / "freeze.txt"
+    changed.write_text(freeze.read_text().replace("\nrequests==", "\nrequests==0.0.1\n#", 1))
+    assert invoke(*args[:3], "--freeze", str(changed), *args[5:]).returncode == 0
+    assert image.read_text().startswith(before.decode().split("\nname =")[0]), "the file's comments stay"
+    check = invoke("lock", "--check")
+    assert check.returncode == 1
+    assert "run `invoke lock --recipe hyperlpr --platform-profile colab --python-version 3.12`" in check.stderr
+    assert "run `invoke lock --recipe warmstart --platform-profile colab --python-version 3.12`" in check.stderr
+    assert "--python-version 3.13`" not in check.stderr, "the other image's locks stay fresh"
 
 
 def test_lock_check_passes_for_the_shipped_recipes():

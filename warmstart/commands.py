@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,7 @@ from .cli import run_plain, run_reported
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .options import Options, required_recipe
 from .profiles import resolve_drive, select_profile
-from .recipe import known_recipes, load_recipe
+from .recipe import Recipe, known_recipes, load_recipe
 from .report import Report
 from .store import DriveStore
 from .transfer import shown
@@ -51,6 +52,13 @@ def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
     task and --prune for another) and no positional arguments (`bootstrap --help` would be a
     recipe named "--help")."""
     return task(auto_shortflags=False, positional=[], **kwargs)
+
+
+def relock_command(recipe: Recipe, target: locking.LockTarget) -> str:
+    """The `invoke lock` line that compiles this one lock again."""
+    name = recipe.name if recipe.path.parent == ROOT / "recipes" else str(recipe.path)
+    profile = f" --platform-profile {target.flavour}" if target.flavour else ""
+    return f"invoke lock --recipe {shlex.quote(name)}{profile} --python-version {target.python_version}"
 
 
 def _print(text: str, keep_lines: bool = False, **kwargs: Any) -> None:
@@ -122,18 +130,18 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
 
     def check_all() -> None:
         names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
-        found = []
+        found, recipe_of = [], {}
         for name in names:
             loaded = load_recipe(name, ROOT)
             locks = locking.existing_locks(loaded)
-            found += [(path, problem) for path, target in locks.items()
+            found += [(path, target, problem) for path, target in locks.items()
                       for problem in locking.audit(loaded, path, target, ROOT)]
-        stale = [str(path) for path, problem in found if problem.startswith("stale")]
-        unfit = [f"{path}: {problem}" for path, problem in found if not problem.startswith("stale")]
+            recipe_of.update(dict.fromkeys(locks, loaded))
+        # Each problem with the one command that makes that lock again.
+        lines = [f"{path}: {problem}: run `{relock_command(recipe_of[path], target)}`"
+                 for path, target, problem in found]
         if found:
-            raise WarmstartError("; ".join(
-                ([f"stale locks (inputs changed since compiled): {', '.join(stale)}; run "
-                  "`invoke lock --recipe NAME --python-version X.Y` for each"] if stale else []) + unfit))
+            raise WarmstartError("; ".join(lines))
         _print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .config import Field, Schema, read_toml, validate
+from .config import Field, Schema, read_toml, tomllib, validate  # tomllib: the standard one, or tomli
 from .errors import BadInput
 from .transfer import atomic_write_text
 
@@ -136,10 +136,36 @@ def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, 
         read_cuda_list(folder / cuda)  # refuse a list that does not exist or is malformed
     fields = {"name": name, "profile": profile, "python": python, "freeze": f"{name}.freeze.txt",
               **({"cuda": cuda} if cuda else {}), "source": source}
-    # JSON strings are valid TOML basic strings.
-    toml = "# Written by `invoke image`; the freeze beside it is the provider's, verbatim.\n" + "".join(
-        f"{key} = {json.dumps(value)}\n" for key, value in fields.items())
-    atomic_write_text(folder / f"{name}.freeze.txt", text)
-    atomic_write_text(folder / f"{name}.toml", toml)
+    path = folder / f"{name}.toml"
+    toml = _updated_toml(path, fields)
+    # The image's digest covers both files, byte for byte: what is unchanged is not written, so
+    # refreshing an image from the same freeze leaves every lock of it fresh.
+    for dest, content in ((folder / f"{name}.freeze.txt", text), (path, toml)):
+        if not dest.exists() or dest.read_text() != content:
+            atomic_write_text(dest, content)
     images_of(profile, envs)  # two images of one Python: say so now, not at the next lock
-    return folder / f"{name}.toml"
+    return path
+
+
+def _updated_toml(path: Path, fields: dict[str, str]) -> str:
+    """The image file with these values: a new one, or the existing one with its comments and
+    the lines whose value is unchanged kept as they are (JSON strings are TOML basic strings)."""
+    lines = {key: f"{key} = {json.dumps(value)}" for key, value in fields.items()}
+    if not path.exists():
+        return "# Written by `invoke image`; the freeze beside it is the provider's, verbatim.\n" + "".join(
+            line + "\n" for line in lines.values())
+    kept, seen = [], set()
+    for line in path.read_text().splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        if key is None or key not in fields:
+            if key is None:  # a comment or a blank line; a key no longer given goes
+                kept.append(line)
+            continue
+        seen.add(key)
+        try:
+            same = tomllib.loads(line).get(key) == fields[key]
+        except tomllib.TOMLDecodeError:
+            same = False
+        kept.append(line if same else lines[key])
+    kept += [lines[key] for key in fields if key not in seen]
+    return "\n".join(kept) + "\n"
