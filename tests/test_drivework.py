@@ -6,11 +6,14 @@ tests here drop the WARMSTART_WAIT=1 that the others run with."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from conftest import LOCKED, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
+from conftest import LOCKED, REPO, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
 
 
 def background_env(index_url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -117,3 +120,39 @@ def test_an_offline_run_right_after_waits_for_the_drive_writes_it_needs(demo, dr
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
     wait_for_workers(home)  # and what needed the index is done by the worker, which has it
     assert len(on_drive(drive, "wheels")) == 3
+
+
+def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_shut_down(demo, drive, tmp_path, index):
+    """The line the run prints, run as printed (with the run's own --drive, --python and
+    --packages-only): exit 1 while Drive writes are pending, naming them; exit 0 and "safe to
+    shut down" once the last is on Drive. The recipe has an asset that --packages-only leaves
+    out: it does not count. The worker is killed at its first Drive write, so the pending state
+    lasts until the next run finishes it."""
+    demo.write_text(demo.read_text() + '\n[[assets]]\nurl = "https://example.invalid/m.onnx"\n'
+                    f'sha256 = "{"0" * 64}"\ndest = "m.onnx"\n')
+    home = tmp_path / "home"
+    python = make_venv(tmp_path / "venv")
+
+    cold = bootstrap(demo, drive, python, "--packages-only", env=background_env(index.url, home,
+                                                                                WARMSTART_FAULT="cache-write"))
+
+    assert cold.code == 0, cold.stderr
+    printed = cold.stderr.split("written in the background: `", 1)[1].split("`", 1)[0]
+    assert printed == f"invoke status --recipe {demo} --drive {drive} --python {python} --packages-only"
+    env = background_env(index.url, home)
+    pasted = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+
+    def run_pasted() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", printed], env=pasted, capture_output=True, text=True, cwd=REPO)
+
+    deadline = time.monotonic() + 60
+    while "being written now" in (during := run_pasted()).stdout and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the killed worker is seen as stopped
+    assert during.returncode == 1, during.stdout + during.stderr
+    assert "drive     cache filling: 0 of 3 files on Drive; snapshot pending" in during.stdout
+
+    assert bootstrap(demo, drive, python, "--packages-only", "--wait", env=env).code == 0  # finishes it
+    after = run_pasted()
+
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "drive     nothing left to write to Drive: safe to shut down" in after.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -231,7 +232,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     finally:
         run.report_restart(stale)
         queued = run.work.keys()
-        hand_off(run, options.wait, store, report)
+        hand_off(run, options.wait, store, report, status_command(options, plan))
         if _use_record_due(plan):
             store.record_use(store_files_used(plan, store) + queued)
     if plan.profile.notebook and options.kernel_imported is None:
@@ -239,7 +240,20 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     return plan
 
 
-def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report) -> None:
+def status_command(options: Options, plan: Plan) -> str:
+    """The `invoke status` line that asks about this run's environment and Drive, as it was
+    asked for (its --drive, --python, --packages-only), ready to paste where it is printed."""
+    words = ["invoke", "status", "--recipe", options.recipe]
+    if options.drive:
+        words += ["--drive", str(plan.drive)]
+    if options.python:
+        words += ["--python", str(plan.target.executable)]
+    if options.packages_only:
+        words.append("--packages-only")
+    return ("!" if plan.profile.notebook else "") + shlex.join(words)
+
+
+def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report, status: str) -> None:
     """What Drive gets from this run: written now (--wait), else by a worker in the background."""
     if run.work.empty:
         run.work.discard()
@@ -254,12 +268,9 @@ def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report) -> No
             return
         step.detail = run.outcome.drive_writes
     if not wait:
-        plan = run.plan
-        where = "!invoke" if plan.profile.notebook else "invoke"
-        report.say(f"the Drive cache and snapshot are being written in the background: `{where} status "
-                   f"--recipe {plan.recipe.name}` shows how far"
-                   + ("; keep this VM up until it no longer says \"cache filling\" (or run bootstrap "
-                      "with --wait)" if plan.profile.notebook else ""))
+        report.say(f"the Drive cache and snapshot are being written in the background: `{status}` shows how far"
+                   + ("; keep this VM up until it says \"safe to shut down\" (or run bootstrap with --wait)"
+                      if run.plan.profile.notebook else ""))
 
 
 def _use_record_due(plan: Plan, every: float = 86400) -> bool:

@@ -91,23 +91,25 @@ def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_g
 
 
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "python": PYTHON_HELP,
-               "json": "print one JSON object on stdout", "cache": Options.flags()["cache"]})
-def status(c, recipe=None, drive=None, python=None, json=False, cache=None):
-    """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act)."""
+               "json": "print one JSON object on stdout", "cache": Options.flags()["cache"],
+               "packages-only": "as bootstrap --packages-only did: the recipe's assets and checks do not count"})
+def status(c, recipe=None, drive=None, python=None, json=False, cache=None, packages_only=False):
+    """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act, or
+    while an earlier run's Drive writes are pending)."""
     from .status import status as gather
     from .status import status_lines
 
     facts: dict[str, Any] = {}
 
     def show(report) -> None:
-        facts.update(gather(Options(recipe, drive, python, cache=cache), ROOT, report))
+        facts.update(gather(Options(recipe, drive, python, cache=cache, packages_only=packages_only), ROOT, report))
         if not json:
             _print("\n".join(status_lines(facts)), keep_lines=True)
 
     report = run_reported(show, recipe or "", as_json=False)
     if json:
         print(jsonlib.dumps(facts or report.as_json()))
-    _exit(report.exit_code or (0 if facts.get("matches") else 1))
+    _exit(report.exit_code or (0 if facts.get("complete") else 1))
 
 
 @command(

@@ -78,6 +78,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         found["action"] = "run the checks that failed last time again"
     found["matches"] = not (found["missing"] or found["different"] or found["broken"]
                             or plan.assets_to_place or plan.patches_pending or found["checks_failed"])
+    found["safe_to_shut_down"] = found["drive_writes"] is None  # a wiped VM then finds it all on Drive
+    found["complete"] = found["matches"] and found["safe_to_shut_down"]  # the exit code: 0 when both
     report.status = found
     return found
 
@@ -111,8 +113,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
     if facts["checks_failed"]:
         lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")
-    if facts["drive_writes"]:
-        lines.append(f"drive     {facts['drive_writes']}")
+    lines.append(f"drive     {facts['drive_writes']}" if facts["drive_writes"]
+                 else "drive     nothing left to write to Drive: safe to shut down")
     if facts["restart_needed"]:
         lines.append(f"restart   the runtime: the running kernel imported old versions of "
                      f"{', '.join(facts['restart_needed'])}")
