@@ -260,3 +260,39 @@ def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
     assert out["cwd"] == str(mount / "MyDrive" / "HyperLPR")
     assert "installed warmstart's dependencies and cached them in" in done.stderr, "zstandard came from there"
     assert set(canonical(python)) - set(before) == RECIPE_ADDS, "the kernel's interpreter gained the recipe only"
+
+
+# --- where the cache lives on Colab -------------------------------------------------------------
+
+DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import _drive_option; "
+              "print(_drive_option(sys.argv[2:]))")
+
+
+@pytest.mark.needs_mountns
+def test_on_colab_the_cache_lives_on_the_mounted_drive_wherever_the_checkout_is(tmp_path):
+    """`!git clone URL` puts the checkout in /content, the VM's own disk, which a wipe erases: the
+    cache still goes to the mounted Drive's MyDrive; unmounted, warmstart.sh refuses in one line
+    (exit 3) and writes nothing under the mount point; a --drive off the Drive is warned about.
+    Drive is a folder bind-mounted in a private mount namespace (Colab's FUSE mount cannot be had)."""
+    checkout = tmp_path / "content" / "warmstart"
+    copy_checkout(checkout)
+    mount, backing = tmp_path / "content" / "drive", tmp_path / "drive-backing"
+    (backing / "MyDrive").mkdir(parents=True)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "WARMSTART_PLATFORM": "colab",
+           "WARMSTART_MOUNT_POINT": str(mount), "PYTHONDONTWRITEBYTECODE": "1"}
+
+    unmounted = subprocess.run(["bash", str(checkout / "warmstart.sh"), "hyperlpr"], env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert unmounted.returncode == 3, unmounted.stderr
+    assert unmounted.stderr.strip().splitlines()[-1].startswith(f"warmstart.sh: Google Drive is not mounted at {mount}")
+    assert "drive.mount(" in unmounted.stderr
+    assert not mount.exists() or not any(mount.iterdir()), "nothing under an unmounted mount point"
+
+    probe = shlex.join([sys.executable, "-c", DRIVE_ROOT, str(checkout)])
+    script = (f"mkdir -p {mount} && mount --bind {backing} {mount} && {probe} && "
+              f"{probe} --drive {tmp_path / 'elsewhere'}")
+    mounted = subprocess.run([*MOUNTNS, "--", "bash", "-c", script], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert mounted.returncode == 0, mounted.stderr
+    assert mounted.stdout.splitlines() == [str(mount / "MyDrive"), str(tmp_path / "elsewhere")]
+    assert f"the Drive root {tmp_path / 'elsewhere'} is not on the mounted Drive" in mounted.stderr

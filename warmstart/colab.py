@@ -45,7 +45,7 @@ def imported_distributions() -> frozenset[str]:
 
 def mount_drive(mount_point: Path) -> None:
     """Mount Drive at mount_point unless it is mounted already; never write into it first."""
-    from .profiles import is_mount_point
+    from .transfer import is_mount_point
 
     if is_mount_point(mount_point):
         return

@@ -14,6 +14,7 @@ from pathlib import Path
 from .config import Field, Schema, read_toml, validate
 from .errors import BadInput, PreconditionUnmet
 from .images import Image, images_of, read_cuda_list
+from .transfer import is_mount_point
 
 PROFILE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -136,20 +137,6 @@ def resolve_drive(option: str | None, profile: Profile, environ: Mapping[str, st
     if environ.get("WARMSTART_DRIVE"):
         return Path(environ["WARMSTART_DRIVE"]).expanduser().resolve()
     return profile.default_drive(environ)
-
-
-def is_mount_point(path: Path) -> bool:
-    """A mount point, bind mounts of a folder on the same file system included (which
-    os.path.ismount cannot tell: it compares device numbers)."""
-    if os.path.ismount(path):
-        return True
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
-            points = {line.split()[4].encode().decode("unicode_escape") for line in fh if line.strip()}
-    except OSError:
-        return False
-    return os.path.abspath(path) in points
 
 
 def mount_hint(mount: Path) -> str:

@@ -29,7 +29,16 @@ from .errors import BadInput
 from .options import value_of
 from .pipconfig import pip_env
 from .store import DriveStore
-from .transfer import atomic_write, atomic_write_text, own_cache, private_cache, sha256_of, shown, write_private
+from .transfer import (
+    atomic_write,
+    atomic_write_text,
+    is_mount_point,
+    own_cache,
+    private_cache,
+    sha256_of,
+    shown,
+    write_private,
+)
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
@@ -188,9 +197,29 @@ def ensure(drive: Path, offline: bool = False) -> Path:
     return folder
 
 
-def _drive_option(args: list[str]) -> Path:
-    chosen = value_of(args, "--drive") or os.environ.get("WARMSTART_DRIVE") or CHECKOUT.parent
-    return Path(chosen).expanduser().resolve()
+COLAB_MOUNT = "/content/drive"  # envs/colab.toml's mount_point and drive
+COLAB_DRIVE = "MyDrive"
+
+
+def _drive_option(args: list[str], environ=os.environ) -> Path:
+    """The Drive root: --drive, else WARMSTART_DRIVE; else on Colab always the mounted Drive
+    (MyDrive), wherever the checkout lies (a clone in /content is on the VM's disk, which the
+    wipe erases); elsewhere the folder holding the checkout."""
+    chosen = value_of(args, "--drive") or environ.get("WARMSTART_DRIVE")
+    mount = Path(environ.get("WARMSTART_MOUNT_POINT") or COLAB_MOUNT)
+    if chosen:
+        drive = Path(chosen).expanduser().resolve()
+        if on_colab(environ) and not drive.is_relative_to(mount.resolve()):
+            say(f"warning: the Drive root {drive} is not on the mounted Drive ({mount}): what is cached there "
+                "does not survive a wipe of this VM")
+        return drive
+    if on_colab(environ):
+        if not is_mount_point(mount):
+            raise ToolsError(f"Google Drive is not mounted at {mount}, and the cache must live there to survive a "
+                             f"wipe: run this in a notebook cell first: from google.colab import drive; "
+                             f"drive.mount('{mount}')", code=3)
+        return mount / COLAB_DRIVE
+    return CHECKOUT.parent
 
 
 def main(argv: list[str]) -> int:
@@ -198,8 +227,8 @@ def main(argv: list[str]) -> int:
         say("usage: warmstart.sh RECIPE [bootstrap options]")
         return 2
     recipe, args = argv[0], argv[1:]
-    drive = _drive_option(args)
     try:
+        drive = _drive_option(args)
         folder = ensure(drive, offline="--offline" in args)
         command = write_launcher(folder)
     except ToolsError as exc:

@@ -80,6 +80,20 @@ class Bars:
 QUIET = Bars(enabled=False)
 
 
+def is_mount_point(path: Path) -> bool:
+    """A mount point, bind mounts of a folder on the same file system included (which
+    os.path.ismount cannot tell: it compares device numbers)."""
+    if os.path.ismount(path):
+        return True
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
+            points = {line.split()[4].encode().decode("unicode_escape") for line in fh if line.strip()}
+    except OSError:
+        return False
+    return os.path.abspath(path) in points
+
+
 def regular_file(path: Path) -> bool:
     """A regular file itself, not a link to one: the only thing warmstart reads off Drive (a named
     pipe would hang a run, a link to a device fill the disk)."""
