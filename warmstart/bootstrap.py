@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -240,10 +242,23 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     return plan
 
 
+def _invoked_as(argv0: str | None = None) -> str:
+    """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
+    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m invoke` counts as invoke."""
+    argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
+    name = os.path.basename(argv0)
+    if name not in ("invoke", "inv", "warmstart"):
+        return "invoke"
+    if os.sep not in argv0:
+        return name
+    found = shutil.which(name)  # the same program under its bare name: the shorter line
+    return name if found and os.path.abspath(found) == os.path.abspath(argv0) else argv0
+
+
 def status_command(options: Options, plan: Plan) -> str:
     """The `invoke status` line that asks about this run's environment and Drive, as it was
     asked for (its --drive, --python, --packages-only), ready to paste where it is printed."""
-    words = ["invoke", "status", "--recipe", options.recipe]
+    words = [_invoked_as(), "status", "--recipe", options.recipe]
     if options.drive:
         words += ["--drive", str(plan.drive)]
     if options.python:
