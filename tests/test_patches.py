@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import bootstrap, cli_env, make_venv, needs_netns, run_cli
 
-from warmstart.patches import MARKER, record_hash
+from warmstart.patches import MARKER
+from warmstart.target import record_hash
 
 ORIGINAL = "__version__ = '1.0'\n\ndef main():\n    print('alpha', __version__)\n"  # conftest.build_wheel
 PATCHED = ORIGINAL.replace("print('alpha',", "print('alpha, patched',")

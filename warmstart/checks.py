@@ -12,7 +12,7 @@ from typing import Any
 
 from .recipe import Check
 from .target import state_file
-from .transfer import atomic_write_text, own_cache, private_cache, redact, write_private
+from .transfer import atomic_write_text, own_cache, redact, write_private
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
@@ -35,7 +35,6 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
         return output, ""
     log = own_cache() / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     try:
-        private_cache()
         write_private(log, f"check {check.name!r}\n\n{output}")
     except OSError:
         return "..." + output[-OUTPUT_IN_REPORT:], ""

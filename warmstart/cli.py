@@ -35,8 +35,7 @@ def _log_bug() -> str:
     text = (f"warmstart {__version__}, Python {sys.version.split()[0]} on {platform.platform()}\n"
             f"command: {' '.join(sys.argv)}\n\n{traceback.format_exc()}")
     try:
-        transfer.private_cache()
-        transfer.write_private(log, text)
+        transfer.write_private(log, text)  # the run made warmstart's folder private as it began
     except OSError as exc:
         return f"this is a bug in warmstart (its log could not be written: {exc.strerror})"
     return f"this is a bug in warmstart: please report it with {log}"

@@ -32,7 +32,7 @@ from .errors import PreconditionUnmet
 from .store import STALE_SECONDS, DriveStore
 from .target import state_file
 from .team import open_team, team_spec, team_url
-from .transfer import Bars, explain, private_cache, redact, write_private
+from .transfer import Bars, explain, redact, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
@@ -126,7 +126,6 @@ def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
         if not (old / JOB).is_file() and time.time() - old.stat().st_mtime > STALE_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
     folder = base / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    private_cache()
     folder.mkdir(parents=True, mode=0o700)
     return DriveWork(folder, drive, python=str(python))
 

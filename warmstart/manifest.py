@@ -16,11 +16,9 @@ recipe's own patch applied to them.
 
 from __future__ import annotations
 
-import base64
 import configparser
 import csv
 import hashlib
-import io
 import os
 import re
 import stat
@@ -31,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from packaging.utils import NormalizedName, canonicalize_name
+from packaging.utils import NormalizedName
 
-from .patches import MARKER, Patch, apply, record_hash
+from .patches import MARKER, Patch, apply
+from .target import dist_name, record_digest, record_hash, record_rows, record_text
 from .transfer import untrusted_json
 
 # Files in a .dist-info folder that installers (and warmstart's patches) write, not the wheel.
@@ -101,10 +100,6 @@ class Dist:
     scripts: dict[str, str] = field(default_factory=dict)  # console and GUI scripts: name -> "module:func"
 
 
-def _rows(text: str) -> list[list[str]]:
-    return [row for row in csv.reader(io.StringIO(text)) if row]
-
-
 def entry_scripts(text: str) -> dict[str, str]:
     """Console and GUI scripts of an entry_points.txt: name -> "module:function"."""
     parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
@@ -157,14 +152,14 @@ class Tree:
         wanted, found = set(names), {}
         site = self.root / self.site
         for info in sorted(site.glob("*.dist-info")) if site.is_dir() else ():
-            name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            name = dist_name(info)
             if name not in wanted or name in found:
                 if only:
                     raise Untrusted(f"it holds {info.name}, which is no distribution it was made of")
                 continue
             dist = found[name] = Dist(name, PurePosixPath(info.relative_to(self.root)))
             try:
-                record = _rows(self._text(info / "RECORD", 16 << 20))
+                record = record_rows(self._text(info / "RECORD", 16 << 20))
                 entry_points = info / "entry_points.txt"
                 dist.scripts = entry_scripts(self._text(entry_points, 1 << 20)) if entry_points.exists() else {}
             except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -201,8 +196,8 @@ class Tree:
                 return _sha256(fh)
             first = fh.readline()  # an installer rewrote `#!python` to name the target's interpreter
             shebang = re.match(rb"#!(\S+)", first)
-            ours = shebang and Path(os.fsdecode(shebang.group(1))).name.startswith("python") and \
-                Path(os.fsdecode(shebang.group(1))).is_relative_to(self.prefix)
+            interpreter = Path(os.fsdecode(shebang.group(1))) if shebang else None
+            ours = interpreter and interpreter.name.startswith("python") and interpreter.is_relative_to(self.prefix)
             return _sha256(fh, b"#!python\n" if ours or _SHEBANG.match(first.rstrip()) else first)
 
     def check(self, dists: dict[NormalizedName, Dist], expected: dict[NormalizedName, str | None],
@@ -273,15 +268,13 @@ class Tree:
             for rel in sorted([*dist.files, *dist.metadata, *(str(self.bin / s) for s in dist.scripts)]):
                 path = self.root / rel
                 if rel in self.hashes:  # hashed by check() already: not read twice
-                    sha = "sha256=" + base64.urlsafe_b64encode(bytes.fromhex(self.hashes[rel])).rstrip(b"=").decode()
-                    rows.append([os.path.relpath(rel, self.site), sha, str(path.stat().st_size)])
+                    rows.append([os.path.relpath(rel, self.site), record_digest(self.hashes[rel]),
+                                 str(path.stat().st_size)])
                 else:
                     data = path.read_bytes()
                     rows.append([os.path.relpath(rel, self.site), record_hash(data), str(len(data))])
             rows.append([os.path.relpath(str(dist.info / "RECORD"), self.site), "", ""])
-            out = io.StringIO()
-            csv.writer(out, lineterminator="\n").writerows(rows)
-            (self.root / dist.info / "RECORD").write_text(out.getvalue())
+            (self.root / dist.info / "RECORD").write_text(record_text(rows))
 
 
 # The console script pip writes for an entry point "module:function".

@@ -21,8 +21,6 @@ Reading (`survey`) changes nothing; it is what `prepare`, `status` and `--dry-ru
 
 from __future__ import annotations
 
-import base64
-import csv
 import hashlib
 import io
 import json
@@ -37,6 +35,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from . import faults
 from .errors import BadInput
+from .target import dist_name, dist_version, read_record, record_hash, record_text
 from .transfer import AtomicFile, read_untrusted_json
 
 MARKER = "WARMSTART-PATCHES.json"
@@ -155,24 +154,6 @@ def apply(text: str, diff: FileDiff) -> str | None:
     return "".join(lines)
 
 
-# -- RECORD --------------------------------------------------------------------------------
-
-def record_hash(data: bytes) -> str:
-    """RECORD's spelling of a sha256: `sha256=<urlsafe base64, unpadded>`."""
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def _read_record(info: Path) -> list[list[str]]:
-    with open(info / "RECORD", newline="", encoding="utf-8") as fh:
-        return [row for row in csv.reader(fh) if row]
-
-
-def _record_text(rows: list[list[str]]) -> str:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\n").writerows(rows)
-    return out.getvalue()
-
-
 # -- state ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -210,7 +191,7 @@ class _Work:
 
     @property
     def version(self) -> str:
-        return self.info.name.removesuffix(".dist-info").rsplit("-", 1)[-1]
+        return dist_version(self.info)
 
     @property
     def marker_row(self) -> str:
@@ -238,7 +219,7 @@ def _marker(info: Path) -> dict[str, Any] | None:
             raise ValueError("not in warmstart's format")
         return data
     except (OSError, ValueError, AttributeError) as exc:
-        name = info.name.removesuffix(".dist-info").rsplit("-", 1)[0]
+        name = dist_name(info)
         raise PatchRefused(f"{path}: warmstart's record of its patches is unreadable ({exc.__class__.__name__}); "
                            f"reinstall {name} (pip uninstall it, then run bootstrap again)") from None
 
@@ -246,7 +227,7 @@ def _marker(info: Path) -> dict[str, Any] | None:
 def _plan(name: NormalizedName, info: Path, wanted: list[Patch], prefix: Path) -> _Work:
     """The distribution's files as the recipe wants them, or PatchRefused: nothing is written."""
     work = _Work(name, info, wanted)
-    rows = _read_record(info)
+    rows = read_record(info)
     recorded = {row[0]: row for row in rows}
     marker = _marker(info)
     work.had_marker = marker is not None
@@ -338,7 +319,7 @@ def _dist_infos(path: tuple[str, ...], names: set[NormalizedName]) -> dict[Norma
     found: dict[NormalizedName, Path] = {}
     for folder in map(Path, path):
         for info in sorted(folder.glob("*.dist-info")) if folder.is_dir() else ():
-            name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            name = dist_name(info)
             if name in names and name not in found:
                 found[name] = info
     return found
@@ -393,7 +374,7 @@ def _write(work: _Work) -> None:
     if work.marker is not None:
         final = _json_bytes(work.marker)
         rows = [[row[0], record_hash(final), str(len(final))] if row[0] == work.marker_row else row for row in rows]
-    _replace(work.info / "RECORD", _record_text(rows).encode("utf-8"), 0o644)
+    _replace(work.info / "RECORD", record_text(rows).encode("utf-8"), 0o644)
     if work.marker is not None:
         _replace(marker, final, 0o644)
     else:

@@ -7,8 +7,10 @@ computed here with `packaging`, since the target runs on this same machine but n
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
+import io
 import json
 import os
 import platform
@@ -17,7 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
@@ -168,9 +170,44 @@ def installed_files(target: TargetPython, names: list[str]) -> dict[NormalizedNa
     return files
 
 
+def dist_name(info: PurePath) -> NormalizedName:
+    """The distribution a `.dist-info` folder belongs to (`onnxruntime_gpu-1.26.0.dist-info`)."""
+    return canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+
+
+def dist_version(info: PurePath) -> str:
+    return info.name.removesuffix(".dist-info").rsplit("-", 1)[-1]
+
+
+# -- RECORD: csv rows of path, `sha256=<urlsafe base64, unpadded>`, size -----------------------
+
+def record_rows(text: str) -> list[list[str]]:
+    return [row for row in csv.reader(io.StringIO(text)) if row]
+
+
+def read_record(info: Path) -> list[list[str]]:
+    with open(info / "RECORD", newline="", encoding="utf-8") as fh:
+        return [row for row in csv.reader(fh) if row]
+
+
+def record_text(rows: list[list[str]]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def record_digest(sha256_hex: str) -> str:
+    """RECORD's spelling of a sha256 given in hex."""
+    return "sha256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256_hex)).rstrip(b"=").decode()
+
+
+def record_hash(data: bytes) -> str:
+    """RECORD's spelling of the sha256 of `data`."""
+    return record_digest(hashlib.sha256(data).hexdigest())
+
+
 def _record_files(info: Path) -> list[Path]:
-    with open(info / "RECORD", newline="") as fh:
-        return [Path(os.path.normpath(info.parent / row[0])) for row in csv.reader(fh) if row]
+    return [Path(os.path.normpath(info.parent / row[0])) for row in read_record(info)]
 
 
 def state_file(kind: str, prefix: Path) -> Path:
@@ -204,7 +241,7 @@ def broken_distributions(target: TargetPython, names: list[str]) -> tuple[dict[N
     wanted, broken, whole = set(names), {}, {}
     for folder in map(Path, target.path):
         for info in folder.glob("*.dist-info") if folder.is_dir() else ():
-            name = canonicalize_name(info.name.removesuffix(".dist-info").rsplit("-", 1)[0])
+            name = dist_name(info)
             if name not in wanted:
                 continue
             record = info / "RECORD"

@@ -228,6 +228,7 @@ def main(argv: list[str]) -> int:
         return 2
     recipe, args = argv[0], argv[1:]
     try:
+        private_cache()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         drive = _drive_option(args)
         folder = ensure(drive, offline="--offline" in args)
         command = write_launcher(folder)
@@ -259,7 +260,6 @@ def run(argv: list[str]) -> int:
 
         log = tools_dir().parent / "logs" / f"warmstart-sh-{os.getpid()}.log"
         try:
-            private_cache()
             write_private(log, traceback.format_exc())
             where = f"please report it with {log}"
         except OSError:
