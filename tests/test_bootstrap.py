@@ -76,8 +76,13 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path, 
 
     assert restored.code == 0, restored.stderr
     cache = restored.report["cache"]
+    steps = {s["name"]: s for s in restored.report["steps"]}
     if source == "snapshot":
         assert restored.report["snapshot"]["used"] is True and cache["hits"] == 1
+        # the plan says what the steps then do
+        assert f"install {len(LOCKED)} from the snapshot " in restored.stderr
+        assert steps["install"]["status"] == "skipped"
+        assert steps["install"]["detail"] == f"the snapshot restored all {len(LOCKED)}"
     else:
         assert "snapshot" not in restored.report and cache["hits"] == 3
     assert cache["misses"] == 0 and cache["bytes_read"] > 0
@@ -200,8 +205,10 @@ def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path, no_real
 
     allowed = bootstrap(demo, drive, python, "--allow-no-gpu", env=env)
     assert allowed.code == 0, allowed.stderr
-    assert "warning" in allowed.stderr
     assert [s["status"] for s in allowed.report["steps"] if s["name"] == "gpu"] == ["warning"]
+    assert allowed.stderr.count("Runtime > Change runtime type") == 1, "one GPU warning per run"
+    assert any("Runtime > Change runtime type" in w for w in allowed.report["warnings"])
+    assert refused.stderr.count("Runtime > Change runtime type") == 1, refused.stderr
 
 
 def test_missing_drive_on_colab_says_how_to_mount(demo, tmp_path, index):

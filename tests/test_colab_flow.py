@@ -260,6 +260,33 @@ def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
     assert out["cwd"] == str(mount / "MyDrive" / "HyperLPR")
     assert "installed warmstart's dependencies and cached them in" in done.stderr, "zstandard came from there"
     assert set(canonical(python)) - set(before) == RECIPE_ADDS, "the kernel's interpreter gained the recipe only"
+    assert not list((backing / "MyDrive" / "warmstart").rglob("*.pyc")), "no bytecode may be written to Drive"
+
+
+def test_imported_from_drive_warmstart_writes_no_bytecode_there(tmp_path):
+    """The kernel (no PYTHONDONTWRITEBYTECODE) imports warmstart from its checkout on Drive: none of
+    its modules leaves bytecode there; the kernel's own modules elsewhere still get theirs."""
+    mount = tmp_path / "content" / "drive"
+    checkout = mount / "MyDrive" / "warmstart"
+    copy_checkout(checkout)
+    own = tmp_path / "notebook"
+    own.mkdir()
+    (own / "mine.py").write_text("X = 1\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # first on sys.path (the README appends): this interpreter has warmstart installed itself
+    code = (f"import sys; sys.path[:0] = [{str(checkout)!r}, {str(own)!r}]; "
+            "import warmstart.colab, warmstart.bootstrap, warmstart.status, mine; print(warmstart.__file__)")
+    done = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(mount)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(checkout / "warmstart" / "__init__.py")
+    assert not list(checkout.rglob("*.pyc"))
+    assert list(own.glob("__pycache__/mine.*.pyc")), "only warmstart's own imports are spared"
+
+    elsewhere = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(tmp_path / "x")},
+                               capture_output=True, text=True, timeout=120)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert list(checkout.glob("warmstart/__pycache__/bootstrap.*.pyc")), "off Drive, bytecode as usual"
 
 
 # --- where the cache lives on Colab -------------------------------------------------------------

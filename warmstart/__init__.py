@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.machinery
+import os
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -17,6 +21,34 @@ def _project_root() -> Path:
 
 
 PROJECT_ROOT = _project_root()
+
+
+class _SourceOnly(importlib.machinery.SourceFileLoader):
+    """Reads bytecode where it exists, never writes any."""
+
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+        pass
+
+
+def _no_bytecode_on_drive() -> None:
+    """The notebook kernel imports warmstart from its checkout on Drive (sys.path.append): its
+    bytecode would land on Drive, a write per module that outlives the VM. From there, warmstart's
+    modules are compiled in memory, and this file's own bytecode, written by this very import, goes."""
+    here = Path(__file__).parent
+    mount = Path(os.environ.get("WARMSTART_MOUNT_POINT") or "/content/drive")
+    if not here.is_relative_to(mount):
+        return
+    finder = importlib.machinery.FileFinder(str(here), (_SourceOnly, importlib.machinery.SOURCE_SUFFIXES))
+    for entry in __path__:
+        sys.path_importer_cache[entry] = finder
+    if __cached__ and sys.dont_write_bytecode is False:
+        cache = Path(__cached__)
+        cache.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            cache.parent.rmdir()  # only when nothing else is in it
+
+
+_no_bytecode_on_drive()
 
 
 def load_ipython_extension(ipython: object) -> None:  # `%load_ext warmstart`

@@ -25,7 +25,7 @@ from . import target as target_python
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .execute import Executor
-from .gpu import GpuVerdict, judge, probe_gpus
+from .gpu import judge, probe_gpus
 from .lock import LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock, select_lock
 from .options import Options
 from .pipconfig import IndexSettings
@@ -81,8 +81,13 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
         gpu = report.gpu = probe_gpus()
         step.detail = gpu.describe()
         verdict = judge(recipe.gpu, gpu)
-        if verdict != GpuVerdict():
-            step.status = "warning"
+        if verdict.problems:
+            # Allowed, the step line is the run's one GPU warning (what was found, what to do);
+            # refused, the error that follows says it.
+            allowed = verdict.allowed(options.allow_no_gpu, options.allow_unfit_gpu)
+            step.status = "warning" if allowed else "failed"
+            if allowed:
+                step.detail = "; and ".join(verdict.problems)
     with report.step("drive") as step:
         require_drive(drive, profile)
         step.detail = f"{drive} ({profile.name} platform)"
@@ -192,7 +197,8 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
         facts = look_again(facts, store)
     plan = report.plan = make_plan(facts, options)
     for warning in plan.warnings:
-        report.say(f"warning: {warning}")
+        if warning not in facts.verdict.problems:  # the gpu step line said those
+            report.say(f"warning: {warning}")
     for line in plan.describe():
         report.say(line)
     if options.dry_run:
@@ -206,6 +212,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     work = drivework.start(prefix, plan.drive, plan.target.executable)
     run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome
+    run.outcome.warnings.extend(plan.warnings)
     run.warn(store.warnings)  # the team cache down or refusing: said once, before the work
     run.outcome.changed = not plan.nothing_to_do
     stale = stale_imports(plan, options)

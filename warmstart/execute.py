@@ -88,7 +88,10 @@ class Executor:
             from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot())
             need = [] if from_snapshot else list(plan.to_install)
             to_download = list(plan.to_download)
+            skipped = f"the snapshot restored all {len(plan.to_install)}" if from_snapshot else "nothing to install"
             with self.report.step("fetch") as step:
+                if not need:
+                    step.status, step.detail = "skipped", skipped
                 for pin in need:
                     cached = plan.cached.get(pin.name)
                     if cached and (got := self.store.get("wheels", cached, stage / cached, pin.hashes)):
@@ -103,7 +106,8 @@ class Executor:
                     if pin not in to_download:
                         to_download.append(pin)
                 self.warn(self.store.warnings)
-                step.detail = self.store.describe_reads()
+                if need:
+                    step.detail = self.store.describe_reads()
             downloads = self.work.area("wheels")
             with self.report.step("download") as step:
                 if to_download and self.direct:
@@ -115,7 +119,7 @@ class Executor:
                     fetched = self._download(to_download, downloads, stage)
                     step.detail = f"{len(to_download)} wheels, {fetched / 2**20:.1f} MiB"
                 else:
-                    step.status = "skipped"
+                    step.status, step.detail = "skipped", "nothing to download"
             with self.report.step("install") as step:
                 if need:
                     self.clear_broken()
@@ -123,7 +127,7 @@ class Executor:
                     self._install(need, [stage, downloads], stage, index=self.direct and bool(to_download))
                     step.detail = f"{len(need)} packages with {plan.installer}"
                 else:
-                    step.status = "skipped"
+                    step.status, step.detail = "skipped", skipped
         return bool(need)
 
     def _install(self, need: list[Pin], wheels: list[Path], stage: Path, index: bool) -> None:

@@ -150,6 +150,13 @@ class GpuVerdict:
     missing: str | None = None  # no GPU at all, while the recipe needs one
     unfit: tuple[str, ...] = ()  # GPUs are there, but none meets the recipe's limits
 
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return (self.missing,) if self.missing else self.unfit
+
+    def allowed(self, allow_no_gpu: bool, allow_unfit_gpu: bool) -> bool:
+        return allow_no_gpu if self.missing else allow_unfit_gpu
+
 
 def judge(needs: GpuNeeds, report: GpuReport) -> GpuVerdict:
     """Compare what NVML found with the recipe's [gpu] table; every reason says what to do."""

@@ -111,7 +111,10 @@ class Plan:
         if self.nothing_to_do:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
-        lines.append(f"install {len(self.to_install)} with {self.installer}: {_names(self.to_install, 6)}")
+        restoring = bool(self.to_install and self.use_snapshot and self.snapshot)
+        how = (f"from the snapshot {self.snapshot.index_name} (with {self.installer} from the wheels "
+               "below, should it be unusable)" if restoring and self.snapshot else f"with {self.installer}")
+        lines.append(f"install {len(self.to_install)} {how}: {_names(self.to_install, 6)}")
         # Said before anything changes: what the environment had, and loses.
         for name, (old, new) in sorted(self.replaced.items()):
             restart = ("; the notebook's kernel imports it at start: restart the runtime afterwards"
@@ -120,15 +123,17 @@ class Plan:
         if self.needs.provided:
             lines.append("  provided by the platform: " + ", ".join(
                 f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
-        if self.to_install and self.use_snapshot and self.snapshot:
-            lines.append(f"  from the snapshot {self.snapshot.index_name}")
         lines.append(f"  from the Drive cache {len(from_drive)}: {_names(from_drive, 6)}")
         if from_team:
             lines.append(f"  from the team cache {len(from_team)}: {_names(from_team, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
         for asset, (dest, state) in self.assets.items():
             lines.append(f"asset {asset.name} -> {dest}: {state}")
-        lines += [f"patch {p.describe()}" for p in self.patches]
+        installing = {p.name for p in self.to_install}
+        lines += [f"patch {p.describe()}" + (", unless the snapshot carries it applied"
+                                             if restoring and p.state != APPLIED and p.distribution in installing
+                                             else "")
+                  for p in self.patches]
         return lines
 
 
