@@ -26,7 +26,7 @@ PROJECT_ROOT = _project_root()
 class _SourceOnly(importlib.machinery.SourceFileLoader):
     """Reads bytecode where it exists, never writes any."""
 
-    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:
+    def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # type: ignore[override]
         pass
 
 
@@ -41,8 +41,9 @@ def _no_bytecode_on_drive() -> None:
     finder = importlib.machinery.FileFinder(str(here), (_SourceOnly, importlib.machinery.SOURCE_SUFFIXES))
     for entry in __path__:
         sys.path_importer_cache[entry] = finder
-    if __cached__ and sys.dont_write_bytecode is False:
-        cache = Path(__cached__)
+    cached = globals().get("__cached__")
+    if cached and not sys.dont_write_bytecode:
+        cache = Path(cached)
         cache.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             cache.parent.rmdir()  # only when nothing else is in it
