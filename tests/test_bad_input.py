@@ -6,10 +6,11 @@ from __future__ import annotations
 import hashlib
 import re
 import string
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, installed, make_venv, run_cli
+from conftest import cli_env, dead_url, installed, make_venv, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -191,3 +192,21 @@ def test_recipe_loader_never_crashes(tmp_path, document, good_base):
         assert "\n" not in str(exc)
     else:
         assert recipe.name == document["name"]
+
+
+def test_lock_without_the_lock_extra_names_the_command_that_installs_it(demo, tmp_path):
+    """Without pyelftools `invoke lock` stops before any download, cold ELF cache or warm, in one
+    line naming a pip command that works here (warmstart itself is not on the package index)."""
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "elftools.py").write_text("raise ImportError('pyelftools is not installed')\n")  # a bare install
+    lock = lock_of(demo)
+    before = lock.read_bytes()
+
+    result = run_cli("lock", "--recipe", str(demo), env=cli_env(dead_url(), PYTHONPATH=str(hidden)))
+
+    assert result.code == 3, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.endswith(f"needs warmstart's `lock` extra, which is not installed: "
+                         f"{sys.executable} -m pip install 'pyelftools>=0.31'"), line
+    assert "warmstart[" not in line and lock.read_bytes() == before

@@ -66,3 +66,15 @@ def test_flags_have_no_automatic_short_forms(installed, tmp_path):
         shown = run(installed, task, "--help", cwd=tmp_path)
         assert shown.returncode == 0 and flag in shown.stdout
         assert "-p," not in shown.stdout and "-r," not in shown.stdout and "-d," not in shown.stdout, shown.stdout
+
+
+def test_the_wheel_is_ready_to_publish_and_names_extras_that_install(installed, tmp_path):
+    """Its version is warmstart.__version__, its licence travels with it, and a missing extra is
+    named by a command that installs it here (warmstart itself is not on the package index)."""
+    python = installed.parent / "python"
+    code = ("from importlib import metadata; from warmstart import __version__, extras; "
+            "print(metadata.version('warmstart') == __version__, "
+            "any(f.name == 'LICENSE' for f in metadata.files('warmstart'))); print(extras.install_command('gcs'))")
+    done = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["True True", f"{python} -m pip install 'gcsfs>=2024.6'"]

@@ -28,7 +28,7 @@ from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__
+from . import PROJECT_ROOT, __version__, extras
 from . import bootstrap as bootstrapping
 from . import lock as locking
 from .assets import asset_table
@@ -151,6 +151,8 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         if not recipe:
             raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
         loaded = load_recipe(recipe, ROOT)
+        # said before any download, whatever the ELF cache holds: a cold cache would need it
+        extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
         versions = python_version or (
             sorted(select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images())

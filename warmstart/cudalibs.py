@@ -27,7 +27,7 @@ from pathlib import Path
 from packaging import tags
 from packaging.utils import NormalizedName, parse_wheel_filename
 
-from . import PROJECT_ROOT, manifest, wheels
+from . import PROJECT_ROOT, extras, manifest, wheels
 from .download import Downloader, Job
 from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
@@ -49,8 +49,8 @@ def read_elf(path: Path) -> tuple[set[str], set[str]]:
         from elftools.common.exceptions import ELFError
         from elftools.elf.elffile import ELFFile
     except ImportError:
-        raise WarmstartError("reading the CUDA libraries of wheels needs pyelftools: "
-                             "pip install 'warmstart[lock]' (or pip install pyelftools)") from None
+        extras.require("lock", "elftools", "reading the CUDA libraries of wheels")
+        raise  # found, yet not importable: the ImportError itself says why
 
     needed, sonames = set(), set()
     try:

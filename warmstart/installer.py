@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from . import faults
+from . import extras, faults
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .pipconfig import pip_env, uv_env
 from .uv import find_uv
@@ -66,7 +66,8 @@ def choose(option: str) -> str:
     if option == "auto":
         return "uv" if find_uv() else "pip"
     if option == "uv" and not find_uv():
-        raise PreconditionUnmet("--installer uv, but uv is not installed; pip install uv, or use pip")
+        raise PreconditionUnmet(f"--installer uv, but uv is not installed: {extras.install_command('uv')}, "
+                                "or use --installer pip")
     return option
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
+from . import extras
 from .errors import BadInput, PreconditionUnmet
 from .store import (
     KINDS,
@@ -176,7 +177,7 @@ def borrowable(target: TargetPython) -> tuple[str, ...]:
 def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
     protocol = url.split("://", 1)[0]
     extra = EXTRAS.get(protocol)
-    hint = f"pip install 'warmstart[{extra}]'" if extra else f"install the fsspec package for {protocol}://"
+    hint = extras.install_command(extra) if extra else f"install the fsspec package for {protocol}://"
     options = _S3_OPTIONS if extra == "s3" else {}
     try:
         from fsspec.core import url_to_fs

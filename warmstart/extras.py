@@ -1,0 +1,52 @@
+"""warmstart's optional parts (pyproject's extras), and the command that installs one here.
+
+warmstart is not on the package index, so `pip install 'warmstart[lock]'` would install nothing
+(or, one day, someone else's package). The command named instead installs the extra's own
+requirements, read from warmstart's metadata, into the interpreter running warmstart.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import shlex
+import sys
+from importlib import metadata
+
+from . import PROJECT_ROOT
+from .config import tomllib
+from .errors import PreconditionUnmet
+
+_EXTRA_MARKER = re.compile(r"""\s*;\s*extra\s*==\s*["']([^"']+)["']\s*$""")
+
+
+def requirements_of(extra: str) -> list[str]:
+    """The requirements an extra adds: from the installed metadata, else the checkout's pyproject."""
+    try:
+        declared = metadata.requires("warmstart") or []
+    except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+        declared = []
+    found = [line[:m.start()].replace(" ", "") for line in declared
+             if (m := _EXTRA_MARKER.search(line)) and m.group(1) == extra]
+    if found:
+        return found
+    try:
+        project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return []
+    return [r for r in project.get("optional-dependencies", {}).get(extra, []) if not r.startswith("warmstart[")]
+
+
+def install_command(extra: str) -> str:
+    """A command that, pasted into a shell, gives the interpreter running warmstart the extra."""
+    wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
+    return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
+
+
+def require(extra: str, module: str, needed_for: str) -> None:
+    """Refuse (exit 3) before any work when the extra's module is not importable."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise PreconditionUnmet(f"{needed_for} needs warmstart's `{extra}` extra, which is not installed: "
+                                f"{install_command(extra)}") from None
