@@ -122,6 +122,30 @@ def test_an_offline_run_right_after_waits_for_the_drive_writes_it_needs(demo, dr
     assert len(on_drive(drive, "wheels")) == 3
 
 
+@needs_netns
+def test_an_offline_run_waits_for_a_worker_still_fetching_from_the_index(demo, drive, tmp_path, index):
+    """With uv the run installs straight from the index and leaves the wheels for the cache to its
+    worker. An offline run right after (README's second run) must wait for that worker, even
+    one that has not begun yet (made slow to start here by a sitecustomize), not give up."""
+    home = tmp_path / "home"
+    slow = tmp_path / "slow-worker"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import sys, time\nif any('/drivework/' in a for a in sys.argv[1:]): time.sleep(3)\n")
+    env = background_env(index.url, home, PYTHONPATH=str(slow))
+    first = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--installer", "uv", env=env)
+    assert first.code == 0 and on_drive(drive, "wheels") == [], first.stderr
+    shutil.rmtree(tmp_path / "venv")
+    python = make_venv(tmp_path / "venv")
+
+    restored = bootstrap(demo, drive, python, "--offline", "--installer", "uv", env=env, offline_net=True)
+
+    assert restored.code == 0, restored.stderr
+    assert "waiting for the last run's Drive worker" in restored.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    assert len(on_drive(drive, "wheels")) == 3
+
+
 def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_shut_down(demo, drive, tmp_path, index):
     """The line the run prints, run as printed (with the run's own --drive, --python and
     --packages-only): exit 1 while Drive writes are pending, naming them; exit 0 and "safe to

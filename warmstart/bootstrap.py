@@ -145,6 +145,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
 
 def look_again(facts: Facts, store: DriveStore) -> Facts:
     """The facts after the Drive cache changed under this run (an earlier run's writes finished)."""
+    store.relist()
     assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
     cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,

@@ -37,6 +37,7 @@ from .transfer import Bars, explain, redact, write_private
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
 FAILED = "failed.txt"  # why the last worker stopped short; the next run tries again
+PID = "worker.pid"  # the worker started on the job (see _worker_alive)
 
 
 def jobs_of(prefix: Path) -> Path:
@@ -115,8 +116,30 @@ def spawn(folder: Path, team: str | None = None) -> None:
     env = dict(os.environ, **({TEAM_URL: team} if team else {}))
     fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
-        subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]), str(folder)],
-                         stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
+        worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),
+                                   str(folder)],
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
+    write_private(folder / PID, str(worker.pid))
+
+
+def _worker_alive(folder: Path) -> bool:
+    """The job's worker process is still there (started, maybe not yet at work): its pid, and a
+    command line naming this job (a pid the system gave to another process since does not)."""
+    try:
+        pid = int((folder / PID).read_text())
+        return str(folder).encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+
+
+def _wait_for_worker(folder: Path, say: Any, timeout: float = 600) -> None:
+    """An offline run needs what the worker fetches from the index: let it finish first."""
+    if not _worker_alive(folder):
+        return
+    say("waiting for the last run's Drive worker, which fetches the wheels for the cache from the index")
+    deadline = time.monotonic() + timeout
+    while _worker_alive(folder) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
@@ -195,6 +218,8 @@ def settle(prefix: Path, store: DriveStore, say: Any, *, offline: bool = False) 
         return False
     say(f"Drive writes of the last run: {state.describe()}; finishing them first")
     for folder in handed_off(prefix):
+        if offline:
+            _wait_for_worker(folder, say)
         try:
             finish(folder, store, offline=offline)
         except OSError as exc:  # Drive full or gone: the job stays for a later run

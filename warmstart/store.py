@@ -138,6 +138,11 @@ class DriveStore:
             self._listings[kind] = sorted(here.union(self.team.names(kind)) if self.team else here)
         return self._listings[kind]
 
+    def relist(self) -> None:
+        """Forget the listings: another process (the Drive worker, another VM) wrote since."""
+        self._listings.clear()
+        self._here.clear()
+
     def team_only(self, kind: str) -> set[str]:
         """What the listing found in the team store but not on Drive."""
         return set(self.names(kind)) - self._here[kind]
