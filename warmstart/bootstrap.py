@@ -190,6 +190,8 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     # Read before anything: a refused index setting is bad input, said before anything changes.
     settings = IndexSettings.from_environ()
     facts, store = prepare(options, root, report)
+    if not facts.profile.background_writes:  # nothing outlives this command: write Drive before returning
+        options = replace(options, wait=True)
     prefix = facts.target.prefix
     # Before the target changes (a snapshot must be of the environment it describes), and before
     # an offline run looks for what an earlier run is still writing to Drive: finish that first.
@@ -206,15 +208,24 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
         report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
         return plan
     target_python.remember_whole(plan.target.prefix, facts.whole_records)
+    unwritable = []
     with report.step("workdir") as step:
-        plan.workdir.mkdir(parents=True, exist_ok=True)
-        step.detail = str(plan.workdir)
+        try:
+            plan.workdir.mkdir(parents=True, exist_ok=True)
+            step.detail = str(plan.workdir)
+        except OSError as exc:
+            if not options.packages_only:  # assets and checks need it
+                raise
+            # packages alone need no workdir: a read-only Drive still gets the environment
+            step.status = "warning"
+            unwritable.append(f"no workdir {plan.workdir}: {explain(exc)}")
     drivework.resume(prefix, report.say, team_location(options.cache))  # a killed worker starts again
     work = drivework.start(prefix, plan.drive, plan.target.executable)
     run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome
     run.outcome.warnings.extend(plan.warnings)
-    run.warn(store.warnings)  # the team cache down or refusing: said once, before the work
+    run.warn(unwritable + store.warnings)  # the team cache down or refusing: said once, before the work
+    store.warnings.clear()
     run.outcome.changed = not plan.nothing_to_do
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)

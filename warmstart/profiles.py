@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import Field, Schema, read_toml, validate
 from .errors import BadInput, PreconditionUnmet
 from .images import Image, images_of, read_cuda_list
-from .transfer import is_mount_point
+from .transfer import is_mount_point, not_writable
 
 PROFILE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -23,6 +23,8 @@ PROFILE_SCHEMA: Schema = {
     "mount_point": Field("str"),
     "create_drive": Field("bool", default=False),
     "notebook": Field("bool", default=False),
+    # false where nothing outlives the command (a container): Drive is written before it returns
+    "background_writes": Field("bool", default=True),
     "workspace": Field("str", default="~"),
     "missing_drive_hint": Field("str", default="create the folder or pass --drive DIR"),
     "preloaded": Field("str-list", default=[]),
@@ -49,6 +51,7 @@ class Profile:
     mount_point: Path | None  # Drive counts as present only while this is mounted
     create_drive: bool  # a local stand-in folder may be created
     notebook: bool  # commands run from notebook cells (`!invoke ...`)
+    background_writes: bool  # a worker may write Drive after the command returns
     workspace: Path
     missing_drive_hint: str
     preloaded: tuple[str, ...]  # distributions a fresh kernel has already imported
@@ -96,6 +99,7 @@ def load_profile(path: Path) -> Profile:
         mount_point=Path(data["mount_point"]) if data["mount_point"] else None,
         create_drive=data["create_drive"],
         notebook=data["notebook"],
+        background_writes=data["background_writes"],
         workspace=Path(data["workspace"]).expanduser(),
         missing_drive_hint=data["missing_drive_hint"],
         preloaded=tuple(data["preloaded"]),
@@ -154,6 +158,8 @@ def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os
     if mount and drive.is_relative_to(mount) and not is_mount_point(mount):
         raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount)}")
     if drive.is_dir():
+        if problem := not_writable(drive):
+            raise PreconditionUnmet(problem)
         return
     if drive.exists():
         raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")

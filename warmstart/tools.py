@@ -33,6 +33,7 @@ from .transfer import (
     atomic_write,
     atomic_write_text,
     is_mount_point,
+    not_writable,
     own_cache,
     private_cache,
     sha256_of,
@@ -230,6 +231,8 @@ def main(argv: list[str]) -> int:
     try:
         private_cache()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         drive = _drive_option(args)
+        if problem := not_writable(drive):
+            raise ToolsError(problem, code=3)
         folder = ensure(drive, offline="--offline" in args)
         command = write_launcher(folder)
     except ToolsError as exc:
@@ -244,7 +247,7 @@ def main(argv: list[str]) -> int:
                            "bootstrap", "--recipe", recipe, *args], env=env)
     if done.returncode == 0:  # the line to use from now on, once it has worked
         line = shlex.join([str(command), "bootstrap", "--recipe", recipe])
-        say(f"from now on, in any folder of this VM: !{line}")
+        say(f"from now on, in any folder of this VM: {'!' if on_colab() else ''}{line}")
     return done.returncode
 
 

@@ -80,6 +80,22 @@ class Bars:
 QUIET = Bars(enabled=False)
 
 
+def not_writable(drive: Path) -> str | None:
+    """Why this user may not write the Drive cache (its folders belong to another user), or None.
+    A read-only file system is not such a reason: a read-only Drive is used as it is, and what
+    would be cached there is said not to be."""
+    for folder in (drive, drive / ".warmstart", drive / ".warmstart" / "v1"):
+        try:
+            if not folder.is_dir() or os.access(folder, os.W_OK) or os.statvfs(folder).f_flag & os.ST_RDONLY:
+                continue
+            owner = folder.stat().st_uid
+        except OSError:
+            continue
+        return (f"the Drive folder {folder} belongs to uid {owner}, and this user (uid {os.getuid()}) may not "
+                f"write there: run as uid {owner}, or give the folder to this user (chown -R {os.getuid()} on it)")
+    return None
+
+
 def is_mount_point(path: Path) -> bool:
     """A mount point, bind mounts of a folder on the same file system included (which
     os.path.ismount cannot tell: it compares device numbers)."""
