@@ -2,7 +2,8 @@
 # The Colab cycle in containers: a cold bootstrap with a host folder as Drive, then a fresh
 # container with no network restoring from that folder, then the recipe's checks and the GPU.
 #
-#   docker/run.sh [PYTHON_VERSION] [DRIVE_DIR] [RECIPE]      (defaults: 3.12, ./drive-docker, hyperlpr)
+#   docker/run.sh [PYTHON_VERSION] [DRIVE_DIR] [RECIPE] [BOOTSTRAP FLAGS...]
+#                                   (defaults: 3.12, ./drive-docker, hyperlpr; e.g. --packages-only)
 #
 # The engine is Docker, else podman (docker/engine.sh; WARMSTART_ENGINE chooses). The image builds
 # on the CUDA base; BASE_IMAGE=TAG builds on another one that has Python already (without a
@@ -18,6 +19,8 @@ source docker/engine.sh
 python_version="${1:-3.12}"
 drive="$(realpath -m "${2:-drive-docker}")"
 recipe="${3:-hyperlpr}"
+shift "$(( $# < 3 ? $# : 3 ))"
+flags=("$@")
 image="warmstart-cuda:py${python_version//./}"
 mkdir -p "$drive"
 
@@ -42,9 +45,9 @@ fi
 run=("$engine" run --rm "${run_flags[@]}" "${gpu_flags[@]}" -v "$drive:/drive")
 
 echo "== cold bootstrap (network on, empty cache in $drive)"
-"${run[@]}" "${net[@]}" "$image" "$recipe" "${no_gpu[@]}" --json
+"${run[@]}" "${net[@]}" "$image" "$recipe" "${no_gpu[@]}" "${flags[@]}" --json
 echo "== offline restore in a fresh container (--network none)"
-"${run[@]}" --network none "$image" "$recipe" "${no_gpu[@]}" --offline --json
+"${run[@]}" --network none "$image" "$recipe" "${no_gpu[@]}" "${flags[@]}" --offline --json
 echo "== GPU as NVML sees it"
 status=0
 "${run[@]}" --network none --entrypoint bash "$image" \
