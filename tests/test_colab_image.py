@@ -78,6 +78,15 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
     report = result.report
     assert report["lock"].endswith(f"requirements/colab/hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
     assert report["image"] == IMAGES[minor].name
+    # The stand-in holds the image's versions of the recipe's closure, not the whole image, and
+    # its pyenv Python is not the image's patch level: said before anything was installed.
+    drifted = report["image_drift"]
+    assert drifted["closure"] == {} and drifted["image"] == IMAGES[minor].name
+    vm_python = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    assert drifted["python"] == (None if vm_python == str(IMAGES[minor].python)
+                                 else {"image": str(IMAGES[minor].python), "installed": vm_python})
+    assert f"image this runtime differs from {IMAGES[minor].name} in " in result.stderr
     after = canonical(installed(python))
     assert {n: v for n, v in before.items() if after.get(n) != v} == {}, "the image's versions stay"
     assert set(after) - set(before) == {"hyperlpr3", "loguru", "onnxruntime-gpu"}

@@ -20,7 +20,7 @@ from packaging.version import Version
 from warmstart import PROJECT_ROOT, commands, wheels
 from warmstart.errors import BadInput, PreconditionUnmet
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
-from warmstart.images import Image
+from warmstart.images import Image, drift, images_of
 from warmstart.lock import Lock, Pin, needs
 from warmstart.maintenance import Entry, prunable
 from warmstart.options import Options, value_of
@@ -358,3 +358,21 @@ def test_a_diff_applies_exactly_and_only_to_the_file_it_was_made_for(tmp_path, o
     assert apply(old, diff) == new
     assert apply(new, diff) is None or old == new
     assert apply("zero\n" + old, diff) is None, "no offset: a hunk applies at its own lines only"
+
+
+def test_drift_says_how_far_the_vm_is_from_the_image_its_lock_was_made_for():
+    image = images_of("colab", PROJECT_ROOT / "envs")["3.12"]
+    numpy = canonicalize_name("numpy")
+    vm = {**image.shipped, numpy: "9.9.9"}
+    del vm[canonicalize_name("pandas")]  # absent counts as different too
+    vm[canonicalize_name("torch")] = image.shipped[canonicalize_name("torch")]  # +cu128 and all: the same
+
+    found = drift(image, vm, Version("3.12.2"), {numpy, canonicalize_name("requests")})
+
+    assert found.closure == (numpy,) and len(found.differing) == 2
+    assert found.describe() == (
+        f"this runtime differs from colab-2026.07 in 2 of {len(image.shipped)} distributions; 1 of them in this "
+        f"recipe's closure: numpy 9.9.9 (image {image.shipped[numpy]}); Python 3.12.2 (image {image.python})")
+    assert found.as_json()["closure"] == {"numpy": {"image": image.shipped[numpy], "installed": "9.9.9"}}
+    same = drift(image, dict(image.shipped), image.python, {numpy})
+    assert same.describe() == "this runtime matches colab-2026.07" and same.as_json()["python"] is None

@@ -26,6 +26,7 @@ from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .execute import Executor
 from .gpu import judge, probe_gpus
+from .images import drift
 from .lock import LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock, select_lock
 from .options import Options
 from .pipconfig import IndexSettings
@@ -105,6 +106,8 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
         lock = parse_lock(path)
         check_fresh(lock, recipe, wanted, image)
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
+        # how far this VM is from the image the lock was made for: said before anything changes
+        drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
@@ -139,7 +142,7 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
                              {p.name for p in installing})
     report.facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
                          broken, found, located, snapshot_found, installer.choose(options.installer),
-                         tuple(warnings), whole, in_team(store, cached), tuple(patched))
+                         tuple(warnings), whole, in_team(store, cached), tuple(patched), drifted)
     return report.facts, store
 
 

@@ -61,6 +61,60 @@ class Image:
         return f"{self.name} (Python {self.python}, {len(self.shipped)} distributions; {self.source})"
 
 
+@dataclass(frozen=True)
+class Drift:
+    """How far this VM is from the image its lock was compiled against (Colab changes its image
+    weekly; a VM may match none of the published lists exactly)."""
+
+    image: str
+    total: int  # distributions the image ships
+    differing: dict[NormalizedName, tuple[str, str | None]]  # the image's version, the VM's (None: absent)
+    closure: tuple[NormalizedName, ...]  # of those, the ones the recipe's lock pins
+    python: tuple[str, str] | None  # the image's Python and the VM's, when they differ
+
+    def describe(self) -> str:
+        if not self.differing and not self.python:
+            return f"this runtime matches {self.image}"
+        parts = [f"this runtime differs from {self.image} in {len(self.differing)} of {self.total} distributions"]
+        if self.closure:
+            shown = [f"{n} {self.differing[n][1] or 'absent'} (image {self.differing[n][0]})" for n in self.closure[:6]]
+            more = len(self.closure) - len(shown)
+            parts.append(f"{len(self.closure)} of them in this recipe's closure: " + ", ".join(shown)
+                         + (f" and {more} more" if more else ""))
+        else:
+            parts.append("none in this recipe's closure")
+        if self.python:
+            parts.append(f"Python {self.python[1]} (image {self.python[0]})")
+        return "; ".join(parts)
+
+    def as_json(self) -> dict[str, object]:
+        return {"summary": self.describe(), "image": self.image, "distributions": self.total,
+                "differing": len(self.differing),
+                "closure": {n: {"image": self.differing[n][0], "installed": self.differing[n][1]}
+                            for n in self.closure},
+                "python": {"image": self.python[0], "installed": self.python[1]} if self.python else None}
+
+
+def drift(image: Image, installed: dict[NormalizedName, str], python: Version,
+          pinned: set[NormalizedName]) -> Drift:
+    """What the VM has against what the image ships (its distributions, and its Python)."""
+    differing = {}
+    for name, shipped in image.shipped.items():
+        have = installed.get(name)
+        if have is None or _normalized(have) != _normalized(shipped):
+            differing[name] = (shipped, have)
+    closure = tuple(sorted(n for n in differing if n in pinned))
+    pythons = (str(image.python), str(python)) if image.python != python else None
+    return Drift(image.name, len(image.shipped), differing, closure, pythons)
+
+
+def _normalized(version: str) -> str:
+    try:
+        return str(Version(version))
+    except InvalidVersion:
+        return version
+
+
 def parse_freeze(text: str) -> dict[NormalizedName, str]:
     """`name==version` lines of a pip freeze; direct references (`name @ url`) name no version."""
     shipped = {}

@@ -13,7 +13,7 @@ from packaging.utils import NormalizedName
 
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
-from .images import Image
+from .images import Drift, Image
 from .lock import Lock, Needs, Pin
 from .options import Options
 from .patches import APPLIED, PatchState
@@ -46,6 +46,7 @@ class Facts:
     whole_records: Signatures = field(default_factory=dict)  # RECORDs found whole: remembered by a real run
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
     patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
+    drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -74,6 +75,7 @@ class Plan:
     warnings: tuple[str, ...] = ()
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
     patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
+    drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
 
     @property
     def patches_pending(self) -> bool:
@@ -106,6 +108,7 @@ class Plan:
             f"recipe {self.recipe.name} ({self.recipe.path})",
             f"target {self.target.executable} (Python {self.target.version})",
             f"lock {self.lock.path} ({len(self.lock.pins)} pins)",
+            *([f"image {self.drift.describe()}"] if self.drift else []),
             f"drive {self.drive}, workdir {self.workdir}",
         ]
         if self.nothing_to_do:
@@ -196,4 +199,4 @@ def make_plan(facts: Facts, options: Options) -> Plan:
 
     return Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
                 to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
-                found, facts.image, tuple(warnings), facts.in_team, facts.patches)
+                found, facts.image, tuple(warnings), facts.in_team, facts.patches, facts.drift)

@@ -89,7 +89,8 @@ class Report:
                        image=plan.image.name if plan.image else None,
                        provided=dict(sorted(plan.needs.provided.items())),
                        python=str(plan.target.executable), installer=plan.installer,
-                       dry_run=self.outcome is None, patches=[p.as_json() for p in plan.patches])
+                       dry_run=self.outcome is None, patches=[p.as_json() for p in plan.patches],
+                       image_drift=plan.drift.as_json() if plan.drift else None)
         if self.team:
             from .team import describe
 

@@ -46,6 +46,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "python_version": str(plan.target.version),
         "lock": str(plan.lock.path),
         "image": plan.image.describe() if plan.image else None,
+        "image_drift": plan.drift.as_json() if plan.drift else None,
         "missing": sorted(n for n in wanted if n not in have),
         "different": {n: {"installed": have[n], "locked": pin.version}
                       for n, pin in sorted(wanted.items())
@@ -93,6 +94,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"gpu       {gpus}" + "".join(f"\n          ! {w}" for w in facts["gpu_warnings"]),
         f"python    {facts['python']} ({facts['python_version']})",
         f"lock      {facts['lock']}" + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
+        *([f"image     {facts['image_drift']['summary']}"] if facts["image_drift"] else []),
         f"missing   {', '.join(facts['missing']) or '-'}",
         "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["different"].items()) or "-"),
