@@ -50,7 +50,7 @@ def main() -> None:
         for recipe in ("hyperlpr", "hyperlpr-train"):
             for image in sorted(images.values(), key=lambda i: i.python, reverse=True):
                 tag = f"py{image.python.major}{image.python.minor}"
-                cases.append((PROJECT_ROOT / "requirements" / "colab" / f"{recipe}-{tag}-manylinux_x86_64.txt",
+                cases.append((PROJECT_ROOT / "requirements" / image.name / f"{recipe}-{tag}-manylinux_x86_64.txt",
                               image.name))
             cases.append((PROJECT_ROOT / "requirements" / f"{recipe}-py313-manylinux_x86_64.txt", "none"))
     index = Downloader(IndexSettings.from_environ())

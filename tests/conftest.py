@@ -390,7 +390,11 @@ from warmstart.images import images_of
 from warmstart.pipconfig import uv_env
 from warmstart.uv import find_uv
 
-COLAB_IMAGES = images_of("colab", REPO / "envs")
+# The stand-ins, one per Python Colab offers: latest (3.13) and the pinned 2026.07 (3.12). The other
+# 3.12 runtime, 2026.04, is told apart from 2026.07 by what a VM has (test_platform_locks.py).
+STANDIN_IMAGES = ("colab-latest", "colab-2026.07")
+COLAB_IMAGES = {image.python_minor: image for name, image in images_of("colab", REPO / "envs").items()
+                if name in STANDIN_IMAGES}
 # Image packages that depend on the recipes' closures, installed at the image's versions too.
 DEPENDENTS = ("pandas", "google-api-core", "requests-oauthlib", "opencv-python")
 

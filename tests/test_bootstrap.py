@@ -180,7 +180,7 @@ def test_missing_lock_names_file_and_next_step(demo, drive, env, tmp_path):
 
     assert result.code == 3
     assert "demo has no lock for Python 3." in result.stderr and "locks exist for: none" in result.stderr
-    assert "invoke lock --recipe demo --python-version 3." in result.stderr
+    assert f"invoke lock --recipe {demo} --python-version 3." in result.stderr
 
 
 def test_dry_run_changes_nothing(demo, drive, env, tmp_path):

@@ -66,7 +66,7 @@ def cuda_needs_and_provides(python: Path) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("minor", sorted(IMAGES))
 def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
     python = colab_vm(tmp_path, minor)
-    lock = parse_lock(REPO / "requirements" / "colab" / f"hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
+    lock = parse_lock(REPO / "requirements" / IMAGES[minor].name / f"hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
     closure = {p.name for p in lock.pins if p.name in IMAGES[minor].shipped}
     install_image_versions(python, closure | set(DEPENDENTS), minor, tmp_path)
     before, broken_before = canonical(installed(python)), pip_check(python)
@@ -76,7 +76,7 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
 
     assert result.code == 0, result.stderr
     report = result.report
-    assert report["lock"].endswith(f"requirements/colab/hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
+    assert report["lock"].endswith(f"requirements/{IMAGES[minor].name}/hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
     assert report["image"] == IMAGES[minor].name
     # The stand-in holds the image's versions of the recipe's closure, not the whole image, and
     # its pyenv Python is not the image's patch level: said before anything was installed.

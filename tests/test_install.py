@@ -31,7 +31,7 @@ def installed(tmp_path_factory) -> Path:
     (wheel,) = (root / "dist").glob("warmstart-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     for shipped in ("envs/colab.toml", "envs/images/colab-latest.toml", "recipes/hyperlpr.toml",
-                    "requirements/hyperlpr.in", "requirements/colab/hyperlpr-py313-manylinux_x86_64.txt"):
+                    "requirements/hyperlpr.in", "requirements/colab-latest/hyperlpr-py313-manylinux_x86_64.txt"):
         assert f"warmstart/_shipped/{shipped}" in names, shipped
     uv = str(find_uv())
     venv = root / "venv"

@@ -73,7 +73,7 @@ def test_a_lock_edited_by_hand_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("target", [LockTarget("3.11", "manylinux_x86_64"),
-                                    LockTarget("3.13", "manylinux_x86_64", "colab")], ids=str)
+                                    LockTarget("3.13", "manylinux_x86_64", "colab-latest")], ids=str)
 def test_committed_hyperlpr_lock_is_fresh_and_complete(target):
     recipe = load_recipe("hyperlpr", PROJECT_ROOT)
     lock = parse_lock(lock_path(recipe, target))

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from warmstart import PROJECT_ROOT
@@ -145,12 +146,12 @@ def test_a_wheel_without_recorded_facts_is_a_problem():
 
 def test_colab_images_are_the_published_ones_with_provenance():
     images = images_of("colab", PROJECT_ROOT / "envs")
-    assert sorted(images) == ["3.12", "3.13"]
-    latest, pinned = images["3.13"], images["3.12"]
-    assert latest.python == Version("3.13.15") and pinned.python == Version("3.12.13")
+    assert sorted(images) == ["colab-2026.04", "colab-2026.07", "colab-latest"]
+    latest, pinned, older = images["colab-latest"], images["colab-2026.07"], images["colab-2026.04"]
+    assert latest.python == Version("3.13.15") and pinned.python == older.python == Version("3.12.13")
     assert latest.shipped["numpy"] == "2.1.3" and pinned.shipped["numpy"] == "2.0.2"
-    assert latest.shipped["torch"] == "2.11.0+cu128"
-    assert "a72407924822" in latest.source and "ec53f93fe44a" in pinned.source
+    assert latest.shipped["torch"] == "2.11.0+cu128" and older.shipped["torch"] == "2.10.0+cu128"
+    assert "a72407924822" in latest.source and "ec53f93fe44a" in pinned.source and "77d5dbef56d7" in older.source
     assert "libcudart.so.12" in latest.cuda and "libcudart.so.13" not in latest.cuda
 
 
@@ -173,7 +174,7 @@ def test_parse_freeze_keeps_pins_and_skips_direct_references():
     assert shipped == {"numpy": "2.1.3", "torch": "2.11.0+cu128"}
 
 
-def test_image_task_writes_an_image_and_refuses_a_second_for_one_python(tmp_path):
+def test_image_task_writes_an_image_another_may_share_its_python(tmp_path):
     envs = tmp_path / "envs"
     (envs / "images").mkdir(parents=True)
     (envs / "images" / "cuda-12.8.txt").write_text("libcudart.so.12\n")
@@ -185,22 +186,35 @@ def test_image_task_writes_an_image_and_refuses_a_second_for_one_python(tmp_path
     image = load_image(path)
     assert image.shipped == {"numpy": "2.3.0"} and image.cuda == {"libcudart.so.12"}
     assert image.source == 'repo@abc "quoted"'
-    with pytest.raises(BadInput, match=r"both images of colab for Python 3.14"):
-        write_image(envs, "colab-other", "colab", freeze, "3.14.2", "x", None)
+    write_image(envs, "colab-other", "colab", freeze, "3.14.2", "x", None)  # two runtimes, one Python
+    assert sorted(images_of("colab", envs)) == ["colab-next", "colab-other"]
     with pytest.raises(BadInput, match="no `name==version` lines"):
         freeze.write_text("nothing here\n")
         write_image(envs, "colab-x", "colab", freeze, "3.15.0", "x", None)
 
 
+def test_of_two_runtimes_on_one_python_the_vm_gets_the_lock_of_the_one_it_matches():
+    """Colab's 2026.04 and 2026.07 runtimes are both Python 3.12: what the VM has installed tells
+    them apart (numpy, opencv, torch differ), and its lock follows."""
+    recipe = load_recipe("hyperlpr", PROJECT_ROOT)
+    images = images_of("colab", PROJECT_ROOT / "envs")
+    on_312 = [images["colab-2026.07"], images["colab-2026.04"]]
+    for name in ("colab-2026.04", "colab-2026.07"):
+        vm = dict(images[name].shipped)
+        vm[canonicalize_name("numpy")] = "9.9"  # a VM matches no list exactly; the nearest still wins
+        chosen, image, warning = select_lock(recipe, on_312, "3.12", "manylinux_x86_64", vm)
+        assert (chosen.image, image.name if image else None, warning) == (name, name, None)
+
+
 def test_a_vm_without_its_platform_lock_falls_back_to_the_bare_one_and_says_so(tmp_path):
     recipe = load_recipe("hyperlpr", PROJECT_ROOT)
-    image = images_of("colab", PROJECT_ROOT / "envs")["3.13"]
-    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_x86_64")
-    assert chosen.flavour == "colab" and warning is None
-    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_aarch64")  # no lock of either
-    assert chosen.flavour == "colab" and warning is None  # the message then names the colab lock
-    chosen, warning = select_lock(recipe, None, "3.13", "manylinux_x86_64")
-    assert chosen.flavour is None and warning is None
+    latest = images_of("colab", PROJECT_ROOT / "envs")["colab-latest"]
+    chosen, image, warning = select_lock(recipe, [latest], "3.13", "manylinux_x86_64", latest.shipped)
+    assert chosen.image == "colab-latest" and image == latest and warning is None
+    chosen, image, warning = select_lock(recipe, [latest], "3.13", "manylinux_aarch64", {})  # no lock of either
+    assert chosen.image == "colab-latest" and warning is None  # the message then names the image's lock
+    chosen, image, warning = select_lock(recipe, [], "3.13", "manylinux_x86_64", {})
+    assert chosen.image is None and image is None and warning is None
 
 
 def test_without_a_colab_lock_the_bare_one_is_used_with_the_command_to_make_it(tmp_path):
@@ -208,12 +222,12 @@ def test_without_a_colab_lock_the_bare_one_is_used_with_the_command_to_make_it(t
 
     shutil.copytree(PROJECT_ROOT / "recipes", tmp_path / "recipes")
     shutil.copytree(PROJECT_ROOT / "requirements", tmp_path / "requirements",
-                    ignore=shutil.ignore_patterns("colab"))
+                    ignore=shutil.ignore_patterns("colab-*"))
     recipe = load_recipe(str(tmp_path / "recipes" / "hyperlpr.toml"), PROJECT_ROOT)
-    image = images_of("colab", PROJECT_ROOT / "envs")["3.13"]
+    latest = images_of("colab", PROJECT_ROOT / "envs")["colab-latest"]
 
-    chosen, warning = select_lock(recipe, image, "3.13", "manylinux_x86_64")
+    chosen, image, warning = select_lock(recipe, [latest], "3.13", "manylinux_x86_64", latest.shipped)
 
-    assert chosen.flavour is None
-    assert "hyperlpr has no colab lock for Python 3.13" in warning
-    assert "invoke lock --recipe hyperlpr --platform-profile colab --python-version 3.13" in warning
+    assert chosen.image is None and image is None
+    assert "hyperlpr has no lock for the colab image colab-latest" in warning
+    assert f"invoke lock --recipe {tmp_path / 'recipes' / 'hyperlpr.toml'} --image colab-latest" in warning

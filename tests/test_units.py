@@ -361,7 +361,7 @@ def test_a_diff_applies_exactly_and_only_to_the_file_it_was_made_for(tmp_path, o
 
 
 def test_drift_says_how_far_the_vm_is_from_the_image_its_lock_was_made_for():
-    image = images_of("colab", PROJECT_ROOT / "envs")["3.12"]
+    image = images_of("colab", PROJECT_ROOT / "envs")["colab-2026.07"]
     numpy = canonicalize_name("numpy")
     vm = {**image.shipped, numpy: "9.9.9"}
     del vm[canonicalize_name("pandas")]  # absent counts as different too

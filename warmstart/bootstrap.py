@@ -27,7 +27,17 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import drift
-from .lock import LockTarget, Pin, check_fresh, existing_locks, lock_path, needs, parse_lock, select_lock
+from .lock import (
+    LockTarget,
+    Pin,
+    check_fresh,
+    existing_locks,
+    lock_path,
+    needs,
+    parse_lock,
+    relock_command,
+    select_lock,
+)
 from .options import Options
 from .pipconfig import IndexSettings
 from .plan import Facts, Plan, make_plan, require_python
@@ -43,13 +53,12 @@ __all__ = ["Options", "bootstrap", "prepare"]
 
 
 def _no_lock(recipe: Recipe, wanted: LockTarget) -> str:
-    have = sorted(f"{t.python_tag} on {t.platform}" + (f" ({t.flavour})" if t.flavour else "")
+    have = sorted(f"{t.python_tag} on {t.platform}" + (f" ({t.image})" if t.image else "")
                   for t in existing_locks(recipe).values())
-    flavour = f" --platform-profile {wanted.flavour}" if wanted.flavour else ""
     return (f"{recipe.name} has no lock for {wanted.describe()} "
             f"({lock_path(recipe, wanted).name}); locks exist for: "
-            f"{', '.join(have) or 'none'}; make one with `invoke lock --recipe {recipe.name}{flavour} "
-            f"--python-version {wanted.python_version}`, or pass --python with an interpreter that has one")
+            f"{', '.join(have) or 'none'}; make one with `{relock_command(recipe, wanted)}`, "
+            "or pass --python with an interpreter that has one")
 
 
 def cached_wheels(store: DriveStore, pins: Iterable[Pin], supported: list[Tag]) -> dict[NormalizedName, str]:
@@ -95,11 +104,11 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
     warnings = []
     with report.step("lock") as step:
         python_minor = f"{target.version.major}.{target.version.minor}"
-        image = profile.image_for(python_minor)
-        wanted, fallback = select_lock(recipe, image, python_minor, target_python.platform_tag())
+        # several runtimes may share a Python (Colab's 2026.04 and 2026.07): the VM's own packages tell
+        wanted, image, fallback = select_lock(recipe, profile.images_for(python_minor), python_minor,
+                                              target_python.platform_tag(), target.installed)
         if fallback:
             warnings.append(fallback)
-        image = image if wanted.flavour else None
         path = lock_path(recipe, wanted)
         if not path.exists():
             raise PreconditionUnmet(_no_lock(recipe, wanted))

@@ -7,7 +7,7 @@
                      [--cache URL [--cache-read-only]]
     invoke status --recipe hyperlpr [--drive DIR] [--python PATH] [--cache URL] [--json]
     invoke lock --recipe hyperlpr [--python-version 3.12 ...] [--platform TAG]
-                [--platform-profile colab] [--upgrade]
+                [--platform-profile colab | --image colab-2026.04] [--upgrade]
     invoke lock --check
     invoke image --name colab-latest --freeze FILE --python 3.13.15 --source REPO@COMMIT
     invoke recipes [--drive DIR]
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json as jsonlib
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,9 +33,10 @@ from . import lock as locking
 from .assets import asset_table
 from .cli import run_plain, run_reported
 from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .images import image_named, write_image
 from .options import Options, required_recipe
 from .profiles import resolve_drive, select_profile
-from .recipe import Recipe, known_recipes, load_recipe
+from .recipe import known_recipes, load_recipe
 from .report import Report
 from .store import DriveStore
 from .transfer import shown
@@ -52,13 +52,6 @@ def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
     task and --prune for another) and no positional arguments (`bootstrap --help` would be a
     recipe named "--help")."""
     return task(auto_shortflags=False, positional=[], **kwargs)
-
-
-def relock_command(recipe: Recipe, target: locking.LockTarget) -> str:
-    """The `invoke lock` line that compiles this one lock again."""
-    name = recipe.name if recipe.path.parent == ROOT / "recipes" else str(recipe.path)
-    profile = f" --platform-profile {target.flavour}" if target.flavour else ""
-    return f"invoke lock --recipe {shlex.quote(name)}{profile} --python-version {target.python_version}"
 
 
 def _print(text: str, keep_lines: bool = False, **kwargs: Any) -> None:
@@ -119,14 +112,15 @@ def status(c, recipe=None, drive=None, python=None, json=False, cache=None, pack
         "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter, "
                           "or with --platform-profile every Python the platform has an image for",
         "platform": "platform tag of the locks, e.g. manylinux_x86_64 (default: this machine's)",
-        "platform-profile": "compile against this platform's published image (envs/images/), e.g. colab",
+        "platform-profile": "compile against each published image of this platform (envs/images/), e.g. colab",
+        "image": "compile against this one image (envs/images/NAME.toml), e.g. colab-2026.04",
         "upgrade": "re-resolve every pin to the newest version (an image's versions stay preferred)",
         "upgrade-package": "re-resolve only this package (repeat for more)",
         "check": "exit 1 when any lock's inputs changed since it was compiled, or its platform "
                  "cannot provide the CUDA libraries its wheels need",
     },
 )
-def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, upgrade=False,
+def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, image=None, upgrade=False,
          upgrade_package=None, check=False):
     """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
 
@@ -140,7 +134,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
                       for problem in locking.audit(loaded, path, target, ROOT)]
             recipe_of.update(dict.fromkeys(locks, loaded))
         # Each problem with the one command that makes that lock again.
-        lines = [f"{path}: {problem}: run `{relock_command(recipe_of[path], target)}`"
+        lines = [f"{path}: {problem}: run `{locking.relock_command(recipe_of[path], target, ROOT)}`"
                  for path, target, problem in found]
         if found:
             raise WarmstartError("; ".join(lines))
@@ -154,11 +148,15 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
-        versions = python_version or (
-            sorted(select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images())
-            if platform_profile else [current.python_version])
-        for version in versions:
-            target = locking.LockTarget(version, platform or current.platform, platform_profile)
+        on = platform or current.platform
+        if image or platform_profile:
+            images = ([image_named(image, ROOT / "envs")] if image else
+                      select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images().values())
+            targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images
+                       if not python_version or i.python_minor in python_version]
+        else:
+            targets = [locking.LockTarget(version, on) for version in python_version or [current.python_version]]
+        for target in targets:
             path = locking.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),
                                         say=lambda m: _print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
@@ -177,13 +175,11 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
 })
 def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"):
     """Add or refresh a platform image when the platform moves on; then re-lock for it."""
-    from .images import write_image
-
     def run() -> None:
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
-        minor = ".".join(python.split(".")[:2])
-        _print(f"warmstart: wrote {path}; now run `invoke lock --recipe NAME --platform-profile {profile} "
-              f"--python-version {minor}` for each recipe, then `invoke lock --check`")
+        recipes = " ".join(sorted(known_recipes(ROOT, None)))
+        _print(f"warmstart: wrote {path}; now make its locks: `for r in {recipes}; do invoke lock --recipe "
+               f"\"$r\" --image {name}; done`, then `invoke lock --check`")
 
     _exit(run_plain(run))
 

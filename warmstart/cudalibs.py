@@ -162,7 +162,7 @@ def platforms_for(target: LockTarget, image: Image | None,
     served = {}
     for name, path in profile_paths(root).items():
         profile = load_profile(path)
-        if profile.image_for(target.python_version) is None:
+        if not profile.images_for(target.python_version):
             served[f"the {name} platform"] = profile.cuda(None)
     return served
 

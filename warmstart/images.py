@@ -158,17 +158,34 @@ def load_image(path: Path) -> Image:
 
 
 def images_of(profile: str, envs: Path) -> dict[str, Image]:
-    """The images of one platform profile, by Python `X.Y`; two for one Python is an error."""
-    found: dict[str, Image] = {}
+    """The images of one platform profile, by name (several may share a Python: Colab's pinned
+    runtimes 2026.04 and 2026.07 are both 3.12)."""
+    found = {}
     for path in sorted((envs / "images").glob("*.toml")):
         image = load_image(path)
-        if image.profile != profile:
-            continue
-        if image.python_minor in found:
-            raise BadInput(f"{path} and {found[image.python_minor].path} are both images of {profile} "
-                           f"for Python {image.python_minor}; remove one")
-        found[image.python_minor] = image
+        if image.profile == profile:
+            found[image.name] = image
     return found
+
+
+def image_named(name: str, envs: Path) -> Image:
+    path = envs / "images" / f"{name}.toml"
+    if not path.is_file():
+        have = ", ".join(sorted(p.stem for p in (envs / "images").glob("*.toml"))) or "none"
+        raise BadInput(f"no image {name!r} in {envs / 'images'} (there are: {have}); add it with `invoke image`")
+    image = load_image(path)
+    if image.name != name:
+        raise BadInput(f"{path}: its name is {image.name!r}; an image file is named after its image")
+    return image
+
+
+def by_likeness(images: list[Image], installed: dict[NormalizedName, str]) -> list[Image]:
+    """Images, the one this VM matches best first: fewest distributions that differ or are
+    absent; of equals, the newer (later) name."""
+    def differing(image: Image) -> int:
+        return sum(1 for name, version in image.shipped.items()
+                   if name not in installed or _normalized(installed[name]) != _normalized(version))
+    return sorted(sorted(images, key=lambda i: i.name, reverse=True), key=differing)
 
 
 def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, source: str,
@@ -197,7 +214,6 @@ def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, 
     for dest, content in ((folder / f"{name}.freeze.txt", text), (path, toml)):
         if not dest.exists() or dest.read_text() != content:
             atomic_write_text(dest, content)
-    images_of(profile, envs)  # two images of one Python: say so now, not at the next lock
     return path
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -33,9 +34,8 @@ from packaging.version import InvalidVersion, Version
 from . import PROJECT_ROOT
 from .config import read_text
 from .errors import BadInput, WarmstartError
-from .images import Image
+from .images import Image, by_likeness, image_named
 from .pipconfig import pip_env, uv_env
-from .profiles import load_profile, profile_paths
 from .recipe import Recipe
 from .target import platform_tag
 from .transfer import atomic_write_text
@@ -176,7 +176,7 @@ UV_PLATFORMS = {
 class LockTarget:
     python_version: str  # "3.12"
     platform: str  # "manylinux_x86_64"
-    flavour: str | None = None  # a platform profile whose image the lock is compiled against
+    image: str | None = None  # the platform image the lock is compiled against (envs/images/NAME.toml)
 
     @property
     def python_tag(self) -> str:
@@ -187,18 +187,19 @@ class LockTarget:
         return cls(f"{sys.version_info.major}.{sys.version_info.minor}", platform_tag())
 
     @classmethod
-    def from_tag(cls, python_tag: str, platform: str, flavour: str | None = None) -> LockTarget:
-        return cls(f"{python_tag[2]}.{python_tag[3:]}", platform, flavour)
+    def from_tag(cls, python_tag: str, platform: str, image: str | None = None) -> LockTarget:
+        return cls(f"{python_tag[2]}.{python_tag[3:]}", platform, image)
 
     def describe(self) -> str:
         return f"Python {self.python_version} on {self.platform}" + (
-            f" for the {self.flavour} image" if self.flavour else "")
+            f" for the image {self.image}" if self.image else "")
 
 
 def lock_path(recipe: Recipe, target: LockTarget) -> Path:
+    """requirements/NAME-py312-manylinux_x86_64.txt, or for an image requirements/IMAGE/NAME-...txt."""
     folder = recipe.requirements_in.parent
-    if target.flavour:
-        folder = folder / target.flavour
+    if target.image:
+        folder = folder / target.image
     return folder / f"{recipe.requirements_in.stem}-{target.python_tag}-{target.platform}.txt"
 
 
@@ -211,25 +212,19 @@ def existing_locks(recipe: Recipe) -> dict[Path, LockTarget]:
     candidates = [*folder.glob(f"{stem}-py*-*.txt"), *folder.glob(f"*/{stem}-py*-*.txt")]
     for path in sorted(candidates):
         if match := pattern.match(path.name):
-            flavour = path.parent.name if path.parent != folder else None
-            found[path] = LockTarget.from_tag(match.group(1), match.group(2), flavour)
+            image = path.parent.name if path.parent != folder else None
+            found[path] = LockTarget.from_tag(match.group(1), match.group(2), image)
     return found
 
 
 def target_image(target: LockTarget, root: Path = PROJECT_ROOT) -> Image | None:
-    """The image a flavoured lock is compiled against (Colab's for that Python)."""
-    if not target.flavour:
+    """The image a lock is compiled against (None: a bare lock)."""
+    if not target.image:
         return None
-    profiles = profile_paths(root)
-    if target.flavour not in profiles:
-        raise BadInput(f"no platform profile {target.flavour!r} in {root / 'envs'}; "
-                       f"known: {', '.join(profiles)}")
-    profile = load_profile(profiles[target.flavour])
-    image = profile.image_for(target.python_version)
-    if image is None:
-        have = ", ".join(f"Python {v}" for v in profile.images()) or "none"
-        raise BadInput(f"the {target.flavour} platform has no image for Python {target.python_version} "
-                       f"in {root / 'envs' / 'images'} (it has: {have}); add one with `invoke image`")
+    image = image_named(target.image, root / "envs")
+    if image.python_minor != target.python_version:
+        raise BadInput(f"the image {image.name} has Python {image.python}, not {target.python_version}; "
+                       f"its locks are for Python {image.python_minor}")
     return image
 
 
@@ -318,12 +313,17 @@ def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | N
     expected = inputs_digest(recipe, target, image)
     if lock.inputs_sha256 != expected:
         changed = " or its platform image" if image else ""
-        flavour = f" --platform-profile {target.flavour}" if target.flavour else ""
         raise BadInput(
             f"{lock.path}: lock is stale, {recipe.requirements_in.name}, the recipe's excludes{changed} "
-            f"changed since it was compiled; run `invoke lock --recipe {recipe.name}{flavour} "
-            f"--python-version {target.python_version}`"
+            f"changed since it was compiled; run `{relock_command(recipe, target)}`"
         )
+
+
+def relock_command(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT) -> str:
+    """The `invoke lock` line that compiles this one lock again."""
+    name = recipe.name if recipe.path.parent == root / "recipes" else str(recipe.path)
+    which = f"--image {target.image}" if target.image else f"--python-version {target.python_version}"
+    return f"invoke lock --recipe {shlex.quote(name)} {which}"
 
 
 def _block_name(block: str) -> NormalizedName | None:
@@ -506,20 +506,29 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
     return path
 
 
-def select_lock(recipe: Recipe, image: Image | None, python_minor: str,
-                platform: str) -> tuple[LockTarget, str | None]:
-    """The lock a VM uses: its platform image's when the profile has one for its Python and the
-    recipe has that lock, else the bare lock (with a warning saying what that costs)."""
+def select_lock(recipe: Recipe, images: list[Image], python_minor: str, platform: str,
+                installed: dict[NormalizedName, str]) -> tuple[LockTarget, Image | None, str | None]:
+    """The lock a VM uses, with its image and a warning: of the platform's images for its Python
+    (several runtimes share one), the one the VM matches best that the recipe has a lock for;
+    without any, the bare lock (with a warning saying what that costs)."""
     bare = LockTarget(python_minor, platform)
-    if image is None:
-        return bare, None
-    flavoured = LockTarget(python_minor, platform, image.profile)
-    if lock_path(recipe, flavoured).exists() or not lock_path(recipe, bare).exists():
-        return flavoured, None
-    return bare, (f"{recipe.name} has no {image.profile} lock for Python {python_minor} "
-                  f"({lock_path(recipe, flavoured).name}); using the bare lock, which may replace "
-                  f"packages the {image.name} image ships; make one with `invoke lock --recipe "
-                  f"{recipe.name} --platform-profile {image.profile} --python-version {python_minor}`")
+    ranked = by_likeness(images, installed)
+    if not ranked:
+        return bare, None, None
+    best = ranked[0]
+    make = f"make one with `{relock_command(recipe, LockTarget(python_minor, platform, best.name))}`"
+    for image in ranked:
+        target = LockTarget(python_minor, platform, image.name)
+        if lock_path(recipe, target).exists():
+            if image is best:
+                return target, image, None
+            return target, image, (f"{recipe.name} has no lock for {best.name}, the image this VM matches "
+                                   f"best; using the one for {image.name}, which may replace more of what the "
+                                   f"VM ships; {make}")
+    if lock_path(recipe, bare).exists():
+        return bare, None, (f"{recipe.name} has no lock for the {best.profile} image {best.name}; using the "
+                            f"bare lock, which may replace packages the image ships; {make}")
+    return LockTarget(python_minor, platform, best.name), best, None  # none at all: the error names it
 
 
 def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_ROOT) -> list[str]:

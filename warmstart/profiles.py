@@ -62,11 +62,11 @@ class Profile:
     cuda_list: str | None = None  # envs/images/<cuda_list>: sonames the system provides
 
     def images(self) -> dict[str, Image]:
-        """This platform's published images, by Python `X.Y` (Colab: 3.13 latest, 3.12 2026.07)."""
+        """This platform's published images, by name (Colab: latest on 3.13; 2026.04 and 2026.07 on 3.12)."""
         return images_of(self.name, self.envs)
 
-    def image_for(self, python_minor: str) -> Image | None:
-        return self.images().get(python_minor)
+    def images_for(self, python_minor: str) -> list[Image]:
+        return [i for i in self.images().values() if i.python_minor == python_minor]
 
     def cuda(self, image: Image | None) -> frozenset[str] | None:
         """The CUDA sonames the system provides (the image's when it names them); None: unknown."""

@@ -70,9 +70,13 @@ def on_colab(environ=os.environ) -> bool:
 
 def tools_lock(environ=os.environ) -> Path:
     name = f"warmstart-{python_tag()}-manylinux_{platform.machine().lower()}.txt"
-    colab = CHECKOUT / "requirements" / "colab" / name
-    if on_colab(environ) and colab.is_file():
-        return colab  # warmstart's tools at Colab's own versions: the same bytes the kernel has
+    if on_colab(environ):
+        # warmstart's tools at Colab's own versions (the same bytes the kernel has): the lock of
+        # the newest Colab image for this Python (requirements/colab-*/; runtimes that share a
+        # Python differ little in what the tools need, and the tools live in their own folder)
+        for folder in sorted((CHECKOUT / "requirements").glob("colab-*"), reverse=True):
+            if (folder / name).is_file():
+                return folder / name
     bare = CHECKOUT / "requirements" / name
     if not bare.is_file():
         raise ToolsError(f"no lock for warmstart's own tools at {bare} (Python {python_tag()}); "
