@@ -376,3 +376,14 @@ def test_drift_says_how_far_the_vm_is_from_the_image_its_lock_was_made_for():
     assert found.as_json()["closure"] == {"numpy": {"image": image.shipped[numpy], "installed": "9.9.9"}}
     same = drift(image, dict(image.shipped), image.python, {numpy})
     assert same.describe() == "this runtime matches colab-2026.07" and same.as_json()["python"] is None
+
+
+def test_keep_runtime_refuses_a_plan_that_replaces_what_the_environment_has():
+    """A version change to what the VM already has is listed in the plan; --keep-runtime refuses
+    it instead, naming each change (exit 3)."""
+    plan = make_plan(facts({"alpha": "0.9"}), ONLINE)
+    assert plan.replaced == {"alpha": ("0.9", "1.0")}
+    assert "  replaces alpha 0.9 with 1.0" in plan.describe()
+    with pytest.raises(PreconditionUnmet, match=r"--keep-runtime, but .* would replace 1 of what .* has: alpha 0.9 -> 1.0"):
+        make_plan(facts({"alpha": "0.9"}), replace(ONLINE, keep_runtime=True))
+    assert make_plan(facts({}), replace(ONLINE, keep_runtime=True)).to_install, "adding is fine"

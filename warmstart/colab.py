@@ -83,7 +83,8 @@ def _with_tools(drive: str | None, offline: bool) -> None:
 def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
               allow_no_gpu: bool = False, allow_unfit_gpu: bool = False, dry_run: bool = False,
               installer: str = "auto", packages_only: bool = False, wait: bool = False,
-              cache: str | None = None, cache_read_only: bool = False, restart: bool = False,
+              cache: str | None = None, cache_read_only: bool = False, keep_runtime: bool = False,
+              restart: bool = False,
               mount_point: str | None = None, root: Path = PROJECT_ROOT) -> dict[str, Any]:
     """Mount Drive if needed, bootstrap `recipe` into this kernel's Python, `cd` to its workdir.
 
@@ -115,9 +116,10 @@ def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
     from .options import Options
     from .report import Report
 
-    options = Options(recipe, drive, sys.executable, offline, allow_no_gpu, allow_unfit_gpu,
-                      dry_run, installer, packages_only, wait, cache, cache_read_only,
-                      kernel_imported=imported_distributions())
+    options = Options(recipe=recipe, drive=drive, python=sys.executable, offline=offline, allow_no_gpu=allow_no_gpu,
+                      allow_unfit_gpu=allow_unfit_gpu, dry_run=dry_run, installer=installer,
+                      packages_only=packages_only, wait=wait, cache=cache, cache_read_only=cache_read_only,
+                      keep_runtime=keep_runtime, kernel_imported=imported_distributions())
 
     def act(report: Report) -> None:
         plan = run_bootstrap(options, root, report)

@@ -72,12 +72,14 @@ def _drive(option: str | None) -> Path:
 @command(help={**Options.flags(), "json": "print the final report as one JSON object on stdout"})
 def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_gpu=False,
               allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False, wait=False,
-              cache=None, cache_read_only=False):
+              cache=None, cache_read_only=False, keep_runtime=False):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
 
     def run(report: Report) -> None:
-        options = Options(recipe, drive, python, offline, allow_no_gpu, allow_unfit_gpu, dry_run, installer,
-                          packages_only, wait or os.environ.get("WARMSTART_WAIT") == "1", cache, cache_read_only)
+        options = Options(recipe=recipe, drive=drive, python=python, offline=offline, allow_no_gpu=allow_no_gpu,
+                          allow_unfit_gpu=allow_unfit_gpu, dry_run=dry_run, installer=installer,
+                          packages_only=packages_only, wait=wait or os.environ.get("WARMSTART_WAIT") == "1",
+                          cache=cache, cache_read_only=cache_read_only, keep_runtime=keep_runtime)
         bootstrapping.bootstrap(options, ROOT, report)
 
     _exit(run_reported(run, recipe or "", as_json=json).exit_code)

@@ -36,6 +36,8 @@ class Options:
                              "fsspec URL, or a shared folder (default: WARMSTART_CACHE)")
     cache_read_only: bool = _opt("read the team cache, never write it (WARMSTART_CACHE_READ_ONLY=1 does the same)",
                                  False)
+    keep_runtime: bool = _opt("refuse, rather than replace, any version of a distribution the environment "
+                              "already has (a runtime's own packages stay exactly as they are)", False)
     # Set by the in-kernel API, not a flag: the distributions whose modules the running kernel has
     # imported. A `!invoke` subprocess cannot know them and uses the platform's preloaded list.
     kernel_imported: frozenset[str] | None = None

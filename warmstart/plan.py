@@ -197,6 +197,13 @@ def make_plan(facts: Facts, options: Options) -> Plan:
         to_download = tuple(p for p in found.wanted if p.name not in cached
                             and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
-    return Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
+    plan = Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
                 to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
                 found, facts.image, tuple(warnings), facts.in_team, facts.patches, facts.drift)
+    if options.keep_runtime and plan.replaced:
+        changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in sorted(plan.replaced.items()))
+        raise PreconditionUnmet(
+            f"--keep-runtime, but {facts.lock.path} would replace {len(plan.replaced)} of what {target.executable} "
+            f"has: {changes}; use a lock made for this runtime (`invoke lock --image NAME`, see `invoke status`), "
+            "or run without --keep-runtime")
+    return plan
