@@ -126,6 +126,7 @@ def build_wheel(dest: Path, name: str, version: str, requires: tuple[str, ...] =
 DEMO_WHEELS = [
     ("alpha", "1.0", ("beta>=1.5", "cpu-only")),
     ("beta", "1.0", ()),
+    ("beta", "1.6", ()),  # a runtime's own beta: alpha accepts it (test_live_lock.py)
     ("beta", "2.0", ()),
     ("cpu-only", "1.0", ()),
     ("gpu-build", "1.0", ()),

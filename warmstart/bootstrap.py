@@ -20,13 +20,13 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, drivework, installer, patches, restart, snapshot
+from . import assets, checks, drivework, installer, livelock, patches, restart, snapshot
 from . import target as target_python
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .execute import Executor
 from .gpu import judge, probe_gpus
-from .images import drift
+from .images import drift, live_image
 from .lock import (
     LockTarget,
     Pin,
@@ -73,9 +73,12 @@ def in_team(store: DriveStore, cached: dict[NormalizedName, str]) -> frozenset[s
     return frozenset(cached.values()) & store.team_only("wheels") if store.team else frozenset()
 
 
-def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveStore]:
+def prepare(options: Options, root: Path, report: Report, *, make_live: bool = False) -> tuple[Facts, DriveStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
-    store they were read from (its listings stay cached for the run)."""
+    store they were read from (its listings stay cached for the run). `make_live`: where this VM
+    has drifted from the image its lock was made for, in the recipe's own closure, and no lock
+    for this runtime is on Drive yet, make one (resolving against the index) and put it there:
+    the one thing this step may write."""
     profile = select_profile(root)
     drive = resolve_drive(options.drive, profile, os.environ)
     report.platform = profile.name
@@ -117,11 +120,28 @@ def prepare(options: Options, root: Path, report: Report) -> tuple[Facts, DriveS
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
+        store = DriveStore(drive, report.cache, report.bars)
+        have = target.installed
+        if image and any(p.name in have and not p.satisfied_by(have[p.name]) for p in lock.pins):
+            # the committed lock would change what this runtime has: a lock made for it instead
+            live = live_image(image, target.installed, target.version)
+            live_target = livelock.target_of(wanted, live)
+            made = livelock.find(store, recipe, live_target, live, lock)
+            how = "made on this runtime, from Drive"
+            if made is None and make_live:
+                try:
+                    made = livelock.make(store, recipe, live_target, live, report.say, root)
+                    how = f"made on this runtime now (the nearest image, {image.name}, differs in its closure)"
+                except WarmstartError as exc:
+                    warnings.append(f"no lock could be made for this runtime ({exc}); the committed one "
+                                    "replaces what the plan lists")
+            if made is not None:
+                lock, image, wanted = made, live, live_target
+                step.detail = f"{livelock.stored_name(recipe, live_target)} ({how}), {len(lock.pins)} pins"
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
-        store = DriveStore(drive, report.cache, report.bars)
         team = team_location(options.cache)
         if team and not options.offline:  # offline runs use what Drive holds
             store.team = report.team = open_team(team, drive=drive, read_only=team_read_only(options.cache_read_only),
@@ -201,7 +221,7 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
 def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     # Read before anything: a refused index setting is bad input, said before anything changes.
     settings = IndexSettings.from_environ()
-    facts, store = prepare(options, root, report)
+    facts, store = prepare(options, root, report, make_live=not options.dry_run and not options.offline)
     if not facts.profile.background_writes:  # nothing outlives this command: write Drive before returning
         options = replace(options, wait=True)
     prefix = facts.target.prefix

@@ -240,6 +240,10 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
             _print(f"{size / 2**20:10.1f} MiB  {owner}"
                    + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
         _print(f"{sum(e.size for e in entries) / 2**20:10.1f} MiB  in all")
+        for entry in entries:
+            if entry.kind == "lock":  # resolved on a VM whose runtime no committed lock fits
+                owners = ", ".join(sorted(entry.owners)) or "no recipe here"
+                _print(f"lock made for a runtime: {entry.path.name} ({owners})")
         if verify:
             maintenance.verify(store, entries)
             for entry in entries:

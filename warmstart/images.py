@@ -115,6 +115,18 @@ def _normalized(version: str) -> str:
         return version
 
 
+def live_image(nearest: Image, installed: dict[NormalizedName, str], python: Version) -> Image:
+    """This VM as an image: what it has installed, on the system of the published image it is
+    nearest to (its CUDA libraries). Its digest names the VM's versions of what that image
+    ships (what the recipe added since does not count), so a lock made against it is found
+    again by this VM and the next one of the same runtime, and by no other."""
+    digest = hashlib.sha256(f"{python}\n{nearest.digest}\n".encode())
+    digest.update("".join(f"{name}=={installed.get(name)}\n" for name in sorted(nearest.shipped)).encode())
+    name = f"live-{digest.hexdigest()[:16]}"
+    return Image(name, nearest.profile, python, dict(installed), nearest.cuda,
+                 f"this VM (nearest published: {nearest.name})", nearest.path, digest.hexdigest())
+
+
 def parse_freeze(text: str) -> dict[NormalizedName, str]:
     """`name==version` lines of a pip freeze; direct references (`name @ url`) name no version."""
     shipped = {}

@@ -472,16 +472,17 @@ def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> s
 
 def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
                  upgrade_packages: tuple[str, ...] = (), say: Callable[[str], None] = print,
-                 root: Path = PROJECT_ROOT) -> Path:
+                 root: Path = PROJECT_ROOT, image: Image | None = None, path: Path | None = None) -> Path:
     """Resolve the recipe for `target`, read the CUDA libraries of the wheels it installs, refuse
-    it when the platform cannot load them, else write it atomically.
+    it when the platform cannot load them, else write it atomically (to `path`, default: the
+    target's place in requirements/). `image`: what to hold, default: the target's image.
 
     pip-tools resolves for the interpreter it runs in, so it serves the current Python; any
     other target goes through uv's cross-target `uv pip compile`."""
-    from . import cudalibs  # needs pyelftools, a lock-time dependency
+    from . import cudalibs  # needs pyelftools, a lock-time dependency (the `lock` extra): said if absent
 
-    path = lock_path(recipe, target)
-    image = target_image(target, root)
+    path = path or lock_path(recipe, target)
+    image = image or target_image(target, root)
     # With --upgrade uv ignores every preference: an image lock re-resolves from the image alone.
     resolver = _Resolver(recipe, target, _seed(path, image, upgrade), upgrade and image is None,
                          upgrade_packages, say)

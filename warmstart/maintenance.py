@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,7 +34,8 @@ class Entry:
         return self.file.size
 
 
-_KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot"}
+_KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot", "locks": "lock"}
+_LIVE_LOCK = re.compile(r"^(.+)-py\d+-[0-9a-f]{16}\.txt$")  # livelock.stored_name
 _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
 
 
@@ -43,7 +45,8 @@ def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
     wheel_refs: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     asset_refs: dict[str, set[str]] = defaultdict(set)
     lock_refs: dict[str, set[str]] = defaultdict(set)
-    for name, path in known_recipes(root, drive).items():
+    known = known_recipes(root, drive)
+    for name, path in known.items():
         recipe = load_recipe(str(path), root)
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)
@@ -61,6 +64,8 @@ def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
         name = stored.path.name
         if entry.kind == "wheel" and (parsed := parse(name)):
             entry.owners, entry.hashes = wheel_refs.get((parsed[0], str(parsed[1])), (set(), set()))
+        elif entry.kind == "lock" and (match := _LIVE_LOCK.match(name)):
+            entry.owners = {match.group(1)} & set(known)  # made for a recipe here: kept while it is
         elif entry.kind == "asset":
             entry.owners, entry.hashes = asset_refs.get(name, set()), {name}
         elif entry.kind == "snapshot" and name.endswith(".json"):
@@ -119,7 +124,7 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
         return now - max(used) > retention_days * 86400
 
     return [e for e in entries
-            if (e.kind in ("wheel", "asset", "snapshot", "index") and not e.owners and idle(e))
+            if (e.kind in ("wheel", "asset", "snapshot", "index", "lock") and not e.owners and idle(e))
             or (e.kind == "unreadable index" and idle(e))
             or e.kind == "set aside"
             or (e.kind == "temporary" and now - e.file.mtime > STALE_SECONDS)]

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 LAYOUT = Path(".warmstart") / "v1"
 RECIPES = Path(".warmstart") / "recipes"
-KINDS = ("wheels", "assets", "snapshots")
+KINDS = ("wheels", "assets", "snapshots", "locks")  # locks: made on a VM for its runtime (livelock.py)
 USAGE = "usage"
 STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
 DAMAGED = ".damaged-"

@@ -1,0 +1,87 @@
+"""Locks made on the VM itself, for a runtime no committed lock was compiled for.
+
+Colab drifts weekly: a VM may differ from every published image in the recipe's own closure
+(numpy a minor newer than the list says). The committed lock would replace what the runtime
+ships there. Instead, while the package index answers, the recipe's `.in` is resolved on the
+spot against what this VM has (its versions preferred wherever the recipe allows them), hashed
+and CUDA-checked like every lock (`lock.compile_lock`), and kept in the Drive store as
+`locks/<recipe>-<pyXY>-<key>.txt`, the key naming the VM's versions of what its nearest image
+ships, the recipe's inputs and the Python: the next wiped VM of the same runtime finds it and
+restores offline. A committed lock is never changed by it; `invoke lock` stays the maintainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import extras
+from .errors import BadInput
+from .images import Image
+from .lock import Lock, LockTarget, check_fresh, compile_lock, parse_lock
+from .recipe import Recipe
+from .store import DriveStore
+from .transfer import atomic_write, own_cache, regular_file
+
+KIND = "locks"
+MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock
+
+
+def target_of(committed: LockTarget, live: Image) -> LockTarget:
+    return LockTarget(committed.python_version, committed.platform, live.name)
+
+
+def stored_name(recipe: Recipe, target: LockTarget) -> str:
+    assert target.image, "a live lock's target names its image"
+    return f"{recipe.name}-{target.python_tag}-{target.image.removeprefix('live-')}.txt"
+
+
+def _local(recipe: Recipe, target: LockTarget) -> Path:
+    folder = own_cache() / "live-locks"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / stored_name(recipe, target)
+
+
+def find(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, committed: Lock) -> Lock | None:
+    """The lock an earlier VM of this runtime made, from Drive (never from a team store), checked
+    before use: a lock as `invoke lock` writes it (its own digest), for this recipe's inputs and
+    this VM's versions, with the committed lock's hashes for every release both name."""
+    name = stored_name(recipe, target)
+    src = store.path(KIND, name)
+    if not regular_file(src):
+        return None
+    local = _local(recipe, target)
+    try:
+        with open(src, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise BadInput(f"larger than {MAX_BYTES // 2**20} MiB")
+        with atomic_write(local) as out:
+            out.write(data)
+        lock = parse_lock(local)
+        check_fresh(lock, recipe, target, live)
+        known = {(p.name, p.version): p.hashes for p in committed.pins}
+        for pin in lock.pins:
+            if (pin.name, pin.version) in known and not pin.hashes <= known[(pin.name, pin.version)]:
+                raise BadInput(f"its hashes for {pin.name}=={pin.version} are not the committed lock's")
+    except (OSError, BadInput) as exc:
+        store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be used: {exc}; set aside")
+        local.unlink(missing_ok=True)
+        try:
+            store.set_aside_named(KIND, name)  # kept for inspection; the next one made takes its place
+        except OSError:
+            pass
+        return None
+    return lock
+
+
+def make(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, say: Callable[[str], None],
+         root: Path) -> Lock:
+    """Resolve it here (the package index, and the `lock` extra to read the wheels' CUDA
+    libraries), put it on Drive for the next VM, and return it."""
+    extras.require("lock", "elftools", "a lock for this runtime")
+    local = _local(recipe, target)
+    local.unlink(missing_ok=True)  # resolved from the VM's versions alone, not seeded by an earlier copy
+    compile_lock(recipe, target, say=say, root=root, image=live, path=local)
+    store.put(KIND, local.name, local)  # a refusal is a warning of the store's: this run goes on
+    return parse_lock(local)
