@@ -70,6 +70,9 @@ def test_a_drifted_runtime_gets_a_lock_of_its_own_kept_on_drive_for_the_next_vm(
     (stored,) = (drive / ".warmstart" / "v1" / "locks").iterdir()
     assert stored.name.startswith("demo-py3") and "beta==1.6" in stored.read_text()
     assert committed.read_bytes() == before, "a committed lock is never changed by a VM"
+    shown = runtime("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python))
+    assert shown.code == 0, shown.stdout + shown.stderr
+    assert f"lock      {stored}" in shown.stdout and "made on this runtime" in shown.stdout, shown.stdout
     listed = runtime("cache", "--drive", str(drive))
     # the demo recipe lies outside the checkout and its Drive folder: no recipe here owns the lock
     assert f"lock made for a runtime: {stored.name} (no recipe here)" in listed.stdout, listed.stdout

@@ -121,7 +121,7 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
         store = DriveStore(drive, report.cache, report.bars)
-        have = target.installed
+        have, live_at = target.installed, None
         if image and any(p.name in have and not p.satisfied_by(have[p.name]) for p in lock.pins):
             # the committed lock would change what this runtime has: a lock made for it instead
             live = live_image(image, target.installed, target.version)
@@ -137,6 +137,7 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
                                     "replaces what the plan lists")
             if made is not None:
                 lock, image, wanted = made, live, live_target
+                live_at = str(store.path(livelock.KIND, livelock.stored_name(recipe, live_target)))
                 step.detail = f"{livelock.stored_name(recipe, live_target)} ({how}), {len(lock.pins)} pins"
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
@@ -171,7 +172,7 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
                              {p.name for p in installing})
     report.facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
                          broken, found, located, snapshot_found, installer.choose(options.installer),
-                         tuple(warnings), whole, in_team(store, cached), tuple(patched), drifted)
+                         tuple(warnings), whole, in_team(store, cached), tuple(patched), drifted, live_at)
     return report.facts, store
 
 

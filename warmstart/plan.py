@@ -47,6 +47,7 @@ class Facts:
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
     patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
     drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
+    live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -76,6 +77,7 @@ class Plan:
     in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
     patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
     drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
+    live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
 
     @property
     def patches_pending(self) -> bool:
@@ -107,7 +109,8 @@ class Plan:
         lines = [
             f"recipe {self.recipe.name} ({self.recipe.path})",
             f"target {self.target.executable} (Python {self.target.version})",
-            f"lock {self.lock.path} ({len(self.lock.pins)} pins)",
+            f"lock {self.live_lock or self.lock.path} ({len(self.lock.pins)} pins"
+            + (", made on this runtime)" if self.live_lock else ")"),
             *([f"image {self.drift.describe()}"] if self.drift else []),
             f"drive {self.drive}, workdir {self.workdir}",
         ]
@@ -199,7 +202,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
 
     plan = Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
                 to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
-                found, facts.image, tuple(warnings), facts.in_team, facts.patches, facts.drift)
+                found, facts.image, tuple(warnings), facts.in_team, facts.patches, facts.drift, facts.live_lock)
     if options.keep_runtime and plan.replaced:
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in sorted(plan.replaced.items()))
         raise PreconditionUnmet(

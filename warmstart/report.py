@@ -85,7 +85,7 @@ class Report:
         if self.gpu:
             out["gpu"] = self.gpu.as_json()
         if plan := self.plan:
-            out.update(drive=str(plan.drive), workdir=str(plan.workdir), lock=str(plan.lock.path),
+            out.update(drive=str(plan.drive), workdir=str(plan.workdir), lock=plan.live_lock or str(plan.lock.path),
                        image=plan.image.name if plan.image else None,
                        provided=dict(sorted(plan.needs.provided.items())),
                        python=str(plan.target.executable), installer=plan.installer,

@@ -44,7 +44,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "gpu_warnings": list(plan.warnings),
         "python": str(plan.target.executable),
         "python_version": str(plan.target.version),
-        "lock": str(plan.lock.path),
+        "lock": plan.live_lock or str(plan.lock.path),
+        "lock_made_here": plan.live_lock is not None,  # made on a VM of this runtime (livelock.py)
         "image": plan.image.describe() if plan.image else None,
         "image_drift": plan.drift.as_json() if plan.drift else None,
         "missing": sorted(n for n in wanted if n not in have),
@@ -93,7 +94,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"platform  {facts['platform']}",
         f"gpu       {gpus}" + "".join(f"\n          ! {w}" for w in facts["gpu_warnings"]),
         f"python    {facts['python']} ({facts['python_version']})",
-        f"lock      {facts['lock']}" + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
+        f"lock      {facts['lock']}" + (" (made on this runtime)" if facts["lock_made_here"] else "")
+        + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
         *([f"image     {facts['image_drift']['summary']}"] if facts["image_drift"] else []),
         f"missing   {', '.join(facts['missing']) or '-'}",
         "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
