@@ -204,6 +204,9 @@ def test_of_two_runtimes_on_one_python_the_vm_gets_the_lock_of_the_one_it_matche
         vm[canonicalize_name("numpy")] = "9.9"  # a VM matches no list exactly; the nearest still wins
         chosen, image, warning = select_lock(recipe, on_312, "3.12", "manylinux_x86_64", vm)
         assert (chosen.image, image.name if image else None, warning) == (name, name, None)
+        # a VM holding only a few of the image's packages (a stand-in) still tells them apart
+        few = {n: images[name].shipped[n] for n in map(canonicalize_name, ("numpy", "opencv-python", "torch"))}
+        assert select_lock(recipe, on_312, "3.12", "manylinux_x86_64", few)[1] == images[name]
 
 
 def test_a_vm_without_its_platform_lock_falls_back_to_the_bare_one_and_says_so(tmp_path):

@@ -192,12 +192,16 @@ def image_named(name: str, envs: Path) -> Image:
 
 
 def by_likeness(images: list[Image], installed: dict[NormalizedName, str]) -> list[Image]:
-    """Images, the one this VM matches best first: fewest distributions that differ or are
-    absent; of equals, the newer (later) name."""
-    def differing(image: Image) -> int:
-        return sum(1 for name, version in image.shipped.items()
-                   if name not in installed or _normalized(installed[name]) != _normalized(version))
-    return sorted(sorted(images, key=lambda i: i.name, reverse=True), key=differing)
+    """Images, the one this VM matches best first: fewest of the VM's distributions the image
+    lacks or has at another version, then fewest of the image's the VM lacks or has otherwise;
+    of equals, the later name (the newer runtime)."""
+    have = {name: _normalized(version) for name, version in installed.items()}
+
+    def unlike(image: Image) -> tuple[int, int]:
+        shipped = {name: _normalized(version) for name, version in image.shipped.items()}
+        return (sum(1 for name, version in have.items() if shipped.get(name) != version),
+                sum(1 for name, version in shipped.items() if have.get(name) != version))
+    return sorted(sorted(images, key=lambda i: i.name, reverse=True), key=unlike)
 
 
 def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, source: str,
