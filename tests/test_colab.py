@@ -76,6 +76,7 @@ def test_in_kernel_mounts_drive_bootstraps_and_moves_the_notebook(demo, tmp_path
     assert out["cwd"] == str(mount / "MyDrive" / "Demo")
     assert out["report"]["installed"] == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
     assert "%cd" not in out["stderr"], "the kernel moved itself; no %cd hint needed"
+    assert out["report"]["drive_writes"] == "written to Drive", "WARMSTART_WAIT=1 (kernel_env) holds here too"
 
 
 def test_in_kernel_does_not_mount_again_when_mounted(demo, tmp_path, kernel_env, kernel_python):
@@ -132,6 +133,7 @@ def test_magic_through_a_real_ipython_shell(demo, tmp_path, kernel_env, kernel_p
     assert mount_calls(tmp_path) == [str(tmp_path / "content" / "drive")]
     assert out["report"]["ok"] is True
     assert out["cwd"] == str(tmp_path / "content" / "drive" / "MyDrive" / "Demo")
+    assert out["report"]["drive_writes"] == "written to Drive", "WARMSTART_WAIT=1 (kernel_env) holds here too"
 
 
 # --- the `!invoke` subprocess path ---------------------------------------------------------

@@ -291,8 +291,8 @@ def test_imported_from_drive_warmstart_writes_no_bytecode_there(tmp_path):
 
 # --- where the cache lives on Colab -------------------------------------------------------------
 
-DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import _drive_option; "
-              "print(_drive_option(sys.argv[2:]))")
+DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import drive_root; "
+              "print(drive_root(sys.argv[2:]))")
 
 
 @pytest.mark.needs_mountns

@@ -73,8 +73,8 @@ def _with_tools(drive: str | None, offline: bool) -> None:
     folder (restored from Drive), appended to sys.path so the kernel's own always win."""
     if all(importlib.util.find_spec(name) for name in _RUNTIME_MODULES):
         return
-    folder = tools.ensure(Path(drive or os.environ.get("WARMSTART_DRIVE") or tools.CHECKOUT.parent)
-                          .expanduser(), offline=offline)
+    # the Drive root as warmstart.sh finds it (on Colab the mounted MyDrive, wherever the checkout is)
+    folder = tools.ensure(tools.drive_root(["--drive", drive] if drive else []), offline=offline)
     site = str(tools.tools_site(folder))
     if site not in sys.path:
         sys.path.append(site)

@@ -78,7 +78,7 @@ def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_g
     def run(report: Report) -> None:
         options = Options(recipe=recipe, drive=drive, python=python, offline=offline, allow_no_gpu=allow_no_gpu,
                           allow_unfit_gpu=allow_unfit_gpu, dry_run=dry_run, installer=installer,
-                          packages_only=packages_only, wait=wait or os.environ.get("WARMSTART_WAIT") == "1",
+                          packages_only=packages_only, wait=wait,
                           cache=cache, cache_read_only=cache_read_only, keep_runtime=keep_runtime)
         bootstrapping.bootstrap(options, ROOT, report)
 

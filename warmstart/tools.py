@@ -206,7 +206,7 @@ COLAB_MOUNT = "/content/drive"  # envs/colab.toml's mount_point and drive
 COLAB_DRIVE = "MyDrive"
 
 
-def _drive_option(args: list[str], environ=os.environ) -> Path:
+def drive_root(args: list[str], environ=os.environ) -> Path:
     """The Drive root: --drive, else WARMSTART_DRIVE; else on Colab always the mounted Drive
     (MyDrive), wherever the checkout lies (a clone in /content is on the VM's disk, which the
     wipe erases); elsewhere the folder holding the checkout."""
@@ -234,7 +234,7 @@ def main(argv: list[str]) -> int:
     recipe, args = argv[0], argv[1:]
     try:
         private_cache()  # warmstart's own folder (its tools, logs, jobs): its user's alone
-        drive = _drive_option(args)
+        drive = drive_root(args)
         if problem := not_writable(drive):
             raise ToolsError(problem, code=3)
         folder = ensure(drive, offline="--offline" in args)
