@@ -48,8 +48,9 @@ def test_the_readme_newcomer_commands_work_as_written(tmp_path):
     works = subprocess.run([*NETNS, "--", str(python), "-c", "import onnxruntime, loguru"], capture_output=True,
                            text=True)
     assert works.returncode == 0, works.stderr
-    # The status line it printed, pasted, until the background Drive writes are done.
-    status = restored.stderr.split("being written in the background: `", 1)[1].split("`", 1)[0]
+    # The status line command 1 printed, pasted, until every Drive write (the rerun's too, if the
+    # first worker had not packed the snapshot before the environment was wiped) is done.
+    status = done.stderr.split("being written in the background: `", 1)[1].split("`", 1)[0]
     deadline = time.monotonic() + 300
     while (asked := subprocess.run(["bash", "-c", status], cwd=checkout, env=env, capture_output=True,
                                    text=True)).returncode == 1 and time.monotonic() < deadline:

@@ -223,9 +223,9 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     # Read before anything: a refused index setting is bad input, said before anything changes.
     settings = IndexSettings.from_environ()
     facts, store = prepare(options, root, report, make_live=not options.dry_run and not options.offline)
-    # Drive written before returning: asked (--wait, or WARMSTART_WAIT=1 through every entry point:
-    # the invoke task, the kernel API, the magic, warmstart.sh), or nothing outlives this command
-    if os.environ.get("WARMSTART_WAIT") == "1" or not facts.profile.background_writes:
+    # --wait, or WARMSTART_WAIT=1 through every entry point (the invoke task, the kernel API, the
+    # magic, warmstart.sh; docker/Dockerfile sets it: its containers end with their command)
+    if os.environ.get("WARMSTART_WAIT") == "1":
         options = replace(options, wait=True)
     prefix = facts.target.prefix
     # Before the target changes (a snapshot must be of the environment it describes), and before

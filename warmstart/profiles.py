@@ -23,8 +23,6 @@ PROFILE_SCHEMA: Schema = {
     "mount_point": Field("str"),
     "create_drive": Field("bool", default=False),
     "notebook": Field("bool", default=False),
-    # false where nothing outlives the command (a container): Drive is written before it returns
-    "background_writes": Field("bool", default=True),
     "workspace": Field("str", default="~"),
     "missing_drive_hint": Field("str", default="create the folder or pass --drive DIR"),
     "preloaded": Field("str-list", default=[]),
@@ -51,7 +49,6 @@ class Profile:
     mount_point: Path | None  # Drive counts as present only while this is mounted
     create_drive: bool  # a local stand-in folder may be created
     notebook: bool  # commands run from notebook cells (`!invoke ...`)
-    background_writes: bool  # a worker may write Drive after the command returns
     workspace: Path
     missing_drive_hint: str
     preloaded: tuple[str, ...]  # distributions a fresh kernel has already imported
@@ -99,7 +96,6 @@ def load_profile(path: Path) -> Profile:
         mount_point=Path(data["mount_point"]) if data["mount_point"] else None,
         create_drive=data["create_drive"],
         notebook=data["notebook"],
-        background_writes=data["background_writes"],
         workspace=Path(data["workspace"]).expanduser(),
         missing_drive_hint=data["missing_drive_hint"],
         preloaded=tuple(data["preloaded"]),
