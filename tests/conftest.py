@@ -387,15 +387,15 @@ def pyenv_python(minor: str) -> Path | None:
 
 # --- the Colab stand-in: Colab's published package lists, the pyenv interpreter of its Python ---
 
-from warmstart.images import images_of
+from warmstart.images import Image, images_of
 from warmstart.pipconfig import uv_env
 from warmstart.uv import find_uv
 
 # The stand-ins, one per Python Colab offers: latest (3.13) and the pinned 2026.07 (3.12). The other
 # 3.12 runtime, 2026.04, is told apart from 2026.07 by what a VM has (test_platform_locks.py).
+ALL_COLAB_IMAGES = images_of("colab", REPO / "envs")  # by name
 STANDIN_IMAGES = ("colab-latest", "colab-2026.07")
-COLAB_IMAGES = {image.python_minor: image for name, image in images_of("colab", REPO / "envs").items()
-                if name in STANDIN_IMAGES}
+COLAB_IMAGES = {image.python_minor: image for name, image in ALL_COLAB_IMAGES.items() if name in STANDIN_IMAGES}
 # Image packages that depend on the recipes' closures, installed at the image's versions too.
 DEPENDENTS = ("pandas", "google-api-core", "requests-oauthlib", "opencv-python")
 
@@ -413,9 +413,9 @@ def colab_vm(tmp_path: Path, minor: str, with_pip: bool = False) -> Path:
     return venv / "bin" / "python"
 
 
-def install_image_versions(python: Path, names: set[str], minor: str, tmp_path: Path) -> None:
+def install_image_versions(python: Path, names: set[str], image: Image, tmp_path: Path) -> None:
     """The image's versions of `names`, and what they need, at the image's versions too."""
-    shipped = COLAB_IMAGES[minor].shipped
+    shipped = image.shipped
     wanted = tmp_path / "image-wanted.txt"
     wanted.write_text("".join(f"{n}=={shipped[n]}\n" for n in sorted(names)))
     constraints = tmp_path / "image-constraints.txt"

@@ -64,7 +64,7 @@ def make_vm(root: Path, minor: str) -> tuple[Path, dict[str, str]]:
     for recipe in ("hyperlpr", "warmstart"):
         lock = parse_lock(REPO / "requirements" / COLAB_IMAGES[minor].name / f"{recipe}-{tag}-manylinux_x86_64.txt")
         names |= {p.name for p in lock.pins if p.name in COLAB_IMAGES[minor].shipped}
-    install_image_versions(python, names | {"opencv-python"}, minor, root)
+    install_image_versions(python, names | {"opencv-python"}, COLAB_IMAGES[minor], root)
     for folder in ("home", "content", "bin"):
         (root / folder).mkdir()
     (root / "bin" / "uv").symlink_to(find_uv())

@@ -18,12 +18,28 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import (
+    ALL_COLAB_IMAGES,
+    CACHE_HOME,
+    DEPENDENTS,
+    MOUNTNS,
+    REPO,
+    Result,
+    cli_env,
+    colab_vm,
+    install_image_versions,
+    installed,
+    needs_netns,
+    run_cli,
+)
 from conftest import COLAB_IMAGES as IMAGES
-from conftest import DEPENDENTS, MOUNTNS, REPO, Result, cli_env, colab_vm, install_image_versions, installed
 from packaging.utils import canonicalize_name
 
 from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
+from warmstart.images import Image
 from warmstart.lock import parse_lock
+from warmstart.pipconfig import uv_env
+from warmstart.uv import find_uv
 
 
 def pip_check(python: Path) -> set[str]:
@@ -62,13 +78,26 @@ def cuda_needs_and_provides(python: Path) -> tuple[set[str], set[str]]:
     return needs, provides
 
 
+def standin(tmp_path: Path, image: Image, lock: Path) -> Path:
+    """A stand-in VM of `image`: its Python, and the image's versions of the lock's closure and of
+    the image packages that depend on it."""
+    python = colab_vm(tmp_path, image.python_minor)
+    closure = {p.name for p in parse_lock(lock).pins if p.name in image.shipped}
+    install_image_versions(python, closure | set(DEPENDENTS), image, tmp_path)
+    return python
+
+
+def hyperlpr_lock(image: Image) -> Path:
+    return REPO / "requirements" / image.name / f"hyperlpr-py{image.python_minor.replace('.', '')}-manylinux_x86_64.txt"
+
+
 @pytest.mark.registry
-@pytest.mark.parametrize("minor", sorted(IMAGES))
-def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
-    python = colab_vm(tmp_path, minor)
-    lock = parse_lock(REPO / "requirements" / IMAGES[minor].name / f"hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
-    closure = {p.name for p in lock.pins if p.name in IMAGES[minor].shipped}
-    install_image_versions(python, closure | set(DEPENDENTS), minor, tmp_path)
+@pytest.mark.parametrize("name", sorted(ALL_COLAB_IMAGES))
+def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(name, tmp_path):
+    """One stand-in per shipped image (2026.04 and 2026.07 share Python 3.12: the VM's packages
+    tell which it is)."""
+    image = ALL_COLAB_IMAGES[name]
+    python = standin(tmp_path, image, hyperlpr_lock(image))
     before, broken_before = canonical(installed(python)), pip_check(python)
 
     result = on_colab(tmp_path, "bootstrap", "--recipe", "hyperlpr", "--python", str(python),
@@ -76,17 +105,17 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
 
     assert result.code == 0, result.stderr
     report = result.report
-    assert report["lock"].endswith(f"requirements/{IMAGES[minor].name}/hyperlpr-py{minor.replace('.', '')}-manylinux_x86_64.txt")
-    assert report["image"] == IMAGES[minor].name
+    assert report["lock"] == str(hyperlpr_lock(image))
+    assert report["image"] == image.name
     # The stand-in holds the image's versions of the recipe's closure, not the whole image, and
     # its pyenv Python is not the image's patch level: said before anything was installed.
     drifted = report["image_drift"]
-    assert drifted["closure"] == {} and drifted["image"] == IMAGES[minor].name
+    assert drifted["closure"] == {} and drifted["image"] == image.name
     vm_python = subprocess.run([str(python), "-c", "import platform; print(platform.python_version())"],
                                capture_output=True, text=True, check=True).stdout.strip()
-    assert drifted["python"] == (None if vm_python == str(IMAGES[minor].python)
-                                 else {"image": str(IMAGES[minor].python), "installed": vm_python})
-    assert f"image this runtime differs from {IMAGES[minor].name} in " in result.stderr
+    assert drifted["python"] == (None if vm_python == str(image.python)
+                                 else {"image": str(image.python), "installed": vm_python})
+    assert f"image this runtime differs from {image.name} in " in result.stderr
     after = canonical(installed(python))
     assert {n: v for n, v in before.items() if after.get(n) != v} == {}, "the image's versions stay"
     assert set(after) - set(before) == {"hyperlpr3", "loguru", "onnxruntime-gpu"}
@@ -96,7 +125,58 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(minor, tmp_path):
     assert all("requires onnxruntime," in line for line in new_conflicts), new_conflicts
     needs, provides = cuda_needs_and_provides(python)
     assert "libcudart.so.12" in needs, "onnxruntime-gpu's CUDA provider was read"
-    assert needs - provides <= IMAGES[minor].cuda, "every CUDA library it needs is on the image"
+    assert needs - provides <= image.cuda, "every CUDA library it needs is on the image"
+
+
+def drifted_standin(tmp_path: Path, image: Image) -> Path:
+    """A 2026.07 VM drifted by hand: packaging a minor newer than the list says, tqdm missing,
+    and click a local-version build (a dist-info only: nothing here imports it)."""
+    python = standin(tmp_path, image, hyperlpr_lock(image))
+    env = uv_env() | {"UV_CACHE_DIR": str(Path(CACHE_HOME) / "uv")}
+    env.pop("PIP_INDEX_URL", None)
+    uv = str(find_uv())
+    subprocess.run([uv, "pip", "install", "--quiet", "--python", str(python), "packaging==26.4"], check=True, env=env)
+    subprocess.run([uv, "pip", "uninstall", "--quiet", "--python", str(python), "tqdm", "click"], check=True, env=env)
+    fake_image_build(python, "click", f"{image.shipped['click']}+local")
+    return python
+
+
+@pytest.mark.registry
+@needs_netns
+def test_a_drifted_runtime_gets_a_lock_of_its_own_and_a_wiped_vm_restores_with_it_offline(tmp_path):
+    image = ALL_COLAB_IMAGES["colab-2026.07"]
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    python = drifted_standin(tmp_path / "vm1", image)
+    before, broken_before = canonical(installed(python)), pip_check(python)
+    flags = ["--recipe", "hyperlpr", "--drive", str(drive), "--allow-no-gpu", "--packages-only", "--json"]
+
+    first = run_cli("bootstrap", *flags, "--python", str(python), env=cli_env(WARMSTART_PLATFORM="colab"))
+
+    assert first.code == 0, first.stderr
+    report = first.report
+    drift = report["image_drift"]["closure"]
+    assert drift["packaging"] == {"image": "26.2", "installed": "26.4"} and drift["tqdm"]["installed"] is None
+    lock_step = next(s for s in report["steps"] if s["name"] == "lock")
+    assert "made on this runtime now" in lock_step["detail"], lock_step
+    print(f"a lock for this runtime, hyperlpr: {lock_step['seconds']:.1f} s")
+    after = canonical(installed(python))
+    assert report["replaced"] == {} and report["restart_needed"] == [], "nothing the VM had was replaced"
+    assert {n: v for n, v in before.items() if after.get(n) != v} == {}
+    assert set(after) - set(before) == {"hyperlpr3", "loguru", "onnxruntime-gpu", "tqdm"}
+    new_conflicts = pip_check(python) - broken_before
+    assert all("requires onnxruntime," in line for line in new_conflicts), new_conflicts
+    assert parse_lock(hyperlpr_lock(image)).pins, "the committed lock is as it was"
+    (made,) = (drive / ".warmstart" / "v1" / "locks").iterdir()
+
+    # A wiped VM of the same runtime, the network cut: it finds that lock on Drive.
+    python2 = drifted_standin(tmp_path / "vm2", image)
+    second = run_cli("bootstrap", *flags, "--python", str(python2), "--offline", "--keep-runtime",
+                     env=cli_env(WARMSTART_PLATFORM="colab"), offline_net=True)
+
+    assert second.code == 0, second.stderr
+    assert second.report["lock"] == str(made) and second.report["replaced"] == {}
+    assert canonical(installed(python2))["packaging"] == "26.4"
 
 
 def fake_image_build(python: Path, name: str, version: str) -> None:

@@ -5,9 +5,11 @@ The Colab stand-in and real ELF files are in test_colab_image.py and test_cuda_c
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import bootstrap, cli_env, make_venv
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -234,3 +236,14 @@ def test_without_a_colab_lock_the_bare_one_is_used_with_the_command_to_make_it(t
     assert chosen.image is None and image is None
     assert "hyperlpr has no lock for the colab image colab-latest" in warning
     assert f"invoke lock --recipe {tmp_path / 'recipes' / 'hyperlpr.toml'} --image colab-latest" in warning
+
+
+def test_a_python_no_published_image_has_takes_the_bare_lock_and_says_why(demo, drive, tmp_path, index):
+    """Colab's 2025.07 runtime is Python 3.11, for which no image is shipped here."""
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--dry-run",
+                       env=cli_env(index.url, WARMSTART_PLATFORM="colab"))
+
+    assert result.code == 0, result.stderr
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"warning: the colab platform has no published image for Python {minor} (it has: colab-2026.04 " \
+           "(3.12), colab-2026.07 (3.12), colab-latest (3.13)); the bare lock may replace" in result.stderr

@@ -108,10 +108,15 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
     with report.step("lock") as step:
         python_minor = f"{target.version.major}.{target.version.minor}"
         # several runtimes may share a Python (Colab's 2026.04 and 2026.07): the VM's own packages tell
-        wanted, image, fallback = select_lock(recipe, profile.images_for(python_minor), python_minor,
-                                              target_python.platform_tag(), target.installed)
+        candidates = profile.images_for(python_minor)
+        wanted, image, fallback = select_lock(recipe, candidates, python_minor, target_python.platform_tag(),
+                                              target.installed)
         if fallback:
             warnings.append(fallback)
+        elif not candidates and (published := profile.images()):
+            listed = ", ".join(f"{i.name} ({i.python_minor})" for i in published.values())
+            warnings.append(f"the {profile.name} platform has no published image for Python {python_minor} "
+                            f"(it has: {listed}); the bare lock may replace packages this runtime ships")
         path = lock_path(recipe, wanted)
         if not path.exists():
             raise PreconditionUnmet(_no_lock(recipe, wanted))
