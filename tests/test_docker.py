@@ -65,8 +65,10 @@ def image(request) -> str:
     python = pyenv_python(minor)
     if python is None:
         skip_or_fail(f"no pyenv Python {minor} to make the image's system python3 from")
-    tag = f"localhost/warmstart-test:py{minor.replace('.', '')}"
-    base = f"localhost/warmstart-test-base:py{minor.replace('.', '')}"
+    # this run's own names: a run beside it (another checkout's CI) builds and removes its own
+    run = SCRATCH.name.rsplit("-", 1)[-1].lower().replace("_", "")
+    tag = f"localhost/warmstart-test-{run}:py{minor.replace('.', '')}"
+    base = f"localhost/warmstart-test-base-{run}:py{minor.replace('.', '')}"
     built = subprocess.run(["bash", "docker/debian-base.sh", str(python), base, str(SCRATCH / "debian-base")],
                            cwd=REPO, env=dict(os.environ, UV=str(find_uv())), capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-3000:]
@@ -74,7 +76,7 @@ def image(request) -> str:
     copy_checkout(context)
     hyperlpr_variant(context)
     fmt = ["--format", "docker"] if ENGINE == "podman" else []  # SHELL is a Docker-format instruction
-    done = subprocess.run([ENGINE, "build", "--quiet", *fmt, "-f", "docker/Dockerfile", "--build-arg",
+    done = subprocess.run([ENGINE, "build", "--quiet", "--pull", "never", *fmt, "-f", "docker/Dockerfile", "--build-arg",
                            f"BASE_IMAGE={base}", "--build-arg", "PYTHON_FROM=base", "--build-arg",
                            f"PYTHON_VERSION={minor}", "-t", tag, "."], cwd=context, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -86,7 +88,7 @@ def container(image: str, drive: Path, *args: str, network: str = "default", ent
               drive_mode: str = "rw", user: str | None = None, env: dict[str, str] | None = None):
     """`ENGINE run --rm` with Drive at /drive. network: "default" (the engine's, reaching the package
     index through this host's CA bundle), "host" (127.0.0.1 too: the asset mirror) or "none"."""
-    cmd = [ENGINE, "run", "--rm", *RUN_FLAGS, *GPU, "-v", f"{drive}:/drive:{drive_mode}"]
+    cmd = [ENGINE, "run", "--rm", "--pull", "never", *RUN_FLAGS, *GPU, "-v", f"{drive}:/drive:{drive_mode}"]
     if network != "none":
         cmd += ["-v", f"{CA_BUNDLE}:/etc/ssl/certs/host-ca.crt:ro", "-e", "SSL_CERT_FILE=/etc/ssl/certs/host-ca.crt",
                 "-e", "PIP_CERT=/etc/ssl/certs/host-ca.crt"]

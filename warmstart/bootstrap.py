@@ -26,7 +26,7 @@ from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .execute import Executor
 from .gpu import judge, probe_gpus
-from .images import drift, live_image
+from .images import drift
 from .lock import (
     LockTarget,
     Pin,
@@ -126,24 +126,11 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
         store = DriveStore(drive, report.cache, report.bars)
-        have, live_at = target.installed, None
-        if image and any(p.name in have and not p.satisfied_by(have[p.name]) for p in lock.pins):
-            # the committed lock would change what this runtime has: a lock made for it instead
-            live = live_image(image, target.installed, target.version)
-            live_target = livelock.target_of(wanted, live)
-            made = livelock.find(store, recipe, live_target, live, lock)
-            how = "made on this runtime, from Drive"
-            if made is None and make_live:
-                try:
-                    made = livelock.make(store, recipe, live_target, live, report.say, root)
-                    how = f"made on this runtime now (the nearest image, {image.name}, differs in its closure)"
-                except WarmstartError as exc:
-                    warnings.append(f"no lock could be made for this runtime ({exc}); the committed one "
-                                    "replaces what the plan lists")
-            if made is not None:
-                lock, image, wanted = made, live, live_target
-                live_at = str(store.path(livelock.KIND, livelock.stored_name(recipe, live_target)))
-                step.detail = f"{livelock.stored_name(recipe, live_target)} ({how}), {len(lock.pins)} pins"
+        live_at = None
+        if image and (own := livelock.for_runtime(store, recipe, wanted, lock, image, target, make=make_live,
+                                                  say=report.say, root=root, warnings=warnings)):
+            lock, image, wanted, live_at = own.lock, own.image, own.target, own.at
+            step.detail = f"{Path(own.at).name} ({own.how}), {len(lock.pins)} pins"
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"

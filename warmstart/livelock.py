@@ -13,22 +13,52 @@ restores offline. A committed lock is never changed by it; `invoke lock` stays t
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import extras
-from .errors import BadInput
-from .images import Image
+from .errors import BadInput, WarmstartError
+from .images import Image, live_image
 from .lock import Lock, LockTarget, check_fresh, compile_lock, parse_lock
 from .recipe import Recipe
 from .store import DriveStore
+from .target import TargetPython
 from .transfer import atomic_write, own_cache, regular_file
 
 KIND = "locks"
 MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock
 
 
-def target_of(committed: LockTarget, live: Image) -> LockTarget:
-    return LockTarget(committed.python_version, committed.platform, live.name)
+@dataclass(frozen=True)
+class OwnLock:
+    lock: Lock
+    image: Image  # this VM, as the image the lock was made against
+    target: LockTarget
+    at: str  # where it lies on Drive
+    how: str  # "made on this runtime now" / "..., from Drive"
+
+
+def for_runtime(store: DriveStore, recipe: Recipe, wanted: LockTarget, committed: Lock, image: Image,
+                vm: TargetPython, *, make: bool, say: Callable[[str], None], root: Path,
+                warnings: list[str]) -> OwnLock | None:
+    """The lock this runtime gets instead of the committed one, which would change what the VM
+    has: from Drive, else (`make`: a real run, online) made now; None: the committed one serves."""
+    have = vm.installed
+    if not any(p.name in have and not p.satisfied_by(have[p.name]) for p in committed.pins):
+        return None
+    live = live_image(image, have, vm.version)
+    target = LockTarget(wanted.python_version, wanted.platform, live.name)
+    lock, how = find(store, recipe, target, live, committed), "made on this runtime, from Drive"
+    if lock is None and make:
+        try:
+            lock = _make(store, recipe, target, live, say, root)
+            how = f"made on this runtime now (the nearest image, {image.name}, differs in its closure)"
+        except WarmstartError as exc:
+            warnings.append(f"no lock could be made for this runtime ({exc}); the committed one replaces "
+                            "what the plan lists")
+    if lock is None:
+        return None
+    return OwnLock(lock, live, target, str(store.path(KIND, stored_name(recipe, target))), how)
 
 
 def stored_name(recipe: Recipe, target: LockTarget) -> str:
@@ -75,7 +105,7 @@ def find(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, com
     return lock
 
 
-def make(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, say: Callable[[str], None],
+def _make(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, say: Callable[[str], None],
          root: Path) -> Lock:
     """Resolve it here (the package index, and the `lock` extra to read the wheels' CUDA
     libraries), put it on Drive for the next VM, and return it."""
