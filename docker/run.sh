@@ -42,7 +42,7 @@ no_gpu=()
 if [ ${#gpu_flags[@]} -eq 0 ]; then
     no_gpu=(--allow-no-gpu)
 fi
-run=("$engine" run --rm --pull never "${run_flags[@]}" "${gpu_flags[@]}" -v "$drive:/drive")
+run=("$engine" run --rm --pull=never "${run_flags[@]}" "${gpu_flags[@]}" -v "$drive:/drive")
 
 echo "== cold bootstrap (network on, empty cache in $drive)"
 "${run[@]}" "${net[@]}" "$image" "$recipe" "${no_gpu[@]}" "${flags[@]}" --json

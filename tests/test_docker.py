@@ -76,7 +76,7 @@ def image(request) -> str:
     copy_checkout(context)
     hyperlpr_variant(context)
     fmt = ["--format", "docker"] if ENGINE == "podman" else []  # SHELL is a Docker-format instruction
-    done = subprocess.run([ENGINE, "build", "--quiet", "--pull", "never", *fmt, "-f", "docker/Dockerfile", "--build-arg",
+    done = subprocess.run([ENGINE, "build", "--quiet", "--pull=never", *fmt, "-f", "docker/Dockerfile", "--build-arg",
                            f"BASE_IMAGE={base}", "--build-arg", "PYTHON_FROM=base", "--build-arg",
                            f"PYTHON_VERSION={minor}", "-t", tag, "."], cwd=context, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -88,7 +88,7 @@ def container(image: str, drive: Path, *args: str, network: str = "default", ent
               drive_mode: str = "rw", user: str | None = None, env: dict[str, str] | None = None):
     """`ENGINE run --rm` with Drive at /drive. network: "default" (the engine's, reaching the package
     index through this host's CA bundle), "host" (127.0.0.1 too: the asset mirror) or "none"."""
-    cmd = [ENGINE, "run", "--rm", "--pull", "never", *RUN_FLAGS, *GPU, "-v", f"{drive}:/drive:{drive_mode}"]
+    cmd = [ENGINE, "run", "--rm", "--pull=never", *RUN_FLAGS, *GPU, "-v", f"{drive}:/drive:{drive_mode}"]
     if network != "none":
         cmd += ["-v", f"{CA_BUNDLE}:/etc/ssl/certs/host-ca.crt:ro", "-e", "SSL_CERT_FILE=/etc/ssl/certs/host-ca.crt",
                 "-e", "PIP_CERT=/etc/ssl/certs/host-ca.crt"]
