@@ -144,6 +144,7 @@ def test_an_offline_run_waits_for_a_worker_still_fetching_from_the_index(demo, d
     assert "waiting for the last run's Drive worker" in restored.stderr
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
     assert len(on_drive(drive, "wheels")) == 3
+    wait_for_workers(home)  # no job folder left, not even one a late lock would make again
 
 
 def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_shut_down(demo, drive, tmp_path, index):

@@ -197,8 +197,25 @@ def pending(prefix: Path) -> Pending | None:
     return Pending(left, total, snapshot, running, failed)
 
 
+def _job_lock(folder: Path) -> FileLock | None:
+    """The job's lock, or None when the job is done and its folder gone. (filelock makes a
+    lock file's missing folder: a finished job's would come back holding a lone lock file.)"""
+    return FileLock(folder / ".lock") if (folder / JOB).is_file() else None
+
+
+def _tidy(folder: Path) -> None:
+    """Remove a finished job's folder that a lock taken just as it went made again."""
+    try:
+        if not (folder / JOB).exists() and {p.name for p in folder.iterdir()} <= {".lock"}:
+            shutil.rmtree(folder, ignore_errors=True)
+    except OSError:
+        pass  # gone already
+
+
 def _running(folder: Path) -> bool:
-    lock = FileLock(folder / ".lock")
+    lock = _job_lock(folder)
+    if lock is None:
+        return False
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -206,6 +223,7 @@ def _running(folder: Path) -> bool:
     except FileNotFoundError:
         return False  # finished and removed just now
     lock.release()
+    _tidy(folder)
     return False
 
 
@@ -247,45 +265,56 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
     come from the index stay queued, and so does the job."""
-    from . import snapshot as snapshots
-    from . import target as target_python
-    from .lock import Pin
-
+    lock = _job_lock(folder)
+    if lock is None:
+        return  # finished by the worker, its folder removed
     try:
-        held = FileLock(folder / ".lock").acquire()
+        held = lock.acquire()
     except FileNotFoundError:
         return  # the worker finished it and removed the folder while this waited
     with held:  # released once, at the end
         try:
             job = json.loads((folder / JOB).read_text())
         except (OSError, ValueError):
-            return  # finished by another, or never handed off
-        (folder / FAILED).unlink(missing_ok=True)
-        wanted = job.get("download")
-        if wanted and not offline:
-            _download(folder, wanted, job["tags"], store)
-        files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
-        total = sum(f.stat().st_size for f in files)
-        with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
-            for path in files:
-                if not store.put(path.parent.name, path.name, path, bar):
-                    raise OSError(store.warnings[-1])
-                path.unlink()
-        if spec := job.get("snapshot"):
-            pins = tuple(Pin(canonicalize_name(n), v, frozenset()) for n, v in spec["pins"])
-            try:  # only of the environment the run left: not one wiped, made again or changed since
-                target = target_python.probe(spec["python"])
-                if all(p.satisfied_by(target.installed.get(p.name)) for p in pins):
-                    snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins,
-                                   {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
-            except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
-                print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
-            if wanted and offline:
-                job["snapshot"] = None
-                write_private(folder / JOB, json.dumps(job))
-        store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
-        if not (wanted and offline):
-            shutil.rmtree(folder, ignore_errors=True)
+            job = None  # finished by another while this waited
+        if job is not None:
+            _finish(folder, job, store, offline)
+    if job is None:
+        _tidy(folder)
+
+
+def _finish(folder: Path, job: dict[str, Any], store: DriveStore, offline: bool) -> None:
+    """finish's work, under the job's lock."""
+    from . import snapshot as snapshots
+    from . import target as target_python
+    from .lock import Pin
+
+    (folder / FAILED).unlink(missing_ok=True)
+    wanted = job.get("download")
+    if wanted and not offline:
+        _download(folder, wanted, job["tags"], store)
+    files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
+    total = sum(f.stat().st_size for f in files)
+    with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
+        for path in files:
+            if not store.put(path.parent.name, path.name, path, bar):
+                raise OSError(store.warnings[-1])
+            path.unlink()
+    if spec := job.get("snapshot"):
+        pins = tuple(Pin(canonicalize_name(n), v, frozenset()) for n, v in spec["pins"])
+        try:  # only of the environment the run left: not one wiped, made again or changed since
+            target = target_python.probe(spec["python"])
+            if all(p.satisfied_by(target.installed.get(p.name)) for p in pins):
+                snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins,
+                               {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
+        except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
+            print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
+        if wanted and offline:
+            job["snapshot"] = None
+            write_private(folder / JOB, json.dumps(job))
+    store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
+    if not (wanted and offline):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: DriveStore) -> None:
