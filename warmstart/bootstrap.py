@@ -251,8 +251,8 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
     report.outcome = run.outcome
     run.outcome.warnings.extend(plan.warnings)
-    run.warn(unwritable + store.warnings)  # the team cache down or refusing: said once, before the work
-    store.warnings.clear()
+    run.warn(unwritable)
+    run.warn(store.warnings)  # the team cache down or refusing: said once, before the work
     run.outcome.changed = not plan.nothing_to_do
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)

@@ -8,26 +8,29 @@ requirements, read from warmstart's metadata, into the interpreter running warms
 from __future__ import annotations
 
 import importlib
-import re
 import shlex
 import sys
 from importlib import metadata
+
+from packaging.requirements import Requirement
 
 from . import PROJECT_ROOT
 from .config import tomllib
 from .errors import PreconditionUnmet
 
-_EXTRA_MARKER = re.compile(r"""\s*;\s*extra\s*==\s*["']([^"']+)["']\s*$""")
-
 
 def requirements_of(extra: str) -> list[str]:
     """The requirements an extra adds: from the installed metadata, else the checkout's pyproject."""
     try:
-        declared = metadata.requires("warmstart") or []
+        declared = [Requirement(line) for line in metadata.requires("warmstart") or []]
     except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
         declared = []
-    found = [line[:m.start()].replace(" ", "") for line in declared
-             if (m := _EXTRA_MARKER.search(line)) and m.group(1) == extra]
+    found = []
+    for req in declared:
+        # the extra's own: wanted with it, not without it (a python_version marker alone is neither)
+        if req.marker and req.marker.evaluate({"extra": extra}) and not req.marker.evaluate({"extra": ""}):
+            req.marker = None
+            found.append(str(req))
     if found:
         return found
     try:

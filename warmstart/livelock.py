@@ -12,6 +12,7 @@ restores offline. A committed lock is never changed by it; `invoke lock` stays t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 from . import extras
 from .errors import BadInput, WarmstartError
 from .images import Image, live_image
-from .lock import Lock, LockTarget, check_fresh, compile_lock, parse_lock
+from .lock import Lock, LockTarget, check_fresh, compile_lock, needs, parse_lock
 from .recipe import Recipe
 from .store import DriveStore
 from .target import TargetPython
@@ -44,8 +45,8 @@ def for_runtime(store: DriveStore, recipe: Recipe, wanted: LockTarget, committed
     """The lock this runtime gets instead of the committed one, which would change what the VM
     has: from Drive, else (`make`: a real run, online) made now; None: the committed one serves."""
     have = vm.installed
-    if not any(p.name in have and not p.satisfied_by(have[p.name]) for p in committed.pins):
-        return None
+    if not any(p.name in have for p in needs(committed.pins, have).install):
+        return None  # the committed lock only adds to what the VM has
     live = live_image(image, have, vm.version)
     target = LockTarget(wanted.python_version, wanted.platform, live.name)
     lock, how = find(store, recipe, target, live, committed), "made on this runtime, from Drive"
@@ -64,6 +65,14 @@ def for_runtime(store: DriveStore, recipe: Recipe, wanted: LockTarget, committed
 def stored_name(recipe: Recipe, target: LockTarget) -> str:
     assert target.image, "a live lock's target names its image"
     return f"{recipe.name}-{target.python_tag}-{target.image.removeprefix('live-')}.txt"
+
+
+_STORED = re.compile(r"^(.+)-py\d+-[0-9a-f]{16}\.txt$")
+
+
+def recipe_of(stored: str) -> str | None:
+    """The recipe a stored lock's name (stored_name) was made for; None: not such a name."""
+    return match.group(1) if (match := _STORED.match(stored)) else None
 
 
 def _local(recipe: Recipe, target: LockTarget) -> Path:

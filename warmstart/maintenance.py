@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
+from . import livelock
 from .lock import existing_locks, parse_lock
 from .recipe import known_recipes, load_recipe
 from .store import STALE_SECONDS, StoredFile
@@ -35,7 +35,6 @@ class Entry:
 
 
 _KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot", "locks": "lock"}
-_LIVE_LOCK = re.compile(r"^(.+)-py\d+-[0-9a-f]{16}\.txt$")  # livelock.stored_name
 _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
 
 
@@ -64,8 +63,8 @@ def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
         name = stored.path.name
         if entry.kind == "wheel" and (parsed := parse(name)):
             entry.owners, entry.hashes = wheel_refs.get((parsed[0], str(parsed[1])), (set(), set()))
-        elif entry.kind == "lock" and (match := _LIVE_LOCK.match(name)):
-            entry.owners = {match.group(1)} & set(known)  # made for a recipe here: kept while it is
+        elif entry.kind == "lock" and (made_for := livelock.recipe_of(name)):
+            entry.owners = {made_for} & set(known)  # made for a recipe here: kept while it is
         elif entry.kind == "asset":
             entry.owners, entry.hashes = asset_refs.get(name, set()), {name}
         elif entry.kind == "snapshot" and name.endswith(".json"):
