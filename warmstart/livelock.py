@@ -24,7 +24,7 @@ from .lock import Lock, LockTarget, check_fresh, compile_lock, needs, parse_lock
 from .recipe import Recipe
 from .store import DriveStore
 from .target import TargetPython
-from .transfer import atomic_write, own_cache, regular_file
+from .transfer import atomic_write, explain, own_cache, regular_file
 
 KIND = "locks"
 MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock
@@ -103,7 +103,10 @@ def find(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, com
         for pin in lock.pins:
             if (pin.name, pin.version) in known and not pin.hashes <= known[(pin.name, pin.version)]:
                 raise BadInput(f"its hashes for {pin.name}=={pin.version} are not the committed lock's")
-    except (OSError, BadInput) as exc:
+    except OSError as exc:  # Drive slow or gone: not the file's fault, so it stays where it is
+        store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be read: {explain(exc)}")
+        return None
+    except BadInput as exc:
         store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be used: {exc}; set aside")
         local.unlink(missing_ok=True)
         try:
