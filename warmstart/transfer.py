@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import stat
 import uuid
@@ -92,7 +93,8 @@ def not_writable(drive: Path) -> str | None:
         except OSError:
             continue
         return (f"the Drive folder {folder} belongs to uid {owner}, and this user (uid {os.getuid()}) may not "
-                f"write there: run as uid {owner}, or give the folder to this user (chown -R {os.getuid()} on it)")
+                f"write there: run as uid {owner}, or, where that folder is yours to give (the host's, for a "
+                f"container), `sudo chown -R {os.getuid()} {shlex.quote(str(folder))}`")
     return None
 
 
