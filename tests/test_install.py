@@ -5,11 +5,14 @@ folder that has no tasks.py. It must find its recipes, locks and platform profil
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+import packaging
 import pytest
 from conftest import CACHE_HOME
 
@@ -78,3 +81,24 @@ def test_the_wheel_is_ready_to_publish_and_names_extras_that_install(installed, 
     done = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["True True", f"{python} -m pip install 'gcsfs>=2024.6'"]
+
+
+def test_in_an_interpreter_without_pip_the_named_command_still_installs_the_extra(tmp_path):
+    """warmstart's tools on Colab live in a virtualenv without pip: the command a missing extra
+    names uses the notebook's pip (WARMSTART_PYTHON) aimed at it, and works pasted."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "tools")], check=True)
+    tools = tmp_path / "tools" / "bin" / "python"
+    lib = tmp_path / "lib"  # warmstart's one import-time dependency here, without bringing pip along
+    shutil.copytree(Path(packaging.__file__).parent, lib / "packaging")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WARMSTART_", "PIP_"))} | {
+        "PYTHONPATH": f"{PROJECT_ROOT}:{lib}", "WARMSTART_PYTHON": sys.executable, "PIP_CONFIG_FILE": os.devnull}
+    named = subprocess.run([str(tools), "-c", "from warmstart import extras; print(extras.install_command('lock'))"],
+                           env=env, capture_output=True, text=True)
+    assert named.returncode == 0, named.stderr
+    command = named.stdout.strip()
+    assert command == f"{sys.executable} -m pip --python {tools} install 'pyelftools>=0.31'"
+
+    pasted = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True)
+
+    assert pasted.returncode == 0, pasted.stderr
+    assert subprocess.run([str(tools), "-c", "import elftools"], env=env).returncode == 0

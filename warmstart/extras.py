@@ -8,6 +8,8 @@ requirements, read from warmstart's metadata, into the interpreter running warms
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
 import shlex
 import sys
 from importlib import metadata
@@ -43,7 +45,12 @@ def requirements_of(extra: str) -> list[str]:
 def install_command(extra: str) -> str:
     """A command that, pasted into a shell, gives the interpreter running warmstart the extra."""
     wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
-    return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
+    if importlib.util.find_spec("pip"):
+        return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
+    # warmstart's own tools on Colab live in a virtualenv without pip (warmstart.sh fills it with
+    # the notebook's pip): that pip, aimed at this interpreter
+    host = os.environ.get("WARMSTART_PYTHON") or "python3"
+    return shlex.join([host, "-m", "pip", "--python", sys.executable, "install", *wanted])
 
 
 def require(extra: str, module: str, needed_for: str) -> None:
