@@ -105,6 +105,7 @@ def test_offline_without_a_lock_for_the_runtime_says_what_it_replaces_and_keep_r
                       "--offline", "--keep-runtime", "--json", offline_net=True)
     assert refused.code == 3, refused.stderr
     assert "--keep-runtime, but" in refused.report["error"] and "beta 1.6 -> 2.0" in refused.report["error"]
+    assert "run once without --offline (warmstart then makes a lock for this runtime" in refused.report["error"]
     assert installed(python)["beta"] == "1.6"
 
 

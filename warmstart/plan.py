@@ -207,6 +207,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in sorted(plan.replaced.items()))
         raise PreconditionUnmet(
             f"--keep-runtime, but {facts.lock.path} would replace {len(plan.replaced)} of what {target.executable} "
-            f"has: {changes}; use a lock made for this runtime (`invoke lock --image NAME`, see `invoke status`), "
-            "or run without --keep-runtime")
+            f"has: {changes}; " + ("run once without --offline (warmstart then makes a lock for this runtime and "
+                                   "keeps it on Drive), or " if options.offline and facts.image else "run ")
+            + "without --keep-runtime")
     return plan
