@@ -8,9 +8,9 @@ requirements, read from warmstart's metadata, into the interpreter running warms
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 import shlex
+import subprocess
 import sys
 from importlib import metadata
 
@@ -45,7 +45,9 @@ def requirements_of(extra: str) -> list[str]:
 def install_command(extra: str) -> str:
     """A command that, pasted into a shell, gives the interpreter running warmstart the extra."""
     wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
-    if importlib.util.find_spec("pip"):
+    # asked of a fresh interpreter (this one's sys.path may have been changed): only when an
+    # error is said, so the fraction of a second it costs is no one's wait
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0:
         return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
     # warmstart's own tools on Colab live in a virtualenv without pip (warmstart.sh fills it with
     # the notebook's pip): that pip, aimed at this interpreter
