@@ -18,5 +18,5 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # working directory `-m` or `-c` would put there (which may hold another warmstart).
 export PYTHONDONTWRITEBYTECODE=1
 exec "${WARMSTART_PYTHON:-python3}" -c \
-    'import sys; sys.path.insert(0, sys.argv.pop(1)); from warmstart.tools import run; sys.exit(run(sys.argv[1:]))' \
+    'import sys; sys.path.insert(0, sys.argv.pop(1)); from warmstart.tools import main; sys.exit(main(sys.argv[1:]))' \
     "$here" "$@"

@@ -64,7 +64,8 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     assert subprocess.run([str(python1), "-c", "import invoke"], capture_output=True).returncode != 0
     mirror, models = serve_folder(hyperlpr_mirror()) if HAVE_MODELS \
         else ("http://127.0.0.1:9", None)
-    cold = run_script(checkout, env1 | {"WARMSTART_ASSET_MIRROR": mirror})
+    # Drive stands in as a folder: named as a user off Colab names it (on Colab: the mounted MyDrive)
+    cold = run_script(checkout, env1 | {"WARMSTART_ASSET_MIRROR": mirror, "WARMSTART_DRIVE": str(drive)})
     if models:
         models.shutdown()
     assert cold.returncode == 0, cold.stderr
@@ -85,7 +86,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     assert not any(jobs.glob("*/*")), "the background Drive writes finished"
 
     python2, env2 = new_vm(tmp_path / "vm2")
-    warm = run_script(checkout, env2, "--offline", offline_net=True)
+    warm = run_script(checkout, env2 | {"WARMSTART_DRIVE": str(drive)}, "--offline", offline_net=True)
 
     assert warm.returncode == 0, warm.stderr
     assert "restored warmstart's dependencies from" in warm.stderr

@@ -22,10 +22,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
+from warmstart.errors import redact
 from warmstart.snapshot import _unpack_verified
 from warmstart.store import DriveStore
 from warmstart.target import remove_broken
-from warmstart.transfer import redact
 
 
 def site_of(python: Path) -> Path:

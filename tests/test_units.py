@@ -16,14 +16,14 @@ from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
+from warmstart.settings import Options, value_of
 
 from warmstart import PROJECT_ROOT, commands, wheels
-from warmstart.errors import BadInput, PreconditionUnmet
+from warmstart.errors import BadInput, PreconditionUnmet, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
 from warmstart.images import Image, drift, images_of
 from warmstart.lock import Lock, Pin, needs
 from warmstart.maintenance import Entry, prunable
-from warmstart.options import Options, value_of
 from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
 from warmstart.plan import Facts, make_plan
 from warmstart.profiles import load_profile
@@ -31,7 +31,6 @@ from warmstart.recipe import Asset, GpuNeeds, Recipe
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
-from warmstart.transfer import redact
 
 H = {c: c * 64 for c in "abcdef"}
 A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))

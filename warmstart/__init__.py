@@ -35,6 +35,7 @@ def _no_bytecode_on_drive() -> None:
     bytecode would land on Drive, a write per module that outlives the VM. From there, warmstart's
     modules are compiled in memory, and this file's own bytecode, written by this very import, goes."""
     here = Path(__file__).parent
+    # Read here, not through warmstart.settings: importing it first would write its bytecode.
     mount = Path(os.environ.get("WARMSTART_MOUNT_POINT") or "/content/drive")
     if not here.is_relative_to(mount):
         return

@@ -21,13 +21,14 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import faults
+from . import faults, home
 from .download import Downloader, Job, partial_dir
 from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
+from .settings import ASSET_MIRROR
 from .store import DriveStore
-from .transfer import atomic_write_text, own_cache, part_name, read_untrusted_json, regular_file, sha256_of, zstd_open
+from .transfer import atomic_write_text, part_name, read_untrusted_json, regular_file, sha256_of, zstd_open
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
@@ -43,7 +44,7 @@ def state(store: DriveStore, asset: Asset, dest: Path) -> str:
 
 def source_url(asset: Asset, environ: Mapping[str, str] = os.environ) -> str:
     """The asset's URL, or the same file name under WARMSTART_ASSET_MIRROR when that is set."""
-    mirror = environ.get("WARMSTART_ASSET_MIRROR")
+    mirror = ASSET_MIRROR.get(environ)
     return f"{mirror.rstrip('/')}/{asset.name}" if mirror else asset.url
 
 
@@ -60,7 +61,7 @@ class PlacedFiles:
 
     def __init__(self, store: DriveStore, environ: Mapping[str, str] = os.environ) -> None:
         self.store = store
-        self.local = own_cache(environ) / "placed.json"
+        self.local = home.placed(environ)
 
     def _ledger(self, dest: Path) -> Path:
         return self.store.placed_ledger if dest.is_relative_to(self.store.drive) else self.local

@@ -5,7 +5,6 @@ Everything up to the plan touches nothing, which is all `--dry-run` and `status`
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shlex
 import shutil
@@ -20,10 +19,10 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, drivework, installer, livelock, patches, restart, snapshot
+from . import assets, checks, drivework, home, installer, livelock, patches, restart, snapshot
 from . import target as target_python
 from .download import Downloader
-from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .errors import PreconditionUnmet, WarmstartError
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import drift
@@ -38,14 +37,14 @@ from .lock import (
     relock_command,
     select_lock,
 )
-from .options import Options
 from .pipconfig import IndexSettings
 from .plan import Facts, Plan, make_plan, require_python
-from .profiles import require_drive, resolve_drive, select_profile
+from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
+from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .store import DriveStore
-from .team import borrowable, open_team, team_location, team_read_only
+from .team import borrowable, open_team
 from .transfer import explain
 from .wheels import best, by_release
 
@@ -73,21 +72,21 @@ def in_team(store: DriveStore, cached: dict[NormalizedName, str]) -> frozenset[s
     return frozenset(cached.values()) & store.team_only("wheels") if store.team else frozenset()
 
 
-def prepare(options: Options, root: Path, report: Report, *, make_live: bool = False) -> tuple[Facts, DriveStore]:
+def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
+            make_live: bool = False) -> tuple[Facts, DriveStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
     store they were read from (its listings stay cached for the run). `make_live`: where this VM
     has drifted from the image its lock was made for, in the recipe's own closure, and no lock
     for this runtime is on Drive yet, make one (resolving against the index) and put it there:
     the one thing this step may write."""
-    profile = select_profile(root)
-    drive = resolve_drive(options.drive, profile, os.environ)
+    options, drive = settings.options, settings.drive
     report.platform = profile.name
     with report.step("recipe") as step:
         recipe = load_recipe(options.recipe, root, drive)
         report.recipe = recipe.name
         step.detail = str(recipe.path)
     with report.step("python") as step:
-        target = target_python.probe(options.python)
+        target = target_python.probe(settings.python)
         step.detail = f"{target.executable} (Python {target.version})"
         require_python(recipe, target)
     with report.step("gpu") as step:
@@ -135,9 +134,8 @@ def prepare(options: Options, root: Path, report: Report, *, make_live: bool = F
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
-        team = team_location(options.cache)
-        if team and not options.offline:  # offline runs use what Drive holds
-            store.team = report.team = open_team(team, drive=drive, read_only=team_read_only(options.cache_read_only),
+        if settings.team and not options.offline:  # offline runs use what Drive holds
+            store.team = report.team = open_team(settings.team, drive=drive, read_only=settings.team_read_only,
                                                  bars=report.bars, warnings=store.warnings, borrow=borrowable(target))
         cached = cached_wheels(store, lock.pins, target.supported_tags())
         asset_states = {}
@@ -182,47 +180,41 @@ def target_lock(python: str | None) -> FileLock:
     venv/bin/python3 are one environment). The lock file lies in warmstart's own folder, which
     only its user can write, not at a name anybody could plant in the shared /tmp; flock dies
     with its process."""
-    prefix = target_python.real_prefix(python)
-    folder = target_python.state_file("locks", prefix).parent
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(folder, 0o700)
-    return FileLock(folder / f"{hashlib.sha256(str(prefix).encode()).hexdigest()[:16]}.lock")
+    path = home.run_lock(target_python.real_prefix(python))
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    return FileLock(path)
 
 
 def bootstrap(options: Options, root: Path, report: Report) -> Plan:
+    """The entry points' one way in: the options resolved once, here, then one run per target."""
+    profile = select_profile(root)
+    settings = resolve(options, profile)
     if options.dry_run:
-        return _bootstrap(options, root, report)
-    raw = os.environ.get("WARMSTART_LOCK_TIMEOUT", "600")
+        return _bootstrap(settings, profile, root, report)
+    lock = target_lock(settings.python)
     try:
-        timeout = float(raw)
-    except ValueError:
-        raise BadInput(f"WARMSTART_LOCK_TIMEOUT must be a number of seconds, got {raw!r}") from None
-    lock = target_lock(options.python)
-    try:
-        lock.acquire(timeout=timeout)
+        lock.acquire(timeout=settings.lock_timeout)
     except Timeout:
         raise WarmstartError(
-            f"another warmstart run is installing into {target_python.target_executable(options.python)} and held "
-            f"{lock.lock_file} too long; wait for it, or set WARMSTART_LOCK_TIMEOUT"
+            f"another warmstart run is installing into {target_python.target_executable(settings.python)} and held "
+            f"{lock.lock_file} too long; wait for it, or set {LOCK_TIMEOUT.name}"
         ) from None
     try:
-        return _bootstrap(options, root, report)
+        return _bootstrap(settings, profile, root, report)
     finally:
         lock.release()
 
 
-def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
+def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report) -> Plan:
+    options = settings.options
     # Read before anything: a refused index setting is bad input, said before anything changes.
-    settings = IndexSettings.from_environ()
-    facts, store = prepare(options, root, report, make_live=not options.dry_run and not options.offline)
-    # --wait, or WARMSTART_WAIT=1 through every entry point (the invoke task, the kernel API, the
-    # magic, warmstart.sh; docker/Dockerfile sets it: its containers end with their command)
-    if os.environ.get("WARMSTART_WAIT") == "1":
-        options = replace(options, wait=True)
+    index = IndexSettings.from_environ()
+    facts, store = prepare(settings, profile, root, report, make_live=not options.dry_run and not options.offline)
     prefix = facts.target.prefix
     # Before the target changes (a snapshot must be of the environment it describes), and before
     # an offline run looks for what an earlier run is still writing to Drive: finish that first.
-    settling = not options.dry_run and bool(facts.installing or options.wait or options.offline)
+    settling = not options.dry_run and bool(facts.installing or settings.wait or options.offline)
     if settling and drivework.settle(prefix, store, report.say, offline=options.offline):
         facts = look_again(facts, store)
     plan = report.plan = make_plan(facts, options)
@@ -246,9 +238,9 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
             # packages alone need no workdir: a read-only Drive still gets the environment
             step.status = "warning"
             unwritable.append(f"no workdir {plan.workdir}: {explain(exc)}")
-    drivework.resume(prefix, report.say, team_location(options.cache))  # a killed worker starts again
+    drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
     work = drivework.start(prefix, plan.drive, plan.target.executable)
-    run = Executor(plan, store, Downloader(settings, report.bars), report, work, background=not options.wait)
+    run = Executor(plan, store, Downloader(index, report.bars), report, work, background=not settings.wait)
     report.outcome = run.outcome
     run.outcome.warnings.extend(plan.warnings)
     run.warn(unwritable)
@@ -280,7 +272,7 @@ def _bootstrap(options: Options, root: Path, report: Report) -> Plan:
     finally:
         run.report_restart(stale)
         queued = run.work.keys()
-        hand_off(run, options.wait, store, report, status_command(options, plan))
+        hand_off(run, settings.wait, store, report, status_command(options, plan))
         if _use_record_due(plan):
             store.record_use(store_files_used(plan, store) + queued)
     if plan.profile.notebook and options.kernel_imported is None:
@@ -338,7 +330,7 @@ def _use_record_due(plan: Plan, every: float = 86400) -> bool:
     """Each run that changes something records what it used; one that changes nothing refreshes
     the record once a day, not each time: a Drive write per no-op run would cost more than the
     run. A marker on local disk, per target, tells when the last record was written."""
-    marker = target_python.state_file("used", plan.target.prefix)
+    marker = home.state_file("used", plan.target.prefix)
     try:
         recent = time.time() - marker.stat().st_mtime < every
     except OSError:

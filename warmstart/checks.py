@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import redact
+from .home import log_file, state_file
 from .recipe import Check
-from .target import state_file
-from .transfer import atomic_write_text, own_cache, redact, write_private
+from .transfer import atomic_write_text, write_private
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 
@@ -33,7 +34,7 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
     """(what the report keeps, the log file holding all of it when that is more)."""
     if len(output) <= OUTPUT_IN_REPORT:
         return output, ""
-    log = own_cache() / "logs" / f"check-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    log = log_file("check")
     try:
         write_private(log, f"check {check.name!r}\n\n{output}")
     except OSError:

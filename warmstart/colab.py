@@ -16,12 +16,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from . import PROJECT_ROOT, tools
-from .errors import PreconditionUnmet
+from .errors import PreconditionUnmet, failure
+from .profiles import select_profile
+from .settings import MOUNT_POINT, Options, drive_root
+from .transfer import is_mount_point, shown
 
 last_report: dict[str, Any] | None = None  # the most recent bootstrap's report
 
@@ -45,8 +49,6 @@ def imported_distributions() -> frozenset[str]:
 
 def mount_drive(mount_point: Path) -> None:
     """Mount Drive at mount_point unless it is mounted already; never write into it first."""
-    from .transfer import is_mount_point
-
     if is_mount_point(mount_point):
         return
     if mount_point.is_dir() and any(mount_point.iterdir()):
@@ -68,62 +70,52 @@ def restart_runtime() -> None:
 _RUNTIME_MODULES = ("packaging", "filelock", "requests", "tqdm", "pynvml", "zstandard")
 
 
-def _with_tools(drive: str | None, offline: bool) -> None:
+def _with_tools(drive: Path, offline: bool) -> None:
     """warmstart's own dependencies: the kernel's where it has them, else from warmstart's private
     folder (restored from Drive), appended to sys.path so the kernel's own always win."""
     if all(importlib.util.find_spec(name) for name in _RUNTIME_MODULES):
         return
-    # the Drive root as warmstart.sh finds it (on Colab the mounted MyDrive, wherever the checkout is)
-    folder = tools.ensure(tools.drive_root(["--drive", drive] if drive else []), offline=offline)
-    site = str(tools.tools_site(folder))
+    site = str(tools.tools_site(tools.ensure(drive, offline=offline)))
     if site not in sys.path:
         sys.path.append(site)
 
 
-def bootstrap(recipe: str, *, drive: str | None = None, offline: bool = False,
-              allow_no_gpu: bool = False, allow_unfit_gpu: bool = False, dry_run: bool = False,
-              installer: str = "auto", packages_only: bool = False, wait: bool = False,
-              cache: str | None = None, cache_read_only: bool = False, keep_runtime: bool = False,
-              restart: bool = False,
-              mount_point: str | None = None, root: Path = PROJECT_ROOT) -> dict[str, Any]:
+def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = None, root: Path = PROJECT_ROOT,
+              **flags: Any) -> dict[str, Any]:
     """Mount Drive if needed, bootstrap `recipe` into this kernel's Python, `cd` to its workdir.
 
-    Takes every option of `invoke bootstrap` (but --python: the kernel's own, and --json).
-    Returns the report. With restart=True, restarts the runtime when the install replaced a
-    package the kernel had already imported (otherwise it says so and leaves it to you).
-    mount_point: where to mount Drive when not at the platform's usual place (later `!invoke`
-    calls then need `--drive` or WARMSTART_DRIVE too)."""
+    Takes every option of `invoke bootstrap` by name (`drive=`, `offline=True`, ..., see
+    `warmstart.settings.Options`), but --python (the kernel's own) and --json. Returns the report.
+    With restart=True, restarts the runtime when the install replaced a package the kernel had
+    already imported (otherwise it says so and leaves it to you). mount_point: where to mount
+    Drive when not at the platform's usual place (later `!invoke` calls then need `--drive` or
+    WARMSTART_DRIVE too)."""
     global last_report
     try:
-        from .profiles import select_profile  # packaging: every notebook image has it
-
-        profile = select_profile(root)
-        environ = {**os.environ, "WARMSTART_MOUNT_POINT": mount_point} if mount_point else os.environ
+        options = Options(recipe=recipe, python=sys.executable, kernel_imported=imported_distributions(), **flags)
+        environ = {**os.environ, MOUNT_POINT.name: mount_point} if mount_point else os.environ
+        profile = select_profile(root, environ)
         mount = profile.mount(environ)
-        if mount and not drive and not dry_run:
+        if mount and not options.drive and not options.dry_run:
             mount_drive(mount)
-        if mount_point and not drive:
-            drive = str(profile.default_drive(environ))
-        _with_tools(drive, offline)
-    except (PreconditionUnmet, tools.ToolsError, OSError) as exc:
-        code = exc.exit_code if isinstance(exc, PreconditionUnmet) else getattr(exc, "code", 3)
-        print(f"warmstart: error: {exc}", file=sys.stderr)
-        last_report = {"ok": False, "recipe": recipe, "error": str(exc), "exit_code": code}
+        drive = drive_root(options.drive, profile, environ)  # as every entry point resolves it
+        if mount_point and not options.drive:  # a mount point of the user's choosing lives in this call only
+            options = replace(options, drive=str(drive))
+        _with_tools(drive, options.offline)
+    except (Exception, KeyboardInterrupt) as exc:
+        failed = failure(exc)
+        print(f"warmstart: error: {shown(failed.message)}", file=sys.stderr)
+        last_report = {"ok": False, "recipe": recipe, "error": failed.message, "exit_code": failed.exit_code}
         raise BootstrapFailed(last_report) from None
 
+    # warmstart's own dependencies are importable only now (_with_tools)
     from .bootstrap import bootstrap as run_bootstrap
     from .cli import run_reported
-    from .options import Options
     from .report import Report
-
-    options = Options(recipe=recipe, drive=drive, python=sys.executable, offline=offline, allow_no_gpu=allow_no_gpu,
-                      allow_unfit_gpu=allow_unfit_gpu, dry_run=dry_run, installer=installer,
-                      packages_only=packages_only, wait=wait, cache=cache, cache_read_only=cache_read_only,
-                      keep_runtime=keep_runtime, kernel_imported=imported_distributions())
 
     def act(report: Report) -> None:
         plan = run_bootstrap(options, root, report)
-        if not dry_run:
+        if not options.dry_run:
             os.chdir(plan.workdir)
             report.say(f"working directory: {plan.workdir}")
 

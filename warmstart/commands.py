@@ -18,8 +18,8 @@
 
 from __future__ import annotations
 
+import inspect
 import json as jsonlib
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,18 +27,20 @@ from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__, extras
+from . import PROJECT_ROOT, __version__, extras, maintenance
 from . import bootstrap as bootstrapping
 from . import lock as locking
 from .assets import asset_table
 from .cli import run_plain, run_reported
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .images import image_named, write_image
-from .options import Options, required_recipe
-from .profiles import resolve_drive, select_profile
+from .profiles import select_profile
 from .recipe import known_recipes, load_recipe
-from .report import Report
+from .settings import Options, drive_root, required_recipe, task_signature, team_location
+from .status import status as gather
+from .status import status_lines
 from .store import DriveStore
+from .team import open_team
 from .transfer import shown
 
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
@@ -66,42 +68,43 @@ def _exit(code: int) -> None:
 
 
 def _drive(option: str | None) -> Path:
-    return resolve_drive(option, select_profile(ROOT), os.environ)
+    return drive_root(option, select_profile(ROOT))
+
+
+def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A task body that takes declared options as **flags: invoke reads its flags from `signature`."""
+    def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
+        body.__signature__ = signature  # type: ignore[attr-defined]
+        return body
+    return decorate
 
 
 @command(help={**Options.flags(), "json": "print the final report as one JSON object on stdout"})
-def bootstrap(c, recipe=None, drive=None, python=None, offline=False, allow_no_gpu=False,
-              allow_unfit_gpu=False, dry_run=False, json=False, installer="auto", packages_only=False, wait=False,
-              cache=None, cache_read_only=False, keep_runtime=False):
+@takes(task_signature(json=False))
+def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
-
-    def run(report: Report) -> None:
-        options = Options(recipe=recipe, drive=drive, python=python, offline=offline, allow_no_gpu=allow_no_gpu,
-                          allow_unfit_gpu=allow_unfit_gpu, dry_run=dry_run, installer=installer,
-                          packages_only=packages_only, wait=wait,
-                          cache=cache, cache_read_only=cache_read_only, keep_runtime=keep_runtime)
-        bootstrapping.bootstrap(options, ROOT, report)
-
-    _exit(run_reported(run, recipe or "", as_json=json).exit_code)
+    _exit(run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
+                       flags.get("recipe") or "", as_json=json).exit_code)
 
 
-@command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "python": PYTHON_HELP,
-               "json": "print one JSON object on stdout", "cache": Options.flags()["cache"],
+STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
+
+
+@command(help={**{flag: text for flag, text in Options.flags().items() if flag.replace("-", "_") in STATUS_OPTIONS},
+               "json": "print one JSON object on stdout",
                "packages-only": "as bootstrap --packages-only did: the recipe's assets and checks do not count"})
-def status(c, recipe=None, drive=None, python=None, json=False, cache=None, packages_only=False):
+@takes(task_signature(*STATUS_OPTIONS, json=False))
+def status(c, json=False, **flags):
     """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act, or
     while an earlier run's Drive writes are pending)."""
-    from .status import status as gather
-    from .status import status_lines
-
     facts: dict[str, Any] = {}
 
     def show(report) -> None:
-        facts.update(gather(Options(recipe, drive, python, cache=cache, packages_only=packages_only), ROOT, report))
+        facts.update(gather(Options(**flags), ROOT, report))
         if not json:
             _print("\n".join(status_lines(facts)), keep_lines=True)
 
-    report = run_reported(show, recipe or "", as_json=False)
+    report = run_reported(show, flags.get("recipe") or "", as_json=False)
     if json:
         print(jsonlib.dumps(facts or report.as_json()))
     _exit(report.exit_code or (0 if facts.get("complete") else 1))
@@ -211,8 +214,6 @@ def recipes(c, drive=None):
             "cache": "show, verify or prune this team cache instead of Drive's (default: WARMSTART_CACHE)"})
 def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None, cache=None):
     """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
-    from . import maintenance
-    from .team import open_team, team_location
 
     def run() -> None:
         days: float = maintenance.RETENTION_DAYS

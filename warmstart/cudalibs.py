@@ -27,7 +27,7 @@ from pathlib import Path
 from packaging import tags
 from packaging.utils import NormalizedName, parse_wheel_filename
 
-from . import PROJECT_ROOT, extras, manifest, wheels
+from . import PROJECT_ROOT, extras, home, manifest, wheels
 from .download import Downloader, Job
 from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
@@ -35,7 +35,7 @@ from .lock import LockTarget, Pin, WheelLibs
 from .pipconfig import IndexSettings
 from .profiles import load_profile, profile_paths
 from .recipe import Recipe
-from .transfer import atomic_write_text, own_cache
+from .transfer import atomic_write_text
 
 SHARED_OBJECT = re.compile(r"\.so(\.\d+)*$")
 # Colab's Ubuntu 22.04 has glibc 2.35: every manylinux tag up to that one fits the lock's platform.
@@ -116,7 +116,7 @@ def lock_tags(target: LockTarget) -> list[tags.Tag]:
 
 
 def _cache_dir() -> Path:
-    return own_cache() / "elf"
+    return home.elf()
 
 
 def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: Callable[[str], None]) -> WheelLibs:

@@ -26,11 +26,11 @@ from urllib.parse import urljoin, urlsplit
 
 from packaging.tags import Tag
 
-from . import faults, wheels
-from .errors import PreconditionUnmet, WarmstartError
+from . import faults, home, wheels
+from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, own_cache, redact, sha256_of
+from .transfer import QUIET, Bar, Bars, sha256_of
 
 if TYPE_CHECKING:
     import requests
@@ -65,7 +65,7 @@ class IndexFile:
 
 def partial_dir(environ: Mapping[str, str] = os.environ) -> Path:
     """Local (never Drive) folder for partial downloads, so a killed run can resume."""
-    return own_cache(environ) / "downloads"
+    return home.downloads(environ)
 
 
 class _Links(HTMLParser):

@@ -28,21 +28,17 @@ from typing import Any
 from filelock import FileLock, Timeout
 from packaging.utils import canonicalize_name
 
-from .errors import PreconditionUnmet
+from .errors import PreconditionUnmet, redact
+from .home import jobs as jobs_of
+from .settings import WORKER_TEAM
 from .store import STALE_SECONDS, DriveStore
-from .target import state_file
 from .team import open_team, team_spec, team_url
-from .transfer import Bars, explain, redact, write_private
+from .transfer import Bars, explain, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
 FAILED = "failed.txt"  # why the last worker stopped short; the next run tries again
 PID = "worker.pid"  # the worker started on the job (see _worker_alive)
-
-
-def jobs_of(prefix: Path) -> Path:
-    """The folder of a target's jobs: one subfolder per run that left Drive work."""
-    return state_file("drivework", prefix).with_suffix("")
 
 
 def handed_off(prefix: Path) -> list[Path]:
@@ -107,7 +103,7 @@ _WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
            "from warmstart.drivework import main; sys.exit(main(sys.argv[1:]))")
 
 
-TEAM_URL = "WARMSTART_WORKER_TEAM"  # the team cache's URL, credentials and all, for the worker only
+TEAM_URL = WORKER_TEAM.name  # the team cache's URL, credentials and all, for the worker only
 
 
 def spawn(folder: Path, team: str | None = None) -> None:
@@ -349,7 +345,7 @@ def main(argv: list[str]) -> int:
         if team := job.get("team"):
             # The job names the team cache without credentials; the run handed its URL over in
             # the worker's environment (never on disk), when it held any.
-            given = os.environ.get(TEAM_URL, "")
+            given = WORKER_TEAM.get() or ""
             location = given if given and redact(given) == team["location"] else team["location"]
             store.team = open_team(location, drive=store.drive, read_only=team["read_only"],
                                    warnings=store.warnings)

@@ -1,11 +1,26 @@
-"""The errors warmstart reports to users, each tied to the exit code the CLI returns.
+"""The errors warmstart reports to users, each tied to its exit code, and the one guard that turns
+whatever ended a run into a line and an exit code, for every entry point (the invoke tasks and the
+console script, `%warmstart` and `warmstart.colab`, warmstart.sh).
 
-Everything that should stop a run raises one of these with a one-line message that names
-the file, key or package at fault and the next step; `warmstart.cli` turns them into exit codes
-in one place.
+Exit codes: 0 done; 2 bad input (recipe, lock, flags); 3 a precondition this machine does not
+meet (a read-only, full or failing disk or Drive included); 1 anything else that went wrong;
+70 a bug in warmstart (its traceback goes to a log file that the one line names; a user never
+sees a traceback); 130 interrupted. Standard library only (warmstart.sh uses it).
 """
 
 from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+
+from . import __version__, home
+
+INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
+INTERRUPTED = 130
 
 
 class WarmstartError(Exception):
@@ -24,3 +39,48 @@ class PreconditionUnmet(WarmstartError):
     """The machine does not meet what the recipe needs (exit 3): GPU, Drive, Python, cache."""
 
     exit_code = 3
+
+
+# The userinfo ends at the last "@" before the host: a password may hold "@" itself.
+_CREDENTIALS = re.compile(r"(?<=://)[^/\s?#]+@")
+
+
+def redact(text: str) -> str:
+    """Hide user:password@ in URLs before anything is printed, reported or logged."""
+    return _CREDENTIALS.sub("***@", text)
+
+
+@dataclass(frozen=True)
+class Failure:
+    message: str  # one line, credentials hidden
+    exit_code: int
+
+
+def failure(exc: BaseException) -> Failure:
+    """What a run that raised `exc` says and exits with. A bug's traceback goes to a log file."""
+    if isinstance(exc, WarmstartError):
+        return Failure(redact(str(exc)), exc.exit_code)
+    if isinstance(exc, KeyboardInterrupt):
+        return Failure("interrupted", INTERRUPTED)
+    if isinstance(exc, OSError):  # the machine: a read-only or full disk, a folder gone
+        where = f"{exc.filename}: " if exc.filename else ""
+        return Failure(redact(f"{where}{exc.strerror or exc} [errno {exc.errno}]; check that the folder is there, "
+                              "writable and not full (TMPDIR, HOME, the Drive folder: on Colab mounted and under "
+                              "its quota), then run again"), PreconditionUnmet.exit_code)
+    return Failure(redact(f"internal error: {exc!r}; {_log_bug(exc)}"), INTERNAL_ERROR)
+
+
+def _log_bug(exc: BaseException) -> str:
+    """Write the traceback, with versions, to a new file of the log folder (0600); name it."""
+    log = home.log_file("bug")
+    text = (f"warmstart {__version__}, Python {sys.version.split()[0]} on {platform.platform()}\n"
+            f"command: {' '.join(sys.argv)}\n\n{''.join(traceback.format_exception(exc))}")
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = log.with_name(log.name + ".part")
+        with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(redact(text))
+        os.replace(part, log)
+    except OSError as problem:
+        return f"this is a bug in warmstart (its log could not be written: {problem.strerror})"
+    return f"this is a bug in warmstart: please report it with {log}"

@@ -8,7 +8,6 @@ requirements, read from warmstart's metadata, into the interpreter running warms
 from __future__ import annotations
 
 import importlib
-import os
 import shlex
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from packaging.requirements import Requirement
 from . import PROJECT_ROOT
 from .config import tomllib
 from .errors import PreconditionUnmet
+from .settings import PYTHON
 
 
 def requirements_of(extra: str) -> list[str]:
@@ -51,7 +51,7 @@ def install_command(extra: str) -> str:
         return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
     # warmstart's own tools on Colab live in a virtualenv without pip (warmstart.sh fills it with
     # the notebook's pip): that pip, aimed at this interpreter
-    host = os.environ.get("WARMSTART_PYTHON") or "python3"
+    host = PYTHON.get() or "python3"
     return shlex.join([host, "-m", "pip", "--python", sys.executable, "install", *wanted])
 
 

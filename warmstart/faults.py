@@ -11,9 +11,11 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from .settings import FAULT
+
 
 def armed(name: str) -> bool:
-    return os.environ.get("WARMSTART_FAULT") == name
+    return FAULT.get() == name
 
 
 def _kill() -> None:

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import extras
+from . import extras, home
 from .errors import BadInput, WarmstartError
 from .images import Image, live_image
 from .lock import Lock, LockTarget, check_fresh, compile_lock, needs, parse_lock
 from .recipe import Recipe
 from .store import DriveStore
 from .target import TargetPython
-from .transfer import atomic_write, explain, own_cache, regular_file
+from .transfer import atomic_write, explain, regular_file
 
 KIND = "locks"
 MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock
@@ -76,7 +76,7 @@ def recipe_of(stored: str) -> str | None:
 
 
 def _local(recipe: Recipe, target: LockTarget) -> Path:
-    folder = own_cache() / "live-locks"
+    folder = home.live_locks()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder / stored_name(recipe, target)
 

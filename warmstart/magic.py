@@ -11,7 +11,7 @@ import shlex
 from typing import Any
 
 from . import colab
-from .options import add_arguments
+from .settings import add_arguments
 
 
 def _parser() -> argparse.ArgumentParser:

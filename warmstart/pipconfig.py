@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import BadInput
-from .transfer import own_cache, redact
+from . import home
+from .errors import BadInput, redact
+from .settings import ALLOW_HTTP
 
 DEFAULT_INDEX = "https://pypi.org/simple"
 # Where the index is and how to reach it; every other PIP_* variable is dropped.
@@ -79,7 +80,7 @@ class IndexSettings:
         return (urlsplit(url).hostname or "") in self.trusted_hosts
 
     def require_secure(self, url: str, what: str, environ: Mapping[str, str] = os.environ) -> None:
-        if not url.startswith("http://") or environ.get("WARMSTART_ALLOW_HTTP") == "1":
+        if not url.startswith("http://") or ALLOW_HTTP.on(environ):
             return
         host = urlsplit(url).hostname or ""
         if host in _LOOPBACK or host in self.trusted_hosts:
@@ -106,7 +107,7 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     settings = IndexSettings.from_environ(environ)
     drop = set(_UV_CLEARED) | set(unset)
     env = {k: v for k, v in environ.items() if k not in drop}
-    env.update(UV_CACHE_DIR=str(own_cache(environ) / "uv"), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
+    env.update(UV_CACHE_DIR=str(home.uv_cache(environ)), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
     given = {
         "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
         "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),

@@ -15,10 +15,10 @@ from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
 from .images import Drift, Image
 from .lock import Lock, Needs, Pin
-from .options import Options
 from .patches import APPLIED, PatchState
 from .profiles import Profile
 from .recipe import Asset, Recipe
+from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
 

@@ -10,11 +10,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import Field, Schema, read_toml, validate
 from .errors import BadInput, PreconditionUnmet
-from .images import Image, images_of, read_cuda_list
+from .settings import MOUNT_POINT, PLATFORM
 from .transfer import is_mount_point, not_writable
+
+if TYPE_CHECKING:
+    from .images import Image
 
 PROFILE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -60,6 +64,9 @@ class Profile:
 
     def images(self) -> dict[str, Image]:
         """This platform's published images, by name (Colab: latest on 3.13; 2026.04 and 2026.07 on 3.12)."""
+        # Lazily: images need packaging, and warmstart.sh reads profiles before it is there.
+        from .images import images_of
+
         return images_of(self.name, self.envs)
 
     def images_for(self, python_minor: str) -> list[Image]:
@@ -69,6 +76,8 @@ class Profile:
         """The CUDA sonames the system provides (the image's when it names them); None: unknown."""
         if image is not None and image.cuda:
             return image.cuda
+        from .images import read_cuda_list  # lazily, as in images()
+
         return read_cuda_list(self.envs / "images" / self.cuda_list) if self.cuda_list else None
 
     def matches(self, environ: Mapping[str, str]) -> bool:
@@ -80,7 +89,7 @@ class Profile:
         """Where Drive is mounted: WARMSTART_MOUNT_POINT (Colab lets you pick), else the profile's."""
         if self.mount_point is None:
             return None
-        return Path(environ.get("WARMSTART_MOUNT_POINT") or self.mount_point)
+        return Path(MOUNT_POINT.get(environ) or self.mount_point)
 
     def default_drive(self, environ: Mapping[str, str] = os.environ) -> Path:
         mount = self.mount(environ)
@@ -113,11 +122,11 @@ def profile_paths(root: Path) -> dict[str, Path]:
 
 def select_profile(root: Path, environ: Mapping[str, str] = os.environ) -> Profile:
     profiles = profile_paths(root)
-    wanted = environ.get("WARMSTART_PLATFORM")
+    wanted = PLATFORM.get(environ)
     if wanted:
         if wanted not in profiles:
             raise BadInput(
-                f"WARMSTART_PLATFORM={wanted!r} names no file in {root / 'envs'}; "
+                f"{PLATFORM.name}={wanted!r} names no file in {root / 'envs'}; "
                 f"known platforms: {', '.join(profiles)}"
             )
         return load_profile(profiles[wanted])
@@ -128,15 +137,6 @@ def select_profile(root: Path, environ: Mapping[str, str] = os.environ) -> Profi
     if FALLBACK not in profiles:
         raise BadInput(f"{root / 'envs' / (FALLBACK + '.toml')}: file not found")
     return load_profile(profiles[FALLBACK])
-
-
-def resolve_drive(option: str | None, profile: Profile, environ: Mapping[str, str]) -> Path:
-    """The Drive root: --drive, else WARMSTART_DRIVE, else the profile's default."""
-    if option:
-        return Path(option).expanduser().resolve()
-    if environ.get("WARMSTART_DRIVE"):
-        return Path(environ["WARMSTART_DRIVE"]).expanduser().resolve()
-    return profile.default_drive(environ)
 
 
 def mount_hint(mount: Path) -> str:

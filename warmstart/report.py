@@ -10,8 +10,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
+from .errors import redact
 from .store import CacheStats
-from .transfer import Bars, redact, shown
+from .transfer import Bars, shown
 
 if TYPE_CHECKING:
     from .execute import Outcome

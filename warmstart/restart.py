@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from .target import state_file
+from .home import state_file
 from .transfer import atomic_write_text
 
 KERNEL_MARKS = (b"colab_kernel_launcher", b"ipykernel_launcher", b"ipykernel")

@@ -8,9 +8,10 @@ from typing import Any
 
 from . import checks, drivework, restart
 from .bootstrap import prepare
-from .options import Options
 from .plan import Plan, make_plan
+from .profiles import select_profile
 from .report import Report
+from .settings import Options, resolve
 from .team import describe
 
 # Installers and build tools every environment has; not worth listing as "extra".
@@ -32,7 +33,8 @@ def describe_action(plan: Plan) -> str:
 
 def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
-    facts, store = prepare(options, root, report)
+    profile = select_profile(root)
+    facts, store = prepare(resolve(options, profile), profile, root, report)
     plan = report.plan = make_plan(facts, options)
     wanted = {p.name: p for p in plan.needs.wanted}
     locked = {p.name: p.version for p in plan.lock.pins}

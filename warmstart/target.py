@@ -25,8 +25,10 @@ from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
+from . import settings
 from .errors import PreconditionUnmet
-from .transfer import atomic_write_text, own_cache
+from .home import state_file
+from .transfer import atomic_write_text
 
 _PROBE = """
 import json, os, sys, sysconfig
@@ -93,7 +95,7 @@ def platform_tag() -> str:
 def target_executable(executable: str | Path | None) -> Path:
     """--python as given (a bare command name is looked up on PATH), else WARMSTART_PYTHON (the
     notebook's interpreter, set by warmstart's launcher), else this interpreter."""
-    chosen = str(executable or os.environ.get("WARMSTART_PYTHON") or sys.executable)
+    chosen = settings.target_python(str(executable) if executable else None)
     if os.sep not in chosen:
         chosen = shutil.which(chosen) or chosen
     # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
@@ -208,14 +210,6 @@ def record_hash(data: bytes) -> str:
 
 def _record_files(info: Path) -> list[Path]:
     return [Path(os.path.normpath(info.parent / row[0])) for row in read_record(info)]
-
-
-def state_file(kind: str, prefix: Path) -> Path:
-    """warmstart's own record of one kind about one target environment, on local disk:
-    `~/.cache/warmstart/<kind>/<sha256 of the prefix>.json` (verified RECORDs, a pending
-    restart notice, failed checks)."""
-    digest = hashlib.sha256(str(prefix).encode()).hexdigest()[:16]
-    return own_cache() / kind / f"{digest}.json"
 
 
 def _verified_file(prefix: Path) -> Path:

@@ -32,7 +32,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
 from . import extras
-from .errors import BadInput, PreconditionUnmet
+from .errors import BadInput, PreconditionUnmet, redact
 from .store import (
     KINDS,
     USAGE,
@@ -47,7 +47,7 @@ from .store import (
     record_text,
 )
 from .target import TargetPython
-from .transfer import CHUNK, QUIET, Bars, copy_hashed, redact, sha256_of, untrusted_json
+from .transfer import CHUNK, QUIET, Bars, copy_hashed, sha256_of, untrusted_json
 
 # fsspec protocol -> the extra that brings its implementation
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -135,15 +135,6 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
         raise PreconditionUnmet(f"the team cache folder {folder} does not exist; create it, or fix --cache "
                                 "(or WARMSTART_CACHE)")
     return DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only)
-
-
-def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The team cache a run uses: --cache, else WARMSTART_CACHE; None for none."""
-    return option or environ.get("WARMSTART_CACHE") or None
-
-
-def team_read_only(option: bool, environ: Mapping[str, str] = os.environ) -> bool:
-    return option or environ.get("WARMSTART_CACHE_READ_ONLY") == "1"
 
 
 def team_url(team: ObjectStore | DriveStore | None) -> str | None:

@@ -25,33 +25,16 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from .errors import BadInput
-from .options import value_of
+from . import home, settings
+from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .pipconfig import pip_env
+from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
-from .transfer import (
-    atomic_write,
-    atomic_write_text,
-    is_mount_point,
-    not_writable,
-    own_cache,
-    private_cache,
-    sha256_of,
-    shown,
-    write_private,
-)
+from .transfer import atomic_write, atomic_write_text, sha256_of, shown
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
 LAUNCHER_TAG = "# warmstart launcher"  # the line that marks an `invoke` launcher as warmstart's
-
-
-class ToolsError(Exception):
-    """One line for the user, with the exit code to leave with (2 bad input, 3 precondition, 1 other)."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def say(message: str) -> None:
@@ -62,15 +45,14 @@ def python_tag() -> str:
     return f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
-def on_colab(environ=os.environ) -> bool:
-    """As envs/colab.toml detects Colab, unless WARMSTART_PLATFORM names another platform."""
-    wanted = environ.get("WARMSTART_PLATFORM")
-    return wanted == "colab" if wanted else bool(environ.get("COLAB_RELEASE_TAG") or environ.get("COLAB_GPU"))
+def platform_profile(environ=os.environ) -> Profile:
+    """This machine's platform, as every other entry point detects it (envs/*.toml)."""
+    return select_profile(CHECKOUT, environ)
 
 
 def tools_lock(environ=os.environ) -> Path:
     name = f"warmstart-{python_tag()}-manylinux_{platform.machine().lower()}.txt"
-    if on_colab(environ):
+    if platform_profile(environ).name == "colab":
         # warmstart's tools at Colab's own versions (the same bytes the kernel has): the lock of
         # the newest Colab image for this Python (requirements/colab-*/; runtimes that share a
         # Python differ little in what the tools need, and the tools live in their own folder)
@@ -79,13 +61,13 @@ def tools_lock(environ=os.environ) -> Path:
                 return folder / name
     bare = CHECKOUT / "requirements" / name
     if not bare.is_file():
-        raise ToolsError(f"no lock for warmstart's own tools at {bare} (Python {python_tag()}); "
-                         "make one with: invoke lock --recipe warmstart", code=2)
+        raise BadInput(f"no lock for warmstart's own tools at {bare} (Python {python_tag()}); "
+                       "make one with: invoke lock --recipe warmstart")
     return bare
 
 
 def tools_dir(environ=os.environ) -> Path:
-    return own_cache(environ) / "tools" / python_tag()
+    return home.tools(python_tag(), environ)
 
 
 def tools_python(folder: Path) -> Path:
@@ -109,11 +91,7 @@ def in_place(folder: Path, lock: Path) -> bool:
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     """The notebook interpreter's pip with only what we pass: no pip.conf, constraints or find-links."""
-    try:
-        env = pip_env()
-    except BadInput as exc:
-        raise ToolsError(str(exc), code=2) from None
-    return subprocess.run([sys.executable, "-m", "pip", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "pip", *args], env=pip_env(), capture_output=True, text=True)
 
 
 def _cache_wheels(store: DriveStore, downloaded: Path) -> None:
@@ -138,18 +116,18 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool) -> str:
     if wheels.is_dir() and _pip(*install, "--find-links", str(wheels)).returncode == 0:
         source = f"restored warmstart's dependencies from {wheels}"
     elif offline:
-        raise ToolsError(f"--offline, but {wheels} lacks warmstart's own wheels for {python_tag()}; "
-                         "run once without --offline", code=3)
+        raise PreconditionUnmet(f"--offline, but {wheels} lacks warmstart's own wheels for {python_tag()}; "
+                                "run once without --offline")
     else:
         with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as tmp:
             got = _pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
                        "-r", str(lock), "-d", tmp)
             if got.returncode != 0:
-                raise ToolsError("could not download warmstart's own dependencies: "
+                raise WarmstartError("could not download warmstart's own dependencies: "
                                  + (got.stderr.strip().splitlines() or ["pip failed"])[-1])
             done = _pip(*install, "--find-links", tmp)
             if done.returncode != 0:
-                raise ToolsError("could not install warmstart's own dependencies: "
+                raise WarmstartError("could not install warmstart's own dependencies: "
                                  + (done.stderr.strip().splitlines() or ["pip failed"])[-1])
             try:
                 _cache_wheels(store, Path(tmp))
@@ -202,29 +180,15 @@ def ensure(drive: Path, offline: bool = False) -> Path:
     return folder
 
 
-COLAB_MOUNT = "/content/drive"  # envs/colab.toml's mount_point and drive
-COLAB_DRIVE = "MyDrive"
-
-
 def drive_root(args: list[str], environ=os.environ) -> Path:
-    """The Drive root: --drive, else WARMSTART_DRIVE; else on Colab always the mounted Drive
-    (MyDrive), wherever the checkout lies (a clone in /content is on the VM's disk, which the
-    wipe erases); elsewhere the folder holding the checkout."""
-    chosen = value_of(args, "--drive") or environ.get("WARMSTART_DRIVE")
-    mount = Path(environ.get("WARMSTART_MOUNT_POINT") or COLAB_MOUNT)
-    if chosen:
-        drive = Path(chosen).expanduser().resolve()
-        if on_colab(environ) and not drive.is_relative_to(mount.resolve()):
-            say(f"warning: the Drive root {drive} is not on the mounted Drive ({mount}): what is cached there "
-                "does not survive a wipe of this VM")
-        return drive
-    if on_colab(environ):
-        if not is_mount_point(mount):
-            raise ToolsError(f"Google Drive is not mounted at {mount}, and the cache must live there to survive a "
-                             f"wipe: run this in a notebook cell first: from google.colab import drive; "
-                             f"drive.mount('{mount}')", code=3)
-        return mount / COLAB_DRIVE
-    return CHECKOUT.parent
+    """The Drive root as every entry point resolves it (warmstart.settings), from the command line."""
+    profile = platform_profile(environ)
+    drive = settings.drive_root(settings.value_of(args, "--drive"), profile, environ)
+    mount = profile.mount(environ)
+    if mount and not drive.is_relative_to(mount.resolve()):
+        say(f"warning: the Drive root {drive} is not on the mounted Drive ({mount}): what is cached there "
+            "does not survive a wipe of this VM")
+    return drive
 
 
 def main(argv: list[str]) -> int:
@@ -233,47 +197,27 @@ def main(argv: list[str]) -> int:
         return 2
     recipe, args = argv[0], argv[1:]
     try:
-        private_cache()  # warmstart's own folder (its tools, logs, jobs): its user's alone
+        home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         drive = drive_root(args)
-        if problem := not_writable(drive):
-            raise ToolsError(problem, code=3)
+        require_drive(drive, platform_profile())
         folder = ensure(drive, offline="--offline" in args)
         command = write_launcher(folder)
-    except ToolsError as exc:
-        say(str(exc))
-        return exc.code
-    except (OSError, subprocess.CalledProcessError) as exc:  # a read-only HOME, a full disk
-        say(f"cannot set up warmstart's own tools in {tools_dir()}: {getattr(exc, 'strerror', None) or exc}")
+    except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
+        say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
         return 1
-    env = dict(os.environ, WARMSTART_DRIVE=str(drive), WARMSTART_PYTHON=os.environ.get("WARMSTART_PYTHON")
-               or sys.executable, PYTHONDONTWRITEBYTECODE="1")
+    except (Exception, KeyboardInterrupt) as exc:
+        failed = failure(exc)
+        say(failed.message)
+        return failed.exit_code
+    env = dict(os.environ, **{settings.DRIVE.name: str(drive),
+                              settings.PYTHON.name: settings.target_python(None), "PYTHONDONTWRITEBYTECODE": "1"})
     done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                            "bootstrap", "--recipe", recipe, *args], env=env)
     if done.returncode == 0:  # the line to use from now on, once it has worked
         line = shlex.join([str(command), "bootstrap", "--recipe", recipe])
-        say(f"from now on, in any folder of this VM: {'!' if on_colab() else ''}{line}")
+        say(f"from now on, in any folder of this VM: {'!' if platform_profile().notebook else ''}{line}")
     return done.returncode
 
 
-def run(argv: list[str]) -> int:
-    """main(), with a bug reported as the rest of warmstart does: exit 70 and a log, no traceback."""
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        say("interrupted")
-        return 130
-    except Exception as exc:  # a bug in warmstart
-        import traceback
-
-        log = tools_dir().parent / "logs" / f"warmstart-sh-{os.getpid()}.log"
-        try:
-            write_private(log, traceback.format_exc())
-            where = f"please report it with {log}"
-        except OSError:
-            where = "its log could not be written"
-        say(f"internal error: {exc!r}; this is a bug in warmstart: {where}")
-        return 70
-
-
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:]))

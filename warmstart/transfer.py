@@ -14,30 +14,16 @@ import shlex
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from .errors import WarmstartError
+from . import home
+from .errors import WarmstartError, redact
 
 CHUNK = 1 << 20
-
-
-def own_cache(environ: Mapping[str, str] = os.environ) -> Path:
-    """warmstart's own folder on local disk: `$XDG_CACHE_HOME/warmstart`, else ~/.cache/warmstart."""
-    return Path(environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "warmstart"
-
-
-def private_cache(environ: Mapping[str, str] = os.environ) -> Path:
-    """own_cache(), made (or kept) readable by its user alone: it holds job files, logs and
-    state that name the user's folders and stores."""
-    root = own_cache(environ)
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if root.stat().st_uid == os.getuid() and root.stat().st_mode & 0o077:
-        root.chmod(0o700)
-    return root
 
 
 def write_private(path: Path, text: str) -> None:
@@ -177,7 +163,7 @@ class AtomicFile:
     def __init__(self, near: Path, mode: str = "wb") -> None:
         # In warmstart's own folder, files are 0600 and folders 0700: they name the user's
         # folders and stores (elsewhere, on Drive or in an environment, the umask decides).
-        private = os.path.abspath(near).startswith(os.path.abspath(own_cache()) + os.sep)
+        private = os.path.abspath(near).startswith(os.path.abspath(home.root()) + os.sep)
         near.parent.mkdir(parents=True, exist_ok=True, **({"mode": 0o700} if private else {}))
         self.tmp = part_name(near)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -240,15 +226,6 @@ DRIVE_ERRORS = {
 def explain(exc: OSError) -> str:
     """What a failed Drive operation means, in a line."""
     return f"{DRIVE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))} [{exc.__class__.__name__} {exc.errno}]"
-
-
-# The userinfo ends at the last "@" before the host: a password may hold "@" itself.
-_CREDENTIALS = re.compile(r"(?<=://)[^/\s?#]+@")
-
-
-def redact(text: str) -> str:
-    """Hide user:password@ in URLs before anything is printed or reported."""
-    return _CREDENTIALS.sub("***@", text)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -1,0 +1,205 @@
+"""Every setting of a run, in one place: bootstrap's options, declared once, and the WARMSTART_*
+environment variables, read here and nowhere else.
+
+The invoke tasks (and so the `warmstart` console script and warmstart.sh, which runs the task),
+`%warmstart` and `warmstart.colab.bootstrap` all build `Options` from this declaration by name;
+`resolve` then settles, once per run, what the flags leave open against the environment and
+the platform profile. Standard library only: warmstart.sh reads it before any dependency is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import BadInput
+
+INSTALLERS = ("auto", "pip", "uv")
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A WARMSTART_* environment variable: its name and what it does (README lists them)."""
+
+    name: str
+    help: str
+
+    def get(self, environ: Mapping[str, str] = os.environ) -> str | None:
+        return environ.get(self.name) or None
+
+    def on(self, environ: Mapping[str, str] = os.environ) -> bool:
+        return environ.get(self.name) == "1"
+
+
+DRIVE = Variable("WARMSTART_DRIVE", "the Drive root, as --drive")
+PYTHON = Variable("WARMSTART_PYTHON", "the interpreter that receives the packages, as --python "
+                                      "(warmstart's launcher sets it to the notebook's)")
+WAIT = Variable("WARMSTART_WAIT", "1: as --wait")
+CACHE = Variable("WARMSTART_CACHE", "the team cache, as --cache")
+CACHE_READ_ONLY = Variable("WARMSTART_CACHE_READ_ONLY", "1: as --cache-read-only")
+LOCK_TIMEOUT = Variable("WARMSTART_LOCK_TIMEOUT", "seconds to wait for another run on the same environment "
+                                                  "(default 600)")
+PLATFORM = Variable("WARMSTART_PLATFORM", "the platform profile (envs/NAME.toml) instead of the detected one")
+MOUNT_POINT = Variable("WARMSTART_MOUNT_POINT", "where Drive is mounted, when not at the platform's place")
+ALLOW_HTTP = Variable("WARMSTART_ALLOW_HTTP", "1: allow a plain-http package index")
+ASSET_MIRROR = Variable("WARMSTART_ASSET_MIRROR", "a URL whose files stand in for the recipes' asset URLs "
+                                                  "(same file names, same sha256)")
+WORKER_TEAM = Variable("WARMSTART_WORKER_TEAM", "internal: the team cache's URL, handed to the Drive worker "
+                                                "in its environment only (never on disk)")
+FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
+
+VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT, ALLOW_HTTP,
+             ASSET_MIRROR, WORKER_TEAM, FAULT)
+
+
+def _opt(help: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Options:
+    """bootstrap's options as the user gave them (None: not given; `resolve` fills those in)."""
+
+    recipe: str = field(metadata={"help": "recipe name (recipes/NAME.toml, or the Drive recipe folder) "
+                                          "or a .toml path"})
+    drive: str | None = _opt("Drive root (default: WARMSTART_DRIVE, else the platform profile's folder)")
+    python: str | None = _opt("interpreter whose environment receives the packages: a path or a command "
+                              "on PATH (default: WARMSTART_PYTHON, else this one)")
+    offline: bool = _opt("never contact a package index; install from the Drive cache only", False)
+    allow_no_gpu: bool = _opt("go on with a warning when the recipe needs a GPU and there is none", False)
+    allow_unfit_gpu: bool = _opt("go on with a warning when the GPU is below the recipe's limits", False)
+    dry_run: bool = _opt("run the checks that change nothing and print the plan", False)
+    installer: str = _opt("pip or uv (default: uv when it is installed, else pip)", "auto")
+    packages_only: bool = _opt("install the lock only; leave the recipe's assets and checks alone", False)
+    wait: bool = _opt("write the Drive cache and the snapshot before returning, not in the background "
+                      "(WARMSTART_WAIT=1 does the same)", False)
+    cache: str | None = _opt("the team cache behind Drive: s3://bucket/prefix, gs://bucket/prefix, another "
+                             "fsspec URL, or a shared folder (default: WARMSTART_CACHE)")
+    cache_read_only: bool = _opt("read the team cache, never write it (WARMSTART_CACHE_READ_ONLY=1 does the same)",
+                                 False)
+    keep_runtime: bool = _opt("refuse, rather than replace, any version of a distribution the environment "
+                              "already has (a runtime's own packages stay exactly as they are)", False)
+    # Set by the in-kernel API, not a flag: the distributions whose modules the running kernel has
+    # imported. A `!invoke` subprocess cannot know them and uses the platform's preloaded list.
+    kernel_imported: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        required_recipe(self.recipe)
+        if self.installer not in INSTALLERS:
+            raise BadInput(f"--installer must be one of {', '.join(INSTALLERS)}, got {self.installer!r}")
+
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """`--flag-name` -> its help, for every option a user can pass."""
+        return {f.name.replace("_", "-"): f.metadata["help"] for f in _flag_fields()}
+
+
+def _flag_fields(names: tuple[str, ...] = ()) -> list[Any]:
+    return [f for f in fields(Options) if "help" in f.metadata and (not names or f.name in names)]
+
+
+def required_recipe(recipe: str | None) -> str:
+    if not recipe:
+        raise BadInput("--recipe NAME is needed (see `invoke recipes` for the names)")
+    return recipe
+
+
+def task_signature(*names: str, **extra: Any) -> inspect.Signature:
+    """An invoke task's signature: the context, then the options `names` (all when none are
+    named) with their declared defaults, then `extra` (task-only flags and their defaults).
+    invoke reads flags from the signature, so the task body takes them as **flags."""
+    param = inspect.Parameter
+    params = [param("c", param.POSITIONAL_OR_KEYWORD)]
+    for f in _flag_fields(names):
+        default = None if f.default is MISSING else f.default  # --recipe: missing is said in one line
+        params.append(param(f.name, param.KEYWORD_ONLY, default=default))
+    params += [param(name, param.KEYWORD_ONLY, default=value) for name, value in extra.items()]
+    return inspect.Signature(params)
+
+
+def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Options' flags on an argparse parser (the `%warmstart` magic), less those in `skip`."""
+    for f in _flag_fields():
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=f.metadata["help"])
+        elif f.name == "installer":
+            parser.add_argument(flag, choices=INSTALLERS, default="auto", help=f.metadata["help"])
+        else:
+            parser.add_argument(flag, required=f.name == "recipe", help=f.metadata["help"])
+
+
+def value_of(args: list[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in a command line, without parsing the rest
+    (warmstart.sh needs --drive before warmstart's own tools are there)."""
+    for n, arg in enumerate(args):
+        if arg == flag and n + 1 < len(args):
+            return args[n + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+class Platform(Protocol):
+    """What resolving needs of a platform profile (warmstart.profiles.Profile)."""
+
+    def default_drive(self, environ: Mapping[str, str] = ...) -> Path: ...
+
+
+def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str] = os.environ) -> Path:
+    """The Drive root, for every entry point: --drive, else WARMSTART_DRIVE, else the platform's
+    folder (on Colab the mounted MyDrive, wherever the checkout lies)."""
+    chosen = option or DRIVE.get(environ)
+    return Path(chosen).expanduser().resolve() if chosen else platform.default_drive(environ)
+
+
+def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:
+    """The interpreter that receives the packages: --python, else WARMSTART_PYTHON, else this one."""
+    return option or PYTHON.get(environ) or sys.executable
+
+
+def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The team cache: --cache, else WARMSTART_CACHE; None for none."""
+    return option or CACHE.get(environ)
+
+
+def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    raw = LOCK_TIMEOUT.get(environ) or "600"
+    try:
+        return float(raw)
+    except ValueError:
+        raise BadInput(f"{LOCK_TIMEOUT.name} must be a number of seconds, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A run's options with everything they leave open settled: what the rest of warmstart reads."""
+
+    options: Options  # as given: what a printed command repeats
+    drive: Path
+    python: str
+    wait: bool
+    team: str | None  # the team cache's location
+    team_read_only: bool
+    lock_timeout: float
+
+
+def resolve(options: Options, platform: Platform, environ: Mapping[str, str] = os.environ) -> Settings:
+    """The one place a run's options meet the environment and the platform."""
+    return Settings(
+        options=options,
+        drive=drive_root(options.drive, platform, environ),
+        python=target_python(options.python, environ),
+        wait=options.wait or WAIT.on(environ),
+        team=team_location(options.cache, environ),
+        team_read_only=options.cache_read_only or CACHE_READ_ONLY.on(environ),
+        lock_timeout=lock_timeout(environ),
+    )
