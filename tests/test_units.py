@@ -16,7 +16,6 @@ from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-from warmstart.settings import Options, value_of
 
 from warmstart import PROJECT_ROOT, commands, wheels
 from warmstart.errors import BadInput, PreconditionUnmet, redact
@@ -28,6 +27,7 @@ from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
 from warmstart.plan import Facts, make_plan
 from warmstart.profiles import load_profile
 from warmstart.recipe import Asset, GpuNeeds, Recipe
+from warmstart.settings import Options, value_of
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython

@@ -27,7 +27,7 @@ from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .settings import ASSET_MIRROR
-from .store import DriveStore
+from .tiered import TieredStore
 from .transfer import atomic_write_text, part_name, read_untrusted_json, regular_file, sha256_of, zstd_open
 
 KIND = "assets"
@@ -35,7 +35,7 @@ KIND = "assets"
 MARKER = ".warmstart-asset"
 
 
-def state(store: DriveStore, asset: Asset, dest: Path) -> str:
+def state(store: TieredStore, asset: Asset, dest: Path) -> str:
     """"in place" at dest, "cached" on Drive, or "missing"."""
     if in_place(asset, dest):
         return "in place"
@@ -59,7 +59,7 @@ class PlacedFiles:
     """The files warmstart placed, with their sha256: on Drive for destinations under the Drive
     root (they outlive the VM together), in warmstart's cache folder for the others."""
 
-    def __init__(self, store: DriveStore, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, store: TieredStore, environ: Mapping[str, str] = os.environ) -> None:
         self.store = store
         self.local = home.placed(environ)
 
@@ -196,7 +196,7 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
 
 
-def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, work: DriveWork, *,
+def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader, work: DriveWork, *,
            offline: bool, scratch: Path) -> str:
     """Make dest hold the asset; returns where it came from. A download is queued for Drive."""
     if in_place(asset, dest):
@@ -228,6 +228,6 @@ def ensure(asset: Asset, dest: Path, store: DriveStore, downloader: Downloader, 
     return "downloaded"
 
 
-def asset_table(assets: tuple[Asset, ...], store: DriveStore, workdir: Path) -> list[tuple[str, str, Path]]:
+def asset_table(assets: tuple[Asset, ...], store: TieredStore, workdir: Path) -> list[tuple[str, str, Path]]:
     """(state, name, destination) of each asset."""
     return [(state(store, a, a.destination(workdir)), a.name, a.destination(workdir)) for a in assets]

@@ -43,8 +43,8 @@ from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
-from .store import DriveStore
-from .team import borrowable, open_team
+from .team import borrowable
+from .tiered import TieredStore
 from .transfer import explain
 from .wheels import best, by_release
 
@@ -60,20 +60,20 @@ def _no_lock(recipe: Recipe, wanted: LockTarget) -> str:
             "or pass --python with an interpreter that has one")
 
 
-def cached_wheels(store: DriveStore, pins: Iterable[Pin], supported: list[Tag]) -> dict[NormalizedName, str]:
+def cached_wheels(store: TieredStore, pins: Iterable[Pin], supported: list[Tag]) -> dict[NormalizedName, str]:
     """The Drive cache's wheel (file name) for each pin that has one the target accepts."""
     listing = by_release(store.names("wheels"))
     return {p.name: chosen for p in pins
             if (chosen := best(((f, f) for f in listing.get((p.name, Version(p.version)), ())), supported))}
 
 
-def in_team(store: DriveStore, cached: dict[NormalizedName, str]) -> frozenset[str]:
+def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[str]:
     """Of the cached wheels, those only the team cache holds."""
-    return frozenset(cached.values()) & store.team_only("wheels") if store.team else frozenset()
+    return frozenset(cached.values()) & store.team_only("wheels")
 
 
 def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
-            make_live: bool = False) -> tuple[Facts, DriveStore]:
+            make_live: bool = False) -> tuple[Facts, TieredStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
     store they were read from (its listings stay cached for the run). `make_live`: where this VM
     has drifted from the image its lock was made for, in the recipe's own closure, and no lock
@@ -124,7 +124,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
-        store = DriveStore(drive, report.cache, report.bars)
+        store = report.store = TieredStore.at(drive, stats=report.cache, bars=report.bars)
         live_at = None
         if image and (own := livelock.for_runtime(store, recipe, wanted, lock, image, target, make=make_live,
                                                   say=report.say, root=root, warnings=warnings)):
@@ -135,8 +135,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     with report.step("cache") as step:
         if settings.team and not options.offline:  # offline runs use what Drive holds
-            store.team = report.team = open_team(settings.team, drive=drive, read_only=settings.team_read_only,
-                                                 bars=report.bars, warnings=store.warnings, borrow=borrowable(target))
+            store.put_behind(settings.team, read_only=settings.team_read_only, borrow=borrowable(target))
         cached = cached_wheels(store, lock.pins, target.supported_tags())
         asset_states = {}
         for asset in () if options.packages_only else recipe.assets:
@@ -166,7 +165,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     return report.facts, store
 
 
-def look_again(facts: Facts, store: DriveStore) -> Facts:
+def look_again(facts: Facts, store: TieredStore) -> Facts:
     """The facts after the Drive cache changed under this run (an earlier run's writes finished)."""
     store.relist()
     assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
@@ -306,7 +305,7 @@ def status_command(options: Options, plan: Plan) -> str:
     return ("!" if plan.profile.notebook else "") + shlex.join(words)
 
 
-def hand_off(run: Executor, wait: bool, store: DriveStore, report: Report, status: str) -> None:
+def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, status: str) -> None:
     """What Drive gets from this run: written now (--wait), else by a worker in the background."""
     if run.work.empty:
         run.work.discard()
@@ -345,7 +344,7 @@ def _use_record_due(plan: Plan, every: float = 86400) -> bool:
     return True
 
 
-def store_files_used(plan: Plan, store: DriveStore) -> list[str]:
+def store_files_used(plan: Plan, store: TieredStore) -> list[str]:
     """The store files this run's lock and recipe use, as usage records name them (the wheels as
     the cache holds them now, with what this run downloaded)."""
     cached = cached_wheels(store, plan.needs.wanted, plan.target.supported_tags())

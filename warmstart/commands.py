@@ -36,11 +36,12 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .images import image_named, write_image
 from .profiles import select_profile
 from .recipe import known_recipes, load_recipe
-from .settings import Options, drive_root, required_recipe, task_signature, team_location
+from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
 from .status import status as gather
 from .status import status_lines
 from .store import DriveStore
 from .team import open_team
+from .tiered import TieredStore
 from .transfer import shown
 
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
@@ -156,7 +157,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         on = platform or current.platform
         if image or platform_profile:
             images = ([image_named(image, ROOT / "envs")] if image else
-                      select_profile(ROOT, {"WARMSTART_PLATFORM": platform_profile}).images().values())
+                      select_profile(ROOT, {PLATFORM.name: platform_profile}).images().values())
             targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images
                        if not python_version or i.python_minor in python_version]
         else:
@@ -230,7 +231,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
-        if down := getattr(store, "down", None):
+        if down := store.down:
             raise PreconditionUnmet(f"the team cache {store} cannot be listed: {down}")
         notes = {"not a file": "is not a regular file: never read",
                  "unreadable index": "is an unreadable snapshot index: --prune removes it"}
@@ -277,7 +278,7 @@ def assets(c, recipe=None, drive=None):
     def show() -> None:
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
-        rows = asset_table(loaded.assets, DriveStore(drive_root), drive_root / loaded.workdir)
+        rows = asset_table(loaded.assets, TieredStore(DriveStore(drive_root)), drive_root / loaded.workdir)
         for state, name, dest in rows:
             _print(f"{state:<9} {name}  ->  {dest}")
         if not rows:

@@ -31,8 +31,8 @@ from packaging.utils import canonicalize_name
 from .errors import PreconditionUnmet, redact
 from .home import jobs as jobs_of
 from .settings import WORKER_TEAM
-from .store import STALE_SECONDS, DriveStore
-from .team import open_team, team_spec, team_url
+from .store import STALE_SECONDS
+from .tiered import TieredStore
 from .transfer import Bars, explain, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
@@ -83,17 +83,17 @@ class DriveWork:
         """Nothing for Drive: the job folder goes."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def hand_off(self, *, wait: bool, store: DriveStore) -> str:
+    def hand_off(self, *, wait: bool, store: TieredStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
         files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
         write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
             "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
-            "team": team_spec(store.team) if store.team else None}))
+            "team": store.team_spec()}))
         if wait:
             finish(self.folder, store)
             return "written to Drive"
-        spawn(self.folder, team_url(store.team))
+        spawn(self.folder, store.team_url())
         return "being written to Drive in the background"
 
 
@@ -223,7 +223,7 @@ def _running(folder: Path) -> bool:
     return False
 
 
-def settle(prefix: Path, store: DriveStore, say: Any, *, offline: bool = False) -> bool:
+def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False) -> bool:
     """Before a run changes the target (or with --wait): let a worker still at it finish, or
     finish what a killed one left (a snapshot must be of the environment it describes). True
     when there was something: the Drive cache changed since the run looked."""
@@ -257,7 +257,7 @@ def resume(prefix: Path, say: Any, team: str | None = None) -> None:
             spawn(folder, team)
 
 
-def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
+def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
     come from the index stay queued, and so does the job."""
@@ -279,7 +279,7 @@ def finish(folder: Path, store: DriveStore, *, offline: bool = False) -> None:
         _tidy(folder)
 
 
-def _finish(folder: Path, job: dict[str, Any], store: DriveStore, offline: bool) -> None:
+def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
     """finish's work, under the job's lock."""
     from . import snapshot as snapshots
     from . import target as target_python
@@ -313,7 +313,7 @@ def _finish(folder: Path, job: dict[str, Any], store: DriveStore, offline: bool)
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: DriveStore) -> None:
+def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: TieredStore) -> None:
     """Fetch the wheels the run let uv take straight from the index, for the cache."""
     from packaging.tags import parse_tag
 
@@ -341,14 +341,12 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[0])
     try:
         job = json.loads((folder / JOB).read_text())
-        store = DriveStore(Path(job["drive"]), bars=Bars(enabled=False))
-        if team := job.get("team"):
-            # The job names the team cache without credentials; the run handed its URL over in
-            # the worker's environment (never on disk), when it held any.
-            given = WORKER_TEAM.get() or ""
-            location = given if given and redact(given) == team["location"] else team["location"]
-            store.team = open_team(location, drive=store.drive, read_only=team["read_only"],
-                                   warnings=store.warnings)
+        # The job names the team cache without credentials; the run handed its URL over in the
+        # worker's environment (never on disk), when it held any.
+        team, given = job.get("team") or {}, WORKER_TEAM.get() or ""
+        location = given if given and redact(given) == team.get("location") else team.get("location")
+        store = TieredStore.at(Path(job["drive"]), team=location, team_read_only=team.get("read_only", False),
+                                 bars=Bars(enabled=False))
         finish(folder, store)
         for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
             print(redact(f"warning: {warning}"), file=sys.stderr)

@@ -22,7 +22,7 @@ from .errors import PreconditionUnmet, WarmstartError
 from .lock import Pin, needs
 from .plan import Plan
 from .report import Report
-from .store import DriveStore
+from .tiered import TieredStore
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
 
 
 class Executor:
-    def __init__(self, plan: Plan, store: DriveStore, downloader: Downloader, report: Report,
+    def __init__(self, plan: Plan, store: TieredStore, downloader: Downloader, report: Report,
                  work: DriveWork, *, background: bool = False) -> None:
         self.plan, self.store, self.downloader, self.report = plan, store, downloader, report
         self.work = work  # what Drive gets after the environment is usable

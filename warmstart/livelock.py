@@ -22,8 +22,8 @@ from .errors import BadInput, WarmstartError
 from .images import Image, live_image
 from .lock import Lock, LockTarget, check_fresh, compile_lock, needs, parse_lock
 from .recipe import Recipe
-from .store import DriveStore
 from .target import TargetPython
+from .tiered import TieredStore
 from .transfer import atomic_write, explain, regular_file
 
 KIND = "locks"
@@ -39,7 +39,7 @@ class OwnLock:
     how: str  # "made on this runtime now" / "..., from Drive"
 
 
-def for_runtime(store: DriveStore, recipe: Recipe, wanted: LockTarget, committed: Lock, image: Image,
+def for_runtime(store: TieredStore, recipe: Recipe, wanted: LockTarget, committed: Lock, image: Image,
                 vm: TargetPython, *, make: bool, say: Callable[[str], None], root: Path,
                 warnings: list[str]) -> OwnLock | None:
     """The lock this runtime gets instead of the committed one, which would change what the VM
@@ -81,7 +81,7 @@ def _local(recipe: Recipe, target: LockTarget) -> Path:
     return folder / stored_name(recipe, target)
 
 
-def find(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, committed: Lock) -> Lock | None:
+def find(store: TieredStore, recipe: Recipe, target: LockTarget, live: Image, committed: Lock) -> Lock | None:
     """The lock an earlier VM of this runtime made, from Drive (never from a team store), checked
     before use: a lock as `invoke lock` writes it (its own digest), for this recipe's inputs and
     this VM's versions, with the committed lock's hashes for every release both name."""
@@ -117,7 +117,7 @@ def find(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, com
     return lock
 
 
-def _make(store: DriveStore, recipe: Recipe, target: LockTarget, live: Image, say: Callable[[str], None],
+def _make(store: TieredStore, recipe: Recipe, target: LockTarget, live: Image, say: Callable[[str], None],
          root: Path) -> Lock:
     """Resolve it here (the package index, and the `lock` extra to read the wheels' CUDA
     libraries), put it on Drive for the next VM, and return it."""

@@ -10,8 +10,7 @@ from pathlib import Path, PurePath
 from . import livelock
 from .lock import existing_locks, parse_lock
 from .recipe import known_recipes, load_recipe
-from .store import STALE_SECONDS, StoredFile
-from .team import Store
+from .store import STALE_SECONDS, Store, StoredFile
 from .transfer import sha256_of
 from .wheels import parse
 

@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
 from .patches import Patch, load_patch
+from .settings import RECIPES_FOLDER
 from .store import RECIPES
 
 RECIPE_SCHEMA: Schema = {
@@ -132,8 +133,8 @@ def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.
     """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
     else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
     dirs = [root / "recipes"]
-    if environ.get("WARMSTART_RECIPES"):
-        dirs.append(Path(environ["WARMSTART_RECIPES"]).expanduser())
+    if own := RECIPES_FOLDER.get(environ):
+        dirs.append(Path(own).expanduser())
     elif drive is not None:
         dirs.append(drive / RECIPES)
     return dirs

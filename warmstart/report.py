@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from .execute import Outcome
     from .gpu import GpuReport
     from .plan import Facts, Plan
-    from .store import DriveStore
-    from .team import ObjectStore
+    from .tiered import TieredStore
 
 # The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
 REPORT_VERSION = 1
@@ -47,7 +46,7 @@ class Report:
     plan: Plan | None = None  # set by bootstrap once the plan is made
     outcome: Outcome | None = None  # set by bootstrap when the executor starts (None: a dry run)
     status: dict[str, Any] | None = None  # set by `status`
-    team: DriveStore | ObjectStore | None = None  # the team cache, when one is configured
+    store: TieredStore | None = None  # the store the run uses (its team tier's part is reported)
     error: str | None = None
     exit_code: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -92,10 +91,8 @@ class Report:
                        python=str(plan.target.executable), installer=plan.installer,
                        dry_run=self.outcome is None, patches=[p.as_json() for p in plan.patches],
                        image_drift=plan.drift.as_json() if plan.drift else None)
-        if self.team:
-            from .team import describe
-
-            out["team_cache"] = describe(self.team)
+        if self.store and (team := self.store.describe_team()):
+            out["team_cache"] = team
         if self.outcome:
             out.update(self.outcome.as_json())
         if self.status is not None:

@@ -43,6 +43,8 @@ PYTHON = Variable("WARMSTART_PYTHON", "the interpreter that receives the package
 WAIT = Variable("WARMSTART_WAIT", "1: as --wait")
 CACHE = Variable("WARMSTART_CACHE", "the team cache, as --cache")
 CACHE_READ_ONLY = Variable("WARMSTART_CACHE_READ_ONLY", "1: as --cache-read-only")
+RECIPES_FOLDER = Variable("WARMSTART_RECIPES", "a folder of your own recipes (default: the Drive root's "
+                                               "recipe folder)")
 LOCK_TIMEOUT = Variable("WARMSTART_LOCK_TIMEOUT", "seconds to wait for another run on the same environment "
                                                   "(default 600)")
 PLATFORM = Variable("WARMSTART_PLATFORM", "the platform profile (envs/NAME.toml) instead of the detected one")
@@ -52,10 +54,12 @@ ASSET_MIRROR = Variable("WARMSTART_ASSET_MIRROR", "a URL whose files stand in fo
                                                   "(same file names, same sha256)")
 WORKER_TEAM = Variable("WARMSTART_WORKER_TEAM", "internal: the team cache's URL, handed to the Drive worker "
                                                 "in its environment only (never on disk)")
+TEAM_TIMEOUT = Variable("WARMSTART_TEAM_TIMEOUT", "seconds any call to the team cache may take before the "
+                                                "run goes on without it (default 20)")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
-VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT, ALLOW_HTTP,
-             ASSET_MIRROR, WORKER_TEAM, FAULT)
+VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
+             ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, WORKER_TEAM, FAULT)
 
 
 def _opt(help: str, default: Any = None) -> Any:
@@ -177,6 +181,19 @@ def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
         return float(raw)
     except ValueError:
         raise BadInput(f"{LOCK_TIMEOUT.name} must be a number of seconds, got {raw!r}") from None
+
+
+def team_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """However the team store's backend retries, no call to it may wait longer than this for an
+    answer; the first that does ends the store's part in the run (one warning)."""
+    raw = TEAM_TIMEOUT.get(environ)
+    try:
+        seconds = float(raw) if raw else 20.0
+    except ValueError:
+        raise BadInput(f"{TEAM_TIMEOUT.name} must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise BadInput(f"{TEAM_TIMEOUT.name} must be above 0 seconds, got {raw!r}")
+    return seconds
 
 
 @dataclass(frozen=True)

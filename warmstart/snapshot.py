@@ -41,8 +41,8 @@ from . import faults, manifest
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .patches import Patch
-from .store import DriveStore
 from .target import TargetPython, installed_files
+from .tiered import TieredStore
 from .transfer import Bar, zstd_open
 
 KIND = "snapshots"
@@ -88,7 +88,7 @@ class Snapshot:
     def index_name(self) -> str:
         return f"{self.stem}.json"
 
-    def read_index(self, store: DriveStore) -> dict[str, Any]:
+    def read_index(self, store: TieredStore) -> dict[str, Any]:
         try:
             index = store.read_json(KIND, self.index_name)
         except (OSError, ValueError) as exc:
@@ -103,7 +103,7 @@ class Snapshot:
             raise SnapshotUnusable(f"snapshot {self.index_name} was made for another target ({recorded})")
         return index
 
-    def set_aside(self, store: DriveStore, index: dict[str, Any]) -> None:
+    def set_aside(self, store: TieredStore, index: dict[str, Any]) -> None:
         """Keep a damaged snapshot for inspection, out of the way of the next one."""
         for name in (self.index_name, _archive_name(index)):
             if store.has(KIND, name):
@@ -130,7 +130,7 @@ class _Counting:
         self.fh.flush()
 
 
-def pack(store: DriveStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...],
+def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...],
          digests: dict[NormalizedName, str | None]) -> Path:
     """Write the snapshot of the distributions `pins` installed in `target`, if their files are
     those of the locked wheels (`digests`: the lock's, by name): a snapshot that no VM could
@@ -247,7 +247,7 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
-def _unpack_verified(store: DriveStore, archive: str, index: dict[str, Any], staging: Path,
+def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], staging: Path,
                      copy: IO[bytes] | None = None) -> int:
     """Read the archive once from Drive (or the team store), hashing it while GNU tar unpacks it
     into `staging` (and writing it to `copy` too, when given); raise SnapshotUnusable (staging
@@ -333,7 +333,7 @@ def _tame(folder: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
-def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
+def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
             digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...] = (),
             for_drive: Path | None = None) -> int:
     """Unpack a verified snapshot into the target; returns the archive size.
@@ -349,6 +349,7 @@ def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninsta
     if not store.has(KIND, archive):
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
     from_team = not store.on_drive(KIND, archive)
+    stats = store.stats_of(KIND, archive)
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     copy = for_drive / archive if from_team and for_drive else None
     try:
@@ -361,7 +362,6 @@ def restore(store: DriveStore, snapshot: Snapshot, target: TargetPython, uninsta
             copy.unlink(missing_ok=True)
         snapshot.set_aside(store, index)
         raise
-    stats = store.team.stats if from_team and store.team else store.stats
     stats.bytes_read += read
     stats.hits += 1
     if copy:

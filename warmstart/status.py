@@ -12,7 +12,6 @@ from .plan import Plan, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
-from .team import describe
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -67,9 +66,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             "wheel_bytes": wheel_bytes,
             "assets": {asset.name: state for asset, (_dest, state) in plan.assets.items()},
             # the team cache behind Drive (--cache): what only it holds, and whether it answered
-            "team": {**describe(store.team), "wheels_only_there": len(set(plan.cached.values())
-                                                                       & store.team_only("wheels"))}
-            if store.team else None,
+            "team": {**team, "wheels_only_there": len(set(plan.cached.values()) & store.team_only("wheels"))}
+            if (team := store.describe_team()) else None,
         },
         "action": describe_action(plan),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported

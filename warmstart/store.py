@@ -11,9 +11,10 @@ Drive may be shared by two VMs at once and a VM may die at any moment, so: a fil
 whole (a unique temporary name, flushed, renamed); nothing read is used before its sha256 is
 checked while it is copied off; a damaged file is renamed aside (kept for inspection, never used
 again, never deleted by a run); temporaries a killed run left are removed after an hour. Drive
-answers per file slowly, so each folder is listed once per run. A team cache (warmstart.team) may
-stand behind it: read where Drive lacks a file, and given every file Drive is. Standard library only:
-warmstart.sh fills the wheel folder before any dependency is there.
+answers per file slowly, so each folder is listed once per run. `Store` is the interface every
+medium implements (this folder store; warmstart.team's object store); warmstart.tiered puts a
+team store behind Drive. Standard library only: warmstart.sh fills the wheel folder before any
+dependency is there.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Protocol
 
 from . import faults
 from .transfer import (
@@ -42,9 +43,6 @@ from .transfer import (
     sha256_of,
     untrusted_json,
 )
-
-if TYPE_CHECKING:
-    from .team import ObjectStore
 
 LAYOUT = Path(".warmstart") / "v1"
 RECIPES = Path(".warmstart") / "recipes"
@@ -91,6 +89,36 @@ class StoredFile:
         return f"{self.kind}/{self.path.name}"
 
 
+class Store(Protocol):
+    """What every medium of a store offers: a folder (DriveStore, for Drive and a team's shared
+    folder) and an object store (warmstart.team.ObjectStore)."""
+
+    stats: CacheStats
+    warnings: list[str]
+    read_only: bool
+    down: str | None  # why it stopped answering for this run (a folder never does)
+    refused: bool  # a write was refused: reads go on, writes stop
+
+    def where(self, kind: str, name: str) -> str: ...
+    def names(self, kind: str) -> list[str]: ...
+    def has(self, kind: str, name: str) -> bool: ...
+    def size(self, kind: str, name: str) -> int: ...
+    def entries(self, *kinds: str) -> Iterator[StoredFile]: ...
+    def open(self, kind: str, name: str) -> IO[bytes]: ...
+    def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None: ...
+    def read_json(self, kind: str, name: str, limit: int = ...) -> Any: ...
+    def sha256(self, entry: StoredFile) -> str: ...
+    def put(self, kind: str, name: str, src: Path, bar: Any = ...) -> bool: ...
+    def put_text(self, kind: str, name: str, text: str) -> None: ...
+    def set_aside_named(self, kind: str, name: str) -> None: ...
+    def set_aside(self, path: PurePath) -> PurePath: ...
+    def remove(self, entries: Iterable[StoredFile]) -> int: ...
+    def clean_stale_parts(self, now: float | None = ...) -> list[Path]: ...
+    def record_use(self, keys: Iterable[str], now: float | None = ...) -> None: ...
+    def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]: ...
+    def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None: ...
+
+
 @dataclass
 class DriveStore:
     drive: Path
@@ -98,11 +126,9 @@ class DriveStore:
     bars: Bars = QUIET
     warnings: list[str] = field(default_factory=list)  # Drive writes that failed; the run goes on
     read_only: bool = False  # as a team store a person may only read (see warmstart.team)
-    # The team cache behind this one (warmstart.team): read when Drive lacks a file, written with it.
-    team: DriveStore | ObjectStore | None = None
-    from_team: set[Path] = field(default_factory=set)  # what `get` copied from the team store
+    down: str | None = field(default=None, init=False)  # a folder never stops answering for the run
+    refused: bool = field(default=False, init=False)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _here: dict[str, set[str]] = field(default_factory=dict, repr=False)  # the listings' Drive part
 
     def __str__(self) -> str:
         return str(self.drive)
@@ -125,37 +151,24 @@ class DriveStore:
     # -- listing ---------------------------------------------------------------------------
 
     def where(self, kind: str, name: str) -> str:
-        """Where a stored file is, to say so: on Drive, else in the team store."""
-        if self.team and not self.on_drive(kind, name):
-            return self.team.where(kind, name)
         return str(self.path(kind, name))
 
     def names(self, kind: str) -> list[str]:
-        """The whole regular files of a folder (no temporaries, nothing set aside), with the team
-        store's; each listed once."""
+        """The whole regular files of a folder (no temporaries, nothing set aside)."""
         if kind not in self._listings:
-            here = self._here[kind] = {e.path.name for e in self.entries(kind) if e.state == "file"}
-            self._listings[kind] = sorted(here.union(self.team.names(kind)) if self.team else here)
+            self._listings[kind] = sorted(e.path.name for e in self.entries(kind) if e.state == "file")
         return self._listings[kind]
 
     def relist(self) -> None:
         """Forget the listings: another process (the Drive worker, another VM) wrote since."""
         self._listings.clear()
-        self._here.clear()
-
-    def team_only(self, kind: str) -> set[str]:
-        """What the listing found in the team store but not on Drive."""
-        return set(self.names(kind)) - self._here[kind]
 
     def on_drive(self, kind: str, name: str) -> bool:
         return regular_file(self.path(kind, name))
 
-    def has(self, kind: str, name: str) -> bool:
-        return self.on_drive(kind, name) or bool(self.team and self.team.has(kind, name))
+    has = on_drive
 
     def size(self, kind: str, name: str) -> int:
-        if self.team and not self.on_drive(kind, name):
-            return self.team.size(kind, name)
         return self.path(kind, name).stat().st_size
 
     def sha256(self, entry: StoredFile) -> str:
@@ -176,22 +189,12 @@ class DriveStore:
     # -- reading ---------------------------------------------------------------------------
 
     def open(self, kind: str, name: str) -> IO[bytes]:
-        """A stored file to read once, front to back (a snapshot archive): Drive's, else the team's."""
-        if self.team and not self.on_drive(kind, name):
-            return self.team.open(kind, name)
+        """A stored file to read once, front to back (a snapshot archive)."""
         return open(self.path(kind, name), "rb", buffering=0)
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Copy a stored file to local `dest` while hashing it; `dest` when its sha256 is one of
-        `sha256s`, else None: unreadable (a warning) or damaged (set aside, a warning). What Drive
-        lacks (or holds damaged) comes from the team store, and is noted in `from_team`."""
-        got = self._get_here(kind, name, dest, sha256s)
-        if got is None and self.team and self.team.get(kind, name, dest, sha256s):
-            self.from_team.add(dest)
-            return dest
-        return got
-
-    def _get_here(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
+        `sha256s`, else None: missing, unreadable (a warning) or damaged (set aside, a warning)."""
         src = self.path(kind, name)
         if not regular_file(src):
             return None
@@ -213,25 +216,14 @@ class DriveStore:
 
     def read_json(self, kind: str, name: str, limit: int = 1 << 20) -> Any:
         """A small JSON file (a snapshot index); ValueError or OSError when it is not one."""
-        if self.team and not self.on_drive(kind, name):
-            return self.team.read_json(kind, name, limit)
         return read_untrusted_json(self.path(kind, name), limit)
-
-    def describe_reads(self) -> str:
-        stats = self.stats
-        said = f"{stats.hits} files, {stats.bytes_read / 2**20:.1f} MiB from Drive"
-        if self.team and self.team.stats.hits:
-            said += f"; {self.team.stats.hits} files, {self.team.stats.bytes_read / 2**20:.1f} MiB from the team cache"
-        return said
 
     # -- writing ---------------------------------------------------------------------------
 
     def put(self, kind: str, name: str, src: Path, bar: Bar | None = None) -> bool:
         """Copy a local file in, atomically; names are content-addressed, so one that is there
         is the same file (another VM put it first). False, with a warning, when Drive fails.
-        `bar`: the progress bar of a larger write to count on (else one of its own). The team
-        store gets it too (first: a full Drive must not keep it from the team)."""
-        self.share(kind, src, name)
+        `bar`: the progress bar of a larger write to count on (else one of its own)."""
         if self.read_only:
             return False
         dest = self.path(kind, name)
@@ -259,31 +251,18 @@ class DriveStore:
             with self.bars.bar(total, desc) as own:
                 yield own
 
-    def share(self, kind: str, src: Path, name: str | None = None) -> None:
-        """Put a local file into the team store only (a file already on Drive, say)."""
-        if self.team:
-            self.team.put(kind, name or src.name, src)
-
     def writer(self, kind: str, stem: str) -> AtomicFile:
         """A new file in `kind` named only on commit (snapshot archives, named by their sha256)."""
         return AtomicFile(self.path(kind, stem))
 
     def put_text(self, kind: str, name: str, text: str) -> None:
-        if self.team:
-            try:
-                self.team.put_text(kind, name, text)
-            except OSError as exc:  # a team folder that fails: Drive's copy is what this run needs
-                self.warnings.append(f"{kind[:-1]} {name} not written to the team cache: {explain(exc)}")
         if not self.read_only:
             atomic_write_text(self.path(kind, name), text)
 
     def set_aside_named(self, kind: str, name: str) -> None:
-        """Set a damaged file aside where it is: on Drive, or in the team store."""
-        if self.on_drive(kind, name):
-            if not self.read_only:
-                self.set_aside(self.path(kind, name))
-        elif self.team and self.team.has(kind, name):
-            self.team.set_aside_named(kind, name)
+        """Set a damaged file aside where it is."""
+        if self.on_drive(kind, name) and not self.read_only:
+            self.set_aside(self.path(kind, name))
 
     def set_aside(self, path: PurePath) -> Path:
         """Rename a damaged file out of the way: kept for inspection, never deleted, never used."""
@@ -323,9 +302,7 @@ class DriveStore:
     # what no checkout sharing this Drive used within its retention period.
 
     def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
-        now, keys = time.time() if now is None else now, list(keys)
-        if self.team:
-            self.team.record_use(keys, now)
+        now = time.time() if now is None else now
         try:
             if (names := sorted(set(keys))) and not self.read_only:
                 self._write_record(dict.fromkeys(names, now))

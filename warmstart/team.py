@@ -21,18 +21,18 @@ asking the team store again.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
 from . import extras
-from .errors import BadInput, PreconditionUnmet, redact
+from .errors import PreconditionUnmet, redact
+from .settings import team_timeout
 from .store import (
     KINDS,
     USAGE,
@@ -55,21 +55,6 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
 # Whatever the backend's own timeouts and retries: no call to a team store may wait longer than
 # this without an answer; the first that does ends the store's part in the run (one warning).
-TIMEOUT_SETTING = "WARMSTART_TEAM_TIMEOUT"
-DEFAULT_TIMEOUT = 20.0
-
-
-def team_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    raw = environ.get(TIMEOUT_SETTING, "")
-    try:
-        seconds = float(raw) if raw else DEFAULT_TIMEOUT
-    except ValueError:
-        raise BadInput(f"{TIMEOUT_SETTING} must be a number of seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise BadInput(f"{TIMEOUT_SETTING} must be above 0 seconds, got {raw!r}")
-    return seconds
-
-
 def _within(seconds: float, call: Callable[[], Any]) -> Any:
     """call(), or TimeoutError once `seconds` pass without its answer. The call goes on in a
     daemon thread that nothing waits for: a hung socket keeps no run (nor its exit) waiting."""
@@ -135,27 +120,6 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
         raise PreconditionUnmet(f"the team cache folder {folder} does not exist; create it, or fix --cache "
                                 "(or WARMSTART_CACHE)")
     return DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only)
-
-
-def team_url(team: ObjectStore | DriveStore | None) -> str | None:
-    """The team store's location as the run opened it (a URL may hold user:password@)."""
-    if team is None:
-        return None
-    return team.url if isinstance(team, ObjectStore) else str(team.drive)
-
-
-def team_spec(team: ObjectStore | DriveStore) -> dict[str, Any]:
-    """What the Drive worker needs to open the same team store, for its job file: the location
-    without credentials (the worker reads them from the backends' chains, or from the URL the
-    run hands it in its environment)."""
-    return {"location": redact(team_url(team) or ""), "read_only": team.read_only}
-
-
-def describe(team: ObjectStore | DriveStore) -> dict[str, Any]:
-    """The team cache's part in a run, for the report (its URL without credentials)."""
-    problem = getattr(team, "down", None) or ("writes refused" if getattr(team, "refused", False) else None)
-    return {"cache": redact(str(team)), "read_only": team.read_only, "hits": team.stats.hits,
-            "bytes_read": team.stats.bytes_read, "bytes_written": team.stats.bytes_written, "problem": problem}
 
 
 def borrowable(target: TargetPython) -> tuple[str, ...]:
@@ -456,9 +420,6 @@ class ObjectStore:
 
         compact(when, records, keep, write, lambda record: self._delete(record, "removing old usage records"))
         self._listings.pop(USAGE, None)
-
-
-Store = DriveStore | ObjectStore  # a store `invoke cache` can list, verify and prune
 
 
 def _mtime(info: dict[str, Any]) -> float:
