@@ -7,8 +7,9 @@ import hashlib
 import pytest
 
 from warmstart import PROJECT_ROOT
+from warmstart.compiling import _without_excluded
 from warmstart.errors import BadInput
-from warmstart.lock import LockTarget, _without_excluded, check_fresh, lock_path, parse_lock, target_image
+from warmstart.lock import LockTarget, check_fresh, lock_path, parse_lock, target_image
 from warmstart.recipe import load_recipe
 
 COMPILED = """\

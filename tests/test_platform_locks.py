@@ -17,7 +17,7 @@ from warmstart import PROJECT_ROOT
 from warmstart.cudalibs import lock_tags, platforms_for, problems
 from warmstart.errors import BadInput
 from warmstart.images import images_of, load_image, parse_freeze, write_image
-from warmstart.lock import LockTarget, Pin, WheelLibs, _parse_pins, needs, select_lock
+from warmstart.lock import LockTarget, Pin, WheelLibs, needs, parse_pins, select_lock
 from warmstart.recipe import GpuNeeds, load_recipe
 
 
@@ -89,7 +89,7 @@ def test_via_lines_of_both_resolvers_become_the_graph(tmp_path):
         "torch==2.11.0 \\\n    --hash=sha256:" + "e" * 64 + "\n    # via\n    #   -r requirements/x.in\n    #   ultralytics\n"
         "plain==1.0 --hash=sha256:" + "f" * 64 + "\n"
     )
-    pins = {p.name: p for p in _parse_pins(text, tmp_path / "lock.txt")}
+    pins = {p.name: p for p in parse_pins(text, tmp_path / "lock.txt")}
     assert pins["anyio"].via == {"httpx"} and not pins["anyio"].root
     assert pins["certifi"].via == {"httpcore", "requests"}
     assert pins["hyperlpr3"].root and pins["hyperlpr3"].via == set()

@@ -98,8 +98,8 @@ def test_a_platform_build_of_the_locked_version_is_kept_with_what_only_it_needs(
     which only that build asks for, is the platform's business."""
     plan = make_plan(facts({"torch": "2.11.0+cu128"}, pins=(TORCH, CUDA_RT)), ONLINE)
     assert plan.to_install == () and plan.to_download == ()
-    assert plan.needs.provided == {"torch": "2.11.0+cu128"}
-    assert [p.name for p in plan.needs.left] == ["nvidia-cuda-runtime"]
+    assert plan.facts.needs.provided == {"torch": "2.11.0+cu128"}
+    assert [p.name for p in plan.facts.needs.left] == ["nvidia-cuda-runtime"]
 
 
 def test_offline_without_the_wheels_or_a_snapshot_is_refused_naming_them():

@@ -159,10 +159,10 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     # The recipe's patches against what is installed: a file a patch cannot take stops the run here.
     patched = patches.survey(recipe.patches, target.path, target.prefix, {p.name: p.version for p in lock.pins},
                              {p.name for p in installing})
-    report.facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
+    facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
                          broken, found, located, snapshot_found, installer.choose(options.installer),
                          tuple(warnings), whole, in_team(store, cached), tuple(patched), drifted, live_at)
-    return report.facts, store
+    return facts, store
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:
@@ -223,9 +223,9 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     for line in plan.describe():
         report.say(line)
     if options.dry_run:
-        report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
+        report.installed = {p.name: plan.facts.target.installed.get(p.name, "") for p in plan.facts.lock.pins}
         return plan
-    target_python.remember_whole(plan.target.prefix, facts.whole_records)
+    target_python.remember_whole(plan.facts.target.prefix, facts.whole_records)
     unwritable = []
     with report.step("workdir") as step:
         try:
@@ -238,7 +238,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
             step.status = "warning"
             unwritable.append(f"no workdir {plan.workdir}: {explain(exc)}")
     drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
-    work = drivework.start(prefix, plan.drive, plan.target.executable)
+    work = drivework.start(prefix, plan.facts.drive, plan.facts.target.executable)
     run = Executor(plan, store, Downloader(index, report.bars), report, work, background=not settings.wait)
     report.outcome = run.outcome
     run.outcome.warnings.extend(plan.warnings)
@@ -248,25 +248,25 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
     if stale and kernel:  # before anything changes: a run that fails midway still says it
-        restart.remember(plan.target.prefix, stale, kernel)
+        restart.remember(plan.facts.target.prefix, stale, kernel)
     try:
         if plan.nothing_to_do:
-            report.installed = {p.name: plan.target.installed.get(p.name, "") for p in plan.lock.pins}
-            failed = checks.failed_before(plan.target.prefix, plan.recipe.name)
-            if failed and plan.recipe.checks and not options.packages_only:
+            report.installed = {p.name: plan.facts.target.installed.get(p.name, "") for p in plan.facts.lock.pins}
+            failed = checks.failed_before(plan.facts.target.prefix, plan.facts.recipe.name)
+            if failed and plan.facts.recipe.checks and not options.packages_only:
                 report.say(f"checks failed here last time ({', '.join(failed)}): running them again")
                 run.run_checks()
         else:
             installed_wheels = (plan.to_install or plan.to_download) and run.install()
             run.verify()
             report.installed = run.outcome.installed
-            if plan.patches:  # before the snapshot is packed: it carries the patched files
+            if plan.facts.patches:  # before the snapshot is packed: it carries the patched files
                 run.apply_patches()
             if installed_wheels:
                 run.queue_snapshot()
             if plan.assets_to_place:
                 run.place_assets()
-            if plan.recipe.checks and not options.packages_only:
+            if plan.facts.recipe.checks and not options.packages_only:
                 run.run_checks()
     finally:
         run.report_restart(stale)
@@ -274,7 +274,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         hand_off(run, settings.wait, store, report, status_command(options, plan))
         if _use_record_due(plan):
             store.record_use(store_files_used(plan, store) + queued)
-    if plan.profile.notebook and options.kernel_imported is None:
+    if plan.facts.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
 
@@ -297,12 +297,12 @@ def status_command(options: Options, plan: Plan) -> str:
     asked for (its --drive, --python, --packages-only), ready to paste where it is printed."""
     words = [_invoked_as(), "status", "--recipe", options.recipe]
     if options.drive:
-        words += ["--drive", str(plan.drive)]
+        words += ["--drive", str(plan.facts.drive)]
     if options.python:
-        words += ["--python", str(plan.target.executable)]
+        words += ["--python", str(plan.facts.target.executable)]
     if options.packages_only:
         words.append("--packages-only")
-    return ("!" if plan.profile.notebook else "") + shlex.join(words)
+    return ("!" if plan.facts.profile.notebook else "") + shlex.join(words)
 
 
 def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, status: str) -> None:
@@ -322,14 +322,14 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
     if not wait:
         report.say(f"the Drive cache and snapshot are being written in the background: `{status}` shows how far"
                    + ("; keep this VM up until it says \"safe to shut down\" (or run bootstrap with --wait)"
-                      if run.plan.profile.notebook else ""))
+                      if run.plan.facts.profile.notebook else ""))
 
 
 def _use_record_due(plan: Plan, every: float = 86400) -> bool:
     """Each run that changes something records what it used; one that changes nothing refreshes
     the record once a day, not each time: a Drive write per no-op run would cost more than the
     run. A marker on local disk, per target, tells when the last record was written."""
-    marker = home.state_file("used", plan.target.prefix)
+    marker = home.state_file("used", plan.facts.target.prefix)
     try:
         recent = time.time() - marker.stat().st_mtime < every
     except OSError:
@@ -347,14 +347,17 @@ def _use_record_due(plan: Plan, every: float = 86400) -> bool:
 def store_files_used(plan: Plan, store: TieredStore) -> list[str]:
     """The store files this run's lock and recipe use, as usage records name them (the wheels as
     the cache holds them now, with what this run downloaded)."""
-    cached = cached_wheels(store, plan.needs.wanted, plan.target.supported_tags())
+    cached = cached_wheels(store, plan.facts.needs.wanted, plan.facts.target.supported_tags())
     wheels = [f"wheels/{name}" for name in cached.values()]
-    asset_keys = [f"{assets.KIND}/{a.sha256}" for a in plan.recipe.assets]
+    asset_keys = [f"{assets.KIND}/{a.sha256}" for a in plan.facts.recipe.assets]
     # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
-    fresh = needs(plan.lock.pins, plan.image.shipped if plan.image else {}).install
-    located = {snapshot.Snapshot.locate(plan.recipe.name, plan.lock, plan.target, fresh).index_name} if fresh else set()
-    if plan.snapshot:
-        located.add(plan.snapshot.index_name)
+    facts = plan.facts
+    fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+    located = set()
+    if fresh:
+        located.add(snapshot.Snapshot.locate(facts.recipe.name, facts.lock, facts.target, fresh).index_name)
+    if facts.snapshot:
+        located.add(facts.snapshot.index_name)
     return wheels + asset_keys + [f"{snapshot.KIND}/{name}" for name in sorted(located)]
 
 
@@ -362,5 +365,5 @@ def stale_imports(plan: Plan, options: Options) -> dict[str, tuple[str, str]]:
     """What this run replaces that the kernel has imported (in the kernel: what it has in
     sys.modules; from a `!` command: what the platform's kernel imports at start)."""
     imported = (options.kernel_imported if options.kernel_imported is not None
-                else frozenset(plan.profile.preloaded))
+                else frozenset(plan.facts.profile.preloaded))
     return {name: versions for name, versions in sorted(plan.replaced.items()) if name in imported}

@@ -27,12 +27,13 @@ from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__, extras, maintenance
+from . import PROJECT_ROOT, __version__, compiling, extras, maintenance
 from . import bootstrap as bootstrapping
 from . import lock as locking
 from .assets import asset_table
 from .cli import run_plain, run_reported
 from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .gpu import probe_gpus
 from .images import image_named, write_image
 from .profiles import select_profile
 from .recipe import known_recipes, load_recipe
@@ -137,7 +138,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
             loaded = load_recipe(name, ROOT)
             locks = locking.existing_locks(loaded)
             found += [(path, target, problem) for path, target in locks.items()
-                      for problem in locking.audit(loaded, path, target, ROOT)]
+                      for problem in compiling.audit(loaded, path, target, ROOT)]
             recipe_of.update(dict.fromkeys(locks, loaded))
         # Each problem with the one command that makes that lock again.
         lines = [f"{path}: {problem}: run `{locking.relock_command(recipe_of[path], target, ROOT)}`"
@@ -163,7 +164,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         else:
             targets = [locking.LockTarget(version, on) for version in python_version or [current.python_version]]
         for target in targets:
-            path = locking.compile_lock(loaded, target, upgrade=upgrade,
+            path = compiling.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),
                                         say=lambda m: _print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
             _print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
@@ -290,8 +291,6 @@ def assets(c, recipe=None, drive=None):
 @command(help={"json": "print one JSON object instead of a table"})
 def gpu(c, json=False):
     """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
-    from .gpu import probe_gpus
-
     report = probe_gpus()
     if json:
         print(jsonlib.dumps(report.as_json()))

@@ -26,10 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 
+from . import snapshot as snapshots
+from . import target as target_python
+from .download import Downloader
 from .errors import PreconditionUnmet, redact
 from .home import jobs as jobs_of
+from .lock import Pin
+from .pipconfig import IndexSettings
 from .settings import WORKER_TEAM
 from .store import STALE_SECONDS
 from .tiered import TieredStore
@@ -281,9 +287,6 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
     """finish's work, under the job's lock."""
-    from . import snapshot as snapshots
-    from . import target as target_python
-    from .lock import Pin
 
     (folder / FAILED).unlink(missing_ok=True)
     wanted = job.get("download")
@@ -315,11 +318,6 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
 
 def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: TieredStore) -> None:
     """Fetch the wheels the run let uv take straight from the index, for the cache."""
-    from packaging.tags import parse_tag
-
-    from .download import Downloader
-    from .lock import Pin
-    from .pipconfig import IndexSettings
 
     area = folder / FILES / "wheels"
     area.mkdir(parents=True, exist_ok=True)

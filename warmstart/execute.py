@@ -7,49 +7,20 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.utils import NormalizedName
 
 from . import assets, checks, faults, installer, patches, restart, snapshot
 from . import target as target_python
-from .checks import CheckResult
 from .download import Downloader
 from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
 from .lock import Pin, needs
+from .outcome import Outcome
 from .plan import Plan
 from .report import Report
 from .tiered import TieredStore
-
-
-@dataclass
-class Outcome:
-    """What the executor did, filled as it goes: a run that fails midway still reports it."""
-
-    changed: bool = False
-    installed: dict[str, str] = field(default_factory=dict)  # each locked name: its version after the run
-    snapshot: dict[str, Any] | None = None  # {"used": bool, "index" | "reason": str}, when one was tried
-    warnings: list[str] = field(default_factory=list)
-    checks: list[CheckResult] | None = None  # None: not run
-    replaced: dict[NormalizedName, tuple[str, str]] = field(default_factory=dict)  # name -> (old, new)
-    restart_needed: list[str] = field(default_factory=list)  # imported by the kernel, since replaced
-    drive_writes: str = ""  # "being written to Drive in the background", "written to Drive", or ""
-    patches: list[dict[str, Any]] | None = None  # each patched distribution after the run (None: not run)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "changed": self.changed,
-            **({"snapshot": self.snapshot} if self.snapshot is not None else {}),
-            "warnings": self.warnings,
-            **({"checks": [c.as_json() for c in self.checks]} if self.checks is not None else {}),
-            "replaced": {name: list(versions) for name, versions in self.replaced.items()},
-            "restart_needed": self.restart_needed,
-            "drive_writes": self.drive_writes,
-            **({"patches": self.patches} if self.patches is not None else {}),
-        }
 
 
 def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
@@ -65,7 +36,7 @@ class Executor:
         # The Drive work runs after this command: then uv may fetch what Drive lacks straight from
         # the index while it installs (the environment first), and the Drive work fetches the
         # wheels for the cache again, after. Otherwise the wheels are downloaded once, first.
-        self.direct = background and plan.installer == "uv" and not plan.offline
+        self.direct = background and plan.facts.installer == "uv" and not plan.offline
         self.outcome = Outcome()
 
     def warn(self, warnings: list[str]) -> None:
@@ -81,7 +52,7 @@ class Executor:
         install them. True when wheels were installed (so a snapshot is worth making). What was
         downloaded is queued for Drive, not written there now."""
         plan = self.plan
-        for staging in plan.target.prefix.glob(".warmstart-restore-*"):
+        for staging in plan.facts.target.prefix.glob(".warmstart-restore-*"):
             shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
         with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
             stage = Path(tmp)
@@ -93,7 +64,7 @@ class Executor:
                 if not need:
                     step.status, step.detail = "skipped", skipped
                 for pin in need:
-                    cached = plan.cached.get(pin.name)
+                    cached = plan.facts.cached.get(pin.name)
                     if cached and (got := self.store.get("wheels", cached, stage / cached, pin.hashes)):
                         if got in self.store.from_team:
                             self.work.add("wheels", got)  # Drive gets it too (installed from there)
@@ -112,7 +83,7 @@ class Executor:
             with self.report.step("download") as step:
                 if to_download and self.direct:
                     self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in to_download]
-                    self.work.tags = [str(tag) for tag in plan.target.supported_tags()]
+                    self.work.tags = [str(tag) for tag in plan.facts.target.supported_tags()]
                     self.store.stats.misses += len(to_download)
                     step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
                 elif to_download:
@@ -125,7 +96,7 @@ class Executor:
                     self.clear_broken()
                     # uv fetches only what is not here; with every wheel here, no index is asked at all
                     self._install(need, [stage, downloads], stage, index=self.direct and bool(to_download))
-                    step.detail = f"{len(need)} packages with {plan.installer}"
+                    step.detail = f"{len(need)} packages with {plan.facts.installer}"
                 else:
                     step.status, step.detail = "skipped", skipped
         return bool(need)
@@ -134,8 +105,8 @@ class Executor:
         plan = self.plan
         requirements = _requirements_file(need, stage / "install.txt")
         try:
-            installer.install(plan.installer, plan.target.executable, requirements, wheels,
-                              plan.profile.unset_env, self._first_install_seen(), index=index)
+            installer.install(plan.facts.installer, plan.facts.target.executable, requirements, wheels,
+                              plan.facts.profile.unset_env, self._first_install_seen(), index=index)
         except WarmstartError:
             if index:  # an index that cannot be reached or refuses is said as such
                 self.downloader.project_files(need[0].name)
@@ -145,13 +116,13 @@ class Executor:
         """Download into the Drive work's wheel folder (installed from there, put on Drive after);
         returns the bytes fetched."""
         plan = self.plan
-        jobs, left = self.downloader.wheel_jobs(pins, plan.target.supported_tags(), downloads)
+        jobs, left = self.downloader.wheel_jobs(pins, plan.facts.target.supported_tags(), downloads)
         fetched = self.downloader.fetch(jobs, f"download {len(jobs)} wheels")
         if left:
             self.report.say(f"pip downloads {len(left)} wheels itself: " + "; ".join(
                 f"{pin.name}=={pin.version}: {why}" for pin, why in left.items()))
-            installer.download(plan.target.executable, _requirements_file(list(left), stage / "download.txt"),
-                               downloads, plan.profile.unset_env)
+            installer.download(plan.facts.target.executable, _requirements_file(list(left), stage / "download.txt"),
+                               downloads, plan.facts.profile.unset_env)
             faults.point("download")
         self.store.stats.misses += len(pins)
         return fetched
@@ -159,17 +130,18 @@ class Executor:
     def _restore_snapshot(self) -> bool:
         """Unpack the snapshot; False (with the reason in the outcome) when it cannot be used."""
         plan = self.plan
-        assert plan.snapshot is not None
-        replaced = [name for name in sorted(plan.replaced) if name not in plan.broken]
+        assert plan.facts.snapshot is not None
+        replaced = [name for name in sorted(plan.replaced) if name not in plan.facts.broken]
 
         def make_room() -> None:
             self.clear_broken()
-            installer.uninstall(plan.installer, plan.target.executable, replaced, plan.profile.unset_env)
+            facts = plan.facts
+            installer.uninstall(facts.installer, facts.target.executable, replaced, facts.profile.unset_env)
 
         with self.report.step("snapshot") as step:
             try:
-                size = snapshot.restore(self.store, plan.snapshot, plan.target, make_room,
-                                        self.digests(plan.to_install), plan.recipe.patches,
+                size = snapshot.restore(self.store, plan.facts.snapshot, plan.facts.target, make_room,
+                                        self.digests(plan.to_install), plan.facts.recipe.patches,
                                         for_drive=self.work.area(snapshot.KIND))
             except snapshot.SnapshotUnusable as exc:
                 step.status, step.detail = "warning", str(exc)
@@ -177,57 +149,58 @@ class Executor:
                 self.report.say(f"warning: {exc}; installing from the wheels instead")
                 return False
             step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
-            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, plan.snapshot.index_name)}
+            index = plan.facts.snapshot.index_name
+            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, index)}
             return True
 
     def clear_broken(self) -> None:
         """Remove half-installed distributions; what their RECORD names outside the prefix stays."""
-        refused = target_python.remove_broken(list(self.plan.broken.values()), self.plan.target.prefix)
+        refused = target_python.remove_broken(list(self.plan.facts.broken.values()), self.plan.facts.target.prefix)
         if refused:
             self.warn([f"left alone {len(refused)} paths that half-installed distributions list outside "
-                       f"{self.plan.target.prefix}, e.g. {refused[0]}"])
+                       f"{self.plan.facts.target.prefix}, e.g. {refused[0]}"])
 
     def _first_install_seen(self) -> Callable[[], bool] | None:
         """For the `install` fault point only: true once the installer has written a dist-info."""
         if not faults.armed("install"):
             return None
-        prefix = self.plan.target.prefix
+        prefix = self.plan.facts.target.prefix
         before = set(prefix.glob("lib/python*/site-packages/*.dist-info"))
         return lambda: bool(set(prefix.glob("lib/python*/site-packages/*.dist-info")) - before)
 
     def digests(self, pins: tuple[Pin, ...]) -> dict[NormalizedName, str | None]:
         """The lock's digest of the files of each pin's wheel: what a snapshot is checked against."""
-        recorded = self.plan.lock.wheels or {}
+        recorded = self.plan.facts.lock.wheels or {}
         return {p.name: recorded[p.name].files if p.name in recorded else None for p in pins}
 
     def queue_snapshot(self) -> None:
         """Have the Drive work pack what this run installed, for the next VM in the same state."""
         plan = self.plan
-        assert plan.snapshot is not None
-        self.work.snapshot = {"stem": plan.snapshot.stem, "facts": plan.snapshot.facts,
+        assert plan.facts.snapshot is not None
+        self.work.snapshot = {"stem": plan.facts.snapshot.stem, "facts": plan.facts.snapshot.facts,
                               "pins": [[p.name, p.version] for p in plan.to_install],
-                              "digests": self.digests(plan.to_install), "python": str(plan.target.executable)}
+                              "digests": self.digests(plan.to_install), "python": str(plan.facts.target.executable)}
 
     def verify(self) -> None:
         plan = self.plan
         with self.report.step("verify") as step:
-            after = target_python.installed_now(plan.target)
-            self.outcome.installed = {p.name: after.get(p.name, "") for p in plan.lock.pins}
+            after = target_python.installed_now(plan.facts.target)
+            self.outcome.installed = {p.name: after.get(p.name, "") for p in plan.facts.lock.pins}
             wrong = [f"{p.name} (wanted {p.version}, found {after.get(p.name) or 'nothing'})"
-                     for p in needs(plan.lock.pins, after).install]
+                     for p in needs(plan.facts.lock.pins, after).install]
             if wrong:
-                raise WarmstartError(f"after installing, these do not match {plan.lock.path}: "
+                raise WarmstartError(f"after installing, these do not match {plan.facts.lock.path}: "
                                      + ", ".join(wrong))
-            step.detail = f"{len(plan.needs.wanted)} packages match the lock"
-            if plan.needs.provided:
-                step.detail += f", {len(plan.needs.provided)} by the platform's own build"
+            step.detail = f"{len(plan.facts.needs.wanted)} packages match the lock"
+            if plan.facts.needs.provided:
+                step.detail += f", {len(plan.facts.needs.provided)} by the platform's own build"
 
     def apply_patches(self) -> None:
         """Make the patched distributions' files what the recipe asks for (apply, update, undo)."""
         plan = self.plan
         with self.report.step("patches") as step:
-            before = patches.sync(plan.recipe.patches, plan.target.path, plan.target.prefix,
-                                  {p.name for p in plan.lock.pins})
+            before = patches.sync(plan.facts.recipe.patches, plan.facts.target.path, plan.facts.target.prefix,
+                                  {p.name for p in plan.facts.lock.pins})
             self.outcome.patches = [
                 {**s.as_json(), "state": patches.APPLIED if s.patches else "removed",
                  "changed": s.state != patches.APPLIED} for s in before]
@@ -240,7 +213,7 @@ class Executor:
     def place_assets(self) -> None:
         plan = self.plan
         with self.report.step("assets") as step, tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
-            came = [assets.ensure(a, plan.assets[a][0], self.store, self.downloader, self.work,
+            came = [assets.ensure(a, plan.facts.assets[a][0], self.store, self.downloader, self.work,
                                   offline=plan.offline, scratch=Path(tmp))
                     for a in plan.assets_to_place]
             step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
@@ -249,16 +222,16 @@ class Executor:
     def run_checks(self) -> None:
         plan = self.plan
         with self.report.step("checks") as step:
-            results = self.outcome.checks = [checks.run_check(check, plan.target.executable, plan.workdir)
-                                             for check in plan.recipe.checks]
+            results = self.outcome.checks = [checks.run_check(check, plan.facts.target.executable, plan.workdir)
+                                             for check in plan.facts.recipe.checks]
             for result in results:
                 last = result.output.splitlines()[-1] if result.output else ""
                 self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {last}")
             failed = [r.name for r in results if not r.ok]
-            checks.remember(plan.target.prefix, plan.recipe.name, failed)
+            checks.remember(plan.facts.target.prefix, plan.facts.recipe.name, failed)
             step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
             if failed:
-                raise WarmstartError(f"{plan.recipe.path}: checks failed: {', '.join(failed)} "
+                raise WarmstartError(f"{plan.facts.recipe.path}: checks failed: {', '.join(failed)} "
                                      "(their output is above and in the report)")
 
     # -- the kernel ------------------------------------------------------------------------
@@ -267,7 +240,7 @@ class Executor:
         """Say once, at the end, what the running kernel holds old copies of: replaced by this
         run, or by an earlier run since which the kernel has not restarted."""
         self.outcome.replaced = dict(self.plan.replaced)
-        needed = {**restart.pending(self.plan.target.prefix), **stale}
+        needed = {**restart.pending(self.plan.facts.target.prefix), **stale}
         self.outcome.restart_needed = sorted(needed)
         if needed:
             changes = ", ".join(f"{n} {needed[n][0]} -> {needed[n][1]}" for n in sorted(needed))

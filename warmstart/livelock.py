@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import extras, home
+from .compiling import compile_lock
 from .errors import BadInput, WarmstartError
 from .images import Image, live_image
-from .lock import Lock, LockTarget, check_fresh, compile_lock, needs, parse_lock
+from .lock import Lock, LockTarget, check_fresh, needs, parse_lock
 from .recipe import Recipe
 from .target import TargetPython
 from .tiered import TieredStore

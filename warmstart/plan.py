@@ -57,89 +57,76 @@ class Facts:
 
 @dataclass(frozen=True)
 class Plan:
-    recipe: Recipe
-    profile: Profile
-    target: TargetPython
-    lock: Lock
-    drive: Path
+    """What to do, decided from the facts (which it points at) and the options."""
+
+    facts: Facts
     offline: bool
     to_install: tuple[Pin, ...]  # locked pins not installed at their locked version
-    cached: dict[NormalizedName, str]  # the Drive cache's wheel (file name) per pin, for this target
     to_download: tuple[Pin, ...]  # pins the cache lacks: fetched from the index, then cached
-    assets: dict[Asset, tuple[Path, str]]  # destination, and "in place" / "cached" / "missing"
-    snapshot: Snapshot | None  # where the snapshot of to_install lies; restored when use_snapshot
-    use_snapshot: bool  # Drive has it: restore it rather than install wheel by wheel
-    broken: dict[NormalizedName, Path]  # half-installed (a killed install): name -> its dist-info folder
-    installer: str  # "pip" or "uv"
-    needs: Needs  # the lock against what the target has: to install, provided by the platform, left to it
-    image: Image | None = None  # the platform image the lock was compiled against
+    use_snapshot: bool  # Drive has the snapshot of to_install: restore it rather than install wheel by wheel
     warnings: tuple[str, ...] = ()
-    in_team: frozenset[str] = frozenset()  # the cached wheels only the team cache holds
-    patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
-    drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
-    live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
 
     @property
     def patches_pending(self) -> bool:
-        return any(p.state != APPLIED for p in self.patches)
+        return any(p.state != APPLIED for p in self.facts.patches)
 
     @property
     def assets_to_place(self) -> list[Asset]:
-        return [a for a, (_dest, state) in self.assets.items() if state != "in place"]
+        return [a for a, (_dest, state) in self.facts.assets.items() if state != "in place"]
 
     @property
     def replaced(self) -> dict[NormalizedName, tuple[str, str]]:
         """Distributions the install changes from one version to another: (old, new)."""
-        installed = self.target.installed
+        installed = self.facts.target.installed
         return {p.name: (installed[p.name], p.version) for p in self.to_install
                 if p.name in installed and not p.satisfied_by(installed[p.name])}
 
     @property
     def workdir(self) -> Path:
-        return self.drive / self.recipe.workdir
+        return self.facts.drive / self.facts.recipe.workdir
 
     @property
     def nothing_to_do(self) -> bool:
         return not self.to_install and not self.to_download and not self.assets_to_place and not self.patches_pending
 
     def describe(self) -> list[str]:
-        from_cache = [p for p in self.to_install if p.name in self.cached]
-        from_team = [p for p in from_cache if self.cached[p.name] in self.in_team]
+        from_cache = [p for p in self.to_install if p.name in self.facts.cached]
+        from_team = [p for p in from_cache if self.facts.cached[p.name] in self.facts.in_team]
         from_drive = [p for p in from_cache if p not in from_team]
         lines = [
-            f"recipe {self.recipe.name} ({self.recipe.path})",
-            f"target {self.target.executable} (Python {self.target.version})",
-            f"lock {self.live_lock or self.lock.path} ({len(self.lock.pins)} pins"
-            + (", made on this runtime)" if self.live_lock else ")"),
-            *([f"image {self.drift.describe()}"] if self.drift else []),
-            f"drive {self.drive}, workdir {self.workdir}",
+            f"recipe {self.facts.recipe.name} ({self.facts.recipe.path})",
+            f"target {self.facts.target.executable} (Python {self.facts.target.version})",
+            f"lock {self.facts.live_lock or self.facts.lock.path} ({len(self.facts.lock.pins)} pins"
+            + (", made on this runtime)" if self.facts.live_lock else ")"),
+            *([f"image {self.facts.drift.describe()}"] if self.facts.drift else []),
+            f"drive {self.facts.drive}, workdir {self.workdir}",
         ]
         if self.nothing_to_do:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
-        restoring = bool(self.to_install and self.use_snapshot and self.snapshot)
-        how = (f"from the snapshot {self.snapshot.index_name} (with {self.installer} from the wheels "
-               "below, should it be unusable)" if restoring and self.snapshot else f"with {self.installer}")
+        restoring = bool(self.to_install and self.use_snapshot and self.facts.snapshot)
+        how = (f"from the snapshot {self.facts.snapshot.index_name} (with {self.facts.installer} from the wheels "
+               "below, should it be unusable)" if restoring and self.facts.snapshot else f"with {self.facts.installer}")
         lines.append(f"install {len(self.to_install)} {how}: {_names(self.to_install, 6)}")
         # Said before anything changes: what the environment had, and loses.
         for name, (old, new) in sorted(self.replaced.items()):
             restart = ("; the notebook's kernel imports it at start: restart the runtime afterwards"
-                       if name in self.profile.preloaded else "")
+                       if name in self.facts.profile.preloaded else "")
             lines.append(f"  replaces {name} {old} with {new}{restart}")
-        if self.needs.provided:
+        if self.facts.needs.provided:
             lines.append("  provided by the platform: " + ", ".join(
-                f"{name} {have}" for name, have in sorted(self.needs.provided.items())))
+                f"{name} {have}" for name, have in sorted(self.facts.needs.provided.items())))
         lines.append(f"  from the Drive cache {len(from_drive)}: {_names(from_drive, 6)}")
         if from_team:
             lines.append(f"  from the team cache {len(from_team)}: {_names(from_team, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
-        for asset, (dest, state) in self.assets.items():
+        for asset, (dest, state) in self.facts.assets.items():
             lines.append(f"asset {asset.name} -> {dest}: {state}")
         installing = {p.name for p in self.to_install}
         lines += [f"patch {p.describe()}" + (", unless the snapshot carries it applied"
                                              if restoring and p.state != APPLIED and p.distribution in installing
                                              else "")
-                  for p in self.patches]
+                  for p in self.facts.patches]
         return lines
 
 
@@ -200,9 +187,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
         to_download = tuple(p for p in found.wanted if p.name not in cached
                             and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
-    plan = Plan(recipe, facts.profile, target, facts.lock, drive, options.offline, to_install, cached,
-                to_download, facts.assets, facts.snapshot, use_snapshot, facts.broken, facts.installer,
-                found, facts.image, tuple(warnings), facts.in_team, facts.patches, facts.drift, facts.live_lock)
+    plan = Plan(facts, options.offline, to_install, to_download, use_snapshot, tuple(warnings))
     if options.keep_runtime and plan.replaced:
         changes = ", ".join(f"{name} {old} -> {new}" for name, (old, new) in sorted(plan.replaced.items()))
         raise PreconditionUnmet(

@@ -8,17 +8,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from .errors import redact
+from .gpu import GpuReport
+from .outcome import Outcome
+from .plan import Plan
 from .store import CacheStats
+from .tiered import TieredStore
 from .transfer import Bars, shown
-
-if TYPE_CHECKING:
-    from .execute import Outcome
-    from .gpu import GpuReport
-    from .plan import Facts, Plan
-    from .tiered import TieredStore
 
 # The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
 REPORT_VERSION = 1
@@ -42,7 +40,6 @@ class Report:
     cache: CacheStats = field(default_factory=CacheStats)
     platform: str | None = None  # the profile, known first
     gpu: GpuReport | None = None
-    facts: Facts | None = None  # set by prepare
     plan: Plan | None = None  # set by bootstrap once the plan is made
     outcome: Outcome | None = None  # set by bootstrap when the executor starts (None: a dry run)
     status: dict[str, Any] | None = None  # set by `status`
@@ -85,12 +82,13 @@ class Report:
         if self.gpu:
             out["gpu"] = self.gpu.as_json()
         if plan := self.plan:
-            out.update(drive=str(plan.drive), workdir=str(plan.workdir), lock=plan.live_lock or str(plan.lock.path),
-                       image=plan.image.name if plan.image else None,
-                       provided=dict(sorted(plan.needs.provided.items())),
-                       python=str(plan.target.executable), installer=plan.installer,
-                       dry_run=self.outcome is None, patches=[p.as_json() for p in plan.patches],
-                       image_drift=plan.drift.as_json() if plan.drift else None)
+            facts = plan.facts
+            out.update(drive=str(facts.drive), workdir=str(plan.workdir), lock=facts.live_lock or str(facts.lock.path),
+                       image=facts.image.name if facts.image else None,
+                       provided=dict(sorted(facts.needs.provided.items())),
+                       python=str(facts.target.executable), installer=facts.installer,
+                       dry_run=self.outcome is None, patches=[p.as_json() for p in facts.patches],
+                       image_drift=facts.drift.as_json() if facts.drift else None)
         if self.store and (team := self.store.describe_team()):
             out["team_cache"] = team
         if self.outcome:

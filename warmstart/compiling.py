@@ -1,0 +1,202 @@
+"""Compiling locks (`invoke lock`): resolving a recipe for a target with pip-tools (this
+interpreter) or uv (any other), holding a platform image's versions, and reading the CUDA
+libraries of the wheels from their ELF files; `audit` judges a lock as `invoke lock --check`
+does. None of this runs in a bootstrap, which only reads locks (warmstart.lock).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.utils import NormalizedName, canonicalize_name
+from packaging.version import InvalidVersion, Version
+
+from . import PROJECT_ROOT, cudalibs
+from .errors import BadInput, WarmstartError
+from .images import Image
+from .lock import (
+    UV_PLATFORMS,
+    WHEELS_MARK,
+    LockTarget,
+    image_notes,
+    inputs_digest,
+    lock_path,
+    needs,
+    parse_lock,
+    parse_pins,
+    pin_blocks,
+    render,
+    target_image,
+)
+from .pipconfig import pip_env, uv_env
+from .recipe import Recipe
+from .transfer import atomic_write_text
+from .uv import ensure_uv
+
+
+def _block_name(block: str) -> NormalizedName | None:
+    head = block.split("\n", 1)[0].split("==", 1)[0].split("[", 1)[0].strip()
+    return canonicalize_name(head) if head and not head.startswith("#") else None
+
+
+def _without_excluded(text: str, exclude: tuple[NormalizedName, ...]) -> str:
+    kept = [block for block in pin_blocks(text) if _block_name(block) not in exclude]
+    return "\n".join(kept).strip() + "\n"
+
+
+def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: tuple[str, ...],
+                 constraints: Path) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "piptools", "compile", "--quiet",
+        "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
+        "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links",
+        "--constraint", str(constraints),
+        "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
+    ]
+    return cmd + (["--upgrade"] if upgrade else []) + [
+        arg for p in upgrade_packages for arg in ("--upgrade-package", p)]
+
+
+def _uv_compile(recipe: Recipe, target: LockTarget, draft: Path, upgrade: bool,
+                upgrade_packages: tuple[str, ...], constraints: Path, say) -> list[str]:
+    if target.platform not in UV_PLATFORMS:
+        raise BadInput(f"unknown platform {target.platform!r}; known: {', '.join(UV_PLATFORMS)}")
+    cmd = [
+        str(ensure_uv(say)), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+        "--python-version", target.python_version, "--python-platform", UV_PLATFORMS[target.platform],
+        "--constraint", str(constraints),
+        "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
+    ]
+    return cmd + (["--upgrade"] if upgrade else []) + [
+        arg for p in upgrade_packages for arg in ("--upgrade-package", p)]
+
+
+def _seed(existing: Path, image: Image | None, upgrade: bool) -> str:
+    """Both resolvers prefer the pins they find in the output file: the lock's own and, for an
+    image lock, the image's versions, which win where both name one (a local build, +cu128, is
+    asked for by its public version)."""
+    blocks = pin_blocks(existing.read_text().partition(WHEELS_MARK)[0]) if existing.exists() and not upgrade else []
+    if image is not None:
+        blocks = [b for b in blocks if _block_name(b) not in image.shipped]
+        for name, version in image.shipped.items():
+            try:
+                blocks.append(f"{name}=={Version(version).public}")
+            except InvalidVersion:
+                continue  # a version pip itself could not compare: no preference
+    return "\n".join(blocks) + "\n" if blocks else ""
+
+
+@dataclass(frozen=True)
+class _Resolver:
+    """One resolution of the recipe for a target: pip-tools for this interpreter, uv for others."""
+
+    recipe: Recipe
+    target: LockTarget
+    seed: str
+    upgrade: bool
+    upgrade_packages: tuple[str, ...]
+    say: Callable[[str], None]
+
+    @property
+    def tool(self) -> str:
+        return "pip-tools" if self.target == LockTarget.current() else "uv"
+
+    def run(self, constraints: Mapping[NormalizedName, str]) -> tuple[str | None, str]:
+        """(the compiled pins less the excluded, or None when unsatisfiable; the resolver's words)"""
+        with tempfile.TemporaryDirectory() as tmp:
+            draft, pinned = Path(tmp) / "lock.txt", Path(tmp) / "constraints.txt"
+            if self.seed:
+                draft.write_text(self.seed)
+            pinned.write_text("".join(f"{name}=={version}\n" for name, version in constraints.items()))
+            if self.tool == "pip-tools":
+                cmd, env = _pip_compile(self.recipe, draft, self.upgrade, self.upgrade_packages, pinned), pip_env()
+            else:
+                cmd = _uv_compile(self.recipe, self.target, draft, self.upgrade, self.upgrade_packages,
+                                  pinned, self.say)
+                env = uv_env()
+            done = subprocess.run(cmd, cwd=self.recipe.project_root, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                return None, done.stderr.strip()
+            return _without_excluded(draft.read_text(), self.recipe.exclude), ""
+
+
+def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> str:
+    """Preferences give way to the newest release of whatever is new (onnx 1.23 asks for a newer
+    protobuf than Colab's). Hold every shipped package this lock would change at the image's
+    version, all at once or one by one, where the recipe's requirements still resolve."""
+    pins = parse_pins(pins_text, Path(resolver.recipe.name))
+    changed = {p.name: Version(image.shipped[p.name]).public
+               for p in needs(pins, image.shipped).install if p.name in image.shipped}
+    if not changed:
+        return pins_text
+    held_text, _ = resolver.run(changed)
+    if held_text is not None:
+        resolver.say(f"held at the image's versions: {', '.join(f'{n}=={v}' for n, v in changed.items())}")
+        return held_text
+    held: dict[NormalizedName, str] = {}
+    for name, version in changed.items():
+        attempt, why = resolver.run({**held, name: version})
+        if attempt is None:
+            resolver.say(f"{name} {version} (the image's) is ruled out by the recipe's requirements: "
+                         f"{why.splitlines()[-1] if why else 'no resolution'}")
+            continue
+        held[name], pins_text = version, attempt
+    return pins_text
+
+
+def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
+                 upgrade_packages: tuple[str, ...] = (), say: Callable[[str], None] = print,
+                 root: Path = PROJECT_ROOT, image: Image | None = None, path: Path | None = None) -> Path:
+    """Resolve the recipe for `target`, read the CUDA libraries of the wheels it installs, refuse
+    it when the platform cannot load them, else write it atomically (to `path`, default: the
+    target's place in requirements/). `image`: what to hold, default: the target's image.
+
+    pip-tools resolves for the interpreter it runs in, so it serves the current Python; any
+    other target goes through uv's cross-target `uv pip compile`."""
+    path = path or lock_path(recipe, target)
+    image = image or target_image(target, root)
+    # With --upgrade uv ignores every preference: an image lock re-resolves from the image alone.
+    resolver = _Resolver(recipe, target, _seed(path, image, upgrade), upgrade and image is None,
+                         upgrade_packages, say)
+    say(f"locking {recipe.name} for {target.describe()} with {resolver.tool}")
+    pins_text, why = resolver.run({})
+    if pins_text is None:
+        raise WarmstartError(f"{resolver.tool} could not lock {recipe.requirements_in} for "
+                             f"{target.describe()}:\n{why}")
+    if image is not None:
+        pins_text = _hold_image_versions(resolver, pins_text, image)
+    pins = parse_pins(pins_text, path)
+    installs = needs(pins, image.shipped if image else {}).install
+    say(f"reading the CUDA libraries of {len(installs)} wheels for {target.describe()}")
+    wheels = cudalibs.scan(installs, target, say)
+    problems = cudalibs.problems(recipe, target, installs, {w.name: w for w in wheels},
+                                 cudalibs.platforms_for(target, image, root))
+    if problems:
+        raise BadInput(f"{path.name} would not load on its platform: " + "; ".join(problems))
+    atomic_write_text(path, render(recipe, target, resolver.tool, pins_text, wheels, image))
+    for note in image_notes(pins, image) if image else []:
+        say(note)
+    return path
+
+
+def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_ROOT) -> list[str]:
+    """What `invoke lock --check` finds wrong with one lock, without downloading anything: stale
+    inputs, or CUDA libraries its platform cannot provide (from what the lock recorded)."""
+    image = target_image(target, root)
+    lock = parse_lock(path)
+    if lock.inputs_sha256 != inputs_digest(recipe, target, image):
+        return ["stale (its inputs changed since it was compiled)"]
+    if lock.wheels is None:
+        return ["records no CUDA libraries (written before `invoke lock` read them)"]
+    installs = needs(lock.pins, image.shipped if image else {}).install
+    if any(lock.wheels[p.name].files is None for p in installs if p.name in lock.wheels):
+        return ["records no digests of its wheels' files (written before `invoke lock` read them), "
+                "so snapshots of it cannot be checked"]
+    return cudalibs.problems(recipe, target, installs, lock.wheels,
+                             cudalibs.platforms_for(target, image, root))
