@@ -124,7 +124,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
-        store = report.store = TieredStore.at(drive, stats=report.cache, bars=report.bars)
+        store = report.store = TieredStore.at(drive, bars=report.bars)
         live_at = None
         if image and (own := livelock.for_runtime(store, recipe, wanted, lock, image, target, make=make_live,
                                                   say=report.say, root=root, warnings=warnings)):
@@ -223,7 +223,6 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     for line in plan.describe():
         report.say(line)
     if options.dry_run:
-        report.installed = {p.name: plan.facts.target.installed.get(p.name, "") for p in plan.facts.lock.pins}
         return plan
     target_python.remember_whole(plan.facts.target.prefix, facts.whole_records)
     unwritable = []
@@ -251,7 +250,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         restart.remember(plan.facts.target.prefix, stale, kernel)
     try:
         if plan.nothing_to_do:
-            report.installed = {p.name: plan.facts.target.installed.get(p.name, "") for p in plan.facts.lock.pins}
+            run.outcome.installed = plan.installed_now()
             failed = checks.failed_before(plan.facts.target.prefix, plan.facts.recipe.name)
             if failed and plan.facts.recipe.checks and not options.packages_only:
                 report.say(f"checks failed here last time ({', '.join(failed)}): running them again")
@@ -259,7 +258,6 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         else:
             installed_wheels = (plan.to_install or plan.to_download) and run.install()
             run.verify()
-            report.installed = run.outcome.installed
             if plan.facts.patches:  # before the snapshot is packed: it carries the patched files
                 run.apply_patches()
             if installed_wheels:

@@ -81,6 +81,10 @@ class Plan:
         return {p.name: (installed[p.name], p.version) for p in self.to_install
                 if p.name in installed and not p.satisfied_by(installed[p.name])}
 
+    def installed_now(self) -> dict[str, str]:
+        """Each locked name: its version in the target before the run ("" when absent)."""
+        return {p.name: self.facts.target.installed.get(p.name, "") for p in self.facts.lock.pins}
+
     @property
     def workdir(self) -> Path:
         return self.facts.drive / self.facts.recipe.workdir

@@ -36,8 +36,6 @@ class Report:
     stream: TextIO = sys.stderr
     bars: Bars = field(default_factory=Bars)
     steps: list[Step] = field(default_factory=list)
-    installed: dict[str, str] = field(default_factory=dict)
-    cache: CacheStats = field(default_factory=CacheStats)
     platform: str | None = None  # the profile, known first
     gpu: GpuReport | None = None
     plan: Plan | None = None  # set by bootstrap once the plan is made
@@ -73,8 +71,9 @@ class Report:
             "ok": self.error is None,
             "recipe": self.recipe,
             "steps": [asdict(s) for s in self.steps],
-            "installed": self.installed,
-            "cache": asdict(self.cache),
+            # each locked name's version after the run (a dry run: as found)
+            "installed": self.outcome.installed if self.outcome else self.plan.installed_now() if self.plan else {},
+            "cache": asdict(self.store.stats if self.store else CacheStats()),
             "total_seconds": round(time.perf_counter() - self.started, 3),
         }
         if self.platform:

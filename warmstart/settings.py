@@ -95,8 +95,6 @@ class Options:
 
     def __post_init__(self) -> None:
         required_recipe(self.recipe)
-        if self.installer not in INSTALLERS:
-            raise BadInput(f"--installer must be one of {', '.join(INSTALLERS)}, got {self.installer!r}")
 
     @classmethod
     def flags(cls) -> dict[str, str]:
