@@ -15,6 +15,8 @@ from pathlib import Path
 
 from conftest import LOCKED, REPO, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
 
+from warmstart import drivework
+
 
 def background_env(index_url: str, home: Path, **extra: str) -> dict[str, str]:
     env = cli_env(index_url, XDG_CACHE_HOME=str(home / ".cache"), **extra)
@@ -32,6 +34,20 @@ def wait_for_workers(home: Path, seconds: float = 120) -> None:
     while jobs(home) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not jobs(home), f"the Drive work did not finish in {seconds} s: {jobs(home)}"
+
+
+def wait_for_the_killed_worker(home: Path, drive: Path, seconds: float = 60) -> None:
+    """Until the worker has been at work and is gone: the temporary file of its first Drive write
+    is there (WARMSTART_FAULT=cache-write killed it right after), and the pid it recorded no
+    longer runs its job."""
+    parts = drive / ".warmstart" / "v1" / "wheels"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = any(parts.glob(".*.part")) if parts.is_dir() else False
+        if started and jobs(home) and not any(drivework._worker_alive(job) for job in jobs(home)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no worker was seen writing to Drive and then killed within {seconds} s")
 
 
 def on_drive(drive: Path, kind: str) -> list[str]:
@@ -76,10 +92,8 @@ def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_w
     # The worker inherits the fault: it is killed at its first Drive write, as a wiped VM would be.
     cold = bootstrap(demo, drive, python, env=background_env(index.url, home, WARMSTART_FAULT="cache-write"))
     assert cold.code == 0, cold.stderr
-    deadline = time.monotonic() + 60
-    while (shown := status(demo, drive, python, background_env(index.url, home))["drive_writes"]) and \
-            "being written now" in shown and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for_the_killed_worker(home, drive)
+    shown = status(demo, drive, python, background_env(index.url, home))["drive_writes"]
 
     assert shown and "cache filling: 0 of 3 files on Drive; snapshot pending" in shown, shown
     assert "finished by the next run" in shown
@@ -170,9 +184,8 @@ def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_s
     def run_pasted() -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-c", printed], env=pasted, capture_output=True, text=True, cwd=REPO)
 
-    deadline = time.monotonic() + 60
-    while "being written now" in (during := run_pasted()).stdout and time.monotonic() < deadline:
-        time.sleep(0.1)  # until the killed worker is seen as stopped
+    wait_for_the_killed_worker(home, drive)
+    during = run_pasted()
     assert during.returncode == 1, during.stdout + during.stderr
     assert "drive     cache filling: 0 of 3 files on Drive; snapshot pending" in during.stdout
 
