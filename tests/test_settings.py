@@ -152,3 +152,9 @@ def test_warmstart_variables_are_named_in_settings_alone():
              and re.fullmatch(r"WARMSTART_[A-Z_]+", node.value)]
     assert set(named) == {"settings.py", "__init__.py"} and named.count("__init__.py") == 1, named
     assert len([n for n in named if n == "settings.py"]) == len(VARIABLES)
+
+
+def test_the_readme_lists_every_variable_as_settings_declares_it():
+    readme = (Path(warmstart.__file__).parent.parent / "README.md").read_text()
+    for variable in VARIABLES:
+        assert f"| `{variable.name}` | {variable.help} |" in readme, variable.name
