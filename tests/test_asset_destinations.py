@@ -19,6 +19,7 @@ from warmstart.errors import BadInput
 from warmstart.pipconfig import IndexSettings
 from warmstart.recipe import Asset
 from warmstart.store import DriveStore
+from warmstart.tiered import TieredStore
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def world(tmp_path, monkeypatch):
     """A Drive with a store, a workdir on it, and a helper that caches bytes as an asset."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     drive = tmp_path / "drive"
-    store = DriveStore(drive)
+    store = TieredStore(DriveStore(drive))
     (store.root / KIND).mkdir(parents=True)
     workdir = drive / "Work"
     workdir.mkdir()

@@ -14,8 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap as run_bootstrap
-from conftest import cli_env, make_venv, needs_netns, run_cli
+from conftest import bootstrap, cli_env, make_venv, needs_netns, run_cli
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
 DATA_TXT = b"label,plate\n1,AB-123\n"
@@ -115,13 +114,13 @@ def with_assets(recipe: Path, *blocks: str) -> Path:
     return recipe
 
 
-def bootstrap(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv"):
-    """The shared helper, with HOME (where `~` assets land) and a venv kept across calls."""
+def bootstrap_home(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv"):
+    """conftest's bootstrap, with HOME (where `~` assets land) and a venv kept across calls."""
     env = cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     python = tmp_path / venv / "bin" / "python"
     if not python.exists():
         make_venv(tmp_path / venv)
-    return run_bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net)
+    return bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net)
 
 
 def drive_assets(drive: Path) -> list[str]:
@@ -136,7 +135,7 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
         asset_block(f"{server.url}/files/data.tar.gz", server.files["data.tar.gz"], "dataset", unpack=True),
     )
 
-    result = bootstrap(recipe, drive, home, tmp_path, index)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
 
     assert result.code == 0, result.stderr
     assert (home / "models" / "model.onnx").read_bytes() == MODEL
@@ -156,10 +155,10 @@ def test_a_file_shared_by_two_recipes_is_stored_once(demo, drive, home, tmp_path
     second = demo.with_name("other.toml")
     second.write_text(first.read_text().replace('name = "demo"', 'name = "other"')
                       .replace("~/a/model.onnx", "~/b/model.onnx"))
-    assert bootstrap(first, drive, home, tmp_path, index).code == 0
+    assert bootstrap_home(first, drive, home, tmp_path, index).code == 0
     served = len(server.requests)
 
-    result = bootstrap(second, drive, home, tmp_path, index)
+    result = bootstrap_home(second, drive, home, tmp_path, index)
 
     assert result.code == 0, result.stderr
     assert len(server.requests) == served, "the second recipe must take the file from Drive"
@@ -170,7 +169,7 @@ def test_a_file_shared_by_two_recipes_is_stored_once(demo, drive, home, tmp_path
 def test_dropped_connection_is_resumed(demo, drive, home, tmp_path, index, server):
     recipe = with_assets(demo, asset_block(f"{server.url}/drop/model.onnx", MODEL, "~/m/model.onnx"))
 
-    result = bootstrap(recipe, drive, home, tmp_path, index)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
 
     assert result.code == 0, result.stderr
     ranges = [r for path, r in server.requests if path == "/drop/model.onnx"]
@@ -183,7 +182,7 @@ def test_dropped_connection_is_resumed(demo, drive, home, tmp_path, index, serve
 def test_wrong_bytes_are_refused_naming_the_asset(demo, drive, home, tmp_path, index, server):
     recipe = with_assets(demo, asset_block(f"{server.url}/wrong/model.onnx", MODEL, "~/m/model.onnx"))
 
-    result = bootstrap(recipe, drive, home, tmp_path, index)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
 
     assert result.code == 1
     assert "asset model.onnx" in result.stderr and sha256(MODEL) in result.stderr
@@ -205,7 +204,7 @@ def test_archive_member_escaping_dest_is_refused(demo, drive, home, tmp_path, in
     recipe = with_assets(demo, asset_block(f"{server.url}/files/{archive_name}", archive,
                                            "~/data/unpacked", unpack=True))
 
-    result = bootstrap(recipe, drive, home, tmp_path, index)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
 
     assert result.code == 1
     assert f"asset {archive_name}" in result.stderr and "refusing to extract" in result.stderr
@@ -217,12 +216,12 @@ def test_archive_member_escaping_dest_is_refused(demo, drive, home, tmp_path, in
 @needs_netns
 def test_offline_restore_puts_assets_back_from_drive(demo, drive, home, tmp_path, index, server):
     recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
-    assert bootstrap(recipe, drive, home, tmp_path, index).code == 0
+    assert bootstrap_home(recipe, drive, home, tmp_path, index).code == 0
     shutil.rmtree(home)  # a wiped VM: new home, new environment, same Drive
     home.mkdir()
     shutil.rmtree(tmp_path / "venv")
 
-    result = bootstrap(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
 
     assert result.code == 0, result.stderr
     assert (home / "models" / "model.onnx").read_bytes() == MODEL
@@ -232,12 +231,12 @@ def test_offline_restore_puts_assets_back_from_drive(demo, drive, home, tmp_path
 @needs_netns
 def test_damaged_cached_asset_offline_is_an_error_naming_it(demo, drive, home, tmp_path, index, server):
     recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
-    assert bootstrap(recipe, drive, home, tmp_path, index).code == 0
+    assert bootstrap_home(recipe, drive, home, tmp_path, index).code == 0
     cached = drive / ".warmstart" / "v1" / "assets" / sha256(MODEL)
     cached.write_bytes(b"X" + MODEL[1:])
     (home / "models" / "model.onnx").unlink()
 
-    result = bootstrap(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
+    result = bootstrap_home(recipe, drive, home, tmp_path, index, "--offline", offline_net=True)
 
     assert result.code == 3
     assert "asset model.onnx" in result.stderr and "does not match" in result.stderr
@@ -251,7 +250,7 @@ def test_checks_report_pass_and_fail(demo, drive, home, tmp_path, index):
         'run = "python -c \'import beta; print(beta.__version__)\'; echo no GPU here >&2; exit 4"\n'
     ))
 
-    result = bootstrap(demo, drive, home, tmp_path, index)
+    result = bootstrap_home(demo, drive, home, tmp_path, index)
 
     assert result.code == 1
     checks = result.report["checks"]
