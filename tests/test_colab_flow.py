@@ -292,7 +292,8 @@ def test_imported_from_drive_warmstart_writes_no_bytecode_there(tmp_path):
 # --- where the cache lives on Colab -------------------------------------------------------------
 
 DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import drive_root; "
-              "print(drive_root(sys.argv[2:]))")
+              "from warmstart.settings import parse_command_line; "
+              "print(drive_root(parse_command_line(['hyperlpr', *sys.argv[2:]]).drive))")
 
 
 @pytest.mark.needs_mountns

@@ -27,7 +27,7 @@ from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
 from warmstart.plan import Facts, make_plan
 from warmstart.profiles import load_profile
 from warmstart.recipe import Asset, GpuNeeds, Recipe
-from warmstart.settings import Options, value_of
+from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
@@ -321,10 +321,13 @@ def test_no_task_has_automatic_short_flags():
         assert task.auto_shortflags is False, name
 
 
-def test_warmstart_sh_reads_drive_the_way_the_task_does():
-    assert value_of(["hyperlpr", "--drive", "/d", "--offline"], "--drive") == "/d"
-    assert value_of(["--drive=/e"], "--drive") == "/e"
-    assert value_of(["--drive"], "--drive") is None
+def test_warmstart_sh_parses_its_command_line_against_the_declaration():
+    given = parse_command_line(["hyperlpr", "--drive", "/d", "--offline", "--json"])
+    assert (given.recipe, given.drive, given.offline, given.json, given.wait) == ("hyperlpr", "/d", True, True, False)
+    assert parse_command_line(["hyperlpr", "--drive=/e"]).drive == "/e"
+    with pytest.raises(SystemExit) as refused:
+        parse_command_line(["hyperlpr", "--ofline"])  # a typo: exit 2 before anything is set up
+    assert refused.value.code == 2
 
 
 # --- patches: the strict applier (warmstart/patches.py) --------------------------------------

@@ -139,15 +139,15 @@ def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
             parser.add_argument(flag, required=f.name == "recipe", help=f.metadata["help"])
 
 
-def value_of(args: list[str], flag: str) -> str | None:
-    """The value of `--flag VALUE` or `--flag=VALUE` in a command line, without parsing the rest
-    (warmstart.sh needs --drive before warmstart's own tools are there)."""
-    for n, arg in enumerate(args):
-        if arg == flag and n + 1 < len(args):
-            return args[n + 1]
-        if arg.startswith(flag + "="):
-            return arg.split("=", 1)[1]
-    return None
+def parse_command_line(args: list[str], prog: str = "warmstart.sh") -> argparse.Namespace:
+    """warmstart.sh's command line, RECIPE [bootstrap options], parsed against the declaration
+    (before warmstart's own dependencies are there: argparse is standard library). A flag that
+    is not one of bootstrap's is exit 2 here, before anything is set up."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("recipe", help=_flag_fields(("recipe",))[0].metadata["help"])
+    add_arguments(parser, skip=("recipe",))
+    parser.add_argument("--json", action="store_true", help="print the final report as one JSON object on stdout")
+    return parser.parse_args(args)
 
 
 class Platform(Protocol):

@@ -180,10 +180,10 @@ def ensure(drive: Path, offline: bool = False) -> Path:
     return folder
 
 
-def drive_root(args: list[str], environ=os.environ) -> Path:
-    """The Drive root as every entry point resolves it (warmstart.settings), from the command line."""
+def drive_root(option: str | None, environ=os.environ) -> Path:
+    """The Drive root as every entry point resolves it (warmstart.settings)."""
     profile = platform_profile(environ)
-    drive = settings.drive_root(settings.value_of(args, "--drive"), profile, environ)
+    drive = settings.drive_root(option, profile, environ)
     mount = profile.mount(environ)
     if mount and not drive.is_relative_to(mount.resolve()):
         say(f"warning: the Drive root {drive} is not on the mounted Drive ({mount}): what is cached there "
@@ -192,15 +192,19 @@ def drive_root(args: list[str], environ=os.environ) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    """warmstart.sh RECIPE [bootstrap options]: warmstart's own tools, then `invoke bootstrap`."""
     if not argv or argv[0].startswith("-"):
         say("usage: warmstart.sh RECIPE [bootstrap options]")
         return 2
-    recipe, args = argv[0], argv[1:]
+    try:
+        given = settings.parse_command_line(argv)
+    except SystemExit as exc:  # argparse said what is wrong, with the usage
+        return int(exc.code or 0)
     try:
         home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
-        drive = drive_root(args)
+        drive = drive_root(given.drive)
         require_drive(drive, platform_profile())
-        folder = ensure(drive, offline="--offline" in args)
+        folder = ensure(drive, offline=given.offline)
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
         say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
@@ -211,10 +215,11 @@ def main(argv: list[str]) -> int:
         return failed.exit_code
     env = dict(os.environ, **{settings.DRIVE.name: str(drive),
                               settings.PYTHON.name: settings.target_python(None), "PYTHONDONTWRITEBYTECODE": "1"})
+    # the command line as given: the task parses it against the same declaration
     done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
-                           "bootstrap", "--recipe", recipe, *args], env=env)
+                           "bootstrap", "--recipe", given.recipe, *argv[1:]], env=env)
     if done.returncode == 0:  # the line to use from now on, once it has worked
-        line = shlex.join([str(command), "bootstrap", "--recipe", recipe])
+        line = shlex.join([str(command), "bootstrap", "--recipe", given.recipe])
         say(f"from now on, in any folder of this VM: {'!' if platform_profile().notebook else ''}{line}")
     return done.returncode
 
