@@ -8,6 +8,9 @@ For each recipe, on the same lock and machine, in one run, every round:
   pip-wheelhouse       pip from a local folder of the lock's wheels
   uv-wheelhouse        uv from that folder, empty uv cache
   tar-limit            tar -x of the installed tree, from the Drive folder: the limit
+  read-limit           reading warmstart's snapshot archive off the Drive folder (cat): the
+                       read-bound time, what a slow Drive allows at best
+  zstd-tar-limit       zstd -d | tar -x of that archive: the limit of a restore from it
   warmstart-cold       invoke bootstrap with an empty Drive folder, until it returns with the
                        environment usable (the Drive cache then fills in the background)
   warmstart-cold-wait  the same with --wait: until the Drive cache and snapshot are written
@@ -18,7 +21,7 @@ For each recipe, on the same lock and machine, in one run, every round:
                        the team cache, a real S3 server (SeaweedFS) on 127.0.0.1, filled once
                        beforehand; until it returns (Drive then fills in the background)
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
-has the same prefix). Prints medians with min-max and the ratios to the limit and to uv,
+has the same prefix). Prints medians with min-max and the ratios to each limit and to uv,
 the peak memory of the warmstart process during the offline restore, and writes JSON and a
 chart (PNG, with matplotlib: pip install -e '.[bench]') beside it.
 --slow-drive DELAY_MS,MIB_PER_S runs the Drive-bound methods a second time with the Drive folder
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -38,6 +42,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -61,9 +66,10 @@ RSS_WRAPPER = (
 )
 
 
-def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, str]:
+def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None,
+        stdout: Any = subprocess.PIPE) -> tuple[float, str]:
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
+    done = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -149,6 +155,13 @@ class Bench:
         fresh_venv(self.venv)
         waited = self.env()
         times["warmstart-cold-wait"], _ = run([*boot, "--wait"], waited)
+        # The limits of a restore of warmstart's own snapshot archive, as it lies on Drive: reading
+        # it (the read-bound time: what a slow Drive allows) and `zstd -d | tar -x` of it.
+        archive = max((cache / "v1" / "snapshots").glob("*.tar.zst"), key=lambda p: p.stat().st_size)
+        times["read-limit"], _ = run(["cat", str(archive)], self.env(), stdout=subprocess.DEVNULL)
+        fresh_venv(self.venv)
+        times["zstd-tar-limit"], _ = run(["bash", "-c", f"zstd -dcq {shlex.quote(str(archive))} | "
+                                          f"tar -x -C {shlex.quote(str(self.venv))}"], self.env())
         shutil.rmtree(cache, ignore_errors=True)
         fresh_venv(self.venv)
         same_vm = self.env()  # the no-op re-run happens on the VM the cold run just set up
@@ -234,6 +247,8 @@ def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) 
         "size": size, "seconds": samples, "median": median,
         "x_limit": {k: round(v / limit, 2) for k, v in median.items()},
         "x_uv_index": {k: round(v / uv, 2) for k, v in median.items()} if uv else {},
+        "x_zstd_tar": {k: round(v / median["zstd-tar-limit"], 2) for k, v in median.items()},
+        "x_read": {k: round(v / median["read-limit"], 2) for k, v in median.items()},
         "offline_restore_peak_rss_mib": round(max(r[1] for r in rounds) / 1024, 1),
     }
 
@@ -242,10 +257,11 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
     size = result["size"]
     print(f"\n{name}, {drive}: {size['wheels']} wheels, {size['wheel_bytes'] / 2**20:.0f} MiB of wheels, "
           f"{size['installed_bytes'] / 2**20:.0f} MiB installed; {rounds} rounds")
-    print(f"{'method':<21}{'median s':>9}{'min-max':>15}{'x limit':>9}{'x uv':>7}")
+    print(f"{'method':<21}{'median s':>9}{'min-max':>15}{'x tar':>7}{'x zstd|tar':>11}{'x read':>8}{'x uv':>7}")
     for method, values in result["seconds"].items():
         print(f"{method:<21}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
-              f"{result['x_limit'][method]:>9.2f}{result['x_uv_index'].get(method, float('nan')):>7.2f}")
+              f"{result['x_limit'][method]:>7.2f}{result['x_zstd_tar'][method]:>11.2f}{result['x_read'][method]:>8.2f}"
+              f"{result['x_uv_index'].get(method, float('nan')):>7.2f}")
     print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
 
 

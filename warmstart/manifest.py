@@ -23,7 +23,7 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -110,6 +110,29 @@ def entry_scripts(text: str) -> dict[str, str]:
         raise Untrusted(f"its entry_points.txt cannot be read ({exc.__class__.__name__})") from None
     return {name: value.strip() for section in ("console_scripts", "gui_scripts") if parser.has_section(section)
             for name, value in parser.items(section)}
+
+
+Signature = tuple[int, int, int, int]  # a file's inode, size, mtime and ctime (ns): what a change changes
+
+
+def signature(info: os.stat_result) -> Signature:
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def hash_as_is(path: Path) -> tuple[str, Signature] | None:
+    """A regular file's sha256, with its signature as it was while read; None when it is not a
+    regular file with one link, or changed while read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with open(fd, "rb") as fh:
+        before = os.fstat(fh.fileno())
+        if not stat.S_ISREG(before.st_mode) or before.st_nlink != 1:
+            return None
+        digest_hex = _sha256(fh)
+        after = os.fstat(fh.fileno())
+    return (digest_hex, signature(after)) if signature(after) == signature(before) else None
 
 
 class Tree:
@@ -200,15 +223,28 @@ class Tree:
             ours = interpreter and interpreter.name.startswith("python") and interpreter.is_relative_to(self.prefix)
             return _sha256(fh, b"#!python\n" if ours or _SHEBANG.match(first.rstrip()) else first)
 
+    def _hash_known(self, rel: str, key: str, known: Mapping[str, tuple[str, Signature]]) -> str:
+        """A hash taken while the file was unpacked, when the file is still exactly that one (the
+        same inode, size and times, one link: tar replaces a file by unlinking it, and any
+        change moves its ctime); else the file's hash now."""
+        if rel in known and not key.startswith("scripts/"):
+            digest_hex, was = known[rel]
+            now = os.lstat(self.root / rel)
+            if stat.S_ISREG(now.st_mode) and now.st_nlink == 1 and signature(now) == was:
+                return digest_hex
+        return self._hash(rel, key)
+
     def check(self, dists: dict[NormalizedName, Dist], expected: dict[NormalizedName, str | None],
-              patches: tuple[Patch, ...] | None = (), complete: bool = True) -> None:
+              patches: tuple[Patch, ...] | None = (), complete: bool = True,
+              known: Mapping[str, tuple[str, Signature]] | None = None) -> None:
         """Each distribution's files hash to the lock's digest (a patched file as its original,
         when it is exactly the recipe's patch of it; `patches` None: the environment's own
         record of its patches is trusted, as in the environment warmstart just patched);
-        `complete`: nothing else is there."""
+        `complete`: nothing else is there. `known`: hashes already taken (hash_as_is), by path."""
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         with ThreadPoolExecutor(2) as pool:  # hashlib hashes big files without the GIL
-            hashes = dict(zip([rel for rel, _key in jobs], pool.map(lambda job: self._hash(*job), jobs), strict=True))
+            hashes = dict(zip([rel for rel, _key in jobs],
+                              pool.map(lambda job: self._hash_known(job[0], job[1], known or {}), jobs), strict=True))
         # what RECORD will say of each file (a script's digest is of its normalised text: not that)
         self.hashes = {rel: hashes[rel] for rel, key in jobs if not key.startswith("scripts/")}
         for name, dist in dists.items():

@@ -22,7 +22,6 @@ import json
 import os
 import queue
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -30,6 +29,7 @@ import tarfile
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -172,17 +172,22 @@ def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tup
 
 
 class _ReadAhead:
-    """Reads a file once, front to back in large blocks, on a thread of its own, hashing and
-    counting as it goes: Drive's latency then overlaps decompression and extraction instead of
-    alternating with them. `read(n)` hands the blocks on in order, as a file would."""
+    """Reads a stream once, front to back in large blocks, on a thread of its own, counting (and,
+    with `hashed`, hashing) as it goes: reading Drive, hashing, decompressing and writing to tar
+    each get a thread and overlap instead of alternating. `read(n)` hands the blocks on in
+    order, as a file would. `limit`: more bytes than that is an OSError for the reader."""
 
     BLOCK = 4 << 20
     DEPTH = 8  # blocks read ahead at most: 32 MiB of memory
 
-    def __init__(self, source: IO[bytes], bar: Bar, copy: IO[bytes] | None = None, limit: int | None = None) -> None:
+    def __init__(self, source: IO[bytes], bar: Bar | None = None, copy: IO[bytes] | None = None,
+                 limit: int | None = None,
+                 what: str = "it is longer than", hashed: bool = True) -> None:
         self.digest, self.size, self.bar, self.copy, self.limit = hashlib.sha256(), 0, bar, copy, limit
+        self._what, self._hashed = what, hashed
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
         self._left = b""
+        self._at = 0  # how much of _left was read
         self._done = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_all, args=(source,), daemon=True)
@@ -192,11 +197,13 @@ class _ReadAhead:
         try:
             with source:
                 while not self._stop.is_set() and (block := source.read(self.BLOCK)):
-                    self.digest.update(block)
+                    if self._hashed:
+                        self.digest.update(block)
                     self.size += len(block)
                     if self.limit is not None and self.size > self.limit:
-                        raise OSError(f"it is longer than the {self.limit} bytes its index says")
-                    self.bar.update(len(block))
+                        raise OSError(f"{self._what} the {self.limit} bytes its index says")
+                    if self.bar:
+                        self.bar.update(len(block))
                     if self.copy:
                         self.copy.write(block)
                     self._put(block)
@@ -214,24 +221,69 @@ class _ReadAhead:
                 continue
 
     def read(self, size: int = -1) -> bytes:
-        while not self._left and not self._done:
+        while self._at >= len(self._left) and not self._done:
             item = self._blocks.get()
             if isinstance(item, BaseException):
                 raise item
             if item is None:
                 self._done = True
             else:
-                self._left = item
-        if size < 0 or size >= len(self._left):
-            data, self._left = self._left, b""
-        else:
-            data, self._left = self._left[:size], self._left[size:]
-        return data
+                self._left, self._at = item, 0
+        # a block is handed out in pieces without copying what is left of it each time
+        end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
+        data = self._left[self._at:end] if self._at or end < len(self._left) else self._left
+        self._at = end
+        return bytes(data)
 
     def close(self) -> None:
         """Stop reading (the consumer gave up) and wait for the thread."""
         self._stop.set()
         self._thread.join()
+
+
+class _HashAsUnpacked:
+    """Hashes each file tar unpacked while tar goes on with the next: GNU tar names a member
+    (`-v`) as it starts on it, so the one named before is whole. The hashes are only a head
+    start: `Tree.check` takes one only for a file still exactly as it was hashed, and hashes
+    anything else itself. A name listed twice (a second member over the first) refuses the
+    archive: warmstart never writes one."""
+
+    # Names printed as stored: printable, no backslash (tar escapes with it); others are left
+    # to Tree.check, which hashes them itself.
+    PLAIN = re.compile(r"[ -\[\]-~]+")
+
+    def __init__(self, listing: IO[bytes], root: Path) -> None:
+        self.root = root
+        self.twice: str | None = None  # a name listed twice
+        self._pool = ThreadPoolExecutor(2)  # hashlib hashes without the GIL
+        self._jobs: list[Future[tuple[str, manifest.Signature] | None]] = []
+        self._names: list[str] = []
+        self._thread = threading.Thread(target=self._follow, args=(listing,), daemon=True)
+        self._thread.start()
+
+    def _follow(self, listing: IO[bytes]) -> None:
+        seen: set[str] = set()
+        previous = None
+        for raw in listing:
+            name = os.path.normpath(raw.decode(errors="replace").rstrip("\n"))
+            if name in seen and self.twice is None:
+                self.twice = name
+            seen.add(name)
+            if previous is not None:
+                self._hash(previous)
+            previous = name if self.PLAIN.fullmatch(name) and not raw.endswith(b"/\n") else None
+        if previous is not None:
+            self._hash(previous)
+
+    def _hash(self, name: str) -> None:
+        self._names.append(name)
+        self._jobs.append(self._pool.submit(manifest.hash_as_is, self.root / name))
+
+    def result(self) -> dict[str, tuple[str, manifest.Signature]]:
+        """Once tar has exited: the hashes taken, by path relative to the root."""
+        self._thread.join()
+        self._pool.shutdown(wait=True)
+        return {name: got for name, job in zip(self._names, self._jobs, strict=True) if (got := job.result())}
 
 
 def _merge(staged: Path, dest: Path) -> None:
@@ -248,31 +300,32 @@ def _merge(staged: Path, dest: Path) -> None:
 
 
 def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], staging: Path,
-                     copy: IO[bytes] | None = None) -> int:
+                     copy: IO[bytes] | None = None) -> tuple[int, dict[str, tuple[str, manifest.Signature]]]:
     """Read the archive once from Drive (or the team store), hashing it while GNU tar unpacks it
     into `staging` (and writing it to `copy` too, when given); raise SnapshotUnusable (staging
     removed) when the hash is not the index's. The sizes the index states bound what is read
-    and what is unpacked, so a hostile archive cannot fill the disk. Returns the bytes read."""
+    and what is unpacked, so a hostile archive cannot fill the disk. Returns the bytes read and
+    the hashes of the files unpacked, taken as tar went on (see _HashAsUnpacked)."""
     staging.mkdir(parents=True)
-    # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own. With the
-    # zstd program decompressing, this process only reads and hashes the compressed bytes; `head`
-    # passes on no more of the tar stream than the index says it holds.
-    native = shutil.which("zstd") is not None
+    # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own; it reads the
+    # tar stream straight from this process, where one thread reads and hashes the archive,
+    # one decompresses it (both without the GIL) and counts what it passes on (no more than the
+    # index says the tar stream holds), and this one writes it to tar.
     # As root, tar would keep the owners and modes stored in the archive: an archive from Drive
     # is data, so files belong to whoever runs warmstart and keep no special bits (see _tame).
-    untar = ["tar", "-x", "--no-same-owner", "--no-same-permissions", "-f", "-", "-C", str(staging)]
-    pipeline = ["zstd", "-dcq"] if native else ["cat"]
-    tar = subprocess.Popen(f"{' '.join(pipeline)} | head -c {int(index['tar_bytes'])} | {shlex.join(untar)}",
-                           shell=True, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert tar.stdin is not None and tar.stderr is not None
+    untar = ["tar", "-xv", "--no-same-owner", "--no-same-permissions", "-f", "-", "-C", str(staging)]
+    tar = subprocess.Popen(untar, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None
     _widen(tar.stdin)
-    hashing: _ReadAhead | None = None
+    unpacked_files = _HashAsUnpacked(tar.stdout, staging)
+    hashing = unpacked = None
     try:
         with store.bars.bar(store.size(KIND, archive), "snapshot from " + (
                 "Drive" if store.on_drive(KIND, archive) else "the team cache")) as bar:
             hashing = _ReadAhead(store.open(KIND, archive), bar, copy, limit=int(index["size"]))
-            stream = hashing if native else zstd_open(hashing, "rb")
-            while chunk := stream.read(_ReadAhead.BLOCK):
+            unpacked = _ReadAhead(zstd_open(hashing, "rb"), limit=int(index["tar_bytes"]),
+                                  what="it unpacks to more than", hashed=False)
+            while chunk := unpacked.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
                 faults.point("restore")
             while hashing.read(_ReadAhead.BLOCK):  # a zstd frame can end before the file does
@@ -284,28 +337,33 @@ def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], st
         shutil.rmtree(staging, ignore_errors=True)
         raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
     finally:
-        if hashing is not None:
-            hashing.close()
+        for reader in (unpacked, hashing):  # the decompressing one first: it reads the other
+            if reader is not None:
+                reader.close()
         tar.stdin.close()
         error = tar.stderr.read().decode(errors="replace")
         tar.wait()
     assert hashing is not None  # else the error above was raised
-    if hashing.digest.hexdigest() != index["sha256"] or tar.returncode != 0:
+    hashes = unpacked_files.result()
+    why = (error.strip()[-300:] if tar.returncode != 0
+           else "sha256 differs from its index" if hashing.digest.hexdigest() != index["sha256"]
+           else f"it holds {unpacked_files.twice} twice" if unpacked_files.twice else None)
+    if why:
         shutil.rmtree(staging, ignore_errors=True)
-        why = "sha256 differs from its index" if tar.returncode == 0 else error.strip()[-300:]
         raise SnapshotUnusable(f"snapshot {archive} is damaged ({why})")
     _tame(staging)
-    return hashing.size
+    return hashing.size, hashes
 
 
 def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
-                   patches: tuple[Patch, ...], archive: str) -> None:
+                   patches: tuple[Patch, ...], archive: str,
+                   known: dict[str, tuple[str, manifest.Signature]] | None = None) -> None:
     """Every unpacked file belongs to a locked wheel (or is the recipe's patch of one), and
     nothing else came; then console scripts and RECORDs are written anew for this target."""
     try:
         tree = manifest.Tree.of_staging(staging, target.path, target.prefix, target.executable)
         dists = tree.read(digests)
-        tree.check(dists, digests, patches)
+        tree.check(dists, digests, patches, known=known)
         tree.renew(dists)
     except (manifest.Untrusted, OSError) as exc:
         raise SnapshotUnusable(f"snapshot {archive} does not match the lock: {exc}") from None
@@ -354,8 +412,8 @@ def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninst
     copy = for_drive / archive if from_team and for_drive else None
     try:
         with open(copy, "wb") if copy else nullcontext() as kept:
-            read = _unpack_verified(store, archive, index, staging, kept)
-        _trace_to_lock(staging, target, digests, patches, archive)
+            read, known = _unpack_verified(store, archive, index, staging, kept)
+        _trace_to_lock(staging, target, digests, patches, archive, known)
     except SnapshotUnusable:
         shutil.rmtree(staging, ignore_errors=True)
         if copy:
