@@ -326,6 +326,26 @@ def drive(tmp_path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def demo_wheel_cache(tmp_path_factory, locked_demo, index) -> Path:
+    """A Drive folder holding the demo's wheel cache, filled once per session by a real cold
+    bootstrap (its snapshot dropped: a snapshot fits only the prefix it was made of)."""
+    root = tmp_path_factory.mktemp("demo-filled")
+    drive = root / "drive"
+    drive.mkdir()
+    filled = bootstrap(locked_demo / "recipes" / "demo.toml", drive, make_venv(root / "venv"), env=cli_env(index.url))
+    assert filled.code == 0, filled.stderr
+    shutil.rmtree(drive / ".warmstart" / "v1" / "snapshots")
+    return drive
+
+
+@pytest.fixture
+def filled_drive(tmp_path, demo_wheel_cache) -> Path:
+    """A copy of the session's filled Drive folder (wheels only), free to damage: for tests
+    that start where a first VM left Drive, without each filling it again."""
+    return Path(shutil.copytree(demo_wheel_cache, tmp_path / "drive"))
+
+
 @pytest.fixture
 def demo(tmp_path, locked_demo) -> Path:
     """A fresh copy of the locked demo project, free to edit; returns its recipe path."""

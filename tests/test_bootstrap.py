@@ -91,11 +91,9 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path, 
 
 
 @needs_netns
-def test_offline_names_the_wheel_missing_from_cache(demo, drive, env, tmp_path):
-    python = make_venv(tmp_path / "venv")
-    assert bootstrap(demo, drive, python, env=env).code == 0
+def test_offline_names_the_wheel_missing_from_cache(demo, filled_drive, env, tmp_path):
+    drive = filled_drive
     (drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl").unlink()
-    drop_snapshots(drive)
     python = make_venv(tmp_path / "wiped")
 
     result = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
@@ -107,13 +105,11 @@ def test_offline_names_the_wheel_missing_from_cache(demo, drive, env, tmp_path):
 
 
 @needs_netns
-def test_corrupt_cached_wheel_is_refused_offline_and_replaced_online(demo, drive, env, tmp_path):
-    python = make_venv(tmp_path / "venv")
-    assert bootstrap(demo, drive, python, env=env).code == 0
+def test_corrupt_cached_wheel_is_refused_offline_and_replaced_online(demo, filled_drive, env, tmp_path):
+    drive = filled_drive
     cached = drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl"
     good = cached.read_bytes()
     cached.write_bytes(good[:-10] + b"0123456789")
-    drop_snapshots(drive)
     python = make_venv(tmp_path / "wiped")
 
     offline = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
@@ -234,12 +230,10 @@ def test_drive_from_environment_variable(demo, tmp_path, index):
     assert cached_wheels(tmp_path / "from-env")
 
 
-def test_with_every_wheel_on_drive_the_install_asks_no_index(demo, drive, env, tmp_path):
+def test_with_every_wheel_on_drive_the_install_asks_no_index(demo, filled_drive, tmp_path):
     """uv in the background mode fetches what Drive lacks while it installs; when Drive has every
-    wheel (and the snapshot does not apply), it must not ask the index at all."""
-    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env).code == 0
-    drop_snapshots(drive)
-    shutil.rmtree(tmp_path / "venv")
+    wheel (and no snapshot), it must not ask the index at all."""
+    drive = filled_drive
     background = {k: v for k, v in cli_env(dead_url()).items() if k != "WARMSTART_WAIT"}
 
     result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--installer", "uv", env=background)
