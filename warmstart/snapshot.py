@@ -9,8 +9,9 @@ sha256 and what it was made for. The key covers everything that makes the files 
 bytes, the distributions it holds, the Python version and ABI, the platform, the target's prefix
 (shebangs name it), the format.
 
-A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder;
-only when the hash matches are the distributions the lock replaces removed (by pip or uv, by
+A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder
+(and hashing each unpacked file as tar goes on); only when the archive's hash matches and every
+file traces back to the lock are the distributions the lock replaces removed (by pip or uv, by
 their RECORD) and the staged files moved into place.
 """
 
