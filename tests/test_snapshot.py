@@ -237,6 +237,38 @@ def test_a_file_unpacked_twice_is_refused_though_its_first_copy_matched_the_lock
     assert result.report["installed"] == PLAIN
 
 
+def test_a_snapshot_that_asks_the_decoder_for_more_memory_than_warmstart_allows_is_refused(plain, packed, tmp_path, env):
+    """Decoding a zstd frame takes memory about its window: an archive whose frame asks for a
+    larger window than warmstart writes is refused, whatever its index says."""
+    import hashlib
+
+    import zstandard
+
+    from warmstart.snapshot import WINDOW_LOG
+
+    folder = snapshots(packed)[0].parent
+    index_file = next(p for p in folder.iterdir() if p.name.endswith(".json"))
+    index = json.loads(index_file.read_text())
+    archive = folder / index["archive"]
+    tar = zstandard.ZstdDecompressor().decompressobj().decompress(archive.read_bytes())
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=WINDOW_LOG + 2, enable_ldm=True)
+    out = io.BytesIO()
+    with zstandard.ZstdCompressor(compression_params=params).stream_writer(out, closefd=False) as writer:
+        writer.write(tar)  # streamed, its size unknown: the frame keeps the window it was given
+    data = out.getvalue()
+    assert zstandard.get_frame_parameters(data).window_size > 1 << WINDOW_LOG
+    archive.write_bytes(data)
+    index.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    index_file.write_text(json.dumps(index))
+
+    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is False
+    assert "cannot be read (ZstdError" in result.report["snapshot"]["reason"], result.report["snapshot"]
+    assert result.report["installed"] == PLAIN
+
+
 @pytest.mark.parametrize(("field", "why"), [
     ("tar_bytes", "it unpacks to more than the"),  # it would unpack more than its index says
     ("size", "is longer than the"),  # it holds more bytes than its index says
