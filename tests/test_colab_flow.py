@@ -292,8 +292,8 @@ def test_imported_from_drive_warmstart_writes_no_bytecode_there(tmp_path):
 # --- where the cache lives on Colab -------------------------------------------------------------
 
 DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import drive_root; "
-              "from warmstart.settings import parse_command_line; "
-              "print(drive_root(parse_command_line(['hyperlpr', *sys.argv[2:]]).drive))")
+              "from warmstart.settings import parse_command_line; from warmstart.tools import platform_profile; "
+              "print(drive_root(parse_command_line(['hyperlpr', *sys.argv[2:]]).drive, platform_profile()))")
 
 
 @pytest.mark.needs_mountns

@@ -224,7 +224,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         report.say(line)
     if options.dry_run:
         return plan
-    target_python.remember_whole(plan.facts.target.prefix, facts.whole_records)
+    target_python.remember_whole(prefix, facts.whole_records)
     unwritable = []
     with report.step("workdir") as step:
         try:
@@ -247,11 +247,11 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
     if stale and kernel:  # before anything changes: a run that fails midway still says it
-        restart.remember(plan.facts.target.prefix, stale, kernel)
+        restart.remember(prefix, stale, kernel)
     try:
         if plan.nothing_to_do:
             run.outcome.installed = plan.installed_now()
-            failed = checks.failed_before(plan.facts.target.prefix, plan.facts.recipe.name)
+            failed = checks.failed_before(prefix, plan.facts.recipe.name)
             if failed and plan.facts.recipe.checks and not options.packages_only:
                 report.say(f"checks failed here last time ({', '.join(failed)}): running them again")
                 run.run_checks()

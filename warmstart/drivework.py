@@ -287,7 +287,6 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
     """finish's work, under the job's lock."""
-
     (folder / FAILED).unlink(missing_ok=True)
     wanted = job.get("download")
     if wanted and not offline:
@@ -318,7 +317,6 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
 
 def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: TieredStore) -> None:
     """Fetch the wheels the run let uv take straight from the index, for the cache."""
-
     area = folder / FILES / "wheels"
     area.mkdir(parents=True, exist_ok=True)
     have = {path.name for path in area.iterdir()}

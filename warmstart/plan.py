@@ -94,43 +94,44 @@ class Plan:
         return not self.to_install and not self.to_download and not self.assets_to_place and not self.patches_pending
 
     def describe(self) -> list[str]:
-        from_cache = [p for p in self.to_install if p.name in self.facts.cached]
-        from_team = [p for p in from_cache if self.facts.cached[p.name] in self.facts.in_team]
+        facts = self.facts
+        from_cache = [p for p in self.to_install if p.name in facts.cached]
+        from_team = [p for p in from_cache if facts.cached[p.name] in facts.in_team]
         from_drive = [p for p in from_cache if p not in from_team]
         lines = [
-            f"recipe {self.facts.recipe.name} ({self.facts.recipe.path})",
-            f"target {self.facts.target.executable} (Python {self.facts.target.version})",
-            f"lock {self.facts.live_lock or self.facts.lock.path} ({len(self.facts.lock.pins)} pins"
-            + (", made on this runtime)" if self.facts.live_lock else ")"),
-            *([f"image {self.facts.drift.describe()}"] if self.facts.drift else []),
-            f"drive {self.facts.drive}, workdir {self.workdir}",
+            f"recipe {facts.recipe.name} ({facts.recipe.path})",
+            f"target {facts.target.executable} (Python {facts.target.version})",
+            f"lock {facts.live_lock or facts.lock.path} ({len(facts.lock.pins)} pins"
+            + (", made on this runtime)" if facts.live_lock else ")"),
+            *([f"image {facts.drift.describe()}"] if facts.drift else []),
+            f"drive {facts.drive}, workdir {self.workdir}",
         ]
         if self.nothing_to_do:
             lines.append("the environment already matches the lock: nothing to do")
             return lines
-        restoring = bool(self.to_install and self.use_snapshot and self.facts.snapshot)
-        how = (f"from the snapshot {self.facts.snapshot.index_name} (with {self.facts.installer} from the wheels "
-               "below, should it be unusable)" if restoring and self.facts.snapshot else f"with {self.facts.installer}")
+        restoring = bool(self.to_install and self.use_snapshot and facts.snapshot)
+        how = (f"from the snapshot {facts.snapshot.index_name} (with {facts.installer} from the wheels "
+               "below, should it be unusable)" if restoring and facts.snapshot else f"with {facts.installer}")
         lines.append(f"install {len(self.to_install)} {how}: {_names(self.to_install, 6)}")
         # Said before anything changes: what the environment had, and loses.
         for name, (old, new) in sorted(self.replaced.items()):
             restart = ("; the notebook's kernel imports it at start: restart the runtime afterwards"
-                       if name in self.facts.profile.preloaded else "")
+                       if name in facts.profile.preloaded else "")
             lines.append(f"  replaces {name} {old} with {new}{restart}")
-        if self.facts.needs.provided:
+        if facts.needs.provided:
             lines.append("  provided by the platform: " + ", ".join(
-                f"{name} {have}" for name, have in sorted(self.facts.needs.provided.items())))
+                f"{name} {have}" for name, have in sorted(facts.needs.provided.items())))
         lines.append(f"  from the Drive cache {len(from_drive)}: {_names(from_drive, 6)}")
         if from_team:
             lines.append(f"  from the team cache {len(from_team)}: {_names(from_team, 6)}")
         lines.append(f"download into the cache {len(self.to_download)}: {_names(self.to_download, 6)}")
-        for asset, (dest, state) in self.facts.assets.items():
+        for asset, (dest, state) in facts.assets.items():
             lines.append(f"asset {asset.name} -> {dest}: {state}")
         installing = {p.name for p in self.to_install}
         lines += [f"patch {p.describe()}" + (", unless the snapshot carries it applied"
                                              if restoring and p.state != APPLIED and p.distribution in installing
                                              else "")
-                  for p in self.facts.patches]
+                  for p in facts.patches]
         return lines
 
 

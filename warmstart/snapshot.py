@@ -240,11 +240,11 @@ class _ReadAhead:
                 self._done = True
             else:
                 self._left, self._at = item, 0
-        # a block is handed out in pieces without copying what is left of it each time
+        # a block is handed out in pieces, each sliced off where the last ended (no copy of the
+        # rest of the block each time; a slice of the whole block is the block itself)
         end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
-        data = self._left[self._at:end] if self._at or end < len(self._left) else self._left
-        self._at = end
-        return bytes(data)
+        data, self._at = self._left[self._at:end], end
+        return data
 
     def close(self) -> None:
         """Stop reading (the consumer gave up) and wait for the thread."""

@@ -35,46 +35,46 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     profile = select_profile(root)
     facts, store = prepare(resolve(options, profile), profile, root, report)
     plan = report.plan = make_plan(facts, options)
-    wanted = {p.name: p for p in plan.facts.needs.wanted}
-    locked = {p.name: p.version for p in plan.facts.lock.pins}
-    have = plan.facts.target.installed
-    wheel_bytes = sum(store.size("wheels", name) for name in plan.facts.cached.values())
+    wanted = {p.name: p for p in facts.needs.wanted}
+    locked = {p.name: p.version for p in facts.lock.pins}
+    have = facts.target.installed
+    wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
         "gpu_warnings": list(plan.warnings),
-        "python": str(plan.facts.target.executable),
-        "python_version": str(plan.facts.target.version),
-        "lock": plan.facts.live_lock or str(plan.facts.lock.path),
-        "lock_made_here": plan.facts.live_lock is not None,  # made on a VM of this runtime (livelock.py)
-        "image": plan.facts.image.describe() if plan.facts.image else None,
-        "image_drift": plan.facts.drift.as_json() if plan.facts.drift else None,
+        "python": str(facts.target.executable),
+        "python_version": str(facts.target.version),
+        "lock": facts.live_lock or str(facts.lock.path),
+        "lock_made_here": facts.live_lock is not None,  # made on a VM of this runtime (livelock.py)
+        "image": facts.image.describe() if facts.image else None,
+        "image_drift": facts.drift.as_json() if facts.drift else None,
         "missing": sorted(n for n in wanted if n not in have),
         "different": {n: {"installed": have[n], "locked": pin.version}
                       for n, pin in sorted(wanted.items())
                       if n in have and not pin.satisfied_by(have[n])},
         # met by the platform's own build of the locked version (Colab's torch 2.11.0+cu128)
-        "provided": {n: {"installed": v, "locked": locked[n]} for n, v in sorted(plan.facts.needs.provided.items())},
-        "left_to_platform": sorted(p.name for p in plan.facts.needs.left),
+        "provided": {n: {"installed": v, "locked": locked[n]} for n, v in sorted(facts.needs.provided.items())},
+        "left_to_platform": sorted(p.name for p in facts.needs.left),
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
-        "broken": sorted(plan.facts.broken),  # half-installed by a killed run
-        "patches": [p.as_json() for p in plan.facts.patches],
+        "broken": sorted(facts.broken),  # half-installed by a killed run
+        "patches": [p.as_json() for p in facts.patches],
         "cache": {
-            "drive": str(plan.facts.drive),
-            "wheels": len(plan.facts.cached),
+            "drive": str(facts.drive),
+            "wheels": len(facts.cached),
             "wheels_locked": len(locked),
             "wheel_bytes": wheel_bytes,
-            "assets": {asset.name: state for asset, (_dest, state) in plan.facts.assets.items()},
+            "assets": {asset.name: state for asset, (_dest, state) in facts.assets.items()},
             # the team cache behind Drive (--cache): what only it holds, and whether it answered
-            "team": {**team, "wheels_only_there": len(set(plan.facts.cached.values()) & store.team_only("wheels"))}
+            "team": {**team, "wheels_only_there": len(set(facts.cached.values()) & store.team_only("wheels"))}
             if (team := store.describe_team()) else None,
         },
         "action": describe_action(plan),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
-        "restart_needed": sorted(restart.pending(plan.facts.target.prefix)),
-        "checks_failed": checks.failed_before(plan.facts.target.prefix, plan.facts.recipe.name),
+        "restart_needed": sorted(restart.pending(facts.target.prefix)),
+        "checks_failed": checks.failed_before(facts.target.prefix, facts.recipe.name),
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
-        "drive_writes": state.describe() if (state := drivework.pending(plan.facts.target.prefix)) else None,
+        "drive_writes": state.describe() if (state := drivework.pending(facts.target.prefix)) else None,
     }
     if found["checks_failed"] and found["action"] == "no-op":
         found["action"] = "run the checks that failed last time again"

@@ -53,8 +53,8 @@ from .transfer import CHUNK, QUIET, Bars, copy_hashed, sha256_of, untrusted_json
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 # Short timeouts and few retries on S3: a store that does not answer costs seconds, not minutes.
 _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
-# Whatever the backend's own timeouts and retries: no call to a team store may wait longer than
-# this without an answer; the first that does ends the store's part in the run (one warning).
+
+
 def _within(seconds: float, call: Callable[[], Any]) -> Any:
     """call(), or TimeoutError once `seconds` pass without its answer. The call goes on in a
     daemon thread that nothing waits for: a hung socket keeps no run (nor its exit) waiting."""

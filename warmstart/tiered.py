@@ -28,9 +28,9 @@ class TieredStore:
 
     @classmethod
     def at(cls, drive: Path, *, team: str | None = None, team_read_only: bool = False,
-             stats: CacheStats | None = None, bars: Bars = QUIET, borrow: tuple[str, ...] = ()) -> TieredStore:
+           bars: Bars = QUIET, borrow: tuple[str, ...] = ()) -> TieredStore:
         """Drive's store, with the team store `team` (a URL or a folder) behind it."""
-        store = cls(DriveStore(drive, stats or CacheStats(), bars))
+        store = cls(DriveStore(drive, CacheStats(), bars))
         if team:
             store.put_behind(team, read_only=team_read_only, borrow=borrow)
         return store
@@ -52,10 +52,6 @@ class TieredStore:
     @property
     def root(self) -> Path:
         return self.here.root
-
-    @property
-    def recipes(self) -> Path:
-        return self.here.recipes
 
     @property
     def placed_ledger(self) -> Path:
@@ -107,7 +103,7 @@ class TieredStore:
 
     def team_only(self, kind: str) -> frozenset[str]:
         """What the team store holds and Drive does not."""
-        return frozenset(self.names(kind)) - set(self.here.names(kind)) if self.team else frozenset()
+        return frozenset(self.team.names(kind)) - set(self.here.names(kind)) if self.team else frozenset()
 
     def has(self, kind: str, name: str) -> bool:
         return self.here.on_drive(kind, name) or bool(self.team and self.team.has(kind, name))

@@ -180,9 +180,8 @@ def ensure(drive: Path, offline: bool = False) -> Path:
     return folder
 
 
-def drive_root(option: str | None, environ=os.environ) -> Path:
+def drive_root(option: str | None, profile: Profile, environ=os.environ) -> Path:
     """The Drive root as every entry point resolves it (warmstart.settings)."""
-    profile = platform_profile(environ)
     drive = settings.drive_root(option, profile, environ)
     mount = profile.mount(environ)
     if mount and not drive.is_relative_to(mount.resolve()):
@@ -202,8 +201,9 @@ def main(argv: list[str]) -> int:
         return int(exc.code or 0)
     try:
         home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
-        drive = drive_root(given.drive)
-        require_drive(drive, platform_profile())
+        profile = platform_profile()
+        drive = drive_root(given.drive, profile)
+        require_drive(drive, profile)
         folder = ensure(drive, offline=given.offline)
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
@@ -220,7 +220,7 @@ def main(argv: list[str]) -> int:
                            "bootstrap", "--recipe", given.recipe, *argv[1:]], env=env)
     if done.returncode == 0:  # the line to use from now on, once it has worked
         line = shlex.join([str(command), "bootstrap", "--recipe", given.recipe])
-        say(f"from now on, in any folder of this VM: {'!' if platform_profile().notebook else ''}{line}")
+        say(f"from now on, in any folder of this VM: {'!' if profile.notebook else ''}{line}")
     return done.returncode
 
 
