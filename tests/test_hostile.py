@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
 from warmstart.errors import redact
+from warmstart.parts import Source
 from warmstart.snapshot import _unpack_verified
 from warmstart.store import DriveStore
 from warmstart.target import remove_broken
@@ -92,7 +93,7 @@ def test_a_snapshot_archive_cannot_give_files_a_foreign_owner_or_special_bits(tm
 
     umask = os.umask(0)  # as in some containers: tar's --no-same-permissions then keeps o+w
     try:
-        _unpack_verified(store, archive.name, {"sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        _unpack_verified([Source("Drive", store)], archive.name, {"sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
                                                "size": archive.stat().st_size, "tar_bytes": len(raw.getvalue())},
                          staging)
     finally:
@@ -214,7 +215,10 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size
 
 
 @FUNCTION_FIXTURE
-@given(document=JSON | st.fixed_dictionaries({"facts": JSON, "archive": JSON, "sha256": JSON}))
+@given(document=JSON | st.fixed_dictionaries({"facts": JSON, "archive": JSON, "sha256": JSON})
+       | st.fixed_dictionaries({"facts": st.just({"format": "warmstart-snapshot-v1"}), "archive": st.just("a.tar.zst"),
+                                "sha256": st.just("0" * 64), "size": JSON, "tar_bytes": st.just(1),
+                                "part_size": JSON | st.integers(), "parts": JSON}))
 def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, document):
     drive = tmp_path / "drive"
     folder = drive / ".warmstart" / "v1" / "snapshots"

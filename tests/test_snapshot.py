@@ -158,7 +158,9 @@ def rewrite(drive: Path, change, then=None) -> None:
             then(tar, tree)
     data = zstandard.ZstdCompressor().compress(plain.getvalue())
     (folder / index["archive"]).write_bytes(data)
-    index.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data), tar_bytes=len(plain.getvalue()))
+    index.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data), tar_bytes=len(plain.getvalue()),
+                 parts=[hashlib.sha256(data[i:i + index["part_size"]]).hexdigest()
+                        for i in range(0, len(data), index["part_size"])])
     index_file.write_text(json.dumps(index))
     shutil.rmtree(tree)
 

@@ -140,17 +140,19 @@ class Executor:
 
         with self.report.step("snapshot") as step:
             try:
-                size = snapshot.restore(self.store, plan.facts.snapshot, plan.facts.target, make_room,
-                                        self.digests(plan.to_install), plan.facts.recipe.patches,
-                                        for_drive=self.work.area(snapshot.KIND))
+                served = snapshot.restore(self.store, plan.facts.snapshot, plan.facts.target, make_room,
+                                          self.digests(plan.to_install), plan.facts.recipe.patches,
+                                          for_drive=self.work.area(snapshot.KIND))
             except snapshot.SnapshotUnusable as exc:
                 step.status, step.detail = "warning", str(exc)
                 self.outcome.snapshot = {"used": False, "reason": str(exc)}
                 self.report.say(f"warning: {exc}; installing from the wheels instead")
                 return False
-            step.detail = f"{size / 2**20:.1f} MiB archive, {len(replaced)} replaced"
+            mib = {label: f"{size / 2**20:.1f} MiB" for label, size in served.items()}
+            step.detail = (f"{' + '.join(mib.values())} archive from {' and '.join(mib)}, "
+                           f"{len(replaced)} replaced")
             index = plan.facts.snapshot.index_name
-            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, index)}
+            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, index), "read": served}
             return True
 
     def clear_broken(self) -> None:

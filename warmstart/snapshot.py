@@ -38,13 +38,13 @@ from typing import IO, Any
 
 from packaging.utils import NormalizedName
 
-from . import faults, manifest
+from . import faults, manifest, parts
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .patches import Patch
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import Bar, zstd_open
+from .transfer import QUIET, Bar, Bars, zstd_open
 
 KIND = "snapshots"
 # Archives match across a 32 MiB window (zstd long-distance matching): on hyperlpr 246 MiB
@@ -100,7 +100,8 @@ class Snapshot:
             raise SnapshotUnusable(f"snapshot index {self.index_name} is unreadable ({exc})") from None
         if not (isinstance(index.get("facts"), dict) and isinstance(index.get("archive"), str)
                 and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])
-                and all(isinstance(index.get(k), int) and index[k] >= 0 for k in ("size", "tar_bytes"))):
+                and all(isinstance(index.get(k), int) and index[k] >= 0 for k in ("size", "tar_bytes"))
+                and ("parts" not in index or parts.valid(index))):
             raise SnapshotUnusable(f"snapshot index {self.index_name} is not one warmstart wrote")
         differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
         if differs:
@@ -120,14 +121,12 @@ def _archive_name(index: dict[str, Any]) -> str:
 
 
 class _Counting:
-    """A write-only file wrapper that counts what passes through (and hashes it, with a digest)."""
+    """A write-only file wrapper that counts what passes through."""
 
-    def __init__(self, fh: IO[bytes], digest: Any = None) -> None:
-        self.fh, self.digest, self.size = fh, digest, 0
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.size = fh, 0
 
     def write(self, data: bytes) -> int:
-        if self.digest is not None:
-            self.digest.update(data)
         self.size += len(data)
         return self.fh.write(data)
 
@@ -160,16 +159,18 @@ def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tup
         raise SnapshotUnusable(f"not packed: {exc}") from None
 
     with store.writer(KIND, snapshot.stem) as part:
-        hashing = _Counting(part.fh, hashlib.sha256())
+        hashing = parts.PartHasher(part.fh)  # the whole archive's sha256, and each part's (a restore
+        # from several stores at once checks each part as it comes)
         with zstd_open(hashing, "wb", window_log=WINDOW_LOG) as compressed:
             stream = _Counting(compressed)  # the tar's own size: a restore unpacks no more than that
             with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
                 for path in members:
                     tar.add(path, arcname=str(path.relative_to(target.prefix)), recursive=False)
-        sha256 = hashing.digest.hexdigest()
+        sha256, part_hashes = hashing.digest.hexdigest(), hashing.finish()
         archive = part.commit(store.path(KIND, f"{snapshot.stem}-{sha256[:16]}.tar.zst"))
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
-             "tar_bytes": stream.size, "files": len(members), "distributions": {p.name: p.version for p in pins}}
+             "tar_bytes": stream.size, "files": len(members), "distributions": {p.name: p.version for p in pins},
+             "part_size": hashing.part_size, "parts": part_hashes}
     store.share(KIND, archive)  # the team store's copy too, before its index
     store.put_text(KIND, snapshot.index_name, json.dumps(index, indent=1) + "\n")  # last: it names a whole archive
     store.stats.bytes_written += hashing.size
@@ -310,18 +311,22 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
-def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], staging: Path,
-                     copy: IO[bytes] | None = None) -> tuple[int, dict[str, tuple[str, manifest.Signature]]]:
-    """Read the archive once from Drive (or the team store), hashing it while GNU tar unpacks it
-    into `staging` (and writing it to `copy` too, when given); raise SnapshotUnusable (staging
-    removed) when the hash is not the index's. The sizes the index states bound what is read
-    and what is unpacked, so a hostile archive cannot fill the disk. Returns the bytes read and
-    the hashes of the files unpacked, taken as tar went on (see _HashAsUnpacked)."""
+def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str, Any], staging: Path,
+                     copy: IO[bytes] | None = None,
+                     bars: Bars = QUIET) -> dict[str, tuple[str, manifest.Signature]]:
+    """Read the archive once, hashing it while GNU tar unpacks it into `staging` (and writing it
+    to `copy` too, when given); raise SnapshotUnusable (staging removed) when it is not what its
+    index says. One source is read front to back and the whole archive's hash checked; several
+    are read at once, part by part, each part checked (see warmstart.parts). The sizes the index
+    states bound what is read and what is unpacked, so a hostile archive cannot fill the disk.
+    Returns the hashes of the files unpacked, taken as tar went on (see _HashAsUnpacked); what
+    each source served is in its `served`."""
     staging.mkdir(parents=True)
     # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own; it reads the
-    # tar stream straight from this process, where one thread reads and hashes the archive,
-    # one decompresses it (both without the GIL) and counts what it passes on (no more than the
-    # index says the tar stream holds), and this one writes it to tar.
+    # tar stream straight from this process, where one thread reads and hashes the archive (a
+    # thread per source, when there are several), one decompresses it (both without the GIL)
+    # and counts what it passes on (no more than the index says the tar stream holds), and this
+    # one writes it to tar.
     # As root, tar would keep the owners and modes stored in the archive: an archive from Drive
     # is data, so files belong to whoever runs warmstart and keep no special bits (see _tame).
     untar = ["tar", "-xv", "--no-same-owner", "--no-same-permissions", "-f", "-", "-C", str(staging)]
@@ -329,17 +334,19 @@ def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], st
     assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None
     _widen(tar.stdin)
     unpacked_files = _HashAsUnpacked(tar.stdout, staging)
-    hashing = unpacked = None
+    whole = len(sources) == 1  # else in parts
+    reading: _ReadAhead | parts.PartReader | None = None
+    unpacked = None
     try:
-        with store.bars.bar(store.size(KIND, archive), "snapshot from " + (
-                "Drive" if store.on_drive(KIND, archive) else "the team cache")) as bar:
-            hashing = _ReadAhead(store.open(KIND, archive), bar, copy, limit=int(index["size"]))
-            unpacked = _ReadAhead(zstd_open(hashing, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
+        with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
+            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]))
+                       if whole else parts.PartReader(sources, KIND, archive, index, bar))
+            unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             while chunk := unpacked.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
                 faults.point("restore")
-            while hashing.read(_ReadAhead.BLOCK):  # a zstd frame can end before the file does
+            while reading.read(_ReadAhead.BLOCK):  # a zstd frame can end before the file does
                 pass
     except BrokenPipeError:
         pass  # tar stopped early; its status and message follow
@@ -348,22 +355,39 @@ def _unpack_verified(store: TieredStore, archive: str, index: dict[str, Any], st
         shutil.rmtree(staging, ignore_errors=True)
         raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
     finally:
-        for reader in (unpacked, hashing):  # the decompressing one first: it reads the other
+        for reader in (unpacked, reading):  # the decompressing one first: it reads the other
             if reader is not None:
                 reader.close()
         tar.stdin.close()
         error = tar.stderr.read().decode(errors="replace")
         tar.wait()
-    assert hashing is not None  # else the error above was raised
+        if whole and reading is not None:
+            sources[0].served = reading.size
+    assert reading is not None  # else the error above was raised
     hashes = unpacked_files.result()
     why = (error.strip()[-300:] if tar.returncode != 0
-           else "sha256 differs from its index" if hashing.digest.hexdigest() != index["sha256"]
+           else "sha256 differs from its index" if isinstance(reading, _ReadAhead)
+           and reading.digest.hexdigest() != index["sha256"]
            else f"it holds {unpacked_files.twice} twice" if unpacked_files.twice else None)
     if why:
         shutil.rmtree(staging, ignore_errors=True)
         raise SnapshotUnusable(f"snapshot {archive} is damaged ({why})")
     _tame(staging)
-    return hashing.size, hashes
+    return hashes
+
+
+def _settle(store: TieredStore, sources: list[parts.Source], archive: str) -> None:
+    """Count what each source served; set a copy that served a damaged part aside, in its tier."""
+    for source in sources:
+        source.store.stats.bytes_read += source.served
+        source.store.stats.hits += bool(source.served)
+        if source.damaged:
+            source.store.set_aside_named(KIND, archive)
+            store.warnings.append(f"snapshot {archive} on {source.label} is damaged ({source.failed}); "
+                                  "set aside, its parts came from elsewhere")
+        elif source.failed and not source.store.down:  # a team store that failed said so itself
+            store.warnings.append(f"snapshot {archive} on {source.label} failed midway ({source.failed}); "
+                                  "its parts came from elsewhere")
 
 
 def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
@@ -404,26 +428,33 @@ def _tame(folder: Path) -> None:
 
 def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
             digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...] = (),
-            for_drive: Path | None = None) -> int:
-    """Unpack a verified snapshot into the target; returns the archive size.
+            for_drive: Path | None = None) -> dict[str, int]:
+    """Unpack a verified snapshot into the target; returns the bytes each store served, by the
+    name the report gives it ("Drive", "the team cache").
 
     Files land in a staging folder inside the prefix first and move into place only after the
-    archive's sha256 matched its index and every file it holds traced back to the lock
-    (`digests`, the lock's digest of each wheel's files; `patches`, the recipe's), so neither a
-    damaged archive nor a rewritten one touches the environment. Console scripts and RECORDs are
-    written anew. A snapshot that comes from the team store is copied, archive and index, into
-    `for_drive` as it is read (the Drive work puts them on Drive, the index last)."""
+    archive matched its index and every file it holds traced back to the lock (`digests`, the
+    lock's digest of each wheel's files; `patches`, the recipe's), so neither a damaged archive
+    nor a rewritten one touches the environment. Console scripts and RECORDs are written anew.
+    Drive and the team cache are read at once when both hold the archive. A snapshot only the
+    team store holds is copied, archive and index, into `for_drive` as it is read (the Drive
+    work puts them on Drive, the index last)."""
     index = snapshot.read_index(store)
     archive = _archive_name(index)
-    if not store.has(KIND, archive):
+    sources = [parts.Source(label, tier) for label, tier in store.holders(KIND, archive)]
+    if not sources:
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
+    if "parts" not in index:  # an index from before parts: one source, front to back
+        sources = sources[:1]
     from_team = not store.on_drive(KIND, archive)
-    stats = store.stats_of(KIND, archive)
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     copy = for_drive / archive if from_team and for_drive else None
     try:
-        with open(copy, "wb") if copy else nullcontext() as kept:
-            read, known = _unpack_verified(store, archive, index, staging, kept)
+        try:
+            with open(copy, "wb") if copy else nullcontext() as kept:
+                known = _unpack_verified(sources, archive, index, staging, kept, store.bars)
+        finally:
+            _settle(store, sources, archive)
         _trace_to_lock(staging, target, digests, patches, archive, known)
     except SnapshotUnusable:
         shutil.rmtree(staging, ignore_errors=True)
@@ -431,8 +462,6 @@ def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninst
             copy.unlink(missing_ok=True)
         snapshot.set_aside(store, index)
         raise
-    stats.bytes_read += read
-    stats.hits += 1
     if copy:
         (copy.parent / snapshot.index_name).write_text(json.dumps(index, indent=1) + "\n")
     try:
@@ -440,4 +469,4 @@ def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninst
         _merge(staging, target.prefix)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return int(index.get("size", 0))
+    return {source.label: source.served for source in sources if source.served}

@@ -267,6 +267,20 @@ class ObjectStore:
             raise self._unreadable(kind, name, exc) from None
         return cast(IO[bytes], _Stream(opened, lambda exc: self._unreadable(kind, name, exc)))
 
+    @contextmanager
+    def ranges(self, kind: str, name: str) -> Iterator[Callable[[int, int], bytes]]:
+        """`read_at(start, length)` of a stored object: one ranged GET each, within the timeout."""
+        key = self.key(kind, name)
+
+        def read_at(start: int, length: int) -> bytes:
+            try:
+                data: bytes = self.fs.cat_file(key, start=start, end=start + length)
+            except Exception as exc:
+                raise self._unreadable(kind, name, exc) from None
+            return data
+
+        yield read_at
+
     def _unreadable(self, kind: str, name: str, exc: BaseException) -> OSError:
         if isinstance(exc, FileNotFoundError):  # another VM pruned it since the listing: a miss
             self._listing(kind).pop(name, None)

@@ -105,6 +105,13 @@ class TieredStore:
         """What the team store holds and Drive does not."""
         return frozenset(self.team.names(kind)) - set(self.here.names(kind)) if self.team else frozenset()
 
+    def holders(self, kind: str, name: str) -> list[tuple[str, Store]]:
+        """Every tier that holds a copy, named as the report names it, Drive first."""
+        tiers: list[tuple[str, Store]] = [("Drive", self.here)] if self.here.on_drive(kind, name) else []
+        if self.team and not self.team.down and self.team.has(kind, name):
+            tiers.append(("the team cache", self.team))
+        return tiers
+
     def has(self, kind: str, name: str) -> bool:
         return self.here.on_drive(kind, name) or bool(self.team and self.team.has(kind, name))
 

@@ -1,0 +1,180 @@
+"""One archive read from every store that holds it at once, part by part.
+
+A snapshot index lists the sha256 of each PART_SIZE part of its archive. When Drive and the team
+cache both hold the archive, each gets a thread that fetches the next part nobody has taken and
+hands it on once its hash matches; the reader takes the parts in order. So a restore takes the
+time of the sources together, not of the slower one. A source that fails to serve a part (an
+error, a short read, a store that hangs until its timeout, a hash that differs) is asked no
+more, and the part goes to another. When the part the reader waits for is being fetched by a
+slow source, an idle one fetches it too, and whichever answers first serves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from typing import IO, Any
+
+from .store import Store
+from .transfer import Bar
+
+PART_SIZE = 8 << 20
+WINDOW = 4  # parts held ahead of the reader at most: 32 MiB of memory
+LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
+
+
+@dataclass(eq=False)
+class Source:
+    """One store that holds the archive, as the restore used it."""
+
+    label: str  # "Drive", "the team cache": what the report calls it
+    store: Store
+    served: int = 0  # bytes of parts it served that were used
+    failed: str | None = None  # why it was asked no more
+    damaged: bool = False  # it served a part whose hash differs: its copy is damaged
+
+
+class PartHasher:
+    """A write-only file wrapper that counts what passes through and hashes it, whole and in
+    parts of `part_size` bytes (what an index lists)."""
+
+    def __init__(self, fh: IO[bytes], part_size: int = PART_SIZE) -> None:
+        self.fh, self.part_size = fh, part_size
+        self.digest, self.size = hashlib.sha256(), 0
+        self.parts: list[str] = []
+        self._part, self._in_part = hashlib.sha256(), 0
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.part_size - self._in_part)
+            self._part.update(view[:take])
+            self._in_part, view = self._in_part + take, view[take:]
+            if self._in_part == self.part_size:
+                self._end_part()
+        return self.fh.write(data)
+
+    def _end_part(self) -> None:
+        self.parts.append(self._part.hexdigest())
+        self._part, self._in_part = hashlib.sha256(), 0
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def finish(self) -> list[str]:
+        """The hashes of the parts, the last (shorter) one included."""
+        if self._in_part:
+            self._end_part()
+        return self.parts
+
+
+def valid(index: dict[str, Any]) -> bool:
+    """An index's part list is one warmstart wrote: a sane part size, a hash per part."""
+    size, part_size, parts = index.get("size"), index.get("part_size"), index.get("parts")
+    return (isinstance(size, int) and isinstance(part_size, int) and LIMITS[0] <= part_size <= LIMITS[1]
+            and isinstance(parts, list) and len(parts) == -(-size // part_size)
+            and all(isinstance(p, str) and len(p) == 64 and set(p) <= set("0123456789abcdef") for p in parts))
+
+
+class PartReader:
+    """Reads the archive `name` from every source at once; `read(n)` hands its bytes on in order,
+    as a file would, each part verified. Raises OSError once no source can serve a part."""
+
+    def __init__(self, sources: list[Source], kind: str, name: str, index: dict[str, Any],
+                 bar: Bar | None = None) -> None:
+        self.sources, self.kind, self.name, self.bar = sources, kind, name, bar
+        self.part_size, self.hashes, total = int(index["part_size"]), list(index["parts"]), int(index["size"])
+        self.lengths = [min(self.part_size, total - i * self.part_size) for i in range(len(self.hashes))]
+        self.size = 0  # bytes handed on
+        self._cond = threading.Condition()
+        self._got: dict[int, bytes] = {}
+        self._fetching: dict[int, set[Source]] = {}
+        self._next = 0  # the part read() hands on next
+        self._stop = False
+        self._left, self._at = b"", 0
+        self._threads = [threading.Thread(target=self._fetch_with, args=(s,), daemon=True) for s in sources]
+        for thread in self._threads:
+            thread.start()
+
+    # -- the sources' threads ---------------------------------------------------------------
+
+    def _take(self, source: Source) -> int | None:
+        """The part `source` fetches next, once there is one; None when nothing is left to it."""
+        with self._cond:
+            while not self._stop and not source.failed:
+                ahead = range(self._next, min(self._next + WINDOW, len(self.hashes)))
+                missing = [i for i in ahead if i not in self._got]
+                if not missing and ahead.stop == len(self.hashes):
+                    return None  # every part is here or handed on
+                free = [i for i in missing if not self._fetching.get(i)]
+                # else the first part the reader lacks, when only another source is on it: a race
+                on_it = self._fetching.get(missing[0], set()) if missing else set()
+                for i in free[:1] or ([missing[0]] if len(on_it) == 1 and source not in on_it else []):
+                    self._fetching.setdefault(i, set()).add(source)
+                    return i
+                self._cond.wait()
+            return None
+
+    def _fetch_with(self, source: Source) -> None:
+        try:
+            with source.store.ranges(self.kind, self.name) as read_at:
+                while (i := self._take(source)) is not None:
+                    data = read_at(i * self.part_size, self.lengths[i])
+                    if len(data) != self.lengths[i] or hashlib.sha256(data).hexdigest() != self.hashes[i]:
+                        source.damaged = True  # its copy is shorter, or other, than the index says
+                        raise OSError(f"part {i + 1} differs from its index")
+                    self._deliver(source, i, data)
+        except Exception as exc:  # OSError, a timeout, a backend's own: this source is done
+            with self._cond:
+                source.failed = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+                for fetchers in self._fetching.values():
+                    fetchers.discard(source)
+                self._cond.notify_all()
+
+    def _deliver(self, source: Source, i: int, data: bytes) -> None:
+        with self._cond:
+            self._fetching[i].discard(source)
+            if i >= self._next and i not in self._got:  # else another source won the race
+                self._got[i] = data
+                source.served += len(data)
+                if self.bar:
+                    self.bar.update(len(data))
+            self._cond.notify_all()
+
+    # -- the reader -------------------------------------------------------------------------
+
+    def _next_part(self) -> bytes | None:
+        with self._cond:
+            while self._next < len(self.hashes) and self._next not in self._got:
+                if all(s.failed for s in self.sources):
+                    raise OSError(f"no source could serve part {self._next + 1} ("
+                                  + "; ".join(f"{s.label}: {s.failed}" for s in self.sources) + ")")
+                self._cond.wait()
+            if self._next == len(self.hashes):
+                return None
+            data = self._got.pop(self._next)
+            self._next += 1
+            self._cond.notify_all()
+            return data
+
+    def read(self, size: int = -1) -> bytes:
+        while self._at >= len(self._left):
+            part = self._next_part()
+            if part is None:
+                return b""
+            self._left, self._at = part, 0
+        end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
+        data, self._at = self._left[self._at:end], end
+        self.size += len(data)
+        return data
+
+    def close(self) -> None:
+        """Stop fetching. A source hung in a read is not waited for (its store's timeout ends it)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=1)
