@@ -20,10 +20,15 @@ For each recipe, on the same lock and machine, in one run, every round:
                        Drive folder and the package index unreachable: everything comes from
                        the team cache, a real S3 server (SeaweedFS) on 127.0.0.1, filled once
                        beforehand; until it returns (Drive then fills in the background)
+  warmstart-drive+team (--team) the same after the next wipe: Drive and the team cache both
+                       hold the snapshot, and serve its parts together
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
-has the same prefix). Prints medians with min-max and the ratios to each limit and to uv,
-the peak memory of the warmstart process during the offline restore, and writes JSON and a
-chart (PNG, with matplotlib: pip install -e '.[bench]') beside it.
+has the same prefix). --colab IMAGE measures the same on a Colab stand-in as well: the image's
+Python (pyenv) with the image's versions of the lock's closure preinstalled, so the lock adds
+only what the image lacks (pip and uv install just those; no tar-limit, the tree is the image's).
+Prints medians with min-max and the ratios to each limit and to uv, the peak memory of the
+warmstart process during the offline restore, and writes JSON and a chart (PNG, with
+matplotlib: pip install -e '.[bench]') beside it.
 --slow-drive DELAY_MS,MIB_PER_S runs the Drive-bound methods a second time with the Drive folder
 behind a FUSE layer (bench/slowfs.py) that delays every open and caps throughput, as Drive does.
 """
@@ -48,7 +53,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from warmstart import PROJECT_ROOT, target
-from warmstart.lock import LockTarget, lock_path
+from warmstart.images import Image, images_of
+from warmstart.lock import LockTarget, lock_path, needs, parse_lock
 from warmstart.pipconfig import (
     pip_env,
     uv_env,
@@ -76,21 +82,41 @@ def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None,
     return seconds, done.stderr
 
 
-def fresh_venv(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    return path / "bin" / "python"
+def du(path: Path) -> int:
+    return int(subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True).stdout.split()[0])
 
 
 class Bench:
-    def __init__(self, recipe_arg: str, work: Path, drive: Path, team: dict[str, str] | None = None) -> None:
+    def __init__(self, recipe_arg: str, work: Path, drive: Path, team: dict[str, str] | None = None,
+                 image: Image | None = None) -> None:
         recipe = load_recipe(recipe_arg, PROJECT_ROOT)
         self.recipe_arg = recipe_arg
         self.name = recipe.name
-        version = target.probe(None).version
-        self.lock = lock_path(recipe, LockTarget(f"{version.major}.{version.minor}", target.platform_tag()))
-        self.work, self.drive = work, drive
+        self.work, self.drive, self.image = work, drive, image
         self.venv = work / "target"  # one prefix for every method, as on a VM
+        self.template: Path | None = None  # a stand-in VM as it boots, copied for each method
+        self.platform = {"WARMSTART_PLATFORM": "colab"} if image else {}
+        if image:
+            sys.path.insert(0, str(REPO / "tests"))
+            from standin import pyenv_python
+
+            found = pyenv_python(image.python_minor)
+            if found is None:
+                sys.exit(f"bench: --colab {image.name} needs the pyenv Python {image.python_minor}")
+            self.base, minor = found, image.python_minor
+            self.lock = lock_path(recipe, LockTarget(minor, target.platform_tag(), image.name))
+        else:
+            version = target.probe(None).version
+            self.base, minor = Path(sys.executable), f"{version.major}.{version.minor}"
+            self.lock = lock_path(recipe, LockTarget(minor, target.platform_tag()))
+        self.minor = minor
+        # What pip and uv install: the lock, or on an image only what the image lacks (as its
+        # user would name them), with the lock's hashes.
+        self.requirements = self.lock
+        if image:
+            self.requirements = work / "lacking.txt"
+            lacking = needs(parse_lock(self.lock).pins, image.shipped).install
+            self.requirements.write_text("".join(p.requirement_line() + "\n" for p in lacking))
         self.uv = find_uv()
         # The team cache's environment (WARMSTART_CACHE and the AWS variables), with an index
         # that cannot be reached: the team restore must not need it.
@@ -98,85 +124,107 @@ class Bench:
 
     def env(self, **extra: str) -> dict[str, str]:
         caches = tempfile.mkdtemp(dir=self.work, prefix="cache-")
-        return pip_env() | uv_env() | {"XDG_CACHE_HOME": caches, "UV_CACHE_DIR": caches} | extra
+        return pip_env() | uv_env() | {"XDG_CACHE_HOME": caches, "UV_CACHE_DIR": caches} | self.platform | extra
+
+    def fresh_venv(self) -> Path:
+        """A wiped VM's interpreter, at the one prefix: a new virtualenv, or the stand-in's copy."""
+        shutil.rmtree(self.venv, ignore_errors=True)
+        if self.template:
+            shutil.copytree(self.template, self.venv, symlinks=True)
+        else:
+            subprocess.run([str(self.base), "-m", "venv", "--without-pip", str(self.venv)], check=True)
+        return self.venv / "bin" / "python"
 
     def prepare(self) -> dict[str, int]:
-        """Untimed: the wheelhouse, and the installed tree as tar archives on Drive."""
+        """Untimed: the stand-in VM, the wheelhouse, and the installed tree as tar archives on Drive."""
+        if self.image:
+            sys.path.insert(0, str(REPO / "tests"))
+            from standin import install_image_versions
+
+            python = self.fresh_venv()
+            closure = {p.name for p in parse_lock(self.lock).pins if p.name in self.image.shipped}
+            install_image_versions(python, closure, self.image, self.work, self.work / "uv-cache")
+            self.template = Path(shutil.copytree(self.venv, self.work / "standin", symlinks=True))
+        booted = du(self.venv) if self.template else 0
         self.wheelhouse = self.work / "wheelhouse"
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                        "--require-hashes", "-r", str(self.lock), "-d", str(self.wheelhouse)],
-                       env=self.env(), check=True)
-        python = fresh_venv(self.venv)
+                        "--python-version", self.minor, "--require-hashes", "-r", str(self.requirements),
+                        "-d", str(self.wheelhouse)], env=self.env(), check=True)
+        python = self.fresh_venv()
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
                         "--no-index", "--find-links", str(self.wheelhouse), "--no-deps", "--require-hashes",
-                        "-r", str(self.lock)], env=self.env(), check=True)
-        self.tree = self.drive / f"{self.name}-tree.tar"
-        subprocess.run(["tar", "-cf", str(self.tree), "-C", str(self.venv), "lib", "bin"], check=True)
-        self.tree_zst = None
-        if shutil.which("zstd"):
-            self.tree_zst = self.drive / f"{self.name}-tree.tar.zst"
-            subprocess.run(["zstd", "-q", "-3", "-T0", "-f", str(self.tree), "-o", str(self.tree_zst)], check=True)
+                        "-r", str(self.requirements)], env=self.env(), check=True)
+        self.tree = self.tree_zst = None
+        if not self.template:  # on an image the tree is mostly the image's: no tar of it
+            self.tree = self.drive / f"{self.name}-tree.tar"
+            subprocess.run(["tar", "-cf", str(self.tree), "-C", str(self.venv), "lib", "bin"], check=True)
+            if shutil.which("zstd"):
+                self.tree_zst = self.drive / f"{self.name}-tree.tar.zst"
+                subprocess.run(["zstd", "-q", "-3", "-T0", "-f", str(self.tree), "-o", str(self.tree_zst)],
+                               check=True)
+        installed = du(self.venv) - booted
         if self.team:  # one run that fills the team cache: wheels and this prefix's snapshot
-            fresh_venv(self.venv)
+            self.fresh_venv()
             run([*self.boot(), "--wait"], self.env(**{k: v for k, v in self.team.items() if k != "PIP_INDEX_URL"}))
             shutil.rmtree(self.drive / ".warmstart", ignore_errors=True)
         wheel_bytes = sum(p.stat().st_size for p in self.wheelhouse.iterdir())
-        installed = int(subprocess.run(["du", "-sb", str(self.venv)], capture_output=True, text=True)
-                        .stdout.split()[0])
         return {"wheels": len(list(self.wheelhouse.iterdir())), "wheel_bytes": wheel_bytes,
                 "installed_bytes": installed}
 
     def one_round(self, with_pip: bool = True) -> tuple[dict[str, float], int]:
-        lock, times = str(self.lock), {}
-        hashed = ["--no-deps", "--require-hashes", "-r", lock]
+        times = {}
+        fresh_venv = self.fresh_venv
+        hashed = ["--no-deps", "--require-hashes", "-r", str(self.requirements)]
         pip_cmd = [sys.executable, "-m", "pip", "--python"]
         if with_pip:  # Drive plays no part: measured once, on the local drive
-            times["pip-index"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q", *hashed],
-                                        self.env())
-            times["pip-wheelhouse"], _ = run([*pip_cmd, str(fresh_venv(self.venv)), "install", "-q",
+            times["pip-index"], _ = run([*pip_cmd, str(fresh_venv()), "install", "-q", *hashed], self.env())
+            times["pip-wheelhouse"], _ = run([*pip_cmd, str(fresh_venv()), "install", "-q",
                                               "--no-index", "--find-links", str(self.wheelhouse), *hashed],
                                              self.env())
         if self.uv:
             uv_cmd = [str(self.uv), "pip", "install", "-q", "--python"]
-            times["uv-index"], _ = run([*uv_cmd, str(fresh_venv(self.venv)), *hashed], self.env())
-            times["uv-wheelhouse"], _ = run([*uv_cmd, str(fresh_venv(self.venv)), "--no-index",
+            times["uv-index"], _ = run([*uv_cmd, str(fresh_venv()), *hashed], self.env())
+            times["uv-wheelhouse"], _ = run([*uv_cmd, str(fresh_venv()), "--no-index",
                                              "--find-links", str(self.wheelhouse), *hashed], self.env())
-        fresh_venv(self.venv)
-        limits = [run(["tar", "-xf", str(self.tree), "-C", str(self.venv)], self.env())[0]]
-        if self.tree_zst:
-            fresh_venv(self.venv)
-            limits.append(run(["tar", "-I", "zstd", "-xf", str(self.tree_zst), "-C", str(self.venv)],
-                              self.env())[0])
-        times["tar-limit"] = min(limits)
+        if self.tree:
+            fresh_venv()
+            limits = [run(["tar", "-xf", str(self.tree), "-C", str(self.venv)], self.env())[0]]
+            if self.tree_zst:
+                fresh_venv()
+                limits.append(run(["tar", "-I", "zstd", "-xf", str(self.tree_zst), "-C", str(self.venv)],
+                                  self.env())[0])
+            times["tar-limit"] = min(limits)
 
         cache = self.drive / ".warmstart"
         shutil.rmtree(cache, ignore_errors=True)
         boot = self.boot()
-        fresh_venv(self.venv)
+        fresh_venv()
         waited = self.env()
         times["warmstart-cold-wait"], _ = run([*boot, "--wait"], waited)
         # The limits of a restore of warmstart's own snapshot archive, as it lies on Drive: reading
         # it (the read-bound time: what a slow Drive allows) and `zstd -d | tar -x` of it.
         archive = max((cache / "v1" / "snapshots").glob("*.tar.zst"), key=lambda p: p.stat().st_size)
         times["read-limit"], _ = run(["cat", str(archive)], self.env(), stdout=subprocess.DEVNULL)
-        fresh_venv(self.venv)
+        fresh_venv()
         times["zstd-tar-limit"], _ = run(["bash", "-c", f"zstd -dcq {shlex.quote(str(archive))} | "
                                           f"tar -x -C {shlex.quote(str(self.venv))}"], self.env())
         shutil.rmtree(cache, ignore_errors=True)
-        fresh_venv(self.venv)
+        fresh_venv()
         same_vm = self.env()  # the no-op re-run happens on the VM the cold run just set up
         times["warmstart-cold"], _ = run(boot, same_vm)
         wait_for_drive_work(Path(same_vm["XDG_CACHE_HOME"]))  # untimed: the VM stays up meanwhile
         times["warmstart-no-op"], _ = run(boot, same_vm)
-        fresh_venv(self.venv)
+        fresh_venv()
         times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env())
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
         if self.team:
             shutil.rmtree(cache, ignore_errors=True)
-            fresh_venv(self.venv)
+            fresh_venv()
             wiped = self.env(**self.team)
             times["warmstart-team"], _ = run(boot, wiped)
             wait_for_drive_work(Path(wiped["XDG_CACHE_HOME"]))  # untimed: Drive fills from what came
+            fresh_venv()
+            times["warmstart-drive+team"], _ = run(boot, self.env(**self.team))  # both hold the snapshot
         return times, rss
 
     def boot(self) -> list[str]:
@@ -242,10 +290,10 @@ def team_cache(work: Path, wanted: bool):
 def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) -> dict:
     samples = {name: [r[0][name] for r in rounds] for name in rounds[0][0]}
     median = {name: statistics.median(v) for name, v in samples.items()}
-    limit, uv = median["tar-limit"], median.get("uv-index")
+    limit, uv = median.get("tar-limit"), median.get("uv-index")  # no tar-limit on an image
     return {
         "size": size, "seconds": samples, "median": median,
-        "x_limit": {k: round(v / limit, 2) for k, v in median.items()},
+        "x_limit": {k: round(v / limit, 2) for k, v in median.items()} if limit else {},
         "x_uv_index": {k: round(v / uv, 2) for k, v in median.items()} if uv else {},
         "x_zstd_tar": {k: round(v / median["zstd-tar-limit"], 2) for k, v in median.items()},
         "x_read": {k: round(v / median["read-limit"], 2) for k, v in median.items()},
@@ -259,9 +307,9 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
           f"{size['installed_bytes'] / 2**20:.0f} MiB installed; {rounds} rounds")
     print(f"{'method':<21}{'median s':>9}{'min-max':>15}{'x tar':>7}{'x zstd|tar':>11}{'x read':>8}{'x uv':>7}")
     for method, values in result["seconds"].items():
+        ratios = [result[k].get(method, float("nan")) for k in ("x_limit", "x_zstd_tar", "x_read", "x_uv_index")]
         print(f"{method:<21}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
-              f"{result['x_limit'][method]:>7.2f}{result['x_zstd_tar'][method]:>11.2f}{result['x_read'][method]:>8.2f}"
-              f"{result['x_uv_index'].get(method, float('nan')):>7.2f}")
+              + "".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (7, 11, 8, 7), strict=True)))
     print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
 
 
@@ -289,8 +337,9 @@ def chart(results: dict, out: Path) -> Path | None:
         bars = ax.barh(methods, seconds, color=colours)
         ax.invert_yaxis()
         for bar, method in zip(bars, methods, strict=True):
-            ratio = result["x_uv_index"].get(method) if "cold" in method else result["x_limit"][method]
-            label = f"{bar.get_width():.2f} s" + (f"  ({ratio:.2f}x {'uv' if 'cold' in method else 'limit'})"
+            # a restore against the limit of its own archive, a cold run against uv
+            ratio = result["x_uv_index"].get(method) if "cold" in method else result["x_zstd_tar"][method]
+            label = f"{bar.get_width():.2f} s" + (f"  ({ratio:.2f}x {'uv' if 'cold' in method else 'zstd|tar'})"
                                                  if method.startswith("warmstart") and ratio else "")
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, " " + label, va="center", fontsize=7)
         ax.set_title(f"{recipe}, {drive}", fontsize=9)
@@ -314,6 +363,8 @@ def main() -> None:
     parser.add_argument("--chart-only", action="store_true", help="draw the chart of --out again, measure nothing")
     parser.add_argument("--team", action="store_true",
                         help="also restore from a team cache on a local S3 server (needs the test extra)")
+    parser.add_argument("--colab", metavar="IMAGE", action="append", default=[],
+                        help="also on a Colab stand-in of IMAGE (colab-2026.07, colab-latest; repeatable)")
     args = parser.parse_args()
     if args.chart_only:
         print(f"wrote {chart(json.loads(args.out.read_text()), args.out)}")
@@ -322,16 +373,21 @@ def main() -> None:
 
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
                      "rounds": args.rounds, "runs": {}}
+    images = images_of("colab", PROJECT_ROOT / "envs")
+    unknown = [name for name in args.colab if name not in images]
+    if unknown:
+        parser.error(f"--colab {unknown[0]}: no such image (one of {', '.join(sorted(images))})")
     for slow in [None, args.slow_drive] if args.slow_drive else [None]:
         label = "local disk" if slow is None else "slow Drive {} ms/open, {} MiB/s".format(*slow.split(","))
-        for recipe_arg in recipes:
+        for recipe_arg, image in [(r, None) for r in recipes] + [(r, images[n]) for n in args.colab for r in recipes]:
             with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp, \
                     drive_folder(Path(tmp), slow) as (drive, _slow), team_cache(Path(tmp), args.team) as team:
-                bench = Bench(recipe_arg, Path(tmp), drive, team)
+                bench = Bench(recipe_arg, Path(tmp), drive, team, image)
                 size = bench.prepare()
                 rounds = [bench.one_round(with_pip=slow is None) for _ in range(args.rounds)]
-            result = results["runs"].setdefault(label, {})[bench.name] = summarise(rounds, size)
-            print_table(bench.name, label, result, args.rounds)
+            name = f"{bench.name} on {image.name}" if image else bench.name
+            result = results["runs"].setdefault(label, {})[name] = summarise(rounds, size)
+            print_table(name, label, result, args.rounds)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     png = chart(results, args.out)
     print(f"\nwrote {args.out}" + (f" and {png}" if png else ""))

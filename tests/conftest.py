@@ -395,21 +395,12 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def pyenv_python(minor: str) -> Path | None:
-    """The newest pyenv interpreter of Python `minor` (3.12, 3.13), as Colab's runtimes have."""
-    root = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
-    if shutil.which("pyenv"):
-        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() or root
-    found = sorted(Path(root).glob(f"versions/{minor}.*/bin/python{minor}"),
-                   key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
-    return found[-1] if found else None
-
-
 # --- the Colab stand-in: Colab's published package lists, the pyenv interpreter of its Python ---
 
+import standin
+from standin import pyenv_python
+
 from warmstart.images import Image, images_of
-from warmstart.pipconfig import uv_env
-from warmstart.uv import find_uv
 
 # The stand-ins, one per Python Colab offers: latest (3.13) and the pinned 2026.07 (3.12). The other
 # 3.12 runtime, 2026.04, is told apart from 2026.07 by what a VM has (test_platform_locks.py).
@@ -435,14 +426,6 @@ def colab_vm(tmp_path: Path, minor: str, with_pip: bool = False) -> Path:
 
 def install_image_versions(python: Path, names: set[str], image: Image, tmp_path: Path) -> None:
     """The image's versions of `names`, and what they need, at the image's versions too."""
-    shipped = image.shipped
-    wanted = tmp_path / "image-wanted.txt"
-    wanted.write_text("".join(f"{n}=={shipped[n]}\n" for n in sorted(names)))
-    constraints = tmp_path / "image-constraints.txt"
-    constraints.write_text("".join(f"{n}=={v}\n" for n, v in shipped.items() if "+" not in v))
-    env = uv_env() | {"UV_CACHE_DIR": str(Path(CACHE_HOME) / "uv")}
-    env.pop("PIP_INDEX_URL", None)
-    subprocess.run([str(find_uv()), "pip", "install", "--quiet", "--python", str(python), "-r", str(wanted),
-                    "-c", str(constraints)], check=True, env=env)
+    standin.install_image_versions(python, names, image, tmp_path, Path(CACHE_HOME) / "uv")
 
 

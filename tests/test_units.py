@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import subprocess
 import time
 from dataclasses import replace
@@ -389,3 +390,58 @@ def test_keep_runtime_refuses_a_plan_that_replaces_what_the_environment_has():
     with pytest.raises(PreconditionUnmet, match=r"--keep-runtime, but .* would replace 1 of what .* has: alpha 0.9 -> 1.0"):
         make_plan(facts({"alpha": "0.9"}), replace(ONLINE, keep_runtime=True))
     assert make_plan(facts({}), replace(ONLINE, keep_runtime=True)).to_install, "adding is fine"
+
+
+def test_the_probe_reads_the_same_distributions_as_importlib_metadata_from_their_headers(tmp_path):
+    """distinfo reads Name and Version from the metadata headers only; on every shape of
+    distribution a sys.path holds, it must find what importlib.metadata finds, in the same
+    order of precedence, with the target's own interpreter (the probe is its text)."""
+    from importlib import metadata
+
+    from warmstart import distinfo, target
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    description = "\n\nA long description with a line\nVersion: 9.9 that is not a header\n" + "x" * 20000
+
+    def dist(folder: Path, name: str, meta: str, version: str, text: str = "") -> None:
+        path = folder / name
+        if name.endswith(".egg-info") and meta == "":  # an .egg-info file, not a folder
+            folder.mkdir(exist_ok=True)
+            path.write_text(f"Metadata-Version: 1.1\nName: {name.split('-')[0]}\nVersion: {version}\n{text}")
+            return
+        path.mkdir(parents=True)
+        (path / meta).write_text(f"Metadata-Version: 2.1\nName: {name.split('-')[0]}\nVersion: {version}\n{text}",
+                                 encoding="utf-8")
+
+    dist(first, "Zeta_Pkg-2.0.dist-info", "METADATA", "2.0", description)
+    dist(first, "older-1.0.egg-info", "PKG-INFO", "1.0")
+    dist(first, "flat-3.1.egg-info", "", "3.1")
+    dist(first, "unicode-1.0.dist-info", "METADATA", "1.0", "Summary: ünïcödé ☃\n")
+    (first / "half-1.0.dist-info").mkdir()  # killed mid-install: no METADATA
+    dist(second, "Zeta_Pkg-1.0.dist-info", "METADATA", "1.0")  # shadowed by the first
+    path = [str(first), str(second), str(tmp_path / "missing"), str(tmp_path / "x.zip")]
+
+    expected = {}
+    for found in metadata.distributions(path=path):
+        if found.metadata["Name"]:
+            expected.setdefault(canonicalize_name(found.metadata["Name"]), found.version)
+    probed = {}
+    for name, version, _ in distinfo.distributions(path):
+        probed.setdefault(canonicalize_name(name), version)
+
+    assert probed == expected == {"zeta-pkg": "2.0", "older": "1.0", "flat": "3.1", "unicode": "1.0"}
+    # The probe runs distinfo's text in the target: an old Python and Colab's (pyenv, present on
+    # every machine of this kind) answer as their own importlib.metadata does.
+    from standin import pyenv_python
+
+    pythons = [p for p in map(pyenv_python, ("3.8", "3.12")) if p]
+    assert pythons, "no pyenv Python 3.8 or 3.12 to probe"
+    ask = ("import json; from importlib import metadata; found = {}\n"
+           "for d in metadata.distributions():\n    found.setdefault(d.metadata['Name'], d.version)\n"
+           "print(json.dumps(found))")
+    for python in pythons:
+        own = json.loads(subprocess.run([str(python), "-c", ask], capture_output=True, text=True, cwd=tmp_path,
+                                        check=True).stdout)
+        probe = target.probe(python)
+        assert probe.installed == {canonicalize_name(k): v for k, v in own.items() if k}, python
+        assert target.installed_now(probe) == probe.installed

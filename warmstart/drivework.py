@@ -335,6 +335,7 @@ def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: Tie
 def main(argv: list[str]) -> int:
     """The detached worker: `python -m warmstart.drivework FOLDER`."""
     folder = Path(argv[0])
+    os.nice(10)  # after the run: the user's own work (a training's data loading) comes first
     try:
         job = json.loads((folder / JOB).read_text())
         # The job names the team cache without credentials; the run handed its URL over in the

@@ -18,28 +18,25 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path, PurePath
 
 from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
-from . import settings
+from . import distinfo, settings
 from .errors import PreconditionUnmet
 from .home import state_file
 from .transfer import atomic_write_text
 
-_PROBE = """
-import json, os, sys, sysconfig
+# distinfo.py's text, then what the probe asks: run by the target interpreter, whatever its version.
+_PROBE = Path(distinfo.__file__).read_text(encoding="utf-8") + """
+import json, sys, sysconfig
 # `python -c` puts the working directory first on sys.path; what lies there is not installed.
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
-from importlib import metadata
 installed = {}
-for dist in metadata.distributions():
-    name = dist.metadata["Name"]
-    if name:
-        installed.setdefault(name, dist.version)
+for name, version, _ in distributions(sys.path):
+    installed.setdefault(name, version)
 print(json.dumps({
     "version": list(sys.version_info[:3]),
     "implementation": sys.implementation.name,
@@ -155,9 +152,8 @@ def installed_now(target: TargetPython) -> dict[NormalizedName, str]:
     """The target's distributions as they are now, read from its sys.path here (metadata is
     files): what the probe would answer, without starting the interpreter again."""
     found: dict[NormalizedName, str] = {}
-    for dist in metadata.distributions(path=list(target.path)):
-        if name := dist.metadata["Name"]:
-            found.setdefault(canonicalize_name(name), dist.version)
+    for name, version, _ in distinfo.distributions(list(target.path)):
+        found.setdefault(canonicalize_name(name), version)
     return found
 
 
@@ -165,10 +161,11 @@ def installed_files(target: TargetPython, names: list[str]) -> dict[NormalizedNa
     """The files each named distribution installed, as its RECORD lists them (absolute).
     Read here, from the target's sys.path: metadata is files, no need to run the target."""
     wanted, files = set(names), {}
-    for dist in metadata.distributions(path=list(target.path)):
-        name = canonicalize_name(dist.metadata["Name"] or "")
-        if name in wanted and name not in files:
-            files[name] = [Path(os.path.normpath(str(dist.locate_file(f)))) for f in dist.files or []]
+    for raw, _, where in distinfo.distributions(list(target.path)):
+        name = canonicalize_name(raw)
+        info = Path(where)
+        if name in wanted and name not in files and info.suffix == ".dist-info" and (info / "RECORD").is_file():
+            files[name] = _record_files(info)
     return files
 
 

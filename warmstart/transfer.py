@@ -247,9 +247,9 @@ def shown(text: str, keep_lines: bool = False) -> str:
     return printable(redact(text), keep_lines)
 
 
-def zstd_open(file: Path | BinaryIO | Any, mode: str, *, window_log: int | None = None) -> BinaryIO:
-    """A zstd stream over a file (level 3): `zstandard` (multi-threaded) where installed, else the
-    standard library's compression.zstd (Python 3.14+). `window_log`: writing, match across a
+def zstd_open(file: Path | BinaryIO | Any, mode: str, *, window_log: int | None = None, level: int = 3) -> BinaryIO:
+    """A zstd stream over a file (writing at `level`): `zstandard` (multi-threaded) where installed,
+    else the standard library's compression.zstd (Python 3.14+). `window_log`: writing, match across a
     window of 2**window_log bytes (long-distance matching: wheels full of similar libraries);
     reading, refuse a frame that asks for more (the decoder's memory is about that window)."""
     writing = "w" in mode
@@ -261,7 +261,7 @@ def zstd_open(file: Path | BinaryIO | Any, mode: str, *, window_log: int | None 
         except ImportError:
             raise WarmstartError("zstd archives need the `zstandard` package: pip install zstandard") from None
         if writing:
-            options = {zstd.CompressionParameter.compression_level: 3}
+            options = {zstd.CompressionParameter.compression_level: level}
             if window_log:
                 options |= {zstd.CompressionParameter.window_log: window_log,
                             zstd.CompressionParameter.enable_long_distance_matching: 1}
@@ -272,7 +272,7 @@ def zstd_open(file: Path | BinaryIO | Any, mode: str, *, window_log: int | None 
         return stream
     if writing:
         long = {"window_log": window_log, "enable_ldm": True} if window_log else {}
-        params = zstandard.ZstdCompressionParameters.from_level(3, threads=-1, **long)
+        params = zstandard.ZstdCompressionParameters.from_level(level, threads=-1, **long)
         opened: BinaryIO = zstandard.open(file, mode, cctx=zstandard.ZstdCompressor(compression_params=params))
     else:
         dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log) if window_log else None
