@@ -445,3 +445,19 @@ def test_the_probe_reads_the_same_distributions_as_importlib_metadata_from_their
         probe = target.probe(python)
         assert probe.installed == {canonicalize_name(k): v for k, v in own.items() if k}, python
         assert target.installed_now(probe) == probe.installed
+
+
+def test_kernel_imports_asked_one_name_at_a_time_agree_with_the_whole_mapping():
+    """warmstart.colab.KernelImports looks up only the distributions a run replaces; for every
+    distribution of this environment it must answer as importlib.metadata's whole module ->
+    distribution mapping does."""
+    from importlib import metadata
+
+    from warmstart.colab import KernelImports
+
+    imports = KernelImports()
+    owners = metadata.packages_distributions()
+    whole = {canonicalize_name(dist) for module in imports.modules for dist in owners.get(module, ())}
+    names = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions() if d.metadata["Name"]}
+    assert whole, "this process imported modules of installed distributions (pytest, packaging)"
+    assert {name for name in names if name in imports} == whole

@@ -13,7 +13,7 @@ import argparse
 import inspect
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -91,7 +91,7 @@ class Options:
                               "already has (a runtime's own packages stay exactly as they are)", False)
     # Set by the in-kernel API, not a flag: the distributions whose modules the running kernel has
     # imported. A `!invoke` subprocess cannot know them and uses the platform's preloaded list.
-    kernel_imported: frozenset[str] | None = None
+    kernel_imported: Container[str] | None = None
 
     def __post_init__(self) -> None:
         required_recipe(self.recipe)
