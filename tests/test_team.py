@@ -192,10 +192,11 @@ def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
 class CutOnFirst:
     """A TCP relay in front of the S3 server that stops the server itself as the first request
     of `method` for a matching object arrives (a download, a delete): the listing answered, then
-    the team store is gone midway."""
+    the team store is gone midway. With `hold`, the server stays up and each matching request
+    is swallowed instead, never answered: a store that hangs midway."""
 
-    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes) -> None:
-        self.s3, self.request, self.path_part = s3, method + b" /", path_part
+    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes, hold: bool = False) -> None:
+        self.s3, self.request, self.path_part, self.hold = s3, method + b" /", path_part, hold
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
@@ -220,6 +221,10 @@ class CutOnFirst:
             while data := src.recv(65536):
                 if requests and data.startswith(self.request) and self.path_part in data.split(b"\r\n", 1)[0]:
                     self.cut.set()
+                    if self.hold:
+                        while src.recv(65536):  # never forwarded, never answered
+                            pass
+                        break
                     self.s3.stop()
                     self.listener.close()
                     break

@@ -2,17 +2,24 @@
 
 A snapshot index lists the sha256 of each PART_SIZE part of its archive. When Drive and the team
 cache both hold the archive, each gets a thread that fetches the next part nobody has taken and
-hands it on once its hash matches; the reader takes the parts in order. So a restore takes the
-time of the sources together, not of the slower one. A source that fails to serve a part (an
-error, a short read, a store that hangs until its timeout, a hash that differs) is asked no
-more, and the part goes to another. When the part the reader waits for is being fetched by a
-slow source, an idle one fetches it too, and whichever answers first serves it.
+hands it on once its hash matches; the reader takes the parts in order. The fastest source
+takes the nearest part; a slower one helps only while the reader has lately had to wait (else
+it would cost reads and hashing for nothing), and then takes the part furthest ahead, which
+gives it the most time. So a restore reads at the pace of its fastest source, or of them all
+together when that alone cannot keep it fed.
+
+A source that fails to serve a part (an error, a short read, a store that hangs until its
+timeout, a hash that differs) is asked no more, and the part goes to another. When the part
+the reader waits for has been with another source for twice as long as an idle one took for
+its last part, the idle one fetches it too, and whichever answers first serves it: a slow or
+hung source holds the restore up only so long.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -20,7 +27,8 @@ from .store import Store
 from .transfer import Bar
 
 PART_SIZE = 8 << 20
-WINDOW = 4  # parts held ahead of the reader at most: 32 MiB of memory
+WINDOW = 6  # parts held ahead of the reader at most: 48 MiB of memory
+HUNGRY = 1.0  # seconds after the reader last waited that slower sources keep helping
 LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
 
 
@@ -31,6 +39,7 @@ class Source:
     label: str  # "Drive", "the team cache": what the report calls it
     store: Store
     served: int = 0  # bytes of parts it served that were used
+    pace: float = 0.0  # seconds its last part took
     failed: str | None = None  # why it was asked no more
     damaged: bool = False  # it served a part whose hash differs: its copy is damaged
 
@@ -92,6 +101,9 @@ class PartReader:
         self._cond = threading.Condition()
         self._got: dict[int, bytes] = {}
         self._fetching: dict[int, set[Source]] = {}
+        self._since: dict[int, float] = {}  # when the first source began on a part
+        self._waiting = False  # the reader waits for part _next
+        self._starved_at = 0.0  # when the reader last had to wait
         self._next = 0  # the part read() hands on next
         self._stop = False
         self._left, self._at = b"", 0
@@ -102,27 +114,46 @@ class PartReader:
     # -- the sources' threads ---------------------------------------------------------------
 
     def _take(self, source: Source) -> int | None:
-        """The part `source` fetches next, once there is one; None when nothing is left to it."""
+        """The part `source` fetches next, once there is one; None when nothing is left to it.
+        The fastest source takes the nearest free part. A slower one takes the furthest, and
+        only while the reader has lately waited: when the fastest alone keeps it fed, a slower
+        source would only cost reads and hashing. A part the reader waits for, held by one
+        other source for twice as long as `source` took for its last part, is raced."""
         with self._cond:
             while not self._stop and not source.failed:
+                now = time.monotonic()
                 ahead = range(self._next, min(self._next + WINDOW, len(self.hashes)))
                 missing = [i for i in ahead if i not in self._got]
                 if not missing and ahead.stop == len(self.hashes):
                     return None  # every part is here or handed on
                 free = [i for i in missing if not self._fetching.get(i)]
-                # else the first part the reader lacks, when only another source is on it: a race
-                on_it = self._fetching.get(missing[0], set()) if missing else set()
-                for i in free[:1] or ([missing[0]] if len(on_it) == 1 and source not in on_it else []):
-                    self._fetching.setdefault(i, set()).add(source)
-                    return i
-                self._cond.wait()
+                faster = any(s.pace and s.pace < source.pace for s in self.sources if s is not source and not s.failed)
+                if free and not faster:
+                    return self._start(source, free[0])
+                if free and now - self._starved_at < HUNGRY:
+                    return self._start(source, free[-1])
+                on_it = self._fetching.get(self._next, set()) if self._waiting else set()
+                due = self._since.get(self._next, now) + 2 * source.pace - now
+                if len(on_it) == 1 and source not in on_it and source.pace:
+                    if due <= 0:
+                        return self._start(source, self._next)
+                    self._cond.wait(due)
+                else:
+                    self._cond.wait()
             return None
+
+    def _start(self, source: Source, i: int) -> int:
+        self._fetching.setdefault(i, set()).add(source)
+        self._since.setdefault(i, time.monotonic())
+        return i
 
     def _fetch_with(self, source: Source) -> None:
         try:
             with source.store.ranges(self.kind, self.name) as read_at:
                 while (i := self._take(source)) is not None:
+                    began = time.monotonic()
                     data = read_at(i * self.part_size, self.lengths[i])
+                    source.pace = time.monotonic() - began
                     if len(data) != self.lengths[i] or hashlib.sha256(data).hexdigest() != self.hashes[i]:
                         source.damaged = True  # its copy is shorter, or other, than the index says
                         raise OSError(f"part {i + 1} differs from its index")
@@ -152,7 +183,10 @@ class PartReader:
                 if all(s.failed for s in self.sources):
                     raise OSError(f"no source could serve part {self._next + 1} ("
                                   + "; ".join(f"{s.label}: {s.failed}" for s in self.sources) + ")")
+                self._waiting, self._starved_at = True, time.monotonic()
+                self._cond.notify_all()  # the slower sources may help now
                 self._cond.wait()
+            self._waiting = False
             if self._next == len(self.hashes):
                 return None
             data = self._got.pop(self._next)
