@@ -313,6 +313,27 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
     print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
 
 
+def markdown(results: dict) -> str:
+    """The README's table: each case's restores beside their limits and uv, medians (min-max)."""
+    columns = [("uv from the index", "uv-index"), ("zstd -d \\| tar -x", "zstd-tar-limit"),
+               ("read-bound", "read-limit"), ("offline restore (Drive)", "warmstart-offline"),
+               ("team cache only", "warmstart-team"), ("Drive + team", "warmstart-drive+team"),
+               ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op")]
+    lines = ["| case | " + " | ".join(title for title, _ in columns)
+             + " | restore / zstd\\|tar | restore / read | restore / uv | peak RSS, restore |",
+             "|" + "---|" * (len(columns) + 5)]
+    for drive, recipes in results["runs"].items():
+        for recipe, result in recipes.items():
+            cells = [f"{result['median'][m]:.2f} ({min(result['seconds'][m]):.2f}–{max(result['seconds'][m]):.2f})"
+                     if m in result["median"] else "–" for _, m in columns]
+            # the read-bound time means something only where reading is slow
+            ratios = [f"{result[k].get('warmstart-offline', 0):.2f}" if k != "x_read" or drive != "local disk" else "–"
+                      for k in ("x_zstd_tar", "x_read", "x_uv_index")]
+            lines.append(f"| {recipe}, {drive} | " + " | ".join(cells + ratios)
+                         + f" | {result['offline_restore_peak_rss_mib']:.0f} MiB |")
+    return "\n".join(lines)
+
+
 def chart(results: dict, out: Path) -> Path | None:
     """The methods side by side, one panel per recipe and Drive; None without matplotlib."""
     try:
@@ -360,14 +381,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slow-drive", metavar="DELAY_MS,MIB_PER_S")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
-    parser.add_argument("--chart-only", action="store_true", help="draw the chart of --out again, measure nothing")
+    parser.add_argument("--chart-only", action="store_true",
+                        help="print the README's table and draw the chart of --out again, measure nothing")
     parser.add_argument("--team", action="store_true",
                         help="also restore from a team cache on a local S3 server (needs the test extra)")
     parser.add_argument("--colab", metavar="IMAGE", action="append", default=[],
                         help="also on a Colab stand-in of IMAGE (colab-2026.07, colab-latest; repeatable)")
     args = parser.parse_args()
     if args.chart_only:
-        print(f"wrote {chart(json.loads(args.out.read_text()), args.out)}")
+        results = json.loads(args.out.read_text())
+        print(markdown(results))
+        print(f"wrote {chart(results, args.out)}")
         return
     recipes = args.recipe or ["hyperlpr", str(REPO / "bench" / "recipes" / "hyperlpr-plus.toml")]
 
@@ -389,6 +413,7 @@ def main() -> None:
             result = results["runs"].setdefault(label, {})[name] = summarise(rounds, size)
             print_table(name, label, result, args.rounds)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print("\n" + markdown(results))
     png = chart(results, args.out)
     print(f"\nwrote {args.out}" + (f" and {png}" if png else ""))
 
