@@ -50,7 +50,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # warmstart, and the test helpers the bench shares
+
+from standin import install_image_versions, pyenv_python
 
 from warmstart import PROJECT_ROOT, target
 from warmstart.images import Image, images_of
@@ -97,26 +99,20 @@ class Bench:
         self.template: Path | None = None  # a stand-in VM as it boots, copied for each method
         self.platform = {"WARMSTART_PLATFORM": "colab"} if image else {}
         if image:
-            sys.path.insert(0, str(REPO / "tests"))
-            from standin import pyenv_python
-
             found = pyenv_python(image.python_minor)
             if found is None:
                 sys.exit(f"bench: --colab {image.name} needs the pyenv Python {image.python_minor}")
-            self.base, minor = found, image.python_minor
-            self.lock = lock_path(recipe, LockTarget(minor, target.platform_tag(), image.name))
-        else:
-            version = target.probe(None).version
-            self.base, minor = Path(sys.executable), f"{version.major}.{version.minor}"
-            self.lock = lock_path(recipe, LockTarget(minor, target.platform_tag()))
-        self.minor = minor
-        # What pip and uv install: the lock, or on an image only what the image lacks (as its
-        # user would name them), with the lock's hashes.
-        self.requirements = self.lock
-        if image:
+            self.base, self.minor = found, image.python_minor
+            self.lock = lock_path(recipe, LockTarget(self.minor, target.platform_tag(), image.name))
+            # What pip and uv install on an image: only what it lacks (as its user would name
+            # them), with the lock's hashes.
             self.requirements = work / "lacking.txt"
             lacking = needs(parse_lock(self.lock).pins, image.shipped).install
             self.requirements.write_text("".join(p.requirement_line() + "\n" for p in lacking))
+        else:
+            version = target.probe(None).version
+            self.base, self.minor = Path(sys.executable), f"{version.major}.{version.minor}"
+            self.lock = self.requirements = lock_path(recipe, LockTarget(self.minor, target.platform_tag()))
         self.uv = find_uv()
         # The team cache's environment (WARMSTART_CACHE and the AWS variables), with an index
         # that cannot be reached: the team restore must not need it.
@@ -138,9 +134,6 @@ class Bench:
     def prepare(self) -> dict[str, int]:
         """Untimed: the stand-in VM, the wheelhouse, and the installed tree as tar archives on Drive."""
         if self.image:
-            sys.path.insert(0, str(REPO / "tests"))
-            from standin import install_image_versions
-
             python = self.fresh_venv()
             closure = {p.name for p in parse_lock(self.lock).pins if p.name in self.image.shipped}
             install_image_versions(python, closure, self.image, self.work, self.work / "uv-cache")
@@ -279,7 +272,6 @@ def team_cache(work: Path, wanted: bool):
     if not wanted:
         yield None
         return
-    sys.path.insert(0, str(REPO / "tests"))
     from seaweed import SeaweedS3
 
     (work / "s3").mkdir()

@@ -53,11 +53,12 @@ class KernelImports:
             dist = metadata.distribution(str(name))
         except metadata.PackageNotFoundError:
             return False
-        declared = (dist.read_text("top_level.txt") or "").split()
-        # as packages_distributions infers them: the first part of each file's path, a module's stem
-        inferred = {PurePosixPath(f).parts[0].removesuffix(".py") for f in dist.files or ()
-                    if not str(f).startswith(("..", "/")) and ".dist-info" not in str(f)}
-        return not self.modules.isdisjoint(declared or inferred)
+        top_level = (dist.read_text("top_level.txt") or "").split() or {
+            # as packages_distributions infers them, from RECORD only without top_level.txt: the
+            # first part of each file's path, a module's stem
+            PurePosixPath(f).parts[0].removesuffix(".py") for f in dist.files or ()
+            if not str(f).startswith(("..", "/")) and ".dist-info" not in str(f)}
+        return not self.modules.isdisjoint(top_level)
 
 
 def mount_drive(mount_point: Path) -> None:

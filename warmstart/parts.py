@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .store import Store
-from .transfer import Bar
+from .transfer import Bar, is_sha256
 
 PART_SIZE = 8 << 20
 WINDOW = 6  # parts held ahead of the reader at most: 48 MiB of memory
@@ -85,7 +85,7 @@ def valid(index: dict[str, Any]) -> bool:
     size, part_size, parts = index.get("size"), index.get("part_size"), index.get("parts")
     return (isinstance(size, int) and isinstance(part_size, int) and LIMITS[0] <= part_size <= LIMITS[1]
             and isinstance(parts, list) and len(parts) == -(-size // part_size)
-            and all(isinstance(p, str) and len(p) == 64 and set(p) <= set("0123456789abcdef") for p in parts))
+            and all(map(is_sha256, parts)))
 
 
 class PartReader:

@@ -23,6 +23,7 @@ from .errors import BadInput
 from .patches import Patch, load_patch
 from .settings import RECIPES_FOLDER
 from .store import RECIPES
+from .transfer import is_sha256
 
 RECIPE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -64,7 +65,6 @@ RECIPE_SCHEMA: Schema = {
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PROJECT = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.I)  # PEP 508 names
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst")
 
 
@@ -251,7 +251,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
 
     assets = []
     for n, raw in enumerate(data["assets"]):
-        if not _SHA256.match(raw["sha256"]):
+        if not is_sha256(raw["sha256"]):
             raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
         if not raw["url"].startswith(("https://", "http://")):
             raise BadInput(f"{path}: 'assets[{n}].url' must be an https:// address, got {raw['url']!r}")

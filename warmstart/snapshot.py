@@ -44,7 +44,7 @@ from .lock import Lock, Pin
 from .patches import Patch
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bar, Bars, zstd_open
+from .transfer import QUIET, Bar, Bars, is_sha256, zstd_open
 
 KIND = "snapshots"
 # Archives match across a 32 MiB window (zstd long-distance matching): on hyperlpr 246 MiB
@@ -105,7 +105,7 @@ class Snapshot:
         except (OSError, ValueError) as exc:
             raise SnapshotUnusable(f"snapshot index {self.index_name} is unreadable ({exc})") from None
         if not (isinstance(index.get("facts"), dict) and isinstance(index.get("archive"), str)
-                and isinstance(index.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", index["sha256"])
+                and is_sha256(index.get("sha256"))
                 and all(isinstance(index.get(k), int) and index[k] >= 0 for k in ("size", "tar_bytes"))
                 and ("parts" not in index or parts.valid(index))):
             raise SnapshotUnusable(f"snapshot index {self.index_name} is not one warmstart wrote")
@@ -463,7 +463,7 @@ def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninst
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
     if "parts" not in index:  # an index from before parts: one source, front to back
         sources = sources[:1]
-    from_team = not store.on_drive(KIND, archive)
+    from_team = sources[0].store is not store.here  # Drive, when it holds it, comes first
     staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
     copy = for_drive / archive if from_team and for_drive else None
     try:

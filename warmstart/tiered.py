@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import IO, Any
+from typing import Any
 
 from .errors import redact
 from .store import CacheStats, DriveStore, Store
@@ -119,13 +119,6 @@ class TieredStore:
         return self._tier(kind, name).size(kind, name)
 
     # -- reading ---------------------------------------------------------------------------
-
-    def open(self, kind: str, name: str) -> IO[bytes]:
-        return self._tier(kind, name).open(kind, name)
-
-    def stats_of(self, kind: str, name: str) -> CacheStats:
-        """The statistics of the tier a file is read from."""
-        return self._tier(kind, name).stats
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Drive's copy when it is whole; else the team store's, noted in `from_team`."""

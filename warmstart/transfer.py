@@ -118,6 +118,14 @@ def sha256_of(source: str | os.PathLike[str] | IO[bytes]) -> str:
     return digest.hexdigest()
 
 
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def is_sha256(value: object) -> bool:
+    """A sha256 as warmstart writes and reads it everywhere: 64 lower-case hex digits, nothing else."""
+    return isinstance(value, str) and _SHA256_HEX.fullmatch(value) is not None
+
+
 class Unreadable(ValueError):
     """Data from Drive or a team store that is not what it should be: too big, not JSON, nested
     too deeply, or of the wrong shape. Said as one line; never a traceback."""
