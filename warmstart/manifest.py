@@ -20,6 +20,7 @@ import configparser
 import csv
 import hashlib
 import os
+import posixpath
 import re
 import stat
 import zipfile
@@ -135,6 +136,15 @@ def hash_as_is(path: Path) -> tuple[str, Signature] | None:
     return (digest_hex, signature(after)) if signature(after) == signature(before) else None
 
 
+def _below(path: str, folder: str) -> str | None:
+    """`path` relative to `folder` (both relative and normal), or None when it lies elsewhere."""
+    if folder == ".":
+        return path
+    if path == folder:
+        return "."
+    return path[len(folder) + 1:] if path.startswith(f"{folder}/") else None
+
+
 class Tree:
     """An environment's files below a prefix (a snapshot's staging folder, or the prefix itself),
     judged against the lock: `check` raises Untrusted; `renew` writes scripts and RECORDs."""
@@ -158,15 +168,18 @@ class Tree:
                             "not in one site-packages folder of the target")
         return cls(root, prefix, sites.pop(), python)
 
-    def _key(self, rel: PurePosixPath, dist: Dist) -> str | None:
-        """The digest key of a prefix-relative path a RECORD lists (None: a generated file)."""
-        if rel.is_relative_to(self.site):
-            return None if rel.parent == dist.info and rel.name in GENERATED else f"site/{rel.relative_to(self.site)}"
-        if rel.parent == self.bin:
-            return None if rel.name in dist.scripts else f"scripts/{rel.name}"
-        inside = rel.relative_to(self.base) if rel.is_relative_to(self.base) else rel
-        if inside.parts[:2] == ("include", "site") and len(inside.parts) > 4:
-            return "headers/" + "/".join(inside.parts[4:])
+    def _key(self, rel: str, dist: Dist) -> str | None:
+        """The digest key of a prefix-relative path a RECORD lists (None: a generated file).
+        Paths are strings here: this runs for every file of every restore."""
+        parent, name = posixpath.split(rel)
+        if (inside := _below(rel, str(self.site))) is not None:
+            return None if parent == str(dist.info) and name in GENERATED else f"site/{inside}"
+        if parent == str(self.bin):
+            return None if name in dist.scripts else f"scripts/{name}"
+        inside = _below(rel, str(self.base)) or rel
+        parts = inside.split("/")
+        if parts[:2] == ["include", "site"] and len(parts) > 4:
+            return "headers/" + "/".join(parts[4:])
         return f"data/{inside}"
 
     def read(self, names: Iterable[NormalizedName], only: bool = True) -> dict[NormalizedName, Dist]:
@@ -187,17 +200,18 @@ class Tree:
                 dist.scripts = entry_scripts(self._text(entry_points, 1 << 20)) if entry_points.exists() else {}
             except (OSError, UnicodeDecodeError, csv.Error) as exc:
                 raise Untrusted(f"the RECORD of {info.name} cannot be read ({exc.__class__.__name__})") from None
+            own_record = f"{dist.info}/RECORD"
             for row in record:
-                rel = PurePosixPath(os.path.normpath(self.site / row[0]))
-                if rel.is_absolute() or rel.parts[:1] == ("..",):
+                rel = posixpath.normpath(f"{self.site}/{row[0]}")
+                if rel.startswith("/") or rel.split("/", 1)[0] == "..":
                     raise Untrusted(f"{info.name}'s RECORD names {row[0]!r}, outside the environment")
-                key = self._key(rel, dist)
-                if rel.suffix == ".pyc" or (rel.name == "RECORD" and rel.parent == dist.info):
+                if (rel.endswith(".pyc") and PurePosixPath(rel).suffix == ".pyc") or rel == own_record:
                     continue  # bytecode is never packed (Python writes it again); RECORD is written anew
+                key = self._key(rel, dist)
                 if key is not None:
-                    dist.files[str(rel)] = key
-                elif rel.parent == dist.info:
-                    dist.metadata.append(str(rel))
+                    dist.files[rel] = key
+                elif posixpath.dirname(rel) == str(dist.info):
+                    dist.metadata.append(rel)
                 # else a console script: written anew from entry_points.txt
         missing = wanted - set(found)
         if missing:
@@ -223,16 +237,16 @@ class Tree:
             ours = interpreter and interpreter.name.startswith("python") and interpreter.is_relative_to(self.prefix)
             return _sha256(fh, b"#!python\n" if ours or _SHEBANG.match(first.rstrip()) else first)
 
-    def _hash_known(self, rel: str, key: str, known: Mapping[str, tuple[str, Signature]]) -> str:
+    def _still_known(self, rel: str, key: str, known: Mapping[str, tuple[str, Signature]]) -> str | None:
         """A hash taken while the file was unpacked, when the file is still exactly that one (the
         same inode, size and times, one link: tar replaces a file by unlinking it, and any
-        change moves its ctime); else the file's hash now."""
+        change moves its ctime); else None."""
         if rel in known and not key.startswith("scripts/"):
             digest_hex, was = known[rel]
             now = os.lstat(self.root / rel)
             if stat.S_ISREG(now.st_mode) and now.st_nlink == 1 and signature(now) == was:
                 return digest_hex
-        return self._hash(rel, key)
+        return None
 
     def check(self, dists: dict[NormalizedName, Dist], expected: dict[NormalizedName, str | None],
               patches: tuple[Patch, ...] | None = (), complete: bool = True,
@@ -242,9 +256,10 @@ class Tree:
         record of its patches is trusted, as in the environment warmstart just patched);
         `complete`: nothing else is there. `known`: hashes already taken (hash_as_is), by path."""
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
+        hashes = {rel: got for rel, key in jobs if (got := self._still_known(rel, key, known or {}))}
+        left = [(rel, key) for rel, key in jobs if rel not in hashes]
         with ThreadPoolExecutor(2) as pool:  # hashlib hashes big files without the GIL
-            hashes = dict(zip([rel for rel, _key in jobs],
-                              pool.map(lambda job: self._hash_known(job[0], job[1], known or {}), jobs), strict=True))
+            hashes.update(zip([rel for rel, _key in left], pool.map(lambda job: self._hash(*job), left), strict=True))
         # what RECORD will say of each file (a script's digest is of its normalised text: not that)
         self.hashes = {rel: hashes[rel] for rel, key in jobs if not key.startswith("scripts/")}
         for name, dist in dists.items():
@@ -259,9 +274,11 @@ class Tree:
             return
         owned = {rel for dist in dists.values() for rel in [*dist.files, *dist.metadata, str(dist.info / "RECORD")]}
         owned |= {str(self.bin / script) for dist in dists.values() for script in dist.scripts}
-        for folder, dirs, names in os.walk(self.root):
+        root = str(self.root)
+        for folder, dirs, names in os.walk(root):
+            inside = folder[len(root) + 1:]  # the folder, relative to the root ("" for the root)
             for entry in [*dirs, *names]:
-                rel = os.path.relpath(os.path.join(folder, entry), self.root)
+                rel = os.path.join(inside, entry)
                 if os.path.islink(os.path.join(folder, entry)):  # a wheel holds none
                     raise Untrusted(f"it holds a link, {rel}, which no locked wheel installs")
                 if entry in names and rel not in owned:
@@ -289,6 +306,11 @@ class Tree:
                     raise Untrusted(f"{rel} is not the recipe's patch of {dist.name}'s own file")
             hashes[rel] = hashlib.sha256(original.encode()).hexdigest()
 
+    def _in_site(self, rel: str) -> str:
+        """A prefix-relative path as a RECORD names it: relative to site-packages."""
+        inside = _below(rel, str(self.site))
+        return os.path.relpath(rel, self.site) if inside is None else inside
+
     def renew(self, dists: dict[NormalizedName, Dist]) -> None:
         """Console scripts written anew for this target, and each RECORD from the files checked."""
         for dist in dists.values():
@@ -302,14 +324,13 @@ class Tree:
                 path.chmod(0o755)
             rows = []
             for rel in sorted([*dist.files, *dist.metadata, *(str(self.bin / s) for s in dist.scripts)]):
-                path = self.root / rel
+                file = os.path.join(self.root, rel)
                 if rel in self.hashes:  # hashed by check() already: not read twice
-                    rows.append([os.path.relpath(rel, self.site), record_digest(self.hashes[rel]),
-                                 str(path.stat().st_size)])
+                    rows.append([self._in_site(rel), record_digest(self.hashes[rel]), str(os.stat(file).st_size)])
                 else:
-                    data = path.read_bytes()
-                    rows.append([os.path.relpath(rel, self.site), record_hash(data), str(len(data))])
-            rows.append([os.path.relpath(str(dist.info / "RECORD"), self.site), "", ""])
+                    data = Path(file).read_bytes()
+                    rows.append([self._in_site(rel), record_hash(data), str(len(data))])
+            rows.append([self._in_site(str(dist.info / "RECORD")), "", ""])
             (self.root / dist.info / "RECORD").write_text(record_text(rows))
 
 
