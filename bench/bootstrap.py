@@ -120,7 +120,11 @@ class Bench:
 
     def env(self, **extra: str) -> dict[str, str]:
         caches = tempfile.mkdtemp(dir=self.work, prefix="cache-")
-        return pip_env() | uv_env() | {"XDG_CACHE_HOME": caches, "UV_CACHE_DIR": caches} | self.platform | extra
+        env = pip_env() | uv_env() | {"XDG_CACHE_HOME": caches, "UV_CACHE_DIR": caches} | self.platform | extra
+        # As on a user's VM, warmstart's own bytecode is kept (a machine-wide "no bytecode" would
+        # make every run compile warmstart anew); pip and uv write the same either way.
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        return env
 
     def fresh_venv(self) -> Path:
         """A wiped VM's interpreter, at the one prefix: a new virtualenv, or the stand-in's copy."""
