@@ -179,6 +179,11 @@ def add_startup_code_to_a_record(tree: Path) -> None:
     record.write_text(record.read_text() + "zz-evil.pth,,\n")
 
 
+def name_a_file_outside_in_a_record(tree: Path) -> None:  # an absolute path, as pip would honour it
+    record = site_of(tree) / "beta-2.0.dist-info" / "RECORD"
+    record.write_text(record.read_text() + "/etc/hostname,,\n")
+
+
 def change_a_module(tree: Path) -> None:
     (site_of(tree) / "beta" / "__init__.py").write_text("__version__ = '2.0'\nimport os\n")
 
@@ -197,6 +202,7 @@ def add_bytecode(tree: Path) -> None:
     (add_startup_code, "/site-packages/zz-evil.pth, which no locked wheel installs"),
     (add_startup_code_to_a_record, "the files of beta are not those of the wheel the lock names"),
     (change_a_module, "the files of beta are not those of the wheel the lock names"),
+    (name_a_file_outside_in_a_record, "RECORD names '/etc/hostname', outside the environment"),
     (add_bytecode, "which no locked wheel installs"),
     (add_a_link, "it holds a link, lib/python3.11/site-packages/shadow"),
 ])

@@ -202,7 +202,7 @@ class Tree:
                 raise Untrusted(f"the RECORD of {info.name} cannot be read ({exc.__class__.__name__})") from None
             own_record = f"{dist.info}/RECORD"
             for row in record:
-                rel = posixpath.normpath(f"{self.site}/{row[0]}")
+                rel = posixpath.normpath(posixpath.join(self.site, row[0]))
                 if rel.startswith("/") or rel.split("/", 1)[0] == "..":
                     raise Untrusted(f"{info.name}'s RECORD names {row[0]!r}, outside the environment")
                 if (rel.endswith(".pyc") and PurePosixPath(rel).suffix == ".pyc") or rel == own_record:
