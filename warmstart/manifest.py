@@ -205,8 +205,10 @@ class Tree:
                 rel = posixpath.normpath(posixpath.join(self.site, row[0]))
                 if rel.startswith("/") or rel.split("/", 1)[0] == "..":
                     raise Untrusted(f"{info.name}'s RECORD names {row[0]!r}, outside the environment")
+                # bytecode is never packed (Python writes it again), judged by pathlib's suffix as
+                # pack judges it (a file named ".pyc" has none); RECORD is written anew
                 if (rel.endswith(".pyc") and PurePosixPath(rel).suffix == ".pyc") or rel == own_record:
-                    continue  # bytecode is never packed (Python writes it again); RECORD is written anew
+                    continue
                 key = self._key(rel, dist)
                 if key is not None:
                     dist.files[rel] = key
