@@ -50,18 +50,41 @@ def batch_of(images: list, size: int) -> list:
     return [variants[n % len(variants)] for n in range(size)]
 
 
-def on(catcher, providers: list[str], folder: Path) -> list[str]:
+MODELS = {"detector": "y5fu_320x_sim.onnx", "recognizer": "rpv3_mdict_160_r3.onnx",
+          "classifier": "litemodel_cls_96x_r1.onnx"}
+
+
+def on(catcher, providers: list[str], folder: Path, options=None) -> list[str]:
     """Give each of the pipeline's sessions these providers; returns what each really got."""
     import onnxruntime as ort
 
-    models = {"detector": "y5fu_320x_sim.onnx", "recognizer": "rpv3_mdict_160_r3.onnx",
-              "classifier": "litemodel_cls_96x_r1.onnx"}
     got = []
-    for part, model in models.items():
+    for part, model in MODELS.items():
         stage = getattr(catcher.pipeline, part)
-        stage.session = ort.InferenceSession(str(folder / model), providers=providers)
+        stage.session = ort.InferenceSession(str(folder / model), options, providers=providers)
         got.append(stage.session.get_providers()[0])
     return got
+
+
+def nodes_on(catcher, providers: list[str], folder: Path, image) -> dict[str, dict[str, int]]:
+    """Per session, how many of its nodes ran on each provider in one pass over `image`, read
+    from onnxruntime's profiler: what ran, node by node, not the providers a session was given."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    on(catcher, providers, folder, options)
+    catcher(image)
+    counted = {}
+    for part in MODELS:
+        profile = Path(getattr(catcher.pipeline, part).session.end_profiling())
+        nodes: dict[str, set[str]] = {}
+        for event in json.loads(profile.read_text()):
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                nodes.setdefault(event["args"].get("provider", "?"), set()).add(event["name"])
+        profile.unlink()
+        counted[part] = {provider: len(names) for provider, names in sorted(nodes.items())}
+    return counted
 
 
 def measure(catcher, batch: list, rounds: int) -> dict:
@@ -113,12 +136,16 @@ def main() -> int:
         "runs": {},
     }
     for name in runs:
+        nodes = nodes_on(catcher, PROVIDERS[name], args.models, batch[0])
         ran_on = on(catcher, PROVIDERS[name], args.models)
-        results["runs"][name] = {"ran_on": ran_on, **measure(catcher, batch, args.rounds)}
+        results["runs"][name] = {"ran_on": ran_on, "nodes_on": nodes, **measure(catcher, batch, args.rounds)}
         row = results["runs"][name]
         print(f"{name:5} {row['plates_per_s']:8.1f} plates/s  {row['images_per_s']:8.1f} images/s  "
               f"median {row['seconds']:.3f} s ({row['min']:.3f}-{row['max']:.3f}) for {len(batch)} images; "
               f"sessions on {', '.join(ran_on)}")
+        print("      nodes run, per provider: " + "; ".join(
+            f"{part} " + ", ".join(f"{n} on {p.removesuffix('ExecutionProvider')}" for p, n in counts.items())
+            for part, counts in nodes.items()))
     if "cuda" in results["runs"]:
         ratio = results["runs"]["cpu"]["seconds"] / results["runs"]["cuda"]["seconds"]
         results["cuda_speedup"] = round(ratio, 2)
