@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The hyperlpr recipe on a lent GPU machine: Python 3.12 with torch, its CUDA 13 libraries (from
-# nvidia-* wheels), numpy and opencv; no network; at most 64 MiB carried per call, files kept
-# while the machine stays warm (see the device tool's README). Colab's onnxruntime-gpu 1.26 needs
-# CUDA 12, which that machine lacks; onnxruntime-gpu >= 1.27 is built for CUDA 13.
+# The hyperlpr recipe on a lent GPU machine (see the device tool's README): Python 3.12 with
+# torch, numpy and opencv, CUDA 13.0 and cuDNN 9 on the loader path (as Colab has CUDA 12.8 and
+# cuDNN 9), no network, at most 64 MiB carried per call, files kept while the machine is warm.
+# Colab's onnxruntime-gpu 1.26 needs CUDA 12, which that machine lacks: 1.27 and later are the
+# CUDA 13 builds, so both runs below use onnxruntime-gpu >= 1.27.
 #
+# 1. The recipe's patch and checks, and plates per second (bench/hyperlpr_on_gpu.py, bench/hyperlpr.py):
 #   here:   bench/hyperlpr_device.sh pack
 #             -> .device/hyperlpr/small.tar (hyperlpr3, loguru, invoke, unidiff wheels; the models,
 #                with a stand-in recognizer; the photos) and ort-aa..ort-ad: onnxruntime-gpu's
@@ -11,7 +13,13 @@
 #   there:  call 1 carries small.tar and ort-aa: `bash bench/hyperlpr_device.sh stage info`
 #           calls 2, 3 carry ort-ab, ort-ac:       `bash bench/hyperlpr_device.sh stage`
 #           call 4 carries ort-ad:                 `bash bench/hyperlpr_device.sh stage run`
-#           (what each step printed, and JSON, in $OUT)
+# 2. The whole bootstrap, offline from a Drive cache, into the machine's own python3:
+#   here:   bench/hyperlpr_device.sh pack-bootstrap FACTS   (FACTS: the files `info` wrote to $OUT)
+#             -> the machine as a platform image of the docker profile (its pip list and CUDA
+#                libraries), the recipe locked for it, the Drive cache (the wheels the image lacks,
+#                the assets) and warmstart's wheels: .device/hyperlpr/e2e-aa..e2e-ae
+#   there:  calls 1-4 carry e2e-aa..e2e-ad: `stage`; call 5 carries e2e-ae: `stage bootstrap`
+# What each step printed, and JSON, come back in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 here=.device/hyperlpr
@@ -59,10 +67,14 @@ setup() {
 }
 
 info() {
-    setup && python_site && mkdir -p "$out"
+    mkdir -p "$out"
+    # What the machine ships, before anything is added: a platform image's facts (pack-bootstrap).
+    python3 -m pip list --format=freeze >"$out/pip-freeze.txt" 2>/dev/null || true
+    ldconfig -p | awk '{print $1}' | sort -u >"$out/sonames.txt"
+    python3 -c 'import platform; print(platform.python_version())' >"$out/python-version.txt"
+    setup && python_site
     step nvidia-smi
     nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || true
-    python3 -m pip list --format=freeze >"$out/pip-freeze.txt" 2>/dev/null || true
     step "warmstart gpu --json (NVML, the real driver)"
     python3 -m invoke --search-root "$PWD" gpu --json || true
     step "warmstart bootstrap --recipe hyperlpr --dry-run --offline (the GPU step against the recipe)"
@@ -91,33 +103,88 @@ for path, digest, _ in csv.reader(record.read_text().splitlines()):
         checked += 1
 print(f"{checked} files of {record.parent.name} match its RECORD")
 EOF
-    # The CUDA 13 libraries of torch's nvidia-* wheels, on the library path as an image has them.
-    cuda_libs=$(python3 - <<'EOF'
-import pathlib
-try:
-    import nvidia
-except ImportError:  # no nvidia-* wheels: the system's libraries alone
-    nvidia = None
-print(":".join(sorted({str(p.parent) for d in getattr(nvidia, "__path__", ()) for p in pathlib.Path(d).rglob("lib*.so*")})))
-EOF
-)
-    echo "the CUDA libraries' folders: ${cuda_libs:-none}"
     mkdir -p "$there/home/.hyperlpr3" "$there/work/samples"
     cp -r "$there/small/data/20230229" "$there/home/.hyperlpr3/"
     cp "$there/small/data/images/test_img.jpg" "$there/work/samples/"
     export HOME=$there/home  # `import hyperlpr3` downloads its models unless ~/.hyperlpr3/20230229 is there
     step "the recipe's checks before and after its patch (bench/hyperlpr_on_gpu.py)"
-    python3 bench/hyperlpr_on_gpu.py --site "$site" --workdir "$there/work" --cuda-libs "$cuda_libs" \
-        --out "$out/hyperlpr-on-gpu.json" || true
+    python3 bench/hyperlpr_on_gpu.py --site "$site" --workdir "$there/work" --out "$out/hyperlpr-on-gpu.json" || true
     step "plates per second, CPU and CUDA (bench/hyperlpr.py)"
-    LD_LIBRARY_PATH=$cuda_libs python3 bench/hyperlpr.py --images "$there/small/data/images" \
+    python3 bench/hyperlpr.py --images "$there/small/data/images" \
         --out "$out/results-hyperlpr.json"
 }
 
-[ $# -gt 0 ] || { echo "usage: bench/hyperlpr_device.sh pack | stage [info] [run]" >&2; exit 2; }
+# -- the whole bootstrap, offline from a Drive cache, as a wiped VM of that machine would run it --
+
+pack_bootstrap() {  # FACTS: the folder an `info` call wrote (pip-freeze.txt, sonames.txt, python-version.txt)
+    local facts=$1 e2e=.device/e2e root=$PWD
+    local freeze=$facts/pip-freeze.txt
+    rm -rf "$e2e" && mkdir -p "$e2e/ws" "$e2e/tool" "$e2e/drive/.warmstart/v1/wheels" "$e2e/drive/.warmstart/v1/assets"
+    git archive HEAD | tar -x -C "$e2e/ws"
+    # The machine as a platform image of the docker profile: its pip list, and the CUDA libraries
+    # its loader finds (CUDA 13.0 and cuDNN 9, as Colab's image has CUDA 12.8 and cuDNN 9).
+    { echo "# CUDA libraries on the loader path of the lent GPU machine (ldconfig -p there)."
+      grep -E '^lib(cudart|cublas|cublasLt|cufft|curand|cusolver|cusparse|cupti|nvrtc|nvJitLink|cudnn(_[a-z_]+)?|nccl)\.so\.[0-9]+$' \
+          "$facts/sonames.txt"
+    } >"$e2e/ws/envs/images/cuda-device.txt"
+    # The recipe for CUDA 13: onnxruntime-gpu 1.27 and later; the stand-in recognizer's sha256.
+    sed -i 's/^onnxruntime-gpu.*/onnxruntime-gpu>=1.27/' "$e2e/ws/requirements/hyperlpr.in"
+    sed -i 's/^min_cuda = .*/min_cuda = "13.0"/' "$e2e/ws/recipes/hyperlpr.toml"
+    (cd tests && ../.venv/bin/python -c \
+        "import sys, conftest; from pathlib import Path; conftest.standin_recognizer(Path(sys.argv[1]))" \
+        "$root/$e2e/standin.onnx")
+    sed -i "s/8fb08b5db2adeccf43b05006bbbf409e4659d08d72e46a62631c00ff751eaeb3/$(sha256sum "$e2e/standin.onnx" | cut -c1-64)/" \
+        "$e2e/ws/recipes/hyperlpr.toml"
+    (cd "$e2e/ws" && "$root/.venv/bin/invoke" image --name device --freeze "$(realpath "$freeze")" \
+        --python "$(cat "$facts/python-version.txt")" --profile docker --cuda cuda-device.txt \
+        --source "the lent GPU machine's pip list" && "$root/.venv/bin/invoke" lock --recipe hyperlpr --image device)
+    # The Drive cache: the lock's wheels the image lacks, and the assets by their sha256.
+    local lock=$e2e/ws/requirements/device/hyperlpr-py312-manylinux_x86_64.txt
+    grep -oE '^[a-z0-9._-]+==[^ ]+' "$lock" | grep -vixFf "$freeze" >"$e2e/wheels.txt"
+    .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --dest "$e2e/drive/.warmstart/v1/wheels" -r "$e2e/wheels.txt"
+    for f in ../shared/hyperlpr/models/20230229/onnx/*.onnx ../shared/hyperlpr/images/test_img.jpg "$e2e/standin.onnx"; do
+        cp "$f" "$e2e/drive/.warmstart/v1/assets/$(sha256sum "$f" | cut -c1-64)"
+    done
+    # warmstart's own wheels, from its lock (hash-checked there).
+    .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --dest "$e2e/tool" -r requirements/warmstart-py312-manylinux_x86_64.txt
+    tar -C "$e2e" -cf "$e2e.tar" ws tool drive && split -n 5 "$e2e.tar" "$here/e2e-" && rm -r "$e2e.tar" "$e2e"
+    ls -la "$here"/e2e-*
+}
+
+bootstrap() {
+    local e2e=$there/e2e tool=$there/e2e/tool-env
+    mkdir -p "$e2e" "$out" && cat "$there"/e2e-?? | tar -x -C "$e2e"
+    # warmstart in its own environment (as .venv in the README); the target is the machine's python3.
+    python3 -m venv --without-pip "$tool"
+    python3 -m pip --python "$tool/bin/python" install --quiet --no-index --no-deps --require-hashes \
+        --find-links "$e2e/tool" -r "$e2e/ws/requirements/warmstart-py312-manylinux_x86_64.txt"
+    cd "$e2e/ws"
+    export HOME=$e2e/home && mkdir -p "$HOME"
+    local ws=("$tool/bin/python" -m invoke bootstrap --recipe hyperlpr --drive "$e2e/drive" --python python3 --offline)
+    step "bootstrap --recipe hyperlpr --offline --wait: a wiped VM of this machine, from the Drive cache"
+    TIMEFORMAT="%R s"
+    time "${ws[@]}" --wait --json >"$out/bootstrap.json" || true
+    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("ok:", r["ok"], r.get("error") or "")' \
+        "$out/bootstrap.json" || true
+    step "bootstrap again: a no-op"
+    time "${ws[@]}" || true
+    step "status"
+    "$tool/bin/python" -m invoke status --recipe hyperlpr --drive "$e2e/drive" --python python3 || true
+}
+
+usage="usage: bench/hyperlpr_device.sh pack | stage [info] [run] | pack-bootstrap FACTS | stage bootstrap"
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+if [ "$1" = pack-bootstrap ]; then
+    pack_bootstrap "$2"
+    exit
+fi
 for verb in "$@"; do
     case $verb in
-    pack | stage | info | run) "$verb" 2>&1 | tee -a "${OUT:-/tmp}/device-$verb.log" ;;
-    *) echo "usage: bench/hyperlpr_device.sh pack | stage [info] [run]" >&2; exit 2 ;;
+    pack | stage | info | run | bootstrap) "$verb" 2>&1 | tee -a "${OUT:-/tmp}/device-$verb.log" ;;
+    *) echo "$usage" >&2; exit 2 ;;
     esac
 done
