@@ -3,11 +3,26 @@ network cut for offline restores. Only Drive itself is stood in for, by a local 
 
 from __future__ import annotations
 
+import re
+import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, needs_netns, pyenv_python, run_cli
+from conftest import (
+    LOCKED,
+    bootstrap,
+    build_wheel,
+    cli_env,
+    dead_url,
+    installed,
+    make_venv,
+    needs_netns,
+    pyenv_python,
+    run_cli,
+)
 
 
 @pytest.fixture
@@ -45,6 +60,36 @@ def test_cold_install_fills_cache_and_leaves_excluded_out(demo, drive, env, tmp_
     assert cached_wheels(drive) == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl",
                                     "gpu_build-1.0-py3-none-any.whl"]
     assert (drive / "Demo").is_dir()
+
+
+def test_an_excluded_package_the_platform_had_sharing_files_is_named_with_a_command_that_works(
+        demo, drive, env, tmp_path):
+    # The lent GPU machine's image ships the CPU onnxruntime; onnxruntime-gpu installs the same
+    # onnxruntime/ files over it. Here the platform's cpu-only carries gpu-build's module file.
+    python = make_venv(tmp_path / "venv")
+    (tmp_path / "platform").mkdir()
+    shared = build_wheel(tmp_path / "platform", "cpu-only", "1.0", extra={"gpu_build/__init__.py": b"cpu = True\n"})
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-index", str(shared)], check=True)
+
+    result = bootstrap(demo, drive, python, env=env)
+
+    assert result.code == 0, result.stderr
+    warning, = [w for w in result.report["warnings"] if "cpu-only" in w]
+    assert warning.startswith("cpu-only 1.0, which the recipe excludes, is installed here too and shares 1 file "
+                              "(e.g. lib/python"), warning
+    assert "/site-packages/gpu_build/__init__.py) with gpu-build 1.0, which this run installed over them" in warning
+    assert f"warning: {warning}" in result.stderr
+    assert installed(python)["cpu-only"] == "1.0", "warmstart removes nothing it did not install"
+    command = re.search(r"For gpu-build alone: `([^`]+)`, then run this bootstrap again", warning).group(1)
+    subprocess.run(shlex.split(command), check=True, capture_output=True)  # as printed
+    assert not {"cpu-only", "gpu-build"} & set(installed(python))
+
+    again = bootstrap(demo, drive, python, env=env)
+
+    assert again.code == 0, again.stderr
+    assert not [w for w in again.report["warnings"] if "cpu-only" in w]
+    assert installed(python)["gpu-build"] == "1.0" and "cpu-only" not in installed(python)
 
 
 def test_rerun_when_environment_matches_does_nothing(demo, drive, env, tmp_path):

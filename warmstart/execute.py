@@ -3,6 +3,8 @@ Outcome. It is the only part of `bootstrap` that changes anything."""
 
 from __future__ import annotations
 
+import os
+import shlex
 import shutil
 import tempfile
 from collections import Counter
@@ -196,6 +198,29 @@ class Executor:
             step.detail = f"{len(plan.facts.needs.wanted)} packages match the lock"
             if plan.facts.needs.provided:
                 step.detail += f", {len(plan.facts.needs.provided)} by the platform's own build"
+            self.warn(self._overwritten(after))
+
+    def _overwritten(self, after: dict[NormalizedName, str]) -> list[str]:
+        """A distribution the recipe excludes that the platform had installed (the CPU
+        onnxruntime beside onnxruntime-gpu) and that shares files with one this run installed:
+        those files are the installed one's now, and removing the excluded one would delete them."""
+        plan = self.plan
+        excluded = [name for name in plan.facts.recipe.exclude if name in after]
+        if not excluded or not plan.to_install:
+            return []
+        target = plan.facts.target
+        shared = target_python.shared_files(target, [p.name for p in plan.to_install], excluded)
+        said = []
+        for (name, other), files in shared.items():
+            example = next((f for f in files if "site-packages" in f.parts), files[0])  # a module's file
+            folder = os.path.relpath(example, target.prefix)
+            remove = shlex.join([*installer.pip_command(target.executable), "uninstall", "--yes", other, name])
+            said.append(f"{other} {after[other]}, which the recipe excludes, is installed here too and shares "
+                        f"{len(files)} file{'s' if len(files) > 1 else ''} (e.g. {folder}) with {name} "
+                        f"{after[name]}, which this run installed over them: removing {other} would delete them. "
+                        f"For {name} alone: `{'!' if plan.facts.profile.notebook else ''}{remove}`, then run this "
+                        "bootstrap again")
+        return said
 
     def apply_patches(self) -> None:
         """Make the patched distributions' files what the recipe asks for (apply, update, undo)."""

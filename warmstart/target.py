@@ -17,6 +17,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -167,6 +168,22 @@ def installed_files(target: TargetPython, names: list[str]) -> dict[NormalizedNa
         if name in wanted and name not in files and info.suffix == ".dist-info" and (info / "RECORD").is_file():
             files[name] = _record_files(info)
     return files
+
+
+def shared_files(target: TargetPython, names: Sequence[str],
+                 others: Sequence[str]) -> dict[tuple[NormalizedName, NormalizedName], list[Path]]:
+    """The files that each named distribution's RECORD lists and another's lists too: two
+    distributions that install one module folder (onnxruntime and onnxruntime-gpu), where the
+    one installed last overwrote the other's files. (name, other) -> the shared files, sorted."""
+    files = installed_files(target, [*names, *others])
+    shared = {}
+    for name in map(canonicalize_name, names):
+        mine = set(files.get(name, ()))
+        for other in map(canonicalize_name, others):
+            both = mine.intersection(files.get(other, ())) if other != name else set()
+            if both:
+                shared[name, other] = sorted(both)
+    return shared
 
 
 def dist_name(info: PurePath) -> NormalizedName:
