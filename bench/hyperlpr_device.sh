@@ -140,7 +140,13 @@ pack_bootstrap() {  # FACTS: the folder an `info` call wrote (pip-freeze.txt, so
         --source "the lent GPU machine's pip list" && "$root/.venv/bin/invoke" lock --recipe hyperlpr --image device)
     # The Drive cache: the lock's wheels the image lacks, and the assets by their sha256.
     local lock=$e2e/ws/requirements/device/hyperlpr-py312-manylinux_x86_64.txt
-    grep -oE '^[a-z0-9._-]+==[^ ]+' "$lock" | grep -vixFf "$freeze" >"$e2e/wheels.txt"
+    .venv/bin/python - "$lock" "$freeze" >"$e2e/wheels.txt" <<'EOF'
+import re, sys
+from packaging.utils import canonicalize_name as name
+pins = re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", open(sys.argv[1]).read(), re.M)
+shipped = {(name(n), v) for n, v in re.findall(r"^([A-Za-z0-9._-]+)==(\S+)", open(sys.argv[2]).read(), re.M)}
+print("\n".join(f"{n}=={v}" for n, v in pins if (name(n), v) not in shipped))
+EOF
     .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --dest "$e2e/drive/.warmstart/v1/wheels" -r "$e2e/wheels.txt"
@@ -151,8 +157,18 @@ pack_bootstrap() {  # FACTS: the folder an `info` call wrote (pip-freeze.txt, so
     .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --dest "$e2e/tool" -r requirements/warmstart-py312-manylinux_x86_64.txt
-    tar -C "$e2e" -cf "$e2e.tar" ws tool drive && split -n 5 "$e2e.tar" "$here/e2e-" && rm -r "$e2e.tar" "$e2e"
+    tar -C "$e2e" -cf "$e2e.tar" ws tool drive wheels.txt && split -n 5 "$e2e.tar" "$here/e2e-" && rm -r "$e2e.tar" "$e2e"
     ls -la "$here"/e2e-*
+}
+
+summary() {  # a bootstrap's JSON report: its outcome and steps
+    python3 - "$1" <<'EOF' || true
+import json, sys
+report = json.load(open(sys.argv[1]))
+print("ok:", report["ok"], report.get("error") or "", *report.get("warnings", []), sep="\n  ")
+for step in report["steps"]:
+    print(f"  {step['name']:<9} {step['seconds']:6.2f} s  {step.get('detail', '')}")
+EOF
 }
 
 bootstrap() {
@@ -168,8 +184,22 @@ bootstrap() {
     step "bootstrap --recipe hyperlpr --offline --wait: a wiped VM of this machine, from the Drive cache"
     TIMEFORMAT="%R s"
     time "${ws[@]}" --wait --json >"$out/bootstrap.json" || true
-    python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print("ok:", r["ok"], r.get("error") or "")' \
-        "$out/bootstrap.json" || true
+    summary "$out/bootstrap.json"
+    step "the image's CPU onnxruntime under onnxruntime-gpu: the warning's command, as printed, then again"
+    local keep
+    keep=$(python3 - "$out/bootstrap.json" <<'EOF'
+import json, re, sys
+print(*(m.group(1) for w in json.load(open(sys.argv[1]))["warnings"] if (m := re.search(r"alone: `([^`]+)`", w))))
+EOF
+)
+    echo "$keep"
+    if [ -n "$keep" ]; then
+        eval "$keep" && time "${ws[@]}" || true
+    fi
+    step "a VM without the recipe's packages (uninstalled): restored from the snapshot the first run wrote"
+    sed 's/==.*//' "$e2e/wheels.txt" | xargs python3 -m pip uninstall --quiet --yes || true
+    time "${ws[@]}" --json >"$out/bootstrap-restore.json" || true
+    summary "$out/bootstrap-restore.json"
     step "bootstrap again: a no-op"
     time "${ws[@]}" || true
     step "status"
