@@ -350,6 +350,24 @@ def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive,
     assert "x" * 200000 in Path(check["log"]).read_text()
 
 
+def test_a_failed_checks_line_is_its_verdict_not_a_librarys_coloured_log_after_it(demo, drive, tmp_path, index):
+    # onnxruntime logs a failed CUDA provider load on stderr in colour, after the check's verdict.
+    (demo.parent / "cuda_check.py").write_text(
+        "import sys\n"
+        "print('FAILED: libcublasLt.so.13 is missing')\n"
+        "sys.stderr.write('\\x1b[1;31m2026-11-30 [E:onnxruntime:Default] Failed to load library\\n\\x1b[m\\n')\n"
+        "sys.exit(1)\n")
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "cuda"\nscript = "recipes/cuda_check.py"\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 1, result.stderr
+    assert "check cuda: FAILED  FAILED: libcublasLt.so.13 is missing\n" in result.stderr
+    (check,) = result.report["checks"]
+    assert check["summary"] == "FAILED: libcublasLt.so.13 is missing"
+    assert check["output"].endswith("Failed to load library\n\x1b[m"), "the whole output stays in the report"
+
+
 def test_a_checks_timeout_is_its_own(demo, drive, tmp_path, index):
     demo.write_text(demo.read_text() + '\n[[checks]]\nname = "slow"\nrun = "sleep 30"\ntimeout = 1\n')
     start = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -16,6 +17,7 @@ from .recipe import Check
 from .transfer import atomic_write_text, write_private
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
+_COLOURS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal escapes, as onnxruntime's own log writes them
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class CheckResult:
     output: str  # the end of it; the whole is in `log`
     seconds: float
     log: str = ""
+    summary: str = ""  # the line that says how it went: its last words on stdout, else on stderr
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +45,16 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
     return f"... (all of it in {log})\n" + output[-OUTPUT_IN_REPORT:], str(log)
 
 
+def _summary(stdout: str, stderr: str) -> str:
+    """A check's verdict line: the last line it printed (recipes/checks/ print `FAILED: why` there),
+    not a library's log on stderr after it; stderr's last line when stdout is empty."""
+    for stream in (stdout, stderr):
+        lines = [line.strip() for line in _COLOURS.sub("", stream).splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return ""
+
+
 def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
     if check.python is not None:
         cmd = [str(python), "-c", check.python]
@@ -57,10 +70,12 @@ def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, errors="replace",
                               timeout=check.timeout)
         ok, output = done.returncode == 0, redact((done.stdout + done.stderr).strip())
+        summary = redact(_summary(done.stdout, done.stderr))
     except subprocess.TimeoutExpired:
         ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
+        summary = output
     kept, log = _keep(check, output)
-    return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log)
+    return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
 
 
 def failed_before(prefix: Path, recipe: str) -> list[str]:

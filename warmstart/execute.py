@@ -252,8 +252,7 @@ class Executor:
             results = self.outcome.checks = [checks.run_check(check, plan.facts.target.executable, plan.workdir)
                                              for check in plan.facts.recipe.checks]
             for result in results:
-                last = result.output.splitlines()[-1] if result.output else ""
-                self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {last}")
+                self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {result.summary}")
             failed = [r.name for r in results if not r.ok]
             checks.remember(plan.facts.target.prefix, plan.facts.recipe.name, failed)
             step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
