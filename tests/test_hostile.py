@@ -378,26 +378,42 @@ def test_a_checks_timeout_is_its_own(demo, drive, tmp_path, index):
     assert time.monotonic() - start < 25
 
 
-def test_sigterm_stops_the_run_and_its_check_and_leaves_no_temporary_folder(demo, drive, tmp_path, index):
-    pid_file = tmp_path / "check.pid"
-    demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "long"\nrun = "echo $$ > {pid_file}; exec sleep 120"\n')
+def test_checks_run_at_the_same_time_and_report_in_the_recipes_order(demo, drive, tmp_path, index):
+    # Each waits for the other to have started: run one after the other, the first times out.
+    for me, other in (("a", "b"), ("b", "a")):
+        demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "{me}"\ntimeout = 60\nrun = "touch {tmp_path}/{me}; '
+                        f'for i in $(seq 300); do [ -e {tmp_path}/{other} ] && exit 0; sleep 0.1; done; exit 1"\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 0, result.stderr
+    assert [(c["name"], c["ok"]) for c in result.report["checks"]] == [("a", True), ("b", True)]
+    assert result.stderr.index("check a: passed") < result.stderr.index("check b: passed")
+
+
+def test_sigterm_stops_the_run_and_its_checks_and_leaves_no_temporary_folder(demo, drive, tmp_path, index):
+    pid_files = [tmp_path / "one.pid", tmp_path / "two.pid"]
+    for pid_file in pid_files:
+        demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "{pid_file.stem}"\n'
+                        f'run = "echo $$ > {pid_file}; exec sleep 120"\n')
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     cmd = [sys.executable, "-m", "invoke", "--search-root", str(Path(__file__).parent.parent), "bootstrap",
            "--recipe", str(demo), "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
     run = subprocess.Popen(cmd, env=cli_env(index.url, TMPDIR=str(scratch)), stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+    while not all(p.exists() and p.read_text().strip() for p in pid_files) and time.monotonic() < deadline:
         time.sleep(0.2)
-    check_pid = int(pid_file.read_text())
+    check_pids = [int(p.read_text()) for p in pid_files]  # both running at once
 
     run.send_signal(signal.SIGTERM)
     _out, err = run.communicate(timeout=30)
 
     assert run.returncode == 130 and err.strip().endswith("warmstart: error: interrupted")
     time.sleep(0.5)
-    assert not Path(f"/proc/{check_pid}").exists() or "zombie" in Path(f"/proc/{check_pid}/status").read_text().lower(), \
-        "the check was stopped with the run"
+    for pid in check_pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
+            "the checks were stopped with the run"
     assert list(scratch.iterdir()) == [], "no temporary folder left behind"
 
 

@@ -249,8 +249,8 @@ class Executor:
     def run_checks(self) -> None:
         plan = self.plan
         with self.report.step("checks") as step:
-            results = self.outcome.checks = [checks.run_check(check, plan.facts.target.executable, plan.workdir)
-                                             for check in plan.facts.recipe.checks]
+            results = self.outcome.checks = checks.run_checks(plan.facts.recipe.checks, plan.facts.target.executable,
+                                                              plan.workdir)
             for result in results:
                 self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {result.summary}")
             failed = [r.name for r in results if not r.ok]
