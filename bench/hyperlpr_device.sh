@@ -14,7 +14,8 @@
 #           calls 2, 3 carry ort-ab, ort-ac:       `bash bench/hyperlpr_device.sh stage`
 #           call 4 carries ort-ad:                 `bash bench/hyperlpr_device.sh stage run`
 # 2. The whole bootstrap, offline from a Drive cache, into the machine's own python3:
-#   here:   bench/hyperlpr_device.sh pack-bootstrap FACTS   (FACTS: the files `info` wrote to $OUT)
+#   here:   bench/hyperlpr_device.sh pack-bootstrap FACTS   (FACTS: the files `info` wrote to $OUT;
+#           the checkout as committed: `git archive HEAD`)
 #             -> the machine as a platform image of the docker profile (its pip list and CUDA
 #                libraries), the recipe locked for it, the Drive cache (the wheels the image lacks,
 #                the assets) and warmstart's wheels: .device/hyperlpr/e2e-aa..e2e-ae
