@@ -81,6 +81,9 @@ def test_an_excluded_package_the_platform_had_sharing_files_is_named_with_a_comm
     assert "/site-packages/gpu_build/__init__.py) with gpu-build 1.0, which this run installed over them" in warning
     assert f"warning: {warning}" in result.stderr
     assert installed(python)["cpu-only"] == "1.0", "warmstart removes nothing it did not install"
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert ("shared    cpu-only 1.0, which the recipe excludes, shares 1 file with gpu-build 1.0: "
+            "removing it would delete them\n") in status.stdout, status.stdout
     command = re.search(r"For gpu-build alone: `([^`]+)`, then run this bootstrap again", warning).group(1)
     subprocess.run(shlex.split(command), check=True, capture_output=True)  # as printed
     assert not {"cpu-only", "gpu-build"} & set(installed(python))
@@ -89,6 +92,8 @@ def test_an_excluded_package_the_platform_had_sharing_files_is_named_with_a_comm
 
     assert again.code == 0, again.stderr
     assert not [w for w in again.report["warnings"] if "cpu-only" in w]
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert status.code == 0 and "shared " not in status.stdout, status.stdout
     assert installed(python)["gpu-build"] == "1.0" and "cpu-only" not in installed(python)
 
 

@@ -12,6 +12,7 @@ from .plan import Plan, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
+from .target import shared_files
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -57,6 +58,12 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "provided": {n: {"installed": v, "locked": locked[n]} for n, v in sorted(facts.needs.provided.items())},
         "left_to_platform": sorted(p.name for p in facts.needs.left),
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
+        # an excluded distribution the platform ships, whose files a locked one was installed over
+        "shared": [{"excluded": other, "version": have[other], "with": name, "with_version": have[name],
+                    "files": len(files)}
+                   for (name, other), files in shared_files(
+                       facts.target, [n for n in locked if n in have],
+                       [n for n in facts.recipe.exclude if n in have]).items()],
         "broken": sorted(facts.broken),  # half-installed by a killed run
         "patches": [p.as_json() for p in facts.patches],
         "cache": {
@@ -104,6 +111,9 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
                                   for n, d in facts["provided"].items()) or "-")
         + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
         f"extra     {', '.join(facts['extra']) or '-'}",
+        *(f"shared    {s['excluded']} {s['version']}, which the recipe excludes, shares {s['files']} "
+          f"file{'s' if s['files'] > 1 else ''} with {s['with']} {s['with_version']}: removing it would delete them"
+          for s in facts["shared"]),
         f"broken    {', '.join(facts['broken']) or '-'}",
         *(f"patch     {p['distribution']} {p['version']}: {', '.join(p['patches']) or '(no longer in the recipe)'}: "
           f"{p['state']}" for p in facts["patches"]),

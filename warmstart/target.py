@@ -175,6 +175,8 @@ def shared_files(target: TargetPython, names: Sequence[str],
     """The files that each named distribution's RECORD lists and another's lists too: two
     distributions that install one module folder (onnxruntime and onnxruntime-gpu), where the
     one installed last overwrote the other's files. (name, other) -> the shared files, sorted."""
+    if not others:
+        return {}
     files = installed_files(target, [*names, *others])
     shared = {}
     for name in map(canonicalize_name, names):
