@@ -120,6 +120,11 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(name, tmp_path):
     assert {n: v for n, v in before.items() if after.get(n) != v} == {}, "the image's versions stay"
     assert set(after) - set(before) == {"hyperlpr3", "loguru", "onnxruntime-gpu"}
     assert report["replaced"] == {} and report["restart_needed"] == []
+    # The image ships opencv-python beside the headless build, sharing cv2's files: its doing, not this run's.
+    assert not [w for w in report["warnings"] if "which the recipe excludes" in w], report["warnings"]
+    status = json.loads(on_colab(tmp_path, "status", "--recipe", "hyperlpr", "--python", str(python),
+                                 "--packages-only", "--json").stdout)
+    assert "opencv-python" in status["extra"] and status["shared"] == []
     new_conflicts = pip_check(python) - broken_before
     # hyperlpr3 declares the CPU onnxruntime, which the recipe excludes on purpose.
     assert all("requires onnxruntime," in line for line in new_conflicts), new_conflicts

@@ -39,6 +39,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     wanted = {p.name: p for p in facts.needs.wanted}
     locked = {p.name: p.version for p in facts.lock.pins}
     have = facts.target.installed
+    shipped = facts.image.shipped if facts.image else {}
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     found: dict[str, Any] = {
         "platform": facts.profile.name,
@@ -59,10 +60,11 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "left_to_platform": sorted(p.name for p in facts.needs.left),
         "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
         # an excluded distribution the platform ships, whose files a locked one was installed over
+        # (not one the image itself ships beside it, as Colab does opencv-python and its headless build)
         "shared": [{"excluded": other, "version": have[other], "with": name, "with_version": have[name],
                     "files": len(files)}
                    for (name, other), files in shared_files(
-                       facts.target, [n for n in locked if n in have],
+                       facts.target, [n for n in locked if n in have and shipped.get(n) != have[n]],
                        [n for n in facts.recipe.exclude if n in have]).items()],
         "broken": sorted(facts.broken),  # half-installed by a killed run
         "patches": [p.as_json() for p in facts.patches],
