@@ -25,19 +25,18 @@ sys.path.insert(0, str(ROOT))
 
 from packaging.utils import canonicalize_name
 
-from warmstart.checks import run_check
+from warmstart.checks import run_checks
 from warmstart.patches import sync
 from warmstart.recipe import load_recipe
 
 
 def checks(recipe, python: Path, workdir: Path) -> list[dict]:
-    results = []
-    for check in recipe.checks:
-        result = run_check(check, python, workdir)
-        print(f"  {'ok    ' if result.ok else 'FAILED'} {check.name} ({result.seconds:.1f} s)")
+    """The recipe's checks as a bootstrap runs them, each printed whole."""
+    results = run_checks(recipe.checks, python, workdir)
+    for result in results:
+        print(f"  {'ok    ' if result.ok else 'FAILED'} {result.name} ({result.seconds:.1f} s)")
         print("    " + result.output.replace("\n", "\n    "))
-        results.append(result.as_json())
-    return results
+    return [result.as_json() for result in results]
 
 
 def main() -> int:

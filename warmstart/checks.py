@@ -96,10 +96,6 @@ def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[Check
             raise
 
 
-def run_check(check: Check, python: Path, cwd: Path) -> CheckResult:
-    return _run_check(check, python, cwd, _Running())
-
-
 def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> CheckResult:
     if check.python is not None:
         cmd = [str(python), "-c", check.python]
