@@ -84,7 +84,7 @@ class _Running:
 
 def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[CheckResult]:
     """Every check at once, each in its own process, the results in the recipe's order: on a
-    GPU each check spends seconds starting CUDA (6 and 7 s of the hyperlpr recipe's on an H200),
+    GPU each check spends seconds starting CUDA (5.5 and 7.5 s for the hyperlpr recipe's two on an H200),
     and checks are independent by contract. An interrupt kills every check still running."""
     running = _Running()
     with ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="check") as pool:
