@@ -16,6 +16,8 @@ For each recipe, on the same lock and machine, in one run, every round:
   warmstart-cold-wait  the same with --wait: until the Drive cache and snapshot are written
   warmstart-no-op      the same command again
   warmstart-offline    invoke bootstrap --offline after a wipe, network cut (unshare -n)
+  warmstart-online     the same with the index reachable: a snapshot that reads slowly races uv
+                       from the index (warmstart.race); the report says which won
   warmstart-team       (--team) invoke bootstrap --cache s3://... after a wipe, with an empty
                        Drive folder and the package index unreachable: everything comes from
                        the team cache, a real S3 server (SeaweedFS) on 127.0.0.1, filled once
@@ -30,7 +32,8 @@ Prints medians with min-max and the ratios to each limit and to uv, the peak mem
 warmstart process during the offline restore, and writes JSON and a chart (PNG, with
 matplotlib: pip install -e '.[bench]') beside it.
 --slow-drive DELAY_MS,MIB_PER_S runs the Drive-bound methods a second time with the Drive folder
-behind a FUSE layer (bench/slowfs.py) that delays every open and caps throughput, as Drive does.
+behind a FUSE layer (bench/slowfs.py) that delays every open and caps throughput, as Drive does
+(repeatable: one run per Drive).
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class Bench:
             self.base, self.minor = Path(sys.executable), f"{version.major}.{version.minor}"
             self.lock = self.requirements = lock_path(recipe, LockTarget(self.minor, target.platform_tag()))
         self.uv = find_uv()
+        self.races: list[str] = []  # who won each online restore: "snapshot", "index", "not raced"
         # The team cache's environment (WARMSTART_CACHE and the AWS variables), with an index
         # that cannot be reached: the team restore must not need it.
         self.team = team and {**team, "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}
@@ -214,6 +218,11 @@ class Bench:
         fresh_venv()
         times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env())
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
+        fresh_venv()
+        report = self.work / "online.json"
+        with report.open("w") as out:
+            times["warmstart-online"], _ = run(boot, self.env(), stdout=out)
+        self.races.append(json.loads(report.read_text())["snapshot"].get("race", {}).get("winner", "not raced"))
         if self.team:
             shutil.rmtree(cache, ignore_errors=True)
             fresh_venv()
@@ -313,11 +322,13 @@ def markdown(results: dict) -> str:
     """The README's table: each case's restores beside their limits and uv, medians (min-max)."""
     columns = [("uv from the index", "uv-index"), ("zstd -d \\| tar -x", "zstd-tar-limit"),
                ("read-bound", "read-limit"), ("offline restore (Drive)", "warmstart-offline"),
+               ("online restore (races the index)", "warmstart-online"),
                ("team cache only", "warmstart-team"), ("Drive + team", "warmstart-drive+team"),
                ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op")]
     lines = ["| case | " + " | ".join(title for title, _ in columns)
-             + " | restore / zstd\\|tar | restore / read | restore / uv | peak RSS, restore |",
-             "|" + "---|" * (len(columns) + 5)]
+             + " | restore / zstd\\|tar | restore / read | restore / uv | online / uv | index won"
+             + " | peak RSS, restore |",
+             "|" + "---|" * (len(columns) + 7)]
     for drive, recipes in results["runs"].items():
         for recipe, result in recipes.items():
             cells = [f"{result['median'][m]:.2f} ({min(result['seconds'][m]):.2f}–{max(result['seconds'][m]):.2f})"
@@ -325,7 +336,10 @@ def markdown(results: dict) -> str:
             # the read-bound time means something only where reading is slow
             ratios = [f"{result[k].get('warmstart-offline', 0):.2f}" if k != "x_read" or drive != "local disk" else "–"
                       for k in ("x_zstd_tar", "x_read", "x_uv_index")]
+            online = result["x_uv_index"].get("warmstart-online")
+            winners = result.get("online_race_winners", [])
             lines.append(f"| {recipe}, {drive} | " + " | ".join(cells + ratios)
+                         + f" | {f'{online:.2f}' if online else '–'} | {winners.count('index')} of {len(winners)}"
                          + f" | {result['offline_restore_peak_rss_mib']:.0f} MiB |")
     return "\n".join(lines)
 
@@ -375,7 +389,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", action="append", help="recipe name or path (repeatable)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--slow-drive", metavar="DELAY_MS,MIB_PER_S")
+    parser.add_argument("--slow-drive", metavar="DELAY_MS,MIB_PER_S", action="append", default=[])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--chart-only", action="store_true",
                         help="print the README's table and draw the chart of --out again, measure nothing")
@@ -397,7 +411,7 @@ def main() -> None:
     unknown = [name for name in args.colab if name not in images]
     if unknown:
         parser.error(f"--colab {unknown[0]}: no such image (one of {', '.join(sorted(images))})")
-    for slow in [None, args.slow_drive] if args.slow_drive else [None]:
+    for slow in [None, *args.slow_drive]:
         label = "local disk" if slow is None else "slow Drive {} ms/open, {} MiB/s".format(*slow.split(","))
         for recipe_arg, image in [(r, None) for r in recipes] + [(r, images[n]) for n in args.colab for r in recipes]:
             with tempfile.TemporaryDirectory(prefix="warmstart-bench-") as tmp, \
@@ -407,6 +421,7 @@ def main() -> None:
                 rounds = [bench.one_round(with_pip=slow is None) for _ in range(args.rounds)]
             name = f"{bench.name} on {image.name}" if image else bench.name
             result = results["runs"].setdefault(label, {})[name] = summarise(rounds, size)
+            result["online_race_winners"] = bench.races
             print_table(name, label, result, args.rounds)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print("\n" + markdown(results))

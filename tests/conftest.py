@@ -16,7 +16,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +274,37 @@ def pytest_runtest_setup(item):
         skip_or_fail("needs `unshare --net` (root, or user namespaces for `unshare -rn`)")
     if item.get_closest_marker("needs_mountns") and MOUNTNS is None:
         skip_or_fail("needs `unshare --mount` and mount (root, or user namespaces for `unshare -rm`)")
+
+
+def fuse_usable() -> bool:
+    try:
+        import fuse  # noqa: F401  (fusepy loads libfuse2 on import)
+    except (ImportError, OSError):
+        return False
+    return Path("/dev/fuse").exists()
+
+
+needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse2 (apt install libfuse2) and /dev/fuse")
+
+
+@contextmanager
+def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: float,
+               fail_writes: str | None = None) -> Iterator[Path]:
+    """`backing` seen through bench/slowfs.py at `mount`, a real FUSE file system that delays
+    every open and caps throughput as Drive does (or fails every write with an errno)."""
+    mount.mkdir(exist_ok=True)
+    fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
+                           str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else [])])
+    try:
+        for _ in range(200):
+            if os.path.ismount(mount):
+                break
+            time.sleep(0.05)
+        assert os.path.ismount(mount), "the FUSE layer did not mount"
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        fs.wait(timeout=10)
 
 
 def make_venv(path: Path) -> Path:

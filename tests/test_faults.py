@@ -4,11 +4,9 @@ points are set with WARMSTART_FAULT (warmstart/faults.py), not with sleeps."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,9 +18,11 @@ from conftest import (
     cli_env,
     installed,
     make_venv,
+    needs_fuse,
     needs_mountns,
     needs_netns,
     run_cli,
+    slow_drive,
 )
 
 
@@ -138,30 +138,14 @@ def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_p
     assert locked_part_of(python) == LOCKED
 
 
-def fuse_usable() -> bool:
-    try:
-        import fuse  # noqa: F401  (fusepy loads libfuse2 on import)
-    except (ImportError, OSError):
-        return False
-    return Path("/dev/fuse").exists()
-
-
-@pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse2 (apt install libfuse2) and /dev/fuse")
+@needs_fuse
 @pytest.mark.parametrize("failure", ["EIO", "ENOTCONN"])
 def test_a_failing_drive_still_installs_and_says_what_it_means(demo, tmp_path, index, failure):
     """Drive behind bench/slowfs.py with every write failing (EIO: over quota; ENOTCONN: the
     FUSE mount dropped): the packages still install, the cache write is a warning."""
-    backing, mount = tmp_path / "backing", tmp_path / "drive"
+    backing = tmp_path / "backing"
     backing.mkdir()
-    mount.mkdir()
-    fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
-                           "0", "1000", failure])
-    try:
-        for _ in range(200):
-            if os.path.ismount(mount):
-                break
-            time.sleep(0.05)
-        assert os.path.ismount(mount), "the FUSE layer did not mount"
+    with slow_drive(backing, tmp_path / "drive", 0, 1000, fail_writes=failure) as mount:
         python = make_venv(tmp_path / "venv")
 
         result = bootstrap(demo, mount, python, env=cli_env(index.url))
@@ -172,6 +156,3 @@ def test_a_failing_drive_still_installs_and_says_what_it_means(demo, tmp_path, i
         assert meaning in result.stderr and "Traceback" not in result.stderr
         assert any(meaning in w for w in result.report["warnings"])
         assert locked_part_of(python) == LOCKED
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
-        fs.wait(timeout=10)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from . import assets, checks, faults, installer, patches, restart, snapshot
+from . import assets, checks, faults, installer, patches, race, restart, snapshot
 from . import target as target_python
 from .download import Downloader
 from .drivework import DriveWork
@@ -58,7 +58,7 @@ class Executor:
             shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
         with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
             stage = Path(tmp)
-            from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot())
+            from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot(stage))
             need = [] if from_snapshot else list(plan.to_install)
             to_download = list(plan.to_download)
             skipped = f"the snapshot restored all {len(plan.to_install)}" if from_snapshot else "nothing to install"
@@ -129,32 +129,58 @@ class Executor:
         self.store.stats.misses += len(pins)
         return fetched
 
-    def _restore_snapshot(self) -> bool:
-        """Unpack the snapshot; False (with the reason in the outcome) when it cannot be used."""
+    def _restore_snapshot(self, stage: Path) -> bool:
+        """Unpack the snapshot (online, racing the index when it reads slowly: warmstart.race);
+        False (with the reason in the outcome) when neither could be used."""
         plan = self.plan
-        assert plan.facts.snapshot is not None
-        replaced = [name for name in sorted(plan.replaced) if name not in plan.facts.broken]
+        facts = plan.facts
+        assert facts.snapshot is not None
+        replaced = [name for name in sorted(plan.replaced) if name not in facts.broken]
+        digests = self.digests(plan.to_install)
 
         def make_room() -> None:
             self.clear_broken()
-            facts = plan.facts
             installer.uninstall(facts.installer, facts.target.executable, replaced, facts.profile.unset_env)
 
+        watch = snapshot.Watch()
+        lane = (race.IndexLane(watch, facts.target, plan.to_install, digests, facts.recipe.patches,
+                               _requirements_file(plan.to_install, stage / "race.txt"), facts.profile.unset_env)
+                if facts.installer == "uv" and not plan.offline else None)
         with self.report.step("snapshot") as step:
+            restored: snapshot.Staged | None = None
             try:
-                served = snapshot.restore(self.store, plan.facts.snapshot, plan.facts.target, make_room,
-                                          self.digests(plan.to_install), plan.facts.recipe.patches,
-                                          for_drive=self.work.area(snapshot.KIND))
+                restored = snapshot.stage(self.store, facts.snapshot, facts.target, digests, facts.recipe.patches,
+                                          for_drive=self.work.area(snapshot.KIND), watch=watch)
+            except snapshot.Cancelled:
+                pass  # the index finished first: its tree is verified
             except snapshot.SnapshotUnusable as exc:
-                step.status, step.detail = "warning", str(exc)
-                self.outcome.snapshot = {"used": False, "reason": str(exc)}
-                self.report.say(f"warning: {exc}; installing from the wheels instead")
-                return False
-            mib = {label: f"{size / 2**20:.1f} MiB" for label, size in served.items()}
+                if not (lane and lane.wait()):
+                    step.status, step.detail = "warning", str(exc)
+                    self.outcome.snapshot = {"used": False, "reason": str(exc)}
+                    self.report.say(f"warning: {exc}; installing from the wheels instead")
+                    return False
+                self.warn([f"{exc}; the package index served the packages instead"])
+            finally:
+                if lane:
+                    lane.finish()  # uv stopped, when it still runs
+            raced = _race_report(lane, index_won=restored is None)
+            index = self.store.where(snapshot.KIND, facts.snapshot.index_name)
+            if restored is None:  # the index won
+                assert lane is not None and lane.won
+                snapshot.place(lane.folder, facts.target, make_room)
+                step.detail = (f"the package index was faster: {len(plan.to_install)} packages with uv, "
+                               f"{len(replaced)} replaced")
+                self.outcome.snapshot = {"used": False, "reason": "the package index was faster", "index": index,
+                                         "race": raced}
+                return True
+            if lane and lane.won:  # both were verified at once: the snapshot's tree is placed
+                shutil.rmtree(lane.folder, ignore_errors=True)
+            snapshot.place(restored.folder, facts.target, make_room)
+            mib = {label: f"{size / 2**20:.1f} MiB" for label, size in restored.served.items()}
             step.detail = (f"{' + '.join(mib.values())} archive from {' and '.join(mib)}, "
                            f"{len(replaced)} replaced")
-            index = plan.facts.snapshot.index_name
-            self.outcome.snapshot = {"used": True, "index": self.store.where(snapshot.KIND, index), "read": served}
+            self.outcome.snapshot = {"used": True, "index": index, "read": restored.served,
+                                     **({"race": raced} if raced else {})}
             return True
 
     def clear_broken(self) -> None:
@@ -272,3 +298,11 @@ class Executor:
             changes = ", ".join(f"{n} {needed[n][0]} -> {needed[n][1]}" for n in sorted(needed))
             self.report.say(f"restart the runtime before using them (Runtime > Restart session): the "
                             f"running kernel imported the old versions of {changes}")
+
+
+def _race_report(lane: race.IndexLane | None, index_won: bool) -> dict[str, object] | None:
+    """The race as the report tells it; None when the index was never asked."""
+    if lane is None or lane.started is None:
+        return None
+    return {"winner": "index" if index_won else "snapshot", "index_started_s": round(lane.started, 2),
+            **({"index_failed": lane.failed} if lane.failed else {})}

@@ -28,9 +28,12 @@ def pip_command(target: Path) -> list[str]:
 
 
 def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
-         started: Callable[[], bool] | None = None) -> None:
-    """Run an installer; `started` (a test hook) tells faults when it has begun changing things."""
+         started: Callable[[], bool] | None = None, running: Callable[[subprocess.Popen], None] | None = None) -> None:
+    """Run an installer; `started` (a test hook) tells faults when it has begun changing things;
+    `running` is handed the child (to stop it from another thread)."""
     child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if running is not None:
+        running(child)
     if started is not None:
         faults.kill_when("install", child, started)
     try:
@@ -71,8 +74,9 @@ def choose(option: str) -> str:
     return option
 
 
-def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[[], bool] | None = None) -> None:
-    _run([str(find_uv()), *args], uv_env(unset=unset), "uv", what, started)
+def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[[], bool] | None = None,
+            running: Callable[[subprocess.Popen], None] | None = None) -> None:
+    _run([str(find_uv()), *args], uv_env(unset=unset), "uv", what, started, running)
 
 
 def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
@@ -89,6 +93,16 @@ def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
                 "install the locked packages", unset, started)
     else:
         run_pip(target, ["install", "--quiet", *args], "install the locked packages", unset, started)
+
+
+def install_from_index(target: Path, requirements: Path, prefix: Path, unset: Iterable[str] = (),
+                       running: Callable[[subprocess.Popen], None] | None = None) -> None:
+    """uv installs exactly `requirements` from the package index, hashes checked, under `prefix`
+    (laid out as a virtual environment there) for the interpreter `target`: a tree to stage.
+    At a low priority: it races a restore (warmstart.race), and takes only the CPU that leaves."""
+    _run(["nice", "-n", "19", str(find_uv()), "pip", "install", "--quiet", "--python", str(target),
+          "--prefix", str(prefix), "--no-deps", "--require-hashes", "-r", str(requirements)],
+         uv_env(unset=unset), "uv", "install the locked packages from the index", running=running)
 
 
 def uninstall(tool: str, target: Path, names: Iterable[str], unset: Iterable[str] = ()) -> None:

@@ -97,6 +97,7 @@ class PartReader:
         self.sources, self.kind, self.name, self.bar = sources, kind, name, bar
         self.part_size, self.hashes, total = int(index["part_size"]), list(index["parts"]), int(index["size"])
         self.lengths = [min(self.part_size, total - i * self.part_size) for i in range(len(self.hashes))]
+        self.total = total
         self.size = 0  # bytes handed on
         self._cond = threading.Condition()
         self._got: dict[int, bytes] = {}
@@ -180,6 +181,8 @@ class PartReader:
     def _next_part(self) -> bytes | None:
         with self._cond:
             while self._next < len(self.hashes) and self._next not in self._got:
+                if self._stop:
+                    raise OSError("stopped")
                 if all(s.failed for s in self.sources):
                     raise OSError(f"no source could serve part {self._next + 1} ("
                                   + "; ".join(f"{s.label}: {s.failed}" for s in self.sources) + ")")
@@ -204,6 +207,16 @@ class PartReader:
         data, self._at = self._left[self._at:end], end
         self.size += len(data)
         return data
+
+    def seconds_left(self) -> float | None:
+        """The time the parts not yet handed on would take at the sources' paces; None before any."""
+        rate = sum(self.part_size / s.pace for s in self.sources if s.pace and not s.failed)
+        return (self.total - self.size) / rate if rate else None
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         """Stop fetching. A source hung in a read is not waited for (its store's timeout ends it)."""

@@ -28,6 +28,7 @@ import stat
 import subprocess
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,6 +64,35 @@ SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
 
 class SnapshotUnusable(WarmstartError):
     """The snapshot cannot be used; the message says why, and the wheels take over."""
+
+
+class Cancelled(Exception):
+    """The restore was stopped: another way to install the same files finished first."""
+
+
+class Watch:
+    """What a race against the restore (warmstart.race) sees of it, and how it stops it: the time
+    its read has left, at the pace of its source(s) so far; `cancel()` ends the restore with
+    Cancelled, its staging folder removed."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.began = time.monotonic()
+        self._readers: list[Any] = []
+
+    def seconds_left(self) -> float | None:
+        reading = self._readers[0] if self._readers else None
+        return reading.seconds_left() if reading is not None else None
+
+    def watch(self, *readers: Any) -> None:
+        self._readers = list(readers)  # the archive's reader first
+        if self.cancelled.is_set():
+            self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+        for reader in self._readers:
+            reader.stop()
 
 
 def snapshot_facts(lock: Lock, target: TargetPython, pins: tuple[Pin, ...]) -> dict[str, str]:
@@ -212,6 +242,8 @@ class _ReadAhead:
                  what: str = "it is longer than", hashed: bool = True) -> None:
         self.digest, self.size, self.bar, self.copy, self.limit = hashlib.sha256(), 0, bar, copy, limit
         self._what, self._hashed = what, hashed
+        self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
+        self._since: float | None = None  # when the read under way began
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
         self._left = b""
         self._at = 0  # how much of _left was read
@@ -224,7 +256,13 @@ class _ReadAhead:
         try:
             with source:
                 size = self.FIRST
-                while not self._stop.is_set() and (block := source.read(size)):
+                while not self._stop.is_set():
+                    self._since = time.monotonic()
+                    block = source.read(size)
+                    self.busy += time.monotonic() - self._since
+                    self._since = None
+                    if not block:
+                        break
                     size = self.BLOCK
                     if self._hashed:
                         self.digest.update(block)
@@ -236,7 +274,7 @@ class _ReadAhead:
                     if self.copy:
                         self.copy.write(block)
                     self._put(block)
-        except OSError as exc:  # handed to the reader, raised there
+        except (OSError, Cancelled) as exc:  # handed to the reader, raised there
             self._put(exc)
             return
         except Exception as exc:  # a decoder's own error (zstandard.ZstdError): the stream is unreadable
@@ -255,9 +293,23 @@ class _ReadAhead:
             except queue.Full:
                 continue
 
+    def seconds_left(self) -> float | None:
+        """The time the rest would take to read at the source's pace so far (a read that hangs
+        slows it as it goes); None before the first block."""
+        since = self._since
+        busy = self.busy + (time.monotonic() - since if since is not None else 0.0)
+        if not (self.size and self.limit):
+            return None
+        return (self.limit - self.size) * busy / self.size
+
     def read(self, size: int = -1) -> bytes:
         while self._at >= len(self._left) and not self._done:
-            item = self._blocks.get()
+            try:
+                item = self._blocks.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # closed: a race was lost (see Watch)
+                    raise Cancelled from None
+                continue
             if isinstance(item, BaseException):
                 raise item
             if item is None:
@@ -270,8 +322,12 @@ class _ReadAhead:
         data, self._at = self._left[self._at:end], end
         return data
 
+    def stop(self) -> None:
+        """Stop reading: the consumer gave up, or lost a race."""
+        self._stop.set()
+
     def close(self) -> None:
-        """Stop reading (the consumer gave up) and wait for the thread."""
+        """Stop reading and wait for the thread."""
         self._stop.set()
         self._thread.join()
 
@@ -346,8 +402,8 @@ def _merge(staged: Path, dest: Path) -> None:
 
 
 def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str, Any], staging: Path,
-                     copy: IO[bytes] | None = None,
-                     bars: Bars = QUIET) -> dict[str, tuple[str, manifest.Signature]]:
+                     copy: IO[bytes] | None = None, bars: Bars = QUIET,
+                     watch: Watch | None = None) -> dict[str, tuple[str, manifest.Signature]]:
     """Read the archive once, hashing it while GNU tar unpacks it into `staging` (and writing it
     to `copy` too, when given); raise SnapshotUnusable (staging removed) when it is not what its
     index says. One source is read front to back and the whole archive's hash checked; several
@@ -377,6 +433,8 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
                        if whole else parts.PartReader(sources, KIND, archive, index, bar))
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
+            if watch:
+                watch.watch(reading, unpacked)
             while chunk := unpacked.read(_ReadAhead.BLOCK):
                 tar.stdin.write(chunk)
                 faults.point("restore")
@@ -384,9 +442,11 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
                 pass
     except BrokenPipeError:
         pass  # tar stopped early; its status and message follow
-    except (OSError, WarmstartError) as exc:
+    except (OSError, WarmstartError, Cancelled) as exc:
         tar.kill()
         shutil.rmtree(staging, ignore_errors=True)
+        if watch and watch.cancelled.is_set():  # what failed was stopped on purpose
+            raise Cancelled from None
         raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
     finally:
         for reader in (unpacked, reading):  # the decompressing one first: it reads the other
@@ -460,19 +520,18 @@ def _tame(folder: Path) -> None:
                 os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
-def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninstall: Callable[[], None],
-            digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...] = (),
-            for_drive: Path | None = None) -> dict[str, int]:
-    """Unpack a verified snapshot into the target; returns the bytes each store served, by the
-    name the report gives it ("Drive", "the team cache").
+def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
+          digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...] = (),
+          for_drive: Path | None = None, watch: Watch | None = None) -> Staged:
+    """Unpack a verified snapshot into a staging folder inside the target's prefix; `place` moves
+    it into place.
 
-    Files land in a staging folder inside the prefix first and move into place only after the
-    archive matched its index and every file it holds traced back to the lock (`digests`, the
-    lock's digest of each wheel's files; `patches`, the recipe's), so neither a damaged archive
-    nor a rewritten one touches the environment. Console scripts and RECORDs are written anew.
-    Drive and the team cache are read at once when both hold the archive. A snapshot only the
-    team store holds is copied, archive and index, into `for_drive` as it is read (the Drive
-    work puts them on Drive, the index last)."""
+    The archive must match its index and every file it holds trace back to the lock (`digests`,
+    the lock's digest of each wheel's files; `patches`, the recipe's), so neither a damaged
+    archive nor a rewritten one touches the environment. Console scripts and RECORDs are written
+    anew. Drive and the team cache are read at once when both hold the archive. A snapshot only
+    the team store holds is copied, archive and index, into `for_drive` as it is read (the Drive
+    work puts them on Drive, the index last). `watch`: a race may cancel it (Cancelled)."""
     index = snapshot.read_index(store)
     archive = _archive_name(index)
     sources = [parts.Source(label, tier) for label, tier in store.holders(KIND, archive)]
@@ -481,26 +540,45 @@ def restore(store: TieredStore, snapshot: Snapshot, target: TargetPython, uninst
     if "parts" not in index:  # an index from before parts: one source, front to back
         sources = sources[:1]
     from_team = sources[0].store is not store.here  # Drive, when it holds it, comes first
-    staging = target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
+    staging = staging_folder(target)
     copy = for_drive / archive if from_team and for_drive else None
     try:
         try:
             with open(copy, "wb") if copy else nullcontext() as kept:
-                known = _unpack_verified(sources, archive, index, staging, kept, store.bars)
+                known = _unpack_verified(sources, archive, index, staging, kept, store.bars, watch)
         finally:
             _settle(store, sources, archive)
         _trace_to_lock(staging, target, digests, patches, archive, known)
-    except SnapshotUnusable:
+    except (SnapshotUnusable, Cancelled) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         if copy:
             copy.unlink(missing_ok=True)
-        snapshot.set_aside(store, index)
+        if isinstance(exc, SnapshotUnusable):
+            snapshot.set_aside(store, index)
         raise
     if copy:
         (copy.parent / snapshot.index_name).write_text(json.dumps(index, indent=1) + "\n")
+    return Staged(staging, {source.label: source.served for source in sources if source.served})
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A verified tree in a staging folder of the target's prefix, and what each store served."""
+
+    folder: Path
+    served: dict[str, int]
+
+
+def staging_folder(target: TargetPython) -> Path:
+    """A new staging folder's name inside the prefix (a rename away from its place). One a killed
+    run left behind is removed by the next (see Executor.install)."""
+    return target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
+
+
+def place(staged: Path, target: TargetPython, uninstall: Callable[[], None]) -> None:
+    """Make room (`uninstall` the distributions the staged tree replaces) and move it into place."""
     try:
         uninstall()
-        _merge(staging, target.prefix)
+        _merge(staged, target.prefix)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {source.label: source.served for source in sources if source.served}
+        shutil.rmtree(staged, ignore_errors=True)

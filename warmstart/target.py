@@ -46,6 +46,7 @@ print(json.dumps({
     "platform": sysconfig.get_platform(),
     "soabi": sysconfig.get_config_var("SOABI") or "",
     "path": sys.path,
+    "purelib": sysconfig.get_path("purelib"),
     "installed": installed,
 }))
 """
@@ -61,6 +62,7 @@ class TargetPython:
     platform: str = ""  # sysconfig.get_platform(): linux-x86_64
     soabi: str = ""  # cpython-311-x86_64-linux-gnu: the ABI compiled extensions are built for
     path: tuple[str, ...] = ()  # its sys.path: where its distributions' metadata lies
+    purelib: str = ""  # where an installer puts pure-Python distributions (site-packages)
 
     @property
     def tag(self) -> str:
@@ -145,6 +147,7 @@ def _facts_to_target(exe: Path, facts: dict) -> TargetPython:
         platform=facts["platform"],
         soabi=facts["soabi"],
         path=tuple(facts["path"]),
+        purelib=facts.get("purelib", ""),
         installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
     )
 

@@ -1,0 +1,143 @@
+"""Online, a slow snapshot races the package index.
+
+A snapshot on a slow Drive can take longer to read than uv takes to fetch and install the same
+wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
+the time its read has left at the pace of its sources so far; once that is more than
+RACE_AFTER, uv installs the same pins from the index into a second staging folder of the prefix,
+checked against the lock exactly as the snapshot's files are. Whichever tree is verified first
+is placed; the other is stopped and removed. When the sources keep up (local disk, a fast
+Drive), the restore is bound by the CPUs, and a second install would only slow it: the index
+is not asked.
+
+A lane that fails (the index unreachable, a file the lock does not list, a damaged snapshot)
+leaves the race to the other; when both fail, the wheels take over, as without a race.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from packaging.utils import NormalizedName
+
+from . import installer, manifest
+from .errors import WarmstartError
+from .lock import Pin
+from .patches import Patch
+from .snapshot import Watch, staging_folder
+from .target import TargetPython
+
+# Seconds of reading left beyond which the index races the snapshot. uv from PyPI takes 2.4 to
+# 3.5 s for the 3 distributions a Colab image lacks of hyperlpr, 4.5 to 5.5 s for all of them
+# (2 CPUs): a read with less left than that finishes first, and racing it only costs it the CPU
+# uv takes (0.3 to 0.5 s here, at the lowest priority).
+RACE_AFTER = 3.0
+POLL = 0.05
+
+
+class IndexLane:
+    """uv installing `pins` from the index into a staging folder, started once the restore it
+    races (`watch`) has more than RACE_AFTER seconds of reading left; `cancel()`s that restore
+    when its own tree is verified first."""
+
+    def __init__(self, watch: Watch, target: TargetPython, pins: Iterable[Pin],
+                 digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...],
+                 requirements: Path, unset: Iterable[str]) -> None:
+        self.watch, self.target, self.digests, self.patches = watch, target, digests, patches
+        self.names = [pin.name for pin in pins]
+        self.requirements, self.unset = requirements, tuple(unset)
+        self.folder = staging_folder(target)
+        self.started: float | None = None  # seconds into the restore when uv began
+        self.failed: str | None = None
+        self.won = False
+        self._stop = threading.Event()
+        self._child: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _due(self) -> bool:
+        """Wait until the restore looks slow (True) or the race is off (False)."""
+        while not self._stop.wait(POLL):
+            left = self.watch.seconds_left()
+            # nothing read yet after RACE_AFTER: a hung or very slow source
+            if (left if left is not None else time.monotonic() - self.watch.began) > RACE_AFTER:
+                return True
+        return False
+
+    def _run(self) -> None:
+        if not self._due():
+            return
+        self.started = time.monotonic() - self.watch.began
+        try:
+            installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
+                                         running=self._keep)
+            if self._stop.is_set():
+                return
+            self._verify()
+        except (WarmstartError, manifest.Untrusted, OSError) as exc:
+            if not self._stop.is_set():
+                self.failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return
+        with self._lock:
+            if not self._stop.is_set():  # else the restore finished first
+                self.won = True
+                self.watch.cancel()
+
+    def _keep(self, child: subprocess.Popen) -> None:
+        with self._lock:
+            self._child = child
+            if self._stop.is_set():
+                child.kill()
+
+    def _verify(self) -> None:
+        """uv's tree, moved to the target's layout and checked against the lock as a snapshot's
+        files are (see snapshot._trace_to_lock); console scripts and RECORDs written anew."""
+        (self.folder / ".lock").unlink(missing_ok=True)  # uv's own lock file of the prefix
+        _to_target_layout(self.folder, self.target)
+        tree = manifest.Tree.of_staging(self.folder, self.target.path, self.target.prefix, self.target.executable)
+        dists = tree.read(self.digests)
+        tree.check(dists, self.digests, self.patches)
+        tree.renew(dists)
+
+    def finish(self) -> None:
+        """The race is over: stop uv if it still runs; unless the index won (its tree is in
+        `folder`), the folder is removed."""
+        with self._lock:
+            self._stop.set()
+            if self._child is not None and self._child.poll() is None:
+                self._child.kill()
+        self._thread.join()  # uv is stopped; a check under way ends soon
+        if not self.won:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def wait(self) -> bool:
+        """The restore failed: wait for the index, if it is racing. True when it won."""
+        if self.started is None:
+            self._stop.set()
+        self._thread.join()
+        return self.won
+
+
+def _to_target_layout(folder: Path, target: TargetPython) -> None:
+    """uv lays `--prefix` out as a virtual environment (lib/pythonX.Y/site-packages, bin); the
+    target may install elsewhere below its prefix (Debian's local/lib/pythonX.Y/dist-packages)."""
+    if not target.purelib or not Path(target.purelib).is_relative_to(target.prefix):
+        raise manifest.Untrusted(f"{target.executable} installs outside its prefix {target.prefix}")
+    wanted = Path(target.purelib).relative_to(target.prefix)
+    laid = Path("lib") / f"python{target.version.major}.{target.version.minor}" / "site-packages"
+    if wanted == laid or not (folder / laid).is_dir():
+        return
+    base = Path(os.path.normpath(wanted / "../../.."))
+    moved = folder.with_name(f"{folder.name}-layout")  # beside it: cleared as a staging folder is
+    os.rename(folder, moved)
+    (folder / base).mkdir(parents=True)
+    for entry in os.scandir(moved):
+        os.rename(entry.path, folder / base / entry.name)
+    os.rmdir(moved)
+    os.rename(folder / base / laid, folder / wanted)
