@@ -1,19 +1,20 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
-    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
+    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH] [--hang-after BYTES]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
 name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as a Drive over
-quota or disconnected does; the tests use that. Needs /dev/fuse,
+quota or disconnected does; with --hang-after, a read past that offset of any file never
+answers (until unmounted), as a Drive that stopped mid-file; the tests use both. Needs /dev/fuse,
 libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until unmounted.
 """
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
-import sys
 import threading
 import time
 
@@ -35,9 +36,11 @@ class Throttle:
 
 
 class SlowDrive(Operations):
-    def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0) -> None:
+    def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
+                 hang_after: int | None = None) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
-        self.fail_writes = fail_writes
+        self.fail_writes, self.hang_after = fail_writes, hang_after
+        self.mountpoint = ""
 
     def _path(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
@@ -59,6 +62,10 @@ class SlowDrive(Operations):
         return os.open(self._path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
 
     def read(self, path, size, offset, fh):
+        if self.hang_after is not None and offset + size > self.hang_after:
+            while os.path.ismount(self.mountpoint):  # until unmounted (then the loop ends)
+                time.sleep(0.2)
+            raise FuseOSError(errno.EIO)
         data = os.pread(fh, size, offset)
         self.throttle.spend(len(data))
         return data
@@ -111,11 +118,20 @@ class SlowDrive(Operations):
         raise FuseOSError(errno.EOPNOTSUPP)
 
 
+
 def main() -> None:
-    backing, mountpoint, delay_ms, mib_per_s = sys.argv[1:5]
-    fail = getattr(errno, sys.argv[5]) if len(sys.argv) > 5 else 0
-    drive = SlowDrive(os.path.abspath(backing), float(delay_ms) / 1000, Throttle(float(mib_per_s) * 2**20), fail)
-    FUSE(drive, mountpoint, foreground=True, nothreads=False)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("backing")
+    parser.add_argument("mountpoint")
+    parser.add_argument("delay_ms", type=float)
+    parser.add_argument("mib_per_s", type=float)
+    parser.add_argument("fail_writes_with", nargs="?", choices=sorted(errno.errorcode.values()))
+    parser.add_argument("--hang-after", type=int, metavar="BYTES")
+    args = parser.parse_args()
+    drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
+                      getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after)
+    drive.mountpoint = os.path.abspath(args.mountpoint)
+    FUSE(drive, args.mountpoint, foreground=True, nothreads=False)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import _write_simple_index, build_wheel, dead_url, needs_fuse, serve_folder, slow_drive
+from conftest import _write_simple_index, bootstrap, build_wheel, dead_url, needs_fuse, serve_folder, slow_drive
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_team import VM
 
@@ -40,11 +40,14 @@ def wiped_vm(tmp_path: Path, index_url: str) -> VM:
     return VM(tmp_path / "vm", index_url, {}, "")
 
 
-def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *flags: str):
+def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *flags: str,
+                    hang_after: int | None = None):
     """Bootstrap the wiped VM with its Drive folder read through the slow FUSE layer."""
     seconds = archive_in(vm.drive).stat().st_size / 2**20 / mib_per_s
-    assert seconds > RACE_AFTER + 1, "slow enough for the index to be asked"
-    with slow_drive(vm.drive, tmp_path / "slow", 5, mib_per_s) as mount:
+    assert hang_after is not None or seconds > RACE_AFTER + 1, "slow enough for the index to be asked"
+    with slow_drive(vm.drive, tmp_path / "slow", 5, mib_per_s, hang_after=hang_after) as mount:
+        if hang_after is not None:  # VM.bootstrap reads every file on Drive after (no secrets there)
+            return bootstrap(recipe, mount, vm.python, *flags, env=vm.env)
         vm.drive = mount
         return vm.bootstrap(recipe, *flags)
 
@@ -68,6 +71,22 @@ def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, fil
     assert tree(vm.python) == filled, "the files of the install the snapshot was made of, byte for byte"
     assert leftovers(vm) == [], "the snapshot's staging folder, stopped midway, is gone"
     assert archive.exists() and not list(archive.parent.glob("*.damaged-*")), "a snapshot that lost is not damaged"
+
+
+def test_a_drive_that_hangs_midway_loses_to_the_index(bulky, filled, tmp_path):  # noqa: F811
+    """Drive stops answering 4 MiB into the archive: the read that hangs counts as slow as it
+    goes, the index is asked, and its tree is placed without waiting for Drive."""
+    recipe, url = bulky
+    vm = wiped_vm(tmp_path, url)
+
+    result = restore_through(vm, recipe, tmp_path, 100, hang_after=4 << 20)
+
+    assert result.code == 0, result.stderr
+    snapshot = result.report["snapshot"]
+    assert snapshot["used"] is False and snapshot["race"]["winner"] == "index", snapshot
+    assert result.report["installed"] == LOCKED
+    assert tree(vm.python) == filled
+    assert leftovers(vm) == []
 
 
 def test_an_unreachable_index_leaves_the_race_to_the_snapshot(bulky, filled, tmp_path):  # noqa: F811

@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from packaging.utils import NormalizedName
 
@@ -70,6 +70,11 @@ class Cancelled(Exception):
     """The restore was stopped: another way to install the same files finished first."""
 
 
+class Reader(Protocol):
+    def seconds_left(self) -> float | None: ...
+    def stop(self) -> None: ...
+
+
 class Watch:
     """What a race against the restore (warmstart.race) sees of it, and how it stops it: the time
     its read has left, at the pace of its source(s) so far; `cancel()` ends the restore with
@@ -78,13 +83,13 @@ class Watch:
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.began = time.monotonic()
-        self._readers: list[Any] = []
+        self._readers: list[Reader] = []
 
     def seconds_left(self) -> float | None:
         reading = self._readers[0] if self._readers else None
         return reading.seconds_left() if reading is not None else None
 
-    def watch(self, *readers: Any) -> None:
+    def watch(self, *readers: Reader) -> None:
         self._readers = list(readers)  # the archive's reader first
         if self.cancelled.is_set():
             self.cancel()
@@ -450,7 +455,11 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
         raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
     finally:
         for reader in (unpacked, reading):  # the decompressing one first: it reads the other
-            if reader is not None:
+            if reader is None:
+                continue
+            if watch and watch.cancelled.is_set():
+                reader.stop()  # not waited for: a read from a hung Drive would hold the winner up
+            else:
                 reader.close()
         tar.stdin.close()
         error = tar.stderr.read().decode(errors="replace")
