@@ -143,7 +143,7 @@ class Executor:
             installer.uninstall(facts.installer, facts.target.executable, replaced, facts.profile.unset_env)
 
         watch = snapshot.Watch()
-        lane = (race.IndexLane(watch, facts.target, plan.to_install, digests, facts.recipe.patches,
+        lane = (race.IndexLane(watch, facts.target, digests, facts.recipe.patches,
                                _requirements_file(plan.to_install, stage / "race.txt"), facts.profile.unset_env)
                 if facts.installer == "uv" and not plan.offline else None)
         with self.report.step("snapshot") as step:

@@ -220,8 +220,6 @@ class PartReader:
 
     def close(self) -> None:
         """Stop fetching. A source hung in a read is not waited for (its store's timeout ends it)."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+        self.stop()
         for thread in self._threads:
             thread.join(timeout=1)

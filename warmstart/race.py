@@ -27,9 +27,8 @@ from packaging.utils import NormalizedName
 
 from . import installer, manifest
 from .errors import WarmstartError
-from .lock import Pin
 from .patches import Patch
-from .snapshot import Watch, staging_folder
+from .snapshot import Watch, staging_folder, verify_staged
 from .target import TargetPython
 
 # Seconds of reading left beyond which the index races the snapshot. uv from PyPI takes 2.4 to
@@ -41,15 +40,13 @@ POLL = 0.05
 
 
 class IndexLane:
-    """uv installing `pins` from the index into a staging folder, started once the restore it
+    """uv installing `requirements` from the index into a staging folder, started once the restore it
     races (`watch`) has more than RACE_AFTER seconds of reading left; `cancel()`s that restore
     when its own tree is verified first."""
 
-    def __init__(self, watch: Watch, target: TargetPython, pins: Iterable[Pin],
-                 digests: dict[NormalizedName, str | None], patches: tuple[Patch, ...],
-                 requirements: Path, unset: Iterable[str]) -> None:
+    def __init__(self, watch: Watch, target: TargetPython, digests: dict[NormalizedName, str | None],
+                 patches: tuple[Patch, ...], requirements: Path, unset: Iterable[str]) -> None:
         self.watch, self.target, self.digests, self.patches = watch, target, digests, patches
-        self.names = [pin.name for pin in pins]
         self.requirements, self.unset = requirements, tuple(unset)
         self.folder = staging_folder(target)
         self.started: float | None = None  # seconds into the restore when uv began
@@ -97,13 +94,10 @@ class IndexLane:
 
     def _verify(self) -> None:
         """uv's tree, moved to the target's layout and checked against the lock as a snapshot's
-        files are (see snapshot._trace_to_lock); console scripts and RECORDs written anew."""
+        files are; console scripts and RECORDs written anew."""
         (self.folder / ".lock").unlink(missing_ok=True)  # uv's own lock file of the prefix
         _to_target_layout(self.folder, self.target)
-        tree = manifest.Tree.of_staging(self.folder, self.target.path, self.target.prefix, self.target.executable)
-        dists = tree.read(self.digests)
-        tree.check(dists, self.digests, self.patches)
-        tree.renew(dists)
+        verify_staged(self.folder, self.target, self.digests, self.patches)
 
     def finish(self) -> None:
         """The race is over: stop uv if it still runs; unless the index won (its tree is in

@@ -333,7 +333,7 @@ class _ReadAhead:
 
     def close(self) -> None:
         """Stop reading and wait for the thread."""
-        self._stop.set()
+        self.stop()
         self._thread.join()
 
 
@@ -496,15 +496,22 @@ def _settle(store: TieredStore, sources: list[parts.Source], archive: str) -> No
 def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
                    patches: tuple[Patch, ...], archive: str,
                    known: dict[str, tuple[str, manifest.Signature]] | None = None) -> None:
-    """Every unpacked file belongs to a locked wheel (or is the recipe's patch of one), and
-    nothing else came; then console scripts and RECORDs are written anew for this target."""
+    """verify_staged, said as a snapshot that cannot be used."""
     try:
-        tree = manifest.Tree.of_staging(staging, target.path, target.prefix, target.executable)
-        dists = tree.read(digests)
-        tree.check(dists, digests, patches, known=known)
-        tree.renew(dists)
+        verify_staged(staging, target, digests, patches, known)
     except (manifest.Untrusted, OSError) as exc:
         raise SnapshotUnusable(f"snapshot {archive} does not match the lock: {exc}") from None
+
+
+def verify_staged(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
+                  patches: tuple[Patch, ...], known: dict[str, tuple[str, manifest.Signature]] | None = None) -> None:
+    """Every staged file belongs to a locked wheel (or is the recipe's patch of one), and nothing
+    else came (manifest.Untrusted else); then console scripts and RECORDs are written anew for
+    this target. A snapshot's tree, and the index's that races it (warmstart.race)."""
+    tree = manifest.Tree.of_staging(staging, target.path, target.prefix, target.executable)
+    dists = tree.read(digests)
+    tree.check(dists, digests, patches, known=known)
+    tree.renew(dists)
 
 
 def _widen(pipe: IO[bytes]) -> None:
