@@ -2,8 +2,9 @@
 same pins into a second staging folder, checked against the lock as the snapshot is, and
 whichever tree is verified first is placed. Real parts: the snapshot of a wheel of about four
 parts on Drive behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real
-index on 127.0.0.1, real uv. The index lane starts only when the read has more than
-race.RACE_AFTER seconds left, so each Drive here is slow enough for that, or fast."""
+index on 127.0.0.1, real uv. The index lane starts only when the read has more time left than
+the index would take (for an archive this small, race.RACE_AFTER), so each Drive here is slow
+enough for that, or fast."""
 
 from __future__ import annotations
 

@@ -224,7 +224,7 @@ def test_a_rewritten_snapshot_is_refused_set_aside_and_the_wheels_install(plain,
 
 
 def test_a_file_unpacked_twice_is_refused_though_its_first_copy_matched_the_lock(plain, packed, tmp_path, env):
-    """Files are hashed while tar goes on (a head start on the check): a second member over a
+    """Files are hashed as they are unpacked (a head start on the check): a second member over a
     file already hashed must not ride on the first one's hash."""
     def overwrite_after(tar, tree) -> None:
         module = site_of(tree) / "beta" / "__init__.py"

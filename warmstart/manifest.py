@@ -120,22 +120,6 @@ def signature(info: os.stat_result) -> Signature:
     return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def hash_as_is(path: Path) -> tuple[str, Signature] | None:
-    """A regular file's sha256, with its signature as it was while read; None when it is not a
-    regular file with one link, or changed while read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with open(fd, "rb") as fh:
-        before = os.fstat(fh.fileno())
-        if not stat.S_ISREG(before.st_mode) or before.st_nlink != 1:
-            return None
-        digest_hex = _sha256(fh)
-        after = os.fstat(fh.fileno())
-    return (digest_hex, signature(after)) if signature(after) == signature(before) else None
-
-
 def _below(path: str, folder: str) -> str | None:
     """`path` relative to `folder` (both relative and normal), or None when it lies elsewhere."""
     if folder == ".":
@@ -256,7 +240,7 @@ class Tree:
         """Each distribution's files hash to the lock's digest (a patched file as its original,
         when it is exactly the recipe's patch of it; `patches` None: the environment's own
         record of its patches is trusted, as in the environment warmstart just patched);
-        `complete`: nothing else is there. `known`: hashes already taken (hash_as_is), by path."""
+        `complete`: nothing else is there. `known`: hashes already taken (warmstart.tarstream), by path."""
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         hashes = {rel: got for rel, key in jobs if (got := self._still_known(rel, key, known or {}))}
         left = [(rel, key) for rel, key in jobs if rel not in hashes]

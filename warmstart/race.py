@@ -2,12 +2,13 @@
 
 A snapshot on a slow Drive can take longer to read than uv takes to fetch and install the same
 wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
-the time its read has left at the pace of its sources so far; once that is more than
-RACE_AFTER, uv installs the same pins from the index into a second staging folder of the prefix,
-checked against the lock exactly as the snapshot's files are. Whichever tree is verified first
-is placed; the other is stopped and removed. When the sources keep up (local disk, a fast
-Drive), the restore is bound by the CPUs, and a second install would only slow it: the index
-is not asked.
+the time its read has left at the pace of its sources so far; once that is more than the index
+would take for the whole (the archive's size at INDEX_PACE, and never less than RACE_AFTER),
+uv installs the same pins from the index into a second staging folder of the prefix, checked
+against the lock exactly as the snapshot's files are. Whichever tree is verified first is
+placed; the other is stopped and removed. When the sources keep up (local disk, a Drive that
+reads faster than the index installs), a second install would only slow the restore: the
+index is not asked.
 
 A lane that fails (the index unreachable, a file the lock does not list, a damaged snapshot)
 leaves the race to the other; when both fail, the wheels take over, as without a race.
@@ -31,17 +32,18 @@ from .patches import Patch
 from .snapshot import Watch, staging_folder, verify_staged
 from .target import TargetPython
 
-# Seconds of reading left beyond which the index races the snapshot. uv from PyPI takes 2.4 to
-# 3.5 s for the 3 distributions a Colab image lacks of hyperlpr, 4.5 to 5.5 s for all of them
-# (2 CPUs): a read with less left than that finishes first, and racing it only costs it the CPU
-# uv takes (0.3 to 0.5 s here, at the lowest priority).
-RACE_AFTER = 3.0
+# How fast uv installs from PyPI, in bytes of snapshot archive per second (2 CPUs): hyperlpr's
+# 221 MiB archive in 4.5 to 5.5 s, the 157 MiB of what a Colab image lacks of it in 2.4 to
+# 3.5 s, about 45 to 55 MiB/s. A read with less left than the index would take finishes first,
+# and racing it only costs it the CPU uv takes (0.3 to 0.5 s here, at the lowest priority).
+INDEX_PACE = 50 << 20
+RACE_AFTER = 3.0  # seconds: the least uv takes for anything (start, resolve, the check after)
 POLL = 0.05
 
 
 class IndexLane:
     """uv installing `requirements` from the index into a staging folder, started once the restore it
-    races (`watch`) has more than RACE_AFTER seconds of reading left; `cancel()`s that restore
+    races (`watch`) has more reading left than the index would take; `cancel()`s that restore
     when its own tree is verified first."""
 
     def __init__(self, watch: Watch, target: TargetPython, digests: dict[NormalizedName, str | None],
@@ -61,9 +63,10 @@ class IndexLane:
     def _due(self) -> bool:
         """Wait until the restore looks slow (True) or the race is off (False)."""
         while not self._stop.wait(POLL):
-            left = self.watch.seconds_left()
-            # nothing read yet after RACE_AFTER: a hung or very slow source
-            if (left if left is not None else time.monotonic() - self.watch.began) > RACE_AFTER:
+            size, left = self.watch.size, self.watch.seconds_left()
+            index_takes = max(RACE_AFTER, size / INDEX_PACE) if size else RACE_AFTER
+            # nothing read yet after that long: a hung or very slow source
+            if (left if left is not None else time.monotonic() - self.watch.began) > index_takes:
                 return True
         return False
 

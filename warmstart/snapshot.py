@@ -9,29 +9,24 @@ sha256 and what it was made for. The key covers everything that makes the files 
 bytes, the distributions it holds, the Python version and ABI, the platform, the target's prefix
 (shebangs name it), the format.
 
-A restore reads the archive once, hashing it while GNU tar unpacks it into a staging folder
-(and hashing each unpacked file as tar goes on); only when the archive's hash matches and every
-file traces back to the lock are the distributions the lock replaces removed (by pip or uv, by
-their RECORD) and the staged files moved into place.
+A restore reads the archive once, hashing it while its files are unpacked into a staging
+folder (each file hashed from the bytes written: warmstart.unpack); only when the archive's
+hash matches and every file traces back to the lock are the distributions the lock replaces
+removed (by pip or uv, by their RECORD) and the staged files moved into place.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import queue
-import re
 import shutil
-import stat
-import subprocess
 import tarfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -46,6 +41,7 @@ from .patches import Patch
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
 from .transfer import QUIET, Bar, Bars, is_sha256, zstd_open
+from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"
 # Archives match across a 32 MiB window (zstd long-distance matching): on hyperlpr 246 MiB
@@ -76,21 +72,22 @@ class Reader(Protocol):
 
 
 class Watch:
-    """What a race against the restore (warmstart.race) sees of it, and how it stops it: the time
-    its read has left, at the pace of its source(s) so far; `cancel()` ends the restore with
-    Cancelled, its staging folder removed."""
+    """What a race against the restore (warmstart.race) sees of it, and how it stops it: the
+    archive's size and the time its read has left, at the pace of its source(s) so far;
+    `cancel()` ends the restore with Cancelled, its staging folder removed."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.began = time.monotonic()
+        self.size: int | None = None  # the archive's, once its index is read
         self._readers: list[Reader] = []
 
     def seconds_left(self) -> float | None:
         reading = self._readers[0] if self._readers else None
         return reading.seconds_left() if reading is not None else None
 
-    def watch(self, *readers: Reader) -> None:
-        self._readers = list(readers)  # the archive's reader first
+    def watch(self, size: int, *readers: Reader) -> None:
+        self.size, self._readers = size, list(readers)  # the archive's reader first
         if self.cancelled.is_set():
             self.cancel()
 
@@ -179,13 +176,11 @@ BIG = 8 << 20
 
 
 def _in_restore_order(members: set[Path]) -> list[Path]:
-    """The small files first, by path, then the big ones, biggest first. Creating and hashing
-    thousands of small files is what costs a restore CPU; first, it runs while a slow Drive is
-    still read (the CPUs otherwise idle), not after the last byte. A big file is hashed once tar
-    has written it, so the hash of the biggest (400 MB of onnxruntime's CUDA provider) runs
-    while tar writes the others, and the last, smallest one leaves little after tar ends."""
+    """The small files first, by path, then the big ones. Creating thousands of small files is
+    what costs tar its CPU; first, it runs while a slow Drive is still read (the CPUs otherwise
+    idle), not after the last byte."""
     sizes = {f: os.lstat(f).st_size for f in members}
-    return sorted(members, key=lambda f: (1, -sizes[f], f) if sizes[f] >= BIG else (0, 0, f))
+    return sorted(members, key=lambda f: (sizes[f] >= BIG, f))
 
 
 def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...],
@@ -337,62 +332,6 @@ class _ReadAhead:
         self._thread.join()
 
 
-class _HashAsUnpacked:
-    """Hashes each file tar unpacked while tar goes on with the next: GNU tar names a member
-    (`-v`) as it starts on it, so the one named before is whole. The hashes are only a head
-    start: `Tree.check` takes one only for a file still exactly as it was hashed, and hashes
-    anything else itself. A name listed twice (a second member over the first) refuses the
-    archive: warmstart never writes one."""
-
-    # Names printed as stored: printable, no backslash (tar escapes with it); others are left
-    # to Tree.check, which hashes them itself.
-    PLAIN = re.compile(r"[ -\[\]-~]+")
-
-    def __init__(self, listing: IO[bytes], root: Path) -> None:
-        self.root = root
-        self.twice: str | None = None  # a name listed twice
-        # A small file is hashed on the thread that follows tar, at once: handing thousands of
-        # them to a pool costs more than hashing them. Big ones go to the pool (hashlib hashes
-        # without the GIL), so following tar never waits on one.
-        self._pool = ThreadPoolExecutor(2)
-        self._hashes: dict[str, tuple[str, manifest.Signature] | None] = {}
-        self._jobs: dict[str, Future[tuple[str, manifest.Signature] | None]] = {}
-        self._thread = threading.Thread(target=self._follow, args=(listing,), daemon=True)
-        self._thread.start()
-
-    def _follow(self, listing: IO[bytes]) -> None:
-        seen: set[str] = set()
-        previous = None
-        for raw in listing:
-            name = os.path.normpath(raw.decode(errors="replace").rstrip("\n"))
-            if name in seen and self.twice is None:
-                self.twice = name
-            seen.add(name)
-            if previous is not None:
-                self._hash(previous)
-            previous = name if self.PLAIN.fullmatch(name) and not raw.endswith(b"/\n") else None
-        if previous is not None:
-            self._hash(previous)
-
-    def _hash(self, name: str) -> None:
-        path = self.root / name
-        try:
-            small = os.lstat(path).st_size < BIG
-        except OSError:
-            return  # not there (tar failed on it): Tree.check says so
-        if small:
-            self._hashes[name] = manifest.hash_as_is(path)
-        else:
-            self._jobs[name] = self._pool.submit(manifest.hash_as_is, path)
-
-    def result(self) -> dict[str, tuple[str, manifest.Signature]]:
-        """Once tar has exited: the hashes taken, by path relative to the root."""
-        self._thread.join()
-        self._pool.shutdown(wait=True)
-        self._hashes.update((name, job.result()) for name, job in self._jobs.items())
-        return {name: got for name, got in self._hashes.items() if got}
-
-
 def _merge(staged: Path, dest: Path) -> None:
     """Move a staged tree into dest: whole new folders by one rename, shared ones file by file."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -409,26 +348,18 @@ def _merge(staged: Path, dest: Path) -> None:
 def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str, Any], staging: Path,
                      copy: IO[bytes] | None = None, bars: Bars = QUIET,
                      watch: Watch | None = None) -> dict[str, tuple[str, manifest.Signature]]:
-    """Read the archive once, hashing it while GNU tar unpacks it into `staging` (and writing it
-    to `copy` too, when given); raise SnapshotUnusable (staging removed) when it is not what its
-    index says. One source is read front to back and the whole archive's hash checked; several
-    are read at once, part by part, each part checked (see warmstart.parts). The sizes the index
-    states bound what is read and what is unpacked, so a hostile archive cannot fill the disk.
-    Returns the hashes of the files unpacked, taken as tar went on (see _HashAsUnpacked); what
-    each source served is in its `served`."""
+    """Read the archive once, hashing it while its files are unpacked into `staging` (and writing
+    it to `copy` too, when given); raise SnapshotUnusable (staging removed) when it is not what
+    its index says. One source is read front to back and the whole archive's hash checked;
+    several are read at once, part by part, each part checked (see warmstart.parts). The sizes
+    the index states bound what is read and what is unpacked, so a hostile archive cannot fill
+    the disk. Returns the sha256 of each file unpacked, taken from the bytes written (see
+    warmstart.unpack); what each source served is in its `served`."""
     staging.mkdir(parents=True)
-    # GNU tar unpacks at disk speed and refuses absolute names and `..` on its own; it reads the
-    # tar stream straight from this process, where one thread reads and hashes the archive (a
-    # thread per source, when there are several), one decompresses it (both without the GIL)
-    # and counts what it passes on (no more than the index says the tar stream holds), and this
-    # one writes it to tar.
-    # As root, tar would keep the owners and modes stored in the archive: an archive from Drive
-    # is data, so files belong to whoever runs warmstart and keep no special bits (see _tame).
-    untar = ["tar", "-xv", "--no-same-owner", "--no-same-permissions", "-f", "-", "-C", str(staging)]
-    tar = subprocess.Popen(untar, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert tar.stdin is not None and tar.stdout is not None and tar.stderr is not None
-    _widen(tar.stdin)
-    unpacked_files = _HashAsUnpacked(tar.stdout, staging)
+    # One thread reads and hashes the archive (a thread per source, when there are several), one
+    # decompresses it (both without the GIL) and counts what it passes on (no more than the
+    # index says the tar stream holds), this one writes the files, and another hashes them.
+    files = Unpacker(staging)
     whole = len(sources) == 1  # else in parts
     reading: _ReadAhead | parts.PartReader | None = None
     unpacked = None
@@ -439,20 +370,21 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             if watch:
-                watch.watch(reading, unpacked)
+                watch.watch(int(index["size"]), reading, unpacked)
             while chunk := unpacked.read(_ReadAhead.BLOCK):
-                tar.stdin.write(chunk)
+                files.feed(chunk)
                 faults.point("restore")
             while reading.read(_ReadAhead.BLOCK):  # a zstd frame can end before the file does
                 pass
-    except BrokenPipeError:
-        pass  # tar stopped early; its status and message follow
-    except (OSError, WarmstartError, Cancelled) as exc:
-        tar.kill()
+            hashes = files.close()
+    except (OSError, WarmstartError, Cancelled, Damaged, manifest.Untrusted) as exc:
+        files.abort()
         shutil.rmtree(staging, ignore_errors=True)
         if watch and watch.cancelled.is_set():  # what failed was stopped on purpose
             raise Cancelled from None
-        raise SnapshotUnusable(f"snapshot {archive} cannot be read ({exc})") from None
+        why = (f"does not match the lock: {exc}" if isinstance(exc, manifest.Untrusted)
+               else f"is damaged ({exc})" if isinstance(exc, Damaged) else f"cannot be read ({exc})")
+        raise SnapshotUnusable(f"snapshot {archive} {why}") from None
     finally:
         for reader in (unpacked, reading):  # the decompressing one first: it reads the other
             if reader is None:
@@ -461,21 +393,11 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
                 reader.stop()  # not waited for: a read from a hung Drive would hold the winner up
             else:
                 reader.close()
-        tar.stdin.close()
-        error = tar.stderr.read().decode(errors="replace")
-        tar.wait()
         if whole and reading is not None:
             sources[0].served = reading.size
-    assert reading is not None  # else the error above was raised
-    hashes = unpacked_files.result()
-    why = (error.strip()[-300:] if tar.returncode != 0
-           else "sha256 differs from its index" if isinstance(reading, _ReadAhead)
-           and reading.digest.hexdigest() != index["sha256"]
-           else f"it holds {unpacked_files.twice} twice" if unpacked_files.twice else None)
-    if why:
+    if isinstance(reading, _ReadAhead) and reading.digest.hexdigest() != index["sha256"]:
         shutil.rmtree(staging, ignore_errors=True)
-        raise SnapshotUnusable(f"snapshot {archive} is damaged ({why})")
-    _tame(staging)
+        raise SnapshotUnusable(f"snapshot {archive} is damaged (sha256 differs from its index)")
     return hashes
 
 
@@ -512,28 +434,6 @@ def verify_staged(staging: Path, target: TargetPython, digests: dict[NormalizedN
     dists = tree.read(digests)
     tree.check(dists, digests, patches, known=known)
     tree.renew(dists)
-
-
-def _widen(pipe: IO[bytes]) -> None:
-    """A 1 MiB pipe to tar (Linux; 64 KiB by default), so reading and unpacking decouple."""
-    try:
-        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
-    except OSError:
-        pass  # the kernel's limit is lower: the default pipe works, a little slower
-
-
-_SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | stat.S_IWOTH
-
-
-def _tame(folder: Path) -> None:
-    """No setuid, setgid or sticky bit and no world-writable file among what was unpacked, whatever
-    the umask (tar's --no-same-permissions only applies it, and containers may run with 0)."""
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + files:
-            path = os.path.join(root, name)
-            mode = os.lstat(path).st_mode
-            if mode & _SPECIAL_BITS and not stat.S_ISLNK(mode):
-                os.chmod(path, stat.S_IMODE(mode) & ~_SPECIAL_BITS)
 
 
 def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
