@@ -240,7 +240,7 @@ class Tree:
         """Each distribution's files hash to the lock's digest (a patched file as its original,
         when it is exactly the recipe's patch of it; `patches` None: the environment's own
         record of its patches is trusted, as in the environment warmstart just patched);
-        `complete`: nothing else is there. `known`: hashes already taken (warmstart.tarstream), by path."""
+        `complete`: nothing else is there. `known`: hashes already taken (warmstart.unpack), by path."""
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         hashes = {rel: got for rel, key in jobs if (got := self._still_known(rel, key, known or {}))}
         left = [(rel, key) for rel, key in jobs if rel not in hashes]

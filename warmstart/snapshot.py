@@ -177,8 +177,8 @@ BIG = 8 << 20
 
 def _in_restore_order(members: set[Path]) -> list[Path]:
     """The small files first, by path, then the big ones. Creating thousands of small files is
-    what costs tar its CPU; first, it runs while a slow Drive is still read (the CPUs otherwise
-    idle), not after the last byte."""
+    what costs a restore the disk's time; first, it runs while a slow Drive is still read (the
+    CPUs otherwise idle), not after the last byte."""
     sizes = {f: os.lstat(f).st_size for f in members}
     return sorted(members, key=lambda f: (sizes[f] >= BIG, f))
 

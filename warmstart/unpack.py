@@ -107,7 +107,7 @@ class Unpacker:
         at = 0
         while at < len(data):
             if self._ended:
-                return  # what follows the end is not read, as GNU tar reads none of it
+                return  # what follows the end (tarfile pads it to a whole record) is not unpacked
             if self._left:
                 piece = data[at:at + self._left]
                 self._left -= len(piece)
