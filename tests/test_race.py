@@ -1,25 +1,41 @@
 """Online, a snapshot that reads slowly races the package index (warmstart.race): uv installs the
-same pins into a second staging folder, checked against the lock as the snapshot is, and
-whichever tree is verified first is placed. Real parts: the snapshot of a wheel of about four
-parts on Drive behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real
-index on 127.0.0.1, real uv. The index lane starts only when the read has more time left than
-the index would take (for an archive this small, race.RACE_AFTER), so each Drive here is slow
-enough for that, or fast."""
+same pins into a second staging folder, checked against the lock's digests, and whichever tree
+is verified first is placed. Real parts: the snapshot of a wheel of about four parts on Drive
+behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real index on
+127.0.0.1, real uv. The index lane starts only when the read has more time left than the index
+would take (for an archive this small, race.RACE_AFTER), so each Drive here is slow enough for
+that, or fast; one with more than HOLD_AHEAD times that left is held while uv runs.
+The race's parts are tested on their own at the end: the hold, and the check of uv's tree."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import _write_simple_index, bootstrap, build_wheel, dead_url, needs_fuse, serve_folder, slow_drive
+from conftest import (
+    _write_simple_index,
+    bootstrap,
+    build_wheel,
+    dead_url,
+    make_venv,
+    needs_fuse,
+    serve_folder,
+    slow_drive,
+)
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_team import VM
 
+from warmstart import manifest, parts, target
 from warmstart.parts import PART_SIZE
-from warmstart.race import RACE_AFTER
-
-pytestmark = needs_fuse
+from warmstart.race import HOLD_AHEAD, RACE_AFTER, verify_installed
+from warmstart.snapshot import KIND, Watch, _ReadAhead
+from warmstart.store import DriveStore
+from warmstart.uv import find_uv
 
 
 @pytest.fixture
@@ -57,6 +73,7 @@ def leftovers(vm: VM) -> list[str]:
     return [p.name for p in (vm.python.parent.parent).glob(".warmstart-restore-*")]
 
 
+@needs_fuse
 def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, filled, tmp_path):  # noqa: F811
     recipe, url = bulky
     vm = wiped_vm(tmp_path, url)
@@ -68,12 +85,17 @@ def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, fil
     snapshot = result.report["snapshot"]
     assert snapshot["used"] is False and snapshot["reason"] == "the package index was faster", snapshot
     assert snapshot["race"]["winner"] == "index" and "index_failed" not in snapshot["race"]
+    # 14 s left is more than HOLD_AHEAD times the index's 3 s: the read waited for uv, after
+    # the block it had begun (the first is 256 KiB, then 4 MiB ones)
+    assert snapshot["race"]["snapshot_held"] is True
+    assert result.report["cache"]["bytes_read"] <= (256 << 10) + 2 * (4 << 20) < archive.stat().st_size / 2
     assert result.report["installed"] == LOCKED and result.report["warnings"] == []
     assert tree(vm.python) == filled, "the files of the install the snapshot was made of, byte for byte"
     assert leftovers(vm) == [], "the snapshot's staging folder, stopped midway, is gone"
     assert archive.exists() and not list(archive.parent.glob("*.damaged-*")), "a snapshot that lost is not damaged"
 
 
+@needs_fuse
 def test_a_drive_that_hangs_midway_loses_to_the_index(bulky, filled, tmp_path):  # noqa: F811
     """Drive stops answering 4 MiB into the archive: the read that hangs counts as slow as it
     goes, the index is asked, and its tree is placed without waiting for Drive."""
@@ -90,6 +112,7 @@ def test_a_drive_that_hangs_midway_loses_to_the_index(bulky, filled, tmp_path): 
     assert leftovers(vm) == []
 
 
+@needs_fuse
 def test_an_unreachable_index_leaves_the_race_to_the_snapshot(bulky, filled, tmp_path):  # noqa: F811
     recipe, _url = bulky
     vm = wiped_vm(tmp_path, dead_url())
@@ -107,8 +130,10 @@ def test_an_unreachable_index_leaves_the_race_to_the_snapshot(bulky, filled, tmp
     assert leftovers(vm) == []
 
 
+@needs_fuse
 def test_an_index_serving_other_files_loses_to_the_snapshot(bulky, filled, tmp_path):  # noqa: F811
-    """The index serves a bulky 1.0 that is not the locked one: uv refuses it by the lock's hash."""
+    """The index serves a bulky 1.0 that is not the locked one: uv refuses it by the lock's hash.
+    The read, held meanwhile (it had more than HOLD_AHEAD times the index's time left), goes on."""
     recipe, _url = bulky
     (tmp_path / "other" / "files").mkdir(parents=True)
     build_wheel(tmp_path / "other" / "files", "bulky", "1.0", extra={"bulky/blob0.bin": b"not the locked blob"})
@@ -116,18 +141,21 @@ def test_an_index_serving_other_files_loses_to_the_snapshot(bulky, filled, tmp_p
     url, server = serve_folder(tmp_path / "other")
     try:
         vm = wiped_vm(tmp_path, f"{url}/simple")
-        result = restore_through(vm, recipe, tmp_path, mib_per_s=6)
+        assert archive_in(vm.drive).stat().st_size / 2**20 / 3 > HOLD_AHEAD * RACE_AFTER + 1
+        result = restore_through(vm, recipe, tmp_path, mib_per_s=3)
     finally:
         server.shutdown()
 
     assert result.code == 0, result.stderr
     snapshot = result.report["snapshot"]
     assert snapshot["used"] is True and snapshot["race"]["winner"] == "snapshot", snapshot
+    assert snapshot["race"]["snapshot_held"] is True
     assert "sha256 the lock does not list" in snapshot["race"]["index_failed"]
     assert tree(vm.python) == filled
     assert leftovers(vm) == []
 
 
+@needs_fuse
 def test_offline_the_index_is_never_asked(bulky, filled, tmp_path):  # noqa: F811
     recipe, url = bulky
     vm = wiped_vm(tmp_path, url)
@@ -139,6 +167,7 @@ def test_offline_the_index_is_never_asked(bulky, filled, tmp_path):  # noqa: F81
     assert tree(vm.python) == filled
 
 
+@needs_fuse
 def test_a_drive_that_keeps_up_is_not_raced(bulky, filled, tmp_path):  # noqa: F811
     """Local disk: the restore is bound by the CPUs, and a second install would only slow it."""
     recipe, url = bulky
@@ -149,3 +178,111 @@ def test_a_drive_that_keeps_up_is_not_raced(bulky, filled, tmp_path):  # noqa: F
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True and "race" not in result.report["snapshot"]
     assert tree(vm.python) == filled
+
+
+# -- the race's parts -----------------------------------------------------------------------
+
+def _read_all(reader: _ReadAhead | parts.PartReader) -> bytes:
+    return b"".join(iter(lambda: reader.read(1 << 20), b""))
+
+
+def test_a_held_read_reads_nothing_until_resumed_then_everything(tmp_path):
+    data = os.urandom(12 << 20)
+    (tmp_path / "archive").write_bytes(data)
+    watch = Watch()
+    watch.hold(60)
+    reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data), held=watch.held)  # noqa: SIM115  (it closes it)
+    try:
+        time.sleep(0.3)
+        assert reading.size == 0, "a held read waits before its first block"
+        watch.resume()
+        assert _read_all(reading) == data
+    finally:
+        reading.close()
+
+
+def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):
+    data = os.urandom(5 << 20)
+    (tmp_path / "archive").write_bytes(data)
+    part = 1 << 20
+    index = {"size": len(data), "part_size": part,
+             "parts": [hashlib.sha256(data[i:i + part]).hexdigest() for i in range(0, len(data), part)]}
+    sources = [parts.Source(label, DriveStore(tmp_path / label)) for label in ("drive", "team")]
+    for source in sources:
+        assert source.store.put(KIND, "archive", tmp_path / "archive")
+    watch = Watch()
+    watch.hold(60)
+    reading = parts.PartReader(sources, KIND, "archive", index, held=watch.held)
+    try:
+        time.sleep(0.3)
+        assert [source.served for source in sources] == [0, 0], "no part is fetched while held"
+        watch.resume()
+        assert _read_all(reading) == data
+        assert sum(source.served for source in sources) == len(data)
+    finally:
+        reading.close()
+
+
+def test_a_hold_ends_at_its_time_or_with_the_restore():
+    """A rival that stalls cannot strand the read: the hold runs out. A cancelled restore reads on
+    to its end quickly (it stops at its next read)."""
+    watch = Watch()
+    watch.hold(0.2)
+    assert watch.held()
+    time.sleep(0.3)
+    assert not watch.held()
+    watch.hold(60)
+    watch.cancel()
+    assert not watch.held()
+
+
+@pytest.fixture
+def uv_tree(tmp_path):
+    """What the index lane gets: real uv installing a real wheel (with a console script, and a
+    data script uv rewrites) under a staging --prefix of a virtualenv; the lock's digest of it."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    script = b"#!python\nprint('tidy')\n"
+    wheel = build_wheel(wheels, "tidy", "1.0", script=True,
+                        extra={"tidy/blob.bin": os.urandom(1 << 16), "tidy-1.0.data/scripts/tidy-run": script})
+    python = make_venv(tmp_path / "venv")
+    staging = tmp_path / "venv" / ".warmstart-restore-test"
+    subprocess.run([str(find_uv()), "pip", "install", "--quiet", "--python", str(python), "--prefix", str(staging),
+                    "--no-deps", "--no-index", str(wheel)], check=True, env={**os.environ, "UV_CACHE_DIR": str(tmp_path / "uv")})
+    return staging, target.probe(python), {"tidy": manifest.wheel_digest(wheel)}
+
+
+def _record(staging: Path) -> Path:
+    return next(staging.glob("lib/python*/site-packages/tidy-1.0.dist-info/RECORD"))
+
+
+def test_uvs_tree_is_checked_against_the_lock_by_what_its_record_states(uv_tree):
+    staging, python, digests = uv_tree
+    verify_installed(staging, python, digests, ())
+    assert (staging / "bin" / "tidy").read_text().startswith(f"#!{python.executable}\n"), "written anew"
+    assert "tidy/blob.bin,sha256=" in _record(staging).read_text()
+
+
+@pytest.mark.parametrize("change, why", [
+    ("restate", "the files of tidy are not those of the wheel the lock names"),
+    ("remove", "it lacks"),
+    ("link", "is not a regular file"),
+])
+def test_uvs_tree_that_differs_from_the_lock_is_refused(uv_tree, change, why):
+    """uv checked the wheel's sha256, so its RECORD is the wheel's; a tree whose RECORD states
+    other hashes, or that lacks a file or has a link where a file should be, is not the lock's."""
+    staging, python, digests = uv_tree
+    blob = next(staging.glob("lib/python*/site-packages/tidy/blob.bin"))
+    if change == "restate":
+        record = _record(staging)
+        lines = [line if not line.startswith("tidy/blob.bin,") else
+                 "tidy/blob.bin,sha256=" + "A" * 43 + "," + line.rsplit(",", 1)[1]
+                 for line in record.read_text().splitlines()]
+        record.write_text("\n".join(lines) + "\n")
+    elif change == "remove":
+        blob.unlink()
+    else:
+        blob.rename(blob.with_name("elsewhere"))
+        blob.symlink_to("elsewhere")
+    with pytest.raises(manifest.Untrusted, match=why):
+        verify_installed(staging, python, digests, ())

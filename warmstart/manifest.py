@@ -16,6 +16,7 @@ recipe's own patch applied to them.
 
 from __future__ import annotations
 
+import base64
 import configparser
 import csv
 import hashlib
@@ -62,6 +63,18 @@ def _sha256(stream: IO[bytes], first_line: bytes | None = None) -> str:
     return hasher.hexdigest()
 
 
+def _record_sha256(stated: str) -> str | None:
+    """The sha256 (hex) a RECORD row states (`sha256=<urlsafe base64>`), or None."""
+    algorithm, _, encoded = stated.partition("=")
+    if algorithm != "sha256" or len(encoded) != 43:
+        return None
+    try:
+        raw = base64.b64decode(encoded + "=", altchars=b"-_", validate=True)
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
 def _wheel_key(member: str) -> str:
     """Where an installer puts a wheel member, as the digest names it."""
     top, _, rest = member.partition("/")
@@ -99,6 +112,7 @@ class Dist:
     files: dict[str, str] = field(default_factory=dict)  # prefix-relative path -> digest key
     metadata: list[str] = field(default_factory=list)  # generated .dist-info files (prefix-relative)
     scripts: dict[str, str] = field(default_factory=dict)  # console and GUI scripts: name -> "module:func"
+    recorded: dict[str, str] = field(default_factory=dict)  # path -> the sha256 (hex) its RECORD states
 
 
 def entry_scripts(text: str) -> dict[str, str]:
@@ -196,6 +210,8 @@ class Tree:
                 key = self._key(rel, dist)
                 if key is not None:
                     dist.files[rel] = key
+                    if len(row) > 1 and (stated := _record_sha256(row[1])):
+                        dist.recorded[rel] = stated
                 elif posixpath.dirname(rel) == str(dist.info):
                     dist.metadata.append(rel)
                 # else a console script: written anew from entry_points.txt
@@ -210,11 +226,18 @@ class Tree:
             raise Untrusted(f"{os.path.relpath(path, self.root)} is not a file of at most {limit} bytes")
         return path.read_text(encoding="utf-8")
 
-    def _hash(self, rel: str, key: str) -> str:
+    def _regular(self, rel: str) -> Path:
         path = self.root / rel
-        if not stat.S_ISREG(os.lstat(path).st_mode):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            raise Untrusted(f"it lacks {rel}, which its RECORD lists") from None
+        if not stat.S_ISREG(mode):
             raise Untrusted(f"{rel} is not a regular file")
-        with open(path, "rb") as fh:
+        return path
+
+    def _hash(self, rel: str, key: str) -> str:
+        with open(self._regular(rel), "rb") as fh:
             if not key.startswith("scripts/"):
                 return _sha256(fh)
             first = fh.readline()  # an installer rewrote `#!python` to name the target's interpreter
@@ -236,13 +259,20 @@ class Tree:
 
     def check(self, dists: dict[NormalizedName, Dist], expected: dict[NormalizedName, str | None],
               patches: tuple[Patch, ...] | None = (), complete: bool = True,
-              known: Mapping[str, tuple[str, Signature]] | None = None) -> None:
+              known: Mapping[str, tuple[str, Signature]] | None = None, installed: bool = False) -> None:
         """Each distribution's files hash to the lock's digest (a patched file as its original,
         when it is exactly the recipe's patch of it; `patches` None: the environment's own
         record of its patches is trusted, as in the environment warmstart just patched);
-        `complete`: nothing else is there. `known`: hashes already taken (warmstart.unpack), by path."""
+        `complete`: nothing else is there. `known`: hashes already taken (warmstart.unpack), by
+        path. `installed`: the files are those an installer just copied out of wheels it checked
+        against the lock's sha256 (uv --require-hashes), so the hashes their RECORDs state (the
+        wheels') stand for them, and only what the installer wrote itself (scripts) is read."""
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         hashes = {rel: got for rel, key in jobs if (got := self._still_known(rel, key, known or {}))}
+        if installed:
+            stated = {rel: sha for dist in dists.values() for rel, sha in dist.recorded.items()}
+            hashes |= {rel: stated[rel] for rel, key in jobs
+                       if rel in stated and not key.startswith("scripts/") and self._regular(rel)}
         left = [(rel, key) for rel, key in jobs if rel not in hashes]
         with ThreadPoolExecutor(2) as pool:  # hashlib hashes big files without the GIL
             hashes.update(zip([rel for rel, _key in left], pool.map(lambda job: self._hash(*job), left), strict=True))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -30,6 +31,7 @@ PART_SIZE = 8 << 20
 WINDOW = 6  # parts held ahead of the reader at most: 48 MiB of memory
 HUNGRY = 1.0  # seconds after the reader last waited that slower sources keep helping
 LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
+HELD_POLL = 0.05  # seconds between a held reader's looks at whether it may read on
 
 
 @dataclass(eq=False)
@@ -93,8 +95,8 @@ class PartReader:
     as a file would, each part verified. Raises OSError once no source can serve a part."""
 
     def __init__(self, sources: list[Source], kind: str, name: str, index: dict[str, Any],
-                 bar: Bar | None = None) -> None:
-        self.sources, self.kind, self.name, self.bar = sources, kind, name, bar
+                 bar: Bar | None = None, held: Callable[[], bool] = lambda: False) -> None:
+        self.sources, self.kind, self.name, self.bar, self._held = sources, kind, name, bar, held
         self.part_size, self.hashes, total = int(index["part_size"]), list(index["parts"]), int(index["size"])
         self.lengths = [min(self.part_size, total - i * self.part_size) for i in range(len(self.hashes))]
         self.total = total
@@ -122,6 +124,9 @@ class PartReader:
         other source for twice as long as `source` took for its last part, is raced."""
         with self._cond:
             while not self._stop and not source.failed:
+                if self._held():  # a rival far ahead has the CPUs (snapshot.Watch.hold)
+                    self._cond.wait(HELD_POLL)
+                    continue
                 now = time.monotonic()
                 ahead = range(self._next, min(self._next + WINDOW, len(self.hashes)))
                 missing = [i for i in ahead if i not in self._got]

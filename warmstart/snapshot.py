@@ -72,15 +72,28 @@ class Reader(Protocol):
 
 
 class Watch:
-    """What a race against the restore (warmstart.race) sees of it, and how it stops it: the
+    """What a race against the restore (warmstart.race) sees of it, and how it steers it: the
     archive's size and the time its read has left, at the pace of its source(s) so far;
-    `cancel()` ends the restore with Cancelled, its staging folder removed."""
+    `hold(seconds)` pauses the reading that long (or until `resume()`), so a rival far ahead
+    has the CPUs to itself; `cancel()` ends the restore with Cancelled, its staging folder
+    removed."""
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
         self.began = time.monotonic()
         self.size: int | None = None  # the archive's, once its index is read
         self._readers: list[Reader] = []
+        self._held_until = 0.0
+
+    def hold(self, seconds: float) -> None:
+        self._held_until = time.monotonic() + seconds
+
+    def resume(self) -> None:
+        self._held_until = 0.0
+
+    def held(self) -> bool:
+        """Whether the sources wait before their next read (each asks before each read)."""
+        return time.monotonic() < self._held_until and not self.cancelled.is_set()
 
     def seconds_left(self) -> float | None:
         reading = self._readers[0] if self._readers else None
@@ -238,10 +251,10 @@ class _ReadAhead:
     DEPTH = 8  # blocks read ahead at most: 32 MiB of memory
 
     def __init__(self, source: IO[bytes], bar: Bar | None = None, copy: IO[bytes] | None = None,
-                 limit: int | None = None,
-                 what: str = "it is longer than", hashed: bool = True) -> None:
+                 limit: int | None = None, what: str = "it is longer than", hashed: bool = True,
+                 held: Callable[[], bool] = lambda: False) -> None:
         self.digest, self.size, self.bar, self.copy, self.limit = hashlib.sha256(), 0, bar, copy, limit
-        self._what, self._hashed = what, hashed
+        self._what, self._hashed, self._held = what, hashed, held
         self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
         self._since: float | None = None  # when the read under way began
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
@@ -257,6 +270,9 @@ class _ReadAhead:
             with source:
                 size = self.FIRST
                 while not self._stop.is_set():
+                    if self._held():  # a rival far ahead has the CPUs (Watch.hold); the pace stands
+                        time.sleep(parts.HELD_POLL)
+                        continue
                     self._since = time.monotonic()
                     block = source.read(size)
                     self.busy += time.monotonic() - self._since
@@ -365,8 +381,9 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     unpacked = None
     try:
         with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
-            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]))
-                       if whole else parts.PartReader(sources, KIND, archive, index, bar))
+            held = watch.held if watch else lambda: False
+            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]), held=held)
+                       if whole else parts.PartReader(sources, KIND, archive, index, bar, held))
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             if watch:
@@ -426,13 +443,15 @@ def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[Normalized
 
 
 def verify_staged(staging: Path, target: TargetPython, digests: dict[NormalizedName, str | None],
-                  patches: tuple[Patch, ...], known: dict[str, tuple[str, manifest.Signature]] | None = None) -> None:
+                  patches: tuple[Patch, ...], known: dict[str, tuple[str, manifest.Signature]] | None = None,
+                  installed: bool = False) -> None:
     """Every staged file belongs to a locked wheel (or is the recipe's patch of one), and nothing
     else came (manifest.Untrusted else); then console scripts and RECORDs are written anew for
-    this target. A snapshot's tree, and the index's that races it (warmstart.race)."""
+    this target. A snapshot's tree, and the index's that races it (warmstart.race: `installed`,
+    see manifest.Tree.check)."""
     tree = manifest.Tree.of_staging(staging, target.path, target.prefix, target.executable)
     dists = tree.read(digests)
-    tree.check(dists, digests, patches, known=known)
+    tree.check(dists, digests, patches, known=known, installed=installed)
     tree.renew(dists)
 
 
