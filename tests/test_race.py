@@ -10,9 +10,11 @@ The race's parts are tested on their own at the end: the hold, and the check of 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -27,12 +29,13 @@ from conftest import (
     serve_folder,
     slow_drive,
 )
+from packaging.version import Version
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_team import VM
 
 from warmstart import manifest, parts, target
 from warmstart.parts import PART_SIZE
-from warmstart.race import HOLD_AHEAD, RACE_AFTER, verify_installed
+from warmstart.race import HOLD_AHEAD, RACE_AFTER, _to_target_layout, verify_installed
 from warmstart.snapshot import KIND, Watch, _ReadAhead
 from warmstart.store import DriveStore
 from warmstart.uv import find_uv
@@ -286,3 +289,88 @@ def test_uvs_tree_that_differs_from_the_lock_is_refused(uv_tree, change, why):
         blob.symlink_to("elsewhere")
     with pytest.raises(manifest.Untrusted, match=why):
         verify_installed(staging, python, digests, ())
+
+
+class _Paced(io.RawIOBase):
+    """A file read at a fixed pace (a stand-in for a Drive: this test is about the estimate, not
+    FUSE), or, with `hang_after`, one whose reads past that many bytes never answer."""
+
+    def __init__(self, size: int, mib_per_s: float, hang_after: int | None = None) -> None:
+        self.left, self.rate, self.hang_after, self.given = size, mib_per_s * 2**20, hang_after, 0
+        self.hung = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        if self.hang_after is not None and self.given >= self.hang_after:
+            self.hung.wait()  # until the test ends
+            return 0
+        n = min(len(buffer), self.left)
+        time.sleep(n / self.rate)
+        buffer[:n] = bytes(n)
+        self.left, self.given = self.left - n, self.given + n
+        return n
+
+
+def _estimates(reading: _ReadAhead, seconds: float) -> list[float]:
+    seen, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        if (left := reading.seconds_left()) is not None:
+            seen.append(left)
+        time.sleep(0.005)
+    return seen
+
+
+def test_a_block_under_way_does_not_make_a_fast_source_look_slow():
+    """At 60 MiB/s a 4 MiB block takes 70 ms; counting that time before its bytes came made a
+    Drive that reads 220 MiB in 3.7 s look like one taking 40 s, and the index was raced."""
+    size = 220 << 20
+    reading = _ReadAhead(io.BufferedReader(_Paced(size, 60)), limit=size)
+    try:
+        seen = _estimates(reading, 0.5)
+    finally:
+        reading.close()
+    assert seen and max(seen) < 2 * size / (60 << 20), f"at most twice the true 3.7 s: {max(seen):.1f}"
+
+
+def test_a_read_that_hangs_looks_slower_the_longer_it_hangs():
+    size = 64 << 20
+    source = _Paced(size, 200, hang_after=256 << 10)  # the first block only
+    reading = _ReadAhead(io.BufferedReader(source), limit=size)
+    try:
+        seen = _estimates(reading, 1.0)
+    finally:
+        source.hung.set()
+        reading.close()
+    assert seen == sorted(seen), "it only grows"
+    # a second without a byte: at best, the hanging block ends now
+    assert seen[-1] > (size - (256 << 10)) * 0.9 / ((256 << 10) + _ReadAhead.BLOCK)
+
+
+def _debian_like(prefix: Path, purelib: Path) -> target.TargetPython:
+    return target.TargetPython(prefix / "bin" / "python3", Version("3.12.3"), "cpython", prefix, {}, purelib=str(purelib))
+
+
+def test_uvs_tree_moves_to_where_a_debian_python_installs(tmp_path):
+    """Colab's Python is Debian's: prefix /usr, and pip installs into /usr/local/lib/python3.X/
+    dist-packages and /usr/local/bin; uv's --prefix lays the tree out as a virtualenv."""
+    prefix = tmp_path / "usr"
+    folder = prefix / ".warmstart-restore-test"
+    (folder / "lib" / "python3.12" / "site-packages" / "tidy").mkdir(parents=True)
+    (folder / "lib" / "python3.12" / "site-packages" / "tidy" / "__init__.py").write_text("")
+    (folder / "bin").mkdir()
+    (folder / "bin" / "tidy").write_text("#!/usr/bin/python3\n")
+
+    _to_target_layout(folder, _debian_like(prefix, prefix / "local" / "lib" / "python3.12" / "dist-packages"))
+
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) == [
+        "local/bin/tidy", "local/lib/python3.12/dist-packages/tidy/__init__.py"]
+    assert sorted(p.name for p in prefix.iterdir()) == [folder.name], "the layout's own folder is gone"
+
+
+def test_a_target_installing_outside_its_prefix_is_refused(tmp_path):
+    folder = tmp_path / "usr" / ".warmstart-restore-test"
+    (folder / "lib").mkdir(parents=True)
+    with pytest.raises(manifest.Untrusted, match="installs outside its prefix"):
+        _to_target_layout(folder, _debian_like(tmp_path / "usr", tmp_path / "opt" / "site-packages"))

@@ -75,8 +75,9 @@ def choose(option: str) -> str:
 
 
 def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[[], bool] | None = None,
-            running: Callable[[subprocess.Popen], None] | None = None) -> None:
-    _run([str(find_uv()), *args], uv_env(unset=unset), "uv", what, started, running)
+            running: Callable[[subprocess.Popen], None] | None = None, low_priority: bool = False) -> None:
+    niced = ["nice", "-n", "19"] if low_priority else []
+    _run([*niced, str(find_uv()), *args], uv_env(unset=unset), "uv", what, started, running)
 
 
 def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
@@ -100,9 +101,9 @@ def install_from_index(target: Path, requirements: Path, prefix: Path, unset: It
     """uv installs exactly `requirements` from the package index, hashes checked, under `prefix`
     (laid out as a virtual environment there) for the interpreter `target`: a tree to stage.
     At a low priority: it races a restore (warmstart.race), and takes only the CPU that leaves."""
-    _run(["nice", "-n", "19", str(find_uv()), "pip", "install", "--quiet", "--python", str(target),
-          "--prefix", str(prefix), "--no-deps", "--require-hashes", "-r", str(requirements)],
-         uv_env(unset=unset), "uv", "install the locked packages from the index", running=running)
+    _run_uv(["pip", "install", "--quiet", "--python", str(target), "--prefix", str(prefix), "--no-deps",
+             "--require-hashes", "-r", str(requirements)],
+            "install the locked packages from the index", unset, running=running, low_priority=True)
 
 
 def uninstall(tool: str, target: Path, names: Iterable[str], unset: Iterable[str] = ()) -> None:
