@@ -241,7 +241,7 @@ def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tup
 
 class _ReadAhead:
     """Reads a stream once, front to back in large blocks, on a thread of its own, counting (and,
-    with `hashed`, hashing) as it goes: reading Drive, hashing, decompressing and writing to tar
+    with `hashed`, hashing) as it goes: reading Drive, hashing, decompressing and unpacking
     each get a thread and overlap instead of alternating. `read(n)` hands the blocks on in
     order, as a file would. `limit`: more bytes than that is an OSError for the reader."""
 
