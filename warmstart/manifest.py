@@ -112,7 +112,7 @@ class Dist:
     files: dict[str, str] = field(default_factory=dict)  # prefix-relative path -> digest key
     metadata: list[str] = field(default_factory=list)  # generated .dist-info files (prefix-relative)
     scripts: dict[str, str] = field(default_factory=dict)  # console and GUI scripts: name -> "module:func"
-    recorded: dict[str, str] = field(default_factory=dict)  # path -> the sha256 (hex) its RECORD states
+    recorded: dict[str, str] = field(default_factory=dict)  # path -> the hash its RECORD states, as written
 
 
 def entry_scripts(text: str) -> dict[str, str]:
@@ -210,8 +210,8 @@ class Tree:
                 key = self._key(rel, dist)
                 if key is not None:
                     dist.files[rel] = key
-                    if len(row) > 1 and (stated := _record_sha256(row[1])):
-                        dist.recorded[rel] = stated
+                    if len(row) > 1 and row[1]:  # decoded only when trusted (check's `installed`)
+                        dist.recorded[rel] = row[1]
                 elif posixpath.dirname(rel) == str(dist.info):
                     dist.metadata.append(rel)
                 # else a console script: written anew from entry_points.txt
@@ -270,9 +270,12 @@ class Tree:
         jobs = [(rel, key) for dist in dists.values() for rel, key in dist.files.items()]
         hashes = {rel: got for rel, key in jobs if (got := self._still_known(rel, key, known or {}))}
         if installed:
-            stated = {rel: sha for dist in dists.values() for rel, sha in dist.recorded.items()}
-            hashes |= {rel: stated[rel] for rel, key in jobs
-                       if rel in stated and not key.startswith("scripts/") and self._regular(rel)}
+            for dist in dists.values():
+                for rel, key in dist.files.items():
+                    stated = _record_sha256(dist.recorded.get(rel, ""))
+                    if stated and not key.startswith("scripts/"):
+                        self._regular(rel)  # listed, so there, and a file
+                        hashes[rel] = stated
         left = [(rel, key) for rel, key in jobs if rel not in hashes]
         with ThreadPoolExecutor(2) as pool:  # hashlib hashes big files without the GIL
             hashes.update(zip([rel for rel, _key in left], pool.map(lambda job: self._hash(*job), left), strict=True))
