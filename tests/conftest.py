@@ -159,8 +159,14 @@ def _write_simple_index(root: Path) -> None:
 
 
 class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    delay = 0.0  # seconds before each answer
+
     def log_message(self, *args):
         pass
+
+    def send_head(self):
+        time.sleep(self.delay)
+        return super().send_head()
 
 
 def dead_url() -> str:
@@ -172,10 +178,11 @@ def dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/simple"
 
 
-def serve_folder(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
-    """Serve a folder over HTTP on 127.0.0.1 from a daemon thread; returns its URL and server."""
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+def serve_folder(folder: Path, delay: float = 0.0) -> tuple[str, http.server.ThreadingHTTPServer]:
+    """Serve a folder over HTTP on 127.0.0.1 from a daemon thread, each answer `delay` seconds
+    late (an index far away); returns its URL and server."""
+    handler = type("Files", (_QuietFiles,), {"delay": delay})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}", server
 

@@ -3,8 +3,8 @@ same pins into a second staging folder, checked against the lock's digests, and 
 is verified first is placed. Real parts: the snapshot of a wheel of about four parts on Drive
 behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real index on
 127.0.0.1, real uv. The index lane starts only when the read has more time left than the index
-would take (for an archive this small, race.RACE_AFTER), so each Drive here is slow enough for
-that, or fast; one with more than HOLD_AHEAD times that left is held while uv runs.
+would take (race.index_seconds: for one small wheel, race.RACE_AFTER), so each Drive here is
+slow enough for that, or fast; one with more than HOLD_AHEAD times that left is held while uv runs.
 The race's parts are tested on their own at the end: the hold, and the check of uv's tree."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from test_team import VM
 
 from warmstart import manifest, parts, target
 from warmstart.parts import PART_SIZE
-from warmstart.race import HOLD_AHEAD, RACE_AFTER, _to_target_layout, verify_installed
+from warmstart.race import HOLD_AHEAD, _to_target_layout, index_seconds, verify_installed
 from warmstart.snapshot import KIND, Watch, _ReadAhead
 from warmstart.store import DriveStore
 from warmstart.uv import find_uv
@@ -63,8 +63,8 @@ def wiped_vm(tmp_path: Path, index_url: str) -> VM:
 def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *flags: str,
                     hang_after: int | None = None):
     """Bootstrap the wiped VM with its Drive folder read through the slow FUSE layer."""
-    seconds = archive_in(vm.drive).stat().st_size / 2**20 / mib_per_s
-    assert hang_after is not None or seconds > RACE_AFTER + 1, "slow enough for the index to be asked"
+    size = archive_in(vm.drive).stat().st_size
+    assert hang_after is not None or size / 2**20 / mib_per_s > index_seconds(size, 1) + 1, "slow enough for the index to be asked"
     with slow_drive(vm.drive, tmp_path / "slow", 5, mib_per_s, hang_after=hang_after) as mount:
         if hang_after is not None:  # VM.bootstrap reads every file on Drive after (no secrets there)
             return bootstrap(recipe, mount, vm.python, *flags, env=vm.env)
@@ -78,18 +78,22 @@ def leftovers(vm: VM) -> list[str]:
 
 @needs_fuse
 def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, filled, tmp_path):  # noqa: F811
-    recipe, url = bulky
-    vm = wiped_vm(tmp_path, url)
-    archive = archive_in(vm.drive)
-
-    result = restore_through(vm, recipe, tmp_path, mib_per_s=2)  # about 14 s of reading
+    """The index is far away (a second an answer: uv takes 2 s or more), the Drive slower still."""
+    recipe, _url = bulky
+    url, server = serve_folder(recipe.parents[2] / "index", delay=1.0)  # the bulky project's own index
+    try:
+        vm = wiped_vm(tmp_path, f"{url}/simple")
+        archive = archive_in(vm.drive)
+        result = restore_through(vm, recipe, tmp_path, mib_per_s=2)  # about 14 s of reading
+    finally:
+        server.shutdown()
 
     assert result.code == 0, result.stderr
     snapshot = result.report["snapshot"]
     assert snapshot["used"] is False and snapshot["reason"] == "the package index was faster", snapshot
     assert snapshot["race"]["winner"] == "index" and "index_failed" not in snapshot["race"]
-    # 14 s left is more than HOLD_AHEAD times the index's 3 s: the read waited for uv, after
-    # the block it had begun (the first is 256 KiB, then 4 MiB ones)
+    # 14 s left is more than HOLD_AHEAD times the index's 1.5 s: the read waited for uv, after
+    # the block it had begun (the first is 256 KiB, then 4 MiB ones), once its pace was known
     assert snapshot["race"]["snapshot_held"] is True
     assert result.report["cache"]["bytes_read"] <= (256 << 10) + 2 * (4 << 20) < archive.stat().st_size / 2
     assert result.report["installed"] == LOCKED and result.report["warnings"] == []
@@ -135,16 +139,18 @@ def test_an_unreachable_index_leaves_the_race_to_the_snapshot(bulky, filled, tmp
 
 @needs_fuse
 def test_an_index_serving_other_files_loses_to_the_snapshot(bulky, filled, tmp_path):  # noqa: F811
-    """The index serves a bulky 1.0 that is not the locked one: uv refuses it by the lock's hash.
-    The read, held meanwhile (it had more than HOLD_AHEAD times the index's time left), goes on."""
+    """The index, far away (a second an answer), serves a bulky 1.0 that is not the locked one: uv
+    refuses it by the lock's hash. The read, held meanwhile (it had more than HOLD_AHEAD times the
+    index's time left), goes on."""
     recipe, _url = bulky
     (tmp_path / "other" / "files").mkdir(parents=True)
     build_wheel(tmp_path / "other" / "files", "bulky", "1.0", extra={"bulky/blob0.bin": b"not the locked blob"})
     _write_simple_index(tmp_path / "other")
-    url, server = serve_folder(tmp_path / "other")
+    url, server = serve_folder(tmp_path / "other", delay=1.0)
     try:
         vm = wiped_vm(tmp_path, f"{url}/simple")
-        assert archive_in(vm.drive).stat().st_size / 2**20 / 3 > HOLD_AHEAD * RACE_AFTER + 1
+        size = archive_in(vm.drive).stat().st_size
+        assert size / 2**20 / 3 > HOLD_AHEAD * index_seconds(size, 1) + 1
         result = restore_through(vm, recipe, tmp_path, mib_per_s=3)
     finally:
         server.shutdown()
@@ -295,9 +301,11 @@ class _Paced(io.RawIOBase):
     """A file read at a fixed pace (a stand-in for a Drive: this test is about the estimate, not
     FUSE), or, with `hang_after`, one whose reads past that many bytes never answer."""
 
-    def __init__(self, size: int, mib_per_s: float, hang_after: int | None = None) -> None:
+    def __init__(self, size: int, mib_per_s: float, hang_after: int | None = None, first_byte: float = 0.0) -> None:
         self.left, self.rate, self.hang_after, self.given = size, mib_per_s * 2**20, hang_after, 0
+        self.first_byte = first_byte  # seconds the first read waits before its bytes (a Drive's latency)
         self.hung = threading.Event()
+        self.after_first = 0.0  # seconds spent in the reads after the first
 
     def readable(self) -> bool:
         return True
@@ -307,7 +315,10 @@ class _Paced(io.RawIOBase):
             self.hung.wait()  # until the test ends
             return 0
         n = min(len(buffer), self.left)
-        time.sleep(n / self.rate)
+        began = time.monotonic()
+        time.sleep(n / self.rate + (self.first_byte if not self.given else 0.0))
+        if self.given:
+            self.after_first += time.monotonic() - began
         buffer[:n] = bytes(n)
         self.left, self.given = self.left - n, self.given + n
         return n
@@ -336,6 +347,29 @@ def test_a_block_under_way_does_not_make_a_source_look_slower_than_it_reads():
     finally:
         reading.close()
     assert seen and max(seen) < 2 * whole, f"{max(seen):.1f} s, the reads' pace says {whole:.1f} s"
+
+
+def test_the_wait_for_the_first_byte_does_not_count_as_the_pace():
+    """The first read waits for the source's first byte too: a 256 KiB block in 7 ms made a
+    60 MiB/s Drive look like a 36 MiB/s one 0.07 s in, and the index was raced (and the read held)
+    though the read took 2.7 s and uv 2.1 at best. Here the first byte takes 0.1 s, 16 times
+    the block's own reading: the estimates once the second read is under way stay near the pace
+    the later reads show."""
+    size = 64 << 20
+    source = _Paced(size, 40, first_byte=0.1)
+    reading = _ReadAhead(io.BufferedReader(source), limit=size)
+    try:
+        seen = []
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            if reading.size >= _ReadAhead.FIRST and (left := reading.seconds_left()) is not None:
+                seen.append(left)
+            time.sleep(0.005)
+        later = size * source.after_first / (source.given - _ReadAhead.FIRST)  # the later reads' pace
+    finally:
+        reading.close()
+    first_only = size * 0.1 / _ReadAhead.FIRST  # what the first read alone says: 26 s
+    assert seen and max(seen) < 2 * later < first_only / 4, f"{max(seen):.1f} s; the later reads say {later:.1f} s"
 
 
 def test_a_read_that_hangs_looks_slower_the_longer_it_hangs():

@@ -3,7 +3,7 @@
 A snapshot on a slow Drive can take longer to read than uv takes to fetch and install the same
 wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
 the time its read has left at the pace of its sources so far; once that is more than the index
-would take for the whole (the archive's size at INDEX_PACE, and never less than RACE_AFTER),
+would take for the whole (`index_seconds`: a time per wheel and the archive's bytes at a pace),
 uv installs the same pins from the index into a second staging folder of the prefix. A read
 with far more left than that (HOLD_AHEAD) waits meanwhile, leaving uv the CPUs. uv checks each
 wheel against the lock's sha256, and its tree is checked against the lock's digest of the
@@ -34,17 +34,27 @@ from .patches import Patch
 from .snapshot import Watch, staging_folder, verify_staged
 from .target import TargetPython
 
-# How fast uv installs from PyPI, in bytes of snapshot archive per second (2 CPUs): hyperlpr's
-# 221 MiB archive in 4.5 to 5.5 s, the 157 MiB of what a Colab image lacks of it in 2.4 to
-# 3.5 s, about 45 to 55 MiB/s. A read with less left than the index would take finishes first,
-# and racing it only costs it the CPU uv takes (0.3 to 0.5 s here, at the lowest priority).
-INDEX_PACE = 50 << 20
-RACE_AFTER = 3.0  # seconds: the least uv takes for anything (start, resolve, the check after)
+# How long uv takes to install from PyPI (2 CPUs): a time per wheel (its request, its metadata,
+# its RECORD) and the bytes of snapshot archive it stands for at a pace. Fitted to the two locks
+# the bench measures: hyperlpr's 28 wheels (221 MiB of archive) in 4.9 s, the 3 a Colab image
+# lacks of them (157 MiB) in 2.1 s; bytes alone (50 MiB/s) had the Colab ones at 3.1 s, so a
+# 60 MiB/s Drive (2.7 s of reading) was not raced though uv was faster. A read with less left
+# than the index would take finishes first, and racing it only costs it the CPU uv takes (0.3 to
+# 0.5 s here, at the lowest priority).
+INDEX_PACE = 80 << 20
+INDEX_PER_WHEEL = 0.075  # seconds
+RACE_AFTER = 1.5  # seconds: the least uv takes for anything (start, resolve, the check after)
 # A read with more than this many times the index's time left is held while uv runs (for at
 # most that many times the index's time): at 15 MiB/s, reading and unpacking alongside slowed
 # uv from 4.4 to 5.6 s on 2 CPUs.
 HOLD_AHEAD = 2.0
 POLL = 0.05
+
+
+def index_seconds(archive_bytes: int, wheels: int) -> float:
+    """How long uv should take to install from the index what a snapshot of `archive_bytes` holds
+    in `wheels` wheels."""
+    return max(RACE_AFTER, wheels * INDEX_PER_WHEEL + archive_bytes / INDEX_PACE)
 
 
 class IndexLane:
@@ -68,9 +78,7 @@ class IndexLane:
         self._thread.start()
 
     def _index_takes(self) -> float:
-        """How long the index should take for the whole: the archive's size at INDEX_PACE."""
-        size = self.watch.size
-        return max(RACE_AFTER, size / INDEX_PACE) if size else RACE_AFTER
+        return index_seconds(self.watch.size or 0, len(self.digests))
 
     def _read_left(self) -> float:
         """The time the restore's read has left; before its first block, the time since it began
@@ -89,12 +97,8 @@ class IndexLane:
         if not self._due():
             return
         self.started = time.monotonic() - self.watch.began
-        expected = self._index_takes()
-        if self._read_left() > HOLD_AHEAD * expected:
-            # the index should finish long before the read: the read waits (for as long as the
-            # index should take, twice over), so uv has the CPUs that reading and unpacking use
-            self.watch.hold(HOLD_AHEAD * expected)
-            self.held = True
+        uv_done = threading.Event()
+        threading.Thread(target=self._hold_while_behind, args=(uv_done,), daemon=True).start()
         try:
             installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
                                          running=self._keep)
@@ -102,14 +106,35 @@ class IndexLane:
                 return
             verify_installed(self.folder, self.target, self.digests, self.patches)
         except (WarmstartError, manifest.Untrusted, OSError) as exc:
-            self.watch.resume()
+            with self._lock:
+                uv_done.set()
+                self.watch.resume()
             if not self._stop.is_set():
                 self.failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return
+        finally:
+            uv_done.set()
         with self._lock:
             if not self._stop.is_set():  # else the restore finished first
                 self.won = True
                 self.watch.cancel()
+
+    def _hold_while_behind(self, uv_done: threading.Event) -> None:
+        """While uv runs: once the read has more than HOLD_AHEAD times the index's time left, it
+        waits (until HOLD_AHEAD times that time after uv began, or uv fails), so uv has the CPUs
+        that reading and unpacking use. Asked at every poll, not once: the read's pace is known
+        better with each block (one under way counts only as far as it went)."""
+        expected = self._index_takes()
+        until = time.monotonic() + HOLD_AHEAD * expected
+        while not self._stop.is_set() and time.monotonic() < until:
+            if self._read_left() > HOLD_AHEAD * expected:
+                with self._lock:
+                    if not uv_done.is_set():
+                        self.watch.hold(until - time.monotonic())
+                        self.held = True
+                return
+            if uv_done.wait(POLL):
+                return
 
     def _keep(self, child: subprocess.Popen) -> None:
         with self._lock:
