@@ -326,7 +326,7 @@ def markdown(results: dict) -> str:
                ("team cache only", "warmstart-team"), ("Drive + team", "warmstart-drive+team"),
                ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op")]
     lines = ["| case | " + " | ".join(title for title, _ in columns)
-             + " | restore / zstd\\|tar | restore / read | restore / uv | online / uv | index won"
+             + " | restore / zstd\\|tar | restore / read | restore / uv | online / uv | rounds raced / won by the index"
              + " | peak RSS, restore |",
              "|" + "---|" * (len(columns) + 7)]
     for drive, recipes in results["runs"].items():
@@ -338,8 +338,9 @@ def markdown(results: dict) -> str:
                       for k in ("x_zstd_tar", "x_read", "x_uv_index")]
             online = result["x_uv_index"].get("warmstart-online")
             winners = result.get("online_race_winners", [])
+            raced = f"{len(winners) - winners.count('not raced')} / {winners.count('index')} of {len(winners)}"
             lines.append(f"| {recipe}, {drive} | " + " | ".join(cells + ratios)
-                         + f" | {f'{online:.2f}' if online else '–'} | {winners.count('index')} of {len(winners)}"
+                         + f" | {f'{online:.2f}' if online else '–'} | {raced}"
                          + f" | {result['offline_restore_peak_rss_mib']:.0f} MiB |")
     return "\n".join(lines)
 
