@@ -44,6 +44,9 @@ from .target import TargetPython
 INDEX_PACE = 80 << 20
 INDEX_PER_WHEEL = 0.075  # seconds
 RACE_AFTER = 1.5  # seconds: the least uv takes for anything (start, resolve, the check after)
+# A source gets this long to its first block (connecting; a team store's own retries, which end
+# in the warning that it is down) before its silence counts as the time its read has left.
+FIRST_BLOCK_WAIT = 3.0
 # A read with more than this many times the index's time left is held while uv runs (for at
 # most that many times the index's time): at 15 MiB/s, reading and unpacking alongside slowed
 # uv from 4.4 to 5.6 s on 2 CPUs.
@@ -81,10 +84,13 @@ class IndexLane:
         return index_seconds(self.watch.size or 0, len(self.digests))
 
     def _read_left(self) -> float:
-        """The time the restore's read has left; before its first block, the time since it began
-        (nothing read after that long: a hung or very slow source)."""
+        """The time the restore's read has left; before its first block, none until FIRST_BLOCK_WAIT,
+        then the time since it began (nothing read after that long: a hung or very slow source)."""
         left = self.watch.seconds_left()
-        return left if left is not None else time.monotonic() - self.watch.began
+        if left is not None:
+            return left
+        waited = time.monotonic() - self.watch.began
+        return waited if waited > FIRST_BLOCK_WAIT else 0.0
 
     def _due(self) -> bool:
         """Wait until the restore looks slow (True) or the race is off (False)."""
