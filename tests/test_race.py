@@ -64,7 +64,8 @@ def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *fla
                     hang_after: int | None = None):
     """Bootstrap the wiped VM with its Drive folder read through the slow FUSE layer."""
     size = archive_in(vm.drive).stat().st_size
-    assert hang_after is not None or size / 2**20 / mib_per_s > index_seconds(size, 1) + 1, "slow enough for the index to be asked"
+    slow_enough = size / 2**20 / mib_per_s > index_seconds(size, 1) + 1
+    assert hang_after is not None or slow_enough, "slow enough for the index to be asked"
     with slow_drive(vm.drive, tmp_path / "slow", 5, mib_per_s, hang_after=hang_after) as mount:
         if hang_after is not None:  # VM.bootstrap reads every file on Drive after (no secrets there)
             return bootstrap(recipe, mount, vm.python, *flags, env=vm.env)

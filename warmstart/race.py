@@ -112,7 +112,7 @@ class IndexLane:
                 return
             verify_installed(self.folder, self.target, self.digests, self.patches)
         except (WarmstartError, manifest.Untrusted, OSError) as exc:
-            with self._lock:
+            with self._lock:  # no hold may begin after this resume (_hold_while_behind)
                 uv_done.set()
                 self.watch.resume()
             if not self._stop.is_set():

@@ -258,7 +258,7 @@ class _ReadAhead:
         self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
         self._reading: tuple[float, int] | None = None  # the read under way: when it began, how much it asked
         self._first: tuple[float, int] | None = None  # the first read's time and bytes: not the pace
-        self._pace_lock = threading.Lock()  # busy, size and _reading change together
+        self._pace_lock = threading.Lock()  # busy, size, _reading and _first change together
         self._blocks: queue.Queue[bytes | BaseException | None] = queue.Queue(self.DEPTH)
         self._left = b""
         self._at = 0  # how much of _left was read
