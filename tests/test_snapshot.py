@@ -3,16 +3,21 @@ tell it from a pip install; damaged or foreign snapshots fall back to the wheels
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from conftest import bootstrap, cli_env, installed, make_venv, run_cli
+
+from warmstart import snapshot
+from warmstart.snapshot import _ReadAhead
 
 PLAIN = {"beta": "2.0", "gpu-build": "1.0"}
 
@@ -317,3 +322,55 @@ def test_console_scripts_from_a_snapshot_are_written_anew(plain, packed, tmp_pat
     assert "pwned" not in script.read_text() and script.read_text().startswith(f"#!{python}\n")
     assert subprocess.run([str(script)], capture_output=True, text=True).stdout.strip() == "gpu-build 1.0"
     assert pip(python, "check", env=env).returncode == 0
+
+
+class _Recorded(io.RawIOBase):
+    """A stream of `data` that notes each read (a stand-in for Drive: the matter here is when the
+    reads are asked for, not the file system)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at, self.reads = data, 0, 0
+        self.second_read = threading.Event()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+        self.reads += 1
+        if self.reads == 2:
+            self.second_read.set()
+        n = min(len(buffer), len(self.data) - self.at)
+        buffer[:n] = self.data[self.at:self.at + n]
+        self.at += n
+        return n
+
+
+def test_the_next_block_is_asked_for_while_the_last_is_hashed(monkeypatch):
+    """A Drive that is not asked gives no credit for the pause: hashing each block between two
+    reads made a 60 MiB/s Drive's read 0.2 s longer. Here hashing the first block waits until the
+    source has been asked for the second; then every byte is hashed, in order."""
+    data = os.urandom(_ReadAhead.FIRST + _ReadAhead.BLOCK + 12345)
+    real = hashlib.sha256
+
+    class Stalled:  # the first block's hash ends only once the second read came (or 10 s passed)
+        def __init__(self) -> None:
+            self.digest, self.updates = real(), 0
+
+        def update(self, block: bytes) -> None:
+            self.updates += 1
+            if self.updates == 1:
+                asked.append(source.second_read.wait(10))
+            self.digest.update(block)
+
+        def hexdigest(self) -> str:
+            return self.digest.hexdigest()
+
+    monkeypatch.setattr(snapshot.hashlib, "sha256", Stalled)
+    source, asked = _Recorded(data), []
+    reading = _ReadAhead(io.BufferedReader(source), limit=len(data))
+    got = b"".join(iter(lambda: reading.read(_ReadAhead.BLOCK), b""))
+    reading.close()
+
+    assert asked == [True], "the second read waited for the first block's hash"
+    assert got == data
+    assert reading.hexdigest() == real(data).hexdigest()
