@@ -13,13 +13,16 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import (
+    REPO,
     _write_simple_index,
     bootstrap,
     build_wheel,
@@ -188,6 +191,37 @@ def test_a_drive_that_keeps_up_is_not_raced(bulky, filled, tmp_path):  # noqa: F
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True and "race" not in result.report["snapshot"]
     assert tree(vm.python) == filled
+
+
+@needs_fuse
+def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_when_interrupted(bulky, filled, tmp_path):  # noqa: F811
+    """Offline nothing races a Drive that stops answering 4 MiB into the archive, so the restore
+    waits on it, and the notebook's interrupt (SIGINT, or SIGTERM) is the way out. That ends the
+    run at once, exit code 130, staging folder removed. Before, the way out waited for the
+    decompressing thread, which waited for the hung read: the run never ended."""
+    recipe, url = bulky
+    vm = wiped_vm(tmp_path, url)
+    with slow_drive(vm.drive, tmp_path / "slow", 5, 100, hang_after=4 << 20) as mount:
+        run = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap",
+                                "--recipe", str(recipe), "--drive", str(mount), "--python", str(vm.python),
+                                "--json", "--offline"], env=vm.env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while not leftovers(vm) and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(2)  # 100 MiB/s: the archive's first 4 MiB come in 0.04 s, then nothing
+            assert run.poll() is None, f"the restore was to hang on Drive: {run.communicate()}"
+            run.send_signal(signal.SIGTERM)
+            _out, err = run.communicate(timeout=30)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+
+    assert run.returncode == 130, err
+    assert "interrupted" in err
+    assert leftovers(vm) == [], "the staging folder is removed on the way out"
 
 
 # -- the race's parts -----------------------------------------------------------------------

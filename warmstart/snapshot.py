@@ -419,6 +419,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     whole = len(sources) == 1  # else in parts
     reading: _ReadAhead | parts.PartReader | None = None
     unpacked = None
+    hashes = None  # set once every byte came and was unpacked
     try:
         with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
             held = watch.held if watch else lambda: False
@@ -435,20 +436,24 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
                 pass
             hashes = files.close()
     except (OSError, WarmstartError, Cancelled, Damaged, manifest.Untrusted) as exc:
-        files.abort()
-        shutil.rmtree(staging, ignore_errors=True)
         if watch and watch.cancelled.is_set():  # what failed was stopped on purpose
             raise Cancelled from None
         why = (f"does not match the lock: {exc}" if isinstance(exc, manifest.Untrusted)
                else f"is damaged ({exc})" if isinstance(exc, Damaged) else f"cannot be read ({exc})")
         raise SnapshotUnusable(f"snapshot {archive} {why}") from None
     finally:
-        for reader in (unpacked, reading):  # the decompressing one first: it reads the other
-            if reader is None:
-                continue
-            if watch and watch.cancelled.is_set():
-                reader.stop()  # not waited for: a read from a hung Drive would hold the winner up
-            else:
+        # Both are told to stop before either is waited for: the decompressing one may wait on
+        # the other. Only a read that came to its end is waited for (the hash needs every
+        # block); after a failure, a lost race or a Ctrl-C, a read from a Drive that stopped
+        # answering would never return, and the run would hang here instead of ending.
+        readers = [reader for reader in (unpacked, reading) if reader is not None]
+        for reader in readers:
+            reader.stop()
+        if hashes is None:
+            files.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            for reader in readers:
                 reader.close()
         if whole and reading is not None:
             sources[0].served = reading.size
