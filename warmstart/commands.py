@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json as jsonlib
 import sys
@@ -85,6 +86,10 @@ def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callab
 @takes(task_signature(json=False))
 def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
+    # What the imports made lives until this process ends: frozen, the collector never walks it
+    # again. That took the interpreter's teardown after a restore from 50-80 ms to 15-20 ms.
+    # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
+    gc.freeze()
     _exit(run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
                        flags.get("recipe") or "", as_json=json).exit_code)
 
