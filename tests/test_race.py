@@ -107,6 +107,33 @@ def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, fil
 
 
 @needs_fuse
+def test_when_the_index_beats_the_team_caches_snapshot_drive_still_gets_the_wheels(bulky, filled, tmp_path):  # noqa: F811
+    """The team cache (a shared folder, behind the slow FUSE layer) holds the wheel and the
+    snapshot, Drive nothing. The index, far away, races the team's slow read and wins: uv
+    fetched the wheel for the environment only, so the Drive work fetches it for Drive, and the
+    next VM has it without the team cache. (Before, Drive got the snapshot and no wheel.)"""
+    recipe, _url = bulky
+    url, server = serve_folder(recipe.parents[2] / "index", delay=1.0)
+    try:
+        vm = wiped_vm(tmp_path, f"{url}/simple")
+        team = tmp_path / "team"
+        team.mkdir()
+        shutil.move(vm.drive / ".warmstart", team / ".warmstart")
+        wheels = sorted(p.name for p in (team / ".warmstart" / "v1" / "wheels").iterdir())
+        with slow_drive(team, tmp_path / "slow-team", 5, 2) as mount:  # about 14 s of reading
+            vm.env["WARMSTART_CACHE"] = str(mount)
+            result = vm.bootstrap(recipe)
+    finally:
+        server.shutdown()
+
+    assert result.code == 0, result.stderr
+    snapshot = result.report["snapshot"]
+    assert snapshot["used"] is False and snapshot["race"]["winner"] == "index", snapshot
+    assert tree(vm.python) == filled
+    assert vm.on_drive("wheels") == wheels == ["bulky-1.0-py3-none-any.whl"]
+
+
+@needs_fuse
 def test_a_drive_that_hangs_midway_loses_to_the_index(bulky, filled, tmp_path):  # noqa: F811
     """Drive stops answering 4 MiB into the archive: the read that hangs counts as slow as it
     goes, the index is asked, and its tree is placed without waiting for Drive."""

@@ -84,8 +84,7 @@ class Executor:
             downloads = self.work.area("wheels")
             with self.report.step("download") as step:
                 if to_download and self.direct:
-                    self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in to_download]
-                    self.work.tags = [str(tag) for tag in plan.facts.target.supported_tags()]
+                    self._fetch_for_drive_later(to_download)
                     self.store.stats.misses += len(to_download)
                     step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
                 elif to_download:
@@ -102,6 +101,11 @@ class Executor:
                 else:
                     step.status, step.detail = "skipped", skipped
         return bool(need)
+
+    def _fetch_for_drive_later(self, pins: list[Pin]) -> None:
+        """The Drive work fetches these wheels from the index for the cache, after this run."""
+        self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in pins]
+        self.work.tags = [str(tag) for tag in self.plan.facts.target.supported_tags()]
 
     def _install(self, need: list[Pin], wheels: list[Path], stage: Path, index: bool) -> None:
         plan = self.plan
@@ -168,6 +172,13 @@ class Executor:
             if restored is None:  # the index won
                 assert lane is not None and lane.won
                 snapshot.place(lane.folder, facts.target, make_room)
+                # uv fetched them for the environment, not for Drive: the wheels only the team
+                # cache holds (one that failed midway, say) the Drive work fetches from the index,
+                # as after a run in which uv fetched them while it installed; those no cache
+                # holds, the download step fetches
+                only_team = [p for p in plan.to_install if facts.cached.get(p.name) in facts.in_team]
+                if only_team:
+                    self._fetch_for_drive_later(only_team)
                 step.detail = (f"the package index was faster: {len(plan.to_install)} packages with uv, "
                                f"{len(replaced)} replaced")
                 self.outcome.snapshot = {"used": False, "reason": "the package index was faster", "index": index,
