@@ -233,9 +233,14 @@ class Result:
         return json.loads(self.stdout)
 
 
+def cli_command(*args: str) -> list[str]:
+    """`invoke <args>` with this repository's tasks.py, as a command line."""
+    return [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
+
+
 def run_cli(*args: str, env: dict[str, str], offline_net: bool = False, cwd: Path | None = None) -> Result:
     """Run `invoke <args>` with this repository's tasks.py; `offline_net` cuts the network."""
-    cmd = [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
+    cmd = cli_command(*args)
     if offline_net:
         cmd = [*NETNS, "--", *cmd]
     # Its own session: a fault-injection test may SIGKILL the run's whole process group.

@@ -15,17 +15,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from conftest import (
-    REPO,
     _write_simple_index,
     bootstrap,
     build_wheel,
+    cli_command,
     dead_url,
     make_venv,
     needs_fuse,
@@ -229,10 +228,10 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_when_interr
     recipe, url = bulky
     vm = wiped_vm(tmp_path, url)
     with slow_drive(vm.drive, tmp_path / "slow", 5, 100, hang_after=4 << 20) as mount:
-        run = subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap",
-                                "--recipe", str(recipe), "--drive", str(mount), "--python", str(vm.python),
-                                "--json", "--offline"], env=vm.env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount),
+                                           "--python", str(vm.python), "--json", "--offline"),
+                               env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
         try:
             deadline = time.monotonic() + 120
             while not leftovers(vm) and run.poll() is None and time.monotonic() < deadline:

@@ -87,7 +87,7 @@ def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callab
 def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
     # What the imports made lives until this process ends: frozen, the collector never walks it
-    # again. That took the interpreter's teardown after a restore from 50-80 ms to 15-20 ms.
+    # again. That took the interpreter's teardown after a restore from 48-81 ms to 13-28 ms.
     # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
     gc.freeze()
     _exit(run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
