@@ -473,3 +473,17 @@ def test_a_snapshot_holds_its_small_files_first_and_its_big_ones_last(tmp_path):
             fh.truncate(size)
     order = snapshot._in_restore_order({tmp_path / name for name in sizes})
     assert [str(p.relative_to(tmp_path)) for p in order] == ["a/small", "c/small", "a/biggest", "b/big", "z/mid"]
+
+
+def test_work_started_on_a_thread_hands_on_its_result_and_its_exception():
+    """bootstrap.prepare probes the GPU on a thread while the target Python answers: what the
+    probe returns, or raises, reaches the step that asks for it."""
+    from warmstart.bootstrap import started
+
+    assert started(lambda: 42).result(timeout=10) == 42
+
+    def fails() -> None:
+        raise PreconditionUnmet("no driver")
+
+    with pytest.raises(PreconditionUnmet, match="no driver"):
+        started(fails).result(timeout=10)

@@ -9,10 +9,13 @@ import os
 import shlex
 import shutil
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 from filelock import FileLock, Timeout
 from packaging.tags import Tag
@@ -72,6 +75,23 @@ def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[
     return frozenset(cached.values()) & store.team_only("wheels")
 
 
+T = TypeVar("T")
+
+
+def started(work: Callable[[], T]) -> Future[T]:
+    """`work` begun on a thread of its own (a daemon: a run that fails before it needs the result
+    does not wait for it at exit); the future gives its result, or raises its exception."""
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(work())
+        except BaseException as exc:  # handed on to whoever asks for the result
+            future.set_exception(exc)
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
 def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             make_live: bool = False) -> tuple[Facts, TieredStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
@@ -85,12 +105,15 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         recipe = load_recipe(options.recipe, root, drive)
         report.recipe = recipe.name
         step.detail = str(recipe.path)
+    # NVML answers while this process waits for the target Python's answer (a child process: 50
+    # to 100 ms), so the GPU step waits for nothing (NVML took 34 ms on an H200 VM)
+    gpus = started(probe_gpus)
     with report.step("python") as step:
         target = target_python.probe(settings.python)
         step.detail = f"{target.executable} (Python {target.version})"
         require_python(recipe, target)
     with report.step("gpu") as step:
-        gpu = report.gpu = probe_gpus()
+        gpu = report.gpu = gpus.result()
         step.detail = gpu.describe()
         verdict = judge(recipe.gpu, gpu)
         if verdict.problems:
