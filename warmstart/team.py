@@ -132,8 +132,10 @@ def borrowable(target: TargetPython) -> tuple[str, ...]:
 def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
     protocol = url.split("://", 1)[0]
     extra = EXTRAS.get(protocol)
-    hint = extras.install_command(extra) if extra else f"install the fsspec package for {protocol}://"
     options = _S3_OPTIONS if extra == "s3" else {}
+
+    def hint() -> str:  # asked only when it is said: it runs pip (0.2 s)
+        return extras.install_command(extra) if extra else f"install the fsspec package for {protocol}://"
     try:
         from fsspec.core import url_to_fs
 
@@ -143,9 +145,10 @@ def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
             sys.path.extend(missing)  # after warmstart's own: they win where both have a package
             importlib.invalidate_caches()
             return _filesystem(url)
-        raise PreconditionUnmet(f"the team cache {redact(url)} needs the {extra or protocol} backend: {hint}") from None
+        raise PreconditionUnmet(f"the team cache {redact(url)} needs the {extra or protocol} backend: "
+                                f"{hint()}") from None
     except ValueError as exc:  # an unknown protocol
-        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; {hint}") from None
+        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; {hint()}") from None
 
 
 class TeamUnavailable(PreconditionUnmet):
