@@ -12,7 +12,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DEMO_RECIPE, _write_simple_index, build_wheel, cli_env, dead_url, run_cli, serve_folder
+from conftest import (
+    DEMO_RECIPE,
+    _write_simple_index,
+    build_wheel,
+    cli_env,
+    dead_url,
+    needs_fuse,
+    run_cli,
+    serve_folder,
+    slow_drive,
+)
 from seaweed import SeaweedS3, weed
 from test_team import VM, CutOnFirst
 
@@ -80,12 +90,19 @@ def shared(bulky, tmp_path):
     return recipe, team, VM(tmp_path / "vm", dead_url(), {}, str(team)), had
 
 
-def test_drive_and_the_team_cache_serve_one_restore_together_with_the_same_files(shared):
+@needs_fuse
+def test_drive_and_the_team_cache_serve_one_restore_together_with_the_same_files(shared, tmp_path):
+    """Both behind the FUSE layer at one pace (16 MiB/s, half a second a part), so that neither
+    keeps the restore fed alone and each serves parts. (Both on local disk, the first source to
+    ask may take every part before the other has opened the file, as it should: CI saw it.)"""
     recipe, team, vm, had = shared
     size = archive_in(team).stat().st_size
     assert size > 3 * PART_SIZE
 
-    result = vm.bootstrap(recipe)
+    with (slow_drive(vm.drive, tmp_path / "slow-drive", 5, 16) as drive,
+          slow_drive(team, tmp_path / "slow-team", 5, 16) as team_mount):
+        vm.drive, vm.env["WARMSTART_CACHE"] = drive, str(team_mount)
+        result = vm.bootstrap(recipe)
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True and result.report["warnings"] == []
