@@ -478,7 +478,7 @@ def test_a_snapshot_holds_its_small_files_first_and_its_big_ones_last(tmp_path):
 def test_work_started_on_a_thread_hands_on_its_result_and_its_exception():
     """bootstrap.prepare probes the GPU on a thread while the target Python answers: what the
     probe returns, or raises, reaches the step that asks for it."""
-    from warmstart.bootstrap import started
+    from warmstart.background import started
 
     assert started(lambda: 42).result(timeout=10) == 42
 

@@ -9,13 +9,10 @@ import os
 import shlex
 import shutil
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 from filelock import FileLock, Timeout
 from packaging.tags import Tag
@@ -24,6 +21,7 @@ from packaging.version import Version
 
 from . import assets, checks, drivework, home, installer, livelock, patches, restart, snapshot
 from . import target as target_python
+from .background import started
 from .download import Downloader
 from .errors import PreconditionUnmet, WarmstartError
 from .execute import Executor
@@ -73,23 +71,6 @@ def cached_wheels(store: TieredStore, pins: Iterable[Pin], supported: list[Tag])
 def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[str]:
     """Of the cached wheels, those only the team cache holds."""
     return frozenset(cached.values()) & store.team_only("wheels")
-
-
-T = TypeVar("T")
-
-
-def started(work: Callable[[], T]) -> Future[T]:
-    """`work` begun on a thread of its own (a daemon: a run that fails before it needs the result
-    does not wait for it at exit); the future gives its result, or raises its exception."""
-    future: Future[T] = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(work())
-        except BaseException as exc:  # handed on to whoever asks for the result
-            future.set_exception(exc)
-    threading.Thread(target=run, daemon=True).start()
-    return future
 
 
 def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,

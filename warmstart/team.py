@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, cast
 
 from . import extras
+from .background import within
 from .errors import PreconditionUnmet, redact
 from .settings import team_timeout
 from .store import (
@@ -55,28 +55,6 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
 
 
-def _within(seconds: float, call: Callable[[], Any]) -> Any:
-    """call(), or TimeoutError once `seconds` pass without its answer. The call goes on in a
-    daemon thread that nothing waits for: a hung socket keeps no run (nor its exit) waiting."""
-    outcome: dict[str, Any] = {}
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as exc:  # handed over to the caller
-            outcome["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True).start()
-    if not done.wait(seconds):
-        raise TimeoutError(f"no answer in {seconds:g} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
 class _Bounded:
     """A file system (fsspec) whose every call, and every read and write of the files it opens,
     answers within `seconds` or raises TimeoutError."""
@@ -90,7 +68,7 @@ class _Bounded:
             return attribute
 
         def bounded(*args: Any, **kwargs: Any) -> Any:
-            result = _within(self._seconds, lambda: attribute(*args, **kwargs))
+            result = within(self._seconds, lambda: attribute(*args, **kwargs))
             return _Bounded(result, self._seconds) if name == "open" else result
 
         return bounded
