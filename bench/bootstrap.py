@@ -16,6 +16,8 @@ For each recipe, on the same lock and machine, in one run, every round:
   warmstart-cold-wait  the same with --wait: until the Drive cache and snapshot are written
   warmstart-no-op      the same command again
   warmstart-offline    invoke bootstrap --offline after a wipe, network cut (unshare -n)
+  warmstart-restore-step  that run's own snapshot step (its --json report): the restore without
+                       the command's fixed cost (interpreter, invoke, imports, the checks)
   warmstart-online     the same with the index reachable: a snapshot that reads slowly races uv
                        from the index (warmstart.race); the report says which won
   warmstart-team       (--team) invoke bootstrap --cache s3://... after a wipe, with an empty
@@ -25,9 +27,10 @@ For each recipe, on the same lock and machine, in one run, every round:
   warmstart-drive+team (--team) the same after the next wipe: Drive and the team cache both
                        hold the snapshot, and serve its parts together
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
-has the same prefix). --colab IMAGE measures the same on a Colab stand-in as well: the image's
-Python (pyenv) with the image's versions of the lock's closure preinstalled, so the lock adds
-only what the image lacks (pip and uv install just those; no tar-limit, the tree is the image's).
+has the same prefix), after a sync (no method pays for the writeback of the one before).
+--colab IMAGE measures the same on a Colab stand-in as well: the image's Python (pyenv) with
+the image's versions of the lock's closure preinstalled, so the lock adds only what the image
+lacks (pip and uv install just those; no tar-limit, the tree is the image's).
 Prints medians with min-max and the ratios to each limit and to uv, the peak memory of the
 warmstart process during the offline restore, and writes JSON and a chart (PNG, with
 matplotlib: pip install -e '.[bench]') beside it.
@@ -79,6 +82,10 @@ RSS_WRAPPER = (
 
 def run(cmd: list[str], env: dict[str, str], cwd: Path | None = None,
         stdout: Any = subprocess.PIPE) -> tuple[float, str]:
+    # Untimed: the writes of the method before reach the disk first. Else its writeback runs
+    # during the next one (the offline restore, measured right after the cold run, was 0.2 s
+    # slower than the online one after it; alternated with a sync before each, the same).
+    os.sync()
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=cwd)
     seconds = time.perf_counter() - start
@@ -216,10 +223,16 @@ class Bench:
         wait_for_drive_work(Path(same_vm["XDG_CACHE_HOME"]))  # untimed: the VM stays up meanwhile
         times["warmstart-no-op"], _ = run(boot, same_vm)
         fresh_venv()
-        times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env())
+        report = self.work / "report.json"
+        with report.open("w") as out:
+            times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env(),
+                                                  stdout=out)
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
+        # the restore itself, without what every run of the command costs (the interpreter,
+        # invoke, the imports, the checks before it): what compares with zstd -d | tar -x
+        times["warmstart-restore-step"] = next(step["seconds"] for step in json.loads(report.read_text())["steps"]
+                                     if step["name"] == "snapshot")
         fresh_venv()
-        report = self.work / "online.json"
         with report.open("w") as out:
             times["warmstart-online"], _ = run(boot, self.env(), stdout=out)
         self.races.append(json.loads(report.read_text())["snapshot"].get("race", {}).get("winner", "not raced"))
@@ -310,10 +323,10 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
     size = result["size"]
     print(f"\n{name}, {drive}: {size['wheels']} wheels, {size['wheel_bytes'] / 2**20:.0f} MiB of wheels, "
           f"{size['installed_bytes'] / 2**20:.0f} MiB installed; {rounds} rounds")
-    print(f"{'method':<21}{'median s':>9}{'min-max':>15}{'x tar':>7}{'x zstd|tar':>11}{'x read':>8}{'x uv':>7}")
+    print(f"{'method':<24}{'median s':>9}{'min-max':>15}{'x tar':>7}{'x zstd|tar':>11}{'x read':>8}{'x uv':>7}")
     for method, values in result["seconds"].items():
         ratios = [result[k].get(method, float("nan")) for k in ("x_limit", "x_zstd_tar", "x_read", "x_uv_index")]
-        print(f"{method:<21}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
+        print(f"{method:<24}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
               + "".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (7, 11, 8, 7), strict=True)))
     print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
 
@@ -322,20 +335,22 @@ def markdown(results: dict) -> str:
     """The README's table: each case's restores beside their limits and uv, medians (min-max)."""
     columns = [("uv from the index", "uv-index"), ("zstd -d \\| tar -x", "zstd-tar-limit"),
                ("read-bound", "read-limit"), ("offline restore (Drive)", "warmstart-offline"),
+               ("its restore step", "warmstart-restore-step"),
                ("online restore (races the index)", "warmstart-online"),
                ("team cache only", "warmstart-team"), ("Drive + team", "warmstart-drive+team"),
                ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op")]
     lines = ["| case | " + " | ".join(title for title, _ in columns)
-             + " | restore / zstd\\|tar | restore / read | restore / uv | online / uv | rounds raced / won by the index"
-             + " | peak RSS, restore |",
-             "|" + "---|" * (len(columns) + 7)]
+             + " | restore / zstd\\|tar | step / zstd\\|tar | restore / read | restore / uv | online / uv"
+             + " | rounds raced / won by the index | peak RSS, restore |",
+             "|" + "---|" * (len(columns) + 8)]
     for drive, recipes in results["runs"].items():
         for recipe, result in recipes.items():
             cells = [f"{result['median'][m]:.2f} ({min(result['seconds'][m]):.2f}–{max(result['seconds'][m]):.2f})"
                      if m in result["median"] else "–" for _, m in columns]
             # the read-bound time means something only where reading is slow
-            ratios = [f"{result[k].get('warmstart-offline', 0):.2f}" if k != "x_read" or drive != "local disk" else "–"
-                      for k in ("x_zstd_tar", "x_read", "x_uv_index")]
+            ratios = [f"{result[k][m]:.2f}" if m in result[k] and (k != "x_read" or drive != "local disk") else "–"
+                      for k, m in (("x_zstd_tar", "warmstart-offline"), ("x_zstd_tar", "warmstart-restore-step"),
+                                   ("x_read", "warmstart-offline"), ("x_uv_index", "warmstart-offline"))]
             online = result["x_uv_index"].get("warmstart-online")
             winners = result.get("online_race_winners", [])
             raced = f"{len(winners) - winners.count('not raced')} / {winners.count('index')} of {len(winners)}"
