@@ -161,6 +161,9 @@ def test_the_most_specific_wheel_the_target_accepts_wins():
     files = ["onnx-1.0-py3-none-any.whl", "onnx-1.0-cp311-cp311-manylinux_2_28_x86_64.whl",
              "onnx-1.0-cp312-cp312-manylinux_2_28_x86_64.whl", "onnx-1.0.tar.gz"]
     assert wheels.best(((f, f) for f in files), CP311) == "onnx-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    # ranked once for a whole lock: the same choice
+    assert wheels.best(((f, f) for f in files), wheels.ranking(CP311)) == "onnx-1.0-cp311-cp311-manylinux_2_28_x86_64.whl"
+    assert wheels.best(((f, f) for f in files[:1]), wheels.ranking(CP311[:2])) is None
 
 
 def test_a_wheel_no_tag_of_the_target_accepts_is_never_chosen():

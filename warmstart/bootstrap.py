@@ -47,7 +47,7 @@ from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
 from .transfer import explain
-from .wheels import best, by_release
+from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]
 
@@ -63,9 +63,9 @@ def _no_lock(recipe: Recipe, wanted: LockTarget) -> str:
 
 def cached_wheels(store: TieredStore, pins: Iterable[Pin], supported: list[Tag]) -> dict[NormalizedName, str]:
     """The Drive cache's wheel (file name) for each pin that has one the target accepts."""
-    listing = by_release(store.names("wheels"))
+    listing, rank = by_release(store.names("wheels")), ranking(supported)
     return {p.name: chosen for p in pins
-            if (chosen := best(((f, f) for f in listing.get((p.name, Version(p.version)), ())), supported))}
+            if (chosen := best(((f, f) for f in listing.get((p.name, Version(p.version)), ())), rank))}
 
 
 def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[str]:

@@ -119,9 +119,9 @@ def _cache_dir() -> Path:
     return home.elf()
 
 
-def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: Callable[[str], None]) -> WheelLibs:
+def _scan_one(downloader: Downloader, pin: Pin, rank: dict[tags.Tag, int], say: Callable[[str], None]) -> WheelLibs:
     files = [f for f in downloader.project_files(pin.name) if f.sha256 in pin.hashes]
-    choice = wheels.best(((f.filename, f) for f in files), supported)
+    choice = wheels.best(((f.filename, f) for f in files), rank)
     if choice is None:
         raise WarmstartError(f"the index lists no wheel of {pin.name}=={pin.version} with a hash the lock "
                              "names that fits its Python and platform; cannot read its CUDA libraries")
@@ -146,10 +146,10 @@ def _scan_one(downloader: Downloader, pin: Pin, supported: list[tags.Tag], say: 
 
 def scan(pins: tuple[Pin, ...], target: LockTarget, say: Callable[[str], None] = print) -> list[WheelLibs]:
     """The CUDA libraries of the wheel each pin installs on the lock's platform, in lock order."""
-    supported = lock_tags(target)
+    rank = wheels.ranking(lock_tags(target))
     downloader = Downloader(IndexSettings.from_environ(), parallel=1)
     with ThreadPoolExecutor(4) as pool:  # big wheels: a few at a time, each read once
-        return list(pool.map(lambda pin: _scan_one(downloader, pin, supported, say), pins))
+        return list(pool.map(lambda pin: _scan_one(downloader, pin, rank, say), pins))
 
 
 def platforms_for(target: LockTarget, image: Image | None,

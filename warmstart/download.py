@@ -190,9 +190,11 @@ class Downloader:
 
     def wheel_jobs(self, pins: Sequence[Pin], supported: Sequence[Tag], into: Path) -> tuple[list[Job], dict[Pin, str]]:
         """The best wheel of each pin, as download jobs; and the pins left over, with why."""
+        rank = wheels.ranking(supported)
+
         def choose(pin: Pin) -> Job | str:
             files = [f for f in self.project_files(pin.name) if f.sha256 in pin.hashes]
-            chosen = wheels.best(((f.filename, f) for f in files), supported)
+            chosen = wheels.best(((f.filename, f) for f in files), rank)
             if chosen is not None:
                 return Job(chosen.url, chosen.sha256, into / chosen.filename, chosen.size)
             if not files:

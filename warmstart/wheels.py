@@ -3,7 +3,7 @@ Drive cache and the package index alike."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
 from packaging.tags import Tag
@@ -24,11 +24,18 @@ def parse(filename: str) -> tuple[NormalizedName, Version, frozenset[Tag]] | Non
     return name, version, wheel_tags
 
 
-def best(files: Iterable[tuple[str, T]], supported: Sequence[Tag],
+def ranking(supported: Sequence[Tag]) -> dict[Tag, int]:
+    """Each tag a target supports by its place in the target's order (0: the most specific). A
+    manylinux target supports about a thousand: ranked once for a whole lock, not per wheel."""
+    return {tag: n for n, tag in enumerate(supported)}
+
+
+def best(files: Iterable[tuple[str, T]], supported: Sequence[Tag] | Mapping[Tag, int],
          name: str | None = None, version: str | None = None) -> T | None:
     """Of (filename, item) pairs, the item whose wheel the target ranks highest (its most specific
-    tag first, as pip does), optionally only for one name and version; None when none fits."""
-    rank = {tag: n for n, tag in enumerate(supported)}
+    tag first, as pip does), optionally only for one name and version; None when none fits.
+    `supported`: the target's tags in order, or their `ranking`."""
+    rank = supported if isinstance(supported, Mapping) else ranking(supported)
     wanted = Version(version) if version is not None else None
     chosen: tuple[int, T] | None = None
     for filename, item in files:
