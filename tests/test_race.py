@@ -38,7 +38,7 @@ from test_team import VM
 from warmstart import manifest, parts, target
 from warmstart.parts import PART_SIZE
 from warmstart.race import HOLD_AHEAD, _to_target_layout, index_seconds, verify_installed
-from warmstart.snapshot import KIND, Watch, _ReadAhead
+from warmstart.snapshot import KIND, Cancelled, Watch, _ReadAhead
 from warmstart.store import DriveStore
 from warmstart.uv import find_uv
 
@@ -269,6 +269,40 @@ def test_a_held_read_reads_nothing_until_resumed_then_everything(tmp_path):
         assert _read_all(reading) == data
     finally:
         reading.close()
+
+
+def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_path):
+    data = os.urandom(12 << 20)
+    (tmp_path / "archive").write_bytes(data)
+    reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data))  # noqa: SIM115  (it closes it)
+    try:
+        assert reading.read(1 << 20) == data[:_ReadAhead.FIRST]
+        while reading.size < len(data):  # the rest read ahead, waiting to be handed on
+            time.sleep(0.01)
+        reading.stop()  # a race was lost: what was read ahead is not unpacked any more
+        with pytest.raises(Cancelled):
+            reading.read(1 << 20)
+    finally:
+        reading.close()
+    # A source that sends nothing (a Drive that stopped answering): the reader waits in read()
+    # until the stop wakes it.
+    silent, writer = os.pipe()
+    waiting = _ReadAhead(os.fdopen(silent, "rb", buffering=0), limit=1 << 20)
+    raised: list[BaseException] = []
+    reader = threading.Thread(target=lambda: raised.extend(_raised(waiting.read)))
+    reader.start()
+    waiting.stop()
+    reader.join(timeout=10)
+    os.close(writer)  # the source ends: its thread ends too
+    assert not reader.is_alive() and [type(e) for e in raised] == [Cancelled]
+
+
+def _raised(call) -> list[BaseException]:
+    try:
+        call()
+    except BaseException as exc:  # what the reader thread got, for the test to see
+        return [exc]
+    return []
 
 
 def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):

@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
@@ -358,11 +358,11 @@ class _ReadAhead:
 
     def read(self, size: int = -1) -> bytes:
         while self._at >= len(self._left) and not self._done:
+            if self._stop.is_set():  # closed: a race was lost (see Watch); what was read ahead is not handed on
+                raise Cancelled
             try:
                 item = self._blocks.get(timeout=0.1)
             except queue.Empty:
-                if self._stop.is_set():  # closed: a race was lost (see Watch)
-                    raise Cancelled from None
                 continue
             if isinstance(item, BaseException):
                 raise item
@@ -377,8 +377,11 @@ class _ReadAhead:
         return data
 
     def stop(self) -> None:
-        """Stop reading: the consumer gave up, or lost a race."""
+        """Stop reading: the consumer gave up, or lost a race. A consumer waiting for a block
+        gets Cancelled at once (the restore that lost a race ends now, not at its next look)."""
         self._stop.set()
+        with suppress(queue.Full):  # full: the consumer is not waiting, and looks before each block
+            self._blocks.put_nowait(Cancelled())
 
     def close(self) -> None:
         """Stop reading and wait for the threads."""
