@@ -230,8 +230,8 @@ class Bench:
         rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
         # the restore itself, without what every run of the command costs (the interpreter,
         # invoke, the imports, the checks before it): what compares with zstd -d | tar -x
-        times["warmstart-restore-step"] = next(step["seconds"] for step in json.loads(report.read_text())["steps"]
-                                     if step["name"] == "snapshot")
+        steps = json.loads(report.read_text())["steps"]
+        times["warmstart-restore-step"] = next(step["seconds"] for step in steps if step["name"] == "snapshot")
         fresh_venv()
         with report.open("w") as out:
             times["warmstart-online"], _ = run(boot, self.env(), stdout=out)

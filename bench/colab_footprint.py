@@ -29,7 +29,7 @@ from warmstart.pipconfig import IndexSettings
 
 def wheel_size(index: Downloader, pin: Pin, target: LockTarget) -> int:
     files = [f for f in index.project_files(pin.name) if f.sha256 in pin.hashes]
-    choice = wheels.best(((f.filename, f) for f in files), lock_tags(target))
+    choice = wheels.best(((f.filename, f) for f in files), wheels.ranking(lock_tags(target)))
     return choice.size or 0 if choice else 0
 
 

@@ -30,12 +30,11 @@ def ranking(supported: Sequence[Tag]) -> dict[Tag, int]:
     return {tag: n for n, tag in enumerate(supported)}
 
 
-def best(files: Iterable[tuple[str, T]], supported: Sequence[Tag] | Mapping[Tag, int],
+def best(files: Iterable[tuple[str, T]], rank: Mapping[Tag, int],
          name: str | None = None, version: str | None = None) -> T | None:
     """Of (filename, item) pairs, the item whose wheel the target ranks highest (its most specific
-    tag first, as pip does), optionally only for one name and version; None when none fits.
-    `supported`: the target's tags in order, or their `ranking`."""
-    rank = supported if isinstance(supported, Mapping) else ranking(supported)
+    tag first, as pip does; `rank`: the target's `ranking`), optionally only for one name and
+    version; None when none fits."""
     wanted = Version(version) if version is not None else None
     chosen: tuple[int, T] | None = None
     for filename, item in files:
