@@ -25,7 +25,8 @@ For each recipe, on the same lock and machine, in one run, every round:
                        the team cache, a real S3 server (SeaweedFS) on 127.0.0.1, filled once
                        beforehand; until it returns (Drive then fills in the background)
   warmstart-drive+team (--team) the same after the next wipe: Drive and the team cache both
-                       hold the snapshot, and serve its parts together
+                       hold the snapshot (the team store is opened only if Drive falls behind)
+  warmstart-no-op+team (--team) the same command again: nothing to do, the team store not opened
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
 has the same prefix), after a sync (no method pays for the writeback of the one before).
 --colab IMAGE measures the same on a Colab stand-in as well: the image's Python (pyenv) with
@@ -243,7 +244,10 @@ class Bench:
             times["warmstart-team"], _ = run(boot, wiped)
             wait_for_drive_work(Path(wiped["XDG_CACHE_HOME"]))  # untimed: Drive fills from what came
             fresh_venv()
-            times["warmstart-drive+team"], _ = run(boot, self.env(**self.team))  # both hold the snapshot
+            with_team = self.env(**self.team)
+            times["warmstart-drive+team"], _ = run(boot, with_team)  # both hold the snapshot
+            wait_for_drive_work(Path(with_team["XDG_CACHE_HOME"]))  # its worker records the use, untimed
+            times["warmstart-no-op+team"], _ = run(boot, with_team)
         return times, rss
 
     def boot(self) -> list[str]:
@@ -338,7 +342,8 @@ def markdown(results: dict) -> str:
                ("its restore step", "warmstart-restore-step"),
                ("online restore (races the index)", "warmstart-online"),
                ("team cache only", "warmstart-team"), ("Drive + team", "warmstart-drive+team"),
-               ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op")]
+               ("cold, usable", "warmstart-cold"), ("no-op", "warmstart-no-op"),
+               ("no-op, team", "warmstart-no-op+team")]
     lines = ["| case | " + " | ".join(title for title, _ in columns)
              + " | restore / zstd\\|tar | step / zstd\\|tar | restore / read | restore / uv | online / uv"
              + " | rounds raced / won by the index | peak RSS, restore |",

@@ -305,15 +305,21 @@ def _raised(call) -> list[BaseException]:
     return []
 
 
-def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):
-    data = os.urandom(5 << 20)
+def stored_in_parts(tmp_path: Path, part: int = 1 << 20) -> tuple[bytes, dict, list[DriveStore]]:
+    """Five parts of random bytes, their index, and two stores ("drive", "team") holding them."""
+    data = os.urandom(5 * part)
     (tmp_path / "archive").write_bytes(data)
-    part = 1 << 20
     index = {"size": len(data), "part_size": part,
              "parts": [hashlib.sha256(data[i:i + part]).hexdigest() for i in range(0, len(data), part)]}
-    sources = [parts.Source(label, DriveStore(tmp_path / label)) for label in ("drive", "team")]
-    for source in sources:
-        assert source.store.put(KIND, "archive", tmp_path / "archive")
+    stores = [DriveStore(tmp_path / label) for label in ("drive", "team")]
+    for store in stores:
+        assert store.put(KIND, "archive", tmp_path / "archive")
+    return data, index, stores
+
+
+def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):
+    data, index, stores = stored_in_parts(tmp_path)
+    sources = [parts.Source(label, store) for label, store in zip(("drive", "team"), stores, strict=True)]
     watch = Watch()
     watch.hold(60)
     reading = parts.PartReader(sources, KIND, "archive", index, held=watch.held)
@@ -325,6 +331,42 @@ def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):
         assert sum(source.served for source in sources) == len(data)
     finally:
         reading.close()
+
+
+def test_a_source_held_back_is_asked_only_once_the_others_fail_or_leave_the_reader_waiting(tmp_path):
+    data, index, (drive, team) = stored_in_parts(tmp_path)
+    asked: list[parts.Source] = []
+
+    def later(serves: bool = True) -> parts.Source | None:
+        asked.append(parts.Source("team", team))
+        return asked[-1] if serves else None
+
+    def read(later) -> tuple[bytes | Exception, parts.Source]:
+        source = parts.Source("drive", drive)
+        reading = parts.PartReader([source], KIND, "archive", index, later=later)
+        try:
+            return _read_all(reading), source
+        except OSError as exc:
+            return exc, source
+        finally:
+            reading.close()
+
+    # Drive on local disk keeps the reader fed: the team store is never opened.
+    got, source = read(later)
+    assert got == data and source.served == len(data) and asked == []
+
+    # Drive's copy damaged: its first part fails, the team store is opened and serves every part.
+    drive.path(KIND, "archive").write_bytes(damage(data))
+    got, source = read(later)
+    assert got == data and source.damaged and [s.served for s in asked] == [len(data)]
+
+    # ... and when the team store cannot serve either, the read fails, naming Drive's trouble.
+    got, _ = read(lambda: later(serves=False))
+    assert isinstance(got, OSError) and "no source could serve part 1 (drive: part 1 differs" in str(got)
+
+
+def damage(data: bytes) -> bytes:
+    return bytes([data[0] ^ 0xFF]) + data[1:]
 
 
 def test_a_hold_ends_at_its_time_or_with_the_restore():

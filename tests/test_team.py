@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,41 @@ def test_two_vms_fill_one_bucket_at_once_and_a_wiped_vm_restores_from_it_alone(s
     assert {k for k in after if not k.startswith("team/v1/usage/")} == {k for k in stored if "/usage/" not in k}
 
 
+def test_a_vm_whose_drive_holds_it_all_never_opens_the_team_store_and_its_worker_records_the_use(
+        s3, demo, tmp_path, index):
+    """Opening the team store (importing s3fs) costs more than a restore from a fast Drive: a run
+    that Drive alone serves leaves it closed, and its Drive worker writes the team's usage record
+    (which keeps the team's copies from pruning). The relay sees every request to the store."""
+    bucket = s3.bucket("held")
+    url = f"s3://{bucket}/team"
+    vm = VM(tmp_path / "vm", index.url, s3.credentials("writer"), url)
+    assert vm.bootstrap(demo, "--wait").code == 0  # Drive and the team store hold it all
+    records = {k for k in objects(s3, bucket) if "/usage/" in k}
+    shutil.rmtree(vm.python.parent.parent)  # the environment wiped, Drive kept
+    make_venv(vm.python.parent.parent)
+    relay = Relay(s3)
+    vm.env |= {"AWS_ENDPOINT_URL": relay.endpoint, "WARMSTART_WAIT": "0"}  # as a user runs it
+
+    result = vm.bootstrap(demo)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is True and set(result.report["snapshot"]["read"]) == {"Drive"}
+    assert result.report["team_cache"]["asked"] is False and result.report["warnings"] == [], result.stderr
+    assert "only if Drive falls behind" in result.stderr
+    assert {k: v for k, v in installed(vm.python).items() if k in LOCKED} == LOCKED
+    for _ in range(600):  # the worker, detached, writes the record after the run
+        if new := {k for k in objects(s3, bucket) if "/usage/" in k} - records:
+            break
+        time.sleep(0.1)
+    assert len(new) == 1, "the team's usage record, by the Drive worker"
+    assert relay.seen and all(line.startswith(b"PUT /") and b"/usage/" in line for line in relay.seen), relay.seen
+
+    relay.seen.clear()
+    again = vm.bootstrap(demo)  # nothing to do: the team store is not asked either
+    assert again.code == 0 and again.report["team_cache"]["asked"] is False
+    assert relay.seen == []
+
+
 def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive(s3, demo, tmp_path, index):
     bucket = s3.bucket("wheels")
     url = f"s3://{bucket}/team"
@@ -189,14 +225,11 @@ def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
     assert not fs.exists(archive)
 
 
-class CutOnFirst:
-    """A TCP relay in front of the S3 server that stops the server itself as the first request
-    of `method` for a matching object arrives (a download, a delete): the listing answered, then
-    the team store is gone midway. With `hold`, the server stays up and each matching request
-    is swallowed instead, never answered: a store that hangs midway."""
+class Relay:
+    """A TCP relay in front of the S3 server that notes the first line of each request it passes."""
 
-    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes, hold: bool = False) -> None:
-        self.s3, self.request, self.path_part, self.hold = s3, method + b" /", path_part, hold
+    def __init__(self, s3: SeaweedS3) -> None:
+        self.s3, self.seen = s3, list[bytes]()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
@@ -219,20 +252,43 @@ class CutOnFirst:
     def _pipe(self, src: socket.socket, dst: socket.socket, requests: bool) -> None:
         try:
             while data := src.recv(65536):
-                if requests and data.startswith(self.request) and self.path_part in data.split(b"\r\n", 1)[0]:
-                    self.cut.set()
-                    if self.hold:
-                        while src.recv(65536):  # never forwarded, never answered
-                            pass
+                line = data.split(b"\r\n", 1)[0]
+                if requests and line.endswith(b" HTTP/1.1"):
+                    self.seen.append(line)
+                    if self.stops(src, line):
                         break
-                    self.s3.stop()
-                    self.listener.close()
-                    break
                 dst.sendall(data)
         except OSError:
             pass
         for sock in (src, dst):
             sock.close()
+
+    def stops(self, src: socket.socket, line: bytes) -> bool:
+        """Whether the request that `line` begins ends the connection here, unanswered."""
+        return False
+
+
+class CutOnFirst(Relay):
+    """A relay that stops the S3 server itself as the first request of `method` for a matching
+    object arrives (a download, a delete): the listing answered, then the team store is gone
+    midway. With `hold`, the server stays up and each matching request is swallowed instead,
+    never answered: a store that hangs midway."""
+
+    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes, hold: bool = False) -> None:
+        self.request, self.path_part, self.hold = method + b" /", path_part, hold
+        super().__init__(s3)
+
+    def stops(self, src: socket.socket, line: bytes) -> bool:
+        if not (line.startswith(self.request) and self.path_part in line):
+            return False
+        self.cut.set()
+        if self.hold:
+            while src.recv(65536):  # never forwarded, never answered
+                pass
+        else:
+            self.s3.stop()
+            self.listener.close()
+        return True
 
 
 @pytest.mark.parametrize("cut_on", ["wheel", "snapshot"])

@@ -23,7 +23,7 @@ from . import assets, checks, drivework, home, installer, livelock, patches, res
 from . import target as target_python
 from .background import started
 from .download import Downloader
-from .errors import PreconditionUnmet, WarmstartError
+from .errors import PreconditionUnmet, WarmstartError, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import drift
@@ -39,7 +39,7 @@ from .lock import (
     select_lock,
 )
 from .pipconfig import IndexSettings
-from .plan import Facts, Plan, make_plan, require_python
+from .plan import Facts, Plan, drive_serves_all, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
@@ -74,12 +74,13 @@ def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[
 
 
 def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
-            make_live: bool = False) -> tuple[Facts, TieredStore]:
+            make_live: bool = False, hold_team: bool = False) -> tuple[Facts, TieredStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
     store they were read from (its listings stay cached for the run). `make_live`: where this VM
     has drifted from the image its lock was made for, in the recipe's own closure, and no lock
     for this runtime is on Drive yet, make one (resolving against the index) and put it there:
-    the one thing this step may write."""
+    the one thing this step may write. `hold_team`: a team store is not opened while Drive alone
+    serves the run (status and --dry-run ask it: they report what it holds)."""
     options, drive = settings.options, settings.drive
     report.platform = profile.name
     with report.step("recipe") as step:
@@ -137,45 +138,52 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
-    with report.step("cache") as step:
-        if settings.team and not options.offline:  # offline runs use what Drive holds
-            store.put_behind(settings.team, read_only=settings.team_read_only, borrow=borrowable(target))
-        cached = cached_wheels(store, lock.pins, target.supported_tags())
-        asset_states = {}
-        for asset in () if options.packages_only else recipe.assets:
-            dest = asset.destination(drive / recipe.workdir)
-            asset_states[asset] = (dest, assets.state(store, asset, dest))
-        step.detail = f"{len(cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
-        if store.team:
-            step.detail += f" ({len(in_team(store, cached))} of them only in the team cache {store.team})"
-            if store.warnings:  # it cannot be used: said as a warning when the work starts
-                step.status = "warning"
-        if recipe.assets:
-            in_cache = sum(state != "missing" for _dest, state in asset_states.values())
-            step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
-        # A snapshot holds what a VM in this state installs; it is looked up by that set.
-        found = needs(lock.pins, target.installed)
-        installing = tuple(p for p in found.wanted if p in found.install or p.name in broken)
-        located = snapshot.Snapshot.locate(recipe.name, lock, target, installing) if installing else None
-        snapshot_found = bool(located and store.has(snapshot.KIND, located.index_name))  # one stat on Drive
-        if snapshot_found:
-            step.detail += "; a snapshot"
+    # A snapshot holds what a VM in this state installs; it is looked up by that set.
+    found = needs(lock.pins, target.installed)
+    installing = tuple(p for p in found.wanted if p in found.install or p.name in broken)
+    located = snapshot.Snapshot.locate(recipe.name, lock, target, installing) if installing else None
     # The recipe's patches against what is installed: a file a patch cannot take stops the run here.
     patched = patches.survey(recipe.patches, target.path, target.prefix, {p.name: p.version for p in lock.pins},
                              {p.name for p in installing})
-    facts = Facts(recipe, profile, drive, target, gpu, verdict, lock, image, cached, asset_states,
-                         broken, found, located, snapshot_found, installer.choose(options.installer),
-                         tuple(warnings), whole, in_team(store, cached), tuple(patched), drifted, live_at)
+    with report.step("cache") as step:
+        assets_here = {} if options.packages_only else {
+            asset: (asset.destination(drive / recipe.workdir), "") for asset in recipe.assets}
+        facts = _look(Facts(recipe, profile, drive, target, gpu, verdict, lock, image, {}, assets_here, broken,
+                            found, located, False, installer.choose(options.installer), tuple(warnings), whole,
+                            frozenset(), tuple(patched), drifted, live_at), store)
+        if settings.team and not options.offline:  # offline runs use what Drive holds
+            # held back while Drive alone serves the run: opening it would cost more than the run
+            store.put_behind(settings.team, read_only=settings.team_read_only, borrow=borrowable(target),
+                             hold=hold_team and drive_serves_all(facts))
+            if store.team:
+                facts = _look(facts, store)
+        step.detail = f"{len(facts.cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
+        if store.team:
+            step.detail += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
+            if store.warnings:  # it cannot be used: said as a warning when the work starts
+                step.status = "warning"
+        elif store.held:
+            step.detail += f" (the team cache {redact(store.held.location)} only if Drive falls behind)"
+        if recipe.assets:
+            in_cache = sum(state != "missing" for _dest, state in facts.assets.values())
+            step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
+        if facts.snapshot_found:
+            step.detail += "; a snapshot"
     return facts, store
+
+
+def _look(facts: Facts, store: TieredStore) -> Facts:
+    """The facts as the store holds them: cached wheels, assets, the snapshot (one stat on Drive)."""
+    cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
+    assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
+    return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
+                   snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)))
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:
     """The facts after the Drive cache changed under this run (an earlier run's writes finished)."""
     store.relist()
-    assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
-    cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
-    return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
-                   snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)))
+    return _look(facts, store)
 
 
 def target_lock(python: str | None) -> FileLock:
@@ -213,7 +221,8 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     options = settings.options
     # Read before anything: a refused index setting is bad input, said before anything changes.
     index = IndexSettings.from_environ()
-    facts, store = prepare(settings, profile, root, report, make_live=not options.dry_run and not options.offline)
+    facts, store = prepare(settings, profile, root, report, make_live=not options.dry_run and not options.offline,
+                           hold_team=not options.dry_run)
     prefix = facts.target.prefix
     # Before the target changes (a snapshot must be of the environment it describes), and before
     # an offline run looks for what an earlier run is still writing to Drive: finish that first.
@@ -272,10 +281,11 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
                 run.run_checks()
     finally:
         run.report_restart(stale)
-        queued = run.work.keys()
+        used = store_files_used(plan, store) + run.work.keys() if _use_record_due(plan) else []
+        if used and store.held and not settings.wait:
+            run.work.team_usage = used  # the worker records it there: opening the team store costs time
         hand_off(run, settings.wait, store, report, status_command(options, plan))
-        if _use_record_due(plan):
-            store.record_use(store_files_used(plan, store) + queued)
+        store.record_use(used, team=run.work.team_usage is None)
     if plan.facts.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan

@@ -64,6 +64,7 @@ class DriveWork:
     python: str = ""  # the target's interpreter
     tags: list[str] | None = None  # the wheel tags it takes, best first (for `download`: the
     # worker must not need the target, which may be wiped and made again before it is done)
+    team_usage: list[str] | None = None  # the team store's usage record, when the run held it back
 
     def area(self, kind: str) -> Path:
         """Where the executor puts files of a kind that Drive should get (wheels: download here)."""
@@ -83,7 +84,8 @@ class DriveWork:
 
     @property
     def empty(self) -> bool:
-        return not self.snapshot and not self.download and not any(self.folder.glob(f"{FILES}/*/*"))
+        return (not self.snapshot and not self.download and not self.team_usage
+                and not any(self.folder.glob(f"{FILES}/*/*")))
 
     def discard(self) -> None:
         """Nothing for Drive: the job folder goes."""
@@ -95,7 +97,7 @@ class DriveWork:
         write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
             "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
-            "team": store.team_spec()}))
+            "team": store.team_spec(), "team_usage": self.team_usage}))
         if wait:
             finish(self.folder, store)
             return "written to Drive"
@@ -310,6 +312,8 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
         if wanted and offline:
             job["snapshot"] = None
             write_private(folder / JOB, json.dumps(job))
+    if (used := job.get("team_usage")) and (team := store.ask_team()):
+        team.record_use(used)
     store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
     if not (wanted and offline):
         shutil.rmtree(folder, ignore_errors=True)

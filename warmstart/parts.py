@@ -13,11 +13,16 @@ timeout, a hash that differs) is asked no more, and the part goes to another. Wh
 the reader waits for has been with another source for twice as long as an idle one took for
 its last part, the idle one fetches it too, and whichever answers first serves it: a slow or
 hung source holds the restore up only so long.
+
+A source that costs time to open (the team store: importing its backend takes 0.6 s of CPU) can
+be held back (`later`): it is opened and joins only once the others leave the reader waiting
+(JOIN_AFTER in all) or one fails. A Drive that keeps the restore fed never waits for it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +37,8 @@ WINDOW = 6  # parts held ahead of the reader at most: 48 MiB of memory
 HUNGRY = 1.0  # seconds after the reader last waited that slower sources keep helping
 LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
 HELD_POLL = 0.05  # seconds between a held reader's looks at whether it may read on
+JOIN_AFTER = 0.1  # seconds the reader waits for parts, in all, before a source held back is asked
+CHECKING = 2  # parts a source has read and its checker not yet hashed: it reads while that hashes
 
 
 @dataclass(eq=False)
@@ -92,10 +99,12 @@ def valid(index: dict[str, Any]) -> bool:
 
 class PartReader:
     """Reads the archive `name` from every source at once; `read(n)` hands its bytes on in order,
-    as a file would, each part verified. Raises OSError once no source can serve a part."""
+    as a file would, each part verified. Raises OSError once no source can serve a part.
+    `later`: opens a source held back (None when it cannot serve), asked once the reader waits."""
 
     def __init__(self, sources: list[Source], kind: str, name: str, index: dict[str, Any],
-                 bar: Bar | None = None, held: Callable[[], bool] = lambda: False) -> None:
+                 bar: Bar | None = None, held: Callable[[], bool] = lambda: False,
+                 later: Callable[[], Source | None] | None = None) -> None:
         self.sources, self.kind, self.name, self.bar, self._held = sources, kind, name, bar, held
         self.part_size, self.hashes, total = int(index["part_size"]), list(index["parts"]), int(index["size"])
         self.lengths = [min(self.part_size, total - i * self.part_size) for i in range(len(self.hashes))]
@@ -106,13 +115,29 @@ class PartReader:
         self._fetching: dict[int, set[Source]] = {}
         self._since: dict[int, float] = {}  # when the first source began on a part
         self._waiting = False  # the reader waits for part _next
+        self._wait_began: float | None = None  # since when, while it does
         self._starved_at = 0.0  # when the reader last had to wait
         self._next = 0  # the part read() hands on next
         self._stop = False
         self._left, self._at = b"", 0
-        self._threads = [threading.Thread(target=self._fetch_with, args=(s,), daemon=True) for s in sources]
-        for thread in self._threads:
-            thread.start()
+        self.waited = 0.0  # seconds the reader waited for parts, in all
+        self._later = later
+        self._threads: list[threading.Thread] = []
+        for source in sources:
+            self._begin(source)
+        if later:  # not waited for on close: it may be opening its store, which ends on its own
+            threading.Thread(target=self._join_later, daemon=True).start()
+
+    def _spawn(self, run: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=run, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _begin(self, source: Source) -> None:
+        """A source's two threads: one reads parts, the other checks their hashes meanwhile."""
+        checking: queue.Queue[tuple[int, bytes] | None] = queue.Queue(CHECKING)
+        self._spawn(self._fetch_with, source, checking)
+        self._spawn(self._check, source, checking)
 
     # -- the sources' threads ---------------------------------------------------------------
 
@@ -153,23 +178,62 @@ class PartReader:
         self._since.setdefault(i, time.monotonic())
         return i
 
-    def _fetch_with(self, source: Source) -> None:
+    def _fetch_with(self, source: Source, checking: queue.Queue[tuple[int, bytes] | None]) -> None:
         try:
             with source.store.ranges(self.kind, self.name) as read_at:
                 while (i := self._take(source)) is not None:
                     began = time.monotonic()
                     data = read_at(i * self.part_size, self.lengths[i])
                     source.pace = time.monotonic() - began
-                    if len(data) != self.lengths[i] or hashlib.sha256(data).hexdigest() != self.hashes[i]:
-                        source.damaged = True  # its copy is shorter, or other, than the index says
-                        raise OSError(f"part {i + 1} differs from its index")
-                    self._deliver(source, i, data)
+                    checking.put((i, data))
         except Exception as exc:  # OSError, a timeout, a backend's own: this source is done
-            with self._cond:
-                source.failed = f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
-                for fetchers in self._fetching.values():
-                    fetchers.discard(source)
-                self._cond.notify_all()
+            self._fail(source, f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
+        finally:
+            checking.put(None)
+
+    def _check(self, source: Source, checking: queue.Queue[tuple[int, bytes] | None]) -> None:
+        """Hand on each part `source` read once its hash matches; else it is asked no more."""
+        while (item := checking.get()) is not None:
+            i, data = item
+            if source.failed:
+                continue  # its reader stops at its next part
+            if len(data) != self.lengths[i] or hashlib.sha256(data).hexdigest() != self.hashes[i]:
+                source.damaged = True  # its copy is shorter, or other, than the index says
+                self._fail(source, f"part {i + 1} differs from its index")
+            else:
+                self._deliver(source, i, data)
+
+    def _fail(self, source: Source, why: str) -> None:
+        with self._cond:
+            source.failed = source.failed or why
+            for fetchers in self._fetching.values():
+                fetchers.discard(source)
+            self._cond.notify_all()
+
+    def _join_later(self) -> None:
+        """Open the source held back once the reader has waited JOIN_AFTER in all (not while a
+        rival holds the read) or a source failed, and let it fetch parts too."""
+        with self._cond:
+            while not self._stop and (self._held() or not self._wants_help()):
+                self._cond.wait(HELD_POLL)
+        source = None if self._stop else self._later_source()
+        with self._cond:
+            self._later = None
+            if source and not self._stop:
+                self.sources.append(source)
+                self._begin(source)
+            self._cond.notify_all()
+
+    def _later_source(self) -> Source | None:
+        assert self._later is not None
+        try:
+            return self._later()
+        except Exception:  # a store that cannot be opened serves nothing; it said why itself
+            return None
+
+    def _wants_help(self) -> bool:
+        waiting = time.monotonic() - self._wait_began if self._wait_began is not None else 0.0
+        return self.waited + waiting > JOIN_AFTER or any(s.failed for s in self.sources)
 
     def _deliver(self, source: Source, i: int, data: bytes) -> None:
         with self._cond:
@@ -185,16 +249,23 @@ class PartReader:
 
     def _next_part(self) -> bytes | None:
         with self._cond:
-            while self._next < len(self.hashes) and self._next not in self._got:
-                if self._stop:
-                    raise OSError("stopped")
-                if all(s.failed for s in self.sources):
-                    raise OSError(f"no source could serve part {self._next + 1} ("
-                                  + "; ".join(f"{s.label}: {s.failed}" for s in self.sources) + ")")
-                self._waiting, self._starved_at = True, time.monotonic()
-                self._cond.notify_all()  # the slower sources may help now
-                self._cond.wait()
-            self._waiting = False
+            try:
+                while self._next < len(self.hashes) and self._next not in self._got:
+                    if self._stop:
+                        raise OSError("stopped")
+                    if all(s.failed for s in self.sources) and self._later is None:
+                        raise OSError(f"no source could serve part {self._next + 1} ("
+                                      + "; ".join(f"{s.label}: {s.failed}" for s in self.sources) + ")")
+                    self._waiting, self._starved_at = True, time.monotonic()
+                    if self._wait_began is None:
+                        self._wait_began = self._starved_at
+                    self._cond.notify_all()  # the slower sources may help now
+                    self._cond.wait()
+            finally:
+                self._waiting = False
+                if self._wait_began is not None:
+                    self.waited += time.monotonic() - self._wait_began
+                    self._wait_began = None
             if self._next == len(self.hashes):
                 return None
             data = self._got.pop(self._next)
@@ -226,5 +297,6 @@ class PartReader:
     def close(self) -> None:
         """Stop fetching. A source hung in a read is not waited for (its store's timeout ends it)."""
         self.stop()
-        for thread in self._threads:
-            thread.join(timeout=1)
+        until = time.monotonic() + 1
+        for thread in list(self._threads):  # a source held back joins only before the stop
+            thread.join(timeout=max(0.0, until - time.monotonic()))

@@ -151,6 +151,25 @@ def require_python(recipe: Recipe, target: TargetPython) -> None:
         )
 
 
+def cache_lacks(found: Needs, cached: dict[NormalizedName, str], image: Image | None) -> tuple[Pin, ...]:
+    """What an online run downloads into the cache: all the lock needs, not just what this VM
+    lacks (the next VM may not have what this one had), less what is cached and what every VM
+    of the platform's image ships."""
+    shipped = image.shipped if image else {}
+    return tuple(p for p in found.wanted if p.name not in cached
+                 and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
+
+
+def drive_serves_all(facts: Facts) -> bool:
+    """Drive alone holds what an online run needs: every wheel it would download or install
+    (should the snapshot fail), every asset, and the snapshot of what it installs. Its team store
+    is then held back (warmstart.tiered)."""
+    return (not cache_lacks(facts.needs, facts.cached, facts.image)
+            and all(p.name in facts.cached for p in facts.installing)
+            and all(state != "missing" for _dest, state in facts.assets.values())
+            and (facts.snapshot_found or not facts.installing))
+
+
 def make_plan(facts: Facts, options: Options) -> Plan:
     """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
     recipe, target, drive = facts.recipe, facts.target, facts.drive
@@ -186,11 +205,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
             )
         to_download: tuple[Pin, ...] = ()
     else:
-        # Fill the cache with all this lock needs, not just what this VM lacks (the next VM may
-        # not have what this one had), less what every VM of the platform's image ships.
-        shipped = facts.image.shipped if facts.image else {}
-        to_download = tuple(p for p in found.wanted if p.name not in cached
-                            and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
+        to_download = cache_lacks(found, cached, facts.image)
 
     plan = Plan(facts, options.offline, to_install, to_download, use_snapshot, tuple(warnings))
     if options.keep_runtime and plan.replaced:

@@ -404,12 +404,14 @@ def _merge(staged: Path, dest: Path) -> None:
 
 
 def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str, Any], staging: Path,
-                     copy: IO[bytes] | None = None, bars: Bars = QUIET,
-                     watch: Watch | None = None) -> dict[str, tuple[str, manifest.Signature]]:
+                     copy: IO[bytes] | None = None, bars: Bars = QUIET, watch: Watch | None = None,
+                     later: Callable[[], parts.Source | None] | None = None,
+                     ) -> dict[str, tuple[str, manifest.Signature]]:
     """Read the archive once, hashing it while its files are unpacked into `staging` (and writing
     it to `copy` too, when given); raise SnapshotUnusable (staging removed) when it is not what
     its index says. One source is read front to back and the whole archive's hash checked;
-    several are read at once, part by part, each part checked (see warmstart.parts). The sizes
+    several are read at once, part by part, each part checked (see warmstart.parts), and so is one
+    with a source held back (`later`: the team store, asked only if it falls behind). The sizes
     the index states bound what is read and what is unpacked, so a hostile archive cannot fill
     the disk. Returns the sha256 of each file unpacked, taken from the bytes written (see
     warmstart.unpack); what each source served is in its `served`."""
@@ -419,7 +421,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     # it passes on (no more than the index says the tar stream holds), this one writes the
     # files, and another hashes them.
     files = Unpacker(staging)
-    whole = len(sources) == 1  # else in parts
+    whole = len(sources) == 1 and later is None  # else in parts
     reading: _ReadAhead | parts.PartReader | None = None
     unpacked = None
     hashes = None  # set once every byte came and was unpacked
@@ -427,7 +429,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
         with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
             held = watch.held if watch else lambda: False
             reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]), held=held)
-                       if whole else parts.PartReader(sources, KIND, archive, index, bar, held))
+                       if whole else parts.PartReader(sources, KIND, archive, index, bar, held, later))
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             if watch:
@@ -520,15 +522,19 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
     sources = [parts.Source(label, tier) for label, tier in store.holders(KIND, archive)]
     if not sources:
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
+    later = None
     if "parts" not in index:  # an index from before parts: one source, front to back
         sources = sources[:1]
+    elif ask := store.later_holder(KIND, archive):  # the team store, held back while Drive keeps up
+        def later() -> parts.Source | None:
+            return parts.Source(*found) if (found := ask()) else None
     from_team = sources[0].store is not store.here  # Drive, when it holds it, comes first
     staging = staging_folder(target)
     copy = for_drive / archive if from_team and for_drive else None
     try:
         try:
             with open(copy, "wb") if copy else nullcontext() as kept:
-                known = _unpack_verified(sources, archive, index, staging, kept, store.bars, watch)
+                known = _unpack_verified(sources, archive, index, staging, kept, store.bars, watch, later)
         finally:
             _settle(store, sources, archive)
         _trace_to_lock(staging, target, digests, patches, archive, known)

@@ -21,6 +21,7 @@ asking the team store again.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -98,6 +99,22 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
         raise PreconditionUnmet(f"the team cache folder {folder} does not exist; create it, or fix --cache "
                                 "(or WARMSTART_CACHE)")
     return DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only)
+
+
+def backend_found(location: str, borrow: Sequence[str] = ()) -> bool:
+    """Whether opening the team store `location` needs no more than a module that can be found
+    without importing it (s3fs, gcsfs: their import is what costs); False for any other URL,
+    which only opening tells. A folder needs none."""
+    if not is_url(location):
+        return True
+    extra = EXTRAS.get(location.split("://", 1)[0])
+    module = {"s3": "s3fs", "gcs": "gcsfs"}.get(extra or "")
+    return bool(module and importlib.machinery.PathFinder.find_spec(module, [*sys.path, *borrow]))
+
+
+def location_of(location: str) -> str:
+    """A `--cache` value as the store opened from it names itself (a URL as given, a folder's path)."""
+    return location if is_url(location) else str(Path(location.removeprefix("file://")).expanduser())
 
 
 def borrowable(target: TargetPython) -> tuple[str, ...]:

@@ -5,26 +5,42 @@ what came from the team is noted, so Drive gets it too. Writes go to both, the t
 (a full Drive must not keep a file from the team). Each tier keeps its own stats, and a team
 store that fails once is not asked again in the run (ObjectStore.down). This is the one module
 that knows a team store exists; everything else sees one store.
+
+An object store can be held back while Drive alone holds what a run needs: importing its backend
+costs 0.6 s of CPU, more than a whole restore from a fast Drive. It is opened only when Drive
+falls behind in a restore (`later_holder`), a copy on Drive fails, or something is to be written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from .errors import redact
+from .errors import PreconditionUnmet, redact
 from .store import CacheStats, DriveStore, Store
-from .team import ObjectStore, open_team
+from .team import ObjectStore, backend_found, is_url, location_of, open_team
 from .transfer import QUIET, AtomicFile, Bars, explain
+
+TEAM = "the team cache"  # the team tier, as the report names it
+
+
+@dataclass(frozen=True)
+class Held:
+    """A team store put behind Drive but not opened yet."""
+
+    location: str  # as the opened store would name itself
+    read_only: bool
+    open: Callable[[], Store | None]
 
 
 @dataclass
 class TieredStore:
     here: DriveStore  # Drive (or its local stand-in)
-    team: Store | None = None
+    team: Store | None = None  # the team store, once opened
     from_team: set[Path] = field(default_factory=set)  # what `get` copied from the team store
+    held: Held | None = None  # the team store, held back (see put_behind)
 
     @classmethod
     def at(cls, drive: Path, *, team: str | None = None, team_read_only: bool = False,
@@ -38,10 +54,40 @@ class TieredStore:
     def __str__(self) -> str:
         return str(self.here)
 
-    def put_behind(self, team: str, *, read_only: bool = False, borrow: tuple[str, ...] = ()) -> None:
-        """Put the team store `team` (a URL or a folder) behind Drive."""
-        self.team = open_team(team, drive=self.drive, read_only=read_only, bars=self.bars, warnings=self.warnings,
-                              borrow=borrow)
+    def put_behind(self, team: str, *, read_only: bool = False, borrow: tuple[str, ...] = (),
+                   hold: bool = False) -> None:
+        """Put the team store `team` (a URL or a folder) behind Drive. `hold`: an object store is
+        not opened until `ask_team` (a folder costs nothing to open, and is); that its backend is
+        installed is checked now, as opening it would."""
+        def opening() -> Store | None:
+            return open_team(team, drive=self.drive, read_only=read_only, bars=self.bars, warnings=self.warnings,
+                             borrow=borrow)
+        if hold and is_url(team) and backend_found(team, borrow):
+            self.held = Held(location_of(team), read_only, opening)
+        else:
+            self.team = opening()
+
+    def ask_team(self) -> Store | None:
+        """The team store, a held one opened now (a backend that fails to import is a warning:
+        the run goes on from Drive and the index)."""
+        if self.held is not None:
+            opening, self.held = self.held.open, None
+            try:
+                self.team = opening()
+            except PreconditionUnmet as exc:
+                self.warnings.append(f"{exc}; going on with Drive and the package index")
+        return self.team
+
+    def later_holder(self, kind: str, name: str) -> Callable[[], tuple[str, Store] | None] | None:
+        """For a team store held back: a call that opens it, and gives it as holders() does when it
+        holds `name`. None when there is none held."""
+        if self.held is None:
+            return None
+
+        def ask() -> tuple[str, Store] | None:
+            team = self.ask_team()
+            return (TEAM, team) if team and not team.down and team.has(kind, name) else None
+        return ask
 
     # -- Drive's own: its layout, its statistics, what went wrong --------------------------
 
@@ -109,7 +155,7 @@ class TieredStore:
         """Every tier that holds a copy, named as the report names it, Drive first."""
         tiers: list[tuple[str, Store]] = [("Drive", self.here)] if self.here.on_drive(kind, name) else []
         if self.team and not self.team.down and self.team.has(kind, name):
-            tiers.append(("the team cache", self.team))
+            tiers.append((TEAM, self.team))
         return tiers
 
     def has(self, kind: str, name: str) -> bool:
@@ -123,7 +169,7 @@ class TieredStore:
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Drive's copy when it is whole; else the team store's, noted in `from_team`."""
         got = self.here.get(kind, name, dest, sha256s)
-        if got is None and self.team and self.team.get(kind, name, dest, sha256s):
+        if got is None and (team := self.ask_team()) and team.get(kind, name, dest, sha256s):
             self.from_team.add(dest)
             return dest
         return got
@@ -146,13 +192,13 @@ class TieredStore:
 
     def share(self, kind: str, src: Path, name: str | None = None) -> None:
         """The team store's copy of a file (one already on Drive, say)."""
-        if self.team:
-            self.team.put(kind, name or src.name, src)
+        if team := self.ask_team():
+            team.put(kind, name or src.name, src)
 
     def put_text(self, kind: str, name: str, text: str) -> None:
-        if self.team:
+        if team := self.ask_team():
             try:
-                self.team.put_text(kind, name, text)
+                team.put_text(kind, name, text)
             except OSError as exc:  # a team folder that fails: Drive's copy is what this run needs
                 self.warnings.append(f"{kind[:-1]} {name} not written to the team cache: {explain(exc)}")
         self.here.put_text(kind, name, text)
@@ -164,16 +210,20 @@ class TieredStore:
         elif self.team and self.team.has(kind, name):
             self.team.set_aside_named(kind, name)
 
-    def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
+    def record_use(self, keys: Iterable[str], now: float | None = None, *, team: bool = True) -> None:
+        """Drive's usage record, and the team store's unless not `team` (a run that held it back
+        leaves that to its Drive worker: see warmstart.drivework)."""
         keys = list(keys)
-        if self.team:
-            self.team.record_use(keys, now)
+        if keys and team and (store := self.ask_team()):
+            store.record_use(keys, now)
         self.here.record_use(keys, now)
 
     # -- the team tier, as the report, status and the Drive worker see it -------------------
 
     def team_url(self) -> str | None:
         """The team store's location as the run opened it (a URL may hold user:password@)."""
+        if self.held is not None:
+            return self.held.location
         if self.team is None:
             return None
         return self.team.url if isinstance(self.team, ObjectStore) else str(self.team)
@@ -181,15 +231,22 @@ class TieredStore:
     def team_spec(self) -> dict[str, Any] | None:
         """What the Drive worker needs to open the same team store: its location without
         credentials (the run hands the URL over in the worker's environment) and its mode."""
+        if self.held is not None:
+            return {"location": redact(self.held.location), "read_only": self.held.read_only}
         if self.team is None:
             return None
         return {"location": redact(self.team_url() or ""), "read_only": self.team.read_only}
 
     def describe_team(self) -> dict[str, Any] | None:
-        """The team cache's part in the run, for the report (its URL without credentials)."""
+        """The team cache's part in the run, for the report (its URL without credentials);
+        `asked`: false when it was held back all along."""
+        if self.held is not None:
+            return {"cache": redact(self.held.location), "read_only": self.held.read_only, "hits": 0,
+                    "bytes_read": 0, "bytes_written": 0, "problem": None, "asked": False}
         if self.team is None:
             return None
         team = self.team
         problem = team.down or ("writes refused" if team.refused else None)
         return {"cache": redact(str(team)), "read_only": team.read_only, "hits": team.stats.hits,
-                "bytes_read": team.stats.bytes_read, "bytes_written": team.stats.bytes_written, "problem": problem}
+                "bytes_read": team.stats.bytes_read, "bytes_written": team.stats.bytes_written, "problem": problem,
+                "asked": True}
