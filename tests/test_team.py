@@ -97,9 +97,10 @@ def test_two_vms_fill_one_bucket_at_once_and_a_wiped_vm_restores_from_it_alone(s
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is True
     assert result.report["snapshot"]["index"].startswith(f"{url}/v1/snapshots/")
-    assert result.report["team_cache"]["hits"] == 1
+    assert result.report["team_cache"]["hits"] == 4  # the snapshot, and the 3 wheels copied for Drive
     assert {k: v for k, v in installed(wiped.python).items() if k in LOCKED} == LOCKED
     assert len(wiped.on_drive("snapshots")) == 2  # read through: Drive holds it now, index and archive
+    assert len(wiped.on_drive("wheels")) == 3  # and the wheels: the next VM need not open the team store
     new = set(objects(s3, bucket)) - set(stored)
     assert len(new) == 1 and new.pop().startswith("team/v1/usage/")  # only a usage record: it had it all
 
@@ -115,11 +116,18 @@ def test_a_vm_whose_drive_holds_it_all_never_opens_the_team_store_and_its_worker
         s3, demo, tmp_path, index):
     """Opening the team store (importing s3fs) costs more than a restore from a fast Drive: a run
     that Drive alone serves leaves it closed, and its Drive worker writes the team's usage record
-    (which keeps the team's copies from pruning). The relay sees every request to the store."""
+    (which keeps the team's copies from pruning). A first VM that restored from the team store
+    copied all it needs to Drive: the snapshot and the wheels. The relay sees every request."""
     bucket = s3.bucket("held")
     url = f"s3://{bucket}/team"
-    vm = VM(tmp_path / "vm", index.url, s3.credentials("writer"), url)
-    assert vm.bootstrap(demo, "--wait").code == 0  # Drive and the team store hold it all
+    teammate = VM(tmp_path / "vm", index.url, s3.credentials("writer"), url)
+    assert teammate.bootstrap(demo).code == 0  # fills the team store
+    shutil.rmtree(teammate.root)  # another VM at the same prefix: its Drive empty, the index gone
+    vm = VM(tmp_path / "vm", dead_url(), s3.credentials("writer"), url)
+    first = vm.bootstrap(demo)
+    assert first.code == 0, first.stderr
+    assert set(first.report["snapshot"]["read"]) == {"the team cache"}, "the team's snapshot"
+    assert len(vm.on_drive("wheels")) == 3, "the wheels only the team store held are on Drive too"
     records = {k for k in objects(s3, bucket) if "/usage/" in k}
     shutil.rmtree(vm.python.parent.parent)  # the environment wiped, Drive kept
     make_venv(vm.python.parent.parent)

@@ -281,6 +281,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
                 run.run_checks()
     finally:
         run.report_restart(stale)
+        run.copy_team_wheels()
         used = store_files_used(plan, store) + run.work.keys() if _use_record_due(plan) else []
         if used and store.held and not settings.wait:
             run.work.team_usage = used  # the worker records it there: opening the team store costs time

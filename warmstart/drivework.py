@@ -65,6 +65,7 @@ class DriveWork:
     tags: list[str] | None = None  # the wheel tags it takes, best first (for `download`: the
     # worker must not need the target, which may be wiped and made again before it is done)
     team_usage: list[str] | None = None  # the team store's usage record, when the run held it back
+    from_team: list[list[Any]] | None = None  # [file, [sha256...]]: wheels only the team cache holds
 
     def area(self, kind: str) -> Path:
         """Where the executor puts files of a kind that Drive should get (wheels: download here)."""
@@ -84,7 +85,7 @@ class DriveWork:
 
     @property
     def empty(self) -> bool:
-        return (not self.snapshot and not self.download and not self.team_usage
+        return (not self.snapshot and not self.download and not self.team_usage and not self.from_team
                 and not any(self.folder.glob(f"{FILES}/*/*")))
 
     def discard(self) -> None:
@@ -93,9 +94,11 @@ class DriveWork:
 
     def hand_off(self, *, wait: bool, store: TieredStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
-        files = sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
+        files = (sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
+                 + len(self.from_team or ()))
         write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
+            "from_team": self.from_team,
             "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
             "team": store.team_spec(), "team_usage": self.team_usage}))
         if wait:
@@ -190,6 +193,7 @@ def pending(prefix: Path) -> Pending | None:
         queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
         if job.get("download"):  # the wheels are still to come from the index: count them as such
             queued = [p for p in queued if p.parent.name != "wheels"] + job["download"]
+        queued += job.get("from_team") or []  # ... or from the team cache
         left += len(queued)
         total += max(int(job.get("files") or 0), len(queued))
         snapshot = snapshot or bool(job.get("snapshot"))
@@ -268,7 +272,7 @@ def resume(prefix: Path, say: Any, team: str | None = None) -> None:
 def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
-    come from the index stay queued, and so does the job."""
+    come from the index or the team cache stay queued, and so does the job."""
     lock = _job_lock(folder)
     if lock is None:
         return  # finished by the worker, its folder removed
@@ -290,9 +294,12 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
     """finish's work, under the job's lock."""
     (folder / FAILED).unlink(missing_ok=True)
-    wanted = job.get("download")
+    wanted, copies, used = job.get("download"), job.get("from_team"), job.get("team_usage")
+    later = bool(wanted or copies or used) and offline  # what needs the network stays queued
     if wanted and not offline:
         _download(folder, wanted, job["tags"], store)
+    if copies and not offline:
+        _copy_from_team(folder, copies, store)
     files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
     total = sum(f.stat().st_size for f in files)
     with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
@@ -309,13 +316,13 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
                                {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
         except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
             print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
-        if wanted and offline:
+        if later:
             job["snapshot"] = None
             write_private(folder / JOB, json.dumps(job))
-    if (used := job.get("team_usage")) and (team := store.ask_team()):
+    if used and not offline and (team := store.ask_team()):
         team.record_use(used)
     store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
-    if not (wanted and offline):
+    if not later:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -333,6 +340,21 @@ def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: Tie
         print(redact(f"not cached: {pin.name}=={pin.version}: {why}"), file=sys.stderr)
     job = json.loads((folder / JOB).read_text())
     job["download"] = None  # fetched: what is left is putting them on Drive
+    write_private(folder / JOB, json.dumps(job))
+
+
+def _copy_from_team(folder: Path, copies: list[list[Any]], store: TieredStore) -> None:
+    """Copy the wheels only the team cache held into the job, each checked against the lock's
+    sha256 (Drive then gets them with the rest): the next VM finds all it needs on Drive and
+    need not open the team store. One the team cannot serve is left for a later run to ask."""
+    area = folder / FILES / "wheels"
+    area.mkdir(parents=True, exist_ok=True)
+    if team := store.ask_team():
+        for name, hashes in copies:
+            if not (area / name).exists() and not store.on_drive("wheels", name):
+                team.get("wheels", name, area / name, hashes)
+    job = json.loads((folder / JOB).read_text())
+    job["from_team"] = None  # copied: what is left is putting them on Drive
     write_private(folder / JOB, json.dumps(job))
 
 

@@ -102,6 +102,19 @@ class Executor:
                     step.status, step.detail = "skipped", skipped
         return bool(need)
 
+    def copy_team_wheels(self) -> None:
+        """Have the Drive work copy the wheels only the team cache holds (but those this run
+        fetched already): the next VM then finds all it needs on Drive, and leaves the team store
+        unopened (warmstart.tiered)."""
+        facts = self.plan.facts
+        if self.plan.offline or not facts.in_team:
+            return
+        queued = {path.name for path in self.work.area("wheels").iterdir()}
+        fetching = {name for name, _version, _hashes in self.work.download or ()}
+        self.work.from_team = [[file, sorted(pin.hashes)] for pin in facts.lock.pins
+                               if (file := facts.cached.get(pin.name)) in facts.in_team
+                               and file not in queued and pin.name not in fetching] or None
+
     def _fetch_for_drive_later(self, pins: list[Pin]) -> None:
         """The Drive work fetches these wheels from the index for the cache, after this run."""
         self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in pins]

@@ -50,8 +50,9 @@ from .store import (
 from .target import TargetPython
 from .transfer import CHUNK, QUIET, Bars, copy_hashed, sha256_of, untrusted_json
 
-# fsspec protocol -> the extra that brings its implementation
+# fsspec protocol -> the extra that brings its implementation, and the module that is
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+MODULES = {"s3": "s3fs", "gcs": "gcsfs"}
 # Short timeouts and few retries on S3: a store that does not answer costs seconds, not minutes.
 _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
 
@@ -107,8 +108,7 @@ def backend_found(location: str, borrow: Sequence[str] = ()) -> bool:
     which only opening tells. A folder needs none."""
     if not is_url(location):
         return True
-    extra = EXTRAS.get(location.split("://", 1)[0])
-    module = {"s3": "s3fs", "gcs": "gcsfs"}.get(extra or "")
+    module = MODULES.get(EXTRAS.get(location.split("://", 1)[0], ""))
     return bool(module and importlib.machinery.PathFinder.find_spec(module, [*sys.path, *borrow]))
 
 
