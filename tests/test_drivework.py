@@ -5,6 +5,7 @@ tests here drop the WARMSTART_WAIT=1 that the others run with."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -194,3 +195,35 @@ def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_s
 
     assert after.returncode == 0, after.stdout + after.stderr
     assert "drive     nothing left to write to Drive: safe to shut down" in after.stdout
+
+
+def test_wheels_only_the_team_folder_holds_are_copied_to_drive_online_and_wait_offline(tmp_path):
+    """A job's wheels to copy from the team cache (a shared folder here, a real store): offline
+    they stay queued, job and all; online each is checked against its sha256 and put on Drive,
+    and one that differs is not."""
+    from warmstart.tiered import TieredStore
+
+    team, drive = tmp_path / "team", tmp_path / "drive"
+    for folder in (team, drive):
+        folder.mkdir()
+    wheels = {name: os.urandom(1000) for name in ("a-1.0-py3-none-any.whl", "b-1.0-py3-none-any.whl")}
+    shared = TieredStore.at(team)
+    for name, data in wheels.items():
+        (tmp_path / name).write_bytes(data)
+        assert shared.put("wheels", name, tmp_path / name)
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in wheels.items()}
+    work = drivework.DriveWork(tmp_path / "job", drive)
+    work.folder.mkdir()
+    work.from_team = [["a-1.0-py3-none-any.whl", [hashes["a-1.0-py3-none-any.whl"]]],
+                      ["b-1.0-py3-none-any.whl", ["0" * 64]]]  # not what the team folder holds
+
+    work.write_job(TieredStore.at(drive))
+    drivework.finish(work.folder, TieredStore.at(drive), offline=True)  # an offline run's, no team
+    assert json.loads((work.folder / drivework.JOB).read_text())["from_team"] == work.from_team
+    assert not (drive / ".warmstart" / "v1" / "wheels").is_dir(), "offline: nothing copied yet"
+
+    drivework.finish(work.folder, TieredStore.at(drive, team=str(team)))
+    assert not work.folder.exists(), "the job is done"
+    on_drive = drive / ".warmstart" / "v1" / "wheels"
+    assert sorted(p.name for p in on_drive.iterdir()) == ["a-1.0-py3-none-any.whl"]
+    assert (on_drive / "a-1.0-py3-none-any.whl").read_bytes() == wheels["a-1.0-py3-none-any.whl"]

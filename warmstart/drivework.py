@@ -92,15 +92,18 @@ class DriveWork:
         """Nothing for Drive: the job folder goes."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def hand_off(self, *, wait: bool, store: TieredStore) -> str:
-        """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
+    def write_job(self, store: TieredStore) -> None:
+        """The job file, written last: from now on a worker or a later run may finish the job."""
         files = (sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
                  + len(self.from_team or ()))
         write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
-            "from_team": self.from_team,
-            "python": self.python, "tags": self.tags, "files": files, "created": time.time(),
-            "team": store.team_spec(), "team_usage": self.team_usage}))
+            "from_team": self.from_team, "python": self.python, "tags": self.tags, "files": files,
+            "created": time.time(), "team": store.team_spec(), "team_usage": self.team_usage}))
+
+    def hand_off(self, *, wait: bool, store: TieredStore) -> str:
+        """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
+        self.write_job(store)
         if wait:
             finish(self.folder, store)
             return "written to Drive"
