@@ -228,8 +228,8 @@ class PartReader:
         assert self._later is not None
         try:
             return self._later()
-        except Exception:  # a store that cannot be opened serves nothing; it said why itself
-            return None
+        except Exception:  # ask_team says a backend that cannot be opened; anything else must
+            return None  # not end this thread with the reader left waiting for it: it serves nothing
 
     def _wants_help(self) -> bool:
         waiting = time.monotonic() - self._wait_began if self._wait_began is not None else 0.0

@@ -103,18 +103,11 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
 
 
 def backend_found(location: str, borrow: Sequence[str] = ()) -> bool:
-    """Whether opening the team store `location` needs no more than a module that can be found
-    without importing it (s3fs, gcsfs: their import is what costs); False for any other URL,
-    which only opening tells. A folder needs none."""
-    if not is_url(location):
-        return True
-    module = MODULES.get(EXTRAS.get(location.split("://", 1)[0], ""))
+    """Whether `location` is an object store whose backend (s3fs, gcsfs: their import is what
+    costs) can be found without importing it; False for a folder, and for any other URL, which
+    only opening tells about."""
+    module = MODULES.get(EXTRAS.get(location.split("://", 1)[0], "")) if is_url(location) else None
     return bool(module and importlib.machinery.PathFinder.find_spec(module, [*sys.path, *borrow]))
-
-
-def location_of(location: str) -> str:
-    """A `--cache` value as the store opened from it names itself (a URL as given, a folder's path)."""
-    return location if is_url(location) else str(Path(location.removeprefix("file://")).expanduser())
 
 
 def borrowable(target: TargetPython) -> tuple[str, ...]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import PreconditionUnmet, redact
 from .store import CacheStats, DriveStore, Store
-from .team import ObjectStore, backend_found, is_url, location_of, open_team
+from .team import ObjectStore, backend_found, open_team
 from .transfer import QUIET, AtomicFile, Bars, explain
 
 TEAM = "the team cache"  # the team tier, as the report names it
@@ -30,7 +30,7 @@ TEAM = "the team cache"  # the team tier, as the report names it
 class Held:
     """A team store put behind Drive but not opened yet."""
 
-    location: str  # as the opened store would name itself
+    location: str  # its URL, as the opened store names itself
     read_only: bool
     open: Callable[[], Store | None]
 
@@ -62,8 +62,8 @@ class TieredStore:
         def opening() -> Store | None:
             return open_team(team, drive=self.drive, read_only=read_only, bars=self.bars, warnings=self.warnings,
                              borrow=borrow)
-        if hold and is_url(team) and backend_found(team, borrow):
-            self.held = Held(location_of(team), read_only, opening)
+        if hold and backend_found(team, borrow):
+            self.held = Held(team, read_only, opening)
         else:
             self.team = opening()
 
