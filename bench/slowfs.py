@@ -1,12 +1,14 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
-    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH] [--hang-after BYTES]
+    python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
+                           [--hang-after BYTES [--until FILE]]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
 name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as a Drive over
 quota or disconnected does; with --hang-after, a read past that offset of any file never
-answers (until unmounted), as a Drive that stopped mid-file; the tests use both. Needs /dev/fuse,
+answers (until unmounted, or with --until until FILE exists), as a Drive that stopped mid-file
+(or that a test holds back until something else has happened); the tests use all three. Needs /dev/fuse,
 libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until unmounted.
 """
 
@@ -37,9 +39,9 @@ class Throttle:
 
 class SlowDrive(Operations):
     def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
-                 hang_after: int | None = None) -> None:
+                 hang_after: int | None = None, until: str | None = None) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
-        self.fail_writes, self.hang_after = fail_writes, hang_after
+        self.fail_writes, self.hang_after, self.until = fail_writes, hang_after, until
         self.mountpoint = ""
 
     def _path(self, path: str) -> str:
@@ -63,9 +65,10 @@ class SlowDrive(Operations):
 
     def read(self, path, size, offset, fh):
         if self.hang_after is not None and offset + size > self.hang_after:
-            while os.path.ismount(self.mountpoint):  # until unmounted (then the loop ends)
-                time.sleep(0.2)
-            raise FuseOSError(errno.EIO)
+            while not (self.until and os.path.exists(self.until)):
+                if not os.path.ismount(self.mountpoint):  # unmounted: the read fails
+                    raise FuseOSError(errno.EIO)
+                time.sleep(0.05)
         data = os.pread(fh, size, offset)
         self.throttle.spend(len(data))
         return data
@@ -127,9 +130,11 @@ def main() -> None:
     parser.add_argument("mib_per_s", type=float)
     parser.add_argument("fail_writes_with", nargs="?", choices=sorted(errno.errorcode.values()))
     parser.add_argument("--hang-after", type=int, metavar="BYTES")
+    parser.add_argument("--until", metavar="FILE", help="with --hang-after: answer once FILE exists")
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
-                      getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after)
+                      getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
+                      args.until and os.path.abspath(args.until))
     drive.mountpoint = os.path.abspath(args.mountpoint)
     FUSE(drive, args.mountpoint, foreground=True, nothreads=False)
 

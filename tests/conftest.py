@@ -301,14 +301,16 @@ needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse
 
 @contextmanager
 def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: float,
-               fail_writes: str | None = None, hang_after: int | None = None) -> Iterator[Path]:
+               fail_writes: str | None = None, hang_after: int | None = None,
+               until: Path | None = None) -> Iterator[Path]:
     """`backing` seen through bench/slowfs.py at `mount`, a real FUSE file system that delays
     every open and caps throughput as Drive does (or fails every write with an errno, or never
-    answers a read past `hang_after` bytes of a file)."""
+    answers a read past `hang_after` bytes of a file, or not before `until` exists)."""
     mount.mkdir(exist_ok=True)
     fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
                            str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else []),
-                           *(["--hang-after", str(hang_after)] if hang_after is not None else [])])
+                           *(["--hang-after", str(hang_after)] if hang_after is not None else []),
+                           *(["--until", str(until)] if until is not None else [])])
     try:
         for _ in range(200):
             if os.path.ismount(mount):

@@ -17,6 +17,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -333,6 +335,23 @@ def test_held_parts_wait_with_every_source_then_come_whole(tmp_path):
         reading.close()
 
 
+class _SlowDrive(DriveStore):
+    """A Drive folder each part of which takes `seconds` to read (this test is about when the
+    reader asks for help, not FUSE)."""
+
+    def __init__(self, drive: Path, seconds: float) -> None:
+        super().__init__(drive)
+        self.seconds = seconds
+
+    @contextmanager
+    def ranges(self, kind: str, name: str) -> Iterator[Callable[[int, int], bytes]]:
+        with super().ranges(kind, name) as read_at:
+            def slow_read_at(start: int, length: int) -> bytes:
+                time.sleep(self.seconds)
+                return read_at(start, length)
+            yield slow_read_at
+
+
 def test_a_source_held_back_is_asked_only_once_the_others_fail_or_leave_the_reader_waiting(tmp_path):
     data, index, (drive, team) = stored_in_parts(tmp_path)
     asked: list[parts.Source] = []
@@ -341,27 +360,37 @@ def test_a_source_held_back_is_asked_only_once_the_others_fail_or_leave_the_read
         asked.append(parts.Source("team", team))
         return asked[-1] if serves else None
 
-    def read(later) -> tuple[bytes | Exception, parts.Source]:
-        source = parts.Source("drive", drive)
+    def read(later, store: DriveStore = drive) -> tuple[bytes | Exception, parts.Source, float]:
+        source = parts.Source("drive", store)
         reading = parts.PartReader([source], KIND, "archive", index, later=later)
         try:
-            return _read_all(reading), source
+            return _read_all(reading), source, reading.waited
         except OSError as exc:
-            return exc, source
+            return exc, source, reading.waited
         finally:
             reading.close()
 
-    # Drive on local disk keeps the reader fed: the team store is never opened.
-    got, source = read(later)
-    assert got == data and source.served == len(data) and asked == []
+    # Drive on local disk keeps the reader fed: the team store is never opened (unless this
+    # machine, loaded, left the reader waiting JOIN_AFTER in all: then it may be).
+    got, source, waited = read(later)
+    assert got == data and source.served == len(data)
+    assert asked == [] or waited > parts.JOIN_AFTER, f"asked after waiting {waited:.3f} s"
+
+    # A Drive that leaves the reader waiting (half a second a part): the team store is opened
+    # and serves parts beside it.
+    asked.clear()
+    got, source, waited = read(later, _SlowDrive(drive.drive, 0.5))
+    assert got == data and waited > parts.JOIN_AFTER
+    assert len(asked) == 1 and asked[0].served and source.served + asked[0].served == len(data)
 
     # Drive's copy damaged: its first part fails, the team store is opened and serves every part.
+    asked.clear()
     drive.path(KIND, "archive").write_bytes(damage(data))
-    got, source = read(later)
+    got, source, _ = read(later)
     assert got == data and source.damaged and [s.served for s in asked] == [len(data)]
 
     # ... and when the team store cannot serve either, the read fails, naming Drive's trouble.
-    got, _ = read(lambda: later(serves=False))
+    got, _, _ = read(lambda: later(serves=False))
     assert isinstance(got, OSError) and "no source could serve part 1 (drive: part 1 differs" in str(got)
 
 

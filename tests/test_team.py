@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -234,10 +235,11 @@ def test_a_damaged_object_is_set_aside_and_replaced(s3, demo, tmp_path, index):
 
 
 class Relay:
-    """A TCP relay in front of the S3 server that notes the first line of each request it passes."""
+    """A TCP relay in front of the S3 server that notes the first line of each request it passes
+    (and hands it to `heard`, if given, as it arrives)."""
 
-    def __init__(self, s3: SeaweedS3) -> None:
-        self.s3, self.seen = s3, list[bytes]()
+    def __init__(self, s3: SeaweedS3, heard: Callable[[bytes], object] | None = None) -> None:
+        self.s3, self.seen, self.heard = s3, list[bytes](), heard
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
@@ -263,6 +265,8 @@ class Relay:
                 line = data.split(b"\r\n", 1)[0]
                 if requests and line.endswith(b" HTTP/1.1"):
                     self.seen.append(line)
+                    if self.heard:
+                        self.heard(line)
                     if self.stops(src, line):
                         break
                 dst.sendall(data)
@@ -282,9 +286,10 @@ class CutOnFirst(Relay):
     midway. With `hold`, the server stays up and each matching request is swallowed instead,
     never answered: a store that hangs midway."""
 
-    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes, hold: bool = False) -> None:
+    def __init__(self, s3: SeaweedS3, method: bytes, path_part: bytes, hold: bool = False,
+                 heard: Callable[[bytes], object] | None = None) -> None:
         self.request, self.path_part, self.hold = method + b" /", path_part, hold
-        super().__init__(s3)
+        super().__init__(s3, heard)
 
     def stops(self, src: socket.socket, line: bytes) -> bool:
         if not (line.startswith(self.request) and self.path_part in line):
