@@ -227,3 +227,29 @@ def test_wheels_only_the_team_folder_holds_are_copied_to_drive_online_and_wait_o
     on_drive = drive / ".warmstart" / "v1" / "wheels"
     assert sorted(p.name for p in on_drive.iterdir()) == ["a-1.0-py3-none-any.whl"]
     assert (on_drive / "a-1.0-py3-none-any.whl").read_bytes() == wheels["a-1.0-py3-none-any.whl"]
+
+
+def test_a_job_left_with_only_the_team_usage_record_counts_and_is_finished_online(tmp_path, monkeypatch):
+    """The team store's usage record, alone in a job an offline run (or a killed worker) left:
+    `pending` counts it (so a no-op run restarts a worker on it and `status` names it) and an
+    online finish writes it to the team cache (a shared folder here, a real store) and removes
+    the job. Before, such a job counted for nothing and its folder stayed for good."""
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    team, drive, prefix = tmp_path / "team", tmp_path / "drive", tmp_path / "venv"
+    for folder in (team, drive, prefix):
+        folder.mkdir()
+    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    work.team_usage = ["wheels/a-1.0-py3-none-any.whl", "snapshots/s.tar.zst"]
+    work.write_job(TieredStore.at(drive))
+
+    drivework.finish(work.folder, TieredStore.at(drive), offline=True)
+    state = drivework.pending(prefix)
+    assert state is not None and state.team_usage and not state.files_left and not state.snapshot
+    assert "the team cache's usage record pending" in state.describe()
+
+    drivework.finish(work.folder, TieredStore.at(drive, team=str(team)))
+    assert drivework.pending(prefix) is None and not work.folder.exists()
+    used, records = TieredStore.at(team).here.last_used()
+    assert set(used) == set(work.team_usage) and len(records) == 1

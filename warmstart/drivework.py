@@ -170,6 +170,7 @@ class Pending:
     snapshot: bool
     running: bool
     failed: str | None
+    team_usage: bool = False  # the team store's usage record (see DriveWork.team_usage)
 
     def describe(self) -> str:
         parts = []
@@ -177,6 +178,8 @@ class Pending:
             parts.append(f"cache filling: {self.files_total - self.files_left} of {self.files_total} files on Drive")
         if self.snapshot:
             parts.append("snapshot pending")
+        if self.team_usage:
+            parts.append("the team cache's usage record pending")
         state = "being written now" if self.running else "to be finished by the next run (or --wait)"
         if self.failed:
             state = f"stopped ({self.failed}); the next run tries again"
@@ -186,7 +189,7 @@ class Pending:
 def pending(prefix: Path) -> Pending | None:
     """What a target's earlier runs still have to write to Drive; None when nothing."""
     left = total = 0
-    snapshot = running = False
+    snapshot = running = usage = False
     failed = None
     for folder in handed_off(prefix):
         try:
@@ -200,12 +203,14 @@ def pending(prefix: Path) -> Pending | None:
         left += len(queued)
         total += max(int(job.get("files") or 0), len(queued))
         snapshot = snapshot or bool(job.get("snapshot"))
+        usage = usage or bool(job.get("team_usage"))  # alone, a job that an offline run or a killed
+        # worker left would linger, never finished, if it did not count
         running = running or _running(folder)
         if (folder / FAILED).is_file():
             failed = (folder / FAILED).read_text().strip()
-    if not (left or snapshot):
+    if not (left or snapshot or usage):
         return None
-    return Pending(left, total, snapshot, running, failed)
+    return Pending(left, total, snapshot, running, failed, usage)
 
 
 def _job_lock(folder: Path) -> FileLock | None:
