@@ -394,6 +394,40 @@ def test_a_source_held_back_is_asked_only_once_the_others_fail_or_leave_the_read
     assert isinstance(got, OSError) and "no source could serve part 1 (drive: part 1 differs" in str(got)
 
 
+def test_while_the_source_held_back_joins_the_read_has_no_estimate_to_race_the_index_on(tmp_path):
+    """Drive falls behind (0.3 s a part) and the team store, held back, is being opened: the read's
+    time left is unknown until that source's first part (a race would otherwise start uv on
+    Drive's pace alone, and hold the read, while the team store that serves it faster waits);
+    then it is known again."""
+    data, index, (drive, team) = stored_in_parts(tmp_path)
+    opening, opened = threading.Event(), threading.Event()
+
+    def later() -> parts.Source:
+        opening.set()
+        opened.wait(10)
+        return parts.Source("team", team)
+
+    source = parts.Source("drive", _SlowDrive(drive.drive, 0.3))
+    reading = parts.PartReader([source], KIND, "archive", index, later=later)
+    got: list[bytes] = []
+    consumer = threading.Thread(target=lambda: got.append(_read_all(reading)))
+    consumer.start()
+    try:
+        assert opening.wait(10), "the reader fell behind: the team store is asked"
+        deadline = time.monotonic() + 10
+        while not source.pace and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert source.pace, "Drive served a part meanwhile: its pace alone would give an estimate"
+        assert reading.seconds_left() is None
+        opened.set()
+        consumer.join(10)
+        assert got == [data] and reading.sources[-1].served, "the team store joined and served parts"
+        assert reading.seconds_left() is not None
+    finally:
+        opened.set()
+        reading.close()
+
+
 def damage(data: bytes) -> bytes:
     return bytes([data[0] ^ 0xFF]) + data[1:]
 

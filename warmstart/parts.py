@@ -122,6 +122,9 @@ class PartReader:
         self._left, self._at = b"", 0
         self.waited = 0.0  # seconds the reader waited for parts, in all
         self._later = later
+        # The source held back, from when the reader fell behind until its first part: True while
+        # it is being opened, then the Source; None before and after (see seconds_left).
+        self._joining: Source | bool | None = None
         self._threads: list[threading.Thread] = []
         for source in sources:
             self._begin(source)
@@ -216,9 +219,10 @@ class PartReader:
         with self._cond:
             while not self._stop and (self._held() or not self._wants_help()):
                 self._cond.wait(HELD_POLL)
+            self._joining = not self._stop
         source = None if self._stop else self._later_source()
         with self._cond:
-            self._later = None
+            self._later, self._joining = None, source
             if source and not self._stop:
                 self.sources.append(source)
                 self._begin(source)
@@ -285,7 +289,14 @@ class PartReader:
         return data
 
     def seconds_left(self) -> float | None:
-        """The time the parts not yet handed on would take at the sources' paces; None before any."""
+        """The time the parts not yet handed on would take at the sources' paces; None before any,
+        and while the source held back is joining (opened, its first part not yet in): the read
+        fell behind, and what it has left depends on that source's pace. Else a race (see
+        warmstart.race) would start uv, and hold the read meanwhile, on Drive's pace alone, while a
+        team store that serves it all faster waits to be opened."""
+        joining = self._joining
+        if joining is True or (isinstance(joining, Source) and not joining.pace and not joining.failed):
+            return None
         rate = sum(self.part_size / s.pace for s in self.sources if s.pace and not s.failed)
         return (self.total - self.size) / rate if rate else None
 
