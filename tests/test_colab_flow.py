@@ -263,25 +263,47 @@ def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
     assert not list((backing / "MyDrive" / "warmstart").rglob("*.pyc")), "no bytecode may be written to Drive"
 
 
-def test_imported_from_drive_warmstart_writes_no_bytecode_there(tmp_path):
+def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_not_there(tmp_path):
     """The kernel (no PYTHONDONTWRITEBYTECODE) imports warmstart from its checkout on Drive: none of
-    its modules leaves bytecode there; the kernel's own modules elsewhere still get theirs."""
+    its modules leaves bytecode there; the kernel's own modules elsewhere still get theirs. Its
+    bytecode goes to warmstart's cache folder on local disk instead, so the next run, under the
+    launcher's PYTHONDONTWRITEBYTECODE, compiles none of it; an edited module is compiled anew."""
     mount = tmp_path / "content" / "drive"
     checkout = mount / "MyDrive" / "warmstart"
     copy_checkout(checkout)
     own = tmp_path / "notebook"
     own.mkdir()
     (own / "mine.py").write_text("X = 1\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"XDG_CACHE_HOME": str(cache)}
     # first on sys.path (the README appends): this interpreter has warmstart installed itself
     code = (f"import sys; sys.path[:0] = [{str(checkout)!r}, {str(own)!r}]; "
             "import warmstart.colab, warmstart.bootstrap, warmstart.status, mine; print(warmstart.__file__)")
-    done = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(mount)},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(checkout / "warmstart" / "__init__.py")
+
+    def run(*flags: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, *flags, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(mount)} | extra,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    assert run().stdout.strip() == str(checkout / "warmstart" / "__init__.py")
     assert not list(checkout.rglob("*.pyc"))
     assert list(own.glob("__pycache__/mine.*.pyc")), "only warmstart's own imports are spared"
+    kept = cache / "warmstart" / "pycache" / checkout.relative_to("/") / "warmstart" / "__pycache__"
+    assert list(kept.glob("bootstrap.*.pyc"))
+    assert (cache / "warmstart").stat().st_mode & 0o777 == 0o700, "its user's alone, as warmstart.home says"
+
+    # as the launcher runs it: PYTHONDONTWRITEBYTECODE; `-v` names each module compiled from its source
+    compiled = [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
+                if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
+    assert compiled == [f"# code object from {checkout / 'warmstart' / '__init__.py'}"], compiled
+    bootstrap = checkout / "warmstart" / "bootstrap.py"
+    bootstrap.write_text(bootstrap.read_text() + "\n# edited\n")
+    os.utime(bootstrap, (time.time() + 10, time.time() + 10))
+    compiled = [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
+                if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
+    assert f"# code object from {bootstrap}" in compiled and len(compiled) == 2, compiled
+    assert not list(checkout.rglob("*.pyc"))
 
     elsewhere = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(tmp_path / "x")},
                                capture_output=True, text=True, timeout=120)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.machinery
+import importlib.util
+import marshal
 import os
 import sys
+import types
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -23,23 +26,51 @@ def _project_root() -> Path:
 PROJECT_ROOT = _project_root()
 
 
-class _SourceOnly(importlib.machinery.SourceFileLoader):
-    """Reads bytecode where it exists, never writes any."""
+class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
+    """Keeps a module's bytecode under `root` (a mirror of its path there), never beside its
+    source; writes it there even under PYTHONDONTWRITEBYTECODE, which the launcher sets so that
+    nothing else is written anywhere."""
+
+    root = Path()
+
+    def _elsewhere(self, path: str) -> str:
+        return str(self.root / Path(path).relative_to(Path(path).anchor))
+
+    def get_data(self, path: str) -> bytes:
+        return super().get_data(self._elsewhere(path) if path.endswith(".pyc") else path)
 
     def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # type: ignore[override]
-        pass
+        if path.endswith(".pyc"):  # nothing else is ever written through a loader
+            self.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # see warmstart.home.private
+            super().set_data(self._elsewhere(path), data, _mode=_mode)
+
+    def source_to_code(self, data: bytes, path: str, *, _optimize: int = -1) -> types.CodeType:  # type: ignore[override]
+        code = super().source_to_code(data, path, _optimize=_optimize)
+        if sys.dont_write_bytecode:  # get_code writes none then: this module's goes to root all the same
+            with contextlib.suppress(OSError, ValueError):
+                stats = self.path_stats(path)
+                header = (importlib.util.MAGIC_NUMBER + bytes(4)  # flags 0: checked by mtime and size (PEP 552)
+                          + (int(stats["mtime"]) & 0xFFFFFFFF).to_bytes(4, "little")
+                          + (int(stats["size"]) & 0xFFFFFFFF).to_bytes(4, "little"))
+                self.set_data(importlib.util.cache_from_source(path), header + marshal.dumps(code))
+        return code
 
 
-def _no_bytecode_on_drive() -> None:
-    """The notebook kernel imports warmstart from its checkout on Drive (sys.path.append): its
-    bytecode would land on Drive, a write per module that outlives the VM. From there, warmstart's
-    modules are compiled in memory, and this file's own bytecode, written by this very import, goes."""
+def _bytecode_off_drive() -> None:
+    """The notebook kernel, and the `invoke` launcher, import warmstart from its checkout on Drive:
+    its bytecode there would be a Drive write per module that outlives the VM, and none at all
+    (the launcher's PYTHONDONTWRITEBYTECODE) had every run compile warmstart anew (0.1 s). From
+    there, warmstart's bytecode lives in its own cache folder on local disk (pycache/), compiled
+    by the first run on a VM; and this file's own bytecode, written by this very import, goes."""
     here = Path(__file__).parent
-    # Read here, not through warmstart.settings: importing it first would write its bytecode.
+    # Read here, not through warmstart.settings or warmstart.home: importing them first would
+    # write their bytecode (the folder is home.root()'s).
     mount = Path(os.environ.get("WARMSTART_MOUNT_POINT") or "/content/drive")
     if not here.is_relative_to(mount):
         return
-    finder = importlib.machinery.FileFinder(str(here), (_SourceOnly, importlib.machinery.SOURCE_SUFFIXES))
+    _BytecodeElsewhere.root = (Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
+                               / "warmstart" / "pycache")
+    finder = importlib.machinery.FileFinder(str(here), (_BytecodeElsewhere, importlib.machinery.SOURCE_SUFFIXES))
     for entry in __path__:
         sys.path_importer_cache[entry] = finder
     cached = globals().get("__cached__")
@@ -50,7 +81,7 @@ def _no_bytecode_on_drive() -> None:
             cache.parent.rmdir()  # only when nothing else is in it
 
 
-_no_bytecode_on_drive()
+_bytecode_off_drive()
 
 
 def load_ipython_extension(ipython: object) -> None:  # `%load_ext warmstart`

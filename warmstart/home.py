@@ -11,6 +11,7 @@
         <kind>/<prefix hash>.json  one record per target environment and kind (STATE_KINDS)
         drivework/<prefix hash>/   that target's pending Drive writes, one folder per job
         locks/<prefix hash>.lock   one run at a time per target
+        pycache/                   a checkout on Drive keeps its bytecode here (warmstart/__init__.py)
 
 Standard library only (warmstart.sh uses it before any dependency is there).
 """
