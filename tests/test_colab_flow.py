@@ -305,6 +305,12 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
     assert f"# code object from {bootstrap}" in compiled and len(compiled) == 2, compiled
     assert not list(checkout.rglob("*.pyc"))
 
+    # a cache folder that cannot be made (XDG_CACHE_HOME a file): imported all the same, compiled
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("")
+    assert run(XDG_CACHE_HOME=str(not_a_folder)).stdout.strip() == str(checkout / "warmstart" / "__init__.py")
+    assert not list(checkout.rglob("*.pyc"))
+
     elsewhere = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_MOUNT_POINT": str(tmp_path / "x")},
                                capture_output=True, text=True, timeout=120)
     assert elsewhere.returncode == 0, elsewhere.stderr

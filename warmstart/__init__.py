@@ -41,8 +41,11 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
 
     def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # type: ignore[override]
         if path.endswith(".pyc"):  # nothing else is ever written through a loader
-            self.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # see warmstart.home.private
-            super().set_data(self._elsewhere(path), data, _mode=_mode)
+            # A cache folder that cannot be made (a read-only HOME) leaves the bytecode unwritten,
+            # as the import system does with a folder it cannot write: never a failed import.
+            with contextlib.suppress(OSError):
+                self.root.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # see warmstart.home.private
+                super().set_data(self._elsewhere(path), data, _mode=_mode)
 
     def source_to_code(self, data: bytes, path: str, *, _optimize: int = -1) -> types.CodeType:  # type: ignore[override]
         code = super().source_to_code(data, path, _optimize=_optimize)
