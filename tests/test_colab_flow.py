@@ -286,6 +286,12 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
         assert done.returncode == 0, done.stderr
         return done
 
+    def compiled_as_the_launcher_runs_it() -> list[str]:
+        """PYTHONDONTWRITEBYTECODE, as the launcher sets; `-v` names each module compiled from
+        its source (one loaded from bytecode is named by its .pyc)."""
+        return [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
+                if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
+
     assert run().stdout.strip() == str(checkout / "warmstart" / "__init__.py")
     assert not list(checkout.rglob("*.pyc"))
     assert list(own.glob("__pycache__/mine.*.pyc")), "only warmstart's own imports are spared"
@@ -293,15 +299,12 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
     assert list(kept.glob("bootstrap.*.pyc"))
     assert (cache / "warmstart").stat().st_mode & 0o777 == 0o700, "its user's alone, as warmstart.home says"
 
-    # as the launcher runs it: PYTHONDONTWRITEBYTECODE; `-v` names each module compiled from its source
-    compiled = [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
-                if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
+    compiled = compiled_as_the_launcher_runs_it()
     assert compiled == [f"# code object from {checkout / 'warmstart' / '__init__.py'}"], compiled
     bootstrap = checkout / "warmstart" / "bootstrap.py"
     bootstrap.write_text(bootstrap.read_text() + "\n# edited\n")
     os.utime(bootstrap, (time.time() + 10, time.time() + 10))
-    compiled = [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
-                if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
+    compiled = compiled_as_the_launcher_runs_it()
     assert f"# code object from {bootstrap}" in compiled and len(compiled) == 2, compiled
     assert not list(checkout.rglob("*.pyc"))
 

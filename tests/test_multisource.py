@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -77,12 +78,12 @@ def damage_every_part(data: bytes) -> bytes:
 
 
 @contextmanager
-def paced(folder: Path, mount: Path) -> Iterator[Path]:
+def paced(folder: Path, mount: Path, **held: Any) -> Iterator[Path]:
     """`folder` behind the real FUSE layer at 16 MiB/s, half a second a part. Which source of two
     on local disk serves what is a race of their threads: the first to ask may take every part
     before the other has opened the file, and CI saw it. Paced, a source leaves the other time
-    to ask for its first part."""
-    with slow_drive(folder, mount, 5, 16) as paced_folder:
+    to ask for its first part. `held`: slow_drive's hang_after and until."""
+    with slow_drive(folder, mount, 5, 16, **held) as paced_folder:
         yield paced_folder
 
 
@@ -188,13 +189,17 @@ def drive_held_for_the_team(folder: Path, mount: Path) -> Iterator[tuple[Path, C
     timer.start()
 
     def heard(line: bytes) -> None:
-        if line.startswith(b"GET /") and b".tar.zst" in line:
+        if asks_for_a_part(line):
             gate.touch()
     try:
-        with slow_drive(folder, mount, 5, 16, hang_after=PART_SIZE, until=gate) as held:
+        with paced(folder, mount, hang_after=PART_SIZE, until=gate) as held:
             yield held, heard
     finally:
         timer.cancel()
+
+
+def asks_for_a_part(request_line: bytes) -> bool:
+    return request_line.startswith(b"GET /") and b".tar.zst" in request_line
 
 
 @needs_fuse
@@ -228,8 +233,7 @@ def test_an_s3_team_cache_that_fails_leaves_its_parts_to_drive(bulky, tmp_path, 
     assert result.report["snapshot"]["used"] is True
     assert result.report["snapshot"]["read"] == {"Drive": size}
     assert tree(vm.python) == had
-    asked = [line for line in relay.seen if line.startswith(b"GET /") and b".tar.zst" in line]
-    assert asked, "the team cache was asked for a part"
+    assert any(asks_for_a_part(line) for line in relay.seen), "the team cache was asked for a part"
     if trouble == "stops midway":
         # Said once at most: Drive may have served the last part before the team's request failed
         # (its client retries), and a source still under way is not waited for.
