@@ -28,7 +28,9 @@ For each recipe, on the same lock and machine, in one run, every round:
                        hold the snapshot (the team store is opened only if Drive falls behind)
   warmstart-no-op+team (--team) the same command again: nothing to do, the team store not opened
 Every run starts with empty pip/uv caches and a new virtualenv at the same path (a wiped VM
-has the same prefix), after a sync (no method pays for the writeback of the one before).
+has the same prefix), after a sync (no method pays for the writeback of the one before). The
+offline and online restores take turns going first, after one restore that is not timed (the
+first restore after the cold runs was the slower on this VM, whichever it was).
 --colab IMAGE measures the same on a Colab stand-in as well: the image's Python (pyenv) with
 the image's versions of the lock's closure preinstalled, so the lock adds only what the image
 lacks (pip and uv install just those; no tar-limit, the tree is the image's).
@@ -223,20 +225,21 @@ class Bench:
         times["warmstart-cold"], _ = run(boot, same_vm)
         wait_for_drive_work(Path(same_vm["XDG_CACHE_HOME"]))  # untimed: the VM stays up meanwhile
         times["warmstart-no-op"], _ = run(boot, same_vm)
+        # The offline and online restores take turns going first, after one restore that is not
+        # timed: on this VM, whichever restore came first after the cold runs was the slower one
+        # (0.7 to 1.0 s more of system CPU), offline or online alike. perf puts the difference in
+        # copying the files' bytes into the page cache (33% of the samples against 24% in the
+        # next restore); the likely cause is that the VM hands the memory it frees back to its
+        # host (virtio-balloon free page reporting), which must back it again on first touch.
         fresh_venv()
-        report = self.work / "report.json"
-        with report.open("w") as out:
-            times["warmstart-offline"], err = run(["unshare", "--net", "--", *boot, "--offline"], self.env(),
-                                                  stdout=out)
-        rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
-        # the restore itself, without what every run of the command costs (the interpreter,
-        # invoke, the imports, the checks before it): what compares with zstd -d | tar -x
-        steps = json.loads(report.read_text())["steps"]
-        times["warmstart-restore-step"] = next(step["seconds"] for step in steps if step["name"] == "snapshot")
-        fresh_venv()
-        with report.open("w") as out:
-            times["warmstart-online"], _ = run(boot, self.env(), stdout=out)
-        self.races.append(json.loads(report.read_text())["snapshot"].get("race", {}).get("winner", "not raced"))
+        run(["unshare", "--net", "--", *boot, "--offline"], self.env())
+        offline_first = len(self.races) % 2 == 0
+        for offline in (True, False) if offline_first else (False, True):
+            fresh_venv()
+            if offline:
+                times["warmstart-offline"], rss, times["warmstart-restore-step"] = self.restore(boot, offline=True)
+            else:
+                times["warmstart-online"], _, _ = self.restore(boot, offline=False)
         if self.team:
             shutil.rmtree(cache, ignore_errors=True)
             fresh_venv()
@@ -249,6 +252,23 @@ class Bench:
             wait_for_drive_work(Path(with_team["XDG_CACHE_HOME"]))  # its worker records the use, untimed
             times["warmstart-no-op+team"], _ = run(boot, with_team)
         return times, rss
+
+    def restore(self, boot: list[str], offline: bool) -> tuple[float, int, float]:
+        """A wiped VM's restore from the snapshot on Drive: offline with the network cut, else
+        with the index reachable (a slow read races it; who won is kept). Its time, the peak RSS
+        of the warmstart process, and its own snapshot step: the restore without what every run
+        of the command costs (the interpreter, invoke, the imports, the checks before it), what
+        compares with zstd -d | tar -x."""
+        report = self.work / "report.json"
+        cmd = ["unshare", "--net", "--", *boot, "--offline"] if offline else boot
+        with report.open("w") as out:
+            seconds, err = run(cmd, self.env(), stdout=out)
+        done = json.loads(report.read_text())
+        if not offline:
+            self.races.append(done["snapshot"].get("race", {}).get("winner", "not raced"))
+        rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
+        step = next(step["seconds"] for step in done["steps"] if step["name"] == "snapshot")
+        return seconds, rss, step
 
     def boot(self) -> list[str]:
         return [sys.executable, "-c", RSS_WRAPPER, "--search-root", str(REPO), "bootstrap",
