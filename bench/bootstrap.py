@@ -232,8 +232,8 @@ class Bench:
         # next restore); the likely cause is that the VM hands the memory it frees back to its
         # host (virtio-balloon free page reporting), which must back it again on first touch.
         fresh_venv()
-        run(["unshare", "--net", "--", *boot, "--offline"], self.env())
-        offline_first = len(self.races) % 2 == 0
+        self.restore(boot, offline=True)  # untimed
+        offline_first = len(self.races) % 2 == 0  # one online restore a round so far
         for offline in (True, False) if offline_first else (False, True):
             fresh_venv()
             if offline:

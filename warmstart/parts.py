@@ -122,8 +122,9 @@ class PartReader:
         self._left, self._at = b"", 0
         self.waited = 0.0  # seconds the reader waited for parts, in all
         self._later = later
-        # The source held back, from when the reader fell behind until its first part: True while
-        # it is being opened, then the Source; None before and after (see seconds_left).
+        # The source held back once the reader fell behind: True while it is being opened, then
+        # the Source (joining until its first part is in, see seconds_left); None before, or when
+        # it could not be opened.
         self._joining: Source | bool | None = None
         self._threads: list[threading.Thread] = []
         for source in sources:
