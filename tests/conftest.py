@@ -319,7 +319,10 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
         assert os.path.ismount(mount), "the FUSE layer did not mount"
         yield mount
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        for _ in range(100):  # busy while a read this process left waiting (a daemon's) ends
+            if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0 or not os.path.ismount(mount):
+                break
+            time.sleep(0.05)
         try:
             fs.wait(timeout=10)
         except subprocess.TimeoutExpired:  # a read still sleeping out its throttled turn: a stand-in

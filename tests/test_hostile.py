@@ -261,6 +261,10 @@ HOSTILE_INPUTS = {
     "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3, "cannot run the target Python"),
     "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),
     "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
+    "Drive timeout not a number": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "soon"}, 2,
+                                   "WARMSTART_DRIVE_TIMEOUT must be a number of seconds"),
+    "Drive timeout endless": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "inf"}, 2,
+                              "WARMSTART_DRIVE_TIMEOUT must be a number of seconds above 0, got 'inf'"),
     "plain-http index": ({}, "{demo}", [], {"PIP_INDEX_URL": "http://user:secret@index.example/simple"}, 2,
                          "https"),
 }

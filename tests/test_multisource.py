@@ -32,6 +32,7 @@ from test_team import VM, CutOnFirst, Relay
 
 from warmstart.manifest import GENERATED
 from warmstart.parts import PART_SIZE
+from warmstart.tiered import TieredStore
 
 BLOBS = 3  # incompressible files of a part and a bit each: an archive of about four parts
 LOCKED = {"bulky": "1.0"}
@@ -176,6 +177,35 @@ def filled_and_wiped(first: VM, recipe: Path) -> dict[str, str]:
     shutil.rmtree(first.root / "venv")
     shutil.rmtree(first.root / "cache")
     return had
+
+
+@needs_fuse
+def test_a_drive_that_stops_answering_midway_is_left_to_the_team_cache_for_the_rest_of_the_run(tmp_path, monkeypatch):
+    """Drive, behind the real FUSE layer, stops answering 1 MiB into any file. The first wheel's
+    read waits WARMSTART_DRIVE_TIMEOUT (1 s here), then the team cache's copy serves it; Drive is
+    down for the rest of the run: one warning, and the second wheel comes from the team cache
+    without a read of Drive's copy (which would wait as long again)."""
+    monkeypatch.setenv("WARMSTART_DRIVE_TIMEOUT", "1")
+    drive, team = tmp_path / "drive", tmp_path / "team"
+    wheels = {}
+    for name in ("a-1.0-py3-none-any.whl", "b-1.0-py3-none-any.whl"):
+        data = os.urandom(3 << 20)
+        for folder in (drive, team):
+            (folder / ".warmstart" / "v1" / "wheels").mkdir(parents=True, exist_ok=True)
+            (folder / ".warmstart" / "v1" / "wheels" / name).write_bytes(data)
+        wheels[name] = hashlib.sha256(data).hexdigest()
+    gate = tmp_path / "answer"  # then the read left waiting ends, and the FUSE layer can unmount
+    with slow_drive(drive, tmp_path / "slow", 5, 100, hang_after=1 << 20, until=gate) as mount:
+        store = TieredStore.at(mount, team=str(team))
+        got = [store.get("wheels", name, tmp_path / name, {sha256}) for name, sha256 in wheels.items()]
+        gate.touch()  # the thread left in that read (a daemon) ends with it
+
+    assert got == [tmp_path / name for name in wheels] and set(got) == store.from_team
+    assert [hashlib.sha256(path.read_bytes()).hexdigest() for path in got] == list(wheels.values())
+    assert store.warnings == [f"{mount} stopped answering (a read waited 1 s for its data); this run reads nothing "
+                              "more from it (on Colab, remount it with drive.mount('/content/drive', "
+                              "force_remount=True))"]
+    assert store.here.stats.hits == 0 and store.team is not None and store.team.stats.hits == 2
 
 
 @contextmanager

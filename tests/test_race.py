@@ -28,6 +28,7 @@ from conftest import (
     build_wheel,
     cli_command,
     dead_url,
+    installed,
     make_venv,
     needs_fuse,
     serve_folder,
@@ -252,6 +253,41 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_when_interr
     assert leftovers(vm) == [], "the staging folder is removed on the way out"
 
 
+@needs_fuse
+def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(bulky, filled, tmp_path):  # noqa: F811
+    """A read from Drive waits at most WARMSTART_DRIVE_TIMEOUT (here 2 s) for its data. Drive
+    stops answering 4 MiB into the archive: the snapshot cannot be read, Drive counts as down for
+    the rest of the run (the wheel on it is not read, which would wait as long again), and the
+    offline run ends by itself: exit 3, one line naming the Drive, the wait and the way out. The
+    snapshot is not set aside (its copy is whole: it is Drive that stopped), the staging folder
+    is removed."""
+    recipe, url = bulky
+    vm = wiped_vm(tmp_path, url)
+    archive = archive_in(vm.drive)
+    with slow_drive(vm.drive, tmp_path / "slow", 5, 100, hang_after=4 << 20) as mount:
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount),
+                                           "--python", str(vm.python), "--json", "--offline"),
+                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _out, err = run.communicate(timeout=120)  # without the bound: never
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+
+    assert run.returncode == 3, err
+    said = f"{mount} stopped answering (a read waited 2 s for its data)"
+    assert f"snapshot {archive.name} cannot be read ({said})" in err
+    assert err.strip().splitlines()[-1] == (
+        f"warmstart: error: --offline, but {said}: on Colab, remount it with drive.mount('/content/drive', "
+        "force_remount=True) and run again (without --offline the package index serves what Drive cannot)")
+    assert "Traceback" not in err
+    assert leftovers(vm) == [], "the staging folder is removed"
+    assert archive.exists() and not list(archive.parent.glob("*.damaged-*")), "Drive stopped; its copy is whole"
+    assert installed(vm.python) == {}, "nothing was installed"
+
+
 # -- the race's parts -----------------------------------------------------------------------
 
 def _read_all(reader: _ReadAhead | parts.PartReader) -> bytes:
@@ -271,6 +307,34 @@ def test_a_held_read_reads_nothing_until_resumed_then_everything(tmp_path):
         assert _read_all(reading) == data
     finally:
         reading.close()
+
+
+@needs_fuse
+def test_parts_from_a_drive_that_stops_answering_fail_once_a_read_waited_its_timeout(tmp_path, monkeypatch):
+    """Drive, behind the real FUSE layer, answers the archive's first part and then nothing: the
+    reader gives up on it once its read has waited WARMSTART_DRIVE_TIMEOUT (1 s here), with
+    nothing else to ask, says so, and Drive is down for the run (one warning)."""
+    monkeypatch.setenv("WARMSTART_DRIVE_TIMEOUT", "1")
+    data = os.urandom(3 * PART_SIZE)
+    folder = tmp_path / "drive" / ".warmstart" / "v1" / KIND
+    folder.mkdir(parents=True)
+    (folder / "a.tar.zst").write_bytes(data)
+    index = {"size": len(data), "part_size": PART_SIZE,
+             "parts": [hashlib.sha256(data[at:at + PART_SIZE]).hexdigest() for at in range(0, len(data), PART_SIZE)]}
+    gate = tmp_path / "answer"  # then the read left waiting ends, and the FUSE layer can unmount
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 100, hang_after=PART_SIZE, until=gate) as mount:
+        store = DriveStore(mount)
+        reader = parts.PartReader([parts.Source("Drive", store)], KIND, "a.tar.zst", index)
+        try:
+            with pytest.raises(OSError) as failed:
+                _read_all(reader)
+        finally:
+            reader.close()
+            gate.touch()
+
+    said = f"{mount} stopped answering (a read waited 1 s for its data)"
+    assert str(failed.value) == f"no source could serve part 2 (Drive: {said})"
+    assert store.down == said and len(store.warnings) == 1 and store.warnings[0].startswith(said)
 
 
 def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_path):

@@ -8,7 +8,7 @@ it would cost reads and hashing for nothing), and then takes the part furthest a
 gives it the most time. So a restore reads at the pace of its fastest source, or of them all
 together when that alone cannot keep it fed.
 
-A source that fails to serve a part (an error, a short read, a store that hangs until its
+A source that fails to serve a part (an error, a short read, a read that hangs past its store's
 timeout, a hash that differs) is asked no more, and the part goes to another. When the part
 the reader waits for has been with another source for twice as long as an idle one took for
 its last part, the idle one fetches it too, and whichever answers first serves it: a slow or
@@ -39,6 +39,7 @@ LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
 HELD_POLL = 0.05  # seconds between a held reader's looks at whether it may read on
 JOIN_AFTER = 0.1  # seconds the reader waits for parts, in all, before a source held back is asked
 CHECKING = 2  # parts a source has read and its checker not yet hashed: it reads while that hashes
+STALL_POLL = 0.1  # seconds between a waiting reader's looks at whether a source's read hangs
 
 
 @dataclass(eq=False)
@@ -49,6 +50,7 @@ class Source:
     store: Store
     served: int = 0  # bytes of parts it served that were used
     pace: float = 0.0  # seconds its last part took
+    since: float | None = None  # when the read of the part it fetches now began
     failed: str | None = None  # why it was asked no more
     damaged: bool = False  # it served a part whose hash differs: its copy is damaged
 
@@ -186,9 +188,9 @@ class PartReader:
         try:
             with source.store.ranges(self.kind, self.name) as read_at:
                 while (i := self._take(source)) is not None:
-                    began = time.monotonic()
+                    source.since = began = time.monotonic()
                     data = read_at(i * self.part_size, self.lengths[i])
-                    source.pace = time.monotonic() - began
+                    source.since, source.pace = None, time.monotonic() - began
                     checking.put((i, data))
         except Exception as exc:  # OSError, a timeout, a backend's own: this source is done
             self._fail(source, f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
@@ -240,6 +242,15 @@ class PartReader:
         waiting = time.monotonic() - self._wait_began if self._wait_began is not None else 0.0
         return self.waited + waiting > JOIN_AFTER or any(s.failed for s in self.sources)
 
+    def _give_up_on_stalled(self) -> None:
+        """A source whose read has waited longer than its store allows (Store.patience) is asked
+        no more, and its store is down for the run; its thread is left in that read (a daemon)."""
+        now = time.monotonic()
+        for source in self.sources:
+            since, patience = source.since, source.store.patience()
+            if patience and since is not None and not source.failed and now - since > patience.seconds:
+                self._fail(source, str(patience.give_up()))
+
     def _deliver(self, source: Source, i: int, data: bytes) -> None:
         with self._cond:
             self._fetching[i].discard(source)
@@ -265,7 +276,8 @@ class PartReader:
                     if self._wait_began is None:
                         self._wait_began = self._starved_at
                     self._cond.notify_all()  # the slower sources may help now
-                    self._cond.wait()
+                    self._cond.wait(STALL_POLL)
+                    self._give_up_on_stalled()
             finally:
                 self._waiting = False
                 if self._wait_began is not None:

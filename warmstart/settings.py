@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import sys
 from collections.abc import Container, Mapping
@@ -56,10 +57,12 @@ WORKER_TEAM = Variable("WARMSTART_WORKER_TEAM", "internal: the team cache's URL,
                                                 "in its environment only (never on disk)")
 TEAM_TIMEOUT = Variable("WARMSTART_TEAM_TIMEOUT", "seconds any call to the team cache may take before the "
                                                 "run goes on without it (default 20)")
+DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds one read from Drive may wait for data before the "
+                                                  "run reads nothing more from it (default 60)")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
-             ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, WORKER_TEAM, FAULT)
+             ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, DRIVE_TIMEOUT, WORKER_TEAM, FAULT)
 
 
 def _opt(help: str, default: Any = None) -> Any:
@@ -184,13 +187,25 @@ def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
 def team_timeout(environ: Mapping[str, str] = os.environ) -> float:
     """However the team store's backend retries, no call to it may wait longer than this for an
     answer; the first that does ends the store's part in the run (one warning)."""
-    raw = TEAM_TIMEOUT.get(environ)
+    return _seconds(TEAM_TIMEOUT, 20.0, environ)
+
+
+def drive_timeout(environ: Mapping[str, str] = os.environ) -> float:
+    """No read from Drive may wait longer than this for its data: a FUSE read from a Drive that
+    stopped answering never returns. The first that does ends Drive's part in the run. Drive
+    fetches a file it has not cached before its first byte, so this is far above what a read
+    takes on a slow day."""
+    return _seconds(DRIVE_TIMEOUT, 60.0, environ)
+
+
+def _seconds(variable: Variable, default: float, environ: Mapping[str, str]) -> float:
+    raw = variable.get(environ)
     try:
-        seconds = float(raw) if raw else 20.0
+        seconds = float(raw) if raw else default
     except ValueError:
-        raise BadInput(f"{TEAM_TIMEOUT.name} must be a number of seconds, got {raw!r}") from None
-    if not seconds > 0:
-        raise BadInput(f"{TEAM_TIMEOUT.name} must be above 0 seconds, got {raw!r}")
+        raise BadInput(f"{variable.name} must be a number of seconds, got {raw!r}") from None
+    if not 0 < seconds < math.inf:
+        raise BadInput(f"{variable.name} must be a number of seconds above 0, got {raw!r}")
     return seconds
 
 

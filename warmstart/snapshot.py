@@ -38,6 +38,7 @@ from . import faults, manifest, parts
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .patches import Patch
+from .store import Patience
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
 from .transfer import QUIET, Bar, Bars, is_sha256, zstd_open
@@ -254,9 +255,9 @@ class _ReadAhead:
 
     def __init__(self, source: IO[bytes], bar: Bar | None = None, copy: IO[bytes] | None = None,
                  limit: int | None = None, what: str = "it is longer than", hashed: bool = True,
-                 held: Callable[[], bool] = lambda: False) -> None:
+                 held: Callable[[], bool] = lambda: False, patience: Patience | None = None) -> None:
         self.size, self.bar, self.copy, self.limit = 0, bar, copy, limit
-        self._what, self._held = what, held
+        self._what, self._held, self._patience = what, held, patience
         self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
         self._reading: tuple[float, int] | None = None  # the read under way: when it began, how much it asked
         self._first: tuple[float, int] | None = None  # the first read's time and bytes: not the pace
@@ -363,6 +364,7 @@ class _ReadAhead:
             try:
                 item = self._blocks.get(timeout=0.1)
             except queue.Empty:
+                self._give_up_if_stalled()
                 continue
             if isinstance(item, BaseException):
                 raise item
@@ -375,6 +377,14 @@ class _ReadAhead:
         end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
         data, self._at = self._left[self._at:end], end
         return data
+
+    def _give_up_if_stalled(self) -> None:
+        """The source's read under way has waited longer than its store allows (`patience`): the
+        reading ends here, its thread left in that read (a daemon)."""
+        reading = self._reading
+        if self._patience and reading and time.monotonic() - reading[0] > self._patience.seconds:
+            self.stop()
+            raise self._patience.give_up()
 
     def stop(self) -> None:
         """Stop reading: the consumer gave up, or lost a race. A consumer waiting for a block
@@ -428,7 +438,8 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     try:
         with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
             held = watch.held if watch else lambda: False
-            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]), held=held)
+            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]), held=held,
+                                  patience=sources[0].store.patience())
                        if whole else parts.PartReader(sources, KIND, archive, index, bar, held, later))
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
@@ -542,8 +553,8 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
         shutil.rmtree(staging, ignore_errors=True)
         if copy:
             copy.unlink(missing_ok=True)
-        if isinstance(exc, SnapshotUnusable):
-            snapshot.set_aside(store, index)
+        if isinstance(exc, SnapshotUnusable) and not any(source.store.down for source in sources):
+            snapshot.set_aside(store, index)  # not when a store stopped answering: its copy may be whole
         raise
     if copy:
         (copy.parent / snapshot.index_name).write_text(json.dumps(index, indent=1) + "\n")

@@ -11,14 +11,17 @@ Drive may be shared by two VMs at once and a VM may die at any moment, so: a fil
 whole (a unique temporary name, flushed, renamed); nothing read is used before its sha256 is
 checked while it is copied off; a damaged file is renamed aside (kept for inspection, never used
 again, never deleted by a run); temporaries a killed run left are removed after an hour. Drive
-answers per file slowly, so each folder is listed once per run. `Store` is the interface every
-medium implements (this folder store; warmstart.team's object store); warmstart.tiered puts a
-team store behind Drive. Standard library only: warmstart.sh fills the wheel folder before any
-dependency is there.
+answers per file slowly, so each folder is listed once per run. A read waits at most
+WARMSTART_DRIVE_TIMEOUT for its data (a FUSE read from a Drive that stopped answering never
+returns); the first that waits that long ends Drive's part in the run, as a team store's first
+failure ends its part. `Store` is the interface every medium implements (this folder store;
+warmstart.team's object store); warmstart.tiered puts a team store behind Drive. Standard
+library only: warmstart.sh fills the wheel folder before any dependency is there.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -27,11 +30,13 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
-from . import faults
+from . import background, faults
+from .settings import drive_timeout
 from .transfer import (
     QUIET,
+    REMOUNT,
     AtomicFile,
     Bar,
     Bars,
@@ -50,6 +55,8 @@ KINDS = ("wheels", "assets", "snapshots", "locks")  # locks: made on a VM for it
 USAGE = "usage"
 STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
 DAMAGED = ".damaged-"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,7 +103,7 @@ class Store(Protocol):
     stats: CacheStats
     warnings: list[str]
     read_only: bool
-    down: str | None  # why it stopped answering for this run (a folder never does)
+    down: str | None  # why it stopped answering for this run
     refused: bool  # a write was refused: reads go on, writes stop
 
     def where(self, kind: str, name: str) -> str: ...
@@ -105,6 +112,7 @@ class Store(Protocol):
     def size(self, kind: str, name: str) -> int: ...
     def entries(self, *kinds: str) -> Iterator[StoredFile]: ...
     def open(self, kind: str, name: str) -> IO[bytes]: ...
+    def patience(self) -> Patience | None: ...
     def ranges(self, kind: str, name: str) -> AbstractContextManager[Callable[[int, int], bytes]]: ...
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None: ...
     def read_json(self, kind: str, name: str, limit: int = ...) -> Any: ...
@@ -120,6 +128,23 @@ class Store(Protocol):
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Patience:
+    """How long a read of a store may wait for its data, and what giving up on one does (the
+    store is down for the run, with one warning): the error to raise. A reader on a thread of its
+    own (a snapshot's) is watched by its consumer with it, which costs no thread a read."""
+
+    seconds: float
+    give_up: Callable[[], OSError]
+
+
+class Stalled(TimeoutError):
+    """A read from a folder store that waited its timeout for data: the store is down for the run."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 @dataclass
 class DriveStore:
     drive: Path
@@ -127,9 +152,10 @@ class DriveStore:
     bars: Bars = QUIET
     warnings: list[str] = field(default_factory=list)  # Drive writes that failed; the run goes on
     read_only: bool = False  # as a team store a person may only read (see warmstart.team)
-    down: str | None = field(default=None, init=False)  # a folder never stops answering for the run
+    down: str | None = field(default=None, init=False)  # why it stopped answering for the run (_answered)
     refused: bool = field(default=False, init=False)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    timeout: float = field(default_factory=drive_timeout, repr=False)  # seconds a read may wait for its data
 
     def __str__(self) -> str:
         return str(self.drive)
@@ -189,18 +215,48 @@ class DriveStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def patience(self) -> Patience:
+        return Patience(self.timeout, self._give_up)
+
+    def _give_up(self) -> Stalled:
+        """A read waited `timeout` for its data: Drive's part in the run ends (`down`, one warning),
+        so no later read waits that long again."""
+        if not self.down:  # two reads at once (the parts of a snapshot) may both wait it out
+            self.down = f"{self.drive} stopped answering (a read waited {self.timeout:g} s for its data)"
+            self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {REMOUNT})")
+        return Stalled(errno.ETIMEDOUT, self.down)
+
+    def _answered(self, read: Callable[[], T]) -> T:
+        """read(), given `timeout` seconds to answer: on a thread of its own, a daemon left waiting
+        when a Drive that stopped answering never does."""
+        if self.down:
+            raise self._give_up()
+        try:
+            return background.within(self.timeout, read)
+        except TimeoutError:
+            raise self._give_up() from None
+
+    def _close(self, close: Callable[[], None]) -> None:
+        """A FUSE close asks the Drive too: once it is down, nothing waits for one."""
+        if self.down:
+            background.started(close)
+        else:
+            self._answered(close)
+
     def open(self, kind: str, name: str) -> IO[bytes]:
-        """A stored file to read once, front to back (a snapshot archive)."""
-        return open(self.path(kind, name), "rb", buffering=0)
+        """A stored file to read once, front to back (a snapshot archive), on a reader's own thread
+        that its consumer watches with `patience()`; only the open is bounded here."""
+        return self._answered(lambda: open(self.path(kind, name), "rb", buffering=0))
 
     @contextmanager
     def ranges(self, kind: str, name: str) -> Iterator[Callable[[int, int], bytes]]:
         """`read_at(start, length)` of a stored file (a part of a snapshot archive; shorter only at
-        its end), with one open for all of them: Drive answers each open slowly."""
+        its end), with one open for all of them: Drive answers each open slowly. The parts are
+        read on threads their reader watches with `patience()`."""
         path = self.path(kind, name)
         if not regular_file(path):
             raise FileNotFoundError(f"{path} is not a regular file")
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = self._answered(lambda: os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
 
         def read_at(start: int, length: int) -> bytes:
             chunks = []
@@ -212,20 +268,23 @@ class DriveStore:
         try:
             yield read_at
         finally:
-            os.close(fd)
+            self._close(lambda: os.close(fd))
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Copy a stored file to local `dest` while hashing it; `dest` when its sha256 is one of
-        `sha256s`, else None: missing, unreadable (a warning) or damaged (set aside, a warning)."""
+        `sha256s`, else None: missing, unreadable (a warning; none more once Drive is down) or
+        damaged (set aside, a warning)."""
         src = self.path(kind, name)
-        if not regular_file(src):
+        if self.down or not regular_file(src):
             return None
         try:
-            with open(dest, "wb") as out, self.bars.bar(src.stat().st_size, f"from Drive {name[:30]}") as bar:
-                sha256, size = copy_hashed(src, out, bar)
+            with (open(dest, "wb") as out, self.bars.bar(src.stat().st_size, f"from Drive {name[:30]}") as bar,
+                  _Answering(self, self._answered(lambda: open(src, "rb", buffering=0))) as fin):
+                sha256, size = copy_hashed(fin, out, bar)
         except OSError as exc:
             dest.unlink(missing_ok=True)
-            self.warnings.append(f"{src} cannot be read: {explain(exc)}")
+            if not isinstance(exc, Stalled):  # that one warned once for the run
+                self.warnings.append(f"{src} cannot be read: {explain(exc)}")
             return None
         self.stats.bytes_read += size
         if sha256 not in sha256s:
@@ -326,7 +385,7 @@ class DriveStore:
     def record_use(self, keys: Iterable[str], now: float | None = None) -> None:
         now = time.time() if now is None else now
         try:
-            if (names := sorted(set(keys))) and not self.read_only:
+            if (names := sorted(set(keys))) and not (self.read_only or self.down):  # down: it would hang
                 self._write_record(dict.fromkeys(names, now))
         except OSError:
             pass  # a record only protects files from pruning; the next run writes another
@@ -352,6 +411,26 @@ class DriveStore:
         """Fold the records read into one, for the files still there, then remove those read (a
         record another run writes meanwhile is a new file, and stays)."""
         compact(when, records, keep, self._write_record, lambda record: Path(record).unlink(missing_ok=True))
+
+
+class _Answering:
+    """A file of `store` opened for reading (unbuffered: a buffered file's close waits for a read
+    under way) whose reads and close are given the store's timeout (DriveStore._answered)."""
+
+    def __init__(self, store: DriveStore, fh: IO[bytes]) -> None:
+        self.store, self.fh = store, fh
+
+    def read(self, size: int = -1) -> bytes:
+        return self.store._answered(lambda: self.fh.read(size))
+
+    def close(self) -> None:
+        self.store._close(self.fh.close)
+
+    def __enter__(self) -> _Answering:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def record_name(used: dict[str, float]) -> str:

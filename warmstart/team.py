@@ -246,6 +246,10 @@ class ObjectStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def patience(self) -> None:
+        """None: every call to the backend, each read of a stream too, is bounded already (_Bounded)."""
+        return None
+
     def open(self, kind: str, name: str) -> IO[bytes]:
         """A stream of a stored object (the snapshot restore reads it once, front to back). Any
         failure, opening or reading, is an OSError, and ends the team store's part in the run."""

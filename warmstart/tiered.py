@@ -153,7 +153,8 @@ class TieredStore:
 
     def holders(self, kind: str, name: str) -> list[tuple[str, Store]]:
         """Every tier that holds a copy, named as the report names it, Drive first."""
-        tiers: list[tuple[str, Store]] = [("Drive", self.here)] if self.here.on_drive(kind, name) else []
+        here = not self.here.down and self.here.on_drive(kind, name)
+        tiers: list[tuple[str, Store]] = [("Drive", self.here)] if here else []
         if self.team and not self.team.down and self.team.has(kind, name):
             tiers.append((TEAM, self.team))
         return tiers

@@ -206,7 +206,11 @@ def atomic_write_text(dest: Path, text: str) -> None:
         fh.write(text)
 
 
-def copy_hashed(src: Path | IO[bytes], dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
     """Copy a file (a path, or a stream opened for reading) into an open file, returning the
     sha256 and size of what was read: one pass."""
     if isinstance(src, Path):
@@ -222,12 +226,12 @@ def copy_hashed(src: Path | IO[bytes], dest: IO[bytes], bar: Bar = _NoBar()) -> 
     return digest.hexdigest(), size
 
 
+REMOUNT = "remount it with drive.mount('/content/drive', force_remount=True)"  # a notebook cell's line
 DRIVE_ERRORS = {
     errno.ENOSPC: "Drive is full (on Colab: the Google Drive storage quota is used up)",
     errno.EDQUOT: "Drive is over quota (on Colab: the Google Drive storage quota is used up)",
     errno.EIO: "Drive returned an I/O error (on Colab this often means the storage quota is exceeded)",
-    errno.ENOTCONN: "Drive was disconnected (Transport endpoint is not connected): remount it "
-                    "with drive.mount('/content/drive', force_remount=True)",
+    errno.ENOTCONN: f"Drive was disconnected (Transport endpoint is not connected): {REMOUNT}",
 }
 
 
