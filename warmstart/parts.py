@@ -158,13 +158,12 @@ class PartReader:
 
     def _take(self, source: Source, lane: int) -> int | None:
         """The part `source` fetches next in `lane`, once there is one; None when nothing is left
-        to it. The fastest source takes the nearest free part. A slower one takes the furthest,
-        and only while the reader has lately waited: when the fastest alone keeps it fed, a slower
-        source would only cost reads and hashing. A part the reader waits for, held by one other
-        source for twice as long as `source` took for its last part (or, before its first, the
-        other took for its own), is raced. Lanes past a source's first read only while it is the
-        only source and the reader waited just now (LANE_HUNGRY): a source that keeps it fed in
-        one lane reads in one, and beside another source the rules above share the parts."""
+        to it. The fastest source takes the nearest free part, its lanes past the first only while
+        the reader waited just now (LANE_HUNGRY): a source that keeps it fed in one lane reads in
+        one. A slower source takes the furthest, and only while the reader has lately waited: when
+        the fastest alone keeps it fed, a slower source would only cost reads and hashing. A part
+        the reader waits for, held by one other source for twice as long as `source` took for its
+        last part, is raced."""
         with self._cond:
             while not self._stop and not source.failed:
                 if self._held():  # a rival far ahead has the CPUs (snapshot.Watch.hold)
@@ -176,19 +175,16 @@ class PartReader:
                 if not missing and ahead.stop == len(self.hashes):
                     return None  # every part is here or handed on
                 free = [i for i in missing if not self._fetching.get(i)]
-                others = [s for s in self.sources if s is not source and not s.failed]
-                if lane and (others or now - self._starved_at >= LANE_HUNGRY):
-                    self._cond.wait()  # a spare lane: the first keeps the reader fed, or others help
-                    continue
-                if free and not any(s.pace and s.per_part < source.per_part for s in others):
+                faster = any(s.pace and s.per_part < source.per_part
+                             for s in self.sources if s is not source and not s.failed)
+                spare = lane > 0 and now - self._starved_at >= LANE_HUNGRY  # the first lane keeps it fed
+                if free and not faster and not spare:
                     return self._start(source, free[0])
                 if free and now - self._starved_at < HUNGRY:
                     return self._start(source, free[-1])
                 on_it = self._fetching.get(self._next, set()) if self._waiting else set()
-                # a source new to the read goes by the pace of the one it would race
-                pace = source.pace or (next(iter(on_it)).pace if len(on_it) == 1 else 0.0)
-                if len(on_it) == 1 and source not in on_it and pace:
-                    due = self._since.get(self._next, now) + 2 * pace - now
+                due = self._since.get(self._next, now) + 2 * source.pace - now
+                if len(on_it) == 1 and source not in on_it and source.pace:
                     if due <= 0:
                         return self._start(source, self._next)
                     self._cond.wait(due)
