@@ -26,16 +26,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from .store import Store
 from .transfer import Bar, is_sha256
 
 PART_SIZE = 8 << 20
-WINDOW = 4  # parts held ahead of the reader at most: 32 MiB of memory
+WINDOW = 6  # parts held ahead of the reader at most: 48 MiB of memory
 HUNGRY = 1.0  # seconds after the reader last waited that slower sources keep helping
-LANE_HUNGRY = 0.25  # seconds after the reader last waited that a source's lanes past its first read
 LIMITS = (1 << 20, 64 << 20)  # the part sizes a restore accepts from an index
 HELD_POLL = 0.05  # seconds between a held reader's looks at whether it may read on
 JOIN_AFTER = 0.1  # seconds the reader waits for parts, in all, before a source held back is asked
@@ -50,14 +49,8 @@ class Source:
     label: str  # "Drive", "the team cache": what the report calls it
     store: Store
     served: int = 0  # bytes of parts it served that were used
-    lanes: int = 1  # parts it reads at once
-    pace: float = 0.0  # seconds its last part took (in one lane)
-    reading: dict[int, float] = field(default_factory=dict)  # lane: when the read of its part began
-
-    @property
-    def per_part(self) -> float:
-        """Seconds a part, all its lanes together (0 before its first part)."""
-        return self.pace / self.lanes
+    pace: float = 0.0  # seconds its last part took
+    since: float | None = None  # when the read of the part it fetches now began
     failed: str | None = None  # why it was asked no more
     damaged: bool = False  # it served a part whose hash differs: its copy is damaged
 
@@ -96,10 +89,6 @@ class PartHasher:
         if self._in_part:
             self._end_part()
         return self.parts
-
-
-def _why(exc: Exception) -> str:
-    return f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
 
 
 def valid(index: dict[str, Any]) -> bool:
@@ -145,25 +134,25 @@ class PartReader:
         if later:  # not waited for on close: it may be opening its store, which ends on its own
             threading.Thread(target=self._join_later, daemon=True).start()
 
-    def _spawn(self, run: Callable[..., None], *args: Any) -> threading.Thread:
+    def _spawn(self, run: Callable[..., None], *args: Any) -> None:
         thread = threading.Thread(target=run, args=args, daemon=True)
         self._threads.append(thread)
         thread.start()
-        return thread
 
     def _begin(self, source: Source) -> None:
-        self._spawn(self._open, source)
+        """A source's two threads: one reads parts, the other checks their hashes meanwhile."""
+        checking: queue.Queue[tuple[int, bytes] | None] = queue.Queue(CHECKING)
+        self._spawn(self._fetch_with, source, checking)
+        self._spawn(self._check, source, checking)
 
     # -- the sources' threads ---------------------------------------------------------------
 
-    def _take(self, source: Source, lane: int) -> int | None:
-        """The part `source` fetches next in `lane`, once there is one; None when nothing is left
-        to it. The fastest source takes the nearest free part, its lanes past the first only while
-        the reader waited just now (LANE_HUNGRY): a source that keeps it fed in one lane reads in
-        one. A slower source takes the furthest, and only while the reader has lately waited: when
-        the fastest alone keeps it fed, a slower source would only cost reads and hashing. A part
-        the reader waits for, held by one other source for twice as long as `source` took for its
-        last part, is raced."""
+    def _take(self, source: Source) -> int | None:
+        """The part `source` fetches next, once there is one; None when nothing is left to it.
+        The fastest source takes the nearest free part. A slower one takes the furthest, and
+        only while the reader has lately waited: when the fastest alone keeps it fed, a slower
+        source would only cost reads and hashing. A part the reader waits for, held by one
+        other source for twice as long as `source` took for its last part, is raced."""
         with self._cond:
             while not self._stop and not source.failed:
                 if self._held():  # a rival far ahead has the CPUs (snapshot.Watch.hold)
@@ -175,10 +164,8 @@ class PartReader:
                 if not missing and ahead.stop == len(self.hashes):
                     return None  # every part is here or handed on
                 free = [i for i in missing if not self._fetching.get(i)]
-                faster = any(s.pace and s.per_part < source.per_part
-                             for s in self.sources if s is not source and not s.failed)
-                spare = lane > 0 and now - self._starved_at >= LANE_HUNGRY  # the first lane keeps it fed
-                if free and not faster and not spare:
+                faster = any(s.pace and s.pace < source.pace for s in self.sources if s is not source and not s.failed)
+                if free and not faster:
                     return self._start(source, free[0])
                 if free and now - self._starved_at < HUNGRY:
                     return self._start(source, free[-1])
@@ -197,34 +184,16 @@ class PartReader:
         self._since.setdefault(i, time.monotonic())
         return i
 
-    def _open(self, source: Source) -> None:
-        """Open the archive in `source` once for all its lanes (a second open of a file on FUSE
-        waits out the reads under way: on a Drive that stopped answering, for ever, and the run
-        could not even be killed), then two threads a lane: one reads parts, the other checks
-        their hashes meanwhile."""
+    def _fetch_with(self, source: Source, checking: queue.Queue[tuple[int, bytes] | None]) -> None:
         try:
             with source.store.ranges(self.kind, self.name) as read_at:
-                lanes = []
-                for lane in range(source.lanes):
-                    checking: queue.Queue[tuple[int, bytes] | None] = queue.Queue(CHECKING)
-                    lanes.append(self._spawn(self._fetch_with, source, lane, read_at, checking))
-                    self._spawn(self._check, source, checking)
-                for thread in lanes:
-                    thread.join()
+                while (i := self._take(source)) is not None:
+                    source.since = began = time.monotonic()
+                    data = read_at(i * self.part_size, self.lengths[i])
+                    source.since, source.pace = None, time.monotonic() - began
+                    checking.put((i, data))
         except Exception as exc:  # OSError, a timeout, a backend's own: this source is done
-            self._fail(source, _why(exc))
-
-    def _fetch_with(self, source: Source, lane: int, read_at: Callable[[int, int], bytes],
-                    checking: queue.Queue[tuple[int, bytes] | None]) -> None:
-        try:
-            while (i := self._take(source, lane)) is not None:
-                source.reading[lane] = began = time.monotonic()
-                data = read_at(i * self.part_size, self.lengths[i])
-                source.pace = time.monotonic() - began
-                del source.reading[lane]
-                checking.put((i, data))
-        except Exception as exc:  # OSError, a timeout, a backend's own: this source is done
-            self._fail(source, _why(exc))
+            self._fail(source, f"{exc}" if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}")
         finally:
             checking.put(None)
 
@@ -278,7 +247,7 @@ class PartReader:
         no more, and its store is down for the run; its thread is left in that read (a daemon)."""
         now = time.monotonic()
         for source in self.sources:
-            since, patience = min(source.reading.copy().values(), default=None), source.store.patience()
+            since, patience = source.since, source.store.patience()
             if patience and since is not None and not source.failed and now - since > patience.seconds:
                 self._fail(source, str(patience.give_up()))
 
@@ -341,7 +310,7 @@ class PartReader:
         joining = self._joining
         if joining is True or (isinstance(joining, Source) and not joining.pace and not joining.failed):
             return None
-        rate = sum(self.part_size / s.per_part for s in self.sources if s.pace and not s.failed)
+        rate = sum(self.part_size / s.pace for s in self.sources if s.pace and not s.failed)
         return (self.total - self.size) / rate if rate else None
 
     def stop(self) -> None:

@@ -431,7 +431,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     # it passes on (no more than the index says the tar stream holds), this one writes the
     # files, and another hashes them.
     files = Unpacker(staging)
-    whole = len(sources) == 1 and sources[0].lanes == 1 and later is None  # else in parts
+    whole = len(sources) == 1 and later is None  # else in parts
     reading: _ReadAhead | parts.PartReader | None = None
     unpacked = None
     hashes = None  # set once every byte came and was unpacked
@@ -530,9 +530,7 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
     work puts them on Drive, the index last). `watch`: a race may cancel it (Cancelled)."""
     index = snapshot.read_index(store)
     archive = _archive_name(index)
-    lanes = store.here.lanes() if "parts" in index else 1  # Drive's; any other store is read in one
-    sources = [parts.Source(label, tier, lanes=lanes if tier is store.here else 1)
-               for label, tier in store.holders(KIND, archive)]
+    sources = [parts.Source(label, tier) for label, tier in store.holders(KIND, archive)]
     if not sources:
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")
     later = None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -58,7 +57,6 @@ STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a
 DAMAGED = ".damaged-"
 
 T = TypeVar("T")
-FUSE_LANES = 3
 
 
 @dataclass
@@ -219,15 +217,6 @@ class DriveStore:
 
     def patience(self) -> Patience:
         return Patience(self.timeout, self._give_up)
-
-    def lanes(self) -> int:
-        """Parts of a snapshot to read at once from here. A FUSE read (Colab's Drive) has few
-        requests in flight, so a reader late to ask for the next block (the CPUs busy unpacking)
-        leaves Drive idle, and Drive gives no credit for that; with several, one is asking. At
-        60 MiB/s (bench/slowfs.py) the Colab stand-in's restore read 158 MiB in 3.43 s front to
-        back, 3.00 s in 3 lanes (4: the same). A local folder is read front to back (lanes only
-        cost it threads and memory)."""
-        return FUSE_LANES if file_system(self.drive).startswith("fuse") else 1
 
     def _give_up(self) -> Stalled:
         """A read waited `timeout` for its data: Drive's part in the run ends (`down`, one warning),
@@ -442,23 +431,6 @@ class _Answering:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def file_system(path: Path) -> str:
-    """The type of the file system `path` lies on ("fuse.drive", "ext4"), from the kernel's mount
-    table; "" where that cannot be read."""
-    where, found = os.path.realpath(path), ("", "")
-    try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
-            for line in table:  # ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS... - TYPE SOURCE ...
-                fields = line.split()
-                mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[4])  # \040: a space
-                inside = where == mount or where.startswith(mount.rstrip("/") + "/")
-                if inside and len(mount) >= len(found[0]) and "-" in fields:
-                    found = (mount, fields[fields.index("-") + 1])
-    except OSError:
-        pass
-    return found[1]
 
 
 def record_name(used: dict[str, float]) -> str:
