@@ -320,7 +320,8 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
         yield mount
     finally:
         for _ in range(100):  # busy while a read this process left waiting (a daemon's) ends
-            if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0 or not os.path.ismount(mount):
+            # (nothing here may look at the mount: a stat waits on the layer, which may be stuck)
+            if b"busy" not in subprocess.run(["umount", str(mount)], capture_output=True).stderr:
                 break
             time.sleep(0.05)
         try:
