@@ -245,10 +245,9 @@ class PartReader:
     def _give_up_on_stalled(self) -> None:
         """A source whose read has waited longer than its store allows (Store.patience) is asked
         no more, and its store is down for the run; its thread is left in that read (a daemon)."""
-        now = time.monotonic()
         for source in self.sources:
-            since, patience = source.since, source.store.patience()
-            if patience and since is not None and not source.failed and now - since > patience.seconds:
+            patience = source.store.patience()
+            if patience and not source.failed and patience.spent(source.since):
                 self._fail(source, str(patience.give_up()))
 
     def _deliver(self, source: Source, i: int, data: bytes) -> None:

@@ -382,7 +382,7 @@ class _ReadAhead:
         """The source's read under way has waited longer than its store allows (`patience`): the
         reading ends here, its thread left in that read (a daemon)."""
         reading = self._reading
-        if self._patience and reading and time.monotonic() - reading[0] > self._patience.seconds:
+        if self._patience and self._patience.spent(reading[0] if reading else None):
             self.stop()
             raise self._patience.give_up()
 

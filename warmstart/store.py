@@ -137,6 +137,10 @@ class Patience:
     seconds: float
     give_up: Callable[[], OSError]
 
+    def spent(self, since: float | None) -> bool:
+        """Whether a read under way since `since` (monotonic; None: none is) waited too long."""
+        return since is not None and time.monotonic() - since > self.seconds
+
 
 class Stalled(TimeoutError):
     """A read from a folder store that waited its timeout for data: the store is down for the run."""
