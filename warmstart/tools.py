@@ -6,7 +6,8 @@ warmstart needs invoke, requests, packaging, ... Installing them into the notebo
 would replace what the kernel has imported, so they live in a private virtualenv under
 `~/.cache/warmstart/tools/<pyXY>/`, installed from the `warmstart` recipe's hashed lock (the
 Colab lock on Colab) out of the Drive wheel cache, or from the index the first time, filling the
-cache. They count as in place only when the virtualenv's marker names the sha256 of that lock.
+cache; by uv where there is one (Colab ships it), else by the notebook's pip. They count as in
+place only when the virtualenv's marker names the sha256 of that lock.
 
 An `invoke` launcher beside the notebook's `python3` (never over a foreign one) runs invoke from
 there with this checkout as the tasks' search root, and the notebook's interpreter as the
@@ -27,10 +28,11 @@ from pathlib import Path
 
 from . import home, settings
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
-from .pipconfig import pip_env
+from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
 from .transfer import atomic_write, atomic_write_text, sha256_of, shown
+from .uv import find_uv
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 MARKER = ".warmstart-tools"  # in the virtualenv, names the lock it was built from: written last
@@ -94,9 +96,31 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pip", *args], env=pip_env(), capture_output=True, text=True)
 
 
+def _install(folder: Path, lock: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
+    """The lock's wheels from the folder `wheels` into the tools' virtualenv, each checked against
+    the lock's sha256 first. uv when there is one: the 18 wheels of the Colab lock took it 0.8 to
+    1.1 s, where pip took 2.2 to 3.7 s, on every wiped VM."""
+    python = ["--python", str(tools_python(folder))]  # pip's goes before its command
+    args = ["--quiet", "--no-deps", "--require-hashes", "--no-index", "--find-links", str(wheels), "-r", str(lock)]
+    if uv := find_uv():
+        # Compiled now, as pip does by default: the launcher's runs write no bytecode, and would
+        # compile invoke and requests anew each time.
+        return subprocess.run([str(uv), "pip", "install", *python, "--compile-bytecode", *args], env=uv_env(),
+                              capture_output=True, text=True)
+    return _pip(*python, "install", *args)
+
+
+def _why(done: subprocess.CompletedProcess[str]) -> str:
+    """pip's or uv's reason on one line: its first two (uv: the error and its cause; pip: the error
+    and the package; the last lines are a hash or a hint)."""
+    lines = [line.strip() for line in done.stderr.splitlines() if line.strip()][:2]
+    why = " ".join(lines) or f"exit status {done.returncode}"
+    return why if len(why) <= 300 else why[:299] + "…"
+
+
 def _cache_wheels(store: DriveStore, downloaded: Path) -> None:
     """Into the Drive cache, each whole or not at all. A file of the same name that differs is
-    damaged (pip just refused it against the lock's hashes): it is set aside."""
+    damaged (the installer just refused it against the lock's hashes): it is set aside."""
     for wheel in sorted(downloaded.glob("*.whl")):
         if store.has("wheels", wheel.name) and sha256_of(store.path("wheels", wheel.name)) != sha256_of(wheel):
             store.set_aside(store.path("wheels", wheel.name))
@@ -111,24 +135,22 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool) -> str:
         shutil.rmtree(folder)  # ours (under warmstart's cache folder), and not whole
     folder.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
-    install = ["--python", str(tools_python(folder)), "install", "--quiet", "--no-deps",
-               "--require-hashes", "--no-index", "-r", str(lock)]
-    if wheels.is_dir() and _pip(*install, "--find-links", str(wheels)).returncode == 0:
+    restored = _install(folder, lock, wheels) if wheels.is_dir() else None
+    if restored and restored.returncode == 0:
         source = f"restored warmstart's dependencies from {wheels}"
     elif offline:
-        raise PreconditionUnmet(f"--offline, but {wheels} lacks warmstart's own wheels for {python_tag()}; "
-                                "run once without --offline")
+        why = f"their wheels there could not be installed ({_why(restored)})" if restored else "it has no wheels"
+        raise PreconditionUnmet(f"--offline, but warmstart's own dependencies for {python_tag()} cannot come from "
+                                f"{wheels}: {why}; run once without --offline")
     else:
         with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as tmp:
             got = _pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
                        "-r", str(lock), "-d", tmp)
             if got.returncode != 0:
-                raise WarmstartError("could not download warmstart's own dependencies: "
-                                 + (got.stderr.strip().splitlines() or ["pip failed"])[-1])
-            done = _pip(*install, "--find-links", tmp)
+                raise WarmstartError(f"could not download warmstart's own dependencies: {_why(got)}")
+            done = _install(folder, lock, Path(tmp))
             if done.returncode != 0:
-                raise WarmstartError("could not install warmstart's own dependencies: "
-                                 + (done.stderr.strip().splitlines() or ["pip failed"])[-1])
+                raise WarmstartError(f"could not install warmstart's own dependencies: {_why(done)}")
             try:
                 _cache_wheels(store, Path(tmp))
                 source = f"installed warmstart's dependencies and cached them in {wheels}"

@@ -1,0 +1,75 @@
+"""warmstart.sh's first step on a wiped VM: warmstart's own tools (invoke, requests, ...) into their
+own virtualenv, from the Drive cache, each wheel checked against the lock's sha256 by the real uv
+or the real pip. Drive is a folder here."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import build_wheel
+
+from warmstart import tools
+from warmstart.errors import PreconditionUnmet
+from warmstart.store import DriveStore
+
+
+def drive_with_tools(tmp_path: Path) -> tuple[Path, Path]:
+    """A Drive whose cache holds two wheels, and a hashed lock of them (as warmstart's own)."""
+    drive = tmp_path / "drive"
+    wheels = drive / ".warmstart" / "v1" / "wheels"
+    wheels.mkdir(parents=True)
+    lock = tmp_path / "tools-lock.txt"
+    lines = []
+    for name in ("tool-a", "tool-b"):
+        wheel = build_wheel(wheels, name, "1.0")
+        lines.append(f"{name}==1.0 --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n")
+    lock.write_text("".join(lines))
+    return drive, lock
+
+
+@pytest.fixture(params=["uv", "pip"])
+def tools_installer(request, monkeypatch, tmp_path):
+    """warmstart.sh's installer: uv where there is one (Colab ships it); a VM without uv (hidden
+    from tools here) has the notebook's pip do it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # uv's cache: warmstart's own folder
+    if request.param == "pip":
+        monkeypatch.setattr(tools, "find_uv", lambda: None)
+    return request.param
+
+
+def test_a_wiped_vm_restores_warmstarts_tools_from_drive_checked_against_the_lock(tmp_path, tools_installer):
+    drive, lock = drive_with_tools(tmp_path)
+    folder = tmp_path / "tools"
+
+    said = tools.restore(folder, lock, DriveStore(drive), offline=True)
+
+    assert said == f"restored warmstart's dependencies from {drive / '.warmstart' / 'v1' / 'wheels'}"
+    assert tools.in_place(folder, lock)
+    # compiled at install: the launcher's runs write no bytecode (PYTHONDONTWRITEBYTECODE)
+    assert list(folder.rglob("tool_a/__pycache__/__init__.*.pyc"))
+    ran = subprocess.run([str(tools.tools_python(folder)), "-B", "-c", "import tool_a, tool_b; print(tool_b.__version__)"],
+                         capture_output=True, text=True)
+    assert ran.stdout == "1.0\n", ran.stderr
+    if tools_installer == "uv":
+        assert any((tmp_path / "cache" / "warmstart").glob("uv*")), "uv's cache in warmstart's own folder"
+
+
+def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as_in_place(tmp_path, tools_installer):
+    drive, lock = drive_with_tools(tmp_path)
+    damaged = next((drive / ".warmstart" / "v1" / "wheels").glob("tool_b-*.whl"))
+    build_wheel(tmp_path, "tool-b", "1.0", extra={"tool_b/evil.py": b"print('not in the lock')\n"}).replace(damaged)
+    folder = tmp_path / "tools"
+
+    with pytest.raises(PreconditionUnmet) as refused:
+        tools.restore(folder, lock, DriveStore(drive), offline=True)
+
+    message = str(refused.value)
+    assert message.startswith("--offline, but warmstart's own dependencies for py")
+    assert f"cannot come from {damaged.parent}: their wheels there could not be installed (" in message
+    assert "hash" in message.lower(), message  # the installer's own reason, named
+    assert message.endswith("; run once without --offline") and "\n" not in message
+    assert not tools.in_place(folder, lock)
+    assert damaged.is_file(), "Drive's copy is left where it is (a run online sets it aside)"
