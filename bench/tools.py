@@ -91,10 +91,11 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"  {name:3s} {median[name]:.2f} s ({min(seconds):.2f}-{max(seconds):.2f})")
     print(f"  uv / pip {median['uv'] / median['pip']:.2f}")
-    out = REPO / "bench" / "results-tools.json"
-    out.write_text(json.dumps({"python": args.python, "lock": str(lock.relative_to(REPO)), "wheels": wheel_count,
-                               "drive": args.slow_drive or "local disk", "seconds": times,
-                               "median": median}, indent=1) + "\n")
+    out = REPO / "bench" / "results-tools.json"  # one entry per Drive, the latest run of each
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results[args.slow_drive or "local disk"] = {"python": args.python, "lock": str(lock.relative_to(REPO)),
+                                                "wheels": wheel_count, "seconds": times, "median": median}
+    out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
 
 

@@ -98,8 +98,9 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _install(folder: Path, lock: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
     """The lock's wheels from the folder `wheels` into the tools' virtualenv, each checked against
-    the lock's sha256 first. uv when there is one: the 18 wheels of the Colab lock took it 0.8 to
-    1.1 s, where pip took 2.2 to 3.7 s, on every wiped VM."""
+    the lock's sha256 first. uv when there is one: on every wiped VM the 18 wheels of the Colab
+    lock took it 0.9 s (1.1 s from the 60 MiB/s Drive stand-in), where pip took 3.1 s (5.7 s);
+    medians of bench/tools.py."""
     python = ["--python", str(tools_python(folder))]  # pip's goes before its command
     args = ["--quiet", "--no-deps", "--require-hashes", "--no-index", "--find-links", str(wheels), "-r", str(lock)]
     if uv := find_uv():
