@@ -33,7 +33,7 @@ RESTORE = (
     "from warmstart import tools\nfrom warmstart.store import DriveStore\n"
     "start = time.perf_counter()\n"
     "said = tools.restore(Path(sys.argv[2]), Path(sys.argv[3]), DriveStore(Path(sys.argv[4])), offline=True)\n"
-    "print(time.perf_counter() - start, said, sep='\\n')\n"
+    "print(time.perf_counter() - start, tools.find_uv(), said, sep='\\n')\n"
 )
 
 
@@ -60,7 +60,10 @@ def restore(python: Path, lock: Path, drive: Path, work: Path, with_uv: bool) ->
                           env=env, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"bench: the restore failed ({'uv' if with_uv else 'pip'}):\n{done.stderr[-3000:]}")
-    return float(done.stdout.splitlines()[0])
+    seconds, found, _said = done.stdout.splitlines()[:3]
+    if (found != "None") != with_uv:  # the installer measured is the one named (no uv on /usr/bin, say)
+        sys.exit(f"bench: the {'uv' if with_uv else 'pip'} run found uv at {found}")
+    return float(seconds)
 
 
 def main() -> None:

@@ -137,10 +137,11 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool) -> str:
     folder.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
     restored = _install(folder, lock, wheels) if wheels.is_dir() else None
-    if restored and restored.returncode == 0:
+    if restored is not None and restored.returncode == 0:
         source = f"restored warmstart's dependencies from {wheels}"
     elif offline:
-        why = f"their wheels there could not be installed ({_why(restored)})" if restored else "it has no wheels"
+        why = ("it has no wheels" if restored is None
+               else f"their wheels there could not be installed ({_why(restored)})")
         raise PreconditionUnmet(f"--offline, but warmstart's own dependencies for {python_tag()} cannot come from "
                                 f"{wheels}: {why}; run once without --offline")
     else:
