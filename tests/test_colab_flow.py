@@ -9,8 +9,10 @@ does; the warmstart checkout lies on it. There is no notebook frontend: the cell
 shell, and the kernel stand-in for the restart notice is a process named like Colab's.
 
 VM 1 runs `warmstart.sh hyperlpr`, then the literal `invoke bootstrap --recipe hyperlpr` from
-/content. VM 2 is wiped (a new interpreter and HOME) and has no network (`unshare -n`): the same
-two commands with --offline restore everything from Drive.
+/content. Then it is wiped: a new VM in its place (the interpreter at the same path, as on every
+Colab VM, and a new HOME) with no network (`unshare -n`), where the same two commands with
+--offline restore everything from Drive: warmstart's tools from their wheels, the recipe from
+the snapshot VM 1 left.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -102,15 +105,16 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     hyperlpr_variant(checkout)  # the models this machine has, served from 127.0.0.1 below
     mount = tmp_path / "vm1" / "content" / "drive"
     flags = "--allow-no-gpu" + ("" if HAVE_MODELS else " --packages-only")
-    script = f"bash {mount}/MyDrive/warmstart/warmstart.sh hyperlpr {flags}"
-    typed = f"invoke bootstrap --recipe hyperlpr {flags} --json > {tmp_path}/report-$VM.json"
+    # the two cells, each keeping its --json report
+    script = f"bash {mount}/MyDrive/warmstart/warmstart.sh hyperlpr {flags}{{}} --json > {tmp_path}/script-$VM.json"
+    typed = f"invoke bootstrap --recipe hyperlpr {flags}{{}} --json > {tmp_path}/report-$VM.json"
 
     python1, env1 = make_vm(tmp_path / "vm1", minor)
     before = canonical(python1)
     mirror, models = serve_folder(hyperlpr_mirror()) if HAVE_MODELS \
         else ("http://127.0.0.1:9", None)
     first, _ = cells(tmp_path / "vm1", backing, env1 | {"WARMSTART_ASSET_MIRROR": mirror, "VM": "1"},
-                     [script, typed])
+                     [script.format(""), typed.format("")])
     if models:
         models.shutdown()
 
@@ -126,18 +130,25 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     assert {n: v for n, v in before.items() if after[n] != v} == {}, "and lost or replaced nothing"
     assert "restart the runtime" not in first.stderr
 
-    # A wiped VM: a new interpreter and HOME; Drive is the same; no network at all.
-    mount2 = tmp_path / "vm2" / "content" / "drive"
-    python2, env2 = make_vm(tmp_path / "vm2", minor)
+    # The VM is wiped: a new one in its place, the interpreter at the same path (part of a
+    # snapshot's key) and a new HOME; Drive is the same; no network at all.
+    shutil.rmtree(tmp_path / "vm1")
+    python2, env2 = make_vm(tmp_path / "vm1", minor)
     before2 = canonical(python2)
-    second, seconds = cells(tmp_path / "vm2", backing, env2 | {"VM": "2"},
-                            [script.replace(str(mount), str(mount2)) + " --offline", typed + " --offline"],
-                            offline=True)
+    second, seconds = cells(tmp_path / "vm1", backing, env2 | {"VM": "2"},
+                            [script.format(" --offline"), typed.format(" --offline")], offline=True)
 
     assert second.returncode == 0, second.stderr[-3000:]
     assert "restored warmstart's dependencies from" in second.stderr
-    print(f"wiped-VM restore on Python {minor}: {seconds:.1f} s (both commands, tools and recipe)")
-    assert set(canonical(python2)) - set(before2) == RECIPE_ADDS
+    restored = json.loads((tmp_path / "script-2.json").read_text())
+    assert restored["snapshot"]["used"] is True, "the wiped VM restores the recipe from VM 1's snapshot"
+    assert set(restored["snapshot"]["read"]) == {"Drive"}
+    steps = {step["name"]: step["seconds"] for step in restored["steps"]}
+    print(f"wiped-VM restore on Python {minor}: {seconds:.1f} s for both cells; the recipe's snapshot "
+          f"{steps['snapshot']:.1f} s, its checks {steps.get('checks', 0):.1f} s")
+    after2 = canonical(python2)
+    assert set(after2) - set(before2) == RECIPE_ADDS, "the snapshot holds what the image lacks"
+    assert {n: v for n, v in before2.items() if after2[n] != v} == {}, "and replaced nothing of the image's"
     assert json.loads((tmp_path / "report-2.json").read_text())["ok"]
     code = "import onnxruntime, hyperlpr3" if HAVE_MODELS else "import onnxruntime, loguru"
     works = subprocess.run([*NETNS, "--", str(python2), "-c", code], env=env2, capture_output=True,
