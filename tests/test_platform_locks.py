@@ -5,6 +5,8 @@ The Colab stand-in and real ELF files are in test_colab_image.py and test_cuda_c
 
 from __future__ import annotations
 
+import builtins
+import io
 import sys
 from pathlib import Path
 
@@ -155,6 +157,24 @@ def test_colab_images_are_the_published_ones_with_provenance():
     assert latest.shipped["torch"] == "2.11.0+cu128" and older.shipped["torch"] == "2.10.0+cu128"
     assert "a72407924822" in latest.source and "ec53f93fe44a" in pinned.source and "77d5dbef56d7" in older.source
     assert "libcudart.so.12" in latest.cuda and "libcudart.so.13" not in latest.cuda
+
+
+def test_each_file_of_the_images_is_read_once(monkeypatch):
+    """A checkout on Drive waits on every open: the images share one CUDA list, read once, and
+    each image file is parsed from the bytes its digest is taken of."""
+    opened: list[str] = []
+    real_open = io.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(io, "open", counting_open)  # pathlib's
+    monkeypatch.setattr(builtins, "open", counting_open)
+    images_of("colab", PROJECT_ROOT / "envs")
+    assert opened.count("cuda-12.8.txt") == 1
+    assert sorted(name for name in opened if name.endswith(".toml")) == \
+        ["colab-2026.04.toml", "colab-2026.07.toml", "colab-latest.toml"]
 
 
 def test_bare_locks_serve_every_profile_without_an_image_for_that_python():

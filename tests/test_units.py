@@ -57,7 +57,7 @@ def facts(installed: dict[str, str] | None = None, pins: tuple[Pin, ...] = (A, B
     the_recipe = recipe(GpuNeeds(required=needs_gpu), tuple(assets or ()))
     found = needs(pins, have)
     installing = tuple(p for p in found.wanted if p in found.install)
-    lock = Lock(Path("requirements/demo-py311-manylinux_x86_64.txt"), None, pins)
+    lock = Lock(Path("requirements/demo-py311-manylinux_x86_64.txt"), None, pins, "0" * 64)
     return Facts(the_recipe, load_profile(PROJECT_ROOT / "envs" / "local.toml"), Path("/drive"), target, gpu,
                  judge(the_recipe.gpu, gpu), lock, image,
                  {canonicalize_name(k): v for k, v in (cached or {}).items()}, dict(assets or {}), {}, found,

@@ -23,7 +23,7 @@ from typing import Any
 
 from . import PROJECT_ROOT, tools
 from .errors import PreconditionUnmet, failure
-from .profiles import select_profile
+from .profiles import Profile, select_profile
 from .settings import MOUNT_POINT, Options, drive_root
 from .transfer import is_mount_point, shown
 
@@ -84,12 +84,12 @@ def restart_runtime() -> None:
 _RUNTIME_MODULES = ("packaging", "filelock", "requests", "tqdm", "pynvml", "zstandard")
 
 
-def _with_tools(drive: Path, offline: bool) -> None:
+def _with_tools(drive: Path, profile: Profile, offline: bool) -> None:
     """warmstart's own dependencies: the kernel's where it has them, else from warmstart's private
     folder (restored from Drive), appended to sys.path so the kernel's own always win."""
     if all(importlib.util.find_spec(name) for name in _RUNTIME_MODULES):
         return
-    site = str(tools.tools_site(tools.ensure(drive, offline=offline)))
+    site = str(tools.tools_site(tools.ensure(drive, profile, offline=offline)))
     if site not in sys.path:
         sys.path.append(site)
 
@@ -115,7 +115,7 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
         drive = drive_root(options.drive, profile, environ)  # as every entry point resolves it
         if mount_point and not options.drive:  # a mount point of the user's choosing lives in this call only
             options = replace(options, drive=str(drive))
-        _with_tools(drive, options.offline)
+        _with_tools(drive, profile, options.offline)
     except (Exception, KeyboardInterrupt) as exc:
         failed = failure(exc)
         print(f"warmstart: error: {shown(failed.message)}", file=sys.stderr)

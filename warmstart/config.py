@@ -58,19 +58,28 @@ def _fits(kind: str, value: Any) -> bool:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    return parse_toml(read_toml_bytes(path), path)
+
+
+def read_toml_bytes(path: Path) -> bytes:
+    """A TOML file's bytes (for parse_toml), or one BadInput line that names it."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return path.read_bytes()
     except FileNotFoundError:
         raise BadInput(f"{path}: file not found") from None
     except IsADirectoryError:
         raise BadInput(f"{path}: is a folder, not a TOML file") from None
+    except (OSError, ValueError) as exc:  # unreadable; a NUL in the name
+        raise BadInput(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+
+
+def parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(raw.decode())
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise BadInput(f"{path}: not UTF-8 text, so not a TOML file") from None
-    except (OSError, ValueError) as exc:  # unreadable; a NUL in the name
-        raise BadInput(f"{path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     except RecursionError:
         raise BadInput(f"{path}: its tables or arrays are nested too deeply to read") from None
 

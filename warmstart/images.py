@@ -16,7 +16,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .config import Field, Schema, read_toml, tomllib, validate  # tomllib: the standard one, or tomli
+from .config import Field, Schema, parse_toml, read_toml_bytes, tomllib, validate  # tomllib: the standard one, or tomli
 from .errors import BadInput
 from .transfer import atomic_write_text
 
@@ -148,13 +148,16 @@ def read_cuda_list(path: Path) -> frozenset[str]:
     return frozenset(sonames)
 
 
-def load_image(path: Path) -> Image:
-    data = validate(read_toml(path), IMAGE_SCHEMA, path)
+def load_image(path: Path, cuda_lists: dict[Path, frozenset[str]] | None = None) -> Image:
+    """An image file, with the freeze list and CUDA library list it names (`cuda_lists`: those
+    read already, which images share; each file is read once: on Drive every open waits)."""
+    raw = read_toml_bytes(path)
+    data = validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
     try:
         python = Version(data["python"])
     except InvalidVersion:
         raise BadInput(f"{path}: 'python' must be a version like \"3.13.15\", got {data['python']!r}") from None
-    digest = hashlib.sha256(path.read_bytes())
+    digest = hashlib.sha256(raw)
     freeze = path.parent / data["freeze"]
     try:
         text = freeze.read_text()
@@ -163,7 +166,9 @@ def load_image(path: Path) -> Image:
     digest.update(text.encode())
     cuda: frozenset[str] = frozenset()
     if data["cuda"]:
-        cuda = read_cuda_list(path.parent / data["cuda"])
+        known = {} if cuda_lists is None else cuda_lists
+        listed = path.parent / data["cuda"]
+        cuda = known[listed] = known[listed] if listed in known else read_cuda_list(listed)
         digest.update("\n".join(sorted(cuda)).encode())
     return Image(data["name"], data["profile"], python, parse_freeze(text), cuda, data["source"],
                  path, digest.hexdigest())
@@ -172,9 +177,10 @@ def load_image(path: Path) -> Image:
 def images_of(profile: str, envs: Path) -> dict[str, Image]:
     """The images of one platform profile, by name (several may share a Python: Colab's pinned
     runtimes 2026.04 and 2026.07 are both 3.12)."""
-    found = {}
+    found: dict[str, Image] = {}
+    cuda_lists: dict[Path, frozenset[str]] = {}
     for path in sorted((envs / "images").glob("*.toml")):
-        image = load_image(path)
+        image = load_image(path, cuda_lists)
         if image.profile == profile:
             found[image.name] = image
     return found

@@ -111,6 +111,8 @@ class Lock:
     path: Path
     inputs_sha256: str | None
     pins: tuple[Pin, ...]
+    # of its text as read (the file's bytes, but for \r\n): which lock a snapshot was made from
+    sha256: str = field(compare=False)
     # What `invoke lock` read from the wheels this lock installs on its platform; None in a lock
     # written before warmstart recorded it.
     wheels: dict[NormalizedName, WheelLibs] | None = field(default=None, compare=False)
@@ -300,7 +302,8 @@ def parse_lock(path: Path) -> Lock:
     if marked:
         parsed = [WheelLibs.parse(line) for line in wheels_text.splitlines()[1:]]
         wheels = {w.name: w for w in parsed if w is not None}
-    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path), wheels)
+    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path),
+                hashlib.sha256(text.encode()).hexdigest(), wheels)
 
 
 def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | None = None) -> None:

@@ -114,7 +114,7 @@ class Watch:
 def snapshot_facts(lock: Lock, target: TargetPython, pins: tuple[Pin, ...]) -> dict[str, str]:
     return {
         "format": SNAPSHOT_FORMAT,
-        "lock_sha256": hashlib.sha256(lock.path.read_bytes()).hexdigest(),
+        "lock_sha256": lock.sha256,
         # What it holds: on a platform image only what the image lacks, so the set is part of the key.
         "distributions": ",".join(sorted(f"{p.name}=={p.version}" for p in pins)),
         "python": str(target.version),

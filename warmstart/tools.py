@@ -52,9 +52,9 @@ def platform_profile(environ=os.environ) -> Profile:
     return select_profile(CHECKOUT, environ)
 
 
-def tools_lock(environ=os.environ) -> Path:
+def tools_lock(profile: Profile) -> Path:
     name = f"warmstart-{python_tag()}-manylinux_{platform.machine().lower()}.txt"
-    if platform_profile(environ).name == "colab":
+    if profile.name == "colab":
         # warmstart's tools at Colab's own versions (the same bytes the kernel has): the lock of
         # the newest Colab image for this Python (requirements/colab-*/; runtimes that share a
         # Python differ little in what the tools need, and the tools live in their own folder)
@@ -194,9 +194,9 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
     return Path("invoke") if on_path else public
 
 
-def ensure(drive: Path, offline: bool = False) -> Path:
+def ensure(drive: Path, profile: Profile, offline: bool = False) -> Path:
     """The tools' virtualenv, restored when missing or built from another lock; returns it."""
-    lock, folder = tools_lock(), tools_dir()
+    lock, folder = tools_lock(profile), tools_dir()
     if in_place(folder, lock):
         say(f"warmstart's dependencies are in place ({folder})")
     else:
@@ -228,7 +228,7 @@ def main(argv: list[str]) -> int:
         profile = platform_profile()
         drive = drive_root(given.drive, profile)
         require_drive(drive, profile)
-        folder = ensure(drive, offline=given.offline)
+        folder = ensure(drive, profile, offline=given.offline)
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
         say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
