@@ -70,7 +70,7 @@ def via_console_script(args: list[str], monkeypatch) -> None:
 def via_warmstart_sh(args: list[str], monkeypatch) -> None:
     """tools.main, as warmstart.sh runs it, hands the flags to `invoke bootstrap` in the tools'
     virtualenv with the Drive it resolved in the environment: that child is run here, in process."""
-    monkeypatch.setattr(tools, "ensure", lambda drive, offline=False: Path(sys.prefix))
+    monkeypatch.setattr(tools, "ensure", lambda drive, profile, offline=False: Path(sys.prefix))
     monkeypatch.setattr(tools, "write_launcher", lambda folder: Path("invoke"))
 
     def child(argv, env):
