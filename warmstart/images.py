@@ -7,9 +7,11 @@ its version unless the recipe rules that out) and their CUDA needs are checked a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,9 +150,9 @@ def read_cuda_list(path: Path) -> frozenset[str]:
     return frozenset(sonames)
 
 
-def load_image(path: Path, cuda_lists: dict[Path, frozenset[str]] | None = None) -> Image:
-    """An image file, with the freeze list and CUDA library list it names (`cuda_lists`: those
-    read already, which images share; each file is read once: on Drive every open waits)."""
+def load_image(path: Path, read_cuda: Callable[[Path], frozenset[str]] = read_cuda_list) -> Image:
+    """An image file, with the freeze list and CUDA library list it names (`read_cuda`: images_of
+    reads the list they share once). Each file is read once: on Drive every open waits."""
     raw = read_toml_bytes(path)
     data = validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
     try:
@@ -166,9 +168,7 @@ def load_image(path: Path, cuda_lists: dict[Path, frozenset[str]] | None = None)
     digest.update(text.encode())
     cuda: frozenset[str] = frozenset()
     if data["cuda"]:
-        known = {} if cuda_lists is None else cuda_lists
-        listed = path.parent / data["cuda"]
-        cuda = known[listed] = known[listed] if listed in known else read_cuda_list(listed)
+        cuda = read_cuda(path.parent / data["cuda"])
         digest.update("\n".join(sorted(cuda)).encode())
     return Image(data["name"], data["profile"], python, parse_freeze(text), cuda, data["source"],
                  path, digest.hexdigest())
@@ -177,10 +177,10 @@ def load_image(path: Path, cuda_lists: dict[Path, frozenset[str]] | None = None)
 def images_of(profile: str, envs: Path) -> dict[str, Image]:
     """The images of one platform profile, by name (several may share a Python: Colab's pinned
     runtimes 2026.04 and 2026.07 are both 3.12)."""
-    found: dict[str, Image] = {}
-    cuda_lists: dict[Path, frozenset[str]] = {}
+    found = {}
+    read_cuda = functools.cache(read_cuda_list)  # the images share one list
     for path in sorted((envs / "images").glob("*.toml")):
-        image = load_image(path, cuda_lists)
+        image = load_image(path, read_cuda)
         if image.profile == profile:
             found[image.name] = image
     return found
