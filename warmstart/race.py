@@ -4,8 +4,8 @@ A snapshot on a slow Drive can take longer to read than uv takes to fetch and in
 wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
 the time its read has left at the pace of its sources so far; once that is more than the index
 would take for the whole (`index_seconds`: a time per wheel and the archive's bytes at a pace),
-uv installs the same pins from the index into a second staging folder of the prefix. A read
-with far more left than that (HOLD_AHEAD) waits meanwhile, leaving uv the CPUs. uv checks each
+uv installs the same pins from the index into a second staging folder of the prefix, and the
+read waits meanwhile (at most HOLD_FOR times the index's time), leaving uv the CPUs. uv checks each
 wheel against the lock's sha256, and its tree is checked against the lock's digest of the
 wheels' files by the hashes their RECORDs state (manifest.Tree.check, `installed`). Whichever
 tree is verified first is placed; the other is stopped and removed. When the sources keep up
@@ -47,10 +47,11 @@ RACE_AFTER = 1.5  # seconds: the least uv takes for anything (start, resolve, th
 # A source gets this long to its first block (connecting; a team store's own retries, which end
 # in the warning that it is down) before its silence counts as the time its read has left.
 FIRST_BLOCK_WAIT = 3.0
-# A read with more than this many times the index's time left is held while uv runs (for at
-# most that many times the index's time): at 15 MiB/s, reading and unpacking alongside slowed
-# uv from 4.4 to 5.6 s on 2 CPUs.
-HOLD_AHEAD = 2.0
+# A read the index races waits while uv runs, for at most this many times the index's time
+# (then it goes on beside uv): the two lanes share 2 CPUs. At 15 MiB/s, reading and unpacking
+# alongside slowed uv from 4.4 to 5.6 s; on the Colab stand-in behind a 60 MiB/s Drive the
+# read, not held, won every race and the restore took 1.32x uv alone.
+HOLD_FOR = 2.0
 POLL = 0.05
 
 
@@ -103,8 +104,8 @@ class IndexLane:
         if not self._due():
             return
         self.started = time.monotonic() - self.watch.began
-        uv_done = threading.Event()
-        threading.Thread(target=self._hold_while_behind, args=(uv_done,), daemon=True).start()
+        self.watch.hold(HOLD_FOR * self._index_takes())
+        self.held = True
         try:
             installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
                                          running=self._keep)
@@ -112,35 +113,14 @@ class IndexLane:
                 return
             verify_installed(self.folder, self.target, self.digests, self.patches)
         except (WarmstartError, manifest.Untrusted, OSError) as exc:
-            with self._lock:  # no hold may begin after this resume (_hold_while_behind)
-                uv_done.set()
-                self.watch.resume()
+            self.watch.resume()
             if not self._stop.is_set():
                 self.failed = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return
-        finally:
-            uv_done.set()
         with self._lock:
             if not self._stop.is_set():  # else the restore finished first
                 self.won = True
                 self.watch.cancel()
-
-    def _hold_while_behind(self, uv_done: threading.Event) -> None:
-        """While uv runs: once the read has more than HOLD_AHEAD times the index's time left, it
-        waits (until HOLD_AHEAD times that time after uv began, or uv fails), so uv has the CPUs
-        that reading and unpacking use. Asked at every poll, not once: the read's pace is known
-        better with each block (one under way counts only as far as it went)."""
-        expected = self._index_takes()
-        until = time.monotonic() + HOLD_AHEAD * expected
-        while not self._stop.is_set() and time.monotonic() < until:
-            if self._read_left() > HOLD_AHEAD * expected:
-                with self._lock:
-                    if not uv_done.is_set():
-                        self.watch.hold(until - time.monotonic())
-                        self.held = True
-                return
-            if uv_done.wait(POLL):
-                return
 
     def _keep(self, child: subprocess.Popen) -> None:
         with self._lock:
