@@ -63,8 +63,8 @@ def index_seconds(archive_bytes: int, wheels: int) -> float:
 
 class IndexLane:
     """uv installing `requirements` from the index into a staging folder, started once the restore it
-    races (`watch`) has more reading left than the index would take; `cancel()`s that restore
-    when its own tree is verified first."""
+    races (`watch`) has more reading left than the index would take; holds that restore's read
+    while it runs, and `cancel()`s the restore when its own tree is verified first."""
 
     def __init__(self, watch: Watch, target: TargetPython, digests: dict[NormalizedName, str | None],
                  patches: tuple[Patch, ...], requirements: Path, unset: Iterable[str]) -> None:
