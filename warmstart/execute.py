@@ -333,5 +333,5 @@ def _race_report(lane: race.IndexLane | None, index_won: bool) -> dict[str, obje
     if lane is None or lane.started is None:
         return None
     return {"winner": "index" if index_won else "snapshot", "index_started_s": round(lane.started, 2),
-            "snapshot_held": lane.held,
+            "snapshot_held": True,  # a read the index races waits for uv (race.HOLD_FOR)
             **({"index_failed": lane.failed} if lane.failed else {})}

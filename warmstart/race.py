@@ -71,8 +71,7 @@ class IndexLane:
         self.watch, self.target, self.digests, self.patches = watch, target, digests, patches
         self.requirements, self.unset = requirements, tuple(unset)
         self.folder = staging_folder(target)
-        self.started: float | None = None  # seconds into the restore when uv began
-        self.held = False  # the restore's read waited for uv (Watch.hold)
+        self.started: float | None = None  # seconds into the restore when uv began (and its read was held)
         self.failed: str | None = None
         self.won = False
         self._stop = threading.Event()
@@ -105,7 +104,6 @@ class IndexLane:
             return
         self.started = time.monotonic() - self.watch.began
         self.watch.hold(HOLD_FOR * self._index_takes())
-        self.held = True
         try:
             installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
                                          running=self._keep)
