@@ -412,8 +412,9 @@ def _read_ahead_while_the_consumer_waits(source: io.RawIOBase, size: int, spill_
     return reading, read_meanwhile, got
 
 
-IN_MEMORY = _ReadAhead.FIRST + (_ReadAhead.DEPTH + 1 + _ReadAhead.HASH_DEPTH) * _ReadAhead.BLOCK  # at most,
-# without a spill file: the blocks in memory, the one waiting for a room, those being hashed
+# How far a read gets at most without a spill file: the blocks in memory, the one waiting for a
+# room, and those being hashed.
+IN_MEMORY = _ReadAhead.FIRST + (_ReadAhead.DEPTH + 1 + _ReadAhead.HASH_DEPTH) * _ReadAhead.BLOCK
 
 
 def test_a_slow_source_reads_on_into_a_spill_file_while_the_consumer_is_busy(tmp_path):
