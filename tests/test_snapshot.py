@@ -477,3 +477,20 @@ def test_a_spill_file_that_fills_its_disk_leaves_the_read_to_wait(tmp_path):
     assert got == data
     assert reading.hexdigest() == hashlib.sha256(data).hexdigest()
     assert left_there == []
+
+
+def test_a_spill_file_holds_no_more_than_its_limit(tmp_path, monkeypatch):
+    """An index states the archive's size, so a hostile one could have a read spill until the disk
+    is full: past SPILL_LIMIT (here two blocks) the read waits for the consumer, and every byte
+    still comes out in order."""
+    monkeypatch.setattr(_ReadAhead, "SPILL_LIMIT", 2 * _ReadAhead.BLOCK)
+    size = IN_MEMORY + 4 * _ReadAhead.BLOCK
+    data = os.urandom(size)
+    (tmp_path / "archive").write_bytes(data)
+
+    reading, read_meanwhile, got = _read_ahead_while_the_consumer_waits(
+        _Throttled(tmp_path / "archive", _ReadAhead.SPILL_BELOW / 2**20 / 2), size, tmp_path, seconds=2.0)
+
+    assert reading.spilled == 2 * _ReadAhead.BLOCK
+    assert read_meanwhile <= IN_MEMORY + 2 * _ReadAhead.BLOCK < size
+    assert got == data

@@ -256,12 +256,12 @@ class _ReadAhead:
     order, as a file would; `hexdigest()` is the sha256 of what was read, once it is closed.
     `limit`: more bytes than that is an OSError for the reader.
 
-    With `spill_to` (a folder on local disk), a slow source is never kept waiting for the
-    consumer: once DEPTH blocks wait in memory, the next ones go to an unnamed file there
-    (O_TMPFILE: nothing is left behind, whatever becomes of the run) and are read back in
-    their turn. Unpacking thousands of small files outruns no Drive, and a Drive left idle
-    meanwhile gives no credit for it (hyperlpr's 2,291 small files stood the read of a 60 MiB/s
-    Drive still for 1.2 s)."""
+    With `spill_to` (a folder on local disk), a slow source is not kept waiting for the
+    consumer: once DEPTH blocks wait in memory, the next ones (SPILL_LIMIT at most) go to an
+    unnamed file there (O_TMPFILE: nothing is left behind, whatever becomes of the run) and are
+    read back in their turn. Unpacking thousands of small files outruns no Drive, and a Drive
+    left idle meanwhile gives no credit for it (hyperlpr's 2,291 small files stood the read of a
+    60 MiB/s Drive still for 1.2 s)."""
 
     BLOCK = 4 << 20
     FIRST = 256 << 10  # the first block is short, so decompressing starts at once: 4 MiB takes
@@ -272,6 +272,9 @@ class _ReadAhead:
     # 80 to 140 MiB/s of archive), so the time it stands still is lost: only such a source spills.
     # A spilled 4 MiB block cost 1 to 12 ms of copying here; from a 60 MiB/s Drive it takes 70 ms.
     SPILL_BELOW = 128 << 20  # bytes a second
+    # The most a spill file holds: hyperlpr's read got 72 to 80 MiB ahead. An index states the
+    # archive's size, and a hostile one must not have the read fill the disk.
+    SPILL_LIMIT = 512 << 20
 
     def __init__(self, source: IO[bytes], bar: Bar | None = None, copy: IO[bytes] | None = None,
                  limit: int | None = None, what: str = "it is longer than", hashed: bool = True,
@@ -376,8 +379,10 @@ class _ReadAhead:
         return left is not None and self.limit is not None and left > (self.limit - self.size) / self.SPILL_BELOW
 
     def _spilled(self, block: bytes) -> int | None:
-        """Append a block to the spill file: where it lies, or None when it cannot be written (no
-        room on the disk, say: the read waits instead, as without a spill file)."""
+        """Append a block to the spill file: where it lies, or None when it is full or cannot be
+        written (no room on the disk, say): the read waits instead, as without a spill file."""
+        if self.spilled + len(block) > self.SPILL_LIMIT:
+            return None
         try:
             if self._spill is None:
                 assert self._spill_to is not None
