@@ -259,9 +259,9 @@ class _ReadAhead:
     With `spill_to` (a folder on local disk), a slow source is not kept waiting for the
     consumer: once DEPTH blocks wait in memory, the next ones (SPILL_LIMIT at most) go to an
     unnamed file there (O_TMPFILE: nothing is left behind, whatever becomes of the run) and are
-    read back in their turn. Unpacking thousands of small files outruns no Drive, and a Drive
-    left idle meanwhile gives no credit for it (hyperlpr's 2,291 small files stood the read of a
-    60 MiB/s Drive still for 1.2 s)."""
+    read back in their turn. Creating thousands of small files takes longer than a Drive takes
+    to serve them, and a Drive left idle meanwhile gives no credit for it (hyperlpr's 2,291
+    small files held the read of a 60 MiB/s Drive still for 1.2 s)."""
 
     BLOCK = 4 << 20
     FIRST = 256 << 10  # the first block is short, so decompressing starts at once: 4 MiB takes
