@@ -1,15 +1,17 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
     python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
-                           [--hang-after BYTES [--until FILE]]
+                           [--hang-after BYTES | --hang-metadata] [--until FILE]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
 name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as a Drive over
 quota or disconnected does; with --hang-after, a read past that offset of any file never
 answers (until unmounted, or with --until until FILE exists), as a Drive that stopped mid-file
-(or that a test holds back until something else has happened); the tests use all three. Needs /dev/fuse,
-libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until unmounted.
+(or that a test holds back until something else has happened); with --hang-metadata no stat
+below the mount point and no listing answers, as a Drive that stopped before the run. The
+tests use all four. Needs /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install
+fusepy`; runs until unmounted.
 """
 
 from __future__ import annotations
@@ -39,20 +41,32 @@ class Throttle:
 
 class SlowDrive(Operations):
     def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
-                 hang_after: int | None = None, until: str | None = None) -> None:
+                 hang_after: int | None = None, until: str | None = None, hang_metadata: bool = False) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
         self.fail_writes, self.hang_after, self.until = fail_writes, hang_after, until
+        self.hang_metadata = hang_metadata
         self.mountpoint = ""
 
     def _path(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
 
+    def _hang(self) -> None:
+        """Never answer (until unmounted: then fail, or with --until until FILE exists)."""
+        while not (self.until and os.path.exists(self.until)):
+            if not os.path.ismount(self.mountpoint):
+                raise FuseOSError(errno.EIO)
+            time.sleep(0.05)
+
     def getattr(self, path, fh=None):
+        if self.hang_metadata and path != "/":
+            self._hang()
         st = os.lstat(self._path(path))
         return {key: getattr(st, key) for key in ("st_atime", "st_ctime", "st_gid", "st_mode", "st_mtime",
                                                   "st_nlink", "st_size", "st_uid")}
 
     def readdir(self, path, fh):
+        if self.hang_metadata:
+            self._hang()
         return [".", "..", *os.listdir(self._path(path))]
 
     def open(self, path, flags):
@@ -65,10 +79,7 @@ class SlowDrive(Operations):
 
     def read(self, path, size, offset, fh):
         if self.hang_after is not None and offset + size > self.hang_after:
-            while not (self.until and os.path.exists(self.until)):
-                if not os.path.ismount(self.mountpoint):  # unmounted: the read fails
-                    raise FuseOSError(errno.EIO)
-                time.sleep(0.05)
+            self._hang()
         data = os.pread(fh, size, offset)
         self.throttle.spend(len(data))
         return data
@@ -130,11 +141,13 @@ def main() -> None:
     parser.add_argument("mib_per_s", type=float)
     parser.add_argument("fail_writes_with", nargs="?", choices=sorted(errno.errorcode.values()))
     parser.add_argument("--hang-after", type=int, metavar="BYTES")
-    parser.add_argument("--until", metavar="FILE", help="with --hang-after: answer once FILE exists")
+    parser.add_argument("--hang-metadata", action="store_true",
+                        help="no stat (but of the mount point) or listing ever answers")
+    parser.add_argument("--until", metavar="FILE", help="with a hang: answer once FILE exists")
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
-                      args.until and os.path.abspath(args.until))
+                      args.until and os.path.abspath(args.until), args.hang_metadata)
     drive.mountpoint = os.path.abspath(args.mountpoint)
     FUSE(drive, args.mountpoint, foreground=True, nothreads=False)
 

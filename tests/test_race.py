@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -308,6 +309,77 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
     assert archive.exists() and not list(archive.parent.glob("*.damaged-*")), "Drive stopped; its copy is whole"
     assert installed(vm.python) == {}, "nothing was installed"
 
+
+
+@needs_fuse
+def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled, tmp_path):  # noqa: F811
+    """A Drive that stopped answering before the run: no stat below its mount point returns
+    (bench/slowfs.py --hang-metadata), and a process waiting on one cannot be killed until the
+    mount answers. The run's first look at Drive (settings.drive_root: a child's stat) waits
+    WARMSTART_DRIVE_TIMEOUT (here 2 s), then the run ends by itself, the child left waiting:
+    exit 3, one line naming the folder, the wait and the way out, before anything is installed."""
+    recipe, url = bulky
+    vm = wiped_vm(tmp_path, url)
+    answer = tmp_path / "answer"  # the layer answers once this exists: then the left child ends
+    with slow_drive(vm.drive.parent, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
+        drive = mount / vm.drive.name
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(drive),
+                                           "--python", str(vm.python), "--json"),
+                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = run.communicate(timeout=60)  # without the bound: never
+        finally:
+            answer.touch()  # (a run left waiting can only be killed once the layer answers)
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+    assert run.returncode == 3, err
+    assert err.strip().splitlines() == [
+        f"warmstart: error: Drive does not answer: a look at {drive} waited 2 s; on Colab, remount it with "
+        "drive.mount('/content/drive', force_remount=True) (or set WARMSTART_DRIVE_TIMEOUT to wait longer)"]
+    report = json.loads(out)
+    assert (report["ok"], report["exit_code"], report["steps"]) == (False, 3, []), "it ended before any step"
+    assert installed(vm.python) == {}, "nothing was installed"
+
+
+@needs_fuse
+def test_a_look_at_drive_that_waits_too_long_ends_drives_part_in_the_run(tmp_path):
+    """Drive stops answering after the run's first look: a listing, a stat or a small file read
+    (a snapshot index) waits the store's timeout at most, once; then Drive is down for the run
+    (one warning), it lists nothing and holds nothing, and nothing more waits for it."""
+    backing = tmp_path / "backing"
+    wheels = DriveStore(backing / "drive").root / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "alpha-1.0-py3-none-any.whl").write_bytes(b"a wheel")
+    answer = tmp_path / "answer"  # the layer answers once this exists: then the waiting threads end
+    with slow_drive(backing, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
+        store = DriveStore(mount / "drive", timeout=1)
+        looks: dict[str, object] = {}
+
+        def look() -> None:
+            looks["listed"] = store.names("wheels")
+            looks["down"] = store.down
+            began = time.monotonic()
+            looks["held"] = store.on_drive("wheels", "alpha-1.0-py3-none-any.whl")
+            with pytest.raises(OSError, match="stopped answering"):
+                store.read_json(KIND, "demo.json")
+            looks["then"] = time.monotonic() - began
+
+        looking = threading.Thread(target=look, daemon=True)
+        looking.start()
+        looking.join(30)  # without the bound: never
+        answer.touch()  # the threads left waiting (and, unbounded, this one) end
+        assert not looking.is_alive(), "a look at Drive waited for ever"
+
+    said = f"{mount / 'drive'} stopped answering (a look at its files waited 1 s)"
+    assert looks["listed"] == [], "a listing that does not come lists nothing"
+    assert looks["down"] == said
+    assert looks["held"] is False
+    assert looks["then"] < 1, "once down, nothing waits for Drive again (the timeout is 1 s)"
+    assert store.warnings == [f"{said}; this run reads nothing more from it (on Colab, remount it with "
+                              "drive.mount('/content/drive', force_remount=True))"]
 
 # -- the race's parts -----------------------------------------------------------------------
 

@@ -108,6 +108,19 @@ def test_offline_without_the_wheels_or_a_snapshot_is_refused_naming_them():
         make_plan(facts(cached={"beta": "beta-2.0-py3-none-any.whl"}), OFFLINE)
 
 
+def test_offline_with_a_drive_that_stopped_answering_says_so_not_that_the_cache_is_empty():
+    """A Drive listing that waited its timeout lists nothing (store.py): offline, that is said as
+    Drive stopping, with the way out, not as a cache without wheels; a VM that needs nothing
+    from Drive goes on."""
+    down = "/drive stopped answering (a look at its files waited 60 s)"
+    with pytest.raises(PreconditionUnmet) as refused:
+        make_plan(replace(facts(), drive_down=down), OFFLINE)
+    assert str(refused.value) == (f"--offline, but {down}: on Colab, remount it with drive.mount('/content/drive', "
+                                  "force_remount=True) and run again (without --offline the package index serves "
+                                  "what Drive cannot)")
+    assert make_plan(replace(facts({"alpha": "1.0", "beta": "2.0"}), drive_down=down), OFFLINE).nothing_to_do
+
+
 def test_offline_with_a_snapshot_plans_a_restore_and_downloads_nothing():
     plan = make_plan(facts(snapshot_found=True), OFFLINE)
     assert plan.use_snapshot and plan.to_download == () and len(plan.to_install) == 2

@@ -158,6 +158,8 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             if store.team:
                 facts = _look(facts, store)
         step.detail = f"{len(facts.cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
+        if facts.drive_down:  # the warning is said when the work starts, as for a read that waited
+            step.status = "warning"
         if store.team:
             step.detail += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
             if store.warnings:  # it cannot be used: said as a warning when the work starts
@@ -177,7 +179,8 @@ def _look(facts: Facts, store: TieredStore) -> Facts:
     cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
     assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
-                   snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)))
+                   snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)),
+                   drive_down=store.here.down)
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:

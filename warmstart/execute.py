@@ -20,10 +20,9 @@ from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
 from .lock import Pin, needs
 from .outcome import Outcome
-from .plan import Plan
+from .plan import Plan, offline_without_drive
 from .report import Report
 from .tiered import TieredStore
-from .transfer import REMOUNT
 
 
 def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
@@ -73,8 +72,7 @@ class Executor:
                             self.work.add("wheels", got)  # Drive gets it too (installed from there)
                         continue
                     if plan.offline and cached and (down := self.store.here.down):
-                        raise PreconditionUnmet(f"--offline, but {down}: on Colab, {REMOUNT} and run again "
-                                                "(without --offline the package index serves what Drive cannot)")
+                        raise PreconditionUnmet(offline_without_drive(down))
                     if plan.offline:
                         why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
                                else "is not in the Drive cache (and the snapshot could not be used)")

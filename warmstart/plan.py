@@ -21,6 +21,7 @@ from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
+from .transfer import REMOUNT
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Facts:
     patches: tuple[PatchState, ...] = ()  # the recipe's patches against the environment
     drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
     live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
+    drive_down: str | None = None  # why Drive stopped answering while it was looked at (store.py)
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -191,6 +193,8 @@ def make_plan(facts: Facts, options: Options) -> Plan:
     to_install, found, cached = facts.installing, facts.needs, facts.cached
     use_snapshot = bool(to_install) and facts.snapshot_found
     if options.offline:
+        if facts.drive_down and (to_install or any(state == "missing" for _dest, state in facts.assets.values())):
+            raise PreconditionUnmet(offline_without_drive(facts.drive_down))
         missing = [p for p in to_install if p.name not in cached]
         if missing and not use_snapshot:
             raise PreconditionUnmet(
@@ -216,3 +220,9 @@ def make_plan(facts: Facts, options: Options) -> Plan:
                                    "keeps it on Drive), or " if options.offline and facts.image else "run ")
             + "without --keep-runtime")
     return plan
+
+
+def offline_without_drive(down: str) -> str:
+    """An offline run that needs Drive, which stopped answering: what to do."""
+    return (f"--offline, but {down}: on Colab, {REMOUNT} and run again "
+            "(without --offline the package index serves what Drive cannot)")

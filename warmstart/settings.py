@@ -13,13 +13,15 @@ import argparse
 import inspect
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Container, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import BadInput
+from .errors import BadInput, PreconditionUnmet
+from .transfer import REMOUNT
 
 INSTALLERS = ("auto", "pip", "uv")
 
@@ -57,8 +59,9 @@ WORKER_TEAM = Variable("WARMSTART_WORKER_TEAM", "internal: the team cache's URL,
                                                 "in its environment only (never on disk)")
 TEAM_TIMEOUT = Variable("WARMSTART_TEAM_TIMEOUT", "seconds any call to the team cache may take before the "
                                                 "run goes on without it (default 20)")
-DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds one read from Drive may wait for data before the "
-                                                  "run reads nothing more from it (default 60)")
+DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds Drive may take to answer the run's first look at it "
+                                                  "(else exit 3) or one read (else the run reads nothing more "
+                                                  "from it; default 60)")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
@@ -161,9 +164,29 @@ class Platform(Protocol):
 
 def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str] = os.environ) -> Path:
     """The Drive root, for every entry point: --drive, else WARMSTART_DRIVE, else the platform's
-    folder (on Colab the mounted MyDrive, wherever the checkout lies)."""
+    folder (on Colab the mounted MyDrive, wherever the checkout lies), once it has answered the
+    run's first look at it."""
     chosen = option or DRIVE.get(environ)
-    return Path(chosen).expanduser().resolve() if chosen else platform.default_drive(environ)
+    named = Path(chosen).expanduser() if chosen else platform.default_drive(environ)
+    answers(named, drive_timeout(environ))
+    return named.resolve() if chosen else named
+
+
+def answers(drive: Path, seconds: float) -> None:
+    """PreconditionUnmet unless a stat of `drive` returns within `seconds`. On a FUSE mount that
+    stopped answering a stat never returns, and a process waiting on one cannot even be killed
+    until the mount answers or goes: so the look is a child's (coreutils stat), left waiting when
+    it takes too long, and the run ends with the way out instead of hanging unexplained."""
+    try:
+        look = subprocess.Popen(["stat", "-L", "--", str(drive)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    except OSError:  # no stat to run: the run's own looks are bounded as reads (store.py)
+        return
+    try:
+        look.wait(seconds)
+    except subprocess.TimeoutExpired:
+        raise PreconditionUnmet(f"Drive does not answer: a look at {drive} waited {seconds:g} s; on Colab, "
+                                f"{REMOUNT} (or set {DRIVE_TIMEOUT.name} to wait longer)") from None
 
 
 def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:

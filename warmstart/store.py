@@ -195,7 +195,8 @@ class DriveStore:
         self._listings.clear()
 
     def on_drive(self, kind: str, name: str) -> bool:
-        return regular_file(self.path(kind, name))
+        """False too once Drive stopped answering: a look at it is bounded as a read is."""
+        return self._looked(lambda: regular_file(self.path(kind, name)), False)
 
     has = on_drive
 
@@ -206,6 +207,11 @@ class DriveStore:
         return sha256_of(Path(entry.path))
 
     def entries(self, *kinds: str) -> Iterator[StoredFile]:
+        """The folders' entries, listed on a thread given `timeout`; none once Drive stopped answering."""
+        nothing: list[StoredFile] = []
+        return iter(self._looked(lambda: list(self._listed(kinds)), nothing))
+
+    def _listed(self, kinds: tuple[str, ...]) -> Iterator[StoredFile]:
         for kind in kinds or KINDS:
             folder = self.root / kind
             for entry in sorted(os.scandir(folder), key=lambda e: e.name) if folder.is_dir() else ():
@@ -222,15 +228,15 @@ class DriveStore:
     def patience(self) -> Patience:
         return Patience(self.timeout, self._give_up)
 
-    def _give_up(self) -> Stalled:
-        """A read waited `timeout` for its data: Drive's part in the run ends (`down`, one warning),
-        so no later read waits that long again."""
+    def _give_up(self, waited: str = "a read waited {:g} s for its data") -> Stalled:
+        """A read (or a look) waited `timeout` for its answer: Drive's part in the run ends
+        (`down`, one warning), so nothing later waits that long again."""
         if not self.down:  # two reads at once (the parts of a snapshot) may both wait it out
-            self.down = f"{self.drive} stopped answering (a read waited {self.timeout:g} s for its data)"
+            self.down = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
             self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {REMOUNT})")
         return Stalled(errno.ETIMEDOUT, self.down)
 
-    def _answered(self, read: Callable[[], T]) -> T:
+    def _answered(self, read: Callable[[], T], waited: str = "a read waited {:g} s for its data") -> T:
         """read(), given `timeout` seconds to answer: on a thread of its own, a daemon left waiting
         when a Drive that stopped answering never does."""
         if self.down:
@@ -238,7 +244,15 @@ class DriveStore:
         try:
             return background.within(self.timeout, read)
         except TimeoutError:
-            raise self._give_up() from None
+            raise self._give_up(waited) from None
+
+    def _looked(self, look: Callable[[], T], otherwise: T) -> T:
+        """look() at Drive's files (a stat, a listing), bounded as a read is: `otherwise` once
+        Drive stopped answering (one warning, as for a read)."""
+        try:
+            return self._answered(look, "a look at its files waited {:g} s")
+        except Stalled:
+            return otherwise
 
     def _close(self, close: Callable[[], None]) -> None:
         """A FUSE close asks the Drive too: once it is down, nothing waits for one."""
@@ -300,8 +314,9 @@ class DriveStore:
         return dest
 
     def read_json(self, kind: str, name: str, limit: int = 1 << 20) -> Any:
-        """A small JSON file (a snapshot index); ValueError or OSError when it is not one."""
-        return read_untrusted_json(self.path(kind, name), limit)
+        """A small JSON file (a snapshot index); ValueError or OSError (Stalled: Drive stopped
+        answering) when it is not one."""
+        return self._answered(lambda: read_untrusted_json(self.path(kind, name), limit))
 
     # -- writing ---------------------------------------------------------------------------
 
