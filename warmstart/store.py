@@ -142,6 +142,11 @@ class Patience:
         return since is not None and time.monotonic() - since > self.seconds
 
 
+# What waited the store's timeout, as `down` says it ({:g}: the seconds)
+READ_WAITED = "a read waited {:g} s for its data"
+LOOK_WAITED = "a look at its files waited {:g} s"
+
+
 class Stalled(TimeoutError):
     """A read from a folder store that waited its timeout for data: the store is down for the run."""
 
@@ -228,7 +233,7 @@ class DriveStore:
     def patience(self) -> Patience:
         return Patience(self.timeout, self._give_up)
 
-    def _give_up(self, waited: str = "a read waited {:g} s for its data") -> Stalled:
+    def _give_up(self, waited: str = READ_WAITED) -> Stalled:
         """A read (or a look) waited `timeout` for its answer: Drive's part in the run ends
         (`down`, one warning), so nothing later waits that long again."""
         if not self.down:  # two reads at once (the parts of a snapshot) may both wait it out
@@ -236,7 +241,7 @@ class DriveStore:
             self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {REMOUNT})")
         return Stalled(errno.ETIMEDOUT, self.down)
 
-    def _answered(self, read: Callable[[], T], waited: str = "a read waited {:g} s for its data") -> T:
+    def _answered(self, read: Callable[[], T], waited: str = READ_WAITED) -> T:
         """read(), given `timeout` seconds to answer: on a thread of its own, a daemon left waiting
         when a Drive that stopped answering never does."""
         if self.down:
@@ -250,7 +255,7 @@ class DriveStore:
         """look() at Drive's files (a stat, a listing), bounded as a read is: `otherwise` once
         Drive stopped answering (one warning, as for a read)."""
         try:
-            return self._answered(look, "a look at its files waited {:g} s")
+            return self._answered(look, LOOK_WAITED)
         except Stalled:
             return otherwise
 
