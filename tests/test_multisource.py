@@ -203,8 +203,8 @@ def test_a_drive_that_stops_answering_midway_is_left_to_the_team_cache_for_the_r
     assert got == [tmp_path / name for name in wheels] and set(got) == store.from_team
     assert [hashlib.sha256(path.read_bytes()).hexdigest() for path in got] == list(wheels.values())
     assert store.warnings == [f"{mount} stopped answering (a read waited 1 s for its data); this run reads nothing "
-                              "more from it (on Colab, remount it with drive.mount('/content/drive', "
-                              "force_remount=True))"]
+                              "more from it (on Colab, remount it by running this in a notebook cell: from "
+                              "google.colab import drive; drive.mount('/content/drive', force_remount=True))"]
     assert store.here.stats.hits == 0 and store.team is not None and store.team.stats.hits == 2
 
 

@@ -302,8 +302,9 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
     said = f"{mount} stopped answering (a read waited 2 s for its data)"
     assert f"snapshot {archive.name} cannot be read ({said})" in err
     assert err.strip().splitlines()[-1] == (
-        f"warmstart: error: --offline, but {said}: on Colab, remount it with drive.mount('/content/drive', "
-        "force_remount=True) and run again (without --offline the package index serves what Drive cannot)")
+        f"warmstart: error: --offline, but {said}: on Colab, remount it by running this in a notebook cell: "
+        "from google.colab import drive; drive.mount('/content/drive', force_remount=True) and run again "
+        "(without --offline the package index serves what Drive cannot)")
     assert "Traceback" not in err
     assert leftovers(vm) == [], "the staging folder is removed"
     assert archive.exists() and not list(archive.parent.glob("*.damaged-*")), "Drive stopped; its copy is whole"
@@ -337,8 +338,9 @@ def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled
 
     assert run.returncode == 3, err
     assert err.strip().splitlines() == [
-        f"warmstart: error: Drive does not answer: a look at {drive} waited 2 s; on Colab, remount it with "
-        "drive.mount('/content/drive', force_remount=True) (or set WARMSTART_DRIVE_TIMEOUT to wait longer)"]
+        f"warmstart: error: Drive does not answer: a look at {drive} waited 2 s; on Colab, remount it by running "
+        "this in a notebook cell: from google.colab import drive; drive.mount('/content/drive', force_remount=True) "
+        "(or set WARMSTART_DRIVE_TIMEOUT to wait longer)"]
     report = json.loads(out)
     assert (report["ok"], report["exit_code"], report["steps"]) == (False, 3, []), "it ended before any step"
     assert installed(vm.python) == {}, "nothing was installed"
@@ -378,8 +380,9 @@ def test_a_look_at_drive_that_waits_too_long_ends_drives_part_in_the_run(tmp_pat
     assert looks["down"] == said
     assert looks["held"] is False
     assert looks["then"] < 1, "once down, nothing waits for Drive again (the timeout is 1 s)"
-    assert store.warnings == [f"{said}; this run reads nothing more from it (on Colab, remount it with "
-                              "drive.mount('/content/drive', force_remount=True))"]
+    assert store.warnings == [f"{said}; this run reads nothing more from it (on Colab, remount it by running this "
+                              "in a notebook cell: from google.colab import drive; drive.mount('/content/drive', "
+                              "force_remount=True))"]
 
 # -- the race's parts -----------------------------------------------------------------------
 

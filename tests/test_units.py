@@ -115,9 +115,9 @@ def test_offline_with_a_drive_that_stopped_answering_says_so_not_that_the_cache_
     down = "/drive stopped answering (a look at its files waited 60 s)"
     with pytest.raises(PreconditionUnmet) as refused:
         make_plan(replace(facts(), drive_down=down), OFFLINE)
-    assert str(refused.value) == (f"--offline, but {down}: on Colab, remount it with drive.mount('/content/drive', "
-                                  "force_remount=True) and run again (without --offline the package index serves "
-                                  "what Drive cannot)")
+    assert str(refused.value) == (f"--offline, but {down}: on Colab, remount it by running this in a notebook cell: "
+                                  "from google.colab import drive; drive.mount('/content/drive', force_remount=True) "
+                                  "and run again (without --offline the package index serves what Drive cannot)")
     assert make_plan(replace(facts({"alpha": "1.0", "beta": "2.0"}), drive_down=down), OFFLINE).nothing_to_do
 
 

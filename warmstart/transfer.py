@@ -226,7 +226,8 @@ def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> t
     return digest.hexdigest(), size
 
 
-REMOUNT = "remount it with drive.mount('/content/drive', force_remount=True)"  # a notebook cell's line
+REMOUNT = ("remount it by running this in a notebook cell: from google.colab import drive; "
+           "drive.mount('/content/drive', force_remount=True)")  # pasted as it stands
 DRIVE_ERRORS = {
     errno.ENOSPC: "Drive is full (on Colab: the Google Drive storage quota is used up)",
     errno.EDQUOT: "Drive is over quota (on Colab: the Google Drive storage quota is used up)",
