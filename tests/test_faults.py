@@ -152,7 +152,9 @@ def test_a_failing_drive_still_installs_and_says_what_it_means(demo, tmp_path, i
 
         assert result.code == 0, result.stderr
         meaning = {"EIO": "Drive returned an I/O error (on Colab this often means the storage quota",
-                   "ENOTCONN": "Drive was disconnected (Transport endpoint is not connected)"}[failure]
+                   "ENOTCONN": "Drive was disconnected (Transport endpoint is not connected): remount it by "
+                               "running this in a notebook cell: from google.colab import drive; "
+                               f"drive.mount({str(mount)!r}, force_remount=True)"}[failure]
         assert meaning in result.stderr and "Traceback" not in result.stderr
         assert any(meaning in w for w in result.report["warnings"])
         assert locked_part_of(python) == LOCKED

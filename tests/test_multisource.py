@@ -204,7 +204,7 @@ def test_a_drive_that_stops_answering_midway_is_left_to_the_team_cache_for_the_r
     assert [hashlib.sha256(path.read_bytes()).hexdigest() for path in got] == list(wheels.values())
     assert store.warnings == [f"{mount} stopped answering (a read waited 1 s for its data); this run reads nothing "
                               "more from it (on Colab, remount it by running this in a notebook cell: from "
-                              "google.colab import drive; drive.mount('/content/drive', force_remount=True))"]
+                              f"google.colab import drive; drive.mount({str(mount)!r}, force_remount=True))"]
     assert store.here.stats.hits == 0 and store.team is not None and store.team.stats.hits == 2
 
 

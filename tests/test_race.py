@@ -9,6 +9,7 @@ The race's parts are tested on their own at the end: the hold, and the check of 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    REPO,
     _write_simple_index,
     bootstrap,
     build_wheel,
@@ -44,6 +47,7 @@ from warmstart.parts import PART_SIZE
 from warmstart.race import HOLD_FOR, _to_target_layout, index_seconds, verify_installed
 from warmstart.snapshot import KIND, Cancelled, Watch, _ReadAhead
 from warmstart.store import DriveStore
+from warmstart.transfer import explain, remount
 from warmstart.uv import find_uv
 
 
@@ -303,7 +307,7 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
     assert f"snapshot {archive.name} cannot be read ({said})" in err
     assert err.strip().splitlines()[-1] == (
         f"warmstart: error: --offline, but {said}: on Colab, remount it by running this in a notebook cell: "
-        "from google.colab import drive; drive.mount('/content/drive', force_remount=True) and run again "
+        f"from google.colab import drive; drive.mount({str(mount)!r}, force_remount=True) and run again "
         "(without --offline the package index serves what Drive cannot)")
     assert "Traceback" not in err
     assert leftovers(vm) == [], "the staging folder is removed"
@@ -339,11 +343,39 @@ def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled
     assert run.returncode == 3, err
     assert err.strip().splitlines() == [
         f"warmstart: error: Drive does not answer: a look at {drive} waited 2 s; on Colab, remount it by running "
-        "this in a notebook cell: from google.colab import drive; drive.mount('/content/drive', force_remount=True) "
+        f"this in a notebook cell: from google.colab import drive; drive.mount({str(mount)!r}, force_remount=True) "
         "(or set WARMSTART_DRIVE_TIMEOUT to wait longer)"]
     report = json.loads(out)
     assert (report["ok"], report["exit_code"], report["steps"]) == (False, 3, []), "it ended before any step"
     assert installed(vm.python) == {}, "nothing was installed"
+
+
+@needs_fuse
+def test_the_remount_line_names_the_fuse_mount_that_holds_drive(tmp_path):
+    """The way out printed when Drive fails is a notebook cell's line, pasted as it stands: it
+    remounts the FUSE mount that holds the Drive folder (Colab mounts Drive wherever the user
+    asked, a name with a space included), read from /proc/self/mountinfo, never from the mount
+    (which may not answer); a folder on no FUSE mount (a tmpfs here, in a mount namespace of its
+    own) gets Colab's usual place."""
+    def line(mount: str) -> str:
+        return ("remount it by running this in a notebook cell: from google.colab import drive; "
+                f"drive.mount({mount!r}, force_remount=True)")
+
+    (tmp_path / "backing" / "MyDrive").mkdir(parents=True)
+    with slow_drive(tmp_path / "backing", tmp_path / "my drive", 0, 1000) as mount:
+        assert remount(mount / "MyDrive" / "warmstart") == line(str(mount))
+        assert remount(mount) == line(str(mount))
+        assert explain(OSError(errno.ENOTCONN, "Transport endpoint is not connected"), mount / "MyDrive") == (
+            f"Drive was disconnected (Transport endpoint is not connected): {line(str(mount))} [OSError 107]")
+    assert remount(tmp_path / "my drive" / "MyDrive") == line("/content/drive"), "unmounted: Colab's place"
+    elsewhere = tmp_path / "tmpfs"
+    elsewhere.mkdir()
+    said = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs none "$1" && exec "$2" -c "$3" "$1"', "-", str(elsewhere), sys.executable,
+         "import sys; from warmstart.transfer import remount; print(remount(sys.argv[1]))"],
+        capture_output=True, text=True, check=True, cwd=REPO)
+    assert said.stdout.strip() == line("/content/drive"), said.stderr
 
 
 @needs_fuse
@@ -381,7 +413,7 @@ def test_a_look_at_drive_that_waits_too_long_ends_drives_part_in_the_run(tmp_pat
     assert looks["held"] is False
     assert looks["then"] < 1, "once down, nothing waits for Drive again (the timeout is 1 s)"
     assert store.warnings == [f"{said}; this run reads nothing more from it (on Colab, remount it by running this "
-                              "in a notebook cell: from google.colab import drive; drive.mount('/content/drive', "
+                              f"in a notebook cell: from google.colab import drive; drive.mount({str(mount)!r}, "
                               "force_remount=True))"]
 
 # -- the race's parts -----------------------------------------------------------------------

@@ -251,7 +251,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
                 raise
             # packages alone need no workdir: a read-only Drive still gets the environment
             step.status = "warning"
-            unwritable.append(f"no workdir {plan.workdir}: {explain(exc)}")
+            unwritable.append(f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}")
     drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
     work = drivework.start(prefix, plan.facts.drive, plan.facts.target.executable)
     run = Executor(plan, store, Downloader(index, report.bars), report, work, background=not settings.wait)
@@ -332,7 +332,7 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
             run.warn(store.warnings)
         except OSError as exc:  # Drive full or gone: this costs the next VM a download, not this run
             step.status = "warning"
-            run.warn([f"the Drive cache was not filled: {explain(exc)}; the next run tries again"])
+            run.warn([f"the Drive cache was not filled: {explain(exc, store.here.drive)}; the next run tries again"])
             return
         step.detail = run.outcome.drive_writes
     if not wait:

@@ -259,8 +259,9 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
         except OSError as exc:  # Drive full or gone: the job stays for a later run
             if not (folder / JOB).is_file():
                 continue  # finished meanwhile by the worker
-            say(f"warning: the Drive writes of the last run stopped again: {explain(exc)}")
-            write_private(folder / FAILED, explain(exc))
+            said = explain(exc, store.here.drive)
+            say(f"warning: the Drive writes of the last run stopped again: {said}")
+            write_private(folder / FAILED, said)
     return True
 
 

@@ -72,7 +72,7 @@ class Executor:
                             self.work.add("wheels", got)  # Drive gets it too (installed from there)
                         continue
                     if plan.offline and cached and (down := self.store.here.down):
-                        raise PreconditionUnmet(offline_without_drive(down))
+                        raise PreconditionUnmet(offline_without_drive(down, plan.facts.drive))
                     if plan.offline:
                         why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
                                else "is not in the Drive cache (and the snapshot could not be used)")

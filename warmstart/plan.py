@@ -21,7 +21,7 @@ from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
-from .transfer import REMOUNT
+from .transfer import remount
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
     use_snapshot = bool(to_install) and facts.snapshot_found
     if options.offline:
         if facts.drive_down and (to_install or any(state == "missing" for _dest, state in facts.assets.values())):
-            raise PreconditionUnmet(offline_without_drive(facts.drive_down))
+            raise PreconditionUnmet(offline_without_drive(facts.drive_down, facts.drive))
         missing = [p for p in to_install if p.name not in cached]
         if missing and not use_snapshot:
             raise PreconditionUnmet(
@@ -222,7 +222,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
     return plan
 
 
-def offline_without_drive(down: str) -> str:
-    """An offline run that needs Drive, which stopped answering: what to do."""
-    return (f"--offline, but {down}: on Colab, {REMOUNT} and run again "
+def offline_without_drive(down: str, drive: Path) -> str:
+    """An offline run that needs Drive (at `drive`), which stopped answering: what to do."""
+    return (f"--offline, but {down}: on Colab, {remount(drive)} and run again "
             "(without --offline the package index serves what Drive cannot)")

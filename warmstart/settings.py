@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import BadInput, PreconditionUnmet
-from .transfer import REMOUNT
+from .transfer import remount
 
 INSTALLERS = ("auto", "pip", "uv")
 
@@ -186,7 +186,7 @@ def answers(drive: Path, seconds: float) -> None:
         look.wait(seconds)
     except subprocess.TimeoutExpired:
         raise PreconditionUnmet(f"Drive does not answer: a look at {drive} waited {seconds:g} s; on Colab, "
-                                f"{REMOUNT} (or set {DRIVE_TIMEOUT.name} to wait longer)") from None
+                                f"{remount(drive)} (or set {DRIVE_TIMEOUT.name} to wait longer)") from None
 
 
 def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:

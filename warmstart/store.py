@@ -36,7 +36,6 @@ from . import background, faults
 from .settings import drive_timeout
 from .transfer import (
     QUIET,
-    REMOUNT,
     AtomicFile,
     Bar,
     Bars,
@@ -45,6 +44,7 @@ from .transfer import (
     explain,
     read_untrusted_json,
     regular_file,
+    remount,
     sha256_of,
     untrusted_json,
 )
@@ -238,7 +238,7 @@ class DriveStore:
         (`down`, one warning), so nothing later waits that long again."""
         if not self.down:  # two reads at once (the parts of a snapshot) may both wait it out
             self.down = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
-            self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {REMOUNT})")
+            self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {remount(self.drive)})")
         return Stalled(errno.ETIMEDOUT, self.down)
 
     def _answered(self, read: Callable[[], T], waited: str = READ_WAITED) -> T:
@@ -307,7 +307,7 @@ class DriveStore:
         except OSError as exc:
             dest.unlink(missing_ok=True)
             if not isinstance(exc, Stalled):  # that one warned once for the run
-                self.warnings.append(f"{src} cannot be read: {explain(exc)}")
+                self.warnings.append(f"{src} cannot be read: {explain(exc, src)}")
             return None
         self.stats.bytes_read += size
         if sha256 not in sha256s:
@@ -342,7 +342,7 @@ class DriveStore:
                 faults.point("cache-write")
                 part.commit(dest)
         except OSError as exc:
-            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc)}")
+            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc, dest)}")
             return False
         self.stats.bytes_written += size
         self._listings.pop(kind, None)

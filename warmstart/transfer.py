@@ -84,18 +84,29 @@ def not_writable(drive: Path) -> str | None:
     return None
 
 
+def _mounts() -> list[tuple[str, str]]:
+    """Each mount's point and file system type, from /proc/self/mountinfo (which looks at no mount
+    itself: a stat of a Drive that stopped answering never returns); [] where there is none."""
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 4 and "-" in fields[5:]:
+            # Field 5 is the mount point, with spaces and the like escaped as octal (\040); the
+            # type follows the optional fields' closing "-".
+            point = fields[4].encode().decode("unicode_escape")
+            mounts.append((point, fields[fields.index("-", 5) + 1]))
+    return mounts
+
+
 def is_mount_point(path: Path) -> bool:
     """A mount point, bind mounts of a folder on the same file system included (which
     os.path.ismount cannot tell: it compares device numbers)."""
-    if os.path.ismount(path):
-        return True
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
-            points = {line.split()[4].encode().decode("unicode_escape") for line in fh if line.strip()}
-    except OSError:
-        return False
-    return os.path.abspath(path) in points
+    return os.path.ismount(path) or os.path.abspath(path) in {point for point, _type in _mounts()}
 
 
 def regular_file(path: Path) -> bool:
@@ -226,19 +237,34 @@ def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> t
     return digest.hexdigest(), size
 
 
-REMOUNT = ("remount it by running this in a notebook cell: from google.colab import drive; "
-           "drive.mount('/content/drive', force_remount=True)")  # pasted as it stands
+COLAB_MOUNT = "/content/drive"  # where Colab's notebook mounts Drive unless told otherwise
+
+
+def remount(path: str | os.PathLike[str] | None) -> str:
+    """How to remount the Drive that holds `path`, pasted as it stands into a notebook cell: the
+    FUSE mount it lies on (Colab's Drive is one, wherever the user mounted it), else Colab's."""
+    where = os.path.abspath(path) if path else "/"
+    fuse = [point for point, kind in _mounts()
+            if kind.startswith("fuse") and (where == point or where.startswith(point.rstrip("/") + "/"))]
+    mount = max(fuse, key=len, default=COLAB_MOUNT)
+    return (f"remount it by running this in a notebook cell: from google.colab import drive; "
+            f"drive.mount({mount!r}, force_remount=True)")
+
+
 DRIVE_ERRORS = {
     errno.ENOSPC: "Drive is full (on Colab: the Google Drive storage quota is used up)",
     errno.EDQUOT: "Drive is over quota (on Colab: the Google Drive storage quota is used up)",
     errno.EIO: "Drive returned an I/O error (on Colab this often means the storage quota is exceeded)",
-    errno.ENOTCONN: f"Drive was disconnected (Transport endpoint is not connected): {REMOUNT}",
+    errno.ENOTCONN: "Drive was disconnected (Transport endpoint is not connected)",
 }
 
 
-def explain(exc: OSError) -> str:
-    """What a failed Drive operation means, in a line."""
-    return f"{DRIVE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))} [{exc.__class__.__name__} {exc.errno}]"
+def explain(exc: OSError, where: str | os.PathLike[str] | None = None) -> str:
+    """What a failed Drive operation (on `where`, unless the error names its file) means, in a line."""
+    said = DRIVE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
+    if exc.errno == errno.ENOTCONN:
+        said += f": {remount(exc.filename or where)}"
+    return f"{said} [{exc.__class__.__name__} {exc.errno}]"
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
