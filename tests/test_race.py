@@ -317,17 +317,21 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
 
 
 @needs_fuse
-def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("at_mount", [False, True], ids=["below-the-mount", "the-mount-itself"])
+def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled, tmp_path, at_mount):  # noqa: F811
     """A Drive that stopped answering before the run: no stat below its mount point returns
     (bench/slowfs.py --hang-metadata), and a process waiting on one cannot be killed until the
     mount answers. The run's first look at Drive (settings.drive_root: a child's stat) waits
     WARMSTART_DRIVE_TIMEOUT (here 2 s), then the run ends by itself, the child left waiting:
-    exit 3, one line naming the folder, the wait and the way out, before anything is installed."""
+    exit 3, one line naming the folder, the wait and the way out, before anything is installed.
+    With Drive at the mount point itself, the kernel answers for the folder without the mount
+    (as from its cache): the look at the cache folders below it is what waits."""
     recipe, url = bulky
     vm = wiped_vm(tmp_path, url)
     answer = tmp_path / "answer"  # the layer answers once this exists: then the left child ends
-    with slow_drive(vm.drive.parent, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
-        drive = mount / vm.drive.name
+    backing = vm.drive if at_mount else vm.drive.parent
+    with slow_drive(backing, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
+        drive = mount if at_mount else mount / vm.drive.name
         run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(drive),
                                            "--python", str(vm.python), "--json"),
                                env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,

@@ -173,13 +173,17 @@ def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str
 
 
 def answers(drive: Path, seconds: float) -> None:
-    """PreconditionUnmet unless a stat of `drive` returns within `seconds`. On a FUSE mount that
-    stopped answering a stat never returns, and a process waiting on one cannot even be killed
-    until the mount answers or goes: so the look is a child's (coreutils stat), left waiting when
-    it takes too long, and the run ends with the way out instead of hanging unexplained."""
+    """PreconditionUnmet unless a stat of `drive` and of its cache folders returns within
+    `seconds`. On a FUSE mount that stopped answering a stat never returns, and a process waiting
+    on one cannot even be killed until the mount answers or goes: so the look is a child's
+    (coreutils stat), left waiting when it takes too long, and the run ends with the way out
+    instead of hanging unexplained. The folders below count: the kernel may answer for the root
+    from what it has cached, while every name below it goes to the mount (missing ones too)."""
+    from .store import LAYOUT  # (store reads its timeout here)
+
     try:
-        look = subprocess.Popen(["stat", "-L", "--", str(drive)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        look = subprocess.Popen(["stat", "-L", "--", str(drive), str(drive / LAYOUT.parent), str(drive / LAYOUT)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except OSError:  # no stat to run: the run's own looks are bounded as reads (store.py)
         return
     try:
