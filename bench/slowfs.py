@@ -1,7 +1,8 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
     python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
-                           [--hang-after BYTES | --hang-metadata] [--until FILE]
+                           [--hang-after BYTES | --hang-metadata | --hang-from-listing]
+                           [--until FILE]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
@@ -9,8 +10,9 @@ name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as 
 quota or disconnected does; with --hang-after, a read past that offset of any file never
 answers (until unmounted, or with --until until FILE exists), as a Drive that stopped mid-file
 (or that a test holds back until something else has happened); with --hang-metadata no stat
-below the mount point and no listing answers, as a Drive that stopped before the run. The
-tests use all four. Needs /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install
+below the mount point and no listing answers, as a Drive that stopped before the run; with
+--hang-from-listing the same from the first listing on, as a Drive that stopped during a run,
+after its first look. The tests use them all. Needs /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install
 fusepy`; runs until unmounted.
 """
 
@@ -41,10 +43,11 @@ class Throttle:
 
 class SlowDrive(Operations):
     def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
-                 hang_after: int | None = None, until: str | None = None, hang_metadata: bool = False) -> None:
+                 hang_after: int | None = None, until: str | None = None, hang_metadata: bool = False,
+                 hang_from_listing: bool = False) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
         self.fail_writes, self.hang_after, self.until = fail_writes, hang_after, until
-        self.hang_metadata = hang_metadata
+        self.hang_metadata, self.hang_from_listing = hang_metadata, hang_from_listing
         self.mountpoint = ""
 
     def _path(self, path: str) -> str:
@@ -65,6 +68,7 @@ class SlowDrive(Operations):
                                                   "st_nlink", "st_size", "st_uid")}
 
     def readdir(self, path, fh):
+        self.hang_metadata = self.hang_metadata or self.hang_from_listing
         if self.hang_metadata:
             self._hang()
         return [".", "..", *os.listdir(self._path(path))]
@@ -143,11 +147,13 @@ def main() -> None:
     parser.add_argument("--hang-after", type=int, metavar="BYTES")
     parser.add_argument("--hang-metadata", action="store_true",
                         help="no stat (but of the mount point) or listing ever answers")
+    parser.add_argument("--hang-from-listing", action="store_true",
+                        help="the same as --hang-metadata from the first listing on")
     parser.add_argument("--until", metavar="FILE", help="with a hang: answer once FILE exists")
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
-                      args.until and os.path.abspath(args.until), args.hang_metadata)
+                      args.until and os.path.abspath(args.until), args.hang_metadata, args.hang_from_listing)
     drive.mountpoint = os.path.abspath(args.mountpoint)
     FUSE(drive, args.mountpoint, foreground=True, nothreads=False)
 

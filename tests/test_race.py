@@ -355,6 +355,67 @@ def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled
 
 
 @needs_fuse
+@pytest.mark.parametrize("packages_only", [False, True], ids=["whole", "packages-only"])
+def test_a_drive_that_stops_answering_during_the_run_is_not_looked_at_again(bulky, filled, tmp_path,  # noqa: F811
+                                                                            packages_only):
+    """Drive answers the run's first look, then stops at its first listing (bench/slowfs.py
+    --hang-from-listing: from then on no stat below the mount point and no listing answers, and a
+    process waiting on one cannot be killed). The listing waits WARMSTART_DRIVE_TIMEOUT (2 s)
+    and Drive is down for the run; nothing after looks at it again (the workdir, the assets'
+    places, the Drive writes, a worker), so the run comes to its end and says so. The workdir on
+    Drive is what assets and checks need: exit 3 with the way out, before anything is installed.
+    With --packages-only the index serves the packages (the run is online), and the Drive writes
+    (--wait: in this process) are kept for the next run, each said once as a warning. (The
+    listing's thread stays in the kernel until the mount answers, and the process with it.)"""
+    recipe, url = bulky
+    vm = wiped_vm(tmp_path, url)
+    answer = tmp_path / "answer"  # the layer answers once this exists: then what waited ends
+    with slow_drive(vm.drive, tmp_path / "slow", 0, 1000, hang_from_listing=True, until=answer) as mount:
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount),
+                                           "--python", str(vm.python), "--json", "--wait",
+                                           *(["--packages-only"] if packages_only else [])),
+                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+        said: list[str] = []
+        reading = threading.Thread(target=lambda: said.append(run.stdout.readline()), daemon=True)
+        reading.start()
+        reading.join(60)
+        came = bool(said)  # unguarded, the run waits on Drive at the workdir for as long as it hangs
+        answer.touch()  # then the thread in the listing returns and the process ends
+        try:
+            _out, err = run.communicate(timeout=60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+        assert came, "the run came to its report only once Drive answered"
+
+    down = f"{mount} stopped answering (a look at its files waited 2 s)"
+    way_out = f"from google.colab import drive; drive.mount({str(mount)!r}, force_remount=True)"
+    report = json.loads(said[0])
+    assert "Traceback" not in err
+    if not packages_only:
+        assert run.returncode == 3, err
+        assert err.strip().splitlines()[-1] == (
+            f"warmstart: error: the workdir {mount / 'Demo'} lies on Drive, and {down}: on Colab, remount it by "
+            f"running this in a notebook cell: {way_out} and run again (with --packages-only the packages "
+            "install without it)")
+        assert installed(vm.python) == {}, "nothing was installed"
+        return
+    assert run.returncode == 0, err
+    assert installed(vm.python) == {"bulky": "1.0"}, "the index served the packages"
+    steps = {step["name"]: step["status"] for step in report["steps"]}
+    assert (steps["cache"], steps["workdir"], steps["drive"]) == ("warning", "warning", "warning")
+    assert report["warnings"] == [
+        f"no workdir {mount / 'Demo'}: {down}",
+        f"{down}; this run reads nothing more from it (on Colab, remount it by running this in a notebook cell: "
+        f"{way_out})",
+        f"the Drive cache was not filled: {down}; the next run writes it"]
+    kept = list((vm.root / "cache" / "warmstart" / "drivework").glob("*/*/failed.txt"))
+    assert [path.read_text().strip() for path in kept] == [down], "the job waits for the next run"
+
+
+@needs_fuse
 def test_the_remount_line_names_the_fuse_mount_that_holds_drive(tmp_path):
     """The way out printed when Drive fails is a notebook cell's line, pasted as it stands: it
     remounts the FUSE mount that holds the Drive folder (Colab mounts Drive wherever the user

@@ -46,7 +46,7 @@ from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
-from .transfer import explain
+from .transfer import explain, remount
 from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]
@@ -177,10 +177,12 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
 def _look(facts: Facts, store: TieredStore) -> Facts:
     """The facts as the store holds them: cached wheels, assets, the snapshot (one stat on Drive)."""
     cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
-    assets_now = {a: (dest, assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
+    down = store.here.down  # then a look at a destination on Drive would wait as long: none is there
+    assets_now = {a: (dest, "missing" if down and dest.is_relative_to(facts.drive) else assets.state(store, a, dest))
+                  for a, (dest, _state) in facts.assets.items()}
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
                    snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)),
-                   drive_down=store.here.down)
+                   drive_down=down)
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:
@@ -243,16 +245,25 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     target_python.remember_whole(prefix, facts.whole_records)
     unwritable = []
     with report.step("workdir") as step:
-        try:
-            plan.workdir.mkdir(parents=True, exist_ok=True)
-            step.detail = str(plan.workdir)
-        except OSError as exc:
-            if not options.packages_only:  # assets and checks need it
-                raise
-            # packages alone need no workdir: a read-only Drive still gets the environment
+        if (down := store.here.down) and plan.workdir.is_relative_to(plan.facts.drive):
+            if not options.packages_only:  # assets and checks need it; a look at it would wait as long
+                raise PreconditionUnmet(
+                    f"the workdir {plan.workdir} lies on Drive, and {down}: on Colab, {remount(plan.workdir)} "
+                    "and run again (with --packages-only the packages install without it)")
             step.status = "warning"
-            unwritable.append(f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}")
-    drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
+            unwritable.append(f"no workdir {plan.workdir}: {down}")
+        else:
+            try:
+                plan.workdir.mkdir(parents=True, exist_ok=True)
+                step.detail = str(plan.workdir)
+            except OSError as exc:
+                if not options.packages_only:  # assets and checks need it
+                    raise
+                # packages alone need no workdir: a read-only Drive still gets the environment
+                step.status = "warning"
+                unwritable.append(f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}")
+    if not store.here.down:  # else it would only wait on Drive; the next run starts it
+        drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
     work = drivework.start(prefix, plan.facts.drive, plan.facts.target.executable)
     run = Executor(plan, store, Downloader(index, report.bars), report, work, background=not settings.wait)
     report.outcome = run.outcome
@@ -327,6 +338,11 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
         run.work.discard()
         return
     with report.step("drive") as step:
+        if down := store.here.down:  # nothing more waits on it in this run: the next run writes
+            run.work.keep(store, down)
+            step.status = "warning"
+            run.warn([f"the Drive cache was not filled: {down}; the next run writes it"])
+            return
         try:
             run.outcome.drive_writes = run.work.hand_off(wait=wait, store=store)
             run.warn(store.warnings)

@@ -101,6 +101,12 @@ class DriveWork:
             "from_team": self.from_team, "python": self.python, "tags": self.tags, "files": files,
             "created": time.time(), "team": store.team_spec(), "team_usage": self.team_usage}))
 
+    def keep(self, store: TieredStore, why: str) -> None:
+        """Write the job without a worker on it: the next run starts one (Drive stopped answering
+        in this one, and a worker would only wait on it)."""
+        self.write_job(store)
+        write_private(self.folder / FAILED, why)
+
     def hand_off(self, *, wait: bool, store: TieredStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
         self.write_job(store)
@@ -248,7 +254,7 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
     finish what a killed one left (a snapshot must be of the environment it describes). True
     when there was something: the Drive cache changed since the run looked."""
     state = pending(prefix)
-    if state is None:
+    if state is None or store.here.down:  # down: they wait for a Drive that answers (resume)
         return False
     say(f"Drive writes of the last run: {state.describe()}; finishing them first")
     for folder in handed_off(prefix):
