@@ -178,8 +178,8 @@ def _look(facts: Facts, store: TieredStore) -> Facts:
     """The facts as the store holds them: cached wheels, assets, the snapshot (one stat on Drive)."""
     cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
     down = store.here.down  # then a look at a destination on Drive would wait as long: none is there
-    assets_now = {a: (dest, "missing" if down and dest.is_relative_to(facts.drive) else assets.state(store, a, dest))
-                  for a, (dest, _state) in facts.assets.items()}
+    assets_now = {a: (dest, "missing" if down and dest.is_relative_to(facts.drive) else
+                      assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
                    snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)),
                    drive_down=down)
