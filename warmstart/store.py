@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -190,9 +191,15 @@ class DriveStore:
         return str(self.path(kind, name))
 
     def names(self, kind: str) -> list[str]:
-        """The whole regular files of a folder (no temporaries, nothing set aside)."""
+        """The whole regular files of a folder (no temporaries, nothing set aside). The first asks
+        for the other folders not yet listed too: one listing (a child's, see _listed) a run."""
         if kind not in self._listings:
-            self._listings[kind] = sorted(e.path.name for e in self.entries(kind) if e.state == "file")
+            wanted = (kind, *(other for other in KINDS if other not in self._listings and other != kind))
+            listed: dict[str, list[str]] = {other: [] for other in wanted}
+            for entry in self.entries(*wanted):  # sorted by name
+                if entry.state == "file":
+                    listed[entry.kind].append(entry.path.name)
+            self._listings.update(listed)
         return self._listings[kind]
 
     def relist(self) -> None:
@@ -214,10 +221,38 @@ class DriveStore:
     def entries(self, *kinds: str) -> Iterator[StoredFile]:
         """The folders' entries, listed on a thread given `timeout`; none once Drive stopped answering."""
         nothing: list[StoredFile] = []
-        return iter(self._looked(lambda: list(self._listed(kinds)), nothing))
+        return iter(self._looked(lambda: self._listed(kinds or KINDS), nothing))
 
-    def _listed(self, kinds: tuple[str, ...]) -> Iterator[StoredFile]:
-        for kind in kinds or KINDS:
+    def _listed(self, kinds: Sequence[str]) -> list[StoredFile]:
+        """The folders' entries, sorted by name, as a child (find) lists them: a thread of this
+        process left in a listing of a FUSE mount that stopped answering would keep the process
+        from ending until the mount answers; a child left there keeps nothing (it holds none of
+        this process's files)."""
+        folders = {str(self.root / kind): kind for kind in kinds}
+        try:
+            child = subprocess.Popen(["find", *folders, "-mindepth", "1", "-maxdepth", "1", "-printf",
+                                      r"%H\0%f\0%y\0%s\0%T@\0"], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:  # no find to run
+            return list(self._scanned(kinds))
+        try:
+            out, _ = child.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:  # given up on by _looked by now: the child is left there
+            return []
+        fields = [os.fsdecode(field) for field in out.split(b"\0")]
+        found = []
+        # missing folders and files removed by another VM meanwhile are only lines on find's stderr
+        for at in range(0, len(fields) - 4, 5):
+            folder, name, kind_of, size, mtime = fields[at:at + 5]
+            # a link, a pipe, a device: never read, never removed
+            state = classify(name) if kind_of == "f" else "not a file"
+            found.append(StoredFile(folders[folder], Path(folder, name), int(size), float(mtime), state))
+        order = {kind: i for i, kind in enumerate(kinds)}
+        return sorted(found, key=lambda entry: (order[entry.kind], entry.path.name))
+
+    def _scanned(self, kinds: Sequence[str]) -> Iterator[StoredFile]:
+        """The same, listed here (where there is no find)."""
+        for kind in kinds:
             folder = self.root / kind
             for entry in sorted(os.scandir(folder), key=lambda e: e.name) if folder.is_dir() else ():
                 try:
