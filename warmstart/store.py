@@ -237,8 +237,8 @@ class DriveStore:
             return list(self._scanned(kinds))
         try:
             out, _ = child.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:  # given up on by _looked by now: the child is left there
-            return []
+        except subprocess.TimeoutExpired:  # the child is left there; _looked gives Drive up
+            raise TimeoutError(f"no answer in {self.timeout:g} s") from None
         fields = [os.fsdecode(field) for field in out.split(b"\0")]
         found = []
         # missing folders and files removed by another VM meanwhile are only lines on find's stderr
