@@ -228,7 +228,8 @@ class DriveStore:
         process left in a listing of a FUSE mount that stopped answering would keep the process
         from ending until the mount answers; a child left there keeps nothing (it holds none of
         this process's files)."""
-        folders = {str(self.root / kind): kind for kind in kinds}
+        # (a relative folder as ./folder: a name that begins with - or ! is not an expression of find's)
+        folders = {os.path.join("" if self.root.is_absolute() else ".", self.root, kind): kind for kind in kinds}
         try:
             child = subprocess.Popen(["find", *folders, "-mindepth", "1", "-maxdepth", "1", "-printf",
                                       r"%H\0%f\0%y\0%s\0%T@\0"], stdin=subprocess.DEVNULL,
