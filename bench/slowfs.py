@@ -12,8 +12,8 @@ answers (until unmounted, or with --until until FILE exists), as a Drive that st
 (or that a test holds back until something else has happened); with --hang-metadata no stat
 below the mount point and no listing answers, as a Drive that stopped before the run; with
 --hang-from-listing the same from the first listing on, as a Drive that stopped during a run,
-after its first look. The tests use them all. Needs /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install
-fusepy`; runs until unmounted.
+after its first look. The tests use them all. Needs /dev/fuse, libfuse2 (Debian: apt install
+libfuse2) and `pip install fusepy`; runs until unmounted.
 """
 
 from __future__ import annotations
