@@ -1,9 +1,10 @@
 """Work on a daemon thread of its own: a run that ends, fails or is interrupted before it needs
 the work's answer does not wait for it at exit (a hung socket, a driver that does not answer).
-Standard library only."""
+A look at a FUSE mount is a child's instead (`child_within`). Standard library only."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -32,3 +33,15 @@ def within(seconds: float, call: Callable[[], T]) -> T:
     if not futures.wait([future], timeout=seconds).done:
         raise TimeoutError(f"no answer in {seconds:g} s")
     return future.result()
+
+
+def child_within(seconds: float, argv: list[str]) -> bytes:
+    """The output of the command `argv`, or TimeoutError once `seconds` pass before it ends
+    (OSError when it cannot start). For a look at a FUSE mount that may have stopped answering:
+    a thread of this process left waiting on one keeps the process from ending, even killed,
+    until the mount answers; a child left waiting holds none of this process's files."""
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        return child.communicate(timeout=seconds)[0]
+    except subprocess.TimeoutExpired:
+        raise TimeoutError(f"no answer in {seconds:g} s") from None

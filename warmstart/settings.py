@@ -13,13 +13,13 @@ import argparse
 import inspect
 import math
 import os
-import subprocess
 import sys
 from collections.abc import Container, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from .background import child_within
 from .errors import BadInput, PreconditionUnmet
 from .transfer import remount
 
@@ -182,15 +182,12 @@ def answers(drive: Path, seconds: float) -> None:
     from .store import LAYOUT  # (store reads its timeout here)
 
     try:
-        look = subprocess.Popen(["stat", "-L", "--", str(drive), str(drive / LAYOUT.parent), str(drive / LAYOUT)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except OSError:  # no stat to run: the run's own looks are bounded as reads (store.py)
-        return
-    try:
-        look.wait(seconds)
-    except subprocess.TimeoutExpired:
+        child_within(seconds, ["stat", "-L", "--", str(drive), str(drive / LAYOUT.parent), str(drive / LAYOUT)])
+    except TimeoutError:
         raise PreconditionUnmet(f"Drive does not answer: a look at {drive} waited {seconds:g} s; on Colab, "
                                 f"{remount(drive)} (or set {DRIVE_TIMEOUT.name} to wait longer)") from None
+    except OSError:  # no stat to run: the run's own looks are bounded as reads (store.py)
+        return
 
 
 def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -231,15 +230,12 @@ class DriveStore:
         # (a relative folder as ./folder: a name that begins with - or ! is not an expression of find's)
         folders = {os.path.join("" if self.root.is_absolute() else ".", self.root, kind): kind for kind in kinds}
         try:
-            child = subprocess.Popen(["find", *folders, "-mindepth", "1", "-maxdepth", "1", "-printf",
-                                      r"%H\0%f\0%y\0%s\0%T@\0"], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            out = background.child_within(self.timeout, ["find", *folders, "-mindepth", "1", "-maxdepth", "1",
+                                                         "-printf", r"%H\0%f\0%y\0%s\0%T@\0"])
+        except TimeoutError:  # the child is left there; _looked gives Drive up
+            raise
         except OSError:  # no find to run
             return list(self._scanned(kinds))
-        try:
-            out, _ = child.communicate(timeout=self.timeout)
-        except subprocess.TimeoutExpired:  # the child is left there; _looked gives Drive up
-            raise TimeoutError(f"no answer in {self.timeout:g} s") from None
         fields = [os.fsdecode(field) for field in out.split(b"\0")]
         found = []
         # missing folders and files removed by another VM meanwhile are only lines on find's stderr

@@ -95,11 +95,12 @@ def _mounts() -> list[tuple[str, str]]:
     mounts = []
     for line in lines:
         fields = line.split()
-        if len(fields) > 4 and "-" in fields[5:]:
-            # Field 5 is the mount point, with spaces and the like escaped as octal (\040); the
-            # type follows the optional fields' closing "-".
-            point = fields[4].encode().decode("unicode_escape")
-            mounts.append((point, fields[fields.index("-", 5) + 1]))
+        try:  # the type follows the optional fields' closing "-"
+            kind = fields[fields.index("-", 5) + 1]
+        except (ValueError, IndexError):
+            continue
+        # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
+        mounts.append((fields[4].encode().decode("unicode_escape"), kind))
     return mounts
 
 
