@@ -391,9 +391,9 @@ def test_an_object_another_vm_removed_after_the_listing_is_a_miss_not_a_dead_sto
 def test_an_archive_is_read_from_the_team_store_in_ranged_gets_one_after_another(s3, monkeypatch):
     """A snapshot archive read from the team store alone comes in RANGE-byte GETs, one at a time,
     not through fsspec's read-ahead file, which holds each block twice (with 32 MiB blocks the
-    restore from the team cache peaked at 283 to 305 MiB: see warmstart/team.py). Every byte comes
-    in order, whatever the sizes asked; an object that became shorter after it was opened is an
-    OSError, as a file's read error would be."""
+    restore from the team cache alone peaked at 274 to 287 MiB: see warmstart/team.py). Every
+    byte comes in order, whatever the sizes asked; an object that became shorter after it was
+    opened is an OSError, as a file's read error would be."""
     for name, value in s3.credentials("writer").items():
         monkeypatch.setenv(name, value)
     store = ObjectStore(f"s3://{s3.bucket('ranged')}/team")
