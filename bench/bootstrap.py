@@ -35,8 +35,8 @@ first restore after the cold runs was the slower on this VM, whichever it was).
 the image's versions of the lock's closure preinstalled, so the lock adds only what the image
 lacks (pip and uv install just those; no tar-limit, the tree is the image's).
 Prints medians with min-max and the ratios to each limit and to uv, the peak memory of the
-warmstart process during the offline restore, and writes JSON and a chart (PNG, with
-matplotlib: pip install -e '.[bench]') beside it.
+warmstart process during the offline restore (and, with --team, during the team cache's two
+restores), and writes JSON and a chart (PNG, with matplotlib: pip install -e '.[bench]') beside it.
 --slow-drive DELAY_MS,MIB_PER_S runs the Drive-bound methods a second time with the Drive folder
 behind a FUSE layer (bench/slowfs.py) that delays every open and caps throughput, as Drive does
 (repeatable: one run per Drive).
