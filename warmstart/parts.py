@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from .store import Store
-from .transfer import Bar, is_sha256
+from .transfer import Bar, BlockStream, is_sha256
 
 PART_SIZE = 8 << 20
 # Parts held ahead of the reader at most, those being fetched and checked included: 24 MiB. With 6,
@@ -102,7 +102,7 @@ def valid(index: dict[str, Any]) -> bool:
             and all(map(is_sha256, parts)))
 
 
-class PartReader:
+class PartReader(BlockStream):
     """Reads the archive `name` from every source at once; `read(n)` hands its bytes on in order,
     as a file would, each part verified. Raises OSError once no source can serve a part.
     `later`: opens a source held back (None when it cannot serve), asked once the reader waits."""
@@ -124,7 +124,6 @@ class PartReader:
         self._starved_at = 0.0  # when the reader last had to wait
         self._next = 0  # the part read() hands on next
         self._stop = False
-        self._left, self._at = b"", 0
         self.waited = 0.0  # seconds the reader waited for parts, in all
         self._later = later
         # The source held back once the reader fell behind: True while it is being opened, then
@@ -265,7 +264,7 @@ class PartReader:
 
     # -- the reader -------------------------------------------------------------------------
 
-    def _next_part(self) -> bytes | None:
+    def _next_block(self) -> bytes | None:
         with self._cond:
             try:
                 while self._next < len(self.hashes) and self._next not in self._got:
@@ -293,13 +292,7 @@ class PartReader:
             return data
 
     def read(self, size: int = -1) -> bytes:
-        while self._at >= len(self._left):
-            part = self._next_part()
-            if part is None:
-                return b""
-            self._left, self._at = part, 0
-        end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
-        data, self._at = self._left[self._at:end], end
+        data = super().read(size)
         self.size += len(data)
         return data
 

@@ -42,7 +42,7 @@ from .patches import Patch
 from .store import Patience
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bar, Bars, is_sha256, zstd_open
+from .transfer import QUIET, Bar, Bars, BlockStream, is_sha256, zstd_open
 from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"
@@ -249,7 +249,7 @@ class _Spilled:
     size: int
 
 
-class _ReadAhead:
+class _ReadAhead(BlockStream):
     """Reads a stream once, front to back in large blocks, on a thread of its own, counting (and,
     with `hashed`, hashing) as it goes: reading Drive, hashing, decompressing and unpacking
     each get a thread and overlap instead of alternating. `read(n)` hands the blocks on in
@@ -298,8 +298,6 @@ class _ReadAhead:
         self._spill_to = spill_to
         self._spill: IO[bytes] | None = None
         self.spilled = 0  # bytes
-        self._left = b""
-        self._at = 0  # how much of _left was read
         self._done = False
         self._stop = threading.Event()
         # The hash is taken on a thread of its own (hashlib lets go of the GIL), so the next read
@@ -421,8 +419,8 @@ class _ReadAhead:
             pace = max(pace, (busy + time.monotonic() - began) / (got + asked))
         return (self.limit - size) * pace
 
-    def read(self, size: int = -1) -> bytes:
-        while self._at >= len(self._left) and not self._done:
+    def _next_block(self) -> bytes | None:
+        while not self._done:
             if self._stop.is_set():  # closed: a race was lost (see Watch); what was read ahead is not handed on
                 raise Cancelled
             try:
@@ -435,15 +433,11 @@ class _ReadAhead:
             if item is None:
                 self._done = True
             elif isinstance(item, _Spilled):
-                self._left, self._at = self._read_spilled(item), 0
+                return self._read_spilled(item)
             else:
                 self._rooms.release()
-                self._left, self._at = item, 0
-        # a block is handed out in pieces, each sliced off where the last ended (no copy of the
-        # rest of the block each time; a slice of the whole block is the block itself)
-        end = len(self._left) if size < 0 else min(len(self._left), self._at + size)
-        data, self._at = self._left[self._at:end], end
-        return data
+                return item
+        return None
 
     def _read_spilled(self, block: _Spilled) -> bytes:
         assert self._spill is not None

@@ -48,7 +48,7 @@ from .store import (
     record_text,
 )
 from .target import TargetPython
-from .transfer import QUIET, Bars, copy_hashed, sha256_of, untrusted_json
+from .transfer import QUIET, Bars, BlockStream, copy_hashed, sha256_of, untrusted_json
 
 # fsspec protocol -> the extra that brings its implementation, and the module that is
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -446,25 +446,22 @@ def _mtime(info: dict[str, Any]) -> float:
     return stamp.timestamp() if isinstance(stamp, datetime) else float(stamp or 0.0)
 
 
-class _Ranged:
+class _Ranged(BlockStream):
     """A stored object of `size` bytes as a stream, read front to back in RANGE-byte GETs
     (`read_at`, whose errors are OSErrors already)."""
 
     def __init__(self, read_at: Callable[[int, int], bytes], size: int) -> None:
         self._read_at, self._size = read_at, size
-        self._block, self._at, self._next = b"", 0, 0  # the last range, how much of it was read, where the next begins
+        self._next = 0  # where the next range begins
 
-    def read(self, size: int = -1) -> bytes:
-        if self._at >= len(self._block):
-            if self._next >= self._size:
-                return b""
-            self._block, self._at = self._read_at(self._next, min(RANGE, self._size - self._next)), 0
-            if not self._block:
-                raise OSError(f"it ended at {self._next} of the {self._size} bytes it had when opened")
-            self._next += len(self._block)
-        end = len(self._block) if size < 0 else min(len(self._block), self._at + size)
-        data, self._at = self._block[self._at:end], end  # the whole range itself, when that is asked
-        return data
+    def _next_block(self) -> bytes | None:
+        if self._next >= self._size:
+            return None
+        block = self._read_at(self._next, min(RANGE, self._size - self._next))
+        if not block:
+            raise OSError(f"it ended at {self._next} of the {self._size} bytes it had when opened")
+        self._next += len(block)
+        return block
 
     def close(self) -> None:
         self._block = b""

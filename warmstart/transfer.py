@@ -222,6 +222,29 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class BlockStream:
+    """A stream read from blocks that come one after another (a read-ahead's, a store's ranged
+    GETs, verified parts): `read(n)` slices the current block where the last read ended, so the
+    rest of a block is never copied, and a read of the whole block is the block itself.
+    `_next_block()` gives the next one, None at the end."""
+
+    _block: bytes = b""
+    _at = 0  # how much of _block was read
+
+    def _next_block(self) -> bytes | None:
+        raise NotImplementedError
+
+    def read(self, size: int = -1) -> bytes:
+        while self._at >= len(self._block):
+            block = self._next_block()
+            if block is None:
+                return b""
+            self._block, self._at = block, 0
+        end = len(self._block) if size < 0 else min(len(self._block), self._at + size)
+        data, self._at = self._block[self._at:end], end
+        return data
+
+
 def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
     """Copy a file (a path, or a stream opened for reading) into an open file, returning the
     sha256 and size of what was read: one pass."""
