@@ -44,8 +44,8 @@ from test_team import VM
 
 from warmstart import manifest, parts, target
 from warmstart.parts import PART_SIZE
-from warmstart.race import HOLD_FOR, _to_target_layout, index_seconds, verify_installed
-from warmstart.snapshot import KIND, Cancelled, Watch, _ReadAhead
+from warmstart.race import HOLD_FOR, RACE_AFTER, _to_target_layout, index_seconds, index_time, verify_installed
+from warmstart.snapshot import KIND, Cancelled, Watch, _index_took, _ReadAhead
 from warmstart.store import DriveStore
 from warmstart.transfer import explain, remount
 from warmstart.uv import find_uv
@@ -864,3 +864,23 @@ def test_a_target_installing_outside_its_prefix_is_refused(tmp_path):
     (folder / "lib").mkdir(parents=True)
     with pytest.raises(manifest.Untrusted, match="installs outside its prefix"):
         _to_target_layout(folder, _debian_like(tmp_path / "usr", tmp_path / "opt" / "site-packages"))
+
+
+@pytest.mark.parametrize("recorded, took", [
+    (2.5, 2.5), (3, 3.0),
+    (None, None), (True, None), ("2.5", None), (0, None), (-1, None), (float("nan"), None), (1e9, None),
+])
+def test_the_index_time_a_snapshot_records_is_used_only_when_it_is_one_an_install_could_take(recorded, took):
+    """A snapshot index is read from Drive or a team store: its `index_seconds` is a number of
+    seconds, or not used."""
+    assert _index_took({} if recorded is None else {"index_seconds": recorded}) == took
+
+
+def test_the_race_goes_by_the_index_time_the_snapshot_records_else_by_the_estimate():
+    watch = Watch()
+    watch.watch(221 << 20, index_took=None)
+    assert index_time(watch, 28) == index_seconds(221 << 20, 28)  # nothing recorded: the estimate
+    watch.watch(221 << 20, index_took=3.2)
+    assert index_time(watch, 28) == 3.2  # what uv took on the VM the snapshot was made of
+    watch.watch(221 << 20, index_took=0.4)
+    assert index_time(watch, 28) == RACE_AFTER  # never less than uv takes for anything

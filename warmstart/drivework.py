@@ -328,7 +328,8 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
             target = target_python.probe(spec["python"])
             if all(p.satisfied_by(target.installed.get(p.name)) for p in pins):
                 snapshots.pack(store, snapshots.Snapshot(spec["stem"], spec["facts"]), target, pins,
-                               {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()})
+                               {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()},
+                               index_took=spec.get("index_seconds"))
         except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
             print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
         if later:

@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,9 @@ class Executor:
         # the index while it installs (the environment first), and the Drive work fetches the
         # wheels for the cache again, after. Otherwise the wheels are downloaded once, first.
         self.direct = background and plan.facts.installer == "uv" and not plan.offline
+        # Seconds uv took to install every pin from the index, when it did: the snapshot made of
+        # this install records it, and a restore races the index on it (warmstart.race).
+        self.index_took: float | None = None
         self.outcome = Outcome()
 
     def warn(self, warnings: list[str]) -> None:
@@ -98,7 +102,11 @@ class Executor:
                 if need:
                     self.clear_broken()
                     # uv fetches only what is not here; with every wheel here, no index is asked at all
-                    self._install(need, [stage, downloads], stage, index=self.direct and bool(to_download))
+                    index = self.direct and bool(to_download)
+                    began = time.monotonic()
+                    self._install(need, [stage, downloads], stage, index=index)
+                    if index and {p.name for p in need} <= {p.name for p in to_download}:
+                        self.index_took = time.monotonic() - began  # all from the index: see race
                     step.detail = f"{len(need)} packages with {plan.facts.installer}"
                 else:
                     step.status, step.detail = "skipped", skipped
@@ -235,7 +243,8 @@ class Executor:
         assert plan.facts.snapshot is not None
         self.work.snapshot = {"stem": plan.facts.snapshot.stem, "facts": plan.facts.snapshot.facts,
                               "pins": [[p.name, p.version] for p in plan.to_install],
-                              "digests": self.digests(plan.to_install), "python": str(plan.facts.target.executable)}
+                              "digests": self.digests(plan.to_install), "python": str(plan.facts.target.executable),
+                              "index_seconds": self.index_took}
 
     def verify(self) -> None:
         plan = self.plan
@@ -331,5 +340,6 @@ def _race_report(lane: race.IndexLane | None, index_won: bool) -> dict[str, obje
     if lane is None or lane.started is None:
         return None
     return {"winner": "index" if index_won else "snapshot", "index_started_s": round(lane.started, 2),
+            "index_expected_s": round(lane.expected, 2),
             "snapshot_held": True,  # a read the index races waits for uv (race.HOLD_FOR)
             **({"index_failed": lane.failed} if lane.failed else {})}

@@ -3,7 +3,8 @@
 A snapshot on a slow Drive can take longer to read than uv takes to fetch and install the same
 wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
 the time its read has left at the pace of its sources so far; once that is more than the index
-would take for the whole (`index_seconds`: a time per wheel and the archive's bytes at a pace),
+would take for the whole (what uv took on the VM the snapshot was made on, as its index records;
+else `index_seconds`: a time per wheel and the archive's bytes at a pace),
 uv installs the same pins from the index into a second staging folder of the prefix, and the
 read waits meanwhile (at most HOLD_FOR times the index's time), leaving uv the CPUs. uv checks each
 wheel against the lock's sha256, and its tree is checked against the lock's digest of the
@@ -34,8 +35,10 @@ from .patches import Patch
 from .snapshot import Watch, staging_folder, verify_staged
 from .target import TargetPython
 
-# How long uv takes to install from PyPI (2 CPUs): a time per wheel (its request, its metadata,
-# its RECORD) and the bytes of snapshot archive it stands for at a pace. Fitted to the two locks
+# How long uv takes to install from the index. A snapshot made of an install uv took wholly from
+# the index records that install's time (`index_seconds` in its index): the VM, the network and
+# the lock were the user's. Else, as on PyPI from 2 CPUs: a time per wheel (its request, its
+# metadata, its RECORD) and the bytes of snapshot archive it stands for at a pace. Fitted to the two locks
 # the bench measures: hyperlpr's 28 wheels (221 MiB of archive) in 4.9 s, the 3 a Colab image
 # lacks of them (157 MiB) in 2.1 s; bytes alone (50 MiB/s) had the Colab ones at 3.1 s, so a
 # 60 MiB/s Drive (2.7 s of reading) was not raced though uv was faster. A read with less left
@@ -61,6 +64,14 @@ def index_seconds(archive_bytes: int, wheels: int) -> float:
     return max(RACE_AFTER, wheels * INDEX_PER_WHEEL + archive_bytes / INDEX_PACE)
 
 
+def index_time(watch: Watch, wheels: int) -> float:
+    """How long the index should take for the restore `watch` sees: what its snapshot's index
+    records, else index_seconds."""
+    if watch.index_took is not None:
+        return max(RACE_AFTER, watch.index_took)
+    return index_seconds(watch.size or 0, wheels)
+
+
 class IndexLane:
     """uv installing `requirements` from the index into a staging folder, started once the restore it
     races (`watch`) has more reading left than the index would take; holds that restore's read
@@ -72,6 +83,7 @@ class IndexLane:
         self.requirements, self.unset = requirements, tuple(unset)
         self.folder = staging_folder(target)
         self.started: float | None = None  # seconds into the restore when uv began (and its read was held)
+        self.expected = 0.0  # the seconds the index was expected to take, when uv began
         self.failed: str | None = None
         self.won = False
         self._stop = threading.Event()
@@ -81,7 +93,7 @@ class IndexLane:
         self._thread.start()
 
     def _index_takes(self) -> float:
-        return index_seconds(self.watch.size or 0, len(self.digests))
+        return index_time(self.watch, len(self.digests))
 
     def _read_left(self) -> float:
         """The time the restore's read has left; before its first block, none until FIRST_BLOCK_WAIT,
@@ -103,7 +115,8 @@ class IndexLane:
         if not self._due():
             return
         self.started = time.monotonic() - self.watch.began
-        self.watch.hold(HOLD_FOR * self._index_takes())
+        self.expected = self._index_takes()
+        self.watch.hold(HOLD_FOR * self.expected)
         try:
             installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
                                          running=self._keep)

@@ -84,6 +84,7 @@ class Watch:
         self.cancelled = threading.Event()
         self.began = time.monotonic()
         self.size: int | None = None  # the archive's, once its index is read
+        self.index_took: float | None = None  # the index's time, when the snapshot's index records it
         self._readers: list[Reader] = []
         self._held_until = 0.0
 
@@ -101,8 +102,9 @@ class Watch:
         reading = self._readers[0] if self._readers else None
         return reading.seconds_left() if reading is not None else None
 
-    def watch(self, size: int, *readers: Reader) -> None:
+    def watch(self, size: int, *readers: Reader, index_took: float | None = None) -> None:
         self.size, self._readers = size, list(readers)  # the archive's reader first
+        self.index_took = index_took
         if self.cancelled.is_set():
             self.cancel()
 
@@ -169,6 +171,16 @@ class Snapshot:
                 store.set_aside_named(KIND, name)
 
 
+def _index_took(index: dict[str, Any]) -> float | None:
+    """How long uv took to install the snapshot's distributions from the index, on the VM whose
+    install it was made of: what a restore races (warmstart.race). None when its index does not
+    say, or says something no install took."""
+    seconds = index.get("index_seconds")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < 3600:
+        return float(seconds)
+    return None
+
+
 def _archive_name(index: dict[str, Any]) -> str:
     return Path(str(index.get("archive", "missing"))).name
 
@@ -199,10 +211,11 @@ def _in_restore_order(members: set[Path]) -> list[Path]:
 
 
 def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tuple[Pin, ...],
-         digests: dict[NormalizedName, str | None]) -> Path:
+         digests: dict[NormalizedName, str | None], index_took: float | None = None) -> Path:
     """Write the snapshot of the distributions `pins` installed in `target`, if their files are
     those of the locked wheels (`digests`: the lock's, by name): a snapshot that no VM could
-    verify is not worth writing. Bytecode is left out. Returns the archive."""
+    verify is not worth writing. Bytecode is left out. Returns the archive. `index_took`: the
+    seconds uv took to install them from the index, when it did (see _index_took)."""
     files = installed_files(target, [p.name for p in pins])
     missing = [p.name for p in pins if p.name not in files]
     if missing:
@@ -234,7 +247,8 @@ def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tup
         archive = part.commit(store.path(KIND, f"{snapshot.stem}-{sha256[:16]}.tar.zst"))
     index = {"facts": snapshot.facts, "archive": archive.name, "sha256": sha256, "size": hashing.size,
              "tar_bytes": stream.size, "files": len(members), "distributions": {p.name: p.version for p in pins},
-             "part_size": hashing.part_size, "parts": part_hashes}
+             "part_size": hashing.part_size, "parts": part_hashes,
+             **({"index_seconds": round(index_took, 2)} if index_took else {})}
     store.share(KIND, archive)  # the team store's copy too, before its index
     store.put_text(KIND, snapshot.index_name, json.dumps(index, indent=1) + "\n")  # last: it names a whole archive
     store.stats.bytes_written += hashing.size
@@ -513,7 +527,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             if watch:
-                watch.watch(int(index["size"]), reading, unpacked)
+                watch.watch(int(index["size"]), reading, unpacked, index_took=_index_took(index))
             while chunk := unpacked.read(_ReadAhead.BLOCK):
                 files.feed(chunk)
                 faults.point("restore")
