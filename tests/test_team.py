@@ -394,7 +394,8 @@ def test_an_archive_is_read_from_the_team_store_in_ranged_gets_a_few_at_once(s3,
     through fsspec's read-ahead file, which holds each block twice (with 32 MiB blocks the
     restore from the team cache alone peaked at 274 to 287 MiB: see warmstart/team.py). Every
     byte comes in order, whatever the sizes asked; an object that became shorter after it was
-    opened is an OSError, as a file's read error would be."""
+    opened, or an answer longer than the range asked, is an OSError, as a file's read error
+    would be."""
     for name, value in s3.credentials("writer").items():
         monkeypatch.setenv(name, value)
     store = ObjectStore(f"s3://{s3.bucket('ranged')}/team")
@@ -427,6 +428,11 @@ def test_an_archive_is_read_from_the_team_store_in_ranged_gets_a_few_at_once(s3,
     assert sorted(asked) == [(i * RANGE, RANGE) for i in range(5)] + [(5 * RANGE, 12345)]
     assert most == IN_FLIGHT > 1
 
+    monkeypatch.setattr(store, "_range", lambda *args: data)  # a server that ignores Range: the whole object
+    with store.open("snapshots", "a.tar.zst") as stream, pytest.raises(OSError, match="answered a GET of"):
+        stream.read(1)
+
+    monkeypatch.setattr(store, "_range", real_range)
     with store.open("snapshots", "a.tar.zst") as stream, pytest.raises(OSError):
         assert stream.read(RANGE) == data[:RANGE]  # the next IN_FLIGHT GETs are under way
         s3.filesystem().pipe_file(key, data[:RANGE + 10])  # another VM's copy, shorter

@@ -474,8 +474,10 @@ class _Ranged(BlockStream):
             return None
         start, length, get = self._asked.popleft()
         block = get.result()
-        if len(block) != length:
+        if len(block) < length:
             raise OSError(f"it ended at {start + len(block)} of the {self._size} bytes it had when opened")
+        if len(block) > length:  # the whole object, say: a server that ignores Range
+            raise OSError(f"it answered a GET of {length} bytes at {start} with {len(block)}")
         self._ask()  # the next GET begins before this block is handed on
         return block
 
