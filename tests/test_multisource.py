@@ -34,7 +34,7 @@ from warmstart.manifest import GENERATED
 from warmstart.parts import PART_SIZE
 from warmstart.tiered import TieredStore
 
-BLOBS = 3  # incompressible files of a part and a bit each: an archive of about four parts
+BLOBS = 3  # incompressible files of two parts and a bit each: an archive of about seven parts
 LOCKED = {"bulky": "1.0"}
 
 
@@ -43,7 +43,7 @@ def bulky(tmp_path_factory):
     """A project whose one locked wheel makes a snapshot of several parts, on its own index."""
     root = tmp_path_factory.mktemp("bulky")
     (root / "index" / "files").mkdir(parents=True)
-    blobs = {f"bulky/blob{i}.bin": os.urandom(PART_SIZE + (1 << 20)) for i in range(BLOBS)}
+    blobs = {f"bulky/blob{i}.bin": os.urandom(2 * PART_SIZE + (1 << 20)) for i in range(BLOBS)}
     build_wheel(root / "index" / "files", "bulky", "1.0", extra=blobs)
     _write_simple_index(root / "index")
     url, server = serve_folder(root / "index")

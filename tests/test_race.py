@@ -1,6 +1,6 @@
 """Online, a snapshot that reads slowly races the package index (warmstart.race): uv installs the
 same pins into a second staging folder, checked against the lock's digests, and whichever tree
-is verified first is placed. Real parts: the snapshot of a wheel of about four parts on Drive
+is verified first is placed. Real parts: the snapshot of a wheel of about seven parts on Drive
 behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real index on
 127.0.0.1, real uv. The index lane starts only when the read has more time left than the index
 would take (race.index_seconds: for one small wheel, race.RACE_AFTER), so each Drive here is
