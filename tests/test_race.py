@@ -83,6 +83,19 @@ def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *fla
         return vm.bootstrap(recipe, *flags)
 
 
+def holders(mount: Path) -> list[str]:
+    """The processes with a file below `mount` open, from /proc (which asks the mount nothing)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(f"{mount}/") for fd in fds):
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue  # it ended meanwhile
+    return found
+
+
 def leftovers(vm: VM) -> list[str]:
     return [p.name for p in (vm.python.parent.parent).glob(".warmstart-restore-*")]
 
@@ -301,6 +314,12 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)
                 run.wait()
+        # and no process is left holding the archive open (the child that read it ends with the
+        # read), so a remount can take the old mount away
+        deadline = time.monotonic() + 5
+        while (holding := holders(mount)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holding == [], f"left with a file on the Drive that stopped answering: {holding}"
 
     assert run.returncode == 3, err
     said = f"{mount} stopped answering (a read waited 2 s for its data)"

@@ -15,10 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap, cli_env, installed, make_venv, run_cli
+from conftest import bootstrap, cli_env, installed, make_venv, needs_fuse, run_cli, slow_drive
 
 from warmstart import snapshot
+from warmstart.background import ChildRead
 from warmstart.snapshot import _ReadAhead
+from warmstart.store import DriveStore
 
 PLAIN = {"beta": "2.0", "gpu-build": "1.0"}
 
@@ -494,3 +496,22 @@ def test_a_spill_file_holds_no_more_than_its_limit(tmp_path, monkeypatch):
     assert reading.spilled == 2 * _ReadAhead.BLOCK
     assert read_meanwhile <= IN_MEMORY + 2 * _ReadAhead.BLOCK < size
     assert got == data
+
+
+@needs_fuse
+def test_an_archive_on_fuse_is_read_by_a_child_and_one_on_local_disk_by_the_run(tmp_path, monkeypatch):
+    """On a FUSE mount (Colab's Drive; here bench/slowfs.py) a child reads the archive, so its
+    reads go on while the run's threads hold the GIL. On local disk the pipe would only cost a
+    copy, and where no cat can run, the run reads it itself."""
+    local = DriveStore(tmp_path / "drive")
+    local.path("snapshots", "a.tar.zst").parent.mkdir(parents=True)
+    local.path("snapshots", "a.tar.zst").write_bytes(b"archive")
+    with slow_drive(local.drive, tmp_path / "mount", 0, 1000) as mount:
+        with DriveStore(mount).open("snapshots", "a.tar.zst") as stream:
+            assert isinstance(stream, ChildRead) and stream.read() == b"archive"
+        with monkeypatch.context() as without_cat:
+            without_cat.setenv("PATH", str(tmp_path / "nothing-here"))
+            with DriveStore(mount).open("snapshots", "a.tar.zst") as stream:
+                assert not isinstance(stream, ChildRead) and stream.read() == b"archive"
+    with local.open("snapshots", "a.tar.zst") as stream:
+        assert not isinstance(stream, ChildRead) and stream.read() == b"archive"

@@ -4,9 +4,11 @@ network, no venv: each test builds its facts in memory (a few files in tmp_path 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
+import os
 import subprocess
 import time
 from dataclasses import replace
@@ -19,6 +21,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from warmstart import PROJECT_ROOT, commands, snapshot, wheels
+from warmstart.background import ChildRead
 from warmstart.errors import BadInput, PreconditionUnmet, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
 from warmstart.images import Image, drift, images_of
@@ -322,6 +325,37 @@ def test_usage_records_fold_into_one_keeping_the_latest_use(tmp_path):
     assert when == {"wheels/a.whl": 200, "assets/x": 100} and len(records) == 2
     store.compact_usage(when, records, keep={"wheels/a.whl"})
     assert store.last_used()[0] == {"wheels/a.whl": 200}
+
+
+def test_a_child_reads_a_file_whole_in_the_sizes_asked(tmp_path):
+    """background.ChildRead: each read gives the bytes asked (4 MiB, more than its pipe holds)
+    but at the end, and they are the file's."""
+    data = os.urandom((9 << 20) + 5)
+    (tmp_path / "archive").write_bytes(data)
+    with ChildRead(open(tmp_path / "archive", "rb", buffering=0)) as stream:
+        blocks = [stream.read(4 << 20) for _ in range(4)]
+    assert [len(b) for b in blocks] == [4 << 20, 4 << 20, (1 << 20) + 5, 0]
+    assert b"".join(blocks) == data
+
+
+class _Descriptor:
+    """An open descriptor as a file object, for what Python will not open as one (a folder)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_a_child_that_cannot_read_says_why_with_its_errno(tmp_path):
+    """cat's error comes back as the OSError it was (EISDIR here), not as an early end."""
+    with ChildRead(_Descriptor(tmp_path)) as stream, pytest.raises(OSError) as raised:  # type: ignore[arg-type]
+        stream.read(4 << 20)
+    assert raised.value.errno == errno.EISDIR and raised.value.strerror == "Is a directory"
 
 
 # -- one declaration of the command line ----------------------------------------------------

@@ -1,16 +1,20 @@
 """Work on a daemon thread of its own: a run that ends, fails or is interrupted before it needs
 the work's answer does not wait for it at exit (a hung socket, a driver that does not answer).
-A look at a FUSE mount is a child's instead (`child_within`). Standard library only."""
+A look at a FUSE mount, and a long read of one, is a child's instead (`child_within`,
+`ChildRead`). Standard library only."""
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
+_ERRNOS = {os.strerror(number): number for number in errno.errorcode}  # a child's error text back to its errno
 
 
 def started(work: Callable[[], T]) -> futures.Future[T]:
@@ -45,3 +49,50 @@ def child_within(seconds: float, argv: list[str]) -> bytes:
         return child.communicate(timeout=seconds)[0]
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"no answer in {seconds:g} s") from None
+
+
+class ChildRead:
+    """A file this process opened, read front to back by a child (`cat`, the file as its stdin)
+    through a pipe; `read(n)` gives n bytes but at the end, and a child that failed is an OSError
+    there. The child's next read goes out to the mount while this process's threads hold the GIL
+    (a Drive not asked gives no credit for the pause), and a read that hangs in a mount that
+    stopped answering leaves the child there, not a thread of this process (see child_within).
+    Closing it ends the child and closes the file."""
+
+    PIPE = 1 << 20  # the pipe's buffer: what the child reads ahead (the most Linux grants by default)
+
+    def __init__(self, file: IO[bytes]) -> None:
+        """OSError when no child can be started (no cat, a pipe refused): read `file` itself then."""
+        self._file = file
+        self._child = subprocess.Popen(["cat"], stdin=file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       pipesize=self.PIPE, env={**os.environ, "LC_ALL": "C"})  # errors as strerror's
+        assert self._child.stdout is not None
+        self._out = self._child.stdout
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._out.read(size)  # buffered: until `size` bytes or the end
+        if not data and self._child.wait() != 0:
+            assert self._child.stderr is not None
+            said = self._child.stderr.read(4096).decode(errors="replace").strip().splitlines()
+            # cat names its stdin "-": what it says after that is the error, as strerror says it
+            why = said[-1].rpartition(": ")[2] if said else f"the reading child ended with {self._child.returncode}"
+            raise OSError(_ERRNOS.get(why, errno.EIO), why)
+        return data
+
+    def stop(self) -> None:
+        """End the child (from any thread): a read under way returns what came."""
+        self._child.kill()
+
+    def close(self) -> None:
+        self.stop()
+        self._child.wait()
+        for pipe in (self._child.stdout, self._child.stderr):
+            if pipe is not None:
+                pipe.close()
+        self._file.close()
+
+    def __enter__(self) -> ChildRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -42,7 +42,7 @@ from .patches import Patch
 from .store import Patience
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bar, Bars, BlockStream, is_sha256, zstd_open
+from .transfer import QUIET, Bar, Bars, BlockStream, Stream, is_sha256, zstd_open
 from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"
@@ -296,7 +296,7 @@ class _ReadAhead(BlockStream):
     # archive's size, and a hostile one must not have the read fill the disk.
     SPILL_LIMIT = 512 << 20
 
-    def __init__(self, source: IO[bytes], bar: Bar | None = None, copy: IO[bytes] | None = None,
+    def __init__(self, source: Stream, bar: Bar | None = None, copy: IO[bytes] | None = None,
                  limit: int | None = None, what: str = "it is longer than", hashed: bool = True,
                  held: Callable[[], bool] = lambda: False, patience: Patience | None = None,
                  spill_to: Path | None = None) -> None:
@@ -319,13 +319,16 @@ class _ReadAhead(BlockStream):
         # in this loop made a 60 MiB/s Drive's read 0.2 s longer).
         self._digest = hashlib.sha256()
         self._to_hash: queue.Queue[bytes | None] | None = queue.Queue(self.HASH_DEPTH) if hashed else None
+        # A source a child reads (background.ChildRead) is stopped too: the child is not left
+        # waiting on a Drive that stopped answering, holding the file open.
+        self._stop_source: Callable[[], None] = getattr(source, "stop", lambda: None)
         self._threads = [threading.Thread(target=self._read_all, args=(source,), daemon=True)]
         if hashed:
             self._threads.append(threading.Thread(target=self._hash_all, daemon=True))
         for thread in self._threads:
             thread.start()
 
-    def _read_all(self, source: IO[bytes]) -> None:
+    def _read_all(self, source: Stream) -> None:
         try:
             with source:
                 size = self.FIRST
@@ -473,6 +476,7 @@ class _ReadAhead(BlockStream):
         gets Cancelled at once (the restore that lost a race ends now, not at its next look)."""
         self._stop.set()
         self._blocks.put(Cancelled())
+        self._stop_source()
 
     def close(self) -> None:
         """Stop reading and wait for the threads; the spill file goes."""

@@ -39,9 +39,11 @@ from .transfer import (
     AtomicFile,
     Bar,
     Bars,
+    Stream,
     atomic_write_text,
     copy_hashed,
     explain,
+    on_fuse,
     read_untrusted_json,
     regular_file,
     remount,
@@ -111,7 +113,7 @@ class Store(Protocol):
     def has(self, kind: str, name: str) -> bool: ...
     def size(self, kind: str, name: str) -> int: ...
     def entries(self, *kinds: str) -> Iterator[StoredFile]: ...
-    def open(self, kind: str, name: str) -> IO[bytes]: ...
+    def open(self, kind: str, name: str) -> Stream: ...
     def patience(self) -> Patience | None: ...
     def ranges(self, kind: str, name: str) -> AbstractContextManager[Callable[[int, int], bytes]]: ...
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None: ...
@@ -298,10 +300,20 @@ class DriveStore:
         else:
             self._answered(close)
 
-    def open(self, kind: str, name: str) -> IO[bytes]:
+    def open(self, kind: str, name: str) -> Stream:
         """A stored file to read once, front to back (a snapshot archive), on a reader's own thread
-        that its consumer watches with `patience()`; only the open is bounded here."""
-        return self._answered(lambda: open(self.path(kind, name), "rb", buffering=0))
+        that its consumer watches with `patience()`; only the open is bounded here. On a FUSE
+        mount (Colab's Drive) a child reads it (background.ChildRead): hyperlpr's restore step from
+        a 60 MiB/s Drive took 3.93 to 4.28 s against 4.17 to 4.82 s read on the thread (5
+        alternated rounds). From local disk the pipe only costs a copy (slower in 4 of 5 rounds)."""
+        path = self.path(kind, name)
+        file = self._answered(lambda: open(path, "rb", buffering=0))  # noqa: SIM115 (its reader closes it)
+        if not on_fuse(path):
+            return file
+        try:
+            return background.ChildRead(file)
+        except OSError:  # no cat to run
+            return file
 
     @contextmanager
     def ranges(self, kind: str, name: str) -> Iterator[Callable[[int, int], bytes]]:

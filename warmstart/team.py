@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePath, PurePosixPath
-from typing import IO, Any, cast
+from typing import Any
 
 from . import extras
 from .background import started, within
@@ -51,7 +51,7 @@ from .store import (
     record_text,
 )
 from .target import TargetPython
-from .transfer import QUIET, Bars, BlockStream, copy_hashed, sha256_of, untrusted_json
+from .transfer import QUIET, Bars, BlockStream, Stream, copy_hashed, sha256_of, untrusted_json
 
 # fsspec protocol -> the extra that brings its implementation, and the module that is
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
@@ -264,14 +264,14 @@ class ObjectStore:
         """None: every call to the backend, each read of a stream too, is bounded already (_Bounded)."""
         return None
 
-    def open(self, kind: str, name: str) -> IO[bytes]:
+    def open(self, kind: str, name: str) -> Stream:
         """A stream of a stored object (the snapshot restore reads it once, front to back). Any
         failure, opening or reading, is an OSError, and ends the team store's part in the run."""
         try:
             size = int(self.fs.size(self.key(kind, name)))
         except Exception as exc:
             raise self._unreadable(kind, name, exc) from None
-        return cast(IO[bytes], _Ranged(lambda start, length: self._range(kind, name, start, length), size))
+        return _Ranged(lambda start, length: self._range(kind, name, start, length), size)
 
     @contextmanager
     def ranges(self, kind: str, name: str) -> Iterator[Callable[[int, int], bytes]]:

@@ -104,6 +104,19 @@ def _mounts() -> list[tuple[str, str]]:
     return mounts
 
 
+def _mounts_holding(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The mounts `path` lies on, the outermost first (each mount's point and type)."""
+    where = os.path.abspath(path)
+    return sorted(((point, kind) for point, kind in _mounts()
+                   if where == point or where.startswith(point.rstrip("/") + "/")), key=lambda mount: len(mount[0]))
+
+
+def on_fuse(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` lies on a FUSE file system (Colab's Drive is one)."""
+    holding = _mounts_holding(path)
+    return bool(holding) and holding[-1][1].startswith("fuse")
+
+
 def is_mount_point(path: Path) -> bool:
     """A mount point, bind mounts of a folder on the same file system included (which
     os.path.ismount cannot tell: it compares device numbers)."""
@@ -222,6 +235,14 @@ class Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
+class Stream(Readable, Protocol):
+    """What a store's `open` gives: read once, front to back, then closed."""
+
+    def close(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: Any) -> Any: ...
+
+
 class BlockStream:
     """A stream read from blocks that come one after another (a read-ahead's, a store's ranged
     GETs, verified parts): `read(n)` slices the current block where the last read ended, so the
@@ -268,10 +289,8 @@ COLAB_MOUNT = "/content/drive"  # where Colab's notebook mounts Drive unless tol
 def remount(path: str | os.PathLike[str] | None) -> str:
     """How to remount the Drive that holds `path`, pasted as it stands into a notebook cell: the
     FUSE mount it lies on (Colab's Drive is one, wherever the user mounted it), else Colab's."""
-    where = os.path.abspath(path) if path else "/"
-    fuse = [point for point, kind in _mounts()
-            if kind.startswith("fuse") and (where == point or where.startswith(point.rstrip("/") + "/"))]
-    mount = max(fuse, key=len, default=COLAB_MOUNT)
+    fuse = [point for point, kind in _mounts_holding(path or "/") if kind.startswith("fuse")]
+    mount = fuse[-1] if fuse else COLAB_MOUNT
     return (f"remount it by running this in a notebook cell: from google.colab import drive; "
             f"drive.mount({mount!r}, force_remount=True)")
 
