@@ -56,16 +56,19 @@ class ChildRead:
     through a pipe; `read(n)` gives n bytes but at the end, and a child that failed is an OSError
     there. The child's next read goes out to the mount while this process's threads hold the GIL
     (a Drive not asked gives no credit for the pause), and a read that hangs in a mount that
-    stopped answering leaves the child there, not a thread of this process (see child_within).
-    Closing it ends the child and closes the file."""
+    stopped answering holds the child, not a thread of this process (see child_within).
+    `stop()` ends the child; closing it ends the child and closes the file."""
 
     PIPE = 1 << 20  # the pipe's buffer: what the child reads ahead (the most Linux grants by default)
 
     def __init__(self, file: IO[bytes]) -> None:
         """OSError when no child can be started (no cat, a pipe refused): read `file` itself then."""
         self._file = file
+        # Its own session: a Ctrl-C meant for the run (the terminal's, the notebook's) is not an
+        # error of the read; the run ends the child itself (stop). LC_ALL: errors as strerror's.
         self._child = subprocess.Popen(["cat"], stdin=file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       pipesize=self.PIPE, env={**os.environ, "LC_ALL": "C"})  # errors as strerror's
+                                       pipesize=self.PIPE, env={**os.environ, "LC_ALL": "C"},
+                                       start_new_session=True)
         assert self._child.stdout is not None
         self._out = self._child.stdout
 
