@@ -75,9 +75,13 @@ def choose(option: str) -> str:
 
 
 def _run_uv(args: list[str], what: str, unset: Iterable[str], started: Callable[[], bool] | None = None,
-            running: Callable[[subprocess.Popen], None] | None = None, low_priority: bool = False) -> None:
-    niced = ["nice", "-n", "19"] if low_priority else []
-    _run([*niced, str(find_uv()), *args], uv_env(unset=unset), "uv", what, started, running)
+            running: Callable[[subprocess.Popen], None] | None = None, racing: bool = False) -> None:
+    """`racing`: uv races a restore (warmstart.race). It takes only the CPU that leaves (the lowest
+    priority), and tries each request once: the restore's read waits while it runs, and uv's own
+    retries took 9.7 s to give up on an index that refused every connection."""
+    niced = ["nice", "-n", "19"] if racing else []
+    env = uv_env(unset=unset) | ({"UV_HTTP_RETRIES": "0"} if racing else {})
+    _run([*niced, str(find_uv()), *args], env, "uv", what, started, running)
 
 
 def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
@@ -99,11 +103,11 @@ def install(tool: str, target: Path, requirements: Path, wheels: Sequence[Path],
 def install_from_index(target: Path, requirements: Path, prefix: Path, unset: Iterable[str] = (),
                        running: Callable[[subprocess.Popen], None] | None = None) -> None:
     """uv installs exactly `requirements` from the package index, hashes checked, under `prefix`
-    (laid out as a virtual environment there) for the interpreter `target`: a tree to stage.
-    At a low priority: it races a restore (warmstart.race), and takes only the CPU that leaves."""
+    (laid out as a virtual environment there) for the interpreter `target`: a tree to stage,
+    racing a restore (see _run_uv)."""
     _run_uv(["pip", "install", "--quiet", "--python", str(target), "--prefix", str(prefix), "--no-deps",
              "--require-hashes", "-r", str(requirements)],
-            "install the locked packages from the index", unset, running=running, low_priority=True)
+            "install the locked packages from the index", unset, running=running, racing=True)
 
 
 def uninstall(tool: str, target: Path, names: Iterable[str], unset: Iterable[str] = ()) -> None:
