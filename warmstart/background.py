@@ -11,6 +11,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 from typing import IO, TypeVar
 
 T = TypeVar("T")
@@ -52,21 +53,23 @@ def child_within(seconds: float, argv: list[str]) -> bytes:
 
 
 class ChildRead:
-    """A file this process opened, read front to back by a child (`cat`, the file as its stdin)
-    through a pipe; `read(n)` gives n bytes but at the end, and a child that failed is an OSError
-    there. The child's next read goes out to the mount while this process's threads hold the GIL
-    (a Drive not asked gives no credit for the pause), and a read that hangs in a mount that
-    stopped answering holds the child, not a thread of this process (see child_within).
-    `stop()` ends the child; closing it ends the child and closes the file."""
+    """A file this process opened, read front to back by a child (`cat`, the file as its stdin),
+    or one the child opens itself (given as a Path), through a pipe; `read(n)` gives n bytes but
+    at the end, and a child that failed is an OSError there. The child's next read goes out to
+    the mount while this process's threads hold the GIL (a Drive not asked gives no credit for
+    the pause), and a read (or an open) that hangs in a mount that stopped answering holds the
+    child, not a thread of this process (see child_within). `stop()` ends the child; closing it
+    ends the child and closes the file."""
 
     PIPE = 1 << 20  # the pipe's buffer: what the child reads ahead (the most Linux grants by default)
 
-    def __init__(self, file: IO[bytes]) -> None:
+    def __init__(self, file: IO[bytes] | Path) -> None:
         """OSError when no child can be started (no cat, a pipe refused): read `file` itself then."""
-        self._file = file
+        self._file = None if isinstance(file, Path) else file
         # Its own session: a Ctrl-C meant for the run (the terminal's, the notebook's) is not an
         # error of the read; the run ends the child itself (stop). LC_ALL: errors as strerror's.
-        self._child = subprocess.Popen(["cat"], stdin=file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        argv, stdin = (["cat", "--", str(file)], subprocess.DEVNULL) if isinstance(file, Path) else (["cat"], file)
+        self._child = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        pipesize=self.PIPE, env={**os.environ, "LC_ALL": "C"},
                                        start_new_session=True)
         assert self._child.stdout is not None
@@ -77,7 +80,7 @@ class ChildRead:
         if not data and self._child.wait() != 0:
             assert self._child.stderr is not None
             said = self._child.stderr.read(4096).decode(errors="replace").strip().splitlines()
-            # cat names its stdin "-": what it says after that is the error, as strerror says it
+            # cat names the file (its stdin "-"): what it says after that is the error, as strerror says it
             why = said[-1].rpartition(": ")[2] if said else f"the reading child ended with {self._child.returncode}"
             raise OSError(_ERRNOS.get(why, errno.EIO), why)
         return data
@@ -92,7 +95,8 @@ class ChildRead:
         for pipe in (self._child.stdout, self._child.stderr):
             if pipe is not None:
                 pipe.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> ChildRead:
         return self

@@ -28,23 +28,14 @@ from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__, extras, maintenance
-from . import bootstrap as bootstrapping
-from . import lock as locking
-from .assets import asset_table
-from .cli import run_plain, run_reported
+from . import PROJECT_ROOT, __version__, early
 from .errors import BadInput, PreconditionUnmet, WarmstartError
-from .gpu import probe_gpus
-from .images import image_named, write_image
 from .profiles import select_profile
-from .recipe import known_recipes, load_recipe
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
-from .status import status as gather
-from .status import status_lines
-from .store import DriveStore
-from .team import open_team
-from .tiered import TieredStore
 from .transfer import shown
+
+# Each task imports the rest of warmstart itself, so that none waits for what only the others need
+# (and bootstrap begins its snapshot's read before: warmstart.early).
 
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
 
@@ -86,12 +77,20 @@ def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callab
 @takes(task_signature(json=False))
 def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
-    # What the imports made lives until this process ends: frozen, the collector never walks it
-    # again. That took the interpreter's teardown after a restore from 48-81 ms to 13-28 ms.
-    # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
-    gc.freeze()
-    _exit(run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
-                       flags.get("recipe") or "", as_json=json).exit_code)
+    early.begin(flags, ROOT)  # while the rest of warmstart is imported and the plan made
+    try:
+        from . import bootstrap as bootstrapping
+        from .cli import run_reported
+
+        # What the imports made lives until this process ends: frozen, the collector never walks it
+        # again. That took the interpreter's teardown after a restore from 48-81 ms to 13-28 ms.
+        # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
+        gc.freeze()
+        code = run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
+                            flags.get("recipe") or "", as_json=json).exit_code
+    finally:
+        early.drop()
+    _exit(code)
 
 
 STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
@@ -104,6 +103,10 @@ STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
 def status(c, json=False, **flags):
     """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act, or
     while an earlier run's Drive writes are pending)."""
+    from .cli import run_reported
+    from .status import status as gather
+    from .status import status_lines
+
     facts: dict[str, Any] = {}
 
     def show(report) -> None:
@@ -135,7 +138,11 @@ def status(c, json=False, **flags):
 def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, image=None, upgrade=False,
          upgrade_package=None, check=False):
     """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
-    from . import compiling  # lock time only: every other command starts without it (0.15 s)
+    from . import compiling, extras  # compiling: pip-tools and pip's own modules (0.15 s)
+    from . import lock as locking
+    from .cli import run_plain
+    from .images import image_named
+    from .recipe import known_recipes, load_recipe
 
     def check_all() -> None:
         names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
@@ -188,6 +195,10 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
 })
 def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"):
     """Add or refresh a platform image when the platform moves on; then re-lock for it."""
+    from .cli import run_plain
+    from .images import write_image
+    from .recipe import known_recipes
+
     def run() -> None:
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
         recipes = " ".join(sorted(known_recipes(ROOT, None)))
@@ -200,6 +211,9 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
 @command(help={"drive": DRIVE_HELP})
 def recipes(c, drive=None):
     """List the known recipes: the project's and those in the Drive recipe folder."""
+    from .cli import run_plain
+    from .recipe import known_recipes, load_recipe
+
 
     def show() -> None:
         for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
@@ -222,6 +236,11 @@ def recipes(c, drive=None):
             "cache": "show, verify or prune this team cache instead of Drive's (default: WARMSTART_CACHE)"})
 def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None, cache=None):
     """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
+    from . import maintenance
+    from .cli import run_plain
+    from .store import DriveStore
+    from .team import open_team
+
 
     def run() -> None:
         days: float = maintenance.RETENTION_DAYS
@@ -281,6 +300,12 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
 def assets(c, recipe=None, drive=None):
     """List a recipe's assets: in place, cached on Drive, or missing."""
+    from .assets import asset_table
+    from .cli import run_plain
+    from .recipe import load_recipe
+    from .store import DriveStore
+    from .tiered import TieredStore
+
 
     def show() -> None:
         drive_root = _drive(drive)
@@ -297,6 +322,8 @@ def assets(c, recipe=None, drive=None):
 @command(help={"json": "print one JSON object instead of a table"})
 def gpu(c, json=False):
     """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
+    from .gpu import probe_gpus
+
     report = probe_gpus()
     if json:
         print(jsonlib.dumps(report.as_json()))

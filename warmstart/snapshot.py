@@ -35,11 +35,11 @@ from typing import IO, Any, Protocol
 
 from packaging.utils import NormalizedName
 
-from . import faults, manifest, parts
+from . import early, faults, manifest, parts
 from .errors import WarmstartError
 from .lock import Lock, Pin
 from .patches import Patch
-from .store import Patience
+from .store import Patience, Store
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
 from .transfer import QUIET, Bar, Bars, BlockStream, Stream, is_sha256, zstd_open
@@ -329,6 +329,9 @@ class _ReadAhead(BlockStream):
             thread.start()
 
     def _read_all(self, source: Stream) -> None:
+        # What a source read before this reader began (early.Ahead) comes at once: the pace counts
+        # from the first read past it, as it counts from the second read otherwise.
+        ready = getattr(source, "ahead", 0)
         try:
             with source:
                 size = self.FIRST
@@ -343,7 +346,7 @@ class _ReadAhead(BlockStream):
                         self.busy += time.monotonic() - began
                         self.size += len(block)
                         self._reading = None
-                        if self._first is None:
+                        if self._first is None or self.size <= ready:
                             self._first = (self.busy, self.size)
                     if not block:
                         break
@@ -500,6 +503,15 @@ def _merge(staged: Path, dest: Path) -> None:
             os.replace(entry.path, target)
 
 
+def _opened(store: Store, archive: str) -> Stream:
+    """The archive to read front to back: the read the bootstrap task began of it before the plan
+    named it (warmstart.early), when it did; else opened now."""
+    if ahead := early.take(store.where(KIND, archive)):
+        store.stats.read_ahead += ahead.ahead
+        return ahead
+    return store.open(KIND, archive)
+
+
 def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str, Any], staging: Path,
                      copy: IO[bytes] | None = None, bars: Bars = QUIET, watch: Watch | None = None,
                      later: Callable[[], parts.Source | None] | None = None,
@@ -525,7 +537,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     try:
         with bars.bar(int(index["size"]), "snapshot from " + " and ".join(s.label for s in sources)) as bar:
             held = watch.held if watch else lambda: False
-            reading = (_ReadAhead(sources[0].store.open(KIND, archive), bar, copy, limit=int(index["size"]), held=held,
+            reading = (_ReadAhead(_opened(sources[0].store, archive), bar, copy, limit=int(index["size"]), held=held,
                                   patience=sources[0].store.patience(), spill_to=staging.parent)
                        if whole else parts.PartReader(sources, KIND, archive, index, bar, held, later))
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),

@@ -67,6 +67,7 @@ class CacheStats:
     misses: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    read_ahead: int = 0  # bytes of a snapshot archive read before the plan named it (early.py)
 
 
 def aside_name(name: str) -> str:

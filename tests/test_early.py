@@ -1,0 +1,181 @@
+"""A snapshot archive's read, begun before the plan names it (warmstart.early). Real parts: a real
+child (`cat`) reading real files, a real FUSE Drive (bench/slowfs.py), the real command restoring
+a wiped VM from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from conftest import dead_url, make_venv, needs_fuse, slow_drive
+from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
+from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
+
+from warmstart import early
+from warmstart.background import ChildRead
+from warmstart.snapshot import _ReadAhead
+from warmstart.store import DriveStore
+
+MiB = 1 << 20
+
+
+def _filled_to_the_end(ahead: early.Ahead) -> None:
+    deadline = time.monotonic() + 10
+    while ahead._thread.is_alive():  # it stops at AHEAD, or at the end of the file
+        assert time.monotonic() < deadline, "the read ahead did not stop"
+        time.sleep(0.01)
+
+
+def _read_as_a_restore(stream, size: int = 4 * MiB) -> bytes:
+    """256 KiB first, then 4 MiB at a time, as snapshot._ReadAhead asks."""
+    got, ask = bytearray(), _ReadAhead.FIRST
+    while block := stream.read(ask):
+        got += block
+        ask = size
+    return bytes(got)
+
+
+def test_what_was_read_ahead_and_the_rest_come_out_whole_and_in_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(early, "AHEAD", 2 * MiB)
+    data = os.urandom(5 * MiB + 12345)
+    (tmp_path / "a.tar.zst").write_bytes(data)
+
+    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    _filled_to_the_end(ahead)
+    taken = ahead.take()
+    with taken:
+        assert taken.ahead == 2 * MiB  # no more than AHEAD waits in memory
+        assert _read_as_a_restore(taken) == data
+
+
+def test_a_file_shorter_than_the_read_ahead_comes_out_whole(tmp_path):
+    data = os.urandom(3 * MiB + 1)
+    (tmp_path / "a.tar.zst").write_bytes(data)
+    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    _filled_to_the_end(ahead)
+    with ahead.take() as taken:
+        assert taken.ahead == len(data)
+        assert _read_as_a_restore(taken) == data
+
+
+def test_a_read_ahead_of_another_archive_is_ended_and_none_is_taken_twice(tmp_path, monkeypatch):
+    (tmp_path / "a.tar.zst").write_bytes(os.urandom(4 * MiB))
+    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    monkeypatch.setattr(early, "_begun", ahead)
+
+    assert early.take("b") is None
+    assert ahead._stream._child.poll() is not None  # the child ended
+    assert early.take("a") is None  # nothing is read ahead after the first take
+
+
+def test_a_child_that_fails_is_said_by_the_restores_read(tmp_path):
+    ahead = early.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
+    _filled_to_the_end(ahead)
+    with ahead.take() as taken, pytest.raises(FileNotFoundError):
+        taken.read(_ReadAhead.FIRST)
+
+
+def _index(store: DriveStore, name: str, archive: object, mtime: float) -> None:
+    path = store.path("snapshots", name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"archive": archive}))
+    os.utime(path, (mtime, mtime))
+
+
+def test_the_likely_archive_is_the_newest_index_s_and_only_a_file_drive_holds(tmp_path):
+    """What an index on Drive names is not trusted: a name outside the snapshot folder, one Drive
+    does not hold, or one that is no regular file is never read."""
+    store = DriveStore(tmp_path / "drive")
+    _index(store, f"demo-py312-{'a' * 16}.json", "old.tar.zst", 1000)
+    _index(store, f"demo-py312-{'b' * 16}.json", "new.tar.zst", 2000)
+    _index(store, f"demo-py313-{'c' * 16}.json", "other.tar.zst", 3000)
+    _index(store, f"demodemo-py312-{'d' * 16}.json", "other.tar.zst", 4000)
+    for name in ("old.tar.zst", "new.tar.zst", "other.tar.zst"):
+        store.path("snapshots", name).write_bytes(b"zstd")
+
+    assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == "new.tar.zst"
+    assert early.likely_archive(DriveStore(store.drive), "demo", None) == "other.tar.zst"  # any Python
+    assert early.likely_archive(DriveStore(store.drive), "nothing", None) is None
+
+    for named in ("../../elsewhere.tar.zst", "gone.tar.zst", ["new.tar.zst"], "link.tar.zst"):
+        _index(store, f"demo-py312-{'e' * 16}.json", named, 5000)
+        (store.path("snapshots", "link.tar.zst")).unlink(missing_ok=True)
+        (store.path("snapshots", "link.tar.zst")).symlink_to(store.path("snapshots", "new.tar.zst"))
+        assert early.likely_archive(DriveStore(store.drive), "demo", "py312") is None, named
+
+
+class _Served:
+    """`ahead` bytes at once (a read begun ahead), then the rest at `mib_per_s`."""
+
+    def __init__(self, data: bytes, ahead: int, mib_per_s: float) -> None:
+        self.data, self.at, self.ahead, self.rate = data, 0, ahead, mib_per_s * MiB
+
+    def read(self, size: int = -1, /) -> bytes:
+        block = self.data[self.at:self.at + size]
+        if self.at >= self.ahead:
+            time.sleep(len(block) / self.rate)
+        self.at += len(block)
+        return block
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
+    """A race asks the read for the time it has left: the bytes read ahead came at no pace of the
+    source, so they must not make a 16 MiB/s Drive look fast (the index would not be asked)."""
+    size = 64 * MiB
+    reading = _ReadAhead(_Served(bytes(size), 24 * MiB, 16), limit=size)
+    try:
+        while reading.size < 40 * MiB:  # 16 MiB past what was read ahead
+            reading.read(_ReadAhead.BLOCK)
+        left = reading.seconds_left()
+        assert left is not None
+        pace = (size - reading.size) / MiB / left
+        assert 12 < pace < 26, f"{pace:.1f} MiB/s"  # counting the 24 MiB read ahead: about 40
+    finally:
+        reading.close()
+
+
+@needs_fuse
+def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, tmp_path):  # noqa: F811
+    """On a FUSE Drive the command begins reading the snapshot before the plan names it; the
+    restore takes the read over and installs the same files. A VM where warmstart has run reads
+    nothing ahead (a no-op run would only waste Drive's time)."""
+    recipe, _url = bulky
+    vm = wiped_vm(tmp_path, dead_url())
+    with slow_drive(vm.drive, tmp_path / "slow", 5, 16) as mount:
+        vm.drive = mount
+        result = vm.bootstrap(recipe, "--offline")
+        assert result.code == 0, result.stderr
+        assert result.report["snapshot"]["used"] is True, result.report["snapshot"]
+        assert 0 < result.report["cache"]["read_ahead"] <= early.AHEAD
+        assert tree(vm.python) == filled
+
+        shutil.rmtree(vm.root / "venv")  # wiped again, but for warmstart's own folder
+        make_venv(vm.root / "venv")
+        again = vm.bootstrap(recipe, "--offline")
+        assert again.code == 0, again.stderr
+        assert again.report["snapshot"]["used"] is True
+        assert again.report["cache"]["read_ahead"] == 0
+        assert tree(vm.python) == filled
+
+
+def test_the_bootstrap_task_begins_no_read_for_a_dry_run_or_where_warmstart_ran(tmp_path, monkeypatch):
+    monkeypatch.setattr(early.threading, "Thread", lambda **kw: pytest.fail(f"a read was begun: {kw}"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    early.begin({"recipe": None}, Path())  # no recipe: the run says so
+    early.begin({"recipe": "demo", "dry_run": True}, Path())
+    (tmp_path / "cache" / "warmstart" / "locks").mkdir(parents=True)
+    early.begin({"recipe": "demo"}, Path())
+    assert early._begun is None
