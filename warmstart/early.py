@@ -134,7 +134,7 @@ def begin(flags: Mapping[str, Any], root: Path) -> None:
         options = Options(**flags)
     except WarmstartError:
         return
-    if options.dry_run or (home.root() / "locks").exists():  # warmstart ran here: not a wiped VM
+    if options.dry_run or home.ran_here():  # a no-op run would read ahead for nothing
         return
     token = object()
     with _guard:
