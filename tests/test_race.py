@@ -43,7 +43,7 @@ from packaging.version import Version
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_team import VM
 
-from warmstart import installer, manifest, parts, target
+from warmstart import home, installer, manifest, parts, target
 from warmstart.errors import WarmstartError
 from warmstart.parts import PART_SIZE
 from warmstart.race import HOLD_FOR, RACE_AFTER, _to_target_layout, index_seconds, index_time, verify_installed
@@ -74,10 +74,16 @@ def wiped_vm(tmp_path: Path, index_url: str) -> VM:
 
 def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *flags: str,
                     hang_after: int | None = None):
-    """Bootstrap the wiped VM with its Drive folder read through the slow FUSE layer."""
+    """Bootstrap the wiped VM with its Drive folder read through the slow FUSE layer. Unless the
+    Drive hangs, warmstart has run on the VM before (its own folder was kept): the read begins with
+    the restore, not before the plan (warmstart.early, tests/test_early.py), so the race sees the
+    pace set here from the archive's first byte on (in CI, on a busy machine, a Drive a little
+    slower than the index had read so much before the plan that the index was not raced)."""
     size = archive_in(vm.drive).stat().st_size
     slow_enough = size / 2**20 / mib_per_s > index_seconds(size, 1) + 1
     assert hang_after is not None or slow_enough, "slow enough for the index to be asked"
+    if hang_after is None:
+        home.run_locks(vm.env).mkdir(parents=True, exist_ok=True)
     with slow_drive(vm.drive, tmp_path / "slow", 5, mib_per_s, hang_after=hang_after) as mount:
         if hang_after is not None:  # VM.bootstrap reads every file on Drive after (no secrets there)
             return bootstrap(recipe, mount, vm.python, *flags, env=vm.env)

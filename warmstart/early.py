@@ -134,7 +134,7 @@ def begin(flags: Mapping[str, Any], root: Path) -> None:
         options = Options(**flags)
     except WarmstartError:
         return
-    if options.dry_run or home.ran_here():  # a no-op run would read ahead for nothing
+    if options.dry_run or home.run_locks().is_dir():  # not a wiped VM: a no-op run would read for nothing
         return
     token = object()
     with _guard:

@@ -91,13 +91,10 @@ def jobs(prefix: Path) -> Path:
 def run_lock(prefix: Path) -> Path:
     """The file that lets one run at a time install into a target. In warmstart's own folder,
     which only its user can write, not at a name anybody could plant in the shared /tmp."""
-    return _run_locks() / f"{_key(prefix)}.lock"
+    return run_locks() / f"{_key(prefix)}.lock"
 
 
-def ran_here() -> bool:
-    """Whether a bootstrap has run on this machine (for any target): a wiped VM has no run lock."""
-    return _run_locks().is_dir()
-
-
-def _run_locks() -> Path:
-    return root() / "locks"
+def run_locks(environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of the run locks: there once a bootstrap has run on this machine (a wiped VM
+    has none)."""
+    return root(environ) / "locks"
