@@ -214,7 +214,6 @@ def recipes(c, drive=None):
     from .cli import run_plain
     from .recipe import known_recipes, load_recipe
 
-
     def show() -> None:
         for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
             loaded = load_recipe(str(path), ROOT)
@@ -240,7 +239,6 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
     from .cli import run_plain
     from .store import DriveStore
     from .team import open_team
-
 
     def run() -> None:
         days: float = maintenance.RETENTION_DAYS
@@ -305,7 +303,6 @@ def assets(c, recipe=None, drive=None):
     from .recipe import load_recipe
     from .store import DriveStore
     from .tiered import TieredStore
-
 
     def show() -> None:
         drive_root = _drive(drive)
