@@ -26,16 +26,15 @@ import threading
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import home
 from .background import ChildRead
 from .errors import WarmstartError
+from .profiles import select_profile
 from .settings import Options, resolve
+from .store import DriveStore
 from .transfer import on_fuse
-
-if TYPE_CHECKING:
-    from .store import DriveStore
 
 KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
 AHEAD = 32 << 20  # bytes read ahead at most: at 60 MiB/s, half a second of Drive's time
@@ -148,9 +147,6 @@ def _start(token: object, options: Options, root: Path) -> None:
     global _begun
     ahead = None
     try:
-        from .profiles import select_profile
-        from .store import DriveStore  # (which imports this module)
-
         settings = resolve(options, select_profile(root))
         if not settings.team and on_fuse(settings.drive):
             # A recipe's name is its file's (recipes/NAME.toml); one that says otherwise finds nothing.
