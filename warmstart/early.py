@@ -34,6 +34,7 @@ from .errors import WarmstartError
 from .profiles import select_profile
 from .settings import Options, resolve
 from .store import DriveStore
+from .tools import python_tag
 from .transfer import on_fuse
 
 KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
@@ -153,8 +154,7 @@ def _start(token: object, options: Options, root: Path) -> None:
             recipe = Path(options.recipe).stem
             this = settings.python == sys.executable  # else the target's Python is not known yet
             store = DriveStore(settings.drive)
-            archive = likely_archive(store, recipe, f"py{sys.version_info.major}{sys.version_info.minor}"
-                                     if this else None)
+            archive = likely_archive(store, recipe, python_tag() if this else None)
             if archive:  # the child opens it: an open that waits on Drive holds the child
                 ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)))
     except Exception:  # whatever it is, the run meets it itself, and says it
