@@ -3,6 +3,7 @@ tell it from a pip install; damaged or foreign snapshots fall back to the wheels
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import bootstrap, cli_env, installed, make_venv, needs_fuse, run_cli, slow_drive
 
-from warmstart import snapshot
+from warmstart import snapshot, target
 from warmstart.background import ChildRead
 from warmstart.snapshot import _ReadAhead
 from warmstart.store import DriveStore
@@ -84,6 +85,11 @@ def test_restore_replaces_an_older_version_and_is_indistinguishable_from_pip(pla
     assert pip(python, "check", env=env).returncode == 0
     script = subprocess.run([str(tmp_path / "venv" / "bin" / "gpu-build")], capture_output=True, text=True)
     assert script.stdout.strip() == "gpu-build 1.0", "console scripts keep working"
+    for record in site.glob("*.dist-info/RECORD"):  # written anew: each row as the file is
+        for path, stated, size in csv.reader(record.read_text().splitlines()):
+            if stated:
+                data = (site / path).read_bytes()
+                assert (stated, int(size)) == (target.record_hash(data), len(data)), path
 
     assert pip(python, "uninstall", "--yes", "beta", env=env).returncode == 0
     assert not (site / "beta").exists() and not (site / "beta-2.0.dist-info").exists()

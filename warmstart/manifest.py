@@ -25,7 +25,7 @@ import posixpath
 import re
 import stat
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -134,6 +134,20 @@ def signature(info: os.stat_result) -> Signature:
     return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
+def _walk(root: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
+    """Everything below `root`, folders before what they hold, as (path relative to it, entry);
+    links are not followed. The entry's type comes with the listing: no file is looked at again."""
+    folders = [""]
+    while folders:
+        inside = folders.pop()
+        with os.scandir(os.path.join(root, inside)) as listing:
+            for entry in listing:
+                rel = os.path.join(inside, entry.name)
+                yield rel, entry
+                if entry.is_dir(follow_symlinks=False):
+                    folders.append(rel)
+
+
 def _below(path: str, folder: str) -> str | None:
     """`path` relative to `folder` (both relative and normal), or None when it lies elsewhere."""
     if folder == ".":
@@ -147,9 +161,12 @@ class Tree:
     """An environment's files below a prefix (a snapshot's staging folder, or the prefix itself),
     judged against the lock: `check` raises Untrusted; `renew` writes scripts and RECORDs."""
 
-    def __init__(self, root: Path, prefix: Path, site: PurePosixPath, python: Path) -> None:
+    def __init__(self, root: Path, prefix: Path, site: PurePosixPath, python: Path,
+                 listing: list[tuple[str, os.DirEntry[str]]] | None = None) -> None:
         self.root, self.prefix, self.python = root, prefix, python
         self.hashes: dict[str, str] = {}  # prefix-relative path -> sha256 (hex) of the file, as checked
+        self.sizes: dict[str, int] = {}  # prefix-relative path -> size, of the files check looked at
+        self.listing = listing  # everything below the root, when of_staging walked it
         self.site = site  # site-packages, relative to the prefix (lib/python3.12/site-packages)
         self.base = PurePosixPath(os.path.normpath(site / "../../.."))  # the install scheme's base
         self.bin = self.base / "bin"
@@ -158,13 +175,14 @@ class Tree:
     def of_staging(cls, root: Path, target_path: Iterable[str], prefix: Path, python: Path) -> Tree:
         """The tree a snapshot unpacked: its site-packages is the one folder holding .dist-info
         folders, and must be one of the target's."""
-        sites = {PurePosixPath(os.path.relpath(folder, root)) for folder, dirs, _files in os.walk(root)
-                 if any(d.endswith(".dist-info") for d in dirs)}  # os.walk follows no link
+        listing = list(_walk(str(root)))  # walked once: check(complete) looks at the same
+        sites = {PurePosixPath(os.path.dirname(rel) or ".") for rel, entry in listing
+                 if entry.name.endswith(".dist-info") and entry.is_dir(follow_symlinks=False)}
         allowed = {PurePosixPath(os.path.relpath(p, prefix)) for p in target_path if Path(p).is_relative_to(prefix)}
         if len(sites) != 1 or not sites <= allowed:
             raise Untrusted(f"its distributions lie in {', '.join(map(str, sorted(sites))) or 'no folder'}, "
                             "not in one site-packages folder of the target")
-        return cls(root, prefix, sites.pop(), python)
+        return cls(root, prefix, sites.pop(), python, listing)
 
     def _key(self, rel: str, dist: Dist) -> str | None:
         """The digest key of a prefix-relative path a RECORD lists (None: a generated file).
@@ -226,14 +244,15 @@ class Tree:
             raise Untrusted(f"{os.path.relpath(path, self.root)} is not a file of at most {limit} bytes")
         return path.read_text(encoding="utf-8")
 
-    def _regular(self, rel: str) -> Path:
-        path = self.root / rel
+    def _regular(self, rel: str) -> str:
+        path = os.path.join(self.root, rel)
         try:
-            mode = os.lstat(path).st_mode
+            info = os.lstat(path)
         except FileNotFoundError:
             raise Untrusted(f"it lacks {rel}, which its RECORD lists") from None
-        if not stat.S_ISREG(mode):
+        if not stat.S_ISREG(info.st_mode):
             raise Untrusted(f"{rel} is not a regular file")
+        self.sizes[rel] = info.st_size
         return path
 
     def _hash(self, rel: str, key: str) -> str:
@@ -252,8 +271,9 @@ class Tree:
         change moves its ctime); else None."""
         if rel in known and not key.startswith("scripts/"):
             digest_hex, was = known[rel]
-            now = os.lstat(self.root / rel)
+            now = os.lstat(os.path.join(self.root, rel))
             if stat.S_ISREG(now.st_mode) and now.st_nlink == 1 and signature(now) == was:
+                self.sizes[rel] = now.st_size
                 return digest_hex
         return None
 
@@ -293,15 +313,11 @@ class Tree:
             return
         owned = {rel for dist in dists.values() for rel in [*dist.files, *dist.metadata, str(dist.info / "RECORD")]}
         owned |= {str(self.bin / script) for dist in dists.values() for script in dist.scripts}
-        root = str(self.root)
-        for folder, dirs, names in os.walk(root):
-            inside = folder[len(root) + 1:]  # the folder, relative to the root ("" for the root)
-            for entry in [*dirs, *names]:
-                rel = os.path.join(inside, entry)
-                if os.path.islink(os.path.join(folder, entry)):  # a wheel holds none
-                    raise Untrusted(f"it holds a link, {rel}, which no locked wheel installs")
-                if entry in names and rel not in owned:
-                    raise Untrusted(f"it adds {rel}, which no locked wheel installs")
+        for rel, entry in self.listing if self.listing is not None else _walk(str(self.root)):
+            if entry.is_symlink():  # a wheel holds none
+                raise Untrusted(f"it holds a link, {rel}, which no locked wheel installs")
+            if not entry.is_dir(follow_symlinks=False) and rel not in owned:
+                raise Untrusted(f"it adds {rel}, which no locked wheel installs")
 
     def _originals(self, dist: Dist, hashes: dict[str, str], patches: list[Patch] | None) -> None:
         """A file a recipe patch changed counts as its original, when it is exactly the recipe's
@@ -345,7 +361,8 @@ class Tree:
             for rel in sorted([*dist.files, *dist.metadata, *(str(self.bin / s) for s in dist.scripts)]):
                 file = os.path.join(self.root, rel)
                 if rel in self.hashes:  # hashed by check() already: not read twice
-                    rows.append([self._in_site(rel), record_digest(self.hashes[rel]), str(os.stat(file).st_size)])
+                    size = self.sizes[rel] if rel in self.sizes else os.stat(file).st_size
+                    rows.append([self._in_site(rel), record_digest(self.hashes[rel]), str(size)])
                 else:
                     data = Path(file).read_bytes()
                     rows.append([self._in_site(rel), record_hash(data), str(len(data))])
