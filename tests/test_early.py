@@ -4,18 +4,23 @@ a wiped VM from it."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import dead_url, make_venv, needs_fuse, slow_drive
+from conftest import cli_command, dead_url, make_venv, needs_fuse, slow_drive
 from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
-from warmstart import early
+from warmstart import early, home, settings, tools
 from warmstart.background import ChildRead
 from warmstart.snapshot import _ReadAhead
 from warmstart.store import DriveStore
@@ -25,7 +30,7 @@ MiB = 1 << 20
 
 def _filled_to_the_end(ahead: early.Ahead) -> None:
     deadline = time.monotonic() + 10
-    while ahead._thread.is_alive():  # it stops at AHEAD, or at the end of the file
+    while not ahead._ended and ahead._held < ahead._most:  # it waits when full, and stops at the end
         assert time.monotonic() < deadline, "the read ahead did not stop"
         time.sleep(0.01)
 
@@ -179,3 +184,129 @@ def test_the_bootstrap_task_begins_no_read_for_a_dry_run_or_where_warmstart_ran(
     (tmp_path / "cache" / "warmstart" / "locks").mkdir(parents=True)
     early.begin({"recipe": "demo"}, Path())
     assert early._begun is None
+
+
+# -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------
+
+_TAKER = """
+import hashlib, sys, time
+from pathlib import Path
+from warmstart import early
+early.begin({}, Path())  # takes the read handed on, from its environment
+while early._begun and not early._begun._held and not early._begun._ended:  # let it read ahead
+    time.sleep(0.01)
+taken = early.take(sys.argv[1])
+if taken is None:
+    print("none")
+    sys.exit()
+with taken:
+    try:
+        got = b"".join(iter(lambda: taken.read(4 << 20), b""))
+        print(taken.ahead, hashlib.sha256(got).hexdigest(), len(got))
+    except OSError as exc:
+        print("failed", type(exc).__name__, exc.errno, exc.strerror)
+"""
+
+
+def _hand_on(ahead: early.Ahead, *argv: str, taker: str = _TAKER) -> subprocess.CompletedProcess:
+    """A new process takes the read over, as the bootstrap warmstart.sh starts does."""
+    handed = early.Handed(ahead)
+    try:
+        with subprocess.Popen([sys.executable, "-c", taker, *argv], env=os.environ | handed.environ,
+                              pass_fds=handed.fds, stdout=subprocess.PIPE, text=True) as child:
+            handed.close()
+            out, _ = child.communicate(timeout=60)
+        return subprocess.CompletedProcess(child.args, child.returncode, out)
+    finally:
+        handed.stop()
+
+
+def test_a_read_handed_on_to_another_process_comes_out_whole_there(tmp_path):
+    data = os.urandom(9 * MiB + 4321)
+    (tmp_path / "a.tar.zst").write_bytes(data)
+    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=2 * MiB)
+    _filled_to_the_end(ahead)  # full: the rest waits for the taker
+
+    done = _hand_on(ahead, "a")
+
+    assert done.returncode == 0
+    held, digest, size = done.stdout.split()
+    assert 0 < int(held) <= early.AHEAD  # the taker's own read ahead, from the pipe
+    assert (digest, int(size)) == (hashlib.sha256(data).hexdigest(), len(data))
+
+
+def test_a_read_that_failed_before_it_was_handed_on_is_said_there_not_cut_short(tmp_path):
+    """A short file would be a damaged snapshot (set aside); a read that failed is not."""
+    ahead = early.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
+    done = _hand_on(ahead, "a")
+    assert done.stdout.split() == ["failed", "FileNotFoundError", str(errno.ENOENT), "No", "such", "file", "or",
+                                   "directory"]
+
+
+def test_a_taker_that_wants_none_of_it_ends_the_read(tmp_path):
+    (tmp_path / "a.tar.zst").write_bytes(os.urandom(8 * MiB))
+    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB)
+    _filled_to_the_end(ahead)
+    handed = early.Handed(ahead)
+    with subprocess.Popen([sys.executable, "-c", _TAKER, "another archive"], env=os.environ | handed.environ,
+                          pass_fds=handed.fds, stdout=subprocess.PIPE, text=True) as child:
+        handed.close()
+        assert child.communicate(timeout=60)[0] == "none\n"
+    deadline = time.monotonic() + 10
+    while ahead._stream._child.poll() is None:  # the relay met the closed pipe and ended the child
+        assert time.monotonic() < deadline, "the read handed on went on after its taker was gone"
+        time.sleep(0.01)
+
+
+def test_warmstart_sh_begins_the_read_with_the_options_it_passes_to_bootstrap():
+    given = settings.parse_command_line(["demo", "--drive", "/d", "--offline", "--json"])
+    assert early.Options(**tools.bootstrap_flags(given)) == early.Options(recipe="demo", drive="/d", offline=True)
+
+
+def test_a_handed_read_that_waits_is_ended_by_stop():
+    """As a restore gives up on a Drive that stopped answering: the read under way returns."""
+    data_in, data_out = os.pipe()
+    outcome_in, outcome_out = os.pipe()
+    reading = early.HandedRead(data_in, outcome_in)
+    failed: list[OSError] = []
+
+    def read() -> None:
+        try:
+            reading.read(MiB)
+        except OSError as exc:
+            failed.append(exc)
+    thread = threading.Thread(target=read)
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive(), "nothing came: the read waits"
+    reading.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive() and failed[0].errno == errno.EINTR
+    reading.close()
+    for fd in (data_out, outcome_out):
+        os.close(fd)
+
+
+@needs_fuse
+def test_warmstart_sh_hands_the_read_it_began_to_the_bootstrap_it_starts(bulky, filled, tmp_path, capfd):  # noqa: F811
+    """tools._bootstrap, as warmstart.sh runs it once the tools are in place, with a read begun in
+    this process. warmstart has run on this VM (its run locks are there), so the bootstrap would
+    begin no read of its own: what it read ahead came from here."""
+    recipe, _url = bulky
+    vm = wiped_vm(tmp_path, dead_url())
+    home.run_locks(vm.env).mkdir(parents=True)
+    with slow_drive(vm.drive, tmp_path / "slow", 5, 16) as mount:
+        store = DriveStore(mount)
+        archive = early.likely_archive(store, recipe.stem, None)
+        assert archive
+        early._begun = early.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
+                                   most=early.HANDED_AHEAD)
+
+        code = tools._bootstrap(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
+                                            str(vm.python), "--json", "--offline"), vm.env)
+
+        report = json.loads(capfd.readouterr().out)
+        assert code == 0 and report["snapshot"]["used"] is True, report
+        assert report["cache"]["read_ahead"] > 0
+        assert tree(vm.python) == filled
+        assert early._begun is None

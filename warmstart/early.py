@@ -9,6 +9,11 @@ daemon thread keeps up to AHEAD bytes of it. When the plan names the same archiv
 takes the read over (`take`, from the restore), and checks its bytes against the index as it
 checks any; otherwise the child is ended and what it read is dropped (`drop`).
 
+On a wiped VM, warmstart.sh begins the read the same way (`begin`) before it restores warmstart's
+own tools (a second on a slow Drive), and hands it on to the bootstrap it then starts (`hand_on`):
+a thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came into a pipe
+the bootstrap inherits, then how the read ended into another (HandedRead reads them).
+
 Only where it pays: on a VM where warmstart has not run yet (a wiped one: a no-op run reads
 nothing ahead), from a FUSE Drive (Colab's; from local disk a restore is bound by the CPUs, not
 the read), without a team cache (Drive is read in parts then) and not for --dry-run. What the
@@ -20,11 +25,15 @@ Behind the 60 MiB/s Drive stand-in, offline, alternated with the run as it was: 
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import re
+import select
 import sys
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +41,81 @@ from . import home
 from .background import ChildRead
 from .errors import WarmstartError
 from .profiles import select_profile
-from .settings import Options, resolve
+from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
-from .tools import python_tag
 from .transfer import on_fuse
 
 KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
 AHEAD = 32 << 20  # bytes read ahead at most: at 60 MiB/s, half a second of Drive's time
+# warmstart.sh's, while it restores the tools and the bootstrap starts: at 60 MiB/s, 1.6 s of Drive's
+# time (that process holds nothing else)
+HANDED_AHEAD = 96 << 20
 CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
+HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
 
 
 class Ahead:
-    """The archive `where` (its store's name for it), read from `stream` (a child's pipe) on a
-    daemon thread of its own until the restore takes it over or AHEAD bytes are in. As a stream
-    (the restore's): what was read ahead, then the rest from `stream`."""
+    """The archive `where` (its store's name for it), read from `stream` (a child's pipe, or the
+    pipe a read handed on comes through) on a daemon thread of its own until the restore takes it
+    over, waiting while `most` bytes (AHEAD) are in. As a stream (the restore's): what was read
+    ahead, then the rest from `stream`. Or, handed on (`drain`), every chunk as it comes."""
 
-    def __init__(self, where: str, stream: ChildRead) -> None:
+    def __init__(self, where: str, stream: ChildRead | HandedRead, most: int | None = None) -> None:
         self.where, self._stream = where, stream
+        self._most = AHEAD if most is None else most
         self._chunks: deque[bytes] = deque()
         self._held = 0
         self.ahead = 0  # bytes in when the restore took over: they came at no pace of the source's
         self._taken = threading.Event()
         self._lock = threading.Lock()  # _chunks and _held, between the two threads
+        self._changed = threading.Condition(self._lock)  # a chunk came or went, or the read ended
         self._failed: OSError | None = None
+        self._ended = False  # the thread's reading is over
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
 
     def _fill(self) -> None:
         try:
-            while not self._taken.is_set() and self._held < AHEAD:
+            while not self._taken.is_set():
+                with self._changed:  # full: until a chunk goes (drain) or the restore takes over
+                    self._changed.wait_for(lambda: self._held < self._most or self._taken.is_set())
+                if self._taken.is_set():
+                    return
                 chunk = self._stream.read(CHUNK)
                 if not chunk:
                     return
-                with self._lock:
+                with self._changed:
                     self._chunks.append(chunk)
                     self._held += len(chunk)
+                    self._changed.notify_all()
         except OSError as exc:  # said by the restore's read, when it takes this one over
             self._failed = exc
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify_all()
 
     def take(self) -> Ahead:
-        self._taken.set()
-        with self._lock:
+        with self._changed:
+            self._taken.set()
             self.ahead = self._held
+            self._changed.notify_all()
         return self
+
+    def drain(self) -> Iterator[bytes]:
+        """Every chunk as it comes, to the end of the file, the thread reading on meanwhile (no
+        more than `most` bytes ahead of what was drained); the read's failure raised at its end."""
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._chunks or self._ended)
+                if not self._chunks:
+                    break
+                chunk = self._chunks.popleft()
+                self._held -= len(chunk)
+                self._changed.notify_all()
+            yield chunk
+        if self._failed:
+            raise self._failed
 
     def _from_chunks(self, size: int) -> bytes:
         with self._lock:
@@ -107,7 +148,7 @@ class Ahead:
         self._stream.stop()
 
     def close(self) -> None:
-        self._taken.set()
+        self.take()
         self.stop()
         self._thread.join()  # its read ends with the child
         self._stream.close()
@@ -119,6 +160,109 @@ class Ahead:
         self.close()
 
 
+class HandedRead:
+    """The archive's read another process began and hands on (`hand_on`): its bytes through one
+    pipe, then how the read ended through another (`ok`, or an errno and its text). As ChildRead:
+    `read(n)` gives n bytes but at the end, a read that failed is an OSError there, and `stop()`
+    ends a read under way (from any thread)."""
+
+    def __init__(self, data: int, outcome: int) -> None:
+        self._data, self._outcome = data, outcome
+        self._wake, self._woken = os.pipe()  # stop() writes to _woken
+        self._said: bytes | None = None  # the sender's word, once read
+        self._ready = select.poll()
+        for fd in (data, self._wake):
+            self._ready.register(fd, select.POLLIN)
+
+    def read(self, size: int = -1, /) -> bytes:
+        pieces, got = [], 0
+        while size < 0 or got < size:
+            if any(fd == self._wake for fd, _event in self._ready.poll()):
+                raise OSError(errno.EINTR, "the read was stopped")
+            piece = os.read(self._data, CHUNK if size < 0 else min(CHUNK, size - got))
+            if not piece:
+                self._ended()
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
+
+    def _ended(self) -> None:
+        """The pipe's end: the sender's word on how its read ended (nothing: it died first)."""
+        if self._said is None:
+            self._said = os.read(self._outcome, 4096)
+        said = self._said
+        if said != b"ok":
+            number, _, why = said.decode(errors="replace").partition(" ")
+            raise OSError(int(number) if number.isdigit() else errno.EIO,
+                          why or "the read warmstart.sh began ended before the file did")
+
+    def stop(self) -> None:
+        try:
+            os.write(self._woken, b"x")
+        except OSError:
+            pass  # closed: nothing to stop
+
+    def close(self) -> None:
+        for fd in (self._data, self._outcome, self._wake, self._woken):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def __enter__(self) -> HandedRead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Handed:
+    """A read handed on: pass `fds` to the process that takes it, with `environ` added to its
+    environment; `close` the ends here once it has started; `stop` the read once it has ended."""
+
+    def __init__(self, ahead: Ahead) -> None:
+        self._ahead = ahead
+        data_in, data_out = os.pipe()
+        try:
+            fcntl.fcntl(data_out, fcntl.F_SETPIPE_SZ, CHUNK)  # as the child's pipe: fewer, larger reads
+        except OSError:
+            pass  # the default then
+        outcome_in, self._outcome_out = os.pipe()
+        self.fds = (data_in, outcome_in)
+        self.environ = {HANDED: f"{data_in},{outcome_in},{ahead.where}"}
+        self._relay = threading.Thread(target=self._send, args=(ahead, data_out), daemon=True)
+        self._relay.start()
+
+    def _send(self, ahead: Ahead, data_out: int) -> None:
+        outcome = b"ok"
+        try:
+            for chunk in ahead.drain():
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(data_out, view):]
+        except BrokenPipeError:
+            outcome = b""  # the taker closed its end: it wants no more
+        except OSError as exc:
+            outcome = f"{exc.errno or errno.EIO} {exc.strerror or exc}".encode()
+        finally:
+            ahead.close()
+            os.close(data_out)
+            try:
+                os.write(self._outcome_out, outcome)
+            except OSError:
+                pass
+            os.close(self._outcome_out)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+    def stop(self) -> None:
+        """The child reading the file is ended, if it has not; the relay ends with it."""
+        self._ahead.stop()
+
+
 # The read this process began ahead: None, the token of one being looked for (a thread finds its
 # archive and starts it), or the Ahead itself. `take` and `drop` end it: a read the thread starts
 # after that is closed at once.
@@ -126,13 +270,17 @@ _begun: object | Ahead | None = None
 _guard = threading.Lock()
 
 
-def begin(flags: Mapping[str, Any], root: Path) -> None:
+def begin(flags: Mapping[str, Any], root: Path, most: int | None = None) -> None:
     """Begin the read ahead for a bootstrap task given `flags` (bad ones are the run's to say),
-    where it pays (see above)."""
+    where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most."""
     global _begun
+    if handed := os.environ.pop(HANDED, None):  # not for this process's children
+        with _guard:
+            _begun = _handed(handed)
+        return
     try:
         options = Options(**flags)
-    except WarmstartError:
+    except (WarmstartError, TypeError):  # bad flags: the run says so
         return
     if options.dry_run or home.run_locks().is_dir():  # not a wiped VM: a no-op run would read for nothing
         return
@@ -141,10 +289,18 @@ def begin(flags: Mapping[str, Any], root: Path) -> None:
         if _begun is not None:
             return
         _begun = token
-    threading.Thread(target=_start, args=(token, options, root), daemon=True).start()
+    threading.Thread(target=_start, args=(token, options, root, most), daemon=True).start()
 
 
-def _start(token: object, options: Options, root: Path) -> None:
+def _handed(handed: str) -> Ahead | None:
+    try:
+        data, outcome, where = handed.split(",", 2)
+        return Ahead(where, HandedRead(int(data), int(outcome)))
+    except (ValueError, OSError):  # not warmstart.sh's: nothing is read ahead
+        return None
+
+
+def _start(token: object, options: Options, root: Path, most: int | None) -> None:
     global _begun
     ahead = None
     try:
@@ -154,9 +310,9 @@ def _start(token: object, options: Options, root: Path) -> None:
             recipe = Path(options.recipe).stem
             this = settings.python == sys.executable  # else the target's Python is not known yet
             store = DriveStore(settings.drive)
-            archive = likely_archive(store, recipe, python_tag() if this else None)
+            archive = likely_archive(store, recipe, home.python_tag() if this else None)
             if archive:  # the child opens it: an open that waits on Drive holds the child
-                ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)))
+                ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)), most)
     except Exception:  # whatever it is, the run meets it itself, and says it
         pass
     with _guard:
@@ -197,3 +353,18 @@ def take(where: str | None) -> Ahead | None:
 def drop() -> None:
     """The run is over: a read begun ahead that nothing took is ended."""
     take(None)
+
+
+def hand_on() -> Handed | None:
+    """The read begun here, to hand on to a process this one starts (see Handed); None when
+    there is none. Nothing is read ahead here any more."""
+    global _begun
+    with _guard:
+        begun, _begun = _begun, None
+    if not isinstance(begun, Ahead):
+        return None
+    try:
+        return Handed(begun)
+    except OSError:  # no pipe to be had (out of file descriptors): the bootstrap reads for itself
+        begun.close()
+        return None

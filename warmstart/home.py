@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,11 @@ def private(environ: Mapping[str, str] = os.environ) -> Path:
 def log_file(what: str) -> Path:
     """A new log's path: logs/<what>-<time>-<pid>.log."""
     return root() / "logs" / f"{what}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+
+
+def python_tag() -> str:
+    """The running Python's tag (py312): warmstart's tools, their locks and snapshots are per Python."""
+    return f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
 def tools(python_tag: str, environ: Mapping[str, str] = os.environ) -> Path:

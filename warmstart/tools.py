@@ -9,6 +9,9 @@ Colab lock on Colab) out of the Drive wheel cache, or from the index the first t
 cache; by uv where there is one (Colab ships it), else by the notebook's pip. They count as in
 place only when the virtualenv's marker names the sha256 of that lock.
 
+On a wiped VM it begins the read of the recipe's snapshot archive before it restores the tools,
+and hands that read on to the bootstrap it starts (warmstart.early).
+
 An `invoke` launcher beside the notebook's `python3` (never over a foreign one) runs invoke from
 there with this checkout as the tasks' search root, and the notebook's interpreter as the
 target, so `!invoke bootstrap --recipe NAME` works from any folder afterwards.
@@ -16,6 +19,7 @@ target, so `!invoke bootstrap --recipe NAME` works from any folder afterwards.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -24,10 +28,13 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
-from . import home, settings
+from . import early, home, settings
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
+from .home import python_tag
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
@@ -41,10 +48,6 @@ LAUNCHER_TAG = "# warmstart launcher"  # the line that marks an `invoke` launche
 
 def say(message: str) -> None:
     print(f"warmstart.sh: {shown(message)}", file=sys.stderr, flush=True)
-
-
-def python_tag() -> str:
-    return f"py{sys.version_info.major}{sys.version_info.minor}"
 
 
 def platform_profile(environ=os.environ) -> Profile:
@@ -214,6 +217,26 @@ def drive_root(option: str | None, profile: Profile, environ=os.environ) -> Path
     return drive
 
 
+def bootstrap_flags(given: argparse.Namespace) -> dict[str, Any]:
+    """warmstart.sh's command line as bootstrap's options, by name (as its task takes them)."""
+    declared = {f.name for f in fields(settings.Options)}
+    return {name: value for name, value in vars(given).items() if name in declared}
+
+
+def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
+    """Run the bootstrap command `argv`, handing it the snapshot's read begun here (if any); its
+    exit status."""
+    handed = early.hand_on()
+    if not handed:
+        return subprocess.run(argv, env=env).returncode
+    try:
+        with subprocess.Popen(argv, env=env | handed.environ, pass_fds=handed.fds) as child:
+            handed.close()  # the bootstrap's now: its end alone ends the read
+            return child.wait()
+    finally:
+        handed.stop()  # a read the bootstrap did not take to its end
+
+
 def main(argv: list[str]) -> int:
     """warmstart.sh RECIPE [bootstrap options]: warmstart's own tools, then `invoke bootstrap`."""
     if not argv or argv[0].startswith("-"):
@@ -224,10 +247,19 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse said what is wrong, with the usage
         return int(exc.code or 0)
     try:
+        return _set_up_and_bootstrap(given, argv)
+    finally:
+        early.drop()
+
+
+def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
+    try:
         home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         profile = platform_profile()
         drive = drive_root(given.drive, profile)
         require_drive(drive, profile)
+        # The snapshot's read begins now, while the tools are restored, and goes on to the bootstrap.
+        early.begin(bootstrap_flags(given), CHECKOUT, early.HANDED_AHEAD)
         folder = ensure(drive, profile, offline=given.offline)
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
@@ -240,12 +272,12 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, **{settings.DRIVE.name: str(drive),
                               settings.PYTHON.name: settings.target_python(None), "PYTHONDONTWRITEBYTECODE": "1"})
     # the command line as given: the task parses it against the same declaration
-    done = subprocess.run([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
-                           "bootstrap", "--recipe", given.recipe, *argv[1:]], env=env)
-    if done.returncode == 0:  # the line to use from now on, once it has worked
+    code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
+                       "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
+    if code == 0:  # the line to use from now on, once it has worked
         line = shlex.join([str(command), "bootstrap", "--recipe", given.recipe])
         say(f"from now on, in any folder of this VM: {'!' if profile.notebook else ''}{line}")
-    return done.returncode
+    return code
 
 
 if __name__ == "__main__":
