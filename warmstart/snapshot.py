@@ -331,7 +331,7 @@ class _ReadAhead(BlockStream):
     def _read_all(self, source: Stream) -> None:
         # What a source read before this reader began (early.Ahead) comes at once: the pace counts
         # from the first read past it, as it counts from the second read otherwise.
-        ready = getattr(source, "ahead", 0)
+        ready = getattr(source, "at_once", 0)
         try:
             with source:
                 size = self.FIRST
