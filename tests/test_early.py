@@ -314,3 +314,65 @@ def test_warmstart_sh_hands_the_read_it_began_to_the_bootstrap_it_starts(bulky, 
         assert report["cache"]["read_ahead"] > 0
         assert tree(vm.python) == filled
         assert early._begun is None
+
+
+class _Pipe:
+    """A child reading at `mib_per_s` into a pipe of `room` bytes whether or not anybody reads it
+    (background.ChildRead): a read takes what gathered, then waits for the rest."""
+
+    reads_on_its_own = True
+
+    def __init__(self, size: int, mib_per_s: float, room: int = MiB) -> None:
+        self.left, self.rate, self.room = size, mib_per_s * MiB, room
+        self.filled, self.last = 0.0, time.monotonic()
+
+    def _gather(self) -> None:
+        now = time.monotonic()
+        self.filled = min(self.room, self.left, self.filled + (now - self.last) * self.rate)
+        self.last = now
+
+    def read(self, size: int = -1, /) -> bytes:
+        got = 0
+        while got < size and self.left:
+            self._gather()
+            take = int(min(size - got, self.filled, self.left))
+            self.filled -= take
+            self.left -= take
+            got += take
+            if got < size and self.left:
+                time.sleep(min(size - got, self.room) / self.rate)
+        return bytes(got)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class _Busy:
+    """Work the reading thread does between reads (as a copy's write, here): 50 ms a block."""
+
+    def write(self, block: bytes) -> None:
+        time.sleep(0.05)
+
+
+def test_the_pace_of_a_child_that_reads_on_counts_the_time_between_reads():
+    """While the reading thread is away (hashing, spilling, waiting for the GIL) the child reads
+    on into the pipe; counted as read at once, those bytes made a 60 MiB/s Drive look 7% faster,
+    and the index went unraced."""
+    size = 64 * MiB
+    reading = _ReadAhead(_Pipe(size, 16), copy=_Busy(), limit=size)
+    try:
+        while reading.size < 20 * MiB:
+            reading.read(_ReadAhead.BLOCK)
+        left = reading.seconds_left()
+        assert left is not None
+        pace = (size - reading.size) / MiB / left
+        # sleeping only ever makes it slower; counting each read's own time alone: about 20
+        assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
+    finally:
+        reading.close()

@@ -60,6 +60,8 @@ class Ahead:
     over, waiting while `most` bytes (AHEAD) are in. As a stream (the restore's): what was read
     ahead, then the rest from `stream`. Or, handed on (`drain`), every chunk as it comes."""
 
+    reads_on_its_own = True  # as the child's pipe it reads from (see snapshot._ReadAhead)
+
     def __init__(self, where: str, stream: ChildRead | HandedRead, most: int | None = None) -> None:
         self.where, self._stream = where, stream
         self._most = AHEAD if most is None else most
