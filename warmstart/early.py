@@ -346,13 +346,20 @@ def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | Non
     return archive if isinstance(archive, str) and archive in files else None
 
 
-def take(where: str | None) -> Ahead | None:
-    """The read begun ahead of the archive `where`, now the caller's; None when there is none (one
-    of another archive is ended). From now on nothing is read ahead."""
+def _claim() -> Ahead | None:
+    """The read begun here, if one is under way: the caller's now. From now on nothing is read
+    ahead (a thread still looking for its archive closes what it starts)."""
     global _begun
     with _guard:
         begun, _begun = _begun, None
-    if not isinstance(begun, Ahead):
+    return begun if isinstance(begun, Ahead) else None
+
+
+def take(where: str | None) -> Ahead | None:
+    """The read begun ahead of the archive `where`, now the caller's; None when there is none (one
+    of another archive is ended). From now on nothing is read ahead."""
+    begun = _claim()
+    if begun is None:
         return None
     if begun.where == where:
         return begun.take()
@@ -368,10 +375,8 @@ def drop() -> None:
 def hand_on() -> Handed | None:
     """The read begun here, to hand on to a process this one starts (see Handed); None when
     there is none. Nothing is read ahead here any more."""
-    global _begun
-    with _guard:
-        begun, _begun = _begun, None
-    if not isinstance(begun, Ahead):
+    begun = _claim()
+    if begun is None:
         return None
     try:
         return Handed(begun)
