@@ -137,6 +137,15 @@ class _Served:
         pass
 
 
+def _pace_once_past(reading: _ReadAhead, size: int, past: int) -> float:
+    """The pace (MiB/s) the read's estimate of its time left implies, once `past` bytes are in."""
+    while reading.size < past:
+        reading.read(_ReadAhead.BLOCK)
+    left = reading.seconds_left()
+    assert left is not None
+    return (size - reading.size) / MiB / left
+
+
 def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
     """A race asks the read for the time it has left: the bytes read ahead, and those on their way
     when the restore took the read over, came at no pace of the source, so they must not make a
@@ -144,11 +153,7 @@ def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
     size = 64 * MiB
     reading = _ReadAhead(_Served(bytes(size), 24 * MiB, 16), limit=size)
     try:
-        while reading.size < 42 * MiB:  # 16 MiB past what came at once
-            reading.read(_ReadAhead.BLOCK)
-        left = reading.seconds_left()
-        assert left is not None
-        pace = (size - reading.size) / MiB / left
+        pace = _pace_once_past(reading, size, 42 * MiB)  # 16 MiB past what came at once
         # sleeping only ever makes it slower; counting the 24 MiB read ahead: about 40 MiB/s, the
         # 2 MiB on their way: about 18
         assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
@@ -367,11 +372,7 @@ def test_the_pace_of_a_child_that_reads_on_counts_the_time_between_reads():
     size = 64 * MiB
     reading = _ReadAhead(_Pipe(size, 16), copy=_Busy(), limit=size)
     try:
-        while reading.size < 20 * MiB:
-            reading.read(_ReadAhead.BLOCK)
-        left = reading.seconds_left()
-        assert left is not None
-        pace = (size - reading.size) / MiB / left
+        pace = _pace_once_past(reading, size, 20 * MiB)
         # sleeping only ever makes it slower; counting each read's own time alone: about 20
         assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
     finally:
