@@ -84,33 +84,42 @@ def test_a_child_that_fails_is_said_by_the_restores_read(tmp_path):
         taken.read(_ReadAhead.FIRST)
 
 
-def _index(store: DriveStore, name: str, archive: object, mtime: float) -> None:
+def _archive(store: DriveStore, name: str, mtime: float) -> None:
     path = store.path("snapshots", name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"archive": archive}))
+    path.write_bytes(b"zstd")
     os.utime(path, (mtime, mtime))
 
 
-def test_the_likely_archive_is_the_newest_index_s_and_only_a_file_drive_holds(tmp_path):
-    """What an index on Drive names is not trusted: a name outside the snapshot folder, one Drive
-    does not hold, or one that is no regular file is never read."""
+def test_the_likely_archive_is_the_recipe_s_newest_and_only_a_file_drive_holds(tmp_path):
+    """Found by its name in the listing (no file on Drive is opened to find it): the recipe's
+    own, for the Python asked for, the newest; a link, a folder or a name of another shape is
+    never read."""
     store = DriveStore(tmp_path / "drive")
-    _index(store, f"demo-py312-{'a' * 16}.json", "old.tar.zst", 1000)
-    _index(store, f"demo-py312-{'b' * 16}.json", "new.tar.zst", 2000)
-    _index(store, f"demo-py313-{'c' * 16}.json", "other.tar.zst", 3000)
-    _index(store, f"demodemo-py312-{'d' * 16}.json", "other.tar.zst", 4000)
-    for name in ("old.tar.zst", "new.tar.zst", "other.tar.zst"):
-        store.path("snapshots", name).write_bytes(b"zstd")
+    hexes = iter(f"{n:016x}" for n in range(1, 100))
 
-    assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == "new.tar.zst"
-    assert early.likely_archive(DriveStore(store.drive), "demo", None) == "other.tar.zst"  # any Python
+    def archive(recipe_and_python: str, mtime: float) -> str:
+        name = f"{recipe_and_python}-{next(hexes)}-{next(hexes)}.tar.zst"
+        _archive(store, name, mtime)
+        return name
+
+    archive("demo-py312", 1000)
+    new = archive("demo-py312", 2000)
+    other = archive("demo-py313", 3000)
+    archive("demodemo-py312", 4000)
+    _archive(store, f"demo-py312-{'e' * 16}.tar.zst", 4500)  # no sha: not a snapshot's name
+    _archive(store, f"demo-py312-{'a' * 16}-{'b' * 16}.tar.zst.part", 4600)
+    assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == new
+    assert early.likely_archive(DriveStore(store.drive), "demo", None) == other  # any Python
     assert early.likely_archive(DriveStore(store.drive), "nothing", None) is None
 
-    for named in ("../../elsewhere.tar.zst", "gone.tar.zst", ["new.tar.zst"], "link.tar.zst"):
-        _index(store, f"demo-py312-{'e' * 16}.json", named, 5000)
-        (store.path("snapshots", "link.tar.zst")).unlink(missing_ok=True)
-        (store.path("snapshots", "link.tar.zst")).symlink_to(store.path("snapshots", "new.tar.zst"))
-        assert early.likely_archive(DriveStore(store.drive), "demo", "py312") is None, named
+    link = store.path("snapshots", f"demo-py312-{'c' * 16}-{'d' * 16}.tar.zst")
+    link.symlink_to(store.path("snapshots", new))
+    os.utime(link, (5000, 5000), follow_symlinks=False)
+    folder = store.path("snapshots", f"demo-py312-{'f' * 16}-{'f' * 16}.tar.zst")
+    folder.mkdir()
+    os.utime(folder, (6000, 6000))
+    assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == new
 
 
 class _Served:

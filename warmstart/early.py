@@ -3,9 +3,9 @@
 Behind a slow Drive a restore is bound by the read of its archive, and until the plan names the
 archive a run spends 0.3 to 0.4 s on the interpreter, invoke, warmstart's imports and the checks
 before it. So the bootstrap task begins, before it imports the rest of warmstart, to read the
-archive a wiped VM most likely restores: the one the newest snapshot index of the recipe on
-Drive names (for this Python, when it is the target). A child reads it (`cat`), and a
-daemon thread keeps up to AHEAD bytes of it. When the plan names the same archive, the restore
+archive a wiped VM most likely restores: the recipe's newest snapshot archive on Drive (for this
+Python, when it is the target), found by its name in the folder's listing. A child reads it
+(`cat`), and a daemon thread keeps up to AHEAD bytes of it. When the plan names the same archive, the restore
 takes the read over (`take`, from the restore), and checks its bytes against the index as it
 checks any; otherwise the child is ended and what it read is dropped (`drop`).
 
@@ -334,16 +334,14 @@ def _start(token: object, options: Options, root: Path, most: int | None) -> Non
 
 
 def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | None:
-    """The archive the newest snapshot index of `recipe` (for the Python `tag`, when given) names,
-    when Drive holds it as a regular file; else None."""
-    index_name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}\.json")
-    files = {e.path.name: e for e in store.entries(KIND) if e.state == "file"}  # a link, a pipe: not "file"
-    indexes = [e for name, e in files.items() if index_name.fullmatch(name)]
-    if not indexes:
-        return None
-    index = store.read_json(KIND, max(indexes, key=lambda e: e.mtime).path.name)
-    archive = index.get("archive") if isinstance(index, dict) else None
-    return archive if isinstance(archive, str) and archive in files else None
+    """The newest snapshot archive of `recipe` (for the Python `tag`, when given) that Drive holds
+    as a regular file, by its name alone (`<recipe>-<pyXY>-<key>-<sha>.tar.zst`); else None. Its
+    index is written after it and names it, but is not read here: on Drive each file opened waits
+    (20 ms on the stand-in), and the restore reads the index anyway and takes this read only when
+    the index names the same archive."""
+    name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
+    archives = [e for e in store.entries(KIND) if e.state == "file" and name.fullmatch(e.path.name)]
+    return max(archives, key=lambda e: e.mtime).path.name if archives else None  # a link, a pipe: not "file"
 
 
 def _claim() -> Ahead | None:
