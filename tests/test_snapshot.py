@@ -95,6 +95,25 @@ def test_restore_replaces_an_older_version_and_is_indistinguishable_from_pip(pla
     assert not (site / "beta").exists() and not (site / "beta-2.0.dist-info").exists()
 
 
+def test_a_restore_writes_its_usage_record_on_drive_before_it_unpacks(plain, packed, tmp_path, env):
+    """Drive's usage record (what prune keeps) names the snapshot and the cached wheels the lock
+    uses, and is written once the plan is made, while the archive's read may run ahead: not
+    after the restore, where a Drive write would wait at the end of the run."""
+    usage = packed / ".warmstart" / "v1" / "usage"
+    before = set(usage.iterdir())
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(plain, packed, python, env=env)
+
+    assert result.code == 0 and result.report["snapshot"]["used"] is True, result.stderr
+    (record,) = set(usage.iterdir()) - before
+    used = json.loads(record.read_text())["used"]
+    assert {k.split("/")[0] for k in used} >= {"snapshots", "wheels"}, used
+    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    unpacked = min(p.lstat().st_ctime_ns for p in site.rglob("*") if p.is_file())
+    assert record.lstat().st_ctime_ns < unpacked
+
+
 def test_damaged_archive_falls_back_to_wheels_and_is_set_aside(plain, packed, tmp_path, env):
     archive = next(p for p in snapshots(packed) if p.name.endswith(".tar.zst"))
     data = bytearray(archive.read_bytes())

@@ -271,6 +271,13 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     run.warn(unwritable)
     run.warn(store.warnings)  # the team cache down or refusing: said once, before the work
     run.outcome.changed = not plan.nothing_to_do
+    # What the run uses from the stores is known from the plan: Drive's usage record is written
+    # now, while a snapshot's read runs ahead on its own (warmstart.early), not after the restore,
+    # where the write waited on Drive (25 ms on the stand-in). What the run queues for Drive is
+    # recorded at its end.
+    due = _use_record_due(plan)
+    used = store_files_used(plan, store) if due else []
+    store.record_use(used, team=False)
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
     if stale and kernel:  # before anything changes: a run that fails midway still says it
@@ -296,11 +303,13 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     finally:
         run.report_restart(stale)
         run.copy_team_wheels()
-        used = store_files_used(plan, store) + run.work.keys() if _use_record_due(plan) else []
-        if used and store.held and not settings.wait:
-            run.work.team_usage = used  # the worker records it there: opening the team store costs time
+        queued = run.work.keys() if due else []
+        if (used or queued) and store.held and not settings.wait:
+            run.work.team_usage = used + queued  # the worker records it there: opening the team store costs time
         hand_off(run, settings.wait, store, report, status_command(options, plan))
-        store.record_use(used, team=run.work.team_usage is None)
+        store.record_use(queued, team=False)
+        if run.work.team_usage is None:
+            store.record_use(used + queued, here=False)
     if plan.facts.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan

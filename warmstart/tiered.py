@@ -211,13 +211,15 @@ class TieredStore:
         elif self.team and self.team.has(kind, name):
             self.team.set_aside_named(kind, name)
 
-    def record_use(self, keys: Iterable[str], now: float | None = None, *, team: bool = True) -> None:
-        """Drive's usage record, and the team store's unless not `team` (a run that held it back
-        leaves that to its Drive worker: see warmstart.drivework)."""
+    def record_use(self, keys: Iterable[str], now: float | None = None, *, here: bool = True,
+                   team: bool = True) -> None:
+        """Drive's usage record unless not `here`, and the team store's unless not `team` (a run
+        that held it back leaves that to its Drive worker: see warmstart.drivework)."""
         keys = list(keys)
         if keys and team and (store := self.ask_team()):
             store.record_use(keys, now)
-        self.here.record_use(keys, now)
+        if here:
+            self.here.record_use(keys, now)
 
     # -- the team tier, as the report, status and the Drive worker see it -------------------
 
