@@ -404,6 +404,35 @@ def test_the_next_block_is_asked_for_while_the_last_is_hashed(monkeypatch):
     assert reading.hexdigest() == real(data).hexdigest()
 
 
+def test_the_end_of_an_archive_is_read_in_short_blocks():
+    """What comes last is decompressed and unpacked as it comes, not once a whole 4 MiB block is
+    in (70 ms of a 60 MiB/s Drive): towards the end each read asks for a quarter of what is left,
+    down to LAST; every byte still comes, in order."""
+    data = os.urandom(_ReadAhead.FIRST + 6 * _ReadAhead.BLOCK + 12345)
+
+    class Asked(_Recorded):
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.asked: list[int] = []
+
+        def readinto(self, buffer) -> int:  # type: ignore[no-untyped-def]
+            self.asked.append(len(buffer))
+            return super().readinto(buffer)
+
+    source = Asked(data)
+    reading = _ReadAhead(source, limit=len(data))
+    got = b"".join(iter(lambda: reading.read(_ReadAhead.BLOCK), b""))
+    reading.close()
+
+    assert got == data
+    left = len(data) - _ReadAhead.FIRST
+    assert source.asked[:2] == [_ReadAhead.FIRST, _ReadAhead.BLOCK]
+    for asked in source.asked[1:]:
+        assert asked == max(_ReadAhead.LAST, min(_ReadAhead.BLOCK, left // 4)), source.asked
+        left -= min(asked, left)
+    assert source.asked[-2:] == [_ReadAhead.LAST] * 2, "the last bytes, then the end"
+
+
 class _Throttled(io.RawIOBase):
     """A real file read at `mib_per_s` (a Drive's pace; the file system is not the matter here)."""
 
