@@ -328,8 +328,8 @@ def vm_disk(tmp: Path, wanted: bool):
         sys.exit(f"bench: no VM disk of its own ({exc}); --disk here measures on the work folder's")
     try:
         yield folder, "a new ext4 with a journal (loop-mounted)"
-    finally:
-        subprocess.run(["umount", str(folder)], check=False)
+    finally:  # lazily: a Drive worker the last round left may still hold a file there
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
 
 
 @contextmanager
