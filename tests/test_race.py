@@ -589,8 +589,9 @@ def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_
     reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data))  # noqa: SIM115  (it closes it)
     try:
         assert reading.read(1 << 20) == data[:_ReadAhead.FIRST]
-        while reading.size <= _ReadAhead.FIRST:  # more read ahead, waiting to be handed on
-            time.sleep(0.01)
+        deadline = time.monotonic() + 10
+        while reading.size <= _ReadAhead.FIRST and time.monotonic() < deadline:  # more read ahead,
+            time.sleep(0.01)  # waiting to be handed on
         reading.stop()  # a race was lost: what was read ahead is not unpacked any more
         with pytest.raises(Cancelled):
             reading.read(1 << 20)

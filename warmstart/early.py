@@ -5,9 +5,10 @@ archive a run spends 0.3 to 0.4 s on the interpreter, invoke, warmstart's import
 before it. So the bootstrap task begins, before it imports the rest of warmstart, to read the
 archive a wiped VM most likely restores: the recipe's newest snapshot archive on Drive (for this
 Python, when it is the target), found by its name in the folder's listing. A child reads it
-(`cat`), and a daemon thread keeps up to AHEAD bytes of it. When the plan names the same archive, the restore
-takes the read over (`take`, from the restore), and checks its bytes against the index as it
-checks any; otherwise the child is ended and what it read is dropped (`drop`).
+(`cat`), and a daemon thread keeps up to AHEAD bytes of it. When the plan names the same
+archive, the restore takes the read over (`take`, from the restore), and checks its bytes
+against the index as it checks any; otherwise the child is ended and what it read is dropped
+(`drop`).
 
 On a wiped VM, warmstart.sh begins the read the same way (`begin`) before it restores warmstart's
 own tools (a second on a slow Drive), and hands it on to the bootstrap it then starts (`hand_on`):
