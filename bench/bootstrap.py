@@ -303,8 +303,8 @@ def wait_for_drive_work(cache_home: Path, limit: float = 600) -> None:
 # many were deleted (every round wipes its VM) first scans the recently deleted inodes
 # (ext4's recently_deleted, only without a journal), and `perf` put 25 to 30% of a restore's CPU
 # there. `zstd -d | tar -x` of hyperlpr's snapshot took 3.0 to 3.3 s there against 1.5 to 1.6 s
-# on a journaled ext4 beside it, and a restore's system CPU fell from 2.8 to 5.0 s to 1.1 to 1.5 s.
-# A wiped VM's disk has no inodes deleted a moment ago.
+# on a journaled ext4 beside it, and an offline restore's system CPU fell from 3.1 to 4.0 s to 1.1
+# to 1.5 s (bench/README.md). A wiped VM's disk has no inodes deleted a moment ago.
 VM_DISK_GIB = 64
 
 
