@@ -122,7 +122,20 @@ def test_the_likely_archive_is_the_recipe_s_newest_and_only_a_file_drive_holds(t
     assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == new
 
 
-class _Served:
+class _Source:
+    """A source stand-in as _ReadAhead uses one: a stream and its own context, with nothing to close."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+class _Served(_Source):
     """As early.Ahead, taken over: `ahead` bytes read ahead and 2 MiB more on their way (the pipe,
     the read under way) come at once, then the rest at `mib_per_s`."""
 
@@ -135,15 +148,6 @@ class _Served:
         time.sleep(max(0, self.at + len(block) - max(self.at, self.at_once)) / self.rate)
         self.at += len(block)
         return block
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 def _pace_once_past(reading: _ReadAhead, size: int, past: int) -> float:
@@ -330,7 +334,7 @@ def test_warmstart_sh_hands_the_read_it_began_to_the_bootstrap_it_starts(bulky, 
         assert early._begun is None
 
 
-class _Pipe:
+class _Pipe(_Source):
     """A child reading at `mib_per_s` into a pipe of `room` bytes whether or not anybody reads it
     (background.ChildRead): a read takes what gathered, then waits for the rest."""
 
@@ -356,15 +360,6 @@ class _Pipe:
             if got < size and self.left:
                 time.sleep(min(size - got, self.room) / self.rate)
         return bytes(got)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 class _Busy:
