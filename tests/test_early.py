@@ -175,6 +175,29 @@ def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
 
 
 @needs_fuse
+def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(tmp_path):
+    """The restore's read takes over a read ahead (a real `cat` of a real FUSE Drive at 16 MiB/s)
+    whose bytes come at once, so its own reads tell nothing of Drive's pace at first. A race asks
+    for the time left at once all the same: the pace the read ahead measured answers it (without
+    it, the index waited 0.2 s before it was asked)."""
+    size = 64 * MiB
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(size))
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 16) as mount:
+        ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
+        time.sleep(0.5)  # about 8 MiB
+        reading = _ReadAhead(ahead.take(), limit=size)
+        try:
+            left = reading.seconds_left()
+            assert left is not None, "no pace before the restore's own reads"
+            pace = (size - ahead.at_once) / MiB / left  # what came at once is not left to read
+            # sleeping only ever makes it slower
+            assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
+        finally:
+            reading.close()
+
+
+@needs_fuse
 def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, tmp_path):  # noqa: F811
     """On a FUSE Drive the command begins reading the snapshot before the plan names it; the
     restore takes the read over and installs the same files. A VM where warmstart has run reads

@@ -33,6 +33,7 @@ import re
 import select
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -69,6 +70,9 @@ class Ahead:
         self._chunks: deque[bytes] = deque()
         self._held = 0
         self.ahead = 0  # bytes in when the restore took over: they came at no pace of the source's
+        # Drive's pace as this thread saw it (`measured`), so a race need not wait for the restore's
+        # reads to learn it
+        self._busy, self._timed = 0.0, 0
         self._taken = threading.Event()
         self._lock = threading.Lock()  # _chunks and _held, between the two threads
         self._changed = threading.Condition(self._lock)  # a chunk came or went, or the read ended
@@ -78,19 +82,27 @@ class Ahead:
         self._thread.start()
 
     def _fill(self) -> None:
+        came: float | None = None  # when the last chunk came: the next one's time is Drive's pace
         try:
             while not self._taken.is_set():
                 with self._changed:  # full: until a chunk goes (drain) or the restore takes over
+                    if self._held >= self._most:
+                        came = None  # the child read on into the pipe meanwhile: the next chunk is no pace
                     self._changed.wait_for(lambda: self._held < self._most or self._taken.is_set())
                 if self._taken.is_set():
                     return
                 chunk = self._stream.read(CHUNK)
                 if not chunk:
                     return
+                now = time.monotonic()
                 with self._changed:
                     self._chunks.append(chunk)
                     self._held += len(chunk)
+                    if came is not None:  # not the first chunk: that one waited for Drive's first byte too
+                        self._busy += now - came
+                        self._timed += len(chunk)
                     self._changed.notify_all()
+                came = now
         except OSError as exc:  # said by the restore's read, when it takes this one over
             self._failed = exc
         finally:
@@ -112,6 +124,13 @@ class Ahead:
         Drive's pace: counted in it, they made a 60 MiB/s Drive look twice as fast at first, and
         the index went unraced (bench/README.md)."""
         return self.ahead + 2 * CHUNK if self.ahead else 0
+
+    @property
+    def measured(self) -> tuple[float, int]:
+        """Drive's pace while this read ran ahead: the seconds its chunks took to come, from the
+        second on, and their bytes (the restore's read takes it as the start of its own pace)."""
+        with self._lock:
+            return self._busy, self._timed
 
     def drain(self) -> Iterator[bytes]:
         """Every chunk as it comes, to the end of the file, the thread reading on meanwhile (no

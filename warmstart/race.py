@@ -105,10 +105,12 @@ class IndexLane:
         return waited if waited > FIRST_BLOCK_WAIT else 0.0
 
     def _due(self) -> bool:
-        """Wait until the restore looks slow (True) or the race is off (False)."""
-        while not self._stop.wait(POLL):
+        """Wait until the restore looks slow (True) or the race is off (False). Looked at as soon
+        as the read is known (its pace may be too: early.Ahead measured it), then every POLL."""
+        while not self._stop.is_set():
             if self._read_left() > self._index_takes():
                 return True
+            (self._stop if self.watch.watching.is_set() else self.watch.watching).wait(POLL)
         return False
 
     def _run(self) -> None:

@@ -82,6 +82,7 @@ class Watch:
 
     def __init__(self) -> None:
         self.cancelled = threading.Event()
+        self.watching = threading.Event()  # set once the read is known (`watch`): a race looks at once
         self.began = time.monotonic()
         self.size: int | None = None  # the archive's, once its index is read
         self.index_took: float | None = None  # the index's time, when the snapshot's index records it
@@ -105,6 +106,7 @@ class Watch:
     def watch(self, size: int, *readers: Reader, index_took: float | None = None) -> None:
         self.size, self._readers = size, list(readers)  # the archive's reader first
         self.index_took = index_took
+        self.watching.set()
         if self.cancelled.is_set():
             self.cancel()
 
@@ -310,6 +312,12 @@ class _ReadAhead(BlockStream):
         self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
         self._reading: tuple[float, int] | None = None  # the read under way: when it began, how much it asked
         self._first: tuple[float, int] | None = None  # the first read's time and bytes: not the pace
+        # What a source read before this reader began (early.Ahead) comes at once: the pace counts
+        # from the first read past it, as it counts from the second read otherwise, and begins
+        # with the pace the source measured as it read ahead (seconds, bytes): a race then knows
+        # it from the start (it waited 0.2 s for this reader's own reads).
+        self._ready: int = getattr(source, "at_once", 0)
+        self._before: tuple[float, int] = getattr(source, "measured", (0.0, 0))
         self._pace_lock = threading.Lock()  # busy, size, _reading and _first change together
         # Blocks in memory take a room each; spilled ones, the end (None) and errors need none.
         self._blocks: queue.SimpleQueue[bytes | _Spilled | BaseException | None] = queue.SimpleQueue()
@@ -334,9 +342,7 @@ class _ReadAhead(BlockStream):
             thread.start()
 
     def _read_all(self, source: Stream) -> None:
-        # What a source read before this reader began (early.Ahead) comes at once: the pace counts
-        # from the first read past it, as it counts from the second read otherwise.
-        ready = getattr(source, "at_once", 0)
+        ready = self._ready
         # A child reading into a pipe (ChildRead, early.Ahead) reads on while this thread is away
         # (hashing, spilling, waiting for the GIL): that time counts too, not only the read's own,
         # or what the pipe gathered meanwhile counts as Drive's pace (the 60 MiB/s stand-in looked
@@ -446,23 +452,25 @@ class _ReadAhead(BlockStream):
         return self.spilled - len(block)
 
     def seconds_left(self) -> float | None:
-        """The time the rest would take to read at the source's pace so far; None before the
-        first block. The pace counts from the second read on: the first waits for the source's
-        first byte too (a 256 KiB block in 7 ms made a 60 MiB/s Drive look like a 36 MiB/s one).
+        """The time the rest would take to read at the source's pace so far (and as it measured
+        it before, when it read ahead); None before the first block. The pace counts from the
+        second read on: the first waits for the source's first byte too (a 256 KiB block in 7 ms
+        made a 60 MiB/s Drive look like a 36 MiB/s one).
         The read under way counts as if it ended now, once that is slower than the pace so far:
         a read that hangs slows the pace as it goes, and one that is merely under way (a 4 MiB
         block takes 70 ms at 60 MiB/s) does not make a fast source look slow."""
         with self._pace_lock:
             busy, size, reading, first = self.busy, self.size, self._reading, self._first
-        if not (first and self.limit):
+        busy_before, got_before = self._before
+        if not (self.limit and (first or got_before)):
             return None
-        first_busy, first_size = first
-        busy, got = busy - first_busy, size - first_size
+        first_busy, first_size = first or (busy, size)
+        busy, got = busy - first_busy + busy_before, size - first_size + got_before
         pace = busy / got if got else 0.0  # seconds a byte
         if reading is not None:
             began, asked = reading
             pace = max(pace, (busy + time.monotonic() - began) / (got + asked))
-        return (self.limit - size) * pace
+        return (self.limit - max(size, self._ready)) * pace
 
     def _next_block(self) -> bytes | None:
         while not self._done:
