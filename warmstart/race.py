@@ -4,7 +4,7 @@ A snapshot on a slow Drive can take longer to read than uv takes to fetch and in
 wheels from the index (Colab's index mirror is fast). So while a restore reads, the race watches
 the time its read has left at the pace of its sources so far; once that is more than the index
 would take for the whole (what uv took on the VM the snapshot was made on, as its index records;
-else `index_seconds`: a time per wheel and the archive's bytes at a pace),
+else `index_seconds`: a time per wheel and the archive's bytes at a pace) by RACE_MARGIN,
 uv installs the same pins from the index into a second staging folder of the prefix, and the
 read waits meanwhile (at most HOLD_FOR times the index's time), leaving uv the CPUs. uv checks each
 wheel against the lock's sha256, and its tree is checked against the lock's digest of the
@@ -55,6 +55,12 @@ FIRST_BLOCK_WAIT = 3.0
 # alongside slowed uv from 4.4 to 5.6 s; on the Colab stand-in behind a 60 MiB/s Drive the
 # read, not held, won every race and the restore took 1.32x uv alone.
 HOLD_FOR = 2.0
+# The index is raced only when the read has this much more time left than the index's: a race
+# costs uv time (beside a restore, uv took 0.3 s longer than alone on average), and the index's
+# time is one install's, on a network whose times spread by a second from round to round. On the
+# Colab stand-in behind the 60 MiB/s Drive (2.4 s of reading left, the index's 1.8 to 2.2 s),
+# racing at once made the restore 3.0 to 3.9 s against 3.0 to 3.2 s not raced.
+RACE_MARGIN = 0.5  # seconds
 POLL = 0.05
 
 
@@ -108,7 +114,7 @@ class IndexLane:
         """Wait until the restore looks slow (True) or the race is off (False). Looked at as soon
         as the read is known (its pace may be too: early.Ahead measured it), then every POLL."""
         while not self._stop.is_set():
-            if self._read_left() > self._index_takes():
+            if self._read_left() > self._index_takes() + RACE_MARGIN:
                 return True
             (self._stop if self.watch.watching.is_set() else self.watch.watching).wait(POLL)
         return False
