@@ -197,6 +197,43 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
             reading.close()
 
 
+def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
+    """warmstart.sh hands its read on with up to 96 MiB in its own memory: they come through the
+    pipe at once, at no pace of Drive's. Timed as Drive's, they would make a 10 MiB/s Drive look
+    fast long after and keep the index unraced: a handed read measures nothing, and the pace is
+    the restore's reads' past what came at once."""
+    size, at_once = 32 * MiB, 8 * MiB
+    data_in, data_out = os.pipe()
+    outcome_in, outcome_out = os.pipe()
+
+    def send() -> None:  # 8 MiB from memory, then the rest at 10 MiB/s
+        try:
+            with open(data_out, "wb", buffering=0) as pipe:
+                pipe.write(bytes(at_once))
+                for _ in range((size - at_once) // (256 << 10)):
+                    time.sleep(0.025)
+                    pipe.write(bytes(256 << 10))
+            os.write(outcome_out, b"ok")
+        except OSError:
+            pass  # the restore stopped reading
+        finally:
+            os.close(outcome_out)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    ahead = early.Ahead("a", early.HandedRead(data_in, outcome_in))
+    while ahead._held < at_once:
+        time.sleep(0.01)
+    reading = _ReadAhead(ahead.take(), limit=size)
+    try:
+        pace = _pace_once_past(reading, size, ahead.at_once + 4 * MiB)
+        # sleeping only ever makes it slower; the 8 MiB timed as Drive's: about 25 MiB/s
+        assert 7 < pace < 11, f"{pace:.1f} MiB/s"
+    finally:
+        reading.close()
+        sender.join()
+
+
 @needs_fuse
 def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, tmp_path):  # noqa: F811
     """On a FUSE Drive the command begins reading the snapshot before the plan names it; the

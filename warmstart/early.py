@@ -71,7 +71,9 @@ class Ahead:
         self._held = 0
         self.ahead = 0  # bytes in when the restore took over: they came at no pace of the source's
         # Drive's pace as this thread saw it (`measured`), so a race need not wait for the restore's
-        # reads to learn it
+        # reads to learn it. Only a child's read of Drive is timed: a read handed on comes first
+        # out of the memory of the process that began it, at no pace of Drive's.
+        self._timing = isinstance(stream, ChildRead)
         self._busy, self._timed = 0.0, 0
         self._taken = threading.Event()
         self._lock = threading.Lock()  # _chunks and _held, between the two threads
@@ -98,7 +100,7 @@ class Ahead:
                 with self._changed:
                     self._chunks.append(chunk)
                     self._held += len(chunk)
-                    if came is not None:  # not the first chunk: that one waited for Drive's first byte too
+                    if came is not None and self._timing:  # not the first chunk: it waited for the first byte too
                         self._busy += now - came
                         self._timed += len(chunk)
                     self._changed.notify_all()
