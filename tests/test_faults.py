@@ -4,9 +4,11 @@ points are set with WARMSTART_FAULT (warmstart/faults.py), not with sleeps."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from conftest import (
     MOUNTNS,
     REPO,
     bootstrap,
+    cli_command,
     cli_env,
     installed,
     make_venv,
@@ -118,6 +121,49 @@ def test_two_bootstraps_sharing_one_cache_both_succeed(demo, drive, tmp_path, in
     cache_is_sound(drive, env)
     wheels = sorted(p.name for p in (drive / ".warmstart" / "v1" / "wheels").iterdir())
     assert wheels == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl", "gpu_build-1.0-py3-none-any.whl"]
+
+
+def _wait_for_an_ended_child(pid: int, timeout: float = 60) -> None:
+    """Until a child of process `pid` has exited and not yet been waited for (a zombie)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [c for t in Path(f"/proc/{pid}/task").iterdir()
+                    for c in (t / "children").read_text().split()]
+        if any(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+               for c in children if Path(f"/proc/{c}/stat").exists()):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"no child of {pid} ended in {timeout} s")
+
+
+def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_left(
+        demo, drive, tmp_path, index, monkeypatch):
+    """The run asks the target Python what it holds before it takes the target's lock (the probe
+    begins with the task, target.begin_probe). One that waited for another run there asks again:
+    else it would plan from what was there before the other run installed."""
+    env = cli_env(index.url)
+    python = make_venv(tmp_path / "venv")
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    from warmstart.bootstrap import target_lock
+
+    other_run = target_lock(str(python))
+    other_run.acquire()
+    try:
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                                           "--python", str(python), "--json"),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        _wait_for_an_ended_child(run.pid)  # the begun probe answered: the target held nothing then
+        subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                        "--index-url", index.url, *(f"{n}=={v}" for n, v in LOCKED.items())], env=env, check=True)
+    finally:
+        other_run.release()
+    out, err = run.communicate(timeout=300)
+
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    install = next(step for step in report["steps"] if step["name"] == "install")
+    assert (install["status"], install["detail"]) == ("skipped", "nothing to install")
+    assert report["installed"] == LOCKED
 
 
 @needs_mountns

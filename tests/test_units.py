@@ -10,11 +10,13 @@ import inspect
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
+from conftest import make_venv
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
@@ -535,3 +537,36 @@ def test_work_started_on_a_thread_hands_on_its_result_and_its_exception():
 
     with pytest.raises(PreconditionUnmet, match="no driver"):
         started(fails).result(timeout=10)
+
+
+def test_the_probe_begun_before_the_plan_answers_it_once_and_a_forgotten_one_is_asked_anew(tmp_path):
+    """The bootstrap task begins the target's probe before it imports the rest of warmstart
+    (target.begin_probe); the plan's probe takes that answer, once. Forgotten (another run held
+    the target meanwhile), the plan asks the interpreter again."""
+    from warmstart import target
+
+    python = make_venv(tmp_path / "venv")
+    site = next((tmp_path / "venv" / "lib").glob("python*/site-packages"))
+
+    def install_later(name: str) -> None:
+        (site / f"{name}-1.0.dist-info").mkdir()
+        (site / f"{name}-1.0.dist-info" / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+
+    target.begin_probe(python)
+    assert target._begun is not None
+    target._begun.child.wait()  # its answer is in: what is installed after is not in it
+    install_later("late")
+    assert "late" not in target.probe(python).installed  # the begun answer
+    assert "late" in target.probe(python).installed  # used up: asked anew
+
+    target.begin_probe(python)
+    target._begun.child.wait()
+    install_later("later")
+    target.forget_begun()
+    assert "later" in target.probe(python).installed
+
+    target.begin_probe(sys.executable)  # another interpreter's answer is not this one's
+    assert target.probe(python).executable == python
+    assert target._begun is not None  # left for its own interpreter
+    target.forget_begun()
+    assert target._begun is None

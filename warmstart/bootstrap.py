@@ -210,7 +210,11 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
         return _bootstrap(settings, profile, root, report)
     lock = target_lock(settings.python)
     try:
-        lock.acquire(timeout=settings.lock_timeout)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:  # another run installs there: what the probe begun before it ended saw is past
+            target_python.forget_begun()
+            lock.acquire(timeout=settings.lock_timeout)
     except Timeout:
         raise WarmstartError(
             f"another warmstart run is installing into {target_python.target_executable(settings.python)} and held "

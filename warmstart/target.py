@@ -2,7 +2,8 @@
 
 One subprocess asks it for its version and its installed distributions; wheel tags are
 computed here with `packaging`, since the target runs on this same machine but need not have
-`packaging` installed.
+`packaging` installed. The bootstrap task asks before it imports the rest of warmstart
+(`begin_probe`): the child answers on the other CPU meanwhile.
 """
 
 from __future__ import annotations
@@ -110,6 +111,8 @@ def real_prefix(executable: str | Path | None) -> Path:
     venv = exe.parent.parent
     if (venv / "pyvenv.cfg").is_file():
         return Path(os.path.realpath(venv))
+    if (facts := _begun_facts(exe, use_up=False)) and isinstance(facts.get("prefix"), str):
+        return Path(os.path.realpath(facts["prefix"]))
     try:
         out = subprocess.run([str(exe), "-c", "import sys; print(sys.prefix)"], capture_output=True,
                              text=True, check=True, timeout=60).stdout.strip()
@@ -120,8 +123,73 @@ def real_prefix(executable: str | Path | None) -> Path:
     return Path(os.path.realpath(out))
 
 
+class _Begun:
+    """The probe of one interpreter, begun before the run asks (begin_probe)."""
+
+    def __init__(self, exe: Path) -> None:
+        self.exe = exe
+        self.child = subprocess.Popen([str(exe), "-c", _PROBE], stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
+        self._facts: dict | None = None
+        self._read = False
+
+    def facts(self) -> dict | None:
+        """Its answer; None when the child failed (the run's own probe then says why)."""
+        if not self._read:
+            self._read = True
+            try:
+                out = self.child.communicate(timeout=60)[0]
+                self._facts = json.loads(out) if self.child.returncode == 0 else None
+            except (subprocess.TimeoutExpired, ValueError):
+                self.end()
+        return self._facts if isinstance(self._facts, dict) else None
+
+    def end(self) -> None:
+        if self.child.poll() is None:
+            self.child.kill()
+            self.child.wait()
+
+
+_begun: _Begun | None = None
+
+
+def begin_probe(executable: str | Path | None) -> None:
+    """Start the probe of the target `executable` now, for `probe` and `real_prefix` to take."""
+    global _begun
+    forget_begun()
+    try:
+        _begun = _Begun(target_executable(executable))
+    except OSError:
+        pass  # the run's own probe says why
+
+
+def forget_begun() -> None:
+    """Another run held the target (what the probe begun before says is installed may be past),
+    or the run is over: a begun probe is ended unused."""
+    global _begun
+    if _begun is not None:
+        _begun.end()
+        _begun = None
+
+
+def _begun_facts(exe: Path, use_up: bool) -> dict | None:
+    """The begun probe's answer for `exe`, if there is one; `use_up`: later ones probe anew."""
+    global _begun
+    begun = _begun
+    if begun is None or begun.exe != exe:
+        return None
+    if use_up:
+        _begun = None
+    return begun.facts()
+
+
 def probe(executable: str | Path | None) -> TargetPython:
     exe = target_executable(executable)
+    if (facts := _begun_facts(exe, use_up=True)) is not None:
+        try:
+            return _facts_to_target(exe, facts)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            pass  # asked again below, and said
     try:
         out = subprocess.run(
             [str(exe), "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60
