@@ -5,10 +5,11 @@ archive a run spends 0.3 to 0.4 s on the interpreter, invoke, warmstart's import
 before it. So the bootstrap task begins, before it imports the rest of warmstart, to read the
 archive a wiped VM most likely restores: the recipe's newest snapshot archive on Drive (for this
 Python, when it is the target), found by its name in the folder's listing. A child reads it
-(`cat`), and a daemon thread keeps up to AHEAD bytes of it. When the plan names the same
-archive, the restore takes the read over (`take`, from the restore), and checks its bytes
-against the index as it checks any; otherwise the child is ended and what it read is dropped
-(`drop`).
+(`cat`), and a daemon thread keeps up to AHEAD bytes of it; that thread then reads the archive's
+index too, as the restore would (`index`: on the Drive stand-in the restore's own read of it
+cost 50 ms before a race could begin). When the plan names the same archive, the restore takes
+the read over (`take`, from the restore), and checks its bytes against the index as it checks
+any; otherwise the child is ended and what it read is dropped (`drop`).
 
 On a wiped VM, warmstart.sh begins the read the same way (`begin`) before it restores warmstart's
 own tools (a second on a slow Drive), and hands it on to the bootstrap it then starts (`hand_on`):
@@ -80,6 +81,7 @@ class Ahead:
         self._changed = threading.Condition(self._lock)  # a chunk came or went, or the read ended
         self._failed: OSError | None = None
         self._ended = False  # the thread's reading is over
+        self.index: tuple[str, Any] | None = None  # the archive's index as read after it began: (where, JSON)
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
 
@@ -334,7 +336,7 @@ def _handed(handed: str) -> Ahead | None:
 
 def _start(token: object, options: Options, root: Path, most: int | None) -> None:
     global _begun
-    ahead = None
+    ahead, archive, store = None, None, None
     try:
         settings = resolve(options, select_profile(root))
         if not settings.team and on_fuse(settings.drive):
@@ -348,19 +350,45 @@ def _start(token: object, options: Options, root: Path, most: int | None) -> Non
     except Exception:  # whatever it is, the run meets it itself, and says it
         pass
     with _guard:
-        if _begun is token:
+        published = _begun is token
+        if published:
             _begun = ahead
-            return
-    if ahead is not None:  # taken or dropped meanwhile: too late
+    if ahead is None:
+        return
+    if not published:  # taken or dropped meanwhile: too late
         ahead.close()
+        return
+    _read_index(ahead, store, archive)
+
+
+def _read_index(ahead: Ahead, store: DriveStore | None, archive: str | None) -> None:
+    """The index that names `archive` (`<stem>.json` beside `<stem>-<sha>.tar.zst`), read as the
+    restore reads it (DriveStore.read_json: its size capped, its wait bounded); nothing when it
+    cannot be (the restore reads it then, and says why)."""
+    if store is None or archive is None:
+        return
+    name = archive.rsplit("-", 1)[0] + ".json"
+    try:
+        ahead.index = (store.where(KIND, name), store.read_json(KIND, name))
+    except Exception:
+        pass
+
+
+def index(where: str) -> Any | None:
+    """The snapshot index `where` (its store's name for it), if the thread that reads ahead has
+    read it; else None."""
+    with _guard:
+        begun = _begun
+    found = begun.index if isinstance(begun, Ahead) else None
+    return found[1] if found and found[0] == where else None
 
 
 def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | None:
     """The newest snapshot archive of `recipe` (for the Python `tag`, when given) that Drive holds
     as a regular file, by its name alone (`<recipe>-<pyXY>-<key>-<sha>.tar.zst`); else None. Its
-    index is written after it and names it, but is not read here: on Drive each file opened waits
-    (20 ms on the stand-in), and the restore reads the index anyway and takes this read only when
-    the index names the same archive."""
+    index is written after it and names it, but is read only once the archive's read has begun
+    (_read_index): on Drive each file opened waits (20 ms on the stand-in), and the restore takes
+    this read only when the index names the same archive."""
     name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
     archives = [e for e in store.entries(KIND) if e.state == "file" and name.fullmatch(e.path.name)]
     return max(archives, key=lambda e: e.mtime).path.name if archives else None  # a link, a pipe: not "file"

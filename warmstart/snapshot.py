@@ -152,7 +152,8 @@ class Snapshot:
 
     def read_index(self, store: TieredStore) -> dict[str, Any]:
         try:
-            index = store.read_json(KIND, self.index_name)
+            where = store.where(KIND, self.index_name)  # read ahead with the archive (warmstart.early)?
+            index = early.index(where) or store.read_json(KIND, self.index_name)
         except (OSError, ValueError) as exc:
             raise SnapshotUnusable(f"snapshot index {self.index_name} is unreadable ({exc})") from None
         if not (isinstance(index.get("facts"), dict) and isinstance(index.get("archive"), str)
