@@ -198,6 +198,30 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
             reading.close()
 
 
+
+@needs_fuse
+def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_path):
+    """The first chunk of the pipe, which also waited for Drive's first byte, is not timed; the
+    ones after it are small until 1 MiB is timed, so a race knows Drive's pace after 1 MiB and
+    one small chunk, not two whole ones (at 15 MiB/s, 0.13 s in)."""
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(8 * MiB))
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
+        ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
+        try:
+            deadline = time.monotonic() + 10
+            while not ahead.measured[1]:
+                assert time.monotonic() < deadline, "no pace measured"
+                time.sleep(0.001)
+            assert ahead._held < 2 * early.CHUNK, "the pace waited for a second whole chunk"
+            while ahead.measured[1] < early.TIMED_FIRST:
+                assert time.monotonic() < deadline, "no pace measured"
+                time.sleep(0.01)
+            busy, timed = ahead.measured
+            assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"  # sleeping only slows it
+        finally:
+            ahead.close()
+
 def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
     """warmstart.sh hands its read on with up to 96 MiB in its own memory: they come through the
     pipe at once, at no pace of Drive's. Timed as Drive's, they would make a 10 MiB/s Drive look

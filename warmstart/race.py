@@ -55,9 +55,10 @@ FIRST_BLOCK_WAIT = 3.0
 # alongside slowed uv from 4.4 to 5.6 s; on the Colab stand-in behind a 60 MiB/s Drive the
 # read, not held, won every race and the restore took 1.32x uv alone.
 HOLD_FOR = 2.0
-# The index is raced only when the read has this much more time left than the index's: a race
-# costs uv time (beside a restore, uv took 0.3 s longer than alone on average), and the index's
-# time is one install's, on a network whose times spread by a second from round to round. On the
+# The index is raced only when the read has this much more time left than the index's: the
+# index's time is one install's, on a network whose times spread by a second from round to round
+# (uv itself is as fast beside a held restore as alone: bench/README.md), and its tree is checked
+# and placed after. On the
 # Colab stand-in behind the 60 MiB/s Drive (2.4 s of reading left, the index's 1.8 to 2.2 s),
 # racing at once made the restore 3.0 to 3.9 s against 3.0 to 3.2 s not raced.
 RACE_MARGIN = 0.5  # seconds
