@@ -278,7 +278,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     # What the run uses from the stores is known from the plan: Drive's usage record is written
     # now, on a thread, while the work begins (after the restore the write waited on Drive, 25 ms
     # on the stand-in; before it, a race's uv began 40 to 50 ms later). What the run queues for
-    # Drive is recorded at its end, after this.
+    # Drive is recorded at its end.
     due = _use_record_due(plan)
     used = store_files_used(plan, store) if due else []
     recorded = started(lambda: store.record_use(used, team=False))
@@ -305,13 +305,15 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
             if plan.facts.recipe.checks and not options.packages_only:
                 run.run_checks()
     finally:
+        # The usage record is waited for, so that no write of it is left half-done on Drive when
+        # this process ends; one that failed costs only its protection from pruning (as before).
+        recorded.exception()
         run.report_restart(stale)
         run.copy_team_wheels()
         queued = run.work.keys() if due else []
         if (used or queued) and store.held and not settings.wait:
             run.work.team_usage = used + queued  # the worker records it there: opening the team store costs time
         hand_off(run, settings.wait, store, report, status_command(options, plan))
-        recorded.result()
         store.record_use(queued, team=False)
         if run.work.team_usage is None:
             store.record_use(used + queued, here=False)
