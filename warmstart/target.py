@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -130,19 +131,17 @@ class _Begun:
         self.exe = exe
         self.child = subprocess.Popen([str(exe), "-c", _PROBE], stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
-        self._facts: dict | None = None
-        self._read = False
 
+    @functools.cached_property
     def facts(self) -> dict | None:
         """Its answer; None when the child failed (the run's own probe then says why)."""
-        if not self._read:
-            self._read = True
-            try:
-                out = self.child.communicate(timeout=60)[0]
-                self._facts = json.loads(out) if self.child.returncode == 0 else None
-            except (subprocess.TimeoutExpired, ValueError):
-                self.end()
-        return self._facts if isinstance(self._facts, dict) else None
+        try:
+            out = self.child.communicate(timeout=60)[0]
+            facts = json.loads(out) if self.child.returncode == 0 else None
+        except (subprocess.TimeoutExpired, ValueError):
+            self.end()
+            return None
+        return facts if isinstance(facts, dict) else None
 
     def end(self) -> None:
         if self.child.poll() is None:
@@ -180,7 +179,7 @@ def _begun_facts(exe: Path, use_up: bool) -> dict | None:
         return None
     if use_up:
         _begun = None
-    return begun.facts()
+    return begun.facts
 
 
 def probe(executable: str | Path | None) -> TargetPython:
