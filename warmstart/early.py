@@ -364,15 +364,14 @@ def _start(token: object, options: Options, root: Path, most: int | None) -> Non
     if not published:  # taken or dropped meanwhile: too late
         ahead.close()
         return
+    assert store is not None and archive is not None  # an Ahead is made with both
     _read_index(ahead, store, archive)
 
 
-def _read_index(ahead: Ahead, store: DriveStore | None, archive: str | None) -> None:
+def _read_index(ahead: Ahead, store: DriveStore, archive: str) -> None:
     """The index that names `archive` (`<stem>.json` beside `<stem>-<sha>.tar.zst`), read as the
     restore reads it (DriveStore.read_json: its size capped, its wait bounded); nothing when it
     cannot be (the restore reads it then, and says why)."""
-    if store is None or archive is None:
-        return
     name = archive.rsplit("-", 1)[0] + ".json"
     try:
         ahead.index = (store.where(KIND, name), store.read_json(KIND, name))
