@@ -18,10 +18,11 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -456,6 +457,22 @@ def skip_or_fail(reason: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI must run this test: {reason}")
     pytest.skip(reason)
+
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], seconds: float, failure: str | Callable[[], str],
+               every: float = 0.01) -> T:
+    """What `condition` returns once it is true, asked every `every` seconds; after `seconds` the
+    test fails with `failure` (or what it returns then). For what a process or thread does on its
+    own time."""
+    deadline = time.monotonic() + seconds
+    while not (outcome := condition()):
+        if time.monotonic() >= deadline:
+            pytest.fail(failure if isinstance(failure, str) else failure())
+        time.sleep(every)
+    return outcome
 
 
 # --- the Colab stand-in: Colab's published package lists, the pyenv interpreter of its Python ---

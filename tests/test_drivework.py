@@ -11,10 +11,9 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import LOCKED, REPO, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli
+from conftest import LOCKED, REPO, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli, wait_until
 
 from warmstart import drivework
 
@@ -31,10 +30,8 @@ def jobs(home: Path) -> list[Path]:
 
 
 def wait_for_workers(home: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while jobs(home) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not jobs(home), f"the Drive work did not finish in {seconds} s: {jobs(home)}"
+    wait_until(lambda: not jobs(home), seconds, lambda: f"the Drive work did not finish in {seconds} s: {jobs(home)}",
+               every=0.1)
 
 
 def wait_for_the_killed_worker(home: Path, drive: Path, seconds: float = 60) -> None:
@@ -42,13 +39,12 @@ def wait_for_the_killed_worker(home: Path, drive: Path, seconds: float = 60) -> 
     is there (WARMSTART_FAULT=cache-write killed it right after), and the pid it recorded no
     longer runs its job."""
     parts = drive / ".warmstart" / "v1" / "wheels"
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        started = any(parts.glob(".*.part")) if parts.is_dir() else False
-        if started and jobs(home) and not any(drivework._worker_alive(job) for job in jobs(home)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no worker was seen writing to Drive and then killed within {seconds} s")
+
+    def killed() -> bool:
+        started = parts.is_dir() and any(parts.glob(".*.part"))
+        return started and bool(jobs(home)) and not any(drivework._worker_alive(job) for job in jobs(home))
+
+    wait_until(killed, seconds, f"no worker was seen writing to Drive and then killed within {seconds} s", every=0.05)
 
 
 def on_drive(drive: Path, kind: str) -> list[str]:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_command, dead_url, make_venv, needs_fuse, slow_drive
+from conftest import cli_command, dead_url, make_venv, needs_fuse, slow_drive, wait_until
 from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
@@ -30,10 +30,8 @@ MiB = 1 << 20
 
 
 def _filled_to_the_end(ahead: early.Ahead) -> None:
-    deadline = time.monotonic() + 10
-    while not ahead._ended and ahead._held < ahead._most:  # it waits when full, and stops at the end
-        assert time.monotonic() < deadline, "the read ahead did not stop"
-        time.sleep(0.01)
+    # it waits when full, and stops at the end
+    wait_until(lambda: ahead._ended or ahead._held >= ahead._most, 10, "the read ahead did not stop")
 
 
 def _read_as_a_restore(stream, size: int = 4 * MiB) -> bytes:
@@ -209,14 +207,9 @@ def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_pat
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
         ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
         try:
-            deadline = time.monotonic() + 10
-            while not ahead.measured[1]:
-                assert time.monotonic() < deadline, "no pace measured"
-                time.sleep(0.001)
+            wait_until(lambda: ahead.measured[1], 10, "no pace measured", every=0.001)
             assert ahead._held < 2 * early.CHUNK, "the pace waited for a second whole chunk"
-            while ahead.measured[1] < early.TIMED_FIRST:
-                assert time.monotonic() < deadline, "no pace measured"
-                time.sleep(0.01)
+            wait_until(lambda: ahead.measured[1] >= early.TIMED_FIRST, 10, "no pace measured")
             busy, timed = ahead.measured
             assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"  # sleeping only slows it
         finally:
@@ -314,10 +307,8 @@ def test_the_index_read_ahead_is_the_restore_s_and_is_checked_as_its_own_read(tm
         with slow_drive(tmp_path / "drive", tmp_path / "slow", 20, 16) as mount:
             try:
                 early.begin({"recipe": "demo", "drive": str(mount), "python": "/usr/bin/python3.12"}, Path())
-                deadline = time.monotonic() + 10
-                while not (isinstance(early._begun, early.Ahead) and early._begun.index):
-                    assert time.monotonic() < deadline, "the index was not read ahead"
-                    time.sleep(0.01)
+                wait_until(lambda: isinstance(early._begun, early.Ahead) and early._begun.index, 10,
+                           "the index was not read ahead")
                 write_index(**then)  # Drive's copy changes: the restore does not read it again
                 store = TieredStore.at(mount)
                 if index is written:
@@ -394,10 +385,9 @@ def test_a_taker_that_wants_none_of_it_ends_the_read(tmp_path):
                           pass_fds=handed.fds, stdout=subprocess.PIPE, text=True) as child:
         handed.close()
         assert child.communicate(timeout=60)[0] == "none\n"
-    deadline = time.monotonic() + 10
-    while ahead._stream._child.poll() is None:  # the relay met the closed pipe and ended the child
-        assert time.monotonic() < deadline, "the read handed on went on after its taker was gone"
-        time.sleep(0.01)
+    # the relay met the closed pipe and ended the child
+    wait_until(lambda: ahead._stream._child.poll() is not None, 10,
+               "the read handed on went on after its taker was gone")
 
 
 def test_warmstart_sh_begins_the_read_with_the_options_it_passes_to_bootstrap():

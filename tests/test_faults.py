@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from conftest import (
     needs_netns,
     run_cli,
     slow_drive,
+    wait_until,
 )
 
 
@@ -125,15 +125,13 @@ def test_two_bootstraps_sharing_one_cache_both_succeed(demo, drive, tmp_path, in
 
 def _wait_for_an_ended_child(pid: int, timeout: float = 60) -> None:
     """Until a child of process `pid` has exited and not yet been waited for (a zombie)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def an_ended_child() -> bool:
         children = [c for t in Path(f"/proc/{pid}/task").iterdir()
                     for c in (t / "children").read_text().split()]
-        if any(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-               for c in children if Path(f"/proc/{c}/stat").exists()):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"no child of {pid} ended in {timeout} s")
+        return any(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                   for c in children if Path(f"/proc/{c}/stat").exists())
+
+    wait_until(an_ended_child, timeout, f"no child of {pid} ended in {timeout} s")
 
 
 def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_left(

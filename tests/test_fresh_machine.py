@@ -15,11 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import HAVE_MODELS, NETNS, REPO, hyperlpr_mirror, hyperlpr_variant, needs_netns, serve_folder
+from conftest import HAVE_MODELS, NETNS, REPO, hyperlpr_mirror, hyperlpr_variant, needs_netns, serve_folder, wait_until
 
 pytestmark = [pytest.mark.registry, needs_netns]
 
@@ -80,10 +79,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     # The run returned with the environment usable; the user keeps the VM up while Drive fills.
     assert json.loads(cold.stdout)["drive_writes"] == "being written to Drive in the background"
     jobs = tmp_path / "vm1" / "home" / ".cache" / "warmstart" / "drivework"
-    deadline = time.monotonic() + 600
-    while any(jobs.glob("*/*")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(jobs.glob("*/*")), "the background Drive writes finished"
+    wait_until(lambda: not any(jobs.glob("*/*")), 600, "the background Drive writes did not finish", every=0.2)
 
     python2, env2 = new_vm(tmp_path / "vm2")
     warm = run_script(checkout, env2 | {"WARMSTART_DRIVE": str(drive)}, "--offline", offline_net=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import cli_env, installed, make_venv, needs_mountns, run_cli
+from conftest import cli_env, installed, make_venv, needs_mountns, run_cli, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -405,9 +405,8 @@ def test_sigterm_stops_the_run_and_its_checks_and_leaves_no_temporary_folder(dem
     cmd = [sys.executable, "-m", "invoke", "--search-root", str(Path(__file__).parent.parent), "bootstrap",
            "--recipe", str(demo), "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
     run = subprocess.Popen(cmd, env=cli_env(index.url, TMPDIR=str(scratch)), stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not all(p.exists() and p.read_text().strip() for p in pid_files) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 120,
+               "the two checks did not both start", every=0.2)
     check_pids = [int(p.read_text()) for p in pid_files]  # both running at once
 
     run.send_signal(signal.SIGTERM)

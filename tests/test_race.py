@@ -38,6 +38,7 @@ from conftest import (
     needs_fuse,
     serve_folder,
     slow_drive,
+    wait_until,
 )
 from packaging.version import Version
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
@@ -314,9 +315,8 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_when_interr
                                env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while not leftovers(vm) and run.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: leftovers(vm) or run.poll() is not None, 120, "the restore did not begin",
+                       every=0.05)
             time.sleep(2)  # 100 MiB/s: the archive's first 4 MiB come in 0.04 s, then nothing
             assert run.poll() is None, f"the restore was to hang on Drive: {run.communicate()}"
             run.send_signal(signal.SIGTERM)
@@ -355,10 +355,8 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
                 run.wait()
         # and no process is left holding the archive open (the child that read it ends with the
         # read), so a remount can take the old mount away
-        deadline = time.monotonic() + 5
-        while (holding := holders(mount)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert holding == [], f"left with a file on the Drive that stopped answering: {holding}"
+        wait_until(lambda: not holders(mount), 5,
+                   lambda: f"left with a file on the Drive that stopped answering: {holders(mount)}", every=0.05)
 
     assert run.returncode == 3, err
     said = f"{mount} stopped answering (a read waited 2 s for its data)"
@@ -589,9 +587,8 @@ def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_
     reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data))  # noqa: SIM115  (it closes it)
     try:
         assert reading.read(1 << 20) == data[:_ReadAhead.FIRST]
-        deadline = time.monotonic() + 10
-        while reading.size <= _ReadAhead.FIRST and time.monotonic() < deadline:  # more read ahead,
-            time.sleep(0.01)  # waiting to be handed on
+        # more read ahead, waiting to be handed on
+        wait_until(lambda: reading.size > _ReadAhead.FIRST, 10, "nothing was read ahead")
         reading.stop()  # a race was lost: what was read ahead is not unpacked any more
         with pytest.raises(Cancelled):
             reading.read(1 << 20)
@@ -725,10 +722,7 @@ def test_while_the_source_held_back_joins_the_read_has_no_estimate_to_race_the_i
     consumer.start()
     try:
         assert opening.wait(10), "the reader fell behind: the team store is asked"
-        deadline = time.monotonic() + 10
-        while not source.pace and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert source.pace, "Drive served a part meanwhile: its pace alone would give an estimate"
+        wait_until(lambda: source.pace, 10, "Drive served a part meanwhile: its pace alone would give an estimate")
         assert reading.seconds_left() is None
         opened.set()
         consumer.join(10)
