@@ -54,7 +54,11 @@ WINDOW_LOG = 25
 # the background. On hyperlpr (687 MB of tar, 2 CPUs; each level decodes in 0.9-1.0 s): level 3
 # 244 MiB for 4.0 s of CPU, 7: 227 MiB, 10.5 s, 9: 221 MiB, 12.6 s (107 MiB of memory), 12:
 # 210 MiB, 24.8 s. At Drive's 60 MiB/s level 9 saves each restore 0.4 s for 8.6 s of the
-# writer's CPU at low priority; 12 would save 0.2 s more for twice the writer's time.
+# writer's CPU at low priority; 12 would save 0.2 s more for twice the writer's time. Past 12
+# the writer's time grows faster than what it saves (zstd's CLI, one thread, 3 December): level 9
+# 226 MiB in 22 s, 12: 215 MiB, 56 s, 15: 214 MiB, 159 s, 19: 196 MiB in 521 s and 400 MB, its
+# archive decoded in 1.37 s against level 9's 1.00 (on Colab's 2 CPUs the first VM's snapshot
+# would take minutes more to be safe on Drive).
 LEVEL = 9
 
 SNAPSHOT_FORMAT = "warmstart-snapshot-v1"
