@@ -196,7 +196,6 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
             reading.close()
 
 
-
 @needs_fuse
 def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_path):
     """The first chunk of the pipe, which also waited for Drive's first byte, is not timed; the
@@ -214,6 +213,7 @@ def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_pat
             assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"  # sleeping only slows it
         finally:
             ahead.close()
+
 
 def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
     """warmstart.sh hands its read on with up to 96 MiB in its own memory: they come through the
@@ -286,7 +286,6 @@ def test_the_bootstrap_task_begins_no_read_for_a_dry_run_or_where_warmstart_ran(
     assert early._begun is None
 
 
-
 @needs_fuse
 def test_the_index_read_ahead_is_the_restore_s_and_is_checked_as_its_own_read(tmp_path, monkeypatch):
     """The thread that reads ahead reads the archive's index too, once the archive's read has
@@ -318,6 +317,7 @@ def test_the_index_read_ahead_is_the_restore_s_and_is_checked_as_its_own_read(tm
                         Snapshot(stem, facts).read_index(store)
             finally:
                 early.drop()
+
 
 # -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------
 
