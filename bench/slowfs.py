@@ -8,18 +8,20 @@ Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes sh
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
 name as FAIL_WRITES_WITH (EIO, ENOSPC, ENOTCONN), every write fails with it, as a Drive over
 quota or disconnected does; with --hang-after, a read past that offset of any file never
-answers (until unmounted, or with --until until FILE exists), as a Drive that stopped mid-file
-(or that a test holds back until something else has happened); with --hang-metadata no stat
-below the mount point and no listing answers, as a Drive that stopped before the run; with
---hang-from-listing the same from the first listing on, as a Drive that stopped during a run,
-after its first look. The tests use them all. Needs /dev/fuse, libfuse2 (Debian: apt install
-libfuse2) and `pip install fusepy`; runs until unmounted.
+answers (until unmounted, or with --until until FILE exists: a path or a glob pattern), as a
+Drive that stopped mid-file (or that a test holds back until something else has happened);
+with --hang-metadata no stat below the mount point and no listing answers, as a Drive that
+stopped before the run; with --hang-from-listing the same from the first listing on, as a
+Drive that stopped during a run, after its first look. The tests use them all. Needs
+/dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until
+unmounted.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
+import glob
 import os
 import threading
 import time
@@ -55,7 +57,7 @@ class SlowDrive(Operations):
 
     def _hang(self) -> None:
         """Never answer (until unmounted: then fail, or with --until until FILE exists)."""
-        while not (self.until and os.path.exists(self.until)):
+        while not (self.until and glob.glob(self.until)):
             if not os.path.ismount(self.mountpoint):
                 raise FuseOSError(errno.EIO)
             time.sleep(0.05)
@@ -149,7 +151,8 @@ def main() -> None:
                         help="no stat (but of the mount point) or listing ever answers")
     parser.add_argument("--hang-from-listing", action="store_true",
                         help="the same as --hang-metadata from the first listing on")
-    parser.add_argument("--until", metavar="FILE", help="with a hang: answer once FILE exists")
+    parser.add_argument("--until", metavar="FILE",
+                        help="with a hang: answer once FILE exists (a path or a glob pattern)")
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,

@@ -95,23 +95,28 @@ def test_restore_replaces_an_older_version_and_is_indistinguishable_from_pip(pla
     assert not (site / "beta").exists() and not (site / "beta-2.0.dist-info").exists()
 
 
-def test_a_restore_writes_its_usage_record_on_drive_before_it_unpacks(plain, packed, tmp_path, env):
+@needs_fuse
+def test_a_restore_writes_its_usage_record_on_drive_while_it_reads_the_archive(plain, packed, tmp_path, env):
     """Drive's usage record (what prune keeps) names the snapshot and the cached wheels the lock
-    uses, and is written once the plan is made, while the archive's read may run ahead: not
-    after the restore, where a Drive write would wait at the end of the run."""
+    uses, and is written once the plan is made, while the archive is read: not after the restore,
+    where a Drive write would wait at the end of the run. Drive is the FUSE stand-in, whose reads
+    past the first KiB of a file (the archive's, not its index's) answer only once a usage record
+    is there: a record written after the restore would leave that read waiting until the Drive
+    timeout (10 s here) gave the snapshot up."""
     usage = packed / ".warmstart" / "v1" / "usage"
-    before = set(usage.iterdir())
+    for record in usage.iterdir():  # the packing run's: the gate waits for this run's
+        record.unlink()
+    index, archive = sorted(snapshots(packed), key=lambda p: p.name.endswith(".tar.zst"))
+    assert index.stat().st_size < 1024 < archive.stat().st_size
     python = make_venv(tmp_path / "venv")
 
-    result = bootstrap(plain, packed, python, env=env)
+    with slow_drive(packed, tmp_path / "mount", 0, 1000, hang_after=1024, until=usage / "*.json") as mount:
+        result = bootstrap(plain, mount, python, "--offline", env=dict(env, WARMSTART_DRIVE_TIMEOUT="10"))
 
     assert result.code == 0 and result.report["snapshot"]["used"] is True, result.stderr
-    (record,) = set(usage.iterdir()) - before
+    (record,) = usage.iterdir()
     used = json.loads(record.read_text())["used"]
     assert {k.split("/")[0] for k in used} >= {"snapshots", "wheels"}, used
-    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
-    unpacked = min(p.lstat().st_ctime_ns for p in site.rglob("*") if p.is_file())
-    assert record.lstat().st_ctime_ns < unpacked
 
 
 def test_damaged_archive_falls_back_to_wheels_and_is_set_aside(plain, packed, tmp_path, env):
