@@ -112,16 +112,47 @@ def real_prefix(executable: str | Path | None) -> Path:
     venv = exe.parent.parent
     if (venv / "pyvenv.cfg").is_file():
         return Path(os.path.realpath(venv))
-    if (facts := _begun_facts(exe, use_up=False)) and isinstance(facts.get("prefix"), str):
-        return Path(os.path.realpath(facts["prefix"]))
+    if (begun := _begun_target(exe, use_up=False)) is not None:
+        return Path(os.path.realpath(begun.prefix))
+    return Path(os.path.realpath(_ask(exe, "import sys; print(sys.prefix)").strip()))
+
+
+def probe(executable: str | Path | None) -> TargetPython:
+    exe = target_executable(executable)
+    if (begun := _begun_target(exe, use_up=True)) is not None:
+        return begun
+    return _target(exe, _ask(exe, _PROBE))  # none begun, or it failed: asked again, and said
+
+
+def _ask(exe: Path, code: str) -> str:
+    """What the target prints when it runs `code`."""
     try:
-        out = subprocess.run([str(exe), "-c", "import sys; print(sys.prefix)"], capture_output=True,
-                             text=True, check=True, timeout=60).stdout.strip()
+        return subprocess.run([str(exe), "-c", code], capture_output=True, text=True, check=True,
+                              timeout=60).stdout
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise PreconditionUnmet(
             f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
         ) from None
-    return Path(os.path.realpath(out))
+
+
+def _target(exe: Path, answer: str) -> TargetPython:
+    """The target as the probe's `answer` describes it."""
+    try:
+        facts = json.loads(answer)
+        return TargetPython(
+            executable=exe,
+            version=Version(".".join(map(str, facts["version"]))),
+            implementation=facts["implementation"],
+            prefix=Path(facts["prefix"]),
+            platform=facts["platform"],
+            soabi=facts["soabi"],
+            path=tuple(facts["path"]),
+            purelib=facts.get("purelib", ""),
+            installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise PreconditionUnmet(f"{exe} did not answer like a Python interpreter (it printed "
+                                f"{answer.strip()[:60]!r}); pass --python with a CPython interpreter") from None
 
 
 class _Begun:
@@ -133,15 +164,19 @@ class _Begun:
                                       stderr=subprocess.DEVNULL, text=True)
 
     @functools.cached_property
-    def facts(self) -> dict | None:
+    def target(self) -> TargetPython | None:
         """Its answer; None when the child failed (the run's own probe then says why)."""
         try:
             out = self.child.communicate(timeout=60)[0]
-            facts = json.loads(out) if self.child.returncode == 0 else None
-        except (subprocess.TimeoutExpired, ValueError):
+        except subprocess.TimeoutExpired:
             self.end()
             return None
-        return facts if isinstance(facts, dict) else None
+        if self.child.returncode != 0:
+            return None
+        try:
+            return _target(self.exe, out)
+        except PreconditionUnmet:
+            return None
 
     def end(self) -> None:
         if self.child.poll() is None:
@@ -171,7 +206,7 @@ def forget_begun() -> None:
         _begun = None
 
 
-def _begun_facts(exe: Path, use_up: bool) -> dict | None:
+def _begun_target(exe: Path, use_up: bool) -> TargetPython | None:
     """The begun probe's answer for `exe`, if there is one; `use_up`: later ones probe anew."""
     global _begun
     begun = _begun
@@ -179,44 +214,7 @@ def _begun_facts(exe: Path, use_up: bool) -> dict | None:
         return None
     if use_up:
         _begun = None
-    return begun.facts
-
-
-def probe(executable: str | Path | None) -> TargetPython:
-    exe = target_executable(executable)
-    if (facts := _begun_facts(exe, use_up=True)) is not None:
-        try:
-            return _facts_to_target(exe, facts)
-        except (KeyError, TypeError, AttributeError, ValueError):
-            pass  # asked again below, and said
-    try:
-        out = subprocess.run(
-            [str(exe), "-c", _PROBE], capture_output=True, text=True, check=True, timeout=60
-        ).stdout
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise PreconditionUnmet(
-            f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
-        ) from None
-    try:
-        facts = json.loads(out)
-        return _facts_to_target(exe, facts)
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise PreconditionUnmet(f"{exe} did not answer like a Python interpreter (it printed "
-                                f"{out.strip()[:60]!r}); pass --python with a CPython interpreter") from None
-
-
-def _facts_to_target(exe: Path, facts: dict) -> TargetPython:
-    return TargetPython(
-        executable=exe,
-        version=Version(".".join(map(str, facts["version"]))),
-        implementation=facts["implementation"],
-        prefix=Path(facts["prefix"]),
-        platform=facts["platform"],
-        soabi=facts["soabi"],
-        path=tuple(facts["path"]),
-        purelib=facts.get("purelib", ""),
-        installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
-    )
+    return begun.target
 
 
 def installed_now(target: TargetPython) -> dict[NormalizedName, str]:
