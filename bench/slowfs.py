@@ -138,7 +138,6 @@ class SlowDrive(Operations):
         raise FuseOSError(errno.EOPNOTSUPP)
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("backing")

@@ -30,7 +30,6 @@ def env(index):
     return cli_env(index.url)
 
 
-
 def drop_snapshots(drive: Path) -> None:
     """Leave only the wheel cache, to exercise the wheel path on its own."""
     shutil.rmtree(drive / ".warmstart" / "v1" / "snapshots")

@@ -54,7 +54,6 @@ NO_GPU = [] if HAS_NVIDIA else ["--allow-no-gpu"]
 RECIPE_FLAGS = [*NO_GPU, *([] if HAVE_MODELS else ["--packages-only"])]
 
 
-
 @pytest.fixture(scope="module", params=["3.12", "3.13"])
 def image(request) -> str:
     """The project's image on the Debian base with this Python: the checkout as `git clone` has

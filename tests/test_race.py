@@ -371,7 +371,6 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
     assert installed(vm.python) == {}, "nothing was installed"
 
 
-
 @needs_fuse
 @pytest.mark.parametrize("at_mount", [False, True], ids=["below-the-mount", "the-mount-itself"])
 def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled, tmp_path, at_mount):  # noqa: F811
@@ -533,6 +532,7 @@ def test_a_look_at_drive_that_waits_too_long_ends_drives_part_in_the_run(tmp_pat
                               "force_remount=True))"]
 
 # -- the race's parts -----------------------------------------------------------------------
+
 
 def _read_all(reader: _ReadAhead | parts.PartReader) -> bytes:
     return b"".join(iter(lambda: reader.read(1 << 20), b""))

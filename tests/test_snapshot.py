@@ -40,7 +40,6 @@ def env(index):
     return cli_env(index.url)
 
 
-
 def pip(python: Path, *args: str, env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pip", "--python", str(python), *args], env=env,
                           capture_output=True, text=True)

@@ -192,7 +192,6 @@ def test_a_read_only_consumer_reads_and_never_writes(s3, demo, tmp_path, index):
     assert len(reader.on_drive("wheels")) == 3  # its own Drive is still filled
 
 
-
 def test_a_careless_reader_gets_one_warning_when_the_team_refuses_its_writes(s3, demo, tmp_path, index):
     bucket = s3.bucket("refuses")
     url = f"s3://{bucket}/team"
