@@ -309,7 +309,7 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
     every open and caps throughput as Drive does (or fails every write with an errno, or never
     answers a read past `hang_after` bytes of a file, or any stat below the mount point and any
     listing with `hang_metadata`, the same from the first listing on with `hang_from_listing`, or
-    not before `until` exists)."""
+    not before `until` exists: a path or a glob pattern)."""
     mount.mkdir(exist_ok=True)
     fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
                            str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else []),
