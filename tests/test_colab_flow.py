@@ -334,6 +334,67 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
     assert list(checkout.glob("warmstart/__pycache__/bootstrap.*.pyc")), "off Drive, bytecode as usual"
 
 
+# A bootstrap run by invoke from the checkout in argv[1] (the rest: its flags), each file opened
+# under the checkout recorded with the thread that opened it (an audit hook), into argv[2].
+OPENS = """
+import json, os, sys, threading
+checkout, record = sys.argv[1], sys.argv[2]
+opened = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)) and os.fspath(args[0]).startswith(checkout):
+        opened.append((os.fspath(args[0]), threading.current_thread().name))
+sys.addaudithook(hook)
+from invoke.main import program
+try:
+    program.run(["invoke", "--search-root", checkout, *sys.argv[3:]])
+finally:
+    with open(record, "w") as out:
+        json.dump(opened, out)
+"""
+
+
+def test_from_a_checkout_on_drive_a_run_reads_its_data_files_at_once_as_it_begins_each_once(tmp_path):
+    """From a checkout on Drive each open waits, and a run reads some 15 of the project's data
+    files: they are read each on a thread of its own as the task begins, each once (the images
+    and the recipe's `.in` were read twice), and the plan takes them from memory. A checkout
+    elsewhere reads each when it is needed, as before. (Drive is a folder under the mount point
+    here: the read-ahead threads are what is proved, not Drive's times: bench/README.md has those.)"""
+    mount = tmp_path / "content" / "drive"
+    checkout = mount / "MyDrive" / "warmstart"
+    copy_checkout(checkout)
+    (tmp_path / "cache").mkdir()
+    env = os.environ | {"XDG_CACHE_HOME": str(tmp_path / "home-cache")}
+    data = ("envs", "recipes", "requirements", "warmstart/distinfo.py")
+
+    def opens(mount_point: Path) -> list[tuple[str, str]]:
+        record = tmp_path / "opened.json"
+        done = subprocess.run([sys.executable, "-c", OPENS, str(checkout), str(record), "bootstrap",
+                               "--recipe", "hyperlpr", "--drive", str(tmp_path / "cache"), "--python", sys.executable,
+                               "--allow-no-gpu", "--dry-run"],
+                              env=env | {"WARMSTART_MOUNT_POINT": str(mount_point)}, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+        assert f"hyperlpr-{tag}-manylinux_x86_64.txt" in done.stderr, "the plan read its lock"
+        return [(str(Path(path).relative_to(checkout)), thread) for path, thread in json.loads(record.read_text())
+                if any(Path(path).relative_to(checkout).is_relative_to(d) for d in data)]
+
+    opens(mount)  # a VM's first import reads every module's source (the bytecode's compile_ahead)
+    on_drive = opens(mount)
+    names = [path for path, _ in on_drive]
+    assert {"recipes/hyperlpr.toml", "requirements/hyperlpr.in", "envs/local.toml", "warmstart/distinfo.py",
+            f"requirements/hyperlpr-py{sys.version_info.major}{sys.version_info.minor}-manylinux_x86_64.txt",
+            "envs/images/colab-2026.07.freeze.txt"} <= set(names)
+    assert len(names) == len(set(names)), f"each file once: {sorted(on_drive)}"
+    assert {thread for _, thread in on_drive} == {"warmstart-read-ahead"}, on_drive
+
+    elsewhere = opens(tmp_path / "not-the-checkouts-mount")
+    assert {path for path, thread in elsewhere if thread == "MainThread"} >= {
+        "recipes/hyperlpr.toml", "requirements/hyperlpr.in"}, "off Drive, each file is read when needed"
+    assert "envs/images/colab-2026.07.freeze.txt" not in {path for path, _ in elsewhere}, \
+        "another platform's image lists are not read"
+
+
 # --- where the cache lives on Colab -------------------------------------------------------------
 
 DRIVE_ROOT = ("import sys; sys.path.insert(0, sys.argv[1]); from warmstart.tools import drive_root; "

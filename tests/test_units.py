@@ -570,3 +570,35 @@ def test_the_probe_begun_before_the_plan_answers_it_once_and_a_forgotten_one_is_
     assert target._begun is not None  # left for its own interpreter
     target.forget_begun()
     assert target._begun is None
+
+
+# --- data files read ahead ------------------------------------------------------------------------
+
+def test_data_files_read_ahead_are_served_once_each_and_fail_as_a_read_then_would(tmp_path):
+    """config.read_ahead: a file read ahead is served from memory, however often it is asked for;
+    one it did not read is read when asked; a missing one fails as its own read would (the same
+    BadInput line); forget_ahead drops it all, so a file changed since is read anew."""
+    from warmstart import config
+
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "a.toml").write_text('name = "a"\n')
+    (tmp_path / "envs" / "b.toml").write_text('name = "b"\n')
+    (tmp_path / "c.txt").write_bytes(b"one\r\ntwo\r\n")
+    missing = tmp_path / "recipes" / "gone.toml"
+    with pytest.raises(BadInput) as unread:
+        config.read_toml(missing)
+    try:
+        config.read_ahead(tmp_path, ["c.txt", "recipes/gone.toml"], ["envs/*.toml"])
+        assert config.read_toml(tmp_path / "envs" / "a.toml") == {"name": "a"}
+        (tmp_path / "envs" / "a.toml").write_text("changed\n")
+        assert config.read_toml(tmp_path / "envs" / "a.toml") == {"name": "a"}, "served again, not read again"
+        assert config.read_bytes(tmp_path / "envs" / "b.toml") == b'name = "b"\n'
+        assert config.file_text(tmp_path / "c.txt") == "one\ntwo\n", "as read_text reads it"
+        with pytest.raises(BadInput) as ahead:
+            config.read_toml(missing)
+        assert str(ahead.value) == str(unread.value) == f"{missing}: file not found"
+        (tmp_path / "d.txt").write_text("not read ahead\n")
+        assert config.read_bytes(tmp_path / "d.txt") == b"not read ahead\n"
+    finally:
+        config.forget_ahead()
+    assert config.read_bytes(tmp_path / "envs" / "a.toml") == b"changed\n", "forgotten: read anew"

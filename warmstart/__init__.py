@@ -82,6 +82,17 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
                     loader.keep(code, stats.st_mtime, stats.st_size)
 
 
+def _on_drive(folder: Path) -> bool:
+    """Whether `folder` lies on the mounted Drive (Colab's checkout does), where each open waits.
+    Read here, not through warmstart.settings: importing it first would write its bytecode there."""
+    return folder.is_relative_to(Path(os.environ.get("WARMSTART_MOUNT_POINT") or "/content/drive"))
+
+
+# The checkout this package was imported from lies on Drive: its data files are read ahead
+# (warmstart.config.read_ahead), its bytecode kept elsewhere (below).
+ON_DRIVE = _on_drive(Path(__file__).parent)
+
+
 def _bytecode_off_drive() -> None:
     """The notebook kernel, and the `invoke` launcher, import warmstart from its checkout on Drive:
     its bytecode there would be a Drive write per module that outlives the VM, and none at all
@@ -90,11 +101,10 @@ def _bytecode_off_drive() -> None:
     by the first import on a VM, all at once; and this file's own bytecode, written by this very
     import, goes."""
     here = Path(__file__).parent
-    # Read here, not through warmstart.settings or warmstart.home: importing them first would
-    # write their bytecode (the folder is home.root()'s).
-    mount = Path(os.environ.get("WARMSTART_MOUNT_POINT") or "/content/drive")
-    if not here.is_relative_to(mount):
+    if not ON_DRIVE:
         return
+    # Read here, not through warmstart.home: importing it first would write its bytecode (the
+    # folder is home.root()'s).
     _BytecodeElsewhere.root = (Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
                                / "warmstart" / "pycache")
     if not (_BytecodeElsewhere.root / here.relative_to(here.anchor) / "__pycache__").is_dir():  # a VM's first import

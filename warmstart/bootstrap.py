@@ -112,12 +112,13 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     with report.step("lock") as step:
         python_minor = f"{target.version.major}.{target.version.minor}"
         # several runtimes may share a Python (Colab's 2026.04 and 2026.07): the VM's own packages tell
-        candidates = profile.images_for(python_minor)
+        published = profile.images()
+        candidates = [i for i in published.values() if i.python_minor == python_minor]
         wanted, image, fallback = select_lock(recipe, candidates, python_minor, target_python.platform_tag(),
                                               target.installed)
         if fallback:
             warnings.append(fallback)
-        elif not candidates and (published := profile.images()):
+        elif not candidates and published:
             listed = ", ".join(f"{i.name} ({i.python_minor})" for i in published.values())
             warnings.append(f"the {profile.name} platform has no published image for Python {python_minor} "
                             f"(it has: {listed}); the bare lock may replace packages this runtime ships")

@@ -14,11 +14,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from .config import Field, Schema, parse_toml, read_toml_bytes, tomllib, validate  # tomllib: the standard one, or tomli
+# tomllib: the standard one, or tomli
+from .config import Field, Schema, file_text, parse_toml, read_toml_bytes, tomllib, validate
 from .errors import BadInput
 from .transfer import atomic_write_text
 
@@ -138,11 +140,15 @@ def parse_freeze(text: str) -> dict[NormalizedName, str]:
     return shipped
 
 
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    return "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else str(exc.strerror)
+
+
 def read_cuda_list(path: Path) -> frozenset[str]:
     try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the CUDA library list ({exc.strerror})") from None
+        lines = file_text(path).splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: cannot read the CUDA library list ({_why(exc)})") from None
     sonames = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     wrong = sorted(s for s in sonames if not CUDA_LIBRARY.match(s))
     if wrong:
@@ -154,7 +160,12 @@ def load_image(path: Path, read_cuda: Callable[[Path], frozenset[str]] = read_cu
     """An image file, with the freeze list and CUDA library list it names (`read_cuda`: images_of
     reads the list they share once). Each file is read once: on Drive every open waits."""
     raw = read_toml_bytes(path)
-    data = validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
+    return _image(path, raw, validate(parse_toml(raw, path), IMAGE_SCHEMA, path), read_cuda)
+
+
+def _image(path: Path, raw: bytes, data: dict[str, Any], read_cuda: Callable[[Path], frozenset[str]]) -> Image:
+    """The image of the file `path` (its bytes `raw`, validated as `data`), with the freeze and
+    CUDA library lists it names."""
     try:
         python = Version(data["python"])
     except InvalidVersion:
@@ -162,9 +173,9 @@ def load_image(path: Path, read_cuda: Callable[[Path], frozenset[str]] = read_cu
     digest = hashlib.sha256(raw)
     freeze = path.parent / data["freeze"]
     try:
-        text = freeze.read_text()
-    except OSError as exc:
-        raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({exc.strerror})") from None
+        text = file_text(freeze)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({_why(exc)})") from None
     digest.update(text.encode())
     cuda: frozenset[str] = frozenset()
     if data["cuda"]:
@@ -176,12 +187,14 @@ def load_image(path: Path, read_cuda: Callable[[Path], frozenset[str]] = read_cu
 
 def images_of(profile: str, envs: Path) -> dict[str, Image]:
     """The images of one platform profile, by name (several may share a Python: Colab's pinned
-    runtimes 2026.04 and 2026.07 are both 3.12)."""
+    runtimes 2026.04 and 2026.07 are both 3.12). The lists of other profiles' images are not read."""
     found = {}
     read_cuda = functools.cache(read_cuda_list)  # the images share one list
     for path in sorted((envs / "images").glob("*.toml")):
-        image = load_image(path, read_cuda)
-        if image.profile == profile:
+        raw = read_toml_bytes(path)
+        data = validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
+        if data["profile"] == profile:
+            image = _image(path, raw, data, read_cuda)
             found[image.name] = image
     return found
 

@@ -29,7 +29,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT
-from .config import read_text
+from .config import read_bytes, read_text
 from .errors import BadInput
 from .images import Image, by_likeness, image_named
 from .recipe import Recipe
@@ -232,7 +232,7 @@ def inputs_digest(recipe: Recipe, target: LockTarget, image: Image | None = None
         digest.update(image.digest.encode() + b"\0")
     # Normalise line endings so a checkout on Windows does not look stale.
     for path in (recipe.requirements_in, *recipe.includes):
-        digest.update(path.read_bytes().replace(b"\r\n", b"\n"))
+        digest.update(read_bytes(path).replace(b"\r\n", b"\n"))
     return digest.hexdigest()
 
 

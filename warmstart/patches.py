@@ -34,6 +34,7 @@ from typing import Any
 from packaging.utils import NormalizedName, canonicalize_name
 
 from . import faults
+from .config import read_bytes
 from .errors import BadInput
 from .target import dist_name, dist_version, read_record, record_hash, record_text
 from .transfer import AtomicFile, read_untrusted_json
@@ -82,7 +83,7 @@ def load_patch(distribution: str, path: Path, label: str) -> Patch:
     from unidiff.errors import UnidiffParseError
 
     try:
-        raw = path.read_bytes()
+        raw = read_bytes(path)
         text = raw.decode("utf-8")
         parsed = PatchSet(io.StringIO(text))
     except FileNotFoundError:

@@ -28,12 +28,13 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import Version
 
 from . import distinfo, settings
+from .config import file_text
 from .errors import PreconditionUnmet
 from .home import state_file
 from .transfer import atomic_write_text
 
 # distinfo.py's text, then what the probe asks: run by the target interpreter, whatever its version.
-_PROBE = Path(distinfo.__file__).read_text(encoding="utf-8") + """
+_PROBE = file_text(Path(distinfo.__file__)) + """
 import json, sys, sysconfig
 # `python -c` puts the working directory first on sys.path; what lies there is not installed.
 sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
