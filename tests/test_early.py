@@ -215,6 +215,37 @@ def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_pat
             ahead.close()
 
 
+class _LateChildRead(ChildRead):
+    """A child's read whose reader comes late once its first chunk is in (its thread kept off the
+    CPUs meanwhile), so the pipe holds what came since."""
+
+    first = True
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = super().read(size)
+        if self.first:
+            self.first = False
+            time.sleep(0.15)
+        return data
+
+
+@needs_fuse
+def test_a_read_ahead_that_came_late_to_the_pipe_counts_only_what_came_in_its_time(tmp_path):
+    """Drive's pace counts the bytes that came in each chunk's time: what already waited in the
+    pipe when the timing began is not among them (it once measured 5.1 MiB/s behind 4 MiB/s,
+    on CI's busy CPUs; with the reader 0.15 s late here, twice Drive's pace and more)."""
+    (tmp_path / "drive").mkdir()
+    (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(8 * MiB))
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
+        ahead = early.Ahead("demo.tar.zst", _LateChildRead(mount / "demo.tar.zst"))
+        try:
+            wait_until(lambda: ahead.measured[1] >= early.TIMED_FIRST, 10, "no pace measured")
+            busy, timed = ahead.measured
+            assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"
+        finally:
+            ahead.close()
+
+
 def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
     """warmstart.sh hands its read on with up to 96 MiB in its own memory: they come through the
     pipe at once, at no pace of Drive's. Timed as Drive's, they would make a 10 MiB/s Drive look

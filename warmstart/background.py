@@ -6,8 +6,11 @@ A look at a FUSE mount, and a long read of one, is a child's instead (`child_wit
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import subprocess
+import sys
+import termios
 import threading
 from collections.abc import Callable
 from concurrent import futures
@@ -85,6 +88,16 @@ class ChildRead:
             why = said[-1].rpartition(": ")[2] if said else f"the reading child ended with {self._child.returncode}"
             raise OSError(_ERRNOS.get(why, errno.EIO), why)
         return data
+
+    def waiting(self) -> int:
+        """Bytes the child has put in the pipe that no read has taken yet (the reader's own
+        buffer aside: at most 8 KiB, what a read of more leaves in it)."""
+        count = bytearray(4)
+        try:
+            fcntl.ioctl(self._out.fileno(), termios.FIONREAD, count)
+        except (OSError, ValueError):  # closed: nothing waits
+            return 0
+        return int.from_bytes(count, sys.byteorder)
 
     def stop(self) -> None:
         """End the child (from any thread): a read under way returns what came."""
