@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import PROJECT_ROOT, tools
+from .config import reading_ahead
 from .errors import PreconditionUnmet, failure
 from .profiles import Profile, select_profile
 from .settings import MOUNT_POINT, Options, drive_root
@@ -133,7 +134,8 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
             os.chdir(plan.workdir)
             report.say(f"working directory: {plan.workdir}")
 
-    report = run_reported(act, recipe, as_json=False)
+    with reading_ahead(root, recipe):
+        report = run_reported(act, recipe, as_json=False)
     outcome = last_report = report.as_json()
     if report.exit_code:
         raise BootstrapFailed(outcome)

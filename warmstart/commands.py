@@ -21,16 +21,14 @@ from __future__ import annotations
 import gc
 import inspect
 import json as jsonlib
-import re
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import ON_DRIVE, PROJECT_ROOT, __version__, config, early
+from . import PROJECT_ROOT, __version__, config, early
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .profiles import select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
@@ -67,26 +65,6 @@ def _drive(option: str | None) -> Path:
     return drive_root(option, select_profile(ROOT))
 
 
-@contextmanager
-def _reading_ahead(recipe: str | None) -> Iterator[None]:
-    """From a checkout on Drive, the data files a run for `recipe` may read are read at once, as
-    it begins (warmstart.config.read_ahead): the platform profiles and images, and the recipe's
-    file, requirements, patches and locks (for every Python: the target's is not known yet). A
-    recipe given as a path is read when it is needed. What was read is dropped as the run ends."""
-    if not ON_DRIVE:
-        yield
-        return
-    files, patterns = ["warmstart/distinfo.py"], ["envs/*.toml", "envs/images/*"]  # distinfo: the probe's text
-    if recipe and re.fullmatch(r"[\w.-]+", recipe) and not recipe.endswith(".toml"):  # no glob character
-        files += [f"recipes/{recipe}.toml", f"requirements/{recipe}.in"]
-        patterns += [f"requirements/{recipe}-py*.txt", f"requirements/*/{recipe}-py*.txt", "recipes/patches/*"]
-    config.read_ahead(ROOT, files, patterns)
-    try:
-        yield
-    finally:
-        config.forget_ahead()
-
-
 def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A task body that takes declared options as **flags: invoke reads its flags from `signature`."""
     def decorate(body: Callable[..., Any]) -> Callable[..., Any]:
@@ -99,7 +77,7 @@ def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callab
 @takes(task_signature(json=False))
 def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
-    with _reading_ahead(flags.get("recipe")):
+    with config.reading_ahead(ROOT, flags.get("recipe")):
         early.begin(flags, ROOT)  # while the rest of warmstart is imported and the plan made
         from . import target
 
@@ -142,7 +120,7 @@ def status(c, json=False, **flags):
         if not json:
             _print("\n".join(status_lines(facts)), keep_lines=True)
 
-    with _reading_ahead(flags.get("recipe")):
+    with config.reading_ahead(ROOT, flags.get("recipe")):
         report = run_reported(show, flags.get("recipe") or "", as_json=False)
     if json:
         print(jsonlib.dumps(facts or report.as_json()))

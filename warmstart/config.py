@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import difflib
 import io
+import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -25,6 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
+from . import ON_DRIVE
 from .errors import BadInput
 
 
@@ -126,6 +129,27 @@ def read_bytes(path: Path) -> bytes:
     if (ahead := _ahead.get(path)) is None and _listed.wait(LISTING_WAIT):
         ahead = _ahead.get(path)
     return ahead.result() if ahead is not None else path.read_bytes()
+
+
+@contextmanager
+def reading_ahead(root: Path, recipe: str | None) -> Iterator[None]:
+    """A run for `recipe` from the project `root`: when that is a checkout on Drive, the data
+    files the run may read are read at once as it begins (read_ahead), and dropped as it ends: the
+    platform profiles and images, the recipe's file, requirements, patches and locks (for every
+    Python: the target's is not known yet) and the probe's text. A recipe given as a path is read
+    when it is needed."""
+    if not ON_DRIVE:
+        yield
+        return
+    files, patterns = ["warmstart/distinfo.py"], ["envs/*.toml", "envs/images/*"]
+    if recipe and re.fullmatch(r"[\w.-]+", recipe) and not recipe.endswith(".toml"):  # no glob character
+        files += [f"recipes/{recipe}.toml", f"requirements/{recipe}.in"]
+        patterns += [f"requirements/{recipe}-py*.txt", f"requirements/*/{recipe}-py*.txt", "recipes/patches/*"]
+    read_ahead(root, files, patterns)
+    try:
+        yield
+    finally:
+        forget_ahead()
 
 
 def file_text(path: Path) -> str:
