@@ -71,9 +71,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     return parse_toml(read_toml_bytes(path), path)
 
 
-# A bootstrap reads some 15 of the project's data files, one after another. From a checkout on
+# A bootstrap reads some 20 of the project's data files, one after another. From a checkout on
 # Drive each open waits (20 ms on the stand-in; on a wiped VM each file's first open asks Drive's
-# servers), so the task begins reading those it may need all at once (`read_ahead`), while the
+# servers), so a run begins reading those it may need all at once (`reading_ahead`), while the
 # rest of warmstart is imported. The files are small (0.3 MB in all for hyperlpr's). `_listed` is
 # set once every file the patterns match has its read under way.
 _ahead: dict[Path, Future[bytes]] = {}
