@@ -215,6 +215,32 @@ def test_image_task_writes_an_image_another_may_share_its_python(tmp_path):
         write_image(envs, "colab-x", "colab", freeze, "3.15.0", "x", None)
 
 
+def test_an_image_s_unreadable_lists_are_one_line_naming_them_and_another_profile_s_are_not_read(tmp_path):
+    """A freeze list that is not UTF-8, or a CUDA list that is missing, is one BadInput line that
+    names the image file, its key and what to do, never a traceback. The lists of another
+    profile's images are not read at all (a workstation has no use for Colab's)."""
+    envs = tmp_path / "envs"
+    (envs / "images").mkdir(parents=True)
+    (envs / "images" / "cuda-12.8.txt").write_text("libcudart.so.12\n")
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("numpy==2.3.0\n")
+    path = write_image(envs, "colab-next", "colab", freeze, "3.14.1", "repo@abc", "cuda-12.8.txt")
+    (envs / "images" / "colab-next.freeze.txt").write_bytes(b"numpy==2.3.0\n\xff\xfe\n")
+
+    assert images_of("local", envs) == {}, "another profile's lists are not read"
+    with pytest.raises(BadInput) as bad:
+        images_of("colab", envs)
+    assert str(bad.value) == (f"{path}: 'freeze' names {envs / 'images' / 'colab-next.freeze.txt'}, which cannot "
+                              "be read (not UTF-8 text); write the image again from its provider's list "
+                              "(see `invoke image --help`)")
+    (envs / "images" / "colab-next.freeze.txt").write_text("numpy==2.3.0\n")
+    (envs / "images" / "cuda-12.8.txt").unlink()
+    with pytest.raises(BadInput) as missing:
+        load_image(path)
+    assert str(missing.value).startswith(f"{envs / 'images' / 'cuda-12.8.txt'}: cannot read the CUDA library list "
+                                         "(No such file or directory); restore the file")
+
+
 def test_of_two_runtimes_on_one_python_the_vm_gets_the_lock_of_the_one_it_matches():
     """Colab's 2026.04 and 2026.07 runtimes are both Python 3.12: what the VM has installed tells
     them apart (numpy, opencv, torch differ), and its lock follows."""

@@ -148,7 +148,8 @@ def read_cuda_list(path: Path) -> frozenset[str]:
     try:
         lines = file_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: cannot read the CUDA library list ({_why(exc)})") from None
+        raise BadInput(f"{path}: cannot read the CUDA library list ({_why(exc)}); restore the file, or fix "
+                       "the 'cuda' key of the image that names it") from None
     sonames = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     wrong = sorted(s for s in sonames if not CUDA_LIBRARY.match(s))
     if wrong:
@@ -159,8 +160,13 @@ def read_cuda_list(path: Path) -> frozenset[str]:
 def load_image(path: Path, read_cuda: Callable[[Path], frozenset[str]] = read_cuda_list) -> Image:
     """An image file, with the freeze list and CUDA library list it names (`read_cuda`: images_of
     reads the list they share once). Each file is read once: on Drive every open waits."""
+    return _image(path, *_image_file(path), read_cuda)
+
+
+def _image_file(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """An image file's bytes (its digest's part) and its fields, validated."""
     raw = read_toml_bytes(path)
-    return _image(path, raw, validate(parse_toml(raw, path), IMAGE_SCHEMA, path), read_cuda)
+    return raw, validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
 
 
 def _image(path: Path, raw: bytes, data: dict[str, Any], read_cuda: Callable[[Path], frozenset[str]]) -> Image:
@@ -175,7 +181,8 @@ def _image(path: Path, raw: bytes, data: dict[str, Any], read_cuda: Callable[[Pa
     try:
         text = file_text(freeze)
     except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({_why(exc)})") from None
+        raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({_why(exc)}); write the image "
+                       "again from its provider's list (see `invoke image --help`)") from None
     digest.update(text.encode())
     cuda: frozenset[str] = frozenset()
     if data["cuda"]:
@@ -191,8 +198,7 @@ def images_of(profile: str, envs: Path) -> dict[str, Image]:
     found = {}
     read_cuda = functools.cache(read_cuda_list)  # the images share one list
     for path in sorted((envs / "images").glob("*.toml")):
-        raw = read_toml_bytes(path)
-        data = validate(parse_toml(raw, path), IMAGE_SCHEMA, path)
+        raw, data = _image_file(path)
         if data["profile"] == profile:
             image = _image(path, raw, data, read_cuda)
             found[image.name] = image
