@@ -156,7 +156,14 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     assert works.returncode == 0, works.stderr
     assert subprocess.run([str(python2), "-c", "import invoke"], capture_output=True).returncode != 0, \
         "warmstart's own tools stay out of the notebook's interpreter"
-    assert not list(checkout.rglob("__pycache__")), "no bytecode may be written to Drive"
+    assert not list(backing.rglob("__pycache__")), "no bytecode may be written to Drive"
+    # The tools are installed without bytecode (warmstart.sh's step, before the bootstrap that
+    # unpacks the snapshot); the runs wrote that of what they imported, into the tools' folder.
+    tools = tmp_path / "vm1" / "home" / ".cache" / "warmstart" / "tools" / f"py{minor.replace('.', '')}"
+    site = next(tools.glob("lib/python3.*/site-packages"))
+    assert list(site.glob("invoke/__pycache__/program.*.pyc")), "written by the bootstrap's run"
+    assert list(site.glob("packaging/__pycache__/requirements.*.pyc")), "written by the bootstrap's run"
+    assert not list(site.glob("piptools/**/*.pyc")), "only `invoke lock` imports pip-tools: never compiled here"
 
 
 # --- the restart notice ----------------------------------------------------------------------
@@ -278,8 +285,9 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
     """The kernel (no PYTHONDONTWRITEBYTECODE) imports warmstart from its checkout on Drive: none of
     its modules leaves bytecode there; the kernel's own modules elsewhere still get theirs. Its
     bytecode goes to warmstart's cache folder on local disk instead, every module's at the first
-    import (their sources read at once), so the next run, under the launcher's
-    PYTHONDONTWRITEBYTECODE, compiles none of it; an edited module is compiled anew."""
+    import (their sources read at once), so the next run, even under PYTHONDONTWRITEBYTECODE (as
+    recipe checks and Drive's background writes run), compiles none of it; an edited module is
+    compiled anew."""
     mount = tmp_path / "content" / "drive"
     checkout = mount / "MyDrive" / "warmstart"
     copy_checkout(checkout)
@@ -298,8 +306,8 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
         assert done.returncode == 0, done.stderr
         return done
 
-    def compiled_as_the_launcher_runs_it() -> list[str]:
-        """PYTHONDONTWRITEBYTECODE, as the launcher sets; `-v` names each module compiled from
+    def compiled_without_writing_bytecode() -> list[str]:
+        """PYTHONDONTWRITEBYTECODE; `-v` names each module compiled from
         its source (one loaded from bytecode is named by its .pyc)."""
         return [line for line in run("-v", PYTHONDONTWRITEBYTECODE="1").stderr.splitlines()
                 if line.startswith("# code object from ") and line.endswith(".py") and str(checkout) in line]
@@ -313,12 +321,12 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
         {source.stem for source in (checkout / "warmstart").glob("*.py")}
     assert (cache / "warmstart").stat().st_mode & 0o777 == 0o700, "its user's alone, as warmstart.home says"
 
-    compiled = compiled_as_the_launcher_runs_it()
+    compiled = compiled_without_writing_bytecode()
     assert compiled == [f"# code object from {checkout / 'warmstart' / '__init__.py'}"], compiled
     bootstrap = checkout / "warmstart" / "bootstrap.py"
     bootstrap.write_text(bootstrap.read_text() + "\n# edited\n")
     os.utime(bootstrap, (time.time() + 10, time.time() + 10))
-    compiled = compiled_as_the_launcher_runs_it()
+    compiled = compiled_without_writing_bytecode()
     assert f"# code object from {bootstrap}" in compiled and len(compiled) == 2, compiled
     assert not list(checkout.rglob("*.pyc"))
 

@@ -63,8 +63,10 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     assert subprocess.run([str(python1), "-c", "import invoke"], capture_output=True).returncode != 0
     mirror, models = serve_folder(hyperlpr_mirror()) if HAVE_MODELS \
         else ("http://127.0.0.1:9", None)
-    # Drive stands in as a folder: named as a user off Colab names it (on Colab: the mounted MyDrive)
-    cold = run_script(checkout, env1 | {"WARMSTART_ASSET_MIRROR": mirror, "WARMSTART_DRIVE": str(drive)})
+    # Drive stands in as a folder: named as a user off Colab names it (on Colab: the mounted MyDrive),
+    # and mounted there as far as warmstart's checkout on it knows (no bytecode beside it)
+    on_drive = {"WARMSTART_DRIVE": str(drive), "WARMSTART_MOUNT_POINT": str(drive)}
+    cold = run_script(checkout, env1 | on_drive | {"WARMSTART_ASSET_MIRROR": mirror})
     if models:
         models.shutdown()
     assert cold.returncode == 0, cold.stderr
@@ -72,7 +74,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     # The `!invoke` line is printed once a bootstrap worked, never after one that failed.
     assert "from now on, in any folder of this VM: " in cold.stderr
     assert "VM: !" not in cold.stderr, "a `!` line is for notebook cells; this is a shell"
-    failed = subprocess.run(["bash", str(checkout / "warmstart.sh"), "no-such-recipe"], env=env1,
+    failed = subprocess.run(["bash", str(checkout / "warmstart.sh"), "no-such-recipe"], env=env1 | on_drive,
                             capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and "no recipe named 'no-such-recipe'" in failed.stderr, failed.stderr
     assert "from now on" not in failed.stderr
@@ -82,7 +84,7 @@ def test_wiped_vm_restores_warmstart_and_the_recipe_from_drive_offline(tmp_path)
     wait_until(lambda: not any(jobs.glob("*/*")), 600, "the background Drive writes did not finish", every=0.2)
 
     python2, env2 = new_vm(tmp_path / "vm2")
-    warm = run_script(checkout, env2 | {"WARMSTART_DRIVE": str(drive)}, "--offline", offline_net=True)
+    warm = run_script(checkout, env2 | on_drive, "--offline", offline_net=True)
 
     assert warm.returncode == 0, warm.stderr
     assert "restored warmstart's dependencies from" in warm.stderr

@@ -354,6 +354,27 @@ def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive,
     assert "x" * 200000 in Path(check["log"]).read_text()
 
 
+def test_a_check_writes_no_bytecode_beside_the_users_code(demo, drive, tmp_path, index):
+    # On Colab the workdir lies on Drive, where each file written waits: a check runs the user's
+    # code without writing bytecode, whatever the interpreter's setting (here: writing).
+    (demo.parent / "imports_mine.py").write_text(
+        "import os, sys\n"
+        "open('mine.py', 'w').write('X = 1\\n')\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "import mine\n"
+        "print(os.getcwd(), sys.dont_write_bytecode)\n")
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "mine"\nscript = "recipes/imports_mine.py"\n')
+    env = {k: v for k, v in cli_env(index.url).items() if k != "PYTHONDONTWRITEBYTECODE"}
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=env)
+
+    assert result.code == 0, result.stderr
+    (check,) = result.report["checks"]
+    cwd, no_bytecode = check["output"].rsplit(" ", 1)
+    assert (Path(cwd) / "mine.py").is_file() and no_bytecode == "True"
+    assert not list(Path(cwd).rglob("__pycache__"))
+
+
 def test_a_failed_checks_line_is_its_verdict_not_a_librarys_coloured_log_after_it(demo, drive, tmp_path, index):
     # onnxruntime logs a failed CUDA provider load on stderr in colour, after the check's verdict.
     (demo.parent / "cuda_check.py").write_text(

@@ -28,8 +28,8 @@ PROJECT_ROOT = _project_root()
 
 class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
     """Keeps a module's bytecode under `root` (a mirror of its path there), never beside its
-    source; writes it there even under PYTHONDONTWRITEBYTECODE, which the launcher sets so that
-    nothing else is written anywhere."""
+    source; writes it there even under PYTHONDONTWRITEBYTECODE (warmstart.sh's own process, recipe
+    checks and Drive's background worker run under it)."""
 
     root = Path()
 
@@ -96,8 +96,8 @@ ON_DRIVE = _on_drive(Path(__file__).parent)
 def _bytecode_off_drive() -> None:
     """The notebook kernel, and the `invoke` launcher, import warmstart from its checkout on Drive:
     its bytecode there would be a Drive write per module that outlives the VM, and none at all
-    (the launcher's PYTHONDONTWRITEBYTECODE) had every run compile warmstart anew (0.1 s). From
-    there, warmstart's bytecode lives in its own cache folder on local disk (pycache/), compiled
+    (PYTHONDONTWRITEBYTECODE, as the launcher once ran) had every run compile warmstart anew
+    (0.1 s). From there, warmstart's bytecode lives in its own cache folder on local disk (pycache/), compiled
     by the first import on a VM, all at once; and this file's own bytecode, written by this very
     import, goes."""
     here = Path(__file__).parent

@@ -103,8 +103,10 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
         cmd = [str(python), str(check.script)]
     else:
         cmd = ["bash", "-c", check.run or ""]
-    # `python` in a shell check is the target interpreter.
-    env = dict(os.environ, PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    # `python` in a shell check is the target interpreter. A check writes no bytecode: the code it
+    # runs is the user's, in the workdir (on Drive on Colab, where each file written waits).
+    env = dict(os.environ, PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+               PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, errors="replace") as process:

@@ -118,7 +118,8 @@ class DriveWork:
 
 
 # The worker imports warmstart as this process does (its sys.path, given as an argument: in the
-# environment it would reach the target interpreter the worker runs, too).
+# environment it would reach the target interpreter the worker runs, too), writing no bytecode
+# (from a checkout on Drive, that of warmstart's __init__ would go beside it).
 _WORKER = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
            "from warmstart.drivework import main; sys.exit(main(sys.argv[1:]))")
 
@@ -129,7 +130,7 @@ TEAM_URL = WORKER_TEAM.name  # the team cache's URL, credentials and all, for th
 def spawn(folder: Path, team: str | None = None) -> None:
     """Start the worker on a job, detached: its own session outlives this command (and a
     notebook cell's interrupt). `team`: the team cache's URL as the run has it."""
-    env = dict(os.environ, **({TEAM_URL: team} if team else {}))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
     fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(fd, "ab") as out:
         worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),

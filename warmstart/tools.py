@@ -102,16 +102,19 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 def _install(folder: Path, lock: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
     """The lock's wheels from the folder `wheels` into the tools' virtualenv, each checked against
     the lock's sha256 first. uv when there is one: on every wiped VM the 18 wheels of the Colab
-    lock took it 0.9 s (1.1 s from the 60 MiB/s Drive stand-in), where pip took 3.1 s (5.7 s);
-    medians of bench/tools.py."""
+    lock took it 0.4 s (0.6 s from the 60 MiB/s Drive stand-in), where pip took 2.0 s (4.8 s);
+    medians of bench/tools.py.
+
+    Not compiled here: on a wiped VM this step stands between the snapshot's read and the
+    bootstrap that unpacks it, and compiling every module (pip-tools, pyelftools and the rest
+    that only `invoke lock` imports among them) took uv 0.5 to 0.8 s more. The launcher's runs
+    write the bytecode of what they import instead (tasks.py; a restore's imports: 0.4 s)."""
     python = ["--python", str(tools_python(folder))]  # pip's goes before its command
     args = ["--quiet", "--no-deps", "--require-hashes", "--no-index", "--find-links", str(wheels), "-r", str(lock)]
     if uv := find_uv():
-        # Compiled now, as pip does by default: the launcher's runs write no bytecode, and would
-        # compile invoke and requests anew each time.
-        return subprocess.run([str(uv), "pip", "install", *python, "--compile-bytecode", *args], env=uv_env(),
-                              capture_output=True, text=True)
-    return _pip(*python, "install", *args)
+        return subprocess.run([str(uv), "pip", "install", *python, *args], env=uv_env(), capture_output=True,
+                              text=True)
+    return _pip(*python, "install", "--no-compile", *args)
 
 
 def _why(done: subprocess.CompletedProcess[str]) -> str:
@@ -179,7 +182,7 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
     hold a quote or a newline), and no path is written into the script's comment line."""
     text = (f"#!/bin/sh\n{LAUNCHER_TAG}: runs warmstart's invoke with the tasks of its checkout\n"
             f"notebook_python={shlex.quote(sys.executable)}\n"
-            'export WARMSTART_PYTHON="${WARMSTART_PYTHON:-$notebook_python}" PYTHONDONTWRITEBYTECODE=1\n'
+            'export WARMSTART_PYTHON="${WARMSTART_PYTHON:-$notebook_python}"\n'
             f"exec {shlex.quote(str(tools_python(folder)))} -m invoke --search-root {shlex.quote(str(checkout))} "
             '"$@"\n')
     own = folder / "invoke"
@@ -269,8 +272,10 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         failed = failure(exc)
         say(failed.message)
         return failed.exit_code
-    env = dict(os.environ, **{settings.DRIVE.name: str(drive),
-                              settings.PYTHON.name: settings.target_python(None), "PYTHONDONTWRITEBYTECODE": "1"})
+    env = dict(os.environ, **{settings.DRIVE.name: str(drive), settings.PYTHON.name: settings.target_python(None)})
+    # warmstart.sh's own (this process imports from the checkout): the bootstrap writes the tools'
+    # bytecode as the launcher's runs do
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     # the command line as given: the task parses it against the same declaration
     code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                        "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
