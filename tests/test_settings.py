@@ -70,7 +70,11 @@ def via_console_script(args: list[str], monkeypatch) -> None:
 def via_warmstart_sh(args: list[str], monkeypatch) -> None:
     """tools.main, as warmstart.sh runs it, hands the flags to `invoke bootstrap` in the tools'
     virtualenv with the Drive it resolved in the environment: that child is run here, in process."""
-    monkeypatch.setattr(tools, "ensure", lambda drive, profile, offline=False: Path(sys.prefix))
+    def ensure(drive, profile, offline=False, then=lambda: None) -> Path:
+        then()  # the snapshot's read begins (nothing to read here: no FUSE Drive)
+        return Path(sys.prefix)
+
+    monkeypatch.setattr(tools, "ensure", ensure)
     monkeypatch.setattr(tools, "write_launcher", lambda folder: Path("invoke"))
 
     def child(argv, env):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,31 @@ def test_a_wiped_vm_restores_warmstarts_tools_from_drive_checked_against_the_loc
     assert ran.stdout == "1.0\n", ran.stderr
     if tools_installer == "uv":
         assert any((tmp_path / "cache" / "warmstart").glob("uv*")), "uv's cache in warmstart's own folder"
+
+
+def test_the_tools_wheels_are_off_drive_before_the_snapshots_read_begins(tmp_path, tools_installer, monkeypatch):
+    """warmstart.sh begins the snapshot's read (`then`) once the tools' wheels are copied off
+    Drive, so that the two do not share Drive's pace: nothing of the tools is read from Drive
+    after it (the cache's wheels are taken away then, and the install works all the same), and
+    of the cache's wheels only those the lock pins are copied."""
+    drive, lock = drive_with_tools(tmp_path)
+    wheels = drive / ".warmstart" / "v1" / "wheels"
+    build_wheel(wheels, "recipe-only", "1.0")  # a recipe's wheel, beside the tools'
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    copied = []
+
+    def then() -> None:
+        (local,) = (tmp_path / "tmp").glob("warmstart-tools-*")
+        copied.extend(sorted(wheel.name.split("-")[0] for wheel in local.iterdir()))
+        wheels.rename(tmp_path / "taken-away")
+
+    said = tools.restore(tmp_path / "tools", lock, DriveStore(drive), offline=True, then=then)
+
+    assert copied == ["tool_a", "tool_b"]
+    assert said == f"restored warmstart's dependencies from {wheels}"
+    assert tools.in_place(tmp_path / "tools", lock)
+    assert not list((tmp_path / "tmp").iterdir()), "the copies go once installed"
 
 
 def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as_in_place(tmp_path, tools_installer):

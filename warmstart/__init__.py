@@ -97,9 +97,9 @@ def _bytecode_off_drive() -> None:
     """The notebook kernel, and the `invoke` launcher, import warmstart from its checkout on Drive:
     its bytecode there would be a Drive write per module that outlives the VM, and none at all
     (PYTHONDONTWRITEBYTECODE, as the launcher once ran) had every run compile warmstart anew
-    (0.1 s). From there, warmstart's bytecode lives in its own cache folder on local disk (pycache/), compiled
-    by the first import on a VM, all at once; and this file's own bytecode, written by this very
-    import, goes."""
+    (0.1 s). From there, warmstart's bytecode lives in its own cache folder on local disk
+    (pycache/), compiled by the first import on a VM, all at once; and this file's own bytecode,
+    written by this very import, goes."""
     here = Path(__file__).parent
     if not ON_DRIVE:
         return
