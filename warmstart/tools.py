@@ -106,8 +106,8 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 def _install(folder: Path, lock: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
     """The lock's wheels from the folder `wheels` into the tools' virtualenv, each checked against
     the lock's sha256 first. uv when there is one: on every wiped VM the 18 wheels of the Colab
-    lock took it 0.4 s (0.6 s from the 60 MiB/s Drive stand-in), where pip took 2.0 s (4.8 s);
-    medians of bench/tools.py.
+    lock took it 0.2 s (0.5 s from the 60 MiB/s Drive stand-in, the copy off Drive included),
+    where pip took 1.6 s (1.8 s); medians of bench/tools.py.
 
     Not compiled here: on a wiped VM this step stands between the snapshot's read and the
     bootstrap that unpacks it, and compiling every module (pip-tools, pyelftools and the rest
