@@ -11,10 +11,11 @@ cost 50 ms before a race could begin). When the plan names the same archive, the
 the read over (`take`, from the restore), and checks its bytes against the index as it checks
 any; otherwise the child is ended and what it read is dropped (`drop`).
 
-On a wiped VM, warmstart.sh begins the read the same way (`begin`) once the wheels of warmstart's
-own tools are off Drive, before it installs them, and hands it on to the bootstrap it then starts (`hand_on`):
-a thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came into a pipe
-the bootstrap inherits, then how the read ended into another (HandedRead reads them).
+On a wiped VM, warmstart.sh begins the read the same way (`begin`) once the wheels of
+warmstart's own tools are off Drive, before it installs them, and hands it on to the bootstrap
+it then starts (`hand_on`): a thread there keeps reading (HANDED_AHEAD at most in memory) and
+writes what came into a pipe the bootstrap inherits, then how the read ended into another
+(HandedRead reads them).
 
 Only where it pays: on a VM where warmstart has not run yet (a wiped one: a no-op run reads
 nothing ahead), from a FUSE Drive (Colab's; from local disk a restore is bound by the CPUs, not

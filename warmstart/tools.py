@@ -168,8 +168,8 @@ def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
         list(pool.map(copy, [w for w in wheels.glob("*.whl") if _normalized(w.name.split("-", 1)[0]) in pinned]))
 
 
-def restore(folder: Path, lock: Path, store: DriveStore, offline: bool, then: Callable[[], None] = lambda: None,
-            ) -> str:
+def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
+            then: Callable[[], None] = lambda: None) -> str:
     """Build the tools' virtualenv from the lock; returns where the wheels came from. `then` is
     called once their wheels are off Drive (warmstart.sh begins the snapshot's read there)."""
     wheels = store.root / "wheels"
