@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bootstrap import REPO, Bench, drive_folder, run, vm_disk  # bench/bootstrap.py
+from standin import machine_network
 from tools import tools_lock  # bench/tools.py
 
 from warmstart import PROJECT_ROOT
@@ -91,9 +92,7 @@ class WipedVM:
         """A wiped VM's: its notebook Python first on PATH, an empty HOME, the machine's network
         settings only."""
         home = Path(tempfile.mkdtemp(dir=self.work, prefix="home-"))
-        network = {k: v for k, v in os.environ.items()
-                   if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
-        return network | self.bench.platform | {
+        return machine_network() | self.bench.platform | {
             "PATH": f"{self.bench.venv / 'bin'}:{self.bin}:/usr/bin:/bin", "HOME": str(home),
             "PIP_CONFIG_FILE": os.devnull, "WARMSTART_MOUNT_POINT": str(self.drive)}
 

@@ -1,5 +1,6 @@
 """The Colab stand-in's parts that the tests and the bench share: the pyenv interpreter of a
-Colab runtime's Python, and an image's versions of a set of distributions installed into a VM."""
+Colab runtime's Python, an image's versions of a set of distributions installed into a VM, and
+the environment a wiped VM keeps of this machine's."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def pyenv_python(minor: str) -> Path | None:
     found = sorted(Path(root).glob(f"versions/{minor}.*/bin/python{minor}"),
                    key=lambda p: [int(x) for x in p.parent.parent.name.split(".") if x.isdigit()])
     return found[-1] if found else None
+
+
+def machine_network() -> dict[str, str]:
+    """This machine's own network settings (proxy, CA bundle), all a wiped VM's environment keeps
+    of the caller's: no pip configuration, no warmstart variables."""
+    return {k: v for k, v in os.environ.items()
+            if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
 
 
 def install_image_versions(python: Path, names: set[str], image: Image, scratch: Path, uv_cache: Path) -> None:

@@ -47,6 +47,7 @@ from conftest import (
     serve_folder,
 )
 from packaging.utils import canonicalize_name
+from standin import machine_network
 from test_fresh_machine import copy_checkout
 
 from warmstart.lock import parse_lock
@@ -71,12 +72,9 @@ def make_vm(root: Path, minor: str) -> tuple[Path, dict[str, str]]:
     for folder in ("home", "content", "bin"):
         (root / folder).mkdir()
     (root / "bin" / "uv").symlink_to(find_uv())
-    # The machine's own network settings (proxy, CA bundle) only; no pip configuration of ours.
-    network = {k: v for k, v in os.environ.items()
-               if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
     # WARMSTART_WAIT: each VM here is wiped right after its cells, sooner than a user who follows
     # the advice to keep it up while the Drive cache fills (test_drivework.py has that path).
-    env = network | {"PATH": f"{python.parent}:{root / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
+    env = machine_network() | {"PATH": f"{python.parent}:{root / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
                      "COLAB_RELEASE_TAG": "release-colab-stand-in", "PIP_CONFIG_FILE": os.devnull,
                      "WARMSTART_WAIT": "1"}
     return python, env

@@ -11,7 +11,6 @@ interpreter), then the recipe, from Drive alone.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HAVE_MODELS, NETNS, REPO, hyperlpr_mirror, hyperlpr_variant, needs_netns, serve_folder, wait_until
+from standin import machine_network
 
 pytestmark = [pytest.mark.registry, needs_netns]
 
@@ -38,10 +38,7 @@ def new_vm(root: Path) -> tuple[Path, dict[str, str]]:
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", str(root / "venv")], check=True)
     (root / "home").mkdir()
-    # Only this machine's network settings (proxy, CA bundle) carry over from the test's own.
-    network = {k: v for k, v in os.environ.items()
-               if k.lower().endswith("_proxy") or k in ("PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")}
-    env = network | {"PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
+    env = machine_network() | {"PATH": f"{root / 'venv' / 'bin'}:/usr/bin:/bin", "HOME": str(root / "home"),
            "WARMSTART_PYTHON": str(root / "venv" / "bin" / "python"), "WARMSTART_PLATFORM": "local"}
     return root / "venv" / "bin" / "python", env
 

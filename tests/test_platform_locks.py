@@ -196,12 +196,18 @@ def test_parse_freeze_keeps_pins_and_skips_direct_references():
     assert shipped == {"numpy": "2.1.3", "torch": "2.11.0+cu128"}
 
 
-def test_image_task_writes_an_image_another_may_share_its_python(tmp_path):
+def envs_with_a_cuda_list(tmp_path: Path) -> tuple[Path, Path]:
+    """An envs/ folder whose images/ holds a CUDA library list, and a provider's freeze list."""
     envs = tmp_path / "envs"
     (envs / "images").mkdir(parents=True)
     (envs / "images" / "cuda-12.8.txt").write_text("libcudart.so.12\n")
     freeze = tmp_path / "freeze.txt"
     freeze.write_text("numpy==2.3.0\n")
+    return envs, freeze
+
+
+def test_image_task_writes_an_image_another_may_share_its_python(tmp_path):
+    envs, freeze = envs_with_a_cuda_list(tmp_path)
 
     path = write_image(envs, "colab-next", "colab", freeze, "3.14.1", 'repo@abc "quoted"', "cuda-12.8.txt")
 
@@ -219,11 +225,7 @@ def test_an_image_s_unreadable_lists_are_one_line_naming_them_and_another_profil
     """A freeze list that is not UTF-8, or a CUDA list that is missing, is one BadInput line that
     names the image file, its key and what to do, never a traceback. The lists of another
     profile's images are not read at all (a workstation has no use for Colab's)."""
-    envs = tmp_path / "envs"
-    (envs / "images").mkdir(parents=True)
-    (envs / "images" / "cuda-12.8.txt").write_text("libcudart.so.12\n")
-    freeze = tmp_path / "freeze.txt"
-    freeze.write_text("numpy==2.3.0\n")
+    envs, freeze = envs_with_a_cuda_list(tmp_path)
     path = write_image(envs, "colab-next", "colab", freeze, "3.14.1", "repo@abc", "cuda-12.8.txt")
     (envs / "images" / "colab-next.freeze.txt").write_bytes(b"numpy==2.3.0\n\xff\xfe\n")
 
