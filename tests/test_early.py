@@ -56,6 +56,22 @@ def test_what_was_read_ahead_and_the_rest_come_out_whole_and_in_order(tmp_path, 
         assert _read_as_a_restore(taken) == data
 
 
+def test_a_held_read_ahead_reads_nothing_more_until_it_resumes(tmp_path):
+    """As warmstart.sh holds it while the uv it began runs (warmstart.headstart)."""
+    data = os.urandom(6 * MiB)
+    (tmp_path / "a.tar.zst").write_bytes(data)
+    with early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB) as ahead:
+        ahead.hold(30)
+        taken = next(ahead.drain())  # one chunk goes: room for more
+        time.sleep(0.3)
+        assert ahead.came == len(taken) + ahead._held and ahead._held < MiB and not ahead.ended, "it waits"
+
+        ahead.resume()
+
+        got = taken + b"".join(ahead.drain())
+        assert got == data and ahead.ended
+
+
 def test_a_file_shorter_than_the_read_ahead_comes_out_whole(tmp_path):
     data = os.urandom(3 * MiB + 1)
     (tmp_path / "a.tar.zst").write_bytes(data)

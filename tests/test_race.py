@@ -3,7 +3,7 @@ same pins into a second staging folder, checked against the lock's digests, and 
 is verified first is placed. Real parts: the snapshot of a wheel of about seven parts on Drive
 behind a real FUSE layer that caps its throughput (bench/slowfs.py), a real index on
 127.0.0.1, real uv. The index lane starts only when the read has more time left than the index
-would take (race.index_seconds: for one small wheel, race.RACE_AFTER), so each Drive here is
+would take (headstart.index_seconds: for one small wheel, headstart.RACE_AFTER), so each Drive here is
 slow enough for that, or fast; a read the index races waits while uv runs.
 The race's parts are tested on their own at the end: the hold, and the check of uv's tree."""
 
@@ -46,9 +46,10 @@ from test_team import VM
 
 from warmstart import home, installer, manifest, parts, target
 from warmstart.errors import WarmstartError
+from warmstart.headstart import HOLD_FOR, RACE_AFTER, index_seconds, recorded_seconds
 from warmstart.parts import PART_SIZE
-from warmstart.race import HOLD_FOR, RACE_AFTER, _to_target_layout, index_seconds, index_time, verify_installed
-from warmstart.snapshot import KIND, Cancelled, Watch, _index_took, _ReadAhead
+from warmstart.race import _to_target_layout, index_time, verify_installed
+from warmstart.snapshot import KIND, Cancelled, Watch, _ReadAhead
 from warmstart.store import DriveStore
 from warmstart.transfer import explain, remount
 from warmstart.uv import find_uv
@@ -930,7 +931,7 @@ def test_a_target_installing_outside_its_prefix_is_refused(tmp_path):
 def test_the_index_time_a_snapshot_records_is_used_only_when_it_is_one_an_install_could_take(recorded, took):
     """A snapshot index is read from Drive or a team store: its `index_seconds` is a number of
     seconds, or not used."""
-    assert _index_took({} if recorded is None else {"index_seconds": recorded}) == took
+    assert recorded_seconds({} if recorded is None else {"index_seconds": recorded}) == took
 
 
 def test_the_race_goes_by_the_index_time_the_snapshot_records_else_by_the_estimate():

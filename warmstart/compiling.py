@@ -30,10 +30,10 @@ from .lock import (
     needs,
     parse_lock,
     parse_pins,
-    pin_blocks,
     render,
     target_image,
 )
+from .locktext import pin_blocks
 from .pipconfig import pip_env, uv_env
 from .recipe import Recipe
 from .transfer import atomic_write_text

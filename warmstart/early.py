@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,9 @@ CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
 # no pace of Drive's.
 TIMED_CHUNK, TIMED_FIRST = 128 << 10, 1 << 20
 HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
+# What `begin` calls on the reading thread once it has the archive's index: the read, the run's
+# options, its target interpreter and the variables its installers run without
+Then = Callable[["Ahead", Options, str, tuple[str, ...]], None]
 
 
 class Ahead:
@@ -77,6 +80,7 @@ class Ahead:
         self._chunks: deque[bytes] = deque()
         self._held = 0
         self.ahead = 0  # bytes in when the restore took over: they came at no pace of the source's
+        self.came = 0  # bytes this thread has read
         # Drive's pace as this thread saw it (`measured`), so a race need not wait for the restore's
         # reads to learn it. Only a child's read of Drive is timed: a read handed on comes first
         # out of the memory of the process that began it, at no pace of Drive's.
@@ -87,6 +91,7 @@ class Ahead:
         self._changed = threading.Condition(self._lock)  # a chunk came or went, or the read ended
         self._failed: OSError | None = None
         self._ended = False  # the thread's reading is over
+        self._until = 0.0  # held until then (hold)
         self.index: tuple[str, Any] | None = None  # the archive's index as read after it began: (where, JSON)
         self._thread = threading.Thread(target=self._fill, daemon=True)
         self._thread.start()
@@ -100,10 +105,12 @@ class Ahead:
         waited = 0
         try:
             while not self._taken.is_set():
-                with self._changed:  # full: until a chunk goes (drain) or the restore takes over
-                    if self._held >= self._most:
+                # full, or held: until a chunk goes (drain), the hold ends or the restore takes over
+                with self._changed:
+                    if self._waits():
                         came = None  # the child read on into the pipe meanwhile: the next chunk is no pace
-                    self._changed.wait_for(lambda: self._held < self._most or self._taken.is_set())
+                    while self._waits():
+                        self._changed.wait(None if self._held >= self._most else self._until - time.monotonic())
                 if self._taken.is_set():
                     return
                 since = came if self._timed_child else None  # when this chunk's time begins; None: not timed
@@ -116,6 +123,7 @@ class Ahead:
                 with self._changed:
                     self._chunks.append(chunk)
                     self._held += len(chunk)
+                    self.came += len(chunk)
                     if since is not None:  # not the first chunk: it waited for the first byte too
                         self._busy += now - since
                         self._timed += len(chunk) + waiting - waited
@@ -127,6 +135,19 @@ class Ahead:
             with self._changed:
                 self._ended = True
                 self._changed.notify_all()
+
+    def _waits(self) -> bool:
+        return not self._taken.is_set() and (self._held >= self._most or time.monotonic() < self._until)
+
+    def hold(self, seconds: float) -> None:
+        """Read nothing more for `seconds` (or until `resume`): uv from the index has the CPUs."""
+        with self._changed:
+            self._until = time.monotonic() + seconds
+
+    def resume(self) -> None:
+        with self._changed:
+            self._until = 0.0
+            self._changed.notify_all()
 
     def take(self) -> Ahead:
         with self._changed:
@@ -142,6 +163,11 @@ class Ahead:
         Drive's pace: counted in it, they made a 60 MiB/s Drive look twice as fast at first, and
         the index went unraced (bench/README.md)."""
         return self.ahead + 2 * CHUNK if self.ahead else 0
+
+    @property
+    def ended(self) -> bool:
+        """Whether this thread's reading is over (the file's end, a failure, taken over)."""
+        return self._ended
 
     @property
     def measured(self) -> tuple[float, int]:
@@ -318,9 +344,11 @@ _begun: object | Ahead | None = None
 _guard = threading.Lock()
 
 
-def begin(flags: Mapping[str, Any], root: Path, most: int | None = None) -> None:
+def begin(flags: Mapping[str, Any], root: Path, most: int | None = None, then: Then | None = None) -> None:
     """Begin the read ahead for a bootstrap task given `flags` (bad ones are the run's to say),
-    where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most."""
+    where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most;
+    `then`: called on the reading thread once the archive's index is read (warmstart.sh's
+    headstart.consider)."""
     global _begun
     if handed := os.environ.pop(HANDED, None):  # not for this process's children
         with _guard:
@@ -337,7 +365,7 @@ def begin(flags: Mapping[str, Any], root: Path, most: int | None = None) -> None
         if _begun is not None:
             return
         _begun = token
-    threading.Thread(target=_start, args=(token, options, root, most), daemon=True).start()
+    threading.Thread(target=_start, args=(token, options, root, most, then), daemon=True).start()
 
 
 def _handed(handed: str) -> Ahead | None:
@@ -348,11 +376,12 @@ def _handed(handed: str) -> Ahead | None:
         return None
 
 
-def _start(token: object, options: Options, root: Path, most: int | None) -> None:
+def _start(token: object, options: Options, root: Path, most: int | None, then: Then | None) -> None:
     global _begun
     ahead, archive, store = None, None, None
     try:
-        settings = resolve(options, select_profile(root))
+        profile = select_profile(root)
+        settings = resolve(options, profile)
         if not settings.team and on_fuse(settings.drive):
             # A recipe's name is its file's (recipes/NAME.toml); one that says otherwise finds nothing.
             recipe = Path(options.recipe).stem
@@ -374,6 +403,11 @@ def _start(token: object, options: Options, root: Path, most: int | None) -> Non
         return
     assert store is not None and archive is not None  # an Ahead is made with both
     _read_index(ahead, store, archive)
+    if then is not None:
+        try:
+            then(ahead, options, settings.python, profile.unset_env)
+        except Exception:  # an extra: the bootstrap's own race asks the index, if it pays
+            pass
 
 
 def _read_index(ahead: Ahead, store: DriveStore, archive: str) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from packaging.utils import NormalizedName
 
-from . import assets, checks, faults, installer, patches, race, restart, snapshot
+from . import assets, checks, faults, headstart, installer, patches, race, restart, snapshot
 from . import target as target_python
 from .download import Downloader
 from .drivework import DriveWork
@@ -58,8 +58,10 @@ class Executor:
         install them. True when wheels were installed (so a snapshot is worth making). What was
         downloaded is queued for Drive, not written there now."""
         plan = self.plan
-        for staging in plan.facts.target.prefix.glob(".warmstart-restore-*"):
-            shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
+        begun = headstart.received()  # uv from the index, begun by warmstart.sh: its folder is the race's
+        for staging in plan.facts.target.prefix.glob(f"{headstart.FOLDER_PREFIX}*"):
+            if not (begun and staging == begun.folder):
+                shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
         with tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
             stage = Path(tmp)
             from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot(stage))
@@ -171,7 +173,8 @@ class Executor:
 
         watch = snapshot.Watch()
         lane = (race.IndexLane(watch, facts.target, digests, facts.recipe.patches,
-                               _requirements_file(plan.to_install, stage / "race.txt"), facts.profile.unset_env)
+                               _requirements_file(plan.to_install, stage / "race.txt"), facts.profile.unset_env,
+                               headstart.received())
                 if facts.installer == "uv" and not plan.offline else None)
         with self.report.step("snapshot") as step:
             restored: snapshot.Staged | None = None
@@ -340,6 +343,7 @@ def _race_report(lane: race.IndexLane | None, index_won: bool) -> dict[str, obje
     if lane is None or lane.started is None:
         return None
     return {"winner": "index" if index_won else "snapshot", "index_started_s": round(lane.started, 2),
+            **({"index_begun_by": "warmstart.sh"} if lane.begun else {}),
             "index_expected_s": round(lane.expected, 2),
             "snapshot_held": True,  # a read the index races waits for uv (race.HOLD_FOR)
             **({"index_failed": lane.failed} if lane.failed else {})}

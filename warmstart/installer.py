@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from . import extras, faults
+from . import faults
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .pipconfig import pip_env, uv_env
 from .uv import find_uv
@@ -69,6 +69,8 @@ def choose(option: str) -> str:
     if option == "auto":
         return "uv" if find_uv() else "pip"
     if option == "uv" and not find_uv():
+        from . import extras  # (packaging: warmstart.sh runs this module before it is there)
+
         raise PreconditionUnmet(f"--installer uv, but uv is not installed: {extras.install_command('uv')}, "
                                 "or use --installer pip")
     return option

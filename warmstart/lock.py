@@ -32,13 +32,13 @@ from . import PROJECT_ROOT
 from .config import read_bytes, read_text
 from .errors import BadInput
 from .images import Image, by_likeness, image_named
+from .locktext import HASH, pin_blocks, requirement_line
 from .recipe import Recipe
 from .target import platform_tag
 
 LOCK_FORMAT = "warmstart-lock-v1"
 _DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
 _BODY_LINE = re.compile(r"^# lock-sha256: ([0-9a-f]{64})\n", re.M)
-_HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 # The section after the pins: the CUDA libraries of each wheel the lock installs on its platform.
 WHEELS_MARK = "# cuda-libraries: read from the wheels' ELF files by `invoke lock`; checked by `invoke lock --check`"
 _WHEEL_LINE = re.compile(
@@ -56,8 +56,7 @@ class Pin:
     root: bool = True
 
     def requirement_line(self) -> str:
-        hashes = " ".join(f"--hash=sha256:{h}" for h in sorted(self.hashes))
-        return f"{self.name}=={self.version} {hashes}"
+        return requirement_line(self.name, self.version, self.hashes)
 
     def satisfied_by(self, installed: str | None) -> bool:
         """As pip decides (PEP 440): `==2.11.0` is met by 2.11.0 and by a local build 2.11.0+cu128."""
@@ -236,17 +235,6 @@ def inputs_digest(recipe: Recipe, target: LockTarget, image: Image | None = None
     return digest.hexdigest()
 
 
-def pin_blocks(text: str) -> list[str]:
-    """Split pip-compile output into requirement blocks (a pin with its hash and via lines)."""
-    blocks: list[str] = []
-    for line in text.splitlines():
-        if line[:1] not in ("", " ", "#") or not blocks:
-            blocks.append(line)
-        else:
-            blocks[-1] += "\n" + line
-    return blocks
-
-
 def _via(block: str) -> tuple[frozenset[NormalizedName], bool]:
     """The distributions a block's `# via` lines name, and whether a requirements file does."""
     names, root, inside = set(), False, False
@@ -279,7 +267,7 @@ def parse_pins(text: str, path: Path) -> tuple[Pin, ...]:
         if len(specs) != 1 or specs[0].operator != "==":
             raise BadInput(f"{path}: '{requirement_text}' is not pinned with =="
                            "; recompile with `invoke lock`")
-        hashes = frozenset(_HASH.findall(block))
+        hashes = frozenset(HASH.findall(block))
         if not hashes:
             raise BadInput(f"{path}: '{req.name}' has no --hash=sha256 lines"
                            "; recompile with `invoke lock`")

@@ -31,44 +31,15 @@ from packaging.utils import NormalizedName
 
 from . import installer, manifest
 from .errors import WarmstartError
+from .headstart import HOLD_FOR, RACE_AFTER, Received, index_seconds, worth_racing
 from .patches import Patch
 from .snapshot import Watch, staging_folder, verify_staged
 from .target import TargetPython
 
-# How long uv takes to install from the index. A snapshot made of an install uv took wholly from
-# the index records that install's time (`index_seconds` in its index): the VM, the network and
-# the lock were the user's. Else, as on PyPI from 2 CPUs: a time per wheel (its request, its
-# metadata, its RECORD) and the bytes of snapshot archive it stands for at a pace. Fitted to the two locks
-# the bench measures: hyperlpr's 28 wheels (221 MiB of archive) in 4.9 s, the 3 a Colab image
-# lacks of them (157 MiB) in 2.1 s; bytes alone (50 MiB/s) had the Colab ones at 3.1 s, so a
-# 60 MiB/s Drive (2.7 s of reading) was not raced though uv was faster. A read with less left
-# than the index would take finishes first, and racing it only costs it the CPU uv takes (0.3 to
-# 0.5 s here, at the lowest priority).
-INDEX_PACE = 80 << 20
-INDEX_PER_WHEEL = 0.075  # seconds
-RACE_AFTER = 1.5  # seconds: the least uv takes for anything (start, resolve, the check after)
 # A source gets this long to its first block (connecting; a team store's own retries, which end
 # in the warning that it is down) before its silence counts as the time its read has left.
 FIRST_BLOCK_WAIT = 3.0
-# A read the index races waits while uv runs, for at most this many times the index's time
-# (then it goes on beside uv): the two lanes share 2 CPUs. At 15 MiB/s, reading and unpacking
-# alongside slowed uv from 4.4 to 5.6 s; on the Colab stand-in behind a 60 MiB/s Drive the
-# read, not held, won every race and the restore took 1.32x uv alone.
-HOLD_FOR = 2.0
-# The index is raced only when the read has this much more time left than the index's: the
-# index's time is one install's, on a network whose times spread by a second from round to round
-# (uv itself is as fast beside a held restore as alone: bench/README.md), and its tree is checked
-# and placed after. On the
-# Colab stand-in behind the 60 MiB/s Drive (2.4 s of reading left, the index's 1.8 to 2.2 s),
-# racing at once made the restore 3.0 to 3.9 s against 3.0 to 3.2 s not raced.
-RACE_MARGIN = 0.5  # seconds
 POLL = 0.05
-
-
-def index_seconds(archive_bytes: int, wheels: int) -> float:
-    """How long uv should take to install from the index what a snapshot of `archive_bytes` holds
-    in `wheels` wheels."""
-    return max(RACE_AFTER, wheels * INDEX_PER_WHEEL + archive_bytes / INDEX_PACE)
 
 
 def index_time(watch: Watch, wheels: int) -> float:
@@ -82,14 +53,20 @@ def index_time(watch: Watch, wheels: int) -> float:
 class IndexLane:
     """uv installing `requirements` from the index into a staging folder, started once the restore it
     races (`watch`) has more reading left than the index would take; holds that restore's read
-    while it runs, and `cancel()`s the restore when its own tree is verified first."""
+    while it runs, and `cancel()`s the restore when its own tree is verified first. uv that
+    warmstart.sh began (`begun`, warmstart.headstart) on just these pins is the lane, at once."""
 
     def __init__(self, watch: Watch, target: TargetPython, digests: dict[NormalizedName, str | None],
-                 patches: tuple[Patch, ...], requirements: Path, unset: Iterable[str]) -> None:
+                 patches: tuple[Patch, ...], requirements: Path, unset: Iterable[str],
+                 begun: Received | None = None) -> None:
         self.watch, self.target, self.digests, self.patches = watch, target, digests, patches
         self.requirements, self.unset = requirements, tuple(unset)
-        self.folder = staging_folder(target)
-        self.started: float | None = None  # seconds into the restore when uv began (and its read was held)
+        self.begun = begun if begun is not None and begun.installs(requirements, target.prefix) else None
+        if begun is not None and self.begun is None:
+            begun.stop()  # other pins: this lane's uv would install them
+        self.folder = self.begun.folder if self.begun else staging_folder(target)
+        # seconds into the restore when uv began (and its read was held); below 0 when warmstart.sh began it
+        self.started: float | None = None
         self.expected = 0.0  # the seconds the index was expected to take, when uv began
         self.failed: str | None = None
         self.won = False
@@ -115,20 +92,27 @@ class IndexLane:
         """Wait until the restore looks slow (True) or the race is off (False). Looked at as soon
         as the read is known (its pace may be too: early.Ahead measured it), then every POLL."""
         while not self._stop.is_set():
-            if self._read_left() > self._index_takes() + RACE_MARGIN:
+            if worth_racing(self._read_left(), self._index_takes()):
                 return True
             (self._stop if self.watch.watching.is_set() else self.watch.watching).wait(POLL)
         return False
 
     def _run(self) -> None:
-        if not self._due():
+        if self.begun:
+            self.started = -self.begun.running_for()
+        elif self._due():
+            self.started = time.monotonic() - self.watch.began
+        else:
             return
-        self.started = time.monotonic() - self.watch.began
         self.expected = self._index_takes()
         self.watch.hold(HOLD_FOR * self.expected)
         try:
-            installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
-                                         running=self._keep)
+            if self.begun:
+                if not self.begun.wait(self._stop):
+                    return
+            else:
+                installer.install_from_index(self.target.executable, self.requirements, self.folder, self.unset,
+                                             running=self._keep)
             if self._stop.is_set():
                 return
             verify_installed(self.folder, self.target, self.digests, self.patches)
@@ -150,11 +134,13 @@ class IndexLane:
 
     def finish(self) -> None:
         """The race is over: stop uv if it still runs; unless the index won (its tree is in
-        `folder`), the folder is removed."""
+        `folder`), the folder is removed (warmstart.sh's uv, once it has ended, by warmstart.sh too)."""
         with self._lock:
             self._stop.set()
             if self._child is not None and self._child.poll() is None:
                 self._child.kill()
+        if self.begun and not self.won:
+            self.begun.stop()
         self._thread.join()  # uv is stopped; a check under way ends soon
         if not self.won:
             shutil.rmtree(self.folder, ignore_errors=True)

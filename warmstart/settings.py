@@ -64,11 +64,13 @@ DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds Drive may take to a
                                                   "from it; default 60)")
 HANDED_READ = Variable("WARMSTART_HANDED_READ", "internal: the snapshot's read warmstart.sh began, handed to "
                                                 "the bootstrap it starts (two pipes, by file descriptor)")
+HANDED_INDEX = Variable("WARMSTART_HANDED_INDEX", "internal: uv from the index that warmstart.sh began, handed to "
+                                                  "the bootstrap it starts (two pipes, by file descriptor)")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
              ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, DRIVE_TIMEOUT, WORKER_TEAM, HANDED_READ,
-             FAULT)
+             HANDED_INDEX, FAULT)
 
 
 def _opt(help: str, default: Any = None) -> Any:

@@ -37,6 +37,7 @@ from packaging.utils import NormalizedName
 
 from . import early, faults, manifest, parts
 from .errors import WarmstartError
+from .headstart import recorded_seconds
 from .lock import Lock, Pin
 from .patches import Patch
 from .store import Patience, Store
@@ -178,16 +179,6 @@ class Snapshot:
                 store.set_aside_named(KIND, name)
 
 
-def _index_took(index: dict[str, Any]) -> float | None:
-    """How long uv took to install the snapshot's distributions from the index, on the VM whose
-    install it was made of: what a restore races (warmstart.race). None when its index does not
-    say, or says something no install took."""
-    seconds = index.get("index_seconds")
-    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < 3600:
-        return float(seconds)
-    return None
-
-
 def _archive_name(index: dict[str, Any]) -> str:
     return Path(str(index.get("archive", "missing"))).name
 
@@ -222,7 +213,7 @@ def pack(store: TieredStore, snapshot: Snapshot, target: TargetPython, pins: tup
     """Write the snapshot of the distributions `pins` installed in `target`, if their files are
     those of the locked wheels (`digests`: the lock's, by name): a snapshot that no VM could
     verify is not worth writing. Bytecode is left out. Returns the archive. `index_took`: the
-    seconds uv took to install them from the index, when it did (see _index_took)."""
+    seconds uv took to install them from the index, when it did (see headstart.recorded_seconds)."""
     files = installed_files(target, [p.name for p in pins])
     missing = [p.name for p in pins if p.name not in files]
     if missing:
@@ -581,7 +572,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
             unpacked = _ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
             if watch:
-                watch.watch(int(index["size"]), reading, unpacked, index_took=_index_took(index))
+                watch.watch(int(index["size"]), reading, unpacked, index_took=recorded_seconds(index))
             while chunk := unpacked.read(_ReadAhead.BLOCK):
                 files.feed(chunk)
                 faults.point("restore")

@@ -33,10 +33,11 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import early, home, settings
+from . import early, headstart, home, settings
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .pipconfig import pip_env, uv_env
@@ -268,17 +269,24 @@ def bootstrap_flags(given: argparse.Namespace) -> dict[str, Any]:
 
 
 def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
-    """Run the bootstrap command `argv`, handing it the snapshot's read begun here (if any); its
-    exit status."""
-    handed = early.hand_on()
-    if not handed:
+    """Run the bootstrap command `argv`, handing it the snapshot's read and the install from the
+    index begun here (if any); its exit status."""
+    handed, uv = early.hand_on(), headstart.hand_on()
+    if not (handed or uv):
         return subprocess.run(argv, env=env).returncode
     try:
-        with subprocess.Popen(argv, env=env | handed.environ, pass_fds=handed.fds) as child:
-            handed.close()  # the bootstrap's now: its end alone ends the read
+        with subprocess.Popen(argv, env=env | (handed.environ if handed else {}) | (uv.environ if uv else {}),
+                              pass_fds=(*(handed.fds if handed else ()), *(uv.fds if uv else ()))) as child:
+            # the bootstrap's now: its ends alone end the read, or stop uv
+            if handed:
+                handed.close()
+            if uv:
+                uv.close_handed()
             return child.wait()
     finally:
-        handed.stop()  # a read the bootstrap did not take to its end
+        if handed:
+            handed.stop()  # a read the bootstrap did not take to its end
+        headstart.close()  # uv ended, its tree removed unless the bootstrap placed it
 
 
 def main(argv: list[str]) -> int:
@@ -294,6 +302,7 @@ def main(argv: list[str]) -> int:
         return _set_up_and_bootstrap(given, argv)
     finally:
         early.drop()
+        headstart.close()
 
 
 def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
@@ -304,8 +313,10 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         require_drive(drive, profile)
         # The snapshot's read begins once the tools' wheels are off Drive, goes on while they are
         # installed, and on to the bootstrap.
+        # Where the read would lose to the index, uv begins from there meanwhile (headstart).
+        race = partial(headstart.consider, checkout=CHECKOUT)
         folder = ensure(drive, profile, offline=given.offline,
-                        then=lambda: early.begin(bootstrap_flags(given), CHECKOUT, early.HANDED_AHEAD))
+                        then=lambda: early.begin(bootstrap_flags(given), CHECKOUT, early.HANDED_AHEAD, race))
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
         say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")

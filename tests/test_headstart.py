@@ -1,0 +1,222 @@
+"""uv from the index, begun by warmstart.sh before its bootstrap plans (warmstart.headstart), and
+taken over by that bootstrap as its race's index lane. Real parts: the snapshot of a wheel of
+about seven parts on a real FUSE Drive (bench/slowfs.py), read ahead by a real child; real uv
+from a real index on 127.0.0.1; the real bootstrap command, started as warmstart.sh starts it
+(tools._bootstrap) with what this process began handed on through real pipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import cli_command, dead_url, needs_fuse, serve_folder, slow_drive, wait_until
+from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
+from test_race import filled, leftovers, wiped_vm  # noqa: F401  (filled: a fixture)
+
+from warmstart import early, headstart, home, locktext, tools
+from warmstart.background import ChildRead
+from warmstart.errors import WarmstartError
+from warmstart.lock import parse_lock
+from warmstart.settings import Options
+from warmstart.store import DriveStore
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _nothing_begun():
+    """Each test is a warmstart.sh of its own (one that ended closes the module for good)."""
+    headstart._begun, headstart._closed = None, False
+    yield
+    early.drop()
+    headstart.close()
+
+
+def test_the_lines_read_from_a_lock_s_text_are_those_its_pins_install():
+    """warmstart.sh reads them with the standard library; the bootstrap compares them with what
+    its plan would have uv install (Pin.requirement_line): they must come out the same."""
+    path = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
+    pins = parse_lock(path).pins
+    wanted = [f"{p.name}=={p.version}" for p in pins if p.name in ("hyperlpr3", "loguru", "onnxruntime-gpu")]
+
+    lines = locktext.requirement_lines(path.read_text(), wanted)
+
+    assert lines == [p.requirement_line() for p in pins if f"{p.name}=={p.version}" in wanted]
+    assert len(lines) == 3
+    assert locktext.requirement_lines(path.read_text(), [*wanted, "numpy==0.0.1"]) is None  # one not in the lock
+
+
+@contextmanager
+def _read_ahead(mount: Path, recipe: Path) -> Iterator[early.Ahead]:
+    """What warmstart.sh's read ahead has once its thread has read the archive's index; ended
+    before the Drive is unmounted, whatever happens (its child holds the archive open)."""
+    store = DriveStore(mount)
+    archive = early.likely_archive(store, recipe.stem, None)
+    assert archive
+    ahead = early.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
+                        most=early.HANDED_AHEAD)
+    early._begun = ahead
+    try:
+        early._read_index(ahead, store, archive)
+        assert ahead.index, "the index was read"
+        yield ahead
+    finally:
+        early.drop()
+        headstart.close()
+
+
+def _on_this_vm(monkeypatch, vm) -> None:
+    """warmstart.sh's environment is the bootstrap's: the index, the caches."""
+    for name, value in vm.env.items():
+        monkeypatch.setenv(name, value)
+
+
+def _bootstrap_as_warmstart_sh(recipe: Path, mount: Path, vm, capfd) -> tuple[int, dict]:
+    code = tools._bootstrap(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
+                                        str(vm.python), "--json"), vm.env)
+    return code, json.loads(capfd.readouterr().out)
+
+
+@needs_fuse
+def test_uv_begun_by_warmstart_sh_is_the_bootstrap_s_index_lane(bulky, filled, tmp_path, monkeypatch, capfd):  # noqa: F811
+    """Behind a Drive far slower than the index, warmstart.sh begins uv before the bootstrap
+    starts; the bootstrap waits for it instead of starting its own, checks its tree and places
+    it. warmstart has run on this VM (its run locks are there): the bootstrap begins no read of
+    its own, so what it restores comes from what warmstart.sh began."""
+    recipe, _url = bulky
+    url, server = serve_folder(recipe.parents[2] / "index", delay=0.5)  # uv takes a second or more
+    try:
+        vm = wiped_vm(tmp_path, f"{url}/simple")
+        home.run_locks(vm.env).mkdir(parents=True)
+        _on_this_vm(monkeypatch, vm)
+        with slow_drive(vm.drive, tmp_path / "slow", 5, 2) as mount, _read_ahead(mount, recipe) as ahead:
+            # about 14 s of reading
+            headstart.consider(ahead, Options(recipe=str(recipe)), str(vm.python), (), recipe.parents[1])
+
+            begun = headstart._begun
+            assert begun is not None, "the read would lose to the index: uv began"
+            assert begun.folder.parent == vm.python.parent.parent  # the target's prefix
+            code, report = _bootstrap_as_warmstart_sh(recipe, mount, vm, capfd)
+    finally:
+        server.shutdown()
+
+    race = report["snapshot"]["race"]
+    assert code == 0 and race["winner"] == "index" and race["index_begun_by"] == "warmstart.sh", report
+    assert race["index_started_s"] < 0  # before the restore began
+    assert report["snapshot"]["used"] is False
+    assert tree(vm.python) == filled  # the same files as the snapshot's
+    assert not leftovers(vm) and not begun.folder.exists() and not begun.requirements.exists()
+
+
+@needs_fuse
+def test_uv_on_other_pins_is_stopped_by_the_bootstrap_and_its_folder_removed(bulky, filled, tmp_path, monkeypatch,  # noqa: F811
+                                                                              capfd):
+    """A lock whose lines differ from the plan's (here one more hash) is not the plan's install:
+    the bootstrap stops it at once and races the index itself, with its own uv."""
+    recipe, _url = bulky
+    url, server = serve_folder(recipe.parents[2] / "index", delay=1.0)
+    try:
+        vm = wiped_vm(tmp_path, f"{url}/simple")
+        home.run_locks(vm.env).mkdir(parents=True)
+        _on_this_vm(monkeypatch, vm)
+        lock = next((recipe.parents[1] / "requirements").glob("demo-py*.txt"))
+        lines = [line + " --hash=sha256:" + "0" * 64 for line in
+                 locktext.requirement_lines(lock.read_text(), [f"bulky=={LOCKED['bulky']}"]) or []]
+        with slow_drive(vm.drive, tmp_path / "slow", 5, 2) as mount, _read_ahead(mount, recipe):
+            prefix = vm.python.parent.parent
+            begun = headstart._begun = headstart.HeadStart(str(vm.python), lines, prefix / ".warmstart-restore-x", ())
+
+            code, report = _bootstrap_as_warmstart_sh(recipe, mount, vm, capfd)
+    finally:
+        server.shutdown()
+
+    race = report["snapshot"]["race"]
+    assert code == 0 and "index_begun_by" not in race and race["index_started_s"] >= 0, report
+    assert tree(vm.python) == filled
+    assert not leftovers(vm) and not begun.folder.exists()
+
+
+@needs_fuse
+def test_uv_that_fails_leaves_the_restore_to_the_snapshot(bulky, filled, tmp_path, monkeypatch, capfd):  # noqa: F811
+    recipe, _url = bulky
+    vm = wiped_vm(tmp_path, dead_url())  # nothing answers there
+    home.run_locks(vm.env).mkdir(parents=True)
+    _on_this_vm(monkeypatch, vm)
+    with slow_drive(vm.drive, tmp_path / "slow", 5, 4) as mount, _read_ahead(mount, recipe) as ahead:
+        headstart.consider(ahead, Options(recipe=str(recipe)), str(vm.python), (), recipe.parents[1])
+        assert headstart._begun is not None
+
+        code, report = _bootstrap_as_warmstart_sh(recipe, mount, vm, capfd)
+
+    race = report["snapshot"]["race"]
+    assert code == 0 and race["winner"] == "snapshot" and race["index_begun_by"] == "warmstart.sh", report
+    assert "install the locked packages from the index" in race["index_failed"]
+    assert report["snapshot"]["used"] is True and tree(vm.python) == filled
+    assert not leftovers(vm)
+
+
+def test_no_uv_begins_offline_with_pip_or_where_drive_keeps_up(bulky, filled, tmp_path, monkeypatch):  # noqa: F811
+    """Drive on local disk reads faster than any index: nothing to race."""
+    recipe, _url = bulky
+    vm = wiped_vm(tmp_path, dead_url())
+    _on_this_vm(monkeypatch, vm)
+    with _read_ahead(vm.drive, recipe) as ahead:
+        for options in (Options(recipe=str(recipe)), Options(recipe=str(recipe), offline=True),
+                        Options(recipe=str(recipe), installer="pip")):
+            headstart.consider(ahead, options, str(vm.python), (), recipe.parents[1])
+            assert headstart._begun is None, options
+    assert archive_in(vm.drive).exists()
+
+
+def test_the_bootstrap_stops_uv_through_the_pipe_it_was_handed(tmp_path, monkeypatch):
+    """Both ends in this process: what warmstart.sh hands on, as the bootstrap receives it."""
+    url, server = serve_folder(tmp_path, delay=5.0)  # an index that keeps uv waiting
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"{url}/simple")
+        prefix = tmp_path / "prefix"
+        line = "bulky==1.0 --hash=sha256:" + "0" * 64
+        begun = headstart._begun = headstart.HeadStart(sys.executable, [line], prefix / ".warmstart-restore-z", ())
+        wait_until(lambda: begun._child is not None, 10, "uv did not start")
+        monkeypatch.setenv(headstart.HANDED, begun.environ[headstart.HANDED])
+        headstart.receive()
+        received = headstart.received()
+        assert received is not None and headstart.HANDED not in os.environ  # not for its children
+        (tmp_path / "same.txt").write_text(line + "\n")
+        (tmp_path / "other.txt").write_text(line.replace("1.0", "1.1") + "\n")
+        assert received.installs(tmp_path / "same.txt", prefix)
+        assert not received.installs(tmp_path / "other.txt", prefix)
+        assert not received.installs(tmp_path / "same.txt", tmp_path)  # another prefix
+
+        received.stop()
+
+        wait_until(lambda: begun._child.poll() is not None, 5, "uv went on after the bootstrap stopped it")
+        with pytest.raises(WarmstartError, match="stopped"):
+            received.wait(threading.Event())
+    finally:
+        headstart._received = None  # its ends are the HeadStart's, closed with it
+        server.shutdown()
+
+
+def test_a_head_start_never_handed_on_is_ended_and_removed(tmp_path, monkeypatch):
+    """warmstart.sh failed before its bootstrap (the tools would not install): uv stops, and
+    nothing it wrote stays."""
+    url, server = serve_folder(tmp_path, delay=5.0)  # an index that keeps uv waiting
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"{url}/simple")
+        folder = tmp_path / "prefix" / ".warmstart-restore-y"
+        begun = headstart._begun = headstart.HeadStart(sys.executable,
+                                                       ["bulky==1.0 --hash=sha256:" + "0" * 64], folder, ())
+        wait_until(lambda: begun._child is not None, 10, "uv did not start")
+
+        headstart.close()
+
+        assert begun._child.poll() is not None
+        assert not folder.exists() and not begun.requirements.exists()
+    finally:
+        server.shutdown()

@@ -1,0 +1,346 @@
+"""uv from the index, begun by warmstart.sh for the bootstrap it starts next.
+
+Online, a restore whose read would take longer than uv takes to install the same pins from the
+index races the index (warmstart.race). The bootstrap can ask the index only once its plan names
+the snapshot; on a wiped VM that is after warmstart.sh has restored warmstart's own tools and
+started it: behind the 15 MiB/s Drive stand-in uv began 2.5 to 3.1 s into the cell, which took
+twice uv's own time. So warmstart.sh, whose read ahead (warmstart.early) has the snapshot's index
+and Drive's pace within 0.2 s of its start, asks the same question then (`consider`): when the
+read would lose to the index by RACE_MARGIN, it starts uv itself (`HeadStart`) on the pins the
+snapshot holds, their requirement lines taken from the checkout's lock whose sha256 the index
+names (not from the index: Drive is not trusted with what to install), into a staging folder of
+the target's prefix. It hands that install on to the bootstrap with its read (`hand_on`): two
+pipes, one that says how uv ended, one through which the bootstrap stops it.
+
+The bootstrap takes it over as its race's index lane (`Received`, race.IndexLane) only when the
+pins are those its plan would have uv install, and checks uv's tree against the lock's digests as
+it checks any (race.verify_installed); otherwise it stops it. warmstart.sh ends uv, and removes
+the folder unless the bootstrap placed it, once the bootstrap has exited.
+
+This module runs in warmstart.sh before warmstart's tools are installed: the standard library
+only. The index's time (`index_seconds`) is here for that reason too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import installer
+from .errors import WarmstartError
+from .locktext import requirement_lines
+from .settings import HANDED_INDEX, Options
+from .uv import find_uv
+
+# How long uv takes to install from the index. A snapshot made of an install uv took wholly from
+# the index records that install's time (`index_seconds` in its index): the VM, the network and
+# the lock were the user's. Else, as on PyPI from 2 CPUs: a time per wheel (its request, its
+# metadata, its RECORD) and the bytes of snapshot archive it stands for at a pace. Fitted to the two locks
+# the bench measures: hyperlpr's 28 wheels (221 MiB of archive) in 4.9 s, the 3 a Colab image
+# lacks of them (157 MiB) in 2.1 s; bytes alone (50 MiB/s) had the Colab ones at 3.1 s, so a
+# 60 MiB/s Drive (2.7 s of reading) was not raced though uv was faster. A read with less left
+# than the index would take finishes first, and racing it only costs it the CPU uv takes (0.3 to
+# 0.5 s here, at the lowest priority).
+INDEX_PACE = 80 << 20
+INDEX_PER_WHEEL = 0.075  # seconds
+RACE_AFTER = 1.5  # seconds: the least uv takes for anything (start, resolve, the check after)
+# The index is raced only when the read has this much more time left than the index's: the
+# index's time is one install's, on a network whose times spread by a second from round to round
+# (uv itself is as fast beside a held restore as alone: bench/README.md), and its tree is checked
+# and placed after. On the Colab stand-in behind the 60 MiB/s Drive (2.4 s of reading left, the
+# index's 1.8 to 2.2 s), racing at once made the restore 3.0 to 3.9 s against 3.0 to 3.2 s not raced.
+RACE_MARGIN = 0.5  # seconds
+# A read the index races waits while uv runs, for at most this many times the index's time
+# (then it goes on beside uv): the two lanes share 2 CPUs. At 15 MiB/s, reading and unpacking
+# alongside slowed uv from 4.4 to 5.6 s; on the Colab stand-in behind a 60 MiB/s Drive the
+# read, not held, won every race and the restore took 1.32x uv alone.
+HOLD_FOR = 2.0
+# warmstart.sh waits this long at most for the read ahead to say Drive's pace (it needs
+# PACE_BYTES of it), then leaves the question to the bootstrap's race.
+PACE_WAIT, PACE_BYTES = 3.0, 1 << 20
+POLL = 0.05
+HANDED = HANDED_INDEX.name  # "<outcome fd>,<stop fd>,<began>,<folder>,<requirements file>"
+FOLDER_PREFIX = ".warmstart-restore-"  # snapshot.staging_folder's: a killed run's is removed by the next
+
+
+def index_seconds(archive_bytes: int, wheels: int) -> float:
+    """How long uv should take to install from the index what a snapshot of `archive_bytes` holds
+    in `wheels` wheels."""
+    return max(RACE_AFTER, wheels * INDEX_PER_WHEEL + archive_bytes / INDEX_PACE)
+
+
+def recorded_seconds(index: Mapping[str, Any]) -> float | None:
+    """How long uv took to install the snapshot's distributions from the index, on the VM whose
+    install it was made of, as its `index` says. None when it does not say, or says something no
+    install took."""
+    seconds = index.get("index_seconds")
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < 3600:
+        return float(seconds)
+    return None
+
+
+def worth_racing(read_left: float, index_takes: float) -> bool:
+    return read_left > index_takes + RACE_MARGIN
+
+
+# -- in warmstart.sh ------------------------------------------------------------------------
+
+
+class HeadStart:
+    """uv installing `requirements` (lines) for the interpreter `python` from the index into
+    `folder`, begun here for the bootstrap this process starts (see the module's text)."""
+
+    def __init__(self, python: str, requirements: list[str], folder: Path, unset: Iterable[str],
+                 read: Any = None, index_takes: float = RACE_AFTER) -> None:
+        """`read`: warmstart.sh's read ahead (an early.Ahead), which waits while uv runs (for at most
+        HOLD_FOR times `index_takes`), as a read the bootstrap's race holds does."""
+        self.python, self.folder, self.unset, self._read = python, folder, tuple(unset), read
+        if read is not None:
+            read.hold(HOLD_FOR * index_takes)
+        handle, name = tempfile.mkstemp(prefix="warmstart-headstart-", suffix=".txt")
+        with os.fdopen(handle, "w") as out:
+            out.write("".join(line + "\n" for line in requirements))
+        self.requirements = Path(name)
+        self.began = time.time()  # the bootstrap reports it: a clock both processes read
+        self._outcome_in, self._outcome_out = os.pipe()
+        self._stop_in, self._stop_out = os.pipe()
+        self._child: subprocess.Popen | None = None
+        self._stopped = self._handed = False
+        self._guard = threading.Lock()
+        self._install = threading.Thread(target=self._run, daemon=True)
+        self._install.start()
+        threading.Thread(target=self._stop_when_told, daemon=True).start()
+
+    def _run(self) -> None:
+        word = b"ok"
+        try:
+            installer.install_from_index(Path(self.python), self.requirements, self.folder, self.unset,
+                                         running=self._keep)
+        except (WarmstartError, OSError) as exc:
+            word = b"stopped" if self._stopped else (str(exc).splitlines() or [type(exc).__name__])[0].encode()
+            if self._read is not None:
+                self._read.resume()  # the snapshot it is, after all
+        try:
+            os.write(self._outcome_out, word[:4096])
+        except OSError:
+            pass  # the bootstrap is gone
+        os.close(self._outcome_out)
+
+    def _keep(self, child: subprocess.Popen) -> None:
+        with self._guard:
+            self._child = child
+            if self._stopped:
+                child.kill()
+
+    def _stop_when_told(self) -> None:
+        """A byte from the bootstrap, or the pipe's end (every holder of its other end is gone)."""
+        try:
+            os.read(self._stop_in, 1)
+        finally:
+            os.close(self._stop_in)
+        self.stop()
+
+    def stop(self) -> None:
+        with self._guard:
+            self._stopped = True
+            if self._child is not None and self._child.poll() is None:
+                self._child.kill()
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self._outcome_in, self._stop_out
+
+    @property
+    def environ(self) -> dict[str, str]:
+        return {HANDED: f"{self._outcome_in},{self._stop_out},{self.began},{self.folder},{self.requirements}"}
+
+    def close_handed(self) -> None:
+        """The bootstrap has started: the ends it was handed are its alone."""
+        self._handed = True
+        for fd in self.fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        """uv ended, and what it left removed: the bootstrap is over (it placed the tree, or
+        wanted none of it), or was never started."""
+        self.stop()
+        if not self._handed:
+            self.close_handed()  # nobody took them: the stop pipe's end wakes its thread
+        self._install.join()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self.requirements.unlink(missing_ok=True)
+
+
+_begun: HeadStart | None = None
+_closed = False  # handed on (or the run is over): no uv is begun here any more
+_guard = threading.Lock()
+
+
+def consider(ahead: Any, options: Options, python: str, unset: Iterable[str], checkout: Path) -> None:
+    """On the thread that reads ahead (`ahead`, an early.Ahead with the snapshot's index), once it
+    has read it: begin uv from the index when the read would lose to it (see the module's text).
+    Only online, with uv, for this interpreter (the snapshot's facts name its version and prefix)."""
+    if options.offline or options.installer == "pip" or not find_uv():
+        return
+    index = ahead.index[1] if ahead.index else {}
+    facts, size = (index.get("facts"), index.get("size")) if isinstance(index, dict) else (None, None)
+    if not (isinstance(facts, dict) and isinstance(size, int)):
+        return
+    version, prefix = _version_and_prefix(python)
+    if (facts.get("python"), facts.get("prefix")) != (version, prefix):
+        return
+    wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
+    tag = "py" + "".join(version.split(".")[:2])
+    lines = _locked_lines(checkout, f"{Path(options.recipe or '').stem}-{tag}", str(facts.get("lock_sha256")), wanted)
+    if not lines:
+        return
+    recorded = recorded_seconds(index)
+    index_takes = max(RACE_AFTER, recorded) if recorded else index_seconds(size, len(lines))  # as race.index_time
+    left = _read_left(ahead, size)
+    if left is None or not worth_racing(left, index_takes):
+        return
+    global _begun
+    with _guard:
+        if not _closed:
+            _begun = HeadStart(python, lines, Path(prefix) / f"{FOLDER_PREFIX}{uuid.uuid4().hex}", unset,
+                               ahead, index_takes)
+
+
+def _version_and_prefix(python: str) -> tuple[str, str]:
+    """The interpreter's version and sys.prefix (target.probe's facts, which a snapshot's name)."""
+    if python == sys.executable:
+        return platform.python_version(), sys.prefix
+    said = subprocess.run([python, "-c", "import platform, sys; print(platform.python_version()); print(sys.prefix)"],
+                          capture_output=True, text=True, timeout=30).stdout.splitlines()
+    return (said[0], said[1]) if len(said) == 2 else ("", "")
+
+
+def _locked_lines(checkout: Path, stem: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
+    """The requirement lines of `wanted` in the checkout's lock `<stem>-<platform>.txt` (lock.lock_path's
+    names: `<recipe>-<pyXY>`) whose sha256 is `lock_sha256`, the one the snapshot was made from;
+    None when there is none."""
+    folder = checkout / "requirements"
+    for path in sorted([*folder.glob(f"{stem}-*.txt"), *folder.glob(f"*/{stem}-*.txt")]):
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(raw).hexdigest() == lock_sha256:
+            return requirement_lines(raw.decode(errors="replace"), wanted)
+    return None
+
+
+def _read_left(ahead: Any, size: int) -> float | None:
+    """The seconds the read ahead has left at Drive's pace, once it has timed PACE_BYTES (none
+    once its reading is over); None when it does not say within PACE_WAIT."""
+    waited = time.monotonic() + PACE_WAIT
+    while time.monotonic() < waited:
+        if ahead.ended:
+            return 0.0
+        busy, timed = ahead.measured
+        if timed >= PACE_BYTES and busy > 0:
+            return (size - ahead.came) / (timed / busy)
+        time.sleep(POLL / 5)
+    return None
+
+
+def hand_on() -> HeadStart | None:
+    """The uv begun here, to hand on to the bootstrap this process starts; None when there is
+    none. None is begun after this."""
+    global _closed
+    with _guard:
+        _closed = True
+        return _begun
+
+
+def close() -> None:
+    """warmstart.sh is over: uv ended, its folder removed unless the bootstrap placed it."""
+    global _begun
+    begun = hand_on()
+    with _guard:
+        _begun = None
+    if begun is not None:
+        begun.close()
+
+
+# -- in the bootstrap -----------------------------------------------------------------------
+
+
+class Received:
+    """uv from the index, begun by warmstart.sh into `folder` on the pins `requirements` (its
+    file): `wait` for how it ended, `stop` it."""
+
+    def __init__(self, outcome: int, stop: int, began: float, folder: Path, requirements: Path) -> None:
+        self._outcome, self._stop, self.began, self.folder = outcome, stop, began, folder
+        self.lines = set(requirements.read_text().splitlines())
+
+    def installs(self, requirements: Path, prefix: Path) -> bool:
+        """Whether it installs just the pins of `requirements` (a file) into `prefix`."""
+        return (self.folder.parent == prefix and self.folder.name.startswith(FOLDER_PREFIX)
+                and self.lines == set(requirements.read_text().splitlines()))
+
+    def running_for(self) -> float:
+        return max(0.0, time.time() - self.began)
+
+    def wait(self, stopped: threading.Event) -> bool:
+        """Until uv has ended: True when it installed, False when `stopped` was set first;
+        WarmstartError when it failed."""
+        ready = select.poll()
+        ready.register(self._outcome, select.POLLIN | select.POLLHUP)
+        while not ready.poll(math.ceil(POLL * 1000)):
+            if stopped.is_set():
+                return False
+        word = os.read(self._outcome, 4096)
+        if word != b"ok":
+            raise WarmstartError(word.decode(errors="replace") or "uv, begun by warmstart.sh, ended without a word")
+        return True
+
+    def stop(self) -> None:
+        try:
+            os.write(self._stop, b"x")
+        except OSError:
+            pass  # warmstart.sh is gone, or stopped it already
+
+
+_received: Received | None = None
+
+
+def receive() -> None:
+    """Take the uv warmstart.sh handed on, from this process's environment (not its children's)."""
+    global _received
+    handed = os.environ.pop(HANDED, None)
+    if not handed:
+        return
+    try:
+        outcome, stop, began, folder, requirements = handed.split(",", 4)
+        fds = int(outcome), int(stop)
+        for fd in fds:
+            os.set_inheritable(fd, False)  # this process's: a child holding one would keep uv going
+        _received = Received(*fds, float(began), Path(folder), Path(requirements))
+    except (ValueError, OSError):  # not warmstart.sh's: the race asks the index itself
+        _received = None
+
+
+def received() -> Received | None:
+    return _received
+
+
+def drop() -> None:
+    """The bootstrap is over: what it did not take is stopped (taken, it has ended)."""
+    global _received
+    if _received is not None:
+        _received.stop()
+        _received = None

@@ -1,0 +1,50 @@
+"""A lock's text as the standard library reads it: its pin blocks and their hashes.
+
+warmstart.lock parses a lock whole, with packaging. warmstart.sh reads the pins a snapshot holds
+from the lock it was made from before packaging is there (warmstart.headstart), so the parts
+both need live here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+_PINNED = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
+
+
+def pin_blocks(text: str) -> list[str]:
+    """Split pip-compile output into requirement blocks (a pin with its hash and via lines)."""
+    blocks: list[str] = []
+    for line in text.splitlines():
+        if line[:1] not in ("", " ", "#") or not blocks:
+            blocks.append(line)
+        else:
+            blocks[-1] += "\n" + line
+    return blocks
+
+
+def canonical(name: str) -> str:
+    """A distribution's name as PEP 503 compares it (packaging's canonicalize_name)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_line(name: str, version: str, hashes: Iterable[str]) -> str:
+    """A pin as uv and pip install it, hashes required: one line, its hashes sorted."""
+    return f"{name}=={version} " + " ".join(f"--hash=sha256:{h}" for h in sorted(hashes))
+
+
+def requirement_lines(text: str, wanted: Iterable[str]) -> list[str] | None:
+    """The requirement lines of the pins `wanted` (`name==version`, canonical names) in the lock
+    `text`, in the lock's order; None unless each is there once, with a hash."""
+    wanted = set(wanted)
+    lines = []
+    for block in pin_blocks(text):
+        pinned = _PINNED.match(block)
+        if not pinned:
+            continue
+        name, version = canonical(pinned.group(1)), pinned.group(2)
+        if f"{name}=={version}" in wanted and (hashes := HASH.findall(block)):
+            lines.append(requirement_line(name, version, hashes))
+    return lines if len(lines) == len(wanted) else None
