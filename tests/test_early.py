@@ -72,6 +72,26 @@ def test_a_held_read_ahead_reads_nothing_more_until_it_resumes(tmp_path):
         assert got == data and ahead.ended
 
 
+def test_a_read_begun_for_drive_s_pace_alone_reads_on_once_begun_again_with_more_room(tmp_path, monkeypatch):
+    """Online, warmstart.sh begins the read before the tools' wheels are off Drive, holding no more
+    than what tells Drive's pace, then begins it again for the rest (tools.py)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a wiped VM: warmstart never ran
+    data = os.urandom(8 * MiB)
+    (tmp_path / "a.tar.zst").write_bytes(data)
+    ahead = early._begun = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=early.PACE_AHEAD)
+    try:
+        _filled_to_the_end(ahead)
+        time.sleep(0.1)
+        assert ahead.came == early.PACE_AHEAD and not ahead.ended
+
+        assert early.begin({"recipe": "demo"}, tmp_path, early.HANDED_AHEAD) is None  # no second read
+
+        wait_until(lambda: ahead.ended, 10, "the read did not go on")
+        assert ahead.came == len(data) and early._begun is ahead
+    finally:
+        early.drop()
+
+
 def test_a_file_shorter_than_the_read_ahead_comes_out_whole(tmp_path):
     data = os.urandom(3 * MiB + 1)
     (tmp_path / "a.tar.zst").write_bytes(data)

@@ -60,6 +60,11 @@ CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
 # a wait for room) is a whole CHUNK: it takes what the pipe gathered meanwhile, which came at
 # no pace of Drive's.
 TIMED_CHUNK, TIMED_FIRST = 128 << 10, 1 << 20
+# Online, warmstart.sh begins the read before it reads the tools' wheels off Drive, holding no
+# more than this until they are off: the first chunk and what tells Drive's pace, all that the
+# question of warmstart.headstart needs (Drive's to itself: beside the wheels' reads it would
+# see half its pace).
+PACE_AHEAD = CHUNK + TIMED_FIRST
 HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
 # What `begin` calls on the reading thread once it has the archive's index: the read, the run's
 # options, its target interpreter and the variables its installers run without
@@ -135,6 +140,12 @@ class Ahead:
             with self._changed:
                 self._ended = True
                 self._changed.notify_all()
+
+    def allow(self, most: int) -> None:
+        """Hold up to `most` bytes from now on."""
+        with self._changed:
+            self._most = max(self._most, most)
+            self._changed.notify_all()
 
     def _waits(self) -> bool:
         return not self._taken.is_set() and (self._held >= self._most or time.monotonic() < self._until)
@@ -341,31 +352,39 @@ class Handed:
 # archive and starts it), or the Ahead itself. `take` and `drop` end it: a read the thread starts
 # after that is closed at once.
 _begun: object | Ahead | None = None
+_most: int | None = None  # the bytes it may hold, as `begin` was last told
 _guard = threading.Lock()
 
 
-def begin(flags: Mapping[str, Any], root: Path, most: int | None = None, then: Then | None = None) -> None:
+def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
+          then: Then | None = None) -> threading.Thread | None:
     """Begin the read ahead for a bootstrap task given `flags` (bad ones are the run's to say),
-    where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most;
-    `then`: called on the reading thread once the archive's index is read (warmstart.sh's
-    headstart.consider)."""
-    global _begun
+    where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most
+    (for a read begun already: from now on); `then`: called on the reading thread once the
+    archive's index is read (warmstart.sh's headstart.consider). Returns the thread that looks
+    for the archive, reads its index and calls `then`, when it began one."""
+    global _begun, _most
     if handed := os.environ.pop(HANDED, None):  # not for this process's children
         with _guard:
             _begun = _handed(handed)
-        return
+        return None
     try:
         options = Options(**flags)
     except (WarmstartError, TypeError):  # bad flags: the run says so
-        return
+        return None
     if options.dry_run or home.run_locks().is_dir():  # not a wiped VM: a no-op run would read for nothing
-        return
+        return None
     token = object()
     with _guard:
+        _most = most
+        if isinstance(_begun, Ahead) and most is not None:
+            _begun.allow(most)
         if _begun is not None:
-            return
+            return None
         _begun = token
-    threading.Thread(target=_start, args=(token, options, root, most, then), daemon=True).start()
+    looking = threading.Thread(target=_start, args=(token, options, root, then), daemon=True)
+    looking.start()
+    return looking
 
 
 def _handed(handed: str) -> Ahead | None:
@@ -376,7 +395,7 @@ def _handed(handed: str) -> Ahead | None:
         return None
 
 
-def _start(token: object, options: Options, root: Path, most: int | None, then: Then | None) -> None:
+def _start(token: object, options: Options, root: Path, then: Then | None) -> None:
     global _begun
     ahead, archive, store = None, None, None
     try:
@@ -389,13 +408,15 @@ def _start(token: object, options: Options, root: Path, most: int | None, then: 
             store = DriveStore(settings.drive)
             archive = likely_archive(store, recipe, home.python_tag() if this else None)
             if archive:  # the child opens it: an open that waits on Drive holds the child
-                ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)), most)
+                ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)), _most)
     except Exception:  # whatever it is, the run meets it itself, and says it
         pass
     with _guard:
         published = _begun is token
         if published:
             _begun = ahead
+            if ahead is not None and _most is not None:
+                ahead.allow(_most)  # as `begin` was last told meanwhile
     if ahead is None:
         return
     if not published:  # taken or dropped meanwhile: too late

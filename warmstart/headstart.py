@@ -71,6 +71,9 @@ HOLD_FOR = 2.0
 # warmstart.sh waits this long at most for the read ahead to say Drive's pace (it needs
 # PACE_BYTES of it), then leaves the question to the bootstrap's race.
 PACE_WAIT, PACE_BYTES = 3.0, 1 << 20
+# ... and reads the tools' wheels off Drive after the answer, or after this long without one
+# (behind the 15 MiB/s stand-in the answer came 0.2 s after the read began)
+ASK_WAIT = 1.0
 POLL = 0.05
 HANDED = HANDED_INDEX.name  # "<outcome fd>,<stop fd>,<began>,<folder>,<requirements file>"
 FOLDER_PREFIX = ".warmstart-restore-"  # snapshot.staging_folder's: a killed run's is removed by the next

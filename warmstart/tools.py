@@ -170,7 +170,7 @@ def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
 
 
 def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
-            then: Callable[[], None] = lambda: None) -> str:
+            then: Callable[[], object] = lambda: None) -> str:
     """Build the tools' virtualenv from the lock; returns where the wheels came from. `then` is
     called once their wheels are off Drive (warmstart.sh begins the snapshot's read there)."""
     wheels = store.root / "wheels"
@@ -240,7 +240,7 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
     return Path("invoke") if on_path else public
 
 
-def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[[], None] = lambda: None) -> Path:
+def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[[], object] = lambda: None) -> Path:
     """The tools' virtualenv, restored when missing or built from another lock; returns it.
     `then` is called once nothing more of the tools is read from Drive (see restore)."""
     lock, folder = tools_lock(profile), tools_dir()
@@ -311,12 +311,15 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         profile = platform_profile()
         drive = drive_root(given.drive, profile)
         require_drive(drive, profile)
-        # The snapshot's read begins once the tools' wheels are off Drive, goes on while they are
-        # installed, and on to the bootstrap.
-        # Where the read would lose to the index, uv begins from there meanwhile (headstart).
-        race = partial(headstart.consider, checkout=CHECKOUT)
+        # The snapshot's read goes on once the tools' wheels are off Drive, while they are
+        # installed, and on to the bootstrap. Online it begins before them, as far as it takes
+        # to know Drive's pace: where the read would lose to the index, uv begins from there at
+        # once (headstart), and the tools are installed meanwhile.
+        flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
+        if not given.offline and (asking := early.begin(flags, CHECKOUT, early.PACE_AHEAD, race)):
+            asking.join(headstart.ASK_WAIT)
         folder = ensure(drive, profile, offline=given.offline,
-                        then=lambda: early.begin(bootstrap_flags(given), CHECKOUT, early.HANDED_AHEAD, race))
+                        then=lambda: early.begin(flags, CHECKOUT, early.HANDED_AHEAD, race))
         command = write_launcher(folder)
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
         say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
