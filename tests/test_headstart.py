@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,6 +160,25 @@ def test_uv_that_fails_leaves_the_restore_to_the_snapshot(bulky, filled, tmp_pat
     assert "install the locked packages from the index" in race["index_failed"]
     assert report["snapshot"]["used"] is True and tree(vm.python) == filled
     assert not leftovers(vm)
+
+
+class _Timed:
+    """What _read_left sees of a read ahead (early.Ahead): its pace so far, and whether it waits."""
+
+    def __init__(self, busy: float, timed: int, full: bool, came: int) -> None:
+        self.measured, self.full, self.came, self.ended = (busy, timed), full, came, False
+
+
+def test_drive_s_pace_is_taken_from_what_a_full_read_ahead_timed():
+    """A read ahead that stopped for room with less than PACE_BYTES timed (the pipe's backlog is
+    counted out of its pace) would otherwise keep warmstart.sh from the tools' wheels for
+    ASK_WAIT, and leave the question unanswered."""
+    MiB = 1 << 20
+    assert headstart._read_left(_Timed(0.05, MiB, False, 2 * MiB), 20 * MiB) == pytest.approx(0.9)
+    assert headstart._read_left(_Timed(0.05, MiB // 2, True, 2 * MiB), 20 * MiB) == pytest.approx(1.8)
+    began = time.monotonic()
+    assert headstart._read_left(_Timed(0.05, MiB // 2, False, MiB), 20 * MiB) is None  # still reading: no pace yet
+    assert time.monotonic() - began >= headstart.PACE_WAIT
 
 
 def test_no_uv_begins_offline_with_pip_or_where_drive_keeps_up(bulky, filled, tmp_path, monkeypatch):  # noqa: F811

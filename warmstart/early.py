@@ -141,6 +141,11 @@ class Ahead:
                 self._ended = True
                 self._changed.notify_all()
 
+    @property
+    def full(self) -> bool:
+        """Whether it holds all it may (and reads on only once some goes, or it may hold more)."""
+        return self._held >= self._most
+
     def allow(self, most: int) -> None:
         """Hold up to `most` bytes from now on."""
         with self._changed:

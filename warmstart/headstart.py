@@ -247,14 +247,16 @@ def _locked_lines(checkout: Path, stem: str, lock_sha256: str, wanted: list[str]
 
 
 def _read_left(ahead: Any, size: int) -> float | None:
-    """The seconds the read ahead has left at Drive's pace, once it has timed PACE_BYTES (none
-    once its reading is over); None when it does not say within PACE_WAIT."""
+    """The seconds the read ahead has left at Drive's pace, once it has timed PACE_BYTES, or as
+    much as it timed before it stopped for room (it counts the pipe's backlog out, so what it
+    times may fall short of what it read); none once its reading is over. None when it does not
+    say within PACE_WAIT."""
     waited = time.monotonic() + PACE_WAIT
     while time.monotonic() < waited:
         if ahead.ended:
             return 0.0
         busy, timed = ahead.measured
-        if timed >= PACE_BYTES and busy > 0:
+        if busy > 0 and timed > 0 and (timed >= PACE_BYTES or ahead.full):
             return (size - ahead.came) / (timed / busy)
         time.sleep(POLL / 5)
     return None
