@@ -3,9 +3,10 @@
 Online, a restore whose read would take longer than uv takes to install the same pins from the
 index races the index (warmstart.race). The bootstrap can ask the index only once its plan names
 the snapshot; on a wiped VM that is after warmstart.sh has restored warmstart's own tools and
-started it: behind the 15 MiB/s Drive stand-in uv began 2.5 to 3.1 s into the cell, which took
+started it: behind the 15 MiB/s Drive stand-in uv began 2.1 to 3.1 s into the cell, which took
 twice uv's own time. So warmstart.sh, whose read ahead (warmstart.early) has the snapshot's index
-and Drive's pace within 0.2 s of its start, asks the same question then (`consider`): when the
+and Drive's pace within 0.2 s of its start (online it begins before the tools' wheels are read
+off Drive, for this), asks the same question then (`consider`): when the
 read would lose to the index by RACE_MARGIN, it starts uv itself (`HeadStart`) on the pins the
 snapshot holds, their requirement lines taken from the checkout's lock whose sha256 the index
 names (not from the index: Drive is not trusted with what to install), into a staging folder of
@@ -37,13 +38,16 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import installer
 from .errors import WarmstartError
 from .locktext import requirement_lines
 from .settings import HANDED_INDEX, Options
 from .uv import find_uv
+
+if TYPE_CHECKING:
+    from .early import Ahead
 
 # How long uv takes to install from the index. A snapshot made of an install uv took wholly from
 # the index records that install's time (`index_seconds` in its index): the VM, the network and
@@ -107,8 +111,8 @@ class HeadStart:
     `folder`, begun here for the bootstrap this process starts (see the module's text)."""
 
     def __init__(self, python: str, requirements: list[str], folder: Path, unset: Iterable[str],
-                 read: Any = None, index_takes: float = RACE_AFTER) -> None:
-        """`read`: warmstart.sh's read ahead (an early.Ahead), which waits while uv runs (for at most
+                 read: Ahead | None = None, index_takes: float = RACE_AFTER) -> None:
+        """`read`: warmstart.sh's read ahead, which waits while uv runs (for at most
         HOLD_FOR times `index_takes`), as a read the bootstrap's race holds does."""
         self.python, self.folder, self.unset, self._read = python, folder, tuple(unset), read
         if read is not None:
@@ -192,10 +196,11 @@ _closed = False  # handed on (or the run is over): no uv is begun here any more
 _guard = threading.Lock()
 
 
-def consider(ahead: Any, options: Options, python: str, unset: Iterable[str], checkout: Path) -> None:
-    """On the thread that reads ahead (`ahead`, an early.Ahead with the snapshot's index), once it
-    has read it: begin uv from the index when the read would lose to it (see the module's text).
-    Only online, with uv, for this interpreter (the snapshot's facts name its version and prefix)."""
+def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], checkout: Path) -> None:
+    """On the thread that reads ahead (`ahead`, with the snapshot's index), once it has read it:
+    begin uv from the index when the read would lose to it (see the module's text). Only online,
+    with uv, for the target interpreter `python` the snapshot was made for (its facts name its
+    version and prefix)."""
     if options.offline or options.installer == "pip" or not find_uv():
         return
     index = ahead.index[1] if ahead.index else {}
@@ -246,7 +251,7 @@ def _locked_lines(checkout: Path, stem: str, lock_sha256: str, wanted: list[str]
     return None
 
 
-def _read_left(ahead: Any, size: int) -> float | None:
+def _read_left(ahead: Ahead, size: int) -> float | None:
     """The seconds the read ahead has left at Drive's pace, once it has timed PACE_BYTES, or as
     much as it timed before it stopped for room (it counts the pipe's backlog out, so what it
     times may fall short of what it read); none once its reading is over. None when it does not
