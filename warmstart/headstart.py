@@ -80,7 +80,7 @@ PACE_WAIT, PACE_BYTES = 3.0, 1 << 20
 ASK_WAIT = 1.0
 POLL = 0.05
 HANDED = HANDED_INDEX.name  # "<outcome fd>,<stop fd>,<began>,<folder>,<requirements file>"
-FOLDER_PREFIX = ".warmstart-restore-"  # snapshot.staging_folder's: a killed run's is removed by the next
+FOLDER_PREFIX = ".warmstart-restore-"  # a staging folder's name (staging_folder)
 
 
 def index_seconds(archive_bytes: int, wheels: int) -> float:
@@ -97,6 +97,13 @@ def recorded_seconds(index: Mapping[str, Any]) -> float | None:
     if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 < seconds < 3600:
         return float(seconds)
     return None
+
+
+def staging_folder(prefix: Path) -> Path:
+    """A new staging folder's name inside the target's `prefix` (a rename away from its place),
+    for a restore or for uv from the index. One a killed run left behind is removed by the next
+    (Executor.install)."""
+    return prefix / f"{FOLDER_PREFIX}{uuid.uuid4().hex}"
 
 
 def worth_racing(read_left: float, index_takes: float) -> bool:
@@ -223,7 +230,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
     global _begun
     with _guard:
         if not _closed:
-            _begun = HeadStart(python, lines, Path(prefix) / f"{FOLDER_PREFIX}{uuid.uuid4().hex}", unset,
+            _begun = HeadStart(python, lines, staging_folder(Path(prefix)), unset,
                                ahead, index_takes)
 
 

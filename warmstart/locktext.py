@@ -30,6 +30,11 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def pinned_names(text: str) -> set[str]:
+    """The distributions the lock `text` pins, by canonical name."""
+    return {canonical(pinned.group(1)) for block in pin_blocks(text) if (pinned := _PINNED.match(block))}
+
+
 def requirement_line(name: str, version: str, hashes: Iterable[str]) -> str:
     """A pin as uv and pip install it, hashes required: one line, its hashes sorted."""
     return f"{name}=={version} " + " ".join(f"--hash=sha256:{h}" for h in sorted(hashes))

@@ -31,9 +31,9 @@ from packaging.utils import NormalizedName
 
 from . import installer, manifest
 from .errors import WarmstartError
-from .headstart import HOLD_FOR, RACE_AFTER, Received, index_seconds, worth_racing
+from .headstart import HOLD_FOR, RACE_AFTER, Received, index_seconds, staging_folder, worth_racing
 from .patches import Patch
-from .snapshot import Watch, staging_folder, verify_staged
+from .snapshot import Watch, verify_staged
 from .target import TargetPython
 
 # A source gets this long to its first block (connecting; a team store's own retries, which end
@@ -64,7 +64,7 @@ class IndexLane:
         self.begun = begun if begun is not None and begun.installs(requirements, target.prefix) else None
         if begun is not None and self.begun is None:
             begun.stop()  # other pins: this lane's uv would install them
-        self.folder = self.begun.folder if self.begun else staging_folder(target)
+        self.folder = self.begun.folder if self.begun else staging_folder(target.prefix)
         # seconds into the restore when uv began (and its read was held); below 0 when warmstart.sh began it
         self.started: float | None = None
         self.expected = 0.0  # the seconds the index was expected to take, when uv began

@@ -26,7 +26,6 @@ import tarfile
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from packaging.utils import NormalizedName
 
 from . import early, faults, manifest, parts
 from .errors import WarmstartError
-from .headstart import recorded_seconds
+from .headstart import recorded_seconds, staging_folder
 from .lock import Lock, Pin
 from .patches import Patch
 from .store import Patience, Store
@@ -668,7 +667,7 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
         def later() -> parts.Source | None:
             return parts.Source(*found) if (found := ask()) else None
     from_team = sources[0].store is not store.here  # Drive, when it holds it, comes first
-    staging = staging_folder(target)
+    staging = staging_folder(target.prefix)
     copy = for_drive / archive if from_team and for_drive else None
     try:
         try:
@@ -695,12 +694,6 @@ class Staged:
 
     folder: Path
     served: dict[str, int]
-
-
-def staging_folder(target: TargetPython) -> Path:
-    """A new staging folder's name inside the prefix (a rename away from its place). One a killed
-    run left behind is removed by the next (see Executor.install)."""
-    return target.prefix / f".warmstart-restore-{uuid.uuid4().hex}"
 
 
 def place(staged: Path, target: TargetPython, uninstall: Callable[[], None]) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import shutil
 import subprocess
@@ -40,6 +39,7 @@ from typing import Any
 from . import early, headstart, home, settings
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
+from .locktext import canonical, pinned_names
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
@@ -140,13 +140,7 @@ def _cache_wheels(store: DriveStore, downloaded: Path) -> None:
             raise OSError(store.warnings[-1])
 
 
-# The distribution a line of a hashed lock pins (`name==version \`)
-_PINNED = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==", re.MULTILINE)
 WHEEL_MOST = 64 << 20  # a tool's wheel is a few MB (zstandard's, the largest: 5 MB)
-
-
-def _normalized(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
@@ -156,7 +150,7 @@ def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
     read them beside the archive, at half of it. A file is copied whatever it holds (the
     installer checks each against the lock's sha256); one too large, or unreadable, is left
     out, and so not found."""
-    pinned = {_normalized(name) for name in _PINNED.findall(lock.read_text())}
+    pinned = pinned_names(lock.read_text())
 
     def copy(wheel: Path) -> None:
         try:
@@ -166,7 +160,7 @@ def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
             (into / wheel.name).unlink(missing_ok=True)
 
     with ThreadPoolExecutor(8) as pool:
-        list(pool.map(copy, [w for w in wheels.glob("*.whl") if _normalized(w.name.split("-", 1)[0]) in pinned]))
+        list(pool.map(copy, [w for w in wheels.glob("*.whl") if canonical(w.name.split("-", 1)[0]) in pinned]))
 
 
 def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
