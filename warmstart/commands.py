@@ -28,7 +28,7 @@ from typing import Any
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__, config, early, headstart
+from . import PROJECT_ROOT, __version__, config, early
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .profiles import select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
@@ -79,11 +79,11 @@ def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
     with config.reading_ahead(ROOT, flags.get("recipe")):
         early.begin(flags, ROOT)  # while the rest of warmstart is imported and the plan made
-        headstart.receive()  # uv from the index, when warmstart.sh began it
-        from . import target
+        from . import headstart, target
 
         # The target Python's answer (a child, 30 to 50 ms) comes meanwhile too, on the other CPU.
         target.begin_probe(flags.get("python"))
+        headstart.receive()  # uv from the index, when warmstart.sh began it
         try:
             from . import bootstrap as bootstrapping
             from .cli import run_reported
