@@ -97,8 +97,9 @@ def test_uv_begun_by_warmstart_sh_is_the_bootstrap_s_index_lane(bulky, filled, t
         home.run_locks(vm.env).mkdir(parents=True)
         _on_this_vm(monkeypatch, vm)
         with slow_drive(vm.drive, tmp_path / "slow", 5, 1) as mount, _read_ahead(mount, recipe) as ahead:
-            # about 28 s of reading: uv at the lowest priority, on a loaded machine, may take 20 s and more
-            headstart.consider(ahead, Options(recipe=str(recipe)), str(vm.python), (), recipe.parents[1])
+            # about 28 s of reading: uv at the lowest priority, on a loaded machine, may take 20 s and more.
+            # A recipe given as a file: its lock is looked for in its own project, not in the checkout.
+            headstart.consider(ahead, Options(recipe=str(recipe)), str(vm.python), (), REPO)
 
             begun = headstart._begun
             assert begun is not None, "the read would lose to the index: uv began"

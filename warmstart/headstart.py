@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import installer
 from .errors import WarmstartError
-from .locktext import requirement_lines
+from .locktext import given_as_file, project_of, requirement_lines
 from .settings import HANDED_INDEX, Options
 from .uv import find_uv
 
@@ -207,7 +207,8 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
     """On the thread that reads ahead (`ahead`, with the snapshot's index), once it has read it:
     begin uv from the index when the read would lose to it (see the module's text). Only online,
     with uv, for the target interpreter `python` the snapshot was made for (its facts name its
-    version and prefix)."""
+    version and prefix). The lock is looked for in the project of a recipe given as a file, else
+    in `checkout`."""
     if options.offline or options.installer == "pip" or not find_uv():
         return
     index = ahead.index[1] if ahead.index else {}
@@ -219,7 +220,9 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
         return
     wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
     tag = "py" + "".join(version.split(".")[:2])
-    lines = _locked_lines(checkout, f"{Path(options.recipe or '').stem}-{tag}", str(facts.get("lock_sha256")), wanted)
+    recipe = options.recipe or ""
+    project = project_of(Path(recipe).expanduser().resolve()) if given_as_file(recipe) else checkout
+    lines = _locked_lines(project, f"{Path(recipe).stem}-{tag}", str(facts.get("lock_sha256")), wanted)
     if not lines:
         return
     recorded = recorded_seconds(index)
@@ -243,11 +246,11 @@ def _version_and_prefix(python: str) -> tuple[str, str]:
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
 
-def _locked_lines(checkout: Path, stem: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
-    """The requirement lines of `wanted` in the checkout's lock `<stem>-<platform>.txt` (lock.lock_path's
+def _locked_lines(project: Path, stem: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
+    """The requirement lines of `wanted` in the project's lock `<stem>-<platform>.txt` (lock.lock_path's
     names: `<recipe>-<pyXY>`) whose sha256 is `lock_sha256`, the one the snapshot was made from;
     None when there is none."""
-    folder = checkout / "requirements"
+    folder = project / "requirements"
     for path in sorted([*folder.glob(f"{stem}-*.txt"), *folder.glob(f"*/{stem}-*.txt")]):
         try:
             raw = path.read_bytes()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 _PINNED = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
@@ -53,3 +54,15 @@ def requirement_lines(text: str, wanted: Iterable[str]) -> list[str] | None:
         if f"{name}=={version}" in wanted and (hashes := HASH.findall(block)):
             lines.append(requirement_line(name, version, hashes))
     return lines if len(lines) == len(wanted) else None
+
+
+def given_as_file(recipe: str) -> bool:
+    """A recipe named by its file's path (used as it is), not by a name to look up."""
+    candidate = Path(recipe)
+    return candidate.suffix == ".toml" or len(candidate.parts) > 1
+
+
+def project_of(recipe_file: Path) -> Path:
+    """The folder of a recipe file's project, where its requirements and locks are named from:
+    its recipes/ folder's parent, else its own folder."""
+    return recipe_file.parent.parent if recipe_file.parent.name == "recipes" else recipe_file.parent

@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
+from .locktext import given_as_file, project_of
 from .patches import Patch, load_patch
 from .settings import RECIPES_FOLDER
 from .store import RECIPES
@@ -156,9 +157,8 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
     """A recipe given as a file path is used as is; a bare name is looked up by name."""
     if "\0" in name_or_path:
         raise BadInput(f"recipe {name_or_path!r}: a name or path cannot hold a NUL character")
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix == ".toml" or len(candidate.parts) > 1:
-        return candidate.resolve()
+    if given_as_file(name_or_path):
+        return Path(name_or_path).expanduser().resolve()
     known = known_recipes(root, drive)
     if name_or_path not in known:
         close = difflib.get_close_matches(name_or_path, list(known), n=1)
@@ -234,7 +234,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         min_cuda=_version(gpu["min_cuda"], path, "gpu.min_cuda"),
     )
 
-    project_root = path.parent.parent if path.parent.name == "recipes" else path.parent
+    project_root = project_of(path)
     requirements_in = _project_file(project_root, data["requirements"]["in"], path, "requirements.in")
 
     workdir = PurePosixPath(data["drive"]["workdir"])
