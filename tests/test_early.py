@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli_command, dead_url, make_venv, needs_fuse, slow_drive, wait_until
+from conftest import bootstrap, cli_command, dead_url, make_venv, needs_fuse, slow_drive, wait_until
 from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
@@ -327,8 +327,9 @@ def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, 
     recipe, _url = bulky
     vm = wiped_vm(tmp_path, dead_url())
     with slow_drive(vm.drive, tmp_path / "slow", 5, 16) as mount:
-        vm.drive = mount
-        result = vm.bootstrap(recipe, "--offline")
+        # not VM.bootstrap: it reads all of Drive after, through this slow layer, for credentials
+        # this VM has none of
+        result = bootstrap(recipe, mount, vm.python, "--offline", env=vm.env)
         assert result.code == 0, result.stderr
         assert result.report["snapshot"]["used"] is True, result.report["snapshot"]
         assert 0 < result.report["cache"]["read_ahead"] <= early.AHEAD
@@ -336,7 +337,7 @@ def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, 
 
         shutil.rmtree(vm.root / "venv")  # wiped again, but for warmstart's own folder
         make_venv(vm.root / "venv")
-        again = vm.bootstrap(recipe, "--offline")
+        again = bootstrap(recipe, mount, vm.python, "--offline", env=vm.env)
         assert again.code == 0, again.stderr
         assert again.report["snapshot"]["used"] is True
         assert again.report["cache"]["read_ahead"] == 0
