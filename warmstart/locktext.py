@@ -1,8 +1,9 @@
-"""A lock's text as the standard library reads it: its pin blocks and their hashes.
+"""A lock's text as the standard library reads it: its pin blocks and their hashes; and where a
+recipe's locks lie.
 
 warmstart.lock parses a lock whole, with packaging. warmstart.sh reads the pins a snapshot holds
 from the lock it was made from before packaging is there (warmstart.headstart), so the parts
-both need live here.
+both need live here, and so do the rules by which warmstart.recipe finds a recipe file's project.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def requirement_lines(text: str, wanted: Iterable[str]) -> list[str] | None:
 
 def given_as_file(recipe: str) -> bool:
     """A recipe named by its file's path (used as it is), not by a name to look up."""
-    candidate = Path(recipe)
+    candidate = Path(recipe).expanduser()
     return candidate.suffix == ".toml" or len(candidate.parts) > 1
 
 
