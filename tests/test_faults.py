@@ -123,15 +123,34 @@ def test_two_bootstraps_sharing_one_cache_both_succeed(demo, drive, tmp_path, in
     assert wheels == ["alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl", "gpu_build-1.0-py3-none-any.whl"]
 
 
-def _wait_for_an_ended_child(pid: int, timeout: float = 60) -> None:
-    """Until a child of process `pid` has exited and not yet been waited for (a zombie)."""
-    def an_ended_child() -> bool:
-        children = [c for t in Path(f"/proc/{pid}/task").iterdir()
-                    for c in (t / "children").read_text().split()]
-        return any(Path(f"/proc/{c}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-                   for c in children if Path(f"/proc/{c}/stat").exists())
+def _wait_for_the_begun_probe(pid: int, python: Path, timeout: float = 60) -> None:
+    """Until the begun probe (a child of process `pid` running the target `python`) has exited:
+    seen as a zombie (exited, not yet waited for), or seen and gone. The run waits for it at the
+    target's lock, and ends it there if it has not answered yet: on a loaded machine its
+    interpreter may still be starting when the run gets there, and its zombie is then never seen."""
+    seen: set[str] = set()
 
-    wait_until(an_ended_child, timeout, f"no child of {pid} ended in {timeout} s")
+    def probes() -> dict[str, str]:
+        """The run's children running `python`, with their states."""
+        found = {}
+        for thread in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                for child in (thread / "children").read_text().split():
+                    # (a zombie's cmdline reads empty: one seen before is known by its pid)
+                    if child in seen or Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == bytes(python):
+                        found[child] = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:  # a thread or child gone meanwhile
+                continue
+        return found
+
+    def ended() -> bool:
+        now = probes()
+        if "Z" in now.values() or seen - now.keys():
+            return True
+        seen.update(now)
+        return False
+
+    wait_until(ended, timeout, f"no probe of {python} by {pid} ended in {timeout} s")
 
 
 def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_left(
@@ -150,7 +169,7 @@ def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_le
         run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(drive),
                                            "--python", str(python), "--json"),
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        _wait_for_an_ended_child(run.pid)  # the begun probe answered: the target held nothing then
+        _wait_for_the_begun_probe(run.pid, python)  # it answered (as a rule): the target held nothing then
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                         "--index-url", index.url, *(f"{n}=={v}" for n, v in LOCKED.items())], env=env, check=True)
     finally:
