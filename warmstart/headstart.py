@@ -89,6 +89,12 @@ def index_seconds(archive_bytes: int, wheels: int) -> float:
     return max(RACE_AFTER, wheels * INDEX_PER_WHEEL + archive_bytes / INDEX_PACE)
 
 
+def index_takes(recorded: float | None, archive_bytes: int, wheels: int) -> float:
+    """How long the index should take for a snapshot: what its index records uv took on the VM
+    it was made on (`recorded`; never less than RACE_AFTER), else index_seconds."""
+    return max(RACE_AFTER, recorded) if recorded is not None else index_seconds(archive_bytes, wheels)
+
+
 def recorded_seconds(index: Mapping[str, Any]) -> float | None:
     """How long uv took to install the snapshot's distributions from the index, on the VM whose
     install it was made of, as its `index` says. None when it does not say, or says something no
@@ -225,16 +231,15 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
     lines = _locked_lines(project, f"{Path(recipe).stem}-{tag}", str(facts.get("lock_sha256")), wanted)
     if not lines:
         return
-    recorded = recorded_seconds(index)
-    index_takes = max(RACE_AFTER, recorded) if recorded else index_seconds(size, len(lines))  # as race.index_time
+    expected = index_takes(recorded_seconds(index), size, len(lines))
     left = _read_left(ahead, size)
-    if left is None or not worth_racing(left, index_takes):
+    if left is None or not worth_racing(left, expected):
         return
     global _begun
     with _guard:
         if not _closed:
             _begun = HeadStart(python, lines, staging_folder(Path(prefix)), unset,
-                               ahead, index_takes)
+                               ahead, expected)
 
 
 def _version_and_prefix(python: str) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from packaging.utils import NormalizedName
 
 from . import installer, manifest
 from .errors import WarmstartError
-from .headstart import HOLD_FOR, RACE_AFTER, Received, index_seconds, staging_folder, worth_racing
+from .headstart import HOLD_FOR, Received, index_takes, staging_folder, worth_racing
 from .patches import Patch
 from .snapshot import Watch, verify_staged
 from .target import TargetPython
@@ -45,9 +45,7 @@ POLL = 0.05
 def index_time(watch: Watch, wheels: int) -> float:
     """How long the index should take for the restore `watch` sees: what its snapshot's index
     records, else index_seconds."""
-    if watch.index_took is not None:
-        return max(RACE_AFTER, watch.index_took)
-    return index_seconds(watch.size or 0, wheels)
+    return index_takes(watch.index_took, watch.size or 0, wheels)
 
 
 class IndexLane:
