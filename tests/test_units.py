@@ -37,6 +37,7 @@ from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
+from warmstart.transfer import counted
 
 H = {c: c * 64 for c in "abcdef"}
 A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))
@@ -201,6 +202,11 @@ def test_wheels_group_by_name_and_version_from_one_listing():
 ])
 def test_credentials_in_urls_are_hidden(text, shown):
     assert redact(text) == shown
+
+
+def test_a_report_line_counts_one_in_the_singular():
+    # The H200's rerun after the printed command reinstalled one package: "1 files ... 1 packages".
+    assert [counted(n, "file") for n in (0, 1, 12)] == ["0 files", "1 file", "12 files"]
 
 
 # -- prune selection ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from .outcome import Outcome
 from .plan import Plan, offline_without_drive
 from .report import Report
 from .tiered import TieredStore
+from .transfer import counted
 
 
 def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:
@@ -109,7 +110,7 @@ class Executor:
                     self._install(need, [stage, downloads], stage, index=index)
                     if index and {p.name for p in need} <= {p.name for p in to_download}:
                         self.index_took = time.monotonic() - began  # all from the index: see race
-                    step.detail = f"{len(need)} packages with {plan.facts.installer}"
+                    step.detail = f"{counted(len(need), 'package')} with {plan.facts.installer}"
                 else:
                     step.status, step.detail = "skipped", skipped
         return bool(need)
@@ -205,7 +206,7 @@ class Executor:
                 only_team = [p for p in plan.to_install if facts.cached.get(p.name) in facts.in_team]
                 if only_team:
                     self._fetch_for_drive_later(only_team)
-                step.detail = (f"the package index was faster: {len(plan.to_install)} packages with uv, "
+                step.detail = (f"the package index was faster: {counted(len(plan.to_install), 'package')} with uv, "
                                f"{len(replaced)} replaced")
                 self.outcome.snapshot = {"used": False, "reason": "the package index was faster", "index": index,
                                          "race": raced}

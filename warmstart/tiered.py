@@ -21,7 +21,7 @@ from typing import Any
 from .errors import PreconditionUnmet, redact
 from .store import CacheStats, DriveStore, Store
 from .team import ObjectStore, backend_found, open_team
-from .transfer import QUIET, AtomicFile, Bars, explain
+from .transfer import QUIET, AtomicFile, Bars, counted, explain
 
 TEAM = "the team cache"  # the team tier, as the report names it
 
@@ -180,9 +180,9 @@ class TieredStore:
 
     def describe_reads(self) -> str:
         stats = self.here.stats
-        said = f"{stats.hits} files, {stats.bytes_read / 2**20:.1f} MiB from Drive"
-        if self.team and self.team.stats.hits:
-            said += f"; {self.team.stats.hits} files, {self.team.stats.bytes_read / 2**20:.1f} MiB from the team cache"
+        said = f"{counted(stats.hits, 'file')}, {stats.bytes_read / 2**20:.1f} MiB from Drive"
+        if self.team and (team := self.team.stats).hits:
+            said += f"; {counted(team.hits, 'file')}, {team.bytes_read / 2**20:.1f} MiB from the team cache"
         return said
 
     # -- writing ---------------------------------------------------------------------------

@@ -325,6 +325,11 @@ def printable(text: str, keep_lines: bool = False) -> str:
     return _CONTROL.sub(escape, text)
 
 
+def counted(number: int, noun: str) -> str:
+    """'1 file', '12 files': a count in a report line (nouns that take an s)."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def shown(text: str, keep_lines: bool = False) -> str:
     """What warmstart prints of any text: credentials hidden, control characters escaped."""
     return printable(redact(text), keep_lines)
