@@ -20,6 +20,8 @@
 #                libraries), the recipe locked for it, the Drive cache (the wheels the image lacks,
 #                the assets) and warmstart's wheels: .device/hyperlpr/e2e-aa..e2e-ae
 #   there:  calls 1-4 carry e2e-aa..e2e-ad: `stage`; call 5 carries e2e-ae: `stage bootstrap`
+#           (which ends with `side-by-side`: the restore against uv from the same wheels, packages
+#           only, alternated; again on the warm machine with `side-by-side`)
 # What each step printed, and JSON, come back in $OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -158,7 +160,7 @@ EOF
     .venv/bin/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         --dest "$e2e/tool" -r requirements/warmstart-py312-manylinux_x86_64.txt
-    tar -C "$e2e" -cf "$e2e.tar" ws tool drive wheels.txt && split -n 5 "$e2e.tar" "$here/e2e-" && rm -r "$e2e.tar" "$e2e"
+    mkdir -p "$here" && tar -C "$e2e" -cf "$e2e.tar" ws tool drive wheels.txt && split -n 5 "$e2e.tar" "$here/e2e-" && rm -r "$e2e.tar" "$e2e"
     ls -la "$here"/e2e-*
 }
 
@@ -205,9 +207,53 @@ EOF
     time "${ws[@]}" || true
     step "status"
     "$tool/bin/python" -m invoke status --recipe hyperlpr --drive "$e2e/drive" --python python3 || true
+    side_by_side "${ws[@]}"
 }
 
-usage="usage: bench/hyperlpr_device.sh pack | stage [info] [run] | pack-bootstrap FACTS | stage bootstrap"
+side_by_side() {  # the restore against uv from the same wheels (Drive's), alternated, packages only
+    step "side by side: the packages the image lacks removed, then uv from Drive's wheels, or a restore"
+    python3 - "$e2e" "$out/side-by-side.json" "$@" <<'EOF'
+import json, os, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+e2e, report, ws = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+lacked = [line.split("==")[0] for line in (e2e / "wheels.txt").read_text().split()]
+lock = e2e / "ws/requirements/device/hyperlpr-py312-manylinux_x86_64.txt"
+uv = [shutil.which("uv") or "uv", "pip", "install", "--quiet", "--python", "python3", "--offline", "--no-deps",
+      "--no-index", "--find-links", str(e2e / "drive/.warmstart/v1/wheels"), "--require-hashes", "-r", str(lock)]
+def timed(argv, **env):
+    subprocess.run(["python3", "-m", "pip", "uninstall", "--quiet", "--yes", *lacked], check=True)
+    subprocess.run(["sync"])
+    start = time.perf_counter()
+    done = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True)
+    return time.perf_counter() - start, done
+rounds = []
+for n in range(3):
+    for method in (("uv", "restore") if n % 2 == 0 else ("restore", "uv")):
+        if method == "uv":
+            with tempfile.TemporaryDirectory() as cache:
+                seconds, done = timed(uv, UV_CACHE_DIR=cache)
+            row = {"method": "uv from Drive's wheels", "seconds": round(seconds, 3), "ok": done.returncode == 0}
+        else:
+            seconds, done = timed([*ws, "--packages-only", "--json"])
+            result = json.loads(done.stdout) if done.stdout.strip() else {}
+            steps = {s["name"]: s["seconds"] for s in result.get("steps", [])}
+            row = {"method": "warmstart restore", "seconds": round(seconds, 3), "ok": result.get("ok"),
+                   "snapshot_step": steps.get("snapshot"), "installed": len(result.get("installed", []))}
+        row["round"] = n
+        print(row, done.stderr[-300:] if done.returncode else "", flush=True)
+        rounds.append(row)
+version = subprocess.run(uv[:1] + ["--version"], capture_output=True, text=True).stdout.strip()
+report.write_text(json.dumps({"uv": version, "lacked": lacked, "cpus": os.cpu_count(), "rounds": rounds}, indent=1))
+EOF
+}
+
+side-by-side() {  # again, after bootstrap, on the same warm machine
+    local e2e=$there/e2e
+    mkdir -p "$out" && cd "$e2e/ws" && export HOME=$e2e/home
+    side_by_side "$e2e/tool-env/bin/python" -m invoke bootstrap --recipe hyperlpr --drive "$e2e/drive" --python python3 --offline
+}
+
+usage="usage: bench/hyperlpr_device.sh pack | stage [info] [run] | pack-bootstrap FACTS | stage bootstrap | side-by-side"
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 if [ "$1" = pack-bootstrap ]; then
     pack_bootstrap "$2"
@@ -215,7 +261,7 @@ if [ "$1" = pack-bootstrap ]; then
 fi
 for verb in "$@"; do
     case $verb in
-    pack | stage | info | run | bootstrap) "$verb" 2>&1 | tee -a "${OUT:-/tmp}/device-$verb.log" ;;
+    pack | stage | info | run | bootstrap | side-by-side) "$verb" 2>&1 | tee -a "${OUT:-/tmp}/device-$verb.log" ;;
     *) echo "$usage" >&2; exit 2 ;;
     esac
 done
