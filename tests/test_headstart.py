@@ -6,6 +6,7 @@ from a real index on 127.0.0.1; the real bootstrap command, started as warmstart
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -51,6 +52,32 @@ def test_the_lines_read_from_a_lock_s_text_are_those_its_pins_install():
     assert lines == [p.requirement_line() for p in pins if f"{p.name}=={p.version}" in wanted]
     assert len(lines) == 3
     assert locktext.requirement_lines(path.read_text(), [*wanted, "numpy==0.0.1"]) is None  # one not in the lock
+
+
+def test_the_lock_is_found_beside_the_in_file_the_recipe_names(tmp_path):
+    """A project's own recipe whose `.in` is not requirements/<recipe>.in (here deps/requirements.in):
+    its locks are named from that file (lock.lock_path), and warmstart.sh finds the one whose sha256
+    the snapshot names, by the recipe's file or by its name in a checkout."""
+    lock = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
+    text = lock.read_text()
+    wanted = [f"{p.name}=={p.version}" for p in parse_lock(lock).pins if p.name in ("hyperlpr3", "loguru")]
+    project = tmp_path / "app"
+    (project / "deps" / "colab-2026.07").mkdir(parents=True)
+    (project / "deps" / "colab-2026.07" / "requirements-py312-manylinux_x86_64.txt").write_text(text)
+    (project / "deps" / "requirements-py312-manylinux_x86_64.txt").write_text(text + "# another lock\n")
+    (project / "recipes").mkdir()
+    recipe = project / "recipes" / "app.toml"
+    recipe.write_text('name = "app"\n[requirements]\nin = "deps/requirements.in"\n')
+    sha256 = hashlib.sha256(text.encode()).hexdigest()
+
+    lines = locktext.requirement_lines(text, wanted)
+    assert lines and len(lines) == 2
+    assert headstart.locked_lines(str(recipe), REPO, "py312", sha256, wanted) == lines
+    assert headstart.locked_lines("app", project, "py312", sha256, wanted) == lines
+    assert headstart.locked_lines(str(recipe), REPO, "py313", sha256, wanted) is None  # another Python's
+    assert headstart.locked_lines(str(recipe), REPO, "py312", "0" * 64, wanted) is None  # no lock of that sha256
+    recipe.write_text("name = [")
+    assert headstart.locked_lines(str(recipe), REPO, "py312", sha256, wanted) is None  # left to the bootstrap
 
 
 @contextmanager

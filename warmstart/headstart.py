@@ -8,9 +8,9 @@ twice uv's own time. So warmstart.sh, whose read ahead (warmstart.early) has the
 and Drive's pace within 0.2 s of its start (online it begins before the tools' wheels are read
 off Drive, for this), asks the same question then (`consider`): when the
 read would lose to the index by RACE_MARGIN, it starts uv itself (`HeadStart`) on the pins the
-snapshot holds, their requirement lines taken from the checkout's lock whose sha256 the index
-names (not from the index: Drive is not trusted with what to install), into a staging folder of
-the target's prefix. It hands that install on to the bootstrap with its read (`hand_on`): two
+snapshot holds, their requirement lines taken from the recipe's lock (beside its `.in`) whose
+sha256 the index names (not from the index: Drive is not trusted with what to install), into a
+staging folder of the target's prefix. It hands that install on to the bootstrap with its read (`hand_on`): two
 pipes, one that says how uv ended, one through which the bootstrap stops it.
 
 The bootstrap takes it over as its race's index lane (`Received`, race.IndexLane) only when the
@@ -36,11 +36,12 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import installer
+from .config import parse_toml, read_toml_bytes
 from .errors import WarmstartError
 from .locktext import given_as_file, project_of, requirement_lines
 from .settings import HANDED_INDEX, Options
@@ -213,8 +214,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
     """On the thread that reads ahead (`ahead`, with the snapshot's index), once it has read it:
     begin uv from the index when the read would lose to it (see the module's text). Only online,
     with uv, for the target interpreter `python` the snapshot was made for (its facts name its
-    version and prefix). The lock is looked for in the project of a recipe given as a file, else
-    in `checkout`."""
+    version and prefix). A recipe named, not given as a file, is `checkout`'s."""
     if options.offline or options.installer == "pip" or not find_uv():
         return
     index = ahead.index[1] if ahead.index else {}
@@ -226,9 +226,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
         return
     wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
     tag = "py" + "".join(version.split(".")[:2])
-    recipe = options.recipe or ""
-    project = project_of(Path(recipe).expanduser().resolve()) if given_as_file(recipe) else checkout
-    lines = _locked_lines(project, f"{Path(recipe).stem}-{tag}", str(facts.get("lock_sha256")), wanted)
+    lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_sha256")), wanted)
     if not lines:
         return
     expected = index_takes(recorded_seconds(index), size, len(lines))
@@ -251,19 +249,35 @@ def _version_and_prefix(python: str) -> tuple[str, str]:
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
 
-def _locked_lines(project: Path, stem: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
-    """The requirement lines of `wanted` in the project's lock `<stem>-<platform>.txt` (lock.lock_path's
-    names: `<recipe>-<pyXY>`) whose sha256 is `lock_sha256`, the one the snapshot was made from;
-    None when there is none."""
-    folder = project / "requirements"
-    for path in sorted([*folder.glob(f"{stem}-*.txt"), *folder.glob(f"*/{stem}-*.txt")]):
-        try:
-            raw = path.read_bytes()
-        except OSError:
-            continue
-        if hashlib.sha256(raw).hexdigest() == lock_sha256:
-            return requirement_lines(raw.decode(errors="replace"), wanted)
+def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
+    """The requirement lines of `wanted` in the recipe's lock for `tag` (pyXY) whose sha256 is
+    `lock_sha256`, the one the snapshot was made from; None when there is none."""
+    named = checkout / "recipes" / f"{recipe}.toml"
+    recipe_file = Path(recipe).expanduser().resolve() if given_as_file(recipe) else named
+    for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
+        for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                continue
+            if hashlib.sha256(raw).hexdigest() == lock_sha256:
+                return requirement_lines(raw.decode(errors="replace"), wanted)
     return None
+
+
+def _lock_places(recipe_file: Path, stem: str) -> Iterator[tuple[Path, str]]:
+    """Where a recipe's locks lie and the stem they are named by: beside its `.in`, from whose
+    stem lock.lock_path names them. First `requirements/<recipe>.in`'s, as the shipped recipes
+    have it, which reads nothing; then the `.in` the recipe's file names (a project's own
+    `requirements.in`, say), read as warmstart reads it; the bootstrap checks it properly."""
+    project = project_of(recipe_file)
+    yield project / "requirements", stem
+    try:
+        requirements_in = project / parse_toml(read_toml_bytes(recipe_file), recipe_file)["requirements"]["in"]
+    except (WarmstartError, LookupError, TypeError):  # no such file, not TOML, no such key
+        return
+    if (requirements_in.parent, requirements_in.stem) != (project / "requirements", stem):
+        yield requirements_in.parent, requirements_in.stem
 
 
 def _read_left(ahead: Ahead, size: int) -> float | None:
