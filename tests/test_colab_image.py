@@ -39,6 +39,7 @@ from warmstart.cudalibs import SHARED_OBJECT, cuda_of, read_elf
 from warmstart.images import Image
 from warmstart.lock import parse_lock
 from warmstart.pipconfig import uv_env
+from warmstart.status import status_lines
 from warmstart.uv import find_uv
 
 
@@ -125,6 +126,9 @@ def test_hyperlpr_on_colab_adds_only_what_the_image_lacks(name, tmp_path):
     status = json.loads(on_colab(tmp_path, "status", "--recipe", "hyperlpr", "--python", str(python),
                                  "--packages-only", "--json").stdout)
     assert "opencv-python" in status["extra"] and status["shared"] == []
+    # All of it the image's own: the human line counts them rather than naming them (600 on Colab).
+    assert status["extra_not_shipped"] == []
+    assert f"extra     none besides the image's {len(status['extra'])}" in status_lines(status)
     new_conflicts = pip_check(python) - broken_before
     # hyperlpr3 declares the CPU onnxruntime, which the recipe excludes on purpose.
     assert all("requires onnxruntime," in line for line in new_conflicts), new_conflicts

@@ -159,11 +159,12 @@ def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, drive, en
     drifted = status(demo, drive, python, env)
     assert drifted.code == 1
     assert drifted.report["different"] == {"beta": {"installed": "1.0", "locked": "2.0"}}
-    assert drifted.report["extra"] == ["cpu-only"]
+    assert drifted.report["extra"] == ["cpu-only"] and drifted.report["extra_not_shipped"] is None  # no image
     assert drifted.report["action"] == "install from cached wheels"
 
     human = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
     assert human.code == 1 and "bootstrap would: install from cached wheels" in human.stdout
+    assert "\nextra     cpu-only\n" in human.stdout
 
 
 # --- recipes ------------------------------------------------------------------------------

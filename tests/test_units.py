@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from warmstart import PROJECT_ROOT, commands, snapshot, wheels
+from warmstart import status as status_module
 from warmstart.background import ChildRead
 from warmstart.errors import BadInput, PreconditionUnmet, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
@@ -202,6 +203,15 @@ def test_wheels_group_by_name_and_version_from_one_listing():
 ])
 def test_credentials_in_urls_are_hidden(text, shown):
     assert redact(text) == shown
+
+
+def test_status_names_what_was_added_and_counts_the_image_s_own():
+    many = [f"d{i:02}" for i in range(25)]
+    assert status_module._extra(["a", "b"], None) == "a, b"  # no image
+    assert status_module._extra([], None) == "-"
+    assert status_module._extra(many, None) == ", ".join(many[:20]) + " and 5 more"
+    assert status_module._extra(["a", "b", "c"], ["b"]) == "b besides the image's 2"
+    assert status_module._extra(["a", "b"], []) == "none besides the image's 2"
 
 
 def test_a_report_line_counts_one_in_the_singular():

@@ -16,6 +16,7 @@ from .target import shared_files
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
+NAMES_SHOWN = 20  # a human line names at most this many distributions (--json lists them all)
 
 
 def describe_action(plan: Plan) -> str:
@@ -40,6 +41,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     locked = {p.name: p.version for p in facts.lock.pins}
     have = facts.target.installed
     shipped = facts.image.shipped if facts.image else {}
+    extra = sorted(n for n in have if n not in locked and n not in _BASELINE)
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     found: dict[str, Any] = {
         "platform": facts.profile.name,
@@ -58,7 +60,10 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         # met by the platform's own build of the locked version (Colab's torch 2.11.0+cu128)
         "provided": {n: {"installed": v, "locked": locked[n]} for n, v in sorted(facts.needs.provided.items())},
         "left_to_platform": sorted(p.name for p in facts.needs.left),
-        "extra": sorted(n for n in have if n not in locked and n not in _BASELINE),
+        "extra": extra,
+        # of those, what the image the lock was made for does not ship (what was added here: on
+        # Colab the rest are some 600 of the image's own); None without an image
+        "extra_not_shipped": [n for n in extra if n not in shipped] if facts.image else None,
         # an excluded distribution the platform ships, whose files a locked one was installed over
         # (not one the image itself ships beside it, as Colab does opencv-python and its headless build)
         "shared": [{"excluded": other, "version": have[other], "with": name, "with_version": have[name],
@@ -95,6 +100,18 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     return found
 
 
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
+
+
+def _extra(extra: list[str], not_shipped: list[str] | None) -> str:
+    """Installed, not in the lock: those the lock's image ships only counted."""
+    if not_shipped is None or len(not_shipped) == len(extra):
+        return _names(extra) or "-"
+    return f"{_names(not_shipped) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
+
+
 def status_lines(facts: dict[str, Any]) -> list[str]:
     gpu = facts["gpu"]
     gpus = ", ".join(d["name"] for d in gpu["devices"]) or f"none ({gpu['error']})"
@@ -112,7 +129,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         "provided  " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["provided"].items()) or "-")
         + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
-        f"extra     {', '.join(facts['extra']) or '-'}",
+        f"extra     {_extra(facts['extra'], facts.get('extra_not_shipped'))}",
         *(f"shared    {s['excluded']} {s['version']}, which the recipe excludes, shares {s['files']} "
           f"file{'s' if s['files'] > 1 else ''} with {s['with']} {s['with_version']}: removing it would delete them"
           for s in facts["shared"]),
