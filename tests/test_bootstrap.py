@@ -52,6 +52,8 @@ def test_cold_install_fills_cache_and_leaves_excluded_out(demo, drive, env, tmp_
     assert report["cache"]["bytes_written"] > 0
     assert {s["name"] for s in report["steps"]} >= {"gpu", "lock", "download", "install"}
     assert all({"name", "status", "seconds"} <= set(s) for s in report["steps"])
+    fetch = next(s for s in report["steps"] if s["name"] == "fetch")
+    assert (fetch["status"], fetch["detail"]) == ("skipped", "none of them in the Drive cache yet")
     assert report["total_seconds"] > 0
     have = installed(python)
     assert {k: have[k] for k in LOCKED} == LOCKED
@@ -134,6 +136,7 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path, 
         assert steps["install"]["detail"] == f"the snapshot restored all {len(LOCKED)}"
     else:
         assert "snapshot" not in restored.report and cache["hits"] == 3
+        assert steps["fetch"]["status"] == "ok" and steps["fetch"]["detail"].startswith("3 files, ")
     assert cache["misses"] == 0 and cache["bytes_read"] > 0
     have = installed(python)
     assert {k: have[k] for k in LOCKED} == LOCKED

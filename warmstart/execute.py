@@ -88,7 +88,10 @@ class Executor:
                     if pin not in to_download:
                         to_download.append(pin)
                 self.warn(self.store.warnings)
-                if need:
+                if need and not self.store.hits():  # a first run: the download step fetches them all
+                    where = "the Drive or team cache" if self.store.team else "the Drive cache"
+                    step.status, step.detail = "skipped", f"none of them in {where} yet"
+                elif need:
                     step.detail = self.store.describe_reads()
             downloads = self.work.area("wheels")
             with self.report.step("download") as step:
