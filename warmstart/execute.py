@@ -88,7 +88,7 @@ class Executor:
                     if pin not in to_download:
                         to_download.append(pin)
                 self.warn(self.store.warnings)
-                if need and not self.store.hits():  # a first run: the download step fetches them all
+                if need and not any(pin.name in plan.facts.cached for pin in need):  # the download step fetches them
                     where = "the Drive or team cache" if self.store.team else "the Drive cache"
                     step.status, step.detail = "skipped", f"none of them in {where} yet"
                 elif need:

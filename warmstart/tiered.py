@@ -178,10 +178,6 @@ class TieredStore:
     def read_json(self, kind: str, name: str, limit: int = 1 << 20) -> Any:
         return self._tier(kind, name).read_json(kind, name, limit)
 
-    def hits(self) -> int:
-        """Files copied whole out of Drive and the team cache so far."""
-        return self.here.stats.hits + (self.team.stats.hits if self.team else 0)
-
     def describe_reads(self) -> str:
         stats = self.here.stats
         said = f"{counted(stats.hits, 'file')}, {stats.bytes_read / 2**20:.1f} MiB from Drive"
