@@ -16,7 +16,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # No bytecode on Drive (slow for small files). This checkout goes first on sys.path, before the
 # working directory `-m` or `-c` would put there (which may hold another warmstart).
+# warmstart compiles (to local disk) the modules this process imports as it imports them, and the
+# rest while it restores its tools (warmstart/__init__.py).
 export PYTHONDONTWRITEBYTECODE=1
-exec "${WARMSTART_PYTHON:-python3}" -c \
+WARMSTART_COMPILE_LATER=1 exec "${WARMSTART_PYTHON:-python3}" -c \
     'import sys; sys.path.insert(0, sys.argv.pop(1)); from warmstart.tools import main; sys.exit(main(sys.argv[1:]))' \
     "$here" "$@"

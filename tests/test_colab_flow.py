@@ -340,6 +340,35 @@ def test_imported_from_drive_warmstart_keeps_its_bytecode_in_its_cache_folder_no
     assert list(checkout.glob("warmstart/__pycache__/bootstrap.*.pyc")), "off Drive, bytecode as usual"
 
 
+def test_warmstart_sh_compiles_what_it_imports_then_the_rest_once_asked(tmp_path):
+    """warmstart.sh's process imports 17 of warmstart's modules before it begins the snapshot's
+    read: only those are compiled on the way (from the sources read ahead at once), the others
+    when it calls compile_rest, before the bootstrap it starts imports them. Its children are not
+    told to wait (the variable is taken out of the environment)."""
+    mount = tmp_path / "content" / "drive"
+    checkout = mount / "MyDrive" / "warmstart"
+    copy_checkout(checkout)
+    cache = tmp_path / "cache"
+    kept = cache / "warmstart" / "pycache" / checkout.relative_to("/") / "warmstart" / "__pycache__"
+    code = (f"import json, os, sys; sys.path[:0] = [{str(checkout)!r}]; from pathlib import Path; "
+            "import warmstart.tools, warmstart; "
+            f"compiled = lambda: sorted(p.name.split('.')[0] for p in Path({str(kept)!r}).glob('*.pyc')); "
+            "before = compiled(); warmstart.compile_rest(); "
+            "print(json.dumps([before, compiled(), os.environ.get(warmstart.COMPILE_LATER)]))")
+    env = os.environ | {"XDG_CACHE_HOME": str(cache), "WARMSTART_MOUNT_POINT": str(mount),
+                        "PYTHONDONTWRITEBYTECODE": "1"}  # as warmstart.sh runs
+
+    done = subprocess.run([sys.executable, "-c", code], env=env | {"WARMSTART_COMPILE_LATER": "1"},
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    before, after, told = json.loads(done.stdout)
+    assert {"tools", "early", "headstart"} <= set(before) and not {"bootstrap", "execute", "snapshot"} & set(before)
+    assert after == sorted(source.stem for source in (checkout / "warmstart").glob("*.py"))
+    assert told is None, "the bootstrap it starts compiles nothing of its own"
+    assert not list(checkout.rglob("*.pyc"))
+
+
 # A bootstrap run by invoke from the checkout in argv[1] (the rest: its flags), each file opened
 # under the checkout recorded with the thread that opened it (an audit hook), into argv[2].
 OPENS = """

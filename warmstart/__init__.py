@@ -10,6 +10,11 @@ import os
 import sys
 import types
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from concurrent.futures import Future
 
 __version__ = "0.1.0"
 
@@ -36,8 +41,27 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
     def _elsewhere(self, path: str) -> str:
         return str(self.root / Path(path).relative_to(Path(path).anchor))
 
+    # Modules of the package read ahead and not compiled yet, by path (read_ahead).
+    sources: ClassVar[dict[str, Future[tuple[os.stat_result, bytes] | None]]] = {}
+
+    def _read_ahead(self, path: str) -> tuple[os.stat_result, bytes] | None:
+        """This loader's source as read ahead (a stat, then the bytes), taken out of `sources` once."""
+        if path != self.path:
+            return None
+        if not hasattr(self, "_taken"):
+            ahead = self.sources.pop(path, None)
+            self._taken = ahead.result() if ahead else None
+        return self._taken
+
+    def path_stats(self, path: str) -> Mapping[str, Any]:
+        read = self._read_ahead(path)
+        return {"mtime": read[0].st_mtime, "size": read[0].st_size} if read else super().path_stats(path)
+
     def get_data(self, path: str) -> bytes:
-        return super().get_data(self._elsewhere(path) if path.endswith(".pyc") else path)
+        if path.endswith(".pyc"):
+            return super().get_data(self._elsewhere(path))
+        read = self._read_ahead(path)
+        return read[1] if read else super().get_data(path)
 
     def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # type: ignore[override]
         if path.endswith(".pyc"):  # nothing else is ever written through a loader
@@ -62,24 +86,37 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
         self.set_data(importlib.util.cache_from_source(self.path), header + marshal.dumps(code))
 
     @classmethod
-    def compile_ahead(cls, package: Path) -> None:
-        """Every module of `package` compiled under root, its sources read at once, on threads.
-        Imported one after the other, each would wait for Drive in turn: Drive is slow per file,
-        and a VM's first run imports some 50 of them (1 s at the stand-in's 20 ms an open)."""
+    def read_ahead(cls, package: Path) -> None:
+        """Begin reading every module of `package`, at once, on threads: imported one after the
+        other, each would wait for Drive in turn (Drive is slow per file, and a VM's first run
+        imports some 50 of them: 1 s at the stand-in's 20 ms an open). An import takes its
+        module's source from there (`path_stats`, `get_data`); `compile_rest` compiles the others."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def read(path: Path) -> tuple[Path, os.stat_result, bytes] | None:
+        def read(path: Path) -> tuple[os.stat_result, bytes] | None:
             try:  # stat first: a source changed meanwhile is newer than its bytecode says, so compiled again
-                return path, os.stat(path), path.read_bytes()
+                return os.stat(path), path.read_bytes()
             except OSError:  # left to the import, which says what is wrong
                 return None
 
-        with ThreadPoolExecutor(16) as pool:
-            for path, stats, data in filter(None, pool.map(read, package.glob("*.py"))):
-                loader = cls(f"{package.name}.{path.stem}", str(path))
-                with contextlib.suppress(OSError, SyntaxError, ValueError):  # as above; a bad source fails its import
-                    code = compile(data, str(path), "exec", dont_inherit=True)
-                    loader.keep(code, stats.st_mtime, stats.st_size)
+        pool = ThreadPoolExecutor(16)
+        for path in package.glob("*.py"):
+            cls.sources[str(path)] = pool.submit(read, path)
+        pool.shutdown(wait=False)
+
+    @classmethod
+    def compile_rest(cls) -> None:
+        """Compile under root every module read ahead that no import has taken yet."""
+        while cls.sources:
+            try:
+                path, ahead = cls.sources.popitem()
+            except KeyError:  # an import took the last one meanwhile
+                return
+            if read := ahead.result():
+                stats, data = read
+                with contextlib.suppress(OSError, SyntaxError, ValueError):  # a bad source fails its own import
+                    code = compile(data, path, "exec", dont_inherit=True)
+                    cls(f"{__name__}.{Path(path).stem}", path).keep(code, stats.st_mtime, stats.st_size)
 
 
 def _on_drive(folder: Path) -> bool:
@@ -93,14 +130,27 @@ def _on_drive(folder: Path) -> bool:
 ON_DRIVE = _on_drive(Path(__file__).parent)
 
 
+# Set by warmstart.sh for its own process (never handed on): see _bytecode_off_drive.
+COMPILE_LATER = "WARMSTART_COMPILE_LATER"
+
+
+def compile_rest() -> None:
+    """Compile the modules a VM's first import read ahead and nothing has imported yet (warmstart.sh)."""
+    _BytecodeElsewhere.compile_rest()
+
+
 def _bytecode_off_drive() -> None:
     """The notebook kernel, and the `invoke` launcher, import warmstart from its checkout on Drive:
     its bytecode there would be a Drive write per module that outlives the VM, and none at all
     (PYTHONDONTWRITEBYTECODE, as the launcher once ran) had every run compile warmstart anew
     (0.1 s). From there, warmstart's bytecode lives in its own cache folder on local disk
-    (pycache/), compiled by the first import on a VM, all at once; and this file's own bytecode,
-    written by this very import, goes."""
+    (pycache/), compiled by the first import on a VM, all at once (warmstart.sh's own process:
+    what it imports as it goes, the rest while it restores its tools); and this file's own
+    bytecode, written by this very import, goes."""
     here = Path(__file__).parent
+    # warmstart.sh compiles what it imports as it imports it, and the rest while it restores its
+    # tools (compile_rest): online, whether it begins uv waits for what it imports
+    later = os.environ.pop(COMPILE_LATER, None) is not None
     if not ON_DRIVE:
         return
     # Read here, not through warmstart.home: importing it first would write its bytecode (the
@@ -108,7 +158,9 @@ def _bytecode_off_drive() -> None:
     _BytecodeElsewhere.root = (Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
                                / "warmstart" / "pycache")
     if not (_BytecodeElsewhere.root / here.relative_to(here.anchor) / "__pycache__").is_dir():  # a VM's first import
-        _BytecodeElsewhere.compile_ahead(here)
+        _BytecodeElsewhere.read_ahead(here)
+        if not later:
+            _BytecodeElsewhere.compile_rest()
     finder = importlib.machinery.FileFinder(str(here), (_BytecodeElsewhere, importlib.machinery.SOURCE_SUFFIXES))
     for entry in __path__:
         sys.path_importer_cache[entry] = finder

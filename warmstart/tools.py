@@ -29,6 +29,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -36,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import early, headstart, home, settings
+from . import compile_rest, early, headstart, home, settings
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .locktext import canonical, pinned_names
@@ -312,9 +313,13 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
         if not given.offline and (asking := early.begin(flags, CHECKOUT, early.PACE_AHEAD, race)):
             asking.join(headstart.ASK_WAIT)
+        # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
+        compiling = threading.Thread(target=compile_rest, daemon=True)
+        compiling.start()
         folder = ensure(drive, profile, offline=given.offline,
                         then=lambda: early.begin(flags, CHECKOUT, early.HANDED_AHEAD, race))
         command = write_launcher(folder)
+        compiling.join()
     except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
         say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
         return 1
