@@ -284,7 +284,7 @@ class Executor:
             folder = os.path.relpath(example, target.prefix)
             remove = shlex.join([*installer.pip_command(target.executable), "uninstall", "--yes", other, name])
             said.append(f"{other} {after[other]}, which the recipe excludes, is installed here too and shares "
-                        f"{len(files)} file{'s' if len(files) > 1 else ''} (e.g. {folder}) with {name} "
+                        f"{counted(len(files), 'file')} (e.g. {folder}) with {name} "
                         f"{after[name]}, which this run installed over them: removing {other} would delete them. "
                         f"For {name} alone: `{'!' if plan.facts.profile.notebook else ''}{remove}`, then run this "
                         "bootstrap again")

@@ -10,8 +10,8 @@ off Drive, for this), asks the same question then (`consider`): when the
 read would lose to the index by RACE_MARGIN, it starts uv itself (`HeadStart`) on the pins the
 snapshot holds, their requirement lines taken from the recipe's lock (beside its `.in`) whose
 sha256 the index names (not from the index: Drive is not trusted with what to install), into a
-staging folder of the target's prefix. It hands that install on to the bootstrap with its read (`hand_on`): two
-pipes, one that says how uv ended, one through which the bootstrap stops it.
+staging folder of the target's prefix. It hands that install on to the bootstrap with its read
+(`hand_on`): two pipes, one that says how uv ended, one through which the bootstrap stops it.
 
 The bootstrap takes it over as its race's index lane (`Received`, race.IndexLane) only when the
 pins are those its plan would have uv install, and checks uv's tree against the lock's digests as

@@ -13,6 +13,7 @@ from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
 from .target import shared_files
+from .transfer import counted
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -130,8 +131,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
                                   for n, d in facts["provided"].items()) or "-")
         + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
         f"extra     {_extra(facts['extra'], facts.get('extra_not_shipped'))}",
-        *(f"shared    {s['excluded']} {s['version']}, which the recipe excludes, shares {s['files']} "
-          f"file{'s' if s['files'] > 1 else ''} with {s['with']} {s['with_version']}: removing it would delete them"
+        *(f"shared    {s['excluded']} {s['version']}, which the recipe excludes, shares {counted(s['files'], 'file')} "
+          f"with {s['with']} {s['with_version']}: removing it would delete them"
           for s in facts["shared"]),
         f"broken    {', '.join(facts['broken']) or '-'}",
         *(f"patch     {p['distribution']} {p['version']}: {', '.join(p['patches']) or '(no longer in the recipe)'}: "
