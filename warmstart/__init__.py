@@ -130,7 +130,8 @@ def _on_drive(folder: Path) -> bool:
 ON_DRIVE = _on_drive(Path(__file__).parent)
 
 
-# Set by warmstart.sh for its own process (never handed on): see _bytecode_off_drive.
+# Set by warmstart.sh for its own process (never handed on): see _bytecode_off_drive. Declared
+# in warmstart.settings, whose import here would compile it first.
 COMPILE_LATER = "WARMSTART_COMPILE_LATER"
 
 

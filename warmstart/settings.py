@@ -66,11 +66,14 @@ HANDED_READ = Variable("WARMSTART_HANDED_READ", "internal: the snapshot's read w
                                                 "the bootstrap it starts (two pipes, by file descriptor)")
 HANDED_INDEX = Variable("WARMSTART_HANDED_INDEX", "internal: uv from the index that warmstart.sh began, handed to "
                                                   "the bootstrap it starts (two pipes, by file descriptor)")
+COMPILE_LATER = Variable("WARMSTART_COMPILE_LATER", "internal: set by warmstart.sh for its own process: on a "
+                                                    "VM's first import warmstart compiles what it imports, the "
+                                                    "rest when asked (read in warmstart/__init__.py)")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
              ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, DRIVE_TIMEOUT, WORKER_TEAM, HANDED_READ,
-             HANDED_INDEX, FAULT)
+             HANDED_INDEX, COMPILE_LATER, FAULT)
 
 
 def _opt(help: str, default: Any = None) -> Any:
