@@ -269,7 +269,9 @@ class _LateChildRead(ChildRead):
 def test_a_read_ahead_that_came_late_to_the_pipe_counts_only_what_came_in_its_time(tmp_path):
     """Drive's pace counts the bytes that came in each chunk's time: what already waited in the
     pipe when the timing began is not among them (it once measured 5.1 MiB/s behind 4 MiB/s,
-    on CI's busy CPUs; with the reader 0.15 s late here, twice Drive's pace and more)."""
+    on CI's busy CPUs; with the reader 0.15 s late here, twice Drive's pace and more). The
+    bound above is 1.5 times the pace: on CI's four busy workers the backlog's own timing once
+    put it at 4.6 MiB/s."""
     (tmp_path / "drive").mkdir()
     (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(8 * MiB))
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
@@ -277,7 +279,7 @@ def test_a_read_ahead_that_came_late_to_the_pipe_counts_only_what_came_in_its_ti
         try:
             wait_until(lambda: ahead.measured[1] >= early.TIMED_FIRST, 10, "no pace measured")
             busy, timed = ahead.measured
-            assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"
+            assert 3 < timed / MiB / busy < 6, f"{timed / MiB / busy:.1f} MiB/s"
         finally:
             ahead.close()
 
