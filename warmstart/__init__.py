@@ -44,7 +44,7 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
     # Modules of the package read ahead and not compiled yet, by path (read_ahead).
     sources: ClassVar[dict[str, Future[tuple[os.stat_result, bytes] | None]]] = {}
 
-    def _read_ahead(self, path: str) -> tuple[os.stat_result, bytes] | None:
+    def _source_taken(self, path: str) -> tuple[os.stat_result, bytes] | None:
         """This loader's source as read ahead (a stat, then the bytes), taken out of `sources` once."""
         if path != self.path:
             return None
@@ -54,13 +54,13 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
         return self._taken
 
     def path_stats(self, path: str) -> Mapping[str, Any]:
-        read = self._read_ahead(path)
+        read = self._source_taken(path)
         return {"mtime": read[0].st_mtime, "size": read[0].st_size} if read else super().path_stats(path)
 
     def get_data(self, path: str) -> bytes:
         if path.endswith(".pyc"):
             return super().get_data(self._elsewhere(path))
-        read = self._read_ahead(path)
+        read = self._source_taken(path)
         return read[1] if read else super().get_data(path)
 
     def set_data(self, path: str, data: bytes, *, _mode: int = 0o666) -> None:  # type: ignore[override]
