@@ -22,7 +22,8 @@ from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
 from warmstart import early, home, settings, tools
 from warmstart.background import ChildRead
-from warmstart.snapshot import Snapshot, SnapshotUnusable, _ReadAhead
+from warmstart.readahead import ReadAhead
+from warmstart.snapshot import Snapshot, SnapshotUnusable
 from warmstart.store import DriveStore
 from warmstart.tiered import TieredStore
 
@@ -35,8 +36,8 @@ def _filled_to_the_end(ahead: early.Ahead) -> None:
 
 
 def _read_as_a_restore(stream, size: int = 4 * MiB) -> bytes:
-    """256 KiB first, then 4 MiB at a time, as snapshot._ReadAhead asks."""
-    got, ask = bytearray(), _ReadAhead.FIRST
+    """256 KiB first, then 4 MiB at a time, as snapshot.ReadAhead asks."""
+    got, ask = bytearray(), ReadAhead.FIRST
     while block := stream.read(ask):
         got += block
         ask = size
@@ -116,7 +117,7 @@ def test_a_child_that_fails_is_said_by_the_restores_read(tmp_path):
     ahead = early.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
     _filled_to_the_end(ahead)
     with ahead.take() as taken, pytest.raises(FileNotFoundError):
-        taken.read(_ReadAhead.FIRST)
+        taken.read(ReadAhead.FIRST)
 
 
 def _archive(store: DriveStore, name: str, mtime: float) -> None:
@@ -158,7 +159,7 @@ def test_the_likely_archive_is_the_recipe_s_newest_and_only_a_file_drive_holds(t
 
 
 class _Source:
-    """A source stand-in as _ReadAhead uses one: a stream and its own context, with nothing to close."""
+    """A source stand-in as ReadAhead uses one: a stream and its own context, with nothing to close."""
 
     def close(self) -> None:
         pass
@@ -185,10 +186,10 @@ class _Served(_Source):
         return block
 
 
-def _pace_once_past(reading: _ReadAhead, size: int, past: int) -> float:
+def _pace_once_past(reading: ReadAhead, size: int, past: int) -> float:
     """The pace (MiB/s) the read's estimate of its time left implies, once `past` bytes are in."""
     while reading.size < past:
-        reading.read(_ReadAhead.BLOCK)
+        reading.read(ReadAhead.BLOCK)
     left = reading.seconds_left()
     assert left is not None
     return (size - reading.size) / MiB / left
@@ -199,7 +200,7 @@ def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
     when the restore took the read over, came at no pace of the source, so they must not make a
     16 MiB/s Drive look fast (the index would not be asked)."""
     size = 64 * MiB
-    reading = _ReadAhead(_Served(bytes(size), 24 * MiB, 16), limit=size)
+    reading = ReadAhead(_Served(bytes(size), 24 * MiB, 16), limit=size)
     try:
         pace = _pace_once_past(reading, size, 42 * MiB)  # 16 MiB past what came at once
         # sleeping only ever makes it slower; counting the 24 MiB read ahead: about 40 MiB/s, the
@@ -221,7 +222,7 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 16) as mount:
         ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
         time.sleep(0.5)  # about 8 MiB
-        reading = _ReadAhead(ahead.take(), limit=size)
+        reading = ReadAhead(ahead.take(), limit=size)
         try:
             left = reading.seconds_left()
             assert left is not None, "no pace before the restore's own reads"
@@ -311,7 +312,7 @@ def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
     ahead = early.Ahead("a", early.HandedRead(data_in, outcome_in))
     while ahead._held < at_once:
         time.sleep(0.01)
-    reading = _ReadAhead(ahead.take(), limit=size)
+    reading = ReadAhead(ahead.take(), limit=size)
     try:
         pace = _pace_once_past(reading, size, ahead.at_once + 4 * MiB)
         # sleeping only ever makes it slower; the 8 MiB timed as Drive's: about 25 MiB/s
@@ -417,7 +418,7 @@ def _hand_on(ahead: early.Ahead, *argv: str, taker: str = _TAKER) -> subprocess.
     try:
         with subprocess.Popen([sys.executable, "-c", taker, *argv], env=os.environ | handed.environ,
                               pass_fds=handed.fds, stdout=subprocess.PIPE, text=True) as child:
-            handed.close()
+            handed.close_handed()
             out, _ = child.communicate(timeout=60)
         return subprocess.CompletedProcess(child.args, child.returncode, out)
     finally:
@@ -453,7 +454,7 @@ def test_a_taker_that_wants_none_of_it_ends_the_read(tmp_path):
     handed = early.Handed(ahead)
     with subprocess.Popen([sys.executable, "-c", _TAKER, "another archive"], env=os.environ | handed.environ,
                           pass_fds=handed.fds, stdout=subprocess.PIPE, text=True) as child:
-        handed.close()
+        handed.close_handed()
         assert child.communicate(timeout=60)[0] == "none\n"
     # the relay met the closed pipe and ended the child
     wait_until(lambda: ahead._stream._child.poll() is not None, 10,
@@ -554,7 +555,7 @@ def test_the_pace_of_a_child_that_reads_on_counts_the_time_between_reads():
     on into the pipe; counted as read at once, those bytes made a 60 MiB/s Drive look 7% faster,
     and the index went unraced."""
     size = 64 * MiB
-    reading = _ReadAhead(_Pipe(size, 16), copy=_Busy(), limit=size)
+    reading = ReadAhead(_Pipe(size, 16), copy=_Busy(), limit=size)
     try:
         pace = _pace_once_past(reading, size, 20 * MiB)
         # sleeping only ever makes it slower; counting each read's own time alone: about 20

@@ -49,7 +49,8 @@ from warmstart.errors import WarmstartError
 from warmstart.headstart import HOLD_FOR, RACE_AFTER, index_seconds, recorded_seconds
 from warmstart.parts import PART_SIZE
 from warmstart.race import _to_target_layout, index_time, verify_installed
-from warmstart.snapshot import KIND, Cancelled, Watch, _ReadAhead
+from warmstart.readahead import Cancelled, ReadAhead
+from warmstart.snapshot import KIND, Watch
 from warmstart.store import DriveStore
 from warmstart.transfer import explain, remount
 from warmstart.uv import find_uv
@@ -538,7 +539,7 @@ def test_a_look_at_drive_that_waits_too_long_ends_drives_part_in_the_run(tmp_pat
 # -- the race's parts -----------------------------------------------------------------------
 
 
-def _read_all(reader: _ReadAhead | parts.PartReader) -> bytes:
+def _read_all(reader: ReadAhead | parts.PartReader) -> bytes:
     return b"".join(iter(lambda: reader.read(1 << 20), b""))
 
 
@@ -547,7 +548,7 @@ def test_a_held_read_reads_nothing_until_resumed_then_everything(tmp_path):
     (tmp_path / "archive").write_bytes(data)
     watch = Watch()
     watch.hold(60)
-    reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data), held=watch.held)  # noqa: SIM115  (it closes it)
+    reading = ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data), held=watch.held)  # noqa: SIM115  (it closes it)
     try:
         time.sleep(0.3)
         assert reading.size == 0, "a held read waits before its first block"
@@ -588,11 +589,11 @@ def test_parts_from_a_drive_that_stops_answering_fail_once_a_read_waited_its_tim
 def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_path):
     data = os.urandom(12 << 20)
     (tmp_path / "archive").write_bytes(data)
-    reading = _ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data))  # noqa: SIM115  (it closes it)
+    reading = ReadAhead(open(tmp_path / "archive", "rb"), limit=len(data))  # noqa: SIM115  (it closes it)
     try:
-        assert reading.read(1 << 20) == data[:_ReadAhead.FIRST]
+        assert reading.read(1 << 20) == data[:ReadAhead.FIRST]
         # more read ahead, waiting to be handed on
-        wait_until(lambda: reading.size > _ReadAhead.FIRST, 10, "nothing was read ahead")
+        wait_until(lambda: reading.size > ReadAhead.FIRST, 10, "nothing was read ahead")
         reading.stop()  # a race was lost: what was read ahead is not unpacked any more
         with pytest.raises(Cancelled):
             reading.read(1 << 20)
@@ -601,7 +602,7 @@ def test_a_stopped_read_hands_on_nothing_more_and_wakes_a_reader_that_waits(tmp_
     # A source that sends nothing (a Drive that stopped answering): the reader waits in read()
     # until the stop wakes it.
     silent, writer = os.pipe()
-    waiting = _ReadAhead(os.fdopen(silent, "rb", buffering=0), limit=1 << 20)
+    waiting = ReadAhead(os.fdopen(silent, "rb", buffering=0), limit=1 << 20)
     raised: list[BaseException] = []
     reader = threading.Thread(target=lambda: raised.extend(_raised(waiting.read)))
     reader.start()
@@ -833,7 +834,7 @@ class _Paced(io.RawIOBase):
         return n
 
 
-def _estimates(reading: _ReadAhead, seconds: float) -> list[float]:
+def _estimates(reading: ReadAhead, seconds: float) -> list[float]:
     seen, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
         if (left := reading.seconds_left()) is not None:
@@ -849,7 +850,7 @@ def test_a_block_under_way_does_not_make_a_source_look_slower_than_it_reads():
     the estimate stays near what the source's reads show (busy / size, measured after, so that
     a loaded machine's slower sleeps count too), where counting only the time made it 17 times that."""
     size = 64 << 20
-    reading = _ReadAhead(io.BufferedReader(_Paced(size, 8)), limit=size)
+    reading = ReadAhead(io.BufferedReader(_Paced(size, 8)), limit=size)
     try:
         seen = _estimates(reading, 0.7)
         whole = size * reading.busy / reading.size  # the whole file at the pace its reads showed
@@ -866,25 +867,25 @@ def test_the_wait_for_the_first_byte_does_not_count_as_the_pace():
     the later reads show."""
     size = 64 << 20
     source = _Paced(size, 40, first_byte=0.1)
-    reading = _ReadAhead(io.BufferedReader(source), limit=size)
+    reading = ReadAhead(io.BufferedReader(source), limit=size)
     try:
         seen = []
         end = time.monotonic() + 0.5
         while time.monotonic() < end:
-            if reading.size >= _ReadAhead.FIRST and (left := reading.seconds_left()) is not None:
+            if reading.size >= ReadAhead.FIRST and (left := reading.seconds_left()) is not None:
                 seen.append(left)
             time.sleep(0.005)
-        later = size * source.after_first / (source.given - _ReadAhead.FIRST)  # the later reads' pace
+        later = size * source.after_first / (source.given - ReadAhead.FIRST)  # the later reads' pace
     finally:
         reading.close()
-    first_only = size * 0.1 / _ReadAhead.FIRST  # what the first read alone says: 26 s
+    first_only = size * 0.1 / ReadAhead.FIRST  # what the first read alone says: 26 s
     assert seen and max(seen) < 2 * later < first_only / 4, f"{max(seen):.1f} s; the later reads say {later:.1f} s"
 
 
 def test_a_read_that_hangs_looks_slower_the_longer_it_hangs():
     size = 64 << 20
     source = _Paced(size, 200, hang_after=256 << 10)  # the first block only
-    reading = _ReadAhead(io.BufferedReader(source), limit=size)
+    reading = ReadAhead(io.BufferedReader(source), limit=size)
     try:
         seen = _estimates(reading, 1.0)
     finally:
@@ -892,7 +893,7 @@ def test_a_read_that_hangs_looks_slower_the_longer_it_hangs():
         reading.close()
     assert seen == sorted(seen), "it only grows"
     # a second without a byte: at best, the hanging block ends now
-    assert seen[-1] > (size - (256 << 10)) * 0.9 / ((256 << 10) + _ReadAhead.BLOCK)
+    assert seen[-1] > (size - (256 << 10)) * 0.9 / ((256 << 10) + ReadAhead.BLOCK)
 
 
 def _debian_like(prefix: Path, purelib: Path) -> target.TargetPython:

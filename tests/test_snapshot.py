@@ -20,7 +20,7 @@ from conftest import bootstrap, cli_env, installed, make_venv, needs_fuse, run_c
 
 from warmstart import snapshot, target
 from warmstart.background import ChildRead
-from warmstart.snapshot import _ReadAhead
+from warmstart.readahead import ReadAhead
 from warmstart.store import DriveStore
 
 PLAIN = {"beta": "2.0", "gpu-build": "1.0"}
@@ -381,7 +381,7 @@ def test_the_next_block_is_asked_for_while_the_last_is_hashed(monkeypatch):
     """A Drive that is not asked gives no credit for the pause: hashing each block between two
     reads made a 60 MiB/s Drive's read 0.2 s longer. Here hashing the first block waits until the
     source has been asked for the second; then every byte is hashed, in order."""
-    data = os.urandom(_ReadAhead.FIRST + _ReadAhead.BLOCK + 12345)
+    data = os.urandom(ReadAhead.FIRST + ReadAhead.BLOCK + 12345)
     real = hashlib.sha256
 
     class Stalled:  # the first block's hash ends only once the second read came (or 10 s passed)
@@ -399,8 +399,8 @@ def test_the_next_block_is_asked_for_while_the_last_is_hashed(monkeypatch):
 
     monkeypatch.setattr(snapshot.hashlib, "sha256", Stalled)
     source, asked = _Recorded(data), []
-    reading = _ReadAhead(io.BufferedReader(source), limit=len(data))
-    got = b"".join(iter(lambda: reading.read(_ReadAhead.BLOCK), b""))
+    reading = ReadAhead(io.BufferedReader(source), limit=len(data))
+    got = b"".join(iter(lambda: reading.read(ReadAhead.BLOCK), b""))
     reading.close()
 
     assert asked == [True], "the second read waited for the first block's hash"
@@ -412,7 +412,7 @@ def test_the_end_of_an_archive_is_read_in_short_blocks():
     """What comes last is decompressed and unpacked as it comes, not once a whole 4 MiB block is
     in (70 ms of a 60 MiB/s Drive): towards the end each read asks for a quarter of what is left,
     down to LAST; every byte still comes, in order."""
-    data = os.urandom(_ReadAhead.FIRST + 6 * _ReadAhead.BLOCK + 12345)
+    data = os.urandom(ReadAhead.FIRST + 6 * ReadAhead.BLOCK + 12345)
 
     class Asked(_Recorded):
         def __init__(self, data: bytes) -> None:
@@ -424,17 +424,17 @@ def test_the_end_of_an_archive_is_read_in_short_blocks():
             return super().readinto(buffer)
 
     source = Asked(data)
-    reading = _ReadAhead(source, limit=len(data))
-    got = b"".join(iter(lambda: reading.read(_ReadAhead.BLOCK), b""))
+    reading = ReadAhead(source, limit=len(data))
+    got = b"".join(iter(lambda: reading.read(ReadAhead.BLOCK), b""))
     reading.close()
 
     assert got == data
-    left = len(data) - _ReadAhead.FIRST
-    assert source.asked[:2] == [_ReadAhead.FIRST, _ReadAhead.BLOCK]
+    left = len(data) - ReadAhead.FIRST
+    assert source.asked[:2] == [ReadAhead.FIRST, ReadAhead.BLOCK]
     for asked in source.asked[1:]:
-        assert asked == max(_ReadAhead.LAST, min(_ReadAhead.BLOCK, left // 4)), source.asked
+        assert asked == max(ReadAhead.LAST, min(ReadAhead.BLOCK, left // 4)), source.asked
         left -= min(asked, left)
-    assert source.asked[-2:] == [_ReadAhead.LAST] * 2, "the last bytes, then the end"
+    assert source.asked[-2:] == [ReadAhead.LAST] * 2, "the last bytes, then the end"
 
 
 class _Throttled(io.RawIOBase):
@@ -457,16 +457,16 @@ class _Throttled(io.RawIOBase):
 
 
 def _read_ahead_while_the_consumer_waits(source: io.RawIOBase, size: int, spill_to: Path,
-                                          seconds: float) -> tuple[_ReadAhead, int, bytes]:
+                                          seconds: float) -> tuple[ReadAhead, int, bytes]:
     """Take nothing for `seconds` (a consumer busy with thousands of small files), then all of it:
     how far the read got meanwhile, and every byte handed on, in order."""
-    reading = _ReadAhead(io.BufferedReader(source), limit=size, spill_to=spill_to)
+    reading = ReadAhead(io.BufferedReader(source), limit=size, spill_to=spill_to)
     try:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and reading.size < size:
             time.sleep(0.01)
         read_meanwhile = reading.size
-        got = b"".join(iter(lambda: reading.read(_ReadAhead.BLOCK), b""))
+        got = b"".join(iter(lambda: reading.read(ReadAhead.BLOCK), b""))
     finally:
         reading.close()
     return reading, read_meanwhile, got
@@ -474,7 +474,7 @@ def _read_ahead_while_the_consumer_waits(source: io.RawIOBase, size: int, spill_
 
 # How far a read gets at most without a spill file: the blocks in memory, the one waiting for a
 # room, and those being hashed.
-IN_MEMORY = _ReadAhead.FIRST + (_ReadAhead.DEPTH + 1 + _ReadAhead.HASH_DEPTH) * _ReadAhead.BLOCK
+IN_MEMORY = ReadAhead.FIRST + (ReadAhead.DEPTH + 1 + ReadAhead.HASH_DEPTH) * ReadAhead.BLOCK
 
 
 def test_a_slow_source_reads_on_into_a_spill_file_while_the_consumer_is_busy(tmp_path):
@@ -482,12 +482,12 @@ def test_a_slow_source_reads_on_into_a_spill_file_while_the_consumer_is_busy(tmp
     once 32 MiB waited in memory. A source slower than SPILL_BELOW reads on: here to its end,
     while the consumer took nothing, the blocks beyond memory's in an unnamed file of the folder
     given; every byte comes out in order, and the folder holds nothing, during or after."""
-    size = IN_MEMORY + 3 * _ReadAhead.BLOCK
+    size = IN_MEMORY + 3 * ReadAhead.BLOCK
     data = os.urandom(size)
     (tmp_path / "archive").write_bytes(data)
     spill = tmp_path / "prefix"
     spill.mkdir()
-    mib_per_s = _ReadAhead.SPILL_BELOW / 2**20 / 2
+    mib_per_s = ReadAhead.SPILL_BELOW / 2**20 / 2
 
     reading, read_meanwhile, got = _read_ahead_while_the_consumer_waits(
         _Throttled(tmp_path / "archive", mib_per_s), size, spill, seconds=5 + size / 2**20 / mib_per_s)
@@ -502,7 +502,7 @@ def test_a_slow_source_reads_on_into_a_spill_file_while_the_consumer_is_busy(tmp
 def test_a_fast_source_waits_for_the_consumer_instead_of_spilling(tmp_path):
     """From local disk a read that waits loses nothing: what is left takes no time to read. So it
     waits, as before there was a spill file, and nothing is copied twice."""
-    size = IN_MEMORY + 8 * _ReadAhead.BLOCK
+    size = IN_MEMORY + 8 * ReadAhead.BLOCK
     data = os.urandom(size)
     (tmp_path / "archive").write_bytes(data)
 
@@ -519,7 +519,7 @@ def test_a_spill_file_that_fills_its_disk_leaves_the_read_to_wait(tmp_path):
     """A full disk (a real 6 MiB tmpfs, ENOSPC) ends the spilling, not the restore: the block that
     did not fit waits for a room in memory, as without a spill file, and every byte comes out in
     order, those spilled before included."""
-    size = IN_MEMORY + 4 * _ReadAhead.BLOCK
+    size = IN_MEMORY + 4 * ReadAhead.BLOCK
     data = os.urandom(size)
     (tmp_path / "archive").write_bytes(data)
     small = tmp_path / "small"
@@ -527,13 +527,13 @@ def test_a_spill_file_that_fills_its_disk_leaves_the_read_to_wait(tmp_path):
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(small)], check=True)
     try:
         reading, read_meanwhile, got = _read_ahead_while_the_consumer_waits(
-            _Throttled(tmp_path / "archive", _ReadAhead.SPILL_BELOW / 2**20 / 2), size, small, seconds=2.0)
+            _Throttled(tmp_path / "archive", ReadAhead.SPILL_BELOW / 2**20 / 2), size, small, seconds=2.0)
         left_there = list(small.iterdir())
     finally:
         subprocess.run(["umount", str(small)], check=True)
 
-    assert reading.spilled == _ReadAhead.BLOCK, "one block fits in 6 MiB, the next does not"
-    assert read_meanwhile <= IN_MEMORY + _ReadAhead.BLOCK < size
+    assert reading.spilled == ReadAhead.BLOCK, "one block fits in 6 MiB, the next does not"
+    assert read_meanwhile <= IN_MEMORY + ReadAhead.BLOCK < size
     assert got == data
     assert reading.hexdigest() == hashlib.sha256(data).hexdigest()
     assert left_there == []
@@ -543,16 +543,16 @@ def test_a_spill_file_holds_no_more_than_its_limit(tmp_path, monkeypatch):
     """An index states the archive's size, so a hostile one could have a read spill until the disk
     is full: past SPILL_LIMIT (here two blocks) the read waits for the consumer, and every byte
     still comes out in order."""
-    monkeypatch.setattr(_ReadAhead, "SPILL_LIMIT", 2 * _ReadAhead.BLOCK)
-    size = IN_MEMORY + 4 * _ReadAhead.BLOCK
+    monkeypatch.setattr(ReadAhead, "SPILL_LIMIT", 2 * ReadAhead.BLOCK)
+    size = IN_MEMORY + 4 * ReadAhead.BLOCK
     data = os.urandom(size)
     (tmp_path / "archive").write_bytes(data)
 
     reading, read_meanwhile, got = _read_ahead_while_the_consumer_waits(
-        _Throttled(tmp_path / "archive", _ReadAhead.SPILL_BELOW / 2**20 / 2), size, tmp_path, seconds=2.0)
+        _Throttled(tmp_path / "archive", ReadAhead.SPILL_BELOW / 2**20 / 2), size, tmp_path, seconds=2.0)
 
-    assert reading.spilled == 2 * _ReadAhead.BLOCK
-    assert read_meanwhile <= IN_MEMORY + 2 * _ReadAhead.BLOCK < size
+    assert reading.spilled == 2 * ReadAhead.BLOCK
+    assert read_meanwhile <= IN_MEMORY + 2 * ReadAhead.BLOCK < size
     assert got == data
 
 

@@ -65,7 +65,7 @@ class ChildRead:
     ends the child and closes the file."""
 
     PIPE = 1 << 20  # the pipe's buffer: what the child reads ahead (the most Linux grants by default)
-    reads_on_its_own = True  # the child reads while nobody reads the pipe (see snapshot._ReadAhead)
+    reads_on_its_own = True  # the child reads while nobody reads the pipe (see readahead.ReadAhead)
 
     def __init__(self, file: IO[bytes] | Path) -> None:
         """OSError when no child can be started (no cat, a pipe refused): read `file` itself then."""

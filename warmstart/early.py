@@ -77,7 +77,7 @@ class Ahead:
     over, waiting while `most` bytes (AHEAD) are in. As a stream (the restore's): what was read
     ahead, then the rest from `stream`. Or, handed on (`drain`), every chunk as it comes."""
 
-    reads_on_its_own = True  # as the child's pipe it reads from (see snapshot._ReadAhead)
+    reads_on_its_own = True  # as the child's pipe it reads from (see readahead.ReadAhead)
 
     def __init__(self, where: str, stream: ChildRead | HandedRead, most: int | None = None) -> None:
         self.where, self._stream = where, stream
@@ -309,7 +309,8 @@ class HandedRead:
 
 class Handed:
     """A read handed on: pass `fds` to the process that takes it, with `environ` added to its
-    environment; `close` the ends here once it has started; `stop` the read once it has ended."""
+    environment; `close_handed` the ends here once it has started (as headstart.HeadStart's);
+    `stop` the read once it has ended."""
 
     def __init__(self, ahead: Ahead) -> None:
         self._ahead = ahead
@@ -344,7 +345,8 @@ class Handed:
                 pass
             os.close(self._outcome_out)
 
-    def close(self) -> None:
+    def close_handed(self) -> None:
+        """The process that takes the read has started: the ends it was handed are its alone."""
         for fd in self.fds:
             os.close(fd)
 

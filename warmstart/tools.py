@@ -267,16 +267,14 @@ def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
     """Run the bootstrap command `argv`, handing it the snapshot's read and the install from the
     index begun here (if any); its exit status."""
     handed, uv = early.hand_on(), headstart.hand_on()
-    if not (handed or uv):
+    passed = [given for given in (handed, uv) if given is not None]
+    if not passed:
         return subprocess.run(argv, env=env).returncode
     try:
-        with subprocess.Popen(argv, env=env | (handed.environ if handed else {}) | (uv.environ if uv else {}),
-                              pass_fds=(*(handed.fds if handed else ()), *(uv.fds if uv else ()))) as child:
-            # the bootstrap's now: its ends alone end the read, or stop uv
-            if handed:
-                handed.close()
-            if uv:
-                uv.close_handed()
+        with subprocess.Popen(argv, env=env | {k: v for given in passed for k, v in given.environ.items()},
+                              pass_fds=[fd for given in passed for fd in given.fds]) as child:
+            for given in passed:  # the bootstrap's now: its ends alone end the read, or stop uv
+                given.close_handed()
             return child.wait()
     finally:
         if handed:
