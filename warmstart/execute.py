@@ -67,56 +67,72 @@ class Executor:
             stage = Path(tmp)
             from_snapshot = bool(plan.to_install and plan.use_snapshot and self._restore_snapshot(stage))
             need = [] if from_snapshot else list(plan.to_install)
-            to_download = list(plan.to_download)
             skipped = f"the snapshot restored all {len(plan.to_install)}" if from_snapshot else "nothing to install"
-            with self.report.step("fetch") as step:
-                if not need:
-                    step.status, step.detail = "skipped", skipped
-                for pin in need:
-                    cached = plan.facts.cached.get(pin.name)
-                    if cached and (got := self.store.get("wheels", cached, stage / cached, pin.hashes)):
-                        if got in self.store.from_team:
-                            self.work.add("wheels", got)  # Drive gets it too (installed from there)
-                        continue
-                    if plan.offline and cached and (down := self.store.here.down):
-                        raise PreconditionUnmet(offline_without_drive(down, plan.facts.drive))
-                    if plan.offline:
-                        why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
-                               else "is not in the Drive cache (and the snapshot could not be used)")
-                        raise PreconditionUnmet(f"--offline, but the wheel for {pin.name}=={pin.version} {why}; "
-                                                "run once without --offline to fetch it again")
-                    if pin not in to_download:
-                        to_download.append(pin)
-                self.warn(self.store.warnings)
-                if need and not any(pin.name in plan.facts.cached for pin in need):  # the download step fetches them
-                    where = "the Drive or team cache" if self.store.team else "the Drive cache"
-                    step.status, step.detail = "skipped", f"none of them in {where} yet"
-                elif need:
-                    step.detail = self.store.describe_reads()
+            to_download = self._fetch_step(need, stage, skipped)
             downloads = self.work.area("wheels")
-            with self.report.step("download") as step:
-                if to_download and self.direct:
-                    self._fetch_for_drive_later(to_download)
-                    self.store.stats.misses += len(to_download)
-                    step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
-                elif to_download:
-                    fetched = self._download(to_download, downloads, stage)
-                    step.detail = f"{len(to_download)} wheels, {fetched / 2**20:.1f} MiB"
-                else:
-                    step.status, step.detail = "skipped", "nothing to download"
-            with self.report.step("install") as step:
-                if need:
-                    self.clear_broken()
-                    # uv fetches only what is not here; with every wheel here, no index is asked at all
-                    index = self.direct and bool(to_download)
-                    began = time.monotonic()
-                    self._install(need, [stage, downloads], stage, index=index)
-                    if index and {p.name for p in need} <= {p.name for p in to_download}:
-                        self.index_took = time.monotonic() - began  # all from the index: see race
-                    step.detail = f"{counted(len(need), 'package')} with {plan.facts.installer}"
-                else:
-                    step.status, step.detail = "skipped", skipped
+            self._download_step(to_download, downloads, stage)
+            self._install_step(need, to_download, [stage, downloads], stage, skipped)
         return bool(need)
+
+    def _fetch_step(self, need: list[Pin], stage: Path, skipped: str) -> list[Pin]:
+        """The `fetch` step: the wheels of `need` the caches hold, verified, into `stage`; what is
+        left to download (the plan's downloads, and the wheels the caches could not give)."""
+        plan = self.plan
+        to_download = list(plan.to_download)
+        with self.report.step("fetch") as step:
+            if not need:
+                step.status, step.detail = "skipped", skipped
+            for pin in need:
+                cached = plan.facts.cached.get(pin.name)
+                if cached and (got := self.store.get("wheels", cached, stage / cached, pin.hashes)):
+                    if got in self.store.from_team:
+                        self.work.add("wheels", got)  # Drive gets it too (installed from there)
+                    continue
+                if plan.offline and cached and (down := self.store.here.down):
+                    raise PreconditionUnmet(offline_without_drive(down, plan.facts.drive))
+                if plan.offline:
+                    why = ("cannot be used: " + self.store.warnings[-1] if cached and self.store.warnings
+                           else "is not in the Drive cache (and the snapshot could not be used)")
+                    raise PreconditionUnmet(f"--offline, but the wheel for {pin.name}=={pin.version} {why}; "
+                                            "run once without --offline to fetch it again")
+                if pin not in to_download:
+                    to_download.append(pin)
+            self.warn(self.store.warnings)
+            if need and not any(pin.name in plan.facts.cached for pin in need):  # the download step fetches them
+                where = "the Drive or team cache" if self.store.team else "the Drive cache"
+                step.status, step.detail = "skipped", f"none of them in {where} yet"
+            elif need:
+                step.detail = self.store.describe_reads()
+        return to_download
+
+    def _download_step(self, to_download: list[Pin], downloads: Path, stage: Path) -> None:
+        """The `download` step: into the Drive work's wheel folder, or left to uv (`direct`)."""
+        with self.report.step("download") as step:
+            if to_download and self.direct:
+                self._fetch_for_drive_later(to_download)
+                self.store.stats.misses += len(to_download)
+                step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
+            elif to_download:
+                fetched = self._download(to_download, downloads, stage)
+                step.detail = f"{len(to_download)} wheels, {fetched / 2**20:.1f} MiB"
+            else:
+                step.status, step.detail = "skipped", "nothing to download"
+
+    def _install_step(self, need: list[Pin], to_download: list[Pin], wheels: list[Path], stage: Path,
+                      skipped: str) -> None:
+        """The `install` step: `need` from the folders `wheels` (and, `direct`, the index)."""
+        with self.report.step("install") as step:
+            if not need:
+                step.status, step.detail = "skipped", skipped
+                return
+            self.clear_broken()
+            # uv fetches only what is not here; with every wheel here, no index is asked at all
+            index = self.direct and bool(to_download)
+            began = time.monotonic()
+            self._install(need, wheels, stage, index=index)
+            if index and {p.name for p in need} <= {p.name for p in to_download}:
+                self.index_took = time.monotonic() - began  # all from the index: see race
+            step.detail = f"{counted(len(need), 'package')} with {self.plan.facts.installer}"
 
     def copy_team_wheels(self) -> None:
         """Have the Drive work copy the wheels only the team cache holds (but those this run
