@@ -65,10 +65,11 @@ def facts(installed: dict[str, str] | None = None, pins: tuple[Pin, ...] = (A, B
     found = needs(pins, have)
     installing = tuple(p for p in found.wanted if p in found.install)
     lock = Lock(Path("requirements/demo-py311-manylinux_x86_64.txt"), None, pins, "0" * 64)
-    return Facts(the_recipe, load_profile(PROJECT_ROOT / "envs" / "local.toml"), Path("/drive"), target, gpu,
-                 judge(the_recipe.gpu, gpu), lock, image,
-                 {canonicalize_name(k): v for k, v in (cached or {}).items()}, dict(assets or {}), {}, found,
-                 Snapshot("demo-py311-0123", {}) if installing else None, snapshot_found, "uv")
+    return Facts(recipe=the_recipe, profile=load_profile(PROJECT_ROOT / "envs" / "local.toml"), drive=Path("/drive"),
+                 target=target, gpu=gpu, verdict=judge(the_recipe.gpu, gpu), lock=lock, image=image,
+                 cached={canonicalize_name(k): v for k, v in (cached or {}).items()}, assets=dict(assets or {}),
+                 broken={}, needs=found, snapshot=Snapshot("demo-py311-0123", {}) if installing else None,
+                 snapshot_found=snapshot_found, installer="uv")
 
 
 ONLINE = Options("demo")

@@ -39,7 +39,7 @@ from .lock import (
     select_lock,
 )
 from .pipconfig import IndexSettings
-from .plan import Facts, Plan, drive_serves_all, make_plan, require_python
+from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
@@ -141,7 +141,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
     # A snapshot holds what a VM in this state installs; it is looked up by that set.
     found = needs(lock.pins, target.installed)
-    installing = tuple(p for p in found.wanted if p in found.install or p.name in broken)
+    installing = installing_of(found, broken)
     located = snapshot.Snapshot.locate(recipe.name, lock, target, installing) if installing else None
     # The recipe's patches against what is installed: a file a patch cannot take stops the run here.
     patched = patches.survey(recipe.patches, target.path, target.prefix, {p.name: p.version for p in lock.pins},
@@ -149,9 +149,12 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     with report.step("cache") as step:
         assets_here = {} if options.packages_only else {
             asset: (asset.destination(drive / recipe.workdir), "") for asset in recipe.assets}
-        facts = _look(Facts(recipe, profile, drive, target, gpu, verdict, lock, image, {}, assets_here, broken,
-                            found, located, False, installer.choose(options.installer), tuple(warnings), whole,
-                            frozenset(), tuple(patched), drifted, live_at), store)
+        found_here = Facts(recipe=recipe, profile=profile, drive=drive, target=target, gpu=gpu, verdict=verdict,
+                           lock=lock, image=image, cached={}, assets=assets_here, broken=broken, needs=found,
+                           snapshot=located, snapshot_found=False, installer=installer.choose(options.installer),
+                           warnings=tuple(warnings), whole_records=whole, patches=tuple(patched), drift=drifted,
+                           live_lock=live_at)
+        facts = _look(found_here, store)  # what the store holds: the cached wheels, the assets, the snapshot
         if settings.team and not options.offline:  # offline runs use what Drive holds
             # held back while Drive alone serves the run: opening it would cost more than the run
             store.put_behind(settings.team, read_only=settings.team_read_only, borrow=borrowable(target),

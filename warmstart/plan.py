@@ -6,6 +6,7 @@ effects from the facts `prepare` gathered (recipe, lock, target Python, GPU, cac
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +54,12 @@ class Facts:
 
     @property
     def installing(self) -> tuple[Pin, ...]:
-        """What this VM installs: what the lock needs that the target lacks, and the half-installed."""
-        return tuple(p for p in self.needs.wanted if p in self.needs.install or p.name in self.broken)
+        return installing_of(self.needs, self.broken)
+
+
+def installing_of(found: Needs, broken: Mapping[NormalizedName, Path]) -> tuple[Pin, ...]:
+    """What a VM installs: what the lock needs that the target lacks, and the half-installed."""
+    return tuple(p for p in found.wanted if p in found.install or p.name in broken)
 
 
 @dataclass(frozen=True)
