@@ -251,25 +251,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     if options.dry_run:
         return plan
     target_python.remember_whole(prefix, facts.whole_records)
-    unwritable = []
-    with report.step("workdir") as step:
-        if (down := store.here.down) and plan.workdir.is_relative_to(plan.facts.drive):
-            if not options.packages_only:  # assets and checks need it; a look at it would wait as long
-                raise PreconditionUnmet(
-                    f"the workdir {plan.workdir} lies on Drive, and {down}: on Colab, {remount(plan.workdir)} "
-                    "and run again (with --packages-only the packages install without it)")
-            step.status = "warning"
-            unwritable.append(f"no workdir {plan.workdir}: {down}")
-        else:
-            try:
-                plan.workdir.mkdir(parents=True, exist_ok=True)
-                step.detail = str(plan.workdir)
-            except OSError as exc:
-                if not options.packages_only:  # assets and checks need it
-                    raise
-                # packages alone need no workdir: a read-only Drive still gets the environment
-                step.status = "warning"
-                unwritable.append(f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}")
+    unwritable = _make_workdir(plan, store, report, packages_only=options.packages_only)
     if not store.here.down:  # else it would only wait on Drive; the next run starts it
         drivework.resume(prefix, report.say, settings.team)  # a killed worker starts again
     work = drivework.start(prefix, plan.facts.drive, plan.facts.target.executable)
@@ -324,6 +306,29 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     if plan.facts.profile.notebook and options.kernel_imported is None:
         report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
     return plan
+
+
+def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_only: bool) -> list[str]:
+    """The `workdir` step: the recipe's folder made. Assets and checks need it, packages alone do
+    not: with `packages_only`, a workdir Drive cannot have is a warning (returned), not the end."""
+    with report.step("workdir") as step:
+        if (down := store.here.down) and plan.workdir.is_relative_to(plan.facts.drive):
+            if not packages_only:  # assets and checks need it, and a look at it would wait as long
+                raise PreconditionUnmet(
+                    f"the workdir {plan.workdir} lies on Drive, and {down}: on Colab, {remount(plan.workdir)} "
+                    "and run again (with --packages-only the packages install without it)")
+            step.status = "warning"
+            return [f"no workdir {plan.workdir}: {down}"]
+        try:
+            plan.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            if not packages_only:
+                raise
+            # a read-only Drive still gets the environment
+            step.status = "warning"
+            return [f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}"]
+        step.detail = str(plan.workdir)
+        return []
 
 
 def _invoked_as(argv0: str | None = None) -> str:

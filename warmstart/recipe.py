@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -210,6 +211,8 @@ def _check_requirements_in(path: Path, project_root: Path, seen: tuple[Path, ...
 
 
 def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Recipe:
+    """The recipe `name_or_path` names (recipe_path), read and checked: whatever is wrong is one
+    BadInput line naming the file and the key."""
     path = recipe_path(name_or_path, root, drive)
     data = validate(read_toml(path), RECIPE_SCHEMA, path)
 
@@ -249,8 +252,31 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
             raise BadInput(f"{path}: 'requirements.exclude' holds {name!r}, which is no package name")
     includes = _check_requirements_in(requirements_in, project_root)
 
+    assets = _assets(data["assets"], path)
+    checks = _checks(data["checks"], project_root, path)
+    patches = _patches(data["patches"], data["requirements"]["exclude"], project_root, path)
+
+    return Recipe(
+        name=data["name"],
+        description=data["description"],
+        python=python,
+        gpu=needs,
+        requirements_in=requirements_in,
+        exclude=tuple(sorted({canonicalize_name(n) for n in data["requirements"]["exclude"]})),
+        workdir=workdir,
+        path=path,
+        project_root=project_root,
+        assets=assets,
+        checks=checks,
+        patches=patches,
+        includes=includes,
+    )
+
+
+def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
+    """The recipe's [[assets]], each checked: a sha256, a web address, a destination it may write."""
     assets = []
-    for n, raw in enumerate(data["assets"]):
+    for n, raw in enumerate(tables):
         if not is_sha256(raw["sha256"]):
             raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
         if not raw["url"].startswith(("https://", "http://")):
@@ -270,8 +296,13 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
             raise BadInput(f"{path}: 'assets[{n}].unpack' is true but {asset.name!r} is not one of "
                            f"{', '.join(ARCHIVE_SUFFIXES)}")
         assets.append(asset)
+    return tuple(assets)
+
+
+def _checks(tables: list[dict[str, Any]], project_root: Path, path: Path) -> tuple[Check, ...]:
+    """The recipe's [[checks]], each checked: one kind of command, a timeout, a script that exists."""
     checks = []
-    for n, raw in enumerate(data["checks"]):
+    for n, raw in enumerate(tables):
         if sum(raw[key] is not None for key in ("python", "script", "run")) != 1:
             raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python', 'script' or 'run'")
         if raw["timeout"] <= 0:
@@ -279,31 +310,20 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         if raw["script"] is not None:
             raw["script"] = _project_file(project_root, raw["script"], path, f"checks[{n}].script")
         checks.append(Check(**raw))
+    return tuple(checks)
 
+
+def _patches(tables: list[dict[str, Any]], exclude: list[str], project_root: Path, path: Path) -> tuple[Patch, ...]:
+    """The recipe's [[patches]], each of a package the recipe installs, its diff read."""
     patches = []
-    for n, raw in enumerate(data["patches"]):
+    for n, raw in enumerate(tables):
         name = canonicalize_name(raw["distribution"])
-        if not _PROJECT.match(raw["distribution"]) or name in map(canonicalize_name, data["requirements"]["exclude"]):
+        if not _PROJECT.match(raw["distribution"]) or name in map(canonicalize_name, exclude):
             raise BadInput(f"{path}: 'patches[{n}].distribution' {raw['distribution']!r} is no package this "
                            "recipe installs")
         diff = _project_file(project_root, raw["diff"], path, f"patches[{n}].diff")
         patches.append(load_patch(name, diff, raw["diff"]))
-
-    return Recipe(
-        name=data["name"],
-        description=data["description"],
-        python=python,
-        gpu=needs,
-        requirements_in=requirements_in,
-        exclude=tuple(sorted({canonicalize_name(n) for n in data["requirements"]["exclude"]})),
-        workdir=workdir,
-        path=path,
-        project_root=project_root,
-        assets=tuple(assets),
-        checks=tuple(checks),
-        patches=tuple(patches),
-        includes=includes,
-    )
+    return tuple(patches)
 
 
 def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Path:
