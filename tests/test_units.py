@@ -281,8 +281,10 @@ def test_bad_index_settings_are_one_line_naming_the_variable(environ, words):
 
 
 def test_plain_http_is_fine_for_this_machine_or_when_asked_for():
-    IndexSettings.from_environ({"PIP_INDEX_URL": "http://127.0.0.1:8000/simple"})
-    IndexSettings.from_environ({"PIP_INDEX_URL": "http://m.example/simple", "WARMSTART_ALLOW_HTTP": "1"})
+    local = IndexSettings.from_environ({"PIP_INDEX_URL": "http://127.0.0.1:8000/simple"})
+    allowed = IndexSettings.from_environ({"PIP_INDEX_URL": "http://m.example/simple", "WARMSTART_ALLOW_HTTP": "1"})
+    assert local.index_urls == ("http://127.0.0.1:8000/simple",)
+    assert allowed.index_urls == ("http://m.example/simple",)
 
 
 def test_pip_and_uv_get_the_index_settings_and_nothing_that_adds_to_the_lock():
