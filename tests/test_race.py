@@ -138,7 +138,7 @@ def test_the_index_wins_over_a_slow_drive_and_installs_the_same_files(bulky, fil
 
 @needs_fuse
 def test_a_read_a_little_slower_than_the_index_waits_for_uv(bulky, filled, tmp_path):  # noqa: F811
-    """A Drive whose read takes about a second more than the index's time: raced, and held while
+    """A Drive whose read takes a second or so more than the index's time: raced, and held while
     uv runs. Reading and unpacking beside uv share its 2 CPUs: on the Colab stand-in behind a 60
     MiB/s Drive (2.7 s of reading, the index's 2.2 s), a read going on won every race, slower
     than uv alone; before, only a read with twice the index's time left waited."""
@@ -146,8 +146,12 @@ def test_a_read_a_little_slower_than_the_index_waits_for_uv(bulky, filled, tmp_p
     vm = wiped_vm(tmp_path, url)
     size = archive_in(vm.drive).stat().st_size
     index = index_seconds(size, 1)
-    reading = index + 1.1  # seconds at that pace: raced, and less than HOLD_FOR times the index's
-    assert reading < HOLD_FOR * index
+    # Seconds at that pace: raced, and just under HOLD_FOR times the index's, so still held. The
+    # race asks while the read has RACE_MARGIN more left than the index's time, which a read of
+    # index + 1.1 s (7 blocks of 4 MiB) left after its third block: on a busy CI machine the
+    # race once looked later than that and never asked. Now it has a block more.
+    reading = HOLD_FOR * index - 0.05
+    assert reading > index + 1
 
     result = restore_through(vm, recipe, tmp_path, mib_per_s=size / 2**20 / reading)
 
@@ -155,7 +159,9 @@ def test_a_read_a_little_slower_than_the_index_waits_for_uv(bulky, filled, tmp_p
     snapshot = result.report["snapshot"]
     assert snapshot["race"]["snapshot_held"] is True, snapshot
     assert snapshot["used"] is False and snapshot["race"]["winner"] == "index", snapshot
-    assert result.report["cache"]["bytes_read"] < size / 2, "the read stopped when uv began"
+    # the read stopped when uv began: at most the block under way after the race asked
+    raced_at = snapshot["race"]["index_started_s"]
+    assert result.report["cache"]["bytes_read"] <= size * (raced_at / reading) + (8 << 20) < size, snapshot
     assert tree(vm.python) == filled
     assert leftovers(vm) == []
 
