@@ -22,7 +22,7 @@ from packaging.version import InvalidVersion, Version
 # tomllib: the standard one, or tomli
 from .config import Field, Schema, file_text, parse_toml, read_toml_bytes, tomllib, validate
 from .errors import BadInput
-from .transfer import atomic_write_text
+from .transfer import abridged, atomic_write_text
 
 IMAGE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -81,10 +81,8 @@ class Drift:
             return f"this runtime matches {self.image}"
         parts = [f"this runtime differs from {self.image} in {len(self.differing)} of {self.total} distributions"]
         if self.closure:
-            shown = [f"{n} {self.differing[n][1] or 'absent'} (image {self.differing[n][0]})" for n in self.closure[:6]]
-            more = len(self.closure) - len(shown)
-            parts.append(f"{len(self.closure)} of them in this recipe's closure: " + ", ".join(shown)
-                         + (f" and {more} more" if more else ""))
+            each = [f"{n} {self.differing[n][1] or 'absent'} (image {self.differing[n][0]})" for n in self.closure]
+            parts.append(f"{len(self.closure)} of them in this recipe's closure: " + abridged(each, 6))
         else:
             parts.append("none in this recipe's closure")
         if self.python:

@@ -22,7 +22,7 @@ from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
-from .transfer import remount
+from .transfer import abridged, remount
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,7 @@ class Plan:
 
 
 def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
-    shown = [f"{p.name}=={p.version}" for p in pins[:limit]]
-    more = len(pins) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more else "") if shown else "-"
+    return abridged([f"{p.name}=={p.version}" for p in pins], limit) or "-"
 
 
 def require_python(recipe: Recipe, target: TargetPython) -> None:

@@ -13,7 +13,7 @@ from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
 from .target import shared_files
-from .transfer import counted
+from .transfer import abridged, counted
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -101,16 +101,11 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     return found
 
 
-def _names(names: list[str]) -> str:
-    shown = ", ".join(names[:NAMES_SHOWN])
-    return shown + (f" and {len(names) - NAMES_SHOWN} more" if len(names) > NAMES_SHOWN else "")
-
-
 def _extra(extra: list[str], not_shipped: list[str] | None) -> str:
     """Installed, not in the lock: those the lock's image ships only counted."""
     if not_shipped is None or len(not_shipped) == len(extra):
-        return _names(extra) or "-"
-    return f"{_names(not_shipped) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
+        return abridged(extra, NAMES_SHOWN) or "-"
+    return f"{abridged(not_shipped, NAMES_SHOWN) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
 
 
 def status_lines(facts: dict[str, Any]) -> list[str]:

@@ -14,7 +14,7 @@ import shlex
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +328,13 @@ def printable(text: str, keep_lines: bool = False) -> str:
 def counted(number: int, noun: str) -> str:
     """'1 file', '12 files': a count in a report line (nouns that take an s)."""
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def abridged(names: Sequence[str], limit: int | None = None) -> str:
+    """'a, b, c and 9 more': the first `limit` of `names` in a report line ('' for none)."""
+    shown = names[:limit]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def shown(text: str, keep_lines: bool = False) -> str:
