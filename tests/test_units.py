@@ -31,7 +31,7 @@ from warmstart.images import Image, drift, images_of
 from warmstart.lock import Lock, Pin, needs
 from warmstart.maintenance import Entry, prunable
 from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
-from warmstart.plan import Facts, make_plan
+from warmstart.plan import Facts, installing_of, make_plan
 from warmstart.profiles import load_profile
 from warmstart.recipe import Asset, GpuNeeds, Recipe
 from warmstart.settings import Options, parse_command_line
@@ -63,7 +63,7 @@ def facts(installed: dict[str, str] | None = None, pins: tuple[Pin, ...] = (A, B
     target = TargetPython(Path("/venv/bin/python"), Version(python), "cpython", Path("/venv"), have)
     the_recipe = recipe(GpuNeeds(required=needs_gpu), tuple(assets or ()))
     found = needs(pins, have)
-    installing = tuple(p for p in found.wanted if p in found.install)
+    installing = installing_of(found, {})
     lock = Lock(Path("requirements/demo-py311-manylinux_x86_64.txt"), None, pins, "0" * 64)
     return Facts(recipe=the_recipe, profile=load_profile(PROJECT_ROOT / "envs" / "local.toml"), drive=Path("/drive"),
                  target=target, gpu=gpu, verdict=judge(the_recipe.gpu, gpu), lock=lock, image=image,
