@@ -51,6 +51,7 @@ from standin import machine_network
 from test_fresh_machine import copy_checkout
 
 from warmstart.lock import parse_lock
+from warmstart.tools import BOOTSTRAP_IMPORTS
 from warmstart.uv import find_uv
 
 RECIPE_ADDS = {"hyperlpr3", "loguru", "onnxruntime-gpu"}
@@ -156,12 +157,18 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
         "warmstart's own tools stay out of the notebook's interpreter"
     assert not list(backing.rglob("__pycache__")), "no bytecode may be written to Drive"
     # The tools are installed without bytecode (warmstart.sh's step, before the bootstrap that
-    # unpacks the snapshot); the runs wrote that of what they imported, into the tools' folder.
+    # unpacks the snapshot); a child compiled the bootstrap's while it started, and the runs wrote
+    # that of what they imported, into the tools' folder.
     tools = tmp_path / "vm1" / "home" / ".cache" / "warmstart" / "tools" / f"py{minor.replace('.', '')}"
     site = next(tools.glob("lib/python3.*/site-packages"))
     assert list(site.glob("invoke/__pycache__/program.*.pyc")), "written by the bootstrap's run"
-    assert list(site.glob("packaging/__pycache__/requirements.*.pyc")), "written by the bootstrap's run"
-    assert not list(site.glob("piptools/**/*.pyc")), "only `invoke lock` imports pip-tools: never compiled here"
+    assert list(site.glob("tqdm/contrib/__pycache__/concurrent.*.pyc")), \
+        "compiled ahead (no bootstrap imports it: the child compiles the whole of each package)"
+    compiled = {p.name for p in site.iterdir()
+                if p.is_dir() and p.name != "__pycache__" and next(p.rglob("*.pyc"), None)}
+    compiled |= {pyc.name.split(".")[0] for pyc in site.glob("__pycache__/*.pyc")}
+    assert compiled == set(BOOTSTRAP_IMPORTS), \
+        "what was compiled ahead is all the runs imported of the tools (pip-tools: only `invoke lock`)"
 
 
 # --- the restart notice ----------------------------------------------------------------------

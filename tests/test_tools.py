@@ -99,3 +99,26 @@ def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as
     assert message.endswith("; run once without --offline") and "\n" not in message
     assert not tools.in_place(folder, lock)
     assert damaged.is_file(), "Drive's copy is left where it is (a run online sets it aside)"
+
+
+@pytest.mark.parametrize("racing", [False, True])
+def test_the_tools_a_bootstrap_imports_are_compiled_ahead_unless_uv_from_the_index_runs(
+        tmp_path, monkeypatch, racing):
+    """ensure restores the tools without bytecode, then a child compiles what a bootstrap imports
+    while warmstart.sh starts it; not while uv from the index runs (warmstart.headstart), whose
+    CPUs it would take, and which the bootstrap waits for then. stop_compiling ends it with the run."""
+    drive, lock = drive_with_tools(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tools, "tools_lock", lambda profile: lock)
+    monkeypatch.setattr(tools, "BOOTSTRAP_IMPORTS", ("tool_b", "not_installed"))
+    monkeypatch.setattr(tools.headstart, "racing", lambda: racing)
+
+    folder = tools.ensure(drive, tools.platform_profile(), offline=True)
+
+    assert len(tools._compiling) == (0 if racing else 1)
+    for child in tools._compiling:
+        assert child.wait(timeout=60) == 0
+    tools.stop_compiling()
+    assert not tools._compiling
+    compiled = {pyc.parent.parent.name for pyc in folder.rglob("*.pyc")}
+    assert compiled == (set() if racing else {"tool_b"}), "tool_b whole, and nothing else"

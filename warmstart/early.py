@@ -11,11 +11,11 @@ cost 50 ms before a race could begin). When the plan names the same archive, the
 the read over (`take`, from the restore), and checks its bytes against the index as it checks
 any; otherwise the child is ended and what it read is dropped (`drop`).
 
-On a wiped VM, warmstart.sh begins the read the same way (`begin`) once the wheels of
-warmstart's own tools are off Drive, before it installs them, and hands it on to the bootstrap
-it then starts (`hand_on`): a thread there keeps reading (HANDED_AHEAD at most in memory) and
-writes what came into a pipe the bootstrap inherits, then how the read ended into another
-(HandedRead reads them).
+On a wiped VM, warmstart.sh begins the read the same way (`begin`) before it reads the wheels
+of warmstart's own tools off Drive, holding no more than PACE_AHEAD until they are off, reads
+on while it installs them, and hands the read on to the bootstrap it then starts (`hand_on`): a
+thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came into a pipe the
+bootstrap inherits, then how the read ended into another (HandedRead reads them).
 
 Only where it pays: on a VM where warmstart has not run yet (a wiped one: a no-op run reads
 nothing ahead), from a FUSE Drive (Colab's; from local disk a restore is bound by the CPUs, not
@@ -60,8 +60,8 @@ CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
 # a wait for room) is a whole CHUNK: it takes what the pipe gathered meanwhile, which came at
 # no pace of Drive's.
 TIMED_CHUNK, TIMED_FIRST = 128 << 10, 1 << 20
-# Online, warmstart.sh begins the read before it reads the tools' wheels off Drive, holding no
-# more than this until they are off: the first chunk and what tells Drive's pace, all that the
+# warmstart.sh begins the read before it reads the tools' wheels off Drive, holding no more than
+# this until they are off: the first chunk and what tells Drive's pace, all that the online
 # question of warmstart.headstart needs (Drive's to itself: beside the wheels' reads it would
 # see half its pace).
 PACE_AHEAD = CHUNK + TIMED_FIRST

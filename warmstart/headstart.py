@@ -296,6 +296,12 @@ def _read_left(ahead: Ahead, size: int) -> float | None:
     return None
 
 
+def racing() -> bool:
+    """Whether uv from the index was begun here."""
+    with _guard:
+        return _begun is not None
+
+
 def hand_on() -> HeadStart | None:
     """The uv begun here, to hand on to the bootstrap this process starts; None when there is
     none. None is begun after this."""

@@ -9,9 +9,10 @@ Colab lock on Colab) out of the Drive wheel cache, or from the index the first t
 cache; by uv where there is one (Colab ships it), else by the notebook's pip. They count as in
 place only when the virtualenv's marker names the sha256 of that lock.
 
-On a wiped VM it begins the read of the recipe's snapshot archive once the tools' wheels are off
-Drive, before it installs them, and hands that read on to the bootstrap it starts
-(warmstart.early).
+On a wiped VM it begins the read of the recipe's snapshot archive as it begins (reading on once
+the tools' wheels are off Drive), and hands that read on to the bootstrap it starts
+(warmstart.early); a child compiles the tools' modules that bootstrap imports as it starts
+(compile_ahead).
 
 An `invoke` launcher beside the notebook's `python3` (never over a foreign one) runs invoke from
 there with this checkout as the tasks' search root, and the notebook's interpreter as the
@@ -21,6 +22,7 @@ target, so `!invoke bootstrap --recipe NAME` works from any folder afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shlex
@@ -146,11 +148,11 @@ WHEEL_MOST = 64 << 20  # a tool's wheel is a few MB (zstandard's, the largest: 5
 
 def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
     """The wheels in Drive's cache (`wheels`) of the distributions `lock` pins, copied into `into`
-    on local disk, all at once (Drive waits per file). Read before the snapshot's read begins
-    (warmstart.sh), they have Drive's whole pace (7 MB: 0.5 s at 15 MiB/s), where the install
-    read them beside the archive, at half of it. A file is copied whatever it holds (the
-    installer checks each against the lock's sha256); one too large, or unreadable, is left
-    out, and so not found."""
+    on local disk, all at once (Drive waits per file). Read before the snapshot's read goes on
+    (warmstart.sh holds it to its first 2 MiB meanwhile), they have Drive's whole pace (7 MB:
+    0.5 s at 15 MiB/s), where the install read them beside the archive, at half of it. A file is
+    copied whatever it holds (the installer checks each against the lock's sha256); one too
+    large, or unreadable, is left out, and so not found."""
     pinned = pinned_names(lock.read_text())
 
     def copy(wheel: Path) -> None:
@@ -172,11 +174,18 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
     if folder.exists():
         shutil.rmtree(folder)  # ours (under warmstart's cache folder), and not whole
     folder.parent.mkdir(parents=True, exist_ok=True)
+    # made while the wheels come off Drive (80 ms alone, up to 0.3 s on a wiped VM's busy CPUs):
+    # both stand between the snapshot's read and the bootstrap that unpacks it
+    venv = subprocess.Popen([sys.executable, "-m", "venv", "--without-pip", str(folder)])
     with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as local:
-        if cached := wheels.is_dir():
-            _off_drive(wheels, lock, Path(local))
-        then()
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(folder)], check=True)
+        try:
+            if cached := wheels.is_dir():
+                _off_drive(wheels, lock, Path(local))
+            then()
+        finally:
+            made = venv.wait()
+        if made != 0:
+            raise subprocess.CalledProcessError(made, venv.args)
         restored = _install(folder, lock, Path(local)) if cached else None
     if restored is not None and restored.returncode == 0:
         source = f"restored warmstart's dependencies from {wheels}"
@@ -244,7 +253,49 @@ def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[
         say(f"warmstart's dependencies are in place ({folder})")
     else:
         say(restore(folder, lock, DriveStore(drive), offline, then))
+        # Not beside uv from the index: the bootstrap waits for uv then, and this took its CPU
+        # (behind the 15 MiB/s stand-in the cell took 4.38 s against 4.13 s, 8 pairs).
+        if not headstart.racing():
+            compile_ahead(folder)
     return folder
+
+
+# The tools a bootstrap imports (by import name), in the order compile_ahead compiles them: the
+# reverse of the bootstrap's, which compiles invoke first, so that the two meet. Not the rest
+# (pip-tools, build, click, pyelftools): only `invoke lock` imports them.
+BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "filelock", "packaging", "invoke")
+_COMPILE = """import compileall, os, sys
+for path in sys.argv[1:]:
+    if os.path.isdir(path):
+        compileall.compile_dir(path, quiet=2)
+    elif os.path.isfile(path + ".py"):
+        compileall.compile_file(path + ".py", quiet=2)
+"""
+_compiling: list[subprocess.Popen[bytes]] = []
+
+
+def compile_ahead(folder: Path) -> None:
+    """Compile, in a child at a lower priority, the bytecode of the freshly installed tools a
+    bootstrap imports, while warmstart.sh starts it (the install writes none: see _install). On a
+    wiped VM the bootstrap compiled them itself before its restore could begin (0.4 s of one CPU;
+    pynvml alone, on the GPU step's thread, 0.1 to 0.15 s), while the other CPU did little more
+    than relay the snapshot's read. Ended with the run (stop_compiling); bytecode is written
+    whole or not at all, by the import system's own atomic write."""
+    site = tools_site(folder)
+    child = subprocess.Popen([str(tools_python(folder)), "-I", "-c", _COMPILE,
+                              *(str(site / name) for name in BOOTSTRAP_IMPORTS)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _compiling.append(child)
+    with contextlib.suppress(OSError):  # done already
+        os.setpriority(os.PRIO_PROCESS, child.pid, 10)  # the bootstrap's own work comes first
+
+
+def stop_compiling() -> None:
+    """End compile_ahead's child, if it still runs (a bootstrap that failed early)."""
+    while _compiling:
+        child = _compiling.pop()
+        child.terminate()
+        child.wait()
 
 
 def drive_root(option: str | None, profile: Profile, environ=os.environ) -> Path:
@@ -296,6 +347,7 @@ def main(argv: list[str]) -> int:
     finally:
         early.drop()
         headstart.close()
+        stop_compiling()
 
 
 def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
@@ -304,12 +356,15 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         profile = platform_profile()
         drive = drive_root(given.drive, profile)
         require_drive(drive, profile)
-        # The snapshot's read goes on once the tools' wheels are off Drive, while they are
-        # installed, and on to the bootstrap. Online it begins before them, as far as it takes
-        # to know Drive's pace: where the read would lose to the index, uv begins from there at
-        # once (headstart), and the tools are installed meanwhile.
+        # The snapshot's read begins before the tools' wheels are read off Drive, as far as it
+        # takes to know Drive's pace, and goes on once they are off, while they are installed,
+        # and on to the bootstrap: finding the archive (the profile, the listing, the open, its
+        # index: Drive's waits, not its bandwidth) overlaps the wheels' reads. Online, where the
+        # read would lose to the index, uv begins from there at once (headstart), Drive being the
+        # question's alone meanwhile, and the tools are installed as uv runs.
         flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
-        if not given.offline and (asking := early.begin(flags, CHECKOUT, early.PACE_AHEAD, race)):
+        asking = early.begin(flags, CHECKOUT, early.PACE_AHEAD, race)
+        if asking and not given.offline:
             asking.join(headstart.ASK_WAIT)
         # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
         compiling = threading.Thread(target=compile_rest, daemon=True)
