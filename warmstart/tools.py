@@ -272,13 +272,14 @@ for path in sys.argv[1:]:
         compileall.compile_file(path + ".py", quiet=2)
 """
 _compiling: list[subprocess.Popen[bytes]] = []
+COMPILE_WAIT = 10  # seconds: the whole compile takes about one on 2 CPUs
 
 
 def compile_ahead(folder: Path) -> None:
     """Compile, in a child at a lower priority, the bytecode of the freshly installed tools a
     bootstrap imports, while warmstart.sh starts it (the install writes none: see _install). On a
     wiped VM the bootstrap compiled them itself before its restore could begin (0.4 s of one CPU;
-    pynvml alone, on the GPU step's thread, 0.1 to 0.15 s), while the other CPU did little more
+    pynvml alone, on the GPU step's thread, 0.10 to 0.17 s), while the other CPU did little more
     than relay the snapshot's read. Ended with the run (stop_compiling); bytecode is written
     whole or not at all, by the import system's own atomic write."""
     site = tools_site(folder)
@@ -291,11 +292,16 @@ def compile_ahead(folder: Path) -> None:
 
 
 def stop_compiling() -> None:
-    """End compile_ahead's child, if it still runs (a bootstrap that failed early)."""
+    """End compile_ahead's child with the run: let it finish what it writes (a second or so, after a
+    bootstrap that failed early), else stop it (a file it wrote half stays under a temporary name,
+    in the tools' own folder)."""
     while _compiling:
         child = _compiling.pop()
-        child.terminate()
-        child.wait()
+        try:
+            child.wait(timeout=COMPILE_WAIT)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.wait()
 
 
 def drive_root(option: str | None, profile: Profile, environ=os.environ) -> Path:
