@@ -264,13 +264,6 @@ def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[
 # reverse of the bootstrap's, which compiles invoke first, so that the two meet. Not the rest
 # (pip-tools, build, click, pyelftools): only `invoke lock` imports them.
 BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "filelock", "packaging", "invoke")
-_COMPILE = """import compileall, os, sys
-for path in sys.argv[1:]:
-    if os.path.isdir(path):
-        compileall.compile_dir(path, quiet=2)
-    elif os.path.isfile(path + ".py"):
-        compileall.compile_file(path + ".py", quiet=2)
-"""
 _compiling: list[subprocess.Popen[bytes]] = []
 COMPILE_WAIT = 10  # seconds: the whole compile takes about one on 2 CPUs
 
@@ -283,9 +276,13 @@ def compile_ahead(folder: Path) -> None:
     than relay the snapshot's read. Ended with the run (stop_compiling); bytecode is written
     whole or not at all, by the import system's own atomic write."""
     site = tools_site(folder)
-    child = subprocess.Popen([str(tools_python(folder)), "-I", "-c", _COMPILE,
-                              *(str(site / name) for name in BOOTSTRAP_IMPORTS)],
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # each a package (a folder) or a module (a file); one the lock does not install is left out
+    paths = [str(path) for name in BOOTSTRAP_IMPORTS for path in (site / name, site / f"{name}.py") if path.exists()]
+    try:
+        child = subprocess.Popen([str(tools_python(folder)), "-I", "-m", "compileall", "-qq", *paths],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:  # an extra: the bootstrap compiles what it imports itself
+        return
     _compiling.append(child)
     with contextlib.suppress(OSError):  # done already
         os.setpriority(os.PRIO_PROCESS, child.pid, 10)  # the bootstrap's own work comes first
