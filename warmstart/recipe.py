@@ -250,11 +250,12 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
     for name in data["requirements"]["exclude"]:
         if not _PROJECT.match(name):
             raise BadInput(f"{path}: 'requirements.exclude' holds {name!r}, which is no package name")
+    exclude = frozenset(canonicalize_name(n) for n in data["requirements"]["exclude"])
     includes = _check_requirements_in(requirements_in, project_root)
 
     assets = _assets(data["assets"], path)
     checks = _checks(data["checks"], project_root, path)
-    patches = _patches(data["patches"], data["requirements"]["exclude"], project_root, path)
+    patches = _patches(data["patches"], exclude, project_root, path)
 
     return Recipe(
         name=data["name"],
@@ -262,7 +263,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         python=python,
         gpu=needs,
         requirements_in=requirements_in,
-        exclude=tuple(sorted({canonicalize_name(n) for n in data["requirements"]["exclude"]})),
+        exclude=tuple(sorted(exclude)),
         workdir=workdir,
         path=path,
         project_root=project_root,
@@ -313,12 +314,13 @@ def _checks(tables: list[dict[str, Any]], project_root: Path, path: Path) -> tup
     return tuple(checks)
 
 
-def _patches(tables: list[dict[str, Any]], exclude: list[str], project_root: Path, path: Path) -> tuple[Patch, ...]:
+def _patches(tables: list[dict[str, Any]], exclude: frozenset[NormalizedName], project_root: Path,
+             path: Path) -> tuple[Patch, ...]:
     """The recipe's [[patches]], each of a package the recipe installs, its diff read."""
     patches = []
     for n, raw in enumerate(tables):
         name = canonicalize_name(raw["distribution"])
-        if not _PROJECT.match(raw["distribution"]) or name in map(canonicalize_name, exclude):
+        if not _PROJECT.match(raw["distribution"]) or name in exclude:
             raise BadInput(f"{path}: 'patches[{n}].distribution' {raw['distribution']!r} is no package this "
                            "recipe installs")
         diff = _project_file(project_root, raw["diff"], path, f"patches[{n}].diff")
