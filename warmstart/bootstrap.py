@@ -26,8 +26,9 @@ from .download import Downloader
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
-from .images import drift
+from .images import Image, drift
 from .lock import (
+    Lock,
     LockTarget,
     Pin,
     check_fresh,
@@ -108,25 +109,9 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     with report.step("drive") as step:
         require_drive(drive, profile)
         step.detail = f"{drive} ({profile.name} platform)"
-    warnings = []
+    warnings: list[str] = []
     with report.step("lock") as step:
-        python_minor = f"{target.version.major}.{target.version.minor}"
-        # several runtimes may share a Python (Colab's 2026.04 and 2026.07): the VM's own packages tell
-        published = profile.images()
-        candidates = [i for i in published.values() if i.python_minor == python_minor]
-        wanted, image, fallback = select_lock(recipe, candidates, python_minor, target_python.platform_tag(),
-                                              target.installed)
-        if fallback:
-            warnings.append(fallback)
-        elif not candidates and published:
-            listed = ", ".join(f"{i.name} ({i.python_minor})" for i in published.values())
-            warnings.append(f"the {profile.name} platform has no published image for Python {python_minor} "
-                            f"(it has: {listed}); the bare lock may replace packages this runtime ships")
-        path = lock_path(recipe, wanted)
-        if not path.exists():
-            raise PreconditionUnmet(_no_lock(recipe, wanted))
-        lock = parse_lock(path)
-        check_fresh(lock, recipe, wanted, image)
+        wanted, image, lock = _choose_lock(recipe, profile, target, warnings)
         step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
@@ -161,21 +146,52 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
                              hold=hold_team and drive_serves_all(facts))
             if store.team:
                 facts = _look(facts, store)
-        step.detail = f"{len(facts.cached)} of {len(lock.pins)} wheels in {store.root / 'wheels'}"
-        if facts.drive_down:  # the warning is said when the work starts, as for a read that waited
+        step.detail = _in_cache(facts, store)
+        # a Drive that stopped answering, or a team cache that cannot be used: the warning is said
+        # when the work starts, as for a read that waited
+        if facts.drive_down or (store.team and store.warnings):
             step.status = "warning"
-        if store.team:
-            step.detail += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
-            if store.warnings:  # it cannot be used: said as a warning when the work starts
-                step.status = "warning"
-        elif store.held:
-            step.detail += f" (the team cache {redact(store.held.location)} only if Drive falls behind)"
-        if recipe.assets:
-            in_cache = sum(state != "missing" for _dest, state in facts.assets.values())
-            step.detail += f"; {in_cache} of {len(recipe.assets)} assets"
-        if facts.snapshot_found:
-            step.detail += "; a snapshot"
     return facts, store
+
+
+def _choose_lock(recipe: Recipe, profile: Profile, target: target_python.TargetPython,
+                 warnings: list[str]) -> tuple[LockTarget, Image | None, Lock]:
+    """The recipe's lock for the target, with the image it was made for: that of the platform's
+    images for its Python that this VM matches best (several runtimes may share a Python, as
+    Colab's 2026.04 and 2026.07 do: the VM's own packages tell), else the bare lock (a warning
+    in `warnings`). A lock that is missing or stale is the end of the run."""
+    python_minor = f"{target.version.major}.{target.version.minor}"
+    published = profile.images()
+    candidates = [i for i in published.values() if i.python_minor == python_minor]
+    wanted, image, fallback = select_lock(recipe, candidates, python_minor, target_python.platform_tag(),
+                                          target.installed)
+    if fallback:
+        warnings.append(fallback)
+    elif not candidates and published:
+        listed = ", ".join(f"{i.name} ({i.python_minor})" for i in published.values())
+        warnings.append(f"the {profile.name} platform has no published image for Python {python_minor} "
+                        f"(it has: {listed}); the bare lock may replace packages this runtime ships")
+    path = lock_path(recipe, wanted)
+    if not path.exists():
+        raise PreconditionUnmet(_no_lock(recipe, wanted))
+    lock = parse_lock(path)
+    check_fresh(lock, recipe, wanted, image)
+    return wanted, image, lock
+
+
+def _in_cache(facts: Facts, store: TieredStore) -> str:
+    """The `cache` step's line: what the stores hold of what the run needs."""
+    said = f"{len(facts.cached)} of {len(facts.lock.pins)} wheels in {store.root / 'wheels'}"
+    if store.team:
+        said += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
+    elif store.held:
+        said += f" (the team cache {redact(store.held.location)} only if Drive falls behind)"
+    if facts.recipe.assets:
+        in_cache = sum(state != "missing" for _dest, state in facts.assets.values())
+        said += f"; {in_cache} of {len(facts.recipe.assets)} assets"
+    if facts.snapshot_found:
+        said += "; a snapshot"
+    return said
 
 
 def _look(facts: Facts, store: TieredStore) -> Facts:

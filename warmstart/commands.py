@@ -24,7 +24,7 @@ import json as jsonlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Collection, Exit, Program, Task, task
 
@@ -33,6 +33,10 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .profiles import select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
 from .transfer import shown
+
+if TYPE_CHECKING:
+    from .maintenance import Entry
+    from .store import Store
 
 # Each task imports the rest of warmstart itself, so that none waits for what only the others need
 # (and bootstrap begins its snapshot's read before: warmstart.early).
@@ -250,12 +254,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
     from .team import open_team
 
     def run() -> None:
-        days: float = maintenance.RETENTION_DAYS
-        if prune and older_than is not None:  # bad input before any output
-            try:
-                days = float(older_than)
-            except ValueError:
-                raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
+        # bad input before any output
+        days = _days(older_than) if prune and older_than is not None else maintenance.RETENTION_DAYS
         drive_root = _drive(drive)
         team = team_location(cache)
         if not team and not drive_root.is_dir():
@@ -266,42 +266,70 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         entries = maintenance.inventory(store, ROOT, drive_root)
         if down := store.down:
             raise PreconditionUnmet(f"the team cache {store} cannot be listed: {down}")
-        notes = {"not a file": "is not a regular file: never read",
-                 "unreadable index": "is an unreadable snapshot index: --prune removes it"}
-        for entry in entries:
-            if entry.kind in notes:
-                _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
-        for owner, (size, shared) in maintenance.sizes(entries).items():
-            _print(f"{size / 2**20:10.1f} MiB  {owner}"
-                   + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
-        _print(f"{sum(e.size for e in entries) / 2**20:10.1f} MiB  in all")
-        for entry in entries:
-            if entry.kind == "lock":  # resolved on a VM whose runtime no committed lock fits
-                owners = ", ".join(sorted(entry.owners)) or "no recipe here"
-                _print(f"lock made for a runtime: {entry.path.name} ({owners})")
+        _show_cache(entries)
         if verify:
-            maintenance.verify(store, entries)
-            for entry in entries:
-                if entry.status != "unchecked":
-                    _print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
-            damaged = [e for e in entries if e.status.startswith("damaged")]
-            if damaged:
-                raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
-                                     "the next online bootstrap fetches them again")
+            _verify_cache(store, entries)
         if prune:
-            when, records = store.last_used()
-            doomed = maintenance.prunable(entries, when, days)
-            for entry in doomed:
-                _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
-            if not doomed:
-                _print(f"nothing to prune: every file was used within {days:g} days, or a lock here names it")
-            elif not dry_run:
-                _print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
-            if not dry_run:
-                kept = {e.file.key for e in entries if e not in doomed}
-                store.compact_usage(when, records, kept)
+            _prune_cache(store, entries, days, dry_run)
 
     _exit(run_plain(run))
+
+
+def _days(older_than: str) -> float:
+    try:
+        return float(older_than)
+    except ValueError:
+        raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
+
+
+def _show_cache(entries: list[Entry]) -> None:
+    """`invoke cache`: what each recipe holds, the files never read, and the locks made on a VM."""
+    from .maintenance import sizes
+
+    notes = {"not a file": "is not a regular file: never read",
+             "unreadable index": "is an unreadable snapshot index: --prune removes it"}
+    for entry in entries:
+        if entry.kind in notes:
+            _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
+    for owner, (size, shared) in sizes(entries).items():
+        _print(f"{size / 2**20:10.1f} MiB  {owner}"
+               + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
+    _print(f"{sum(e.size for e in entries) / 2**20:10.1f} MiB  in all")
+    for entry in entries:
+        if entry.kind == "lock":  # resolved on a VM whose runtime no committed lock fits
+            owners = ", ".join(sorted(entry.owners)) or "no recipe here"
+            _print(f"lock made for a runtime: {entry.path.name} ({owners})")
+
+
+def _verify_cache(store: Store, entries: list[Entry]) -> None:
+    """`invoke cache --verify`: every file hashed, each damaged one set aside (then exit 1)."""
+    from .maintenance import verify
+
+    verify(store, entries)
+    for entry in entries:
+        if entry.status != "unchecked":
+            _print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
+    damaged = [e for e in entries if e.status.startswith("damaged")]
+    if damaged:
+        raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
+                             "the next online bootstrap fetches them again")
+
+
+def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool) -> None:
+    """`invoke cache --prune [--dry-run]`: what no lock here names and no run used for `days`."""
+    from .maintenance import prunable
+
+    when, records = store.last_used()
+    doomed = prunable(entries, when, days)
+    for entry in doomed:
+        _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+    if not doomed:
+        _print(f"nothing to prune: every file was used within {days:g} days, or a lock here names it")
+    elif not dry_run:
+        _print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
+    if not dry_run:
+        kept = {e.file.key for e in entries if e not in doomed}
+        store.compact_usage(when, records, kept)
 
 
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})

@@ -218,13 +218,7 @@ class Executor:
             if restored is None:  # the index won
                 assert lane is not None and lane.won
                 snapshot.place(lane.folder, facts.target, make_room)
-                # uv fetched them for the environment, not for Drive: the wheels only the team
-                # cache holds (one that failed midway, say) the Drive work fetches from the index,
-                # as after a run in which uv fetched them while it installed; those no cache
-                # holds, the download step fetches
-                only_team = [p for p in plan.to_install if facts.cached.get(p.name) in facts.in_team]
-                if only_team:
-                    self._fetch_for_drive_later(only_team)
+                self._fetch_only_team_later()
                 step.detail = (f"the package index was faster: {counted(len(plan.to_install), 'package')} with uv, "
                                f"{len(replaced)} replaced")
                 self.outcome.snapshot = {"used": False, "reason": "the package index was faster", "index": index,
@@ -239,6 +233,16 @@ class Executor:
             self.outcome.snapshot = {"used": True, "index": index, "read": restored.served,
                                      **({"race": raced} if raced else {})}
             return True
+
+    def _fetch_only_team_later(self) -> None:
+        """After the index won the race: uv fetched the wheels for the environment, not for Drive.
+        Those only the team cache holds (one that failed midway, say) the Drive work fetches from
+        the index, as after a run in which uv fetched them while it installed; those no cache
+        holds, the download step fetches."""
+        facts = self.plan.facts
+        only_team = [p for p in self.plan.to_install if facts.cached.get(p.name) in facts.in_team]
+        if only_team:
+            self._fetch_for_drive_later(only_team)
 
     def clear_broken(self) -> None:
         """Remove half-installed distributions; what their RECORD names outside the prefix stays."""

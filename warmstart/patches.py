@@ -234,43 +234,10 @@ def _plan(name: NormalizedName, info: Path, wanted: list[Patch], prefix: Path) -
     work.had_marker = marker is not None
     kept: dict[str, Any] = marker["files"] if marker else {}
     touched = sorted({d.path for p in wanted for d in p.files} | set(kept))
-    originals: dict[str, bytes] = {}
-    now: dict[str, bytes] = {}  # each file as it is
-    for path in touched:
-        label = next((p.label for p in wanted if any(d.path == path for d in p.files)), "an earlier patch")
-        if path not in recorded:
-            raise PatchRefused(f"{label} changes {path}, which {name} {work.version} did not install (it is not "
-                               "in its RECORD); a patch may only change the distribution's own files")
-        file = info.parent / path
-        if not Path(os.path.realpath(file)).is_relative_to(os.path.realpath(prefix)):
-            raise PatchRefused(f"{label} changes {path}, which lies outside {prefix}; refused")
-        try:
-            current = now[path] = file.read_bytes()
-            work.modes[path] = os.stat(file).st_mode & 0o777
-        except OSError as exc:
-            raise PatchRefused(f"{label}: cannot read {file} ({exc.strerror}); reinstall {name}") from None
-        if path in kept:  # patched before: the original is in the marker, with what was written
-            originals[path] = kept[path]["original"].encode("utf-8")
-            known = {record_hash(originals[path]), *kept[path]["written"]}
-        else:
-            originals[path], known = current, {recorded[path][1]}
-        if record_hash(current) not in known:
-            raise PatchRefused(f"{label} cannot change {path} of {name} {work.version}: the file differs from its "
-                               f"RECORD (edited by hand?); reinstall {name}, or drop the patch from the recipe")
-
-    desired = {}
-    for path, data in originals.items():
-        try:
-            desired[path] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise PatchRefused(f"{name}'s {path} is not UTF-8 text; a patch changes text files only") from None
-    for patch in wanted:
-        for diff in patch.files:
-            changed = apply(desired[diff.path], diff)
-            if changed is None:
-                raise PatchRefused(f"{patch.label} does not apply to {name} {work.version}: {diff.path} is not the "
-                                   "file it was made for; patch a version whose files it matches, or drop it")
-            desired[diff.path] = changed
+    now = {path: _read_unchanged(work, path, recorded, kept, prefix) for path in touched}  # each file as it is
+    # what each was before any patch: the marker keeps what an earlier patch replaced
+    originals = {path: kept[path]["original"].encode("utf-8") if path in kept else now[path] for path in touched}
+    desired = _patched(work, originals)
 
     new_rows = {}
     for path in touched:
@@ -293,6 +260,51 @@ def _plan(name: NormalizedName, info: Path, wanted: list[Patch], prefix: Path) -
     work.changes = (marker != work.marker or now != work.files
                     or _rows_without_marker(rows, work) != _rows_without_marker(work.record, work))
     return work
+
+
+def _read_unchanged(work: _Work, path: str, recorded: dict[str, list[str]], kept: dict[str, Any],
+                    prefix: Path) -> bytes:
+    """The bytes of the distribution's file `path`, which a patch of the recipe (or an earlier one)
+    touches, with its mode in `work.modes`; PatchRefused unless it is the distribution's own file,
+    under `prefix`, as installed (its RECORD's hash) or as warmstart last wrote it (the marker's)."""
+    label = next((p.label for p in work.wanted if any(d.path == path for d in p.files)), "an earlier patch")
+    if path not in recorded:
+        raise PatchRefused(f"{label} changes {path}, which {work.name} {work.version} did not install (it is not "
+                           "in its RECORD); a patch may only change the distribution's own files")
+    file = work.info.parent / path
+    if not Path(os.path.realpath(file)).is_relative_to(os.path.realpath(prefix)):
+        raise PatchRefused(f"{label} changes {path}, which lies outside {prefix}; refused")
+    try:
+        current = file.read_bytes()
+        work.modes[path] = os.stat(file).st_mode & 0o777
+    except OSError as exc:
+        raise PatchRefused(f"{label}: cannot read {file} ({exc.strerror}); reinstall {work.name}") from None
+    if path in kept:  # patched before: the original is in the marker, with what was written
+        known = {record_hash(kept[path]["original"].encode("utf-8")), *kept[path]["written"]}
+    else:
+        known = {recorded[path][1]}
+    if record_hash(current) not in known:
+        raise PatchRefused(f"{label} cannot change {path} of {work.name} {work.version}: the file differs from its "
+                           f"RECORD (edited by hand?); reinstall {work.name}, or drop the patch from the recipe")
+    return current
+
+
+def _patched(work: _Work, originals: dict[str, bytes]) -> dict[str, str]:
+    """Each file's text with the recipe's patches applied, in order, to its original."""
+    desired = {}
+    for path, data in originals.items():
+        try:
+            desired[path] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PatchRefused(f"{work.name}'s {path} is not UTF-8 text; a patch changes text files only") from None
+    for patch in work.wanted:
+        for diff in patch.files:
+            changed = apply(desired[diff.path], diff)
+            if changed is None:
+                raise PatchRefused(f"{patch.label} does not apply to {work.name} {work.version}: {diff.path} is not "
+                                   "the file it was made for; patch a version whose files it matches, or drop it")
+            desired[diff.path] = changed
+    return desired
 
 
 def _rows_without_marker(rows: list[list[str]], work: _Work) -> list[list[str]]:
