@@ -5,7 +5,9 @@ or the real pip. Drive is a folder here."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -122,3 +124,60 @@ def test_the_tools_a_bootstrap_imports_are_compiled_ahead_unless_uv_from_the_ind
     assert not tools._compiling
     compiled = {pyc.parent.parent.name for pyc in folder.rglob("*.pyc")}
     assert compiled == (set() if racing else {"tool_b"}), "tool_b whole, and nothing else"
+
+
+def _pyenv_python(minor: str) -> Path | None:
+    """pyenv's interpreter of that minor version, where this machine has one."""
+    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if shutil.which("pyenv") else ""
+    found = sorted(Path(root or "/nonexistent").glob(f"versions/{minor}.*/bin/python{minor}"))
+    return found[-1] if found else None
+
+
+def _warmstart_sh(checkout: Path, python: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    drive = tmp_path / "drive"
+    drive.mkdir(exist_ok=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "WARMSTART_PYTHON": python}
+    return subprocess.run(["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)],
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_line(tmp_path):
+    """The real warmstart.sh, on a real 3.10 (pyenv's): it reads TOML with tomllib (3.11), so it
+    says so with exit 3 (a precondition), where it used to end in an ImportError's traceback."""
+    old = _pyenv_python("3.10")
+    if old is None:
+        pytest.skip("no Python 3.10 from pyenv on this machine")
+    version = subprocess.run([str(old), "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+
+    done = _warmstart_sh(tools.CHECKOUT, str(old), tmp_path)
+
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == (f"warmstart.sh: needs Python 3.11 or newer; {old} is {version}: "
+                           "set WARMSTART_PYTHON to a newer interpreter\n")
+    assert not (tmp_path / "home").exists(), "nothing written"
+
+
+def test_warmstart_sh_without_a_tools_lock_for_its_python_names_those_it_has_and_the_way_to_make_one(tmp_path):
+    """The real warmstart.sh from a copy of the checkout that lacks the tools' lock for the
+    running Python (as a checkout older than the notebook's Python would): exit 3 (no lock for
+    this Python, as the README's exit codes say), one line naming the Pythons it has locks for
+    and the `invoke lock` line for a machine where warmstart is installed; no traceback."""
+    checkout = tmp_path / "checkout"
+    for part in ("warmstart", "envs", "recipes", "requirements", "warmstart.sh"):
+        copy = shutil.copytree if (tools.CHECKOUT / part).is_dir() else shutil.copy2
+        copy(tools.CHECKOUT / part, checkout / part)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for lock in (checkout / "requirements").rglob(f"warmstart-py{version.replace('.', '')}-*.txt"):
+        lock.unlink()
+    others = sorted({lock.name.split("-")[1] for lock in (checkout / "requirements").rglob("warmstart-py*.txt")})
+    assert others, "the checkout has tools' locks for other Pythons"
+
+    done = _warmstart_sh(checkout, sys.executable, tmp_path)
+
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"warmstart.sh: this checkout has no lock for warmstart's own tools for Python {version} ")
+    assert f"it has them for {', '.join(f'{tag[2]}.{tag[3:]}' for tag in others)})" in line
+    assert line.endswith(f"`invoke lock --recipe warmstart --python-version {version}`")
+    assert not (tmp_path / "home" / ".cache" / "warmstart" / "tools").exists(), "no tools' folder begun"

@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compile_rest, early, headstart, home, settings
-from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
+from .errors import PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .locktext import canonical, pinned_names
 from .pipconfig import pip_env, uv_env
@@ -74,9 +75,21 @@ def tools_lock(profile: Profile) -> Path:
                 return folder / name
     bare = CHECKOUT / "requirements" / name
     if not bare.is_file():
-        raise BadInput(f"no lock for warmstart's own tools at {bare} (Python {python_tag()}); "
-                       "make one with: invoke lock --recipe warmstart")
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        # the command is for a machine where warmstart is installed: this one has no invoke yet
+        raise PreconditionUnmet(
+            f"this checkout has no lock for warmstart's own tools for Python {version} ({bare}; it has them for "
+            f"{', '.join(_tools_pythons()) or 'none'}): set WARMSTART_PYTHON to one of those, update the checkout, "
+            f"or make the lock where warmstart is installed with "
+            f"`invoke lock --recipe warmstart --python-version {version}`")
     return bare
+
+
+def _tools_pythons() -> list[str]:
+    """The Python versions (3.12) this checkout has a lock of warmstart's own tools for."""
+    found = (re.fullmatch(r"warmstart-py(\d)(\d+)-.+\.txt", lock.name)
+             for lock in (CHECKOUT / "requirements").rglob("warmstart-py*.txt"))
+    return sorted({f"{m[1]}.{m[2]}" for m in found if m}, key=lambda v: tuple(map(int, v.split("."))))
 
 
 def tools_dir(environ=os.environ) -> Path:
