@@ -19,13 +19,18 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # warmstart compiles (to local disk) the modules this process imports as it imports them, and the
 # rest while it restores its tools (warmstart/__init__.py).
 export PYTHONDONTWRITEBYTECODE=1
+python="${WARMSTART_PYTHON:-python3}"
+if ! command -v "$python" >/dev/null; then
+    echo "warmstart.sh: no Python interpreter $python here: set WARMSTART_PYTHON to the notebook's (default: python3)" >&2
+    exit 3
+fi
 # warmstart.sh reads its TOML files with the standard library's tomllib (3.11): an older
-# interpreter is a precondition unmet (exit 3), said in one line.
-WARMSTART_COMPILE_LATER=1 exec "${WARMSTART_PYTHON:-python3}" -c '
+# interpreter is a precondition unmet (exit 3), said in one line (in words Python 2 reads too).
+WARMSTART_COMPILE_LATER=1 exec "$python" -c '
 import sys
 if sys.version_info < (3, 11):
-    print(f"warmstart.sh: needs Python 3.11 or newer; {sys.executable} is {sys.version.split()[0]}: "
-          "set WARMSTART_PYTHON to a newer interpreter", file=sys.stderr)
+    sys.stderr.write("warmstart.sh: needs Python 3.11 or newer; %s is %s: set WARMSTART_PYTHON to a newer "
+                     "interpreter\n" % (sys.executable, sys.version.split()[0]))
     sys.exit(3)
 sys.path.insert(0, sys.argv.pop(1))
 from warmstart.tools import main

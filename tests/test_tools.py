@@ -141,12 +141,13 @@ def _warmstart_sh(checkout: Path, python: str, tmp_path: Path) -> subprocess.Com
                           env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_line(tmp_path):
-    """The real warmstart.sh, on a real 3.10 (pyenv's): it reads TOML with tomllib (3.11), so it
-    says so with exit 3 (a precondition), where it used to end in an ImportError's traceback."""
-    old = _pyenv_python("3.10")
+@pytest.mark.parametrize("minor", ["2.7", "3.10"])
+def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_line(tmp_path, minor):
+    """The real warmstart.sh, on a real old Python (pyenv's): it reads TOML with tomllib (3.11),
+    so it says so with exit 3 (a precondition), where it used to end in a traceback."""
+    old = _pyenv_python(minor)
     if old is None:
-        pytest.skip("no Python 3.10 from pyenv on this machine")
+        pytest.skip(f"no Python {minor} from pyenv on this machine")
     version = subprocess.run([str(old), "-c", "import platform; print(platform.python_version())"],
                              capture_output=True, text=True, check=True).stdout.strip()
 
@@ -156,6 +157,16 @@ def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_l
     assert done.stderr == (f"warmstart.sh: needs Python 3.11 or newer; {old} is {version}: "
                            "set WARMSTART_PYTHON to a newer interpreter\n")
     assert not (tmp_path / "home").exists(), "nothing written"
+
+
+def test_warmstart_sh_with_no_interpreter_where_it_is_told_to_look_says_so_in_one_line(tmp_path):
+    missing = tmp_path / "no-such" / "python3"
+
+    done = _warmstart_sh(tools.CHECKOUT, str(missing), tmp_path)
+
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == (f"warmstart.sh: no Python interpreter {missing} here: set WARMSTART_PYTHON to the "
+                           "notebook's (default: python3)\n")
 
 
 def test_warmstart_sh_without_a_tools_lock_for_its_python_names_those_it_has_and_the_way_to_make_one(tmp_path):
