@@ -132,8 +132,20 @@ def _ask(exe: Path, code: str) -> str:
                               timeout=60).stdout
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise PreconditionUnmet(
-            f"cannot run the target Python {exe}: {exc}; pass --python with a working interpreter"
+            f"cannot run the target Python {exe}: {_failed(exc)}; pass --python with a working interpreter"
         ) from None
+
+
+def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
+    """Why the target could not answer, in a few words: never the code it was asked to run (the
+    probe's is 3 KB), which the exception's own text holds."""
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return f"it did not answer within {exc.timeout:g} s"
+    said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
+    last = said[-1][:200] if said else ""  # a traceback's last line says what went wrong
+    return f"it exited with status {exc.returncode}" + (f" ({last})" if last else "")
 
 
 def _target(exe: Path, answer: str) -> TargetPython:
