@@ -5,6 +5,7 @@ or the real pip. Drive is a folder here."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_the_tools_a_bootstrap_imports_are_compiled_ahead_unless_uv_from_the_ind
     assert compiled == (set() if racing else {"tool_b"}), "tool_b whole, and nothing else"
 
 
+NOBODY = 65534  # an unprivileged user's uid and gid
+
+
 def _pyenv_python(minor: str) -> Path | None:
     """pyenv's interpreter of that minor version, where this machine has one."""
     root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if shutil.which("pyenv") else ""
@@ -192,3 +196,28 @@ def test_warmstart_sh_without_a_tools_lock_for_its_python_names_those_it_has_and
     assert f"it has them for {', '.join(f'{tag[2]}.{tag[3:]}' for tag in others)})" in line
     assert line.endswith(f"`invoke lock --recipe warmstart --python-version {version}`")
     assert not (tmp_path / "home" / ".cache" / "warmstart" / "tools").exists(), "no tools' folder begun"
+
+
+def test_warmstart_sh_on_a_drive_folder_of_the_users_own_without_write_permission_says_chmod(tmp_path):
+    """As an unprivileged user (nobody: root writes anywhere), with the notebook's python3 the
+    system's, a Drive folder of the user's own at mode 0555: the line says `chmod u+w`, where it
+    said "belongs to uid 65534, and this user (uid 65534) may not write there: run as uid 65534"."""
+    if not (shutil.which("setpriv") and Path("/usr/bin/python3").is_file()):
+        pytest.skip("needs setpriv and a system /usr/bin/python3")
+    base = Path(tempfile.mkdtemp(prefix="warmstart-mode-"))  # tmp_path is root's alone (0700)
+    try:
+        base.chmod(0o755)
+        drive, home = base / "drive", base / "home"
+        for folder in (drive, home):
+            folder.mkdir()
+            os.chown(folder, NOBODY, NOBODY)
+        drive.chmod(0o555)
+        done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                               "bash", str(tools.CHECKOUT / "warmstart.sh"), "hyperlpr", "--drive", str(drive)],
+                              env={"PATH": "/usr/bin:/bin", "HOME": str(home), "WARMSTART_PYTHON": "/usr/bin/python3"},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3, done.stderr
+        assert done.stderr == (f"warmstart.sh: the Drive folder {drive} is this user's, but its mode (555) does not let "
+                               f"its owner write there: `chmod u+w {drive}`, or pass --drive with a folder you may write\n")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -68,19 +68,24 @@ QUIET = Bars(enabled=False)
 
 
 def not_writable(drive: Path) -> str | None:
-    """Why this user may not write the Drive cache (its folders belong to another user), or None.
+    """Why this user may not write the Drive cache (its folders belong to another user, or are the
+    user's with the write bit cleared), or None.
     A read-only file system is not such a reason: a read-only Drive is used as it is, and what
     would be cached there is said not to be."""
     for folder in (drive, drive / ".warmstart", drive / ".warmstart" / "v1"):
         try:
             if not folder.is_dir() or os.access(folder, os.W_OK) or os.statvfs(folder).f_flag & os.ST_RDONLY:
                 continue
-            owner = folder.stat().st_uid
+            info = folder.stat()
         except OSError:
             continue
+        owner, quoted = info.st_uid, shlex.quote(str(folder))
+        if owner == os.getuid():  # the user's own, without the user's write permission
+            return (f"the Drive folder {folder} is this user's, but its mode ({stat.S_IMODE(info.st_mode):o}) does "
+                    f"not let its owner write there: `chmod u+w {quoted}`, or pass --drive with a folder you may write")
         return (f"the Drive folder {folder} belongs to uid {owner}, and this user (uid {os.getuid()}) may not "
                 f"write there: run as uid {owner}, or, where that folder is yours to give (the host's, for a "
-                f"container), `sudo chown -R {os.getuid()} {shlex.quote(str(folder))}`")
+                f"container), `sudo chown -R {os.getuid()} {quoted}`")
     return None
 
 
