@@ -136,6 +136,31 @@ def test_magic_through_a_real_ipython_shell(demo, tmp_path, kernel_env, kernel_p
     assert out["report"]["drive_writes"] == "written to Drive", "WARMSTART_WAIT=1 (kernel_env) holds here too"
 
 
+def test_a_failed_bootstrap_in_a_real_ipython_cell_shows_its_error_line_not_a_traceback(tmp_path, kernel_env,
+                                                                                     kernel_python):
+    """The kernel API raises BootstrapFailed (code may catch it); a notebook cell that does not
+    shows the one error line and a line naming the exit code, not warmstart's frames."""
+    cell = """
+        import contextlib, io, json
+        from IPython.core.interactiveshell import InteractiveShell
+        import warmstart.colab
+        shell = InteractiveShell.instance()
+        shown = io.StringIO()
+        with contextlib.redirect_stdout(shown):
+            result = shell.run_cell("import warmstart.colab; warmstart.colab.bootstrap('no-such-recipe')")
+        print(json.dumps({"shown": shown.getvalue(), "raised": type(result.error_in_exec).__name__,
+                          "code": warmstart.colab.last_report["exit_code"]}))
+    """
+    out = run_kernel(kernel_python, cell, kernel_env)
+
+    assert out["raised"] == "BootstrapFailed" and out["code"] == 2
+    assert out["shown"] == ("BootstrapFailed: exit code 2 (the error above); the report is in "
+                            "warmstart.colab.last_report\n")
+    [error] = [line for line in out["stderr"].splitlines() if line.startswith("warmstart: error: ")]
+    assert "no recipe named 'no-such-recipe'" in error
+    assert "Traceback" not in out["stderr"] + out["shown"]
+
+
 # --- the `!invoke` subprocess path ---------------------------------------------------------
 
 def test_subprocess_without_mount_exits_3_with_the_cell_line(demo, tmp_path, kernel_env):

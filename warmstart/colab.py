@@ -39,6 +39,12 @@ class BootstrapFailed(RuntimeError):
         self.exit_code = report.get("exit_code", 1)
         self.report = report
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows for it in the notebook, in place of a traceback through warmstart:
+        the error itself is the line above, on stderr."""
+        return [f"BootstrapFailed: exit code {self.exit_code} (the error above); "
+                "the report is in warmstart.colab.last_report"]
+
 
 class KernelImports:
     """`name in imports`: a module this kernel has imported belongs to the distribution `name`.
