@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import cli_env, installed, make_venv, needs_mountns, run_cli, wait_until
+from conftest import REPO, cli_env, installed, make_venv, needs_mountns, run_cli, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -265,6 +265,14 @@ HOSTILE_INPUTS = {
                                               "echo 'SyntaxError: invalid syntax' >&2\nexit 1\n"},
                                     "{demo}", ["--python", "{tmp}/py.sh"], {}, 3,
                                     "it exited with status 1 (SyntaxError: invalid syntax); pass --python"),
+    # `~user` of no user here: pathlib raises RuntimeError (it ended as a bug, exit 70)
+    "interpreter in no user's home": ({}, "{demo}", ["--python", "~no-such-user-ws/bin/python"], {}, 2,
+                                      "--python (or WARMSTART_PYTHON) '~no-such-user-ws/bin/python' begins with "
+                                      "the home folder of a user this machine does not have; give the full path"),
+    "recipe in no user's home": ({}, "~no-such-user-ws/r.toml", [], {}, 2, "--recipe '~no-such-user-ws/r.toml' "
+                                 "begins with the home folder of a user this machine does not have"),
+    "recipes folder in no user's home": ({}, "demo", [], {"WARMSTART_RECIPES": "~no-such-user-ws/recipes"}, 2,
+                                         "WARMSTART_RECIPES '~no-such-user-ws/recipes' begins with the home folder"),
     "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),
     "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
     "Drive timeout not a number": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "soon"}, 2,
@@ -300,6 +308,22 @@ def test_hostile_inputs_end_in_one_line_with_the_documented_code(case, demo, dri
     assert last.startswith("warmstart: error: ") and words.format(**fill) in last, last
     assert len(last) < 600, f"one line, not a dump: {last[:300]}..."
     assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("given_as", ["--drive", "WARMSTART_DRIVE"])
+def test_a_drive_in_the_home_of_no_user_here_is_bad_input_naming_where_it_was_given(given_as, demo, tmp_path):
+    """`~user/...` of a user this machine does not have: pathlib's RuntimeError ended the run as a
+    bug (exit 70); it is the user's input, named with the flag or variable that gave it."""
+    value = "~no-such-user-ws/drive"
+    flag, env = (["--drive", value], cli_env()) if given_as == "--drive" else ([], cli_env(WARMSTART_DRIVE=value))
+
+    result = run_cli("status", "--recipe", str(demo), "--python", str(make_venv(tmp_path / "env")), *flag, env=env)
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: {given_as} '{value}' begins with the home folder of a user this machine does not "
+        "have; give the full path")
+    assert not (tmp_path / value).exists() and not (REPO / value).exists(), "no folder made under that name"
 
 
 def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):

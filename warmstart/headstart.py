@@ -253,7 +253,7 @@ def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted
     """The requirement lines of `wanted` in the recipe's lock for `tag` (pyXY) whose sha256 is
     `lock_sha256`, the one the snapshot was made from; None when there is none."""
     named = checkout / "recipes" / f"{recipe}.toml"
-    recipe_file = Path(recipe).expanduser().resolve() if given_as_file(recipe) else named
+    recipe_file = Path(os.path.expanduser(recipe)).resolve() if given_as_file(recipe) else named
     for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
         for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
             try:

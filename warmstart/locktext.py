@@ -8,6 +8,7 @@ both need live here, and so do the rules by which warmstart.recipe finds a recip
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -59,7 +60,7 @@ def requirement_lines(text: str, wanted: Iterable[str]) -> list[str] | None:
 
 def given_as_file(recipe: str) -> bool:
     """A recipe named by its file's path (used as it is), not by a name to look up."""
-    candidate = Path(recipe).expanduser()
+    candidate = Path(os.path.expanduser(recipe))  # never raises: this only tells a path from a name
     return candidate.suffix == ".toml" or len(candidate.parts) > 1
 
 

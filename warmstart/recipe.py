@@ -23,7 +23,7 @@ from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .errors import BadInput
 from .locktext import given_as_file, project_of
 from .patches import Patch, load_patch
-from .settings import RECIPES_FOLDER
+from .settings import RECIPES_FOLDER, user_path
 from .store import RECIPES
 from .transfer import is_sha256
 
@@ -136,7 +136,7 @@ def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.
     else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
     dirs = [root / "recipes"]
     if own := RECIPES_FOLDER.get(environ):
-        dirs.append(Path(own).expanduser())
+        dirs.append(user_path(own, RECIPES_FOLDER.name))
     elif drive is not None:
         dirs.append(drive / RECIPES)
     return dirs
@@ -159,7 +159,7 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
     if "\0" in name_or_path:
         raise BadInput(f"recipe {name_or_path!r}: a name or path cannot hold a NUL character")
     if given_as_file(name_or_path):
-        return Path(name_or_path).expanduser().resolve()
+        return user_path(name_or_path, "--recipe").resolve()
     known = known_recipes(root, drive)
     if name_or_path not in known:
         close = difflib.get_close_matches(name_or_path, list(known), n=1)

@@ -170,12 +170,23 @@ class Platform(Protocol):
     def default_drive(self, environ: Mapping[str, str] = ...) -> Path: ...
 
 
+def user_path(value: str, given_as: str) -> Path:
+    """A folder or file the user named (`given_as`: the flag or variable), with a leading `~` or
+    `~user` made that home folder; BadInput when there is no such user here (pathlib raises a
+    RuntimeError, which would end the run as a bug)."""
+    try:
+        return Path(value).expanduser()
+    except RuntimeError:
+        raise BadInput(f"{given_as} {value!r} begins with the home folder of a user this machine does not "
+                       "have; give the full path") from None
+
+
 def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str] = os.environ) -> Path:
     """The Drive root, for every entry point: --drive, else WARMSTART_DRIVE, else the platform's
     folder (on Colab the mounted MyDrive, wherever the checkout lies), once it has answered the
     run's first look at it."""
     chosen = option or DRIVE.get(environ)
-    named = Path(chosen).expanduser() if chosen else platform.default_drive(environ)
+    named = user_path(chosen, "--drive" if option else DRIVE.name) if chosen else platform.default_drive(environ)
     answers(named, drive_timeout(environ))
     return named.resolve() if chosen else named
 

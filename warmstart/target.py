@@ -29,7 +29,7 @@ from packaging.version import Version
 
 from . import distinfo, settings
 from .config import file_text
-from .errors import PreconditionUnmet
+from .errors import BadInput, PreconditionUnmet
 from .home import state_file
 from .transfer import atomic_write_text
 
@@ -102,7 +102,7 @@ def target_executable(executable: str | Path | None) -> Path:
     if os.sep not in chosen:
         chosen = shutil.which(chosen) or chosen
     # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
-    return Path(os.path.abspath(Path(chosen).expanduser()))
+    return Path(os.path.abspath(settings.user_path(chosen, f"--python (or {settings.PYTHON.name})")))
 
 
 def real_prefix(executable: str | Path | None) -> Path:
@@ -206,7 +206,7 @@ def begin_probe(executable: str | Path | None) -> None:
     forget_begun()
     try:
         _begun = _Begun(target_executable(executable))
-    except OSError:
+    except (OSError, BadInput):
         pass  # the run's own probe says why
 
 

@@ -36,7 +36,7 @@ from typing import Any
 from . import extras
 from .background import started, within
 from .errors import PreconditionUnmet, redact
-from .settings import team_timeout
+from .settings import CACHE, team_timeout, user_path
 from .store import (
     KINDS,
     USAGE,
@@ -107,7 +107,7 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
     warnings = warnings if warnings is not None else []
     if is_url(location):
         return ObjectStore(location, read_only=read_only, bars=bars, warnings=warnings, borrow=borrow)
-    folder = Path(location.removeprefix("file://")).expanduser()
+    folder = user_path(location.removeprefix("file://"), f"--cache (or {CACHE.name})")
     if folder.resolve() == drive.resolve():
         return None
     if not folder.is_dir():
