@@ -575,6 +575,36 @@ def test_a_team_store_that_never_answers_costs_seconds_and_one_warning(demo, tmp
         silent.close()
 
 
+@pytest.mark.parametrize("server", ["refuses", "never answers"])
+def test_a_team_store_whose_backend_connects_as_it_is_made_and_cannot_is_one_warning(server, demo, tmp_path, index):
+    """fsspec's ftp backend (an "other fsspec URL" of --cache) connects as it is made: a server
+    that refuses ended the run with exit 3 and a line about full folders, and one that never
+    answers would have held it for ftplib's own timeout. Now both are the team store's one
+    warning, within WARMSTART_TEAM_TIMEOUT, and the run installs from Drive and the index; a
+    real FTP client against a closed port and a silent server on 127.0.0.1."""
+    silent = Silent() if server == "never answers" else None
+    if silent:
+        port = silent.listener.getsockname()[1]
+    else:
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+    url = f"ftp://127.0.0.1:{port}/team"
+    try:
+        vm = VM(tmp_path / "vm", index.url, {"WARMSTART_TEAM_TIMEOUT": "3"}, url)
+
+        result = vm.bootstrap(demo)
+
+        assert result.code == 0, result.stderr
+        warnings = [w for w in result.report["warnings"] if "team cache" in w]
+        why = "TimeoutError: no answer in 3 s" if silent else "ConnectionRefusedError"
+        assert len(warnings) == 1 and f"cannot be used (connecting: {why}" in warnings[0], result.report["warnings"]
+        assert result.report["installed"] == LOCKED
+    finally:
+        if silent:
+            silent.close()
+
+
 def test_a_snapshot_a_teammate_rewrote_in_the_bucket_reaches_no_one(s3, demo, tmp_path, index):
     """The blocker: a teammate with write access rewrites a snapshot and its index together
     (one extra .pth file, which would run at every interpreter start), and plants deeply nested

@@ -172,7 +172,14 @@ class ObjectStore:
     _listings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        fs, path = _filesystem(self.url, self.borrow)
+        try:
+            # Bounded too: some backends connect as they are made (ftp, sftp), and may not answer.
+            fs, path = within(team_timeout(), lambda: _filesystem(self.url, self.borrow))
+        except PreconditionUnmet:  # its backend is not installed, or no fsspec protocol is named
+            raise
+        except Exception as exc:  # it cannot be reached: as for a listing that failed, the run goes on
+            fs, path = None, self.url.split("://", 1)[-1]
+            self._failed("connecting", exc)
         self.fs = _Bounded(fs, team_timeout())
         self.base = PurePosixPath(path) / "v1"
 
