@@ -95,6 +95,21 @@ def test_a_in_file_holds_requirements_only(demo, index, case):
     assert "Traceback" not in result.stderr and lock.read_bytes() == before
 
 
+@pytest.mark.parametrize("version", ["abc", "3.12.1", "3"])
+def test_lock_for_a_python_version_that_is_not_a_minor_one_is_bad_input_before_any_resolver(demo, index, version):
+    """It names the lock file (py312); uv's own refusal of "abc" was exit 1 with its usage text,
+    and "3.12.1" would have written a lock named py3121."""
+    folder = demo.parent.parent / "requirements"
+    before = sorted(folder.rglob("*.txt"))
+
+    result = run_cli("lock", "--recipe", str(demo), "--python-version", version, env=cli_env(index.url))
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warmstart: error: --python-version takes a minor version of Python 3, as 3.12, got '{version}'"]
+    assert sorted(folder.rglob("*.txt")) == before
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")

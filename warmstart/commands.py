@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import inspect
 import json as jsonlib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -177,6 +178,9 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     def compile_all() -> None:
         if not recipe:
             raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
+        for version in python_version or ():  # it names the lock file (py312): a minor version only
+            if not re.fullmatch(r"3\.[0-9]{1,2}", version):
+                raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
         loaded = load_recipe(recipe, ROOT)
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
