@@ -110,6 +110,27 @@ def test_lock_for_a_python_version_that_is_not_a_minor_one_is_bad_input_before_a
     assert sorted(folder.rglob("*.txt")) == before
 
 
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+def test_a_requirement_the_index_lacks_is_the_resolvers_reasons_then_one_error_line(demo, index, resolver):
+    """pip-tools locks for this Python, uv for another (the real ones, against the index on
+    127.0.0.1). Their reasons came folded into the error line, `\\n` and all, pip-compile's
+    two tracebacks included; now a line each, tracebacks down to their last line, then the error."""
+    demo_in(demo).write_text("alpha\nno-such-dist\n")
+    other = "3.13" if sys.version_info[:2] != (3, 13) else "3.12"
+    versions = ["--python-version", other] if resolver == "uv" else []
+
+    result = run_cli("lock", "--recipe", str(demo), *versions, env=cli_env(index.url))
+
+    assert result.code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"warmstart: error: {resolver} could not lock ") and lines[-1].endswith(
+        ": its reasons are above"), lines[-1]
+    reasons = [line for line in lines if line.startswith(f"warmstart: {resolver}: ")]
+    assert reasons and any("no-such-dist" in line for line in reasons), result.stderr
+    assert "Traceback" not in result.stderr and "\\n" not in result.stderr
+    assert not any("  File " in line for line in lines), "no frames of the resolver's own traceback"
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")
