@@ -145,7 +145,8 @@ class Index:
     files: Path
 
 
-def _write_simple_index(root: Path) -> None:
+def write_simple_index(root: Path) -> None:
+    """The PEP 503 pages of the wheels in root/files/, under root/simple/."""
     simple = root / "simple"
     projects: dict[str, list[Path]] = {}
     for wheel in sorted((root / "files").glob("*.whl")):
@@ -195,7 +196,7 @@ def index(tmp_path_factory) -> Index:
     (root / "files").mkdir()
     for name, version, requires in DEMO_WHEELS:
         build_wheel(root / "files", name, version, requires, script=name in SCRIPTED)
-    _write_simple_index(root)
+    write_simple_index(root)
 
     url, server = serve_folder(root)
     yield Index(f"{url}/simple", root / "files")

@@ -4,13 +4,25 @@ exit 2, and changes nothing on disk. Plus property-based tests of the recipe loa
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import string
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import cli_env, dead_url, installed, make_venv, run_cli
+from conftest import (
+    LOCKED,
+    bootstrap,
+    build_wheel,
+    cli_env,
+    dead_url,
+    installed,
+    make_venv,
+    run_cli,
+    serve_folder,
+    write_simple_index,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -129,6 +141,34 @@ def test_a_requirement_the_index_lacks_is_the_resolvers_reasons_then_one_error_l
     assert reasons and any("no-such-dist" in line for line in reasons), result.stderr
     assert "Traceback" not in result.stderr and "\\n" not in result.stderr
     assert not any("  File " in line for line in lines), "no frames of the resolver's own traceback"
+
+
+def test_an_installer_refusing_what_the_index_serves_says_why_a_line_each_then_one_error_line(demo, drive, tmp_path):
+    """An index serving other files under the locked names: the real uv (which fetches while it
+    installs, the run not waiting for Drive) refuses them by the lock's hashes. Its words came
+    folded into the error line; now they are the report's `error_detail`, printed a line each
+    above the one error line."""
+    other = tmp_path / "other"
+    (other / "files").mkdir(parents=True)
+    for name, version in LOCKED.items():
+        build_wheel(other / "files", name, version, extra={f"{name.replace('-', '_')}/other.txt": b"not locked"})
+    write_simple_index(other)
+    url, server = serve_folder(other)
+    try:
+        env = {k: v for k, v in cli_env(f"{url}/simple").items() if k != "WARMSTART_WAIT"}
+        result = bootstrap(demo, drive, make_venv(tmp_path / "env"), "--installer", "uv", env=env)
+    finally:
+        server.shutdown()
+
+    assert result.code == 2, result.stderr
+    report = json.loads(result.stdout)
+    assert report["error"].startswith("uv found files whose sha256 the lock does not list") and "\n" not in report["error"]
+    assert report["error_detail"] and all(line.startswith("uv: ") for line in report["error_detail"])
+    assert any("hash" in line.lower() for line in report["error_detail"]), report["error_detail"]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == f"warmstart: error: {report['error']}"
+    assert lines[-1 - len(report["error_detail"]):-1] == [f"warmstart: {line}" for line in report["error_detail"]]
+    assert "\\n" not in result.stderr
 
 
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):

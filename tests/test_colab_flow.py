@@ -35,7 +35,6 @@ from conftest import (
     MOUNTNS,
     NETNS,
     REPO,
-    _write_simple_index,
     build_wheel,
     cli_env,
     colab_vm,
@@ -45,6 +44,7 @@ from conftest import (
     installed,
     needs_netns,
     serve_folder,
+    write_simple_index,
 )
 from packaging.utils import canonicalize_name
 from standin import machine_network
@@ -191,7 +191,7 @@ def numpy_world(tmp_path):
     (root / "files").mkdir(parents=True)
     for version in ("1.0", "2.0"):
         build_wheel(root / "files", "numpy", version)
-    _write_simple_index(root)
+    write_simple_index(root)
     url, server = serve_folder(root)
     project = tmp_path / "project"
     (project / "recipes").mkdir(parents=True)

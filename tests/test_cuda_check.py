@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import _write_simple_index, build_wheel, cli_env, run_cli, serve_folder
+from conftest import build_wheel, cli_env, run_cli, serve_folder, write_simple_index
 
 from warmstart.cudalibs import read_wheel
 from warmstart.lock import existing_locks, parse_lock
@@ -49,7 +49,7 @@ def cuda_index(tmp_path_factory):
                 extra={"gpu_ext_bundled/libgpu_ext.so": ext}, tag=TAG)
     build_wheel(root / "files", "cuda-rt13", "13.0", extra={"nvidia/cu13/lib/libcudart.so.13": cudart}, tag=TAG)
     build_wheel(root / "files", "plain", "1.0")
-    _write_simple_index(root)
+    write_simple_index(root)
     url, server = serve_folder(root)
     yield f"{url}/simple", root / "files"
     server.shutdown()

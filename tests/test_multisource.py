@@ -18,7 +18,6 @@ from typing import Any
 import pytest
 from conftest import (
     DEMO_RECIPE,
-    _write_simple_index,
     build_wheel,
     cli_env,
     dead_url,
@@ -26,6 +25,7 @@ from conftest import (
     run_cli,
     serve_folder,
     slow_drive,
+    write_simple_index,
 )
 from seaweed import SeaweedS3, weed
 from test_team import VM, CutOnFirst, Relay
@@ -45,7 +45,7 @@ def bulky(tmp_path_factory):
     (root / "index" / "files").mkdir(parents=True)
     blobs = {f"bulky/blob{i}.bin": os.urandom(2 * PART_SIZE + (1 << 20)) for i in range(BLOBS)}
     build_wheel(root / "index" / "files", "bulky", "1.0", extra=blobs)
-    _write_simple_index(root / "index")
+    write_simple_index(root / "index")
     url, server = serve_folder(root / "index")
     project = root / "project"
     (project / "recipes").mkdir(parents=True)

@@ -28,7 +28,6 @@ from pathlib import Path
 import pytest
 from conftest import (
     REPO,
-    _write_simple_index,
     bootstrap,
     build_wheel,
     cli_command,
@@ -39,6 +38,7 @@ from conftest import (
     serve_folder,
     slow_drive,
     wait_until,
+    write_simple_index,
 )
 from packaging.version import Version
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
@@ -266,7 +266,7 @@ def test_an_index_serving_other_files_loses_to_the_snapshot(bulky, filled, tmp_p
     recipe, _url = bulky
     (tmp_path / "other" / "files").mkdir(parents=True)
     build_wheel(tmp_path / "other" / "files", "bulky", "1.0", extra={"bulky/blob0.bin": b"not the locked blob"})
-    _write_simple_index(tmp_path / "other")
+    write_simple_index(tmp_path / "other")
     url, server = serve_folder(tmp_path / "other", delay=1.0)
     try:
         vm = wiped_vm(tmp_path, f"{url}/simple")

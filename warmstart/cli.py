@@ -33,10 +33,12 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
         action(report)
     except (Exception, KeyboardInterrupt) as exc:
         failed = failure(exc)
-        report.error, report.exit_code = failed.message, failed.exit_code
+        report.error, report.exit_code, report.error_detail = failed.message, failed.exit_code, failed.detail
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+    for line in report.error_detail:  # what a tool said, a line each; then the one error line
+        print(f"warmstart: {transfer.shown(line)}", file=sys.stderr)
     if report.error:
         print(f"warmstart: error: {transfer.shown(report.error)}", file=sys.stderr, flush=True)
     if as_json:

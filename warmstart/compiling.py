@@ -18,7 +18,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, cudalibs
-from .errors import BadInput, WarmstartError
+from .errors import BadInput, WarmstartError, said_by
 from .images import Image
 from .lock import (
     UV_PLATFORMS,
@@ -126,15 +126,6 @@ class _Resolver:
             return _without_excluded(draft.read_text(), self.recipe.exclude), ""
 
 
-def _reasons(words: str) -> list[str]:
-    """A resolver's reasons for failing, a line each. Of a traceback (pip-compile prints pip's
-    own on a distribution the index does not have) only the last line: the exception, which
-    says it; pip's ERROR line before it says it better."""
-    lines = [line.rstrip() for line in words.splitlines() if line.strip()]
-    traced = next((n for n, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")), None)
-    return lines if traced is None else lines[:traced] + lines[-1:]
-
-
 def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> str:
     """Preferences give way to the newest release of whatever is new (onnx 1.23 asks for a newer
     protobuf than Colab's). Hold every shipped package this lock would change at the image's
@@ -175,11 +166,9 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
                          upgrade_packages, say)
     say(f"locking {recipe.name} for {target.describe()} with {resolver.tool}")
     pins_text, why = resolver.run({})
-    if pins_text is None:
-        for line in _reasons(why):  # a conflict takes several lines; then the run's one error line
-            say(f"{resolver.tool}: {line}")
+    if pins_text is None:  # a conflict takes several lines: all of them
         raise WarmstartError(f"{resolver.tool} could not lock {recipe.requirements_in} for "
-                             f"{target.describe()}: its reasons are above")
+                             f"{target.describe()}: its reasons are above", detail=said_by(resolver.tool, why, 60))
     if image is not None:
         pins_text = _hold_image_versions(resolver, pins_text, image)
     pins = parse_pins(pins_text, path)

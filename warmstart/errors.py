@@ -15,6 +15,7 @@ import platform
 import re
 import sys
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from . import __version__, home
@@ -24,9 +25,14 @@ INTERRUPTED = 130
 
 
 class WarmstartError(Exception):
-    """Anything else that went wrong (exit 1)."""
+    """Anything else that went wrong (exit 1). `detail`: what a tool the run started said about
+    it, a line each (said_by), printed above the run's one error line."""
 
     exit_code = 1
+
+    def __init__(self, message: str = "", *, detail: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.detail = tuple(detail)
 
 
 class BadInput(WarmstartError):
@@ -50,16 +56,28 @@ def redact(text: str) -> str:
     return _CREDENTIALS.sub("***@", text)
 
 
+def said_by(tool: str, text: str, most: int = 15) -> tuple[str, ...]:
+    """What `tool` printed, as an error's detail: its last `most` lines that say anything, each
+    named with the tool. Of a traceback (pip-compile prints pip's own for a distribution the index
+    lacks) only the last line, the exception, which says what went wrong."""
+    lines = [line.rstrip() for line in text.splitlines() if line.strip()]
+    traced = next((n for n, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")), None)
+    if traced is not None:
+        lines = lines[:traced] + lines[-1:]
+    return tuple(f"{tool}: {line}" for line in lines[-most:])
+
+
 @dataclass(frozen=True)
 class Failure:
     message: str  # one line, credentials hidden
     exit_code: int
+    detail: tuple[str, ...] = ()  # what a tool said, credentials hidden: printed above the message
 
 
 def failure(exc: BaseException) -> Failure:
     """What a run that raised `exc` says and exits with. A bug's traceback goes to a log file."""
     if isinstance(exc, WarmstartError):
-        return Failure(redact(str(exc)), exc.exit_code)
+        return Failure(redact(str(exc)), exc.exit_code, tuple(map(redact, exc.detail)))
     if isinstance(exc, KeyboardInterrupt):
         return Failure("interrupted", INTERRUPTED)
     if isinstance(exc, OSError):  # the machine: a read-only or full disk, a folder gone

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import faults
-from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .errors import BadInput, PreconditionUnmet, WarmstartError, said_by
 from .pipconfig import pip_env, uv_env
 from .uv import find_uv
 
@@ -43,11 +43,11 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
         child.wait()
         raise
     if child.returncode != 0:
-        tail = "\n".join(err.strip().splitlines()[-15:])
+        said = said_by(tool, err)
         if "THESE PACKAGES DO NOT MATCH THE HASHES" in err or "Hash mismatch" in err:
-            raise BadInput(f"{tool} found files whose sha256 the lock does not list; was the lock "
-                           f"edited, or is the index serving other files? Recompile with `invoke lock`.\n{tail}")
-        raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode}):\n{tail}")
+            raise BadInput(f"{tool} found files whose sha256 the lock does not list; was the lock edited, or is "
+                           "the index serving other files? Recompile with `invoke lock`", detail=said)
+        raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode})", detail=said)
 
 
 def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (),

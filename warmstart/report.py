@@ -44,6 +44,7 @@ class Report:
     store: TieredStore | None = None  # the store the run uses (its team tier's part is reported)
     error: str | None = None
     exit_code: int = 0
+    error_detail: tuple[str, ...] = ()  # what a tool said of the error, a line each
     started: float = field(default_factory=time.perf_counter)
 
     def say(self, message: str) -> None:
@@ -96,6 +97,8 @@ class Report:
             out["status"] = self.status
         if self.error:
             out.update(error=self.error, exit_code=self.exit_code)
+            if self.error_detail:
+                out["error_detail"] = list(self.error_detail)
         return _redacted(out)
 
 

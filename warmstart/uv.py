@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import WarmstartError
+from .errors import WarmstartError, said_by
 
 UV_REQUIREMENT = "uv>=0.5"
 
@@ -35,6 +35,6 @@ def ensure_uv(say) -> Path:
                           capture_output=True, text=True)
     found = find_uv()
     if done.returncode != 0 or not found:
-        raise WarmstartError(f"could not install uv: {done.stderr.strip()[-500:]}; "
-                             "install it yourself (pip install uv) and run again")
+        raise WarmstartError("could not install uv: install it yourself (pip install uv) and run again",
+                             detail=said_by("pip", done.stderr))
     return found
