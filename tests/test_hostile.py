@@ -274,6 +274,8 @@ HOSTILE_INPUTS = {
     "recipes folder in no user's home": ({}, "demo", [], {"WARMSTART_RECIPES": "~no-such-user-ws/recipes"}, 2,
                                          "WARMSTART_RECIPES '~no-such-user-ws/recipes' begins with the home folder"),
     "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),
+    "a switch neither on nor off": ({}, "{demo}", [], {"WARMSTART_WAIT": "ture"}, 2,
+                                    "WARMSTART_WAIT must be 1 (on) or 0 (off), got 'ture'"),
     "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
     "Drive timeout not a number": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "soon"}, 2,
                                    "WARMSTART_DRIVE_TIMEOUT must be a number of seconds"),

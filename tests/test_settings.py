@@ -140,6 +140,18 @@ def test_the_environment_is_read_the_same_way_through_every_entry_point(seen, mo
 
 
 @pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e.__name__)
+@pytest.mark.parametrize(("value", "on"), [("true", True), (" Yes", True), ("0", False), ("off", False), ("", False)])
+def test_a_switch_takes_the_usual_words_for_on_and_off_through_every_entry_point(seen, monkeypatch, entry, value, on):
+    """WARMSTART_WAIT=true was off, silently: only "1" counted (anything unknown is bad input now,
+    test_hostile)."""
+    monkeypatch.setenv("WARMSTART_WAIT", value)
+    monkeypatch.setenv("WARMSTART_CACHE_READ_ONLY", value)
+    entry(["--recipe", "demo"], monkeypatch)
+    [settings] = seen
+    assert settings.wait is on and settings.team_read_only is on
+
+
+@pytest.mark.parametrize("entry", ENTRY_POINTS, ids=lambda e: e.__name__)
 def test_without_flag_or_variable_every_entry_point_uses_the_platforms_drive(seen, monkeypatch, tmp_path, entry):
     entry(["--recipe", "demo"], monkeypatch)
     [settings] = seen
