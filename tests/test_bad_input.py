@@ -171,6 +171,15 @@ def test_an_installer_refusing_what_the_index_serves_says_why_a_line_each_then_o
     assert "\\n" not in result.stderr
 
 
+def test_invoke_image_without_its_required_flags_names_them():
+    """Each missing flag was None on its way to Path(), exit 70 "a bug in warmstart"."""
+    result = run_cli("image", "--name", "colab-next", env=cli_env())
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "warmstart: error: invoke image needs --freeze, --python, --source (see `invoke --help image`)"]
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")

@@ -177,3 +177,16 @@ def test_the_readme_lists_every_variable_as_settings_declares_it():
     readme = (Path(warmstart.__file__).parent.parent / "README.md").read_text()
     for variable in VARIABLES:
         assert f"| `{variable.name}` | {variable.help} |" in readme, variable.name
+
+
+def test_the_kernel_api_refuses_an_option_it_does_not_take_in_one_line(capsys):
+    """A misspelt keyword (`alow_no_gpu=True`) was Options' TypeError, exit 70 "a bug in
+    warmstart"; it is bad input, said before anything is mounted or read."""
+    with pytest.raises(colab.BootstrapFailed) as failed:
+        colab.bootstrap("demo", alow_no_gpu=True)
+
+    assert failed.value.exit_code == 2
+    assert capsys.readouterr().err == (
+        "warmstart: error: warmstart.colab.bootstrap() takes no 'alow_no_gpu'; it takes: allow_no_gpu, "
+        "allow_unfit_gpu, cache, cache_read_only, drive, dry_run, installer, keep_runtime, offline, packages_only, "
+        "wait, restart, mount_point\n")

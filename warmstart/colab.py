@@ -23,7 +23,7 @@ from typing import Any
 
 from . import PROJECT_ROOT, tools
 from .config import reading_ahead
-from .errors import PreconditionUnmet, failure
+from .errors import BadInput, PreconditionUnmet, failure
 from .profiles import Profile, select_profile
 from .settings import MOUNT_POINT, Options, drive_root
 from .transfer import is_mount_point, shown
@@ -113,6 +113,10 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
     WARMSTART_DRIVE too)."""
     global last_report
     try:
+        takes = sorted(name.replace("-", "_") for name in Options.flags() if name not in ("recipe", "python"))
+        if unknown := sorted(set(flags) - set(takes)):
+            raise BadInput(f"warmstart.colab.bootstrap() takes no {', '.join(map(repr, unknown))}; "
+                           f"it takes: {', '.join(takes)}, restart, mount_point")
         options = Options(recipe=recipe, python=sys.executable, kernel_imported=KernelImports(), **flags)
         environ = {**os.environ, MOUNT_POINT.name: mount_point} if mount_point else os.environ
         profile = select_profile(root, environ)

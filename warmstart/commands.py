@@ -217,6 +217,9 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
     from .recipe import known_recipes
 
     def run() -> None:
+        given = {"--name": name, "--freeze": freeze, "--python": python, "--source": source}
+        if missing := [flag for flag, value in given.items() if not value]:
+            raise BadInput(f"invoke image needs {', '.join(missing)} (see `invoke --help image`)")
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
         recipes = " ".join(sorted(known_recipes(ROOT, None)))
         _print(f"warmstart: wrote {path}; now make its locks: `for r in {recipes}; do invoke lock --recipe "
