@@ -180,6 +180,15 @@ def test_invoke_image_without_its_required_flags_names_them():
         "warmstart: error: invoke image needs --freeze, --python, --source (see `invoke --help image`)"]
 
 
+def test_lock_for_an_unknown_platform_profile_names_the_flag_not_the_variable(demo):
+    result = run_cli("lock", "--recipe", str(demo), "--platform-profile", "mars", env=cli_env())
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("warmstart: error: --platform-profile='mars' names no file in "), line
+    assert "WARMSTART_PLATFORM" not in line
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")

@@ -188,7 +188,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         on = platform or current.platform
         if image or platform_profile:
             images = ([image_named(image, ROOT / "envs")] if image else
-                      select_profile(ROOT, {PLATFORM.name: platform_profile}).images().values())
+                      select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile").images().values())
             targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images
                        if not python_version or i.python_minor in python_version]
         else:

@@ -120,13 +120,15 @@ def profile_paths(root: Path) -> dict[str, Path]:
     return {p.stem: p for p in sorted((root / "envs").glob("*.toml"))}
 
 
-def select_profile(root: Path, environ: Mapping[str, str] = os.environ) -> Profile:
+def select_profile(root: Path, environ: Mapping[str, str] = os.environ, given_as: str = PLATFORM.name) -> Profile:
+    """The platform profile `environ`'s WARMSTART_PLATFORM names (`given_as`: how the user named
+    it, for the message), else the first whose markers this machine shows, else the fallback."""
     profiles = profile_paths(root)
     wanted = PLATFORM.get(environ)
     if wanted:
         if wanted not in profiles:
             raise BadInput(
-                f"{PLATFORM.name}={wanted!r} names no file in {root / 'envs'}; "
+                f"{given_as}={wanted!r} names no file in {root / 'envs'}; "
                 f"known platforms: {', '.join(profiles)}"
             )
         return load_profile(profiles[wanted])
