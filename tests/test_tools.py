@@ -4,12 +4,15 @@ or the real pip. Drive is a folder here."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -125,6 +128,36 @@ def test_the_tools_a_bootstrap_imports_are_compiled_ahead_unless_uv_from_the_ind
     assert not tools._compiling
     compiled = {pyc.parent.parent.name for pyc in folder.rglob("*.pyc")}
     assert compiled == (set() if racing else {"tool_b"}), "tool_b whole, and nothing else"
+
+
+def test_a_second_warmstart_sh_waits_for_the_tools_the_first_restores_then_finds_them_in_place(
+        tmp_path, monkeypatch, capsys):
+    """Two warmstart.sh at once on one VM (another cell, a terminal) both restored into one
+    folder, the second removing what the first was installing. The first's flock (held here by
+    the test, as its process holds it) makes the second wait, say so once, then find the tools in
+    place; held past WARMSTART_LOCK_TIMEOUT, the second ends with exit 3 naming the lock."""
+    drive, lock = drive_with_tools(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(tools, "tools_lock", lambda profile: lock)
+    folder = tools.tools_dir()
+    held = folder.with_name(f"{folder.name}.lock")
+    held.parent.mkdir(parents=True)
+    with open(held, "a") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        tools.restore(folder, lock, DriveStore(drive), offline=True)  # what the first does meanwhile
+        second = ThreadPoolExecutor(1).submit(tools.ensure, drive, tools.platform_profile(), True)
+        time.sleep(0.5)
+        assert not second.done(), "the second waits for the first"
+    assert second.result(timeout=60) == folder and tools.in_place(folder, lock)
+    said = capsys.readouterr().err.splitlines()
+    assert said == [f"warmstart.sh: another warmstart.sh is restoring warmstart's own tools in {folder}: waiting for it",
+                    f"warmstart.sh: warmstart's dependencies are in place ({folder})"]
+
+    monkeypatch.setenv("WARMSTART_LOCK_TIMEOUT", "0.3")
+    with open(held, "a") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        with pytest.raises(PreconditionUnmet, match=f"another warmstart.sh held {held} too long"):
+            tools.ensure(drive, tools.platform_profile(), offline=True)
 
 
 NOBODY = 65534  # an unprivileged user's uid and gid

@@ -2,6 +2,7 @@
 
     ~/.cache/warmstart/            ($XDG_CACHE_HOME/warmstart), its user's alone (0700)
         tools/<pyXY>/              warmstart's own virtualenv (warmstart.sh)
+        tools/<pyXY>.lock          one warmstart.sh at a time restores it
         logs/                      bug reports and failed checks' output: the one log folder
         downloads/                 partial downloads, resumed by the next run
         elf/                       what `invoke lock` read from wheels' ELF files, by sha256

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import platform
 import re
@@ -33,7 +34,8 @@ import sys
 import sysconfig
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from functools import partial
@@ -261,16 +263,46 @@ def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[
     """The tools' virtualenv, restored when missing or built from another lock; returns it.
     `then` is called once nothing more of the tools is read from Drive (see restore)."""
     lock, folder = tools_lock(profile), tools_dir()
-    if in_place(folder, lock):
-        then()
-        say(f"warmstart's dependencies are in place ({folder})")
-    else:
+    with one_at_a_time(folder):
+        if in_place(folder, lock):
+            then()
+            say(f"warmstart's dependencies are in place ({folder})")
+            return folder
         say(restore(folder, lock, DriveStore(drive), offline, then))
-        # Not beside uv from the index: the bootstrap waits for uv then, and this took its CPU
-        # (behind the 15 MiB/s stand-in the cell took 4.38 s against 4.13 s, 8 pairs).
-        if not headstart.racing():
-            compile_ahead(folder)
+    # Not beside uv from the index: the bootstrap waits for uv then, and this took its CPU
+    # (behind the 15 MiB/s stand-in the cell took 4.38 s against 4.13 s, 8 pairs).
+    if not headstart.racing():
+        compile_ahead(folder)
     return folder
+
+
+LOCK_POLL = 0.05  # seconds between two tries of a held lock
+
+
+@contextlib.contextmanager
+def one_at_a_time(folder: Path) -> Iterator[None]:
+    """Hold the lock of the tools' folder: a second warmstart.sh on the VM (another cell, a
+    terminal) would remove the virtualenv the first is installing, or using. It waits, saying
+    so once, for up to WARMSTART_LOCK_TIMEOUT, then finds the tools in place. flock: it ends with
+    its process."""
+    path = folder.with_name(f"{folder.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is None:
+                    say(f"another warmstart.sh is restoring warmstart's own tools in {folder}: waiting for it")
+                    deadline = time.monotonic() + settings.lock_timeout()
+                elif time.monotonic() > deadline:
+                    raise PreconditionUnmet(
+                        f"another warmstart.sh held {path} too long; wait for it, or set "
+                        f"{settings.LOCK_TIMEOUT.name}") from None
+                time.sleep(LOCK_POLL)
+        yield
 
 
 # The tools a bootstrap imports (by import name), in the order compile_ahead compiles them: the
