@@ -170,7 +170,9 @@ def test_subprocess_without_mount_exits_3_with_the_cell_line(demo, tmp_path, ker
     mount = tmp_path / "content" / "drive"
     assert result.code == 3
     assert f"from google.colab import drive; drive.mount('{mount}')" in result.stderr
-    assert "warmstart.colab.bootstrap" in result.stderr
+    # the other way, as it pastes: warmstart from where this run took it, the recipe as given
+    assert (f"import sys; sys.path.insert(0, '{REPO}'); import warmstart.colab; "
+            f"warmstart.colab.bootstrap('{demo}'))") in result.stderr
     assert not mount.exists(), "nothing may be written under an unmounted mount point"
 
 

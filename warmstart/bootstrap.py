@@ -107,7 +107,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             if allowed:
                 step.detail = "; and ".join(verdict.problems)
     with report.step("drive") as step:
-        require_drive(drive, profile)
+        require_drive(drive, profile, recipe=options.recipe)
         step.detail = f"{drive} ({profile.name} platform)"
     warnings: list[str] = []
     with report.step("lock") as step:

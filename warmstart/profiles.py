@@ -141,20 +141,26 @@ def select_profile(root: Path, environ: Mapping[str, str] = os.environ, given_as
     return load_profile(profiles[FALLBACK])
 
 
-def mount_hint(mount: Path) -> str:
-    return (f"run this in a notebook cell first: from google.colab import drive; "
-            f"drive.mount('{mount}')  (or do it all from the notebook: "
-            "import warmstart.colab; warmstart.colab.bootstrap('RECIPE'))")
+def mount_hint(mount: Path, recipe: str) -> str:
+    """The cell that mounts Drive, and the one that does it all from the notebook, for `recipe`,
+    both as they paste: the second imports warmstart from where this process did (a checkout on
+    local disk: one on Drive is not there before the mount, and then needs no hint)."""
+    hint = f"run this in a notebook cell first: from google.colab import drive; drive.mount({str(mount)!r})"
+    checkout = Path(__file__).resolve().parent.parent
+    if checkout.is_relative_to(mount):
+        return hint
+    return (f"{hint}  (or do it all from the notebook: import sys; sys.path.insert(0, {str(checkout)!r}); "
+            f"import warmstart.colab; warmstart.colab.bootstrap({recipe!r}))")
 
 
-def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ) -> None:
+def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
     """Exit 3 when Drive is not there, or not yet where a profile that makes its folder (a local
     stand-in for Drive) may make it: the run creates it with the workdir. Nothing is ever written
     under an unmounted mount point: that would make the later mount fail ("Mountpoint must not
     already contain files")."""
     mount = profile.mount(environ)
     if mount and drive.is_relative_to(mount) and not is_mount_point(mount):
-        raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount)}")
+        raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount, recipe)}")
     if drive.is_dir():
         if problem := not_writable(drive):
             raise PreconditionUnmet(problem)

@@ -403,7 +403,7 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         profile = platform_profile()
         drive = drive_root(given.drive, profile)
-        require_drive(drive, profile)
+        require_drive(drive, profile, recipe=given.recipe)
         # The snapshot's read begins before the tools' wheels are read off Drive, as far as it
         # takes to know Drive's pace, and goes on once they are off, while they are installed,
         # and on to the bootstrap: finding the archive (the profile, the listing, the open, its
