@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import make_venv
+from conftest import cli_env, make_venv, run_cli
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
@@ -621,3 +621,18 @@ def test_data_files_read_ahead_are_served_once_each_and_fail_as_a_read_then_woul
     finally:
         config.forget_ahead()
     assert config.read_bytes(tmp_path / "envs" / "a.toml") == b"changed\n", "forgotten: read anew"
+
+
+def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(tmp_path):
+    """XDG_CACHE_HOME=relative made warmstart's own folder (logs, locks, tools) a folder of
+    whatever the working directory was. The real CLI, run from an empty folder: its folder is
+    under HOME, and nothing is made where it ran."""
+    here, home_dir = tmp_path / "cwd", tmp_path / "home"
+    here.mkdir()
+    env = cli_env() | {"XDG_CACHE_HOME": "relative", "HOME": str(home_dir)}
+
+    result = run_cli("cache", "--drive", str(tmp_path), env=env, cwd=here)
+
+    assert result.code == 0, result.stderr
+    assert list(here.iterdir()) == []
+    assert (home_dir / ".cache" / "warmstart").is_dir()

@@ -119,6 +119,14 @@ class _BytecodeElsewhere(importlib.machinery.SourceFileLoader):
                     cls(f"{__name__}.{Path(path).stem}", path).keep(code, stats.st_mtime, stats.st_size)
 
 
+def cache_home(environ: Mapping[str, str] = os.environ) -> Path:
+    """$XDG_CACHE_HOME, when it is an absolute path (the XDG spec ignores a relative one: it would
+    be a folder in whatever the working directory is), else ~/.cache. warmstart's own folder lies
+    there (warmstart.home)."""
+    chosen = environ.get("XDG_CACHE_HOME", "")
+    return Path(chosen) if os.path.isabs(chosen) else Path(os.path.expanduser("~/.cache"))
+
+
 def _on_drive(folder: Path) -> bool:
     """Whether `folder` lies on the mounted Drive (Colab's checkout does), where each open waits.
     Read here, not through warmstart.settings: importing it first would write its bytecode there."""
@@ -156,8 +164,7 @@ def _bytecode_off_drive() -> None:
         return
     # Read here, not through warmstart.home: importing it first would write its bytecode (the
     # folder is home.root()'s).
-    _BytecodeElsewhere.root = (Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"))
-                               / "warmstart" / "pycache")
+    _BytecodeElsewhere.root = cache_home() / "warmstart" / "pycache"
     if not (_BytecodeElsewhere.root / here.relative_to(here.anchor) / "__pycache__").is_dir():  # a VM's first import
         _BytecodeElsewhere.read_ahead(here)
         if not later:

@@ -26,13 +26,15 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from . import cache_home
+
 # The records kept per target environment (see state_file).
 STATE_KINDS = ("verified", "restart", "checks", "used", "drivework", "locks")
 
 
 def root(environ: Mapping[str, str] = os.environ) -> Path:
     """`$XDG_CACHE_HOME/warmstart`, else ~/.cache/warmstart."""
-    return Path(environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "warmstart"
+    return cache_home(environ) / "warmstart"
 
 
 def private(environ: Mapping[str, str] = os.environ) -> Path:
