@@ -271,6 +271,12 @@ HOSTILE_INPUTS = {
                                       "the home folder of a user this machine does not have; give the full path"),
     "recipe in no user's home": ({}, "~no-such-user-ws/r.toml", [], {}, 2, "--recipe '~no-such-user-ws/r.toml' "
                                  "begins with the home folder of a user this machine does not have"),
+    "asset in no user's home": ({"recipes/a.toml": 'name = "a"\n[requirements]\nin = "requirements/a.in"\n'
+                                                   '[[assets]]\nurl = "https://example.org/m.onnx"\n'
+                                                   f'sha256 = "{"0" * 64}"\ndest = "~no-such-user-ws/m.onnx"\n',
+                                 "requirements/a.in": "alpha\n"}, "{tmp}/recipes/a.toml", [], {}, 2,
+                                "a.toml: 'assets[0].dest' '~no-such-user-ws/m.onnx' begins with the home folder of a "
+                                "user this machine does not have"),
     "recipes folder in no user's home": ({}, "demo", [], {"WARMSTART_RECIPES": "~no-such-user-ws/recipes"}, 2,
                                          "WARMSTART_RECIPES '~no-such-user-ws/recipes' begins with the home folder"),
     "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),

@@ -283,7 +283,7 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
         if not raw["url"].startswith(("https://", "http://")):
             raise BadInput(f"{path}: 'assets[{n}].url' must be an https:// address, got {raw['url']!r}")
         asset = Asset(**raw)
-        dest = Path(os.path.expanduser(asset.dest))
+        dest = user_path(asset.dest, f"{path}: 'assets[{n}].dest'")  # Asset.destination expands it too
         if dest.is_absolute() and not asset.allow_outside and not (
                 dest.resolve().is_relative_to(Path.home().resolve())):
             raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} is outside your home folder and "
