@@ -586,9 +586,16 @@ def test_prune_with_a_shorter_retention_and_bad_input(demo, drive, tmp_path, ind
     kept = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", env=cli_env())
     short = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", "--older-than", "2", env=cli_env())
     bad = run_cli("cache", "--drive", str(drive), "--prune", "--older-than", "a week", env=cli_env())
+    # a negative number of days counted every file as idle, unsaid; nan, none
+    nonsense = [run_cli("cache", "--drive", str(drive), "--prune", "--older-than", days, env=cli_env())
+                for days in ("-5", "nan")]
 
     assert "would remove" not in kept.stdout and "would remove wheel alpha-1.0" in short.stdout
-    assert bad.code == 2 and "--older-than must be a number of days" in bad.stderr
+    assert bad.code == 2 and "--older-than must be a number of days, 0 or more, got 'a week'" in bad.stderr
+    for days, refused in zip(("-5", "nan"), nonsense, strict=True):
+        assert refused.code == 2 and refused.stdout == "", refused.stderr
+        assert refused.stderr.strip() == f"warmstart: error: --older-than must be a number of days, 0 or more, got '{days}'"
+    assert (drive / ".warmstart" / "v1" / "wheels").is_dir() and any((drive / ".warmstart" / "v1" / "wheels").iterdir())
 
 
 def test_a_run_that_uses_old_cache_files_keeps_them_from_pruning(demo, drive, tmp_path, index):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import inspect
 import json as jsonlib
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -283,10 +284,14 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
 
 
 def _days(older_than: str) -> float:
+    """--older-than: days, 0 or more (0: every file counts as idle; -5 would too, unsaid)."""
     try:
-        return float(older_than)
+        days = float(older_than)
     except ValueError:
-        raise BadInput(f"--older-than must be a number of days, got {older_than!r}") from None
+        days = math.nan
+    if not (math.isfinite(days) and days >= 0):
+        raise BadInput(f"--older-than must be a number of days, 0 or more, got {older_than!r}")
+    return days
 
 
 def _show_cache(entries: list[Entry]) -> None:
