@@ -283,6 +283,9 @@ HOSTILE_INPUTS = {
     "a switch neither on nor off": ({}, "{demo}", [], {"WARMSTART_WAIT": "ture"}, 2,
                                     "WARMSTART_WAIT must be 1 (on) or 0 (off), got 'ture'"),
     "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
+    # filelock waits forever on a negative timeout
+    "lock timeout negative": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "-1"}, 2,
+                              "WARMSTART_LOCK_TIMEOUT must be a number of seconds above 0, got '-1'"),
     "Drive timeout not a number": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "soon"}, 2,
                                    "WARMSTART_DRIVE_TIMEOUT must be a number of seconds"),
     "Drive timeout endless": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "inf"}, 2,

@@ -227,11 +227,9 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
 
 
 def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    raw = LOCK_TIMEOUT.get(environ) or "600"
-    try:
-        return float(raw)
-    except ValueError:
-        raise BadInput(f"{LOCK_TIMEOUT.name} must be a number of seconds, got {raw!r}") from None
+    """How long a run waits for another one holding its target (or the tools): a negative one
+    would have filelock wait forever."""
+    return _seconds(LOCK_TIMEOUT, 600.0, environ)
 
 
 def team_timeout(environ: Mapping[str, str] = os.environ) -> float:
