@@ -40,9 +40,10 @@ class Variable:
         """A switch: 1 (true, yes, on) turns it on; unset, empty or 0 (false, no, off) leaves it
         off; anything else is bad input, not silently off (WARMSTART_WAIT=ture)."""
         value = environ.get(self.name, "")
-        if value.strip().lower() in ("1", "true", "yes", "on"):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
             return True
-        if value.strip().lower() in ("", "0", "false", "no", "off"):
+        if word in ("", "0", "false", "no", "off"):
             return False
         raise BadInput(f"{self.name} must be 1 (on) or 0 (off), got {value!r}")
 
