@@ -361,6 +361,12 @@ class Handed:
 _begun: object | Ahead | None = None
 _most: int | None = None  # the bytes it may hold, as `begin` was last told
 _guard = threading.Lock()
+# Set once the thread `begin` started has published what it found (an Ahead, or nothing). A
+# restore whose plan names the archive while that thread is still looking waits for it, up to
+# FOUND_WAIT: its own read would wait on the same opens, and dropping the thread's read lost
+# what it had read ahead (a fast plan on a busy machine: tests/test_early.py).
+_found = threading.Event()
+FOUND_WAIT = 2.0
 
 
 def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
@@ -389,6 +395,7 @@ def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
         if _begun is not None:
             return None
         _begun = token
+        _found.clear()
     looking = threading.Thread(target=_start, args=(token, options, root, then), daemon=True)
     looking.start()
     return looking
@@ -424,6 +431,7 @@ def _start(token: object, options: Options, root: Path, then: Then | None) -> No
             _begun = ahead
             if ahead is not None and _most is not None:
                 ahead.allow(_most)  # as `begin` was last told meanwhile
+        _found.set()
     if ahead is None:
         return
     if not published:  # taken or dropped meanwhile: too late
@@ -469,19 +477,24 @@ def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | Non
     return max(archives, key=lambda e: e.mtime).path.name if archives else None  # a link, a pipe: not "file"
 
 
-def _claim() -> Ahead | None:
-    """The read begun here, if one is under way: the caller's now. From now on nothing is read
-    ahead (a thread still looking for its archive closes what it starts)."""
+def _claim(wait: bool = True) -> Ahead | None:
+    """The read begun here, if one is under way (`wait`: or once the thread still looking for its
+    archive has found it, FOUND_WAIT at most): the caller's now. From now on nothing is read
+    ahead (a thread still looking then closes what it starts)."""
     global _begun
+    with _guard:
+        looking = _begun is not None and not isinstance(_begun, Ahead)
+    if looking and wait:
+        _found.wait(FOUND_WAIT)
     with _guard:
         begun, _begun = _begun, None
     return begun if isinstance(begun, Ahead) else None
 
 
-def take(where: str | None) -> Ahead | None:
+def take(where: str | None, wait: bool = True) -> Ahead | None:
     """The read begun ahead of the archive `where`, now the caller's; None when there is none (one
     of another archive is ended). From now on nothing is read ahead."""
-    begun = _claim()
+    begun = _claim(wait)
     if begun is None:
         return None
     if begun.where == where:
@@ -491,8 +504,9 @@ def take(where: str | None) -> Ahead | None:
 
 
 def drop() -> None:
-    """The run is over: a read begun ahead that nothing took is ended."""
-    take(None)
+    """The run is over: a read begun ahead that nothing took is ended (one still being looked
+    for is not waited for)."""
+    take(None, wait=False)
 
 
 def hand_on() -> Handed | None:

@@ -264,6 +264,7 @@ def _opened(store: Store, archive: str) -> Stream:
     """The archive to read front to back: the read the bootstrap task began of it before the plan
     named it (warmstart.early), when it did; else opened now."""
     if ahead := early.take(store.where(KIND, archive)):
+        store.stats.read_begun_early = True
         store.stats.read_ahead += ahead.ahead
         return ahead
     return store.open(KIND, archive)

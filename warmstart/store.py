@@ -67,7 +67,10 @@ class CacheStats:
     misses: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
-    read_ahead: int = 0  # bytes of a snapshot archive read before the plan named it (early.py)
+    # the snapshot archive's read was begun before the plan named it, and taken over (early.py);
+    # read_ahead: the bytes it had read by then (none yet, after a fast plan)
+    read_begun_early: bool = False
+    read_ahead: int = 0
 
 
 def aside_name(name: str) -> str:
