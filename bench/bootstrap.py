@@ -32,8 +32,8 @@ has the same prefix), after a sync (no method pays for the writeback of the one 
 offline and online restores take turns going first, after one restore that is not timed (the
 first restore after the cold runs was the slower on this VM, whichever it was).
 --colab IMAGE measures the same on a Colab stand-in as well: the image's Python (pyenv) with
-the image's versions of the lock's closure preinstalled, so the lock adds only what the image
-lacks (pip and uv install just those; no tar-limit, the tree is the image's).
+the image's versions of the lock's closure (and of warmstart's tools) preinstalled, so the lock
+adds only what the image lacks (pip and uv install just those; no tar-limit, the tree is the image's).
 Prints medians with min-max and the ratios to each limit and to uv, the peak memory of the
 warmstart process during the offline restore (and, with --team, during the team cache's two
 restores), and writes JSON and a chart (PNG, with matplotlib: pip install -e '.[bench]') beside it.
@@ -155,7 +155,11 @@ class Bench:
         """Untimed: the stand-in VM, the wheelhouse, and the installed tree as tar archives on Drive."""
         if self.image:
             python = self.fresh_venv()
-            closure = {p.name for p in parse_lock(self.lock).pins if p.name in self.image.shipped}
+            # the image's versions of the lock's closure, and of warmstart's own tools (as the
+            # image has them: warmstart.sh copies those instead of reading their wheels off Drive)
+            tools = self.lock.with_name(f"warmstart-py{self.minor.replace('.', '')}-{target.platform_tag()}.txt")
+            closure = {p.name for lock in (self.lock, tools) if lock.is_file() for p in parse_lock(lock).pins
+                       if p.name in self.image.shipped}
             install_image_versions(python, closure, self.image, self.work, self.work / "uv-cache")
             self.template = Path(shutil.copytree(self.venv, self.work / "standin", symlinks=True))
         booted = du(self.venv) if self.template else 0

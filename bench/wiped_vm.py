@@ -5,9 +5,9 @@
 bench/bootstrap.py times `invoke bootstrap` on a VM that has warmstart's tools, from a checkout
 on local disk. On Colab a wiped VM has neither: its first cell is `warmstart.sh`, from the
 checkout on Drive, which restores the tools, then the recipe. Here, as there: the Colab stand-in
-(the image's Python, with the image's versions of the recipe's closure preinstalled), and the
-checkout and its Drive cache in MyDrive/ on the Drive folder, a mount point (a bind mount, or
-bench/slowfs.py's FUSE layer with --slow-drive). Once, untimed, `warmstart.sh` online on a first
+(the image's Python, with the image's versions of the recipe's closure and of warmstart's tools
+preinstalled), and the checkout and its Drive cache in MyDrive/ on the Drive folder, a mount
+point (a bind mount, or bench/slowfs.py's FUSE layer with --slow-drive). Once, untimed, `warmstart.sh` online on a first
 VM caches the tools' wheels and makes the recipe's snapshot. Then every round, each on a wiped
 VM (the stand-in copied anew, an empty HOME), taking turns going first:
 
@@ -17,7 +17,7 @@ VM (the stand-in copied anew, an empty HOME), taking turns going first:
                      tools from Drive, then the recipe's snapshot (packages only)
   warmstart.sh-online  the same with the index reachable (a slow read races it)
   read-limit         cat of the snapshot archive off the Drive folder: the read-bound time of
-                     the recipe alone (the tools' wheels add about 7 MB)
+                     the recipe alone (the wheels of the 6 tools the image lacks add 0.5 MB)
 
 It prints medians with min-max and the ratios, and keeps every sample in bench/results-wiped.json
 (one entry per image and Drive: the latest run of each).

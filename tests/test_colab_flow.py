@@ -61,6 +61,17 @@ def canonical(python: Path) -> dict[str, str]:
     return {canonicalize_name(k): v for k, v in installed(python).items()}
 
 
+def tools_lock(minor: str) -> Path:
+    return REPO / "requirements" / COLAB_IMAGES[minor].name / f"warmstart-py{minor.replace('.', '')}-manylinux_x86_64.txt"
+
+
+def tools_the_image_ships(minor: str) -> int:
+    """How many of warmstart's own tools the image ships at the versions their lock pins: those
+    warmstart.sh copies from the notebook's interpreter (warmstart.shipped)."""
+    shipped = COLAB_IMAGES[minor].shipped
+    return sum(shipped.get(pin.name) == pin.version for pin in parse_lock(tools_lock(minor)).pins)
+
+
 def make_vm(root: Path, minor: str) -> tuple[Path, dict[str, str]]:
     """A wiped VM: the notebook's interpreter with the image's packages, HOME, /content, PATH."""
     python = colab_vm(root, minor, with_pip=True)
@@ -118,7 +129,11 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
         models.shutdown()
 
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "cached them in" in first.stderr
+    assert f"installed warmstart's dependencies ({tools_the_image_ships(minor)} of them the notebook interpreter's " \
+           "own) and cached them in" in first.stderr
+    cached = {wheel.name.split("-")[0] for wheel in (backing / "MyDrive" / ".warmstart" / "v1" / "wheels").glob("*.whl")}
+    assert {canonicalize_name(name) for name in cached} >= {pin.name for pin in parse_lock(tools_lock(minor)).pins}, \
+        "every wheel of the tools' lock is cached: the next VM's image may ship fewer of them"
     script_cell = first.stderr.split(">>> invoke", 1)[0]
     assert script_cell.rstrip().endswith(
         "warmstart.sh: from now on, in any folder of this VM: !invoke bootstrap --recipe hyperlpr")
@@ -138,7 +153,8 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
                             [script.format(" --offline"), typed.format(" --offline")], offline=True)
 
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "restored warmstart's dependencies from" in second.stderr
+    assert (f"restored warmstart's dependencies from {mount}/MyDrive/.warmstart/v1/wheels "
+            f"({tools_the_image_ships(minor)} of them the notebook interpreter's own)") in second.stderr
     restored = json.loads((tmp_path / "script-2.json").read_text())
     assert restored["snapshot"]["used"] is True, "the wiped VM restores the recipe from VM 1's snapshot"
     assert set(restored["snapshot"]["read"]) == {"Drive"}
@@ -281,7 +297,8 @@ def test_readme_first_cell_on_a_fresh_vm_with_drive_not_yet_mounted(tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["report"]["ok"] and out["report"]["image"] == COLAB_IMAGES[minor].name
     assert out["cwd"] == str(mount / "MyDrive" / "HyperLPR")
-    assert "installed warmstart's dependencies and cached them in" in done.stderr, "zstandard came from there"
+    assert (f"installed warmstart's dependencies ({tools_the_image_ships(minor) - 1} of them the notebook "
+            "interpreter's own) and cached them in") in done.stderr, "zstandard came from its wheel"
     assert set(canonical(python)) - set(before) == RECIPE_ADDS, "the kernel's interpreter gained the recipe only"
     assert not list((backing / "MyDrive" / "warmstart").rglob("*.pyc")), "no bytecode may be written to Drive"
 

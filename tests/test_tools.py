@@ -4,9 +4,11 @@ or the real pip. Drive is a folder here."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,18 +25,23 @@ from warmstart.errors import PreconditionUnmet
 from warmstart.store import DriveStore
 
 
-def drive_with_tools(tmp_path: Path) -> tuple[Path, Path]:
-    """A Drive whose cache holds two wheels, and a hashed lock of them (as warmstart's own)."""
+def drive_with_tools(tmp_path: Path, extra: dict[str, dict[str, bytes]] | None = None) -> tuple[Path, Path]:
+    """A Drive whose cache holds two wheels (`extra`: files more in one, by its name), and a
+    hashed lock of them (as warmstart's own)."""
     drive = tmp_path / "drive"
     wheels = drive / ".warmstart" / "v1" / "wheels"
     wheels.mkdir(parents=True)
     lock = tmp_path / "tools-lock.txt"
     lines = []
     for name in ("tool-a", "tool-b"):
-        wheel = build_wheel(wheels, name, "1.0")
+        wheel = build_wheel(wheels, name, "1.0", extra=(extra or {}).get(name))
         lines.append(f"{name}==1.0 --hash=sha256:{hashlib.sha256(wheel.read_bytes()).hexdigest()}\n")
     lock.write_text("".join(lines))
     return drive, lock
+
+
+def wheels_of(drive: Path) -> Path:
+    return drive / ".warmstart" / "v1" / "wheels"
 
 
 @pytest.fixture(params=["uv", "pip"])
@@ -105,6 +112,126 @@ def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as
     assert message.endswith("; run once without --offline") and "\n" not in message
     assert not tools.in_place(folder, lock)
     assert damaged.is_file(), "Drive's copy is left where it is (a run online sets it aside)"
+
+
+def notebook_site(tmp_path: Path, *wheels: Path) -> Path:
+    """The site folder of a notebook's interpreter that ships `wheels`, installed there by the
+    real pip (as an image's are: RECORD, bytecode and all)."""
+    venv = tmp_path / "notebook"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
+                    "--no-deps", "--no-index", *map(str, wheels)], check=True)
+    return next(venv.glob("lib/python3.*/site-packages"))
+
+
+def test_the_tools_the_notebooks_interpreter_ships_at_the_locked_versions_are_copied_from_it_not_read_off_drive(
+        tmp_path, tools_installer, monkeypatch):
+    """A Colab image ships most of warmstart's tools at the versions their lock pins: those come
+    from the notebook interpreter's site folder (its copy's files checked against its RECORD), and
+    only the rest's wheels from Drive. tool-a's wheel is not on Drive at all here."""
+    drive, lock = drive_with_tools(tmp_path)
+    wheel_a = next((drive / ".warmstart" / "v1" / "wheels").glob("tool_a-*.whl"))
+    site = notebook_site(tmp_path, wheel_a)
+    wheel_a.unlink()
+    monkeypatch.setattr(tools.shipped, "site_folders", lambda: [site])
+    folder = tmp_path / "tools"
+
+    said = tools.restore(folder, lock, DriveStore(drive), offline=True)
+
+    assert said == (f"restored warmstart's dependencies from {wheels_of(drive)} "
+                    "(1 of them the notebook interpreter's own)")
+    assert tools.in_place(folder, lock)
+    copied = tools.tools_site(folder)
+    assert (copied / "tool_a" / "__init__.py").read_bytes() == (site / "tool_a" / "__init__.py").read_bytes()
+    assert (copied / "tool_a-1.0.dist-info" / "RECORD").is_file()
+    assert not list(folder.rglob("*.pyc")), "the image's bytecode is not copied: the tools' is written later"
+    ran = subprocess.run([str(tools.tools_python(folder)), "-B", "-I", "-c", "import tool_a, tool_b; print(tool_a.__file__)"],
+                         capture_output=True, text=True)
+    assert ran.stdout.strip() == str(copied / "tool_a" / "__init__.py"), ran.stderr
+
+
+def test_with_every_tool_in_the_notebooks_interpreter_a_drive_without_wheels_serves_offline(tmp_path, monkeypatch):
+    drive, lock = drive_with_tools(tmp_path)
+    wheels = wheels_of(drive)
+    site = notebook_site(tmp_path, *wheels.glob("*.whl"))
+    shutil.rmtree(wheels)
+    monkeypatch.setattr(tools.shipped, "site_folders", lambda: [site])
+    monkeypatch.setattr(tools, "find_uv", lambda: pytest.fail("nothing is left to install"))
+
+    said = tools.restore(tmp_path / "tools", lock, DriveStore(drive), offline=True)
+
+    assert said == "restored warmstart's dependencies: all 2 the notebook interpreter's own"
+    assert tools.in_place(tmp_path / "tools", lock)
+
+
+def _other_version(site: Path, tmp_path: Path) -> None:
+    shutil.rmtree(next(site.glob("tool_a-*.dist-info")))
+    shutil.rmtree(site / "tool_a")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(site.parents[2] / "bin" / "python"), "install",
+                    "--quiet", "--no-deps", "--no-index", str(build_wheel(tmp_path, "tool-a", "2.0"))], check=True)
+
+
+def _edited(site: Path, tmp_path: Path) -> None:
+    with open(site / "tool_a" / "zz_last.py", "a") as fh:
+        fh.write("print('edited in place')\n")
+
+
+def _extends_sys_path(site: Path, tmp_path: Path) -> None:
+    """As an editable install does: a .pth file, listed in RECORD with its hash."""
+    pth = b"/somewhere/else\n"
+    (site / "tool_a.pth").write_bytes(pth)
+    record = next(site.glob("tool_a-*.dist-info")) / "RECORD"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(pth).digest()).rstrip(b"=").decode()
+    record.write_text(record.read_text() + f"tool_a.pth,sha256={digest},{len(pth)}\n")
+
+
+@pytest.mark.parametrize("change", [_other_version, _edited, _extends_sys_path])
+def test_a_tool_the_notebooks_interpreter_has_otherwise_than_locked_comes_from_its_wheel(
+        tmp_path, monkeypatch, capsys, change):
+    """Another version, a file edited in place (not as RECORD says) or a .pth file: the wheel's,
+    checked against the lock, and nothing of the notebook's copy in the tools' folder."""
+    late = {"tool_a/zz_last.py": b"LAST = 1\n"}  # copied after __init__.py: a refused copy is undone
+    drive, lock = drive_with_tools(tmp_path, extra={"tool-a": late})
+    wheels = wheels_of(drive)
+    locked = next(wheels.glob("tool_a-*.whl"))
+    site = notebook_site(tmp_path, locked)
+    change(site, tmp_path)
+    monkeypatch.setattr(tools.shipped, "site_folders", lambda: [site])
+    folder = tmp_path / "tools"
+
+    said = tools.restore(folder, lock, DriveStore(drive), offline=True)
+
+    assert said == f"restored warmstart's dependencies from {wheels}"
+    notes = capsys.readouterr().err
+    if change is _other_version:
+        assert notes == ""
+    else:
+        assert notes.startswith("warmstart.sh: note: the notebook's own tool_a-1.0.dist-info is not as installed (")
+        assert notes.endswith("): its wheel instead\n") and notes.count("\n") == 1
+    copied = tools.tools_site(folder)
+    assert (copied / "tool_a" / "zz_last.py").read_bytes() == b"LAST = 1\n"
+    assert not (copied / "tool_a.pth").exists()
+    assert [p.name for p in copied.glob("tool_a-*.dist-info")] == ["tool_a-1.0.dist-info"]
+
+
+def test_a_refused_copy_leaves_nothing_behind_and_a_file_already_there_is_not_replaced(tmp_path):
+    site = notebook_site(tmp_path, build_wheel(tmp_path, "tool-a", "1.0", extra={"tool_a/zz_last.py": b"LAST = 1\n"}))
+    info = next(site.glob("tool_a-*.dist-info"))
+    (site / "tool_a" / "zz_last.py").write_text("LAST = 2\n")
+    into = tmp_path / "into"
+    into.mkdir()
+
+    with pytest.raises(tools.shipped.NotWhole, match=re.escape("tool_a/zz_last.py is not as its RECORD says")):
+        tools.shipped.copy(info, into)
+    assert not list(into.iterdir())
+
+    (site / "tool_a" / "zz_last.py").write_text("LAST = 1\n")
+    (into / "tool_a").mkdir()
+    (into / "tool_a" / "zz_last.py").write_text("somebody's\n")
+    with pytest.raises(FileExistsError):
+        tools.shipped.copy(info, into)
+    assert [p.name for p in into.rglob("*")] == ["tool_a", "zz_last.py"]
+    assert (into / "tool_a" / "zz_last.py").read_text() == "somebody's\n"
 
 
 @pytest.mark.parametrize("racing", [False, True])

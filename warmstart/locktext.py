@@ -33,9 +33,15 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def pins(text: str) -> dict[str, str]:
+    """The distributions the lock `text` pins: canonical name, version."""
+    return {canonical(pinned.group(1)): pinned.group(2) for block in pin_blocks(text)
+            if (pinned := _PINNED.match(block))}
+
+
 def pinned_names(text: str) -> set[str]:
     """The distributions the lock `text` pins, by canonical name."""
-    return {canonical(pinned.group(1)) for block in pin_blocks(text) if (pinned := _PINNED.match(block))}
+    return set(pins(text))
 
 
 def requirement_line(name: str, version: str, hashes: Iterable[str]) -> str:

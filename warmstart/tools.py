@@ -6,8 +6,10 @@ warmstart needs invoke, requests, packaging, ... Installing them into the notebo
 would replace what the kernel has imported, so they live in a private virtualenv under
 `~/.cache/warmstart/tools/<pyXY>/`, installed from the `warmstart` recipe's hashed lock (the
 Colab lock on Colab) out of the Drive wheel cache, or from the index the first time, filling the
-cache; by uv where there is one (Colab ships it), else by the notebook's pip. They count as in
-place only when the virtualenv's marker names the sha256 of that lock.
+cache; by uv where there is one (Colab ships it), else by the notebook's pip. Those the notebook's
+interpreter has at the lock's versions (most of them on Colab) are copied from it instead
+(warmstart.shipped). They count as in place only when the virtualenv's marker names the sha256
+of that lock.
 
 On a wiped VM it begins the read of the recipe's snapshot archive as it begins (reading on once
 the tools' wheels are off Drive), and hands that read on to the bootstrap it starts
@@ -35,17 +37,17 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import compile_rest, early, headstart, home, settings
-from .errors import PreconditionUnmet, WarmstartError, failure
+from . import compile_rest, early, headstart, home, settings, shipped
+from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
-from .locktext import canonical, pinned_names
+from .locktext import canonical, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
@@ -122,18 +124,24 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pip", *args], env=pip_env(), capture_output=True, text=True)
 
 
-def _install(folder: Path, lock: Path, wheels: Path) -> subprocess.CompletedProcess[str]:
-    """The lock's wheels from the folder `wheels` into the tools' virtualenv, each checked against
-    the lock's sha256 first. uv when there is one: on every wiped VM the 18 wheels of the Colab
-    lock took it 0.2 s (0.5 s from the 60 MiB/s Drive stand-in, the copy off Drive included),
-    where pip took 1.6 s (1.8 s); medians of bench/tools.py.
+def _install(folder: Path, lines: list[str], wheels: Path) -> subprocess.CompletedProcess[str]:
+    """The requirement `lines` (pins with their hashes) from the wheels in the folder `wheels`
+    into the tools' virtualenv, each checked against the lock's sha256 first. uv when there is
+    one: on every wiped VM the 18 wheels of the Colab lock took it 0.2 s (0.5 s from the 60 MiB/s
+    Drive stand-in, the copy off Drive included), where pip took 1.6 s (1.8 s); medians of
+    bench/tools.py.
 
     Not compiled here: on a wiped VM this step stands between the snapshot's read and the
     bootstrap that unpacks it, and compiling every module (pip-tools, pyelftools and the rest
     that only `invoke lock` imports among them) took uv 0.5 to 0.8 s more. The launcher's runs
     write the bytecode of what they import instead (tasks.py; a restore's imports: 0.4 s)."""
+    if not lines:  # all of them the notebook interpreter's own (_from_image)
+        return subprocess.CompletedProcess([], 0, "", "")
+    requirements = wheels / "warmstart-tools.txt"
+    requirements.write_text("".join(f"{line}\n" for line in lines))
     python = ["--python", str(tools_python(folder))]  # pip's goes before its command
-    args = ["--quiet", "--no-deps", "--require-hashes", "--no-index", "--find-links", str(wheels), "-r", str(lock)]
+    args = ["--quiet", "--no-deps", "--require-hashes", "--no-index", "--find-links", str(wheels),
+            "-r", str(requirements)]
     if uv := find_uv():
         return subprocess.run([str(uv), "pip", "install", *python, *args], env=uv_env(), capture_output=True,
                               text=True)
@@ -161,14 +169,14 @@ def _cache_wheels(store: DriveStore, downloaded: Path) -> None:
 WHEEL_MOST = 64 << 20  # a tool's wheel is a few MB (zstandard's, the largest: 5 MB)
 
 
-def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
-    """The wheels in Drive's cache (`wheels`) of the distributions `lock` pins, copied into `into`
-    on local disk, all at once (Drive waits per file). Read before the snapshot's read goes on
-    (warmstart.sh holds it to its first 2 MiB meanwhile), they have Drive's whole pace (7 MB:
-    0.5 s at 15 MiB/s), where the install read them beside the archive, at half of it. A file is
-    copied whatever it holds (the installer checks each against the lock's sha256); one too
-    large, or unreadable, is left out, and so not found."""
-    pinned = pinned_names(lock.read_text())
+def _off_drive(wheels: Path, names: Iterable[str], into: Path) -> None:
+    """The wheels in Drive's cache (`wheels`) of the distributions `names` (canonical), copied
+    into `into` on local disk, all at once (Drive waits per file). Read before the snapshot's
+    read goes on (warmstart.sh holds it to its first 2 MiB meanwhile), they have Drive's whole
+    pace (7 MB: 0.5 s at 15 MiB/s), where the install read them beside the archive, at half of it.
+    A file is copied whatever it holds (the installer checks each against the lock's sha256);
+    one too large, or unreadable, is left out, and so not found."""
+    wanted = set(names)
 
     def copy(wheel: Path) -> None:
         try:
@@ -177,14 +185,33 @@ def _off_drive(wheels: Path, lock: Path, into: Path) -> None:
         except OSError:
             (into / wheel.name).unlink(missing_ok=True)
 
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(copy, [w for w in wheels.glob("*.whl") if canonical(w.name.split("-", 1)[0]) in pinned]))
+    if wanted:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(copy, [w for w in wheels.glob("*.whl") if canonical(w.name.split("-", 1)[0]) in wanted]))
+
+
+def _from_image(image: dict[str, Path], site: Path) -> set[str]:
+    """Each distribution of `image` (its name: its `.dist-info` folder in the notebook
+    interpreter's site folders) copied into the tools' `site` (warmstart.shipped); the names of
+    those copied whole. One that is not whole there is said, and left to its wheel."""
+    copied = set()
+    for name, info in image.items():
+        try:
+            shipped.copy(info, site)
+            copied.add(name)
+        except shipped.NotWhole as exc:
+            say(f"note: the notebook's own {info.name} is not as installed ({exc}): its wheel instead")
+        except OSError as exc:
+            say(f"note: cannot copy the notebook's own {info.name} ({exc.strerror or exc}): its wheel instead")
+    return copied
 
 
 def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
             then: Callable[[], object] = lambda: None) -> str:
-    """Build the tools' virtualenv from the lock; returns where the wheels came from. `then` is
-    called once their wheels are off Drive (warmstart.sh begins the snapshot's read there)."""
+    """Build the tools' virtualenv from the lock; returns where its distributions came from: the
+    notebook interpreter's own at the lock's versions (warmstart.shipped), the rest from their
+    wheels. `then` is called once those wheels are off Drive (warmstart.sh begins the snapshot's
+    read there)."""
     wheels = store.root / "wheels"
     if folder.exists():
         shutil.rmtree(folder)  # ours (under warmstart's cache folder), and not whole
@@ -192,37 +219,52 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
     # made while the wheels come off Drive (80 ms alone, up to 0.3 s on a wiped VM's busy CPUs):
     # both stand between the snapshot's read and the bootstrap that unpacks it
     venv = subprocess.Popen([sys.executable, "-m", "venv", "--without-pip", str(folder)])
+    text = lock.read_text()
+    pinned = pins(text)
+    image = shipped.find(pinned, shipped.site_folders())
     with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as local:
         try:
             if cached := wheels.is_dir():
-                _off_drive(wheels, lock, Path(local))
+                _off_drive(wheels, pinned.keys() - image.keys(), Path(local))
             then()
         finally:
             made = venv.wait()
         if made != 0:
             raise subprocess.CalledProcessError(made, venv.args)
-        restored = _install(folder, lock, Path(local)) if cached else None
+        copied = _from_image(image, tools_site(folder))
+        if cached and image.keys() - copied:  # not whole in the image: their wheels after all
+            _off_drive(wheels, image.keys() - copied, Path(local))
+        lines = requirement_lines(text, [f"{name}=={version}" for name, version in pinned.items()
+                                         if name not in copied])
+        if lines is None:
+            raise BadInput(f"{lock}: a pin without its --hash; make the lock anew with "
+                           "`invoke lock --recipe warmstart`")
+        restored = _install(folder, lines, Path(local)) if cached or not lines else None
+    also = f" ({len(copied)} of them the notebook interpreter's own)" if copied else ""
     if restored is not None and restored.returncode == 0:
-        source = f"restored warmstart's dependencies from {wheels}"
+        source = (f"restored warmstart's dependencies from {wheels}{also}" if lines
+                  else f"restored warmstart's dependencies: all {len(copied)} the notebook interpreter's own")
     elif offline:
         why = ("it has no wheels" if restored is None
                else f"their wheels there could not be installed ({_why(restored)})")
         raise PreconditionUnmet(f"--offline, but warmstart's own dependencies for {python_tag()} cannot come from "
                                 f"{wheels}: {why}; run once without --offline")
     else:
+        # all of the lock's wheels, into Drive's cache: the next VM's image may ship fewer of them
         with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as tmp:
             got = _pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
                        "-r", str(lock), "-d", tmp)
             if got.returncode != 0:
                 raise WarmstartError(f"could not download warmstart's own dependencies: {_why(got)}")
-            done = _install(folder, lock, Path(tmp))
+            done = _install(folder, lines, Path(tmp))
             if done.returncode != 0:
                 raise WarmstartError(f"could not install warmstart's own dependencies: {_why(done)}")
             try:
                 _cache_wheels(store, Path(tmp))
-                source = f"installed warmstart's dependencies and cached them in {wheels}"
+                source = f"installed warmstart's dependencies{also} and cached them in {wheels}"
             except OSError as exc:  # a full or failing Drive costs the next VM a download, no more
-                source = f"installed warmstart's dependencies; caching them in {wheels} failed ({exc.strerror or exc})"
+                source = (f"installed warmstart's dependencies{also}; caching them in {wheels} failed "
+                          f"({exc.strerror or exc})")
     atomic_write_text(folder / MARKER, lock_digest(lock) + "\n")  # last: the folder is whole
     return source
 
