@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap, cli_command, dead_url, make_venv, needs_fuse, slow_drive, wait_until
+from conftest import REPO, bootstrap, cli_command, dead_url, make_venv, needs_fuse, slow_drive, wait_until
 from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
 from warmstart import early, home, settings, tools
 from warmstart.background import ChildRead
+from warmstart.profiles import select_profile
 from warmstart.readahead import ReadAhead
 from warmstart.snapshot import Snapshot, SnapshotUnusable
 from warmstart.store import DriveStore
@@ -417,6 +418,25 @@ def test_a_restore_that_names_the_archive_while_the_thread_still_looks_for_it_ta
                 assert _read_as_a_restore(taken) == data
         finally:
             early.drop()
+
+
+@needs_fuse
+def test_given_the_platform_profile_the_read_begins_without_reading_the_checkout_s_envs(tmp_path, monkeypatch):
+    """warmstart.sh has the profile already: the thread that looks for the archive takes it, so a
+    checkout on Drive is not opened for it again (here the root has no envs/ at all)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a wiped VM
+    archive = f"demo-py312-{'1' * 16}-{'2' * 16}.tar.zst"
+    _archive(DriveStore(tmp_path / "drive"), archive, 1000)
+    flags = {"recipe": "demo", "python": "/usr/bin/python3.12"}
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 64) as mount:
+        for profile in (None, select_profile(REPO)):
+            try:
+                looking = early.begin({**flags, "drive": str(mount)}, tmp_path / "no-checkout", profile=profile)
+                assert looking is not None
+                looking.join(10)
+                assert isinstance(early._begun, early.Ahead) is (profile is not None)
+            finally:
+                early.drop()
 
 
 # -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------

@@ -44,7 +44,7 @@ from typing import Any
 from . import home
 from .background import ChildRead
 from .errors import WarmstartError
-from .profiles import select_profile
+from .profiles import Profile, select_profile
 from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
 from .transfer import on_fuse
@@ -370,11 +370,13 @@ FOUND_WAIT = 2.0
 
 
 def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
-          then: Then | None = None) -> threading.Thread | None:
+          then: Then | None = None, profile: Profile | None = None) -> threading.Thread | None:
     """Begin the read ahead for a bootstrap task given `flags` (bad ones are the run's to say),
     where it pays (see above), or take the one warmstart.sh handed on. `most`: bytes held at most
     (for a read begun already: from now on); `then`: called on the reading thread once the
-    archive's index is read (warmstart.sh's headstart.consider). Returns the thread that looks
+    archive's index is read (warmstart.sh's headstart.consider); `profile`: the platform's, when
+    the caller has it (else read from `root`'s envs/: from a checkout on Drive, 30 to 40 ms of
+    opens before the read could begin). Returns the thread that looks
     for the archive, reads its index and calls `then`, when it began one."""
     global _begun, _most
     if handed := os.environ.pop(HANDED, None):  # not for this process's children
@@ -396,7 +398,7 @@ def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
             return None
         _begun = token
         _found.clear()
-    looking = threading.Thread(target=_start, args=(token, options, root, then), daemon=True)
+    looking = threading.Thread(target=_start, args=(token, options, root, then, profile), daemon=True)
     looking.start()
     return looking
 
@@ -409,11 +411,11 @@ def _handed(handed: str) -> Ahead | None:
         return None
 
 
-def _start(token: object, options: Options, root: Path, then: Then | None) -> None:
+def _start(token: object, options: Options, root: Path, then: Then | None, profile: Profile | None) -> None:
     global _begun
     ahead, archive, store = None, None, None
     try:
-        profile = select_profile(root)
+        profile = profile or select_profile(root)
         settings = resolve(options, profile)
         if not settings.team and on_fuse(settings.drive):
             # A recipe's name is its file's (recipes/NAME.toml); one that says otherwise finds nothing.
@@ -437,7 +439,7 @@ def _start(token: object, options: Options, root: Path, then: Then | None) -> No
     if not published:  # taken or dropped meanwhile: too late
         ahead.close()
         return
-    assert store is not None and archive is not None  # an Ahead is made with both
+    assert store is not None and archive is not None and profile is not None  # an Ahead is made with them
     _read_index(ahead, store, archive)
     if then is not None:
         try:

@@ -453,7 +453,7 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         # read would lose to the index, uv begins from there at once (headstart), Drive being the
         # question's alone meanwhile, and the tools are installed as uv runs.
         flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
-        asking = early.begin(flags, CHECKOUT, early.PACE_AHEAD, race)
+        asking = early.begin(flags, CHECKOUT, early.PACE_AHEAD, race, profile)
         if asking and not given.offline:
             asking.join(headstart.ASK_WAIT)
         # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
