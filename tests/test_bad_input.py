@@ -189,6 +189,25 @@ def test_lock_for_an_unknown_platform_profile_names_the_flag_not_the_variable(de
     assert "WARMSTART_PLATFORM" not in line
 
 
+@pytest.mark.parametrize(("command", "given", "named"), [
+    (["bootstrap", "--cache", "s3://"], {}, "--cache s3://..."),
+    (["bootstrap", "--cache", "gs:///team"], {}, "--cache gs://..."),
+    (["bootstrap"], {"WARMSTART_CACHE": "s3://writer:secret@/team"}, "WARMSTART_CACHE s3://..."),
+    (["cache", "--cache", "s3a://"], {}, "--cache s3a://..."),
+])
+def test_a_team_cache_url_without_a_bucket_is_bad_input_naming_where_it_came_from(
+        demo, drive, tmp_path, command, given, named):
+    """Taken as it was, the store's own first folder (v1) was the bucket: every write went there."""
+    result = run_cli(*command, *(["--recipe", str(demo), "--drive", str(drive)] if command[0] == "bootstrap" else []),
+                     env=cli_env() | given)
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    scheme = named.split()[1].removesuffix("...")
+    assert line == f"warmstart: error: {named} names no bucket: give it as {scheme}BUCKET/PREFIX"
+    assert "secret" not in result.stderr and list(drive.iterdir()) == []
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")

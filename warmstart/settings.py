@@ -222,9 +222,20 @@ def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -
     return option or PYTHON.get(environ) or sys.executable
 
 
+# The object stores whose URL begins with a bucket (warmstart.team's backends): without one, the
+# store's first folder (v1) would be taken for it.
+BUCKETED = ("s3", "s3a", "gs", "gcs")
+
+
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
-    """The team cache: --cache, else WARMSTART_CACHE; None for none."""
-    return option or CACHE.get(environ)
+    """The team cache: --cache, else WARMSTART_CACHE; None for none. BadInput for an object
+    store's URL that names no bucket (`s3://`, `s3:///team`)."""
+    location = option or CACHE.get(environ)
+    scheme, _, rest = (location or "").partition("://")
+    if scheme in BUCKETED and not rest.split("/", 1)[0].rpartition("@")[2]:
+        given_as = "--cache" if option else CACHE.name
+        raise BadInput(f"{given_as} {scheme}://... names no bucket: give it as {scheme}://BUCKET/PREFIX")
+    return location
 
 
 def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
