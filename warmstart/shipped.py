@@ -28,7 +28,7 @@ from pathlib import Path
 from .distinfo import distributions
 from .locktext import canonical
 
-FILE_MOST = 512 << 20  # bytes of one file read at once: a tool's largest (zstandard's library) is 24 MB
+FILE_MOST = 64 << 20  # bytes of one file read at once: a tool's largest (zstandard's library) is 24 MB
 
 
 def site_folders() -> list[Path]:
@@ -104,7 +104,9 @@ def copy(info: Path, into: Path) -> None:
             with open(source, "rb") as fh:
                 data = fh.read(FILE_MOST + 1)
                 mode = os.fstat(fh.fileno()).st_mode & 0o777
-            if len(data) > FILE_MOST or (digest is not None and hashlib.sha256(data).digest() != digest):
+            if len(data) > FILE_MOST:
+                raise NotWhole(f"{relative} is larger than a tool's file is ({FILE_MOST >> 20} MiB)")
+            if digest is not None and hashlib.sha256(data).digest() != digest:
                 raise NotWhole(f"{relative} is not as its RECORD says")
             for folder in reversed(target.parents):
                 if not folder.exists() and folder.is_relative_to(into):
