@@ -21,7 +21,7 @@ import pytest
 from conftest import build_wheel
 
 from warmstart import tools
-from warmstart.errors import PreconditionUnmet
+from warmstart.errors import BadInput, PreconditionUnmet
 from warmstart.store import DriveStore
 
 
@@ -232,6 +232,42 @@ def test_a_refused_copy_leaves_nothing_behind_and_a_file_already_there_is_not_re
         tools.shipped.copy(info, into)
     assert [p.name for p in into.rglob("*")] == ["tool_a", "zz_last.py"]
     assert (into / "tool_a" / "zz_last.py").read_text() == "somebody's\n"
+
+
+HASHED = "sha256=" + "A" * 43  # a sha256 as RECORD spells it (not the file's)
+
+
+@pytest.mark.parametrize(("row", "said"), [
+    (b"tool_a/\x00.py," + HASHED.encode() + b",1\n", "its RECORD cannot be used (embedded null byte)"),
+    (b"tool_a/" + b"x" * (200 << 10) + b".py,,\n", "its RECORD cannot be used (field larger than field limit"),
+    (b"tool_a/\xff.py," + HASHED.encode() + b",1\n", "its RECORD cannot be used ('utf-8' codec can't decode"),
+    (b"tool_a/extra.py,,\n", "RECORD states no sha256 for tool_a/extra.py"),
+    (b"tool_a/extra.py,md5=abc,3\n", "RECORD states no sha256 for tool_a/extra.py"),
+    (b"../../../../etc/passwd," + HASHED.encode() + b",1\n", "../../../../etc/passwd lies outside"),
+])
+def test_a_record_that_cannot_be_trusted_is_said_and_nothing_is_copied(tmp_path, row, said):
+    """The image's RECORD decides what is copied: one that is not text, or states no sha256 for
+    a file, or names one outside the site folder, is refused whole (NotWhole: its wheel instead),
+    whatever was copied before that row undone."""
+    site = notebook_site(tmp_path, build_wheel(tmp_path, "tool-a", "1.0"))
+    info = next(site.glob("tool_a-*.dist-info"))
+    (info / "RECORD").write_bytes((info / "RECORD").read_bytes() + row)
+    into = tmp_path / "into"
+    into.mkdir()
+
+    with pytest.raises(tools.shipped.NotWhole) as refused:
+        tools.shipped.copy(info, into)
+
+    assert said in str(refused.value)
+    assert not list(into.iterdir())
+
+
+def test_a_tools_lock_with_a_pin_without_its_hash_is_bad_input_naming_the_lock(tmp_path):
+    drive, lock = drive_with_tools(tmp_path)
+    lock.write_text(lock.read_text() + "tool-c==1.0\n")
+
+    with pytest.raises(BadInput, match=re.escape(f"{lock}: a pin without its --hash")):
+        tools.restore(tmp_path / "tools", lock, DriveStore(drive), offline=True)
 
 
 @pytest.mark.parametrize("racing", [False, True])

@@ -55,9 +55,10 @@ def _stated(value: str) -> bytes | None:
     if algorithm != "sha256":
         return None
     try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+        digest = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except ValueError:
         return None
+    return digest if len(digest) == hashlib.sha256().digest_size else None
 
 
 class NotWhole(Exception):
@@ -116,7 +117,15 @@ def copy(info: Path, into: Path) -> None:
                 made.append(target)
                 out.write(data)
             os.chmod(target, mode)
+    except (csv.Error, ValueError) as exc:  # a RECORD that is not UTF-8 text, a path in it with a NUL
+        _undo(made)
+        raise NotWhole(f"its RECORD cannot be used ({exc})") from None
     except BaseException:
-        for path in reversed(made):
-            path.unlink() if path.is_file() else path.rmdir()
+        _undo(made)
         raise
+
+
+def _undo(made: list[Path]) -> None:
+    """Remove what a copy made, the files and then the folders they are in."""
+    for path in reversed(made):
+        path.unlink() if path.is_file() else path.rmdir()
