@@ -376,8 +376,8 @@ def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
     (for a read begun already: from now on); `then`: called on the reading thread once the
     archive's index is read (warmstart.sh's headstart.consider); `profile`: the platform's, when
     the caller has it (else read from `root`'s envs/: from a checkout on Drive, 30 to 40 ms of
-    opens before the read could begin). Returns the thread that looks
-    for the archive, reads its index and calls `then`, when it began one."""
+    opens before the read could begin). Returns the thread that looks for the archive, reads its
+    index and calls `then`, when it began one."""
     global _begun, _most
     if handed := os.environ.pop(HANDED, None):  # not for this process's children
         with _guard:
