@@ -61,25 +61,24 @@ def canonical(python: Path) -> dict[str, str]:
     return {canonicalize_name(k): v for k, v in installed(python).items()}
 
 
-def tools_lock(minor: str) -> Path:
-    return REPO / "requirements" / COLAB_IMAGES[minor].name / f"warmstart-py{minor.replace('.', '')}-manylinux_x86_64.txt"
+def colab_lock(minor: str, recipe: str) -> Path:
+    """The recipe's committed lock for the Colab image of Python `minor`."""
+    return REPO / "requirements" / COLAB_IMAGES[minor].name / f"{recipe}-py{minor.replace('.', '')}-manylinux_x86_64.txt"
 
 
 def tools_the_image_ships(minor: str) -> int:
     """How many of warmstart's own tools the image ships at the versions their lock pins: those
     warmstart.sh copies from the notebook's interpreter (warmstart.shipped)."""
     shipped = COLAB_IMAGES[minor].shipped
-    return sum(shipped.get(pin.name) == pin.version for pin in parse_lock(tools_lock(minor)).pins)
+    return sum(shipped.get(pin.name) == pin.version for pin in parse_lock(colab_lock(minor, "warmstart")).pins)
 
 
 def make_vm(root: Path, minor: str) -> tuple[Path, dict[str, str]]:
     """A wiped VM: the notebook's interpreter with the image's packages, HOME, /content, PATH."""
     python = colab_vm(root, minor, with_pip=True)
-    tag = f"py{minor.replace('.', '')}"
     names = set()
     for recipe in ("hyperlpr", "warmstart"):
-        lock = parse_lock(REPO / "requirements" / COLAB_IMAGES[minor].name / f"{recipe}-{tag}-manylinux_x86_64.txt")
-        names |= {p.name for p in lock.pins if p.name in COLAB_IMAGES[minor].shipped}
+        names |= {p.name for p in parse_lock(colab_lock(minor, recipe)).pins if p.name in COLAB_IMAGES[minor].shipped}
     install_image_versions(python, names | {"opencv-python"}, COLAB_IMAGES[minor], root)
     for folder in ("home", "content", "bin"):
         (root / folder).mkdir()
@@ -132,7 +131,7 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     assert f"installed warmstart's dependencies ({tools_the_image_ships(minor)} of them the notebook interpreter's " \
            "own) and cached them in" in first.stderr
     cached = {wheel.name.split("-")[0] for wheel in (backing / "MyDrive" / ".warmstart" / "v1" / "wheels").glob("*.whl")}
-    assert {canonicalize_name(name) for name in cached} >= {pin.name for pin in parse_lock(tools_lock(minor)).pins}, \
+    assert {canonicalize_name(name) for name in cached} >= {pin.name for pin in parse_lock(colab_lock(minor, "warmstart")).pins}, \
         "every wheel of the tools' lock is cached: the next VM's image may ship fewer of them"
     script_cell = first.stderr.split(">>> invoke", 1)[0]
     assert script_cell.rstrip().endswith(

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import build_wheel
+from conftest import build_wheel, make_venv, pyenv_python
 
 from warmstart import tools
 from warmstart.errors import BadInput, PreconditionUnmet
@@ -114,14 +114,20 @@ def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as
     assert damaged.is_file(), "Drive's copy is left where it is (a run online sets it aside)"
 
 
+def pip_install(site: Path, *wheels: Path) -> None:
+    """`wheels` installed into the environment of the site folder `site` by the real pip, as an
+    image's are: RECORD, bytecode and all (another version of one there is replaced)."""
+    python = site.parents[2] / "bin" / "python"  # <venv>/lib/python3.X/site-packages
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
+                    "--no-index", *map(str, wheels)], check=True)
+
+
 def notebook_site(tmp_path: Path, *wheels: Path) -> Path:
-    """The site folder of a notebook's interpreter that ships `wheels`, installed there by the
-    real pip (as an image's are: RECORD, bytecode and all)."""
-    venv = tmp_path / "notebook"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "--quiet",
-                    "--no-deps", "--no-index", *map(str, wheels)], check=True)
-    return next(venv.glob("lib/python3.*/site-packages"))
+    """The site folder of a notebook's interpreter that ships `wheels`."""
+    python = make_venv(tmp_path / "notebook")
+    site = next(python.parent.parent.glob("lib/python3.*/site-packages"))
+    pip_install(site, *wheels)
+    return site
 
 
 def test_the_tools_the_notebooks_interpreter_ships_at_the_locked_versions_are_copied_from_it_not_read_off_drive(
@@ -165,10 +171,7 @@ def test_with_every_tool_in_the_notebooks_interpreter_a_drive_without_wheels_ser
 
 
 def _other_version(site: Path, tmp_path: Path) -> None:
-    shutil.rmtree(next(site.glob("tool_a-*.dist-info")))
-    shutil.rmtree(site / "tool_a")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(site.parents[2] / "bin" / "python"), "install",
-                    "--quiet", "--no-deps", "--no-index", str(build_wheel(tmp_path, "tool-a", "2.0"))], check=True)
+    pip_install(site, build_wheel(tmp_path, "tool-a", "2.0"))
 
 
 def _edited(site: Path, tmp_path: Path) -> None:
@@ -326,13 +329,6 @@ def test_a_second_warmstart_sh_waits_for_the_tools_the_first_restores_then_finds
 NOBODY = 65534  # an unprivileged user's uid and gid
 
 
-def _pyenv_python(minor: str) -> Path | None:
-    """pyenv's interpreter of that minor version, where this machine has one."""
-    root = subprocess.run(["pyenv", "root"], capture_output=True, text=True).stdout.strip() if shutil.which("pyenv") else ""
-    found = sorted(Path(root or "/nonexistent").glob(f"versions/{minor}.*/bin/python{minor}"))
-    return found[-1] if found else None
-
-
 def _warmstart_sh(checkout: Path, python: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     drive = tmp_path / "drive"
     drive.mkdir(exist_ok=True)
@@ -345,7 +341,7 @@ def _warmstart_sh(checkout: Path, python: str, tmp_path: Path) -> subprocess.Com
 def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_line(tmp_path, minor):
     """The real warmstart.sh, on a real old Python (pyenv's): it reads TOML with tomllib (3.11),
     so it says so with exit 3 (a precondition), where it used to end in a traceback."""
-    old = _pyenv_python(minor)
+    old = pyenv_python(minor)
     if old is None:
         pytest.skip(f"no Python {minor} from pyenv on this machine")
     version = subprocess.run([str(old), "-c", "import platform; print(platform.python_version())"],

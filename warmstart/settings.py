@@ -222,9 +222,10 @@ def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -
     return option or PYTHON.get(environ) or sys.executable
 
 
-# The object stores whose URL begins with a bucket (warmstart.team's backends): without one, the
-# store's first folder (v1) would be taken for it.
-BUCKETED = ("s3", "s3a", "gs", "gcs")
+# The object stores warmstart has a backend for (warmstart.team), by protocol: the extra that
+# installs it. Each URL begins with a bucket: without one, the store's first folder (v1) would be
+# taken for it.
+OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -232,7 +233,7 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
     store's URL that names no bucket (`s3://`, `s3:///team`)."""
     location = option or CACHE.get(environ)
     scheme, _, rest = (location or "").partition("://")
-    if scheme in BUCKETED and not rest.split("/", 1)[0].rpartition("@")[2]:
+    if scheme in OBJECT_STORES and not rest.split("/", 1)[0].rpartition("@")[2]:
         given_as = "--cache" if option else CACHE.name
         raise BadInput(f"{given_as} {scheme}://... names no bucket: give it as {scheme}://BUCKET/PREFIX")
     return location

@@ -36,7 +36,7 @@ from typing import Any
 from . import extras
 from .background import started, within
 from .errors import PreconditionUnmet, redact
-from .settings import CACHE, team_timeout, user_path
+from .settings import CACHE, OBJECT_STORES, team_timeout, user_path
 from .store import (
     KINDS,
     USAGE,
@@ -53,8 +53,7 @@ from .store import (
 from .target import TargetPython
 from .transfer import QUIET, Bars, BlockStream, Stream, copy_hashed, sha256_of, untrusted_json
 
-# fsspec protocol -> the extra that brings its implementation, and the module that is
-EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+# the extra that brings a protocol's implementation (settings.OBJECT_STORES), and the module that is
 MODULES = {"s3": "s3fs", "gcs": "gcsfs"}
 # Short timeouts and few retries on S3: a store that does not answer costs seconds, not minutes.
 _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retries": {"max_attempts": 2}}}
@@ -120,7 +119,7 @@ def backend_found(location: str, borrow: Sequence[str] = ()) -> bool:
     """Whether `location` is an object store whose backend (s3fs, gcsfs: their import is what
     costs) can be found without importing it; False for a folder, and for any other URL, which
     only opening tells about."""
-    module = MODULES.get(EXTRAS.get(location.split("://", 1)[0], "")) if is_url(location) else None
+    module = MODULES.get(OBJECT_STORES.get(location.split("://", 1)[0], "")) if is_url(location) else None
     return bool(module and importlib.machinery.PathFinder.find_spec(module, [*sys.path, *borrow]))
 
 
@@ -133,7 +132,7 @@ def borrowable(target: TargetPython) -> tuple[str, ...]:
 
 def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
     protocol = url.split("://", 1)[0]
-    extra = EXTRAS.get(protocol)
+    extra = OBJECT_STORES.get(protocol)
     options = _S3_OPTIONS if extra == "s3" else {}
 
     def hint() -> str:  # asked only when it is said: it runs pip (0.2 s)

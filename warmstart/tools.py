@@ -233,13 +233,14 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
         if made != 0:
             raise subprocess.CalledProcessError(made, venv.args)
         copied = _from_image(image, tools_site(folder))
-        if cached and image.keys() - copied:  # not whole in the image: their wheels after all
-            _off_drive(wheels, image.keys() - copied, Path(local))
+        if cached and (late := image.keys() - copied):  # not whole in the image: their wheels after all
+            _off_drive(wheels, late, Path(local))
         lines = requirement_lines(text, [f"{name}=={version}" for name, version in pinned.items()
                                          if name not in copied])
         if lines is None:
-            raise BadInput(f"{lock}: a pin without its --hash; make the lock anew with "
-                           "`invoke lock --recipe warmstart`")
+            # the command is for a machine where warmstart is installed, as tools_lock's
+            raise BadInput(f"{lock}: a pin without its --hash; update the checkout, or make the lock anew where "
+                           "warmstart is installed with `invoke lock --recipe warmstart`")
         restored = _install(folder, lines, Path(local)) if cached or not lines else None
     also = f" ({len(copied)} of them the notebook interpreter's own)" if copied else ""
     if restored is not None and restored.returncode == 0:
