@@ -33,5 +33,7 @@ if sys.version_info < (3, 11):
                      "interpreter\n" % (sys.executable, sys.version.split()[0]))
     sys.exit(3)
 sys.path.insert(0, sys.argv.pop(1))
+from warmstart.prefetch import guess
+guess(sys.argv[1:])  # the archive a wiped VM restores, read while the rest of warmstart is imported
 from warmstart.tools import main
 sys.exit(main(sys.argv[1:]))' "$here" "$@"

@@ -20,7 +20,7 @@ from conftest import REPO, bootstrap, cli_command, dead_url, make_venv, needs_fu
 from test_multisource import bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
-from warmstart import early, home, settings, tools
+from warmstart import early, home, prefetch, settings, tools
 from warmstart.background import ChildRead
 from warmstart.profiles import select_profile
 from warmstart.readahead import ReadAhead
@@ -31,7 +31,7 @@ from warmstart.tiered import TieredStore
 MiB = 1 << 20
 
 
-def _filled_to_the_end(ahead: early.Ahead) -> None:
+def _filled_to_the_end(ahead: prefetch.Ahead) -> None:
     # it waits when full, and stops at the end
     wait_until(lambda: ahead._ended or ahead._held >= ahead._most, 10, "the read ahead did not stop")
 
@@ -46,11 +46,11 @@ def _read_as_a_restore(stream, size: int = 4 * MiB) -> bytes:
 
 
 def test_what_was_read_ahead_and_the_rest_come_out_whole_and_in_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(early, "AHEAD", 2 * MiB)
+    monkeypatch.setattr(prefetch, "AHEAD", 2 * MiB)
     data = os.urandom(5 * MiB + 12345)
     (tmp_path / "a.tar.zst").write_bytes(data)
 
-    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
     _filled_to_the_end(ahead)
     taken = ahead.take()
     with taken:
@@ -62,7 +62,7 @@ def test_a_held_read_ahead_reads_nothing_more_until_it_resumes(tmp_path):
     """As warmstart.sh holds it while the uv it began runs (warmstart.headstart)."""
     data = os.urandom(6 * MiB)
     (tmp_path / "a.tar.zst").write_bytes(data)
-    with early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB) as ahead:
+    with prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB) as ahead:
         ahead.hold(30)
         taken = next(ahead.drain())  # one chunk goes: room for more
         time.sleep(0.3)
@@ -80,13 +80,13 @@ def test_a_read_begun_for_drive_s_pace_alone_reads_on_once_begun_again_with_more
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a wiped VM: warmstart never ran
     data = os.urandom(8 * MiB)
     (tmp_path / "a.tar.zst").write_bytes(data)
-    ahead = early._begun = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=early.PACE_AHEAD)
+    ahead = early._begun = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=prefetch.PACE_AHEAD)
     try:
         _filled_to_the_end(ahead)
         time.sleep(0.1)
-        assert ahead.came == early.PACE_AHEAD and not ahead.ended
+        assert ahead.came == prefetch.PACE_AHEAD and not ahead.ended
 
-        assert early.begin({"recipe": "demo"}, tmp_path, early.HANDED_AHEAD) is None  # no second read
+        assert early.begin({"recipe": "demo"}, tmp_path, prefetch.HANDED_AHEAD) is None  # no second read
 
         wait_until(lambda: ahead.ended, 10, "the read did not go on")
         assert ahead.came == len(data) and early._begun is ahead
@@ -97,7 +97,7 @@ def test_a_read_begun_for_drive_s_pace_alone_reads_on_once_begun_again_with_more
 def test_a_file_shorter_than_the_read_ahead_comes_out_whole(tmp_path):
     data = os.urandom(3 * MiB + 1)
     (tmp_path / "a.tar.zst").write_bytes(data)
-    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
     _filled_to_the_end(ahead)
     with ahead.take() as taken:
         assert taken.ahead == len(data)
@@ -106,7 +106,7 @@ def test_a_file_shorter_than_the_read_ahead_comes_out_whole(tmp_path):
 
 def test_a_read_ahead_of_another_archive_is_ended_and_none_is_taken_twice(tmp_path, monkeypatch):
     (tmp_path / "a.tar.zst").write_bytes(os.urandom(4 * MiB))
-    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"))
     monkeypatch.setattr(early, "_begun", ahead)
 
     assert early.take("b") is None
@@ -115,16 +115,16 @@ def test_a_read_ahead_of_another_archive_is_ended_and_none_is_taken_twice(tmp_pa
 
 
 def test_a_child_that_fails_is_said_by_the_restores_read(tmp_path):
-    ahead = early.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
     _filled_to_the_end(ahead)
     with ahead.take() as taken, pytest.raises(FileNotFoundError):
         taken.read(ReadAhead.FIRST)
 
 
-def _archive(store: DriveStore, name: str, mtime: float) -> None:
+def _archive(store: DriveStore, name: str, mtime: float, data: bytes = b"zstd") -> None:
     path = store.path("snapshots", name)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"zstd")
+    path.write_bytes(data)
     os.utime(path, (mtime, mtime))
 
 
@@ -173,7 +173,7 @@ class _Source:
 
 
 class _Served(_Source):
-    """As early.Ahead, taken over: `ahead` bytes read ahead and 2 MiB more on their way (the pipe,
+    """As prefetch.Ahead, taken over: `ahead` bytes read ahead and 2 MiB more on their way (the pipe,
     the read under way) come at once, then the rest at `mib_per_s`."""
 
     def __init__(self, data: bytes, ahead: int, mib_per_s: float) -> None:
@@ -221,7 +221,7 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
     (tmp_path / "drive").mkdir()
     (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(size))
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 16) as mount:
-        ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
+        ahead = prefetch.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
         time.sleep(0.5)  # about 8 MiB
         reading = ReadAhead(ahead.take(), limit=size)
         try:
@@ -242,11 +242,11 @@ def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_pat
     (tmp_path / "drive").mkdir()
     (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(8 * MiB))
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
-        ahead = early.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
+        ahead = prefetch.Ahead("demo.tar.zst", ChildRead(mount / "demo.tar.zst"))
         try:
             wait_until(lambda: ahead.measured[1], 10, "no pace measured", every=0.001)
-            assert ahead._held < 2 * early.CHUNK, "the pace waited for a second whole chunk"
-            wait_until(lambda: ahead.measured[1] >= early.TIMED_FIRST, 10, "no pace measured")
+            assert ahead._held < 2 * prefetch.CHUNK, "the pace waited for a second whole chunk"
+            wait_until(lambda: ahead.measured[1] >= prefetch.TIMED_FIRST, 10, "no pace measured")
             busy, timed = ahead.measured
             assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"  # sleeping only slows it
         finally:
@@ -277,9 +277,9 @@ def test_a_read_ahead_that_came_late_to_the_pipe_counts_only_what_came_in_its_ti
     (tmp_path / "drive").mkdir()
     (tmp_path / "drive" / "demo.tar.zst").write_bytes(os.urandom(8 * MiB))
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 4) as mount:
-        ahead = early.Ahead("demo.tar.zst", _LateChildRead(mount / "demo.tar.zst"))
+        ahead = prefetch.Ahead("demo.tar.zst", _LateChildRead(mount / "demo.tar.zst"))
         try:
-            wait_until(lambda: ahead.measured[1] >= early.TIMED_FIRST, 10, "no pace measured")
+            wait_until(lambda: ahead.measured[1] >= prefetch.TIMED_FIRST, 10, "no pace measured")
             busy, timed = ahead.measured
             assert 3 < timed / MiB / busy < 6, f"{timed / MiB / busy:.1f} MiB/s"
         finally:
@@ -310,7 +310,7 @@ def test_a_read_handed_on_is_timed_by_the_restore_s_reads_alone(tmp_path):
 
     sender = threading.Thread(target=send)
     sender.start()
-    ahead = early.Ahead("a", early.HandedRead(data_in, outcome_in))
+    ahead = prefetch.Ahead("a", prefetch.HandedRead(data_in, outcome_in))
     while ahead._held < at_once:
         time.sleep(0.01)
     reading = ReadAhead(ahead.take(), limit=size)
@@ -338,7 +338,7 @@ def test_a_wiped_vm_restores_with_the_read_begun_before_the_plan(bulky, filled, 
         assert result.report["snapshot"]["used"] is True, result.report["snapshot"]
         # taken over; what it had read by then depends on how fast the plan was
         assert result.report["cache"]["read_begun_early"] is True
-        assert 0 <= result.report["cache"]["read_ahead"] <= early.AHEAD
+        assert 0 <= result.report["cache"]["read_ahead"] <= prefetch.AHEAD
         assert tree(vm.python) == filled
 
         shutil.rmtree(vm.root / "venv")  # wiped again, but for warmstart's own folder
@@ -381,7 +381,7 @@ def test_the_index_read_ahead_is_the_restore_s_and_is_checked_as_its_own_read(tm
         with slow_drive(tmp_path / "drive", tmp_path / "slow", 20, 16) as mount:
             try:
                 early.begin({"recipe": "demo", "drive": str(mount), "python": "/usr/bin/python3.12"}, Path())
-                wait_until(lambda: isinstance(early._begun, early.Ahead) and early._begun.index, 10,
+                wait_until(lambda: isinstance(early._begun, prefetch.Ahead) and early._begun.index, 10,
                            "the index was not read ahead")
                 write_index(**then)  # Drive's copy changes: the restore does not read it again
                 store = TieredStore.at(mount)
@@ -409,7 +409,7 @@ def test_a_restore_that_names_the_archive_while_the_thread_still_looks_for_it_ta
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 150, 64) as mount:
         try:
             early.begin({"recipe": "demo", "drive": str(mount), "python": "/usr/bin/python3.12"}, Path())
-            assert not isinstance(early._begun, early.Ahead), "still looking"
+            assert not isinstance(early._begun, prefetch.Ahead), "still looking"
 
             taken = early.take(DriveStore(mount).where("snapshots", archive))
 
@@ -434,9 +434,123 @@ def test_given_the_platform_profile_the_read_begins_without_reading_the_checkout
                 looking = early.begin({**flags, "drive": str(mount)}, tmp_path / "no-checkout", profile=profile)
                 assert looking is not None
                 looking.join(10)
-                assert isinstance(early._begun, early.Ahead) is (profile is not None)
+                assert isinstance(early._begun, prefetch.Ahead) is (profile is not None)
             finally:
                 early.drop()
+
+
+# -- warmstart.sh's guess, begun as its interpreter starts (warmstart.prefetch.guess) ----------
+
+def _ours() -> str:
+    """An archive of the recipe demo for this Python, by its name."""
+    return f"demo-{home.python_tag()}-{'1' * 16}-{'2' * 16}.tar.zst"
+
+
+def _guessed(drive: Path, *argv: str) -> prefetch.Ahead:
+    """warmstart.sh's guess with its command line `argv`, its checkout in `drive`: the read it began."""
+    prefetch.guess(list(argv), drive)
+    guessed = wait_until(lambda: prefetch._guess and prefetch._guess._ahead, 10, "the guess began no read")
+    wait_until(lambda: guessed.came, 10, "the guessed read read nothing")
+    return guessed
+
+
+def _ended(ahead: prefetch.Ahead) -> bool:
+    return ahead._stream._child.poll() is not None
+
+
+@needs_fuse
+def test_warmstart_sh_s_guess_is_the_read_the_run_takes_when_its_own_look_names_the_same_archive(
+        tmp_path, monkeypatch):
+    """warmstart.sh begins reading the recipe's newest archive for its Python, found by name in
+    the Drive root its checkout lies in, before it imports the rest of warmstart; the run's own
+    look (`begin`, by the run's settings) names the same file and takes that very read over,
+    reading the archive no second time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # a wiped VM
+    tag, data, newest = home.python_tag(), os.urandom(3 * MiB), _ours()
+    _archive(DriveStore(tmp_path / "drive"), newest, 2000, data)
+    _archive(DriveStore(tmp_path / "drive"), f"demo-{tag}-{'3' * 16}-{'4' * 16}.tar.zst", 1000, b"older")
+    _archive(DriveStore(tmp_path / "drive"), f"demo-py20-{'5' * 16}-{'6' * 16}.tar.zst", 3000, b"another Python's")
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 20, 64) as mount:
+        try:
+            guessed = _guessed(mount, "demo", "--offline")
+            assert guessed.where == DriveStore(mount).where("snapshots", newest)
+
+            looking = early.begin({"recipe": "demo", "drive": str(mount), "offline": True}, REPO,
+                                  prefetch.HANDED_AHEAD, profile=select_profile(REPO))
+            assert looking is not None
+            looking.join(10)
+
+            assert early._begun is guessed, "the guessed read is the run's"
+            assert prefetch._guess is None
+            taken = early.take(DriveStore(mount).where("snapshots", newest))
+            assert taken is guessed
+            with taken:
+                assert _read_as_a_restore(taken) == data
+        finally:
+            early.drop()
+
+
+@needs_fuse
+def test_a_guess_the_run_s_own_look_does_not_confirm_is_ended(tmp_path, monkeypatch):
+    """The run's Drive root is another (--drive): the guessed read's child is ended, and the run
+    reads its own archive."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tag = home.python_tag()
+    guessed_name, own = f"demo-{tag}-{'1' * 16}-{'2' * 16}.tar.zst", f"demo-{tag}-{'3' * 16}-{'4' * 16}.tar.zst"
+    _archive(DriveStore(tmp_path / "drive" / "checkout's"), guessed_name, 1000, os.urandom(2 * MiB))
+    _archive(DriveStore(tmp_path / "drive" / "given"), own, 1000, os.urandom(2 * MiB))
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 64) as mount:
+        try:
+            guessed = _guessed(mount / "checkout's", "demo")
+
+            looking = early.begin({"recipe": "demo", "drive": str(mount / "given")}, REPO, prefetch.PACE_AHEAD,
+                                  profile=select_profile(REPO))
+            assert looking is not None
+            looking.join(10)
+
+            wait_until(lambda: _ended(guessed), 10, "the guessed read goes on")
+            assert isinstance(early._begun, prefetch.Ahead) and early._begun is not guessed
+            assert early._begun.where == DriveStore(mount / "given").where("snapshots", own)
+            assert prefetch._guess is None
+        finally:
+            early.drop()
+
+
+def test_a_guess_is_ended_by_a_run_that_reads_nothing_ahead_and_by_the_run_s_end(tmp_path, monkeypatch):
+    """--dry-run reads no archive ahead: what warmstart.sh guessed at is ended; so is a guess
+    that nothing confirmed when the run ends (early.drop)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1, os.urandom(MiB))
+    for end in (lambda: early.begin({"recipe": "demo", "dry_run": True}, REPO), early.drop):
+        guessed = _guessed(tmp_path / "drive", "demo", "--dry-run")
+        end()
+        wait_until(lambda: _ended(guessed), 10, "the guessed read goes on")  # noqa: B023
+        assert prefetch._guess is None and early._begun is None
+
+
+def test_no_guess_without_a_recipe_or_where_warmstart_has_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1)
+    for argv in ([], ["--offline", "demo"]):
+        prefetch.guess(argv, tmp_path / "drive")
+        assert prefetch._guess is None
+    (tmp_path / "cache" / "warmstart" / "locks").mkdir(parents=True)  # a bootstrap has run here
+    prefetch.guess(["demo"], tmp_path / "drive")
+    assert prefetch._guess is None
+
+
+@needs_fuse
+def test_a_guess_whose_drive_does_not_list_gives_up_in_its_time(tmp_path, monkeypatch):
+    """The guess lists Drive in a child (a listing of a FUSE mount that stopped answering holds
+    whoever asked): after GUESS_WAIT it has no read, and the run's own look goes on."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(prefetch, "GUESS_WAIT", 0.5)
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1)
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 64, hang_metadata=True) as mount:
+        prefetch.guess(["demo"], mount)
+        began = time.monotonic()
+        assert prefetch.take_guess(None) is None
+        assert time.monotonic() - began < 5
 
 
 # -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------
@@ -461,7 +575,7 @@ with taken:
 """
 
 
-def _hand_on(ahead: early.Ahead, *argv: str, taker: str = _TAKER) -> subprocess.CompletedProcess:
+def _hand_on(ahead: prefetch.Ahead, *argv: str, taker: str = _TAKER) -> subprocess.CompletedProcess:
     """A new process takes the read over, as the bootstrap warmstart.sh starts does."""
     handed = early.Handed(ahead)
     try:
@@ -477,20 +591,20 @@ def _hand_on(ahead: early.Ahead, *argv: str, taker: str = _TAKER) -> subprocess.
 def test_a_read_handed_on_to_another_process_comes_out_whole_there(tmp_path):
     data = os.urandom(9 * MiB + 4321)
     (tmp_path / "a.tar.zst").write_bytes(data)
-    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=2 * MiB)
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=2 * MiB)
     _filled_to_the_end(ahead)  # full: the rest waits for the taker
 
     done = _hand_on(ahead, "a")
 
     assert done.returncode == 0
     held, digest, size = done.stdout.split()
-    assert 0 < int(held) <= early.AHEAD  # the taker's own read ahead, from the pipe
+    assert 0 < int(held) <= prefetch.AHEAD  # the taker's own read ahead, from the pipe
     assert (digest, int(size)) == (hashlib.sha256(data).hexdigest(), len(data))
 
 
 def test_a_read_that_failed_before_it_was_handed_on_is_said_there_not_cut_short(tmp_path):
     """A short file would be a damaged snapshot (set aside); a read that failed is not."""
-    ahead = early.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "missing.tar.zst"))
     done = _hand_on(ahead, "a")
     assert done.stdout.split() == ["failed", "FileNotFoundError", str(errno.ENOENT), "No", "such", "file", "or",
                                    "directory"]
@@ -498,7 +612,7 @@ def test_a_read_that_failed_before_it_was_handed_on_is_said_there_not_cut_short(
 
 def test_a_taker_that_wants_none_of_it_ends_the_read(tmp_path):
     (tmp_path / "a.tar.zst").write_bytes(os.urandom(8 * MiB))
-    ahead = early.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB)
+    ahead = prefetch.Ahead("a", ChildRead(tmp_path / "a.tar.zst"), most=MiB)
     _filled_to_the_end(ahead)
     handed = early.Handed(ahead)
     with subprocess.Popen([sys.executable, "-c", _TAKER, "another archive"], env=os.environ | handed.environ,
@@ -519,7 +633,7 @@ def test_a_handed_read_that_waits_is_ended_by_stop():
     """As a restore gives up on a Drive that stopped answering: the read under way returns."""
     data_in, data_out = os.pipe()
     outcome_in, outcome_out = os.pipe()
-    reading = early.HandedRead(data_in, outcome_in)
+    reading = prefetch.HandedRead(data_in, outcome_in)
     failed: list[OSError] = []
 
     def read() -> None:
@@ -551,8 +665,8 @@ def test_warmstart_sh_hands_the_read_it_began_to_the_bootstrap_it_starts(bulky, 
         store = DriveStore(mount)
         archive = early.likely_archive(store, recipe.stem, None)
         assert archive
-        early._begun = early.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
-                                   most=early.HANDED_AHEAD)
+        early._begun = prefetch.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
+                                   most=prefetch.HANDED_AHEAD)
 
         code = tools._bootstrap(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
                                             str(vm.python), "--json", "--offline"), vm.env)

@@ -21,7 +21,7 @@ from conftest import cli_command, dead_url, needs_fuse, serve_folder, slow_drive
 from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bulky: a fixture)
 from test_race import filled, leftovers, wiped_vm  # noqa: F401  (filled: a fixture)
 
-from warmstart import early, headstart, home, locktext, tools
+from warmstart import config, early, headstart, home, locktext, prefetch, tools
 from warmstart.background import ChildRead
 from warmstart.errors import WarmstartError
 from warmstart.lock import parse_lock
@@ -80,15 +80,40 @@ def test_the_lock_is_found_beside_the_in_file_the_recipe_names(tmp_path):
     assert headstart.locked_lines(str(recipe), REPO, "py312", sha256, wanted) is None  # left to the bootstrap
 
 
+def test_the_question_finds_the_lock_in_what_warmstart_sh_read_ahead(tmp_path):
+    """warmstart.sh reads the recipe's file and locks at once from its checkout on Drive
+    (config.reading_ahead): the lock the online question looks for comes from there, not from
+    an open of Drive's each. Changed on disk after it was read ahead, it is still the one read."""
+    lock = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
+    text = lock.read_text()
+    wanted = [f"{p.name}=={p.version}" for p in parse_lock(lock).pins if p.name == "loguru"]
+    project = tmp_path / "checkout"
+    (project / "requirements" / "colab-2026.07").mkdir(parents=True)
+    (project / "recipes").mkdir()
+    (project / "recipes" / "hyperlpr.toml").write_text('name = "hyperlpr"\n')
+    ours = project / "requirements" / "colab-2026.07" / lock.name
+    ours.write_text(text)
+    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    config.read_ahead(project, [], ["requirements/*/hyperlpr-py*.txt"])
+    try:
+        wait_until(lambda: config._listed.is_set() and config._ahead.get(ours), 10, "nothing was read ahead")
+        ours.write_text("# another lock\n")
+        assert headstart.locked_lines("hyperlpr", project, "py312", sha256, wanted) == \
+            locktext.requirement_lines(text, wanted)
+    finally:
+        config.forget_ahead()
+    assert headstart.locked_lines("hyperlpr", project, "py312", sha256, wanted) is None  # read now: changed
+
+
 @contextmanager
-def _read_ahead(mount: Path, recipe: Path) -> Iterator[early.Ahead]:
+def _read_ahead(mount: Path, recipe: Path) -> Iterator[prefetch.Ahead]:
     """What warmstart.sh's read ahead has once its thread has read the archive's index; ended
     before the Drive is unmounted, whatever happens (its child holds the archive open)."""
     store = DriveStore(mount)
     archive = early.likely_archive(store, recipe.stem, None)
     assert archive
-    ahead = early.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
-                        most=early.HANDED_AHEAD)
+    ahead = prefetch.Ahead(store.where("snapshots", archive), ChildRead(store.path("snapshots", archive)),
+                        most=prefetch.HANDED_AHEAD)
     early._begun = ahead
     try:
         early._read_index(ahead, store, archive)
@@ -191,7 +216,7 @@ def test_uv_that_fails_leaves_the_restore_to_the_snapshot(bulky, filled, tmp_pat
 
 
 class _Timed:
-    """What _read_left sees of a read ahead (early.Ahead): its pace so far, and whether it waits."""
+    """What _read_left sees of a read ahead (prefetch.Ahead): its pace so far, and whether it waits."""
 
     def __init__(self, busy: float, timed: int, full: bool, came: int) -> None:
         self.measured, self.full, self.came, self.ended = (busy, timed), full, came, False

@@ -11,11 +11,14 @@ cost 50 ms before a race could begin). When the plan names the same archive, the
 the read over (`take`, from the restore), and checks its bytes against the index as it checks
 any; otherwise the child is ended and what it read is dropped (`drop`).
 
-On a wiped VM, warmstart.sh begins the read the same way (`begin`) before it reads the wheels
-of warmstart's own tools off Drive, holding no more than PACE_AHEAD until they are off, reads
-on while it installs them, and hands the read on to the bootstrap it then starts (`hand_on`): a
-thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came into a pipe the
-bootstrap inherits, then how the read ended into another (HandedRead reads them).
+On a wiped VM, warmstart.sh begins the read earlier still: as its interpreter starts, it guesses
+the archive by name (prefetch.guess) and reads it while it imports the rest of warmstart. Its
+`begin`, with the run's settings resolved, takes that read over when it names the same file,
+and ends it otherwise (or begins its own: before it reads the wheels of warmstart's own tools
+off Drive, holding no more than PACE_AHEAD until they are off when online). The read goes on
+while the tools are installed, and is handed on to the bootstrap warmstart.sh then starts
+(`hand_on`): a thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came
+into a pipe the bootstrap inherits, then how the read ended into another (HandedRead reads them).
 
 Only where it pays: on a VM where warmstart has not run yet (a wiped one: a no-op run reads
 nothing ahead), from a FUSE Drive (Colab's; from local disk a restore is bound by the CPUs, not
@@ -31,280 +34,25 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
-import select
 import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from . import home
 from .background import ChildRead
 from .errors import WarmstartError
+from .prefetch import CHUNK, KIND, Ahead, HandedRead, archive_name, take_guess
 from .profiles import Profile, select_profile
 from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
 from .transfer import on_fuse
 
-KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
-AHEAD = 32 << 20  # bytes read ahead at most: at 60 MiB/s, half a second of Drive's time
-# warmstart.sh's, while it restores the tools and the bootstrap starts: at 60 MiB/s, 1.6 s of Drive's
-# time (that process holds nothing else)
-HANDED_AHEAD = 96 << 20
-CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
-# A timed chunk is smaller until this much is timed: at 15 MiB/s two 1 MiB chunks took 0.13 s
-# to say Drive's pace, and a race waited for it. One that is not timed (the first, the one after
-# a wait for room) is a whole CHUNK: it takes what the pipe gathered meanwhile, which came at
-# no pace of Drive's.
-TIMED_CHUNK, TIMED_FIRST = 128 << 10, 1 << 20
-# warmstart.sh begins the read before it reads the tools' wheels off Drive, holding no more than
-# this until they are off: the first chunk and what tells Drive's pace, all that the online
-# question of warmstart.headstart needs (Drive's to itself: beside the wheels' reads it would
-# see half its pace).
-PACE_AHEAD = CHUNK + TIMED_FIRST
 HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
 # What `begin` calls on the reading thread once it has the archive's index: the read, the run's
 # options, its target interpreter and the variables its installers run without
 Then = Callable[["Ahead", Options, str, tuple[str, ...]], None]
-
-
-class Ahead:
-    """The archive `where` (its store's name for it), read from `stream` (a child's pipe, or the
-    pipe a read handed on comes through) on a daemon thread of its own until the restore takes it
-    over, waiting while `most` bytes (AHEAD) are in. As a stream (the restore's): what was read
-    ahead, then the rest from `stream`. Or, handed on (`drain`), every chunk as it comes."""
-
-    reads_on_its_own = True  # as the child's pipe it reads from (see readahead.ReadAhead)
-
-    def __init__(self, where: str, stream: ChildRead | HandedRead, most: int | None = None) -> None:
-        self.where, self._stream = where, stream
-        self._most = AHEAD if most is None else most
-        self._chunks: deque[bytes] = deque()
-        self._held = 0
-        self.ahead = 0  # bytes in when the restore took over: they came at no pace of the source's
-        self.came = 0  # bytes this thread has read
-        # Drive's pace as this thread saw it (`measured`), so a race need not wait for the restore's
-        # reads to learn it. Only a child's read of Drive is timed: a read handed on comes first
-        # out of the memory of the process that began it, at no pace of Drive's.
-        self._timed_child = stream if isinstance(stream, ChildRead) else None
-        self._busy, self._timed = 0.0, 0
-        self._taken = threading.Event()
-        self._lock = threading.Lock()  # _chunks and _held, between the two threads
-        self._changed = threading.Condition(self._lock)  # a chunk came or went, or the read ended
-        self._failed: OSError | None = None
-        self._ended = False  # the thread's reading is over
-        self._until = 0.0  # held until then (hold)
-        self.index: tuple[str, Any] | None = None  # the archive's index as read after it began: (where, JSON)
-        self._thread = threading.Thread(target=self._fill, daemon=True)
-        self._thread.start()
-
-    def _fill(self) -> None:
-        came: float | None = None  # when the last chunk came: the next one's time is Drive's pace
-        # What the pipe held then: Drive's bytes in a chunk's time are the chunk and what waits in
-        # the pipe after it, less what waited before. A thread that came late to the pipe (the
-        # CPUs busy) would else count what had come before as come in its time: 5.1 MiB/s measured
-        # behind a 4 MiB/s stand-in under CI's load.
-        waited = 0
-        try:
-            while not self._taken.is_set():
-                # full, or held: until a chunk goes (drain), the hold ends or the restore takes over
-                with self._changed:
-                    if self._waits():
-                        came = None  # the child read on into the pipe meanwhile: the next chunk is no pace
-                    while self._waits():
-                        self._changed.wait(None if self._held >= self._most else self._until - time.monotonic())
-                if self._taken.is_set():
-                    return
-                since = came if self._timed_child else None  # when this chunk's time begins; None: not timed
-                size = TIMED_CHUNK if since is not None and self._timed < TIMED_FIRST else CHUNK
-                chunk = self._stream.read(min(size, self._most - self._held))  # never more than `most` in
-                if not chunk:
-                    return
-                now = time.monotonic()
-                waiting = self._timed_child.waiting() if self._timed_child else 0
-                with self._changed:
-                    self._chunks.append(chunk)
-                    self._held += len(chunk)
-                    self.came += len(chunk)
-                    if since is not None:  # not the first chunk: it waited for the first byte too
-                        self._busy += now - since
-                        self._timed += len(chunk) + waiting - waited
-                    self._changed.notify_all()
-                came, waited = now, waiting
-        except OSError as exc:  # said by the restore's read, when it takes this one over
-            self._failed = exc
-        finally:
-            with self._changed:
-                self._ended = True
-                self._changed.notify_all()
-
-    @property
-    def full(self) -> bool:
-        """Whether it holds all it may (and reads on only once some goes, or it may hold more)."""
-        return self._held >= self._most
-
-    def allow(self, most: int) -> None:
-        """Hold up to `most` bytes from now on."""
-        with self._changed:
-            self._most = max(self._most, most)
-            self._changed.notify_all()
-
-    def _waits(self) -> bool:
-        return not self._taken.is_set() and (self._held >= self._most or time.monotonic() < self._until)
-
-    def hold(self, seconds: float) -> None:
-        """Read nothing more for `seconds` (or until `resume`): uv from the index has the CPUs."""
-        with self._changed:
-            self._until = time.monotonic() + seconds
-
-    def resume(self) -> None:
-        with self._changed:
-            self._until = 0.0
-            self._changed.notify_all()
-
-    def take(self) -> Ahead:
-        with self._changed:
-            self._taken.set()
-            self.ahead = self._held
-            self._changed.notify_all()
-        return self
-
-    @property
-    def at_once(self) -> int:
-        """The bytes the restore's first reads get without waiting on Drive: those read ahead, the
-        thread's read under way and what the pipe holds (a CHUNK each). None of them came at
-        Drive's pace: counted in it, they made a 60 MiB/s Drive look twice as fast at first, and
-        the index went unraced (bench/README.md)."""
-        return self.ahead + 2 * CHUNK if self.ahead else 0
-
-    @property
-    def ended(self) -> bool:
-        """Whether this thread's reading is over (the file's end, a failure, taken over)."""
-        return self._ended
-
-    @property
-    def measured(self) -> tuple[float, int]:
-        """Drive's pace while this read ran ahead: the seconds its chunks took to come, from the
-        second on, and their bytes (the restore's read takes it as the start of its own pace)."""
-        with self._lock:
-            return self._busy, self._timed
-
-    def drain(self) -> Iterator[bytes]:
-        """Every chunk as it comes, to the end of the file, the thread reading on meanwhile (no
-        more than `most` bytes ahead of what was drained); the read's failure raised at its end."""
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._chunks or self._ended)
-                if not self._chunks:
-                    break
-                chunk = self._chunks.popleft()
-                self._held -= len(chunk)
-                self._changed.notify_all()
-            yield chunk
-        if self._failed:
-            raise self._failed
-
-    def _from_chunks(self, size: int) -> bytes:
-        with self._lock:
-            out = bytearray()
-            while self._chunks and (size < 0 or len(out) < size):
-                chunk = self._chunks.popleft()
-                cut = len(chunk) if size < 0 else size - len(out)
-                out += chunk[:cut]
-                if cut < len(chunk):
-                    self._chunks.appendleft(chunk[cut:])
-            self._held -= len(out)
-            return bytes(out)
-
-    def read(self, size: int = -1, /) -> bytes:
-        """`size` bytes (but at the end; -1: all the rest): first those read ahead."""
-        out = self._from_chunks(size)
-        if len(out) == size:
-            return out
-        # The thread stops after its read under way: one the restore watches as its own (a Drive
-        # that stopped answering is given up on, and `stop` ends the child, which ends that read).
-        self._thread.join()
-        out += self._from_chunks(size - len(out) if size >= 0 else -1)
-        if self._failed:
-            raise self._failed
-        if size < 0 or len(out) < size:
-            out += self._stream.read(size - len(out) if size >= 0 else -1)
-        return out
-
-    def stop(self) -> None:
-        self._stream.stop()
-
-    def close(self) -> None:
-        self.take()
-        self.stop()
-        self._thread.join()  # its read ends with the child
-        self._stream.close()
-
-    def __enter__(self) -> Ahead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class HandedRead:
-    """The archive's read another process began and hands on (`hand_on`): its bytes through one
-    pipe, then how the read ended through another (`ok`, or an errno and its text). As ChildRead:
-    `read(n)` gives n bytes but at the end, a read that failed is an OSError there, and `stop()`
-    ends a read under way (from any thread)."""
-
-    def __init__(self, data: int, outcome: int) -> None:
-        self._data, self._outcome = data, outcome
-        self._wake, self._woken = os.pipe()  # stop() writes to _woken
-        self._said: bytes | None = None  # the sender's word, once read
-        self._ready = select.poll()
-        for fd in (data, self._wake):
-            self._ready.register(fd, select.POLLIN)
-
-    def read(self, size: int = -1, /) -> bytes:
-        pieces, got = [], 0
-        while size < 0 or got < size:
-            if any(fd == self._wake for fd, _event in self._ready.poll()):
-                raise OSError(errno.EINTR, "the read was stopped")
-            piece = os.read(self._data, CHUNK if size < 0 else min(CHUNK, size - got))
-            if not piece:
-                self._ended()
-                break
-            pieces.append(piece)
-            got += len(piece)
-        return b"".join(pieces)
-
-    def _ended(self) -> None:
-        """The pipe's end: the sender's word on how its read ended (nothing: it died first)."""
-        if self._said is None:
-            self._said = os.read(self._outcome, 4096)
-        said = self._said
-        if said != b"ok":
-            number, _, why = said.decode(errors="replace").partition(" ")
-            raise OSError(int(number) if number.isdigit() else errno.EIO,
-                          why or "the read warmstart.sh began ended before the file did")
-
-    def stop(self) -> None:
-        try:
-            os.write(self._woken, b"x")
-        except OSError:
-            pass  # closed: nothing to stop
-
-    def close(self) -> None:
-        for fd in (self._data, self._outcome, self._wake, self._woken):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def __enter__(self) -> HandedRead:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Handed:
@@ -384,10 +132,12 @@ def begin(flags: Mapping[str, Any], root: Path, most: int | None = None,
             _begun = _handed(handed)
         return None
     try:
-        options = Options(**flags)
+        options: Options | None = Options(**flags)
     except (WarmstartError, TypeError):  # bad flags: the run says so
-        return None
-    if options.dry_run or home.run_locks().is_dir():  # not a wiped VM: a no-op run would read for nothing
+        options = None
+    # not for --dry-run, nor off a wiped VM: a no-op run would read for nothing
+    if options is None or options.dry_run or home.run_locks().is_dir():
+        take_guess(None)  # what warmstart.sh guessed at is not this run's to read
         return None
     token = object()
     with _guard:
@@ -424,9 +174,11 @@ def _start(token: object, options: Options, root: Path, then: Then | None, profi
             store = DriveStore(settings.drive)
             archive = likely_archive(store, recipe, home.python_tag() if this else None)
             if archive:  # the child opens it: an open that waits on Drive holds the child
-                ahead = Ahead(store.where(KIND, archive), ChildRead(store.path(KIND, archive)), _most)
+                where = store.where(KIND, archive)
+                ahead = take_guess(where) or Ahead(where, ChildRead(store.path(KIND, archive)), _most)
     except Exception:  # whatever it is, the run meets it itself, and says it
         pass
+    take_guess(None)  # warmstart.sh's guess, when it was not of this archive
     with _guard:
         published = _begun is token
         if published:
@@ -474,7 +226,7 @@ def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | Non
     index is written after it and names it, but is read only once the archive's read has begun
     (_read_index): on Drive each file opened waits (20 ms on the stand-in), and the restore takes
     this read only when the index names the same archive."""
-    name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
+    name = archive_name(recipe, tag)
     archives = [e for e in store.entries(KIND) if e.state == "file" and name.fullmatch(e.path.name)]
     return max(archives, key=lambda e: e.mtime).path.name if archives else None  # a link, a pipe: not "file"
 
@@ -507,8 +259,9 @@ def take(where: str | None, wait: bool = True) -> Ahead | None:
 
 def drop() -> None:
     """The run is over: a read begun ahead that nothing took is ended (one still being looked
-    for is not waited for)."""
+    for is not waited for), and a guess nothing confirmed."""
     take(None, wait=False)
+    take_guess(None)
 
 
 def hand_on() -> Handed | None:

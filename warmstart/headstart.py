@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import installer
-from .config import parse_toml, read_toml_bytes
+from .config import parse_toml, read_bytes, read_toml_bytes
 from .errors import WarmstartError
 from .locktext import given_as_file, project_of, requirement_lines
 from .settings import HANDED_INDEX, Options
@@ -257,7 +257,7 @@ def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted
     for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
         for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
             try:
-                raw = path.read_bytes()
+                raw = read_bytes(path)  # read ahead by warmstart.sh (config.reading_ahead)
             except OSError:
                 continue
             if hashlib.sha256(raw).hexdigest() == lock_sha256:

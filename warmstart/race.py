@@ -88,7 +88,7 @@ class IndexLane:
 
     def _due(self) -> bool:
         """Wait until the restore looks slow (True) or the race is off (False). Looked at as soon
-        as the read is known (its pace may be too: early.Ahead measured it), then every POLL."""
+        as the read is known (its pace may be too: prefetch.Ahead measured it), then every POLL."""
         while not self._stop.is_set():
             if worth_racing(self._read_left(), self._index_takes()):
                 return True

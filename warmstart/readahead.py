@@ -85,7 +85,7 @@ class ReadAhead(BlockStream):
         self.busy = 0.0  # seconds spent in the source's reads: its own pace, whatever the consumer's
         self._reading: tuple[float, int] | None = None  # the read under way: when it began, how much it asked
         self._first: tuple[float, int] | None = None  # the first read's time and bytes: not the pace
-        # What a source read before this reader began (early.Ahead) comes at once: the pace counts
+        # What a source read before this reader began (prefetch.Ahead) comes at once: the pace counts
         # from the first read past it, as it counts from the second read otherwise, and begins
         # with the pace the source measured as it read ahead (seconds, bytes): a race then knows
         # it from the start (it waited 0.2 s for this reader's own reads).
@@ -116,7 +116,7 @@ class ReadAhead(BlockStream):
 
     def _read_all(self, source: Stream) -> None:
         ready = self._ready
-        # A child reading into a pipe (ChildRead, early.Ahead) reads on while this thread is away
+        # A child reading into a pipe (ChildRead, prefetch.Ahead) reads on while this thread is away
         # (hashing, spilling, waiting for the GIL): that time counts too, not only the read's own,
         # or what the pipe gathered meanwhile counts as Drive's pace (the 60 MiB/s stand-in looked
         # 7% faster, and the index went unraced). Not a wait for a room: the pipe fills, and the

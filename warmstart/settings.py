@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from .background import child_within
 from .errors import BadInput, PreconditionUnmet
+from .layout import LAYOUT
 from .transfer import remount
 
 INSTALLERS = ("auto", "pip", "uv")
@@ -206,8 +207,6 @@ def answers(drive: Path, seconds: float) -> None:
     (coreutils stat), left waiting when it takes too long, and the run ends with the way out
     instead of hanging unexplained. The folders below count: the kernel may answer for the root
     from what it has cached, while every name below it goes to the mount (missing ones too)."""
-    from .store import LAYOUT  # (store reads its timeout here)
-
     try:
         child_within(seconds, ["stat", "-L", "--", str(drive), str(drive / LAYOUT.parent), str(drive / LAYOUT)])
     except TimeoutError:

@@ -1,11 +1,4 @@
-"""The Drive store: every byte warmstart keeps on Drive goes through here.
-
-    <drive>/.warmstart/recipes/             the user's own recipes (read, never written)
-    <drive>/.warmstart/v1/wheels/<file>.whl wheels, by their filename (name, version, tags)
-    <drive>/.warmstart/v1/assets/<sha256>   recipe assets (model files), by their content
-    <drive>/.warmstart/v1/snapshots/        environment archives and the indexes naming them
-    <drive>/.warmstart/v1/usage/            which run used which file when (for prune)
-    <drive>/.warmstart/v1/placed.json       files warmstart placed in the workdir
+"""The Drive store: every byte warmstart keeps on Drive goes through here (where: warmstart.layout).
 
 Drive may be shared by two VMs at once and a VM may die at any moment, so: a file appears only
 whole (a unique temporary name, flushed, renamed); nothing read is used before its sha256 is
@@ -33,6 +26,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any, Protocol, TypeVar
 
 from . import background, faults
+from .layout import KINDS, LAYOUT, RECIPES
 from .settings import drive_timeout
 from .transfer import (
     QUIET,
@@ -51,9 +45,6 @@ from .transfer import (
     untrusted_json,
 )
 
-LAYOUT = Path(".warmstart") / "v1"
-RECIPES = Path(".warmstart") / "recipes"
-KINDS = ("wheels", "assets", "snapshots", "locks")  # locks: made on a VM for its runtime (livelock.py)
 USAGE = "usage"
 STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
 DAMAGED = ".damaged-"

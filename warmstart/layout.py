@@ -1,0 +1,20 @@
+"""Where warmstart keeps what on Drive: the one place that layout is spelled.
+
+    <drive>/.warmstart/recipes/             the user's own recipes (read, never written)
+    <drive>/.warmstart/v1/wheels/<file>.whl wheels, by their filename (name, version, tags)
+    <drive>/.warmstart/v1/assets/<sha256>   recipe assets (model files), by their content
+    <drive>/.warmstart/v1/snapshots/        environment archives and the indexes naming them
+    <drive>/.warmstart/v1/usage/            which run used which file when (for prune)
+    <drive>/.warmstart/v1/placed.json       files warmstart placed in the workdir
+
+warmstart.store reads and writes there. Standard library only, and nothing else: warmstart.sh's
+first look at Drive (warmstart.prefetch.guess) comes before the rest of warmstart is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+LAYOUT = Path(".warmstart") / "v1"
+RECIPES = Path(".warmstart") / "recipes"
+KINDS = ("wheels", "assets", "snapshots", "locks")  # locks: made on a VM for its runtime (livelock.py)
