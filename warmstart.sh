@@ -7,7 +7,8 @@
 # Drive wheel cache or, the first time, from the package index (filling the cache), then
 # bootstraps the recipe and prints the `!invoke ...` line that works from any folder afterwards.
 # The notebook's own packages are never touched by the tools. All of it is warmstart/tools.py
-# (standard library only); this script only finds the interpreter.
+# (standard library only), after warmstart/prefetch.py's guess at the snapshot to read; this
+# script only finds the interpreter.
 #
 # The Drive root is --drive DIR when given, else $WARMSTART_DRIVE, else the folder holding this
 # checkout (MyDrive, when warmstart lives in MyDrive/warmstart). $WARMSTART_PYTHON is the

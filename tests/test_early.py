@@ -455,6 +455,8 @@ def _guessed(drive: Path, *argv: str) -> prefetch.Ahead:
 
 
 def _ended(ahead: prefetch.Ahead) -> bool:
+    """Whether the child reading `ahead` has ended: with AHEAD at 1 MiB, before the end of a file
+    of 4 MiB only when it was ended."""
     return ahead._stream._child.poll() is not None
 
 
@@ -495,10 +497,11 @@ def test_a_guess_the_run_s_own_look_does_not_confirm_is_ended(tmp_path, monkeypa
     """The run's Drive root is another (--drive): the guessed read's child is ended, and the run
     reads its own archive."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(prefetch, "AHEAD", MiB)
     tag = home.python_tag()
     guessed_name, own = f"demo-{tag}-{'1' * 16}-{'2' * 16}.tar.zst", f"demo-{tag}-{'3' * 16}-{'4' * 16}.tar.zst"
-    _archive(DriveStore(tmp_path / "drive" / "checkout's"), guessed_name, 1000, os.urandom(2 * MiB))
-    _archive(DriveStore(tmp_path / "drive" / "given"), own, 1000, os.urandom(2 * MiB))
+    _archive(DriveStore(tmp_path / "drive" / "checkout's"), guessed_name, 1000, os.urandom(4 * MiB))
+    _archive(DriveStore(tmp_path / "drive" / "given"), own, 1000, os.urandom(4 * MiB))
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 5, 64) as mount:
         try:
             guessed = _guessed(mount / "checkout's", "demo")
@@ -520,12 +523,25 @@ def test_a_guess_is_ended_by_a_run_that_reads_nothing_ahead_and_by_the_run_s_end
     """--dry-run reads no archive ahead: what warmstart.sh guessed at is ended; so is a guess
     that nothing confirmed when the run ends (early.drop)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    _archive(DriveStore(tmp_path / "drive"), _ours(), 1, os.urandom(MiB))
+    monkeypatch.setattr(prefetch, "AHEAD", MiB)
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1, os.urandom(4 * MiB))
     for end in (lambda: early.begin({"recipe": "demo", "dry_run": True}, REPO), early.drop):
         guessed = _guessed(tmp_path / "drive", "demo", "--dry-run")
         end()
         wait_until(lambda: _ended(guessed), 10, "the guessed read goes on")  # noqa: B023
         assert prefetch._guess is None and early._begun is None
+
+
+def test_a_guess_is_ended_when_warmstart_sh_only_says_its_usage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(prefetch, "AHEAD", MiB)
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1, os.urandom(4 * MiB))
+    for argv, code in ((["demo", "--help"], 0), (["demo", "--no-such-flag"], 2)):
+        guessed = _guessed(tmp_path / "drive", *argv)
+        assert tools.main(argv) == code
+        wait_until(lambda: _ended(guessed), 10, "the guessed read goes on")  # noqa: B023
+        assert prefetch._guess is None
+    assert "usage: warmstart.sh" in capsys.readouterr().out
 
 
 def test_no_guess_without_a_recipe_or_where_warmstart_has_run(tmp_path, monkeypatch):

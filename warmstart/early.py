@@ -14,8 +14,8 @@ any; otherwise the child is ended and what it read is dropped (`drop`).
 On a wiped VM, warmstart.sh begins the read earlier still: as its interpreter starts, it guesses
 the archive by name (prefetch.guess) and reads it while it imports the rest of warmstart. Its
 `begin`, with the run's settings resolved, takes that read over when it names the same file,
-and ends it otherwise (or begins its own: before it reads the wheels of warmstart's own tools
-off Drive, holding no more than PACE_AHEAD until they are off when online). The read goes on
+and ends it otherwise (and begins its own: before it reads the wheels of warmstart's own tools
+off Drive, holding no more than PACE_AHEAD until they are off). The read goes on
 while the tools are installed, and is handed on to the bootstrap warmstart.sh then starts
 (`hand_on`): a thread there keeps reading (HANDED_AHEAD at most in memory) and writes what came
 into a pipe the bootstrap inherits, then how the read ended into another (HandedRead reads them).

@@ -40,7 +40,7 @@ CHUNK = ChildRead.PIPE  # a read of the child's pipe: what it holds
 # a wait for room) is a whole CHUNK: it takes what the pipe gathered meanwhile, which came at
 # no pace of Drive's.
 TIMED_CHUNK, TIMED_FIRST = 128 << 10, 1 << 20
-# A read warmstart.sh begins (online, its guess not confirmed) as it reads the tools' wheels off
+# A read warmstart.sh begins itself (its guess not confirmed) as it reads the tools' wheels off
 # Drive holds no more than this until they are off: the first chunk and what tells Drive's pace,
 # all that the online question of warmstart.headstart needs (Drive's to itself: beside the
 # wheels' reads it would see half its pace). The guess has timed Drive alone before the wheels.

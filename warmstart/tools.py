@@ -431,12 +431,12 @@ def main(argv: list[str]) -> int:
         say("usage: warmstart.sh RECIPE [bootstrap options]")
         return 2
     try:
-        given = settings.parse_command_line(argv)
-    except SystemExit as exc:  # argparse said what is wrong, with the usage
-        return int(exc.code or 0)
-    try:
+        try:
+            given = settings.parse_command_line(argv)
+        except SystemExit as exc:  # argparse said what is wrong (or --help), with the usage
+            return int(exc.code or 0)
         return _set_up_and_bootstrap(given, argv)
-    finally:
+    finally:  # the reads and uv begun ahead, the read prefetch.guess began too
         early.drop()
         headstart.close()
         stop_compiling()
@@ -456,12 +456,11 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
             # while the tools' wheels are read off Drive and installed, and on to the bootstrap:
             # finding the archive (the listing, the open, its index: Drive's waits, not its
             # bandwidth) overlaps the wheels' reads. Online, where the read would lose to the index,
-            # uv begins from there at once (headstart), and the tools are installed as uv runs; a
+            # uv begins from there at once (headstart), and the tools are installed as uv runs. A
             # read begun only now holds no more than it takes to know Drive's pace until the
-            # wheels are off, which would halve the pace it sees. Offline no such question is asked.
+            # wheels are off (PACE_AHEAD); the guess's has timed Drive alone before them.
             flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
-            most = prefetch.HANDED_AHEAD if given.offline else prefetch.PACE_AHEAD
-            asking = early.begin(flags, CHECKOUT, most, race, profile)
+            asking = early.begin(flags, CHECKOUT, prefetch.PACE_AHEAD, race, profile)
             if asking and not given.offline:
                 asking.join(headstart.ASK_WAIT)
             # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
