@@ -562,11 +562,17 @@ def test_a_guess_whose_drive_does_not_list_gives_up_in_its_time(tmp_path, monkey
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(prefetch, "GUESS_WAIT", 0.5)
     _archive(DriveStore(tmp_path / "drive"), _ours(), 1)
-    with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 64, hang_metadata=True) as mount:
-        prefetch.guess(["demo"], mount)
-        began = time.monotonic()
-        assert prefetch.take_guess(None) is None
-        assert time.monotonic() - began < 5
+    answer = tmp_path / "answer"  # the layer answers once this exists: then the child left there ends
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 64, hang_metadata=True, until=answer) as mount:
+        try:
+            prefetch.guess(["demo"], mount)
+            guessed = prefetch._guess
+            assert guessed is not None
+            guessed.looking.join(5)
+            assert not guessed.looking.is_alive(), "the guess waits on Drive"
+            assert prefetch.take_guess(None) is None
+        finally:
+            answer.touch()
 
 
 # -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------

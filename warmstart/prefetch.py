@@ -303,8 +303,8 @@ class Guess:
         self._ahead: Ahead | None = None
         self._over = False
         self._lock = threading.Lock()
-        self._found = threading.Event()
-        threading.Thread(target=self._look, args=(name,), daemon=True).start()
+        self.looking = threading.Thread(target=self._look, args=(name,), daemon=True)
+        self.looking.start()
 
     def _look(self, name: re.Pattern[str]) -> None:
         ahead = None
@@ -324,12 +324,11 @@ class Guess:
                 ahead.close()
             else:
                 self._ahead = ahead
-        self._found.set()
 
     def take(self, where: str | None) -> Ahead | None:
-        """The guessed read, when it is of the archive `where`; else None, and it is ended. Waits
-        for the guess's look (GUESS_WAIT at most); after `take`, a read it begins is ended."""
-        self._found.wait(GUESS_WAIT + 1)
+        """The guessed read, when it is of the archive `where`; else None, and it is ended. Never
+        waits: a guess still looking when the run has looked itself (0.1 s later) is stuck on
+        Drive, and a read it begins after `take` is ended."""
         with self._lock:
             self._over, ahead, self._ahead = True, self._ahead, None
         if ahead is None or ahead.where == where:
