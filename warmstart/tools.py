@@ -443,40 +443,15 @@ def main(argv: list[str]) -> int:
 
 
 def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
-    # The recipe's file and locks, the platform's profiles: read at once from a checkout on Drive
-    # (an open each, 20 ms on the stand-in), so that the online question (headstart.consider)
-    # finds the recipe's lock in memory, where it cost 0.1 s of opens before uv could begin.
-    with config.reading_ahead(CHECKOUT, given.recipe):
-        try:
-            home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
-            profile = platform_profile()
-            drive = drive_root(given.drive, profile)
-            require_drive(drive, profile, recipe=given.recipe)
-            # The snapshot's read, begun as this process started (prefetch.guess) or now, goes on
-            # while the tools' wheels are read off Drive and installed, and on to the bootstrap:
-            # finding the archive (the listing, the open, its index: Drive's waits, not its
-            # bandwidth) overlaps the wheels' reads. Online, where the read would lose to the index,
-            # uv begins from there at once (headstart), and the tools are installed as uv runs. A
-            # read begun only now holds no more than it takes to know Drive's pace until the
-            # wheels are off (PACE_AHEAD); the guess's has timed Drive alone before them.
-            flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
-            asking = early.begin(flags, CHECKOUT, prefetch.PACE_AHEAD, race, profile)
-            if asking and not given.offline:
-                asking.join(headstart.ASK_WAIT)
-            # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
-            compiling = threading.Thread(target=compile_rest, daemon=True)
-            compiling.start()
-            folder = ensure(drive, profile, offline=given.offline,
-                            then=lambda: early.begin(flags, CHECKOUT, prefetch.HANDED_AHEAD, race))
-            command = write_launcher(folder)
-            compiling.join()
-        except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
-            say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
-            return 1
-        except (Exception, KeyboardInterrupt) as exc:
-            failed = failure(exc)
-            say(failed.message)
-            return failed.exit_code
+    try:
+        drive, profile, folder, command = _set_up(given)
+    except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
+        say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
+        return 1
+    except (Exception, KeyboardInterrupt) as exc:
+        failed = failure(exc)
+        say(failed.message)
+        return failed.exit_code
     env = dict(os.environ, **{settings.DRIVE.name: str(drive), settings.PYTHON.name: settings.target_python(None)})
     # warmstart.sh's own (this process imports from the checkout): the bootstrap writes the tools'
     # bytecode as the launcher's runs do
@@ -488,6 +463,39 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         line = shlex.join([str(command), "bootstrap", "--recipe", given.recipe])
         say(f"from now on, in any folder of this VM: {'!' if profile.notebook else ''}{line}")
     return code
+
+
+def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
+    """warmstart's own tools in place for the run `given`, with the snapshot's read (and uv from
+    the index, where the read would lose to it) begun beside them: the Drive root, the platform,
+    the tools' folder and the `invoke` launcher."""
+    # The recipe's file and locks, the platform's profiles: read at once from a checkout on Drive
+    # (an open each, 20 ms on the stand-in), so that the online question (headstart.consider)
+    # finds the recipe's lock in memory, where it cost 0.1 s of opens before uv could begin.
+    with config.reading_ahead(CHECKOUT, given.recipe):
+        home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
+        profile = platform_profile()
+        drive = drive_root(given.drive, profile)
+        require_drive(drive, profile, recipe=given.recipe)
+        # The snapshot's read, begun as this process started (prefetch.guess) or now, goes on
+        # while the tools' wheels are read off Drive and installed, and on to the bootstrap:
+        # finding the archive (the listing, the open, its index: Drive's waits, not its
+        # bandwidth) overlaps the wheels' reads. Online, where the read would lose to the index,
+        # uv begins from there at once (headstart), and the tools are installed as uv runs. A
+        # read begun only now holds no more than it takes to know Drive's pace until the wheels
+        # are off (PACE_AHEAD); the guess's has timed Drive alone before them.
+        flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
+        asking = early.begin(flags, CHECKOUT, prefetch.PACE_AHEAD, race, profile)
+        if asking and not given.offline:
+            asking.join(headstart.ASK_WAIT)
+        # the rest of warmstart's modules, which the bootstrap imports, while the tools are restored
+        compiling = threading.Thread(target=compile_rest, daemon=True)
+        compiling.start()
+        folder = ensure(drive, profile, offline=given.offline,
+                        then=lambda: early.begin(flags, CHECKOUT, prefetch.HANDED_AHEAD, race))
+        command = write_launcher(folder)
+        compiling.join()
+        return drive, profile, folder, command
 
 
 if __name__ == "__main__":
