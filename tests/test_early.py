@@ -148,6 +148,9 @@ def test_the_likely_archive_is_the_recipe_s_newest_and_only_a_file_drive_holds(t
     _archive(store, f"demo-py312-{'a' * 16}-{'b' * 16}.tar.zst.part", 4600)
     assert early.likely_archive(DriveStore(store.drive), "demo", "py312") == new
     assert early.likely_archive(DriveStore(store.drive), "demo", None) == other  # any Python
+    first, second = sorted(f"demo-py312-{n * 16}-{n * 16}.tar.zst" for n in "ab")
+    # of two as new, the first by name, whichever lists them (the guess's find lists in no order)
+    assert prefetch.newest_archive("demo", "py312", [(second, 1.0), (first, 1.0)]) == first
     assert early.likely_archive(DriveStore(store.drive), "nothing", None) is None
 
     link = store.path("snapshots", f"demo-py312-{'c' * 16}-{'d' * 16}.tar.zst")

@@ -43,7 +43,7 @@ from typing import Any
 from . import home
 from .background import ChildRead
 from .errors import WarmstartError
-from .prefetch import CHUNK, KIND, Ahead, HandedRead, archive_name, take_guess
+from .prefetch import CHUNK, KIND, Ahead, HandedRead, newest_archive, take_guess
 from .profiles import Profile, select_profile
 from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
@@ -226,9 +226,8 @@ def likely_archive(store: DriveStore, recipe: str, tag: str | None) -> str | Non
     index is written after it and names it, but is read only once the archive's read has begun
     (_read_index): on Drive each file opened waits (20 ms on the stand-in), and the restore takes
     this read only when the index names the same archive."""
-    name = archive_name(recipe, tag)
-    archives = [e for e in store.entries(KIND) if e.state == "file" and name.fullmatch(e.path.name)]
-    return max(archives, key=lambda e: e.mtime).path.name if archives else None  # a link, a pipe: not "file"
+    # a link, a pipe: not "file"
+    return newest_archive(recipe, tag, ((e.path.name, e.mtime) for e in store.entries(KIND) if e.state == "file"))
 
 
 def _claim(wait: bool = True) -> Ahead | None:

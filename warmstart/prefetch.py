@@ -21,7 +21,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -285,10 +285,13 @@ class HandedRead:
         self.close()
 
 
-def archive_name(recipe: str, tag: str | None) -> re.Pattern[str]:
-    """The names of `recipe`'s snapshot archives (for the Python `tag`, when given):
-    `<recipe>-<pyXY>-<key>-<sha>.tar.zst`."""
-    return re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
+def newest_archive(recipe: str, tag: str | None, listed: Iterable[tuple[str, float]]) -> str | None:
+    """The newest of `recipe`'s snapshot archives (for the Python `tag`, when given) among the
+    regular files `listed` (name, mtime), by its name alone (`<recipe>-<pyXY>-<key>-<sha>.tar.zst`);
+    else None. Of two as new, the first by name (early.likely_archive and the guess pick alike)."""
+    name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
+    found = sorted((file, mtime) for file, mtime in listed if name.fullmatch(file))
+    return max(found, key=lambda entry: entry[1])[0] if found else None
 
 
 # The guess's look at the snapshot folder (a child's `find`, as DriveStore lists): a Drive slower
@@ -300,25 +303,23 @@ class Guess:
     """A read of the newest archive of a recipe in `folder` (by name and time, as
     early.likely_archive picks), found and begun on a thread; `take` it, or end it."""
 
-    def __init__(self, folder: Path, name: re.Pattern[str]) -> None:
+    def __init__(self, folder: Path, recipe: str, tag: str) -> None:
         self.folder = folder
         self._ahead: Ahead | None = None
         self._over = False
         self._lock = threading.Lock()
-        self.looking = threading.Thread(target=self._look, args=(name,), daemon=True)
+        self.looking = threading.Thread(target=self._look, args=(recipe, tag), daemon=True)
         self.looking.start()
 
-    def _look(self, name: re.Pattern[str]) -> None:
+    def _look(self, recipe: str, tag: str) -> None:
         ahead = None
         try:
             out = child_within(GUESS_WAIT, ["find", str(self.folder), "-mindepth", "1", "-maxdepth", "1",
-                                            "-type", "f", "-printf", r"%T@\0%f\0"])
+                                            "-type", "f", "-printf", r"%f\0%T@\0"])
             fields = out.split(b"\0")[:-1]  # each field ends with a NUL
-            listed = zip(fields[::2], fields[1::2], strict=True)
-            newest = max(((float(mtime), os.fsdecode(file)) for mtime, file in listed
-                          if name.fullmatch(os.fsdecode(file))), default=None)
-            if newest:
-                ahead = Ahead(str(self.folder / newest[1]), ChildRead(self.folder / newest[1]))
+            listed = [(os.fsdecode(file), float(mtime)) for file, mtime in zip(fields[::2], fields[1::2], strict=True)]
+            if newest := newest_archive(recipe, tag, listed):
+                ahead = Ahead(str(self.folder / newest), ChildRead(self.folder / newest))
         except (OSError, TimeoutError, ValueError):  # no folder, no find, a Drive that does not answer
             pass
         with self._lock:
@@ -352,7 +353,7 @@ def guess(argv: list[str], drive: Path = PROJECT_ROOT.parent, environ: Mapping[s
     if _guess is not None or not argv or argv[0].startswith("-") or home.run_locks(environ).is_dir():
         return
     recipe = Path(argv[0]).stem  # a recipe's name is its file's (recipes/NAME.toml), as early.begin takes it
-    _guess = Guess(drive / LAYOUT / KIND, archive_name(recipe, home.python_tag()))
+    _guess = Guess(drive / LAYOUT / KIND, recipe, home.python_tag())
 
 
 def take_guess(where: str | None) -> Ahead | None:
