@@ -22,6 +22,7 @@ from test_race import filled, wiped_vm  # noqa: F401  (filled: a fixture)
 
 from warmstart import early, home, prefetch, settings, tools
 from warmstart.background import ChildRead
+from warmstart.layout import LAYOUT
 from warmstart.profiles import select_profile
 from warmstart.readahead import ReadAhead
 from warmstart.snapshot import Snapshot, SnapshotUnusable
@@ -577,6 +578,25 @@ def test_a_guess_whose_drive_does_not_list_gives_up_in_its_time(tmp_path, monkey
             assert prefetch.take_guess(None) is None
         finally:
             answer.touch()
+
+
+def test_a_guess_whose_snapshot_folder_lists_more_than_a_cache_holds_reads_none_of_it(tmp_path, monkeypatch):
+    """Drive is shared: a snapshot folder may hold anything. 40,000 names of 220 characters list
+    over background.OUTPUT_MOST: the guess's look ends quietly (no exception out of its thread),
+    with no read, though the recipe's archive is among them."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    escaped: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    _archive(DriveStore(tmp_path / "drive"), _ours(), 1)
+    folder = tmp_path / "drive" / LAYOUT / prefetch.KIND
+    for n in range(40_000):
+        (folder / f"{n:05d}{'x' * 215}").touch()
+    prefetch.guess(["demo"], tmp_path / "drive")
+    guessed = prefetch._guess
+    assert guessed is not None
+    guessed.looking.join(30)
+    assert not guessed.looking.is_alive() and not escaped, escaped
+    assert prefetch.take_guess(str(folder / _ours())) is None
 
 
 # -- warmstart.sh hands its read on to the bootstrap it starts --------------------------------

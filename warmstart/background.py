@@ -8,10 +8,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import subprocess
 import sys
 import termios
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
@@ -43,16 +45,42 @@ def within(seconds: float, call: Callable[[], T]) -> T:
     return future.result()
 
 
-def child_within(seconds: float, argv: list[str]) -> bytes:
-    """The output of the command `argv`, or TimeoutError once `seconds` pass before it ends
-    (OSError when it cannot start). For a look at a FUSE mount that may have stopped answering:
-    a thread of this process left waiting on one keeps the process from ending, even killed,
-    until the mount answers; a child left waiting holds none of this process's files."""
+# The most a look prints that is read (child_within): a listing of the Drive cache's folders is
+# about 160 bytes a file, so some 50,000 files; a real cache holds hundreds.
+OUTPUT_MOST = 8 << 20
+
+
+class TooMuchOutput(Exception):
+    """A child printed more than `child_within` reads."""
+
+
+def child_within(seconds: float, argv: list[str], most: int = OUTPUT_MOST) -> bytes:
+    """The output of the command `argv`; TimeoutError once `seconds` pass before it ends,
+    TooMuchOutput once it printed more than `most` bytes (the child killed then), OSError when it
+    cannot start. For a look at a FUSE mount that may have stopped answering, or holds more than
+    anyone put there: a thread of this process left waiting on one keeps the process from ending,
+    even killed, until the mount answers; a child left waiting holds none of this process's files."""
+    deadline = time.monotonic() + seconds
     child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert child.stdout is not None
+    out = bytearray()
     try:
-        return child.communicate(timeout=seconds)[0]
+        with child.stdout as pipe:
+            while True:
+                if not select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    raise TimeoutError(f"no answer in {seconds:g} s")
+                if not (chunk := os.read(pipe.fileno(), 1 << 16)):
+                    break
+                out += chunk
+                if len(out) > most:
+                    raise TooMuchOutput(f"{argv[0]} printed more than {most >> 20} MiB")
+        child.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         raise TimeoutError(f"no answer in {seconds:g} s") from None
+    finally:
+        if child.poll() is None:
+            child.kill()  # a child waiting on a FUSE mount ends when the mount answers
+    return bytes(out)
 
 
 class ChildRead:

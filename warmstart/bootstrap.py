@@ -147,9 +147,9 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             if store.team:
                 facts = _look(facts, store)
         step.detail = _in_cache(facts, store)
-        # a Drive that stopped answering, or a team cache that cannot be used: the warning is said
-        # when the work starts, as for a read that waited
-        if facts.drive_down or (store.team and store.warnings):
+        # a Drive that stopped answering or lists more than a cache holds, or a team cache that
+        # cannot be used: the warning is said when the work starts, as for a read that waited
+        if facts.drive_down or store.here.unlisted or (store.team and store.warnings):
             step.status = "warning"
     return facts, store
 

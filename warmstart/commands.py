@@ -272,8 +272,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
-        if down := store.down:
-            raise PreconditionUnmet(f"the team cache {store} cannot be listed: {down}")
+        if why := store.down or store.unlisted:
+            raise PreconditionUnmet(f"the cache at {store} cannot be listed: {why}")
         _show_cache(entries)
         if verify:
             _verify_cache(store, entries)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import PROJECT_ROOT, home
-from .background import ChildRead, child_within
+from .background import ChildRead, TooMuchOutput, child_within
 from .layout import LAYOUT
 
 KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
@@ -320,7 +320,7 @@ class Guess:
             listed = [(os.fsdecode(file), float(mtime)) for file, mtime in zip(fields[::2], fields[1::2], strict=True)]
             if newest := newest_archive(recipe, tag, listed):
                 ahead = Ahead(str(self.folder / newest), ChildRead(self.folder / newest))
-        except (OSError, TimeoutError, ValueError):  # no folder, no find, a Drive that does not answer
+        except (OSError, TimeoutError, TooMuchOutput, ValueError):  # no folder, no find, a Drive that does not answer
             pass
         with self._lock:
             if self._over and ahead is not None:

@@ -102,6 +102,7 @@ class Store(Protocol):
     read_only: bool
     down: str | None  # why it stopped answering for this run
     refused: bool  # a write was refused: reads go on, writes stop
+    unlisted: str | None  # why its listing was not read (it lists more than a cache holds)
 
     def where(self, kind: str, name: str) -> str: ...
     def names(self, kind: str) -> list[str]: ...
@@ -160,6 +161,7 @@ class DriveStore:
     read_only: bool = False  # as a team store a person may only read (see warmstart.team)
     down: str | None = field(default=None, init=False)  # why it stopped answering for the run (_answered)
     refused: bool = field(default=False, init=False)
+    unlisted: str | None = field(default=None, init=False)  # why its folders are not listed (_listed)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
     timeout: float = field(default_factory=drive_timeout, repr=False)  # seconds a read may wait for its data
 
@@ -224,13 +226,21 @@ class DriveStore:
         process left in a listing of a FUSE mount that stopped answering would keep the process
         from ending until the mount answers; a child left there keeps nothing (it holds none of
         this process's files)."""
+        if self.unlisted:
+            return []
         # (a relative folder as ./folder: a name that begins with - or ! is not an expression of find's)
         folders = {os.path.join("" if self.root.is_absolute() else ".", self.root, kind): kind for kind in kinds}
         try:
             out = background.child_within(self.timeout, ["find", *folders, "-mindepth", "1", "-maxdepth", "1",
                                                          "-printf", r"%H\0%f\0%y\0%s\0%T@\0"])
-        except TimeoutError:  # the child is left there; _looked gives Drive up
+        except TimeoutError:  # _looked gives Drive up
             raise
+        except background.TooMuchOutput:  # filled by someone else (Drive is shared): none of it is read
+            self.unlisted = (f"{self.root} lists more files than a cache holds (over "
+                             f"{background.OUTPUT_MOST >> 20} MiB of names)")
+            self.warnings.append(f"{self.unlisted}: this run finds nothing cached there; remove what does "
+                                 "not belong there")
+            return []
         except OSError:  # no find to run
             return list(self._scanned(kinds))
         fields = [os.fsdecode(field) for field in out.split(b"\0")]

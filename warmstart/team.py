@@ -167,6 +167,7 @@ class ObjectStore:
     warnings: list[str] = field(default_factory=list)
     down: str | None = None  # why it stopped being asked: one warning, then Drive and the index
     refused: bool = False  # a write was refused: reads go on, writes stop
+    unlisted: str | None = None  # never: a listing is bounded in time only (see _listing)
     borrow: Sequence[str] = ()  # where else its backend may be found (see borrowable)
     _listings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
