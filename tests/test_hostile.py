@@ -773,4 +773,4 @@ def test_a_drive_cache_folder_listing_more_than_a_cache_holds_is_not_read(demo, 
     assert sorted(p.name for p in wheels.iterdir()) == before and set(cached) <= set(before)
     listed = run_cli("cache", "--drive", str(drive), env=cli_env())
     assert listed.code == 3 and listed.stdout == "", listed
-    assert f"the cache at {drive} cannot be listed: {drive / '.warmstart' / 'v1'} lists more files" in listed.stderr
+    assert f"the Drive cache at {drive} cannot be listed: {drive / '.warmstart' / 'v1'} lists more files" in listed.stderr

@@ -273,7 +273,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
         if why := store.down or store.unlisted:
-            raise PreconditionUnmet(f"the cache at {store} cannot be listed: {why}")
+            which = "the team cache" if team else "the Drive cache at"
+            raise PreconditionUnmet(f"{which} {store} cannot be listed: {why}")
         _show_cache(entries)
         if verify:
             _verify_cache(store, entries)
