@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import REPO, bootstrap, cli_env, installed, make_venv, needs_mountns, run_cli, wait_until
+from conftest import REPO, bootstrap, cli_env, installed, make_venv, needs_mountns, needs_netns, run_cli, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -748,28 +748,35 @@ def test_invoke_cache_tells_the_truth(demo, drive, tmp_path, index):
     assert nothing.code == 0 and "nothing to prune" in nothing.stdout
 
 
+@needs_netns
 def test_a_drive_cache_folder_listing_more_than_a_cache_holds_is_not_read(demo, drive, tmp_path, index):
     """Drive is shared, so a cache folder may hold anything: 30,000 files of long names list
-    over background.OUTPUT_MOST. The run reads none of that listing (its memory stays bounded),
-    says which folder and what to do in one warning, and installs from the index; `invoke cache`
-    is exit 3 with that line. Nothing in the folder is touched."""
-    assert bootstrap(demo, drive, make_venv(tmp_path / "first"), env=cli_env(index.url)).code == 0
+    over background.OUTPUT_MOST. A run reads none of that listing (its memory stays bounded),
+    says which folder and what to do in one warning, and takes no wheel from there: a new
+    environment installs from the index; a wiped one still restores its snapshot, found by its
+    name. `invoke cache` is exit 3 with that line. Nothing in the folder is touched."""
+    python = make_venv(tmp_path / "env")
+    assert bootstrap(demo, drive, python, env=cli_env(index.url)).code == 0
     wheels = drive / ".warmstart" / "v1" / "wheels"
     cached = sorted(p.name for p in wheels.iterdir())
     for n in range(30_000):
         (wheels / f"{n:05d}-{'x' * 200}").touch()
     before = sorted(p.name for p in wheels.iterdir())
-
-    again = bootstrap(demo, drive, make_venv(tmp_path / "again"), env=cli_env(index.url))
-
-    assert again.code == 0, again.stderr
     said = (f"warmstart: warning: {drive / '.warmstart' / 'v1'} lists more files than a cache holds (over 8 MiB "
-            "of names): this run finds nothing cached there; remove what does not belong there\n")
-    assert said in again.stderr, again.stderr
-    look = next(step for step in again.report["steps"] if step["name"] == "cache")
+            "of names): this run takes no wheel from there; remove what does not belong there\n")
+
+    new = bootstrap(demo, drive, make_venv(tmp_path / "new"), env=cli_env(index.url))
+    shutil.rmtree(tmp_path / "env")
+    wiped = bootstrap(demo, drive, make_venv(tmp_path / "env"), "--offline", env=cli_env(index.url),
+                      offline_net=True)
+
+    assert new.code == 0 and said in new.stderr, new.stderr
+    look = next(step for step in new.report["steps"] if step["name"] == "cache")
     assert look["status"] == "warning" and look["detail"].startswith("0 of 3 wheels"), look
-    install = next(step for step in again.report["steps"] if step["name"] == "install")
+    install = next(step for step in new.report["steps"] if step["name"] == "install")
     assert install["status"] == "ok" and not install["detail"].startswith("0 "), install
+    assert wiped.code == 0 and said in wiped.stderr, wiped.stderr
+    assert wiped.report["snapshot"]["used"] and installed(python).keys() >= {"alpha", "beta"}, wiped.report
     assert sorted(p.name for p in wheels.iterdir()) == before and set(cached) <= set(before)
     listed = run_cli("cache", "--drive", str(drive), env=cli_env())
     assert listed.code == 3 and listed.stdout == "", listed

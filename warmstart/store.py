@@ -238,7 +238,7 @@ class DriveStore:
         except background.TooMuchOutput:  # filled by someone else (Drive is shared): none of it is read
             self.unlisted = (f"{self.root} lists more files than a cache holds (over "
                              f"{background.OUTPUT_MOST >> 20} MiB of names)")
-            self.warnings.append(f"{self.unlisted}: this run finds nothing cached there; remove what does "
+            self.warnings.append(f"{self.unlisted}: this run takes no wheel from there; remove what does "
                                  "not belong there")
             return []
         except OSError:  # no find to run
