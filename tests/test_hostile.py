@@ -758,7 +758,6 @@ def test_a_drive_cache_folder_listing_more_than_a_cache_holds_is_not_read(demo, 
     python = make_venv(tmp_path / "env")
     assert bootstrap(demo, drive, python, env=cli_env(index.url)).code == 0
     wheels = drive / ".warmstart" / "v1" / "wheels"
-    cached = sorted(p.name for p in wheels.iterdir())
     for n in range(30_000):
         (wheels / f"{n:05d}-{'x' * 200}").touch()
     before = sorted(p.name for p in wheels.iterdir())
@@ -777,7 +776,7 @@ def test_a_drive_cache_folder_listing_more_than_a_cache_holds_is_not_read(demo, 
     assert install["status"] == "ok" and not install["detail"].startswith("0 "), install
     assert wiped.code == 0 and said in wiped.stderr, wiped.stderr
     assert wiped.report["snapshot"]["used"] and installed(python).keys() >= {"alpha", "beta"}, wiped.report
-    assert sorted(p.name for p in wheels.iterdir()) == before and set(cached) <= set(before)
+    assert sorted(p.name for p in wheels.iterdir()) == before
     listed = run_cli("cache", "--drive", str(drive), env=cli_env())
     assert listed.code == 3 and listed.stdout == "", listed
     assert f"the Drive cache at {drive} cannot be listed: {drive / '.warmstart' / 'v1'} lists more files" in listed.stderr
