@@ -780,3 +780,34 @@ def test_a_drive_cache_folder_listing_more_than_a_cache_holds_is_not_read(demo, 
     listed = run_cli("cache", "--drive", str(drive), env=cli_env())
     assert listed.code == 3 and listed.stdout == "", listed
     assert f"the Drive cache at {drive} cannot be listed: {drive / '.warmstart' / 'v1'} lists more files" in listed.stderr
+
+
+def test_where_there_is_no_find_drive_is_listed_alike_and_capped_alike(tmp_path, monkeypatch):
+    """A machine may lack find (Colab and the docker image have it): the store lists its folders
+    itself, to the same entries, and reads no more of a crowded folder than find's output is
+    capped at: one warning, no wheel from there, as with find."""
+    wheels = DriveStore(tmp_path / "drive").root / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / "alpha-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (wheels / ".alpha-1.0-py3-none-any.whl.1a2b.part").write_bytes(b"half")
+    (wheels / "beta-2.0-py3-none-any.whl").symlink_to("/etc/passwd")
+    (wheels / "gamma-3.0-py3-none-any.whl").write_bytes(b"")
+    for entry in wheels.iterdir():  # whole seconds: as find prints them and as stat gives them
+        os.utime(entry, (1_700_000_000, 1_700_000_000), follow_symlinks=False)
+
+    def listed(store):
+        return [(e.kind, e.path, e.size, e.mtime, e.state) for e in store.entries()]
+
+    with_find = listed(DriveStore(tmp_path / "drive"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    assert shutil.which("find") is None
+    assert listed(DriveStore(tmp_path / "drive")) == with_find
+    assert [state for *_, state in with_find] == ["temporary", "file", "not a file", "file"], with_find
+
+    for n in range(40_000):
+        (wheels / f"{n:05d}{'x' * 215}").touch()
+    crowded = DriveStore(tmp_path / "drive")
+    assert list(crowded.entries()) == [] and crowded.names("wheels") == []
+    assert crowded.warnings == [f"{crowded.root} lists more files than a cache holds (over 8 MiB of names): "
+                                "this run takes no wheel from there; remove what does not belong there"]
+    assert crowded.down is None

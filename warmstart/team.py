@@ -27,11 +27,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from . import extras
 from .background import started, within
@@ -68,6 +68,11 @@ _S3_OPTIONS = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 15, "retr
 # took 2.80 to 2.86 s, two of 8 MiB 1.25 to 1.32 s for 17 MiB more memory.
 RANGE = 4 << 20
 IN_FLIGHT = 2
+T = TypeVar("T")
+# A folder's listing reads at most LISTED_MOST objects: a real cache holds hundreds, a shared bucket
+# may hold anything, and fsspec's ls reads a folder whole into memory (about 1 KiB an object), page
+# after page, on a thread that goes on listing after the run gave the store up (team_timeout).
+LISTED_MOST = 20_000
 
 
 class _Bounded:
@@ -88,11 +93,37 @@ class _Bounded:
 
         return bounded
 
+    def bounded(self, call: Callable[[Any], T]) -> T:
+        """call(the file system itself), bounded as its methods are."""
+        return within(self._seconds, lambda: call(self.wrapped))
+
     def __enter__(self) -> _Bounded:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def ls_at_most(fs: Any, path: str, most: int) -> list[dict[str, Any]]:
+    """fs.ls(path, detail=True, refresh=True), ended after `most` + 1 entries where the backend
+    lists page by page (s3fs: the pages after are never asked for). Other backends (gcsfs, an
+    fsspec folder) list whole, bounded in time only: their ls takes no limit."""
+    if "s3" not in ([fs.protocol] if isinstance(fs.protocol, str) else fs.protocol):
+        return list(fs.ls(path, detail=True, refresh=True))
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+
+    async def first() -> list[dict[str, Any]]:
+        found = []
+        async with aclosing(fs._iterdir(bucket, prefix=f"{key}/")) as listing:
+            async for info in listing:
+                found.append(info)
+                if len(found) > most:
+                    break
+        return found
+
+    return sync(fs.loop, first)
 
 
 def is_url(location: str) -> bool:
@@ -167,7 +198,7 @@ class ObjectStore:
     warnings: list[str] = field(default_factory=list)
     down: str | None = None  # why it stopped being asked: one warning, then Drive and the index
     refused: bool = False  # a write was refused: reads go on, writes stop
-    unlisted: str | None = None  # never: a listing is bounded in time only (see _listing)
+    unlisted: str | None = None  # why a folder's listing was not read (it lists more than a cache holds)
     borrow: Sequence[str] = ()  # where else its backend may be found (see borrowable)
     _listings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, repr=False)
 
@@ -240,7 +271,11 @@ class ObjectStore:
             found: dict[str, dict[str, Any]] = {}
             if not self.down:
                 try:
-                    for info in self.fs.ls(str(self.base / kind), detail=True, refresh=True):
+                    listed = self.fs.bounded(partial(ls_at_most, path=str(self.base / kind), most=LISTED_MOST))
+                    if len(listed) > LISTED_MOST:  # filled by someone else: none of it is read
+                        self._crowded(kind)
+                        listed = []
+                    for info in listed:
                         if info.get("type") == "file":
                             found[PurePosixPath(info["name"]).name] = info
                 except FileNotFoundError:
@@ -249,6 +284,14 @@ class ObjectStore:
                     self._failed(f"listing {kind}", exc)
             self._listings[kind] = found
         return self._listings[kind]
+
+    def _crowded(self, kind: str) -> None:
+        """One warning (the first folder that lists too much), as for a Drive cache folder; the
+        other folders are still read (a snapshot, say)."""
+        if not self.unlisted:
+            self.unlisted = f"{self}/v1/{kind} lists more objects than a cache holds (over {LISTED_MOST:,})"
+            self.warnings.append(f"{self.unlisted}: this run takes nothing from there; remove what does not "
+                                 "belong there")
 
     def names(self, kind: str) -> list[str]:
         return sorted(name for name in self._listing(kind) if classify(name) == "file")
@@ -274,8 +317,8 @@ class ObjectStore:
     def open(self, kind: str, name: str) -> Stream:
         """A stream of a stored object (the snapshot restore reads it once, front to back). Any
         failure, opening or reading, is an OSError, and ends the team store's part in the run."""
-        try:
-            size = int(self.fs.size(self.key(kind, name)))
+        try:  # its size as listed (no HEAD for each object); asked only of one not listed
+            size = self.size(kind, name) if name in self._listing(kind) else int(self.fs.size(self.key(kind, name)))
         except Exception as exc:
             raise self._unreadable(kind, name, exc) from None
         return _Ranged(lambda start, length: self._range(kind, name, start, length), size)
