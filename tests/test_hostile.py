@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -811,3 +812,31 @@ def test_where_there_is_no_find_drive_is_listed_alike_and_capped_alike(tmp_path,
     assert crowded.warnings == [f"{crowded.root} lists more files than a cache holds (over 8 MiB of names): "
                                 "this run takes no wheel from there; remove what does not belong there"]
     assert crowded.down is None
+
+
+def test_prune_reads_no_more_of_a_usage_record_than_one_holds_and_removes_only_its_own(drive):
+    """Drive is shared: its usage folder may hold a file no run wrote (a note, a 1 GiB "record").
+    Reading the records takes at most a record's size of each (memory stays bounded), and
+    `invoke cache --prune` folds away only the records that are warmstart's; the others stay."""
+    store = DriveStore(drive)
+    store.record_use(["wheels/alpha-1.0-py3-none-any.whl"], now=1_000.0)
+    store.record_use(["wheels/alpha-1.0-py3-none-any.whl", "wheels/beta-2.0-py3-none-any.whl"], now=2_000.0)
+    usage = store.root / "usage"
+    ours = sorted(p.name for p in usage.iterdir())
+    (usage / "notes.json").write_text("not a record")
+    with open(usage / "huge.json", "wb") as huge:
+        huge.truncate(1 << 30)  # sparse: it costs no disk
+
+    tracemalloc.start()
+    try:
+        when, records = store.last_used()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert when == {"wheels/alpha-1.0-py3-none-any.whl": 2_000.0, "wheels/beta-2.0-py3-none-any.whl": 2_000.0}
+    assert sorted(p.name for p in records) == ours and len(ours) == 2
+    assert peak < 16 << 20, peak
+
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
+    assert pruned.code == 0, pruned.stderr
+    assert sorted(p.name for p in usage.iterdir()) == ["huge.json", "notes.json"]

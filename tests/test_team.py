@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -472,6 +473,45 @@ def test_a_team_folder_listing_more_than_a_cache_holds_is_read_no_further(s3, mo
     with store.open("snapshots", "a.tar.zst") as stream:
         assert stream.read() == b"archive"
     assert len(fs.find(store.key("wheels", ""))) == 2500
+
+
+def test_prune_on_the_team_store_reads_records_capped_and_never_prunes_on_a_partial_reading(s3, monkeypatch):
+    """The bucket is shared: a 64 MiB object among the usage records is read no further than a
+    record holds, and stays. A usage folder that lists too much (LISTED_MOST lowered to 5 here)
+    means some records go unread, so a file another run used would look idle: `--prune` is
+    exit 3 with one line, and removes nothing."""
+    from warmstart.commands import _prune_cache
+    from warmstart.errors import PreconditionUnmet
+
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3.bucket('usage')}/team"
+    fs = s3.filesystem()
+    store = ObjectStore(url)
+    fs.pipe_file(store.key("wheels", "alpha-1.0-py3-none-any.whl"), b"old")  # idle by its time, at 0 days
+    for at in (1_000.0, 2_000.0):
+        store.record_use(["wheels/alpha-1.0-py3-none-any.whl"], now=at)
+    fs.pipe_file(store.key("usage", "huge.json"), bytes(64 << 20))
+
+    tracemalloc.start()
+    try:
+        when, records = ObjectStore(url).last_used()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert when == {"wheels/alpha-1.0-py3-none-any.whl": 2_000.0} and len(records) == 2
+    assert peak < 16 << 20, peak
+
+    for n in range(4):
+        store.record_use([f"wheels/w{n}-1.0-py3-none-any.whl"], now=3_000.0 + n)
+    before = objects(s3, url.split("/")[2])
+    monkeypatch.setattr(team, "LISTED_MOST", 5)
+    crowded = ObjectStore(url)
+    entries = maintenance.inventory(crowded, Path("/nonexistent"), None)
+    with pytest.raises(PreconditionUnmet, match=r"^the usage records in s3://.* cannot all be read \(.*/v1/usage "
+                                                r"lists more objects than a cache holds \(over 5\)\): nothing is pruned"):
+        _prune_cache(crowded, entries, 0, dry_run=False)
+    assert objects(s3, url.split("/")[2]) == before
 
 
 def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):

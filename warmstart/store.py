@@ -46,10 +46,12 @@ from .transfer import (
 )
 
 USAGE = "usage"
+RECORD_MOST = 1 << 20  # a usage record holds one run's keys: a few KiB
 STALE_SECONDS = 3600  # a temporary file this old belongs to a killed run, not a slow one
 DAMAGED = ".damaged-"
 
 T = TypeVar("T")
+P = TypeVar("P", bound=PurePath)
 
 
 @dataclass
@@ -484,16 +486,16 @@ class DriveStore:
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         """When a run last used each store file (by key), and the record files that say so."""
         folder = self.root / USAGE
-        when: dict[str, float] = {}
-        records = sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else []
-        for record in records:
+
+        def read(record: Path) -> bytes | None:
             try:
-                used = parse_record(record.read_bytes())
+                with open(record, "rb") as fh:
+                    return fh.read(RECORD_MOST + 1)
             except OSError:
-                continue
-            for key, at in (used or {}).items():  # None: not one of ours, or damaged: it protects nothing
-                when[key] = max(when.get(key, 0.0), at)
-        return when, records
+                return None
+
+        return fold_records(sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else [],
+                            read)
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         """Fold the records read into one, for the files still there, then remove those read (a
@@ -545,6 +547,22 @@ def compact(when: dict[str, float], records: Sequence[PurePath], keep: set[str],
 def parse_record(data: bytes) -> dict[str, float] | None:
     """A usage record's {key: when}; None when it is not one warmstart wrote."""
     try:
-        return {str(k): float(at) for k, at in untrusted_json(data, 1 << 20)["used"].items()}
+        return {str(k): float(at) for k, at in untrusted_json(data, RECORD_MOST)["used"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):  # Unreadable is a ValueError
         return None
+
+
+def fold_records(records: Iterable[P], read: Callable[[P], bytes | None]) -> tuple[dict[str, float], list[P]]:
+    """The latest use of each key in the usage records, as `read` gives their first RECORD_MOST + 1
+    bytes (None: gone meanwhile), and the records that are warmstart's. Only those are compacted
+    away: any other file there (not one of ours, or damaged) protects nothing, and stays."""
+    when: dict[str, float] = {}
+    ours = []
+    for record in records:
+        data = read(record)
+        if data is None or (used := parse_record(data)) is None:
+            continue
+        ours.append(record)
+        for key, at in used.items():
+            when[key] = max(when.get(key, 0.0), at)
+    return when, ours

@@ -39,6 +39,7 @@ from .errors import PreconditionUnmet, redact
 from .settings import CACHE, OBJECT_STORES, team_timeout, user_path
 from .store import (
     KINDS,
+    RECORD_MOST,
     USAGE,
     CacheStats,
     DriveStore,
@@ -46,7 +47,7 @@ from .store import (
     aside_name,
     classify,
     compact,
-    parse_record,
+    fold_records,
     record_name,
     record_text,
 )
@@ -466,20 +467,15 @@ class ObjectStore:
             self.put_text(USAGE, record_name(used), record_text(used))
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
-        when: dict[str, float] = {}
-        records: list[PurePath] = []
-        for info in sorted(self._listing(USAGE).values(), key=lambda i: i["name"]):
+        def read(record: PurePosixPath) -> bytes | None:
             try:
                 with self._maintaining("reading the usage records"):
-                    used = parse_record(self.fs.cat_file(info["name"]))
+                    data: bytes = self.fs.cat_file(str(record), start=0, end=RECORD_MOST + 1)
+                    return data
             except FileNotFoundError:
-                continue  # another VM compacted it
-            if used is None:
-                continue
-            records.append(PurePosixPath(info["name"]))
-            for key, at in used.items():
-                when[key] = max(when.get(key, 0.0), at)
-        return when, records
+                return None  # another VM compacted it
+
+        return fold_records(sorted(PurePosixPath(info["name"]) for info in self._listing(USAGE).values()), read)
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         def write(used: dict[str, float]) -> None:
