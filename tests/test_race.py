@@ -31,6 +31,7 @@ from conftest import (
     bootstrap,
     build_wheel,
     cli_command,
+    cli_env,
     dead_url,
     installed,
     make_venv,
@@ -91,6 +92,20 @@ def restore_through(vm: VM, recipe: Path, tmp_path: Path, mib_per_s: float, *fla
         # not VM.bootstrap: it reads every file on Drive after, through this slow layer, for
         # credentials this VM has none of (a minute at 2 MiB/s)
         return bootstrap(recipe, mount, vm.python, *flags, env=vm.env)
+
+
+def ended_within(seconds: float, args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """`invoke ARGS`'s exit code and stderr, for a run that is to end by itself within `seconds`
+    (without the bound under test: never); past them it is killed, with its session."""
+    run = subprocess.Popen(cli_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
+    try:
+        _out, err = run.communicate(timeout=seconds)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    return run.returncode, err
 
 
 def holders(mount: Path) -> list[str]:
@@ -350,22 +365,14 @@ def test_an_offline_restore_from_a_drive_that_stopped_answering_ends_on_its_own(
     vm = wiped_vm(tmp_path, url)
     archive = archive_in(vm.drive)
     with slow_drive(vm.drive, tmp_path / "slow", 5, 100, hang_after=4 << 20) as mount:
-        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount),
-                                           "--python", str(vm.python), "--json", "--offline"),
-                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
-        try:
-            _out, err = run.communicate(timeout=120)  # without the bound: never
-        finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
+        code, err = ended_within(120, ["bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
+                                       str(vm.python), "--json", "--offline"], vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"})
         # and no process is left holding the archive open (the child that read it ends with the
         # read), so a remount can take the old mount away
         wait_until(lambda: not holders(mount), 5,
                    lambda: f"left with a file on the Drive that stopped answering: {holders(mount)}", every=0.05)
 
-    assert run.returncode == 3, err
+    assert code == 3, err
     said = f"{mount} stopped answering (a read waited 2 s for its data)"
     assert f"snapshot {archive.name} cannot be read ({said})" in err
     assert err.strip().splitlines()[-1] == (
@@ -948,3 +955,27 @@ def test_the_race_goes_by_the_index_time_the_snapshot_records_else_by_the_estima
     assert index_time(watch, 28) == 3.2  # what uv took on the VM the snapshot was made of
     watch.watch(221 << 20, index_took=0.4)
     assert index_time(watch, 28) == RACE_AFTER  # never less than uv takes for anything
+
+
+@needs_fuse
+def test_prune_on_a_drive_that_stops_answering_at_the_usage_records_removes_nothing(tmp_path):
+    """A read of a usage record waits at most WARMSTART_DRIVE_TIMEOUT (1 s here), as every read
+    of Drive does. Without every record a file another run used would look idle, so
+    `invoke cache --prune` then says so (exit 3, one line naming the Drive and the wait) and
+    removes nothing."""
+    store = DriveStore(tmp_path / "drive")
+    store.record_use(["wheels/alpha-1.0-py3-none-any.whl"])  # used just now, by another checkout
+    wheel = store.root / "wheels" / "alpha-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"wheel")
+    os.utime(wheel, (0, 0))  # old by its own time: only its usage record keeps it
+
+    with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 100, hang_after=0) as mount:
+        code, err = ended_within(60, ["cache", "--drive", str(mount), "--prune"],
+                                 cli_env() | {"WARMSTART_DRIVE_TIMEOUT": "1"})
+
+    assert code == 3, err
+    assert err.strip().splitlines()[-1] == (
+        f"warmstart: error: the usage records in {mount} cannot all be read ({mount} stopped answering (a read "
+        "waited 1 s for its data)): nothing is pruned; run it again once they can")
+    assert wheel.read_bytes() == b"wheel"

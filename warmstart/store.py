@@ -487,15 +487,20 @@ class DriveStore:
         """When a run last used each store file (by key), and the record files that say so."""
         folder = self.root / USAGE
 
+        def records() -> list[Path]:
+            return sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else []
+
         def read(record: Path) -> bytes | None:
-            try:
+            def head() -> bytes:
                 with open(record, "rb") as fh:
                     return fh.read(RECORD_MOST + 1)
-            except OSError:
+            try:  # bounded as every read of Drive is: once one waited its timeout, `down` says so
+                return self._answered(head)
+            except OSError:  # gone meanwhile, or Drive stopped answering
                 return None
 
-        return fold_records(sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else [],
-                            read)
+        none: list[Path] = []
+        return fold_records(self._looked(records, none), read)
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         """Fold the records read into one, for the files still there, then remove those read (a
