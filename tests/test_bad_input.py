@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import string
 import sys
@@ -73,6 +74,12 @@ CASES = {
     "asset sha256 malformed": (lambda r: r.write_text(r.read_text() + '\n[[assets]]\nurl = "https://example.org/m"\n'
                                                       'sha256 = "abc"\ndest = "m"\n'),
                                r"'assets\[0\]\.sha256' must be 64 lower-case hex digits"),
+    # (a shared Drive's recipe folder may hold anything: a data file is read up to config.INPUT_MOST)
+    "recipe of 1 GiB": (lambda r: os.truncate(r, 1 << 30),  # sparse: it costs no disk
+                        r"demo\.toml: cannot be read \(larger than 16 MiB, which no recipe, requirements, lock or "
+                        r"patch file is\)"),
+    "recipe that is a named pipe": (lambda r: (r.unlink(), os.mkfifo(r)),  # its read would wait for a writer
+                                    r"demo\.toml: cannot be read \(not a regular file\)"),
 }
 
 

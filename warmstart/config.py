@@ -11,8 +11,11 @@ Every data file is read through `read_bytes`, which takes what `read_ahead` read
 from __future__ import annotations
 
 import difflib
+import errno
 import io
+import os
 import re
+import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -82,14 +85,36 @@ _listed.set()
 LISTING_WAIT = 10.0  # seconds a read waits for the listing of what is read ahead; then it reads itself
 
 
+# A data file (recipe, requirements, lock, patch, image list) is read up to this: the largest here,
+# a lock, is about 120 KiB; a shared Drive's recipe folder may hold anything.
+INPUT_MOST = 16 << 20
+
+
+def _read_capped(path: Path) -> bytes:
+    """path's bytes; OSError for a file larger than INPUT_MOST, and for what is not a regular
+    file (a named pipe's read would wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        data = fh.read(INPUT_MOST + 1)
+    if len(data) > INPUT_MOST:
+        raise OSError(errno.EFBIG, f"larger than {INPUT_MOST >> 20} MiB, which no recipe, requirements, lock or "
+                                   "patch file is", str(path))
+    return data
+
+
 def _read_on_a_thread(path: Path) -> Future[bytes]:
-    """`path.read_bytes()` on a daemon thread: a read that hangs on a Drive that stopped answering
+    """`_read_capped(path)` on a daemon thread: a read that hangs on a Drive that stopped answering
     keeps no process from ending (a pool's threads are waited for at exit)."""
     future: Future[bytes] = Future()
 
     def read() -> None:
         try:
-            future.set_result(path.read_bytes())
+            future.set_result(_read_capped(path))
         except BaseException as exc:  # raised by read_bytes, in the thread that asks
             future.set_exception(exc)
     threading.Thread(target=read, daemon=True, name="warmstart-read-ahead").start()
@@ -128,7 +153,7 @@ def read_bytes(path: Path) -> bytes:
     """A data file's bytes: those read ahead (`read_ahead`), else read now."""
     if (ahead := _ahead.get(path)) is None and _listed.wait(LISTING_WAIT):
         ahead = _ahead.get(path)
-    return ahead.result() if ahead is not None else path.read_bytes()
+    return ahead.result() if ahead is not None else _read_capped(path)
 
 
 @contextmanager
