@@ -7,6 +7,7 @@ These run `assets.ensure` on a real file system with the asset already in the Dr
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,45 @@ def test_an_archive_member_below_a_users_file_or_link_is_refused(world):
     with pytest.raises(BadInput, match="models/sub is in the way"):
         place(asset(tar_gz({"sub/b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))
     assert (workdir / "models" / "sub").read_text() == "a file where the archive has a folder"
+
+
+def test_a_marker_naming_what_lies_outside_its_folder_removes_nothing_there(world, tmp_path):
+    """The marker lies on Drive beside the members, and Drive may be shared: one that names a
+    path outside its folder (`..`, an absolute path, a path through a link in the folder) is no
+    record of warmstart's members. A new version removes only what lies inside the folder."""
+    asset, place, workdir = world
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("victim", "via-link"):
+        (outside / name).write_text("the user's")
+    (workdir / "beside.txt").write_text("the user's")
+    dest = workdir / "models"
+    dest.mkdir()
+    (dest / "link").symlink_to(outside)
+    (dest / "old.onnx").write_text("from the version before")
+    (dest / MARKER).write_text("\n".join(["0" * 64, "old.onnx", "../beside.txt", "sub/../../beside.txt",
+                                          str(outside / "victim"), "link/via-link"]) + "\n")
+
+    place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
+
+    assert (dest / "a.onnx").read_bytes() == b"a" and not (dest / "old.onnx").exists()
+    assert (workdir / "beside.txt").read_text() == "the user's"
+    assert [(p.name, p.read_text()) for p in sorted(outside.iterdir())] == [("via-link", "the user's"),
+                                                                           ("victim", "the user's")]
+    assert (dest / MARKER).read_text() == f"{hashlib.sha256(tar_gz({'a.onnx': b'a'})).hexdigest()}\na.onnx\n"
+
+
+def test_a_marker_that_is_no_text_or_is_huge_is_no_record(world):
+    """A damaged marker (not UTF-8, or of 1 GiB) is read no further than a marker holds, and
+    means the folder's members are not warmstart's: the archive is placed as into a new folder."""
+    asset, place, workdir = world
+    dest = workdir / "models"
+    dest.mkdir()
+    (dest / MARKER).write_bytes(b"\xff\xfe" * 100)
+    place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
+    assert (dest / "a.onnx").read_bytes() == b"a"
+
+    os.truncate(dest / MARKER, 1 << 30)
+    (dest / "a.onnx").unlink()
+    place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
+    assert (dest / "a.onnx").read_bytes() == b"a" and (dest / MARKER).stat().st_size < 200

@@ -19,7 +19,7 @@ import shutil
 import tarfile
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import faults, home
 from .download import Downloader, Job, partial_dir
@@ -33,6 +33,7 @@ from .transfer import atomic_write_text, part_name, read_untrusted_json, regular
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
 MARKER = ".warmstart-asset"
+MARKER_MOST = 16 << 20  # read no further: a marker of more is none of warmstart's
 
 
 def state(store: TieredStore, asset: Asset, dest: Path) -> str:
@@ -50,8 +51,7 @@ def source_url(asset: Asset, environ: Mapping[str, str] = os.environ) -> str:
 
 def in_place(asset: Asset, dest: Path) -> bool:
     if asset.unpack:
-        marker = dest / MARKER
-        return marker.is_file() and marker.read_text().split("\n", 1)[0].strip() == asset.sha256
+        return _marker(dest)[:1] == [asset.sha256]
     return dest.is_file() and not dest.is_symlink() and sha256_of(dest) == asset.sha256
 
 
@@ -166,6 +166,29 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
             tmp.unlink(missing_ok=True)
 
 
+def _marker(dest: Path) -> list[str]:
+    """The lines of dest's marker: the archive's sha256, then the members; none where there is no
+    marker, or one that is not warmstart's (no text, larger than a marker is)."""
+    marker = dest / MARKER
+    if not regular_file(marker):
+        return []
+    with open(marker, "rb") as fh:
+        raw = fh.read(MARKER_MOST + 1)
+    try:
+        return raw.decode().splitlines() if len(raw) <= MARKER_MOST else []
+    except UnicodeDecodeError:
+        return []
+
+
+def _inside(dest: Path, member: str) -> bool:
+    """A member the marker names lies inside dest, reached through no link: the marker lies on
+    Drive, which may be shared, so `..`, an absolute path or a link would reach anywhere."""
+    path = PurePosixPath(member)
+    if not path.parts or path.is_absolute() or ".." in path.parts:
+        return False
+    return not any((dest / parent).is_symlink() for parent in path.parents if parent.parts)
+
+
 def _members(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
@@ -174,8 +197,7 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     """Move extracted members into dest, which may hold the user's files: those stay. Members of
     the previous archive warmstart unpacked there (its marker lists them) are replaced or removed."""
     marker = dest / MARKER
-    lines = marker.read_text().splitlines() if marker.is_file() else []
-    previous = set(lines[1:])
+    previous = {member for member in _marker(dest)[1:] if _inside(dest, member)}
     new = _members(staged)
     for member in new:  # every clash first: refuse before anything moves
         target = dest / member
