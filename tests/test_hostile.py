@@ -840,3 +840,25 @@ def test_prune_reads_no_more_of_a_usage_record_than_one_holds_and_removes_only_i
     pruned = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
     assert pruned.code == 0, pruned.stderr
     assert sorted(p.name for p in usage.iterdir()) == ["huge.json", "notes.json"]
+
+
+def test_prune_over_a_usage_folder_listing_more_than_a_cache_holds_removes_nothing(drive):
+    """The usage folder is listed as the cache's others are, capped: 40,000 long names list over
+    8 MiB, so not every record can be read, and a file another run used would look idle.
+    `invoke cache --prune` is exit 3 with one line, and nothing is removed."""
+    store = DriveStore(drive)
+    store.record_use(["wheels/alpha-1.0-py3-none-any.whl"])  # used just now, by another checkout
+    wheel = store.root / "wheels" / "alpha-1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"wheel")
+    os.utime(wheel, (0, 0))  # old by its own time: only its usage record keeps it
+    for n in range(40_000):
+        (store.root / "usage" / f"{n:05d}{'x' * 215}.json").touch()
+
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
+
+    assert pruned.code == 3, pruned
+    assert pruned.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: the usage records in {drive} cannot all be read ({store.root} lists more files than a "
+        "cache holds (over 8 MiB of names)): nothing is pruned; remove what does not belong there")
+    assert wheel.read_bytes() == b"wheel" and len(list((store.root / "usage").iterdir())) == 40_001

@@ -977,5 +977,5 @@ def test_prune_on_a_drive_that_stops_answering_at_the_usage_records_removes_noth
     assert code == 3, err
     assert err.strip().splitlines()[-1] == (
         f"warmstart: error: the usage records in {mount} cannot all be read ({mount} stopped answering (a read "
-        "waited 1 s for its data)): nothing is pruned; run it again once they can")
+        "waited 1 s for its data)): nothing is pruned; run it again once it answers")
     assert wheel.read_bytes() == b"wheel"

@@ -334,8 +334,8 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
 
     when, records = store.last_used()
     if why := store.down or store.unlisted:  # without every record, a file another run used looks idle
-        raise PreconditionUnmet(f"the usage records in {store} cannot all be read ({why}): nothing is pruned; "
-                                "run it again once they can")
+        step = "remove what does not belong there" if store.unlisted else "run it again once it answers"
+        raise PreconditionUnmet(f"the usage records in {store} cannot all be read ({why}): nothing is pruned; {step}")
     doomed = prunable(entries, when, days)
     for entry in doomed:
         _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")

@@ -485,11 +485,6 @@ class DriveStore:
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         """When a run last used each store file (by key), and the record files that say so."""
-        folder = self.root / USAGE
-
-        def records() -> list[Path]:
-            return sorted(p for p in folder.glob("*.json") if regular_file(p)) if folder.is_dir() else []
-
         def read(record: Path) -> bytes | None:
             def head() -> bytes:
                 with open(record, "rb") as fh:
@@ -499,8 +494,9 @@ class DriveStore:
             except OSError:  # gone meanwhile, or Drive stopped answering
                 return None
 
-        none: list[Path] = []
-        return fold_records(self._looked(records, none), read)
+        # listed as the other folders are: bounded in time and in size (`unlisted`)
+        records = [Path(e.path) for e in self.entries(USAGE) if e.state == "file" and e.path.suffix == ".json"]
+        return fold_records(records, read)
 
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         """Fold the records read into one, for the files still there, then remove those read (a
