@@ -28,7 +28,15 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .settings import ASSET_MIRROR
 from .tiered import TieredStore
-from .transfer import atomic_write_text, part_name, read_untrusted_json, regular_file, sha256_of, zstd_open
+from .transfer import (
+    atomic_write_text,
+    part_name,
+    read_head,
+    read_untrusted_json,
+    regular_file,
+    sha256_of,
+    zstd_open,
+)
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
@@ -169,14 +177,10 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
 def _marker(dest: Path) -> list[str]:
     """The lines of dest's marker: the archive's sha256, then the members; none where there is no
     marker, or one that is not warmstart's (no text, larger than a marker is)."""
-    marker = dest / MARKER
-    if not regular_file(marker):
-        return []
-    with open(marker, "rb") as fh:
-        raw = fh.read(MARKER_MOST + 1)
     try:
+        raw = read_head(dest / MARKER, MARKER_MOST)
         return raw.decode().splitlines() if len(raw) <= MARKER_MOST else []
-    except UnicodeDecodeError:
+    except (OSError, UnicodeDecodeError):
         return []
 
 

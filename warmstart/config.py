@@ -13,9 +13,7 @@ from __future__ import annotations
 import difflib
 import errno
 import io
-import os
 import re
-import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -32,6 +30,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 from . import ON_DRIVE
 from .errors import BadInput
+from .transfer import read_head
 
 
 @dataclass(frozen=True)
@@ -92,15 +91,8 @@ INPUT_MOST = 16 << 20
 
 def _read_capped(path: Path) -> bytes:
     """path's bytes; OSError for a file larger than INPUT_MOST, and for what is not a regular
-    file (a named pipe's read would wait for a writer)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    with open(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        data = fh.read(INPUT_MOST + 1)
+    file (transfer.read_head)."""
+    data = read_head(path, INPUT_MOST)
     if len(data) > INPUT_MOST:
         raise OSError(errno.EFBIG, f"larger than {INPUT_MOST >> 20} MiB, which no recipe, requirements, lock or "
                                    "patch file is", str(path))

@@ -38,6 +38,7 @@ from .transfer import (
     copy_hashed,
     explain,
     on_fuse,
+    read_head,
     read_untrusted_json,
     regular_file,
     remount,
@@ -486,11 +487,8 @@ class DriveStore:
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         """When a run last used each store file (by key), and the record files that say so."""
         def read(record: Path) -> bytes | None:
-            def head() -> bytes:
-                with open(record, "rb") as fh:
-                    return fh.read(RECORD_MOST + 1)
             try:  # bounded as every read of Drive is: once one waited its timeout, `down` says so
-                return self._answered(head)
+                return self._answered(lambda: read_head(record, RECORD_MOST))
             except OSError:  # gone meanwhile, or Drive stopped answering
                 return None
 

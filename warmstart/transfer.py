@@ -178,13 +178,26 @@ def untrusted_json(data: bytes | str, limit: int = 1 << 20, shape: type = dict) 
     return value
 
 
+def read_head(path: Path, limit: int) -> bytes:
+    """A regular file's first `limit` + 1 bytes: one more than its reader takes, so that it can
+    tell a file too long. OSError for anything else: IsADirectoryError for a folder, EINVAL for a
+    named pipe (whose read would wait for a writer) or a device; opened without waiting, so no
+    such thing swapped in after a look can hang the read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return fh.read(limit + 1)
+
+
 def read_untrusted_json(path: Path, limit: int = 1 << 20, shape: type = dict) -> Any:
     """untrusted_json of a regular file, read no further than `limit` bytes."""
     if not regular_file(path):
         raise Unreadable(f"{path} is not a regular file")
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    return untrusted_json(data, limit, shape)
+    return untrusted_json(read_head(path, limit), limit, shape)
 
 
 def part_name(dest: Path) -> Path:
