@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -163,14 +164,17 @@ def test_each_file_of_the_images_is_read_once(monkeypatch):
     """A checkout on Drive waits on every open: the images share one CUDA list, read once, and
     each image file is parsed from the bytes its digest is taken of."""
     opened: list[str] = []
-    real_open = io.open
 
-    def counting_open(file, *args, **kwargs):
-        opened.append(Path(file).name)
-        return real_open(file, *args, **kwargs)
+    def counting(real_open):
+        def opening(file, *args, **kwargs):
+            if not isinstance(file, int):  # a descriptor os.open gave: counted there
+                opened.append(Path(file).name)
+            return real_open(file, *args, **kwargs)
+        return opening
 
-    monkeypatch.setattr(io, "open", counting_open)  # pathlib's
-    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(io, "open", counting(io.open))  # pathlib's
+    monkeypatch.setattr(builtins, "open", counting(builtins.open))
+    monkeypatch.setattr(os, "open", counting(os.open))  # transfer.read_head's
     images_of("colab", PROJECT_ROOT / "envs")
     assert opened.count("cuda-12.8.txt") == 1
     assert sorted(name for name in opened if name.endswith(".toml")) == \

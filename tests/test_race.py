@@ -973,9 +973,10 @@ def test_prune_on_a_drive_that_stops_answering_at_the_usage_records_removes_noth
     with slow_drive(tmp_path / "drive", tmp_path / "slow", 0, 100, hang_after=0) as mount:
         code, err = ended_within(60, ["cache", "--drive", str(mount), "--prune"],
                                  cli_env() | {"WARMSTART_DRIVE_TIMEOUT": "1"})
+        way_out = remount(mount)  # while it is mounted: the FUSE mount it names
 
     assert code == 3, err
     assert err.strip().splitlines()[-1] == (
-        f"warmstart: error: the usage records in {mount} cannot all be read ({mount} stopped answering (a read "
-        "waited 1 s for its data)): nothing is pruned; run it again once it answers")
+        f"warmstart: error: the usage records in {mount} cannot all be read, so nothing is pruned: {mount} stopped "
+        f"answering (a read waited 1 s for its data); run the command again when it answers (on Colab, {way_out})")
     assert wheel.read_bytes() == b"wheel"

@@ -508,9 +508,9 @@ def test_prune_on_the_team_store_reads_records_capped_and_never_prunes_on_a_part
     monkeypatch.setattr(team, "LISTED_MOST", 5)
     crowded = ObjectStore(url)
     entries = maintenance.inventory(crowded, Path("/nonexistent"), None)
-    with pytest.raises(PreconditionUnmet, match=r"^the usage records in s3://.* cannot all be read \(.*/v1/usage "
-                                                r"lists more objects than a cache holds \(over 5\)\): nothing is pruned; "
-                                                r"remove what does not belong there$"):
+    with pytest.raises(PreconditionUnmet, match=r"^the usage records in s3://.* cannot all be read, so nothing is "
+                                                r"pruned: s3://.*/v1/usage lists more objects than a cache holds "
+                                                r"\(over 5\); remove what does not belong there$"):
         _prune_cache(crowded, entries, 0, dry_run=False)
     assert objects(s3, url.split("/")[2]) == before
 

@@ -272,7 +272,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
-        if why := store.down or store.unlisted:
+        if why := store.unread():
             which = "the team cache" if team else "the Drive cache at"
             raise PreconditionUnmet(f"{which} {store} cannot be listed: {why}")
         _show_cache(entries)
@@ -333,9 +333,8 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
     from .maintenance import prunable
 
     when, records = store.last_used()
-    if why := store.down or store.unlisted:  # without every record, a file another run used looks idle
-        step = "remove what does not belong there" if store.unlisted else "run it again once it answers"
-        raise PreconditionUnmet(f"the usage records in {store} cannot all be read ({why}): nothing is pruned; {step}")
+    if why := store.unread():  # without every record, a file another run used would look idle
+        raise PreconditionUnmet(f"the usage records in {store} cannot all be read, so nothing is pruned: {why}")
     doomed = prunable(entries, when, days)
     for entry in doomed:
         _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")

@@ -108,6 +108,7 @@ class Store(Protocol):
     unlisted: str | None  # why its listing was not read (it lists more than a cache holds)
 
     def where(self, kind: str, name: str) -> str: ...
+    def unread(self) -> str | None: ...
     def names(self, kind: str) -> list[str]: ...
     def has(self, kind: str, name: str) -> bool: ...
     def size(self, kind: str, name: str) -> int: ...
@@ -190,6 +191,14 @@ class DriveStore:
 
     def where(self, kind: str, name: str) -> str:
         return str(self.path(kind, name))
+
+    def unread(self) -> str | None:
+        """Why some of its folders went unread in this run, and the step that helps; None: none did."""
+        if self.unlisted:
+            return f"{self.unlisted}; remove what does not belong there"
+        if self.down:
+            return f"{self.down}; run the command again when it answers (on Colab, {remount(self.drive)})"
+        return None
 
     def names(self, kind: str) -> list[str]:
         """The whole regular files of a folder (no temporaries, nothing set aside). The first asks

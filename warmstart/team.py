@@ -224,6 +224,14 @@ class ObjectStore:
     def where(self, kind: str, name: str) -> str:
         return f"{self}/v1/{kind}/{name}"
 
+    def unread(self) -> str | None:
+        """Why some of its folders went unread in this run, and the step that helps; None: none did."""
+        if self.unlisted:
+            return f"{self.unlisted}; remove what does not belong there"
+        if self.down:
+            return f"{self.down}; run the command again when it answers"
+        return None
+
     def _why(self, exc: BaseException) -> str:
         """A backend's error in one line, without the URL's credentials."""
         why = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
