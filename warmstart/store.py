@@ -67,6 +67,12 @@ class CacheStats:
     read_ahead: int = 0
 
 
+def unread_because(unlisted: str | None, down: str | None) -> str | None:
+    """Why some of a store's folders went unread in a run, and the step that helps (`down` says
+    its own); None: none did."""
+    return f"{unlisted}; remove what does not belong there" if unlisted else down
+
+
 def aside_name(name: str) -> str:
     """The name a damaged file is set aside under: unique, dated, never read as a file."""
     return f"{name}{DAMAGED}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -108,7 +114,7 @@ class Store(Protocol):
     unlisted: str | None  # why its listing was not read (it lists more than a cache holds)
 
     def where(self, kind: str, name: str) -> str: ...
-    def unread(self) -> str | None: ...
+    def unread(self) -> str | None: ...  # why some of its folders went unread, and the step (unread_because)
     def names(self, kind: str) -> list[str]: ...
     def has(self, kind: str, name: str) -> bool: ...
     def size(self, kind: str, name: str) -> int: ...
@@ -193,12 +199,8 @@ class DriveStore:
         return str(self.path(kind, name))
 
     def unread(self) -> str | None:
-        """Why some of its folders went unread in this run, and the step that helps; None: none did."""
-        if self.unlisted:
-            return f"{self.unlisted}; remove what does not belong there"
-        if self.down:
-            return f"{self.down}; run the command again when it answers (on Colab, {remount(self.drive)})"
-        return None
+        return unread_because(self.unlisted, self.down and f"{self.down}; run the command again when it answers "
+                                                           f"(on Colab, {remount(self.drive)})")
 
     def names(self, kind: str) -> list[str]:
         """The whole regular files of a folder (no temporaries, nothing set aside). The first asks

@@ -50,6 +50,7 @@ from .store import (
     fold_records,
     record_name,
     record_text,
+    unread_because,
 )
 from .target import TargetPython
 from .transfer import QUIET, Bars, BlockStream, Stream, copy_hashed, sha256_of, untrusted_json
@@ -225,12 +226,7 @@ class ObjectStore:
         return f"{self}/v1/{kind}/{name}"
 
     def unread(self) -> str | None:
-        """Why some of its folders went unread in this run, and the step that helps; None: none did."""
-        if self.unlisted:
-            return f"{self.unlisted}; remove what does not belong there"
-        if self.down:
-            return f"{self.down}; run the command again when it answers"
-        return None
+        return unread_because(self.unlisted, self.down and f"{self.down}; run the command again when it answers")
 
     def _why(self, exc: BaseException) -> str:
         """A backend's error in one line, without the URL's credentials."""
