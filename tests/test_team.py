@@ -515,6 +515,28 @@ def test_prune_on_the_team_store_reads_records_capped_and_never_prunes_on_a_part
     assert objects(s3, url.split("/")[2]) == before
 
 
+def test_a_snapshot_index_that_grew_after_the_listing_is_read_no_further_than_an_index_is(s3, monkeypatch):
+    """A snapshot index is read only when its listed size is small; another VM may put a larger
+    object under its name after the listing: then no more than the limit is read (memory
+    bounded), and it is unreadable, as one listed too large is."""
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    store = ObjectStore(f"s3://{s3.bucket('grown')}/team")
+    key = store.key("snapshots", "demo-py312-0123.json")
+    s3.filesystem().pipe_file(key, b'{"size": 1}')
+    assert store.has("snapshots", "demo-py312-0123.json")  # listed small
+    s3.filesystem().pipe_file(key, b'{"size": 1, "pad": "' + b"x" * (64 << 20) + b'"}')
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="larger than"):
+            store.read_json("snapshots", "demo-py312-0123.json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak
+
+
 def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo, tmp_path, index):
     url = "s3://nowhere/team"
     creds = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": dead_url().rsplit("/", 1)[0]}

@@ -373,8 +373,8 @@ class ObjectStore:
     def read_json(self, kind: str, name: str, limit: int = 1 << 20) -> Any:
         if not self.has(kind, name) or self.size(kind, name) > limit:
             raise ValueError(f"{self.where(kind, name)} is not a small object")
-        try:
-            data = self.fs.cat_file(self.key(kind, name))
+        try:  # no more than `limit` + 1 bytes, though another VM may have put a larger one since the listing
+            data = self.fs.cat_file(self.key(kind, name), start=0, end=limit + 1)
         except FileNotFoundError:
             raise
         except Exception as exc:
