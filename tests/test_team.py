@@ -477,9 +477,9 @@ def test_a_team_folder_listing_more_than_a_cache_holds_is_read_no_further(s3, mo
 
 def test_prune_on_the_team_store_reads_records_capped_and_never_prunes_on_a_partial_reading(s3, monkeypatch):
     """The bucket is shared: a 64 MiB object among the usage records is read no further than a
-    record holds, and stays. A usage folder that lists too much (LISTED_MOST lowered to 5 here)
-    means some records go unread, so a file another run used would look idle: `--prune` is
-    exit 3 with one line, and removes nothing."""
+    record holds, and is no record. A usage folder that lists too much (LISTED_MOST lowered to 5
+    here) means some records go unread, so a file another run used would look idle: the prune
+    stops with one line (PreconditionUnmet: exit 3), and removes nothing."""
     from warmstart.commands import _prune_cache
     from warmstart.errors import PreconditionUnmet
 
