@@ -864,3 +864,34 @@ def test_prune_over_a_usage_folder_listing_more_than_a_cache_holds_removes_nothi
         f"warmstart: error: the usage records in {drive} cannot all be read, so nothing is pruned: {store.root} lists "
         "more files than a cache holds (over 8 MiB of names); remove what does not belong there")
     assert wheel.read_bytes() == b"wheel" and len(list((store.root / "usage").iterdir())) == 40_001
+
+
+def test_a_recipe_folder_holding_more_than_a_recipe_folder_does_is_read_no_further(drive):
+    """The Drive's recipe folder is shared: one of 10,001 files is read no further than 10,000
+    entries. A run naming a recipe is exit 2 with one line naming the folder and the ways out;
+    the recipe given by its path still runs. With a few recipes there, an unknown name lists
+    them abridged."""
+    recipes = drive / ".warmstart" / "recipes"
+    recipes.mkdir(parents=True)
+    for n in range(10_001):
+        (recipes / f"r{n:05d}.toml").touch()
+    said = (f"warmstart: error: the recipe folder {recipes} holds more than 10,000 files, more than a recipe "
+            "folder does: remove what does not belong there, or pass the recipe's file as --recipe PATH")
+
+    listed = run_cli("recipes", "--drive", str(drive), env=cli_env())
+    named = run_cli("bootstrap", "--recipe", "hyperlpr", "--drive", str(drive), "--dry-run", env=cli_env())
+    by_path = run_cli("assets", "--recipe", str(REPO / "recipes" / "hyperlpr.toml"), "--drive", str(drive),
+                      env=cli_env())
+
+    assert listed.code == 2 and listed.stderr.strip().splitlines()[-1] == said, listed
+    assert named.code == 2 and named.stderr.strip().splitlines()[-1] == said, named
+    assert by_path.code == 0 and "litemodel_cls_96x_r1.onnx" in by_path.stdout, by_path
+
+    shutil.rmtree(recipes)
+    recipes.mkdir()
+    for n in range(30):
+        (recipes / f"team-{n:02d}.toml").touch()
+    unknown = run_cli("bootstrap", "--recipe", "nosuch", "--drive", str(drive), "--dry-run", env=cli_env())
+    assert unknown.code == 2
+    assert "known recipes: hyperlpr, hyperlpr-train, team-00, team-01, " in unknown.stderr
+    assert ", team-17 and 13 more (or pass a path to a .toml file)" in unknown.stderr, unknown.stderr

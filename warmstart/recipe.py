@@ -25,7 +25,7 @@ from .locktext import given_as_file, project_of
 from .patches import Patch, load_patch
 from .settings import RECIPES_FOLDER, user_path
 from .store import RECIPES
-from .transfer import is_sha256
+from .transfer import abridged, is_sha256
 
 RECIPE_SCHEMA: Schema = {
     "name": Field("str", required=True),
@@ -142,16 +142,38 @@ def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.
     return dirs
 
 
+# Entries a recipe folder is read up to: a team's shared folder on Drive holds tens of recipes, and
+# may hold anything.
+FOLDER_MOST = 10_000
+
+
 def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
     """Recipe name -> file, over every recipe folder; one name in two files is an error."""
     found: dict[str, Path] = {}
     for folder in recipe_dirs(root, drive):
-        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else ():
+        for path in _recipe_files(folder):
             if path.stem in found:
                 raise BadInput(f"recipe '{path.stem}' is defined twice: {found[path.stem]} and {path}; "
                                "rename or remove one of them")
             found[path.stem] = path
     return found
+
+
+def _recipe_files(folder: Path) -> list[Path]:
+    """The folder's recipe files (`*.toml`, as glob finds them), sorted; BadInput once it holds
+    more than FOLDER_MOST entries, of which no more are read."""
+    if not folder.is_dir():
+        return []
+    files = []
+    with os.scandir(folder) as scan:
+        for count, entry in enumerate(scan, 1):
+            if count > FOLDER_MOST:
+                raise BadInput(f"the recipe folder {folder} holds more than {FOLDER_MOST:,} files, more than a "
+                               "recipe folder does: remove what does not belong there, or pass the recipe's "
+                               "file as --recipe PATH")
+            if entry.name.endswith(".toml") and not entry.name.startswith("."):
+                files.append(Path(entry.path))
+    return sorted(files)
 
 
 def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Path:
@@ -166,7 +188,7 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         folders = ", ".join(str(d) for d in recipe_dirs(root, drive))
         raise BadInput(f"no recipe named '{name_or_path}'{hint} in {folders}; known recipes: "
-                       f"{', '.join(sorted(known)) or 'none'} (or pass a path to a .toml file)")
+                       f"{abridged(sorted(known), 20) or 'none'} (or pass a path to a .toml file)")
     return known[name_or_path]
 
 
