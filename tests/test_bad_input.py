@@ -77,9 +77,10 @@ CASES = {
     # (a shared Drive's recipe folder may hold anything: a data file is read up to config.INPUT_MOST)
     "recipe of 1 GiB": (lambda r: os.truncate(r, 1 << 30),  # sparse: it costs no disk
                         r"demo\.toml: cannot be read \(larger than 16 MiB, which no recipe, requirements, lock or "
-                        r"patch file is\)"),
+                        r"patch file is; put the right file in its place\)"),
     "recipe that is a named pipe": (lambda r: (r.unlink(), os.mkfifo(r)),  # its read would wait for a writer
-                                    r"demo\.toml: cannot be read \(not a regular file\)"),
+                                    r"demo\.toml: cannot be read \(not a regular file; put the file itself in its "
+                                    r"place\)"),
 }
 
 

@@ -95,7 +95,7 @@ def _read_capped(path: Path) -> bytes:
     data = read_head(path, INPUT_MOST)
     if len(data) > INPUT_MOST:
         raise OSError(errno.EFBIG, f"larger than {INPUT_MOST >> 20} MiB, which no recipe, requirements, lock or "
-                                   "patch file is", str(path))
+                                   "patch file is; put the right file in its place", str(path))
     return data
 
 
