@@ -253,3 +253,47 @@ def test_a_job_left_with_only_the_team_usage_record_counts_and_is_finished_onlin
     assert drivework.pending(prefix) is None and not work.folder.exists()
     used, records = TieredStore.at(team).here.last_used()
     assert set(used) == set(work.team_usage) and len(records) == 1
+
+
+# Looks at a target's jobs (`status` and every run do, through `pending`) until told to stop.
+_LOOKER = """
+import sys
+from pathlib import Path
+from warmstart import drivework
+prefix, stop = Path(sys.argv[1]), Path(sys.argv[2])
+print("looking", flush=True)
+while not stop.exists():
+    drivework.pending(prefix)
+"""
+
+
+def test_a_look_at_a_job_as_its_worker_removes_it_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A run or `status` looks at each job's lock while a worker finishes the job and removes its
+    folder. A look at that moment must neither fail nor make the folder again (taking a lock
+    file in it did: filelock makes a lock file's missing folder), else the job seems to linger.
+    300 empty folders in each job make its removal slow enough that a look falls into it; 20
+    jobs, one after the other. Before, about one job in four was left holding a lone `.lock`."""
+    from warmstart.tiered import TieredStore
+
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    drive, prefix, stop = tmp_path / "drive", tmp_path / "venv", tmp_path / "stop"
+    for folder in (drive, prefix):
+        folder.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    works = [drivework.start(prefix, drive, prefix / "bin" / "python") for _ in range(20)]
+    for work in works:
+        for k in range(300):
+            (work.folder / drivework.FILES / f"empty{k}").mkdir(parents=True)
+        work.write_job(TieredStore.at(drive))
+    looker = subprocess.Popen([sys.executable, "-c", _LOOKER, str(prefix), str(stop)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert looker.stdout is not None and looker.stdout.readline() == "looking\n"
+
+    for work in works:
+        drivework.finish(work.folder, TieredStore.at(drive))
+    stop.touch()
+    _, errors = looker.communicate(timeout=60)
+
+    assert looker.returncode == 0, errors
+    left = sorted(drivework.jobs_of(prefix).iterdir())
+    assert left == [], [sorted(p.name for p in folder.iterdir()) for folder in left]

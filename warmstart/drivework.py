@@ -6,13 +6,14 @@ environment, not the cache. So a run collects what Drive should get (the wheels 
 downloaded, the snapshot to pack) in a job folder on local disk, `~/.cache/warmstart/drivework/
 <prefix hash>/<run>/`, and hands it to a detached worker (`python -m warmstart.drivework FOLDER`) as it
 returns. The worker puts each file through the Drive store (atomic: a wiped VM never sees half a
-file), packs the snapshot, and removes the folder; a file lock in the folder tells that a worker
-is at it. What a killed worker left is finished by the next run, or by `bootstrap --wait`, which
+file), packs the snapshot, and removes the folder; a lock on the folder tells that a worker is at
+it. What a killed worker left is finished by the next run, or by `bootstrap --wait`, which
 also does it all before returning. `status` shows what is still pending.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -21,11 +22,12 @@ import sys
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
 from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 
@@ -201,9 +203,9 @@ def pending(prefix: Path) -> Pending | None:
     for folder in handed_off(prefix):
         try:
             job = json.loads((folder / JOB).read_text())
+            queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
         except (OSError, ValueError):
             continue  # finished and removed meanwhile
-        queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
         if job.get("download"):  # the wheels are still to come from the index: count them as such
             queued = [p for p in queued if p.parent.name != "wheels"] + job["download"]
         queued += job.get("from_team") or []  # ... or from the team cache
@@ -220,34 +222,31 @@ def pending(prefix: Path) -> Pending | None:
     return Pending(left, total, snapshot, running, failed, usage)
 
 
-def _job_lock(folder: Path) -> FileLock | None:
-    """The job's lock, or None when the job is done and its folder gone. (filelock makes a
-    lock file's missing folder: a finished job's would come back holding a lone lock file.)"""
-    return FileLock(folder / ".lock") if (folder / JOB).is_file() else None
-
-
-def _tidy(folder: Path) -> None:
-    """Remove a finished job's folder that a lock taken just as it went made again."""
+@contextmanager
+def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
+    """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
+    just as the worker removed the folder makes the folder again (filelock creates a lock file's
+    missing parents), and a lone lock file would stay behind. Yields True once held, False when
+    another holds it and `wait` is off, None when the job is done and its folder gone."""
     try:
-        if not (folder / JOB).exists() and {p.name for p in folder.iterdir()} <= {".lock"}:
-            shutil.rmtree(folder, ignore_errors=True)
-    except OSError:
-        pass  # gone already
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+        else:
+            yield True  # released as the descriptor closes
+    finally:
+        os.close(fd)
 
 
 def _running(folder: Path) -> bool:
-    lock = _job_lock(folder)
-    if lock is None:
-        return False
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    except FileNotFoundError:
-        return False  # finished and removed just now
-    lock.release()
-    _tidy(folder)
-    return False
+    with _job_held(folder, wait=False) as held:
+        return held is False
 
 
 def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False) -> bool:
@@ -289,22 +288,13 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
     come from the index or the team cache stay queued, and so does the job."""
-    lock = _job_lock(folder)
-    if lock is None:
-        return  # finished by the worker, its folder removed
-    try:
-        held = lock.acquire()
-    except FileNotFoundError:
-        return  # the worker finished it and removed the folder while this waited
-    with held:  # released once, at the end
+    with _job_held(folder) as held:
         try:
-            job = json.loads((folder / JOB).read_text())
+            job = json.loads((folder / JOB).read_text()) if held else None
         except (OSError, ValueError):
-            job = None  # finished by another while this waited
+            job = None  # finished by another while this waited (its folder gone, or going)
         if job is not None:
             _finish(folder, job, store, offline)
-    if job is None:
-        _tidy(folder)
 
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
