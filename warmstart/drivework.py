@@ -55,6 +55,29 @@ def handed_off(prefix: Path) -> list[Path]:
     return sorted(f for f in base.iterdir() if (f / JOB).is_file()) if base.is_dir() else []
 
 
+@contextmanager
+def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
+    """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
+    just as the worker removed the folder makes the folder again (filelock creates a lock file's
+    missing parents), and a lone lock file would stay behind. Yields True once held, False when
+    another holds it and `wait` is off, None when the job is done (its folder gone, or going)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+        else:
+            done = not (folder / JOB).is_file()  # finished by another while this waited
+            yield None if done else True  # released as the descriptor closes
+    finally:
+        os.close(fd)
+
+
 @dataclass
 class DriveWork:
     """The Drive writes one run leaves for after it: assembled by the executor, then handed off."""
@@ -131,14 +154,19 @@ TEAM_URL = WORKER_TEAM.name  # the team cache's URL, credentials and all, for th
 
 def spawn(folder: Path, team: str | None = None) -> None:
     """Start the worker on a job, detached: its own session outlives this command (and a
-    notebook cell's interrupt). `team`: the team cache's URL as the run has it."""
+    notebook cell's interrupt). `team`: the team cache's URL as the run has it. Under the job's
+    lock, so that the worker cannot finish and remove the folder before its pid is written there;
+    none when another holds it (a worker at it already) or the job is done."""
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
-    fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with open(fd, "ab") as out:
-        worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),
-                                   str(folder)],
-                                  stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, env=env)
-    write_private(folder / PID, str(worker.pid))
+    with _job_held(folder, wait=False) as held:
+        if not held:
+            return
+        fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "ab") as out:
+            worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),
+                                       str(folder)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                      start_new_session=True, env=env)
+        write_private(folder / PID, str(worker.pid))
 
 
 def _worker_alive(folder: Path) -> bool:
@@ -222,28 +250,6 @@ def pending(prefix: Path) -> Pending | None:
     return Pending(left, total, snapshot, running, failed, usage)
 
 
-@contextmanager
-def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
-    """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
-    just as the worker removed the folder makes the folder again (filelock creates a lock file's
-    missing parents), and a lone lock file would stay behind. Yields True once held, False when
-    another holds it and `wait` is off, None when the job is done and its folder gone."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-        else:
-            yield True  # released as the descriptor closes
-    finally:
-        os.close(fd)
-
-
 def _running(folder: Path) -> bool:
     with _job_held(folder, wait=False) as held:
         return held is False
@@ -280,8 +286,7 @@ def resume(prefix: Path, say: Any, team: str | None = None) -> None:
     if state.failed:
         say(f"warning: the Drive writes of an earlier run stopped: {state.failed}; trying again")
     for folder in handed_off(prefix):
-        if not _running(folder):
-            spawn(folder, team)
+        spawn(folder, team)  # not on a job a worker holds
 
 
 def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
@@ -289,12 +294,13 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
     come from the index or the team cache stay queued, and so does the job."""
     with _job_held(folder) as held:
+        if not held:
+            return
         try:
-            job = json.loads((folder / JOB).read_text()) if held else None
+            job = json.loads((folder / JOB).read_text())
         except (OSError, ValueError):
-            job = None  # finished by another while this waited (its folder gone, or going)
-        if job is not None:
-            _finish(folder, job, store, offline)
+            return  # a damaged job file: `status` shows the job, nothing here can finish it
+        _finish(folder, job, store, offline)
 
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
