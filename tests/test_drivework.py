@@ -270,7 +270,7 @@ while not stop.exists():
 def test_a_look_at_a_job_as_its_worker_removes_it_leaves_nothing_behind(tmp_path, monkeypatch):
     """A run or `status` looks at each job's lock while a worker finishes the job and removes its
     folder. A look at that moment must neither fail nor make the folder again (taking a lock
-    file in it did: filelock makes a lock file's missing folder), else the job seems to linger.
+    file in it did: filelock made a lock file's missing folder), else the job seems to linger.
     300 empty folders in each job make its removal slow enough that a look falls into it; 20
     jobs, one after the other. Before, about one job in four was left holding a lone `.lock`."""
     from warmstart.tiered import TieredStore

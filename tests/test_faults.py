@@ -153,6 +153,28 @@ def _wait_for_the_begun_probe(pid: int, python: Path, timeout: float = 60) -> No
     wait_until(ended, timeout, f"no probe of {python} by {pid} ended in {timeout} s")
 
 
+def test_a_run_that_waits_too_long_for_another_on_its_target_ends_in_one_line_and_changes_nothing(
+        demo, drive, tmp_path, index, monkeypatch):
+    """Another run holds the target (its lock held here, as that run's process holds it) past
+    WARMSTART_LOCK_TIMEOUT: exit 1, one line naming the target, the lock and the way out; the
+    target is left as it was."""
+    env = cli_env(index.url, WARMSTART_LOCK_TIMEOUT="0.5")
+    python = make_venv(tmp_path / "venv")
+    monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    from warmstart import flock
+    from warmstart.bootstrap import target_lock
+
+    with flock.held(target_lock(str(python))) as taken:
+        assert taken
+        waited = bootstrap(demo, drive, python, env=env)
+
+    assert waited.code == 1
+    assert waited.stderr.splitlines()[-1] == (
+        f"warmstart: error: another warmstart run is installing into {python} and held "
+        f"{target_lock(str(python))} too long; wait for it, or set WARMSTART_LOCK_TIMEOUT")
+    assert not any(name in installed(python) for name in LOCKED)
+
+
 def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_left(
         demo, drive, tmp_path, index, monkeypatch):
     """The run asks the target Python what it holds before it takes the target's lock (the probe
@@ -161,19 +183,17 @@ def test_a_run_that_waited_for_another_on_its_target_plans_from_what_that_one_le
     env = cli_env(index.url)
     python = make_venv(tmp_path / "venv")
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
+    from warmstart import flock
     from warmstart.bootstrap import target_lock
 
-    other_run = target_lock(str(python))
-    other_run.acquire()
-    try:
+    with flock.held(target_lock(str(python))) as taken:
+        assert taken
         run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(drive),
                                            "--python", str(python), "--json"),
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
         _wait_for_the_begun_probe(run.pid, python)  # it answered (as a rule): the target held nothing then
         subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps",
                         "--index-url", index.url, *(f"{n}=={v}" for n, v in LOCKED.items())], env=env, check=True)
-    finally:
-        other_run.release()
     out, err = run.communicate(timeout=300)
 
     assert run.returncode == 0, err

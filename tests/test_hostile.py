@@ -135,13 +135,13 @@ def test_one_lock_per_real_environment_in_a_folder_only_its_user_can_write(tmp_p
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     python = make_venv(tmp_path / "env")
 
-    spellings = {target_lock(str(p)).lock_file for p in (python, python.with_name("python3"),
+    spellings = {target_lock(str(p)) for p in (python, python.with_name("python3"),
                                                           tmp_path / "env" / ".." / "env" / "bin" / "python")}
 
     assert len(spellings) == 1
-    folder = Path(spellings.pop()).parent
+    folder = spellings.pop().parent
     assert folder.is_relative_to(tmp_path / "cache") and stat.S_IMODE(folder.stat().st_mode) == 0o700
-    assert target_lock(sys.executable).lock_file != target_lock(str(python)).lock_file
+    assert target_lock(sys.executable) != target_lock(str(python))
 
 
 def test_a_lock_timeout_that_is_no_number_is_bad_input(demo, drive, tmp_path, index):
@@ -284,7 +284,6 @@ HOSTILE_INPUTS = {
     "a switch neither on nor off": ({}, "{demo}", [], {"WARMSTART_WAIT": "ture"}, 2,
                                     "WARMSTART_WAIT must be 1 (on) or 0 (off), got 'ture'"),
     "lock timeout not a number": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "soon"}, 2, "number of seconds"),
-    # filelock waits forever on a negative timeout
     "lock timeout negative": ({}, "{demo}", [], {"WARMSTART_LOCK_TIMEOUT": "-1"}, 2,
                               "WARMSTART_LOCK_TIMEOUT must be a number of seconds above 0, got '-1'"),
     "Drive timeout not a number": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "soon"}, 2,

@@ -14,12 +14,11 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from filelock import FileLock, Timeout
 from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, drivework, home, installer, livelock, patches, restart, snapshot
+from . import assets, checks, drivework, flock, home, installer, livelock, patches, restart, snapshot
 from . import target as target_python
 from .background import started
 from .download import Downloader
@@ -211,39 +210,31 @@ def look_again(facts: Facts, store: TieredStore) -> Facts:
     return _look(facts, store)
 
 
-def target_lock(python: str | None) -> FileLock:
-    """One run at a time per target environment, keyed by its real prefix (venv/bin/python and
-    venv/bin/python3 are one environment). The lock file lies in warmstart's own folder, which
-    only its user can write, not at a name anybody could plant in the shared /tmp; flock dies
-    with its process."""
+def target_lock(python: str | None) -> Path:
+    """The lock file of a target environment, keyed by its real prefix (venv/bin/python and
+    venv/bin/python3 are one environment). It lies in warmstart's own folder, which only its user
+    can write, not at a name anybody could plant in the shared /tmp."""
     path = home.run_lock(target_python.real_prefix(python))
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    return FileLock(path)
+    return path
 
 
 def bootstrap(options: Options, root: Path, report: Report) -> Plan:
-    """The entry points' one way in: the options resolved once, here, then one run per target."""
+    """The entry points' one way in: the options resolved once, here, then one run per target,
+    one run at a time on it."""
     profile = select_profile(root)
     settings = resolve(options, profile)
     if options.dry_run:
         return _bootstrap(settings, profile, root, report)
-    lock = target_lock(settings.python)
-    try:
-        try:
-            lock.acquire(blocking=False)
-        except Timeout:  # another run installs there: what the probe begun before it ended saw is past
-            target_python.forget_begun()
-            lock.acquire(timeout=settings.lock_timeout)
-    except Timeout:
-        raise WarmstartError(
-            f"another warmstart run is installing into {target_python.target_executable(settings.python)} and held "
-            f"{lock.lock_file} too long; wait for it, or set {LOCK_TIMEOUT.name}"
-        ) from None
-    try:
+    path = target_lock(settings.python)
+    # Another run installs there: what the probe begun before it ended saw is past.
+    with flock.held(path, settings.lock_timeout, waiting=target_python.forget_begun) as taken:
+        if not taken:
+            raise WarmstartError(
+                f"another warmstart run is installing into {target_python.target_executable(settings.python)} and "
+                f"held {path} too long; wait for it, or set {LOCK_TIMEOUT.name}")
         return _bootstrap(settings, profile, root, report)
-    finally:
-        lock.release()
 
 
 def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report) -> Plan:

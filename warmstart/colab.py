@@ -88,7 +88,7 @@ def restart_runtime() -> None:
 
 
 # What warmstart imports in the kernel (invoke only serves `!invoke`): Colab's image has them all.
-_RUNTIME_MODULES = ("packaging", "filelock", "requests", "tqdm", "pynvml", "zstandard")
+_RUNTIME_MODULES = ("packaging", "requests", "tqdm", "pynvml", "zstandard")
 
 
 def _with_tools(drive: Path, profile: Profile, offline: bool) -> None:

@@ -13,7 +13,6 @@ also does it all before returning. `status` shows what is still pending.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 from packaging.tags import parse_tag
 from packaging.utils import canonicalize_name
 
+from . import flock
 from . import snapshot as snapshots
 from . import target as target_python
 from .download import Downloader
@@ -67,15 +67,13 @@ def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
         yield None
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
+        if not flock.take(fd, None if wait else 0):
             yield False
         else:
             done = not (folder / JOB).is_file()  # finished by another while this waited
-            yield None if done else True  # released as the descriptor closes
+            yield None if done else True
     finally:
-        os.close(fd)
+        os.close(fd)  # releases it
 
 
 @dataclass

@@ -239,8 +239,7 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
 
 
 def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:
-    """How long a run waits for another one holding its target (or the tools): a negative one
-    would have filelock wait forever."""
+    """How long a run waits for another one holding its target (or the tools)."""
     return _seconds(LOCK_TIMEOUT, 600.0, environ)
 
 

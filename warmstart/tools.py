@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import platform
 import re
@@ -36,7 +35,6 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -44,7 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import compile_rest, config, early, headstart, home, prefetch, settings, shipped
+from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .locktext import canonical, pins, requirement_lines
@@ -127,7 +125,7 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 def _install(folder: Path, lines: list[str], wheels: Path) -> subprocess.CompletedProcess[str]:
     """The requirement `lines` (pins with their hashes) from the wheels in the folder `wheels`
     into the tools' virtualenv, each checked against the lock's sha256 first. uv when there is
-    one: on every wiped VM the 18 wheels of the Colab lock took it 0.2 s (0.5 s from the 60 MiB/s
+    one: on every wiped VM the Colab lock's 18 wheels (filelock among them then) took it 0.2 s (0.5 s from the 60 MiB/s
     Drive stand-in, the copy off Drive included), where pip took 1.6 s (1.8 s); medians of
     bench/tools.py.
 
@@ -320,39 +318,25 @@ def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[
     return folder
 
 
-LOCK_POLL = 0.05  # seconds between two tries of a held lock
-
-
 @contextlib.contextmanager
 def one_at_a_time(folder: Path) -> Iterator[None]:
     """Hold the lock of the tools' folder: a second warmstart.sh on the VM (another cell, a
     terminal) would remove the virtualenv the first is installing, or using. It waits, saying
-    so once, for up to WARMSTART_LOCK_TIMEOUT, then finds the tools in place. flock: it ends with
-    its process."""
+    so once, for up to WARMSTART_LOCK_TIMEOUT, then finds the tools in place."""
     path = folder.with_name(f"{folder.name}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as held:
-        deadline = None
-        while True:
-            try:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if deadline is None:
-                    say(f"another warmstart.sh is restoring warmstart's own tools in {folder}: waiting for it")
-                    deadline = time.monotonic() + settings.lock_timeout()
-                elif time.monotonic() > deadline:
-                    raise PreconditionUnmet(
-                        f"another warmstart.sh held {path} too long; wait for it, or set "
-                        f"{settings.LOCK_TIMEOUT.name}") from None
-                time.sleep(LOCK_POLL)
+    waiting = partial(say, f"another warmstart.sh is restoring warmstart's own tools in {folder}: waiting for it")
+    with flock.held(path, settings.lock_timeout(), waiting) as taken:
+        if not taken:
+            raise PreconditionUnmet(f"another warmstart.sh held {path} too long; wait for it, or set "
+                                    f"{settings.LOCK_TIMEOUT.name}")
         yield
 
 
 # The tools a bootstrap imports (by import name), in the order compile_ahead compiles them: the
 # reverse of the bootstrap's, which compiles invoke first, so that the two meet. Not the rest
 # (pip-tools, build, click, pyelftools): only `invoke lock` imports them.
-BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "filelock", "packaging", "invoke")
+BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "packaging", "invoke")
 _compiling: list[subprocess.Popen[bytes]] = []
 COMPILE_WAIT = 10  # seconds: the whole compile takes about one on 2 CPUs
 

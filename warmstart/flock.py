@@ -1,0 +1,55 @@
+"""One process at a time: flock(2), which the kernel releases when its holder ends, so a killed
+run leaves nothing held and nothing to clean up.
+
+Three things are held this way: a target environment (one run installs into it at a time), the
+tools' folder (one warmstart.sh restores it at a time) and a Drive job (one process finishes it).
+Standard library only: warmstart.sh takes the tools' lock before any dependency is there.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+POLL = 0.05  # seconds between two tries of a lock held, when the wait is bounded
+
+
+def take(fd: int, timeout: float | None = None, waiting: Callable[[], object] | None = None) -> bool:
+    """Take the exclusive lock of an open file or folder: at once if it is free, else (after
+    calling `waiting`, once) within `timeout` seconds, 0 not waiting at all, None as long as it
+    takes. False when it was not taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        if timeout is not None and timeout <= 0:
+            return False
+    if waiting is not None:
+        waiting()
+    if timeout is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(POLL)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+    return False
+
+
+@contextmanager
+def held(path: Path, timeout: float | None = None, waiting: Callable[[], object] | None = None) -> Iterator[bool]:
+    """Hold the lock file at `path` (made, only its user's, if missing; it stays for the next
+    holder) for the block; yields whether it was taken (see `take`)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        yield take(fd, timeout, waiting)
+    finally:
+        os.close(fd)  # releases it
