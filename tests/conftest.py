@@ -277,6 +277,15 @@ MOUNTNS = _namespace("--mount", "mount -t tmpfs tmpfs /mnt")
 # Both at once (a wiped VM with Drive mounted and no network).
 MOUNT_NETNS = [*MOUNTNS, "--net"] if MOUNTNS and NETNS else None
 
+
+def on_a_small_disk(folder: Path, command: list[str]) -> list[str]:
+    """`command` run where `folder` is a disk of one page: a 4 KiB tmpfs in a private mount
+    namespace. The first small file fits (tempfile's probe of TMPDIR: a full one, it would pass
+    over), the next write past that page fails with ENOSPC."""
+    assert MOUNTNS is not None
+    return [*MOUNTNS, "--", "sh", "-c", 'mount -t tmpfs -o size=4k tmpfs "$0" && exec "$@"', str(folder), *command]
+
+
 # Core tests (offline restores, Drive mounts) need these; where they are missing the test skips
 # saying why, and in CI (CI=true) fails instead: a green build never hides an untested restore.
 needs_netns = pytest.mark.needs_netns

@@ -675,6 +675,28 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
     assert words in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
 
 
+@needs_mountns
+def test_a_full_local_disk_while_wheels_come_off_drive_is_named_not_blamed_on_drive(demo, filled_drive, tmp_path):
+    """The wheels are copied off Drive into a staging folder in TMPDIR. When that local disk is
+    full, the run ends with exit 3 and the one line names the local file and the full disk; it
+    said "Drive is full (the Google Drive storage quota is used up)", which sent the user to free
+    Drive. TMPDIR here is a real tmpfs of one 4 KiB page in a private mount namespace: the
+    demo's first wheel (1 KB) fits, the second meets ENOSPC. Offline, so Drive is the only source."""
+    from conftest import REPO, on_a_small_disk
+    small = tmp_path / "small"
+    small.mkdir()
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(filled_drive), "--python", str(make_venv(tmp_path / "env")), "--offline"]
+
+    done = subprocess.run(on_a_small_disk(small, invoke), env=cli_env(None, TMPDIR=str(small)),
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"{small}/" in last and "No space left on device" in last, last
+    assert "Drive is full" not in done.stderr and "Traceback" not in done.stderr
+
+
 DEEP = b"[" * 100_000 + b"]" * 100_000  # a RecursionError for json.loads, were it not read with care
 
 

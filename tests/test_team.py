@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import LOCKED, bootstrap, cli_env, dead_url, installed, make_venv, run_cli
+from conftest import LOCKED, REPO, bootstrap, cli_env, dead_url, installed, make_venv, needs_mountns, run_cli
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance, team
@@ -174,6 +174,45 @@ def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive
     assert result.report["team_cache"]["hits"] == 3
     assert {k: v for k, v in installed(other.python).items() if k in LOCKED} == LOCKED
     assert len(other.on_drive("wheels")) == 3  # Drive is filled from what came from the team
+
+
+# In the child: a team store's get of a 64 KiB object into a 4 KiB disk.
+_GET_ONTO_A_SMALL_DISK = """
+import sys
+from pathlib import Path
+from warmstart.team import ObjectStore
+store, dest, sha256 = ObjectStore(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+try:
+    said = f"returned {store.get('wheels', 'big-1.0-py3-none-any.whl', dest, {sha256})}"
+except OSError as exc:
+    said = f"{type(exc).__name__} {exc.filename} {exc.strerror}"
+print(f"{said}; down: {store.down}; exists: {dest.exists()}")
+"""
+
+
+@needs_mountns
+def test_a_full_local_disk_while_a_team_object_comes_in_is_the_disks_fault_not_the_stores(s3, tmp_path, monkeypatch):
+    """A team store's get writes into a local file. When that local disk is full, the error
+    names the local file and ends the run (exit 3 at the top, as for any full disk); before, the
+    store was given up for the run as if it had failed, and the run went on to the index, to
+    fail there or fill the disk again. The disk: a real 4 KiB tmpfs in a private mount
+    namespace (ENOSPC), the object 64 KiB."""
+    from conftest import on_a_small_disk
+    for name, value in s3.credentials("writer").items():
+        monkeypatch.setenv(name, value)
+    url = f"s3://{s3.bucket('fulldisk')}/team"
+    data = os.urandom(64 << 10)
+    s3.filesystem().pipe_file(ObjectStore(url).key("wheels", "big-1.0-py3-none-any.whl"), data)
+    small = tmp_path / "small"
+    small.mkdir()
+    dest = small / "big-1.0-py3-none-any.whl"
+
+    done = subprocess.run(on_a_small_disk(small, [sys.executable, "-c", _GET_ONTO_A_SMALL_DISK, url, str(dest),
+                                                  hashlib.sha256(data).hexdigest()]),
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"WriteFailed {dest} No space left on device; down: None; exists: False"
 
 
 def test_a_read_only_consumer_reads_and_never_writes(s3, demo, tmp_path, index):

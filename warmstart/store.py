@@ -34,6 +34,7 @@ from .transfer import (
     Bar,
     Bars,
     Stream,
+    WriteFailed,
     atomic_write_text,
     copy_hashed,
     explain,
@@ -382,6 +383,9 @@ class DriveStore:
             with (open(dest, "wb") as out, self.bars.bar(src.stat().st_size, f"from Drive {name[:30]}") as bar,
                   _Answering(self, self._answered(lambda: open(src, "rb", buffering=0))) as fin):
                 sha256, size = copy_hashed(fin, out, bar)
+        except WriteFailed:  # the local disk's fault (full), not Drive's: the run cannot go on
+            dest.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             dest.unlink(missing_ok=True)
             if not isinstance(exc, Stalled):  # that one warned once for the run

@@ -53,7 +53,7 @@ from .store import (
     unread_because,
 )
 from .target import TargetPython
-from .transfer import QUIET, Bars, BlockStream, Stream, copy_hashed, sha256_of, untrusted_json
+from .transfer import QUIET, Bars, BlockStream, Stream, WriteFailed, copy_hashed, sha256_of, untrusted_json
 
 # the extra that brings a protocol's implementation (settings.OBJECT_STORES), and the module that is
 MODULES = {"s3": "s3fs", "gcs": "gcsfs"}
@@ -356,6 +356,9 @@ class ObjectStore:
             with self.open(kind, name) as src, open(dest, "wb") as out, \
                     self.bars.bar(self.size(kind, name), f"from team {name[:30]}") as bar:
                 sha256, size = copy_hashed(src, out, bar)
+        except WriteFailed:  # the local disk's fault (full), not the team store's: the run cannot go on
+            dest.unlink(missing_ok=True)
+            raise
         except Exception as exc:
             dest.unlink(missing_ok=True)
             if not isinstance(exc, FileNotFoundError):  # that one is a miss (see _unreadable)

@@ -5,6 +5,7 @@ Standard library only at import time (warmstart.sh uses it before any dependency
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -285,9 +286,14 @@ class BlockStream:
         return data
 
 
+class WriteFailed(OSError):
+    """A copy's write failed: the fault is the destination's (a full local disk), not the source's."""
+
+
 def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
     """Copy a file (a path, or a stream opened for reading) into an open file, returning the
-    sha256 and size of what was read: one pass."""
+    sha256 and size of what was read: one pass. A failed write (flushed before it returns) is
+    WriteFailed, naming `dest`, which it closes (what its buffer holds cannot be written either)."""
     if isinstance(src, Path):
         with open(src, "rb") as fin:
             return copy_hashed(fin, dest, bar)
@@ -295,10 +301,22 @@ def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> t
     size = 0
     while chunk := src.read(CHUNK):
         digest.update(chunk)
-        dest.write(chunk)
+        _write(dest, chunk)
         size += len(chunk)
         bar.update(len(chunk))
+    _write(dest, b"")
     return digest.hexdigest(), size
+
+
+def _write(dest: IO[bytes], chunk: bytes) -> None:
+    """Write a chunk, or flush when it is empty, the error said as the destination's."""
+    try:
+        dest.write(chunk) if chunk else dest.flush()
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            dest.close()  # else closing it later would try the write again, and fail as an OSError
+        name = getattr(dest, "name", None)  # a file opened from a descriptor has its number
+        raise WriteFailed(exc.errno, exc.strerror, name if isinstance(name, str) else None) from exc
 
 
 COLAB_MOUNT = "/content/drive"  # where Colab's notebook mounts Drive unless told otherwise
