@@ -278,12 +278,13 @@ MOUNTNS = _namespace("--mount", "mount -t tmpfs tmpfs /mnt")
 MOUNT_NETNS = [*MOUNTNS, "--net"] if MOUNTNS and NETNS else None
 
 
-def on_a_small_disk(folder: Path, command: list[str]) -> list[str]:
-    """`command` run where `folder` is a disk of one page: a 4 KiB tmpfs in a private mount
-    namespace. The first small file fits (tempfile's probe of TMPDIR: a full one, it would pass
-    over), the next write past that page fails with ENOSPC."""
+def on_a_small_disk(folder: Path, command: list[str], size: str = "4k") -> list[str]:
+    """`command` run where `folder` is a small disk: a tmpfs of `size` in a private mount
+    namespace, a write past it failing with ENOSPC. Of one page (4k), the first small file fits
+    (tempfile's probe of TMPDIR: a full one, it would pass over) and the next does not."""
     assert MOUNTNS is not None
-    return [*MOUNTNS, "--", "sh", "-c", 'mount -t tmpfs -o size=4k tmpfs "$0" && exec "$@"', str(folder), *command]
+    mount = f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"'
+    return [*MOUNTNS, "--", "sh", "-c", mount, str(folder), *command]
 
 
 # Core tests (offline restores, Drive mounts) need these; where they are missing the test skips

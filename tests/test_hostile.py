@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -18,7 +19,19 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import REPO, bootstrap, cli_env, installed, make_venv, needs_mountns, needs_netns, run_cli, wait_until
+from conftest import (
+    LOCKED,
+    REPO,
+    bootstrap,
+    cli_env,
+    installed,
+    make_venv,
+    needs_mountns,
+    needs_netns,
+    on_a_small_disk,
+    run_cli,
+    wait_until,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -678,11 +691,11 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
 @needs_mountns
 def test_a_full_local_disk_while_wheels_come_off_drive_is_named_not_blamed_on_drive(demo, filled_drive, tmp_path):
     """The wheels are copied off Drive into a staging folder in TMPDIR. When that local disk is
-    full, the run ends with exit 3 and the one line names the local file and the full disk; it
-    said "Drive is full (the Google Drive storage quota is used up)", which sent the user to free
-    Drive. TMPDIR here is a real tmpfs of one 4 KiB page in a private mount namespace: the
-    demo's first wheel (1 KB) fits, the second meets ENOSPC. Offline, so Drive is the only source."""
-    from conftest import REPO, on_a_small_disk
+    full, the run ends with exit 3 and the one line names the wheel, the local folder and the
+    next step; it said "Drive is full (the Google Drive storage quota is used up)", which sent
+    the user to free Drive. TMPDIR here is a real tmpfs of one 4 KiB page in a private mount
+    namespace: the demo's first wheel (1 KB) fits, the second does not. Offline, so Drive is the
+    only source."""
     small = tmp_path / "small"
     small.mkdir()
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
@@ -693,8 +706,34 @@ def test_a_full_local_disk_while_wheels_come_off_drive_is_named_not_blamed_on_dr
 
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert f"{small}/" in last and "No space left on device" in last, last
+    assert re.search(r"beta-2.0-py3-none-any.whl not copied: it is \d+ bytes, more than the \d+ bytes free in", last), last
+    assert f"{small}/" in last and "free local disk space, or set TMPDIR to a larger disk" in last, last
     assert "Drive is full" not in done.stderr and "Traceback" not in done.stderr
+
+
+@needs_mountns
+def test_a_file_on_drive_named_like_a_wheel_larger_than_the_free_disk_is_not_copied(demo, filled_drive, tmp_path, index):
+    """A shared Drive can hold a file of any size under a locked wheel's name (here a sparse
+    1 GiB one); the lock has no sizes to refuse it by, and its hash fails only at its end. It is
+    not copied when the local disk (TMPDIR: a real 64 MiB tmpfs in a private mount namespace)
+    has less room free: one warning naming it, and the wheel comes from the index. Before, the
+    copy filled the disk and the run ended on ENOSPC."""
+    wheel = next((filled_drive / ".warmstart" / "v1" / "wheels").glob("beta-*.whl"))
+    with open(wheel, "wb") as out:
+        out.truncate(1 << 30)
+    small = tmp_path / "small"
+    small.mkdir()
+    python = make_venv(tmp_path / "env")
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(filled_drive), "--python", str(python)]
+
+    done = subprocess.run(on_a_small_disk(small, invoke, size="64m"), env=cli_env(index.url, TMPDIR=str(small)),
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert f"{wheel} not copied: it is 1024.0 MiB, more than the" in done.stderr
+    assert f"MiB free in {small}/" in done.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000  # a RecursionError for json.loads, were it not read with care

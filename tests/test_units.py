@@ -38,7 +38,7 @@ from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
-from warmstart.transfer import counted
+from warmstart.transfer import copy_hashed, counted
 
 H = {c: c * 64 for c in "abcdef"}
 A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))
@@ -636,3 +636,18 @@ def test_a_relative_xdg_cache_home_is_ignored_as_the_spec_says(tmp_path):
     assert result.code == 0, result.stderr
     assert list(here.iterdir()) == []
     assert (home_dir / ".cache" / "warmstart").is_dir()
+
+
+def test_a_copy_with_a_limit_reads_no_more_than_one_byte_past_it():
+    """A store's file that grew past the size it listed is read to that size and one byte more:
+    its hash then fails, and a file of any size never fills the disk."""
+    import hashlib
+    import io
+
+    data = os.urandom(3 * (1 << 20) + 7)
+    out = io.BytesIO()
+    assert copy_hashed(io.BytesIO(data), out, limit=1 << 20) == (hashlib.sha256(data[:(1 << 20) + 1]).hexdigest(),
+                                                                (1 << 20) + 1)
+    whole = io.BytesIO()
+    assert copy_hashed(io.BytesIO(data), whole, limit=len(data)) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert whole.getvalue() == data

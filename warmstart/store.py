@@ -38,6 +38,7 @@ from .transfer import (
     atomic_write_text,
     copy_hashed,
     explain,
+    no_room,
     on_fuse,
     read_head,
     read_untrusted_json,
@@ -380,9 +381,13 @@ class DriveStore:
         if self.down or not regular_file(src):
             return None
         try:
-            with (open(dest, "wb") as out, self.bars.bar(src.stat().st_size, f"from Drive {name[:30]}") as bar,
+            listed = src.stat().st_size
+            if too_large := no_room(listed, dest.parent):
+                self.warnings.append(f"{src} not copied: {too_large}")
+                return None
+            with (open(dest, "wb") as out, self.bars.bar(listed, f"from Drive {name[:30]}") as bar,
                   _Answering(self, self._answered(lambda: open(src, "rb", buffering=0))) as fin):
-                sha256, size = copy_hashed(fin, out, bar)
+                sha256, size = copy_hashed(fin, out, bar, limit=listed)
         except WriteFailed:  # the local disk's fault (full), not Drive's: the run cannot go on
             dest.unlink(missing_ok=True)
             raise

@@ -53,7 +53,7 @@ from .store import (
     unread_because,
 )
 from .target import TargetPython
-from .transfer import QUIET, Bars, BlockStream, Stream, WriteFailed, copy_hashed, sha256_of, untrusted_json
+from .transfer import QUIET, Bars, BlockStream, Stream, WriteFailed, copy_hashed, no_room, sha256_of, untrusted_json
 
 # the extra that brings a protocol's implementation (settings.OBJECT_STORES), and the module that is
 MODULES = {"s3": "s3fs", "gcs": "gcsfs"}
@@ -352,10 +352,13 @@ class ObjectStore:
         `sha256s`, else None (damaged: set aside; unreadable: the team store is down)."""
         if self.down or not self.has(kind, name):
             return None
+        if too_large := no_room(listed := self.size(kind, name), dest.parent):
+            self.warnings.append(f"{self.where(kind, name)} not copied: {too_large}")
+            return None
         try:
             with self.open(kind, name) as src, open(dest, "wb") as out, \
-                    self.bars.bar(self.size(kind, name), f"from team {name[:30]}") as bar:
-                sha256, size = copy_hashed(src, out, bar)
+                    self.bars.bar(listed, f"from team {name[:30]}") as bar:
+                sha256, size = copy_hashed(src, out, bar, limit=listed)
         except WriteFailed:  # the local disk's fault (full), not the team store's: the run cannot go on
             dest.unlink(missing_ok=True)
             raise

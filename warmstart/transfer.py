@@ -290,22 +290,41 @@ class WriteFailed(OSError):
     """A copy's write failed: the fault is the destination's (a full local disk), not the source's."""
 
 
-def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar()) -> tuple[str, int]:
+def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar(),
+                limit: int | None = None) -> tuple[str, int]:
     """Copy a file (a path, or a stream opened for reading) into an open file, returning the
-    sha256 and size of what was read: one pass. A failed write (flushed before it returns) is
-    WriteFailed, naming `dest`, which it closes (what its buffer holds cannot be written either)."""
+    sha256 and size of what was read: one pass. With a `limit` (the size a store listed), no more
+    than `limit` + 1 bytes: a file that grew since fails its hash without filling the disk. A
+    failed write (flushed before it returns) is WriteFailed, naming `dest`, which it closes (what
+    its buffer holds cannot be written either)."""
     if isinstance(src, Path):
         with open(src, "rb") as fin:
-            return copy_hashed(fin, dest, bar)
+            return copy_hashed(fin, dest, bar, limit)
     digest = hashlib.sha256()
     size = 0
-    while chunk := src.read(CHUNK):
+    left = None if limit is None else limit + 1
+    while left != 0 and (chunk := src.read(CHUNK if left is None else min(CHUNK, left))):
         digest.update(chunk)
         _write(dest, chunk)
         size += len(chunk)
+        left = None if left is None else left - len(chunk)
         bar.update(len(chunk))
     _write(dest, b"")
     return digest.hexdigest(), size
+
+
+def no_room(size: int, folder: Path) -> str | None:
+    """Why a file of `size` bytes is not copied into the local `folder` (a store may list a file
+    of any size under a wheel's name: it would fill the disk before its hash failed), or None."""
+    free = shutil.disk_usage(folder).free
+    if size <= free:
+        return None
+    return (f"it is {_amount(size)}, more than the {_amount(free)} free in {folder}; "
+            "free local disk space, or set TMPDIR to a larger disk")
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
 
 
 def _write(dest: IO[bytes], chunk: bytes) -> None:
