@@ -375,8 +375,9 @@ class DriveStore:
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Copy a stored file to local `dest` while hashing it; `dest` when its sha256 is one of
-        `sha256s`, else None: missing, unreadable (a warning; none more once Drive is down) or
-        damaged (set aside, a warning)."""
+        `sha256s`, else None: missing, unreadable (a warning; none more once Drive is down),
+        larger than the local disk has room for (a warning) or damaged (set aside, a warning).
+        WriteFailed when the local disk fails the copy."""
         src = self.path(kind, name)
         if self.down or not regular_file(src):
             return None

@@ -349,7 +349,8 @@ class ObjectStore:
 
     def get(self, kind: str, name: str, dest: Path, sha256s: Collection[str]) -> Path | None:
         """Download an object to local `dest`, hashing it; `dest` when its sha256 is one of
-        `sha256s`, else None (damaged: set aside; unreadable: the team store is down)."""
+        `sha256s`, else None (damaged: set aside; unreadable: the team store is down; larger than
+        the local disk has room for: a warning). WriteFailed when the local disk fails the copy."""
         if self.down or not self.has(kind, name):
             return None
         if too_large := no_room(listed := self.size(kind, name), dest.parent):
