@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import cli_env, make_venv, run_cli
+from conftest import REPO, cli_env, make_venv, needs_mountns, on_a_small_disk, run_cli
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
@@ -651,3 +651,41 @@ def test_a_copy_with_a_limit_reads_no_more_than_one_byte_past_it():
     whole = io.BytesIO()
     assert copy_hashed(io.BytesIO(data), whole, limit=len(data)) == (hashlib.sha256(data).hexdigest(), len(data))
     assert whole.getvalue() == data
+
+
+def test_an_error_is_said_as_drives_only_when_its_file_lies_on_drive():
+    """ENOSPC on Drive means its quota; on the local disk (a job file, a staged copy), it must
+    not send the user to free Drive: said as it is, with the file."""
+    import errno as errnos
+
+    from warmstart.transfer import explain
+
+    def full(filename: str | None) -> OSError:
+        return OSError(errnos.ENOSPC, "No space left on device", filename)
+
+    drive = "/content/drive/MyDrive"
+    on_drive = "Drive is full (on Colab: the Google Drive storage quota is used up) [OSError 28]"
+    assert explain(full(f"{drive}/.warmstart/v1/wheels/.a.whl.x.part"), drive) == on_drive
+    assert explain(full(None), drive) == on_drive  # a write through a descriptor names no file
+    assert explain(full("/root/.cache/warmstart/drivework/k/j/job.json.x.part"), drive) == (
+        "/root/.cache/warmstart/drivework/k/j/job.json.x.part: No space left on device [OSError 28]")
+    assert explain(full("/content/drive/MyDrive2/x"), drive).startswith("/content/drive/MyDrive2/x: No space")
+
+
+@needs_mountns
+def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path):
+    """A full disk says so when the written file is flushed, which names no file: the error
+    names the temporary file, so that whoever reports it can say which disk is full (Drive's
+    quota, or the local disk: see explain). The disk: a real 4 KiB tmpfs (ENOSPC)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    write = ("import sys\nfrom pathlib import Path\nfrom warmstart.transfer import atomic_write_text\n"
+             "try:\n    atomic_write_text(Path(sys.argv[1]), 'x' * 6000)\n"  # buffered: written at the flush
+             "except OSError as exc:\n    print(exc.errno, Path(exc.filename).parent, Path(exc.filename).name[:6])\n")
+
+    done = subprocess.run(on_a_small_disk(small, [sys.executable, "-c", write, str(small / "job.json")]),
+                          capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO)))
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["28", str(small), ".job.j"]
+    assert sorted(p.name for p in small.iterdir()) == []

@@ -333,7 +333,7 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
                 raise
             # a read-only Drive still gets the environment
             step.status = "warning"
-            return [f"no workdir {plan.workdir}: {explain(exc, plan.workdir)}"]
+            return [f"no workdir {plan.workdir}: {explain(exc, plan.facts.drive)}"]
         step.detail = str(plan.workdir)
         return []
 

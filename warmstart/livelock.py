@@ -104,7 +104,7 @@ def find(store: TieredStore, recipe: Recipe, target: LockTarget, live: Image, co
             if (pin.name, pin.version) in known and not pin.hashes <= known[(pin.name, pin.version)]:
                 raise BadInput(f"its hashes for {pin.name}=={pin.version} are not the committed lock's")
     except OSError as exc:  # Drive slow or gone: not the file's fault, so it stays where it is
-        store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be read: {explain(exc, src)}")
+        store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be read: {explain(exc, src.parent)}")
         return None
     except BadInput as exc:
         store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be used: {exc}; set aside")

@@ -395,7 +395,7 @@ class DriveStore:
         except OSError as exc:
             dest.unlink(missing_ok=True)
             if not isinstance(exc, Stalled):  # that one warned once for the run
-                self.warnings.append(f"{src} cannot be read: {explain(exc, src)}")
+                self.warnings.append(f"{src} cannot be read: {explain(exc, self.drive)}")
             return None
         self.stats.bytes_read += size
         if sha256 not in sha256s:
@@ -430,7 +430,7 @@ class DriveStore:
                 faults.point("cache-write")
                 part.commit(dest)
         except OSError as exc:
-            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc, dest)}")
+            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc, self.drive)}")
             return False
         self.stats.bytes_written += size
         self._listings.pop(kind, None)

@@ -218,23 +218,35 @@ class AtomicFile:
         private = os.path.abspath(near).startswith(os.path.abspath(home.root()) + os.sep)
         near.parent.mkdir(parents=True, exist_ok=True, **({"mode": 0o700} if private else {}))
         self.tmp = part_name(near)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        fd = os.open(self.tmp, flags, 0o600 if private else 0o666)
-        self.fh: IO[Any] = open(fd, mode)  # noqa: SIM115 (closed by __exit__)
+
+        def exclusive(path: str, flags: int) -> int:  # never a file that is there
+            return os.open(path, flags | os.O_EXCL, 0o600 if private else 0o666)
+
+        # Opened by its name, so that fh.name (and WriteFailed) says which file.
+        self.fh: IO[Any] = open(self.tmp, mode, opener=exclusive)  # noqa: SIM115 (closed by __exit__)
 
     def commit(self, dest: Path) -> Path:
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-        self.fh.close()
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+        except OSError as exc:  # a full disk says so here: name the file, so the disk is known
+            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from exc
         os.replace(self.tmp, dest)
         return dest
 
     def __enter__(self) -> AtomicFile:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.fh.close()
-        self.tmp.unlink(missing_ok=True)
+    def __exit__(self, failed: type[BaseException] | None, *exc: object) -> None:
+        try:
+            self.fh.close()
+        except OSError:
+            if failed is None:
+                raise
+            # else what it still buffered fails again (a full disk): the error in flight says it
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -359,11 +371,22 @@ DRIVE_ERRORS = {
 
 
 def explain(exc: OSError, where: str | os.PathLike[str] | None = None) -> str:
-    """What a failed Drive operation (on `where`, unless the error names its file) means, in a line."""
+    """What a failed Drive operation (in the Drive folder `where`, unless the error names its
+    file) means, in a line. An error naming a file outside `where` is the local disk's (a job
+    file, a staged copy): said as it is, with the file, since Drive's meanings ("Drive is full")
+    would send the user to the wrong disk."""
+    named = exc.filename
+    if where is not None and isinstance(named, str) and not _within(named, where):
+        return f"{named}: {exc.strerror or exc} [{exc.__class__.__name__} {exc.errno}]"
     said = DRIVE_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
     if exc.errno == errno.ENOTCONN:
         said += f": {remount(exc.filename or where)}"
     return f"{said} [{exc.__class__.__name__} {exc.errno}]"
+
+
+def _within(path: str, folder: str | os.PathLike[str]) -> bool:
+    inside, top = os.path.abspath(path), os.path.abspath(folder)
+    return inside == top or inside.startswith(top.rstrip(os.sep) + os.sep)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
