@@ -18,7 +18,18 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from conftest import LOCKED, REPO, bootstrap, cli_env, dead_url, installed, make_venv, needs_mountns, run_cli
+from conftest import (
+    LOCKED,
+    REPO,
+    bootstrap,
+    cli_env,
+    dead_url,
+    installed,
+    make_venv,
+    needs_mountns,
+    on_a_small_disk,
+    run_cli,
+)
 from seaweed import IDENTITIES, SeaweedS3, weed
 
 from warmstart import maintenance, team
@@ -200,8 +211,8 @@ def test_a_full_local_disk_while_a_team_object_comes_in_is_the_disks_fault_not_t
     is WriteFailed naming the local file, which ends the run (exit 3 at the top, as for any full
     disk). Before, the copy filled the disk and the store was given up for the run as if it had
     failed, and the run went on to the index, to fill the disk again. The disk: a real 4 KiB
-    tmpfs in a private mount namespace (ENOSPC), the object 64 KiB."""
-    from conftest import on_a_small_disk
+    tmpfs in a private mount namespace (ENOSPC), the object 64 KiB; for the second case the
+    child replaces the look at the free space, as when another process fills the disk between."""
     for name, value in s3.credentials("writer").items():
         monkeypatch.setenv(name, value)
     url = f"s3://{s3.bucket('fulldisk')}/team"
