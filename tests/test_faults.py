@@ -156,8 +156,8 @@ def _wait_for_the_begun_probe(pid: int, python: Path, timeout: float = 60) -> No
 def test_a_run_that_waits_too_long_for_another_on_its_target_ends_in_one_line_and_changes_nothing(
         demo, drive, tmp_path, index, monkeypatch):
     """Another run holds the target (its lock held here, as that run's process holds it) past
-    WARMSTART_LOCK_TIMEOUT: exit 1, one line naming the target, the lock and the way out; the
-    target is left as it was."""
+    WARMSTART_LOCK_TIMEOUT: exit 3 (as for warmstart.sh's tools), one line naming the target, the
+    lock and the way out; the target is left as it was."""
     env = cli_env(index.url, WARMSTART_LOCK_TIMEOUT="0.5")
     python = make_venv(tmp_path / "venv")
     monkeypatch.setenv("XDG_CACHE_HOME", env["XDG_CACHE_HOME"])
@@ -168,7 +168,7 @@ def test_a_run_that_waits_too_long_for_another_on_its_target_ends_in_one_line_an
         assert taken
         waited = bootstrap(demo, drive, python, env=env)
 
-    assert waited.code == 1
+    assert waited.code == 3
     assert waited.stderr.splitlines()[-1] == (
         f"warmstart: error: another warmstart run is installing into {python} and held "
         f"{target_lock(str(python))} too long; wait for it, or set WARMSTART_LOCK_TIMEOUT")

@@ -22,7 +22,7 @@ from . import assets, checks, drivework, flock, home, installer, livelock, patch
 from . import target as target_python
 from .background import started
 from .download import Downloader
-from .errors import PreconditionUnmet, WarmstartError, redact
+from .errors import PreconditionUnmet, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import Image, drift
@@ -230,8 +230,8 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
     path = target_lock(settings.python)
     # Another run installs there: what the probe begun before it ended saw is past.
     with flock.held(path, settings.lock_timeout, waiting=target_python.forget_begun) as taken:
-        if not taken:
-            raise WarmstartError(
+        if not taken:  # exit 3, as warmstart.sh's wait for the tools: the machine is busy, not failing
+            raise PreconditionUnmet(
                 f"another warmstart run is installing into {target_python.target_executable(settings.python)} and "
                 f"held {path} too long; wait for it, or set {LOCK_TIMEOUT.name}")
         return _bootstrap(settings, profile, root, report)
