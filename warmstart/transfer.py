@@ -215,7 +215,7 @@ class AtomicFile:
     def __init__(self, near: Path, mode: str = "wb") -> None:
         # In warmstart's own folder, files are 0600 and folders 0700: they name the user's
         # folders and stores (elsewhere, on Drive or in an environment, the umask decides).
-        private = os.path.abspath(near).startswith(os.path.abspath(home.root()) + os.sep)
+        private = _within(near, home.root())
         near.parent.mkdir(parents=True, exist_ok=True, **({"mode": 0o700} if private else {}))
         self.tmp = part_name(near)
 
@@ -384,9 +384,9 @@ def explain(exc: OSError, where: str | os.PathLike[str] | None = None) -> str:
     return f"{said} [{exc.__class__.__name__} {exc.errno}]"
 
 
-def _within(path: str, folder: str | os.PathLike[str]) -> bool:
-    inside, top = os.path.abspath(path), os.path.abspath(folder)
-    return inside == top or inside.startswith(top.rstrip(os.sep) + os.sep)
+def _within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """`path` lies in `folder`, by their names made absolute (no look at the disk: Drive may hang)."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(folder))
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
