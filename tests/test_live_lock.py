@@ -12,10 +12,21 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NETNS, Result, cli_env, installed, make_venv, needs_netns
+from conftest import (
+    CACHE_HOME,
+    NETNS,
+    Result,
+    cli_env,
+    installed,
+    make_venv,
+    needs_mountns,
+    needs_netns,
+    on_a_small_disk,
+)
 from test_fresh_machine import copy_checkout
 
 from warmstart.lock import parse_lock
@@ -32,11 +43,14 @@ def runtime(tmp_path, demo, index):
         f'name = "colab-test"\nprofile = "colab"\npython = "{python}"\nfreeze = "colab-test.freeze.txt"\n'
         'cuda = "cuda-12.8.txt"\nsource = "a test image"\n')
 
-    def invoke(*args: str, offline_net: bool = False, **extra: str) -> Result:
+    def invoke(*args: str, offline_net: bool = False, around: Callable[[list[str]], list[str]] | None = None,
+               **extra: str) -> Result:
         env = cli_env(index.url, PYTHONPATH=str(checkout), WARMSTART_PLATFORM="colab", **extra)
         cmd = [sys.executable, "-m", "invoke", "--search-root", str(checkout), *args]
         if offline_net:
             cmd = [*NETNS, "--", *cmd]
+        if around:
+            cmd = around(cmd)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=checkout, timeout=600)
         return Result(done.returncode, done.stdout, done.stderr)
 
@@ -131,3 +145,32 @@ def test_a_lock_for_the_runtime_on_drive_that_does_not_check_out_is_not_used(run
     names = sorted(p.name for p in (drive / ".warmstart" / "v1" / "locks").iterdir())
     assert names[0] == stored.name and names[1].startswith(f"{stored.name}.damaged-"), names
     assert "beta==1.6" in stored.read_text() and "0" * 64 not in stored.read_text(), "the new one took its place"
+
+
+@needs_netns
+@needs_mountns
+def test_a_full_local_disk_as_the_lock_from_drive_is_copied_is_said_as_the_local_disk(runtime, demo, drive,
+                                                                                     tmp_path, index):
+    """The lock for this runtime comes off Drive into warmstart's own folder; when that local
+    disk is full, the run ends (exit 3) naming the local file, and Drive's lock is left as it
+    is: not "cannot be read" off Drive (whose meaning of a full disk is Drive's quota), nor set
+    aside. The local disk: a real 4 KiB tmpfs over the folder, filled first."""
+    python = vm_with_beta_16(tmp_path / "vm1", index.url)
+    assert runtime("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python)).code == 0
+    (stored,) = (drive / ".warmstart" / "v1" / "locks").iterdir()
+    kept = stored.read_bytes()
+    local = Path(CACHE_HOME) / "warmstart" / "live-locks"
+    local.mkdir(parents=True, exist_ok=True)
+    filled = ["sh", "-c", 'head -c 4096 /dev/zero > "$0/filler" && exec "$@"', str(local)]
+    python2 = vm_with_beta_16(tmp_path / "vm2", index.url)
+
+    full = runtime("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python2),
+                   "--offline", "--keep-runtime", "--json", offline_net=True,
+                   around=lambda cmd: on_a_small_disk(local, [*filled, *cmd]))
+
+    assert full.code == 3, full.stderr
+    error = full.report["error"]
+    assert error.startswith(f"{local}/.{stored.name}.") and "No space left on device [errno 28]" in error, error
+    assert "lock for this runtime on Drive" not in full.stdout + full.stderr, full.stderr
+    assert [p.name for p in stored.parent.iterdir()] == [stored.name] and stored.read_bytes() == kept
+    assert installed(python2)["beta"] == "1.6"

@@ -673,14 +673,16 @@ def test_an_error_is_said_as_drives_only_when_its_file_lies_on_drive():
 
 
 @needs_mountns
-def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path):
-    """A full disk says so when the written file is flushed, which names no file: the error
-    names the temporary file, so that whoever reports it can say which disk is full (Drive's
-    quota, or the local disk: see explain). The disk: a real 4 KiB tmpfs (ENOSPC)."""
+@pytest.mark.parametrize("size", [6000, 1 << 20], ids=["at-the-flush", "past-the-buffer"])
+def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, size):
+    """A full disk says so when the written file is flushed, or at a write larger than the
+    buffer, neither of which names a file: the error names the temporary file, so that whoever
+    reports it can say which disk is full (Drive's quota, or the local disk: see explain). The
+    disk: a real 4 KiB tmpfs (ENOSPC)."""
     small = tmp_path / "small"
     small.mkdir()
     write = ("import sys\nfrom pathlib import Path\nfrom warmstart.transfer import atomic_write_text\n"
-             "try:\n    atomic_write_text(Path(sys.argv[1]), 'x' * 6000)\n"  # buffered: written at the flush
+             f"try:\n    atomic_write_text(Path(sys.argv[1]), 'x' * {size})\n"
              "except OSError as exc:\n    print(exc.errno, Path(exc.filename).parent, Path(exc.filename).name[:6])\n")
 
     done = subprocess.run(on_a_small_disk(small, [sys.executable, "-c", write, str(small / "job.json")]),

@@ -22,9 +22,10 @@ from .errors import BadInput, WarmstartError
 from .images import Image, live_image
 from .lock import Lock, LockTarget, check_fresh, needs, parse_lock
 from .recipe import Recipe
+from .store import Stalled
 from .target import TargetPython
 from .tiered import TieredStore
-from .transfer import atomic_write, explain, regular_file
+from .transfer import atomic_write_bytes, explain
 
 KIND = "locks"
 MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock
@@ -87,25 +88,26 @@ def find(store: TieredStore, recipe: Recipe, target: LockTarget, live: Image, co
     this VM's versions, with the committed lock's hashes for every release both name."""
     name = stored_name(recipe, target)
     src = store.path(KIND, name)
-    if not regular_file(src):
+    if not store.on_drive(KIND, name):
         return None
     local = _local(recipe, target)
     try:
-        with open(src, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        data = store.here.read_small(KIND, name, MAX_BYTES)  # bounded: Drive may hang
+    except OSError as exc:  # Drive slow or gone: not the file's fault, so it stays where it is
+        if not isinstance(exc, Stalled):  # that one warned once for the run
+            store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be read: "
+                                  f"{explain(exc, src.parent)}")
+        return None
+    try:
         if len(data) > MAX_BYTES:
             raise BadInput(f"larger than {MAX_BYTES // 2**20} MiB")
-        with atomic_write(local) as out:
-            out.write(data)
+        atomic_write_bytes(local, data)  # a full local disk names its file, and ends the run (exit 3)
         lock = parse_lock(local)
         check_fresh(lock, recipe, target, live)
         known = {(p.name, p.version): p.hashes for p in committed.pins}
         for pin in lock.pins:
             if (pin.name, pin.version) in known and not pin.hashes <= known[(pin.name, pin.version)]:
                 raise BadInput(f"its hashes for {pin.name}=={pin.version} are not the committed lock's")
-    except OSError as exc:  # Drive slow or gone: not the file's fault, so it stays where it is
-        store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be read: {explain(exc, src.parent)}")
-        return None
     except BadInput as exc:
         store.warnings.append(f"the lock for this runtime on Drive ({src}) cannot be used: {exc}; set aside")
         local.unlink(missing_ok=True)

@@ -411,6 +411,11 @@ class DriveStore:
         answering) when it is not one."""
         return self._answered(lambda: read_untrusted_json(self.path(kind, name), limit))
 
+    def read_small(self, kind: str, name: str, limit: int) -> bytes:
+        """A small file's first `limit` + 1 bytes (transfer.read_head: never a pipe or a device),
+        bounded in time as every read is; OSError (Stalled: Drive stopped answering)."""
+        return self._answered(lambda: read_head(self.path(kind, name), limit))
+
     # -- writing ---------------------------------------------------------------------------
 
     def put(self, kind: str, name: str, src: Path, bar: Bar | None = None) -> bool:

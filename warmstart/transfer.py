@@ -225,15 +225,27 @@ class AtomicFile:
         # Opened by its name, so that fh.name (and WriteFailed) says which file.
         self.fh: IO[Any] = open(self.tmp, mode, opener=exclusive)  # noqa: SIM115 (closed by __exit__)
 
+    def write(self, data: bytes | str) -> None:
+        """Write `data`: a write past the buffer that fails (a full disk) names the file."""
+        with self.naming():
+            self.fh.write(data)
+
     def commit(self, dest: Path) -> Path:
-        try:
+        with self.naming():  # a full disk says so here, at the flush
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
-        except OSError as exc:  # a full disk says so here: name the file, so the disk is known
-            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from exc
         os.replace(self.tmp, dest)
         return dest
+
+    @contextmanager
+    def naming(self) -> Iterator[None]:
+        """An OSError of this file's writes names the file (the OS's does not), so that the
+        disk that failed is known (see explain: Drive's quota, or the local disk)."""
+        try:
+            yield
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from exc
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -258,8 +270,15 @@ def atomic_write(dest: Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def atomic_write_text(dest: Path, text: str) -> None:
-    with atomic_write(dest, "w") as fh:
-        fh.write(text)
+    with AtomicFile(dest, "w") as part:
+        part.write(text)
+        part.commit(dest)
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    with AtomicFile(dest) as part:
+        part.write(data)
+        part.commit(dest)
 
 
 class Readable(Protocol):
