@@ -401,6 +401,6 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 def _replace(dest: Path, data: bytes, mode: int) -> None:
     """dest, whole, with these bytes and permission bits."""
     with AtomicFile(dest) as part:
-        part.fh.write(data)
+        part.write(data)
         os.chmod(part.tmp, mode)
         part.commit(dest)
