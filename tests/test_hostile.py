@@ -5,6 +5,7 @@ be forgotten, one run per real environment."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import json
 import os
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -36,8 +38,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
+from warmstart.download import Downloader, DownloadFailed, Job
 from warmstart.errors import redact
 from warmstart.parts import Source
+from warmstart.pipconfig import IndexSettings
 from warmstart.snapshot import _unpack_verified
 from warmstart.store import DriveStore
 from warmstart.target import remove_broken
@@ -183,7 +187,6 @@ from hypothesis import HealthCheck, settings
 from warmstart import PROJECT_ROOT
 from warmstart.errors import BadInput, WarmstartError
 from warmstart.maintenance import inventory
-from warmstart.pipconfig import IndexSettings
 from warmstart.profiles import select_profile
 from warmstart.recipe import load_recipe
 from warmstart.snapshot import Snapshot, SnapshotUnusable
@@ -955,3 +958,51 @@ def test_a_recipe_folder_holding_more_than_a_recipe_folder_does_is_read_no_furth
     assert unknown.code == 2
     assert "known recipes: hyperlpr, hyperlpr-train, team-00, team-01, " in unknown.stderr
     assert ", team-17 and 13 more (or pass a path to a .toml file)" in unknown.stderr, unknown.stderr
+
+
+class _Endless(http.server.BaseHTTPRequestHandler):
+    """An index's file server that sends a wheel far larger than its listing says: with a
+    Content-Length that says so (`stated`), or streamed with none until the client hangs up,
+    32 MiB at most. `sent` counts what went out."""
+
+    stated = True
+    sent = 0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.stated:
+            self.send_header("Content-Length", str(32 << 20))
+        self.end_headers()
+        block = bytes(64 << 10)
+        try:
+            for _ in range(512):
+                self.wfile.write(block)
+                type(self).sent += len(block)
+        except OSError:  # the client hung up
+            pass
+        self.close_connection = True
+
+
+@pytest.mark.parametrize("stated", [True, False], ids=["content-length", "streamed"])
+def test_a_wheel_larger_than_the_index_lists_is_not_read_past_its_size(tmp_path, stated):
+    """A mirror (or a hostile index) that serves more than the size its JSON page listed for a
+    file: the download ends there, one line naming the URL and the sizes, no part file left;
+    the disk is not filled for the sha256 to fail at the end. A real HTTP server on 127.0.0.1 and
+    real requests."""
+    handler = type("Handler", (_Endless,), {"stated": stated, "sent": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/files/beta-2.0-py3-none-any.whl"
+    dest = tmp_path / "wheels" / "beta-2.0-py3-none-any.whl"
+    try:
+        with pytest.raises(DownloadFailed) as failed:
+            Downloader(IndexSettings((f"http://127.0.0.1:{server.server_address[1]}/simple",))).fetch(
+                [Job(url, "0" * 64, dest, size=100_000)])
+    finally:
+        server.shutdown()
+    assert str(failed.value).startswith(f"{url} served ") and "where the index lists it at 100000" in str(failed.value)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []
+    assert handler.sent < 4 << 20, f"{handler.sent} bytes sent before the client hung up"

@@ -52,7 +52,7 @@ class Job:
     url: str
     sha256: str
     dest: Path
-    size: int | None = None  # as the index says, for the progress bar
+    size: int | None = None  # as the index says: the progress bar's, and the most that is read
 
 
 @dataclass(frozen=True)
@@ -241,11 +241,15 @@ class Downloader:
                 resumed = response.status_code == 206
                 bar.update(have if resumed else 0)
                 expected = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
+                if job.size is not None and expected > job.size:
+                    raise _TooLarge(f"{expected} bytes")
                 with open(part, "ab" if resumed else "wb") as fh:
                     # Small reads: what arrived before a dropped connection is kept for resuming.
                     for chunk in response.iter_content(64 * 1024):
                         fh.write(chunk)
                         bar.update(len(chunk))
+                        if job.size is not None and fh.tell() > job.size:  # the disk is not filled for it
+                            raise _TooLarge(f"more than {job.size} bytes")
             if expected and part.stat().st_size < expected:
                 raise _Retry(f"connection closed after {part.stat().st_size} of {expected} bytes")
 
@@ -253,6 +257,10 @@ class Downloader:
 
         try:
             self._retrying(attempt)
+        except _TooLarge as exc:
+            part.unlink(missing_ok=True)
+            raise DownloadFailed(f"{redact(job.url)} served {exc}, where the index lists it at {job.size}; "
+                                 "check the index or mirror") from None
         except _GaveUp as exc:
             raise DownloadFailed(f"cannot download {redact(job.url)} ({exc})") from None
         except requests.RequestException as exc:  # a redirect loop, an address it cannot read
@@ -268,6 +276,11 @@ class Downloader:
 
 class _Retry(Exception):
     """An answer worth asking again for (5xx, a cut connection)."""
+
+
+class _TooLarge(Exception):
+    """A file larger than the index lists it: not the file listed (its sha256 would fail at its
+    end, after it filled the disk)."""
 
 
 class _GaveUp(Exception):
