@@ -1003,6 +1003,6 @@ def test_a_wheel_larger_than_the_index_lists_is_not_read_past_its_size(tmp_path,
                 [Job(url, "0" * 64, dest, size=100_000)])
     finally:
         server.shutdown()
-    assert str(failed.value).startswith(f"{url} served ") and "where the index lists it at 100000" in str(failed.value)
+    assert str(failed.value).startswith(f"{url} served ") and "where the index lists 100000 bytes for it" in str(failed.value)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
     assert handler.sent < 4 << 20, f"{handler.sent} bytes sent before the client hung up"

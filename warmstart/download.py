@@ -259,8 +259,8 @@ class Downloader:
             self._retrying(attempt)
         except _TooLarge as exc:
             part.unlink(missing_ok=True)
-            raise DownloadFailed(f"{redact(job.url)} served {exc}, where the index lists it at {job.size}; "
-                                 "check the index or mirror") from None
+            raise DownloadFailed(f"{redact(job.url)} served {exc}, where the index lists {job.size} bytes for "
+                                 "it; check the index or mirror") from None
         except _GaveUp as exc:
             raise DownloadFailed(f"cannot download {redact(job.url)} ({exc})") from None
         except requests.RequestException as exc:  # a redirect loop, an address it cannot read
