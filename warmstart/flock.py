@@ -22,12 +22,10 @@ def take(fd: int, timeout: float | None = None, waiting: Callable[[], object] | 
     """Take the exclusive lock of an open file or folder: at once if it is free, else (after
     calling `waiting`, once) within `timeout` seconds, 0 not waiting at all, None as long as it
     takes. False when it was not taken."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if _taken_now(fd):
         return True
-    except BlockingIOError:
-        if timeout is not None and timeout <= 0:
-            return False
+    if timeout is not None and timeout <= 0:
+        return False
     if waiting is not None:
         waiting()
     if timeout is None:
@@ -36,12 +34,18 @@ def take(fd: int, timeout: float | None = None, waiting: Callable[[], object] | 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         time.sleep(POLL)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _taken_now(fd):
             return True
-        except BlockingIOError:
-            pass
     return False
+
+
+def _taken_now(fd: int) -> bool:
+    """Take the lock if it is free; False, not waiting, when another holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager
