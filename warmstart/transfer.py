@@ -240,12 +240,12 @@ class AtomicFile:
 
     @contextmanager
     def naming(self) -> Iterator[None]:
-        """An OSError of this file's writes names the file (the OS's does not), so that the
-        disk that failed is known (see explain: Drive's quota, or the local disk)."""
+        """An OSError of this file's writes is WriteFailed naming the file (the OS's names none),
+        so that the disk that failed is known (see explain: Drive's quota, or the local disk)."""
         try:
             yield
         except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, str(self.tmp)) from exc
+            raise WriteFailed(exc.errno, exc.strerror, str(self.tmp)) from exc
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -318,7 +318,8 @@ class BlockStream:
 
 
 class WriteFailed(OSError):
-    """A copy's write failed: the fault is the destination's (a full local disk), not the source's."""
+    """A write failed (a copy's, an atomic file's), naming the file written: the fault is the
+    destination's (a full disk), not the source's."""
 
 
 def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar(),
