@@ -48,12 +48,17 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 class AssetServer:
     """Serves `files` with Range support; `/drop/NAME` breaks off halfway on its first request,
-    `/wrong/NAME` serves other bytes than NAME. Records every request it answers."""
+    `/wrong/NAME` serves other bytes than NAME, `/long/NAME` and `/endless/NAME` 32 MiB more
+    than NAME (the first says so in its Content-Length, the second sends no length), counting
+    in `sent` what they got out before the client hung up. Records every request it answers."""
+
+    EXTRA = 32 << 20
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.dropped: set[str] = set()
+        self.sent = 0
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -69,6 +74,20 @@ class AssetServer:
                     return
                 if kind == "wrong":
                     data = data[::-1]
+                if kind in ("long", "endless"):
+                    self.send_response(200)
+                    if kind == "long":
+                        self.send_header("Content-Length", str(len(data) + server.EXTRA))
+                    self.end_headers()
+                    body = memoryview(data + bytes(server.EXTRA))
+                    try:
+                        for at in range(0, len(body), 64 << 10):
+                            self.wfile.write(body[at:at + (64 << 10)])
+                            server.sent += len(body[at:at + (64 << 10)])
+                    except OSError:  # the client hung up
+                        pass
+                    self.close_connection = True
+                    return
                 start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
                 body = data[start:]
                 self.send_response(206 if start else 200)
@@ -104,9 +123,9 @@ def home(tmp_path) -> Path:
     return path
 
 
-def asset_block(url: str, data: bytes, dest: str, unpack: bool = False) -> str:
+def asset_block(url: str, data: bytes, dest: str, unpack: bool = False, size: int | None = None) -> str:
     return (f'\n[[assets]]\nurl = "{url}"\nsha256 = "{sha256(data)}"\ndest = "{dest}"\n'
-            f"unpack = {'true' if unpack else 'false'}\n")
+            f"unpack = {'true' if unpack else 'false'}\n" + (f"size = {size}\n" if size is not None else ""))
 
 
 def with_assets(recipe: Path, *blocks: str) -> Path:
@@ -131,7 +150,7 @@ def drive_assets(drive: Path) -> list[str]:
 def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_path, index, server):
     recipe = with_assets(
         demo,
-        asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"),
+        asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx", size=len(MODEL)),
         asset_block(f"{server.url}/files/data.tar.gz", server.files["data.tar.gz"], "dataset", unpack=True),
     )
 
@@ -186,6 +205,26 @@ def test_wrong_bytes_are_refused_naming_the_asset(demo, drive, home, tmp_path, i
 
     assert result.code == 1
     assert "asset model.onnx" in result.stderr and sha256(MODEL) in result.stderr
+    assert not (home / "m").exists()
+    assert drive_assets(drive) == []
+
+
+@pytest.mark.parametrize("kind", ["long", "endless"])
+def test_an_asset_longer_than_the_recipe_states_is_not_read_past_its_size(demo, drive, home, tmp_path, index,
+                                                                           server, kind):
+    """A server (or WARMSTART_ASSET_MIRROR) that serves more than the `size` the recipe states:
+    the download ends there, with or without a Content-Length, in one line naming the URL and
+    the size; no part file is left on the local disk, nothing is placed or cached."""
+    url = f"{server.url}/{kind}/model.onnx"
+    recipe = with_assets(demo, asset_block(url, MODEL, "~/m/model.onnx", size=len(MODEL)))
+
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 1, result.stderr
+    served = f"{len(MODEL) + server.EXTRA} bytes" if kind == "long" else f"more than {len(MODEL)} bytes"
+    assert f"{url} served {served}, where the recipe lists {len(MODEL)} bytes for it" in result.stderr, result.stderr
+    assert server.sent < len(MODEL) + (4 << 20), f"{server.sent} bytes sent before the client hung up"
+    assert [p for p in home.rglob("*") if p.is_file() and sha256(MODEL) in p.name] == [], "a part file was left"
     assert not (home / "m").exists()
     assert drive_assets(drive) == []
 

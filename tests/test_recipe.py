@@ -72,6 +72,9 @@ def test_unknown_recipe_name_lists_known_ones(project):
         (('name = "demo"\n', ""), "missing required key 'name'"),
         (("[drive]", "drive = 1\n[other]"), "unknown key 'other'"),
         (("required = true", "required = "), "not valid TOML"),
+        *[(('workdir = "Demo/run"\n', f'workdir = "Demo/run"\n[[assets]]\nurl = "https://example.org/m.onnx"\nsha256 = "{"0" * 64}"\n'
+             f'dest = "m.onnx"\nsize = {size}\n'), "'assets\\[0\\].size' must be the file's size in bytes")
+          for size in ("0", "-1", "1.5")],
     ],
 )
 def test_bad_recipe_names_file_and_key(project, change, message):

@@ -246,7 +246,7 @@ def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader,
     # Kept on local disk until placed, so a run killed midway resumes the download.
     local = partial_dir() / asset.sha256
     if not (regular_file(local) and sha256_of(local) == asset.sha256):
-        downloader.fetch([Job(url, asset.sha256, local)], f"download {asset.name[:30]}")
+        downloader.fetch([Job(url, asset.sha256, local, asset.size, "the recipe")], f"download {asset.name[:30]}")
     faults.point("asset-download")
     store.stats.misses += 1
     place(asset, local, dest, placed)

@@ -53,6 +53,7 @@ class Job:
     sha256: str
     dest: Path
     size: int | None = None  # as the index says: the progress bar's, and the most that is read
+    listed_by: str = "the index"  # what states `size`, as a too-large download's error names it
 
 
 @dataclass(frozen=True)
@@ -259,8 +260,8 @@ class Downloader:
             self._retrying(attempt)
         except _TooLarge as exc:
             part.unlink(missing_ok=True)
-            raise DownloadFailed(f"{redact(job.url)} served {exc}, where the index lists {job.size} bytes for "
-                                 "it; check the index or mirror") from None
+            raise DownloadFailed(f"{redact(job.url)} served {exc}, where {job.listed_by} lists {job.size} bytes "
+                                 f"for it; check {job.listed_by} or the mirror") from None
         except _GaveUp as exc:
             raise DownloadFailed(f"cannot download {redact(job.url)} ({exc})") from None
         except requests.RequestException as exc:  # a redirect loop, an address it cannot read

@@ -51,6 +51,7 @@ RECIPE_SCHEMA: Schema = {
         "unpack": Field("bool", default=False),
         "allow_outside": Field("bool", default=False),
         "max_unpacked_mib": Field("number"),  # default: 20 times the archive, at least 1 GiB
+        "size": Field("number"),  # bytes: a download is read no further
     }),
     "checks": TableList({
         "name": Field("str", required=True),
@@ -88,6 +89,7 @@ class Asset:
     unpack: bool = False
     allow_outside: bool = False  # may land outside the home folder and the workdir
     max_unpacked_mib: float | None = None  # how far the archive may expand (a zip bomb is not a model)
+    size: int | None = None  # bytes, where the recipe states them: a download is read no further
 
     def unpack_limit(self, archive_bytes: int) -> int:
         if self.max_unpacked_mib is not None:
@@ -304,6 +306,8 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
             raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
         if not raw["url"].startswith(("https://", "http://")):
             raise BadInput(f"{path}: 'assets[{n}].url' must be an https:// address, got {raw['url']!r}")
+        if raw["size"] is not None and (not isinstance(raw["size"], int) or raw["size"] <= 0):
+            raise BadInput(f"{path}: 'assets[{n}].size' must be the file's size in bytes, a whole number above 0")
         asset = Asset(**raw)
         dest = user_path(asset.dest, f"{path}: 'assets[{n}].dest'")  # Asset.destination expands it too
         if dest.is_absolute() and not asset.allow_outside and not (
