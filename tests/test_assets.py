@@ -82,8 +82,9 @@ class AssetServer:
                     body = memoryview(data + bytes(server.EXTRA))
                     try:
                         for at in range(0, len(body), 64 << 10):
-                            self.wfile.write(body[at:at + (64 << 10)])
-                            server.sent += len(body[at:at + (64 << 10)])
+                            piece = body[at:at + (64 << 10)]
+                            self.wfile.write(piece)
+                            server.sent += len(piece)
                     except OSError:  # the client hung up
                         pass
                     self.close_connection = True
