@@ -8,13 +8,15 @@ import hashlib
 import http.server
 import io
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap, cli_env, make_venv, needs_netns, run_cli
+from conftest import REPO, bootstrap, cli_env, make_venv, needs_mountns, needs_netns, on_a_small_disk, run_cli
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
 DATA_TXT = b"label,plate\n1,AB-123\n"
@@ -226,6 +228,33 @@ def test_an_asset_longer_than_the_recipe_states_is_not_read_past_its_size(demo, 
     assert f"{url} served {served}, where the recipe lists {len(MODEL)} bytes for it" in result.stderr, result.stderr
     assert server.sent < len(MODEL) + (4 << 20), f"{server.sent} bytes sent before the client hung up"
     assert [p for p in home.rglob("*") if p.is_file() and sha256(MODEL) in p.name] == [], "a part file was left"
+    assert not (home / "m").exists()
+    assert drive_assets(drive) == []
+
+
+@needs_mountns
+def test_a_local_disk_that_fills_during_a_download_is_named_and_the_part_removed(demo, drive, home, tmp_path, index,
+                                                                                  server):
+    """The local folder a download goes to (warmstart's downloads folder: here a real 256 KiB
+    tmpfs in a private mount namespace) fills before the 1 MiB asset is in: exit 3, one line
+    that starts with the file being written and says the disk is full; the part file is removed
+    (it would keep the disk full), nothing is placed or cached. Before, the line named no file."""
+    downloads = home / ".cache" / "warmstart" / "downloads"
+    downloads.mkdir(parents=True)
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/m/model.onnx"))
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe),
+              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
+    # what the small disk holds after the run, listed inside the namespace (outside it is empty)
+    then_list = ["sh", "-c", '"$@"; code=$?; echo "left: $(ls -A "$0")"; exit $code', str(downloads), *invoke]
+
+    done = subprocess.run(on_a_small_disk(downloads, then_list, size="256k"), capture_output=True, text=True,
+                          env=cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")), timeout=300)
+
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"warmstart: error: {downloads / sha256(MODEL)}.part: No space left on device"), last
+    assert "Traceback" not in done.stderr and "Drive is full" not in done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "left:", "the part file is left"
     assert not (home / "m").exists()
     assert drive_assets(drive) == []
 

@@ -30,7 +30,7 @@ from . import faults, home, wheels
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, sha256_of
+from .transfer import QUIET, Bar, Bars, WriteFailed, sha256_of, writing
 
 if TYPE_CHECKING:
     import requests
@@ -247,10 +247,13 @@ class Downloader:
                 with open(part, "ab" if resumed else "wb") as fh:
                     # Small reads: what arrived before a dropped connection is kept for resuming.
                     for chunk in response.iter_content(64 * 1024):
-                        fh.write(chunk)
+                        with writing(part):  # a full disk names the file (the network's errors are OSErrors too)
+                            fh.write(chunk)
                         bar.update(len(chunk))
                         if job.size is not None and fh.tell() > job.size:  # the disk is not filled for it
                             raise _TooLarge(f"more than {job.size} bytes")
+                    with writing(part):
+                        fh.flush()
             if expected and part.stat().st_size < expected:
                 raise _Retry(f"connection closed after {part.stat().st_size} of {expected} bytes")
 
@@ -258,6 +261,9 @@ class Downloader:
 
         try:
             self._retrying(attempt)
+        except WriteFailed:  # the local disk is full: what the part holds would keep it so
+            part.unlink(missing_ok=True)
+            raise
         except _TooLarge as exc:
             part.unlink(missing_ok=True)
             raise DownloadFailed(f"{redact(job.url)} served {exc}, where {job.listed_by} lists {job.size} bytes "

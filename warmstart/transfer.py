@@ -16,7 +16,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
@@ -238,14 +238,9 @@ class AtomicFile:
         os.replace(self.tmp, dest)
         return dest
 
-    @contextmanager
-    def naming(self) -> Iterator[None]:
-        """An OSError of this file's writes is WriteFailed naming the file (the OS's names none),
-        so that the disk that failed is known (see explain: Drive's quota, or the local disk)."""
-        try:
-            yield
-        except OSError as exc:
-            raise WriteFailed(exc.errno, exc.strerror, str(self.tmp)) from exc
+    def naming(self) -> AbstractContextManager[None]:
+        """An OSError of this file's writes in the block is WriteFailed naming the file."""
+        return writing(self.tmp)
 
     def __enter__(self) -> AtomicFile:
         return self
@@ -259,6 +254,16 @@ class AtomicFile:
             # else what it still buffered fails again (a full disk): the error in flight says it
         finally:
             self.tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An OSError of the writes to `path` in the block is WriteFailed naming it (the OS's names
+    no file), so that the disk that failed is known (see explain: Drive's quota, or the local disk)."""
+    try:
+        yield
+    except OSError as exc:
+        raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
 
 
 @contextmanager
