@@ -145,6 +145,19 @@ def bootstrap_home(recipe, drive, home, tmp_path, index, *flags, offline_net=Fal
     return bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net)
 
 
+def bootstrap_on_a_small_disk(recipe: Path, drive: Path, tmp_path: Path, index, small: Path, size: str,
+                              **env: str) -> tuple[subprocess.CompletedProcess, str]:
+    """The bootstrap where `small` is a small disk (a real tmpfs of `size` in a private mount
+    namespace), and what that disk holds after it, listed inside the namespace (outside, the
+    folder is empty)."""
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe),
+              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
+    then_list = ["sh", "-c", '"$@"; code=$?; echo "left: $(ls -A "$0")"; exit $code', str(small), *invoke]
+    done = subprocess.run(on_a_small_disk(small, then_list, size=size), capture_output=True, text=True,
+                          env=cli_env(index.url, **env), timeout=300)
+    return done, done.stdout.strip().splitlines()[-1].removeprefix("left:").strip()
+
+
 def drive_assets(drive: Path) -> list[str]:
     root = drive / ".warmstart" / "v1" / "assets"
     return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
@@ -242,21 +255,43 @@ def test_a_local_disk_that_fills_during_a_download_is_named_and_the_part_removed
     downloads = home / ".cache" / "warmstart" / "downloads"
     downloads.mkdir(parents=True)
     recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/m/model.onnx"))
-    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe),
-              "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
-    # what the small disk holds after the run, listed inside the namespace (outside it is empty)
-    then_list = ["sh", "-c", '"$@"; code=$?; echo "left: $(ls -A "$0")"; exit $code', str(downloads), *invoke]
 
-    done = subprocess.run(on_a_small_disk(downloads, then_list, size="256k"), capture_output=True, text=True,
-                          env=cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache")), timeout=300)
+    done, left = bootstrap_on_a_small_disk(recipe, drive, tmp_path, index, downloads, "256k",
+                                           HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
 
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"warmstart: error: {downloads / sha256(MODEL)}.part: No space left on device"), last
     assert "Traceback" not in done.stderr and "Drive is full" not in done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "left:", "the part file is left"
+    assert left == "", "the part file is left"
     assert not (home / "m").exists()
     assert drive_assets(drive) == []
+
+
+@needs_mountns
+@pytest.mark.parametrize(("name", "unpack"), [("model.onnx", False), ("big.tar.gz", True), ("big.zip", True)])
+def test_a_destination_disk_too_small_for_an_asset_is_named_and_nothing_is_left_half_placed(
+        demo, drive, home, tmp_path, index, server, name, unpack):
+    """The asset's destination (a folder in HOME: here a real 512 KiB tmpfs in a private mount
+    namespace) fills as the verified file is copied or its archive extracted there: exit 3, one
+    line that starts with the destination and says the disk is full, and nothing of it is left
+    there. Before, the copy's line named the downloaded file in warmstart's cache (shutil's error
+    names the source) and the extraction's no file at all."""
+    server.files["big.tar.gz"] = tar_gz({"data/a.bin": MODEL, "data/b.bin": MODEL})
+    server.files["big.zip"] = zip_bytes({"data/a.bin": MODEL, "data/b.bin": MODEL})
+    small = home / "small"
+    small.mkdir()
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/{name}", server.files[name], f"~/small/{name}.d",
+                                           unpack=unpack))
+
+    done, left = bootstrap_on_a_small_disk(recipe, drive, tmp_path, index, small, "512k",
+                                           HOME=str(home), XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"warmstart: error: {small / name}.d: No space left on device"), last
+    assert "Traceback" not in done.stderr
+    assert left == "", "something is left half-placed"
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from .transfer import (
     read_untrusted_json,
     regular_file,
     sha256_of,
+    writing,
     zstd_open,
 )
 
@@ -160,12 +161,14 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
         if not asset.unpack:
             if dest.exists() and not placed.owns(dest):
                 raise _not_ours(asset, dest, "holds another file")
-            shutil.copyfile(verified, tmp)
+            with writing(dest):  # a full disk is said as dest's (copyfile's error names the source)
+                shutil.copyfile(verified, tmp)
             os.replace(tmp, dest)
             placed.record(dest, asset.sha256)
             return
         tmp.mkdir()
-        safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
+        with writing(dest):  # a full disk is said as dest's (the OS's error names no file)
+            safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
         _merge_into(asset, tmp, dest)
     finally:
         if tmp.is_dir():
