@@ -239,7 +239,8 @@ def test_an_asset_longer_than_the_recipe_states_is_not_read_past_its_size(demo, 
     assert result.code == 1, result.stderr
     served = f"{len(MODEL) + server.EXTRA} bytes" if kind == "long" else f"more than {len(MODEL)} bytes"
     assert f"{url} served {served}, where the recipe lists {len(MODEL)} bytes for it" in result.stderr, result.stderr
-    assert server.sent < len(MODEL) + (4 << 20), f"{server.sent} bytes sent before the client hung up"
+    # the socket buffers take some MiB before the client hangs up; uncapped, all 32 went
+    assert server.sent < len(MODEL) + server.EXTRA // 2, f"{server.sent} bytes sent before the client hung up"
     assert [p for p in home.rglob("*") if p.is_file() and sha256(MODEL) in p.name] == [], "a part file was left"
     assert not (home / "m").exists()
     assert drive_assets(drive) == []

@@ -1005,4 +1005,5 @@ def test_a_wheel_larger_than_the_index_lists_is_not_read_past_its_size(tmp_path,
         server.shutdown()
     assert str(failed.value).startswith(f"{url} served ") and "where the index lists 100000 bytes for it" in str(failed.value)
     assert not dest.exists() and list(dest.parent.iterdir()) == []
-    assert handler.sent < 4 << 20, f"{handler.sent} bytes sent before the client hung up"
+    # the socket buffers take some MiB before the client hangs up (4.1 MiB seen); uncapped, all 32 went
+    assert handler.sent < 16 << 20, f"{handler.sent} bytes sent before the client hung up"
