@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 from warmstart.bootstrap import target_lock
 from warmstart.download import Downloader, DownloadFailed, Job
 from warmstart.errors import redact
+from warmstart.headstart import FOLDER_PREFIX
 from warmstart.parts import Source
 from warmstart.pipconfig import IndexSettings
 from warmstart.snapshot import _unpack_verified
@@ -689,6 +690,43 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
 
     assert done.returncode == 3, done.stderr
     assert words in done.stderr.strip().splitlines()[-1] and "Traceback" not in done.stderr
+
+
+@needs_mountns
+def test_a_target_disk_that_fills_as_the_snapshot_is_unpacked_ends_the_run_naming_it(demo, drive, tmp_path, index):
+    """The target environment lies on a disk with 16 KiB free (a real tmpfs in a private mount
+    namespace, the same path the snapshot was made for; a filler file takes the rest). Its
+    restore, offline, fills it: exit 3, one line that starts with the file being written in the
+    staging folder and says the disk is full. Before, the snapshot was "cannot be read ([Errno 28]
+    No space left on device)", blamed, and the wheels tried on the same full disk (uv's error,
+    exit 1). No staging folder is left, and Drive's archive is kept as it was."""
+    small = tmp_path / "small"
+    small.mkdir()
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
+              "--drive", str(drive), "--python", f"{small}/env/bin/python"]
+
+    def on_its_disk(size: str, free: str | None, *flags: str) -> subprocess.CompletedProcess:
+        from conftest import MOUNTNS
+        fill = f'dd if=/dev/zero of="{small}/filler" bs=4k 2>/dev/null; truncate -s -{free} "{small}/filler" && ' \
+            if free else ""
+        script = (f'mount -t tmpfs -o size={size} tmpfs "{small}" && "{sys.executable}" -m venv --without-pip '
+                  f'"{small}/env" && {fill}"$@"; code=$?; echo "left: $(ls -A "{small}/env")"; exit $code')
+        return subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke, *flags], env=cli_env(index.url),
+                              capture_output=True, text=True, timeout=300)
+
+    made = on_its_disk("64m", None, "--wait")  # the snapshot on Drive, for this prefix
+    assert made.returncode == 0, made.stderr
+    archives = sorted(p.name for p in (drive / ".warmstart" / "v1" / "snapshots").iterdir())
+
+    done = on_its_disk("1m", "16k", "--offline")
+
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"warmstart: error: {small}/env/{FOLDER_PREFIX}") and \
+        ": No space left on device [errno 28]" in last, last
+    assert "cannot be read" not in done.stderr and "uv" not in last and "Traceback" not in done.stderr
+    assert FOLDER_PREFIX not in done.stdout.split("left:")[-1], "a staging folder is left"
+    assert sorted(p.name for p in (drive / ".warmstart" / "v1" / "snapshots").iterdir()) == archives
 
 
 @needs_mountns

@@ -22,7 +22,7 @@ from typing import IO
 
 from .parts import HELD_POLL
 from .store import Patience
-from .transfer import Bar, BlockStream, Stream
+from .transfer import Bar, BlockStream, Stream, write_to
 
 
 class Cancelled(Exception):
@@ -152,7 +152,7 @@ class ReadAhead(BlockStream):
                     if self.bar:
                         self.bar.update(len(block))
                     if self.copy:
-                        self.copy.write(block)
+                        write_to(self.copy, block)  # WriteFailed: the local disk's fault, not the source's
                     waited = self._hand_on(block)
                     if ended is not None:
                         ended += waited

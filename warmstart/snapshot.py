@@ -41,7 +41,7 @@ from .readahead import Cancelled, ReadAhead
 from .store import Store
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bars, Stream, is_sha256, zstd_open
+from .transfer import QUIET, Bars, Stream, WriteFailed, is_sha256, zstd_open
 from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"
@@ -308,6 +308,8 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
             while reading.read(ReadAhead.BLOCK):  # a zstd frame can end before the file does
                 pass
             hashes = files.close()
+    except WriteFailed:  # the local disk's fault (full), not the archive's: the wheels would fail there too
+        raise
     except (OSError, WarmstartError, Cancelled, Damaged, manifest.Untrusted) as exc:
         if watch and watch.cancelled.is_set():  # what failed was stopped on purpose
             raise Cancelled from None
@@ -406,7 +408,7 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
         finally:
             _settle(store, sources, archive)
         _trace_to_lock(staging, target, digests, patches, archive, known)
-    except (SnapshotUnusable, Cancelled) as exc:
+    except (SnapshotUnusable, Cancelled, OSError) as exc:  # OSError: the local disk (full), no fault of the archive
         shutil.rmtree(staging, ignore_errors=True)
         if copy:
             copy.unlink(missing_ok=True)

@@ -342,11 +342,11 @@ def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar(),
     left = None if limit is None else limit + 1
     while left != 0 and (chunk := src.read(CHUNK if left is None else min(CHUNK, left))):
         digest.update(chunk)
-        _write(dest, chunk)
+        write_to(dest, chunk)
         size += len(chunk)
         left = None if left is None else left - len(chunk)
         bar.update(len(chunk))
-    _write(dest, b"")
+    write_to(dest, b"")
     return digest.hexdigest(), size
 
 
@@ -364,7 +364,7 @@ def _amount(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
 
 
-def _write(dest: IO[bytes], chunk: bytes) -> None:
+def write_to(dest: IO[bytes], chunk: bytes) -> None:
     """Write a chunk, or flush when it is empty, the error said as the destination's."""
     try:
         dest.write(chunk) if chunk else dest.flush()

@@ -24,6 +24,7 @@ import threading
 from pathlib import Path
 
 from .manifest import Signature, Untrusted, signature
+from .transfer import WriteFailed
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -47,7 +48,8 @@ _Piece = tuple[str, memoryview | bytes, bool, bool]
 
 class Unpacker:
     """`feed` the tar stream in order; `close` returns each file's (sha256, signature) by its
-    path relative to `root`. Raises Damaged, Untrusted (a link) or OSError (the disk)."""
+    path relative to `root`. Raises Damaged, Untrusted (a link) or WriteFailed (the disk, naming
+    the file)."""
 
     def __init__(self, root: Path, depth: int = 8) -> None:
         self.root = root
@@ -70,6 +72,9 @@ class Unpacker:
         pieces: list[_Piece] = []
         try:
             self._take(memoryview(chunk), pieces)
+        except OSError as exc:  # the staging folder's disk (a full one), never the archive's source
+            named = exc.filename or (str(self.root / self._file[0]) if self._file else str(self.root))
+            raise WriteFailed(exc.errno, exc.strerror, named) from exc
         finally:
             self._pieces.put(pieces)
 
