@@ -4,6 +4,7 @@ and by GNU tar, fed in every way a stream can be cut."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warmstart.manifest import Untrusted, signature
+from warmstart.transfer import WriteFailed
 from warmstart.unpack import Damaged, Unpacker
 
 LONG = "lib/python3.12/site-packages/" + "a_rather_long_package_name/" * 5 + "module_with_a_long_name.py"
@@ -172,3 +174,12 @@ def test_any_damage_is_refused_or_unpacked_never_a_crash_never_outside(tmp_path,
             assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
     assert [p.name for p in (tmp_path / "fuzz").iterdir()] == ["out"]
     assert not any(p.is_symlink() for p in out.rglob("*"))
+
+
+def test_a_name_no_disk_holds_is_the_archives_fault_not_the_disks(tmp_path):
+    """An archive naming a file of 300 bytes (no Linux file system holds one) fails as a plain
+    OSError, which a restore takes as the snapshot's fault (the wheels instead), not as
+    WriteFailed, which ends the run as a full disk does (tests/test_hostile.py)."""
+    with pytest.raises(OSError) as caught:
+        unpack(archive({"lib/" + "n" * 300 + ".py": b"x = 1\n"}), tmp_path / "long")
+    assert not isinstance(caught.value, WriteFailed) and caught.value.errno == errno.ENAMETOOLONG
