@@ -15,7 +15,6 @@ tree again. Nothing here trusts a file: the check does, against the lock.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import posixpath
@@ -25,7 +24,7 @@ import threading
 from pathlib import Path
 
 from .manifest import Signature, Untrusted, signature
-from .transfer import WriteFailed
+from .transfer import THE_DISKS, WriteFailed
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -36,9 +35,6 @@ _PAX_IGNORED = frozenset({b"mtime", b"atime", b"ctime", b"uid", b"gid", b"uname"
                           b"hdrcharset"})
 _PAX_LIMIT = 64 << 10  # warmstart's pax headers hold a name and a time
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# What the staging folder's disk says (full, read-only, failing, not the user's): no fault of the
-# archive, and the wheels would meet it too.
-THE_DISKS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 _KINDS = {b"1": "a hard link", b"2": "a link", b"3": "a device", b"4": "a device", b"6": "a pipe"}
 
 
@@ -53,7 +49,8 @@ _Piece = tuple[str, memoryview | bytes, bool, bool]
 class Unpacker:
     """`feed` the tar stream in order; `close` returns each file's (sha256, signature) by its
     path relative to `root`. Raises Damaged, Untrusted (a link), WriteFailed (the disk's fault,
-    THE_DISKS, naming the file) or OSError (a name the disk cannot hold, say)."""
+    transfer.THE_DISKS, naming the file: no fault of the archive, and the wheels would meet it
+    too) or OSError (a name no disk holds, say)."""
 
     def __init__(self, root: Path, depth: int = 8) -> None:
         self.root = root
@@ -80,7 +77,7 @@ class Unpacker:
             if exc.errno not in THE_DISKS:
                 raise  # a name too long, say: the archive's fault
             named = exc.filename or (str(self.root / self._file[0]) if self._file else str(self.root))
-            raise WriteFailed(exc.errno, exc.strerror, named) from exc
+            raise WriteFailed(exc.errno, exc.strerror, named) from exc  # the staging folder's disk
         finally:
             self._pieces.put(pieces)
 
