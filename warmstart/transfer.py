@@ -239,7 +239,7 @@ class AtomicFile:
         return dest
 
     def naming(self) -> AbstractContextManager[None]:
-        """An OSError of this file's writes in the block is WriteFailed naming the file."""
+        """The disk's errors of this file's writes in the block are WriteFailed naming it (writing)."""
         return writing(self.tmp)
 
     def __enter__(self) -> AtomicFile:
