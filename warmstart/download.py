@@ -30,7 +30,7 @@ from . import faults, home, wheels
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, WriteFailed, sha256_of, writing
+from .transfer import QUIET, Bar, Bars, WriteFailed, sha256_of, write_to
 
 if TYPE_CHECKING:
     import requests
@@ -247,13 +247,11 @@ class Downloader:
                 with open(part, "ab" if resumed else "wb") as fh:
                     # Small reads: what arrived before a dropped connection is kept for resuming.
                     for chunk in response.iter_content(64 * 1024):
-                        with writing(part):  # a full disk names the file (the network's errors are OSErrors too)
-                            fh.write(chunk)
+                        write_to(fh, chunk)  # a full disk names the file (the network's errors are OSErrors too)
                         bar.update(len(chunk))
                         if job.size is not None and fh.tell() > job.size:  # the disk is not filled for it
                             raise _TooLarge(f"more than {job.size} bytes")
-                    with writing(part):
-                        fh.flush()
+                    write_to(fh, b"")
             if expected and part.stat().st_size < expected:
                 raise _Retry(f"connection closed after {part.stat().st_size} of {expected} bytes")
 

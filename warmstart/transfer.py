@@ -239,7 +239,7 @@ class AtomicFile:
         return dest
 
     def naming(self) -> AbstractContextManager[None]:
-        """The disk's errors of this file's writes in the block are WriteFailed naming it (writing)."""
+        """An OSError of this file's writes in the block is WriteFailed naming it (writing)."""
         return writing(self.tmp)
 
     def __enter__(self) -> AtomicFile:
@@ -256,20 +256,14 @@ class AtomicFile:
             self.tmp.unlink(missing_ok=True)
 
 
-# What a disk says of a write (full, read-only, failing, refused), whatever was written.
-THE_DISKS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
-
-
 @contextmanager
 def writing(path: str | os.PathLike[str]) -> Iterator[None]:
-    """The disk's errors (THE_DISKS) in the block are WriteFailed naming `path` (a write's names no
+    """An OSError of the block's writes to `path` is WriteFailed naming it (a write's names no
     file, a copy's its source), so that the disk that failed is known (see explain: Drive's
-    quota, or the local disk); any other OSError (a name too long, say) is raised as it is."""
+    quota, or the local disk)."""
     try:
         yield
     except OSError as exc:
-        if exc.errno not in THE_DISKS:
-            raise
         raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
 
 
