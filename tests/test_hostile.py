@@ -693,19 +693,22 @@ def test_a_read_only_or_full_disk_is_one_line_exit_3(case, demo, drive, tmp_path
 
 
 @needs_mountns
-def test_a_target_disk_that_fills_as_the_snapshot_is_unpacked_ends_the_run_naming_it(demo, drive, tmp_path, index):
-    """The target environment lies on a disk with 16 KiB free (a real tmpfs in a private mount
-    namespace, the same path the snapshot was made for; a filler file takes the rest). Its
-    restore, offline, fills it: exit 3, one line that starts with the file being written in the
-    staging folder and says the disk is full. Before, the snapshot was "cannot be read ([Errno 28]
-    No space left on device)", blamed, and the wheels tried on the same full disk (uv's error,
-    exit 1). No staging folder is left, and Drive's archive is kept as it was."""
+@pytest.mark.parametrize("room", ["less than its tar", "its tar and a page"])
+def test_a_target_disk_too_small_for_the_snapshot_ends_the_run_naming_it(room, demo, drive, tmp_path, index):
+    """The target environment lies on a small disk (a real tmpfs in a private mount namespace, the
+    same path the snapshot was made for; a filler file takes all but `room`), and its restore is
+    offline. With less room than the index says the tar holds, the run ends before a file is unpacked:
+    exit 3, one line naming the snapshot, what it unpacks to and what is free. With the tar's
+    bytes and a page, it starts, and the files' pages fill the disk: exit 3, one line that starts
+    with the file being written in the staging folder. Before, the snapshot was "cannot be read
+    ([Errno 28] No space left on device)", blamed, and the wheels tried on the same full disk
+    (uv's error, exit 1). No staging folder is left, and Drive's archive is kept as it was."""
     small = tmp_path / "small"
     small.mkdir()
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(demo),
               "--drive", str(drive), "--python", f"{small}/env/bin/python"]
 
-    def on_its_disk(size: str, free: str | None, *flags: str) -> subprocess.CompletedProcess:
+    def on_its_disk(size: str, free: int | None, *flags: str) -> subprocess.CompletedProcess:
         from conftest import MOUNTNS
         fill = f'dd if=/dev/zero of="{small}/filler" bs=4k 2>/dev/null; truncate -s -{free} "{small}/filler" && ' \
             if free else ""
@@ -716,17 +719,26 @@ def test_a_target_disk_that_fills_as_the_snapshot_is_unpacked_ends_the_run_namin
 
     made = on_its_disk("64m", None, "--wait")  # the snapshot on Drive, for this prefix
     assert made.returncode == 0, made.stderr
-    archives = sorted(p.name for p in (drive / ".warmstart" / "v1" / "snapshots").iterdir())
+    folder = drive / ".warmstart" / "v1" / "snapshots"
+    archives = sorted(p.name for p in folder.iterdir())
+    index_of = json.loads(next(folder.glob("*.json")).read_text())
+    tar_bytes = index_of["tar_bytes"]
+    free = 16 << 10 if room == "less than its tar" else -(-tar_bytes // 4096) * 4096 + 4096
+    assert (free < tar_bytes) == (room == "less than its tar")
 
-    done = on_its_disk("1m", "16k", "--offline")
+    done = on_its_disk("1m", free, "--offline")
 
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"warmstart: error: {small}/env/{FOLDER_PREFIX}") and \
-        ": No space left on device [errno 28]" in last, last
+    if room == "less than its tar":
+        assert last == (f"warmstart: error: snapshot {index_of['archive']} unpacks to {tar_bytes} bytes, more than "
+                        f"the {free} bytes free in {small}/env; free disk space there, then run again"), last
+    else:
+        assert last.startswith(f"warmstart: error: {small}/env/{FOLDER_PREFIX}") and \
+            ": No space left on device [errno 28]" in last, last
     assert "cannot be read" not in done.stderr and "uv" not in last and "Traceback" not in done.stderr
     assert FOLDER_PREFIX not in done.stdout.split("left:")[-1], "a staging folder is left"
-    assert sorted(p.name for p in (drive / ".warmstart" / "v1" / "snapshots").iterdir()) == archives
+    assert sorted(p.name for p in folder.iterdir()) == archives
 
 
 @needs_mountns

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap, cli_env, installed, make_venv, needs_fuse, run_cli, slow_drive
+from conftest import bootstrap, cli_env, installed, make_venv, needs_fuse, needs_mountns, run_cli, slow_drive
 
 from warmstart import snapshot, target
 from warmstart.background import ChildRead
+from warmstart.headstart import FOLDER_PREFIX
 from warmstart.readahead import ReadAhead
 from warmstart.store import DriveStore
 
@@ -354,6 +356,45 @@ def test_console_scripts_from_a_snapshot_are_written_anew(plain, packed, tmp_pat
     assert "pwned" not in script.read_text() and script.read_text().startswith(f"#!{python}\n")
     assert subprocess.run([str(script)], capture_output=True, text=True).stdout.strip() == "gpu-build 1.0"
     assert pip(python, "check", env=env).returncode == 0
+
+
+@needs_mountns
+def test_a_disk_that_fills_as_console_scripts_are_written_anew_ends_the_run_naming_it(plain, packed, tmp_path, env):
+    """The restore's last writes before the move into place are the console scripts and RECORDs
+    it writes anew. Here the snapshot lacks its one console script (the store's copy rewritten, as
+    the lock cannot tell), and the environment lies on a real tmpfs (a private mount namespace,
+    the prefix the snapshot was made for) with room for the archive's files and not one page
+    more: the files unpack and trace back to the lock, and writing the script fills the disk. The
+    run ends with exit 3 and one line naming the script; before, the snapshot was blamed ("does
+    not match the lock: [Errno 28] ..."), set aside on Drive and the wheels tried on the full
+    disk. Drive's snapshot stays as it was."""
+    from conftest import MOUNTNS, REPO
+    room = []
+
+    def drop_the_script(tree: Path) -> None:
+        (tree / "bin" / "gpu-build").unlink()
+        room.append(sum(-(-f.stat().st_size // 4096) * 4096 for f in tree.rglob("*") if f.is_file()))
+
+    rewrite(packed, drop_the_script)
+    kept = [p.name for p in snapshots(packed)]
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    script = (f'mount -t tmpfs -o size=2m tmpfs "{venv}" && "{sys.executable}" -m venv --without-pip "{venv}" && '
+              f'(dd if=/dev/zero of="{venv}/filler" bs=4k 2>/dev/null; truncate -s -{room[0]} "{venv}/filler") && '
+              f'"$@"; code=$?; echo "left: $(ls -A "{venv}")"; exit $code')
+    invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(plain),
+              "--drive", str(packed), "--python", str(venv / "bin" / "python"), "--offline"]
+
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 3, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"warmstart: error: {venv}/{FOLDER_PREFIX}[^/]+/bin/gpu-build: No space left on device "
+                        r"\[errno 28\]; .*", last), last
+    assert "does not match the lock" not in done.stderr and "Traceback" not in done.stderr
+    assert FOLDER_PREFIX not in done.stdout.split("left:")[-1], "a staging folder is left"
+    assert [p.name for p in snapshots(packed)] == kept, "Drive's snapshot is kept as it was"
 
 
 class _Recorded(io.RawIOBase):

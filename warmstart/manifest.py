@@ -35,7 +35,7 @@ from packaging.utils import NormalizedName
 
 from .patches import MARKER, Patch, apply
 from .target import dist_name, record_digest, record_hash, record_rows, record_text
-from .transfer import untrusted_json
+from .transfer import untrusted_json, writing
 
 # Files in a .dist-info folder that installers (and warmstart's patches) write, not the wheel.
 GENERATED = frozenset({"RECORD", "INSTALLER", "REQUESTED", "direct_url.json", "uv_cache.json", MARKER})
@@ -352,11 +352,12 @@ class Tree:
             for script, target in dist.scripts.items():
                 module, _, func = target.split("[")[0].strip().partition(":")
                 path = self.root / self.bin / script
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.unlink(missing_ok=True)
-                path.write_text(_SCRIPT.format(python=self.python, module=module.strip(),
-                                               name=func.strip().split(".")[0], call=func.strip()))
-                path.chmod(0o755)
+                with writing(path, disk_only=True):  # a full disk is said as such, naming the file
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.unlink(missing_ok=True)
+                    path.write_text(_SCRIPT.format(python=self.python, module=module.strip(),
+                                                   name=func.strip().split(".")[0], call=func.strip()))
+                    path.chmod(0o755)
             rows = []
             for rel in sorted([*dist.files, *dist.metadata, *(str(self.bin / s) for s in dist.scripts)]):
                 file = os.path.join(self.root, rel)
@@ -367,7 +368,8 @@ class Tree:
                     data = Path(file).read_bytes()
                     rows.append([self._in_site(rel), record_hash(data), str(len(data))])
             rows.append([self._in_site(str(dist.info / "RECORD")), "", ""])
-            (self.root / dist.info / "RECORD").write_text(record_text(rows))
+            with writing(record := self.root / dist.info / "RECORD", disk_only=True):
+                record.write_text(record_text(rows))
 
 
 # The console script pip writes for an entry point "module:function".

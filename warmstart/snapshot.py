@@ -33,7 +33,7 @@ from typing import IO, Any, Protocol
 from packaging.utils import NormalizedName
 
 from . import early, faults, manifest, parts
-from .errors import WarmstartError
+from .errors import PreconditionUnmet, WarmstartError
 from .headstart import recorded_seconds, staging_folder
 from .lock import Lock, Pin
 from .patches import Patch
@@ -41,7 +41,7 @@ from .readahead import Cancelled, ReadAhead
 from .store import Store
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bars, Stream, WriteFailed, is_sha256, zstd_open
+from .transfer import QUIET, Bars, Stream, WriteFailed, is_sha256, no_room, zstd_open
 from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"
@@ -358,6 +358,8 @@ def _trace_to_lock(staging: Path, target: TargetPython, digests: dict[Normalized
     """verify_staged, said as a snapshot that cannot be used."""
     try:
         verify_staged(staging, target, digests, patches, known)
+    except WriteFailed:  # writing its scripts and RECORDs: the local disk's fault, not the archive's
+        raise
     except (manifest.Untrusted, OSError) as exc:
         raise SnapshotUnusable(f"snapshot {archive} does not match the lock: {exc}") from None
 
@@ -386,9 +388,16 @@ def stage(store: TieredStore, snapshot: Snapshot, target: TargetPython,
     archive nor a rewritten one touches the environment. Console scripts and RECORDs are written
     anew. Drive and the team cache are read at once when both hold the archive. A snapshot only
     the team store holds is copied, archive and index, into `for_drive` as it is read (the Drive
-    work puts them on Drive, the index last). `watch`: a race may cancel it (Cancelled)."""
+    work puts them on Drive, the index last). `watch`: a race may cancel it (Cancelled).
+    PreconditionUnmet, before anything is unpacked, when the target's disk has less room than the
+    archive unpacks to; WriteFailed when its disk fails a write (no fault of the archive, which is
+    kept)."""
     index = snapshot.read_index(store)
     archive = _archive_name(index)
+    # Asked before a file is unpacked: a disk too small is said with what it lacks, and the wheels
+    # would not fit either (the tar's size is what the files take, to within their headers).
+    if short := no_room(int(index["tar_bytes"]), target.prefix, then="free disk space there, then run again"):
+        raise PreconditionUnmet(f"snapshot {archive} unpacks to {short}")
     sources = [parts.Source(label, tier) for label, tier in store.holders(KIND, archive)]
     if not sources:
         raise SnapshotUnusable(f"snapshot {snapshot.index_name} names {archive}, which is missing")

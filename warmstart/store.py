@@ -384,7 +384,7 @@ class DriveStore:
         try:
             listed = src.stat().st_size
             if too_large := no_room(listed, dest.parent):
-                self.warnings.append(f"{src} not copied: {too_large}")
+                self.warnings.append(f"{src} not copied: it is {too_large}")
                 return None
             with (open(dest, "wb") as out, self.bars.bar(listed, f"from Drive {name[:30]}") as bar,
                   _Answering(self, self._answered(lambda: open(src, "rb", buffering=0))) as fin):

@@ -354,7 +354,7 @@ class ObjectStore:
         if self.down or not self.has(kind, name):
             return None
         if too_large := no_room(listed := self.size(kind, name), dest.parent):
-            self.warnings.append(f"{self.where(kind, name)} not copied: {too_large}")
+            self.warnings.append(f"{self.where(kind, name)} not copied: it is {too_large}")
             return None
         try:
             with self.open(kind, name) as src, open(dest, "wb") as out, \

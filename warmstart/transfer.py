@@ -257,14 +257,22 @@ class AtomicFile:
 
 
 @contextmanager
-def writing(path: str | os.PathLike[str]) -> Iterator[None]:
+def writing(path: str | os.PathLike[str], disk_only: bool = False) -> Iterator[None]:
     """An OSError of the block's writes to `path` is WriteFailed naming it (a write's names no
     file, a copy's its source), so that the disk that failed is known (see explain: Drive's
-    quota, or the local disk)."""
+    quota, or the local disk). With `disk_only`, only what a disk says (DISK_ERRNOS): in a tree
+    an archive laid out, a folder where a file should be, or a name too long, is the archive's."""
     try:
         yield
     except OSError as exc:
+        if disk_only and exc.errno not in DISK_ERRNOS:
+            raise
         raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
+
+
+# What a disk says when it takes no more (full, read-only, failing, refused): the writer's data is
+# not at fault, and any other data would meet it too.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 
 
 @contextmanager
@@ -351,14 +359,14 @@ def copy_hashed(src: Path | Readable, dest: IO[bytes], bar: Bar = _NoBar(),
     return digest.hexdigest(), size
 
 
-def no_room(size: int, folder: Path) -> str | None:
-    """Why a file of `size` bytes is not copied into the local `folder` (a store may list a file
-    of any size under a wheel's name: it would fill the disk before its hash failed), or None."""
+def no_room(size: int, folder: Path, then: str = "free local disk space, or set TMPDIR to a larger disk") -> str | None:
+    """Why `size` bytes are not written into the local `folder`, or None: "N MiB, more than the M
+    MiB free in FOLDER; `then`". Asked before a write a store's listing sized (a store may list a
+    file of any size under a wheel's name: it would fill the disk before its hash failed)."""
     free = shutil.disk_usage(folder).free
     if size <= free:
         return None
-    return (f"it is {_amount(size)}, more than the {_amount(free)} free in {folder}; "
-            "free local disk space, or set TMPDIR to a larger disk")
+    return f"{_amount(size)}, more than the {_amount(free)} free in {folder}; {then}"
 
 
 def _amount(size: int) -> str:

@@ -15,7 +15,6 @@ tree again. Nothing here trusts a file: the check does, against the lock.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import posixpath
@@ -25,7 +24,7 @@ import threading
 from pathlib import Path
 
 from .manifest import Signature, Untrusted, signature
-from .transfer import WriteFailed
+from .transfer import DISK_ERRNOS, WriteFailed
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -36,9 +35,6 @@ _PAX_IGNORED = frozenset({b"mtime", b"atime", b"ctime", b"uid", b"gid", b"uname"
                           b"hdrcharset"})
 _PAX_LIMIT = 64 << 10  # warmstart's pax headers hold a name and a time
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# What the staging folder's disk says (full, read-only, failing, refused): no fault of the archive,
-# and the wheels would meet it too. Any other OSError (a name no disk holds, say) is the archive's.
-_THE_DISKS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 _KINDS = {b"1": "a hard link", b"2": "a link", b"3": "a device", b"4": "a device", b"6": "a pipe"}
 
 
@@ -77,8 +73,8 @@ class Unpacker:
         try:
             self._take(memoryview(chunk), pieces)
         except OSError as exc:
-            if exc.errno not in _THE_DISKS:
-                raise  # a name too long, say: the archive's fault
+            if exc.errno not in DISK_ERRNOS:
+                raise  # a name no disk holds, say: the archive's fault (the wheels would meet the disk's)
             named = exc.filename or (str(self.root / self._file[0]) if self._file else str(self.root))
             raise WriteFailed(exc.errno, exc.strerror, named) from exc  # the staging folder's disk
         finally:
