@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import re
 import shutil
 import subprocess
 import sys
@@ -247,22 +248,31 @@ def test_an_asset_longer_than_the_recipe_states_is_not_read_past_its_size(demo, 
 
 
 @needs_mountns
-def test_a_local_disk_that_fills_during_a_download_is_named_and_the_part_removed(demo, drive, home, tmp_path, index,
-                                                                                  server):
+@pytest.mark.parametrize("sized", [False, True], ids=["size unknown", "size stated"])
+def test_a_local_disk_too_small_for_a_download_is_named_and_nothing_is_left(demo, drive, home, tmp_path, index,
+                                                                            server, sized):
     """The local folder a download goes to (warmstart's downloads folder: here a real 256 KiB
-    tmpfs in a private mount namespace) fills before the 1 MiB asset is in: exit 3, one line
-    that starts with the file being written and says the disk is full; the part file is removed
-    (it would keep the disk full), nothing is placed or cached. Before, the line named no file."""
+    tmpfs in a private mount namespace) has no room for the 1 MiB asset: exit 3, one line, and
+    nothing is placed or cached. Of an asset whose recipe states no size, the line starts with the
+    part file being written and says the disk is full, and the part is removed (it would keep the
+    disk full; before, the line named no file). Of one that states its size, the run ends before
+    the download begins, the line naming the asset, its size, the folder and its free space."""
     downloads = home / ".cache" / "warmstart" / "downloads"
     downloads.mkdir(parents=True)
-    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/m/model.onnx"))
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/m/model.onnx",
+                                           size=len(MODEL) if sized else None))
 
     done, left = bootstrap_on_a_small_disk(recipe, drive, tmp_path, index, downloads, "256k",
                                            HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
 
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"warmstart: error: {downloads / sha256(MODEL)}.part: No space left on device"), last
+    if sized:
+        assert re.fullmatch(r"warmstart: error: download model.onnx: the file is 1.0 MiB, more than the \d+ bytes "
+                            rf"free in {downloads}; free disk space there, then run again", last), last
+        assert server.requests == [], "nothing is fetched"
+    else:
+        assert last.startswith(f"warmstart: error: {downloads / sha256(MODEL)}.part: No space left on device"), last
     assert "Traceback" not in done.stderr and "Drive is full" not in done.stderr
     assert left == "", "the part file is left"
     assert not (home / "m").exists()

@@ -30,7 +30,7 @@ from . import faults, home, wheels
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, WriteFailed, sha256_of, write_to
+from .transfer import QUIET, Bar, Bars, WriteFailed, no_room, sha256_of, write_to
 
 if TYPE_CHECKING:
     import requests
@@ -213,6 +213,7 @@ class Downloader:
         """Fetch every job at once under one progress bar; returns the bytes fetched."""
         if not jobs:
             return 0
+        _room_for(jobs, desc)
         total = sum(j.size for j in jobs if j.size) if all(j.size for j in jobs) else None
         with self.bars.bar(total, desc) as bar, ThreadPoolExecutor(self.parallel) as pool:
             sizes = list(pool.map(lambda job: self.fetch_one(job, bar), jobs))
@@ -224,7 +225,7 @@ class Downloader:
         check the sha256, rename it to job.dest. Connection errors and 5xx are retried."""
         self.settings.require_secure(job.url, "download URL")
         job.dest.parent.mkdir(parents=True, exist_ok=True)
-        part = job.dest.with_name(job.dest.name + ".part")
+        part = _part(job)
 
         def attempt() -> None:
             import requests
@@ -277,6 +278,24 @@ class Downloader:
                                  "that the lock or recipe names; fix the lock or recipe, or check the mirror")
         os.replace(part, job.dest)
         return job.dest.stat().st_size
+
+
+def _part(job: Job) -> Path:
+    return job.dest.with_name(job.dest.name + ".part")
+
+
+def _room_for(jobs: Sequence[Job], desc: str) -> None:
+    """PreconditionUnmet when what is left of the files whose size is listed does not fit in their
+    folder: said before a byte is fetched, not once a download has filled the disk."""
+    left: dict[Path, int] = {}
+    for job in jobs:
+        if job.size:
+            job.dest.parent.mkdir(parents=True, exist_ok=True)
+            have = part.stat().st_size if (part := _part(job)).exists() else 0
+            left[job.dest.parent] = left.get(job.dest.parent, 0) + max(job.size - have, 0)
+    for folder, size in left.items():
+        if short := no_room(size, folder, then="free disk space there, then run again"):
+            raise PreconditionUnmet(f"{desc}: {'the file is' if len(jobs) == 1 else 'the files are'} {short}")
 
 
 class _Retry(Exception):
