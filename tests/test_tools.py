@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import build_wheel, make_venv, pyenv_python
+from conftest import build_wheel, make_venv, needs_mountns, on_a_small_disk, pyenv_python
 
 from warmstart import tools
 from warmstart.errors import BadInput, PreconditionUnmet
@@ -94,6 +94,32 @@ def test_the_tools_wheels_are_off_drive_before_the_snapshots_read_begins(tmp_pat
     assert said == f"restored warmstart's dependencies from {wheels}"
     assert tools.in_place(tmp_path / "tools", lock)
     assert not list((tmp_path / "tmp").iterdir()), "the copies go once installed"
+
+
+@needs_mountns
+def test_a_local_disk_that_fills_as_the_tools_wheels_come_off_drive_is_named(tmp_path):
+    """TMPDIR, where the tools' wheels are copied off Drive, is a real tmpfs of one page in a
+    private mount namespace: the first wheel fits, the next does not. The restore ends there, with
+    warmstart.sh's exit 3 and one line naming the copy and the full disk; before, the copy was
+    left out as if Drive had not served it, and the run ended at the next write to that disk with
+    a line that named no file."""
+    drive, lock = drive_with_tools(tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+    restore = ("import sys; from pathlib import Path; from warmstart import tools; "
+               "from warmstart.errors import failure; from warmstart.store import DriveStore\n"
+               "try:\n    tools.restore(Path(sys.argv[1]), Path(sys.argv[2]), DriveStore(Path(sys.argv[3])), True)\n"
+               "except Exception as exc:\n    failed = failure(exc); print(failed.message); sys.exit(failed.exit_code)\n")
+
+    done = subprocess.run(on_a_small_disk(small, [sys.executable, "-c", restore, str(tmp_path / "tools"), str(lock),
+                                                  str(drive)]),
+                          env={**os.environ, "TMPDIR": str(small), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                          capture_output=True, text=True, timeout=120, cwd=tools.CHECKOUT)
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert re.fullmatch(rf"{small}/warmstart-tools-[^/]+/tool_[ab]-1.0-py3-none-any.whl: No space left on device "
+                        r"\[errno 28\]; .*", done.stdout.strip()), done.stdout
+    assert "Traceback" not in done.stderr
 
 
 def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as_in_place(tmp_path, tools_installer):

@@ -49,7 +49,7 @@ from .locktext import canonical, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
-from .transfer import atomic_write, atomic_write_text, sha256_of, shown
+from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of, shown
 from .uv import find_uv
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -174,15 +174,20 @@ def _off_drive(wheels: Path, names: Iterable[str], into: Path) -> None:
     pace (all 18 of the Colab lock, 7 MB: 0.5 s at 15 MiB/s; the 6 the image lacks, 0.5 MB),
     where the install read them beside the archive, at half of it.
     A file is copied whatever it holds (the installer checks each against the lock's sha256);
-    one too large, or unreadable, is left out, and so not found."""
+    one too large, or unreadable, is left out, and so not found. A local disk that fails the copy
+    (full) is WriteFailed, naming the copy: the run would end at its next write there, naming no file."""
     wanted = set(names)
 
     def copy(wheel: Path) -> None:
+        dest = into / wheel.name
         try:
             if wheel.stat().st_size <= WHEEL_MOST:
-                shutil.copyfile(wheel, into / wheel.name)
-        except OSError:
-            (into / wheel.name).unlink(missing_ok=True)
+                with open(dest, "wb") as out:
+                    copy_hashed(wheel, out)  # its writes' errors are WriteFailed, its reads' (Drive's) not
+        except OSError as exc:
+            dest.unlink(missing_ok=True)
+            if isinstance(exc, WriteFailed):
+                raise
 
     if wanted:
         with ThreadPoolExecutor(8) as pool:
