@@ -182,6 +182,34 @@ def test_the_tools_the_notebooks_interpreter_ships_at_the_locked_versions_are_co
     assert ran.stdout.strip() == str(copied / "tool_a" / "__init__.py"), ran.stderr
 
 
+@needs_mountns
+def test_a_full_disk_under_a_copy_of_the_notebooks_own_tool_ends_the_restore_naming_it(tmp_path):
+    """The tools' site folder on a real tmpfs that a filler file keeps full (a private mount
+    namespace): copying the notebook's own tool-a there fails at its first file. That is said as
+    the disk's, exit 3 and one line naming the file, with nothing of the copy left; before, it
+    was a note ("cannot copy the notebook's own ...: its wheel instead"), and the wheel's install
+    met the same full disk."""
+    site = notebook_site(tmp_path, build_wheel(tmp_path, "tool-a", "1.0"))
+    small = tmp_path / "small"
+    small.mkdir()
+    copy = ("import sys; from pathlib import Path; from warmstart import tools; from warmstart.errors import failure\n"
+            "info = next(Path(sys.argv[1]).glob('tool_a-*.dist-info'))\n"
+            "try:\n    print(tools._from_image({'tool-a': info}, Path(sys.argv[2])))\n"
+            "except Exception as exc:\n    failed = failure(exc); print(failed.message); sys.exit(failed.exit_code)\n")
+    script = (f'mkdir "{small}/site" && (dd if=/dev/zero of="{small}/filler" bs=4k 2>/dev/null; true) && '
+              f'"$@"; code=$?; echo "left: $(ls -A "{small}/site")"; exit $code')
+
+    done = subprocess.run(on_a_small_disk(small, ["sh", "-c", script, "sh", sys.executable, "-c", copy, str(site),
+                                                  f"{small}/site"], size="64k"),
+                          capture_output=True, text=True, timeout=120, cwd=tools.CHECKOUT)
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    said, left = done.stdout.strip().splitlines()
+    assert re.fullmatch(rf"{small}/site/tool_a[^:]*: No space left on device \[errno 28\]; .*", said), said
+    assert left == "left:", "nothing of the copy is left"
+    assert "note:" not in done.stderr and "Traceback" not in done.stderr
+
+
 def test_with_every_tool_in_the_notebooks_interpreter_a_drive_without_wheels_serves_offline(tmp_path, monkeypatch):
     drive, lock = drive_with_tools(tmp_path)
     wheels = wheels_of(drive)

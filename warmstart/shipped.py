@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .distinfo import distributions
 from .locktext import canonical
+from .transfer import writing
 
 FILE_MOST = 64 << 20  # bytes of one file read at once: a tool's largest (zstandard's library) is 24 MB
 
@@ -96,8 +97,8 @@ def _files(info: Path) -> list[tuple[str, bytes | None]]:
 
 def copy(info: Path, into: Path) -> None:
     """The files of the distribution whose `.dist-info` folder is `info` into the site folder
-    `into`, each checked against RECORD; raises NotWhole (or OSError) with nothing of it left
-    there."""
+    `into`, each checked against RECORD; raises NotWhole, WriteFailed (the disk of `into`) or
+    OSError with nothing of it left there."""
     made: list[Path] = []
     try:
         for relative, digest in _files(info):
@@ -113,7 +114,8 @@ def copy(info: Path, into: Path) -> None:
                 if not folder.exists() and folder.is_relative_to(into):
                     folder.mkdir()
                     made.append(folder)
-            with open(target, "xb") as out:  # a file already there is not this copy's to replace
+            # A file already there is not this copy's to replace; a full disk is said as such.
+            with writing(target, disk_only=True), open(target, "xb") as out:
                 made.append(target)
                 out.write(data)
             os.chmod(target, mode)

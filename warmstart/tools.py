@@ -205,6 +205,8 @@ def _from_image(image: dict[str, Path], site: Path) -> set[str]:
             copied.add(name)
         except shipped.NotWhole as exc:
             say(f"note: the notebook's own {info.name} is not as installed ({exc}): its wheel instead")
+        except WriteFailed:  # the tools' disk (full): its wheel would meet it too
+            raise
         except OSError as exc:
             say(f"note: cannot copy the notebook's own {info.name} ({exc.strerror or exc}): its wheel instead")
     return copied
