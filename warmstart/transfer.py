@@ -256,6 +256,11 @@ class AtomicFile:
             self.tmp.unlink(missing_ok=True)
 
 
+# What a disk says when it takes no more (full, read-only, failing, refused): the writer's data is
+# not at fault, and any other data would meet it too.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
+
+
 @contextmanager
 def writing(path: str | os.PathLike[str], disk_only: bool = False) -> Iterator[None]:
     """An OSError of the block's writes to `path` is WriteFailed naming it (a write's names no
@@ -268,11 +273,6 @@ def writing(path: str | os.PathLike[str], disk_only: bool = False) -> Iterator[N
         if disk_only and exc.errno not in DISK_ERRNOS:
             raise
         raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
-
-
-# What a disk says when it takes no more (full, read-only, failing, refused): the writer's data is
-# not at fault, and any other data would meet it too.
-DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EACCES, errno.EPERM})
 
 
 @contextmanager
