@@ -287,6 +287,19 @@ def on_a_small_disk(folder: Path, command: list[str], size: str = "4k") -> list[
     return [*MOUNTNS, "--", "sh", "-c", mount, str(folder), *command]
 
 
+def a_target_on_a_small_disk(disk: Path, prefix: Path, size: str, free: int | None, command: list[str]) -> list[str]:
+    """`command` run where `disk` is a tmpfs of `size` in a private mount namespace holding a bare
+    virtualenv at `prefix` (a target environment) and, with `free`, a filler file that leaves it
+    only that many bytes. Its stdout ends with `left: ...`, the prefix as the namespace sees it
+    (outside, the tmpfs is not mounted)."""
+    assert MOUNTNS is not None
+    fill = (f'(dd if=/dev/zero of="{disk}/filler" bs=4k 2>/dev/null; truncate -s -{free} "{disk}/filler") && '
+            if free is not None else "")
+    script = (f'mount -t tmpfs -o size={size} tmpfs "{disk}" && "{sys.executable}" -m venv --without-pip "{prefix}" '
+              f'&& {fill}"$@"; code=$?; echo "left: $(ls -A "{prefix}")"; exit $code')
+    return [*MOUNTNS, "--", "sh", "-c", script, "sh", *command]
+
+
 # Core tests (offline restores, Drive mounts) need these; where they are missing the test skips
 # saying why, and in CI (CI=true) fails instead: a green build never hides an untested restore.
 needs_netns = pytest.mark.needs_netns

@@ -24,6 +24,7 @@ import zstandard
 from conftest import (
     LOCKED,
     REPO,
+    a_target_on_a_small_disk,
     bootstrap,
     cli_env,
     installed,
@@ -709,13 +710,8 @@ def test_a_target_disk_too_small_for_the_snapshot_ends_the_run_naming_it(room, d
               "--drive", str(drive), "--python", f"{small}/env/bin/python"]
 
     def on_its_disk(size: str, free: int | None, *flags: str) -> subprocess.CompletedProcess:
-        from conftest import MOUNTNS
-        fill = f'dd if=/dev/zero of="{small}/filler" bs=4k 2>/dev/null; truncate -s -{free} "{small}/filler" && ' \
-            if free else ""
-        script = (f'mount -t tmpfs -o size={size} tmpfs "{small}" && "{sys.executable}" -m venv --without-pip '
-                  f'"{small}/env" && {fill}"$@"; code=$?; echo "left: $(ls -A "{small}/env")"; exit $code')
-        return subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke, *flags], env=cli_env(index.url),
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(a_target_on_a_small_disk(small, small / "env", size, free, [*invoke, *flags]),
+                              env=cli_env(index.url), capture_output=True, text=True, timeout=300)
 
     made = on_its_disk("64m", None, "--wait")  # the snapshot on Drive, for this prefix
     assert made.returncode == 0, made.stderr

@@ -368,7 +368,7 @@ def test_a_disk_that_fills_as_console_scripts_are_written_anew_ends_the_run_nami
     run ends with exit 3 and one line naming the script; before, the snapshot was blamed ("does
     not match the lock: [Errno 28] ..."), set aside on Drive and the wheels tried on the full
     disk. Drive's snapshot stays as it was."""
-    from conftest import MOUNTNS, REPO
+    from conftest import REPO, a_target_on_a_small_disk
     room = []
 
     def drop_the_script(tree: Path) -> None:
@@ -379,13 +379,10 @@ def test_a_disk_that_fills_as_console_scripts_are_written_anew_ends_the_run_nami
     kept = [p.name for p in snapshots(packed)]
     venv = tmp_path / "venv"
     venv.mkdir()
-    script = (f'mount -t tmpfs -o size=2m tmpfs "{venv}" && "{sys.executable}" -m venv --without-pip "{venv}" && '
-              f'(dd if=/dev/zero of="{venv}/filler" bs=4k 2>/dev/null; truncate -s -{room[0]} "{venv}/filler") && '
-              f'"$@"; code=$?; echo "left: $(ls -A "{venv}")"; exit $code')
     invoke = [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(plain),
               "--drive", str(packed), "--python", str(venv / "bin" / "python"), "--offline"]
 
-    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", *invoke], env=env,
+    done = subprocess.run(a_target_on_a_small_disk(venv, venv, "2m", room[0], invoke), env=env,
                           capture_output=True, text=True, timeout=300)
 
     assert done.returncode == 3, done.stderr
