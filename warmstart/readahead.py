@@ -25,6 +25,11 @@ from .store import Patience
 from .transfer import Bar, BlockStream, Stream, write_to
 
 
+class Undecodable(OSError):
+    """The decoder the stream passes through refused it (zstandard.ZstdError): the bytes are
+    damaged, not unreadable."""
+
+
 class Cancelled(Exception):
     """The read was stopped on purpose (`ReadAhead.stop`): the restore it serves lost its race,
     another way to install the same files finished first (snapshot.stage raises it then)."""
@@ -159,8 +164,8 @@ class ReadAhead(BlockStream):
         except (OSError, Cancelled) as exc:  # handed to the reader, raised there
             self._blocks.put(exc)
             return
-        except Exception as exc:  # a decoder's own error (zstandard.ZstdError): the stream is unreadable
-            self._blocks.put(OSError(f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # a decoder's own error (zstandard.ZstdError): the stream is damaged
+            self._blocks.put(Undecodable(f"{type(exc).__name__}: {exc}"))
             return
         except BaseException as exc:
             self._blocks.put(exc)
