@@ -280,7 +280,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     when given); raise SnapshotUnusable (staging removed) when it is not what its index says.
     One source is read front to back, the whole archive's hash checked only with a `copy` (the
     files are checked against the lock after this, whatever their source: hashing the archive
-    too took 0.2 s of CPU on 2 CPUs, a tenth of a Colab stand-in's restore from local disk);
+    too took 0.14 s of CPU, about a tenth of a Colab stand-in's restore from local disk);
     several are read at once, part by part, each part checked (see warmstart.parts: it tells
     which source served a damaged part), and so is one with a source held back (`later`: the
     team store, asked only if it falls behind). A damaged archive the decoder or the tar
