@@ -22,7 +22,7 @@ from typing import IO
 
 from .parts import HELD_POLL
 from .store import Patience
-from .transfer import Bar, BlockStream, Stream, write_to
+from .transfer import Bar, BlockStream, Stream, write_all, write_to
 
 
 class Undecodable(OSError):
@@ -220,9 +220,8 @@ class ReadAhead(BlockStream):
             if self._spill is None:
                 assert self._spill_to is not None
                 # O_TMPFILE: never named; closed by close(), or with the process
-                self._spill = tempfile.TemporaryFile(dir=self._spill_to)  # noqa: SIM115
-            self._spill.write(block)
-            self._spill.flush()
+                self._spill = tempfile.TemporaryFile(dir=self._spill_to, buffering=0)  # noqa: SIM115
+            write_all(self._spill.fileno(), memoryview(block))
         except OSError:
             self._spill_to = None  # no further tries
             return None

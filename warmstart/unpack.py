@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from .manifest import Signature, Untrusted, signature
-from .transfer import DISK_ERRNOS, WriteFailed
+from .transfer import DISK_ERRNOS, WriteFailed, write_all
 
 BLOCK = 512
 _ZERO = bytes(BLOCK)
@@ -140,9 +140,7 @@ class Unpacker:
             return
         assert self._file is not None
         name, fd = self._file
-        written = 0
-        while written < len(piece):
-            written += os.write(fd, piece[written:])
+        write_all(fd, piece)
         pieces.append((name, piece, False, not self._left))
         if not self._left:
             self._done()
