@@ -253,7 +253,11 @@ def test_the_read_ahead_knows_drive_s_pace_before_its_second_whole_chunk(tmp_pat
             wait_until(lambda: ahead.measured[1] >= prefetch.TIMED_FIRST, 10, "no pace measured", every=0.001)
             assert ahead.came < prefetch.CHUNK + prefetch.TIMED_FIRST, "the timing waited for a first whole chunk"
             busy, timed = ahead.measured
-            assert 3 < timed / MiB / busy < 4.5, f"{timed / MiB / busy:.1f} MiB/s"  # sleeping only slows it
+            # Sleeping only slows it; what can speed it is one of the timed chunks' reads having
+            # waited on Drive before its window began (seen: 4.52 MiB/s on CI), so at most the
+            # whole timed in the time of all its chunks but one. A backlog counted in would double it.
+            fastest = 4 * prefetch.TIMED_FIRST / (prefetch.TIMED_FIRST - prefetch.TIMED_CHUNK)
+            assert 3 < timed / MiB / busy < fastest * 1.02, f"{timed / MiB / busy:.2f} MiB/s"
         finally:
             ahead.close()
 
