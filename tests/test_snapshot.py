@@ -141,8 +141,6 @@ def test_an_archive_whose_bytes_differ_where_no_file_lies_is_caught_by_its_frame
     """A restore from Drive alone does not hash the whole archive (its files' hashes are the
     check); the zstd frame's own checksum catches damage that changes no file. Here its last
     byte, the checksum's own, is flipped and the index made to vouch for the result."""
-    import hashlib
-
     index_file, archive = sorted(snapshots(packed), key=lambda p: p.name.endswith(".tar.zst"))
     data = bytearray(archive.read_bytes())
     data[-1] ^= 0xFF
@@ -199,7 +197,6 @@ def rewrite(drive: Path, change, then=None) -> None:
     """Rewrite the snapshot as an attacker with write access to the store would: unpack the
     archive, `change(folder)`, pack it again (`then(tar, folder)` adds members at its end) and
     make its index vouch for the new archive (its sha256 and size), so that only the lock can tell."""
-    import hashlib
     import tarfile
 
     import zstandard
@@ -311,8 +308,6 @@ def test_a_file_unpacked_twice_is_refused_though_its_first_copy_matched_the_lock
 def test_a_snapshot_that_asks_the_decoder_for_more_memory_than_warmstart_allows_is_refused(plain, packed, tmp_path, env):
     """Decoding a zstd frame takes memory about its window: an archive whose frame asks for a
     larger window than warmstart writes is refused, whatever its index says."""
-    import hashlib
-
     import zstandard
 
     from warmstart.snapshot import WINDOW_LOG
