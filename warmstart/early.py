@@ -47,7 +47,7 @@ from .prefetch import CHUNK, KIND, Ahead, HandedRead, newest_archive, take_guess
 from .profiles import Profile, select_profile
 from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
-from .transfer import on_fuse
+from .transfer import on_fuse, write_all
 
 HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
 # What `begin` calls on the reading thread once it has the archive's index: the read, the run's
@@ -77,9 +77,7 @@ class Handed:
         outcome = b"ok"
         try:
             for chunk in ahead.drain():
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(data_out, view):]
+                write_all(data_out, memoryview(chunk))
         except BrokenPipeError:
             outcome = b""  # the taker closed its end: it wants no more
         except OSError as exc:
