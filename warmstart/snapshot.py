@@ -295,6 +295,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
     # writes the files, and another hashes them.
     files = Unpacker(staging)
     whole = len(sources) == 1 and later is None  # else in parts
+    hash_whole = whole and copy is not None  # Drive never holds a copy its index does not name
     reading: ReadAhead | parts.PartReader | None = None
     unpacked = None
     hashes = None  # set once every byte came and was unpacked
@@ -303,7 +304,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
             held = watch.held if watch else lambda: False
             reading = (ReadAhead(_opened(sources[0].store, archive), bar, copy, limit=int(index["size"]), held=held,
                                   patience=sources[0].store.patience(), spill_to=staging.parent,
-                                  hashed=copy is not None)
+                                  hashed=hash_whole)
                        if whole else parts.PartReader(sources, KIND, archive, index, bar, held, later))
             unpacked = ReadAhead(zstd_open(reading, "rb", window_log=WINDOW_LOG), limit=int(index["tar_bytes"]),
                                   what="it unpacks to more than", hashed=False)
@@ -339,7 +340,7 @@ def _unpack_verified(sources: list[parts.Source], archive: str, index: dict[str,
                 reader.close()
         if whole and reading is not None:
             sources[0].served = reading.size
-    if copy is not None and isinstance(reading, ReadAhead) and reading.hexdigest() != index["sha256"]:
+    if hash_whole and isinstance(reading, ReadAhead) and reading.hexdigest() != index["sha256"]:
         shutil.rmtree(staging, ignore_errors=True)
         raise SnapshotUnusable(f"snapshot {archive} is damaged (sha256 differs from its index)")
     return hashes

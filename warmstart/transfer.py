@@ -52,13 +52,14 @@ class Bars:
 
     @contextmanager
     def bar(self, total: int | None, desc: str) -> Iterator[Bar]:
-        # Only a terminal is drawn on, so only then is tqdm imported: a bar it disables still
-        # costs its import and a multiprocessing lock, 12 ms of the start of a run that reports JSON.
+        # Only a terminal is drawn on, so only then is tqdm imported (on first use: a no-op run
+        # never draws a bar): a bar it disables still costs its import and a multiprocessing
+        # lock, 12 ms of the start of a run that reports JSON.
         if not (self.enabled and sys.stderr.isatty()):
             yield _NoBar()
             return
         try:
-            from tqdm import tqdm  # imported on first use: a no-op run never draws a bar
+            from tqdm import tqdm
         except ImportError:
             yield _NoBar()
             return
