@@ -98,6 +98,30 @@ def test_a_folder_or_link_where_a_file_goes_is_refused(world, kind):
     assert target.is_symlink() if kind == "link" else (target / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("kind", ["file", "link"])
+def test_a_file_or_link_where_a_folder_of_the_destination_goes_is_refused_and_kept(world, kind):
+    """Before, a file where the destination's folder goes reached mkdir, whose "File exists"
+    read as a disk's fault."""
+    asset, place, workdir = world
+    in_the_way = workdir / "models"
+    if kind == "file":
+        in_the_way.write_text("a file of the user's")
+    else:
+        in_the_way.symlink_to(workdir / "nowhere")
+    with pytest.raises(BadInput, match=f"models is a {kind} where a folder goes, which warmstart did not place"):
+        place(asset(b"model", "m.onnx", "models/sub/m.onnx"))
+    assert in_the_way.read_text() == "a file of the user's" if kind == "file" else in_the_way.is_symlink()
+    assert not (workdir / "nowhere").exists()
+
+
+def test_a_link_to_a_folder_where_a_folder_goes_is_followed(world):
+    asset, place, workdir = world
+    (workdir / "elsewhere").mkdir()
+    (workdir / "models").symlink_to(workdir / "elsewhere")
+    place(asset(b"model", "m.onnx", "models/m.onnx"))
+    assert (workdir / "elsewhere" / "m.onnx").read_bytes() == b"model"
+
+
 def test_an_archive_goes_into_an_empty_place(world):
     asset, place, _workdir = world
     dest = place(asset(tar_gz({"a.onnx": b"a", "sub/b.onnx": b"b"}), "m.tar.gz", "models", unpack=True))

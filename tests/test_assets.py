@@ -185,6 +185,29 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
     assert listing.stdout.count("in place") == 2
 
 
+def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_installed_or_fetched(
+        demo, drive, home, tmp_path, index, server):
+    """Refused as the run looks (exit 2), not after the packages were installed and the asset
+    downloaded; `invoke assets` names it too."""
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
+    (home / "models").mkdir()
+    (home / "models" / "model.onnx").write_bytes(b"my own fine-tuned model")
+
+    result = bootstrap_home(recipe, drive, home, tmp_path, index)
+
+    assert result.code == 2, result.stderr
+    said = f"asset model.onnx: {home}/models/model.onnx holds another file, which warmstart did not place"
+    assert said in result.stderr
+    assert (home / "models" / "model.onnx").read_bytes() == b"my own fine-tuned model"
+    assert server.requests == [], "nothing is downloaded for an asset that cannot be placed"
+    assert [s["name"] for s in result.report["steps"]] == ["recipe", "python", "gpu", "drive", "lock", "cache"]
+    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/*.dist-info")), "nothing installed"
+
+    listing = run_cli("assets", "--recipe", str(recipe), "--drive", str(drive), env=cli_env(HOME=str(home)))
+    assert listing.code == 0
+    assert listing.stdout.splitlines()[1] == f"          ! {said}; move it away (or point the asset's dest elsewhere) and run again"
+
+
 def test_a_file_shared_by_two_recipes_is_stored_once(demo, drive, home, tmp_path, index, server):
     url = f"{server.url}/files/model.onnx"
     first = with_assets(demo, asset_block(url, MODEL, "~/a/model.onnx"))

@@ -149,18 +149,44 @@ def _not_ours(asset: Asset, path: Path, what: str) -> BadInput:
                     "(or point the asset's dest elsewhere) and run again")
 
 
+def in_the_way(asset: Asset, dest: Path, placed: PlacedFiles) -> BadInput | None:
+    """What of the user's keeps the asset from dest, as the refusal that says it: a link, or the
+    wrong kind of thing, at dest; a file there that warmstart did not place; a file or link where
+    a folder above dest goes. None when nothing does. The run asks before anything changes
+    (bootstrap.prepare), `place` again before it writes; what an archive's members meet in its
+    folder is known once it is unpacked (_merge_into)."""
+    folder = dest.parent
+    while not folder.is_dir():  # a link to a folder is one
+        if os.path.lexists(folder):
+            return _not_ours(asset, folder, f"is a {'link' if folder.is_symlink() else 'file'} where a folder goes")
+        folder = folder.parent
+    if dest.is_symlink():
+        return _not_ours(asset, dest, "is a link")
+    if dest.exists() and dest.is_dir() != asset.unpack:
+        return _not_ours(asset, dest, "is a folder" if dest.is_dir() else "is a file")
+    if not asset.unpack and dest.exists() and not placed.owns(dest):
+        return _not_ours(asset, dest, "holds another file")
+    return None
+
+
+def refuse_any_in_the_way(destinations: Mapping[Asset, Path], store: TieredStore) -> None:
+    """Raise the refusal (BadInput) of the first asset something of the user's keeps from its
+    destination in `destinations`."""
+    placed = PlacedFiles(store)
+    for asset, dest in destinations.items():
+        if refused := in_the_way(asset, dest, placed):
+            raise refused
+
+
 def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None:
     """Put a verified file (or its extracted contents) at dest, replacing only what warmstart put
     there before; anything else in the way is refused (BadInput) with nothing changed."""
-    if dest.is_symlink() or (dest.exists() and dest.is_dir() != asset.unpack):
-        raise _not_ours(asset, dest, "is a link" if dest.is_symlink() else
-                        "is a folder" if dest.is_dir() else "is a file")
+    if refused := in_the_way(asset, dest, placed):
+        raise refused
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = part_name(dest)
     try:
         if not asset.unpack:
-            if dest.exists() and not placed.owns(dest):
-                raise _not_ours(asset, dest, "holds another file")
             with writing(dest):  # a full disk is said as dest's (copyfile's error names the source)
                 shutil.copyfile(verified, tmp)
             os.replace(tmp, dest)
@@ -257,6 +283,12 @@ def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader,
     return "downloaded"
 
 
-def asset_table(assets: tuple[Asset, ...], store: TieredStore, workdir: Path) -> list[tuple[str, str, Path]]:
-    """(state, name, destination) of each asset."""
-    return [(state(store, a, a.destination(workdir)), a.name, a.destination(workdir)) for a in assets]
+def asset_table(assets: tuple[Asset, ...], store: TieredStore, workdir: Path) -> list[tuple[str, str, Path, str]]:
+    """(state, name, destination, what keeps it from there: "" when nothing) of each asset."""
+    placed, rows = PlacedFiles(store), []
+    for asset in assets:
+        dest = asset.destination(workdir)
+        now = state(store, asset, dest)
+        refused = in_the_way(asset, dest, placed) if now != "in place" else None
+        rows.append((now, asset.name, dest, str(refused or "")))
+    return rows

@@ -150,6 +150,11 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         # cannot be used: the warning is said when the work starts, as for a read that waited
         if facts.drive_down or store.here.unlisted or (store.team and store.warnings):
             step.status = "warning"
+    # A file of the user's where an asset goes stops the run here, before anything is installed
+    # or downloaded for it (on a Drive that stopped answering, its destinations were not looked at).
+    assets.refuse_any_in_the_way({asset: dest for asset, (dest, state) in facts.assets.items()
+                                  if state != "in place" and not (facts.drive_down and dest.is_relative_to(drive))},
+                                 store)
     return facts, store
 
 

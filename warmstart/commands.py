@@ -349,7 +349,7 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
 
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
 def assets(c, recipe=None, drive=None):
-    """List a recipe's assets: in place, cached on Drive, or missing."""
+    """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one."""
     from .assets import asset_table
     from .cli import run_plain
     from .recipe import load_recipe
@@ -360,8 +360,10 @@ def assets(c, recipe=None, drive=None):
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
         rows = asset_table(loaded.assets, TieredStore(DriveStore(drive_root)), drive_root / loaded.workdir)
-        for state, name, dest in rows:
+        for state, name, dest, in_the_way in rows:
             _print(f"{state:<9} {name}  ->  {dest}")
+            if in_the_way:
+                _print(f"          ! {in_the_way}")
         if not rows:
             _print(f"{loaded.path} declares no assets")
 
