@@ -243,6 +243,26 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(demo, drive, tmp_path,
     assert list(drive.iterdir()) == [] and installed(python) == before
 
 
+@pytest.mark.parametrize("where", ["Demo", "Demo/sub"])
+def test_a_file_where_the_workdir_goes_is_bad_input_before_anything_changes(demo, drive, tmp_path, index, where):
+    """Before, mkdir met it after the install, and its "File exists" read as a disk's fault."""
+    demo.write_text(demo.read_text().replace('workdir = "Demo"', f'workdir = "{where}"'))
+    (drive / "Demo").write_text("notes of the user's")
+    python = make_venv(tmp_path / "venv")
+    before = installed(python)
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     env=cli_env(index.url))
+
+    assert result.code == 2, result.stderr
+    said = (f"the recipe's workdir {drive}/Demo is a file, not a folder" if where == "Demo" else
+            f"{drive}/Demo is a file where the recipe's workdir {drive}/Demo/sub needs a folder")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: {said}; move it away (or change [drive] workdir in {demo}) and run again")
+    assert (drive / "Demo").read_text() == "notes of the user's"
+    assert [p.name for p in drive.iterdir()] == ["Demo"] and installed(python) == before
+
+
 def test_unknown_recipe_name_suggests_the_closest(tmp_path):
     result = run_cli("bootstrap", "--recipe", "hyperlpx", "--drive", str(tmp_path), env=cli_env())
     assert result.code == 2

@@ -30,6 +30,8 @@ from .settings import ASSET_MIRROR
 from .tiered import TieredStore
 from .transfer import (
     atomic_write_text,
+    kind_of,
+    not_a_folder,
     part_name,
     read_head,
     read_untrusted_json,
@@ -155,15 +157,10 @@ def in_the_way(asset: Asset, dest: Path, placed: PlacedFiles) -> BadInput | None
     a folder above dest goes. None when nothing does. The run asks before anything changes
     (bootstrap.prepare), `place` again before it writes; what an archive's members meet in its
     folder is known once it is unpacked (_merge_into)."""
-    folder = dest.parent
-    while not folder.is_dir():  # a link to a folder is one
-        if os.path.lexists(folder):
-            return _not_ours(asset, folder, f"is a {'link' if folder.is_symlink() else 'file'} where a folder goes")
-        folder = folder.parent
-    if dest.is_symlink():
-        return _not_ours(asset, dest, "is a link")
-    if dest.exists() and dest.is_dir() != asset.unpack:
-        return _not_ours(asset, dest, "is a folder" if dest.is_dir() else "is a file")
+    if blocking := not_a_folder(dest.parent):
+        return _not_ours(asset, blocking, f"is a {kind_of(blocking)} where a folder goes")
+    if dest.is_symlink() or (dest.exists() and dest.is_dir() != asset.unpack):
+        return _not_ours(asset, dest, f"is a {kind_of(dest)}")
     if not asset.unpack and dest.exists() and not placed.owns(dest):
         return _not_ours(asset, dest, "holds another file")
     return None

@@ -22,7 +22,7 @@ from . import assets, checks, drivework, flock, home, installer, livelock, patch
 from . import target as target_python
 from .background import started
 from .download import Downloader
-from .errors import PreconditionUnmet, redact
+from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import Image, drift
@@ -46,7 +46,7 @@ from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
-from .transfer import explain, remount
+from .transfer import explain, kind_of, not_a_folder, remount
 from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]
@@ -150,8 +150,13 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         # cannot be used: the warning is said when the work starts, as for a read that waited
         if facts.drive_down or store.here.unlisted or (store.team and store.warnings):
             step.status = "warning"
-    # A file of the user's where an asset goes stops the run here, before anything is installed
-    # or downloaded for it (on a Drive that stopped answering, its destinations were not looked at).
+    # A file of the user's where the workdir or an asset goes stops the run here, before anything
+    # is installed or downloaded (on a Drive that stopped answering, nothing there was looked at).
+    workdir = drive / recipe.workdir
+    if not (options.packages_only or facts.drive_down) and (blocking := not_a_folder(workdir)):
+        where = (f"the recipe's workdir {workdir} is a {kind_of(blocking)}, not a folder" if blocking == workdir else
+                 f"{blocking} is a {kind_of(blocking)} where the recipe's workdir {workdir} needs a folder")
+        raise BadInput(f"{where}; move it away (or change [drive] workdir in {recipe.path}) and run again")
     assets.refuse_any_in_the_way({asset: dest for asset, (dest, state) in facts.assets.items()
                                   if state != "in place" and not (facts.drive_down and dest.is_relative_to(drive))},
                                  store)

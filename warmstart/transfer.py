@@ -144,6 +144,23 @@ def regular_file(path: Path) -> bool:
         return False
 
 
+def kind_of(path: Path) -> str:
+    """What `path` is, in a word for a message: "link", "folder" or "file"."""
+    return "link" if path.is_symlink() else "folder" if path.is_dir() else "file"
+
+
+def not_a_folder(folder: Path) -> Path | None:
+    """The file or link standing where `folder`, or a folder above it, goes (mkdir would meet it:
+    "File exists"); None when `folder` is one, or can be made."""
+    while not folder.is_dir():  # a link to a folder is one
+        if os.path.lexists(folder):
+            return folder
+        if folder == folder.parent:
+            return None
+        folder = folder.parent
+    return None
+
+
 def sha256_of(source: str | os.PathLike[str] | IO[bytes]) -> str:
     """The sha256 of a file, or of what a stream opened for reading holds (a team store's object)."""
     if isinstance(source, (str, os.PathLike)):
