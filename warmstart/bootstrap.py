@@ -150,17 +150,23 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         # cannot be used: the warning is said when the work starts, as for a read that waited
         if facts.drive_down or store.here.unlisted or (store.team and store.warnings):
             step.status = "warning"
-    # A file of the user's where the workdir or an asset goes stops the run here, before anything
-    # is installed or downloaded (on a Drive that stopped answering, nothing there was looked at).
+    _refuse_what_is_in_the_way(facts, store, packages_only=options.packages_only)
+    return facts, store
+
+
+def _refuse_what_is_in_the_way(facts: Facts, store: TieredStore, *, packages_only: bool) -> None:
+    """A file of the user's where the recipe's workdir or an asset goes: bad input, said before
+    anything is installed or downloaded. Packages alone need neither; on a Drive that stopped
+    answering nothing there is looked at (the run says why itself)."""
+    drive, recipe = facts.drive, facts.recipe
     workdir = drive / recipe.workdir
-    if not (options.packages_only or facts.drive_down) and (blocking := not_a_folder(workdir)):
+    if not (packages_only or facts.drive_down) and (blocking := not_a_folder(workdir)):
         where = (f"the recipe's workdir {workdir} is a {kind_of(blocking)}, not a folder" if blocking == workdir else
                  f"{blocking} is a {kind_of(blocking)} where the recipe's workdir {workdir} needs a folder")
         raise BadInput(f"{where}; move it away (or change [drive] workdir in {recipe.path}) and run again")
     assets.refuse_any_in_the_way({asset: dest for asset, (dest, state) in facts.assets.items()
                                   if state != "in place" and not (facts.drive_down and dest.is_relative_to(drive))},
                                  store)
-    return facts, store
 
 
 def _choose_lock(recipe: Recipe, profile: Profile, target: target_python.TargetPython,
