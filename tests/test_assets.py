@@ -208,6 +208,16 @@ def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_insta
     assert listing.stdout.splitlines()[1] == f"          ! {said}; move it away (or point the asset's dest elsewhere) and run again"
 
 
+def test_invoke_assets_on_a_drive_root_that_is_a_file_says_that_not_what_is_in_each_assets_way(tmp_path, home):
+    drive = tmp_path / "drive"
+    drive.write_text("not a folder")
+    listing = run_cli("assets", "--recipe", str(REPO / "recipes" / "hyperlpr.toml"), "--drive", str(drive),
+                      env=cli_env(HOME=str(home)))
+    assert listing.code == 3
+    assert listing.stderr.strip().splitlines() == [f"warmstart: error: Drive root {drive} is not a folder; pass --drive DIR"]
+    assert listing.stdout == ""
+
+
 def test_a_file_shared_by_two_recipes_is_stored_once(demo, drive, home, tmp_path, index, server):
     url = f"{server.url}/files/model.onnx"
     first = with_assets(demo, asset_block(url, MODEL, "~/a/model.onnx"))

@@ -359,6 +359,8 @@ def assets(c, recipe=None, drive=None):
     def show() -> None:
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
+        if drive_root.exists() and not drive_root.is_dir():  # else its assets' folders would be "in the way"
+            raise PreconditionUnmet(f"Drive root {drive_root} is not a folder; pass --drive DIR")
         rows = asset_table(loaded.assets, TieredStore(DriveStore(drive_root)), drive_root / loaded.workdir)
         for state, name, dest, in_the_way in rows:
             _print(f"{state:<9} {name}  ->  {dest}")
