@@ -115,8 +115,10 @@ STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
                "packages-only": "as bootstrap --packages-only did: the recipe's assets and checks do not count"})
 @takes(task_signature(*STATUS_OPTIONS, json=False))
 def status(c, json=False, **flags):
-    """Show what bootstrap would find and do here, changing nothing (exit 1 when it would act, or
-    while an earlier run's Drive writes are pending)."""
+    """Show what bootstrap would find and do here, changing nothing; exit 1 until it has nothing to do.
+
+    Nothing to do: the environment matches the recipe, and no earlier run's Drive writes are
+    pending ("safe to shut down")."""
     from .cli import run_reported
     from .status import status as gather
     from .status import status_lines
