@@ -211,6 +211,9 @@ atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 CACHE_HOME = str(SCRATCH / "cache")
 RUN_TMP = SCRATCH / "tmp"
 RUN_TMP.mkdir()
+# ... and so do those of warmstart called in this process, and of the children it starts, where
+# a test names no cache folder of its own: none of them writes to the ~/.cache of whoever runs the tests.
+os.environ["XDG_CACHE_HOME"] = CACHE_HOME
 
 
 def cli_env(index_url: str | None = None, **extra: str) -> dict[str, str]:
