@@ -1,15 +1,17 @@
 """Progress a person can see: one bar for the whole download and one for the Drive writes when
 stderr is a terminal (a Colab `!` cell runs commands in a pseudo-terminal, as here), none when
-it is not, and none when the run reports JSON."""
+it is not, and none when the run reports JSON. And output nobody reads any more (`| head`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
 import sys
 
-from conftest import REPO, bootstrap, cli_env, make_venv
+import pytest
+from conftest import REPO, bootstrap, cli_command, cli_env, installed, make_venv
 
 
 def run_on_a_terminal(*args: str, env: dict[str, str]) -> tuple[int, str]:
@@ -46,3 +48,46 @@ def test_no_bar_when_stderr_is_not_a_terminal_or_the_report_is_json(demo, drive,
     result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=cli_env(index.url))  # --json, piped
     assert result.code == 0, result.stderr
     assert "download 3 wheels" not in result.stderr and "\r" not in result.stderr
+
+
+def run_with_its_reader_gone(*args: str, env: dict[str, str], gone: str = "stdout") -> subprocess.CompletedProcess:
+    """`invoke ARGS` with stdout (or stderr: `gone`) a pipe whose reading end closed before it began,
+    as `| head` closes it once it has what it wanted."""
+    read, write = os.pipe()
+    os.close(read)
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, gone: write}
+    try:
+        return subprocess.run(cli_command(*args), env=env, text=True, timeout=300, cwd=REPO, **streams)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["recipes", "gpu", "status"])
+def test_a_command_whose_reader_left_ends_quietly_with_141(demo, drive, tmp_path, command, buffered):
+    """Not "Broken pipe; check that the folder is writable" (exit 3), nor the interpreter's
+    ignored BrokenPipeError at its exit (exit 120): 141, what a shell says of any command whose
+    reader left. Buffered stdout (a pipe's, unless PYTHONUNBUFFERED) meets the broken pipe as the
+    command ends, unbuffered at its first line."""
+    args = {"recipes": ["recipes"], "gpu": ["gpu", "--json"],
+            "status": ["status", "--recipe", str(demo), "--drive", str(drive),
+                       "--python", str(make_venv(tmp_path / "venv")), "--json"]}[command]
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else {"PYTHONUNBUFFERED": "1"})
+
+    done = run_with_its_reader_gone(*args, env=env)
+
+    assert done.returncode == 141, done.stderr
+    assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr and "error" not in done.stderr
+
+
+def test_a_bootstrap_whose_stderr_reader_left_does_its_work_all_the_same(demo, drive, tmp_path, index):
+    """Its step lines go nowhere; the install does not stop for them."""
+    python = make_venv(tmp_path / "venv")
+
+    done = run_with_its_reader_gone("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                                    "--json", env=cli_env(index.url), gone="stderr")
+
+    assert done.returncode == 0
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["installed"]
+    assert all(installed(python).get(name) == version for name, version in report["installed"].items())

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import sys
 import threading
 from collections.abc import Callable
 
 from . import home, transfer
-from .errors import failure
+from .errors import OUTPUT_CLOSED, failure
 from .report import Report
 
 
@@ -17,8 +18,36 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _output_closed(exc: BaseException) -> bool:
+    """`exc` is a write to stdout or stderr whose reader left: `| head` had all it wanted. (A
+    pipe's writing end says POLLERR once no process can read it.)"""
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:
+        streams = select.poll()
+        for stream in (sys.stdout, sys.stderr):
+            streams.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in streams.poll(0))
+    except (OSError, ValueError):  # no such stream (closed, or none at all)
+        return False
+
+
 def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
-    """Run action with a fresh report; errors become its `error` and `exit_code`."""
+    """Run action with a fresh report; errors become its `error` and `exit_code`. Where the
+    reader of its output left before the end, it stops there, saying nothing (OUTPUT_CLOSED)."""
+    try:
+        return _run_reported(action, recipe, as_json=as_json)
+    except BrokenPipeError as exc:
+        if not _output_closed(exc):
+            raise
+        for stream in (sys.stdout, sys.stderr):  # nothing is wrong, and nothing more can be said
+            transfer.silence(stream)
+        closed = Report(recipe)
+        closed.exit_code = OUTPUT_CLOSED
+        return closed
+
+
+def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
     # stdout carries the JSON, so such a run keeps stderr to step lines: no bars.
     report = Report(recipe, bars=transfer.Bars(enabled=not as_json))
     try:
@@ -32,6 +61,8 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
     try:
         action(report)
     except (Exception, KeyboardInterrupt) as exc:
+        if _output_closed(exc):
+            raise
         failed = failure(exc)
         report.error, report.exit_code, report.error_detail = failed.message, failed.exit_code, failed.detail
     finally:

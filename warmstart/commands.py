@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 from invoke import Collection, Exit, Program, Task, task
 
 from . import PROJECT_ROOT, __version__, config, early
-from .errors import BadInput, PreconditionUnmet, WarmstartError
+from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .profiles import select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
-from .transfer import shown
+from .transfer import shown, silence
 
 if TYPE_CHECKING:
     from .maintenance import Entry
@@ -62,7 +62,17 @@ def _print(text: str, keep_lines: bool = False, **kwargs: Any) -> None:
     print(shown(text, keep_lines), **kwargs)
 
 
-def _exit(code: int) -> None:
+def _exit(code: int, last: str | None = None) -> None:
+    """Print `last` (when given), then exit with `code` once stdout is written out, or with
+    OUTPUT_CLOSED where its reader left first (the interpreter's own flush at exit would say that
+    as an ignored BrokenPipeError, and exit 120)."""
+    try:
+        if last is not None:
+            print(last)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence(sys.stdout)
+        code = OUTPUT_CLOSED
     if code:
         raise Exit(code=code)
 
@@ -132,9 +142,8 @@ def status(c, json=False, **flags):
 
     with config.reading_ahead(ROOT, flags.get("recipe")):
         report = run_reported(show, flags.get("recipe") or "", as_json=False)
-    if json:
-        print(jsonlib.dumps(facts or report.as_json()))
-    _exit(report.exit_code or (0 if facts.get("complete") else 1))
+    _exit(report.exit_code or (0 if facts.get("complete") else 1),
+          last=jsonlib.dumps(facts or report.as_json()) if json else None)
 
 
 @command(
@@ -380,13 +389,14 @@ def gpu(c, json=False):
     from .gpu import probe_gpus
 
     report = probe_gpus()
+    table = None
     if json:
-        print(jsonlib.dumps(report.as_json()))
+        table = jsonlib.dumps(report.as_json())
     elif report.available:
-        _print(report.table(), keep_lines=True)
+        table = shown(report.table(), keep_lines=True)
     else:
         _print(f"warmstart: {report.describe()}", file=sys.stderr)
-    _exit(0 if report.available else PreconditionUnmet.exit_code)
+    _exit(0 if report.available else PreconditionUnmet.exit_code, last=table)
 
 
 namespace = Collection(bootstrap, status, lock, image, recipes, cache, assets, gpu)

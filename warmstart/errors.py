@@ -22,6 +22,7 @@ from . import __version__, home
 
 INTERNAL_ERROR = 70  # EX_SOFTWARE (sysexits.h)
 INTERRUPTED = 130
+OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as a shell says of a command whose reader left (`| head`)
 
 
 class WarmstartError(Exception):

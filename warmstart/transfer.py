@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, TextIO
 
 from . import home
 from .errors import WarmstartError, redact
@@ -403,6 +403,18 @@ def _amount(size: int) -> str:
 # against 0.71 to 0.78 s in 128 KiB ones, alternated (bench/README.md). Elsewhere the size made
 # no difference that showed.
 WRITE_MAX = 128 << 10
+
+
+def silence(stream: TextIO) -> None:
+    """What is written to `stream` from now on goes nowhere: its reader left (`| head` had what it
+    wanted), and neither a later line nor the exit's flush may fail for it."""
+    nowhere = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(nowhere, stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's capture): nothing to stop
+        pass
+    finally:
+        os.close(nowhere)
 
 
 def write_all(fd: int, data: memoryview) -> None:
