@@ -263,6 +263,17 @@ def test_a_file_where_the_workdir_goes_is_bad_input_before_anything_changes(demo
     assert [p.name for p in drive.iterdir()] == ["Demo"] and installed(python) == before
 
 
+def test_packages_alone_need_no_workdir_and_the_warning_names_what_is_in_its_way(demo, drive, tmp_path, index):
+    (drive / "Demo").write_text("notes of the user's")
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(demo, drive, python, "--packages-only", env=cli_env(index.url))
+
+    assert result.code == 0, result.stderr
+    assert f"warning: no workdir {drive}/Demo: {drive}/Demo is a file" in result.stderr
+    assert (drive / "Demo").read_text() == "notes of the user's" and installed(python).keys() >= {"alpha"}
+
+
 def test_unknown_recipe_name_suggests_the_closest(tmp_path):
     result = run_cli("bootstrap", "--recipe", "hyperlpx", "--drive", str(tmp_path), env=cli_env())
     assert result.code == 2

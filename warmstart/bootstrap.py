@@ -349,7 +349,9 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
                 raise
             # a read-only Drive still gets the environment
             step.status = "warning"
-            return [f"no workdir {plan.workdir}: {explain(exc, plan.facts.drive)}"]
+            blocking = not_a_folder(plan.workdir)
+            why = f"{blocking} is a {kind_of(blocking)}" if blocking else explain(exc, plan.facts.drive)
+            return [f"no workdir {plan.workdir}: {why}"]
         step.detail = str(plan.workdir)
         return []
 
