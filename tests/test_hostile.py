@@ -610,12 +610,19 @@ def test_prune_with_a_shorter_retention_and_bad_input(demo, drive, tmp_path, ind
     # a negative number of days counted every file as idle, unsaid; nan, none
     nonsense = [run_cli("cache", "--drive", str(drive), "--prune", "--older-than", days, env=cli_env())
                 for days in ("-5", "nan")]
+    # without --prune they did nothing, unsaid: the user meant to prune, or to see what it would remove
+    alone = [run_cli("cache", "--drive", str(drive), *flags, env=cli_env())
+             for flags in (["--dry-run"], ["--older-than", "2", "--dry-run"])]
 
     assert "would remove" not in kept.stdout and "would remove wheel alpha-1.0" in short.stdout
     assert bad.code == 2 and "--older-than must be a number of days, 0 or more, got 'a week'" in bad.stderr
     for days, refused in zip(("-5", "nan"), nonsense, strict=True):
         assert refused.code == 2 and refused.stdout == "", refused.stderr
         assert refused.stderr.strip() == f"warmstart: error: --older-than must be a number of days, 0 or more, got '{days}'"
+    for said, refused in zip(("--dry-run goes", "--dry-run and --older-than go"), alone, strict=True):
+        assert refused.code == 2 and refused.stdout == "", refused.stderr
+        assert refused.stderr.strip() == (f"warmstart: error: {said} only with --prune: add --prune to prune the cache "
+                                          "(with --dry-run, to list what it would remove)")
     assert (drive / ".warmstart" / "v1" / "wheels").is_dir() and any((drive / ".warmstart" / "v1" / "wheels").iterdir())
 
 

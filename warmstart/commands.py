@@ -274,6 +274,10 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
 
     def run() -> None:
         # bad input before any output
+        if not prune and (given := [flag for flag, value in (("--dry-run", dry_run), ("--older-than", older_than))
+                                    if value not in (False, None)]):
+            raise BadInput(f"{' and '.join(given)} go{'es' if len(given) == 1 else ''} only with --prune: add "
+                           "--prune to prune the cache (with --dry-run, to list what it would remove)")
         days = _days(older_than) if prune and older_than is not None else maintenance.RETENTION_DAYS
         drive_root = _drive(drive)
         team = team_location(cache)
