@@ -91,3 +91,12 @@ def test_a_bootstrap_whose_stderr_reader_left_does_its_work_all_the_same(demo, d
     report = json.loads(done.stdout)
     assert report["ok"] and report["installed"]
     assert all(installed(python).get(name) == version for name, version in report["installed"].items())
+
+
+@pytest.mark.parametrize(("command", "code"), [(["recipes"], 0), (["gpu", "--json"], 3)])
+def test_a_command_started_with_stdout_closed_exits_as_it_would_have(command, code):
+    """`>&-`: Python has no sys.stdout then, and what was to be printed goes nowhere."""
+    done = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *cli_command(*command)], env=cli_env(), cwd=REPO,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr

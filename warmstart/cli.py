@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from typing import TextIO
 
 from . import home, transfer
 from .errors import OUTPUT_CLOSED, failure
@@ -18,6 +19,11 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _output() -> list[TextIO]:
+    """stdout and stderr, those this process has (one closed as it started is None)."""
+    return [stream for stream in (sys.stdout, sys.stderr) if stream is not None]
+
+
 def _output_closed(exc: BaseException) -> bool:
     """`exc` is a write to stdout or stderr whose reader left: `| head` had all it wanted. (A
     pipe's writing end says POLLERR once no process can read it.)"""
@@ -25,7 +31,7 @@ def _output_closed(exc: BaseException) -> bool:
         return False
     try:
         streams = select.poll()
-        for stream in (sys.stdout, sys.stderr):
+        for stream in _output():
             streams.register(stream.fileno(), select.POLLOUT)
         return any(events & select.POLLERR for _fd, events in streams.poll(0))
     except (OSError, ValueError):  # no such stream (closed, or none at all)
@@ -40,7 +46,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
     except BrokenPipeError as exc:
         if not _output_closed(exc):
             raise
-        for stream in (sys.stdout, sys.stderr):  # nothing is wrong, and nothing more can be said
+        for stream in _output():  # nothing is wrong, and nothing more can be said
             transfer.silence(stream)
         closed = Report(recipe)
         closed.exit_code = OUTPUT_CLOSED

@@ -69,7 +69,8 @@ def _exit(code: int, last: str | None = None) -> None:
     try:
         if last is not None:
             print(last)
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: it was closed (`>&-`), and nothing was printed
+            sys.stdout.flush()
     except BrokenPipeError:
         silence(sys.stdout)
         code = OUTPUT_CLOSED
