@@ -407,7 +407,8 @@ def test_invoke_cache_on_a_team_store_that_stops_midway_is_one_line_and_exit_3(d
         if task == "--verify":
             env["WARMSTART_RECIPES"] = str(demo.parent)
 
-        result = run_cli("cache", "--cache", url, "--drive", str(owner.drive), task, "--older-than", "0", env=env)
+        days = ["--older-than", "0"] if task == "--prune" else []
+        result = run_cli("cache", "--cache", url, "--drive", str(owner.drive), task, *days, env=env)
 
     assert relay.cut.is_set()
     assert result.code == 3, result.stderr
