@@ -32,7 +32,7 @@ from invoke import Collection, Exit, Program, Task, task
 
 from . import PROJECT_ROOT, __version__, config, early
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
-from .profiles import select_profile
+from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
 from .transfer import shown, silence
 
@@ -375,8 +375,7 @@ def assets(c, recipe=None, drive=None):
     def show() -> None:
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
-        if drive_root.exists() and not drive_root.is_dir():  # else its assets' folders would be "in the way"
-            raise PreconditionUnmet(f"Drive root {drive_root} is not a folder; pass --drive DIR")
+        require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
         rows = asset_table(loaded.assets, TieredStore(DriveStore(drive_root)), drive_root / loaded.workdir)
         for state, name, dest, in_the_way in rows:
             _print(f"{state:<9} {name}  ->  {dest}")

@@ -153,6 +153,12 @@ def mount_hint(mount: Path, recipe: str) -> str:
             f"import warmstart.colab; warmstart.colab.bootstrap({recipe!r}))")
 
 
+def require_no_file_as_drive(drive: Path) -> None:
+    """Exit 3 when what stands at the Drive root is no folder (a file given as --drive)."""
+    if drive.exists() and not drive.is_dir():
+        raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")
+
+
 def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
     """Exit 3 when Drive is not there, or not yet where a profile that makes its folder (a local
     stand-in for Drive) may make it: the run creates it with the workdir. Nothing is ever written
@@ -165,8 +171,7 @@ def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os
         if problem := not_writable(drive):
             raise PreconditionUnmet(problem)
         return
-    if drive.exists():
-        raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")
+    require_no_file_as_drive(drive)
     if profile.create_drive:
         return
     raise PreconditionUnmet(
