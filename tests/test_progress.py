@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,34 @@ def test_a_command_started_with_stdout_closed_exits_as_it_would_have(command, co
                           stderr=subprocess.PIPE, text=True, timeout=300)
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
+
+
+# Eight threads saying 300 lines each through each of warmstart's three ways to say a line.
+SAYING_AT_ONCE = """
+import sys, threading
+from warmstart import commands, report, tools
+say = {"report": report.Report("demo").say, "task": lambda m: commands._print(f"warmstart: {m}", file=sys.stderr), "tools": tools.say}[sys.argv[1]]
+threads = [threading.Thread(target=lambda i=i: [say(f"thread {i} line {n}") for n in range(300)]) for i in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("sayer", ["report", "task", "tools"])
+def test_lines_said_from_several_threads_at_once_stay_whole(sayer, buffered):
+    """The lock's wheel scans say their lines from threads of their own (and a report, or
+    warmstart.sh, may be said to from more than one): each line is one write, never two runs of text on a line and an empty one after. print
+    writes the text and its newline apart: unbuffered (PYTHONUNBUFFERED), 841 of these 2,400
+    lines came out broken with it."""
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else {"PYTHONUNBUFFERED": "1"})
+    done = subprocess.run([sys.executable, "-c", SAYING_AT_ONCE, sayer], env=env, cwd=REPO,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2400
+    broken = [line for line in lines if not re.fullmatch(r"warmstart(\.sh)?: thread \d line \d+", line)]
+    assert not broken, broken[:3]

@@ -26,7 +26,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from invoke import Collection, Exit, Program, Task, task
 
@@ -34,7 +34,7 @@ from . import PROJECT_ROOT, __version__, config, early
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
-from .transfer import shown, silence
+from .transfer import shown, silence, write_line
 
 if TYPE_CHECKING:
     from .maintenance import Entry
@@ -56,10 +56,10 @@ def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
     return task(auto_shortflags=False, positional=[], **kwargs)
 
 
-def _print(text: str, keep_lines: bool = False, **kwargs: Any) -> None:
-    """print, with credentials hidden and control characters escaped (text from recipes, stores
-    and wheels: a description may hold terminal escape sequences)."""
-    print(shown(text, keep_lines), **kwargs)
+def _print(text: str, keep_lines: bool = False, file: TextIO | None = None) -> None:
+    """print (to stdout, or `file`), with credentials hidden and control characters escaped (text
+    from recipes, stores and wheels: a description may hold terminal escape sequences)."""
+    write_line(shown(text, keep_lines), file or sys.stdout)
 
 
 def _exit(code: int, last: str | None = None) -> None:

@@ -16,7 +16,7 @@ from .outcome import Outcome
 from .plan import Plan
 from .store import CacheStats
 from .tiered import TieredStore
-from .transfer import Bars, shown, silence
+from .transfer import Bars, shown, silence, write_line
 
 # The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
 REPORT_VERSION = 1
@@ -51,7 +51,7 @@ class Report:
         """A line on stderr. Once its reader has left (`2>&1 | head`), the lines go nowhere and the
         run goes on: its work does not hang on who reads about it."""
         try:
-            print(f"warmstart: {shown(message)}", file=self.stream, flush=True)
+            write_line(f"warmstart: {shown(message)}", self.stream, flush=True)
         except BrokenPipeError:
             silence(self.stream)
 

@@ -49,7 +49,7 @@ from .locktext import canonical, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
-from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of, shown
+from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of, shown, write_line
 from .uv import find_uv
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ LAUNCHER_TAG = "# warmstart launcher"  # the line that marks an `invoke` launche
 
 
 def say(message: str) -> None:
-    print(f"warmstart.sh: {shown(message)}", file=sys.stderr, flush=True)
+    write_line(f"warmstart.sh: {shown(message)}", sys.stderr, flush=True)
 
 
 def platform_profile(environ=os.environ) -> Profile:

@@ -505,6 +505,16 @@ def shown(text: str, keep_lines: bool = False) -> str:
     return printable(redact(text), keep_lines)
 
 
+def write_line(text: str, stream: TextIO | None, flush: bool = False) -> None:
+    """`text` and its newline in one write: print writes them apart, so lines said from several
+    threads at once (the lock's wheel scans) ran into each other."""
+    if stream is None:  # closed before the run began (`>&-`): print writes nothing there either
+        return
+    stream.write(f"{text}\n")
+    if flush:
+        stream.flush()
+
+
 def zstd_open(file: Path | BinaryIO | Any, mode: str, *, window_log: int | None = None, level: int = 3) -> BinaryIO:
     """A zstd stream over a file (writing at `level`): `zstandard` (multi-threaded) where installed,
     else the standard library's compression.zstd (Python 3.14+). `window_log`: writing, match across a
