@@ -197,6 +197,28 @@ def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_s
     assert "drive     nothing left to write to Drive: safe to shut down" in after.stdout
 
 
+def test_the_status_line_works_pasted_outside_the_checkout_that_invoke_was_pointed_at(demo, drive, tmp_path, index):
+    """`.venv/bin/invoke --search-root CHECKOUT bootstrap ...` run from another folder: the line
+    it prints carries the search root, which a bare `invoke status` there would not find
+    ("Can't find any collection named 'tasks'!")."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    python = make_venv(tmp_path / "venv")
+    program = str(Path(sys.executable).parent / "invoke")  # this virtualenv's, by its path
+    env = background_env(index.url, home)
+
+    cold = subprocess.run([program, "--search-root", str(REPO), "bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                           "--python", str(python)], env=env, capture_output=True, text=True, cwd=elsewhere, timeout=300)
+
+    assert cold.returncode == 0, cold.stderr
+    printed = cold.stderr.split("written in the background: `", 1)[1].split("`", 1)[0]
+    assert printed.startswith(f"{program} --search-root {REPO} status --recipe {demo} ")
+    wait_for_workers(home)
+    pasted = subprocess.run(["bash", "-c", printed], env=env, capture_output=True, text=True, cwd=elsewhere, timeout=300)
+    assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+    assert "safe to shut down" in pasted.stdout
+
+
 def test_wheels_only_the_team_folder_holds_are_copied_to_drive_online_and_wait_offline(tmp_path):
     """A job's wheels to copy from the team cache (a shared folder here, a real store): offline
     they stay queued, job and all; online each is checked against its sha256 and put on Drive,

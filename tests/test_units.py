@@ -28,6 +28,7 @@ from warmstart.background import ChildRead
 from warmstart.errors import BadInput, PreconditionUnmet, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
 from warmstart.images import Image, drift, images_of
+from warmstart.invocation import invoked_as
 from warmstart.lock import Lock, Pin, needs
 from warmstart.maintenance import Entry, prunable
 from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
@@ -691,3 +692,18 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["28", str(small), ".job.j"]
     assert sorted(p.name for p in small.iterdir()) == []
+
+
+@pytest.mark.parametrize(("argv0", "cwd", "expected"), [
+    ("invoke", "checkout", ["invoke"]),
+    ("/nowhere/bin/invoke", "checkout/warmstart", ["/nowhere/bin/invoke"]),  # invoke searches upward
+    ("/nowhere/bin/invoke", "elsewhere", ["/nowhere/bin/invoke", "--search-root", str(PROJECT_ROOT)]),
+    ("inv", "elsewhere, with tasks of its own", ["inv", "--search-root", str(PROJECT_ROOT)]),
+    ("warmstart", "elsewhere", ["warmstart"]),  # the installed command has its tasks built in
+    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere", ["invoke"]),  # warmstart.sh's launcher
+], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m"])
+def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, cwd, expected, tmp_path):
+    folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd, tmp_path)
+    if "tasks of its own" in cwd:
+        (tmp_path / "tasks.py").write_text("")
+    assert invoked_as(argv0, folder) == expected

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -26,6 +24,7 @@ from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import Image, drift
+from .invocation import invoked_as
 from .lock import (
     Lock,
     LockTarget,
@@ -356,23 +355,10 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
         return []
 
 
-def _invoked_as(argv0: str | None = None) -> str:
-    """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
-    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m invoke` counts as invoke."""
-    argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
-    name = os.path.basename(argv0)
-    if name not in ("invoke", "inv", "warmstart"):
-        return "invoke"
-    if os.sep not in argv0:
-        return name
-    found = shutil.which(name)  # the same program under its bare name: the shorter line
-    return name if found and os.path.abspath(found) == os.path.abspath(argv0) else argv0
-
-
 def status_command(options: Options, plan: Plan) -> str:
     """The `invoke status` line that asks about this run's environment and Drive, as it was
     asked for (its --drive, --python, --packages-only), ready to paste where it is printed."""
-    words = [_invoked_as(), "status", "--recipe", options.recipe]
+    words = [*invoked_as(), "status", "--recipe", options.recipe]
     if options.drive:
         words += ["--drive", str(plan.facts.drive)]
     if options.python:

@@ -23,6 +23,7 @@ import inspect
 import json as jsonlib
 import math
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from invoke import Collection, Exit, Program, Task, task
 
 from . import PROJECT_ROOT, __version__, config, early
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
+from .invocation import command_line
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
 from .transfer import shown, silence, write_line
@@ -232,11 +234,12 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
     def run() -> None:
         given = {"--name": name, "--freeze": freeze, "--python": python, "--source": source}
         if missing := [flag for flag, value in given.items() if not value]:
-            raise BadInput(f"invoke image needs {', '.join(missing)} (see `invoke --help image`)")
+            raise BadInput(f"invoke image needs {', '.join(missing)} (see `{command_line('--help', 'image')}`)")
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
         recipes = " ".join(sorted(known_recipes(ROOT, None)))
-        _print(f"warmstart: wrote {path}; now make its locks: `for r in {recipes}; do invoke lock --recipe "
-               f"\"$r\" --image {name}; done`, then `invoke lock --check`")
+        relock = command_line("lock", "--recipe")
+        _print(f"warmstart: wrote {path}; now make its locks: `for r in {recipes}; do {relock} \"$r\" "
+               f"--image {shlex.quote(name)}; done`, then `{command_line('lock', '--check')}`")
 
     _exit(run_plain(run))
 

@@ -31,7 +31,7 @@ from . import PROJECT_ROOT, extras, home, manifest, wheels
 from .download import Downloader, Job
 from .errors import BadInput, WarmstartError
 from .images import CUDA_LIBRARY, CUDA_MAJOR_LIBRARY, Image
-from .lock import LockTarget, Pin, WheelLibs
+from .lock import LockTarget, Pin, WheelLibs, relock_command
 from .pipconfig import IndexSettings
 from .profiles import load_profile, profile_paths
 from .recipe import Recipe
@@ -174,7 +174,7 @@ def problems(recipe: Recipe, target: LockTarget, installs: tuple[Pin, ...], whee
     missing = [p for p in installs if p.name not in wheels or wheels[p.name].sha256 not in p.hashes]
     if missing:
         return [f"no CUDA facts for {', '.join(f'{p.name}=={p.version}' for p in missing)}; "
-                f"recompile with `invoke lock --recipe {recipe.name}`"]
+                f"recompile with `{relock_command(recipe, target)}`"]
     installed = [wheels[p.name] for p in installs]
     brought = frozenset().union(*(w.provides for w in installed))
     for label, system in platforms.items():

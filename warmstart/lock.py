@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import shlex
 import sys
 from collections import defaultdict
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from . import PROJECT_ROOT
 from .config import read_bytes, read_text
 from .errors import BadInput
 from .images import Image, by_likeness, image_named
+from .invocation import command_line
 from .locktext import HASH, pin_blocks, requirement_line
 from .recipe import Recipe
 from .target import platform_tag
@@ -307,8 +307,8 @@ def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | N
 def relock_command(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT) -> str:
     """The `invoke lock` line that compiles this one lock again."""
     name = recipe.name if recipe.path.parent == root / "recipes" else str(recipe.path)
-    which = f"--image {target.image}" if target.image else f"--python-version {target.python_version}"
-    return f"invoke lock --recipe {shlex.quote(name)} {which}"
+    which = ["--image", target.image] if target.image else ["--python-version", target.python_version]
+    return command_line("lock", "--recipe", name, *which)
 
 
 def image_notes(pins: tuple[Pin, ...], image: Image) -> list[str]:

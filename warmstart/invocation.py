@@ -1,0 +1,44 @@
+"""The command line the user typed to run warmstart, so that every command it prints (the status
+line, the `lock` that makes a missing lock) works pasted where it is printed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from . import PROJECT_ROOT
+
+
+def invoked_as(argv0: str | None = None, cwd: Path | None = None) -> list[str]:
+    """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
+    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m invoke` counts as invoke
+    (warmstart.sh's launcher runs it so, with its checkout's tasks). An `invoke` that would not
+    find this checkout's tasks.py from `cwd` (it was given `--search-root`, or run from outside
+    the checkout) is given the checkout as its search root."""
+    argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
+    name = os.path.basename(argv0)
+    if name not in ("invoke", "inv", "warmstart"):
+        return ["invoke"]
+    found = shutil.which(name)  # the same program under its bare name: the shorter line
+    bare = os.sep not in argv0 or (found is not None and os.path.abspath(found) == os.path.abspath(argv0))
+    words = [name if bare else argv0]
+    if name != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
+        words += ["--search-root", str(PROJECT_ROOT)]
+    return words
+
+
+def _tasks_found_from(folder: Path) -> Path | None:
+    """The folder whose tasks invoke finds from `folder`: the nearest one up holding a tasks module."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "tasks.py").is_file() or (candidate / "tasks" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def command_line(*args: str) -> str:
+    """`args` as a command of this warmstart, typed as the user typed theirs, quoted for a shell."""
+    return shlex.join([*invoked_as(), *args])
+
