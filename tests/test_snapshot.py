@@ -186,9 +186,12 @@ def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
     assert installer_file.read_text().strip() == tool
 
 
-def test_unknown_installer_is_bad_input(plain, tmp_path, env):
+def test_unknown_installer_is_bad_input_before_any_step(plain, tmp_path, env):
+    """As every bad flag is: not after the recipe, the target, the GPU and the lock were looked at
+    (it was said under the `cache` step)."""
     result = bootstrap(plain, tmp_path, make_venv(tmp_path / "venv"), "--installer", "conda", env=env)
-    assert result.code == 2 and "--installer must be auto, pip or uv" in result.stderr
+    assert result.code == 2
+    assert result.stderr.splitlines() == ["warmstart: error: --installer must be auto, pip or uv, got 'conda'"]
 
 
 # --- a snapshot rewritten by someone with write access to the store ----------------------------

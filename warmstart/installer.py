@@ -63,9 +63,8 @@ def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] 
 
 
 def choose(option: str) -> str:
-    """`pip` or `uv`: uv when it is on the machine (Colab ships it), unless told otherwise."""
-    if option not in ("auto", "pip", "uv"):
-        raise BadInput(f"--installer must be auto, pip or uv, got {option!r}")
+    """`pip` or `uv` for --installer `option` (one of settings.INSTALLERS): uv when it is on the
+    machine (Colab ships it), unless told otherwise."""
     if option == "auto":
         return "uv" if find_uv() else "pip"
     if option == "uv" and not find_uv():

@@ -89,6 +89,9 @@ def _opt(help: str, default: Any = None) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+INSTALLERS = ("auto", "pip", "uv")  # --installer: auto is uv when it is installed, else pip
+
+
 @dataclass(frozen=True)
 class Options:
     """bootstrap's options as the user gave them (None: not given; `resolve` fills those in)."""
@@ -118,6 +121,9 @@ class Options:
 
     def __post_init__(self) -> None:
         required_recipe(self.recipe)
+        if self.installer not in INSTALLERS:  # said before any step runs, as every bad flag is
+            raise BadInput(f"--installer must be {', '.join(INSTALLERS[:-1])} or {INSTALLERS[-1]}, "
+                           f"got {self.installer!r}")
 
     @classmethod
     def flags(cls) -> dict[str, str]:
