@@ -357,7 +357,12 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
 
 def status_command(options: Options, plan: Plan) -> str:
     """The `invoke status` line that asks about this run's environment and Drive, as it was
-    asked for (its --drive, --python, --packages-only), ready to paste where it is printed."""
+    asked for (its --drive, --python, --packages-only), ready to paste where it is printed. In
+    the notebook's kernel, the in-kernel call's: warmstart.sh's `invoke` may never have been written."""
+    if options.kernel_imported is not None:
+        given = [repr(options.recipe), *([f"drive={str(plan.facts.drive)!r}"] if options.drive else []),
+                 *(["packages_only=True"] if options.packages_only else [])]
+        return f"warmstart.colab.status({', '.join(given)})"
     words = [*invoked_as(), "status", "--recipe", options.recipe]
     if options.drive:
         words += ["--drive", str(plan.facts.drive)]

@@ -25,7 +25,7 @@ from . import PROJECT_ROOT, tools
 from .config import reading_ahead
 from .errors import BadInput, PreconditionUnmet, failure
 from .profiles import Profile, select_profile
-from .settings import MOUNT_POINT, Options, drive_root
+from .settings import MOUNT_POINT, STATUS_OPTIONS, Options, drive_root
 from .transfer import is_mount_point, shown
 
 last_report: dict[str, Any] | None = None  # the most recent bootstrap's report
@@ -101,6 +101,21 @@ def _with_tools(drive: Path, profile: Profile, offline: bool) -> None:
         sys.path.append(site)
 
 
+def _options(call: str, recipe: str, flags: dict[str, Any], takes: list[str], also: str = "") -> Options:
+    """The options of an in-kernel call, for this kernel's Python; a flag the call does not take is bad input."""
+    if unknown := sorted(set(flags) - set(takes)):
+        raise BadInput(f"warmstart.colab.{call}() takes no {', '.join(map(repr, unknown))}; "
+                       f"it takes: {', '.join(takes)}{also}")
+    return Options(recipe=recipe, python=sys.executable, kernel_imported=KernelImports(), **flags)
+
+
+def _failed(recipe: str, exc: BaseException) -> dict[str, Any]:
+    """Its one error line, said; the report of a call that ended with it."""
+    failed = failure(exc)
+    print(f"warmstart: error: {shown(failed.message)}", file=sys.stderr)
+    return {"ok": False, "recipe": recipe, "error": failed.message, "exit_code": failed.exit_code}
+
+
 def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = None, root: Path = PROJECT_ROOT,
               **flags: Any) -> dict[str, Any]:
     """Mount Drive if needed, bootstrap `recipe` into this kernel's Python, `cd` to its workdir.
@@ -114,10 +129,7 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
     global last_report
     try:
         takes = sorted(name.replace("-", "_") for name in Options.flags() if name not in ("recipe", "python"))
-        if unknown := sorted(set(flags) - set(takes)):
-            raise BadInput(f"warmstart.colab.bootstrap() takes no {', '.join(map(repr, unknown))}; "
-                           f"it takes: {', '.join(takes)}, restart, mount_point")
-        options = Options(recipe=recipe, python=sys.executable, kernel_imported=KernelImports(), **flags)
+        options = _options("bootstrap", recipe, flags, takes, also=", restart, mount_point")
         environ = {**os.environ, MOUNT_POINT.name: mount_point} if mount_point else os.environ
         profile = select_profile(root, environ)
         mount = profile.mount(environ)
@@ -128,9 +140,7 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
             options = replace(options, drive=str(drive))
         _with_tools(drive, profile, options.offline)
     except (Exception, KeyboardInterrupt) as exc:
-        failed = failure(exc)
-        print(f"warmstart: error: {shown(failed.message)}", file=sys.stderr)
-        last_report = {"ok": False, "recipe": recipe, "error": failed.message, "exit_code": failed.exit_code}
+        last_report = _failed(recipe, exc)
         raise BootstrapFailed(last_report) from None
 
     # warmstart's own dependencies are importable only now (_with_tools)
@@ -154,3 +164,32 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
             restart_runtime()
         report.say("or call warmstart.colab.restart_runtime() to restart it now")
     return outcome
+
+
+def status(recipe: str, *, root: Path = PROJECT_ROOT, **flags: Any) -> dict[str, Any]:
+    """`invoke status` from the notebook, where no `invoke` may be (warmstart.sh writes it): what
+    a bootstrap of `recipe` into this kernel's Python would find and do, changing nothing (Drive
+    is not mounted for it). Takes the bootstrap's `drive=`, `cache=` and `packages_only=`. Prints
+    its lines and returns its facts, as `invoke status --json` prints them: `complete` is True
+    once the environment matches and nothing is left to write to Drive ("safe to shut down"). A
+    failure says its one line and returns `ok` False, its `error` and `exit_code`."""
+    try:
+        options = _options("status", recipe, flags, [n for n in STATUS_OPTIONS if n not in ("recipe", "python")])
+        profile = select_profile(root)
+        _with_tools(drive_root(options.drive, profile), profile, options.offline)
+    except (Exception, KeyboardInterrupt) as exc:
+        return _failed(recipe, exc)
+
+    from .cli import run_reported
+    from .status import status as gather
+    from .status import status_lines
+
+    facts: dict[str, Any] = {}
+
+    def show(report: Any) -> None:
+        facts.update(gather(options, root, report))
+        print(shown("\n".join(status_lines(facts)), keep_lines=True))
+
+    with reading_ahead(root, recipe):
+        report = run_reported(show, recipe, as_json=False)
+    return report.as_json() if report.exit_code else facts

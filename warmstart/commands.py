@@ -35,7 +35,7 @@ from . import PROJECT_ROOT, __version__, config, early
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .profiles import require_no_file_as_drive, select_profile
-from .settings import PLATFORM, Options, drive_root, required_recipe, task_signature, team_location
+from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
 from .transfer import shown, silence, write_line
 
 if TYPE_CHECKING:
@@ -118,9 +118,6 @@ def bootstrap(c, json=False, **flags):
             headstart.drop()
             target.forget_begun()
     _exit(code)
-
-
-STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
 
 
 @command(help={**{flag: text for flag, text in Options.flags().items() if flag.replace("-", "_") in STATUS_OPTIONS},

@@ -2,6 +2,7 @@
 
     %load_ext warmstart
     %warmstart bootstrap --recipe hyperlpr [--drive DIR] [--offline] [--allow-no-gpu] ...
+    %warmstart status --recipe hyperlpr [--drive DIR] [--packages-only]
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import shlex
 from typing import Any
 
 from . import colab
-from .settings import add_arguments
+from .settings import STATUS_OPTIONS, add_arguments
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument("--mount-point", help="where to mount Drive (default: the platform's place)")
     boot.add_argument("--restart", action="store_true", help="restart the runtime when the kernel "
                       "imported a package this run replaced")
+    look = commands.add_parser("status", help="what bootstrap would find and do here, changing nothing")
+    add_arguments(look, STATUS_OPTIONS, skip=("python",))
     return parser
 
 
@@ -31,7 +34,9 @@ def warmstart_magic(line: str) -> None:
         args = vars(_parser().parse_args(shlex.split(line)))
     except SystemExit:  # argparse printed the usage or the error
         return
-    args.pop("command")
+    if args.pop("command") == "status":
+        colab.status(args.pop("recipe"), **args)  # what it found stays in its lines
+        return
     try:
         colab.bootstrap(args.pop("recipe"), **args)
     except colab.BootstrapFailed:

@@ -131,6 +131,10 @@ class Options:
         return {f.name.replace("_", "-"): f.metadata["help"] for f in _flag_fields()}
 
 
+# The options `status` takes: those that say which environment and which Drive it looks at.
+STATUS_OPTIONS = ("recipe", "drive", "python", "cache", "packages_only")
+
+
 def _flag_fields(names: tuple[str, ...] = ()) -> list[Any]:
     return [f for f in fields(Options) if "help" in f.metadata and (not names or f.name in names)]
 
@@ -154,9 +158,10 @@ def task_signature(*names: str, **extra: Any) -> inspect.Signature:
     return inspect.Signature(params)
 
 
-def add_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """Options' flags on an argparse parser (the `%warmstart` magic), less those in `skip`."""
-    for f in _flag_fields():
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> None:
+    """Options' flags `names` (all when none are named) on an argparse parser (the `%warmstart`
+    magic), less those in `skip`."""
+    for f in _flag_fields(names):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
