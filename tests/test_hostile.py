@@ -1060,3 +1060,65 @@ def test_a_wheel_larger_than_the_index_lists_is_not_read_past_its_size(tmp_path,
     assert not dest.exists() and list(dest.parent.iterdir()) == []
     # the socket buffers take some MiB before the client hangs up (4.1 MiB seen); uncapped, all 32 went
     assert handler.sent < 16 << 20, f"{handler.sent} bytes sent before the client hung up"
+
+
+@pytest.mark.parametrize("in_the_way", [".warmstart link", "v1 file", "wheels link", "snapshots file"])
+def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_anything_changes(in_the_way, demo, drive,
+                                                                                             tmp_path, index):
+    """Followed, a link at `.warmstart/v1/wheels` had the Drive worker write the wheels wherever it
+    pointed (into /etc, as root), and prune would remove files there; a file there was said as
+    "File exists [FileExistsError 17] [OSError None]" after the install. Now a run, its status
+    and --dry-run say which, in one line, exit 2, before anything is installed; what it points
+    to is not touched."""
+    outside = tmp_path / "outside"
+    (outside / "v1" / "wheels").mkdir(parents=True)
+    (outside / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl").write_bytes(b"not ours")
+    where, kind = in_the_way.split()
+    path = {".warmstart": drive / ".warmstart", "v1": drive / ".warmstart" / "v1"}.get(
+        where, drive / ".warmstart" / "v1" / where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link":
+        path.symlink_to(outside if where == ".warmstart" else outside / "v1" / "wheels")
+    else:
+        path.write_text("the user's\n")
+    python = make_venv(tmp_path / "venv")
+    said = (f"warmstart: error: {path} is a {kind} where warmstart's cache keeps a folder of its own; "
+            "move it away and run again")
+
+    runs = [bootstrap(demo, drive, python, *flags, env=cli_env(index.url)) for flags in ((), ("--dry-run",))]
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=cli_env(index.url))
+
+    for run in [*runs, status]:
+        assert run.code == 2, run
+        assert run.stderr.strip().splitlines()[-1] == said
+    assert not {"alpha", "beta"} & installed(python).keys()
+    assert sorted(p.name for p in (outside / "v1" / "wheels").iterdir()) == ["alpha-1.0-py3-none-any.whl"]
+    assert (outside / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl").read_bytes() == b"not ours"
+    assert kind == "link" or path.read_text() == "the user's\n"
+
+
+def test_the_store_never_writes_reads_or_removes_through_a_link_where_its_folder_goes(tmp_path):
+    """What the Drive worker and warmstart.sh write comes through the store: a link put where a
+    folder of its own goes after the run looked (another VM, a person) still takes nothing."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "alpha-1.0-py3-none-any.whl").write_bytes(b"not ours")
+    store = DriveStore(tmp_path / "drive")
+    store.root.mkdir(parents=True)
+    (store.root / "wheels").symlink_to(outside)
+    wheel = tmp_path / "beta-2.0-py3-none-any.whl"
+    wheel.write_bytes(b"beta")
+    said = f"{store.root / 'wheels'} is a link where warmstart's cache keeps a folder of its own"
+
+    assert store.put("wheels", wheel.name, wheel) is False
+    assert store.warnings[-1] == f"wheel {wheel.name} not cached on Drive: {said}; move it away and run again"
+    with pytest.raises(OSError, match="is a link where"):
+        store.put_text("wheels", "x.json", "{}")
+    assert store.has("wheels", "alpha-1.0-py3-none-any.whl") is False
+    assert store.get("wheels", "alpha-1.0-py3-none-any.whl", tmp_path / "got.whl",
+                     {hashlib.sha256(b"not ours").hexdigest()}) is None
+    with pytest.raises(OSError, match="is a link where"):
+        store.open("wheels", "alpha-1.0-py3-none-any.whl")
+    assert list(store.entries("wheels")) == [] and store.unlisted == said
+    assert store.remove(store.entries()) == 0
+    assert sorted(p.name for p in outside.iterdir()) == ["alpha-1.0-py3-none-any.whl"]

@@ -671,6 +671,10 @@ def test_an_error_is_said_as_drives_only_when_its_file_lies_on_drive():
     assert explain(full("/root/.cache/warmstart/drivework/k/j/job.json.x.part"), drive) == (
         "/root/.cache/warmstart/drivework/k/j/job.json.x.part: No space left on device [OSError 28]")
     assert explain(full("/content/drive/MyDrive2/x"), drive).startswith("/content/drive/MyDrive2/x: No space")
+    # a line of warmstart's own, raised as OSError(line) (a Drive write that failed, said already): as it is,
+    # not "line [OSError None]"
+    assert explain(OSError("wheel a.whl not cached on Drive: Drive is full [OSError 28]"), drive) == (
+        "wheel a.whl not cached on Drive: Drive is full [OSError 28]")
 
 
 @needs_mountns

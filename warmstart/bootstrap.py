@@ -43,6 +43,7 @@ from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
+from .store import folder_refused
 from .team import borrowable
 from .tiered import TieredStore
 from .transfer import explain, kind_of, not_a_folder, remount
@@ -154,10 +155,13 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
 
 
 def _refuse_what_is_in_the_way(facts: Facts, store: TieredStore, *, packages_only: bool) -> None:
-    """A file of the user's where the recipe's workdir or an asset goes: bad input, said before
-    anything is installed or downloaded. Packages alone need neither; on a Drive that stopped
-    answering nothing there is looked at (the run says why itself)."""
+    """A file of the user's where the recipe's workdir or an asset goes, or a link or file where
+    a folder of the Drive cache's own goes: bad input, said before anything is installed or
+    downloaded. Packages alone need no workdir and no asset; on a Drive that stopped answering
+    nothing there is looked at (the run says why itself)."""
     drive, recipe = facts.drive, facts.recipe
+    if not facts.drive_down and (blocking := store.here.folder_in_the_way()):
+        raise BadInput(folder_refused(blocking))
     workdir = drive / recipe.workdir
     if not (packages_only or facts.drive_down) and (blocking := not_a_folder(workdir)):
         where = (f"the recipe's workdir {workdir} is a {kind_of(blocking)}, not a folder" if blocking == workdir else

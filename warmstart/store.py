@@ -38,6 +38,7 @@ from .transfer import (
     atomic_write_text,
     copy_hashed,
     explain,
+    kind_of,
     no_room,
     on_fuse,
     read_head,
@@ -175,6 +176,7 @@ class DriveStore:
     refused: bool = field(default=False, init=False)
     unlisted: str | None = field(default=None, init=False)  # why its folders are not listed (_listed)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    _own_folders: set[str] = field(default_factory=set, repr=False)  # kinds found to be folders of its own
     timeout: float = field(default_factory=drive_timeout, repr=False)  # seconds a read may wait for its data
 
     def __str__(self) -> str:
@@ -194,6 +196,27 @@ class DriveStore:
 
     def path(self, kind: str, name: str) -> Path:
         return self.root / kind / name
+
+    def folder_in_the_way(self, kinds: Sequence[str] = (*KINDS, USAGE)) -> Path | None:
+        """A link, or a file, where one of the store's own folders goes (.warmstart, v1, those of
+        `kinds`): written through a link, the cache's files would land wherever it points, and
+        listed through one, prune would remove files there. None when each is a folder or is not
+        there yet, or Drive did not answer the look in time (the run says that itself)."""
+        def look() -> Path | None:
+            for folder in (self.root.parent, self.root, *(self.root / kind for kind in kinds)):
+                if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
+                    return folder
+            return None
+
+        return self._looked(look, None)
+
+    def _refuse_folder_in_the_way(self, kind: str) -> None:
+        """Before a write into `kind`: an OSError saying what is in the way (folder_in_the_way).
+        Looked at once a run, as the folders are listed once."""
+        if kind not in self._own_folders:
+            if blocking := self.folder_in_the_way((kind,)):
+                raise OSError(folder_refused(blocking))
+            self._own_folders.add(kind)
 
     # -- listing ---------------------------------------------------------------------------
 
@@ -221,7 +244,12 @@ class DriveStore:
         self._listings.clear()
 
     def on_drive(self, kind: str, name: str) -> bool:
-        """False too once Drive stopped answering: a look at it is bounded as a read is."""
+        """False too once Drive stopped answering (a look at it is bounded as a read is), and
+        when it would be found through a link (folder_in_the_way)."""
+        try:
+            self._refuse_folder_in_the_way(kind)
+        except OSError:
+            return False
         return self._looked(lambda: regular_file(self.path(kind, name)), False)
 
     has = on_drive
@@ -240,6 +268,11 @@ class DriveStore:
     def _listed(self, kinds: Sequence[str]) -> list[StoredFile]:
         """The folders' entries, sorted by name; none when they list more than a cache holds."""
         if self.unlisted:
+            return []
+        if blocking := self.folder_in_the_way(kinds):  # never read, never removed, never written
+            self.unlisted = not_its_folder(blocking)
+            self.warnings.append(f"{self.unlisted}: this run takes nothing from there and writes nothing there; "
+                                 "move it away")
             return []
         try:
             found = self._found(kinds)
@@ -343,6 +376,7 @@ class DriveStore:
         a 60 MiB/s Drive took 3.93 to 4.28 s against 4.17 to 4.82 s read on the thread (5
         alternated rounds). From local disk the pipe only costs a copy (slower in 4 of 5 rounds)."""
         path = self.path(kind, name)
+        self._refuse_folder_in_the_way(kind)
         file = self._answered(lambda: open(path, "rb", buffering=0))  # noqa: SIM115 (its reader closes it)
         if not on_fuse(path):
             return file
@@ -357,6 +391,7 @@ class DriveStore:
         its end), with one open for all of them: Drive answers each open slowly. The parts are
         read on threads their reader watches with `patience()`."""
         path = self.path(kind, name)
+        self._refuse_folder_in_the_way(kind)
         if not regular_file(path):
             raise FileNotFoundError(f"{path} is not a regular file")
         fd = self._answered(lambda: os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
@@ -379,7 +414,7 @@ class DriveStore:
         larger than the local disk has room for (a warning) or damaged (set aside, a warning).
         WriteFailed when the local disk fails the copy."""
         src = self.path(kind, name)
-        if self.down or not regular_file(src):
+        if self.down or not self.on_drive(kind, name):
             return None
         try:
             listed = src.stat().st_size
@@ -430,6 +465,7 @@ class DriveStore:
                 bar.update(src.stat().st_size)
             return True
         try:
+            self._refuse_folder_in_the_way(kind)
             with AtomicFile(dest) as part, self._bar(bar, src.stat().st_size, f"to Drive {name[:30]}") as shown:
                 _sha256, size = copy_hashed(src, part.fh, shown)
                 faults.point("cache-write")
@@ -451,10 +487,12 @@ class DriveStore:
 
     def writer(self, kind: str, stem: str) -> AtomicFile:
         """A new file in `kind` named only on commit (snapshot archives, named by their sha256)."""
+        self._refuse_folder_in_the_way(kind)
         return AtomicFile(self.path(kind, stem))
 
     def put_text(self, kind: str, name: str, text: str) -> None:
         if not self.read_only:
+            self._refuse_folder_in_the_way(kind)
             atomic_write_text(self.path(kind, name), text)
 
     def set_aside_named(self, kind: str, name: str) -> None:
@@ -508,7 +546,7 @@ class DriveStore:
             pass  # a record only protects files from pruning; the next run writes another
 
     def _write_record(self, used: dict[str, float]) -> None:
-        atomic_write_text(self.path(USAGE, record_name(used)), record_text(used))
+        self.put_text(USAGE, record_name(used), record_text(used))
 
     def last_used(self) -> tuple[dict[str, float], Sequence[PurePath]]:
         """When a run last used each store file (by key), and the record files that say so."""
@@ -546,6 +584,16 @@ class _Answering:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def not_its_folder(blocking: Path) -> str:
+    """What a link or file where a folder of the Drive cache's own goes is."""
+    return f"{blocking} is a {kind_of(blocking)} where warmstart's cache keeps a folder of its own"
+
+
+def folder_refused(blocking: Path) -> str:
+    """What a run says of it, and the step that helps."""
+    return f"{not_its_folder(blocking)}; move it away and run again"
 
 
 def record_name(used: dict[str, float]) -> str:

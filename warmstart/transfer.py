@@ -460,6 +460,8 @@ def explain(exc: OSError, where: str | os.PathLike[str] | None = None) -> str:
     file) means, in a line. An error naming a file outside `where` is the local disk's (a job
     file, a staged copy): said as it is, with the file, since Drive's meanings ("Drive is full")
     would send the user to the wrong disk."""
+    if exc.errno is None:  # a line of warmstart's own (OSError(message)): said already
+        return str(exc)
     named = exc.filename
     if where is not None and isinstance(named, str) and not _within(named, where):
         return f"{named}: {exc.strerror or exc} [{exc.__class__.__name__} {exc.errno}]"
