@@ -22,6 +22,7 @@ from conftest import build_wheel, make_venv, needs_mountns, on_a_small_disk, pye
 
 from warmstart import tools
 from warmstart.errors import BadInput, PreconditionUnmet
+from warmstart.settings import parse_command_line as settings_parse
 from warmstart.store import DriveStore
 
 
@@ -467,3 +468,21 @@ def test_warmstart_sh_on_a_drive_folder_of_the_users_own_without_write_permissio
                                f"its owner write there: `chmod u+w {drive}`, or pass --drive with a folder you may write\n")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_given_in_any_folder(tmp_path, monkeypatch):
+    """`warmstart.sh recipes/mine.toml --drive D --python venv/bin/python --packages-only` said
+    `!invoke bootstrap --recipe recipes/mine.toml`: from another folder no such recipe, and in
+    any folder the default Drive (another cache), the notebook's Python and the assets too."""
+    monkeypatch.chdir(tmp_path)
+    command = tmp_path / "bin" / "invoke"
+    given = settings_parse(["recipes/mine.toml", "--drive", "d", "--python", "venv/bin/python", "--packages-only",
+                            "--offline"])
+
+    line = tools._from_now_on(given, tmp_path / "d", command)
+
+    assert line == (f"{command} bootstrap --recipe {tmp_path}/recipes/mine.toml --drive {tmp_path}/d "
+                    f"--python {tmp_path}/venv/bin/python --packages-only")
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--python", "python3"]), tmp_path, command) == (
+        f"{command} bootstrap --recipe hyperlpr --python python3")
+    assert tools._from_now_on(settings_parse(["hyperlpr"]), tmp_path, command) == f"{command} bootstrap --recipe hyperlpr"

@@ -45,7 +45,7 @@ from typing import Any
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
-from .locktext import canonical, pins, requirement_lines
+from .locktext import canonical, given_as_file, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
@@ -451,9 +451,26 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
     code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                        "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
     if code == 0:  # the line to use from now on, once it has worked
-        line = shlex.join([str(command), "bootstrap", "--recipe", given.recipe])
+        line = _from_now_on(given, drive, command)
         say(f"from now on, in any folder of this VM: {'!' if profile.notebook else ''}{line}")
     return code
+
+
+def _from_now_on(given: argparse.Namespace, drive: Path, command: Path) -> str:
+    """The bootstrap line for later runs, in any folder: the recipe's file (when it was given by
+    its path) and --python by their full paths, and the flags that say which Drive, interpreter
+    and part of the recipe (a run without them would look at another Drive, or do more)."""
+    def full(path: str) -> str:
+        return str(Path(os.path.expanduser(path)).absolute())
+
+    words = [str(command), "bootstrap", "--recipe", full(given.recipe) if given_as_file(given.recipe) else given.recipe]
+    if given.drive:
+        words += ["--drive", str(drive)]
+    if given.python:  # a path, or a command on PATH
+        words += ["--python", full(given.python) if os.sep in given.python else given.python]
+    if given.packages_only:
+        words.append("--packages-only")
+    return shlex.join(words)
 
 
 def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
