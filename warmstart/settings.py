@@ -24,7 +24,7 @@ from .errors import BadInput, PreconditionUnmet
 from .layout import LAYOUT
 from .transfer import remount
 
-INSTALLERS = ("auto", "pip", "uv")
+INSTALLERS = ("auto", "pip", "uv")  # --installer: auto is uv when it is installed, else pip
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,6 @@ VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_T
 
 def _opt(help: str, default: Any = None) -> Any:
     return field(default=default, metadata={"help": help})
-
-
-INSTALLERS = ("auto", "pip", "uv")  # --installer: auto is uv when it is installed, else pip
 
 
 @dataclass(frozen=True)
