@@ -84,12 +84,14 @@ def test_in_kernel_the_line_that_shows_the_drive_writes_is_a_call_that_works_in_
     """The in-kernel call prints no `!invoke status` line: warmstart.sh writes that `invoke`, and a
     notebook that only ran the in-kernel cell has none (Colab's image ships no invoke, and has
     every dependency the kernel path needs, so no tools were restored either). It prints the call
-    that does the same from a cell, which this cell then runs as printed until it is done."""
+    that does the same from a cell, which this cell then runs as printed until it is done: in the
+    workdir the call moved the notebook to, so the recipe given by a relative path is named in full."""
     env = {k: v for k, v in kernel_env.items() if k != "WARMSTART_WAIT"}  # the Drive writes in the background
     printed = f"warmstart.colab.status({str(demo)!r})"
     cell = f"""
-        import json, time, warmstart.colab
-        warmstart.colab.bootstrap({str(demo)!r})
+        import json, os, time, warmstart.colab
+        os.chdir({str(demo.parent.parent)!r})
+        warmstart.colab.bootstrap("recipes/{demo.name}")
         for _ in range(600):
             facts = {printed}
             if facts.get("complete"):

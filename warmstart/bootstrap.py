@@ -37,6 +37,7 @@ from .lock import (
     relock_command,
     select_lock,
 )
+from .locktext import given_as_file
 from .pipconfig import IndexSettings
 from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
@@ -362,9 +363,11 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
 def status_command(options: Options, plan: Plan) -> str:
     """The `invoke status` line that asks about this run's environment and Drive, as it was
     asked for (its --drive, --python, --packages-only), ready to paste where it is printed. In
-    the notebook's kernel, the in-kernel call's: warmstart.sh's `invoke` may never have been written."""
+    the notebook's kernel, the in-kernel call's: warmstart.sh's `invoke` may never have been written
+    (with a recipe file by its full path: the call moves the notebook into the workdir)."""
     if options.kernel_imported is not None:
-        given = [repr(options.recipe), *([f"drive={str(plan.facts.drive)!r}"] if options.drive else []),
+        recipe = str(plan.facts.recipe.path) if given_as_file(options.recipe) else options.recipe
+        given = [repr(recipe), *([f"drive={str(plan.facts.drive)!r}"] if options.drive else []),
                  *(["packages_only=True"] if options.packages_only else [])]
         return f"warmstart.colab.status({', '.join(given)})"
     words = [*invoked_as(), "status", "--recipe", options.recipe]
