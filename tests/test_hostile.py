@@ -277,6 +277,12 @@ HOSTILE_INPUTS = {
                                "r.in: not UTF-8"),
     "interpreter answers nonsense": ({"py.sh": "#!/bin/sh\necho hello\n"}, "{demo}", ["--python", "{tmp}/py.sh"],
                                      {}, 3, "did not answer like a Python interpreter"),
+    # no Python at all, quoting the probe back: said so, not as the probe's first 200 characters
+    "interpreter is ls": ({}, "{demo}", ["--python", "/bin/ls"], {}, 3,
+                          "cannot run the target Python /bin/ls: it exited with status 2, and is no Python "
+                          "interpreter, by what it said; pass --python"),
+    "interpreter is echo": ({}, "{demo}", ["--python", "/bin/echo"], {}, 3,
+                            "/bin/echo did not answer like a Python interpreter (it printed its question back)"),
     "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3,
                             "cannot run the target Python {tmp}/nope/python: No such file or directory;"),
     # as a Python older than the probe's syntax fails (2.7, 3.6): the line says why, not the probe's 3 KB

@@ -132,19 +132,22 @@ def _ask(exe: Path, code: str) -> str:
                               timeout=60).stdout
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise PreconditionUnmet(
-            f"cannot run the target Python {exe}: {_failed(exc)}; pass --python with a working interpreter"
+            f"cannot run the target Python {exe}: {_failed(exc, code)}; pass --python with a working interpreter"
         ) from None
 
 
-def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExpired) -> str:
-    """Why the target could not answer, in a few words: never the code it was asked to run (the
-    probe's is 3 KB), which the exception's own text holds."""
+def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExpired, code: str) -> str:
+    """Why the target could not answer, in a few words: never the `code` it was asked to run (the
+    probe's is 3 KB), which the exception's own text holds, and which a program that is no
+    Python quotes back (`ls: cannot access '<code>'`)."""
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
     if isinstance(exc, subprocess.TimeoutExpired):
         return f"it did not answer within {exc.timeout:g} s"
     said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
     last = said[-1][:200] if said else ""  # a traceback's last line says what went wrong
+    if _quotes(last, code):
+        return f"it exited with status {exc.returncode}, and is no Python interpreter, by what it said"
     return f"it exited with status {exc.returncode}" + (f" ({last})" if last else "")
 
 
@@ -164,8 +167,14 @@ def _target(exe: Path, answer: str) -> TargetPython:
             installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
         )
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise PreconditionUnmet(f"{exe} did not answer like a Python interpreter (it printed "
-                                f"{answer.strip()[:60]!r}); pass --python with a CPython interpreter") from None
+        printed = "its question back" if _quotes(answer, _PROBE) else repr(answer.strip()[:60])
+        raise PreconditionUnmet(f"{exe} did not answer like a Python interpreter (it printed {printed}); "
+                                "pass --python with a CPython interpreter") from None
+
+
+def _quotes(said: str, code: str) -> bool:
+    """Whether a program said `code` back (`echo`, `ls: cannot access '<code>'`): no Python."""
+    return code.strip().splitlines()[0][:24] in said
 
 
 class _Begun:
