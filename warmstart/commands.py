@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
 
 DRIVE_HELP = Options.flags()["drive"]
-PYTHON_HELP = Options.flags()["python"]
 
 
 def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:

@@ -39,11 +39,6 @@ def pins(text: str) -> dict[str, str]:
             if (pinned := _PINNED.match(block))}
 
 
-def pinned_names(text: str) -> set[str]:
-    """The distributions the lock `text` pins, by canonical name."""
-    return set(pins(text))
-
-
 def requirement_line(name: str, version: str, hashes: Iterable[str]) -> str:
     """A pin as uv and pip install it, hashes required: one line, its hashes sorted."""
     return f"{name}=={version} " + " ".join(f"--hash=sha256:{h}" for h in sorted(hashes))

@@ -27,7 +27,6 @@ PROFILE_SCHEMA: Schema = {
     "mount_point": Field("str"),
     "create_drive": Field("bool", default=False),
     "notebook": Field("bool", default=False),
-    "workspace": Field("str", default="~"),
     "missing_drive_hint": Field("str", default="create the folder or pass --drive DIR"),
     "preloaded": Field("str-list", default=[]),
     # The CUDA libraries the platform's system provides (a list in envs/images/); images of the
@@ -53,7 +52,6 @@ class Profile:
     mount_point: Path | None  # Drive counts as present only while this is mounted
     create_drive: bool  # a local stand-in folder may be created
     notebook: bool  # commands run from notebook cells (`!invoke ...`)
-    workspace: Path
     missing_drive_hint: str
     preloaded: tuple[str, ...]  # distributions a fresh kernel has already imported
     unset_env: tuple[str, ...]  # variables that break installers on this platform
@@ -105,7 +103,6 @@ def load_profile(path: Path) -> Profile:
         mount_point=Path(data["mount_point"]) if data["mount_point"] else None,
         create_drive=data["create_drive"],
         notebook=data["notebook"],
-        workspace=Path(data["workspace"]).expanduser(),
         missing_drive_hint=data["missing_drive_hint"],
         preloaded=tuple(data["preloaded"]),
         unset_env=tuple(data["env"]["unset"]),
