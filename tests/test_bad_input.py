@@ -362,3 +362,18 @@ def test_lock_without_the_lock_extra_names_the_command_that_installs_it(demo, tm
     assert line.endswith(f"needs warmstart's `lock` extra, which is not installed: "
                          f"{sys.executable} -m pip install 'pyelftools>=0.31'"), line
     assert "warmstart[" not in line and lock.read_bytes() == before
+
+
+@pytest.mark.parametrize("there", ["nothing", "a file"])
+def test_a_team_cache_folder_that_is_no_folder_is_named_with_what_it_is(demo, drive, tmp_path, there):
+    """A file where the team's folder was named was said not to exist ("create it")."""
+    folder = tmp_path / "team"
+    if there == "a file":
+        folder.write_text("the user's\n")
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--cache", str(folder), env=cli_env())
+
+    assert result.code == 3, result.stderr
+    said = ("is a file, not a folder; name a folder with" if there == "a file"
+            else "does not exist; create it, or fix")
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: the team cache folder {folder} {said} --cache (or WARMSTART_CACHE)")

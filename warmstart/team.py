@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import os
 import sys
 import time
 from collections import deque
@@ -53,7 +54,18 @@ from .store import (
     unread_because,
 )
 from .target import TargetPython
-from .transfer import QUIET, Bars, BlockStream, Stream, WriteFailed, copy_hashed, no_room, sha256_of, untrusted_json
+from .transfer import (
+    QUIET,
+    Bars,
+    BlockStream,
+    Stream,
+    WriteFailed,
+    copy_hashed,
+    kind_of,
+    no_room,
+    sha256_of,
+    untrusted_json,
+)
 
 # the extra that brings a protocol's implementation (settings.OBJECT_STORES), and the module that is
 MODULES = {"s3": "s3fs", "gcs": "gcsfs"}
@@ -143,8 +155,9 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
     if folder.resolve() == drive.resolve():
         return None
     if not folder.is_dir():
-        raise PreconditionUnmet(f"the team cache folder {folder} does not exist; create it, or fix --cache "
-                                "(or WARMSTART_CACHE)")
+        what = (f"is a {kind_of(folder)}, not a folder; name a folder with" if os.path.lexists(folder)
+                else "does not exist; create it, or fix")
+        raise PreconditionUnmet(f"the team cache folder {folder} {what} --cache (or WARMSTART_CACHE)")
     return DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only)
 
 
