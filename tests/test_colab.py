@@ -267,3 +267,18 @@ def test_a_link_named_invoke_is_somebody_elses_and_stays(tmp_path):
 
     assert written.stdout.strip() == str(folder / "invoke"), written.stderr
     assert link.is_symlink() and os.readlink(link) == str(tmp_path / "nowhere")
+
+
+def test_no_launcher_beside_the_notebooks_python_when_the_run_targets_another(tmp_path):
+    """`warmstart.sh R --python OTHER`: the notebook's environment is not the run's, and warmstart
+    writes in no environment but its target's; the launcher in the tools folder is the command."""
+    notebook, folder, checkout = launcher_for(tmp_path, "plain")
+    write = WRITE.replace("Path(sys.argv[2]))", "Path(sys.argv[2]), public=False)")
+
+    written = subprocess.run([str(notebook), "-c", write, str(folder), str(checkout), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path)
+
+    assert written.returncode == 0, written.stderr
+    assert written.stdout.strip() == str(folder / "invoke")
+    assert not (notebook.parent / "invoke").exists()
+    assert (folder / "invoke").is_file()

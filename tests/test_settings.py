@@ -75,10 +75,11 @@ def via_warmstart_sh(args: list[str], monkeypatch) -> None:
         return Path(sys.prefix)
 
     monkeypatch.setattr(tools, "ensure", ensure)
-    monkeypatch.setattr(tools, "write_launcher", lambda folder: Path("invoke"))
+    monkeypatch.setattr(tools, "write_launcher", lambda folder, public: Path("invoke"))
 
     def child(argv, env):
         assert argv[1:4] == ["-m", "invoke", "--search-root"] and argv[5] == "bootstrap"
+        assert env["WARMSTART_LAUNCHER"] == "invoke"  # the command its printed lines begin with
         for name in (v.name for v in VARIABLES):
             if name in env:
                 monkeypatch.setenv(name, env[name])

@@ -704,10 +704,13 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
     ("/nowhere/bin/invoke", "elsewhere", ["/nowhere/bin/invoke", "--search-root", str(PROJECT_ROOT)]),
     ("inv", "elsewhere, with tasks of its own", ["inv", "--search-root", str(PROJECT_ROOT)]),
     ("warmstart", "elsewhere", ["warmstart"]),  # the installed command has its tasks built in
-    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere", ["invoke"]),  # warmstart.sh's launcher
-], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m"])
+    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere", ["invoke"]),
+    # warmstart.sh's launcher (python -m invoke, its own search root), as it says it was run
+    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),
+], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m", "launcher"])
 def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, cwd, expected, tmp_path):
     folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd, tmp_path)
     if "tasks of its own" in cwd:
         (tmp_path / "tasks.py").write_text("")
-    assert invoked_as(argv0, folder) == expected
+    launched = {"WARMSTART_LAUNCHER": cwd.split("launched as ")[1]} if "launched as" in cwd else {}
+    assert invoked_as(argv0, folder, launched) == expected

@@ -52,7 +52,18 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
 
 def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (),
             started: Callable[[], bool] | None = None) -> None:
-    _run([*pip_command(target), *args], pip_env(unset=unset), "pip", what, started)
+    command = pip_command(target)
+    try:
+        _run([*command, *args], pip_env(unset=unset), "pip", what, started)
+    except WarmstartError as exc:
+        if command[0] == str(target) and any(line.endswith("No module named pip") for line in exc.detail):
+            from . import extras  # (packaging: warmstart.sh runs this module before it is there)
+
+            # warmstart's own tools on a VM carry neither pip nor uv: uv is Colab's (and the uv extra's)
+            raise PreconditionUnmet(f"{target} has no pip, and uv is not installed where warmstart runs: "
+                                    f"{extras.install_command('uv')}, or give the target pip with "
+                                    f"`{target} -m ensurepip`") from None
+        raise
 
 
 def download(target: Path, requirements: Path, dest: Path, unset: Iterable[str] = ()) -> None:

@@ -7,25 +7,29 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import PROJECT_ROOT
+from .settings import LAUNCHER
 
 
-def invoked_as(argv0: str | None = None, cwd: Path | None = None) -> list[str]:
+def invoked_as(argv0: str | None = None, cwd: Path | None = None,
+               environ: Mapping[str, str] = os.environ) -> list[str]:
     """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
-    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m invoke` counts as invoke
-    (warmstart.sh's launcher runs it so, with its checkout's tasks). An `invoke` that would not
-    find this checkout's tasks.py from `cwd` (it was given `--search-root`, or run from outside
-    the checkout) is given the checkout as its search root."""
+    it on PATH, else the path they gave (`.venv/bin/invoke`). `python -m invoke` is warmstart.sh's
+    launcher (it says how it was run: LAUNCHER), which brings its checkout's tasks; else invoke.
+    An `invoke` that would not find this checkout's tasks.py from `cwd` (it was given
+    `--search-root`, or run from outside the checkout) is given the checkout as its search root."""
     argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
+    launched = os.path.basename(argv0) not in ("invoke", "inv", "warmstart")
+    if launched:
+        argv0 = LAUNCHER.get(environ) or "invoke"
     name = os.path.basename(argv0)
-    if name not in ("invoke", "inv", "warmstart"):
-        return ["invoke"]
     found = shutil.which(name)  # the same program under its bare name: the shorter line
     bare = os.sep not in argv0 or (found is not None and os.path.abspath(found) == os.path.abspath(argv0))
     words = [name if bare else argv0]
-    if name != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
+    if not launched and name != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
         words += ["--search-root", str(PROJECT_ROOT)]
     return words
 

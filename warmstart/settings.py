@@ -78,11 +78,14 @@ HANDED_INDEX = Variable("WARMSTART_HANDED_INDEX", "internal: uv from the index t
 COMPILE_LATER = Variable("WARMSTART_COMPILE_LATER", "internal: set by warmstart.sh for its own process: on a "
                                                     "VM's first import warmstart compiles what it imports, the "
                                                     "rest when asked (read in warmstart/__init__.py)")
+LAUNCHER = Variable("WARMSTART_LAUNCHER", "internal: how warmstart.sh's `invoke` launcher was run, set by it "
+                                          "(and by warmstart.sh for the bootstrap it starts): the commands a run "
+                                          "prints begin with it")
 FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
              ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, DRIVE_TIMEOUT, WORKER_TEAM, HANDED_READ,
-             HANDED_INDEX, COMPILE_LATER, FAULT)
+             HANDED_INDEX, COMPILE_LATER, LAUNCHER, FAULT)
 
 
 def _opt(help: str, default: Any = None) -> Any:

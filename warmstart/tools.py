@@ -282,30 +282,34 @@ def _write_script(path: Path, text: str) -> None:
         os.chmod(fh.name, 0o755)
 
 
-def write_launcher(folder: Path, checkout: Path = CHECKOUT) -> Path:
-    """`invoke` beside the notebook's python3 when that place is free (or already ours); else
-    only the one inside the tools folder. Returns the command to type.
+def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True) -> Path:
+    """`invoke` beside the notebook's python3 when that place is free (or already ours) and
+    `public` (the run's target is that python3: warmstart writes in no other environment than its
+    target's); else only the one inside the tools folder. Returns the command to type.
 
     Paths are data: each is single-quoted for the shell (a Drive folder may be named `$(...)`,
     hold a quote or a newline), and no path is written into the script's comment line."""
     text = (f"#!/bin/sh\n{LAUNCHER_TAG}: runs warmstart's invoke with the tasks of its checkout\n"
             f"notebook_python={shlex.quote(sys.executable)}\n"
             'export WARMSTART_PYTHON="${WARMSTART_PYTHON:-$notebook_python}"\n'
+            f'export {settings.LAUNCHER.name}="$0"\n'
             f"exec {shlex.quote(str(tools_python(folder)))} -m invoke --search-root {shlex.quote(str(checkout))} "
             '"$@"\n')
     own = folder / "invoke"
     _write_script(own, text)
-    public = Path(sysconfig.get_path("scripts")) / "invoke"
+    if not public:
+        return own
+    beside = Path(sysconfig.get_path("scripts")) / "invoke"
     try:
         # Only a file warmstart wrote is replaced: a link (dangling or not) or another invoke is
         # somebody else's.
-        if public.is_symlink() or (public.exists() and LAUNCHER_TAG not in public.read_text(errors="replace")):
+        if beside.is_symlink() or (beside.exists() and LAUNCHER_TAG not in beside.read_text(errors="replace")):
             return own
-        _write_script(public, text)
+        _write_script(beside, text)
     except OSError:
         return own
-    on_path = shutil.which("invoke") == str(public)
-    return Path("invoke") if on_path else public
+    on_path = shutil.which("invoke") == str(beside)
+    return Path("invoke") if on_path else beside
 
 
 def ensure(drive: Path, profile: Profile, offline: bool = False, then: Callable[[], object] = lambda: None) -> Path:
@@ -443,7 +447,8 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
         failed = failure(exc)
         say(failed.message)
         return failed.exit_code
-    env = dict(os.environ, **{settings.DRIVE.name: str(drive), settings.PYTHON.name: settings.target_python(None)})
+    env = dict(os.environ, **{settings.DRIVE.name: str(drive), settings.PYTHON.name: settings.target_python(None),
+                              settings.LAUNCHER.name: str(command)})
     # warmstart.sh's own (this process imports from the checkout): the bootstrap writes the tools'
     # bytecode as the launcher's runs do
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -501,7 +506,7 @@ def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
         compiling.start()
         folder = ensure(drive, profile, offline=given.offline,
                         then=lambda: early.begin(flags, CHECKOUT, prefetch.HANDED_AHEAD, race))
-        command = write_launcher(folder)
+        command = write_launcher(folder, public=settings.target_python(given.python) == sys.executable)
         compiling.join()
         return drive, profile, folder, command
 
