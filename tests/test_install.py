@@ -102,3 +102,29 @@ def test_in_an_interpreter_without_pip_the_named_command_still_installs_the_extr
 
     assert pasted.returncode == 0, pasted.stderr
     assert subprocess.run([str(tools), "-c", "import elftools"], env=env).returncode == 0
+
+
+def test_a_target_without_pip_where_warmstart_has_neither_pip_nor_uv_is_said_with_the_way_out(tmp_path):
+    """warmstart's own tools on a VM carry no pip and no uv (Colab ships uv; off Colab there may be
+    none): pip is then the target's own, and a target without it ended the run with "pip failed
+    to install the locked packages (exit 1)". An interpreter without site-packages (-S), given
+    packaging as warmstart's tools have it, stands in for warmstart's; the target is a real
+    virtualenv without pip, and the pip run is real."""
+    target = tmp_path / "venv" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    tools = tmp_path / "tools"  # packaging, and no pip beside it
+    shutil.copytree(Path(packaging.__file__).parent, tools / "packaging")
+    code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[3]]; from pathlib import Path\n"
+            "from warmstart import installer\n"
+            "from warmstart.errors import PreconditionUnmet\n"
+            "try:\n"
+            "    installer.run_pip(Path(sys.argv[2]), ['install', 'alpha'], 'install the locked packages')\n"
+            "except PreconditionUnmet as exc:\n"
+            "    print(exc)\n")
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(PROJECT_ROOT), str(target), str(tools)],
+                          capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PATH"} | {"PATH": "/usr/bin:/bin"})
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{target} has no pip, and uv is not installed where warmstart runs: "), done.stdout
+    assert done.stdout.strip().endswith(f"or give the target pip with `{target} -m ensurepip`")
