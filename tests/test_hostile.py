@@ -1103,9 +1103,13 @@ def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_a
     assert kind == "link" or path.read_text() == "the user's\n"
 
 
-def test_the_store_never_writes_reads_or_removes_through_a_link_where_its_folder_goes(tmp_path):
-    """What the Drive worker and warmstart.sh write comes through the store: a link put where a
-    folder of its own goes after the run looked (another VM, a person) still takes nothing."""
+@pytest.mark.parametrize("find", ["find", "no find"])
+def test_the_store_never_writes_reads_or_removes_through_a_link_where_its_folder_goes(tmp_path, monkeypatch, find):
+    """What the Drive worker and warmstart.sh write comes through the store: a link where a
+    folder of its own goes takes nothing, whether find (a child: a look at a mount that stopped
+    answering holds no thread of the run's) or, where there is none, the store itself looks."""
+    if find == "no find":
+        monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "alpha-1.0-py3-none-any.whl").write_bytes(b"not ours")

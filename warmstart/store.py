@@ -176,7 +176,7 @@ class DriveStore:
     refused: bool = field(default=False, init=False)
     unlisted: str | None = field(default=None, init=False)  # why its folders are not listed (_listed)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _own_folders: set[str] = field(default_factory=set, repr=False)  # kinds found to be folders of its own
+    _folders: tuple[Path, ...] | None = field(default=None, repr=False)  # folder_in_the_way's look, once a run
     timeout: float = field(default_factory=drive_timeout, repr=False)  # seconds a read may wait for its data
 
     def __str__(self) -> str:
@@ -198,25 +198,38 @@ class DriveStore:
         return self.root / kind / name
 
     def folder_in_the_way(self, kinds: Sequence[str] = (*KINDS, USAGE)) -> Path | None:
-        """A link, or a file, where one of the store's own folders goes (.warmstart, v1, those of
-        `kinds`): written through a link, the cache's files would land wherever it points, and
-        listed through one, prune would remove files there. None when each is a folder or is not
-        there yet, or Drive did not answer the look in time (the run says that itself)."""
-        def look() -> Path | None:
-            for folder in (self.root.parent, self.root, *(self.root / kind for kind in kinds)):
-                if os.path.islink(folder) or (os.path.lexists(folder) and not os.path.isdir(folder)):
-                    return folder
-            return None
+        """A link, or a file, where `.warmstart`, `v1` or the folder of one of `kinds` goes:
+        written through a link, the cache's files would land wherever it points, and listed
+        through one, prune would remove files there. None when each is a folder or is not there
+        yet, or Drive did not answer the look in time (the run says that itself). Looked at once
+        a run, all of the store's folders at once."""
+        if self._folders is None:
+            nothing: tuple[Path, ...] = ()
+            self._folders = self._looked(self._look_at_folders, nothing)
+        wanted = {self.root.parent, self.root, *(self.root / kind for kind in kinds)}
+        return next((folder for folder in self._folders if folder in wanted), None)
 
-        return self._looked(look, None)
+    def _look_at_folders(self) -> tuple[Path, ...]:
+        """What stands where the store's own folders go and is no folder, as a child (find) sees
+        it: a thread of this process left in a look at a FUSE mount that stopped answering would
+        keep the process from ending (_found)."""
+        folders = [self.root.parent, self.root, *(self.root / kind for kind in (*KINDS, USAGE))]
+        # (a relative folder as ./folder: a name that begins with - or ! is not an expression of find's)
+        named = {os.path.join("" if folder.is_absolute() else ".", folder): folder for folder in folders}
+        try:  # each as itself, a link not followed; one not there is a line on find's stderr
+            out = background.child_within(self.timeout, ["find", *named, "-maxdepth", "0", "-printf", r"%y\0%p\0"])
+        except TimeoutError:  # _looked gives Drive up
+            raise
+        except OSError:  # no find to run
+            return tuple(f for f in folders if os.path.islink(f) or (os.path.lexists(f) and not os.path.isdir(f)))
+        fields = [os.fsdecode(field) for field in out.split(b"\0")]
+        return tuple(named[path] for kind, path in zip(fields[0:-1:2], fields[1::2], strict=False) if kind != "d")
 
     def _refuse_folder_in_the_way(self, kind: str) -> None:
-        """Before a write into `kind`: an OSError saying what is in the way (folder_in_the_way).
-        Looked at once a run, as the folders are listed once."""
-        if kind not in self._own_folders:
-            if blocking := self.folder_in_the_way((kind,)):
-                raise OSError(folder_refused(blocking))
-            self._own_folders.add(kind)
+        """Before a write into `kind`, or a read of it: an OSError saying what is in the way
+        (folder_in_the_way)."""
+        if blocking := self.folder_in_the_way((kind,)):
+            raise OSError(folder_refused(blocking))
 
     # -- listing ---------------------------------------------------------------------------
 
