@@ -96,7 +96,9 @@ def test_the_question_finds_the_lock_in_what_warmstart_sh_read_ahead(tmp_path):
     sha256 = hashlib.sha256(text.encode()).hexdigest()
     config.read_ahead(project, [], ["requirements/*/hyperlpr-py*.txt"])
     try:
-        wait_until(lambda: config._listed.is_set() and config._ahead.get(ours), 10, "nothing was read ahead")
+        # read, not only begun: a change on disk before the read would be what it reads
+        wait_until(lambda: config._listed.is_set() and (read := config._ahead.get(ours)) is not None and read.done(),
+                   10, "nothing was read ahead")
         ours.write_text("# another lock\n")
         assert headstart.locked_lines("hyperlpr", project, "py312", sha256, wanted) == \
             locktext.requirement_lines(text, wanted)
