@@ -1068,7 +1068,7 @@ def test_a_wheel_larger_than_the_index_lists_is_not_read_past_its_size(tmp_path,
     assert handler.sent < 16 << 20, f"{handler.sent} bytes sent before the client hung up"
 
 
-@pytest.mark.parametrize("in_the_way", [".warmstart link", "v1 file", "wheels link", "snapshots file"])
+@pytest.mark.parametrize("in_the_way", [".warmstart link", "v1 file", "wheels link", "snapshots file", "assets link"])
 def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_anything_changes(in_the_way, demo, drive,
                                                                                              tmp_path, index):
     """Followed, a link at `.warmstart/v1/wheels` had the Drive worker write the wheels wherever it
@@ -1093,8 +1093,9 @@ def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_a
 
     runs = [bootstrap(demo, drive, python, *flags, env=cli_env(index.url)) for flags in ((), ("--dry-run",))]
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=cli_env(index.url))
+    listed = run_cli("assets", "--recipe", str(demo), "--drive", str(drive), env=cli_env())  # as bootstrap sees them
 
-    for run in [*runs, status]:
+    for run in [*runs, status, *([listed] if where in (".warmstart", "v1", "assets") else [])]:
         assert run.code == 2, run
         assert run.stderr.strip().splitlines()[-1] == said
     assert not {"alpha", "beta"} & installed(python).keys()

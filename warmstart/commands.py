@@ -365,17 +365,20 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
 def assets(c, recipe=None, drive=None):
     """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one."""
-    from .assets import asset_table
+    from .assets import KIND, asset_table
     from .cli import run_plain
     from .recipe import load_recipe
-    from .store import DriveStore
+    from .store import DriveStore, folder_refused
     from .tiered import TieredStore
 
     def show() -> None:
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
         require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
-        rows = asset_table(loaded.assets, TieredStore(DriveStore(drive_root)), drive_root / loaded.workdir)
+        store = DriveStore(drive_root)
+        if blocking := store.folder_in_the_way((KIND,)):  # as bootstrap refuses it: every asset would say "missing"
+            raise BadInput(folder_refused(blocking))
+        rows = asset_table(loaded.assets, TieredStore(store), drive_root / loaded.workdir)
         for state, name, dest, in_the_way in rows:
             _print(f"{state:<9} {name}  ->  {dest}")
             if in_the_way:
