@@ -141,7 +141,9 @@ def _flag_fields(names: tuple[str, ...] = ()) -> list[Any]:
 
 def required_recipe(recipe: str | None) -> str:
     if not recipe:
-        raise BadInput("--recipe NAME is needed (see `invoke recipes` for the names)")
+        from .invocation import command_line  # (it reads this module's LAUNCHER)
+
+        raise BadInput(f"--recipe NAME is needed (see `{command_line('recipes')}` for the names)")
     return recipe
 
 
