@@ -87,13 +87,15 @@ def test_in_kernel_the_line_that_shows_the_drive_writes_is_a_call_that_works_in_
     that does the same from a cell, which this cell then runs as printed until it is done: in the
     workdir the call moved the notebook to, so the recipe given by a relative path is named in full."""
     env = {k: v for k, v in kernel_env.items() if k != "WARMSTART_WAIT"}  # the Drive writes in the background
-    printed = f"warmstart.colab.status({str(demo)!r})"
+    call = f"warmstart.colab.status({str(demo)!r})"
+    printed = f"import warmstart.colab; {call}"  # whole: after `%warmstart` alone the cell has no name `warmstart`
     cell = f"""
         import json, os, time, warmstart.colab
         os.chdir({str(demo.parent.parent)!r})
         warmstart.colab.bootstrap("recipes/{demo.name}")
         for _ in range(600):
-            facts = {printed}
+            {printed.split("; ")[0]}
+            facts = {call}
             if facts.get("complete"):
                 break
             time.sleep(0.2)

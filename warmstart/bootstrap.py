@@ -369,7 +369,8 @@ def status_command(options: Options, plan: Plan) -> str:
         recipe = str(plan.facts.recipe.path) if given_as_file(options.recipe) else options.recipe
         given = [repr(recipe), *([f"drive={str(plan.facts.drive)!r}"] if options.drive else []),
                  *(["packages_only=True"] if options.packages_only else [])]
-        return f"warmstart.colab.status({', '.join(given)})"
+        # with its import: a notebook that used only `%warmstart` has no name `warmstart` of its own
+        return f"import warmstart.colab; warmstart.colab.status({', '.join(given)})"
     words = [*invoked_as(), "status", "--recipe", options.recipe]
     if options.drive:
         words += ["--drive", str(plan.facts.drive)]
