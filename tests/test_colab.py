@@ -145,7 +145,7 @@ def test_restart_warning_after_replacing_an_imported_module(demo, tmp_path, kern
     assert out["report"]["replaced"] == {"beta": ["1.0", "2.0"]}
     assert out["report"]["restart_needed"] == ["beta"]
     assert out["stderr"].count("restart the runtime") == 1
-    assert "warmstart.colab.restart_runtime()" in out["stderr"]
+    assert "`import warmstart.colab; warmstart.colab.restart_runtime()`" in out["stderr"]
 
 
 def test_magic_through_a_real_ipython_shell(demo, tmp_path, kernel_env, kernel_python):

@@ -162,7 +162,8 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
     if outcome.get("restart_needed"):
         if restart:
             restart_runtime()
-        report.say("or call warmstart.colab.restart_runtime() to restart it now")
+        # with its import: after `%warmstart` alone a cell has no name `warmstart`
+        report.say("or run `import warmstart.colab; warmstart.colab.restart_runtime()` to restart it now")
     return outcome
 
 
