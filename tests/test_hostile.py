@@ -279,8 +279,8 @@ HOSTILE_INPUTS = {
                                      {}, 3, "did not answer like a Python interpreter"),
     # no Python at all, quoting the probe back: said so, not as the probe's first 200 characters
     "interpreter is ls": ({}, "{demo}", ["--python", "/bin/ls"], {}, 3,
-                          "cannot run the target Python /bin/ls: it exited with status 2, and is no Python "
-                          "interpreter, by what it said; pass --python"),
+                          "cannot run the target Python /bin/ls: it exited with status 2, quoting the code it was "
+                          "to run: no Python interpreter; pass --python"),
     "interpreter is echo": ({}, "{demo}", ["--python", "/bin/echo"], {}, 3,
                             "/bin/echo did not answer like a Python interpreter (it printed its question back)"),
     "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3,

@@ -176,7 +176,7 @@ class DriveStore:
     refused: bool = field(default=False, init=False)
     unlisted: str | None = field(default=None, init=False)  # why its folders are not listed (_listed)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    _folders: tuple[Path, ...] | None = field(default=None, repr=False)  # folder_in_the_way's look, once a run
+    _folders: tuple[Path, ...] | None = field(default=None, init=False, repr=False)  # folder_in_the_way's one look
     timeout: float = field(default_factory=drive_timeout, repr=False)  # seconds a read may wait for its data
 
     def __str__(self) -> str:

@@ -147,7 +147,7 @@ def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExp
     said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
     last = said[-1][:200] if said else ""  # a traceback's last line says what went wrong
     if _quotes(last, code):
-        return f"it exited with status {exc.returncode}, and is no Python interpreter, by what it said"
+        return f"it exited with status {exc.returncode}, quoting the code it was to run: no Python interpreter"
     return f"it exited with status {exc.returncode}" + (f" ({last})" if last else "")
 
 
