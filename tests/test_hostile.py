@@ -1073,9 +1073,9 @@ def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_a
                                                                                              tmp_path, index):
     """Followed, a link at `.warmstart/v1/wheels` had the Drive worker write the wheels wherever it
     pointed (into /etc, as root), and prune would remove files there; a file there was said as
-    "File exists [FileExistsError 17] [OSError None]" after the install. Now a run, its status
-    and --dry-run say which, in one line, exit 2, before anything is installed; what it points
-    to is not touched."""
+    "File exists [FileExistsError 17] [OSError None]" after the install. Now a run, its status,
+    --dry-run and `invoke assets` (for the folders an asset is kept in) say which, in one line,
+    exit 2, before anything is installed; what it points to is not touched."""
     outside = tmp_path / "outside"
     (outside / "v1" / "wheels").mkdir(parents=True)
     (outside / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl").write_bytes(b"not ours")
