@@ -10,6 +10,7 @@ import pty
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO, bootstrap, cli_command, cli_env, installed, make_venv
@@ -51,14 +52,15 @@ def test_no_bar_when_stderr_is_not_a_terminal_or_the_report_is_json(demo, drive,
     assert "download 3 wheels" not in result.stderr and "\r" not in result.stderr
 
 
-def run_with_its_reader_gone(*args: str, env: dict[str, str], gone: str = "stdout") -> subprocess.CompletedProcess:
-    """`invoke ARGS` with stdout (or stderr: `gone`) a pipe whose reading end closed before it began,
-    as `| head` closes it once it has what it wanted."""
+def run_with_its_reader_gone(*args: str, env: dict[str, str], gone: str = "stdout",
+                             command: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`invoke ARGS` (or `command`) with stdout (or stderr: `gone`) a pipe whose reading end closed
+    before it began, as `| head` closes it once it has what it wanted."""
     read, write = os.pipe()
     os.close(read)
     streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, gone: write}
     try:
-        return subprocess.run(cli_command(*args), env=env, text=True, timeout=300, cwd=REPO, **streams)
+        return subprocess.run(command or cli_command(*args), env=env, text=True, timeout=300, cwd=REPO, **streams)
     finally:
         os.close(write)
 
@@ -79,6 +81,18 @@ def test_a_command_whose_reader_left_ends_quietly_with_141(demo, drive, tmp_path
 
     assert done.returncode == 141, done.stderr
     assert "Broken pipe" not in done.stderr and "Traceback" not in done.stderr and "error" not in done.stderr
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+def test_the_console_scripts_own_list_whose_reader_left_ends_quietly_with_141(buffered):
+    """`warmstart --list | head -1`: invoke prints the list itself, before any task runs; it ended
+    in invoke's BrokenPipeError traceback. (`invoke --list` through tasks.py is invoke's own main.)"""
+    env = {k: v for k, v in cli_env().items() if k != "PYTHONUNBUFFERED"} | ({} if buffered else {"PYTHONUNBUFFERED": "1"})
+
+    done = run_with_its_reader_gone(env=env, command=[str(Path(sys.executable).parent / "warmstart"), "--list"])
+
+    assert done.returncode == 141, done.stderr
+    assert done.stderr == ""
 
 
 def test_a_bootstrap_whose_stderr_reader_left_does_its_work_all_the_same(demo, drive, tmp_path, index):

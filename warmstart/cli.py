@@ -24,7 +24,7 @@ def _output() -> list[TextIO]:
     return [stream for stream in (sys.stdout, sys.stderr) if stream is not None]
 
 
-def _output_closed(exc: BaseException) -> bool:
+def output_closed(exc: BaseException) -> bool:
     """`exc` is a write to stdout or stderr whose reader left: `| head` had all it wanted. (A
     pipe's writing end says POLLERR once no process can read it.)"""
     if not isinstance(exc, BrokenPipeError):
@@ -44,7 +44,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
     try:
         return _run_reported(action, recipe, as_json=as_json)
     except BrokenPipeError as exc:
-        if not _output_closed(exc):
+        if not output_closed(exc):
             raise
         for stream in _output():  # nothing is wrong, and nothing more can be said
             transfer.silence(stream)
@@ -67,7 +67,7 @@ def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: b
     try:
         action(report)
     except (Exception, KeyboardInterrupt) as exc:
-        if _output_closed(exc):
+        if output_closed(exc):
             raise
         failed = failure(exc)
         report.error, report.exit_code, report.error_detail = failed.message, failed.exit_code, failed.detail

@@ -411,4 +411,16 @@ program = Program(namespace=namespace, version=__version__, name="warmstart", bi
 
 
 def main() -> None:
-    program.run()
+    try:
+        try:
+            program.run()
+        finally:  # written out here, not by the interpreter's flush at exit (see _exit)
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError as exc:  # invoke's own output (--list, --help) whose reader left: as _exit says it
+        from .cli import output_closed
+
+        if not output_closed(exc):
+            raise
+        silence(sys.stdout)
+        sys.exit(OUTPUT_CLOSED)
