@@ -1074,8 +1074,8 @@ def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_a
     """Followed, a link at `.warmstart/v1/wheels` had the Drive worker write the wheels wherever it
     pointed (into /etc, as root), and prune would remove files there; a file there was said as
     "File exists [FileExistsError 17] [OSError None]" after the install. Now a run, its status,
-    --dry-run and `invoke assets` (for the folders an asset is kept in) say which, in one line,
-    exit 2, before anything is installed; what it points to is not touched."""
+    --dry-run, `invoke cache` and `invoke assets` (for the folders an asset is kept in) say which,
+    in one line, exit 2, before anything is installed or pruned; what it points to is not touched."""
     outside = tmp_path / "outside"
     (outside / "v1" / "wheels").mkdir(parents=True)
     (outside / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl").write_bytes(b"not ours")
@@ -1094,8 +1094,9 @@ def test_a_link_or_file_where_the_drive_cache_keeps_a_folder_is_refused_before_a
     runs = [bootstrap(demo, drive, python, *flags, env=cli_env(index.url)) for flags in ((), ("--dry-run",))]
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=cli_env(index.url))
     listed = run_cli("assets", "--recipe", str(demo), "--drive", str(drive), env=cli_env())  # as bootstrap sees them
+    cached = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
 
-    for run in [*runs, status, *([listed] if where in (".warmstart", "v1", "assets") else [])]:
+    for run in [*runs, status, cached, *([listed] if where in (".warmstart", "v1", "assets") else [])]:
         assert run.code == 2, run
         assert run.stderr.strip().splitlines()[-1] == said
     assert not {"alpha", "beta"} & installed(python).keys()

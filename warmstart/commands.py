@@ -269,7 +269,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
     """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
     from . import maintenance
     from .cli import run_plain
-    from .store import DriveStore
+    from .store import DriveStore, folder_refused
     from .team import open_team
 
     def run() -> None:
@@ -285,6 +285,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
             raise PreconditionUnmet(f"Drive root {drive_root} does not exist: no cache to show; pass --drive "
                                     "with the folder bootstrap used (or mount Drive)")
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
+        if isinstance(store, DriveStore) and (blocking := store.folder_in_the_way()):  # as bootstrap refuses it
+            raise BadInput(folder_refused(blocking))
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
         if why := store.unread():
