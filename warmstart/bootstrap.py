@@ -44,7 +44,6 @@ from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
-from .store import folder_refused
 from .team import borrowable
 from .tiered import TieredStore
 from .transfer import explain, kind_of, not_a_folder, remount
@@ -161,8 +160,8 @@ def _refuse_what_is_in_the_way(facts: Facts, store: TieredStore, *, packages_onl
     downloaded. Packages alone need no workdir and no asset; on a Drive that stopped answering
     nothing there is looked at (the run says why itself)."""
     drive, recipe = facts.drive, facts.recipe
-    if not facts.drive_down and (blocking := store.here.folder_in_the_way()):
-        raise BadInput(folder_refused(blocking))
+    if not facts.drive_down:
+        store.here.require_own_folders()
     workdir = drive / recipe.workdir
     if not (packages_only or facts.drive_down) and (blocking := not_a_folder(workdir)):
         where = (f"the recipe's workdir {workdir} is a {kind_of(blocking)}, not a folder" if blocking == workdir else

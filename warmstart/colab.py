@@ -181,16 +181,7 @@ def status(recipe: str, *, root: Path = PROJECT_ROOT, **flags: Any) -> dict[str,
     except (Exception, KeyboardInterrupt) as exc:
         return _failed(recipe, exc)
 
-    from .cli import run_reported
-    from .status import status as gather
-    from .status import status_lines
+    from .status import looked
 
-    facts: dict[str, Any] = {}
-
-    def show(report: Any) -> None:
-        facts.update(gather(options, root, report))
-        print(shown("\n".join(status_lines(facts)), keep_lines=True))
-
-    with reading_ahead(root, recipe):
-        report = run_reported(show, recipe, as_json=False)
+    report, facts = looked(lambda: options, recipe, root)
     return report.as_json() if report.exit_code else facts

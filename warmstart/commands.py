@@ -128,19 +128,9 @@ def status(c, json=False, **flags):
 
     Nothing to do: the environment matches the recipe, and no earlier run's Drive writes are
     pending ("safe to shut down")."""
-    from .cli import run_reported
-    from .status import status as gather
-    from .status import status_lines
+    from .status import looked
 
-    facts: dict[str, Any] = {}
-
-    def show(report) -> None:
-        facts.update(gather(Options(**flags), ROOT, report))
-        if not json:
-            _print("\n".join(status_lines(facts)), keep_lines=True)
-
-    with config.reading_ahead(ROOT, flags.get("recipe")):
-        report = run_reported(show, flags.get("recipe") or "", as_json=False)
+    report, facts = looked(lambda: Options(**flags), flags.get("recipe"), ROOT, lines=not json)
     _exit(report.exit_code or (0 if facts.get("complete") else 1),
           last=jsonlib.dumps(facts or report.as_json()) if json else None)
 
@@ -269,7 +259,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
     """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
     from . import maintenance
     from .cli import run_plain
-    from .store import DriveStore, folder_refused
+    from .store import DriveStore
     from .team import open_team
 
     def run() -> None:
@@ -285,8 +275,8 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
             raise PreconditionUnmet(f"Drive root {drive_root} does not exist: no cache to show; pass --drive "
                                     "with the folder bootstrap used (or mount Drive)")
         store = (team and open_team(team, drive=drive_root, read_only=False)) or DriveStore(drive_root)
-        if isinstance(store, DriveStore) and (blocking := store.folder_in_the_way()):  # as bootstrap refuses it
-            raise BadInput(folder_refused(blocking))
+        if isinstance(store, DriveStore):  # as bootstrap refuses it
+            store.require_own_folders()
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
         entries = maintenance.inventory(store, ROOT, drive_root)
         if why := store.unread():
@@ -370,7 +360,7 @@ def assets(c, recipe=None, drive=None):
     from .assets import KIND, asset_table
     from .cli import run_plain
     from .recipe import load_recipe
-    from .store import DriveStore, folder_refused
+    from .store import DriveStore
     from .tiered import TieredStore
 
     def show() -> None:
@@ -378,8 +368,7 @@ def assets(c, recipe=None, drive=None):
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
         require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
         store = DriveStore(drive_root)
-        if blocking := store.folder_in_the_way((KIND,)):  # as bootstrap refuses it: every asset would say "missing"
-            raise BadInput(folder_refused(blocking))
+        store.require_own_folders((KIND,))  # as bootstrap refuses it: every asset would say "missing"
         rows = asset_table(loaded.assets, TieredStore(store), drive_root / loaded.workdir)
         for state, name, dest, in_the_way in rows:
             _print(f"{state:<9} {name}  ->  {dest}")

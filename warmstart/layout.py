@@ -7,9 +7,10 @@
     <drive>/.warmstart/v1/usage/            which run used which file when (for prune)
     <drive>/.warmstart/v1/placed.json       files warmstart placed in the workdir
 
-warmstart.store reads and writes there, in folders of its own: never through a link or past a file
-standing where one goes (DriveStore.folder_in_the_way). Standard library only, and nothing else: warmstart.sh's
-first look at Drive (warmstart.prefetch.guess) comes before the rest of warmstart is imported.
+warmstart.store reads and writes there, in folders of its own: never through a link or past a
+file standing where one goes (DriveStore.folder_in_the_way). Standard library only, and nothing
+else: warmstart.sh's first look at Drive (warmstart.prefetch.guess) comes before the rest of
+warmstart is imported.
 """
 
 from __future__ import annotations

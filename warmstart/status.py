@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import checks, drivework, restart
+from . import checks, config, drivework, restart
 from .bootstrap import prepare
+from .cli import run_reported
 from .plan import Plan, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
 from .target import shared_files
-from .transfer import abridged, counted
+from .transfer import abridged, counted, shown, write_line
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -31,6 +34,23 @@ def describe_action(plan: Plan) -> str:
     if not missing:
         return "install from cached wheels"
     return f"download {len(missing)} wheels, then install"
+
+
+def looked(options: Callable[[], Options], recipe: str | None, root: Path, *,
+           lines: bool = True) -> tuple[Report, dict[str, Any]]:
+    """`status` under the report's guard (what goes wrong becomes its error and exit code), its
+    lines on stdout unless `lines` is False: the report, and the facts (none when it failed).
+    The task and the in-kernel call (warmstart.colab.status) both look so."""
+    facts: dict[str, Any] = {}
+
+    def show(report: Report) -> None:
+        facts.update(status(options(), root, report))
+        if lines:
+            write_line(shown("\n".join(status_lines(facts)), keep_lines=True), sys.stdout)
+
+    with config.reading_ahead(root, recipe):
+        report = run_reported(show, recipe or "", as_json=False)
+    return report, facts
 
 
 def status(options: Options, root: Path, report: Report) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from pathlib import Path, PurePath
 from typing import IO, Any, Protocol, TypeVar
 
 from . import background, faults
+from .errors import BadInput
 from .layout import KINDS, LAYOUT, RECIPES
 from .settings import drive_timeout
 from .transfer import (
@@ -225,9 +226,15 @@ class DriveStore:
         fields = [os.fsdecode(field) for field in out.split(b"\0")]
         return tuple(named[path] for kind, path in zip(fields[0:-1:2], fields[1::2], strict=False) if kind != "d")
 
+    def require_own_folders(self, kinds: Sequence[str] = (*KINDS, USAGE)) -> None:
+        """BadInput (exit 2) naming what folder_in_the_way finds: a run, `cache` and `assets`
+        refuse it before anything changes."""
+        if blocking := self.folder_in_the_way(kinds):
+            raise BadInput(folder_refused(blocking))
+
     def _refuse_folder_in_the_way(self, kind: str) -> None:
         """Before a write into `kind`, or a read of it: an OSError saying what is in the way
-        (folder_in_the_way)."""
+        (folder_in_the_way), which the writes that may fail say as a warning."""
         if blocking := self.folder_in_the_way((kind,)):
             raise OSError(folder_refused(blocking))
 
@@ -259,9 +266,7 @@ class DriveStore:
     def on_drive(self, kind: str, name: str) -> bool:
         """False too once Drive stopped answering (a look at it is bounded as a read is), and
         when it would be found through a link (folder_in_the_way)."""
-        try:
-            self._refuse_folder_in_the_way(kind)
-        except OSError:
+        if self.folder_in_the_way((kind,)):
             return False
         return self._looked(lambda: regular_file(self.path(kind, name)), False)
 
