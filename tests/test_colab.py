@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import site
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
+
+from warmstart.invocation import cd_cell, in_cell
 
 STANDIN = Path(__file__).parent / "colab_standin"
 
@@ -222,6 +226,109 @@ def test_subprocess_with_mount_uses_it_and_prints_the_cd_line(demo, tmp_path, ke
 
     assert done.returncode == 0, done.stderr
     assert f"%cd {mount}/MyDrive/Demo" in done.stderr
+
+
+# --- the lines printed for a notebook, pasted into a real IPython cell ------------------------
+
+# Names a notebook may well hold: IPython replaces `$HOME` and `{x}` in a `!` or `%` line with them.
+NOTEBOOK_NAMES = "x = 5; HOME = 'oops'; y = {'a': 1}\n"
+ODD_NAMES = ["Plates {x} $HOME", "it's here", 'dq"x', "back\\slash", " lead", "-b", "semi;colon", "tab\tx",
+             "$$ {{y}} ${x} `echo no`"]
+
+
+def run_cells(cells: list[str], cwd: Path) -> list[dict]:
+    """Run `cells` in a real IPython shell (the notebook's names first), in a fresh process; say
+    each cell's folder afterwards and `!` exit codes."""
+    script = textwrap.dedent("""
+        import json, os, sys
+        from IPython.core.interactiveshell import InteractiveShell
+        shell = InteractiveShell.instance()
+        shell.run_cell(sys.argv[1])
+        after = []
+        for cell in json.loads(sys.argv[2]):
+            shell.run_cell(cell)
+            after.append({"cwd": os.getcwd(), "exit": shell.user_ns.get("_exit_code")})
+        print(json.dumps(after))
+    """)
+    done = subprocess.run([sys.executable, "-c", script, NOTEBOOK_NAMES, json.dumps(cells)], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_bang_line_gives_the_program_each_word_as_printed(tmp_path):
+    """`!invoke status --recipe '/d/Plates {x} $HOME/r.toml'` ran as `... /d/Plates 5 oops/r.toml`
+    in a notebook holding `x` and `HOME`: IPython expands first, the shell splits after."""
+    argv_file = tmp_path / "argv"
+    program = tmp_path / "program"
+    program.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" > {argv_file}\n')
+    program.chmod(0o755)
+    words = [str(program), "status", "--recipe", *ODD_NAMES]
+
+    out = run_cells([in_cell(words, notebook=True)], tmp_path)
+
+    assert out[0]["exit"] == 0, out
+    assert argv_file.read_bytes().split(b"\0")[:-1] == [w.encode() for w in words[1:]]
+    assert in_cell(words, notebook=False) == shlex.join(words), "a terminal's line is the shell's alone"
+
+
+def test_a_cd_line_moves_the_notebook_into_the_folder_as_named(tmp_path):
+    folders = [tmp_path / name for name in ODD_NAMES]
+    for folder in folders:
+        folder.mkdir()
+
+    out = run_cells([cd_cell(folder) for folder in folders], tmp_path)
+
+    assert [cell["cwd"] for cell in out[:len(folders)]] == [str(folder) for folder in folders]
+
+
+def test_a_notebook_runs_lines_pasted_as_printed_into_a_real_ipython_cell(locked_demo, tmp_path, kernel_env):
+    """A `!invoke bootstrap` on Colab, with the recipe in a folder and a workdir whose names hold
+    `{x}`, `$HOME` and a quote: its `%cd` line moves the notebook into the workdir, and its status
+    line asks about this recipe, pasted into a real IPython shell that holds `x` and `HOME`. The
+    Drive mount stands in as a tmpfs (no Colab frontend here); without `--wait` the status line is
+    pasted until the worker writing Drive in the background is done (exit 0)."""
+    project = tmp_path / "mine {x} $HOME it's"
+    shutil.copytree(locked_demo, project)
+    recipe = project / "recipes" / "demo.toml"
+    recipe.write_text(recipe.read_text().replace('workdir = "Demo"', 'workdir = "Plates {x} $HOME"'))
+    mount = tmp_path / "content" / "drive"
+    mount.mkdir(parents=True)
+    python = make_venv(tmp_path / "v")
+    env = {k: v for k, v in kernel_env.items() if k != "WARMSTART_WAIT"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `invoke`, as the tools' launcher puts it there
+    bootstrap = ["invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe), "--python", str(python)]
+    # the bootstrap, then its lines pasted into IPython, in the namespace that holds the mount
+    paste = textwrap.dedent("""
+        import json, os, re, subprocess, sys, time
+        from IPython.core.interactiveshell import InteractiveShell
+        done = subprocess.run(sys.argv[2:], capture_output=True, text=True)
+        status, cd = re.search(r"`(!.*)` shows how far", done.stderr)[1], re.search(r"run: (%cd .*)", done.stderr)[1]
+        shell = InteractiveShell.instance()
+        shell.run_cell(sys.argv[1])
+        shell.run_cell(cd)
+        moved_to = os.getcwd()
+        for _ in range(120):
+            shell.run_cell(status)
+            if shell.user_ns["_exit_code"] != 1:  # 1: not yet safe to shut down
+                break
+            time.sleep(0.5)
+        print(json.dumps({"code": done.returncode, "stderr": done.stderr, "lines": [status, cd],
+                          "moved_to": moved_to, "status_exit": shell.user_ns["_exit_code"]}))
+    """)
+    script = f'mount -t tmpfs tmpfs "{mount}" && mkdir "{mount}/MyDrive" && exec "$@"'
+
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", sys.executable, "-c", paste, NOTEBOOK_NAMES,
+                           *bootstrap], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    ran = json.loads(done.stdout.splitlines()[-1])
+    assert ran["code"] == 0, ran["stderr"]
+    workdir = mount / "MyDrive" / "Plates {x} $HOME"
+    assert ran["lines"] == [in_cell([*bootstrap[:3], "status", *bootstrap[4:]], notebook=True), cd_cell(workdir)]
+    assert ran["moved_to"] == str(workdir)
+    assert ran["status_exit"] == 0, done.stdout  # this recipe, found, installed and on Drive
+    assert "bootstrap would: no-op" in done.stdout
 
 
 # --- the `invoke` launcher warmstart.sh writes beside the notebook's python3 --------------------

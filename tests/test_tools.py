@@ -479,10 +479,12 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
     given = settings_parse(["recipes/mine.toml", "--drive", "d", "--python", "venv/bin/python", "--packages-only",
                             "--offline"])
 
-    line = tools._from_now_on(given, tmp_path / "d", command)
+    line = tools._from_now_on(given, tmp_path / "d", command, notebook=False)
 
     assert line == (f"{command} bootstrap --recipe {tmp_path}/recipes/mine.toml --drive {tmp_path}/d "
                     f"--python {tmp_path}/venv/bin/python --packages-only")
-    assert tools._from_now_on(settings_parse(["hyperlpr", "--python", "python3"]), tmp_path, command) == (
-        f"{command} bootstrap --recipe hyperlpr --python python3")
-    assert tools._from_now_on(settings_parse(["hyperlpr"]), tmp_path, command) == f"{command} bootstrap --recipe hyperlpr"
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--python", "python3"]), tmp_path, command,
+                              notebook=False) == f"{command} bootstrap --recipe hyperlpr --python python3"
+    # in a notebook, a line for `!` (tests/test_colab.py pastes such lines into IPython)
+    assert tools._from_now_on(settings_parse(["hyperlpr"]), tmp_path, command, notebook=True) == (
+        f"!{command} bootstrap --recipe hyperlpr")

@@ -6,7 +6,6 @@ Everything up to the plan touches nothing, which is all `--dry-run` and `status`
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from collections.abc import Iterable
 from dataclasses import replace
@@ -24,7 +23,7 @@ from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import Image, drift
-from .invocation import invoked_as
+from .invocation import cd_cell, in_cell, invoked_as
 from .lock import (
     Lock,
     LockTarget,
@@ -330,7 +329,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         if run.work.team_usage is None:
             store.record_use(used + queued, here=False)
     if plan.facts.profile.notebook and options.kernel_imported is None:
-        report.say(f"a `!` command cannot move the notebook; to work there, run: %cd {plan.workdir}")
+        report.say(f"a `!` command cannot move the notebook; to work there, run: {cd_cell(plan.workdir)}")
     return plan
 
 
@@ -377,7 +376,7 @@ def status_command(options: Options, plan: Plan) -> str:
         words += ["--python", str(plan.facts.target.executable)]
     if options.packages_only:
         words.append("--packages-only")
-    return ("!" if plan.facts.profile.notebook else "") + shlex.join(words)
+    return in_cell(words, plan.facts.profile.notebook)
 
 
 def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, status: str) -> None:

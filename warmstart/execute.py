@@ -4,7 +4,6 @@ Outcome. It is the only part of `bootstrap` that changes anything."""
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -19,6 +18,7 @@ from . import target as target_python
 from .download import Downloader
 from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
+from .invocation import in_cell
 from .lock import Pin, needs
 from .outcome import Outcome
 from .plan import Plan, offline_without_drive
@@ -302,11 +302,12 @@ class Executor:
         for (name, other), files in shared.items():
             example = next((f for f in files if "site-packages" in f.parts), files[0])  # a module's file
             folder = os.path.relpath(example, target.prefix)
-            remove = shlex.join([*installer.pip_command(target.executable), "uninstall", "--yes", other, name])
+            remove = in_cell([*installer.pip_command(target.executable), "uninstall", "--yes", other, name],
+                             plan.facts.profile.notebook)
             said.append(f"{other} {after[other]}, which the recipe excludes, is installed here too and shares "
                         f"{counted(len(files), 'file')} (e.g. {folder}) with {name} "
                         f"{after[name]}, which this run installed over them: removing {other} would delete them. "
-                        f"For {name} alone: `{'!' if plan.facts.profile.notebook else ''}{remove}`, then run this "
+                        f"For {name} alone: `{remove}`, then run this "
                         "bootstrap again")
         return said
 

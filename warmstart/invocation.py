@@ -1,5 +1,6 @@
 """The command line the user typed to run warmstart, so that every command it prints (the status
-line, the `lock` that makes a missing lock) works pasted where it is printed."""
+line, the `lock` that makes a missing lock) works pasted where it is printed: in a terminal, or
+in a notebook's cell."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import PROJECT_ROOT
@@ -46,3 +47,22 @@ def command_line(*args: str) -> str:
     """`args` as a command of this warmstart, typed as the user typed theirs, quoted for a shell."""
     return shlex.join([*invoked_as(), *args])
 
+
+def in_cell(words: Sequence[str], notebook: bool) -> str:
+    """`words` as a command line to paste: in a notebook's cell (`notebook`), run by `!`."""
+    return f"!{_ipython_literal(words)}" if notebook else shlex.join(words)
+
+
+def cd_cell(folder: Path) -> str:
+    """The notebook cell that moves the notebook into `folder`. `%cd` splits its argument as a
+    shell does: unquoted, a path is cut at a quote or a tab, and loses its backslashes."""
+    return f"%cd {_ipython_literal([str(folder)])}"
+
+
+def _ipython_literal(words: Sequence[str]) -> str:
+    """`words` quoted for a shell, in a form that IPython passes on as it is from a `!` or `%`
+    line. It first replaces `{expression}` with the notebook's value of it (`{{` stays `{`), and
+    `$name` too, but only where its pattern sees no open single quote, and there `$$` stays `$`:
+    so a `$` is kept from the name after it, by a quote closed and opened again."""
+    line = " ".join(shlex.quote(word).replace("$", "$''") for word in words)  # quoted: every `$` lies in '…'
+    return line.replace("{", "{{").replace("}", "}}")

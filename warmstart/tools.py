@@ -45,6 +45,7 @@ from typing import Any
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
+from .invocation import in_cell
 from .locktext import canonical, given_as_file, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
@@ -456,12 +457,12 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
     code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                        "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
     if code == 0:  # the line to use from now on, once it has worked
-        line = _from_now_on(given, drive, command)
-        say(f"from now on, in any folder of this VM: {'!' if profile.notebook else ''}{line}")
+        line = _from_now_on(given, drive, command, notebook=profile.notebook)
+        say(f"from now on, in any folder of this VM: {line}")
     return code
 
 
-def _from_now_on(given: argparse.Namespace, drive: Path, command: Path) -> str:
+def _from_now_on(given: argparse.Namespace, drive: Path, command: Path, *, notebook: bool) -> str:
     """The bootstrap line for later runs, in any folder: the recipe's file (when it was given by
     its path) and --python by their full paths, and the flags that say which Drive, interpreter
     and part of the recipe (a run without them would look at another Drive, or do more)."""
@@ -475,7 +476,7 @@ def _from_now_on(given: argparse.Namespace, drive: Path, command: Path) -> str:
         words += ["--python", full(given.python) if os.sep in given.python else given.python]
     if given.packages_only:
         words.append("--packages-only")
-    return shlex.join(words)
+    return in_cell(words, notebook)
 
 
 def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
