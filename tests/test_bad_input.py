@@ -216,6 +216,33 @@ def test_a_team_cache_url_without_a_bucket_is_bad_input_naming_where_it_came_fro
     assert "secret" not in result.stderr and list(drive.iterdir()) == []
 
 
+@pytest.mark.parametrize("given", [{}, {"WARMSTART_CACHE_READ_ONLY": "1"}])
+def test_cache_read_only_without_a_team_cache_is_bad_input_before_anything_changes(demo, drive, tmp_path, index,
+                                                                                   given):
+    """--cache-read-only without --cache (or WARMSTART_CACHE) was ignored: the run went on from
+    Drive and the index, never saying that the team cache it was told to read was not there."""
+    python = make_venv(tmp_path / "venv")
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     "--cache-read-only", env=cli_env(index.url) | given)
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "warmstart: error: --cache-read-only reads a team cache, and this run has none: give it with "
+        "--cache URL (or WARMSTART_CACHE), or leave --cache-read-only out"]
+    assert list(drive.iterdir()) == [] and installed(python) == {}
+
+
+def test_the_read_only_variable_alone_is_a_default_for_team_caches_not_an_error(demo, drive, tmp_path, index):
+    python = make_venv(tmp_path / "venv")
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                     "--packages-only", env=cli_env(index.url, WARMSTART_CACHE_READ_ONLY="1"))
+
+    assert result.code == 0, result.stderr
+    assert installed(python).keys() >= {"alpha", "gpu-build"}
+
+
 def test_a_in_file_may_include_another_file_of_the_project(demo, index):
     (demo.parent.parent / "requirements" / "more.in").write_text("gpu-build\n")
     demo_in(demo).write_text("alpha\n-r more.in\n")

@@ -296,12 +296,16 @@ class Settings:
 
 def resolve(options: Options, platform: Platform, environ: Mapping[str, str] = os.environ) -> Settings:
     """The one place a run's options meet the environment and the platform."""
+    team = team_location(options.cache, environ)
+    if options.cache_read_only and not team:  # the variable alone may be a team's default; the flag is meant
+        raise BadInput(f"--cache-read-only reads a team cache, and this run has none: give it with --cache URL "
+                       f"(or {CACHE.name}), or leave --cache-read-only out")
     return Settings(
         options=options,
         drive=drive_root(options.drive, platform, environ),
         python=target_python(options.python, environ),
         wait=options.wait or WAIT.on(environ),
-        team=team_location(options.cache, environ),
+        team=team,
         team_read_only=options.cache_read_only or CACHE_READ_ONLY.on(environ),
         lock_timeout=lock_timeout(environ),
     )
