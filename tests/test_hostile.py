@@ -285,6 +285,10 @@ HOSTILE_INPUTS = {
                             "/bin/echo did not answer like a Python interpreter (it printed its question back)"),
     "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3,
                             "cannot run the target Python {tmp}/nope/python: No such file or directory;"),
+    # a command name PATH does not know: it was said as a file of that name in the working folder
+    "interpreter no command": ({}, "{demo}", ["--python", "python3.99-ws"], {}, 3,
+                               "cannot run the target Python python3.99-ws: no command of that name on PATH; pass "
+                               "--python with a working interpreter (its path, or a command on PATH)"),
     # as a Python older than the probe's syntax fails (2.7, 3.6): the line says why, not the probe's 3 KB
     "interpreter fails the probe": ({"py.sh": "#!/bin/sh\necho '  File \"<string>\", line 9' >&2\n"
                                               "echo 'SyntaxError: invalid syntax' >&2\nexit 1\n"},

@@ -29,7 +29,7 @@ from packaging.version import Version
 
 from . import distinfo, settings
 from .config import file_text
-from .errors import BadInput, PreconditionUnmet
+from .errors import PreconditionUnmet, WarmstartError
 from .home import state_file
 from .transfer import atomic_write_text
 
@@ -100,7 +100,11 @@ def target_executable(executable: str | Path | None) -> Path:
     notebook's interpreter, set by warmstart's launcher), else this interpreter."""
     chosen = settings.target_python(str(executable) if executable else None)
     if os.sep not in chosen:
-        chosen = shutil.which(chosen) or chosen
+        found = shutil.which(chosen)
+        if not found and not os.path.exists(chosen):  # else it names a file here, as a path does
+            raise PreconditionUnmet(f"cannot run the target Python {chosen}: no command of that name on PATH; "
+                                    "pass --python with a working interpreter (its path, or a command on PATH)")
+        chosen = found or chosen
     # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
     return Path(os.path.abspath(settings.user_path(chosen, f"--python (or {settings.PYTHON.name})")))
 
@@ -215,7 +219,7 @@ def begin_probe(executable: str | Path | None) -> None:
     forget_begun()
     try:
         _begun = _Begun(target_executable(executable))
-    except (OSError, BadInput):
+    except (OSError, WarmstartError):
         pass  # the run's own probe says why
 
 
