@@ -6,6 +6,7 @@ folder that has no tasks.py. It must find its recipes, locks and platform profil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,9 +110,9 @@ def test_a_target_without_pip_where_warmstart_has_neither_pip_nor_uv_is_said_wit
     none): pip is then the target's own, and a target without it ended the run with "pip failed
     to install the locked packages (exit 1)". An interpreter without site-packages (-S), given
     packaging as warmstart's tools have it, stands in for warmstart's; the target is a real
-    virtualenv without pip, and the pip run is real."""
-    target = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    virtualenv without pip (in a folder whose name needs quoting), and the pip run is real."""
+    target = tmp_path / "my venv" / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "my venv")], check=True)
     tools = tmp_path / "tools"  # packaging, and no pip beside it
     shutil.copytree(Path(packaging.__file__).parent, tools / "packaging")
     code = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[3]]; from pathlib import Path\n"
@@ -127,4 +128,6 @@ def test_a_target_without_pip_where_warmstart_has_neither_pip_nor_uv_is_said_wit
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{target} has no pip, and uv is not installed where warmstart runs: "), done.stdout
-    assert done.stdout.strip().endswith(f"or give the target pip with `{target} -m ensurepip`")
+    give_pip = re.search(r"or give the target pip with `([^`]+)`$", done.stdout.strip())[1]
+    assert subprocess.run(["sh", "-c", give_pip]).returncode == 0, "the command works pasted into a shell"
+    assert subprocess.run([str(target), "-m", "pip", "--version"], capture_output=True).returncode == 0

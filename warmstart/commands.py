@@ -222,7 +222,7 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
         if missing := [flag for flag, value in given.items() if not value]:
             raise BadInput(f"invoke image needs {', '.join(missing)} (see `{command_line('--help', 'image')}`)")
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
-        recipes = " ".join(sorted(known_recipes(ROOT, None)))
+        recipes = " ".join(map(shlex.quote, sorted(known_recipes(ROOT, None))))
         relock = command_line("lock", "--recipe")
         _print(f"warmstart: wrote {path}; now make its locks: `for r in {recipes}; do {relock} \"$r\" "
                f"--image {shlex.quote(name)}; done`, then `{command_line('lock', '--check')}`")

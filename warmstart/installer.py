@@ -7,6 +7,7 @@ pip's index settings, which apply to them as to warmstart's own downloader.
 from __future__ import annotations
 
 import importlib.util
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -62,7 +63,7 @@ def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] =
             # warmstart's own tools on a VM carry neither pip nor uv: uv is Colab's (and the uv extra's)
             raise PreconditionUnmet(f"{target} has no pip, and uv is not installed where warmstart runs: "
                                     f"{extras.install_command('uv')}, or give the target pip with "
-                                    f"`{target} -m ensurepip`") from None
+                                    f"`{shlex.join([str(target), '-m', 'ensurepip'])}`") from None
         raise
 
 
