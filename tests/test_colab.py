@@ -173,6 +173,23 @@ def test_magic_through_a_real_ipython_shell(demo, tmp_path, kernel_env, kernel_p
     assert "bootstrap would: no-op" in out["stdout"] and "safe to shut down" in out["stdout"]  # %warmstart status
 
 
+def test_a_magic_line_with_an_unclosed_quote_is_said_as_argparse_says_a_bad_flag(tmp_path):
+    """`%warmstart bootstrap --recipe it's` ended in shlex's ValueError traceback in the notebook."""
+    cells = ["%load_ext warmstart", "%warmstart bootstrap --recipe it's", "%warmstart bootstrap --recipe"]
+    script = ("import sys\nfrom IPython.core.interactiveshell import InteractiveShell\n"
+              "shell = InteractiveShell.instance()\n"
+              "for cell in sys.argv[1:]:\n    assert shell.run_cell(cell).success\n")
+
+    done = subprocess.run([sys.executable, "-c", script, *cells], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=60)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = [line for line in done.stderr.splitlines() if not line.startswith((" ", "usage:"))]
+    assert said == ["%warmstart: error: no closing quotation in \"bootstrap --recipe it's\"",
+                    "%warmstart bootstrap: error: argument --recipe: expected one argument"]
+    assert "Traceback" not in done.stdout + done.stderr
+
+
 def test_a_failed_bootstrap_in_a_real_ipython_cell_shows_its_error_line_not_a_traceback(tmp_path, kernel_env,
                                                                                      kernel_python):
     """The kernel API raises BootstrapFailed (code may catch it); a notebook cell that does not

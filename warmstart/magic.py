@@ -28,11 +28,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _arguments(line: str) -> dict[str, Any] | None:
+    """The line's arguments by name; None where argparse has said what is wrong with it (or the
+    help): an unclosed quote too, not as shlex's traceback in the notebook."""
+    parser = _parser()
+    try:
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            parser.error(f"{str(exc).lower()} in {line!r}")
+        return vars(parser.parse_args(words))
+    except SystemExit:
+        return None
+
+
 def warmstart_magic(line: str) -> None:
     """The report stays in `warmstart.colab.last_report` rather than flooding the cell output."""
-    try:
-        args = vars(_parser().parse_args(shlex.split(line)))
-    except SystemExit:  # argparse printed the usage or the error
+    if (args := _arguments(line)) is None:
         return
     if args.pop("command") == "status":
         colab.status(args.pop("recipe"), **args)  # what it found stays in its lines
