@@ -13,7 +13,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import LOCKED, REPO, bootstrap, cli_env, installed, make_venv, needs_netns, run_cli, wait_until
+from conftest import (
+    LOCKED,
+    REPO,
+    bootstrap,
+    cli_env,
+    installed,
+    make_venv,
+    needs_netns,
+    run_cli,
+    serve_folder,
+    wait_until,
+)
 
 from warmstart import drivework
 
@@ -70,7 +81,7 @@ def test_the_run_returns_before_the_drive_writes_and_a_wiped_vm_then_restores_of
     download = next(s for s in cold.report["steps"] if s["name"] == "download")
     assert download["detail"] == "uv fetches what Drive lacks while it installs"  # the environment first
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED  # usable now
-    assert "shows how far" in cold.stderr
+    assert "the Drive cache and snapshot are being written in the background: `" in cold.stderr
     wait_for_workers(home)
     assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
     assert status(demo, drive, python, env)["drive_writes"] is None
@@ -84,6 +95,30 @@ def test_the_run_returns_before_the_drive_writes_and_a_wiped_vm_then_restores_of
 
     assert restored.code == 0, restored.stderr
     assert {k: v for k, v in installed(wiped).items() if k in LOCKED} == LOCKED
+
+
+def test_a_run_that_queues_no_snapshot_says_only_the_cache_is_being_written(demo, drive, tmp_path, index):
+    """A run that installs nothing packs no snapshot; it said "the Drive cache and snapshot are
+    being written" all the same (here: the packages are in place, a new asset goes to Drive)."""
+    home = tmp_path / "home"
+    env = background_env(index.url, home)
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, "--wait", env=env).code == 0
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "model.bin").write_bytes(b"weights")
+    url, server = serve_folder(tmp_path / "files")
+    demo.write_text(demo.read_text() + f'\n[[assets]]\nurl = "{url}/model.bin"\n'
+                    f'sha256 = "{hashlib.sha256(b"weights").hexdigest()}"\ndest = "model.bin"\n')
+    try:
+        again = bootstrap(demo, drive, python, env=env)
+    finally:
+        server.shutdown()
+
+    assert again.code == 0, again.stderr
+    assert "the Drive cache is being written in the background: `" in again.stderr
+    assert "snapshot" not in again.stderr
+    wait_for_workers(home)
+    assert len(on_drive(drive, "assets")) == 1 and len(on_drive(drive, "snapshots")) == 2
 
 
 def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_work(demo, drive, tmp_path, index):

@@ -384,6 +384,7 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
     if run.work.empty:
         run.work.discard()
         return
+    writing = "the Drive cache and snapshot are" if run.work.snapshot else "the Drive cache is"
     with report.step("drive") as step:
         if down := store.here.down:  # nothing more waits on it in this run: the next run writes
             run.work.keep(store, down)
@@ -399,7 +400,7 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
             return
         step.detail = run.outcome.drive_writes
     if not wait:
-        report.say(f"the Drive cache and snapshot are being written in the background: `{status}` shows how far"
+        report.say(f"{writing} being written in the background: `{status}` shows how far"
                    + ("; keep this VM up until it says \"safe to shut down\" (or run bootstrap with --wait)"
                       if run.plan.facts.profile.notebook else ""))
 
