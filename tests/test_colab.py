@@ -139,6 +139,23 @@ def test_mount_point_holding_files_is_a_clear_error(demo, tmp_path, kernel_env, 
     assert sorted(p.name for p in mount.iterdir()) == ["notes.txt"], "nothing may be written there"
 
 
+@pytest.mark.parametrize("refusal", ["Error: credential propagation was unsuccessful",
+                                     "mount failed: timeout during initial read of root folder"])
+def test_a_mount_colab_refuses_is_a_precondition_with_the_way_out_not_a_bug(demo, tmp_path, kernel_env,
+                                                                             kernel_python, refusal):
+    """The consent dialog dismissed (or Drive timing out) made Colab's drive.mount raise; warmstart
+    called that an internal error, exit 70, "this is a bug in warmstart", with a log."""
+    out = run_kernel(kernel_python, CELL.format(recipe=str(demo)), kernel_env | {"FAKE_DRIVE_REFUSED": refusal})
+
+    mount = tmp_path / "content" / "drive"
+    assert mount_calls(tmp_path) == [str(mount)]
+    assert out["exit_code"] == 3, out
+    [line] = [line for line in out["stderr"].splitlines() if line.startswith("warmstart: error: ")]
+    assert line == (f"warmstart: error: Drive could not be mounted at {mount}: {refusal}; run the cell again "
+                    "(and allow access to Drive when Colab asks)")
+    assert "bug" not in out["stderr"]
+
+
 def test_restart_warning_after_replacing_an_imported_module(demo, tmp_path, kernel_env, kernel_python, index):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(kernel_python), "install", "--quiet",
                     "--index-url", index.url, "beta==1.0"], check=True, env=kernel_env)

@@ -79,7 +79,11 @@ def mount_drive(mount_point: Path) -> None:
         )
     from google.colab import drive  # only inside a Colab notebook kernel
 
-    drive.mount(str(mount_point))
+    try:
+        drive.mount(str(mount_point))
+    except Exception as exc:  # Colab's: the consent dismissed (MessageError), Drive timing out (ValueError)
+        raise PreconditionUnmet(f"Drive could not be mounted at {mount_point}: {exc}; run the cell again (and "
+                                "allow access to Drive when Colab asks)") from None
 
 
 def restart_runtime() -> None:

@@ -1,2 +1,3 @@
 """A stand-in for the `google.colab` package, which needs the Colab frontend and cannot run
-here. Only `drive.mount` is provided; see drive.py."""
+here. Only `drive.mount` (and the error it may raise, `_message.MessageError`) is
+provided; see drive.py."""
