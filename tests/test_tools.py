@@ -97,6 +97,19 @@ def test_the_tools_wheels_are_off_drive_before_the_snapshots_read_begins(tmp_pat
     assert not list((tmp_path / "tmp").iterdir()), "the copies go once installed"
 
 
+def restore_on_a_small_disk(small: Path, folder: Path, lock: Path, drive: Path, tmpdir: Path,
+                            cache: Path) -> subprocess.CompletedProcess[str]:
+    """tools.restore (offline) of `folder` where `small` is a one-page disk; what went wrong is
+    said as warmstart.sh says it: its line on stdout, its exit code."""
+    restore = ("import sys; from pathlib import Path; from warmstart import tools; "
+               "from warmstart.errors import failure; from warmstart.store import DriveStore\n"
+               "try:\n    tools.restore(Path(sys.argv[1]), Path(sys.argv[2]), DriveStore(Path(sys.argv[3])), True)\n"
+               "except Exception as exc:\n    failed = failure(exc); print(failed.message); sys.exit(failed.exit_code)\n")
+    return subprocess.run(on_a_small_disk(small, [sys.executable, "-c", restore, str(folder), str(lock), str(drive)]),
+                          env={**os.environ, "TMPDIR": str(tmpdir), "XDG_CACHE_HOME": str(cache)},
+                          capture_output=True, text=True, timeout=120, cwd=tools.CHECKOUT)
+
+
 @needs_mountns
 def test_a_local_disk_that_fills_as_the_tools_wheels_come_off_drive_is_named(tmp_path):
     """TMPDIR, where the tools' wheels are copied off Drive, is a real tmpfs of one page in a
@@ -107,20 +120,30 @@ def test_a_local_disk_that_fills_as_the_tools_wheels_come_off_drive_is_named(tmp
     drive, lock = drive_with_tools(tmp_path)
     small = tmp_path / "small"
     small.mkdir()
-    restore = ("import sys; from pathlib import Path; from warmstart import tools; "
-               "from warmstart.errors import failure; from warmstart.store import DriveStore\n"
-               "try:\n    tools.restore(Path(sys.argv[1]), Path(sys.argv[2]), DriveStore(Path(sys.argv[3])), True)\n"
-               "except Exception as exc:\n    failed = failure(exc); print(failed.message); sys.exit(failed.exit_code)\n")
 
-    done = subprocess.run(on_a_small_disk(small, [sys.executable, "-c", restore, str(tmp_path / "tools"), str(lock),
-                                                  str(drive)]),
-                          env={**os.environ, "TMPDIR": str(small), "XDG_CACHE_HOME": str(tmp_path / "cache")},
-                          capture_output=True, text=True, timeout=120, cwd=tools.CHECKOUT)
+    done = restore_on_a_small_disk(small, tmp_path / "tools", lock, drive, tmpdir=small, cache=tmp_path / "cache")
 
     assert done.returncode == 3, done.stdout + done.stderr
     assert re.fullmatch(rf"{small}/warmstart-tools-[^/]+/tool_[ab]-1.0-py3-none-any.whl: No space left on device "
                         r"\[errno 28\]; .*", done.stdout.strip()), done.stdout
     assert "Traceback" not in done.stderr
+
+
+@needs_mountns
+def test_a_tools_folder_venv_cannot_be_made_in_is_one_line_exit_1_not_a_bug(tmp_path):
+    """`python -m venv` failing (here on a full disk: the tools' folder is a one-page tmpfs) raised
+    CalledProcessError: warmstart.sh said it, but the in-kernel call, which restores the tools the
+    same way where the kernel lacks them, called it a bug in warmstart (exit 70)."""
+    drive, lock = drive_with_tools(tmp_path)
+    small = tmp_path / "small"
+    small.mkdir()
+
+    done = restore_on_a_small_disk(small, small / "tools", lock, drive, tmpdir=tmp_path, cache=tmp_path / "cache")
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.strip() == (f"cannot set up warmstart's own tools in {small}/tools: "
+                                   f"`{sys.executable} -m venv --without-pip {small}/tools` failed (exit 1)")
+    assert "No space left on device" in done.stderr, "venv's own reason, above the line"
 
 
 def test_a_damaged_tools_wheel_on_drive_is_refused_offline_and_nothing_counts_as_in_place(tmp_path, tools_installer):

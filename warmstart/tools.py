@@ -225,7 +225,8 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
     folder.parent.mkdir(parents=True, exist_ok=True)
     # made while the wheels come off Drive (80 ms alone, up to 0.3 s on a wiped VM's busy CPUs):
     # both stand between the snapshot's read and the bootstrap that unpacks it
-    venv = subprocess.Popen([sys.executable, "-m", "venv", "--without-pip", str(folder)])
+    make_venv = [sys.executable, "-m", "venv", "--without-pip", str(folder)]
+    venv = subprocess.Popen(make_venv)
     text = lock.read_text()
     pinned = pins(text)
     image = shipped.find(pinned, shipped.site_folders())
@@ -236,8 +237,9 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
             then()
         finally:
             made = venv.wait()
-        if made != 0:
-            raise subprocess.CalledProcessError(made, venv.args)
+        if made != 0:  # it said why above (a full disk, say)
+            raise WarmstartError(f"cannot set up warmstart's own tools in {folder}: "
+                                 f"`{shlex.join(make_venv)}` failed (exit {made})")
         copied = _from_image(image, tools_site(folder))
         if cached and (late := image.keys() - copied):  # not whole in the image: their wheels after all
             _off_drive(wheels, late, Path(local))
@@ -441,9 +443,6 @@ def main(argv: list[str]) -> int:
 def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
     try:
         drive, profile, folder, command = _set_up(given)
-    except subprocess.CalledProcessError as exc:  # `python -m venv` failed: a full disk, no ensurepip
-        say(f"cannot set up warmstart's own tools in {tools_dir()}: {exc}")
-        return 1
     except (Exception, KeyboardInterrupt) as exc:
         failed = failure(exc)
         say(failed.message)
