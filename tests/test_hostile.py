@@ -365,6 +365,26 @@ def test_a_drive_in_the_home_of_no_user_here_is_bad_input_naming_where_it_was_gi
     assert not (tmp_path / value).exists() and not (REPO / value).exists(), "no folder made under that name"
 
 
+@pytest.mark.parametrize("given_as", ["--drive", "WARMSTART_DRIVE"])
+def test_a_drive_folder_given_that_does_not_exist_is_named_with_the_way_out_not_the_platforms(given_as, demo,
+                                                                                             tmp_path):
+    """In a container (or on Colab), a --drive folder that does not exist was answered with the
+    platform's way to its own Drive: `docker run -v "$HOME/warmstart-drive:/drive" ...` (on Colab:
+    mount Drive, with Drive mounted)."""
+    missing = tmp_path / "team drive"
+    flag, env = (["--drive", str(missing)], cli_env()) if given_as == "--drive" else \
+        ([], cli_env(WARMSTART_DRIVE=str(missing)))
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--python", str(make_venv(tmp_path / "env")), *flag,
+                     env=env | {"WARMSTART_PLATFORM": "docker"})
+
+    assert result.code == 3, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: Drive root {missing} does not exist: create it, or pass --drive (or WARMSTART_DRIVE) a "
+        "folder that exists")
+    assert not missing.exists()
+
+
 def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):
     """A bug, staged: a sitecustomize makes the planner raise what no input could."""
     (tmp_path / "sitecustomize.py").write_text(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .config import Field, Schema, read_toml, validate
 from .errors import BadInput, PreconditionUnmet
-from .settings import MOUNT_POINT, PLATFORM
+from .settings import DRIVE, MOUNT_POINT, PLATFORM
 from .transfer import is_mount_point, not_writable
 
 if TYPE_CHECKING:
@@ -171,6 +171,9 @@ def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os
     require_no_file_as_drive(drive)
     if profile.create_drive:
         return
+    if drive != profile.default_drive(environ):  # the user's folder: the platform's way to its own is beside the point
+        raise PreconditionUnmet(f"Drive root {drive} does not exist: create it, or pass --drive (or {DRIVE.name}) "
+                                "a folder that exists")
     raise PreconditionUnmet(
         f"Drive root {drive} does not exist ({profile.name} platform): {profile.missing_drive_hint}"
     )
