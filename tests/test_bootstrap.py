@@ -260,14 +260,22 @@ def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path, no_real
     assert refused.stderr.count("Runtime > Change runtime type") == 1, refused.stderr
 
 
-def test_missing_drive_on_colab_says_how_to_mount(demo, tmp_path, index):
-    env = cli_env(index.url, WARMSTART_PLATFORM="colab")
+def test_missing_drive_on_colab_says_how_to_mount_and_a_missing_folder_of_the_users_says_so(demo, tmp_path, index):
+    """Drive not mounted: the cell that mounts it. A --drive folder elsewhere that does not exist
+    is the user's to make: mounting Drive would not make it (it was told to mount all the same)."""
+    mount = tmp_path / "content" / "drive"
+    env = cli_env(index.url, WARMSTART_PLATFORM="colab", WARMSTART_MOUNT_POINT=str(mount))
+    python = make_venv(tmp_path / "venv")
 
-    result = bootstrap(demo, tmp_path / "not-mounted", make_venv(tmp_path / "venv"), env=env)
+    unmounted = run_cli("bootstrap", "--recipe", str(demo), "--python", str(python), env=env)
+    elsewhere = bootstrap(demo, tmp_path / "not-there", python, env=env)
 
-    assert result.code == 3
-    assert "drive.mount" in result.stderr
-    assert not (tmp_path / "not-mounted").exists()
+    assert unmounted.code == 3 and f"drive.mount('{mount}')" in unmounted.stderr
+    assert elsewhere.code == 3 and "drive.mount" not in elsewhere.stderr
+    assert elsewhere.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: Drive root {tmp_path / 'not-there'} does not exist: create it, or pass --drive (or "
+        "WARMSTART_DRIVE) a folder that exists")
+    assert not (tmp_path / "not-there").exists() and not (tmp_path / "content").exists()
 
 
 def test_drive_from_environment_variable(demo, tmp_path, index):
