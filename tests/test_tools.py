@@ -142,7 +142,8 @@ def test_a_tools_folder_venv_cannot_be_made_in_is_one_line_exit_1_not_a_bug(tmp_
 
     assert done.returncode == 1, done.stdout + done.stderr
     assert done.stdout.strip() == (f"cannot set up warmstart's own tools in {small}/tools: "
-                                   f"`{sys.executable} -m venv --without-pip {small}/tools` failed (exit 1)")
+                                   f"`{sys.executable} -m venv --without-pip {small}/tools` failed (exit 1, its "
+                                   "reason above); mend what it names (make room on that disk, say) and run again")
     assert "No space left on device" in done.stderr, "venv's own reason, above the line"
 
 

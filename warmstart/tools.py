@@ -239,7 +239,8 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
             made = venv.wait()
         if made != 0:  # it said why above (a full disk, say)
             raise WarmstartError(f"cannot set up warmstart's own tools in {folder}: "
-                                 f"`{shlex.join(make_venv)}` failed (exit {made})")
+                                 f"`{shlex.join(make_venv)}` failed (exit {made}, its reason above); "
+                                 "mend what it names (make room on that disk, say) and run again")
         copied = _from_image(image, tools_site(folder))
         if cached and (late := image.keys() - copied):  # not whole in the image: their wheels after all
             _off_drive(wheels, late, Path(local))
