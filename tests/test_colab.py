@@ -316,53 +316,121 @@ def test_a_cd_line_moves_the_notebook_into_the_folder_as_named(tmp_path):
     assert [cell["cwd"] for cell in out[:len(folders)]] == [str(folder) for folder in folders]
 
 
+# A notebook kernel: it runs a `!` line's command as its child, then pastes the lines that command
+# printed (those `sys.argv[2]` finds, by its one group that matched) into its cells, in a real IPython shell that holds the
+# notebook's names. A status line is pasted until it exits other than 1 ("not yet safe to shut down").
+KERNEL = textwrap.dedent("""
+    import json, os, re, subprocess, sys, time
+    from IPython.core.interactiveshell import InteractiveShell
+    done = subprocess.run(sys.argv[3:], capture_output=True, text=True)
+    shell = InteractiveShell.instance()
+    shell.run_cell(sys.argv[1])
+    lines = ["".join(found.groups("")) for found in re.finditer(sys.argv[2], done.stderr)]
+    after = []
+    for line in lines:
+        for _ in range(120):
+            shell.run_cell(line)
+            if " status " not in line or shell.user_ns["_exit_code"] != 1:
+                break
+            time.sleep(0.5)
+        after.append({"cwd": os.getcwd(), "exit": shell.user_ns.get("_exit_code")})
+    print(json.dumps({"code": done.returncode, "stderr": done.stderr, "lines": lines, "after": after}))
+""")
+LINES = r"`(!.*?)` shows how far|run: (%cd .*)|make one with `(!.*?)`"
+
+
+def pasted(kernel: list[str], command: list[str], env: dict[str, str], cwd: Path) -> dict:
+    """`command` run by the `kernel` process (`KERNEL`, started as `kernel` says), its lines pasted."""
+    done = subprocess.run([*kernel, NOTEBOOK_NAMES, LINES, *command], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1]) | {"stdout": done.stdout}
+
+
+def odd_project(locked_demo: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """The demo project in a folder, and with a workdir, whose names hold `{x}`, `$HOME` and a quote."""
+    project = tmp_path / "mine {x} $HOME it's"
+    shutil.copytree(locked_demo, project)
+    recipe = project / "recipes" / "demo.toml"
+    recipe.write_text(recipe.read_text().replace('workdir = "Demo"', 'workdir = "Plates {x} $HOME"'))
+    return project, recipe
+
+
 def test_a_notebook_runs_lines_pasted_as_printed_into_a_real_ipython_cell(locked_demo, tmp_path, kernel_env):
     """A `!invoke bootstrap` on Colab, with the recipe in a folder and a workdir whose names hold
     `{x}`, `$HOME` and a quote: its `%cd` line moves the notebook into the workdir, and its status
     line asks about this recipe, pasted into a real IPython shell that holds `x` and `HOME`. The
     Drive mount stands in as a tmpfs (no Colab frontend here); without `--wait` the status line is
     pasted until the worker writing Drive in the background is done (exit 0)."""
-    project = tmp_path / "mine {x} $HOME it's"
-    shutil.copytree(locked_demo, project)
-    recipe = project / "recipes" / "demo.toml"
-    recipe.write_text(recipe.read_text().replace('workdir = "Demo"', 'workdir = "Plates {x} $HOME"'))
+    _, recipe = odd_project(locked_demo, tmp_path)
     mount = tmp_path / "content" / "drive"
     mount.mkdir(parents=True)
     python = make_venv(tmp_path / "v")
     env = {k: v for k, v in kernel_env.items() if k != "WARMSTART_WAIT"}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `invoke`, as the tools' launcher puts it there
     bootstrap = ["invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe), "--python", str(python)]
-    # the bootstrap, then its lines pasted into IPython, in the namespace that holds the mount
-    paste = textwrap.dedent("""
-        import json, os, re, subprocess, sys, time
-        from IPython.core.interactiveshell import InteractiveShell
-        done = subprocess.run(sys.argv[2:], capture_output=True, text=True)
-        status, cd = re.search(r"`(!.*)` shows how far", done.stderr)[1], re.search(r"run: (%cd .*)", done.stderr)[1]
-        shell = InteractiveShell.instance()
-        shell.run_cell(sys.argv[1])
-        shell.run_cell(cd)
-        moved_to = os.getcwd()
-        for _ in range(120):
-            shell.run_cell(status)
-            if shell.user_ns["_exit_code"] != 1:  # 1: not yet safe to shut down
-                break
-            time.sleep(0.5)
-        print(json.dumps({"code": done.returncode, "stderr": done.stderr, "lines": [status, cd],
-                          "moved_to": moved_to, "status_exit": shell.user_ns["_exit_code"]}))
-    """)
+    # the kernel in the namespace that holds the mount
     script = f'mount -t tmpfs tmpfs "{mount}" && mkdir "{mount}/MyDrive" && exec "$@"'
 
-    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script, "sh", sys.executable, "-c", paste, NOTEBOOK_NAMES,
-                           *bootstrap], env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    ran = pasted([*MOUNTNS, "--", "sh", "-c", script, "sh", sys.executable, "-c", KERNEL], bootstrap, env, tmp_path)
 
-    assert done.returncode == 0, done.stderr
-    ran = json.loads(done.stdout.splitlines()[-1])
     assert ran["code"] == 0, ran["stderr"]
     workdir = mount / "MyDrive" / "Plates {x} $HOME"
     assert ran["lines"] == [in_cell([*bootstrap[:3], "status", *bootstrap[4:]], notebook=True), cd_cell(workdir)]
-    assert ran["moved_to"] == str(workdir)
-    assert ran["status_exit"] == 0, done.stdout  # this recipe, found, installed and on Drive
-    assert "bootstrap would: no-op" in done.stdout
+    assert ran["after"][1]["cwd"] == str(workdir), ran
+    assert ran["after"][0]["exit"] == 0, ran["stdout"]  # this recipe, found, installed and on Drive
+    assert "bootstrap would: no-op" in ran["stdout"]
+
+
+@pytest.fixture
+def jupyter(tmp_path, index) -> tuple[list[str], dict[str, str]]:
+    """A local Jupyter's kernel, off Colab: Jupyter starts one as `python -m ipykernel_launcher
+    -f ...`, and that name in its command line is what marks it (ipykernel itself is not here)."""
+    launcher = tmp_path / "ipykernel_launcher.py"
+    launcher.write_text(KERNEL)
+    env = cli_env(index.url, WARMSTART_PLATFORM="local", HOME=str(tmp_path / "home"))
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the notebook's `invoke`
+    env.pop("WARMSTART_WAIT", None)
+    return [sys.executable, str(launcher)], env
+
+
+def test_a_local_jupyter_bang_run_prints_lines_for_its_cells(locked_demo, tmp_path, jupyter):
+    """`!invoke bootstrap` in a local Jupyter: the platform is not a notebook service, but the run's
+    lines are still read in a notebook, so they are printed for its cells (they were a
+    terminal's: the status line without `!`, and no `%cd` line)."""
+    kernel, env = jupyter
+    _, recipe = odd_project(locked_demo, tmp_path)
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    asked = ["--recipe", str(recipe), "--drive", str(drive), "--python", str(make_venv(tmp_path / "v"))]
+    invoke = ["invoke", "--search-root", str(REPO)]
+
+    ran = pasted(kernel, [*invoke, "bootstrap", *asked], env, tmp_path)
+
+    assert ran["code"] == 0, ran["stderr"]
+    assert ran["lines"] == [in_cell([*invoke, "status", *asked], notebook=True), cd_cell(drive / "Plates {x} $HOME")]
+    assert ran["after"] == [{"cwd": str(tmp_path), "exit": 0}, {"cwd": str(drive / "Plates {x} $HOME"), "exit": 0}]
+
+
+def test_a_missing_lock_is_made_by_the_line_the_notebook_is_given(locked_demo, tmp_path, jupyter):
+    """A recipe of the user's with no lock yet: the `lock` line the bootstrap names is a cell's
+    (`!` and all), and pasted into one, it makes the lock, after which the bootstrap runs."""
+    kernel, env = jupyter
+    project, recipe = odd_project(locked_demo, tmp_path)
+    for lock in (project / "requirements").glob("demo-*.txt"):
+        lock.unlink()
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    bootstrap = ["invoke", "--search-root", str(REPO), "bootstrap", "--recipe", str(recipe), "--packages-only",
+                 "--python", str(make_venv(tmp_path / "v")), "--drive", str(drive)]
+
+    ran = pasted(kernel, bootstrap, env, tmp_path)
+
+    assert ran["code"] == 3, ran["stderr"]  # no lock: a precondition, as the README's exit codes say
+    (lock_line,) = ran["lines"]
+    assert lock_line.startswith("!invoke --search-root ") and " lock --recipe " in lock_line, lock_line
+    assert ran["after"] == [{"cwd": str(tmp_path), "exit": 0}], ran["stdout"][-3000:]
+    assert run_cli(*bootstrap[3:], env=env).code == 0
 
 
 # --- the `invoke` launcher warmstart.sh writes beside the notebook's python3 --------------------

@@ -23,7 +23,7 @@ from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
 from .gpu import judge, probe_gpus
 from .images import Image, drift
-from .invocation import cd_cell, in_cell, invoked_as
+from .invocation import cd_cell, in_cell, in_notebook, invoked_as
 from .lock import (
     Lock,
     LockTarget,
@@ -328,7 +328,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         store.record_use(queued, team=False)
         if run.work.team_usage is None:
             store.record_use(used + queued, here=False)
-    if plan.facts.profile.notebook and options.kernel_imported is None:
+    if options.kernel_imported is None and in_notebook(plan.facts.profile):
         report.say(f"a `!` command cannot move the notebook; to work there, run: {cd_cell(plan.workdir)}")
     return plan
 
@@ -376,7 +376,7 @@ def status_command(options: Options, plan: Plan) -> str:
         words += ["--python", str(plan.facts.target.executable)]
     if options.packages_only:
         words.append("--packages-only")
-    return in_cell(words, plan.facts.profile.notebook)
+    return in_cell(words, in_notebook(plan.facts.profile))
 
 
 def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, status: str) -> None:

@@ -18,7 +18,7 @@ from . import target as target_python
 from .download import Downloader
 from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
-from .invocation import in_cell
+from .invocation import in_cell, in_notebook
 from .lock import Pin, needs
 from .outcome import Outcome
 from .plan import Plan, offline_without_drive
@@ -303,7 +303,7 @@ class Executor:
             example = next((f for f in files if "site-packages" in f.parts), files[0])  # a module's file
             folder = os.path.relpath(example, target.prefix)
             remove = in_cell([*installer.pip_command(target.executable), "uninstall", "--yes", other, name],
-                             plan.facts.profile.notebook)
+                             in_notebook(plan.facts.profile))
             said.append(f"{other} {after[other]}, which the recipe excludes, is installed here too and shares "
                         f"{counted(len(files), 'file')} (e.g. {folder}) with {name} "
                         f"{after[name]}, which this run installed over them: removing {other} would delete them. "

@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import PROJECT_ROOT
+from .errors import WarmstartError
+from .profiles import Profile, select_profile
+from .restart import kernel_process
 from .settings import LAUNCHER
 
 
@@ -44,8 +47,21 @@ def _tasks_found_from(folder: Path) -> Path | None:
 
 
 def command_line(*args: str) -> str:
-    """`args` as a command of this warmstart, typed as the user typed theirs, quoted for a shell."""
-    return shlex.join([*invoked_as(), *args])
+    """`args` as a command of this warmstart, typed as the user typed theirs, to paste where it
+    is printed (`in_notebook`)."""
+    return in_cell([*invoked_as(), *args], in_notebook())
+
+
+def in_notebook(profile: Profile | None = None) -> bool:
+    """Whether this run's lines are read in a notebook, to be pasted into its cells: the platform
+    runs its commands from cells (Colab, Kaggle), or a notebook kernel started this run (`!invoke`
+    in a local Jupyter, whose kernel is an ancestor). `profile`: the run's, else the detected one."""
+    if profile is None:
+        try:
+            profile = select_profile(PROJECT_ROOT)
+        except WarmstartError:  # a WARMSTART_PLATFORM that names none: said where the run resolves it
+            pass
+    return (profile is not None and profile.notebook) or kernel_process() is not None
 
 
 def in_cell(words: Sequence[str], notebook: bool) -> str:

@@ -45,7 +45,7 @@ from typing import Any
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
-from .invocation import in_cell
+from .invocation import in_cell, in_notebook
 from .locktext import canonical, given_as_file, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
@@ -457,7 +457,7 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
     code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
                        "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
     if code == 0:  # the line to use from now on, once it has worked
-        line = _from_now_on(given, drive, command, notebook=profile.notebook)
+        line = _from_now_on(given, drive, command, notebook=in_notebook(profile))
         say(f"from now on, in any folder of this VM: {line}")
     return code
 
