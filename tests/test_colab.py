@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
 
-from warmstart.invocation import cd_cell, in_cell
+from warmstart import extras
+from warmstart.invocation import cd_cell, command_line, in_cell, invoked_as
 
 STANDIN = Path(__file__).parent / "colab_standin"
 
@@ -431,6 +432,17 @@ def test_a_missing_lock_is_made_by_the_line_the_notebook_is_given(locked_demo, t
     assert lock_line.startswith("!invoke --search-root ") and " lock --recipe " in lock_line, lock_line
     assert ran["after"] == [{"cwd": str(tmp_path), "exit": 0}], ran["stdout"][-3000:]
     assert run_cli(*bootstrap[3:], env=env).code == 0
+
+
+def test_on_colab_the_commands_named_in_sentences_are_cells_too(monkeypatch):
+    """No kernel runs this test, but Colab's commands run from cells: the `lock` line a recipe
+    without a lock names, and the pip line that adds a missing extra, are `!` lines."""
+    monkeypatch.setenv("WARMSTART_PLATFORM", "colab")
+    assert command_line("lock", "--recipe", "mine {x}") == in_cell([*invoked_as(), "lock", "--recipe", "mine {x}"],
+                                                                    notebook=True)
+    assert extras.install_command("gcs").startswith(f"!{shlex.quote(sys.executable)} -m pip install ")
+    monkeypatch.setenv("WARMSTART_PLATFORM", "local")
+    assert command_line("recipes") == shlex.join([*invoked_as(), "recipes"])
 
 
 # --- the `invoke` launcher warmstart.sh writes beside the notebook's python3 --------------------

@@ -8,7 +8,6 @@ requirements, read from warmstart's metadata, into the interpreter running warms
 from __future__ import annotations
 
 import importlib
-import shlex
 import subprocess
 import sys
 
@@ -46,16 +45,18 @@ def requirements_of(extra: str) -> list[str]:
 
 
 def install_command(extra: str) -> str:
-    """A command that, pasted into a shell, gives the interpreter running warmstart the extra."""
+    """A command that, pasted where it is printed (a shell, a notebook's cell), gives the
+    interpreter running warmstart the extra."""
+    from .invocation import in_cell, in_notebook  # only a message needs them
     wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
     # asked of a fresh interpreter (this one's sys.path may have been changed): only when an
     # error is said, so the fraction of a second it costs is no one's wait
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0:
-        return shlex.join([sys.executable, "-m", "pip", "install", *wanted])
+        return in_cell([sys.executable, "-m", "pip", "install", *wanted], in_notebook())
     # warmstart's own tools on Colab live in a virtualenv without pip (warmstart.sh fills it with
     # the notebook's pip): that pip, aimed at this interpreter
     host = PYTHON.get() or "python3"
-    return shlex.join([host, "-m", "pip", "--python", sys.executable, "install", *wanted])
+    return in_cell([host, "-m", "pip", "--python", sys.executable, "install", *wanted], in_notebook())
 
 
 def require(extra: str, module: str, needed_for: str) -> None:

@@ -88,8 +88,11 @@ def not_writable(drive: Path) -> str | None:
             continue
         owner, quoted = info.st_uid, shlex.quote(str(folder))
         if owner == os.getuid():  # the user's own, without the user's write permission
+            from .invocation import in_cell, in_notebook  # (they import this module) only a message needs them
+
+            chmod = in_cell(["chmod", "u+w", str(folder)], in_notebook())
             return (f"the Drive folder {folder} is this user's, but its mode ({stat.S_IMODE(info.st_mode):o}) does "
-                    f"not let its owner write there: `chmod u+w {quoted}`, or pass --drive with a folder you may write")
+                    f"not let its owner write there: `{chmod}`, or pass --drive with a folder you may write")
         return (f"the Drive folder {folder} belongs to uid {owner}, and this user (uid {os.getuid()}) may not "
                 f"write there: run as uid {owner}, or, where that folder is yours to give (the host's, for a "
                 f"container), `sudo chown -R {os.getuid()} {quoted}`")
