@@ -434,6 +434,23 @@ def test_a_missing_lock_is_made_by_the_line_the_notebook_is_given(locked_demo, t
     assert run_cli(*bootstrap[3:], env=env).code == 0
 
 
+@pytest.mark.parametrize(("script", "kernel"), [("ipykernel_launcher.py", True), ("colab_kernel_launcher.py", True),
+                                              ("ipykernel-notes/run.py", False), ("run.py --name ipykernel", False)])
+def test_a_kernel_is_known_by_what_it_runs_not_by_a_name_in_its_words(tmp_path, script, kernel):
+    """Read from /proc, a process running a kernel's launcher is a notebook kernel; one whose
+    folder or arguments merely hold the name is not (its run's lines stay a terminal's)."""
+    path, *args = script.split()
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text("import json, os; from warmstart.restart import kernel_process\n"
+                                 "print(json.dumps([os.getpid(), kernel_process()]))\n")
+
+    done = subprocess.run([sys.executable, str(tmp_path / path), *args], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True)
+
+    pid, found = json.loads(done.stdout)
+    assert (found[0] == pid if kernel else found is None), done.stderr
+
+
 def test_on_colab_the_commands_named_in_sentences_are_cells_too(monkeypatch):
     """No kernel runs this test, but Colab's commands run from cells: the `lock` line a recipe
     without a lock names, and the pip line that adds a missing extra, are `!` lines."""

@@ -8,10 +8,12 @@ long as that kernel process (its pid and start time, from /proc) still runs.
 
 The kernel is the process itself on the in-kernel path; for `!invoke` it is the nearest
 ancestor whose command line is a Jupyter kernel's (Colab runs `colab_kernel_launcher`).
+`invocation.in_notebook` asks the same of where a run's lines are read.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -19,7 +21,8 @@ from pathlib import Path
 from .home import state_file
 from .transfer import atomic_write_text
 
-KERNEL_MARKS = (b"colab_kernel_launcher", b"ipykernel_launcher", b"ipykernel")
+# A Jupyter kernel runs `python -m ipykernel_launcher -f ...` (Colab's, `-m colab_kernel_launcher`).
+KERNEL_MODULES = frozenset({"colab_kernel_launcher", "ipykernel_launcher", "ipykernel"})
 Kernel = tuple[int, int]  # pid, start time (clock ticks after boot)
 
 
@@ -47,12 +50,23 @@ def kernel_process(in_kernel: bool = False) -> Kernel | None:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             return None
-        if any(mark in cmdline for mark in KERNEL_MARKS):
+        if is_kernel(os.fsdecode(cmdline).split("\0")):
             start = started(pid)
             return (pid, start) if start is not None else None
         fields = _stat(pid)
         pid = int(fields[1]) if fields else 0
     return None
+
+
+def is_kernel(argv: list[str]) -> bool:
+    """Whether `argv` runs a kernel's module (`-m NAME`, `-mNAME`) or its file (`.../NAME.py`):
+    not any command whose words merely hold the name (a folder `ipykernel-notes`, say)."""
+    for before, word in itertools.pairwise(["", *argv]):
+        module = word if before == "-m" else word[2:] if word.startswith("-m") else None
+        script = os.path.basename(word)[:-3] if word.endswith(".py") else None
+        if module in KERNEL_MODULES or script in KERNEL_MODULES:
+            return True
+    return False
 
 
 def remember(prefix: Path, replaced: dict[str, tuple[str, str]], kernel: Kernel) -> None:
