@@ -312,6 +312,35 @@ def test_a_job_left_with_only_the_team_usage_record_counts_and_is_finished_onlin
     assert set(used) == set(work.team_usage) and len(records) == 1
 
 
+def test_a_job_whose_worker_has_not_yet_begun_is_being_written_not_left_for_the_next_run(tmp_path, monkeypatch):
+    """A run hands its job to a worker and returns; `status` asked at once (the in-kernel call's
+    is in-process, and fast) may find the worker started but not yet holding the job's lock. It
+    is being written all the same. Before, that said "to be finished by the next run"."""
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    for folder in (drive, prefix):
+        folder.mkdir()
+    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    work.snapshot = {"stem": "s"}  # what is in it does not count here
+    work.write_job(TieredStore.at(drive))
+    # a worker as `spawn` leaves it: started on this job (its pid written), not yet at work
+    worker = subprocess.Popen([sys.executable, "-c", "print(flush=True); import time; time.sleep(60)", str(work.folder)],
+                              stdout=subprocess.PIPE)
+    worker.stdout.readline()  # up: its command line is in place (not yet, while its exec is under way)
+    (work.folder / drivework.PID).write_text(str(worker.pid))
+    try:
+        starting = drivework.pending(prefix)
+    finally:
+        worker.kill()
+        worker.wait()
+    gone = drivework.pending(prefix)
+
+    assert starting is not None and starting.describe() == "snapshot pending (being written now)"
+    assert gone is not None and gone.describe() == "snapshot pending (to be finished by the next run, or by one with --wait)"
+
+
 # Looks at a target's jobs (`status` and every run do, through `pending`) until told to stop.
 _LOOKER = """
 import sys

@@ -215,7 +215,7 @@ class Pending:
             parts.append("snapshot pending")
         if self.team_usage:
             parts.append("the team cache's usage record pending")
-        state = "being written now" if self.running else "to be finished by the next run (or --wait)"
+        state = "being written now" if self.running else "to be finished by the next run, or by one with --wait"
         if self.failed:
             state = f"stopped ({self.failed}); the next run tries again"
         return "; ".join(parts) + f" ({state})"
@@ -240,7 +240,7 @@ def pending(prefix: Path) -> Pending | None:
         snapshot = snapshot or bool(job.get("snapshot"))
         usage = usage or bool(job.get("team_usage"))  # alone, a job that an offline run or a killed
         # worker left would linger, never finished, if it did not count
-        running = running or _running(folder)
+        running = running or _running(folder) or _worker_alive(folder)  # at work, or about to be
         if (folder / FAILED).is_file():
             failed = (folder / FAILED).read_text().strip()
     if not (left or snapshot or usage):
