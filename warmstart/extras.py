@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from . import PROJECT_ROOT
 from .config import tomllib
 from .errors import PreconditionUnmet
+from .invocation import in_cell, in_notebook
 from .settings import PYTHON
 
 
@@ -47,7 +48,6 @@ def requirements_of(extra: str) -> list[str]:
 def install_command(extra: str) -> str:
     """A command that, pasted where it is printed (a shell, a notebook's cell), gives the
     interpreter running warmstart the extra."""
-    from .invocation import in_cell, in_notebook  # only a message needs them
     wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
     # asked of a fresh interpreter (this one's sys.path may have been changed): only when an
     # error is said, so the fraction of a second it costs is no one's wait
