@@ -145,6 +145,55 @@ def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_w
     assert check.code == 0 and "damaged" not in check.stdout, check.stdout + check.stderr
 
 
+def test_a_run_before_an_earlier_runs_drive_writes_are_done_leaves_them_to_that_run(demo, drive, tmp_path, index):
+    """The same bootstrap again while the first run's Drive writes wait (its worker killed at its
+    first write here; or simply still at work): the environment matches, so the run only restarts
+    that worker and says so, as `status` said it would. It queues no job of its own for the same
+    wheels: before, it fetched all three from the index for Drive a second time."""
+    home = tmp_path / "home"
+    python = make_venv(tmp_path / "venv")
+    cold = bootstrap(demo, drive, python, env=background_env(index.url, home, WARMSTART_FAULT="cache-write"))
+    assert cold.code == 0, cold.stderr
+    wait_for_the_killed_worker(home, drive)
+    looked = status(demo, drive, python, background_env(index.url, home))
+
+    again = bootstrap(demo, drive, python, env=background_env(index.url, home))
+
+    assert looked["action"] == "finish an earlier run's Drive writes", looked["action"]  # was "fill the Drive cache"
+    assert again.code == 0, again.stderr
+    assert "the environment already matches the lock: nothing to do" in again.stderr
+    assert again.report["drive_writes"] == "", "nothing of its own for Drive"
+    assert "Drive writes of an earlier run: cache filling: 0 of 3 files on Drive; snapshot pending" in again.stderr
+    assert "` shows how far" in again.stderr
+    wait_for_workers(home)  # the earlier run's, restarted
+    assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
+
+
+def test_the_wheels_a_job_will_put_on_drive_are_those_of_its_drive_by_name_and_version(tmp_path, monkeypatch):
+    """What a run leaves out of its own Drive fetch: the wheels an earlier job still has to fetch,
+    has fetched, or copies from the team cache, for the same Drive; not another version of one
+    (another recipe's, on the same target), and nothing for another Drive."""
+    from packaging.version import Version
+
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    for folder in (drive, prefix):
+        folder.mkdir()
+    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    work.download = [["Alpha", "1.0", ["sha256:00"]]]
+    work.from_team = [["gamma-3.0-py3-none-any.whl", ["sha256:11"]]]
+    (work.folder / drivework.FILES / "wheels").mkdir(parents=True)
+    (work.folder / drivework.FILES / "wheels" / "beta-2.0-py3-none-any.whl").write_bytes(b"fetched")
+    (work.folder / drivework.FILES / "wheels" / ".delta-4.0-py3-none-any.whl.part").write_bytes(b"half")
+    work.write_job(TieredStore.at(drive))
+
+    assert drivework.queued_wheels(prefix, drive) == {("alpha", Version("1.0")), ("beta", Version("2.0")),
+                                                      ("gamma", Version("3.0"))}
+    assert drivework.queued_wheels(prefix, tmp_path / "another-drive") == frozenset()
+
+
 def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):
     env = background_env("http://127.0.0.1:9/simple", tmp_path / "home", PIP_RETRIES="0")
 

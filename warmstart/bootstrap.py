@@ -212,14 +212,15 @@ def _in_cache(facts: Facts, store: TieredStore) -> str:
 
 
 def _look(facts: Facts, store: TieredStore) -> Facts:
-    """The facts as the store holds them: cached wheels, assets, the snapshot (one stat on Drive)."""
+    """The facts as the store holds them: cached wheels, assets, the snapshot (one stat on Drive),
+    and the wheels an earlier run's Drive writes will put there."""
     cached = cached_wheels(store, facts.lock.pins, facts.target.supported_tags())
     down = store.here.down  # then a look at a destination on Drive would wait as long: none is there
     assets_now = {a: (dest, "missing" if down and dest.is_relative_to(facts.drive) else
                       assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
                    snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)),
-                   drive_down=down)
+                   drive_down=down, queued=drivework.queued_wheels(facts.target.prefix, facts.drive))
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:
@@ -380,9 +381,12 @@ def status_command(options: Options, plan: Plan) -> str:
 
 
 def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, status: str) -> None:
-    """What Drive gets from this run: written now (--wait), else by a worker in the background."""
+    """What Drive gets from this run: written now (--wait), else by a worker in the background.
+    With nothing of its own, what an earlier run's worker still writes (this run left it alone)."""
     if run.work.empty:
         run.work.discard()
+        if not wait and (earlier := drivework.pending(run.plan.facts.target.prefix)):
+            report.say(f"Drive writes of an earlier run: {earlier.describe()}: `{status}` shows how far")
         return
     writing = "the Drive cache and snapshot are" if run.work.snapshot else "the Drive cache is"
     with report.step("drive") as step:

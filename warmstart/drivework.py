@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from packaging.tags import parse_tag
-from packaging.utils import canonicalize_name
+from packaging.utils import NormalizedName, canonicalize_name, parse_wheel_filename
+from packaging.version import Version
 
 from . import flock
 from . import snapshot as snapshots
@@ -246,6 +247,27 @@ def pending(prefix: Path) -> Pending | None:
     if not (left or snapshot or usage):
         return None
     return Pending(left, total, snapshot, running, failed, usage)
+
+
+def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, Version]]:
+    """The wheels (name, version) a target's handed-off jobs will put on `drive`: fetched and
+    waiting, still to come from the index, or to be copied from the team cache. A run while
+    their worker writes (or before the next run restarts a killed one) need not fetch them too."""
+    queued = set()
+    for folder in handed_off(prefix):
+        try:
+            job = json.loads((folder / JOB).read_text())
+            if job.get("drive") != str(drive):
+                continue
+            files = [path.name for path in (folder / FILES / "wheels").glob("*.whl")]  # not a .part
+            for name, version, *_hashes in job.get("download") or []:
+                queued.add((canonicalize_name(str(name)), Version(str(version))))
+            for file in [*files, *(entry[0] for entry in job.get("from_team") or [])]:
+                name, version, *_tags = parse_wheel_filename(str(file))
+                queued.add((name, version))
+        except (OSError, ValueError, TypeError, IndexError):  # packaging's errors are ValueErrors
+            continue  # finished and removed meanwhile, or damaged: `status` shows it, a run finishes it
+    return frozenset(queued)
 
 
 def _running(folder: Path) -> bool:

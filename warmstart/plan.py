@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packaging.utils import NormalizedName
+from packaging.version import Version
 
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
@@ -51,6 +52,8 @@ class Facts:
     drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
     live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
     drive_down: str | None = None  # why Drive stopped answering while it was looked at (store.py)
+    # wheels (name, version) an earlier run's Drive writes will put there (drivework.queued_wheels)
+    queued: frozenset[tuple[NormalizedName, Version]] = frozenset()
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -156,12 +159,13 @@ def require_python(recipe: Recipe, target: TargetPython) -> None:
         )
 
 
-def cache_lacks(found: Needs, cached: dict[NormalizedName, str], image: Image | None) -> tuple[Pin, ...]:
+def cache_lacks(facts: Facts) -> tuple[Pin, ...]:
     """What an online run downloads into the cache: all the lock needs, not just what this VM
-    lacks (the next VM may not have what this one had), less what is cached and what every VM
-    of the platform's image ships."""
-    shipped = image.shipped if image else {}
-    return tuple(p for p in found.wanted if p.name not in cached
+    lacks (the next VM may not have what this one had), less what is cached, what an earlier
+    run's Drive writes will put there, and what every VM of the platform's image ships."""
+    found, cached = facts.needs, facts.cached
+    shipped = facts.image.shipped if facts.image else {}
+    return tuple(p for p in found.wanted if p.name not in cached and (p.name, Version(p.version)) not in facts.queued
                  and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
 
@@ -169,7 +173,7 @@ def drive_serves_all(facts: Facts) -> bool:
     """Drive alone holds what an online run needs: every wheel it would download or install
     (should the snapshot fail), every asset, and the snapshot of what it installs. Its team store
     is then held back (warmstart.tiered)."""
-    return (not cache_lacks(facts.needs, facts.cached, facts.image)
+    return (not cache_lacks(facts)
             and all(p.name in facts.cached for p in facts.installing)
             and all(state != "missing" for _dest, state in facts.assets.values())
             and (facts.snapshot_found or not facts.installing))
@@ -193,7 +197,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
             )
         warnings.extend(verdict.unfit)
 
-    to_install, found, cached = facts.installing, facts.needs, facts.cached
+    to_install, cached = facts.installing, facts.cached
     use_snapshot = bool(to_install) and facts.snapshot_found
     if options.offline:
         if facts.drive_down and (to_install or any(state == "missing" for _dest, state in facts.assets.values())):
@@ -212,7 +216,7 @@ def make_plan(facts: Facts, options: Options) -> Plan:
             )
         to_download: tuple[Pin, ...] = ()
     else:
-        to_download = cache_lacks(found, cached, facts.image)
+        to_download = cache_lacks(facts)
 
     plan = Plan(facts, options.offline, to_install, to_download, use_snapshot, tuple(warnings))
     if options.keep_runtime and plan.replaced:

@@ -23,7 +23,17 @@ _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
 NAMES_SHOWN = 20  # a human line names at most this many distributions (--json lists them all)
 
 
-def describe_action(plan: Plan) -> str:
+def describe_action(plan: Plan, writes: drivework.Pending | None) -> str:
+    """What a bootstrap would do: with an earlier run's Drive writes pending, first finish them
+    (their worker gone) or wait for them (before it installs: a snapshot is of what it describes)."""
+    action = _own_action(plan)
+    if writes is None or (writes.running and action == "no-op"):
+        return action
+    first = "wait for an earlier run's Drive writes" if writes.running else "finish an earlier run's Drive writes"
+    return first if action == "no-op" else f"{first}, then {action}"
+
+
+def _own_action(plan: Plan) -> str:
     if plan.nothing_to_do:
         return "no-op"
     if not plan.to_install:
@@ -63,6 +73,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     have = facts.target.installed
     shipped = facts.image.shipped if facts.image else {}
     extra = sorted(n for n in have if n not in locked and n not in _BASELINE)
+    writes = drivework.pending(facts.target.prefix)
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     found: dict[str, Any] = {
         "platform": facts.profile.name,
@@ -104,12 +115,12 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             "team": {**team, "wheels_only_there": len(set(facts.cached.values()) & store.team_only("wheels"))}
             if (team := store.describe_team()) else None,
         },
-        "action": describe_action(plan),
+        "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
         "restart_needed": sorted(restart.pending(facts.target.prefix)),
         "checks_failed": checks.failed_before(facts.target.prefix, facts.recipe.name),
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
-        "drive_writes": state.describe() if (state := drivework.pending(facts.target.prefix)) else None,
+        "drive_writes": writes.describe() if writes else None,
     }
     if found["checks_failed"] and found["action"] == "no-op":
         found["action"] = "run the checks that failed last time again"
