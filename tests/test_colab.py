@@ -318,8 +318,9 @@ def test_a_cd_line_moves_the_notebook_into_the_folder_as_named(tmp_path):
 
 
 # A notebook kernel: it runs a `!` line's command as its child, then pastes the lines that command
-# printed (those `sys.argv[2]` finds, by its one group that matched) into its cells, in a real IPython shell that holds the
-# notebook's names. A status line is pasted until it exits other than 1 ("not yet safe to shut down").
+# printed (those `sys.argv[2]` finds, by its one group that matched) into its cells, in a real
+# IPython shell that holds the notebook's names. A status line is pasted until it exits other
+# than 1 ("not yet safe to shut down").
 KERNEL = textwrap.dedent("""
     import json, os, re, subprocess, sys, time
     from IPython.core.interactiveshell import InteractiveShell
