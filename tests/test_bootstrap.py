@@ -259,6 +259,11 @@ def test_gpu_required_without_nvidia_library(demo, drive, env, tmp_path, no_real
     assert any("Runtime > Change runtime type" in w for w in allowed.report["warnings"])
     assert refused.stderr.count("Runtime > Change runtime type") == 1, refused.stderr
 
+    # status looks past the GPU, but says that a bootstrap without the flag stops there
+    looked = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert looked.code == 0, looked.stderr  # its exit code is the environment's and Drive's
+    assert "\nbootstrap would: stop at the GPU check (with --allow-no-gpu: no-op)\n" in looked.stdout
+
 
 def test_missing_drive_on_colab_says_how_to_mount_and_a_missing_folder_of_the_users_says_so(demo, tmp_path, index):
     """Drive not mounted: the cell that mounts it. A --drive folder elsewhere that does not exist

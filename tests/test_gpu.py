@@ -112,6 +112,9 @@ def test_gpu_below_a_recipe_threshold_stops_before_any_download(
     allowed = preflight(gpu_recipe, tmp_path, env, "--allow-unfit-gpu")
     assert allowed.code == 0, allowed.stderr
     assert "warning" in allowed.stderr
+    looked = run_cli("status", "--recipe", str(gpu_recipe), "--drive", str(tmp_path / "drive"),
+                     "--python", str(tmp_path / "venv" / "bin" / "python"), "--json", env=env)
+    assert looked.report["action"] == "stop at the GPU check (with --allow-unfit-gpu: no-op)", looked.stderr
 
 
 def test_fitting_gpu_passes_and_is_in_the_report(fake_nvml_dir, gpu_recipe, tmp_path, index):

@@ -124,6 +124,9 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     }
     if found["checks_failed"] and found["action"] == "no-op":
         found["action"] = "run the checks that failed last time again"
+    if facts.verdict.problems:  # looked past above; a bootstrap without the flag stops there
+        flag = "--allow-no-gpu" if facts.verdict.missing else "--allow-unfit-gpu"
+        found["action"] = f"stop at the GPU check (with {flag}: {found['action']})"
     found["matches"] = not (found["missing"] or found["different"] or found["broken"]
                             or plan.assets_to_place or plan.patches_pending or found["checks_failed"])
     found["safe_to_shut_down"] = found["drive_writes"] is None  # a wiped VM then finds it all on Drive
