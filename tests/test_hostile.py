@@ -44,6 +44,7 @@ from warmstart.errors import redact
 from warmstart.headstart import FOLDER_PREFIX
 from warmstart.parts import Source
 from warmstart.pipconfig import IndexSettings
+from warmstart.settings import parse_command_line
 from warmstart.snapshot import _unpack_verified
 from warmstart.store import DriveStore
 from warmstart.target import remove_broken
@@ -318,6 +319,11 @@ HOSTILE_INPUTS = {
                                    "WARMSTART_DRIVE_TIMEOUT must be a number of seconds"),
     "Drive timeout endless": ({}, "{demo}", [], {"WARMSTART_DRIVE_TIMEOUT": "inf"}, 2,
                               "WARMSTART_DRIVE_TIMEOUT must be a number of seconds above 0, got 'inf'"),
+    # an unset shell variable: read as left out, --python "" installed into warmstart's own interpreter
+    "interpreter given empty": ({}, "{demo}", ["--python", ""], {}, 2,
+                                "--python is empty (an unset variable in the command?): give its value, or leave "
+                                "--python out"),
+    "team cache given empty": ({}, "{demo}", ["--cache", ""], {}, 2, "--cache is empty"),
     "plain-http index": ({}, "{demo}", [], {"PIP_INDEX_URL": "http://user:secret@index.example/simple"}, 2,
                          "https"),
 }
@@ -347,6 +353,19 @@ def test_hostile_inputs_end_in_one_line_with_the_documented_code(case, demo, dri
     assert last.startswith("warmstart: error: ") and words.format(**fill) in last, last
     assert len(last) < 600, f"one line, not a dump: {last[:300]}..."
     assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
+
+
+def test_an_empty_drive_is_bad_input_wherever_it_is_given(demo, tmp_path, capsys):
+    """`--drive ""` stood for the platform's folder, as if left out."""
+    for command in (["status", "--recipe", str(demo)], ["cache"], ["recipes"]):
+        looked = run_cli(*command, "--drive", "", env=cli_env())
+        assert looked.code == 2, (command, looked.stderr)
+        assert looked.stderr.strip().splitlines()[-1] == (
+            "warmstart: error: --drive is empty (an unset variable in the command?): give its value, or leave "
+            "--drive out"), command
+    with pytest.raises(SystemExit) as ended:  # warmstart.sh's command line, said by argparse
+        parse_command_line(["demo", "--drive", ""])
+    assert ended.value.code == 2 and "argument --drive: --drive is empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given_as", ["--drive", "WARMSTART_DRIVE"])

@@ -14,7 +14,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,6 +147,28 @@ def required_recipe(recipe: str | None) -> str:
     return recipe
 
 
+def empty_flag(flag: str) -> str:
+    """What is wrong with `flag` given as "": read as left out, --python "" would have installed
+    into warmstart's own interpreter."""
+    return f"{flag} is empty (an unset variable in the command?): give its value, or leave {flag} out"
+
+
+def given(option: str | None, flag: str) -> str | None:
+    """The value of `flag` as given (None: left out); BadInput when it is empty."""
+    if option == "":
+        raise BadInput(empty_flag(flag))
+    return option
+
+
+def _given(flag: str) -> Callable[[str], str]:
+    """An argparse type: the value as given, unless it is empty."""
+    def given(value: str) -> str:
+        if not value:
+            raise argparse.ArgumentTypeError(empty_flag(flag))
+        return value
+    return given
+
+
 def task_signature(*names: str, **extra: Any) -> inspect.Signature:
     """An invoke task's signature: the context, then the options `names` (all when none are
     named) with their declared defaults, then `extra` (task-only flags and their defaults).
@@ -172,7 +194,7 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] = (), 
         elif f.name == "installer":
             parser.add_argument(flag, choices=INSTALLERS, default="auto", help=f.metadata["help"])
         else:
-            parser.add_argument(flag, required=f.name == "recipe", help=f.metadata["help"])
+            parser.add_argument(flag, required=f.name == "recipe", type=_given(flag), help=f.metadata["help"])
 
 
 def parse_command_line(args: list[str], prog: str = "warmstart.sh") -> argparse.Namespace:
@@ -207,7 +229,7 @@ def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str
     """The Drive root, for every entry point: --drive, else WARMSTART_DRIVE, else the platform's
     folder (on Colab the mounted MyDrive, wherever the checkout lies), once it has answered the
     run's first look at it."""
-    chosen = option or DRIVE.get(environ)
+    chosen = given(option, "--drive") or DRIVE.get(environ)
     named = user_path(chosen, "--drive" if option else DRIVE.name) if chosen else platform.default_drive(environ)
     answers(named, drive_timeout(environ))
     return named.resolve() if chosen else named
@@ -231,7 +253,7 @@ def answers(drive: Path, seconds: float) -> None:
 
 def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:
     """The interpreter that receives the packages: --python, else WARMSTART_PYTHON, else this one."""
-    return option or PYTHON.get(environ) or sys.executable
+    return given(option, "--python") or PYTHON.get(environ) or sys.executable
 
 
 # The object stores warmstart has a backend for (warmstart.team), by protocol: the extra that
@@ -243,7 +265,7 @@ OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The team cache: --cache, else WARMSTART_CACHE; None for none. BadInput for an object
     store's URL that names no bucket (`s3://`, `s3:///team`)."""
-    location = option or CACHE.get(environ)
+    location = given(option, "--cache") or CACHE.get(environ)
     scheme, _, rest = (location or "").partition("://")
     if scheme in OBJECT_STORES and not rest.split("/", 1)[0].rpartition("@")[2]:
         given_as = "--cache" if option else CACHE.name
