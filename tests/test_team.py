@@ -29,6 +29,7 @@ from conftest import (
     needs_mountns,
     on_a_small_disk,
     run_cli,
+    wait_until,
 )
 from seaweed import IDENTITIES, SeaweedS3, weed
 
@@ -130,7 +131,7 @@ def test_a_vm_whose_drive_holds_it_all_never_opens_the_team_store_and_its_worker
         s3, demo, tmp_path, index):
     """Opening the team store (importing s3fs) costs more than a restore from a fast Drive: a run
     that Drive alone serves leaves it closed, and its Drive worker writes the team's usage record
-    (which keeps the team's copies from pruning). A first VM that restored from the team store
+    (which keeps the team's copies from pruning) and looks for what the team lacks of Drive's. A first VM that restored from the team store
     copied all it needs to Drive: the snapshot and the wheels. The relay sees every request."""
     bucket = s3.bucket("held")
     url = f"s3://{bucket}/team"
@@ -160,7 +161,13 @@ def test_a_vm_whose_drive_holds_it_all_never_opens_the_team_store_and_its_worker
             break
         time.sleep(0.1)
     assert len(new) == 1, "the team's usage record, by the Drive worker"
-    assert relay.seen and all(line.startswith(b"PUT /") and b"/usage/" in line for line in relay.seen), relay.seen
+    # ... which lists the team's folders for what it lacks of Drive's copies (here: nothing), and puts nothing else
+    wait_until(lambda: len(relay.seen) >= 3, 30, lambda: f"the worker's listings: {relay.seen}")
+    puts = [line for line in relay.seen if line.startswith(b"PUT /")]
+    assert len(puts) == 1 and b"/usage/" in puts[0], relay.seen
+    assert sorted(line.split(b"prefix=")[1].split(b"&")[0] for line in relay.seen if b"list-type=2" in line) == [
+        b"team%2Fv1%2Fsnapshots%2F", b"team%2Fv1%2Fwheels%2F"], relay.seen
+    assert len(relay.seen) == 3, relay.seen
 
     relay.seen.clear()
     again = vm.bootstrap(demo)  # nothing to do: the team store is not asked either
@@ -679,6 +686,45 @@ def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
     same = VM(tmp_path / "same", index.url, {}, "")  # --cache naming the Drive folder itself: no team
     result = same.bootstrap(demo, "--cache", str(same.drive))
     assert result.code == 0 and "team_cache" not in result.report
+
+
+def test_a_team_cache_set_up_after_drive_was_filled_gets_drives_copies(demo, tmp_path, index):
+    """A team cache gets what runs download: one set up after its owner's Drive was filled got
+    nothing from them. A run that names it (here the next one, a no-op on the same day: a team
+    cache new to the target makes its usage record due) has the Drive work copy off Drive what
+    the run used and the team lacks, each checked as a run checks it; a wheel damaged on Drive is
+    set aside there, not shared. A teammate's wiped VM then restores the snapshot from the team cache."""
+    shared = tmp_path / "shared-drive"
+    shared.mkdir()
+    owner = VM(tmp_path / "owner", index.url, {}, "")
+    assert owner.bootstrap(demo).code == 0
+    damaged = owner.drive / ".warmstart" / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
+    owner.env["WARMSTART_CACHE"] = str(shared)
+
+    again = owner.bootstrap(demo)
+
+    assert again.code == 0 and again.report["changed"] is False, again.stderr
+    team = shared / ".warmstart" / "v1"
+    assert sorted(p.name for p in (team / "wheels").iterdir()) == ["beta-2.0-py3-none-any.whl",
+                                                                  "gpu_build-1.0-py3-none-any.whl"]
+    assert sorted(p.name for p in (team / "snapshots").iterdir()) == owner.on_drive("snapshots")
+    assert any("alpha-1.0-py3-none-any.whl does not match its sha256 (damaged)" in w
+               for w in again.report["warnings"]), again.report["warnings"]
+    assert "alpha-1.0-py3-none-any.whl" not in owner.on_drive("wheels")  # set aside on Drive
+    assert again.report["drive_writes"] == "written to the team cache"  # --wait (cli_env): before it returned
+
+    shutil.rmtree(owner.root)  # a teammate's VM: the same prefix (as Colab's /usr), its Drive empty
+    teammate = VM(tmp_path / "owner", index.url, {}, str(shared))  # the index: for alpha, which only it has
+    restored = teammate.bootstrap(demo)
+    assert restored.code == 0, restored.stderr
+    assert set(restored.report["snapshot"]["read"]) == {"the team cache"}
+    assert {k: v for k, v in installed(teammate.python).items() if k in LOCKED} == LOCKED
+
+    read_only = VM(tmp_path / "reader", index.url, {}, str(tmp_path / "other-team"))
+    (tmp_path / "other-team").mkdir()
+    assert read_only.bootstrap(demo, "--cache-read-only").code == 0
+    assert list((tmp_path / "other-team").iterdir()) == [], "a read-only team cache gets nothing"
 
 
 class Silent:

@@ -5,11 +5,13 @@ Everything up to the plan touches nothing, which is all `--dry-run` and `status`
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from packaging.tags import Tag
 from packaging.utils import NormalizedName
@@ -45,7 +47,7 @@ from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
-from .transfer import explain, kind_of, not_a_folder, remount
+from .transfer import explain, kind_of, not_a_folder, remount, write_private
 from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]
@@ -291,8 +293,8 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     # now, on a thread, while the work begins (after the restore the write waited on Drive, 25 ms
     # on the stand-in; before it, a race's uv began 40 to 50 ms later). What the run queues for
     # Drive is recorded at its end.
-    due = _use_record_due(plan)
-    used = store_files_used(plan, store) if due else []
+    due = _use_record_due(plan, store.team_spec())
+    used, read = store_files_used(plan, store) if due else ([], {})
     recorded = started(lambda: store.record_use(used, team=False))
     stale = stale_imports(plan, options)
     kernel = restart.kernel_process(in_kernel=options.kernel_imported is not None)
@@ -324,11 +326,13 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
         run.copy_team_wheels()
         queued = run.work.keys() if due else []
         if (used or queued) and store.held and not settings.wait:
-            run.work.team_usage = used + queued  # the worker records it there: opening the team store costs time
+            run.work.team_usage = [*used, *queued]  # the worker records it there: opening the team store costs time
+        if read and (team := store.team_spec()) and not team["read_only"] and not options.offline:
+            run.work.team_share = read  # what the team lacks of it (set up after Drive was filled): the worker's
         hand_off(run, settings.wait, store, report, status_command(options, plan))
         store.record_use(queued, team=False)
         if run.work.team_usage is None:
-            store.record_use(used + queued, here=False)
+            store.record_use([*used, *queued], here=False)
     if options.kernel_imported is None and in_notebook(plan.facts.profile):
         report.say(f"a `!` command cannot move the notebook; to work there, run: {cd_cell(plan.workdir)}")
     return plan
@@ -388,7 +392,7 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
         if not wait and (earlier := drivework.pending(run.plan.facts.target.prefix)):
             report.say(f"Drive writes of an earlier run: {earlier.describe()}: `{status}` shows how far")
         return
-    writing = "the Drive cache and snapshot are" if run.work.snapshot else "the Drive cache is"
+    writing = run.work.writes()
     with report.step("drive") as step:
         if down := store.here.down:  # nothing more waits on it in this run: the next run writes
             run.work.keep(store, down)
@@ -409,40 +413,47 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
                       if run.plan.facts.profile.notebook else ""))
 
 
-def _use_record_due(plan: Plan, every: float = 86400) -> bool:
+def _use_record_due(plan: Plan, team: dict[str, Any] | None, every: float = 86400) -> bool:
     """Each run that changes something records what it used; one that changes nothing refreshes
     the record once a day, not each time: a Drive write per no-op run would cost more than the
-    run. A marker on local disk, per target, tells when the last record was written."""
+    run. A marker on local disk, per target, tells when the last record was written, and for
+    which team cache (`team`, as TieredStore.team_spec gives it): a team cache new to this target
+    is due at once (it gets what it lacks of Drive's copies with the record: drivework)."""
     marker = home.state_file("used", plan.facts.target.prefix)
+    named = json.dumps(team, sort_keys=True)
     try:
-        recent = time.time() - marker.stat().st_mtime < every
-    except OSError:
+        recent = time.time() - marker.stat().st_mtime < every and marker.read_text() == named
+    except (OSError, UnicodeDecodeError):
         recent = False
     if recent and plan.nothing_to_do:
         return False
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+        write_private(marker, named)
     except OSError:
         pass  # without the marker the next no-op run records again: only slower
     return True
 
 
-def store_files_used(plan: Plan, store: TieredStore) -> list[str]:
+def store_files_used(plan: Plan, store: TieredStore) -> tuple[list[str], dict[str, list[str]]]:
     """The store files this run's lock and recipe use, as usage records name them (the wheels as
-    the cache holds them now, with what this run downloaded)."""
-    cached = cached_wheels(store, plan.facts.needs.wanted, plan.facts.target.supported_tags())
-    wheels = [f"wheels/{name}" for name in cached.values()]
-    asset_keys = [f"{assets.KIND}/{a.sha256}" for a in plan.facts.recipe.assets]
-    # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
+    the cache holds them now); and of those, what a wiped VM of this platform reads from a cache
+    (the wheels of what its image lacks, the assets, the snapshot), each with the sha256s it may
+    have: the lock's for a wheel, the recipe's for an asset, none for a snapshot index (it
+    states its archive's)."""
     facts = plan.facts
+    cached = cached_wheels(store, facts.needs.wanted, facts.target.supported_tags())
     fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+    # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
     located = set()
     if fresh:
         located.add(snapshot.Snapshot.locate(facts.recipe.name, facts.lock, facts.target, fresh).index_name)
     if facts.snapshot:
         located.add(facts.snapshot.index_name)
-    return wheels + asset_keys + [f"{snapshot.KIND}/{name}" for name in sorted(located)]
+    read = {f"wheels/{cached[pin.name]}": sorted(pin.hashes) for pin in fresh if pin.name in cached}
+    read |= {f"{assets.KIND}/{a.sha256}": [a.sha256] for a in facts.recipe.assets}
+    read |= {f"{snapshot.KIND}/{name}": [] for name in sorted(located)}
+    return sorted({*(f"wheels/{file}" for file in cached.values()), *read}), read
 
 
 def stale_imports(plan: Plan, options: Options) -> dict[str, tuple[str, str]]:

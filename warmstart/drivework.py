@@ -40,9 +40,9 @@ from .home import jobs as jobs_of
 from .lock import Pin
 from .pipconfig import IndexSettings
 from .settings import WORKER_TEAM
-from .store import STALE_SECONDS
+from .store import STALE_SECONDS, DriveStore, Store
 from .tiered import TieredStore
-from .transfer import Bars, explain, write_private
+from .transfer import Bars, explain, is_sha256, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
@@ -90,6 +90,8 @@ class DriveWork:
     # worker must not need the target, which may be wiped and made again before it is done)
     team_usage: list[str] | None = None  # the team store's usage record, when the run held it back
     from_team: list[list[Any]] | None = None  # [file, [sha256...]]: wheels only the team cache holds
+    team_share: dict[str, list[str]] | None = None  # store key -> its sha256s: what the run used, for the
+    # team cache to get what it lacks of it from Drive (a team cache set up after Drive was filled)
 
     def area(self, kind: str) -> Path:
         """Where the executor puts files of a kind that Drive should get (wheels: download here)."""
@@ -110,7 +112,25 @@ class DriveWork:
     @property
     def empty(self) -> bool:
         return (not self.snapshot and not self.download and not self.team_usage and not self.from_team
-                and not any(self.folder.glob(f"{FILES}/*/*")))
+                and not self.team_share and not any(self.folder.glob(f"{FILES}/*/*")))
+
+    @property
+    def _for_drive(self) -> bool:
+        """Whether Drive's cache gets files (wheels, assets) from the job."""
+        return bool(self.download or self.from_team or any(self.folder.glob(f"{FILES}/*/*")))
+
+    def writes(self) -> str:
+        """What the job writes, said as the run's status line begins: "the Drive cache and
+        snapshot are", "the team cache's usage record is"."""
+        drive = self._for_drive
+        team = ("the team cache's copy" if self.team_share else
+                "the team cache's usage record" if self.team_usage else None)
+        named = [what for what in ("the Drive cache" if drive else None,
+                                   ("the snapshot" if not drive else "snapshot") if self.snapshot else None,
+                                   team) if what]
+        if len(named) == 1:
+            return f"{named[0]} is"
+        return f"{', '.join(named[:-1])} and {named[-1]} are"
 
     def discard(self) -> None:
         """Nothing for Drive: the job folder goes."""
@@ -123,7 +143,8 @@ class DriveWork:
         write_private(self.folder / JOB, json.dumps({
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
             "from_team": self.from_team, "python": self.python, "tags": self.tags, "files": files,
-            "created": time.time(), "team": store.team_spec(), "team_usage": self.team_usage}))
+            "created": time.time(), "team": store.team_spec(), "team_usage": self.team_usage,
+            "team_share": self.team_share}))
 
     def keep(self, store: TieredStore, why: str) -> None:
         """Write the job without a worker on it: the next run starts one (Drive stopped answering
@@ -133,12 +154,13 @@ class DriveWork:
 
     def hand_off(self, *, wait: bool, store: TieredStore) -> str:
         """Write the job and start a worker on it, or (wait) do it here; returns what was done."""
+        where = "Drive" if self._for_drive or self.snapshot else "the team cache"
         self.write_job(store)
         if wait:
             finish(self.folder, store)
-            return "written to Drive"
+            return f"written to {where}"
         spawn(self.folder, store.team_url())
-        return "being written to Drive in the background"
+        return f"being written to {where} in the background"
 
 
 # The worker imports warmstart as this process does (its sys.path, given as an argument: in the
@@ -207,6 +229,7 @@ class Pending:
     running: bool
     failed: str | None
     team_usage: bool = False  # the team store's usage record (see DriveWork.team_usage)
+    team_share: bool = False  # the team store's copies of what Drive holds (DriveWork.team_share)
 
     def describe(self) -> str:
         parts = []
@@ -216,6 +239,8 @@ class Pending:
             parts.append("snapshot pending")
         if self.team_usage:
             parts.append("the team cache's usage record pending")
+        if self.team_share:
+            parts.append("the team cache's copy of what Drive holds pending")
         state = "being written now" if self.running else "to be finished by the next run, or by one with --wait"
         if self.failed:
             state = f"stopped ({self.failed}); the next run tries again"
@@ -225,7 +250,7 @@ class Pending:
 def pending(prefix: Path) -> Pending | None:
     """What a target's earlier runs still have to write to Drive; None when nothing."""
     left = total = 0
-    snapshot = running = usage = False
+    snapshot = running = usage = share = False
     failed = None
     for folder in handed_off(prefix):
         try:
@@ -241,12 +266,13 @@ def pending(prefix: Path) -> Pending | None:
         snapshot = snapshot or bool(job.get("snapshot"))
         usage = usage or bool(job.get("team_usage"))  # alone, a job that an offline run or a killed
         # worker left would linger, never finished, if it did not count
+        share = share or bool(job.get("team_share"))
         running = running or _running(folder) or _worker_alive(folder)  # at work, or about to be
         if (folder / FAILED).is_file():
             failed = (folder / FAILED).read_text().strip()
-    if not (left or snapshot or usage):
+    if not (left or snapshot or usage or share):
         return None
-    return Pending(left, total, snapshot, running, failed, usage)
+    return Pending(left, total, snapshot, running, failed, usage, share)
 
 
 def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, Version]]:
@@ -327,7 +353,8 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
     """finish's work, under the job's lock."""
     (folder / FAILED).unlink(missing_ok=True)
     wanted, copies, used = job.get("download"), job.get("from_team"), job.get("team_usage")
-    later = bool(wanted or copies or used) and offline  # what needs the network stays queued
+    share = job.get("team_share")
+    later = bool(wanted or copies or used or share) and offline  # what needs the network stays queued
     if wanted and not offline:
         _download(folder, wanted, job["tags"], store)
     if copies and not offline:
@@ -354,6 +381,8 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
             write_private(folder / JOB, json.dumps(job))
     if used and not offline and (team := store.ask_team()):
         team.record_use(used)
+    if share and not offline and (team := store.ask_team()):
+        _share_with_team(folder, share, store.here, team)
     store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
     if not later:
         shutil.rmtree(folder, ignore_errors=True)
@@ -389,6 +418,41 @@ def _copy_from_team(folder: Path, copies: list[list[Any]], store: TieredStore) -
     job = json.loads((folder / JOB).read_text())
     job["from_team"] = None  # copied: what is left is putting them on Drive
     write_private(folder / JOB, json.dumps(job))
+
+
+def _share_with_team(folder: Path, share: dict[str, list[str]], drive: DriveStore, team: Store) -> None:
+    """Give the team cache what the run used and it lacks, from Drive (a team cache set up after
+    Drive was filled gets nothing from downloads): each file copied off Drive into the job's
+    folder and checked as a run checks it (a wheel against the lock's sha256, an asset against
+    the recipe's, a snapshot's archive against its index), then put; an index after its archive.
+    A copy that fails its check is set aside on Drive (a warning) and not shared."""
+    area = folder / "team"
+    area.mkdir(exist_ok=True)
+    try:
+        for key, sha256s in share.items():
+            kind, _, name = key.partition("/")
+            if "/" in name or name.startswith(".") or team.has(kind, name) or not drive.on_drive(kind, name):
+                continue
+            files: list[tuple[str, list[str] | None]] = [(name, sha256s)]
+            if kind == snapshots.KIND:  # an index: its archive first, checked against it, then the index
+                try:
+                    index = drive.read_json(kind, name)
+                    archive, sha256 = Path(str(index["archive"])).name, index["sha256"]
+                except (OSError, ValueError, TypeError, KeyError):
+                    continue  # not an index warmstart wrote: a run sets it aside when it reads it
+                if not is_sha256(sha256):
+                    continue
+                write_private(area / name, json.dumps(index, indent=1) + "\n")
+                files = [*([] if team.has(kind, archive) else [(archive, [sha256])]), (name, None)]
+            for file, hashes in files:
+                copy = area / file
+                if hashes is not None and drive.get(kind, file, copy, hashes) is None:
+                    break  # gone from Drive, or damaged there (set aside, a warning): not shared
+                if not team.put(kind, file, copy):
+                    return  # the team refused (one warning): nothing more for it
+                copy.unlink()
+    finally:
+        shutil.rmtree(area, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
