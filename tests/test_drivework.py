@@ -361,6 +361,36 @@ def test_a_job_left_with_only_the_team_usage_record_counts_and_is_finished_onlin
     assert set(used) == set(work.team_usage) and len(records) == 1
 
 
+def test_a_run_that_changes_the_environment_waits_for_drives_writes_not_for_the_team_caches(tmp_path, monkeypatch):
+    """settle finishes an earlier run's Drive writes before the environment changes (a snapshot
+    is of what it describes); a job left with the team cache's part alone (its copy of Drive's
+    files can take minutes) touches neither, and is left to its worker. Here nothing holds the
+    jobs, so a settle that took one would finish it at once."""
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    team, drive, prefix = tmp_path / "team", tmp_path / "drive", tmp_path / "venv"
+    for folder in (team, drive, prefix):
+        folder.mkdir()
+    store = TieredStore.at(drive, team=str(team))
+    team_only = drivework.start(prefix, drive, prefix / "bin" / "python")
+    team_only.team_share = {"wheels/a-1.0-py3-none-any.whl": ["0" * 64]}
+    team_only.write_job(store)
+    said: list[str] = []
+
+    assert drivework.settle(prefix, store, said.append) is False and said == []
+    assert team_only.folder.is_dir(), "left to its worker"
+    assert "the team cache's copy of what Drive holds pending" in drivework.pending(prefix).describe()
+
+    for_drive = drivework.start(prefix, drive, prefix / "bin" / "python")
+    (for_drive.area("assets") / ("1" * 64)).write_bytes(b"model")
+    for_drive.write_job(store)
+
+    assert drivework.settle(prefix, store, said.append) is True
+    assert not for_drive.folder.exists() and (drive / ".warmstart" / "v1" / "assets" / ("1" * 64)).is_file()
+    assert team_only.folder.is_dir() and len(said) == 1 and "team cache" not in said[0], said
+
+
 def test_a_job_whose_worker_has_not_yet_begun_is_being_written_not_left_for_the_next_run(tmp_path, monkeypatch):
     """A run hands its job to a worker and returns; `status` asked at once (the in-kernel call's
     is in-process, and fast) may find the worker started but not yet holding the job's lock. It

@@ -247,12 +247,12 @@ class Pending:
         return "; ".join(parts) + f" ({state})"
 
 
-def pending(prefix: Path) -> Pending | None:
-    """What a target's earlier runs still have to write to Drive; None when nothing."""
+def pending(prefix: Path, jobs: list[Path] | None = None) -> Pending | None:
+    """What a target's earlier runs (or their `jobs`) still have to write to Drive; None when nothing."""
     left = total = 0
     snapshot = running = usage = share = False
     failed = None
-    for folder in handed_off(prefix):
+    for folder in handed_off(prefix) if jobs is None else jobs:
         try:
             job = json.loads((folder / JOB).read_text())
             queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
@@ -305,11 +305,14 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
     """Before a run changes the target (or with --wait): let a worker still at it finish, or
     finish what a killed one left (a snapshot must be of the environment it describes). True
     when there was something: the Drive cache changed since the run looked."""
-    state = pending(prefix)
+    # A job left with the team cache's part alone (its usage record, its copy of Drive's files)
+    # touches neither Drive nor a snapshot: its worker goes on (resume), the run does not wait.
+    jobs = [folder for folder in handed_off(prefix) if _writes_drive(folder)]
+    state = pending(prefix, jobs)
     if state is None or store.here.down:  # down: they wait for a Drive that answers (resume)
         return False
     say(f"Drive writes of the last run: {state.describe()}; finishing them first")
-    for folder in handed_off(prefix):
+    for folder in jobs:
         if offline:
             _wait_for_worker(folder, say)
         try:
@@ -321,6 +324,16 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
             say(f"warning: the Drive writes of the last run stopped again: {said}")
             write_private(folder / FAILED, said)
     return True
+
+
+def _writes_drive(folder: Path) -> bool:
+    """Whether a job has Drive still to write: files, wheels to fetch or copy, a snapshot."""
+    try:
+        job = json.loads((folder / JOB).read_text())
+    except (OSError, ValueError):
+        return False  # finished and removed meanwhile, or damaged (status shows it)
+    return bool(job.get("snapshot") or job.get("download") or job.get("from_team")
+                or any(folder.glob(f"{FILES}/*/*")))
 
 
 def resume(prefix: Path, say: Any, team: str | None = None) -> None:
@@ -426,10 +439,14 @@ def _share_with_team(folder: Path, share: dict[str, list[str]], drive: DriveStor
     folder and checked as a run checks it (a wheel against the lock's sha256, an asset against
     the recipe's, a snapshot's archive against its index), then put; an index after its archive.
     A copy that fails its check is set aside on Drive (a warning) and not shared."""
+    for kind in sorted({key.partition("/")[0] for key in share}):
+        team.names(kind)  # listed first: one that cannot be read leaves what the team lacks unknown
     area = folder / "team"
     area.mkdir(exist_ok=True)
     try:
         for key, sha256s in share.items():
+            if team.down or team.refused or team.unlisted:
+                return
             kind, _, name = key.partition("/")
             if "/" in name or name.startswith(".") or team.has(kind, name) or not drive.on_drive(kind, name):
                 continue
