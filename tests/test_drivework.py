@@ -391,6 +391,42 @@ def test_a_run_that_changes_the_environment_waits_for_drives_writes_not_for_the_
     assert team_only.folder.is_dir() and len(said) == 1 and "team cache" not in said[0], said
 
 
+def test_a_snapshot_goes_to_the_team_cache_only_as_its_index_names_it_and_checked_against_it(tmp_path, monkeypatch):
+    """The team cache's copy of Drive's snapshots (drivework._share_with_team): an archive whose
+    bytes match the sha256 its index states, under the name snapshot.pack gives it, goes there
+    with its index; an index naming an archive otherwise (rewritten on Drive) shares nothing, and
+    an archive whose bytes differ is set aside on Drive. Real folders on both sides."""
+    from warmstart.store import DriveStore
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    team, drive, prefix = tmp_path / "team", tmp_path / "drive", tmp_path / "venv"
+    for folder in (team, drive, prefix):
+        folder.mkdir()
+    snapshots = drive / ".warmstart" / "v1" / "snapshots"
+    snapshots.mkdir(parents=True)
+    share = {}
+    for stem, data, named in (("good", b"archive", None), ("renamed", b"other", "renamed-0000000000000000"),
+                              ("damaged", b"bytes", None)):
+        sha256 = hashlib.sha256(data).hexdigest()
+        archive = f"{named or stem + '-' + sha256[:16]}.tar.zst"
+        (snapshots / archive).write_bytes(data if stem != "damaged" else b"flipped")
+        (snapshots / f"{stem}.json").write_text(json.dumps({"archive": archive, "sha256": sha256}))
+        share[f"snapshots/{stem}.json"] = []
+    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    work.team_share = share
+    work.write_job(TieredStore.at(drive))
+
+    drivework.finish(work.folder, TieredStore.at(drive, team=str(team)))
+
+    shared = sorted(p.name for p in (team / ".warmstart" / "v1" / "snapshots").iterdir())
+    good = f"good-{hashlib.sha256(b'archive').hexdigest()[:16]}.tar.zst"
+    assert shared == [good, "good.json"], shared
+    assert (team / ".warmstart" / "v1" / "snapshots" / good).read_bytes() == b"archive"
+    assert [p.name for p in snapshots.glob("damaged-*.damaged-*")], "set aside on Drive"
+    assert not work.folder.exists() and DriveStore(drive).on_drive("snapshots", "renamed.json")
+
+
 def test_a_job_whose_worker_has_not_yet_begun_is_being_written_not_left_for_the_next_run(tmp_path, monkeypatch):
     """A run hands its job to a worker and returns; `status` asked at once (the in-kernel call's
     is in-process, and fast) may find the worker started but not yet holding the job's lock. It

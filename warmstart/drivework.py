@@ -457,9 +457,9 @@ def _share_with_team(folder: Path, share: dict[str, list[str]], drive: DriveStor
                     archive, sha256 = Path(str(index["archive"])).name, index["sha256"]
                 except (OSError, ValueError, TypeError, KeyError):
                     continue  # not an index warmstart wrote: a run sets it aside when it reads it
-                if not is_sha256(sha256):
-                    continue
-                write_private(area / name, json.dumps(index, indent=1) + "\n")
+                if not is_sha256(sha256) or archive != f"{name.removesuffix('.json')}-{sha256[:16]}.tar.zst":
+                    continue  # not as snapshot.pack names an index's archive
+                (area / name).write_text(json.dumps(index, indent=1) + "\n")
                 files = [*([] if team.has(kind, archive) else [(archive, [sha256])]), (name, None)]
             for file, hashes in files:
                 copy = area / file
