@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +111,11 @@ class DriveWork:
 
     @property
     def empty(self) -> bool:
-        return (not self.snapshot and not self.download and not self.team_usage and not self.from_team
-                and not self.team_share and not any(self.folder.glob(f"{FILES}/*/*")))
+        return not (self._for_drive or self.snapshot or self.team_usage or self.team_share)
 
     @property
     def _for_drive(self) -> bool:
-        """Whether Drive's cache gets files (wheels, assets) from the job."""
-        return bool(self.download or self.from_team or any(self.folder.glob(f"{FILES}/*/*")))
+        return _fills_drive(vars(self), self.folder)
 
     def writes(self) -> str:
         """What the job writes, said as the run's status line begins: "the Drive cache and
@@ -326,14 +324,19 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
     return True
 
 
+def _fills_drive(job: Mapping[str, Any], folder: Path) -> bool:
+    """Whether a job (its file's fields, or a DriveWork's) puts files in Drive's cache: wheels to
+    fetch or to copy from the team cache, or files queued in its folder."""
+    return bool(job.get("download") or job.get("from_team") or any(folder.glob(f"{FILES}/*/*")))
+
+
 def _writes_drive(folder: Path) -> bool:
-    """Whether a job has Drive still to write: files, wheels to fetch or copy, a snapshot."""
+    """Whether a handed-off job has Drive still to write: files (_fills_drive) or a snapshot."""
     try:
         job = json.loads((folder / JOB).read_text())
     except (OSError, ValueError):
         return False  # finished and removed meanwhile, or damaged (status shows it)
-    return bool(job.get("snapshot") or job.get("download") or job.get("from_team")
-                or any(folder.glob(f"{FILES}/*/*")))
+    return _fills_drive(job, folder) or bool(job.get("snapshot"))
 
 
 def resume(prefix: Path, say: Any, team: str | None = None) -> None:

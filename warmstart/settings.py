@@ -162,11 +162,11 @@ def given(option: str | None, flag: str) -> str | None:
 
 def _given(flag: str) -> Callable[[str], str]:
     """An argparse type: the value as given, unless it is empty."""
-    def given(value: str) -> str:
+    def check(value: str) -> str:
         if not value:
             raise argparse.ArgumentTypeError(empty_flag(flag))
         return value
-    return given
+    return check
 
 
 def task_signature(*names: str, **extra: Any) -> inspect.Signature:
