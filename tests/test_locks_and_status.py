@@ -185,6 +185,40 @@ def test_recipes_on_drive_are_listed_and_found_by_name(locked_demo, env, tmp_pat
     assert result.code == 0, result.stderr
 
 
+def test_a_recipe_on_drive_is_locked_by_name_as_it_is_listed(locked_demo, env, tmp_path):
+    """`invoke recipes` lists the Drive's recipes, so `invoke lock` finds them by the same name,
+    and writes the lock beside the recipe's requirements there."""
+    drive = tmp_path / "drive"
+    user = drive / ".warmstart"
+    shutil.copytree(locked_demo / "recipes", user / "recipes")
+    (user / "requirements").mkdir()
+    shutil.copy(locked_demo / "requirements" / "demo.in", user / "requirements" / "demo.in")
+
+    locked = run_cli("lock", "--recipe", "demo", "--drive", str(drive), env=env)
+    assert locked.code == 0, locked.stderr
+    assert existing_locks(load_recipe("demo", REPO, drive))
+    checked = run_cli("lock", "--check", "--drive", str(drive), env=env)  # every recipe it knows, the Drive's too
+    assert checked.code == 0 and "demo" in checked.stdout, checked.stderr
+    (user / "requirements" / "demo.in").write_text("alpha\n")
+    stale = run_cli("lock", "--check", "--recipe", "demo", "--drive", str(drive), env=env)
+    assert stale.code == 1 and f"--recipe {user / 'recipes' / 'demo.toml'} --python-version" in stale.stderr
+
+
+def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env, tmp_path):
+    drive = tmp_path / "drive"
+    recipes = drive / ".warmstart" / "recipes"
+    recipes.mkdir(parents=True)
+    (recipes / "broken.toml").write_text('name = "broken"\n[requirements]\nin = "requirements/none.in"\n')
+
+    listed = run_cli("recipes", "--drive", str(drive), env=env)
+
+    assert listed.code == 2
+    assert all(name in listed.stdout for name in SHIPPED)
+    assert f"broken           cannot be read (see below)  ({recipes / 'broken.toml'})" in listed.stdout
+    assert listed.stderr.count("\n") == 1 and str(recipes / "broken.toml") in listed.stderr
+    assert "requirements.in" in listed.stderr
+
+
 def test_a_recipe_name_in_two_folders_is_an_error_naming_both(tmp_path, env):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -148,22 +148,31 @@ def status(c, json=False, **flags):
         "upgrade-package": "re-resolve only this package (repeat for more)",
         "check": "exit 1 when any lock's inputs changed since it was compiled, or its platform "
                  "cannot provide the CUDA libraries its wheels need",
+        "drive": "where to find recipes by name besides recipes/: the Drive root's recipe folder (as bootstrap's "
+                 "--drive; WARMSTART_RECIPES wins)",
     },
 )
 def lock(c, recipe=None, python_version=None, platform=None, platform_profile=None, image=None, upgrade=False,
-         upgrade_package=None, check=False):
+         upgrade_package=None, check=False, drive=None):
     """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
     from . import compiling, extras  # compiling: pip-tools and pip's own modules (0.15 s)
     from . import lock as locking
     from .cli import run_plain
     from .images import image_named
+    from .locktext import given_as_file
     from .recipe import known_recipes, load_recipe
 
+    def drive_recipes() -> Path | None:
+        """Recipes named, not given as files, are found where bootstrap finds them (in Drive's
+        recipe folder too); a file needs no look at Drive, which may not answer."""
+        return None if recipe and given_as_file(recipe) else _drive(drive)
+
     def check_all() -> None:
-        names = [recipe] if recipe else sorted(known_recipes(ROOT, None))
+        by_name = drive_recipes()
+        names = [recipe] if recipe else sorted(known_recipes(ROOT, by_name))
         found, recipe_of = [], {}
         for name in names:
-            loaded = load_recipe(name, ROOT)
+            loaded = load_recipe(name, ROOT, by_name)
             locks = locking.existing_locks(loaded)
             found += [(path, target, problem) for path, target in locks.items()
                       for problem in compiling.audit(loaded, path, target, ROOT)]
@@ -182,7 +191,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         for version in python_version or ():  # it names the lock file (py312): a minor version only
             if not re.fullmatch(r"3\.[0-9]{1,2}", version):
                 raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
-        loaded = load_recipe(recipe, ROOT)
+        loaded = load_recipe(recipe, ROOT, drive_recipes())
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
@@ -237,8 +246,14 @@ def recipes(c, drive=None):
     from .recipe import known_recipes, load_recipe
 
     def show() -> None:
+        broken = []  # one recipe that cannot be read (a teammate's, on Drive) hides none of the others
         for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
-            loaded = load_recipe(str(path), ROOT)
+            try:
+                loaded = load_recipe(str(path), ROOT)
+            except BadInput as exc:
+                broken.append(str(exc))
+                _print(f"{name:<16} cannot be read (see below)  ({path})")
+                continue
             gpu = loaded.gpu
             needs = "GPU" + "".join(f" {v}" for v in (
                 f"{gpu.min_memory_gib} GiB" if gpu.min_memory_gib else "",
@@ -246,6 +261,8 @@ def recipes(c, drive=None):
                 f"CUDA {gpu.min_cuda}" if gpu.min_cuda else "") if v) if gpu.required else "no GPU needed"
             _print(f"{name:<16} Python {loaded.python or 'any'}; {needs}")
             _print(f"{'':<16} {loaded.description}  ({path})")
+        if broken:
+            raise BadInput("; ".join(broken))
 
     _exit(run_plain(show))
 
