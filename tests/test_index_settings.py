@@ -142,6 +142,6 @@ def test_a_pin_the_index_lists_without_hashes_is_handed_to_pip_and_the_run_says_
     finally:
         server.shutdown()
     assert result.code == 0, result.stderr
-    assert ("pip downloads 1 wheels itself: beta==2.0: the index lists no file with a sha256 the lock names"
+    assert ("pip downloads 1 wheel itself: beta==2.0: the index lists no file with a sha256 the lock names"
             in result.stderr)
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED

@@ -47,7 +47,7 @@ from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
-from .transfer import explain, kind_of, not_a_folder, remount, write_private
+from .transfer import counted, explain, kind_of, not_a_folder, remount, write_private
 from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]
@@ -112,7 +112,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     warnings: list[str] = []
     with report.step("lock") as step:
         wanted, image, lock = _choose_lock(recipe, profile, target, warnings)
-        step.detail = f"{lock.path.name}, {len(lock.pins)} pins"
+        step.detail = f"{lock.path.name}, {counted(len(lock.pins), 'pin')}"
         # how far this VM is from the image the lock was made for: said before anything changes
         drifted = drift(image, target.installed, target.version, {p.name for p in lock.pins}) if image else None
         store = report.store = TieredStore.at(drive, bars=report.bars)
@@ -120,7 +120,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         if image and (own := livelock.for_runtime(store, recipe, wanted, lock, image, target, make=make_live,
                                                   say=report.say, root=root, warnings=warnings)):
             lock, image, wanted, live_at = own.lock, own.image, own.target, own.at
-            step.detail = f"{Path(own.at).name} ({own.how}), {len(lock.pins)} pins"
+            step.detail = f"{Path(own.at).name} ({own.how}), {counted(len(lock.pins), 'pin')}"
         broken, whole = target_python.broken_distributions(target, [p.name for p in lock.pins])
         if broken:
             step.detail += f"; half-installed: {', '.join(sorted(broken))}"
@@ -200,7 +200,7 @@ def _choose_lock(recipe: Recipe, profile: Profile, target: target_python.TargetP
 
 def _in_cache(facts: Facts, store: TieredStore) -> str:
     """The `cache` step's line: what the stores hold of what the run needs."""
-    said = f"{len(facts.cached)} of {len(facts.lock.pins)} wheels in {store.root / 'wheels'}"
+    said = f"{len(facts.cached)} of {counted(len(facts.lock.pins), 'wheel')} in {store.root / 'wheels'}"
     if store.team:
         said += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
     elif store.held:

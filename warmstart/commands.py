@@ -36,7 +36,7 @@ from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
-from .transfer import shown, silence, write_line
+from .transfer import counted, shown, silence, write_line
 
 if TYPE_CHECKING:
     from .maintenance import Entry
@@ -207,7 +207,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
             path = compiling.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),
                                         say=lambda m: _print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
-            _print(f"warmstart: wrote {path} ({len(locking.parse_lock(path).pins)} pins)")
+            _print(f"warmstart: wrote {path} ({counted(len(locking.parse_lock(path).pins), 'pin')})")
 
     _exit(run_plain(check_all if check else compile_all))
 

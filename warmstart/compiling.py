@@ -36,7 +36,7 @@ from .lock import (
 from .locktext import pin_blocks
 from .pipconfig import pip_env, uv_env
 from .recipe import Recipe
-from .transfer import atomic_write_text
+from .transfer import atomic_write_text, counted
 from .uv import ensure_uv
 
 
@@ -173,7 +173,7 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
         pins_text = _hold_image_versions(resolver, pins_text, image)
     pins = parse_pins(pins_text, path)
     installs = needs(pins, image.shipped if image else {}).install
-    say(f"reading the CUDA libraries of {len(installs)} wheels for {target.describe()}")
+    say(f"reading the CUDA libraries of {counted(len(installs), 'wheel')} for {target.describe()}")
     wheels = cudalibs.scan(installs, target, say)
     problems = cudalibs.problems(recipe, target, installs, {w.name: w for w in wheels},
                                  cudalibs.platforms_for(target, image, root))

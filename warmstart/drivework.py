@@ -42,7 +42,7 @@ from .pipconfig import IndexSettings
 from .settings import WORKER_TEAM
 from .store import STALE_SECONDS, DriveStore, Store
 from .tiered import TieredStore
-from .transfer import Bars, explain, is_sha256, write_private
+from .transfer import Bars, counted, explain, is_sha256, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there
@@ -232,7 +232,8 @@ class Pending:
     def describe(self) -> str:
         parts = []
         if self.files_left:
-            parts.append(f"cache filling: {self.files_total - self.files_left} of {self.files_total} files on Drive")
+            written = self.files_total - self.files_left
+            parts.append(f"cache filling: {written} of {counted(self.files_total, 'file')} on Drive")
         if self.snapshot:
             parts.append("snapshot pending")
         if self.team_usage:

@@ -114,7 +114,7 @@ class Executor:
                 step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
             elif to_download:
                 fetched = self._download(to_download, downloads, stage)
-                step.detail = f"{len(to_download)} wheels, {fetched / 2**20:.1f} MiB"
+                step.detail = f"{counted(len(to_download), 'wheel')}, {fetched / 2**20:.1f} MiB"
             else:
                 step.status, step.detail = "skipped", "nothing to download"
 
@@ -168,9 +168,9 @@ class Executor:
         returns the bytes fetched."""
         plan = self.plan
         jobs, left = self.downloader.wheel_jobs(pins, plan.facts.target.supported_tags(), downloads)
-        fetched = self.downloader.fetch(jobs, f"download {len(jobs)} wheels")
+        fetched = self.downloader.fetch(jobs, f"download {counted(len(jobs), 'wheel')}")
         if left:
-            self.report.say(f"pip downloads {len(left)} wheels itself: " + "; ".join(
+            self.report.say(f"pip downloads {counted(len(left), 'wheel')} itself: " + "; ".join(
                 f"{pin.name}=={pin.version}: {why}" for pin, why in left.items()))
             installer.download(plan.facts.target.executable, _requirements_file(list(left), stage / "download.txt"),
                                downloads, plan.facts.profile.unset_env)
@@ -283,7 +283,8 @@ class Executor:
             if wrong:
                 raise WarmstartError(f"after installing, these do not match {plan.facts.lock.path}: "
                                      + ", ".join(wrong))
-            step.detail = f"{len(plan.facts.needs.wanted)} packages match the lock"
+            wanted = len(plan.facts.needs.wanted)
+            step.detail = f"{counted(wanted, 'package')} {'matches' if wanted == 1 else 'match'} the lock"
             if plan.facts.needs.provided:
                 step.detail += f", {len(plan.facts.needs.provided)} by the platform's own build"
             self.warn(self._overwritten(after))

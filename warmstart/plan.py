@@ -23,7 +23,7 @@ from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
-from .transfer import abridged, remount
+from .transfer import abridged, counted, remount
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ class Plan:
         lines = [
             f"recipe {facts.recipe.name} ({facts.recipe.path})",
             f"target {facts.target.executable} (Python {facts.target.version})",
-            f"lock {facts.live_lock or facts.lock.path} ({len(facts.lock.pins)} pins"
+            f"lock {facts.live_lock or facts.lock.path} ({counted(len(facts.lock.pins), 'pin')}"
             + (", made on this runtime)" if facts.live_lock else ")"),
             *([f"image {facts.drift.describe()}"] if facts.drift else []),
             f"drive {facts.drive}, workdir {self.workdir}",

@@ -43,7 +43,7 @@ def _own_action(plan: Plan) -> str:
     missing = [p for p in plan.to_install if p.name not in plan.facts.cached]
     if not missing:
         return "install from cached wheels"
-    return f"download {len(missing)} wheels, then install"
+    return f"download {counted(len(missing), 'wheel')}, then install"
 
 
 def looked(options: Callable[[], Options], recipe: str | None, root: Path, *,
