@@ -13,6 +13,8 @@ import warmstart  # noqa: F401
 
 sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode)
 
-from warmstart.commands import namespace  # noqa: E402
+from warmstart.commands import namespace, quiet_when_the_reader_leaves  # noqa: E402
+
+quiet_when_the_reader_leaves()
 
 __all__ = ["namespace"]

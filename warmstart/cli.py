@@ -3,39 +3,19 @@
 from __future__ import annotations
 
 import json
-import select
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from typing import TextIO
 
 from . import home, transfer
 from .errors import OUTPUT_CLOSED, failure
 from .report import Report
+from .transfer import output_closed, std_streams
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _output() -> list[TextIO]:
-    """stdout and stderr, those this process has (one closed as it started is None)."""
-    return [stream for stream in (sys.stdout, sys.stderr) if stream is not None]
-
-
-def output_closed(exc: BaseException) -> bool:
-    """`exc` is a write to stdout or stderr whose reader left: `| head` had all it wanted. (A
-    pipe's writing end says POLLERR once no process can read it.)"""
-    if not isinstance(exc, BrokenPipeError):
-        return False
-    try:
-        streams = select.poll()
-        for stream in _output():
-            streams.register(stream.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _fd, events in streams.poll(0))
-    except (OSError, ValueError):  # no such stream (closed, or none at all)
-        return False
 
 
 def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
@@ -46,7 +26,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
     except BrokenPipeError as exc:
         if not output_closed(exc):
             raise
-        for stream in _output():  # nothing is wrong, and nothing more can be said
+        for stream in std_streams():  # nothing is wrong, and nothing more can be said
             transfer.silence(stream)
         closed = Report(recipe)
         closed.exit_code = OUTPUT_CLOSED

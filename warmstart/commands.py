@@ -18,10 +18,12 @@
 
 from __future__ import annotations
 
+import atexit
 import gc
 import inspect
 import json as jsonlib
 import math
+import os
 import re
 import shlex
 import sys
@@ -36,7 +38,7 @@ from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
-from .transfer import counted, shown, silence, write_line
+from .transfer import counted, output_closed, shown, silence, write_line
 
 if TYPE_CHECKING:
     from .maintenance import Entry
@@ -418,6 +420,15 @@ namespace = Collection(bootstrap, status, lock, image, recipes, cache, assets, g
 program = Program(namespace=namespace, version=__version__, name="warmstart", binary="warmstart")
 
 
+def _reader_left(exc: BaseException) -> bool:
+    """Whether `exc` is invoke's own output (--list, --help) whose reader left (`| head`); then
+    nothing more goes to stdout, and the run ends as _exit ends it, OUTPUT_CLOSED."""
+    if not output_closed(exc):
+        return False
+    silence(sys.stdout)
+    return True
+
+
 def main() -> None:
     try:
         try:
@@ -425,10 +436,31 @@ def main() -> None:
         finally:  # written out here, not by the interpreter's flush at exit (see _exit)
             if sys.stdout is not None:
                 sys.stdout.flush()
-    except BrokenPipeError as exc:  # invoke's own output (--list, --help) whose reader left: as _exit says it
-        from .cli import output_closed
-
-        if not output_closed(exc):
+    except BrokenPipeError as exc:
+        if not _reader_left(exc):
             raise
-        silence(sys.stdout)
         sys.exit(OUTPUT_CLOSED)
+
+
+def quiet_when_the_reader_leaves() -> None:
+    """For `invoke` in a checkout (tasks.py), where invoke's script runs the program, not main:
+    `invoke --list | head` ends as `warmstart --list | head` does, not with invoke's traceback
+    (unbuffered output meets the closed pipe in invoke's print) or the interpreter's ignored
+    BrokenPipeError at exit (buffered output meets it in the last flush, exit 120). Each is the
+    last word on its exception, so it ends the process itself: there is nothing left to do."""
+    earlier = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, trace: Any) -> None:
+        if _reader_left(exc):
+            os._exit(OUTPUT_CLOSED)  # sys.exit raised in a hook is an error of its own
+        earlier(kind, exc, trace)
+
+    def flush() -> None:  # before the interpreter's own flush (a task's output is flushed by _exit)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+        except BrokenPipeError as exc:
+            hook(type(exc), exc, exc.__traceback__)
+
+    sys.excepthook = hook
+    atexit.register(flush)

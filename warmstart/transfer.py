@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shlex
 import shutil
 import stat
@@ -406,6 +407,25 @@ def _amount(size: int) -> str:
 # against 0.71 to 0.78 s in 128 KiB ones, alternated (bench/README.md). Elsewhere the size made
 # no difference that showed.
 WRITE_MAX = 128 << 10
+
+
+def std_streams() -> list[TextIO]:
+    """stdout and stderr, those this process has (one closed as it started is None)."""
+    return [stream for stream in (sys.stdout, sys.stderr) if stream is not None]
+
+
+def output_closed(exc: BaseException) -> bool:
+    """`exc` is a write to stdout or stderr whose reader left: `| head` had all it wanted. (A
+    pipe's writing end says POLLERR once no process can read it.)"""
+    if not isinstance(exc, BrokenPipeError):
+        return False
+    try:
+        streams = select.poll()
+        for stream in std_streams():
+            streams.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in streams.poll(0))
+    except (OSError, ValueError):  # no such stream (closed, or none at all)
+        return False
 
 
 def silence(stream: TextIO) -> None:
