@@ -46,6 +46,7 @@ from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bul
 from test_team import VM
 
 from warmstart import home, installer, manifest, parts, target
+from warmstart.disks import explain, remount
 from warmstart.errors import WarmstartError
 from warmstart.headstart import HOLD_FOR, RACE_AFTER, index_seconds, recorded_seconds
 from warmstart.parts import PART_SIZE
@@ -53,7 +54,6 @@ from warmstart.race import _to_target_layout, index_time, verify_installed
 from warmstart.readahead import Cancelled, ReadAhead
 from warmstart.snapshot import KIND, Watch
 from warmstart.store import DriveStore
-from warmstart.transfer import explain, remount
 from warmstart.uv import find_uv
 
 
@@ -506,7 +506,7 @@ def test_the_remount_line_names_the_fuse_mount_that_holds_drive(tmp_path):
     said = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c",
          'mount -t tmpfs none "$1" && exec "$2" -c "$3" "$1"', "-", str(elsewhere), sys.executable,
-         "import sys; from warmstart.transfer import remount; print(remount(sys.argv[1]))"],
+         "import sys; from warmstart.disks import remount; print(remount(sys.argv[1]))"],
         capture_output=True, text=True, check=True, cwd=REPO)
     assert said.stdout.strip() == line("/content/drive"), said.stderr
 

@@ -25,6 +25,7 @@ from packaging.version import Version
 from warmstart import PROJECT_ROOT, commands, snapshot, wheels
 from warmstart import status as status_module
 from warmstart.background import ChildRead
+from warmstart.console import counted
 from warmstart.errors import BadInput, PreconditionUnmet, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
 from warmstart.images import Image, drift, images_of
@@ -39,7 +40,7 @@ from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
-from warmstart.transfer import copy_hashed, counted
+from warmstart.transfer import copy_hashed
 
 H = {c: c * 64 for c in "abcdef"}
 A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))
@@ -659,7 +660,7 @@ def test_an_error_is_said_as_drives_only_when_its_file_lies_on_drive():
     not send the user to free Drive: said as it is, with the file."""
     import errno as errnos
 
-    from warmstart.transfer import explain
+    from warmstart.disks import explain
 
     def full(filename: str | None) -> OSError:
         return OSError(errnos.ENOSPC, "No space left on device", filename)

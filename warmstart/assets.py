@@ -22,24 +22,14 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from . import faults, home
+from .disks import kind_of, not_a_folder, regular_file
 from .download import Downloader, Job, partial_dir
 from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .settings import ASSET_MIRROR
 from .tiered import TieredStore
-from .transfer import (
-    atomic_write_text,
-    kind_of,
-    not_a_folder,
-    part_name,
-    read_head,
-    read_untrusted_json,
-    regular_file,
-    sha256_of,
-    writing,
-    zstd_open,
-)
+from .transfer import atomic_write_text, part_name, read_head, read_untrusted_json, sha256_of, writing, zstd_open
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.

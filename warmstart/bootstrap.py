@@ -20,6 +20,8 @@ from packaging.version import Version
 from . import assets, checks, drivework, flock, home, installer, livelock, patches, restart, snapshot
 from . import target as target_python
 from .background import started
+from .console import counted
+from .disks import explain, kind_of, not_a_folder, remount
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
@@ -47,7 +49,7 @@ from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve
 from .team import borrowable
 from .tiered import TieredStore
-from .transfer import counted, explain, kind_of, not_a_folder, remount, write_private
+from .transfer import write_private
 from .wheels import best, by_release, ranking
 
 __all__ = ["Options", "bootstrap", "prepare"]

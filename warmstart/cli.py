@@ -8,10 +8,10 @@ import sys
 import threading
 from collections.abc import Callable
 
-from . import home, transfer
+from . import home
+from .console import Bars, output_closed, shown, silence, std_streams
 from .errors import OUTPUT_CLOSED, failure
 from .report import Report
-from .transfer import output_closed, std_streams
 
 
 def _interrupt(signum, frame) -> None:
@@ -27,7 +27,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
         if not output_closed(exc):
             raise
         for stream in std_streams():  # nothing is wrong, and nothing more can be said
-            transfer.silence(stream)
+            silence(stream)
         closed = Report(recipe)
         closed.exit_code = OUTPUT_CLOSED
         return closed
@@ -35,7 +35,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
 
 def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
     # stdout carries the JSON, so such a run keeps stderr to step lines: no bars.
-    report = Report(recipe, bars=transfer.Bars(enabled=not as_json))
+    report = Report(recipe, bars=Bars(enabled=not as_json))
     try:
         home.private()  # warmstart's own folder: its user's alone
     except OSError:
@@ -55,9 +55,9 @@ def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: b
         if main:
             signal.signal(signal.SIGTERM, previous)
     for line in report.error_detail:  # what a tool said, a line each; then the one error line
-        print(f"warmstart: {transfer.shown(line)}", file=sys.stderr)
+        print(f"warmstart: {shown(line)}", file=sys.stderr)
     if report.error:
-        print(f"warmstart: error: {transfer.shown(report.error)}", file=sys.stderr, flush=True)
+        print(f"warmstart: error: {shown(report.error)}", file=sys.stderr, flush=True)
     if as_json:
         print(json.dumps(report.as_json(), indent=None), flush=True)
     return report

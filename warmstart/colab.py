@@ -23,10 +23,11 @@ from typing import Any
 
 from . import PROJECT_ROOT, tools
 from .config import reading_ahead
+from .console import shown
+from .disks import is_mount_point
 from .errors import BadInput, PreconditionUnmet, failure
 from .profiles import Profile, select_profile
 from .settings import MOUNT_POINT, STATUS_OPTIONS, Options, drive_root
-from .transfer import is_mount_point, shown
 
 last_report: dict[str, Any] | None = None  # the most recent bootstrap's report
 

@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 from invoke import Collection, Exit, Program, Task, task
 
 from . import PROJECT_ROOT, __version__, config, early
+from .console import counted, output_closed, shown, silence, write_line
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
-from .transfer import counted, output_closed, shown, silence, write_line
 
 if TYPE_CHECKING:
     from .maintenance import Entry

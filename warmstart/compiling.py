@@ -18,6 +18,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, cudalibs
+from .console import counted
 from .errors import BadInput, WarmstartError, said_by
 from .images import Image
 from .lock import (
@@ -36,7 +37,7 @@ from .lock import (
 from .locktext import pin_blocks
 from .pipconfig import pip_env, uv_env
 from .recipe import Recipe
-from .transfer import atomic_write_text, counted
+from .transfer import atomic_write_text
 from .uv import ensure_uv
 
 

@@ -27,10 +27,12 @@ from urllib.parse import urljoin, urlsplit
 from packaging.tags import Tag
 
 from . import faults, home, wheels
+from .console import QUIET, Bar, Bars
+from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
 from .pipconfig import IndexSettings
-from .transfer import QUIET, Bar, Bars, WriteFailed, no_room, sha256_of, write_to
+from .transfer import WriteFailed, sha256_of, write_to
 
 if TYPE_CHECKING:
     import requests

@@ -34,6 +34,8 @@ from packaging.version import Version
 from . import flock
 from . import snapshot as snapshots
 from . import target as target_python
+from .console import Bars, counted
+from .disks import explain
 from .download import Downloader
 from .errors import PreconditionUnmet, redact
 from .home import jobs as jobs_of
@@ -42,7 +44,7 @@ from .pipconfig import IndexSettings
 from .settings import WORKER_TEAM
 from .store import STALE_SECONDS, DriveStore, Store
 from .tiered import TieredStore
-from .transfer import Bars, counted, explain, is_sha256, write_private
+from .transfer import is_sha256, write_private
 
 JOB = "job.json"  # written last: a folder without it is a job still being assembled
 FILES = "files"  # files/<kind>/<name>: what goes to Drive, each removed once it is there

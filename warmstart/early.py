@@ -42,12 +42,13 @@ from typing import Any
 
 from . import home
 from .background import ChildRead
+from .disks import on_fuse
 from .errors import WarmstartError
 from .prefetch import CHUNK, KIND, Ahead, HandedRead, newest_archive, take_guess
 from .profiles import Profile, select_profile
 from .settings import HANDED_READ, Options, resolve
 from .store import DriveStore
-from .transfer import on_fuse, write_all
+from .transfer import write_all
 
 HANDED = HANDED_READ.name  # "<data fd>,<outcome fd>,<where>": the read warmstart.sh hands on
 # What `begin` calls on the reading thread once it has the archive's index: the read, the run's

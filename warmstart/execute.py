@@ -15,6 +15,7 @@ from packaging.utils import NormalizedName
 
 from . import assets, checks, faults, headstart, installer, patches, race, restart, snapshot
 from . import target as target_python
+from .console import counted
 from .download import Downloader
 from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
@@ -24,7 +25,6 @@ from .outcome import Outcome
 from .plan import Plan, offline_without_drive
 from .report import Report
 from .tiered import TieredStore
-from .transfer import counted
 
 
 def _requirements_file(pins: list[Pin] | tuple[Pin, ...], path: Path) -> Path:

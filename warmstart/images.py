@@ -21,8 +21,9 @@ from packaging.version import InvalidVersion, Version
 
 # tomllib: the standard one, or tomli
 from .config import Field, Schema, file_text, parse_toml, read_toml_bytes, tomllib, validate
+from .console import abridged
 from .errors import BadInput
-from .transfer import abridged, atomic_write_text
+from .transfer import atomic_write_text
 
 IMAGE_SCHEMA: Schema = {
     "name": Field("str", required=True),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import extras, home
+from .disks import explain
 from .errors import BadInput, WarmstartError
 from .images import Image, live_image
 from .lock import Lock, LockTarget, check_fresh, needs, parse_lock
@@ -25,7 +26,7 @@ from .recipe import Recipe
 from .store import Stalled
 from .target import TargetPython
 from .tiered import TieredStore
-from .transfer import atomic_write_bytes, explain
+from .transfer import atomic_write_bytes
 
 KIND = "locks"
 MAX_BYTES = 4 * 2**20  # a lock of hundreds of pins is tens of KiB: more is not a lock

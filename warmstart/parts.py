@@ -29,8 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from .console import Bar
 from .store import Store
-from .transfer import Bar, BlockStream, is_sha256
+from .transfer import BlockStream, is_sha256
 
 # The parts a snapshot is written in (a restore takes the size its index states). Every part is
 # in memory whole while it is read, checked and waits its turn, and a team store's GET holds

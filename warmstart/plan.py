@@ -13,6 +13,8 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
+from .console import abridged, counted
+from .disks import remount
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
 from .images import Drift, Image
@@ -23,7 +25,6 @@ from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
 from .target import Signatures, TargetPython
-from .transfer import abridged, counted, remount
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Field, Schema, read_toml, validate
+from .disks import is_mount_point, not_writable
 from .errors import BadInput, PreconditionUnmet
 from .settings import DRIVE, MOUNT_POINT, PLATFORM
-from .transfer import is_mount_point, not_writable
 
 if TYPE_CHECKING:
     from .images import Image

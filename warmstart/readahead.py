@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from .console import Bar
 from .parts import HELD_POLL
 from .store import Patience
-from .transfer import Bar, BlockStream, Stream, write_all, write_to
+from .transfer import BlockStream, Stream, write_all, write_to
 
 
 class Undecodable(OSError):

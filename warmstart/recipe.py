@@ -20,12 +20,13 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from .config import Field, Schema, TableList, read_text, read_toml, validate
+from .console import abridged
 from .errors import BadInput
 from .locktext import given_as_file, project_of
 from .patches import Patch, load_patch
 from .settings import RECIPES_FOLDER, user_path
 from .store import RECIPES
-from .transfer import abridged, is_sha256
+from .transfer import is_sha256
 
 RECIPE_SCHEMA: Schema = {
     "name": Field("str", required=True),

@@ -10,13 +10,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
+from .console import Bars, shown, silence, write_line
 from .errors import redact
 from .gpu import GpuReport
 from .outcome import Outcome
 from .plan import Plan
 from .store import CacheStats
 from .tiered import TieredStore
-from .transfer import Bars, shown, silence, write_line
 
 # The JSON report's format; raised when a field changes meaning or goes away (adding one does not).
 REPORT_VERSION = 1

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .background import child_within
+from .disks import remount
 from .errors import BadInput, PreconditionUnmet
 from .layout import LAYOUT
-from .transfer import remount
 
 INSTALLERS = ("auto", "pip", "uv")  # --installer: auto is uv when it is installed, else pip
 

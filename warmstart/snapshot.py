@@ -35,6 +35,8 @@ from typing import IO, Any, Protocol
 from packaging.utils import NormalizedName
 
 from . import early, faults, manifest, parts
+from .console import QUIET, Bars
+from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError
 from .headstart import recorded_seconds, staging_folder
 from .lock import Lock, Pin
@@ -43,7 +45,7 @@ from .readahead import Cancelled, ReadAhead, Undecodable
 from .store import Store
 from .target import TargetPython, installed_files
 from .tiered import TieredStore
-from .transfer import QUIET, Bars, Stream, WriteFailed, is_sha256, no_room, zstd_open
+from .transfer import Stream, WriteFailed, is_sha256, zstd_open
 from .unpack import Damaged, Unpacker
 
 KIND = "snapshots"

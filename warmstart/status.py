@@ -11,12 +11,12 @@ from typing import Any
 from . import checks, config, drivework, restart
 from .bootstrap import prepare
 from .cli import run_reported
+from .console import abridged, counted, shown, write_line
 from .plan import Plan, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
 from .target import shared_files
-from .transfer import abridged, counted, shown, write_line
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}

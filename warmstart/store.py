@@ -26,26 +26,19 @@ from pathlib import Path, PurePath
 from typing import IO, Any, Protocol, TypeVar
 
 from . import background, faults
+from .console import QUIET, Bar, Bars
+from .disks import explain, kind_of, no_room, on_fuse, regular_file, remount
 from .errors import BadInput
 from .layout import KINDS, LAYOUT, RECIPES
 from .settings import drive_timeout
 from .transfer import (
-    QUIET,
     AtomicFile,
-    Bar,
-    Bars,
     Stream,
     WriteFailed,
     atomic_write_text,
     copy_hashed,
-    explain,
-    kind_of,
-    no_room,
-    on_fuse,
     read_head,
     read_untrusted_json,
-    regular_file,
-    remount,
     sha256_of,
     untrusted_json,
 )

@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 
 from . import extras
 from .background import started, within
+from .console import QUIET, Bars
+from .disks import kind_of, no_room
 from .errors import PreconditionUnmet, redact
 from .settings import CACHE, OBJECT_STORES, team_timeout, user_path
 from .store import (
@@ -54,18 +56,7 @@ from .store import (
     unread_because,
 )
 from .target import TargetPython
-from .transfer import (
-    QUIET,
-    Bars,
-    BlockStream,
-    Stream,
-    WriteFailed,
-    copy_hashed,
-    kind_of,
-    no_room,
-    sha256_of,
-    untrusted_json,
-)
+from .transfer import BlockStream, Stream, WriteFailed, copy_hashed, sha256_of, untrusted_json
 
 # the extra that brings a protocol's implementation (settings.OBJECT_STORES), and the module that is
 MODULES = {"s3": "s3fs", "gcs": "gcsfs"}

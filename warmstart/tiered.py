@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+from .console import QUIET, Bars, counted
+from .disks import explain
 from .errors import PreconditionUnmet, redact
 from .store import CacheStats, DriveStore, Store
 from .team import ObjectStore, backend_found, open_team
-from .transfer import QUIET, AtomicFile, Bars, counted, explain
+from .transfer import AtomicFile
 
 TEAM = "the team cache"  # the team tier, as the report names it
 

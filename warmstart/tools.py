@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
+from .console import shown, write_line
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .invocation import in_cell, in_notebook
@@ -50,7 +51,7 @@ from .locktext import canonical, given_as_file, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
-from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of, shown, write_line
+from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of
 from .uv import find_uv
 
 CHECKOUT = Path(__file__).resolve().parent.parent
