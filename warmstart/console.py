@@ -26,6 +26,8 @@ class Bar(Protocol):
 
 
 class NoBar:
+    """A bar that draws nothing: no terminal, a run that reports JSON, or no tqdm yet."""
+
     def update(self, n: int) -> None:
         pass
 
