@@ -297,11 +297,11 @@ def parse_lock(path: Path) -> Lock:
 def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | None = None) -> None:
     expected = inputs_digest(recipe, target, image)
     if lock.inputs_sha256 != expected:
-        changed = " or its platform image" if image else ""
-        raise BadInput(
-            f"{lock.path}: lock is stale, {recipe.requirements_in.name}, the recipe's excludes{changed} "
-            f"changed since it was compiled; run `{relock_command(recipe, target)}`"
-        )
+        # One digest covers them all, so which of them changed cannot be told.
+        inputs = [path.name for path in (recipe.requirements_in, *recipe.includes)]
+        inputs += ["the recipe's excludes", *(["its platform image"] if image else [])]
+        raise BadInput(f"{lock.path}: lock is stale ({', '.join(inputs[:-1])} or {inputs[-1]} changed since it "
+                       f"was compiled); run `{relock_command(recipe, target)}`")
 
 
 def relock_command(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT) -> str:
