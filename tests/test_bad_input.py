@@ -189,6 +189,45 @@ def test_invoke_image_without_its_required_flags_names_them():
         "warmstart: error: invoke image needs --freeze, --python, --source (see `invoke --help image`)"]
 
 
+@pytest.mark.parametrize(("python", "flags", "said"), [
+    (">=3.13", ["--python-version", "3.12"], ["the recipe needs Python >=3.13, not 3.12"]),
+    (">=3.13", ["--image", "colab-2026.07"], ["the recipe needs Python >=3.13, and the image colab-2026.07 has "
+                                              "Python 3.12.13"]),
+    (">=3.14", ["--platform-profile", "colab"], ["no lock for the image colab-2026.04 (Python 3.12.13)",
+                                                 "no lock for the image colab-2026.07 (Python 3.12.13)",
+                                                 "no lock for the image colab-latest (Python 3.13.15)",
+                                                 "the recipe needs Python >=3.14, which none of these images has"]),
+    (">=3.8", ["--platform-profile", "colab", "--python-version", "3.11"], ["no image has Python 3.11 (colab-2026.04 "
+                                                                           "3.12.13, colab-2026.07 3.12.13, "
+                                                                           "colab-latest 3.13.15)"]),
+], ids=["python-version", "image", "profile", "no-image-for-it"])
+def test_no_lock_is_made_for_a_python_the_recipe_does_not_support(demo, python, flags, said):
+    """bootstrap refuses a Python outside the recipe's `python`, so a lock for one would never
+    be used: refused before any download (no index here), naming the recipe; each image of a
+    profile left out is said."""
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', f'python = "{python}"'))
+    before = sorted((demo.parent.parent / "requirements").rglob("*"))
+
+    result = run_cli("lock", "--recipe", str(demo), *flags, env=cli_env())
+
+    assert result.code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(said) and all(part in line for part, line in zip(said, lines, strict=True)), lines
+    assert lines[-1].startswith("warmstart: error: ")
+    assert sorted((demo.parent.parent / "requirements").rglob("*")) == before
+
+
+def test_a_minor_version_is_supported_when_some_release_of_it_is(tmp_path):
+    recipe = tmp_path / "recipes" / "r.toml"
+    recipe.parent.mkdir()
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "r.in").write_text("alpha\n")
+    recipe.write_text('name = "r"\npython = ">=3.12.2,!=3.13.*"\n[requirements]\nin = "requirements/r.in"\n')
+    loaded = load_recipe(str(recipe), tmp_path)
+    assert [v for v in ("3.11", "3.12", "3.13", "3.14") if loaded.supports(v)] == ["3.12", "3.14"]
+    assert not loaded.supports("3.12.1") and loaded.supports("3.12.2")
+
+
 def test_lock_for_an_unknown_platform_profile_names_the_flag_not_the_variable(demo):
     result = run_cli("lock", "--recipe", str(demo), "--platform-profile", "mars", env=cli_env())
 

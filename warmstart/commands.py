@@ -198,13 +198,31 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
         on = platform or current.platform
+        needs = f"{loaded.path}: the recipe needs Python {loaded.python}"
         if image or platform_profile:
-            images = ([image_named(image, ROOT / "envs")] if image else
-                      select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile").images().values())
-            targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images
-                       if not python_version or i.python_minor in python_version]
+            published = ([image_named(image, ROOT / "envs")] if image else
+                         list(select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile")
+                              .images().values()))
+            images = [i for i in published if not python_version or i.python_minor in python_version]
+            if not images:
+                pythons = ", ".join(sorted({f"{i.name} {i.python}" for i in published}))
+                raise BadInput(f"no image has Python {' or '.join(python_version)} ({pythons}): leave "
+                               "--python-version out, or lock for it without --image and --platform-profile")
+            # a lock no VM would use (bootstrap refuses a Python the recipe does not support)
+            for outside in [i for i in images if not loaded.supports(i.python)]:
+                if image:
+                    raise BadInput(f"{needs}, and the image {outside.name} has Python {outside.python}")
+                _print(f"warmstart: no lock for the image {outside.name} (Python {outside.python}): {needs}",
+                       file=sys.stderr)
+            targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images if loaded.supports(i.python)]
+            if not targets:
+                raise BadInput(f"{needs}, which none of these images has")
         else:
-            targets = [locking.LockTarget(version, on) for version in python_version or [current.python_version]]
+            versions = python_version or [current.python_version]
+            if unsupported := [v for v in versions if not loaded.supports(v)]:
+                given = "" if python_version else " (this interpreter's; pass --python-version for another)"
+                raise BadInput(f"{needs}, not {unsupported[0]}{given}")
+            targets = [locking.LockTarget(version, on) for version in versions]
         for target in targets:
             path = compiling.compile_lock(loaded, target, upgrade=upgrade,
                                         upgrade_packages=tuple(upgrade_package or ()),

@@ -133,6 +133,14 @@ class Recipe:
     patches: tuple[Patch, ...] = ()  # applied after every install, in order
     includes: tuple[Path, ...] = ()  # the files requirements_in includes (-r, -c)
 
+    def supports(self, python: str | Version) -> bool:
+        """Whether the recipe's `python` admits this version; for a minor version ("3.12", what a
+        lock is made for), some release of it (">=3.12.2" admits 3.12)."""
+        version = Version(str(python))
+        if len(version.release) > 2:
+            return version in self.python
+        return any(Version(f"{version}.{micro}") in self.python for micro in range(100))
+
 
 def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
     """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
