@@ -153,7 +153,7 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
 def require_python(recipe: Recipe, target: TargetPython) -> None:
     """The target's Python is one the recipe supports (said before any lock is looked for: no
     lock is the answer to the wrong Python)."""
-    if target.version not in recipe.python:
+    if not recipe.supports(target.version):
         raise PreconditionUnmet(
             f"{recipe.path}: the recipe needs Python {recipe.python}, but {target.executable} is "
             f"{target.version}; pass --python with a matching interpreter"
