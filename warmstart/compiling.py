@@ -174,7 +174,8 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
         pins_text = _hold_image_versions(resolver, pins_text, image)
     pins = parse_pins(pins_text, path)
     installs = needs(pins, image.shipped if image else {}).install
-    say(f"reading the CUDA libraries of {counted(len(installs), 'wheel')} for {target.describe()}")
+    if installs:  # the image has all the lock pins: nothing to read
+        say(f"reading the CUDA libraries of {counted(len(installs), 'wheel')} for {target.describe()}")
     wheels = cudalibs.scan(installs, target, say)
     problems = cudalibs.problems(recipe, target, installs, {w.name: w for w in wheels},
                                  cudalibs.platforms_for(target, image, root))
