@@ -79,7 +79,8 @@ def test_a_placed_file_the_user_changed_since_is_kept(world):
     asset, place, _workdir = world
     dest = place(asset(b"model v1", "m.onnx", "m.onnx"))
     dest.write_bytes(b"edited by the user")
-    with pytest.raises(BadInput, match="holds another file"):
+    with pytest.raises(BadInput, match=r"m.onnx was changed since warmstart placed it, so it is yours now; move it "
+                                       r"away \(or point the asset's dest elsewhere\) and run again"):
         place(asset(b"model v2", "m.onnx", "m.onnx"))
     assert dest.read_bytes() == b"edited by the user"
 

@@ -75,8 +75,12 @@ class PlacedFiles:
 
     def owns(self, dest: Path) -> bool:
         """dest is the file warmstart placed there, unchanged since."""
-        recorded = self._read(self._ledger(dest)).get(str(dest))
+        recorded = self.placed(dest)
         return recorded is not None and dest.is_file() and sha256_of(dest) == recorded
+
+    def placed(self, dest: Path) -> str | None:
+        """The sha256 of the file warmstart last placed at dest, whatever is there now."""
+        return self._read(self._ledger(dest)).get(str(dest))
 
     def record(self, dest: Path, sha256: str) -> None:
         ledger = self._ledger(dest)
@@ -136,8 +140,8 @@ def safe_extract(archive: Path, into: Path, name: str, limit: int) -> None:
             raise WarmstartError(f"asset {name}: {exc}; refusing to extract it") from None
 
 
-def _not_ours(asset: Asset, path: Path, what: str) -> BadInput:
-    return BadInput(f"asset {asset.name}: {path} {what}, which warmstart did not place; move it away "
+def _not_ours(asset: Asset, path: Path, what: str, whose: str = "which warmstart did not place") -> BadInput:
+    return BadInput(f"asset {asset.name}: {path} {what}, {whose}; move it away "
                     "(or point the asset's dest elsewhere) and run again")
 
 
@@ -152,6 +156,8 @@ def in_the_way(asset: Asset, dest: Path, placed: PlacedFiles) -> BadInput | None
     if dest.is_symlink() or (dest.exists() and dest.is_dir() != asset.unpack):
         return _not_ours(asset, dest, f"is a {kind_of(dest)}")
     if not asset.unpack and dest.exists() and not placed.owns(dest):
+        if placed.placed(dest):  # the user's now: a fine-tuned model saved over it, say
+            return _not_ours(asset, dest, "was changed since warmstart placed it", "so it is yours now")
         return _not_ours(asset, dest, "holds another file")
     return None
 
