@@ -905,6 +905,11 @@ def test_invoke_cache_tells_the_truth(demo, drive, tmp_path, index):
     for name in ("one", "twin"):
         line = next(line for line in lines if line.split("MiB  ")[1].startswith(f"{name} "))
         assert "of it shared with other recipes" in line, listed.stdout
+    assert not any(line.endswith("MiB  (named by no current lock or recipe)") for line in lines), \
+        "every file here belongs to the recipes on Drive"
+    (store / "wheels" / "zeta-1.0-py3-none-any.whl").write_bytes(bytes(3 << 20))  # of a lock gone since
+    relisted = run_cli("cache", "--drive", str(drive), env=cli_env())
+    assert "       3.0 MiB  (named by no current lock or recipe)" in relisted.stdout.splitlines(), relisted.stdout
 
     missing = run_cli("cache", "--drive", str(tmp_path / "no-drive"), env=cli_env())
     assert missing.code == 3 and "does not exist" in missing.stderr and missing.stdout == ""

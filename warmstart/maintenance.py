@@ -130,10 +130,10 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
 
 def sizes(entries: list[Entry]) -> dict[str, tuple[int, int]]:
     """Bytes per recipe, and how many of them it shares with other recipes (a wheel two recipes
-    use counts in each, as shared); "(no recipe)" for the rest."""
+    use counts in each, as shared); "(named by no current lock or recipe)" for the rest."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for entry in entries:
-        owners = entry.owners or {"(no recipe)"}
+        owners = entry.owners or {"(named by no current lock or recipe)"}
         for owner in owners:
             totals[owner][0] += entry.size
             totals[owner][1] += entry.size if len(owners) > 1 else 0
