@@ -209,7 +209,7 @@ def _in_cache(facts: Facts, store: TieredStore) -> str:
         said += f" (the team cache {redact(store.held.location)} only if Drive falls behind)"
     if facts.recipe.assets:
         in_cache = sum(state != "missing" for _dest, state in facts.assets.values())
-        said += f"; {in_cache} of {len(facts.recipe.assets)} assets"
+        said += f"; {in_cache} of {counted(len(facts.recipe.assets), 'asset')}"
     if facts.snapshot_found:
         said += "; a snapshot"
     return said

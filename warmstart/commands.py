@@ -368,8 +368,9 @@ def _verify_cache(store: Store, entries: list[Entry]) -> None:
             _print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
     damaged = [e for e in entries if e.status.startswith("damaged")]
     if damaged:
-        raise WarmstartError(f"{len(damaged)} damaged files in {store} were set aside; "
-                             "the next online bootstrap fetches them again")
+        one = len(damaged) == 1
+        raise WarmstartError(f"{counted(len(damaged), 'damaged file')} in {store} {'was' if one else 'were'} set "
+                             f"aside; the next online bootstrap fetches {'it' if one else 'them'} again")
 
 
 def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool) -> None:

@@ -380,7 +380,7 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
         _copy_from_team(folder, copies, store)
     files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
     total = sum(f.stat().st_size for f in files)
-    with store.bars.bar(total, f"to Drive ({len(files)} files)") as bar:
+    with store.bars.bar(total, f"to Drive ({counted(len(files), 'file')})") as bar:
         for path in files:
             if not store.put(path.parent.name, path.name, path, bar):
                 raise OSError(store.warnings[-1])
@@ -416,7 +416,7 @@ def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: Tie
     supported = [tag for text in tags for tag in parse_tag(text)]
     downloader = Downloader(IndexSettings.from_environ(), store.bars)
     jobs, left = downloader.wheel_jobs(pins, supported, area)
-    downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {len(jobs)} wheels for Drive")
+    downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {counted(len(jobs), 'wheel')} for Drive")
     for pin, why in left.items():  # pip would need the target itself: a --wait run caches these
         print(redact(f"not cached: {pin.name}=={pin.version}: {why}"), file=sys.stderr)
     job = json.loads((folder / JOB).read_text())

@@ -248,7 +248,7 @@ class Executor:
         """Remove half-installed distributions; what their RECORD names outside the prefix stays."""
         refused = target_python.remove_broken(list(self.plan.facts.broken.values()), self.plan.facts.target.prefix)
         if refused:
-            self.warn([f"left alone {len(refused)} paths that half-installed distributions list outside "
+            self.warn([f"left alone {counted(len(refused), 'path')} that half-installed distributions list outside "
                        f"{self.plan.facts.target.prefix}, e.g. {refused[0]}"])
 
     def _first_install_seen(self) -> Callable[[], bool] | None:

@@ -29,6 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT
 from .config import read_bytes, read_text
+from .console import counted
 from .errors import BadInput
 from .images import Image, by_likeness, image_named
 from .invocation import command_line
@@ -325,7 +326,7 @@ def image_notes(pins: tuple[Pin, ...], image: Image) -> list[str]:
         f"differs from the image: {'; '.join(differ) or 'none'}",
         f"adds to the image: {', '.join(new) or 'nothing'}",
         f"the image's own build serves: {', '.join(provided) or 'none'}"
-        + (f"; with it, {len(found.left)} pins only it needs stay the image's" if found.left else ""),
+        + (f"; with it, {counted(len(found.left), 'pin')} only it needs stay the image's" if found.left else ""),
     ]
 
 

@@ -158,7 +158,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
                                   for n, d in facts["different"].items()) or "-"),
         "provided  " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["provided"].items()) or "-")
-        + (f"; with {len(facts['left_to_platform'])} pins only they need" if facts["left_to_platform"] else ""),
+        + (f"; with {counted(len(left), 'pin')} only they need" if (left := facts["left_to_platform"]) else ""),
         f"extra     {_extra(facts['extra'], facts.get('extra_not_shipped'))}",
         *(f"shared    {s['excluded']} {s['version']}, which the recipe excludes, shares {counted(s['files'], 'file')} "
           f"with {s['with']} {s['with_version']}: removing it would delete them"
