@@ -58,6 +58,29 @@ def test_unknown_recipe_name_lists_known_ones(project):
         load_recipe("demi", project)
 
 
+def test_a_recipe_named_in_another_case_is_suggested(project):
+    """HyperLPR is the recipe's workdir on Drive, and what a user may type for its name."""
+    write(project, GOOD)
+    with pytest.raises(BadInput, match=r"no recipe named 'Demo' \(did you mean 'demo'\?\)"):
+        load_recipe("Demo", project)
+
+
+@pytest.mark.parametrize("given", ["demo.toml", "recipes/demo", "elsewhere/demo.toml"])
+def test_a_missing_file_named_as_a_known_recipe_points_at_its_name(project, tmp_path, monkeypatch, given):
+    write(project, GOOD)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadInput) as refused:
+        load_recipe(given, project)
+    assert str(refused.value) == (f"{tmp_path / given}: file not found; the recipe named 'demo' is "
+                                  f"{project / 'recipes' / 'demo.toml'}: --recipe demo finds it")
+
+
+def test_a_url_is_no_recipe_and_is_said_so(project):
+    with pytest.raises(BadInput, match=r"--recipe 'https://example.org/demo.toml': a recipe is a name or a file "
+                                       r"here, not a URL: download it"):
+        load_recipe("https://example.org/demo.toml", project)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -191,12 +191,21 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
     """A recipe given as a file path is used as is; a bare name is looked up by name."""
     if "\0" in name_or_path:
         raise BadInput(f"recipe {name_or_path!r}: a name or path cannot hold a NUL character")
+    if "://" in name_or_path:
+        raise BadInput(f"--recipe {name_or_path!r}: a recipe is a name or a file here, not a URL: download it "
+                       "(into the Drive's .warmstart/recipes/ to find it by name) and give its name or path")
     if given_as_file(name_or_path):
-        return user_path(name_or_path, "--recipe").resolve()
+        path = user_path(name_or_path, "--recipe").resolve()
+        if not path.exists() and (stem := Path(name_or_path).name.removesuffix(".toml")) in (
+                known := known_recipes(root, drive)):
+            raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {known[stem]}: "
+                           f"--recipe {stem} finds it")
+        return path
     known = known_recipes(root, drive)
     if name_or_path not in known:
-        close = difflib.get_close_matches(name_or_path, list(known), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        by_case = {name.lower(): name for name in known}  # HyperLPR: the workdir's name, not the recipe's
+        close = difflib.get_close_matches(name_or_path.lower(), list(by_case), n=1)
+        hint = f" (did you mean '{by_case[close[0]]}'?)" if close else ""
         folders = ", ".join(str(d) for d in recipe_dirs(root, drive))
         raise BadInput(f"no recipe named '{name_or_path}'{hint} in {folders}; known recipes: "
                        f"{abridged(sorted(known), 20) or 'none'} (or pass a path to a .toml file)")
