@@ -286,6 +286,11 @@ HOSTILE_INPUTS = {
                             "/bin/echo did not answer like a Python interpreter (it printed its question back)"),
     "interpreter missing": ({}, "{demo}", ["--python", "{tmp}/nope/python"], {}, 3,
                             "cannot run the target Python {tmp}/nope/python: No such file or directory;"),
+    # a virtualenv's folder for its interpreter: it was "Permission denied"
+    "interpreter is a virtualenv's folder": ({"venv/bin/python": "", "venv/pyvenv.cfg": ""}, "{demo}",
+                                             ["--python", "{tmp}/venv"], {}, 3,
+                                             "cannot run the target Python {tmp}/venv: it is a folder; give its "
+                                             "interpreter, --python {tmp}/venv/bin/python"),
     # a command name PATH does not know: it was said as a file of that name in the working folder
     "interpreter no command": ({}, "{demo}", ["--python", "python3.99-ws"], {}, 3,
                                "cannot run the target Python python3.99-ws: no command of that name on PATH; pass "

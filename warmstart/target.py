@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,7 +107,13 @@ def target_executable(executable: str | Path | None) -> Path:
                                     "pass --python with a working interpreter (its path, or a command on PATH)")
         chosen = found or chosen
     # abspath, not resolve(): a virtualenv's python is a symlink to the base interpreter.
-    return Path(os.path.abspath(settings.user_path(chosen, f"--python (or {settings.PYTHON.name})")))
+    exe = Path(os.path.abspath(settings.user_path(chosen, f"--python (or {settings.PYTHON.name})")))
+    if exe.is_dir():  # a virtualenv's folder, given for its interpreter
+        inside = exe / "bin" / "python"
+        hint = f"give its interpreter, --python {shlex.quote(str(inside))}" if inside.exists() else \
+            "give an interpreter's path"
+        raise PreconditionUnmet(f"cannot run the target Python {exe}: it is a folder; {hint}")
+    return exe
 
 
 def real_prefix(executable: str | Path | None) -> Path:
