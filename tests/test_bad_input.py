@@ -228,6 +228,16 @@ def test_a_minor_version_is_supported_when_some_release_of_it_is(tmp_path):
     assert not loaded.supports("3.12.1") and loaded.supports("3.12.2")
 
 
+def test_lock_without_a_recipe_is_bad_input_naming_both_ways_on():
+    """It was exit 1, as a failed download is; every other task's missing --recipe is exit 2."""
+    result = run_cli("lock", env=cli_env())
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("warmstart: error: --recipe NAME is needed (see `") and "recipes` for the names" in line
+    assert line.endswith("lock --check` checks every recipe's locks)"), line
+
+
 def test_lock_for_an_unknown_platform_profile_names_the_flag_not_the_variable(demo):
     result = run_cli("lock", "--recipe", str(demo), "--platform-profile", "mars", env=cli_env())
 

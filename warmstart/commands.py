@@ -189,7 +189,8 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
 
     def compile_all() -> None:
         if not recipe:
-            raise WarmstartError("--recipe NAME is needed (or --check for all recipes)")
+            raise BadInput(f"--recipe NAME is needed (see `{command_line('recipes')}` for the names; "
+                           f"`{command_line('lock', '--check')}` checks every recipe's locks)")
         for version in python_version or ():  # it names the lock file (py312): a minor version only
             if not re.fullmatch(r"3\.[0-9]{1,2}", version):
                 raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
