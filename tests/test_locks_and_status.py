@@ -41,6 +41,20 @@ def test_lock_check_reports_a_stale_lock_after_an_in_edit(demo, env):
     assert f"run `invoke lock --recipe {demo} --python-version {minor}`" in result.stderr
 
 
+def test_lock_check_names_a_lock_for_a_python_the_recipe_no_longer_admits(demo, env):
+    """No VM uses it (bootstrap refuses that Python) and no relock mends it: it is to be removed."""
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', f'python = ">{minor}.99"'))
+
+    result = run_cli("lock", "--check", "--recipe", str(demo), env=env)
+
+    assert result.code == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert f"/demo-py{minor.replace('.', '')}-" in line, line
+    assert line.endswith(f".txt: for Python {minor}, which the recipe's python (>{minor}.99) does not admit: no VM "
+                         "uses it; remove it"), line
+
+
 def test_refreshing_an_image_from_the_same_freeze_changes_nothing_and_a_new_one_names_each_relock(tmp_path):
     """`invoke image` run again on the identical freeze keeps the image file byte for byte (its
     comments too), so no lock of it goes stale; a changed freeze makes the image's locks stale,

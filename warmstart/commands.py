@@ -172,18 +172,23 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     def check_all() -> None:
         by_name = drive_recipes()
         names = [recipe] if recipe else sorted(known_recipes(ROOT, by_name))
-        found, recipe_of = [], {}
+        found, recipe_of, unused = [], {}, []
         for name in names:
             loaded = load_recipe(name, ROOT, by_name)
             locks = locking.existing_locks(loaded)
-            found += [(path, target, problem) for path, target in locks.items()
+            # a lock for a Python the recipe no longer admits: no VM uses it, and no relock mends it
+            admitted = {path: loaded.supports(target.python_version) for path, target in locks.items()}
+            unused += [f"{path}: for Python {target.python_version}, which the recipe's python ({loaded.python}) "
+                       "does not admit: no VM uses it; remove it"
+                       for path, target in locks.items() if not admitted[path]]
+            found += [(path, target, problem) for path, target in locks.items() if admitted[path]
                       for problem in compiling.audit(loaded, path, target, ROOT)]
             recipe_of.update(dict.fromkeys(locks, loaded))
         # Each problem with the one command that makes that lock again.
         lines = [f"{path}: {problem}: run `{locking.relock_command(recipe_of[path], target, ROOT)}`"
                  for path, target, problem in found]
-        if found:
-            raise WarmstartError("; ".join(lines))
+        if lines or unused:
+            raise WarmstartError("; ".join(lines + unused))
         _print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 
