@@ -191,12 +191,13 @@ def test_invoke_image_without_its_required_flags_names_them():
 
 @pytest.mark.parametrize(("python", "flags", "said"), [
     (">=3.13", ["--python-version", "3.12"], ["the recipe needs Python >=3.13, not 3.12"]),
-    (">=3.13", ["--image", "colab-2026.07"], ["the recipe needs Python >=3.13, and the image colab-2026.07 has "
-                                              "Python 3.12.13"]),
+    (">=3.13", ["--image", "colab-2026.07"], ["no lock for the image colab-2026.07 (Python 3.12.13)",
+                                              "the recipe needs Python >=3.13: no image asked for has it, so no "
+                                              "lock is made"]),
     (">=3.14", ["--platform-profile", "colab"], ["no lock for the image colab-2026.04 (Python 3.12.13)",
                                                  "no lock for the image colab-2026.07 (Python 3.12.13)",
                                                  "no lock for the image colab-latest (Python 3.13.15)",
-                                                 "the recipe needs Python >=3.14, which none of these images has"]),
+                                                 "the recipe needs Python >=3.14: no image asked for has it"]),
     (">=3.8", ["--platform-profile", "colab", "--python-version", "3.11"], ["no image has Python 3.11 (colab-2026.04 "
                                                                            "3.12.13, colab-2026.07 3.12.13, "
                                                                            "colab-latest 3.13.15)"]),

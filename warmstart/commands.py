@@ -164,6 +164,9 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     from .locktext import given_as_file
     from .recipe import known_recipes, load_recipe
 
+    def say(line: str) -> None:
+        _print(f"warmstart: {line}", file=sys.stderr)
+
     def drive_recipes() -> Path | None:
         """Recipes named, not given as files, are found where bootstrap finds them (in Drive's
         recipe folder too); a file needs no look at Drive, which may not answer."""
@@ -172,23 +175,9 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     def check_all() -> None:
         by_name = drive_recipes()
         names = [recipe] if recipe else sorted(known_recipes(ROOT, by_name))
-        found, recipe_of, unused = [], {}, []
-        for name in names:
-            loaded = load_recipe(name, ROOT, by_name)
-            locks = locking.existing_locks(loaded)
-            # a lock for a Python the recipe no longer admits: no VM uses it, and no relock mends it
-            admitted = {path: loaded.supports(target.python_version) for path, target in locks.items()}
-            unused += [f"{path}: for Python {target.python_version}, which the recipe's python ({loaded.python}) "
-                       "does not admit: no VM uses it; remove it"
-                       for path, target in locks.items() if not admitted[path]]
-            found += [(path, target, problem) for path, target in locks.items() if admitted[path]
-                      for problem in compiling.audit(loaded, path, target, ROOT)]
-            recipe_of.update(dict.fromkeys(locks, loaded))
-        # Each problem with the one command that makes that lock again.
-        lines = [f"{path}: {problem}: run `{locking.relock_command(recipe_of[path], target, ROOT)}`"
-                 for path, target, problem in found]
-        if lines or unused:
-            raise WarmstartError("; ".join(lines + unused))
+        lines = [line for name in names for line in compiling.check(load_recipe(name, ROOT, by_name), ROOT)]
+        if lines:
+            raise WarmstartError("; ".join(lines))
         _print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 
@@ -203,36 +192,13 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
-        on = platform or current.platform
-        needs = f"{loaded.path}: the recipe needs Python {loaded.python}"
-        if image or platform_profile:
-            published = ([image_named(image, ROOT / "envs")] if image else
-                         list(select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile")
-                              .images().values()))
-            images = [i for i in published if not python_version or i.python_minor in python_version]
-            if not images:
-                pythons = ", ".join(sorted({f"{i.name} {i.python}" for i in published}))
-                raise BadInput(f"no image has Python {' or '.join(python_version)} ({pythons}): leave "
-                               "--python-version out, or lock for it without --image and --platform-profile")
-            # a lock no VM would use (bootstrap refuses a Python the recipe does not support)
-            for outside in [i for i in images if not loaded.supports(i.python)]:
-                if image:
-                    raise BadInput(f"{needs}, and the image {outside.name} has Python {outside.python}")
-                _print(f"warmstart: no lock for the image {outside.name} (Python {outside.python}): {needs}",
-                       file=sys.stderr)
-            targets = [locking.LockTarget(i.python_minor, on, i.name) for i in images if loaded.supports(i.python)]
-            if not targets:
-                raise BadInput(f"{needs}, which none of these images has")
-        else:
-            versions = python_version or [current.python_version]
-            if unsupported := [v for v in versions if not loaded.supports(v)]:
-                given = "" if python_version else " (this interpreter's; pass --python-version for another)"
-                raise BadInput(f"{needs}, not {unsupported[0]}{given}")
-            targets = [locking.LockTarget(version, on) for version in versions]
-        for target in targets:
+        images = ([image_named(image, ROOT / "envs")] if image else
+                  list(select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile").images().values())
+                  if platform_profile else None)
+        for target in compiling.lock_targets(loaded, platform or current.platform, python_version or [],
+                                             current.python_version, images, say):
             path = compiling.compile_lock(loaded, target, upgrade=upgrade,
-                                        upgrade_packages=tuple(upgrade_package or ()),
-                                        say=lambda m: _print(f"warmstart: {m}", file=sys.stderr), root=ROOT)
+                                        upgrade_packages=tuple(upgrade_package or ()), say=say, root=ROOT)
             _print(f"warmstart: wrote {path} ({counted(len(locking.parse_lock(path).pins), 'pin')})")
 
     _exit(run_plain(check_all if check else compile_all))

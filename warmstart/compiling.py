@@ -1,7 +1,8 @@
 """Compiling locks (`invoke lock`): resolving a recipe for a target with pip-tools (this
 interpreter) or uv (any other), holding a platform image's versions, and reading the CUDA
-libraries of the wheels from their ELF files; `audit` judges a lock as `invoke lock --check`
-does. None of this runs in a bootstrap, which only reads locks (warmstart.lock).
+libraries of the wheels from their ELF files; `lock_targets`, which locks a recipe gets;
+`audit` and `check`, which judge them as `invoke lock --check` does. None of this runs in a
+bootstrap, which only reads locks (warmstart.lock).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,12 +26,14 @@ from .lock import (
     UV_PLATFORMS,
     WHEELS_MARK,
     LockTarget,
+    existing_locks,
     image_notes,
     inputs_digest,
     lock_path,
     needs,
     parse_lock,
     parse_pins,
+    relock_command,
     render,
     target_image,
 )
@@ -202,3 +205,45 @@ def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_R
                 "so snapshots of it cannot be checked"]
     return cudalibs.problems(recipe, target, installs, lock.wheels,
                              cudalibs.platforms_for(target, image, root))
+
+
+def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_python: str,
+                 images: Sequence[Image] | None, say: Callable[[str], None]) -> list[LockTarget]:
+    """The locks `invoke lock` makes for `recipe`: one per image given (`images`: the one
+    --image, or a --platform-profile's; those of `versions` only, when any), else one per Python
+    version (`this_python` when none), none for a Python the recipe does not admit, since a
+    bootstrap refuses that Python and no VM would use the lock. An image left out is said; a
+    version given that the recipe does not admit, or nothing left to lock, is BadInput."""
+    needs = f"{recipe.path}: the recipe needs Python {recipe.python}"
+    if images is None:
+        unsupported = [v for v in versions or [this_python] if not recipe.supports(v)]
+        if unsupported:
+            given = "" if versions else " (this interpreter's; pass --python-version for another)"
+            raise BadInput(f"{needs}, not {unsupported[0]}{given}")
+        return [LockTarget(version, platform) for version in versions or [this_python]]
+    chosen = [i for i in images if not versions or i.python_minor in versions]
+    if not chosen:
+        pythons = ", ".join(sorted({f"{i.name} {i.python}" for i in images}))
+        raise BadInput(f"no image has Python {' or '.join(versions)} ({pythons}): leave --python-version out, "
+                       "or lock for it without --image and --platform-profile")
+    for outside in [i for i in chosen if not recipe.supports(i.python)]:
+        say(f"no lock for the image {outside.name} (Python {outside.python}): {needs}")
+    targets = [LockTarget(i.python_minor, platform, i.name) for i in chosen if recipe.supports(i.python)]
+    if not targets:
+        raise BadInput(f"{needs}: no image asked for has it, so no lock is made")
+    return targets
+
+
+def check(recipe: Recipe, root: Path = PROJECT_ROOT) -> list[str]:
+    """`invoke lock --check`'s lines for one recipe: each lock that is stale or whose platform
+    cannot load its wheels, with the command that makes it again; each lock for a Python the
+    recipe no longer admits, to be removed (no VM uses it, and no relock mends it)."""
+    lines = []
+    for path, target in existing_locks(recipe).items():
+        if not recipe.supports(target.python_version):
+            lines.append(f"{path}: for Python {target.python_version}, which the recipe's python ({recipe.python}) "
+                         "does not admit: no VM uses it; remove it")
+            continue
+        lines += [f"{path}: {problem}: run `{relock_command(recipe, target, root)}`"
+                  for problem in audit(recipe, path, target, root)]
+    return lines
