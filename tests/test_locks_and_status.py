@@ -233,13 +233,23 @@ def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env,
     assert "requirements.in" in listed.stderr
 
 
-def test_a_recipe_name_in_two_folders_is_an_error_naming_both(tmp_path, env):
-    mine = tmp_path / "mine"
-    mine.mkdir()
+def test_a_recipe_name_in_two_folders_is_an_error_naming_both_for_that_name_alone(locked_demo, tmp_path, env):
+    """A teammate's copy of a shipped recipe in the shared Drive folder: that name is ambiguous,
+    and said so wherever it is asked for; every other recipe runs, and is listed, as before."""
+    drive = tmp_path / "drive"
+    mine = drive / ".warmstart" / "recipes"
+    shutil.copytree(locked_demo / "recipes", mine)
+    shutil.copytree(locked_demo / "requirements", drive / ".warmstart" / "requirements")
     shutil.copy(REPO / "recipes" / "hyperlpr.toml", mine / "hyperlpr.toml")
+    twice = f"recipe 'hyperlpr' is defined twice: {REPO / 'recipes' / 'hyperlpr.toml'} and {mine / 'hyperlpr.toml'}"
 
-    result = run_cli("recipes", env=env | {"WARMSTART_RECIPES": str(mine)})
+    listed = run_cli("recipes", "--drive", str(drive), env=env)
+    asked = run_cli("status", "--recipe", "hyperlpr", "--drive", str(drive), env=env)
+    other = run_cli("bootstrap", "--recipe", "demo", "--drive", str(drive),
+                    "--python", str(make_venv(tmp_path / "v")), env=env)
 
-    assert result.code == 2
-    assert str(REPO / "recipes" / "hyperlpr.toml") in result.stderr
-    assert str(mine / "hyperlpr.toml") in result.stderr
+    assert listed.code == 2 and listed.stderr.strip() == f"warmstart: error: {twice}; rename or remove one of them"
+    assert listed.stdout.count("hyperlpr         defined twice (see below)") == 2
+    assert all(name in listed.stdout for name in ("demo ", "hyperlpr-train ", "warmstart "))
+    assert asked.code == 2 and twice in asked.stderr
+    assert other.code == 0, other.stderr

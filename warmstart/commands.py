@@ -162,7 +162,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     from .cli import run_plain
     from .images import image_named
     from .locktext import given_as_file
-    from .recipe import known_recipes, load_recipe
+    from .recipe import load_recipe, recipe_files
 
     def say(line: str) -> None:
         _print(f"warmstart: {line}", file=sys.stderr)
@@ -174,11 +174,13 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
 
     def check_all() -> None:
         by_name = drive_recipes()
-        names = [recipe] if recipe else sorted(known_recipes(ROOT, by_name))
-        lines = [line for name in names for line in compiling.check(load_recipe(name, ROOT, by_name), ROOT)]
+        found = {recipe: [recipe]} if recipe else recipe_files(ROOT, by_name)
+        # each file of a name defined twice too (a copy of a shipped recipe on Drive): its locks are its own
+        lines = [line for _name, files in sorted(found.items()) for file in files
+                 for line in compiling.check(load_recipe(str(file), ROOT, by_name), ROOT)]
         if lines:
             raise WarmstartError("; ".join(lines))
-        _print(f"warmstart: every lock of {', '.join(names)} matches its inputs, and its platforms "
+        _print(f"warmstart: every lock of {', '.join(sorted(found))} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 
     def compile_all() -> None:
@@ -235,13 +237,18 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
 def recipes(c, drive=None):
     """List the known recipes: the project's and those in the Drive recipe folder."""
     from .cli import run_plain
-    from .recipe import known_recipes, load_recipe
+    from .recipe import defined_twice, load_recipe, recipe_files
 
     def show() -> None:
         broken = []  # one recipe that cannot be read (a teammate's, on Drive) hides none of the others
-        for name, path in sorted(known_recipes(ROOT, _drive(drive)).items()):
+        for name, paths in sorted(recipe_files(ROOT, _drive(drive)).items()):
+            if len(paths) > 1:
+                broken.append(str(defined_twice(name, paths)))
+                for path in paths:
+                    _print(f"{name:<16} defined twice (see below)  ({path})")
+                continue
             try:
-                loaded = load_recipe(str(path), ROOT)
+                loaded = load_recipe(str(path := paths[0]), ROOT)
             except BadInput as exc:
                 broken.append(str(exc))
                 _print(f"{name:<16} cannot be read (see below)  ({path})")

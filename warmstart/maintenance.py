@@ -9,7 +9,7 @@ from pathlib import Path, PurePath
 
 from . import livelock
 from .lock import existing_locks, parse_lock
-from .recipe import known_recipes, load_recipe
+from .recipe import load_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
 from .transfer import sha256_of
 from .wheels import parse
@@ -43,8 +43,9 @@ def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
     wheel_refs: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     asset_refs: dict[str, set[str]] = defaultdict(set)
     lock_refs: dict[str, set[str]] = defaultdict(set)
-    known = known_recipes(root, drive)
-    for name, path in known.items():
+    known = recipe_files(root, drive)
+    # a name defined twice (a copy on Drive of a shipped recipe): what either file names is owned
+    for name, path in [(name, path) for name, paths in known.items() for path in paths]:
         recipe = load_recipe(str(path), root)
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)

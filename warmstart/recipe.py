@@ -158,16 +158,27 @@ def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.
 FOLDER_MOST = 10_000
 
 
-def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
-    """Recipe name -> file, over every recipe folder; one name in two files is an error."""
-    found: dict[str, Path] = {}
+def recipe_files(root: Path, drive: Path | None) -> dict[str, list[Path]]:
+    """Recipe name -> its files, over every recipe folder, in their order: more than one where
+    a name is defined twice (a copy of a shipped recipe in the Drive's folder, say)."""
+    found: dict[str, list[Path]] = {}
     for folder in recipe_dirs(root, drive):
         for path in _recipe_files(folder):
-            if path.stem in found:
-                raise BadInput(f"recipe '{path.stem}' is defined twice: {found[path.stem]} and {path}; "
-                               "rename or remove one of them")
-            found[path.stem] = path
+            found.setdefault(path.stem, []).append(path)
     return found
+
+
+def defined_twice(name: str, files: list[Path]) -> BadInput:
+    return BadInput(f"recipe '{name}' is defined twice: {files[0]} and {files[1]}; rename or remove one of them")
+
+
+def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
+    """Recipe name -> file, over every recipe folder; one name in two files is an error."""
+    found = recipe_files(root, drive)
+    for name, files in found.items():
+        if len(files) > 1:
+            raise defined_twice(name, files)
+    return {name: files[0] for name, files in found.items()}
 
 
 def _recipe_files(folder: Path) -> list[Path]:
@@ -197,11 +208,16 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
     if given_as_file(name_or_path):
         path = user_path(name_or_path, "--recipe").resolve()
         if not path.exists() and (stem := Path(name_or_path).name.removesuffix(".toml")) in (
-                known := known_recipes(root, drive)):
-            raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {known[stem]}: "
+                files := recipe_files(root, drive)):
+            raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {files[stem][0]}: "
                            f"--recipe {stem} finds it")
         return path
-    known = known_recipes(root, drive)
+    # Only the name asked for must be defined once: a teammate's copy of another recipe on a
+    # shared Drive stops no one else's run.
+    files = recipe_files(root, drive)
+    if len(files.get(name_or_path, ())) > 1:
+        raise defined_twice(name_or_path, files[name_or_path])
+    known = {name: paths[0] for name, paths in files.items()}
     if name_or_path not in known:
         by_case = {name.lower(): name for name in known}  # HyperLPR: the workdir's name, not the recipe's
         close = difflib.get_close_matches(name_or_path.lower(), list(by_case), n=1)
