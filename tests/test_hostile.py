@@ -151,6 +151,32 @@ def test_a_failed_check_is_run_again_until_it_passes(demo, drive, tmp_path, inde
     assert quiet.code == 0 and "checks" not in quiet.stderr.split("nothing to do", 1)[1]
 
 
+def test_a_check_added_or_changed_runs_on_the_next_run_that_installs_nothing(demo, drive, tmp_path, index):
+    """A check that has not passed here as it is now (added to the recipe, its script edited, or
+    never run: --packages-only skips checks) runs once on a no-op run; one that passed as it is
+    does not run again. Before, a no-op ran only the checks that had failed."""
+    script = tmp_path / "check.py"
+    script.write_text("print('first')\n")
+    python = make_venv(tmp_path / "env")
+    args = ("--recipe", str(demo), "--drive", str(drive), "--python", str(python))
+    env = cli_env(index.url)
+    assert run_cli("bootstrap", *args, "--packages-only", env=env).code == 0  # installs; runs no check
+    demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "mine"\nscript = "{script}"\n')
+
+    due = run_cli("status", *args, "--json", env=env)
+    added = run_cli("bootstrap", *args, env=env)
+    quiet = run_cli("bootstrap", *args, env=env)
+    script.write_text("print('second')\n")
+    edited = run_cli("bootstrap", *args, env=env)
+
+    assert due.code == 1 and due.report["checks_due"] == ["mine"] and due.report["checks_failed"] == []
+    assert due.report["action"] == "run the checks not yet passed here"
+    assert added.code == 0 and "checks not yet passed here as they are (mine): running them" in added.stderr
+    assert "check mine: passed  first" in added.stderr
+    assert quiet.code == 0 and "check mine" not in quiet.stderr
+    assert edited.code == 0 and "check mine: passed  second" in edited.stderr
+
+
 def test_one_lock_per_real_environment_in_a_folder_only_its_user_can_write(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     python = make_venv(tmp_path / "env")

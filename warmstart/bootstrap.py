@@ -305,10 +305,16 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     try:
         if plan.nothing_to_do:
             run.outcome.installed = plan.installed_now()
-            failed = checks.failed_before(prefix, plan.facts.recipe.name)
-            if failed and plan.facts.recipe.checks and not options.packages_only:
-                report.say(f"checks failed here last time ({', '.join(failed)}): running them again")
-                run.run_checks()
+            recipe = plan.facts.recipe
+            unchecked = checks.due(prefix, recipe.name, recipe.checks)
+            if unchecked and not options.packages_only:
+                failed = set(checks.failed_before(prefix, recipe.name))
+                again = [c.name for c in unchecked if c.name in failed]
+                new = [c.name for c in unchecked if c.name not in failed]  # added, changed, or never run here
+                said = [f"failed here last time ({', '.join(again)})"] if again else []
+                said += [f"not yet passed here as they are ({', '.join(new)})"] if new else []
+                report.say(f"checks {', '.join(said)}: running them")
+                run.run_checks(unchecked)
         else:
             installed_wheels = (plan.to_install or plan.to_download) and run.install()
             run.verify()

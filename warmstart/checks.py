@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -126,27 +127,60 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
     return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
 
 
+def _records(prefix: Path) -> dict[str, dict[str, Any]]:
+    """Per recipe, the checks that failed in this environment and have not passed since
+    ("failed": names), and those that passed, as they were then ("passed": name -> fingerprint).
+    A record of before 6 December holds the failed names alone."""
+    try:
+        known = json.loads(state_file("checks", prefix).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(known, dict):
+        return {}
+    return {str(recipe): ({"failed": record} if isinstance(record, list) else record)
+            for recipe, record in known.items() if isinstance(record, (list, dict))}
+
+
 def failed_before(prefix: Path, recipe: str) -> list[str]:
     """The checks of `recipe` that failed in this environment and have not passed since."""
-    try:
-        return list(json.loads(state_file("checks", prefix).read_text()).get(recipe, []))
-    except (OSError, ValueError, AttributeError):
-        return []
+    return [str(name) for name in _records(prefix).get(recipe, {}).get("failed", [])]
 
 
-def remember(prefix: Path, recipe: str, failed: list[str]) -> None:
-    """Record the failed checks (none: forget them), so a later run that installs nothing runs
-    them again instead of saying all is well."""
-    path = state_file("checks", prefix)
+def fingerprint(check: Check) -> str:
+    """A check as it is now: what it runs (a script's own bytes too), its name and timeout. One
+    changed since it passed is not known to pass."""
+    what = [check.name, check.python, check.run, str(check.script), check.timeout]
+    digest = hashlib.sha256(json.dumps(what).encode())
+    if check.script is not None:
+        try:
+            digest.update(check.script.read_bytes())
+        except OSError:
+            digest.update(b"\0unreadable")  # it fails when it runs, and says why
+    return digest.hexdigest()
+
+
+def due(prefix: Path, recipe: str, checks: tuple[Check, ...]) -> list[Check]:
+    """The checks a run that installs nothing runs: those that have not passed in this
+    environment as they are now (that failed last time, were added or changed since, or never
+    ran here: a `--packages-only` run skips them)."""
+    passed = _records(prefix).get(recipe, {}).get("passed", {})
+    return [check for check in checks if not isinstance(passed, dict) or passed.get(check.name) != fingerprint(check)]
+
+
+def remember(prefix: Path, recipe: str, checks: tuple[Check, ...], results: list[CheckResult]) -> None:
+    """Record how each check run went, so that a later run that installs nothing runs the failed
+    ones again instead of saying all is well, and skips those that passed as they are."""
+    records = _records(prefix)
+    passed = {name: mark for name, mark in dict(records.get(recipe, {}).get("passed", {})).items()
+              if name in {check.name for check in checks}}  # a check the recipe dropped is forgotten
+    by_name = {check.name: check for check in checks}
+    for result in results:
+        if result.ok:
+            passed[result.name] = fingerprint(by_name[result.name])
+        else:
+            passed.pop(result.name, None)
+    records[recipe] = {"failed": [r.name for r in results if not r.ok], "passed": passed}
     try:
-        known = dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        known = {}
-    if failed:
-        known[recipe] = failed
-    else:
-        known.pop(recipe, None)
-    try:
-        atomic_write_text(path, json.dumps(known))
+        atomic_write_text(state_file("checks", prefix), json.dumps(records))
     except OSError:
-        pass  # without the record the next no-op run skips the checks, as before
+        pass  # without the record the next no-op run runs the checks again

@@ -23,6 +23,7 @@ from .invocation import in_cell, in_notebook
 from .lock import Pin, needs
 from .outcome import Outcome
 from .plan import Plan, offline_without_drive
+from .recipe import Check
 from .report import Report
 from .tiered import TieredStore
 
@@ -336,15 +337,17 @@ class Executor:
             step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
         self.warn(self.store.warnings)
 
-    def run_checks(self) -> None:
+    def run_checks(self, only: list[Check] | None = None) -> None:
+        """The recipe's checks (`only` these, where given: a run that installs nothing)."""
         plan = self.plan
+        recipe = plan.facts.recipe
         with self.report.step("checks") as step:
-            results = self.outcome.checks = checks.run_checks(plan.facts.recipe.checks, plan.facts.target.executable,
-                                                              plan.workdir)
+            results = self.outcome.checks = checks.run_checks(tuple(recipe.checks if only is None else only),
+                                                              plan.facts.target.executable, plan.workdir)
             for result in results:
                 self.report.say(f"check {result.name}: {'passed' if result.ok else 'FAILED'}  {result.summary}")
             failed = [r.name for r in results if not r.ok]
-            checks.remember(plan.facts.target.prefix, plan.facts.recipe.name, failed)
+            checks.remember(plan.facts.target.prefix, recipe.name, recipe.checks, results)
             step.detail = f"{len(results) - len(failed)} of {len(results)} passed"
             if failed:
                 raise WarmstartError(f"{plan.facts.recipe.path}: checks failed: {', '.join(failed)} "

@@ -119,16 +119,20 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
         "restart_needed": sorted(restart.pending(facts.target.prefix)),
         "checks_failed": checks.failed_before(facts.target.prefix, facts.recipe.name),
+        # the checks a bootstrap that installs nothing runs: those not passed here as they are now
+        "checks_due": [] if options.packages_only else
+        [c.name for c in checks.due(facts.target.prefix, facts.recipe.name, facts.recipe.checks)],
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
         "drive_writes": writes.describe() if writes else None,
     }
-    if found["checks_failed"] and found["action"] == "no-op":
-        found["action"] = "run the checks that failed last time again"
+    if found["checks_due"] and found["action"] == "no-op":
+        found["action"] = ("run the checks that failed last time again" if set(found["checks_due"]) <= set(
+            found["checks_failed"]) else "run the checks not yet passed here")
     if facts.verdict.problems:  # looked past above; a bootstrap without the flag stops there
         flag = "--allow-no-gpu" if facts.verdict.missing else "--allow-unfit-gpu"
         found["action"] = f"stop at the GPU check (with {flag}: {found['action']})"
     found["matches"] = not (found["missing"] or found["different"] or found["broken"]
-                            or plan.assets_to_place or plan.patches_pending or found["checks_failed"])
+                            or plan.assets_to_place or plan.patches_pending or found["checks_due"])
     found["safe_to_shut_down"] = found["drive_writes"] is None  # a wiped VM then finds it all on Drive
     found["complete"] = found["matches"] and found["safe_to_shut_down"]  # the exit code: 0 when both
     report.status = found
@@ -176,6 +180,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     lines += [f"asset     {name}: {state}" for name, state in cache["assets"].items()]
     if facts["checks_failed"]:
         lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")
+    if new := [name for name in facts["checks_due"] if name not in facts["checks_failed"]]:
+        lines.append(f"checks    not yet passed here as they are: {', '.join(new)} (bootstrap runs them)")
     lines.append(f"drive     {facts['drive_writes']}" if facts["drive_writes"]
                  else "drive     nothing left to write to Drive: safe to shut down")
     if facts["restart_needed"]:
