@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import read_bytes
 from .errors import redact
 from .home import log_file, state_file
 from .recipe import Check
@@ -152,9 +153,9 @@ def fingerprint(check: Check) -> str:
     what = [check.name, check.python, check.run, str(check.script), check.timeout]
     digest = hashlib.sha256(json.dumps(what).encode())
     if check.script is not None:
-        try:
-            digest.update(check.script.read_bytes())
-        except OSError:
+        try:  # read ahead with the recipe from a checkout on Drive (config.reading_ahead)
+            digest.update(read_bytes(check.script))
+        except (OSError, ValueError):
             digest.update(b"\0unreadable")  # it fails when it runs, and says why
     return digest.hexdigest()
 

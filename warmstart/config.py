@@ -152,8 +152,8 @@ def read_bytes(path: Path) -> bytes:
 def reading_ahead(root: Path, recipe: str | None) -> Iterator[None]:
     """A run for `recipe` from the project `root`: when that is a checkout on Drive, the data
     files the run may read are read at once as it begins (read_ahead), and dropped as it ends: the
-    platform profiles and images, the recipe's file, requirements, patches and locks (for every
-    Python: the target's is not known yet) and the probe's text. A recipe given as a path is read
+    platform profiles and images, the recipe's file, requirements, patches, check scripts and locks
+    (for every Python: the target's is not known yet) and the probe's text. A recipe given as a path is read
     when it is needed."""
     if not ON_DRIVE:
         yield
@@ -161,7 +161,8 @@ def reading_ahead(root: Path, recipe: str | None) -> Iterator[None]:
     files, patterns = ["warmstart/distinfo.py"], ["envs/*.toml", "envs/images/*"]
     if recipe and re.fullmatch(r"[\w.-]+", recipe) and not recipe.endswith(".toml"):  # no glob character
         files += [f"recipes/{recipe}.toml", f"requirements/{recipe}.in"]
-        patterns += [f"requirements/{recipe}-py*.txt", f"requirements/*/{recipe}-py*.txt", "recipes/patches/*"]
+        patterns += [f"requirements/{recipe}-py*.txt", f"requirements/*/{recipe}-py*.txt", "recipes/patches/*",
+                     "recipes/checks/*"]  # a no-op run fingerprints the check scripts (checks.due)
     read_ahead(root, files, patterns)
     try:
         yield
