@@ -22,7 +22,7 @@ from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from warmstart import PROJECT_ROOT, commands, snapshot, wheels
+from warmstart import PROJECT_ROOT, checks, commands, snapshot, wheels
 from warmstart import status as status_module
 from warmstart.background import ChildRead
 from warmstart.console import counted
@@ -35,7 +35,7 @@ from warmstart.maintenance import Entry, prunable
 from warmstart.pipconfig import DEFAULT_INDEX, IndexSettings, pip_env, uv_env
 from warmstart.plan import Facts, installing_of, make_plan
 from warmstart.profiles import load_profile
-from warmstart.recipe import Asset, GpuNeeds, Recipe
+from warmstart.recipe import Asset, Check, GpuNeeds, Recipe
 from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
@@ -215,6 +215,24 @@ def test_status_names_what_was_added_and_counts_the_image_s_own():
     assert status_module._extra(many, None) == ", ".join(many[:20]) + " and 5 more"
     assert status_module._extra(["a", "b", "c"], ["b"]) == "b besides the image's 2"
     assert status_module._extra(["a", "b"], []) == "none besides the image's 2"
+
+
+@pytest.mark.parametrize("held", [{"a": ["a"]}, {"a": {"failed": 3, "passed": [1]}}, {"a": "x"}, [1, 2], "text"],
+                         ids=["before-6-december", "wrong-types", "not-a-record", "a-list", "a-string"])
+def test_a_checks_record_of_any_shape_reads_as_what_it_can_say(tmp_path, monkeypatch, held):
+    """warmstart's own file, read as any file: what it cannot say counts as nothing passed."""
+    from warmstart.home import state_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = state_file("checks", tmp_path / "env")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(held))
+    both = (Check("a", python="pass"), Check("b", run="true"))
+
+    assert checks.failed_before(tmp_path / "env", "a") == (["a"] if held == {"a": ["a"]} else [])
+    assert checks.due(tmp_path / "env", "a", both) == list(both)
+    checks.remember(tmp_path / "env", "a", both, [checks.CheckResult("a", True, "", 0.1)])
+    assert checks.due(tmp_path / "env", "a", both) == [both[1]]
 
 
 def test_a_report_line_counts_one_in_the_singular():

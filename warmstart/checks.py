@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .config import read_bytes
 from .errors import redact
@@ -128,23 +128,31 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
     return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
 
 
-def _records(prefix: Path) -> dict[str, dict[str, Any]]:
-    """Per recipe, the checks that failed in this environment and have not passed since
-    ("failed": names), and those that passed, as they were then ("passed": name -> fingerprint).
-    A record of before 6 December holds the failed names alone."""
+class _Record(TypedDict):
+    failed: list[str]  # the checks that failed in this environment and have not passed since
+    passed: dict[str, str]  # those that passed, as they were then: name -> fingerprint
+
+
+def _records(prefix: Path) -> dict[str, _Record]:
+    """The environment's record, per recipe; one of before 6 December holds the failed names
+    alone, and whatever else is there (warmstart's own file, but read as any file) counts as none."""
     try:
         known = json.loads(state_file("checks", prefix).read_text())
     except (OSError, ValueError):
         return {}
-    if not isinstance(known, dict):
-        return {}
-    return {str(recipe): ({"failed": record} if isinstance(record, list) else record)
-            for recipe, record in known.items() if isinstance(record, (list, dict))}
+    records: dict[str, _Record] = {}
+    for recipe, record in (known.items() if isinstance(known, dict) else ()):
+        failed, passed = (record, {}) if isinstance(record, list) else (
+            (record.get("failed"), record.get("passed")) if isinstance(record, dict) else ([], {}))
+        records[str(recipe)] = {
+            "failed": [str(name) for name in failed] if isinstance(failed, list) else [],
+            "passed": {str(k): str(v) for k, v in passed.items()} if isinstance(passed, dict) else {}}
+    return records
 
 
 def failed_before(prefix: Path, recipe: str) -> list[str]:
     """The checks of `recipe` that failed in this environment and have not passed since."""
-    return [str(name) for name in _records(prefix).get(recipe, {}).get("failed", [])]
+    return record["failed"] if (record := _records(prefix).get(recipe)) else []
 
 
 def fingerprint(check: Check) -> str:
@@ -164,17 +172,17 @@ def due(prefix: Path, recipe: str, checks: tuple[Check, ...]) -> list[Check]:
     """The checks a run that installs nothing runs: those that have not passed in this
     environment as they are now (that failed last time, were added or changed since, or never
     ran here: a `--packages-only` run skips them)."""
-    passed = _records(prefix).get(recipe, {}).get("passed", {})
-    return [check for check in checks if not isinstance(passed, dict) or passed.get(check.name) != fingerprint(check)]
+    passed = record["passed"] if (record := _records(prefix).get(recipe)) else {}
+    return [check for check in checks if passed.get(check.name) != fingerprint(check)]
 
 
 def remember(prefix: Path, recipe: str, checks: tuple[Check, ...], results: list[CheckResult]) -> None:
     """Record how each check run went, so that a later run that installs nothing runs the failed
     ones again instead of saying all is well, and skips those that passed as they are."""
     records = _records(prefix)
-    passed = {name: mark for name, mark in dict(records.get(recipe, {}).get("passed", {})).items()
-              if name in {check.name for check in checks}}  # a check the recipe dropped is forgotten
     by_name = {check.name: check for check in checks}
+    before = records[recipe]["passed"] if recipe in records else {}
+    passed = {name: mark for name, mark in before.items() if name in by_name}  # a dropped check is forgotten
     for result in results:
         if result.ok:
             passed[result.name] = fingerprint(by_name[result.name])
