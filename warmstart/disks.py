@@ -29,7 +29,8 @@ def not_writable(drive: Path) -> str | None:
             continue
         owner, quoted = info.st_uid, shlex.quote(str(folder))
         if owner == os.getuid():  # the user's own, without the user's write permission
-            from .invocation import in_cell, in_notebook  # (they import this module) only a message needs them
+            # only a message needs them (they import this module, through settings)
+            from .invocation import in_cell, in_notebook
 
             chmod = in_cell(["chmod", "u+w", str(folder)], in_notebook())
             return (f"the Drive folder {folder} is this user's, but its mode ({stat.S_IMODE(info.st_mode):o}) does "
