@@ -218,8 +218,9 @@ def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_py
     if images is None:
         unsupported = [v for v in versions or [this_python] if not recipe.supports(v)]
         if unsupported:
-            given = "" if versions else " (this interpreter's; pass --python-version for another)"
-            raise BadInput(f"{needs}, not {unsupported[0]}{given}")
+            given = ("; pass a --python-version it admits" if versions
+                     else " (this interpreter's); pass --python-version with one it admits")
+            raise BadInput(f"{needs}, not {unsupported[0]}{given}, or change its python")
         return [LockTarget(version, platform) for version in versions or [this_python]]
     chosen = [i for i in images if not versions or i.python_minor in versions]
     if not chosen:
@@ -230,7 +231,8 @@ def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_py
         say(f"no lock for the image {outside.name} (Python {outside.python}): {needs}")
     targets = [LockTarget(i.python_minor, platform, i.name) for i in chosen if recipe.supports(i.python)]
     if not targets:
-        raise BadInput(f"{needs}: no image asked for has it, so no lock is made")
+        raise BadInput(f"{needs}: no image asked for has it, so no lock is made; lock without --image and "
+                       "--platform-profile for a bare lock, or change its python")
     return targets
 
 
