@@ -267,6 +267,25 @@ def test_a_team_cache_url_without_a_bucket_is_bad_input_naming_where_it_came_fro
     assert "secret" not in result.stderr and list(drive.iterdir()) == []
 
 
+@pytest.mark.parametrize(("command", "given", "named"), [
+    (["bootstrap", "--cache", "memory://team"], {}, "--cache"),
+    (["status"], {"WARMSTART_CACHE": "memory://team"}, "WARMSTART_CACHE"),
+    (["cache", "--cache", "memory://"], {}, "--cache"),
+])
+def test_a_team_cache_in_memory_is_bad_input_as_nothing_would_outlive_the_run(
+        demo, drive, tmp_path, command, given, named):
+    """fsspec's memory:// was taken as any other store: the Drive worker's writes to the team
+    cache went into that worker's own memory and were lost as it ended, and no run ever read them."""
+    recipe = ["--recipe", str(demo), "--drive", str(drive)] if command[0] != "cache" else ["--drive", str(drive)]
+    result = run_cli(*command, *recipe, env=cli_env() | given)
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line == (f"warmstart: error: {named} memory://... is held in one process's memory and gone when it "
+                    "ends: give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
+    assert list(drive.iterdir()) == []
+
+
 @pytest.mark.parametrize("given", [{}, {"WARMSTART_CACHE_READ_ONLY": "1"}])
 def test_cache_read_only_without_a_team_cache_is_bad_input_before_anything_changes(demo, drive, tmp_path, index,
                                                                                    given):

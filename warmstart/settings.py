@@ -264,12 +264,16 @@ OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The team cache: --cache, else WARMSTART_CACHE; None for none. BadInput for an object
-    store's URL that names no bucket (`s3://`, `s3:///team`)."""
+    store's URL that names no bucket (`s3://`, `s3:///team`), and for fsspec's in-memory store,
+    which lives in one process (the Drive worker's writes to it would be lost as it ends)."""
     location = given(option, "--cache") or CACHE.get(environ)
     scheme, _, rest = (location or "").partition("://")
+    given_as = "--cache" if option else CACHE.name
     if scheme in OBJECT_STORES and not rest.split("/", 1)[0].rpartition("@")[2]:
-        given_as = "--cache" if option else CACHE.name
         raise BadInput(f"{given_as} {scheme}://... names no bucket: give it as {scheme}://BUCKET/PREFIX")
+    if scheme == "memory":
+        raise BadInput(f"{given_as} memory://... is held in one process's memory and gone when it ends: "
+                       "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     return location
 
 
