@@ -80,6 +80,34 @@ def test_the_lock_is_found_beside_the_in_file_the_recipe_names(tmp_path):
     assert headstart.locked_lines(str(recipe), REPO, "py312", sha256, wanted) is None  # left to the bootstrap
 
 
+def test_a_recipe_on_drive_named_by_name_has_its_lock_found_where_the_bootstrap_finds_it(tmp_path, monkeypatch):
+    """A recipe in the Drive's recipe folder, given by name (`warmstart.sh myproj`): its lock was
+    looked for in the checkout's requirements/ alone, so warmstart.sh never began uv for it and its
+    race with the index began only with the bootstrap. It is looked for as the bootstrap looks:
+    the checkout's recipes/, then WARMSTART_RECIPES, else the Drive's recipe folder."""
+    lock = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
+    text = lock.read_text()
+    wanted = [f"{p.name}=={p.version}" for p in parse_lock(lock).pins if p.name in ("hyperlpr3", "loguru")]
+    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    lines = locktext.requirement_lines(text, wanted)
+    assert lines and len(lines) == 2
+    drive = tmp_path / "drive"
+    ours = drive / ".warmstart"
+    (ours / "recipes").mkdir(parents=True)
+    (ours / "recipes" / "myproj.toml").write_text('name = "myproj"\n[requirements]\nin = "requirements/myproj.in"\n')
+    (ours / "requirements" / "colab-2026.07").mkdir(parents=True)
+    (ours / "requirements" / "colab-2026.07" / "myproj-py312-manylinux_x86_64.txt").write_text(text)
+    monkeypatch.delenv("WARMSTART_RECIPES", raising=False)
+
+    assert headstart.locked_lines("myproj", REPO, "py312", sha256, wanted, drive) == lines
+    assert headstart.locked_lines("myproj", REPO, "py312", sha256, wanted) is None  # no Drive: not found
+    assert headstart.locked_lines("myproj", REPO, "py313", sha256, wanted, drive) is None  # another Python's
+    monkeypatch.setenv("WARMSTART_RECIPES", str(tmp_path / "elsewhere"))
+    assert headstart.locked_lines("myproj", REPO, "py312", sha256, wanted, drive) is None  # not the folder used
+    monkeypatch.setenv("WARMSTART_RECIPES", str(ours / "recipes"))
+    assert headstart.locked_lines("myproj", REPO, "py312", sha256, wanted, tmp_path / "no-drive") == lines
+
+
 def test_the_question_finds_the_lock_in_what_warmstart_sh_read_ahead(tmp_path):
     """warmstart.sh reads the recipe's file and locks at once from its checkout on Drive
     (config.reading_ahead): the lock the online question looks for comes from there, not from

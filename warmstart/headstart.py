@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from . import installer
 from .config import parse_toml, read_bytes, read_toml_bytes
 from .errors import WarmstartError
-from .locktext import given_as_file, project_of, requirement_lines
+from .locktext import given_as_file, project_of, recipe_dirs, requirement_lines
 from .settings import HANDED_INDEX, Options
 from .uv import find_uv
 
@@ -210,11 +210,13 @@ _closed = False  # handed on (or the run is over): no uv is begun here any more
 _guard = threading.Lock()
 
 
-def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], checkout: Path) -> None:
+def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], checkout: Path,
+             drive: Path | None = None) -> None:
     """On the thread that reads ahead (`ahead`, with the snapshot's index), once it has read it:
     begin uv from the index when the read would lose to it (see the module's text). Only online,
     with uv, for the target interpreter `python` the snapshot was made for (its facts name its
-    version and prefix). A recipe named, not given as a file, is `checkout`'s."""
+    version and prefix). A recipe named, not given as a file, is looked for as the bootstrap looks:
+    in `checkout`'s recipes/, then the user's recipe folder (WARMSTART_RECIPES, else `drive`'s)."""
     if options.offline or options.installer == "pip" or not find_uv():
         return
     index = ahead.index[1] if ahead.index else {}
@@ -226,7 +228,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
         return
     wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
     tag = "py" + "".join(version.split(".")[:2])
-    lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_sha256")), wanted)
+    lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_sha256")), wanted, drive)
     if not lines:
         return
     expected = index_takes(recorded_seconds(index), size, len(lines))
@@ -249,19 +251,23 @@ def _version_and_prefix(python: str) -> tuple[str, str]:
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
 
-def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted: list[str]) -> list[str] | None:
+def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted: list[str],
+                 drive: Path | None = None) -> list[str] | None:
     """The requirement lines of `wanted` in the recipe's lock for `tag` (pyXY) whose sha256 is
     `lock_sha256`, the one the snapshot was made from; None when there is none."""
-    named = checkout / "recipes" / f"{recipe}.toml"
-    recipe_file = Path(os.path.expanduser(recipe)).resolve() if given_as_file(recipe) else named
-    for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
-        for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
-            try:
-                raw = read_bytes(path)  # read ahead by warmstart.sh (config.reading_ahead)
-            except OSError:
-                continue
-            if hashlib.sha256(raw).hexdigest() == lock_sha256:
-                return requirement_lines(raw.decode(errors="replace"), wanted)
+    # A name is looked for in each recipe folder in turn, the checkout's first (no look at Drive
+    # for a shipped recipe's); one defined twice is the bootstrap's to refuse.
+    recipe_files = ([Path(os.path.expanduser(recipe)).resolve()] if given_as_file(recipe)
+                    else [folder / f"{recipe}.toml" for folder in recipe_dirs(checkout, drive)])
+    for recipe_file in recipe_files:
+        for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
+            for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
+                try:
+                    raw = read_bytes(path)  # read ahead by warmstart.sh (config.reading_ahead)
+                except OSError:
+                    continue
+                if hashlib.sha256(raw).hexdigest() == lock_sha256:
+                    return requirement_lines(raw.decode(errors="replace"), wanted)
     return None
 
 

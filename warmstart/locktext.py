@@ -1,17 +1,21 @@
-"""A lock's text as the standard library reads it: its pin blocks and their hashes; and where a
-recipe's locks lie.
+"""A lock's text as the standard library reads it: its pin blocks and their hashes; and where
+recipes and their locks lie.
 
 warmstart.lock parses a lock whole, with packaging. warmstart.sh reads the pins a snapshot holds
 from the lock it was made from before packaging is there (warmstart.headstart), so the parts
-both need live here, and so do the rules by which warmstart.recipe finds a recipe file's project.
+both need live here, and so do the rules by which warmstart.recipe finds a recipe's file (by
+name, in the recipe folders) and its project.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from .layout import RECIPES
+from .settings import RECIPES_FOLDER, user_path
 
 HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
 _PINNED = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
@@ -69,3 +73,14 @@ def project_of(recipe_file: Path) -> Path:
     """The folder of a recipe file's project, where its requirements and locks are named from:
     its recipes/ folder's parent, else its own folder."""
     return recipe_file.parent.parent if recipe_file.parent.name == "recipes" else recipe_file.parent
+
+
+def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
+    """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
+    else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
+    dirs = [root / "recipes"]
+    if own := RECIPES_FOLDER.get(environ):
+        dirs.append(user_path(own, RECIPES_FOLDER.name))
+    elif drive is not None:
+        dirs.append(drive / RECIPES)
+    return dirs

@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,10 +21,9 @@ from packaging.version import InvalidVersion, Version
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .console import abridged
 from .errors import BadInput
-from .locktext import given_as_file, project_of
+from .locktext import given_as_file, project_of, recipe_dirs
 from .patches import Patch, load_patch
-from .settings import RECIPES_FOLDER, user_path
-from .store import RECIPES
+from .settings import user_path
 from .transfer import is_sha256
 
 RECIPE_SCHEMA: Schema = {
@@ -140,17 +138,6 @@ class Recipe:
         if len(version.release) > 2:
             return version in self.python
         return any(Version(f"{version}.{micro}") in self.python for micro in range(100))
-
-
-def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.environ) -> list[Path]:
-    """Where recipes are found: the project's recipes/, then the user's folder (WARMSTART_RECIPES,
-    else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
-    dirs = [root / "recipes"]
-    if own := RECIPES_FOLDER.get(environ):
-        dirs.append(user_path(own, RECIPES_FOLDER.name))
-    elif drive is not None:
-        dirs.append(drive / RECIPES)
-    return dirs
 
 
 # Entries a recipe folder is read up to: a team's shared folder on Drive holds tens of recipes, and

@@ -499,7 +499,7 @@ def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
         # uv begins from there at once (headstart), and the tools are installed as uv runs. A
         # read begun only now holds no more than it takes to know Drive's pace until the wheels
         # are off (PACE_AHEAD); the guess's has timed Drive alone before them.
-        flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT)
+        flags, race = bootstrap_flags(given), partial(headstart.consider, checkout=CHECKOUT, drive=drive)
         asking = early.begin(flags, CHECKOUT, prefetch.PACE_AHEAD, race, profile)
         if asking and not given.offline:
             asking.join(headstart.ASK_WAIT)
