@@ -498,3 +498,52 @@ def test_a_look_at_a_job_as_its_worker_removes_it_leaves_nothing_behind(tmp_path
     assert looker.returncode == 0, errors
     left = sorted(drivework.jobs_of(prefix).iterdir())
     assert left == [], [sorted(p.name for p in folder.iterdir()) for folder in left]
+
+
+def _restored_with_drive_lacking_its_wheels(demo: Path, drive: Path, tmp_path: Path, index_url: str) -> Path:
+    """A snapshot on Drive without the wheels it was made of (pruned, or never written: the index
+    won the race): a wiped VM's environment comes from the snapshot, its wheels only for Drive."""
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=cli_env(index_url)).code == 0
+    for wheel in (drive / ".warmstart" / "v1" / "wheels").iterdir():
+        wheel.unlink()
+    shutil.rmtree(tmp_path / "venv")  # a snapshot is of one prefix: the VM is made again alike
+    return make_venv(tmp_path / "venv")
+
+
+def test_wheels_for_drive_alone_that_a_waited_run_cannot_fetch_are_a_warning_not_a_failure(demo, drive, tmp_path,
+                                                                                         index):
+    """A --wait run whose snapshot restored the whole environment, with the index down: the
+    download of the wheels Drive lacked ended the run with exit 3 ("cannot reach the package
+    index"), though its environment was whole. It is a warning, as a Drive that cannot be written
+    is, and the next run with the index fills Drive."""
+    python = _restored_with_drive_lacking_its_wheels(demo, drive, tmp_path, index.url)
+
+    restored = bootstrap(demo, drive, python, env=cli_env("http://127.0.0.1:9/simple"))  # WARMSTART_WAIT=1
+
+    assert restored.code == 0, restored.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    [warning] = restored.report["warnings"]
+    assert warning.startswith("the Drive cache was not filled with 3 wheels the snapshot stood in for: cannot reach "
+                              "the package index http://127.0.0.1:9/simple"), warning
+    assert warning.endswith("; the next run fetches them")
+    assert on_drive(drive, "wheels") == []
+    again = bootstrap(demo, drive, python, env=cli_env(index.url))
+    assert again.code == 0 and again.report["warnings"] == [], again.stderr
+    assert len(on_drive(drive, "wheels")) == 3
+
+
+def test_wheels_for_drive_alone_are_fetched_after_the_run_whatever_the_installer(demo, drive, tmp_path, index):
+    """With pip, a run whose snapshot restored the whole environment downloaded the wheels Drive
+    lacked before it returned, though the environment needed none of them: the Drive work
+    fetches them after it, as it does for uv's."""
+    python = _restored_with_drive_lacking_its_wheels(demo, drive, tmp_path, index.url)
+    home = tmp_path / "home"
+
+    restored = bootstrap(demo, drive, python, "--installer", "pip", env=background_env(index.url, home))
+
+    assert restored.code == 0, restored.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    [download] = [step for step in restored.report["steps"] if step["name"] == "download"]
+    assert (download["status"], download["detail"]) == ("skipped", "fetched for Drive after this run")
+    wait_for_workers(home)
+    assert len(on_drive(drive, "wheels")) == 3

@@ -42,6 +42,7 @@ class Executor:
         # the index while it installs (the environment first), and the Drive work fetches the
         # wheels for the cache again, after. Otherwise the wheels are downloaded once, first.
         self.direct = background and plan.facts.installer == "uv" and not plan.offline
+        self.background = background
         # Seconds uv took to install every pin from the index, when it did: the snapshot made of
         # this install records it, and a restore races the index on it (warmstart.race).
         self.index_took: float | None = None
@@ -71,7 +72,7 @@ class Executor:
             skipped = f"the snapshot restored all {len(plan.to_install)}" if from_snapshot else "nothing to install"
             to_download = self._fetch_step(need, stage, skipped)
             downloads = self.work.area("wheels")
-            self._download_step(to_download, downloads, stage)
+            self._download_step(to_download, downloads, stage, for_drive_alone=not need)
             self._install_step(need, to_download, [stage, downloads], stage, skipped)
         return bool(need)
 
@@ -106,15 +107,27 @@ class Executor:
                 step.detail = self.store.describe_reads()
         return to_download
 
-    def _download_step(self, to_download: list[Pin], downloads: Path, stage: Path) -> None:
-        """The `download` step: into the Drive work's wheel folder, or left to uv (`direct`)."""
+    def _download_step(self, to_download: list[Pin], downloads: Path, stage: Path, *, for_drive_alone: bool) -> None:
+        """The `download` step: into the Drive work's wheel folder, or left to uv (`direct`) or,
+        when the environment needs none of them (`for_drive_alone`: the snapshot restored it),
+        to the Drive work. Waited for (--wait), a download for Drive alone that fails is a
+        warning, as a Drive that cannot be written is: the environment is whole."""
         with self.report.step("download") as step:
-            if to_download and self.direct:
+            if to_download and (self.direct or (for_drive_alone and self.background)):
                 self._fetch_for_drive_later(to_download)
                 self.store.stats.misses += len(to_download)
-                step.status, step.detail = "skipped", "uv fetches what Drive lacks while it installs"
+                step.status, step.detail = "skipped", ("fetched for Drive after this run" if for_drive_alone
+                                                       else "uv fetches what Drive lacks while it installs")
             elif to_download:
-                fetched = self._download(to_download, downloads, stage)
+                try:
+                    fetched = self._download(to_download, downloads, stage)
+                except WarmstartError as exc:
+                    if not for_drive_alone:
+                        raise
+                    step.status = "warning"
+                    self.warn([f"the Drive cache was not filled with {counted(len(to_download), 'wheel')} the "
+                               f"snapshot stood in for: {exc}; the next run fetches them"])
+                    return
                 step.detail = f"{counted(len(to_download), 'wheel')}, {fetched / 2**20:.1f} MiB"
             else:
                 step.status, step.detail = "skipped", "nothing to download"
