@@ -178,8 +178,13 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         # each file of a name defined twice too (a copy of a shipped recipe on Drive): its locks are its own
         lines = [line for _name, files in sorted(found.items()) for file in files
                  for line in compiling.check(load_recipe(str(file), ROOT, by_name), ROOT)]
+        if len(lines) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end
+            for line in lines:
+                say(line)
+            raise WarmstartError(f"{counted(len(lines), 'lock')} to make again or remove, each named above with "
+                                 "its command")
         if lines:
-            raise WarmstartError("; ".join(lines))
+            raise WarmstartError(lines[0])
         _print(f"warmstart: every lock of {', '.join(sorted(found))} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 

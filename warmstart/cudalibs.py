@@ -136,7 +136,8 @@ def _scan_one(downloader: Downloader, pin: Pin, rank: dict[tags.Tag, int], say: 
     with tempfile.TemporaryDirectory(prefix="warmstart-scan-") as tmp:
         wheel = Path(tmp) / choice.filename
         downloader.fetch([Job(choice.url, choice.sha256, wheel, choice.size)], f"read {choice.filename[:30]}")
-        say(f"  read {choice.filename} ({wheel.stat().st_size / 2**20:.0f} MiB)")
+        size = wheel.stat().st_size
+        say(f"  read {choice.filename} ({f'{size / 2**20:.0f} MiB' if size >= 2**20 else f'{size / 2**10:.0f} KiB'})")
         needs_, provides = (frozenset[str](), frozenset[str]()) if pure else read_wheel(wheel)  # pure: no ELF
         digest = manifest.wheel_digest(wheel)
     atomic_write_text(cached, json.dumps({"file": choice.filename, "needs": sorted(needs_),
