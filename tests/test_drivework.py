@@ -523,8 +523,8 @@ def test_wheels_for_drive_alone_that_a_waited_run_cannot_fetch_are_a_warning_not
     assert restored.code == 0, restored.stderr
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
     [warning] = restored.report["warnings"]
-    assert warning.startswith("the Drive cache was not filled with 3 wheels the snapshot stood in for: cannot reach "
-                              "the package index http://127.0.0.1:9/simple"), warning
+    assert warning.startswith("the Drive cache was not filled with 3 wheels (the environment has them already): "
+                              "cannot reach the package index http://127.0.0.1:9/simple"), warning
     assert warning.endswith("; the next run fetches them")
     assert on_drive(drive, "wheels") == []
     again = bootstrap(demo, drive, python, env=cli_env(index.url))

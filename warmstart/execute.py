@@ -109,8 +109,8 @@ class Executor:
 
     def _download_step(self, to_download: list[Pin], downloads: Path, stage: Path, *, for_drive_alone: bool) -> None:
         """The `download` step: into the Drive work's wheel folder, or left to uv (`direct`) or,
-        when the environment needs none of them (`for_drive_alone`: the snapshot restored it),
-        to the Drive work. Waited for (--wait), a download for Drive alone that fails is a
+        when the environment needs none of them (`for_drive_alone`: the snapshot restored it, or
+        it had them), to the Drive work. Waited for (--wait), a download for Drive alone that fails is a
         warning, as a Drive that cannot be written is: the environment is whole."""
         with self.report.step("download") as step:
             if to_download and (self.direct or (for_drive_alone and self.background)):
@@ -125,8 +125,8 @@ class Executor:
                     if not for_drive_alone:
                         raise
                     step.status = "warning"
-                    self.warn([f"the Drive cache was not filled with {counted(len(to_download), 'wheel')} the "
-                               f"snapshot stood in for: {exc}; the next run fetches them"])
+                    self.warn([f"the Drive cache was not filled with {counted(len(to_download), 'wheel')} (the "
+                               f"environment has them already): {exc}; the next run fetches them"])
                     return
                 step.detail = f"{counted(len(to_download), 'wheel')}, {fetched / 2**20:.1f} MiB"
             else:
