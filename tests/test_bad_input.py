@@ -96,7 +96,22 @@ HOSTILE_IN = {
     "an index url": ("--index-url=https://user:secret@mirror.example/simple\nalpha\n", r"demo\.in:1: '--index-url' is not allowed"),
     "find-links": ("-f /tmp/wheels\nalpha\n", r"demo\.in:1: '-f' is not allowed"),
     "an include outside the project": ("alpha\n-r /etc/hostname\n", r"demo\.in:2: '-r' is not allowed here"),
-    "an include of itself": ("-r demo.in\n", r"demo\.in:1: '-r' is not allowed here"),
+    "an include of itself": ("-r demo.in\n", r"demo\.in:1: '-r' is not allowed here.*demo\.in includes itself: "
+                                              r"remove that include$"),
+    # Not from an index: pip-compile locked `name @ URL` without a version, and warmstart then refused
+    # its own lock ("is not pinned with ==; recompile with `invoke lock`", the command just run).
+    "a direct URL": ("alpha\nbeta @ https://user:secret@example.org/beta-2.0-py3-none-any.whl\n",
+                     r"demo\.in:2: 'beta @ https://\S+' names a URL \(`beta @ \.\.\.`\): warmstart installs the "
+                     r"packages of the index, by name, .*name it as beta==VERSION$"),
+    "an editable of the project": ("-e .\nalpha\n", r"demo\.in:1: '-e' is not allowed here: .*your own code runs "
+                                                    r"from the recipe's workdir \(\[drive\] workdir\): list here "
+                                                    r"what it needs$"),
+    "a path": ("alpha\n./mypkg\n", r"demo\.in:2: './mypkg' is a path or URL, not a package's name: .*your own "
+                                   r"code runs from the recipe's workdir"),
+    "a VCS URL": ("git+https://example.org/x.git#egg=x\n", r"demo\.in:1: 'git\+https://\S+' is a path or URL"),
+    "a hash of the user's": (f"alpha --hash=sha256:{'0' * 64}\n",
+                             r"demo\.in:1: 'alpha --hash=sha256:0+' holds an option, which is not allowed here: "
+                             r"list the requirement alone \(`invoke lock` adds the hashes\)$"),
 }
 
 

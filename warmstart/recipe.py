@@ -225,34 +225,63 @@ def _version(raw: str | None, path: Path, key: str) -> Version | None:
 
 
 _INCLUDE = re.compile(r"^(-r|--requirement|-c|--constraint)(?:\s*=\s*|\s+)(\S+)$")
+_INDEX_OPTIONS = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--trusted-host", "--no-index"}
+# What a .in names is a package of the index, by name: the lock takes its hashes from there.
+_FROM_THE_INDEX = ("warmstart installs the packages of the index, by name, with the hashes `invoke lock` takes "
+                   "from there")
+_YOUR_CODE = "your own code runs from the recipe's workdir ([drive] workdir): list here what it needs"
 
 
 def _check_requirements_in(path: Path, project_root: Path, seen: tuple[Path, ...] = ()) -> tuple[Path, ...]:
-    """Every line of a `.in` is a valid PEP 508 requirement or a comment, or includes (-r, -c)
-    another such file of the project. Index options (--index-url, --extra-index-url,
-    --trusted-host, -f, ...) are refused: they would take the lock around pip's settings and the
-    plain-http rule. Returns the files included, for the lock's inputs digest."""
+    """Every line of a `.in` is a valid PEP 508 requirement by name (from the index) or a comment,
+    or includes (-r, -c) another such file of the project. Index options (--index-url,
+    --extra-index-url, --trusted-host, -f, ...) are refused: they would take the lock around pip's
+    settings and the plain-http rule; so are editables, paths and URLs, which no index serves and
+    no hash from one covers. Returns the files included, for the lock's inputs digest."""
     included: list[Path] = []
     for number, line in enumerate(read_text(path, "a requirements file").splitlines(), 1):
         text = line.split(" #", 1)[0].strip()
         if not text or text.startswith("#"):
             continue
+        where = f"{path}:{number}"
         if text.startswith("-"):
             include = _INCLUDE.match(text)
             other = (path.parent / include.group(2)).resolve() if include else None
             if other is None or not other.is_relative_to(project_root.resolve()) or other in seen:
                 option = text.split()[0].split("=")[0]
-                raise BadInput(f"{path}:{number}: {option!r} is not allowed here: a .in file holds requirements "
-                               f"and comments, and may include (-r, -c) only other files of {project_root}; "
-                               "set an index with PIP_INDEX_URL instead")
+                raise BadInput(f"{where}: {option!r} is not allowed here: a .in file holds requirements and "
+                               f"comments, and may include (-r, -c) only other files of {project_root}; "
+                               + _in_option_next_step(option, other, seen))
             included += [other, *_check_requirements_in(other, project_root, (*seen, path))]
             continue
         try:
-            Requirement(text)
+            requirement = Requirement(text)
         except InvalidRequirement as exc:
-            raise BadInput(f"{path}:{number}: {text!r} is not a valid requirement "
+            if " -" in text:  # a per-requirement option: --hash, --config-settings
+                raise BadInput(f"{where}: {text!r} holds an option, which is not allowed here: list the "
+                               "requirement alone (`invoke lock` adds the hashes)") from None
+            if "/" in text or text.startswith("."):  # a path, a VCS or a plain URL
+                raise BadInput(f"{where}: {text!r} is a path or URL, not a package's name: {_FROM_THE_INDEX}; "
+                               f"{_YOUR_CODE}") from None
+            raise BadInput(f"{where}: {text!r} is not a valid requirement "
                            f"({str(exc).splitlines()[0]})") from None
+        if requirement.url:
+            raise BadInput(f"{where}: {text!r} names a URL (`{requirement.name} @ ...`): {_FROM_THE_INDEX}; publish "
+                           f"it to an index (PIP_INDEX_URL, PIP_EXTRA_INDEX_URL) and name it as "
+                           f"{requirement.name}==VERSION") from None
     return tuple(included)
+
+
+def _in_option_next_step(option: str, include: Path | None, seen: tuple[Path, ...]) -> str:
+    if option in ("-e", "--editable"):
+        return f"{_FROM_THE_INDEX}; {_YOUR_CODE}"
+    if option in _INDEX_OPTIONS:
+        return "set an index with PIP_INDEX_URL (PIP_EXTRA_INDEX_URL) instead"
+    if include in seen:
+        return f"{include.name} includes itself: remove that include"
+    if include is not None:
+        return f"copy {include.name} into the project and include that copy"
+    return "remove it"
 
 
 def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Recipe:
