@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from warmstart import PROJECT_ROOT
 from warmstart.compiling import _without_excluded
@@ -87,3 +89,55 @@ def test_committed_hyperlpr_lock_is_fresh_and_complete(target):
     assert lock.wheels["onnxruntime-gpu"].needs >= {"libcudart.so.12", "libcudnn.so.9"}
     # the digest a snapshot is keyed by, from the text read once: the file's own, as before
     assert lock.sha256 == hashlib.sha256(lock.path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+def test_an_image_s_version_is_held_where_the_requirements_admit_it_and_said_where_they_do_not(
+        demo, index, monkeypatch, resolver):
+    """A lock for an image keeps what the image ships where the recipe's requirements allow it
+    (beta 1.6: alpha asks for beta>=1.5), and says which shipped version they rule out, in one
+    line that ends with the resolver's conclusion (beta 1.0). uv indents its explanation: the
+    line said its last line with that indentation."""
+    from warmstart import compiling
+    from warmstart.images import Image
+
+    monkeypatch.setenv("PIP_INDEX_URL", index.url)
+    recipe = load_recipe(str(demo), demo.parent.parent)
+    current = LockTarget.current()
+    target = current if resolver == "pip-tools" else LockTarget("3.12", current.platform)
+    said: list[str] = []
+    run = compiling._Resolver(recipe, target, "", False, (), said.append)
+    assert run.tool == resolver
+    free, _ = run.run({})
+    assert free is not None and "beta==2.0" in free
+
+    def image(beta: str) -> Image:
+        return Image("test-image", "test", Version(f"{target.python_version}.1"), {canonicalize_name("beta"): beta},
+                     frozenset(), "test", demo, "0" * 64)
+
+    held = compiling._hold_image_versions(run, free, image("1.6"))
+    assert "beta==1.6" in held and said == ["held at the image's versions: beta==1.6"]
+
+    said.clear()
+    kept = compiling._hold_image_versions(run, free, image("1.0"))
+    assert "beta==2.0" in kept
+    [line] = said
+    assert line.startswith(f"beta 1.0 (the image's) is ruled out by the recipe's requirements ({resolver}: "), line
+    assert line.endswith(")") and "  " not in line and "Traceback" not in line, line
+    assert ("conflicting dependencies" if resolver == "pip-tools" else "alpha depend on beta>=1.5") in line, line
+
+
+def test_a_resolver_s_long_explanation_is_said_by_its_conclusion():
+    """uv explains a conflict with a tree of versions (50 lines for ultralytics against a held
+    torch); the line keeps its conclusion, not the tree's first 300 characters."""
+    from warmstart.compiling import _conflict
+
+    tree = "\n".join(f"             ultralytics>=8.{n}.0,<=8.{n}.9" for n in range(60))
+    why = (f"error: No solution found when resolving dependencies\n  cause: Because all of:\n{tree}\n"
+           "         depend on torch>=1.7.0 and torch==0.0.1, we can conclude that all of: ...\n"
+           "         And because ultralytics==8.4.44 was yanked and you require ultralytics, we can conclude "
+           "that your requirements are unsatisfiable.")
+
+    assert _conflict(why) == ("... because ultralytics==8.4.44 was yanked and you require ultralytics, we can "
+                              "conclude that your requirements are unsatisfiable.")
+    assert _conflict("") == "no resolution"

@@ -8,6 +8,7 @@ bootstrap, which only reads locks (warmstart.lock).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -147,11 +148,22 @@ def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> s
     for name, version in changed.items():
         attempt, why = resolver.run({**held, name: version})
         if attempt is None:
-            resolver.say(f"{name} {version} (the image's) is ruled out by the recipe's requirements: "
-                         f"{why.splitlines()[-1] if why else 'no resolution'}")
+            resolver.say(f"{name} {version} (the image's) is ruled out by the recipe's requirements "
+                         f"({resolver.tool}: {_conflict(why)})")
             continue
         held[name], pins_text = version, attempt
     return pins_text
+
+
+def _conflict(why: str, most: int = 300) -> str:
+    """A resolver's refusal in one line: what it said before any traceback (pip-tools prints
+    pip's), without uv's header and indentation; past `most` characters, its conclusion (uv's
+    last "because" clause: a tree of versions comes before it)."""
+    text = " ".join(why.split("Traceback (most recent call last)")[0].split())
+    text = re.sub(r"^error: No solution found when resolving dependencies:? (cause: )?", "", text)
+    if len(text) > most:
+        text = "... " + text[text.lower().rfind("because"):]
+    return text[:most] or "no resolution"
 
 
 def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
