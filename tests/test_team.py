@@ -186,8 +186,9 @@ def test_a_vm_without_the_snapshot_installs_the_teams_wheels_and_fills_its_drive
     assert result.code == 0, result.stderr
     assert "from the Drive cache 0: -" in result.stderr  # the plan names where each wheel comes from
     assert "from the team cache 3: alpha==1.0" in result.stderr
-    assert "(3 of them only in the team cache" in next(s["detail"] for s in result.report["steps"]
-                                                        if s["name"] == "cache")
+    # "3 of 3 wheels in DRIVE (3 of them only in the team cache)" said Drive held them all
+    assert f"0 of 3 wheels in {other.drive}/.warmstart/v1/wheels, 3 more in the team cache {url}" in next(
+        s["detail"] for s in result.report["steps"] if s["name"] == "cache")
     assert "3 files" in next(s["detail"] for s in result.report["steps"] if s["name"] == "fetch")
     assert result.report["team_cache"]["hits"] == 3
     assert {k: v for k, v in installed(other.python).items() if k in LOCKED} == LOCKED

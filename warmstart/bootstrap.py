@@ -202,9 +202,10 @@ def _choose_lock(recipe: Recipe, profile: Profile, target: target_python.TargetP
 
 def _in_cache(facts: Facts, store: TieredStore) -> str:
     """The `cache` step's line: what the stores hold of what the run needs."""
-    said = f"{len(facts.cached)} of {counted(len(facts.lock.pins), 'wheel')} in {store.root / 'wheels'}"
+    on_drive = len(facts.cached) - len(facts.in_team)
+    said = f"{on_drive} of {counted(len(facts.lock.pins), 'wheel')} in {store.root / 'wheels'}"
     if store.team:
-        said += f" ({len(facts.in_team)} of them only in the team cache {store.team})"
+        said += f", {len(facts.in_team)} more in the team cache {store.team}"
     elif store.held:
         said += f" (the team cache {redact(store.held.location)} only if Drive falls behind)"
     if facts.recipe.assets:
