@@ -110,8 +110,8 @@ class Executor:
     def _download_step(self, to_download: list[Pin], downloads: Path, stage: Path, *, for_drive_alone: bool) -> None:
         """The `download` step: into the Drive work's wheel folder, or left to uv (`direct`) or,
         when the environment needs none of them (`for_drive_alone`: the snapshot restored it, or
-        it had them), to the Drive work. Waited for (--wait), a download for Drive alone that fails is a
-        warning, as a Drive that cannot be written is: the environment is whole."""
+        it had them), to the Drive work. Waited for (--wait), a download for Drive alone that
+        fails is a warning, as a Drive that cannot be written is: the environment is whole."""
         with self.report.step("download") as step:
             if to_download and (self.direct or (for_drive_alone and self.background)):
                 self._fetch_for_drive_later(to_download)
