@@ -94,7 +94,7 @@ def test_refreshing_an_image_from_the_same_freeze_changes_nothing_and_a_new_one_
            "compiled): run `invoke lock --recipe hyperlpr --image colab-2026.07`" in each
     assert f"warmstart: {stale}/warmstart-py312-manylinux_x86_64.txt: stale (its inputs changed since it was " \
            "compiled): run `invoke lock --recipe warmstart --image colab-2026.07`" in each
-    assert last == f"warmstart: error: {len(each)} locks to make again or remove, each named above with its command"
+    assert last == f"warmstart: error: {len(each)} locks to make again or remove, each named above"
     assert "--image colab-latest`" not in check.stderr and "--image colab-2026.04`" not in check.stderr, \
         "the other images' locks stay fresh"
 
@@ -237,6 +237,21 @@ def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env,
     assert f"broken           cannot be read (see below)  ({recipes / 'broken.toml'})" in listed.stdout
     assert listed.stderr.count("\n") == 1 and str(recipes / "broken.toml") in listed.stderr
     assert "requirements.in" in listed.stderr
+
+    # lock --check checks every other recipe's locks, then names the one it could not read (exit 2)
+    checked = run_cli("lock", "--check", "--drive", str(drive), env=env)
+    assert checked.code == 2, checked.stderr
+    assert checked.stderr.strip().splitlines() == [f"warmstart: error: {listed.stderr.strip().split(': error: ')[1]}"]
+    stale = tmp_path / "stale"
+    shutil.copytree(locked_demo, stale)
+    (recipes / "demo.toml").write_text((stale / "recipes" / "demo.toml").read_text())
+    shutil.copytree(stale / "requirements", drive / ".warmstart" / "requirements")
+    (drive / ".warmstart" / "requirements" / "demo.in").write_text("alpha\n")
+    both = run_cli("lock", "--check", "--drive", str(drive), env=env)
+    assert both.code == 2, both.stderr
+    *each, last = both.stderr.strip().splitlines()
+    assert len(each) == 2 and "stale" in each[0] and str(recipes / "broken.toml") in each[1], each
+    assert last == "warmstart: error: 1 lock to make again or remove and 1 recipe that cannot be read, each named above"
 
 
 def test_a_recipe_name_in_two_folders_is_an_error_naming_both_for_that_name_alone(locked_demo, tmp_path, env):

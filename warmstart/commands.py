@@ -175,16 +175,26 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     def check_all() -> None:
         by_name = drive_recipes()
         found = {recipe: [recipe]} if recipe else recipe_files(ROOT, by_name)
+        lines: list[str] = []
+        unreadable: list[str] = []  # a teammate's broken recipe in the Drive's folder hides no other's locks
         # each file of a name defined twice too (a copy of a shipped recipe on Drive): its locks are its own
-        lines = [line for _name, files in sorted(found.items()) for file in files
-                 for line in compiling.check(load_recipe(str(file), ROOT, by_name), ROOT)]
-        if len(lines) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end
-            for line in lines:
+        for file in [file for _name, files in sorted(found.items()) for file in files]:
+            try:
+                lines += compiling.check(load_recipe(str(file), ROOT, by_name), ROOT)
+            except BadInput as exc:
+                if recipe:
+                    raise
+                unreadable.append(str(exc))
+        problems = lines + unreadable
+        fault = BadInput if unreadable else WarmstartError  # exit 2 where a recipe is bad input, else 1
+        if len(problems) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end
+            for line in problems:
                 say(line)
-            raise WarmstartError(f"{counted(len(lines), 'lock')} to make again or remove, each named above with "
-                                 "its command")
-        if lines:
-            raise WarmstartError(lines[0])
+            parts = [f"{counted(len(lines), 'lock')} to make again or remove"] if lines else []
+            parts += [f"{counted(len(unreadable), 'recipe')} that cannot be read"] if unreadable else []
+            raise fault(f"{' and '.join(parts)}, each named above")
+        if problems:
+            raise fault(problems[0])
         _print(f"warmstart: every lock of {', '.join(sorted(found))} matches its inputs, and its platforms "
               "provide the CUDA libraries its wheels need")
 
