@@ -253,6 +253,20 @@ def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env,
     assert len(each) == 2 and "stale" in each[0] and str(recipes / "broken.toml") in each[1], each
     assert last == "warmstart: error: 1 lock to make again or remove and 1 recipe that cannot be read, each named above"
 
+    # invoke cache shows the whole cache, then says it; --prune removes nothing, as what it names cannot be told
+    (drive / ".warmstart" / "v1" / "wheels").mkdir(parents=True)
+    kept = drive / ".warmstart" / "v1" / "wheels" / "old-1.0-py3-none-any.whl"
+    kept.write_bytes(b"a wheel no readable recipe names")
+    shown = run_cli("cache", "--drive", str(drive), env=env)
+    assert shown.code == 2, shown.stderr
+    assert "named by no current lock or recipe" in shown.stdout and "in all" in shown.stdout
+    warning, error = shown.stderr.strip().splitlines()[1:]
+    assert warning.startswith("warmstart: warning: ") and str(recipes / "broken.toml") in warning
+    assert error == "warmstart: error: 1 recipe above cannot be read, so what it names is listed as named by none"
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", "--older-than", "0", env=env)
+    assert pruned.code == 2 and pruned.stderr.endswith("; nothing is pruned until it can be read\n"), pruned.stderr
+    assert kept.exists()
+
 
 def test_a_recipe_name_in_two_folders_is_an_error_naming_both_for_that_name_alone(locked_demo, tmp_path, env):
     """A teammate's copy of a shipped recipe in the shared Drive folder: that name is ambiguous,

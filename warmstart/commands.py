@@ -309,13 +309,23 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         if isinstance(store, DriveStore):  # as bootstrap refuses it
             store.require_own_folders()
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
-        entries = maintenance.inventory(store, ROOT, drive_root)
+        # a teammate's broken recipe in the Drive's folder hides nothing of the cache, but what it
+        # names cannot be told: nothing is pruned while it cannot be read
+        unreadable: list[str] = []
+        entries = maintenance.inventory(store, ROOT, drive_root, unreadable)
         if why := store.unread():
             which = "the team cache" if team else "the Drive cache at"
             raise PreconditionUnmet(f"{which} {store} cannot be listed: {why}")
         _show_cache(entries)
+        for line in unreadable:
+            _print(f"warmstart: warning: {line}", file=sys.stderr)
         if verify:
             _verify_cache(store, entries)
+        if unreadable:
+            it = "it" if len(unreadable) == 1 else "they"
+            raise BadInput(f"{counted(len(unreadable), 'recipe')} above cannot be read, so what {it} "
+                           f"name{'s' if it == 'it' else ''} is listed as named by none"
+                           + (f"; nothing is pruned until {it} can be read" if prune else ""))
         if prune:
             _prune_cache(store, entries, days, dry_run)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from . import livelock
+from .errors import BadInput
 from .lock import existing_locks, parse_lock
 from .recipe import load_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
@@ -37,16 +38,23 @@ _KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot", "locks":
 _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
 
 
-def inventory(store: Store, root: Path, drive: Path | None) -> list[Entry]:
+def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str] | None = None) -> list[Entry]:
     """Every file of the store (Drive's, or a team store), with the recipes (of this checkout and
-    the Drive's recipe folder) whose current locks and assets name it."""
+    the Drive's recipe folder) whose current locks and assets name it. A recipe that cannot be
+    read is BadInput, or, given `unreadable`, its line there (it names nothing, then)."""
     wheel_refs: dict[tuple[str, str], tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))
     asset_refs: dict[str, set[str]] = defaultdict(set)
     lock_refs: dict[str, set[str]] = defaultdict(set)
     known = recipe_files(root, drive)
     # a name defined twice (a copy on Drive of a shipped recipe): what either file names is owned
     for name, path in [(name, path) for name, paths in known.items() for path in paths]:
-        recipe = load_recipe(str(path), root)
+        try:
+            recipe = load_recipe(str(path), root)
+        except BadInput as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(str(exc))
+            continue
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)
             for pin in parse_lock(lock_file).pins:
