@@ -146,6 +146,24 @@ def test_lock_for_a_python_version_that_is_not_a_minor_one_is_bad_input_before_a
     assert sorted(folder.rglob("*.txt")) == before
 
 
+@pytest.mark.parametrize("platform", ["win_amd64", "macos_arm64", "linux"])
+def test_lock_for_a_platform_no_vm_restores_is_bad_input_before_any_resolver(demo, platform):
+    """uv resolved a Windows or macOS lock (a minute of the index for hyperlpr), then warmstart
+    refused it: "reading CUDA libraries is only done for manylinux locks". No index is given here:
+    nothing is asked of one."""
+    folder = demo.parent.parent / "requirements"
+    before = sorted(folder.rglob("*.txt"))
+
+    result = run_cli("lock", "--recipe", str(demo), "--platform", platform, "--python-version", "3.12",
+                     env=cli_env("http://127.0.0.1:9/simple"))
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warmstart: error: --platform '{platform}' is not one warmstart locks for: manylinux_x86_64 or "
+        "manylinux_aarch64 (the Linux VMs it restores)"]
+    assert sorted(folder.rglob("*.txt")) == before
+
+
 @pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
 def test_a_requirement_the_index_lacks_is_the_resolvers_reasons_then_one_error_line(demo, index, resolver):
     """pip-tools locks for this Python, uv for another (the real ones, against the index on

@@ -143,7 +143,7 @@ def status(c, json=False, **flags):
         "recipe": "recipe name or path (all recipes with --check)",
         "python-version": "lock for this Python (X.Y; repeat for more); default: this interpreter, "
                           "or with --platform-profile every Python the platform has an image for",
-        "platform": "platform tag of the locks, e.g. manylinux_x86_64 (default: this machine's)",
+        "platform": "platform tag of the locks: manylinux_x86_64 or manylinux_aarch64 (default: this machine's)",
         "platform-profile": "compile against each published image of this platform (envs/images/), e.g. colab",
         "image": "compile against this one image (envs/images/NAME.toml), e.g. colab-2026.04",
         "upgrade": "re-resolve every pin to the newest version (an image's versions stay preferred)",

@@ -36,6 +36,7 @@ from .lock import (
     parse_pins,
     relock_command,
     render,
+    require_known_platform,
     target_image,
 )
 from .locktext import pin_blocks
@@ -70,8 +71,7 @@ def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: t
 
 def _uv_compile(recipe: Recipe, target: LockTarget, draft: Path, upgrade: bool,
                 upgrade_packages: tuple[str, ...], constraints: Path, say) -> list[str]:
-    if target.platform not in UV_PLATFORMS:
-        raise BadInput(f"unknown platform {target.platform!r}; known: {', '.join(UV_PLATFORMS)}")
+    require_known_platform(target.platform)
     cmd = [
         str(ensure_uv(say)), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
         "--python-version", target.python_version, "--python-platform", UV_PLATFORMS[target.platform],
@@ -226,6 +226,7 @@ def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_py
     version (`this_python` when none), none for a Python the recipe does not admit, since a
     bootstrap refuses that Python and no VM would use the lock. An image left out is said; a
     version given that the recipe does not admit, or nothing left to lock, is BadInput."""
+    require_known_platform(platform)
     needs = f"{recipe.path}: the recipe needs Python {recipe.python}"
     if images is None:
         unsupported = [v for v in versions or [this_python] if not recipe.supports(v)]

@@ -159,13 +159,18 @@ def needs(pins: tuple[Pin, ...], installed: Mapping[NormalizedName, str]) -> Nee
 
 
 # Our platform tags, as uv's --python-platform names them (glibc 2.28: Colab's Ubuntu 22.04 has 2.35).
+# Linux alone: the VMs warmstart restores, and the only wheels whose CUDA libraries it reads (ELF).
 UV_PLATFORMS = {
     "manylinux_x86_64": "x86_64-manylinux_2_28",
     "manylinux_aarch64": "aarch64-manylinux_2_28",
-    "macos_arm64": "aarch64-apple-darwin",
-    "macos_x86_64": "x86_64-apple-darwin",
-    "win_amd64": "x86_64-pc-windows-msvc",
 }
+
+
+def require_known_platform(platform: str) -> None:
+    """BadInput for a platform tag no lock is made for, before any resolution."""
+    if platform not in UV_PLATFORMS:
+        raise BadInput(f"--platform {platform!r} is not one warmstart locks for: {' or '.join(UV_PLATFORMS)} "
+                       "(the Linux VMs it restores)")
 
 
 @dataclass(frozen=True)
