@@ -326,6 +326,15 @@ HOSTILE_INPUTS = {
                                               "echo 'SyntaxError: invalid syntax' >&2\nexit 1\n"},
                                     "{demo}", ["--python", "{tmp}/py.sh"], {}, 3,
                                     "it exited with status 1 (SyntaxError: invalid syntax); pass --python"),
+    # a launcher's error begins with what went wrong: pyenv's shim said its advice's last words,
+    # "(Python versions to be found at the same time.)"
+    "interpreter is a launcher that fails": ({"py.sh": "#!/bin/sh\necho 'pyenv: python3.12: command not found' >&2\n"
+                                                       "echo >&2\necho 'Note: See pyenv help global for tips on "
+                                                       "allowing multiple' >&2\necho '      Python versions to be "
+                                                       "found at the same time.' >&2\nexit 127\n"},
+                                             "{demo}", ["--python", "{tmp}/py.sh"], {}, 3,
+                                             "it exited with status 127 (pyenv: python3.12: command not found); "
+                                             "pass --python"),
     # `~user` of no user here: pathlib raises RuntimeError (it ended as a bug, exit 70)
     "interpreter in no user's home": ({}, "{demo}", ["--python", "~no-such-user-ws/bin/python"], {}, 2,
                                       "--python (or WARMSTART_PYTHON) '~no-such-user-ws/bin/python' begins with "

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -156,10 +157,13 @@ def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExp
     if isinstance(exc, subprocess.TimeoutExpired):
         return f"it did not answer within {exc.timeout:g} s"
     said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
-    last = said[-1][:200] if said else ""  # a traceback's last line says what went wrong
-    if _quotes(last, code):
+    # A Python's error ends with what went wrong (a traceback's last line, a SyntaxError's); a
+    # launcher's begins with it (pyenv's shim: "pyenv: python3.12: command not found", then advice).
+    python_said = said and (said[0].startswith(("Traceback", "File ")) or re.match(r"\w*(Error|Exception)\b", said[-1]))
+    why = (said[-1] if python_said else said[0])[:200] if said else ""
+    if _quotes(why, code):
         return f"it exited with status {exc.returncode}, quoting the code it was to run: no Python interpreter"
-    return f"it exited with status {exc.returncode}" + (f" ({last})" if last else "")
+    return f"it exited with status {exc.returncode}" + (f" ({why})" if why else "")
 
 
 def _target(exe: Path, answer: str) -> TargetPython:
