@@ -164,6 +164,30 @@ def test_lock_for_a_platform_no_vm_restores_is_bad_input_before_any_resolver(dem
     assert sorted(folder.rglob("*.txt")) == before
 
 
+@pytest.mark.parametrize(("flags", "said"), [
+    # uv and pip-tools pass over a name the lock does not pin: the lock came out the same, unsaid
+    (["--upgrade-package", "bata"], "--upgrade-package 'bata': no lock of demo pins it (did you mean 'beta'?); name "
+                                    "a package the lock pins, or add it to demo.in"),
+    # it was "no image has Python  (): leave --python-version out, ..."
+    (["--platform-profile", "local"], "the platform profile 'local' publishes no images to lock against: its VMs "
+                                      "use the bare lock, which `invoke lock` without --platform-profile makes"),
+])
+def test_lock_flags_that_would_change_nothing_are_bad_input_before_any_resolver(demo, flags, said):
+    folder = demo.parent.parent / "requirements"
+    before = {path: path.read_bytes() for path in folder.rglob("*.txt")}
+
+    result = run_cli("lock", "--recipe", str(demo), *flags, env=cli_env("http://127.0.0.1:9/simple"))
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"warmstart: error: {said}"]
+    assert {path: path.read_bytes() for path in folder.rglob("*.txt")} == before
+
+
+def test_an_upgrade_package_the_lock_pins_is_taken_by_its_name_as_pip_compares_it(demo, index):
+    result = run_cli("lock", "--recipe", str(demo), "--upgrade-package", "Beta", env=cli_env(index.url))
+    assert result.code == 0, result.stderr
+
+
 @pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
 def test_a_requirement_the_index_lacks_is_the_resolvers_reasons_then_one_error_line(demo, index, resolver):
     """pip-tools locks for this Python, uv for another (the real ones, against the index on

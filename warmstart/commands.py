@@ -206,12 +206,16 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
             if not re.fullmatch(r"3\.[0-9]{1,2}", version):
                 raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
         loaded = load_recipe(recipe, ROOT, drive_recipes())
+        compiling.require_pinned(loaded, upgrade_package or ())
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
         current = locking.LockTarget.current()
         images = ([image_named(image, ROOT / "envs")] if image else
                   list(select_profile(ROOT, {PLATFORM.name: platform_profile}, "--platform-profile").images().values())
                   if platform_profile else None)
+        if images == []:
+            raise BadInput(f"the platform profile {platform_profile!r} publishes no images to lock against: its VMs "
+                           "use the bare lock, which `invoke lock` without --platform-profile makes")
         for target in compiling.lock_targets(loaded, platform or current.platform, python_version or [],
                                              current.python_version, images, say):
             path = compiling.compile_lock(loaded, target, upgrade=upgrade,

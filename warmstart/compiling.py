@@ -7,6 +7,7 @@ bootstrap, which only reads locks (warmstart.lock).
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import subprocess
@@ -217,6 +218,24 @@ def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_R
                 "so snapshots of it cannot be checked"]
     return cudalibs.problems(recipe, target, installs, lock.wheels,
                              cudalibs.platforms_for(target, image, root))
+
+
+def require_pinned(recipe: Recipe, names: Sequence[str]) -> None:
+    """BadInput for an --upgrade-package that no lock of the recipe pins: uv and pip-tools pass
+    over any other name in silence, so a misspelt one rewrote the lock with nothing upgraded.
+    Before the recipe's first lock there is nothing to upgrade, and nothing to hold against."""
+    pinned: set[str] = set()
+    for path in existing_locks(recipe):
+        try:
+            pinned |= {pin.name for pin in parse_lock(path).pins}
+        except BadInput:  # a damaged lock: compiling it again mends it
+            continue
+    for name in names:
+        if pinned and canonicalize_name(name) not in pinned:
+            close = difflib.get_close_matches(canonicalize_name(name), sorted(pinned), n=1)
+            raise BadInput(f"--upgrade-package {name!r}: no lock of {recipe.name} pins it"
+                           + (f" (did you mean {close[0]!r}?)" if close else "")
+                           + "; name a package the lock pins, or add it to " + recipe.requirements_in.name)
 
 
 def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_python: str,
