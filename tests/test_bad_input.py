@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import (
     LOCKED,
+    REPO,
     bootstrap,
     build_wheel,
     cli_env,
@@ -244,6 +245,27 @@ def test_invoke_image_without_its_required_flags_names_them():
     assert result.code == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "warmstart: error: invoke image needs --freeze, --python, --source (see `invoke --help image`)"]
+
+
+def test_invoke_image_for_a_profile_that_does_not_exist_is_bad_input_writing_nothing(tmp_path):
+    """It wrote envs/images/NAME.toml for a profile no VM has: no `--platform-profile` ever read it."""
+    freeze = tmp_path / "freeze.txt"
+    freeze.write_text("numpy==2.3.0\n")
+    before = sorted((REPO / "envs").rglob("*"))
+
+    try:
+        result = run_cli("image", "--name", "mars-1", "--profile", "mars", "--freeze", str(freeze), "--python",
+                         "3.13.1", "--source", "x@y", env=cli_env())
+        after = sorted((REPO / "envs").rglob("*"))
+    finally:  # what a regression would write goes, not into the next test's checkout
+        for written in (REPO / "envs" / "images").glob("mars-1.*"):
+            written.unlink()
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"warmstart: error: --profile='mars' names no file in {REPO / 'envs'}; known platforms: "
+                           "colab, "), line
+    assert after == before
 
 
 @pytest.mark.parametrize(("python", "flags", "said"), [

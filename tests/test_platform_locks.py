@@ -220,6 +220,11 @@ def test_image_task_writes_an_image_another_may_share_its_python(tmp_path):
     assert image.source == 'repo@abc "quoted"'
     write_image(envs, "colab-other", "colab", freeze, "3.14.2", "x", None)  # two runtimes, one Python
     assert sorted(images_of("colab", envs)) == ["colab-next", "colab-other"]
+    with pytest.raises(BadInput) as no_list:  # it said "fix the 'cuda' key of the image that names it"
+        write_image(envs, "colab-x", "colab", freeze, "3.15.0", "x", "cuda-13.0.txt")
+    assert str(no_list.value) == (f"--cuda 'cuda-13.0.txt' names no file in {envs / 'images'} (there are: "
+                                  "cuda-12.8.txt); add the image's CUDA library list there, or name one of them")
+    assert not (envs / "images" / "colab-x.toml").exists()
     with pytest.raises(BadInput, match="no `name==version` lines"):
         freeze.write_text("nothing here\n")
         write_image(envs, "colab-x", "colab", freeze, "3.15.0", "x", None)

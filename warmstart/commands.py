@@ -243,6 +243,7 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
         given = {"--name": name, "--freeze": freeze, "--python": python, "--source": source}
         if missing := [flag for flag, value in given.items() if not value]:
             raise BadInput(f"invoke image needs {', '.join(missing)} (see `{command_line('--help', 'image')}`)")
+        select_profile(ROOT, {PLATFORM.name: profile}, "--profile")  # one that exists: its locks' platform
         path = write_image(ROOT / "envs", name, profile, Path(freeze), python, source, cuda or None)
         recipes = " ".join(map(shlex.quote, sorted(known_recipes(ROOT, None))))
         relock = command_line("lock", "--recipe")

@@ -244,7 +244,11 @@ def write_image(envs: Path, name: str, profile: str, freeze: Path, python: str, 
         raise BadInput(f"{freeze}: no `name==version` lines; pass the output of `pip freeze`")
     folder = envs / "images"
     if cuda is not None:
-        read_cuda_list(folder / cuda)  # refuse a list that does not exist or is malformed
+        if not (folder / cuda).is_file():
+            lists = ", ".join(sorted(p.name for p in folder.glob("cuda-*.txt"))) or "none"
+            raise BadInput(f"--cuda {cuda!r} names no file in {folder} (there are: {lists}); add the image's "
+                           "CUDA library list there, or name one of them")
+        read_cuda_list(folder / cuda)  # refuse a list that is malformed
     fields = {"name": name, "profile": profile, "python": python, "freeze": f"{name}.freeze.txt",
               **({"cuda": cuda} if cuda else {}), "source": source}
     path = folder / f"{name}.toml"
