@@ -10,9 +10,9 @@
 # (standard library only), after warmstart/prefetch.py's guess at the snapshot to read; this
 # script only finds the interpreter.
 #
-# The Drive root is --drive DIR when given, else $WARMSTART_DRIVE, else the folder holding this
-# checkout (MyDrive, when warmstart lives in MyDrive/warmstart). $WARMSTART_PYTHON is the
-# notebook's interpreter (default: python3).
+# The Drive root is --drive DIR when given, else $WARMSTART_DRIVE, else the platform profile's
+# folder (on Colab the mounted MyDrive, wherever this checkout is). $WARMSTART_PYTHON is the
+# notebook's interpreter (default: python3). `warmstart.sh --help` lists the options.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # No bytecode on Drive (slow for small files). This checkout goes first on sys.path, before the

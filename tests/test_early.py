@@ -551,6 +551,8 @@ def test_a_guess_is_ended_when_warmstart_sh_only_says_its_usage(tmp_path, monkey
         wait_until(lambda: _ended(guessed), 10, "the guessed read goes on")  # noqa: B023
         assert prefetch._guess is None
     assert "usage: warmstart.sh" in capsys.readouterr().out
+    assert tools.main(["--help"]) == 0, "asked for help without a recipe: the options, not a usage error"
+    assert "--offline" in capsys.readouterr().out
 
 
 def test_no_guess_without_a_recipe_or_where_warmstart_has_run(tmp_path, monkeypatch):

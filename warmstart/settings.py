@@ -201,7 +201,7 @@ def parse_command_line(args: list[str], prog: str = "warmstart.sh") -> argparse.
     """warmstart.sh's command line, RECIPE [bootstrap options], parsed against the declaration
     (before warmstart's own dependencies are there: argparse is standard library). A flag that
     is not one of bootstrap's is exit 2 here, before anything is set up."""
-    parser = argparse.ArgumentParser(prog=prog)
+    parser = argparse.ArgumentParser(prog=prog, usage=f"{prog} RECIPE [bootstrap options]")  # the recipe first
     parser.add_argument("recipe", help=_flag_fields(("recipe",))[0].metadata["help"])
     add_arguments(parser, skip=("recipe",))
     parser.add_argument("--json", action="store_true", help="print the final report as one JSON object on stdout")

@@ -427,7 +427,7 @@ def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
 
 def main(argv: list[str]) -> int:
     """warmstart.sh RECIPE [bootstrap options]: warmstart's own tools, then `invoke bootstrap`."""
-    if not argv or argv[0].startswith("-"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):  # asked for help: argparse's
         say("usage: warmstart.sh RECIPE [bootstrap options]")
         return 2
     try:
