@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
 
-from warmstart import extras
+from warmstart import extras, tools
 from warmstart.invocation import cd_cell, command_line, in_cell, invoked_as
 
 STANDIN = Path(__file__).parent / "colab_standin"
@@ -493,9 +493,56 @@ def test_the_launcher_takes_paths_as_data_never_as_shell_code(tmp_path, name):
     ran = subprocess.run([str(launcher), "status", "x y"], capture_output=True, cwd=tmp_path)
 
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split(b"\0")[:-1] == [b"-m", b"invoke", b"--search-root", str(checkout).encode(),
+    assert ran.stdout.split(b"\0")[:-1] == [b"-P", b"-c", tools._LAUNCH.encode(), str(checkout).encode(),
                                              b"status", b"x y"]
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_launcher_runs_a_bootstrap_line_without_invoke_and_gives_invoke_any_other(tmp_path, demo, drive, index):
+    """A bootstrap line is the task's at once (warmstart.launch: invoke's imports and program took
+    a quarter of a no-op run); any other line is invoke's, in its words and with its exit codes.
+    The tools' python here is this one, with an `invoke` that cannot be imported put first on its
+    path: the bootstrap runs all the same, and a line that needs invoke meets that `invoke`."""
+    notebook, folder, _checkout = launcher_for(tmp_path, "real")
+    shadow = tmp_path / "shadow" / "invoke"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('invoke was imported')\n")
+    (folder / "bin" / "python").write_text(f"#!/bin/sh\nPYTHONPATH={shlex.quote(str(shadow.parent))} "
+                                           f"exec {shlex.quote(sys.executable)} \"$@\"\n")
+    written = subprocess.run([str(notebook), "-c", WRITE, str(folder), str(REPO), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert written.returncode == 0, written.stderr
+    launcher = Path(written.stdout.strip())
+    target = make_venv(tmp_path / "target")
+    env = cli_env(index.url)
+
+    ran = subprocess.run([str(launcher), "bootstrap", f"--recipe={demo}", "--drive", str(drive), "--python",
+                          str(target), "--json"], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["installed"] == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+    for line in (["bootstrap", "--recipe", str(demo), "--ofline"], ["bootstrap", "--help"], ["status"],
+                 ["--list"], ["bootstrap", "--rec", str(demo)], ["bootstrap", "--recipe", str(demo), "status"]):
+        other = subprocess.run([str(launcher), *line], capture_output=True, text=True, cwd=tmp_path, env=env)
+        assert other.returncode == 1 and "ImportError: invoke was imported" in other.stderr, (line, other.stderr)
+
+
+def test_a_line_the_launcher_gives_invoke_ends_as_invoke_ends_it(tmp_path, demo):
+    """A misspelt flag, a task's help: invoke's words and exit codes, as before the launcher ran
+    bootstrap lines itself."""
+    notebook, folder, _checkout = launcher_for(tmp_path, "real")
+    (folder / "bin" / "python").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    written = subprocess.run([str(notebook), "-c", WRITE, str(folder), str(REPO), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path)
+    launcher = Path(written.stdout.strip())
+
+    misspelt = subprocess.run([str(launcher), "bootstrap", "--recipe", str(demo), "--ofline"], capture_output=True,
+                              text=True, cwd=tmp_path, env=cli_env())
+    helped = subprocess.run([str(launcher), "bootstrap", "--help"], capture_output=True, text=True, cwd=tmp_path,
+                            env=cli_env())
+
+    assert (misspelt.returncode, misspelt.stderr.strip()) == (1, "No idea what '--ofline' is!")
+    assert helped.returncode == 0 and "--allow-no-gpu" in helped.stdout and "Usage: " in helped.stdout
 
 
 def test_a_link_named_invoke_is_somebody_elses_and_stays(tmp_path):

@@ -5,6 +5,7 @@ folder that has no tasks.py. It must find its recipes, locks and platform profil
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -131,3 +132,21 @@ def test_a_target_without_pip_where_warmstart_has_neither_pip_nor_uv_is_said_wit
     give_pip = re.search(r"or give the target pip with `([^`]+)`$", done.stdout.strip())[1]
     assert subprocess.run(["sh", "-c", give_pip]).returncode == 0, "the command works pasted into a shell"
     assert subprocess.run([str(target), "-m", "pip", "--version"], capture_output=True).returncode == 0
+
+
+def test_the_console_script_runs_a_bootstrap_line_itself_and_gives_invoke_any_other(installed, tmp_path):
+    """warmstart.launch: `warmstart bootstrap ...` runs the task at once; a line the task's flags do
+    not take is invoke's, in its words and with its exit code."""
+    target = tmp_path / "target"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(target)], check=True)
+    (tmp_path / "drive").mkdir()
+
+    planned = run(installed, "bootstrap", "--recipe", "hyperlpr", "--drive", str(tmp_path / "drive"), "--python",
+                  str(target / "bin" / "python"), "--allow-no-gpu", "--dry-run", "--json", cwd=tmp_path)
+    misspelt = run(installed, "bootstrap", "--recipe", "hyperlpr", "--dryrun", cwd=tmp_path)
+
+    assert planned.returncode == 0, planned.stderr
+    report = json.loads(planned.stdout)
+    assert report["dry_run"] is True and report["recipe"] == "hyperlpr" and report["lock"].startswith(
+        str(installed.parent.parent))  # the package's own shipped lock
+    assert (misspelt.returncode, misspelt.stderr.strip()) == (1, "No idea what '--dryrun' is!")

@@ -78,7 +78,7 @@ def via_warmstart_sh(args: list[str], monkeypatch) -> None:
     monkeypatch.setattr(tools, "write_launcher", lambda folder, public: Path("invoke"))
 
     def child(argv, env):
-        assert argv[1:4] == ["-m", "invoke", "--search-root"] and argv[5] == "bootstrap"
+        assert argv[1:3] == ["-P", "-c"] and argv[5] == "bootstrap"  # warmstart.launch, the checkout, the line
         assert env["WARMSTART_LAUNCHER"] == "invoke"  # the command its printed lines begin with
         for name in (v.name for v in VARIABLES):
             if name in env:

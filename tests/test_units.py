@@ -726,7 +726,9 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
     ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere", ["invoke"]),
     # warmstart.sh's launcher (python -m invoke, its own search root), as it says it was run
     ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),
-], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m", "launcher"])
+    ("-c", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),  # a bootstrap line: warmstart.launch
+], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m", "launcher",
+        "launcher-bootstrap"])
 def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, cwd, expected, tmp_path):
     folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd, tmp_path)
     if "tasks of its own" in cwd:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import atexit
-import gc
 import inspect
 import json as jsonlib
 import math
@@ -33,10 +32,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from invoke import Collection, Exit, Program, Task, task
 
-from . import PROJECT_ROOT, __version__, config, early
-from .console import counted, output_closed, shown, silence, write_line
+from . import PROJECT_ROOT, __version__
+from .console import counted, flushed, output_closed, shown, silence, write_line
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
+from .launch import run_bootstrap
 from .profiles import require_no_file_as_drive, select_profile
 from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
 
@@ -66,18 +66,8 @@ def _print(text: str, keep_lines: bool = False, file: TextIO | None = None) -> N
 
 
 def _exit(code: int, last: str | None = None) -> None:
-    """Print `last` (when given), then exit with `code` once stdout is written out, or with
-    OUTPUT_CLOSED where its reader left first (the interpreter's own flush at exit would say that
-    as an ignored BrokenPipeError, and exit 120)."""
-    try:
-        if last is not None:
-            print(last)
-        if sys.stdout is not None:  # None: it was closed (`>&-`), and nothing was printed
-            sys.stdout.flush()
-    except BrokenPipeError:
-        silence(sys.stdout)
-        code = OUTPUT_CLOSED
-    if code:
+    """Print `last` (when given), then exit with `code` once stdout is written out (flushed)."""
+    if code := flushed(code, last):
         raise Exit(code=code)
 
 
@@ -97,28 +87,7 @@ def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callab
 @takes(task_signature(json=False))
 def bootstrap(c, json=False, **flags):
     """Install a recipe's locked environment, restoring wheels and assets from the Drive cache."""
-    with config.reading_ahead(ROOT, flags.get("recipe")):
-        early.begin(flags, ROOT)  # while the rest of warmstart is imported and the plan made
-        from . import headstart, target
-
-        # The target Python's answer (a child, 30 to 50 ms) comes meanwhile too, on the other CPU.
-        target.begin_probe(flags.get("python"))
-        headstart.receive()  # uv from the index, when warmstart.sh began it
-        try:
-            from . import bootstrap as bootstrapping
-            from .cli import run_reported
-
-            # What the imports made lives until this process ends: frozen, the collector never walks
-            # it again. That took the interpreter's teardown after a restore from 48-81 ms to 13-28 ms.
-            # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
-            gc.freeze()
-            code = run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), ROOT, report),
-                                flags.get("recipe") or "", as_json=json).exit_code
-        finally:
-            early.drop()
-            headstart.drop()
-            target.forget_begun()
-    _exit(code)
+    _exit(run_bootstrap(flags, ROOT, as_json=json))
 
 
 @command(help={**{flag: text for flag, text in Options.flags().items() if flag.replace("-", "_") in STATUS_OPTIONS},

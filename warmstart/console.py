@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from .errors import redact
+from .errors import OUTPUT_CLOSED, redact
 
 
 class Bar(Protocol):
@@ -92,6 +92,21 @@ def silence(stream: TextIO) -> None:
         pass
     finally:
         os.close(nowhere)
+
+
+def flushed(code: int, last: str | None = None) -> int:
+    """`code` once `last` (when given) is printed and stdout written out; OUTPUT_CLOSED where its
+    reader left first (the interpreter's own flush at exit would say that as an ignored
+    BrokenPipeError, and exit 120)."""
+    try:
+        if last is not None:
+            print(last)
+        if sys.stdout is not None:  # None: it was closed (`>&-`), and nothing was printed
+            sys.stdout.flush()
+    except BrokenPipeError:
+        silence(sys.stdout)
+        return OUTPUT_CLOSED
+    return code
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -21,8 +21,9 @@ from .settings import LAUNCHER
 def invoked_as(argv0: str | None = None, cwd: Path | None = None,
                environ: Mapping[str, str] = os.environ) -> list[str]:
     """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
-    it on PATH, else the path they gave (`.venv/bin/invoke`). `python -m invoke` is warmstart.sh's
-    launcher (it says how it was run: LAUNCHER), which brings its checkout's tasks; else invoke.
+    it on PATH, else the path they gave (`.venv/bin/invoke`). Any other program is warmstart.sh's
+    launcher (`python -c` running warmstart.launch, or `python -m invoke` for a line it hands invoke;
+    it says how it was run: LAUNCHER), which brings its checkout's tasks; else invoke.
     An `invoke` that would not find this checkout's tasks.py from `cwd` (it was given
     `--search-root`, or run from outside the checkout) is given the checkout as its search root."""
     argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")

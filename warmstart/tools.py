@@ -287,6 +287,21 @@ def _write_script(path: Path, text: str) -> None:
         os.chmod(fh.name, 0o755)
 
 
+# warmstart.launch from the checkout `root`: `-P` keeps the working folder (the notebook's, which
+# may hold a module of any name) off sys.path; warmstart's own __init__ is imported without
+# bytecode beside it (a checkout on Drive), what comes after it with the interpreter's setting,
+# as tasks.py has it.
+_LAUNCH = ("import sys; sys.dont_write_bytecode = True; root = sys.argv.pop(1); sys.path.insert(0, root); "
+           "import warmstart; sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode); "
+           "from warmstart.launch import launcher; launcher(root, sys.argv[1:])")
+
+
+def launch_command(folder: Path, checkout: Path = CHECKOUT) -> list[str]:
+    """The tools' Python running `invoke ARGS` as warmstart.launch does, with `checkout`'s tasks:
+    append ARGS."""
+    return [str(tools_python(folder)), "-P", "-c", _LAUNCH, str(checkout)]
+
+
 def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True) -> Path:
     """`invoke` beside the notebook's python3 when that place is free (or already ours) and
     `public` (the run's target is that python3: warmstart writes in no other environment than its
@@ -298,8 +313,7 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True)
             f"notebook_python={shlex.quote(sys.executable)}\n"
             'export WARMSTART_PYTHON="${WARMSTART_PYTHON:-$notebook_python}"\n'
             f'export {settings.LAUNCHER.name}="$0"\n'
-            f"exec {shlex.quote(str(tools_python(folder)))} -m invoke --search-root {shlex.quote(str(checkout))} "
-            '"$@"\n')
+            f"exec {shlex.join(launch_command(folder, checkout))} \"$@\"\n")
     own = folder / "invoke"
     _write_script(own, text)
     if not public:
@@ -352,7 +366,7 @@ def one_at_a_time(folder: Path) -> Iterator[None]:
 # The tools a bootstrap imports (by import name), in the order compile_ahead compiles them: the
 # reverse of the bootstrap's, which compiles invoke first, so that the two meet. Not the rest
 # (pip-tools, build, click, pyelftools): only `invoke lock` imports them.
-BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "packaging", "invoke")
+BOOTSTRAP_IMPORTS = ("zstandard", "tqdm", "pynvml", "unidiff", "packaging")  # not invoke: warmstart.launch
 _compiling: list[subprocess.Popen[bytes]] = []
 COMPILE_WAIT = 10  # seconds: the whole compile takes about one on 2 CPUs
 
@@ -455,8 +469,7 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
     # bytecode as the launcher's runs do
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     # the command line as given: the task parses it against the same declaration
-    code = _bootstrap([str(tools_python(folder)), "-m", "invoke", "--search-root", str(CHECKOUT),
-                       "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
+    code = _bootstrap([*launch_command(folder), "bootstrap", "--recipe", given.recipe, *argv[1:]], env)
     if code == 0:  # the line to use from now on, once it has worked
         line = _from_now_on(given, drive, command, notebook=in_notebook(profile))
         say(f"from now on, in any folder of this VM: {line}")

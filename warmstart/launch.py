@@ -1,0 +1,104 @@
+"""The `invoke` that warmstart.sh writes (and runs for its own bootstrap), and the `warmstart`
+console script: a bootstrap line runs its task at once; any other line is invoke's, as before.
+
+A bootstrap is what a VM runs most (`!invoke bootstrap --recipe hyperlpr` in every new
+notebook, and the one warmstart.sh starts). invoke's imports and its program (the collection,
+its parser, tasks.py) took 53 ms of a no-op bootstrap's 200 (16 alternated runs, medians; 147 ms
+without them). The line is read against the same declaration (settings.Options), strictly: a
+flag bootstrap does not take, an abbreviation, `--help`, a core option of invoke's, a second task
+or a value the declaration refuses, and the line is invoke's to read, in its words and with its
+exit codes, as it always was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import runpy
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+from . import PROJECT_ROOT
+from .console import flushed
+from .settings import Options, add_arguments
+
+
+class _NotOurs(Exception):
+    """A line the bootstrap's own reading does not take."""
+
+
+class _Strict(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse would print its usage and exit 2
+        raise _NotOurs(message)
+
+
+def bootstrap_line(argv: list[str]) -> tuple[dict[str, Any], bool] | None:
+    """`bootstrap ...`'s flags by name, as the task takes them, and --json; None for any other line."""
+    if not argv or argv[0] != "bootstrap":
+        return None
+    parser = _Strict(add_help=False, allow_abbrev=False)
+    add_arguments(parser)
+    parser.add_argument("--json", action="store_true")
+    try:
+        flags = vars(parser.parse_args(argv[1:]))
+    except Exception:  # _NotOurs, or a value the declaration refuses (`--drive ""`): invoke says it
+        return None
+    return flags, flags.pop("json")
+
+
+def run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int:
+    """The bootstrap task (its flags by name, as settings.Options declares them): its exit code.
+    Both entries run it, invoke's task (warmstart.commands) and the launcher; it imports the rest
+    of warmstart once the snapshot's read has begun (warmstart.early), as the plan is made."""
+    from . import config, early
+
+    with config.reading_ahead(root, flags.get("recipe")):
+        early.begin(flags, root)  # while the rest of warmstart is imported and the plan made
+        from . import headstart, target
+
+        # The target Python's answer (a child, 30 to 50 ms) comes meanwhile too, on the other CPU.
+        target.begin_probe(flags.get("python"))
+        headstart.receive()  # uv from the index, when warmstart.sh began it
+        try:
+            from . import bootstrap as bootstrapping
+            from .cli import run_reported
+
+            # What the imports made lives until this process ends: frozen, the collector never walks
+            # it again. That took the interpreter's teardown after a restore from 48-81 ms to 13-28 ms.
+            # (The kernel's own entry, warmstart.colab, leaves the notebook's process alone.)
+            gc.freeze()
+            return run_reported(lambda report: bootstrapping.bootstrap(Options(**flags), root, report),
+                                flags.get("recipe") or "", as_json=as_json).exit_code
+        finally:
+            early.drop()
+            headstart.drop()
+            target.forget_begun()
+
+
+def _bootstrap(line: tuple[dict[str, Any], bool]) -> NoReturn:
+    flags, as_json = line
+    sys.exit(flushed(run_bootstrap(flags, PROJECT_ROOT, as_json=as_json)))
+
+
+def launcher(search_root: str, argv: list[str]) -> NoReturn:
+    """warmstart.sh's `invoke` (`python -P -c ... CHECKOUT ARGS`: warmstart.tools.launch_command)."""
+    line = bootstrap_line(argv)
+    if line is not None:
+        _bootstrap(line)
+    # `python -m invoke --search-root CHECKOUT ARGS`, as the launcher ran before
+    sys.argv = [sys.argv[0], "--search-root", search_root, *argv]
+    runpy.run_module("invoke", run_name="__main__", alter_sys=True)
+    sys.exit(0)
+
+
+def console() -> NoReturn:
+    """The `warmstart` console script."""
+    line = bootstrap_line(sys.argv[1:])
+    if line is not None:
+        _bootstrap(line)
+    from .commands import main
+
+    main()
+    sys.exit(0)
