@@ -17,7 +17,7 @@ For each recipe, on the same lock and machine, in one run, every round:
   warmstart-no-op      the same command again
   warmstart-offline    invoke bootstrap --offline after a wipe, network cut (unshare -n)
   warmstart-restore-step  that run's own snapshot step (its --json report): the restore without
-                       the command's fixed cost (interpreter, invoke, imports, the checks)
+                       the command's fixed cost (interpreter, imports, the checks)
   warmstart-online     the same with the index reachable: a snapshot that reads slowly races uv
                        from the index (warmstart.race); the report says which won
   warmstart-team       (--team) invoke bootstrap --cache s3://... after a wipe, with an empty
@@ -71,17 +71,19 @@ from warmstart.pipconfig import (
     uv_env,
 )
 from warmstart.recipe import load_recipe
+from warmstart.tools import LAUNCH
 from warmstart.uv import find_uv
 
-# Runs the warmstart command and reports its own peak RSS (children such as tar and uv excluded):
-# VmHWM, its resident peak since its exec. getrusage's ru_maxrss would report the
-# bench's own peak whenever that is higher, since Linux carries it over the fork and the exec.
+# Runs the warmstart command as a notebook's `!invoke` runs it (warmstart.sh's launcher: a bootstrap
+# line without invoke's program, warmstart.launch; until 6 December the bench ran invoke's program)
+# and reports its own peak RSS (children such as tar and uv excluded): VmHWM, its resident peak
+# since its exec. getrusage's ru_maxrss would report the bench's own peak whenever that is higher,
+# since Linux carries it over the fork and the exec.
 RSS_WRAPPER = (
     "import atexit, sys\n"
     "atexit.register(lambda: print('peak-rss-kib', *(line.split()[1] for line in open('/proc/self/status')"
     " if line.startswith('VmHWM:')), file=sys.stderr))\n"
-    "from invoke.main import program\n"
-    "program.run(['invoke', *sys.argv[1:]])\n"
+    + LAUNCH + "\n"
 )
 
 
@@ -267,7 +269,7 @@ class Bench:
         """A wiped VM's restore from the snapshot on Drive: offline with the network cut, else
         with the index reachable (a slow read races it; who won is kept). Its time, the peak RSS
         of the warmstart process, and its own snapshot step: the restore without what every run
-        of the command costs (the interpreter, invoke, the imports, the checks before it), what
+        of the command costs (the interpreter, the imports, the checks before it), what
         compares with zstd -d | tar -x."""
         report = self.work / "report.json"
         cmd = ["unshare", "--net", "--", *boot, "--offline"] if offline else boot
@@ -281,7 +283,7 @@ class Bench:
         return seconds, rss, step
 
     def boot(self) -> list[str]:
-        return [sys.executable, "-c", RSS_WRAPPER, "--search-root", str(REPO), "bootstrap",
+        return [sys.executable, "-P", "-c", RSS_WRAPPER, str(REPO), "bootstrap",
                 "--recipe", self.recipe_arg, "--drive", str(self.drive), "--allow-no-gpu", "--json",
                 "--packages-only",  # packages are what is measured; assets are their own matter
                 "--python", str(self.venv / "bin" / "python")]

@@ -493,7 +493,7 @@ def test_the_launcher_takes_paths_as_data_never_as_shell_code(tmp_path, name):
     ran = subprocess.run([str(launcher), "status", "x y"], capture_output=True, cwd=tmp_path)
 
     assert ran.returncode == 0, ran.stderr
-    assert ran.stdout.split(b"\0")[:-1] == [b"-P", b"-c", tools._LAUNCH.encode(), str(checkout).encode(),
+    assert ran.stdout.split(b"\0")[:-1] == [b"-P", b"-c", tools.LAUNCH.encode(), str(checkout).encode(),
                                              b"status", b"x y"]
     assert not (tmp_path / "PWNED").exists()
 

@@ -291,7 +291,7 @@ def _write_script(path: Path, text: str) -> None:
 # may hold a module of any name) off sys.path; warmstart's own __init__ is imported without
 # bytecode beside it (a checkout on Drive), what comes after it with the interpreter's setting,
 # as tasks.py has it.
-_LAUNCH = ("import sys; sys.dont_write_bytecode = True; root = sys.argv.pop(1); sys.path.insert(0, root); "
+LAUNCH = ("import sys; sys.dont_write_bytecode = True; root = sys.argv.pop(1); sys.path.insert(0, root); "
            "import warmstart; sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode); "
            "from warmstart.launch import launcher; launcher(root, sys.argv[1:])")
 
@@ -299,7 +299,7 @@ _LAUNCH = ("import sys; sys.dont_write_bytecode = True; root = sys.argv.pop(1); 
 def launch_command(folder: Path, checkout: Path = CHECKOUT) -> list[str]:
     """The tools' Python running `invoke ARGS` as warmstart.launch does, with `checkout`'s tasks:
     append ARGS."""
-    return [str(tools_python(folder)), "-P", "-c", _LAUNCH, str(checkout)]
+    return [str(tools_python(folder)), "-P", "-c", LAUNCH, str(checkout)]
 
 
 def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True) -> Path:
