@@ -511,6 +511,13 @@ def main() -> None:
     unknown = [name for name in args.colab if name not in images]
     if unknown:
         parser.error(f"--colab {unknown[0]}: no such image (one of {', '.join(sorted(images))})")
+    for name in args.colab:  # said before the first round, not as a traceback after the bare ones
+        for recipe_arg in recipes:
+            recipe = load_recipe(recipe_arg, PROJECT_ROOT)
+            wanted = lock_path(recipe, LockTarget(images[name].python_minor, target.platform_tag(), name))
+            if not wanted.is_file():
+                parser.error(f"--colab {name}: {recipe.name} has no lock for that image ({wanted}); make it with "
+                             f"`invoke lock --recipe {recipe_arg} --image {name}`, or name the --recipe to measure")
     for slow in [None, *args.slow_drive]:
         label = "local disk" if slow is None else "slow Drive {} ms/open, {} MiB/s".format(*slow.split(","))
         for recipe_arg, image in [(r, None) for r in recipes] + [(r, images[n]) for n in args.colab for r in recipes]:
