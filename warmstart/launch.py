@@ -3,11 +3,11 @@ console script: a bootstrap line runs its task at once; any other line is invoke
 
 A bootstrap is what a VM runs most (`!invoke bootstrap --recipe hyperlpr` in every new
 notebook, and the one warmstart.sh starts). invoke's imports and its program (the collection,
-its parser, tasks.py) took 53 ms of a no-op bootstrap's 200 (16 alternated runs, medians; 147 ms
-without them). The line is read against the same declaration (settings.Options), strictly: a
-flag bootstrap does not take, an abbreviation, `--help`, a core option of invoke's, a second task
-or a value the declaration refuses, and the line is invoke's to read, in its words and with its
-exit codes, as it always was.
+its parser, tasks.py) took a quarter of a no-op bootstrap: 200 ms against 148 without them (20
+alternated pairs, medians; bench/README.md). The line is read against the same declaration
+(settings.Options), strictly: a flag bootstrap does not take, an abbreviation, `--help`, a core
+option of invoke's, a second task or a value the declaration refuses, and the line is invoke's
+to read, in its words and with its exit codes, as it always was.
 """
 
 from __future__ import annotations
