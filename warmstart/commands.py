@@ -149,11 +149,13 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         # each file of a name defined twice too (a copy of a shipped recipe on Drive): its locks are its own
         for file in [file for _name, files in sorted(found.items()) for file in files]:
             try:
-                lines += compiling.check(load_recipe(str(file), ROOT, by_name), ROOT)
+                loaded = load_recipe(str(file), ROOT, by_name)
             except BadInput as exc:
                 if recipe:
                     raise
                 unreadable.append(str(exc))
+                continue
+            lines += compiling.check(loaded, ROOT)
         problems = lines + unreadable
         fault = BadInput if unreadable else WarmstartError  # exit 2 where a recipe is bad input, else 1
         if len(problems) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end
