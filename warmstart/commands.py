@@ -131,7 +131,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     from .cli import run_plain
     from .images import image_named
     from .locktext import given_as_file
-    from .recipe import load_recipe, recipe_files
+    from .recipe import each_recipe, load_recipe, recipe_files
 
     def say(line: str) -> None:
         _print(f"warmstart: {line}", file=sys.stderr)
@@ -144,18 +144,10 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     def check_all() -> None:
         by_name = drive_recipes()
         found = {recipe: [recipe]} if recipe else recipe_files(ROOT, by_name)
-        lines: list[str] = []
-        unreadable: list[str] = []  # a teammate's broken recipe in the Drive's folder hides no other's locks
+        unreadable: list[str] = []
         # each file of a name defined twice too (a copy of a shipped recipe on Drive): its locks are its own
-        for file in [file for _name, files in sorted(found.items()) for file in files]:
-            try:
-                loaded = load_recipe(str(file), ROOT, by_name)
-            except BadInput as exc:
-                if recipe:
-                    raise
-                unreadable.append(str(exc))
-                continue
-            lines += compiling.check(loaded, ROOT)
+        lines = [line for _name, loaded in each_recipe(found, ROOT, by_name, None if recipe else unreadable)
+                 for line in compiling.check(loaded, ROOT)]
         problems = lines + unreadable
         fault = BadInput if unreadable else WarmstartError  # exit 2 where a recipe is bad input, else 1
         if len(problems) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from . import livelock
-from .errors import BadInput
 from .lock import existing_locks, parse_lock
-from .recipe import load_recipe, recipe_files
+from .recipe import each_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
 from .transfer import sha256_of
 from .wheels import parse
@@ -47,14 +46,7 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
     lock_refs: dict[str, set[str]] = defaultdict(set)
     known = recipe_files(root, drive)
     # a name defined twice (a copy on Drive of a shipped recipe): what either file names is owned
-    for name, path in [(name, path) for name, paths in known.items() for path in paths]:
-        try:
-            recipe = load_recipe(str(path), root)
-        except BadInput as exc:
-            if unreadable is None:
-                raise
-            unreadable.append(str(exc))
-            continue
+    for name, recipe in each_recipe(known, root, unreadable=unreadable):
         for lock_file in existing_locks(recipe):
             lock_refs[sha256_of(lock_file)].add(name)
             for pin in parse_lock(lock_file).pins:

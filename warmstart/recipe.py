@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -166,6 +167,23 @@ def known_recipes(root: Path, drive: Path | None) -> dict[str, Path]:
         if len(files) > 1:
             raise defined_twice(name, files)
     return {name: files[0] for name, files in found.items()}
+
+
+def each_recipe(found: dict[str, list[Path]], root: Path, drive: Path | None = None,
+                unreadable: list[str] | None = None) -> Iterator[tuple[str, Recipe]]:
+    """Each file of `found` (recipe_files: both files of a name defined twice) loaded, by name.
+    One that cannot be read is BadInput, or, given `unreadable`, its line there: a teammate's
+    broken recipe in the Drive's folder hides none of the others."""
+    for name, paths in sorted(found.items()):
+        for path in paths:
+            try:
+                recipe = load_recipe(str(path), root, drive)
+            except BadInput as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append(str(exc))
+                continue
+            yield name, recipe
 
 
 def _recipe_files(folder: Path) -> list[Path]:

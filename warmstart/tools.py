@@ -292,8 +292,8 @@ def _write_script(path: Path, text: str) -> None:
 # bytecode beside it (a checkout on Drive), what comes after it with the interpreter's setting,
 # as tasks.py has it.
 LAUNCH = ("import sys; sys.dont_write_bytecode = True; root = sys.argv.pop(1); sys.path.insert(0, root); "
-           "import warmstart; sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode); "
-           "from warmstart.launch import launcher; launcher(root, sys.argv[1:])")
+          "import warmstart; sys.dont_write_bytecode = bool(sys.flags.dont_write_bytecode); "
+          "from warmstart.launch import launcher; launcher(root, sys.argv[1:])")
 
 
 def launch_command(folder: Path, checkout: Path = CHECKOUT) -> list[str]:
