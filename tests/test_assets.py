@@ -204,8 +204,11 @@ def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_insta
     assert not list((tmp_path / "venv").glob("lib/python*/site-packages/*.dist-info")), "nothing installed"
 
     listing = run_cli("assets", "--recipe", str(recipe), "--drive", str(drive), env=cli_env(HOME=str(home)))
-    assert listing.code == 0
+    assert listing.code == 2, "as the bootstrap: a script that asks first learns that it would stop"
     assert listing.stdout.splitlines()[1] == f"          ! {said}; move it away (or point the asset's dest elsewhere) and run again"
+    assert listing.stderr.strip().splitlines() == [
+        "warmstart: error: 1 asset above cannot be placed: something of yours is in its way (`!` lines); "
+        "a bootstrap of demo stops there until it is moved"]
 
 
 def test_invoke_assets_on_a_drive_root_that_is_a_file_says_that_not_what_is_in_each_assets_way(tmp_path, home):

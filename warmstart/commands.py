@@ -366,7 +366,8 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
 
 @command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
 def assets(c, recipe=None, drive=None):
-    """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one."""
+    """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one
+    (then exit 2, as the bootstrap would)."""
     from .assets import KIND, asset_table
     from .cli import run_plain
     from .recipe import load_recipe
@@ -386,6 +387,11 @@ def assets(c, recipe=None, drive=None):
                 _print(f"          ! {in_the_way}")
         if not rows:
             _print(f"{loaded.path} declares no assets")
+        # as the bootstrap refuses to run then (exit 2): a script that asks first learns the same
+        if blocked := sum(bool(in_the_way) for *_, in_the_way in rows):
+            raise BadInput(f"{counted(blocked, 'asset')} above cannot be placed: something of yours is in "
+                           f"{'its' if blocked == 1 else 'their'} way (`!` lines); a bootstrap of "
+                           f"{loaded.name} stops there until it is moved")
 
     _exit(run_plain(show))
 
