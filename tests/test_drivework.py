@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from conftest import (
     LOCKED,
@@ -38,6 +39,15 @@ def background_env(index_url: str, home: Path, **extra: str) -> dict[str, str]:
 def jobs(home: Path) -> list[Path]:
     """The job folders of every target: drivework/<prefix hash>/<run>."""
     return sorted((home / ".cache" / "warmstart" / "drivework").glob("*/*"))
+
+
+def a_job(tmp_path: Path, monkeypatch: Any) -> tuple[Path, Path, drivework.DriveWork]:
+    """A Drive folder, a target's prefix and a job begun for them, in a warmstart home of the test's own."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    for folder in (drive, prefix):
+        folder.mkdir()
+    return drive, prefix, drivework.start(prefix, drive, prefix / "bin" / "python")
 
 
 def wait_for_workers(home: Path, seconds: float = 120) -> None:
@@ -177,11 +187,7 @@ def test_the_wheels_a_job_will_put_on_drive_are_those_of_its_drive_by_name_and_v
 
     from warmstart.tiered import TieredStore
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    drive, prefix = tmp_path / "drive", tmp_path / "venv"
-    for folder in (drive, prefix):
-        folder.mkdir()
-    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    drive, prefix, work = a_job(tmp_path, monkeypatch)
     work.download = [["Alpha", "1.0", ["sha256:00"]]]
     work.from_team = [["gamma-3.0-py3-none-any.whl", ["sha256:11"]]]
     (work.folder / drivework.FILES / "wheels").mkdir(parents=True)
@@ -192,6 +198,28 @@ def test_the_wheels_a_job_will_put_on_drive_are_those_of_its_drive_by_name_and_v
     assert drivework.queued_wheels(prefix, drive) == {("alpha", Version("1.0")), ("beta", Version("2.0")),
                                                       ("gamma", Version("3.0"))}
     assert drivework.queued_wheels(prefix, tmp_path / "another-drive") == frozenset()
+
+
+def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(tmp_path, monkeypatch):
+    """A job file that is JSON but not the object a run writes (or no JSON at all): `pending`,
+    `queued_wheels`, `settle` and `finish` pass over it, as over one finished meanwhile, and the
+    job stays where it is. Before, JSON that was not an object raised AttributeError in each."""
+    from warmstart.tiered import TieredStore
+
+    drive, prefix, work = a_job(tmp_path, monkeypatch)
+    work.download = [["alpha", "1.0", ["sha256:00"]]]
+    store = TieredStore.at(drive)
+    work.write_job(store)
+    said: list[str] = []
+
+    for damaged in ("[]", '"job"', "{not json"):
+        (work.folder / drivework.JOB).write_text(damaged)
+        assert drivework.pending(prefix) is None
+        assert drivework.queued_wheels(prefix, drive) == frozenset()
+        assert drivework.settle(prefix, store, said.append) is False
+        drivework.finish(work.folder, store)
+        assert (work.folder / drivework.JOB).read_text() == damaged
+    assert said == []
 
 
 def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):
@@ -342,11 +370,9 @@ def test_a_job_left_with_only_the_team_usage_record_counts_and_is_finished_onlin
     the job. Before, such a job counted for nothing and its folder stayed for good."""
     from warmstart.tiered import TieredStore
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    team, drive, prefix = tmp_path / "team", tmp_path / "drive", tmp_path / "venv"
-    for folder in (team, drive, prefix):
-        folder.mkdir()
-    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    drive, prefix, work = a_job(tmp_path, monkeypatch)
+    team = tmp_path / "team"
+    team.mkdir()
     work.team_usage = ["wheels/a-1.0-py3-none-any.whl", "snapshots/s.tar.zst"]
     work.write_job(TieredStore.at(drive))
 
@@ -433,11 +459,7 @@ def test_a_job_whose_worker_has_not_yet_begun_is_being_written_not_left_for_the_
     is being written all the same. Before, that said "to be finished by the next run"."""
     from warmstart.tiered import TieredStore
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    drive, prefix = tmp_path / "drive", tmp_path / "venv"
-    for folder in (drive, prefix):
-        folder.mkdir()
-    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    drive, prefix, work = a_job(tmp_path, monkeypatch)
     work.snapshot = {"stem": "s"}  # what is in it does not count here
     work.write_job(TieredStore.at(drive))
     # a worker as `spawn` leaves it: started on this job (its pid written), not yet at work

@@ -58,6 +58,20 @@ def handed_off(prefix: Path) -> list[Path]:
     return sorted(f for f in base.iterdir() if (f / JOB).is_file()) if base.is_dir() else []
 
 
+def _read_job(folder: Path) -> dict[str, Any] | None:
+    """A handed-off job's fields; None when its file is gone (the job finished and was removed
+    meanwhile) or damaged (nothing can finish it: it is passed over)."""
+    try:
+        job = json.loads((folder / JOB).read_text())
+    except (OSError, ValueError):
+        return None
+    return job if isinstance(job, dict) else None
+
+
+def _save_job(folder: Path, job: Mapping[str, Any]) -> None:
+    write_private(folder / JOB, json.dumps(job))
+
+
 @contextmanager
 def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
     """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
@@ -140,11 +154,11 @@ class DriveWork:
         """The job file, written last: from now on a worker or a later run may finish the job."""
         files = (sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())
                  + len(self.from_team or ()))
-        write_private(self.folder / JOB, json.dumps({
+        _save_job(self.folder, {
             "drive": str(self.drive), "snapshot": self.snapshot, "download": self.download,
             "from_team": self.from_team, "python": self.python, "tags": self.tags, "files": files,
             "created": time.time(), "team": store.team_spec(), "team_usage": self.team_usage,
-            "team_share": self.team_share}))
+            "team_share": self.team_share})
 
     def keep(self, store: TieredStore, why: str) -> None:
         """Write the job without a worker on it: the next run starts one (Drive stopped answering
@@ -254,10 +268,11 @@ def pending(prefix: Path, jobs: list[Path] | None = None) -> Pending | None:
     snapshot = running = usage = share = False
     failed = None
     for folder in handed_off(prefix) if jobs is None else jobs:
+        if (job := _read_job(folder)) is None:
+            continue
         try:
-            job = json.loads((folder / JOB).read_text())
             queued: list[Any] = [p for p in folder.glob(f"{FILES}/*/*") if not p.name.endswith(".part")]
-        except (OSError, ValueError):
+        except OSError:
             continue  # finished and removed meanwhile
         if job.get("download"):  # the wheels are still to come from the index: count them as such
             queued = [p for p in queued if p.parent.name != "wheels"] + job["download"]
@@ -282,10 +297,9 @@ def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, 
     their worker writes (or before the next run restarts a killed one) need not fetch them too."""
     queued = set()
     for folder in handed_off(prefix):
+        if (job := _read_job(folder)) is None or job.get("drive") != str(drive):
+            continue
         try:
-            job = json.loads((folder / JOB).read_text())
-            if job.get("drive") != str(drive):
-                continue
             files = [path.name for path in (folder / FILES / "wheels").glob("*.whl")]  # not a .part
             for name, version, *_hashes in job.get("download") or []:
                 queued.add((canonicalize_name(str(name)), Version(str(version))))
@@ -293,7 +307,7 @@ def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, 
                 name, version, *_tags = parse_wheel_filename(str(file))
                 queued.add((name, version))
         except (OSError, ValueError, TypeError, IndexError):  # packaging's errors are ValueErrors
-            continue  # finished and removed meanwhile, or damaged: `status` shows it, a run finishes it
+            continue  # finished and removed meanwhile, or damaged: passed over
     return frozenset(queued)
 
 
@@ -335,11 +349,8 @@ def _fills_drive(job: Mapping[str, Any], folder: Path) -> bool:
 
 def _writes_drive(folder: Path) -> bool:
     """Whether a handed-off job has Drive still to write: files (_fills_drive) or a snapshot."""
-    try:
-        job = json.loads((folder / JOB).read_text())
-    except (OSError, ValueError):
-        return False  # finished and removed meanwhile, or damaged (status shows it)
-    return _fills_drive(job, folder) or bool(job.get("snapshot"))
+    job = _read_job(folder)
+    return job is not None and (_fills_drive(job, folder) or bool(job.get("snapshot")))
 
 
 def resume(prefix: Path, say: Any, team: str | None = None) -> None:
@@ -359,13 +370,8 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
     lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
     come from the index or the team cache stay queued, and so does the job."""
     with _job_held(folder) as held:
-        if not held:
-            return
-        try:
-            job = json.loads((folder / JOB).read_text())
-        except (OSError, ValueError):
-            return  # a damaged job file: `status` shows the job, nothing here can finish it
-        _finish(folder, job, store, offline)
+        if held and (job := _read_job(folder)) is not None:
+            _finish(folder, job, store, offline)
 
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
@@ -375,9 +381,9 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
     share = job.get("team_share")
     later = bool(wanted or copies or used or share) and offline  # what needs the network stays queued
     if wanted and not offline:
-        _download(folder, wanted, job["tags"], store)
+        _download(folder, job, store)
     if copies and not offline:
-        _copy_from_team(folder, copies, store)
+        _copy_from_team(folder, job, store)
     files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
     total = sum(f.stat().st_size for f in files)
     with store.bars.bar(total, f"to Drive ({counted(len(files), 'file')})") as bar:
@@ -397,7 +403,7 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
             print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
         if later:
             job["snapshot"] = None
-            write_private(folder / JOB, json.dumps(job))
+            _save_job(folder, job)
     if used and not offline and (team := store.ask_team()):
         team.record_use(used)
     if share and not offline and (team := store.ask_team()):
@@ -407,36 +413,35 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _download(folder: Path, wanted: list[list[Any]], tags: list[str], store: TieredStore) -> None:
-    """Fetch the wheels the run let uv take straight from the index, for the cache."""
+def _download(folder: Path, job: dict[str, Any], store: TieredStore) -> None:
+    """Fetch the wheels the run let uv take straight from the index (the job's `download`), for
+    the cache."""
     area = folder / FILES / "wheels"
     area.mkdir(parents=True, exist_ok=True)
     have = {path.name for path in area.iterdir()}
-    pins = [Pin(canonicalize_name(n), v, frozenset(h)) for n, v, h in wanted]
-    supported = [tag for text in tags for tag in parse_tag(text)]
+    pins = [Pin(canonicalize_name(n), v, frozenset(h)) for n, v, h in job["download"]]
+    supported = [tag for text in job["tags"] for tag in parse_tag(text)]
     downloader = Downloader(IndexSettings.from_environ(), store.bars)
     jobs, left = downloader.wheel_jobs(pins, supported, area)
     downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {counted(len(jobs), 'wheel')} for Drive")
     for pin, why in left.items():  # pip would need the target itself: a --wait run caches these
         print(redact(f"not cached: {pin.name}=={pin.version}: {why}"), file=sys.stderr)
-    job = json.loads((folder / JOB).read_text())
     job["download"] = None  # fetched: what is left is putting them on Drive
-    write_private(folder / JOB, json.dumps(job))
+    _save_job(folder, job)
 
 
-def _copy_from_team(folder: Path, copies: list[list[Any]], store: TieredStore) -> None:
+def _copy_from_team(folder: Path, job: dict[str, Any], store: TieredStore) -> None:
     """Copy the wheels only the team cache held into the job, each checked against the lock's
     sha256 (Drive then gets them with the rest): the next VM finds all it needs on Drive and
     need not open the team store. One the team cannot serve is left for a later run to ask."""
     area = folder / FILES / "wheels"
     area.mkdir(parents=True, exist_ok=True)
     if team := store.ask_team():
-        for name, hashes in copies:
+        for name, hashes in job["from_team"]:
             if not (area / name).exists() and not store.on_drive("wheels", name):
                 team.get("wheels", name, area / name, hashes)
-    job = json.loads((folder / JOB).read_text())
     job["from_team"] = None  # copied: what is left is putting them on Drive
-    write_private(folder / JOB, json.dumps(job))
+    _save_job(folder, job)
 
 
 def _share_with_team(folder: Path, share: dict[str, list[str]], drive: DriveStore, team: Store) -> None:
