@@ -545,6 +545,33 @@ def test_a_line_the_launcher_gives_invoke_ends_as_invoke_ends_it(tmp_path, demo)
     assert helped.returncode == 0 and "--allow-no-gpu" in helped.stdout and "Usage: " in helped.stdout
 
 
+def test_the_launcher_writes_no_bytecode_beside_warmstarts_init_and_all_that_it_imports_after(tmp_path):
+    """The launcher's line imports warmstart's __init__ writing no bytecode (from a checkout on
+    Drive it would go beside it, on Drive; __init__ then sends the rest elsewhere), and turns
+    bytecode back on for all it imports after: warmstart's other modules, and invoke for a line
+    that is invoke's. A copy of the checkout here (off Drive: the rest compiles beside it) and a
+    stand-in `invoke` whose __init__ imports a module of its own, both never compiled."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("recipes", "requirements", "envs"):  # what makes it a checkout (PROJECT_ROOT)
+        (checkout / folder).mkdir()
+    stand_in = tmp_path / "path" / "invoke"
+    stand_in.mkdir(parents=True)
+    (stand_in / "__init__.py").write_text("from . import program\n")
+    (stand_in / "program.py").write_text("")
+    (stand_in / "__main__.py").write_text("import sys; print('invoke ran', sys.argv[1:])\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(stand_in.parent)
+
+    ran = subprocess.run([sys.executable, "-P", "-c", tools.LAUNCH, str(checkout), "status"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    assert ran.returncode == 0 and ran.stdout.strip() == f"invoke ran ['--search-root', '{checkout}', 'status']", ran
+    compiled = {path.name.split(".")[0] for path in (checkout / "warmstart" / "__pycache__").glob("*.pyc")}
+    assert "__init__" not in compiled and {"launch", "settings"} <= compiled, compiled
+    assert {path.name.split(".")[0] for path in (stand_in / "__pycache__").glob("*.pyc")} >= {"__init__", "program"}
+
+
 def test_a_link_named_invoke_is_somebody_elses_and_stays(tmp_path):
     notebook, folder, checkout = launcher_for(tmp_path, "plain")
     link = notebook.parent / "invoke"
