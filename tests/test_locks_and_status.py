@@ -165,6 +165,8 @@ def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, drive, en
     assert empty.report["missing"] == ["alpha", "beta", "gpu-build"]
     assert empty.report["action"] == "download 3 wheels, then install"
     assert empty.report["cache"]["wheels"] == 0
+    wiped = empty.report["cache"]["snapshot"]  # what a wiped VM restores from: not on Drive yet
+    assert wiped["found"] is None and wiped["index"].startswith("demo-py") and wiped["index"].endswith(".json")
     assert list(drive.iterdir()) == [], "status changes nothing"
 
     assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
@@ -173,6 +175,16 @@ def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, drive, en
     assert matching.code == 0
     assert matching.report["matches"] is True and matching.report["action"] == "no-op"
     assert matching.report["cache"]["wheels"] == 3 and matching.report["cache"]["wheel_bytes"] > 0
+    assert matching.report["cache"]["snapshot"] == {**wiped, "found": "drive"}  # the run packed it (WARMSTART_WAIT)
+    packed = drive / ".warmstart" / "v1" / "snapshots" / wiped["index"]
+    assert packed.is_file()
+    said = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert f"\nsnapshot  {packed.stem} in {drive}: a wiped VM restores from it\n" in said.stdout
+    packed.rename(packed.with_name("elsewhere.json"))
+    lost = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert lost.code == 0, "what this VM has still matches"
+    assert f"\nsnapshot  none for a wiped VM in {drive} yet: it installs from the wheels, then packs one\n" in lost.stdout
+    packed.with_name("elsewhere.json").rename(packed)
 
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
                     "--index-url", index.url, "beta==1.0", "cpu-only==1.0"], check=True, env=env)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -675,6 +676,13 @@ def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
     owner = VM(tmp_path / "owner", index.url, {}, str(shared))
     assert owner.bootstrap(demo).code == 0
     assert len(list((shared / ".warmstart" / "v1" / "wheels").iterdir())) == 3
+    # with its Drive's copy gone, the owner's status names the team cache's
+    for drives_own in (owner.drive / ".warmstart" / "v1" / "snapshots").glob("*.json"):
+        drives_own.unlink()
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(owner.drive), "--python", str(owner.python),
+                     env=owner.env)
+    assert re.search(r"\nsnapshot  demo-py3\d+-[0-9a-f]{16} in the team cache: a wiped VM restores from it\n",
+                     status.stdout), status.stdout
 
     other = VM(tmp_path / "other", dead_url(), {}, str(shared))
     result = other.bootstrap(demo)

@@ -444,6 +444,13 @@ def _use_record_due(plan: Plan, team: dict[str, Any] | None, every: float = 8640
     return True
 
 
+def wiped_vm_snapshot(facts: Facts) -> snapshot.Snapshot | None:
+    """The snapshot a wiped VM of this platform restores: of what its image lacks (of every pin on
+    a bare VM); None when the image ships them all."""
+    fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+    return snapshot.Snapshot.locate(facts.recipe.name, facts.lock, facts.target, fresh) if fresh else None
+
+
 def store_files_used(plan: Plan, store: TieredStore) -> tuple[list[str], dict[str, list[str]]]:
     """The store files this run's lock and recipe use, as usage records name them (the wheels as
     the cache holds them now); and of those, what a wiped VM of this platform reads from a cache
@@ -454,11 +461,7 @@ def store_files_used(plan: Plan, store: TieredStore) -> tuple[list[str], dict[st
     cached = cached_wheels(store, facts.needs.wanted, facts.target.supported_tags())
     fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
     # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
-    located = set()
-    if fresh:
-        located.add(snapshot.Snapshot.locate(facts.recipe.name, facts.lock, facts.target, fresh).index_name)
-    if facts.snapshot:
-        located.add(facts.snapshot.index_name)
+    located = {found.index_name for found in (wiped_vm_snapshot(facts), facts.snapshot) if found}
     read = {f"wheels/{cached[pin.name]}": sorted(pin.hashes) for pin in fresh if pin.name in cached}
     read |= {f"{assets.KIND}/{a.sha256}": [a.sha256] for a in facts.recipe.assets}
     read |= {f"{snapshot.KIND}/{name}": [] for name in sorted(located)}

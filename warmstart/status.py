@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from . import checks, config, drivework, restart
-from .bootstrap import prepare
+from .bootstrap import prepare, wiped_vm_snapshot
 from .cli import run_reported
 from .console import abridged, counted, shown, write_line
 from .plan import Plan, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
+from .snapshot import KIND as SNAPSHOTS
 from .target import shared_files
 
 # Installers and build tools every environment has; not worth listing as "extra".
@@ -75,6 +76,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     extra = sorted(n for n in have if n not in locked and n not in _BASELINE)
     writes = drivework.pending(facts.target.prefix)
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
+    wiped = wiped_vm_snapshot(facts)
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
@@ -114,6 +116,12 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             # the team cache behind Drive (--cache): what only it holds, and whether it answered
             "team": {**team, "wheels_only_there": len(set(facts.cached.values()) & store.team_only("wheels"))}
             if (team := store.describe_team()) else None,
+            # what a wiped VM of this platform restores from (None: its image ships every pin), and
+            # where it lies: "drive", "team" or None (it installs from the wheels, then packs one)
+            "snapshot": None if wiped is None else {
+                "index": wiped.index_name,
+                "found": "drive" if store.here.on_drive(SNAPSHOTS, wiped.index_name)
+                else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None},
         },
         "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
@@ -146,6 +154,16 @@ def _extra(extra: list[str], not_shipped: list[str] | None) -> str:
     return f"{abridged(not_shipped, NAMES_SHOWN) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
 
 
+def _snapshot(wiped: dict[str, Any] | None, drive: str) -> str:
+    """What a wiped VM of this platform restores from."""
+    if wiped is None:
+        return "none needed: a wiped VM of this image installs nothing"
+    where = {"drive": f"in {drive}", "team": "in the team cache"}.get(wiped["found"])
+    if where:
+        return f"{wiped['index'].removesuffix('.json')} {where}: a wiped VM restores from it"
+    return f"none for a wiped VM in {drive} yet: it installs from the wheels, then packs one"
+
+
 def status_lines(facts: dict[str, Any]) -> list[str]:
     gpu = facts["gpu"]
     gpus = ", ".join(d["name"] for d in gpu["devices"]) or f"none ({gpu['error']})"
@@ -172,6 +190,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
           f"{p['state']}" for p in facts["patches"]),
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
+        f"snapshot  {_snapshot(cache['snapshot'], cache['drive'])}",
     ]
     if team := cache["team"]:
         lines.append(f"team      {team['cache']}" + (" (read-only)" if team["read_only"] else "")
