@@ -139,10 +139,16 @@ def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_w
     cold = bootstrap(demo, drive, python, env=background_env(index.url, home, WARMSTART_FAULT="cache-write"))
     assert cold.code == 0, cold.stderr
     wait_for_the_killed_worker(home, drive)
-    shown = status(demo, drive, python, background_env(index.url, home))["drive_writes"]
+    found = status(demo, drive, python, background_env(index.url, home))
+    shown = found["drive_writes"]
 
     assert shown and "cache filling: 0 of 3 files on Drive; snapshot pending" in shown, shown
     assert "finished by the next run" in shown
+    # the snapshot a wiped VM restores is not on Drive yet, but the job left packs it
+    assert found["cache"]["snapshot"]["found"] is None and found["cache"]["snapshot"]["queued"] is True
+    lines = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
+                    env=background_env(index.url, home)).stdout
+    assert f"\nsnapshot  none for a wiped VM in {drive} yet: the Drive writes below pack it\n" in lines, lines
     assert on_drive(drive, "wheels") == []  # nothing half-written under a real name
 
     again = bootstrap(demo, drive, python, "--wait", env=background_env(index.url, home))
@@ -151,6 +157,8 @@ def test_a_killed_worker_leaves_only_whole_files_and_the_next_run_finishes_its_w
     assert "Drive writes of the last run: cache filling: 0 of 3" in again.stderr
     assert again.report["changed"] is False, "what the worker left is on Drive now: nothing to download"
     assert not jobs(home) and len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
+    assert status(demo, drive, python, background_env(index.url, home))["cache"]["snapshot"] == {
+        **found["cache"]["snapshot"], "found": "drive", "queued": False}
     check = run_cli("cache", "--drive", str(drive), "--verify", env=background_env(index.url, home))
     assert check.code == 0 and "damaged" not in check.stdout, check.stdout + check.stderr
 

@@ -311,6 +311,13 @@ def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, 
     return frozenset(queued)
 
 
+def queued_snapshots(prefix: Path) -> frozenset[str]:
+    """The snapshots (by stem) a target's handed-off jobs will pack."""
+    return frozenset(spec["stem"] for folder in handed_off(prefix)
+                     if (job := _read_job(folder)) is not None and isinstance(spec := job.get("snapshot"), dict)
+                     and isinstance(spec.get("stem"), str))
+
+
 def _running(folder: Path) -> bool:
     with _job_held(folder, wait=False) as held:
         return held is False

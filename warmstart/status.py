@@ -116,12 +116,14 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             # the team cache behind Drive (--cache): what only it holds, and whether it answered
             "team": {**team, "wheels_only_there": len(set(facts.cached.values()) & store.team_only("wheels"))}
             if (team := store.describe_team()) else None,
-            # what a wiped VM of this platform restores from (None: its image ships every pin), and
-            # where it lies: "drive", "team" or None (it installs from the wheels, then packs one)
+            # what a wiped VM of this platform restores from (None: its image ships every pin), where
+            # it lies: "drive", "team" or None (it installs from the wheels, then packs one), and
+            # whether the Drive writes of an earlier run pack it (drive_writes)
             "snapshot": None if wiped is None else {
                 "index": wiped.index_name,
                 "found": "drive" if store.here.on_drive(SNAPSHOTS, wiped.index_name)
-                else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None},
+                else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None,
+                "queued": wiped.stem in drivework.queued_snapshots(facts.target.prefix)},
         },
         "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
@@ -161,6 +163,8 @@ def _snapshot(wiped: dict[str, Any] | None, drive: str) -> str:
     where = {"drive": f"in {drive}", "team": "in the team cache"}.get(wiped["found"])
     if where:
         return f"{wiped['index'].removesuffix('.json')} {where}: a wiped VM restores from it"
+    if wiped["queued"]:
+        return f"none for a wiped VM in {drive} yet: the Drive writes below pack it"
     return f"none for a wiped VM in {drive} yet: it installs from the wheels, then packs one"
 
 
