@@ -735,3 +735,23 @@ def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, 
         (tmp_path / "tasks.py").write_text("")
     launched = {"WARMSTART_LAUNCHER": cwd.split("launched as ")[1]} if "launched as" in cwd else {}
     assert invoked_as(argv0, folder, launched) == expected
+
+
+def test_the_bootstrap_task_runs_with_the_collector_on_and_its_imports_frozen(tmp_path):
+    """warmstart.launch turns the collector off while it imports the task, then freezes what the
+    imports made and turns it back on: the run itself must never go without it (a restore makes
+    cycles, and a long one would only grow). A child process, its task body a stand-in."""
+    probe = ("import gc, json, sys\n"
+             "from warmstart import bootstrap, launch\n"
+             "seen = {}\n"
+             "def body(options, root, report):\n"
+             "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+             "bootstrap.bootstrap = body\n"
+             "code = launch.run_bootstrap({'recipe': 'demo'}, launch.PROJECT_ROOT, as_json=True)\n"
+             "print(json.dumps({**seen, 'code': code, 'after': gc.isenabled()}))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
+                          env=cli_env(XDG_CACHE_HOME=str(tmp_path / "cache")))
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["code"] == 0 and seen["enabled"] is True and seen["after"] is True, seen
+    assert seen["frozen"] > 1000, "what the imports made is frozen"
