@@ -444,10 +444,16 @@ def _use_record_due(plan: Plan, team: dict[str, Any] | None, every: float = 8640
     return True
 
 
-def wiped_vm_snapshot(facts: Facts) -> snapshot.Snapshot | None:
-    """The snapshot a wiped VM of this platform restores: of what its image lacks (of every pin on
-    a bare VM); None when the image ships them all."""
-    fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+def wiped_vm_installs(facts: Facts) -> tuple[Pin, ...]:
+    """What a wiped VM of this platform installs: what its image lacks of the lock (every pin on a
+    bare VM)."""
+    return needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+
+
+def wiped_vm_snapshot(facts: Facts, fresh: tuple[Pin, ...] | None = None) -> snapshot.Snapshot | None:
+    """The snapshot a wiped VM of this platform restores, of what it installs (`fresh`, when the
+    caller has it: wiped_vm_installs); None when that is nothing."""
+    fresh = wiped_vm_installs(facts) if fresh is None else fresh
     return snapshot.Snapshot.locate(facts.recipe.name, facts.lock, facts.target, fresh) if fresh else None
 
 
@@ -459,9 +465,9 @@ def store_files_used(plan: Plan, store: TieredStore) -> tuple[list[str], dict[st
     states its archive's)."""
     facts = plan.facts
     cached = cached_wheels(store, facts.needs.wanted, facts.target.supported_tags())
-    fresh = needs(facts.lock.pins, facts.image.shipped if facts.image else {}).install
+    fresh = wiped_vm_installs(facts)
     # The snapshot a wiped VM of this platform restores, and the one this run used or packed.
-    located = {found.index_name for found in (wiped_vm_snapshot(facts), facts.snapshot) if found}
+    located = {found.index_name for found in (wiped_vm_snapshot(facts, fresh), facts.snapshot) if found}
     read = {f"wheels/{cached[pin.name]}": sorted(pin.hashes) for pin in fresh if pin.name in cached}
     read |= {f"{assets.KIND}/{a.sha256}": [a.sha256] for a in facts.recipe.assets}
     read |= {f"{snapshot.KIND}/{name}": [] for name in sorted(located)}

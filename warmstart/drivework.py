@@ -239,11 +239,15 @@ def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
 class Pending:
     files_left: int
     files_total: int
-    snapshot: bool
+    snapshots: frozenset[str]  # the stems of the snapshots to pack
     running: bool
     failed: str | None
     team_usage: bool = False  # the team store's usage record (see DriveWork.team_usage)
     team_share: bool = False  # the team store's copies of what Drive holds (DriveWork.team_share)
+
+    @property
+    def snapshot(self) -> bool:
+        return bool(self.snapshots)
 
     def describe(self) -> str:
         parts = []
@@ -265,7 +269,8 @@ class Pending:
 def pending(prefix: Path, jobs: list[Path] | None = None) -> Pending | None:
     """What a target's earlier runs (or their `jobs`) still have to write to Drive; None when nothing."""
     left = total = 0
-    snapshot = running = usage = share = False
+    running = usage = share = False
+    snapshots: set[str] = set()
     failed = None
     for folder in handed_off(prefix) if jobs is None else jobs:
         if (job := _read_job(folder)) is None:
@@ -279,16 +284,17 @@ def pending(prefix: Path, jobs: list[Path] | None = None) -> Pending | None:
         queued += job.get("from_team") or []  # ... or from the team cache
         left += len(queued)
         total += max(int(job.get("files") or 0), len(queued))
-        snapshot = snapshot or bool(job.get("snapshot"))
+        if spec := job.get("snapshot"):
+            snapshots.add(str(spec.get("stem", "")) if isinstance(spec, dict) else "")
         usage = usage or bool(job.get("team_usage"))  # alone, a job that an offline run or a killed
         # worker left would linger, never finished, if it did not count
         share = share or bool(job.get("team_share"))
         running = running or _running(folder) or _worker_alive(folder)  # at work, or about to be
         if (folder / FAILED).is_file():
             failed = (folder / FAILED).read_text().strip()
-    if not (left or snapshot or usage or share):
+    if not (left or snapshots or usage or share):
         return None
-    return Pending(left, total, snapshot, running, failed, usage, share)
+    return Pending(left, total, frozenset(snapshots), running, failed, usage, share)
 
 
 def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, Version]]:
@@ -309,13 +315,6 @@ def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, 
         except (OSError, ValueError, TypeError, IndexError):  # packaging's errors are ValueErrors
             continue  # finished and removed meanwhile, or damaged: passed over
     return frozenset(queued)
-
-
-def queued_snapshots(prefix: Path) -> frozenset[str]:
-    """The snapshots (by stem) a target's handed-off jobs will pack."""
-    return frozenset(spec["stem"] for folder in handed_off(prefix)
-                     if (job := _read_job(folder)) is not None and isinstance(spec := job.get("snapshot"), dict)
-                     and isinstance(spec.get("stem"), str))
 
 
 def _running(folder: Path) -> bool:

@@ -123,7 +123,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
                 "index": wiped.index_name,
                 "found": "drive" if store.here.on_drive(SNAPSHOTS, wiped.index_name)
                 else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None,
-                "queued": wiped.stem in drivework.queued_snapshots(facts.target.prefix)},
+                "queued": bool(writes and wiped.stem in writes.snapshots)},
         },
         "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
