@@ -486,6 +486,15 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def with_ctrl_c(command: list[str]) -> list[str]:
+    """`command`, with Ctrl-C (SIGINT) delivered to it as a terminal or a notebook delivers it. A
+    test run in the background of a non-interactive shell (CI started that way) begins with SIGINT
+    ignored, which every child inherits, and Python then leaves it ignored: this execs `command`
+    with its default restored (the same process: its pid is the one a test signals)."""
+    return [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execvp(sys.argv[1], sys.argv[1:])", *command]
+
+
 T = TypeVar("T")
 
 

@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import REPO, cli_env, make_venv, needs_mountns, on_a_small_disk, run_cli
+from conftest import REPO, cli_env, make_venv, needs_mountns, on_a_small_disk, run_cli, wait_until, with_ctrl_c
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
@@ -735,6 +736,45 @@ def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, 
         (tmp_path / "tasks.py").write_text("")
     launched = {"WARMSTART_LAUNCHER": cwd.split("launched as ")[1]} if "launched as" in cwd else {}
     assert invoked_as(argv0, folder, launched) == expected
+
+
+# Where each command waits for the interrupt: the bootstrap as it imports the rest of warmstart,
+# before its report begins; another line as invoke's program is imported (warmstart.launch).
+_INTERRUPTED_AT = {
+    "bootstrap": "from warmstart import early\nearly.begin = lambda *args: ready()\n",
+    "status": "launch._tasks = ready\n",
+}
+
+
+@pytest.mark.parametrize("line", ["bootstrap", "bootstrap --json", "status"])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_command_interrupted_before_its_run_began_ends_as_an_interrupted_run(tmp_path, how, line):
+    """Ctrl-C or SIGTERM in the command's first tenth of a second (the bootstrap's imports, which
+    come before its report, or invoke's for another line): one line, exit 130 (and the --json
+    report), as later in the run; not a traceback (Ctrl-C) nor death by the signal (SIGTERM). The
+    `warmstart` console script in a child, waiting at that point for the signal."""
+    ready_file = tmp_path / "ready"
+    probe = ("import sys, time\n"
+             "from warmstart import launch\n"
+             f"def ready(*args):\n    open({str(ready_file)!r}, 'w').close()\n    time.sleep(60)\n"
+             + _INTERRUPTED_AT[line.split()[0]]
+             + f"sys.argv = ['warmstart', *{line.split()!r}, '--recipe', 'demo', '--drive', {str(tmp_path)!r}]\n"
+             "launch.console()\n")
+    run = subprocess.Popen(with_ctrl_c([sys.executable, "-c", probe]), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=cli_env(XDG_CACHE_HOME=str(tmp_path / "cache")))
+    try:
+        wait_until(ready_file.exists, 60, lambda: f"never reached the point: {run.communicate(timeout=5)}")
+        run.send_signal(how)
+        out, err = run.communicate(timeout=30)
+    finally:
+        run.kill()
+
+    assert (run.returncode, err) == (130, "warmstart: error: interrupted\n"), (run.returncode, err)
+    if "--json" in line:
+        report = json.loads(out)
+        assert (report["exit_code"], report["error"], report["recipe"]) == (130, "interrupted", "demo")
+    else:
+        assert out == ""
 
 
 def test_the_bootstrap_task_runs_with_the_collector_on_and_its_imports_frozen(tmp_path):

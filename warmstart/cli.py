@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from collections.abc import Callable
 
 from . import home
 from .console import Bars, output_closed, shown, silence, std_streams
-from .errors import OUTPUT_CLOSED, failure
+from .errors import OUTPUT_CLOSED, failure, interrupts
 from .report import Report
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
@@ -40,20 +34,14 @@ def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: b
         home.private()  # warmstart's own folder: its user's alone
     except OSError:
         pass  # a read-only HOME: said where the run first needs to write there
-    # SIGTERM (a notebook interrupt, `kill`) ends a run as Ctrl-C does: children killed, temporary
-    # folders removed on the way out.
-    main = threading.current_thread() is threading.main_thread()  # only there can it be set
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main else None
     try:
-        action(report)
+        with interrupts():
+            action(report)
     except (Exception, KeyboardInterrupt) as exc:
         if output_closed(exc):
             raise
         failed = failure(exc)
         report.error, report.exit_code, report.error_detail = failed.message, failed.exit_code, failed.detail
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
     for line in report.error_detail:  # what a tool said, a line each; then the one error line
         print(f"warmstart: {shown(line)}", file=sys.stderr)
     if report.error:

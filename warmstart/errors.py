@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import platform
 import re
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import __version__, home
@@ -73,6 +76,22 @@ class Failure:
     message: str  # one line, credentials hidden
     exit_code: int
     detail: tuple[str, ...] = ()  # what a tool said, credentials hidden: printed above the message
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """Within: SIGTERM (a notebook's interrupt, `kill`) raises KeyboardInterrupt, as Ctrl-C does,
+    so that a run ends as an interrupted one (children killed, temporary folders removed on the
+    way out, exit 130) rather than by the signal. Only the main thread can set it; elsewhere it is
+    left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def failure(exc: BaseException) -> Failure:

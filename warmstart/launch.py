@@ -16,12 +16,13 @@ import argparse
 import gc
 import runpy
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from . import PROJECT_ROOT
 from .console import flushed
+from .errors import interrupts
 from .settings import Options, add_arguments
 
 
@@ -55,6 +56,15 @@ def run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int
     # No collection until the imports are frozen (below): it would walk what they make, which
     # lives until the end, for nothing (a no-op run 136 ms against 141, 20 alternated pairs).
     gc.disable()
+    try:
+        with interrupts():
+            return _run_bootstrap(flags, root, as_json=as_json)
+    except KeyboardInterrupt:  # before the run's report began, as the rest was imported
+        gc.enable()
+        return _ended_by_interrupt(flags.get("recipe") or "", as_json=as_json)
+
+
+def _run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int:
     from . import config, early
 
     with config.reading_ahead(root, flags.get("recipe")):
@@ -81,6 +91,29 @@ def run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int
             target.forget_begun()
 
 
+def _ended_by_interrupt(recipe: str, *, as_json: bool) -> int:
+    """Ctrl-C or SIGTERM before a run's report began (warmstart.cli, which imports much): the run
+    ends as an interrupted one does, in its words (and its --json report), never with a traceback
+    or by the signal. Its exit code."""
+    from .cli import run_reported
+
+    def interrupted(_report: object) -> None:
+        raise KeyboardInterrupt
+
+    return run_reported(interrupted, recipe, as_json=as_json).exit_code
+
+
+def _command(run: Callable[[], object]) -> NoReturn:
+    """Any other line: invoke's program (which ends an interrupt as it ends it, exit 1, once it
+    runs), its import an interrupted run's as the bootstrap's are (_ended_by_interrupt)."""
+    try:
+        with interrupts():
+            run()
+    except KeyboardInterrupt:
+        sys.exit(_ended_by_interrupt("", as_json=False))
+    sys.exit(0)
+
+
 def _bootstrap(line: tuple[dict[str, Any], bool]) -> NoReturn:
     flags, as_json = line
     sys.exit(flushed(run_bootstrap(flags, PROJECT_ROOT, as_json=as_json)))
@@ -93,8 +126,7 @@ def launcher(search_root: str, argv: list[str]) -> NoReturn:
         _bootstrap(line)
     # `python -m invoke --search-root CHECKOUT ARGS`, as the launcher ran before
     sys.argv = [sys.argv[0], "--search-root", search_root, *argv]
-    runpy.run_module("invoke", run_name="__main__", alter_sys=True)
-    sys.exit(0)
+    _command(lambda: runpy.run_module("invoke", run_name="__main__", alter_sys=True))
 
 
 def console() -> NoReturn:
@@ -102,7 +134,10 @@ def console() -> NoReturn:
     line = bootstrap_line(sys.argv[1:])
     if line is not None:
         _bootstrap(line)
+    _command(_tasks)
+
+
+def _tasks() -> None:
     from .commands import main
 
     main()
-    sys.exit(0)
