@@ -9,6 +9,8 @@ import hashlib
 import inspect
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -728,14 +730,36 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
     # warmstart.sh's launcher (python -m invoke, its own search root), as it says it was run
     ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),
     ("-c", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),  # a bootstrap line: warmstart.launch
+    ("/nowhere/bin/warmstart", "elsewhere", ["/nowhere/bin/warmstart"]),
+    # python -m warmstart, the interpreter as typed (python3 by its name, this one by its path)
+    ("/lib/python3/site-packages/warmstart/__main__.py", "elsewhere, typed as python3",
+     ["python3", "-m", "warmstart"]),
+    ("/lib/python3/site-packages/warmstart/__main__.py", "elsewhere, typed as /nowhere/bin/python",
+     ["/nowhere/bin/python", "-m", "warmstart"]),
 ], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m", "launcher",
-        "launcher-bootstrap"])
+        "launcher-bootstrap", "installed-by-path", "python-m-warmstart", "python-m-warmstart-by-path"])
 def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, cwd, expected, tmp_path):
     folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd, tmp_path)
     if "tasks of its own" in cwd:
         (tmp_path / "tasks.py").write_text("")
     launched = {"WARMSTART_LAUNCHER": cwd.split("launched as ")[1]} if "launched as" in cwd else {}
-    assert invoked_as(argv0, folder, launched) == expected
+    typed = cwd.split("typed as ")[1] if "typed as" in cwd else None
+    assert invoked_as(argv0, folder, launched, typed) == expected
+
+
+def test_python_m_warmstart_is_the_warmstart_command_and_prints_commands_that_work_pasted(tmp_path):
+    """`python -m warmstart`, where the script is not on PATH: the same tasks, and a command it
+    prints is `python -m warmstart ...` with this interpreter, run here as printed."""
+    env = cli_env()
+    shown = subprocess.run([sys.executable, "-m", "warmstart", "bootstrap", "--drive", str(tmp_path)],
+                           capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    assert shown.returncode == 2, shown.stderr
+    printed = shown.stderr.split("(see `")[1].split("`")[0]
+    python, *rest = shlex.split(printed)
+    assert rest == ["-m", "warmstart", "recipes"] and Path(shutil.which(python) or "").samefile(sys.executable)
+    pasted = subprocess.run(printed, shell=True, capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert pasted.returncode == 0 and "hyperlpr" in pasted.stdout, pasted.stderr
 
 
 # Where each command waits for the interrupt: the bootstrap as it imports the rest of warmstart,

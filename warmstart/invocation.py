@@ -19,24 +19,34 @@ from .settings import LAUNCHER
 
 
 def invoked_as(argv0: str | None = None, cwd: Path | None = None,
-               environ: Mapping[str, str] = os.environ) -> list[str]:
+               environ: Mapping[str, str] = os.environ, interpreter: str | None = None) -> list[str]:
     """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
-    it on PATH, else the path they gave (`.venv/bin/invoke`). Any other program is warmstart.sh's
-    launcher (`python -c` running warmstart.launch, or `python -m invoke` for a line it hands invoke;
-    it says how it was run: LAUNCHER), which brings its checkout's tasks; else invoke.
-    An `invoke` that would not find this checkout's tasks.py from `cwd` (it was given
-    `--search-root`, or run from outside the checkout) is given the checkout as its search root."""
+    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m warmstart` with the
+    interpreter as they typed it (`interpreter`, else this one's). Any other program is
+    warmstart.sh's launcher (`python -c` running warmstart.launch, or `python -m invoke` for a
+    line it hands invoke; it says how it was run: LAUNCHER), which brings its checkout's tasks;
+    else invoke. An `invoke` that would not find this checkout's tasks.py from `cwd` (it was
+    given `--search-root`, or run from outside the checkout) is given the checkout as its search
+    root."""
     argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
+    if argv0.endswith(os.path.join("warmstart", "__main__.py")):
+        return [_as_typed(interpreter or sys.orig_argv[0]), "-m", "warmstart"]
     launched = os.path.basename(argv0) not in ("invoke", "inv", "warmstart")
     if launched:
         argv0 = LAUNCHER.get(environ) or "invoke"
-    name = os.path.basename(argv0)
-    found = shutil.which(name)  # the same program under its bare name: the shorter line
-    bare = os.sep not in argv0 or (found is not None and os.path.abspath(found) == os.path.abspath(argv0))
-    words = [name if bare else argv0]
-    if not launched and name != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
+    words = [_as_typed(argv0)]
+    if not launched and os.path.basename(argv0) != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
         words += ["--search-root", str(PROJECT_ROOT)]
     return words
+
+
+def _as_typed(program: str) -> str:
+    """`program` by its bare name where that name finds the same program on PATH (the shorter
+    line), else as given."""
+    name = os.path.basename(program)
+    found = shutil.which(name)
+    same = os.sep not in program or (found is not None and os.path.abspath(found) == os.path.abspath(program))
+    return name if same else program
 
 
 def _tasks_found_from(folder: Path) -> Path | None:
