@@ -33,8 +33,15 @@ if sys.version_info < (3, 11):
     sys.stderr.write("warmstart.sh: needs Python 3.11 or newer; %s is %s: set WARMSTART_PYTHON to a newer "
                      "interpreter\n" % (sys.executable, sys.version.split()[0]))
     sys.exit(3)
-sys.path.insert(0, sys.argv.pop(1))
-from warmstart.prefetch import guess
-guess(sys.argv[1:])  # the archive a wiped VM restores, read while the rest of warmstart is imported
-from warmstart.tools import main
-sys.exit(main(sys.argv[1:]))' "$here" "$@"
+import signal
+signal.signal(signal.SIGTERM, signal.default_int_handler)  # a notebook stop, a kill: as Ctrl-C
+try:
+    sys.path.insert(0, sys.argv.pop(1))
+    from warmstart.prefetch import guess
+    guess(sys.argv[1:])  # the archive a wiped VM restores, read while the rest of warmstart is imported
+    from warmstart.tools import main
+    code = main(sys.argv[1:])
+except KeyboardInterrupt:  # before main could say it (its imports), or after
+    sys.stderr.write("warmstart.sh: interrupted\n")
+    code = 130
+sys.exit(code)' "$here" "$@"

@@ -5,11 +5,13 @@ or the real pip. Drive is a folder here."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import build_wheel, make_venv, needs_mountns, on_a_small_disk, pyenv_python
+from conftest import build_wheel, make_venv, needs_mountns, on_a_small_disk, pyenv_python, wait_until, with_ctrl_c
 
 from warmstart import tools
 from warmstart.errors import BadInput, PreconditionUnmet
@@ -512,3 +514,77 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
     # in a notebook, a line for `!` (tests/test_colab.py pastes such lines into IPython)
     assert tools._from_now_on(settings_parse(["hyperlpr"]), tmp_path, command, notebook=True) == (
         f"!{command} bootstrap --recipe hyperlpr")
+
+
+# -- an interrupt while warmstart.sh runs ------------------------------------------------------
+
+# A stand-in bootstrap: on an interrupt it takes half a second to put things back (longer than the
+# 0.25 s subprocess.run gave it before killing it), then says so and ends as an interrupted run.
+_STAND_IN_BOOTSTRAP = """
+import sys, time
+from pathlib import Path
+Path(sys.argv[1]).touch()
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    time.sleep(0.5)
+    Path(sys.argv[2]).touch()
+    print("warmstart: error: interrupted", file=sys.stderr)
+    sys.exit(130)
+"""
+
+
+@pytest.mark.parametrize("to", ["the process group", "warmstart.sh alone"])
+def test_an_interrupt_while_warmstart_sh_runs_the_bootstrap_is_the_bootstraps_to_end(tmp_path, to):
+    """A notebook's Ctrl-C reaches the process group, the bootstrap too: warmstart.sh waits while
+    it puts things back and ends as it ends (130, its own line), where it killed it after 0.25 s
+    and printed a traceback. A SIGTERM to warmstart.sh alone is passed on to the bootstrap once it
+    has had the grace to end of its own. warmstart.sh's process here: tools._bootstrap in a child,
+    with warmstart.sh's handling of SIGTERM; the bootstrap a stand-in."""
+    ready, cleaned = tmp_path / "ready", tmp_path / "cleaned"
+    runner = ("import signal, sys\nsignal.signal(signal.SIGTERM, signal.default_int_handler)\n"
+              "from warmstart import tools\ntools.INTERRUPT_GRACE = 0.3\n"
+              f"code = tools._bootstrap([sys.executable, '-c', {_STAND_IN_BOOTSTRAP!r}, "
+              f"{str(ready)!r}, {str(cleaned)!r}], {{}})\n"
+              "print('warmstart.sh ended with', code)\n")
+    run = subprocess.Popen(with_ctrl_c([sys.executable, "-c", runner]), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "PYTHONPATH": str(tools.CHECKOUT)})
+    try:
+        wait_until(ready.exists, 60, "never reached the point")
+        if to == "the process group":
+            os.killpg(run.pid, signal.SIGINT)
+        else:
+            run.send_signal(signal.SIGTERM)
+        out, err = run.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+
+    assert (run.returncode, out, err) == (0, "warmstart.sh ended with 130\n", "warmstart: error: interrupted\n")
+    assert cleaned.exists(), "the bootstrap put things back: it was not killed"
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_exit_130(tmp_path, how):
+    """The real warmstart.sh, from a copy of the checkout whose warmstart.tools waits as it is
+    imported (before tools.main can say anything): one line and 130, not a traceback (Ctrl-C) or
+    death by the signal (SIGTERM)."""
+    checkout, ready = tmp_path / "checkout", tmp_path / "ready"
+    shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
+    (checkout / "warmstart" / "tools.py").write_text(f"import time\nopen({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    run = subprocess.Popen(with_ctrl_c(["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)]),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "WARMSTART_PLATFORM": "local"})
+    try:
+        wait_until(ready.exists, 60, "never reached the point")
+        run.send_signal(how)
+        _out, err = run.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+
+    assert (run.returncode, err) == (130, "warmstart.sh: interrupted\n")

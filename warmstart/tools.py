@@ -30,6 +30,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -425,18 +426,36 @@ def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
     index begun here (if any); its exit status."""
     handed, uv = early.hand_on(), headstart.hand_on()
     passed = [given for given in (handed, uv) if given is not None]
-    if not passed:
-        return subprocess.run(argv, env=env).returncode
     try:
         with subprocess.Popen(argv, env=env | {k: v for given in passed for k, v in given.environ.items()},
                               pass_fds=[fd for given in passed for fd in given.fds]) as child:
             for given in passed:  # the bootstrap's now: its ends alone end the read, or stop uv
                 given.close_handed()
-            return child.wait()
+            return _waited(child)
     finally:
         if handed:
             handed.stop()  # a read the bootstrap did not take to its end
         headstart.close()  # uv ended, its tree removed unless the bootstrap placed it
+
+
+INTERRUPT_GRACE = 2.0  # seconds the bootstrap has to end on an interrupt before it is passed one
+
+
+def _waited(child: subprocess.Popen) -> int:
+    """The bootstrap `child`'s exit status, waited for through interrupts. A notebook's Ctrl-C
+    reaches its whole process group, the bootstrap too, which stops its work, removes what it
+    left half done and says so (exit 130); subprocess.run killed it 0.25 s after (and this
+    process printed a traceback). An interrupt sent to this process alone (`kill -INT`, SIGTERM)
+    is passed on to the bootstrap once it has had INTERRUPT_GRACE to end of its own."""
+    interrupted = False
+    while True:
+        try:
+            return child.wait(INTERRUPT_GRACE if interrupted else None)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGINT)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
 
 
 def main(argv: list[str]) -> int:
