@@ -35,6 +35,14 @@ def cache_is_sound(drive: Path, env) -> None:
     assert "damaged" not in result.stdout
 
 
+def wiped_after_a_first_run(demo: Path, drive: Path, venv: Path, env: dict[str, str]) -> Path:
+    """A first run fills the Drive cache and its snapshot; then the VM is wiped: the environment
+    `venv` made anew. Its python."""
+    assert bootstrap(demo, drive, make_venv(venv), env=env).code == 0
+    shutil.rmtree(venv)
+    return make_venv(venv)
+
+
 def locked_part_of(python: Path) -> dict[str, str]:
     have = installed(python)
     return {k: have[k] for k in LOCKED if k in have}
@@ -87,20 +95,39 @@ def test_half_installed_distribution_is_not_reported_as_installed(demo, drive, t
 
 
 @needs_netns
-def test_a_restore_killed_midway_leaves_nothing_behind(demo, drive, tmp_path, index):
+@pytest.mark.parametrize("point", ["restore", "place"])  # unpacking; moving the tree into place
+def test_a_restore_killed_midway_leaves_nothing_behind(demo, drive, tmp_path, index, point):
     env = cli_env(index.url)
-    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env).code == 0
-    shutil.rmtree(tmp_path / "venv")
-    python = make_venv(tmp_path / "venv")
+    python = wiped_after_a_first_run(demo, drive, tmp_path / "venv", env)
 
-    killed = bootstrap(demo, drive, python, "--offline", env=env, fault="restore", offline_net=True)
+    killed = bootstrap(demo, drive, python, "--offline", env=env, fault=point, offline_net=True)
     assert killed.code == -9
+    half = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert half.code == 1, "the environment does not match: nothing (or a part of the tree) in place"
     restored = bootstrap(demo, drive, python, "--offline", env=env, offline_net=True)
 
     assert restored.code == 0, restored.stderr
     assert restored.report["snapshot"]["used"] is True
     assert locked_part_of(python) == LOCKED
     assert not list((tmp_path / "venv").glob(".warmstart-restore-*")), "staging must be cleaned up"
+    assert run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env).code == 0
+
+
+@needs_netns
+def test_an_interrupt_while_a_restore_places_the_tree_comes_once_all_of_it_is_in_place(demo, drive, tmp_path, index):
+    """SIGTERM (a notebook's interrupt) right after the first rename of the restored tree into
+    the environment: the run ends as interrupted (130), once the rest is in place too; the
+    interrupt used to leave the environment half restored, for the next run to repair."""
+    env = cli_env(index.url)
+    python = wiped_after_a_first_run(demo, drive, tmp_path / "venv", env)
+
+    interrupted = bootstrap(demo, drive, python, "--offline", env=env, fault="place:term", offline_net=True)
+
+    assert interrupted.code == 130 and interrupted.report["error"] == "interrupted", interrupted.stderr
+    assert locked_part_of(python) == LOCKED
+    assert not list((tmp_path / "venv").glob(".warmstart-restore-*")), "staging must be cleaned up"
+    after = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
+    assert after.code == 0, after.stdout
 
 
 def test_two_bootstraps_sharing_one_cache_both_succeed(demo, drive, tmp_path, index):

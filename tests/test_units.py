@@ -801,6 +801,37 @@ def test_a_command_interrupted_before_its_run_began_ends_as_an_interrupted_run(t
         assert out == ""
 
 
+def test_an_interrupt_held_comes_once_the_work_is_done_a_second_at_once_an_ignored_one_not_at_all():
+    """errors.interrupts_held, around the renames of a restored tree: an interrupt that comes
+    while they run is delivered once they are all done; a second one at once; one the process
+    ignores stays ignored, however often it comes. A child process, signalling itself."""
+    probe = ("import json, os, signal\nfrom warmstart.errors import interrupts_held\n"
+             "for signum in (signal.SIGINT, signal.SIGTERM):  # as in a run (CI may start this with SIGINT ignored)\n"
+             "    signal.signal(signum, signal.default_int_handler)\n"
+             "seen = {}\n"
+             "for case, signals in (('one', [signal.SIGTERM]), ('two', [signal.SIGINT, signal.SIGTERM])):\n"
+             "    done = []\n"
+             "    try:\n"
+             "        with interrupts_held():\n"
+             "            for signum in signals:\n"
+             "                os.kill(os.getpid(), signum)\n"
+             "                done.append(int(signum))\n"
+             "    except KeyboardInterrupt:\n"
+             "        seen[case] = done\n"
+             "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+             "with interrupts_held():\n"
+             "    os.kill(os.getpid(), signal.SIGINT)\n"
+             "    os.kill(os.getpid(), signal.SIGINT)\n"
+             "seen['ignored, still'] = signal.getsignal(signal.SIGINT) == signal.SIG_IGN\n"
+             "print(json.dumps(seen))\n")
+
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"one": [int(signal.SIGTERM)], "two": [int(signal.SIGINT)],
+                                       "ignored, still": True}
+
+
 def test_the_bootstrap_task_runs_with_the_collector_on_and_its_imports_frozen(tmp_path):
     """warmstart.launch turns the collector off while it imports the task, then freezes what the
     imports made and turns it back on: the run itself must never go without it (a restore makes

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__, home
 
@@ -92,6 +93,38 @@ def interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Within: an interrupt (Ctrl-C, SIGTERM) is held, and delivered once the work is done, as
+    it would have been: for work that must be done whole, and takes moments (renames). A second
+    one is not held (whoever asks twice wants out, whole or not: a disk that stopped answering).
+    Only the main thread can hold them; elsewhere they are left as they are. (Python runs its
+    handlers in the main thread whichever thread a signal reached: the handlers are swapped, not
+    the signal mask.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    came: list[int] = []
+    previous: dict[int, Any] = {}
+
+    def hold(signum: int, _frame: object) -> None:
+        if previous.get(signum) == signal.SIG_IGN:
+            return  # ignored where it was held from: ignored still
+        if came:
+            raise KeyboardInterrupt
+        came.append(signum)
+
+    for held in (signal.SIGINT, signal.SIGTERM):
+        previous[held] = signal.signal(held, hold)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if came:  # to the handler it was held from
+        signal.raise_signal(came[0])
 
 
 def failure(exc: BaseException) -> Failure:

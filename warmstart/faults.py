@@ -1,7 +1,7 @@
 """Fault injection for the tests: `WARMSTART_FAULT=<point>` kills this run (and its children)
 with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
-recovers. Points: download, cache-write, install, restore, asset-download, patch (after the first
-patched file)."""
+recovers. Points: download, cache-write, install, restore, place (after the first part of a
+restored tree is moved into place), asset-download, patch (after the first patched file)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,17 @@ def _kill() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+_interrupted: set[str] = set()  # the points a SIGTERM was sent at (once each)
+
+
 def point(name: str) -> None:
+    """SIGKILL at `name`; or, with `WARMSTART_FAULT=NAME:term`, a SIGTERM to this process the
+    first time it comes there (one interrupt, which the run ends as one)."""
     if armed(name):
         _kill()
+    elif armed(f"{name}:term") and name not in _interrupted:
+        _interrupted.add(name)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def kill_when(name: str, child: subprocess.Popen, started: Callable[[], bool]) -> None:

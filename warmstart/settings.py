@@ -81,7 +81,7 @@ COMPILE_LATER = Variable("WARMSTART_COMPILE_LATER", "internal: set by warmstart.
 LAUNCHER = Variable("WARMSTART_LAUNCHER", "internal: how warmstart.sh's `invoke` launcher was run, set by it "
                                           "(and by warmstart.sh for the bootstrap it starts): the commands a run "
                                           "prints begin with it")
-FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point")
+FAULT = Variable("WARMSTART_FAULT", "tests only: kill the run at this named point (NAME:term: send it SIGTERM there)")
 
 VARIABLES = (DRIVE, PYTHON, WAIT, CACHE, CACHE_READ_ONLY, RECIPES_FOLDER, LOCK_TIMEOUT, PLATFORM, MOUNT_POINT,
              ALLOW_HTTP, ASSET_MIRROR, TEAM_TIMEOUT, DRIVE_TIMEOUT, WORKER_TEAM, HANDED_READ,

@@ -37,7 +37,7 @@ from packaging.utils import NormalizedName
 from . import early, faults, manifest, parts
 from .console import QUIET, Bars
 from .disks import no_room
-from .errors import PreconditionUnmet, WarmstartError
+from .errors import PreconditionUnmet, WarmstartError, interrupts_held
 from .headstart import recorded_seconds, staging_folder
 from .lock import Lock, Pin
 from .patches import Patch
@@ -262,6 +262,7 @@ def _merge(staged: Path, dest: Path) -> None:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)
             os.replace(entry.path, target)
+            faults.point("place")
 
 
 def _opened(store: Store, archive: str) -> Stream:
@@ -448,9 +449,11 @@ class Staged:
 
 
 def place(staged: Path, target: TargetPython, uninstall: Callable[[], None]) -> None:
-    """Make room (`uninstall` the distributions the staged tree replaces) and move it into place."""
+    """Make room (`uninstall` the distributions the staged tree replaces) and move it into place,
+    whole: an interrupt while it moves (renames, moments) comes once all of it is in place."""
     try:
         uninstall()
-        _merge(staged, target.prefix)
+        with interrupts_held():
+            _merge(staged, target.prefix)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
