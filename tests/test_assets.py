@@ -137,13 +137,13 @@ def with_assets(recipe: Path, *blocks: str) -> Path:
     return recipe
 
 
-def bootstrap_home(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv"):
+def bootstrap_home(recipe, drive, home, tmp_path, index, *flags, offline_net=False, venv="venv", fault=None):
     """conftest's bootstrap, with HOME (where `~` assets land) and a venv kept across calls."""
     env = cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
     python = tmp_path / venv / "bin" / "python"
     if not python.exists():
         make_venv(tmp_path / venv)
-    return bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net)
+    return bootstrap(recipe, drive, python, *flags, env=env, offline_net=offline_net, fault=fault)
 
 
 def bootstrap_on_a_small_disk(recipe: Path, drive: Path, tmp_path: Path, index, small: Path, size: str,
@@ -183,6 +183,34 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
                       env=cli_env(HOME=str(home)))
     assert listing.code == 0
     assert listing.stdout.count("in place") == 2
+
+
+@pytest.mark.parametrize("where", ["~/models/model.onnx", "models/model.onnx"], ids=["local", "on-drive"])
+def test_a_run_killed_as_it_places_a_file_asset_leaves_a_file_the_next_version_replaces(
+        demo, drive, home, tmp_path, index, server, where):
+    """SIGKILL right after a new version of a file asset is renamed into place, before the ledger
+    of what warmstart placed records it: the file is warmstart's all the same (the ledger named
+    both versions before the rename), so the recipe's next version replaces it, where that run
+    stopped (exit 2) saying the file was changed since warmstart placed it. The ledger in
+    warmstart's cache folder, and on Drive for a destination in the workdir."""
+    base = demo.read_text()
+    versions = [MODEL, MODEL[::-1], MODEL[1:]]
+    for n, data in enumerate(versions):
+        server.files[f"v{n}.onnx"] = data
+
+    def bootstrap_version(n: int, fault: str | None = None):
+        demo.write_text(base)
+        with_assets(demo, asset_block(f"{server.url}/files/v{n}.onnx", versions[n], where))
+        return bootstrap_home(demo, drive, home, tmp_path, index, fault=fault)
+
+    assert bootstrap_version(0).code == 0
+    killed = bootstrap_version(1, fault="asset-place")
+    assert killed.code == -9, killed.stderr
+    result = bootstrap_version(2)
+
+    assert result.code == 0, result.stderr
+    dest = home / where[2:] if where.startswith("~") else drive / "Demo" / where
+    assert dest.read_bytes() == versions[2]
 
 
 def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_installed_or_fetched(

@@ -67,26 +67,40 @@ class PlacedFiles:
     def _ledger(self, dest: Path) -> Path:
         return self.store.placed_ledger if dest.is_relative_to(self.store.drive) else self.local
 
-    def _read(self, ledger: Path) -> dict[str, str]:
+    def _read(self, ledger: Path) -> dict[str, list[str]]:
+        """Each destination's sha256: of the file warmstart placed there; while it replaced it,
+        of either (a list: the one it replaced, then the new one)."""
         try:  # the workdir's ledger lies on Drive
-            return {str(k): str(v) for k, v in read_untrusted_json(ledger, 16 << 20).items()}
+            return {str(k): [str(sha) for sha in v] if isinstance(v, list) else [str(v)]
+                    for k, v in read_untrusted_json(ledger, 16 << 20).items()}
         except (OSError, ValueError):
             return {}
 
     def owns(self, dest: Path) -> bool:
-        """dest is the file warmstart placed there, unchanged since."""
-        recorded = self.placed(dest)
-        return recorded is not None and dest.is_file() and sha256_of(dest) == recorded
+        """dest is a file warmstart placed there, unchanged since."""
+        recorded = self._read(self._ledger(dest)).get(str(dest), [])
+        return bool(recorded) and dest.is_file() and sha256_of(dest) in recorded
 
     def placed(self, dest: Path) -> str | None:
         """The sha256 of the file warmstart last placed at dest, whatever is there now."""
-        return self._read(self._ledger(dest)).get(str(dest))
+        recorded = self._read(self._ledger(dest)).get(str(dest))
+        return recorded[-1] if recorded else None
+
+    def replacing(self, dest: Path, sha256: str) -> None:
+        """Before dest is replaced with the file `sha256`: either is warmstart's, so a run killed
+        between the rename and `record` leaves a file the next finds its own, whichever it is."""
+        self._write(dest, [*self._read(self._ledger(dest)).get(str(dest), []), sha256])
 
     def record(self, dest: Path, sha256: str) -> None:
+        self._write(dest, [sha256])
+
+    def _write(self, dest: Path, sha256s: list[str]) -> None:
         ledger = self._ledger(dest)
-        placed = self._read(ledger) | {str(dest): sha256}
+        # one sha256 as a string: the ledger as warmstart wrote it before it kept two
+        placed = self._read(ledger) | {str(dest): sha256s}
+        shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
         try:
-            atomic_write_text(ledger, json.dumps(placed, indent=1, sort_keys=True) + "\n")
+            atomic_write_text(ledger, json.dumps(shown, indent=1, sort_keys=True) + "\n")
         except OSError:
             pass  # unrecorded, the file is left alone next time rather than replaced
 
@@ -182,7 +196,9 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
         if not asset.unpack:
             with writing(dest):  # a full disk is said as dest's (copyfile's error names the source)
                 shutil.copyfile(verified, tmp)
+            placed.replacing(dest, asset.sha256)
             os.replace(tmp, dest)
+            faults.point("asset-place")
             placed.record(dest, asset.sha256)
             return
         tmp.mkdir()

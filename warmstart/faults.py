@@ -1,7 +1,8 @@
 """Fault injection for the tests: `WARMSTART_FAULT=<point>` kills this run (and its children)
 with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
 recovers. Points: download, cache-write, install, restore, place (after the first part of a
-restored tree is moved into place), asset-download, patch (after the first patched file)."""
+restored tree is moved into place), asset-download, asset-place (a file asset renamed into place,
+not yet recorded), patch (after the first patched file)."""
 
 from __future__ import annotations
 
