@@ -185,6 +185,25 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
     assert listing.stdout.count("in place") == 2
 
 
+def three_versions_the_second_killed(demo: Path, drive: Path, home: Path, tmp_path: Path, index, server, fault: str,
+                                     versions: list[bytes], suffix: str, dest: str, unpack: bool = False):
+    """Bootstraps of `demo` with each of three versions of one asset (served as vN`suffix`, placed
+    at `dest`), the second killed at the fault point `fault`: the third's result."""
+    base = demo.read_text()
+    for n, data in enumerate(versions):
+        server.files[f"v{n}{suffix}"] = data
+
+    def bootstrap_version(n: int, fault: str | None = None):
+        demo.write_text(base)
+        with_assets(demo, asset_block(f"{server.url}/files/v{n}{suffix}", versions[n], dest, unpack=unpack))
+        return bootstrap_home(demo, drive, home, tmp_path, index, fault=fault)
+
+    assert bootstrap_version(0).code == 0
+    killed = bootstrap_version(1, fault)
+    assert killed.code == -9, killed.stderr
+    return bootstrap_version(2)
+
+
 @pytest.mark.parametrize("where", ["~/models/model.onnx", "models/model.onnx"], ids=["local", "on-drive"])
 def test_a_run_killed_as_it_places_a_file_asset_leaves_a_file_the_next_version_replaces(
         demo, drive, home, tmp_path, index, server, where):
@@ -193,24 +212,30 @@ def test_a_run_killed_as_it_places_a_file_asset_leaves_a_file_the_next_version_r
     both versions before the rename), so the recipe's next version replaces it, where that run
     stopped (exit 2) saying the file was changed since warmstart placed it. The ledger in
     warmstart's cache folder, and on Drive for a destination in the workdir."""
-    base = demo.read_text()
     versions = [MODEL, MODEL[::-1], MODEL[1:]]
-    for n, data in enumerate(versions):
-        server.files[f"v{n}.onnx"] = data
-
-    def bootstrap_version(n: int, fault: str | None = None):
-        demo.write_text(base)
-        with_assets(demo, asset_block(f"{server.url}/files/v{n}.onnx", versions[n], where))
-        return bootstrap_home(demo, drive, home, tmp_path, index, fault=fault)
-
-    assert bootstrap_version(0).code == 0
-    killed = bootstrap_version(1, fault="asset-place")
-    assert killed.code == -9, killed.stderr
-    result = bootstrap_version(2)
+    result = three_versions_the_second_killed(demo, drive, home, tmp_path, index, server, "asset-place",
+                                              versions, ".onnx", where)
 
     assert result.code == 0, result.stderr
     dest = home / where[2:] if where.startswith("~") else drive / "Demo" / where
     assert dest.read_bytes() == versions[2]
+
+
+def test_a_run_killed_as_it_unpacks_an_archive_asset_leaves_no_member_the_next_version_keeps(
+        demo, drive, home, tmp_path, index, server):
+    """SIGKILL once the first member of an archive's new version is moved into its folder: the
+    folder's marker named it before (under the version it replaces), so the version after that
+    removes it with the rest of what warmstart put there, where it stayed behind, a file no
+    marker named."""
+    versions = [tar_gz({"data/a.csv": b"a0", "data/b.csv": b"b"}), tar_gz({"data/0new.csv": b"n", "data/a.csv": b"a1"}),
+                tar_gz({"data/a.csv": b"a2", "data/d.csv": b"d"})]
+    result = three_versions_the_second_killed(demo, drive, home, tmp_path, index, server, "asset-member",
+                                              versions, ".tar.gz", "dataset", unpack=True)
+
+    assert result.code == 0, result.stderr
+    folder = drive / "Demo" / "dataset"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.csv")) == ["data/a.csv", "data/d.csv"]
+    assert (folder / "data" / "a.csv").read_bytes() == b"a2"
 
 
 def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_installed_or_fetched(

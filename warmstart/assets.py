@@ -239,7 +239,8 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     """Move extracted members into dest, which may hold the user's files: those stay. Members of
     the previous archive warmstart unpacked there (its marker lists them) are replaced or removed."""
     marker = dest / MARKER
-    previous = {member for member in _marker(dest)[1:] if _inside(dest, member)}
+    marked = _marker(dest)
+    previous = {member for member in marked[1:] if _inside(dest, member)}
     new = _members(staged)
     for member in new:  # every clash first: refuse before anything moves
         target = dest / member
@@ -250,6 +251,10 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
             raise _not_ours(asset, target, "is in the way of an archive member")
         if target.exists() and member not in previous and sha256_of(target) != sha256_of(staged / member):
             raise _not_ours(asset, target, "holds another file")
+    # Every member that may lie here meanwhile is named before one moves, under the archive it
+    # replaces (the folder is not in place until the last line): a run killed while they move
+    # leaves none that the next version would not remove.
+    atomic_write_text(marker, "\n".join([marked[0] if marked else "-", *sorted(previous | set(new))]) + "\n")
     for member in sorted(previous - set(new)):
         old = dest / member
         if old.is_file() and not old.is_symlink():
@@ -257,6 +262,7 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     for member in new:
         (dest / member).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged / member, dest / member)
+        faults.point("asset-member")
     atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
 
 

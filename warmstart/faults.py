@@ -2,7 +2,8 @@
 with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
 recovers. Points: download, cache-write, install, restore, place (after the first part of a
 restored tree is moved into place), asset-download, asset-place (a file asset renamed into place,
-not yet recorded), patch (after the first patched file)."""
+not yet recorded), asset-member (an archive asset's first member moved into its folder), patch
+(after the first patched file)."""
 
 from __future__ import annotations
 
