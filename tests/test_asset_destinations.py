@@ -7,7 +7,10 @@ These run `assets.ensure` on a real file system with the asset already in the Dr
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +229,27 @@ def test_a_marker_that_is_no_text_or_is_huge_is_no_record(world):
     (dest / "a.onnx").unlink()
     place(asset(tar_gz({"a.onnx": b"a"}), "m.tar.gz", "models", unpack=True))
     assert (dest / "a.onnx").read_bytes() == b"a" and (dest / MARKER).stat().st_size < 200
+
+
+@pytest.mark.parametrize("where", ["local", "on-drive"])
+def test_two_runs_recording_placed_files_at_once_lose_none(tmp_path, where):
+    """The ledger of the files warmstart placed is read and written again for each file: two
+    runs at once on one machine (two recipes placing their models) each dropped some of what the
+    other recorded meanwhile (41 to 80 of 80 kept, in three tries), and a later version of such
+    a file stopped as if it were the user's. Real processes, 100 records each."""
+    drive = tmp_path / "drive"
+    (drive / "Work").mkdir(parents=True)
+    writer = ("import sys\nfrom pathlib import Path\nfrom warmstart.assets import PlacedFiles\n"
+              "from warmstart.store import DriveStore\nfrom warmstart.tiered import TieredStore\n"
+              "placed = PlacedFiles(TieredStore(DriveStore(Path(sys.argv[1]))))\n"
+              "for n in range(100):\n    placed.record(Path(sys.argv[2]) / f'f{n}.onnx', sys.argv[3])\n")
+    base = {"local": tmp_path / "home", "on-drive": drive / "Work"}[where]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    runs = [subprocess.Popen([sys.executable, "-c", writer, str(drive), str(base / f"run{n}"), f"{n}" * 64], env=env)
+            for n in (1, 2)]
+
+    assert [run.wait(timeout=120) for run in runs] == [0, 0]
+    ledger = tmp_path / "cache" / "warmstart" / "placed.json" if where == "local" else \
+        TieredStore(DriveStore(drive)).placed_ledger
+    recorded = json.loads(ledger.read_text())
+    assert len(recorded) == 200 and {recorded[str(base / "run2" / "f7.onnx")]} == {"2" * 64}

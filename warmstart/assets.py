@@ -21,7 +21,7 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from . import faults, home
+from . import faults, flock, home
 from .disks import kind_of, not_a_folder, regular_file
 from .download import Downloader, Job, partial_dir
 from .drivework import DriveWork
@@ -35,6 +35,7 @@ KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
 MARKER = ".warmstart-asset"
 MARKER_MOST = 16 << 20  # read no further: a marker of more is none of warmstart's
+LEDGER_WAIT = 30.0  # seconds a run waits for another's write of the placed files' ledger
 
 
 def state(store: TieredStore, asset: Asset, dest: Path) -> str:
@@ -96,11 +97,16 @@ class PlacedFiles:
 
     def _write(self, dest: Path, sha256s: list[str]) -> None:
         ledger = self._ledger(dest)
-        # one sha256 as a string: the ledger as warmstart wrote it before it kept two
-        placed = self._read(ledger) | {str(dest): sha256s}
-        shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
         try:
-            atomic_write_text(ledger, json.dumps(shown, indent=1, sort_keys=True) + "\n")
+            # Runs on this machine one at a time (two recipes may place assets at once): read and
+            # written apart, the later write dropped what the other recorded meanwhile. Bounded:
+            # the ledger on a Drive that stopped answering holds no other run up for longer.
+            self.local.parent.mkdir(parents=True, exist_ok=True)
+            with flock.held(self.local.with_name("placed.lock"), timeout=LEDGER_WAIT):
+                # one sha256 as a string: the ledger as warmstart wrote it before it kept two
+                placed = self._read(ledger) | {str(dest): sha256s}
+                shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
+                atomic_write_text(ledger, json.dumps(shown, indent=1, sort_keys=True) + "\n")
         except OSError:
             pass  # unrecorded, the file is left alone next time rather than replaced
 

@@ -1,8 +1,9 @@
 """One process at a time: flock(2), which the kernel releases when its holder ends, so a killed
 run leaves nothing held and nothing to clean up.
 
-Three things are held this way: a target environment (one run installs into it at a time), the
-tools' folder (one warmstart.sh restores it at a time) and a Drive job (one process finishes it).
+Four things are held this way: a target environment (one run installs into it at a time), the
+tools' folder (one warmstart.sh restores it at a time), a Drive job (one process finishes it) and
+the ledger of the asset files warmstart placed (one run writes it at a time, warmstart.assets).
 Standard library only: warmstart.sh takes the tools' lock before any dependency is there.
 """
 
