@@ -63,6 +63,7 @@ class PlacedFiles:
 
     def __init__(self, store: TieredStore, environ: Mapping[str, str] = os.environ) -> None:
         self.store = store
+        self.environ = environ
         self.local = home.placed(environ)
 
     def _ledger(self, dest: Path) -> Path:
@@ -101,8 +102,7 @@ class PlacedFiles:
             # Runs on this machine one at a time (two recipes may place assets at once): read and
             # written apart, the later write dropped what the other recorded meanwhile. Bounded:
             # the ledger on a Drive that stopped answering holds no other run up for longer.
-            self.local.parent.mkdir(parents=True, exist_ok=True)
-            with flock.held(self.local.with_name("placed.lock"), timeout=LEDGER_WAIT):
+            with flock.held(home.private(self.environ) / "placed.lock", timeout=LEDGER_WAIT):
                 # one sha256 as a string: the ledger as warmstart wrote it before it kept two
                 placed = self._read(ledger) | {str(dest): sha256s}
                 shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
