@@ -157,6 +157,33 @@ def test_a_mount_colab_refuses_is_a_precondition_with_the_way_out_not_a_bug(demo
     assert "bug" not in out["stderr"]
 
 
+def test_a_kernel_whose_folder_is_gone_is_told_how_to_move_before_anything_is_mounted(demo, tmp_path, kernel_env,
+                                                                                      kernel_python):
+    """The notebook left in a folder on Drive when Drive was unmounted (or in one since removed):
+    the in-kernel calls say so, with the cell that moves it, before Drive is mounted. The target
+    Python's probe failed there, said as "pass --python with a working interpreter" (the kernel's)."""
+    gone = tmp_path / "content" / "drive" / "MyDrive" / "HyperLPR"
+    gone.mkdir(parents=True)
+    cell = textwrap.dedent(f"""
+        import json, warmstart.colab
+        try:
+            warmstart.colab.bootstrap({str(demo)!r})
+        except warmstart.colab.BootstrapFailed as exc:
+            print(json.dumps(warmstart.colab.status({str(demo)!r}) | {{"bootstrap": exc.report}}))
+        """)
+
+    done = subprocess.run([*MOUNTNS, "--", "bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone),
+                           str(kernel_python), "-c", cell], env=kernel_env, capture_output=True, text=True, timeout=120)
+
+    said = (f"the current folder ({gone}) no longer exists (it was removed, or lies on a Drive unmounted since): run "
+            f"`%cd {kernel_env['HOME']}` (or change to any folder that exists), then run again")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["bootstrap"] | {"exit_code": 3, "error": said} == out["bootstrap"]
+    assert out | {"exit_code": 3, "error": said} == out
+    assert done.stderr.splitlines() == [f"warmstart: error: {said}"] * 2
+    assert mount_calls(tmp_path) == []
+
+
 def test_restart_warning_after_replacing_an_imported_module(demo, tmp_path, kernel_env, kernel_python, index):
     subprocess.run([sys.executable, "-m", "pip", "--python", str(kernel_python), "install", "--quiet",
                     "--index-url", index.url, "beta==1.0"], check=True, env=kernel_env)

@@ -444,6 +444,48 @@ def test_a_drive_folder_given_that_does_not_exist_is_named_with_the_way_out_not_
     assert not missing.exists()
 
 
+def in_a_removed_folder(folder: Path, command: list[str]) -> list[str]:
+    """`command`, run from `folder` once it is removed, as from a notebook whose folder was deleted
+    (or lay on a Drive that was unmounted since: getcwd fails alike); the shell's PWD still names it."""
+    folder.mkdir()
+    return ["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(folder), *command]
+
+
+@pytest.mark.parametrize("entry", ["warmstart bootstrap", "invoke bootstrap --json", "warmstart status",
+                                   "warmstart.sh"])
+def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(entry, demo, drive, tmp_path):
+    """Run from a folder that no longer exists, the target Python's probe failed and the run said
+    "cannot run the target Python ...: pass --python with a working interpreter" (exit 3; it
+    works), or, with a relative path, "No such file or directory" naming nothing; warmstart.sh said
+    "could not download warmstart's own dependencies" with pip's traceback. Every program a run
+    starts (the target Python, uv, pip) fails there: each entry now says why, the same line, and
+    changes nothing."""
+    home, env_python = tmp_path / "home", make_venv(tmp_path / "env")
+    home.mkdir()
+    gone = tmp_path / "notebook folder"
+    flags = ["--recipe", str(demo), "--drive", str(drive), "--python", str(env_python)]
+    command = {
+        "warmstart bootstrap": [sys.executable, "-m", "warmstart", "bootstrap", *flags],
+        "invoke bootstrap --json": [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", *flags,
+                                    "--json"],
+        "warmstart status": [sys.executable, "-m", "warmstart", "status", *flags],
+        "warmstart.sh": ["bash", str(REPO / "warmstart.sh"), str(demo), *flags[2:]],
+    }[entry]
+    env = cli_env(HOME=str(home), PYTHONPATH=str(REPO), WARMSTART_PYTHON=sys.executable)
+
+    done = subprocess.run(in_a_removed_folder(gone, command), env=env, capture_output=True, text=True, timeout=120)
+
+    said = (f"the current folder ({gone}) no longer exists (it was removed, or lies on a Drive unmounted since): "
+            f"run `cd {home}` (or change to any folder that exists), then run again")
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == \
+        (f"warmstart.sh: {said}" if entry == "warmstart.sh" else f"warmstart: error: {said}")
+    if entry.endswith("--json"):
+        assert json.loads(done.stdout) | {"exit_code": 3, "error": said} == json.loads(done.stdout)
+    assert list(drive.iterdir()) == [] and installed(env_python) == {}
+
+
 def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):
     """A bug, staged: a sitecustomize makes the planner raise what no input could."""
     (tmp_path / "sitecustomize.py").write_text(

@@ -777,6 +777,29 @@ def test_a_command_interrupted_before_its_run_began_ends_as_an_interrupted_run(t
     come before its report, or invoke's for another line): one line, exit 130 (and the --json
     report), as later in the run; not a traceback (Ctrl-C) nor death by the signal (SIGTERM). The
     `warmstart` console script in a child, waiting at that point for the signal."""
+    code, out, err = interrupted_before_the_run(tmp_path, how, line)
+
+    assert (code, err) == (130, "warmstart: error: interrupted\n"), (code, err)
+    if "--json" in line:
+        report = json.loads(out)
+        assert (report["exit_code"], report["error"], report["recipe"]) == (130, "interrupted", "demo")
+    else:
+        assert out == ""
+
+
+def test_an_interrupt_before_the_run_began_in_a_folder_that_is_gone_is_an_interrupt(tmp_path):
+    """The run's report of an interrupt needs no working folder: it is not "the current folder no
+    longer exists" (which every other run there is), exit 3."""
+    code, out, err = interrupted_before_the_run(tmp_path, signal.SIGINT, "bootstrap --json", removed=tmp_path / "gone")
+
+    assert (code, err, json.loads(out)["exit_code"]) == (130, "warmstart: error: interrupted\n", 130)
+
+
+def interrupted_before_the_run(tmp_path: Path, how: signal.Signals, line: str,
+                               removed: Path | None = None) -> tuple[int, str, str]:
+    """The `warmstart` console script running `line` in a child (in the folder `removed`, once it
+    is removed), sent `how` where it waits before its run's report begins: its exit code, stdout
+    and stderr."""
     ready_file = tmp_path / "ready"
     probe = ("import sys, time\n"
              "from warmstart import launch\n"
@@ -784,21 +807,20 @@ def test_a_command_interrupted_before_its_run_began_ends_as_an_interrupted_run(t
              + _INTERRUPTED_AT[line.split()[0]]
              + f"sys.argv = ['warmstart', *{line.split()!r}, '--recipe', 'demo', '--drive', {str(tmp_path)!r}]\n"
              "launch.console()\n")
-    run = subprocess.Popen(with_ctrl_c([sys.executable, "-c", probe]), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, cwd=REPO, env=cli_env(XDG_CACHE_HOME=str(tmp_path / "cache")))
+    command = [sys.executable, "-c", probe]
+    if removed is not None:
+        removed.mkdir()
+        command = ["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(removed), *command]
+    env = cli_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
+    run = subprocess.Popen(with_ctrl_c(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                           env=env)
     try:
         wait_until(ready_file.exists, 60, lambda: f"never reached the point: {run.communicate(timeout=5)}")
         run.send_signal(how)
         out, err = run.communicate(timeout=30)
     finally:
         run.kill()
-
-    assert (run.returncode, err) == (130, "warmstart: error: interrupted\n"), (run.returncode, err)
-    if "--json" in line:
-        report = json.loads(out)
-        assert (report["exit_code"], report["error"], report["recipe"]) == (130, "interrupted", "demo")
-    else:
-        assert out == ""
+    return run.returncode, out, err
 
 
 def test_an_interrupt_held_comes_once_the_work_is_done_a_second_at_once_an_ignored_one_not_at_all():

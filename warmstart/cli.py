@@ -9,14 +9,17 @@ from collections.abc import Callable
 from . import home
 from .console import Bars, output_closed, shown, silence, std_streams
 from .errors import OUTPUT_CLOSED, failure, interrupts
+from .invocation import require_working_folder
 from .report import Report
 
 
-def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
+def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool, anywhere: bool = False) -> Report:
     """Run action with a fresh report; errors become its `error` and `exit_code`. Where the
-    reader of its output left before the end, it stops there, saying nothing (OUTPUT_CLOSED)."""
+    reader of its output left before the end, it stops there, saying nothing (OUTPUT_CLOSED).
+    An action runs in a working folder that exists (every program it may start needs one) unless
+    it can run `anywhere` (an interrupt's report)."""
     try:
-        return _run_reported(action, recipe, as_json=as_json)
+        return _run_reported(action, recipe, as_json=as_json, anywhere=anywhere)
     except BrokenPipeError as exc:
         if not output_closed(exc):
             raise
@@ -27,7 +30,7 @@ def run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bo
         return closed
 
 
-def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool) -> Report:
+def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: bool, anywhere: bool) -> Report:
     # stdout carries the JSON, so such a run keeps stderr to step lines: no bars.
     report = Report(recipe, bars=Bars(enabled=not as_json))
     try:
@@ -36,6 +39,8 @@ def _run_reported(action: Callable[[Report], object], recipe: str, *, as_json: b
         pass  # a read-only HOME: said where the run first needs to write there
     try:
         with interrupts():
+            if not anywhere:
+                require_working_folder()
             action(report)
     except (Exception, KeyboardInterrupt) as exc:
         if output_closed(exc):

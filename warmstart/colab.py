@@ -26,6 +26,7 @@ from .config import reading_ahead
 from .console import shown
 from .disks import is_mount_point
 from .errors import BadInput, PreconditionUnmet, failure
+from .invocation import require_working_folder
 from .profiles import Profile, select_profile
 from .settings import MOUNT_POINT, STATUS_OPTIONS, Options, drive_root
 
@@ -133,6 +134,7 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
     WARMSTART_DRIVE too)."""
     global last_report
     try:
+        require_working_folder()  # before Drive's mount, which would fail there in its own words
         takes = sorted(name.replace("-", "_") for name in Options.flags() if name not in ("recipe", "python"))
         options = _options("bootstrap", recipe, flags, takes, also=", restart, mount_point")
         environ = {**os.environ, MOUNT_POINT.name: mount_point} if mount_point else os.environ
@@ -180,6 +182,7 @@ def status(recipe: str, *, root: Path = PROJECT_ROOT, **flags: Any) -> dict[str,
     once the environment matches and nothing is left to write to Drive ("safe to shut down"). A
     failure says its one line and returns `ok` False, its `error` and `exit_code`."""
     try:
+        require_working_folder()
         options = _options("status", recipe, flags, [n for n in STATUS_OPTIONS if n not in ("recipe", "python")])
         profile = select_profile(root)
         _with_tools(drive_root(options.drive, profile), profile, options.offline)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import PROJECT_ROOT
-from .errors import WarmstartError
+from .errors import PreconditionUnmet, WarmstartError
 from .profiles import Profile, select_profile
 from .restart import kernel_process
 from .settings import LAUNCHER
@@ -78,6 +78,22 @@ def in_notebook(profile: Profile | None = None) -> bool:
 def in_cell(words: Sequence[str], notebook: bool) -> str:
     """`words` as a command line to paste: in a notebook's cell (`notebook`), run by `!`."""
     return f"!{_ipython_literal(words)}" if notebook else shlex.join(words)
+
+
+def require_working_folder(environ: Mapping[str, str] = os.environ) -> None:
+    """PreconditionUnmet where this process's working folder is gone: removed, or on a mount taken
+    away since (a notebook left in Drive's folder when Drive was unmounted). Every program a run
+    starts there (the target Python, uv, pip) fails, each in its own words, and so does any
+    relative path; the shell's PWD names the folder."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        home = Path.home()
+        step = cd_cell(home) if in_notebook() else shlex.join(["cd", str(home)])
+        was = f" ({environ['PWD']})" if environ.get("PWD") else ""
+        raise PreconditionUnmet(f"the current folder{was} no longer exists (it was removed, or lies on a Drive "
+                                f"unmounted since): run `{step}` (or change to any folder that exists), then "
+                                "run again") from None
 
 
 def cd_cell(folder: Path) -> str:

@@ -100,7 +100,7 @@ def _ended_by_interrupt(recipe: str, *, as_json: bool) -> int:
     def interrupted(_report: object) -> None:
         raise KeyboardInterrupt
 
-    return run_reported(interrupted, recipe, as_json=as_json).exit_code
+    return run_reported(interrupted, recipe, as_json=as_json, anywhere=True).exit_code
 
 
 def _command(run: Callable[[], object]) -> NoReturn:

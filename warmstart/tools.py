@@ -47,7 +47,7 @@ from . import compile_rest, config, early, flock, headstart, home, prefetch, set
 from .console import shown, write_line
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
-from .invocation import in_cell, in_notebook
+from .invocation import in_cell, in_notebook, require_working_folder
 from .locktext import canonical, given_as_file, pins, requirement_lines
 from .pipconfig import pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
@@ -519,6 +519,7 @@ def _set_up(given: argparse.Namespace) -> tuple[Path, Profile, Path, Path]:
     # The recipe's file and locks, the platform's profiles: read at once from a checkout on Drive
     # (an open each, 20 ms on the stand-in), so that the online question (headstart.consider)
     # finds the recipe's lock in memory, where it cost 0.1 s of opens before uv could begin.
+    require_working_folder()  # pip and uv would fail there, in their words
     with config.reading_ahead(CHECKOUT, given.recipe):
         home.private()  # warmstart's own folder (its tools, logs, jobs): its user's alone
         profile = platform_profile()
