@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -368,6 +369,25 @@ def make_venv(path: Path) -> Path:
     """A bare virtualenv (no pip of its own: warmstart drives pip from outside)."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     return path / "bin" / "python"
+
+
+def system_python(folder: Path) -> Path:
+    """A stand-in for an operating system's python3 (Debian's, Ubuntu's; a CUDA container's): the
+    interpreter running the tests, copied as a real CPython whose prefix is `folder` (its standard
+    library linked in), not a virtualenv, with PEP 668's marker that says its system's package
+    manager owns its packages. What installers put there stays in `folder`."""
+    base = Path(os.path.realpath(sys._base_executable))
+    stdlib = Path(sysconfig.get_path("stdlib", vars={"installed_base": sys.base_prefix, "base": sys.base_prefix}))
+    (folder / "bin").mkdir(parents=True)
+    lib = folder / "lib" / stdlib.name
+    lib.mkdir(parents=True)
+    for entry in stdlib.iterdir():
+        if entry.name not in ("site-packages", "dist-packages"):
+            (lib / entry.name).symlink_to(entry)
+    (lib / "EXTERNALLY-MANAGED").write_text("[externally-managed]\nError = use a virtualenv\n")
+    python = folder / "bin" / base.name
+    shutil.copy2(base, python)
+    return python
 
 
 def installed(python: Path) -> dict[str, str]:

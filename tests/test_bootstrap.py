@@ -22,6 +22,7 @@ from conftest import (
     needs_netns,
     pyenv_python,
     run_cli,
+    system_python,
 )
 
 
@@ -208,6 +209,60 @@ def test_a_python_the_recipe_does_not_support_is_refused_before_any_lock_is_look
     error = result.stderr.strip().splitlines()[-1]
     assert "the recipe needs Python >=3.11, but" in error and error.endswith("pass --python with a matching interpreter")
     assert "invoke lock" not in result.stderr
+
+
+def test_a_python_its_system_manages_is_refused_before_anything_changes_and_the_printed_way_out_works(
+        demo, drive, env, tmp_path):
+    """Debian's and Ubuntu's python3 (a CUDA container's) carry PEP 668's marker: pip and uv refuse
+    to change them. The run got as far as uv, which said so in 12 lines of its own, and ended
+    "uv failed to install the locked packages", exit 1; --dry-run and status said it would install.
+    Now the plan refuses (exit 3) with the virtualenv to make, and status says a bootstrap stops
+    there. The line's command, pasted, makes a virtualenv the bootstrap then fills."""
+    system = system_python(tmp_path / "usr")
+    home = tmp_path / "home"
+    env = env | {"HOME": str(home)}
+    venv = home / "venvs" / "demo"
+    marker = system.parent.parent / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "EXTERNALLY-MANAGED"
+    said = (f"{system} is the system's Python, whose packages its package manager owns ({marker}): pip and uv refuse "
+            f"to change them. Make a virtualenv that sees them, `{system} -m venv --system-site-packages --without-pip "
+            f"{venv}`, and pass --python {venv / 'bin' / 'python'}; or, in a container that is yours to change, set "
+            "PIP_BREAK_SYSTEM_PACKAGES=1")
+
+    refused = bootstrap(demo, drive, system, env=env)
+    dry = bootstrap(demo, drive, system, "--dry-run", env=env)
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(system), env=env)
+
+    for done in (refused, dry):
+        assert done.code == 3, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"warmstart: error: {said}"
+    assert status.code == 1, status.stderr
+    assert f"python    {system} ({sys.version.split()[0]}), externally managed ({marker})" in status.stdout
+    assert f"bootstrap would: stop: {said}" in status.stdout
+    assert installed(system) == {} and not (drive / ".warmstart").exists()
+
+    subprocess.run(said.split("`")[1], shell=True, check=True)
+    moved = bootstrap(demo, drive, venv / "bin" / "python", env=env)
+    assert moved.code == 0, moved.stderr
+    assert installed(venv / "bin" / "python") == LOCKED and installed(system) == {}
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_pip_break_system_packages_lets_either_installer_change_a_python_its_system_manages(
+        installer, demo, drive, env, tmp_path):
+    """In a container that is the user's to change, PIP_BREAK_SYSTEM_PACKAGES=1 (as many Dockerfiles
+    set it) is their yes, for pip and for uv alike: warmstart dropped it for pip (every other
+    PIP_* setting is dropped: they could add to the lock), which then refused; uv never got it."""
+    system = system_python(tmp_path / "usr")
+    env = env | {"HOME": str(tmp_path / "home")}
+
+    done = bootstrap(demo, drive, system, "--installer", installer, env=env | {"PIP_BREAK_SYSTEM_PACKAGES": "1"})
+    unsure = bootstrap(demo, drive, system, "--installer", installer, env=env | {"PIP_BREAK_SYSTEM_PACKAGES": "maybe"})
+
+    assert done.code == 0, done.stderr
+    assert installed(system) == LOCKED
+    assert unsure.code == 2
+    assert unsure.stderr.strip().splitlines()[-1] == \
+        "warmstart: error: PIP_BREAK_SYSTEM_PACKAGES must be 1 (on) or 0 (off), got 'maybe'"
 
 
 def test_stale_lock_is_reported_not_used(demo, drive, env, tmp_path):

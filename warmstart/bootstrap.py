@@ -41,7 +41,7 @@ from .lock import (
     select_lock,
 )
 from .locktext import given_as_file
-from .pipconfig import IndexSettings
+from .pipconfig import IndexSettings, breaks_system_packages
 from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
@@ -140,7 +140,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
                            lock=lock, image=image, cached={}, assets=assets_here, broken=broken, needs=found,
                            snapshot=located, snapshot_found=False, installer=installer.choose(options.installer),
                            warnings=tuple(warnings), whole_records=whole, patches=tuple(patched), drift=drifted,
-                           live_lock=live_at)
+                           live_lock=live_at, break_system_packages=breaks_system_packages())
         facts = _look(found_here, store)  # what the store holds: the cached wheels, the assets, the snapshot
         if settings.team and not options.offline:  # offline runs use what Drive holds
             # held back while Drive alone serves the run: opening it would cost more than the run

@@ -28,6 +28,9 @@ INDEX_SETTINGS = frozenset({
 # to the lock; cleared for every call.
 _UV_CLEARED = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE", "UV_REQUIRE_HASHES",
                "UV_NO_BINARY", "UV_FIND_LINKS", "UV_CONFIG_FILE", "UV_SYSTEM_PYTHON")
+# PEP 668's way out, in pip's words and in uv's: change a Python its system's package manager owns
+# all the same (in a container that is the user's to change). Either is the user's yes for both.
+BREAK_SYSTEM_PACKAGES = ("PIP_BREAK_SYSTEM_PACKAGES", "UV_BREAK_SYSTEM_PACKAGES")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -89,6 +92,17 @@ class IndexSettings:
                        "use https, trust the host with PIP_TRUSTED_HOST, or set WARMSTART_ALLOW_HTTP=1")
 
 
+def breaks_system_packages(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the user lets the installers change an externally managed Python (PEP 668): either
+    of BREAK_SYSTEM_PACKAGES on, in the words pip takes; any other value is bad input."""
+    yes, no = ("1", "true", "yes", "on", "y", "t"), ("", "0", "false", "no", "off", "n", "f")
+    words = {var: environ.get(var, "").strip().lower() for var in BREAK_SYSTEM_PACKAGES}
+    for var, word in words.items():
+        if word not in yes + no:
+            raise BadInput(f"{var} must be 1 (on) or 0 (off), got {environ[var]!r}")
+    return any(word in yes for word in words.values())
+
+
 def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
     """The environment for pip: the caller's, minus every PIP_* setting that could add to the
     lock, minus the platform's known-bad variables (`unset`, from the profile)."""
@@ -98,6 +112,8 @@ def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) 
            if (not k.startswith("PIP_") or k in INDEX_SETTINGS) and k not in drop}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
                PYTHONNOUSERSITE="1")
+    if breaks_system_packages(environ):
+        env["PIP_BREAK_SYSTEM_PACKAGES"] = "1"
     return env
 
 
@@ -122,4 +138,6 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     for var, value in given.items():
         if value and var not in environ:  # uv's own setting, when there is one, wins
             env[var] = value
+    if breaks_system_packages(environ):
+        env["UV_BREAK_SYSTEM_PACKAGES"] = "1"
     return env

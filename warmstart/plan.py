@@ -6,6 +6,7 @@ effects from the facts `prepare` gathered (recipe, lock, target Python, GPU, cac
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .disks import remount
 from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
 from .images import Drift, Image
+from .invocation import in_cell, in_notebook
 from .lock import Lock, Needs, Pin
 from .patches import APPLIED, PatchState
 from .profiles import Profile
@@ -55,6 +57,8 @@ class Facts:
     drive_down: str | None = None  # why Drive stopped answering while it was looked at (store.py)
     # wheels (name, version) an earlier run's Drive writes will put there (drivework.queued_wheels)
     queued: frozenset[tuple[NormalizedName, Version]] = frozenset()
+    # PIP_BREAK_SYSTEM_PACKAGES: a target its system's package manager owns may be changed all the same
+    break_system_packages: bool = False
 
     @property
     def installing(self) -> tuple[Pin, ...]:
@@ -199,6 +203,8 @@ def make_plan(facts: Facts, options: Options) -> Plan:
         warnings.extend(verdict.unfit)
 
     to_install, cached = facts.installing, facts.cached
+    if to_install and target.externally_managed and not facts.break_system_packages:
+        raise PreconditionUnmet(externally_managed(target, recipe.name))
     use_snapshot = bool(to_install) and facts.snapshot_found
     if options.offline:
         if facts.drive_down and (to_install or any(state == "missing" for _dest, state in facts.assets.values())):
@@ -228,6 +234,18 @@ def make_plan(facts: Facts, options: Options) -> Plan:
                                    "keeps it on Drive), or " if options.offline and facts.image else "run ")
             + "without --keep-runtime")
     return plan
+
+
+def externally_managed(target: TargetPython, recipe: str) -> str:
+    """Why warmstart does not install into `target`, which its system's package manager owns (PEP
+    668; pip and uv refuse it too), and what to do: a virtualenv that sees the system's packages."""
+    venv = Path.home() / "venvs" / recipe
+    make = in_cell([str(target.executable), "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+                   in_notebook())
+    return (f"{target.executable} is the system's Python, whose packages its package manager owns "
+            f"({target.externally_managed}): pip and uv refuse to change them. Make a virtualenv that sees them, "
+            f"`{make}`, and pass --python {shlex.quote(str(venv / 'bin' / 'python'))}; or, in a container that is "
+            "yours to change, set PIP_BREAK_SYSTEM_PACKAGES=1")
 
 
 def offline_without_drive(down: str, drive: Path) -> str:

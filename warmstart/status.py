@@ -12,7 +12,7 @@ from . import checks, config, drivework, restart
 from .bootstrap import prepare, wiped_vm_snapshot
 from .cli import run_reported
 from .console import abridged, counted, shown, write_line
-from .plan import Plan, make_plan
+from .plan import Plan, externally_managed, make_plan
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
@@ -68,7 +68,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
     profile = select_profile(root)
     facts, store = prepare(resolve(options, profile), profile, root, report)
-    plan = report.plan = make_plan(facts, options)
+    # looked past, as the GPU check is below: a bootstrap stops there, and says so (plan.externally_managed)
+    plan = report.plan = make_plan(replace(facts, break_system_packages=True), options)
     wanted = {p.name: p for p in facts.needs.wanted}
     locked = {p.name: p.version for p in facts.lock.pins}
     have = facts.target.installed
@@ -83,6 +84,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "gpu_warnings": list(plan.warnings),
         "python": str(facts.target.executable),
         "python_version": str(facts.target.version),
+        "python_externally_managed": facts.target.externally_managed or None,  # its PEP 668 marker
         "lock": facts.live_lock or str(facts.lock.path),
         "lock_made_here": facts.live_lock is not None,  # made on a VM of this runtime (livelock.py)
         "image": facts.image.describe() if facts.image else None,
@@ -138,6 +140,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     if found["checks_due"] and found["action"] == "no-op":
         found["action"] = ("run the checks that failed last time again" if set(found["checks_due"]) <= set(
             found["checks_failed"]) else "run the checks not yet passed here")
+    if facts.target.externally_managed and facts.installing and not facts.break_system_packages:
+        found["action"] = f"stop: {externally_managed(facts.target, facts.recipe.name)}"
     if facts.verdict.problems:  # looked past above; a bootstrap without the flag stops there
         flag = "--allow-no-gpu" if facts.verdict.missing else "--allow-unfit-gpu"
         found["action"] = f"stop at the GPU check (with {flag}: {found['action']})"
@@ -175,7 +179,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     lines = [
         f"platform  {facts['platform']}",
         f"gpu       {gpus}" + "".join(f"\n          ! {w}" for w in facts["gpu_warnings"]),
-        f"python    {facts['python']} ({facts['python_version']})",
+        f"python    {facts['python']} ({facts['python_version']})" + (
+            f", externally managed ({managed})" if (managed := facts["python_externally_managed"]) else ""),
         f"lock      {facts['lock']}" + (" (made on this runtime)" if facts["lock_made_here"] else "")
         + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
         *([f"image     {facts['image_drift']['summary']}"] if facts["image_drift"] else []),

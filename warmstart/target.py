@@ -43,6 +43,10 @@ sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
 installed = {}
 for name, version, _ in distributions(sys.path):
     installed.setdefault(name, version)
+# PEP 668: an interpreter outside a virtualenv whose stdlib folder holds this marker belongs to its
+# system's package manager (Debian's and Ubuntu's python3); installers refuse to change it.
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+managed = marker if sys.prefix == sys.base_prefix and os.path.isfile(marker) else ""
 print(json.dumps({
     "version": list(sys.version_info[:3]),
     "implementation": sys.implementation.name,
@@ -53,6 +57,7 @@ print(json.dumps({
     "path": sys.path,
     "purelib": sysconfig.get_path("purelib"),
     "installed": installed,
+    "externally_managed": managed,
 }))
 """
 
@@ -68,6 +73,7 @@ class TargetPython:
     soabi: str = ""  # cpython-311-x86_64-linux-gnu: the ABI compiled extensions are built for
     path: tuple[str, ...] = ()  # its sys.path: where its distributions' metadata lies
     purelib: str = ""  # where an installer puts pure-Python distributions (site-packages)
+    externally_managed: str = ""  # its PEP 668 marker, where its system's package manager owns it
 
     @property
     def tag(self) -> str:
@@ -177,8 +183,11 @@ def _target(exe: Path, answer: str) -> TargetPython:
             prefix=Path(facts["prefix"]),
             platform=facts["platform"],
             soabi=facts["soabi"],
-            path=tuple(facts["path"]),
+            # with where installs go, which sys.path lacks until it exists (a system Python's, at
+            # times): what the run installs there is read back from the same list
+            path=tuple(dict.fromkeys([*facts["path"], *filter(None, [facts.get("purelib")])])),
             purelib=facts.get("purelib", ""),
+            externally_managed=facts.get("externally_managed", ""),
             installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
         )
     except (ValueError, KeyError, TypeError, AttributeError):
