@@ -211,6 +211,32 @@ def test_a_python_the_recipe_does_not_support_is_refused_before_any_lock_is_look
     assert "invoke lock" not in result.stderr
 
 
+@pytest.mark.parametrize("minor", ["2.7", "3.6"])
+def test_a_python_older_than_the_probe_reads_is_said_by_its_version_not_as_one_that_does_not_work(
+        minor, demo, drive, env, tmp_path):
+    """The probe's code needs 3.7: an older target failed it, said as "cannot run the target
+    Python ...: it exited with status 1 (SyntaxError: invalid syntax); pass --python with a working
+    interpreter". It is said as a Python the recipe does not support, or, where the recipe
+    admits it, as one warmstart does not install into."""
+    older = pyenv_python(minor)
+    if older is None:
+        pytest.skip(f"no pyenv Python {minor} on this machine")
+    version = subprocess.run([str(older), "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+
+    unsupported = bootstrap(demo, drive, older, env=env)
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', 'python = ">=2.7"'))
+    admitted = bootstrap(demo, drive, older, env=env)
+
+    assert unsupported.code == admitted.code == 3
+    assert unsupported.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: {demo}: the recipe needs Python >=3.8, but {older} is {version}; pass --python with a "
+        "matching interpreter")
+    assert admitted.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: the target Python {older} is {version}, older than warmstart installs into (3.7 and "
+        "newer); pass --python with a newer interpreter")
+
+
 def test_a_python_its_system_manages_is_refused_before_anything_changes_and_the_printed_way_out_works(
         demo, drive, env, tmp_path):
     """Debian's and Ubuntu's python3 (a CUDA container's) carry PEP 668's marker: pip and uv refuse

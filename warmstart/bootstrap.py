@@ -42,7 +42,7 @@ from .lock import (
 )
 from .locktext import given_as_file
 from .pipconfig import IndexSettings, breaks_system_packages
-from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
+from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python, unsupported_python
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
@@ -94,7 +94,12 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     # to 100 ms), so the GPU step waits for nothing (NVML took 34 ms on an H200 VM)
     gpus = started(probe_gpus)
     with report.step("python") as step:
-        target = target_python.probe(settings.python)
+        try:
+            target = target_python.probe(settings.python)
+        except target_python.TooOld as old:  # said as any Python the recipe does not support, where it does not
+            if recipe.supports(old.version):
+                raise
+            raise PreconditionUnmet(unsupported_python(recipe, old.executable, old.version)) from None
         step.detail = f"{target.executable} (Python {target.version})"
         require_python(recipe, target)
     with report.step("gpu") as step:

@@ -158,10 +158,12 @@ def require_python(recipe: Recipe, target: TargetPython) -> None:
     """The target's Python is one the recipe supports (said before any lock is looked for: no
     lock is the answer to the wrong Python)."""
     if not recipe.supports(target.version):
-        raise PreconditionUnmet(
-            f"{recipe.path}: the recipe needs Python {recipe.python}, but {target.executable} is "
-            f"{target.version}; pass --python with a matching interpreter"
-        )
+        raise PreconditionUnmet(unsupported_python(recipe, target.executable, target.version))
+
+
+def unsupported_python(recipe: Recipe, executable: Path, version: Version) -> str:
+    return (f"{recipe.path}: the recipe needs Python {recipe.python}, but {executable} is {version}; "
+            "pass --python with a matching interpreter")
 
 
 def cache_lacks(facts: Facts) -> tuple[Pin, ...]:

@@ -27,7 +27,7 @@ from pathlib import Path, PurePath
 
 from packaging import tags
 from packaging.utils import NormalizedName, canonicalize_name
-from packaging.version import Version
+from packaging.version import InvalidVersion, Version
 
 from . import distinfo, settings
 from .config import file_text
@@ -136,11 +136,40 @@ def real_prefix(executable: str | Path | None) -> Path:
     return Path(os.path.realpath(_ask(exe, "import sys; print(sys.prefix)").strip()))
 
 
+# The probe's code needs Python 3.7 (`from __future__ import annotations`); any Python says this.
+PROBE_READS = Version("3.7")
+_VERSION = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
+
+
+class TooOld(PreconditionUnmet):
+    """A target Python older than the probe reads (2.7, 3.6): its syntax error said nothing of why."""
+
+    def __init__(self, executable: Path, version: Version) -> None:
+        super().__init__(f"the target Python {executable} is {version}, older than warmstart installs into "
+                         f"({PROBE_READS} and newer); pass --python with a newer interpreter")
+        self.executable, self.version = executable, version
+
+
 def probe(executable: str | Path | None) -> TargetPython:
     exe = target_executable(executable)
     if (begun := _begun_target(exe, use_up=True)) is not None:
         return begun
-    return _target(exe, _ask(exe, _PROBE))  # none begun, or it failed: asked again, and said
+    try:
+        return _target(exe, _ask(exe, _PROBE))  # none begun, or it failed: asked again, and said
+    except PreconditionUnmet:
+        # only once it failed: a Python too old for the probe is said as such
+        if (version := _version_of(exe)) is not None and version < PROBE_READS:
+            raise TooOld(exe, version) from None
+        raise
+
+
+def _version_of(exe: Path) -> Version | None:
+    """The Python version `exe` says it is, in words any Python reads; None for no answer or none
+    a Python gives."""
+    try:
+        return Version(_ask(exe, _VERSION))
+    except (PreconditionUnmet, InvalidVersion):
+        return None
 
 
 def _ask(exe: Path, code: str) -> str:
