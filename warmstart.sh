@@ -15,8 +15,8 @@
 # notebook's interpreter (default: python3). `warmstart.sh --help` lists the options.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# No bytecode on Drive (slow for small files). This checkout goes first on sys.path, before the
-# working directory `-m` or `-c` would put there (which may hold another warmstart).
+# No bytecode on Drive (slow for small files). This checkout takes the place on sys.path of the
+# working directory, which `-c` puts first (it may hold another warmstart, or a project's json.py).
 # warmstart compiles (to local disk) the modules this process imports as it imports them, and the
 # rest while it restores its tools (warmstart/__init__.py).
 export PYTHONDONTWRITEBYTECODE=1
@@ -36,7 +36,7 @@ if sys.version_info < (3, 11):
 import signal
 signal.signal(signal.SIGTERM, signal.default_int_handler)  # a notebook stop, a kill: as Ctrl-C
 try:
-    sys.path.insert(0, sys.argv.pop(1))
+    sys.path[:] = [sys.argv.pop(1)] + [entry for entry in sys.path if entry]
     from warmstart.prefetch import guess
     guess(sys.argv[1:])  # the archive a wiped VM restores, read while the rest of warmstart is imported
     from warmstart.tools import main

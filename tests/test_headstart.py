@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -250,6 +251,16 @@ class _Timed:
 
     def __init__(self, busy: float, timed: int, full: bool, came: int) -> None:
         self.measured, self.full, self.came, self.ended = (busy, timed), full, came, False
+
+
+def test_the_target_is_asked_its_version_and_prefix_by_the_path_as_given(tmp_path, monkeypatch):
+    """warmstart.sh's --python as typed (`--python venv/bin/python`, from the folder it is in): the
+    question runs it from `/` (a project's json.py stays out of it), where that path names nothing,
+    and the race was silently not run."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    monkeypatch.chdir(tmp_path)
+    version, prefix = headstart._version_and_prefix(os.path.join("venv", "bin", "python"))
+    assert version == ".".join(map(str, sys.version_info[:3])) and prefix == str(tmp_path / "venv")
 
 
 def test_drive_s_pace_is_taken_from_what_a_full_read_ahead_timed():

@@ -486,6 +486,49 @@ def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(ent
     assert list(drive.iterdir()) == [] and installed(env_python) == {}
 
 
+def test_a_working_folder_holding_modules_named_as_the_standard_librarys_changes_nothing(demo, drive, tmp_path, index):
+    """The notebook works in the recipe's workdir, and a project's own json.py or enum.py lies
+    there. `python -c` and `python -m` import from the working folder first: the target's probe
+    failed ("cannot run the target Python ...: the project's json.py was imported; pass --python
+    with a working interpreter"); pip (`-m pip`), the Drive worker (`-c`), warmstart.sh's own
+    process (`-c`) and `python -m warmstart` imported from it too. The Python processes warmstart
+    starts for itself start in `/`, and warmstart.sh and `-m warmstart` take the folder off
+    sys.path: a bootstrap with pip from that folder installs, its worker writes the snapshot to
+    Drive (it died at its first import, its writes pending for good), and both commands run."""
+    project = tmp_path / "notebook's folder"
+    project.mkdir()
+    for name in ("json", "enum", "re"):
+        (project / f"{name}.py").write_text(f"raise SystemExit('the project\\'s {name}.py was imported')\n")
+    env = cli_env(index.url, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("WARMSTART_WAIT")  # the Drive worker, in the background
+    python = make_venv(tmp_path / "env")
+    flags = ["--recipe", str(demo), "--drive", str(drive), "--python", str(python)]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        # as warmstart's scripts start (console script, launcher): their own folder first, not this one
+        return subprocess.run([sys.executable, "-P", "-m", "invoke", "--search-root", str(REPO), *args], cwd=project,
+                              env=env, capture_output=True, text=True, timeout=300)
+
+    done = run("bootstrap", *flags, "--installer", "pip")
+
+    assert done.returncode == 0, done.stderr
+    assert installed(python) == LOCKED
+    wait_until(lambda: json.loads(run("status", *flags, "--json").stdout)["drive_writes"] is None, 120,
+               "the Drive worker did not finish within 120 s")
+    assert len(list((drive / ".warmstart" / "v1" / "snapshots").glob("*.tar.zst"))) == 1
+    # `python -m warmstart` (`-m` puts the working folder first, where a script's folder goes)
+    as_module = subprocess.run([sys.executable, "-m", "warmstart", "status", *flags], cwd=project, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert as_module.returncode == 0 and "safe to shut down" in as_module.stdout, as_module.stderr
+    # warmstart.sh's own process (`python -c`): past its imports, to a Drive it is told is missing
+    missing = tmp_path / "no drive"
+    sh = subprocess.run(["bash", str(REPO / "warmstart.sh"), str(demo), "--drive", str(missing)], cwd=project,
+                        env=env | {"WARMSTART_PLATFORM": "docker"}, capture_output=True, text=True, timeout=120)
+    assert (sh.returncode, sh.stderr.strip().splitlines()[-1]) == (
+        3, f"warmstart.sh: Drive root {missing} does not exist: create it, or pass --drive (or WARMSTART_DRIVE) a folder "
+           "that exists"), sh.stderr
+
+
 def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):
     """A bug, staged: a sitecustomize makes the planner raise what no input could."""
     (tmp_path / "sitecustomize.py").write_text(

@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import IO, TypeVar
 
 T = TypeVar("T")
+# The working folder of the Python processes warmstart starts that run none of the user's code
+# (the target's probe, pip, the Drive worker): not the user's, whose modules `python -c` and `-m`
+# import before the standard library's (a project's json.py or enum.py), which may be gone, and
+# which a worker that outlives the run would keep busy (on Drive, at an unmount).
+NEUTRAL_CWD = "/"
 _ERRNOS = {os.strerror(number): number for number in errno.errorcode}  # a child's error text back to its errno
 
 

@@ -34,6 +34,7 @@ from packaging.version import Version
 from . import flock
 from . import snapshot as snapshots
 from . import target as target_python
+from .background import NEUTRAL_CWD
 from .console import Bars, counted
 from .disks import explain
 from .download import Downloader
@@ -200,7 +201,7 @@ def spawn(folder: Path, team: str | None = None) -> None:
         with open(fd, "ab") as out:
             worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),
                                        str(folder)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                      start_new_session=True, env=env)
+                                      start_new_session=True, env=env, cwd=NEUTRAL_CWD)
         write_private(folder / PID, str(worker.pid))
 
 

@@ -14,6 +14,7 @@ import sys
 from packaging.requirements import Requirement
 
 from . import PROJECT_ROOT
+from .background import NEUTRAL_CWD
 from .config import tomllib
 from .errors import PreconditionUnmet
 from .invocation import in_cell, in_notebook
@@ -51,7 +52,7 @@ def install_command(extra: str) -> str:
     wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
     # asked of a fresh interpreter (this one's sys.path may have been changed): only when an
     # error is said, so the fraction of a second it costs is no one's wait
-    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode == 0:
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, cwd=NEUTRAL_CWD).returncode == 0:
         return in_cell([sys.executable, "-m", "pip", "install", *wanted], in_notebook())
     # warmstart's own tools on Colab live in a virtualenv without pip (warmstart.sh fills it with
     # the notebook's pip): that pip, aimed at this interpreter

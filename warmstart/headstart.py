@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import installer
+from .background import NEUTRAL_CWD
 from .config import parse_toml, read_bytes, read_toml_bytes
 from .errors import WarmstartError
 from .locktext import given_as_file, project_of, recipe_dirs, requirement_lines
@@ -246,8 +247,9 @@ def _version_and_prefix(python: str) -> tuple[str, str]:
     """The interpreter's version and sys.prefix (target.probe's facts, which a snapshot's name)."""
     if python == sys.executable:
         return platform.python_version(), sys.prefix
-    said = subprocess.run([python, "-c", "import platform, sys; print(platform.python_version()); print(sys.prefix)"],
-                          capture_output=True, text=True, timeout=30).stdout.splitlines()
+    exe = os.path.abspath(python) if os.sep in python else python  # a path as given, from where it was
+    said = subprocess.run([exe, "-c", "import platform, sys; print(platform.python_version()); print(sys.prefix)"],
+                          capture_output=True, text=True, timeout=30, cwd=NEUTRAL_CWD).stdout.splitlines()
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
 

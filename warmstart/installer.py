@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import faults
+from .background import NEUTRAL_CWD
 from .errors import BadInput, PreconditionUnmet, WarmstartError, said_by
 from .pipconfig import pip_env, uv_env
 from .uv import find_uv
@@ -32,7 +33,7 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
          started: Callable[[], bool] | None = None, running: Callable[[subprocess.Popen], None] | None = None) -> None:
     """Run an installer; `started` (a test hook) tells faults when it has begun changing things;
     `running` is handed the child (to stop it from another thread)."""
-    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=NEUTRAL_CWD)
     if running is not None:
         running(child)
     if started is not None:

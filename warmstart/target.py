@@ -30,6 +30,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import distinfo, settings
+from .background import NEUTRAL_CWD
 from .config import file_text
 from .errors import PreconditionUnmet, WarmstartError
 from .home import state_file
@@ -176,7 +177,7 @@ def _ask(exe: Path, code: str) -> str:
     """What the target prints when it runs `code`."""
     try:
         return subprocess.run([str(exe), "-c", code], capture_output=True, text=True, check=True,
-                              timeout=60).stdout
+                              timeout=60, cwd=NEUTRAL_CWD).stdout
     except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise PreconditionUnmet(
             f"cannot run the target Python {exe}: {_failed(exc, code)}; pass --python with a working interpreter"
@@ -236,7 +237,7 @@ class _Begun:
     def __init__(self, exe: Path) -> None:
         self.exe = exe
         self.child = subprocess.Popen([str(exe), "-c", _PROBE], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True)
+                                      stderr=subprocess.DEVNULL, text=True, cwd=NEUTRAL_CWD)
 
     @functools.cached_property
     def target(self) -> TargetPython | None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
+from .background import NEUTRAL_CWD
 from .console import shown, write_line
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
@@ -122,7 +123,8 @@ def in_place(folder: Path, lock: Path) -> bool:
 
 def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     """The notebook interpreter's pip with only what we pass: no pip.conf, constraints or find-links."""
-    return subprocess.run([sys.executable, "-m", "pip", *args], env=pip_env(), capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "pip", *args], env=pip_env(), capture_output=True, text=True,
+                          cwd=NEUTRAL_CWD)
 
 
 def _install(folder: Path, lines: list[str], wheels: Path) -> subprocess.CompletedProcess[str]:
@@ -228,7 +230,7 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
     # made while the wheels come off Drive (80 ms alone, up to 0.3 s on a wiped VM's busy CPUs):
     # both stand between the snapshot's read and the bootstrap that unpacks it
     make_venv = [sys.executable, "-m", "venv", "--without-pip", str(folder)]
-    venv = subprocess.Popen(make_venv)
+    venv = subprocess.Popen(make_venv, cwd=NEUTRAL_CWD)
     text = lock.read_text()
     pinned = pins(text)
     image = shipped.find(pinned, shipped.site_folders())

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .background import NEUTRAL_CWD
 from .errors import WarmstartError, said_by
 
 UV_REQUIREMENT = "uv>=0.5"
@@ -32,7 +33,7 @@ def ensure_uv(say) -> Path:
         return found
     say(f"installing {UV_REQUIREMENT} into {sys.prefix} (needed to lock for another Python)")
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", UV_REQUIREMENT],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=NEUTRAL_CWD)
     found = find_uv()
     if done.returncode != 0 or not found:
         raise WarmstartError("could not install uv: install it yourself (pip install uv) and run again",
