@@ -107,6 +107,24 @@ def test_the_run_returns_before_the_drive_writes_and_a_wiped_vm_then_restores_of
     assert {k: v for k, v in installed(wiped).items() if k in LOCKED} == LOCKED
 
 
+def test_a_run_that_leaves_its_worker_at_work_warns_of_nothing_in_pythons_development_mode(demo, drive, tmp_path,
+                                                                                          index):
+    """`python -X dev` (PYTHONDEVMODE=1) shows what Python warns of: the run let go of the worker's
+    Popen while the worker ran on, "ResourceWarning: subprocess N is still running" on stderr
+    (with the warning as an error, "Exception ignored in: <function Popen.__del__ ...>"). The
+    worker is detached on purpose; subprocess reaps it all the same."""
+    home = tmp_path / "home"
+    env = background_env(index.url, home, PYTHONDEVMODE="1", PYTHONWARNINGS="error::ResourceWarning")
+
+    cold = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert cold.code == 0, cold.stderr
+    assert cold.report["drive_writes"] == "being written to Drive in the background"
+    assert [line for line in cold.stderr.splitlines() if not line.startswith("warmstart: ")] == []
+    wait_for_workers(home)
+    assert len(on_drive(drive, "snapshots")) == 2
+
+
 def test_a_run_that_queues_no_snapshot_says_only_the_cache_is_being_written(demo, drive, tmp_path, index):
     """A run that installs nothing packs no snapshot; it said "the Drive cache and snapshot are
     being written" all the same (here: the packages are in place, a new asset goes to Drive)."""

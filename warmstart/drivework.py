@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -203,6 +204,9 @@ def spawn(folder: Path, team: str | None = None) -> None:
                                        str(folder)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                       start_new_session=True, env=env, cwd=NEUTRAL_CWD)
         write_private(folder / PID, str(worker.pid))
+    with warnings.catch_warnings():  # it runs on, detached on purpose: subprocess reaps it later, unwarned
+        warnings.simplefilter("ignore", ResourceWarning)
+        del worker
 
 
 def _worker_alive(folder: Path) -> bool:
