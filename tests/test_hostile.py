@@ -395,6 +395,42 @@ def test_hostile_inputs_end_in_one_line_with_the_documented_code(case, demo, dri
     assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
 
 
+@pytest.mark.parametrize("where", ["--drive", "--recipe", "the recipe's requirements", "--cache", "an asset's dest"])
+def test_a_loop_of_links_wherever_a_path_is_taken_is_one_line_never_a_bug(where, demo, drive, tmp_path):
+    """pathlib's resolve() raised RuntimeError at a loop of links before Python 3.13: each of these
+    ended in "internal error: RuntimeError('Symlink loop from ...'); this is a bug in warmstart",
+    exit 70. Now the path stops where the loop begins, and what looks at it says what is wrong."""
+    loop, back = tmp_path / "loop", tmp_path / "loop back"
+    loop.symlink_to(back)
+    back.symlink_to(loop)
+    looped_toml = tmp_path / "looped.toml"
+    looped_toml.symlink_to(loop)
+    flags = ["--drive", str(loop)] if where == "--drive" else ["--drive", str(drive)]
+    flags += ["--cache", str(loop)] if where == "--cache" else []
+    recipe = str(looped_toml) if where == "--recipe" else str(demo)
+    if where == "the recipe's requirements":
+        requirements = demo.parent.parent / "requirements" / "demo.in"
+        requirements.unlink()
+        requirements.symlink_to(loop)
+    if where == "an asset's dest":
+        demo.write_text(demo.read_text() + f'\n[[assets]]\nurl = "https://example.org/m.onnx"\nsha256 = "{"0" * 64}"\n'
+                        f'dest = "{loop}/m.onnx"\n')
+    code, said = {
+        "--drive": (3, f"Drive root {loop} is a link that leads nowhere (a loop of links); pass --drive DIR"),
+        "--recipe": (2, f"{loop}: cannot be read (Too many levels of symbolic links)"),
+        "the recipe's requirements": (2, f"'requirements.in' names {loop}, which does not exist"),
+        "--cache": (3, f"the team cache folder {loop} is a link, not a folder"),
+        "an asset's dest": (2, "is outside your home folder and the workdir"),
+    }[where]
+
+    done = run_cli("bootstrap", "--recipe", recipe, *flags, "--python", str(make_venv(tmp_path / "env")),
+                   "--dry-run", env=cli_env(WARMSTART_PLATFORM="docker"))
+
+    assert done.code == code, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("warmstart: error: ") and said in last, last
+
+
 def test_an_empty_drive_is_bad_input_wherever_it_is_given(demo, tmp_path, capsys):
     """`--drive ""` stood for the platform's folder, as if left out."""
     for command in (["status", "--recipe", str(demo)], ["cache"], ["recipes"]):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from . import faults, flock, home
-from .disks import kind_of, not_a_folder, regular_file
+from .disks import kind_of, not_a_folder, real, regular_file
 from .download import Downloader, Job, partial_dir
 from .drivework import DriveWork
 from .errors import BadInput, PreconditionUnmet, WarmstartError
@@ -112,8 +112,7 @@ class PlacedFiles:
 
 
 def _escapes(root: Path, member: str) -> bool:
-    target = (root / member).resolve()
-    return member.startswith("/") or not target.is_relative_to(root.resolve())
+    return member.startswith("/") or not real(root / member).is_relative_to(real(root))
 
 
 def _open_tar(archive: Path, name: str) -> tarfile.TarFile:

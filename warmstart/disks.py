@@ -80,6 +80,13 @@ def is_mount_point(path: Path) -> bool:
     return os.path.ismount(path) or os.path.abspath(path) in {point for point, _type in _mounts()}
 
 
+def real(path: str | os.PathLike[str]) -> Path:
+    """`path` absolute, with its links resolved as far as they lead (Path.resolve, which raised
+    RuntimeError at a loop of links before Python 3.13: a bug's exit 70); at a loop it stops, and
+    what then looks at the path finds nothing there, and says so."""
+    return Path(os.path.realpath(path))
+
+
 def regular_file(path: Path) -> bool:
     """A regular file itself, not a link to one: the only thing warmstart reads off Drive (a named
     pipe would hang a run, a link to a device fill the disk)."""

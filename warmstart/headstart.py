@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from . import installer
 from .background import NEUTRAL_CWD
 from .config import parse_toml, read_bytes, read_toml_bytes
+from .disks import real
 from .errors import WarmstartError
 from .locktext import given_as_file, project_of, recipe_dirs, requirement_lines
 from .settings import HANDED_INDEX, Options
@@ -259,7 +260,7 @@ def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted
     `lock_sha256`, the one the snapshot was made from; None when there is none."""
     # A name is looked for in each recipe folder in turn, the checkout's first (no look at Drive
     # for a shipped recipe's); one defined twice is the bootstrap's to refuse.
-    recipe_files = ([Path(os.path.expanduser(recipe)).resolve()] if given_as_file(recipe)
+    recipe_files = ([real(os.path.expanduser(recipe))] if given_as_file(recipe)
                     else [folder / f"{recipe}.toml" for folder in recipe_dirs(checkout, drive)])
     for recipe_file in recipe_files:
         for folder, stem in _lock_places(recipe_file, Path(recipe).stem):

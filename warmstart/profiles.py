@@ -151,9 +151,12 @@ def mount_hint(mount: Path, recipe: str) -> str:
 
 
 def require_no_file_as_drive(drive: Path) -> None:
-    """Exit 3 when what stands at the Drive root is no folder (a file given as --drive)."""
+    """Exit 3 when what stands at the Drive root is no folder (a file given as --drive), or a link
+    that leads nowhere (a loop of links: a folder can be made in neither)."""
     if drive.exists() and not drive.is_dir():
         raise PreconditionUnmet(f"Drive root {drive} is not a folder; pass --drive DIR")
+    if os.path.lexists(drive) and not drive.exists():
+        raise PreconditionUnmet(f"Drive root {drive} is a link that leads nowhere (a loop of links); pass --drive DIR")
 
 
 def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:

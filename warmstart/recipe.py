@@ -21,6 +21,7 @@ from packaging.version import InvalidVersion, Version
 
 from .config import Field, Schema, TableList, read_text, read_toml, validate
 from .console import abridged
+from .disks import real
 from .errors import BadInput
 from .locktext import given_as_file, project_of, recipe_dirs
 from .patches import Patch, load_patch
@@ -211,7 +212,7 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
         raise BadInput(f"--recipe {name_or_path!r}: a recipe is a name or a file here, not a URL: download it "
                        "(into the Drive's .warmstart/recipes/ to find it by name) and give its name or path")
     if given_as_file(name_or_path):
-        path = user_path(name_or_path, "--recipe").resolve()
+        path = real(user_path(name_or_path, "--recipe"))
         if not path.exists() and (stem := Path(name_or_path).name.removesuffix(".toml")) in (
                 files := recipe_files(root, drive)):
             raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {files[stem][0]}: "
@@ -264,8 +265,8 @@ def _check_requirements_in(path: Path, project_root: Path, seen: tuple[Path, ...
         where = f"{path}:{number}"
         if text.startswith("-"):
             include = _INCLUDE.match(text)
-            other = (path.parent / include.group(2)).resolve() if include else None
-            if other is None or not other.is_relative_to(project_root.resolve()) or other in seen:
+            other = real(path.parent / include.group(2)) if include else None
+            if other is None or not other.is_relative_to(real(project_root)) or other in seen:
                 option = text.split()[0].split("=")[0]
                 raise BadInput(f"{where}: {option!r} is not allowed here: a .in file holds requirements and "
                                f"comments, and may include (-r, -c) only other files of {project_root}; "
@@ -379,7 +380,7 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
         asset = Asset(**raw)
         dest = user_path(asset.dest, f"{path}: 'assets[{n}].dest'")  # Asset.destination expands it too
         if dest.is_absolute() and not asset.allow_outside and not (
-                dest.resolve().is_relative_to(Path.home().resolve())):
+                real(dest).is_relative_to(real(Path.home()))):
             raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} is outside your home folder and "
                            "the workdir; set allow_outside = true if that is meant")
         if not dest.is_absolute() and ".." in Path(asset.dest).parts:
@@ -424,7 +425,7 @@ def _patches(tables: list[dict[str, Any]], exclude: frozenset[NormalizedName], p
 
 def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Path:
     """A file a recipe names relative to its project root, which must exist."""
-    file = (project_root / relative).resolve()
+    file = real(project_root / relative)
     if not file.is_file():
         raise BadInput(f"{path}: '{key}' names {file}, which does not exist; create it or fix the path "
                        "(relative to the folder that holds recipes/)")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .background import child_within
-from .disks import remount
+from .disks import real, remount
 from .errors import BadInput, PreconditionUnmet
 from .layout import LAYOUT
 
@@ -232,7 +232,7 @@ def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str
     chosen = given(option, "--drive") or DRIVE.get(environ)
     named = user_path(chosen, "--drive" if option else DRIVE.name) if chosen else platform.default_drive(environ)
     answers(named, drive_timeout(environ))
-    return named.resolve() if chosen else named
+    return real(named) if chosen else named
 
 
 def answers(drive: Path, seconds: float) -> None:

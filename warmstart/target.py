@@ -32,6 +32,7 @@ from packaging.version import InvalidVersion, Version
 from . import distinfo, settings
 from .background import NEUTRAL_CWD
 from .config import file_text
+from .disks import real
 from .errors import PreconditionUnmet, WarmstartError
 from .home import state_file
 from .transfer import atomic_write_text
@@ -438,10 +439,10 @@ def remove_broken(infos: list[Path], prefix: Path) -> list[Path]:
     (what of it exists), then the dist-info folder itself. A RECORD is data (one may come from
     Drive): a path that resolves outside the target's prefix (absolute, `..`, through a link)
     is never touched, as pip refuses it too. Returns those left alone."""
-    root = prefix.resolve()
+    root = real(prefix)
     refused = []
     for info in infos:
-        if not info.resolve().is_relative_to(root):
+        if not real(info).is_relative_to(root):
             refused.append(info)
             continue
         if (info / "RECORD").is_file():

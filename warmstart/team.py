@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from . import extras
 from .background import started, within
 from .console import QUIET, Bars
-from .disks import kind_of, no_room
+from .disks import kind_of, no_room, real
 from .errors import PreconditionUnmet, redact
 from .settings import CACHE, OBJECT_STORES, team_timeout, user_path
 from .store import (
@@ -143,7 +143,7 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
     if is_url(location):
         return ObjectStore(location, read_only=read_only, bars=bars, warnings=warnings, borrow=borrow)
     folder = user_path(location.removeprefix("file://"), f"--cache (or {CACHE.name})")
-    if folder.resolve() == drive.resolve():
+    if real(folder) == real(drive):
         return None
     if not folder.is_dir():
         what = (f"is a {kind_of(folder)}, not a folder; name a folder with" if os.path.lexists(folder)

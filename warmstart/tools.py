@@ -46,6 +46,7 @@ from typing import Any
 from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
 from .background import NEUTRAL_CWD
 from .console import shown, write_line
+from .disks import real
 from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
 from .home import python_tag
 from .invocation import in_cell, in_notebook, require_working_folder
@@ -411,7 +412,7 @@ def drive_root(option: str | None, profile: Profile, environ=os.environ) -> Path
     """The Drive root as every entry point resolves it (warmstart.settings)."""
     drive = settings.drive_root(option, profile, environ)
     mount = profile.mount(environ)
-    if mount and not drive.is_relative_to(mount.resolve()):
+    if mount and not drive.is_relative_to(real(mount)):
         say(f"warning: the Drive root {drive} is not on the mounted Drive ({mount}): what is cached there "
             "does not survive a wipe of this VM")
     return drive
