@@ -47,6 +47,17 @@ def test_good_recipe_loads_with_normalised_names(project):
     assert "3.11" in recipe.python and "3.9" not in recipe.python
 
 
+def test_a_recipe_and_its_requirements_saved_with_a_byte_order_mark_load(project):
+    """Notepad saved UTF-8 with a byte-order mark until 2019 (and "UTF-8 with BOM" still): tomllib
+    called the recipe "Invalid statement (at line 1, column 1)", and the .in's first line was
+    "'\\ufeffalpha' is not a valid requirement", naming nothing the user can see. pip and uv read
+    past the mark, and so does warmstart."""
+    path = project / "recipes" / "demo.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    (project / "requirements" / "demo.in").write_bytes(b"\xef\xbb\xbfalpha\r\n")
+    assert load_recipe(str(path), project).exclude == ("onnxruntime", "opencv-python")
+
+
 def test_recipe_found_by_name(project):
     write(project, GOOD)
     assert load_recipe("demo", project).path == project / "recipes" / "demo.toml"

@@ -188,8 +188,8 @@ def read_toml_bytes(path: Path) -> bytes:
 
 
 def parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(raw.decode())
+    try:  # past a byte-order mark, as some editors save UTF-8 (tomllib: "Invalid statement")
+        return tomllib.loads(raw.decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise BadInput(f"{path}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
@@ -199,9 +199,9 @@ def parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
 
 
 def read_text(path: Path, what: str) -> str:
-    """A text input file, or one BadInput line that names it."""
+    """A text input file (past a byte-order mark, as pip reads one), or one BadInput line that names it."""
     try:
-        return file_text(path)
+        return file_text(path).removeprefix("\ufeff")
     except UnicodeDecodeError:
         raise BadInput(f"{path}: not UTF-8 text, so not {what}") from None
     except FileNotFoundError:
