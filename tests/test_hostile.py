@@ -673,6 +673,41 @@ def test_a_checks_timeout_is_its_own(demo, drive, tmp_path, index):
     assert time.monotonic() - start < 25
 
 
+def _running(pid: int) -> bool:
+    """A process of that pid is there, and no zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_check_that_leaves_a_helper_running_is_judged_as_it_ends_and_one_timed_out_takes_its_helpers_along(
+        demo, drive, tmp_path, index):
+    """A check that starts a helper in the background (a server, an agent) and ends passed at once,
+    but the run read its output to the end, which the helper held open: it waited for the helper,
+    past the check's timeout, and called the check "timed out" (exit 1); a helper that never ends
+    hung the run. Now a check is judged when it ends, and its helper is left to run (the user's);
+    a check that times out is killed with what it started."""
+    left, killed = tmp_path / "left.pid", tmp_path / "killed.pid"
+    demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "starts a helper"\ntimeout = 5\n'
+                    f'run = "sleep 30 & echo $! > {left}; echo started"\n'
+                    f'\n[[checks]]\nname = "hangs"\ntimeout = 1\nrun = "sleep 30 & echo $! > {killed}; sleep 20"\n')
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    helper = int(left.read_text())
+    try:
+        assert result.code == 1, result.stderr
+        started, hung = result.report["checks"]
+        assert (started["ok"], started["summary"]) == (True, "started")
+        assert (hung["ok"], hung["output"]) == (False, "timed out after 1 s (set timeout for this check in the recipe)")
+        assert _running(helper)
+        wait_until(lambda: not _running(int(killed.read_text())), 10, "the timed-out check's helper still runs")
+    finally:
+        os.kill(helper, signal.SIGKILL)
+
+
 def test_checks_run_at_the_same_time_and_report_in_the_recipes_order(demo, drive, tmp_path, index):
     # Each waits for the other to have started: run one after the other, the first times out.
     for me, other in (("a", "b"), ("b", "a")):

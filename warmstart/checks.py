@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
+import signal
 import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import IO, Any, TypedDict
 
 from .config import read_bytes
 from .errors import redact
@@ -49,6 +52,12 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
     return f"... (all of it in {log})\n" + output[-OUTPUT_IN_REPORT:], str(log)
 
 
+def _text(output: IO[bytes]) -> str:
+    """What a check wrote to `output`, as text (invalid bytes replaced, newlines universal)."""
+    output.seek(0)
+    return io.TextIOWrapper(io.BytesIO(output.read()), errors="replace").read()
+
+
 def _summary(stdout: str, stderr: str) -> str:
     """A check's verdict line: the last line it printed (recipes/checks/ print `FAILED: why` there),
     not a library's log on stderr after it; stderr's last line when stdout is empty."""
@@ -64,16 +73,16 @@ class _Running:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._processes: set[subprocess.Popen[str]] = set()
+        self._processes: set[subprocess.Popen[bytes]] = set()
         self._stopped = False
 
-    def add(self, process: subprocess.Popen[str]) -> None:
+    def add(self, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._processes.add(process)
             if self._stopped:
-                process.kill()
+                _kill(process)
 
-    def discard(self, process: subprocess.Popen[str]) -> None:
+    def discard(self, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
             self._processes.discard(process)
 
@@ -81,7 +90,15 @@ class _Running:
         with self._lock:
             self._stopped = True
             for process in self._processes:
-                process.kill()
+                _kill(process)
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    """The check and whatever it started: its session's process group (start_new_session)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # all of it gone already
 
 
 def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[CheckResult]:
@@ -110,20 +127,30 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
     env = dict(os.environ, PATH=f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONDONTWRITEBYTECODE="1")
     start = time.perf_counter()
-    with subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, errors="replace") as process:
+    # Its output goes to files, not pipes: a helper it leaves running (a server, an agent) holds a
+    # pipe open, and reading one to its end waited for the helper, past the timeout (a check that
+    # passed at once was "timed out"). In a session of its own: the group is what a timeout kills.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                   start_new_session=True)
         running.add(process)
         try:
-            stdout, stderr = process.communicate(timeout=check.timeout)
-            ok, output = process.returncode == 0, redact((stdout + stderr).strip())
-            summary = redact(_summary(stdout, stderr))
+            process.wait(timeout=check.timeout)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
-            summary = output
+            _kill(process)
+            process.wait()
+            timed_out = True
+        else:
+            timed_out = False
         finally:
             running.discard(process)
+        stdout, stderr = _text(out), _text(err)
+    if timed_out:
+        ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
+        summary = output
+    else:
+        ok, output = process.returncode == 0, redact((stdout + stderr).strip())
+        summary = redact(_summary(stdout, stderr))
     kept, log = _keep(check, output)
     return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
 
