@@ -371,6 +371,14 @@ def make_venv(path: Path) -> Path:
     return path / "bin" / "python"
 
 
+def in_a_removed_folder(folder: Path, command: list[str]) -> list[str]:
+    """`command`, run from `folder` once it is removed, as from a notebook whose folder was deleted
+    (or lay on a Drive that was unmounted since: getcwd fails alike); the shell's PWD still names it.
+    The same process runs it (exec): its pid is the one a test signals."""
+    folder.mkdir(parents=True)
+    return ["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(folder), *command]
+
+
 def system_python(folder: Path) -> Path:
     """A stand-in for an operating system's python3 (Debian's, Ubuntu's; a CUDA container's): the
     interpreter running the tests, copied as a real CPython whose prefix is `folder` (its standard

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MOUNTNS, REPO, cli_env, make_venv, needs_mountns, run_cli
+from conftest import MOUNTNS, REPO, cli_env, in_a_removed_folder, make_venv, needs_mountns, run_cli
 
 from warmstart import extras, tools
 from warmstart.invocation import cd_cell, command_line, in_cell, invoked_as
@@ -163,7 +163,6 @@ def test_a_kernel_whose_folder_is_gone_is_told_how_to_move_before_anything_is_mo
     the in-kernel calls say so, with the cell that moves it, before Drive is mounted. The target
     Python's probe failed there, said as "pass --python with a working interpreter" (the kernel's)."""
     gone = tmp_path / "content" / "drive" / "MyDrive" / "HyperLPR"
-    gone.mkdir(parents=True)
     cell = textwrap.dedent(f"""
         import json, warmstart.colab
         try:
@@ -172,8 +171,8 @@ def test_a_kernel_whose_folder_is_gone_is_told_how_to_move_before_anything_is_mo
             print(json.dumps(warmstart.colab.status({str(demo)!r}) | {{"bootstrap": exc.report}}))
         """)
 
-    done = subprocess.run([*MOUNTNS, "--", "bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(gone),
-                           str(kernel_python), "-c", cell], env=kernel_env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*MOUNTNS, "--", *in_a_removed_folder(gone, [str(kernel_python), "-c", cell])], env=kernel_env,
+                          capture_output=True, text=True, timeout=120)
 
     said = (f"the current folder ({gone}) no longer exists (it was removed, or lies on a Drive unmounted since): run "
             f"`%cd {kernel_env['HOME']}` (or change to any folder that exists), then run again")

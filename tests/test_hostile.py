@@ -27,6 +27,7 @@ from conftest import (
     a_target_on_a_small_disk,
     bootstrap,
     cli_env,
+    in_a_removed_folder,
     installed,
     make_venv,
     needs_mountns,
@@ -478,13 +479,6 @@ def test_a_drive_folder_given_that_does_not_exist_is_named_with_the_way_out_not_
         f"warmstart: error: Drive root {missing} does not exist: create it, or pass --drive (or WARMSTART_DRIVE) a "
         "folder that exists")
     assert not missing.exists()
-
-
-def in_a_removed_folder(folder: Path, command: list[str]) -> list[str]:
-    """`command`, run from `folder` once it is removed, as from a notebook whose folder was deleted
-    (or lay on a Drive that was unmounted since: getcwd fails alike); the shell's PWD still names it."""
-    folder.mkdir()
-    return ["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(folder), *command]
 
 
 @pytest.mark.parametrize("entry", ["warmstart bootstrap", "invoke bootstrap --json", "warmstart status",

@@ -19,7 +19,17 @@ from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import pytest
-from conftest import REPO, cli_env, make_venv, needs_mountns, on_a_small_disk, run_cli, wait_until, with_ctrl_c
+from conftest import (
+    REPO,
+    cli_env,
+    in_a_removed_folder,
+    make_venv,
+    needs_mountns,
+    on_a_small_disk,
+    run_cli,
+    wait_until,
+    with_ctrl_c,
+)
 from packaging.specifiers import SpecifierSet
 from packaging.tags import Tag
 from packaging.utils import canonicalize_name
@@ -809,8 +819,7 @@ def interrupted_before_the_run(tmp_path: Path, how: signal.Signals, line: str,
              "launch.console()\n")
     command = [sys.executable, "-c", probe]
     if removed is not None:
-        removed.mkdir()
-        command = ["bash", "-c", 'cd "$0" && rmdir "$0" && exec "$@"', str(removed), *command]
+        command = in_a_removed_folder(removed, command)
     env = cli_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
     run = subprocess.Popen(with_ctrl_c(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                            env=env)
