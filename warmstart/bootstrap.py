@@ -42,7 +42,7 @@ from .lock import (
 )
 from .locktext import given_as_file
 from .pipconfig import IndexSettings, breaks_system_packages
-from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python, unsupported_python
+from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
@@ -97,11 +97,10 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
         try:
             target = target_python.probe(settings.python)
         except target_python.TooOld as old:  # said as any Python the recipe does not support, where it does not
-            if recipe.supports(old.version):
-                raise
-            raise PreconditionUnmet(unsupported_python(recipe, old.executable, old.version)) from None
+            require_python(recipe, old.executable, old.version)
+            raise
         step.detail = f"{target.executable} (Python {target.version})"
-        require_python(recipe, target)
+        require_python(recipe, target.executable, target.version)
     with report.step("gpu") as step:
         gpu = report.gpu = gpus.result()
         step.detail = gpu.describe()

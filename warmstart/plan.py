@@ -154,16 +154,12 @@ def _names(pins: list[Pin] | tuple[Pin, ...], limit: int | None = None) -> str:
     return abridged([f"{p.name}=={p.version}" for p in pins], limit) or "-"
 
 
-def require_python(recipe: Recipe, target: TargetPython) -> None:
+def require_python(recipe: Recipe, executable: Path, version: Version) -> None:
     """The target's Python is one the recipe supports (said before any lock is looked for: no
     lock is the answer to the wrong Python)."""
-    if not recipe.supports(target.version):
-        raise PreconditionUnmet(unsupported_python(recipe, target.executable, target.version))
-
-
-def unsupported_python(recipe: Recipe, executable: Path, version: Version) -> str:
-    return (f"{recipe.path}: the recipe needs Python {recipe.python}, but {executable} is {version}; "
-            "pass --python with a matching interpreter")
+    if not recipe.supports(version):
+        raise PreconditionUnmet(f"{recipe.path}: the recipe needs Python {recipe.python}, but {executable} is "
+                                f"{version}; pass --python with a matching interpreter")
 
 
 def cache_lacks(facts: Facts) -> tuple[Pin, ...]:
@@ -189,7 +185,7 @@ def drive_serves_all(facts: Facts) -> bool:
 def make_plan(facts: Facts, options: Options) -> Plan:
     """Decide the work, or raise PreconditionUnmet when this machine cannot do it."""
     recipe, target, drive = facts.recipe, facts.target, facts.drive
-    require_python(recipe, target)
+    require_python(recipe, target.executable, target.version)
 
     warnings = list(facts.warnings)
     verdict = facts.verdict
@@ -205,8 +201,8 @@ def make_plan(facts: Facts, options: Options) -> Plan:
         warnings.extend(verdict.unfit)
 
     to_install, cached = facts.installing, facts.cached
-    if to_install and target.externally_managed and not facts.break_system_packages:
-        raise PreconditionUnmet(externally_managed(target, recipe.name))
+    if refused := system_managed(facts):
+        raise PreconditionUnmet(refused)
     use_snapshot = bool(to_install) and facts.snapshot_found
     if options.offline:
         if facts.drive_down and (to_install or any(state == "missing" for _dest, state in facts.assets.values())):
@@ -238,10 +234,14 @@ def make_plan(facts: Facts, options: Options) -> Plan:
     return plan
 
 
-def externally_managed(target: TargetPython, recipe: str) -> str:
-    """Why warmstart does not install into `target`, which its system's package manager owns (PEP
-    668; pip and uv refuse it too), and what to do: a virtualenv that sees the system's packages."""
-    venv = Path.home() / "venvs" / recipe
+def system_managed(facts: Facts) -> str | None:
+    """Why a run that installs into the target does not, when its system's package manager owns it
+    (PEP 668; pip and uv refuse it too) and PIP_BREAK_SYSTEM_PACKAGES does not say yes, and what to
+    do instead: a virtualenv that sees the system's packages. None when nothing stands in the way."""
+    target = facts.target
+    if not (facts.installing and target.externally_managed and not facts.break_system_packages):
+        return None
+    venv = Path.home() / "venvs" / facts.recipe.name
     make = in_cell([str(target.executable), "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
                    in_notebook())
     return (f"{target.executable} is the system's Python, whose packages its package manager owns "

@@ -12,7 +12,7 @@ from . import checks, config, drivework, restart
 from .bootstrap import prepare, wiped_vm_snapshot
 from .cli import run_reported
 from .console import abridged, counted, shown, write_line
-from .plan import Plan, externally_managed, make_plan
+from .plan import Plan, make_plan, system_managed
 from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
@@ -68,7 +68,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     options = replace(options, dry_run=True, allow_no_gpu=True, allow_unfit_gpu=True)
     profile = select_profile(root)
     facts, store = prepare(resolve(options, profile), profile, root, report)
-    # looked past, as the GPU check is below: a bootstrap stops there, and says so (plan.externally_managed)
+    # looked past, as the GPU check is below: a bootstrap stops there, and says so (plan.system_managed)
     plan = report.plan = make_plan(replace(facts, break_system_packages=True), options)
     wanted = {p.name: p for p in facts.needs.wanted}
     locked = {p.name: p.version for p in facts.lock.pins}
@@ -140,8 +140,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     if found["checks_due"] and found["action"] == "no-op":
         found["action"] = ("run the checks that failed last time again" if set(found["checks_due"]) <= set(
             found["checks_failed"]) else "run the checks not yet passed here")
-    if facts.target.externally_managed and facts.installing and not facts.break_system_packages:
-        found["action"] = f"stop: {externally_managed(facts.target, facts.recipe.name)}"
+    if refused := system_managed(facts):
+        found["action"] = f"stop: {refused}"
     if facts.verdict.problems:  # looked past above; a bootstrap without the flag stops there
         flag = "--allow-no-gpu" if facts.verdict.missing else "--allow-unfit-gpu"
         found["action"] = f"stop at the GPU check (with {flag}: {found['action']})"
