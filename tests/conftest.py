@@ -514,6 +514,12 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+# What a stand-in in a child runs to wait for the signal a test sends it: short sleeps. A signal
+# that lands between Python's check for one and the start of a long sleep is handled only once that
+# sleep is over (seen once in CI: a 60 s sleep outlived the test's 30 s wait); here within 0.1 s.
+WAIT_FOR_A_SIGNAL = "for _ in range(600): time.sleep(0.1)"
+
+
 def with_ctrl_c(command: list[str]) -> list[str]:
     """`command`, with Ctrl-C (SIGINT) delivered to it as a terminal or a notebook delivers it. A
     test run in the background of a non-interactive shell (CI started that way) begins with SIGINT

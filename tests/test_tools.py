@@ -20,7 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import build_wheel, make_venv, needs_mountns, on_a_small_disk, pyenv_python, wait_until, with_ctrl_c
+from conftest import (
+    WAIT_FOR_A_SIGNAL,
+    build_wheel,
+    make_venv,
+    needs_mountns,
+    on_a_small_disk,
+    pyenv_python,
+    wait_until,
+    with_ctrl_c,
+)
 
 from warmstart import tools
 from warmstart.errors import BadInput, PreconditionUnmet
@@ -520,12 +529,12 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
 
 # A stand-in bootstrap: on an interrupt it takes half a second to put things back (longer than the
 # 0.25 s subprocess.run gave it before killing it), then says so and ends as an interrupted run.
-_STAND_IN_BOOTSTRAP = """
+_STAND_IN_BOOTSTRAP = f"""
 import sys, time
 from pathlib import Path
 Path(sys.argv[1]).touch()
 try:
-    time.sleep(60)
+    {WAIT_FOR_A_SIGNAL}
 except KeyboardInterrupt:
     time.sleep(0.5)
     Path(sys.argv[2]).touch()
@@ -573,7 +582,7 @@ def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_ex
     checkout, ready = tmp_path / "checkout", tmp_path / "ready"
     shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
-    (checkout / "warmstart" / "tools.py").write_text(f"import time\nopen({str(ready)!r}, 'w').close()\ntime.sleep(60)\n")
+    (checkout / "warmstart" / "tools.py").write_text(f"import time\nopen({str(ready)!r}, 'w').close()\n{WAIT_FOR_A_SIGNAL}\n")
     drive = tmp_path / "drive"
     drive.mkdir()
     run = subprocess.Popen(with_ctrl_c(["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)]),

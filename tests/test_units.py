@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from conftest import (
     REPO,
+    WAIT_FOR_A_SIGNAL,
     cli_env,
     in_a_removed_folder,
     make_venv,
@@ -813,7 +814,7 @@ def interrupted_before_the_run(tmp_path: Path, how: signal.Signals, line: str,
     ready_file = tmp_path / "ready"
     probe = ("import sys, time\n"
              "from warmstart import launch\n"
-             f"def ready(*args):\n    open({str(ready_file)!r}, 'w').close()\n    time.sleep(60)\n"
+             f"def ready(*args):\n    open({str(ready_file)!r}, 'w').close()\n    {WAIT_FOR_A_SIGNAL}\n"
              + _INTERRUPTED_AT[line.split()[0]]
              + f"sys.argv = ['warmstart', *{line.split()!r}, '--recipe', 'demo', '--drive', {str(tmp_path)!r}]\n"
              "launch.console()\n")
