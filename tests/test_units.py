@@ -281,6 +281,20 @@ def test_prune_takes_old_unowned_unused_files_and_leaves_the_rest():
     assert doomed == [old_unowned, aside, stale_tmp]
 
 
+def test_a_snapshot_outlives_a_patch_release_of_its_python_but_not_a_minor_one():
+    lock = Lock(Path("requirements/demo.lock"), None, (A, B), sha256="0" * 64)
+
+    def stem(version: str, soabi: str) -> str:
+        target = TargetPython(Path("/usr/bin/python3"), Version(version), "cpython", Path("/usr"), {},
+                              platform="linux-x86_64", soabi=soabi)
+        return Snapshot.locate("demo", lock, target, (A, B)).stem
+
+    packed = stem("3.12.11", "cpython-312-x86_64-linux-gnu")
+    assert stem("3.12.13", "cpython-312-x86_64-linux-gnu") == packed  # Colab's next patch release
+    assert stem("3.12.13", "cpython-312d-x86_64-linux-gnu") != packed  # a debug build's ABI
+    assert stem("3.13.0", "cpython-313-x86_64-linux-gnu") != packed
+
+
 def test_a_snapshot_archive_lives_as_long_as_an_index_naming_it_is_used():
     now = 1e9
     archive = entry("snapshot", "demo-py311-k-0011.tar.zst", 90)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import platform
 import select
 import shutil
 import subprocess
@@ -229,7 +228,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
     if (facts.get("python"), facts.get("prefix")) != (version, prefix):
         return
     wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
-    tag = "py" + "".join(version.split(".")[:2])
+    tag = "py" + version.replace(".", "")
     lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_sha256")), wanted, drive)
     if not lines:
         return
@@ -245,11 +244,12 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
 
 
 def _version_and_prefix(python: str) -> tuple[str, str]:
-    """The interpreter's version and sys.prefix (target.probe's facts, which a snapshot's name)."""
+    """The interpreter's minor version (3.12) and sys.prefix, as a snapshot's facts name them
+    (snapshot.snapshot_facts)."""
     if python == sys.executable:
-        return platform.python_version(), sys.prefix
+        return "{}.{}".format(*sys.version_info[:2]), sys.prefix
     exe = os.path.abspath(python) if os.sep in python else python  # a path as given, from where it was
-    said = subprocess.run([exe, "-c", "import platform, sys; print(platform.python_version()); print(sys.prefix)"],
+    said = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2]); print(sys.prefix)"],
                           capture_output=True, text=True, timeout=30, cwd=NEUTRAL_CWD).stdout.splitlines()
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
