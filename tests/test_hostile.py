@@ -559,13 +559,40 @@ def test_a_working_folder_holding_modules_named_as_the_standard_librarys_changes
            "that exists"), sh.stderr
 
 
-def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(demo, drive, tmp_path, index):
-    """A bug, staged: a sitecustomize makes the planner raise what no input could."""
+# A folder name of bytes that are not UTF-8 (an old archive's, a Windows share's): Python keeps the
+# byte 0xff as the lone surrogate \udcff, which a strict UTF-8 stream cannot write. Colab's locale
+# (en_US.UTF-8) gives Python such a stdout; PYTHONIOENCODING stands in for it (this machine lacks
+# that locale).
+NOT_UTF8 = os.fsdecode(b"drive-\xff")
+STRICT_UTF8 = {"PYTHONIOENCODING": "utf-8:strict"}
+
+
+def test_a_path_that_is_not_utf8_is_printed_escaped_on_a_strict_utf8_stdout(demo, tmp_path, index):
+    """`status` wrote the path's surrogate to stdout: UnicodeEncodeError, and invoke's traceback."""
+    drive = tmp_path / NOT_UTF8
+    drive.mkdir()
+
+    result = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python",
+                     str(make_venv(tmp_path / "env")), env=cli_env(index.url, **STRICT_UTF8))
+
+    assert (result.code, result.stdout.splitlines()[-1]) == (1, "bootstrap would: download 3 wheels, then install")
+    assert f"snapshot  none for a wiped VM in {tmp_path}/drive-\\xff yet" in result.stdout, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("drive_name", ["drive", NOT_UTF8], ids=["drive", "not-utf8"])
+def test_an_internal_error_is_exit_70_with_its_traceback_in_a_log_never_on_stderr(drive_name, demo, tmp_path,
+                                                                                 index):
+    """A bug, staged: a sitecustomize makes the planner raise what no input could. With a path in
+    the command that is not UTF-8, writing the log itself failed (UnicodeEncodeError), and the
+    run ended in invoke's traceback."""
+    drive = tmp_path / drive_name
+    drive.mkdir()
     (tmp_path / "sitecustomize.py").write_text(
         "import warmstart.bootstrap\n"
         "def broken(*a, **k):\n    raise ZeroDivisionError('a bug, staged by the test')\n"
         "warmstart.bootstrap.make_plan = broken\n")
-    env = cli_env(index.url, PYTHONPATH=str(tmp_path))
+    env = cli_env(index.url, PYTHONPATH=str(tmp_path), **STRICT_UTF8)
 
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
                      "--python", str(make_venv(tmp_path / "env")), env=env)

@@ -109,16 +109,24 @@ def flushed(code: int, last: str | None = None) -> int:
     return code
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Control characters, and the lone surrogates no UTF-8 stream can write: os.fsdecode's stand-ins
+# for a path's bytes that are not UTF-8 (\udcff for b"\xff"), which a stdout in a UTF-8 locale
+# (Colab's en_US.UTF-8) refuses with UnicodeEncodeError.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def printable(text: str, keep_lines: bool = False) -> str:
     """Text safe to print on a terminal: control characters (an escape sequence in a recipe's
     description, a carriage return from a store, a newline in a wheel's name) are shown escaped,
-    as \\x1b, \\r, \\n; `keep_lines` keeps the newlines of a text of several lines."""
+    as \\x1b, \\r, \\n, and so is a byte of a path that is not UTF-8 (\\xff); `keep_lines`
+    keeps the newlines of a text of several lines."""
     def escape(match: re.Match[str]) -> str:
         char = match.group()
-        return char if keep_lines and char == "\n" else char.encode("unicode_escape").decode()
+        if keep_lines and char == "\n":
+            return char
+        if "\udc80" <= char <= "\udcff":  # the byte os.fsdecode kept
+            return f"\\x{ord(char) - 0xdc00:02x}"
+        return char.encode("unicode_escape").decode()
 
     return _CONTROL.sub(escape, text)
 

@@ -149,7 +149,9 @@ def _log_bug(exc: BaseException) -> str:
     try:
         log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         part = log.with_name(log.name + ".part")
-        with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+        # backslashreplace: a path that is not UTF-8 in the command or the traceback is written too
+        with open(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8",
+                  errors="backslashreplace") as out:
             out.write(redact(text))
         os.replace(part, log)
     except OSError as problem:
