@@ -188,6 +188,25 @@ def test_an_archive_member_below_a_users_file_or_link_is_refused(world):
     assert (workdir / "models" / "sub").read_text() == "a file where the archive has a folder"
 
 
+def test_an_archive_whose_names_are_not_utf8_is_placed_and_its_next_version_replaces_them(world):
+    """A tar made on Windows names its files in its code page: GBK for the photo of a Chinese
+    plate. Unpacked, they are named by those bytes, and the marker that lists them could not be
+    written (UnicodeEncodeError: exit 70, on every run)."""
+    asset, place, _workdir = world
+    first, second = "plates/京A12345.jpg", "plates/沪B54321.jpg"
+
+    def unpacked(name: str) -> str:
+        return os.fsdecode(name.encode("gbk"))  # the name the file has: GBK's bytes
+
+    dest = place(asset(tar_gz({first: b"1", second: b"2"}, encoding="gbk"), "p.tar.gz", "data", unpack=True))
+    assert (dest / unpacked(first)).read_bytes() == b"1" and (dest / unpacked(second)).read_bytes() == b"2"
+
+    place(asset(tar_gz({second: b"2 again"}, encoding="gbk"), "p.tar.gz", "data", unpack=True))
+    assert not (dest / unpacked(first)).exists(), "warmstart's own member of the old version went"
+    assert (dest / unpacked(second)).read_bytes() == b"2 again"
+    assert (dest / MARKER).read_bytes().split(b"\n")[1:] == [second.encode("gbk"), b""]
+
+
 def test_a_marker_naming_what_lies_outside_its_folder_removes_nothing_there(world, tmp_path):
     """The marker lies on Drive beside the members, and Drive may be shared: one that names a
     path outside its folder (`..`, an absolute path, a path through a link in the folder) is no

@@ -27,9 +27,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None, encoding: str | None = None) -> bytes:
+    """A .tar.gz; `encoding` names its members in that code page, as a tar made on Windows does
+    (GNU format: a pax header would name them in UTF-8)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+    named = {"format": tarfile.GNU_FORMAT, "encoding": encoding} if encoding else {}
+    with tarfile.open(fileobj=buffer, mode="w:gz", **named) as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)

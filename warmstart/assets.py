@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from . import faults, flock, home
@@ -29,12 +30,22 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError
 from .recipe import Asset
 from .settings import ASSET_MIRROR
 from .tiered import TieredStore
-from .transfer import atomic_write_text, part_name, read_head, read_untrusted_json, sha256_of, writing, zstd_open
+from .transfer import (
+    atomic_write_bytes,
+    atomic_write_text,
+    part_name,
+    read_head,
+    read_untrusted_json,
+    sha256_of,
+    writing,
+    zstd_open,
+)
 
 KIND = "assets"
 # Inside an unpacked folder: the sha256 of the archive it came from, then one member a line.
 MARKER = ".warmstart-asset"
 MARKER_MOST = 16 << 20  # read no further: a marker of more is none of warmstart's
+_MARKER_HEAD = re.compile(r"-|[0-9a-f]{64}")
 LEDGER_WAIT = 30.0  # seconds a run waits for another's write of the placed files' ledger
 
 
@@ -218,13 +229,22 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
 
 
 def _marker(dest: Path) -> list[str]:
-    """The lines of dest's marker: the archive's sha256, then the members; none where there is no
-    marker, or one that is not warmstart's (no text, larger than a marker is)."""
+    """The lines of dest's marker: the archive's sha256 (or `-` while its members move), then the
+    members; none where there is no marker, or one that is not warmstart's (larger than a marker
+    is, or beginning otherwise). Its names are file names, bytes (_write_marker)."""
     try:
         raw = read_head(dest / MARKER, MARKER_MOST)
-        return raw.decode().splitlines() if len(raw) <= MARKER_MOST else []
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         return []
+    lines = os.fsdecode(raw).split("\n")[:-1] if len(raw) <= MARKER_MOST else []
+    return lines if lines and _MARKER_HEAD.fullmatch(lines[0]) else []
+
+
+def _write_marker(marker: Path, head: str, members: Iterable[str]) -> None:
+    """The marker's lines written as the file names they are: a tar made on Windows names its
+    files in its code page (GBK for a Chinese plate's photo), not UTF-8, and os.fsencode gives
+    back the bytes the unpacked file is named by."""
+    atomic_write_bytes(marker, os.fsencode("".join(f"{line}\n" for line in [head, *members])))
 
 
 def _inside(dest: Path, member: str) -> bool:
@@ -259,7 +279,7 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     # Every member that may lie here meanwhile is named before one moves, under the archive it
     # replaces (the folder is not in place until the last line): a run killed while they move
     # leaves none that the next version would not remove.
-    atomic_write_text(marker, "\n".join([marked[0] if marked else "-", *sorted(previous | set(new))]) + "\n")
+    _write_marker(marker, marked[0] if marked else "-", sorted(previous | set(new)))
     for member in sorted(previous - set(new)):
         old = dest / member
         if old.is_file() and not old.is_symlink():
@@ -268,7 +288,7 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
         (dest / member).parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged / member, dest / member)
         faults.point("asset-member")
-    atomic_write_text(marker, "\n".join([asset.sha256, *new]) + "\n")  # last: the folder is whole
+    _write_marker(marker, asset.sha256, new)  # last: the folder is whole
 
 
 def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader, work: DriveWork, *,
