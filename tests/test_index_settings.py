@@ -13,11 +13,12 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import LOCKED, Index, _QuietFiles, bootstrap, cli_env, installed, make_venv, serve_folder
+from conftest import LOCKED, Index, _QuietFiles, bootstrap, cli_env, installed, make_venv, run_cli, serve_folder
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -128,6 +129,35 @@ def test_an_unreachable_index_is_reported_as_unreachable(demo, drive, tmp_path):
     error = result.report["error"]
     assert "cannot reach the package index http://127.0.0.1:9/simple" in error and "--offline" in error
     assert "2 attempts" in error
+
+
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+@pytest.mark.parametrize("fault", ["unreachable", "refusing"])
+def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(demo, fault, resolver):
+    """`invoke lock` ended in the resolver's page of retries and "No matching distribution found"
+    (pip-tools), exit 1. Now exit 3 and one line, as a bootstrap says it, but for `--offline`: a
+    flag `invoke lock` does not have. uv resolves for a Python other than this one."""
+    server = None
+    if fault == "unreachable":
+        url = "http://127.0.0.1:9/simple"
+    else:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/simple"
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
+    versions = ["--python-version", other] if resolver == "uv" else []
+    try:
+        result = run_cli("lock", "--recipe", str(demo), *versions, env=cli_env(url, PIP_RETRIES="1"))
+    finally:
+        if server:
+            server.shutdown()
+
+    assert result.code == 3, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    said = (f"cannot reach the package index {url} (ConnectionError, 1 attempt); check the network"
+            if fault == "unreachable" else f"the package index {url} refused access (HTTP 401)")
+    assert last.startswith(f"warmstart: error: {said}"), result.stderr
+    assert "--offline" not in last
 
 
 def test_a_pin_the_index_lists_without_hashes_is_handed_to_pip_and_the_run_says_why(demo, drive, tmp_path, index):

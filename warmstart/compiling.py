@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from packaging.utils import NormalizedName, canonicalize_name
@@ -22,6 +22,7 @@ from packaging.version import InvalidVersion, Version
 
 from . import PROJECT_ROOT, cudalibs
 from .console import counted
+from .download import Downloader
 from .errors import BadInput, WarmstartError, said_by
 from .images import Image
 from .lock import (
@@ -41,7 +42,7 @@ from .lock import (
     target_image,
 )
 from .locktext import pin_blocks
-from .pipconfig import pip_env, uv_env
+from .pipconfig import IndexSettings, pip_env, uv_env
 from .recipe import Recipe
 from .transfer import atomic_write_text
 from .uv import ensure_uv
@@ -132,6 +133,15 @@ class _Resolver:
             return _without_excluded(draft.read_text(), self.recipe.exclude), ""
 
 
+def _require_index() -> None:
+    """IndexUnavailable (exit 3), as a bootstrap says it, where the package index cannot be reached
+    or refuses access: a resolver says that in a page of retries ending in "No matching
+    distribution". Asked once (the resolver has retried), for pip, which every index that mirrors
+    PyPI serves (one that does not answers 404: reachable, and the resolver's words stand)."""
+    settings = replace(IndexSettings.from_environ(), retries=0)
+    Downloader(settings, parallel=1, offline_way_out=False).project_files("pip")
+
+
 def _hold_image_versions(resolver: _Resolver, pins_text: str, image: Image) -> str:
     """Preferences give way to the newest release of whatever is new (onnx 1.23 asks for a newer
     protobuf than Colab's). Hold every shipped package this lock would change at the image's
@@ -184,6 +194,7 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
     say(f"locking {recipe.name} for {target.describe()} with {resolver.tool}")
     pins_text, why = resolver.run({})
     if pins_text is None:  # a conflict takes several lines: all of them
+        _require_index()
         raise WarmstartError(f"{resolver.tool} could not lock {recipe.requirements_in} for "
                              f"{target.describe()}: its reasons are above", detail=said_by(resolver.tool, why, 60))
     if image is not None:

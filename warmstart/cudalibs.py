@@ -148,7 +148,7 @@ def _scan_one(downloader: Downloader, pin: Pin, rank: dict[tags.Tag, int], say: 
 def scan(pins: tuple[Pin, ...], target: LockTarget, say: Callable[[str], None] = print) -> list[WheelLibs]:
     """The CUDA libraries of the wheel each pin installs on the lock's platform, in lock order."""
     rank = wheels.ranking(lock_tags(target))
-    downloader = Downloader(IndexSettings.from_environ(), parallel=1)
+    downloader = Downloader(IndexSettings.from_environ(), parallel=1, offline_way_out=False)
     with ThreadPoolExecutor(4) as pool:  # big wheels: a few at a time, each read once
         return list(pool.map(lambda pin: _scan_one(downloader, pin, rank, say), pins))
 

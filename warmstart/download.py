@@ -27,7 +27,7 @@ from urllib.parse import urljoin, urlsplit
 from packaging.tags import Tag
 
 from . import faults, home, wheels
-from .console import QUIET, Bar, Bars
+from .console import QUIET, Bar, Bars, counted
 from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
@@ -99,8 +99,12 @@ def parse_project_page(page_url: str, content_type: str, text: str) -> list[Inde
 
 
 class Downloader:
-    def __init__(self, settings: IndexSettings, bars: Bars = QUIET, parallel: int = PARALLEL) -> None:
+    def __init__(self, settings: IndexSettings, bars: Bars = QUIET, parallel: int = PARALLEL,
+                 offline_way_out: bool = True) -> None:
         self.settings, self.bars, self.parallel = settings, bars, parallel
+        # Whether an index out of reach is said with `--offline` as the way on: a bootstrap has
+        # that flag; `invoke lock`, which needs the index, has not.
+        self.offline_way_out = offline_way_out
 
     @cached_property
     def session(self) -> requests.Session:
@@ -152,7 +156,7 @@ class Downloader:
             except (requests.ConnectionError, requests.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:
                 last = type(exc).__name__
-        raise _GaveUp(f"{last}, {self.settings.retries + 1} attempts")
+        raise _GaveUp(f"{last}, {counted(self.settings.retries + 1, 'attempt')}")
 
     # -- the index -------------------------------------------------------------------------
 
@@ -173,8 +177,9 @@ class Downloader:
             except _GaveUp as exc:
                 raise IndexUnavailable(f"cannot reach the package index {redact(index)} ({exc}); check the "
                                        "network, the proxy (HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS "
-                                       "settings (PIP_CERT, PIP_CLIENT_CERT), or run with --offline to install "
-                                       "from the Drive cache alone") from None
+                                       "settings (PIP_CERT, PIP_CLIENT_CERT)" + (
+                                           ", or run with --offline to install from the Drive cache alone"
+                                           if self.offline_way_out else "")) from None
             if response.status_code in (401, 403):
                 raise IndexUnavailable(f"the package index {redact(index)} refused access (HTTP "
                                        f"{response.status_code}); put its credentials in PIP_INDEX_URL "
