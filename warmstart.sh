@@ -13,6 +13,8 @@
 # The Drive root is --drive DIR when given, else $WARMSTART_DRIVE, else the platform profile's
 # folder (on Colab the mounted MyDrive, wherever this checkout is). $WARMSTART_PYTHON is the
 # notebook's interpreter (default: python3). `warmstart.sh --help` lists the options.
+# Run by `sh warmstart.sh` (dash on Ubuntu and Debian, which knows no pipefail): the same in bash.
+if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # No bytecode on Drive (slow for small files). This checkout takes the place on sys.path of the

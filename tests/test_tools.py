@@ -419,11 +419,11 @@ def test_a_second_warmstart_sh_waits_for_the_tools_the_first_restores_then_finds
 NOBODY = 65534  # an unprivileged user's uid and gid
 
 
-def _warmstart_sh(checkout: Path, python: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def _warmstart_sh(checkout: Path, python: str, tmp_path: Path, shell: str = "bash") -> subprocess.CompletedProcess[str]:
     drive = tmp_path / "drive"
     drive.mkdir(exist_ok=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "WARMSTART_PYTHON": python}
-    return subprocess.run(["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)],
+    return subprocess.run([shell, str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -445,10 +445,13 @@ def test_warmstart_sh_on_a_python_older_than_its_own_code_needs_says_so_in_one_l
     assert not (tmp_path / "home").exists(), "nothing written"
 
 
-def test_warmstart_sh_with_no_interpreter_where_it_is_told_to_look_says_so_in_one_line(tmp_path):
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+def test_warmstart_sh_with_no_interpreter_where_it_is_told_to_look_says_so_in_one_line(tmp_path, shell):
+    """Run by `sh` too (dash here, as on Colab's Ubuntu): it said "set: Illegal option -o
+    pipefail", exit 2, for any recipe; it runs itself in bash."""
     missing = tmp_path / "no-such" / "python3"
 
-    done = _warmstart_sh(tools.CHECKOUT, str(missing), tmp_path)
+    done = _warmstart_sh(tools.CHECKOUT, str(missing), tmp_path, shell)
 
     assert done.returncode == 3, done.stderr
     assert done.stderr == (f"warmstart.sh: no Python interpreter {missing} here: set WARMSTART_PYTHON to the "
