@@ -147,10 +147,10 @@ class Index:
 
 
 def write_simple_index(root: Path) -> None:
-    """The PEP 503 pages of the wheels in root/files/, under root/simple/."""
+    """The PEP 503 pages of the wheels (and source distributions) in root/files/, under root/simple/."""
     simple = root / "simple"
     projects: dict[str, list[Path]] = {}
-    for wheel in sorted((root / "files").glob("*.whl")):
+    for wheel in sorted([*(root / "files").glob("*.whl"), *(root / "files").glob("*.tar.gz")]):
         projects.setdefault(wheel.name.split("-")[0].replace("_", "-"), []).append(wheel)
     for project, wheels in projects.items():
         links = "".join(

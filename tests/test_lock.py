@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import shutil
+import sys
+import tarfile
+from pathlib import Path
 
 import pytest
+from conftest import cli_env, run_cli, serve_folder, write_simple_index
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -125,6 +131,48 @@ def test_an_image_s_version_is_held_where_the_requirements_admit_it_and_said_whe
     assert line.startswith(f"beta 1.0 (the image's) is ruled out by the recipe's requirements ({resolver}: "), line
     assert line.endswith(")") and "  " not in line and "Traceback" not in line, line
     assert ("conflicting dependencies" if resolver == "pip-tools" else "alpha depend on beta>=1.5") in line, line
+
+
+def source_distribution(folder: Path, name: str, version: str) -> Path:
+    """A real sdist: reading its metadata means building it, with setuptools from the index."""
+    path = folder / f"{name}-{version}.tar.gz"
+    files = {"PKG-INFO": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+             "pyproject.toml": '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+                               f'[project]\nname = "{name}"\nversion = "{version}"\n',
+             f"{name}/__init__.py": ""}
+    with tarfile.open(path, "w:gz") as tf:
+        for member, text in files.items():
+            info = tarfile.TarInfo(f"{name}-{version}/{member}")
+            info.size = len(text.encode())
+            tf.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+def test_a_lock_takes_the_newest_version_with_a_wheel_not_a_newer_source_distribution(demo, tmp_path, index,
+                                                                                      resolver):
+    """A bootstrap installs wheels only (each checked against the files the lock records from
+    it), so a newer version published as a source distribution alone (beta 3.0) is passed over
+    for beta 2.0. Both resolvers took beta 3.0 and tried to build it to read its metadata (with
+    setuptools, which this index lacks): `invoke lock` failed. (--upgrade: no pin of the lock
+    there is preferred.)"""
+    root = tmp_path / "index"
+    shutil.copytree(index.files.parent, root)
+    source_distribution(root / "files", "beta", "3.0")
+    write_simple_index(root)
+    url, server = serve_folder(root)
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
+    version = other if resolver == "uv" else f"{sys.version_info.major}.{sys.version_info.minor}"
+    try:
+        result = run_cli("lock", "--recipe", str(demo), "--upgrade",
+                         *(["--python-version", other] if resolver == "uv" else []), env=cli_env(f"{url}/simple"))
+    finally:
+        server.shutdown()
+
+    assert result.code == 0, result.stderr
+    assert f"with {resolver}" in result.stderr
+    lock = parse_lock(demo.parent.parent / "requirements" / f"demo-py{version.replace('.', '')}-manylinux_x86_64.txt")
+    assert {pin.name: pin.version for pin in lock.pins} == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
 
 
 def test_a_resolver_s_long_explanation_is_said_by_its_conclusion():

@@ -58,30 +58,24 @@ def _without_excluded(text: str, exclude: tuple[NormalizedName, ...]) -> str:
     return "\n".join(kept).strip() + "\n"
 
 
-def _pip_compile(recipe: Recipe, draft: Path, upgrade: bool, upgrade_packages: tuple[str, ...],
-                 constraints: Path) -> list[str]:
-    cmd = [
-        sys.executable, "-m", "piptools", "compile", "--quiet",
-        "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
-        "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links",
-        "--constraint", str(constraints),
-        "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
-    ]
-    return cmd + (["--upgrade"] if upgrade else []) + [
-        arg for p in upgrade_packages for arg in ("--upgrade-package", p)]
+# A bare lock holds wheels only, as a bootstrap installs them (each checked against the files
+# its lock records, which `invoke lock` reads from the wheel): a version published as a source
+# distribution alone is passed over for the newest with a wheel for the target, and no package's
+# build code runs to read its metadata. Not an image's lock: what the image ships stays at its
+# version, published as it may be, and is never installed from the lock.
+_ONLY_WHEELS = "--only-binary=:all:"
 
 
-def _uv_compile(recipe: Recipe, target: LockTarget, draft: Path, upgrade: bool,
-                upgrade_packages: tuple[str, ...], constraints: Path, say) -> list[str]:
+def _pip_compile() -> list[str]:
+    return [sys.executable, "-m", "piptools", "compile", "--quiet",
+            "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
+            "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links", "--no-emit-options"]
+
+
+def _uv_compile(target: LockTarget, say: Callable[[str], None]) -> list[str]:
     require_known_platform(target.platform)
-    cmd = [
-        str(ensure_uv(say)), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
-        "--python-version", target.python_version, "--python-platform", UV_PLATFORMS[target.platform],
-        "--constraint", str(constraints),
-        "--output-file", str(draft), os.path.relpath(recipe.requirements_in, recipe.project_root),
-    ]
-    return cmd + (["--upgrade"] if upgrade else []) + [
-        arg for p in upgrade_packages for arg in ("--upgrade-package", p)]
+    return [str(ensure_uv(say)), "pip", "compile", "--quiet", "--generate-hashes", "--no-header",
+            "--python-version", target.python_version, "--python-platform", UV_PLATFORMS[target.platform]]
 
 
 def _seed(existing: Path, image: Image | None, upgrade: bool) -> str:
@@ -109,6 +103,7 @@ class _Resolver:
     upgrade: bool
     upgrade_packages: tuple[str, ...]
     say: Callable[[str], None]
+    wheels_only: bool = True  # a bare lock's (_ONLY_WHEELS)
 
     @property
     def tool(self) -> str:
@@ -122,11 +117,13 @@ class _Resolver:
                 draft.write_text(self.seed)
             pinned.write_text("".join(f"{name}=={version}\n" for name, version in constraints.items()))
             if self.tool == "pip-tools":
-                cmd, env = _pip_compile(self.recipe, draft, self.upgrade, self.upgrade_packages, pinned), pip_env()
+                head, only_wheels, env = _pip_compile(), ["--pip-args", _ONLY_WHEELS], pip_env()
             else:
-                cmd = _uv_compile(self.recipe, self.target, draft, self.upgrade, self.upgrade_packages,
-                                  pinned, self.say)
-                env = uv_env()
+                head, only_wheels, env = _uv_compile(self.target, self.say), [_ONLY_WHEELS], uv_env()
+            cmd = [*head, *(only_wheels if self.wheels_only else []), "--constraint", str(pinned),
+                   "--output-file", str(draft), os.path.relpath(self.recipe.requirements_in, self.recipe.project_root),
+                   *(["--upgrade"] if self.upgrade else []),
+                   *(arg for package in self.upgrade_packages for arg in ("--upgrade-package", package))]
             done = subprocess.run(cmd, cwd=self.recipe.project_root, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 return None, done.stderr.strip()
@@ -190,7 +187,7 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
     image = image or target_image(target, root)
     # With --upgrade uv ignores every preference: an image lock re-resolves from the image alone.
     resolver = _Resolver(recipe, target, _seed(path, image, upgrade), upgrade and image is None,
-                         upgrade_packages, say)
+                         upgrade_packages, say, wheels_only=image is None)
     say(f"locking {recipe.name} for {target.describe()} with {resolver.tool}")
     pins_text, why = resolver.run({})
     if pins_text is None:  # a conflict takes several lines: all of them
