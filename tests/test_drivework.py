@@ -248,6 +248,27 @@ def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(t
     assert said == []
 
 
+def test_a_team_folder_given_by_a_relative_path_is_the_background_workers_too(demo, drive, tmp_path, index):
+    """`--cache ../lab` from the notebook's folder: the Drive worker works in `/` (where no
+    project's module shadows its imports), and that path named nothing there: the worker stopped,
+    and every Drive write of the run with it (the wheels, the snapshot, the team's copy)."""
+    home, notebook, lab = tmp_path / "home", tmp_path / "notebook", tmp_path / "lab"
+    notebook.mkdir()
+    lab.mkdir()
+    python = make_venv(tmp_path / "venv")
+    env = background_env(index.url, home)
+
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), "--json",
+                     "--cache", "../lab", env=env, cwd=notebook)
+
+    assert result.code == 0, result.stderr
+    assert result.report["team_cache"]["cache"] == str(lab)
+    wait_for_workers(home)
+    assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
+    assert len(on_drive(lab, "wheels")) == 3 and len(on_drive(lab, "snapshots")) == 2
+    assert status(demo, drive, python, env)["drive_writes"] is None
+
+
 def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):
     env = background_env("http://127.0.0.1:9/simple", tmp_path / "home", PIP_RETRIES="0")
 

@@ -274,6 +274,10 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
     if scheme == "memory":
         raise BadInput(f"{given_as} memory://... is held in one process's memory and gone when it ends: "
                        "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
+    if location and (not rest or scheme == "file"):
+        # A folder, by its full path: the Drive worker works in / (a relative one named nothing
+        # there, and every Drive write of the run stopped with it).
+        return str(real(user_path(location.removeprefix("file://"), given_as)))
     return location
 
 
