@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import certifi
 from conftest import (
     LOCKED,
     REPO,
@@ -248,15 +249,17 @@ def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(t
     assert said == []
 
 
-def test_a_team_folder_given_by_a_relative_path_is_the_background_workers_too(demo, drive, tmp_path, index):
-    """`--cache ../lab` from the notebook's folder: the Drive worker works in `/` (where no
-    project's module shadows its imports), and that path named nothing there: the worker stopped,
-    and every Drive write of the run with it (the wheels, the snapshot, the team's copy)."""
+def test_relative_paths_in_the_settings_reach_the_background_worker(demo, drive, tmp_path, index):
+    """`--cache ../lab` and `PIP_CERT=ca.pem` from the notebook's folder: the Drive worker works in
+    `/` (where no project's module shadows its imports), and those paths named nothing there: it
+    stopped ("the team cache folder ../lab does not exist", "PIP_CERT=ca.pem is not a file"), and
+    every Drive write of the run with it (the wheels, the snapshot, the team's copy)."""
     home, notebook, lab = tmp_path / "home", tmp_path / "notebook", tmp_path / "lab"
     notebook.mkdir()
     lab.mkdir()
+    shutil.copy(certifi.where(), notebook / "ca.pem")  # read by no one here: the index is plain http
     python = make_venv(tmp_path / "venv")
-    env = background_env(index.url, home)
+    env = background_env(index.url, home, PIP_CERT="ca.pem")
 
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), "--json",
                      "--cache", "../lab", env=env, cwd=notebook)
@@ -266,7 +269,7 @@ def test_a_team_folder_given_by_a_relative_path_is_the_background_workers_too(de
     wait_for_workers(home)
     assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
     assert len(on_drive(lab, "wheels")) == 3 and len(on_drive(lab, "snapshots")) == 2
-    assert status(demo, drive, python, env)["drive_writes"] is None
+    assert status(demo, drive, python, env | {"PIP_CERT": str(notebook / "ca.pem")})["drive_writes"] is None
 
 
 def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):

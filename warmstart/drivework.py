@@ -42,7 +42,7 @@ from .download import Downloader
 from .errors import PreconditionUnmet, redact
 from .home import jobs as jobs_of
 from .lock import Pin
-from .pipconfig import IndexSettings
+from .pipconfig import IndexSettings, anchored
 from .settings import WORKER_TEAM
 from .store import STALE_SECONDS, DriveStore, Store
 from .tiered import TieredStore
@@ -194,7 +194,7 @@ def spawn(folder: Path, team: str | None = None) -> None:
     notebook cell's interrupt). `team`: the team cache's URL as the run has it. Under the job's
     lock, so that the worker cannot finish and remove the folder before its pid is written there;
     none when another holds it (a worker at it already) or the job is done."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
+    env = dict(anchored(), PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
     with _job_held(folder, wait=False) as held:
         if not held:
             return

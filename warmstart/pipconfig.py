@@ -32,6 +32,16 @@ _UV_CLEARED = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE", "UV_REQUIR
 # all the same (in a container that is the user's to change). Either is the user's yes for both.
 BREAK_SYSTEM_PACKAGES = ("PIP_BREAK_SYSTEM_PACKAGES", "UV_BREAK_SYSTEM_PACKAGES")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# Index settings that name a file: given by its full path to the children that read them (pip,
+# uv, the Drive worker), which work in / (background.NEUTRAL_CWD), where a relative path names
+# nothing (the Drive worker stopped at "PIP_CERT=ca.pem is not a file", and every Drive write
+# of its run with it).
+_FILE_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT")
+
+
+def anchored(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`environ`, with the files its index settings name by their full paths."""
+    return {**environ, **{var: os.path.abspath(environ[var]) for var in _FILE_SETTINGS if environ.get(var)}}
 
 
 def _number(environ: Mapping[str, str], var: str, default: float) -> float:
@@ -57,6 +67,7 @@ class IndexSettings:
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> IndexSettings:
         """The settings, or BadInput naming the variable: plain http is refused unless the host
         is this machine, is trusted (PIP_TRUSTED_HOST) or WARMSTART_ALLOW_HTTP=1 says so."""
+        environ = anchored(environ)
         trusted = frozenset(h.split(":")[0] for h in environ.get("PIP_TRUSTED_HOST", "").split())
         given = {"PIP_INDEX_URL": (environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).split(),
                  "PIP_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL", "").split()}
@@ -108,7 +119,7 @@ def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) 
     lock, minus the platform's known-bad variables (`unset`, from the profile)."""
     IndexSettings.from_environ(environ)  # refuse what the downloader refuses
     drop = set(unset)
-    env = {k: v for k, v in environ.items()
+    env = {k: v for k, v in anchored(environ).items()
            if (not k.startswith("PIP_") or k in INDEX_SETTINGS) and k not in drop}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
                PYTHONNOUSERSITE="1")
