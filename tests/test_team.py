@@ -669,6 +669,52 @@ def test_a_backend_only_the_notebook_has_is_borrowed_from_its_site_packages():
     assert borrowed == "borrowed: S3FileSystem True"
 
 
+@pytest.mark.parametrize("backend", ["borrowed", "nowhere"])
+def test_the_drive_worker_looks_for_the_backend_where_the_run_did_and_writes_drive_without_one(s3, tmp_path,
+                                                                                              backend):
+    """On Colab gcsfs is the notebook's, not in warmstart's own virtualenv: the run looks for it in
+    the notebook's site-packages. Its Drive worker did not, where the run had held the team store
+    back (a restore Drive alone served): "needs the gcs backend", and the worker stopped with
+    every Drive write of its job, run after run. Now it looks where the run did; and a team store
+    it cannot open is a warning, Drive's writes go on. A fresh interpreter takes s3fs's
+    site-packages off its path once warmstart is imported, as in the test above, then runs the
+    worker on a job as a run leaves it (an asset for Drive, the team's usage record)."""
+    import s3fs
+
+    site = str(Path(s3fs.__file__).parent.parent)
+    bucket = s3.bucket(f"worker-{backend}")
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    drive.mkdir()
+    prefix.mkdir()
+    borrow = (site,) if backend == "borrowed" else ()
+    code = f"""if True:
+        import sys
+        from warmstart import drivework
+        from warmstart.tiered import TieredStore
+        work = drivework.start({str(prefix)!r}, {str(drive)!r}, {str(prefix / "bin" / "python")!r})
+        (work.area("assets") / ("1" * 64)).write_bytes(b"model")
+        work.team_usage = ["assets/" + "1" * 64]
+        store = TieredStore.at({str(drive)!r})
+        store.put_behind("s3://{bucket}/team", borrow={borrow!r}, hold=True)
+        work.write_job(store)
+        sys.path = [p for p in sys.path if p != {site!r}]
+        code = drivework.main([str(work.folder)])
+        print("job left:", work.folder.exists())
+        sys.exit(code)
+    """
+    env = cli_env(XDG_CACHE_HOME=str(tmp_path / "cache"), **s3.credentials("writer"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+    assert (done.returncode, done.stdout) == (0, "job left: False\n"), done.stderr
+    assert (drive / ".warmstart" / "v1" / "assets" / ("1" * 64)).read_bytes() == b"model"
+    records = [k for k in objects(s3, bucket) if "/usage/" in k]
+    if backend == "borrowed":
+        assert len(records) == 1 and done.stderr == "", done.stderr
+    else:
+        assert records == [] and "needs the s3 backend" in done.stderr, done.stderr
+        assert "the team cache's part of this run's writes is left out" in done.stderr
+
+
 def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
     """`--cache /content/drive/Shareddrives/Lab/warmstart`: a folder, laid out and written as Drive's."""
     shared = tmp_path / "shared-drive"

@@ -504,8 +504,13 @@ def main(argv: list[str]) -> int:
         # worker's environment (never on disk), when it held any.
         team, given = job.get("team") or {}, WORKER_TEAM.get() or ""
         location = given if given and redact(given) == team.get("location") else team.get("location")
-        store = TieredStore.at(Path(job["drive"]), team=location, team_read_only=team.get("read_only", False),
-                                 bars=Bars(enabled=False))
+        store = TieredStore.at(Path(job["drive"]), bars=Bars(enabled=False))
+        if location:
+            try:
+                store.put_behind(location, read_only=team.get("read_only", False),
+                                 borrow=tuple(map(str, team.get("borrow") or ())))
+            except PreconditionUnmet as exc:  # its folder gone, its backend not here: Drive's writes go on
+                store.warnings.append(f"{exc}; the team cache's part of this run's writes is left out")
         finish(folder, store)
         for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
             print(redact(f"warning: {warning}"), file=sys.stderr)

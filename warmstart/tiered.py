@@ -43,6 +43,7 @@ class TieredStore:
     team: Store | None = None  # the team store, once opened
     from_team: set[Path] = field(default_factory=set)  # what `get` copied from the team store
     held: Held | None = None  # the team store, held back (see put_behind)
+    borrow: tuple[str, ...] = ()  # where the team store's backend is looked for besides warmstart's own
 
     @classmethod
     def at(cls, drive: Path, *, team: str | None = None, team_read_only: bool = False,
@@ -61,6 +62,8 @@ class TieredStore:
         """Put the team store `team` (a URL or a folder) behind Drive. `hold`: an object store is
         not opened until `ask_team` (a folder costs nothing to open, and is); that its backend is
         installed is checked now, as opening it would."""
+        self.borrow = borrow
+
         def opening() -> Store | None:
             return open_team(team, drive=self.drive, read_only=read_only, bars=self.bars, warnings=self.warnings,
                              borrow=borrow)
@@ -235,12 +238,15 @@ class TieredStore:
 
     def team_spec(self) -> dict[str, Any] | None:
         """What the Drive worker needs to open the same team store: its location without
-        credentials (the run hands the URL over in the worker's environment) and its mode."""
+        credentials (the run hands the URL over in the worker's environment), its mode, and
+        where its backend was looked for (the notebook's gcsfs, on Colab)."""
         if self.held is not None:
-            return {"location": redact(self.held.location), "read_only": self.held.read_only}
+            return {"location": redact(self.held.location), "read_only": self.held.read_only,
+                    "borrow": list(self.borrow)}
         if self.team is None:
             return None
-        return {"location": redact(self.team_url() or ""), "read_only": self.team.read_only}
+        return {"location": redact(self.team_url() or ""), "read_only": self.team.read_only,
+                "borrow": list(self.borrow)}
 
     def describe_team(self) -> dict[str, Any] | None:
         """The team cache's part in the run, for the report (its URL without credentials);
