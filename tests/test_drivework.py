@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import certifi
+import pytest
 from conftest import (
     LOCKED,
     REPO,
@@ -225,6 +226,38 @@ def test_the_wheels_a_job_will_put_on_drive_are_those_of_its_drive_by_name_and_v
     assert drivework.queued_wheels(prefix, drive) == {("alpha", Version("1.0")), ("beta", Version("2.0")),
                                                       ("gamma", Version("3.0"))}
     assert drivework.queued_wheels(prefix, tmp_path / "another-drive") == frozenset()
+
+
+def test_an_index_gone_as_the_worker_fetches_for_drive_keeps_those_wheels_queued_and_writes_the_rest(
+        tmp_path, monkeypatch, index):
+    """A run that took its wheels from the index with uv leaves the Drive work those wheels to
+    fetch for Drive, beside what needs no index (the snapshot to pack, an asset: here an asset).
+    With the index gone by then (a network that dropped), the worker stopped at the download, and
+    nothing else of the job reached Drive until the index came back. Now the rest is written, the
+    wheels stay queued and the failure is said (status shows it); the next run with the index
+    fetches them. The worker's work is done here, on real wheels of an index on 127.0.0.1."""
+    from packaging.version import Version
+
+    from warmstart.download import IndexUnavailable
+    from warmstart.tiered import TieredStore
+
+    drive, prefix, work = a_job(tmp_path, monkeypatch)
+    wheel = index.files / "alpha-1.0-py3-none-any.whl"
+    work.download = [["alpha", "1.0", [hashlib.sha256(wheel.read_bytes()).hexdigest()]]]
+    work.tags = ["py3-none-any"]
+    (work.area("assets") / ("1" * 64)).write_bytes(b"model")
+    work.write_job(TieredStore.at(drive))
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_RETRIES", "0")
+
+    with pytest.raises(IndexUnavailable, match=r"cannot reach the package index http://127\.0\.0\.1:9/simple"):
+        drivework.finish(work.folder, TieredStore.at(drive))
+
+    assert on_drive(drive, "assets") == ["1" * 64], "what needs no index is on Drive"
+    assert drivework.queued_wheels(prefix, drive) == {("alpha", Version("1.0"))}
+    monkeypatch.setenv("PIP_INDEX_URL", index.url)
+    drivework.finish(work.folder, TieredStore.at(drive))
+    assert on_drive(drive, "wheels") == [wheel.name] and not work.folder.exists()
 
 
 def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(tmp_path, monkeypatch):

@@ -38,8 +38,8 @@ from . import target as target_python
 from .background import NEUTRAL_CWD
 from .console import Bars, counted
 from .disks import explain
-from .download import Downloader
-from .errors import PreconditionUnmet, redact
+from .download import Downloader, DownloadFailed, IndexUnavailable
+from .errors import PreconditionUnmet, WarmstartError, redact
 from .home import jobs as jobs_of
 from .lock import Pin
 from .pipconfig import IndexSettings, anchored
@@ -391,8 +391,12 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
     wanted, copies, used = job.get("download"), job.get("from_team"), job.get("team_usage")
     share = job.get("team_share")
     later = bool(wanted or copies or used or share) and offline  # what needs the network stays queued
+    unfetched: WarmstartError | None = None
     if wanted and not offline:
-        _download(folder, job, store)
+        try:
+            _download(folder, job, store)
+        except (IndexUnavailable, DownloadFailed) as exc:  # the rest needs no index: Drive gets it now
+            unfetched, later = exc, True  # and the wheels stay queued; said once the rest is done
     if copies and not offline:
         _copy_from_team(folder, job, store)
     files = sorted(folder.glob(f"{FILES}/*/*"), key=lambda p: (p.suffix == ".json", p))  # indexes last
@@ -420,6 +424,8 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
     if share and not offline and (team := store.ask_team()):
         _share_with_team(folder, share, store.here, team)
     store.clean_stale_parts()  # what killed runs left on Drive: off the user's path, here
+    if unfetched is not None:
+        raise unfetched  # the job stays: `status` says why, the next run fetches them
     if not later:
         shutil.rmtree(folder, ignore_errors=True)
 
