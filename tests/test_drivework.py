@@ -299,10 +299,15 @@ def test_relative_paths_in_the_settings_reach_the_background_worker(demo, drive,
 
     assert result.code == 0, result.stderr
     assert result.report["team_cache"]["cache"] == str(lab)
+    printed = result.stderr.split("written in the background: `", 1)[1].split("`", 1)[0]
+    assert printed.endswith(f" status --recipe {demo} --drive {drive} --python {python} --cache {lab}")
     wait_for_workers(home)
     assert len(on_drive(drive, "wheels")) == 3 and len(on_drive(drive, "snapshots")) == 2
     assert len(on_drive(lab, "wheels")) == 3 and len(on_drive(lab, "snapshots")) == 2
-    assert status(demo, drive, python, env | {"PIP_CERT": str(notebook / "ca.pem")})["drive_writes"] is None
+    pasted = subprocess.run(["bash", "-c", printed], capture_output=True, text=True, cwd=REPO,
+                            env=dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"))
+    assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+    assert f"\nteam      {lab}: " in pasted.stdout and "safe to shut down" in pasted.stdout
 
 
 def test_with_uv_fetching_from_the_index_an_unreachable_index_is_still_named(demo, drive, tmp_path):

@@ -511,7 +511,8 @@ def test_warmstart_sh_on_a_drive_folder_of_the_users_own_without_write_permissio
 def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_given_in_any_folder(tmp_path, monkeypatch):
     """`warmstart.sh recipes/mine.toml --drive D --python venv/bin/python --packages-only` said
     `!invoke bootstrap --recipe recipes/mine.toml`: from another folder no such recipe, and in
-    any folder the default Drive (another cache), the notebook's Python and the assets too."""
+    any folder the default Drive (another cache), the notebook's Python and the assets too; and
+    with `--cache`, no team cache."""
     monkeypatch.chdir(tmp_path)
     command = tmp_path / "bin" / "invoke"
     given = settings_parse(["recipes/mine.toml", "--drive", "d", "--python", "venv/bin/python", "--packages-only",
@@ -526,6 +527,13 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
     # in a notebook, a line for `!` (tests/test_colab.py pastes such lines into IPython)
     assert tools._from_now_on(settings_parse(["hyperlpr"]), tmp_path, command, notebook=True) == (
         f"!{command} bootstrap --recipe hyperlpr")
+    # the team cache it was given (a folder by its full path), but never with the credentials in its URL
+    (tmp_path / "lab").mkdir()
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "lab", "--cache-read-only"]), tmp_path,
+                              command, notebook=False) == (
+        f"{command} bootstrap --recipe hyperlpr --cache {tmp_path}/lab --cache-read-only")
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "https://me:s3cret@host/lab"]), tmp_path,
+                              command, notebook=False) == f"{command} bootstrap --recipe hyperlpr"
 
 
 # -- an interrupt while warmstart.sh runs ------------------------------------------------------

@@ -46,7 +46,7 @@ from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, requi
 from .profiles import Profile, require_drive, select_profile
 from .recipe import Recipe, load_recipe
 from .report import Report
-from .settings import LOCK_TIMEOUT, Options, Settings, resolve
+from .settings import LOCK_TIMEOUT, Options, Settings, resolve, team_as_given
 from .team import borrowable
 from .tiered import TieredStore
 from .transfer import write_private
@@ -342,7 +342,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
             run.work.team_usage = [*used, *queued]  # the worker records it there: opening the team store costs time
         if read and (team := store.team_spec()) and not team["read_only"] and not options.offline:
             run.work.team_share = read  # what the team lacks of it (set up after Drive was filled): the worker's
-        hand_off(run, settings.wait, store, report, status_command(options, plan))
+        hand_off(run, settings.wait, store, report, status_command(options, plan, settings.team))
         store.record_use(queued, team=False)
         if run.work.team_usage is None:
             store.record_use([*used, *queued], here=False)
@@ -376,14 +376,17 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
         return []
 
 
-def status_command(options: Options, plan: Plan) -> str:
+def status_command(options: Options, plan: Plan, team: str | None) -> str:
     """The `invoke status` line that asks about this run's environment and Drive, as it was
-    asked for (its --drive, --python, --packages-only), ready to paste where it is printed. In
-    the notebook's kernel, the in-kernel call's: warmstart.sh's `invoke` may never have been written
-    (with a recipe file by its full path: the call moves the notebook into the workdir)."""
+    asked for (its --drive, --python, --cache, --packages-only; `team`: the team cache it was
+    given), ready to paste where it is printed. In the notebook's kernel, the in-kernel call's:
+    warmstart.sh's `invoke` may never have been written (with a recipe file by its full path: the
+    call moves the notebook into the workdir)."""
+    cache = team_as_given(team) if options.cache else None
     if options.kernel_imported is not None:
         recipe = str(plan.facts.recipe.path) if given_as_file(options.recipe) else options.recipe
         given = [repr(recipe), *([f"drive={str(plan.facts.drive)!r}"] if options.drive else []),
+                 *([f"cache={cache!r}"] if cache else []),
                  *(["packages_only=True"] if options.packages_only else [])]
         # with its import: a notebook that used only `%warmstart` has no name `warmstart` of its own
         return f"import warmstart.colab; warmstart.colab.status({', '.join(given)})"
@@ -392,6 +395,8 @@ def status_command(options: Options, plan: Plan) -> str:
         words += ["--drive", str(plan.facts.drive)]
     if options.python:
         words += ["--python", str(plan.facts.target.executable)]
+    if cache:
+        words += ["--cache", cache]
     if options.packages_only:
         words.append("--packages-only")
     return in_cell(words, in_notebook(plan.facts.profile))

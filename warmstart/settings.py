@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from .background import child_within
 from .disks import real, remount
-from .errors import BadInput, PreconditionUnmet
+from .errors import BadInput, PreconditionUnmet, redact
 from .layout import LAYOUT
 
 INSTALLERS = ("auto", "pip", "uv")  # --installer: auto is uv when it is installed, else pip
@@ -279,6 +279,13 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
         # there, and every Drive write of the run stopped with it).
         return str(real(user_path(location.removeprefix("file://"), given_as)))
     return location
+
+
+def team_as_given(cache: str | None) -> str | None:
+    """The team cache (--cache, as team_location gives it) for a command line a run prints; None
+    where its URL holds credentials, which are never printed (the line would name another
+    store). WARMSTART_CACHE reaches a pasted line as it reached the run."""
+    return cache if cache and redact(cache) == cache else None
 
 
 def lock_timeout(environ: Mapping[str, str] = os.environ) -> float:

@@ -500,8 +500,9 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
 
 def _from_now_on(given: argparse.Namespace, drive: Path, command: Path, *, notebook: bool) -> str:
     """The bootstrap line for later runs, in any folder: the recipe's file (when it was given by
-    its path) and --python by their full paths, and the flags that say which Drive, interpreter
-    and part of the recipe (a run without them would look at another Drive, or do more)."""
+    its path) and --python by their full paths, and the flags that say which Drive, team cache,
+    interpreter and part of the recipe (a run without them would look at another Drive, or do
+    more)."""
     def full(path: str) -> str:
         return str(Path(os.path.expanduser(path)).absolute())
 
@@ -510,6 +511,11 @@ def _from_now_on(given: argparse.Namespace, drive: Path, command: Path, *, noteb
         words += ["--drive", str(drive)]
     if given.python:  # a path, or a command on PATH
         words += ["--python", full(given.python) if os.sep in given.python else given.python]
+    cache = settings.team_as_given(settings.team_location(given.cache)) if given.cache else None
+    if cache:
+        words += ["--cache", cache]
+    if given.cache_read_only and (cache or not given.cache):
+        words.append("--cache-read-only")
     if given.packages_only:
         words.append("--packages-only")
     return in_cell(words, notebook)
