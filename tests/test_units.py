@@ -304,6 +304,20 @@ def test_a_snapshot_archive_lives_as_long_as_an_index_naming_it_is_used():
     assert prunable([archive, index], {}, 30, now) == [archive, index]
 
 
+def test_a_snapshot_of_a_current_lock_goes_once_no_run_uses_it():
+    """A lock names wheels, not snapshots: one lock serves VMs in many states (Colab's image drifts
+    weekly; a prefix; a snapshot key of an earlier warmstart), each with a snapshot of its own,
+    and one whose state no VM is in any more was kept as long as its lock was current."""
+    now = 1e9
+    stale = [entry("snapshot", "demo-py312-old-0011.tar.zst", 60, {"demo"}),
+             entry("index", "demo-py312-old.json", 60, {"demo"}, archive="demo-py312-old-0011.tar.zst")]
+    current = [entry("snapshot", "demo-py312-new-0022.tar.zst", 60, {"demo"}),
+               entry("index", "demo-py312-new.json", 60, {"demo"}, archive="demo-py312-new-0022.tar.zst")]
+    wheel = entry("wheel", "alpha-1.0-py3-none-any.whl", 60, {"demo"})
+    used = {current[1].file.key: now - DAY}
+    assert prunable([*stale, *current, wheel], used, 30, now) == stale
+
+
 # -- pip's settings -------------------------------------------------------------------------
 
 def test_index_settings_default_to_pypi_and_read_pips_variables(tmp_path):

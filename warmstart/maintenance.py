@@ -111,7 +111,9 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
     """What was set aside, stale temporaries, and what no current lock or recipe here names and no
     run (of any checkout sharing this Drive) has used for `retention_days`: a file's last use is
     its latest usage record, or its own time when no record names it (a snapshot archive is used
-    with its index)."""
+    with its index). A snapshot goes once unused, whichever lock it was made from: it fits one
+    state of a VM that lock serves (a Python minor version, a prefix, what an image lacks), and
+    a state Colab has moved on from (it drifts weekly) is never asked for again."""
     now = time.time() if now is None else now
     archives = {e.path.name: e for e in entries if e.kind == "snapshot"}
 
@@ -123,8 +125,8 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
         return now - max(used) > retention_days * 86400
 
     return [e for e in entries
-            if (e.kind in ("wheel", "asset", "snapshot", "index", "lock") and not e.owners and idle(e))
-            or (e.kind == "unreadable index" and idle(e))
+            if (e.kind in ("wheel", "asset", "lock") and not e.owners and idle(e))
+            or (e.kind in ("snapshot", "index", "unreadable index") and idle(e))
             or e.kind == "set aside"
             or (e.kind == "temporary" and now - e.file.mtime > STALE_SECONDS)]
 
