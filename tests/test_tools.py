@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    NETNS,
     WAIT_FOR_A_SIGNAL,
     build_wheel,
     make_venv,
     needs_mountns,
+    needs_netns,
     on_a_small_disk,
     pyenv_python,
     wait_until,
@@ -456,6 +458,29 @@ def test_warmstart_sh_with_no_interpreter_where_it_is_told_to_look_says_so_in_on
     assert done.returncode == 3, done.stderr
     assert done.stderr == (f"warmstart.sh: no Python interpreter {missing} here: set WARMSTART_PYTHON to the "
                            "notebook's (default: python3)\n")
+
+
+@needs_netns
+def test_warmstart_sh_on_a_first_vm_without_the_index_says_so_in_one_line_as_a_bootstrap_does(tmp_path):
+    """A first VM (nothing on Drive) that cannot reach the package index: warmstart.sh said "could
+    not download warmstart's own dependencies: WARNING: Retrying (Retry(total=4, connect=None,
+    ...)) after connection broken by 'NewConnectionError('<pip._vendor...HTTPSConnection object
+    at 0x7fb...>: ...", pip's first warning cut at 300 characters, exit 1. The network is cut."""
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "WARMSTART_PYTHON": sys.executable,
+           "PIP_RETRIES": "1"}  # one retry, whose warning names the cause (with none pip says no more than ERROR:)
+
+    done = subprocess.run([*NETNS, "--", "bash", str(tools.CHECKOUT / "warmstart.sh"), "hyperlpr", "--drive",
+                           str(drive)], env=env, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 3, done.stderr
+    [line] = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("warmstart.sh: cannot reach the package index https://pypi.org/simple for warmstart's "
+                           "own dependencies ("), line
+    assert "Temporary failure in name resolution" in line and "Retrying" not in line and " at 0x" not in line, line
+    assert line.endswith("); check the network, the proxy (HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS "
+                         "settings (PIP_CERT, PIP_CLIENT_CERT)"), line
 
 
 def test_warmstart_sh_without_a_tools_lock_for_its_python_names_those_it_has_and_the_way_to_make_one(tmp_path):

@@ -47,11 +47,11 @@ from . import compile_rest, config, early, flock, headstart, home, prefetch, set
 from .background import NEUTRAL_CWD
 from .console import shown, write_line
 from .disks import real
-from .errors import BadInput, PreconditionUnmet, WarmstartError, failure
+from .errors import BadInput, PreconditionUnmet, WarmstartError, failure, redact
 from .home import python_tag
 from .invocation import in_cell, in_notebook, require_working_folder
 from .locktext import canonical, given_as_file, pins, requirement_lines
-from .pipconfig import pip_env, uv_env
+from .pipconfig import IndexSettings, pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
 from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of
@@ -150,6 +150,17 @@ def _install(folder: Path, lines: list[str], wheels: Path) -> subprocess.Complet
         return subprocess.run([str(uv), "pip", "install", *python, *args], env=uv_env(), capture_output=True,
                               text=True)
     return _pip(*python, "install", "--no-compile", *args)
+
+
+# pip's words for an index out of reach: a warning per retry, each naming the connection's error
+# (after `<object at 0x...>: ` its reason), then "No matching distribution" as if none existed.
+_RETRIED = re.compile(r"Retrying \(Retry\(.*\)\) after connection broken by '(.*)': /")
+
+
+def _unreachable(done: subprocess.CompletedProcess[str]) -> str | None:
+    """Why pip could not reach the package index, in its last retry's words; None when it did."""
+    causes = _RETRIED.findall(done.stderr)
+    return re.sub(r"<[^<>]*>: ", "", causes[-1]) if causes and "ERROR: " in done.stderr else None
 
 
 def _why(done: subprocess.CompletedProcess[str]) -> str:
@@ -270,6 +281,11 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
         with tempfile.TemporaryDirectory(prefix="warmstart-tools-") as tmp:
             got = _pip("download", "--quiet", "--no-deps", "--only-binary=:all:", "--require-hashes",
                        "-r", str(lock), "-d", tmp)
+            if got.returncode != 0 and (cause := _unreachable(got)):  # as a bootstrap says it
+                index = redact(IndexSettings.from_environ().index_urls[0])
+                raise PreconditionUnmet(f"cannot reach the package index {index} for warmstart's own dependencies "
+                                        f"({cause}); check the network, the proxy (HTTPS_PROXY, PIP_PROXY), "
+                                        "PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)")
             if got.returncode != 0:
                 raise WarmstartError(f"could not download warmstart's own dependencies: {_why(got)}")
             done = _install(folder, lines, Path(tmp))
