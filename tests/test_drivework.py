@@ -260,6 +260,32 @@ def test_an_index_gone_as_the_worker_fetches_for_drive_keeps_those_wheels_queued
     assert on_drive(drive, "wheels") == [wheel.name] and not work.folder.exists()
 
 
+def test_a_run_the_drive_serves_goes_on_past_an_earlier_jobs_wheels_the_index_cannot_give(
+        demo, filled_drive, tmp_path, monkeypatch, index):
+    """A run that changes the environment first finishes an earlier run's Drive writes. One of
+    them the index had to give, and the index is gone: the run ended there ("cannot reach the
+    package index", exit 3), though Drive held all it needed. Now that job stays for a later run,
+    with a warning, and the run installs from Drive."""
+    from warmstart.tiered import TieredStore
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    python = make_venv(tmp_path / "venv")
+    earlier = drivework.start(python.parent.parent, filled_drive, python)
+    wheel = index.files / "beta-1.6-py3-none-any.whl"
+    earlier.download = [["beta", "1.6", [hashlib.sha256(wheel.read_bytes()).hexdigest()]]]
+    earlier.tags = ["py3-none-any"]
+    earlier.write_job(TieredStore.at(filled_drive))
+
+    result = bootstrap(demo, filled_drive, python, env=cli_env("http://127.0.0.1:9/simple", PIP_RETRIES="0",
+                                                                   XDG_CACHE_HOME=str(home / ".cache")))
+
+    assert result.code == 0, result.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    assert "warning: the Drive writes of the last run stopped again: cannot reach the package index" in result.stderr
+    assert earlier.folder.is_dir(), "the job stays for a run with the index"
+
+
 def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(tmp_path, monkeypatch):
     """A job file that is JSON but not the object a run writes (or no JSON at all): `pending`,
     `queued_wheels`, `settle` and `finish` pass over it, as over one finished meanwhile, and the

@@ -343,10 +343,12 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
             _wait_for_worker(folder, say)
         try:
             finish(folder, store, offline=offline)
-        except OSError as exc:  # Drive full or gone: the job stays for a later run
+        except (OSError, IndexUnavailable, DownloadFailed) as exc:
+            # Drive full or gone, or the index out of reach for the wheels the job fetches for
+            # Drive: the job stays for a later run, and this one goes on
             if not (folder / JOB).is_file():
                 continue  # finished meanwhile by the worker
-            said = explain(exc, store.here.drive)
+            said = explain(exc, store.here.drive) if isinstance(exc, OSError) else str(exc)
             say(f"warning: the Drive writes of the last run stopped again: {said}")
             write_private(folder / FAILED, said)
     return True
