@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MOUNTNS, REPO, cli_env, in_a_removed_folder, make_venv, needs_mountns, run_cli
+from conftest import MOUNTNS, REPO, cli_env, in_a_removed_folder, make_venv, needs_mountns, run_cli, system_python
 
 from warmstart import extras, tools
 from warmstart.invocation import cd_cell, command_line, in_cell, invoked_as
@@ -505,6 +505,27 @@ def launcher_for(tmp_path: Path, name: str) -> tuple[Path, Path, Path]:
     (folder / "bin" / "python").write_text(PRINT_ARGS)
     (folder / "bin" / "python").chmod(0o755)
     return notebook, folder, checkout
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["managed", "break-system-packages"])
+def test_no_launcher_is_written_beside_a_python_its_system_owns(tmp_path, allowed):
+    """Debian's python3 (PEP 668): warmstart.sh wrote `invoke` into its scripts folder
+    (/usr/local/bin), though the bootstrap then refused that interpreter and named a virtualenv
+    to make. Not there now, unless PIP_BREAK_SYSTEM_PACKAGES lets warmstart change it. A real
+    CPython with the marker (conftest.system_python) writes it."""
+    notebook = system_python(tmp_path / "system")
+    folder, checkout = tmp_path / "tools", tmp_path / "checkout"
+    (folder / "bin").mkdir(parents=True)
+    checkout.mkdir()
+    env = {**os.environ, "PIP_BREAK_SYSTEM_PACKAGES": "1" if allowed else "0"}
+
+    written = subprocess.run([str(notebook), "-c", WRITE, str(folder), str(checkout), str(REPO)],
+                             capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    assert written.returncode == 0, written.stderr
+    beside = notebook.parent / "invoke"
+    assert written.stdout.strip() == str(beside if allowed else folder / "invoke")
+    assert beside.exists() == allowed and (folder / "invoke").is_file()
 
 
 @pytest.mark.parametrize("name", ["$(touch PWNED)", "it's `here`", "two\nlines", "a b; touch PWNED"])

@@ -51,7 +51,7 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError, failure, redact
 from .home import python_tag
 from .invocation import in_cell, in_notebook, require_working_folder
 from .locktext import canonical, given_as_file, pins, requirement_lines
-from .pipconfig import IndexSettings, pip_env, uv_env
+from .pipconfig import IndexSettings, breaks_system_packages, pip_env, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
 from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of
@@ -322,10 +322,19 @@ def launch_command(folder: Path, checkout: Path = CHECKOUT) -> list[str]:
     return [str(tools_python(folder)), "-P", "-c", LAUNCH, str(checkout)]
 
 
+def _owned_by_its_system() -> bool:
+    """This interpreter is its operating system's (PEP 668's marker, read as the target's probe
+    reads it), and warmstart may not change it (PIP_BREAK_SYSTEM_PACKAGES): the bootstrap refuses
+    to install there, so no launcher is written beside it either."""
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    return sys.prefix == sys.base_prefix and os.path.isfile(marker) and not breaks_system_packages()
+
+
 def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True) -> Path:
     """`invoke` beside the notebook's python3 when that place is free (or already ours) and
     `public` (the run's target is that python3: warmstart writes in no other environment than its
-    target's); else only the one inside the tools folder. Returns the command to type.
+    target's, nor in one its system's package manager owns); else only the one inside the tools
+    folder. Returns the command to type.
 
     Paths are data: each is single-quoted for the shell (a Drive folder may be named `$(...)`,
     hold a quote or a newline), and no path is written into the script's comment line."""
@@ -336,7 +345,7 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True)
             f"exec {shlex.join(launch_command(folder, checkout))} \"$@\"\n")
     own = folder / "invoke"
     _write_script(own, text)
-    if not public:
+    if not public or _owned_by_its_system():
         return own
     beside = Path(sysconfig.get_path("scripts")) / "invoke"
     try:
