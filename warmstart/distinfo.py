@@ -4,6 +4,9 @@ importlib.metadata's parse of each (long descriptions included) costs about half
 0.4 s a run for the probe and as much again for the check after an install; the headers alone,
 0.012 s for 765. They come first and end at the first empty line: a few hundred bytes each.
 
+Also whether an interpreter's packages are its operating system's (PEP 668), which the probe
+asks the target and warmstart.sh asks the notebook's python3.
+
 Standard library only, and no syntax newer than Python 3.8's: the probe runs this file's text
 in the target interpreter (warmstart.target), whatever its version.
 """
@@ -11,6 +14,16 @@ in the target interpreter (warmstart.target), whatever its version.
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
+
+
+def externally_managed() -> str:
+    """This interpreter's PEP 668 marker, where its system's package manager owns its packages
+    (Debian's and Ubuntu's python3: outside a virtualenv, the marker in its stdlib folder), and
+    installers refuse to change them; "" where none does."""
+    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+    return marker if sys.prefix == sys.base_prefix and os.path.isfile(marker) else ""
 
 
 def _headers(path: str) -> dict[str, str]:

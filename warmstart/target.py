@@ -45,10 +45,6 @@ sys.path = [p for p in sys.path if p not in ("", os.getcwd())]
 installed = {}
 for name, version, _ in distributions(sys.path):
     installed.setdefault(name, version)
-# PEP 668: an interpreter outside a virtualenv whose stdlib folder holds this marker belongs to its
-# system's package manager (Debian's and Ubuntu's python3); installers refuse to change it.
-marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
-managed = marker if sys.prefix == sys.base_prefix and os.path.isfile(marker) else ""
 print(json.dumps({
     "version": list(sys.version_info[:3]),
     "implementation": sys.implementation.name,
@@ -59,7 +55,7 @@ print(json.dumps({
     "path": sys.path,
     "purelib": sysconfig.get_path("purelib"),
     "installed": installed,
-    "externally_managed": managed,
+    "externally_managed": externally_managed(),
 }))
 """
 

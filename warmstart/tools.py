@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from . import compile_rest, config, early, flock, headstart, home, prefetch, settings, shipped
+from . import compile_rest, config, distinfo, early, flock, headstart, home, prefetch, settings, shipped
 from .background import NEUTRAL_CWD
 from .console import shown, write_line
 from .disks import real
@@ -322,14 +322,6 @@ def launch_command(folder: Path, checkout: Path = CHECKOUT) -> list[str]:
     return [str(tools_python(folder)), "-P", "-c", LAUNCH, str(checkout)]
 
 
-def _owned_by_its_system() -> bool:
-    """This interpreter is its operating system's (PEP 668's marker, read as the target's probe
-    reads it), and warmstart may not change it (PIP_BREAK_SYSTEM_PACKAGES): the bootstrap refuses
-    to install there, so no launcher is written beside it either."""
-    marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
-    return sys.prefix == sys.base_prefix and os.path.isfile(marker) and not breaks_system_packages()
-
-
 def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True) -> Path:
     """`invoke` beside the notebook's python3 when that place is free (or already ours) and
     `public` (the run's target is that python3: warmstart writes in no other environment than its
@@ -345,8 +337,8 @@ def write_launcher(folder: Path, checkout: Path = CHECKOUT, public: bool = True)
             f"exec {shlex.join(launch_command(folder, checkout))} \"$@\"\n")
     own = folder / "invoke"
     _write_script(own, text)
-    if not public or _owned_by_its_system():
-        return own
+    if not public or (distinfo.externally_managed() and not breaks_system_packages()):
+        return own  # a python3 its system owns: the bootstrap refuses to install there
     beside = Path(sysconfig.get_path("scripts")) / "invoke"
     try:
         # Only a file warmstart wrote is replaced: a link (dangling or not) or another invoke is
