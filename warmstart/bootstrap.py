@@ -256,20 +256,20 @@ def bootstrap(options: Options, root: Path, report: Report) -> Plan:
     if options.dry_run:
         return _bootstrap(settings, profile, root, report)
     path = target_lock(settings.python)
-    target = target_python.target_executable(settings.python)
 
     def waiting() -> None:
         # Said once, as warmstart.sh says it of its tools: a notebook cell showed nothing for as
         # long as it waited (WARMSTART_LOCK_TIMEOUT, 600 s). What the probe begun before the
         # other run ended saw is past.
-        report.say(f"another warmstart run is installing into {target}: waiting for it "
-                   f"(up to {settings.lock_timeout:g} s, {LOCK_TIMEOUT.name})")
+        report.say(f"another warmstart run is installing into {target_python.target_executable(settings.python)}: "
+                   f"waiting for it (up to {settings.lock_timeout:g} s, {LOCK_TIMEOUT.name})")
         target_python.forget_begun()
 
     with flock.held(path, settings.lock_timeout, waiting=waiting) as taken:
         if not taken:  # exit 3, as warmstart.sh's wait for the tools: the machine is busy, not failing
-            raise PreconditionUnmet(f"another warmstart run is installing into {target} and held {path} too long; "
-                                    f"wait for it, or set {LOCK_TIMEOUT.name}")
+            raise PreconditionUnmet(
+                f"another warmstart run is installing into {target_python.target_executable(settings.python)} and "
+                f"held {path} too long; wait for it, or set {LOCK_TIMEOUT.name}")
         return _bootstrap(settings, profile, root, report)
 
 
