@@ -244,6 +244,16 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
 
 
+def _typed(program: str) -> str:
+    found = shutil.which(os.path.basename(program))
+    return os.path.basename(program) if found and os.path.samefile(found, program) else program
+
+
+# How the commands a run prints begin under cli_command in the checkout: `python -m invoke`, the
+# interpreter by its name where PATH finds this one by it, else by its path.
+INVOKE = f"{_typed(sys.executable)} -m invoke"
+
+
 def run_cli(*args: str, env: dict[str, str], offline_net: bool = False, cwd: Path | None = None) -> Result:
     """Run `invoke <args>` with this repository's tasks.py; `offline_net` cuts the network."""
     cmd = cli_command(*args)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    INVOKE,
     LOCKED,
     REPO,
     bootstrap,
@@ -64,7 +65,7 @@ CASES = {
                             r"demo\.in:1: 'alpha beta' is not a valid requirement"),
     "stale lock": (replace_in(lambda r: r.parent.parent / "requirements" / "demo.in", "alpha", "alpha>=0.5"),
                    r"lock is stale \(demo\.in or the recipe.s excludes changed since it was compiled\); "
-                   r"run `invoke .*lock --recipe \S+/recipes/demo\.toml --python-version"),
+                   rf"run `{re.escape(INVOKE)} lock --recipe \S+/recipes/demo\.toml --python-version"),
     "lock edited by hand": (lambda r: lock_of(r).write_text(re.sub("sha256:[0-9a-f]{8}", "sha256:00000000",
                                                                    lock_of(r).read_text(), count=1)),
                             r"edited by hand since `invoke lock` wrote it"),
@@ -244,7 +245,7 @@ def test_invoke_image_without_its_required_flags_names_them():
 
     assert result.code == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        "warmstart: error: invoke image needs --freeze, --python, --source (see `invoke --help image`)"]
+        f"warmstart: error: invoke image needs --freeze, --python, --source (see `{INVOKE} --help image`)"]
 
 
 def test_invoke_image_for_a_profile_that_does_not_exist_is_bad_input_writing_nothing(tmp_path):

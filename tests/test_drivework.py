@@ -17,6 +17,7 @@ from typing import Any
 import certifi
 import pytest
 from conftest import (
+    INVOKE,
     LOCKED,
     REPO,
     bootstrap,
@@ -404,12 +405,11 @@ def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_s
 
     assert cold.code == 0, cold.stderr
     printed = cold.stderr.split("written in the background: `", 1)[1].split("`", 1)[0]
-    assert printed == f"invoke status --recipe {demo} --drive {drive} --python {python} --packages-only"
+    assert printed == f"{INVOKE} status --recipe {demo} --drive {drive} --python {python} --packages-only"
     env = background_env(index.url, home)
-    pasted = dict(env, PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
 
     def run_pasted() -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", printed], env=pasted, capture_output=True, text=True, cwd=REPO)
+        return subprocess.run(["bash", "-c", printed], env=env, capture_output=True, text=True, cwd=REPO)
 
     wait_for_the_killed_worker(home, drive)
     during = run_pasted()

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, cli_env, make_venv, run_cli
+from conftest import INVOKE, REPO, cli_env, make_venv, run_cli
 
 from warmstart import PROJECT_ROOT
 from warmstart.config import tomllib  # the standard library's, or tomli before 3.11
@@ -38,7 +38,7 @@ def test_lock_check_reports_a_stale_lock_after_an_in_edit(demo, env):
     assert result.code == 1
     minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert "demo-py3" in result.stderr and "stale (its inputs changed since it was compiled)" in result.stderr
-    assert f"run `invoke lock --recipe {demo} --python-version {minor}`" in result.stderr
+    assert f"run `{INVOKE} lock --recipe {demo} --python-version {minor}`" in result.stderr
 
 
 def test_lock_check_names_a_lock_for_a_python_the_recipe_no_longer_admits(demo, env):
@@ -91,9 +91,9 @@ def test_refreshing_an_image_from_the_same_freeze_changes_nothing_and_a_new_one_
     *each, last = check.stderr.strip().splitlines()
     stale = copy / "requirements" / "colab-2026.07"
     assert f"warmstart: {stale}/hyperlpr-py312-manylinux_x86_64.txt: stale (its inputs changed since it was " \
-           "compiled): run `invoke lock --recipe hyperlpr --image colab-2026.07`" in each
+           f"compiled): run `{INVOKE} lock --recipe hyperlpr --image colab-2026.07`" in each
     assert f"warmstart: {stale}/warmstart-py312-manylinux_x86_64.txt: stale (its inputs changed since it was " \
-           "compiled): run `invoke lock --recipe warmstart --image colab-2026.07`" in each
+           f"compiled): run `{INVOKE} lock --recipe warmstart --image colab-2026.07`" in each
     assert last == f"warmstart: error: {len(each)} locks to make again or remove, each named above"
     assert "--image colab-latest`" not in check.stderr and "--image colab-2026.04`" not in check.stderr, \
         "the other images' locks stay fresh"

@@ -765,7 +765,10 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
     ("/nowhere/bin/invoke", "elsewhere", ["/nowhere/bin/invoke", "--search-root", str(PROJECT_ROOT)]),
     ("inv", "elsewhere, with tasks of its own", ["inv", "--search-root", str(PROJECT_ROOT)]),
     ("warmstart", "elsewhere", ["warmstart"]),  # the installed command has its tasks built in
-    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere", ["invoke"]),
+    # python -m invoke, whose script may not be on PATH: the interpreter as typed, and the search root
+    ("/lib/python3/site-packages/invoke/__main__.py", "checkout, typed as python3", ["python3", "-m", "invoke"]),
+    ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere, typed as /nowhere/bin/python",
+     ["/nowhere/bin/python", "-m", "invoke", "--search-root", str(PROJECT_ROOT)]),
     # warmstart.sh's launcher (python -m invoke, its own search root), as it says it was run
     ("/lib/python3/site-packages/invoke/__main__.py", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),
     ("-c", "elsewhere, launched as /t/tools/invoke", ["/t/tools/invoke"]),  # a bootstrap line: warmstart.launch
@@ -775,10 +778,10 @@ def test_an_atomic_write_on_a_full_disk_names_the_file_it_failed_on(tmp_path, si
      ["python3", "-m", "warmstart"]),
     ("/lib/python3/site-packages/warmstart/__main__.py", "elsewhere, typed as /nowhere/bin/python",
      ["/nowhere/bin/python", "-m", "warmstart"]),
-], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m", "launcher",
-        "launcher-bootstrap", "installed-by-path", "python-m-warmstart", "python-m-warmstart-by-path"])
+], ids=["on-path", "by-path-below", "by-path-elsewhere", "other-tasks", "installed", "python-m-invoke",
+        "python-m-invoke-elsewhere", "launcher", "launcher-bootstrap", "installed-by-path", "python-m-warmstart", "python-m-warmstart-by-path"])
 def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, cwd, expected, tmp_path):
-    folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd, tmp_path)
+    folder = {"checkout": PROJECT_ROOT, "checkout/warmstart": PROJECT_ROOT / "warmstart"}.get(cwd.split(",")[0], tmp_path)
     if "tasks of its own" in cwd:
         (tmp_path / "tasks.py").write_text("")
     launched = {"WARMSTART_LAUNCHER": cwd.split("launched as ")[1]} if "launched as" in cwd else {}
@@ -786,17 +789,22 @@ def test_a_printed_command_is_typed_as_the_users_and_finds_this_checkout(argv0, 
     assert invoked_as(argv0, folder, launched, typed) == expected
 
 
-def test_python_m_warmstart_is_the_warmstart_command_and_prints_commands_that_work_pasted(tmp_path):
-    """`python -m warmstart`, where the script is not on PATH: the same tasks, and a command it
-    prints is `python -m warmstart ...` with this interpreter, run here as printed."""
-    env = cli_env()
-    shown = subprocess.run([sys.executable, "-m", "warmstart", "bootstrap", "--drive", str(tmp_path)],
+@pytest.mark.parametrize("module", [["warmstart"], ["invoke", "--search-root", str(PROJECT_ROOT)]],
+                         ids=["warmstart", "invoke"])
+def test_python_m_is_the_command_and_prints_commands_that_work_pasted(tmp_path, module):
+    """`python -m warmstart` (or `python -m invoke` outside the checkout), where their scripts are
+    not on PATH: the same tasks, and a command it prints is `python -m ...` with this
+    interpreter, run here as printed."""
+    env = cli_env(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                                       if not (Path(p) / "invoke").exists()))
+    shown = subprocess.run([sys.executable, "-m", *module, "bootstrap", "--drive", str(tmp_path)],
                            capture_output=True, text=True, cwd=tmp_path, env=env)
 
     assert shown.returncode == 2, shown.stderr
     printed = shown.stderr.split("(see `")[1].split("`")[0]
     python, *rest = shlex.split(printed)
-    assert rest == ["-m", "warmstart", "recipes"] and Path(shutil.which(python) or "").samefile(sys.executable)
+    assert rest == ["-m", *module, "recipes"] and Path(shutil.which(python, path=env["PATH"]) or python).samefile(
+        sys.executable)
     pasted = subprocess.run(printed, shell=True, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert pasted.returncode == 0 and "hyperlpr" in pasted.stdout, pasted.stderr
 

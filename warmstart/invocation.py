@@ -21,8 +21,8 @@ from .settings import LAUNCHER
 def invoked_as(argv0: str | None = None, cwd: Path | None = None,
                environ: Mapping[str, str] = os.environ, interpreter: str | None = None) -> list[str]:
     """The command the user typed for this task: `invoke` (or `warmstart`) when that name finds
-    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m warmstart` with the
-    interpreter as they typed it (`interpreter`, else this one's). Any other program is
+    it on PATH, else the path they gave (`.venv/bin/invoke`); `python -m warmstart` (or `python -m
+    invoke`) with the interpreter as they typed it (`interpreter`, else this one's). Any other program is
     warmstart.sh's launcher (`python -c` running warmstart.launch, or `python -m invoke` for a
     line it hands invoke; it says how it was run: LAUNCHER), which brings its checkout's tasks;
     else invoke. An `invoke` that would not find this checkout's tasks.py from `cwd` (it was
@@ -31,11 +31,14 @@ def invoked_as(argv0: str | None = None, cwd: Path | None = None,
     argv0 = argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "")
     if argv0.endswith(os.path.join("warmstart", "__main__.py")):
         return [_as_typed(interpreter or sys.orig_argv[0]), "-m", "warmstart"]
-    launched = os.path.basename(argv0) not in ("invoke", "inv", "warmstart")
-    if launched:
-        argv0 = LAUNCHER.get(environ) or "invoke"
-    words = [_as_typed(argv0)]
-    if not launched and os.path.basename(argv0) != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
+    name = os.path.basename(argv0)
+    if name in ("invoke", "inv", "warmstart"):
+        words = [_as_typed(argv0)]
+    elif argv0.endswith(os.path.join("invoke", "__main__.py")) and not LAUNCHER.get(environ):
+        words = [_as_typed(interpreter or sys.orig_argv[0]), "-m", "invoke"]  # whose scripts may not be on PATH
+    else:
+        return [_as_typed(LAUNCHER.get(environ) or "invoke")]
+    if name != "warmstart" and _tasks_found_from(cwd or Path.cwd()) != PROJECT_ROOT:
         words += ["--search-root", str(PROJECT_ROOT)]
     return words
 
