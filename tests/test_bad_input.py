@@ -347,22 +347,33 @@ def test_a_team_cache_url_without_a_bucket_is_bad_input_naming_where_it_came_fro
     assert "secret" not in result.stderr and list(drive.iterdir()) == []
 
 
+_NO_CACHE_THERE = {
+    "memory": "is held in one process's memory and gone when it ends",
+    "http": "is a web server, which a cache cannot be kept on (it lists no sizes and takes no writes)",
+    "https": "is a web server, which a cache cannot be kept on (it lists no sizes and takes no writes)",
+}
+
+
 @pytest.mark.parametrize(("command", "given", "named"), [
-    (["bootstrap", "--cache", "memory://team"], {}, "--cache"),
-    (["status"], {"WARMSTART_CACHE": "memory://team"}, "WARMSTART_CACHE"),
-    (["cache", "--cache", "memory://"], {}, "--cache"),
+    (["bootstrap", "--cache", "memory://team"], {}, "--cache memory"),
+    (["status"], {"WARMSTART_CACHE": "memory://team"}, "WARMSTART_CACHE memory"),
+    (["cache", "--cache", "memory://"], {}, "--cache memory"),
+    (["bootstrap", "--cache", "http://127.0.0.1:9/team"], {}, "--cache http"),
+    (["status"], {"WARMSTART_CACHE": "https://lab.example.org/warmstart"}, "WARMSTART_CACHE https"),
 ])
-def test_a_team_cache_in_memory_is_bad_input_as_nothing_would_outlive_the_run(
-        demo, drive, tmp_path, command, given, named):
+def test_a_team_cache_where_no_cache_can_be_kept_is_bad_input(demo, drive, tmp_path, command, given, named):
     """fsspec's memory:// was taken as any other store: the Drive worker's writes to the team
-    cache went into that worker's own memory and were lost as it ended, and no run ever read them."""
+    cache went into that worker's own memory and were lost as it ended, and no run ever read them.
+    A web server's http:// was too: every run warned "InvalidUrlClientError: http:///127.0.0.1..."
+    and went on without it (its listing, a page's links, has no sizes, and it takes no writes)."""
     recipe = ["--recipe", str(demo), "--drive", str(drive)] if command[0] != "cache" else ["--drive", str(drive)]
     result = run_cli(*command, *recipe, env=cli_env() | given)
 
     assert result.code == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line == (f"warmstart: error: {named} memory://... is held in one process's memory and gone when it "
-                    "ends: give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
+    flag, scheme = named.split()
+    assert line == (f"warmstart: error: {flag} {scheme}://... {_NO_CACHE_THERE[scheme]}: give a folder or a shared "
+                    "store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     assert list(drive.iterdir()) == []
 
 

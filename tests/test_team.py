@@ -624,17 +624,30 @@ def test_offline_runs_use_drive_only_and_status_says_the_team_store_is_down(demo
     assert '"problem": "EndpointConnectionError' in status.stdout
 
 
-def test_a_missing_backend_is_one_line_naming_the_extra(demo, drive, tmp_path, index):
-    hidden = tmp_path / "hide"
-    hidden.mkdir()
-    (hidden / "gcsfs.py").write_text("raise ImportError('gcsfs is not installed')\n")  # as on a bare install
-    env = cli_env(index.url, PYTHONPATH=str(hidden))
+@pytest.mark.parametrize(("url", "hidden", "error"), [
+    ("gs://team-bucket/cache", "gcsfs",
+     f"needs the gcs backend: {sys.executable} -m pip install 'gcsfs>=2024.6'"),
+    # any other fsspec protocol: the package fsspec names (it was "install the fsspec package for sftp://")
+    ("sftp://127.0.0.1/cache", "paramiko",
+     f'needs the sftp backend: SFTPFileSystem requires "paramiko" to be installed: {sys.executable} -m pip '
+     "install paramiko"),
+    ("sftp://127.0.0.1/cache", "fsspec",
+     f"needs the sftp backend: fsspec, which names the package for sftp://, is not installed: {sys.executable} "
+     "-m pip install fsspec"),
+    ("nfs4://server/cache", None,
+     "cannot be used: Protocol not known: nfs4; give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)"),
+], ids=["extra", "fsspec-protocol", "no-fsspec", "unknown"])
+def test_a_missing_backend_is_one_line_naming_what_to_install(demo, drive, tmp_path, index, url, hidden, error):
+    stubs = tmp_path / "hide"
+    stubs.mkdir()
+    if hidden:  # as on an install without it
+        (stubs / f"{hidden}.py").write_text(f'raise ModuleNotFoundError("No module named {hidden!r}", name={hidden!r})\n')
+    env = cli_env(index.url, PYTHONPATH=str(stubs))
 
-    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--cache", "gs://team-bucket/cache", env=env)
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--cache", url, env=env)
 
     assert result.code == 3
-    assert result.report["error"] == ("the team cache gs://team-bucket/cache needs the gcs backend: "
-                                      f"{sys.executable} -m pip install 'gcsfs>=2024.6'")
+    assert result.report["error"] == f"the team cache {url} {error}"
     assert "Traceback" not in result.stderr
 
 

@@ -49,7 +49,12 @@ def requirements_of(extra: str) -> list[str]:
 def install_command(extra: str) -> str:
     """A command that, pasted where it is printed (a shell, a notebook's cell), gives the
     interpreter running warmstart the extra."""
-    wanted = requirements_of(extra) or [f"warmstart[{extra}]"]
+    return pip_install_command(requirements_of(extra) or [f"warmstart[{extra}]"])
+
+
+def pip_install_command(wanted: list[str]) -> str:
+    """A command that, pasted where it is printed, installs `wanted` into the interpreter running
+    warmstart."""
     # asked of a fresh interpreter (this one's sys.path may have been changed): only when an
     # error is said, so the fraction of a second it costs is no one's wait
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, cwd=NEUTRAL_CWD).returncode == 0:

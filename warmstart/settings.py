@@ -265,7 +265,9 @@ OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The team cache: --cache, else WARMSTART_CACHE; None for none. BadInput for an object
     store's URL that names no bucket (`s3://`, `s3:///team`), and for fsspec's in-memory store,
-    which lives in one process (the Drive worker's writes to it would be lost as it ends)."""
+    which lives in one process (the Drive worker's writes to it would be lost as it ends), and for
+    a web server's (fsspec's http://), which lists a folder as the links of its page, without
+    sizes, and takes no write."""
     location = given(option, "--cache") or CACHE.get(environ)
     scheme, _, rest = (location or "").partition("://")
     given_as = "--cache" if option else CACHE.name
@@ -274,6 +276,9 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
     if scheme == "memory":
         raise BadInput(f"{given_as} memory://... is held in one process's memory and gone when it ends: "
                        "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
+    if scheme in ("http", "https"):
+        raise BadInput(f"{given_as} {scheme}://... is a web server, which a cache cannot be kept on (it lists no sizes "
+                       "and takes no writes): give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
     if location and (not rest or scheme == "file"):
         # A folder, by its full path: the Drive worker works in / (a relative one named nothing
         # there, and every Drive write of the run stopped with it).

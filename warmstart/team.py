@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import os
+import re
 import sys
 import time
 from collections import deque
@@ -172,21 +173,39 @@ def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
     extra = OBJECT_STORES.get(protocol)
     options = _S3_OPTIONS if extra == "s3" else {}
 
-    def hint() -> str:  # asked only when it is said: it runs pip (0.2 s)
-        return extras.install_command(extra) if extra else f"install the fsspec package for {protocol}://"
     try:
         from fsspec.core import url_to_fs
 
         return url_to_fs(url, **options)
-    except ImportError:
+    except ImportError as exc:
         if missing := [p for p in borrow if p not in sys.path]:
             sys.path.extend(missing)  # after warmstart's own: they win where both have a package
             importlib.invalidate_caches()
             return _filesystem(url)
-        raise PreconditionUnmet(f"the team cache {redact(url)} needs the {extra or protocol} backend: "
-                                f"{hint()}") from None
-    except ValueError as exc:  # an unknown protocol
-        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; {hint()}") from None
+        if extra:
+            how = extras.install_command(extra)
+        elif exc.name == "fsspec":
+            how = (f"fsspec, which names the package for {protocol}://, is not installed: "
+                   f"{extras.pip_install_command(['fsspec'])}")
+        else:
+            packages = _packages_named(exc)
+            how = f"{exc}: {extras.pip_install_command(packages)}" if packages else str(exc)
+        raise PreconditionUnmet(f"the team cache {redact(url)} needs the {extra or protocol} backend: {how}") from None
+    except ValueError as exc:  # a protocol no fsspec package implements
+        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; give a folder or a shared store "
+                                "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)") from None
+
+
+def _packages_named(missing: ImportError) -> list[str]:
+    """The packages an fsspec protocol's ImportError names, in fsspec's words ('SFTPFileSystem
+    requires "paramiko" to be installed', 'Install webdav4 to access WebDAV') or Python's (No
+    module named 'pyarrow'); none where they name none."""
+    said = str(missing)
+    if quoted := re.findall(r'"([\w.\[\]-]+)"', said):
+        return quoted
+    if after := re.search(r"\binstall (?:the )?'?([\w.\[\]-]+)", said, re.IGNORECASE):
+        return [after.group(1)]
+    return [missing.name.split(".")[0]] if missing.name else []
 
 
 class TeamUnavailable(PreconditionUnmet):
