@@ -375,9 +375,9 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
             fs.wait()
 
 
-def make_venv(path: Path) -> Path:
-    """A bare virtualenv (no pip of its own: warmstart drives pip from outside)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+def make_venv(path: Path, base: Path | str = sys.executable) -> Path:
+    """A bare virtualenv of `base` (no pip of its own: warmstart drives pip from outside)."""
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(path)], check=True)
     return path / "bin" / "python"
 
 

@@ -19,7 +19,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import MOUNTNS, REPO, cli_env, in_a_removed_folder, make_venv, needs_mountns, run_cli, system_python
+from conftest import (
+    ALL_COLAB_IMAGES,
+    MOUNTNS,
+    REPO,
+    cli_env,
+    in_a_removed_folder,
+    make_venv,
+    needs_mountns,
+    run_cli,
+    system_python,
+)
 
 from warmstart import extras, tools
 from warmstart.invocation import cd_cell, command_line, in_cell, invoked_as
@@ -389,8 +399,14 @@ def test_a_notebook_runs_lines_pasted_as_printed_into_a_real_ipython_cell(locked
     `{x}`, `$HOME` and a quote: its `%cd` line moves the notebook into the workdir, and its status
     line asks about this recipe, pasted into a real IPython shell that holds `x` and `HOME`. The
     Drive mount stands in as a tmpfs (no Colab frontend here); without `--wait` the status line is
-    pasted until the worker writing Drive in the background is done (exit 0)."""
+    pasted until the worker writing Drive in the background is done (exit 0). Where this Python
+    is a Colab image's (3.12, 3.13), the project is locked for those images too, as on Colab: else
+    the run takes the bare lock and prints the command that makes the image's."""
     _, recipe = odd_project(locked_demo, tmp_path)
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for image in (name for name, image in ALL_COLAB_IMAGES.items() if image.python_minor == minor):
+        locked = run_cli("lock", "--recipe", str(recipe), "--image", image, env=kernel_env)
+        assert locked.code == 0, locked.stderr
     mount = tmp_path / "content" / "drive"
     mount.mkdir(parents=True)
     python = make_venv(tmp_path / "v")

@@ -32,11 +32,15 @@ def pki(tmp_path_factory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate (key and cert in one PEM,
     as PIP_CLIENT_CERT wants it), all signed by the CA."""
     d = tmp_path_factory.mktemp("pki")
+    # The extensions a CA's certificates carry, as Python 3.13's strict checks ask (its default
+    # context: "CA cert does not include key usage extension" else).
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
     # X.509 v3 both (extensions make it so): uv's TLS stack refuses v1 certificates.
-    (d / "server.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    (d / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    issued = "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n"
+    (d / "server.cnf").write_text(f"subjectAltName=IP:127.0.0.1\n{issued}")
+    (d / "client.cnf").write_text(f"extendedKeyUsage=clientAuth\n{issued}")
     for who in ("server", "client"):
         openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}", "-keyout", f"{who}.key",
                 "-out", f"{who}.csr", cwd=d)

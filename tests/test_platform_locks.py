@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import bootstrap, cli_env, make_venv
+from conftest import ALL_COLAB_IMAGES, bootstrap, cli_env, make_venv, pyenv_python, run_cli
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
@@ -296,11 +296,19 @@ def test_without_a_colab_lock_the_bare_one_is_used_with_the_command_to_make_it(t
 
 
 def test_a_python_no_published_image_has_takes_the_bare_lock_and_says_why(demo, drive, tmp_path, index):
-    """Colab's 2025.07 runtime is Python 3.11, for which no image is shipped here."""
-    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--dry-run",
+    """Colab's 2025.07 runtime is Python 3.11, for which no image is shipped here: this Python,
+    or pyenv's 3.11 where this one is an image's (3.12, 3.13), with a bare lock made for it."""
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = Path(sys.executable)
+    if any(image.python_minor == minor for image in ALL_COLAB_IMAGES.values()):
+        minor, python = "3.11", pyenv_python("3.11")
+        if python is None:
+            pytest.skip("this Python is a Colab image's, and there is no pyenv Python 3.11 to take instead")
+        locked = run_cli("lock", "--recipe", str(demo), "--python-version", minor, env=cli_env(index.url))
+        assert locked.code == 0, locked.stderr
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv", python), "--dry-run",
                        env=cli_env(index.url, WARMSTART_PLATFORM="colab"))
 
     assert result.code == 0, result.stderr
-    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
     assert f"warning: the colab platform has no published image for Python {minor} (it has: colab-2026.04 " \
            "(3.12), colab-2026.07 (3.12), colab-latest (3.13)); the bare lock may replace" in result.stderr

@@ -26,6 +26,7 @@ from warmstart.readahead import ReadAhead
 from warmstart.store import DriveStore
 
 PLAIN = {"beta": "2.0", "gpu-build": "1.0"}
+SITE = f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"  # a venv of this Python's
 
 
 @pytest.fixture
@@ -267,7 +268,7 @@ def add_bytecode(tree: Path) -> None:
     (change_a_module, "the files of beta are not those of the wheel the lock names"),
     (name_a_file_outside_in_a_record, "RECORD names '/etc/hostname', outside the environment"),
     (add_bytecode, "which no locked wheel installs"),
-    (add_a_link, "it holds a link, lib/python3.11/site-packages/shadow"),
+    (add_a_link, f"it holds a link, {SITE}/shadow"),
 ])
 def test_a_rewritten_snapshot_is_refused_set_aside_and_the_wheels_install(plain, packed, tmp_path, env, change, why):
     rewrite(packed, change)
@@ -303,7 +304,7 @@ def test_a_file_unpacked_twice_is_refused_though_its_first_copy_matched_the_lock
 
     assert result.code == 0, result.stderr
     assert result.report["snapshot"]["used"] is False
-    assert "holds lib/python3.11/site-packages/beta/__init__.py twice" in result.report["snapshot"]["reason"]
+    assert f"holds {SITE}/beta/__init__.py twice" in result.report["snapshot"]["reason"]
     assert "import os" not in (site_of(tmp_path / "venv") / "beta" / "__init__.py").read_text()
     assert result.report["installed"] == PLAIN
 
