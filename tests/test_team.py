@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import tracemalloc
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -913,3 +914,91 @@ def test_a_snapshot_a_teammate_rewrote_in_the_bucket_reaches_no_one(s3, demo, tm
         assert b"zz-evil.pth" not in zstandard.ZstdDecompressor().decompressobj().decompress(archive.read_bytes())
     pruned = run_cli("cache", "--cache", url, "--drive", str(wiped.drive), "--prune", "--dry-run", env=wiped.env)
     assert pruned.code == 0 and "internal error" not in pruned.stderr, pruned.stderr
+
+
+# -- a team cache on a file system of fsspec's: FTP --------------------------------------------
+
+@pytest.fixture
+def ftp(tmp_path) -> Callable[..., str]:
+    """A real FTP server (pyftpdlib) on 127.0.0.1, serving a folder of its own: `ftp(upload=N)`
+    starts it, taking uploads at N bytes a second at most, and returns its URL."""
+    with warnings.catch_warnings():  # pyftpdlib's asyncore and asynchat, deprecated in 3.11's standard library
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import DTPHandler, FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
+
+    root = tmp_path / "ftp"
+    root.mkdir()
+    servers = []
+
+    class Slow(DTPHandler):
+        """Takes an upload at `pace` bytes a second: fsspec sends a file 64 KiB a connection,
+        which pyftpdlib's own throttle (per connection, per second) would never slow."""
+
+        pace = 0
+
+        def recv(self, buffer_size: int) -> bytes:
+            time.sleep(buffer_size / self.pace)  # on the connection's own thread
+            return super().recv(buffer_size)
+
+    def start(upload: int = 0) -> str:
+        authorizer = DummyAuthorizer()
+        authorizer.add_user("lab", "labpw", str(root), perm="elradfmwMT")
+        dtp = type("Paced", (Slow,), {"pace": upload}) if upload else DTPHandler
+        handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "dtp_handler": dtp})
+        server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, kwargs={"handle_exit": False}, daemon=True).start()
+        servers.append(server)
+        return f"ftp://lab:labpw@127.0.0.1:{server.address[1]}/team"
+
+    start.root = root  # type: ignore[attr-defined]
+    yield start
+    for server in servers:
+        server.close_all()
+
+
+def test_a_team_cache_on_ftp_is_written_whole_and_a_wiped_vm_restores_from_it(ftp, demo, tmp_path, index):
+    """An "other fsspec URL" of --cache, a file system rather than an object store: its usage
+    record was refused (fsspec writes no folder for it: "550 No such file or directory", the team
+    cache down for the rest of the run), and a file showed on the server as it was written, under
+    the name a teammate's run reads. Each object is now written under a temporary name in its
+    folder, then renamed."""
+    url = ftp()
+    first = VM(tmp_path / "vm", index.url, {}, url)
+
+    filled = first.bootstrap(demo, "--wait")
+
+    assert filled.code == 0, filled.stderr
+    assert filled.report["team_cache"]["problem"] is None, filled.report["team_cache"]
+    stored = {p.relative_to(ftp.root).as_posix() for p in ftp.root.rglob("*") if p.is_file()}
+    assert {s.split("/")[2] for s in stored} == {"wheels", "snapshots", "usage"}, stored
+    assert not [s for s in stored if s.endswith(".part")], stored
+
+    shutil.rmtree(first.root)  # a wiped VM: an empty Drive, no package index
+    wiped = VM(tmp_path / "vm", dead_url(), {}, url)
+    restored = wiped.bootstrap(demo)
+
+    assert restored.code == 0, restored.stderr
+    assert restored.report["snapshot"]["used"] is True
+    assert set(restored.report["snapshot"]["read"]) == {"the team cache"}, "the team's snapshot"
+    assert installed(wiped.python) == LOCKED
+
+
+def test_an_upload_has_the_time_its_size_takes(ftp, tmp_path, monkeypatch):
+    """A put was one call bounded by WARMSTART_TEAM_TIMEOUT (20 s): a wheel of a GB was refused
+    on any link slower than 50 MB/s, and the team cache given up for the run. It has that time
+    and its size's at team.UPLOAD_PACE. A 6 MiB file to an FTP server that takes 2 MiB/s, with
+    the team timeout at 1 s."""
+    url = ftp(upload=2 << 20)
+    monkeypatch.setenv("WARMSTART_TEAM_TIMEOUT", "1")
+    wheel = tmp_path / "big-1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(6 << 20))
+    store = ObjectStore(url)
+
+    started = time.monotonic()
+    put = store.put("wheels", wheel.name, wheel)
+
+    assert put is True and store.down is None, store.warnings
+    assert time.monotonic() - started > 2  # it did take longer than the team timeout
+    assert (ftp.root / "team" / "v1" / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()

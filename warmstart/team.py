@@ -10,6 +10,8 @@ The semantics are the Drive store's: names are content-addressed, every read is 
 the sha256 the lock, the recipe or a snapshot index gives, a damaged object is renamed aside.
 An object store has no rename, so atomicity comes from the store itself: a PUT (a multipart
 upload too) becomes visible whole or not at all, and a snapshot index is put after its archive.
+A file system of fsspec's (ftp://, sftp://) shows a file as it is written: there each is
+written under a temporary name and renamed, as on Drive.
 
 The team store is a courtesy, never a dependency: credentials come from the backends' own
 chains (AWS environment, profile or instance role; Google application default credentials,
@@ -26,6 +28,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -79,6 +82,10 @@ T = TypeVar("T")
 # may hold anything, and fsspec's ls reads a folder whole into memory (about 1 KiB an object), page
 # after page, on a thread that goes on listing after the run gave the store up (team_timeout).
 LISTED_MOST = 20_000
+# An upload is one call that answers only once the object is whole: a 900 MB wheel is not the
+# 20 s answer team_timeout waits for. It has that, and the time its size takes at this pace;
+# a store slower than that is taken for one that stopped answering.
+UPLOAD_PACE = 1 << 20  # bytes a second
 
 
 class _Bounded:
@@ -99,9 +106,9 @@ class _Bounded:
 
         return bounded
 
-    def bounded(self, call: Callable[[Any], T]) -> T:
-        """call(the file system itself), bounded as its methods are."""
-        return within(self._seconds, lambda: call(self.wrapped))
+    def bounded(self, call: Callable[[Any], T], more: float = 0.0) -> T:
+        """call(the file system itself), bounded as its methods are, `more` seconds beside."""
+        return within(self._seconds + more, lambda: call(self.wrapped))
 
     def __enter__(self) -> _Bounded:
         return self
@@ -426,12 +433,13 @@ class ObjectStore:
             return False
         if self.has(kind, name):
             return True
+        size = src.stat().st_size
         try:
-            self.fs.put_file(str(src), self.key(kind, name))
+            self._write(self.key(kind, name), size, lambda fs, to: fs.put_file(str(src), to))
         except Exception as exc:
             self._failed(f"writing {kind}/{name}", exc, write=True)
             return False
-        self.stats.bytes_written += src.stat().st_size
+        self.stats.bytes_written += size
         self._listings.pop(kind, None)
         return True
 
@@ -439,10 +447,28 @@ class ObjectStore:
         if not self.writable:
             return
         try:
-            self.fs.pipe_file(self.key(kind, name), text.encode())
+            self._pipe(self.key(kind, name), text.encode())
         except Exception as exc:
             self._failed(f"writing {kind}/{name}", exc, write=True)
         self._listings.pop(kind, None)
+
+    def _pipe(self, key: str, data: bytes) -> None:
+        self._write(key, len(data), lambda fs, to: fs.pipe_file(to, data))
+
+    def _write(self, key: str, size: int, write: Callable[[Any, str], object]) -> None:
+        """`write(fs, key)`, given the time `size` bytes take at UPLOAD_PACE. An object store
+        shows an upload whole or not at all; a file system (ftp://, sftp://, ...) shows a file
+        as it is written, and has folders: there it is written under a temporary name (listed as
+        one: store.classify), in its folder made first, and renamed."""
+        more = size / UPLOAD_PACE
+        if self.url.split("://", 1)[0] in OBJECT_STORES:
+            self.fs.bounded(lambda fs: write(fs, key), more)
+            return
+        folder, _, name = key.rpartition("/")
+        temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.part"
+        self.fs.makedirs(folder, exist_ok=True)
+        self.fs.bounded(lambda fs: write(fs, temporary), more)
+        self.fs.mv(temporary, key)
 
     def _set_aside_note(self, kind: str, name: str) -> str:
         if not self.writable:
@@ -490,7 +516,9 @@ class ObjectStore:
         return True
 
     def clean_stale_parts(self, now: float | None = None) -> list[Path]:
-        return []  # an object store keeps no temporaries: an upload shows whole or not at all
+        # an object store keeps no temporaries (an upload shows whole or not at all); a file system's
+        # left by a killed run go with `invoke cache --prune`, once an hour old
+        return []
 
     # -- usage records (as the Drive store's) -----------------------------------------------
 
@@ -514,7 +542,7 @@ class ObjectStore:
     def compact_usage(self, when: dict[str, float], records: Sequence[PurePath], keep: set[str]) -> None:
         def write(used: dict[str, float]) -> None:
             with self._maintaining("writing the usage record"):
-                self.fs.pipe_file(self.key(USAGE, record_name(used)), record_text(used).encode())
+                self._pipe(self.key(USAGE, record_name(used)), record_text(used).encode())
 
         compact(when, records, keep, write, lambda record: self._delete(record, "removing old usage records"))
         self._listings.pop(USAGE, None)
