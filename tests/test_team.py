@@ -1002,3 +1002,24 @@ def test_an_upload_has_the_time_its_size_takes(ftp, tmp_path, monkeypatch):
     assert put is True and store.down is None, store.warnings
     assert time.monotonic() - started > 2  # it did take longer than the team timeout
     assert (ftp.root / "team" / "v1" / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_prune_on_ftp_goes_by_the_times_its_listing_gives(ftp, demo, tmp_path, index):
+    """FTP lists a file's time as MLSD's `modify` (YYYYMMDDHHMMSS), which was not read: every
+    file was from 1970, so `cache --prune` took a file no usage record names for idle, and the
+    temporary file another VM was writing that moment for a killed run's."""
+    url = ftp()
+    vm = VM(tmp_path / "vm", index.url, {}, url)
+    assert vm.bootstrap(demo, "--wait").code == 0
+    wheels = ftp.root / "team" / "v1" / "wheels"
+    (wheels / "extra-1.0-py3-none-any.whl").write_bytes(b"a teammate's, used by no run yet")
+    (wheels / ".extra-2.0-py3-none-any.whl.0123.part").write_bytes(b"being written")
+    killed = wheels / ".extra-3.0-py3-none-any.whl.4567.part"
+    killed.write_bytes(b"left by a killed run")
+    os.utime(killed, (time.time() - 7200,) * 2)
+
+    pruned = run_cli("cache", "--cache", url, "--drive", str(vm.drive), "--prune", "--dry-run", env=vm.env)
+
+    assert pruned.code == 0, pruned.stderr
+    removed = [line for line in pruned.stdout.splitlines() if line.startswith("would remove")]
+    assert removed == [f"would remove temporary {killed.name}"], pruned.stdout

@@ -549,16 +549,23 @@ class ObjectStore:
 
 
 def _mtime(info: dict[str, Any]) -> float:
-    """An object's time as a listing gives it (S3: a datetime; GCS: an ISO string)."""
-    from datetime import datetime
+    """An object's time as a listing gives it (S3: a datetime; GCS: an ISO string; FTP's MLSD:
+    YYYYMMDDHHMMSS, in UTC; SFTP: seconds). Now where it gives none that reads: `cache --prune`
+    takes an older time for idle, and a temporary file for a killed run's."""
+    from datetime import datetime, timezone
 
-    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated")
+    stamp = info.get("LastModified") or info.get("mtime") or info.get("updated") or info.get("modify")
     if isinstance(stamp, str):
         try:
-            stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            if re.fullmatch(r"\d{14}(\.\d+)?", stamp):
+                stamp = datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+            else:
+                stamp = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         except ValueError:
-            return 0.0
-    return stamp.timestamp() if isinstance(stamp, datetime) else float(stamp or 0.0)
+            stamp = None
+    if isinstance(stamp, datetime):
+        return stamp.timestamp()
+    return float(stamp) if isinstance(stamp, (int, float)) and stamp > 0 else time.time()
 
 
 class _Ranged(BlockStream):
