@@ -8,6 +8,7 @@ import json
 import os
 import re
 import string
+import subprocess
 import sys
 from pathlib import Path
 
@@ -246,6 +247,19 @@ def test_invoke_image_without_its_required_flags_names_them():
     assert result.code == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"warmstart: error: invoke image needs --freeze, --python, --source (see `{INVOKE} --help image`)"]
+
+
+def test_a_lock_for_an_image_that_does_not_exist_names_the_command_that_adds_one(demo):
+    """It said "add it with `invoke image`": not the command as typed, nor one that runs pasted."""
+    result = run_cli("lock", "--recipe", str(demo), "--image", "colab-next", env=cli_env())
+
+    assert result.code == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("warmstart: error: no image 'colab-next' in ") and line.endswith(
+        f"; add it with the image command (see `{INVOKE} image --help`)"), line
+    pasted = subprocess.run(line.split("(see `")[1].split("`")[0], shell=True, capture_output=True, text=True,
+                            cwd=REPO, env=cli_env())
+    assert pasted.returncode == 0 and "--freeze" in pasted.stdout, pasted.stderr
 
 
 def test_invoke_image_for_a_profile_that_does_not_exist_is_bad_input_writing_nothing(tmp_path):

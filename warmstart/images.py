@@ -23,6 +23,7 @@ from packaging.version import InvalidVersion, Version
 from .config import Field, Schema, file_text, parse_toml, read_toml_bytes, tomllib, validate
 from .console import abridged
 from .errors import BadInput
+from .invocation import command_line
 from .transfer import atomic_write_text
 
 IMAGE_SCHEMA: Schema = {
@@ -181,7 +182,7 @@ def _image(path: Path, raw: bytes, data: dict[str, Any], read_cuda: Callable[[Pa
         text = file_text(freeze)
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{path}: 'freeze' names {freeze}, which cannot be read ({_why(exc)}); write the image "
-                       "again from its provider's list (see `invoke image --help`)") from None
+                       f"again from its provider's list (see `{command_line('image', '--help')}`)") from None
     digest.update(text.encode())
     cuda: frozenset[str] = frozenset()
     if data["cuda"]:
@@ -208,7 +209,8 @@ def image_named(name: str, envs: Path) -> Image:
     path = envs / "images" / f"{name}.toml"
     if not path.is_file():
         have = ", ".join(sorted(p.stem for p in (envs / "images").glob("*.toml"))) or "none"
-        raise BadInput(f"no image {name!r} in {envs / 'images'} (there are: {have}); add it with `invoke image`")
+        raise BadInput(f"no image {name!r} in {envs / 'images'} (there are: {have}); add it with the image command "
+                       f"(see `{command_line('image', '--help')}`)")
     image = load_image(path)
     if image.name != name:
         raise BadInput(f"{path}: its name is {image.name!r}; an image file is named after its image")
