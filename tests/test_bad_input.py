@@ -216,7 +216,8 @@ def test_an_installer_refusing_what_the_index_serves_says_why_a_line_each_then_o
     """An index serving other files under the locked names: the real uv (which fetches while it
     installs, the run not waiting for Drive) refuses them by the lock's hashes. Its words came
     folded into the error line; now they are the report's `error_detail`, printed a line each
-    above the one error line."""
+    above the one error line. The line ends with the command that locks what this index serves
+    (it said "Recompile with `invoke lock`", which kept the pins' hashes), and it does, pasted."""
     other = tmp_path / "other"
     (other / "files").mkdir(parents=True)
     for name, version in LOCKED.items():
@@ -225,13 +226,21 @@ def test_an_installer_refusing_what_the_index_serves_says_why_a_line_each_then_o
     url, server = serve_folder(other)
     try:
         env = {k: v for k, v in cli_env(f"{url}/simple").items() if k != "WARMSTART_WAIT"}
-        result = bootstrap(demo, drive, make_venv(tmp_path / "env"), "--installer", "uv", env=env)
+        python = make_venv(tmp_path / "env")
+        result = bootstrap(demo, drive, python, "--installer", "uv", env=env)
+        relock = result.stderr.rsplit("lock what it serves: `", 1)[-1].removesuffix("`\n")
+        relocked = subprocess.run(relock, shell=True, capture_output=True, text=True, cwd=REPO, env=env)
+        again = bootstrap(demo, drive, python, "--installer", "uv", env=env)
     finally:
         server.shutdown()
 
     assert result.code == 2, result.stderr
     report = json.loads(result.stdout)
     assert report["error"].startswith("uv found files whose sha256 the lock does not list") and "\n" not in report["error"]
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert report["error"].endswith(f"If this is the index to install from, lock what it serves: `{INVOKE} lock "
+                                    f"--recipe {demo} --python-version {minor} --upgrade`"), report["error"]
+    assert relocked.returncode == 0 and again.code == 0, relocked.stderr + again.stderr
     assert report["error_detail"] and all(line.startswith("uv: ") for line in report["error_detail"])
     assert any("hash" in line.lower() for line in report["error_detail"]), report["error_detail"]
     lines = result.stderr.strip().splitlines()

@@ -172,6 +172,11 @@ class Executor:
         try:
             installer.install(plan.facts.installer, plan.facts.target.executable, requirements, wheels,
                               plan.facts.profile.unset_env, self._first_install_seen(), index=index)
+        except installer.NotLocked as exc:
+            if relock := plan.facts.relock():  # its pins' hashes again, from this index
+                raise installer.NotLocked(f"{exc} If this is the index to install from, lock what it serves: "
+                                          f"`{relock} --upgrade`", detail=exc.detail) from None
+            raise
         except WarmstartError:
             if index:  # an index that cannot be reached or refuses is said as such
                 self.downloader.project_files(need[0].name)

@@ -20,6 +20,11 @@ from .pipconfig import pip_env, uv_env
 from .uv import find_uv
 
 
+class NotLocked(BadInput):
+    """pip or uv refused files whose sha256 the lock does not list (the run adds the command that
+    compiles its lock anew: plan.Facts.relock)."""
+
+
 def pip_command(target: Path) -> list[str]:
     """This interpreter's pip, pointed at the target's environment (pip >= 22.3 `--python`),
     so a target without pip of its own works too; the target's own pip where this interpreter
@@ -47,8 +52,8 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
     if child.returncode != 0:
         said = said_by(tool, err)
         if "THESE PACKAGES DO NOT MATCH THE HASHES" in err or "Hash mismatch" in err:
-            raise BadInput(f"{tool} found files whose sha256 the lock does not list; was the lock edited, or is "
-                           "the index serving other files? Recompile with `invoke lock`", detail=said)
+            raise NotLocked(f"{tool} found files whose sha256 the lock does not list; was the lock edited, or is "
+                            "the index serving other files?", detail=said)
         raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode})", detail=said)
 
 

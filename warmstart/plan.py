@@ -20,13 +20,13 @@ from .errors import PreconditionUnmet
 from .gpu import GpuReport, GpuVerdict
 from .images import Drift, Image
 from .invocation import in_cell, in_notebook
-from .lock import Lock, Needs, Pin
+from .lock import Lock, LockTarget, Needs, Pin, relock_command
 from .patches import APPLIED, PatchState
 from .profiles import Profile
 from .recipe import Asset, Recipe
 from .settings import Options
 from .snapshot import Snapshot
-from .target import Signatures, TargetPython
+from .target import Signatures, TargetPython, platform_tag
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,14 @@ class Facts:
     @property
     def installing(self) -> tuple[Pin, ...]:
         return installing_of(self.needs, self.broken)
+
+    def relock(self) -> str | None:
+        """The `invoke lock` line that compiles this run's lock anew; None for the lock made on
+        Drive for this runtime (livelock.py), which is no checkout's."""
+        if self.live_lock:
+            return None
+        minor = f"{self.target.version.major}.{self.target.version.minor}"
+        return relock_command(self.recipe, LockTarget(minor, platform_tag(), self.image.name if self.image else None))
 
 
 def installing_of(found: Needs, broken: Mapping[NormalizedName, Path]) -> tuple[Pin, ...]:
