@@ -31,7 +31,7 @@ from .console import QUIET, Bar, Bars, counted
 from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
-from .pipconfig import IndexSettings
+from .pipconfig import IndexSettings, unreachable
 from .transfer import WriteFailed, sha256_of, write_to
 
 if TYPE_CHECKING:
@@ -175,11 +175,9 @@ class Downloader:
             try:
                 response = self._retrying(read_page)
             except _GaveUp as exc:
-                raise IndexUnavailable(f"cannot reach the package index {redact(index)} ({exc}); check the "
-                                       "network, the proxy (HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS "
-                                       "settings (PIP_CERT, PIP_CLIENT_CERT)" + (
-                                           ", or run with --offline to install from the Drive cache alone"
-                                           if self.offline_way_out else "")) from None
+                raise IndexUnavailable(unreachable(redact(index), str(exc)) + (
+                    ", or run with --offline to install from the Drive cache alone" if self.offline_way_out else "")
+                ) from None
             if response.status_code in (401, 403):
                 raise IndexUnavailable(f"the package index {redact(index)} refused access (HTTP "
                                        f"{response.status_code}); put its credentials in PIP_INDEX_URL "

@@ -173,7 +173,7 @@ class Executor:
             installer.install(plan.facts.installer, plan.facts.target.executable, requirements, wheels,
                               plan.facts.profile.unset_env, self._first_install_seen(), index=index)
         except installer.NotLocked as exc:
-            if relock := plan.facts.relock():  # its pins' hashes again, from this index
+            if relock := plan.facts.relock():  # --upgrade: else `invoke lock` keeps the pins, hashes and all
                 raise installer.NotLocked(f"{exc} If this is the index to install from, lock what it serves: "
                                           f"`{relock} --upgrade`", detail=exc.detail) from None
             raise

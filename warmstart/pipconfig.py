@@ -39,6 +39,13 @@ _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _FILE_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT")
 
 
+def unreachable(index: str, why: str, needed_for: str = "") -> str:
+    """The line for a package index out of reach (`index` with its credentials hidden), said alike
+    by a bootstrap, `invoke lock` and warmstart.sh."""
+    return (f"cannot reach the package index {index}{needed_for} ({why}); check the network, the proxy "
+            "(HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)")
+
+
 def anchored(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """`environ`, with the files its index settings name by their full paths."""
     return {**environ, **{var: os.path.abspath(environ[var]) for var in _FILE_SETTINGS if environ.get(var)}}

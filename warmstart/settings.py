@@ -260,6 +260,11 @@ def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -
 # installs it. Each URL begins with a bucket: without one, the store's first folder (v1) would be
 # taken for it.
 OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+# What --cache may name, said where it names something else.
+STORE_SHAPES = "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)"
+# fsspec URLs that take no cache, and why.
+_WEB = "is a web server, which a cache cannot be kept on (it lists no sizes and takes no writes)"
+_NO_CACHE_THERE = {"memory": "is held in one process's memory and gone when it ends", "http": _WEB, "https": _WEB}
 
 
 def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -273,12 +278,8 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
     given_as = "--cache" if option else CACHE.name
     if scheme in OBJECT_STORES and not rest.split("/", 1)[0].rpartition("@")[2]:
         raise BadInput(f"{given_as} {scheme}://... names no bucket: give it as {scheme}://BUCKET/PREFIX")
-    if scheme == "memory":
-        raise BadInput(f"{given_as} memory://... is held in one process's memory and gone when it ends: "
-                       "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
-    if scheme in ("http", "https"):
-        raise BadInput(f"{given_as} {scheme}://... is a web server, which a cache cannot be kept on (it lists no sizes "
-                       "and takes no writes): give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)")
+    if scheme in _NO_CACHE_THERE:
+        raise BadInput(f"{given_as} {scheme}://... {_NO_CACHE_THERE[scheme]}: {STORE_SHAPES}")
     if location and (not rest or scheme == "file"):
         # A folder, by its full path: the Drive worker works in / (a relative one named nothing
         # there, and every Drive write of the run stopped with it).

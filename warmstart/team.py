@@ -43,7 +43,7 @@ from .background import started, within
 from .console import QUIET, Bars
 from .disks import kind_of, no_room, real
 from .errors import PreconditionUnmet, redact
-from .settings import CACHE, OBJECT_STORES, team_timeout, user_path
+from .settings import CACHE, OBJECT_STORES, STORE_SHAPES, team_timeout, user_path
 from .store import (
     KINDS,
     RECORD_MOST,
@@ -199,8 +199,7 @@ def _filesystem(url: str, borrow: Sequence[str] = ()) -> tuple[Any, str]:
             how = f"{exc}: {extras.pip_install_command(packages)}" if packages else str(exc)
         raise PreconditionUnmet(f"the team cache {redact(url)} needs the {extra or protocol} backend: {how}") from None
     except ValueError as exc:  # a protocol no fsspec package implements
-        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; give a folder or a shared store "
-                                "(s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)") from None
+        raise PreconditionUnmet(f"the team cache {redact(url)} cannot be used: {exc}; {STORE_SHAPES}") from None
 
 
 def _packages_named(missing: ImportError) -> list[str]:

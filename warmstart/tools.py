@@ -51,7 +51,7 @@ from .errors import BadInput, PreconditionUnmet, WarmstartError, failure, redact
 from .home import python_tag
 from .invocation import in_cell, in_notebook, require_working_folder
 from .locktext import canonical, given_as_file, pins, requirement_lines
-from .pipconfig import IndexSettings, breaks_system_packages, pip_env, uv_env
+from .pipconfig import IndexSettings, breaks_system_packages, pip_env, unreachable, uv_env
 from .profiles import Profile, require_drive, select_profile
 from .store import DriveStore
 from .transfer import WriteFailed, atomic_write, atomic_write_text, copy_hashed, sha256_of
@@ -283,9 +283,7 @@ def restore(folder: Path, lock: Path, store: DriveStore, offline: bool,
                        "-r", str(lock), "-d", tmp)
             if got.returncode != 0 and (cause := _unreachable(got)):  # as a bootstrap says it
                 index = redact(IndexSettings.from_environ().index_urls[0])
-                raise PreconditionUnmet(f"cannot reach the package index {index} for warmstart's own dependencies "
-                                        f"({cause}); check the network, the proxy (HTTPS_PROXY, PIP_PROXY), "
-                                        "PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)")
+                raise PreconditionUnmet(unreachable(index, cause, " for warmstart's own dependencies"))
             if got.returncode != 0:
                 raise WarmstartError(f"could not download warmstart's own dependencies: {_why(got)}")
             done = _install(folder, lines, Path(tmp))
