@@ -186,6 +186,13 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
                       env=cli_env(HOME=str(home)))
     assert listing.code == 0
     assert listing.stdout.count("in place") == 2
+    listed = run_cli("assets", "--recipe", str(recipe), "--drive", str(drive), "--json", env=cli_env(HOME=str(home)))
+    assert listed.code == 0 and listed.report == {
+        "recipe": "demo", "recipe_path": str(recipe), "error": None, "exit_code": 0, "assets": [
+            {"name": "model.onnx", "state": "in place", "destination": str(home / "models" / "model.onnx"),
+             "in_the_way": None},
+            {"name": "data.tar.gz", "state": "in place", "destination": str(drive / "Demo" / "dataset"),
+             "in_the_way": None}]}
 
 
 def three_versions_the_second_killed(demo: Path, drive: Path, home: Path, tmp_path: Path, index, server, fault: str,
@@ -265,6 +272,12 @@ def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_insta
     assert listing.stderr.strip().splitlines() == [
         "warmstart: error: 1 asset above cannot be placed: something of yours is in its way (`!` lines); "
         "a bootstrap of demo stops there until it is moved"]
+    listed = run_cli("assets", "--recipe", str(recipe), "--drive", str(drive), "--json", env=cli_env(HOME=str(home)))
+    assert listed.code == 2 and listed.stderr == listing.stderr
+    assert listed.report["exit_code"] == 2 and listed.report["error"] == listing.stderr.strip().removeprefix(
+        "warmstart: error: ")
+    assert [(a["name"], a["state"], a["in_the_way"]) for a in listed.report["assets"]] == [
+        ("model.onnx", "missing", f"{said}; move it away (or point the asset's dest elsewhere) and run again")]
 
 
 def test_invoke_assets_on_a_drive_root_that_is_a_file_says_that_not_what_is_in_each_assets_way(tmp_path, home):

@@ -892,6 +892,53 @@ def test_prune_with_a_shorter_retention_and_bad_input(demo, drive, tmp_path, ind
     assert (drive / ".warmstart" / "v1" / "wheels").is_dir() and any((drive / ".warmstart" / "v1" / "wheels").iterdir())
 
 
+def test_invoke_cache_json_is_the_table_verdicts_and_pruning_as_one_object(demo, drive, tmp_path, index):
+    """`invoke cache --json` (a script watching a shared cache): each file with its size and the
+    recipes naming it, --verify's verdicts, what --prune removes; an error its `error` and `exit_code`."""
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive),
+                   "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url)).code == 0
+    known = cli_env(WARMSTART_RECIPES=str(demo.parent))  # the demo recipe is known: its lock names its wheels
+    damaged = drive / ".warmstart" / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl"
+    damaged.write_bytes(b"not the wheel")
+
+    table = run_cli("cache", "--drive", str(drive), env=known)
+    on_drive = {str(p): p.stat().st_size for p in (drive / ".warmstart" / "v1").glob("*/*") if p.parent.name != "usage"}
+    listed = run_cli("cache", "--drive", str(drive), "--json", env=known)
+    checked = run_cli("cache", "--drive", str(drive), "--verify", "--json", env=known)
+    age(drive, 40)
+    planned = run_cli("cache", "--drive", str(drive), "--prune", "--dry-run", "--json", env=cli_env())
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", "--json", env=cli_env())
+    bad = run_cli("cache", "--drive", str(drive), "--dry-run", "--json", env=cli_env())
+
+    assert listed.code == 0 and listed.stderr == table.stderr, listed.stderr
+    found = listed.report
+    assert (found["cache"], found["error"], found["exit_code"]) == (str(drive), None, 0)
+    files = {Path(f["path"]).name: f for f in found["files"]}
+    assert files[damaged.name] == {"path": str(damaged), "kind": "wheel", "bytes": 13, "recipes": ["demo"]}
+    assert {f["path"]: f["bytes"] for f in found["files"]} == on_drive
+    assert found["bytes"] == sum(on_drive.values())
+    assert found["recipes"]["demo"]["bytes"] == sum(f["bytes"] for f in found["files"] if "demo" in f["recipes"])
+    assert f"{found['recipes']['demo']['bytes'] / 2**20:10.1f} MiB  demo" in table.stdout.splitlines()
+
+    assert checked.code == 1 and checked.report["exit_code"] == 1
+    assert checked.report["error"].startswith(f"1 damaged file in {drive} was set aside")
+    verdicts = {Path(f["path"]).name: f["verified"] for f in checked.report["files"] if f["kind"] == "wheel"}
+    assert verdicts.pop(damaged.name).startswith("damaged, set aside as ")
+    assert verdicts and set(verdicts.values()) == {"ok"}
+
+    # no recipe known names them now, and 40 days passed: --prune takes every file
+    assert planned.code == 0 and pruned.code == 0, pruned.stderr
+    assert planned.report["prune"] == {**pruned.report["prune"], "dry_run": True, "freed_bytes": 0}
+    gone = pruned.report["prune"]["prunable"]
+    assert {f["path"] for f in gone} >= {f["path"] for f in checked.report["files"] if f["kind"] == "wheel"} - {
+        str(damaged)}  # and the damaged one under the name it was set aside as
+    assert not any((drive / ".warmstart" / "v1" / "wheels").iterdir())
+    assert pruned.report["prune"]["freed_bytes"] == sum(f["bytes"] for f in gone) > 0
+    assert not any(Path(f["path"]).exists() for f in gone)
+    assert bad.code == 2 and bad.report == {"error": "--dry-run goes only with --prune: add --prune to prune the "
+                                            "cache (with --dry-run, to list what it would remove)", "exit_code": 2}
+
+
 def test_a_run_that_uses_old_cache_files_keeps_them_from_pruning(demo, drive, tmp_path, index):
     python = make_venv(tmp_path / "env")
     args = ("--recipe", str(demo), "--drive", str(drive), "--python", str(python))

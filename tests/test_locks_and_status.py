@@ -248,6 +248,18 @@ def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env,
     assert all(name in listed.stdout for name in SHIPPED)
     assert f"broken           cannot be read (see below)  ({recipes / 'broken.toml'})" in listed.stdout
     assert listed.stderr.count("\n") == 1 and str(recipes / "broken.toml") in listed.stderr
+    # the same as one JSON object on stdout: each recipe, the unreadable one with its error line
+    as_json = run_cli("recipes", "--drive", str(drive), "--json", env=env)
+    assert as_json.code == 2 and as_json.stderr == listed.stderr
+    assert as_json.report["exit_code"] == 2 and f"warmstart: error: {as_json.report['error']}\n" == listed.stderr
+    by_name = {r["name"]: r for r in as_json.report["recipes"]}
+    assert sorted(by_name) == sorted([*SHIPPED, "broken"])
+    assert by_name["broken"] == {"name": "broken", "path": str(recipes / "broken.toml"), "error": as_json.report["error"],
+                                 "description": None, "python": None, "gpu": None}
+    assert by_name["hyperlpr"]["error"] is None and by_name["hyperlpr"]["gpu"]["required"] is True
+    assert by_name["hyperlpr"]["gpu"]["min_compute_capability"] == "6.0"
+    assert by_name["warmstart"]["gpu"] == {"required": False, "min_memory_gib": None,
+                                           "min_compute_capability": None, "min_cuda": None}
     assert "requirements.in" in listed.stderr
 
     # lock --check checks every other recipe's locks, then names the one it could not read (exit 2)

@@ -10,9 +10,9 @@
                 [--platform-profile colab | --image colab-2026.04] [--upgrade]
     invoke lock --check
     invoke image --name colab-latest --freeze FILE --python 3.13.15 --source REPO@COMMIT
-    invoke recipes [--drive DIR]
-    invoke assets --recipe hyperlpr [--drive DIR]
-    invoke cache [--drive DIR | --cache URL] [--verify] [--prune [--dry-run]]
+    invoke recipes [--drive DIR] [--json]
+    invoke assets --recipe hyperlpr [--drive DIR] [--json]
+    invoke cache [--drive DIR | --cache URL] [--verify] [--prune [--dry-run]] [--json]
     invoke gpu [--json]
 """
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 ROOT = PROJECT_ROOT  # recipes/, requirements/ and envs/: the checkout's, or the installed package's
 
 DRIVE_HELP = Options.flags()["drive"]
+JSON_HELP = "print one JSON object on stdout instead of a table"
 
 
 def command(**kwargs: Any) -> Callable[[Callable[..., Any]], Task]:
@@ -69,6 +70,30 @@ def _exit(code: int, last: str | None = None) -> None:
     """Print `last` (when given), then exit with `code` once stdout is written out (flushed)."""
     if code := flushed(code, last):
         raise Exit(code=code)
+
+
+def _listing(body: Callable[[dict[str, Any], Callable[[str], None]], None], as_json: bool) -> None:
+    """Run a listing task's `body(found, say)`: `say` prints a line of its table (with --json,
+    nothing), and with --json `found` is printed as one JSON object on stdout with the run's
+    `error` and `exit_code`, however it ended (as `status --json`). Errors: one line on stderr."""
+    from .cli import run_reported
+    from .report import redacted
+
+    found: dict[str, Any] = {}
+    report = run_reported(lambda _report: body(found, (lambda _line: None) if as_json else _print), "",
+                          as_json=False)
+    _exit(report.exit_code, last=jsonlib.dumps(redacted(
+        {**found, "error": report.error, "exit_code": report.exit_code})) if as_json else None)
+
+
+def _unread(name: str, path: Path, error: str) -> dict[str, Any]:
+    """A recipe `invoke recipes --json` lists but cannot read: its name, file and why."""
+    return {"name": name, "path": str(path), "error": error, "description": None, "python": None, "gpu": None}
+
+
+def _text(value: object) -> str | None:
+    """A recipe's limit in a JSON listing: its text, or None when it sets none."""
+    return str(value) if value else None
 
 
 def _drive(option: str | None) -> Path:
@@ -216,52 +241,59 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
     _exit(run_plain(run))
 
 
-@command(help={"drive": DRIVE_HELP})
-def recipes(c, drive=None):
+@command(help={"drive": DRIVE_HELP, "json": JSON_HELP})
+def recipes(c, drive=None, json=False):
     """List the known recipes: the project's and those in the Drive recipe folder."""
-    from .cli import run_plain
     from .recipe import defined_twice, load_recipe, recipe_files
 
-    def show() -> None:
+    def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         broken = []  # one recipe that cannot be read (a teammate's, on Drive) hides none of the others
+        listed = found["recipes"] = []
         for name, paths in sorted(recipe_files(ROOT, _drive(drive)).items()):
             if len(paths) > 1:
                 broken.append(str(defined_twice(name, paths)))
                 for path in paths:
-                    _print(f"{name:<16} defined twice (see below)  ({path})")
+                    say(f"{name:<16} defined twice (see below)  ({path})")
+                    listed.append(_unread(name, path, broken[-1]))
                 continue
             try:
                 loaded = load_recipe(str(path := paths[0]), ROOT)
             except BadInput as exc:
                 broken.append(str(exc))
-                _print(f"{name:<16} cannot be read (see below)  ({path})")
+                say(f"{name:<16} cannot be read (see below)  ({path})")
+                listed.append(_unread(name, path, str(exc)))
                 continue
             gpu = loaded.gpu
             needs = "GPU" + "".join(f" {v}" for v in (
                 f"{gpu.min_memory_gib} GiB" if gpu.min_memory_gib else "",
                 f"sm {gpu.min_compute_capability}" if gpu.min_compute_capability else "",
                 f"CUDA {gpu.min_cuda}" if gpu.min_cuda else "") if v) if gpu.required else "no GPU needed"
-            _print(f"{name:<16} Python {loaded.python or 'any'}; {needs}")
-            _print(f"{'':<16} {loaded.description}  ({path})")
+            say(f"{name:<16} Python {loaded.python or 'any'}; {needs}")
+            say(f"{'':<16} {loaded.description}  ({path})")
+            listed.append({"name": name, "path": str(path), "error": None, "description": loaded.description,
+                           "python": _text(loaded.python),
+                           "gpu": {"required": gpu.required, "min_memory_gib": gpu.min_memory_gib,
+                                   "min_compute_capability": _text(gpu.min_compute_capability),
+                                   "min_cuda": _text(gpu.min_cuda)}})
         if broken:
             raise BadInput("; ".join(broken))
 
-    _exit(run_plain(show))
+    _listing(show, json)
 
 
 @command(help={"drive": DRIVE_HELP, "verify": "hash every cached file; set damaged ones aside (exit 1)",
-            "prune": "remove what no current lock here names and no run has used for --older-than days",
-            "older-than": "days without use before --prune removes a file (default 30)",
-            "dry-run": "with --prune: only list",
-            "cache": "show, verify or prune this team cache instead of Drive's (default: WARMSTART_CACHE)"})
-def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None, cache=None):
+               "prune": "remove what no current lock here names and no run has used for --older-than days",
+               "older-than": "days without use before --prune removes a file (default 30)",
+               "dry-run": "with --prune: only list",
+               "cache": "show, verify or prune this team cache instead of Drive's (default: WARMSTART_CACHE)",
+               "json": JSON_HELP})
+def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=None, cache=None, json=False):
     """Show the Drive cache (or the team cache) per recipe; check it (--verify) or prune it (--prune [--dry-run])."""
     from . import maintenance
-    from .cli import run_plain
     from .store import DriveStore
     from .team import open_team
 
-    def run() -> None:
+    def run(found: dict[str, Any], say: Callable[[str], None]) -> None:
         # bad input before any output
         if not prune and (given := [flag for flag, value in (("--dry-run", dry_run), ("--older-than", older_than))
                                     if value not in (False, None)]):
@@ -277,6 +309,7 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         if isinstance(store, DriveStore):  # as bootstrap refuses it
             store.require_own_folders()
         _print(f"warmstart: the cache at {store}", file=sys.stderr)
+        found["cache"] = str(store)
         # a teammate's broken recipe in the Drive's folder hides nothing of the cache, but what it
         # names cannot be told: nothing is pruned while it cannot be read
         unreadable: list[str] = []
@@ -284,20 +317,20 @@ def cache(c, drive=None, verify=False, prune=False, dry_run=False, older_than=No
         if why := store.unread():
             which = "the team cache" if team else "the Drive cache at"
             raise PreconditionUnmet(f"{which} {store} cannot be listed: {why}")
-        _show_cache(entries)
+        _show_cache(entries, found, say)
         for line in unreadable:
             _print(f"warmstart: warning: {line}", file=sys.stderr)
         if verify:
-            _verify_cache(store, entries)
+            _verify_cache(store, entries, found, say)
         if unreadable:
             it = "it" if len(unreadable) == 1 else "they"
             raise BadInput(f"{counted(len(unreadable), 'recipe')} above cannot be read, so what {it} "
                            f"name{'s' if it == 'it' else ''} is listed as named by none"
                            + (f"; nothing is pruned until {it} can be read" if prune else ""))
         if prune:
-            _prune_cache(store, entries, days, dry_run)
+            _prune_cache(store, entries, days, dry_run, found, say)
 
-    _exit(run_plain(run))
+    _listing(run, json)
 
 
 def _days(older_than: str) -> float:
@@ -311,33 +344,40 @@ def _days(older_than: str) -> float:
     return days
 
 
-def _show_cache(entries: list[Entry]) -> None:
+def _show_cache(entries: list[Entry], found: dict[str, Any], say: Callable[[str], None]) -> None:
     """`invoke cache`: what each recipe holds, the files never read, and the locks made on a VM."""
-    from .maintenance import sizes
+    from .maintenance import UNNAMED, sizes
 
     notes = {"not a file": "is not a regular file: never read",
              "unreadable index": "is an unreadable snapshot index: --prune removes it"}
     for entry in entries:
         if entry.kind in notes:
             _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)
-    for owner, (size, shared) in sizes(entries).items():
-        _print(f"{size / 2**20:10.1f} MiB  {owner}"
-               + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
-    _print(f"{sum(e.size for e in entries) / 2**20:10.1f} MiB  in all")
+    per_owner, total = sizes(entries), sum(e.size for e in entries)
+    for owner, (size, shared) in per_owner.items():
+        say(f"{size / 2**20:10.1f} MiB  {owner}"
+            + (f" ({shared / 2**20:.1f} MiB of it shared with other recipes)" if shared else ""))
+    say(f"{total / 2**20:10.1f} MiB  in all")
     for entry in entries:
         if entry.kind == "lock":  # resolved on a VM whose runtime no committed lock fits
             owners = ", ".join(sorted(entry.owners)) or "no recipe here"
-            _print(f"lock made for a runtime: {entry.path.name} ({owners})")
+            say(f"lock made for a runtime: {entry.path.name} ({owners})")
+    found.update(bytes=total, unnamed_bytes=per_owner.pop(UNNAMED, (0, 0))[0],
+                 recipes={owner: {"bytes": size, "shared_bytes": shared}
+                          for owner, (size, shared) in per_owner.items()},
+                 files=[{"path": str(e.path), "kind": e.kind, "bytes": e.size, "recipes": sorted(e.owners)}
+                        for e in entries])
 
 
-def _verify_cache(store: Store, entries: list[Entry]) -> None:
+def _verify_cache(store: Store, entries: list[Entry], found: dict[str, Any], say: Callable[[str], None]) -> None:
     """`invoke cache --verify`: every file hashed, each damaged one set aside (then exit 1)."""
     from .maintenance import verify
 
     verify(store, entries)
-    for entry in entries:
+    for entry, listed in zip(entries, found["files"], strict=True):
+        listed["verified"] = None if entry.status == "unchecked" else entry.status
         if entry.status != "unchecked":
-            _print(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
+            say(f"{entry.status:<10} {entry.kind:<8} {entry.path.name}")
     damaged = [e for e in entries if e.status.startswith("damaged")]
     if damaged:
         one = len(damaged) == 1
@@ -345,7 +385,8 @@ def _verify_cache(store: Store, entries: list[Entry]) -> None:
                              f"aside; the next online bootstrap fetches {'it' if one else 'them'} again")
 
 
-def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool) -> None:
+def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool, found: dict[str, Any],
+                 say: Callable[[str], None]) -> None:
     """`invoke cache --prune [--dry-run]`: what no lock here names and no run used for `days`."""
     from .maintenance import prunable
 
@@ -354,49 +395,55 @@ def _prune_cache(store: Store, entries: list[Entry], days: float, dry_run: bool)
         raise PreconditionUnmet(f"the usage records in {store} cannot all be read, so nothing is pruned: {why}")
     doomed = prunable(entries, when, days)
     for entry in doomed:
-        _print(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+        say(f"{'would remove' if dry_run else 'remove'} {entry.kind} {entry.path.name}")
+    found["prune"] = {"older_than_days": days, "dry_run": dry_run,
+                      "prunable": [{"path": str(e.path), "kind": e.kind, "bytes": e.size} for e in doomed],
+                      "freed_bytes": 0}
     if not doomed:
-        _print(f"nothing to prune: every file was used within {days:g} days, or a lock here names it")
+        say(f"nothing to prune: every file was used within {days:g} days, or a lock here names it")
     elif not dry_run:
-        _print(f"freed {store.remove(e.file for e in doomed) / 2**20:.1f} MiB")
+        found["prune"]["freed_bytes"] = freed = store.remove(e.file for e in doomed)
+        say(f"freed {freed / 2**20:.1f} MiB")
     if not dry_run:
         kept = {e.file.key for e in entries if e not in doomed}
         store.compact_usage(when, records, kept)
 
 
-@command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP})
-def assets(c, recipe=None, drive=None):
+@command(help={"recipe": "recipe name or path", "drive": DRIVE_HELP, "json": JSON_HELP})
+def assets(c, recipe=None, drive=None, json=False):
     """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one
     (then exit 2, as the bootstrap would)."""
     from .assets import KIND, asset_table
-    from .cli import run_plain
     from .recipe import load_recipe
     from .store import DriveStore
     from .tiered import TieredStore
 
-    def show() -> None:
+    def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         drive_root = _drive(drive)
         loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
         require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
         store = DriveStore(drive_root)
         store.require_own_folders((KIND,))  # as bootstrap refuses it: every asset would say "missing"
         rows = asset_table(loaded.assets, TieredStore(store), drive_root / loaded.workdir)
+        found.update(recipe=loaded.name, recipe_path=str(loaded.path), assets=[
+            {"name": name, "state": state, "destination": str(dest), "in_the_way": in_the_way or None}
+            for state, name, dest, in_the_way in rows])
         for state, name, dest, in_the_way in rows:
-            _print(f"{state:<9} {name}  ->  {dest}")
+            say(f"{state:<9} {name}  ->  {dest}")
             if in_the_way:
-                _print(f"          ! {in_the_way}")
+                say(f"          ! {in_the_way}")
         if not rows:
-            _print(f"{loaded.path} declares no assets")
+            say(f"{loaded.path} declares no assets")
         # as the bootstrap refuses to run then (exit 2): a script that asks first learns the same
         if blocked := sum(bool(in_the_way) for *_, in_the_way in rows):
             raise BadInput(f"{counted(blocked, 'asset')} above cannot be placed: something of yours is in "
                            f"{'its' if blocked == 1 else 'their'} way (`!` lines); a bootstrap of "
                            f"{loaded.name} stops there until it is moved")
 
-    _exit(run_plain(show))
+    _listing(show, json)
 
 
-@command(help={"json": "print one JSON object instead of a table"})
+@command(help={"json": JSON_HELP})
 def gpu(c, json=False):
     """Show the NVIDIA GPUs NVML sees; exit 3 when there is none."""
     from .gpu import probe_gpus

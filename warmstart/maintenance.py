@@ -131,12 +131,15 @@ def prunable(entries: list[Entry], last_used: dict[str, float], retention_days: 
             or (e.kind == "temporary" and now - e.file.mtime > STALE_SECONDS)]
 
 
+UNNAMED = "(named by no current lock or recipe)"  # what sizes() counts the files no recipe names under
+
+
 def sizes(entries: list[Entry]) -> dict[str, tuple[int, int]]:
     """Bytes per recipe, and how many of them it shares with other recipes (a wheel two recipes
-    use counts in each, as shared); "(named by no current lock or recipe)" for the rest."""
+    use counts in each, as shared); UNNAMED for the rest."""
     totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for entry in entries:
-        owners = entry.owners or {"(named by no current lock or recipe)"}
+        owners = entry.owners or {UNNAMED}
         for owner in owners:
             totals[owner][0] += entry.size
             totals[owner][1] += entry.size if len(owners) > 1 else 0

@@ -104,14 +104,15 @@ class Report:
             out.update(error=self.error, exit_code=self.exit_code)
             if self.error_detail:
                 out["error_detail"] = list(self.error_detail)
-        return _redacted(out)
+        return redacted(out)
 
 
-def _redacted(value: Any) -> Any:
+def redacted(value: Any) -> Any:
+    """A JSON value with no credential of any URL in any of its strings."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
+        return {k: redacted(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_redacted(v) for v in value]
+        return [redacted(v) for v in value]
     return value
