@@ -17,7 +17,7 @@ from packaging.tags import Tag
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
-from . import assets, checks, drivework, flock, home, installer, livelock, patches, restart, snapshot
+from . import assets, drivework, flock, home, installer, livelock, patches, restart, snapshot
 from . import target as target_python
 from .background import started
 from .console import counted
@@ -316,29 +316,7 @@ def _bootstrap(settings: Settings, profile: Profile, root: Path, report: Report)
     if stale and kernel:  # before anything changes: a run that fails midway still says it
         restart.remember(prefix, stale, kernel)
     try:
-        if plan.nothing_to_do:
-            run.outcome.installed = plan.installed_now()
-            recipe = plan.facts.recipe
-            unchecked = checks.due(prefix, recipe.name, recipe.checks)
-            if unchecked and not options.packages_only:
-                failed = set(checks.failed_before(prefix, recipe.name))
-                again = [c.name for c in unchecked if c.name in failed]
-                new = [c.name for c in unchecked if c.name not in failed]  # added, changed, or never run here
-                said = [f"failed here last time ({', '.join(again)})"] if again else []
-                said += [f"not yet passed here as they are ({', '.join(new)})"] if new else []
-                report.say(f"checks {', '.join(said)}: running them")
-                run.run_checks(unchecked)
-        else:
-            installed_wheels = (plan.to_install or plan.to_download) and run.install()
-            run.verify()
-            if plan.facts.patches:  # before the snapshot is packed: it carries the patched files
-                run.apply_patches()
-            if installed_wheels:
-                run.queue_snapshot()
-            if plan.assets_to_place:
-                run.place_assets()
-            if plan.facts.recipe.checks and not options.packages_only:
-                run.run_checks()
+        run.carry_out(packages_only=options.packages_only)
     finally:
         # The usage record is waited for, so that no write of it is left half-done on Drive when
         # this process ends; one that failed costs only its protection from pruning (as before).

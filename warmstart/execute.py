@@ -48,6 +48,27 @@ class Executor:
         self.index_took: float | None = None
         self.outcome = Outcome()
 
+    def carry_out(self, *, packages_only: bool) -> None:
+        """The plan's work, in order: the packages (restored or installed, verified, patched, and
+        a snapshot queued of what was installed), the assets, the checks. With nothing to
+        install, only the checks not passed here as they are now."""
+        plan = self.plan
+        if plan.nothing_to_do:
+            self.outcome.installed = plan.installed_now()
+            if not packages_only:
+                self._run_checks_due()
+            return
+        installed_wheels = (plan.to_install or plan.to_download) and self.install()
+        self.verify()
+        if plan.facts.patches:  # before the snapshot is packed: it carries the patched files
+            self.apply_patches()
+        if installed_wheels:
+            self.queue_snapshot()
+        if plan.assets_to_place:
+            self.place_assets()
+        if plan.facts.recipe.checks and not packages_only:
+            self.run_checks()
+
     def warn(self, warnings: list[str]) -> None:
         for warning in warnings:
             self.report.say(f"warning: {warning}")
@@ -354,6 +375,20 @@ class Executor:
                     for a in plan.assets_to_place]
             step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
         self.warn(self.store.warnings)
+
+    def _run_checks_due(self) -> None:
+        """A run that installs nothing runs the checks that failed here last time, or were added
+        or changed since they passed (checks.due), saying which."""
+        recipe, prefix = self.plan.facts.recipe, self.plan.facts.target.prefix
+        if not (unchecked := checks.due(prefix, recipe.name, recipe.checks)):
+            return
+        failed = set(checks.failed_before(prefix, recipe.name))
+        again = [c.name for c in unchecked if c.name in failed]
+        new = [c.name for c in unchecked if c.name not in failed]  # added, changed, or never run here
+        said = [f"failed here last time ({', '.join(again)})"] if again else []
+        said += [f"not yet passed here as they are ({', '.join(new)})"] if new else []
+        self.report.say(f"checks {', '.join(said)}: running them")
+        self.run_checks(unchecked)
 
     def run_checks(self, only: list[Check] | None = None) -> None:
         """The recipe's checks (`only` these, where given: a run that installs nothing)."""
