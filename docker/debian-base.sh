@@ -43,6 +43,10 @@ mkdir -p "$image$prefix"
 tar -C "$prefix" --exclude="./lib/python$minor/test" --exclude='__pycache__' --exclude='*.pth' -cf - . \
     | tar -C "$image$prefix" -xf -
 chmod a+rx "$image/root"  # a pyenv prefix lies under /root: other users run it too
+# Marked externally managed (PEP 668), as Debian marks its own python3: an image built on a
+# distribution's Python must install all the same (docker/Dockerfile).
+printf '[externally-managed]\nError=The system Python of this Debian base is managed by its packages.\n' \
+    >"$image$prefix/lib/python$minor/EXTERNALLY-MANAGED"
 ln -sf "$python" "$image/usr/local/bin/python3"
 ln -sf "$python" "$image/usr/local/bin/python$minor"
 if [ -n "$uv" ]; then
