@@ -414,7 +414,7 @@ def installed(python: Path) -> dict[str, str]:
          "print(json.dumps({d.metadata['Name']: d.version for d in m.distributions()}))"],
         capture_output=True, text=True, check=True, cwd="/",  # no checkout on sys.path
     ).stdout
-    return json.loads(out)
+    return json.loads(out.splitlines()[-1])  # what it printed as it started (a .pth file) comes first
 
 
 DEMO_RECIPE = """\

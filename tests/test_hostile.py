@@ -396,6 +396,27 @@ def test_hostile_inputs_end_in_one_line_with_the_documented_code(case, demo, dri
     assert "Traceback" not in result.stderr and "secret" not in result.stderr + result.stdout
 
 
+def test_a_target_that_prints_as_it_starts_installs_with_pip_and_says_why(demo, drive, tmp_path, index):
+    """A .pth file that prints on stdout (a package's, or the user's): the target's answer to the
+    probe came after its line, and the run ended "did not answer like a Python interpreter" (exit
+    3). Read past it now; uv cannot (it reads an interpreter's answer as JSON), so the run installs
+    with pip and says why, and --installer uv is one line, exit 3, before anything changes."""
+    python = make_venv(tmp_path / "env")
+    site = next((tmp_path / "env").glob("lib/python*/site-packages"))
+    (site / "noisy.pth").write_text('import sys; print("hello from a pth")\n')
+    why = (f"{python} prints 'hello from a pth' as it starts (a .pth file or a sitecustomize module), and uv cannot "
+           "read past that")
+
+    refused = bootstrap(demo, drive, python, "--installer", "uv", env=cli_env(index.url))
+    result = bootstrap(demo, drive, python, env=cli_env(index.url))
+
+    assert refused.code == 3 and refused.report["error"] == (f"--installer uv, but {why}: remove what prints it, "
+                                                             "or use --installer pip"), refused.stderr
+    assert result.code == 0, result.stderr
+    assert result.report["installer"] == "pip" and installed(python).items() >= LOCKED.items()
+    assert result.report["warnings"] == [f"installing with pip: {why}; remove what prints it to install with uv"]
+
+
 @pytest.mark.parametrize("where", ["--drive", "--recipe", "the recipe's requirements", "--cache", "an asset's dest"])
 def test_a_loop_of_links_wherever_a_path_is_taken_is_one_line_never_a_bug(where, demo, drive, tmp_path):
     """pathlib's resolve() raised RuntimeError at a loop of links before Python 3.13: each of these

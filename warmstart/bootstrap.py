@@ -93,6 +93,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     # NVML answers while this process waits for the target Python's answer (a child process: 50
     # to 100 ms), so the GPU step waits for nothing (NVML took 34 ms on an H200 VM)
     gpus = started(probe_gpus)
+    warnings: list[str] = []
     with report.step("python") as step:
         try:
             target = target_python.probe(settings.python)
@@ -101,6 +102,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             raise
         step.detail = f"{target.executable} (Python {target.version})"
         require_python(recipe, target.executable, target.version)
+        chosen_installer = _installer(options.installer, target, warnings)
     with report.step("gpu") as step:
         gpu = report.gpu = gpus.result()
         step.detail = gpu.describe()
@@ -115,7 +117,6 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     with report.step("drive") as step:
         require_drive(drive, profile, recipe=options.recipe)
         step.detail = f"{drive} ({profile.name} platform)"
-    warnings: list[str] = []
     with report.step("lock") as step:
         wanted, image, lock = _choose_lock(recipe, profile, target, warnings)
         step.detail = f"{lock.path.name}, {counted(len(lock.pins), 'pin')}"
@@ -142,7 +143,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             asset: (asset.destination(drive / recipe.workdir), "") for asset in recipe.assets}
         found_here = Facts(recipe=recipe, profile=profile, drive=drive, target=target, gpu=gpu, verdict=verdict,
                            lock=lock, image=image, cached={}, assets=assets_here, broken=broken, needs=found,
-                           snapshot=located, snapshot_found=False, installer=installer.choose(options.installer),
+                           snapshot=located, snapshot_found=False, installer=chosen_installer,
                            warnings=tuple(warnings), whole_records=whole, patches=tuple(patched), drift=drifted,
                            live_lock=live_at, break_system_packages=breaks_system_packages())
         facts = _look(found_here, store)  # what the store holds: the cached wheels, the assets, the snapshot
@@ -159,6 +160,20 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             step.status = "warning"
     _refuse_what_is_in_the_way(facts, store, packages_only=options.packages_only)
     return facts, store
+
+
+def _installer(option: str, target: target_python.TargetPython, warnings: list[str]) -> str:
+    """installer.choose's, but pip where uv cannot ask the target what it is: one that prints on
+    stdout as it starts (uv reads its answer as JSON; pip runs in it, and minds nothing)."""
+    chosen = installer.choose(option)
+    if chosen != "uv" or not target.says_at_start:
+        return chosen
+    why = (f"{target.executable} prints {target.says_at_start!r} as it starts (a .pth file or a sitecustomize "
+           "module), and uv cannot read past that")
+    if option == "uv":
+        raise PreconditionUnmet(f"--installer uv, but {why}: remove what prints it, or use --installer pip")
+    warnings.append(f"installing with pip: {why}; remove what prints it to install with uv")
+    return "pip"
 
 
 def _refuse_what_is_in_the_way(facts: Facts, store: TieredStore, *, packages_only: bool) -> None:

@@ -72,6 +72,9 @@ class TargetPython:
     path: tuple[str, ...] = ()  # its sys.path: where its distributions' metadata lies
     purelib: str = ""  # where an installer puts pure-Python distributions (site-packages)
     externally_managed: str = ""  # its PEP 668 marker, where its system's package manager owns it
+    # what it prints on stdout as it starts, before any code runs (a .pth file, sitecustomize):
+    # its first line; uv reads an interpreter's answer to its question as JSON, and cannot then
+    says_at_start: str = ""
 
     @property
     def tag(self) -> str:
@@ -200,9 +203,11 @@ def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExp
 
 
 def _target(exe: Path, answer: str) -> TargetPython:
-    """The target as the probe's `answer` describes it."""
+    """The target as the probe's `answer` describes it: its last line (what the interpreter
+    printed as it started comes before)."""
+    *before, last = answer.rstrip("\n").split("\n")
     try:
-        facts = json.loads(answer)
+        facts = json.loads(last)
         return TargetPython(
             executable=exe,
             version=Version(".".join(map(str, facts["version"]))),
@@ -216,6 +221,7 @@ def _target(exe: Path, answer: str) -> TargetPython:
             purelib=facts.get("purelib", ""),
             externally_managed=facts.get("externally_managed", ""),
             installed={canonicalize_name(k): v for k, v in facts["installed"].items()},
+            says_at_start=next((line.strip()[:80] for line in before if line.strip()), ""),
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         printed = "its question back" if _quotes(answer, _PROBE) else repr(answer.strip()[:60])
