@@ -370,6 +370,26 @@ def test_a_team_cache_url_without_a_bucket_is_bad_input_naming_where_it_came_fro
     assert "secret" not in result.stderr and list(drive.iterdir()) == []
 
 
+@pytest.mark.parametrize(("command", "given", "said"), [
+    (["bootstrap", "--cache", "s3://writer:secret@lab/team"], {},
+     "--cache s3://***@lab/team: an object store's URL takes no credentials; give it as s3://lab/team, and the "
+     "credentials in AWS's variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile in ~/.aws"),
+    (["cache"], {"WARMSTART_CACHE": "gs://secret@lab"},
+     "WARMSTART_CACHE gs://***@lab: an object store's URL takes no credentials; give it as gs://lab, and the "
+     "credentials as Google application default credentials (on Colab: google.colab.auth.authenticate_user())"),
+])
+def test_credentials_in_an_object_stores_url_are_bad_input_saying_where_they_go(demo, drive, command, given, said):
+    """s3fs and gcsfs read no user:password@ from a URL: they took it for the bucket's name, and
+    the team cache was one warning ("Invalid bucket name '***@lab'") on every run, and
+    `invoke cache` a 300-character ParamValidationError."""
+    recipe = ["--recipe", str(demo), "--drive", str(drive)] if command[0] != "cache" else ["--drive", str(drive)]
+    result = run_cli(*command, *recipe, env=cli_env() | given)
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"warmstart: error: {said}"]
+    assert "secret" not in result.stderr + result.stdout and list(drive.iterdir()) == []
+
+
 _NO_CACHE_THERE = {
     "memory": "is held in one process's memory and gone when it ends",
     "http": "is a web server, which a cache cannot be kept on (it lists no sizes and takes no writes)",

@@ -814,14 +814,12 @@ def test_a_credential_in_a_url_reaches_no_output(case, demo, drive, tmp_path, in
 
 
 def test_no_secret_at_rest_and_warmstarts_folder_is_its_users_alone(demo, drive, tmp_path, index):
-    """A team cache URL with user:secret@, a run that hands its Drive work to the background
-    worker: the job file, the worker's log and failure text, and everything else warmstart
-    writes hold no secret; its folder is 0700, its job and log files 0600."""
+    """A team cache URL with user:secret@ (an FTP server's, down), a run that hands its Drive work
+    to the background worker: the job file, the worker's log and failure text, and everything
+    else warmstart writes hold no secret; its folder is 0700, its job and log files 0600."""
     cache = tmp_path / "cache"
-    env = {k: v for k, v in cli_env(index.url, XDG_CACHE_HOME=str(cache), AWS_ENDPOINT_URL="http://127.0.0.1:9",
-                                     AWS_ACCESS_KEY_ID="k", AWS_SECRET_ACCESS_KEY="v").items()
-           if k != "WARMSTART_WAIT"}
-    url = f"s3://writer:{SECRET}@bucket/team"
+    env = {k: v for k, v in cli_env(index.url, XDG_CACHE_HOME=str(cache)).items() if k != "WARMSTART_WAIT"}
+    url = f"ftp://writer:{SECRET}@127.0.0.1:9/team"
     python = make_venv(tmp_path / "env")
 
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),

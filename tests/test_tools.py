@@ -557,7 +557,7 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
     assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "lab", "--cache-read-only"]), tmp_path,
                               command, notebook=False) == (
         f"{command} bootstrap --recipe hyperlpr --cache {tmp_path}/lab --cache-read-only")
-    assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "s3://me:s3cret@bucket/lab"]), tmp_path,
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "ftp://me:s3cret@files.lab/warmstart"]), tmp_path,
                               command, notebook=False) == f"{command} bootstrap --recipe hyperlpr"
 
 

@@ -262,6 +262,10 @@ def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -
 OBJECT_STORES = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 # What --cache may name, said where it names something else.
 STORE_SHAPES = "give a folder or a shared store (s3://BUCKET/PREFIX, gs://BUCKET/PREFIX)"
+# Where an object store's credentials come from: its backend's own chain.
+_CREDENTIALS = {"s3": "in AWS's variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or a profile in ~/.aws",
+                "gcs": "as Google application default credentials (on Colab: "
+                       "google.colab.auth.authenticate_user())"}
 # fsspec URLs that take no cache, and why.
 _WEB = "is a web server, which a cache cannot be kept on (it lists no sizes and takes no writes)"
 _NO_CACHE_THERE = {"memory": "is held in one process's memory and gone when it ends", "http": _WEB, "https": _WEB}
@@ -276,8 +280,14 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
     location = given(option, "--cache") or CACHE.get(environ)
     scheme, _, rest = (location or "").partition("://")
     given_as = "--cache" if option else CACHE.name
-    if scheme in OBJECT_STORES and not rest.split("/", 1)[0].rpartition("@")[2]:
+    host, slash, path = rest.partition("/")
+    userinfo, _, bucket = host.rpartition("@")
+    if scheme in OBJECT_STORES and not bucket:
         raise BadInput(f"{given_as} {scheme}://... names no bucket: give it as {scheme}://BUCKET/PREFIX")
+    if scheme in OBJECT_STORES and userinfo:  # s3fs and gcsfs would take it for the bucket's name
+        raise BadInput(f"{given_as} {scheme}://***@{bucket}{slash}{path}: an object store's URL takes no "
+                       f"credentials; give it as {scheme}://{bucket}{slash}{path}, and the credentials "
+                       f"{_CREDENTIALS[OBJECT_STORES[scheme]]}")
     if scheme in _NO_CACHE_THERE:
         raise BadInput(f"{given_as} {scheme}://... {_NO_CACHE_THERE[scheme]}: {STORE_SHAPES}")
     if location and (not rest or scheme == "file"):
