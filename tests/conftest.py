@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -12,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -208,8 +210,24 @@ def index(tmp_path_factory) -> Index:
 # downloads, uv, verified RECORDs) go there, not to ~/.cache, and so do the temporary folders of
 # the runs the tests start (TMPDIR), with whatever a run killed on purpose leaves behind.
 SCRATCH = Path(tempfile.mkdtemp(prefix="warmstart-tests-"))
-atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 CACHE_HOME = str(SCRATCH / "cache")
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    """The scratch folder, once no Drive worker a test's run left in the background (without
+    WARMSTART_WAIT) is at work there: one that went on wrote into it after it was removed, and a
+    folder of its own stayed behind. One still at it after half a minute is stopped."""
+    deadline = time.monotonic() + 30
+    for job in Path(CACHE_HOME, "warmstart", "drivework").glob("*/*"):
+        while _worker_alive(job) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _worker_alive(job):
+            with contextlib.suppress(OSError, ValueError):
+                os.killpg(int((job / PID).read_text()), signal.SIGKILL)  # its own session (drivework.start)
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
 RUN_TMP = SCRATCH / "tmp"
 RUN_TMP.mkdir()
 # ... and so do those of warmstart called in this process, and of the children it starts, where
@@ -560,6 +578,7 @@ def wait_until(condition: Callable[[], T], seconds: float, failure: str | Callab
 import standin
 from standin import pyenv_python
 
+from warmstart.drivework import PID, _worker_alive
 from warmstart.images import Image, images_of
 
 # The stand-ins, one per Python Colab offers: latest (3.13) and the pinned 2026.07 (3.12). The other
