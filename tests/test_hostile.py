@@ -415,6 +415,12 @@ def test_a_target_that_prints_as_it_starts_installs_with_pip_and_says_why(demo, 
     assert result.code == 0, result.stderr
     assert result.report["installer"] == "pip" and installed(python).items() >= LOCKED.items()
     assert result.report["warnings"] == [f"installing with pip: {why}; remove what prints it to install with uv"]
+    # status says it as a warning of its own (it stood under the gpu line, as a GPU warning)
+    status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=cli_env())
+    assert f"\nwarning   installing with pip: {why}; remove what prints it to install with uv\n" in status.stdout
+    found = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), "--json",
+                    env=cli_env()).report
+    assert found["warnings"] == result.report["warnings"] and found["gpu_warnings"] == []
 
 
 @pytest.mark.parametrize("where", ["--drive", "--recipe", "the recipe's requirements", "--cache", "an asset's dest"])

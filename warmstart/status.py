@@ -81,7 +81,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
-        "gpu_warnings": list(plan.warnings),
+        "gpu_warnings": [w for w in plan.warnings if w in facts.verdict.problems],
+        "warnings": [w for w in plan.warnings if w not in facts.verdict.problems],  # a fallback lock, pip for uv
         "python": str(facts.target.executable),
         "python_version": str(facts.target.version),
         "python_externally_managed": facts.target.externally_managed or None,  # its PEP 668 marker
@@ -184,6 +185,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         f"lock      {facts['lock']}" + (" (made on this runtime)" if facts["lock_made_here"] else "")
         + (f"\n          compiled against {facts['image']}" if facts["image"] else ""),
         *([f"image     {facts['image_drift']['summary']}"] if facts["image_drift"] else []),
+        *(f"warning   {w}" for w in facts["warnings"]),
         f"missing   {', '.join(facts['missing']) or '-'}",
         "different " + (", ".join(f"{n} {d['installed']} (locked {d['locked']})"
                                   for n, d in facts["different"].items()) or "-"),
