@@ -942,11 +942,31 @@ def ftp(tmp_path) -> Callable[..., str]:
             time.sleep(buffer_size / self.pace)  # on the connection's own thread
             return super().recv(buffer_size)
 
-    def start(upload: int = 0) -> str:
+    taken = [0]  # the bytes uploaded to the server, over all its connections
+
+    class Counted(DTPHandler):
+        def recv(self, buffer_size: int) -> bytes:
+            data = super().recv(buffer_size)
+            taken[0] += len(data)
+            return data
+
+    class Quota(FTPHandler):
+        """Refuses an upload once `quota` bytes came (552, as a server over its allocation)."""
+
+        quota = 0
+
+        def ftp_STOR(self, file: str, mode: str = "w") -> object:
+            if taken[0] >= self.quota:
+                return self.respond("552 Requested file action aborted: exceeded storage allocation.")
+            return super().ftp_STOR(file, mode)
+
+    def start(upload: int = 0, quota: int = 0) -> str:
+        """The server; `upload`: its pace, bytes a second; `quota`: the bytes it takes in all."""
         authorizer = DummyAuthorizer()
         authorizer.add_user("lab", "labpw", str(root), perm="elradfmwMT")
-        dtp = type("Paced", (Slow,), {"pace": upload}) if upload else DTPHandler
-        handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "dtp_handler": dtp})
+        dtp = type("Paced", (Slow,), {"pace": upload}) if upload else Counted
+        base, extra = (Quota, {"quota": quota}) if quota else (FTPHandler, {})
+        handler = type("Handler", (base,), {"authorizer": authorizer, "dtp_handler": dtp, **extra})
         server = ThreadedFTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, kwargs={"handle_exit": False}, daemon=True).start()
         servers.append(server)
@@ -1002,6 +1022,21 @@ def test_an_upload_has_the_time_its_size_takes(ftp, tmp_path, monkeypatch):
     assert put is True and store.down is None, store.warnings
     assert time.monotonic() - started > 2  # it did take longer than the team timeout
     assert (ftp.root / "team" / "v1" / "wheels" / wheel.name).read_bytes() == wheel.read_bytes()
+
+
+def test_an_upload_refused_midway_leaves_no_part_of_it(ftp, tmp_path):
+    """A file system's object is written under a temporary name, then renamed: one refused midway
+    (a server over its quota, 552) left its first MiB there until `cache --prune` took it, an hour
+    later. It is removed at once; the team cache is one warning, as for any refusal."""
+    url = ftp(quota=1 << 20)
+    wheel = tmp_path / "big-1.0-py3-none-any.whl"
+    wheel.write_bytes(os.urandom(6 << 20))
+    store = ObjectStore(url)
+
+    put = store.put("wheels", wheel.name, wheel)
+
+    assert put is False and "552 Requested file action aborted" in store.warnings[0], store.warnings
+    assert [p for p in ftp.root.rglob("*") if p.is_file()] == []
 
 
 def test_prune_on_ftp_goes_by_the_times_its_listing_gives(ftp, demo, tmp_path, index):

@@ -32,7 +32,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import aclosing, contextmanager
+from contextlib import aclosing, contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path, PurePath, PurePosixPath
@@ -466,8 +466,15 @@ class ObjectStore:
         folder, _, name = key.rpartition("/")
         temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.part"
         self.fs.makedirs(folder, exist_ok=True)
-        self.fs.bounded(lambda fs: write(fs, temporary), more)
-        self.fs.mv(temporary, key)
+        try:
+            self.fs.bounded(lambda fs: write(fs, temporary), more)
+            self.fs.mv(temporary, key)
+        except TimeoutError:
+            raise  # unanswered, the write may go on: its temporary is `cache --prune`'s once an hour old
+        except Exception:
+            with suppress(Exception):  # refused midway (a quota, a rename not allowed): none of it is kept
+                self.fs.rm(temporary)
+            raise
 
     def _set_aside_note(self, kind: str, name: str) -> str:
         if not self.writable:
