@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,25 @@ def test_a_lock_for_another_python_is_never_picked(demo, drive, env, tmp_path):
     assert "locks exist for: py399 on manylinux" in result.stderr
     # the recipe by its path: it is not one of this checkout's, and the line must work pasted
     assert f"invoke lock --recipe {demo} --python-version 3." in result.stderr
+
+
+def test_a_lock_names_the_line_that_makes_it_again_for_a_recipe_found_on_drive(demo, drive, env):
+    # the user's own recipe in the Drive's recipe folder, found by name with --drive
+    shutil.copytree(demo.parent.parent, drive / ".warmstart", dirs_exist_ok=True)
+    made = run_cli("lock", "--recipe", "demo", "--drive", str(drive), env=env)
+    assert made.code == 0, made.stderr
+    (lock,) = (drive / ".warmstart" / "requirements").glob("demo-py3*.txt")
+    header = lock.read_text().splitlines()[0]
+    named = header.split("`")[1]
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert named == f"invoke lock --recipe {drive}/.warmstart/recipes/demo.toml --python-version {minor}", header
+    before = lock.read_text()
+    lock.unlink()
+
+    again = run_cli(*shlex.split(named)[1:], env=env)  # as named: no --drive, another working folder
+
+    assert again.code == 0, again.stderr
+    assert lock.read_text() == before
 
 
 @pytest.mark.parametrize("name", SHIPPED)

@@ -205,7 +205,7 @@ def compile_lock(recipe: Recipe, target: LockTarget, *, upgrade: bool = False,
                                  cudalibs.platforms_for(target, image, root))
     if problems:
         raise BadInput(f"{path.name} would not load on its platform: " + "; ".join(problems))
-    atomic_write_text(path, render(recipe, target, resolver.tool, pins_text, wheels, image))
+    atomic_write_text(path, render(recipe, target, resolver.tool, pins_text, wheels, image, root))
     for note in image_notes(pins, image) if image else []:
         say(note)
     return path

@@ -48,6 +48,9 @@ CUDA_MAJOR_LIBRARY = re.compile(r"^lib(cudart|cublas|cublasLt|nvrtc)\.so\.(\d+)$
 _FREEZE_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s*$")
 
 
+LIVE = "live-"  # the name of this VM as an image begins so (live_image)
+
+
 @dataclass(frozen=True)
 class Image:
     name: str
@@ -62,6 +65,11 @@ class Image:
     @property
     def python_minor(self) -> str:
         return f"{self.python.major}.{self.python.minor}"
+
+    @property
+    def live(self) -> bool:
+        """This VM's own, made by `live_image`, not a published list."""
+        return self.name.startswith(LIVE)
 
     def describe(self) -> str:
         return f"{self.name} (Python {self.python}, {len(self.shipped)} distributions; {self.source})"
@@ -126,7 +134,7 @@ def live_image(nearest: Image, installed: dict[NormalizedName, str], python: Ver
     again by this VM and the next one of the same runtime, and by no other."""
     digest = hashlib.sha256(f"{python}\n{nearest.digest}\n".encode())
     digest.update("".join(f"{name}=={installed.get(name)}\n" for name in sorted(nearest.shipped)).encode())
-    name = f"live-{digest.hexdigest()[:16]}"
+    name = f"{LIVE}{digest.hexdigest()[:16]}"
     return Image(name, nearest.profile, python, dict(installed), nearest.cuda,
                  f"this VM (nearest published: {nearest.name})", nearest.path, digest.hexdigest())
 

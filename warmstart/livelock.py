@@ -20,7 +20,7 @@ from pathlib import Path
 from . import extras, home
 from .disks import explain
 from .errors import BadInput, WarmstartError
-from .images import Image, live_image
+from .images import LIVE, Image, live_image
 from .lock import Lock, LockTarget, check_fresh, needs, parse_lock
 from .recipe import Recipe
 from .store import Stalled
@@ -66,7 +66,7 @@ def for_runtime(store: TieredStore, recipe: Recipe, wanted: LockTarget, committe
 
 def stored_name(recipe: Recipe, target: LockTarget) -> str:
     assert target.image, "a live lock's target names its image"
-    return f"{recipe.name}-{target.python_tag}-{target.image.removeprefix('live-')}.txt"
+    return f"{recipe.name}-{target.python_tag}-{target.image.removeprefix(LIVE)}.txt"
 
 
 _STORED = re.compile(r"^(.+)-py\d+-[0-9a-f]{16}\.txt$")
