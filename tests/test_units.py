@@ -243,10 +243,13 @@ def test_a_checks_record_of_any_shape_reads_as_what_it_can_say(tmp_path, monkeyp
     path.write_text(json.dumps(held))
     both = (Check("a", python="pass"), Check("b", run="true"))
 
-    assert checks.failed_before(tmp_path / "env", "a") == (["a"] if held == {"a": ["a"]} else [])
-    assert checks.due(tmp_path / "env", "a", both) == list(both)
-    checks.remember(tmp_path / "env", "a", both, [checks.CheckResult("a", True, "", 0.1)])
-    assert checks.due(tmp_path / "env", "a", both) == [both[1]]
+    first = checks.due(tmp_path / "env", "a", both)
+    assert first.failed == (["a"] if held == {"a": ["a"]} else [])
+    assert first.checks == list(both)
+    assert (first.again, first.new) == ((["a"], ["b"]) if first.failed else ([], ["a", "b"]))
+    checks.remember(tmp_path / "env", "a", both,
+                    [checks.CheckResult("a", True, "", 0.1), checks.CheckResult("b", False, "", 0.1)])
+    assert checks.due(tmp_path / "env", "a", both) == ([both[1]], ["b"])
 
 
 def test_a_report_line_counts_one_in_the_singular():

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any, TypedDict
+from typing import IO, Any, NamedTuple, TypedDict
 
 from .config import read_bytes
 from .errors import redact
@@ -177,11 +177,6 @@ def _records(prefix: Path) -> dict[str, _Record]:
     return records
 
 
-def failed_before(prefix: Path, recipe: str) -> list[str]:
-    """The checks of `recipe` that failed in this environment and have not passed since."""
-    return record["failed"] if (record := _records(prefix).get(recipe)) else []
-
-
 def fingerprint(check: Check) -> str:
     """A check as it is now: what it runs (a script's own bytes too), its name and timeout. One
     changed since it passed is not known to pass."""
@@ -195,12 +190,31 @@ def fingerprint(check: Check) -> str:
     return digest.hexdigest()
 
 
-def due(prefix: Path, recipe: str, checks: tuple[Check, ...]) -> list[Check]:
-    """The checks a run that installs nothing runs: those that have not passed in this
-    environment as they are now (that failed last time, were added or changed since, or never
-    ran here: a `--packages-only` run skips them)."""
-    passed = record["passed"] if (record := _records(prefix).get(recipe)) else {}
-    return [check for check in checks if passed.get(check.name) != fingerprint(check)]
+class Due(NamedTuple):
+    """The checks a run that installs nothing runs (in the recipe's order): those that have not
+    passed in this environment as they are now; and the names of those that failed here last
+    time (the environment's record: a check dropped from the recipe since may be among them)."""
+
+    checks: list[Check]
+    failed: list[str]
+
+    @property
+    def again(self) -> list[str]:
+        """Due because they failed here last time."""
+        return [check.name for check in self.checks if check.name in self.failed]
+
+    @property
+    def new(self) -> list[str]:
+        """Due because they were added or changed since they passed, or never ran here (a
+        `--packages-only` run skips them)."""
+        return [check.name for check in self.checks if check.name not in self.failed]
+
+
+def due(prefix: Path, recipe: str, checks: tuple[Check, ...]) -> Due:
+    """What a run that installs nothing checks here (Due), from one read of the record."""
+    record = _records(prefix).get(recipe) or {"failed": [], "passed": {}}
+    return Due([check for check in checks if record["passed"].get(check.name) != fingerprint(check)],
+               record["failed"])
 
 
 def remember(prefix: Path, recipe: str, checks: tuple[Check, ...], results: list[CheckResult]) -> None:

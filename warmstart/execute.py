@@ -380,15 +380,12 @@ class Executor:
         """A run that installs nothing runs the checks that failed here last time, or were added
         or changed since they passed (checks.due), saying which."""
         recipe, prefix = self.plan.facts.recipe, self.plan.facts.target.prefix
-        if not (unchecked := checks.due(prefix, recipe.name, recipe.checks)):
+        if not (due := checks.due(prefix, recipe.name, recipe.checks)).checks:
             return
-        failed = set(checks.failed_before(prefix, recipe.name))
-        again = [c.name for c in unchecked if c.name in failed]
-        new = [c.name for c in unchecked if c.name not in failed]  # added, changed, or never run here
-        said = [f"failed here last time ({', '.join(again)})"] if again else []
-        said += [f"not yet passed here as they are ({', '.join(new)})"] if new else []
+        said = [f"failed here last time ({', '.join(due.again)})"] if due.again else []
+        said += [f"not yet passed here as they are ({', '.join(due.new)})"] if due.new else []
         self.report.say(f"checks {', '.join(said)}: running them")
-        self.run_checks(unchecked)
+        self.run_checks(due.checks)
 
     def run_checks(self, only: list[Check] | None = None) -> None:
         """The recipe's checks (`only` these, where given: a run that installs nothing)."""

@@ -78,6 +78,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     writes = drivework.pending(facts.target.prefix)
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     wiped = wiped_vm_snapshot(facts)
+    due = checks.due(facts.target.prefix, facts.recipe.name, facts.recipe.checks)
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
@@ -131,16 +132,15 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
         "restart_needed": sorted(restart.pending(facts.target.prefix)),
-        "checks_failed": checks.failed_before(facts.target.prefix, facts.recipe.name),
+        "checks_failed": due.failed,
         # the checks a bootstrap that installs nothing runs: those not passed here as they are now
-        "checks_due": [] if options.packages_only else
-        [c.name for c in checks.due(facts.target.prefix, facts.recipe.name, facts.recipe.checks)],
+        "checks_due": [] if options.packages_only else [c.name for c in due.checks],
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
         "drive_writes": writes.describe() if writes else None,
     }
     if found["checks_due"] and found["action"] == "no-op":
-        found["action"] = ("run the checks that failed last time again" if set(found["checks_due"]) <= set(
-            found["checks_failed"]) else "run the checks not yet passed here")
+        found["action"] = ("run the checks not yet passed here" if due.new
+                           else "run the checks that failed last time again")
     if refused := system_managed(facts):
         found["action"] = f"stop: {refused}"
     if facts.verdict.problems:  # looked past above; a bootstrap without the flag stops there
