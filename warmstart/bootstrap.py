@@ -214,7 +214,7 @@ def _choose_lock(recipe: Recipe, profile: Profile, target: target_python.TargetP
     path = lock_path(recipe, wanted)
     if not path.exists():
         raise PreconditionUnmet(_no_lock(recipe, wanted))
-    lock = parse_lock(path)
+    lock = parse_lock(path, lambda: relock_command(recipe, wanted))
     check_fresh(lock, recipe, wanted, image)
     return wanted, image, lock
 

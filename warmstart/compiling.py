@@ -215,7 +215,7 @@ def audit(recipe: Recipe, path: Path, target: LockTarget, root: Path = PROJECT_R
     """What `invoke lock --check` finds wrong with one lock, without downloading anything: stale
     inputs, or CUDA libraries its platform cannot provide (from what the lock recorded)."""
     image = target_image(target, root)
-    lock = parse_lock(path)
+    lock = parse_lock(path, lambda: relock_command(recipe, target, root))
     if lock.inputs_sha256 != inputs_digest(recipe, target, image):
         return ["stale (its inputs changed since it was compiled)"]
     if lock.wheels is None:

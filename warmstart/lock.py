@@ -19,7 +19,7 @@ import re
 import shlex
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,7 +258,9 @@ def _via(block: str) -> tuple[frozenset[NormalizedName], bool]:
     return frozenset(names), root or not names
 
 
-def parse_pins(text: str, path: Path) -> tuple[Pin, ...]:
+def parse_pins(text: str, path: Path, remake: Callable[[], str] | None = None) -> tuple[Pin, ...]:
+    """The pins of a lock's text; BadInput naming `path`, the pin, and the line that makes the
+    lock again (`remake`, see parse_lock) for one that is not pinned and hashed."""
     pins = []
     for block in pin_blocks(text):
         # The requirement is what precedes the first option (`--hash`) or line continuation.
@@ -272,32 +274,38 @@ def parse_pins(text: str, path: Path) -> tuple[Pin, ...]:
             raise BadInput(f"{path}: cannot read requirement {requirement_text!r}: {reason}") from None
         specs = list(req.specifier)
         if len(specs) != 1 or specs[0].operator != "==":
-            raise BadInput(f"{path}: '{requirement_text}' is not pinned with =="
-                           "; recompile with `invoke lock`")
+            raise BadInput(f"{path}: '{requirement_text}' is not pinned with ==; recompile with `{_remade(remake)}`")
         hashes = frozenset(HASH.findall(block))
         if not hashes:
-            raise BadInput(f"{path}: '{req.name}' has no --hash=sha256 lines"
-                           "; recompile with `invoke lock`")
+            raise BadInput(f"{path}: '{req.name}' has no --hash=sha256 lines; recompile with `{_remade(remake)}`")
         via, root = _via(block)
         pins.append(Pin(canonicalize_name(req.name), specs[0].version, hashes, via, root))
     return tuple(pins)
 
 
-def parse_lock(path: Path) -> Lock:
+def _remade(remake: Callable[[], str] | None) -> str:
+    return remake() if remake else "invoke lock"
+
+
+def parse_lock(path: Path, remake: Callable[[], str] | None = None) -> Lock:
+    """The lock at `path`, whole as `invoke lock` wrote it; else BadInput naming the line that
+    makes it again (`remake`: relock_command's, where the caller knows the recipe; asked only
+    then, as it looks for a notebook)."""
     text = read_text(path, "a lock")
     found = _DIGEST_LINE.search(text)
     body = _BODY_LINE.search(text)
     if not body:
-        raise BadInput(f"{path}: not written by `invoke lock` (no lock-sha256 line); recompile it")
+        raise BadInput(f"{path}: not written by `invoke lock` (no lock-sha256 line); recompile it with "
+                       f"`{_remade(remake)}`")
     if hashlib.sha256(text[body.end():].encode()).hexdigest() != body.group(1):
         raise BadInput(f"{path}: edited by hand since `invoke lock` wrote it (its pins or hashes "
-                       "no longer match its lock-sha256); recompile it with `invoke lock`")
+                       f"no longer match its lock-sha256); recompile it with `{_remade(remake)}`")
     pins_text, marked, wheels_text = text.partition(WHEELS_MARK)
     wheels = None
     if marked:
         parsed = [WheelLibs.parse(line) for line in wheels_text.splitlines()[1:]]
         wheels = {w.name: w for w in parsed if w is not None}
-    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path),
+    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path, remake),
                 hashlib.sha256(text.encode()).hexdigest(), wheels)
 
 
