@@ -48,6 +48,7 @@ def test_cold_install_fills_cache_and_leaves_excluded_out(demo, drive, env, tmp_
     assert result.code == 0, result.stderr
     report = result.report
     assert report["ok"] is True and report["recipe"] == "demo"
+    assert (report["error"], report["exit_code"]) == (None, 0), "there whatever the run ends in"
     assert report["installed"] == LOCKED
     assert report["cache"]["misses"] == 3 and report["cache"]["hits"] == 0
     assert report["cache"]["bytes_written"] > 0

@@ -100,10 +100,10 @@ class Report:
             out.update(self.outcome.as_json())
         if self.status is not None:
             out["status"] = self.status
-        if self.error:
-            out.update(error=self.error, exit_code=self.exit_code)
-            if self.error_detail:
-                out["error_detail"] = list(self.error_detail)
+        # whatever the run ends in, as every command's --json says it (error null: none)
+        out.update(error=self.error, exit_code=self.exit_code)
+        if self.error_detail:
+            out["error_detail"] = list(self.error_detail)
         return redacted(out)
 
 
