@@ -121,6 +121,7 @@ def test_in_kernel_the_line_that_shows_the_drive_writes_is_a_call_that_works_in_
     assert f"`{printed}` shows how far" in out["stderr"]
     assert "invoke status" not in out["stderr"]
     assert out["complete"] is True and out["missing"] == [] and out["python"] == str(kernel_python)
+    assert (out["error"], out["exit_code"]) == (None, 0)
     assert "nothing left to write to Drive: safe to shut down" in out["stdout"]
 
 

@@ -147,6 +147,7 @@ def test_a_failed_check_is_run_again_until_it_passes(demo, drive, tmp_path, inde
     assert first.code == 1 and "checks failed" in first.stderr
     assert again.code == 1 and "checks failed here last time (the flag file is there)" in again.stderr
     assert status.code == 1 and status.report["checks_failed"] == ["the flag file is there"]
+    assert (status.report["error"], status.report["exit_code"]) == (None, 1), "not complete: 1, as it exits"
     assert status.report["action"] == "run the checks that failed last time again"
     assert fixed.code == 0 and "1 of 1 passed" in fixed.stderr
     assert quiet.code == 0 and "checks" not in quiet.stderr.split("nothing to do", 1)[1]

@@ -127,7 +127,7 @@ def status(c, json=False, **flags):
     from .status import looked
 
     report, facts = looked(lambda: Options(**flags), flags.get("recipe"), ROOT, lines=not json)
-    _exit(report.exit_code or (0 if facts.get("complete") else 1),
+    _exit(report.exit_code or facts.get("exit_code", 1),
           last=jsonlib.dumps(facts or report.as_json()) if json else None)
 
 

@@ -61,6 +61,8 @@ def looked(options: Callable[[], Options], recipe: str | None, root: Path, *,
 
     with config.reading_ahead(root, recipe):
         report = run_reported(show, recipe or "", as_json=False)
+    if facts:  # as every command's JSON says how it ended: 1 until there is nothing to do
+        facts.update(error=None, exit_code=0 if facts["complete"] else 1)
     return report, facts
 
 
