@@ -21,7 +21,7 @@ def gpu_json(env):
 def test_t4(fake_nvml_dir):
     code, report = gpu_json(nvml_env(cli_env(), fake_nvml_dir, T4, driver="580.82.07", cuda="12080"))
     assert code == 0
-    assert report["available"] is True and report["error"] is None
+    assert report["available"] is True and (report["error"], report["exit_code"]) == (None, 0)
     assert report["driver_version"] == "580.82.07" and report["cuda_driver_version"] == "12.8"
     (t4,) = report["devices"]
     assert t4["index"] == 0 and t4["name"] == "Tesla T4" and t4["uuid"].startswith("GPU-")
@@ -52,7 +52,7 @@ def test_two_different_gpus_and_table(fake_nvml_dir):
 def test_no_usable_gpu_says_why_and_exits_3(fake_nvml_dir, settings, reason):
     settings = dict(settings)
     code, report = gpu_json(nvml_env(cli_env(), fake_nvml_dir, settings.pop("devices", T4), **settings))
-    assert code == 3
+    assert code == 3 == report["exit_code"]
     assert report["available"] is False and report["devices"] == []
     assert reason in report["error"]
 

@@ -449,14 +449,15 @@ def gpu(c, json=False):
     from .gpu import probe_gpus
 
     report = probe_gpus()
+    code = 0 if report.available else PreconditionUnmet.exit_code
     table = None
-    if json:
-        table = jsonlib.dumps(report.as_json())
+    if json:  # its `error` is why there is no usable GPU, the reason for exit 3
+        table = jsonlib.dumps({**report.as_json(), "exit_code": code})
     elif report.available:
         table = shown(report.table(), keep_lines=True)
     else:
         _print(f"warmstart: {report.describe()}", file=sys.stderr)
-    _exit(0 if report.available else PreconditionUnmet.exit_code, last=table)
+    _exit(code, last=table)
 
 
 namespace = Collection(bootstrap, status, lock, image, recipes, cache, assets, gpu)
