@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -176,3 +178,33 @@ def test_a_full_local_disk_as_the_lock_from_drive_is_copied_is_said_as_the_local
     assert "lock for this runtime on Drive" not in full.stdout + full.stderr, full.stderr
     assert [p.name for p in stored.parent.iterdir()] == [stored.name] and stored.read_bytes() == kept
     assert installed(python2)["beta"] == "1.6"
+
+
+def test_lock_check_names_an_image_added_since_for_each_recipe_of_the_checkout(runtime, demo, tmp_path):
+    """`invoke image` added a runtime, whose output says to lock every recipe for it, then to run
+    `lock --check`: the check named no lock missing, and a VM of that runtime took another
+    image's lock, which replaces what its image ships."""
+    checkout = tmp_path / "checkout"
+    images = checkout / "envs" / "images"
+    for other in ("colab-2026.04", "colab-2026.07", "colab-latest"):  # of other Pythons: not locked for here
+        (images / f"{other}.toml").unlink()
+    shutil.copy(demo, checkout / "recipes" / "demo.toml")  # a recipe of the checkout, as hyperlpr is
+    shutil.copy(demo.parent.parent / "requirements" / "demo.in", checkout / "requirements" / "demo.in")
+    assert runtime("lock", "--recipe", "demo", "--image", "colab-test").code == 0
+    (images / "colab-next.freeze.txt").write_text("beta==1.6\nsix==1.16.0\n")
+    (images / "colab-next.toml").write_text((images / "colab-test.toml").read_text().replace(
+        '"colab-test"', '"colab-next"').replace("colab-test.freeze", "colab-next.freeze"))
+
+    check = runtime("lock", "--check", "--recipe", "demo")
+
+    assert check.code == 1, check.stderr
+    line = check.stderr.strip().splitlines()[-1]
+    missing = checkout / "requirements" / "colab-next" / f"demo-py3{sys.version_info.minor}-manylinux_x86_64.txt"
+    assert line.startswith(f"warmstart: error: {missing}: missing: the colab image colab-next (Python "), line
+    command = line.split("`")[1]
+    assert command.endswith("lock --recipe demo --image colab-next"), command
+    words = shlex.split(command)
+    assert runtime(*words[words.index("lock"):]).code == 0  # as named, by this checkout's invoke
+    assert runtime("lock", "--check", "--recipe", "demo").code == 0
+    # the user's own recipe, outside the checkout, locked for the one runtime its user runs
+    assert runtime("lock", "--check", "--recipe", str(demo)).code == 0

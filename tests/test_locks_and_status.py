@@ -95,7 +95,7 @@ def test_refreshing_an_image_from_the_same_freeze_changes_nothing_and_a_new_one_
            f"compiled): run `{INVOKE} lock --recipe hyperlpr --image colab-2026.07`" in each
     assert f"warmstart: {stale}/warmstart-py312-manylinux_x86_64.txt: stale (its inputs changed since it was " \
            f"compiled): run `{INVOKE} lock --recipe warmstart --image colab-2026.07`" in each
-    assert last == f"warmstart: error: {len(each)} locks to make again or remove, each named above"
+    assert last == f"warmstart: error: {len(each)} locks to make or remove, each named above"
     assert "--image colab-latest`" not in check.stderr and "--image colab-2026.04`" not in check.stderr, \
         "the other images' locks stay fresh"
 
@@ -295,7 +295,7 @@ def test_a_recipe_that_cannot_be_read_hides_none_of_the_others(locked_demo, env,
     assert both.code == 2, both.stderr
     *each, last = both.stderr.strip().splitlines()
     assert len(each) == 2 and "stale" in each[0] and str(recipes / "broken.toml") in each[1], each
-    assert last == "warmstart: error: 1 lock to make again or remove and 1 recipe that cannot be read, each named above"
+    assert last == "warmstart: error: 1 lock to make or remove and 1 recipe that cannot be read, each named above"
 
     # invoke cache shows the whole cache, then says it; --prune removes nothing, as what it names cannot be told
     (drive / ".warmstart" / "v1" / "wheels").mkdir(parents=True)

@@ -178,7 +178,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         if len(problems) > 1:  # a line each (a new image makes every recipe's lock for it stale), then the end
             for line in problems:
                 say(line)
-            parts = [f"{counted(len(lines), 'lock')} to make again or remove"] if lines else []
+            parts = [f"{counted(len(lines), 'lock')} to make or remove"] if lines else []
             parts += [f"{counted(len(unreadable), 'recipe')} that cannot be read"] if unreadable else []
             raise fault(f"{' and '.join(parts)}, each named above")
         if problems:

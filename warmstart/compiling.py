@@ -24,7 +24,7 @@ from . import PROJECT_ROOT, cudalibs
 from .console import counted
 from .download import Downloader
 from .errors import BadInput, WarmstartError, said_by
-from .images import Image
+from .images import Image, image_named, images_of
 from .lock import (
     UV_PLATFORMS,
     WHEELS_MARK,
@@ -279,13 +279,36 @@ def lock_targets(recipe: Recipe, platform: str, versions: Sequence[str], this_py
 def check(recipe: Recipe, root: Path = PROJECT_ROOT) -> list[str]:
     """`invoke lock --check`'s lines for one recipe: each lock that is stale or whose platform
     cannot load its wheels, with the command that makes it again; each lock for a Python the
-    recipe no longer admits, to be removed (no VM uses it, and no relock mends it)."""
+    recipe no longer admits, to be removed (no VM uses it, and no relock mends it); each image
+    it has no lock for, of a platform it is locked against (missing_image_locks)."""
     lines = []
-    for path, target in existing_locks(recipe).items():
+    locks = existing_locks(recipe)
+    for path, target in locks.items():
         if not recipe.supports(target.python_version):
             lines.append(f"{path}: for Python {target.python_version}, which the recipe's python ({recipe.python}) "
                          "does not admit: no VM uses it; remove it")
             continue
         lines += [f"{path}: {problem}: run `{relock_command(recipe, target, root)}`"
                   for problem in audit(recipe, path, target, root)]
+    return lines + missing_image_locks(recipe, list(locks.values()), root)
+
+
+def missing_image_locks(recipe: Recipe, locks: list[LockTarget], root: Path = PROJECT_ROOT) -> list[str]:
+    """For a recipe of this checkout: a line for each published image, of a platform it has an
+    image's lock for, that has none of its own and whose Python it admits (an image added with
+    `invoke image` and not locked for yet). A VM of that runtime would take another image's
+    lock, or the bare one, and with it replace what its image ships. A recipe of the user's own
+    (on Drive) may be locked for the runtimes its user runs alone."""
+    if recipe.path.parent != root / "recipes":
+        return []
+    envs = root / "envs"
+    locked = {(t.image, t.platform) for t in locks if t.image}
+    lines = []
+    for profile, platform in sorted({(image_named(name, envs).profile, platform) for name, platform in locked}):
+        for name, image in images_of(profile, envs).items():
+            if (name, platform) not in locked and recipe.supports(image.python):
+                target = LockTarget(image.python_minor, platform, name)
+                lines.append(f"{lock_path(recipe, target)}: missing: the {profile} image {name} (Python "
+                             f"{image.python}) has no lock of {recipe.name}; run "
+                             f"`{relock_command(recipe, target, root)}`")
     return lines
