@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
 import shutil
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -190,3 +192,46 @@ def test_a_resolver_s_long_explanation_is_said_by_its_conclusion():
     assert _conflict(why) == ("... because ultralytics==8.4.44 was yanked and you require ultralytics, we can "
                               "conclude that your requirements are unsatisfiable.")
     assert _conflict("") == "no resolution"
+
+
+class _Refusing(http.server.BaseHTTPRequestHandler):
+    """A proxy that lets nothing through: it records each request (CONNECT host:443 for HTTPS)
+    and answers 403."""
+
+    asked: list[str]
+
+    def _refuse(self) -> None:
+        self.asked.append(f"{self.command} {self.path}")
+        self.send_error(403)
+
+    do_CONNECT = do_GET = do_HEAD = _refuse
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+def test_a_lock_for_another_python_fetches_no_interpreter(demo, index, tmp_path):
+    """uv, resolving for a Python it found no interpreter of on PATH, fetched one from GitHub
+    (python-build-standalone) into ~/.local/share/uv: a host besides the index, a folder besides
+    warmstart's, and where that host was out of reach 10 s of retries per resolution (an image's
+    lock takes up to three). Here PATH holds no interpreter of that Python, and every request but
+    the index's (127.0.0.1) goes to a proxy that records it and lets nothing through."""
+    handler = type("Refusing", (_Refusing,), {"asked": []})
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    other = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(sys.executable)
+    (tmp_path / "home").mkdir()
+    via = f"http://127.0.0.1:{proxy.server_address[1]}"
+    env = cli_env(index.url, HTTPS_PROXY=via, HTTP_PROXY=via, NO_PROXY="127.0.0.1,localhost",
+                  HOME=str(tmp_path / "home"), PATH=f"{tmp_path / 'bin'}:/bin")
+    try:
+        result = run_cli("lock", "--recipe", str(demo), "--python-version", other, env=env)
+    finally:
+        proxy.shutdown()
+
+    assert result.code == 0, result.stderr
+    assert "with uv" in result.stderr
+    assert handler.asked == [], "only the index was asked"
+    assert list((tmp_path / "home").iterdir()) == [], "nothing of uv's own outside warmstart's folders"

@@ -137,11 +137,16 @@ def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) 
 
 def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
     """The environment for uv: the same index settings in uv's words, its cache on local disk
-    (Drive refuses the links uv makes), no user configuration."""
+    (Drive refuses the links uv makes), no user configuration, and no interpreter downloaded."""
     settings = IndexSettings.from_environ(environ)
     drop = set(_UV_CLEARED) | set(unset)
     env = {k: v for k, v in environ.items() if k not in drop}
-    env.update(UV_CACHE_DIR=str(home.uv_cache(environ)), UV_NO_CONFIG="1", UV_NO_PROGRESS="1")
+    env.update(UV_CACHE_DIR=str(home.uv_cache(environ)), UV_NO_CONFIG="1", UV_NO_PROGRESS="1",
+               # Locking for another Python (`--python-version`), uv found no interpreter of it and
+               # fetched one from GitHub into ~/.local/share/uv: a host besides the index, a folder
+               # besides warmstart's, and, where that host was out of reach, 10 s of retries per
+               # resolution. Any interpreter serves a resolution for a version; an install names its own.
+               UV_PYTHON_DOWNLOADS="never")
     given = {
         "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
         "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),
