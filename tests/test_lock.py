@@ -210,28 +210,33 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_a_lock_for_another_python_fetches_no_interpreter(demo, index, tmp_path):
+@pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
+def test_a_lock_asks_the_index_alone_and_writes_in_warmstart_s_folder_alone(demo, index, tmp_path, resolver):
     """uv, resolving for a Python it found no interpreter of on PATH, fetched one from GitHub
     (python-build-standalone) into ~/.local/share/uv: a host besides the index, a folder besides
     warmstart's, and where that host was out of reach 10 s of retries per resolution (an image's
-    lock takes up to three). Here PATH holds no interpreter of that Python, and every request but
-    the index's (127.0.0.1) goes to a proxy that records it and lets nothing through."""
+    lock takes up to three); pip-tools kept its cache in ~/.cache/pip-tools. Here PATH holds no
+    interpreter of the other Python, and every request but the index's (127.0.0.1) goes to a
+    proxy that records it and lets nothing through."""
     handler = type("Refusing", (_Refusing,), {"asked": []})
     proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     other = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python3").symlink_to(sys.executable)
-    (tmp_path / "home").mkdir()
+    home = tmp_path / "home"
+    home.mkdir()
     via = f"http://127.0.0.1:{proxy.server_address[1]}"
-    env = cli_env(index.url, HTTPS_PROXY=via, HTTP_PROXY=via, NO_PROXY="127.0.0.1,localhost",
-                  HOME=str(tmp_path / "home"), PATH=f"{tmp_path / 'bin'}:/bin")
+    env = cli_env(index.url, HTTPS_PROXY=via, HTTP_PROXY=via, NO_PROXY="127.0.0.1,localhost", HOME=str(home),
+                  XDG_CACHE_HOME=str(home / ".cache"), PATH=f"{tmp_path / 'bin'}:/bin")
     try:
-        result = run_cli("lock", "--recipe", str(demo), "--python-version", other, env=env)
+        result = run_cli("lock", "--recipe", str(demo), *(["--python-version", other] if resolver == "uv" else []),
+                         env=env)
     finally:
         proxy.shutdown()
 
     assert result.code == 0, result.stderr
-    assert "with uv" in result.stderr
+    assert f"with {resolver}" in result.stderr
     assert handler.asked == [], "only the index was asked"
-    assert list((tmp_path / "home").iterdir()) == [], "nothing of uv's own outside warmstart's folders"
+    assert [p.name for p in home.iterdir()] == [".cache"]
+    assert [p.name for p in (home / ".cache").iterdir()] == ["warmstart"], "warmstart's own folder alone"

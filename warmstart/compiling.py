@@ -20,7 +20,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from . import PROJECT_ROOT, cudalibs
+from . import PROJECT_ROOT, cudalibs, home
 from .console import counted
 from .download import Downloader
 from .errors import BadInput, WarmstartError, said_by
@@ -69,7 +69,8 @@ _ONLY_WHEELS = "--only-binary=:all:"
 def _pip_compile() -> list[str]:
     return [sys.executable, "-m", "piptools", "compile", "--quiet",
             "--generate-hashes", "--allow-unsafe", "--strip-extras", "--no-header",
-            "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links", "--no-emit-options"]
+            "--no-emit-index-url", "--no-emit-trusted-host", "--no-emit-find-links", "--no-emit-options",
+            "--cache-dir", str(home.pip_tools_cache())]  # in warmstart's folder, not ~/.cache/pip-tools
 
 
 def _uv_compile(target: LockTarget, say: Callable[[str], None]) -> list[str]:

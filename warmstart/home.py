@@ -7,6 +7,7 @@
         downloads/                 partial downloads, resumed by the next run
         elf/                       what `invoke lock` read from wheels' ELF files, by sha256
         uv/                        uv's cache
+        pip-tools/                 pip-tools' cache (`invoke lock`)
         live-locks/                locks made for a drifted runtime, before they reach Drive
         placed.json                assets placed in workdirs, as last seen
         <kind>/<prefix hash>.json  one record per target environment and kind (STATE_KINDS)
@@ -71,6 +72,10 @@ def elf() -> Path:
 
 def uv_cache(environ: Mapping[str, str] = os.environ) -> Path:
     return root(environ) / "uv"
+
+
+def pip_tools_cache() -> Path:
+    return root() / "pip-tools"
 
 
 def live_locks() -> Path:
