@@ -351,6 +351,11 @@ HOSTILE_INPUTS = {
                                 "user this machine does not have"),
     "recipes folder in no user's home": ({}, "demo", [], {"WARMSTART_RECIPES": "~no-such-user-ws/recipes"}, 2,
                                          "WARMSTART_RECIPES '~no-such-user-ws/recipes' begins with the home folder"),
+    # the recipe's own file where its folder goes: it read as a folder with no recipe in it
+    "recipes folder that is a file": ({"mine.toml": 'name = "mine"\n'}, "mine", [],
+                                      {"WARMSTART_RECIPES": "{tmp}/mine.toml"}, 2,
+                                      "WARMSTART_RECIPES {tmp}/mine.toml is a file, not a folder: set it to the "
+                                      "folder that holds your recipes, or pass the recipe's file as --recipe PATH"),
     "unknown platform": ({}, "{demo}", [], {"WARMSTART_PLATFORM": "mars"}, 2, "names no file"),
     "a switch neither on nor off": ({}, "{demo}", [], {"WARMSTART_WAIT": "ture"}, 2,
                                     "WARMSTART_WAIT must be 1 (on) or 0 (off), got 'ture'"),

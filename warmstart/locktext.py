@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from .errors import BadInput
 from .layout import RECIPES
 from .settings import RECIPES_FOLDER, user_path
 
@@ -80,7 +81,11 @@ def recipe_dirs(root: Path, drive: Path | None, environ: Mapping[str, str] = os.
     else the Drive store's recipes folder) so recipes can live next to the data on Drive."""
     dirs = [root / "recipes"]
     if own := RECIPES_FOLDER.get(environ):
-        dirs.append(user_path(own, RECIPES_FOLDER.name))
+        folder = user_path(own, RECIPES_FOLDER.name)
+        if folder.exists() and not folder.is_dir():  # a recipe's own file, say: read as a folder of none
+            raise BadInput(f"{RECIPES_FOLDER.name} {folder} is a file, not a folder: set it to the folder that "
+                           "holds your recipes, or pass the recipe's file as --recipe PATH")
+        dirs.append(folder)
     elif drive is not None:
         dirs.append(drive / RECIPES)
     return dirs
