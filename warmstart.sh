@@ -35,10 +35,11 @@ if sys.version_info < (3, 11):
     sys.stderr.write("warmstart.sh: needs Python 3.11 or newer; %s is %s: set WARMSTART_PYTHON to a newer "
                      "interpreter\n" % (sys.executable, sys.version.split()[0]))
     sys.exit(3)
+# before any other import: signal imports enum, which a project of the folder may shadow
+sys.path[:] = [sys.argv.pop(1)] + [entry for entry in sys.path if entry]
 import signal
 signal.signal(signal.SIGTERM, signal.default_int_handler)  # a notebook stop, a kill: as Ctrl-C
 try:
-    sys.path[:] = [sys.argv.pop(1)] + [entry for entry in sys.path if entry]
     from warmstart.prefetch import guess
     guess(sys.argv[1:])  # the archive a wiped VM restores, read while the rest of warmstart is imported
     from warmstart.tools import main
