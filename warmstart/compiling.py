@@ -43,7 +43,7 @@ from .lock import (
 )
 from .locktext import pin_blocks
 from .pipconfig import IndexSettings, pip_env, uv_env
-from .recipe import Recipe
+from .recipe import Recipe, of_checkout
 from .transfer import atomic_write_text
 from .uv import ensure_uv
 
@@ -300,7 +300,7 @@ def missing_image_locks(recipe: Recipe, locks: list[LockTarget], root: Path = PR
     `invoke image` and not locked for yet). A VM of that runtime would take another image's
     lock, or the bare one, and with it replace what its image ships. A recipe of the user's own
     (on Drive) may be locked for the runtimes its user runs alone."""
-    if recipe.path.parent != root / "recipes":
+    if not of_checkout(recipe.path, root):
         return []
     envs = root / "envs"
     locked = {(t.image, t.platform) for t in locks if t.image}

@@ -194,9 +194,10 @@ class Executor:
             installer.install(plan.facts.installer, plan.facts.target.executable, requirements, wheels,
                               plan.facts.profile.unset_env, self._first_install_seen(), index=index)
         except installer.NotLocked as exc:
-            if relock := plan.facts.relock():  # --upgrade: else `invoke lock` keeps the pins, hashes and all
+            # --upgrade: else `invoke lock` keeps the pins, hashes and all
+            if relock := plan.facts.relock("--upgrade"):
                 raise installer.NotLocked(f"{exc} If this is the index to install from, lock what it serves: "
-                                          f"`{relock} --upgrade`", detail=exc.detail) from None
+                                          f"`{relock}`", detail=exc.detail) from None
             raise
         except WarmstartError:
             if index:  # an index that cannot be reached or refuses is said as such

@@ -35,7 +35,7 @@ from .errors import BadInput
 from .images import Image, by_likeness, image_named
 from .invocation import command_line
 from .locktext import HASH, pin_blocks, requirement_line
-from .recipe import Recipe
+from .recipe import Recipe, of_checkout
 from .target import platform_tag
 
 LOCK_FORMAT = "warmstart-lock-v1"
@@ -322,14 +322,15 @@ def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | N
 def relock_args(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT) -> list[str]:
     """The `lock` task's arguments that compile this one lock again: a recipe other than this
     checkout's by its path (one on Drive is found by name only with the same --drive)."""
-    name = recipe.name if recipe.path.parent == root / "recipes" else str(recipe.path)
+    name = recipe.name if of_checkout(recipe.path, root) else str(recipe.path)
     which = ["--image", target.image] if target.image else ["--python-version", target.python_version]
     return ["lock", "--recipe", name, *which]
 
 
-def relock_command(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT) -> str:
-    """The `invoke lock` line that compiles this one lock again, to paste where it is printed."""
-    return command_line(*relock_args(recipe, target, root))
+def relock_command(recipe: Recipe, target: LockTarget, root: Path = PROJECT_ROOT, *more: str) -> str:
+    """The `invoke lock` line that compiles this one lock again (with `more` flags), to paste
+    where it is printed."""
+    return command_line(*relock_args(recipe, target, root), *more)
 
 
 def image_notes(pins: tuple[Pin, ...], image: Image) -> list[str]:

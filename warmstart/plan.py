@@ -14,6 +14,7 @@ from pathlib import Path
 from packaging.utils import NormalizedName
 from packaging.version import Version
 
+from . import PROJECT_ROOT
 from .console import abridged, counted
 from .disks import remount
 from .errors import PreconditionUnmet
@@ -64,13 +65,14 @@ class Facts:
     def installing(self) -> tuple[Pin, ...]:
         return installing_of(self.needs, self.broken)
 
-    def relock(self) -> str | None:
-        """The `invoke lock` line that compiles this run's lock anew; None for the lock made on
-        Drive for this runtime (livelock.py), which is no checkout's."""
+    def relock(self, *more: str) -> str | None:
+        """The `invoke lock` line (with `more` flags) that compiles this run's lock anew; None for
+        the lock made on Drive for this runtime (livelock.py), which is no checkout's."""
         if self.live_lock:
             return None
         minor = f"{self.target.version.major}.{self.target.version.minor}"
-        return relock_command(self.recipe, LockTarget(minor, platform_tag(), self.image.name if self.image else None))
+        target = LockTarget(minor, platform_tag(), self.image.name if self.image else None)
+        return relock_command(self.recipe, target, PROJECT_ROOT, *more)
 
 
 def installing_of(found: Needs, broken: Mapping[NormalizedName, Path]) -> tuple[Pin, ...]:

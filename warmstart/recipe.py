@@ -147,6 +147,11 @@ class Recipe:
 FOLDER_MOST = 10_000
 
 
+def of_checkout(recipe_file: Path, root: Path) -> bool:
+    """Whether a recipe's file is one of the checkout's at `root` (recipes/NAME.toml), not a user's own."""
+    return recipe_file.parent == root / "recipes"
+
+
 def recipe_files(root: Path, drive: Path | None) -> dict[str, list[Path]]:
     """Recipe name -> its files, over every recipe folder, in their order: more than one where
     a name is defined twice (a copy of a shipped recipe in the Drive's folder, say)."""
