@@ -80,7 +80,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
     writes = drivework.pending(facts.target.prefix)
     wheel_bytes = sum(store.size("wheels", name) for name in facts.cached.values())
     wiped = wiped_vm_snapshot(facts)
-    due = checks.due(facts.target.prefix, facts.recipe.name, facts.recipe.checks)
+    # the checks a bootstrap that installs nothing runs (none with --packages-only: none are read)
+    due = checks.due(facts.target.prefix, facts.recipe.name, () if options.packages_only else facts.recipe.checks)
     found: dict[str, Any] = {
         "platform": facts.profile.name,
         "gpu": facts.gpu.as_json(),
@@ -136,7 +137,7 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "restart_needed": sorted(restart.pending(facts.target.prefix)),
         "checks_failed": due.failed,
         # the checks a bootstrap that installs nothing runs: those not passed here as they are now
-        "checks_due": [] if options.packages_only else [c.name for c in due.checks],
+        "checks_due": [c.name for c in due.checks],
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
         "drive_writes": writes.describe() if writes else None,
     }
