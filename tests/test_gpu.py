@@ -5,6 +5,7 @@ since pynvml loads the library by bare name when the process starts using it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,29 @@ def test_driver_not_loaded_blocks_a_gpu_recipe(fake_nvml_dir, gpu_recipe, tmp_pa
 
     assert result.code == 3
     assert "not loaded" in result.stderr and "--allow-no-gpu" in result.stderr
+
+
+def test_a_run_that_fails_before_the_gpu_step_ends_once_the_probe_s_import_has(demo, tmp_path):
+    """The GPU probe runs on a daemon thread beside the steps before the GPU's, and imports
+    pynvml there; a run whose target Python did not fit ended while that thread imported, and
+    under load about one such run in 30 died of SIGSEGV as the interpreter finalized (CPython
+    3.11's import lock freed under the importing thread; seen in CI, where the target printed as
+    it started). The process waits for other threads' imports before it ends now
+    (background.imports_ended). A stand-in pynvml on PYTHONPATH takes half a second to import on
+    any thread but the main one, and writes a file as its import ends."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "pynvml.py").write_text(
+        "import os, pathlib, threading, time\n"
+        "if threading.current_thread() is not threading.main_thread():\n"
+        "    time.sleep(0.5)\n"
+        "pathlib.Path(os.environ['IMPORT_ENDED']).write_text(threading.current_thread().name)\n")
+    import_ended = tmp_path / "import-ended"
+    demo.write_text(demo.read_text().replace('python = ">=3.8"', 'python = ">=3.99"'))
+    drive = tmp_path / "drive"
+    drive.mkdir()
+
+    result = bootstrap(demo, drive, Path(sys.executable), env=cli_env(PYTHONPATH=str(shim), IMPORT_ENDED=str(import_ended)))
+
+    assert result.code == 3 and "the recipe needs Python >=3.99" in result.report["error"], result.stderr
+    assert import_ended.exists(), "the run ended while the probe's thread imported pynvml"

@@ -1,10 +1,11 @@
 """Work on a daemon thread of its own: a run that ends, fails or is interrupted before it needs
-the work's answer does not wait for it at exit (a hung socket, a driver that does not answer).
-A look at a FUSE mount, and a long read of one, is a child's instead (`child_within`,
-`ChildRead`). Standard library only."""
+the work's answer does not wait for it at exit (a hung socket, a driver that does not answer),
+only for an import it is in the middle of (`imports_ended`). A look at a FUSE mount, and a long
+read of one, is a child's instead (`child_within`, `ChildRead`). Standard library only."""
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from types import FrameType
 from typing import IO, TypeVar
 
 T = TypeVar("T")
@@ -26,6 +28,38 @@ T = TypeVar("T")
 # which a worker that outlives the run would keep busy (on Drive, at an unmount).
 NEUTRAL_CWD = "/"
 _ERRNOS = {os.strerror(number): number for number in errno.errorcode}  # a child's error text back to its errno
+
+
+# At exit, how long the process waits at most for other threads' imports to end (an import
+# from a Drive that stopped answering never does).
+IMPORTS_WAIT = 2.0
+
+
+def imports_ended(most: float = IMPORTS_WAIT) -> None:
+    """Wait until no other thread is importing a module, `most` seconds at most; run at exit. A
+    daemon thread left importing as the interpreter finalizes can crash it: a bootstrap that
+    failed at its python step while the GPU probe's thread imported pynvml died of SIGSEGV
+    (CPython 3.11: the import lock freed under that thread), about one run in 30 under load. The
+    team cache's backend (s3fs, gcsfs: a second of imports) is opened on such a thread too."""
+    deadline = time.monotonic() + most
+    me = threading.get_ident()
+    while any(_importing(frame) for ident, frame in sys._current_frames().items() if ident != me):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.002)
+
+
+def _importing(frame: FrameType | None) -> bool:
+    """Whether the stack ending in `frame` runs the import system (frozen, or from source with
+    `-X frozen_modules=off`)."""
+    while frame is not None:
+        if "importlib._bootstrap" in (name := frame.f_code.co_filename) or "importlib/_bootstrap" in name:
+            return True
+        frame = frame.f_back
+    return False
+
+
+atexit.register(imports_ended)
 
 
 def started(work: Callable[[], T]) -> futures.Future[T]:
