@@ -6,7 +6,6 @@ from a real index on 127.0.0.1; the real bootstrap command, started as warmstart
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -57,8 +56,8 @@ def test_the_lines_read_from_a_lock_s_text_are_those_its_pins_install():
 
 def test_the_lock_is_found_beside_the_in_file_the_recipe_names(tmp_path):
     """A project's own recipe whose `.in` is not requirements/<recipe>.in (here deps/requirements.in):
-    its locks are named from that file (lock.lock_path), and warmstart.sh finds the one whose sha256
-    the snapshot names, by the recipe's file or by its name in a checkout."""
+    its locks are named from that file (lock.lock_path), and warmstart.sh finds the one whose body's
+    sha256 the snapshot names, by the recipe's file or by its name in a checkout."""
     lock = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
     text = lock.read_text()
     wanted = [f"{p.name}=={p.version}" for p in parse_lock(lock).pins if p.name in ("hyperlpr3", "loguru")]
@@ -69,7 +68,7 @@ def test_the_lock_is_found_beside_the_in_file_the_recipe_names(tmp_path):
     (project / "recipes").mkdir()
     recipe = project / "recipes" / "app.toml"
     recipe.write_text('name = "app"\n[requirements]\nin = "deps/requirements.in"\n')
-    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    sha256 = locktext.body_sha256(text)
 
     lines = locktext.requirement_lines(text, wanted)
     assert lines and len(lines) == 2
@@ -89,7 +88,7 @@ def test_a_recipe_on_drive_named_by_name_has_its_lock_found_where_the_bootstrap_
     lock = next((REPO / "requirements" / "colab-2026.07").glob("hyperlpr-py312-*.txt"))
     text = lock.read_text()
     wanted = [f"{p.name}=={p.version}" for p in parse_lock(lock).pins if p.name in ("hyperlpr3", "loguru")]
-    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    sha256 = locktext.body_sha256(text)
     lines = locktext.requirement_lines(text, wanted)
     assert lines and len(lines) == 2
     drive = tmp_path / "drive"
@@ -122,7 +121,7 @@ def test_the_question_finds_the_lock_in_what_warmstart_sh_read_ahead(tmp_path):
     (project / "recipes" / "hyperlpr.toml").write_text('name = "hyperlpr"\n')
     ours = project / "requirements" / "colab-2026.07" / lock.name
     ours.write_text(text)
-    sha256 = hashlib.sha256(text.encode()).hexdigest()
+    sha256 = locktext.body_sha256(text)
     config.read_ahead(project, [], ["requirements/*/hyperlpr-py*.txt"])
     try:
         # read, not only begun: a change on disk before the read would be what it reads

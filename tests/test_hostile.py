@@ -931,6 +931,13 @@ def test_invoke_cache_json_is_the_table_verdicts_and_pruning_as_one_object(demo,
     known = cli_env(WARMSTART_RECIPES=str(demo.parent))  # the demo recipe is known: its lock names its wheels
     damaged = drive / ".warmstart" / "v1" / "wheels" / "alpha-1.0-py3-none-any.whl"
     damaged.write_bytes(b"not the wheel")
+    # a snapshot as warmstart wrote them before they were keyed by the lock's body: of no lock now
+    index = next((drive / ".warmstart" / "v1" / "snapshots").glob("*.json"))
+    earlier = json.loads(index.read_text())
+    earlier["facts"]["lock_sha256"] = earlier["facts"].pop("lock_body_sha256")
+    shutil.copy(index.parent / earlier["archive"], index.parent / f"earlier-{earlier['archive']}")
+    earlier["archive"] = f"earlier-{earlier['archive']}"
+    (index.parent / f"earlier-{index.name}").write_text(json.dumps(earlier))
 
     table = run_cli("cache", "--drive", str(drive), env=known)
     on_drive = {str(p): p.stat().st_size for p in (drive / ".warmstart" / "v1").glob("*/*") if p.parent.name != "usage"}
@@ -946,6 +953,11 @@ def test_invoke_cache_json_is_the_table_verdicts_and_pruning_as_one_object(demo,
     assert (found["cache"], found["error"], found["exit_code"]) == (str(drive), None, 0)
     files = {Path(f["path"]).name: f for f in found["files"]}
     assert files[damaged.name] == {"path": str(damaged), "kind": "wheel", "bytes": 13, "recipes": ["demo"]}
+    snapshots = {Path(f["path"]).name: (f["kind"], f["recipes"]) for f in found["files"]
+                 if Path(f["path"]).parent == index.parent}
+    archive = earlier["archive"].removeprefix("earlier-")
+    assert snapshots == {index.name: ("index", ["demo"]), archive: ("snapshot", ["demo"]),  # named by their lock
+                         f"earlier-{index.name}": ("index", []), f"earlier-{archive}": ("snapshot", [])}
     assert {f["path"]: f["bytes"] for f in found["files"]} == on_drive
     assert found["bytes"] == sum(on_drive.values())
     assert found["recipes"]["demo"]["bytes"] == sum(f["bytes"] for f in found["files"] if "demo" in f["recipes"])

@@ -95,8 +95,10 @@ def test_committed_hyperlpr_lock_is_fresh_and_complete(target):
     assert all(p.hashes for p in lock.pins)
     # onnxruntime-gpu's CUDA 12 build, as read from its wheel when the lock was made.
     assert lock.wheels["onnxruntime-gpu"].needs >= {"libcudart.so.12", "libcudnn.so.9"}
-    # the digest a snapshot is keyed by, from the text read once: the file's own, as before
-    assert lock.sha256 == hashlib.sha256(lock.path.read_bytes()).hexdigest()
+    # the digest a snapshot is keyed by: its body's, which its header states
+    text = lock.path.read_text()
+    assert f"# lock-sha256: {lock.body_sha256}\n" in text
+    assert lock.body_sha256 == hashlib.sha256(text.partition(f"{lock.body_sha256}\n")[2].encode()).hexdigest()
 
 
 @pytest.mark.parametrize("resolver", ["pip-tools", "uv"])

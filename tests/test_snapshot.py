@@ -174,6 +174,27 @@ def test_snapshot_made_for_another_python_is_not_used(plain, packed, tmp_path, e
     assert result.report["installed"] == PLAIN
 
 
+def test_a_lock_made_again_with_the_same_pins_keeps_its_snapshot(plain, packed, tmp_path, env):
+    """A snapshot is keyed by what its lock installs (the lock's body), not by its header: an `.in`
+    given a comment makes the lock stale, and the lock made again holds the same pins under a new
+    inputs digest. The wiped VM restores the snapshot packed before, rather than installing from
+    the wheels and packing another."""
+    lock = next((plain.parent.parent / "requirements").glob("demo-py*.txt"))
+    before = lock.read_text()
+    requirements_in = plain.parent.parent / "requirements" / "demo.in"
+    requirements_in.write_text(requirements_in.read_text() + "# pinned by the lock\n")
+    assert run_cli("lock", "--recipe", str(plain), env=env).code == 0
+    after = lock.read_text()
+    assert after != before and after.split("# lock-sha256: ")[1] == before.split("# lock-sha256: ")[1]
+
+    result = bootstrap(plain, packed, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 0, result.stderr
+    assert result.report["snapshot"]["used"] is True, result.report["snapshot"]
+    assert result.report["installed"] == PLAIN
+    assert len(snapshots(packed)) == 2, "no second snapshot packed"
+
+
 @pytest.mark.parametrize("tool", ["pip", "uv"])
 def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
     python = make_venv(tmp_path / "venv")

@@ -285,7 +285,7 @@ def test_prune_takes_old_unowned_unused_files_and_leaves_the_rest():
 
 
 def test_a_snapshot_outlives_a_patch_release_of_its_python_but_not_a_minor_one():
-    lock = Lock(Path("requirements/demo.lock"), None, (A, B), sha256="0" * 64)
+    lock = Lock(Path("requirements/demo.lock"), None, (A, B), body_sha256="0" * 64)
 
     def stem(version: str, soabi: str) -> str:
         target = TargetPython(Path("/usr/bin/python3"), Version(version), "cpython", Path("/usr"), {},

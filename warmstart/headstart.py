@@ -24,7 +24,6 @@ only. The index's time (`index_seconds`) is here for that reason too.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import select
@@ -41,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import installer
 from .background import NEUTRAL_CWD
-from .config import parse_toml, read_bytes, read_toml_bytes
+from .config import file_text, parse_toml, read_toml_bytes
 from .disks import real
 from .errors import WarmstartError
-from .locktext import given_as_file, project_of, recipe_dirs, requirement_lines
+from .locktext import body_sha256, given_as_file, project_of, recipe_dirs, requirement_lines
 from .settings import HANDED_INDEX, Options
 from .uv import find_uv
 
@@ -229,7 +228,7 @@ def consider(ahead: Ahead, options: Options, python: str, unset: Iterable[str], 
         return
     wanted = [pin for pin in str(facts.get("distributions", "")).split(",") if pin]
     tag = "py" + version.replace(".", "")
-    lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_sha256")), wanted, drive)
+    lines = locked_lines(options.recipe or "", checkout, tag, str(facts.get("lock_body_sha256")), wanted, drive)
     if not lines:
         return
     expected = index_takes(recorded_seconds(index), size, len(lines))
@@ -254,10 +253,10 @@ def _version_and_prefix(python: str) -> tuple[str, str]:
     return (said[0], said[1]) if len(said) == 2 else ("", "")
 
 
-def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted: list[str],
+def locked_lines(recipe: str, checkout: Path, tag: str, lock_body_sha256: str, wanted: list[str],
                  drive: Path | None = None) -> list[str] | None:
-    """The requirement lines of `wanted` in the recipe's lock for `tag` (pyXY) whose sha256 is
-    `lock_sha256`, the one the snapshot was made from; None when there is none."""
+    """The requirement lines of `wanted` in the recipe's lock for `tag` (pyXY) whose body's sha256
+    is `lock_body_sha256`, the one the snapshot was made from; None when there is none."""
     # A name is looked for in each recipe folder in turn, the checkout's first (no look at Drive
     # for a shipped recipe's); one defined twice is the bootstrap's to refuse.
     recipe_files = ([real(os.path.expanduser(recipe))] if given_as_file(recipe)
@@ -266,11 +265,11 @@ def locked_lines(recipe: str, checkout: Path, tag: str, lock_sha256: str, wanted
         for folder, stem in _lock_places(recipe_file, Path(recipe).stem):
             for path in sorted([*folder.glob(f"{stem}-{tag}-*.txt"), *folder.glob(f"*/{stem}-{tag}-*.txt")]):
                 try:
-                    raw = read_bytes(path)  # read ahead by warmstart.sh (config.reading_ahead)
-                except OSError:
+                    text = file_text(path)  # read ahead by warmstart.sh (config.reading_ahead)
+                except (OSError, UnicodeDecodeError):
                     continue
-                if hashlib.sha256(raw).hexdigest() == lock_sha256:
-                    return requirement_lines(raw.decode(errors="replace"), wanted)
+                if body_sha256(text) == lock_body_sha256:
+                    return requirement_lines(text, wanted)
     return None
 
 

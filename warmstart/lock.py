@@ -34,13 +34,12 @@ from .console import counted
 from .errors import BadInput
 from .images import Image, by_likeness, image_named
 from .invocation import command_line
-from .locktext import HASH, pin_blocks, requirement_line
+from .locktext import HASH, LOCK_SHA256, body_sha256, pin_blocks, requirement_line
 from .recipe import Recipe, of_checkout
 from .target import platform_tag
 
 LOCK_FORMAT = "warmstart-lock-v1"
 _DIGEST_LINE = re.compile(r"^# inputs-sha256: ([0-9a-f]{64})$", re.M)
-_BODY_LINE = re.compile(r"^# lock-sha256: ([0-9a-f]{64})\n", re.M)
 # The section after the pins: the CUDA libraries of each wheel the lock installs on its platform.
 WHEELS_MARK = "# cuda-libraries: read from the wheels' ELF files by `invoke lock`; checked by `invoke lock --check`"
 _WHEEL_LINE = re.compile(
@@ -112,8 +111,8 @@ class Lock:
     path: Path
     inputs_sha256: str | None
     pins: tuple[Pin, ...]
-    # of its text as read (the file's bytes, but for \r\n): which lock a snapshot was made from
-    sha256: str = field(compare=False)
+    # of its body, as its lock-sha256 line states (locktext.body_sha256): which pins a snapshot was made from
+    body_sha256: str = field(compare=False)
     # What `invoke lock` read from the wheels this lock installs on its platform; None in a lock
     # written before warmstart recorded it.
     wheels: dict[NormalizedName, WheelLibs] | None = field(default=None, compare=False)
@@ -293,11 +292,11 @@ def parse_lock(path: Path, remake: Callable[[], str] | None = None) -> Lock:
     then, as it looks for a notebook)."""
     text = read_text(path, "a lock")
     found = _DIGEST_LINE.search(text)
-    body = _BODY_LINE.search(text)
-    if not body:
+    body = body_sha256(text)
+    if body is None and not LOCK_SHA256.search(text):
         raise BadInput(f"{path}: not written by `invoke lock` (no lock-sha256 line); recompile it with "
                        f"`{_remade(remake)}`")
-    if hashlib.sha256(text[body.end():].encode()).hexdigest() != body.group(1):
+    if body is None:
         raise BadInput(f"{path}: edited by hand since `invoke lock` wrote it (its pins or hashes "
                        f"no longer match its lock-sha256); recompile it with `{_remade(remake)}`")
     pins_text, marked, wheels_text = text.partition(WHEELS_MARK)
@@ -305,8 +304,7 @@ def parse_lock(path: Path, remake: Callable[[], str] | None = None) -> Lock:
     if marked:
         parsed = [WheelLibs.parse(line) for line in wheels_text.splitlines()[1:]]
         wheels = {w.name: w for w in parsed if w is not None}
-    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path, remake),
-                hashlib.sha256(text.encode()).hexdigest(), wheels)
+    return Lock(path, found.group(1) if found else None, parse_pins(pins_text, path, remake), body, wheels)
 
 
 def check_fresh(lock: Lock, recipe: Recipe, target: LockTarget, image: Image | None = None) -> None:

@@ -9,6 +9,7 @@ name, in the recipe folders) and its project.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -19,6 +20,8 @@ from .layout import RECIPES
 from .settings import RECIPES_FOLDER, user_path
 
 HASH = re.compile(r"--hash[= ]sha256:([0-9a-f]{64})")
+# The header's digest of the lock's body: of all below it (the pins, their hashes, the wheels' libraries)
+LOCK_SHA256 = re.compile(r"^# lock-sha256: ([0-9a-f]{64})\n", re.M)
 _PINNED = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s\\;]+)")
 
 
@@ -31,6 +34,15 @@ def pin_blocks(text: str) -> list[str]:
         else:
             blocks[-1] += "\n" + line
     return blocks
+
+
+def body_sha256(text: str) -> str | None:
+    """The sha256 of a lock's body, which is what it installs (its header's comments are not), as
+    its `lock-sha256` line states it; None where there is no such line or the body does not match it."""
+    stated = LOCK_SHA256.search(text)
+    if stated and hashlib.sha256(text[stated.end():].encode()).hexdigest() == stated.group(1):
+        return stated.group(1)
+    return None
 
 
 def canonical(name: str) -> str:

@@ -11,7 +11,6 @@ from . import livelock
 from .lock import existing_locks, parse_lock
 from .recipe import each_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
-from .transfer import sha256_of
 from .wheels import parse
 
 
@@ -48,8 +47,9 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
     # a name defined twice (a copy on Drive of a shipped recipe): what either file names is owned
     for name, recipe in each_recipe(known, root, unreadable=unreadable):
         for lock_file in existing_locks(recipe):
-            lock_refs[sha256_of(lock_file)].add(name)
-            for pin in parse_lock(lock_file).pins:
+            lock = parse_lock(lock_file)
+            lock_refs[lock.body_sha256].add(name)
+            for pin in lock.pins:
                 owners, hashes = wheel_refs[(pin.name, pin.version)]
                 owners.add(name)
                 hashes.update(pin.hashes)
@@ -71,10 +71,11 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
             entry.kind = "index"
             try:
                 index = store.read_json(stored.kind, name)
-                entry.owners = lock_refs.get(index["facts"]["lock_sha256"], set())
+                # one made before snapshots were keyed by the lock's body names none: no lock's
+                entry.owners = lock_refs.get(index["facts"].get("lock_body_sha256"), set())
                 entry.archive = str(index["archive"])
                 indexes[entry.archive] = (entry.owners, index["sha256"])
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 entry.kind = "unreadable index"  # written by no warmstart, or damaged: prunable
         entries.append(entry)
     for entry in entries:

@@ -6,8 +6,9 @@ locked distribution lists in its RECORD (its metadata included) are packed, rela
 target's prefix, into the store's `snapshots/<recipe>-<pyXY>-<key>-<sha>.tar.zst`,
 with an index `<recipe>-<pyXY>-<key>.json` (written last) that names the archive, records its
 sha256 and what it was made for. The key covers everything that makes the files valid: the lock's
-bytes, the distributions it holds, the Python minor version and ABI (not the patch release), the
-platform, the target's prefix (shebangs name it), the format.
+body (its pins and their hashes; not its header's comments), the distributions it holds, the
+Python minor version and ABI (not the patch release), the platform, the target's prefix
+(shebangs name it), the format.
 
 A restore reads the archive once, unpacking its files into a staging folder as it comes (each
 file hashed from the bytes written: warmstart.unpack); only when every file traces back to the
@@ -122,7 +123,8 @@ class Watch:
 def snapshot_facts(lock: Lock, target: TargetPython, pins: tuple[Pin, ...]) -> dict[str, str]:
     return {
         "format": SNAPSHOT_FORMAT,
-        "lock_sha256": lock.sha256,
+        # its pins and their hashes, not its header: a lock made again with the same pins keeps its snapshots
+        "lock_body_sha256": lock.body_sha256,
         # What it holds: on a platform image only what the image lacks, so the set is part of the key.
         "distributions": ",".join(sorted(f"{p.name}=={p.version}" for p in pins)),
         # The minor version alone: a patch release keeps the bytecode's magic number and the ABI
