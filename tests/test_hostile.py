@@ -217,7 +217,7 @@ from hypothesis import HealthCheck, settings
 
 from warmstart import PROJECT_ROOT
 from warmstart.errors import BadInput, WarmstartError
-from warmstart.maintenance import inventory
+from warmstart.maintenance import inventory, verify
 from warmstart.profiles import select_profile
 from warmstart.recipe import load_recipe
 from warmstart.snapshot import Snapshot, SnapshotUnusable
@@ -281,6 +281,28 @@ def test_any_snapshot_index_json_is_refused_or_read_never_a_crash(tmp_path, docu
         one_line(exc)
     entries = inventory(store, PROJECT_ROOT, drive)  # `invoke cache` over the same Drive
     assert {e.kind for e in entries if e.path == index} <= {"index", "unreadable index"}
+
+
+def test_an_index_naming_another_s_archive_with_a_false_sha256_does_not_get_it_set_aside(tmp_path):
+    """Two indexes name one archive, the one read last with a sha256 the archive does not have (a
+    copy gone wrong, or a hostile writer): `cache --verify` finds the archive as the other says
+    and keeps it, where the last index read decided alone."""
+    drive = tmp_path / "drive"
+    folder = drive / ".warmstart" / "v1" / "snapshots"
+    folder.mkdir(parents=True)
+    archive = folder / "demo-py311-0123456789abcdef-0123.tar.zst"
+    archive.write_bytes(b"an archive")
+    for name, sha256 in (("demo-py311-0123456789abcdef.json", hashlib.sha256(b"an archive").hexdigest()),
+                         ("zz-py311-fedcba9876543210.json", "0" * 64)):
+        facts = {"lock_sha256": "0" * 64, "lock_body_sha256": "0" * 64}  # no lock here: of no recipe
+        (folder / name).write_text(json.dumps({"facts": facts, "archive": archive.name, "sha256": sha256}))
+    store = DriveStore(drive)
+
+    entries = inventory(store, PROJECT_ROOT, drive)
+    verify(store, entries)
+
+    assert [e.status for e in entries if e.path.name == archive.name] == ["ok"]
+    assert archive.read_bytes() == b"an archive"
 
 
 @settings(max_examples=120, deadline=None)

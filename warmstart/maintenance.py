@@ -57,7 +57,7 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
             asset_refs[asset.sha256].add(name)
 
     entries = []
-    indexes = {}
+    indexes: dict[str, tuple[set[str], set[str]]] = defaultdict(lambda: (set(), set()))  # archive: owners, sha256s
     for stored in store.entries():
         entry = Entry(stored, _STATE.get(stored.state) or _KIND[stored.kind])
         name = stored.path.name
@@ -73,15 +73,17 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
                 index = store.read_json(stored.kind, name)
                 # one made before snapshots were keyed by the lock's body names none: no lock's
                 entry.owners = lock_refs.get(index["facts"].get("lock_body_sha256"), set())
-                entry.archive = str(index["archive"])
-                indexes[entry.archive] = (entry.owners, index["sha256"])
+                entry.archive, sha256 = str(index["archive"]), str(index["sha256"])
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 entry.kind = "unreadable index"  # written by no warmstart, or damaged: prunable
+            else:  # an archive two indexes name (one a copy, or hostile) is both's: either sha256 is its
+                owners, hashes = indexes[entry.archive]
+                owners |= entry.owners
+                hashes.add(sha256)
         entries.append(entry)
     for entry in entries:
         if entry.kind == "snapshot" and entry.path.name in indexes:
-            entry.owners, sha256 = indexes[entry.path.name]
-            entry.hashes = {sha256}
+            entry.owners, entry.hashes = indexes[entry.path.name]
     return entries
 
 
