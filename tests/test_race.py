@@ -46,7 +46,7 @@ from test_multisource import LOCKED, archive_in, bulky, tree  # noqa: F401  (bul
 from test_team import VM
 
 from warmstart import home, installer, manifest, parts, target
-from warmstart.disks import explain, remount
+from warmstart.disks import explain, on_fuse, remount
 from warmstart.errors import WarmstartError
 from warmstart.headstart import HOLD_FOR, RACE_AFTER, index_seconds, recorded_seconds
 from warmstart.parts import PART_SIZE
@@ -509,6 +509,20 @@ def test_the_remount_line_names_the_fuse_mount_that_holds_drive(tmp_path):
          "import sys; from warmstart.disks import remount; print(remount(sys.argv[1]))"],
         capture_output=True, text=True, check=True, cwd=REPO)
     assert said.stdout.strip() == line("/content/drive"), said.stderr
+
+
+@needs_fuse
+def test_a_fuse_drive_mounted_at_a_name_beyond_ascii_is_known_for_one(tmp_path):
+    """/proc/self/mountinfo escapes a space as octal (\\040) and leaves other bytes as they are;
+    read as if every byte were an escape, a mount point named beyond ASCII (José: the é UTF-8's
+    two bytes) came out as another name (JosÃ©), so a Drive mounted there was on no FUSE mount:
+    looked at by this process, not a child (a stat of a Drive that stopped answering never
+    returns), and its remount line named Colab's place, not the mount."""
+    (tmp_path / "backing" / "MyDrive").mkdir(parents=True)
+    with slow_drive(tmp_path / "backing", tmp_path / "Drive de José", 0, 1000) as mount:
+        assert on_fuse(mount / "MyDrive")
+        assert remount(mount / "MyDrive") == ("remount it by running this in a notebook cell: from google.colab import "
+                                              f"drive; drive.mount({str(mount)!r}, force_remount=True)")
 
 
 @needs_fuse

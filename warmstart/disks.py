@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shlex
 import shutil
 import stat
@@ -41,11 +42,14 @@ def not_writable(drive: Path) -> str | None:
     return None
 
 
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
 def _mounts() -> list[tuple[str, str]]:
     """Each mount's point and file system type, from /proc/self/mountinfo (which looks at no mount
     itself: a stat of a Drive that stopped answering never returns); [] where there is none."""
     try:
-        with open("/proc/self/mountinfo") as fh:
+        with open("/proc/self/mountinfo", "rb") as fh:
             lines = fh.read().splitlines()
     except OSError:
         return []
@@ -53,11 +57,12 @@ def _mounts() -> list[tuple[str, str]]:
     for line in lines:
         fields = line.split()
         try:  # the type follows the optional fields' closing "-"
-            kind = fields[fields.index("-", 5) + 1]
+            kind = os.fsdecode(fields[fields.index(b"-", 5) + 1])
         except (ValueError, IndexError):
             continue
-        # Field 5 is the mount point, with spaces and the like escaped as octal (\040).
-        mounts.append((fields[4].encode().decode("unicode_escape"), kind))
+        # Field 5 is the mount point as the file system's bytes, a space and the like escaped as
+        # octal (\040): unescaped there, then named as os.listdir names it.
+        mounts.append((os.fsdecode(_OCTAL.sub(lambda m: bytes([int(m[1], 8) & 0xFF]), fields[4])), kind))
     return mounts
 
 
