@@ -557,8 +557,8 @@ def test_the_probe_reads_the_same_distributions_as_importlib_metadata_from_their
 
     expected = {}
     for found in metadata.distributions(path=path):
-        if found.metadata["Name"]:
-            expected.setdefault(canonicalize_name(found.metadata["Name"]), found.version)
+        if name := found.metadata.get("Name"):  # not ["Name"]: None for a missing key is deprecated (3.13)
+            expected.setdefault(canonicalize_name(name), found.version)
     probed = {}
     for name, version, _ in distinfo.distributions(path):
         probed.setdefault(canonicalize_name(name), version)
@@ -592,7 +592,7 @@ def test_kernel_imports_asked_one_name_at_a_time_agree_with_the_whole_mapping():
     imports = KernelImports()
     owners = metadata.packages_distributions()
     whole = {canonicalize_name(dist) for module in imports.modules for dist in owners.get(module, ())}
-    names = {canonicalize_name(d.metadata["Name"]) for d in metadata.distributions() if d.metadata["Name"]}
+    names = {canonicalize_name(name) for d in metadata.distributions() if (name := d.metadata.get("Name"))}
     assert whole, "this process imported modules of installed distributions (pytest, packaging)"
     assert {name for name in names if name in imports} == whole
 
