@@ -294,7 +294,7 @@ def test_an_index_naming_another_s_archive_with_a_false_sha256_does_not_get_it_s
     archive.write_bytes(b"an archive")
     for name, sha256 in (("demo-py311-0123456789abcdef.json", hashlib.sha256(b"an archive").hexdigest()),
                          ("zz-py311-fedcba9876543210.json", "0" * 64)):
-        facts = {"lock_sha256": "0" * 64, "lock_body_sha256": "0" * 64}  # no lock here: of no recipe
+        facts = {"lock_body_sha256": "0" * 64}  # of no lock here: of no recipe
         (folder / name).write_text(json.dumps({"facts": facts, "archive": archive.name, "sha256": sha256}))
     store = DriveStore(drive)
 
