@@ -656,6 +656,32 @@ def test_the_probe_begun_before_the_plan_answers_it_once_and_a_forgotten_one_is_
     assert target._begun is None
 
 
+def test_a_target_that_does_not_answer_is_given_up_on_once(tmp_path, monkeypatch):
+    """A target Python that says nothing (an interpreter on a Drive that stopped answering) is
+    given up on after ANSWER_WAIT, once: not asked again by the run's own probe (which doubled
+    the wait), nor for its version; the line says how long it was given."""
+    from warmstart import target
+
+    started = tmp_path / "started"
+    hung = tmp_path / "python"
+    hung.write_text(f"#!/bin/sh\necho >> {started}\nexec sleep 60\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(target, "ANSWER_WAIT", 0.5)
+    said = f"cannot run the target Python {hung}: it did not answer within 0.5 s; pass --python"
+
+    target.begin_probe(hung)
+    with pytest.raises(target.Unanswered, match=said):
+        target.real_prefix(hung)  # not a virtualenv: asks the begun probe
+    with pytest.raises(target.Unanswered, match=said):
+        target.probe(hung)
+    assert started.read_text().count("\n") == 1
+
+    started.unlink()
+    with pytest.raises(target.Unanswered, match=said):
+        target.probe(hung)  # none begun
+    assert started.read_text().count("\n") == 1
+
+
 # --- data files read ahead ------------------------------------------------------------------------
 
 def test_data_files_read_ahead_are_served_once_each_and_fail_as_a_read_then_would(tmp_path):

@@ -137,6 +137,9 @@ def real_prefix(executable: str | Path | None) -> Path:
     return Path(os.path.realpath(_ask(exe, "import sys; print(sys.prefix)").strip()))
 
 
+# How long the target has to answer a question: it lists its distributions in well under a
+# second, so one that has said nothing by then is hung.
+ANSWER_WAIT = 60.0
 # The probe's code needs Python 3.7 (`from __future__ import annotations`); any Python says this.
 PROBE_READS = Version("3.7")
 _VERSION = "import sys; sys.stdout.write('%d.%d.%d' % tuple(sys.version_info[:3]))"
@@ -157,6 +160,8 @@ def probe(executable: str | Path | None) -> TargetPython:
         return begun
     try:
         return _target(exe, _ask(exe, _PROBE))  # none begun, or it failed: asked again, and said
+    except Unanswered:
+        raise
     except PreconditionUnmet:
         # only once it failed: a Python too old for the probe is said as such
         if (version := _version_of(exe)) is not None and version < PROBE_READS:
@@ -173,25 +178,35 @@ def _version_of(exe: Path) -> Version | None:
         return None
 
 
+class Unanswered(PreconditionUnmet):
+    """A target that said nothing within ANSWER_WAIT (an interpreter on a Drive that stopped
+    answering, a wrapper waiting on something): asked again, it would keep the run as long again."""
+
+    def __init__(self, executable: Path) -> None:
+        super().__init__(_cannot_run(executable, f"it did not answer within {ANSWER_WAIT:g} s"))
+
+
+def _cannot_run(exe: Path, why: str) -> str:
+    return f"cannot run the target Python {exe}: {why}; pass --python with a working interpreter"
+
+
 def _ask(exe: Path, code: str) -> str:
     """What the target prints when it runs `code`."""
     try:
         return subprocess.run([str(exe), "-c", code], capture_output=True, text=True, check=True,
-                              timeout=60, cwd=NEUTRAL_CWD).stdout
-    except (OSError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise PreconditionUnmet(
-            f"cannot run the target Python {exe}: {_failed(exc, code)}; pass --python with a working interpreter"
-        ) from None
+                              timeout=ANSWER_WAIT, cwd=NEUTRAL_CWD).stdout
+    except subprocess.TimeoutExpired:
+        raise Unanswered(exe) from None
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise PreconditionUnmet(_cannot_run(exe, _failed(exc, code))) from None
 
 
-def _failed(exc: OSError | subprocess.CalledProcessError | subprocess.TimeoutExpired, code: str) -> str:
+def _failed(exc: OSError | subprocess.CalledProcessError, code: str) -> str:
     """Why the target could not answer, in a few words: never the `code` it was asked to run (the
     probe's is 3 KB), which the exception's own text holds, and which a program that is no
     Python quotes back (`ls: cannot access '<code>'`)."""
     if isinstance(exc, OSError):
         return exc.strerror or type(exc).__name__
-    if isinstance(exc, subprocess.TimeoutExpired):
-        return f"it did not answer within {exc.timeout:g} s"
     said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
     # A Python's error ends with what went wrong (a traceback's last line, a SyntaxError's); a
     # launcher's begins with it (pyenv's shim: "pyenv: python3.12: command not found", then advice).
@@ -243,13 +258,14 @@ class _Begun:
                                       stderr=subprocess.DEVNULL, text=True, cwd=NEUTRAL_CWD)
 
     @functools.cached_property
-    def target(self) -> TargetPython | None:
-        """Its answer; None when the child failed (the run's own probe then says why)."""
+    def target(self) -> TargetPython | Unanswered | None:
+        """Its answer; None when the child failed (the run's own probe then says why, asking
+        again), Unanswered when it said nothing in time (asked again, it would wait as long)."""
         try:
-            out = self.child.communicate(timeout=60)[0]
+            out = self.child.communicate(timeout=ANSWER_WAIT)[0]
         except subprocess.TimeoutExpired:
             self.end()
-            return None
+            return Unanswered(self.exe)
         if self.child.returncode != 0:
             return None
         try:
@@ -286,14 +302,17 @@ def forget_begun() -> None:
 
 
 def _begun_target(exe: Path, use_up: bool) -> TargetPython | None:
-    """The begun probe's answer for `exe`, if there is one; `use_up`: later ones probe anew."""
+    """The begun probe's answer for `exe`, if there is one (raising Unanswered where it had none
+    in time); `use_up`: later ones probe anew."""
     global _begun
     begun = _begun
     if begun is None or begun.exe != exe:
         return None
     if use_up:
         _begun = None
-    return begun.target
+    if isinstance(answer := begun.target, Unanswered):
+        raise answer
+    return answer
 
 
 def installed_now(target: TargetPython) -> dict[NormalizedName, str]:
