@@ -136,7 +136,7 @@ def test_colab_flow_first_vm_then_a_wiped_one_offline(minor, tmp_path):
     script_cell = first.stderr.split(">>> invoke", 1)[0]
     assert script_cell.rstrip().endswith(
         "warmstart.sh: from now on, in any folder of this VM: !invoke bootstrap --recipe hyperlpr"
-        + ("" if HAVE_MODELS else " --packages-only"))
+        + ("" if HAVE_MODELS else " --packages-only") + " --allow-no-gpu")  # the second cell's line
     report = json.loads((tmp_path / "report-1.json").read_text())
     assert report["ok"] and report["image"] == COLAB_IMAGES[minor].name and report["changed"] is False
     after = canonical(python1)

@@ -536,8 +536,9 @@ def test_warmstart_sh_on_a_drive_folder_of_the_users_own_without_write_permissio
 def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_given_in_any_folder(tmp_path, monkeypatch):
     """`warmstart.sh recipes/mine.toml --drive D --python venv/bin/python --packages-only` said
     `!invoke bootstrap --recipe recipes/mine.toml`: from another folder no such recipe, and in
-    any folder the default Drive (another cache), the notebook's Python and the assets too; and
-    with `--cache`, no team cache."""
+    any folder the default Drive (another cache), the notebook's Python and the assets too; with
+    `--cache`, no team cache; and with `--allow-no-gpu` on a VM without a GPU, pasted, it stopped
+    there (exit 3)."""
     monkeypatch.chdir(tmp_path)
     command = tmp_path / "bin" / "invoke"
     given = settings_parse(["recipes/mine.toml", "--drive", "d", "--python", "venv/bin/python", "--packages-only",
@@ -559,6 +560,11 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
         f"{command} bootstrap --recipe hyperlpr --cache {tmp_path}/lab --cache-read-only")
     assert tools._from_now_on(settings_parse(["hyperlpr", "--cache", "ftp://me:s3cret@files.lab/warmstart"]), tmp_path,
                               command, notebook=False) == f"{command} bootstrap --recipe hyperlpr"
+    # what let the run go on on this VM's GPU, keep its runtime's packages, or install with pip
+    assert tools._from_now_on(settings_parse(["hyperlpr", "--allow-no-gpu", "--allow-unfit-gpu", "--keep-runtime",
+                                              "--installer", "pip", "--wait", "--dry-run", "--offline"]), tmp_path,
+                              command, notebook=False) == (
+        f"{command} bootstrap --recipe hyperlpr --installer pip --keep-runtime --allow-no-gpu --allow-unfit-gpu")
 
 
 # -- an interrupt while warmstart.sh runs ------------------------------------------------------

@@ -516,8 +516,9 @@ def _set_up_and_bootstrap(given: argparse.Namespace, argv: list[str]) -> int:
 def _from_now_on(given: argparse.Namespace, drive: Path, command: Path, *, notebook: bool) -> str:
     """The bootstrap line for later runs, in any folder: the recipe's file (when it was given by
     its path) and --python by their full paths, and the flags that say which Drive, team cache,
-    interpreter and part of the recipe (a run without them would look at another Drive, or do
-    more)."""
+    interpreter, installer and part of the recipe, and what this VM's GPU and runtime allow (a
+    run without them would look at another Drive, do more, or stop on this VM's GPU where this
+    one went on). Not --offline: a later run may reach the index."""
     def full(path: str) -> str:
         return str(Path(os.path.expanduser(path)).absolute())
 
@@ -531,8 +532,11 @@ def _from_now_on(given: argparse.Namespace, drive: Path, command: Path, *, noteb
         words += ["--cache", cache]
     if given.cache_read_only and (cache or not given.cache):
         words.append("--cache-read-only")
-    if given.packages_only:
-        words.append("--packages-only")
+    if given.installer != "auto":
+        words += ["--installer", given.installer]
+    words += [flag for flag, on in (("--packages-only", given.packages_only), ("--keep-runtime", given.keep_runtime),
+                                    ("--allow-no-gpu", given.allow_no_gpu),
+                                    ("--allow-unfit-gpu", given.allow_unfit_gpu)) if on]
     return in_cell(words, notebook)
 
 
