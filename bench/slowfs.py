@@ -152,12 +152,15 @@ def main() -> None:
                         help="the same as --hang-metadata from the first listing on")
     parser.add_argument("--until", metavar="FILE",
                         help="with a hang: answer once FILE exists (a path or a glob pattern)")
+    parser.add_argument("--subtype", metavar="NAME",
+                        help="mount as file system type fuse.NAME (Colab's Drive client is fuse.drive)")
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
                       args.until and os.path.abspath(args.until), args.hang_metadata, args.hang_from_listing)
     drive.mountpoint = os.path.abspath(args.mountpoint)
-    FUSE(drive, args.mountpoint, foreground=True, nothreads=False)
+    typed = {"subtype": args.subtype} if args.subtype else {}
+    FUSE(drive, args.mountpoint, foreground=True, nothreads=False, **typed)
 
 
 if __name__ == "__main__":

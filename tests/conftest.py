@@ -360,19 +360,20 @@ needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse
 def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: float,
                fail_writes: str | None = None, hang_after: int | None = None,
                until: Path | None = None, hang_metadata: bool = False,
-               hang_from_listing: bool = False) -> Iterator[Path]:
+               hang_from_listing: bool = False, subtype: str | None = None) -> Iterator[Path]:
     """`backing` seen through bench/slowfs.py at `mount`, a real FUSE file system that delays
     every open and caps throughput as Drive does (or fails every write with an errno, or never
     answers a read past `hang_after` bytes of a file, or any stat below the mount point and any
     listing with `hang_metadata`, the same from the first listing on with `hang_from_listing`, or
-    not before `until` exists: a path or a glob pattern)."""
+    not before `until` exists: a path or a glob pattern), of file system type fuse.`subtype`."""
     mount.mkdir(exist_ok=True)
     fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
                            str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else []),
                            *(["--hang-after", str(hang_after)] if hang_after is not None else []),
                            *(["--hang-metadata"] if hang_metadata else []),
                            *(["--hang-from-listing"] if hang_from_listing else []),
-                           *(["--until", str(until)] if until is not None else [])])
+                           *(["--until", str(until)] if until is not None else []),
+                           *(["--subtype", subtype] if subtype else [])])
     try:
         for _ in range(200):
             if os.path.ismount(mount):

@@ -24,9 +24,11 @@ from conftest import (
     cli_env,
     installed,
     make_venv,
+    needs_fuse,
     needs_netns,
     run_cli,
     serve_folder,
+    slow_drive,
     wait_until,
 )
 
@@ -421,6 +423,42 @@ def test_the_status_line_a_run_prints_works_pasted_and_says_when_it_is_safe_to_s
 
     assert after.returncode == 0, after.stdout + after.stderr
     assert "drive     nothing left to write to Drive: safe to shut down" in after.stdout
+
+
+@needs_fuse
+@pytest.mark.parametrize("client", ["Google Drive's own", "another FUSE file system"])
+def test_on_google_drives_own_client_safe_to_shut_down_waits_for_its_upload(demo, tmp_path, index, client):
+    """Colab's Drive client (FUSE type fuse.drive) keeps what is written on the VM's disk and
+    uploads it in the background, minutes later for hundreds of MB (colabtools#659, #2607): a
+    VM shut down when warmstart's writes were done lost what was not up yet. There, the run
+    (--wait) and `status` say it is safe to shut down once Drive has uploaded it, and name the
+    cell that waits for that; `status --json` gives that cell as `drive_upload`. Google's client
+    cannot run here: bench/slowfs.py mounted with its type stands in (anything else is as before)."""
+    (tmp_path / "backing").mkdir()
+    python = make_venv(tmp_path / "venv")
+    flush = "from google.colab import drive; drive.flush_and_unmount()"
+    with slow_drive(tmp_path / "backing", tmp_path / "mnt", 0, 1000,
+                    subtype="drive" if client == "Google Drive's own" else None) as mount:
+        env = cli_env(index.url)  # WARMSTART_WAIT=1: the writes are done as the run returns
+        run = bootstrap(demo, mount, python, "--packages-only", env=env)
+        asked = run_cli("status", "--recipe", str(demo), "--drive", str(mount), "--python", str(python),
+                        "--packages-only", env=env)
+        as_json = run_cli("status", "--recipe", str(demo), "--drive", str(mount), "--python", str(python),
+                          "--packages-only", "--json", env=env)
+
+    assert run.code == 0, run.stderr
+    assert asked.code == 0 and as_json.code == 0, asked.stdout + asked.stderr
+    line = next(line for line in asked.stdout.splitlines() if line.startswith("drive "))
+    if client == "Google Drive's own":
+        uploaded = (f"safe to shut down once Google Drive has uploaded it from this VM's disk, which it does in the "
+                    f"background: `{flush}` in a cell waits for that (and unmounts Drive)")
+        assert f"warmstart: the Drive cache and snapshot are written: {uploaded}" in run.stderr
+        assert line == f"drive     nothing left to write to Drive: {uploaded}"
+        assert json.loads(as_json.stdout)["drive_upload"] == flush
+    else:
+        assert "Google Drive has uploaded" not in run.stderr
+        assert line == "drive     nothing left to write to Drive: safe to shut down"
+        assert json.loads(as_json.stdout)["drive_upload"] is None
 
 
 def test_the_status_line_works_pasted_outside_the_checkout_that_invoke_was_pointed_at(demo, drive, tmp_path, index):

@@ -21,7 +21,7 @@ from . import assets, drivework, flock, home, installer, livelock, patches, rest
 from . import target as target_python
 from .background import started
 from .console import counted
-from .disks import explain, kind_of, not_a_folder, remount
+from .disks import UPLOADED_WHEN, explain, kind_of, not_a_folder, remount, uploads_later
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
@@ -430,6 +430,8 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
         report.say(f"{writing} being written in the background: `{status}` shows how far"
                    + ("; keep this VM up until it says \"safe to shut down\" (or run bootstrap with --wait)"
                       if run.plan.facts.profile.notebook else ""))
+    elif run.outcome.drive_writes == "written to Drive" and uploads_later(store.here.drive):
+        report.say(f"{writing} written: safe to shut down {UPLOADED_WHEN}")
 
 
 def _use_record_due(plan: Plan, team: dict[str, Any] | None, every: float = 86400) -> bool:

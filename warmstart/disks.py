@@ -79,6 +79,26 @@ def on_fuse(path: str | os.PathLike[str]) -> bool:
     return bool(holding) and holding[-1][1].startswith("fuse")
 
 
+# Google Drive's own client, as Colab mounts it (FUSE type fuse.drive, which
+# google.colab.drive.flush_and_unmount looks for), keeps what is written on the VM's disk and
+# uploads it in the background: a large file can reach Drive many minutes after its write
+# (colabtools#659, #2607), and what is not up when the VM goes is lost. flush_and_unmount pushes
+# it all and returns once it is up; it runs in the notebook's kernel.
+FLUSH_CELL = "from google.colab import drive; drive.flush_and_unmount()"
+
+
+def uploads_later(path: str | os.PathLike[str]) -> bool:
+    """Whether what is written at `path` reaches Drive only later: it lies on Google Drive's own
+    client (FLUSH_CELL)."""
+    holding = _mounts_holding(path)
+    return bool(holding) and holding[-1][1] == "fuse.drive"
+
+
+# When a Drive whose writes upload later (uploads_later) holds what was written
+UPLOADED_WHEN = (f"once Google Drive has uploaded it from this VM's disk, which it does in the background: "
+                 f"`{FLUSH_CELL}` in a cell waits for that (and unmounts Drive)")
+
+
 def is_mount_point(path: Path) -> bool:
     """A mount point, bind mounts of a folder on the same file system included (which
     os.path.ismount cannot tell: it compares device numbers)."""

@@ -12,6 +12,7 @@ from . import checks, config, drivework, restart
 from .bootstrap import prepare, wiped_vm_snapshot
 from .cli import run_reported
 from .console import abridged, counted, shown, write_line
+from .disks import FLUSH_CELL, UPLOADED_WHEN, uploads_later
 from .plan import Plan, make_plan, system_managed
 from .profiles import select_profile
 from .report import Report
@@ -140,6 +141,9 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         "checks_due": [c.name for c in due.checks],
         # what an earlier run still writes to Drive: "cache filling: n of m files on Drive; snapshot pending"
         "drive_writes": writes.describe() if writes else None,
+        # on Google Drive's own client, what is on Drive here reaches Drive only once uploaded:
+        # the cell that waits for that
+        "drive_upload": FLUSH_CELL if uploads_later(facts.drive) else None,
     }
     if found["checks_due"] and found["action"] == "no-op":
         found["action"] = ("run the checks not yet passed here" if due.new
@@ -216,7 +220,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     if new := [name for name in facts["checks_due"] if name not in facts["checks_failed"]]:
         lines.append(f"checks    not yet passed here as they are: {', '.join(new)} (bootstrap runs them)")
     lines.append(f"drive     {facts['drive_writes']}" if facts["drive_writes"]
-                 else "drive     nothing left to write to Drive: safe to shut down")
+                 else "drive     nothing left to write to Drive: safe to shut down"
+                 + (f" {UPLOADED_WHEN}" if facts["drive_upload"] else ""))
     if facts["restart_needed"]:
         lines.append(f"restart   the runtime: the running kernel imported old versions of "
                      f"{', '.join(facts['restart_needed'])}")
