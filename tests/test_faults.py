@@ -5,6 +5,7 @@ points are set with WARMSTART_FAULT (warmstart/faults.py), not with sleeps."""
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -249,6 +250,43 @@ def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_p
     assert "Drive is full (on Colab: the Google Drive storage quota is used up)" in done.stderr
     assert "Traceback" not in done.stderr
     assert locked_part_of(python) == LOCKED
+
+
+@needs_mountns
+def test_a_drive_mounted_read_only_installs_and_leaves_no_drive_writes_to_fail(demo, tmp_path, index):
+    """Drive on a file system mounted read-only (a read-only share, a container's `:ro` volume; here
+    a read-only bind mount in a private mount namespace), writes left to the background: each
+    run that installed left a job (the wheels, the snapshot to pack) whose worker failed on
+    Drive, tried again by every later run, one more job on local disk each time. Now the run
+    installs, says once why the cache is not filled, and leaves no job; the next run has nothing
+    to do, and `status` says why nothing is written to Drive."""
+    drive = tmp_path / "drive"
+    (drive / "Demo").mkdir(parents=True)  # the recipe's workdir, there already (it cannot be made now)
+    python = make_venv(tmp_path / "venv")
+    env = cli_env(index.url, XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"))
+    env.pop("WARMSTART_WAIT")
+    flags = ["--recipe", str(demo), "--drive", str(drive), "--python", str(python)]
+    outputs = [tmp_path / f"{name}.txt" for name in ("first", "second", "status")]
+    commands = [cli_command("bootstrap", *flags), cli_command("bootstrap", *flags), cli_command("status", *flags)]
+    script = f'mount --bind "{drive}" "{drive}" && mount -o remount,bind,ro "{drive}" || exit 9; ' + "; ".join(
+        f"{shlex.join(command)} > {out} 2>&1; echo $? >> {tmp_path / 'codes'}"
+        for command, out in zip(commands, outputs, strict=True))
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    first, second, status = (out.read_text() for out in outputs)
+    assert (tmp_path / "codes").read_text().split() == ["0", "0", "0"], first + second + status
+    said = (f"warning: the Drive cache was not filled: {drive} is on a file system mounted read-only (on Colab, "
+            "remount it by running this in a notebook cell: from google.colab import drive; "
+            "drive.mount('/content/drive', force_remount=True))")
+    assert said in first and "being written" not in first
+    assert locked_part_of(python) == LOCKED
+    assert not list((tmp_path / "home" / ".cache" / "warmstart" / "drivework").glob("*/*")), "no job left"
+    assert "nothing to do" in second and "not filled" not in second
+    assert f"drive     {drive} is on a file system mounted read-only" in status
+    assert f"snapshot  none for a wiped VM in {drive}, and none is packed while it is mounted read-only" in status
+    assert "bootstrap would: no-op" in status
+    assert [p.name for p in drive.rglob("*")] == ["Demo"]
 
 
 @needs_fuse

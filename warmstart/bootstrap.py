@@ -244,7 +244,8 @@ def _look(facts: Facts, store: TieredStore) -> Facts:
                       assets.state(store, a, dest)) for a, (dest, _state) in facts.assets.items()}
     return replace(facts, cached=cached, in_team=in_team(store, cached), assets=assets_now,
                    snapshot_found=bool(facts.snapshot and store.has(snapshot.KIND, facts.snapshot.index_name)),
-                   drive_down=down, queued=drivework.queued_wheels(facts.target.prefix, facts.drive))
+                   drive_down=down, drive_read_only=None if down else store.here.mounted_read_only(),
+                   queued=drivework.queued_wheels(facts.target.prefix, facts.drive))
 
 
 def look_again(facts: Facts, store: TieredStore) -> Facts:
@@ -411,8 +412,15 @@ def hand_off(run: Executor, wait: bool, store: TieredStore, report: Report, stat
         if not wait and (earlier := drivework.pending(run.plan.facts.target.prefix)):
             report.say(f"Drive writes of an earlier run: {earlier.describe()}: `{status}` shows how far")
         return
-    writing = run.work.writes()
     with report.step("drive") as step:
+        if read_only := run.plan.facts.drive_read_only:  # a job for it would fail, each run's anew
+            run.work.drop_drive_writes()
+            step.status, step.detail = "warning", "mounted read-only: nothing written"
+            run.warn([f"the Drive cache was not filled: {read_only}"])
+            if run.work.empty:
+                run.work.discard()
+                return
+        writing = run.work.writes()
         if down := store.here.down:  # nothing more waits on it in this run: the next run writes
             run.work.keep(store, down)
             step.status = "warning"

@@ -152,6 +152,12 @@ class DriveWork:
         """Nothing for Drive: the job folder goes."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
+    def drop_drive_writes(self) -> None:
+        """Nothing is to be written to Drive (it is mounted read-only): what the job would put
+        there goes, what it gives the team cache stays (Drive's files are read for that)."""
+        shutil.rmtree(self.folder / FILES, ignore_errors=True)
+        self.snapshot = self.download = self.from_team = None
+
     def write_job(self, store: TieredStore) -> None:
         """The job file, written last: from now on a worker or a later run may finish the job."""
         files = (sum(1 for _ in self.folder.glob(f"{FILES}/*/*")) + len(self.download or ())

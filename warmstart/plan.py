@@ -56,6 +56,7 @@ class Facts:
     drift: Drift | None = None  # this VM against the lock's image (None: a bare lock)
     live_lock: str | None = None  # where on Drive the lock made for this runtime lies (livelock.py)
     drive_down: str | None = None  # why Drive stopped answering while it was looked at (store.py)
+    drive_read_only: str | None = None  # why nothing can be written there: mounted read-only (store.py)
     # wheels (name, version) an earlier run's Drive writes will put there (drivework.queued_wheels)
     queued: frozenset[tuple[NormalizedName, Version]] = frozenset()
     # PIP_BREAK_SYSTEM_PACKAGES: a target its system's package manager owns may be changed all the same
@@ -230,8 +231,8 @@ def make_plan(facts: Facts, options: Options) -> Plan:
                 "run once without --offline to fill it"
             )
         to_download: tuple[Pin, ...] = ()
-    else:
-        to_download = cache_lacks(facts)
+    else:  # nothing for a Drive mounted read-only: it cannot keep them
+        to_download = () if facts.drive_read_only else cache_lacks(facts)
 
     plan = Plan(facts, options.offline, to_install, to_download, use_snapshot, tuple(warnings))
     if options.keep_runtime and plan.replaced:

@@ -144,6 +144,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
         # on Google Drive's own client, what is on Drive here reaches Drive only once uploaded:
         # the cell that waits for that
         "drive_upload": FLUSH_CELL if uploads_later(facts.drive) else None,
+        # why nothing can be written to Drive (mounted read-only), or None
+        "drive_read_only": facts.drive_read_only,
     }
     if found["checks_due"] and found["action"] == "no-op":
         found["action"] = ("run the checks not yet passed here" if due.new
@@ -168,7 +170,7 @@ def _extra(extra: list[str], not_shipped: list[str] | None) -> str:
     return f"{abridged(not_shipped, NAMES_SHOWN) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
 
 
-def _snapshot(wiped: dict[str, Any] | None, drive: str) -> str:
+def _snapshot(wiped: dict[str, Any] | None, drive: str, read_only: bool) -> str:
     """What a wiped VM of this platform restores from."""
     if wiped is None:
         return "none needed: a wiped VM of this image installs nothing"
@@ -177,6 +179,8 @@ def _snapshot(wiped: dict[str, Any] | None, drive: str) -> str:
         return f"{wiped['index'].removesuffix('.json')} {where}: a wiped VM restores from it"
     if wiped["queued"]:
         return f"none for a wiped VM in {drive} yet: the Drive writes below pack it"
+    if read_only:
+        return f"none for a wiped VM in {drive}, and none is packed while it is mounted read-only"
     return f"none for a wiped VM in {drive} yet: it installs from the wheels, then packs one"
 
 
@@ -208,7 +212,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
           f"{p['state']}" for p in facts["patches"]),
         f"cache     {cache['wheels']} of {cache['wheels_locked']} wheels "
         f"({cache['wheel_bytes'] / 2**20:.1f} MiB) in {cache['drive']}",
-        f"snapshot  {_snapshot(cache['snapshot'], cache['drive'])}",
+        f"snapshot  {_snapshot(cache['snapshot'], cache['drive'], bool(facts['drive_read_only']))}",
     ]
     if team := cache["team"]:
         lines.append(f"team      {team['cache']}" + (" (read-only)" if team["read_only"] else "")
@@ -220,6 +224,8 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
     if new := [name for name in facts["checks_due"] if name not in facts["checks_failed"]]:
         lines.append(f"checks    not yet passed here as they are: {', '.join(new)} (bootstrap runs them)")
     lines.append(f"drive     {facts['drive_writes']}" if facts["drive_writes"]
+                 else f"drive     {facts['drive_read_only']}: warmstart writes nothing there"
+                 if facts["drive_read_only"]
                  else "drive     nothing left to write to Drive: safe to shut down"
                  + (f" {UPLOADED_WHEN}" if facts["drive_upload"] else ""))
     if facts["restart_needed"]:

@@ -265,6 +265,21 @@ class DriveStore:
 
     has = on_drive
 
+    def mounted_read_only(self) -> str | None:
+        """Why nothing can be written to this Drive's cache, when it lies on a file system mounted
+        read-only (a read-only share, a container's `-v DIR:/drive:ro`): its files are
+        read, and none is written. A look bounded as a read is."""
+        def look() -> bool:
+            for folder in (self.root, self.drive / LAYOUT.parts[0], self.drive):  # the deepest that is there
+                try:
+                    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+                except OSError:
+                    continue
+            return False
+        if not self._looked(look, False):
+            return None
+        return f"{self.drive} is on a file system mounted read-only (on Colab, {remount(self.drive)})"
+
     def size(self, kind: str, name: str) -> int:
         return self.path(kind, name).stat().st_size
 
