@@ -253,6 +253,42 @@ def test_a_full_drive_still_installs_and_says_why_nothing_was_cached(demo, tmp_p
 
 
 @needs_mountns
+def test_on_a_full_drive_a_run_leaves_the_wheels_an_earlier_runs_job_holds_to_it(demo, tmp_path, index):
+    """Drive full (a 4 KiB tmpfs in a private mount namespace), writes left to the background:
+    the first run's job keeps its wheels for a later run to put on Drive. A second run into the
+    environment made anew queued the same wheels again (344 MiB more on local disk for
+    hyperlpr, with each run that installed); now it leaves them to the first run's job, and only
+    its own snapshot is queued. The worker says why it stopped in Drive's words."""
+    drive = tmp_path / "drive"
+    drive.mkdir()
+    venv = tmp_path / "venv"
+    env = cli_env(index.url, XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"))
+    env.pop("WARMSTART_WAIT")
+    run = shlex.join(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python",
+                                 str(venv / "bin" / "python"), "--packages-only"))
+    make = shlex.join([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    script = (f'mount -t tmpfs -o size=4k tmpfs "{drive}" || exit 9; '
+              f'{make} && {run} > {tmp_path / "first.txt"} 2>&1 && rm -rf "{venv}" && {make} && '
+              f'{run} > {tmp_path / "second.txt"} 2>&1')
+    done = subprocess.run([*MOUNTNS, "--", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=300)
+
+    first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
+    assert done.returncode == 0, first + second
+    jobs = sorted((tmp_path / "home" / ".cache" / "warmstart" / "drivework").glob("*/*"))
+    queued = [[path.name for path in (job / "files" / "wheels").glob("*.whl")]
+              + [name for name, *_ in json.loads((job / "job.json").read_text())["download"] or []] for job in jobs]
+    assert len(jobs) == 2 and len(queued[0]) == 3 and queued[1] == [], queued
+    assert json.loads((jobs[1] / "job.json").read_text())["snapshot"], "the second run's snapshot is queued"
+    full = "Drive is full (on Colab: the Google Drive storage quota is used up)"
+    assert f"the Drive writes of the last run stopped again: wheel alpha-1.0-py3-none-any.whl not cached on Drive: " \
+           f"{full}" in second, second
+    # the second run's worker, packing its snapshot: in those words too (it said "OSError: [Errno 28] ...")
+    wait_until((jobs[1] / "failed.txt").is_file, 60, "the second run's worker did not stop")
+    assert full in (jobs[1] / "failed.txt").read_text(), (jobs[1] / "failed.txt").read_text()
+    assert locked_part_of(venv / "bin" / "python") == LOCKED
+
+
+@needs_mountns
 def test_a_drive_mounted_read_only_installs_and_leaves_no_drive_writes_to_fail(demo, tmp_path, index):
     """Drive on a file system mounted read-only (a read-only share, a container's `:ro` volume; here
     a read-only bind mount in a private mount namespace), writes left to the background: each

@@ -512,13 +512,15 @@ def main(argv: list[str]) -> int:
     """The detached worker: `python -m warmstart.drivework FOLDER`."""
     folder = Path(argv[0])
     os.nice(10)  # after the run: the user's own work (a training's data loading) comes first
+    drive = None
     try:
         job = json.loads((folder / JOB).read_text())
+        drive = Path(job["drive"])
         # The job names the team cache without credentials; the run handed its URL over in the
         # worker's environment (never on disk), when it held any.
         team, given = job.get("team") or {}, WORKER_TEAM.get() or ""
         location = given if given and redact(given) == team.get("location") else team.get("location")
-        store = TieredStore.at(Path(job["drive"]), bars=Bars(enabled=False))
+        store = TieredStore.at(drive, bars=Bars(enabled=False))
         if location:
             try:
                 store.put_behind(location, read_only=team.get("read_only", False),
@@ -532,7 +534,9 @@ def main(argv: list[str]) -> int:
         return 0  # finished by a run that came first
     except Exception as exc:  # the job stays; `status` says why, the next run tries again
         try:
-            write_private(folder / FAILED, f"{type(exc).__name__}: {exc}"[:300])
+            # a Drive's error in its words ("Drive is full"), as a run that finishes the job says it
+            said = explain(exc, drive) if isinstance(exc, OSError) and drive else f"{type(exc).__name__}: {exc}"
+            write_private(folder / FAILED, said[:300])
             with open(folder / "worker.log", "a") as log:
                 log.write(redact(traceback.format_exc()))
         except OSError:

@@ -11,7 +11,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from packaging.utils import NormalizedName
+from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
+from packaging.version import Version
 
 from . import assets, checks, faults, headstart, installer, patches, race, restart, snapshot
 from . import target as target_python
@@ -95,7 +96,25 @@ class Executor:
             downloads = self.work.area("wheels")
             self._download_step(to_download, downloads, stage, for_drive_alone=not need)
             self._install_step(need, to_download, [stage, downloads], stage, skipped)
+            self._leave_to_earlier_work(downloads)
         return bool(need)
+
+    def _queued(self, pin: Pin) -> bool:
+        """Whether an earlier run's Drive writes hold this wheel already (facts.queued): this
+        run's own leave it to them. A Drive that refuses writes (full) keeps their job, and each
+        run that installed added one more with the same wheels (344 MiB for hyperlpr)."""
+        return (pin.name, Version(pin.version)) in self.plan.facts.queued
+
+    def _leave_to_earlier_work(self, downloads: Path) -> None:
+        """The wheels this run downloaded to install that an earlier run's Drive writes hold
+        already: not queued for Drive a second time."""
+        for path in downloads.glob("*.whl"):
+            try:
+                name, version, *_ = parse_wheel_filename(path.name)
+            except InvalidWheelFilename:
+                continue
+            if (name, version) in self.plan.facts.queued:
+                path.unlink()
 
     def _fetch_step(self, need: list[Pin], stage: Path, skipped: str) -> list[Pin]:
         """The `fetch` step: the wheels of `need` the caches hold, verified, into `stage`; what is
@@ -135,7 +154,7 @@ class Executor:
         fails is a warning, as a Drive that cannot be written is: the environment is whole."""
         with self.report.step("download") as step:
             if to_download and (self.direct or (for_drive_alone and self.background)):
-                self._fetch_for_drive_later(to_download)
+                self._fetch_for_drive_later([pin for pin in to_download if not self._queued(pin)])
                 self.store.stats.misses += len(to_download)
                 step.status, step.detail = "skipped", ("fetched for Drive after this run" if for_drive_alone
                                                        else "uv fetches what Drive lacks while it installs")
@@ -171,8 +190,8 @@ class Executor:
 
     def copy_team_wheels(self) -> None:
         """Have the Drive work copy the wheels only the team cache holds (but those this run
-        fetched already): the next VM then finds all it needs on Drive, and leaves the team store
-        unopened (warmstart.tiered)."""
+        fetched already, or an earlier run's Drive writes hold): the next VM then finds all it
+        needs on Drive, and leaves the team store unopened (warmstart.tiered)."""
         facts = self.plan.facts
         if self.plan.offline or not facts.in_team:
             return
@@ -180,11 +199,11 @@ class Executor:
         fetching = {name for name, _version, _hashes in self.work.download or ()}
         self.work.from_team = [[file, sorted(pin.hashes)] for pin in facts.lock.pins
                                if (file := facts.cached.get(pin.name)) in facts.in_team
-                               and file not in queued and pin.name not in fetching] or None
+                               and file not in queued and pin.name not in fetching and not self._queued(pin)] or None
 
     def _fetch_for_drive_later(self, pins: list[Pin]) -> None:
         """The Drive work fetches these wheels from the index for the cache, after this run."""
-        self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in pins]
+        self.work.download = [[p.name, p.version, sorted(p.hashes)] for p in pins] or None
         self.work.tags = [str(tag) for tag in self.plan.facts.target.supported_tags()]
 
     def _install(self, need: list[Pin], wheels: list[Path], stage: Path, index: bool) -> None:
