@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_filename
-from packaging.version import Version
 
 from . import assets, checks, faults, headstart, installer, patches, race, restart, snapshot
 from . import target as target_python
@@ -99,15 +98,11 @@ class Executor:
             self._leave_to_earlier_work(downloads)
         return bool(need)
 
-    def _queued(self, pin: Pin) -> bool:
-        """Whether an earlier run's Drive writes hold this wheel already (facts.queued): this
-        run's own leave it to them. A Drive that refuses writes (full) keeps their job, and each
-        run that installed added one more with the same wheels (344 MiB for hyperlpr)."""
-        return (pin.name, Version(pin.version)) in self.plan.facts.queued
-
     def _leave_to_earlier_work(self, downloads: Path) -> None:
         """The wheels this run downloaded to install that an earlier run's Drive writes hold
-        already: not queued for Drive a second time."""
+        already (Facts.queued_for_drive): not queued for Drive a second time. A Drive that
+        refuses writes (full) keeps their job, and each run that installed added one more with
+        the same wheels (344 MiB for hyperlpr)."""
         for path in downloads.glob("*.whl"):
             try:
                 name, version, *_ = parse_wheel_filename(path.name)
@@ -154,7 +149,7 @@ class Executor:
         fails is a warning, as a Drive that cannot be written is: the environment is whole."""
         with self.report.step("download") as step:
             if to_download and (self.direct or (for_drive_alone and self.background)):
-                self._fetch_for_drive_later([pin for pin in to_download if not self._queued(pin)])
+                self._fetch_for_drive_later([pin for pin in to_download if not self.plan.facts.queued_for_drive(pin)])
                 self.store.stats.misses += len(to_download)
                 step.status, step.detail = "skipped", ("fetched for Drive after this run" if for_drive_alone
                                                        else "uv fetches what Drive lacks while it installs")
@@ -199,7 +194,8 @@ class Executor:
         fetching = {name for name, _version, _hashes in self.work.download or ()}
         self.work.from_team = [[file, sorted(pin.hashes)] for pin in facts.lock.pins
                                if (file := facts.cached.get(pin.name)) in facts.in_team
-                               and file not in queued and pin.name not in fetching and not self._queued(pin)] or None
+                               and file not in queued and pin.name not in fetching
+                               and not facts.queued_for_drive(pin)] or None
 
     def _fetch_for_drive_later(self, pins: list[Pin]) -> None:
         """The Drive work fetches these wheels from the index for the cache, after this run."""

@@ -66,6 +66,11 @@ class Facts:
     def installing(self) -> tuple[Pin, ...]:
         return installing_of(self.needs, self.broken)
 
+    def queued_for_drive(self, pin: Pin) -> bool:
+        """Whether an earlier run's Drive writes will put this pin's wheel on Drive (`queued`): a
+        run leaves it to them, as a Drive that refuses writes keeps their job for a later run."""
+        return (pin.name, Version(pin.version)) in self.queued
+
     def relock(self, *more: str) -> str | None:
         """The `invoke lock` line (with `more` flags) that compiles this run's lock anew; None for
         the lock made on Drive for this runtime (livelock.py), which is no checkout's."""
@@ -179,7 +184,7 @@ def cache_lacks(facts: Facts) -> tuple[Pin, ...]:
     run's Drive writes will put there, and what every VM of the platform's image ships."""
     found, cached = facts.needs, facts.cached
     shipped = facts.image.shipped if facts.image else {}
-    return tuple(p for p in found.wanted if p.name not in cached and (p.name, Version(p.version)) not in facts.queued
+    return tuple(p for p in found.wanted if p.name not in cached and not facts.queued_for_drive(p)
                  and p.name not in found.provided and not p.satisfied_by(shipped.get(p.name)))
 
 
