@@ -184,6 +184,15 @@ def _snapshot(wiped: dict[str, Any] | None, drive: str, read_only: bool) -> str:
     return f"none for a wiped VM in {drive} yet: it installs from the wheels, then packs one"
 
 
+def _drive(facts: dict[str, Any]) -> str:
+    """What is left to write to Drive, and when it is safe to shut down."""
+    if facts["drive_writes"]:
+        return facts["drive_writes"]
+    if facts["drive_read_only"]:
+        return f"{facts['drive_read_only']}: warmstart writes nothing there"
+    return "nothing left to write to Drive: safe to shut down" + (f" {UPLOADED_WHEN}" if facts["drive_upload"] else "")
+
+
 def status_lines(facts: dict[str, Any]) -> list[str]:
     gpu = facts["gpu"]
     gpus = ", ".join(d["name"] for d in gpu["devices"]) or f"none ({gpu['error']})"
@@ -223,11 +232,7 @@ def status_lines(facts: dict[str, Any]) -> list[str]:
         lines.append(f"checks    failed last time: {', '.join(facts['checks_failed'])} (bootstrap runs them again)")
     if new := [name for name in facts["checks_due"] if name not in facts["checks_failed"]]:
         lines.append(f"checks    not yet passed here as they are: {', '.join(new)} (bootstrap runs them)")
-    lines.append(f"drive     {facts['drive_writes']}" if facts["drive_writes"]
-                 else f"drive     {facts['drive_read_only']}: warmstart writes nothing there"
-                 if facts["drive_read_only"]
-                 else "drive     nothing left to write to Drive: safe to shut down"
-                 + (f" {UPLOADED_WHEN}" if facts["drive_upload"] else ""))
+    lines.append(f"drive     {_drive(facts)}")
     if facts["restart_needed"]:
         lines.append(f"restart   the runtime: the running kernel imported old versions of "
                      f"{', '.join(facts['restart_needed'])}")
