@@ -274,7 +274,9 @@ def test_on_a_full_drive_a_run_leaves_the_wheels_an_earlier_runs_job_holds_to_it
 
     first, second = (tmp_path / "first.txt").read_text(), (tmp_path / "second.txt").read_text()
     assert done.returncode == 0, first + second
-    jobs = sorted((tmp_path / "home" / ".cache" / "warmstart" / "drivework").glob("*/*"))
+    # in the order they were made (a folder's name begins with its second, then a random part)
+    jobs = sorted((tmp_path / "home" / ".cache" / "warmstart" / "drivework").glob("*/*"),
+                  key=lambda job: json.loads((job / "job.json").read_text())["created"])
     queued = [[path.name for path in (job / "files" / "wheels").glob("*.whl")]
               + [name for name, *_ in json.loads((job / "job.json").read_text())["download"] or []] for job in jobs]
     assert len(jobs) == 2 and len(queued[0]) == 3 and queued[1] == [], queued
