@@ -50,8 +50,9 @@ def pki(tmp_path_factory) -> Path:
     return d
 
 
-def serve_tls(folder: Path, pki: Path, *, client_cert: bool) -> tuple[str, http.server.ThreadingHTTPServer]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietFiles, directory=str(folder)))
+def serve_tls(folder: Path, pki: Path, *, client_cert: bool,
+              handler: type[http.server.BaseHTTPRequestHandler] = _QuietFiles) -> tuple[str, http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(pki / "server.crt", pki / "server.key")
     if client_cert:
@@ -137,10 +138,11 @@ def test_an_unreachable_index_is_reported_as_unreachable(demo, drive, tmp_path):
 
 @pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
 @pytest.mark.parametrize("fault", ["unreachable", "refusing"])
-def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(demo, fault, resolver):
+def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(demo, fault, resolver, tmp_path):
     """`invoke lock` ended in the resolver's page of retries and "No matching distribution found"
     (pip-tools), exit 1. Now exit 3 and one line, as a bootstrap says it, but for `--offline`: a
-    flag `invoke lock` does not have. uv resolves for a Python other than this one."""
+    flag `invoke lock` does not have. uv resolves for a Python other than this one. HOME is new, and
+    uv, refused, no longer makes a credential store in its ~/.local/share/uv to lock."""
     server = None
     if fault == "unreachable":
         url = "http://127.0.0.1:9/simple"
@@ -151,7 +153,9 @@ def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(
     other = "3.12" if sys.version_info[:2] != (3, 12) else "3.13"
     versions = ["--python-version", other] if resolver == "uv" else []
     try:
-        result = run_cli("lock", "--recipe", str(demo), *versions, env=cli_env(url, PIP_RETRIES="1"))
+        (tmp_path / "home").mkdir()
+        result = run_cli("lock", "--recipe", str(demo), *versions,
+                         env=cli_env(url, PIP_RETRIES="1", HOME=str(tmp_path / "home")))
     finally:
         if server:
             server.shutdown()
@@ -162,13 +166,42 @@ def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(
             if fault == "unreachable" else f"the package index {url} refused access (HTTP 401)")
     assert last.startswith(f"warmstart: error: {said}"), result.stderr
     assert "--offline" not in last
+    assert not (tmp_path / "home" / ".local").exists()  # (pip's user agent has rustup write ~/.rustup)
+
+
+def hiding_hashes(index: Index, root: Path) -> Path:
+    """A copy of `index` whose page for beta lists its files without their sha256."""
+    shutil.copytree(index.files.parent, root)
+    page = root / "simple" / "beta" / "index.html"
+    page.write_text(re.sub(r"#sha256=[0-9a-f]+", "", page.read_text()))
+    return root
+
+
+class _CachedFiles(_QuietFiles):
+    """Files with PyPI's caching headers, which pip's HTTP cache keeps (over HTTPS only)."""
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "max-age=365000000, immutable, public")
+        super().end_headers()
+
+
+def test_pip_caches_in_warmstarts_folder_not_the_users(demo, drive, tmp_path, index, pki):
+    """pip downloads what the index lists without hashes; its HTTP cache went to ~/.cache/pip."""
+    url, server = serve_tls(hiding_hashes(index, tmp_path / "index"), pki, client_cert=False, handler=_CachedFiles)
+    caches = tmp_path / "cache"
+    try:
+        result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
+                           env=cli_env(url, PIP_CERT=str(pki / "ca.pem"), XDG_CACHE_HOME=str(caches)))
+    finally:
+        server.shutdown()
+
+    assert result.code == 0 and "pip downloads 1 wheel itself: beta==2.0" in result.stderr, result.stderr
+    assert [p.name for p in caches.iterdir()] == ["warmstart"]
+    assert list((caches / "warmstart" / "pip").rglob("*")), "pip's cache is kept, in warmstart's folder"
 
 
 def test_a_pin_the_index_lists_without_hashes_is_handed_to_pip_and_the_run_says_why(demo, drive, tmp_path, index):
-    root = tmp_path / "index"
-    shutil.copytree(index.files.parent, root)
-    page = root / "simple" / "beta" / "index.html"
-    page.write_text(re.sub(r"#sha256=[0-9a-f]+", "", page.read_text()))  # an index that hides hashes
+    root = hiding_hashes(index, tmp_path / "index")
     url, server = serve_folder(root)
     python = make_venv(tmp_path / "venv")
     try:

@@ -364,6 +364,25 @@ def test_pip_and_uv_get_the_index_settings_and_nothing_that_adds_to_the_lock():
     assert uv["HTTPS_PROXY"] == "http://proxy:3128" and "UV_CONSTRAINT" not in uv and uv["UV_NO_CONFIG"] == "1"
 
 
+def test_pip_and_uv_keep_their_caches_and_credential_locks_in_warmstarts_folder(tmp_path):
+    environ = {"XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data"),
+               "PIP_CACHE_DIR": "/elsewhere", "PATH": "/bin"}
+    assert pip_env(environ)["PIP_CACHE_DIR"] == str(tmp_path / "cache" / "warmstart" / "pip")
+    assert uv_env(environ)["UV_CREDENTIALS_DIR"] == str(tmp_path / "cache" / "warmstart" / "uv-credentials")
+    (tmp_path / "data" / "uv" / "credentials").mkdir(parents=True)  # the user's `uv auth login` store
+    assert "UV_CREDENTIALS_DIR" not in uv_env(environ), "uv reads the credentials the user stored"
+    assert uv_env(environ | {"UV_CREDENTIALS_DIR": "/mine"})["UV_CREDENTIALS_DIR"] == "/mine"
+
+
+def test_pip_cert_wins_over_a_machine_wide_requests_bundle_for_pip(tmp_path):
+    """pip's requests prefers REQUESTS_CA_BUNDLE to pip's --cert (tests/test_index_settings.py
+    has the index it refused)."""
+    (tmp_path / "ca.pem").touch()
+    environ = {"PIP_CERT": str(tmp_path / "ca.pem"), "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
+    assert pip_env(environ)["REQUESTS_CA_BUNDLE"] == str(tmp_path / "ca.pem")
+    assert pip_env({"REQUESTS_CA_BUNDLE": "/b.crt"})["REQUESTS_CA_BUNDLE"] == "/b.crt", "kept without PIP_CERT"
+
+
 # -- the Drive store ------------------------------------------------------------------------
 
 def test_the_store_lists_whole_files_only_and_never_a_temporary_or_a_damaged_one(tmp_path):

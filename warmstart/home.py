@@ -7,6 +7,8 @@
         downloads/                 partial downloads, resumed by the next run
         elf/                       what `invoke lock` read from wheels' ELF files, by sha256
         uv/                        uv's cache
+        uv-credentials/            uv's credential store, where the user keeps none of their own
+        pip/                       pip's cache
         pip-tools/                 pip-tools' cache (`invoke lock`)
         live-locks/                locks made for a drifted runtime, before they reach Drive
         placed.json                assets placed in workdirs, as last seen
@@ -72,6 +74,14 @@ def elf() -> Path:
 
 def uv_cache(environ: Mapping[str, str] = os.environ) -> Path:
     return root(environ) / "uv"
+
+
+def pip_cache(environ: Mapping[str, str] = os.environ) -> Path:
+    return root(environ) / "pip"
+
+
+def uv_credentials(environ: Mapping[str, str] = os.environ) -> Path:
+    return root(environ) / "uv-credentials"
 
 
 def pip_tools_cache() -> Path:

@@ -129,10 +129,21 @@ def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) 
     env = {k: v for k, v in anchored(environ).items()
            if (not k.startswith("PIP_") or k in INDEX_SETTINGS) and k not in drop}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
-               PYTHONNOUSERSITE="1")
+               PYTHONNOUSERSITE="1", PIP_CACHE_DIR=str(home.pip_cache(environ)))  # not ~/.cache/pip
+    if env.get("PIP_CERT"):
+        # pip's requests takes REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) over pip's own --cert: where
+        # the machine sets one for all, pip refused the index PIP_CERT trusts, and only pip did
+        env["REQUESTS_CA_BUNDLE"] = env["PIP_CERT"]
     if breaks_system_packages(environ):
         env["PIP_BREAK_SYSTEM_PACKAGES"] = "1"
     return env
+
+
+def _uv_credentials_default(environ: Mapping[str, str]) -> Path:
+    """Where uv keeps credentials stored with `uv auth login`, unless UV_CREDENTIALS_DIR says."""
+    chosen = environ.get("XDG_DATA_HOME", "")
+    data = Path(chosen) if os.path.isabs(chosen) else Path(os.path.expanduser("~/.local/share"))
+    return data / "uv" / "credentials"
 
 
 def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
@@ -161,6 +172,10 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     for var, value in given.items():
         if value and var not in environ:  # uv's own setting, when there is one, wins
             env[var] = value
+    if "UV_CREDENTIALS_DIR" not in environ and not _uv_credentials_default(environ).is_dir():
+        # no credentials stored for uv to read: the lock uv takes on its store when an index asks
+        # for them goes in warmstart's folder, not in ~/.local/share/uv
+        env["UV_CREDENTIALS_DIR"] = str(home.uv_credentials(environ))
     if breaks_system_packages(environ):
         env["UV_BREAK_SYSTEM_PACKAGES"] = "1"
     return env
