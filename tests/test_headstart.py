@@ -227,6 +227,42 @@ def test_uv_on_other_pins_is_stopped_by_the_bootstrap_and_its_folder_removed(bul
 
 
 @needs_fuse
+def test_uv_for_a_snapshot_the_plan_does_not_restore_is_stopped_when_the_install_begins(bulky, filled, tmp_path,  # noqa: F811
+                                                                                       monkeypatch, capfd):
+    """warmstart.sh began uv for the snapshot its read ahead guessed; the bootstrap's plan restores
+    none (here the snapshot is gone from Drive; on Colab, an image that drifted has another set to
+    install), so it installs the wheels from Drive itself. uv, still waiting on a slow index, went
+    on beside that install until the run ended; it is stopped as the install begins."""
+    recipe, _url = bulky
+    url, server = serve_folder(recipe.parents[2] / "index", delay=5.0)  # keeps uv waiting
+    stopped: list[float] = []
+    try:
+        vm = wiped_vm(tmp_path, f"{url}/simple")
+        home.run_locks(vm.env).mkdir(parents=True)
+        _on_this_vm(monkeypatch, vm)
+        with slow_drive(vm.drive, tmp_path / "slow", 5, 8) as mount, _read_ahead(mount, recipe) as ahead:
+            headstart.consider(ahead, Options(recipe=str(recipe)), str(vm.python), (), recipe.parents[1])
+            begun = headstart._begun
+            assert begun is not None
+            for made in (vm.drive / ".warmstart" / "v1" / "snapshots").iterdir():
+                made.unlink()
+
+            def note_the_stop() -> None:
+                wait_until(lambda: begun._stopped, 60, "never stopped")
+                stopped.append(time.monotonic())
+
+            threading.Thread(target=note_the_stop, daemon=True).start()
+            code, report = _bootstrap_as_warmstart_sh(recipe, mount, vm, capfd)
+            ended = time.monotonic()
+    finally:
+        server.shutdown()
+
+    assert code == 0 and "snapshot" not in report, report  # none restored, nothing raced
+    assert tree(vm.python) == filled  # from Drive's wheels, read at 8 MiB/s: seconds
+    assert stopped and stopped[0] < ended - 2, "uv ran on until the run ended"
+
+
+@needs_fuse
 def test_uv_that_fails_leaves_the_restore_to_the_snapshot(bulky, filled, tmp_path, monkeypatch, capfd):  # noqa: F811
     recipe, _url = bulky
     vm = wiped_vm(tmp_path, dead_url())  # nothing answers there

@@ -83,6 +83,10 @@ class Executor:
         downloaded is queued for Drive, not written there now."""
         plan = self.plan
         begun = headstart.received()  # uv from the index, begun by warmstart.sh: its folder is the race's
+        if begun and not (plan.to_install and plan.use_snapshot):
+            # it was begun for the snapshot the read ahead guessed, which this plan does not restore
+            # (the image drifted: another set to install): it would go on beside this run's install
+            begun.stop()
         for staging in plan.facts.target.prefix.glob(f"{headstart.FOLDER_PREFIX}*"):
             if not (begun and staging == begun.folder):
                 shutil.rmtree(staging, ignore_errors=True)  # what a killed restore left
