@@ -208,6 +208,18 @@ def test_installer_can_be_chosen(plain, drive, tmp_path, env, tool):
     assert installer_file.read_text().strip() == tool
 
 
+def test_uv_set_to_link_from_its_cache_still_installs_files_a_snapshot_holds(plain, drive, tmp_path, env):
+    """A user's UV_LINK_MODE=symlink had uv install links into warmstart's own uv cache: an
+    environment that broke with that folder, and no snapshot ("... is not a file")."""
+    python = make_venv(tmp_path / "venv")
+
+    result = bootstrap(plain, drive, python, env=env | {"UV_LINK_MODE": "symlink"})
+
+    assert result.code == 0 and result.report["installer"] == "uv", result.stderr
+    assert not [p for p in (tmp_path / "venv").rglob("*") if p.is_symlink() and "site-packages" in p.parts]
+    assert len(snapshots(drive)) == 2, result.stderr
+
+
 def test_unknown_installer_is_bad_input_before_any_step(plain, tmp_path, env):
     """As every bad flag is: not after the recipe, the target, the GPU and the lock were looked at
     (it was said under the `cache` step)."""

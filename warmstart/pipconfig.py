@@ -24,10 +24,12 @@ INDEX_SETTINGS = frozenset({
     "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_CERT", "PIP_CLIENT_CERT", "PIP_TRUSTED_HOST",
     "PIP_PROXY", "PIP_DEFAULT_TIMEOUT", "PIP_RETRIES", "PIP_KEYRING_PROVIDER",
 })
-# uv settings that have broken it on Colab (constraint files that are not there) or would add
-# to the lock; cleared for every call.
+# uv settings that have broken it on Colab (constraint files that are not there), would add to
+# the lock, or would leave the environment leaning on uv's cache (UV_LINK_MODE=symlink: its files
+# links into warmstart's folder, gone with it, and no snapshot could be made of it); cleared for
+# every call.
 _UV_CLEARED = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE", "UV_REQUIRE_HASHES",
-               "UV_NO_BINARY", "UV_FIND_LINKS", "UV_CONFIG_FILE", "UV_SYSTEM_PYTHON")
+               "UV_NO_BINARY", "UV_FIND_LINKS", "UV_CONFIG_FILE", "UV_SYSTEM_PYTHON", "UV_LINK_MODE")
 # PEP 668's way out, in pip's words and in uv's: change a Python its system's package manager owns
 # all the same (in a container that is the user's to change). Either is the user's yes for both.
 BREAK_SYSTEM_PACKAGES = ("PIP_BREAK_SYSTEM_PACKAGES", "UV_BREAK_SYSTEM_PACKAGES")
