@@ -126,6 +126,23 @@ def test_an_index_that_refuses_is_reported_as_refusing_with_the_way_in(demo, dri
     assert "s3cret" not in result.stderr + result.stdout
 
 
+def test_a_ca_bundle_variable_naming_nothing_is_said_before_any_step(demo, drive, tmp_path):
+    """REQUESTS_CA_BUNDLE (requests' and so pip's default) left naming a file that is gone: the
+    download stopped with "Could not find a suitable TLS CA certificate bundle ... [errno None];
+    check that the folder is there, writable and not full"."""
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
+                       env=cli_env("https://127.0.0.1:9/simple", REQUESTS_CA_BUNDLE=str(tmp_path / "gone.pem")))
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: REQUESTS_CA_BUNDLE={tmp_path / 'gone.pem'} names nothing; point it at a CA bundle or "
+        "unset it (PIP_CERT names one for warmstart, pip and uv alike)")
+    (tmp_path / "ca.pem").touch()  # PIP_CERT given: that one is verified with, this one not read
+    assert bootstrap(demo, drive, make_venv(tmp_path / "venv"), "--dry-run",
+                     env=cli_env("https://127.0.0.1:9/simple", PIP_CERT=str(tmp_path / "ca.pem"),
+                                 REQUESTS_CA_BUNDLE=str(tmp_path / "gone.pem"))).code == 0
+
+
 def test_an_unreachable_index_is_reported_as_unreachable(demo, drive, tmp_path):
     result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
                        env=cli_env("http://127.0.0.1:9/simple", PIP_RETRIES="1"))

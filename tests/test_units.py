@@ -380,7 +380,9 @@ def test_pip_cert_wins_over_a_machine_wide_requests_bundle_for_pip(tmp_path):
     (tmp_path / "ca.pem").touch()
     environ = {"PIP_CERT": str(tmp_path / "ca.pem"), "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
     assert pip_env(environ)["REQUESTS_CA_BUNDLE"] == str(tmp_path / "ca.pem")
-    assert pip_env({"REQUESTS_CA_BUNDLE": "/b.crt"})["REQUESTS_CA_BUNDLE"] == "/b.crt", "kept without PIP_CERT"
+    (tmp_path / "b.crt").touch()
+    assert pip_env({"REQUESTS_CA_BUNDLE": str(tmp_path / "b.crt")})["REQUESTS_CA_BUNDLE"] == str(tmp_path / "b.crt"), \
+        "kept without PIP_CERT"
 
 
 # -- the Drive store ------------------------------------------------------------------------

@@ -97,6 +97,11 @@ class IndexSettings:
             path = getattr(settings, var)
             if path and not Path(path).is_file():
                 raise BadInput(f"PIP_{var.upper()}={path} is not a file; point it at a PEM file or unset it")
+        if not settings.cert and (bundle := _requests_bundle(environ)):
+            var, path = bundle  # what requests verifies with, warmstart's downloader and pip's alike
+            if not os.path.exists(path):  # requests took it for a disk's failure: "invalid path ... [errno None]"
+                raise BadInput(f"{var}={path} names nothing; point it at a CA bundle or unset it "
+                               "(PIP_CERT names one for warmstart, pip and uv alike)")
         return settings
 
     def trusted(self, url: str) -> bool:
@@ -110,6 +115,15 @@ class IndexSettings:
             return
         raise BadInput(f"{what} {redact(url)} is plain http, which anyone on the way can change; "
                        "use https, trust the host with PIP_TRUSTED_HOST, or set WARMSTART_ALLOW_HTTP=1")
+
+
+def _requests_bundle(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The CA bundle (a file, or a folder of certificates) requests verifies with by default, and
+    the variable that names it, as requests reads them."""
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        if environ.get(var):
+            return var, environ[var]
+    return None
 
 
 def breaks_system_packages(environ: Mapping[str, str] = os.environ) -> bool:
