@@ -17,8 +17,11 @@ import sys
 import threading
 from pathlib import Path
 
+import certifi
 import pytest
 from conftest import LOCKED, Index, _QuietFiles, bootstrap, cli_env, installed, make_venv, run_cli, serve_folder
+
+from warmstart.pipconfig import CA_BUNDLES
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 
@@ -124,6 +127,30 @@ def test_an_index_that_refuses_is_reported_as_refusing_with_the_way_in(demo, dri
     assert result.code == 3, result.stderr
     assert "refused access (HTTP 401)" in result.report["error"] and "PIP_INDEX_URL" in result.report["error"]
     assert "s3cret" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("drive_writes", ["background", "waited for"])
+@pytest.mark.parametrize("var", CA_BUNDLES[:2] + CA_BUNDLES[3:])
+def test_the_ca_bundle_one_variable_names_is_every_client_s(demo, drive, tmp_path, index, pki, var, drive_writes):
+    """The private CA named in PIP_CERT, REQUESTS_CA_BUNDLE or SSL_CERT_FILE; a bundle without it
+    (certifi's, a machine-wide one) in those after it. A cold run fetches with uv from the index
+    when it writes Drive in the background (the default), with warmstart's own downloader when it
+    waits. Each client had read only its own variable: uv took the machine's SSL_CERT_FILE over
+    PIP_CERT and knew nothing of REQUESTS_CA_BUNDLE; the downloader nothing of SSL_CERT_FILE."""
+    env = {k: v for k, v in cli_env(PIP_RETRIES="0", XDG_CACHE_HOME=str(tmp_path / "cache")).items()
+           if k not in CA_BUNDLES}  # a warmstart folder of its own: nothing in uv's cache
+    env |= {later: certifi.where() for later in CA_BUNDLES[CA_BUNDLES.index(var) + 1:]} | {var: str(pki / "ca.pem")}
+    if drive_writes == "background":
+        del env["WARMSTART_WAIT"]
+    url, server = serve_tls(index.files.parent, pki, client_cert=False)
+    python = make_venv(tmp_path / "venv")
+    try:
+        result = bootstrap(demo, drive, python, env=env | {"PIP_INDEX_URL": url})
+    finally:
+        server.shutdown()
+
+    assert result.code == 0, result.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
 
 
 def test_a_ca_bundle_variable_naming_nothing_is_said_before_any_step(demo, drive, tmp_path):

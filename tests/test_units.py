@@ -374,15 +374,25 @@ def test_pip_and_uv_keep_their_caches_and_credential_locks_in_warmstarts_folder(
     assert uv_env(environ | {"UV_CREDENTIALS_DIR": "/mine"})["UV_CREDENTIALS_DIR"] == "/mine"
 
 
-def test_pip_cert_wins_over_a_machine_wide_requests_bundle_for_pip(tmp_path):
-    """pip's requests prefers REQUESTS_CA_BUNDLE to pip's --cert (tests/test_index_settings.py
-    has the index it refused)."""
-    (tmp_path / "ca.pem").touch()
-    environ = {"PIP_CERT": str(tmp_path / "ca.pem"), "REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}
-    assert pip_env(environ)["REQUESTS_CA_BUNDLE"] == str(tmp_path / "ca.pem")
-    (tmp_path / "b.crt").touch()
-    assert pip_env({"REQUESTS_CA_BUNDLE": str(tmp_path / "b.crt")})["REQUESTS_CA_BUNDLE"] == str(tmp_path / "b.crt"), \
-        "kept without PIP_CERT"
+def test_one_ca_bundle_goes_to_pip_and_uv_whichever_variable_named_it(tmp_path):
+    """PIP_CERT, else the first of the machine's bundle variables (pipconfig.CA_BUNDLES), to pip
+    both ways it may read it (REQUESTS_CA_BUNDLE wins over --cert, which --proxy leaves alone) and
+    to uv over its own SSL_CERT_FILE; tests/test_index_settings.py has the index each refused."""
+    for name in ("ca.pem", "machine.crt", "openssl.crt"):
+        (tmp_path / name).touch()
+    (tmp_path / "certs").mkdir()
+    ca, machine, openssl = (str(tmp_path / name) for name in ("ca.pem", "machine.crt", "openssl.crt"))
+    for environ, bundle in [({"PIP_CERT": ca, "REQUESTS_CA_BUNDLE": machine, "SSL_CERT_FILE": openssl}, ca),
+                            ({"REQUESTS_CA_BUNDLE": machine, "SSL_CERT_FILE": openssl}, machine),
+                            ({"SSL_CERT_FILE": openssl}, openssl)]:
+        pip, uv = pip_env(environ), uv_env(environ)
+        assert pip["PIP_CERT"] == pip["REQUESTS_CA_BUNDLE"] == uv["SSL_CERT_FILE"] == bundle, environ
+    assert uv_env({"CURL_CA_BUNDLE": str(tmp_path / "certs")})["SSL_CERT_DIR"] == str(tmp_path / "certs")
+    assert "REQUESTS_CA_BUNDLE" not in pip_env({}) and "SSL_CERT_FILE" not in uv_env({})
+    gone = str(tmp_path / "gone.pem")  # OpenSSL and uv pass over such an SSL_CERT_FILE; requests stops at it
+    assert "REQUESTS_CA_BUNDLE" not in pip_env({"SSL_CERT_FILE": gone})
+    with pytest.raises(BadInput, match=r"^REQUESTS_CA_BUNDLE=.* names nothing"):
+        pip_env({"REQUESTS_CA_BUNDLE": gone, "SSL_CERT_FILE": openssl})
 
 
 # -- the Drive store ------------------------------------------------------------------------

@@ -34,11 +34,17 @@ _UV_CLEARED = ("UV_CONSTRAINT", "UV_BUILD_CONSTRAINT", "UV_OVERRIDE", "UV_REQUIR
 # all the same (in a container that is the user's to change). Either is the user's yes for both.
 BREAK_SYSTEM_PACKAGES = ("PIP_BREAK_SYSTEM_PACKAGES", "UV_BREAK_SYSTEM_PACKAGES")
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# The CA bundle the index is verified with, the first of these set, one for every client:
+# PIP_CERT, else the one this machine names for requests (warmstart's downloader and pip read it)
+# or for OpenSSL (uv reads it). Each client had read only its own: a private CA trusted through
+# REQUESTS_CA_BUNDLE failed uv's install from the index, one through SSL_CERT_FILE warmstart's
+# download, and PIP_CERT lost to a machine's SSL_CERT_FILE in uv and to its REQUESTS_CA_BUNDLE in pip.
+CA_BUNDLES = ("PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE")
 # Index settings that name a file: given by its full path to the children that read them (pip,
 # uv, the Drive worker), which work in / (background.NEUTRAL_CWD), where a relative path names
 # nothing (the Drive worker stopped at "PIP_CERT=ca.pem is not a file", and every Drive write
 # of its run with it).
-_FILE_SETTINGS = ("PIP_CERT", "PIP_CLIENT_CERT")
+_FILE_SETTINGS = ("PIP_CLIENT_CERT", *CA_BUNDLES)
 
 
 def unreachable(index: str, why: str, needed_for: str = "") -> str:
@@ -65,7 +71,7 @@ def _number(environ: Mapping[str, str], var: str, default: float) -> float:
 class IndexSettings:
     index_urls: tuple[str, ...]  # PIP_INDEX_URL (else PyPI), then PIP_EXTRA_INDEX_URL
     trusted_hosts: frozenset[str] = frozenset()  # plain http and no TLS check, as pip does
-    cert: str | None = None  # a CA bundle (PIP_CERT)
+    cert: str | None = None  # a CA bundle (a file, or a folder of certificates): CA_BUNDLES' first
     client_cert: str | None = None  # a PEM file with the client's key and certificate
     proxy: str | None = None  # PIP_PROXY; HTTPS_PROXY and friends apply as well
     timeout: float = 15.0
@@ -83,7 +89,7 @@ class IndexSettings:
         settings = cls(
             index_urls=tuple(url for urls in given.values() for url in urls),
             trusted_hosts=trusted,
-            cert=environ.get("PIP_CERT") or None,
+            cert=bundle[1] if (bundle := _ca_bundle(environ)) else None,
             client_cert=environ.get("PIP_CLIENT_CERT") or None,
             proxy=environ.get("PIP_PROXY") or None,
             timeout=_number(environ, "PIP_DEFAULT_TIMEOUT", 15.0),
@@ -93,15 +99,13 @@ class IndexSettings:
         for var, urls in given.items():
             for url in urls:
                 settings.require_secure(url, var, environ)
-        for var in ("cert", "client_cert"):
-            path = getattr(settings, var)
-            if path and not Path(path).is_file():
-                raise BadInput(f"PIP_{var.upper()}={path} is not a file; point it at a PEM file or unset it")
-        if not settings.cert and (bundle := _requests_bundle(environ)):
-            var, path = bundle  # what requests verifies with, warmstart's downloader and pip's alike
-            if not os.path.exists(path):  # requests took it for a disk's failure: "invalid path ... [errno None]"
-                raise BadInput(f"{var}={path} names nothing; point it at a CA bundle or unset it "
-                               "(PIP_CERT names one for warmstart, pip and uv alike)")
+        for var in ("PIP_CERT", "PIP_CLIENT_CERT"):
+            if (path := environ.get(var)) and not Path(path).is_file():
+                raise BadInput(f"{var}={path} is not a file; point it at a PEM file or unset it")
+        # the machine's: requests took one that names nothing for a disk's failure ("invalid path ... [errno None]")
+        if bundle and not os.path.exists(bundle[1]):
+            raise BadInput(f"{bundle[0]}={bundle[1]} names nothing; point it at a CA bundle or unset it "
+                           "(PIP_CERT names one for warmstart, pip and uv alike)")
         return settings
 
     def trusted(self, url: str) -> bool:
@@ -117,12 +121,12 @@ class IndexSettings:
                        "use https, trust the host with PIP_TRUSTED_HOST, or set WARMSTART_ALLOW_HTTP=1")
 
 
-def _requests_bundle(environ: Mapping[str, str]) -> tuple[str, str] | None:
-    """The CA bundle (a file, or a folder of certificates) requests verifies with by default, and
-    the variable that names it, as requests reads them."""
-    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        if environ.get(var):
-            return var, environ[var]
+def _ca_bundle(environ: Mapping[str, str]) -> tuple[str, str] | None:
+    """The first of CA_BUNDLES set, and its variable. An SSL_CERT_FILE that names nothing is
+    passed over, as OpenSSL and uv pass it over (requests and pip stop at such a bundle)."""
+    for var in CA_BUNDLES:
+        if (path := environ.get(var)) and (var != "SSL_CERT_FILE" or os.path.exists(path)):
+            return var, path
     return None
 
 
@@ -140,16 +144,14 @@ def breaks_system_packages(environ: Mapping[str, str] = os.environ) -> bool:
 def pip_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -> dict[str, str]:
     """The environment for pip: the caller's, minus every PIP_* setting that could add to the
     lock, minus the platform's known-bad variables (`unset`, from the profile)."""
-    IndexSettings.from_environ(environ)  # refuse what the downloader refuses
+    settings = IndexSettings.from_environ(environ)  # refuse what the downloader refuses
     drop = set(unset)
     env = {k: v for k, v in anchored(environ).items()
            if (not k.startswith("PIP_") or k in INDEX_SETTINGS) and k not in drop}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
                PYTHONNOUSERSITE="1", PIP_CACHE_DIR=str(home.pip_cache(environ)))  # not ~/.cache/pip
-    if env.get("PIP_CERT"):
-        # pip's requests takes REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE) over pip's own --cert: where
-        # the machine sets one for all, pip refused the index PIP_CERT trusts, and only pip did
-        env["REQUESTS_CA_BUNDLE"] = env["PIP_CERT"]
+    if settings.cert:  # pip's requests takes REQUESTS_CA_BUNDLE over pip's --cert, which a --proxy leaves alone
+        env["PIP_CERT"] = env["REQUESTS_CA_BUNDLE"] = settings.cert
     if breaks_system_packages(environ):
         env["PIP_BREAK_SYSTEM_PACKAGES"] = "1"
     return env
@@ -177,7 +179,6 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     given = {
         "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
         "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),
-        "SSL_CERT_FILE": settings.cert,
         "SSL_CLIENT_CERT": settings.client_cert,
         "HTTPS_PROXY": settings.proxy,
         "HTTP_PROXY": settings.proxy,
@@ -188,6 +189,8 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     for var, value in given.items():
         if value and var not in environ:  # uv's own setting, when there is one, wins
             env[var] = value
+    if settings.cert:  # the index's CA bundle, over a machine's SSL_CERT_FILE (CA_BUNDLES)
+        env["SSL_CERT_DIR" if os.path.isdir(settings.cert) else "SSL_CERT_FILE"] = settings.cert
     if "UV_CREDENTIALS_DIR" not in environ and not _uv_credentials_default(environ).is_dir():
         # no credentials stored for uv to read: the lock uv takes on its store when an index asks
         # for them goes in warmstart's folder, not in ~/.local/share/uv
