@@ -15,11 +15,25 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import ClassVar
 
 import certifi
 import pytest
-from conftest import LOCKED, Index, _QuietFiles, bootstrap, cli_env, installed, make_venv, run_cli, serve_folder
+from conftest import (
+    LOCKED,
+    Index,
+    _QuietFiles,
+    bootstrap,
+    cli_env,
+    dead_url,
+    installed,
+    make_venv,
+    run_cli,
+    serve_folder,
+)
 
 from warmstart.pipconfig import CA_BUNDLES
 
@@ -151,6 +165,53 @@ def test_the_ca_bundle_one_variable_names_is_every_client_s(demo, drive, tmp_pat
 
     assert result.code == 0, result.stderr
     assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+
+
+class _ForwardProxy(http.server.BaseHTTPRequestHandler):
+    """A plain-http forward proxy: fetches the absolute URL asked for; `asked` keeps them."""
+
+    asked: ClassVar[list[str]] = []
+
+    def do_GET(self):
+        self.asked.append(self.path)
+        try:
+            with urllib.request.urlopen(self.path) as answer:
+                status, body, kind = answer.status, answer.read(), answer.headers.get_content_type()
+        except urllib.error.HTTPError as exc:
+            status, body, kind = exc.code, b"", "text/plain"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("drive_writes", ["background", "waited for"])
+def test_pip_proxy_is_every_client_s_over_the_machine_s(demo, drive, tmp_path, index, drive_writes):
+    """PIP_PROXY names the way to the index; HTTP(S)_PROXY, the machine's, one that is down here.
+    requests takes the environment's over a session's proxies, so warmstart's downloader went to
+    the machine's proxy (as did uv, given PIP_PROXY only where the machine set none), where pip
+    takes its --proxy over them."""
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ForwardProxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _ForwardProxy.asked.clear()
+    # a warmstart folder of its own: uv's cache, shared by the tests, may hold the index's answers
+    env = cli_env(index.url, PIP_PROXY=f"http://127.0.0.1:{proxy.server_address[1]}", PIP_RETRIES="0",
+                  HTTP_PROXY=dead_url(), HTTPS_PROXY=dead_url(), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    if drive_writes == "background":
+        del env["WARMSTART_WAIT"]
+    python = make_venv(tmp_path / "venv")
+    try:
+        result = bootstrap(demo, drive, python, env=env)
+    finally:
+        proxy.shutdown()
+
+    assert result.code == 0, result.stderr
+    assert {k: v for k, v in installed(python).items() if k in LOCKED} == LOCKED
+    assert any(url.startswith(index.url) for url in _ForwardProxy.asked), _ForwardProxy.asked
 
 
 def test_a_ca_bundle_variable_naming_nothing_is_said_before_any_step(demo, drive, tmp_path):

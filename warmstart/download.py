@@ -112,18 +112,19 @@ class Downloader:
 
         session = requests.Session()
         session.cert = self.settings.client_cert
-        if self.settings.proxy:
-            session.proxies = {"http": self.settings.proxy, "https": self.settings.proxy}
         return session
 
     def _get(self, url: str, **kwargs: Any) -> requests.Response:
-        """One GET with pip's TLS settings; on 401, once more with keyring's credentials."""
+        """One GET with pip's TLS and proxy settings; on 401, once more with keyring's credentials.
+        PIP_PROXY is given with each request: requests takes HTTPS_PROXY over a session's proxies."""
         verify: bool | str = False if self.settings.trusted(url) else (self.settings.cert or True)
-        response = self.session.get(url, timeout=(self.settings.timeout, 120), verify=verify, **kwargs)
+        proxy = self.settings.proxy
+        kwargs |= {"timeout": (self.settings.timeout, 120), "verify": verify,
+                   **({"proxies": {"http": proxy, "https": proxy}} if proxy else {})}
+        response = self.session.get(url, **kwargs)
         if response.status_code == 401 and (auth := self._keyring(url)):
             response.close()
-            response = self.session.get(url, timeout=(self.settings.timeout, 120), verify=verify,
-                                        auth=auth, **kwargs)
+            response = self.session.get(url, auth=auth, **kwargs)
         return response
 
     def _keyring(self, url: str) -> tuple[str, str] | None:

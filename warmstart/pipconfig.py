@@ -180,8 +180,6 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
         "UV_INDEX_URL": environ.get("PIP_INDEX_URL"),
         "UV_EXTRA_INDEX_URL": environ.get("PIP_EXTRA_INDEX_URL"),
         "SSL_CLIENT_CERT": settings.client_cert,
-        "HTTPS_PROXY": settings.proxy,
-        "HTTP_PROXY": settings.proxy,
         "UV_INSECURE_HOST": " ".join(sorted(settings.trusted_hosts)) or None,
         "UV_HTTP_TIMEOUT": environ.get("PIP_DEFAULT_TIMEOUT"),
         "UV_KEYRING_PROVIDER": "subprocess" if settings.keyring in ("import", "subprocess") else None,
@@ -189,6 +187,8 @@ def uv_env(environ: Mapping[str, str] = os.environ, unset: Iterable[str] = ()) -
     for var, value in given.items():
         if value and var not in environ:  # uv's own setting, when there is one, wins
             env[var] = value
+    if settings.proxy:  # PIP_PROXY over the machine's, as pip takes its --proxy
+        env["HTTPS_PROXY"] = env["HTTP_PROXY"] = settings.proxy
     if settings.cert:  # the index's CA bundle, over a machine's SSL_CERT_FILE (CA_BUNDLES)
         env["SSL_CERT_DIR" if os.path.isdir(settings.cert) else "SSL_CERT_FILE"] = settings.cert
     if "UV_CREDENTIALS_DIR" not in environ and not _uv_credentials_default(environ).is_dir():
