@@ -365,6 +365,31 @@ def test_missing_drive_on_colab_says_how_to_mount_and_a_missing_folder_of_the_us
     assert not (tmp_path / "not-there").exists() and not (tmp_path / "content").exists()
 
 
+def test_a_recipe_of_the_users_asked_for_on_an_unmounted_drive_says_to_mount_it(tmp_path, index):
+    """A recipe of the user's lies in the Drive's recipe folder: asked for by name (or by its
+    path there) with Drive not mounted, a run (status, assets and lock alike) said "no recipe named
+    'mine' ... known recipes: hyperlpr, ..." (exit 2). The cell that mounts Drive is the way on
+    (exit 3); with Drive there, a name found nowhere is still said as such."""
+    mount = tmp_path / "content" / "drive"
+    env = cli_env(index.url, WARMSTART_PLATFORM="colab", WARMSTART_MOUNT_POINT=str(mount))
+    python = make_venv(tmp_path / "venv")
+
+    mine = str(mount / "MyDrive" / ".warmstart" / "recipes" / "mine.toml")
+    for command in (["bootstrap", "--recipe", "mine", "--python", str(python)],
+                    ["bootstrap", "--recipe", mine, "--python", str(python)],
+                    ["status", "--recipe", "mine", "--python", str(python)],
+                    ["assets", "--recipe", "mine"], ["lock", "--recipe", "mine"]):
+        unmounted = run_cli(*command, env=env)
+        assert unmounted.code == 3, (command, unmounted.stderr)
+        assert unmounted.stderr.strip().splitlines()[-1].startswith(
+            f"warmstart: error: Google Drive is not mounted at {mount}; run this in a notebook cell first: "
+            f"from google.colab import drive; drive.mount('{mount}')"), command
+    (tmp_path / "drive").mkdir()
+    there = run_cli("bootstrap", "--recipe", "mine", "--drive", str(tmp_path / "drive"), "--python", str(python), env=env)
+    assert there.code == 2 and "no recipe named 'mine'" in there.stderr, there.stderr
+    assert not mount.exists()
+
+
 def test_drive_from_environment_variable(demo, tmp_path, index):
     env = cli_env(index.url, WARMSTART_DRIVE=str(tmp_path / "from-env"))
     (tmp_path / "from-env").mkdir()

@@ -44,7 +44,7 @@ from .locktext import given_as_file
 from .pipconfig import IndexSettings, breaks_system_packages
 from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
 from .profiles import Profile, require_drive, select_profile
-from .recipe import Recipe, load_recipe
+from .recipe import Recipe, UnknownRecipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve, team_as_given
 from .team import borrowable
@@ -76,6 +76,17 @@ def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[
     return frozenset(cached.values()) & store.team_only("wheels")
 
 
+def find_recipe(name_or_path: str, root: Path, drive: Path | None, profile: Profile) -> Recipe:
+    """The recipe asked for (load_recipe). One found nowhere while the Drive, where the user's own
+    recipes lie, is not there (not mounted, not made yet, a file) is said as the Drive step says it."""
+    try:
+        return load_recipe(name_or_path, root, drive)
+    except UnknownRecipe:
+        if drive is not None and not drive.is_dir():
+            require_drive(drive, profile, recipe=name_or_path)
+        raise
+
+
 def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
             make_live: bool = False, hold_team: bool = False) -> tuple[Facts, TieredStore]:
     """Every check that changes nothing, ending in the facts the plan is made from, and the Drive
@@ -87,7 +98,7 @@ def prepare(settings: Settings, profile: Profile, root: Path, report: Report, *,
     options, drive = settings.options, settings.drive
     report.platform = profile.name
     with report.step("recipe") as step:
-        recipe = load_recipe(options.recipe, root, drive)
+        recipe = find_recipe(options.recipe, root, drive, profile)
         report.recipe = recipe.name
         step.detail = str(recipe.path)
     # NVML answers while this process waits for the target Python's answer (a child process: 50

@@ -153,10 +153,11 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
     """Compile a recipe's requirements into hashed locks (pip-tools here, uv for other Pythons)."""
     from . import compiling, extras  # compiling: pip-tools and pip's own modules (0.15 s)
     from . import lock as locking
+    from .bootstrap import find_recipe
     from .cli import run_plain
     from .images import image_named
     from .locktext import given_as_file
-    from .recipe import each_recipe, load_recipe, recipe_files
+    from .recipe import each_recipe, recipe_files
 
     def say(line: str) -> None:
         _print(f"warmstart: {line}", file=sys.stderr)
@@ -193,7 +194,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         for version in python_version or ():  # it names the lock file (py312): a minor version only
             if not re.fullmatch(r"3\.[0-9]{1,2}", version):
                 raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
-        loaded = load_recipe(recipe, ROOT, drive_recipes())
+        loaded = find_recipe(recipe, ROOT, drive_recipes(), select_profile(ROOT))
         compiling.require_pinned(loaded, upgrade_package or ())
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
@@ -414,13 +415,13 @@ def assets(c, recipe=None, drive=None, json=False):
     """List a recipe's assets: in place, cached on Drive, or missing, and what is in the way of one
     (then exit 2, as the bootstrap would)."""
     from .assets import KIND, asset_table
-    from .recipe import load_recipe
+    from .bootstrap import find_recipe
     from .store import DriveStore
     from .tiered import TieredStore
 
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         drive_root = _drive(drive)
-        loaded = load_recipe(required_recipe(recipe), ROOT, drive_root)
+        loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, select_profile(ROOT))
         require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
         store = DriveStore(drive_root)
         store.require_own_folders((KIND,))  # as bootstrap refuses it: every asset would say "missing"

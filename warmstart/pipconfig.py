@@ -73,7 +73,7 @@ class IndexSettings:
     trusted_hosts: frozenset[str] = frozenset()  # plain http and no TLS check, as pip does
     cert: str | None = None  # a CA bundle (a file, or a folder of certificates): CA_BUNDLES' first
     client_cert: str | None = None  # a PEM file with the client's key and certificate
-    proxy: str | None = None  # PIP_PROXY; HTTPS_PROXY and friends apply as well
+    proxy: str | None = None  # PIP_PROXY, over HTTPS_PROXY and friends (which apply without it)
     timeout: float = 15.0
     retries: int = 5
     keyring: str = "auto"  # pip's --keyring-provider: auto, disabled, import, subprocess

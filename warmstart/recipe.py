@@ -209,6 +209,11 @@ def _recipe_files(folder: Path) -> list[Path]:
     return sorted(files)
 
 
+class UnknownRecipe(BadInput):
+    """No recipe of that name, or no file at that path. Where the user's own recipes lie on a
+    Drive that is not there (not mounted), that is the likelier cause: the bootstrap says it."""
+
+
 def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Path:
     """A recipe given as a file path is used as is; a bare name is looked up by name."""
     if "\0" in name_or_path:
@@ -222,6 +227,8 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
                 files := recipe_files(root, drive)):
             raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {files[stem][0]}: "
                            f"--recipe {stem} finds it")
+        if not os.path.lexists(path):  # (a link that leads nowhere is read, and said as such)
+            raise UnknownRecipe(f"{path}: file not found")
         return path
     # Only the name asked for must be defined once: a teammate's copy of another recipe on a
     # shared Drive stops no one else's run.
@@ -234,8 +241,8 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
         close = difflib.get_close_matches(name_or_path.lower(), list(by_case), n=1)
         hint = f" (did you mean '{by_case[close[0]]}'?)" if close else ""
         folders = ", ".join(str(d) for d in recipe_dirs(root, drive))
-        raise BadInput(f"no recipe named '{name_or_path}'{hint} in {folders}; known recipes: "
-                       f"{abridged(sorted(known), 20) or 'none'} (or pass a path to a .toml file)")
+        raise UnknownRecipe(f"no recipe named '{name_or_path}'{hint} in {folders}; known recipes: "
+                            f"{abridged(sorted(known), 20) or 'none'} (or pass a path to a .toml file)")
     return known[name_or_path]
 
 
