@@ -574,8 +574,8 @@ def test_the_line_for_later_runs_keeps_the_drive_interpreter_and_part_it_was_giv
 _STAND_IN_BOOTSTRAP = f"""
 import sys, time
 from pathlib import Path
-Path(sys.argv[1]).touch()
-try:
+try:  # ready is said inside it: a signal that comes as touch() returns is caught too
+    Path(sys.argv[1]).touch()
     {WAIT_FOR_A_SIGNAL}
 except KeyboardInterrupt:
     time.sleep(0.5)
