@@ -359,6 +359,9 @@ HOSTILE_INPUTS = {
                                              "{demo}", ["--python", "{tmp}/py.sh"], {}, 3,
                                              "it exited with status 127 (pyenv: python3.12: command not found); "
                                              "pass --python"),
+    # one that crashes: it "exited with status -11"
+    "interpreter crashes": ({"py.sh": "#!/bin/sh\nkill -SEGV $$\n"}, "{demo}", ["--python", "{tmp}/py.sh"], {}, 3,
+                            "cannot run the target Python {tmp}/py.sh: it was killed by SIGSEGV; pass --python"),
     # `~user` of no user here: pathlib raises RuntimeError (it ended as a bug, exit 70)
     "interpreter in no user's home": ({}, "{demo}", ["--python", "~no-such-user-ws/bin/python"], {}, 2,
                                       "--python (or WARMSTART_PYTHON) '~no-such-user-ws/bin/python' begins with "
@@ -1511,3 +1514,19 @@ def test_the_store_never_writes_reads_or_removes_through_a_link_where_its_folder
     assert list(store.entries("wheels")) == [] and store.unlisted == said
     assert store.remove(store.entries()) == 0
     assert sorted(p.name for p in outside.iterdir()) == ["alpha-1.0-py3-none-any.whl"]
+
+
+def test_a_check_a_signal_ends_is_said_killed_by_it_not_by_its_last_line(demo, drive, tmp_path, index):
+    """Colab's OOM killer ends a check that loads a model too large for the VM's RAM with SIGKILL:
+    the check's line said the last thing it printed ("loading the model") as its verdict."""
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "oom"\n'
+                    'python = "import os, signal; print(\'loading the model\', flush=True); '
+                    'os.kill(os.getpid(), signal.SIGKILL)"\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 1, result.stderr
+    said = "killed by SIGKILL, most often for want of memory"
+    assert f"check oom: FAILED  {said}; its last line: loading the model\n" in result.stderr
+    (check,) = result.report["checks"]
+    assert check["output"] == f"loading the model\n{said}"

@@ -616,6 +616,18 @@ def test_an_interrupt_while_warmstart_sh_runs_the_bootstrap_is_the_bootstraps_to
     assert cleaned.exists(), "the bootstrap put things back: it was not killed"
 
 
+def test_a_bootstrap_a_signal_ends_is_said_and_warmstart_sh_ends_as_a_shell_says_it(tmp_path):
+    """A bootstrap the OOM killer ends says nothing: warmstart.sh says it, and ends 128 + 9 (it
+    ended 256 - 9 and said nothing). The bootstrap a stand-in that ends itself so."""
+    stand_in = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    run = subprocess.run([sys.executable, "-c", "import sys\nfrom warmstart import tools\n"
+                          f"sys.exit(tools._bootstrap([sys.executable, '-c', {stand_in!r}], {{}}))"],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(tools.CHECKOUT)})
+
+    assert (run.returncode, run.stdout, run.stderr) == (
+        137, "", "warmstart.sh: the bootstrap was killed by SIGKILL, most often for want of memory\n")
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_exit_130(tmp_path, how):
     """The real warmstart.sh, from a copy of the checkout whose warmstart.tools waits as it is

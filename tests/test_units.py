@@ -40,9 +40,10 @@ from warmstart import PROJECT_ROOT, checks, commands, snapshot, wheels
 from warmstart import status as status_module
 from warmstart.background import ChildRead
 from warmstart.console import counted
-from warmstart.errors import BadInput, PreconditionUnmet, redact
+from warmstart.errors import BadInput, PreconditionUnmet, WarmstartError, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
 from warmstart.images import Image, drift, images_of
+from warmstart.installer import _run as run_installer
 from warmstart.invocation import invoked_as
 from warmstart.lock import Lock, Pin, needs
 from warmstart.maintenance import Entry, prunable
@@ -978,3 +979,13 @@ def test_the_bootstrap_task_runs_with_the_collector_on_and_its_imports_frozen(tm
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["code"] == 0 and seen["enabled"] is True and seen["after"] is True, seen
     assert seen["frozen"] > 1000, "what the imports made is frozen"
+
+
+def test_an_installer_a_signal_ends_is_said_killed_by_it_not_by_a_negative_exit():
+    """uv or pip ended by the OOM killer said "failed to install (exit -9)". A real child, ended so."""
+    with pytest.raises(WarmstartError, match=r"^uv failed to install \(killed by SIGKILL, most often for want of "
+                                             r"memory\)$"):
+        run_installer([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], dict(os.environ),
+             "uv", "install")
+    with pytest.raises(WarmstartError, match=r"^pip failed to install \(exit 3\)$"):
+        run_installer([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), "pip", "install")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any, NamedTuple, TypedDict
 
 from .config import read_bytes
-from .errors import redact
+from .errors import ended, redact
 from .home import log_file, state_file
 from .recipe import Check
 from .transfer import atomic_write_text, write_private
@@ -151,6 +151,10 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
     else:
         ok, output = process.returncode == 0, redact((stdout + stderr).strip())
         summary = redact(_summary(stdout, stderr))
+        if process.returncode < 0:  # its last line was no verdict: a signal ended it (Colab's OOM killer)
+            killed = ended(process.returncode)
+            summary = killed + (f"; its last line: {summary}" if summary else "")
+            output = f"{output}\n{killed}".lstrip()
     kept, log = _keep(check, output)
     return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
 

@@ -72,6 +72,18 @@ def said_by(tool: str, text: str, most: int = 15) -> tuple[str, ...]:
     return tuple(f"{tool}: {line}" for line in lines[-most:])
 
 
+def ended(returncode: int) -> str:
+    """How a child process ended, in words: "exit 2", or the signal that killed it. SIGKILL that
+    nobody here sent is most often the kernel's OOM killer: on Colab, a VM whose RAM ran out."""
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    return f"killed by {name}" + (", most often for want of memory" if -returncode == signal.SIGKILL else "")
+
+
 @dataclass(frozen=True)
 class Failure:
     message: str  # one line, credentials hidden

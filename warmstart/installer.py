@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import faults
 from .background import NEUTRAL_CWD
-from .errors import BadInput, PreconditionUnmet, WarmstartError, said_by
+from .errors import BadInput, PreconditionUnmet, WarmstartError, ended, said_by
 from .pipconfig import pip_env, uv_env
 from .uv import find_uv
 
@@ -54,7 +54,7 @@ def _run(cmd: list[str], env: dict[str, str], tool: str, what: str,
         if "THESE PACKAGES DO NOT MATCH THE HASHES" in err or "Hash mismatch" in err:
             raise NotLocked(f"{tool} found files whose sha256 the lock does not list; was the lock edited, or is "
                             "the index serving other files?", detail=said)
-        raise WarmstartError(f"{tool} failed to {what} (exit {child.returncode})", detail=said)
+        raise WarmstartError(f"{tool} failed to {what} ({ended(child.returncode)})", detail=said)
 
 
 def run_pip(target: Path, args: Iterable[str], what: str, unset: Iterable[str] = (),

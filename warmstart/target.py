@@ -33,7 +33,7 @@ from . import distinfo, settings
 from .background import NEUTRAL_CWD
 from .config import file_text
 from .disks import real
-from .errors import PreconditionUnmet, WarmstartError
+from .errors import PreconditionUnmet, WarmstartError, ended
 from .home import state_file
 from .transfer import atomic_write_text
 
@@ -214,6 +214,8 @@ def _failed(exc: OSError | subprocess.CalledProcessError, code: str) -> str:
     why = (said[-1] if python_said else said[0])[:200] if said else ""
     if _quotes(why, code):
         return f"it exited with status {exc.returncode}, quoting the code it was to run: no Python interpreter"
+    if exc.returncode < 0:
+        return f"it was {ended(exc.returncode)}"
     return f"it exited with status {exc.returncode}" + (f" ({why})" if why else "")
 
 

@@ -47,7 +47,7 @@ from . import compile_rest, config, distinfo, early, flock, headstart, home, pre
 from .background import NEUTRAL_CWD
 from .console import shown, write_line
 from .disks import real
-from .errors import BadInput, PreconditionUnmet, WarmstartError, failure, redact
+from .errors import BadInput, PreconditionUnmet, WarmstartError, ended, failure, redact
 from .home import python_tag
 from .invocation import in_cell, in_notebook, require_working_folder
 from .locktext import canonical, given_as_file, pins, requirement_lines
@@ -167,7 +167,7 @@ def _why(done: subprocess.CompletedProcess[str]) -> str:
     """pip's or uv's reason on one line: its first two (uv: the error and its cause; pip: the error
     and the package; the last lines are a hash or a hint)."""
     lines = [line.strip() for line in done.stderr.splitlines() if line.strip()][:2]
-    why = " ".join(lines) or f"exit status {done.returncode}"
+    why = " ".join(lines) or ended(done.returncode)
     return why if len(why) <= 300 else why[:299] + "…"
 
 
@@ -441,7 +441,8 @@ def bootstrap_flags(given: argparse.Namespace) -> dict[str, Any]:
 
 def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
     """Run the bootstrap command `argv`, handing it the snapshot's read and the install from the
-    index begun here (if any); its exit status."""
+    index begun here (if any); its exit status (128 + N, as a shell says it, where signal N ended
+    it: it could say nothing then, so this says it; on Colab most often the OOM killer)."""
     handed, uv = early.hand_on(), headstart.hand_on()
     passed = [given for given in (handed, uv) if given is not None]
     try:
@@ -449,11 +450,15 @@ def _bootstrap(argv: list[str], env: dict[str, str]) -> int:
                               pass_fds=[fd for given in passed for fd in given.fds]) as child:
             for given in passed:  # the bootstrap's now: its ends alone end the read, or stop uv
                 given.close_handed()
-            return _waited(child)
+            code = _waited(child)
     finally:
         if handed:
             handed.stop()  # a read the bootstrap did not take to its end
         headstart.close()  # uv ended, its tree removed unless the bootstrap placed it
+    if code < 0:
+        say(f"the bootstrap was {ended(code)}")
+        return 128 - code
+    return code
 
 
 INTERRUPT_GRACE = 2.0  # seconds the bootstrap has to end on an interrupt before it is passed one
