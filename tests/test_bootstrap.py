@@ -368,8 +368,9 @@ def test_missing_drive_on_colab_says_how_to_mount_and_a_missing_folder_of_the_us
 def test_a_recipe_of_the_users_asked_for_on_an_unmounted_drive_says_to_mount_it(tmp_path, index):
     """A recipe of the user's lies in the Drive's recipe folder: asked for by name (or by its
     path there) with Drive not mounted, a run (status, assets and lock alike) said "no recipe named
-    'mine' ... known recipes: hyperlpr, ..." (exit 2). The cell that mounts Drive is the way on
-    (exit 3); with Drive there, a name found nowhere is still said as such."""
+    'mine' ... known recipes: hyperlpr, ..." (exit 2; lock of the path "file not found"). The cell
+    that mounts Drive is the way on (exit 3); with Drive there, a name found nowhere is still said
+    as such."""
     mount = tmp_path / "content" / "drive"
     env = cli_env(index.url, WARMSTART_PLATFORM="colab", WARMSTART_MOUNT_POINT=str(mount))
     python = make_venv(tmp_path / "venv")
@@ -378,7 +379,9 @@ def test_a_recipe_of_the_users_asked_for_on_an_unmounted_drive_says_to_mount_it(
     for command in (["bootstrap", "--recipe", "mine", "--python", str(python)],
                     ["bootstrap", "--recipe", mine, "--python", str(python)],
                     ["status", "--recipe", "mine", "--python", str(python)],
-                    ["assets", "--recipe", "mine"], ["lock", "--recipe", "mine"]):
+                    ["assets", "--recipe", "mine"], ["lock", "--recipe", "mine"], ["lock", "--recipe", mine],
+                    # a shipped recipe's assets: each was listed "missing", Drive's cache unread
+                    ["assets", "--recipe", "hyperlpr"]):
         unmounted = run_cli(*command, env=env)
         assert unmounted.code == 3, (command, unmounted.stderr)
         assert unmounted.stderr.strip().splitlines()[-1].startswith(

@@ -43,7 +43,7 @@ from .lock import (
 from .locktext import given_as_file
 from .pipconfig import IndexSettings, breaks_system_packages
 from .plan import Facts, Plan, drive_serves_all, installing_of, make_plan, require_python
-from .profiles import Profile, require_drive, select_profile
+from .profiles import Profile, require_drive, require_mounted, select_profile
 from .recipe import Recipe, UnknownRecipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve, team_as_given
@@ -78,11 +78,14 @@ def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[
 
 def find_recipe(name_or_path: str, root: Path, drive: Path | None, profile: Profile) -> Recipe:
     """The recipe asked for (load_recipe). One found nowhere while the Drive, where the user's own
-    recipes lie, is not there (not mounted, not made yet, a file) is said as the Drive step says it."""
+    recipes lie, is not there (not mounted, not made yet, a file) is said as the Drive step says it;
+    so is a file asked for under Drive's mount point while nothing is mounted there."""
     try:
         return load_recipe(name_or_path, root, drive)
     except UnknownRecipe:
-        if drive is not None and not drive.is_dir():
+        if given_as_file(name_or_path):
+            require_mounted(Path(os.path.abspath(os.path.expanduser(name_or_path))), profile, recipe=name_or_path)
+        elif drive is not None and not drive.is_dir():
             require_drive(drive, profile, recipe=name_or_path)
         raise
 

@@ -37,7 +37,7 @@ from .console import counted, flushed, output_closed, shown, silence, write_line
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .launch import run_bootstrap
-from .profiles import require_no_file_as_drive, select_profile
+from .profiles import require_drive, select_profile
 from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
 
 if TYPE_CHECKING:
@@ -420,9 +420,10 @@ def assets(c, recipe=None, drive=None, json=False):
     from .tiered import TieredStore
 
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
-        drive_root = _drive(drive)
-        loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, select_profile(ROOT))
-        require_no_file_as_drive(drive_root)  # else its assets' folders would be "in the way"
+        drive_root, profile = _drive(drive), select_profile(ROOT)
+        loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, profile)
+        if not drive_root.is_dir():  # as the bootstrap says it: Drive not mounted, not there, a file
+            require_drive(drive_root, profile, recipe=required_recipe(recipe))
         store = DriveStore(drive_root)
         store.require_own_folders((KIND,))  # as bootstrap refuses it: every asset would say "missing"
         rows = asset_table(loaded.assets, TieredStore(store), drive_root / loaded.workdir)

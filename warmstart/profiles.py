@@ -159,14 +159,20 @@ def require_no_file_as_drive(drive: Path) -> None:
         raise PreconditionUnmet(f"Drive root {drive} is a link that leads nowhere (a loop of links); pass --drive DIR")
 
 
+def require_mounted(path: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
+    """Exit 3, with the cell that mounts it, when `path` lies under the platform's Drive mount
+    point and nothing is mounted there."""
+    mount = profile.mount(environ)
+    if mount and path.is_relative_to(mount) and not is_mount_point(mount):
+        raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount, recipe)}")
+
+
 def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
     """Exit 3 when Drive is not there, or not yet where a profile that makes its folder (a local
     stand-in for Drive) may make it: the run creates it with the workdir. Nothing is ever written
     under an unmounted mount point: that would make the later mount fail ("Mountpoint must not
     already contain files")."""
-    mount = profile.mount(environ)
-    if mount and drive.is_relative_to(mount) and not is_mount_point(mount):
-        raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount, recipe)}")
+    require_mounted(drive, profile, environ, recipe=recipe)
     if drive.is_dir():
         if problem := not_writable(drive):
             raise PreconditionUnmet(problem)
