@@ -241,6 +241,20 @@ def test_an_unreachable_index_is_reported_as_unreachable(demo, drive, tmp_path):
     assert "2 attempts" in error
 
 
+def test_an_index_out_of_reach_names_the_index_settings_pip_conf_alone_gives(demo, drive, tmp_path):
+    """A corporate CA bundle named in pip.conf alone: warmstart reads no pip.conf, and the line
+    said nothing of it. (This machine's own pip.conf files may be named beside it.)"""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\ncert = /etc/corp/ca.pem\n")
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"),
+                       env=cli_env("http://127.0.0.1:9/simple", PIP_RETRIES="0", PIP_CONFIG_FILE=str(conf)))
+
+    assert result.code == 3, result.stderr
+    assert re.search(rf"cannot reach the package index .*; pip's configuration \([^()]*{re.escape(str(conf))}\) "
+                     r"sets [a-z, -]*\bcert\b.*, which warmstart does not read: give (it|them) as [A-Z_, ]*\bPIP_CERT\b",
+                     result.report["error"]), result.report["error"]
+
+
 @pytest.mark.parametrize("resolver", ["pip-tools", "uv"])
 @pytest.mark.parametrize("fault", ["unreachable", "refusing"])
 def test_lock_says_an_index_it_cannot_use_as_the_bootstrap_does_without_offline(demo, fault, resolver, tmp_path):

@@ -465,10 +465,15 @@ def test_warmstart_sh_on_a_first_vm_without_the_index_says_so_in_one_line_as_a_b
     """A first VM (nothing on Drive) that cannot reach the package index: warmstart.sh said "could
     not download warmstart's own dependencies: WARNING: Retrying (Retry(total=4, connect=None,
     ...)) after connection broken by 'NewConnectionError('<pip._vendor...HTTPSConnection object
-    at 0x7fb...>: ...", pip's first warning cut at 300 characters, exit 1. The network is cut."""
+    at 0x7fb...>: ...", pip's first warning cut at 300 characters, exit 1. The network is cut. A
+    mirror named in pip.conf alone, which warmstart does not read, is said with the way to give it
+    (this machine's own /etc/pip.conf may be named beside it)."""
     drive = tmp_path / "drive"
     drive.mkdir()
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://mirror.example/simple\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home"), "WARMSTART_PYTHON": sys.executable,
+           "PIP_CONFIG_FILE": str(conf),
            "PIP_RETRIES": "1"}  # one retry, whose warning names the cause (with none pip says no more than ERROR:)
 
     done = subprocess.run([*NETNS, "--", "bash", str(tools.CHECKOUT / "warmstart.sh"), "hyperlpr", "--drive",
@@ -479,8 +484,10 @@ def test_warmstart_sh_on_a_first_vm_without_the_index_says_so_in_one_line_as_a_b
     assert line.startswith("warmstart.sh: cannot reach the package index https://pypi.org/simple for warmstart's "
                            "own dependencies ("), line
     assert "Temporary failure in name resolution" in line and "Retrying" not in line and " at 0x" not in line, line
-    assert line.endswith("); check the network, the proxy (HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS "
-                         "settings (PIP_CERT, PIP_CLIENT_CERT)"), line
+    assert re.search(r"\); check the network, the proxy \(HTTPS_PROXY, PIP_PROXY\), PIP_INDEX_URL and the TLS "
+                     rf"settings \(PIP_CERT, PIP_CLIENT_CERT\); pip's configuration \([^()]*{re.escape(str(conf))}\) "
+                     r"sets [a-z, -]*\bindex-url\b[a-z, -]*, which warmstart does not read: give (it|them) as "
+                     r"[A-Z_, ]*\bPIP_INDEX_URL\b[A-Z_, ]*$", line), line
 
 
 def test_warmstart_sh_without_a_tools_lock_for_its_python_names_those_it_has_and_the_way_to_make_one(tmp_path):

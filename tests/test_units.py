@@ -36,7 +36,7 @@ from packaging.tags import Tag
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from warmstart import PROJECT_ROOT, checks, commands, snapshot, wheels
+from warmstart import PROJECT_ROOT, checks, commands, pipconfig, snapshot, wheels
 from warmstart import status as status_module
 from warmstart.background import ChildRead
 from warmstart.console import counted
@@ -989,3 +989,30 @@ def test_an_installer_a_signal_ends_is_said_killed_by_it_not_by_a_negative_exit(
              "uv", "install")
     with pytest.raises(WarmstartError, match=r"^pip failed to install \(exit 3\)$"):
         run_installer([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), "pip", "install")
+
+
+def test_pip_confs_index_settings_the_environment_lacks_are_named_with_the_variables_that_give_them(
+        tmp_path, monkeypatch):
+    """warmstart reads no pip.conf (nor does uv); a mirror or CA bundle named there alone was never
+    asked for, and the line for an index out of reach said nothing of it. The machine's
+    /etc/pip.conf stands aside here: this test cannot write its own there."""
+    monkeypatch.setattr(pipconfig, "SYSTEM_PIP_CONF", tmp_path / "etc-pip.conf")
+    home = tmp_path / "home"
+    (home / ".config" / "pip").mkdir(parents=True)
+    (home / ".config" / "pip" / "pip.conf").write_text(
+        "[global]\nindex-url = https://mirror.example/simple\ntimeout = 60\n[install]\n"
+        "trusted_host =\n    mirror.example\n    other.example\n")
+    (tmp_path / "given.conf").write_text("[download]\ncert = /etc/corp-ca.pem\n")
+    environ = {"HOME": str(home), "PIP_CONFIG_FILE": str(tmp_path / "given.conf")}
+
+    assert pipconfig.pip_conf_unread(environ) == (
+        f"; pip's configuration ({home}/.config/pip/pip.conf, {tmp_path}/given.conf) sets index-url, trusted-host, "
+        "cert, which warmstart does not read: give them as PIP_INDEX_URL, PIP_TRUSTED_HOST, PIP_CERT")
+    # what the environment gives is read: only the rest is named
+    assert pipconfig.pip_conf_unread({**environ, "PIP_INDEX_URL": "https://pypi.org/simple", "PIP_CERT": "x"}) == (
+        f"; pip's configuration ({home}/.config/pip/pip.conf) sets trusted-host, which warmstart does not read: "
+        "give it as PIP_TRUSTED_HOST")
+    # os.devnull as the file: pip reads none, and there is nothing to say; nor of a file pip cannot read
+    assert pipconfig.pip_conf_unread({**environ, "PIP_CONFIG_FILE": os.devnull}) == ""
+    (home / ".config" / "pip" / "pip.conf").write_text("index-url = no section\n")
+    assert pipconfig.pip_conf_unread({"HOME": str(home)}) == ""

@@ -31,7 +31,7 @@ from .console import QUIET, Bar, Bars, counted
 from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .lock import Pin
-from .pipconfig import IndexSettings, unreachable
+from .pipconfig import IndexSettings, pip_conf_unread, unreachable
 from .transfer import WriteFailed, sha256_of, write_to
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class Downloader:
             if response.status_code in (401, 403):
                 raise IndexUnavailable(f"the package index {redact(index)} refused access (HTTP "
                                        f"{response.status_code}); put its credentials in PIP_INDEX_URL "
-                                       "(https://USER:TOKEN@host/...) or in keyring")
+                                       "(https://USER:TOKEN@host/...) or in keyring" + pip_conf_unread())
             if response.status_code == 404:
                 continue  # not on this index; maybe on an extra one
             if not response.ok:

@@ -8,6 +8,7 @@ by warmstart.sh. Standard library only: warmstart.sh runs this before any depend
 
 from __future__ import annotations
 
+import configparser
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,55 @@ def unreachable(index: str, why: str, needed_for: str = "") -> str:
     """The line for a package index out of reach (`index` with its credentials hidden), said alike
     by a bootstrap, `invoke lock` and warmstart.sh."""
     return (f"cannot reach the package index {index}{needed_for} ({why}); check the network, the proxy "
-            "(HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)")
+            "(HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)"
+            + pip_conf_unread())
+
+
+# pip's configuration files' index settings, by the variable that gives each to warmstart. It
+# reads none of those files (nor does uv): a mirror or a CA bundle named there alone was never
+# asked for, and a run that could not reach PyPI said nothing of it.
+_CONF_KEYS = {"index-url": "PIP_INDEX_URL", "extra-index-url": "PIP_EXTRA_INDEX_URL", "cert": "PIP_CERT",
+              "client-cert": "PIP_CLIENT_CERT", "trusted-host": "PIP_TRUSTED_HOST", "proxy": "PIP_PROXY"}
+SYSTEM_PIP_CONF = Path("/etc/pip.conf")  # the machine's own, which pip reads after XDG_CONFIG_DIRS'
+
+
+def _pip_conf_files(environ: Mapping[str, str]) -> list[Path]:
+    """pip's configuration files on Linux, as pip finds them: none where PIP_CONFIG_FILE is
+    os.devnull, else the system's, the user's, and PIP_CONFIG_FILE's."""
+    given = environ.get("PIP_CONFIG_FILE")
+    if given == os.devnull:
+        return []
+    user = Path(environ.get("HOME") or os.path.expanduser("~"))
+    config_home = Path(environ.get("XDG_CONFIG_HOME") or user / ".config")
+    system = [Path(folder, "pip", "pip.conf") for folder in (environ.get("XDG_CONFIG_DIRS") or "/etc/xdg").split(":")
+              if folder]
+    return [*system, SYSTEM_PIP_CONF, user / ".pip" / "pip.conf", config_home / "pip" / "pip.conf",
+            *([Path(given)] if given else [])]
+
+
+def pip_conf_unread(environ: Mapping[str, str] = os.environ) -> str:
+    """"" or, where pip's configuration files name index settings that the environment does not,
+    a clause saying which and where, and the variables that give them to warmstart."""
+    unread: dict[str, None] = {}  # the variables, in the order pip's files name them
+    files: dict[str, None] = {}  # the files that name them, in pip's order
+    for path in _pip_conf_files(environ):
+        parser = configparser.RawConfigParser()
+        try:
+            if not path.is_file():  # not there (most of them), or a FIFO that would hold the run
+                continue
+            with open(path, encoding="utf-8", errors="replace") as file:
+                parser.read_string(file.read(1 << 16), str(path))
+        except (OSError, configparser.Error):
+            continue  # pip says what is wrong with its file; this is a hint
+        for section in ("global", "install", "download"):
+            for key, value in parser.items(section) if parser.has_section(section) else ():
+                if (var := _CONF_KEYS.get(key.replace("_", "-"))) and value.strip() and not environ.get(var):
+                    unread[var] = files[str(path)] = None
+    if not unread:
+        return ""
+    keys = {var: key for key, var in _CONF_KEYS.items()}
+    return (f"; pip's configuration ({', '.join(files)}) sets {', '.join(keys[var] for var in unread)}, which "
+            f"warmstart does not read: give {'it' if len(unread) == 1 else 'them'} as {', '.join(unread)}")
 
 
 def anchored(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
