@@ -311,6 +311,33 @@ def test_a_damaged_job_file_is_passed_over_by_each_reader_and_left_where_it_is(t
     assert said == []
 
 
+def test_the_worker_runs_at_low_priority_and_is_the_first_the_oom_killer_ends(tmp_path):
+    """A training that outgrows the VM's RAM while the worker packs a snapshot: the kernel ends the
+    worker (its job stays for the next run) before the user's kernel. The real worker, started
+    with the command a run starts it with, held where it reads its job (a FIFO), its process read
+    from /proc."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    os.mkfifo(folder / drivework.JOB)
+    worker = subprocess.Popen([sys.executable, "-c", drivework._WORKER, json.dumps([p for p in sys.path if p]),
+                               str(folder)], stderr=subprocess.PIPE, text=True)
+    adjusted = Path(f"/proc/{worker.pid}/oom_score_adj")
+    try:  # until it waits for its job (it ends only once the FIFO is written)
+        wait_until(lambda: adjusted.read_text().strip() == "1000", 60,
+                   lambda: f"oom_score_adj stayed {adjusted.read_text().strip()}")
+        nice = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    finally:
+        try:  # a job that is no object: it ends (exit 1)
+            fd = os.open(folder / drivework.JOB, os.O_WRONLY | os.O_NONBLOCK)
+            os.write(fd, b"[]")
+            os.close(fd)
+        except OSError:  # not reading it (yet, or any more): nothing would ever end it
+            worker.kill()
+        worker.communicate(timeout=60)
+
+    assert nice == min(os.nice(0) + 10, 19)
+
+
 def test_relative_paths_in_the_settings_reach_the_background_worker(demo, drive, tmp_path, index):
     """`--cache ../lab` and `PIP_CERT=ca.pem` from the notebook's folder: the Drive worker works in
     `/` (where no project's module shadows its imports), and those paths named nothing there: it

@@ -23,7 +23,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -508,10 +508,20 @@ def _share_with_team(folder: Path, share: dict[str, list[str]], drive: DriveStor
         shutil.rmtree(area, ignore_errors=True)
 
 
+def _first_for_the_oom_killer() -> None:
+    """Where a VM's memory runs out (a training that outgrows Colab's RAM while the worker packs a
+    snapshot, 100 MiB and more), the kernel ends this worker before the user's kernel: the next
+    run finishes its job, where nothing brings back the user's lost work. Any process may raise
+    its own score."""
+    with suppress(OSError):
+        Path("/proc/self/oom_score_adj").write_text("1000")
+
+
 def main(argv: list[str]) -> int:
     """The detached worker: `python -m warmstart.drivework FOLDER`."""
     folder = Path(argv[0])
     os.nice(10)  # after the run: the user's own work (a training's data loading) comes first
+    _first_for_the_oom_killer()
     drive = None
     try:
         job = json.loads((folder / JOB).read_text())
