@@ -558,6 +558,14 @@ def with_ctrl_c(command: list[str]) -> list[str]:
             "os.execvp(sys.argv[1], sys.argv[1:])", *command]
 
 
+def process_running(pid: int) -> bool:
+    """A process of that pid is there, and no zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 T = TypeVar("T")
 
 

@@ -33,6 +33,7 @@ from conftest import (
     needs_mountns,
     needs_netns,
     on_a_small_disk,
+    process_running,
     run_cli,
     wait_until,
 )
@@ -752,14 +753,6 @@ def test_a_checks_timeout_is_its_own(demo, drive, tmp_path, index):
     assert time.monotonic() - start < 25
 
 
-def _running(pid: int) -> bool:
-    """A process of that pid is there, and no zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def test_a_check_that_leaves_a_helper_running_is_judged_as_it_ends_and_one_timed_out_takes_its_helpers_along(
         demo, drive, tmp_path, index):
     """A check that starts a helper in the background (a server, an agent) and ends passed at once,
@@ -781,8 +774,8 @@ def test_a_check_that_leaves_a_helper_running_is_judged_as_it_ends_and_one_timed
         started, hung = result.report["checks"]
         assert (started["ok"], started["summary"]) == (True, "started")
         assert (hung["ok"], hung["output"]) == (False, "timed out after 1 s (set timeout for this check in the recipe)")
-        assert _running(helper)
-        wait_until(lambda: not _running(int(killed.read_text())), 10, "the timed-out check's helper still runs")
+        assert process_running(helper)
+        wait_until(lambda: not process_running(int(killed.read_text())), 10, "the timed-out check's helper still runs")
     finally:
         os.kill(helper, signal.SIGKILL)
 

@@ -27,6 +27,7 @@ from conftest import (
     make_venv,
     needs_mountns,
     on_a_small_disk,
+    process_running,
     run_cli,
     wait_until,
     with_ctrl_c,
@@ -712,6 +713,30 @@ def test_a_target_that_does_not_answer_is_given_up_on_once(tmp_path, monkeypatch
     with pytest.raises(target.Unanswered, match=said):
         target.probe(hung)  # none begun
     assert started.read_text().count("\n") == 1
+
+
+def test_a_target_that_does_not_answer_is_ended_with_what_it_started(tmp_path, monkeypatch):
+    """A launcher script whose interpreter hangs (a wrapper that runs python3 as its child): given
+    up on, the script was killed, and the interpreter it started ran on after the run ended."""
+    from warmstart import target
+
+    pids = tmp_path / "pids"
+    hung = tmp_path / "python"
+    hung.write_text(f"#!/bin/sh\nsleep 60 &\necho $! >> {pids}\nwait\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(target, "ANSWER_WAIT", 0.5)
+
+    target.begin_probe(hung)  # the launcher's probe, begun before the run asks
+    with pytest.raises(target.Unanswered):
+        target.probe(hung)
+    with pytest.raises(target.Unanswered):
+        target.probe(hung)  # the run's own, none begun
+    target.forget_begun()
+
+    started = [int(pid) for pid in pids.read_text().split()]
+    assert len(started) == 2
+    wait_until(lambda: not any(process_running(pid) for pid in started), 10,
+               lambda: f"still running: {[pid for pid in started if process_running(pid)]}")
 
 
 # --- data files read ahead ------------------------------------------------------------------------

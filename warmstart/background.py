@@ -10,6 +10,7 @@ import errno
 import fcntl
 import os
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -28,6 +29,16 @@ T = TypeVar("T")
 # which a worker that outlives the run would keep busy (on Drive, at an unmount).
 NEUTRAL_CWD = "/"
 _ERRNOS = {os.strerror(number): number for number in errno.errorcode}  # a child's error text back to its errno
+
+
+def kill_session(child: subprocess.Popen) -> None:
+    """`child` and whatever it started: its session's process group (start_new_session). Killed
+    alone, a wrapper left what it started running (a check's helper server, the interpreter a
+    target's launcher script runs)."""
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # all of it gone already
 
 
 # At exit, how long the process waits at most for other threads' imports to end (an import

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import tempfile
 import threading
@@ -17,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple, TypedDict
 
+from .background import kill_session
 from .config import read_bytes
 from .errors import ended, redact
 from .home import log_file, state_file
@@ -80,7 +80,7 @@ class _Running:
         with self._lock:
             self._processes.add(process)
             if self._stopped:
-                _kill(process)
+                kill_session(process)
 
     def discard(self, process: subprocess.Popen[bytes]) -> None:
         with self._lock:
@@ -90,15 +90,7 @@ class _Running:
         with self._lock:
             self._stopped = True
             for process in self._processes:
-                _kill(process)
-
-
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    """The check and whatever it started: its session's process group (start_new_session)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass  # all of it gone already
+                kill_session(process)
 
 
 def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[CheckResult]:
@@ -137,7 +129,7 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
         try:
             process.wait(timeout=check.timeout)
         except subprocess.TimeoutExpired:
-            _kill(process)
+            kill_session(process)
             process.wait()
             timed_out = True
         else:

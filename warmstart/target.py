@@ -30,7 +30,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from . import distinfo, settings
-from .background import NEUTRAL_CWD
+from .background import NEUTRAL_CWD, kill_session
 from .config import file_text
 from .disks import real
 from .errors import PreconditionUnmet, WarmstartError, ended
@@ -190,15 +190,39 @@ def _cannot_run(exe: Path, why: str) -> str:
     return f"cannot run the target Python {exe}: {why}; pass --python with a working interpreter"
 
 
+def _started(exe: Path, code: str, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """The target running `code`, in a session of its own: one that does not answer is ended with
+    all it started (a launcher script's interpreter outlived the script's kill)."""
+    return subprocess.Popen([str(exe), "-c", code], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            cwd=NEUTRAL_CWD, start_new_session=True)
+
+
+def _ended(child: subprocess.Popen[str]) -> None:
+    """A probe not waited for to its end (it did not answer, or the run was interrupted) ended
+    with its whole session, whether its interpreter has ended or not: what it started may hold its
+    output open, waiting on whatever hung it. Only while the child is not yet reaped: its pid, the
+    session's id, is not given to another process until then."""
+    if child.returncode is None:
+        kill_session(child)
+        child.wait()
+
+
 def _ask(exe: Path, code: str) -> str:
     """What the target prints when it runs `code`."""
     try:
-        return subprocess.run([str(exe), "-c", code], capture_output=True, text=True, check=True,
-                              timeout=ANSWER_WAIT, cwd=NEUTRAL_CWD).stdout
+        child = _started(exe, code)
+    except OSError as exc:
+        raise PreconditionUnmet(_cannot_run(exe, _failed(exc, code))) from None
+    try:
+        out, err = child.communicate(timeout=ANSWER_WAIT)
     except subprocess.TimeoutExpired:
         raise Unanswered(exe) from None
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise PreconditionUnmet(_cannot_run(exe, _failed(exc, code))) from None
+    finally:  # not in time, or interrupted: nothing it started stays
+        _ended(child)
+    if child.returncode != 0:
+        failed = subprocess.CalledProcessError(child.returncode, child.args, out, err)
+        raise PreconditionUnmet(_cannot_run(exe, _failed(failed, code))) from None
+    return out
 
 
 def _failed(exc: OSError | subprocess.CalledProcessError, code: str) -> str:
@@ -256,8 +280,7 @@ class _Begun:
 
     def __init__(self, exe: Path) -> None:
         self.exe = exe
-        self.child = subprocess.Popen([str(exe), "-c", _PROBE], stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True, cwd=NEUTRAL_CWD)
+        self.child = _started(exe, _PROBE, stderr=subprocess.DEVNULL)
 
     @functools.cached_property
     def target(self) -> TargetPython | Unanswered | None:
@@ -276,9 +299,7 @@ class _Begun:
             return None
 
     def end(self) -> None:
-        if self.child.poll() is None:
-            self.child.kill()
-            self.child.wait()
+        _ended(self.child)
 
 
 _begun: _Begun | None = None
