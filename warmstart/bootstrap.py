@@ -76,17 +76,20 @@ def in_team(store: TieredStore, cached: dict[NormalizedName, str]) -> frozenset[
     return frozenset(cached.values()) & store.team_only("wheels")
 
 
-def find_recipe(name_or_path: str, root: Path, drive: Path | None, profile: Profile) -> Recipe:
+def find_recipe(name_or_path: str, root: Path, drive: Path | None, profile: Profile, *,
+                bootstrapping: bool = True) -> Recipe:
     """The recipe asked for (load_recipe). One found nowhere while the Drive, where the user's own
     recipes lie, is not there (not mounted, not made yet, a file) is said as the Drive step says it;
-    so is a file asked for under Drive's mount point while nothing is mounted there."""
+    so is a file asked for under Drive's mount point while nothing is mounted there. Not
+    `bootstrapping` (lock, assets): the notebook's way to bootstrap it is left out of the hint."""
     try:
         return load_recipe(name_or_path, root, drive)
     except UnknownRecipe:
+        hinted = name_or_path if bootstrapping else None
         if given_as_file(name_or_path):
-            require_mounted(Path(os.path.abspath(os.path.expanduser(name_or_path))), profile, recipe=name_or_path)
+            require_mounted(Path(os.path.abspath(os.path.expanduser(name_or_path))), profile, recipe=hinted)
         elif drive is not None and not drive.is_dir():
-            require_drive(drive, profile, recipe=name_or_path)
+            require_drive(drive, profile, recipe=hinted)
         raise
 
 

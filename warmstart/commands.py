@@ -194,7 +194,7 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         for version in python_version or ():  # it names the lock file (py312): a minor version only
             if not re.fullmatch(r"3\.[0-9]{1,2}", version):
                 raise BadInput(f"--python-version takes a minor version of Python 3, as 3.12, got {version!r}")
-        loaded = find_recipe(recipe, ROOT, drive_recipes(), select_profile(ROOT))
+        loaded = find_recipe(recipe, ROOT, drive_recipes(), select_profile(ROOT), bootstrapping=False)
         compiling.require_pinned(loaded, upgrade_package or ())
         # said before any download, whatever the ELF cache holds: a cold cache would need it
         extras.require("lock", "elftools", "invoke lock (it reads the CUDA libraries of the wheels it locks)")
@@ -421,9 +421,9 @@ def assets(c, recipe=None, drive=None, json=False):
 
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         drive_root, profile = _drive(drive), select_profile(ROOT)
-        loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, profile)
+        loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, profile, bootstrapping=False)
         if not drive_root.is_dir():  # as the bootstrap says it: Drive not mounted, not there, a file
-            require_drive(drive_root, profile, recipe=required_recipe(recipe))
+            require_drive(drive_root, profile, recipe=None)
         store = DriveStore(drive_root)
         store.require_own_folders((KIND,))  # as bootstrap refuses it: every asset would say "missing"
         rows = asset_table(loaded.assets, TieredStore(store), drive_root / loaded.workdir)

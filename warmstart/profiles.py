@@ -138,13 +138,14 @@ def select_profile(root: Path, environ: Mapping[str, str] = os.environ, given_as
     return load_profile(profiles[FALLBACK])
 
 
-def mount_hint(mount: Path, recipe: str) -> str:
-    """The cell that mounts Drive, and the one that does it all from the notebook, for `recipe`,
-    both as they paste: the second imports warmstart from where this process did (a checkout on
-    local disk: one on Drive is not there before the mount, and then needs no hint)."""
+def mount_hint(mount: Path, recipe: str | None) -> str:
+    """The cell that mounts Drive, and the one that does it all from the notebook, for `recipe`
+    (None: a command other than a bootstrap, which that cell does not do), both as they paste: the
+    second imports warmstart from where this process did (a checkout on local disk: one on Drive
+    is not there before the mount, and then needs no hint)."""
     hint = f"run this in a notebook cell first: from google.colab import drive; drive.mount({str(mount)!r})"
     checkout = Path(__file__).resolve().parent.parent
-    if checkout.is_relative_to(mount):
+    if recipe is None or checkout.is_relative_to(mount):
         return hint
     return (f"{hint}  (or do it all from the notebook: import sys; sys.path.insert(0, {str(checkout)!r}); "
             f"import warmstart.colab; warmstart.colab.bootstrap({recipe!r}))")
@@ -159,7 +160,8 @@ def require_no_file_as_drive(drive: Path) -> None:
         raise PreconditionUnmet(f"Drive root {drive} is a link that leads nowhere (a loop of links); pass --drive DIR")
 
 
-def require_mounted(path: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
+def require_mounted(path: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *,
+                    recipe: str | None) -> None:
     """Exit 3, with the cell that mounts it, when `path` lies under the platform's Drive mount
     point and nothing is mounted there."""
     mount = profile.mount(environ)
@@ -167,7 +169,8 @@ def require_mounted(path: Path, profile: Profile, environ: Mapping[str, str] = o
         raise PreconditionUnmet(f"Google Drive is not mounted at {mount}; {mount_hint(mount, recipe)}")
 
 
-def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *, recipe: str) -> None:
+def require_drive(drive: Path, profile: Profile, environ: Mapping[str, str] = os.environ, *,
+                  recipe: str | None) -> None:
     """Exit 3 when Drive is not there, or not yet where a profile that makes its folder (a local
     stand-in for Drive) may make it: the run creates it with the workdir. Nothing is ever written
     under an unmounted mount point: that would make the later mount fail ("Mountpoint must not
