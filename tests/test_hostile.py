@@ -291,7 +291,7 @@ def test_an_index_naming_another_s_archive_with_a_false_sha256_does_not_get_it_s
     drive = tmp_path / "drive"
     folder = drive / ".warmstart" / "v1" / "snapshots"
     folder.mkdir(parents=True)
-    archive = folder / "demo-py311-0123456789abcdef-0123.tar.zst"
+    archive = folder / f"demo-py311-0123456789abcdef-{hashlib.sha256(b'an archive').hexdigest()[:16]}.tar.zst"
     archive.write_bytes(b"an archive")
     for name, sha256 in (("demo-py311-0123456789abcdef.json", hashlib.sha256(b"an archive").hexdigest()),
                          ("zz-py311-fedcba9876543210.json", "0" * 64)):
@@ -1337,6 +1337,35 @@ def test_prune_reads_no_more_of_a_usage_record_than_one_holds_and_removes_only_i
     pruned = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
     assert pruned.code == 0, pruned.stderr
     assert sorted(p.name for p in usage.iterdir()) == ["huge.json", "notes.json"]
+
+
+def test_prune_removes_only_files_named_as_warmstart_names_them(drive):
+    """A shared Drive's cache folders may hold what no run wrote: a note, a README, a teammate's
+    file. `--prune` removed each once idle (a .json in snapshots/ as an "unreadable index"); it
+    now leaves every file not named as warmstart names the files of that folder, and says so.
+    What is warmstart's, named by no lock here and idle, still goes."""
+    root = DriveStore(drive).root
+    ours = {"wheels": ["alpha-1.0-py3-none-any.whl"], "assets": ["a" * 64],
+            "snapshots": ["demo-py311-0123456789abcdef.json",  # unreadable: an index warmstart names so
+                          "demo-py311-0123456789abcdef-0123456789abcdef.tar.zst"],
+            "locks": ["demo-py311-0123456789abcdef.txt"]}
+    theirs = {"wheels": ["notes.txt"], "assets": ["README"], "snapshots": ["notes.json", "readme.md"],
+              "locks": ["mine.txt"]}
+    for kind in ours:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for name in ours[kind] + theirs[kind]:
+            (root / kind / name).write_text("x")
+            os.utime(root / kind / name, (1e9, 1e9))  # idle since 2001
+
+    pruned = run_cli("cache", "--drive", str(drive), "--prune", env=cli_env())
+
+    assert pruned.code == 0, pruned.stderr
+    assert {kind: sorted(p.name for p in (root / kind).iterdir()) for kind in ours} == {
+        kind: sorted(names) for kind, names in theirs.items()}
+    for kind, names in theirs.items():
+        for name in names:
+            assert (f"warning: {root / kind / name} is not named as warmstart names its files there: never read, "
+                    "never removed") in pruned.stderr
 
 
 def test_prune_over_a_usage_folder_listing_more_than_a_cache_holds_removes_nothing(drive):

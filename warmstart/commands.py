@@ -347,10 +347,11 @@ def _days(older_than: str) -> float:
 
 def _show_cache(entries: list[Entry], found: dict[str, Any], say: Callable[[str], None]) -> None:
     """`invoke cache`: what each recipe holds, the files never read, and the locks made on a VM."""
-    from .maintenance import UNNAMED, sizes
+    from .maintenance import FOREIGN, UNNAMED, sizes
 
     notes = {"not a file": "is not a regular file: never read",
-             "unreadable index": "is an unreadable snapshot index: --prune removes it"}
+             "unreadable index": "is an unreadable snapshot index: --prune removes it",
+             FOREIGN: "is not named as warmstart names its files there: never read, never removed"}
     for entry in entries:
         if entry.kind in notes:
             _print(f"warmstart: warning: {entry.path} {notes[entry.kind]}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -11,13 +12,14 @@ from . import livelock
 from .lock import existing_locks, parse_lock
 from .recipe import each_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
+from .transfer import is_sha256
 from .wheels import parse
 
 
 @dataclass
 class Entry:
     file: StoredFile
-    kind: str  # wheel, asset, snapshot, index, unreadable index, temporary, set aside, not a file
+    kind: str  # wheel, asset, snapshot, index, unreadable index, temporary, set aside, not a file, FOREIGN
     owners: set[str] = field(default_factory=set)  # recipes whose current locks or assets use it
     hashes: set[str] = field(default_factory=set)  # the sha256 it must have
     status: str = "unchecked"
@@ -34,6 +36,22 @@ class Entry:
 
 _KIND = {"wheels": "wheel", "assets": "asset", "snapshots": "snapshot", "locks": "lock"}
 _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not a file"}
+# A file named as warmstart names none in its folder (a note, a teammate's copy of something) is
+# someone else's: listed, never verified, never pruned (as a usage record no run wrote is left).
+FOREIGN = "not warmstart's"
+# a snapshot's index and its archive (snapshot.Snapshot.locate and pack; as prefetch finds them)
+_SNAPSHOT_NAME = re.compile(r".+-py[0-9]+-[0-9a-f]{16}(\.json|-[0-9a-f]{16}\.tar\.zst)")
+
+
+def _warmstarts_name(kind: str, name: str) -> bool:
+    """Whether `name` is one warmstart gives a file of the store's `kind` folder."""
+    if kind == "wheels":
+        return parse(name) is not None
+    if kind == "assets":
+        return is_sha256(name)
+    if kind == "locks":
+        return livelock.recipe_of(name) is not None
+    return kind == "snapshots" and _SNAPSHOT_NAME.fullmatch(name) is not None
 
 
 def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str] | None = None) -> list[Entry]:
@@ -61,7 +79,9 @@ def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str
     for stored in store.entries():
         entry = Entry(stored, _STATE.get(stored.state) or _KIND[stored.kind])
         name = stored.path.name
-        if entry.kind == "wheel" and (parsed := parse(name)):
+        if stored.state == "file" and not _warmstarts_name(stored.kind, name):
+            entry.kind = FOREIGN
+        elif entry.kind == "wheel" and (parsed := parse(name)):
             entry.owners, entry.hashes = wheel_refs.get((parsed[0], str(parsed[1])), (set(), set()))
         elif entry.kind == "lock" and (made_for := livelock.recipe_of(name)):
             entry.owners = {made_for} & set(known)  # made for a recipe here: kept while it is
