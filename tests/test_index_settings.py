@@ -110,6 +110,26 @@ def test_without_the_ca_the_index_is_named_as_untrusted_not_as_a_missing_package
     assert "No matching distribution" not in result.stderr
 
 
+def test_an_untrusted_index_with_no_ca_bundle_named_names_the_machines_certificate_store(
+        demo, drive, tmp_path, tls_index, pki):
+    """A private CA installed in this machine's store alone: pip trusts it (truststore), warmstart's
+    downloader and uv do not until it is named, and the line said nothing of the store. With a CA
+    bundle named, the line does not say it."""
+    url, _ = tls_index
+    store = Path(ssl.get_default_verify_paths().openssl_cafile).resolve()
+    env = {k: v for k, v in cli_env(url, PIP_RETRIES="0").items() if k not in (*CA_BUNDLES, "SSL_CERT_DIR")}
+
+    result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
+
+    assert result.code == 3, result.stderr
+    assert "certificate verify failed" in result.report["error"]
+    assert (f"; a CA that this machine's certificate store holds is trusted once it is named: PIP_CERT={store}"
+            in result.report["error"]), result.report["error"]
+    named = bootstrap(demo, drive, make_venv(tmp_path / "venv2"), env=env | {"REQUESTS_CA_BUNDLE": certifi.where()})
+    assert named.code == 3 and "certificate verify failed" in named.report["error"], named.stderr
+    assert "certificate store" not in named.report["error"]
+
+
 def test_without_the_client_certificate_the_index_refuses_and_says_so(demo, drive, tmp_path, index, pki):
     url, server = serve_tls(index.files.parent, pki, client_cert=True)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,19 @@ def unreachable(index: str, why: str, needed_for: str = "") -> str:
     by a bootstrap, `invoke lock` and warmstart.sh."""
     return (f"cannot reach the package index {index}{needed_for} ({why}); check the network, the proxy "
             "(HTTPS_PROXY, PIP_PROXY), PIP_INDEX_URL and the TLS settings (PIP_CERT, PIP_CLIENT_CERT)"
-            + pip_conf_unread())
+            + _machine_store(why) + pip_conf_unread())
+
+
+def _machine_store(why: str, environ: Mapping[str, str] = os.environ) -> str:
+    """"" or, where the index's certificate was not trusted and no CA bundle is named, the clause
+    that names this machine's certificate store. pip reads it (truststore); warmstart's downloader
+    (certifi's roots) and uv (its own) read it only when named: a private CA installed there alone
+    served pip and refused them."""
+    store = ssl.get_default_verify_paths().openssl_cafile
+    if "certificate verify failed" not in why or _ca_bundle(environ) or not os.path.isfile(store):
+        return ""
+    return ("; a CA that this machine's certificate store holds is trusted once it is named: "
+            f"PIP_CERT={os.path.realpath(store)}")
 
 
 # pip's configuration files' index settings, by the variable that gives each to warmstart. It
