@@ -84,10 +84,10 @@ def find_recipe(name_or_path: str, root: Path, drive: Path | None, profile: Prof
     `bootstrapping` (lock, assets): the notebook's way to bootstrap it is left out of the hint."""
     try:
         return load_recipe(name_or_path, root, drive)
-    except UnknownRecipe:
+    except UnknownRecipe as unknown:
         hinted = name_or_path if bootstrapping else None
-        if given_as_file(name_or_path):
-            require_mounted(Path(os.path.abspath(os.path.expanduser(name_or_path))), profile, recipe=hinted)
+        if unknown.path is not None:
+            require_mounted(unknown.path, profile, recipe=hinted)
         elif drive is not None and not drive.is_dir():
             require_drive(drive, profile, recipe=hinted)
         raise

@@ -210,8 +210,13 @@ def _recipe_files(folder: Path) -> list[Path]:
 
 
 class UnknownRecipe(BadInput):
-    """No recipe of that name, or no file at that path. Where the user's own recipes lie on a
-    Drive that is not there (not mounted), that is the likelier cause: the bootstrap says it."""
+    """No recipe of that name, or no file at that path (`path`, as the user's words name it). Where
+    the user's own recipes lie on a Drive that is not there (not mounted), that is the likelier
+    cause: the bootstrap says it."""
+
+    def __init__(self, message: str, *, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Path:
@@ -228,7 +233,7 @@ def recipe_path(name_or_path: str, root: Path, drive: Path | None = None) -> Pat
             raise BadInput(f"{path}: file not found; the recipe named '{stem}' is {files[stem][0]}: "
                            f"--recipe {stem} finds it")
         if not os.path.lexists(path):  # (a link that leads nowhere is read, and said as such)
-            raise UnknownRecipe(f"{path}: file not found")
+            raise UnknownRecipe(f"{path}: file not found", path=path)
         return path
     # Only the name asked for must be defined once: a teammate's copy of another recipe on a
     # shared Drive stops no one else's run.
