@@ -18,7 +18,7 @@ from typing import IO, Any, NamedTuple, TypedDict
 
 from .background import kill_session
 from .config import read_bytes
-from .errors import ended, redact
+from .errors import ended, redact, signal_of
 from .home import log_file, state_file
 from .recipe import Check
 from .transfer import atomic_write_text, write_private
@@ -143,8 +143,9 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
     else:
         ok, output = process.returncode == 0, redact((stdout + stderr).strip())
         summary = redact(_summary(stdout, stderr))
-        if process.returncode < 0:  # its last line was no verdict: a signal ended it (Colab's OOM killer)
-            killed = ended(process.returncode)
+        shell = check.run is not None
+        if signal_of(process.returncode, shell) is not None:  # its last line was no verdict (Colab's OOM killer)
+            killed = ended(process.returncode, shell)
             summary = killed + (f"; its last line: {summary}" if summary else "")
             output = f"{output}\n{killed}".lstrip()
     kept, log = _keep(check, output)

@@ -72,16 +72,32 @@ def said_by(tool: str, text: str, most: int = 15) -> tuple[str, ...]:
     return tuple(f"{tool}: {line}" for line in lines[-most:])
 
 
-def ended(returncode: int) -> str:
+# What ends a process that did not ask to end: the OOM killer, a crash, a timeout's kill.
+_UNASKED = {signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGFPE, signal.SIGILL,
+            signal.SIGTERM}
+
+
+def signal_of(returncode: int, shell: bool = False) -> int | None:
+    """The signal that ended a child, if one did. A shell says that a command it ran was killed by
+    signal N as its own exit 128 + N (where bash runs its line's last command in its own place,
+    the shell itself is what was killed)."""
+    if returncode < 0:
+        return -returncode
+    return returncode - 128 if shell and returncode - 128 in _UNASKED else None
+
+
+def ended(returncode: int, shell: bool = False) -> str:
     """How a child process ended, in words: "exit 2", or the signal that killed it. SIGKILL that
     nobody here sent is most often the kernel's OOM killer: on Colab, a VM whose RAM ran out."""
-    if returncode >= 0:
+    number = signal_of(returncode, shell)
+    if number is None:
         return f"exit {returncode}"
     try:
-        name = signal.Signals(-returncode).name
+        name = signal.Signals(number).name
     except ValueError:
-        name = f"signal {-returncode}"
-    return f"killed by {name}" + (", most often for want of memory" if -returncode == signal.SIGKILL else "")
+        name = f"signal {number}"
+    said = f"killed by {name}" + (", most often for want of memory" if number == signal.SIGKILL else "")
+    return said if returncode < 0 else f"exit {returncode}: a command it ran was {said}"
 
 
 @dataclass(frozen=True)
