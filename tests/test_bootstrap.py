@@ -25,6 +25,10 @@ from conftest import (
     system_python,
 )
 
+from warmstart.bootstrap import _no_lock
+from warmstart.lock import LockTarget, relock_command
+from warmstart.recipe import load_recipe
+
 
 @pytest.fixture
 def env(index):
@@ -310,8 +314,27 @@ def test_missing_lock_names_file_and_next_step(demo, drive, env, tmp_path):
     result = bootstrap(demo, drive, make_venv(tmp_path / "venv"), env=env)
 
     assert result.code == 3
-    assert "demo has no lock for Python 3." in result.stderr and "locks exist for: none" in result.stderr
+    assert "demo has no lock for Python 3." in result.stderr and ", nor for any other Python; " in result.stderr
+    assert "--python with" not in result.stderr  # no interpreter has one
+    assert "on manylinux_x86_64 (demo-py3" in result.stderr
     assert f"invoke lock --recipe {demo} --python-version 3." in result.stderr
+
+
+def test_a_missing_image_lock_is_named_in_its_folder_and_other_interpreters_only_where_they_have_one(demo):
+    """On Colab the lock wanted is an image's, in that image's folder beside the `.in`: the line
+    names it there (it named the file alone, as if beside the `.in`). Another interpreter is
+    offered only where some lock exists."""
+    recipe = load_recipe(str(demo), demo.parent.parent)
+    target = LockTarget("3.99", "manylinux_x86_64", "colab-next")
+
+    said = _no_lock(recipe, target)
+
+    assert "for the image colab-next (colab-next/demo-py399-manylinux_x86_64.txt); locks exist for: py3" in said
+    assert said.endswith("--image colab-next`, or pass --python with an interpreter that has one"), said
+    for lock in (demo.parent.parent / "requirements").glob("demo-py*.txt"):
+        lock.unlink()
+    assert _no_lock(recipe, target).endswith("nor for any other Python; make one with "
+                                             f"`{relock_command(recipe, target)}`")
 
 
 def test_dry_run_changes_nothing(demo, drive, env, tmp_path):

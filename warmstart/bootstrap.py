@@ -58,10 +58,12 @@ __all__ = ["Options", "bootstrap", "prepare"]
 def _no_lock(recipe: Recipe, wanted: LockTarget) -> str:
     have = sorted(f"{t.python_tag} on {t.platform}" + (f" ({t.image})" if t.image else "")
                   for t in existing_locks(recipe).values())
-    return (f"{recipe.name} has no lock for {wanted.describe()} "
-            f"({lock_path(recipe, wanted).name}); locks exist for: "
-            f"{', '.join(have) or 'none'}; make one with `{relock_command(recipe, wanted)}`, "
-            "or pass --python with an interpreter that has one")
+    path = lock_path(recipe, wanted)  # an image's lock in the image's folder beside the .in
+    missing = f"{recipe.name} has no lock for {wanted.describe()} ({path.relative_to(recipe.requirements_in.parent)})"
+    make = f"make one with `{relock_command(recipe, wanted)}`"
+    if not have:  # a recipe of the user's, not locked yet: no other interpreter would do
+        return f"{missing}, nor for any other Python; {make}"
+    return f"{missing}; locks exist for: {', '.join(have)}; {make}, or pass --python with an interpreter that has one"
 
 
 def cached_wheels(store: TieredStore, pins: Iterable[Pin], supported: list[Tag]) -> dict[NormalizedName, str]:
