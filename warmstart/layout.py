@@ -15,8 +15,18 @@ warmstart is imported.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 LAYOUT = Path(".warmstart") / "v1"
 RECIPES = Path(".warmstart") / "recipes"
 KINDS = ("wheels", "assets", "snapshots", "locks")  # locks: made on a VM for its runtime (livelock.py)
+
+
+def snapshot_names(recipe: str | None = None, tag: str | None = None, *, index: bool = False) -> re.Pattern[str]:
+    """The names snapshot.pack gives in `snapshots/`: an archive, `<recipe>-<pyXY>-<key>-<sha>.tar.zst`
+    (key and sha 16 hex digits each), and with `index` its index too, `<recipe>-<pyXY>-<key>.json`;
+    of any recipe and Python but those named. For whole names (fullmatch)."""
+    stem = rf"{re.escape(recipe) if recipe else '.+'}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}"
+    archive = r"-[0-9a-f]{16}\.tar\.zst"
+    return re.compile(rf"{stem}(\.json|{archive})" if index else stem + archive)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 
 from . import livelock
+from .layout import snapshot_names
 from .lock import existing_locks, parse_lock
 from .recipe import each_recipe, recipe_files
 from .store import STALE_SECONDS, Store, StoredFile
@@ -39,8 +39,7 @@ _STATE = {"temporary": "temporary", "set aside": "set aside", "not a file": "not
 # A file named as warmstart names none in its folder (a note, a teammate's copy of something) is
 # someone else's: listed, never verified, never pruned (as a usage record no run wrote is left).
 FOREIGN = "not warmstart's"
-# a snapshot's index and its archive (snapshot.Snapshot.locate and pack; as prefetch finds them)
-_SNAPSHOT_NAME = re.compile(r".+-py[0-9]+-[0-9a-f]{16}(\.json|-[0-9a-f]{16}\.tar\.zst)")
+_SNAPSHOT_NAMES = snapshot_names(index=True)  # a snapshot's index and its archive
 
 
 def _warmstarts_name(kind: str, name: str) -> bool:
@@ -51,7 +50,7 @@ def _warmstarts_name(kind: str, name: str) -> bool:
         return is_sha256(name)
     if kind == "locks":
         return livelock.recipe_of(name) is not None
-    return kind == "snapshots" and _SNAPSHOT_NAME.fullmatch(name) is not None
+    return kind == "snapshots" and _SNAPSHOT_NAMES.fullmatch(name) is not None
 
 
 def inventory(store: Store, root: Path, drive: Path | None, unreadable: list[str] | None = None) -> list[Entry]:

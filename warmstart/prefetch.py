@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import select
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from . import PROJECT_ROOT, home
 from .background import ChildRead, TooMuchOutput, child_within
-from .layout import LAYOUT
+from .layout import LAYOUT, snapshot_names
 
 KIND = "snapshots"  # snapshot.KIND: that module is among those this read runs ahead of
 AHEAD = 32 << 20  # bytes read ahead at most: at 60 MiB/s, half a second of Drive's time
@@ -289,7 +288,7 @@ def newest_archive(recipe: str, tag: str | None, listed: Iterable[tuple[str, flo
     """The newest of `recipe`'s snapshot archives (for the Python `tag`, when given) among the
     regular files `listed` (name, mtime), by its name alone (`<recipe>-<pyXY>-<key>-<sha>.tar.zst`);
     else None. Of two as new, the first by name (early.likely_archive and the guess pick alike)."""
-    name = re.compile(rf"{re.escape(recipe)}-{tag or 'py[0-9]+'}-[0-9a-f]{{16}}-[0-9a-f]{{16}}\.tar\.zst")
+    name = snapshot_names(recipe, tag)
     found = sorted((file, mtime) for file, mtime in listed if name.fullmatch(file))
     return max(found, key=lambda entry: entry[1])[0] if found else None
 
