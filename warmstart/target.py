@@ -212,7 +212,7 @@ def _ask(exe: Path, code: str) -> str:
     try:
         child = _started(exe, code)
     except OSError as exc:
-        raise PreconditionUnmet(_cannot_run(exe, _failed(exc, code))) from None
+        raise PreconditionUnmet(_cannot_run(exe, exc.strerror or type(exc).__name__)) from None
     try:
         out, err = child.communicate(timeout=ANSWER_WAIT)
     except subprocess.TimeoutExpired:
@@ -220,27 +220,23 @@ def _ask(exe: Path, code: str) -> str:
     finally:  # not in time, or interrupted: nothing it started stays
         _ended(child)
     if child.returncode != 0:
-        failed = subprocess.CalledProcessError(child.returncode, child.args, out, err)
-        raise PreconditionUnmet(_cannot_run(exe, _failed(failed, code))) from None
+        raise PreconditionUnmet(_cannot_run(exe, _failed(child.returncode, err, code))) from None
     return out
 
 
-def _failed(exc: OSError | subprocess.CalledProcessError, code: str) -> str:
+def _failed(returncode: int, stderr: str, code: str) -> str:
     """Why the target could not answer, in a few words: never the `code` it was asked to run (the
-    probe's is 3 KB), which the exception's own text holds, and which a program that is no
-    Python quotes back (`ls: cannot access '<code>'`)."""
-    if isinstance(exc, OSError):
-        return exc.strerror or type(exc).__name__
-    said = [line.strip() for line in (exc.stderr or "").splitlines() if line.strip()]
+    probe's is 3 KB), which a program that is no Python quotes back (`ls: cannot access '<code>'`)."""
+    said = [line.strip() for line in (stderr or "").splitlines() if line.strip()]
     # A Python's error ends with what went wrong (a traceback's last line, a SyntaxError's); a
     # launcher's begins with it (pyenv's shim: "pyenv: python3.12: command not found", then advice).
     python_said = said and (said[0].startswith(("Traceback", "File ")) or re.match(r"\w*(Error|Exception)\b", said[-1]))
     why = (said[-1] if python_said else said[0])[:200] if said else ""
     if _quotes(why, code):
-        return f"it exited with status {exc.returncode}, quoting the code it was to run: no Python interpreter"
-    if exc.returncode < 0:
-        return f"it was {ended(exc.returncode)}"
-    return f"it exited with status {exc.returncode}" + (f" ({why})" if why else "")
+        return f"it exited with status {returncode}, quoting the code it was to run: no Python interpreter"
+    if returncode < 0:
+        return f"it was {ended(returncode)}"
+    return f"it exited with status {returncode}" + (f" ({why})" if why else "")
 
 
 def _target(exe: Path, answer: str) -> TargetPython:
