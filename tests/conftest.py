@@ -558,12 +558,19 @@ def with_ctrl_c(command: list[str]) -> list[str]:
             "os.execvp(sys.argv[1], sys.argv[1:])", *command]
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 on of /proc/PID/stat (state, ppid, ...; the command name before them may hold
+    spaces), or None for a process gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def process_running(pid: int) -> bool:
     """A process of that pid is there, and no zombie waiting to be reaped."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    fields = proc_stat(pid)
+    return bool(fields) and fields[0] != "Z"
 
 
 T = TypeVar("T")

@@ -26,6 +26,7 @@ from conftest import (
     make_venv,
     needs_fuse,
     needs_netns,
+    proc_stat,
     run_cli,
     serve_folder,
     slow_drive,
@@ -325,7 +326,7 @@ def test_the_worker_runs_at_low_priority_and_is_the_first_the_oom_killer_ends(tm
     try:  # until it waits for its job (it ends only once the FIFO is written)
         wait_until(lambda: adjusted.read_text().strip() == "1000", 60,
                    lambda: f"oom_score_adj stayed {adjusted.read_text().strip()}")
-        nice = int(Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+        nice = int((proc_stat(worker.pid) or [])[16])
     finally:
         try:  # a job that is no object: it ends (exit 1)
             fd = os.open(folder / drivework.JOB, os.O_WRONLY | os.O_NONBLOCK)

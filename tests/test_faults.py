@@ -26,6 +26,7 @@ from conftest import (
     needs_fuse,
     needs_mountns,
     needs_netns,
+    proc_stat,
     run_cli,
     slow_drive,
     wait_until,
@@ -170,8 +171,9 @@ def _wait_for_the_begun_probe(pid: int, python: Path, waiting: Callable[[], bool
             try:
                 for child in (thread / "children").read_text().split():
                     # (a zombie's cmdline reads empty: one seen before is known by its pid)
-                    if child in seen or Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == bytes(python):
-                        found[child] = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if (child in seen or Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] == bytes(python)) \
+                            and (fields := proc_stat(int(child))):
+                        found[child] = fields[0]
             except OSError:  # a thread or child gone meanwhile
                 continue
         return found
