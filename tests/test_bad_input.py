@@ -77,6 +77,11 @@ CASES = {
     "asset outside home": (lambda r: r.write_text(r.read_text() + f'\n[[assets]]\nurl = "https://example.org/m.bin"\n'
                                                   f'sha256 = "{"a" * 64}"\ndest = "/etc/m.bin"\n'),
                            r"'assets\[0\]\.dest' '/etc/m\.bin' is outside your home folder .*allow_outside = true"),
+    # Before, the run went on to the asset step and told the user to move the workdir away.
+    "asset onto the workdir": (lambda r: r.write_text(r.read_text() + f'\n[[assets]]\nurl = "https://example.org/m.bin"\n'
+                                                      f'sha256 = "{"a" * 64}"\ndest = ""\n'),
+                               r"'assets\[0\]\.dest' '' names a folder .*; a file asset's dest is the file it becomes, "
+                               r"e\.g\. 'm\.bin'$"),
     "asset sha256 malformed": (lambda r: r.write_text(r.read_text() + '\n[[assets]]\nurl = "https://example.org/m"\n'
                                                       'sha256 = "abc"\ndest = "m"\n'),
                                r"'assets\[0\]\.sha256' must be 64 lower-case hex digits"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from warmstart import PROJECT_ROOT
@@ -139,6 +141,68 @@ def test_bad_checks_and_patches_name_the_file_and_key(project, table, files, mes
     path = write(project, GOOD + "\n" + table)
     with pytest.raises(BadInput, match=message):
         load_recipe(str(path), project)
+
+
+def asset(dest: str, url: str = "https://example.org/models/m.onnx", unpack: bool = False) -> str:
+    return (f'[[assets]]\nurl = "{url}"\nsha256 = "{"0" * 64}"\ndest = "{dest}"\n'
+            f"unpack = {'true' if unpack else 'false'}\n")
+
+
+@pytest.mark.parametrize(("dest", "example"), [("", "m.onnx"), (".", "m.onnx"), ("./", "m.onnx"), ("~", "~/m.onnx"),
+                                               ("~/", "~/m.onnx"), ("models/", "models/m.onnx"),
+                                               ("models/.", "models/m.onnx")])
+def test_a_file_assets_dest_that_can_only_be_a_folder_is_refused_naming_a_file_to_give(project, dest, example):
+    """Before, "" and "." placed the file where the workdir is, "~" where the home folder is (the
+    run then told the user to move that folder away), and "models/" made a file named models."""
+    path = write(project, GOOD + "\n" + asset(dest))
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    assert str(caught.value) == (f"{path}: 'assets[0].dest' {dest!r} names a folder (the workdir, a home folder, a "
+                                 f"trailing '/'); a file asset's dest is the file it becomes, e.g. {example!r}")
+
+
+def test_an_archive_asset_may_be_unpacked_into_the_workdir_or_a_folder_another_archive_fills_too(project):
+    url = "https://example.org/data.tar.gz"
+    path = write(project, GOOD + "\n" + asset("", url, unpack=True) + asset(".", url.replace("data", "more"), unpack=True)
+                 + asset("m.onnx"))
+    assert [a.dest for a in load_recipe(str(path), project).assets] == ["", ".", "m.onnx"]
+
+
+@pytest.mark.parametrize(("first", "second"), [("m.onnx", "m.onnx"), ("m.onnx", "./m.onnx"),
+                                               ("~/models/m.onnx", str(Path.home() / "models" / "m.onnx"))])
+def test_two_file_assets_with_one_destination_are_refused(project, first, second):
+    """Before, each run placed one over the other, both for ever "placed"."""
+    path = write(project, GOOD + "\n" + asset(first) + asset(second, "https://example.org/other.onnx"))
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    assert str(caught.value) == (f"{path}: 'assets[1].dest' {second!r} is where assets[0] goes too; give each "
+                                 "file asset a dest of its own")
+
+
+@pytest.mark.parametrize(("names", "said"), [
+    (["", "a"], "'checks[0].name' is empty; name what the check proves"),
+    (["a", " "], "'checks[1].name' is empty; name what the check proves"),
+    (["gpu", "cpu", "gpu"], "'checks[2].name' 'gpu' is checks[0]'s name too; give each check a name of its own"),
+])
+def test_a_check_needs_a_name_of_its_own(project, names, said):
+    """The record of passed checks and the report know a check by its name: two of one name had
+    the first run again by every run that installs nothing."""
+    path = write(project, GOOD + "".join(f'\n[[checks]]\nname = "{name}"\nrun = "true"\n' for name in names))
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    assert str(caught.value) == f"{path}: {said}"
+
+
+@pytest.mark.parametrize("given", ["", "checks", "."])
+def test_a_file_a_recipe_names_that_is_a_folder_is_said_to_be_one(project, given):
+    """Before: "names PROJECT, which does not exist" of the project's own folder."""
+    (project / "checks").mkdir()
+    path = write(project, GOOD + f'\n[[checks]]\nname = "c"\nscript = "{given}"\n')
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    folder = project / given
+    assert str(caught.value) == (f"{path}: 'checks[0].script' names {folder.resolve()}, which is a folder, not a "
+                                 "file; fix the path (relative to the folder that holds recipes/)")
 
 
 def test_shipped_recipes_load():

@@ -387,6 +387,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
 def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
     """The recipe's [[assets]], each checked: a sha256, a web address, a destination it may write."""
     assets = []
+    files: dict[Path, int] = {}  # each file asset's destination (relative: under the workdir): its index
     for n, raw in enumerate(tables):
         if not is_sha256(raw["sha256"]):
             raise BadInput(f"{path}: 'assets[{n}].sha256' must be 64 lower-case hex digits")
@@ -403,6 +404,13 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
         if not dest.is_absolute() and ".." in Path(asset.dest).parts:
             raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} leaves the workdir; "
                            "set allow_outside = true if that is meant")
+        if not asset.unpack and _names_a_folder(asset.dest):
+            raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} names a folder (the workdir, a home folder, "
+                           f"a trailing '/'); a file asset's dest is the file it becomes, e.g. "
+                           f"{str(PurePosixPath(asset.dest) / asset.name)!r}")
+        if not asset.unpack and (other := files.setdefault(asset.destination(Path()), n)) != n:
+            raise BadInput(f"{path}: 'assets[{n}].dest' {asset.dest!r} is where assets[{other}] goes too; "
+                           "give each file asset a dest of its own")
         if asset.max_unpacked_mib is not None and (not asset.unpack or asset.max_unpacked_mib <= 0):
             raise BadInput(f"{path}: 'assets[{n}].max_unpacked_mib' needs unpack = true and a size above 0")
         if asset.unpack and not asset.name.endswith(ARCHIVE_SUFFIXES):
@@ -412,10 +420,23 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
     return tuple(assets)
 
 
+def _names_a_folder(dest: str) -> bool:
+    """Whether an asset's dest can only mean a folder: empty, `.`, `~` or `~user`, or ending in `/`."""
+    parts = PurePosixPath(dest).parts
+    return dest.endswith(("/", "/.")) or not parts or (len(parts) == 1 and parts[0].startswith("~"))
+
+
 def _checks(tables: list[dict[str, Any]], project_root: Path, path: Path) -> tuple[Check, ...]:
-    """The recipe's [[checks]], each checked: one kind of command, a timeout, a script that exists."""
+    """The recipe's [[checks]], each checked: a name of its own (what the report and the record
+    of passed checks know it by), one kind of command, a timeout, a script that exists."""
     checks = []
+    names: dict[str, int] = {}
     for n, raw in enumerate(tables):
+        if not raw["name"].strip():
+            raise BadInput(f"{path}: 'checks[{n}].name' is empty; name what the check proves")
+        if (other := names.setdefault(raw["name"], n)) != n:
+            raise BadInput(f"{path}: 'checks[{n}].name' {raw['name']!r} is checks[{other}]'s name too; "
+                           "give each check a name of its own")
         if sum(raw[key] is not None for key in ("python", "script", "run")) != 1:
             raise BadInput(f"{path}: 'checks[{n}]' needs exactly one of 'python', 'script' or 'run'")
         if raw["timeout"] <= 0:
@@ -444,6 +465,7 @@ def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Pa
     """A file a recipe names relative to its project root, which must exist."""
     file = real(project_root / relative)
     if not file.is_file():
-        raise BadInput(f"{path}: '{key}' names {file}, which does not exist; create it or fix the path "
+        what = "is a folder, not a file;" if file.is_dir() else "does not exist; create it or"
+        raise BadInput(f"{path}: '{key}' names {file}, which {what} fix the path "
                        "(relative to the folder that holds recipes/)")
     return file
