@@ -125,6 +125,45 @@ def test_in_kernel_the_line_that_shows_the_drive_writes_is_a_call_that_works_in_
     assert "nothing left to write to Drive: safe to shut down" in out["stdout"]
 
 
+def test_in_kernel_paths_may_be_pathlib_paths_as_a_notebook_builds_them(demo, tmp_path, kernel_env, kernel_python):
+    """Before, `cache=Path(...)` ended as a bug, exit 70."""
+    team = tmp_path / "team"
+    team.mkdir()
+    cell = f"""
+        import json, os, warmstart.colab
+        from pathlib import Path
+        report = warmstart.colab.bootstrap(Path({str(demo)!r}), cache=Path({str(team)!r}))
+        print(json.dumps({{"cwd": os.getcwd(), "report": report}}))
+    """
+    out = run_kernel(kernel_python, cell, kernel_env)
+
+    assert out["report"]["ok"] is True, out["stderr"]
+    assert out["report"]["installed"] == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+    assert out["cwd"] == str(tmp_path / "content" / "drive" / "MyDrive" / "Demo")
+    assert list((team / ".warmstart" / "v1" / "wheels").iterdir()), "the team cache the Path named was filled"
+
+
+@pytest.mark.parametrize(("given", "said"), [
+    ("offline='no'", "offline='no'): offline takes True or False"),  # "no" would have been true
+    ("drive=123", "drive=123): drive takes a str or a pathlib.Path"),  # was exit 70, a bug
+    ("restart='yes'", "restart='yes'): restart takes True or False"),
+])
+def test_in_kernel_a_value_of_the_wrong_kind_is_bad_input_before_drive_is_mounted(demo, tmp_path, kernel_env,
+                                                                                  kernel_python, given, said):
+    cell = f"""
+        import json, os, warmstart.colab
+        try:
+            warmstart.colab.bootstrap({str(demo)!r}, {given})
+        except warmstart.colab.BootstrapFailed as exc:
+            print(json.dumps({{"failed": str(exc), "exit_code": exc.exit_code}}))
+    """
+    out = run_kernel(kernel_python, cell, kernel_env)
+
+    assert (out["failed"], out["exit_code"]) == (f"warmstart.colab.bootstrap({said}", 2)
+    assert out["stderr"].strip().splitlines() == [f"warmstart: error: warmstart.colab.bootstrap({said}"]
+    assert mount_calls(tmp_path) == [], "stopped before Drive was mounted"
+
+
 def test_in_kernel_does_not_mount_again_when_mounted(demo, tmp_path, kernel_env, kernel_python):
     mount = tmp_path / "content" / "drive"
     mount.mkdir(parents=True)

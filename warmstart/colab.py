@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import reprlib
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from importlib import metadata
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -112,7 +113,23 @@ def _options(call: str, recipe: str, flags: dict[str, Any], takes: list[str], al
     if unknown := sorted(set(flags) - set(takes)):
         raise BadInput(f"warmstart.colab.{call}() takes no {', '.join(map(repr, unknown))}; "
                        f"it takes: {', '.join(takes)}{also}")
-    return Options(recipe=recipe, python=sys.executable, kernel_imported=KernelImports(), **flags)
+    declared = {f.name: f for f in fields(Options)}
+    return Options(recipe=_taken(call, "recipe", recipe), python=sys.executable, kernel_imported=KernelImports(),
+                   **{name: _taken(call, name, value, switch=declared[name].type == "bool",
+                                   optional=declared[name].default is None) for name, value in flags.items()})
+
+
+def _taken(call: str, name: str, value: Any, *, switch: bool = False, optional: bool = False) -> Any:
+    """A keyword's value as its option takes it, else BadInput naming the keyword: a switch True or
+    False (offline="no" would be true), any other a str or a path (a notebook builds paths with
+    pathlib; on a command line all are strings), or None where the option may be left out (as
+    `%warmstart` gives the flags its line leaves out)."""
+    if isinstance(value, os.PathLike) and not switch:
+        value = os.fspath(value)
+    if isinstance(value, bool if switch else str) or (value is None and optional):
+        return value
+    raise BadInput(f"warmstart.colab.{call}({name}={reprlib.repr(value)}): {name} takes "
+                   f"{'True or False' if switch else 'a str or a pathlib.Path'}")
 
 
 def _failed(recipe: str, exc: BaseException) -> dict[str, Any]:
@@ -137,6 +154,8 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
         require_working_folder()  # before Drive's mount, which would fail there in its own words
         takes = sorted(name.replace("-", "_") for name in Options.flags() if name not in ("recipe", "python"))
         options = _options("bootstrap", recipe, flags, takes, also=", restart, mount_point")
+        restart = _taken("bootstrap", "restart", restart, switch=True)
+        mount_point = _taken("bootstrap", "mount_point", mount_point, optional=True)
         environ = {**os.environ, MOUNT_POINT.name: mount_point} if mount_point else os.environ
         profile = select_profile(root, environ)
         mount = profile.mount(environ)
@@ -161,8 +180,8 @@ def bootstrap(recipe: str, *, restart: bool = False, mount_point: str | None = N
             os.chdir(plan.workdir)
             report.say(f"working directory: {plan.workdir}")
 
-    with reading_ahead(root, recipe):
-        report = run_reported(act, recipe, as_json=False)
+    with reading_ahead(root, options.recipe):
+        report = run_reported(act, options.recipe, as_json=False)
     outcome = last_report = report.as_json()
     if report.exit_code:
         raise BootstrapFailed(outcome)
@@ -191,5 +210,5 @@ def status(recipe: str, *, root: Path = PROJECT_ROOT, **flags: Any) -> dict[str,
 
     from .status import looked
 
-    report, facts = looked(lambda: options, recipe, root)
+    report, facts = looked(lambda: options, options.recipe, root)
     return report.as_json() if report.exit_code else facts
