@@ -504,6 +504,23 @@ def test_an_empty_drive_is_bad_input_wherever_it_is_given(demo, tmp_path, capsys
     assert ended.value.code == 2 and "argument --drive: --drive is empty" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("given_as", "value"), [("--drive", "gs://team-bucket/warmstart"),
+                                                 ("WARMSTART_DRIVE", "s3://KEY:SECRET@bucket/x"),
+                                                 ("--drive", "file:///content/drive/MyDrive")])
+def test_a_url_as_the_drive_is_bad_input_pointing_at_cache_and_printing_no_more_of_it(given_as, value, demo, tmp_path):
+    """Before: "Drive root /checkout/gs:/team-bucket/warmstart does not exist: create it" (exit 3),
+    a relative folder made of the URL, its credentials printed."""
+    flag, env = (["--drive", value], cli_env()) if given_as == "--drive" else ([], cli_env(WARMSTART_DRIVE=value))
+
+    result = run_cli("status", "--recipe", str(demo), "--python", str(make_venv(tmp_path / "env")), *flag, env=env)
+
+    assert result.code == 2, result.stderr
+    scheme = value.partition(":")[0]
+    assert result.stderr.strip().splitlines() == [
+        f"warmstart: error: {given_as} {scheme}://... is a URL, and Drive is a folder (on Colab the mounted Drive, "
+        "elsewhere any local folder): give its path; a store the team shares goes to --cache"]
+
+
 @pytest.mark.parametrize("given_as", ["--drive", "WARMSTART_DRIVE"])
 def test_a_drive_in_the_home_of_no_user_here_is_bad_input_naming_where_it_was_given(given_as, demo, tmp_path):
     """`~user/...` of a user this machine does not have: pathlib's RuntimeError ended the run as a

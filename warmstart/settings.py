@@ -230,7 +230,12 @@ def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str
     folder (on Colab the mounted MyDrive, wherever the checkout lies), once it has answered the
     run's first look at it."""
     chosen = given(option, "--drive") or DRIVE.get(environ)
-    named = user_path(chosen, "--drive" if option else DRIVE.name) if chosen else platform.default_drive(environ)
+    given_as = "--drive" if option else DRIVE.name
+    if chosen and "://" in chosen:  # as --recipe takes it; said by its scheme alone: the rest may hold credentials
+        raise BadInput(f"{given_as} {chosen.partition('://')[0]}://... is a URL, and Drive is a folder (on Colab "
+                       "the mounted Drive, elsewhere any local folder): give its path; a store the team shares "
+                       "goes to --cache")
+    named = user_path(chosen, given_as) if chosen else platform.default_drive(environ)
     answers(named, drive_timeout(environ))
     return real(named) if chosen else named
 
