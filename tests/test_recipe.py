@@ -98,6 +98,14 @@ def test_a_url_is_no_recipe_and_is_said_so(project):
     ("change", "message"),
     [
         (("min_memory_gib = 2", "min_memory_gib = true"), "'gpu.min_memory_gib' must be a number"),
+        # TOML's nan and inf are no amounts: nan compares false with anything (a check's `timeout = nan`
+        # waited for ever), and `max_unpacked_mib = inf` ended in int()'s OverflowError, a bug's exit 70
+        (("min_memory_gib = 2", "min_memory_gib = nan"), "'gpu.min_memory_gib' must be a number, got nan"),
+        (('workdir = "Demo/run"\n', 'workdir = "Demo/run"\n[[checks]]\nname = "c"\nrun = "true"\ntimeout = nan\n'),
+         "'checks\\[0\\].timeout' must be a number, got nan"),
+        (('workdir = "Demo/run"\n', f'workdir = "Demo/run"\n[[assets]]\nurl = "https://example.org/d.tar.gz"\n'
+                                    f'sha256 = "{"0" * 64}"\ndest = "d"\nunpack = true\nmax_unpacked_mib = inf\n'),
+         "'assets\\[0\\].max_unpacked_mib' must be a number, got inf"),
         (("min_memory_gib = 2", "min_memory_gb = 2"), "unknown key 'gpu.min_memory_gb'.*did you mean 'gpu.min_memory_gib'"),
         (('exclude = ["OnnxRuntime", "opencv_python"]', 'exclude = "onnxruntime"'), "'requirements.exclude' must be a list of strings"),
         (('python = ">=3.10"', 'python = "three"'), "'python' must be a PEP 440 specifier"),

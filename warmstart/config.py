@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import errno
 import io
+import math
 import re
 import sys
 import threading
@@ -62,8 +63,9 @@ def _fits(kind: str, value: Any) -> bool:
         return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
-    if kind == "number":  # bool is an int in Python, but `true` is no amount of memory
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "number":  # bool is an int in Python, but `true` is no amount of memory; TOML's nan
+        # and inf are none either (nan compares false with anything: `timeout = nan` waited for ever)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind == "str-list":
         return isinstance(value, list) and all(isinstance(item, str) for item in value)
     raise AssertionError(f"unknown field kind {kind!r}")
