@@ -181,6 +181,10 @@ def test_lock_for_a_platform_no_vm_restores_is_bad_input_before_any_resolver(dem
     # it was "no image has Python  (): leave --python-version out, ..."
     (["--platform-profile", "local"], "the platform profile 'local' publishes no images to lock against: its VMs "
                                       "use the bare lock, which `invoke lock` without --platform-profile makes"),
+    # it checked every lock, of every image and Python, as if the flags had not been given
+    (["--check", "--image", "colab-2026.07", "--python-version", "3.12"],
+     "--check checks every lock of the recipe, for every Python, platform and image, and compiles none: leave out "
+     "--python-version, --image"),
 ])
 def test_lock_flags_that_would_change_nothing_are_bad_input_before_any_resolver(demo, flags, said):
     folder = demo.parent.parent / "requirements"

@@ -168,6 +168,13 @@ def lock(c, recipe=None, python_version=None, platform=None, platform_profile=No
         return None if recipe and given_as_file(recipe) else _drive(drive)
 
     def check_all() -> None:
+        # --check reads every lock of the recipe: a flag that would narrow it or compile would be
+        # passed over unsaid (`--check --image colab-2026.07` checked the other images' too)
+        given = {"--python-version": python_version, "--platform": platform, "--platform-profile": platform_profile,
+                 "--image": image, "--upgrade": upgrade, "--upgrade-package": upgrade_package}
+        if ignored := [flag for flag, value in given.items() if value]:
+            raise BadInput(f"--check checks every lock of {'the recipe' if recipe else 'every recipe'}, for every "
+                           f"Python, platform and image, and compiles none: leave out {', '.join(ignored)}")
         by_name = drive_recipes()
         found = {recipe: [recipe]} if recipe else recipe_files(ROOT, by_name)
         unreadable: list[str] = []
