@@ -237,6 +237,24 @@ def test_recipes_on_drive_are_listed_and_found_by_name(locked_demo, env, tmp_pat
     assert result.code == 0, result.stderr
 
 
+def test_recipes_with_drive_not_mounted_says_the_users_own_are_not_listed(env, tmp_path):
+    """On Colab before Drive's cell has run, the user's own recipes (on Drive) are missing from the
+    list. Before, the shipped recipes alone, exit 0, nothing said; still exit 0, and a warning."""
+    mount = tmp_path / "content" / "drive"
+    colab = {**env, "WARMSTART_PLATFORM": "colab", "WARMSTART_MOUNT_POINT": str(mount)}
+
+    listed = run_cli("recipes", env=colab)
+    as_json = run_cli("recipes", "--json", env=colab)
+
+    assert listed.code == 0 and all(name in listed.stdout for name in SHIPPED)
+    [said] = listed.stderr.strip().splitlines()
+    assert said.startswith(f"warmstart: warning: Google Drive is not mounted at {mount}; ") and said.endswith(
+        "; the recipes in its .warmstart/recipes folder are not listed"), said
+    assert as_json.code == 0 and as_json.report["warnings"] == [said.removeprefix("warmstart: warning: ")]
+    assert sorted(r["name"] for r in as_json.report["recipes"]) == sorted(SHIPPED)
+    assert not mount.exists(), "nothing written under the mount point"
+
+
 def test_a_recipe_on_drive_is_locked_by_name_as_it_is_listed(locked_demo, env, tmp_path):
     """`invoke recipes` lists the Drive's recipes, so `invoke lock` finds them by the same name,
     and writes the lock beside the recipe's requirements there."""

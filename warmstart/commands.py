@@ -37,8 +37,18 @@ from .console import counted, flushed, output_closed, shown, silence, write_line
 from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .launch import run_bootstrap
+from .layout import RECIPES
 from .profiles import require_drive, select_profile
-from .settings import PLATFORM, STATUS_OPTIONS, Options, drive_root, required_recipe, task_signature, team_location
+from .settings import (
+    PLATFORM,
+    RECIPES_FOLDER,
+    STATUS_OPTIONS,
+    Options,
+    drive_root,
+    required_recipe,
+    task_signature,
+    team_location,
+)
 
 if TYPE_CHECKING:
     from .maintenance import Entry
@@ -257,7 +267,15 @@ def recipes(c, drive=None, json=False):
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         broken = []  # one recipe that cannot be read (a teammate's, on Drive) hides none of the others
         listed = found["recipes"] = []
-        for name, paths in sorted(recipe_files(ROOT, _drive(drive)).items()):
+        found["warnings"] = warnings = []
+        drive_root = _drive(drive)
+        if not RECIPES_FOLDER.get(os.environ) and not drive_root.is_dir():
+            try:  # as bootstrap says it (Drive not mounted, not there), where it would look for the user's own
+                require_drive(drive_root, select_profile(ROOT), recipe=None)
+            except WarmstartError as exc:
+                warnings.append(f"{exc}; the recipes in its {RECIPES} folder are not listed")
+                _print(f"warmstart: warning: {shown(warnings[-1])}", file=sys.stderr)
+        for name, paths in sorted(recipe_files(ROOT, drive_root).items()):
             if len(paths) > 1:
                 broken.append(str(defined_twice(name, paths)))
                 for path in paths:
