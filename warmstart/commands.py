@@ -38,10 +38,9 @@ from .errors import OUTPUT_CLOSED, BadInput, PreconditionUnmet, WarmstartError
 from .invocation import command_line
 from .launch import run_bootstrap
 from .layout import RECIPES
-from .profiles import require_drive, select_profile
+from .profiles import Profile, require_drive, select_profile
 from .settings import (
     PLATFORM,
-    RECIPES_FOLDER,
     STATUS_OPTIONS,
     Options,
     drive_root,
@@ -106,8 +105,8 @@ def _text(value: object) -> str | None:
     return str(value) if value else None
 
 
-def _drive(option: str | None) -> Path:
-    return drive_root(option, select_profile(ROOT))
+def _drive(option: str | None, profile: Profile | None = None) -> Path:
+    return drive_root(option, profile or select_profile(ROOT))
 
 
 def takes(signature: inspect.Signature) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -262,16 +261,18 @@ def image(c, name, freeze, python, source, profile="colab", cuda="cuda-12.8.txt"
 @command(help={"drive": DRIVE_HELP, "json": JSON_HELP})
 def recipes(c, drive=None, json=False):
     """List the known recipes: the project's and those in the Drive recipe folder."""
+    from .locktext import recipe_dirs
     from .recipe import defined_twice, load_recipe, recipe_files
 
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
         broken = []  # one recipe that cannot be read (a teammate's, on Drive) hides none of the others
         listed = found["recipes"] = []
         found["warnings"] = warnings = []
-        drive_root = _drive(drive)
-        if not RECIPES_FOLDER.get(os.environ) and not drive_root.is_dir():
+        profile = select_profile(ROOT)
+        drive_root = _drive(drive, profile)
+        if drive_root / RECIPES in recipe_dirs(ROOT, drive_root) and not drive_root.is_dir():
             try:  # as bootstrap says it (Drive not mounted, not there), where it would look for the user's own
-                require_drive(drive_root, select_profile(ROOT), recipe=None)
+                require_drive(drive_root, profile, recipe=None)
             except WarmstartError as exc:
                 warnings.append(f"{exc}; the recipes in its {RECIPES} folder are not listed")
                 _print(f"warmstart: warning: {shown(warnings[-1])}", file=sys.stderr)
@@ -446,7 +447,8 @@ def assets(c, recipe=None, drive=None, json=False):
     from .tiered import TieredStore
 
     def show(found: dict[str, Any], say: Callable[[str], None]) -> None:
-        drive_root, profile = _drive(drive), select_profile(ROOT)
+        profile = select_profile(ROOT)
+        drive_root = _drive(drive, profile)
         loaded = find_recipe(required_recipe(recipe), ROOT, drive_root, profile, bootstrapping=False)
         if not drive_root.is_dir():  # as the bootstrap says it: Drive not mounted, not there, a file
             require_drive(drive_root, profile, recipe=None)
