@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,8 @@ def test_a_url_is_no_recipe_and_is_said_so(project):
         (('workdir = "Demo/run"\n', f'workdir = "Demo/run"\n[[assets]]\nurl = "https://example.org/d.tar.gz"\n'
                                     f'sha256 = "{"0" * 64}"\ndest = "d"\nunpack = true\nmax_unpacked_mib = inf\n'),
          "'assets\\[0\\].max_unpacked_mib' must be a number, got inf"),
+        (("min_memory_gib = 2", "min_memory_gib = -1"), "'gpu.min_memory_gib' must be the GiB of memory the GPU "
+                                                         "needs, 0 or more, got -1"),
         (("min_memory_gib = 2", "min_memory_gb = 2"), "unknown key 'gpu.min_memory_gb'.*did you mean 'gpu.min_memory_gib'"),
         (('exclude = ["OnnxRuntime", "opencv_python"]', 'exclude = "onnxruntime"'), "'requirements.exclude' must be a list of strings"),
         (('python = ">=3.10"', 'python = "three"'), "'python' must be a PEP 440 specifier"),
@@ -211,6 +214,57 @@ def test_a_file_a_recipe_names_that_is_a_folder_is_said_to_be_one(project, given
     folder = project / given
     assert str(caught.value) == (f"{path}: 'checks[0].script' names {folder.resolve()}, which is a folder, not a "
                                  "file; fix the path (relative to the folder that holds recipes/)")
+
+
+def test_a_file_a_recipe_names_that_is_a_pipe_is_said_to_be_none(project):
+    """Before: "which does not exist" of a FIFO that `ls` shows."""
+    os.mkfifo(project / "check.py")
+    path = write(project, GOOD + '\n[[checks]]\nname = "c"\nscript = "check.py"\n')
+    with pytest.raises(BadInput, match=r"'checks\[0\].script' names .*check.py, which is no regular file \(a pipe"):
+        load_recipe(str(path), project)
+
+
+NUL_CASES = [('name = "demo"', 'name = "de\\u0000mo"', "name"),
+             ('python = ">=3.10"', 'python = ">=3.10"\ndescription = "\\u0000"', "description"),
+             ('exclude = ["OnnxRuntime", "opencv_python"]', 'exclude = ["a\\u0000"]', "requirements.exclude"),
+             ('in = "requirements/demo.in"', 'in = "requirements/demo.in\\u0000"', "requirements.in"),
+             ('workdir = "Demo/run"', 'workdir = "Demo\\u0000"', "drive.workdir"),
+             ('workdir = "Demo/run"', 'workdir = "Demo/run"\n[[checks]]\nname = "c"\npython = "print(1)\\u0000"',
+              "checks[0].python")]
+
+
+@pytest.mark.parametrize(("old", "new", "key"), NUL_CASES, ids=[key for *_, key in NUL_CASES])
+def test_a_nul_character_in_any_string_is_refused_naming_the_key(project, old, new, key):
+    """TOML's "\\u0000" is a string like any: in requirements.in it ended in os.stat's ValueError
+    ("embedded null byte"), a bug's exit 70; in a check's command, in Popen's."""
+    path = write(project, GOOD.replace(old, new, 1))
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    assert str(caught.value) == (f"{path}: '{key}' holds a NUL character (\\x00), which no name, path or command "
+                                 "can hold; remove it")
+
+
+@pytest.mark.parametrize("key", ["requirements.in", "drive.workdir", "assets[0].dest", "checks[0].script",
+                                 "patches[0].diff"])
+@pytest.mark.parametrize("bad", ["newline", "long name"])
+def test_a_recipes_path_the_os_or_a_printed_command_cannot_take_is_refused_naming_the_key(project, key, bad):
+    """A name over 255 bytes ended in the OS's "File name too long", naming the path, not the key
+    (exit 3); a newline in the workdir split the `cd` line warmstart prints."""
+    text = "Demo\\nrun" if bad == "newline" else "models/" + "é" * 128
+    tables = {"assets[0].dest": asset("x"), "checks[0].script": '[[checks]]\nname = "c"\nscript = "x"\n',
+              "patches[0].diff": '[[patches]]\ndistribution = "alpha"\ndiff = "x"\n'}
+    recipe = GOOD + "\n" + tables.get(key, "")
+    if key in tables:
+        recipe = recipe.replace('"x"', f'"{text}"')
+    else:
+        line = next(line for line in GOOD.splitlines() if line.startswith(key.split(".")[1] + " ="))
+        recipe = recipe.replace(line, f'{key.split(".")[1]} = "{text}"')
+    path = write(project, recipe)
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), project)
+    said = ("holds a control character ('\\n'); name the path without it" if bad == "newline" else
+            "holds a name of 256 bytes, and a file or folder's name has at most 255; shorten it")
+    assert str(caught.value).startswith(f"{path}: '{key}' ") and str(caught.value).endswith(said)
 
 
 def test_shipped_recipes_load():

@@ -240,6 +240,10 @@ def validate(data: dict[str, Any], schema: Schema, path: Path, prefix: str = "")
                 raise BadInput(
                     f"{path}: '{dotted}' must be {_KIND_NAMES[spec.kind]}, got {data[key]!r}"
                 )
+            texts = data[key] if spec.kind == "str-list" else [data[key]] if spec.kind == "str" else []
+            if any("\0" in text for text in texts):  # TOML's "\u0000": the OS takes it in no path or argument
+                raise BadInput(f"{path}: '{dotted}' holds a NUL character (\\x00), which no name, path or "
+                               "command can hold; remove it")
             result[key] = data[key]
         elif spec.required:
             raise BadInput(f"{path}: missing required key '{dotted}'")

@@ -69,6 +69,8 @@ RECIPE_SCHEMA: Schema = {
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _PROJECT = re.compile(r"^([A-Z0-9]|[A-Z0-9][A-Z0-9._-]*[A-Z0-9])$", re.I)  # PEP 508 names
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAME_MAX = 255  # bytes in one name of a path, on Linux's file systems (Drive's FUSE mount too)
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.zst")
 
 
@@ -338,6 +340,9 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
         ) from None
 
     gpu = data["gpu"]
+    if gpu["min_memory_gib"] is not None and gpu["min_memory_gib"] < 0:
+        raise BadInput(f"{path}: 'gpu.min_memory_gib' must be the GiB of memory the GPU needs, 0 or more, "
+                       f"got {gpu['min_memory_gib']!r}")
     needs = GpuNeeds(
         required=gpu["required"],
         min_memory_gib=gpu["min_memory_gib"],
@@ -350,7 +355,7 @@ def load_recipe(name_or_path: str, root: Path, drive: Path | None = None) -> Rec
     project_root = project_of(path)
     requirements_in = _project_file(project_root, data["requirements"]["in"], path, "requirements.in")
 
-    workdir = PurePosixPath(data["drive"]["workdir"])
+    workdir = PurePosixPath(_path_text(data["drive"]["workdir"], path, "drive.workdir"))
     if workdir.is_absolute() or ".." in workdir.parts:
         raise BadInput(
             f"{path}: 'drive.workdir' must be a folder relative to the Drive root, "
@@ -395,6 +400,7 @@ def _assets(tables: list[dict[str, Any]], path: Path) -> tuple[Asset, ...]:
             raise BadInput(f"{path}: 'assets[{n}].url' must be an https:// address, got {raw['url']!r}")
         if raw["size"] is not None and (not isinstance(raw["size"], int) or raw["size"] <= 0):
             raise BadInput(f"{path}: 'assets[{n}].size' must be the file's size in bytes, a whole number above 0")
+        _path_text(raw["dest"], path, f"assets[{n}].dest")
         asset = Asset(**raw)
         dest = user_path(asset.dest, f"{path}: 'assets[{n}].dest'")  # Asset.destination expands it too
         if dest.is_absolute() and not asset.allow_outside and not (
@@ -461,11 +467,25 @@ def _patches(tables: list[dict[str, Any]], exclude: frozenset[NormalizedName], p
     return tuple(patches)
 
 
+def _path_text(text: str, path: Path, key: str) -> str:
+    """A path as the recipe gives it, checked for what the OS or a printed command cannot take: a
+    control character (a newline splits the `cd` or `invoke` line warmstart prints with the path),
+    a name longer than NAME_MAX (the OS's "File name too long", which names no key)."""
+    if control := _CONTROL.search(text):
+        raise BadInput(f"{path}: '{key}' {text!r} holds a control character ({control.group()!r}); "
+                       "name the path without it")
+    if long := [part for part in PurePosixPath(text).parts if len(os.fsencode(part)) > NAME_MAX]:
+        raise BadInput(f"{path}: '{key}' holds a name of {len(os.fsencode(long[0]))} bytes, and a file or "
+                       f"folder's name has at most {NAME_MAX}; shorten it")
+    return text
+
+
 def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Path:
     """A file a recipe names relative to its project root, which must exist."""
-    file = real(project_root / relative)
+    file = real(project_root / _path_text(relative, path, key))
     if not file.is_file():
-        what = "is a folder, not a file;" if file.is_dir() else "does not exist; create it or"
+        what = ("is a folder, not a file;" if file.is_dir() else "is no regular file (a pipe, socket or device);"
+                if file.exists() else "does not exist; create it or")
         raise BadInput(f"{path}: '{key}' names {file}, which {what} fix the path "
                        "(relative to the folder that holds recipes/)")
     return file
