@@ -41,6 +41,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
+from warmstart.checks import checks_at_once
 from warmstart.download import Downloader, DownloadFailed, Job
 from warmstart.errors import redact
 from warmstart.headstart import FOLDER_PREFIX
@@ -810,19 +811,40 @@ def test_checks_run_at_the_same_time_and_report_in_the_recipes_order(demo, drive
     assert result.stderr.index("check a: passed") < result.stderr.index("check b: passed")
 
 
+def test_no_more_checks_run_at_once_than_the_machine_has_cpus_two_at_least(demo, drive, tmp_path, index):
+    """Each check is a process that loads the user's libraries and a CUDA context: a recipe of many
+    started them all at once, in reach of a 12 GiB VM's OOM killer. Each check here notes how many
+    are running as it starts and holds its place 2 s; those beyond the limit wait for a place."""
+    limit = checks_at_once()
+    running = tmp_path / "running"
+    running.mkdir()
+    for n in range(limit + 2):
+        demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "c{n}"\nrun = "touch {running}/{n}; '
+                        f'ls {running} | wc -l > {tmp_path}/seen-{n}; sleep 2; rm {running}/{n}"\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 0, result.stderr
+    assert [c["ok"] for c in result.report["checks"]] == [True] * (limit + 2)
+    seen = [int((tmp_path / f"seen-{n}").read_text()) for n in range(limit + 2)]
+    assert max(seen) <= limit, f"{max(seen)} checks ran at once, over the limit of {limit}: {seen}"
+
+
 def test_sigterm_stops_the_run_and_its_checks_and_leaves_no_temporary_folder(demo, drive, tmp_path, index):
-    pid_files = [tmp_path / "one.pid", tmp_path / "two.pid"]
+    pid_files = [tmp_path / f"c{n}.pid" for n in range(checks_at_once())]
     for pid_file in pid_files:
         demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "{pid_file.stem}"\n'
                         f'run = "echo $$ > {pid_file}; exec sleep 120"\n')
+    late = tmp_path / "late"  # one check more than run at once: it waits for a place, which never comes
+    demo.write_text(demo.read_text() + f'\n[[checks]]\nname = "late"\nrun = "touch {late}"\n')
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     cmd = [sys.executable, "-m", "invoke", "--search-root", str(Path(__file__).parent.parent), "bootstrap",
            "--recipe", str(demo), "--drive", str(drive), "--python", str(make_venv(tmp_path / "env"))]
     run = subprocess.Popen(cmd, env=cli_env(index.url, TMPDIR=str(scratch)), stderr=subprocess.PIPE, text=True)
     wait_until(lambda: all(p.exists() and p.read_text().strip() for p in pid_files), 120,
-               "the two checks did not both start", every=0.2)
-    check_pids = [int(p.read_text()) for p in pid_files]  # both running at once
+               "the checks did not all start", every=0.2)
+    check_pids = [int(p.read_text()) for p in pid_files]  # all running at once
 
     run.send_signal(signal.SIGTERM)
     _out, err = run.communicate(timeout=30)
@@ -831,6 +853,7 @@ def test_sigterm_stops_the_run_and_its_checks_and_leaves_no_temporary_folder(dem
     # killed before the run ended; gone once the kernel has had them exit (a busy machine's time)
     wait_until(lambda: not any(process_running(pid) for pid in check_pids), 30, "the checks were not stopped with the run")
     assert list(scratch.iterdir()) == [], "no temporary folder left behind"
+    assert not late.exists(), "a check waiting for its place began after the run was stopped"
 
 
 # --- a secret in a URL reaches no output, on any path ---------------------------------------

@@ -93,17 +93,27 @@ class _Running:
                 kill_session(process)
 
 
+def checks_at_once() -> int:
+    """How many checks run together: a CPU each, two at least. Each is a process that loads the
+    user's libraries and a CUDA context (hundreds of MiB of the VM's memory and the GPU's): a recipe
+    of twenty checks all at once would put Colab's 12 GiB VM in reach of its OOM killer."""
+    return max(2, os.cpu_count() or 1)
+
+
 def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[CheckResult]:
-    """Every check at once, each in its own process, the results in the recipe's order: on a
-    GPU each check spends seconds starting CUDA (5.5 and 7.5 s for the hyperlpr recipe's two on an H200),
-    and checks are independent by contract. An interrupt kills every check still running."""
+    """The checks side by side (checks_at_once), each in its own process, the results in the
+    recipe's order: on a GPU each check spends seconds starting CUDA (5.5 and 7.5 s for the hyperlpr
+    recipe's two on an H200), and checks are independent by contract. An interrupt kills every
+    check still running; those not begun never begin."""
     running = _Running()
-    with ThreadPoolExecutor(max_workers=max(1, len(checks)), thread_name_prefix="check") as pool:
+    workers = max(1, min(len(checks), checks_at_once()))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
         futures = [pool.submit(_run_check, check, python, cwd, running) for check in checks]
         try:
             return [future.result() for future in futures]
         except BaseException:  # Ctrl-C or SIGTERM (KeyboardInterrupt), here in the main thread
             running.kill_all()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
 
 
