@@ -147,6 +147,7 @@ def test_in_kernel_paths_may_be_pathlib_paths_as_a_notebook_builds_them(demo, tm
     ("offline='no'", "offline='no'): offline takes True or False"),  # "no" would have been true
     ("drive=123", "drive=123): drive takes a str or a pathlib.Path"),  # was exit 70, a bug
     ("restart='yes'", "restart='yes'): restart takes True or False"),
+    ("drive='/con\\0tent'", "drive='/con\\x00tent'): drive cannot hold a NUL character"),  # was exit 70, a bug
 ])
 def test_in_kernel_a_value_of_the_wrong_kind_is_bad_input_before_drive_is_mounted(demo, tmp_path, kernel_env,
                                                                                   kernel_python, given, said):

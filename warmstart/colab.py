@@ -126,6 +126,8 @@ def _taken(call: str, name: str, value: Any, *, switch: bool = False, optional: 
     `%warmstart` gives the flags its line leaves out)."""
     if isinstance(value, os.PathLike) and not switch:
         value = os.fspath(value)
+    if isinstance(value, str) and "\0" in value:  # what no command line can hold: the OS refuses it in a path
+        raise BadInput(f"warmstart.colab.{call}({name}={reprlib.repr(value)}): {name} cannot hold a NUL character")
     if isinstance(value, bool if switch else str) or (value is None and optional):
         return value
     raise BadInput(f"warmstart.colab.{call}({name}={reprlib.repr(value)}): {name} takes "
