@@ -5,6 +5,7 @@ standard AWS variables. Each "VM" is its own virtualenv, Drive folder and local 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -24,13 +25,16 @@ from conftest import (
     LOCKED,
     REPO,
     bootstrap,
+    cli_command,
     cli_env,
     dead_url,
     installed,
     make_venv,
+    needs_fuse,
     needs_mountns,
     on_a_small_disk,
     run_cli,
+    slow_drive,
     wait_until,
 )
 from seaweed import IDENTITIES, SeaweedS3, weed
@@ -755,6 +759,38 @@ def test_a_shared_folder_is_a_team_cache_too(demo, tmp_path, index):
     same = VM(tmp_path / "same", index.url, {}, "")  # --cache naming the Drive folder itself: no team
     result = same.bootstrap(demo, "--cache", str(same.drive))
     assert result.code == 0 and "team_cache" not in result.report
+
+
+@needs_fuse
+def test_a_shared_folder_that_answers_no_look_is_one_warning_and_the_run_goes_on(demo, tmp_path, index):
+    """A team cache on a network mount that stopped answering (bench/slowfs.py --hang-metadata: no
+    stat below the mount point returns, and a process waiting on one cannot be killed until the
+    mount answers). The run looked at the folder before the cache step (resolving its links, then
+    whether it is a folder) with no bound: it waited for ever. Now the look is a child's, given
+    WARMSTART_TEAM_TIMEOUT (here 2 s), and the team cache is down for the run, one warning; the
+    index serves it."""
+    backing = tmp_path / "backing"
+    (backing / "team").mkdir(parents=True)
+    answer = tmp_path / "answer"  # the layer answers once this exists: then the left child ends
+    with slow_drive(backing, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
+        vm = VM(tmp_path / "vm", index.url, {"WARMSTART_TEAM_TIMEOUT": "2"}, str(mount / "team"))
+        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(vm.drive),
+                                           "--python", str(vm.python), "--json"),
+                               env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = run.communicate(timeout=90)  # without the bound: never
+        finally:
+            answer.touch()  # (a run left waiting can only be killed once the layer answers)
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+
+    assert run.returncode == 0, err
+    report = json.loads(out)
+    said = f"the team cache {mount / 'team'} does not answer: a look at it waited 2 s; going on with Drive and the package index"
+    assert said in report["warnings"], report["warnings"]
+    assert installed(vm.python) == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
+    assert not (backing / "team" / ".warmstart").exists(), "nothing was written to it"
 
 
 def test_a_team_cache_set_up_after_drive_was_filled_gets_drives_copies(demo, tmp_path, index):

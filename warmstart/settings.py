@@ -297,8 +297,9 @@ def team_location(option: str | None, environ: Mapping[str, str] = os.environ) -
         raise BadInput(f"{given_as} {scheme}://... {_NO_CACHE_THERE[scheme]}: {STORE_SHAPES}")
     if location and (not rest or scheme == "file"):
         # A folder, by its full path: the Drive worker works in / (a relative one named nothing
-        # there, and every Drive write of the run stopped with it).
-        return str(real(user_path(location.removeprefix("file://"), given_as)))
+        # there, and every Drive write of the run stopped with it). Its links are not resolved
+        # here: a look at a network mount that stopped answering would never return (team.py's is bounded).
+        return os.path.abspath(user_path(location.removeprefix("file://"), given_as))
     return location
 
 

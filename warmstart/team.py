@@ -39,7 +39,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
 
 from . import extras
-from .background import started, within
+from .background import child_within, started, within
 from .console import QUIET, Bars
 from .disks import kind_of, no_room, real
 from .errors import PreconditionUnmet, redact
@@ -151,13 +151,22 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
     if is_url(location):
         return ObjectStore(location, read_only=read_only, bars=bars, warnings=warnings, borrow=borrow)
     folder = user_path(location.removeprefix("file://"), f"--cache (or {CACHE.name})")
+    store = DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only, timeout=team_timeout())
+    try:  # a network mount that stopped answering: a stat of it (resolving its links too) never returns
+        child_within(store.timeout, ["stat", "-L", "--", str(folder)])
+    except TimeoutError:
+        store.down = f"the team cache {folder} does not answer: a look at it waited {store.timeout:g} s"
+        warnings.append(f"{store.down}; going on with Drive and the package index")
+        return store
+    except OSError:
+        pass  # no stat to run: the store's own looks are bounded as reads
     if real(folder) == real(drive):
         return None
     if not folder.is_dir():
         what = (f"is a {kind_of(folder)}, not a folder; name a folder with" if os.path.lexists(folder)
                 else "does not exist; create it, or fix")
         raise PreconditionUnmet(f"the team cache folder {folder} {what} --cache (or WARMSTART_CACHE)")
-    return DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only)
+    return store
 
 
 def backend_found(location: str, borrow: Sequence[str] = ()) -> bool:

@@ -74,14 +74,16 @@ class TieredStore:
 
     def ask_team(self) -> Store | None:
         """The team store, a held one opened now (a backend that fails to import is a warning:
-        the run goes on from Drive and the index)."""
+        the run goes on from Drive and the index); None once it stopped answering (one warning
+        said so): anything asked of it would wait its timeout again, a write to a folder on a
+        mount that hangs for ever."""
         if self.held is not None:
             opening, self.held = self.held.open, None
             try:
                 self.team = opening()
             except PreconditionUnmet as exc:
                 self.warnings.append(f"{exc}; going on with Drive and the package index")
-        return self.team
+        return None if self.team is None or self.team.down else self.team
 
     def later_holder(self, kind: str, name: str) -> Callable[[], tuple[str, Store] | None] | None:
         """For a team store held back: a call that opens it, and gives it as holders() does when it
