@@ -394,6 +394,21 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
             fs.wait()
 
 
+def run_cli_on_hung_mount(*args: str, env: dict[str, str], answer: Path, timeout: float = 60) -> Result:
+    """`invoke <args>` where a slow_drive layer hangs until `answer` exists: given `timeout`
+    seconds (a run that waits on the layer unbounded: for ever), then the layer answers (a process
+    left waiting on it can only be killed once it does) and a run still running is killed."""
+    run = subprocess.Popen(cli_command(*args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = run.communicate(timeout=timeout)
+    finally:
+        answer.touch()
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    return Result(run.returncode, out, err)
+
+
 def make_venv(path: Path, base: Path | str = sys.executable) -> Path:
     """A bare virtualenv of `base` (no pip of its own: warmstart drives pip from outside)."""
     subprocess.run([str(base), "-m", "venv", "--without-pip", str(path)], check=True)

@@ -36,6 +36,7 @@ from conftest import (
     installed,
     make_venv,
     needs_fuse,
+    run_cli_on_hung_mount,
     serve_folder,
     slow_drive,
     wait_until,
@@ -401,19 +402,12 @@ def test_a_drive_that_answers_no_look_ends_the_run_before_anything(bulky, filled
     backing = vm.drive if at_mount else vm.drive.parent
     with slow_drive(backing, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
         drive = mount if at_mount else mount / vm.drive.name
-        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(drive),
-                                           "--python", str(vm.python), "--json"),
-                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = run.communicate(timeout=60)  # without the bound: never
-        finally:
-            answer.touch()  # (a run left waiting can only be killed once the layer answers)
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+        run = run_cli_on_hung_mount("bootstrap", "--recipe", str(recipe), "--drive", str(drive), "--python",
+                                    str(vm.python), "--json", env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"},
+                                    answer=answer)  # without the bound: never
+        out, err = run.stdout, run.stderr
 
-    assert run.returncode == 3, err
+    assert run.code == 3, err
     assert err.strip().splitlines() == [
         f"warmstart: error: Drive does not answer: a look at {drive} waited 2 s; on Colab, remount it by running "
         f"this in a notebook cell: from google.colab import drive; drive.mount({str(mount)!r}, force_remount=True) "
@@ -445,32 +439,25 @@ def test_a_drive_that_stops_answering_during_the_run_is_not_looked_at_again(bulk
     home.run_locks(vm.env).mkdir(parents=True, exist_ok=True)
     answer = tmp_path / "answer"  # the layer answers once this exists: then what waited ends
     with slow_drive(vm.drive, tmp_path / "slow", 0, 1000, hang_from_listing=True, until=answer) as mount:
-        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(recipe), "--drive", str(mount),
-                                           "--python", str(vm.python), "--json", "--wait",
-                                           *(["--packages-only"] if packages_only else [])),
-                               env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"}, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = run.communicate(timeout=60)  # unguarded, it waits on Drive at the workdir
-        finally:
-            answer.touch()  # (a run left waiting can only be killed once the layer answers)
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+        run = run_cli_on_hung_mount("bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
+                                    str(vm.python), "--json", "--wait", *(["--packages-only"] if packages_only else []),
+                                    env=vm.env | {"WARMSTART_DRIVE_TIMEOUT": "2"},
+                                    answer=answer)  # unguarded, it waits on Drive at the workdir
+        out, err = run.stdout, run.stderr
 
     down = f"{mount} stopped answering (a look at its files waited 2 s)"
     way_out = f"from google.colab import drive; drive.mount({str(mount)!r}, force_remount=True)"
     report = json.loads(out)
     assert "Traceback" not in err
     if not packages_only:
-        assert run.returncode == 3, err
+        assert run.code == 3, err
         assert err.strip().splitlines()[-1] == (
             f"warmstart: error: the workdir {mount / 'Demo'} lies on Drive, and {down}: on Colab, remount it by "
             f"running this in a notebook cell: {way_out} and run again (with --packages-only the packages "
             "install without it)")
         assert installed(vm.python) == {}, "nothing was installed"
         return
-    assert run.returncode == 0, err
+    assert run.code == 0, err
     assert installed(vm.python) == {"bulky": "1.0"}, "the index served the packages"
     steps = {step["name"]: step["status"] for step in report["steps"]}
     assert (steps["cache"], steps["workdir"], steps["drive"]) == ("warning", "warning", "warning")

@@ -5,7 +5,6 @@ standard AWS variables. Each "VM" is its own virtualenv, Drive folder and local 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -25,7 +24,6 @@ from conftest import (
     LOCKED,
     REPO,
     bootstrap,
-    cli_command,
     cli_env,
     dead_url,
     installed,
@@ -34,6 +32,7 @@ from conftest import (
     needs_mountns,
     on_a_small_disk,
     run_cli,
+    run_cli_on_hung_mount,
     slow_drive,
     wait_until,
 )
@@ -774,19 +773,11 @@ def test_a_shared_folder_that_answers_no_look_is_one_warning_and_the_run_goes_on
     answer = tmp_path / "answer"  # the layer answers once this exists: then the left child ends
     with slow_drive(backing, tmp_path / "slow", 0, 1000, hang_metadata=True, until=answer) as mount:
         vm = VM(tmp_path / "vm", index.url, {"WARMSTART_TEAM_TIMEOUT": "2"}, str(mount / "team"))
-        run = subprocess.Popen(cli_command("bootstrap", "--recipe", str(demo), "--drive", str(vm.drive),
-                                           "--python", str(vm.python), "--json"),
-                               env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            out, err = run.communicate(timeout=90)  # without the bound: never
-        finally:
-            answer.touch()  # (a run left waiting can only be killed once the layer answers)
-            if run.poll() is None:
-                run.kill()
-                run.wait()
+        result = run_cli_on_hung_mount("bootstrap", "--recipe", str(demo), "--drive", str(vm.drive), "--python",
+                                       str(vm.python), "--json", env=vm.env, answer=answer, timeout=90)
 
-    assert run.returncode == 0, err
-    report = json.loads(out)
+    assert result.code == 0, result.stderr
+    report = result.report
     said = f"the team cache {mount / 'team'} does not answer: a look at it waited 2 s; going on with Drive and the package index"
     assert said in report["warnings"], report["warnings"]
     assert installed(vm.python) == {"alpha": "1.0", "beta": "2.0", "gpu-build": "1.0"}
