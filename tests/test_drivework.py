@@ -5,6 +5,7 @@ tests here drop the WARMSTART_WAIT=1 that the others run with."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from conftest import (
 )
 
 from warmstart import drivework
+from warmstart.errors import PreconditionUnmet
 
 
 def background_env(index_url: str, home: Path, **extra: str) -> dict[str, str]:
@@ -597,6 +599,43 @@ def test_a_run_that_changes_the_environment_waits_for_drives_writes_not_for_the_
     assert team_only.folder.is_dir() and len(said) == 1 and "team cache" not in said[0], said
 
 
+def test_a_run_that_changes_the_environment_waits_for_a_worker_at_drives_writes_only_as_long_as_the_lock_timeout(
+        tmp_path, monkeypatch):
+    """A worker held its job (writing to Drive or a team folder on a mount that stopped answering,
+    where a write never returns), and settle waited on its lock for ever, the run's last words
+    "finishing them first". It waits WARMSTART_LOCK_TIMEOUT, as for another run on the target,
+    then ends (exit 3) with the way out; the job stays as it was, for its worker or a later run.
+    The lock is held here as the worker holds it: a flock on the job's folder."""
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("WARMSTART_LOCK_TIMEOUT", "1")
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    for folder in (drive, prefix):
+        folder.mkdir()
+    store = TieredStore.at(drive)
+    job = drivework.start(prefix, drive, prefix / "bin" / "python")
+    (job.area("assets") / ("1" * 64)).write_bytes(b"model")
+    job.write_job(store)
+    said: list[str] = []
+    held = os.open(job.folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(PreconditionUnmet) as waited:
+            drivework.settle(prefix, store, said.append)
+    finally:
+        os.close(held)
+
+    assert str(waited.value).startswith("the Drive writes of the last run did not end in 1 s, and this run would "
+                                        "change the environment they write a snapshot of: let them finish (run "
+                                        "again later), or, if Drive stopped answering, on Colab remount it by "
+                                        "running this in a notebook cell: from google.colab import drive; ")
+    assert str(waited.value).endswith("; or set WARMSTART_LOCK_TIMEOUT to wait longer")
+    assert said == ["Drive writes of the last run: cache filling: 0 of 1 file on Drive (being written now); finishing "
+                    "them first"], said
+    assert (job.folder / "job.json").is_file() and not (drive / ".warmstart" / "v1" / "assets").exists()
+
+
 def test_a_snapshot_goes_to_the_team_cache_only_as_its_index_names_it_and_checked_against_it(tmp_path, monkeypatch):
     """The team cache's copy of Drive's snapshots (drivework._share_with_team): an archive whose
     bytes match the sha256 its index states, under the name snapshot.pack gives it, goes there
@@ -663,6 +702,7 @@ _LOOKER = """
 import sys
 from pathlib import Path
 from warmstart import drivework
+from warmstart.errors import PreconditionUnmet
 prefix, stop = Path(sys.argv[1]), Path(sys.argv[2])
 print("looking", flush=True)
 while not stop.exists():

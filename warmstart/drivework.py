@@ -37,13 +37,13 @@ from . import snapshot as snapshots
 from . import target as target_python
 from .background import NEUTRAL_CWD
 from .console import Bars, counted
-from .disks import explain
+from .disks import explain, remount
 from .download import Downloader, DownloadFailed, IndexUnavailable
 from .errors import PreconditionUnmet, WarmstartError, redact
 from .home import jobs as jobs_of
 from .lock import Pin
 from .pipconfig import IndexSettings, anchored
-from .settings import WORKER_TEAM
+from .settings import LOCK_TIMEOUT, WORKER_TEAM, lock_timeout
 from .store import STALE_SECONDS, DriveStore, Store
 from .tiered import TieredStore
 from .transfer import is_sha256, write_private
@@ -75,18 +75,19 @@ def _save_job(folder: Path, job: Mapping[str, Any]) -> None:
 
 
 @contextmanager
-def _job_held(folder: Path, *, wait: bool = True) -> Iterator[bool | None]:
+def _job_held(folder: Path, *, timeout: float | None = None) -> Iterator[bool | None]:
     """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
     just as the worker removed the folder makes the folder again (filelock creates a lock file's
     missing parents), and a lone lock file would stay behind. Yields True once held, False when
-    another holds it and `wait` is off, None when the job is done (its folder gone, or going)."""
+    another holds it past `timeout` (flock.take's: None waits as long as it takes, 0 not at all),
+    None when the job is done (its folder gone, or going)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         yield None
         return
     try:
-        if not flock.take(fd, None if wait else 0):
+        if not flock.take(fd, timeout):
             yield False
         else:
             done = not (folder / JOB).is_file()  # finished by another while this waited
@@ -201,7 +202,7 @@ def spawn(folder: Path, team: str | None = None) -> None:
     lock, so that the worker cannot finish and remove the folder before its pid is written there;
     none when another holds it (a worker at it already) or the job is done."""
     env = dict(anchored(), PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
-    with _job_held(folder, wait=False) as held:
+    with _job_held(folder, timeout=0) as held:
         if not held:
             return
         fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -329,7 +330,7 @@ def queued_wheels(prefix: Path, drive: Path) -> frozenset[tuple[NormalizedName, 
 
 
 def _running(folder: Path) -> bool:
-    with _job_held(folder, wait=False) as held:
+    with _job_held(folder, timeout=0) as held:
         return held is False
 
 
@@ -348,7 +349,7 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
         if offline:
             _wait_for_worker(folder, say)
         try:
-            finish(folder, store, offline=offline)
+            finish(folder, store, offline=offline, timeout=lock_timeout())
         except (OSError, IndexUnavailable, DownloadFailed) as exc:
             # Drive full or gone, or the index out of reach for the wheels the job fetches for
             # Drive: the job stays for a later run, and this one goes on
@@ -384,11 +385,17 @@ def resume(prefix: Path, say: Any, team: str | None = None) -> None:
         spawn(folder, team)  # not on a job a worker holds
 
 
-def finish(folder: Path, store: TieredStore, *, offline: bool = False) -> None:
+def finish(folder: Path, store: TieredStore, *, offline: bool = False, timeout: float | None = None) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
-    lock: a second finisher waits, then finds nothing left to do. Offline, the wheels still to
-    come from the index or the team cache stay queued, and so does the job."""
-    with _job_held(folder) as held:
+    lock: a second finisher waits (at most `timeout`: then PreconditionUnmet), then finds nothing
+    left to do. Offline, the wheels still to come from the index or the team cache stay queued,
+    and so does the job."""
+    with _job_held(folder, timeout=timeout) as held:
+        if held is False:  # a worker at it all along: one that waits on a mount that stopped answering never ends
+            raise PreconditionUnmet(
+                f"the Drive writes of the last run did not end in {timeout:g} s, and this run would change "
+                f"the environment they write a snapshot of: let them finish (run again later), or, if Drive "
+                f"stopped answering, on Colab {remount(store.here.drive)}; or set {LOCK_TIMEOUT.name} to wait longer")
         if held and (job := _read_job(folder)) is not None:
             _finish(folder, job, store, offline)
 

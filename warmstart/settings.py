@@ -58,7 +58,9 @@ CACHE_READ_ONLY = Variable("WARMSTART_CACHE_READ_ONLY", "1: as --cache-read-only
 RECIPES_FOLDER = Variable("WARMSTART_RECIPES", "a folder of your own recipes (default: the Drive root's "
                                                "recipe folder)")
 LOCK_TIMEOUT = Variable("WARMSTART_LOCK_TIMEOUT", "seconds to wait for another run on the same environment, "
-                                                  "or for another warmstart.sh restoring the tools (default 600)")
+                                                  "for another warmstart.sh restoring the tools, or for the last "
+                                                  "run's Drive writes before this run changes the environment "
+                                                  "(default 600)")
 PLATFORM = Variable("WARMSTART_PLATFORM", "the platform profile (envs/NAME.toml) instead of the detected one")
 MOUNT_POINT = Variable("WARMSTART_MOUNT_POINT", "where Drive is mounted, when not at the platform's place")
 ALLOW_HTTP = Variable("WARMSTART_ALLOW_HTTP", "1: allow a plain-http package index")
