@@ -626,10 +626,10 @@ def test_a_run_that_changes_the_environment_waits_for_a_worker_at_drives_writes_
     finally:
         os.close(held)
 
-    assert str(waited.value).startswith("the Drive writes of the last run did not end in 1 s, and this run would "
-                                        "change the environment they write a snapshot of: let them finish (run "
-                                        "again later), or, if Drive stopped answering, on Colab remount it by "
-                                        "running this in a notebook cell: from google.colab import drive; ")
+    assert str(waited.value).startswith("the Drive writes of the last run did not end in 1 s, and this run waits "
+                                        "for them (a snapshot is of the environment it describes): let them "
+                                        "finish and run again, or, if Drive stopped answering, on Colab remount "
+                                        "it by running this in a notebook cell: from google.colab import drive; ")
     assert str(waited.value).endswith("; or set WARMSTART_LOCK_TIMEOUT to wait longer")
     assert said == ["Drive writes of the last run: cache filling: 0 of 1 file on Drive (being written now); finishing "
                     "them first"], said

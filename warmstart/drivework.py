@@ -393,8 +393,8 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False, timeout: 
     with _job_held(folder, timeout=timeout) as held:
         if held is False:  # a worker at it all along: one that waits on a mount that stopped answering never ends
             raise PreconditionUnmet(
-                f"the Drive writes of the last run did not end in {timeout:g} s, and this run would change "
-                f"the environment they write a snapshot of: let them finish (run again later), or, if Drive "
+                f"the Drive writes of the last run did not end in {timeout:g} s, and this run waits for them "
+                f"(a snapshot is of the environment it describes): let them finish and run again, or, if Drive "
                 f"stopped answering, on Colab {remount(store.here.drive)}; or set {LOCK_TIMEOUT.name} to wait longer")
         if held and (job := _read_job(folder)) is not None:
             _finish(folder, job, store, offline)
