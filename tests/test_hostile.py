@@ -41,7 +41,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
-from warmstart.checks import checks_at_once
+from warmstart.checks import OUTPUT_READ, checks_at_once
 from warmstart.download import Downloader, DownloadFailed, Job
 from warmstart.errors import redact
 from warmstart.headstart import FOLDER_PREFIX
@@ -710,16 +710,33 @@ def test_an_archive_that_expands_past_its_limit_is_refused(tmp_path, kind):
     assert (tmp_path / "out" / "zeros.bin").stat().st_size == 3 * 2**20
 
 
-def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive, tmp_path, index):
-    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "chatty"\n'
-                    'python = "print(\'x\' * 200000); print(\'the end\')"\n')
+def the_one_check(demo, drive, tmp_path, index, table: str) -> dict:
+    """What the report says of the one check `table` adds to the demo recipe, after a bootstrap
+    that passed it."""
+    demo.write_text(demo.read_text() + "\n[[checks]]\n" + table)
     result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
                      "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
-
     assert result.code == 0, result.stderr
     (check,) = result.report["checks"]
+    return check
+
+
+def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive, tmp_path, index):
+    check = the_one_check(demo, drive, tmp_path, index,
+                          'name = "chatty"\npython = "print(\'x\' * 200000); print(\'the end\')"\n')
     assert len(check["output"]) < 5000 and check["output"].endswith("the end")
     assert "x" * 200000 in Path(check["log"]).read_text()
+
+
+def test_a_check_that_prints_without_end_is_read_back_no_further_than_its_last_4_mib(demo, drive, tmp_path, index):
+    """A check's output was read back whole, into memory and then its log: one printing 12 MiB
+    (a library's log in a loop, gigabytes before its timeout) held all of it, several times over."""
+    check = the_one_check(demo, drive, tmp_path, index,
+                          'name = "flood"\nrun = "head -c 12582912 /dev/zero | tr \'\\\\0\' x; echo; echo the end"\n')
+    assert check["ok"] and check["summary"] == "the end" and check["output"].endswith("the end")
+    log = Path(check["log"]).read_text()
+    assert "... (8388617 bytes before this not kept)\n" in log, log[:300]  # 12 MiB and 9 bytes, less 4 MiB
+    assert len(log) < OUTPUT_READ + 1000 and log.rstrip().endswith("x" * 1000 + "\nthe end")
 
 
 def test_a_check_writes_no_bytecode_beside_the_users_code(demo, drive, tmp_path, index):

@@ -24,6 +24,8 @@ from .recipe import Check
 from .transfer import atomic_write_text, write_private
 
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
+OUTPUT_READ = 4 << 20  # bytes of each of a check's streams read back, its end: a check that prints
+# without end (a library's log in a loop until its timeout) fills no memory, and no log past this
 _COLOURS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal escapes, as onnxruntime's own log writes them
 
 
@@ -53,9 +55,12 @@ def _keep(check: Check, output: str) -> tuple[str, str]:
 
 
 def _text(output: IO[bytes]) -> str:
-    """What a check wrote to `output`, as text (invalid bytes replaced, newlines universal)."""
-    output.seek(0)
-    return io.TextIOWrapper(io.BytesIO(output.read()), errors="replace").read()
+    """What a check wrote to `output`, as text (invalid bytes replaced, newlines universal): its
+    last OUTPUT_READ bytes, after a line saying how much came before them."""
+    size = output.seek(0, os.SEEK_END)
+    output.seek(max(0, size - OUTPUT_READ))
+    text = io.TextIOWrapper(io.BytesIO(output.read()), errors="replace").read()
+    return f"... ({size - OUTPUT_READ} bytes before this not kept)\n{text}" if size > OUTPUT_READ else text
 
 
 def _summary(stdout: str, stderr: str) -> str:
