@@ -60,8 +60,8 @@ class TieredStore:
     def put_behind(self, team: str, *, read_only: bool = False, borrow: tuple[str, ...] = (),
                    hold: bool = False) -> None:
         """Put the team store `team` (a URL or a folder) behind Drive. `hold`: an object store is
-        not opened until `ask_team` (a folder costs nothing to open, and is); that its backend is
-        installed is checked now, as opening it would."""
+        not opened until `ask_team` (a folder is: its opening is one look, a child's stat, 5 ms);
+        that its backend is installed is checked now, as opening it would."""
         self.borrow = borrow
 
         def opening() -> Store | None:
