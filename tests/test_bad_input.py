@@ -606,6 +606,23 @@ def test_lock_without_the_lock_extra_names_the_command_that_installs_it(demo, tm
     assert "warmstart[" not in line and lock.read_bytes() == before
 
 
+@pytest.mark.parametrize("inside", [".warmstart", ".warmstart/v1/wheels"])
+def test_a_team_cache_folder_in_the_drive_caches_own_folder_is_bad_input(demo, drive, tmp_path, inside):
+    """`--cache DRIVE/.warmstart` (taken for "the cache"): the team store's layout went inside
+    Drive's own, every file written to Drive twice."""
+    folder = drive / inside
+    folder.mkdir(parents=True)
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--cache", str(folder),
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env())
+
+    assert result.code == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"warmstart: error: --cache (or WARMSTART_CACHE) {folder} lies in the Drive cache's own folder "
+        f"{drive / '.warmstart'}: a team cache is a folder the team shares beside it; leave --cache out for "
+        "Drive's cache alone")
+    assert not (folder / ".warmstart").exists(), "nothing was written there"
+
+
 @pytest.mark.parametrize("there", ["nothing", "a file"])
 def test_a_team_cache_folder_that_is_no_folder_is_named_with_what_it_is(demo, drive, tmp_path, there):
     """A file where the team's folder was named was said not to exist ("create it")."""

@@ -42,7 +42,8 @@ from . import extras
 from .background import child_within, started, within
 from .console import QUIET, Bars
 from .disks import kind_of, no_room, real
-from .errors import PreconditionUnmet, redact
+from .errors import BadInput, PreconditionUnmet, redact
+from .layout import LAYOUT
 from .settings import CACHE, OBJECT_STORES, STORE_SHAPES, team_timeout, user_path
 from .store import (
     KINDS,
@@ -162,6 +163,9 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
         pass  # no stat to run: the store's own looks are bounded as reads
     if real(folder) == real(drive):
         return None
+    if real(folder).is_relative_to(own := real(drive) / LAYOUT.parent):  # its files would be Drive's, twice over
+        raise BadInput(f"--cache (or {CACHE.name}) {folder} lies in the Drive cache's own folder {own}: a team "
+                       f"cache is a folder the team shares beside it; leave --cache out for Drive's cache alone")
     if not folder.is_dir():
         what = (f"is a {kind_of(folder)}, not a folder; name a folder with" if os.path.lexists(folder)
                 else "does not exist; create it, or fix")
