@@ -636,6 +636,30 @@ def test_a_run_that_changes_the_environment_waits_for_a_worker_at_drives_writes_
     assert (job.folder / "job.json").is_file() and not (drive / ".warmstart" / "v1" / "assets").exists()
 
 
+def test_a_jobs_team_cache_that_runs_now_refuse_leaves_its_worker_writing_drives_part(tmp_path, monkeypatch, capsys):
+    """A job an earlier warmstart wrote for `--cache DRIVE/.warmstart`, which runs now refuse (bad
+    input): the worker says so and writes Drive's part, as for a team folder gone; the job does
+    not stay failing run after run."""
+    from warmstart.tiered import TieredStore
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    drive, prefix = tmp_path / "drive", tmp_path / "venv"
+    for folder in (drive / ".warmstart", prefix):
+        folder.mkdir(parents=True)
+    work = drivework.start(prefix, drive, prefix / "bin" / "python")
+    (work.area("assets") / ("1" * 64)).write_bytes(b"model")
+    work.write_job(TieredStore.at(drive))
+    job = json.loads((work.folder / "job.json").read_text())
+    job["team"] = {"location": str(drive / ".warmstart"), "read_only": False, "borrow": []}
+    (work.folder / "job.json").write_text(json.dumps(job))
+
+    assert drivework.main([str(work.folder)]) == 0
+    assert (drive / ".warmstart" / "v1" / "assets" / ("1" * 64)).read_bytes() == b"model"
+    assert not work.folder.exists()
+    said = capsys.readouterr().err
+    assert "lies in the Drive cache's own folder" in said and "the team cache's part of this run's writes is left out" in said
+
+
 def test_a_snapshot_goes_to_the_team_cache_only_as_its_index_names_it_and_checked_against_it(tmp_path, monkeypatch):
     """The team cache's copy of Drive's snapshots (drivework._share_with_team): an archive whose
     bytes match the sha256 its index states, under the name snapshot.pack gives it, goes there

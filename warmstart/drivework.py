@@ -542,7 +542,7 @@ def main(argv: list[str]) -> int:
             try:
                 store.put_behind(location, read_only=team.get("read_only", False),
                                  borrow=tuple(map(str, team.get("borrow") or ())))
-            except PreconditionUnmet as exc:  # its folder gone, its backend not here: Drive's writes go on
+            except WarmstartError as exc:  # its folder gone or refused, its backend not here: Drive's writes go on
                 store.warnings.append(f"{exc}; the team cache's part of this run's writes is left out")
         finish(folder, store)
         for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
