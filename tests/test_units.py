@@ -1041,3 +1041,12 @@ def test_pip_confs_index_settings_the_environment_lacks_are_named_with_the_varia
     assert pipconfig.pip_conf_unread({**environ, "PIP_CONFIG_FILE": os.devnull}) == ""
     (home / ".config" / "pip" / "pip.conf").write_text("index-url = no section\n")
     assert pipconfig.pip_conf_unread({"HOME": str(home)}) == ""
+
+
+@pytest.mark.parametrize(("usable", "host", "at_once"), [({0, 1, 2}, 64, 3), ({5}, 64, 2), (set(range(16)), 16, 16)])
+def test_checks_run_a_cpu_each_of_those_the_process_may_use(monkeypatch, usable, host, at_once):
+    """A container pinned to 3 of a 64-CPU host's CPUs (a cpuset) runs 3 checks at once, not 64:
+    os.cpu_count() is the host's. This machine has 2 CPUs, so the cpuset is stood in for."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: usable)
+    monkeypatch.setattr(os, "cpu_count", lambda: host)
+    assert checks.checks_at_once() == at_once

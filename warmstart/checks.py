@@ -99,10 +99,12 @@ class _Running:
 
 
 def checks_at_once() -> int:
-    """How many checks run together: a CPU each, two at least. Each is a process that loads the
-    user's libraries and a CUDA context (hundreds of MiB of the VM's memory and the GPU's): a recipe
-    of twenty checks all at once would put Colab's 12 GiB VM in reach of its OOM killer."""
-    return max(2, os.cpu_count() or 1)
+    """How many checks run together: a CPU each (of those this process may run on: a container's
+    cpuset, not the host's count), two at least. Each is a process that loads the user's libraries
+    and a CUDA context (hundreds of MiB of the VM's memory and the GPU's): a recipe of twenty
+    checks all at once would put Colab's 12 GiB VM in reach of its OOM killer."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, cpus)
 
 
 def run_checks(checks: tuple[Check, ...], python: Path, cwd: Path) -> list[CheckResult]:
