@@ -208,9 +208,9 @@ def test_the_pace_counts_from_the_first_byte_that_was_not_read_ahead():
     reading = ReadAhead(_Served(bytes(size), 24 * MiB, 16), limit=size)
     try:
         pace = _pace_once_past(reading, size, 42 * MiB)  # 16 MiB past what came at once
-        # sleeping only ever makes it slower; counting the 24 MiB read ahead: about 40 MiB/s, the
-        # 2 MiB on their way: about 18
-        assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
+        # sleeping (and a loaded machine) only ever makes it slower: the floor leaves it half the pace;
+        # counting the 24 MiB read ahead: about 40 MiB/s, the 2 MiB on their way: about 18
+        assert 8 < pace < 17.5, f"{pace:.1f} MiB/s"
     finally:
         reading.close()
 
@@ -232,8 +232,8 @@ def test_a_race_knows_drive_s_pace_from_the_read_ahead_before_the_restore_reads(
             left = reading.seconds_left()
             assert left is not None, "no pace before the restore's own reads"
             pace = (size - ahead.at_once) / MiB / left  # what came at once is not left to read
-            # sleeping only ever makes it slower
-            assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
+            # sleeping (and a loaded machine) only ever makes it slower: the floor leaves it half the pace
+            assert 8 < pace < 17.5, f"{pace:.1f} MiB/s"
         finally:
             reading.close()
 
@@ -773,7 +773,8 @@ def test_the_pace_of_a_child_that_reads_on_counts_the_time_between_reads():
     reading = ReadAhead(_Pipe(size, 16), copy=_Busy(), limit=size)
     try:
         pace = _pace_once_past(reading, size, 20 * MiB)
-        # sleeping only ever makes it slower; counting each read's own time alone: about 20
-        assert 12 < pace < 17.5, f"{pace:.1f} MiB/s"
+        # sleeping (and a loaded machine) only ever makes it slower: the floor leaves it half the pace;
+        # counting each read's own time alone: about 20
+        assert 8 < pace < 17.5, f"{pace:.1f} MiB/s"
     finally:
         reading.close()
