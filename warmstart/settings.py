@@ -14,7 +14,7 @@ import inspect
 import math
 import os
 import sys
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -242,20 +242,29 @@ def drive_root(option: str | None, platform: Platform, environ: Mapping[str, str
     return real(named) if chosen else named
 
 
+def looked_in_time(paths: Sequence[Path], seconds: float) -> bool:
+    """Whether a stat of each of `paths` returns within `seconds`. On a FUSE or network mount that
+    stopped answering a stat never returns, and a process waiting on one cannot even be killed
+    until the mount answers or goes: so the look is a child's (coreutils stat), left waiting when
+    it takes too long. True where there is no stat to run: the run's own looks are bounded as
+    reads (store.py)."""
+    try:
+        child_within(seconds, ["stat", "-L", "--", *map(str, paths)])
+    except TimeoutError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
 def answers(drive: Path, seconds: float) -> None:
     """PreconditionUnmet unless a stat of `drive` and of its cache folders returns within
-    `seconds`. On a FUSE mount that stopped answering a stat never returns, and a process waiting
-    on one cannot even be killed until the mount answers or goes: so the look is a child's
-    (coreutils stat), left waiting when it takes too long, and the run ends with the way out
-    instead of hanging unexplained. The folders below count: the kernel may answer for the root
-    from what it has cached, while every name below it goes to the mount (missing ones too)."""
-    try:
-        child_within(seconds, ["stat", "-L", "--", str(drive), str(drive / LAYOUT.parent), str(drive / LAYOUT)])
-    except TimeoutError:
+    `seconds` (looked_in_time): the run ends with the way out instead of hanging unexplained. The
+    folders below count: the kernel may answer for the root from what it has cached, while every
+    name below it goes to the mount (missing ones too)."""
+    if not looked_in_time((drive, drive / LAYOUT.parent, drive / LAYOUT), seconds):
         raise PreconditionUnmet(f"Drive does not answer: a look at {drive} waited {seconds:g} s; on Colab, "
-                                f"{remount(drive)} (or set {DRIVE_TIMEOUT.name} to wait longer)") from None
-    except OSError:  # no stat to run: the run's own looks are bounded as reads (store.py)
-        return
+                                f"{remount(drive)} (or set {DRIVE_TIMEOUT.name} to wait longer)")
 
 
 def target_python(option: str | None, environ: Mapping[str, str] = os.environ) -> str:

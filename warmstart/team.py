@@ -39,12 +39,12 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
 
 from . import extras
-from .background import child_within, started, within
+from .background import started, within
 from .console import QUIET, Bars
 from .disks import kind_of, no_room, real
 from .errors import BadInput, PreconditionUnmet, redact
 from .layout import LAYOUT
-from .settings import CACHE, OBJECT_STORES, STORE_SHAPES, team_timeout, user_path
+from .settings import CACHE, OBJECT_STORES, STORE_SHAPES, looked_in_time, team_timeout, user_path
 from .store import (
     KINDS,
     RECORD_MOST,
@@ -153,17 +153,14 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
         return ObjectStore(location, read_only=read_only, bars=bars, warnings=warnings, borrow=borrow)
     folder = user_path(location.removeprefix("file://"), f"--cache (or {CACHE.name})")
     store = DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only, timeout=team_timeout())
-    try:  # a network mount that stopped answering: a stat of it (resolving its links too) never returns
-        child_within(store.timeout, ["stat", "-L", "--", str(folder)])
-    except TimeoutError:
+    if not looked_in_time((folder,), store.timeout):  # before real() and is_dir(), which would wait for ever
         store.down = f"the team cache {folder} does not answer: a look at it waited {store.timeout:g} s"
         warnings.append(f"{store.down}; going on with Drive and the package index")
         return store
-    except OSError:
-        pass  # no stat to run: the store's own looks are bounded as reads
-    if real(folder) == real(drive):
+    resolved, drives = real(folder), real(drive)
+    if resolved == drives:
         return None
-    if real(folder).is_relative_to(own := real(drive) / LAYOUT.parent):  # its files would be Drive's, twice over
+    if resolved.is_relative_to(own := drives / LAYOUT.parent):  # its files would be Drive's, twice over
         raise BadInput(f"--cache (or {CACHE.name}) {folder} lies in the Drive cache's own folder {own}: a team "
                        f"cache is a folder the team shares beside it; leave --cache out for Drive's cache alone")
     if not folder.is_dir():
