@@ -1,8 +1,8 @@
 """A FUSE passthrough that behaves like Google Drive seen from a Colab VM, for the benchmark.
 
     python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
-                           [--hang-after BYTES | --hang-metadata | --hang-from-listing]
-                           [--until FILE]
+                           [--hang-after BYTES | --hang-metadata | --hang-from-listing |
+                            --hang-writes-in FOLDER] [--until FILE]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
@@ -12,7 +12,9 @@ answers (until unmounted, or with --until until FILE exists: a path or a glob pa
 Drive that stopped mid-file (or that a test holds back until something else has happened);
 with --hang-metadata no stat below the mount point and no listing answers, as a Drive that
 stopped before the run; with --hang-from-listing the same from the first listing on, as a
-Drive that stopped during a run, after its first look. The tests use them all. Needs
+Drive that stopped during a run, after its first look; with --hang-writes-in no write to a file
+below FOLDER (a path below the mount point) answers, as a Drive that stopped in the middle of
+putting files there. The tests use them all. Needs
 /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until
 unmounted.
 """
@@ -46,10 +48,11 @@ class Throttle:
 class SlowDrive(Operations):
     def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
                  hang_after: int | None = None, until: str | None = None, hang_metadata: bool = False,
-                 hang_from_listing: bool = False) -> None:
+                 hang_from_listing: bool = False, hang_writes_in: str | None = None) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
         self.fail_writes, self.hang_after, self.until = fail_writes, hang_after, until
         self.hang_metadata, self.hang_from_listing = hang_metadata, hang_from_listing
+        self.hang_writes_in = hang_writes_in and "/" + hang_writes_in.strip("/") + "/"
         self.mountpoint = ""
 
     def _path(self, path: str) -> str:
@@ -93,6 +96,8 @@ class SlowDrive(Operations):
     def write(self, path, data, offset, fh):
         if self.fail_writes:
             raise FuseOSError(self.fail_writes)
+        if self.hang_writes_in and path.startswith(self.hang_writes_in):
+            self._hang()
         self.throttle.spend(len(data))
         return os.pwrite(fh, data, offset)
 
@@ -150,6 +155,8 @@ def main() -> None:
                         help="no stat (but of the mount point) or listing ever answers")
     parser.add_argument("--hang-from-listing", action="store_true",
                         help="the same as --hang-metadata from the first listing on")
+    parser.add_argument("--hang-writes-in", metavar="FOLDER",
+                        help="no write to a file below FOLDER (a path below the mount point) ever answers")
     parser.add_argument("--until", metavar="FILE",
                         help="with a hang: answer once FILE exists (a path or a glob pattern)")
     parser.add_argument("--subtype", metavar="NAME",
@@ -157,7 +164,8 @@ def main() -> None:
     args = parser.parse_args()
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
-                      args.until and os.path.abspath(args.until), args.hang_metadata, args.hang_from_listing)
+                      args.until and os.path.abspath(args.until), args.hang_metadata, args.hang_from_listing,
+                      args.hang_writes_in)
     drive.mountpoint = os.path.abspath(args.mountpoint)
     typed = {"subtype": args.subtype} if args.subtype else {}
     FUSE(drive, args.mountpoint, foreground=True, nothreads=False, **typed)

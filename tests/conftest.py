@@ -360,18 +360,21 @@ needs_fuse = pytest.mark.skipif(not fuse_usable(), reason="needs fusepy, libfuse
 def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: float,
                fail_writes: str | None = None, hang_after: int | None = None,
                until: Path | None = None, hang_metadata: bool = False,
-               hang_from_listing: bool = False, subtype: str | None = None) -> Iterator[Path]:
+               hang_from_listing: bool = False, hang_writes_in: str | None = None,
+               subtype: str | None = None) -> Iterator[Path]:
     """`backing` seen through bench/slowfs.py at `mount`, a real FUSE file system that delays
     every open and caps throughput as Drive does (or fails every write with an errno, or never
     answers a read past `hang_after` bytes of a file, or any stat below the mount point and any
-    listing with `hang_metadata`, the same from the first listing on with `hang_from_listing`, or
-    not before `until` exists: a path or a glob pattern), of file system type fuse.`subtype`."""
+    listing with `hang_metadata`, the same from the first listing on with `hang_from_listing`, any
+    write to a file below its folder `hang_writes_in`, or not before `until` exists: a path or a
+    glob pattern), of file system type fuse.`subtype`."""
     mount.mkdir(exist_ok=True)
     fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
                            str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else []),
                            *(["--hang-after", str(hang_after)] if hang_after is not None else []),
                            *(["--hang-metadata"] if hang_metadata else []),
                            *(["--hang-from-listing"] if hang_from_listing else []),
+                           *(["--hang-writes-in", hang_writes_in] if hang_writes_in else []),
                            *(["--until", str(until)] if until is not None else []),
                            *(["--subtype", subtype] if subtype else [])])
     try:
@@ -449,6 +452,12 @@ def installed(python: Path) -> dict[str, str]:
         capture_output=True, text=True, check=True, cwd="/",  # no checkout on sys.path
     ).stdout
     return json.loads(out.splitlines()[-1])  # what it printed as it started (a .pth file) comes first
+
+
+def locked_part_of(python: Path) -> dict[str, str]:
+    """The demo lock's packages as installed in `python`'s environment (LOCKED when all are)."""
+    have = installed(python)
+    return {k: have[k] for k in LOCKED if k in have}
 
 
 DEMO_RECIPE = """\

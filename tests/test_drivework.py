@@ -24,11 +24,13 @@ from conftest import (
     bootstrap,
     cli_env,
     installed,
+    locked_part_of,
     make_venv,
     needs_fuse,
     needs_netns,
     proc_stat,
     run_cli,
+    run_cli_on_hung_mount,
     serve_folder,
     slow_drive,
     wait_until,
@@ -634,6 +636,88 @@ def test_a_run_that_changes_the_environment_waits_for_a_worker_at_drives_writes_
     assert said == ["Drive writes of the last run: cache filling: 0 of 1 file on Drive (being written now); finishing "
                     "them first"], said
     assert (job.folder / "job.json").is_file() and not (drive / ".warmstart" / "v1" / "assets").exists()
+
+
+WHEELS_HANG = ".warmstart/v1/wheels"  # below the mount: each write to a file there never answers
+
+
+def a_drive_that_hangs_writing_wheels(tmp_path: Path):
+    """A Drive that answers every look and read, and no write of a wheel (bench/slowfs.py
+    --hang-writes-in) until the test touches `answer` (a process caught in one can only end then):
+    a Drive that stopped in the middle of putting files there. The mount and its `answer`."""
+    (tmp_path / "backing").mkdir()
+    answer = tmp_path / "answer"
+    return slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in=WHEELS_HANG,
+                      until=answer), answer
+
+
+def stalled(drive: Path) -> str:
+    return ("nothing was written for 2 s: Drive (or the team cache, or the package index) stopped answering; if "
+            "Drive did, on Colab, remount it by running this in a notebook cell: from google.colab import drive; "
+            f"drive.mount({str(drive)!r}, force_remount=True)")
+
+
+@needs_fuse
+def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_run_finishes_the_job(
+        demo, tmp_path, index):
+    """`--wait` (here WARMSTART_WAIT=1) put the run's files on Drive itself, and a write to a Drive
+    that stopped answering never returns: the run waited for ever, the environment long installed.
+    Now a worker the run starts writes them and gives up once it wrote nothing for
+    WARMSTART_DRIVE_TIMEOUT: the run ends (exit 0) with one warning, the job stays with why, its
+    lock let go, and the next run on a Drive that answers finishes it."""
+    home = tmp_path / "home"
+    env = cli_env(index.url, XDG_CACHE_HOME=str(home / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
+    layer, answer = a_drive_that_hangs_writing_wheels(tmp_path)
+    with layer as mount:
+        python = make_venv(tmp_path / "venv")
+        flags = ["--recipe", str(demo), "--drive", str(mount), "--python", str(python)]
+
+        result = run_cli_on_hung_mount("bootstrap", *flags, "--json", env=env, answer=answer)
+
+        assert result.code == 0, result.stderr  # on the code before: still waiting at the helper's 60 s, killed
+        assert result.report["warnings"] == [f"the Drive cache was not filled: {stalled(mount)}; the next run "
+                                             "tries again"], result.stderr
+        assert locked_part_of(python) == LOCKED
+        [job] = jobs(home)
+        assert (job / "failed.txt").read_text() == stalled(mount)
+        assert drivework.pending(python.parent.parent, [job]).running is False, "its lock let go"
+
+        answer.touch()  # the worker caught in the write ends as its mount answers
+        again = bootstrap(demo, mount, python, env=env)
+
+        assert again.code == 0, again.stderr
+        assert "Drive writes of the last run: cache filling: 0 of 3 files on Drive" in again.stderr
+        assert sorted(p.name for p in (mount / WHEELS_HANG).glob("*.whl")) == [
+            "alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl", "gpu_build-1.0-py3-none-any.whl"]
+        assert jobs(home) == [] and again.report["warnings"] == []
+
+
+@needs_fuse
+def test_a_worker_whose_drive_stops_answering_mid_write_lets_its_job_go_and_the_next_run_is_not_held(
+        demo, tmp_path, index):
+    """A worker in the background, caught in a write to a Drive that stopped answering, held its
+    job's lock for ever, and the next run that changes the environment (it finishes the last
+    run's writes first) waited WARMSTART_LOCK_TIMEOUT, then ended; were the lock free, it waited
+    in the same write itself. Now the worker lets the job go once it wrote nothing for
+    WARMSTART_DRIVE_TIMEOUT, and the next run's own try ends as soon: a warning, and it goes on."""
+    home = tmp_path / "home"
+    env = background_env(index.url, home, WARMSTART_DRIVE_TIMEOUT="2")
+    layer, answer = a_drive_that_hangs_writing_wheels(tmp_path)
+    with layer as mount:
+        first = bootstrap(demo, mount, make_venv(tmp_path / "venv"), env=env)
+        assert first.code == 0, first.stderr
+        [job] = jobs(home)
+        wait_until((job / "failed.txt").is_file, 30, "the worker did not give up")  # on the code before: it never did
+        assert (job / "failed.txt").read_text() == stalled(mount)
+
+        shutil.rmtree(tmp_path / "venv")  # the VM wiped: the run makes it anew, the last run's writes first
+        python = make_venv(tmp_path / "venv")
+        result = run_cli_on_hung_mount("bootstrap", "--recipe", str(demo), "--drive", str(mount), "--python",
+                                       str(python), "--json", env=env, answer=answer)
+
+        assert result.code == 0, result.stderr
+        assert f"warning: the Drive writes of the last run stopped again: {stalled(mount)}" in result.stderr, result.stderr
+        assert locked_part_of(python) == LOCKED
 
 
 def test_a_jobs_team_cache_that_runs_now_refuse_leaves_its_worker_writing_drives_part(tmp_path, monkeypatch, capsys):

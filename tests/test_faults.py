@@ -22,6 +22,7 @@ from conftest import (
     cli_command,
     cli_env,
     installed,
+    locked_part_of,
     make_venv,
     needs_fuse,
     needs_mountns,
@@ -47,11 +48,6 @@ def wiped_after_a_first_run(demo: Path, drive: Path, venv: Path, env: dict[str, 
     return make_venv(venv)
 
 
-def locked_part_of(python: Path) -> dict[str, str]:
-    have = installed(python)
-    return {k: have[k] for k in LOCKED if k in have}
-
-
 @pytest.mark.parametrize("phase", ["download", "cache-write", "install"])
 def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, drive, tmp_path, index, phase):
     env = cli_env(index.url)
@@ -59,7 +55,12 @@ def test_a_run_killed_while_installing_is_followed_by_one_that_completes(demo, d
 
     killed = bootstrap(demo, drive, python, env=env, fault=phase)
 
-    assert killed.code == -9, killed.stderr
+    if phase == "cache-write":  # the Drive writes are its worker's (--wait waits for it): the one killed
+        assert killed.code == 0, killed.stderr
+        assert ("warning: the Drive cache was not filled: the Drive worker was killed (signal 9); the next run "
+                "tries again") in killed.stderr
+    else:
+        assert killed.code == -9, killed.stderr
     status = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python),
                      "--json", env=env)
     if status.code == 0:  # the kill came after the last package landed: then all of it is there

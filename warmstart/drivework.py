@@ -8,21 +8,27 @@ downloaded, the snapshot to pack) in a job folder on local disk, `~/.cache/warms
 returns. The worker puts each file through the Drive store (atomic: a wiped VM never sees half a
 file), packs the snapshot, and removes the folder; a lock on the folder tells that a worker is at
 it. What a killed worker left is finished by the next run, or by `bootstrap --wait`, which
-also does it all before returning. `status` shows what is still pending.
+also does it all before returning: each by a worker it starts and waits for (finish_watched), since
+a write to a Drive that stopped answering never returns, and a process with a thread caught in one
+cannot end. The worker bounds its own writes: once it wrote nothing for WARMSTART_DRIVE_TIMEOUT,
+it lets the job go and ends. `status` shows what is still pending.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +49,8 @@ from .errors import PreconditionUnmet, WarmstartError, redact
 from .home import jobs as jobs_of
 from .lock import Pin
 from .pipconfig import IndexSettings, anchored
-from .settings import LOCK_TIMEOUT, WORKER_TEAM, lock_timeout
-from .store import STALE_SECONDS, DriveStore, Store
+from .settings import LOCK_TIMEOUT, WORKER_TEAM, drive_timeout, lock_timeout
+from .store import STALE_SECONDS, CacheStats, DriveStore, Store
 from .tiered import TieredStore
 from .transfer import is_sha256, write_private
 
@@ -74,11 +80,22 @@ def _save_job(folder: Path, job: Mapping[str, Any]) -> None:
     write_private(folder / JOB, json.dumps(job))
 
 
+class JobBusy(PreconditionUnmet):
+    """Another worker held the job's lock past the time a finisher waits (exit 3)."""
+
+
+@dataclass(frozen=True)
+class _Held:
+    """The job's lock, held through `fd` (closing it lets the lock go)."""
+
+    fd: int
+
+
 @contextmanager
-def _job_held(folder: Path, *, timeout: float | None = None) -> Iterator[bool | None]:
+def _job_held(folder: Path, *, timeout: float | None = None) -> Iterator[_Held | bool | None]:
     """The job's lock: a flock on its folder itself. A lock file inside would not do: taking it
     just as the worker removed the folder makes the folder again (filelock creates a lock file's
-    missing parents), and a lone lock file would stay behind. Yields True once held, False when
+    missing parents), and a lone lock file would stay behind. Yields _Held once held, False when
     another holds it past `timeout` (flock.take's: None waits as long as it takes, 0 not at all),
     None when the job is done (its folder gone, or going)."""
     try:
@@ -91,7 +108,7 @@ def _job_held(folder: Path, *, timeout: float | None = None) -> Iterator[bool | 
             yield False
         else:
             done = not (folder / JOB).is_file()  # finished by another while this waited
-            yield None if done else True
+            yield None if done else _Held(fd)
     finally:
         os.close(fd)  # releases it
 
@@ -180,7 +197,7 @@ class DriveWork:
         where = "Drive" if self._for_drive or self.snapshot else "the team cache"
         self.write_job(store)
         if wait:
-            finish(self.folder, store)
+            finish_watched(self.folder, store)
             return f"written to {where}"
         spawn(self.folder, store.team_url())
         return f"being written to {where} in the background"
@@ -201,19 +218,122 @@ def spawn(folder: Path, team: str | None = None) -> None:
     notebook cell's interrupt). `team`: the team cache's URL as the run has it. Under the job's
     lock, so that the worker cannot finish and remove the folder before its pid is written there;
     none when another holds it (a worker at it already) or the job is done."""
-    env = dict(anchored(), PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
     with _job_held(folder, timeout=0) as held:
         if not held:
             return
-        fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with open(fd, "ab") as out:
-            worker = subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]),
-                                       str(folder)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                      start_new_session=True, env=env, cwd=NEUTRAL_CWD)
+        worker = _start_worker(folder, team)
         write_private(folder / PID, str(worker.pid))
-    with warnings.catch_warnings():  # it runs on, detached on purpose: subprocess reaps it later, unwarned
-        warnings.simplefilter("ignore", ResourceWarning)
+    with _left_running():
         del worker
+
+
+def _start_worker(folder: Path, team: str | None, *flags: str, answer: int | None = None) -> subprocess.Popen[bytes]:
+    """The worker on the job in `folder`, in a session of its own (it outlives this command, and a
+    notebook cell's interrupt), its output appended to the job's log; `answer`: a descriptor it
+    is given for what it says back (main's --answer)."""
+    env = dict(anchored(), PYTHONDONTWRITEBYTECODE="1", **({TEAM_URL: team} if team else {}))
+    given = ["--answer", str(answer)] if answer is not None else []
+    fd = os.open(folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(fd, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps([p for p in sys.path if p]), *flags,
+                                 *given, str(folder)], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, env=env, cwd=NEUTRAL_CWD,
+                                pass_fds=() if answer is None else (answer,))
+
+
+@contextmanager
+def _left_running() -> Iterator[None]:
+    """Where the last reference to a worker's Popen goes while it runs on, on purpose: subprocess
+    reaps it later, unwarned."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        yield
+
+
+def finish_watched(folder: Path, store: TieredStore, *, offline: bool = False, timeout: float | None = None) -> None:
+    """finish(), by a worker this run starts and waits for (a progress bar counts what it
+    writes): a write to a Drive or team folder that stopped answering never returns, and a run
+    with a thread caught in one could not end. The worker bounds its own writes (finish's
+    `stalled`) and says back its warnings, what it read and wrote, and what stopped it, raised
+    here as finish raises it. An interrupted run leaves it writing, as a detached one."""
+    flags = [*(["--offline"] if offline else []), *(["--timeout", repr(timeout)] if timeout is not None else []),
+             *_team_as_the_run_left_it(store)]
+    with tempfile.TemporaryFile() as answer:
+        worker = _start_worker(folder, store.team_url(), *flags, answer=answer.fileno())
+        with suppress(OSError):  # the job done and its folder gone already
+            write_private(folder / PID, str(worker.pid))
+        try:
+            said = _answer_of(worker, answer.fileno(), store.bars)
+        finally:
+            with _left_running():  # one that stalled ends when its mount answers
+                del worker
+    store.warnings.extend(map(str, said.get("warnings") or ()))
+    _add(store.here.stats, said.get("drive") or {})
+    if store.team is not None:
+        _add(store.team.stats, said.get("team") or {})
+    if error := said.get("error"):
+        kind = {"JobBusy": JobBusy, "IndexUnavailable": IndexUnavailable,
+                "DownloadFailed": DownloadFailed}.get(str(error.get("kind")))
+        raise kind(str(error["said"])) if kind else OSError(str(error["said"]))
+
+
+def _team_as_the_run_left_it(store: TieredStore) -> list[str]:
+    """The worker's --team: a team store that stopped answering in this run (or never opened) is
+    not asked again, one that refused a write gets none: each said once already."""
+    if store.held is not None:
+        return []
+    if store.team is None or store.team.down:
+        return ["--team", "down"]
+    return ["--team", "read-only"] if store.team.refused else []
+
+
+def _answer_of(worker: subprocess.Popen[bytes], answer: int, bars: Bars) -> dict[str, Any]:
+    """What the worker said back (main's --answer), once it did: a worker that stalled says so
+    before it ends, and its end may wait for its mount. One that ended without saying (killed)
+    is said by how it ended."""
+    shown = 0
+    with bars.bar(None, "to Drive") as bar:
+        while True:
+            ended = worker.poll() is not None
+            if (said := _read_answer(answer)) is not None:
+                return said
+            if ended:
+                code = worker.returncode
+                why = (f"the Drive worker was killed (signal {-code})" if code < 0 else
+                       f"the Drive worker ended with exit code {code}")
+                return {"error": {"kind": "OSError", "said": why}}
+            if (now := written(worker.pid)) is not None:
+                bar.update(max(0, now - shown))
+                shown = max(shown, now)
+            time.sleep(0.05)
+
+
+def _read_answer(answer: int, most: int = 1 << 20) -> dict[str, Any] | None:
+    """The worker's answer, once it wrote all of it (a line of JSON)."""
+    data = os.pread(answer, most, 0)
+    if not data.endswith(b"\n"):
+        return None
+    try:
+        said = json.loads(data)
+    except ValueError:
+        return None
+    return said if isinstance(said, dict) else None
+
+
+def _add(stats: CacheStats, moved: Mapping[str, Any]) -> None:
+    """What the worker read and wrote, counted in this run's report."""
+    for name in ("hits", "misses", "bytes_read", "bytes_written"):
+        setattr(stats, name, getattr(stats, name) + int(moved.get(name) or 0))
+
+
+def written(pid: int | str = "self") -> int | None:
+    """The bytes a process (all its threads) has written to any file, pipe or socket (`wchar` of
+    /proc/PID/io: what it read would count this look too); None where it cannot be read."""
+    try:
+        counts = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(counts["wchar"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _worker_alive(folder: Path) -> bool:
@@ -349,7 +469,7 @@ def settle(prefix: Path, store: TieredStore, say: Any, *, offline: bool = False)
         if offline:
             _wait_for_worker(folder, say)
         try:
-            finish(folder, store, offline=offline, timeout=lock_timeout())
+            finish_watched(folder, store, offline=offline, timeout=lock_timeout())
         except (OSError, IndexUnavailable, DownloadFailed) as exc:
             # Drive full or gone, or the index out of reach for the wheels the job fetches for
             # Drive: the job stays for a later run, and this one goes on
@@ -385,19 +505,57 @@ def resume(prefix: Path, say: Any, team: str | None = None) -> None:
         spawn(folder, team)  # not on a job a worker holds
 
 
-def finish(folder: Path, store: TieredStore, *, offline: bool = False, timeout: float | None = None) -> None:
+def finish(folder: Path, store: TieredStore, *, offline: bool = False, timeout: float | None = None,
+           stalled: Callable[[str], object] | None = None) -> None:
     """Put every queued file into the store, pack the snapshot, remove the job. Under the job's
     lock: a second finisher waits (at most `timeout`: then PreconditionUnmet), then finds nothing
     left to do. Offline, the wheels still to come from the index or the team cache stay queued,
-    and so does the job."""
+    and so does the job. `stalled` (the worker's): see _given_up_when_stalled."""
     with _job_held(folder, timeout=timeout) as held:
         if held is False:  # a worker at it all along: one that waits on a mount that stopped answering never ends
-            raise PreconditionUnmet(
+            raise JobBusy(
                 f"the Drive writes of the last run did not end in {timeout:g} s, and this run waits for them "
                 f"(a snapshot is of the environment it describes): let them finish and run again, or, if Drive "
                 f"stopped answering, on Colab {remount(store.here.drive)}; or set {LOCK_TIMEOUT.name} to wait longer")
-        if held and (job := _read_job(folder)) is not None:
-            _finish(folder, job, store, offline)
+        if isinstance(held, _Held) and (job := _read_job(folder)) is not None:
+            with _given_up_when_stalled(folder, held, stalled, store.here.drive):
+                _finish(folder, job, store, offline)
+
+
+@contextmanager
+def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], object] | None,
+                           drive: Path) -> Iterator[None]:
+    """The worker's bound on its own writes: a write to a Drive (or team) folder that stopped
+    answering never returns, nor can its thread be stopped. Once the process wrote nothing for
+    WARMSTART_DRIVE_TIMEOUT (`written`: downloading, copying and packing all write as they go; a
+    read of Drive is bounded as a run's is), a thread of its own says why in failed.txt, lets the job's lock go
+    (the next run finishes the job) and calls `stalled(why)`, which ends the process; the thread
+    caught in the write ends with it once the mount answers."""
+    if stalled is None:
+        yield
+        return
+    patience, done = drive_timeout(), threading.Event()
+
+    def watch() -> None:
+        last, since = written(), time.monotonic()
+        while not done.wait(min(1.0, patience / 4)):
+            if (now := written()) != last or now is None:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= patience:
+                why = (f"nothing was written for {patience:g} s: Drive (or the team cache, or the package "
+                       f"index) stopped answering; if Drive did, on Colab, {remount(drive)}")
+                with suppress(OSError):
+                    write_private(folder / FAILED, why)
+                    (folder / PID).unlink()  # at it no more: an offline run need not wait for it
+                os.close(held.fd)  # the lock goes with it: the thread caught in the write holds the process
+                stalled(why)
+                return
+
+    threading.Thread(target=watch, name="stalled writes", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
@@ -430,7 +588,7 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
                                {canonicalize_name(n): d for n, d in spec.get("digests", {}).items()},
                                index_took=spec.get("index_seconds"))
         except (snapshots.SnapshotUnusable, PreconditionUnmet) as exc:  # the next VM is slower, no more
-            print(redact(f"no snapshot written: {exc}"), file=sys.stderr)
+            store.warnings.append(f"no snapshot written: {exc}")
         if later:
             job["snapshot"] = None
             _save_job(folder, job)
@@ -457,7 +615,7 @@ def _download(folder: Path, job: dict[str, Any], store: TieredStore) -> None:
     jobs, left = downloader.wheel_jobs(pins, supported, area)
     downloader.fetch([j for j in jobs if j.dest.name not in have], f"download {counted(len(jobs), 'wheel')} for Drive")
     for pin, why in left.items():  # pip would need the target itself: a --wait run caches these
-        print(redact(f"not cached: {pin.name}=={pin.version}: {why}"), file=sys.stderr)
+        store.warnings.append(f"{pin.name}=={pin.version} not cached: {why}")
     job["download"] = None  # fetched: what is left is putting them on Drive
     _save_job(folder, job)
 
@@ -525,11 +683,44 @@ def _first_for_the_oom_killer() -> None:
 
 
 def main(argv: list[str]) -> int:
-    """The detached worker: `python -m warmstart.drivework FOLDER`."""
-    folder = Path(argv[0])
-    os.nice(10)  # after the run: the user's own work (a training's data loading) comes first
+    """The worker: `python -m warmstart.drivework [--offline] [--timeout S] [--team down|read-only]
+    [--answer FD] FOLDER`; detached (spawn), or watched by the run that started it
+    (finish_watched), which reads what it says back from the file descriptor --answer names (with
+    --timeout it waits for the job's lock that long, as finish does; --team: the team cache as
+    that run left it)."""
+    parser = argparse.ArgumentParser(prog="warmstart.drivework")
+    parser.add_argument("--offline", action="store_true")
+    parser.add_argument("--timeout", type=float)
+    parser.add_argument("--answer", type=int)
+    parser.add_argument("--team", choices=("down", "read-only"))
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    folder = args.folder
+    if args.answer is None:  # after the run: the user's own work (a training's data loading) comes first
+        os.nice(10)
     _first_for_the_oom_killer()
-    drive = None
+    drive, store = None, None
+
+    def answer(error: BaseException | str | None = None) -> None:
+        """What the worker found, said back (--answer) or, detached, into its log."""
+        warned: list[str] = store.warnings if store else []
+        said = error if isinstance(error, str) or error is None else _said(error, drive)
+        if args.answer is None:
+            for warning in warned:  # the team cache down or refusing: the run went on without it
+                print(redact(f"warning: {warning}"), file=sys.stderr)
+            return
+        team = store.team if store else None
+        os.write(args.answer, json.dumps({
+            "warnings": warned, "drive": vars(store.here.stats) if store else {},
+            "team": vars(team.stats) if team else {},
+            "error": {"kind": type(error).__name__ if isinstance(error, BaseException) else "OSError", "said": said}
+            if error is not None else None}).encode() + b"\n")
+
+    def stalled(why: str) -> None:
+        with suppress(OSError):
+            answer(why)
+        os._exit(1)  # the thread caught in the write holds the rest of the process until its mount answers
+
     try:
         job = json.loads((folder / JOB).read_text())
         drive = Path(job["drive"])
@@ -538,28 +729,36 @@ def main(argv: list[str]) -> int:
         team, given = job.get("team") or {}, WORKER_TEAM.get() or ""
         location = given if given and redact(given) == team.get("location") else team.get("location")
         store = TieredStore.at(drive, bars=Bars(enabled=False))
-        if location:
+        if location and args.team != "down":
             try:
-                store.put_behind(location, read_only=team.get("read_only", False),
+                store.put_behind(location, read_only=team.get("read_only", False) or args.team == "read-only",
                                  borrow=tuple(map(str, team.get("borrow") or ())))
             except WarmstartError as exc:  # its folder gone or refused, its backend not here: Drive's writes go on
                 store.warnings.append(f"{exc}; the team cache's part of this run's writes is left out")
-        finish(folder, store)
-        for warning in store.warnings:  # the team cache down or refusing: the run goes on without it
-            print(redact(f"warning: {warning}"), file=sys.stderr)
+        finish(folder, store, offline=args.offline, timeout=args.timeout, stalled=stalled)
+        answer()
     except FileNotFoundError:
+        answer()
         return 0  # finished by a run that came first
     except Exception as exc:  # the job stays; `status` says why, the next run tries again
         try:
-            # a Drive's error in its words ("Drive is full"), as a run that finishes the job says it
-            said = explain(exc, drive) if isinstance(exc, OSError) and drive else f"{type(exc).__name__}: {exc}"
-            write_private(folder / FAILED, said[:300])
-            with open(folder / "worker.log", "a") as log:
-                log.write(redact(traceback.format_exc()))
+            answer(exc)
+            if not isinstance(exc, JobBusy):  # another worker at it: the job is not this one's to say of
+                write_private(folder / FAILED, _said(exc, drive)[:300])
+                with open(folder / "worker.log", "a") as log:
+                    log.write(redact(traceback.format_exc()))
         except OSError:
             pass
         return 1
     return 0
+
+
+def _said(exc: BaseException, drive: Path | None) -> str:
+    """What stopped the worker, as a run that finishes the job says it: a Drive's error in its
+    words ("Drive is full"), one of warmstart's as it stands."""
+    if isinstance(exc, OSError) and drive:
+        return explain(exc, drive)
+    return str(exc) if isinstance(exc, WarmstartError) else f"{type(exc).__name__}: {exc}"
 
 
 if __name__ == "__main__":
