@@ -720,6 +720,29 @@ def test_a_worker_whose_drive_stops_answering_mid_write_lets_its_job_go_and_the_
         assert locked_part_of(python) == LOCKED
 
 
+@needs_fuse
+def test_a_run_whose_drive_stops_answering_as_it_records_what_it_used_ends_all_the_same(demo, tmp_path, index):
+    """Each run that changes something writes a usage record to Drive (prune keeps what a run
+    used), on a thread while it works, and waited for that thread as it ended: with every write
+    of a record left waiting (bench/slowfs.py --hang-writes-in), the run never ended. A child
+    writes it now, given WARMSTART_DRIVE_TIMEOUT: then Drive is down for the run, and the
+    environment is installed all the same (exit 0)."""
+    (tmp_path / "backing").mkdir()
+    answer = tmp_path / "answer"
+    env = cli_env(index.url, XDG_CACHE_HOME=str(tmp_path / "home" / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
+    with slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in=".warmstart/v1/usage",
+                    until=answer) as mount:
+        python = make_venv(tmp_path / "venv")
+
+        result = run_cli_on_hung_mount("bootstrap", "--recipe", str(demo), "--drive", str(mount), "--python",
+                                       str(python), "--json", env=env, answer=answer)
+
+        assert result.code == 0, result.stderr  # on the code before: still waiting at the helper's 60 s, killed
+        assert result.report["warnings"] == [f"the Drive cache was not filled: {mount} stopped answering (a write "
+                                             "waited 2 s to end); the next run writes it"], result.stderr
+        assert locked_part_of(python) == LOCKED
+
+
 def test_a_jobs_team_cache_that_runs_now_refuse_leaves_its_worker_writing_drives_part(tmp_path, monkeypatch, capsys):
     """A job an earlier warmstart wrote for `--cache DRIVE/.warmstart`, which runs now refuse (bad
     input): the worker says so and writes Drive's part, as for a team folder gone; the job does

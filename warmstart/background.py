@@ -1,7 +1,8 @@
 """Work on a daemon thread of its own: a run that ends, fails or is interrupted before it needs
 the work's answer does not wait for it at exit (a hung socket, a driver that does not answer),
-only for an import it is in the middle of (`imports_ended`). A look at a FUSE mount, and a long
-read of one, is a child's instead (`child_within`, `ChildRead`). Standard library only."""
+only for an import it is in the middle of (`imports_ended`). A look at a FUSE mount, a long read
+of one and a small write to one, is a child's instead (`child_within`, `ChildRead`,
+`child_write`). Standard library only."""
 
 from __future__ import annotations
 
@@ -131,6 +132,31 @@ def child_within(seconds: float, argv: list[str], most: int = OUTPUT_MOST) -> by
         if child.poll() is None:
             child.kill()  # a child waiting on a FUSE mount ends when the mount answers
     return bytes(out)
+
+
+# What child_write runs: the data as a temporary file (its folder made), flushed to disk, then
+# renamed (as transfer.AtomicFile writes); the temporary file removed if any of it fails.
+_WRITE = ('mkdir -p -- "${1%/*}" && cat > "$1" && sync -- "$1" && mv -f -- "$1" "$2" '
+          '|| { status=$?; rm -f -- "$1"; exit $status; }')
+
+
+def child_write(seconds: float, tmp: Path, dest: Path, data: bytes) -> None:
+    """`data` as the file `dest`, written by a child under the name `tmp`, then renamed: a small
+    file (a usage record, a ledger) for a FUSE mount that may have stopped answering, where a
+    write never returns (see child_within). TimeoutError once `seconds` pass before it ends (the
+    child left waiting), OSError when it fails (as strerror says it)."""
+    child = subprocess.Popen(["sh", "-c", _WRITE, "sh", str(tmp), str(dest)], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"},
+                             start_new_session=True)
+    try:
+        _out, err = child.communicate(data, timeout=seconds)
+    except subprocess.TimeoutExpired:
+        child.kill()  # it ends when the mount answers
+        raise TimeoutError(f"no answer in {seconds:g} s") from None
+    if child.returncode:
+        said = err.decode(errors="replace").strip().splitlines()
+        why = said[-1].rpartition(": ")[2] if said else f"the writing child ended with {child.returncode}"
+        raise OSError(_ERRNOS.get(why, errno.EIO), why, str(dest))
 
 
 class ChildRead:

@@ -37,6 +37,7 @@ from .transfer import (
     WriteFailed,
     atomic_write_text,
     copy_hashed,
+    part_name,
     read_head,
     read_untrusted_json,
     sha256_of,
@@ -149,6 +150,7 @@ class Patience:
 
 # What waited the store's timeout, as `down` says it ({:g}: the seconds)
 READ_WAITED = "a read waited {:g} s for its data"
+WRITE_WAITED = "a write waited {:g} s to end"
 LOOK_WAITED = "a look at its files waited {:g} s"
 
 
@@ -517,9 +519,22 @@ class DriveStore:
         return AtomicFile(self.path(kind, stem))
 
     def put_text(self, kind: str, name: str, text: str) -> None:
-        if not self.read_only:
-            self._refuse_folder_in_the_way(kind)
-            atomic_write_text(self.path(kind, name), text)
+        """A small file (a snapshot's index, a usage record), atomically. On a FUSE mount a child
+        writes it, given `timeout` (a write to a Drive that stopped answering never returns, and a
+        thread of the run caught in one keeps it from ending): past it, Drive is down for the run."""
+        if self.read_only:
+            return
+        self._refuse_folder_in_the_way(kind)
+        dest = self.path(kind, name)
+        if not on_fuse(dest):
+            atomic_write_text(dest, text)
+            return
+        if self.down:
+            raise self._give_up()
+        try:
+            background.child_write(self.timeout, part_name(dest), dest, text.encode())
+        except TimeoutError:
+            raise self._give_up(WRITE_WAITED) from None
 
     def set_aside_named(self, kind: str, name: str) -> None:
         """Set a damaged file aside where it is."""
