@@ -681,6 +681,9 @@ def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_ru
         [job] = jobs(home)
         assert (job / "failed.txt").read_text() == stalled(mount)
         assert drivework.pending(python.parent.parent, [job]).running is False, "its lock let go"
+        pending = status(demo, mount, python, env)["drive_writes"]
+        assert pending == f"cache filling: 0 of 3 files on Drive; snapshot pending (stopped ({stalled(mount)}); the " \
+                          "next run tries again)", pending
 
         answer.touch()  # the worker caught in the write ends as its mount answers
         again = bootstrap(demo, mount, python, env=env)

@@ -318,7 +318,7 @@ class Relay:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        while not self.cut.is_set():
+        while self.accepting():
             try:
                 client, _ = self.listener.accept()
             except OSError:
@@ -351,6 +351,10 @@ class Relay:
         """Whether the request that `line` begins ends the connection here, unanswered."""
         return False
 
+    def accepting(self) -> bool:
+        """Whether new connections are relayed: until the server is cut off."""
+        return not self.cut.is_set()
+
 
 class CutOnFirst(Relay):
     """A relay that stops the S3 server itself as the first request of `method` for a matching
@@ -362,6 +366,9 @@ class CutOnFirst(Relay):
                  heard: Callable[[bytes], object] | None = None) -> None:
         self.request, self.path_part, self.hold = method + b" /", path_part, hold
         super().__init__(s3, heard)
+
+    def accepting(self) -> bool:
+        return self.hold or super().accepting()  # held: the server is up, for all but those requests
 
     def stops(self, src: socket.socket, line: bytes) -> bool:
         if not (line.startswith(self.request) and self.path_part in line):

@@ -263,7 +263,7 @@ def finish_watched(folder: Path, store: TieredStore, *, offline: bool = False, t
         with suppress(OSError):  # the job done and its folder gone already
             write_private(folder / PID, str(worker.pid))
         try:
-            said = _answer_of(worker, answer.fileno(), store.bars)
+            said = _answer_of(worker, answer.fileno(), store.bars, _to_drive(folder))
         finally:
             with _left_running():  # one that stalled ends when its mount answers
                 del worker
@@ -287,12 +287,18 @@ def _team_as_the_run_left_it(store: TieredStore) -> list[str]:
     return ["--team", "read-only"] if store.team.refused else []
 
 
-def _answer_of(worker: subprocess.Popen[bytes], answer: int, bars: Bars) -> dict[str, Any]:
+def _to_drive(folder: Path) -> str:
+    """What the bar of a job's writes says: the files it puts on Drive (or the team cache)."""
+    files = (_read_job(folder) or {}).get("files")
+    return f"to Drive ({counted(files, 'file')})" if isinstance(files, int) and files > 0 else "to Drive"
+
+
+def _answer_of(worker: subprocess.Popen[bytes], answer: int, bars: Bars, desc: str) -> dict[str, Any]:
     """What the worker said back (main's --answer), once it did: a worker that stalled says so
     before it ends, and its end may wait for its mount. One that ended without saying (killed)
-    is said by how it ended."""
+    is said by how it ended. `desc`: what its bar of the bytes the worker writes says."""
     shown = 0
-    with bars.bar(None, "to Drive") as bar:
+    with bars.bar(None, desc) as bar:
         while True:
             ended = worker.poll() is not None
             if (said := _read_answer(answer)) is not None:
