@@ -259,9 +259,9 @@ def finish_watched(folder: Path, store: TieredStore, *, offline: bool = False, t
     flags = [*(["--offline"] if offline else []), *(["--timeout", repr(timeout)] if timeout is not None else []),
              *_team_as_the_run_left_it(store)]
     with tempfile.TemporaryFile() as answer:
+        # No pid file, which spawn writes under the job's lock: written here, it would make again
+        # the folder of a job another finished meanwhile. The worker's lock says it is at it.
         worker = _start_worker(folder, store.team_url(), *flags, answer=answer.fileno())
-        with suppress(OSError):  # the job done and its folder gone already
-            write_private(folder / PID, str(worker.pid))
         try:
             said = _answer_of(worker, answer.fileno(), store.bars, _to_drive(folder))
         finally:
