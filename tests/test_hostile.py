@@ -41,7 +41,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmstart.bootstrap import target_lock
-from warmstart.checks import OUTPUT_READ, checks_at_once
+from warmstart.checks import OUTPUT_MOST, OUTPUT_READ, checks_at_once
 from warmstart.download import Downloader, DownloadFailed, Job
 from warmstart.errors import redact
 from warmstart.headstart import FOLDER_PREFIX
@@ -726,6 +726,24 @@ def test_a_checks_output_is_capped_in_the_report_and_whole_in_a_log(demo, drive,
                           'name = "chatty"\npython = "print(\'x\' * 200000); print(\'the end\')"\n')
     assert len(check["output"]) < 5000 and check["output"].endswith("the end")
     assert "x" * 200000 in Path(check["log"]).read_text()
+
+
+def test_a_check_that_prints_without_end_is_stopped_before_it_fills_the_disk(demo, drive, tmp_path, index):
+    """A check printing without end (`yes`: a library's log in a loop) wrote into the temporary
+    folder until its timeout, 600 s by default: at hundreds of MB a second, more than a Colab
+    VM's disk holds. It is stopped once it printed more than OUTPUT_MOST, a failed check whose
+    output ends with why; the temporary files go with it."""
+    demo.write_text(demo.read_text() + '\n[[checks]]\nname = "flood"\nrun = "yes warmstart"\ntimeout = 60\n')
+    result = run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--json",
+                     "--python", str(make_venv(tmp_path / "env")), env=cli_env(index.url))
+
+    assert result.code == 1, result.stderr  # a check failed (on the code before: "timed out after 60 s")
+    (check,) = result.report["checks"]
+    why = (f"stopped: it printed more than {OUTPUT_MOST >> 20} MiB, which would fill its output's disk before its "
+           "timeout")
+    assert (check["ok"], check["summary"]) == (False, why)
+    assert check["output"].endswith("\n" + why) and "warmstart\nwarmstart\n" in check["output"][-300:]
+    assert len(Path(check["log"]).read_text()) < 2 * OUTPUT_READ + 1000, "what is kept of it is bounded as before"
 
 
 def test_a_check_that_prints_without_end_is_read_back_no_further_than_its_last_4_mib(demo, drive, tmp_path, index):

@@ -26,6 +26,9 @@ from .transfer import atomic_write_text, write_private
 OUTPUT_IN_REPORT = 4096  # characters of a check's output kept in the report (its end)
 OUTPUT_READ = 4 << 20  # bytes of each of a check's streams read back, its end: a check that prints
 # without end (a library's log in a loop until its timeout) fills no memory, and no log past this
+OUTPUT_MOST = 64 << 20  # bytes a check may print (both streams): they go to the temporary folder,
+# whose disk (on Colab the VM's own) one printing without end fills long before its timeout
+WATCH = 0.2  # seconds between looks at how much a running check has printed
 _COLOURS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal escapes, as onnxruntime's own log writes them
 
 
@@ -144,19 +147,16 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
                                    start_new_session=True)
         running.add(process)
         try:
-            process.wait(timeout=check.timeout)
-        except subprocess.TimeoutExpired:
-            kill_session(process)
-            process.wait()
-            timed_out = True
-        else:
-            timed_out = False
+            stopped = _stopped(process, check, out, err)
         finally:
             running.discard(process)
         stdout, stderr = _text(out), _text(err)
-    if timed_out:
+    if stopped == TIMED_OUT:
         ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
         summary = output
+    elif stopped:
+        ok, summary = False, stopped
+        output = f"{redact((stdout + stderr).strip())}\n{stopped}"
     else:
         ok, output = process.returncode == 0, redact((stdout + stderr).strip())
         summary = redact(_summary(stdout, stderr))
@@ -167,6 +167,30 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
             output = f"{output}\n{killed}".lstrip()
     kept, log = _keep(check, output)
     return CheckResult(check.name, ok, kept, round(time.perf_counter() - start, 3), log, summary)
+
+
+TIMED_OUT = "timed out"
+
+
+def _stopped(process: subprocess.Popen[bytes], check: Check, out: IO[bytes], err: IO[bytes]) -> str | None:
+    """Wait for a check to end: None, or why it was stopped, its session killed: TIMED_OUT, or it
+    printed more than OUTPUT_MOST (looked at every WATCH seconds)."""
+    deadline = time.monotonic() + check.timeout
+    while True:
+        try:
+            process.wait(timeout=max(0.0, min(WATCH, deadline - time.monotonic())))
+            return None
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                why = TIMED_OUT
+            elif os.fstat(out.fileno()).st_size + os.fstat(err.fileno()).st_size > OUTPUT_MOST:
+                why = (f"stopped: it printed more than {OUTPUT_MOST >> 20} MiB, which would fill its output's "
+                       "disk before its timeout")
+            else:
+                continue
+        kill_session(process)
+        process.wait()
+        return why
 
 
 class _Record(TypedDict):
