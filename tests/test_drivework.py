@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from conftest import (
 )
 
 from warmstart import drivework
+from warmstart.disks import remount
 from warmstart.errors import PreconditionUnmet
 
 
@@ -638,20 +640,25 @@ def test_a_run_that_changes_the_environment_waits_for_a_worker_at_drives_writes_
     assert (job.folder / "job.json").is_file() and not (drive / ".warmstart" / "v1" / "assets").exists()
 
 
-WHEELS_HANG = ".warmstart/v1/wheels"  # below the mount: each write to a file there never answers
-
-
-def a_drive_that_hangs_writing_wheels(tmp_path: Path):
-    """A Drive that answers every look and read, and no write of a wheel (bench/slowfs.py
-    --hang-writes-in) until the test touches `answer` (a process caught in one can only end then):
-    a Drive that stopped in the middle of putting files there. The mount and its `answer`."""
+def a_drive_that_hangs_writing(tmp_path: Path, kind: str):
+    """A Drive that answers every look and read, and no write to a file of its `kind` folder
+    (bench/slowfs.py --hang-writes-in) until the test touches `answer` (a process caught in one
+    can only end then): a Drive that stopped in the middle of the Drive work. The mount and its
+    `answer`."""
     (tmp_path / "backing").mkdir()
     answer = tmp_path / "answer"
-    return slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in=WHEELS_HANG,
+    return slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in=f".warmstart/v1/{kind}",
                       until=answer), answer
 
 
+def gave_up(drive: Path) -> str:
+    """What a worker says once a small file's write (a wheel of the demo's, under 1 MiB) waited 2 s."""
+    return (f"{drive} stopped answering (a write waited 2 s to end); this run reads nothing more from it (on "
+            f"Colab, {remount(drive)})")
+
+
 def stalled(drive: Path) -> str:
+    """What a worker says once it wrote nothing for 2 s (its own bound, for a large file's write)."""
     return ("nothing was written for 2 s: Drive (or the team cache, or the package index) stopped answering; if "
             "Drive did, on Colab, remount it by running this in a notebook cell: from google.colab import drive; "
             f"drive.mount({str(drive)!r}, force_remount=True)")
@@ -664,10 +671,11 @@ def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_ru
     that stopped answering never returns: the run waited for ever, the environment long installed.
     Now a worker the run starts writes them and gives up once it wrote nothing for
     WARMSTART_DRIVE_TIMEOUT: the run ends (exit 0) with one warning, the job stays with why, its
-    lock let go, and the next run on a Drive that answers finishes it."""
+    lock let go, and the next run on a Drive that answers finishes it. The write left waiting is
+    the snapshot's archive, after the wheels: a large file, which the worker writes itself."""
     home = tmp_path / "home"
     env = cli_env(index.url, XDG_CACHE_HOME=str(home / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
-    layer, answer = a_drive_that_hangs_writing_wheels(tmp_path)
+    layer, answer = a_drive_that_hangs_writing(tmp_path, "snapshots")  # the archive
     with layer as mount:
         python = make_venv(tmp_path / "venv")
         flags = ["--recipe", str(demo), "--drive", str(mount), "--python", str(python)]
@@ -682,16 +690,15 @@ def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_ru
         assert (job / "failed.txt").read_text() == stalled(mount)
         assert drivework.pending(python.parent.parent, [job]).running is False, "its lock let go"
         pending = status(demo, mount, python, env)["drive_writes"]
-        assert pending == f"cache filling: 0 of 3 files on Drive; snapshot pending (stopped ({stalled(mount)}); the " \
-                          "next run tries again)", pending
+        assert pending == f"snapshot pending (stopped ({stalled(mount)}); the next run tries again)", pending
 
         answer.touch()  # the worker caught in the write ends as its mount answers
         again = bootstrap(demo, mount, python, env=env)
 
         assert again.code == 0, again.stderr
-        assert "Drive writes of the last run: cache filling: 0 of 3 files on Drive" in again.stderr
-        assert sorted(p.name for p in (mount / WHEELS_HANG).glob("*.whl")) == [
-            "alpha-1.0-py3-none-any.whl", "beta-2.0-py3-none-any.whl", "gpu_build-1.0-py3-none-any.whl"]
+        assert "Drive writes of the last run: snapshot pending" in again.stderr
+        assert len(on_drive(mount, "snapshots")) == 2, "an index and its archive"
+        assert len(on_drive(mount, "wheels")) == 3
         assert jobs(home) == [] and again.report["warnings"] == []
 
 
@@ -701,17 +708,18 @@ def test_a_worker_whose_drive_stops_answering_mid_write_lets_its_job_go_and_the_
     """A worker in the background, caught in a write to a Drive that stopped answering, held its
     job's lock for ever, and the next run that changes the environment (it finishes the last
     run's writes first) waited WARMSTART_LOCK_TIMEOUT, then ended; were the lock free, it waited
-    in the same write itself. Now the worker lets the job go once it wrote nothing for
-    WARMSTART_DRIVE_TIMEOUT, and the next run's own try ends as soon: a warning, and it goes on."""
+    in the same write itself. Now a small file's write (the demo's wheels) is a child's, given
+    WARMSTART_DRIVE_TIMEOUT: the worker stops there and lets the job go, and the next run's own
+    try ends as soon: a warning, and it goes on."""
     home = tmp_path / "home"
     env = background_env(index.url, home, WARMSTART_DRIVE_TIMEOUT="2")
-    layer, answer = a_drive_that_hangs_writing_wheels(tmp_path)
+    layer, answer = a_drive_that_hangs_writing(tmp_path, "wheels")  # each under 1 MiB
     with layer as mount:
         first = bootstrap(demo, mount, make_venv(tmp_path / "venv"), env=env)
         assert first.code == 0, first.stderr
         [job] = jobs(home)
         wait_until((job / "failed.txt").is_file, 30, "the worker did not give up")  # on the code before: it never did
-        assert (job / "failed.txt").read_text() == stalled(mount)
+        assert (job / "failed.txt").read_text() == gave_up(mount)
 
         shutil.rmtree(tmp_path / "venv")  # the VM wiped: the run makes it anew, the last run's writes first
         python = make_venv(tmp_path / "venv")
@@ -719,7 +727,8 @@ def test_a_worker_whose_drive_stops_answering_mid_write_lets_its_job_go_and_the_
                                        str(python), "--json", env=env, answer=answer)
 
         assert result.code == 0, result.stderr
-        assert f"warning: the Drive writes of the last run stopped again: {stalled(mount)}" in result.stderr, result.stderr
+        assert f"warning: the Drive writes of the last run stopped again: {gave_up(mount)}" in result.stderr, \
+            result.stderr
         assert locked_part_of(python) == LOCKED
 
 
@@ -923,3 +932,30 @@ def test_wheels_for_drive_alone_are_fetched_after_the_run_whatever_the_installer
     assert (download["status"], download["detail"]) == ("skipped", "fetched for Drive after this run")
     wait_for_workers(home)
     assert len(on_drive(drive, "wheels")) == 3
+
+
+@needs_fuse
+def test_a_small_file_a_run_puts_on_a_drive_that_stopped_answering_is_given_up_on_in_the_drive_timeout(tmp_path):
+    """A run puts a few small files on Drive itself (a lock made on the VM for its drifted
+    runtime, its usage record): in its own process, a write to a Drive that stopped answering
+    never returned, and the run with it. A child writes each now, given the Drive's timeout:
+    then Drive is down for the run (one warning), and nothing more is written to it."""
+    from warmstart.store import CacheStats, DriveStore
+
+    (tmp_path / "backing").mkdir()
+    answer = tmp_path / "answer"
+    lock = tmp_path / "demo-py311-live.txt"
+    lock.write_text("alpha==1.0 --hash=sha256:" + "0" * 64 + "\n")
+    with slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in=".warmstart/v1/locks",
+                    until=answer) as mount:
+        store = DriveStore(mount, CacheStats(), timeout=1)
+        putting = threading.Thread(target=lambda: put.append(store.put("locks", lock.name, lock)), daemon=True)
+        put: list[bool] = []
+        putting.start()
+        putting.join(30)
+        answer.touch()  # a write left waiting ends now (on the code before: the put itself)
+
+        assert put == [False], "given up on in the Drive's timeout"  # on the code before: still waiting at 30 s
+        assert store.down == f"{mount} stopped answering (a write waited 1 s to end)"
+        assert store.warnings == [f"{store.down}; this run reads nothing more from it (on Colab, {remount(mount)})"]
+        assert store.put("locks", "another.txt", lock) is False and len(store.warnings) == 1, "nothing more"

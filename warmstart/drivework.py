@@ -750,7 +750,7 @@ def main(argv: list[str]) -> int:
         try:
             answer(exc)
             if not isinstance(exc, JobBusy):  # another worker at it: the job is not this one's to say of
-                write_private(folder / FAILED, _said(exc, drive)[:300])
+                write_private(folder / FAILED, _said(exc, drive)[:1000])  # a remount cell and all
                 with open(folder / "worker.log", "a") as log:
                     log.write(redact(traceback.format_exc()))
         except OSError:

@@ -35,7 +35,7 @@ from .transfer import (
     AtomicFile,
     Stream,
     WriteFailed,
-    atomic_write_text,
+    atomic_write_bytes,
     copy_hashed,
     part_name,
     read_head,
@@ -151,6 +151,8 @@ class Patience:
 # What waited the store's timeout, as `down` says it ({:g}: the seconds)
 READ_WAITED = "a read waited {:g} s for its data"
 WRITE_WAITED = "a write waited {:g} s to end"
+SMALL_WRITE = 1 << 20  # bytes of a file a run writes to Drive itself (an index, a lock, a record): the
+# rest (wheels, archives, assets) go to Drive by its worker, which bounds its own writes (drivework)
 LOOK_WAITED = "a look at its files waited {:g} s"
 
 
@@ -494,12 +496,16 @@ class DriveStore:
             return True
         try:
             self._refuse_folder_in_the_way(kind)
-            with AtomicFile(dest) as part, self._bar(bar, src.stat().st_size, f"to Drive {name[:30]}") as shown:
-                _sha256, size = copy_hashed(src, part.fh, shown)
-                faults.point("cache-write")
-                part.commit(dest)
+            if (size := src.stat().st_size) <= SMALL_WRITE and on_fuse(dest):
+                self._write_small(dest, src.read_bytes())
+            else:
+                with AtomicFile(dest) as part, self._bar(bar, size, f"to Drive {name[:30]}") as shown:
+                    _sha256, size = copy_hashed(src, part.fh, shown)
+                    faults.point("cache-write")
+                    part.commit(dest)
         except OSError as exc:
-            self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc, self.drive)}")
+            if not isinstance(exc, Stalled):  # that one warned once for the run
+                self.warnings.append(f"{kind[:-1]} {name} not cached on Drive: {explain(exc, self.drive)}")
             return False
         self.stats.bytes_written += size
         self._listings.pop(kind, None)
@@ -519,20 +525,22 @@ class DriveStore:
         return AtomicFile(self.path(kind, stem))
 
     def put_text(self, kind: str, name: str, text: str) -> None:
-        """A small file (a snapshot's index, a usage record), atomically. On a FUSE mount a child
-        writes it, given `timeout` (a write to a Drive that stopped answering never returns, and a
-        thread of the run caught in one keeps it from ending): past it, Drive is down for the run."""
-        if self.read_only:
-            return
-        self._refuse_folder_in_the_way(kind)
-        dest = self.path(kind, name)
+        """A small file (a snapshot's index, a usage record), atomically (_write_small)."""
+        if not self.read_only:
+            self._refuse_folder_in_the_way(kind)
+            self._write_small(self.path(kind, name), text.encode())
+
+    def _write_small(self, dest: Path, data: bytes) -> None:
+        """A small file, atomically. On a FUSE mount a child writes it, given `timeout` (a write to
+        a Drive that stopped answering never returns, and a thread of the run caught in one keeps
+        it from ending): past it, Drive is down for the run (Stalled)."""
         if not on_fuse(dest):
-            atomic_write_text(dest, text)
+            atomic_write_bytes(dest, data)
             return
         if self.down:
             raise self._give_up()
         try:
-            background.child_write(self.timeout, part_name(dest), dest, text.encode())
+            background.child_write(self.timeout, part_name(dest), dest, data)
         except TimeoutError:
             raise self._give_up(WRITE_WAITED) from None
 
