@@ -658,8 +658,9 @@ def gave_up(drive: Path) -> str:
 
 
 def stalled(drive: Path) -> str:
-    """What a worker says once it wrote nothing for 2 s (its own bound, for a large file's write)."""
-    return ("nothing was written for 2 s: Drive (or the team cache, or the package index) stopped answering; if "
+    """What a worker says once it wrote nothing for twice the timeout of 2 s (its own bound, for a
+    large file's write)."""
+    return ("nothing was written for 4 s: Drive (or the team cache, or the package index) stopped answering; if "
             "Drive did, on Colab, remount it by running this in a notebook cell: from google.colab import drive; "
             f"drive.mount({str(drive)!r}, force_remount=True)")
 
@@ -669,7 +670,7 @@ def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_ru
         demo, tmp_path, index):
     """`--wait` (here WARMSTART_WAIT=1) put the run's files on Drive itself, and a write to a Drive
     that stopped answering never returns: the run waited for ever, the environment long installed.
-    Now a worker the run starts writes them and gives up once it wrote nothing for
+    Now a worker the run starts writes them and gives up once it wrote nothing for twice
     WARMSTART_DRIVE_TIMEOUT: the run ends (exit 0) with one warning, the job stays with why, its
     lock let go, and the next run on a Drive that answers finishes it. The write left waiting is
     the snapshot's archive, after the wheels: a large file, which the worker writes itself."""

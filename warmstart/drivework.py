@@ -10,8 +10,8 @@ file), packs the snapshot, and removes the folder; a lock on the folder tells th
 it. What a killed worker left is finished by the next run, or by `bootstrap --wait`, which
 also does it all before returning: each by a worker it starts and waits for (finish_watched), since
 a write to a Drive that stopped answering never returns, and a process with a thread caught in one
-cannot end. The worker bounds its own writes: once it wrote nothing for WARMSTART_DRIVE_TIMEOUT,
-it lets the job go and ends. `status` shows what is still pending.
+cannot end. The worker bounds its own writes: once it wrote nothing for twice
+WARMSTART_DRIVE_TIMEOUT, it lets the job go and ends. `status` shows what is still pending.
 """
 
 from __future__ import annotations
@@ -533,14 +533,15 @@ def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], o
                            drive: Path) -> Iterator[None]:
     """The worker's bound on its own writes: a write to a Drive (or team) folder that stopped
     answering never returns, nor can its thread be stopped. Once the process wrote nothing for
-    WARMSTART_DRIVE_TIMEOUT (`written`: downloading, copying and packing all write as they go; a
-    read of Drive is bounded as a run's is), a thread of its own says why in failed.txt, lets the job's lock go
-    (the next run finishes the job) and calls `stalled(why)`, which ends the process; the thread
-    caught in the write ends with it once the mount answers."""
+    twice WARMSTART_DRIVE_TIMEOUT (`written`: downloading, copying and packing all write as they
+    go; a read of Drive, and a small file's write, are bounded by the timeout itself, which ends
+    them first and leaves the worker to say so), a thread of its own says why in failed.txt, lets
+    the job's lock go (the next run finishes the job) and calls `stalled(why)`, which ends the
+    process; the thread caught in the write ends with it once the mount answers."""
     if stalled is None:
         yield
         return
-    patience, done = drive_timeout(), threading.Event()
+    patience, done = 2 * drive_timeout(), threading.Event()
 
     def watch() -> None:
         last, since = written(), time.monotonic()

@@ -72,7 +72,8 @@ TEAM_TIMEOUT = Variable("WARMSTART_TEAM_TIMEOUT", "seconds any call to the team 
                                                 "run goes on without it (default 20)")
 DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds Drive may take to answer the run's first look at it "
                                                   "(else exit 3) or one read (else the run reads nothing more "
-                                                  "from it), and the Drive worker may go writing nothing (else "
+                                                  "from it) and a small write (else Drive is down for the run); "
+                                                  "the Drive worker may go twice as long writing nothing (else "
                                                   "it leaves its job to the next run; default 60)")
 HANDED_READ = Variable("WARMSTART_HANDED_READ", "internal: the snapshot's read warmstart.sh began, handed to "
                                                 "the bootstrap it starts (two pipes, by file descriptor)")
@@ -337,7 +338,7 @@ def drive_timeout(environ: Mapping[str, str] = os.environ) -> float:
     """No read from Drive may wait longer than this for its data: a FUSE read from a Drive that
     stopped answering never returns. The first that does ends Drive's part in the run. Drive
     fetches a file it has not cached before its first byte, so this is far above what a read
-    takes on a slow day. The Drive worker gives up once it wrote nothing for as long."""
+    takes on a slow day. The Drive worker gives up once it wrote nothing for twice as long."""
     return _seconds(DRIVE_TIMEOUT, 60.0, environ)
 
 
