@@ -154,9 +154,15 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes) -> None:
         child.kill()  # it ends when the mount answers
         raise TimeoutError(f"no answer in {seconds:g} s") from None
     if child.returncode:
-        said = err.decode(errors="replace").strip().splitlines()
-        why = said[-1].rpartition(": ")[2] if said else f"the writing child ended with {child.returncode}"
-        raise OSError(_ERRNOS.get(why, errno.EIO), why, str(dest))
+        raise _failed(err, f"the writing child ended with {child.returncode}", dest)
+
+
+def _failed(stderr: bytes, otherwise: str, named: Path | None = None) -> OSError:
+    """A coreutils child's error (cat, mv: it names the file, then says the error as strerror
+    says it) as the OSError it stands for; `otherwise` when it said nothing."""
+    said = stderr.decode(errors="replace").strip().splitlines()
+    why = said[-1].rpartition(": ")[2] if said else otherwise
+    return OSError(_ERRNOS.get(why, errno.EIO), why, *([str(named)] if named else []))
 
 
 class ChildRead:
@@ -187,10 +193,7 @@ class ChildRead:
         data = self._out.read(size)  # buffered: until `size` bytes or the end
         if not data and self._child.wait() != 0:
             assert self._child.stderr is not None
-            said = self._child.stderr.read(4096).decode(errors="replace").strip().splitlines()
-            # cat names the file (its stdin "-"): what it says after that is the error, as strerror says it
-            why = said[-1].rpartition(": ")[2] if said else f"the reading child ended with {self._child.returncode}"
-            raise OSError(_ERRNOS.get(why, errno.EIO), why)
+            raise _failed(self._child.stderr.read(4096), f"the reading child ended with {self._child.returncode}")
         return data
 
     def waiting(self) -> int:

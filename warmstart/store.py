@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePath
 from typing import IO, Any, Protocol, TypeVar
 
@@ -183,6 +184,11 @@ class DriveStore:
     @property
     def root(self) -> Path:
         return self.drive / LAYOUT
+
+    @cached_property
+    def is_fuse(self) -> bool:
+        """Whether its folder lies on a FUSE mount (Colab's Drive), from the mount table, once."""
+        return on_fuse(self.root)
 
     @property
     def recipes(self) -> Path:
@@ -408,7 +414,7 @@ class DriveStore:
         path = self.path(kind, name)
         self._refuse_folder_in_the_way(kind)
         file = self._answered(lambda: open(path, "rb", buffering=0))  # noqa: SIM115 (its reader closes it)
-        if not on_fuse(path):
+        if not self.is_fuse:
             return file
         try:
             return background.ChildRead(file)
@@ -496,7 +502,7 @@ class DriveStore:
             return True
         try:
             self._refuse_folder_in_the_way(kind)
-            if (size := src.stat().st_size) <= SMALL_WRITE and on_fuse(dest):
+            if (size := src.stat().st_size) <= SMALL_WRITE and self.is_fuse:
                 self._write_small(dest, src.read_bytes())
             else:
                 with AtomicFile(dest) as part, self._bar(bar, size, f"to Drive {name[:30]}") as shown:
@@ -534,7 +540,7 @@ class DriveStore:
         """A small file, atomically. On a FUSE mount a child writes it, given `timeout` (a write to
         a Drive that stopped answering never returns, and a thread of the run caught in one keeps
         it from ending): past it, Drive is down for the run (Stalled)."""
-        if not on_fuse(dest):
+        if not self.is_fuse:
             atomic_write_bytes(dest, data)
             return
         if self.down:
