@@ -553,6 +553,7 @@ def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], o
                        f"index) stopped answering; if Drive did, on Colab, {remount(drive)}")
                 with suppress(OSError):
                     write_private(folder / FAILED, why)
+                with suppress(OSError):  # nothing may keep this thread from letting the lock go
                     (folder / PID).unlink()  # at it no more: an offline run need not wait for it
                 os.close(held.fd)  # the lock goes with it: the thread caught in the write holds the process
                 stalled(why)
