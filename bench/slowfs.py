@@ -2,7 +2,7 @@
 
     python bench/slowfs.py BACKING MOUNTPOINT OPEN_DELAY_MS MIB_PER_S [FAIL_WRITES_WITH]
                            [--hang-after BYTES | --hang-metadata | --hang-from-listing |
-                            --hang-writes-in FOLDER] [--until FILE]
+                            --hang-writes-in FOLDER | --hang-from FILE] [--until FILE]
 
 Every open waits OPEN_DELAY_MS (Drive is slow per file), all reads and writes share a
 throughput cap of MIB_PER_S, and symlinks are refused as Drive refuses them. With an errno
@@ -14,7 +14,9 @@ with --hang-metadata no stat below the mount point and no listing answers, as a 
 stopped before the run; with --hang-from-listing the same from the first listing on, as a
 Drive that stopped during a run, after its first look; with --hang-writes-in no write to a file
 below FOLDER (a path below the mount point) answers, as a Drive that stopped in the middle of
-putting files there. The tests use them all. Needs
+putting files there; with --hang-from nothing below the mount point answers once FILE exists
+(a path or a glob pattern, outside the mount), as a Drive that stopped in the middle of a run
+(while it installed). The tests use them all. Needs
 /dev/fuse, libfuse2 (Debian: apt install libfuse2) and `pip install fusepy`; runs until
 unmounted.
 """
@@ -48,12 +50,20 @@ class Throttle:
 class SlowDrive(Operations):
     def __init__(self, backing: str, open_delay: float, throttle: Throttle, fail_writes: int = 0,
                  hang_after: int | None = None, until: str | None = None, hang_metadata: bool = False,
-                 hang_from_listing: bool = False, hang_writes_in: str | None = None) -> None:
+                 hang_from_listing: bool = False, hang_writes_in: str | None = None,
+                 hang_from: str | None = None) -> None:
         self.backing, self.open_delay, self.throttle = backing, open_delay, throttle
         self.fail_writes, self.hang_after, self.until = fail_writes, hang_after, until
         self.hang_metadata, self.hang_from_listing = hang_metadata, hang_from_listing
         self.hang_writes_in = hang_writes_in and "/" + hang_writes_in.strip("/") + "/"
+        self.hang_from, self.stopped = hang_from, False
         self.mountpoint = ""
+
+    def __call__(self, op, path, *args):
+        if self.hang_from and path != "/" and (self.stopped or glob.glob(self.hang_from)):
+            self.stopped = True
+            self._hang()
+        return super().__call__(op, path, *args)
 
     def _path(self, path: str) -> str:
         return os.path.join(self.backing, path.lstrip("/"))
@@ -61,9 +71,15 @@ class SlowDrive(Operations):
     def _hang(self) -> None:
         """Never answer (until unmounted: then fail, or with --until until FILE exists)."""
         while not (self.until and glob.glob(self.until)):
-            if not os.path.ismount(self.mountpoint):
+            if not self._mounted():
                 raise FuseOSError(errno.EIO)
             time.sleep(0.05)
+
+    def _mounted(self) -> bool:
+        """From the mount table: a look at the mount point would ask this layer, whose every
+        thread may be the one hanging."""
+        with open("/proc/self/mountinfo") as table:
+            return any(line.split()[4] == self.mountpoint for line in table)
 
     def getattr(self, path, fh=None):
         if self.hang_metadata and path != "/":
@@ -157,6 +173,8 @@ def main() -> None:
                         help="the same as --hang-metadata from the first listing on")
     parser.add_argument("--hang-writes-in", metavar="FOLDER",
                         help="no write to a file below FOLDER (a path below the mount point) ever answers")
+    parser.add_argument("--hang-from", metavar="FILE",
+                        help="nothing below the mount point answers once FILE exists (a path or a glob pattern)")
     parser.add_argument("--until", metavar="FILE",
                         help="with a hang: answer once FILE exists (a path or a glob pattern)")
     parser.add_argument("--subtype", metavar="NAME",
@@ -165,7 +183,7 @@ def main() -> None:
     drive = SlowDrive(os.path.abspath(args.backing), args.delay_ms / 1000, Throttle(args.mib_per_s * 2**20),
                       getattr(errno, args.fail_writes_with) if args.fail_writes_with else 0, args.hang_after,
                       args.until and os.path.abspath(args.until), args.hang_metadata, args.hang_from_listing,
-                      args.hang_writes_in)
+                      args.hang_writes_in, args.hang_from and os.path.abspath(args.hang_from))
     drive.mountpoint = os.path.abspath(args.mountpoint)
     typed = {"subtype": args.subtype} if args.subtype else {}
     FUSE(drive, args.mountpoint, foreground=True, nothreads=False, **typed)

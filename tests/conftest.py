@@ -361,13 +361,13 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
                fail_writes: str | None = None, hang_after: int | None = None,
                until: Path | None = None, hang_metadata: bool = False,
                hang_from_listing: bool = False, hang_writes_in: str | None = None,
-               subtype: str | None = None) -> Iterator[Path]:
+               hang_from: Path | str | None = None, subtype: str | None = None) -> Iterator[Path]:
     """`backing` seen through bench/slowfs.py at `mount`, a real FUSE file system that delays
     every open and caps throughput as Drive does (or fails every write with an errno, or never
     answers a read past `hang_after` bytes of a file, or any stat below the mount point and any
     listing with `hang_metadata`, the same from the first listing on with `hang_from_listing`, any
-    write to a file below its folder `hang_writes_in`, or not before `until` exists: a path or a
-    glob pattern), of file system type fuse.`subtype`."""
+    write to a file below its folder `hang_writes_in`, or anything once `hang_from` exists; or not
+    before `until` exists: each a path or a glob pattern), of file system type fuse.`subtype`."""
     mount.mkdir(exist_ok=True)
     fs = subprocess.Popen([sys.executable, str(REPO / "bench" / "slowfs.py"), str(backing), str(mount),
                            str(open_delay_ms), str(mib_per_s), *([fail_writes] if fail_writes else []),
@@ -375,6 +375,7 @@ def slow_drive(backing: Path, mount: Path, open_delay_ms: float, mib_per_s: floa
                            *(["--hang-metadata"] if hang_metadata else []),
                            *(["--hang-from-listing"] if hang_from_listing else []),
                            *(["--hang-writes-in", hang_writes_in] if hang_writes_in else []),
+                           *(["--hang-from", str(hang_from)] if hang_from is not None else []),
                            *(["--until", str(until)] if until is not None else []),
                            *(["--subtype", subtype] if subtype else [])])
     try:
