@@ -4,6 +4,7 @@ offline restore with the network cut."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
@@ -14,10 +15,29 @@ import sys
 import tarfile
 import threading
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import REPO, bootstrap, cli_env, make_venv, needs_mountns, needs_netns, on_a_small_disk, run_cli
+from conftest import (
+    LOCKED,
+    REPO,
+    Result,
+    bootstrap,
+    cli_env,
+    locked_part_of,
+    make_venv,
+    needs_fuse,
+    needs_mountns,
+    needs_netns,
+    on_a_small_disk,
+    run_cli,
+    run_cli_on_hung_mount,
+    slow_drive,
+)
+
+from warmstart.disks import remount
 
 MODEL = bytes(range(256)) * 4096  # 1 MiB
 DATA_TXT = b"label,plate\n1,AB-123\n"
@@ -461,6 +481,88 @@ def test_damaged_cached_asset_offline_is_an_error_naming_it(demo, drive, home, t
     assert result.code == 3
     assert "asset model.onnx" in result.stderr and "does not match" in result.stderr
     assert not (home / "models" / "model.onnx").exists()
+
+
+@contextlib.contextmanager
+def bootstrap_on_a_drive_that_stops(recipe: Path, tmp_path: Path, home: Path, index,
+                                    **hang: Any) -> Iterator[tuple[Result, Path]]:
+    """A bootstrap of `recipe` (HOME `home`, WARMSTART_DRIVE_TIMEOUT=2) whose Drive is a FUSE
+    layer that stops answering as `hang` says (slow_drive's hang_from or hang_writes_in), until
+    the run ends or 30 s pass; then it answers again. Its result and the mount, which answers."""
+    (tmp_path / "backing").mkdir()
+    answer = tmp_path / "answer"
+    python = make_venv(tmp_path / "venv")
+    env = cli_env(index.url, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
+    with slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, until=answer, **hang) as mount:
+        result = run_cli_on_hung_mount("bootstrap", "--recipe", str(recipe), "--drive", str(mount), "--python",
+                                       str(python), "--json", env=env, answer=answer, timeout=30)
+        yield result, mount
+
+
+@needs_fuse
+def test_a_drive_that_stops_answering_during_the_install_ends_the_run_before_the_workdirs_asset(
+        demo, home, tmp_path, index, server):
+    """Drive answered the run's first look, then stopped while the packages installed (the layer
+    answers nothing once the target holds alpha's dist-info): the asset for the workdir on Drive
+    was placed in the run's own process, which waited for ever. The run looks at the workdir
+    again first, bounded: exit 3 saying so and what to do, the packages installed; once Drive
+    answers, the next run places the asset. The Colab side (a remount) cannot run here."""
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "models/model.onnx"))
+    alpha = tmp_path / "venv" / "lib" / "python3*" / "site-packages" / "alpha-*.dist-info"
+    with bootstrap_on_a_drive_that_stops(recipe, tmp_path, home, index, hang_from=alpha) as (result, mount):
+        assert result.code == 3, result.stderr  # on the code before: still waiting at 30 s, killed
+        waited = r"\(a (look at its files|write) waited 2 s( to end)?\)"  # the look, or the usage record's write
+        assert re.fullmatch(
+            rf"the workdir {re.escape(str(mount / 'Demo'))} lies on Drive, and {re.escape(str(mount))} stopped "
+            rf"answering {waited}: on Colab, {re.escape(remount(mount))} and run again", result.report["error"]), \
+            result.report["error"]
+        assert locked_part_of(tmp_path / "venv" / "bin" / "python") == LOCKED
+
+        again = bootstrap_home(recipe, mount, home, tmp_path, index)
+
+        assert again.code == 0, again.stderr
+        assert (mount / "Demo" / "models" / "model.onnx").read_bytes() == MODEL
+
+
+@needs_fuse
+def test_an_asset_whose_write_to_the_workdir_on_drive_never_ends_is_given_up_after_drives_timeout(
+        demo, home, tmp_path, index, server):
+    """A Drive that answers every look but stopped in the middle of a write to the workdir: the
+    asset's copy there was the run's own, waited for ever. A child writes it now, given
+    WARMSTART_DRIVE_TIMEOUT each time it takes nothing more: exit 3 naming the asset, Drive and
+    what to do; the model is not left half-placed."""
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "models/model.onnx"))
+    with bootstrap_on_a_drive_that_stops(recipe, tmp_path, home, index, hang_writes_in="Demo") as (result, mount):
+        assert result.code == 3, result.stderr  # on the code before: still waiting at 30 s, killed
+        dest = mount / "Demo" / "models" / "model.onnx"
+        assert result.report["error"] == (f"asset model.onnx: {dest} lies on Drive, and {mount} stopped answering (a "
+                                          f"write waited 2 s to end): on Colab, {remount(mount)} and run again")
+        assert not dest.exists()
+
+
+@needs_fuse
+def test_a_check_that_cannot_end_when_killed_is_left_there_and_said_not_waited_for(tmp_path, monkeypatch):
+    """A check caught in a write to a Drive that stopped answering cannot end even killed (a FUSE
+    write under way is waited out): once its timeout killed it, the run waited for it for ever.
+    Now it waits KILLED_WAIT (2 s here) and the check fails saying why it is still there."""
+    from warmstart import checks
+    from warmstart.recipe import Check
+
+    monkeypatch.setattr(checks, "KILLED_WAIT", 2.0)
+    (tmp_path / "backing" / "out").mkdir(parents=True)
+    answer = tmp_path / "answer"
+    with slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000, hang_writes_in="out", until=answer) as mount:
+        results: list[checks.CheckResult] = []
+        check = Check("writes a plate", run="echo AB-123 > out/plate.txt", timeout=1)
+        running = threading.Thread(target=lambda: results.extend(checks.run_checks((check,), Path(sys.executable),
+                                                                                   mount)), daemon=True)
+        running.start()
+        running.join(30)
+        answer.touch()  # the check ends now (on the code before: the run, which waited for it)
+
+    assert [(r.ok, r.summary) for r in results] == [(False, (
+        "timed out after 1 s (set timeout for this check in the recipe); it did not end when killed (still there "
+        "2 s later): a file it reads or writes lies on a mount that stopped answering (Drive?)"))]
 
 
 def test_checks_report_pass_and_fail(demo, drive, home, tmp_path, index):

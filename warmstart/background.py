@@ -1,7 +1,7 @@
 """Work on a daemon thread of its own: a run that ends, fails or is interrupted before it needs
 the work's answer does not wait for it at exit (a hung socket, a driver that does not answer),
 only for an import it is in the middle of (`imports_ended`). A look at a FUSE mount, a long read
-of one and a small write to one, is a child's instead (`child_within`, `ChildRead`,
+of one and a write of the run's own to one, is a child's instead (`child_within`, `ChildRead`,
 `child_write`). Standard library only."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
+import io
 import os
 import select
 import signal
@@ -138,23 +139,47 @@ def child_within(seconds: float, argv: list[str], most: int = OUTPUT_MOST) -> by
 # renamed (as transfer.AtomicFile writes); the temporary file removed if any of it fails.
 _WRITE = ('mkdir -p -- "${1%/*}" && cat > "$1" && sync -- "$1" && mv -f -- "$1" "$2" '
           '|| { status=$?; rm -f -- "$1"; exit $status; }')
+_FED = 1 << 20  # bytes of a local file read at a time into child_write's pipe
 
 
-def child_write(seconds: float, tmp: Path, dest: Path, data: bytes) -> None:
-    """`data` as the file `dest`, written by a child under the name `tmp`, then renamed: a small
-    file (a usage record, a ledger) for a FUSE mount that may have stopped answering, where a
-    write never returns (see child_within). TimeoutError once `seconds` pass before it ends (the
-    child left waiting), OSError when it fails (as strerror says it)."""
+def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> None:
+    """`data` (bytes, or a local file's) as the file `dest`, written by a child under the name
+    `tmp`, then renamed: for a FUSE mount that may have stopped answering, where a write never
+    returns (see child_within). TimeoutError once the child takes nothing more for `seconds`, or
+    has it all and does not end within them (the child left waiting): a large file's write is
+    bounded by its progress, not its length. OSError when it fails (as strerror says it)."""
     child = subprocess.Popen(["sh", "-c", _WRITE, "sh", str(tmp), str(dest)], stdin=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"},
                              start_new_session=True)
+    assert child.stdin is not None and child.stderr is not None
     try:
-        _out, err = child.communicate(data, timeout=seconds)
-    except subprocess.TimeoutExpired:
-        child.kill()  # it ends when the mount answers
+        try:
+            _feed(child.stdin.fileno(), data, seconds)
+        except BrokenPipeError:
+            pass  # it ended early: its status says why
+        finally:
+            child.stdin.close()
+        child.wait(seconds)
+    except (TimeoutError, subprocess.TimeoutExpired):
+        kill_session(child)  # its cat too, which ends when the mount answers
         raise TimeoutError(f"no answer in {seconds:g} s") from None
+    finally:
+        with child.stderr:  # its last words, a line or two: no pipe of it fills
+            err = child.stderr.read(4096) if child.returncode is not None else b""
     if child.returncode:
         raise _failed(err, f"the writing child ended with {child.returncode}", dest)
+
+
+def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:
+    """Write `data` into `pipe`, waiting `seconds` at most each time it takes nothing."""
+    os.set_blocking(pipe, False)
+    with open(data, "rb") if isinstance(data, Path) else io.BytesIO(data) as source:
+        while chunk := source.read(_FED):
+            left = memoryview(chunk)
+            while left:
+                if not select.select([], [pipe], [], seconds)[1]:
+                    raise TimeoutError
+                left = left[os.write(pipe, left):]
 
 
 def _failed(stderr: bytes, otherwise: str, named: Path | None = None) -> OSError:

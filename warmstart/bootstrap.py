@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from . import assets, drivework, flock, home, installer, livelock, patches, rest
 from . import target as target_python
 from .background import started
 from .console import counted
-from .disks import UPLOADED_WHEN, explain, kind_of, not_a_folder, remount, uploads_later
+from .disks import UPLOADED_WHEN, explain, kind_of, not_a_folder, stopped_answering, uploads_later
 from .download import Downloader
 from .errors import BadInput, PreconditionUnmet, redact
 from .execute import Executor
@@ -47,6 +48,7 @@ from .profiles import Profile, require_drive, require_mounted, select_profile
 from .recipe import Recipe, UnknownRecipe, load_recipe
 from .report import Report
 from .settings import LOCK_TIMEOUT, Options, Settings, resolve, team_as_given
+from .store import Stalled
 from .team import borrowable
 from .tiered import TieredStore
 from .transfer import write_private
@@ -376,11 +378,14 @@ def _make_workdir(plan: Plan, store: TieredStore, report: Report, *, packages_on
     """The `workdir` step: the recipe's folder made. Assets and checks need it, packages alone do
     not: with `packages_only`, a workdir Drive cannot have is a warning (returned), not the end."""
     with report.step("workdir") as step:
-        if (down := store.here.down) and plan.workdir.is_relative_to(plan.facts.drive):
+        on_drive = plan.workdir.is_relative_to(plan.facts.drive)
+        if on_drive:  # looked at anew: the last run's Drive writes may have been waited for since
+            with suppress(Stalled):  # said below
+                store.here.look([plan.workdir])
+        if (down := store.here.down) and on_drive:
             if not packages_only:  # assets and checks need it, and a look at it would wait as long
-                raise PreconditionUnmet(
-                    f"the workdir {plan.workdir} lies on Drive, and {down}: on Colab, {remount(plan.workdir)} "
-                    "and run again (with --packages-only the packages install without it)")
+                raise PreconditionUnmet(stopped_answering("the workdir", plan.workdir, down)
+                                        + " (with --packages-only the packages install without it)")
             step.status = "warning"
             return [f"no workdir {plan.workdir}: {down}"]
         try:

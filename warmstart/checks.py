@@ -29,6 +29,7 @@ OUTPUT_READ = 4 << 20  # bytes of each of a check's streams read back, its end: 
 OUTPUT_MOST = 64 << 20  # bytes a check may print (both streams): they go to the temporary folder,
 # whose disk (on Colab the VM's own) one printing without end fills long before its timeout
 WATCH = 0.2  # seconds between looks at how much a running check has printed
+KILLED_WAIT = 10.0  # seconds a killed check may take to end (a CUDA context's teardown takes a few)
 _COLOURS = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # terminal escapes, as onnxruntime's own log writes them
 
 
@@ -151,8 +152,9 @@ def _run_check(check: Check, python: Path, cwd: Path, running: _Running) -> Chec
         finally:
             running.discard(process)
         stdout, stderr = _text(out), _text(err)
-    if stopped == TIMED_OUT:
-        ok, output = False, f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
+    if stopped is not None and stopped.startswith(TIMED_OUT):  # and maybe more: it did not end
+        ok, output = False, (f"timed out after {check.timeout:g} s (set timeout for this check in the recipe)"
+                             + stopped.removeprefix(TIMED_OUT))
         summary = output
     elif stopped:
         ok, summary = False, stopped
@@ -189,7 +191,11 @@ def _stopped(process: subprocess.Popen[bytes], check: Check, out: IO[bytes], err
             else:
                 continue
         kill_session(process)
-        process.wait()
+        try:
+            process.wait(KILLED_WAIT)
+        except subprocess.TimeoutExpired:  # left: it ends when what holds it answers
+            why += (f"; it did not end when killed (still there {KILLED_WAIT:g} s later): a file it reads or "
+                    "writes lies on a mount that stopped answering (Drive?)")
         return why
 
 

@@ -164,6 +164,12 @@ def remount(path: str | os.PathLike[str] | None) -> str:
             f"drive.mount({mount!r}, force_remount=True)")
 
 
+def stopped_answering(what: str, path: Path, down: str) -> str:
+    """What the run says of `what` (the workdir, an asset) at `path` on a Drive that stopped
+    answering (`down`: the store's why), with the way out."""
+    return f"{what} {path} lies on Drive, and {down}: on Colab, {remount(path)} and run again"
+
+
 DRIVE_ERRORS = {
     errno.ENOSPC: "Drive is full (on Colab: the Google Drive storage quota is used up)",
     errno.EDQUOT: "Drive is over quota (on Colab: the Google Drive storage quota is used up)",

@@ -16,6 +16,7 @@ from packaging.utils import InvalidWheelFilename, NormalizedName, parse_wheel_fi
 from . import assets, checks, faults, headstart, installer, patches, race, restart, snapshot
 from . import target as target_python
 from .console import counted
+from .disks import stopped_answering
 from .download import Downloader
 from .drivework import DriveWork
 from .errors import PreconditionUnmet, WarmstartError
@@ -25,6 +26,7 @@ from .outcome import Outcome
 from .plan import Plan, offline_without_drive
 from .recipe import Check
 from .report import Report
+from .store import Stalled
 from .tiered import TieredStore
 
 
@@ -390,11 +392,22 @@ class Executor:
     def place_assets(self) -> None:
         plan = self.plan
         with self.report.step("assets") as step, tempfile.TemporaryDirectory(prefix="warmstart-") as tmp:
+            if any(plan.facts.assets[a][0].is_relative_to(plan.facts.drive) for a in plan.assets_to_place):
+                self._drive_answers()
             came = [assets.ensure(a, plan.facts.assets[a][0], self.store, self.downloader, self.work,
                                   offline=plan.offline, scratch=Path(tmp))
                     for a in plan.assets_to_place]
             step.detail = ", ".join(f"{n} {where}" for where, n in Counter(came).items())
         self.warn(self.store.warnings)
+
+    def _drive_answers(self) -> None:
+        """Before the run works in a workdir on Drive again: Drive looked at anew (DriveStore.look).
+        One that stopped answering since the workdir step (during the install) ends the run with
+        the way out, rather than holding it in a write, or a check's start, for ever."""
+        try:
+            self.store.here.look([self.plan.workdir])
+        except Stalled as exc:
+            raise PreconditionUnmet(stopped_answering("the workdir", self.plan.workdir, str(exc))) from None
 
     def _run_checks_due(self) -> None:
         """A run that installs nothing runs the checks that failed here last time, or were added
@@ -412,6 +425,8 @@ class Executor:
         plan = self.plan
         recipe = plan.facts.recipe
         with self.report.step("checks") as step:
+            if plan.workdir.is_relative_to(plan.facts.drive):  # where they run
+                self._drive_answers()
             results = self.outcome.checks = checks.run_checks(tuple(recipe.checks if only is None else only),
                                                               plan.facts.target.executable, plan.workdir)
             for result in results:

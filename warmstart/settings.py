@@ -72,7 +72,8 @@ TEAM_TIMEOUT = Variable("WARMSTART_TEAM_TIMEOUT", "seconds any call to the team 
                                                 "run goes on without it (default 20)")
 DRIVE_TIMEOUT = Variable("WARMSTART_DRIVE_TIMEOUT", "seconds Drive may take to answer the run's first look at it "
                                                   "(else exit 3) or one read (else the run reads nothing more "
-                                                  "from it) and a small write (else Drive is down for the run); "
+                                                  "from it) and a write of its own that takes nothing more (else "
+                                                  "Drive is down for the run); "
                                                   "the Drive worker may go twice as long writing nothing (else "
                                                   "it leaves its job to the next run; default 60)")
 HANDED_READ = Variable("WARMSTART_HANDED_READ", "internal: the snapshot's read warmstart.sh began, handed to "

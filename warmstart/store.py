@@ -31,11 +31,12 @@ from .console import QUIET, Bar, Bars
 from .disks import explain, kind_of, no_room, on_fuse, regular_file, remount
 from .errors import BadInput
 from .layout import KINDS, LAYOUT, RECIPES
-from .settings import drive_timeout
+from .settings import drive_timeout, looked_in_time
 from .transfer import (
     AtomicFile,
     Stream,
     WriteFailed,
+    atomic_copy,
     atomic_write_bytes,
     copy_hashed,
     part_name,
@@ -152,8 +153,8 @@ class Patience:
 # What waited the store's timeout, as `down` says it ({:g}: the seconds)
 READ_WAITED = "a read waited {:g} s for its data"
 WRITE_WAITED = "a write waited {:g} s to end"
-SMALL_WRITE = 1 << 20  # bytes of a file a run writes to Drive itself (an index, a lock, a record): the
-# rest (wheels, archives, assets) go to Drive by its worker, which bounds its own writes (drivework)
+SMALL_WRITE = 1 << 20  # bytes of a cache's file a run writes to Drive itself (an index, a lock, a record):
+# the rest (wheels, archives, assets) go to the cache by its worker, which bounds its own writes (drivework)
 LOOK_WAITED = "a look at its files waited {:g} s"
 
 
@@ -503,7 +504,7 @@ class DriveStore:
         try:
             self._refuse_folder_in_the_way(kind)
             if (size := src.stat().st_size) <= SMALL_WRITE and self.is_fuse:
-                self._write_small(dest, src.read_bytes())
+                self.write_file(dest, src.read_bytes())
             else:
                 with AtomicFile(dest) as part, self._bar(bar, size, f"to Drive {name[:30]}") as shown:
                     _sha256, size = copy_hashed(src, part.fh, shown)
@@ -531,17 +532,22 @@ class DriveStore:
         return AtomicFile(self.path(kind, stem))
 
     def put_text(self, kind: str, name: str, text: str) -> None:
-        """A small file (a snapshot's index, a usage record), atomically (_write_small)."""
+        """A small file (a snapshot's index, a usage record), atomically (write_file)."""
         if not self.read_only:
             self._refuse_folder_in_the_way(kind)
-            self._write_small(self.path(kind, name), text.encode())
+            self.write_file(self.path(kind, name), text.encode())
 
-    def _write_small(self, dest: Path, data: bytes) -> None:
-        """A small file, atomically. On a FUSE mount a child writes it, given `timeout` (a write to
-        a Drive that stopped answering never returns, and a thread of the run caught in one keeps
-        it from ending): past it, Drive is down for the run (Stalled)."""
+    def write_file(self, dest: Path, data: bytes | Path) -> None:
+        """A file of the run's own on Drive, atomically: a small one of the cache's (an index, a
+        lock, a usage record), the placed files' ledger, an asset placed in a workdir on Drive
+        (`data`: bytes, or a local file's). On a FUSE mount a child writes it (a write to a Drive
+        that stopped answering never returns, and a thread of the run caught in one keeps it from
+        ending): once it takes nothing more for `timeout`, Drive is down for the run (Stalled)."""
         if not self.is_fuse:
-            atomic_write_bytes(dest, data)
+            if isinstance(data, Path):
+                atomic_copy(data, dest)
+            else:
+                atomic_write_bytes(dest, data)
             return
         if self.down:
             raise self._give_up()
@@ -549,6 +555,18 @@ class DriveStore:
             background.child_write(self.timeout, part_name(dest), dest, data)
         except TimeoutError:
             raise self._give_up(WRITE_WAITED) from None
+
+    def look(self, paths: Sequence[Path]) -> None:
+        """Before the run works in a Drive folder outside the cache (the workdir), long after its
+        first look: a look at `paths` on a FUSE mount, bounded as that one is (looked_in_time):
+        one that waits `timeout` makes Drive down for the run (Stalled). A Drive that stopped
+        answering during the install then holds no thread of the run."""
+        if self.down:
+            raise self._give_up()
+        # a name no one made: the kernel may answer a look at a path it looked up lately itself
+        unseen = f".warmstart-look-{uuid.uuid4().hex}"
+        if self.is_fuse and not looked_in_time([path / unseen for path in paths], self.timeout):
+            raise self._give_up(LOOK_WAITED)
 
     def set_aside_named(self, kind: str, name: str) -> None:
         """Set a damaged file aside where it is."""

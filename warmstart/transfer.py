@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import uuid
 from collections.abc import Iterator
@@ -165,8 +166,8 @@ def writing(path: str | os.PathLike[str], disk_only: bool = False) -> Iterator[N
     try:
         yield
     except OSError as exc:
-        if disk_only and exc.errno not in DISK_ERRNOS:
-            raise
+        if (disk_only and exc.errno not in DISK_ERRNOS) or isinstance(exc, TimeoutError):
+            raise  # a write that waited out its time (a Drive that stopped answering) says so itself
         raise WriteFailed(exc.errno, exc.strerror, str(path)) from exc
 
 
@@ -187,6 +188,13 @@ def atomic_write_text(dest: Path, text: str) -> None:
 def atomic_write_bytes(dest: Path, data: bytes) -> None:
     with AtomicFile(dest) as part:
         part.write(data)
+        part.commit(dest)
+
+
+def atomic_copy(src: Path, dest: Path) -> None:
+    with AtomicFile(dest) as part, src.open("rb") as source:
+        with part.naming():
+            shutil.copyfileobj(source, part.fh)
         part.commit(dest)
 
 
