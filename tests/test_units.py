@@ -39,7 +39,7 @@ from packaging.version import Version
 
 from warmstart import PROJECT_ROOT, checks, commands, pipconfig, snapshot, wheels
 from warmstart import status as status_module
-from warmstart.background import ChildRead
+from warmstart.background import ChildRead, child_write
 from warmstart.console import counted
 from warmstart.errors import BadInput, PreconditionUnmet, WarmstartError, redact
 from warmstart.gpu import Device, GpuReport, GpuVerdict, judge
@@ -56,7 +56,7 @@ from warmstart.settings import Options, parse_command_line
 from warmstart.snapshot import Snapshot
 from warmstart.store import DriveStore, StoredFile
 from warmstart.target import TargetPython
-from warmstart.transfer import copy_hashed
+from warmstart.transfer import copy_hashed, part_name
 
 H = {c: c * 64 for c in "abcdef"}
 A = Pin(canonicalize_name("alpha"), "1.0", frozenset({H["a"]}))
@@ -475,6 +475,27 @@ def test_a_child_that_cannot_read_says_why_with_its_errno(tmp_path):
     with ChildRead(_Descriptor(tmp_path)) as stream, pytest.raises(OSError) as raised:  # type: ignore[arg-type]
         stream.read(4 << 20)
     assert raised.value.errno == errno.EISDIR and raised.value.strerror == "Is a directory"
+
+
+def test_a_child_writes_a_local_file_larger_than_its_pipe_whole_and_renamed_into_place(tmp_path):
+    """background.child_write fed from a local file (9 MiB, many times its pipe): the file at
+    dest is the source's, and no temporary name is left beside it."""
+    data = os.urandom((9 << 20) + 5)
+    (tmp_path / "model.onnx").write_bytes(data)
+    dest = tmp_path / "drive" / "models" / "model.onnx"
+    child_write(5, part_name(dest), dest, tmp_path / "model.onnx")
+    assert dest.read_bytes() == data and os.listdir(dest.parent) == ["model.onnx"]
+
+
+def test_a_child_write_whose_local_source_fails_leaves_nothing_at_dest(tmp_path):
+    """A source that cannot be read (a folder here; a local disk failing, an interrupt alike):
+    the child is ended before its input closes, which would have renamed what it had (nothing
+    here: an empty file) into place."""
+    dest = tmp_path / "drive" / "model.onnx"
+    with pytest.raises(IsADirectoryError):
+        child_write(5, part_name(dest), dest, tmp_path)
+    time.sleep(0.5)  # what a child left running would have done by now
+    assert not dest.exists()
 
 
 # -- one declaration of the command line ----------------------------------------------------

@@ -157,6 +157,9 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
             _feed(child.stdin.fileno(), data, seconds)
         except BrokenPipeError:
             pass  # it ended early: its status says why
+        except BaseException:  # a timeout, a local read that failed, an interrupt
+            kill_session(child)  # before its stdin closes, which would rename a part of the data into place
+            raise
         finally:
             child.stdin.close()
         child.wait(seconds)
