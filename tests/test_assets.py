@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -530,7 +531,8 @@ def test_an_asset_whose_write_to_the_workdir_on_drive_never_ends_is_given_up_aft
     """A Drive that answers every look but stopped in the middle of a write to the workdir: the
     asset's copy there was the run's own, waited for ever. A child writes it now, given
     WARMSTART_DRIVE_TIMEOUT each time it takes nothing more: exit 3 naming the asset, Drive and
-    what to do; the model is not left half-placed."""
+    what to do; the model is not left half-placed, and once Drive answers no part of it is left
+    under a temporary name either."""
     recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "models/model.onnx"))
     with bootstrap_on_a_drive_that_stops(recipe, tmp_path, home, index, hang_writes_in="Demo") as (result, mount):
         assert result.code == 3, result.stderr  # on the code before: still waiting at 30 s, killed
@@ -538,6 +540,12 @@ def test_an_asset_whose_write_to_the_workdir_on_drive_never_ends_is_given_up_aft
         assert result.report["error"] == (f"asset model.onnx: {dest} lies on Drive, and {mount} stopped answering (a "
                                           f"write waited 2 s to end): on Colab, {remount(mount)} and run again")
         assert not dest.exists()
+    left = tmp_path / "backing" / "Demo" / "models"  # the mount answered as the helper ended
+    for _ in range(100):
+        if not any(left.iterdir()):
+            break
+        time.sleep(0.1)
+    assert list(left.iterdir()) == []
 
 
 @needs_fuse

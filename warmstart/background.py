@@ -153,24 +153,31 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
                              start_new_session=True)
     assert child.stdin is not None and child.stderr is not None
     try:
-        try:
-            _feed(child.stdin.fileno(), data, seconds)
-        except BrokenPipeError:
-            pass  # it ended early: its status says why
-        except BaseException:  # a timeout, a local read that failed, an interrupt
-            kill_session(child)  # before its stdin closes, which would rename a part of the data into place
-            raise
-        finally:
-            child.stdin.close()
+        with child.stdin as pipe:
+            try:
+                _feed(pipe.fileno(), data, seconds)
+            except BrokenPipeError:
+                pass  # it ended early: its status says why
+            except BaseException:  # a timeout, a local read that failed, an interrupt
+                _abandon(child, tmp)  # before its input closes, which would rename a part of the data into place
+                raise
         child.wait(seconds)
-    except (TimeoutError, subprocess.TimeoutExpired):
-        kill_session(child)  # its cat too, which ends when the mount answers
+    except subprocess.TimeoutExpired:
+        _abandon(child, tmp)
         raise TimeoutError(f"no answer in {seconds:g} s") from None
     finally:
         with child.stderr:  # its last words, a line or two: no pipe of it fills
             err = child.stderr.read(4096) if child.returncode is not None else b""
     if child.returncode:
         raise _failed(err, f"the writing child ended with {child.returncode}", dest)
+
+
+def _abandon(child: subprocess.Popen[bytes], tmp: Path) -> None:
+    """End a child_write (its cat too, which ends when the mount answers) and remove what it
+    wrote of `tmp`: by another child, left waiting where the mount does not answer."""
+    kill_session(child)
+    subprocess.Popen(["rm", "-f", "--", str(tmp)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:
@@ -181,7 +188,7 @@ def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:
             left = memoryview(chunk)
             while left:
                 if not select.select([], [pipe], [], seconds)[1]:
-                    raise TimeoutError
+                    raise TimeoutError(f"no answer in {seconds:g} s")
                 left = left[os.write(pipe, left):]
 
 
