@@ -526,26 +526,52 @@ def test_a_drive_that_stops_answering_during_the_install_ends_the_run_before_the
 
 
 @needs_fuse
+@pytest.mark.parametrize(("name", "dest", "unpack"), [("model.onnx", "models/model.onnx", False),
+                                                     ("data.tar.gz", "dataset", True)], ids=["file", "archive"])
 def test_an_asset_whose_write_to_the_workdir_on_drive_never_ends_is_given_up_after_drives_timeout(
-        demo, home, tmp_path, index, server):
+        demo, home, tmp_path, index, server, name, dest, unpack):
     """A Drive that answers every look but stopped in the middle of a write to the workdir: the
-    asset's copy there was the run's own, waited for ever. A child writes it now, given
-    WARMSTART_DRIVE_TIMEOUT each time it takes nothing more: exit 3 naming the asset, Drive and
-    what to do; the model is not left half-placed, and once Drive answers no part of it is left
-    under a temporary name either."""
-    recipe = with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "models/model.onnx"))
+    asset's copy there (an archive's members and marker) was the run's own, waited for ever. A
+    child writes each file now, given WARMSTART_DRIVE_TIMEOUT each time it takes nothing more:
+    exit 3 naming the asset, Drive and what to do; nothing is left half-placed, and once Drive
+    answers no part of it is left under a temporary name either."""
+    recipe = with_assets(demo, asset_block(f"{server.url}/files/{name}", server.files[name], dest, unpack=unpack))
     with bootstrap_on_a_drive_that_stops(recipe, tmp_path, home, index, hang_writes_in="Demo") as (result, mount):
         assert result.code == 3, result.stderr  # on the code before: still waiting at 30 s, killed
-        dest = mount / "Demo" / "models" / "model.onnx"
-        assert result.report["error"] == (f"asset model.onnx: {dest} lies on Drive, and {mount} stopped answering (a "
+        place = mount / "Demo" / dest
+        assert result.report["error"] == (f"asset {name}: {place} lies on Drive, and {mount} stopped answering (a "
                                           f"write waited 2 s to end): on Colab, {remount(mount)} and run again")
-        assert not dest.exists()
-    left = tmp_path / "backing" / "Demo" / "models"  # the mount answered as the helper ended
+    left = tmp_path / "backing" / "Demo"  # the mount answered as the helper ended
     for _ in range(100):
-        if not any(left.iterdir()):
+        if not any(p.is_file() for p in left.rglob("*")):
             break
         time.sleep(0.1)
-    assert list(left.iterdir()) == []
+    assert [p for p in left.rglob("*") if p.is_file()] == []
+
+
+@needs_fuse
+def test_an_archive_asset_on_a_fuse_drive_is_unpacked_locally_and_its_members_copied_into_the_workdir(
+        demo, home, tmp_path, index, server):
+    """On a FUSE Drive an archive is unpacked on local disk and each member copied into its folder
+    in the workdir by a child (bounded as every write there): the folder holds the archive's files;
+    the next version replaces and removes what the last one put there, and keeps the user's own."""
+    versions = [tar_gz({"data/a.csv": b"a1", "data/b.csv": b"b1"}), tar_gz({"data/a.csv": b"a2", "data/c.csv": b"c2"})]
+    base = demo.read_text()
+    (tmp_path / "backing").mkdir()
+    with slow_drive(tmp_path / "backing", tmp_path / "drive", 0, 1000) as mount:
+        for n, data in enumerate(versions):
+            server.files[f"v{n}.tar.gz"] = data
+            demo.write_text(base)
+            with_assets(demo, asset_block(f"{server.url}/files/v{n}.tar.gz", data, "dataset", unpack=True))
+            result = bootstrap_home(demo, mount, home, tmp_path, index)
+            assert result.code == 0, result.stderr
+            if n == 0:
+                (mount / "Demo" / "dataset" / "data" / "mine.csv").write_bytes(b"mine")
+
+        folder = mount / "Demo" / "dataset"
+        assert {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()} == {
+            "data/a.csv": b"a2", "data/c.csv": b"c2", "data/mine.csv": b"mine",
+            ".warmstart-asset": f"{sha256(versions[1])}\ndata/a.csv\ndata/c.csv\n".encode()}
 
 
 @needs_fuse

@@ -2,7 +2,8 @@
 
 The store's `assets/<sha256>` holds each file once, whichever recipes declare it.
 A restore copies it off Drive while hashing, and places it (or extracts it) at its destination
-under a temporary name first, so a destination is either whole and verified or untouched.
+under a temporary name first, so a destination is either whole and verified or untouched. On a
+FUSE Drive (Colab's) each file is written there by a child, bounded (PlacedFiles.put).
 
 warmstart replaces only what it placed. A file asset's destination is replaced only when the
 ledger of placed files (beside the destination: on Drive for the workdir, in warmstart's cache
@@ -18,8 +19,9 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from . import faults, flock, home
@@ -117,18 +119,23 @@ class PlacedFiles:
                 # one sha256 as a string: the ledger as warmstart wrote it before it kept two
                 placed = self._read(ledger) | {str(dest): sha256s}
                 shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
-                self._put(ledger, (json.dumps(shown, indent=1, sort_keys=True) + "\n").encode())
+                self.put(ledger, (json.dumps(shown, indent=1, sort_keys=True) + "\n").encode())
         except OSError:
             pass  # unrecorded, the file is left alone next time rather than replaced
 
     def write(self, verified: Path, dest: Path) -> None:
         """The verified file as dest, atomically."""
         with writing(dest):  # a full disk is said as dest's (a copy's error names the source)
-            self._put(dest, verified)
+            self.put(dest, verified)
 
-    def _put(self, dest: Path, data: bytes | Path) -> None:
-        """On Drive as the store writes its own files there: on a FUSE mount by a child, bounded
-        (Stalled, once Drive stopped answering: a thread caught in that write holds the run)."""
+    def by_child(self, dest: Path) -> bool:
+        """Whether dest is written by a child (it lies on a FUSE Drive: see put)."""
+        return dest.is_relative_to(self.store.drive) and self.store.here.is_fuse
+
+    def put(self, dest: Path, data: bytes | Path) -> None:
+        """A file of warmstart's at dest, atomically. On Drive as the store writes its own files
+        there: on a FUSE mount by a child, bounded (Stalled, once Drive stopped answering: a
+        thread caught in that write would hold the run)."""
         if dest.is_relative_to(self.store.drive):
             self.store.here.write_file(dest, data)
         elif isinstance(data, Path):
@@ -244,15 +251,26 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
         faults.point("asset-place")
         placed.record(dest, asset.sha256)
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = part_name(dest)
+    # Unpacked beside dest, then each member renamed into place; on a FUSE Drive unpacked on local
+    # disk, then each member copied into place by a child (placed.write), which a Drive that stops
+    # answering holds instead of the run.
+    by_child = placed.by_child(dest)
+    tmp = Path(tempfile.mkdtemp(prefix="warmstart-")) / dest.name if by_child else part_name(dest)
     try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        with writing(dest):  # a full disk is said as dest's (the OS's error names no file)
+        with writing(tmp if by_child else dest):  # a full disk is said as its (the OS's error names no file)
             safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
-        _merge_into(asset, tmp, dest)
+        _merge_into(asset, tmp, dest, placed, placed.write if by_child else _rename_into)
+    except Stalled as exc:
+        raise PreconditionUnmet(stopped_answering(f"asset {asset.name}:", dest, str(exc))) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.parent if by_child else tmp, ignore_errors=True)
+
+
+def _rename_into(member: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(member, dest)
 
 
 def _marker(dest: Path) -> list[str]:
@@ -267,11 +285,11 @@ def _marker(dest: Path) -> list[str]:
     return lines if lines and _MARKER_HEAD.fullmatch(lines[0]) else []
 
 
-def _write_marker(marker: Path, head: str, members: Iterable[str]) -> None:
+def _write_marker(placed: PlacedFiles, marker: Path, head: str, members: Iterable[str]) -> None:
     """The marker's lines written as the file names they are: a tar made on Windows names its
     files in its code page (GBK for a Chinese plate's photo), not UTF-8, and os.fsencode gives
     back the bytes the unpacked file is named by."""
-    atomic_write_bytes(marker, os.fsencode("".join(f"{line}\n" for line in [head, *members])))
+    placed.put(marker, os.fsencode("".join(f"{line}\n" for line in [head, *members])))
 
 
 def _inside(dest: Path, member: str) -> bool:
@@ -287,9 +305,11 @@ def _members(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir())
 
 
-def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
-    """Move extracted members into dest, which may hold the user's files: those stay. Members of
-    the previous archive warmstart unpacked there (its marker lists them) are replaced or removed."""
+def _merge_into(asset: Asset, staged: Path, dest: Path, placed: PlacedFiles,
+                move: Callable[[Path, Path], None]) -> None:
+    """Move extracted members into dest (`move`), which may hold the user's files: those stay.
+    Members of the previous archive warmstart unpacked there (its marker lists them) are replaced
+    or removed."""
     marker = dest / MARKER
     marked = _marker(dest)
     previous = {member for member in marked[1:] if _inside(dest, member)}
@@ -306,16 +326,15 @@ def _merge_into(asset: Asset, staged: Path, dest: Path) -> None:
     # Every member that may lie here meanwhile is named before one moves, under the archive it
     # replaces (the folder is not in place until the last line): a run killed while they move
     # leaves none that the next version would not remove.
-    _write_marker(marker, marked[0] if marked else "-", sorted(previous | set(new)))
+    _write_marker(placed, marker, marked[0] if marked else "-", sorted(previous | set(new)))
     for member in sorted(previous - set(new)):
         old = dest / member
         if old.is_file() and not old.is_symlink():
             old.unlink()
     for member in new:
-        (dest / member).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged / member, dest / member)
+        move(staged / member, dest / member)
         faults.point("asset-member")
-    _write_marker(marker, asset.sha256, new)  # last: the folder is whole
+    _write_marker(placed, marker, asset.sha256, new)  # last: the folder is whole
 
 
 def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader, work: DriveWork, *,
