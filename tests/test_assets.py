@@ -541,12 +541,12 @@ def test_an_asset_whose_write_to_the_workdir_on_drive_never_ends_is_given_up_aft
         place = mount / "Demo" / dest
         assert result.report["error"] == (f"asset {name}: {place} lies on Drive, and {mount} stopped answering (a "
                                           f"write waited 2 s to end): on Colab, {remount(mount)} and run again")
-    left = tmp_path / "backing" / "Demo"  # the mount answered as the helper ended
-    for _ in range(100):
-        if not any(p.is_file() for p in left.rglob("*")):
-            break
-        time.sleep(0.1)
-    assert [p for p in left.rglob("*") if p.is_file()] == []
+        left = tmp_path / "backing" / "Demo"  # the mount answers since the helper ended
+        for _ in range(100):
+            if not any(p.is_file() for p in left.rglob("*")):
+                break
+            time.sleep(0.1)
+        assert [p for p in left.rglob("*") if p.is_file()] == []
 
 
 @needs_fuse

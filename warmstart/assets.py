@@ -259,7 +259,7 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None
     try:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        with writing(tmp if by_child else dest):  # a full disk is said as its (the OS's error names no file)
+        with writing(tmp if by_child else dest):  # a full disk names the folder (the OS's error names no file)
             safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
         _merge_into(asset, tmp, dest, placed, placed.write if by_child else _rename_into)
     except Stalled as exc:

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
+from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
@@ -135,10 +136,13 @@ def child_within(seconds: float, argv: list[str], most: int = OUTPUT_MOST) -> by
     return bytes(out)
 
 
-# What child_write runs: the data as a temporary file (its folder made), flushed to disk, then
-# renamed (as transfer.AtomicFile writes); the temporary file removed if any of it fails.
-_WRITE = ('mkdir -p -- "${1%/*}" && cat > "$1" && sync -- "$1" && mv -f -- "$1" "$2" '
-          '|| { status=$?; rm -f -- "$1"; exit $status; }')
+# What child_write runs: the data as a temporary file (its folder made), checked for its length
+# (an input closed early is no file of ours), flushed to disk, then renamed (as
+# transfer.AtomicFile writes); the temporary file removed if any of it fails, or is ended
+# (_abandon: SIGTERM, which the shell outlives to remove it once what it waits for ends, saying
+# so on a stderr nobody reads any more).
+_WRITE = ('trap : TERM; trap "" PIPE; mkdir -p -- "${1%/*}" && cat > "$1" && [ "$(stat -c %s -- "$1")" = "$3" ] '
+          '&& sync -- "$1" && mv -f -- "$1" "$2" || { status=$?; rm -f -- "$1"; exit $status; }')
 _FED = 1 << 20  # bytes of a local file read at a time into child_write's pipe
 
 
@@ -148,7 +152,8 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
     returns (see child_within). TimeoutError once the child takes nothing more for `seconds`, or
     has it all and does not end within them (the child left waiting): a large file's write is
     bounded by its progress, not its length. OSError when it fails (as strerror says it)."""
-    child = subprocess.Popen(["sh", "-c", _WRITE, "sh", str(tmp), str(dest)], stdin=subprocess.PIPE,
+    size = data.stat().st_size if isinstance(data, Path) else len(data)
+    child = subprocess.Popen(["sh", "-c", _WRITE, "sh", str(tmp), str(dest), str(size)], stdin=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "LC_ALL": "C"},
                              start_new_session=True)
     assert child.stdin is not None and child.stderr is not None
@@ -159,25 +164,28 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
             except BrokenPipeError:
                 pass  # it ended early: its status says why
             except BaseException:  # a timeout, a local read that failed, an interrupt
-                _abandon(child, tmp)  # before its input closes, which would rename a part of the data into place
+                _abandon(child)  # before its input closes, which would rename a part of the data into place
                 raise
         child.wait(seconds)
-    except subprocess.TimeoutExpired:
-        _abandon(child, tmp)
+    except BaseException as exc:
+        child.stderr.close()  # not read: its cat, left waiting on the mount, holds it open
+        if not isinstance(exc, subprocess.TimeoutExpired):
+            raise
+        _abandon(child)
         raise TimeoutError(f"no answer in {seconds:g} s") from None
-    finally:
-        with child.stderr:  # its last words, a line or two: no pipe of it fills
-            err = child.stderr.read(4096) if child.returncode is not None else b""
+    with child.stderr:  # its last words, a line or two: no pipe of it fills
+        err = child.stderr.read(4096)
     if child.returncode:
         raise _failed(err, f"the writing child ended with {child.returncode}", dest)
 
 
-def _abandon(child: subprocess.Popen[bytes], tmp: Path) -> None:
-    """End a child_write (its cat too, which ends when the mount answers) and remove what it
-    wrote of `tmp`: by another child, left waiting where the mount does not answer."""
-    kill_session(child)
-    subprocess.Popen(["rm", "-f", "--", str(tmp)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+def _abandon(child: subprocess.Popen[bytes]) -> None:
+    """End what a child_write runs (its cat, caught in a write, once the mount answers); the shell
+    stays to remove what it wrote under its temporary name then. Not before: an unlink beside a
+    write under way waits for it, and a FUSE layer that orders its requests by path (libfuse's
+    high-level API) holds every later one, on any path, behind that unlink."""
+    with suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGTERM)
 
 
 def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:
