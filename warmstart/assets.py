@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -235,37 +234,39 @@ def refuse_any_in_the_way(destinations: Mapping[Asset, Path], store: TieredStore
             raise refused
 
 
-def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles) -> None:
+def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles, scratch: Path) -> None:
     """Put a verified file (or its extracted contents) at dest, replacing only what warmstart put
-    there before; anything else in the way is refused (BadInput) with nothing changed."""
+    there before; anything else in the way is refused (BadInput) with nothing changed. `scratch`:
+    a folder of the run's on local disk."""
     if refused := in_the_way(asset, dest, placed):
         raise refused
-    if not asset.unpack:
+    try:
+        if asset.unpack:
+            _unpack(asset, verified, dest, placed, scratch)
+            return
         # Either file is warmstart's from now on: a run killed before `record` leaves one that the
         # next finds its own, whichever it is.
         placed.replacing(dest, asset.sha256)
-        try:
-            placed.write(verified, dest)
-        except Stalled as exc:
-            raise PreconditionUnmet(stopped_answering(f"asset {asset.name}:", dest, str(exc))) from None
+        placed.write(verified, dest)
         faults.point("asset-place")
         placed.record(dest, asset.sha256)
-        return
-    # Unpacked beside dest, then each member renamed into place; on a FUSE Drive unpacked on local
-    # disk, then each member copied into place by a child (placed.write), which a Drive that stops
-    # answering holds instead of the run.
-    by_child = placed.by_child(dest)
-    tmp = Path(tempfile.mkdtemp(prefix="warmstart-")) / dest.name if by_child else part_name(dest)
-    try:
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-        with writing(tmp if by_child else dest):  # a full disk names the folder (the OS's error names no file)
-            safe_extract(verified, tmp, asset.name, asset.unpack_limit(verified.stat().st_size))
-        _merge_into(asset, tmp, dest, placed, placed.write if by_child else _rename_into)
     except Stalled as exc:
         raise PreconditionUnmet(stopped_answering(f"asset {asset.name}:", dest, str(exc))) from None
+
+
+def _unpack(asset: Asset, archive: Path, dest: Path, placed: PlacedFiles, scratch: Path) -> None:
+    """Unpacked beside dest, then each member renamed into place; on a FUSE Drive unpacked in
+    `scratch`, then each member copied into place by a child (placed.write), which a Drive that
+    stops answering holds instead of the run."""
+    by_child = placed.by_child(dest)
+    tmp = scratch / f"{asset.sha256}.unpacked" if by_child else part_name(dest)
+    try:
+        tmp.mkdir(parents=True)
+        with writing(tmp if by_child else dest):  # a full disk names the folder (the OS's error names no file)
+            safe_extract(archive, tmp, asset.name, asset.unpack_limit(archive.stat().st_size))
+        _merge_into(asset, tmp, dest, placed, placed.write if by_child else _rename_into)
     finally:
-        shutil.rmtree(tmp.parent if by_child else tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rename_into(member: Path, dest: Path) -> None:
@@ -346,7 +347,7 @@ def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader,
     if asset.sha256 in store.names(KIND):
         verified = store.get(KIND, asset.sha256, scratch / asset.sha256, {asset.sha256})
         if verified:
-            place(asset, verified, dest, placed)
+            place(asset, verified, dest, placed, scratch)
             if verified not in store.from_team:
                 return "from Drive"
             work.add(KIND, verified)  # Drive gets it too
@@ -364,7 +365,7 @@ def ensure(asset: Asset, dest: Path, store: TieredStore, downloader: Downloader,
         downloader.fetch([Job(url, asset.sha256, local, asset.size, "the recipe")], f"download {asset.name[:30]}")
     faults.point("asset-download")
     store.stats.misses += 1
-    place(asset, local, dest, placed)
+    place(asset, local, dest, placed, scratch)
     work.add(KIND, local)
     return "downloaded"
 

@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from contextlib import suppress
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
@@ -34,12 +33,12 @@ NEUTRAL_CWD = "/"
 _ERRNOS = {os.strerror(number): number for number in errno.errorcode}  # a child's error text back to its errno
 
 
-def kill_session(child: subprocess.Popen) -> None:
+def kill_session(child: subprocess.Popen, sig: signal.Signals = signal.SIGKILL) -> None:
     """`child` and whatever it started: its session's process group (start_new_session). Killed
     alone, a wrapper left what it started running (a check's helper server, the interpreter a
-    target's launcher script runs)."""
+    target's launcher script runs). `sig`: SIGTERM for a child that outlives it on purpose."""
     try:
-        os.killpg(child.pid, signal.SIGKILL)
+        os.killpg(child.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass  # all of it gone already
 
@@ -138,9 +137,11 @@ def child_within(seconds: float, argv: list[str], most: int = OUTPUT_MOST) -> by
 
 # What child_write runs: the data as a temporary file (its folder made), checked for its length
 # (an input closed early is no file of ours), flushed to disk, then renamed (as
-# transfer.AtomicFile writes); the temporary file removed if any of it fails, or is ended
-# (_abandon: SIGTERM, which the shell outlives to remove it once what it waits for ends, saying
-# so on a stderr nobody reads any more).
+# transfer.AtomicFile writes); the temporary file removed if any of it fails, or is ended (SIGTERM
+# to its session, which the shell outlives to remove it once what it waits for ends, saying so on
+# a stderr nobody reads any more). Not removed before: an unlink beside a write under way waits
+# for it, and a FUSE layer that orders its requests by path (libfuse's high-level API) holds
+# every later one, on any path, behind that unlink.
 _WRITE = ('trap : TERM; trap "" PIPE; mkdir -p -- "${1%/*}" && cat > "$1" && [ "$(stat -c %s -- "$1")" = "$3" ] '
           '&& sync -- "$1" && mv -f -- "$1" "$2" || { status=$?; rm -f -- "$1"; exit $status; }')
 _FED = 1 << 20  # bytes of a local file read at a time into child_write's pipe
@@ -164,28 +165,19 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
             except BrokenPipeError:
                 pass  # it ended early: its status says why
             except BaseException:  # a timeout, a local read that failed, an interrupt
-                _abandon(child)  # before its input closes, which would rename a part of the data into place
+                kill_session(child, signal.SIGTERM)  # before its input closes, the end of what it gets
                 raise
         child.wait(seconds)
     except BaseException as exc:
         child.stderr.close()  # not read: its cat, left waiting on the mount, holds it open
         if not isinstance(exc, subprocess.TimeoutExpired):
             raise
-        _abandon(child)
+        kill_session(child, signal.SIGTERM)
         raise TimeoutError(f"no answer in {seconds:g} s") from None
     with child.stderr:  # its last words, a line or two: no pipe of it fills
         err = child.stderr.read(4096)
     if child.returncode:
         raise _failed(err, f"the writing child ended with {child.returncode}", dest)
-
-
-def _abandon(child: subprocess.Popen[bytes]) -> None:
-    """End what a child_write runs (its cat, caught in a write, once the mount answers); the shell
-    stays to remove what it wrote under its temporary name then. Not before: an unlink beside a
-    write under way waits for it, and a FUSE layer that orders its requests by path (libfuse's
-    high-level API) holds every later one, on any path, behind that unlink."""
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGTERM)
 
 
 def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:

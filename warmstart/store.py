@@ -504,7 +504,7 @@ class DriveStore:
         try:
             self._refuse_folder_in_the_way(kind)
             if (size := src.stat().st_size) <= SMALL_WRITE and self.is_fuse:
-                self.write_file(dest, src.read_bytes())
+                self.write_file(dest, src)
             else:
                 with AtomicFile(dest) as part, self._bar(bar, size, f"to Drive {name[:30]}") as shown:
                     _sha256, size = copy_hashed(src, part.fh, shown)
