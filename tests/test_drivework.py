@@ -24,6 +24,7 @@ from conftest import (
     REPO,
     bootstrap,
     cli_env,
+    dead_url,
     installed,
     locked_part_of,
     make_venv,
@@ -960,3 +961,46 @@ def test_a_small_file_a_run_puts_on_a_drive_that_stopped_answering_is_given_up_o
         assert store.down == f"{mount} stopped answering (a write waited 1 s to end)"
         assert store.warnings == [f"{store.down}; this run reads nothing more from it (on Colab, {remount(mount)})"]
         assert store.put("locks", "another.txt", lock) is False and len(store.warnings) == 1, "nothing more"
+
+
+@pytest.mark.parametrize("the_runs_read_fails", ["while the worker writes", "after it answered"])
+def test_a_team_cache_down_for_the_run_and_for_its_watched_worker_is_said_once(tmp_path, monkeypatch, the_runs_read_fails):
+    """A restore that Drive finished first leaves the team store's read of a part under way; the
+    run hands its writes to a worker it waits for (WARMSTART_WAIT) with the team store not yet
+    down, the worker finds it down too, and the read then fails, before the worker answered or
+    after. One warning, either way (the run said two, CI saw it). Here the team cache is an S3
+    bucket at a port nothing listens on, so every request of the run's and the worker's fails;
+    the abandoned read's failure is the run's own `_failed`, called at those two moments."""
+    from warmstart.team import ObjectStore
+    from warmstart.tiered import TieredStore
+
+    drive, _, work = a_job(tmp_path, monkeypatch)
+    for var, value in {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_ENDPOINT_URL": dead_url(), "AWS_MAX_ATTEMPTS": "1", "WARMSTART_TEAM_TIMEOUT": "10"}.items():
+        monkeypatch.setenv(var, value)
+    (work.area("assets") / ("1" * 64)).write_bytes(b"model")
+    store = TieredStore.at(drive)
+    store.put_behind("s3://bucket/team")
+    team = store.team
+    assert isinstance(team, ObjectStore) and not team.down
+    work.write_job(store)
+
+    def the_read_fails() -> None:
+        team._failed("reading part 2 of the snapshot", ConnectionResetError(104, "Connection reset by peer"))
+
+    waited = drivework._answer_of
+
+    def answered_while_the_read_failed(*args: Any) -> dict[str, Any]:
+        said = waited(*args)
+        if the_runs_read_fails == "while the worker writes":
+            the_read_fails()
+        return said
+    monkeypatch.setattr(drivework, "_answer_of", answered_while_the_read_failed)
+
+    drivework.finish_watched(work.folder, store)
+    if the_runs_read_fails == "after it answered":
+        the_read_fails()
+
+    down = [w for w in store.warnings if "cannot be used" in w]
+    assert len(down) == 1, store.warnings
+    assert team.down and on_drive(drive, "assets") == ["1" * 64], "Drive's writes went on"

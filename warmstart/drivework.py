@@ -50,7 +50,7 @@ from .home import jobs as jobs_of
 from .lock import Pin
 from .pipconfig import IndexSettings, anchored
 from .settings import LOCK_TIMEOUT, WORKER_TEAM, drive_timeout, lock_timeout
-from .store import STALE_SECONDS, CacheStats, DriveStore, Store
+from .store import STALE_SECONDS, CacheStats, DriveStore, Store, went_down
 from .tiered import TieredStore
 from .transfer import is_sha256, write_private
 
@@ -271,6 +271,10 @@ def finish_watched(folder: Path, store: TieredStore, *, offline: bool = False, t
     _add(store.here.stats, said.get("drive") or {})
     if store.team is not None:
         _add(store.team.stats, said.get("team") or {})
+        if isinstance(down := said.get("team_down"), list) and len(down) == 2:
+            # One warning for the run: a read of the team store that the restore left under way may
+            # fail before this (the run said so, the worker too) or after (now quiet).
+            went_down(store.team, *map(str, down))
     if error := said.get("error"):
         kind = {"JobBusy": JobBusy, "IndexUnavailable": IndexUnavailable,
                 "DownloadFailed": DownloadFailed}.get(str(error.get("kind")))
@@ -718,9 +722,10 @@ def main(argv: list[str]) -> int:
                 print(redact(f"warning: {warning}"), file=sys.stderr)
             return
         team = store.team if store else None
+        down = [team.down, team.down_said] if team and team.down_said else None  # said apart: see finish_watched
         os.write(args.answer, json.dumps({
-            "warnings": warned, "drive": vars(store.here.stats) if store else {},
-            "team": vars(team.stats) if team else {},
+            "warnings": [warning for warning in warned if not down or warning != down[1]], "team_down": down,
+            "drive": vars(store.here.stats) if store else {}, "team": vars(team.stats) if team else {},
             "error": {"kind": type(error).__name__ if isinstance(error, BaseException) else "OSError", "said": said}
             if error is not None else None}).encode() + b"\n")
 

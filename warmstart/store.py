@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -102,6 +103,18 @@ class StoredFile:
         return f"{self.kind}/{self.path.name}"
 
 
+_GOING_DOWN = threading.Lock()
+
+
+def went_down(store: Store, why: str, said: str) -> None:
+    """`store` stopped answering for the run: `why`, and one warning (`said`), whichever of the
+    reads that fail at once (the parts of a snapshot; a watched worker's, merged) comes first."""
+    with _GOING_DOWN:
+        if not store.down:
+            store.down, store.down_said = why, said
+            store.warnings.append(said)
+
+
 class Store(Protocol):
     """What every medium of a store offers: a folder (DriveStore, for Drive and a team's shared
     folder) and an object store (warmstart.team.ObjectStore)."""
@@ -110,6 +123,7 @@ class Store(Protocol):
     warnings: list[str]
     read_only: bool
     down: str | None  # why it stopped answering for this run
+    down_said: str | None  # the one warning that said so (went_down)
     refused: bool  # a write was refused: reads go on, writes stop
     unlisted: str | None  # why its listing was not read (it lists more than a cache holds)
 
@@ -173,6 +187,7 @@ class DriveStore:
     warnings: list[str] = field(default_factory=list)  # Drive writes that failed; the run goes on
     read_only: bool = False  # as a team store a person may only read (see warmstart.team)
     down: str | None = field(default=None, init=False)  # why it stopped answering for the run (_answered)
+    down_said: str | None = field(default=None, init=False)
     refused: bool = field(default=False, init=False)
     unlisted: str | None = field(default=None, init=False)  # why its folders are not listed (_listed)
     _listings: dict[str, list[str]] = field(default_factory=dict, repr=False)
@@ -376,9 +391,8 @@ class DriveStore:
     def _give_up(self, waited: str = READ_WAITED) -> Stalled:
         """A read (or a look) waited `timeout` for its answer: Drive's part in the run ends
         (`down`, one warning), so nothing later waits that long again."""
-        if not self.down:  # two reads at once (the parts of a snapshot) may both wait it out
-            self.down = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
-            self.warnings.append(f"{self.down}; this run reads nothing more from it (on Colab, {remount(self.drive)})")
+        why = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
+        went_down(self, why, f"{why}; this run reads nothing more from it (on Colab, {remount(self.drive)})")
         return Stalled(errno.ETIMEDOUT, self.down)
 
     def _answered(self, read: Callable[[], T], waited: str = READ_WAITED) -> T:

@@ -59,6 +59,7 @@ from .store import (
     record_name,
     record_text,
     unread_because,
+    went_down,
 )
 from .target import TargetPython
 from .transfer import BlockStream, Stream, WriteFailed, copy_hashed, sha256_of, untrusted_json
@@ -154,8 +155,8 @@ def open_team(location: str, *, drive: Path, read_only: bool, bars: Bars = QUIET
     folder = user_path(location.removeprefix("file://"), f"--cache (or {CACHE.name})")
     store = DriveStore(folder, CacheStats(), bars, warnings, read_only=read_only, timeout=team_timeout())
     if not looked_in_time((folder,), store.timeout):  # before real() and is_dir(), which would wait for ever
-        store.down = f"the team cache {folder} does not answer: a look at it waited {store.timeout:g} s"
-        warnings.append(f"{store.down}; going on with Drive and the package index")
+        why = f"the team cache {folder} does not answer: a look at it waited {store.timeout:g} s"
+        went_down(store, why, f"{why}; going on with Drive and the package index")
         return store
     resolved, drives = real(folder), real(drive)
     if resolved == drives:
@@ -238,6 +239,7 @@ class ObjectStore:
     bars: Bars = QUIET
     warnings: list[str] = field(default_factory=list)
     down: str | None = None  # why it stopped being asked: one warning, then Drive and the index
+    down_said: str | None = None  # that warning (went_down)
     refused: bool = False  # a write was refused: reads go on, writes stop
     unlisted: str | None = None  # why a folder's listing was not read (it lists more than a cache holds)
     borrow: Sequence[str] = ()  # where else its backend may be found (see borrowable)
@@ -284,10 +286,8 @@ class ObjectStore:
                                      "to it (use --cache-read-only if you may only read it)")
             self.refused = True
             return
-        if self.down is None:
-            self.down = why
-            self.warnings.append(f"the team cache {self} cannot be used ({doing}: {why}); going on with "
-                                 "Drive and the package index")
+        went_down(self, why, f"the team cache {self} cannot be used ({doing}: {why}); going on with "
+                             "Drive and the package index")
 
     @property
     def writable(self) -> bool:
