@@ -661,8 +661,8 @@ def gave_up(drive: Path) -> str:
 def stalled(drive: Path) -> str:
     """What a worker says once it wrote nothing for twice the timeout of 2 s (its own bound, for a
     large file's write)."""
-    return ("nothing was written for 4 s: Drive (or the team cache, or the package index) stopped answering; if "
-            "Drive did, on Colab, remount it by running this in a notebook cell: from google.colab import drive; "
+    return (f"nothing was written for 4 s: a write to {drive} waits: Drive stopped answering; on Colab, remount it "
+            "by running this in a notebook cell: from google.colab import drive; "
             f"drive.mount({str(drive)!r}, force_remount=True)")
 
 
@@ -702,6 +702,36 @@ def test_a_waited_run_whose_drive_stops_answering_mid_write_ends_and_the_next_ru
         assert len(on_drive(mount, "snapshots")) == 2, "an index and its archive"
         assert len(on_drive(mount, "wheels")) == 3
         assert jobs(home) == [] and again.report["warnings"] == []
+
+
+@needs_fuse
+def test_a_worker_stalled_on_the_team_caches_folder_names_it_not_drive(demo, tmp_path, index):
+    """The worker's stall said "Drive (or the team cache, or the package index) stopped answering",
+    and a user remounted a Drive that answered. The write it waits in names the folder: here the
+    snapshot's archive to a team cache folder that stopped answering (a child's write there: an
+    archive under 1 MiB), and the run's warning and the job say the team cache's folder, no
+    remount. (A large file's write in the worker's own process is found by its open file: the
+    test of a waited run's Drive above.)"""
+    home = tmp_path / "home"
+    env = cli_env(index.url, XDG_CACHE_HOME=str(home / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
+    layer, answer = a_drive_that_hangs_writing(tmp_path, "snapshots")
+    drive = tmp_path / "own-drive"
+    drive.mkdir()
+    with layer as team:
+        python = make_venv(tmp_path / "venv")
+
+        result = run_cli_on_hung_mount("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python",
+                                       str(python), "--cache", str(team), "--json", env=env, answer=answer)
+
+        said = (f"nothing was written for 4 s: a write to the team cache {team} waits: it stopped answering; the "
+                "next run writes it there once it answers")
+        assert result.code == 0, result.stderr
+        assert result.report["warnings"] == [f"the Drive cache was not filled: {said}; the next run tries again"], \
+            result.report["warnings"]  # on the code before: "Drive (or the team cache, ...) ... remount it ..."
+        [job] = jobs(home)
+        assert (job / "failed.txt").read_text() == said
+        assert len(on_drive(drive, "wheels")) == 3, "Drive got its wheels first"
+        answer.touch()
 
 
 @needs_fuse

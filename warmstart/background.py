@@ -18,8 +18,9 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import IO, TypeVar
@@ -159,15 +160,16 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
                              start_new_session=True)
     assert child.stdin is not None and child.stderr is not None
     try:
-        with child.stdin as pipe:
-            try:
-                _feed(pipe.fileno(), data, seconds)
-            except BrokenPipeError:
-                pass  # it ended early: its status says why
-            except BaseException:  # a timeout, a local read that failed, an interrupt
-                kill_session(child, signal.SIGTERM)  # before its input closes, the end of what it gets
-                raise
-        child.wait(seconds)
+        with _written_now(tmp):
+            with child.stdin as pipe:
+                try:
+                    _feed(pipe.fileno(), data, seconds)
+                except BrokenPipeError:
+                    pass  # it ended early: its status says why
+                except BaseException:  # a timeout, a local read that failed, an interrupt
+                    kill_session(child, signal.SIGTERM)  # before its input closes, the end of what it gets
+                    raise
+            child.wait(seconds)
     except BaseException as exc:
         child.stderr.close()  # not read: its cat, left waiting on the mount, holds it open
         if not isinstance(exc, subprocess.TimeoutExpired):
@@ -178,6 +180,24 @@ def child_write(seconds: float, tmp: Path, dest: Path, data: bytes | Path) -> No
         err = child.stderr.read(4096)
     if child.returncode:
         raise _failed(err, f"the writing child ended with {child.returncode}", dest)
+
+
+_CHILD_WRITES: set[Path] = set()  # the files child_write's children write now
+
+
+@contextmanager
+def _written_now(tmp: Path) -> Iterator[None]:
+    _CHILD_WRITES.add(tmp)
+    try:
+        yield
+    finally:
+        _CHILD_WRITES.discard(tmp)
+
+
+def child_writes() -> tuple[Path, ...]:
+    """The files this process's children write now (child_write): where a write that stopped
+    waits, when one of them does."""
+    return tuple(_CHILD_WRITES)
 
 
 def _feed(pipe: int, data: bytes | Path, seconds: float) -> None:

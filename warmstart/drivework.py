@@ -38,7 +38,7 @@ from packaging.tags import parse_tag
 from packaging.utils import NormalizedName, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from . import flock
+from . import background, flock
 from . import snapshot as snapshots
 from . import target as target_python
 from .background import NEUTRAL_CWD
@@ -528,13 +528,13 @@ def finish(folder: Path, store: TieredStore, *, offline: bool = False, timeout: 
                 f"(a snapshot is of the environment it describes): let them finish and run again, or, if Drive "
                 f"stopped answering, on Colab {remount(store.here.drive)}; or set {LOCK_TIMEOUT.name} to wait longer")
         if isinstance(held, _Held) and (job := _read_job(folder)) is not None:
-            with _given_up_when_stalled(folder, held, stalled, store.here.drive):
+            with _given_up_when_stalled(folder, held, stalled, store):
                 _finish(folder, job, store, offline)
 
 
 @contextmanager
 def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], object] | None,
-                           drive: Path) -> Iterator[None]:
+                           store: TieredStore) -> Iterator[None]:
     """The worker's bound on its own writes: a write to a Drive (or team) folder that stopped
     answering never returns, nor can its thread be stopped. Once the process wrote nothing for
     twice WARMSTART_DRIVE_TIMEOUT (`written`: downloading, copying and packing all write as they
@@ -553,8 +553,7 @@ def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], o
             if (now := written()) != last or now is None:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= patience:
-                why = (f"nothing was written for {patience:g} s: Drive (or the team cache, or the package "
-                       f"index) stopped answering; if Drive did, on Colab, {remount(drive)}")
+                why = f"nothing was written for {patience:g} s: {_stalled_on(store)}"
                 with suppress(OSError):
                     write_private(folder / FAILED, why)
                 with suppress(OSError):  # nothing may keep this thread from letting the lock go
@@ -568,6 +567,33 @@ def _given_up_when_stalled(folder: Path, held: _Held, stalled: Callable[[str], o
         yield
     finally:
         done.set()
+
+
+def _stalled_on(store: TieredStore) -> str:
+    """What stopped answering: the folder that a file this process holds open lies in (Drive's, or
+    a team cache's), else any of them."""
+    drive, team = store.here.drive, store.team
+    said = {os.path.abspath(drive): f"a write to {drive} waits: Drive stopped answering; on Colab, {remount(drive)}"}
+    if isinstance(team, DriveStore):
+        said[os.path.abspath(team.drive)] = (f"a write to the team cache {team.drive} waits: it stopped answering; "
+                                             "the next run writes it there once it answers")
+    for name in [*_open_files(), *map(str, background.child_writes())]:
+        for folder in sorted(said, key=len, reverse=True):  # a team folder may lie inside Drive's
+            if Path(name).is_relative_to(folder):
+                return said[folder]
+    return (f"Drive (or the team cache, or the package index) stopped answering; if Drive did, on Colab, "
+            f"{remount(drive)}")
+
+
+def _open_files() -> list[str]:
+    """The files this process holds open, as the kernel names them (/proc/self/fd): a mount that
+    stopped answering is not asked, as a stat of them would."""
+    names = []
+    with suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with suppress(OSError):
+                names.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return names
 
 
 def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool) -> None:
