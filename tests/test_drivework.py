@@ -710,8 +710,8 @@ def test_a_worker_stalled_on_the_team_caches_folder_names_it_not_drive(demo, tmp
     and a user remounted a Drive that answered. The write it waits in names the folder: here the
     snapshot's archive to a team cache folder that stopped answering (a child's write there: an
     archive under 1 MiB), and the run's warning and the job say the team cache's folder, no
-    remount. (A large file's write in the worker's own process is found by its open file: the
-    test of a waited run's Drive above.)"""
+    remount; so does `status`. (A large file's write in the worker's own process is found by its
+    open file: the test of a waited run's Drive above.)"""
     home = tmp_path / "home"
     env = cli_env(index.url, XDG_CACHE_HOME=str(home / ".cache"), WARMSTART_DRIVE_TIMEOUT="2")
     layer, answer = a_drive_that_hangs_writing(tmp_path, "snapshots")
@@ -723,14 +723,16 @@ def test_a_worker_stalled_on_the_team_caches_folder_names_it_not_drive(demo, tmp
         result = run_cli_on_hung_mount("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python",
                                        str(python), "--cache", str(team), "--json", env=env, answer=answer)
 
-        said = (f"nothing was written for 4 s: a write to the team cache {team} waits: it stopped answering; the "
-                "next run writes it there once it answers")
+        said = f"nothing was written for 4 s: a write to the team cache {team} waits: it stopped answering"
         assert result.code == 0, result.stderr
         assert result.report["warnings"] == [f"the Drive cache was not filled: {said}; the next run tries again"], \
             result.report["warnings"]  # on the code before: "Drive (or the team cache, ...) ... remount it ..."
         [job] = jobs(home)
         assert (job / "failed.txt").read_text() == said
         assert len(on_drive(drive, "wheels")) == 3, "Drive got its wheels first"
+        pending = status(demo, drive, python, env)["drive_writes"]
+        assert pending == (f"snapshot pending; the team cache's copy of what Drive holds pending (stopped ({said}); "
+                           "the next run tries again)"), pending
         answer.touch()
 
 

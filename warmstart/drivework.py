@@ -575,8 +575,7 @@ def _stalled_on(store: TieredStore) -> str:
     drive, team = store.here.drive, store.team
     said = {os.path.abspath(drive): f"a write to {drive} waits: Drive stopped answering; on Colab, {remount(drive)}"}
     if isinstance(team, DriveStore):
-        said[os.path.abspath(team.drive)] = (f"a write to the team cache {team.drive} waits: it stopped answering; "
-                                             "the next run writes it there once it answers")
+        said[os.path.abspath(team.drive)] = f"a write to the team cache {team.drive} waits: it stopped answering"
     for name in [*_open_files(), *map(str, background.child_writes())]:
         for folder in sorted(said, key=len, reverse=True):  # a team folder may lie inside Drive's
             if Path(name).is_relative_to(folder):
