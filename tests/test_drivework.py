@@ -995,6 +995,37 @@ def test_a_small_file_a_run_puts_on_a_drive_that_stopped_answering_is_given_up_o
         assert store.put("locks", "another.txt", lock) is False and len(store.warnings) == 1, "nothing more"
 
 
+def test_a_worker_started_on_a_job_as_its_folder_is_removed_leaves_no_folder(tmp_path, monkeypatch):
+    """An offline run waits for the last run's worker until its pid file goes, then starts a worker
+    of its own on the job (finish_watched), whose log is opened by the job's folder name. The
+    first worker was removing the folder then: its rmtree, past the log's name already, could not
+    remove the folder the log was made in again, and a job folder with a log alone stayed (CI:
+    `wait_for_workers` timed out). Here the log is opened just as the folder itself is removed,
+    the last step of rmtree; the folder is renamed away before its removal now."""
+    from warmstart.tiered import TieredStore
+
+    drive, _, work = a_job(tmp_path, monkeypatch)
+    (work.area("assets") / ("1" * 64)).write_bytes(b"model")
+    work.write_job(TieredStore.at(drive))
+    rmdir = os.rmdir
+
+    def a_run_starts_its_worker_first(path: Any, *args: Any, **kwargs: Any) -> None:
+        if work.folder.name in Path(path).name:  # the job's folder itself (or, renamed away, .NAME.gone)
+            try:
+                os.close(os.open(work.folder / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND))
+            except FileNotFoundError:
+                pass  # no folder by that name: the worker's start says the job is done
+        rmdir(path, *args, **kwargs)
+    monkeypatch.setattr(os, "rmdir", a_run_starts_its_worker_first)
+
+    drivework.finish(work.folder, TieredStore.at(drive))
+
+    assert on_drive(drive, "assets") == ["1" * 64]
+    assert list(work.folder.parent.iterdir()) == [], "no job folder, nor one renamed away, is left"
+    drivework.finish_watched(work.folder, TieredStore.at(drive))  # the run's own try, later still: nothing to do
+    assert list(work.folder.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("the_runs_read_fails", ["while the worker writes", "after it answered"])
 def test_a_team_cache_down_for_the_run_and_for_its_watched_worker_is_said_once(tmp_path, monkeypatch, the_runs_read_fails):
     """A restore that Drive finished first leaves the team store's read of a part under way; the

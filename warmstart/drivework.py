@@ -63,7 +63,21 @@ PID = "worker.pid"  # the worker started on the job (see _worker_alive)
 def handed_off(prefix: Path) -> list[Path]:
     """A target's jobs that were handed off (a folder without its job file is being assembled)."""
     base = jobs_of(prefix)
-    return sorted(f for f in base.iterdir() if (f / JOB).is_file()) if base.is_dir() else []
+    return sorted(f for f in base.iterdir() if not f.name.startswith(".") and (f / JOB).is_file()) \
+        if base.is_dir() else []
+
+
+def _remove_job(folder: Path) -> None:
+    """A finished job's folder goes, renamed away first (`.NAME.gone`) in one step: a run that
+    starts a worker on it meanwhile (finish_watched, once the worker it waited for let the job's
+    pid go) then finds no folder, where rmtree, past that name already, would leave the worker's
+    new log in it, and the folder with it."""
+    gone = folder.with_name(f".{folder.name}.gone")
+    try:
+        os.rename(folder, gone)
+    except OSError:
+        gone = folder
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def _read_job(folder: Path) -> dict[str, Any] | None:
@@ -261,7 +275,12 @@ def finish_watched(folder: Path, store: TieredStore, *, offline: bool = False, t
     with tempfile.TemporaryFile() as answer:
         # No pid file, which spawn writes under the job's lock: written here, it would make again
         # the folder of a job another finished meanwhile. The worker's lock says it is at it.
-        worker = _start_worker(folder, store.team_url(), *flags, answer=answer.fileno())
+        try:
+            worker = _start_worker(folder, store.team_url(), *flags, answer=answer.fileno())
+        except FileNotFoundError:
+            if folder.exists():
+                raise
+            return  # finished meanwhile by the worker this run waited for (its log has no folder)
         try:
             said = _answer_of(worker, answer.fileno(), store.bars, _to_drive(folder))
         finally:
@@ -367,10 +386,12 @@ def _wait_for_worker(folder: Path, say: Any, timeout: float = 600) -> None:
 
 
 def start(prefix: Path, drive: Path, python: Path) -> DriveWork:
-    """A new job for this run; folders a killed run left while assembling one are removed."""
+    """A new job for this run; folders a killed run left while assembling one, or removing one
+    (.NAME.gone: _remove_job), are removed."""
     base = jobs_of(prefix)
     for old in base.iterdir() if base.is_dir() else ():
-        if not (old / JOB).is_file() and time.time() - old.stat().st_mtime > STALE_SECONDS:
+        left = old.name.startswith(".") or not (old / JOB).is_file()
+        if left and time.time() - old.stat().st_mtime > STALE_SECONDS:
             shutil.rmtree(old, ignore_errors=True)
     folder = base / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True, mode=0o700)
@@ -637,7 +658,7 @@ def _finish(folder: Path, job: dict[str, Any], store: TieredStore, offline: bool
     if unfetched is not None:
         raise unfetched  # the job stays: `status` says why, the next run fetches them
     if not later:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove_job(folder)
 
 
 def _download(folder: Path, job: dict[str, Any], store: TieredStore) -> None:
