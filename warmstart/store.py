@@ -391,8 +391,9 @@ class DriveStore:
     def _give_up(self, waited: str = READ_WAITED) -> Stalled:
         """A read (or a look) waited `timeout` for its answer: Drive's part in the run ends
         (`down`, one warning), so nothing later waits that long again."""
-        why = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
-        went_down(self, why, f"{why}; this run reads nothing more from it (on Colab, {remount(self.drive)})")
+        if not self.down:  # else said: every read after it comes here (two at once: went_down says one)
+            why = f"{self.drive} stopped answering ({waited.format(self.timeout)})"
+            went_down(self, why, f"{why}; this run reads nothing more from it (on Colab, {remount(self.drive)})")
         return Stalled(errno.ETIMEDOUT, self.down)
 
     def _answered(self, read: Callable[[], T], waited: str = READ_WAITED) -> T:
