@@ -36,26 +36,40 @@ def gcs(tmp_path):
     emulator = shutil.which("gcp-storage-emulator", path=str(Path(sys.executable).parent))
     if emulator is None:
         pytest.fail("needs gcp-storage-emulator (the test extra)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
-                               "--default-bucket", BUCKET, "--quiet"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    server, url = _started(emulator, tmp_path / "gcs.log")
     try:
-        for _ in range(100):
-            try:
-                if requests.get(f"{url}/storage/v1/b/{BUCKET}", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("the GCS emulator did not answer")
         yield url
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _started(emulator: str, log: Path, tries: int = 3) -> tuple[subprocess.Popen, str]:
+    """The emulator on a port free a moment before, and its URL; started again on another when
+    that port was taken meanwhile (by a test beside this one: the emulator then says so in `log`
+    and goes on running, answering nothing)."""
+    for _ in range(tries):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        url = f"http://127.0.0.1:{port}"
+        with open(log, "wb") as out:
+            server = subprocess.Popen([emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
+                                       "--default-bucket", BUCKET], stdout=out, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            try:
+                if requests.get(f"{url}/storage/v1/b/{BUCKET}", timeout=1).ok:
+                    return server, url
+            except requests.RequestException:  # not up yet, or another's port
+                pass
+            if b"Address already in use" in log.read_bytes():
+                break
+            time.sleep(0.1)
+        server.terminate()
+        server.wait(10)
+        if b"Address already in use" not in log.read_bytes():
+            pytest.fail(f"the GCS emulator did not answer; it said: {log.read_text(errors='replace')[-2000:]}")
+    pytest.fail(f"the GCS emulator found its port taken, {tries} times")
 
 
 def objects(url: str, prefix: str) -> dict[str, int]:
