@@ -1026,7 +1026,7 @@ def test_a_worker_started_on_a_job_as_its_folder_is_removed_leaves_no_folder(tmp
     assert list(work.folder.parent.iterdir()) == []
 
 
-@pytest.mark.parametrize("the_runs_read_fails", ["while the worker writes", "after it answered"])
+@pytest.mark.parametrize("the_runs_read_fails", ["before the worker's answer is taken in", "after"])
 def test_a_team_cache_down_for_the_run_and_for_its_watched_worker_is_said_once(tmp_path, monkeypatch, the_runs_read_fails):
     """A restore that Drive finished first leaves the team store's read of a part under way; the
     run hands its writes to a worker it waits for (WARMSTART_WAIT) with the team store not yet
@@ -1055,13 +1055,13 @@ def test_a_team_cache_down_for_the_run_and_for_its_watched_worker_is_said_once(t
 
     def answered_while_the_read_failed(*args: Any) -> dict[str, Any]:
         said = waited(*args)
-        if the_runs_read_fails == "while the worker writes":
+        if the_runs_read_fails != "after":  # as the worker wrote: the run has not looked at the store since
             the_read_fails()
         return said
     monkeypatch.setattr(drivework, "_answer_of", answered_while_the_read_failed)
 
     drivework.finish_watched(work.folder, store)
-    if the_runs_read_fails == "after it answered":
+    if the_runs_read_fails == "after":
         the_read_fails()
 
     down = [w for w in store.warnings if "cannot be used" in w]
