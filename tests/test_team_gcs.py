@@ -56,15 +56,20 @@ def _started(emulator: str, log: Path, tries: int = 3) -> tuple[subprocess.Popen
         with open(log, "wb") as out:
             server = subprocess.Popen([emulator, "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory",
                                        "--default-bucket", BUCKET], stdout=out, stderr=subprocess.STDOUT)
-        for _ in range(100):
-            try:
-                if requests.get(f"{url}/storage/v1/b/{BUCKET}", timeout=1).ok:
-                    return server, url
-            except requests.RequestException:  # not up yet, or another's port
-                pass
-            if b"Address already in use" in log.read_bytes():
-                break
-            time.sleep(0.1)
+        try:
+            for _ in range(100):
+                try:
+                    if requests.get(f"{url}/storage/v1/b/{BUCKET}", timeout=1).ok:
+                        return server, url
+                except requests.RequestException:  # not up yet, or another's port
+                    pass
+                if b"Address already in use" in log.read_bytes():
+                    break
+                time.sleep(0.1)
+        except BaseException:  # an interrupt: no server outlives the test
+            server.kill()
+            server.wait(10)
+            raise
         server.terminate()
         server.wait(10)
         if b"Address already in use" not in log.read_bytes():
