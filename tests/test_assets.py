@@ -5,9 +5,11 @@ offline restore with the network cut."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import http.server
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ import tarfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -217,9 +219,11 @@ def test_assets_downloaded_verified_cached_and_placed(demo, drive, home, tmp_pat
 
 
 def three_versions_the_second_killed(demo: Path, drive: Path, home: Path, tmp_path: Path, index, server, fault: str,
-                                     versions: list[bytes], suffix: str, dest: str, unpack: bool = False):
+                                     versions: list[bytes], suffix: str, dest: str, unpack: bool = False,
+                                     after_kill: Callable[[], object] = lambda: None):
     """Bootstraps of `demo` with each of three versions of one asset (served as vN`suffix`, placed
-    at `dest`), the second killed at the fault point `fault`: the third's result."""
+    at `dest`), the second killed at the fault point `fault`, then `after_kill()`: the third's
+    result."""
     base = demo.read_text()
     for n, data in enumerate(versions):
         server.files[f"v{n}{suffix}"] = data
@@ -232,7 +236,13 @@ def three_versions_the_second_killed(demo: Path, drive: Path, home: Path, tmp_pa
     assert bootstrap_version(0).code == 0
     killed = bootstrap_version(1, fault)
     assert killed.code == -9, killed.stderr
+    after_kill()
     return bootstrap_version(2)
+
+
+def parts_beside(dest: Path) -> list[str]:
+    """The temporary files (or folders) warmstart's writers of dest name beside it."""
+    return sorted(p.name for p in dest.parent.iterdir() if re.fullmatch(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{32}}\.part", p.name))
 
 
 @pytest.mark.parametrize("where", ["~/models/model.onnx", "models/model.onnx"], ids=["local", "on-drive"])
@@ -257,16 +267,74 @@ def test_a_run_killed_as_it_unpacks_an_archive_asset_leaves_no_member_the_next_v
     """SIGKILL once the first member of an archive's new version is moved into its folder: the
     folder's marker named it before (under the version it replaces), so the version after that
     removes it with the rest of what warmstart put there, where it stayed behind, a file no
-    marker named."""
+    marker named. The folder it was unpacked in beside the destination, with the members not yet
+    moved, is removed by that run too (on a plain folder standing in for Drive)."""
+    folder = drive / "Demo" / "dataset"
+    killed_left: list[str] = []
     versions = [tar_gz({"data/a.csv": b"a0", "data/b.csv": b"b"}), tar_gz({"data/0new.csv": b"n", "data/a.csv": b"a1"}),
                 tar_gz({"data/a.csv": b"a2", "data/d.csv": b"d"})]
     result = three_versions_the_second_killed(demo, drive, home, tmp_path, index, server, "asset-member",
-                                              versions, ".tar.gz", "dataset", unpack=True)
+                                              versions, ".tar.gz", "dataset", unpack=True,
+                                              after_kill=lambda: killed_left.extend(parts_beside(folder)))
 
     assert result.code == 0, result.stderr
-    folder = drive / "Demo" / "dataset"
     assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*.csv")) == ["data/a.csv", "data/d.csv"]
     assert (folder / "data" / "a.csv").read_bytes() == b"a2"
+    assert len(killed_left) == 1 and parts_beside(folder) == []
+
+
+def test_a_run_killed_as_it_writes_a_file_asset_leaves_a_temporary_file_the_next_write_removes(
+        demo, drive, home, tmp_path, index, server):
+    """SIGKILL while a new version of a file asset is written under its temporary name beside it:
+    that file stays. The next run that writes the asset finds no writer in the folder (the kernel
+    dropped the killed run's lock of it) and removes it; a file of the user's named alike, not as
+    warmstart names its own, stays."""
+    dest = home / "models" / "model.onnx"
+    users = dest.parent / ".model.onnx.mine.part"
+    killed_left: list[bytes] = []
+
+    def after_kill() -> None:
+        killed_left.extend((dest.parent / name).read_bytes() for name in parts_beside(dest))
+        users.write_bytes(b"the user's")
+
+    versions = [MODEL, MODEL[::-1], MODEL[1:]]
+    result = three_versions_the_second_killed(demo, drive, home, tmp_path, index, server, "asset-write",
+                                              versions, ".onnx", "~/models/model.onnx", after_kill=after_kill)
+
+    assert result.code == 0, result.stderr
+    assert killed_left == [versions[1]]  # the killed run's write, whole, not renamed
+    assert dest.read_bytes() == versions[2]
+    assert parts_beside(dest) == []
+    assert users.read_bytes() == b"the user's"
+
+
+def test_a_temporary_file_beside_an_asset_is_left_while_another_writer_holds_the_folder(
+        demo, drive, home, tmp_path, index, server):
+    """A writer still writing in the asset's folder (here: this test, holding the folder's lock
+    shared as a run that writes there does) may own a temporary file there: the run places the
+    asset beside it and removes nothing; once the folder is free, the next write removes it."""
+    dest = home / "models" / "model.onnx"
+    dest.parent.mkdir(parents=True)
+    other = dest.parent / f".model.onnx.{'0' * 32}.part"
+    other.write_bytes(b"half written")
+    server.files["v2.onnx"] = MODEL[::-1]
+    base = demo.read_text()
+    with_assets(demo, asset_block(f"{server.url}/files/model.onnx", MODEL, "~/models/model.onnx"))
+
+    folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_SH)
+        held = bootstrap_home(demo, drive, home, tmp_path, index)
+    finally:
+        os.close(folder)
+    assert held.code == 0, held.stderr
+    assert dest.read_bytes() == MODEL and other.read_bytes() == b"half written"
+
+    demo.write_text(base)
+    with_assets(demo, asset_block(f"{server.url}/files/v2.onnx", MODEL[::-1], "~/models/model.onnx"))
+    free = bootstrap_home(demo, drive, home, tmp_path, index)
+    assert free.code == 0, free.stderr
+    assert dest.read_bytes() == MODEL[::-1] and not other.exists()
 
 
 def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_installed_or_fetched(

@@ -20,7 +20,8 @@ import re
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from . import faults, flock, home
@@ -35,6 +36,7 @@ from .tiered import TieredStore
 from .transfer import (
     atomic_write_bytes,
     part_name,
+    parts_of,
     read_head,
     read_untrusted_json,
     sha256_of,
@@ -150,6 +152,7 @@ def _copy_here(verified: Path, dest: Path) -> None:
     tmp = part_name(dest)
     try:
         shutil.copyfile(verified, tmp)
+        faults.point("asset-write")
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -241,17 +244,44 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles, scratch
     if refused := in_the_way(asset, dest, placed):
         raise refused
     try:
-        if asset.unpack:
-            _unpack(asset, verified, dest, placed, scratch)
-            return
-        # Either file is warmstart's from now on: a run killed before `record` leaves one that the
-        # next finds its own, whichever it is.
-        placed.replacing(dest, asset.sha256)
-        placed.write(verified, dest)
-        faults.point("asset-place")
-        placed.record(dest, asset.sha256)
+        with _writer_beside(dest, placed):
+            if asset.unpack:
+                _unpack(asset, verified, dest, placed, scratch)
+                return
+            # Either file is warmstart's from now on: a run killed before `record` leaves one that
+            # the next finds its own, whichever it is.
+            placed.replacing(dest, asset.sha256)
+            placed.write(verified, dest)
+            faults.point("asset-place")
+            placed.record(dest, asset.sha256)
     except Stalled as exc:
         raise PreconditionUnmet(stopped_answering(f"asset {asset.name}:", dest, str(exc))) from None
+
+
+@contextmanager
+def _writer_beside(dest: Path, placed: PlacedFiles) -> Iterator[None]:
+    """Held while dest is written under a temporary name beside it (transfer.part_name) and
+    renamed into place. A run killed meanwhile leaves that file (or an archive's folder) there:
+    the next that writes dest, alone in its folder, removes what writers of dest left there (see
+    flock.writing_in). On a FUSE Drive a child writes dest, and ends its write when the run is
+    killed (its own session), so nothing is left to remove; and the run lists no folder there."""
+    if placed.by_child(dest):
+        yield
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with flock.writing_in(dest.parent, lambda: _remove(parts_of(dest))):
+        yield
+
+
+def _remove(parts: Iterable[Path]) -> None:
+    for part in parts:
+        try:
+            if part.is_dir():
+                shutil.rmtree(part)
+            else:
+                part.unlink(missing_ok=True)
+        except OSError:
+            pass  # a courtesy: the next run that writes there tries again
 
 
 def _unpack(asset: Asset, archive: Path, dest: Path, placed: PlacedFiles, scratch: Path) -> None:

@@ -1,8 +1,9 @@
 """Fault injection for the tests: `WARMSTART_FAULT=<point>` kills this run (and its children)
 with SIGKILL at that point, the way Colab ends a session, so the tests can show the next run
 recovers. Points: download, cache-write, install, restore, place (after the first part of a
-restored tree is moved into place), asset-download, asset-place (a file asset renamed into place,
-not yet recorded), asset-member (an archive asset's first member moved into its folder), patch
+restored tree is moved into place), asset-download, asset-write (a file asset written under its
+temporary name on local disk, not yet renamed), asset-place (a file asset renamed into place, not
+yet recorded), asset-member (an archive asset's first member moved into its folder), patch
 (after the first patched file)."""
 
 from __future__ import annotations

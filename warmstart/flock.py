@@ -1,9 +1,10 @@
 """One process at a time: flock(2), which the kernel releases when its holder ends, so a killed
 run leaves nothing held and nothing to clean up.
 
-Four things are held this way: a target environment (one run installs into it at a time), the
-tools' folder (one warmstart.sh restores it at a time), a Drive job (one process finishes it) and
-the ledger of the asset files warmstart placed (one run writes it at a time, warmstart.assets).
+Five things are held this way: a target environment (one run installs into it at a time), the
+tools' folder (one warmstart.sh restores it at a time), a Drive job (one process finishes it), the
+ledger of the asset files warmstart placed (one run writes it at a time, warmstart.assets) and the
+folder an asset is written in (shared by its writers, `writing_in`).
 Standard library only: warmstart.sh takes the tools' lock before any dependency is there.
 """
 
@@ -58,3 +59,28 @@ def held(path: Path, timeout: float | None = None, waiting: Callable[[], object]
         yield take(fd, timeout, waiting)
     finally:
         os.close(fd)  # releases it
+
+
+@contextmanager
+def writing_in(folder: Path, alone: Callable[[], object]) -> Iterator[None]:
+    """Held by a writer of a temporary file in `folder`, until it is renamed into place: the
+    folder's own lock, shared (the kernel's: nothing is written there). First, where no other
+    writer holds it, it is taken exclusive a moment and `alone()` is called: every temporary file
+    there is then a killed writer's. Where the folder's file system takes no lock (some network
+    ones), nothing is held and `alone` is not called."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _locked(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            alone()
+        _locked(fd, fcntl.LOCK_SH)  # a writer waits only for a sweep, not for another writer
+        yield
+    finally:
+        os.close(fd)
+
+
+def _locked(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation)
+    except OSError:  # held by another (BlockingIOError), or no lock on this file system
+        return False
+    return True

@@ -102,6 +102,18 @@ def part_name(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
 
 
+def parts_of(dest: Path) -> list[Path]:
+    """The files and folders beside dest named as part_name names them (no link): what writers of
+    dest left there, alive or killed. Where dest's folder cannot be listed, none."""
+    named = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{32}}\.part")
+    try:
+        with os.scandir(dest.parent) as entries:
+            return [Path(entry.path) for entry in entries
+                    if named.fullmatch(entry.name) and not entry.is_symlink()]
+    except OSError:
+        return []
+
+
 class AtomicFile:
     """A file written under a unique temporary name beside its destination, flushed to disk,
     then renamed: readers see the destination absent or whole (also on a network file system,
