@@ -66,16 +66,21 @@ def writing_in(folder: Path, alone: Callable[[], object]) -> Iterator[None]:
     """Held by a writer of a temporary file in `folder`, until it is renamed into place: the
     folder's own lock, shared (the kernel's: nothing is written there). First, where no other
     writer holds it, it is taken exclusive a moment and `alone()` is called: every temporary file
-    there is then a killed writer's. Where the folder's file system takes no lock (some network
-    ones), nothing is held and `alone` is not called."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    there is then a killed writer's. Where the folder cannot be opened, or its file system takes
+    no lock (some network ones), nothing is held and `alone` is not called."""
     try:
-        if _locked(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
-            alone()
-        _locked(fd, fcntl.LOCK_SH)  # a writer waits only for a sweep, not for another writer
+        fd: int | None = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:  # the write itself says what is wrong with the folder, if anything
+        fd = None
+    try:
+        if fd is not None:
+            if _locked(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                alone()
+            _locked(fd, fcntl.LOCK_SH)  # a writer waits only for a sweep, not for another writer
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _locked(fd: int, operation: int) -> bool:
