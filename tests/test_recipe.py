@@ -213,7 +213,21 @@ def test_a_file_a_recipe_names_that_is_a_folder_is_said_to_be_one(project, given
         load_recipe(str(path), project)
     folder = project / given
     assert str(caught.value) == (f"{path}: 'checks[0].script' names {folder.resolve()}, which is a folder, not a "
-                                 "file; fix the path (relative to the folder that holds recipes/)")
+                                 f"file; fix the path (relative to {project}: the folder that holds the recipe's "
+                                 "recipes/ folder, or, outside one, the recipe's own folder)")
+
+
+def test_a_missing_file_of_a_recipe_outside_a_recipes_folder_is_said_relative_to_the_recipes_own_folder(tmp_path):
+    """Its paths are read from its own folder, which the line names. Before, it sent the user to
+    "the folder that holds recipes/", where there is none."""
+    path = tmp_path / "mine" / "app.toml"
+    path.parent.mkdir()
+    path.write_text(GOOD)
+    with pytest.raises(BadInput) as caught:
+        load_recipe(str(path), tmp_path)
+    assert str(caught.value).startswith(f"{path}: 'requirements.in' names {path.parent / 'requirements' / 'demo.in'}, "
+                                        "which does not exist; create it or fix the path (relative to "
+                                        f"{path.parent}: ")
 
 
 def test_a_file_a_recipe_names_that_is_a_pipe_is_said_to_be_none(project):

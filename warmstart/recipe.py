@@ -480,6 +480,9 @@ def _path_text(text: str, path: Path, key: str) -> str:
     return text
 
 
+_PROJECT_ROOT_IS = "the folder that holds the recipe's recipes/ folder, or, outside one, the recipe's own folder"
+
+
 def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Path:
     """A file a recipe names relative to its project root, which must exist."""
     file = real(project_root / _path_text(relative, path, key))
@@ -487,5 +490,5 @@ def _project_file(project_root: Path, relative: str, path: Path, key: str) -> Pa
         what = ("is a folder, not a file;" if file.is_dir() else "is no regular file (a pipe, socket or device);"
                 if file.exists() else "does not exist; create it or")
         raise BadInput(f"{path}: '{key}' names {file}, which {what} fix the path "
-                       "(relative to the folder that holds recipes/)")
+                       f"(relative to {project_root}: {_PROJECT_ROOT_IS})")
     return file
