@@ -9,7 +9,8 @@ warmstart replaces only what it placed. A file asset's destination is replaced o
 ledger of placed files (beside the destination: on Drive for the workdir, in warmstart's cache
 folder for the rest) names that very file; an archive is merged into its folder, whose marker
 lists the members warmstart put there: those alone are ever replaced or removed, and any other
-file in the way is refused (exit 2) rather than overwritten.
+file in the way is refused (exit 2) rather than overwritten. Beside a destination it removes only
+the temporary files of killed writes of that destination (_writer_beside).
 """
 
 from __future__ import annotations
