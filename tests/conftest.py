@@ -263,8 +263,11 @@ def cli_command(*args: str) -> list[str]:
 
 
 def _typed(program: str) -> str:
+    # By its path, not by the file it is: a virtualenv's python is a link to its base interpreter,
+    # which PATH may find first by the same name (python3 on PATH being that interpreter), and
+    # which would run without the virtualenv's packages.
     found = shutil.which(os.path.basename(program))
-    return os.path.basename(program) if found and os.path.samefile(found, program) else program
+    return os.path.basename(program) if found and os.path.abspath(found) == os.path.abspath(program) else program
 
 
 # How the commands a run prints begin under cli_command in the checkout: `python -m invoke`, the
