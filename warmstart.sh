@@ -18,10 +18,15 @@ if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # No bytecode on Drive (slow for small files). This checkout takes the place on sys.path of the
-# working directory, which `-c` puts first (it may hold another warmstart, or a project's json.py).
+# working directory (which may hold another warmstart, or a project's json.py): `-c` puts none
+# there, where PYTHONSAFEPATH is set, as it is here for this process alone (the program drops it
+# again, so that the programs a run starts keep Python's default). Without it, Python 3.13.0 to
+# 3.13.2 look for that folder at an import that misses a module attribute, and fail where it was
+# removed since (CPython gh-130932), before warmstart could say so.
 # warmstart compiles (to local disk) the modules this process imports as it imports them, and the
 # rest while it restores its tools (warmstart/__init__.py).
 export PYTHONDONTWRITEBYTECODE=1
+if [ -z "${PYTHONSAFEPATH+set}" ]; then export PYTHONSAFEPATH=warmstart.sh; fi
 python="${WARMSTART_PYTHON:-python3}"
 if ! command -v "$python" >/dev/null; then
     echo "warmstart.sh: no Python interpreter $python here: set WARMSTART_PYTHON to the notebook's (default: python3)" >&2
@@ -37,6 +42,9 @@ if sys.version_info < (3, 11):
     sys.exit(3)
 # before any other import: signal imports enum, which a project of the folder may shadow
 sys.path[:] = [sys.argv.pop(1)] + [entry for entry in sys.path if entry]
+import os
+if os.environ.get("PYTHONSAFEPATH") == "warmstart.sh":
+    del os.environ["PYTHONSAFEPATH"]
 import signal
 signal.signal(signal.SIGTERM, signal.default_int_handler)  # a notebook stop, a kill: as Ctrl-C
 try:

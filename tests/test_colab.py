@@ -222,8 +222,12 @@ def test_a_kernel_whose_folder_is_gone_is_told_how_to_move_before_anything_is_mo
             print(json.dumps(warmstart.colab.status({str(demo)!r}) | {{"bootstrap": exc.report}}))
         """)
 
-    done = subprocess.run([*MOUNTNS, "--", *in_a_removed_folder(gone, [str(kernel_python), "-c", cell])], env=kernel_env,
-                          capture_output=True, text=True, timeout=120)
+    # -P: no working folder on sys.path, which a kernel (`python -m ipykernel_launcher`) has by its
+    # full path, and `-c` as "": in a folder removed since, Python 3.13.0 to 3.13.2 fail an import
+    # there (CPython gh-130932).
+    kernel = [str(kernel_python), "-P", "-c", cell]
+    done = subprocess.run([*MOUNTNS, "--", *in_a_removed_folder(gone, kernel)], env=kernel_env, capture_output=True,
+                          text=True, timeout=120)
 
     said = (f"the current folder ({gone}) no longer exists (it was removed, or lies on a Drive unmounted since): run "
             f"`%cd {kernel_env['HOME']}` (or change to any folder that exists), then run again")

@@ -34,7 +34,9 @@ from conftest import (
     needs_netns,
     on_a_small_disk,
     process_running,
+    pyenv_python,
     run_cli,
+    skip_or_fail,
     wait_until,
 )
 from hypothesis import given
@@ -559,14 +561,17 @@ def test_a_drive_folder_given_that_does_not_exist_is_named_with_the_way_out_not_
 
 
 @pytest.mark.parametrize("entry", ["warmstart bootstrap", "invoke bootstrap --json", "warmstart status",
-                                   "warmstart.sh"])
+                                   "warmstart.sh", "warmstart.sh on 3.13"])
 def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(entry, demo, drive, tmp_path):
     """Run from a folder that no longer exists, the target Python's probe failed and the run said
     "cannot run the target Python ...: pass --python with a working interpreter" (exit 3; it
     works), or, with a relative path, "No such file or directory" naming nothing; warmstart.sh said
     "could not download warmstart's own dependencies" with pip's traceback. Every program a run
     starts (the target Python, uv, pip) fails there: each entry now says why, the same line, and
-    changes nothing."""
+    changes nothing. warmstart.sh also with pyenv's Python 3.13 as the notebook's, as on Colab's
+    latest runtime: 3.13.0 to 3.13.2 (this machine's is 3.13.0) failed with a traceback
+    (`SystemError: error return without exception set`, CPython gh-130932) as warmstart.sh's
+    `-c` program imported warmstart, before it could say the line."""
     home, env_python = tmp_path / "home", make_venv(tmp_path / "env")
     home.mkdir()
     gone = tmp_path / "notebook folder"
@@ -576,9 +581,11 @@ def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(ent
         "invoke bootstrap --json": [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", *flags,
                                     "--json"],
         "warmstart status": [sys.executable, "-m", "warmstart", "status", *flags],
-        "warmstart.sh": ["bash", str(REPO / "warmstart.sh"), str(demo), *flags[2:]],
-    }[entry]
-    env = cli_env(HOME=str(home), PYTHONPATH=str(REPO), WARMSTART_PYTHON=sys.executable)
+    }.get(entry, ["bash", str(REPO / "warmstart.sh"), str(demo), *flags[2:]])
+    notebooks = pyenv_python("3.13") if entry == "warmstart.sh on 3.13" else Path(sys.executable)
+    if notebooks is None:
+        skip_or_fail("no pyenv Python 3.13 to run warmstart.sh with")
+    env = cli_env(HOME=str(home), PYTHONPATH=str(REPO), WARMSTART_PYTHON=str(notebooks))
 
     done = subprocess.run(in_a_removed_folder(gone, command), env=env, capture_output=True, text=True, timeout=120)
 
@@ -587,7 +594,7 @@ def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(ent
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1] == \
-        (f"warmstart.sh: {said}" if entry == "warmstart.sh" else f"warmstart: error: {said}")
+        (f"warmstart.sh: {said}" if entry.startswith("warmstart.sh") else f"warmstart: error: {said}")
     if entry.endswith("--json"):
         assert json.loads(done.stdout) | {"exit_code": 3, "error": said} == json.loads(done.stdout)
     assert list(drive.iterdir()) == [] and installed(env_python) == {}

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -643,10 +644,9 @@ def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_ex
     """The real warmstart.sh, from a copy of the checkout whose warmstart.tools waits as it is
     imported (before tools.main can say anything): one line and 130, not a traceback (Ctrl-C) or
     death by the signal (SIGTERM)."""
-    checkout, ready = tmp_path / "checkout", tmp_path / "ready"
-    shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
-    (checkout / "warmstart" / "tools.py").write_text(f"import time\nopen({str(ready)!r}, 'w').close()\n{WAIT_FOR_A_SIGNAL}\n")
+    ready = tmp_path / "ready"
+    checkout = a_checkout_whose_tools_module_is(tmp_path, f"import time\nopen({str(ready)!r}, 'w').close()\n"
+                                                          f"{WAIT_FOR_A_SIGNAL}\n")
     drive = tmp_path / "drive"
     drive.mkdir()
     run = subprocess.Popen(with_ctrl_c(["bash", str(checkout / "warmstart.sh"), "hyperlpr", "--drive", str(drive)]),
@@ -661,3 +661,36 @@ def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_ex
             os.killpg(run.pid, signal.SIGKILL)
 
     assert (run.returncode, err) == (130, "warmstart.sh: interrupted\n")
+
+
+def a_checkout_whose_tools_module_is(tmp_path: Path, source: str) -> Path:
+    """A copy of the checkout's warmstart.sh and package, its warmstart/tools.py `source`: what
+    warmstart.sh's own process is, up to tools.main."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
+    (checkout / "warmstart" / "tools.py").write_text(source)
+    return checkout
+
+
+@pytest.mark.parametrize("given", [None, "1"], ids=["unset", "set by the user"])
+def test_warmstart_sh_puts_no_working_folder_on_its_own_sys_path_and_hands_on_the_environment_as_given(
+        tmp_path, given):
+    """warmstart.sh runs its program with PYTHONSAFEPATH (no working folder on sys.path: Python
+    3.13.0 to 3.13.2 failed to import warmstart in one removed since), and drops it again where it
+    set it: the programs a run starts (pip, uv, the bootstrap and the recipe's checks, scripts
+    that import what lies beside them) find the environment as the notebook gave it."""
+    checkout = a_checkout_whose_tools_module_is(tmp_path, (
+        "import json, os, sys\n"
+        "def main(argv):\n"
+        "    print(json.dumps([sys.flags.safe_path, os.environ.get('PYTHONSAFEPATH'), sys.path[0]]))\n"
+        "    return 0\n"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"} | (
+        {"PYTHONSAFEPATH": given} if given else {}) | {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    (tmp_path / "drive").mkdir()
+
+    done = subprocess.run(["bash", str(checkout / "warmstart.sh"), "demo", "--drive", str(tmp_path / "drive")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [True, given, str(checkout)]

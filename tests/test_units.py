@@ -961,7 +961,10 @@ def interrupted_before_the_run(tmp_path: Path, how: signal.Signals, line: str,
              + _INTERRUPTED_AT[line.split()[0]]
              + f"sys.argv = ['warmstart', *{line.split()!r}, '--recipe', 'demo', '--drive', {str(tmp_path)!r}]\n"
              "launch.console()\n")
-    command = [sys.executable, "-c", probe]
+    # -P: no working folder on sys.path, as for the console script it stands in for (whose own
+    # folder is there): with one, Python 3.13.0 to 3.13.2 fail an import in a folder removed since
+    # (CPython gh-130932).
+    command = [sys.executable, "-P", "-c", probe]
     if removed is not None:
         command = in_a_removed_folder(removed, command)
     env = cli_env(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=str(REPO))
