@@ -63,8 +63,9 @@ PID = "worker.pid"  # the worker started on the job (see _worker_alive)
 def handed_off(prefix: Path) -> list[Path]:
     """A target's jobs that were handed off (a folder without its job file is being assembled)."""
     base = jobs_of(prefix)
-    return sorted(f for f in base.iterdir() if not f.name.startswith(".") and (f / JOB).is_file()) \
-        if base.is_dir() else []
+    if not base.is_dir():
+        return []
+    return sorted(f for f in base.iterdir() if not f.name.startswith(".") and (f / JOB).is_file())  # not .NAME.gone
 
 
 def _remove_job(folder: Path) -> None:
