@@ -639,6 +639,16 @@ def test_a_bootstrap_a_signal_ends_is_said_and_warmstart_sh_ends_as_a_shell_says
         137, "", "warmstart.sh: the bootstrap was killed by SIGKILL, most often for want of memory\n")
 
 
+def a_checkout_whose_tools_module_is(tmp_path: Path, source: str) -> Path:
+    """A copy of the checkout's warmstart.sh and package, its warmstart/tools.py `source`: what
+    warmstart.sh's own process is, up to tools.main."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
+    (checkout / "warmstart" / "tools.py").write_text(source)
+    return checkout
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_exit_130(tmp_path, how):
     """The real warmstart.sh, from a copy of the checkout whose warmstart.tools waits as it is
@@ -661,16 +671,6 @@ def test_an_interrupt_while_warmstart_sh_imports_its_tools_module_is_one_line_ex
             os.killpg(run.pid, signal.SIGKILL)
 
     assert (run.returncode, err) == (130, "warmstart.sh: interrupted\n")
-
-
-def a_checkout_whose_tools_module_is(tmp_path: Path, source: str) -> Path:
-    """A copy of the checkout's warmstart.sh and package, its warmstart/tools.py `source`: what
-    warmstart.sh's own process is, up to tools.main."""
-    checkout = tmp_path / "checkout"
-    shutil.copytree(tools.CHECKOUT / "warmstart", checkout / "warmstart", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(tools.CHECKOUT / "warmstart.sh", checkout)
-    (checkout / "warmstart" / "tools.py").write_text(source)
-    return checkout
 
 
 @pytest.mark.parametrize("given", [None, "1"], ids=["unset", "set by the user"])
