@@ -600,6 +600,30 @@ def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(ent
     assert list(drive.iterdir()) == [] and installed(env_python) == {}
 
 
+@pytest.mark.parametrize("entry", ["warmstart", "warmstart.sh's invoke"])
+def test_a_home_under_a_file_is_one_line_naming_the_file_invoke_reads_there(entry, tmp_path):
+    """HOME is a path under a file. invoke reads its user's configuration there (~/.invoke.yaml)
+    before any task runs, and its read failed with a traceback (NotADirectoryError) from both of
+    warmstart's entries that hand a line to invoke: the `warmstart` command and the `invoke` that
+    warmstart.sh writes (its bootstrap lines never reach invoke). Now the one line, exit 3."""
+    from warmstart.tools import LAUNCH
+    a_file = tmp_path / "a file"
+    a_file.write_text("not a folder\n")
+    home = a_file / "home"
+    command = {"warmstart": [sys.executable, "-m", "warmstart", "--list"],
+               "warmstart.sh's invoke": [sys.executable, "-P", "-c", LAUNCH, str(REPO), "--list"]}[entry]
+    env = cli_env(HOME=str(home), PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines() == [
+        f"warmstart: error: {home}/.invoke.yaml: Not a directory [errno 20]; check that the folder is there, "
+        "writable and not full (TMPDIR, HOME, the Drive folder: on Colab mounted and under its quota), then run again"]
+    assert a_file.read_text() == "not a folder\n"
+
+
 def test_a_working_folder_holding_modules_named_as_the_standard_librarys_changes_nothing(demo, drive, tmp_path, index):
     """The notebook works in the recipe's workdir, and a project's own json.py or enum.py lies
     there. `python -c` and `python -m` import from the working folder first: the target's probe

@@ -61,7 +61,7 @@ def run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int
             return _run_bootstrap(flags, root, as_json=as_json)
     except KeyboardInterrupt:  # before the run's report began, as the rest was imported
         gc.enable()
-        return _ended_by_interrupt(flags.get("recipe") or "", as_json=as_json)
+        return _ended_by(KeyboardInterrupt(), flags.get("recipe") or "", as_json=as_json)
 
 
 def _run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> int:
@@ -91,26 +91,28 @@ def _run_bootstrap(flags: Mapping[str, Any], root: Path, *, as_json: bool) -> in
             target.forget_begun()
 
 
-def _ended_by_interrupt(recipe: str, *, as_json: bool) -> int:
-    """Ctrl-C or SIGTERM before a run's report began (warmstart.cli, which imports much): the run
-    ends as an interrupted one does, in its words (and its --json report), never with a traceback
-    or by the signal. Its exit code."""
+def _ended_by(exc: BaseException, recipe: str, *, as_json: bool) -> int:
+    """What ended a command before its report began, said as a run says it (warmstart.cli, which
+    imports much): Ctrl-C or SIGTERM ends it as an interrupted run (its --json report too), never
+    with a traceback or by the signal; an OSError of invoke's own is a line. Its exit code."""
     from .cli import run_reported
 
-    def interrupted(_report: object) -> None:
-        raise KeyboardInterrupt
+    def ended(_report: object) -> None:
+        raise exc
 
-    return run_reported(interrupted, recipe, as_json=as_json, anywhere=True).exit_code
+    return run_reported(ended, recipe, as_json=as_json, anywhere=True).exit_code
 
 
 def _command(run: Callable[[], object]) -> NoReturn:
     """Any other line: invoke's program (which ends an interrupt as it ends it, exit 1, once it
-    runs), its import an interrupted run's as the bootstrap's are (_ended_by_interrupt)."""
+    runs), its import an interrupted run's as the bootstrap's are (_ended_by). Its tasks say their
+    own errors; an OSError comes from invoke's program itself, before any task: its configuration
+    files (`~/.invoke.yaml`, whose read fails with a traceback where HOME lies under a file)."""
     try:
         with interrupts():
             run()
-    except KeyboardInterrupt:
-        sys.exit(_ended_by_interrupt("", as_json=False))
+    except (KeyboardInterrupt, OSError) as exc:
+        sys.exit(_ended_by(exc, "", as_json=False))
     sys.exit(0)
 
 
