@@ -973,8 +973,9 @@ def ftp(tmp_path) -> Callable[..., str]:
         pace = 0
 
         def recv(self, buffer_size: int) -> bytes:
-            time.sleep(buffer_size / self.pace)  # on the connection's own thread
-            return super().recv(buffer_size)
+            data = super().recv(buffer_size)
+            time.sleep(len(data) / self.pace)  # on the connection's own thread; a read may be short
+            return data
 
     taken = [0]  # the bytes uploaded to the server, over all its connections
 
