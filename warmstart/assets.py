@@ -274,8 +274,8 @@ def _writer_beside(dest: Path, placed: PlacedFiles, unpack: bool) -> Iterator[No
         yield
         return
     dest.parent.mkdir(parents=True, exist_ok=True)
-    left = (lambda: [*parts_of(dest), *parts_of(dest / MARKER)]) if unpack else (lambda: parts_of(dest))
-    with flock.writing_in(dest.parent, lambda: _remove(left())):
+    written = [dest, dest / MARKER] if unpack else [dest]
+    with flock.writing_in(dest.parent, lambda: _remove(part for path in written for part in parts_of(path))):
         yield
 
 
