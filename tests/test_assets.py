@@ -339,24 +339,28 @@ def test_a_temporary_file_beside_an_asset_is_left_while_another_writer_holds_the
 
 def test_what_killed_writes_of_an_archives_marker_and_of_the_ledger_left_is_removed_by_the_next_write(
         demo, drive, home, tmp_path, index, server):
-    """A run killed while it writes an unpacked archive's marker, or the ledger of the files it
-    placed (in warmstart's cache folder), leaves its temporary file (named as transfer.part_name
-    names it: made here as such a kill leaves it, the moment being too short to kill a run in).
-    The next run that writes them removes those; a file of the user's named alike stays."""
-    folder, model, ledger = home / "dataset", home / "models" / "model.onnx", home / ".cache" / "warmstart" / "placed.json"
+    """A run killed while it writes an unpacked archive's marker, or a ledger of the files it
+    placed (in warmstart's cache folder; on Drive, a plain folder here, for the workdir), leaves
+    its temporary file (named as transfer.part_name names it: made here as such a kill leaves
+    it, the moment being too short to kill a run in). The next run that writes them removes
+    those; a file of the user's named alike stays."""
+    folder, model = home / "dataset", home / "models" / "model.onnx"
+    ledgers = [home / ".cache" / "warmstart" / "placed.json", drive / ".warmstart" / "v1" / "placed.json"]
     base = demo.read_text()
 
     def bootstrap_version(n: int):
         server.files[f"v{n}.onnx"], server.files[f"v{n}.tar.gz"] = MODEL[n:], tar_gz({"a.csv": b"a%d" % n})
         demo.write_text(base)
         with_assets(demo, asset_block(f"{server.url}/files/v{n}.onnx", MODEL[n:], "~/models/model.onnx"),
+                    asset_block(f"{server.url}/files/v{n}.onnx", MODEL[n:], "models/model.onnx"),
                     asset_block(f"{server.url}/files/v{n}.tar.gz", server.files[f"v{n}.tar.gz"], "~/dataset",
                                 unpack=True))
         return bootstrap_home(demo, drive, home, tmp_path, index)
 
     assert bootstrap_version(0).code == 0
-    killed = [path.with_name(f".{path.name}.{'7' * 32}.part") for path in (folder / ".warmstart-asset", ledger)]
-    users = [folder / ".warmstart-asset.mine.part", ledger.with_name(".placed.json.mine.part")]
+    written = [folder / ".warmstart-asset", *ledgers]
+    killed = [path.with_name(f".{path.name}.{'7' * 32}.part") for path in written]
+    users = [path.with_name(f".{path.name}.mine.part") for path in written]
     for path in [*killed, *users]:
         path.write_bytes(b"half written")
 
@@ -364,8 +368,9 @@ def test_what_killed_writes_of_an_archives_marker_and_of_the_ledger_left_is_remo
 
     assert result.code == 0, result.stderr
     assert (folder / "a.csv").read_bytes() == b"a1" and model.read_bytes() == MODEL[1:]
-    assert [path.exists() for path in killed] == [False, False]
-    assert [path.read_bytes() for path in users] == [b"half written"] * 2
+    assert (drive / "Demo" / "models" / "model.onnx").read_bytes() == MODEL[1:]
+    assert [path.exists() for path in killed] == [False, False, False]
+    assert [path.read_bytes() for path in users] == [b"half written"] * 3
 
 
 def test_a_users_file_where_an_asset_goes_stops_the_run_before_anything_is_installed_or_fetched(

@@ -10,8 +10,8 @@ ledger of placed files (beside the destination: on Drive for the workdir, in war
 folder for the rest) names that very file; an archive is merged into its folder, whose marker
 lists the members warmstart put there: those alone are ever replaced or removed, and any other
 file in the way is refused (exit 2) rather than overwritten. Beside a destination it removes only
-the temporary files of killed writes of that destination or its marker (_writer_beside), and
-beside the ledger in its cache folder those of the ledger.
+the temporary files of killed writes of that destination, its marker or the ledger
+(_writer_beside).
 """
 
 from __future__ import annotations
@@ -118,9 +118,8 @@ class PlacedFiles:
             # Runs on this machine one at a time (two recipes may place assets at once): read and
             # written apart, the later write dropped what the other recorded meanwhile. Bounded:
             # the ledger on a Drive that stopped answering holds no other run up for longer.
-            with flock.held(home.private(self.environ) / "placed.lock", timeout=LEDGER_WAIT):
-                if ledger == self.local:  # in warmstart's own folder, its writers all hold this lock:
-                    _remove(parts_of(ledger))  # a temporary file beside it is a killed writer's
+            with (flock.held(home.private(self.environ) / "placed.lock", timeout=LEDGER_WAIT),
+                  _writer_beside(ledger, self, unpack=False)):
                 # one sha256 as a string: the ledger as warmstart wrote it before it kept two
                 placed = self._read(ledger) | {str(dest): sha256s}
                 shown = {k: v[0] if len(v) == 1 else v for k, v in placed.items()}
@@ -264,12 +263,13 @@ def place(asset: Asset, verified: Path, dest: Path, placed: PlacedFiles, scratch
 
 @contextmanager
 def _writer_beside(dest: Path, placed: PlacedFiles, unpack: bool) -> Iterator[None]:
-    """Held while dest is written under a temporary name beside it (transfer.part_name) and
-    renamed into place. A run killed meanwhile leaves that file (or an archive's folder) there:
-    the next that writes dest, alone in its folder, removes what writers of dest left there (see
-    flock.writing_in), and in an archive's folder what writers of its marker left (only writers of
-    dest write it). On a FUSE Drive a child writes dest, and ends its write when the run is
-    killed (its own session), so nothing is left to remove; and the run lists no folder there."""
+    """Held while dest (an asset's place, or the ledger) is written under a temporary name beside
+    it (transfer.part_name) and renamed into place. A run killed meanwhile leaves that file (or
+    an archive's folder) there: the next that writes dest, alone in its folder, removes what
+    writers of dest left there (see flock.writing_in), and in an archive's folder what writers of
+    its marker left (only writers of dest write it). On a FUSE Drive a child writes dest, and
+    ends its write when the run is killed (its own session), so nothing is left to remove; and
+    the run lists no folder there."""
     if placed.by_child(dest):
         yield
         return
