@@ -3,6 +3,7 @@ network cut for offline restores. Only Drive itself is stood in for, by a local 
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import (
     LOCKED,
+    NETNS,
+    REPO,
     bootstrap,
     build_wheel,
     cli_env,
@@ -149,6 +152,31 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path, 
 
 
 @needs_netns
+@needs_netns
+def test_an_offline_restore_through_the_launcher_imports_nothing_an_index_needs(demo, drive, env, tmp_path):
+    """The command a wiped VM runs (`invoke` as warmstart.sh writes it) starts in the time its
+    imports take: the modules that only talking to an index needs (requests, TLS, sockets, an HTML
+    page's parser) and invoke's program are not among them. Read from Python's own import log."""
+    from warmstart.tools import LAUNCH
+
+    python = make_venv(tmp_path / "venv")
+    assert bootstrap(demo, drive, python, env=env).code == 0
+    shutil.rmtree(tmp_path / "venv")
+    python = make_venv(tmp_path / "venv")
+    line = ["bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), "--offline", "--json"]
+
+    done = subprocess.run([*NETNS, "--", sys.executable, "-P", "-c", LAUNCH, str(REPO), *line], capture_output=True,
+                          text=True, env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=300)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["snapshot"]["used"] is True
+    imported = {entry.rsplit("|", 1)[1].strip() for entry in done.stderr.splitlines()
+                if entry.startswith("import time:")}
+    assert {"warmstart.bootstrap", "warmstart.snapshot", "zstandard"} <= imported  # the log is read
+    assert not {name for name in imported
+                if name.split(".")[0] in {"requests", "urllib3", "ssl", "socket", "http", "html", "invoke"}}
+
+
 def test_offline_names_the_wheel_missing_from_cache(demo, filled_drive, env, tmp_path):
     drive = filled_drive
     (drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl").unlink()

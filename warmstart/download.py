@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -71,14 +70,20 @@ def partial_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return home.downloads(environ)
 
 
-class _Links(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
+def _hrefs(html: str) -> list[str]:
+    """The links of a PEP 503 (HTML) page. html.parser is imported here, not at the top: every
+    run imports this module, and most read no such page (a restore reads none)."""
+    from html.parser import HTMLParser
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.hrefs.extend(v for k, v in attrs if k == "href" and v)
+    hrefs: list[str] = []
+
+    class Links(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                hrefs.extend(v for k, v in attrs if k == "href" and v)
+
+    Links().feed(html)
+    return hrefs
 
 
 def parse_project_page(page_url: str, content_type: str, text: str) -> list[IndexFile]:
@@ -89,9 +94,7 @@ def parse_project_page(page_url: str, content_type: str, text: str) -> list[Inde
             sha256 = (entry.get("hashes") or {}).get("sha256", "")
             found.append(IndexFile(entry["filename"], urljoin(page_url, entry["url"]), sha256, entry.get("size")))
         return found
-    links = _Links()
-    links.feed(text)
-    for href in links.hrefs:
+    for href in _hrefs(text):
         url, _, fragment = urljoin(page_url, href).partition("#")
         sha256 = fragment.removeprefix("sha256=") if fragment.startswith("sha256=") else ""
         found.append(IndexFile(Path(urlsplit(url).path).name, url, sha256, None))

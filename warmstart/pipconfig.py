@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import configparser
 import os
-import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,8 @@ def _machine_store(why: str, environ: Mapping[str, str] = os.environ) -> str:
     that names this machine's certificate store. pip reads it (truststore); warmstart's downloader
     (certifi's roots) and uv (its own) read it only when named: a private CA installed there alone
     served pip and refused them."""
+    import ssl  # here, not at the top: every run imports this module, few say this (ssl: 4 ms)
+
     store = ssl.get_default_verify_paths().openssl_cafile
     if "certificate verify failed" not in why or _ca_bundle(environ) or not os.path.isfile(store):
         return ""
