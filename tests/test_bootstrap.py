@@ -152,7 +152,6 @@ def test_offline_restore_after_wipe_without_network(demo, drive, env, tmp_path, 
 
 
 @needs_netns
-@needs_netns
 def test_an_offline_restore_through_the_launcher_imports_nothing_an_index_needs(demo, drive, env, tmp_path):
     """The command a wiped VM runs (`invoke` as warmstart.sh writes it) starts in the time its
     imports take: the modules that only talking to an index needs (requests, TLS, sockets, an HTML
@@ -177,6 +176,7 @@ def test_an_offline_restore_through_the_launcher_imports_nothing_an_index_needs(
                 if name.split(".")[0] in {"requests", "urllib3", "ssl", "socket", "http", "html", "invoke"}}
 
 
+@needs_netns
 def test_offline_names_the_wheel_missing_from_cache(demo, filled_drive, env, tmp_path):
     drive = filled_drive
     (drive / ".warmstart" / "v1" / "wheels" / "beta-2.0-py3-none-any.whl").unlink()
