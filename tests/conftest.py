@@ -262,6 +262,14 @@ def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "invoke", "--search-root", str(REPO), *args]
 
 
+def launcher_command(*args: str, checkout: Path = REPO) -> list[str]:
+    """`invoke <args>` as the launcher that warmstart.sh writes runs it (tools.LAUNCH: a bootstrap
+    line without invoke's program), with this interpreter and `checkout`'s tasks."""
+    from warmstart.tools import LAUNCH
+
+    return [sys.executable, "-P", "-c", LAUNCH, str(checkout), *args]
+
+
 def _typed(program: str) -> str:
     # By its path, not by the file it is: a virtualenv's python is a link to its base interpreter,
     # which PATH may find first by the same name (python3 on PATH being that interpreter), and

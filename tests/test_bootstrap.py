@@ -15,12 +15,12 @@ import pytest
 from conftest import (
     LOCKED,
     NETNS,
-    REPO,
     bootstrap,
     build_wheel,
     cli_env,
     dead_url,
     installed,
+    launcher_command,
     make_venv,
     needs_netns,
     pyenv_python,
@@ -156,16 +156,14 @@ def test_an_offline_restore_through_the_launcher_imports_nothing_an_index_needs(
     """The command a wiped VM runs (`invoke` as warmstart.sh writes it) starts in the time its
     imports take: the modules that only talking to an index needs (requests, TLS, sockets, an HTML
     page's parser) and invoke's program are not among them. Read from Python's own import log."""
-    from warmstart.tools import LAUNCH
-
     python = make_venv(tmp_path / "venv")
     assert bootstrap(demo, drive, python, env=env).code == 0
     shutil.rmtree(tmp_path / "venv")
     python = make_venv(tmp_path / "venv")
     line = ["bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), "--offline", "--json"]
 
-    done = subprocess.run([*NETNS, "--", sys.executable, "-P", "-c", LAUNCH, str(REPO), *line], capture_output=True,
-                          text=True, env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=300)
+    done = subprocess.run([*NETNS, "--", *launcher_command(*line)], capture_output=True, text=True,
+                          env=dict(env, PYTHONPROFILEIMPORTTIME="1"), timeout=300)
 
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["snapshot"]["used"] is True

@@ -25,6 +25,7 @@ from conftest import (
     REPO,
     cli_env,
     in_a_removed_folder,
+    launcher_command,
     make_venv,
     needs_mountns,
     run_cli,
@@ -671,8 +672,8 @@ def test_the_launcher_writes_no_bytecode_beside_warmstarts_init_and_all_that_it_
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(stand_in.parent)
 
-    ran = subprocess.run([sys.executable, "-P", "-c", tools.LAUNCH, str(checkout), "status"],
-                         capture_output=True, text=True, cwd=tmp_path, env=env)
+    ran = subprocess.run(launcher_command("status", checkout=checkout), capture_output=True, text=True, cwd=tmp_path,
+                         env=env)
 
     assert ran.returncode == 0 and ran.stdout.strip() == f"invoke ran ['--search-root', '{checkout}', 'status']", ran
     compiled = {path.name.split(".")[0] for path in (checkout / "warmstart" / "__pycache__").glob("*.pyc")}

@@ -26,9 +26,11 @@ from conftest import (
     REPO,
     a_target_on_a_small_disk,
     bootstrap,
+    cli_command,
     cli_env,
     in_a_removed_folder,
     installed,
+    launcher_command,
     make_venv,
     needs_mountns,
     needs_netns,
@@ -578,8 +580,7 @@ def test_a_working_folder_that_is_gone_is_one_line_naming_it_and_the_way_out(ent
     flags = ["--recipe", str(demo), "--drive", str(drive), "--python", str(env_python)]
     command = {
         "warmstart bootstrap": [sys.executable, "-m", "warmstart", "bootstrap", *flags],
-        "invoke bootstrap --json": [sys.executable, "-m", "invoke", "--search-root", str(REPO), "bootstrap", *flags,
-                                    "--json"],
+        "invoke bootstrap --json": cli_command("bootstrap", *flags, "--json"),
         "warmstart status": [sys.executable, "-m", "warmstart", "status", *flags],
     }.get(entry, ["bash", str(REPO / "warmstart.sh"), str(demo), *flags[2:]])
     notebooks = pyenv_python("3.13") if entry == "warmstart.sh on 3.13" else Path(sys.executable)
@@ -606,12 +607,11 @@ def test_a_home_under_a_file_is_one_line_naming_the_file_invoke_reads_there(entr
     before any task runs, and its read failed with a traceback (NotADirectoryError) from both of
     warmstart's entries that hand a line to invoke: the `warmstart` command and the `invoke` that
     warmstart.sh writes (its bootstrap lines never reach invoke). Now the one line, exit 3."""
-    from warmstart.tools import LAUNCH
     a_file = tmp_path / "a file"
     a_file.write_text("not a folder\n")
     home = a_file / "home"
     command = {"warmstart": [sys.executable, "-m", "warmstart", "--list"],
-               "warmstart.sh's invoke": [sys.executable, "-P", "-c", LAUNCH, str(REPO), "--list"]}[entry]
+               "warmstart.sh's invoke": launcher_command("--list")}[entry]
     env = cli_env(HOME=str(home), PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
