@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from warmstart.images import images_of
 from warmstart.lock import existing_locks, parse_lock
 from warmstart.pipconfig import IndexSettings
 from warmstart.recipe import known_recipes, load_recipe
+from warmstart.snapshot import OTHERS_READ
 
 SHIPPED = sorted(known_recipes(PROJECT_ROOT, None))
 COLAB_PYTHONS = ("3.11", "3.12", "3.13")
@@ -217,6 +219,57 @@ def test_status_on_an_empty_a_matching_and_a_drifted_environment(demo, drive, en
     human = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(python), env=env)
     assert human.code == 1 and "bootstrap would: install from cached wheels" in human.stdout
     assert "\nextra     cpu-only\n" in human.stdout
+
+
+def test_status_says_what_the_snapshots_on_drive_were_packed_for_when_none_fits(demo, drive, env, tmp_path):
+    """A wiped VM restores only a snapshot packed for its prefix, Python and lock. Where Drive
+    holds the recipe's for others only, status names what each was packed for: escaped (an index
+    on Drive is anyone's text), one that is not an index passed over, at most OTHERS_READ read."""
+    first = make_venv(tmp_path / "first")
+    assert run_cli("bootstrap", "--recipe", str(demo), "--drive", str(drive), "--python", str(first),
+                   env=env).code == 0
+    snapshots = drive / ".warmstart" / "v1" / "snapshots"
+    [packed] = snapshots.glob("*.json")
+    facts = json.loads(packed.read_text())["facts"]
+    assert Path(facts["prefix"]).name == "first"
+    first_said = {"index": packed.name, "for": f"prefix {facts['prefix']}"}
+    second = make_venv(tmp_path / "second")
+
+    said = status(demo, drive, second, env)
+    human = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(second), env=env)
+
+    assert said.code == 1 and said.report["cache"]["snapshot"]["found"] is None
+    assert said.report["cache"]["snapshot"]["elsewhere"] == [first_said]
+    assert (f"\nsnapshot  none for a wiped VM in {drive} yet (the one there is for another target: prefix "
+            f"{facts['prefix']}): it installs from the wheels, then packs one\n") in human.stdout, human.stdout
+
+    index = json.loads(packed.read_text())
+    others = {  # after the first's by name (demo-py3XX-...), in this order
+        "demo-py399-0000000000000000.json": {**facts, "python": "3.99", "soabi": "cpython-399", "prefix": "/x\n\x1b[3m"},
+        "demo-py399-1111111111111111.json": {**facts, "prefix": str(Path(facts["prefix"]).with_name("second")),
+                                             "lock_body_sha256": "0" * 64, "distributions": "alpha==0"},
+        "demo-py399-2222222222222222.json": {**facts, "prefix": "/elsewhere"},
+        "demo-other-py399-3333333333333333.json": {**facts, "prefix": "/another-recipes"},
+    }
+    for name, theirs in others.items():
+        (snapshots / name).write_text(json.dumps({**index, "facts": theirs}))
+    (snapshots / "demo-py399-3333333333333333.json").write_text("[1, 2]")  # JSON, not an index
+
+    said = status(demo, drive, second, env)
+    human = run_cli("status", "--recipe", str(demo), "--drive", str(drive), "--python", str(second), env=env)
+
+    assert OTHERS_READ == 3 and said.report["cache"]["snapshot"]["elsewhere"] == [  # the fourth, /elsewhere, not read
+        first_said, {"index": "demo-py399-0000000000000000.json", "for": "Python 3.99, prefix /x\\n\\x1b[3m"},
+        {"index": "demo-py399-1111111111111111.json", "for": "another lock"}]
+    [line] = [line for line in human.stdout.splitlines() if line.startswith("snapshot ")]
+    assert "(the 3 there are for other targets: prefix " in line and "prefix /x\\n\\x1b[3m; another lock)" in line
+    assert "\x1b" not in human.stdout
+
+    for name in list(others)[:2]:
+        (snapshots / name).unlink()
+    said = status(demo, drive, second, env)
+    assert said.report["cache"]["snapshot"]["elsewhere"] == [  # the one not an index passed over
+        first_said, {"index": "demo-py399-2222222222222222.json", "for": "prefix /elsewhere"}]
 
 
 # --- recipes ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -36,7 +37,7 @@ from typing import IO, Any, Protocol
 from packaging.utils import NormalizedName
 
 from . import early, faults, manifest, parts
-from .console import QUIET, Bars
+from .console import QUIET, Bars, printable
 from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, interrupts_held
 from .headstart import recorded_seconds, staging_folder
@@ -180,6 +181,38 @@ class Snapshot:
         for name in (self.index_name, _archive_name(index)):
             if store.has(KIND, name):
                 store.set_aside_named(KIND, name)
+
+
+# What a snapshot packed for another target was packed for, as status says it (the lock and the
+# format said without their values: a digest and a list of every pin tell a user nothing).
+_PACKED_FOR = {"python": "Python {}", "soabi": "ABI {}", "platform": "platform {}", "prefix": "prefix {}",
+               "lock_body_sha256": "another lock", "distributions": "other packages", "format": "another format"}
+OTHERS_READ = 3  # indexes of other targets status reads at most: each is a Drive round trip
+
+
+def packed_for_others(store: TieredStore, recipe: str, wanted: Snapshot) -> list[dict[str, str]]:
+    """Drive's snapshots of `recipe` for targets other than `wanted`'s, each with what it was
+    packed for (`index`, `for`): why a wiped VM here would not restore one. Their indexes are read
+    as any from Drive is (bounded, capped); one that cannot be read, or differs in nothing, is
+    passed over."""
+    named = re.compile(rf"{re.escape(recipe)}-py[0-9]+-[0-9a-f]{{16}}\.json")
+    others = [name for name in store.here.names(KIND) if named.fullmatch(name) and name != wanted.index_name]
+    found = []
+    for name in others[:OTHERS_READ]:
+        try:
+            index = store.here.read_json(KIND, name)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(theirs := index.get("facts") if isinstance(index, dict) else None, dict):
+            continue
+        differs = {key for key, ours in wanted.facts.items() if theirs.get(key) != ours}
+        # the ABI goes with the version, the pins with the lock
+        differs -= {"soabi"} if "python" in differs else set()
+        differs -= {"distributions"} if "lock_body_sha256" in differs else set()
+        if said := [_PACKED_FOR[key].format(printable(str(theirs.get(key))[:200]))
+                    for key in _PACKED_FOR if key in differs]:
+            found.append({"index": name, "for": ", ".join(said)})
+    return found
 
 
 def _archive_name(index: dict[str, Any]) -> str:

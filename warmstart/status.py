@@ -18,7 +18,9 @@ from .profiles import select_profile
 from .report import Report
 from .settings import Options, resolve
 from .snapshot import KIND as SNAPSHOTS
+from .snapshot import Snapshot, packed_for_others
 from .target import shared_files
+from .tiered import TieredStore
 
 # Installers and build tools every environment has; not worth listing as "extra".
 _BASELINE = {"pip", "setuptools", "wheel", "distribute"}
@@ -124,14 +126,8 @@ def status(options: Options, root: Path, report: Report) -> dict[str, Any]:
             # the team cache behind Drive (--cache): what only it holds, and whether it answered
             "team": {**team, "wheels_only_there": len(set(facts.cached.values()) & store.team_only("wheels"))}
             if (team := store.describe_team()) else None,
-            # what a wiped VM of this platform restores from (None: its image ships every pin), where
-            # it lies: "drive", "team" or None (it installs from the wheels, then packs one), and
-            # whether the Drive writes of an earlier run pack it (drive_writes)
-            "snapshot": None if wiped is None else {
-                "index": wiped.index_name,
-                "found": "drive" if store.here.on_drive(SNAPSHOTS, wiped.index_name)
-                else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None,
-                "queued": bool(writes and wiped.stem in writes.snapshots)},
+            # what a wiped VM of this platform restores from (None: its image ships every pin)
+            "snapshot": None if wiped is None else _wiped_vm(wiped, store, facts.recipe.name, writes),
         },
         "action": describe_action(plan, writes),
         # replaced by an earlier run while the notebook's kernel, still running, had them imported
@@ -170,6 +166,18 @@ def _extra(extra: list[str], not_shipped: list[str] | None) -> str:
     return f"{abridged(not_shipped, NAMES_SHOWN) or 'none'} besides the image's {len(extra) - len(not_shipped)}"
 
 
+def _wiped_vm(wiped: Snapshot, store: TieredStore, recipe: str, writes: drivework.Pending | None) -> dict[str, Any]:
+    """Where the snapshot a wiped VM restores lies: "drive", "team" or None (it installs from the
+    wheels, then packs one); whether the Drive writes of an earlier run pack it (drive_writes);
+    and, where it lies nowhere, the recipe's snapshots Drive holds for other targets, each with
+    what it was packed for (a prefix, a Python, a lock): why none of them is restored."""
+    found = ("drive" if store.here.on_drive(SNAPSHOTS, wiped.index_name)
+             else "team" if store.team and store.team.has(SNAPSHOTS, wiped.index_name) else None)
+    queued = bool(writes and wiped.stem in writes.snapshots)
+    return {"index": wiped.index_name, "found": found, "queued": queued,
+            "elsewhere": [] if found or queued else packed_for_others(store, recipe, wiped)}
+
+
 def _snapshot(wiped: dict[str, Any] | None, drive: str, read_only: bool) -> str:
     """What a wiped VM of this platform restores from."""
     if wiped is None:
@@ -179,9 +187,15 @@ def _snapshot(wiped: dict[str, Any] | None, drive: str, read_only: bool) -> str:
         return f"{wiped['index'].removesuffix('.json')} {where}: a wiped VM restores from it"
     if wiped["queued"]:
         return f"none for a wiped VM in {drive} yet: the Drive writes below pack it"
+    if elsewhere := wiped["elsewhere"]:
+        held = ("the one there is for another target" if len(elsewhere) == 1
+                else f"the {len(elsewhere)} there are for other targets")
+        elsewhere_said = f" ({held}: {'; '.join(other['for'] for other in elsewhere)})"
+    else:
+        elsewhere_said = ""
     if read_only:
-        return f"none for a wiped VM in {drive}, and none is packed while it is mounted read-only"
-    return f"none for a wiped VM in {drive} yet: it installs from the wheels, then packs one"
+        return f"none for a wiped VM in {drive}{elsewhere_said}, and none is packed while it is mounted read-only"
+    return f"none for a wiped VM in {drive} yet{elsewhere_said}: it installs from the wheels, then packs one"
 
 
 def _drive(facts: dict[str, Any]) -> str:
