@@ -262,7 +262,7 @@ def test_status_says_what_the_snapshots_on_drive_were_packed_for_when_none_fits(
         first_said, {"index": "demo-py399-0000000000000000.json", "for": "Python 3.99, prefix /x\\n\\x1b[3m"},
         {"index": "demo-py399-1111111111111111.json", "for": "another lock"}]
     [line] = [line for line in human.stdout.splitlines() if line.startswith("snapshot ")]
-    assert "(the 3 there are for other targets: prefix " in line and "prefix /x\\n\\x1b[3m; another lock)" in line
+    assert "(those there are for other targets: prefix " in line and "prefix /x\\n\\x1b[3m; another lock)" in line
     assert "\x1b" not in human.stdout
 
     for name in list(others)[:2]:

@@ -188,8 +188,7 @@ def _snapshot(wiped: dict[str, Any] | None, drive: str, read_only: bool) -> str:
     if wiped["queued"]:
         return f"none for a wiped VM in {drive} yet: the Drive writes below pack it"
     if elsewhere := wiped["elsewhere"]:
-        held = ("the one there is for another target" if len(elsewhere) == 1
-                else f"the {len(elsewhere)} there are for other targets")
+        held = "the one there is for another target" if len(elsewhere) == 1 else "those there are for other targets"
         elsewhere_said = f" ({held}: {'; '.join(other['for'] for other in elsewhere)})"
     else:
         elsewhere_said = ""
