@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tarfile
 import threading
@@ -41,6 +40,7 @@ from .console import QUIET, Bars, printable
 from .disks import no_room
 from .errors import PreconditionUnmet, WarmstartError, interrupts_held
 from .headstart import recorded_seconds, staging_folder
+from .layout import snapshot_names
 from .lock import Lock, Pin
 from .patches import Patch
 from .readahead import Cancelled, ReadAhead, Undecodable
@@ -195,8 +195,9 @@ def packed_for_others(store: TieredStore, recipe: str, wanted: Snapshot) -> list
     packed for (`index`, `for`): why a wiped VM here would not restore one. Their indexes are read
     as any from Drive is (bounded, capped); one that cannot be read, or differs in nothing, is
     passed over."""
-    named = re.compile(rf"{re.escape(recipe)}-py[0-9]+-[0-9a-f]{{16}}\.json")
-    others = [name for name in store.here.names(KIND) if named.fullmatch(name) and name != wanted.index_name]
+    named = snapshot_names(recipe, index=True)
+    others = [name for name in store.here.names(KIND)
+              if name.endswith(".json") and named.fullmatch(name) and name != wanted.index_name]
     found = []
     for name in others[:OTHERS_READ]:
         try:
