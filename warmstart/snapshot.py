@@ -170,11 +170,14 @@ class Snapshot:
                 and all(isinstance(index.get(k), int) and index[k] >= 0 for k in ("size", "tar_bytes"))
                 and ("parts" not in index or parts.valid(index))):
             raise SnapshotUnusable(f"snapshot index {self.index_name} is not one warmstart wrote")
-        differs = [k for k, v in self.facts.items() if index.get("facts", {}).get(k) != v]
-        if differs:
-            recorded = ", ".join(f"{k} {index.get('facts', {}).get(k)!r}" for k in differs)
+        if differs := self.differs_from(index["facts"]):
+            recorded = ", ".join(f"{k} {index['facts'].get(k)!r}" for k in differs)
             raise SnapshotUnusable(f"snapshot {self.index_name} was made for another target ({recorded})")
         return index
+
+    def differs_from(self, facts: dict[str, Any]) -> list[str]:
+        """The keys of this snapshot's facts that another index's `facts` give otherwise."""
+        return [key for key, ours in self.facts.items() if facts.get(key) != ours]
 
     def set_aside(self, store: TieredStore, index: dict[str, Any]) -> None:
         """Keep a damaged snapshot for inspection, out of the way of the next one."""
@@ -204,9 +207,10 @@ def packed_for_others(store: TieredStore, recipe: str, wanted: Snapshot) -> list
             index = store.here.read_json(KIND, name)
         except (OSError, ValueError):
             continue
-        if not isinstance(theirs := index.get("facts") if isinstance(index, dict) else None, dict):
+        theirs = index.get("facts") if isinstance(index, dict) else None
+        if not isinstance(theirs, dict):
             continue
-        differs = {key for key, ours in wanted.facts.items() if theirs.get(key) != ours}
+        differs = set(wanted.differs_from(theirs))
         # the ABI goes with the version, the pins with the lock
         differs -= {"soabi"} if "python" in differs else set()
         differs -= {"distributions"} if "lock_body_sha256" in differs else set()
