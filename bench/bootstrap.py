@@ -412,7 +412,8 @@ def print_table(name: str, drive: str, result: dict, rounds: int) -> None:
 
 def markdown(results: dict) -> str:
     """The README's table: each case's restores beside their limits and uv, medians (min-max)."""
-    columns = [("uv from the index", "uv-index"), ("zstd -d \\| tar -x", "zstd-tar-limit"),
+    columns = [("uv from the index", "uv-index"), ("uv from a local wheelhouse", "uv-wheelhouse"),
+               ("zstd -d \\| tar -x", "zstd-tar-limit"),
                ("read-bound", "read-limit"), ("offline restore (Drive)", "warmstart-offline"),
                ("its restore step", "warmstart-restore-step"),
                ("online restore (races the index)", "warmstart-online"),
